@@ -1,0 +1,698 @@
+"""The safety core: a pure state machine (no asyncio, no I/O, no clock reads).
+
+    idle -> countdown -> running -> stopping -> idle, with estop and fault latched.
+
+Every input carries its time; :meth:`SafetyCore.handle` first lets time pass up to it (ramping
+the commanded speed and counting belt-moving time), then applies the input, then checks every
+rule, and returns a :class:`Decision`. Rules are derived from the latest readings and their
+times rather than from counters, so the answer does not depend on how often the core is called;
+:meth:`SafetyCore.next_deadline` tells the caller when the next time-based rule (a debounce, a
+staleness time-out) falls due so that it can wake the core exactly then (SR-13).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from safety.decisions import (
+    ACCEPTED,
+    ARMED_STATES,
+    LATCHED_STATES,
+    Cause,
+    Decision,
+    EndReason,
+    Event,
+    EventType,
+    JsonScalar,
+    Refused,
+    RefusalCode,
+    Reply,
+    State,
+)
+from safety.inputs import (
+    GRIP_SENSOR,
+    Command,
+    DriveError,
+    DriveFailure,
+    DriveFeedback,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Input,
+    Reset,
+    Sensor,
+    SetSpeed,
+    StartSession,
+    Stop,
+    Tick,
+)
+from safety.limits import STANDSTILL_MPH, SafetyLimits
+from safety.programs import Program, ProgramKind
+
+_EPS = 1e-9
+
+
+@dataclass
+class _Reading:
+    t: float
+    value: bool
+    # For a grip: when the hand was last seen to let go (start of the current release).
+    changed_at: float
+
+
+@dataclass
+class _Session:
+    number: int
+    user: str
+    program: Program
+    cap_s: float
+    target_mph: float
+    intervals: int
+    moving_s: float = 0.0
+    interval_moving_s: float = 0.0
+    interval_index: int = 0
+    warned: bool = False
+    auto_step: bool = True
+    next_step_at_s: float = 0.0
+    # Set while a controlled stop is under way; for intervals "rest" means a pause between two.
+    stop_reason: EndReason | None = None
+    resting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Latch:
+    kind: State
+    cause: Cause
+    since: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    id: str
+    user: str
+    program: str
+    elapsed_s: float
+    cap_s: float
+    remaining_s: float
+    interval: int | None
+    intervals: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    state: State
+    commanded_mph: float
+    target_mph: float
+    belt_mph: float
+    session: SessionView | None
+    grip: dict[Hand, bool]
+    fall: bool
+    stale: tuple[Sensor, ...]
+    latched: Latch | None
+    countdown_s: float | None
+
+
+@dataclass
+class _Out:
+    """What one call to handle() has decided so far."""
+
+    events: list[Event] = field(default_factory=list)
+    emergency_stop: bool = False
+
+
+class SafetyCore:
+    def __init__(
+        self,
+        limits: SafetyLimits,
+        programs: Mapping[str, Program],
+        *,
+        default_program: str,
+        t0: float = 0.0,
+    ) -> None:
+        if default_program not in programs:
+            raise ValueError(f"default program {default_program!r} is not among the programs")
+        self.limits = limits
+        self.programs = dict(programs)
+        self.default_program = default_program
+        self.now = t0
+        self.state = State.IDLE
+        self.commanded = 0.0
+        self.target = 0.0
+        self.session: _Session | None = None
+        self.latch: Latch | None = None
+        self._sessions_started = 0
+        self._readings: dict[Sensor, _Reading] = {}
+        self._stale_reported: set[Sensor] = set()
+        self._warned_hands: set[Hand] = set()
+        self._drive_t: float | None = None
+        self._drive_mph = 0.0
+        self._drive_error_t: float | None = None
+        self._mismatch_since: float | None = None
+        self._heartbeat_t: float | None = None
+        self._countdown_until = 0.0
+        self._out = _Out()
+
+    # ----------------------------------------------------------------- public surface
+
+    def handle(self, event: Input) -> Decision:
+        self._out = _Out()
+        self._advance_to(event.t)
+        reply: Reply | None = None
+        match event:
+            case Tick():
+                pass
+            case GripReading() | FallReading():
+                self._take_reading(event)
+            case DriveFeedback(t=t, speed_mph=mph):
+                if self._drive_t is None or t >= self._drive_t:
+                    self._drive_t = t
+                    self._drive_mph = abs(mph) if math.isfinite(mph) else math.inf
+            case DriveError(failure=failure, detail=detail):
+                self._drive_error_t = self.now
+                cause = Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT
+                self._latch(State.FAULT, cause, detail)
+            case _:
+                reply = self._command(event)
+        self._check()
+        out = self._out
+        return Decision(
+            state=self.state,
+            speed_mph=self.commanded,
+            target_mph=self.target,
+            rate_mph_s=self._rate(),
+            emergency_stop=out.emergency_stop,
+            events=tuple(out.events),
+            reply=reply,
+        )
+
+    def next_deadline(self) -> float | None:
+        """The earliest future time at which a rule may fire without any new input."""
+        lim = self.limits
+        times: list[float] = []
+        for sensor, reading in self._readings.items():
+            if sensor not in self._stale_reported:
+                times.append(reading.t + lim.sensor_timeout_s)
+        if self.state in ARMED_STATES:
+            if self._drive_t is not None:
+                times.append(self._drive_t + lim.drive_timeout_s)
+            lost = self._both_lost_since()
+            if lost is not None:
+                times.append(lost + lim.grip_debounce_s)
+            if self.state is State.COUNTDOWN:
+                times.append(self._countdown_until)
+        future = [t for t in times if t > self.now]
+        return min(future) if future else None
+
+    def snapshot(self) -> Snapshot:
+        s = self.session
+        view = None
+        if s is not None:
+            view = SessionView(
+                id=str(s.number),
+                user=s.user,
+                program=s.program.name,
+                elapsed_s=s.moving_s,
+                cap_s=s.cap_s,
+                remaining_s=max(0.0, s.cap_s - s.moving_s),
+                interval=s.interval_index + 1 if s.program.kind is ProgramKind.INTERVALS else None,
+                intervals=s.intervals if s.program.kind is ProgramKind.INTERVALS else None,
+            )
+        countdown = None
+        if self.state is State.COUNTDOWN:
+            countdown = max(0.0, self._countdown_until - self.now)
+        fall = self._readings.get(Sensor.FALL)
+        return Snapshot(
+            state=self.state,
+            commanded_mph=self.commanded,
+            target_mph=self.target,
+            belt_mph=self._drive_mph,
+            session=view,
+            grip={hand: self._grip_ok(hand) for hand in Hand},
+            fall=fall is not None and fall.value,
+            stale=tuple(s for s in Sensor if self._stale(s)),
+            latched=self.latch,
+            countdown_s=countdown,
+        )
+
+    # ----------------------------------------------------------------- time
+
+    def _advance_to(self, t: float) -> None:
+        if not math.isfinite(t) or t <= self.now:
+            return
+        dt = t - self.now
+        s = self.session
+        if s is not None and self.commanded > 0.0:
+            s.moving_s += dt
+            s.interval_moving_s += dt
+        self.now = t
+        step = self._rate() * dt
+        if self.target > self.commanded:
+            self.commanded = min(self.target, self.commanded + step)
+        else:
+            self.commanded = max(self.target, self.commanded - step)
+
+    def _rate(self) -> float:
+        if self.target > self.commanded:
+            return self.limits.accel_mph_s
+        return self.limits.decel_mph_s
+
+    # ----------------------------------------------------------------- inputs
+
+    def _take_reading(self, event: GripReading | FallReading) -> None:
+        if isinstance(event, GripReading):
+            sensor, value = GRIP_SENSOR[event.hand], event.held
+        else:
+            sensor, value = Sensor.FALL, event.fallen
+        old = self._readings.get(sensor)
+        if old is not None and event.t < old.t:
+            return  # an out-of-order reading never overrides a newer one
+        changed_at = event.t if old is None or old.value != value else old.changed_at
+        self._readings[sensor] = _Reading(t=event.t, value=value, changed_at=changed_at)
+
+    def _stale(self, sensor: Sensor) -> bool:
+        reading = self._readings.get(sensor)
+        return reading is None or self.now - reading.t >= self.limits.sensor_timeout_s - _EPS
+
+    def _grip_ok(self, hand: Hand) -> bool:
+        reading = self._readings.get(GRIP_SENSOR[hand])
+        return reading is not None and reading.value and not self._stale(GRIP_SENSOR[hand])
+
+    def _fall_signalled(self) -> Cause | None:
+        """SR-5/SR-8: a fall, or a fall sensor that has gone silent, is a fall."""
+        if self._stale(Sensor.FALL):
+            return Cause.SENSOR_STALE
+        reading = self._readings[Sensor.FALL]
+        return Cause.FALL if reading.value else None
+
+    def _lost_since(self, hand: Hand) -> float | None:
+        """When this hand's grip was lost (released, or its sensor went silent), or None."""
+        sensor = GRIP_SENSOR[hand]
+        reading = self._readings.get(sensor)
+        if reading is None:
+            return self.now
+        if self._stale(sensor):
+            return reading.t + self.limits.sensor_timeout_s
+        return None if reading.value else reading.changed_at
+
+    def _both_lost_since(self) -> float | None:
+        left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
+        if left is None or right is None:
+            return None
+        return max(left, right)
+
+    def _drive_fresh(self) -> bool:
+        return (
+            self._drive_t is not None
+            and self.now - self._drive_t < self.limits.drive_timeout_s - _EPS
+        )
+
+    def _standstill(self) -> bool:
+        return self._drive_fresh() and self._drive_mph <= STANDSTILL_MPH
+
+    # ----------------------------------------------------------------- commands
+
+    def _command(self, cmd: Command) -> Reply:
+        # Any command proves the tablet is there (SR-12).
+        self._heartbeat_t = self.now
+        match cmd:
+            case Heartbeat():
+                return ACCEPTED
+            case EStop():
+                self._latch(State.ESTOP, Cause.REMOTE_ESTOP, "estop command")
+                return ACCEPTED
+            case StartSession():
+                reply = self._start(cmd)
+            case SetSpeed(mph=mph):
+                reply = self._set_speed(mph)
+            case Stop():
+                reply = self._stop_command()
+            case Reset():
+                reply = self._reset()
+        if isinstance(reply, Refused):
+            self._emit(
+                EventType.COMMAND_REFUSED,
+                command=_command_name(cmd),
+                code=reply.code.value,
+                message=reply.message,
+            )
+        return reply
+
+    def _start(self, cmd: StartSession) -> Reply:
+        if self.state in LATCHED_STATES:
+            return Refused(RefusalCode.LATCHED, self._latched_message())
+        if self.state is not State.IDLE:
+            return Refused(RefusalCode.NOT_ALLOWED, f"a session is already {self.state.value}")
+        user = cmd.user.strip()
+        if not user or len(user) > 64:
+            return Refused(RefusalCode.INVALID_COMMAND, "user must be 1-64 characters")
+        name = cmd.program or self.default_program
+        program = self.programs.get(name)
+        if program is None:
+            known = ", ".join(sorted(self.programs))
+            return Refused(RefusalCode.INVALID_COMMAND, f"unknown program {name!r}; known: {known}")
+        cap = program.cap_s_default if cmd.cap_s is None else cmd.cap_s
+        if not (math.isfinite(cap) and program.cap_s_min <= cap <= program.cap_s_max):
+            return Refused(
+                RefusalCode.OUT_OF_RANGE,
+                f"cap_s {cap:g} is outside {program.name}'s limits "
+                f"{program.cap_s_min:g}-{program.cap_s_max:g} s",
+            )
+        target = program.start_mph if cmd.target_mph is None else cmd.target_mph
+        band = self._band(program)
+        if not (math.isfinite(target) and band[0] <= target <= band[1]):
+            return Refused(RefusalCode.OUT_OF_RANGE, _band_message(target, band))
+        unmet = self._start_unmet()
+        if unmet:
+            return Refused(RefusalCode.PRECONDITIONS_UNMET, "cannot start: " + "; ".join(unmet))
+        self._sessions_started += 1
+        intervals = 1
+        if program.kind is ProgramKind.INTERVALS:
+            intervals = max(1, int(cap // program.interval_s + _EPS))
+        self.session = _Session(
+            number=self._sessions_started,
+            user=user,
+            program=program,
+            cap_s=cap,
+            target_mph=target,
+            intervals=intervals,
+            auto_step=program.step_mph > 0,
+            next_step_at_s=program.step_every_s,
+        )
+        self._emit(
+            EventType.SESSION_STARTED,
+            session_id=str(self._sessions_started),
+            user=user,
+            program=program.name,
+            cap_s=cap,
+            target_mph=target,
+        )
+        self._begin_countdown(self.limits.countdown_s)
+        return ACCEPTED
+
+    def _band(self, program: Program) -> tuple[float, float]:
+        lim = self.limits
+        return max(lim.min_mph, program.min_mph), min(lim.max_mph, program.max_mph)
+
+    def _start_unmet(self) -> list[str]:
+        """SR-3: every precondition of a belt start that does not hold, in words."""
+        unmet = []
+        for hand in Hand:
+            sensor = GRIP_SENSOR[hand]
+            if self._stale(sensor):
+                unmet.append(f"{hand.value} grip sensor has no fresh reading")
+            elif not self._grip_ok(hand):
+                unmet.append(f"{hand.value} hand is not on the handrail")
+        fall = self._fall_signalled()
+        if fall is Cause.SENSOR_STALE:
+            unmet.append("fall sensor has no fresh reading")
+        elif fall is Cause.FALL:
+            unmet.append("a fall is signalled")
+        if not self._drive_fresh():
+            unmet.append("drive is not answering")
+        elif self._drive_mph > STANDSTILL_MPH:
+            unmet.append("belt is not at standstill")
+        return unmet
+
+    def _set_speed(self, mph: float) -> Reply:
+        s = self.session
+        if s is None or self.state not in (State.COUNTDOWN, State.RUNNING):
+            return Refused(RefusalCode.NOT_ALLOWED, f"no running session ({self.state.value})")
+        band = self._band(s.program)
+        if not (math.isfinite(mph) and band[0] <= mph <= band[1]):
+            return Refused(RefusalCode.OUT_OF_RANGE, _band_message(mph, band))
+        s.target_mph = mph
+        s.auto_step = False  # the clinician has taken over the speed
+        if self.state is State.RUNNING and not s.resting:
+            self.target = mph
+        return ACCEPTED
+
+    def _stop_command(self) -> Reply:
+        s = self.session
+        if s is None or self.state not in ARMED_STATES:
+            return Refused(RefusalCode.NOT_ALLOWED, f"no session to stop ({self.state.value})")
+        if self.state is State.COUNTDOWN:
+            self._end_session(EndReason.OPERATOR_STOP)
+        else:
+            self._begin_stop(EndReason.OPERATOR_STOP)
+            s.resting = False
+        return ACCEPTED
+
+    def _reset(self) -> Reply:
+        latch = self.latch
+        if latch is None:
+            return Refused(RefusalCode.NOT_ALLOWED, f"nothing is latched ({self.state.value})")
+        unmet = self._reset_unmet(latch)
+        if unmet:
+            return Refused(RefusalCode.PRECONDITIONS_UNMET, "cannot reset: " + "; ".join(unmet))
+        self.latch = None
+        self.state = State.IDLE
+        self._mismatch_since = None
+        self._emit(EventType.RESET, cleared=latch.cause.value)
+        return ACCEPTED
+
+    def _reset_unmet(self, latch: Latch) -> list[str]:
+        """SR-6: confirmed standstill, and the cause cleared."""
+        unmet = []
+        if not self._drive_fresh():
+            unmet.append("drive is not answering, standstill cannot be confirmed")
+        elif self._drive_mph > STANDSTILL_MPH:
+            unmet.append("belt is not at standstill")
+        if latch.cause is Cause.DRIVE_FAULT and (
+            self._drive_t is None
+            or self._drive_error_t is None
+            or self._drive_t <= self._drive_error_t
+        ):
+            unmet.append("drive has not answered since its fault")
+        if latch.cause in (Cause.GRIP_LOST, Cause.SENSOR_STALE):
+            for hand in Hand:
+                if not self._grip_ok(hand):
+                    unmet.append(f"{hand.value} grip is not held (or its sensor is silent)")
+        fall = self._fall_signalled()
+        if fall is Cause.FALL:
+            unmet.append("a fall is still signalled")
+        elif fall is Cause.SENSOR_STALE and latch.cause in (Cause.FALL, Cause.SENSOR_STALE):
+            unmet.append("fall sensor has no fresh reading")
+        return unmet
+
+    def _latched_message(self) -> str:
+        latch = self.latch
+        assert latch is not None
+        return f"{latch.kind.value} latched ({latch.cause.value}): reset first"
+
+    # ----------------------------------------------------------------- transitions
+
+    def _begin_countdown(self, seconds: float) -> None:
+        self.state = State.COUNTDOWN
+        self.target = 0.0
+        self._countdown_until = self.now + seconds
+        self._emit(EventType.COUNTDOWN, seconds=seconds)
+
+    def _begin_stop(self, reason: EndReason) -> None:
+        s = self.session
+        assert s is not None
+        s.stop_reason = reason
+        self.state = State.STOPPING
+        self.target = 0.0
+        self._emit(EventType.STOPPING, reason=reason.value)
+
+    def _end_session(self, reason: EndReason) -> None:
+        s = self.session
+        if s is None:
+            return
+        self._emit(
+            EventType.SESSION_ENDED,
+            session_id=str(s.number),
+            reason=reason.value,
+            belt_moving_s=round(s.moving_s, 3),
+        )
+        self.session = None
+        if self.state not in LATCHED_STATES:
+            self.state = State.IDLE
+            self.target = 0.0
+
+    def _latch(self, kind: State, cause: Cause, detail: str) -> None:
+        if self.latch is not None:
+            return  # already latched: the first cause stands, the belt is already stopping
+        self.state = kind
+        self.latch = Latch(kind=kind, cause=cause, since=self.now, detail=detail)
+        self.commanded = 0.0
+        self.target = 0.0
+        self._out.emergency_stop = True
+        self._warned_hands.clear()
+        if kind is State.ESTOP:
+            self._emit(EventType.ESTOP, cause=cause.value, detail=detail)
+        else:
+            self._emit(EventType.FAULT, cause=cause.value, detail=detail)
+        self._end_session(EndReason.ESTOP if kind is State.ESTOP else EndReason.FAULT)
+
+    # ----------------------------------------------------------------- rules
+
+    def _check(self) -> None:
+        self._check_staleness_events()
+        self._check_drive()
+        if self.state in ARMED_STATES:
+            self._check_fall_and_grip()
+        if self.state in ARMED_STATES:
+            self._check_tablet()
+        if self.state is State.COUNTDOWN:
+            self._check_countdown()
+        if self.state is State.RUNNING:
+            self._check_running()
+        if self.state is State.STOPPING:
+            self._check_stopping()
+
+    def _check_staleness_events(self) -> None:
+        for sensor in Sensor:
+            stale = self._stale(sensor)
+            if stale and sensor in self._readings and sensor not in self._stale_reported:
+                self._stale_reported.add(sensor)
+                self._emit(EventType.SENSOR_STALE, sensor=sensor.value)
+            elif not stale:
+                self._stale_reported.discard(sensor)
+
+    def _check_drive(self) -> None:
+        """SR-9 (decision half) and SR-10."""
+        if self.state in LATCHED_STATES:
+            return
+        lim = self.limits
+        if self.state in ARMED_STATES and not self._drive_fresh():
+            self._latch(State.FAULT, Cause.DRIVE_LINK, "no answer from the drive")
+            return
+        if self._drive_t is None:
+            return
+        # At a commanded standstill any motion counts; otherwise the configured tolerance.
+        tolerance = lim.feedback_tolerance_mph if self.commanded > 0 else STANDSTILL_MPH
+        if abs(self._drive_mph - self.commanded) > tolerance:
+            if self._mismatch_since is None:
+                self._mismatch_since = self._drive_t
+            if self.now - self._mismatch_since >= lim.feedback_window_s - _EPS:
+                self._latch(
+                    State.FAULT,
+                    Cause.FEEDBACK_MISMATCH,
+                    f"belt at {self._drive_mph:.2f} mph, commanded {self.commanded:.2f} mph",
+                )
+        else:
+            self._mismatch_since = None
+
+    def _check_fall_and_grip(self) -> None:
+        """SR-4, SR-5, SR-8."""
+        fall = self._fall_signalled()
+        if fall is not None:
+            self._latch(State.ESTOP, fall, "fall signalled" if fall is Cause.FALL
+                        else "fall sensor silent")
+            return
+        s = self.session
+        resting = s is not None and s.resting
+        if self.state is State.COUNTDOWN:
+            in_final_countdown = self._countdown_until - self.now <= self.limits.countdown_s
+            if not resting or in_final_countdown:
+                unmet = [h for h in Hand if not self._grip_ok(h)]
+                if unmet:
+                    self._end_session(EndReason.START_ABORTED)
+            return
+        lost = [h for h in Hand if not self._grip_ok(h)]
+        for hand in lost:
+            if hand not in self._warned_hands:
+                self._warned_hands.add(hand)
+                stale = self._stale(GRIP_SENSOR[hand])
+                self._emit(EventType.GRIP_WARNING, hand=hand.value,
+                           cause="sensor_stale" if stale else "released")
+        self._warned_hands.intersection_update(lost)
+        since = self._both_lost_since()
+        if since is not None and self.now - since >= self.limits.grip_debounce_s - _EPS:
+            any_stale = any(self._stale(GRIP_SENSOR[h]) for h in Hand)
+            cause = Cause.SENSOR_STALE if any_stale else Cause.GRIP_LOST
+            self._latch(State.ESTOP, cause, "both hands off the handrails")
+
+    def _check_tablet(self) -> None:
+        """SR-12: the tablet gone for longer than the grace stops the session, unlatched."""
+        if self.state is State.STOPPING:
+            return
+        last = self._heartbeat_t
+        if last is None or self.now - last > self.limits.heartbeat_grace_s:
+            if self.state is State.COUNTDOWN:
+                self._end_session(EndReason.TABLET_LOST)
+            else:
+                self._begin_stop(EndReason.TABLET_LOST)
+
+    def _check_countdown(self) -> None:
+        s = self.session
+        assert s is not None
+        if self.now < self._countdown_until - _EPS:
+            return
+        unmet = self._start_unmet()
+        if unmet:
+            self._end_session(EndReason.START_ABORTED)
+            return
+        s.resting = False
+        s.interval_moving_s = 0.0
+        self.state = State.RUNNING
+        self.target = s.target_mph
+        self._emit(EventType.BELT_STARTED, target_mph=s.target_mph,
+                   interval=s.interval_index + 1)
+
+    def _check_running(self) -> None:
+        s = self.session
+        assert s is not None
+        lim = self.limits
+        stop_needs = self.commanded / lim.decel_mph_s + lim.cap_stop_margin_s
+        if not s.warned and s.moving_s >= s.cap_s - lim.cap_warning_s - _EPS:
+            s.warned = True
+            self._emit(EventType.CAP_WARNING, remaining_s=round(s.cap_s - s.moving_s, 3))
+        if s.moving_s + stop_needs >= s.cap_s:
+            self._begin_stop(EndReason.CAP)
+            return
+        if s.program.kind is ProgramKind.INTERVALS:
+            if s.interval_moving_s + stop_needs >= s.program.interval_s:
+                last = s.interval_index + 1 >= s.intervals
+                self._begin_stop(EndReason.COMPLETED)
+                s.resting = not last
+            return
+        if s.auto_step and s.moving_s >= s.next_step_at_s:
+            s.next_step_at_s += s.program.step_every_s
+            # Progression only while the user holds on with both hands.
+            if all(self._grip_ok(h) for h in Hand):
+                band = self._band(s.program)
+                new = min(band[1], round(s.target_mph + s.program.step_mph, 3))
+                if new > s.target_mph:
+                    s.target_mph = new
+                    self.target = new
+                    self._emit(EventType.SPEED_STEP, target_mph=new)
+
+    def _check_stopping(self) -> None:
+        s = self.session
+        assert s is not None
+        if self.commanded > 0.0 or not self._standstill():
+            return
+        if s.resting:
+            s.interval_index += 1
+            self._emit(EventType.INTERVAL_REST, interval=s.interval_index, intervals=s.intervals,
+                       rest_s=s.program.rest_s)
+            s.stop_reason = None
+            self._begin_countdown(s.program.rest_s)
+            return
+        self._end_session(s.stop_reason or EndReason.OPERATOR_STOP)
+
+    def _emit(self, type_: EventType, **fields: JsonScalar) -> None:
+        self._out.events.append(Event(type=type_, t=self.now, fields=fields))
+
+
+def _band_message(mph: float, band: tuple[float, float]) -> str:
+    return f"{mph:g} mph is outside the band {band[0]:g}-{band[1]:g} mph"
+
+
+def _command_name(cmd: Command) -> str:
+    names: dict[type, str] = {
+        StartSession: "start_session",
+        SetSpeed: "set_speed",
+        Stop: "stop",
+        EStop: "estop",
+        Reset: "reset",
+        Heartbeat: "heartbeat",
+    }
+    return names[type(cmd)]

@@ -1,0 +1,103 @@
+"""What the safety core is told. Every input carries the time it happened (seconds on the
+controller's monotonic clock): the core never reads a clock itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Hand(StrEnum):
+    LEFT = "left"
+    RIGHT = "right"
+
+
+class Sensor(StrEnum):
+    GRIP_LEFT = "grip_left"
+    GRIP_RIGHT = "grip_right"
+    FALL = "fall"
+
+
+GRIP_SENSOR = {Hand.LEFT: Sensor.GRIP_LEFT, Hand.RIGHT: Sensor.GRIP_RIGHT}
+
+
+class DriveFailure(StrEnum):
+    LINK = "drive_link"
+    FAULT = "drive_fault"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The control loop's periodic tick (default 20 Hz); also used for timer deadlines."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class GripReading:
+    t: float
+    hand: Hand
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FallReading:
+    t: float
+    fallen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DriveFeedback:
+    """A status answer from the drive: its arrival proves the link, its speed the belt."""
+
+    t: float
+    speed_mph: float
+
+
+@dataclass(frozen=True, slots=True)
+class DriveError:
+    """The driver gave up on a command or the drive reported a fault."""
+
+    t: float
+    failure: DriveFailure
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    t: float
+    user: str
+    program: str | None = None
+    cap_s: float | None = None
+    target_mph: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetSpeed:
+    t: float
+    mph: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class EStop:
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    t: float
+
+
+Command = StartSession | SetSpeed | Stop | EStop | Reset | Heartbeat
+SensorInput = GripReading | FallReading
+Input = Tick | GripReading | FallReading | DriveFeedback | DriveError | Command

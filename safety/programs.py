@@ -1,0 +1,113 @@
+"""Programs of the reverse-walking protocol, as data.
+
+A program is a TOML file under ``config/programs/``. Loading checks it against the hard limits
+of SAFETY.md; a program that breaks one is refused with the field that breaks it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from safety.limits import (
+    HARD_CAP_FIRST_SESSION_S,
+    HARD_CAP_S,
+    HARD_INTERVAL_S,
+    HARD_INTERVALS,
+    HARD_MAX_MPH,
+    HARD_MIN_MPH,
+)
+
+
+class ProgramKind(StrEnum):
+    CONTINUOUS = "continuous"
+    INTERVALS = "intervals"
+
+
+class Program(BaseModel):
+    """One program. Times are belt-moving seconds, speeds mph."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    title: str = Field(min_length=1, max_length=80)
+    kind: ProgramKind = ProgramKind.CONTINUOUS
+    # A program meant for a user's first treadmill session has the stricter cap.
+    first_session: bool = False
+    min_mph: float = Field(HARD_MIN_MPH, ge=HARD_MIN_MPH, le=HARD_MAX_MPH)
+    max_mph: float = Field(HARD_MAX_MPH, ge=HARD_MIN_MPH, le=HARD_MAX_MPH)
+    start_mph: float = Field(HARD_MIN_MPH, ge=HARD_MIN_MPH, le=HARD_MAX_MPH)
+    # Automatic progression: +step_mph every step_every_s of belt-moving time while the user
+    # holds on with both hands. 0 turns it off.
+    step_mph: float = Field(0.0, ge=0.0, le=0.2)
+    step_every_s: float = Field(0.0, ge=0.0)
+    cap_s_default: float = Field(gt=0.0)
+    cap_s_min: float = Field(gt=0.0)
+    cap_s_max: float = Field(gt=0.0)
+    # Intervals only: belt-moving seconds per interval and standstill seconds between them.
+    interval_s: float = Field(HARD_INTERVAL_S, gt=0.0, le=HARD_INTERVAL_S)
+    rest_s: float = Field(60.0, ge=10.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _within_hard_limits(self) -> Self:
+        if not self.min_mph <= self.start_mph <= self.max_mph:
+            raise ValueError(
+                f"start_mph {self.start_mph} is outside the band {self.min_mph}-{self.max_mph}"
+            )
+        if not self.cap_s_min <= self.cap_s_default <= self.cap_s_max:
+            raise ValueError(
+                f"cap_s_default {self.cap_s_default} is outside cap_s_min-cap_s_max "
+                f"({self.cap_s_min}-{self.cap_s_max})"
+            )
+        if (self.step_mph > 0) != (self.step_every_s > 0):
+            raise ValueError("step_mph and step_every_s must both be 0 or both be positive")
+        if self.kind is ProgramKind.INTERVALS:
+            hard = HARD_INTERVALS * self.interval_s
+            if self.cap_s_max > hard:
+                raise ValueError(
+                    f"cap_s_max {self.cap_s_max} allows more than {HARD_INTERVALS} intervals "
+                    f"of {self.interval_s} s (hard limit {hard} s)"
+                )
+        else:
+            hard = HARD_CAP_FIRST_SESSION_S if self.first_session else HARD_CAP_S
+            if self.cap_s_max > hard:
+                kind = "a first-session program" if self.first_session else "a program"
+                raise ValueError(f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s "
+                                 f"for {kind}")
+        return self
+
+
+class ProgramError(ValueError):
+    """A program file that cannot be used; the message names the file and the field."""
+
+
+def load_program(path: Path) -> Program:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProgramError(f"{path}: {exc}") from exc
+    try:
+        return Program.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ProgramError(f"{path}: {problems}") from exc
+
+
+def load_programs(directory: Path) -> dict[str, Program]:
+    """Every ``*.toml`` in ``directory``, keyed by program name. Names must be unique."""
+    programs: dict[str, Program] = {}
+    for path in sorted(directory.glob("*.toml")):
+        program = load_program(path)
+        if program.name in programs:
+            raise ProgramError(f"{path}: program name {program.name!r} is used twice")
+        programs[program.name] = program
+    if not programs:
+        raise ProgramError(f"{directory}: no program files (*.toml)")
+    return programs
