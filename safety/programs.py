@@ -76,8 +76,9 @@ class Program(BaseModel):
             hard = HARD_CAP_FIRST_SESSION_S if self.first_session else HARD_CAP_S
             if self.cap_s_max > hard:
                 kind = "a first-session program" if self.first_session else "a program"
-                raise ValueError(f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s "
-                                 f"for {kind}")
+                raise ValueError(
+                    f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s for {kind}"
+                )
         return self
 
 

@@ -1,0 +1,599 @@
+"""Plays a scenario: the controller and a simulated world (belt, user, sensors, tablet) on one
+clock, the virtual one (fast, deterministic) or asyncio's (real time, optionally sped up).
+
+The world knows nothing of the controller's insides: it feeds the controller the inputs a
+real treadmill, user and tablet would, and watches the belt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.loading import LoadedConfig
+from config.schema import SimulatedDriveSection
+from controller.control import Controller, Timers
+from controller.loop import ScaledClock, run_control_loop
+from drivers.simulated import SimulatedDriver
+from safety.core import SafetyCore
+from safety.decisions import Accepted, Event, EventType, Refused
+from safety.inputs import (
+    Command,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Reset,
+    Sensor,
+    SetSpeed,
+    StartSession,
+    Stop,
+)
+from safety.limits import HARD_MAX_MPH, STANDSTILL_MPH
+from simulator.belt import Belt, BeltParams
+from simulator.scenario import Action, Scenario, Step
+from simulator.virtual_loop import VirtualLoop
+
+HEARTBEAT_S = 1.0  # the tablet's heartbeat period (MQTT-API.md)
+SAMPLE_S = 0.02  # how often the belt is watched for the statistics
+RATE_WINDOW_S = 0.001  # shortest interval over which the commanded rate is measured
+
+
+class SimulationError(Exception):
+    """The scenario cannot be played with this configuration."""
+
+
+@dataclass
+class StopRecord:
+    kind: str
+    cause: str
+    t_s: float
+    stop_latency_ms: float
+    standstill_at_s: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "cause": self.cause,
+            "t_s": _r(self.t_s),
+            "stop_latency_ms": _r(self.stop_latency_ms),
+            "standstill_at_s": None if self.standstill_at_s is None else _r(self.standstill_at_s),
+        }
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    user: str
+    program: str
+    cap_s: float
+    started_s: float
+    end_reason: str | None = None
+    ended_s: float | None = None
+    belt_moving_s: float = 0.0
+    # Belt-moving time is counted until the belt stands still after the session ended.
+    measuring: bool = True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "program": self.program,
+            "cap_s": _r(self.cap_s),
+            "started_s": _r(self.started_s),
+            "ended_s": None if self.ended_s is None else _r(self.ended_s),
+            "end_reason": self.end_reason,
+            "belt_moving_s": _r(self.belt_moving_s),
+        }
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    name: str
+    passed: bool
+    final_state: str
+    max_speed_mph: float
+    max_commanded_mph: float
+    max_accel_mph_s: float
+    belt_moving_s: float
+    cap_s: float | None
+    estops: list[StopRecord]
+    sessions: list[SessionRecord]
+    refusals: list[str]
+    failures: list[str]
+    timeline: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "name": self.name,
+            "passed": self.passed,
+            "final_state": self.final_state,
+            "max_speed_mph": _r(self.max_speed_mph),
+            "max_commanded_mph": _r(self.max_commanded_mph),
+            "max_accel_mph_s": _r(self.max_accel_mph_s),
+            "belt_moving_s": _r(self.belt_moving_s),
+            "cap_s": None if self.cap_s is None else _r(self.cap_s),
+            "estops": [s.as_json() for s in self.estops],
+            "sessions": [s.as_json() for s in self.sessions],
+            "refusals": self.refusals,
+            "failures": self.failures,
+        }
+
+
+def _r(x: float) -> float:
+    return round(x, 3)
+
+
+def clock_text(t: float) -> str:
+    minutes, seconds = divmod(max(t, 0.0), 60.0)
+    return f"{int(minutes)}:{seconds:04.1f}"
+
+
+class _RecordingDriver(SimulatedDriver):
+    """The simulated driver, remembering every speed it was commanded (for SR-2 figures)."""
+
+    def __init__(self, belt: Belt, clock: Callable[[], float]) -> None:
+        super().__init__(belt, clock)
+        self._clock_fn = clock
+        self.max_commanded = 0.0
+        self.max_up = 0.0
+        self.max_down = 0.0
+        self._last: tuple[float, float] | None = None
+
+    def command_speed(self, mph: float) -> None:
+        super().command_speed(mph)
+        t = self._clock_fn()
+        self.max_commanded = max(self.max_commanded, mph)
+        if self._last is None:
+            self._last = (t, mph)
+            return
+        t0, v0 = self._last
+        # Slopes over at least a millisecond: inputs a few float ulps apart would otherwise
+        # turn rounding noise into huge rates. A real step shows up over any window.
+        if t - t0 >= RATE_WINDOW_S:
+            rate = (mph - v0) / (t - t0)
+            self.max_up = max(self.max_up, rate)
+            self.max_down = max(self.max_down, -rate)
+            self._last = (t, mph)
+
+    def emergency_stop(self) -> None:
+        super().emergency_stop()
+        self._last = (self._clock_fn(), 0.0)
+
+
+class ScenarioRun:
+    def __init__(
+        self,
+        scenario: Scenario,
+        source: str,
+        loaded: LoadedConfig,
+        timers: Timers,
+        *,
+        echo: Callable[[str], None] | None = None,
+        status_every_s: float = 30.0,
+    ) -> None:
+        drive = loaded.config.drive
+        if not isinstance(drive, SimulatedDriveSection):
+            raise SimulationError(
+                f"{loaded.path}: drive.kind is {drive.kind!r}; simulated runs need "
+                "drive.kind = 'simulator'"
+            )
+        self.scenario = scenario
+        self.source = source
+        self.loaded = loaded
+        self.timers = timers
+        self.echo = echo
+        self.status_every_s = status_every_s
+        cfg = loaded.config
+        self.belt = Belt(
+            BeltParams(
+                accel_mph_s=drive.accel_mph_s,
+                decel_mph_s=drive.decel_mph_s,
+                estop_decel_mph_s=drive.estop_decel_mph_s,
+                lag_s=drive.lag_s,
+                deadman_s=drive.deadman_s,
+                max_mph=drive.max_mph,
+            ),
+            t0=timers.time(),
+        )
+        self.driver = _RecordingDriver(self.belt, timers.time)
+        self.core = SafetyCore(
+            cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=timers.time()
+        )
+        self.controller = Controller(self.core, self.driver, timers)
+        self.controller.listeners.append(self._on_event)
+        self.report_interval_s = cfg.sensors.report_interval_s
+        self.tick_period_s = 1.0 / cfg.control.tick_hz
+        world = scenario.world
+        self.hands = {Hand.LEFT: world.left_hand, Hand.RIGHT: world.right_hand}
+        self.fallen = world.fallen
+        self.tablet = world.tablet
+        self.silent: set[Sensor] = set()
+        self.timeline: list[str] = []
+        self.failures: list[str] = []
+        self.events: list[Event] = []
+        self.stops: list[StopRecord] = []
+        self.sessions: list[SessionRecord] = []
+        self.refusals: list[str] = []
+        self.max_speed = 0.0
+        self._last_sample_t = timers.time()
+        self._next_status_t = 0.0
+        self._held: list[str] | None = None
+
+    # ----------------------------------------------------------------- scheduling
+
+    def start(self) -> None:
+        t0 = self._t0 = self.timers.time()
+        for step in self.scenario.step:
+            self.timers.call_at(t0 + step.at, self._play, step)
+        self._report_sensors()
+        self._heartbeat()
+        self.timers.call_at(t0 + SAMPLE_S, self._sample)
+
+    def schedule_ticks(self) -> None:
+        """Virtual mode: the control tick on the virtual clock (real time uses the asyncio loop)."""
+
+        def tick(k: int) -> None:
+            self.controller.tick()
+            self.timers.call_at(t0 + (k + 1) * self.tick_period_s, tick, k + 1)
+
+        t0 = self.timers.time()
+        self.timers.call_at(t0, tick, 0)
+
+    def _report_sensors(self, k: int = 0) -> None:
+        for sensor in Sensor:
+            self._send_reading(sensor)
+        self.timers.call_at(
+            self._t0 + (k + 1) * self.report_interval_s, self._report_sensors, k + 1
+        )
+
+    def _send_reading(self, sensor: Sensor) -> None:
+        if sensor in self.silent:
+            return
+        t = self.timers.time()
+        if sensor is Sensor.FALL:
+            self.controller.submit(FallReading(t=t, fallen=self.fallen))
+        else:
+            hand = Hand.LEFT if sensor is Sensor.GRIP_LEFT else Hand.RIGHT
+            self.controller.submit(GripReading(t=t, hand=hand, held=self.hands[hand]))
+
+    def _heartbeat(self, k: int = 0) -> None:
+        if self.tablet:
+            self.controller.submit(Heartbeat(t=self.timers.time()))
+        self.timers.call_at(self._t0 + (k + 1) * HEARTBEAT_S, self._heartbeat, k + 1)
+
+    # ----------------------------------------------------------------- the belt, watched
+
+    def _sample(self) -> None:
+        t = self.timers.time()
+        dt = t - self._last_sample_t
+        self._last_sample_t = t
+        self.belt.advance(t)
+        speed = self.belt.speed_mph
+        self.max_speed = max(self.max_speed, speed)
+        moving = speed > STANDSTILL_MPH
+        for session in self.sessions:
+            if session.measuring:
+                if moving:
+                    session.belt_moving_s += dt
+                elif session.end_reason is not None:
+                    session.measuring = False
+        for stop in self.stops:
+            if stop.standstill_at_s is None and not moving:
+                stop.standstill_at_s = t
+        if moving and t >= self._next_status_t:
+            self._next_status_t = t + self.status_every_s
+            snap = self.core.snapshot()
+            elapsed = ""
+            if snap.session is not None:
+                elapsed = (
+                    f", belt time {clock_text(snap.session.elapsed_s)} of "
+                    f"{clock_text(snap.session.cap_s)}"
+                )
+            self._line(f"belt {speed:.2f} mph, target {snap.target_mph:.2f} mph{elapsed}")
+        self.timers.call_at(t + SAMPLE_S, self._sample)
+
+    # ----------------------------------------------------------------- steps
+
+    def _play(self, step: Step) -> None:
+        if step.do is not None:
+            self._act(step)
+        self._check_step(step)
+
+    def _act(self, step: Step) -> None:
+        t = self.timers.time()
+        action = step.do
+        match action:
+            case Action.START_SESSION:
+                assert step.user is not None
+                self._command(
+                    step, StartSession(t, step.user, step.program, step.cap_s, step.target_mph)
+                )
+            case Action.SET_SPEED:
+                assert step.mph is not None
+                self._command(step, SetSpeed(t, step.mph))
+            case Action.STOP:
+                self._command(step, Stop(t))
+            case Action.ESTOP:
+                self._command(step, EStop(t))
+            case Action.RESET:
+                self._command(step, Reset(t))
+            case Action.TABLET_LEAVES:
+                self.tablet = False
+                self._line("tablet goes away (no more heartbeats)")
+            case Action.TABLET_RETURNS:
+                self.tablet = True
+                self._line("tablet is back")
+                self.controller.submit(Heartbeat(t))
+            case Action.RELEASE | Action.GRIP:
+                held = action is Action.GRIP
+                assert step.hand is not None
+                hands = list(Hand) if step.hand == "both" else [Hand(step.hand)]
+                verb = "takes hold with" if held else "lets go with"
+                self._line(f"user {verb} {step.hand} hand{'s' if step.hand == 'both' else ''}")
+                for hand in hands:
+                    self.hands[hand] = held
+                for hand in hands:
+                    self._send_reading(Sensor.GRIP_LEFT if hand is Hand.LEFT else Sensor.GRIP_RIGHT)
+            case Action.FALL | Action.GET_UP:
+                self.fallen = action is Action.FALL
+                self._line("user falls" if self.fallen else "user is back on their feet")
+                self._send_reading(Sensor.FALL)
+            case Action.SENSOR_SILENT:
+                assert step.sensor is not None
+                self.silent.add(Sensor(step.sensor))
+                self._line(f"sensor {step.sensor} goes silent")
+            case Action.SENSOR_BACK:
+                assert step.sensor is not None
+                sensor = Sensor(step.sensor)
+                self.silent.discard(sensor)
+                self._line(f"sensor {step.sensor} reports again")
+                self._send_reading(sensor)
+            case Action.DRIVE_UNPLUG:
+                self.driver.unplug()
+                self._line("drive cable unplugged")
+            case Action.DRIVE_PLUG:
+                self.driver.plug()
+                self._line("drive cable plugged back in")
+
+    def _command(self, step: Step, command: Command) -> None:
+        # The command's own line comes first, then the events it caused.
+        self._held = []
+        try:
+            decision = self.controller.submit(command)
+        finally:
+            held, self._held = self._held, None
+        reply = decision.reply
+        assert reply is not None
+        assert step.do is not None
+        params = " ".join(
+            f"{name}={getattr(step, name)}"
+            for name in ("user", "program", "cap_s", "target_mph", "mph")
+            if getattr(step, name) is not None
+        )
+        what = f"tablet: {step.do.value}{' ' + params if params else ''}"
+        if isinstance(reply, Accepted):
+            got = "ok"
+            self._line(f"{what} -> ok")
+        else:
+            assert isinstance(reply, Refused)
+            got = reply.code.value
+            self.refusals.append(got)
+            self._line(f"{what} -> refused, {got}: {reply.message}")
+        for line in held:
+            self._emit_line(line)
+        if step.expect_reply is not None and got != step.expect_reply:
+            self._fail(
+                f"{clock_text(step.at)} {step.do.value}: expected reply "
+                f"{step.expect_reply}, got {got}"
+            )
+
+    def _check_step(self, step: Step) -> None:
+        at = clock_text(step.at)
+        if step.expect_state is not None and self.core.state is not step.expect_state:
+            self._fail(
+                f"{at} expected state {step.expect_state.value}, was {self.core.state.value}"
+            )
+        if step.expect_speed_mph is not None:
+            self.belt.advance(self.timers.time())
+            lo, hi = step.expect_speed_mph
+            speed = self.belt.speed_mph
+            if not lo - 1e-6 <= speed <= hi + 1e-6:
+                self._fail(f"{at} expected belt speed {lo:g}-{hi:g} mph, was {speed:.3f} mph")
+        if step.expect_latched is not None:
+            latch = self.core.latch
+            got = "none" if latch is None else latch.cause.value
+            if got != step.expect_latched:
+                self._fail(f"{at} expected latched {step.expect_latched}, was {got}")
+
+    # ----------------------------------------------------------------- events
+
+    def _on_event(self, ev: Event) -> None:
+        self.events.append(ev)
+        f = ev.fields
+        match ev.type:
+            case EventType.SESSION_STARTED:
+                self.sessions.append(
+                    SessionRecord(
+                        id=str(f["session_id"]),
+                        user=str(f["user"]),
+                        program=str(f["program"]),
+                        cap_s=float(f["cap_s"] or 0.0),
+                        started_s=ev.t,
+                    )
+                )
+                text = (
+                    f"session {f['session_id']} started: user {f['user']}, {f['program']}, "
+                    f"cap {clock_text(float(f['cap_s'] or 0.0))}, target {f['target_mph']} mph"
+                )
+            case EventType.SESSION_ENDED:
+                for session in self.sessions:
+                    if session.id == f["session_id"]:
+                        session.end_reason = str(f["reason"])
+                        session.ended_s = ev.t
+                text = f"session {f['session_id']} ended: {f['reason']}"
+            case EventType.COUNTDOWN:
+                text = f"countdown {f['seconds']:g} s" if isinstance(f["seconds"], float) else ""
+            case EventType.BELT_STARTED:
+                text = f"belt starts, target {f['target_mph']} mph"
+                self._next_status_t = ev.t + self.status_every_s
+            case EventType.SPEED_STEP:
+                text = f"speed step, target {f['target_mph']} mph"
+            case EventType.CAP_WARNING:
+                text = f"cap warning: {f['remaining_s']} s of belt time left"
+            case EventType.STOPPING:
+                text = f"controlled stop ({f['reason']})"
+            case EventType.INTERVAL_REST:
+                text = f"interval {f['interval']} of {f['intervals']} done, rest {f['rest_s']} s"
+            case EventType.ESTOP | EventType.FAULT:
+                latency = float(f.get("stop_latency_ms") or 0.0)
+                kind = "EMERGENCY STOP" if ev.type is EventType.ESTOP else "FAULT"
+                self.stops.append(StopRecord(ev.type.value, str(f["cause"]), ev.t, latency))
+                text = f"{kind}: {f['cause']} ({f['detail']}), stop sent in {latency:.1f} ms"
+            case EventType.RESET:
+                text = f"reset: {f['cleared']} cleared"
+            case EventType.GRIP_WARNING:
+                text = f"warning: {f['hand']} hand off the handrail ({f['cause']})"
+            case EventType.SENSOR_STALE:
+                text = f"sensor {f['sensor']} is stale"
+            case EventType.COMMAND_REFUSED:
+                text = ""  # the tablet line shows the refusal
+        if text:
+            self._line(text)
+
+    # ----------------------------------------------------------------- output
+
+    def _line(self, text: str) -> None:
+        t = self.timers.time()
+        self.belt.advance(t)
+        line = (
+            f"{clock_text(t):>7} | {self.belt.speed_mph:4.2f} mph | "
+            f"{self.core.state.value:<9} | {text}"
+        )
+        if self._held is not None and not text.startswith("tablet: "):
+            self._held.append(line)
+        else:
+            self._emit_line(line)
+
+    def _emit_line(self, line: str) -> None:
+        self.timeline.append(line)
+        if self.echo is not None:
+            self.echo(line)
+
+    def _fail(self, message: str) -> None:
+        self.failures.append(message)
+        self._line(f"EXPECTATION FAILED: {message}")
+
+    def finish(self) -> ScenarioResult:
+        exp = self.scenario.expect
+        fails = self.failures
+        if self.driver.max_commanded > HARD_MAX_MPH + 1e-9:
+            fails.append(
+                f"commanded {self.driver.max_commanded:.3f} mph, above the hard "
+                f"limit {HARD_MAX_MPH} mph (SR-1)"
+            )
+        for s in self.sessions:
+            if s.belt_moving_s > s.cap_s + 1e-9:
+                fails.append(
+                    f"session {s.id}: belt moved {s.belt_moving_s:.2f} s, above its "
+                    f"cap of {s.cap_s:g} s (SR-7)"
+                )
+        lim = self.loaded.config.safety
+        if self.driver.max_up > lim.accel_mph_s + 1e-6:
+            fails.append(
+                f"commanded speed rose at {self.driver.max_up:.3f} mph/s, faster than "
+                f"{lim.accel_mph_s} mph/s (SR-2)"
+            )
+        if self.driver.max_down > lim.decel_mph_s + 1e-6:
+            fails.append(
+                f"commanded speed fell at {self.driver.max_down:.3f} mph/s outside an "
+                f"emergency stop, faster than {lim.decel_mph_s} mph/s (SR-2)"
+            )
+        state = self.core.state
+        if exp.final_state is not None and state is not exp.final_state:
+            fails.append(f"expected final state {exp.final_state.value}, was {state.value}")
+        estops = [s.cause for s in self.stops if s.kind == "estop"]
+        faults = [s.cause for s in self.stops if s.kind == "fault"]
+        if exp.estops is not None and estops != [c.value for c in exp.estops]:
+            fails.append(f"expected emergency stops {[c.value for c in exp.estops]}, got {estops}")
+        if exp.faults is not None and faults != [c.value for c in exp.faults]:
+            fails.append(f"expected faults {[c.value for c in exp.faults]}, got {faults}")
+        ends = [s.end_reason for s in self.sessions]
+        if exp.sessions is not None and ends != [r.value for r in exp.sessions]:
+            fails.append(f"expected sessions ending {[r.value for r in exp.sessions]}, got {ends}")
+        if exp.max_speed_mph is not None and self.max_speed > exp.max_speed_mph + 1e-6:
+            fails.append(f"belt reached {self.max_speed:.3f} mph, above {exp.max_speed_mph} mph")
+        if exp.refusals is not None and self.refusals != [c.value for c in exp.refusals]:
+            fails.append(
+                f"expected refusals {[c.value for c in exp.refusals]}, got {self.refusals}"
+            )
+        seen = {ev.type for ev in self.events}
+        for t in exp.events_include:
+            if t not in seen:
+                fails.append(f"expected a {t.value} event, none happened")
+        for t in exp.events_exclude:
+            if t in seen:
+                fails.append(f"expected no {t.value} event, one happened")
+        last = self.sessions[-1] if self.sessions else None
+        return ScenarioResult(
+            scenario=self.source,
+            name=self.scenario.name,
+            passed=not fails,
+            final_state=state.value,
+            max_speed_mph=self.max_speed,
+            max_commanded_mph=self.driver.max_commanded,
+            max_accel_mph_s=max(self.driver.max_up, self.driver.max_down),
+            belt_moving_s=max((s.belt_moving_s for s in self.sessions), default=0.0),
+            cap_s=None if last is None else last.cap_s,
+            estops=self.stops,
+            sessions=self.sessions,
+            refusals=self.refusals,
+            failures=fails,
+            timeline=self.timeline,
+        )
+
+
+def run_virtual(
+    scenario: Scenario,
+    source: str,
+    loaded: LoadedConfig,
+    *,
+    echo: Callable[[str], None] | None = None,
+) -> ScenarioResult:
+    """The whole scenario on the virtual clock: deterministic, much faster than real time."""
+    loop = VirtualLoop()
+    run = ScenarioRun(scenario, source, loaded, loop, echo=echo)
+    run.start()
+    run.schedule_ticks()
+    loop.run_until(scenario.end)
+    return run.finish()
+
+
+async def run_realtime(
+    scenario: Scenario,
+    source: str,
+    loaded: LoadedConfig,
+    *,
+    echo: Callable[[str], None] | None = None,
+    speed: float = 1.0,
+) -> ScenarioResult:
+    """The scenario on asyncio's clock with the real control loop; ``speed`` > 1 plays faster."""
+    loop = asyncio.get_running_loop()
+    clock = ScaledClock(loop, speed)
+    run = ScenarioRun(scenario, source, loaded, clock, echo=echo, status_every_s=10.0)
+    run.start()
+    period = 1.0 / loaded.config.control.tick_hz
+    done = asyncio.Event()
+    clock.call_at(scenario.end, done.set)
+    async with asyncio.TaskGroup() as tg:
+        control = tg.create_task(run_control_loop(run.controller, clock, period), name="control")
+        driver = tg.create_task(run.driver.run(), name="driver")
+        await done.wait()
+        control.cancel()
+        driver.cancel()
+    return run.finish()

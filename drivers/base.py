@@ -1,0 +1,35 @@
+"""The one interface every treadmill driver offers to the controller.
+
+Commands are non-blocking: the control tick and the emergency-stop path never wait for a wire.
+A driver sends an ordinary command when its link allows and hands an emergency stop to the
+wire at once, ahead of anything queued (SR-13).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class DriveStatus:
+    """The latest answer from the drive. ``t`` is when it arrived, on the controller's clock."""
+
+    t: float
+    speed_mph: float
+    # A fault the drive reported or the driver detected (refused command, bad answer).
+    fault: str | None = None
+
+
+class TreadmillDriver(Protocol):
+    def command_speed(self, mph: float) -> None:
+        """Ask for this belt speed (0 stops the belt at the drive's normal deceleration)."""
+
+    def emergency_stop(self) -> None:
+        """The drive's fastest stop, handed to the wire before this returns where it can be."""
+
+    def status(self) -> DriveStatus | None:
+        """The newest status, or None before the drive has ever answered."""
+
+    async def run(self) -> None:
+        """The driver's own I/O (polling, writing); runs until cancelled."""

@@ -1,0 +1,59 @@
+"""An in-process driver for a simulated belt: no wire, the same interface as a real driver.
+
+It depends only on the small :class:`SimulatedBelt` protocol, so the drivers package does not
+import the simulator. ``unplug()`` cuts the link for fault injection: commands are lost and the
+status stops updating, exactly what the controller sees when a cable is pulled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from drivers.base import DriveStatus
+
+
+class SimulatedBelt(Protocol):
+    def host_command(self, t: float, mph: float) -> None: ...
+
+    def host_emergency_stop(self, t: float) -> None: ...
+
+    def host_poll(self, t: float) -> float: ...
+
+
+class SimulatedDriver:
+    def __init__(self, belt: SimulatedBelt, clock: Callable[[], float]) -> None:
+        self._belt = belt
+        self._clock = clock
+        self._status: DriveStatus | None = None
+        self._linked = True
+        self.commanded_mph = 0.0
+        self.emergency_stops = 0
+
+    def command_speed(self, mph: float) -> None:
+        self.commanded_mph = mph
+        if self._linked:
+            self._belt.host_command(self._clock(), mph)
+
+    def emergency_stop(self) -> None:
+        self.commanded_mph = 0.0
+        self.emergency_stops += 1
+        if self._linked:
+            self._belt.host_emergency_stop(self._clock())
+
+    def status(self) -> DriveStatus | None:
+        if self._linked:
+            t = self._clock()
+            self._status = DriveStatus(t=t, speed_mph=self._belt.host_poll(t))
+        return self._status
+
+    async def run(self) -> None:
+        # Nothing to do in the background: every call reaches the belt directly.
+        await asyncio.Event().wait()
+
+    def unplug(self) -> None:
+        self._linked = False
+
+    def plug(self) -> None:
+        self._linked = True

@@ -1,0 +1,36 @@
+# Sourced by scripts/run and scripts/test: makes .venv with treadguard and its test tools.
+# Reinstalls only when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt() {
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+python=${PYTHON:-python3}
+if ! command -v "$python" >/dev/null; then
+    echo "treadguard: installing Python 3 from Debian's packages" >&2
+    need_apt python3 python3-venv
+fi
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "treadguard needs Python 3.11 or newer; $python is $("$python" --version)" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    if ! "$python" -m venv .venv 2>/dev/null; then
+        echo "treadguard: installing python3-venv from Debian's packages" >&2
+        rm -rf .venv
+        need_apt python3-venv
+        "$python" -m venv .venv
+    fi
+fi
+stamp=.venv/.treadguard-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "treadguard: installing Python packages into .venv" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" > "$stamp"
+fi

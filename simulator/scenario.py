@@ -1,0 +1,236 @@
+"""The scenario format: a TOML file of timed steps a clinician can read.
+
+    name = "Both hands released"
+    end = "1:00"
+
+    [[step]]
+    at = "0:01"
+    do = "start_session"
+    user = "p-001"
+    expect_reply = "ok"
+
+    [[step]]
+    at = "0:30"
+    do = "release"
+    hand = "both"
+
+    [[step]]
+    at = "0:32"
+    expect_state = "estop"
+    expect_latched = "grip_lost"
+
+    [expect]
+    estops = ["grip_lost"]
+
+Times are seconds (``12.5``) or minutes and seconds (``"2:30"``, ``"2:30.5"``) from the start.
+docs/scenarios.md documents every action and expectation.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from safety.decisions import Cause, EndReason, EventType, RefusalCode, State
+
+_MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
+
+
+def parse_time(value: Any) -> float:
+    """``12.5`` or ``"12.5"`` -> 12.5 s; ``"2:30"`` -> 150 s."""
+    if isinstance(value, bool):
+        raise ValueError("a time is seconds (12.5) or minutes:seconds ('2:30')")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _MMSS.match(value.strip())
+        if match:
+            seconds = int(match.group(1)) * 60 + float(match.group(2))
+        else:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a time: use seconds (12.5) or minutes:seconds ('2:30')"
+                ) from None
+    else:
+        raise ValueError("a time is seconds (12.5) or minutes:seconds ('2:30')")
+    if not 0 <= seconds < 24 * 3600:
+        raise ValueError(f"time {value!r} must be between 0 and 24 hours")
+    return seconds
+
+
+Seconds = Annotated[float, BeforeValidator(parse_time)]
+
+
+class Action(StrEnum):
+    # The tablet (MQTT contract commands).
+    START_SESSION = "start_session"
+    SET_SPEED = "set_speed"
+    STOP = "stop"
+    ESTOP = "estop"
+    RESET = "reset"
+    TABLET_LEAVES = "tablet_leaves"
+    TABLET_RETURNS = "tablet_returns"
+    # The user on the belt.
+    RELEASE = "release"
+    GRIP = "grip"
+    FALL = "fall"
+    GET_UP = "get_up"
+    # The sensors and the drive.
+    SENSOR_SILENT = "sensor_silent"
+    SENSOR_BACK = "sensor_back"
+    DRIVE_UNPLUG = "drive_unplug"
+    DRIVE_PLUG = "drive_plug"
+
+
+TABLET_COMMANDS = frozenset(
+    {Action.START_SESSION, Action.SET_SPEED, Action.STOP, Action.ESTOP, Action.RESET}
+)
+_NEEDS: dict[Action, tuple[str, ...]] = {
+    Action.START_SESSION: ("user",),
+    Action.SET_SPEED: ("mph",),
+    Action.RELEASE: ("hand",),
+    Action.GRIP: ("hand",),
+    Action.SENSOR_SILENT: ("sensor",),
+    Action.SENSOR_BACK: ("sensor",),
+}
+_ALLOWED: dict[Action, frozenset[str]] = {
+    Action.START_SESSION: frozenset({"user", "program", "cap_s", "target_mph"}),
+    Action.SET_SPEED: frozenset({"mph"}),
+    Action.RELEASE: frozenset({"hand"}),
+    Action.GRIP: frozenset({"hand"}),
+    Action.SENSOR_SILENT: frozenset({"sensor"}),
+    Action.SENSOR_BACK: frozenset({"sensor"}),
+}
+_PARAMS = ("user", "program", "cap_s", "target_mph", "mph", "hand", "sensor")
+
+Reply = Literal["ok"] | RefusalCode
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: Seconds
+    do: Action | None = None
+    # Parameters of the action.
+    user: str | None = None
+    program: str | None = None
+    cap_s: float | None = None
+    target_mph: float | None = None
+    # Any number, even a bad one: the scenario may test that it is refused.
+    mph: float | None = None
+    hand: Literal["left", "right", "both"] | None = None
+    sensor: Literal["grip_left", "grip_right", "fall"] | None = None
+    # Expectations, checked at ``at`` after the action (if any).
+    expect_reply: Reply | None = None
+    expect_state: State | None = None
+    expect_speed_mph: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    expect_latched: Cause | Literal["none"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        given = {name for name in _PARAMS if getattr(self, name) is not None}
+        if self.do is None:
+            if given:
+                raise ValueError(f"{', '.join(sorted(given))} given without an action (do = ...)")
+            if self.expect_reply is not None:
+                raise ValueError("expect_reply needs a tablet command (do = ...)")
+            if not (self.expect_state or self.expect_speed_mph or self.expect_latched):
+                raise ValueError("a step needs an action (do) or an expectation (expect_...)")
+            return self
+        missing = [name for name in _NEEDS.get(self.do, ()) if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"do = {self.do.value!r} needs {', '.join(missing)}")
+        extra = given - _ALLOWED.get(self.do, frozenset())
+        if extra:
+            raise ValueError(f"do = {self.do.value!r} does not take {', '.join(sorted(extra))}")
+        if self.expect_reply is not None and self.do not in TABLET_COMMANDS:
+            raise ValueError(f"expect_reply needs a tablet command, not {self.do.value!r}")
+        if (
+            self.expect_speed_mph is not None
+            and self.expect_speed_mph[0] > self.expect_speed_mph[1]
+        ):
+            raise ValueError("expect_speed_mph is [lowest, highest]")
+        return self
+
+
+class WorldSetup(BaseModel):
+    """How things stand at time 0."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    left_hand: bool = True
+    right_hand: bool = True
+    fallen: bool = False
+    tablet: bool = True
+
+
+class Expectations(BaseModel):
+    """Whole-run expectations, checked at the end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    final_state: State | None = None
+    # Causes of every emergency stop / fault, in order ([] = none may happen).
+    estops: list[Cause] | None = None
+    faults: list[Cause] | None = None
+    # How every session ended, in order.
+    sessions: list[EndReason] | None = None
+    max_speed_mph: float | None = None
+    events_include: list[EventType] = Field(default_factory=list)
+    events_exclude: list[EventType] = Field(default_factory=list)
+    refusals: list[RefusalCode] | None = None
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=120)
+    description: str = ""
+    # Configuration to run with, relative to the scenario file; default: the built-in simulator.
+    config: Path | None = None
+    end: Seconds
+    world: WorldSetup = WorldSetup()
+    step: list[Step] = Field(default_factory=list)
+    expect: Expectations = Expectations()
+
+    @model_validator(mode="after")
+    def _steps_in_time(self) -> Self:
+        for i, step in enumerate(self.step):
+            if step.at > self.end:
+                raise ValueError(f"step {i + 1} at {step.at:g} s is after end ({self.end:g} s)")
+        return self
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be played; the message names the file and field."""
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) if not isinstance(p, int) else f"[{p + 1}]" for p in err["loc"]]
+            problems.append(f"{'.'.join(loc).replace('.[', '[') or '(file)'}: {err['msg']}")
+        raise ScenarioError(f"{path}: " + "; ".join(problems)) from exc
