@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from config.schema import ModbusDriveSection, TreadguardConfig
 from safety.programs import Program, ProgramError, load_programs
@@ -31,16 +32,22 @@ class LoadedConfig:
         return relative if relative.is_absolute() else self.path.parent / relative
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
+_TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
+
+
+def _field_path(err: ErrorDetails) -> str:
     # Drop pydantic's discriminator tag ("drive.simulator.lag_s" -> "drive.lag_s").
-    parts = [str(p) for p in loc]
+    parts = [str(p) for p in err["loc"]]
     if (
         len(parts) >= 2
         and parts[0] == "drive"
         and parts[1] in {"simulator", "trackmaster", "modbus"}
     ):
         del parts[1]
-    return ".".join(parts) or "(file)"
+    # A missing or unknown tag is an error of the tag field itself ("drive" -> "drive.kind").
+    if err["type"] in _TAG_ERRORS:
+        parts.append(str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
+    return ".".join(p for p in parts if p) or "(file)"
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -55,7 +62,7 @@ def load_config(path: Path) -> LoadedConfig:
         config = TreadguardConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            path, [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+            path, [f"{_field_path(err)}: {err['msg']}" for err in exc.errors()]
         ) from exc
 
     problems: list[str] = []

@@ -135,11 +135,19 @@ def clock_text(t: float) -> str:
 
 
 class _RecordingDriver(SimulatedDriver):
-    """The simulated driver, remembering every speed it was commanded (for SR-2 figures)."""
+    """The simulated driver, remembering every speed it was commanded (for SR-2 figures).
 
-    def __init__(self, belt: Belt, clock: Callable[[], float]) -> None:
+    Rates are measured on ``decided_at``, the time of the input the core acted on. On the
+    virtual clock that is the clock itself; in real time the few milliseconds between an input
+    and the driver call are loop latency (benchmarked on their own), which at a sped-up demo
+    would otherwise be multiplied into apparent rate errors.
+    """
+
+    def __init__(
+        self, belt: Belt, clock: Callable[[], float], decided_at: Callable[[], float]
+    ) -> None:
         super().__init__(belt, clock)
-        self._clock_fn = clock
+        self._clock_fn = decided_at
         self.max_commanded = 0.0
         self.max_up = 0.0
         self.max_down = 0.0
@@ -176,6 +184,7 @@ class ScenarioRun:
         *,
         echo: Callable[[str], None] | None = None,
         status_every_s: float = 30.0,
+        time_scale: float = 1.0,
     ) -> None:
         drive = loaded.config.drive
         if not isinstance(drive, SimulatedDriveSection):
@@ -189,6 +198,8 @@ class ScenarioRun:
         self.timers = timers
         self.echo = echo
         self.status_every_s = status_every_s
+        # Scenario seconds per wall second: latencies are reported in wall milliseconds.
+        self.time_scale = time_scale
         cfg = loaded.config
         self.belt = Belt(
             BeltParams(
@@ -201,10 +212,10 @@ class ScenarioRun:
             ),
             t0=timers.time(),
         )
-        self.driver = _RecordingDriver(self.belt, timers.time)
         self.core = SafetyCore(
             cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=timers.time()
         )
+        self.driver = _RecordingDriver(self.belt, timers.time, lambda: self.core.now)
         self.controller = Controller(self.core, self.driver, timers)
         self.controller.listeners.append(self._on_event)
         self.report_interval_s = cfg.sensors.report_interval_s
@@ -229,8 +240,13 @@ class ScenarioRun:
 
     def start(self) -> None:
         t0 = self._t0 = self.timers.time()
+        # One timer per distinct time, playing its steps in file order: asyncio's loop does not
+        # keep timers due at the same time in the order they were scheduled (VirtualLoop does).
+        by_time: dict[float, list[Step]] = {}
         for step in self.scenario.step:
-            self.timers.call_at(t0 + step.at, self._play, step)
+            by_time.setdefault(step.at, []).append(step)
+        for at, steps in by_time.items():
+            self.timers.call_at(t0 + at, self._play_all, steps)
         self._report_sensors()
         self._heartbeat()
         self.timers.call_at(t0 + SAMPLE_S, self._sample)
@@ -299,6 +315,10 @@ class ScenarioRun:
         self.timers.call_at(t + SAMPLE_S, self._sample)
 
     # ----------------------------------------------------------------- steps
+
+    def _play_all(self, steps: list[Step]) -> None:
+        for step in steps:
+            self._play(step)
 
     def _play(self, step: Step) -> None:
         if step.do is not None:
@@ -451,7 +471,7 @@ class ScenarioRun:
             case EventType.INTERVAL_REST:
                 text = f"interval {f['interval']} of {f['intervals']} done, rest {f['rest_s']} s"
             case EventType.ESTOP | EventType.FAULT:
-                latency = float(f.get("stop_latency_ms") or 0.0)
+                latency = float(f.get("stop_latency_ms") or 0.0) / self.time_scale
                 kind = "EMERGENCY STOP" if ev.type is EventType.ESTOP else "FAULT"
                 self.stops.append(StopRecord(ev.type.value, str(f["cause"]), ev.t, latency))
                 text = f"{kind}: {f['cause']} ({f['detail']}), stop sent in {latency:.1f} ms"
@@ -585,7 +605,9 @@ async def run_realtime(
     """The scenario on asyncio's clock with the real control loop; ``speed`` > 1 plays faster."""
     loop = asyncio.get_running_loop()
     clock = ScaledClock(loop, speed)
-    run = ScenarioRun(scenario, source, loaded, clock, echo=echo, status_every_s=10.0)
+    run = ScenarioRun(
+        scenario, source, loaded, clock, echo=echo, status_every_s=10.0, time_scale=speed
+    )
     run.start()
     period = 1.0 / loaded.config.control.tick_hz
     done = asyncio.Event()

@@ -30,7 +30,12 @@ stamp=.venv/.treadguard-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "treadguard: installing Python packages into .venv" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+           .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]'; } \
+           > .venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        echo "treadguard: installing the Python packages failed (log above)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi

@@ -143,6 +143,12 @@ class Step(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         given = {name for name in _PARAMS if getattr(self, name) is not None}
+        # Checked for every step, with or without an action.
+        if (
+            self.expect_speed_mph is not None
+            and self.expect_speed_mph[0] > self.expect_speed_mph[1]
+        ):
+            raise ValueError("expect_speed_mph is [lowest, highest]")
         if self.do is None:
             if given:
                 raise ValueError(f"{', '.join(sorted(given))} given without an action (do = ...)")
@@ -159,11 +165,6 @@ class Step(BaseModel):
             raise ValueError(f"do = {self.do.value!r} does not take {', '.join(sorted(extra))}")
         if self.expect_reply is not None and self.do not in TABLET_COMMANDS:
             raise ValueError(f"expect_reply needs a tablet command, not {self.do.value!r}")
-        if (
-            self.expect_speed_mph is not None
-            and self.expect_speed_mph[0] > self.expect_speed_mph[1]
-        ):
-            raise ValueError("expect_speed_mph is [lowest, highest]")
         return self
 
 

@@ -1,0 +1,417 @@
+"""`treadguard check-config` and the program validator (SR-1, SR-7, SR-15).
+
+The CLI is run as a real subprocess, the way a clinic's installer would run it. Bad files are
+written under tmp_path; each test changes one thing in an otherwise valid file, so the error
+it sees is the one it caused.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safety.programs import ProgramError, ProgramKind, load_program, load_programs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "config"
+PROGRAMS_DIR = CONFIG_DIR / "programs"
+REGISTER_MAP = CONFIG_DIR / "drives" / "delta-vfd-e.toml"
+
+# SAFETY.md, "Programs": hard limits of belt-moving time per session.
+FIRST_SESSION_HARD_CAP_S = 5 * 60
+LATER_SESSION_HARD_CAP_S = 8 * 60
+MAX_INTERVALS = 10
+INTERVAL_S = 60
+# SR-1: the band.
+BAND_MPH = (0.8, 1.2)
+
+# An "error line" of check-config: two spaces, a field path, a colon, the message.
+PROBLEM = re.compile(r"^  (?P<path>[A-Za-z0-9_.\[\]()-]+): (?P<msg>.+)$")
+
+
+def _treadguard_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "treadguard"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "controller.cli"]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_treadguard_cmd(), "check-config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def problems(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """Field path -> message for every error line printed."""
+    found: dict[str, str] = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        match = PROBLEM.match(line)
+        if match:
+            found[match["path"]] = match["msg"]
+    return found
+
+
+def valid_config(
+    *,
+    safety: str = "",
+    drive: str = 'kind = "simulator"',
+    programs_dir: Path = PROGRAMS_DIR,
+    extra: str = "",
+) -> str:
+    """A complete, valid configuration (paths absolute, so it works from tmp_path)."""
+    return (
+        f'[treadmill]\nid = "tm-test"\n\n'
+        f"[safety]\n{safety}\n\n"
+        f"[programs]\ndir = '{programs_dir.as_posix()}'\n\n"
+        f"[drive]\n{drive}\n\n"
+        f"{extra}\n"
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "treadguard.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "ok" not in proc.stdout.split()
+    found = problems(proc)
+    assert found, f"no 'field: message' lines in:\n{proc.stdout}{proc.stderr}"
+    return found
+
+
+# --------------------------------------------------------------------------- valid files
+
+
+@pytest.mark.parametrize("name", ["sim.toml", "example-trackmaster.toml", "example-modbus.toml"])
+def test_shipped_configs_are_ok(name: str) -> None:
+    proc = check_config(CONFIG_DIR / name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_the_base_file_of_these_tests_is_valid(tmp_path: Path) -> None:
+    proc = check_config(write(tmp_path, valid_config()))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_stricter_than_the_defaults_is_accepted(tmp_path: Path) -> None:
+    """SAFETY.md: configuration may make a limit stricter."""
+    safety = "max_mph = 1.0\naccel_mph_s = 0.1\ngrip_debounce_s = 0.1\nsensor_timeout_s = 0.3"
+    proc = check_config(write(tmp_path, valid_config(safety=safety)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize(
+    ("text_change", "field"),
+    [
+        ({"safety": "max_speed = 1.0"}, "safety.max_speed"),
+        ({"drive": 'kind = "simulator"\nlag = 0.1'}, "drive.lag"),
+        ({"extra": "[sensor]\nsource = 'simulator'"}, "sensor"),
+    ],
+)
+def test_sr15_unknown_key_names_its_field(
+    tmp_path: Path, text_change: dict[str, str], field: str
+) -> None:
+    proc = check_config(write(tmp_path, valid_config(**text_change)))
+    found = assert_refused(proc)
+    assert field in found, found
+    assert found[field] == "Extra inputs are not permitted"
+
+
+def test_sr1_max_mph_above_hard_limit_names_field_with_pydantic_message(tmp_path: Path) -> None:
+    proc = check_config(write(tmp_path, valid_config(safety="max_mph = 1.5")))
+    found = assert_refused(proc)
+    assert found == {"safety.max_mph": "Input should be less than or equal to 1.2"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "bound"),
+    [
+        ("min_mph = 0.7", "safety.min_mph", "greater than or equal to 0.8"),  # SR-1
+        ("accel_mph_s = 0.25", "safety.accel_mph_s", "less than or equal to 0.2"),  # SR-2
+        ("decel_mph_s = 0.5", "safety.decel_mph_s", "less than or equal to 0.4"),  # SR-2
+        ("grip_debounce_s = 0.4", "safety.grip_debounce_s", "less than or equal to 0.3"),  # SR-4
+        ("sensor_timeout_s = 0.6", "safety.sensor_timeout_s", "less than or equal to 0.5"),  # SR-8
+        ("heartbeat_grace_s = 6", "safety.heartbeat_grace_s", "less than or equal to 5"),  # SR-12
+    ],
+)
+def test_sr15_looser_than_hard_limit_is_refused(
+    tmp_path: Path, setting: str, field: str, bound: str
+) -> None:
+    proc = check_config(write(tmp_path, valid_config(safety=setting)))
+    found = assert_refused(proc)
+    assert list(found) == [field]
+    assert bound in found[field]
+
+
+def test_missing_drive_table(tmp_path: Path) -> None:
+    text = f"[treadmill]\nid = \"tm-test\"\n[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n"
+    found = assert_refused(check_config(write(tmp_path, text)))
+    assert found == {"drive": "Field required"}
+
+
+def test_unknown_drive_kind_names_drive_kind(tmp_path: Path) -> None:
+    found = assert_refused(check_config(write(tmp_path, valid_config(drive='kind = "vfd"'))))
+    assert list(found) == ["drive.kind"]
+    assert "'vfd'" in found["drive.kind"]
+    for tag in ("simulator", "trackmaster", "modbus"):
+        assert tag in found["drive.kind"]
+
+
+def test_missing_drive_kind_names_drive_kind(tmp_path: Path) -> None:
+    found = assert_refused(check_config(write(tmp_path, valid_config(drive="lag_s = 0.1"))))
+    assert list(found) == ["drive.kind"]
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, '[treadmill\nid = "tm-test"\n')
+    proc = check_config(path)
+    found = assert_refused(proc)
+    assert list(found) == ["(file)"]
+    assert "TOML" in found["(file)"]
+    assert str(path) in proc.stdout + proc.stderr
+
+
+def test_file_that_does_not_exist(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    proc = check_config(path)
+    found = assert_refused(proc)
+    assert list(found) == ["(file)"]
+    assert "cannot read" in found["(file)"]
+    assert str(path) in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("program", "hard_s"),
+    [
+        (
+            'name = "too_long_first"\ntitle = "x"\nfirst_session = true\n'
+            "cap_s_default = 180\ncap_s_min = 180\ncap_s_max = 301\n",
+            FIRST_SESSION_HARD_CAP_S,
+        ),
+        (
+            'name = "too_long_later"\ntitle = "x"\n'
+            "cap_s_default = 300\ncap_s_min = 300\ncap_s_max = 481\n",
+            LATER_SESSION_HARD_CAP_S,
+        ),
+        (
+            'name = "too_many_intervals"\ntitle = "x"\nkind = "intervals"\n'
+            "interval_s = 60\ncap_s_default = 480\ncap_s_min = 480\ncap_s_max = 660\n",
+            MAX_INTERVALS * INTERVAL_S,
+        ),
+    ],
+)
+def test_sr7_programs_dir_with_program_over_hard_limit(
+    tmp_path: Path, program: str, hard_s: int
+) -> None:
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    for shipped in PROGRAMS_DIR.glob("*.toml"):
+        (programs / shipped.name).write_text(shipped.read_text(encoding="utf-8"))
+    (programs / "zz_bad.toml").write_text(program, encoding="utf-8")
+    path = write(tmp_path, valid_config(programs_dir=programs))
+    found = assert_refused(check_config(path))
+    assert list(found) == ["programs.dir"]
+    message = found["programs.dir"]
+    assert "zz_bad.toml" in message
+    assert "cap_s_max" in message
+    assert f"{hard_s:g}" in message or f"{float(hard_s)}" in message
+
+
+def test_the_copied_programs_dir_alone_is_valid(tmp_path: Path) -> None:
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    for shipped in PROGRAMS_DIR.glob("*.toml"):
+        (programs / shipped.name).write_text(shipped.read_text(encoding="utf-8"))
+    proc = check_config(write(tmp_path, valid_config(programs_dir=programs)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_relative_paths_resolve_from_the_file_folder(tmp_path: Path) -> None:
+    """programs.dir = "programs" next to the file: without it, the file is refused."""
+    text = valid_config().replace(f"'{PROGRAMS_DIR.as_posix()}'", '"programs"')
+    found = assert_refused(check_config(write(tmp_path, text)))
+    assert list(found) == ["programs.dir"]
+
+
+def test_modbus_tcp_without_host(tmp_path: Path) -> None:
+    drive = (
+        'kind = "modbus"\ntransport = "tcp"\nmph_per_hz = 0.05\n'
+        f"register_map = '{REGISTER_MAP.as_posix()}'"
+    )
+    found = assert_refused(check_config(write(tmp_path, valid_config(drive=drive))))
+    assert list(found) == ["drive.host"]
+    assert "tcp" in found["drive.host"]
+
+
+def test_modbus_tcp_with_host_is_ok(tmp_path: Path) -> None:
+    drive = (
+        'kind = "modbus"\ntransport = "tcp"\nhost = "10.0.0.7"\nmph_per_hz = 0.05\n'
+        f"register_map = '{REGISTER_MAP.as_posix()}'"
+    )
+    proc = check_config(write(tmp_path, valid_config(drive=drive)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_several_schema_errors_are_all_listed(tmp_path: Path) -> None:
+    text = (
+        '[treadmill]\nid = "bad id with spaces"\n\n'
+        "[safety]\nmax_mph = 1.5\nmax_speed = 1.0\n\n"
+        "[control]\ntick_hz = 1000\n\n"
+        '[drive]\nkind = "simulator"\nlag_s = 5\n'
+    )
+    proc = check_config(write(tmp_path, text))
+    found = assert_refused(proc)
+    expected = {
+        "treadmill.id",
+        "safety.max_mph",
+        "safety.max_speed",
+        "control.tick_hz",
+        "drive.lag_s",
+    }
+    assert set(found) == expected
+    assert f"{len(expected)} error(s)" in proc.stdout + proc.stderr
+
+
+def test_several_cross_field_errors_are_all_listed(tmp_path: Path) -> None:
+    drive = 'kind = "modbus"\ntransport = "tcp"\nmph_per_hz = 0.05\nregister_map = "nowhere.toml"'
+    text = valid_config(drive=drive).replace(
+        "[programs]\n", '[programs]\ndefault = "no_such_program"\n'
+    )
+    found = assert_refused(check_config(write(tmp_path, text)))
+    assert set(found) == {"drive.host", "drive.register_map", "programs.default"}
+    assert "nowhere.toml" in found["drive.register_map"]
+    assert "no_such_program" in found["programs.default"]
+
+
+# --------------------------------------------------------------------------- load_program
+
+
+def program_file(tmp_path: Path, **fields: object) -> Path:
+    base: dict[str, object] = {
+        "name": "test_program",
+        "title": "Test program",
+        "cap_s_default": 180,
+        "cap_s_min": 180,
+        "cap_s_max": 180,
+    }
+    base.update(fields)
+    lines = []
+    for key, value in base.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    path = tmp_path / "program.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "hard_s"),
+    [
+        ({"first_session": True}, FIRST_SESSION_HARD_CAP_S),
+        ({}, LATER_SESSION_HARD_CAP_S),
+        ({"kind": "intervals", "interval_s": INTERVAL_S}, MAX_INTERVALS * INTERVAL_S),
+    ],
+    ids=["first_session", "later_session", "intervals"],
+)
+def test_sr7_load_program_accepts_the_hard_limit_and_refuses_beyond(
+    tmp_path: Path, fields: dict[str, object], hard_s: int
+) -> None:
+    at_limit = program_file(
+        tmp_path, **fields, cap_s_default=hard_s, cap_s_min=hard_s, cap_s_max=hard_s
+    )
+    assert load_program(at_limit).cap_s_max == hard_s
+
+    over = program_file(tmp_path, **fields, cap_s_max=hard_s + 1)
+    with pytest.raises(ProgramError) as info:
+        load_program(over)
+    assert "cap_s_max" in str(info.value)
+    assert str(over) in str(info.value)
+
+
+def test_sr7_intervals_at_most_ten_of_the_interval_length(tmp_path: Path) -> None:
+    """Ten 30-second intervals are the most a 30 s interval program may allow."""
+    fields = {"kind": "intervals", "interval_s": 30, "cap_s_default": 300, "cap_s_min": 300}
+    assert load_program(program_file(tmp_path, **fields, cap_s_max=300)).cap_s_max == 300
+    with pytest.raises(ProgramError, match="cap_s_max"):
+        load_program(program_file(tmp_path, **fields, cap_s_max=301))
+
+
+def test_sr7_intervals_are_at_most_one_minute(tmp_path: Path) -> None:
+    with pytest.raises(ProgramError, match="interval_s"):
+        load_program(
+            program_file(
+                tmp_path,
+                kind="intervals",
+                interval_s=61,
+                cap_s_default=480,
+                cap_s_min=480,
+                cap_s_max=600,
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"start_mph": 0.7},
+        {"start_mph": 1.3},
+        {"min_mph": 1.0, "start_mph": 0.9},
+        {"max_mph": 1.0, "start_mph": 1.1},
+    ],
+)
+def test_sr1_start_mph_outside_the_band_is_refused(
+    tmp_path: Path, fields: dict[str, object]
+) -> None:
+    with pytest.raises(ProgramError, match="start_mph"):
+        load_program(program_file(tmp_path, **fields))
+
+
+@pytest.mark.parametrize("fields", [{"max_mph": 1.3}, {"min_mph": 0.7}])
+def test_sr1_program_band_outside_hard_band_is_refused(
+    tmp_path: Path, fields: dict[str, object]
+) -> None:
+    (field,) = fields
+    with pytest.raises(ProgramError, match=field):
+        load_program(program_file(tmp_path, **fields))
+
+
+def test_shipped_programs_keep_to_the_protocol() -> None:
+    programs = load_programs(PROGRAMS_DIR)
+    assert set(programs) == {"first_session", "reverse_walking", "intervals"}
+    first = programs["first_session"]
+    assert first.first_session
+    assert first.cap_s_default == 3 * 60
+    assert first.cap_s_max <= FIRST_SESSION_HARD_CAP_S
+    later = programs["reverse_walking"]
+    assert later.cap_s_default == 5 * 60
+    assert later.cap_s_max <= LATER_SESSION_HARD_CAP_S
+    intervals = programs["intervals"]
+    assert intervals.kind is ProgramKind.INTERVALS
+    assert intervals.interval_s == INTERVAL_S
+    assert intervals.cap_s_max <= MAX_INTERVALS * INTERVAL_S
+    for program in programs.values():
+        assert BAND_MPH[0] <= program.min_mph <= program.start_mph <= program.max_mph
+        assert program.max_mph <= BAND_MPH[1]
