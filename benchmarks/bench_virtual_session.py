@@ -16,6 +16,7 @@ from pathlib import Path
 from _common import row, save, summary
 
 from config.loading import load_config
+from controller.logs import configure_logging
 from controller.simulation import run_virtual
 from simulator.scenario import Scenario
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
+    configure_logging("warning")
     loaded = load_config(ROOT / "config" / "sim.toml")
     first = run_virtual(SESSION, "bench", loaded)
     assert first.passed, first.failures

@@ -88,14 +88,18 @@ class Controller:
 
     def tick(self) -> Decision:
         """The periodic control tick: read the drive, let time pass in the core."""
+        decision = None
         status = self.driver.status()
         if status is not None and status.t != self._last_status_t:
             self._last_status_t = status.t
             if status.fault is not None and status.fault != self._last_fault:
                 self.submit(DriveError(t=status.t, failure=DriveFailure.FAULT, detail=status.fault))
             self._last_fault = status.fault
-            self.submit(DriveFeedback(t=status.t, speed_mph=status.speed_mph))
-        return self.submit(Tick(t=self.timers.time()))
+            decision = self.submit(DriveFeedback(t=status.t, speed_mph=status.speed_mph))
+        now = self.timers.time()
+        if decision is not None and self.core.now >= now:
+            return decision  # feedback as fresh as the tick has already let time pass
+        return self.submit(Tick(t=now))
 
     def _publish(self, ev: Event) -> None:
         if ev.type in (EventType.ESTOP, EventType.FAULT) and self.stops:

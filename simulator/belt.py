@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from safety.limits import STANDSTILL_MPH
+
 # Integration step: fine enough for the 0.15 s lag, coarse enough for 8-minute runs in ms.
 _STEP_S = 0.01
 _ZERO_MPH = 1e-3
+# Above this the belt counts as moving (the safety core's standstill threshold).
+MOVING_MPH = STANDSTILL_MPH
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Belt:
         self._emergency = False
         self._last_host_t = t0
         self.deadman_trips = 0
+        # Watched by the simulator's statistics, integrated at the physics step.
+        self.moving_s = 0.0
+        self.max_speed_mph = 0.0
+        self.last_moving_t: float | None = None
 
     # The host side: every call is also proof of life for the deadman.
 
@@ -82,3 +90,10 @@ class Belt:
             else:
                 decel = p.estop_decel_mph_s if self._emergency else p.decel_mph_s
                 self.speed_mph = max(goal, self.speed_mph - decel * dt)
+            if self.speed_mph > MOVING_MPH:
+                self.moving_s += dt
+                self.last_moving_t = self.t
+                self.max_speed_mph = max(self.max_speed_mph, self.speed_mph)
+
+    def moving(self) -> bool:
+        return self.speed_mph > MOVING_MPH
