@@ -11,6 +11,7 @@ from pathlib import Path
 import config as config_package
 import simulator as simulator_package
 from config.loading import ConfigError, LoadedConfig, load_config
+from config.schema import SimulatedDriveSection
 from controller.logs import configure_logging
 from controller.simulation import (
     ScenarioResult,
@@ -67,8 +68,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         echo = None if args.json else print
         if echo is not None:
             print(f"== {path}: {scenario.name}")
+        wire = not isinstance(loaded.config.drive, SimulatedDriveSection)
+        if wire and not args.realtime and echo is not None:
+            print(
+                f"        drive.kind is {loaded.config.drive.kind!r}: playing in real time "
+                "through the real driver against a simulated device"
+            )
         try:
-            if args.realtime:
+            if args.realtime or wire:
                 result = asyncio.run(
                     run_realtime(scenario, str(path), loaded, echo=echo, speed=args.speed)
                 )

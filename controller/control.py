@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from drivers.base import TreadmillDriver
+from drivers.base import TreadmillDriver, failure_of
 from safety.core import SafetyCore
 from safety.decisions import Decision, Event, EventType
-from safety.inputs import DriveError, DriveFailure, DriveFeedback, Input, Tick
+from safety.inputs import DriveError, DriveFeedback, Input, Tick
 
 
 class TimerHandle(Protocol):
@@ -93,7 +93,8 @@ class Controller:
         if status is not None and status.t != self._last_status_t:
             self._last_status_t = status.t
             if status.fault is not None and status.fault != self._last_fault:
-                self.submit(DriveError(t=status.t, failure=DriveFailure.FAULT, detail=status.fault))
+                failure = failure_of(status.fault)
+                self.submit(DriveError(t=status.t, failure=failure, detail=status.fault))
             self._last_fault = status.fault
             decision = self.submit(DriveFeedback(t=status.t, speed_mph=status.speed_mph))
         now = self.timers.time()

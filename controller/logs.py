@@ -26,6 +26,22 @@ def configure_logging(
         if console
         else structlog.processors.JSONRenderer()
     )
+    # Libraries log through the standard library (the drivers, pymodbus): same renderer.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(LEVELS[level])
+    # pymodbus reports every lost frame of a pulled cable; the driver reports the fault once.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -21,6 +21,11 @@ class ScaledClock:
         self.scale = scale
         self._wall0 = loop.time()
 
+    @property
+    def origin(self) -> float:
+        """The event loop's clock at this clock's 0."""
+        return self._wall0
+
     def time(self) -> float:
         return (self._loop.time() - self._wall0) * self.scale
 

@@ -15,8 +15,9 @@ from typing import Any
 from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
 from controller.control import Controller, Timers
+from controller.drives import Rig, in_process_rig, wire_rig
 from controller.loop import ScaledClock, run_control_loop
-from drivers.simulated import SimulatedDriver
+from drivers.base import DriveStatus, TreadmillDriver
 from safety.core import SafetyCore
 from safety.decisions import Accepted, Event, EventType, Refused
 from safety.inputs import (
@@ -33,7 +34,6 @@ from safety.inputs import (
     Stop,
 )
 from safety.limits import HARD_MAX_MPH
-from simulator.belt import Belt, BeltParams
 from simulator.scenario import Action, Scenario, Step
 from simulator.virtual_loop import VirtualLoop
 
@@ -135,8 +135,8 @@ def clock_text(t: float) -> str:
     return f"{int(minutes)}:{seconds:04.1f}"
 
 
-class _RecordingDriver(SimulatedDriver):
-    """The simulated driver, remembering every speed it was commanded (for SR-2 figures).
+class _RecordingDriver:
+    """Wraps the run's driver, remembering every speed it was commanded (for SR-2 figures).
 
     Rates are measured on ``decided_at``, the time of the input the core acted on. On the
     virtual clock that is the clock itself; in real time the few milliseconds between an input
@@ -144,19 +144,17 @@ class _RecordingDriver(SimulatedDriver):
     would otherwise be multiplied into apparent rate errors.
     """
 
-    def __init__(
-        self, belt: Belt, clock: Callable[[], float], decided_at: Callable[[], float]
-    ) -> None:
-        super().__init__(belt, clock)
-        self._clock_fn = decided_at
+    def __init__(self, driver: TreadmillDriver, decided_at: Callable[[], float]) -> None:
+        self.inner = driver
+        self._decided_at = decided_at
         self.max_commanded = 0.0
         self.max_up = 0.0
         self.max_down = 0.0
         self._last: tuple[float, float] | None = None
 
     def command_speed(self, mph: float) -> None:
-        super().command_speed(mph)
-        t = self._clock_fn()
+        self.inner.command_speed(mph)
+        t = self._decided_at()
         self.max_commanded = max(self.max_commanded, mph)
         if self._last is None:
             self._last = (t, mph)
@@ -171,8 +169,14 @@ class _RecordingDriver(SimulatedDriver):
             self._last = (t, mph)
 
     def emergency_stop(self) -> None:
-        super().emergency_stop()
-        self._last = (self._clock_fn(), 0.0)
+        self.inner.emergency_stop()
+        self._last = (self._decided_at(), 0.0)
+
+    def status(self) -> DriveStatus | None:
+        return self.inner.status()
+
+    async def run(self) -> None:
+        await self.inner.run()
 
 
 class ScenarioRun:
@@ -186,12 +190,13 @@ class ScenarioRun:
         echo: Callable[[str], None] | None = None,
         status_every_s: float = 30.0,
         time_scale: float = 1.0,
+        rig: Rig | None = None,
     ) -> None:
         drive = loaded.config.drive
-        if not isinstance(drive, SimulatedDriveSection):
+        if rig is None and not isinstance(drive, SimulatedDriveSection):
             raise SimulationError(
-                f"{loaded.path}: drive.kind is {drive.kind!r}; simulated runs need "
-                "drive.kind = 'simulator'"
+                f"{loaded.path}: drive.kind is {drive.kind!r}; the virtual clock needs "
+                "drive.kind = 'simulator' (a wire driver runs in real time)"
             )
         self.scenario = scenario
         self.source = source
@@ -202,21 +207,12 @@ class ScenarioRun:
         # Scenario seconds per wall second: latencies are reported in wall milliseconds.
         self.time_scale = time_scale
         cfg = loaded.config
-        self.belt = Belt(
-            BeltParams(
-                accel_mph_s=drive.accel_mph_s,
-                decel_mph_s=drive.decel_mph_s,
-                estop_decel_mph_s=drive.estop_decel_mph_s,
-                lag_s=drive.lag_s,
-                deadman_s=drive.deadman_s,
-                max_mph=drive.max_mph,
-            ),
-            t0=timers.time(),
-        )
         self.core = SafetyCore(
             cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=timers.time()
         )
-        self.driver = _RecordingDriver(self.belt, timers.time, lambda: self.core.now)
+        self.rig = rig if rig is not None else in_process_rig(loaded, timers.time)
+        self.belt = self.rig.belt
+        self.driver = _RecordingDriver(self.rig.driver, lambda: self.core.now)
         self.controller = Controller(self.core, self.driver, timers)
         self.controller.listeners.append(self._on_event)
         self.report_interval_s = cfg.sensors.report_interval_s
@@ -298,8 +294,9 @@ class ScenarioRun:
                     session.measuring = False
         for stop in self.stops:
             if stop.standstill_at_s is None and not moving:
+                last = belt.last_moving_t
                 stop.standstill_at_s = (
-                    stop.t_s if belt.last_moving_t is None else max(stop.t_s, belt.last_moving_t)
+                    stop.t_s if last is None else max(stop.t_s, last - self.rig.belt_clock_offset)
                 )
         speed = belt.speed_mph
         if moving and t >= self._next_status_t:
@@ -375,10 +372,10 @@ class ScenarioRun:
                 self._line(f"sensor {step.sensor} reports again")
                 self._send_reading(sensor)
             case Action.DRIVE_UNPLUG:
-                self.driver.unplug()
+                self.rig.unplug()
                 self._line("drive cable unplugged")
             case Action.DRIVE_PLUG:
-                self.driver.plug()
+                self.rig.plug()
                 self._line("drive cable plugged back in")
 
     def _command(self, step: Step, command: Command) -> None:
@@ -605,20 +602,45 @@ async def run_realtime(
     echo: Callable[[str], None] | None = None,
     speed: float = 1.0,
 ) -> ScenarioResult:
-    """The scenario on asyncio's clock with the real control loop; ``speed`` > 1 plays faster."""
+    """The scenario on asyncio's clock with the real control loop; ``speed`` > 1 plays faster.
+
+    With a Trackmaster or Modbus configuration the configured driver talks over a real pty or
+    socket to a simulated device, in real time.
+    """
     loop = asyncio.get_running_loop()
+    wire = not isinstance(loaded.config.drive, SimulatedDriveSection)
+    if wire and speed != 1.0:
+        raise SimulationError("a run through a wire driver plays in real time: leave out --speed")
     clock = ScaledClock(loop, speed)
-    run = ScenarioRun(
-        scenario, source, loaded, clock, echo=echo, status_every_s=10.0, time_scale=speed
-    )
-    run.start()
-    period = 1.0 / loaded.config.control.tick_hz
-    done = asyncio.Event()
-    clock.call_at(scenario.end, done.set)
-    async with asyncio.TaskGroup() as tg:
-        control = tg.create_task(run_control_loop(run.controller, clock, period), name="control")
-        driver = tg.create_task(run.driver.run(), name="driver")
-        await done.wait()
-        control.cancel()
-        driver.cancel()
-    return run.finish()
+    rig = await wire_rig(loaded, clock.time, clock.origin) if wire else None
+    try:
+        run = ScenarioRun(
+            scenario,
+            source,
+            loaded,
+            clock,
+            echo=echo,
+            status_every_s=10.0,
+            time_scale=speed,
+            rig=rig,
+        )
+        if rig is not None and echo is not None:
+            echo(f"        {rig.description}")
+        run.start()
+        period = 1.0 / loaded.config.control.tick_hz
+        done = asyncio.Event()
+        clock.call_at(scenario.end, done.set)
+        async with asyncio.TaskGroup() as tg:
+            control = tg.create_task(
+                run_control_loop(run.controller, clock, period), name="control"
+            )
+            driver = tg.create_task(run.driver.run(), name="driver")
+            await done.wait()
+            control.cancel()
+            driver.cancel()
+        return run.finish()
+    finally:
+        if rig is not None:
+            closing = rig.close()
+            if asyncio.iscoroutine(closing):
+                await closing

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from safety.inputs import DriveFailure
+
 
 @dataclass(frozen=True, slots=True)
 class DriveStatus:
@@ -17,8 +19,14 @@ class DriveStatus:
 
     t: float
     speed_mph: float
-    # A fault the drive reported or the driver detected (refused command, bad answer).
+    # A fault the drive reported or the driver detected (refused command, bad answer), in words
+    # that start with its kind: "drive_link: ..." or "drive_fault: ...".
     fault: str | None = None
+
+
+def failure_of(fault: str) -> DriveFailure:
+    """The kind of a fault from its text; anything not marked as the link is the drive's."""
+    return DriveFailure.LINK if fault.startswith(DriveFailure.LINK.value) else DriveFailure.FAULT
 
 
 class TreadmillDriver(Protocol):

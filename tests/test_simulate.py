@@ -291,15 +291,61 @@ def test_scenario_with_a_bad_config_exits_2_naming_the_field(tmp_path: Path) -> 
     assert str(cfg) in proc.stderr
 
 
-def test_scenario_with_a_hardware_config_exits_2(tmp_path: Path) -> None:
-    scenario = tmp_path / "on_hardware.toml"
-    scenario.write_text(
-        f"name = \"x\"\nend = 5\nconfig = '{(ROOT / 'config' / 'example-trackmaster.toml')}'\n",
-        encoding="utf-8",
-    )
-    proc = simulate(scenario, "--json")
+WIRE_SCENARIO = """
+name = "Through the wire: start, run, fall"
+end = 8
+
+[[step]]
+at = 0.5
+do = "start_session"
+user = "p-wire"
+expect_reply = "ok"
+
+[[step]]
+at = 2
+expect_state = "countdown"
+expect_speed_mph = [0, 0]
+
+[[step]]
+at = 6
+expect_state = "running"
+expect_speed_mph = [0.1, 0.8]
+
+[[step]]
+at = 6.5
+do = "fall"
+
+[[step]]
+at = 7.5
+expect_state = "estop"
+
+[expect]
+estops = ["fall"]
+"""
+
+
+@pytest.mark.parametrize("config", ["example-trackmaster.toml", "example-modbus.toml"])
+def test_hardware_config_plays_through_the_real_driver(tmp_path: Path, config: str) -> None:
+    """Issue: a scenario with a Trackmaster or Modbus configuration runs in real time through
+    the real driver over a pty against the simulated device (SR-9, SR-13 through the wire)."""
+    scenario = tmp_path / "wire.toml"
+    scenario.write_text(WIRE_SCENARIO, encoding="utf-8")
+    proc = simulate(scenario, "--config", str(ROOT / "config" / config), "--json", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json_lines(proc.stdout)
+    assert result["passed"] is True, result["failures"]
+    (stop,) = result["estops"]
+    assert stop["cause"] == "fall"
+    assert stop["standstill_at_s"] is not None
+
+
+def test_hardware_config_refuses_a_faster_clock(tmp_path: Path) -> None:
+    scenario = tmp_path / "wire.toml"
+    scenario.write_text(WIRE_SCENARIO, encoding="utf-8")
+    config = str(ROOT / "config" / "example-trackmaster.toml")
+    proc = simulate(scenario, "--config", config, "--realtime", "--speed", "3", "--json")
     assert proc.returncode == 2
-    assert "drive.kind" in proc.stderr
+    assert "real time" in proc.stderr
 
 
 # --------------------------------------------------------------------------- real time
