@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,12 +21,16 @@ from controller.simulation import (
     run_realtime,
     run_virtual,
 )
+from drivers.vfd_codec import RegisterMap, RegisterMapError
+from simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
 from simulator.scenario import ScenarioError, load_scenario
+from simulator.trackmaster_device import serve_trackmaster
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
+DELTA_MAP = Path(config_package.__file__).parent / "drives" / "delta-vfd-e.toml"
 DEMO_SCENARIO = Path(simulator_package.__file__).parent / "scenarios" / "demo.toml"
 
 
@@ -121,6 +126,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
 
 
+async def _serve_modbus(args: argparse.Namespace) -> None:
+    rmap = RegisterMap.from_toml(args.register_map)
+    vfd = SimulatedVfd(
+        rmap,
+        comm_fault_action=args.comm_fault_action,
+        comm_timeout=round(args.comm_timeout_s * 10),
+        mph_per_hz=args.mph_per_hz,
+        device_id=args.device_id,
+    )
+    if args.tcp is not None:
+        host, _, port = args.tcp.rpartition(":")
+        server = await serve_modbus_tcp(host or "127.0.0.1", int(port), vfd=vfd)
+        where = f"{server.host}:{server.port}"
+    else:
+        server = await serve_modbus_rtu(vfd=vfd, baudrate=args.baud, parity=args.parity)
+        where = str(server.path)
+    print(where, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        await vfd.close()
+
+
+def cmd_sim_device(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, "auto")
+    try:
+        if args.device == "trackmaster":
+            asyncio.run(serve_trackmaster(link_path=args.link))
+        else:
+            if (args.tcp is None) == (not args.rtu):
+                print("error: give exactly one of --tcp HOST:PORT and --rtu", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            if args.tcp is not None and not args.tcp.rpartition(":")[2].isdigit():
+                print(f"error: --tcp {args.tcp!r}: expected HOST:PORT", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            asyncio.run(_serve_modbus(args))
+    except (OSError, RegisterMapError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="treadguard",
@@ -152,6 +204,44 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    dev = sub.add_parser(
+        "sim-device",
+        help="serve a simulated treadmill on a pty or socket (prints its address first)",
+    )
+    dev_sub = dev.add_subparsers(dest="device", required=True)
+    tm = dev_sub.add_parser("trackmaster", help="a Trackmaster treadmill on a pty")
+    tm.add_argument(
+        "--link",
+        type=Path,
+        default=None,
+        help="also keep a symlink at this path pointing at the current pty",
+    )
+    mb = dev_sub.add_parser("modbus", help="a Delta VFD-E style drive on Modbus TCP or RTU")
+    mb.add_argument("--tcp", metavar="HOST:PORT", default=None)
+    mb.add_argument("--rtu", action="store_true", help="Modbus RTU on a pty")
+    mb.add_argument("--baud", type=int, default=19200)
+    mb.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    mb.add_argument("--device-id", type=int, default=1)
+    mb.add_argument("--mph-per-hz", type=float, default=0.05)
+    mb.add_argument("--register-map", type=Path, default=DELTA_MAP)
+    mb.add_argument(
+        "--comm-timeout-s",
+        type=float,
+        default=0.5,
+        help="parameter 09.03 (0 disables it: an unsafe drive the driver refuses)",
+    )
+    mb.add_argument(
+        "--comm-fault-action",
+        type=int,
+        default=1,
+        help="parameter 09.02: 0 warn and run on, 1 ramp to stop, 2 coast, 3 run on",
+    )
+    for p in (tm, mb):
+        p.add_argument(
+            "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        )
+    dev.set_defaults(func=cmd_sim_device)
 
     run = sub.add_parser("run", help="run the controller (for now: the simulator demo)")
     run.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
