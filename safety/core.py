@@ -26,8 +26,8 @@ from safety.decisions import (
     Event,
     EventType,
     JsonScalar,
-    Refused,
     RefusalCode,
+    Refused,
     Reply,
     State,
 )
@@ -155,12 +155,14 @@ class SafetyCore:
         self._mismatch_since: float | None = None
         self._heartbeat_t: float | None = None
         self._countdown_until = 0.0
+        self._standing = True  # the command was 0 when the current input arrived
         self._out = _Out()
 
     # ----------------------------------------------------------------- public surface
 
     def handle(self, event: Input) -> Decision:
         self._out = _Out()
+        self._standing = self.commanded == 0.0
         self._advance_to(event.t)
         reply: Reply | None = None
         match event:
@@ -295,9 +297,13 @@ class SafetyCore:
         reading = self._readings.get(sensor)
         if reading is None:
             return self.now
+        if not reading.value:
+            # Released, whether or not its sensor has gone silent since (SR-4/SR-8): the loss
+            # began at the release, not when the silence was noticed.
+            return reading.changed_at
         if self._stale(sensor):
             return reading.t + self.limits.sensor_timeout_s
-        return None if reading.value else reading.changed_at
+        return None
 
     def _both_lost_since(self) -> float | None:
         left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
@@ -583,8 +589,9 @@ class SafetyCore:
         """SR-4, SR-5, SR-8."""
         fall = self._fall_signalled()
         if fall is not None:
-            self._latch(State.ESTOP, fall, "fall signalled" if fall is Cause.FALL
-                        else "fall sensor silent")
+            self._latch(
+                State.ESTOP, fall, "fall signalled" if fall is Cause.FALL else "fall sensor silent"
+            )
             return
         s = self.session
         resting = s is not None and s.resting
@@ -600,8 +607,11 @@ class SafetyCore:
             if hand not in self._warned_hands:
                 self._warned_hands.add(hand)
                 stale = self._stale(GRIP_SENSOR[hand])
-                self._emit(EventType.GRIP_WARNING, hand=hand.value,
-                           cause="sensor_stale" if stale else "released")
+                self._emit(
+                    EventType.GRIP_WARNING,
+                    hand=hand.value,
+                    cause="sensor_stale" if stale else "released",
+                )
         self._warned_hands.intersection_update(lost)
         since = self._both_lost_since()
         if since is not None and self.now - since >= self.limits.grip_debounce_s - _EPS:
@@ -613,12 +623,15 @@ class SafetyCore:
         """SR-12: the tablet gone for longer than the grace stops the session, unlatched."""
         if self.state is State.STOPPING:
             return
-        last = self._heartbeat_t
-        if last is None or self.now - last > self.limits.heartbeat_grace_s:
+        if self._tablet_lost():
             if self.state is State.COUNTDOWN:
                 self._end_session(EndReason.TABLET_LOST)
             else:
                 self._begin_stop(EndReason.TABLET_LOST)
+
+    def _tablet_lost(self) -> bool:
+        last = self._heartbeat_t
+        return last is None or self.now - last > self.limits.heartbeat_grace_s
 
     def _check_countdown(self) -> None:
         s = self.session
@@ -633,12 +646,17 @@ class SafetyCore:
         s.interval_moving_s = 0.0
         self.state = State.RUNNING
         self.target = s.target_mph
-        self._emit(EventType.BELT_STARTED, target_mph=s.target_mph,
-                   interval=s.interval_index + 1)
+        self._emit(EventType.BELT_STARTED, target_mph=s.target_mph, interval=s.interval_index + 1)
 
     def _check_running(self) -> None:
         s = self.session
         assert s is not None
+        if self._standing and self.commanded > 0.0 and self._start_unmet():
+            # SR-3: the first command above 0 goes out only if the start preconditions still
+            # hold now; an input since the end of the countdown may have broken one.
+            self.commanded = 0.0
+            self._end_session(EndReason.START_ABORTED)
+            return
         lim = self.limits
         stop_needs = self.commanded / lim.decel_mph_s + lim.cap_stop_margin_s
         if not s.warned and s.moving_s >= s.cap_s - lim.cap_warning_s - _EPS:
@@ -669,10 +687,18 @@ class SafetyCore:
         assert s is not None
         if self.commanded > 0.0 or not self._standstill():
             return
+        if s.resting and self._tablet_lost():
+            # SR-12: the tablet went silent during the stop: the session ends, no next interval.
+            self._end_session(EndReason.TABLET_LOST)
+            return
         if s.resting:
             s.interval_index += 1
-            self._emit(EventType.INTERVAL_REST, interval=s.interval_index, intervals=s.intervals,
-                       rest_s=s.program.rest_s)
+            self._emit(
+                EventType.INTERVAL_REST,
+                interval=s.interval_index,
+                intervals=s.intervals,
+                rest_s=s.program.rest_s,
+            )
             s.stop_reason = None
             self._begin_countdown(s.program.rest_s)
             return

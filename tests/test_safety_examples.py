@@ -1,0 +1,804 @@
+"""Example tests of the safety core, one or more per requirement of SAFETY.md.
+
+Each test arranges a world (a user on the treadmill, sensors and drive answering every 50 ms,
+a tablet sending a heartbeat every second), acts, and asserts on the decisions, events and
+snapshot. Expected values come from SAFETY.md (the constants below), not from the code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from safety.core import SafetyCore
+from safety.decisions import (
+    Accepted,
+    Cause,
+    Decision,
+    EndReason,
+    Event,
+    EventType,
+    RefusalCode,
+    Refused,
+    State,
+)
+from safety.inputs import (
+    DriveError,
+    DriveFailure,
+    DriveFeedback,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Input,
+    Reset,
+    SetSpeed,
+    StartSession,
+    Stop,
+    Tick,
+)
+from safety.limits import SafetyLimits
+from safety.programs import Program, ProgramError, load_program, load_programs
+
+PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
+
+# SAFETY.md defaults.
+BAND_MIN, BAND_MAX = 0.8, 1.2  # SR-1
+ACCEL, DECEL = 0.2, 0.4  # SR-2, mph/s
+COUNTDOWN_S = 3.0  # SR-3
+DEBOUNCE_S = 0.3  # SR-4
+CAP_WARNING_BEFORE_S = 30.0  # SR-7
+FIRST_SESSION_CAP_DEFAULT_S, FIRST_SESSION_CAP_HARD_S = 3 * 60.0, 5 * 60.0  # SR-7
+REVERSE_WALKING_CAP_DEFAULT_S = 5 * 60.0
+SENSOR_TIMEOUT_S = 0.5  # SR-8
+FEEDBACK_TOLERANCE_MPH, FEEDBACK_WINDOW_S = 0.3, 2.0  # SR-10
+HEARTBEAT_GRACE_S = 5.0  # SR-12
+
+PERIOD_MS = 50  # the world: every sensor, the drive and the control loop every 50 ms
+EPS = 1e-6
+
+
+# --------------------------------------------------------------------------- the world
+
+
+class World:
+    """A treadmill, its user and the tablet around a SafetyCore, on an integer-ms clock.
+
+    Every 50 ms: both grip readings (``hold``), a fall reading (``fallen``), drive feedback
+    (the belt follows the last commanded speed, or ``belt`` if set) and a control tick; every
+    second a tablet heartbeat. A source named in ``silent`` sends nothing.
+    """
+
+    def __init__(self, program: str = "first_session") -> None:
+        self.programs = load_programs(PROGRAMS_DIR)
+        self.core = SafetyCore(SafetyLimits(), self.programs, default_program=program)
+        self.ms = 0
+        self.hold = {Hand.LEFT: True, Hand.RIGHT: True}
+        self.fallen = False
+        self.silent: set[str] = set()
+        self.belt: float | None = None
+        self.commanded = 0.0
+        self.log: list[tuple[Input, Decision]] = []
+        self._next_heartbeat_ms = 0
+
+    @property
+    def t(self) -> float:
+        return self.ms / 1000.0
+
+    def send(self, inp: Input) -> Decision:
+        d = self.core.handle(inp)
+        self.log.append((inp, d))
+        self.commanded = d.speed_mph
+        return d
+
+    def tick(self) -> None:
+        self.ms += PERIOD_MS
+        t = self.t
+        belt = self.commanded if self.belt is None else self.belt
+        for name, hand in (("left", Hand.LEFT), ("right", Hand.RIGHT)):
+            if name not in self.silent:
+                self.send(GripReading(t, hand, self.hold[hand]))
+        if "fall" not in self.silent:
+            self.send(FallReading(t, self.fallen))
+        if "drive" not in self.silent:
+            self.send(DriveFeedback(t, belt))
+        if "tablet" not in self.silent and self.ms >= self._next_heartbeat_ms:
+            self.send(Heartbeat(t))
+            self._next_heartbeat_ms = self.ms + 1000
+        self.send(Tick(t))
+
+    def run(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        for _ in range(round(seconds * 1000 / PERIOD_MS)):
+            self.tick()
+            if until is not None and until():
+                return
+
+    def start(self, **kwargs: object) -> Decision:
+        return self.send(StartSession(self.t, "pat", **kwargs))  # type: ignore[arg-type]
+
+    def command(self, make: Callable[[float], Input]) -> Decision:
+        return self.send(make(self.t))
+
+    def events(self, type_: EventType | None = None, since: int = 0) -> list[Event]:
+        return [
+            e for _, d in self.log[since:] for e in d.events if type_ is None or e.type is type_
+        ]
+
+    def speeds(self, since: int = 0) -> list[tuple[float, float]]:
+        return [(inp.t, d.speed_mph) for inp, d in self.log[since:]]
+
+    def moving_s(self, since: int = 0, until: float = math.inf) -> float:
+        """Belt-moving time up to ``until``: every step with a command above 0 at either end."""
+        pts = [p for p in self.speeds(since) if p[0] <= until]
+        return sum(t1 - t0 for (t0, v0), (t1, v1) in itertools.pairwise(pts) if v0 > 0 or v1 > 0)
+
+    @property
+    def state(self) -> State:
+        return self.core.snapshot().state
+
+
+def running_world(program: str = "first_session", **start: object) -> World:
+    """A world whose session has started and whose belt has just begun to move."""
+    world = World(program)
+    world.run(1.0)
+    assert isinstance(world.start(**start).reply, Accepted)
+    world.run(COUNTDOWN_S + 1.0, until=lambda: world.commanded > 0)
+    assert world.commanded > 0
+    return world
+
+
+def at_speed(mph: float, program: str = "first_session") -> World:
+    world = running_world(program)
+    if mph != world.core.snapshot().target_mph:
+        assert isinstance(world.command(lambda t: SetSpeed(t, mph)).reply, Accepted)
+    world.run(10.0, until=lambda: abs(world.commanded - mph) < EPS)
+    assert world.commanded == pytest.approx(mph)
+    return world
+
+
+def _elapsed(world: World) -> float:
+    session = world.core.snapshot().session
+    return 0.0 if session is None else session.elapsed_s
+
+
+def refusal(d: Decision) -> Refused:
+    assert isinstance(d.reply, Refused), d
+    return d.reply
+
+
+def first_event(world: World, type_: EventType, since: int = 0) -> tuple[float, Event]:
+    for inp, d in world.log[since:]:
+        for e in d.events:
+            if e.type is type_:
+                return inp.t, e
+    raise AssertionError(f"no {type_.value} event")
+
+
+# --------------------------------------------------------------------------- SR-1
+
+
+@pytest.mark.parametrize("mph", [0.79, 1.21, 0.0, -1.0, 2.0, math.nan, math.inf, -math.inf])
+def test_sr1_set_speed_out_of_band_is_refused_never_clamped(mph: float) -> None:
+    world = at_speed(1.0)
+    d = world.command(lambda t: SetSpeed(t, mph))
+    assert refusal(d).code is RefusalCode.OUT_OF_RANGE
+    assert d.target_mph == pytest.approx(1.0)
+    refused = [e for e in d.events if e.type is EventType.COMMAND_REFUSED]
+    assert refused
+    assert refused[0].fields["code"] == "out_of_range"
+    world.run(5.0)
+    # Not clamped to the nearest band edge: the belt stays where it was.
+    assert {round(v, 9) for _, v in world.speeds(since=len(world.log) - 50)} == {1.0}
+
+
+@pytest.mark.parametrize("target", [0.7, 1.3, 0.0, -0.8, math.nan, math.inf])
+def test_sr1_start_with_target_out_of_band_is_refused(target: float) -> None:
+    world = World()
+    world.run(1.0)
+    d = world.start(target_mph=target)
+    assert refusal(d).code is RefusalCode.OUT_OF_RANGE
+    assert d.state is State.IDLE
+    assert world.core.snapshot().session is None
+    world.run(COUNTDOWN_S + 1.0)
+    assert max(v for _, v in world.speeds()) == 0.0
+
+
+def test_sr1_below_the_band_only_while_ramping_from_zero() -> None:
+    world = running_world()
+    world.run(10.0)
+    at = dict(world.speeds())  # the last command at each instant
+    below = [v for v in at.values() if 0 < v < BAND_MIN - EPS]
+    assert below
+    assert below == sorted(below)
+    assert len(set(below)) == len(below)  # strictly rising: never held below the band
+    assert max(v for _, v in world.speeds()) == pytest.approx(BAND_MIN)
+
+
+# --------------------------------------------------------------------------- SR-2
+
+
+def _steps(world: World, since: int = 0) -> list[tuple[float, float, float]]:
+    pts = world.speeds(since)
+    return [(t1 - t0, v0, v1) for (t0, v0), (t1, v1) in itertools.pairwise(pts)]
+
+
+def test_sr2_ramp_up_at_most_0_2_mph_per_s() -> None:
+    world = World()
+    world.run(1.0)
+    world.start(target_mph=1.2)
+    world.run(COUNTDOWN_S + 0.5, until=lambda: world.commanded > 0)
+    t_move = world.t
+    world.run(10.0)
+    for dt, v0, v1 in _steps(world):
+        assert v1 - v0 <= ACCEL * dt + EPS
+    # 0 -> 1.2 mph at 0.2 mph/s takes 6 s (from the step before the first non-zero command).
+    reached = next(t for t, v in world.speeds() if v >= 1.2 - EPS)
+    assert reached - t_move == pytest.approx(1.2 / ACCEL, abs=2 * PERIOD_MS / 1000)
+
+
+def test_sr2_controlled_stop_ramps_down_at_0_4_mph_per_s() -> None:
+    world = at_speed(1.2)
+    mark = len(world.log)
+    t_stop = world.t
+    assert isinstance(world.command(Stop).reply, Accepted)
+    world.run(5.0)
+    steps = _steps(world, mark)
+    assert not any(d.emergency_stop for _, d in world.log[mark:])
+    for dt, v0, v1 in steps:
+        assert v0 - v1 <= DECEL * dt + EPS
+    zero = next(t for t, v in world.speeds(mark) if v == 0.0)
+    assert zero - t_stop == pytest.approx(1.2 / DECEL, abs=PERIOD_MS / 1000 + EPS)
+    assert world.state is State.IDLE
+
+
+def test_sr2_lower_set_speed_ramps_down_at_0_4_mph_per_s() -> None:
+    world = at_speed(1.2)
+    mark = len(world.log)
+    world.command(lambda t: SetSpeed(t, 0.8))
+    world.run(3.0)
+    for dt, v0, v1 in _steps(world, mark):
+        assert v0 - v1 <= DECEL * dt + EPS
+    assert world.commanded == pytest.approx(0.8)
+
+
+def test_sr2_emergency_stop_drops_to_zero_at_once() -> None:
+    world = at_speed(1.2)
+    d = world.command(EStop)
+    assert d.emergency_stop
+    assert d.speed_mph == 0.0
+    assert d.state is State.ESTOP
+
+
+# --------------------------------------------------------------------------- SR-3
+
+
+def _start_refused(world: World) -> Refused:
+    d = world.start()
+    r = refusal(d)
+    assert d.state in (State.IDLE, State.ESTOP, State.FAULT)
+    assert world.core.snapshot().session is None
+    return r
+
+
+def test_sr3_start_refused_without_a_grip() -> None:
+    world = World()
+    world.hold[Hand.LEFT] = False
+    world.run(1.0)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "left" in r.message
+    assert "right" not in r.message
+
+
+def test_sr3_start_refused_with_a_fall_signal() -> None:
+    world = World()
+    world.fallen = True
+    world.run(1.0)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "fall" in r.message
+
+
+def test_sr3_start_refused_with_a_stale_sensor() -> None:
+    world = World()
+    world.run(1.0)
+    world.silent.add("right")
+    world.run(SENSOR_TIMEOUT_S + 0.1)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "right grip sensor" in r.message
+    assert "left" not in r.message
+
+
+def test_sr3_start_refused_without_the_drive() -> None:
+    world = World()
+    world.run(1.0)
+    world.silent.add("drive")
+    world.run(SENSOR_TIMEOUT_S + 0.1)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "drive" in r.message
+
+
+def test_sr3_start_refused_while_the_belt_moves() -> None:
+    world = World()
+    world.belt = 0.3
+    world.run(1.0)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "standstill" in r.message
+
+
+def test_sr3_start_refused_while_latched() -> None:
+    world = World()
+    world.run(1.0)
+    world.command(EStop)
+    world.run(1.0)
+    r = _start_refused(world)
+    assert r.code is RefusalCode.LATCHED
+
+
+def test_sr3_countdown_is_announced_and_the_belt_stays_at_zero() -> None:
+    world = World()
+    world.run(1.0)
+    mark = len(world.log)
+    t_start = world.t
+    d = world.start()
+    assert isinstance(d.reply, Accepted)
+    countdown = [e for e in d.events if e.type is EventType.COUNTDOWN]
+    assert countdown
+    assert countdown[0].fields["seconds"] == COUNTDOWN_S
+    world.run(COUNTDOWN_S + 1.0)
+    t_first = next(t for t, v in world.speeds(mark) if v > 0)
+    assert t_first - t_start >= COUNTDOWN_S
+    assert all(v == 0.0 for t, v in world.speeds(mark) if t < t_start + COUNTDOWN_S)
+    t_started, _ = first_event(world, EventType.BELT_STARTED, mark)
+    assert t_started == pytest.approx(t_start + COUNTDOWN_S)
+
+
+def test_sr3_hand_released_during_the_countdown_aborts_the_start() -> None:
+    world = World()
+    world.run(1.0)
+    world.start()
+    world.run(1.5)
+    world.hold[Hand.RIGHT] = False
+    world.run(COUNTDOWN_S)
+    assert max(v for _, v in world.speeds()) == 0.0
+    _, ended = first_event(world, EventType.SESSION_ENDED)
+    assert ended.fields["reason"] == EndReason.START_ABORTED.value
+
+
+def test_sr3_hand_released_after_the_countdown_before_the_first_command_keeps_belt_at_0() -> None:
+    # The countdown ends (belt_started, command still 0) and a hand lets go before the first
+    # command above 0 goes out: the belt must not start with one hand off.
+    world = World()
+    world.run(1.0)
+    world.start()
+    world.run(COUNTDOWN_S + 1.0, until=lambda: world.state is State.RUNNING)
+    assert world.commanded == 0.0
+    world.send(GripReading(world.t, Hand.LEFT, False))
+    world.hold[Hand.LEFT] = False
+    world.run(2.0)
+    assert max(v for _, v in world.speeds()) == 0.0
+    assert world.state is State.IDLE
+
+
+# --------------------------------------------------------------------------- SR-4
+
+
+def test_sr4_one_hand_released_raises_a_warning_only() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.hold[Hand.LEFT] = False
+    world.run(5.0)
+    warnings = world.events(EventType.GRIP_WARNING, mark)
+    assert [e.fields["hand"] for e in warnings] == ["left"]
+    assert not world.events(EventType.ESTOP, mark)
+    assert world.state is State.RUNNING
+    assert world.commanded == pytest.approx(1.0)
+
+
+def test_sr4_both_hands_released_shorter_than_debounce_does_not_stop() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    world.run(DEBOUNCE_S - 0.1)  # released readings for 200 ms
+    world.hold = {Hand.LEFT: True, Hand.RIGHT: True}
+    world.run(3.0)
+    assert not any(d.emergency_stop for _, d in world.log[mark:])
+    assert not world.events(EventType.ESTOP, mark)
+    assert world.state is State.RUNNING
+    assert world.commanded == pytest.approx(1.0)
+
+
+def test_sr4_both_hands_released_longer_than_debounce_estops() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    world.run(1.0)
+    t_release = world.log[mark][0].t  # the first released reading
+    t_stop, estop = first_event(world, EventType.ESTOP, mark)
+    assert estop.fields["cause"] == Cause.GRIP_LOST.value
+    assert DEBOUNCE_S - EPS <= t_stop - t_release <= DEBOUNCE_S + PERIOD_MS / 1000
+    stop_decision = next(d for _, d in world.log[mark:] if d.emergency_stop)
+    assert stop_decision.speed_mph == 0.0
+    assert world.state is State.ESTOP
+
+
+# --------------------------------------------------------------------------- SR-5
+
+
+@pytest.mark.parametrize("when", ["running", "countdown", "stopping"])
+def test_sr5_fall_estops_at_once_in_the_same_decision(when: str) -> None:
+    if when == "countdown":
+        world = World()
+        world.run(1.0)
+        world.start()
+        world.run(1.0)
+    else:
+        world = at_speed(1.0)
+        if when == "stopping":
+            world.command(Stop)
+            world.run(0.5)
+    assert world.state.value == when
+    d = world.send(FallReading(world.t + 0.01, True))
+    assert d.emergency_stop
+    assert d.speed_mph == 0.0
+    assert d.state is State.ESTOP
+    assert [e.fields["cause"] for e in d.events if e.type is EventType.ESTOP] == ["fall"]
+
+
+# --------------------------------------------------------------------------- SR-6
+
+
+def _estopped_by_a_fall() -> World:
+    world = at_speed(1.0)
+    world.fallen = True
+    world.run(1.0)
+    assert world.state is State.ESTOP
+    return world
+
+
+def test_sr6_latched_stop_refuses_start_and_keeps_the_belt_at_zero() -> None:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    mark = len(world.log)
+    assert refusal(world.start()).code is RefusalCode.LATCHED
+    assert refusal(world.command(lambda t: SetSpeed(t, 1.0))).code is RefusalCode.NOT_ALLOWED
+    world.run(10.0)
+    assert all(v == 0.0 for _, v in world.speeds(mark))
+    assert world.state is State.ESTOP
+
+
+def test_sr6_reset_refused_while_the_cause_persists() -> None:
+    world = _estopped_by_a_fall()
+    d = world.command(Reset)
+    assert refusal(d).code is RefusalCode.PRECONDITIONS_UNMET
+    assert "fall" in refusal(d).message
+    assert d.state is State.ESTOP
+
+
+def test_sr6_reset_refused_while_the_belt_moves() -> None:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    world.belt = 0.4  # still coasting
+    world.run(0.5)
+    d = world.command(Reset)
+    assert refusal(d).code is RefusalCode.PRECONDITIONS_UNMET
+    assert "standstill" in refusal(d).message
+    assert d.state is State.ESTOP
+
+
+def test_sr6_reset_refused_without_drive_feedback() -> None:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    world.silent.add("drive")
+    world.run(1.0)
+    d = world.command(Reset)
+    assert refusal(d).code is RefusalCode.PRECONDITIONS_UNMET
+    assert "drive" in refusal(d).message
+
+
+def test_sr6_reset_accepted_after_the_cause_cleared_and_never_moves_the_belt() -> None:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    world.run(1.0)
+    d = world.command(Reset)
+    assert isinstance(d.reply, Accepted)
+    assert d.state is State.IDLE
+    assert d.speed_mph == 0.0
+    assert [e.type for e in d.events] == [EventType.RESET]
+    mark = len(world.log)
+    world.run(10.0)
+    assert all(v == 0.0 for _, v in world.speeds(mark))
+    assert not world.events(EventType.BELT_STARTED, mark)
+    assert world.core.latch is None
+
+
+def test_sr6_a_new_start_after_reset_needs_the_countdown_again() -> None:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    world.run(1.0)
+    world.command(Reset)
+    mark = len(world.log)
+    t_start = world.t
+    d = world.start()
+    assert isinstance(d.reply, Accepted)
+    assert any(e.type is EventType.COUNTDOWN for e in d.events)
+    world.run(COUNTDOWN_S + 1.0)
+    t_first = next(t for t, v in world.speeds(mark) if v > 0)
+    assert t_first - t_start >= COUNTDOWN_S
+
+
+# --------------------------------------------------------------------------- SR-7
+
+
+def test_sr7_first_session_cap_default_3_min_settable_up_to_5_min() -> None:
+    world = World("first_session")
+    world.run(1.0)
+    world.start()
+    session = world.core.snapshot().session
+    assert session is not None
+    assert session.cap_s == FIRST_SESSION_CAP_DEFAULT_S
+    world.command(Stop)
+    for cap, ok in [(179.0, False), (180.0, True), (300.0, True), (301.0, False)]:
+        world.run(0.5)
+        d = world.start(cap_s=cap)
+        if ok:
+            assert isinstance(d.reply, Accepted), cap
+            world.command(Stop)
+        else:
+            assert refusal(d).code is RefusalCode.OUT_OF_RANGE, cap
+    assert world.programs["first_session"].cap_s_max <= FIRST_SESSION_CAP_HARD_S
+
+
+def test_sr7_a_first_session_program_above_the_hard_limit_is_refused(tmp_path: Path) -> None:
+    body = (
+        'name = "too_long"\ntitle = "Too long"\nfirst_session = true\n'
+        "cap_s_default = 180\ncap_s_min = 180\ncap_s_max = {cap}\n"
+    )
+    ok = tmp_path / "ok.toml"
+    ok.write_text(body.format(cap=300), encoding="utf-8")
+    assert isinstance(load_program(ok), Program)
+    bad = tmp_path / "too_long.toml"
+    bad.write_text(body.format(cap=301), encoding="utf-8")
+    with pytest.raises(ProgramError) as info:
+        load_program(bad)
+    message = str(info.value)
+    assert "too_long.toml" in message
+    assert "cap_s_max" in message
+    assert "300" in message
+
+
+def test_sr7_cap_warning_at_cap_minus_30_s_then_controlled_stop_within_the_cap() -> None:
+    world = World("first_session")
+    world.run(1.0)
+    world.start(target_mph=1.2)
+    mark = len(world.log)
+    world.run(FIRST_SESSION_CAP_DEFAULT_S + 30.0, until=lambda: world.state is State.IDLE)
+    # The warning when the belt has moved cap - 30 s.
+    t_warn, warning = first_event(world, EventType.CAP_WARNING, mark)
+    moved_at_warning = world.moving_s(mark, until=t_warn)
+    expected = FIRST_SESSION_CAP_DEFAULT_S - CAP_WARNING_BEFORE_S
+    assert moved_at_warning == pytest.approx(expected, abs=2 * PERIOD_MS / 1000)
+    assert float(warning.fields["remaining_s"] or 0) == pytest.approx(30.0, abs=0.1)
+    # A controlled stop (no emergency stop, no faster than the deceleration) ...
+    _, stopping = first_event(world, EventType.STOPPING, mark)
+    assert stopping.fields["reason"] == EndReason.CAP.value
+    assert not any(d.emergency_stop for _, d in world.log[mark:])
+    for dt, v0, v1 in _steps(world, mark):
+        assert v0 - v1 <= DECEL * dt + EPS
+    # ... timed so that the belt-moving time stays within the cap.
+    _, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == EndReason.CAP.value
+    assert world.moving_s(mark) <= FIRST_SESSION_CAP_DEFAULT_S
+    assert world.moving_s(mark) > FIRST_SESSION_CAP_DEFAULT_S - 5.0  # and not much earlier
+    assert float(ended.fields["belt_moving_s"] or 0) <= FIRST_SESSION_CAP_DEFAULT_S
+
+
+def test_sr7_reverse_walking_adds_0_1_mph_a_minute_up_to_1_2() -> None:
+    world = World("reverse_walking")
+    world.run(1.0)
+    world.start()
+    mark = len(world.log)
+    session = world.core.snapshot().session
+    assert session is not None
+    assert session.cap_s == REVERSE_WALKING_CAP_DEFAULT_S
+    world.run(COUNTDOWN_S + REVERSE_WALKING_CAP_DEFAULT_S + 10.0)
+    steps = [
+        (inp.t, e.fields["target_mph"])
+        for inp, d in world.log[mark:]
+        for e in d.events
+        if e.type is EventType.SPEED_STEP
+    ]
+    assert [round(float(v or 0), 3) for _, v in steps] == [0.9, 1.0, 1.1, 1.2]
+    # One step per minute of belt-moving time.
+    for minute, (t_step, _) in enumerate(steps, start=1):
+        moved = world.moving_s(mark, until=t_step)
+        assert moved == pytest.approx(60.0 * minute, abs=2 * PERIOD_MS / 1000)
+    assert max(v for _, v in world.speeds(mark)) == pytest.approx(BAND_MAX)
+    assert max(d.target_mph for _, d in world.log[mark:]) == pytest.approx(BAND_MAX)
+
+
+def test_sr7_reverse_walking_does_not_step_while_a_hand_is_off() -> None:
+    world = World("reverse_walking")
+    world.run(1.0)
+    world.start()
+    world.run(30.0)
+    world.hold[Hand.LEFT] = False
+    world.run(COUNTDOWN_S + 60.0)
+    assert not world.events(EventType.SPEED_STEP)
+
+
+# --------------------------------------------------------------------------- SR-8
+
+
+def test_sr8_silent_grip_sensor_counts_as_released_then_estop_sensor_stale() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.silent.add("left")
+    world.run(2.0)
+    warnings = world.events(EventType.GRIP_WARNING, mark)
+    assert [(e.fields["hand"], e.fields["cause"]) for e in warnings] == [("left", "sensor_stale")]
+    assert world.state is State.RUNNING
+    mark = len(world.log)
+    world.hold[Hand.RIGHT] = False
+    world.run(1.0)
+    t_release = world.log[mark][0].t
+    t_stop, estop = first_event(world, EventType.ESTOP, mark)
+    assert estop.fields["cause"] == Cause.SENSOR_STALE.value
+    assert DEBOUNCE_S - EPS <= t_stop - t_release <= DEBOUNCE_S + PERIOD_MS / 1000
+
+
+def test_sr8_released_hand_whose_sensor_then_goes_silent_counts_from_the_release() -> None:
+    # The left hand lets go, its sensor goes silent a little later; the right hand lets go
+    # just before the silence is noticed. Both hands are off from the right's release, so the
+    # stop is due 300 ms after it, not 300 ms after the silence is noticed.
+    world = at_speed(1.0)
+    world.hold[Hand.LEFT] = False
+    world.run(1.0)
+    world.silent.add("left")
+    last_left = max(
+        inp.t for inp, _ in world.log if isinstance(inp, GripReading) and inp.hand is Hand.LEFT
+    )
+    world.run(0.3)  # the left sensor will be noticed silent at last_left + 0.5
+    mark = len(world.log)
+    world.hold[Hand.RIGHT] = False
+    world.run(1.0)
+    t_release = world.log[mark][0].t
+    assert t_release < last_left + SENSOR_TIMEOUT_S
+    t_stop, _ = first_event(world, EventType.ESTOP, mark)
+    assert t_stop - t_release <= DEBOUNCE_S + PERIOD_MS / 1000
+
+
+def test_sr8_silent_fall_sensor_estops_with_cause_sensor_stale() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.silent.add("fall")
+    world.run(1.0)
+    last_fall = max(inp.t for inp, _ in world.log[:mark] if isinstance(inp, FallReading))
+    t_stop, estop = first_event(world, EventType.ESTOP, mark)
+    assert estop.fields["cause"] == Cause.SENSOR_STALE.value
+    assert SENSOR_TIMEOUT_S - EPS <= t_stop - last_fall <= SENSOR_TIMEOUT_S + PERIOD_MS / 1000
+
+
+def test_sr8_next_deadline_is_the_debounce_expiry() -> None:
+    world = at_speed(1.0)
+    t = world.t + 0.01
+    world.send(GripReading(t, Hand.LEFT, False))
+    world.send(GripReading(t, Hand.RIGHT, False))
+    world.send(FallReading(t, False))
+    world.send(DriveFeedback(t, world.commanded))
+    due = world.core.next_deadline()
+    assert due == pytest.approx(t + DEBOUNCE_S)
+    assert due is not None
+    # Woken just before, nothing; woken at the deadline, the emergency stop.
+    early = world.send(Tick(due - 0.001))
+    assert not early.emergency_stop
+    assert early.state is State.RUNNING
+    on_time = world.send(Tick(due))
+    assert on_time.emergency_stop
+    assert on_time.speed_mph == 0.0
+
+
+# --------------------------------------------------------------------------- SR-9 / SR-10
+
+
+def test_sr10_belt_off_by_more_than_0_3_mph_for_2_s_faults_feedback_mismatch() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.belt = 1.0 - FEEDBACK_TOLERANCE_MPH - 0.1
+    world.run(FEEDBACK_WINDOW_S + 1.0)
+    t_off = world.log[mark][0].t
+    t_fault, fault = first_event(world, EventType.FAULT, mark)
+    assert fault.fields["cause"] == Cause.FEEDBACK_MISMATCH.value
+    assert FEEDBACK_WINDOW_S - EPS <= t_fault - t_off <= FEEDBACK_WINDOW_S + PERIOD_MS / 1000
+    assert world.state is State.FAULT
+    assert world.commanded == 0.0
+
+
+def test_sr10_belt_within_tolerance_is_no_fault() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.belt = 1.0 - FEEDBACK_TOLERANCE_MPH + 0.05
+    world.run(3 * FEEDBACK_WINDOW_S)
+    assert not world.events(EventType.FAULT, mark)
+    assert world.state is State.RUNNING
+
+
+@pytest.mark.parametrize("failure", list(DriveFailure))
+def test_sr9_sr10_drive_error_latches_a_fault(failure: DriveFailure) -> None:
+    world = at_speed(1.0)
+    d = world.send(DriveError(world.t, failure, "no answer"))
+    assert d.emergency_stop
+    assert d.speed_mph == 0.0
+    assert d.state is State.FAULT
+    assert [e.fields["cause"] for e in d.events if e.type is EventType.FAULT] == [failure.value]
+    world.run(2.0)
+    assert refusal(world.start()).code is RefusalCode.LATCHED
+
+
+# --------------------------------------------------------------------------- SR-12
+
+
+def test_sr12_no_command_for_longer_than_5_s_is_a_controlled_stop_tablet_lost() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.silent.add("tablet")
+    last_command = max(inp.t for inp, _ in world.log if isinstance(inp, Heartbeat))
+    world.run(HEARTBEAT_GRACE_S + 5.0)
+    t_stop, stopping = first_event(world, EventType.STOPPING, mark)
+    assert stopping.fields["reason"] == EndReason.TABLET_LOST.value
+    assert HEARTBEAT_GRACE_S < t_stop - last_command <= HEARTBEAT_GRACE_S + PERIOD_MS / 1000
+    assert not any(d.emergency_stop for _, d in world.log[mark:])
+    for dt, v0, v1 in _steps(world, mark):
+        assert v0 - v1 <= DECEL * dt + EPS
+    _, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == EndReason.TABLET_LOST.value
+    assert world.state is State.IDLE  # not latched
+    assert world.core.latch is None
+
+
+def test_sr12_commands_within_the_grace_keep_the_session() -> None:
+    world = at_speed(1.0)
+    world.silent.add("tablet")
+    world.command(Heartbeat)
+    for _ in range(6):
+        world.run(HEARTBEAT_GRACE_S - 0.5)
+        world.command(Heartbeat)
+    assert world.state is State.RUNNING
+    assert world.commanded == pytest.approx(1.0)
+
+
+def test_sr12_remote_estop_is_an_emergency_stop() -> None:
+    world = at_speed(1.0)
+    d = world.command(EStop)
+    assert d.emergency_stop
+    assert [e.fields["cause"] for e in d.events if e.type is EventType.ESTOP] == ["remote_estop"]
+
+
+def test_sr12_tablet_lost_during_an_interval_stop_ends_the_session() -> None:
+    # intervals: the belt stops after each one-minute interval; a tablet gone by then must
+    # end the session rather than count down to the next interval.
+    world = World("intervals")
+    world.run(1.0)
+    world.start()
+    # The stop of the first interval begins when the belt has moved about 56.5 s (60 s less
+    # the 2.5 s ramp from 1.0 mph and a margin); the tablet goes silent so that its grace
+    # runs out during that stop.
+    world.run(COUNTDOWN_S + 60.0, until=lambda: _elapsed(world) >= 53.5)
+    assert world.state is State.RUNNING
+    mark = len(world.log)
+    world.silent.add("tablet")
+    world.run(20.0)
+    _, stopping = first_event(world, EventType.STOPPING, mark)
+    assert stopping.fields["reason"] == EndReason.COMPLETED.value
+    assert not world.events(EventType.COUNTDOWN, mark)
+    _, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == EndReason.TABLET_LOST.value
+    assert world.state is State.IDLE
