@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import row, save, summary
+from _common import python_speed_s, row, save, summary
 
 from config.loading import load_config
 from controller.logs import configure_logging
@@ -57,14 +57,25 @@ def main() -> None:
         walls.append(time.perf_counter() - t0)
         assert result.passed
     s = summary([w * 1000 for w in walls])
+    loop_s = python_speed_s()
     print(row("8-minute session, virtual clock (wall)", s, "ms"))
+    print(
+        f"machine: a 10M-step Python loop takes {loop_s * 1000:.0f} ms here; "
+        f"session p50 = {s['p50'] / 1000 / loop_s:.2f} of those loops"
+    )
     print(
         f"belt-moving time simulated: {first.belt_moving_s:.1f} s; "
         f"speed-up over real time: {500.0 / (s['p50'] / 1000):.0f}x (p50)"
     )
     path = save(
         "virtual_session",
-        {"unit": "ms", "wall": s, "target_ms": 500, "belt_moving_s": first.belt_moving_s},
+        {
+            "unit": "ms",
+            "wall": s,
+            "target_ms": 500,
+            "belt_moving_s": first.belt_moving_s,
+            "python_10m_loop_ms": loop_s * 1000,
+        },
     )
     print(f"saved {path}")
 

@@ -111,14 +111,15 @@ class Controller:
 
     def _arm_deadline(self) -> None:
         due = self.core.next_deadline()
-        if due == self._deadline:
+        if due is None or (self._deadline is not None and self._deadline <= due):
+            # The timer already armed wakes the core no later than needed; it re-arms then.
+            # (Each sensor reading pushes its staleness deadline on: re-arming every time
+            # would churn a timer per input.)
             return
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
-            self._deadline_handle = None
         self._deadline = due
-        if due is not None:
-            self._deadline_handle = self.timers.call_at(due, self._on_deadline, due)
+        self._deadline_handle = self.timers.call_at(due, self._on_deadline, due)
 
     def _on_deadline(self, due: float) -> None:
         self._deadline = None

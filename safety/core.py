@@ -54,6 +54,9 @@ from safety.limits import STANDSTILL_MPH, SafetyLimits
 from safety.programs import Program, ProgramKind
 
 _EPS = 1e-9
+# Iterating an Enum class is slow next to a tuple, and these loops run on every input.
+_SENSORS = tuple(Sensor)
+_HANDS = tuple(Hand)
 
 
 @dataclass
@@ -147,6 +150,9 @@ class SafetyCore:
         self.latch: Latch | None = None
         self._sessions_started = 0
         self._readings: dict[Sensor, _Reading] = {}
+        # Derived from the readings and the time; computed at most once per input.
+        self._stale_cache: dict[Sensor, bool] = {}
+        self._both_lost_cache: tuple[float | None] | None = None
         self._stale_reported: set[Sensor] = set()
         self._warned_hands: set[Hand] = set()
         self._drive_t: float | None = None
@@ -195,20 +201,26 @@ class SafetyCore:
     def next_deadline(self) -> float | None:
         """The earliest future time at which a rule may fire without any new input."""
         lim = self.limits
-        times: list[float] = []
+        now = self.now
+        best = math.inf
+
+        def consider(t: float) -> None:
+            nonlocal best
+            if now < t < best:
+                best = t
+
         for sensor, reading in self._readings.items():
             if sensor not in self._stale_reported:
-                times.append(reading.t + lim.sensor_timeout_s)
+                consider(reading.t + lim.sensor_timeout_s)
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
-                times.append(self._drive_t + lim.drive_timeout_s)
+                consider(self._drive_t + lim.drive_timeout_s)
             lost = self._both_lost_since()
             if lost is not None:
-                times.append(lost + lim.grip_debounce_s)
+                consider(lost + lim.grip_debounce_s)
             if self.state is State.COUNTDOWN:
-                times.append(self._countdown_until)
-        future = [t for t in times if t > self.now]
-        return min(future) if future else None
+                consider(self._countdown_until)
+        return None if best == math.inf else best
 
     def snapshot(self) -> Snapshot:
         s = self.session
@@ -234,9 +246,9 @@ class SafetyCore:
             target_mph=self.target,
             belt_mph=self._drive_mph,
             session=view,
-            grip={hand: self._grip_ok(hand) for hand in Hand},
+            grip={hand: self._grip_ok(hand) for hand in _HANDS},
             fall=fall is not None and fall.value,
-            stale=tuple(s for s in Sensor if self._stale(s)),
+            stale=tuple(s for s in _SENSORS if self._stale(s)),
             latched=self.latch,
             countdown_s=countdown,
         )
@@ -247,6 +259,7 @@ class SafetyCore:
         if not math.isfinite(t) or t <= self.now:
             return
         dt = t - self.now
+        self._forget()
         s = self.session
         if s is not None and self.commanded > 0.0:
             s.moving_s += dt
@@ -275,10 +288,16 @@ class SafetyCore:
             return  # an out-of-order reading never overrides a newer one
         changed_at = event.t if old is None or old.value != value else old.changed_at
         self._readings[sensor] = _Reading(t=event.t, value=value, changed_at=changed_at)
+        self._forget()
 
     def _stale(self, sensor: Sensor) -> bool:
-        reading = self._readings.get(sensor)
-        return reading is None or self.now - reading.t >= self.limits.sensor_timeout_s - _EPS
+        # Asked many times per input; the answer only changes with time or a new reading.
+        cached = self._stale_cache.get(sensor)
+        if cached is None:
+            reading = self._readings.get(sensor)
+            cached = reading is None or self.now - reading.t >= self.limits.sensor_timeout_s - _EPS
+            self._stale_cache[sensor] = cached
+        return cached
 
     def _grip_ok(self, hand: Hand) -> bool:
         reading = self._readings.get(GRIP_SENSOR[hand])
@@ -306,10 +325,16 @@ class SafetyCore:
         return None
 
     def _both_lost_since(self) -> float | None:
-        left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
-        if left is None or right is None:
-            return None
-        return max(left, right)
+        if self._both_lost_cache is None:
+            left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
+            since = None if left is None or right is None else max(left, right)
+            self._both_lost_cache = (since,)
+        return self._both_lost_cache[0]
+
+    def _forget(self) -> None:
+        """Time passed or a reading changed: what was derived from them is out of date."""
+        self._stale_cache.clear()
+        self._both_lost_cache = None
 
     def _drive_fresh(self) -> bool:
         return (
@@ -407,7 +432,7 @@ class SafetyCore:
     def _start_unmet(self) -> list[str]:
         """SR-3: every precondition of a belt start that does not hold, in words."""
         unmet = []
-        for hand in Hand:
+        for hand in _HANDS:
             sensor = GRIP_SENSOR[hand]
             if self._stale(sensor):
                 unmet.append(f"{hand.value} grip sensor has no fresh reading")
@@ -475,7 +500,7 @@ class SafetyCore:
         ):
             unmet.append("drive has not answered since its fault")
         if latch.cause in (Cause.GRIP_LOST, Cause.SENSOR_STALE):
-            for hand in Hand:
+            for hand in _HANDS:
                 if not self._grip_ok(hand):
                     unmet.append(f"{hand.value} grip is not held (or its sensor is silent)")
         fall = self._fall_signalled()
@@ -553,7 +578,7 @@ class SafetyCore:
             self._check_stopping()
 
     def _check_staleness_events(self) -> None:
-        for sensor in Sensor:
+        for sensor in _SENSORS:
             stale = self._stale(sensor)
             if stale and sensor in self._readings and sensor not in self._stale_reported:
                 self._stale_reported.add(sensor)
@@ -598,11 +623,11 @@ class SafetyCore:
         if self.state is State.COUNTDOWN:
             in_final_countdown = self._countdown_until - self.now <= self.limits.countdown_s
             if not resting or in_final_countdown:
-                unmet = [h for h in Hand if not self._grip_ok(h)]
+                unmet = [h for h in _HANDS if not self._grip_ok(h)]
                 if unmet:
                     self._end_session(EndReason.START_ABORTED)
             return
-        lost = [h for h in Hand if not self._grip_ok(h)]
+        lost = [h for h in _HANDS if not self._grip_ok(h)]
         for hand in lost:
             if hand not in self._warned_hands:
                 self._warned_hands.add(hand)
@@ -615,7 +640,7 @@ class SafetyCore:
         self._warned_hands.intersection_update(lost)
         since = self._both_lost_since()
         if since is not None and self.now - since >= self.limits.grip_debounce_s - _EPS:
-            any_stale = any(self._stale(GRIP_SENSOR[h]) for h in Hand)
+            any_stale = any(self._stale(GRIP_SENSOR[h]) for h in _HANDS)
             cause = Cause.SENSOR_STALE if any_stale else Cause.GRIP_LOST
             self._latch(State.ESTOP, cause, "both hands off the handrails")
 
@@ -674,7 +699,7 @@ class SafetyCore:
         if s.auto_step and s.moving_s >= s.next_step_at_s:
             s.next_step_at_s += s.program.step_every_s
             # Progression only while the user holds on with both hands.
-            if all(self._grip_ok(h) for h in Hand):
+            if all(self._grip_ok(h) for h in _HANDS):
                 band = self._band(s.program)
                 new = min(band[1], round(s.target_mph + s.program.step_mph, 3))
                 if new > s.target_mph:

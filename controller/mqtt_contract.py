@@ -1,0 +1,548 @@
+"""The tablet contract over MQTT, version 1 (``/work/shared/MQTT-API.md``), as pure functions.
+
+No I/O, no clock reads: the caller supplies the time a command arrived (monotonic seconds, the
+safety core's clock) and a function that maps monotonic seconds to unix seconds for what goes out.
+
+- :func:`parse_command` turns a raw ``<p>/cmd`` payload into a :class:`ParsedCommand` (a
+  ``safety.inputs`` command and its id) or a :class:`CommandReply` refusal. It never raises.
+- :class:`DuplicateFilter` remembers the replies to recent ids so that a repeated command is
+  answered with its original reply and not run twice.
+- :func:`answer_command` is the whole pipeline: parse, de-duplicate, execute, reply.
+- :func:`encode_state`, :func:`encode_event` and :func:`encode_reply` build the outgoing JSON.
+- :func:`parse_sensor_payload` reads ``<p>/sensors/<name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from safety.core import Snapshot
+from safety.decisions import Event, Refused, Reply, State
+from safety.inputs import (
+    Command,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Reset,
+    Sensor,
+    SensorInput,
+    SetSpeed,
+    StartSession,
+    Stop,
+)
+from safety.limits import STANDSTILL_MPH
+
+MAX_PAYLOAD_BYTES = 4096
+ID_MAX_CHARS = 64
+DEFAULT_DUPLICATE_MEMORY = 1024
+
+JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None"
+JsonObject: TypeAlias = dict[str, JsonValue]
+ToUnix = Callable[[float], float]
+
+
+class ErrorCode(StrEnum):
+    """Every refusal code of the contract (the core decides the last five besides duplicate)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_COMMAND = "invalid_command"
+    UNKNOWN_TYPE = "unknown_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    OUT_OF_RANGE = "out_of_range"
+    NOT_ALLOWED = "not_allowed"
+    PRECONDITIONS_UNMET = "preconditions_unmet"
+    LATCHED = "latched"
+    DUPLICATE = "duplicate"
+
+
+# ------------------------------------------------------------------------------- topics
+
+
+def default_prefix(treadmill_id: str) -> str:
+    return f"treadmill/{treadmill_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.prefix}/cmd"
+
+    @property
+    def reply(self) -> str:
+        return f"{self.prefix}/reply"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}/state"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.prefix}/availability"
+
+    def sensor(self, name: str) -> str:
+        return f"{self.prefix}/sensors/{name}"
+
+
+# ------------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """One ``<p>/reply`` message. ``id`` is None when the command's id could not be read."""
+
+    id: str | None
+    error: ErrorCode | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> JsonObject:
+        if self.error is None:
+            return {"id": self.id, "ok": True}
+        return {
+            "id": self.id,
+            "ok": False,
+            "error": {"code": self.error.value, "message": self.message},
+        }
+
+
+def encode_reply(reply: CommandReply) -> bytes:
+    return to_payload(reply.to_json())
+
+
+def reply_from_core(command_id: str, reply: Reply | None) -> CommandReply:
+    """The contract reply for the safety core's answer to a command."""
+    if reply is None:
+        # The core answers every command; a missing reply is a wiring bug, never an "ok".
+        return CommandReply(command_id, ErrorCode.NOT_ALLOWED, "the command was not answered")
+    if isinstance(reply, Refused):
+        return CommandReply(command_id, ErrorCode(reply.code.value), reply.message)
+    return CommandReply(command_id)
+
+
+# ------------------------------------------------------------------------------- commands
+
+CommandId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
+
+
+class _CommandModel(BaseModel):
+    # strict: a string "1.0" or a boolean is not a number; no silent coercion.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: CommandId
+
+
+class StartSessionModel(_CommandModel):
+    type: Literal["start_session"]
+    user: str
+    program: str | None = None
+    cap_s: float | None = None
+    target_mph: float | None = None
+
+
+class SetSpeedModel(_CommandModel):
+    type: Literal["set_speed"]
+    mph: float
+
+
+class StopModel(_CommandModel):
+    type: Literal["stop"]
+
+
+class EStopModel(_CommandModel):
+    type: Literal["estop"]
+
+
+class ResetModel(_CommandModel):
+    type: Literal["reset"]
+
+
+class HeartbeatModel(_CommandModel):
+    type: Literal["heartbeat"]
+
+
+_MODELS: dict[str, type[_CommandModel]] = {
+    "start_session": StartSessionModel,
+    "set_speed": SetSpeedModel,
+    "stop": StopModel,
+    "estop": EStopModel,
+    "reset": ResetModel,
+    "heartbeat": HeartbeatModel,
+}
+COMMAND_TYPES = frozenset(_MODELS)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommand:
+    """A well-formed command. ``fingerprint`` identifies its content for duplicate checks."""
+
+    id: str
+    command: Command
+    fingerprint: str
+
+
+ParseResult: TypeAlias = ParsedCommand | CommandReply
+
+
+class _BadJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _BadJson(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _BadJson(f"key {key!r} appears twice")
+        obj[key] = value
+    return obj
+
+
+def _loads(payload: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no repeated keys. Raises _BadJson."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadJson(f"the payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
+        )
+    except json.JSONDecodeError as exc:
+        raise _BadJson(f"the payload is not JSON: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        raise _BadJson("the payload is nested too deeply") from None
+
+
+def _readable_id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("id")
+    if isinstance(value, str) and 1 <= len(value) <= ID_MAX_CHARS:
+        return value
+    return None
+
+
+def _fingerprint(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        field = ".".join(str(p) for p in err["loc"]) or "command"
+        parts.append(f"{field}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "invalid command: " + "; ".join(parts)
+
+
+def _to_command(model: _CommandModel, t: float) -> Command:
+    match model:
+        case StartSessionModel():
+            return StartSession(
+                t=t,
+                user=model.user,
+                program=model.program,
+                cap_s=model.cap_s,
+                target_mph=model.target_mph,
+            )
+        case SetSpeedModel():
+            return SetSpeed(t=t, mph=model.mph)
+        case StopModel():
+            return Stop(t=t)
+        case EStopModel():
+            return EStop(t=t)
+        case ResetModel():
+            return Reset(t=t)
+        case HeartbeatModel():
+            return Heartbeat(t=t)
+    raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
+
+
+def parse_command(payload: bytes, *, retained: bool, t: float) -> ParseResult:
+    """Parse one ``<p>/cmd`` payload; ``t`` becomes the command's time. Never raises.
+
+    Range checks (speed band, cap limits, user name) are the safety core's: it answers them
+    with ``out_of_range`` or ``invalid_command``. Here only the shape is checked.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return CommandReply(
+            None,
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+        )
+    try:
+        obj = _loads(payload)
+    except _BadJson as exc:
+        return CommandReply(None, ErrorCode.INVALID_JSON, str(exc))
+    if not isinstance(obj, dict):
+        return CommandReply(
+            None, ErrorCode.INVALID_COMMAND, "invalid command: a command must be a JSON object"
+        )
+    command_id = _readable_id(obj)
+    if retained:
+        return CommandReply(
+            command_id,
+            ErrorCode.NOT_ALLOWED,
+            "retained commands are refused: publish commands with the retain flag off",
+        )
+    kind = obj.get("type")
+    if kind is None:
+        return CommandReply(
+            command_id, ErrorCode.INVALID_COMMAND, "invalid command: type: Field required"
+        )
+    if not isinstance(kind, str):
+        return CommandReply(
+            command_id, ErrorCode.INVALID_COMMAND, "invalid command: type: must be a string"
+        )
+    model_type = _MODELS.get(kind)
+    if model_type is None:
+        known = ", ".join(sorted(_MODELS))
+        return CommandReply(
+            command_id,
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown command type {kind[:ID_MAX_CHARS]!r}; known: {known}",
+        )
+    try:
+        model = model_type.model_validate(obj)
+    except ValidationError as exc:
+        return CommandReply(command_id, ErrorCode.INVALID_COMMAND, _describe(exc))
+    return ParsedCommand(id=model.id, command=_to_command(model, t), fingerprint=_fingerprint(obj))
+
+
+class DuplicateFilter:
+    """A bounded memory (least recently used out) of recent command ids and their replies.
+
+    The same id with the same content is a retransmission: its original reply is returned and
+    the command is not run again. The same id with different content is refused as
+    ``duplicate`` (ids are unique per command), and the original reply stays remembered.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_DUPLICATE_MEMORY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._seen: OrderedDict[str, tuple[str, CommandReply]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def lookup(self, command_id: str, fingerprint: str) -> CommandReply | None:
+        entry = self._seen.get(command_id)
+        if entry is None:
+            return None
+        self._seen.move_to_end(command_id)
+        original_fingerprint, original = entry
+        if fingerprint == original_fingerprint:
+            return original
+        return CommandReply(
+            command_id,
+            ErrorCode.DUPLICATE,
+            f"id {command_id!r} was already used by a different command; ids are unique",
+        )
+
+    def remember(self, command_id: str, fingerprint: str, reply: CommandReply) -> None:
+        self._seen[command_id] = (fingerprint, reply)
+        self._seen.move_to_end(command_id)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+
+Execute = Callable[[Command], Reply | None]
+
+
+def answer_command(
+    payload: bytes,
+    *,
+    retained: bool,
+    t: float,
+    seen: DuplicateFilter,
+    execute: Execute,
+) -> CommandReply:
+    """Parse, de-duplicate, run at most once, and build the reply for one ``<p>/cmd`` payload."""
+    parsed = parse_command(payload, retained=retained, t=t)
+    if isinstance(parsed, CommandReply):
+        if parsed.id is not None and not retained:
+            # The id was readable, so the payload is a JSON object.
+            fingerprint = _fingerprint(_loads(payload))
+            earlier = seen.lookup(parsed.id, fingerprint)
+            if earlier is not None:
+                return earlier
+            seen.remember(parsed.id, fingerprint, parsed)
+        return parsed
+    earlier = seen.lookup(parsed.id, parsed.fingerprint)
+    if earlier is not None:
+        return earlier
+    reply = reply_from_core(parsed.id, execute(parsed.command))
+    seen.remember(parsed.id, parsed.fingerprint, reply)
+    return reply
+
+
+# ------------------------------------------------------------------------------- outgoing
+
+
+def _num(value: float, digits: int = 3) -> float | None:
+    """A JSON number; a non-finite value (an unreadable drive) becomes null."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def _scalar(value: str | int | float | bool | None) -> JsonValue:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def encode_state(
+    snapshot: Snapshot, *, treadmill_id: str, ts: float, to_unix: ToUnix
+) -> JsonObject:
+    """The ``<p>/state`` object. ``ts`` is unix seconds; ``to_unix`` maps the core's times."""
+    s = snapshot.session
+    session: JsonValue = None
+    if s is not None:
+        session = {
+            "id": s.id,
+            "user": s.user,
+            "program": s.program,
+            "elapsed_s": _num(s.elapsed_s),
+            "cap_s": _num(s.cap_s),
+            "remaining_s": _num(s.remaining_s),
+        }
+    latch = snapshot.latched
+    latched: JsonValue = None
+    if latch is not None:
+        latched = {
+            "kind": latch.kind.value,
+            "cause": latch.cause.value,
+            "since": _num(to_unix(latch.since)),
+        }
+    return {
+        "treadmill_id": treadmill_id,
+        "state": snapshot.state.value,
+        "speed_mph": _num(snapshot.belt_mph),
+        "target_mph": _num(snapshot.target_mph),
+        "session": session,
+        "grip": {
+            "left": snapshot.grip.get(Hand.LEFT, False),
+            "right": snapshot.grip.get(Hand.RIGHT, False),
+        },
+        "fall": snapshot.fall,
+        "stale": [sensor.value for sensor in snapshot.stale],
+        "latched": latched,
+        "ts": _num(ts),
+    }
+
+
+_CONTINUOUS = frozenset({"speed_mph", "ts"})
+_CONTINUOUS_SESSION = frozenset({"elapsed_s", "remaining_s"})
+
+
+def state_key(state: JsonObject) -> str:
+    """What makes a state "changed": everything but the belt speed, the session clock and ts.
+
+    Those move continuously while the belt runs and are refreshed by the periodic publication.
+    """
+    key: dict[str, JsonValue] = {k: v for k, v in state.items() if k not in _CONTINUOUS}
+    session = key.get("session")
+    if isinstance(session, dict):
+        key["session"] = {k: v for k, v in session.items() if k not in _CONTINUOUS_SESSION}
+    return json.dumps(key, sort_keys=True)
+
+
+def belt_moving(snapshot: Snapshot) -> bool:
+    """The belt moves, or is commanded to: state must then go out at least every 500 ms."""
+    belt = snapshot.belt_mph
+    return (
+        not math.isfinite(belt)
+        or belt > STANDSTILL_MPH
+        or snapshot.commanded_mph > 0.0
+        or snapshot.state in (State.RUNNING, State.STOPPING)
+    )
+
+
+def encode_event(event: Event, *, to_unix: ToUnix) -> JsonObject:
+    """The ``<p>/events`` object: ``{"type", "ts", ...fields}`` (fields never replace those two)."""
+    out: JsonObject = {"type": event.type.value, "ts": _num(to_unix(event.t))}
+    for key, value in event.fields.items():
+        if key not in out:
+            out[key] = _scalar(value)
+    return out
+
+
+def to_payload(obj: JsonObject) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------- sensors
+
+
+class _SensorModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    value: bool
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReading:
+    value: bool
+    ts: float  # unix seconds, as the sensor stamped it
+
+
+@dataclass(frozen=True, slots=True)
+class SensorPayloadError:
+    """A sensor payload that is not a reading. The caller treats it as no reading at all:
+    the sensor goes stale, and a stale sensor is unsafe (SR-8)."""
+
+    message: str
+
+
+def parse_sensor_payload(payload: bytes) -> SensorReading | SensorPayloadError:
+    """Parse ``{"value": true/false, "ts": <unix s>}``. Never raises."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return SensorPayloadError(f"the payload is {len(payload)} bytes; the limit is 4096")
+    try:
+        obj = _loads(payload)
+    except _BadJson as exc:
+        return SensorPayloadError(str(exc))
+    try:
+        model = _SensorModel.model_validate(obj)
+    except ValidationError as exc:
+        return SensorPayloadError(_describe(exc).replace("invalid command", "invalid reading"))
+    if not (math.isfinite(model.ts) and model.ts > 0):
+        return SensorPayloadError(f"invalid reading: ts: {model.ts!r} is not a unix time")
+    return SensorReading(value=model.value, ts=model.ts)
+
+
+def sensor_input(name: str, reading: SensorReading, t: float) -> SensorInput | None:
+    """The safety input for a reading of sensor ``name`` arriving at monotonic ``t``;
+    None for a name the core does not know."""
+    match name:
+        case Sensor.GRIP_LEFT:
+            return GripReading(t=t, hand=Hand.LEFT, held=reading.value)
+        case Sensor.GRIP_RIGHT:
+            return GripReading(t=t, hand=Hand.RIGHT, held=reading.value)
+        case Sensor.FALL:
+            return FallReading(t=t, fallen=reading.value)
+    return None

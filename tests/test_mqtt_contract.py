@@ -1,0 +1,628 @@
+"""The MQTT tablet contract v1 as pure functions (MQTT-API.md; SR-15 bad input, SR-12 remote
+estop). Payloads here are written by hand from MQTT-API.md, never produced by the encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config.loading import load_config
+from controller.mqtt_contract import (
+    MAX_PAYLOAD_BYTES,
+    CommandReply,
+    DuplicateFilter,
+    ErrorCode,
+    ParsedCommand,
+    SensorPayloadError,
+    SensorReading,
+    answer_command,
+    belt_moving,
+    encode_event,
+    encode_reply,
+    encode_state,
+    parse_command,
+    parse_sensor_payload,
+    sensor_input,
+    state_key,
+    to_payload,
+)
+from safety.core import Latch, SafetyCore, SessionView, Snapshot
+from safety.decisions import (
+    ACCEPTED,
+    Cause,
+    Event,
+    EventType,
+    RefusalCode,
+    Refused,
+    Reply,
+    State,
+)
+from safety.inputs import (
+    Command,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Reset,
+    Sensor,
+    SetSpeed,
+    StartSession,
+    Stop,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 12.5  # the caller's monotonic time for commands
+OFFSET = 1_764_000_000.0  # monotonic -> unix in these tests
+
+
+def to_unix(t: float) -> float:
+    return t + OFFSET
+
+
+def parse(text: str | bytes, *, retained: bool = False) -> ParsedCommand | CommandReply:
+    raw = text.encode() if isinstance(text, str) else text
+    return parse_command(raw, retained=retained, t=T)
+
+
+def refusal(text: str | bytes, *, retained: bool = False) -> CommandReply:
+    result = parse(text, retained=retained)
+    assert isinstance(result, CommandReply), result
+    assert not result.ok
+    return result
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ('{"id": "a1", "type": "heartbeat"}', Heartbeat(t=T)),
+        ('{"id": "a1", "type": "stop"}', Stop(t=T)),
+        ('{"id": "a1", "type": "estop"}', EStop(t=T)),
+        ('{"id": "a1", "type": "reset"}', Reset(t=T)),
+        ('{"id": "a1", "type": "set_speed", "mph": 1.0}', SetSpeed(t=T, mph=1.0)),
+        ('{"id": "a1", "type": "set_speed", "mph": 1}', SetSpeed(t=T, mph=1.0)),
+        ('{"id": "a1", "type": "start_session", "user": "u7"}', StartSession(t=T, user="u7")),
+        (
+            '{"id": "a1", "type": "start_session", "user": "u7", "program": "reverse_walking",'
+            ' "cap_s": 300, "target_mph": 0.9}',
+            StartSession(t=T, user="u7", program="reverse_walking", cap_s=300.0, target_mph=0.9),
+        ),
+    ],
+)
+def test_valid_commands_parse_to_safety_inputs(text: str, command: Command) -> None:
+    result = parse(text)
+    assert isinstance(result, ParsedCommand)
+    assert result.id == "a1"
+    assert result.command == command
+
+
+def test_sr12_remote_estop_command_is_an_estop_input() -> None:
+    result = parse('{"id": "stop-now", "type": "estop"}')
+    assert isinstance(result, ParsedCommand)
+    assert isinstance(result.command, EStop)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b'{"id": "a", "type": "stop",}',
+        b"\xff\xfe{}",
+        b"[" * 3000,
+        b"[" * 2000 + b"]" * 2000,
+    ],
+)
+def test_sr15_invalid_json(raw: bytes) -> None:
+    reply = refusal(raw)
+    assert reply.error is ErrorCode.INVALID_JSON
+    assert reply.id is None
+    assert reply.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"id": "a", "type": "set_speed", "mph": NaN}',
+        '{"id": "a", "type": "set_speed", "mph": Infinity}',
+        '{"id": "a", "type": "stop", "type": "estop"}',
+    ],
+)
+def test_sr15_non_standard_json_is_invalid_json(raw: str) -> None:
+    assert refusal(raw).error is ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"id": "a", "type": "set_speed", "mph": "1.0"}', "mph"),
+        ('{"id": "a", "type": "set_speed", "mph": true}', "mph"),
+        ('{"id": "a", "type": "set_speed", "mph": null}', "mph"),
+        ('{"id": "a", "type": "set_speed"}', "mph"),
+        ('{"id": "a", "type": "start_session"}', "user"),
+        ('{"id": "a", "type": "start_session", "user": 7}', "user"),
+        ('{"id": "a", "type": "start_session", "user": "u", "cap_s": "5"}', "cap_s"),
+        ('{"id": "a", "type": "stop", "speed": 1}', "speed"),
+        ('{"id": "a", "type": "heartbeat", "extra": null}', "extra"),
+        ('{"id": "a"}', "type"),
+        ('{"id": "a", "type": 5}', "type"),
+    ],
+)
+def test_sr15_invalid_command_names_the_field(text: str, field: str) -> None:
+    reply = refusal(text)
+    assert reply.error is ErrorCode.INVALID_COMMAND
+    assert reply.id == "a"
+    assert field in reply.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "stop"}',
+        '{"id": "", "type": "stop"}',
+        '{"id": 5, "type": "stop"}',
+        '{"id": null, "type": "stop"}',
+        '{"id": "' + "x" * 65 + '", "type": "stop"}',
+    ],
+)
+def test_sr15_bad_id_is_invalid_command_answered_with_id_null(text: str) -> None:
+    reply = refusal(text)
+    assert reply.error is ErrorCode.INVALID_COMMAND
+    assert reply.id is None
+    assert "id" in reply.message
+
+
+def test_id_of_64_chars_is_accepted() -> None:
+    result = parse('{"id": "' + "x" * 64 + '", "type": "stop"}')
+    assert isinstance(result, ParsedCommand)
+
+
+@pytest.mark.parametrize("text", ["[]", "5", '"stop"', "null", "true"])
+def test_sr15_json_that_is_not_an_object_is_invalid_command_with_id_null(text: str) -> None:
+    reply = refusal(text)
+    assert reply.error is ErrorCode.INVALID_COMMAND
+    assert reply.id is None
+
+
+def test_sr15_unknown_type() -> None:
+    reply = refusal('{"id": "q", "type": "launch"}')
+    assert reply.error is ErrorCode.UNKNOWN_TYPE
+    assert reply.id == "q"
+    assert "launch" in reply.message
+
+
+def test_sr15_payload_too_large_is_checked_before_parsing() -> None:
+    base = '{"id": "big", "type": "start_session", "user": "'
+    fits = base + "u" * (MAX_PAYLOAD_BYTES - len(base) - 2) + '"}'
+    assert len(fits.encode()) == MAX_PAYLOAD_BYTES
+    # 4096 bytes exactly is within the limit (the core then refuses the long user name).
+    assert isinstance(parse(fits), ParsedCommand)
+    too_big = refusal(fits[:-2] + 'u"}')
+    assert too_big.error is ErrorCode.PAYLOAD_TOO_LARGE
+    assert too_big.id is None  # the payload was not read
+    # Not even parsed: invalid JSON over the limit is still "too large".
+    assert refusal(b"\xff" * (MAX_PAYLOAD_BYTES + 1)).error is ErrorCode.PAYLOAD_TOO_LARGE
+
+
+def test_sr15_retained_command_is_refused_not_allowed() -> None:
+    reply = refusal('{"id": "r1", "type": "estop"}', retained=True)
+    assert reply.error is ErrorCode.NOT_ALLOWED
+    assert reply.id == "r1"
+    assert "retained" in reply.message
+
+
+def test_out_of_range_mph_is_left_to_the_core() -> None:
+    # A number outside the band is a well-formed command: the safety core refuses it.
+    result = parse('{"id": "a", "type": "set_speed", "mph": 99}')
+    assert isinstance(result, ParsedCommand)
+    assert result.command == SetSpeed(t=T, mph=99.0)
+
+
+# ----------------------------------------------------------------------------- replies
+
+
+def test_reply_encoding_exactly_per_contract() -> None:
+    assert json.loads(encode_reply(CommandReply("c1"))) == {"id": "c1", "ok": True}
+    assert json.loads(encode_reply(CommandReply(None, ErrorCode.INVALID_JSON, "bad"))) == {
+        "id": None,
+        "ok": False,
+        "error": {"code": "invalid_json", "message": "bad"},
+    }
+
+
+def test_every_core_refusal_code_is_a_contract_code() -> None:
+    contract = {
+        "invalid_json",
+        "invalid_command",
+        "unknown_type",
+        "payload_too_large",
+        "out_of_range",
+        "not_allowed",
+        "preconditions_unmet",
+        "latched",
+        "duplicate",
+    }
+    assert {c.value for c in ErrorCode} == contract
+    assert {c.value for c in RefusalCode} <= contract
+
+
+class Recorder:
+    def __init__(self, reply: Reply = ACCEPTED) -> None:
+        self.reply = reply
+        self.commands: list[Command] = []
+
+    def __call__(self, command: Command) -> Reply:
+        self.commands.append(command)
+        return self.reply
+
+
+def answer(raw: str, seen: DuplicateFilter, execute: Recorder, *, retained: bool = False) -> Any:
+    reply = answer_command(raw.encode(), retained=retained, t=T, seen=seen, execute=execute)
+    return json.loads(encode_reply(reply))
+
+
+def test_core_refusal_becomes_the_reply() -> None:
+    execute = Recorder(Refused(RefusalCode.OUT_OF_RANGE, "2 mph is outside the band"))
+    got = answer('{"id": "s", "type": "set_speed", "mph": 2}', DuplicateFilter(), execute)
+    assert got == {
+        "id": "s",
+        "ok": False,
+        "error": {"code": "out_of_range", "message": "2 mph is outside the band"},
+    }
+
+
+def test_out_of_range_is_decided_by_the_real_core() -> None:
+    loaded = load_config(ROOT / "config" / "sim.toml")
+    cfg = loaded.config
+    core = SafetyCore(cfg.safety, loaded.programs, default_program=cfg.programs.default)
+
+    def execute(command: Command) -> Reply | None:
+        return core.handle(command).reply
+
+    raw = '{"id": "s1", "type": "start_session", "user": "u", "target_mph": 5}'
+    got = json.loads(
+        encode_reply(
+            answer_command(
+                raw.encode(), retained=False, t=1.0, seen=DuplicateFilter(), execute=execute
+            )
+        )
+    )
+    assert got["ok"] is False
+    assert got["error"]["code"] == "out_of_range"
+
+
+def test_duplicate_id_returns_the_original_reply_and_runs_once() -> None:
+    seen = DuplicateFilter()
+    execute = Recorder()
+    first = answer('{"id": "d1", "type": "heartbeat"}', seen, execute)
+    execute.reply = Refused(RefusalCode.NOT_ALLOWED, "would differ")
+    again = answer('{"type": "heartbeat", "id": "d1"}', seen, execute)  # same content
+    assert first == again == {"id": "d1", "ok": True}
+    assert len(execute.commands) == 1
+
+
+def test_same_id_different_command_is_refused_as_duplicate() -> None:
+    seen = DuplicateFilter()
+    execute = Recorder()
+    answer('{"id": "d2", "type": "heartbeat"}', seen, execute)
+    got = answer('{"id": "d2", "type": "estop"}', seen, execute)
+    assert got["ok"] is False
+    assert got["error"]["code"] == "duplicate"
+    assert len(execute.commands) == 1
+    # The original reply is still what a retransmission of the original gets.
+    assert answer('{"id": "d2", "type": "heartbeat"}', seen, execute) == {"id": "d2", "ok": True}
+
+
+def test_duplicate_of_a_refused_command_gets_the_same_refusal() -> None:
+    seen = DuplicateFilter()
+    execute = Recorder()
+    raw = '{"id": "d3", "type": "set_speed", "mph": "fast"}'
+    assert answer(raw, seen, execute) == answer(raw, seen, execute)
+    assert answer(raw, seen, execute)["error"]["code"] == "invalid_command"
+    assert execute.commands == []
+
+
+def test_retained_command_is_not_remembered_so_a_live_resend_runs() -> None:
+    seen = DuplicateFilter()
+    execute = Recorder()
+    raw = '{"id": "r2", "type": "stop"}'
+    assert answer(raw, seen, execute, retained=True)["error"]["code"] == "not_allowed"
+    assert execute.commands == []
+    assert answer(raw, seen, execute) == {"id": "r2", "ok": True}
+    assert len(execute.commands) == 1
+
+
+def test_duplicate_filter_is_bounded_least_recently_used_out() -> None:
+    seen = DuplicateFilter(capacity=3)
+    execute = Recorder()
+    for n in range(3):
+        answer(f'{{"id": "k{n}", "type": "heartbeat"}}', seen, execute)
+    answer('{"id": "k0", "type": "heartbeat"}', seen, execute)  # k0 is used again: kept
+    answer('{"id": "k3", "type": "heartbeat"}', seen, execute)  # evicts k1
+    assert len(seen) == 3
+    assert len(execute.commands) == 4
+    answer('{"id": "k0", "type": "heartbeat"}', seen, execute)
+    assert len(execute.commands) == 4
+    answer('{"id": "k1", "type": "heartbeat"}', seen, execute)
+    assert len(execute.commands) == 5
+
+
+def test_unreadable_id_is_never_remembered() -> None:
+    seen = DuplicateFilter()
+    execute = Recorder()
+    for _ in range(2):
+        assert answer("{", seen, execute)["id"] is None
+    assert len(seen) == 0
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def snapshot(**changes: object) -> Snapshot:
+    base: dict[str, object] = {
+        "state": State.IDLE,
+        "commanded_mph": 0.0,
+        "target_mph": 0.0,
+        "belt_mph": 0.0,
+        "session": None,
+        "grip": {Hand.LEFT: True, Hand.RIGHT: True},
+        "fall": False,
+        "stale": (),
+        "latched": None,
+        "countdown_s": None,
+    }
+    base.update(changes)
+    return Snapshot(**base)  # type: ignore[arg-type]
+
+
+def test_idle_state_encoding_exactly_per_contract() -> None:
+    got = encode_state(snapshot(), treadmill_id="tm-01", ts=1764000000.0, to_unix=to_unix)
+    assert got == {
+        "treadmill_id": "tm-01",
+        "state": "idle",
+        "speed_mph": 0.0,
+        "target_mph": 0.0,
+        "session": None,
+        "grip": {"left": True, "right": True},
+        "fall": False,
+        "stale": [],
+        "latched": None,
+        "ts": 1764000000.0,
+    }
+    assert json.loads(to_payload(got)) == got
+
+
+def test_running_and_latched_state_encoding_exactly_per_contract() -> None:
+    session = SessionView(
+        id="3",
+        user="u7",
+        program="reverse_walking",
+        elapsed_s=61.25,
+        cap_s=300.0,
+        remaining_s=238.75,
+        interval=None,
+        intervals=None,
+    )
+    running = snapshot(
+        state=State.RUNNING,
+        commanded_mph=0.9,
+        target_mph=1.0,
+        belt_mph=0.87,
+        session=session,
+        grip={Hand.LEFT: False, Hand.RIGHT: True},
+        stale=(Sensor.GRIP_LEFT,),
+    )
+    got = encode_state(running, treadmill_id="tm-01", ts=1764000100.5, to_unix=to_unix)
+    assert got == {
+        "treadmill_id": "tm-01",
+        "state": "running",
+        "speed_mph": 0.87,  # the belt's actual speed, not the command
+        "target_mph": 1.0,
+        "session": {
+            "id": "3",
+            "user": "u7",
+            "program": "reverse_walking",
+            "elapsed_s": 61.25,
+            "cap_s": 300.0,
+            "remaining_s": 238.75,
+        },
+        "grip": {"left": False, "right": True},
+        "fall": False,
+        "stale": ["grip_left"],
+        "latched": None,
+        "ts": 1764000100.5,
+    }
+    latched = snapshot(
+        state=State.ESTOP,
+        fall=True,
+        latched=Latch(kind=State.ESTOP, cause=Cause.FALL, since=42.0, detail="fall signalled"),
+    )
+    got = encode_state(latched, treadmill_id="tm-01", ts=1764000100.5, to_unix=to_unix)
+    assert got["state"] == "estop"
+    assert got["fall"] is True
+    assert got["latched"] == {"kind": "estop", "cause": "fall", "since": OFFSET + 42.0}
+
+
+def test_unreadable_belt_speed_is_null_not_invalid_json() -> None:
+    got = encode_state(snapshot(belt_mph=float("inf")), treadmill_id="t", ts=1.0, to_unix=to_unix)
+    assert got["speed_mph"] is None
+    json.loads(to_payload(got))  # strict JSON, no "Infinity"
+
+
+def test_state_key_ignores_only_what_moves_continuously() -> None:
+    session = SessionView("1", "u", "p", 1.0, 300.0, 299.0, None, None)
+    later = SessionView("1", "u", "p", 2.0, 300.0, 298.0, None, None)
+
+    def key(snap: Snapshot, ts: float = 1.0) -> str:
+        return state_key(encode_state(snap, treadmill_id="t", ts=ts, to_unix=to_unix))
+
+    moving = snapshot(state=State.RUNNING, belt_mph=0.8, commanded_mph=0.8, session=session)
+    assert key(moving) == key(replace_snapshot(moving, belt_mph=0.9, session=later), ts=9.0)
+    assert key(moving) != key(replace_snapshot(moving, state=State.STOPPING))
+    assert key(moving) != key(replace_snapshot(moving, grip={Hand.LEFT: False, Hand.RIGHT: True}))
+    assert key(moving) != key(replace_snapshot(moving, target_mph=1.1))
+
+
+def replace_snapshot(snap: Snapshot, **changes: object) -> Snapshot:
+    from dataclasses import replace
+
+    return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+def test_belt_moving() -> None:
+    assert not belt_moving(snapshot())
+    assert belt_moving(snapshot(belt_mph=0.5))
+    assert belt_moving(snapshot(commanded_mph=0.1))
+    assert belt_moving(snapshot(state=State.RUNNING))
+    assert belt_moving(snapshot(state=State.ESTOP, belt_mph=0.6))  # still coasting down
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def test_event_encoding_per_contract() -> None:
+    event = Event(
+        EventType.ESTOP,
+        t=100.0,
+        fields={"cause": "grip_lost", "detail": "both hands off", "stop_latency_ms": 0.4},
+    )
+    assert encode_event(event, to_unix=to_unix) == {
+        "type": "estop",
+        "ts": OFFSET + 100.0,
+        "cause": "grip_lost",
+        "detail": "both hands off",
+        "stop_latency_ms": 0.4,
+    }
+    ended = Event(EventType.SESSION_ENDED, t=5.0, fields={"reason": "cap", "session_id": "1"})
+    assert encode_event(ended, to_unix=to_unix) == {
+        "type": "session_ended",
+        "ts": OFFSET + 5.0,
+        "reason": "cap",
+        "session_id": "1",
+    }
+
+
+def test_event_fields_never_replace_type_or_ts() -> None:
+    event = Event(EventType.RESET, t=1.0, fields={"type": "x", "ts": 0, "v": float("nan")})
+    got = encode_event(event, to_unix=to_unix)
+    assert got == {"type": "reset", "ts": OFFSET + 1.0, "v": None}
+    json.loads(to_payload(got))
+
+
+# ----------------------------------------------------------------------------- sensors
+
+
+def test_sensor_payload_parses() -> None:
+    assert parse_sensor_payload(b'{"value": true, "ts": 1764000000.25}') == SensorReading(
+        True, 1764000000.25
+    )
+    assert parse_sensor_payload(b'{"value": false, "ts": 1764000000}') == SensorReading(
+        False, 1764000000.0
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"true",
+        b'{"value": 1, "ts": 1764000000}',
+        b'{"value": "true", "ts": 1764000000}',
+        b'{"value": true}',
+        b'{"ts": 1764000000}',
+        b'{"value": true, "ts": "now"}',
+        b'{"value": true, "ts": -5}',
+        b'{"value": true, "ts": 1764000000, "extra": 1}',
+        b'{"value": true, "ts": NaN}',
+        b"\xff",
+        b" " * 5000,
+    ],
+)
+def test_sr8_bad_sensor_payload_is_an_error_not_a_reading(raw: bytes) -> None:
+    got = parse_sensor_payload(raw)
+    assert isinstance(got, SensorPayloadError)
+    assert got.message
+
+
+def test_sensor_input_maps_names_to_safety_inputs() -> None:
+    held = SensorReading(True, 1.0)
+    assert sensor_input("grip_left", held, 3.0) == GripReading(t=3.0, hand=Hand.LEFT, held=True)
+    assert sensor_input("grip_right", held, 3.0) == GripReading(t=3.0, hand=Hand.RIGHT, held=True)
+    assert sensor_input("fall", held, 3.0) == FallReading(t=3.0, fallen=True)
+    assert sensor_input("door", held, 3.0) is None
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+command_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=70) | json_scalars,
+        "type": st.sampled_from(
+            ["start_session", "set_speed", "stop", "estop", "reset", "heartbeat", "nope"]
+        )
+        | json_scalars,
+        "mph": json_values,
+        "user": json_values,
+        "program": json_values,
+        "cap_s": json_values,
+        "target_mph": json_values,
+        "extra": json_values,
+    },
+)
+
+
+def _check(result: ParsedCommand | CommandReply) -> None:
+    if isinstance(result, CommandReply):
+        assert not result.ok
+        assert result.error is not None
+        assert result.message
+        assert result.id is None or 1 <= len(result.id) <= 64
+        json.loads(encode_reply(result))
+    else:
+        assert isinstance(result, ParsedCommand)
+        assert 1 <= len(result.id) <= 64
+        assert result.command.t == T
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=MAX_PAYLOAD_BYTES + 64), retained=st.booleans())
+def test_sr15_fuzz_raw_bytes_never_raise(raw: bytes, retained: bool) -> None:
+    _check(parse_command(raw, retained=retained, t=T))
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=command_like | json_values, retained=st.booleans())
+def test_sr15_fuzz_json_payloads_never_raise(obj: object, retained: bool) -> None:
+    raw = json.dumps(obj).encode()
+    result = parse_command(raw, retained=retained, t=T)
+    _check(result)
+    if retained:
+        assert isinstance(result, CommandReply)
+    seen = DuplicateFilter()
+    first = answer_command(raw, retained=retained, t=T, seen=seen, execute=Recorder())
+    second = answer_command(raw, retained=retained, t=T, seen=seen, execute=Recorder())
+    assert first == second
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200) | st.builds(lambda o: json.dumps(o).encode(), json_values))
+def test_sr8_fuzz_sensor_payloads_never_raise(raw: bytes) -> None:
+    assert isinstance(parse_sensor_payload(raw), SensorReading | SensorPayloadError)
