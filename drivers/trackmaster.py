@@ -70,6 +70,8 @@ from drivers.trackmaster_codec import (
     StatusValue,
     UnknownStatusReply,
     describe,
+    elevation_tenths,
+    encode_elevation,
     encode_speed,
     encode_start,
     encode_status_request,
@@ -185,6 +187,9 @@ class TrackmasterDriver:
 
         # What the controller asked for, in tenths of a mph; 0 = stop.
         self._wanted = 0
+        # Elevation asked for and last acknowledged, in tenths of a percent (None: not asked).
+        self._wanted_elevation: int | None = None
+        self._sent_elevation: int | None = None
         self._armed = False
         self._healthy_seen = False
         self._stop = _StopState()
@@ -248,6 +253,13 @@ class TrackmasterDriver:
                 # No start before the controller has seen the link healthy and asked for a stop.
                 self._wanted = 0
                 self.ignored_run_commands += 1
+        self._wake.set()
+
+    def command_elevation(self, percent: float) -> None:
+        """Ask for this grade (0.5 % steps, A4). Not part of any stop: a grade never moves the
+        belt, and one the treadmill refuses is a fault, not retried. Raises CodecError for a
+        value off the 0.5 % grid or out of the 4-digit range."""
+        self._wanted_elevation = elevation_tenths(percent)
         self._wake.set()
 
     def emergency_stop(self) -> None:
@@ -431,7 +443,12 @@ class TrackmasterDriver:
         return None
 
     def _next_command(self) -> Callable[[], Awaitable[None]] | None:
-        if self._stop.must_stop or not self._armed or self._wanted == 0:
+        if self._stop.must_stop:
+            return None
+        wanted_grade = self._wanted_elevation
+        if wanted_grade is not None and wanted_grade != self._sent_elevation:
+            return self._send_elevation
+        if not self._armed or self._wanted == 0:
             return None
         if not self._running_sent:
             return self._send_start
@@ -472,6 +489,18 @@ class TrackmasterDriver:
             # Never a retry loop: a refused speed is a fault and the belt is stopped.
             mph, code = tenths / 10, _error_name(answer)
             self._set_event_fault(f"drive_fault: treadmill refused speed {mph:.1f} mph ({code})")
+
+    async def _send_elevation(self) -> None:
+        tenths = self._wanted_elevation
+        assert tenths is not None
+        answer = await self._request(encode_elevation(tenths / 10))
+        if answer == Ack(Command.SET_ELEVATION):
+            self._sent_elevation = tenths
+        elif isinstance(answer, ErrorReply):
+            # Never a retry loop: forget the request and report it.
+            self._wanted_elevation = None
+            pct, code = tenths / 10, _error_name(answer)
+            self._set_event_fault(f"drive_fault: treadmill refused elevation {pct:.1f} % ({code})")
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -712,6 +741,8 @@ class TrackmasterDriver:
         self._live = False
         self._running_sent = True
         self._sent_tenths = None
+        # A grade asked for before the link was lost is not replayed on the next one.
+        self._wanted_elevation = self._sent_elevation = None
         self._belt_state = None
         self._disarm()
         self._raise_stop()

@@ -182,6 +182,30 @@ async def test_start_speed_stop_with_cds_never_a1(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_elevation_in_half_percent_steps_and_a_refused_grade_is_a_fault(
+    tmp_path: Path,
+) -> None:
+    """A4 with the grade x10 in 4 ASCII digits (PROTOCOLS.md): 2.5 % is A4 30 30 32 35. A grade
+    the treadmill refuses (BE) is a fault, sent once, never retried."""
+    async with treadmill(tmp_path) as device:
+        driver = make_driver(device)
+        async with running(driver), ControlTicks(driver):
+            await eventually(lambda: healthy(driver), "a healthy status")
+            driver.command_elevation(2.5)
+            await device.wait_until(lambda: device.set_elevation_pct == 2.5)
+            assert h("A4 30 30 32 35") in device.rx
+            with pytest.raises(ValueError, match=r"0\.5 %"):
+                driver.command_elevation(2.3)  # off the 0.5 % grid: refused, never rounded
+            driver.command_elevation(40.0)  # beyond this model's 25 %: BE
+            await eventually(
+                lambda: "refused elevation 40.0 %" in (status_of(driver).fault or ""),
+                "the refusal reported",
+            )
+            assert device.rx.count(h("A4 30 34 30 30")) == 1
+            assert not device.running  # a grade never moves the belt
+
+
+@pytest.mark.asyncio
 async def test_speed_below_minimum_stops_and_restart_needs_a0(tmp_path: Path) -> None:
     async with treadmill(tmp_path) as device:
         driver = make_driver(device)
