@@ -32,6 +32,7 @@ from simulator.modbus_device import (
     serve_modbus_rtu,
     serve_modbus_tcp,
 )
+from tests.control_ticks import ControlTicks
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
@@ -142,35 +143,6 @@ def healthy(driver: ModbusVfdDriver) -> bool:
 def faulted(driver: ModbusVfdDriver, prefix: str = "") -> bool:
     st = driver.status()
     return st is not None and st.fault is not None and st.fault.startswith(prefix)
-
-
-class ControlTicks:
-    """What controller/control.py does to a driver on each 20 Hz tick: read the status, then
-    command the target speed. A test changes ``target``; nothing here latches on a fault, so
-    it is the worst case for "never restart on its own": it keeps asking for the old speed."""
-
-    def __init__(self, driver: ModbusVfdDriver, target: float = 0.0) -> None:
-        self.driver = driver
-        self.target = target
-        self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        while True:
-            self.driver.status()
-            self.driver.command_speed(self.target)
-            self.ticks += 1
-            await asyncio.sleep(0.05)
-
-    async def __aenter__(self) -> ControlTicks:
-        self._task = asyncio.create_task(self._tick())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 async def start_belt(driver: ModbusVfdDriver, vfd: SimulatedVfd, ticks: ControlTicks) -> None:

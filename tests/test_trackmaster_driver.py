@@ -26,6 +26,7 @@ from drivers.trackmaster import TrackmasterDriver
 from drivers.trackmaster_codec import Command, CommandFrame
 from simulator.belt import BeltParams
 from simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
+from tests.control_ticks import ControlTicks
 
 ROOT = Path(__file__).resolve().parents[1]
 # A brisk belt so a test reaches speed and standstill in a fraction of a second.
@@ -98,35 +99,6 @@ def speeds_sent(device: TrackmasterDevice) -> list[bytes]:
         for r in device.received
         if isinstance(r.request, CommandFrame) and r.request.command is Command.SET_SPEED
     ]
-
-
-class ControlTicks:
-    """What controller/control.py does to a driver every 50 ms: read the status, command the
-    target. Nothing here latches on a fault, so it is the worst case for "never restart on
-    its own": it keeps asking for the old speed after a fault or a lost link."""
-
-    def __init__(self, driver: TrackmasterDriver, target: float = 0.0) -> None:
-        self.driver = driver
-        self.target = target
-        self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        while True:
-            self.driver.status()
-            self.driver.command_speed(self.target)
-            self.ticks += 1
-            await asyncio.sleep(0.05)
-
-    async def __aenter__(self) -> ControlTicks:
-        self._task = asyncio.create_task(self._tick())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 async def start_belt(
