@@ -22,7 +22,6 @@ from typing import Literal
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from drivers.base import DriveStatus
 from drivers.modbus_vfd import ModbusVfdDriver
 from drivers.vfd_codec import RegisterMap
 from simulator.belt import BeltParams
@@ -32,7 +31,7 @@ from simulator.modbus_device import (
     serve_modbus_rtu,
     serve_modbus_tcp,
 )
-from tests.control_ticks import ControlTicks
+from tests.drive_helpers import ControlTicks, eventually, status_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
@@ -114,21 +113,6 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
     async with asyncio.timeout(5):
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    """A bounded poll for a driver condition that has no event of its own to await."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def status_of(driver: ModbusVfdDriver) -> DriveStatus:
-    st = driver.status()
-    assert st is not None
-    return st
 
 
 def advanced_past(driver: ModbusVfdDriver, t: float) -> Callable[[], bool]:

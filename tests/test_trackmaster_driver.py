@@ -14,19 +14,17 @@ import itertools
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import serial
 
-from drivers.base import DriveStatus
 from drivers.trackmaster import TrackmasterDriver
 from drivers.trackmaster_codec import Command, CommandFrame
 from simulator.belt import BeltParams
 from simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
-from tests.control_ticks import ControlTicks
+from tests.drive_helpers import ControlTicks, eventually, status_of
 
 ROOT = Path(__file__).resolve().parents[1]
 # A brisk belt so a test reaches speed and standstill in a fraction of a second.
@@ -66,21 +64,6 @@ async def running(driver: TrackmasterDriver) -> AsyncIterator[asyncio.Task[None]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    """A bounded poll for a driver condition that has no event of its own to await."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def status_of(driver: TrackmasterDriver) -> DriveStatus:
-    st = driver.status()
-    assert st is not None
-    return st
 
 
 def healthy(driver: TrackmasterDriver) -> bool:

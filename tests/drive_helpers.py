@@ -1,11 +1,28 @@
-"""A stand-in for the controller's 20 Hz tick, for driver tests."""
+"""What the driver tests share: a stand-in for the controller's tick, and bounded waits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
-from drivers.base import TreadmillDriver
+from drivers.base import DriveStatus, TreadmillDriver
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    """A bounded poll for a driver condition that has no event of its own to await."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def status_of(driver: TreadmillDriver) -> DriveStatus:
+    st = driver.status()
+    assert st is not None
+    return st
 
 
 class ControlTicks:
