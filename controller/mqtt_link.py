@@ -1,0 +1,378 @@
+"""The tablet link: the MQTT contract v1 (``controller.mqtt_contract``) on aiomqtt 2.x.
+
+::
+
+    async with TabletLink(treadmill_id="tm-01", host="localhost", execute=..., snapshot=...,
+                          now=clock.time, to_unix=unix_mapper(clock.time)) as link:
+        controller.listeners.append(link.on_event)
+        ...
+
+What it does, per connection (a fresh ``aiomqtt.Client`` every try, so a lost connection never
+leaves a dead client behind - Moonraker bug #1104):
+
+- connects with MQTT 5, ``TCP_NODELAY``, a Will ``<p>/availability`` = ``offline`` (QoS 1,
+  retained) and a clean start (a command queued while the daemon was away is never run later);
+- subscribes to ``<p>/cmd`` at QoS 1 with "retain as published", so that a retained command is
+  recognised and refused, then publishes ``online`` (retained) - after every (re)connect;
+- runs each command through ``execute`` at once, in the receiving task (an ``estop`` reaches the
+  controller without waiting for any publication), and queues the reply;
+- one outbox task publishes replies, then events (QoS 1, not retained), then the state
+  (QoS 1, retained) when it changed or, while the belt moves, every ``state_period_s``.
+
+Nothing the controller calls ever waits on the broker: :meth:`TabletLink.on_event` only appends
+to a bounded buffer, and the state is read from ``snapshot`` by the outbox when it is due (only
+the newest state exists, so there is no state queue at all). A broker that is down, slow or
+flooded costs buffered events (the oldest are dropped, and counted) and never blocks a tick.
+
+The link reconnects until it is stopped, with exponential backoff capped at ``backoff_max_s``.
+Leaving the ``async with`` block (or cancelling the task that holds it) publishes ``offline``
+explicitly before disconnecting, because a clean DISCONNECT discards the Will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiomqtt
+import structlog
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from controller.mqtt_contract import (
+    CommandReply,
+    DuplicateFilter,
+    Execute,
+    Topics,
+    ToUnix,
+    answer_command,
+    belt_moving,
+    default_prefix,
+    encode_event,
+    encode_reply,
+    encode_state,
+    state_key,
+    to_payload,
+)
+from safety.core import Snapshot
+from safety.decisions import Event
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to the broker: the CA that signed its certificate, optionally a client certificate."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        elif self.key_file is not None:
+            raise ValueError("a TLS key file needs its certificate file")
+        return context
+
+
+def unix_mapper(now: Callable[[], float]) -> ToUnix:
+    """Map times of the monotonic clock ``now`` to unix seconds (offset taken once, here)."""
+    offset = time.time() - now()
+    return lambda t: t + offset
+
+
+class _Stopping(Exception):
+    """Raised inside the connection's task group to end it when the link is stopped."""
+
+
+class TabletLink:
+    """The daemon's side of the tablet contract. Use as an async context manager.
+
+    ``execute`` runs one command synchronously and returns the safety core's reply
+    (``lambda cmd: controller.submit(cmd).reply``). ``snapshot`` returns the current state
+    (``core.snapshot``). ``now`` is the core's monotonic clock, ``to_unix`` maps its times to
+    unix seconds. All of them are called on the event loop's thread, as is :meth:`on_event`.
+    """
+
+    def __init__(
+        self,
+        *,
+        treadmill_id: str,
+        host: str,
+        execute: Execute,
+        snapshot: Callable[[], Snapshot],
+        now: Callable[[], float],
+        to_unix: ToUnix,
+        port: int = 1883,
+        prefix: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsSettings | None = None,
+        identifier: str | None = None,
+        keepalive_s: int = 5,
+        timeout_s: float = 5.0,
+        state_period_s: float = 0.25,
+        poll_s: float = 0.05,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        buffer: int = 256,
+        duplicate_memory: int = 1024,
+        logger: Any = None,
+    ) -> None:
+        if not 0 < state_period_s <= 0.5:
+            raise ValueError("state_period_s must be in (0, 0.5]: the contract asks for 500 ms")
+        if not 0 < backoff_min_s <= backoff_max_s:
+            raise ValueError("backoff_min_s must be positive and at most backoff_max_s")
+        self.treadmill_id = treadmill_id
+        self.topics = Topics(prefix if prefix is not None else default_prefix(treadmill_id))
+        self._host = host
+        self._port = port
+        self._execute = execute
+        self._snapshot = snapshot
+        self._now = now
+        self._to_unix = to_unix
+        self._username = username
+        self._password = password
+        # Built once, here: loading certificates blocks.
+        self._tls_context = tls.context() if tls is not None else None
+        # A fixed client id lets the broker drop a half-open older connection of ours at once
+        # (session takeover) instead of firing its Will later, over our "online".
+        self._identifier = identifier if identifier is not None else f"treadguard-{treadmill_id}"
+        self._keepalive_s = keepalive_s
+        self._timeout_s = timeout_s
+        self._state_period_s = state_period_s
+        self._poll_s = poll_s
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self._buffer = buffer
+        self._log = logger if logger is not None else structlog.get_logger("treadguard.mqtt")
+        self._seen = DuplicateFilter(duplicate_memory)
+        self._replies: deque[CommandReply] = deque()
+        self._events: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = False
+        self.connections = 0  # successful connections so far
+        self.dropped_events = 0
+        self.dropped_replies = 0
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def on_event(self, event: Event) -> None:
+        """A controller listener: queue one event for publication. Never blocks."""
+        if self._push(self._events, event):
+            self.dropped_events += 1
+            self._log.warning("mqtt_event_dropped", dropped=self.dropped_events)
+
+    def state_changed(self) -> None:
+        """Ask for the state to be looked at now rather than at the next poll. Never blocks."""
+        self._wake.set()
+
+    async def __aenter__(self) -> Self:
+        if self._task is not None:
+            raise RuntimeError("a TabletLink runs once")
+        self._task = asyncio.create_task(self.run(), name="mqtt-link")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = self._task
+        assert task is not None
+        self._stop.set()
+        await self._join(task)
+
+    async def _join(self, task: asyncio.Task[None]) -> None:
+        """Wait for a task told to stop, for a bounded time; then cancel it and go on."""
+        try:
+            async with asyncio.timeout(self._timeout_s + 1.0):
+                await asyncio.shield(task)
+        except TimeoutError:
+            self._log.warning("mqtt_stop_timeout", task=task.get_name())
+            task.cancel()
+
+    # ------------------------------------------------------------------ connection loop
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            username=self._username,
+            password=self._password,
+            identifier=self._identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            keepalive=self._keepalive_s,
+            timeout=self._timeout_s,
+            tls_context=self._tls_context,
+            # Bounded: a flood of commands is dropped by the client, never queued without end.
+            max_queued_incoming_messages=self._buffer,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+    async def run(self) -> None:
+        """Connect, serve and reconnect until stopped (leaving ``async with``) or cancelled.
+
+        For a daemon's own TaskGroup: ``tg.create_task(link.run(), name="mqtt")``; cancelling
+        that task publishes ``offline`` before it disconnects.
+
+        The work runs in a task of its own that is stopped by a flag, never by cancellation:
+        on Python 3.11, ``asyncio.wait_for`` (which aiomqtt awaits every publication with)
+        swallows a cancellation that arrives as the publication completes, and a loop relying
+        on that cancellation would then never end.
+        """
+        worker = asyncio.create_task(self._connect_forever(), name="mqtt-link-worker")
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            self._stop.set()
+            await self._join(worker)
+            raise
+
+    async def _connect_forever(self) -> None:
+        delay = self._backoff_min_s
+        while not self._stop.is_set():
+            try:
+                async with self._client() as client:  # a fresh client every try
+                    delay = self._backoff_min_s
+                    await self._serve(client)
+            except* (aiomqtt.MqttError, OSError) as group:
+                self._log.warning(
+                    "mqtt_disconnected",
+                    error="; ".join(str(e) for e in group.exceptions),
+                    retry_in_s=delay,
+                )
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            delay = min(delay * 2, self._backoff_max_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(
+            self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True)
+        )
+        await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        self._connected = True
+        self.connections += 1
+        self._log.info(
+            "mqtt_connected", host=self._host, port=self._port, prefix=self.topics.prefix
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._commands(client), name="mqtt-commands")
+                tg.create_task(self._outbox(client), name="mqtt-outbox")
+                tg.create_task(self._until_stopped(), name="mqtt-stop")
+        except* _Stopping:
+            pass
+        finally:
+            self._connected = False
+        await self._say_offline(client)
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
+        raise _Stopping
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        """A clean DISCONNECT discards the Will: say "offline" ourselves first."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.topics.availability, OFFLINE, qos=1, retain=True, timeout=1.0)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if self._stop.is_set():
+                return
+            if not message.topic.matches(self.topics.cmd):
+                continue
+            raw = message.payload
+            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+            if message.retain and not payload:
+                continue  # someone clearing a retained command: not a command
+            reply = answer_command(
+                payload,
+                retained=message.retain,
+                t=self._now(),
+                seen=self._seen,
+                execute=self._execute,
+            )
+            if not reply.ok:
+                assert reply.error is not None
+                self._log.info(
+                    "mqtt_command_refused",
+                    id=reply.id,
+                    code=reply.error.value,
+                    message=reply.message,
+                )
+            if self._push(self._replies, reply):
+                self.dropped_replies += 1
+                self._log.warning("mqtt_reply_dropped", dropped=self.dropped_replies)
+
+    async def _outbox(self, client: aiomqtt.Client) -> None:
+        last_key: str | None = None  # per connection: the first state always goes out
+        last_sent = -math.inf
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            self._wake.clear()
+            # Replies first, then events; an item leaves its buffer only once it is published,
+            # so what a lost connection interrupted goes out again after the reconnect.
+            while self._replies or self._events:
+                if self._replies:
+                    await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
+                    self._replies.popleft()
+                else:
+                    event = encode_event(self._events[0], to_unix=self._to_unix)
+                    await client.publish(self.topics.events, to_payload(event), qos=1)
+                    self._events.popleft()
+            snap = self._snapshot()
+            state = encode_state(
+                snap,
+                treadmill_id=self.treadmill_id,
+                ts=self._to_unix(self._now()),
+                to_unix=self._to_unix,
+            )
+            key = state_key(state)
+            moving = belt_moving(snap)
+            if key != last_key or (moving and loop.time() - last_sent >= self._state_period_s):
+                await client.publish(self.topics.state, to_payload(state), qos=1, retain=True)
+                last_key = key
+                last_sent = loop.time()
+            wait = self._poll_s
+            if moving:
+                wait = min(wait, max(0.0, last_sent + self._state_period_s - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _push(self, buffer: deque[_T], item: _T) -> bool:
+        """Append to a bounded buffer, dropping the oldest when full; True if one was dropped."""
+        dropped = len(buffer) >= self._buffer
+        if dropped:
+            buffer.popleft()
+        buffer.append(item)
+        self._wake.set()
+        return dropped

@@ -1,0 +1,152 @@
+"""A private Mosquitto for the tests, and a plain MQTT client that plays the tablet.
+
+Every test that needs a broker starts its own (``broker`` fixture in ``tests/conftest.py``), so
+no test depends on the machine's own Mosquitto or on another test's retained messages.
+``extra`` adds configuration lines (authentication, an ACL) to the test's listener.
+
+The "tablet" is a plain aiomqtt client subscribed with MQTT 5's "retain as published", so a
+retained message shows its retain flag even when it arrives live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+START_TIMEOUT_S = 5.0
+WAIT_S = 5.0  # the bound on every wait for a message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def have_mosquitto() -> bool:
+    return Path(MOSQUITTO).exists()
+
+
+class Broker:
+    def __init__(self, workdir: Path, extra: str = "", *, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            + (extra if extra else "allow_anonymous true\n")
+            + "log_dest stdout\n"
+            # Without it every QoS 1 round trip costs ~88 ms (Nagle meets delayed ACKs).
+            "set_tcp_nodelay true\n"
+            "persistence false\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # bounded: until the port accepts connections or the deadline
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=START_TIMEOUT_S)
+        self.proc = None
+
+
+def password_file(path: Path, accounts: dict[str, str]) -> Path:
+    """A Mosquitto password file with these user names and passwords (mosquitto_passwd -b)."""
+    path.write_text("")
+    for user, password in accounts.items():
+        subprocess.run([MOSQUITTO_PASSWD, "-b", str(path), user, password], check=True)
+    return path
+
+
+class Tablet:
+    """A plain aiomqtt client; every message it receives is kept, per topic, in order."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self._queues: dict[str, asyncio.Queue[aiomqtt.Message]] = defaultdict(asyncio.Queue)
+
+    async def subscribe(self, topic: str) -> None:
+        await self.client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+
+    async def read(self) -> None:
+        async for message in self.client.messages:
+            self._queues[message.topic.value].put_nowait(message)
+
+    async def next(
+        self, topic: str, where: Callable[[aiomqtt.Message], bool] = lambda m: True
+    ) -> aiomqtt.Message:
+        """The next message on ``topic`` that satisfies ``where``, within WAIT_S."""
+        queue = self._queues[topic]
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                message = await queue.get()
+                if where(message):
+                    return message
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        await self.client.publish(topic, payload, qos=1, retain=retain)
+
+
+@asynccontextmanager
+async def tablet(
+    broker: Broker, *topics: str, username: str | None = None, password: str | None = None
+) -> AsyncIterator[Tablet]:
+    """A connected :class:`Tablet` subscribed to ``topics``, reading in the background."""
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
+    async with client:
+        tab = Tablet(client)
+        reader = asyncio.create_task(tab.read(), name="tablet-reader")
+        try:
+            for topic in topics:
+                await tab.subscribe(topic)
+            yield tab
+        finally:
+            reader.cancel()
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
+
+
+def body(message: aiomqtt.Message) -> object:
+    assert isinstance(message.payload, bytes)
+    return json.loads(message.payload)
+
+
+def text_is(value: str) -> Callable[[aiomqtt.Message], bool]:
+    return lambda m: m.payload == value.encode()

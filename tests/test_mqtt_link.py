@@ -1,0 +1,339 @@
+"""The tablet link against a real Mosquitto on a free port (MQTT-API.md; SR-12 tablet link,
+SR-15 bad input): replies, retained and duplicate commands, availability and the Will, a broker
+killed and restarted, and the state published at least every 500 ms while the belt moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from controller.mqtt_link import TabletLink
+from safety.core import SessionView, Snapshot
+from safety.decisions import ACCEPTED, Event, EventType, Reply, State
+from safety.inputs import Command, Hand, Heartbeat
+from tests.mosquitto import WAIT_S, Broker, Tablet, body, tablet, text_is
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+IDLE = Snapshot(
+    state=State.IDLE,
+    commanded_mph=0.0,
+    target_mph=0.0,
+    belt_mph=0.0,
+    session=None,
+    grip={Hand.LEFT: True, Hand.RIGHT: True},
+    fall=False,
+    stale=(),
+    latched=None,
+    countdown_s=None,
+)
+RUNNING = replace(
+    IDLE,
+    state=State.RUNNING,
+    commanded_mph=0.8,
+    target_mph=0.8,
+    belt_mph=0.8,
+    session=SessionView("1", "u7", "reverse_walking", 10.0, 300.0, 290.0, None, None),
+)
+
+
+@dataclass
+class World:
+    """What the controller would be: records commands, answers them, holds the snapshot."""
+
+    snap: Snapshot = IDLE
+    commands: list[Command] = field(default_factory=list)
+    reply: Reply = ACCEPTED
+
+    def execute(self, command: Command) -> Reply:
+        self.commands.append(command)
+        return self.reply
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+
+def make_link(broker: Broker, world: World, tm: str, **kwargs: object) -> TabletLink:
+    return TabletLink(
+        treadmill_id=tm,
+        host="127.0.0.1",
+        port=broker.port,
+        execute=world.execute,
+        snapshot=world.snapshot,
+        now=time.monotonic,
+        to_unix=lambda t: t + 1_764_000_000.0,
+        backoff_max_s=0.5,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def send(tab: Tablet, tm: str, obj: object, *, retain: bool = False) -> None:
+    await tab.publish(f"treadmill/{tm}/cmd", json.dumps(obj).encode(), retain=retain)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.asyncio
+async def test_sr15_command_reply_and_event_over_a_real_broker(broker: Broker) -> None:
+    tm, world = "tm-reply", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(broker, f"{p}/reply", f"{p}/availability", f"{p}/events") as tab,
+        make_link(broker, world, tm) as link,
+    ):
+        online = await tab.next(f"{p}/availability", text_is("online"))
+        assert online.retain
+        await send(tab, tm, {"id": "h1", "type": "heartbeat"})
+        reply = await tab.next(f"{p}/reply")
+        assert body(reply) == {"id": "h1", "ok": True}
+        assert not reply.retain
+        assert reply.qos == 1
+        assert len(world.commands) == 1
+        assert isinstance(world.commands[0], Heartbeat)
+
+        await tab.publish(f"{p}/cmd", b"{not json")
+        bad = body(await tab.next(f"{p}/reply"))
+        assert isinstance(bad, dict)
+        assert bad["id"] is None
+        assert bad["ok"] is False
+        assert bad["error"]["code"] == "invalid_json"
+
+        link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
+        event = await tab.next(f"{p}/events")
+        assert body(event) == {"type": "reset", "ts": 1_764_000_005.0, "cleared": "fall"}
+        assert event.qos == 1
+        assert not event.retain
+    assert len(world.commands) == 1
+
+
+@pytest.mark.asyncio
+async def test_sr15_retained_command_is_refused_not_run(broker: Broker) -> None:
+    tm, world = "tm-retained", World()
+    p = f"treadmill/{tm}"
+    async with tablet(broker, f"{p}/reply", f"{p}/availability") as tab:
+        # One retained command waiting on the broker before the link connects...
+        await send(tab, tm, {"id": "old", "type": "estop"}, retain=True)
+        async with make_link(broker, world, tm):
+            first = body(await tab.next(f"{p}/reply"))
+            assert first["id"] == "old"  # type: ignore[index]
+            assert first["error"]["code"] == "not_allowed"  # type: ignore[index]
+            assert "retained" in first["error"]["message"]  # type: ignore[index]
+            await tab.next(f"{p}/availability", text_is("online"))
+            # ...and one published retained while the link listens.
+            await send(tab, tm, {"id": "live", "type": "estop"}, retain=True)
+            live = body(await tab.next(f"{p}/reply"))
+            assert live["id"] == "live"  # type: ignore[index]
+            assert live["error"]["code"] == "not_allowed"  # type: ignore[index]
+            # Clearing the retained command is not a command: no reply; the next reply is
+            # the one to the heartbeat that follows.
+            await tab.publish(f"{p}/cmd", b"", retain=True)
+            await send(tab, tm, {"id": "hb", "type": "heartbeat"})
+            assert body(await tab.next(f"{p}/reply")) == {"id": "hb", "ok": True}
+    assert [type(c) for c in world.commands] == [Heartbeat]
+
+
+@pytest.mark.asyncio
+async def test_sr15_duplicate_id_gets_the_original_reply_and_runs_once(broker: Broker) -> None:
+    tm, world = "tm-dup", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(broker, f"{p}/reply", f"{p}/availability") as tab,
+        make_link(broker, world, tm),
+    ):
+        await tab.next(f"{p}/availability", text_is("online"))
+        await send(tab, tm, {"id": "same", "type": "heartbeat"})
+        await send(tab, tm, {"id": "same", "type": "heartbeat"})
+        first = body(await tab.next(f"{p}/reply"))
+        second = body(await tab.next(f"{p}/reply"))
+    assert first == second == {"id": "same", "ok": True}
+    assert len(world.commands) == 1
+
+
+CHILD = """
+import asyncio, sys, time
+sys.path.insert(0, sys.argv[3])
+from controller.mqtt_link import TabletLink
+from safety.core import Snapshot
+from safety.decisions import ACCEPTED, State
+from safety.inputs import Hand
+
+SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: True}, False,
+                (), None, None)
+
+async def main() -> None:
+    async with TabletLink(treadmill_id=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]),
+                          execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
+                          now=time.monotonic, to_unix=lambda t: t):
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def spawn_link_process(tm: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, tm, str(port), str(ROOT)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+@pytest.mark.asyncio
+async def test_sr12_availability_online_retained_and_offline_by_will_on_kill(
+    broker: Broker, tmp_path: Path
+) -> None:
+    tm = "tm-will"
+    p = f"treadmill/{tm}"
+    child = spawn_link_process(tm, broker.port, tmp_path / "child.log")
+    try:
+        async with tablet(broker, f"{p}/availability") as tab:
+            await tab.next(f"{p}/availability", text_is("online"))
+        # A tablet that connects later finds "online" retained.
+        async with tablet(broker, f"{p}/availability") as tab:
+            online = await tab.next(f"{p}/availability")
+            assert online.payload == b"online"
+            assert online.retain
+            child.send_signal(signal.SIGKILL)  # no clean shutdown: the broker sends the Will
+            offline = await tab.next(f"{p}/availability", text_is("offline"))
+            assert offline.retain
+        async with tablet(broker, f"{p}/availability") as tab:
+            assert (await tab.next(f"{p}/availability")).payload == b"offline"
+    finally:
+        child.kill()
+        child.wait(timeout=WAIT_S)
+
+
+@pytest.mark.asyncio
+async def test_clean_shutdown_publishes_offline_explicitly(broker: Broker) -> None:
+    tm, world = "tm-clean", World()
+    p = f"treadmill/{tm}"
+    async with tablet(broker, f"{p}/availability") as tab:
+        async with make_link(broker, world, tm):
+            await tab.next(f"{p}/availability", text_is("online"))
+        # A clean DISCONNECT discards the Will: "offline" must have been said explicitly.
+        offline = await tab.next(f"{p}/availability", text_is("offline"))
+        assert offline.retain
+
+
+@pytest.mark.asyncio
+async def test_sr12_broker_killed_and_restarted_link_reconnects_by_itself(
+    broker: Broker,
+) -> None:
+    tm, world = "tm-restart", World(snap=RUNNING)
+    p = f"treadmill/{tm}"
+    async with make_link(broker, world, tm) as link:
+        async with tablet(broker, f"{p}/availability", f"{p}/state") as tab:
+            await tab.next(f"{p}/availability", text_is("online"))
+            await tab.next(f"{p}/state")
+        assert link.connections == 1
+        for restart in (1, 2):
+            broker.kill()  # no persistence: the retained messages die with it
+            await asyncio.to_thread(broker.start)
+            async with tablet(broker, f"{p}/availability", f"{p}/state") as tab:
+                online = await tab.next(f"{p}/availability", text_is("online"))
+                state = body(await tab.next(f"{p}/state"))
+                assert state["state"] == "running"  # type: ignore[index]
+                assert link.connections == 1 + restart
+                assert online.retain
+                # And it works: commands are answered on the new connection.
+                await tab.subscribe(f"{p}/reply")
+                await send(tab, tm, {"id": f"after-{restart}", "type": "heartbeat"})
+                reply = body(await tab.next(f"{p}/reply"))
+                assert reply == {"id": f"after-{restart}", "ok": True}
+
+
+@pytest.mark.asyncio
+async def test_state_retained_and_published_at_least_every_500ms_while_moving(
+    broker: Broker,
+) -> None:
+    tm, world = "tm-state", World(snap=RUNNING)
+    p = f"treadmill/{tm}"
+    async with make_link(broker, world, tm) as link:
+        async with tablet(broker, f"{p}/state") as tab:
+            arrivals: list[float] = []
+            for _ in range(8):
+                message = await tab.next(f"{p}/state")
+                arrivals.append(time.monotonic())
+                assert message.retain
+                state = body(message)
+                assert state["state"] == "running"  # type: ignore[index]
+                assert state["speed_mph"] == 0.8  # type: ignore[index]
+            gaps = [b - a for a, b in pairwise(arrivals[1:])]
+            assert max(gaps) <= 0.5, gaps
+
+            # A change goes out at once, not at the next period.
+            world.snap = IDLE
+            link.state_changed()
+            idle = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "idle")  # type: ignore[index]
+            assert idle.retain
+        # A tablet that connects later gets the newest state, retained.
+        async with tablet(broker, f"{p}/state") as tab:
+            message = await tab.next(f"{p}/state")
+            assert message.retain
+            assert body(message)["state"] == "idle"  # type: ignore[index]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_run_publishes_offline(broker: Broker) -> None:
+    tm, world = "tm-cancel", World()
+    p = f"treadmill/{tm}"
+    link = make_link(broker, world, tm)
+    async with tablet(broker, f"{p}/availability") as tab:
+        task = asyncio.create_task(link.run(), name="link")
+        await tab.next(f"{p}/availability", text_is("online"))
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        assert (await tab.next(f"{p}/availability", text_is("offline"))).retain
+
+
+@pytest.mark.asyncio
+async def test_buffers_are_bounded_and_never_block_the_controller(broker: Broker) -> None:
+    tm, world = "tm-flood", World()
+    broker.kill()  # nowhere to publish: everything must stay in bounded buffers
+    async with make_link(broker, world, tm, buffer=16) as link:
+        for n in range(1000):
+            link.on_event(Event(EventType.GRIP_WARNING, t=float(n), fields={"hand": "left"}))
+            link.state_changed()
+        assert link.dropped_events == 1000 - 16
+        assert not link.connected
+
+
+@pytest.mark.asyncio
+async def test_cancelling_run_ends_it_even_while_it_publishes(broker: Broker) -> None:
+    """A cancellation that lands while a publication completes is swallowed by Python 3.11's
+    wait_for inside aiomqtt; run() must end all the same, every time."""
+    tm, world = "tm-cancel-busy", World(snap=RUNNING)
+    p = f"treadmill/{tm}"
+    async with tablet(broker, f"{p}/availability") as tab:
+        for attempt in range(20):
+            link = make_link(broker, world, tm)
+            task = asyncio.create_task(link.run(), name=f"link-{attempt}")
+            await tab.next(f"{p}/availability", text_is("online"))
+            for n in range(50):  # keep the outbox publishing when the cancellation lands
+                link.on_event(Event(EventType.GRIP_WARNING, t=float(n), fields={"hand": "left"}))
+            await asyncio.sleep(0.001 * attempt)  # a different moment each time, not a sync
+            task.cancel()
+            async with asyncio.timeout(WAIT_S):
+                with suppress(asyncio.CancelledError):
+                    await task
+            assert task.done()
+            await tab.next(f"{p}/availability", text_is("offline"))
