@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from config.schema import ModbusDriveSection, TreadguardConfig
+from config.schema import (
+    ENV_NESTED,
+    ENV_PREFIX,
+    ModbusDriveSection,
+    SimulatedDriveSection,
+    TreadguardConfig,
+)
 from safety.programs import Program, ProgramError, load_programs
 
 
@@ -50,19 +58,66 @@ def _field_path(err: ErrorDetails) -> str:
     return ".".join(p for p in parts if p) or "(file)"
 
 
+def _env_name(field_path: str) -> str:
+    return ENV_PREFIX + field_path.replace(".", ENV_NESTED).upper()
+
+
+def _from_env(field_path: str, environ: Mapping[str, str]) -> str:
+    """ " (from TREADGUARD_X__Y)" when the environment set the field (or a table above it)."""
+    parts = field_path.split(".")
+    for n in range(len(parts), 0, -1):
+        name = _env_name(".".join(parts[:n]))
+        if any(key.upper() == name for key in environ):
+            return f" (from {name})"
+    return ""
+
+
+def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
+    """TREADGUARD_<SECTION>__<KEY> variables that name no setting: a misspelt override must
+    not be silently ignored, any more than a misspelt key in the file."""
+    problems = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or ENV_NESTED not in upper[len(ENV_PREFIX) :]:
+            continue  # TREADGUARD_HYPOTHESIS_EXAMPLES and the like are not settings
+        section, _, rest = upper[len(ENV_PREFIX) :].partition(ENV_NESTED)
+        field = TreadguardConfig.model_fields.get(section.lower())
+        if field is None:
+            problems.append(f"{key}: no configuration section {section.lower()!r}")
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            name = rest.partition(ENV_NESTED)[0].lower()
+            if name not in annotation.model_fields:
+                problems.append(f"{key}: no setting {section.lower()}.{name}")
+    return problems
+
+
 def load_config(path: Path) -> LoadedConfig:
-    """Load and check everything the file refers to; raise ConfigError with every problem."""
+    """Load and check everything the file refers to; raise ConfigError with every problem.
+
+    ``TREADGUARD_<SECTION>__<KEY>`` variables of the environment override the file.
+    """
+    env = os.environ
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(path, [f"(file): cannot read: {exc.strerror or exc}"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"(file): not valid TOML: {exc}"]) from exc
+    unknown = _unknown_env_settings(env)
+    if unknown:
+        raise ConfigError(path, unknown)
     try:
-        config = TreadguardConfig.model_validate(data)
+        # pydantic-settings reads the environment's overrides on top of the file's tables.
+        config = TreadguardConfig(**data)
     except ValidationError as exc:
         raise ConfigError(
-            path, [f"{_field_path(err)}: {err['msg']}" for err in exc.errors()]
+            path,
+            [
+                f"{_field_path(err)}: {err['msg']}{_from_env(_field_path(err), env)}"
+                for err in exc.errors()
+            ],
         ) from exc
 
     problems: list[str] = []
@@ -85,6 +140,19 @@ def load_config(path: Path) -> LoadedConfig:
                 f"safety band {lim.min_mph}-{lim.max_mph} mph"
             )
     drive = config.drive
+    if config.sensors.source == "simulator" and not isinstance(drive, SimulatedDriveSection):
+        problems.append(
+            "sensors.source: 'simulator' is only for drive.kind 'simulator': a simulated user "
+            "who always holds on would hide a real user letting go (use 'mqtt')"
+        )
+    tls = config.mqtt.tls
+    if tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            file = getattr(tls, name)
+            if file is not None and not loaded.resolve(file).is_file():
+                problems.append(f"mqtt.tls.{name}: no such file {file}")
+        if tls.key_file is not None and tls.cert_file is None:
+            problems.append("mqtt.tls.key_file: given without mqtt.tls.cert_file")
     if isinstance(drive, ModbusDriveSection):
         if drive.transport == "tcp" and not drive.host:
             problems.append("drive.host: required when transport is 'tcp'")

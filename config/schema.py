@@ -2,6 +2,10 @@
 
 Every model forbids unknown keys, so a misspelt setting is an error that names its field rather
 than a default silently used. Paths inside the file are relative to the file's own folder.
+
+Any setting can be overridden from the environment as ``TREADGUARD_<SECTION>__<KEY>`` (nested
+tables with further ``__``), for example ``TREADGUARD_MQTT__PORT=1884``; the environment wins
+over the file, and its values are validated exactly like the file's.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from safety.limits import SafetyLimits
 
@@ -81,10 +86,47 @@ DriveSection = Annotated[
 
 
 class SensorsSection(_Strict):
-    # Grip (left, right) and fall sensors. Only the simulator's sensors exist so far.
-    source: Literal["simulator"] = "simulator"
+    """Where the grip (left, right) and fall readings come from.
+
+    ``mqtt``: each sensor publishes ``{"value": bool, "ts": unix s}`` on
+    ``<prefix>/sensors/grip_left``, ``grip_right`` and ``fall`` (a wireless grip sensor, a
+    camera-based fall detector). ``simulator``: a simulated user who always holds on and never
+    falls; only allowed on the simulated drive, since it would blind the daemon on a real belt.
+    """
+
+    source: Literal["simulator", "mqtt"] = "mqtt"
     # How often the simulated sensors report when nothing changes.
     report_interval_s: float = Field(0.1, gt=0.0, le=0.25)
+
+
+MqttTopicPrefix = Annotated[str, Field(pattern=r"^[^/#+\s][^#+\s]*[^/#+\s]$|^[^/#+\s]$")]
+
+
+class MqttTlsSection(_Strict):
+    """TLS to the broker: the CA that signed its certificate, optionally a client certificate."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttSection(_Strict):
+    """The broker the tablet contract (MQTT-API.md) is served on."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    # Default: treadmill/<treadmill.id>. No wildcards, no leading or trailing "/".
+    prefix: MqttTopicPrefix | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: MqttTlsSection | None = None
+    # Default: treadguard-<treadmill.id>; fixed, so the broker replaces a half-open old
+    # connection of ours at once instead of firing its Will later.
+    client_id: str | None = Field(None, min_length=1, max_length=64)
+    keepalive_s: int = Field(5, ge=2, le=60)
+    # The contract asks for the state at least every 500 ms while the belt moves.
+    state_period_s: float = Field(0.25, gt=0.0, le=0.5)
+    backoff_max_s: float = Field(5.0, ge=0.5, le=60.0)
 
 
 class LoggingSection(_Strict):
@@ -93,11 +135,37 @@ class LoggingSection(_Strict):
     format: Literal["auto", "console", "json"] = "auto"
 
 
-class TreadguardConfig(_Strict):
+ENV_PREFIX = "TREADGUARD_"
+ENV_NESTED = "__"
+
+
+class TreadguardConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        case_sensitive=False,
+    )
+
     treadmill: TreadmillSection
     control: ControlSection = ControlSection()
     safety: SafetyLimits = SafetyLimits()
     programs: ProgramsSection = ProgramsSection()
     drive: DriveSection
     sensors: SensorsSection = SensorsSection()
+    mqtt: MqttSection = MqttSection()
     logging: LoggingSection = LoggingSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment over the file (the file's tables arrive as init arguments); no
+        # .env files or secret directories: one file and the environment, nothing hidden.
+        return (env_settings, init_settings)

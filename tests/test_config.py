@@ -7,6 +7,7 @@ it sees is the one it caused.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -40,10 +41,11 @@ def _treadguard_cmd() -> list[str]:
     return [sys.executable, "-m", "controller.cli"]
 
 
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*_treadguard_cmd(), "check-config", str(path)],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -415,3 +417,78 @@ def test_shipped_programs_keep_to_the_protocol() -> None:
     for program in programs.values():
         assert BAND_MPH[0] <= program.min_mph <= program.start_mph <= program.max_mph
         assert program.max_mph <= BAND_MPH[1]
+
+
+# --------------------------------------------------------------------------- MQTT and environment
+
+
+def test_environment_overrides_the_file_and_is_validated_like_it(tmp_path: Path) -> None:
+    """TREADGUARD_<SECTION>__<KEY> wins over the file; a bad value names the field and the
+    variable it came from (SR-15)."""
+    from config.loading import load_config
+
+    path = write(tmp_path, valid_config(extra="[mqtt]\nport = 1883"))
+    old = os.environ.get("TREADGUARD_MQTT__PORT")
+    try:
+        os.environ["TREADGUARD_MQTT__PORT"] = "1884"
+        os.environ["TREADGUARD_DRIVE__LAG_S"] = "0.25"
+        loaded = load_config(path)
+        assert loaded.config.mqtt.port == 1884
+        drive = loaded.config.drive
+        assert drive.kind == "simulator"
+        assert drive.lag_s == 0.25
+    finally:
+        os.environ.pop("TREADGUARD_DRIVE__LAG_S", None)
+        if old is None:
+            os.environ.pop("TREADGUARD_MQTT__PORT", None)
+        else:
+            os.environ["TREADGUARD_MQTT__PORT"] = old
+
+    found = assert_refused(check_config(path, {"TREADGUARD_MQTT__PORT": "70000"}))
+    assert "mqtt.port" in found, found
+    assert "(from TREADGUARD_MQTT__PORT)" in found["mqtt.port"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("TREADGUARD_MQTT__PROT", "no setting mqtt.prot"),
+        ("TREADGUARD_MQQT__PORT", "no configuration section 'mqqt'"),
+    ],
+)
+def test_sr15_misspelt_environment_override_is_an_error(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    found = assert_refused(check_config(write(tmp_path, valid_config()), {name: "1884"}))
+    assert found == {name: message}
+
+
+def test_environment_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
+    proc = check_config(write(tmp_path, valid_config()), {"TREADGUARD_HYPOTHESIS_EXAMPLES": "9"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_simulated_sensors_are_refused_on_a_real_drive(tmp_path: Path) -> None:
+    """Fail closed: a simulated user who always holds on must never stand in for the real
+    grip sensors of a real belt (SR-4, SR-8)."""
+    drive = 'kind = "trackmaster"\nport = "/dev/ttyUSB0"'
+    text = valid_config(drive=drive, extra="[sensors]\nsource = 'simulator'")
+    found = assert_refused(check_config(write(tmp_path, text)))
+    assert "sensors.source" in found, found
+    ok = valid_config(drive=drive, extra="[sensors]\nsource = 'mqtt'")
+    assert check_config(write(tmp_path, ok, "ok.toml")).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "field"),
+    [
+        ("prefix = 'treadmill/#'", "mqtt.prefix"),
+        ("prefix = '/treadmill'", "mqtt.prefix"),
+        ("port = 0", "mqtt.port"),
+        ("state_period_s = 1.0", "mqtt.state_period_s"),
+        ("[mqtt.tls]\nca_file = 'no-such-ca.pem'", "mqtt.tls.ca_file"),
+    ],
+)
+def test_sr15_bad_mqtt_settings_name_their_field(tmp_path: Path, mqtt: str, field: str) -> None:
+    found = assert_refused(check_config(write(tmp_path, valid_config(extra=f"[mqtt]\n{mqtt}"))))
+    assert field in found, found
