@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import config as config_package
-import simulator as simulator_package
 from config.loading import ConfigError, LoadedConfig, load_config
 from config.schema import SimulatedDriveSection
+from controller.daemon import Daemon
 from controller.logs import configure_logging
 from controller.simulation import (
     ScenarioResult,
@@ -31,7 +31,6 @@ EXIT_BAD_INPUT = 2
 
 BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
 DELTA_MAP = Path(config_package.__file__).parent / "drives" / "delta-vfd-e.toml"
-DEMO_SCENARIO = Path(simulator_package.__file__).parent / "scenarios" / "demo.toml"
 
 
 def _config_for(path: Path, explicit: Path | None, scenario_config: Path | None) -> LoadedConfig:
@@ -110,20 +109,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """For now: the demo scenario in real time on the configured simulator."""
-    args.scenarios = [args.scenario]
-    args.realtime = True
-    args.json = False
-    print(
-        f"treadguard: playing {args.scenario} on {args.config} at {args.speed:g}x real time "
-        "(Ctrl-C to quit)",
-        flush=True,
-    )
+    """The daemon: control loop, driver and the tablet contract over MQTT, until signalled."""
     try:
-        return cmd_simulate(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging_cfg = loaded.config.logging
+    configure_logging(args.log_level or logging_cfg.level, logging_cfg.format)
+    return asyncio.run(Daemon(loaded).run())
 
 
 async def _serve_modbus(args: argparse.Namespace) -> None:
@@ -243,14 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
     dev.set_defaults(func=cmd_sim_device)
 
-    run = sub.add_parser("run", help="run the controller (for now: the simulator demo)")
-    run.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
-    run.add_argument("--scenario", type=Path, default=DEMO_SCENARIO)
-    run.add_argument(
-        "--speed", type=float, default=1.0, help="play this many times faster than real time"
+    run = sub.add_parser(
+        "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
+    run.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
     run.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: the configuration's logging.level",
     )
     run.set_defaults(func=cmd_run)
     return parser

@@ -38,7 +38,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -131,6 +131,8 @@ class TabletLink:
         backoff_max_s: float = 5.0,
         buffer: int = 256,
         duplicate_memory: int = 1024,
+        sensors: Iterable[str] = (),
+        on_sensor: Callable[[str, bytes], None] | None = None,
         logger: Any = None,
     ) -> None:
         if not 0 < state_period_s <= 0.5:
@@ -161,12 +163,18 @@ class TabletLink:
         self._buffer = buffer
         self._log = logger if logger is not None else structlog.get_logger("treadguard.mqtt")
         self._seen = DuplicateFilter(duplicate_memory)
+        # <p>/sensors/<name> topic -> name, for the sensors configured as MQTT sources.
+        self._sensor_topics = {self.topics.sensor(name): name for name in sensors}
+        if self._sensor_topics and on_sensor is None:
+            raise ValueError("sensor topics need an on_sensor callback")
+        self._on_sensor = on_sensor
         self._replies: deque[CommandReply] = deque()
         self._events: deque[Event] = deque()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
+        self._last_state_sent = -math.inf
         self.connections = 0  # successful connections so far
         self.dropped_events = 0
         self.dropped_replies = 0
@@ -275,6 +283,8 @@ class TabletLink:
         await client.subscribe(
             self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True)
         )
+        for topic in self._sensor_topics:
+            await client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
         await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._connected = True
         self.connections += 1
@@ -290,6 +300,10 @@ class TabletLink:
             pass
         finally:
             self._connected = False
+        # Stopping: what happened last (the session's end, the final state) still goes out.
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self._publish_pending(client, last_key=None)
         await self._say_offline(client)
 
     async def _until_stopped(self) -> None:
@@ -307,10 +321,17 @@ class TabletLink:
         async for message in client.messages:
             if self._stop.is_set():
                 return
-            if not message.topic.matches(self.topics.cmd):
-                continue
+            topic = message.topic.value
             raw = message.payload
             payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+            sensor = self._sensor_topics.get(topic)
+            if sensor is not None:
+                # A retained reading is an old one replayed by the broker, never a live one.
+                if not message.retain and self._on_sensor is not None:
+                    self._on_sensor(sensor, payload)
+                continue
+            if topic != self.topics.cmd:
+                continue
             if message.retain and not payload:
                 continue  # someone clearing a retained command: not a command
             reply = answer_command(
@@ -334,39 +355,48 @@ class TabletLink:
 
     async def _outbox(self, client: aiomqtt.Client) -> None:
         last_key: str | None = None  # per connection: the first state always goes out
-        last_sent = -math.inf
+        self._last_state_sent = -math.inf
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             self._wake.clear()
-            # Replies first, then events; an item leaves its buffer only once it is published,
-            # so what a lost connection interrupted goes out again after the reconnect.
-            while self._replies or self._events:
-                if self._replies:
-                    await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
-                    self._replies.popleft()
-                else:
-                    event = encode_event(self._events[0], to_unix=self._to_unix)
-                    await client.publish(self.topics.events, to_payload(event), qos=1)
-                    self._events.popleft()
-            snap = self._snapshot()
-            state = encode_state(
-                snap,
-                treadmill_id=self.treadmill_id,
-                ts=self._to_unix(self._now()),
-                to_unix=self._to_unix,
-            )
-            key = state_key(state)
-            moving = belt_moving(snap)
-            if key != last_key or (moving and loop.time() - last_sent >= self._state_period_s):
-                await client.publish(self.topics.state, to_payload(state), qos=1, retain=True)
-                last_key = key
-                last_sent = loop.time()
+            last_key, moving = await self._publish_pending(client, last_key)
             wait = self._poll_s
             if moving:
-                wait = min(wait, max(0.0, last_sent + self._state_period_s - loop.time()))
+                due = self._last_state_sent + self._state_period_s
+                wait = min(wait, max(0.0, due - loop.time()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+
+    async def _publish_pending(
+        self, client: aiomqtt.Client, last_key: str | None
+    ) -> tuple[str | None, bool]:
+        """Replies, then events, then the state if it changed or, while the belt moves, is
+        due. Returns the state's key and whether the belt moves."""
+        # An item leaves its buffer only once it is published, so what a lost connection
+        # interrupted goes out again after the reconnect.
+        while self._replies or self._events:
+            if self._replies:
+                await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
+                self._replies.popleft()
+            else:
+                event = encode_event(self._events[0], to_unix=self._to_unix)
+                await client.publish(self.topics.events, to_payload(event), qos=1)
+                self._events.popleft()
+        snap = self._snapshot()
+        state = encode_state(
+            snap,
+            treadmill_id=self.treadmill_id,
+            ts=self._to_unix(self._now()),
+            to_unix=self._to_unix,
+        )
+        key = state_key(state)
+        moving = belt_moving(snap)
+        now = asyncio.get_running_loop().time()
+        if key != last_key or (moving and now - self._last_state_sent >= self._state_period_s):
+            await client.publish(self.topics.state, to_payload(state), qos=1, retain=True)
+            self._last_state_sent = now
+        return key, moving
 
     def _push(self, buffer: deque[_T], item: _T) -> bool:
         """Append to a bounded buffer, dropping the oldest when full; True if one was dropped."""

@@ -1,0 +1,231 @@
+"""The daemon (``treadguard run --config FILE``): control loop, driver and the tablet over MQTT.
+
+One supervised ``TaskGroup`` holds the control loop, the driver's I/O and the MQTT link. The
+link and the sensors reach the controller synchronously on the event loop's thread, so an
+``estop`` command or a released grip goes to the driver the moment it arrives (SR-13), and
+nothing the controller does waits for the broker: a broker that is down costs the tablet its
+view, never the belt its stop. With the broker gone the tablet's heartbeat stops arriving, and
+SR-12's grace period ends the session with a controlled stop.
+
+Shutdown (SIGTERM, SIGINT): a session in progress gets a controlled stop, the daemon waits for
+standstill (bounded by ``SHUTDOWN_BOUND_S``; an emergency stop past it), publishes the final
+state and ``offline`` and exits 0. A second signal is an emergency stop at once. A restart never
+resumes a session: the core starts idle, and a start needs a new command (SR-3, SR-11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config.loading import LoadedConfig
+from config.schema import SimulatedDriveSection
+from controller.control import Controller
+from controller.drives import build_driver, in_process_rig
+from controller.loop import ScaledClock, run_control_loop
+from controller.mqtt_contract import (
+    SensorPayloadError,
+    default_prefix,
+    parse_sensor_payload,
+    sensor_input,
+)
+from controller.mqtt_link import TabletLink, TlsSettings, unix_mapper
+from drivers.base import TreadmillDriver
+from safety.core import SafetyCore
+from safety.decisions import ARMED_STATES, LATCHED_STATES, State
+from safety.inputs import EStop, FallReading, GripReading, Hand, Sensor, Stop
+from safety.limits import STANDSTILL_MPH
+
+SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
+SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
+
+
+@dataclass
+class _SensorHealth:
+    bad: int = 0
+    last_warned: float = -SENSOR_WARN_EVERY_S
+
+
+def _resolved(loaded: LoadedConfig, path: Path | None) -> Path | None:
+    return None if path is None else loaded.resolve(path)
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig, *, logger: Any = None) -> None:
+        self.loaded = loaded
+        self._log = logger if logger is not None else structlog.get_logger("treadguard")
+        self._signals = 0
+        self._signalled = asyncio.Event()
+        self._sensors: dict[str, _SensorHealth] = {}
+        self.drive_description = ""
+        # Built in run(): they need the running event loop.
+        self.core: SafetyCore
+        self.controller: Controller
+        self.link: TabletLink
+        self.clock: ScaledClock
+        self.driver: TreadmillDriver
+
+    # ------------------------------------------------------------------ assembly
+
+    def _assemble(self) -> None:
+        loaded, cfg = self.loaded, self.loaded.config
+        self.clock = clock = ScaledClock(asyncio.get_running_loop())
+        self.core = SafetyCore(
+            cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=clock.time()
+        )
+        if isinstance(cfg.drive, SimulatedDriveSection):
+            self.driver = in_process_rig(loaded, clock.time).driver
+            self.drive_description = "in-process simulated belt"
+        else:
+            self.driver = build_driver(loaded, clock.time)
+            self.drive_description = f"{cfg.drive.kind} driver"
+        self.controller = Controller(self.core, self.driver, clock, logger=self._log)
+        mqtt = cfg.mqtt
+        tls = None
+        if mqtt.tls is not None:
+            tls = TlsSettings(
+                ca_file=loaded.resolve(mqtt.tls.ca_file),
+                cert_file=_resolved(loaded, mqtt.tls.cert_file),
+                key_file=_resolved(loaded, mqtt.tls.key_file),
+            )
+        treadmill_id = cfg.treadmill.id
+        self.link = TabletLink(
+            treadmill_id=treadmill_id,
+            host=mqtt.host,
+            port=mqtt.port,
+            prefix=mqtt.prefix if mqtt.prefix is not None else default_prefix(treadmill_id),
+            username=mqtt.username,
+            password=None if mqtt.password is None else mqtt.password.get_secret_value(),
+            tls=tls,
+            identifier=mqtt.client_id,
+            keepalive_s=mqtt.keepalive_s,
+            state_period_s=mqtt.state_period_s,
+            backoff_max_s=mqtt.backoff_max_s,
+            execute=lambda command: self.controller.submit(command).reply,
+            snapshot=self.core.snapshot,
+            now=clock.time,
+            to_unix=unix_mapper(clock.time),
+            sensors=[s.value for s in Sensor] if cfg.sensors.source == "mqtt" else (),
+            on_sensor=self._on_sensor_message,
+            logger=self._log.bind(part="mqtt"),
+        )
+        self.controller.listeners.append(self.link.on_event)
+
+    # ------------------------------------------------------------------ sensors
+
+    def _on_sensor_message(self, name: str, payload: bytes) -> None:
+        """A reading on ``<p>/sensors/<name>``. Its own time stamp says how old it is: a late
+        reading counts from when it was taken, so a delayed one can be stale on arrival (SR-8).
+        A payload that is not a reading is no reading: the sensor goes stale, unsafe."""
+        now = self.clock.time()
+        reading = parse_sensor_payload(payload)
+        if isinstance(reading, SensorPayloadError):
+            self._bad_sensor_payload(name, reading.message, now)
+            return
+        age = max(0.0, time.time() - reading.ts)  # a clock ahead of ours counts as "now"
+        event = sensor_input(name, reading, now - age)
+        if event is not None:
+            self.controller.submit(event)
+
+    def _bad_sensor_payload(self, name: str, message: str, now: float) -> None:
+        health = self._sensors.setdefault(name, _SensorHealth())
+        health.bad += 1
+        if now - health.last_warned >= SENSOR_WARN_EVERY_S:
+            health.last_warned = now
+            self._log.warning(
+                "sensor_payload_refused", sensor=name, error=message, count=health.bad
+            )
+
+    def _simulated_user(self) -> None:
+        """sensors.source = "simulator": a user who holds on and never falls."""
+        t = self.clock.time()
+        for hand in Hand:
+            self.controller.submit(GripReading(t=t, hand=hand, held=True))
+        self.controller.submit(FallReading(t=t, fallen=False))
+        self.clock.call_at(t + self.loaded.config.sensors.report_interval_s, self._simulated_user)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self._log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        else:
+            self._log.warning("second_signal_emergency_stop", signal=signal.Signals(signum).name)
+            self.controller.submit(EStop(t=self.clock.time()))
+        self._signalled.set()
+
+    def _at_standstill(self) -> bool:
+        snap = self.core.snapshot()
+        return (
+            snap.state not in ARMED_STATES
+            and snap.commanded_mph == 0.0
+            and snap.belt_mph <= STANDSTILL_MPH
+        )
+
+    async def _shutdown(self) -> None:
+        """SR-11: controlled stop, standstill (bounded), then out; an emergency stop if the
+        belt is not at standstill by the bound."""
+        if self.core.state in (State.COUNTDOWN, State.RUNNING):
+            self.controller.submit(Stop(t=self.clock.time()))
+        deadline = self.clock.time() + SHUTDOWN_BOUND_S
+        period = 1.0 / self.loaded.config.control.tick_hz
+        # Polled at the tick period: the control loop keeps running meanwhile and is what
+        # brings the belt down; this only watches for the end.
+        while not self._at_standstill():
+            if self.clock.time() >= deadline:
+                self._log.error("shutdown_standstill_timeout", bound_s=SHUTDOWN_BOUND_S)
+                self.controller.submit(EStop(t=self.clock.time()))
+                break
+            await asyncio.sleep(period)
+        self._log.info("shutdown_complete", state=self.core.state.value)
+
+    async def run(self) -> int:
+        self._assemble()
+        cfg = self.loaded.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self._log.info(
+            "daemon_started",
+            treadmill=cfg.treadmill.id,
+            drive=self.drive_description,
+            sensors=cfg.sensors.source,
+            mqtt=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+            prefix=self.link.topics.prefix,
+        )
+        clean = False
+        try:
+            if cfg.sensors.source == "simulator":
+                self._simulated_user()
+            async with asyncio.TaskGroup() as tg:
+                control = tg.create_task(
+                    run_control_loop(self.controller, self.clock, 1.0 / cfg.control.tick_hz),
+                    name="control",
+                )
+                driver = tg.create_task(self.driver.run(), name="driver")
+                link = tg.create_task(self.link.run(), name="mqtt")
+                await self._signalled.wait()
+                await self._shutdown()
+                # The link goes first, while the loop still ticks: it publishes the final
+                # state and "offline" before the daemon is gone.
+                link.cancel()
+                await asyncio.wait([link])
+                control.cancel()
+                driver.cancel()
+            clean = True
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if not clean or self.core.state in LATCHED_STATES:
+                # Whatever ended us, the belt is told to stop the fastest way it can.
+                self.driver.emergency_stop()
+            else:
+                self.driver.command_speed(0.0)
+        return 0
