@@ -462,8 +462,12 @@ def state_key(state: JsonObject) -> str:
     """What makes a state "changed": everything but the belt speed, the session clock and ts.
 
     Those move continuously while the belt runs and are refreshed by the periodic publication.
+    The belt coming to a standstill (or starting to move) is a change: the periodic publication
+    ends with the belt, and the last state published must show it standing still.
     """
     key: dict[str, JsonValue] = {k: v for k, v in state.items() if k not in _CONTINUOUS}
+    speed = state.get("speed_mph")
+    key["standstill"] = isinstance(speed, int | float) and speed <= STANDSTILL_MPH
     session = key.get("session")
     if isinstance(session, dict):
         key["session"] = {k: v for k, v in session.items() if k not in _CONTINUOUS_SESSION}

@@ -371,18 +371,29 @@ class TabletLink:
     async def _publish_pending(
         self, client: aiomqtt.Client, last_key: str | None
     ) -> tuple[str | None, bool]:
-        """Replies, then events, then the state if it changed or, while the belt moves, is
-        due. Returns the state's key and whether the belt moves."""
-        # An item leaves its buffer only once it is published, so what a lost connection
-        # interrupted goes out again after the reconnect.
-        while self._replies or self._events:
+        """Replies and events in order, each preceded by the state if it changed or, while the
+        belt moves, is due. Returns the state's key and whether the belt moves.
+
+        Looking at the state before every item keeps it close behind what changed it: a
+        command's reply never overtakes the state the command caused.
+        """
+        while True:
+            last_key, moving = await self._publish_state(client, last_key)
+            # An item leaves its buffer only once it is published, so what a lost connection
+            # interrupted goes out again after the reconnect.
             if self._replies:
                 await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
                 self._replies.popleft()
-            else:
+            elif self._events:
                 event = encode_event(self._events[0], to_unix=self._to_unix)
                 await client.publish(self.topics.events, to_payload(event), qos=1)
                 self._events.popleft()
+            else:
+                return last_key, moving
+
+    async def _publish_state(
+        self, client: aiomqtt.Client, last_key: str | None
+    ) -> tuple[str | None, bool]:
         snap = self._snapshot()
         state = encode_state(
             snap,

@@ -470,6 +470,10 @@ def test_state_key_ignores_only_what_moves_continuously() -> None:
     assert key(moving) != key(replace_snapshot(moving, state=State.STOPPING))
     assert key(moving) != key(replace_snapshot(moving, grip={Hand.LEFT: False, Hand.RIGHT: True}))
     assert key(moving) != key(replace_snapshot(moving, target_mph=1.1))
+    # The belt reaching standstill is a change: the last state published must show it.
+    coasting = snapshot(state=State.ESTOP, belt_mph=0.06)
+    assert key(coasting) == key(replace_snapshot(coasting, belt_mph=0.3))
+    assert key(coasting) != key(replace_snapshot(coasting, belt_mph=0.04))
 
 
 def replace_snapshot(snap: Snapshot, **changes: object) -> Snapshot:

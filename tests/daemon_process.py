@@ -1,0 +1,90 @@
+"""The real daemon (``treadguard run``) as a subprocess, on the built-in simulated belt, talking
+to a test's private Mosquitto: what a tablet would find on the gym's network."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS_DIR = ROOT / "config" / "programs"
+STOP_TIMEOUT_S = 15.0  # SR-11's 10 s standstill bound, and some
+
+
+def daemon_config(
+    tmp_path: Path,
+    port: int,
+    *,
+    treadmill_id: str = "tm-test",
+    sensors: str = "simulator",
+    mqtt_extra: str = "",
+    extra: str = "",
+) -> Path:
+    """A daemon configuration on the simulated drive for the broker on ``port``.
+
+    ``sensors = "simulator"``: a built-in user who always holds on; ``"mqtt"``: the test
+    publishes the grip and fall readings itself.
+    """
+    path = tmp_path / f"daemon-{treadmill_id}.toml"
+    path.write_text(
+        f'[treadmill]\nid = "{treadmill_id}"\n\n'
+        f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
+        '[drive]\nkind = "simulator"\n\n'
+        f'[sensors]\nsource = "{sensors}"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{mqtt_extra}\n\n'
+        '[logging]\nlevel = "info"\nformat = "json"\n\n'
+        f"{extra}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+class DaemonProcess:
+    """``treadguard run --config FILE`` in its own process; its log goes to a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "run", "--config", str(self.config)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not end in time. The exit code, if it ended."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+                return None
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

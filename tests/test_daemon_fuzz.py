@@ -1,0 +1,175 @@
+"""SR-15 against the real daemon: random payloads on ``<p>/cmd`` (raw bytes, random JSON, and
+commands that are almost right) are each answered, the daemon stays alive, and the belt's
+state never changes.
+
+The daemon's sensors are MQTT sources that never report, so no start can be accepted (SR-3,
+SR-8): the only commands that could change the state would be a valid ``estop``, which the
+strategies leave out, and a ``start_session``, which must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.daemon_process import DaemonProcess, daemon_config
+from tests.mosquitto import WAIT_S, Broker, have_mosquitto
+
+EXAMPLES = int(os.environ.get("TREADGUARD_MQTT_FUZZ_EXAMPLES", "2000"))
+TM = "tm-fuzz"
+P = f"treadmill/{TM}"
+COMMAND_TYPES = ["start_session", "set_speed", "stop", "estop", "reset", "heartbeat"]
+
+
+@dataclass
+class Rig:
+    daemon: DaemonProcess
+    client: mqtt.Client
+    replies: queue.Queue[dict[str, Any]]
+    states: queue.Queue[dict[str, Any]]
+    first_state: dict[str, Any]
+
+
+def _connect(port: int) -> tuple[mqtt.Client, queue.Queue[Any], queue.Queue[Any], queue.Queue[Any]]:
+    replies: queue.Queue[dict[str, Any]] = queue.Queue()
+    states: queue.Queue[dict[str, Any]] = queue.Queue()
+    online: queue.Queue[bytes] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic == f"{P}/reply":
+            replies.put(json.loads(message.payload))
+        elif message.topic == f"{P}/state":
+            states.put(json.loads(message.payload))
+        elif message.topic == f"{P}/availability":
+            online.put(message.payload)
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.loop_start()
+    for topic in ("reply", "state", "availability"):
+        client.subscribe(f"{P}/{topic}", qos=1)
+    return client, replies, states, online
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    if not have_mosquitto():
+        pytest.skip("mosquitto is not installed (scripts/test installs it)")
+    workdir: Path = tmp_path_factory.mktemp("fuzz")
+    broker = Broker(workdir)
+    broker.start()
+    daemon = DaemonProcess(
+        daemon_config(workdir, broker.port, treadmill_id=TM, sensors="mqtt"), workdir / "d.log"
+    )
+    daemon.start()
+    client, replies, states, online = _connect(broker.port)
+    try:
+        while online.get(timeout=WAIT_S) != b"online":
+            pass
+        first = states.get(timeout=WAIT_S)
+        yield Rig(daemon, client, replies, states, first)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        daemon.stop()
+        broker.kill()
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=12,
+    )
+
+
+def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
+    """Commands of the right shape with a field or two wrong, missing or extra."""
+    return st.fixed_dictionaries(
+        {
+            "id": st.one_of(
+                st.text(min_size=1, max_size=64), st.text(min_size=65, max_size=80), st.integers()
+            ),
+            "type": st.sampled_from(COMMAND_TYPES) | st.text(max_size=12),
+        },
+        optional={
+            "user": _json_values(),
+            "program": st.sampled_from(["first_session", "reverse_walking", "nope"])
+            | _json_values(),
+            "mph": st.floats(allow_nan=False) | _json_values(),
+            "cap_s": st.floats(allow_nan=False) | _json_values(),
+            "target_mph": st.floats(allow_nan=False) | _json_values(),
+            "extra": _json_values(),
+        },
+    )
+
+
+def _is_valid_estop(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and obj.get("type") == "estop"
+        and set(obj) == {"id", "type"}
+        and isinstance(obj["id"], str)
+        and 1 <= len(obj["id"]) <= 64
+    )
+
+
+def _payloads() -> st.SearchStrategy[bytes]:
+    as_json = (_json_values() | _almost_commands()).filter(lambda o: not _is_valid_estop(o))
+    return st.one_of(
+        st.binary(max_size=64),
+        st.binary(min_size=4090, max_size=4200),  # around the 4 KiB limit
+        as_json.map(lambda o: json.dumps(o).encode()),
+        _almost_commands()
+        .filter(lambda o: not _is_valid_estop(o))
+        .map(lambda o: json.dumps(o).replace('"', "'", 1).encode()),  # broken JSON
+    )
+
+
+def _unchanged(first: dict[str, Any], state: dict[str, Any]) -> None:
+    for key in ("state", "target_mph", "session", "latched"):
+        assert state[key] == first[key], (key, state)
+    assert state["speed_mph"] == 0.0
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=_payloads())
+def test_sr15_random_payloads_are_answered_and_never_move_the_belt(
+    rig: Rig, payload: bytes
+) -> None:
+    assert rig.first_state["state"] == "idle"
+    rig.client.publish(f"{P}/cmd", payload, qos=1).wait_for_publish(WAIT_S)
+    reply = rig.replies.get(timeout=WAIT_S)  # every payload gets exactly one reply
+    assert set(reply) <= {"id", "ok", "error"}
+    if reply["ok"] is False:
+        assert isinstance(reply["error"]["code"], str)
+        assert isinstance(reply["error"]["message"], str)
+    # A probe after it: the daemon publishes the state it is in before each reply, on one
+    # connection, in order; so once the probe's reply is here, any state the payload caused
+    # is here too, and every state seen so far is checked.
+    probe = uuid.uuid4().hex
+    rig.client.publish(f"{P}/cmd", json.dumps({"id": probe, "type": "heartbeat"}), qos=1)
+    assert rig.replies.get(timeout=WAIT_S) == {"id": probe, "ok": True}
+    while not rig.states.empty():
+        _unchanged(rig.first_state, rig.states.get_nowait())
+    assert rig.daemon.alive()

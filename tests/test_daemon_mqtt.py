@@ -1,0 +1,442 @@
+"""The daemon as a tablet finds it: ``treadguard run`` in its own process, a private Mosquitto,
+and a client that knows only MQTT-API.md.
+
+A whole session; every refusal code; an emergency stop and its reset; grips released and a
+fall signalled through the MQTT sensor topics (SR-4, SR-5, SR-8); the broker killed and
+restarted mid-session (SR-12); SIGTERM and a second signal (SR-11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from tests.daemon_process import DaemonProcess, daemon_config
+from tests.mosquitto import Broker, Tablet, body, tablet, text_is
+
+SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
+STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
+
+
+@pytest.fixture
+def make_daemon(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def make(**kwargs: Any) -> DaemonProcess:
+        tm = kwargs.setdefault("treadmill_id", f"tm-{len(started)}")
+        daemon = DaemonProcess(
+            daemon_config(broker.workdir, broker.port, **kwargs), tmp_path / f"{tm}.log"
+        )
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+class Clinician:
+    """A tablet: commands by id, heartbeats while a session runs, and what it has seen."""
+
+    def __init__(self, tab: Tablet, prefix: str) -> None:
+        self.tab = tab
+        self.p = prefix
+        self.heartbeating = False
+
+    async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
+        command_id = uuid.uuid4().hex
+        await self.raw(json.dumps({"id": command_id, "type": type_, **fields}).encode())
+        return await self.reply_to(command_id)
+
+    async def raw(self, payload: bytes, *, retain: bool = False) -> None:
+        await self.tab.publish(f"{self.p}/cmd", payload, retain=retain)
+
+    async def reply_to(self, command_id: str | None) -> dict[str, Any]:
+        message = await self.tab.next(f"{self.p}/reply", lambda m: body(m)["id"] == command_id)  # type: ignore[index]
+        reply = body(message)
+        assert isinstance(reply, dict)
+        return reply
+
+    async def state(self, where: Callable[[dict[str, Any]], bool], within: float) -> dict[str, Any]:
+        """The next state that satisfies ``where``, within ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while True:
+                state = body(await self.tab.next(f"{self.p}/state"))
+                assert isinstance(state, dict)
+                if where(state):
+                    return state
+
+    async def event(self, type_: str) -> dict[str, Any]:
+        event = body(await self.tab.next(f"{self.p}/events", lambda m: body(m)["type"] == type_))  # type: ignore[index]
+        assert isinstance(event, dict)
+        return event
+
+    async def reset_when_allowed(self) -> None:
+        """Press Reset until it is accepted: it is refused until standstill is confirmed."""
+        async with asyncio.timeout(5.0):
+            for _ in range(50):
+                if (await self.command("reset"))["ok"]:
+                    return
+                await asyncio.sleep(0.1)  # the retry period of a clinician's button
+        raise AssertionError("reset never accepted")
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            await self.raw(json.dumps({"id": uuid.uuid4().hex, "type": "heartbeat"}).encode())
+            await asyncio.sleep(1.0)  # the tablet's heartbeat period, not a synchronisation
+
+
+@asynccontextmanager
+async def clinician(broker: Broker, tm: str, *, heartbeat: bool = True) -> AsyncIterator[Clinician]:
+    p = f"treadmill/{tm}"
+    async with tablet(
+        broker, f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability"
+    ) as tab:
+        await tab.next(f"{p}/availability", text_is("online"))
+        doc = Clinician(tab, p)
+        beat = asyncio.create_task(doc.heartbeat_forever()) if heartbeat else None
+        try:
+            yield doc
+        finally:
+            if beat is not None:
+                beat.cancel()
+                with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await beat
+
+
+class SensorUser:
+    """The grip and fall sensors of MQTT-API.md, reporting every 100 ms what the user does."""
+
+    def __init__(self, broker: Broker, tm: str) -> None:
+        self.broker = broker
+        self.p = f"treadmill/{tm}"
+        self.values = {"grip_left": True, "grip_right": True, "fall": False}
+
+    async def run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.broker.port) as client:
+            while True:
+                for name, value in self.values.items():
+                    await self.publish(client, name, value)
+                await asyncio.sleep(0.1)  # the sensors' report period, not a synchronisation
+
+    async def publish(self, client: aiomqtt.Client, name: str, value: bool) -> None:
+        payload = json.dumps({"value": value, "ts": time.time()}).encode()
+        await client.publish(f"{self.p}/sensors/{name}", payload, qos=0)
+
+
+@asynccontextmanager
+async def sensor_user(broker: Broker, tm: str) -> AsyncIterator[SensorUser]:
+    user = SensorUser(broker, tm)
+    task = asyncio.create_task(user.run())
+    try:
+        yield user
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
+
+
+def running(state: dict[str, Any]) -> bool:
+    return bool(state["state"] == "running" and state["speed_mph"] >= 0.75)
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+def ok(reply: dict[str, Any]) -> None:
+    assert reply["ok"] is True, reply
+    assert set(reply) == {"id", "ok"}
+
+
+def refused(reply: dict[str, Any], code: str) -> str:
+    assert reply["ok"] is False, reply
+    assert reply["error"]["code"] == code, reply
+    message = reply["error"]["message"]
+    assert isinstance(message, str)
+    assert message
+    return message
+
+
+@pytest.mark.asyncio
+async def test_sr1_sr3_whole_session_over_mqtt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    daemon = make_daemon(treadmill_id="tm-session")
+    async with clinician(broker, "tm-session") as doc:
+        idle = await doc.state(lambda s: True, within=5.0)
+        assert idle["state"] == "idle"
+        assert idle["session"] is None
+        assert idle["treadmill_id"] == "tm-session"
+        assert idle["latched"] is None
+
+        ok(await doc.command("start_session", user="u-17", program="reverse_walking"))
+        started = await doc.event("session_started")
+        assert started["user"] == "u-17"
+        countdown = await doc.state(lambda s: s["state"] == "countdown", within=5.0)
+        assert countdown["speed_mph"] == 0.0
+        assert countdown["session"]["user"] == "u-17"
+        assert countdown["session"]["program"] == "reverse_walking"
+        assert countdown["session"]["cap_s"] == 300.0
+
+        state = await doc.state(running, within=SESSION_WAIT_S)
+        assert state["target_mph"] == 0.8
+        assert state["speed_mph"] <= 1.2
+
+        # SR-1: inside the band is taken, outside it refused and the target kept.
+        ok(await doc.command("set_speed", mph=1.0))
+        message = refused(await doc.command("set_speed", mph=1.5), "out_of_range")
+        assert "1.5" in message
+        faster = await doc.state(lambda s: s["target_mph"] == 1.0, within=5.0)
+        assert faster["state"] == "running"
+        refused(await doc.command("start_session", user="u-17"), "not_allowed")
+
+        ok(await doc.command("stop"))
+        ended = await doc.event("session_ended")
+        assert ended["reason"] == "operator_stop"
+        done = await doc.state(
+            lambda s: s["state"] == "idle" and s["speed_mph"] <= STANDSTILL_MPH,
+            within=SESSION_WAIT_S,
+        )
+        assert done["session"] is None
+    assert daemon.alive()
+
+
+@pytest.mark.asyncio
+async def test_state_goes_out_at_least_every_500ms_while_the_belt_moves(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    make_daemon(treadmill_id="tm-period")
+    async with clinician(broker, "tm-period") as doc:
+        ok(await doc.command("start_session", user="u-1", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        arrivals = []
+        for _ in range(10):
+            state = await doc.state(lambda s: True, within=1.0)
+            assert state["state"] == "running"
+            arrivals.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert max(gaps) <= 0.5, gaps
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.asyncio
+async def test_sr15_every_refusal_code_over_mqtt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """Each code of MQTT-API.md, provoked the way a faulty tablet would; the daemon lives."""
+    daemon = make_daemon(treadmill_id="tm-codes", sensors="mqtt")  # no readings: unsafe
+    async with clinician(broker, "tm-codes") as doc:
+        await doc.raw(b"{not json")
+        refused(await doc.reply_to(None), "invalid_json")
+        await doc.raw(b"[1, 2]")
+        refused(await doc.reply_to(None), "invalid_command")
+        await doc.raw(json.dumps({"id": "big", "type": "heartbeat", "pad": "x" * 5000}).encode())
+        refused(await doc.reply_to(None), "payload_too_large")
+        await doc.raw(json.dumps({"id": "nt", "type": "jump"}).encode())
+        refused(await doc.reply_to("nt"), "unknown_type")
+        await doc.raw(json.dumps({"id": "bad-field", "type": "set_speed", "mph": "fast"}).encode())
+        refused(await doc.reply_to("bad-field"), "invalid_command")
+
+        refused(await doc.command("set_speed", mph=1.0), "not_allowed")  # no session
+        refused(await doc.command("reset"), "not_allowed")  # nothing latched
+        message = refused(await doc.command("start_session", user="u-2"), "preconditions_unmet")
+        assert "grip" in message  # it names what is missing
+        refused(await doc.command("start_session", user="u-2", cap_s=9999.0), "out_of_range")
+
+        await doc.raw(json.dumps({"id": "once", "type": "heartbeat"}).encode())
+        ok(await doc.reply_to("once"))
+        await doc.raw(json.dumps({"id": "once", "type": "estop"}).encode())
+        refused(await doc.reply_to("once"), "duplicate")
+
+        # A retained command is refused, not run (else it would run again at every connect).
+        await doc.raw(json.dumps({"id": "kept", "type": "estop"}).encode(), retain=True)
+        refused(await doc.reply_to("kept"), "not_allowed")
+        await doc.raw(b"", retain=True)  # clear it from the broker
+
+        ok(await doc.command("estop"))
+        message = refused(await doc.command("start_session", user="u-2"), "latched")
+        assert "remote_estop" in message or "estop" in message
+        state = await doc.state(lambda s: s["state"] == "estop", within=5.0)
+        assert state["latched"]["cause"] == "remote_estop"
+    assert daemon.alive()
+
+
+# ----------------------------------------------------------------------------- stops
+
+
+@pytest.mark.asyncio
+async def test_sr6_sr12_remote_estop_latches_and_reset_needs_standstill(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    make_daemon(treadmill_id="tm-estop")
+    async with clinician(broker, "tm-estop") as doc:
+        ok(await doc.command("start_session", user="u-3", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        ok(await doc.command("estop"))
+        event = await doc.event("estop")
+        assert event["cause"] == "remote_estop"
+        assert isinstance(event["stop_latency_ms"], float)
+        assert 0.0 <= event["stop_latency_ms"] < 1000.0
+        latched = await doc.state(lambda s: s["state"] == "estop", within=5.0)
+        assert latched["latched"]["kind"] == "estop"
+        assert latched["target_mph"] == 0.0
+        # SR-6: nothing moves the belt until a reset, and a reset never moves it.
+        refused(await doc.command("set_speed", mph=1.0), "not_allowed")  # the session is over
+        refused(await doc.command("start_session", user="u-3"), "latched")
+        still = await doc.state(lambda s: s["speed_mph"] <= STANDSTILL_MPH, within=5.0)
+        assert still["state"] == "estop"
+        await doc.reset_when_allowed()
+        idle = await doc.state(lambda s: s["state"] == "idle", within=5.0)
+        assert idle["latched"] is None
+        assert idle["target_mph"] == 0.0
+        assert (await doc.event("reset"))["type"] == "reset"
+
+
+@pytest.mark.asyncio
+async def test_sr4_sr5_sr8_grips_and_fall_through_the_mqtt_sensor_topics(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    make_daemon(treadmill_id="tm-grip", sensors="mqtt")
+    async with sensor_user(broker, "tm-grip") as user, clinician(broker, "tm-grip") as doc:
+        await doc.state(lambda s: s["grip"] == {"left": True, "right": True}, within=5.0)
+        ok(await doc.command("start_session", user="u-4", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+
+        user.values["grip_left"] = False  # SR-4: one hand is a warning, the belt runs on
+        warning = await doc.event("grip_warning")
+        assert warning["hand"] == "left"
+        user.values["grip_right"] = False  # both: an emergency stop after the debounce
+        event = await doc.event("estop")
+        assert event["cause"] == "grip_lost"
+        state = await doc.state(lambda s: s["state"] == "estop", within=5.0)
+        assert state["latched"]["cause"] == "grip_lost"
+
+        # SR-6: the reset is refused while the cause is still there.
+        refused(await doc.command("reset"), "preconditions_unmet")
+        user.values["grip_left"] = user.values["grip_right"] = True
+        await doc.state(lambda s: s["grip"] == {"left": True, "right": True}, within=5.0)
+        await doc.reset_when_allowed()
+
+        ok(await doc.command("start_session", user="u-4", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        user.values["fall"] = True  # SR-5: at once
+        assert (await doc.event("estop"))["cause"] == "fall"
+
+
+@pytest.mark.asyncio
+async def test_sr8_sensors_that_go_silent_or_send_garbage_stop_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    make_daemon(treadmill_id="tm-silent", sensors="mqtt")
+    async with clinician(broker, "tm-silent") as doc:
+        async with sensor_user(broker, "tm-silent"):
+            await doc.state(lambda s: s["stale"] == [], within=5.0)
+            ok(await doc.command("start_session", user="u-5", program="first_session"))
+            await doc.state(running, within=SESSION_WAIT_S)
+        # The sensors stop reporting; garbage on their topics is no reading either.
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            for name in ("grip_left", "grip_right", "fall"):
+                await client.publish(f"{doc.p}/sensors/{name}", b'{"value": 1}', qos=1)
+            event = await doc.event("estop")
+        assert event["cause"] in ("sensor_stale", "grip_lost")
+        state = await doc.state(lambda s: s["state"] == "estop", within=5.0)
+        assert set(state["stale"]) == {"grip_left", "grip_right", "fall"}
+
+
+@pytest.mark.asyncio
+async def test_sr8_a_reading_stamped_long_ago_is_stale_on_arrival(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    make_daemon(treadmill_id="tm-old", sensors="mqtt")
+    async with clinician(broker, "tm-old") as doc:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            for name, value in (("grip_left", True), ("grip_right", True), ("fall", False)):
+                old = json.dumps({"value": value, "ts": time.time() - 2.0}).encode()
+                await client.publish(f"{doc.p}/sensors/{name}", old, qos=1)
+        message = refused(await doc.command("start_session", user="u-6"), "preconditions_unmet")
+        assert "stale" in message or "grip" in message
+
+
+# ----------------------------------------------------------------------------- the broker
+
+
+@pytest.mark.asyncio
+async def test_sr12_broker_killed_mid_session_never_moves_the_belt_and_recovers(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """With the broker gone the tablet's heartbeats stop: SR-12's grace ends the session with
+    a controlled stop (no latch). The daemon lives, reconnects by itself, says "online" again
+    and republishes its state."""
+    daemon = make_daemon(treadmill_id="tm-broker")
+    async with clinician(broker, "tm-broker") as doc:
+        ok(await doc.command("start_session", user="u-7", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        broker.kill()
+    assert daemon.alive()
+    await asyncio.to_thread(broker.start)  # retained messages died with the old broker
+    async with clinician(broker, "tm-broker", heartbeat=False) as doc:
+        state = await doc.state(lambda s: True, within=5.0)
+        assert state["state"] in ("running", "stopping", "idle")
+        assert state["speed_mph"] <= 1.2
+        assert state["target_mph"] <= 1.2
+        # No heartbeat since the broker went: a controlled stop, not an emergency stop.
+        ended = await doc.state(
+            lambda s: s["state"] == "idle" and s["speed_mph"] <= STANDSTILL_MPH,
+            within=SESSION_WAIT_S,
+        )
+        assert ended["latched"] is None
+        assert ended["session"] is None
+        ok(await doc.command("heartbeat"))
+    assert daemon.alive()
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.asyncio
+async def test_sr11_sigterm_stops_the_session_publishes_offline_and_exits_0(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    daemon = make_daemon(treadmill_id="tm-term")
+    async with clinician(broker, "tm-term") as doc:
+        ok(await doc.command("start_session", user="u-8", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        daemon.signal(signal.SIGTERM)
+        ended = await doc.event("session_ended")
+        assert ended["reason"] == "operator_stop"
+        final = await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        assert final["speed_mph"] <= STANDSTILL_MPH
+        offline = await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
+        assert offline.retain
+    assert await asyncio.to_thread(daemon.wait) == 0
+
+
+@pytest.mark.asyncio
+async def test_sr11_second_signal_is_an_emergency_stop(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    daemon = make_daemon(treadmill_id="tm-twice")
+    async with clinician(broker, "tm-twice") as doc:
+        ok(await doc.command("start_session", user="u-9", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        daemon.signal(signal.SIGTERM)
+        await doc.event("stopping")
+        daemon.signal(signal.SIGTERM)
+        event = await doc.event("estop")
+        assert event["cause"] == "remote_estop"
+        await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
+    assert await asyncio.to_thread(daemon.wait) == 0
