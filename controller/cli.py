@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 from pathlib import Path
+
+import aiomqtt
 
 import config as config_package
 from config.loading import ConfigError, LoadedConfig, load_config
 from config.schema import SimulatedDriveSection
 from controller.daemon import Daemon
 from controller.logs import configure_logging
+from controller.mqtt_contract import default_prefix
 from controller.simulation import (
     ScenarioResult,
     SimulationError,
@@ -23,11 +27,14 @@ from controller.simulation import (
 )
 from drivers.vfd_codec import RegisterMap, RegisterMapError
 from simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
+from simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
+from simulator.mqtt_user import Broker as MqttBroker
 from simulator.scenario import ScenarioError, load_scenario
 from simulator.trackmaster_device import serve_trackmaster
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
 
 BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
 DELTA_MAP = Path(config_package.__file__).parent / "drives" / "delta-vfd-e.toml"
@@ -169,6 +176,50 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_user_broker(loaded: LoadedConfig) -> tuple[MqttBroker, str]:
+    mqtt = loaded.config.mqtt
+    password = None if mqtt.password is None else mqtt.password.get_secret_value()
+    prefix = mqtt.prefix or default_prefix(loaded.config.treadmill.id)
+    return MqttBroker(mqtt.host, mqtt.port, mqtt.username, password), prefix
+
+
+async def _serve_sim_user(broker: MqttBroker, prefix: str, interval_s: float) -> None:
+    task = asyncio.create_task(serve_user(broker, prefix, report_interval_s=interval_s))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def cmd_sim_user(args: argparse.Namespace) -> int:
+    """A simulated user's grip and fall sensors over MQTT, or one instruction to it."""
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    broker, prefix = _sim_user_broker(loaded)
+    try:
+        if args.tell is not None:
+            asyncio.run(tell_user(broker, prefix, args.tell))
+            print(f"told the simulated user on {prefix}: {args.tell}")
+            return 0
+        print(
+            f"simulated user on {prefix} via {broker.host}:{broker.port}: both hands on the "
+            "handrails; tell it what to do with: treadguard sim-user --tell 'release both'",
+            flush=True,
+        )
+        asyncio.run(_serve_sim_user(broker, prefix, loaded.config.sensors.report_interval_s))
+    except InstructionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except aiomqtt.MqttError as exc:
+        print(f"error: MQTT broker {broker.host}:{broker.port}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="treadguard",
@@ -239,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
     dev.set_defaults(func=cmd_sim_device)
 
+    user = sub.add_parser(
+        "sim-user",
+        help="a simulated user's grip and fall sensors over MQTT (or --tell it what to do)",
+    )
+    user.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    user.add_argument(
+        "--tell",
+        metavar="INSTRUCTION",
+        default=None,
+        help="send one instruction to the running simulated user: " + "; ".join(INSTRUCTIONS),
+    )
+    user.set_defaults(func=cmd_sim_user)
+
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
@@ -250,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the configuration's logging.level",
     )
     run.set_defaults(func=cmd_run)
+    from controller.tablet import add_tablet_parser
+
+    add_tablet_parser(sub)
     return parser
 
 

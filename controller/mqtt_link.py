@@ -16,8 +16,11 @@ leaves a dead client behind - Moonraker bug #1104):
   recognised and refused, then publishes ``online`` (retained) - after every (re)connect;
 - runs each command through ``execute`` at once, in the receiving task (an ``estop`` reaches the
   controller without waiting for any publication), and queues the reply;
-- one outbox task publishes replies, then events (QoS 1, not retained), then the state
-  (QoS 1, retained) when it changed or, while the belt moves, every ``state_period_s``.
+- one outbox task publishes replies and events in order (QoS 1, not retained), each preceded
+  by the state (QoS 1, retained) when it changed or, while the belt moves, every
+  ``state_period_s``: a reply never overtakes the state its command caused;
+- hands each reading of a configured ``<p>/sensors/<name>`` topic to ``on_sensor`` at once
+  (a retained reading is an old one replayed by the broker, and is dropped).
 
 Nothing the controller calls ever waits on the broker: :meth:`TabletLink.on_event` only appends
 to a bounded buffer, and the state is read from ``snapshot`` by the outbox when it is due (only

@@ -1,0 +1,573 @@
+"""``treadguard tablet ...``: a technician's MQTT client that speaks contract v1 like a tablet.
+
+Each command (``start``, ``speed``, ``stop``, ``estop``, ``reset``, ``heartbeat``) connects,
+subscribes to ``<p>/reply`` before it publishes, sends one command at QoS 1 (never retained, or
+the daemon would refuse it) and waits, bounded by ``--timeout``, for the reply with its id.
+``watch`` shows the daemon's state and events live and sends the tablet's heartbeat every
+second, which is what keeps a session started from here running (SR-12).
+
+Exit codes: 0 ok, 1 refused by the daemon, 2 bad arguments or configuration, 3 no broker or no
+reply (see ``docs/tablet-cli.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from pydantic import TypeAdapter, ValidationError
+
+import config as config_package
+from config.loading import ConfigError, load_config
+from config.schema import MqttTopicPrefix
+from controller.mqtt_contract import JsonObject, Topics, default_prefix, state_key, to_payload
+from controller.mqtt_link import TlsSettings
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2  # argparse's own code for bad arguments, reused for a bad configuration
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+
+PASSWORD_ENV = "TREADGUARD_TABLET_PASSWORD"
+BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
+DEFAULT_TIMEOUT_S = 5.0
+HEARTBEAT_PERIOD_S = 1.0  # MQTT-API.md: "the tablet sends one every second"
+KEEPALIVE_S = 5  # a broker gone without a word (a cable pulled) is noticed within ~1.5x this
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+_PREFIX: TypeAdapter[str] = TypeAdapter(MqttTopicPrefix)
+
+
+class _Stopping(Exception):
+    """Raised inside a watch connection's task group to end it when the watch is over."""
+
+
+# ------------------------------------------------------------------------------- connection
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    host: str
+    port: int
+    topics: Topics
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None
+    timeout_s: float
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def client(self, identifier: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=KEEPALIVE_S,
+            timeout=self.timeout_s,
+            tls_context=self.tls,
+            # Without it every QoS 1 round trip costs ~88 ms (Nagle meets delayed ACKs).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+
+def _identifier() -> str:
+    # Unique, so two technicians (or a watch and a start) never take over each other's
+    # connection; 22 characters, within the 23 every MQTT broker must accept.
+    return f"tg-tablet-{uuid.uuid4().hex[:12]}"
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    """The broker and prefix: the configuration file (with its TREADGUARD_MQTT__* overrides),
+    then the command line. Raises ConfigError, or OSError/ssl.SSLError for unusable TLS files."""
+    loaded = load_config(getattr(args, "config", BUILTIN_CONFIG))
+    mqtt = loaded.config.mqtt
+    prefix = getattr(args, "prefix", None) or mqtt.prefix
+    tls = None
+    if mqtt.tls is not None:
+        tls = TlsSettings(
+            ca_file=loaded.resolve(mqtt.tls.ca_file),
+            cert_file=None if mqtt.tls.cert_file is None else loaded.resolve(mqtt.tls.cert_file),
+            key_file=None if mqtt.tls.key_file is None else loaded.resolve(mqtt.tls.key_file),
+        ).context()
+    username: str | None = getattr(args, "username", None)
+    # The password never comes from the command line, where `ps` would show it to anyone; nor
+    # from [mqtt] password, which is the daemon's own account, not a tablet's.
+    password = os.environ.get(PASSWORD_ENV) or None
+    if password is not None and username is None:
+        print(f"warning: {PASSWORD_ENV} is set but --username is not: no login", file=sys.stderr)
+    return Connection(
+        host=getattr(args, "host", None) or mqtt.host,
+        port=getattr(args, "port", None) or mqtt.port,
+        topics=Topics(prefix or default_prefix(loaded.config.treadmill.id)),
+        username=username,
+        password=password,
+        tls=tls,
+        timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+    )
+
+
+def _command(kind: str, **fields: Any) -> JsonObject:
+    """A contract command with a fresh id; fields left out (None) are not sent."""
+    command: JsonObject = {"id": uuid.uuid4().hex, "type": kind}
+    command.update({k: v for k, v in fields.items() if v is not None})
+    return command
+
+
+def _text(payload: Any) -> str:
+    return payload.decode(errors="replace") if isinstance(payload, bytes) else str(payload)
+
+
+def _json_object(payload: Any) -> dict[str, Any] | None:
+    if not isinstance(payload, bytes | bytearray):
+        return None
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ------------------------------------------------------------------------------- one command
+
+
+async def _send(conn: Connection, command: JsonObject) -> int:
+    """Publish one command and wait for its reply; print the outcome; return the exit code."""
+    topics = conn.topics
+    availability: str | None = None
+    connected = False
+    try:
+        async with conn.client(_identifier()) as client:
+            connected = True
+            # Both before the command goes out, so neither the reply nor the retained
+            # availability can pass us by.
+            await client.subscribe(topics.reply, qos=1)
+            await client.subscribe(topics.availability, qos=1)
+            await client.publish(topics.cmd, to_payload(command), qos=1, retain=False)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(conn.timeout_s):
+                    async for message in client.messages:
+                        if message.topic.value == topics.availability:
+                            availability = _text(message.payload)
+                            continue
+                        reply = _json_object(message.payload)
+                        if reply is not None and reply.get("id") == command["id"]:
+                            return _print_reply(reply)
+    except aiomqtt.MqttError as exc:
+        doing = "lost the connection to" if connected else "cannot connect to"
+        print(f"error: {doing} the MQTT broker at {conn.where}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(_no_reply(conn, str(command["type"]), availability), file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def _print_reply(reply: dict[str, Any]) -> int:
+    if reply.get("ok") is True:
+        print("ok")
+        return EXIT_OK
+    error = reply.get("error")
+    error = error if isinstance(error, dict) else {}
+    print(f"refused: {error.get('code', 'unknown')}: {error.get('message', '')}")
+    return EXIT_REFUSED
+
+
+def _no_reply(conn: Connection, kind: str, availability: str | None) -> str:
+    topics = conn.topics
+    said = (
+        f"error: no reply to {kind} within {conn.timeout_s:g} s on {topics.reply} at {conn.where}"
+    )
+    if availability is None:
+        return (
+            f"{said}; the daemon's availability ({topics.availability}) was never seen: no "
+            "daemon has connected with this prefix since the broker started (is `treadguard "
+            "run` running? are the prefix and treadmill id right?)"
+        )
+    if availability == "offline":
+        return f"{said}; the daemon's availability is offline: it is stopped or has lost the broker"
+    return (
+        f"{said}; the daemon's availability is {availability!r}, yet it did not answer (may "
+        f"this account publish on {topics.cmd}?)"
+    )
+
+
+# ------------------------------------------------------------------------------- watch
+
+
+def _fmt_num(value: Any, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "?"
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 3))  # a latency of 0.18820000002506276 ms reads as 0.188
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    return json.dumps(value)
+
+
+def status_line(connected: bool, availability: str | None, state: dict[str, Any] | None) -> str:
+    """One line: ``online | running | latched none | grip L held, R held | ... | session ...``."""
+    if not connected:
+        parts = ["broker lost"]
+    else:
+        parts = [availability if availability is not None else "availability never seen"]
+    if state is None:
+        return " | ".join([*parts, "no state yet"])
+    # What matters for safety first: a terminal cuts the line at its width.
+    parts.append(str(state.get("state", "?")))
+    latched = state.get("latched")
+    if isinstance(latched, dict):
+        parts.append(f"latched {latched.get('kind')}: {latched.get('cause')}")
+    else:
+        parts.append("latched none")
+    grip = state.get("grip")
+    grip = grip if isinstance(grip, dict) else {}
+    hands = [
+        f"{h} {'held' if grip.get(k) else 'released'}" for h, k in (("L", "left"), ("R", "right"))
+    ]
+    parts.append("grip " + ", ".join(hands))
+    parts.append("FALL" if state.get("fall") else "no fall")
+    stale = state.get("stale")
+    parts.append("stale " + (",".join(map(str, stale)) if stale else "none"))
+    parts.append(
+        f"belt {_fmt_num(state.get('speed_mph'))} mph, target {_fmt_num(state.get('target_mph'))}"
+    )
+    session = state.get("session")
+    if isinstance(session, dict):
+        parts.append(
+            f"session {session.get('user')}/{session.get('program')} "
+            f"{_fmt_num(session.get('elapsed_s'), 1)}/{_fmt_num(session.get('cap_s'), 0)} s, "
+            f"{_fmt_num(session.get('remaining_s'), 1)} s left"
+        )
+    else:
+        parts.append("no session")
+    return " | ".join(parts)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    fields = " ".join(f"{k}={_fmt_value(v)}" for k, v in event.items() if k not in ("type", "ts"))
+    return f"event {event.get('type', '?')} {fields}".rstrip()
+
+
+class WatchView:
+    """What ``watch`` prints. On a terminal the status line is rewritten in place; otherwise
+    (a log, a pipe) a line is printed only when something other than the continuously moving
+    numbers changed (``mqtt_contract.state_key``, as the daemon decides), so a log is not
+    flooded at 4 lines a second."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.connected = False
+        self.availability: str | None = None
+        self.state: dict[str, Any] | None = None
+        self._last_key: object = None
+        self._drawn = False  # a status line is on the terminal's last row
+
+    def _key(self) -> object:
+        steady = None if self.state is None else state_key(self.state)
+        return (self.connected, self.availability, steady)
+
+    def show(self) -> None:
+        line = status_line(self.connected, self.availability, self.state)
+        if self.tty:
+            # Cut to the terminal's width: a wrapped line cannot be rewritten with "\r".
+            width = shutil.get_terminal_size().columns - 1
+            sys.stdout.write("\r" + line[:width] + "\x1b[K")
+            self._drawn = True
+        elif (key := self._key()) != self._last_key:
+            self._last_key = key
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def say(self, line: str) -> None:
+        """A line of its own (an event, a lost broker), above the status line on a terminal."""
+        if self.tty and self._drawn:
+            sys.stdout.write("\r\x1b[K")
+        sys.stdout.write(line + "\n")
+        if self.tty and self._drawn:
+            self.show()
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            sys.stdout.write("\n")  # leave the last status on screen, the prompt below it
+            sys.stdout.flush()
+
+    def on_message(self, topics: Topics, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        if topic == topics.availability:
+            self.availability = _text(message.payload)
+            self.show()
+        elif topic == topics.state:
+            state = _json_object(message.payload)
+            if state is not None:
+                self.state = state
+                self.show()
+        elif topic == topics.events:
+            event = _json_object(message.payload)
+            if event is not None:
+                self.say(event_line(event))
+
+
+async def _heartbeats(client: aiomqtt.Client, topics: Topics, stop: asyncio.Event) -> None:
+    """SR-12: one heartbeat a second, on a fixed schedule so that a slow publication does not
+    make the gaps grow. Their replies are not read: only their absence would matter, and that
+    is the daemon's to act on."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while not stop.is_set():
+        await client.publish(topics.cmd, to_payload(_command("heartbeat")), qos=1, retain=False)
+        due = max(due + HEARTBEAT_PERIOD_S, loop.time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(due):
+                await stop.wait()
+
+
+async def _read(client: aiomqtt.Client, topics: Topics, view: WatchView) -> None:
+    async for message in client.messages:
+        view.on_message(topics, message)
+
+
+async def _until(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stopping
+
+
+async def _watch(conn: Connection, *, heartbeat: bool, duration_s: float | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration_s is not None:
+        loop.call_later(duration_s, stop.set)
+    view = WatchView(tty=sys.stdout.isatty())
+    # One id for the whole watch: after a reconnect the broker drops a half-open connection of
+    # ours at once instead of keeping it (and its subscriptions) until its keepalive runs out.
+    identifier = _identifier()
+    delay = BACKOFF_MIN_S
+    ever_connected = False
+    try:
+        while not stop.is_set():
+            failure: str | None = None
+            try:
+                async with conn.client(identifier) as client:  # a fresh client every try
+                    ever_connected = True
+                    delay = BACKOFF_MIN_S
+                    view.connected = True
+                    for topic in (conn.topics.availability, conn.topics.state, conn.topics.events):
+                        await client.subscribe(topic, qos=1)
+                    view.show()
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(_read(client, conn.topics, view))
+                            if heartbeat:
+                                tg.create_task(_heartbeats(client, conn.topics, stop))
+                            tg.create_task(_until(stop))
+                    except* _Stopping:
+                        pass
+            except* aiomqtt.MqttError as group:
+                failure = "; ".join(str(e) for e in group.exceptions)
+            if failure is not None:
+                if not ever_connected:
+                    print(
+                        f"error: cannot connect to the MQTT broker at {conn.where}: {failure}",
+                        file=sys.stderr,
+                    )
+                    return EXIT_UNREACHABLE
+                if view.connected:  # once per loss, not once per failed retry
+                    view.connected = False
+                    view.availability = None  # unknown until the broker says it again
+                    view.say("broker lost, reconnecting")
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                delay = min(delay * 2, BACKOFF_MAX_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        view.close()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def cmd_tablet(args: argparse.Namespace) -> int:
+    try:
+        conn = _connection(args)
+    except ConfigError as exc:
+        print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"error: cannot use the TLS files of the configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    match args.tablet_command:
+        case "watch":
+            return asyncio.run(_watch(conn, heartbeat=args.heartbeat, duration_s=args.for_s))
+        case "start":
+            command = _command(
+                "start_session",
+                user=args.user,
+                program=args.program,
+                cap_s=args.cap_s,
+                target_mph=args.target_mph,
+            )
+        case "speed":
+            command = _command("set_speed", mph=args.mph)
+        case other:  # stop, estop, reset, heartbeat: no fields
+            command = _command(other)
+    try:
+        code = asyncio.run(_send(conn, command))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if code == EXIT_OK and args.tablet_command == "start":
+        print(
+            "note: the session needs the tablet's heartbeat: keep `treadguard tablet watch` "
+            "running, or the daemon stops the session after the heartbeat grace (SR-12)",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    # JSON has no NaN or infinity: such a value could not even be sent.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _prefix(text: str) -> str:
+    # The configuration's own rule (no wildcards, no leading or trailing "/"): a bad prefix is
+    # a usage error here, not a crash inside the MQTT client.
+    try:
+        return _PREFIX.validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"not a topic prefix: {text!r}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+    return value
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    # SUPPRESS: an option not given leaves no attribute, so the same option given before the
+    # sub-command (on `tablet`) is not overwritten by the sub-command's default.
+    opts = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = opts.add_argument_group("connection")
+    group.add_argument(
+        "--config",
+        type=Path,
+        help="configuration for broker, prefix and TLS (default: the built-in config/sim.toml); "
+        "TREADGUARD_MQTT__* variables override it",
+    )
+    group.add_argument("--host", help="broker host (default: the configuration's)")
+    group.add_argument("--port", type=_port, help="broker port (default: the configuration's)")
+    group.add_argument(
+        "--prefix", type=_prefix, help="topic prefix (default: treadmill/<treadmill.id>)"
+    )
+    group.add_argument(
+        "--username",
+        help=f"broker account (default: none); the password is read from {PASSWORD_ENV}",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive,
+        metavar="SECONDS",
+        help=f"how long to wait for the broker and a reply (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    return opts
+
+
+def add_tablet_parser(sub: Any) -> None:
+    """Register ``tablet`` on the main parser's sub-parsers (``sub.add_parser`` is used)."""
+    opts = _connection_options()
+    tablet = sub.add_parser(
+        "tablet",
+        parents=[opts],
+        help="send tablet commands and watch the daemon over MQTT (contract v1)",
+        description="A technician's tablet: every command waits for the daemon's reply. "
+        "Exit codes: 0 ok, 1 refused, 2 bad arguments, 3 no broker or no reply.",
+    )
+    tablet.set_defaults(func=cmd_tablet)
+    cmds = tablet.add_subparsers(dest="tablet_command", required=True, metavar="COMMAND")
+
+    start = cmds.add_parser("start", parents=[opts], help="start a session (start_session)")
+    start.add_argument("--user", required=True)
+    start.add_argument("--program", help="default: chosen by the daemon from the user's history")
+    start.add_argument("--cap-s", type=_finite, metavar="S", help="belt-moving time cap in seconds")
+    start.add_argument("--target-mph", type=_finite, metavar="X", help="first target speed")
+
+    speed = cmds.add_parser("speed", parents=[opts], help="change the target speed (set_speed)")
+    speed.add_argument("mph", type=_finite, metavar="MPH")
+
+    for name, text in (
+        ("stop", "controlled stop: ends the session"),
+        ("estop", "emergency stop (latched)"),
+        ("reset", "clear a latched stop or fault"),
+        ("heartbeat", "send one heartbeat"),
+    ):
+        cmds.add_parser(name, parents=[opts], help=text)
+
+    watch = cmds.add_parser(
+        "watch",
+        parents=[opts],
+        help="live state and events; sends the heartbeat every second (SR-12)",
+    )
+    watch.add_argument(
+        "--no-heartbeat",
+        dest="heartbeat",
+        action="store_false",
+        default=True,
+        help="only watch: a session then stops after the heartbeat grace",
+    )
+    watch.add_argument(
+        "--for",
+        dest="for_s",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="end after this long (default: until SIGINT or SIGTERM)",
+    )
