@@ -20,19 +20,20 @@ def daemon_config(
     *,
     treadmill_id: str = "tm-test",
     sensors: str = "simulator",
+    drive: str = 'kind = "simulator"',
     mqtt_extra: str = "",
     extra: str = "",
 ) -> Path:
     """A daemon configuration on the simulated drive for the broker on ``port``.
 
     ``sensors = "simulator"``: a built-in user who always holds on; ``"mqtt"``: the test
-    publishes the grip and fall readings itself.
+    publishes the grip and fall readings itself. ``drive``: the lines of the [drive] table.
     """
     path = tmp_path / f"daemon-{treadmill_id}.toml"
     path.write_text(
         f'[treadmill]\nid = "{treadmill_id}"\n\n'
         f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
-        '[drive]\nkind = "simulator"\n\n'
+        f"[drive]\n{drive}\n\n"
         f'[sensors]\nsource = "{sensors}"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{mqtt_extra}\n\n'
         '[logging]\nlevel = "info"\nformat = "json"\n\n'

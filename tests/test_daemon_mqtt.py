@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import selectors
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,11 +25,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from tests.daemon_process import DaemonProcess, daemon_config
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, Tablet, body, tablet, text_is
 
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
+REGISTER_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
 
 
 @pytest.fixture
@@ -369,6 +373,53 @@ async def test_sr8_a_reading_stamped_long_ago_is_stale_on_arrival(
                 await client.publish(f"{doc.p}/sensors/{name}", old, qos=1)
         message = refused(await doc.command("start_session", user="u-6"), "preconditions_unmet")
         assert "stale" in message or "grip" in message
+
+
+# ----------------------------------------------------------------------------- a real wire
+
+
+@pytest.fixture
+def modbus_device() -> Iterator[str]:
+    """``treadguard sim-device modbus``: a simulated VFD on Modbus TCP; yields HOST:PORT."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "sim-device", "modbus", "--tcp", "127.0.0.1:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(20.0), "sim-device printed no address"
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_sr9_sr13_the_daemon_drives_a_modbus_vfd_over_a_real_socket(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, modbus_device: str
+) -> None:
+    """The same daemon and configuration a clinic runs, with drive.kind = "modbus": the belt
+    speed in the state is the drive's feedback, and an estop stops the drive."""
+    host, _, port = modbus_device.rpartition(":")
+    drive = (
+        f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
+        f"register_map = '{REGISTER_MAP.as_posix()}'\nmph_per_hz = 0.05"
+    )
+    make_daemon(treadmill_id="tm-vfd", sensors="mqtt", drive=drive)
+    async with sensor_user(broker, "tm-vfd"), clinician(broker, "tm-vfd") as doc:
+        await doc.state(lambda s: s["stale"] == [], within=10.0)
+        ok(await doc.command("start_session", user="u-10", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        ok(await doc.command("estop"))
+        assert (await doc.event("estop"))["cause"] == "remote_estop"
+        stopped = await doc.state(
+            lambda s: s["state"] == "estop" and s["speed_mph"] <= STANDSTILL_MPH, within=5.0
+        )
+        assert stopped["latched"]["cause"] == "remote_estop"
 
 
 # ----------------------------------------------------------------------------- the broker
