@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,6 +26,8 @@ from pathlib import Path
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+ROOT = Path(__file__).resolve().parents[1]
+ACL = ROOT / "config" / "mosquitto" / "acl"  # the shipped ACL, read as it is
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 START_TIMEOUT_S = 5.0
@@ -73,11 +77,51 @@ class Broker:
                     raise
                 time.sleep(0.02)
 
+    def freeze(self) -> None:
+        """SIGSTOP: a broker that accepts connections and answers nothing (a hung server)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=START_TIMEOUT_S)
         self.proc = None
+
+
+# The accounts of the shipped ACL, and one with a password but no line in it.
+PASSWORDS = {
+    "treadguard": "daemon-secret",
+    "tablet": "tablet-secret",
+    "sensors": "sensors-secret",
+    "dashboard": "dashboard-secret",
+    "intruder": "intruder-secret",
+}
+
+
+def login(account: str) -> dict[str, str]:
+    return {"username": account, "password": PASSWORDS[account]}
+
+
+def stay_root() -> str:
+    # As root, Mosquitto drops to the mosquitto user before it reads the password file, the
+    # ACL and the certificates, and that user cannot read pytest's private tmp_path.
+    return "user root\n" if os.geteuid() == 0 else ""
+
+
+def auth_lines(workdir: Path) -> str:
+    """The shipped configuration's authentication: no anonymous clients, passwords, the ACL."""
+    passwd = password_file(workdir / "passwd", PASSWORDS)
+    return (
+        "per_listener_settings false\n"
+        "allow_anonymous false\n"
+        f"password_file {passwd}\n"
+        f"acl_file {ACL}\n" + stay_root()
+    )
 
 
 def password_file(path: Path, accounts: dict[str, str]) -> Path:
@@ -103,11 +147,15 @@ class Tablet:
             self._queues[message.topic.value].put_nowait(message)
 
     async def next(
-        self, topic: str, where: Callable[[aiomqtt.Message], bool] = lambda m: True
+        self,
+        topic: str,
+        where: Callable[[aiomqtt.Message], bool] = lambda m: True,
+        *,
+        within: float = WAIT_S,
     ) -> aiomqtt.Message:
-        """The next message on ``topic`` that satisfies ``where``, within WAIT_S."""
+        """The next message on ``topic`` that satisfies ``where``, within ``within`` seconds."""
         queue = self._queues[topic]
-        async with asyncio.timeout(WAIT_S):
+        async with asyncio.timeout(within):
             while True:
                 message = await queue.get()
                 if where(message):

@@ -1,0 +1,621 @@
+"""The shipped Mosquitto configuration (config/mosquitto/) against a real broker: logins, the ACL
+and TLS (SR-15: a command from anyone but the tablet account never reaches the daemon; SR-12:
+the tablet link works, Will included, with authentication and TLS switched on).
+
+Every broker here reads the shipped ACL file itself, config/mosquitto/acl, and a password file
+made with ``mosquitto_passwd``. The last test starts Mosquitto on the shipped treadguard.conf.
+
+"Never arrives" is shown without sleeping, by the order Mosquitto keeps (see
+:func:`publish_refused`): a forged message is published at QoS 1 and acknowledged, then a
+legitimate message is published, and the first message the subscriber gets must be the
+legitimate one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from controller.mqtt_link import TabletLink, TlsSettings
+from safety.decisions import Event, EventType
+from safety.inputs import Heartbeat
+from tests.mosquitto import (
+    ACL,
+    PASSWORDS,
+    WAIT_S,
+    Broker,
+    Tablet,
+    auth_lines,
+    body,
+    free_port,
+    have_mosquitto,
+    login,
+    password_file,
+    stay_root,
+    tablet,
+    text_is,
+)
+from tests.test_mqtt_link import World, make_link, send
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_CONF = ROOT / "config" / "mosquitto" / "treadguard.conf"
+OPENSSL = shutil.which("openssl")
+
+NOT_AUTHORIZED = 0x87  # MQTT 5 reason code, in a CONNACK or a PUBACK
+FORGED = b'{"forged": true}'
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def fields(message: aiomqtt.Message) -> dict[str, Any]:
+    value = body(message)
+    assert isinstance(value, dict)
+    return value
+
+
+def need(tool: str, present: bool) -> None:
+    if not present:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed: scripts/test installs it")
+        pytest.skip(f"{tool} is not installed")
+
+
+@asynccontextmanager
+async def running(broker: Broker) -> AsyncIterator[Broker]:
+    await asyncio.to_thread(broker.start)
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+def link_for(broker: Broker, world: World, tm: str, **kwargs: object) -> TabletLink:
+    """The daemon's link, logged in with the daemon's account."""
+    return make_link(broker, world, tm, **login("treadguard"), **kwargs)
+
+
+@contextmanager
+def pubacks(client: aiomqtt.Client) -> Iterator[list[int]]:
+    """The reason codes of the PUBACKs ``client`` receives inside the ``with`` block.
+
+    aiomqtt 2.x drops them, so this wraps the callback of the paho client inside it.
+    """
+    paho = client._client
+    inner = paho.on_publish
+    assert inner is not None
+    codes: list[int] = []
+
+    def on_publish(*args: Any) -> None:  # (client, userdata, mid, reason_code, properties)
+        codes.append(int(args[3].value))
+        inner(*args)
+
+    paho.on_publish = on_publish
+    try:
+        yield codes
+    finally:
+        paho.on_publish = inner
+
+
+async def publish_refused(tab: Tablet, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    """Publish at QoS 1, wait for the PUBACK, and check that the broker refused the message.
+
+    This is the ordering argument behind every "never arrives" in this file. Mosquitto handles
+    one PUBLISH to the end before it acknowledges it: it checks the ACL and, had the message
+    been allowed, it would already have been queued for every matching subscriber when the
+    PUBACK goes out. Each subscriber's queue is delivered in order. So a message that is
+    published only after this returns reaches a subscriber after the refused one would have;
+    if it is the first the subscriber sees, the refused one was never delivered.
+
+    Mosquitto acknowledges a denied publish: over MQTT 5 the PUBACK says 0x87 Not authorized
+    (checked here); over MQTT 3.1.1 it looks exactly like a success.
+    """
+    with pubacks(tab.client) as codes:
+        await tab.client.publish(topic, payload, qos=1, retain=retain, timeout=WAIT_S)
+    assert codes == [NOT_AUTHORIZED], f"{topic} was not refused: {codes}"
+
+
+class Watcher(Tablet):
+    """A Tablet that also records every topic it receives on, in arrival order."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        super().__init__(client)
+        self.order: list[str] = []
+
+    async def read(self) -> None:
+        async for message in self.client.messages:
+            self.order.append(message.topic.value)
+            self._queues[message.topic.value].put_nowait(message)
+
+
+@asynccontextmanager
+async def client_of(
+    broker: Broker,
+    *topics: str,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    port: int | None = None,
+) -> AsyncIterator[Watcher]:
+    """Like ``tests.mosquitto.tablet``, with TLS and the arrival order of every topic."""
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        port if port is not None else broker.port,
+        username=username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls,
+        timeout=WAIT_S,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
+    async with asyncio.timeout(WAIT_S):
+        await client.__aenter__()
+    try:
+        watcher = Watcher(client)
+        reader = asyncio.create_task(watcher.read(), name="watcher-reader")
+        try:
+            for topic in topics:
+                await watcher.subscribe(topic)
+            yield watcher
+        finally:
+            reader.cancel()
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def refused_login(
+    broker: Broker,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    port: int | None = None,
+) -> aiomqtt.MqttError:
+    """Try to connect; the broker must refuse. Returns the error aiomqtt raised."""
+    with pytest.raises(aiomqtt.MqttError) as refused:
+        async with client_of(broker, username=username, password=password, tls=tls, port=port):
+            pass
+    return refused.value
+
+
+async def tls_refused(port: int, context: ssl.SSLContext) -> str:
+    """Connect with TLS and read: the broker must end the connection. Returns the reason.
+
+    Over TLS 1.3 a broker that requires a client certificate only says it has none after
+    the client has finished its handshake, and aiomqtt then waits for a CONNACK until its
+    timeout; here the broker's TLS alert is read directly.
+    """
+    async with asyncio.timeout(WAIT_S):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        except (ssl.SSLError, ConnectionError) as error:
+            return str(error)
+        try:
+            data = await reader.read(1)
+        except (ssl.SSLError, ConnectionError) as error:
+            return str(error)
+        finally:
+            writer.close()
+            with suppress(ssl.SSLError, ConnectionError):
+                await writer.wait_closed()
+    assert data == b"", data
+    return "closed without a word"
+
+
+async def serves_the_tablet(tab: Tablet, tm: str, world: World) -> None:
+    """The link is up and answers this tablet: ``online``, then a heartbeat and its reply."""
+    p = f"treadmill/{tm}"
+    await tab.next(f"{p}/availability", text_is("online"))
+    await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
+    assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+    assert [type(c) for c in world.commands] == [Heartbeat]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Broker]:
+    """A private Mosquitto with the shipped ACL, passwords and no anonymous clients."""
+    need("mosquitto", have_mosquitto())
+    b = Broker(tmp_path, extra=auth_lines(tmp_path))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    daemon_cert: Path  # CN=treadguard
+    daemon_key: Path
+    tablet_cert: Path  # CN=tablet
+    tablet_key: Path
+    other_ca: Path  # a CA that signed nothing here
+
+    def tls_lines(self) -> str:
+        return f"cafile {self.ca}\ncertfile {self.server_cert}\nkeyfile {self.server_key}\n"
+
+
+_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+_LEAF = (
+    "basicConstraints=CA:FALSE\n"
+    "keyUsage=critical,digitalSignature\n"
+    "subjectKeyIdentifier=hash\n"
+    "authorityKeyIdentifier=keyid,issuer\n"
+)
+_SERVER_EXT = _LEAF + "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+_CLIENT_EXT = _LEAF + "extendedKeyUsage=clientAuth\n"
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    assert OPENSSL is not None
+    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _ca(d: Path, name: str) -> tuple[Path, Path]:
+    crt, key = d / f"{name}.crt", d / f"{name}.key"
+    _openssl(
+        d, "req", "-x509", *_EC_KEY, "-keyout", str(key), "-out", str(crt), "-days", "2",
+        "-subj", f"/CN=treadguard test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    return crt, key
+
+
+def _issue(d: Path, ca: tuple[Path, Path], name: str, cn: str, ext: str) -> tuple[Path, Path]:
+    crt, key, csr, extfile = (d / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
+    extfile.write_text(ext)
+    _openssl(d, "req", *_EC_KEY, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    _openssl(
+        d, "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+        "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(extfile),
+    )  # fmt: skip
+    return crt, key
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A CA, a server certificate for 127.0.0.1/localhost and two client certificates.
+
+    The names are the shipped configuration's: ca.crt, server.crt, server.key.
+    """
+    need("openssl", OPENSSL is not None)
+    d = tmp_path / "treadguard"
+    d.mkdir()
+    ca = _ca(d, "ca")
+    server = _issue(d, ca, "server", "localhost", _SERVER_EXT)
+    daemon = _issue(d, ca, "treadguard-client", "treadguard", _CLIENT_EXT)
+    tab = _issue(d, ca, "tablet-client", "tablet", _CLIENT_EXT)
+    other_ca, _ = _ca(d, "other-ca")
+    return Pki(ca[0], *server, *daemon, *tab, other_ca)
+
+
+def tls_broker(tmp_path: Path, pki: Pki, *, require_certificate: bool = False) -> Broker:
+    need("mosquitto", have_mosquitto())
+    extra = auth_lines(tmp_path) + pki.tls_lines()
+    if require_certificate:
+        extra += "require_certificate true\n"
+    return Broker(tmp_path, extra=extra)
+
+
+# ----------------------------------------------------------------------------- logins
+
+
+@pytest.mark.asyncio
+async def test_sr12_daemon_and_tablet_accounts_work_under_the_shipped_acl(secured: Broker) -> None:
+    tm, world = "tm-acl", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(
+            secured,
+            f"{p}/reply",
+            f"{p}/availability",
+            f"{p}/state",
+            f"{p}/events",
+            **login("tablet"),
+        ) as tab,
+        link_for(secured, world, tm) as link,
+    ):
+        await serves_the_tablet(tab, tm, world)
+        assert fields(await tab.next(f"{p}/state"))["treadmill_id"] == tm
+        link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
+        assert fields(await tab.next(f"{p}/events"))["type"] == "reset"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        (None, None),
+        ("tablet", "wrong"),
+        ("tablet", PASSWORDS["treadguard"]),
+        ("treadguard", ""),
+        ("nobody", "whatever"),
+    ],
+    ids=["anonymous", "wrong-password", "other-accounts-password", "empty-password", "no-user"],
+)
+async def test_sr15_anonymous_and_wrong_passwords_are_refused(
+    secured: Broker, username: str | None, password: str | None
+) -> None:
+    error = await refused_login(secured, username=username, password=password)
+    assert isinstance(error, aiomqtt.MqttCodeError)
+    assert error.rc == NOT_AUTHORIZED, error
+
+
+# ----------------------------------------------------------------------------- the ACL
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("account", ["sensors", "dashboard", "intruder", "treadguard"])
+async def test_sr15_a_command_from_any_account_but_the_tablet_never_reaches_the_daemon(
+    secured: Broker, account: str
+) -> None:
+    tm, world = "tm-foreign", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab,
+        link_for(secured, world, tm),
+        tablet(secured, **login(account)) as foreign,
+    ):
+        # "online" comes after the link's subscription to <p>/cmd is in place.
+        await tab.next(f"{p}/availability", text_is("online"))
+        forged = {"id": "forged", "type": "estop"}
+        await publish_refused(foreign, f"{p}/cmd", json.dumps(forged).encode())
+        # Published after the refusal was acknowledged, so it is queued for the daemon behind
+        # the forged command, had that been let through; and the daemon answers in order.
+        await send(tab, tm, {"id": "after", "type": "heartbeat"})
+        assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+        assert [type(c) for c in world.commands] == [Heartbeat]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("account", ["tablet", "sensors", "dashboard"])
+async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availability(
+    secured: Broker, account: str
+) -> None:
+    """A forged state, reply, event or "online" never reaches the tablet."""
+    tm, world = "tm-forge", World()
+    p = f"treadmill/{tm}"
+    daemon_topics = ("state", "availability", "reply", "events")
+    async with (
+        tablet(secured, *(f"{p}/{t}" for t in daemon_topics), **login("tablet")) as tab,
+        tablet(secured, **login(account)) as forger,
+    ):
+        for t in daemon_topics:
+            await publish_refused(forger, f"{p}/{t}", FORGED, retain=t in ("state", "availability"))
+        # Everything the daemon publishes from here on follows those acknowledgements.
+        async with link_for(secured, world, tm) as link:
+            assert (await tab.next(f"{p}/availability")).payload == b"online"
+            assert fields(await tab.next(f"{p}/state"))["treadmill_id"] == tm
+            await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
+            assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+            link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
+            assert fields(await tab.next(f"{p}/events"))["type"] == "reset"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("account", ["tablet", "dashboard", "intruder"])
+async def test_sr15_only_the_sensors_account_may_report_grip_and_fall(
+    secured: Broker, account: str
+) -> None:
+    """A forged "hands on the rails" would hide a user who let go: only sensors may write."""
+    topic = "treadmill/tm-grip/sensors/grip_left"
+    async with (
+        tablet(secured, "treadmill/+/sensors/#", **login("treadguard")) as daemon,
+        tablet(secured, **login(account)) as forger,
+        tablet(secured, **login("sensors")) as sensor,
+    ):
+        await publish_refused(forger, topic, json.dumps({"value": True, "ts": 1.0}).encode())
+        await sensor.publish(topic, json.dumps({"value": False, "ts": 2.0}).encode())
+        assert body(await daemon.next(topic)) == {"value": False, "ts": 2.0}
+
+
+@pytest.mark.asyncio
+async def test_a_dashboard_reads_state_events_and_availability_but_not_commands(
+    secured: Broker,
+) -> None:
+    tm, world = "tm-watch", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab,
+        link_for(secured, world, tm) as link,
+        # Mosquitto grants the subscription and filters what it delivers, message by message.
+        client_of(secured, "treadmill/#", **login("dashboard")) as dashboard,
+    ):
+        await tab.next(f"{p}/availability", text_is("online"))
+        await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
+        assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+        # The event follows the command (acknowledged before its reply) and the reply (the
+        # daemon publishes in order), so the dashboard would have seen both before it.
+        link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
+        await dashboard.next(f"{p}/events")
+        assert f"{p}/cmd" not in dashboard.order
+        assert f"{p}/reply" not in dashboard.order
+        assert {f"{p}/availability", f"{p}/state"} <= set(dashboard.order)
+
+
+CHILD = """
+import asyncio, os, sys, time
+sys.path.insert(0, sys.argv[3])
+from controller.mqtt_link import TabletLink
+from safety.core import Snapshot
+from safety.decisions import ACCEPTED, State
+from safety.inputs import Hand
+
+SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: True}, False,
+                (), None, None)
+
+async def main() -> None:
+    async with TabletLink(treadmill_id=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]),
+                          username="treadguard", password=os.environ["TEST_MQTT_PASSWORD"],
+                          execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
+                          now=time.monotonic, to_unix=lambda t: t):
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def spawn_daemon(tm: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A TabletLink in a process of its own, logged in as the daemon, to be killed."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, tm, str(port), str(ROOT)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "TEST_MQTT_PASSWORD": PASSWORDS["treadguard"],
+            },
+        )
+
+
+@pytest.mark.asyncio
+async def test_sr12_the_daemons_will_reaches_the_tablet_under_the_acl(
+    secured: Broker, tmp_path: Path
+) -> None:
+    """Mosquitto checks the Will against the ACL when it fires and drops it silently if the
+    daemon's account may not write <p>/availability."""
+    tm = "tm-will"
+    p = f"treadmill/{tm}"
+    child = spawn_daemon(tm, secured.port, tmp_path / "child.log")
+    try:
+        async with tablet(secured, f"{p}/availability", **login("tablet")) as tab:
+            await tab.next(f"{p}/availability", text_is("online"))
+            child.send_signal(signal.SIGKILL)  # no clean DISCONNECT: the broker sends the Will
+            offline = await tab.next(f"{p}/availability", text_is("offline"))
+            assert offline.retain
+    finally:
+        child.kill()
+        child.wait(timeout=WAIT_S)
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.asyncio
+async def test_sr12_daemon_and_tablet_over_tls_trusting_the_ca(tmp_path: Path, pki: Pki) -> None:
+    tm, world = "tm-tls", World()
+    p = f"treadmill/{tm}"
+    trust_ca = TlsSettings(ca_file=pki.ca)
+    async with (
+        running(tls_broker(tmp_path, pki)) as broker,
+        client_of(
+            broker, f"{p}/reply", f"{p}/availability", **login("tablet"), tls=trust_ca.context()
+        ) as tab,
+        link_for(broker, world, tm, tls=trust_ca),
+    ):
+        await serves_the_tablet(tab, tm, world)
+
+
+@pytest.mark.asyncio
+async def test_tls_a_client_that_does_not_trust_the_ca_is_refused(tmp_path: Path, pki: Pki) -> None:
+    async with running(tls_broker(tmp_path, pki)) as broker:
+        other = TlsSettings(ca_file=pki.other_ca).context()
+        error = await refused_login(broker, **login("tablet"), tls=other)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error)
+
+
+@pytest.mark.asyncio
+async def test_sr12_tls_with_client_certificates_required(tmp_path: Path, pki: Pki) -> None:
+    tm, world = "tm-mtls", World()
+    p = f"treadmill/{tm}"
+    daemon_tls = TlsSettings(pki.ca, cert_file=pki.daemon_cert, key_file=pki.daemon_key)
+    tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
+    async with running(tls_broker(tmp_path, pki, require_certificate=True)) as broker:
+        # The right CA (and password), but no certificate: the broker ends the connection.
+        no_cert = TlsSettings(pki.ca).context()
+        assert "CERTIFICATE_REQUIRED" in await tls_refused(broker.port, no_cert)
+        no_cert.maximum_version = ssl.TLSVersion.TLSv1_2  # here the handshake itself fails
+        await refused_login(broker, **login("tablet"), tls=no_cert)
+        async with (
+            client_of(
+                broker,
+                f"{p}/reply",
+                f"{p}/availability",
+                **login("tablet"),
+                tls=tablet_tls.context(),
+            ) as tab,
+            link_for(broker, world, tm, tls=daemon_tls),
+        ):
+            await serves_the_tablet(tab, tm, world)
+
+
+# ----------------------------------------------------------------------------- the shipped file
+
+
+def shipped_config(etc: Path, *, port: int, tls_port: int) -> str:
+    """config/mosquitto/treadguard.conf with its TLS example switched on, free ports, and the
+    files of /etc/mosquitto/treadguard/ found in ``etc`` (the ACL: the shipped one)."""
+    text = SHIPPED_CONF.read_text()
+    edits = [
+        (r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1"),
+        (r"^#listener 8883$", f"listener {tls_port} 127.0.0.1"),
+        (r"^#(cafile|certfile|keyfile|require_certificate) ", r"\1 "),
+        (r"^acl_file /etc/mosquitto/treadguard/acl$", f"acl_file {ACL}"),
+        (r"/etc/mosquitto/treadguard/", f"{etc}/"),
+    ]
+    for pattern, replacement in edits:
+        text, n = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+        assert n, f"the shipped configuration has no {pattern!r} any more"
+    return text + stay_root()
+
+
+@pytest.mark.asyncio
+async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: Pki) -> None:
+    """treadguard.conf itself: the daemon on the loopback listener, the tablet on the TLS
+    listener with a client certificate, anonymous clients and foreign commands refused."""
+    need("mosquitto", have_mosquitto())
+    etc = pki.ca.parent
+    password_file(etc / "passwd", PASSWORDS)
+    broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
+    tls_port = free_port()
+    broker.conf.write_text(shipped_config(etc, port=broker.port, tls_port=tls_port))
+    tm, world = "tm-shipped", World()
+    p = f"treadmill/{tm}"
+    tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
+    async with running(broker):
+        await refused_login(broker)
+        assert "CERTIFICATE_REQUIRED" in await tls_refused(tls_port, TlsSettings(pki.ca).context())
+        async with (
+            client_of(
+                broker,
+                f"{p}/reply",
+                f"{p}/availability",
+                **login("tablet"),
+                tls=tablet_tls.context(),
+                port=tls_port,
+            ) as tab,
+            link_for(broker, world, tm),
+            tablet(broker, **login("dashboard")) as dashboard,
+        ):
+            await serves_the_tablet(tab, tm, world)
+            await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
+            await send(tab, tm, {"id": "after", "type": "heartbeat"})
+            assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+            assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
