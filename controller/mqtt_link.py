@@ -14,9 +14,9 @@ leaves a dead client behind - Moonraker bug #1104):
   retained) and a clean start (a command queued while the daemon was away is never run later);
 - subscribes to ``<p>/cmd`` at QoS 1 with "retain as published", so that a retained command is
   recognised and refused, then publishes ``online`` (retained) - after every (re)connect;
-- runs each command through ``execute`` at once, in the receiving task (an ``estop`` reaches the
-  controller without waiting for any publication), and queues the reply;
-- one outbox task publishes replies and events in order (QoS 1, not retained), each preceded
+- runs each command through ``execute`` at once, inside the MQTT client's read callback (an
+  ``estop`` reaches the controller behind no queue and no publication), and queues the reply;
+- one outbox task publishes events, then replies, in order (QoS 1, not retained), each preceded
   by the state (QoS 1, retained) when it changed or, while the belt moves, every
   ``state_period_s``: a reply never overtakes the state its command caused;
 - hands each reading of a configured ``<p>/sensors/<name>`` topic to ``on_sensor`` at once
@@ -49,6 +49,7 @@ from typing import Any, Self, TypeVar
 
 import aiomqtt
 import structlog
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.mqtt_contract import (
@@ -181,6 +182,7 @@ class TabletLink:
         self.connections = 0  # successful connections so far
         self.dropped_events = 0
         self.dropped_replies = 0
+        self._drops_reported_t = -math.inf
 
     # ------------------------------------------------------------------ public surface
 
@@ -192,7 +194,7 @@ class TabletLink:
         """A controller listener: queue one event for publication. Never blocks."""
         if self._push(self._events, event):
             self.dropped_events += 1
-            self._log.warning("mqtt_event_dropped", dropped=self.dropped_events)
+            self._report_drops()
 
     def state_changed(self) -> None:
         """Ask for the state to be looked at now rather than at the next poll. Never blocks."""
@@ -238,7 +240,7 @@ class TabletLink:
             keepalive=self._keepalive_s,
             timeout=self._timeout_s,
             tls_context=self._tls_context,
-            # Bounded: a flood of commands is dropped by the client, never queued without end.
+            # Commands and readings never enter this queue (see _route_inline); bounded anyway.
             max_queued_incoming_messages=self._buffer,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
@@ -283,6 +285,7 @@ class TabletLink:
             delay = min(delay * 2, self._backoff_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
+        self._route_inline(client)  # before subscribing: retained messages follow the SUBACK
         await client.subscribe(
             self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True)
         )
@@ -296,7 +299,7 @@ class TabletLink:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._commands(client), name="mqtt-commands")
+                tg.create_task(self._until_disconnected(client), name="mqtt-connection")
                 tg.create_task(self._outbox(client), name="mqtt-outbox")
                 tg.create_task(self._until_stopped(), name="mqtt-stop")
         except* _Stopping:
@@ -320,41 +323,62 @@ class TabletLink:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _commands(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            if self._stop.is_set():
-                return
-            topic = message.topic.value
-            raw = message.payload
-            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
-            sensor = self._sensor_topics.get(topic)
-            if sensor is not None:
-                # A retained reading is an old one replayed by the broker, never a live one.
-                if not message.retain and self._on_sensor is not None:
-                    self._on_sensor(sensor, payload)
-                continue
-            if topic != self.topics.cmd:
-                continue
-            if message.retain and not payload:
-                continue  # someone clearing a retained command: not a command
-            reply = answer_command(
-                payload,
-                retained=message.retain,
-                t=self._now(),
-                seen=self._seen,
-                execute=self._execute,
+    def _route_inline(self, client: aiomqtt.Client) -> None:
+        """Commands and sensor readings are handled inside the MQTT client's own callback, as
+        their bytes are read, on the event loop's thread: never queued. aiomqtt's incoming
+        queue is bounded and, when a flood fills it, drops what arrives next - an ``estop``
+        among it, after the broker already had its acknowledgement. Handled here, an estop
+        reaches the driver behind no backlog at all (SR-13), and a flood costs replies, which
+        are bounded (and the oldest dropped), never commands."""
+        paho = client._client  # aiomqtt 2.x keeps its paho client private (pinned below 3)
+        paho.message_callback_add(self.topics.cmd, self._on_command_message)
+        for topic in self._sensor_topics:
+            paho.message_callback_add(topic, self._on_sensor_message)
+
+    def _on_sensor_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
+        name = self._sensor_topics.get(message.topic)
+        # A retained reading is an old one replayed by the broker, never a live one.
+        if name is not None and not message.retain and self._on_sensor is not None:
+            self._on_sensor(name, bytes(message.payload))
+
+    def _on_command_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
+        if self._stop.is_set():
+            return
+        payload = bytes(message.payload)
+        if message.retain and not payload:
+            return  # someone clearing a retained command: not a command
+        reply = answer_command(
+            payload,
+            retained=bool(message.retain),
+            t=self._now(),
+            seen=self._seen,
+            execute=self._execute,
+        )
+        if not reply.ok:
+            assert reply.error is not None
+            self._log.info(
+                "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
             )
-            if not reply.ok:
-                assert reply.error is not None
-                self._log.info(
-                    "mqtt_command_refused",
-                    id=reply.id,
-                    code=reply.error.value,
-                    message=reply.message,
-                )
-            if self._push(self._replies, reply):
-                self.dropped_replies += 1
-                self._log.warning("mqtt_reply_dropped", dropped=self.dropped_replies)
+        if self._push(self._replies, reply):
+            self.dropped_replies += 1
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        """A flood drops thousands a second: say so at most once a second, with the counts."""
+        now = self._now()
+        if now - self._drops_reported_t >= 1.0:
+            self._drops_reported_t = now
+            self._log.warning(
+                "mqtt_buffer_full_dropped_oldest",
+                dropped_replies=self.dropped_replies,
+                dropped_events=self.dropped_events,
+            )
+
+    async def _until_disconnected(self, client: aiomqtt.Client) -> None:
+        """Everything subscribed to is routed inline; this only notices a lost connection
+        (the iterator raises MqttError)."""
+        async for _ in client.messages:
+            pass
 
     async def _outbox(self, client: aiomqtt.Client) -> None:
         last_key: str | None = None  # per connection: the first state always goes out
@@ -374,8 +398,8 @@ class TabletLink:
     async def _publish_pending(
         self, client: aiomqtt.Client, last_key: str | None
     ) -> tuple[str | None, bool]:
-        """Replies and events in order, each preceded by the state if it changed or, while the
-        belt moves, is due. Returns the state's key and whether the belt moves.
+        """Events, then replies, each in order and each preceded by the state if it changed or,
+        while the belt moves, is due. Returns the state's key and whether the belt moves.
 
         Looking at the state before every item keeps it close behind what changed it: a
         command's reply never overtakes the state the command caused.
@@ -384,13 +408,15 @@ class TabletLink:
             last_key, moving = await self._publish_state(client, last_key)
             # An item leaves its buffer only once it is published, so what a lost connection
             # interrupted goes out again after the reconnect.
-            if self._replies:
-                await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
-                self._replies.popleft()
-            elif self._events:
+            # Events first: under a flood of commands an estop event must not wait behind a
+            # backlog of replies.
+            if self._events:
                 event = encode_event(self._events[0], to_unix=self._to_unix)
                 await client.publish(self.topics.events, to_payload(event), qos=1)
                 self._events.popleft()
+            elif self._replies:
+                await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
+                self._replies.popleft()
             else:
                 return last_key, moving
 

@@ -26,7 +26,17 @@ import aiomqtt
 import pytest
 
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
-from tests.mosquitto import Broker, Tablet, body, tablet, text_is
+from tests.mosquitto import (
+    PASSWORDS,
+    Broker,
+    Tablet,
+    auth_lines,
+    body,
+    have_mosquitto,
+    login,
+    tablet,
+    text_is,
+)
 
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
@@ -103,11 +113,12 @@ class Clinician:
 
 
 @asynccontextmanager
-async def clinician(broker: Broker, tm: str, *, heartbeat: bool = True) -> AsyncIterator[Clinician]:
+async def clinician(
+    broker: Broker, tm: str, *, heartbeat: bool = True, account: str | None = None
+) -> AsyncIterator[Clinician]:
     p = f"treadmill/{tm}"
-    async with tablet(
-        broker, f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability"
-    ) as tab:
+    topics = (f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability")
+    async with tablet(broker, *topics, **(login(account) if account else {})) as tab:
         await tab.next(f"{p}/availability", text_is("online"))
         doc = Clinician(tab, p)
         beat = asyncio.create_task(doc.heartbeat_forever()) if heartbeat else None
@@ -123,13 +134,14 @@ async def clinician(broker: Broker, tm: str, *, heartbeat: bool = True) -> Async
 class SensorUser:
     """The grip and fall sensors of MQTT-API.md, reporting every 100 ms what the user does."""
 
-    def __init__(self, broker: Broker, tm: str) -> None:
+    def __init__(self, broker: Broker, tm: str, account: str | None = None) -> None:
         self.broker = broker
+        self.login = login(account) if account else {}
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
 
     async def run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.broker.port) as client:
+        async with aiomqtt.Client("127.0.0.1", self.broker.port, **self.login) as client:
             while True:
                 for name, value in self.values.items():
                     await self.publish(client, name, value)
@@ -141,8 +153,10 @@ class SensorUser:
 
 
 @asynccontextmanager
-async def sensor_user(broker: Broker, tm: str) -> AsyncIterator[SensorUser]:
-    user = SensorUser(broker, tm)
+async def sensor_user(
+    broker: Broker, tm: str, account: str | None = None
+) -> AsyncIterator[SensorUser]:
+    user = SensorUser(broker, tm, account)
     task = asyncio.create_task(user.run())
     try:
         yield user
@@ -375,6 +389,51 @@ async def test_sr8_a_reading_stamped_long_ago_is_stale_on_arrival(
         assert "stale" in message or "grip" in message
 
 
+@pytest.mark.asyncio
+async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
+    """The daemon, the tablet and the sensors each with their own account of the shipped ACL
+    (config/mosquitto/acl); the daemon's password comes from the environment. A command from
+    any other account never reaches the daemon."""
+    if not have_mosquitto():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, auth_lines(tmp_path))
+    broker.start()
+    config = daemon_config(
+        tmp_path,
+        broker.port,
+        treadmill_id="tm-acl",
+        sensors="mqtt",
+        mqtt_extra='username = "treadguard"',
+    )
+    daemon = DaemonProcess(
+        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
+    )
+    daemon.start()
+    try:
+        async with (
+            sensor_user(broker, "tm-acl", account="sensors"),
+            clinician(broker, "tm-acl", account="tablet") as doc,
+        ):
+            await doc.state(lambda s: s["stale"] == [], within=10.0)
+            ok(await doc.command("start_session", user="u-12", program="first_session"))
+            await doc.state(running, within=SESSION_WAIT_S)
+            async with tablet(broker, **login("sensors")) as intruder:
+                # Acknowledged by the broker before it is dropped, so it is gone by the time
+                # the tablet's next command is answered.
+                await intruder.publish(f"{doc.p}/cmd", b'{"id": "x", "type": "estop"}')
+            ok(await doc.command("heartbeat"))
+            answered = time.time()
+            state = await doc.state(lambda s: s["ts"] >= answered, within=1.0)
+            assert state["state"] == "running"
+            assert state["latched"] is None
+            ok(await doc.command("stop"))
+            await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    finally:
+        daemon.stop()
+        broker.kill()
+    assert "mqtt_connected" in daemon.log_text()
+
+
 # ----------------------------------------------------------------------------- a real wire
 
 
@@ -452,6 +511,39 @@ async def test_sr12_broker_killed_mid_session_never_moves_the_belt_and_recovers(
         assert ended["latched"] is None
         assert ended["session"] is None
         ok(await doc.command("heartbeat"))
+    assert daemon.alive()
+
+
+@pytest.mark.asyncio
+async def test_sr12_sr13_a_hung_broker_never_holds_up_the_control_loop(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A broker that stops answering mid-session (SIGSTOP) blocks every publication of the
+    daemon's; the control loop runs on regardless, and SR-12's grace ends the session *while*
+    the broker is frozen, not when it comes back."""
+    daemon = make_daemon(treadmill_id="tm-hung")
+    async with clinician(broker, "tm-hung") as doc:
+        ok(await doc.command("start_session", user="u-11", program="first_session"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        frozen_at = time.time()
+        broker.freeze()
+        try:
+            # The fault lasts the heartbeat grace (5 s), the controlled stop (2 s) and some.
+            await asyncio.sleep(9.0)
+            assert daemon.alive()
+        finally:
+            thawed_at = time.time()
+            broker.thaw()
+        # The events the daemon kept while the broker was hung arrive after it reconnects.
+        stopping = await doc.tab.next(
+            f"{doc.p}/events", lambda m: body(m)["type"] == "stopping", within=SESSION_WAIT_S
+        )
+        event = body(stopping)
+        assert isinstance(event, dict)
+        assert event["reason"] == "tablet_lost"
+        assert frozen_at < event["ts"] < thawed_at
+        final = await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        assert final["latched"] is None
     assert daemon.alive()
 
 

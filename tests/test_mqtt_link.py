@@ -22,7 +22,7 @@ import pytest
 from controller.mqtt_link import TabletLink
 from safety.core import SessionView, Snapshot
 from safety.decisions import ACCEPTED, Event, EventType, Reply, State
-from safety.inputs import Command, Hand, Heartbeat
+from safety.inputs import Command, EStop, Hand, Heartbeat
 from tests.mosquitto import WAIT_S, Broker, Tablet, body, tablet, text_is
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,3 +337,26 @@ async def test_cancelling_run_ends_it_even_while_it_publishes(broker: Broker) ->
                     await task
             assert task.done()
             await tab.next(f"{p}/availability", text_is("offline"))
+
+
+@pytest.mark.asyncio
+async def test_sr13_a_flood_of_commands_loses_none_and_the_estop_in_it_runs(
+    broker: Broker,
+) -> None:
+    """Commands are handled as they are read, never queued: with buffers of 16, a burst of
+    900 commands and an estop are all run; what the flood costs is the oldest replies."""
+    tm, world = "tm-burst", World()
+    p = f"treadmill/{tm}"
+    async with (
+        tablet(broker, f"{p}/reply", f"{p}/availability") as tab,
+        make_link(broker, world, tm, buffer=16) as link,
+    ):
+        await tab.next(f"{p}/availability", text_is("online"))
+        burst = [json.dumps({"id": f"f{n}", "type": "heartbeat"}).encode() for n in range(900)]
+        burst.insert(450, json.dumps({"id": "stop-now", "type": "estop"}).encode())
+        await asyncio.gather(*(tab.publish(f"{p}/cmd", payload) for payload in burst))
+        await send(tab, tm, {"id": "last", "type": "heartbeat"})
+        await tab.next(f"{p}/reply", lambda m: body(m) == {"id": "last", "ok": True})
+    assert len(world.commands) == 902
+    assert [type(c) for c in world.commands].count(EStop) == 1
+    assert link.dropped_replies > 0  # the flood did overflow the reply buffer
