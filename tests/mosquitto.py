@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections import defaultdict
@@ -133,10 +134,12 @@ def password_file(path: Path, accounts: dict[str, str]) -> Path:
 
 
 class Tablet:
-    """A plain aiomqtt client; every message it receives is kept, per topic, in order."""
+    """A plain aiomqtt client; every message it receives is kept, per topic, in order, and
+    ``order`` lists the topics of all of them in arrival order."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self.client = client
+        self.order: list[str] = []
         self._queues: dict[str, asyncio.Queue[aiomqtt.Message]] = defaultdict(asyncio.Queue)
 
     async def subscribe(self, topic: str) -> None:
@@ -144,6 +147,7 @@ class Tablet:
 
     async def read(self) -> None:
         async for message in self.client.messages:
+            self.order.append(message.topic.value)
             self._queues[message.topic.value].put_nowait(message)
 
     async def next(
@@ -167,18 +171,28 @@ class Tablet:
 
 @asynccontextmanager
 async def tablet(
-    broker: Broker, *topics: str, username: str | None = None, password: str | None = None
+    broker: Broker,
+    *topics: str,
+    username: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[Tablet]:
-    """A connected :class:`Tablet` subscribed to ``topics``, reading in the background."""
+    """A connected :class:`Tablet` subscribed to ``topics``, reading in the background.
+    ``port`` overrides the broker's (a TLS listener); connecting is bounded by WAIT_S."""
     client = aiomqtt.Client(
         "127.0.0.1",
-        broker.port,
+        port if port is not None else broker.port,
         username=username,
         password=password,
         protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=tls,
+        timeout=WAIT_S,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
-    async with client:
+    async with asyncio.timeout(WAIT_S):
+        await client.__aenter__()
+    try:
         tab = Tablet(client)
         reader = asyncio.create_task(tab.read(), name="tablet-reader")
         try:
@@ -189,6 +203,8 @@ async def tablet(
             reader.cancel()
             with suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await reader
+    finally:
+        await client.__aexit__(None, None, None)
 
 
 def body(message: aiomqtt.Message) -> object:

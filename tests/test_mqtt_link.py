@@ -166,7 +166,7 @@ async def test_sr15_duplicate_id_gets_the_original_reply_and_runs_once(broker: B
 
 
 CHILD = """
-import asyncio, sys, time
+import asyncio, os, sys, time
 sys.path.insert(0, sys.argv[3])
 from controller.mqtt_link import TabletLink
 from safety.core import Snapshot
@@ -178,6 +178,8 @@ SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: T
 
 async def main() -> None:
     async with TabletLink(treadmill_id=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]),
+                          username=os.environ.get("TEST_MQTT_USERNAME"),
+                          password=os.environ.get("TEST_MQTT_PASSWORD"),
                           execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
                           now=time.monotonic, to_unix=lambda t: t):
         await asyncio.Event().wait()
@@ -186,13 +188,19 @@ asyncio.run(main())
 """
 
 
-def spawn_link_process(tm: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_link_process(
+    tm: str, port: int, log_path: Path, login: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A TabletLink in a process of its own, to be killed; ``login``: its username/password."""
+    account = {}
+    if login is not None:
+        account = {"TEST_MQTT_USERNAME": login["username"], "TEST_MQTT_PASSWORD": login["password"]}
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-c", CHILD, tm, str(port), str(ROOT)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **account},
         )
 
 

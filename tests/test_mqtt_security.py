@@ -19,10 +19,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
-from tests.test_mqtt_link import World, make_link, send
+from tests.test_mqtt_link import World, make_link, send, spawn_link_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = ROOT / "config" / "mosquitto" / "treadguard.conf"
@@ -131,56 +129,6 @@ async def publish_refused(tab: Tablet, topic: str, payload: bytes, *, retain: bo
     assert codes == [NOT_AUTHORIZED], f"{topic} was not refused: {codes}"
 
 
-class Watcher(Tablet):
-    """A Tablet that also records every topic it receives on, in arrival order."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        super().__init__(client)
-        self.order: list[str] = []
-
-    async def read(self) -> None:
-        async for message in self.client.messages:
-            self.order.append(message.topic.value)
-            self._queues[message.topic.value].put_nowait(message)
-
-
-@asynccontextmanager
-async def client_of(
-    broker: Broker,
-    *topics: str,
-    username: str | None = None,
-    password: str | None = None,
-    tls: ssl.SSLContext | None = None,
-    port: int | None = None,
-) -> AsyncIterator[Watcher]:
-    """Like ``tests.mosquitto.tablet``, with TLS and the arrival order of every topic."""
-    client = aiomqtt.Client(
-        "127.0.0.1",
-        port if port is not None else broker.port,
-        username=username,
-        password=password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls,
-        timeout=WAIT_S,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
-    async with asyncio.timeout(WAIT_S):
-        await client.__aenter__()
-    try:
-        watcher = Watcher(client)
-        reader = asyncio.create_task(watcher.read(), name="watcher-reader")
-        try:
-            for topic in topics:
-                await watcher.subscribe(topic)
-            yield watcher
-        finally:
-            reader.cancel()
-            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
-    finally:
-        await client.__aexit__(None, None, None)
-
-
 async def refused_login(
     broker: Broker,
     *,
@@ -191,7 +139,7 @@ async def refused_login(
 ) -> aiomqtt.MqttError:
     """Try to connect; the broker must refuse. Returns the error aiomqtt raised."""
     with pytest.raises(aiomqtt.MqttError) as refused:
-        async with client_of(broker, username=username, password=password, tls=tls, port=port):
+        async with tablet(broker, username=username, password=password, tls=tls, port=port):
             pass
     return refused.value
 
@@ -444,7 +392,7 @@ async def test_a_dashboard_reads_state_events_and_availability_but_not_commands(
         tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab,
         link_for(secured, world, tm) as link,
         # Mosquitto grants the subscription and filters what it delivers, message by message.
-        client_of(secured, "treadmill/#", **login("dashboard")) as dashboard,
+        tablet(secured, "treadmill/#", **login("dashboard")) as dashboard,
     ):
         await tab.next(f"{p}/availability", text_is("online"))
         await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
@@ -458,43 +406,6 @@ async def test_a_dashboard_reads_state_events_and_availability_but_not_commands(
         assert {f"{p}/availability", f"{p}/state"} <= set(dashboard.order)
 
 
-CHILD = """
-import asyncio, os, sys, time
-sys.path.insert(0, sys.argv[3])
-from controller.mqtt_link import TabletLink
-from safety.core import Snapshot
-from safety.decisions import ACCEPTED, State
-from safety.inputs import Hand
-
-SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: True}, False,
-                (), None, None)
-
-async def main() -> None:
-    async with TabletLink(treadmill_id=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]),
-                          username="treadguard", password=os.environ["TEST_MQTT_PASSWORD"],
-                          execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
-                          now=time.monotonic, to_unix=lambda t: t):
-        await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
-def spawn_daemon(tm: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A TabletLink in a process of its own, logged in as the daemon, to be killed."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", CHILD, tm, str(port), str(ROOT)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "TEST_MQTT_PASSWORD": PASSWORDS["treadguard"],
-            },
-        )
-
-
 @pytest.mark.asyncio
 async def test_sr12_the_daemons_will_reaches_the_tablet_under_the_acl(
     secured: Broker, tmp_path: Path
@@ -503,7 +414,7 @@ async def test_sr12_the_daemons_will_reaches_the_tablet_under_the_acl(
     daemon's account may not write <p>/availability."""
     tm = "tm-will"
     p = f"treadmill/{tm}"
-    child = spawn_daemon(tm, secured.port, tmp_path / "child.log")
+    child = spawn_link_process(tm, secured.port, tmp_path / "child.log", login("treadguard"))
     try:
         async with tablet(secured, f"{p}/availability", **login("tablet")) as tab:
             await tab.next(f"{p}/availability", text_is("online"))
@@ -525,7 +436,7 @@ async def test_sr12_daemon_and_tablet_over_tls_trusting_the_ca(tmp_path: Path, p
     trust_ca = TlsSettings(ca_file=pki.ca)
     async with (
         running(tls_broker(tmp_path, pki)) as broker,
-        client_of(
+        tablet(
             broker, f"{p}/reply", f"{p}/availability", **login("tablet"), tls=trust_ca.context()
         ) as tab,
         link_for(broker, world, tm, tls=trust_ca),
@@ -554,7 +465,7 @@ async def test_sr12_tls_with_client_certificates_required(tmp_path: Path, pki: P
         no_cert.maximum_version = ssl.TLSVersion.TLSv1_2  # here the handshake itself fails
         await refused_login(broker, **login("tablet"), tls=no_cert)
         async with (
-            client_of(
+            tablet(
                 broker,
                 f"{p}/reply",
                 f"{p}/availability",
@@ -603,7 +514,7 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
         await refused_login(broker)
         assert "CERTIFICATE_REQUIRED" in await tls_refused(tls_port, TlsSettings(pki.ca).context())
         async with (
-            client_of(
+            tablet(
                 broker,
                 f"{p}/reply",
                 f"{p}/availability",
