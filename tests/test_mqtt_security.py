@@ -33,6 +33,7 @@ import pytest
 from controller.mqtt_link import TabletLink, TlsSettings
 from safety.decisions import Event, EventType
 from safety.inputs import Heartbeat
+from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     ACL,
     PASSWORDS,
@@ -530,3 +531,36 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
             await send(tab, tm, {"id": "after", "type": "heartbeat"})
             assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
             assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
+
+
+@pytest.mark.asyncio
+async def test_sr12_the_daemon_over_tls_with_its_certificate_from_its_configuration(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """``treadguard run`` itself: [mqtt] username, [mqtt.tls] ca_file, cert_file and key_file
+    relative to the configuration file, the password from TREADGUARD_MQTT__PASSWORD."""
+    tm = "tm-tls-daemon"
+    p = f"treadmill/{tm}"
+    folder = pki.ca.parent.name  # the certificates' folder, beside the configuration
+    tls_table = (
+        'username = "treadguard"\n\n[mqtt.tls]\n'
+        f'ca_file = "{folder}/{pki.ca.name}"\n'
+        f'cert_file = "{folder}/{pki.daemon_cert.name}"\n'
+        f'key_file = "{folder}/{pki.daemon_key.name}"'
+    )
+    async with running(tls_broker(tmp_path, pki, require_certificate=True)) as broker:
+        config = daemon_config(tmp_path, broker.port, treadmill_id=tm, mqtt_extra=tls_table)
+        daemon = DaemonProcess(
+            config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
+        )
+        daemon.start()
+        try:
+            tablet_tls = TlsSettings(pki.ca, pki.tablet_cert, pki.tablet_key).context()
+            async with tablet(
+                broker, f"{p}/reply", f"{p}/availability", **login("tablet"), tls=tablet_tls
+            ) as tab:
+                await tab.next(f"{p}/availability", text_is("online"), within=15.0)
+                await send(tab, tm, {"id": "hb", "type": "heartbeat"})
+                assert fields(await tab.next(f"{p}/reply")) == {"id": "hb", "ok": True}
+        finally:
+            daemon.stop()
