@@ -17,7 +17,7 @@ from config.loading import ConfigError, LoadedConfig, load_config
 from config.schema import SimulatedDriveSection
 from controller.daemon import Daemon
 from controller.logs import configure_logging
-from controller.mqtt_contract import default_prefix
+from controller.mqtt_settings import broker_settings
 from controller.simulation import (
     ScenarioResult,
     SimulationError,
@@ -177,17 +177,21 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
 
 
 def _sim_user_broker(loaded: LoadedConfig) -> tuple[MqttBroker, str]:
-    mqtt = loaded.config.mqtt
-    password = None if mqtt.password is None else mqtt.password.get_secret_value()
-    prefix = mqtt.prefix or default_prefix(loaded.config.treadmill.id)
-    return MqttBroker(mqtt.host, mqtt.port, mqtt.username, password), prefix
+    b = broker_settings(loaded)
+    return MqttBroker(b.host, b.port, b.username, b.password), b.prefix
 
 
 async def _serve_sim_user(broker: MqttBroker, prefix: str, interval_s: float) -> None:
-    task = asyncio.create_task(serve_user(broker, prefix, report_interval_s=interval_s))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_user(broker, prefix, report_interval_s=interval_s, stop=stop))
+
+    def on_signal() -> None:
+        stop.set()
+        task.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

@@ -20,7 +20,6 @@ import gc
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -30,13 +29,9 @@ from config.schema import SimulatedDriveSection
 from controller.control import Controller
 from controller.drives import build_driver, in_process_rig
 from controller.loop import ScaledClock, run_control_loop
-from controller.mqtt_contract import (
-    SensorPayloadError,
-    default_prefix,
-    parse_sensor_payload,
-    sensor_input,
-)
-from controller.mqtt_link import TabletLink, TlsSettings, unix_mapper
+from controller.mqtt_contract import SensorPayloadError, parse_sensor_payload, sensor_input
+from controller.mqtt_link import TabletLink, unix_mapper
+from controller.mqtt_settings import broker_settings
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
 from safety.decisions import ARMED_STATES, LATCHED_STATES, State
@@ -51,10 +46,6 @@ SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this 
 class _SensorHealth:
     bad: int = 0
     last_warned: float = -SENSOR_WARN_EVERY_S
-
-
-def _resolved(loaded: LoadedConfig, path: Path | None) -> Path | None:
-    return None if path is None else loaded.resolve(path)
 
 
 class Daemon:
@@ -87,23 +78,16 @@ class Daemon:
             self.driver = build_driver(loaded, clock.time)
             self.drive_description = f"{cfg.drive.kind} driver"
         self.controller = Controller(self.core, self.driver, clock, logger=self._log)
-        mqtt = cfg.mqtt
-        tls = None
-        if mqtt.tls is not None:
-            tls = TlsSettings(
-                ca_file=loaded.resolve(mqtt.tls.ca_file),
-                cert_file=_resolved(loaded, mqtt.tls.cert_file),
-                key_file=_resolved(loaded, mqtt.tls.key_file),
-            )
+        mqtt, broker = cfg.mqtt, broker_settings(loaded)
         treadmill_id = cfg.treadmill.id
         self.link = TabletLink(
             treadmill_id=treadmill_id,
-            host=mqtt.host,
-            port=mqtt.port,
-            prefix=mqtt.prefix if mqtt.prefix is not None else default_prefix(treadmill_id),
-            username=mqtt.username,
-            password=None if mqtt.password is None else mqtt.password.get_secret_value(),
-            tls=tls,
+            host=broker.host,
+            port=broker.port,
+            prefix=broker.prefix,
+            username=broker.username,
+            password=broker.password,
+            tls=broker.tls,
             identifier=mqtt.client_id,
             keepalive_s=mqtt.keepalive_s,
             state_period_s=mqtt.state_period_s,

@@ -34,8 +34,8 @@ from pydantic import TypeAdapter, ValidationError
 import config as config_package
 from config.loading import ConfigError, load_config
 from config.schema import MqttTopicPrefix
-from controller.mqtt_contract import JsonObject, Topics, default_prefix, state_key, to_payload
-from controller.mqtt_link import TlsSettings
+from controller.mqtt_contract import JsonObject, Topics, state_key, to_payload
+from controller.mqtt_settings import broker_settings
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -101,15 +101,8 @@ def _connection(args: argparse.Namespace) -> Connection:
     """The broker and prefix: the configuration file (with its TREADGUARD_MQTT__* overrides),
     then the command line. Raises ConfigError, or OSError/ssl.SSLError for unusable TLS files."""
     loaded = load_config(getattr(args, "config", BUILTIN_CONFIG))
-    mqtt = loaded.config.mqtt
-    prefix = getattr(args, "prefix", None) or mqtt.prefix
-    tls = None
-    if mqtt.tls is not None:
-        tls = TlsSettings(
-            ca_file=loaded.resolve(mqtt.tls.ca_file),
-            cert_file=None if mqtt.tls.cert_file is None else loaded.resolve(mqtt.tls.cert_file),
-            key_file=None if mqtt.tls.key_file is None else loaded.resolve(mqtt.tls.key_file),
-        ).context()
+    broker = broker_settings(loaded)
+    tls = None if broker.tls is None else broker.tls.context()
     username: str | None = getattr(args, "username", None)
     # The password never comes from the command line, where `ps` would show it to anyone; nor
     # from [mqtt] password, which is the daemon's own account, not a tablet's.
@@ -117,9 +110,9 @@ def _connection(args: argparse.Namespace) -> Connection:
     if password is not None and username is None:
         print(f"warning: {PASSWORD_ENV} is set but --username is not: no login", file=sys.stderr)
     return Connection(
-        host=getattr(args, "host", None) or mqtt.host,
-        port=getattr(args, "port", None) or mqtt.port,
-        topics=Topics(prefix or default_prefix(loaded.config.treadmill.id)),
+        host=getattr(args, "host", None) or broker.host,
+        port=getattr(args, "port", None) or broker.port,
+        topics=Topics(getattr(args, "prefix", None) or broker.prefix),
         username=username,
         password=password,
         tls=tls,

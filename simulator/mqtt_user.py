@@ -12,6 +12,7 @@ so that a technician in another terminal, a demo script or a test can act for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -104,13 +105,16 @@ async def serve_user(
     prefix: str,
     *,
     report_interval_s: float,
+    stop: asyncio.Event,
     echo: Callable[[str], None] = print,
     user: SimulatedUser | None = None,
 ) -> None:
-    """Publish the user's sensor readings until cancelled; reconnect when the broker goes."""
+    """Publish the user's sensor readings until ``stop`` is set (then cancel the task too);
+    reconnect when the broker goes. The flag is what ends the loops: on Python 3.11 a
+    cancellation that lands as an aiomqtt call completes can be swallowed by its wait_for."""
     user = user if user is not None else SimulatedUser()
     lost = False
-    while True:
+    while not stop.is_set():
         try:
             async with broker.client() as client:
                 if lost:
@@ -118,21 +122,27 @@ async def serve_user(
                 lost = False
                 await client.subscribe(instruction_topic(prefix), qos=1)
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_report(client, prefix, user, report_interval_s))
+                    tg.create_task(_report(client, prefix, user, report_interval_s, stop))
                     tg.create_task(_listen(client, user, echo))
         except* aiomqtt.MqttError:
             if not lost:
                 echo("simulated user: broker lost, reconnecting")
             lost = True
-        await asyncio.sleep(0.5)  # the reconnect period
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):  # the reconnect period
+                await stop.wait()
 
 
 async def _report(
-    client: aiomqtt.Client, prefix: str, user: SimulatedUser, interval_s: float
+    client: aiomqtt.Client,
+    prefix: str,
+    user: SimulatedUser,
+    interval_s: float,
+    stop: asyncio.Event,
 ) -> None:
     loop = asyncio.get_running_loop()
     next_t = loop.time()
-    while True:
+    while not stop.is_set():
         for name, payload in user.readings(time.time()):
             await client.publish(f"{prefix}/sensors/{name}", payload, qos=0)
         next_t += interval_s
