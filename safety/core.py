@@ -43,6 +43,7 @@ from safety.inputs import (
     Hand,
     Heartbeat,
     Input,
+    JournalHealth,
     Reset,
     Sensor,
     SetSpeed,
@@ -136,7 +137,10 @@ class SafetyCore:
         *,
         default_program: str,
         t0: float = 0.0,
+        sessions_before: int = 0,
     ) -> None:
+        """``sessions_before``: how many sessions this treadmill has had (the journal knows),
+        so that session ids stay unique across restarts."""
         if default_program not in programs:
             raise ValueError(f"default program {default_program!r} is not among the programs")
         self.limits = limits
@@ -148,7 +152,8 @@ class SafetyCore:
         self.target = 0.0
         self.session: _Session | None = None
         self.latch: Latch | None = None
-        self._sessions_started = 0
+        self._sessions_started = sessions_before
+        self._journal_problem: str | None = None
         self._readings: dict[Sensor, _Reading] = {}
         # Derived from the readings and the time; computed at most once per input.
         self._stale_cache: dict[Sensor, bool] = {}
@@ -184,6 +189,10 @@ class SafetyCore:
                 self._drive_error_t = self.now
                 cause = Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT
                 self._latch(State.FAULT, cause, detail)
+            case JournalHealth(writable=writable, detail=detail):
+                self._journal_problem = None if writable else (detail or "cannot be written")
+                if not writable:
+                    self._latch(State.FAULT, Cause.JOURNAL, f"journal: {detail}")
             case _:
                 reply = self._command(event)
         self._check()
@@ -447,6 +456,8 @@ class SafetyCore:
             unmet.append("drive is not answering")
         elif self._drive_mph > STANDSTILL_MPH:
             unmet.append("belt is not at standstill")
+        if self._journal_problem is not None:
+            unmet.append(f"the session journal cannot be written ({self._journal_problem})")
         return unmet
 
     def _set_speed(self, mph: float) -> Reply:
@@ -493,6 +504,8 @@ class SafetyCore:
             unmet.append("drive is not answering, standstill cannot be confirmed")
         elif self._drive_mph > STANDSTILL_MPH:
             unmet.append("belt is not at standstill")
+        if latch.cause is Cause.JOURNAL and self._journal_problem is not None:
+            unmet.append(f"the session journal cannot be written ({self._journal_problem})")
         if latch.cause is Cause.DRIVE_FAULT and (
             self._drive_t is None
             or self._drive_error_t is None

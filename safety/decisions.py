@@ -29,6 +29,7 @@ class Cause(StrEnum):
     DRIVE_LINK = "drive_link"
     DRIVE_FAULT = "drive_fault"
     FEEDBACK_MISMATCH = "feedback_mismatch"
+    JOURNAL = "journal"
 
 
 class EventType(StrEnum):

@@ -64,6 +64,16 @@ class DriveError:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalHealth:
+    """Whether the session journal can be written (SR-14). A journal that cannot be written
+    latches a fault and refuses starts until it can again: a session must leave a record."""
+
+    t: float
+    writable: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StartSession:
     t: float
     user: str
@@ -100,4 +110,4 @@ class Heartbeat:
 
 Command = StartSession | SetSpeed | Stop | EStop | Reset | Heartbeat
 SensorInput = GripReading | FallReading
-Input = Tick | GripReading | FallReading | DriveFeedback | DriveError | Command
+Input = Tick | GripReading | FallReading | DriveFeedback | DriveError | JournalHealth | Command

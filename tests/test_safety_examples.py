@@ -36,6 +36,7 @@ from safety.inputs import (
     Hand,
     Heartbeat,
     Input,
+    JournalHealth,
     Reset,
     SetSpeed,
     StartSession,
@@ -802,3 +803,48 @@ def test_sr12_tablet_lost_during_an_interval_stop_ends_the_session() -> None:
     _, ended = first_event(world, EventType.SESSION_ENDED, mark)
     assert ended.fields["reason"] == EndReason.TABLET_LOST.value
     assert world.state is State.IDLE
+
+
+# --------------------------------------------------------------------------- SR-14 journal
+
+
+def test_sr14_an_unwritable_journal_stops_the_belt_and_refuses_starts_until_writable() -> None:
+    world = at_speed(1.0)
+    d = world.command(lambda t: JournalHealth(t, writable=False, detail="disk full"))
+    assert d.emergency_stop
+    assert world.state is State.FAULT
+    latch = world.core.latch
+    assert latch is not None
+    assert latch.cause is Cause.JOURNAL
+    world.run(5.0)  # the belt comes to standstill
+    reset = refusal(world.command(Reset))
+    assert "journal" in reset.message
+    world.command(lambda t: JournalHealth(t, writable=True))
+    assert isinstance(world.command(Reset).reply, Accepted)
+    assert world.state is State.IDLE
+
+
+def test_sr14_no_start_while_the_journal_cannot_be_written() -> None:
+    world = World()
+    world.run(1.0)
+    world.command(lambda t: JournalHealth(t, writable=False, detail="read-only file system"))
+    assert world.state is State.FAULT  # latched even with the belt at rest
+    assert refusal(world.start()).code is RefusalCode.LATCHED
+    assert "read-only file system" in refusal(world.command(Reset)).message
+    world.command(lambda t: JournalHealth(t, writable=True))
+    assert isinstance(world.command(Reset).reply, Accepted)
+    assert isinstance(world.start().reply, Accepted)
+
+
+def test_session_ids_continue_after_the_sessions_the_journal_knows() -> None:
+    core = SafetyCore(
+        SafetyLimits(), load_programs(PROGRAMS_DIR), default_program="first_session",
+        sessions_before=41,
+    )  # fmt: skip
+    assert core.handle(Tick(0.0)).events == ()
+    world = World()
+    world.core = core
+    world.run(1.0)
+    world.start()
+    started = world.events(EventType.SESSION_STARTED)
+    assert started[0].fields["session_id"] == "42"
