@@ -183,6 +183,7 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
         '[drive]\nkind = "simulator"\n\n'
         '[sensors]\nsource = "simulator"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        f"[journal]\npath = '{(workdir / 'journal.sqlite').as_posix()}'\n\n"
         '[logging]\nlevel = "warning"\nformat = "json"\n'
     )
     log = workdir / "daemon.log"

@@ -127,11 +127,12 @@ def load_config(path: Path) -> LoadedConfig:
         programs.update(load_programs(loaded.resolve(config.programs.dir)))
     except ProgramError as exc:
         problems.append(f"programs.dir: {exc}")
-    if programs and config.programs.default not in programs:
-        problems.append(
-            f"programs.default: no program named {config.programs.default!r} "
-            f"(known: {', '.join(sorted(programs))})"
-        )
+    for key in ("default", "returning"):
+        name = getattr(config.programs, key)
+        if programs and name not in programs:
+            problems.append(
+                f"programs.{key}: no program named {name!r} (known: {', '.join(sorted(programs))})"
+            )
     for name, program in programs.items():
         lim = config.safety
         if program.max_mph < lim.min_mph or program.min_mph > lim.max_mph:

@@ -36,6 +36,18 @@ class ProgramsSection(_Strict):
     dir: Path = Path("programs")
     # Used when a start command names no program and the user has no history.
     default: str = "first_session"
+    # Used when a start command names no program and the journal has a session of the user's.
+    returning: str = "reverse_walking"
+
+
+class JournalSection(_Strict):
+    """The session journal (SR-14): SQLite in WAL mode, every write synced before it is
+    published. Relative to the configuration file's folder."""
+
+    path: Path = Path("/var/lib/treadguard/journal.sqlite")
+    # When it is this large it counts as full: the belt stops and no session starts, with the
+    # reason, rather than the disk of the whole board filling up.
+    max_size_mb: float = Field(512.0, gt=0.0)
 
 
 class SimulatedDriveSection(_Strict):
@@ -155,6 +167,7 @@ class TreadguardConfig(BaseSettings):
     drive: DriveSection
     sensors: SensorsSection = SensorsSection()
     mqtt: MqttSection = MqttSection()
+    journal: JournalSection = JournalSection()
     logging: LoggingSection = LoggingSection()
 
     @classmethod

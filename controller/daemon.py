@@ -19,7 +19,7 @@ import asyncio
 import gc
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -28,18 +28,30 @@ from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
 from controller.control import Controller
 from controller.drives import build_driver, in_process_rig
+from controller.journal import Journal, JournalError
 from controller.loop import ScaledClock, run_control_loop
 from controller.mqtt_contract import SensorPayloadError, parse_sensor_payload, sensor_input
 from controller.mqtt_link import TabletLink, unix_mapper
 from controller.mqtt_settings import broker_settings
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
-from safety.decisions import ARMED_STATES, LATCHED_STATES, State
-from safety.inputs import EStop, FallReading, GripReading, Hand, Sensor, Stop
+from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, Reply, State
+from safety.inputs import (
+    Command,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    JournalHealth,
+    Sensor,
+    StartSession,
+    Stop,
+)
 from safety.limits import STANDSTILL_MPH
 
 SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
+JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 
 
 @dataclass
@@ -56,6 +68,9 @@ class Daemon:
         self._signalled = asyncio.Event()
         self._sensors: dict[str, _SensorHealth] = {}
         self.drive_description = ""
+        self.journal: Journal | None = None
+        self._journal_problem: str | None = None
+        self._sessions_before = 0
         # Built in run(): they need the running event loop.
         self.core: SafetyCore
         self.controller: Controller
@@ -68,8 +83,15 @@ class Daemon:
     def _assemble(self) -> None:
         loaded, cfg = self.loaded, self.loaded.config
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
+        self.to_unix = unix_mapper(clock.time)
+        self._open_journal()
         self.core = SafetyCore(
-            cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=clock.time()
+            cfg.safety,
+            loaded.programs,
+            default_program=cfg.programs.default,
+            returning_program=cfg.programs.returning,
+            t0=clock.time(),
+            sessions_before=self._sessions_before,
         )
         if isinstance(cfg.drive, SimulatedDriveSection):
             self.driver = in_process_rig(loaded, clock.time).driver
@@ -92,15 +114,107 @@ class Daemon:
             keepalive_s=mqtt.keepalive_s,
             state_period_s=mqtt.state_period_s,
             backoff_max_s=mqtt.backoff_max_s,
-            execute=lambda command: self.controller.submit(command).reply,
+            execute=self._execute,
             snapshot=self.core.snapshot,
             now=clock.time,
-            to_unix=unix_mapper(clock.time),
+            to_unix=self.to_unix,
             sensors=[s.value for s in Sensor] if cfg.sensors.source == "mqtt" else (),
             on_sensor=self._on_sensor_message,
+            before_publish=self._commit_journal,
             logger=self._log.bind(part="mqtt"),
         )
+        # The journal first: an event is on disk before the link can publish it (SR-14).
+        self.controller.listeners.append(self._journal_event)
         self.controller.listeners.append(self.link.on_event)
+
+    # ------------------------------------------------------------------ journal (SR-14)
+
+    def _open_journal(self) -> None:
+        """Open the journal and close what a crash left open. A journal that cannot be opened
+        does not stop the daemon: it serves the tablet with a latched fault that says why,
+        and starts no session."""
+        cfg = self.loaded.config.journal
+        path = self.loaded.resolve(cfg.path)
+        try:
+            self.journal = Journal.open(path, max_size_mb=cfg.max_size_mb)
+            interrupted = self.journal.close_interrupted(time.time())
+            self._sessions_before = self.journal.last_session_id()
+        except JournalError as exc:
+            self.journal = None
+            self._journal_problem = str(exc)
+            return
+        if interrupted:
+            self._log.warning("sessions_interrupted", sessions=interrupted, journal=str(path))
+
+    def _journal_event(self, event: Event) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.record(event, self.to_unix(event.t))
+            except JournalError as exc:
+                self._journal_failed(str(exc))
+
+    def tick(self) -> None:
+        """The control tick, and the session's top speed for the journal, from each drive
+        status (its samples, twice a second, would miss a peak)."""
+        self.controller.tick()
+        if self.journal is not None:
+            status = self.driver.status()
+            if status is not None:
+                self.journal.observe_speed(status.speed_mph)
+
+    def _commit_journal(self) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.commit()
+            except JournalError as exc:
+                self._journal_failed(str(exc))
+
+    def _journal_tick(self) -> None:
+        """Twice a second: the belt's speed while a session is open, and a commit, so that
+        the journal is up to date even while nothing is published (a broker that is down)."""
+        if self.journal is not None:
+            snap = self.core.snapshot()
+            try:
+                if snap.session is not None:
+                    self.journal.sample(time.time(), snap.belt_mph, snap.target_mph)
+                self.journal.commit()
+            except JournalError as exc:
+                self._journal_failed(str(exc))
+        self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
+
+    def _journal_failed(self, detail: str) -> None:
+        """A full disk, a read-only file system: the belt stops, no session starts (the core
+        latches a fault with cause "journal"), until the daemon is restarted with a journal
+        that can be written."""
+        if self._journal_problem is not None:
+            return
+        self._journal_problem = detail
+        self.journal = None
+        self._log.error("journal_failed", error=detail)
+        # Not from inside the listener that found it: the controller is still delivering the
+        # events of the input that caused the write.
+        asyncio.get_running_loop().call_soon(self._report_journal_problem)
+
+    def _report_journal_problem(self) -> None:
+        assert self._journal_problem is not None
+        self.controller.submit(
+            JournalHealth(t=self.clock.time(), writable=False, detail=self._journal_problem)
+        )
+
+    def _execute(self, command: Command) -> Reply | None:
+        """A tablet command; a start carries the user's history from the journal."""
+        if isinstance(command, StartSession):
+            command = replace(command, returning=self._returning(command.user))
+        return self.controller.submit(command).reply
+
+    def _returning(self, user: str) -> bool:
+        if self.journal is None:
+            return False  # no history to go by: first-session rules, the strictest
+        try:
+            return self.journal.has_history(user.strip())
+        except JournalError as exc:
+            self._journal_failed(str(exc))
+            return False
 
     # ------------------------------------------------------------------ sensors
 
@@ -191,11 +305,14 @@ class Daemon:
         )
         clean = False
         try:
+            if self._journal_problem is not None:
+                self._report_journal_problem()
+            self._journal_tick()
             if cfg.sensors.source == "simulator":
                 self._simulated_user()
             async with asyncio.TaskGroup() as tg:
                 control = tg.create_task(
-                    run_control_loop(self.controller, self.clock, 1.0 / cfg.control.tick_hz),
+                    run_control_loop(self, self.clock, 1.0 / cfg.control.tick_hz),
                     name="control",
                 )
                 driver = tg.create_task(self.driver.run(), name="driver")
@@ -217,4 +334,7 @@ class Daemon:
                 self.driver.emergency_stop()
             else:
                 self.driver.command_speed(0.0)
+            if self.journal is not None:
+                self._commit_journal()
+                self.journal.close()
         return 0

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
-
-from controller.control import Controller
+from typing import Any, Protocol
 
 
 class ScaledClock:
@@ -36,7 +34,13 @@ class ScaledClock:
         return seconds / self.scale
 
 
-async def run_control_loop(controller: Controller, clock: ScaledClock, period_s: float) -> None:
+class Ticking(Protocol):
+    """What the loop drives: the Controller, or the daemon, which watches each tick too."""
+
+    def tick(self) -> object: ...
+
+
+async def run_control_loop(controller: Ticking, clock: ScaledClock, period_s: float) -> None:
     """Tick every ``period_s`` on deadlines (not sleep-after-work, which would drift).
 
     A tick that falls more than a period behind is skipped rather than run in a burst.

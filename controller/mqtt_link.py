@@ -137,6 +137,7 @@ class TabletLink:
         duplicate_memory: int = 1024,
         sensors: Iterable[str] = (),
         on_sensor: Callable[[str, bytes], None] | None = None,
+        before_publish: Callable[[], None] | None = None,
         logger: Any = None,
     ) -> None:
         if not 0 < state_period_s <= 0.5:
@@ -172,6 +173,8 @@ class TabletLink:
         if self._sensor_topics and on_sensor is None:
             raise ValueError("sensor topics need an on_sensor callback")
         self._on_sensor = on_sensor
+        # Called before each reply or event goes out: the journal commits what it holds (SR-14).
+        self._before_publish = before_publish
         self._replies: deque[CommandReply] = deque()
         self._events: deque[Event] = deque()
         self._wake = asyncio.Event()
@@ -410,6 +413,8 @@ class TabletLink:
             # interrupted goes out again after the reconnect.
             # Events first: under a flood of commands an estop event must not wait behind a
             # backlog of replies.
+            if (self._events or self._replies) and self._before_publish is not None:
+                self._before_publish()
             if self._events:
                 event = encode_event(self._events[0], to_unix=self._to_unix)
                 await client.publish(self.topics.events, to_payload(event), qos=1)

@@ -138,14 +138,20 @@ class SafetyCore:
         default_program: str,
         t0: float = 0.0,
         sessions_before: int = 0,
+        returning_program: str | None = None,
     ) -> None:
         """``sessions_before``: how many sessions this treadmill has had (the journal knows),
-        so that session ids stay unique across restarts."""
+        so that session ids stay unique across restarts. ``returning_program``: the program of
+        a start that names none, for a user who has had a session before (default: the
+        default program)."""
         if default_program not in programs:
             raise ValueError(f"default program {default_program!r} is not among the programs")
+        if returning_program is not None and returning_program not in programs:
+            raise ValueError(f"program {returning_program!r} is not among the programs")
         self.limits = limits
         self.programs = dict(programs)
         self.default_program = default_program
+        self.returning_program = returning_program or default_program
         self.now = t0
         self.state = State.IDLE
         self.commanded = 0.0
@@ -390,11 +396,18 @@ class SafetyCore:
         user = cmd.user.strip()
         if not user or len(user) > 64:
             return Refused(RefusalCode.INVALID_COMMAND, "user must be 1-64 characters")
-        name = cmd.program or self.default_program
+        name = cmd.program or (self.returning_program if cmd.returning else self.default_program)
         program = self.programs.get(name)
         if program is None:
             known = ", ".join(sorted(self.programs))
             return Refused(RefusalCode.INVALID_COMMAND, f"unknown program {name!r}; known: {known}")
+        if cmd.returning is False and not program.first_session:
+            firsts = ", ".join(sorted(n for n, p in self.programs.items() if p.first_session))
+            return Refused(
+                RefusalCode.PRECONDITIONS_UNMET,
+                f"cannot start: {user} has no treadmill session on record, so this is their "
+                f"first: a first-session program ({firsts}), not {program.name}",
+            )
         cap = program.cap_s_default if cmd.cap_s is None else cmd.cap_s
         if not (math.isfinite(cap) and program.cap_s_min <= cap <= program.cap_s_max):
             return Refused(

@@ -75,11 +75,16 @@ class JournalHealth:
 
 @dataclass(frozen=True, slots=True)
 class StartSession:
+    """``returning``: whether the user has had a treadmill session before, as the journal
+    knows (None: no journal, e.g. a simulation). A user without one is on their first session:
+    a program left out is the first-session program, and any other program is refused."""
+
     t: float
     user: str
     program: str | None = None
     cap_s: float | None = None
     target_mph: float | None = None
+    returning: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ def daemon_config(
         f"[drive]\n{drive}\n\n"
         f'[sensors]\nsource = "{sensors}"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{mqtt_extra}\n\n'
+        f"[journal]\npath = '{(tmp_path / f'journal-{treadmill_id}.sqlite').as_posix()}'\n\n"
         '[logging]\nlevel = "info"\nformat = "json"\n\n'
         f"{extra}\n",
         encoding="utf-8",

@@ -848,3 +848,33 @@ def test_session_ids_continue_after_the_sessions_the_journal_knows() -> None:
     world.start()
     started = world.events(EventType.SESSION_STARTED)
     assert started[0].fields["session_id"] == "42"
+
+
+def test_sr7_a_users_history_decides_the_first_session_program_and_its_cap() -> None:
+    """The journal says whether the user has had a session (StartSession.returning): a first
+    session gets the first-session program and its stricter cap; a later program is refused."""
+    programs = load_programs(PROGRAMS_DIR)
+
+    def world_for() -> World:
+        world = World()
+        world.core = SafetyCore(
+            SafetyLimits(),
+            programs,
+            default_program="first_session",
+            returning_program="reverse_walking",
+        )
+        world.run(1.0)
+        return world
+
+    world = world_for()
+    world.start(returning=False)
+    assert world.events(EventType.SESSION_STARTED)[0].fields["program"] == "first_session"
+    world = world_for()
+    refused = refusal(world.start(returning=False, program="reverse_walking"))
+    assert refused.code is RefusalCode.PRECONDITIONS_UNMET
+    assert "first" in refused.message
+    world = world_for()
+    world.start(returning=True)
+    assert world.events(EventType.SESSION_STARTED)[0].fields["program"] == "reverse_walking"
+    world = world_for()  # no journal: no history to go by, the program named is the program
+    assert isinstance(world.start(program="reverse_walking").reply, Accepted)

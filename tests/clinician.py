@@ -1,0 +1,141 @@
+"""A tablet and a user's sensors for tests of the real daemon: what a clinician's tablet and
+a wireless grip sensor do, over a test's private Mosquitto (MQTT-API.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aiomqtt
+
+from tests.mosquitto import Broker, Tablet, body, login, tablet, text_is
+
+SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
+STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
+
+
+class Clinician:
+    """A tablet: commands by id, heartbeats while a session runs, and what it has seen."""
+
+    def __init__(self, tab: Tablet, prefix: str) -> None:
+        self.tab = tab
+        self.p = prefix
+
+    async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
+        command_id = uuid.uuid4().hex
+        await self.raw(json.dumps({"id": command_id, "type": type_, **fields}).encode())
+        return await self.reply_to(command_id)
+
+    async def raw(self, payload: bytes, *, retain: bool = False) -> None:
+        await self.tab.publish(f"{self.p}/cmd", payload, retain=retain)
+
+    async def reply_to(self, command_id: str | None) -> dict[str, Any]:
+        message = await self.tab.next(f"{self.p}/reply", lambda m: body(m)["id"] == command_id)  # type: ignore[index]
+        reply = body(message)
+        assert isinstance(reply, dict)
+        return reply
+
+    async def state(self, where: Callable[[dict[str, Any]], bool], within: float) -> dict[str, Any]:
+        """The next state that satisfies ``where``, within ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while True:
+                state = body(await self.tab.next(f"{self.p}/state"))
+                assert isinstance(state, dict)
+                if where(state):
+                    return state
+
+    async def event(self, type_: str) -> dict[str, Any]:
+        event = body(await self.tab.next(f"{self.p}/events", lambda m: body(m)["type"] == type_))  # type: ignore[index]
+        assert isinstance(event, dict)
+        return event
+
+    async def reset_when_allowed(self) -> None:
+        """Press Reset until it is accepted: it is refused until standstill is confirmed."""
+        async with asyncio.timeout(5.0):
+            for _ in range(50):
+                if (await self.command("reset"))["ok"]:
+                    return
+                await asyncio.sleep(0.1)  # the retry period of a clinician's button
+        raise AssertionError("reset never accepted")
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            await self.raw(json.dumps({"id": uuid.uuid4().hex, "type": "heartbeat"}).encode())
+            await asyncio.sleep(1.0)  # the tablet's heartbeat period, not a synchronisation
+
+
+@asynccontextmanager
+async def clinician(
+    broker: Broker, tm: str, *, heartbeat: bool = True, account: str | None = None
+) -> AsyncIterator[Clinician]:
+    p = f"treadmill/{tm}"
+    topics = (f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability")
+    async with tablet(broker, *topics, **(login(account) if account else {})) as tab:
+        await tab.next(f"{p}/availability", text_is("online"))
+        doc = Clinician(tab, p)
+        beat = asyncio.create_task(doc.heartbeat_forever()) if heartbeat else None
+        try:
+            yield doc
+        finally:
+            if beat is not None:
+                beat.cancel()
+                with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await beat
+
+
+class SensorUser:
+    """The grip and fall sensors of MQTT-API.md, reporting every 100 ms what the user does."""
+
+    def __init__(self, broker: Broker, tm: str, account: str | None = None) -> None:
+        self.broker = broker
+        self.login = login(account) if account else {}
+        self.p = f"treadmill/{tm}"
+        self.values = {"grip_left": True, "grip_right": True, "fall": False}
+
+    async def run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.broker.port, **self.login) as client:
+            while True:
+                for name, value in self.values.items():
+                    await self.publish(client, name, value)
+                await asyncio.sleep(0.1)  # the sensors' report period, not a synchronisation
+
+    async def publish(self, client: aiomqtt.Client, name: str, value: bool) -> None:
+        payload = json.dumps({"value": value, "ts": time.time()}).encode()
+        await client.publish(f"{self.p}/sensors/{name}", payload, qos=0)
+
+
+@asynccontextmanager
+async def sensor_user(
+    broker: Broker, tm: str, account: str | None = None
+) -> AsyncIterator[SensorUser]:
+    user = SensorUser(broker, tm, account)
+    task = asyncio.create_task(user.run())
+    try:
+        yield user
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
+
+
+def running(state: dict[str, Any]) -> bool:
+    return bool(state["state"] == "running" and state["speed_mph"] >= 0.75)
+
+
+def ok(reply: dict[str, Any]) -> None:
+    assert reply["ok"] is True, reply
+    assert set(reply) == {"id", "ok"}
+
+
+def refused(reply: dict[str, Any], code: str) -> str:
+    assert reply["ok"] is False, reply
+    assert reply["error"]["code"] == code, reply
+    message = reply["error"]["message"]
+    assert isinstance(message, str)
+    assert message
+    return message

@@ -1,0 +1,254 @@
+"""The session journal (SR-14): SQLite in WAL mode, synced before anything is published.
+
+The module on its own (sessions, events, samples, history, interrupted sessions, a full
+journal), then the daemon: an event a tablet has received is already on disk; a journal that
+cannot be opened, or fills up mid-session, stops the belt and refuses starts with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.journal import Journal, JournalError
+from safety.decisions import Event, EventType
+from tests.clinician import SESSION_WAIT_S, clinician, ok, refused, running
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.mosquitto import Broker
+
+
+def started(session: int, user: str = "u1", program: str = "first_session") -> Event:
+    return Event(
+        EventType.SESSION_STARTED,
+        t=0.0,
+        fields={"session_id": str(session), "user": user, "program": program, "cap_s": 180.0},
+    )
+
+
+def ended(session: int, reason: str, moving_s: float = 60.0) -> Event:
+    return Event(
+        EventType.SESSION_ENDED,
+        t=0.0,
+        fields={"session_id": str(session), "reason": reason, "belt_moving_s": moving_s},
+    )
+
+
+def other_connection(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def test_sr14_a_session_its_events_and_samples(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal.open(path)
+    assert other_connection(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    journal.record(started(1), ts=1000.0)
+    journal.sample(1001.0, 0.5, 0.8)
+    journal.sample(1002.0, 0.8, 0.8)
+    journal.record(Event(EventType.GRIP_WARNING, 0.0, {"hand": "left"}), ts=1003.0)
+    journal.record(Event(EventType.ESTOP, 0.0, {"cause": "grip_lost"}), ts=1004.0)
+    journal.record(ended(1, "estop", 4.0), ts=1004.0)
+    # Nothing is visible to anyone else before the commit: it is not yet on disk.
+    assert other_connection(path).execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
+    journal.commit()
+    assert other_connection(path).execute("SELECT COUNT(*) FROM events").fetchone() == (4,)
+
+    reader = Journal.read_only(path)
+    (session,) = reader.sessions()
+    assert (session.id, session.user, session.program, session.cap_s) == (
+        1,
+        "u1",
+        "first_session",
+        180.0,
+    )
+    assert (session.started_at, session.ended_at, session.end_reason) == (1000.0, 1004.0, "estop")
+    assert session.belt_moving_s == 4.0
+    assert session.max_speed_mph == 0.8
+    assert [e.type for e in reader.events(1)] == [
+        "session_started",
+        "grip_warning",
+        "estop",
+        "session_ended",
+    ]
+    assert reader.events(1)[2].fields == {"cause": "grip_lost"}
+    assert reader.samples(1) == [(1001.0, 0.5, 0.8), (1002.0, 0.8, 0.8)]
+    assert reader.last_session_id() == 1
+
+
+def test_history_counts_sessions_that_ran_and_ended_as_planned(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite")
+    for session, (user, reason, moving) in enumerate(
+        [("a", "cap", 180.0), ("b", "estop", 30.0), ("c", "operator_stop", 0.0)], start=1
+    ):
+        journal.record(started(session, user), ts=float(session))
+        journal.record(ended(session, reason, moving), ts=float(session) + 0.5)
+    journal.commit()
+    assert journal.has_history("a")
+    assert not journal.has_history("b")  # an emergency stop is no session had
+    assert not journal.has_history("c")  # the belt never moved
+    assert not journal.has_history("nobody")
+
+
+CRASHING_WRITER = """
+import os, sys
+from pathlib import Path
+from controller.journal import Journal
+from safety.decisions import Event, EventType
+journal = Journal.open(Path(sys.argv[1]))
+journal.record(Event(EventType.SESSION_STARTED, 0.0, {"session_id": "7", "user": "u1",
+               "program": "first_session", "cap_s": 180.0}), ts=100.0)
+journal.sample(101.0, 0.9, 0.9)
+journal.record(Event(EventType.BELT_STARTED, 0.0, {}), ts=103.0)
+journal.commit()
+journal.record(Event(EventType.CAP_WARNING, 0.0, {}), ts=150.0)  # never committed
+os._exit(9)  # the process dies mid-transaction, as under SIGKILL
+"""
+
+
+def test_sr14_a_session_a_crash_left_open_is_closed_as_interrupted(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert crashed.returncode == 9
+
+    again = Journal.open(path)
+    assert again.close_interrupted(ts=200.0) == [7]
+    session = again.session(7)
+    assert session is not None
+    assert session.end_reason == "interrupted"
+    assert session.ended_at == 103.0  # its last record on disk; the cap warning was lost
+    assert session.max_speed_mph == 0.9
+    assert [e.type for e in again.events(7)] == [
+        "session_started",
+        "belt_started",
+        "session_ended",
+    ]
+    assert again.close_interrupted(ts=201.0) == []
+
+
+def test_sr14_a_full_journal_says_so(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite", max_size_mb=0.1)
+    journal.record(started(1), ts=1.0)
+
+    def fill() -> None:
+        for n in range(100_000):
+            journal.record(Event(EventType.COMMAND_REFUSED, 0.0, {"n": n, "pad": "x" * 200}), 2.0)
+            journal.commit()
+
+    with pytest.raises(JournalError, match="full"):
+        fill()
+
+
+def test_a_journal_that_cannot_be_opened_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(JournalError, match="not-a-folder"):
+        Journal.open(blocker / "journal.sqlite")
+    with pytest.raises(JournalError, match="no journal"):
+        Journal.read_only(tmp_path / "missing.sqlite")
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+def journal_of(tmp_path: Path, tm: str) -> Path:
+    return tmp_path / f"journal-{tm}.sqlite"  # where tests/daemon_process.py puts it
+
+
+@pytest.mark.asyncio
+async def test_sr14_an_event_the_tablet_has_is_already_on_disk(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    tm = "tm-journal"
+    make_daemon(treadmill_id=tm)
+    path = journal_of(broker.workdir, tm)
+
+    def on_disk(event_type: str) -> list[dict[str, Any]]:
+        rows = other_connection(path).execute(
+            "SELECT fields FROM events WHERE type = ?", (event_type,)
+        )
+        return [json.loads(fields) for (fields,) in rows]
+
+    async with clinician(broker, tm) as doc:
+        ok(await doc.command("start_session", user="u-20"))
+        assert on_disk("session_started")  # the reply is an acknowledgement
+        await doc.state(running, within=SESSION_WAIT_S)
+        ok(await doc.command("estop"))
+        event = await doc.event("estop")
+        (stored,) = on_disk("estop")
+        assert stored["cause"] == event["cause"] == "remote_estop"
+        assert stored["stop_latency_ms"] == event["stop_latency_ms"]
+        command = uuid.uuid4().hex
+        await doc.raw(json.dumps({"id": command, "type": "set_speed", "mph": 9.0}).encode())
+        refused(await doc.reply_to(command), "not_allowed")
+        assert on_disk("command_refused")  # a refusal is a safety event too
+    (session,) = Journal.read_only(path).sessions()
+    assert (session.user, session.end_reason) == ("u-20", "estop")
+    assert session.max_speed_mph is not None
+    assert session.max_speed_mph >= 0.75
+
+
+@pytest.mark.asyncio
+async def test_sr14_a_journal_that_cannot_be_opened_refuses_every_start(
+    broker: Broker, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")  # a file where the journal's folder should be
+    tm = "tm-nojournal"
+    config = daemon_config(tmp_path, broker.port, treadmill_id=tm)
+    text = config.read_text().replace(
+        journal_of(tmp_path, tm).as_posix(), (blocker / "journal.sqlite").as_posix()
+    )
+    config.write_text(text)
+    daemon = DaemonProcess(config, tmp_path / "d.log")
+    daemon.start()
+    try:
+        async with clinician(broker, tm) as doc:
+            state = await doc.state(lambda s: s["latched"] is not None, within=10.0)
+            assert state["state"] == "fault"
+            assert state["latched"]["cause"] == "journal"
+            message = refused(await doc.command("start_session", user="u-21"), "latched")
+            assert "journal" in message
+            reset = refused(await doc.command("reset"), "preconditions_unmet")
+            assert "blocker" in reset
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_sr14_a_journal_that_fills_up_mid_session_stops_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    tm = "tm-full"
+    make_daemon(env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "0.1"}, treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        ok(await doc.command("start_session", user="u-22"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        # Refusals are journaled: a stream of them fills a small journal quickly.
+        async with asyncio.timeout(60.0):
+            while True:
+                reply = await doc.command("set_speed", mph=5.0)
+                if reply["error"]["code"] != "out_of_range":
+                    break
+        state = await doc.state(lambda s: s["latched"] is not None, within=5.0)
+        assert state["latched"] == {**state["latched"], "kind": "fault", "cause": "journal"}
+        stopped = await doc.state(lambda s: s["speed_mph"] <= 0.05, within=5.0)
+        assert stopped["state"] == "fault"
+        assert "full" in refused(await doc.command("reset"), "preconditions_unmet")
