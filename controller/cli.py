@@ -16,8 +16,10 @@ import config as config_package
 from config.loading import ConfigError, LoadedConfig, load_config
 from config.schema import SimulatedDriveSection
 from controller.daemon import Daemon
+from controller.journal import Journal, JournalError
 from controller.logs import configure_logging
 from controller.mqtt_settings import broker_settings
+from controller.report import history_table, session_report
 from controller.simulation import (
     ScenarioResult,
     SimulationError,
@@ -224,6 +226,52 @@ def cmd_sim_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_journal(config: Path) -> tuple[LoadedConfig, Journal]:
+    loaded = load_config(config)
+    return loaded, Journal.read_only(loaded.resolve(loaded.config.journal.path).resolve())
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The sessions in the journal, oldest first: a table, or one JSON object a line."""
+    try:
+        _, journal = _read_journal(args.config)
+        sessions = journal.sessions(args.user)
+    except (ConfigError, JournalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        for session in sessions:
+            print(json.dumps(session.as_json()))
+    elif sessions:
+        print(history_table(sessions))
+    else:
+        print("no sessions" + (f" of {args.user}" if args.user else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """One session as a self-contained HTML page: facts, speed against time, events."""
+    try:
+        loaded, journal = _read_journal(args.config)
+        session = journal.session(args.session)
+        if session is None:
+            print(f"error: no session {args.session} in the journal", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        page = session_report(
+            session,
+            journal.events(session.id),
+            journal.samples(session.id),
+            treadmill=loaded.config.treadmill.id,
+        )
+    except (ConfigError, JournalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = args.out if args.out is not None else Path(f"session-{session.id}.html")
+    out.write_text(page, encoding="utf-8")
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="treadguard",
@@ -306,6 +354,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="send one instruction to the running simulated user: " + "; ".join(INSTRUCTIONS),
     )
     user.set_defaults(func=cmd_sim_user)
+
+    history = sub.add_parser("history", help="the sessions in the journal")
+    history.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    history.add_argument("--user", default=None, help="only this user's sessions")
+    history.add_argument("--json", action="store_true", help="one JSON object a session")
+    history.set_defaults(func=cmd_history)
+
+    report = sub.add_parser(
+        "report", help="one session as an HTML page: speed against time, with its events"
+    )
+    report.add_argument("session", type=int, metavar="SESSION")
+    report.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    report.add_argument(
+        "--out", type=Path, default=None, help="the page to write (default session-N.html)"
+    )
+    report.set_defaults(func=cmd_report)
 
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
