@@ -99,12 +99,14 @@ def _chart(
     parts.append(line(target, 'stroke="#27c" stroke-dasharray="5,4" stroke-width="1.5"'))
     parts.append(line(speed, 'stroke="#222" stroke-width="2"'))
     for n, e in enumerate(ev for ev in events if ev.type in MARKED):
-        colour = MARKED[e.type]
+        colour, at = MARKED[e.type], x(e.ts)
+        # Near the right edge the label goes to the left of its line, not off the chart.
+        label_x, anchor = (at - 3, "end") if at > WIDTH - PAD - 90 else (at + 3, "start")
         parts.append(
-            f'<line x1="{x(e.ts):.1f}" x2="{x(e.ts):.1f}" y1="{PAD}" y2="{HEIGHT - PAD}" '
-            f'stroke="{colour}" stroke-width="1"/><text x="{x(e.ts) + 3:.1f}" '
-            f'y="{PAD + 12 + 12 * (n % 4)}" font-size="10" fill="{colour}">'
-            f"{html.escape(e.type)}</text>"
+            f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{PAD}" y2="{HEIGHT - PAD}" '
+            f'stroke="{colour}" stroke-width="1"/><text x="{label_x:.1f}" '
+            f'y="{PAD + 12 + 12 * (n % 4)}" font-size="10" fill="{colour}" '
+            f'text-anchor="{anchor}">{html.escape(e.type)}</text>'
         )
     parts.append(
         f'<text x="{PAD}" y="{PAD - 10}" font-size="12">belt mph (solid) and target (dashed)'
