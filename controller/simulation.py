@@ -481,6 +481,8 @@ class ScenarioRun:
                 text = f"sensor {f['sensor']} is stale"
             case EventType.COMMAND_REFUSED:
                 text = ""  # the tablet line shows the refusal
+            case EventType.BELT_FOUND_MOVING:
+                text = f"belt found moving at {f['speed_mph']} mph: stopping it"
         if text:
             self._line(text)
 

@@ -188,9 +188,14 @@ class SafetyCore:
             case GripReading() | FallReading():
                 self._take_reading(event)
             case DriveFeedback(t=t, speed_mph=mph):
+                first = self._drive_t is None
                 if self._drive_t is None or t >= self._drive_t:
                     self._drive_t = t
                     self._drive_mph = abs(mph) if math.isfinite(mph) else math.inf
+                if first and self._drive_mph > STANDSTILL_MPH:
+                    # SR-11: at start-up the belt should stand still; the stop commanded since
+                    # then brings it down, and no start is accepted until it has.
+                    self._emit(EventType.BELT_FOUND_MOVING, speed_mph=self._drive_mph)
             case DriveError(failure=failure, detail=detail):
                 self._drive_error_t = self.now
                 cause = Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT

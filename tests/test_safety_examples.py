@@ -878,3 +878,17 @@ def test_sr7_a_users_history_decides_the_first_session_program_and_its_cap() -> 
     assert world.events(EventType.SESSION_STARTED)[0].fields["program"] == "reverse_walking"
     world = world_for()  # no journal: no history to go by, the program named is the program
     assert isinstance(world.start(program="reverse_walking").reply, Accepted)
+
+
+def test_sr11_a_belt_found_moving_at_start_up_is_reported_and_stopped() -> None:
+    world = World()
+    world.belt = 0.9  # the drive says the belt runs before the controller ever commanded it
+    world.tick()
+    (found,) = world.events(EventType.BELT_FOUND_MOVING)
+    assert found.fields["speed_mph"] == pytest.approx(0.9)
+    assert world.commanded == 0.0
+    assert refusal(world.start()).code is RefusalCode.PRECONDITIONS_UNMET
+    world.belt = None  # it follows the stop command
+    world.run(1.0)
+    assert isinstance(world.start().reply, Accepted)
+    assert len(world.events(EventType.BELT_FOUND_MOVING)) == 1
