@@ -241,10 +241,15 @@ class Journal:
         rows = self._query("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return SessionRow(*rows[0]) if rows else None
 
-    def events(self, session_id: int) -> list[EventRow]:
-        rows = self._query(
-            "SELECT ts, type, fields FROM events WHERE session_id = ? ORDER BY id", (session_id,)
-        )
+    def events(self, session_id: int | None = None) -> list[EventRow]:
+        """The events of one session, or (None) every event, in the order they happened."""
+        if session_id is None:
+            rows = self._query("SELECT ts, type, fields FROM events ORDER BY id")
+        else:
+            rows = self._query(
+                "SELECT ts, type, fields FROM events WHERE session_id = ? ORDER BY id",
+                (session_id,),
+            )
         return [EventRow(ts, kind, json.loads(fields)) for ts, kind, fields in rows]
 
     def samples(self, session_id: int) -> list[tuple[float, float | None, float | None]]:

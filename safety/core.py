@@ -264,7 +264,8 @@ class SafetyCore:
             state=self.state,
             commanded_mph=self.commanded,
             target_mph=self.target,
-            belt_mph=self._drive_mph,
+            # Unknown (not 0) until the drive answers, and once it has gone silent.
+            belt_mph=self._drive_mph if self._drive_fresh() else math.inf,
             session=view,
             grip={hand: self._grip_ok(hand) for hand in _HANDS},
             fall=fall is not None and fall.value,

@@ -25,6 +25,7 @@ class Clinician:
     def __init__(self, tab: Tablet, prefix: str) -> None:
         self.tab = tab
         self.p = prefix
+        self.latest: dict[str, Any] | None = None
 
     async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
         command_id = uuid.uuid4().hex
@@ -46,8 +47,16 @@ class Clinician:
             while True:
                 state = body(await self.tab.next(f"{self.p}/state"))
                 assert isinstance(state, dict)
+                self.latest = state
                 if where(state):
                     return state
+
+    async def until(self, where: Callable[[dict[str, Any]], bool], within: float) -> dict[str, Any]:
+        """The newest state seen, if it satisfies ``where`` (a state is only published when
+        it changes); else the next one that does."""
+        if self.latest is not None and where(self.latest):
+            return self.latest
+        return await self.state(where, within)
 
     async def event(self, type_: str) -> dict[str, Any]:
         event = body(await self.tab.next(f"{self.p}/events", lambda m: body(m)["type"] == type_))  # type: ignore[index]

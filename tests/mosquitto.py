@@ -165,6 +165,11 @@ class Tablet:
                 if where(message):
                     return message
 
+    def drain(self, topic: str) -> list[aiomqtt.Message]:
+        """Every message on ``topic`` received so far and not yet taken, without waiting."""
+        queue = self._queues[topic]
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         await self.client.publish(topic, payload, qos=1, retain=retain)
 
