@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import signal
 import time
 from dataclasses import dataclass, replace
@@ -29,13 +30,19 @@ from config.schema import SimulatedDriveSection
 from controller.control import Controller
 from controller.drives import build_driver, in_process_rig
 from controller.journal import Journal, JournalError
-from controller.loop import ScaledClock, run_control_loop
-from controller.mqtt_contract import SensorPayloadError, parse_sensor_payload, sensor_input
+from controller.loop import LoopHealth, ScaledClock, run_control_loop
+from controller.mqtt_contract import (
+    JsonObject,
+    SensorPayloadError,
+    parse_sensor_payload,
+    sensor_input,
+)
 from controller.mqtt_link import TabletLink, unix_mapper
 from controller.mqtt_settings import broker_settings
+from controller.systemd import Notifier
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
-from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, Reply, State
+from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, Reply
 from safety.inputs import (
     Command,
     EStop,
@@ -43,15 +50,17 @@ from safety.inputs import (
     GripReading,
     Hand,
     JournalHealth,
+    LoopOverrun,
     Sensor,
+    Shutdown,
     StartSession,
-    Stop,
 )
 from safety.limits import STANDSTILL_MPH
 
 SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
+LATE_TICKS_TO_STOP = 3  # ticks in a row more than two periods late: the session stops
 
 
 @dataclass
@@ -71,6 +80,9 @@ class Daemon:
         self.journal: Journal | None = None
         self._journal_problem: str | None = None
         self._sessions_before = 0
+        self.notifier = Notifier()
+        self._ready = False
+        self._last_watchdog = -math.inf
         # Built in run(): they need the running event loop.
         self.core: SafetyCore
         self.controller: Controller
@@ -83,6 +95,7 @@ class Daemon:
     def _assemble(self) -> None:
         loaded, cfg = self.loaded, self.loaded.config
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
+        self.health = LoopHealth(1.0 / cfg.control.tick_hz, late_ticks_to_stop=LATE_TICKS_TO_STOP)
         self.to_unix = unix_mapper(clock.time)
         self._open_journal()
         self.core = SafetyCore(
@@ -115,6 +128,7 @@ class Daemon:
             state_period_s=mqtt.state_period_s,
             backoff_max_s=mqtt.backoff_max_s,
             execute=self._execute,
+            extra_state=self._extra_state,
             snapshot=self.core.snapshot,
             now=clock.time,
             to_unix=self.to_unix,
@@ -126,6 +140,7 @@ class Daemon:
         # The journal first: an event is on disk before the link can publish it (SR-14).
         self.controller.listeners.append(self._journal_event)
         self.controller.listeners.append(self.link.on_event)
+        self.controller.listeners.append(self._on_event_status)
 
     # ------------------------------------------------------------------ journal (SR-14)
 
@@ -154,13 +169,50 @@ class Daemon:
                 self._journal_failed(str(exc))
 
     def tick(self) -> None:
-        """The control tick, and the session's top speed for the journal, from each drive
-        status (its samples, twice a second, would miss a peak)."""
+        """The control tick, with what watches it: the loop's health (a tick more than two
+        periods late is logged; LATE_TICKS_TO_STOP in a row stop the session), systemd's
+        watchdog (pinged only from here, so only while the loop really ticks) and the
+        session's top speed for the journal (its samples, twice a second, would miss a
+        peak)."""
+        now = self.clock.time()
+        self.health.observe(now)
+        if self.health.overrun:
+            self.health.overrun = False
+            self._log.error("control_loop_overrun", **self.health.as_json())
+            self.controller.submit(
+                LoopOverrun(t=now, detail=f"{LATE_TICKS_TO_STOP} ticks in a row late")
+            )
+        elif self.health.last_lag_s > 2 * self.health.period_s:
+            self._log.warning("control_tick_late", lag_ms=round(self.health.last_lag_s * 1e3, 1))
         self.controller.tick()
+        if not self._ready:
+            self._ready = True  # the loop ticks and has commanded the belt to stand still
+            self.notifier.notify(READY="1", STATUS=self._status_text())
+        watchdog = self.notifier.watchdog_s
+        if watchdog is not None and now - self._last_watchdog >= watchdog:
+            self._last_watchdog = now
+            self.notifier.notify(WATCHDOG="1")
         if self.journal is not None:
             status = self.driver.status()
             if status is not None:
                 self.journal.observe_speed(status.speed_mph)
+
+    def _status_text(self) -> str:
+        snap = self.core.snapshot()
+        text = snap.state.value
+        if snap.session is not None:
+            text += f", session {snap.session.id} ({snap.session.user})"
+        if snap.latched is not None:
+            text += f", latched {snap.latched.cause.value}"
+        return text
+
+    def _extra_state(self) -> JsonObject:
+        """The state's extension: the control loop's lag (MQTT-API.md allows new fields)."""
+        loop: JsonObject = {**self.health.as_json()}
+        return {"loop": loop}
+
+    def _on_event_status(self, _event: Event) -> None:
+        self.notifier.notify(STATUS=self._status_text())
 
     def _commit_journal(self) -> None:
         if self.journal is not None:
@@ -255,6 +307,7 @@ class Daemon:
         self._signals += 1
         if self._signals == 1:
             self._log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            self.notifier.notify(STOPPING="1", STATUS="stopping the belt, then exiting")
         else:
             self._log.warning("second_signal_emergency_stop", signal=signal.Signals(signum).name)
             self.controller.submit(EStop(t=self.clock.time()))
@@ -271,8 +324,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         """SR-11: controlled stop, standstill (bounded), then out; an emergency stop if the
         belt is not at standstill by the bound."""
-        if self.core.state in (State.COUNTDOWN, State.RUNNING):
-            self.controller.submit(Stop(t=self.clock.time()))
+        self.controller.submit(Shutdown(t=self.clock.time()))
         deadline = self.clock.time() + SHUTDOWN_BOUND_S
         period = 1.0 / self.loaded.config.control.tick_hz
         # Polled at the tick period: the control loop keeps running meanwhile and is what

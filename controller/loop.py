@@ -34,6 +34,44 @@ class ScaledClock:
         return seconds / self.scale
 
 
+class LoopHealth:
+    """How late the control ticks come: each tick's lag behind the period, the worst so far,
+    how many were more than two periods late, and whether ``late_ticks_to_stop`` such ticks
+    came in a row (``overrun``, for the caller to act on and clear)."""
+
+    def __init__(self, period_s: float, *, late_ticks_to_stop: int) -> None:
+        self.period_s = period_s
+        self.late_ticks_to_stop = late_ticks_to_stop
+        self.last_lag_s = 0.0
+        self.max_lag_s = 0.0
+        self.late_ticks = 0
+        self.late_in_a_row = 0
+        self.overrun = False
+        self._last_t: float | None = None
+
+    def observe(self, t: float) -> None:
+        if self._last_t is not None:
+            lag = max(0.0, t - self._last_t - self.period_s)
+            self.last_lag_s = lag
+            self.max_lag_s = max(self.max_lag_s, lag)
+            if lag > 2 * self.period_s:
+                self.late_ticks += 1
+                self.late_in_a_row += 1
+                if self.late_in_a_row >= self.late_ticks_to_stop:
+                    self.overrun = True
+                    self.late_in_a_row = 0
+            else:
+                self.late_in_a_row = 0
+        self._last_t = t
+
+    def as_json(self) -> dict[str, float | int]:
+        return {
+            "lag_ms": round(self.last_lag_s * 1e3, 2),
+            "max_lag_ms": round(self.max_lag_s * 1e3, 2),
+            "late_ticks": self.late_ticks,
+        }
+
+
 class Ticking(Protocol):
     """What the loop drives: the Controller, or the daemon, which watches each tick too."""
 

@@ -454,7 +454,8 @@ def encode_state(
     }
 
 
-_CONTINUOUS = frozenset({"speed_mph", "ts"})
+# "loop" is the daemon's extension (control-loop lag), which moves all the time too.
+_CONTINUOUS = frozenset({"speed_mph", "ts", "loop"})
 _CONTINUOUS_SESSION = frozenset({"elapsed_s", "remaining_s"})
 
 

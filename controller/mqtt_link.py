@@ -56,6 +56,7 @@ from controller.mqtt_contract import (
     CommandReply,
     DuplicateFilter,
     Execute,
+    JsonObject,
     Topics,
     ToUnix,
     answer_command,
@@ -138,6 +139,7 @@ class TabletLink:
         sensors: Iterable[str] = (),
         on_sensor: Callable[[str, bytes], None] | None = None,
         before_publish: Callable[[], None] | None = None,
+        extra_state: Callable[[], JsonObject] | None = None,
         logger: Any = None,
     ) -> None:
         if not 0 < state_period_s <= 0.5:
@@ -175,6 +177,8 @@ class TabletLink:
         self._on_sensor = on_sensor
         # Called before each reply or event goes out: the journal commits what it holds (SR-14).
         self._before_publish = before_publish
+        # Fields the contract allows beyond its own (an extension): merged into each state.
+        self._extra_state = extra_state
         self._replies: deque[CommandReply] = deque()
         self._events: deque[Event] = deque()
         self._wake = asyncio.Event()
@@ -435,6 +439,8 @@ class TabletLink:
             ts=self._to_unix(self._now()),
             to_unix=self._to_unix,
         )
+        if self._extra_state is not None:
+            state.update({k: v for k, v in self._extra_state().items() if k not in state})
         key = state_key(state)
         moving = belt_moving(snap)
         now = asyncio.get_running_loop().time()

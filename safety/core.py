@@ -44,9 +44,11 @@ from safety.inputs import (
     Heartbeat,
     Input,
     JournalHealth,
+    LoopOverrun,
     Reset,
     Sensor,
     SetSpeed,
+    Shutdown,
     StartSession,
     Stop,
     Tick,
@@ -200,6 +202,10 @@ class SafetyCore:
                 self._drive_error_t = self.now
                 cause = Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT
                 self._latch(State.FAULT, cause, detail)
+            case LoopOverrun():
+                self._stop_session(EndReason.LOOP_OVERRUN)
+            case Shutdown():
+                self._stop_session(EndReason.SHUTDOWN)
             case JournalHealth(writable=writable, detail=detail):
                 self._journal_problem = None if writable else (detail or "cannot be written")
                 if not writable:
@@ -493,15 +499,21 @@ class SafetyCore:
         return ACCEPTED
 
     def _stop_command(self) -> Reply:
-        s = self.session
-        if s is None or self.state not in ARMED_STATES:
+        if self.session is None or self.state not in ARMED_STATES:
             return Refused(RefusalCode.NOT_ALLOWED, f"no session to stop ({self.state.value})")
-        if self.state is State.COUNTDOWN:
-            self._end_session(EndReason.OPERATOR_STOP)
-        else:
-            self._begin_stop(EndReason.OPERATOR_STOP)
-            s.resting = False
+        self._stop_session(EndReason.OPERATOR_STOP)
         return ACCEPTED
+
+    def _stop_session(self, reason: EndReason) -> None:
+        """A controlled stop of the session in progress, if any (a countdown just ends)."""
+        s = self.session
+        if s is None or self.state not in (State.COUNTDOWN, State.RUNNING):
+            return
+        if self.state is State.COUNTDOWN:
+            self._end_session(reason)
+        else:
+            self._begin_stop(reason)
+            s.resting = False
 
     def _reset(self) -> Reply:
         latch = self.latch

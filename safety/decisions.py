@@ -68,6 +68,8 @@ class EndReason(StrEnum):
     START_ABORTED = "start_aborted"
     ESTOP = "estop"
     FAULT = "fault"
+    LOOP_OVERRUN = "loop_overrun"
+    SHUTDOWN = "shutdown"
 
 
 JsonScalar = str | int | float | bool | None

@@ -74,6 +74,22 @@ class JournalHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopOverrun:
+    """The control loop fell behind (several ticks in a row late): a session in progress gets a
+    controlled stop, since every time-based rule now runs late too."""
+
+    t: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The daemon is asked to stop (SR-11): a session in progress gets a controlled stop."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class StartSession:
     """``returning``: whether the user has had a treadmill session before, as the journal
     knows (None: no journal, e.g. a simulation). A user without one is on their first session:
@@ -115,4 +131,14 @@ class Heartbeat:
 
 Command = StartSession | SetSpeed | Stop | EStop | Reset | Heartbeat
 SensorInput = GripReading | FallReading
-Input = Tick | GripReading | FallReading | DriveFeedback | DriveError | JournalHealth | Command
+Input = (
+    Tick
+    | GripReading
+    | FallReading
+    | DriveFeedback
+    | DriveError
+    | JournalHealth
+    | LoopOverrun
+    | Shutdown
+    | Command
+)

@@ -437,7 +437,7 @@ async def test_sr11_sigterm_stops_the_session_publishes_offline_and_exits_0(
         await doc.state(running, within=SESSION_WAIT_S)
         daemon.signal(signal.SIGTERM)
         ended = await doc.event("session_ended")
-        assert ended["reason"] == "operator_stop"
+        assert ended["reason"] == "shutdown"
         final = await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
         assert final["speed_mph"] <= STANDSTILL_MPH
         offline = await doc.tab.next(f"{doc.p}/availability", text_is("offline"))

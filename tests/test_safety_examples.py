@@ -37,8 +37,10 @@ from safety.inputs import (
     Heartbeat,
     Input,
     JournalHealth,
+    LoopOverrun,
     Reset,
     SetSpeed,
+    Shutdown,
     StartSession,
     Stop,
     Tick,
@@ -892,3 +894,21 @@ def test_sr11_a_belt_found_moving_at_start_up_is_reported_and_stopped() -> None:
     world.run(1.0)
     assert isinstance(world.start().reply, Accepted)
     assert len(world.events(EventType.BELT_FOUND_MOVING)) == 1
+
+
+def test_sr11_shutdown_and_a_late_loop_stop_the_session_under_control() -> None:
+    for make, reason in (
+        (Shutdown, "shutdown"),
+        (lambda t: LoopOverrun(t, "late"), "loop_overrun"),
+    ):
+        world = at_speed(1.0)
+        d = world.command(make)
+        assert not d.emergency_stop
+        (stopping,) = world.events(EventType.STOPPING)
+        assert stopping.fields["reason"] == reason
+        world.run(5.0)
+        assert world.state is State.IDLE  # not latched
+        assert world.events(EventType.SESSION_ENDED)[-1].fields["reason"] == reason
+    idle = World()
+    idle.run(1.0)
+    assert idle.command(Shutdown).events == ()  # nothing to stop
