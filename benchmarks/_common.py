@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -79,3 +82,40 @@ def row(label: str, s: dict[str, float], unit: str) -> str:
         f"{label:<42} p50 {s['p50']:9.3f} {unit}  p99 {s['p99']:9.3f} {unit}  "
         f"max {s['max']:9.3f} {unit}  (n={int(s['n'])})"
     )
+
+
+# A private Mosquitto on a free port of 127.0.0.1, for the MQTT benchmarks.
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BROKER_START_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "log_dest stdout\n"
+        "set_tcp_nodelay true\n"
+        "persistence false\n"
+    )
+    log = workdir / "mosquitto.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + BROKER_START_S
+    while True:  # bounded: until the port accepts connections or the deadline
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited: {log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.02)

@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from _common import machine, python_speed_s, row, save, summary
+from _common import free_port, machine, python_speed_s, row, save, start_broker, summary
 from paho.mqtt.enums import CallbackAPIVersion
 
 from config.loading import load_config
@@ -36,16 +34,9 @@ from controller.daemon import Daemon
 from controller.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TM = "tm-bench"
 P = f"treadmill/{TM}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(workdir: Path, port: int) -> Path:
@@ -59,25 +50,6 @@ def write_config(workdir: Path, port: int) -> Path:
         '[logging]\nlevel = "warning"\nformat = "json"\n'
     )
     return path
-
-
-def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n"
-        "set_tcp_nodelay true\npersistence false\n"
-    )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5.0
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
 
 
 class Tablet:

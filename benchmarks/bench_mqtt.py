@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -54,11 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from _common import machine, python_speed_s, row, save, summary
+from _common import free_port, machine, python_speed_s, row, save, start_broker, summary
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TREADMILL = "tm-bench"
 PREFIX = f"treadmill/{TREADMILL}"
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -134,38 +132,6 @@ DROPS_EVENT = "mqtt_buffer_full_dropped_oldest"  # logged at most once a second,
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "log_dest stdout\n"
-        "set_tcp_nodelay true\n"
-        "persistence false\n"
-    )
-    log = workdir / "mosquitto.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_S
-    while True:  # bounded: until the port accepts connections or the deadline
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {log.read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.02)
 
 
 def daemon_env() -> dict[str, str]:

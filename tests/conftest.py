@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import selectors
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon_process import DaemonProcess, daemon_config
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, have_mosquitto
 
 
@@ -46,3 +49,24 @@ def make_daemon(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Daemon
     yield make
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def modbus_device() -> Iterator[str]:
+    """``treadguard sim-device modbus``: a simulated VFD on Modbus TCP, in a process of its own
+    (it outlives any daemon a test kills); yields HOST:PORT."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "sim-device", "modbus", "--tcp", "127.0.0.1:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(20.0), "sim-device printed no address"
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

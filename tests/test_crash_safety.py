@@ -21,12 +21,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import selectors
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +42,11 @@ def standing(state: dict[str, Any]) -> bool:
     return state["speed_mph"] is not None and state["speed_mph"] <= STANDSTILL_MPH
 
 
-@pytest.fixture
-def vfd() -> Iterator[str]:
-    """The treadmill's drive, which outlives every daemon: yields its HOST:PORT."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "sim-device", "modbus", "--tcp", "127.0.0.1:0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(20.0), "sim-device printed no address"
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.mark.asyncio
 async def test_sr11_sr14_random_sigkills_lose_no_acknowledged_record_nor_leave_the_belt_moving(
-    broker: Broker, vfd: str, tmp_path: Path
+    broker: Broker, modbus_device: str, tmp_path: Path
 ) -> None:
-    host, _, port = vfd.rpartition(":")
+    host, _, port = modbus_device.rpartition(":")
     drive = (
         f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
         f"register_map = '{REGISTER_MAP.as_posix()}'\nmph_per_hz = 0.05"

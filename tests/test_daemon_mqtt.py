@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import selectors
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -312,26 +309,6 @@ async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- a real wire
-
-
-@pytest.fixture
-def modbus_device() -> Iterator[str]:
-    """``treadguard sim-device modbus``: a simulated VFD on Modbus TCP; yields HOST:PORT."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "sim-device", "modbus", "--tcp", "127.0.0.1:0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(20.0), "sim-device printed no address"
-        yield proc.stdout.readline().strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.asyncio
