@@ -42,7 +42,7 @@ from controller.mqtt_settings import broker_settings
 from controller.systemd import Notifier
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
-from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, Reply
+from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, RefusalCode, Refused, Reply
 from safety.inputs import (
     Command,
     EStop,
@@ -79,9 +79,11 @@ class Daemon:
         self.drive_description = ""
         self.journal: Journal | None = None
         self._journal_problem: str | None = None
+        self._journal_reported = False
         self._sessions_before = 0
         self.notifier = Notifier()
         self._ready = False
+        self._clean_exit = False
         self._last_watchdog = -math.inf
         # Built in run(): they need the running event loop.
         self.core: SafetyCore
@@ -165,7 +167,9 @@ class Daemon:
         if self.journal is not None:
             try:
                 self.journal.record(event, self.to_unix(event.t))
-            except JournalError as exc:
+            except (JournalError, ValueError, TypeError) as exc:
+                # A record that cannot be written, for whatever reason, is a journal failure:
+                # never an exception out of the controller's submit.
                 self._journal_failed(str(exc))
 
     def tick(self) -> None:
@@ -249,6 +253,9 @@ class Daemon:
 
     def _report_journal_problem(self) -> None:
         assert self._journal_problem is not None
+        if self._journal_reported:
+            return
+        self._journal_reported = True
         self.controller.submit(
             JournalHealth(t=self.clock.time(), writable=False, detail=self._journal_problem)
         )
@@ -256,7 +263,13 @@ class Daemon:
     def _execute(self, command: Command) -> Reply | None:
         """A tablet command; a start carries the user's history from the journal."""
         if isinstance(command, StartSession):
+            if self._signals:
+                return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
             command = replace(command, returning=self._returning(command.user))
+        if self._journal_problem is not None:
+            # Found during this read (its report is only scheduled): the core hears of it
+            # before the command, so no start goes ahead on a journal known to be broken.
+            self._report_journal_problem()
         return self.controller.submit(command).reply
 
     def _returning(self, user: str) -> bool:
@@ -337,6 +350,16 @@ class Daemon:
             await asyncio.sleep(period)
         self._log.info("shutdown_complete", state=self.core.state.value)
 
+    async def _control(self) -> None:
+        """The control loop; if it ends other than by a clean shutdown (a failure of its own or
+        of another task), the drive is told to stop at once, while its I/O task still runs."""
+        try:
+            await run_control_loop(self, self.clock, 1.0 / self.loaded.config.control.tick_hz)
+        except BaseException:
+            if not self._clean_exit:
+                self.driver.emergency_stop()
+            raise
+
     async def run(self) -> int:
         self._assemble()
         # What start-up built lives as long as the daemon: out of the collector's sight, a
@@ -363,10 +386,7 @@ class Daemon:
             if cfg.sensors.source == "simulator":
                 self._simulated_user()
             async with asyncio.TaskGroup() as tg:
-                control = tg.create_task(
-                    run_control_loop(self, self.clock, 1.0 / cfg.control.tick_hz),
-                    name="control",
-                )
+                control = tg.create_task(self._control(), name="control")
                 driver = tg.create_task(self.driver.run(), name="driver")
                 link = tg.create_task(self.link.run(), name="mqtt")
                 await self._signalled.wait()
@@ -375,6 +395,7 @@ class Daemon:
                 # state and "offline" before the daemon is gone.
                 link.cancel()
                 await asyncio.wait([link])
+                self._clean_exit = True
                 control.cancel()
                 driver.cancel()
             clean = True

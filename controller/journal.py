@@ -150,7 +150,7 @@ class Journal:
         session = self._open_session
         self._write(
             "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",
-            (ts, event.type.value, session, json.dumps(f, allow_nan=False, default=str)),
+            (ts, event.type.value, session, _json(f)),
         )
         if event.type is EventType.SESSION_ENDED and session is not None:
             self._write(
@@ -258,6 +258,15 @@ class Journal:
             (session_id,),
         )
         return [(float(ts), speed, target) for ts, speed, target in rows]
+
+
+def _json(fields: dict[str, Any]) -> str:
+    """An event's fields as strict JSON; a non-finite number (999.9 mph from a Trackmaster in
+    its emergency state is infinity) becomes null, as on MQTT."""
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()
+    }
+    return json.dumps(clean, allow_nan=False, default=str)
 
 
 def _real(value: object) -> float | None:

@@ -7,6 +7,7 @@ clock. At scale 1 (the daemon, the benchmarks) it is the wall clock; a demo may 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,16 +38,24 @@ class ScaledClock:
 class LoopHealth:
     """How late the control ticks come: each tick's lag behind the period, the worst so far,
     how many were more than two periods late, and whether ``late_ticks_to_stop`` such ticks
-    came in a row (``overrun``, for the caller to act on and clear)."""
+    came within ``window_periods`` periods (``overrun``, for the caller to act on and clear).
 
-    def __init__(self, period_s: float, *, late_ticks_to_stop: int) -> None:
+    A window rather than "in a row": after a late tick the loop runs the next one at once (it
+    skips what it missed rather than bursting), and that catch-up tick comes on time however
+    badly the loop is being held up.
+    """
+
+    def __init__(
+        self, period_s: float, *, late_ticks_to_stop: int, window_periods: int = 20
+    ) -> None:
         self.period_s = period_s
         self.late_ticks_to_stop = late_ticks_to_stop
+        self.window_s = window_periods * period_s
         self.last_lag_s = 0.0
         self.max_lag_s = 0.0
         self.late_ticks = 0
-        self.late_in_a_row = 0
         self.overrun = False
+        self._recent_late: deque[float] = deque()
         self._last_t: float | None = None
 
     def observe(self, t: float) -> None:
@@ -56,12 +65,12 @@ class LoopHealth:
             self.max_lag_s = max(self.max_lag_s, lag)
             if lag > 2 * self.period_s:
                 self.late_ticks += 1
-                self.late_in_a_row += 1
-                if self.late_in_a_row >= self.late_ticks_to_stop:
+                self._recent_late.append(t)
+                while self._recent_late[0] < t - self.window_s:
+                    self._recent_late.popleft()
+                if len(self._recent_late) >= self.late_ticks_to_stop:
                     self.overrun = True
-                    self.late_in_a_row = 0
-            else:
-                self.late_in_a_row = 0
+                    self._recent_late.clear()
         self._last_t = t
 
     def as_json(self) -> dict[str, float | int]:

@@ -175,7 +175,7 @@ class TabletLink:
         if self._sensor_topics and on_sensor is None:
             raise ValueError("sensor topics need an on_sensor callback")
         self._on_sensor = on_sensor
-        # Called before each reply or event goes out: the journal commits what it holds (SR-14).
+        # Called before the state, a reply or an event goes out: the journal commits (SR-14).
         self._before_publish = before_publish
         # Fields the contract allows beyond its own (an extension): merged into each state.
         self._extra_state = extra_state
@@ -412,13 +412,14 @@ class TabletLink:
         command's reply never overtakes the state the command caused.
         """
         while True:
+            # The journal commits what it holds before anything goes out, the state included
+            # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
+            if self._before_publish is not None:
+                self._before_publish()
             last_key, moving = await self._publish_state(client, last_key)
             # An item leaves its buffer only once it is published, so what a lost connection
-            # interrupted goes out again after the reconnect.
-            # Events first: under a flood of commands an estop event must not wait behind a
-            # backlog of replies.
-            if (self._events or self._replies) and self._before_publish is not None:
-                self._before_publish()
+            # interrupted goes out again after the reconnect. Events first: under a flood of
+            # commands an estop event must not wait behind a backlog of replies.
             if self._events:
                 event = encode_event(self._events[0], to_unix=self._to_unix)
                 await client.publish(self.topics.events, to_payload(event), qos=1)

@@ -507,10 +507,15 @@ class SafetyCore:
     def _stop_session(self, reason: EndReason) -> None:
         """A controlled stop of the session in progress, if any (a countdown just ends)."""
         s = self.session
-        if s is None or self.state not in (State.COUNTDOWN, State.RUNNING):
+        if s is None or self.state not in ARMED_STATES:
             return
         if self.state is State.COUNTDOWN:
             self._end_session(reason)
+        elif self.state is State.STOPPING:
+            # Already slowing down, perhaps between intervals: this stop ends the session
+            # there, instead of the rest and the next interval's countdown.
+            s.stop_reason = reason
+            s.resting = False
         else:
             self._begin_stop(reason)
             s.resting = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -252,3 +253,13 @@ async def test_sr14_a_journal_that_fills_up_mid_session_stops_the_belt(
         stopped = await doc.state(lambda s: s["speed_mph"] <= 0.05, within=5.0)
         assert stopped["state"] == "fault"
         assert "full" in refused(await doc.command("reset"), "preconditions_unmet")
+
+
+def test_a_non_finite_number_is_journaled_as_null(tmp_path: Path) -> None:
+    """A Trackmaster in its emergency state reports 999.9 mph, which the driver reads as
+    infinity: the event is still journaled, with null, never an exception."""
+    journal = Journal.open(tmp_path / "j.sqlite")
+    journal.record(Event(EventType.BELT_FOUND_MOVING, 0.0, {"speed_mph": math.inf}), ts=1.0)
+    journal.commit()
+    (event,) = journal.events()
+    assert event.fields == {"speed_mph": None}

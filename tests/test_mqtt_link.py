@@ -368,3 +368,20 @@ async def test_sr13_a_flood_of_commands_loses_none_and_the_estop_in_it_runs(
     assert len(world.commands) == 902
     assert [type(c) for c in world.commands].count(EStop) == 1
     assert link.dropped_replies > 0  # the flood did overflow the reply buffer
+
+
+@pytest.mark.asyncio
+async def test_sr14_the_journal_commits_before_a_state_goes_out(broker: Broker) -> None:
+    """before_publish (the journal's commit) runs before the state is read and published: a
+    state the tablet has, like a latched stop, is already on disk."""
+    tm, world = "tm-commit", World()
+    p = f"treadmill/{tm}"
+    committed: list[State] = []
+    link = make_link(broker, world, tm, before_publish=lambda: committed.append(world.snap.state))
+    async with tablet(broker, f"{p}/state") as tab, link:
+        await tab.next(f"{p}/state")
+        world.snap = RUNNING
+        link.state_changed()
+        running = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "running")  # type: ignore[index]
+        assert running.retain
+    assert State.RUNNING in committed

@@ -912,3 +912,21 @@ def test_sr11_shutdown_and_a_late_loop_stop_the_session_under_control() -> None:
     idle = World()
     idle.run(1.0)
     assert idle.command(Shutdown).events == ()  # nothing to stop
+
+
+def test_sr6_a_stop_during_an_interval_rest_ends_the_session_there() -> None:
+    """The belt is slowing down at the end of an interval; a stop (or a shutdown) then must end
+    the session, not let it count down to the next interval and start the belt again."""
+    for make in (Stop, Shutdown):
+        world = World("intervals")
+        world.run(1.0)
+        world.start()
+        world.run(COUNTDOWN_S + 70.0, until=lambda w=world: w.state is State.STOPPING)
+        assert world.state is State.STOPPING
+        mark = len(world.log)
+        assert isinstance(world.command(make).reply, (Accepted, type(None)))
+        world.run(70.0)
+        assert world.state is State.IDLE
+        assert not world.events(EventType.COUNTDOWN, mark)
+        assert not world.events(EventType.BELT_STARTED, mark)
+        assert all(v == 0.0 for _, v in world.speeds(len(world.log) - 20))
