@@ -60,7 +60,7 @@ from safety.limits import STANDSTILL_MPH
 SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
-LATE_TICKS_TO_STOP = 3  # ticks in a row more than two periods late: the session stops
+LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
 
 
 @dataclass
@@ -174,8 +174,8 @@ class Daemon:
 
     def tick(self) -> None:
         """The control tick, with what watches it: the loop's health (a tick more than two
-        periods late is logged; LATE_TICKS_TO_STOP in a row stop the session), systemd's
-        watchdog (pinged only from here, so only while the loop really ticks) and the
+        periods late is logged; LATE_TICKS_TO_STOP within twenty periods stop the session),
+        systemd's watchdog (pinged only from here, so only while the loop really ticks) and the
         session's top speed for the journal (its samples, twice a second, would miss a
         peak)."""
         now = self.clock.time()
@@ -184,7 +184,7 @@ class Daemon:
             self.health.overrun = False
             self._log.error("control_loop_overrun", **self.health.as_json())
             self.controller.submit(
-                LoopOverrun(t=now, detail=f"{LATE_TICKS_TO_STOP} ticks in a row late")
+                LoopOverrun(t=now, detail=f"{LATE_TICKS_TO_STOP} ticks late within a second")
             )
         elif self.health.last_lag_s > 2 * self.health.period_s:
             self._log.warning("control_tick_late", lag_ms=round(self.health.last_lag_s * 1e3, 1))
