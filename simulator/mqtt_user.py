@@ -124,6 +124,9 @@ async def serve_user(
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(_report(client, prefix, user, report_interval_s, stop))
                     tg.create_task(_listen(client, user, echo))
+                    tg.create_task(_until_set(stop))
+        except* _Stopped:
+            pass  # the loop's condition ends it
         except* aiomqtt.MqttError:
             if not lost:
                 echo("simulated user: broker lost, reconnecting")
@@ -131,6 +134,15 @@ async def serve_user(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):  # the reconnect period
                 await stop.wait()
+
+
+class _Stopped(Exception):
+    """Ends the connection's task group once ``stop`` is set, whatever was cancelled."""
+
+
+async def _until_set(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stopped
 
 
 async def _report(
