@@ -63,6 +63,12 @@ class Clinician:
         assert isinstance(event, dict)
         return event
 
+    async def start_running(self, user: str, program: str | None = None) -> dict[str, Any]:
+        """Start a session (accepted) and wait until the belt runs at its first speed."""
+        fields = {} if program is None else {"program": program}
+        ok(await self.command("start_session", user=user, **fields))
+        return await self.state(running, within=SESSION_WAIT_S)
+
     async def reset_when_allowed(self) -> None:
         """Press Reset until it is accepted: it is refused until standstill is confirmed."""
         async with asyncio.timeout(5.0):

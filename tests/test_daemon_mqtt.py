@@ -111,8 +111,7 @@ async def test_state_goes_out_at_least_every_500ms_while_the_belt_moves(
 ) -> None:
     make_daemon(treadmill_id="tm-period")
     async with clinician(broker, "tm-period") as doc:
-        ok(await doc.command("start_session", user="u-1", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-1", program="first_session")
         arrivals = []
         for _ in range(10):
             state = await doc.state(lambda s: True, within=1.0)
@@ -176,8 +175,7 @@ async def test_sr6_sr12_remote_estop_latches_and_reset_needs_standstill(
 ) -> None:
     make_daemon(treadmill_id="tm-estop")
     async with clinician(broker, "tm-estop") as doc:
-        ok(await doc.command("start_session", user="u-3", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-3", program="first_session")
         ok(await doc.command("estop"))
         event = await doc.event("estop")
         assert event["cause"] == "remote_estop"
@@ -205,8 +203,7 @@ async def test_sr4_sr5_sr8_grips_and_fall_through_the_mqtt_sensor_topics(
     make_daemon(treadmill_id="tm-grip", sensors="mqtt")
     async with sensor_user(broker, "tm-grip") as user, clinician(broker, "tm-grip") as doc:
         await doc.state(lambda s: s["grip"] == {"left": True, "right": True}, within=5.0)
-        ok(await doc.command("start_session", user="u-4", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-4", program="first_session")
 
         user.values["grip_left"] = False  # SR-4: one hand is a warning, the belt runs on
         warning = await doc.event("grip_warning")
@@ -223,8 +220,7 @@ async def test_sr4_sr5_sr8_grips_and_fall_through_the_mqtt_sensor_topics(
         await doc.state(lambda s: s["grip"] == {"left": True, "right": True}, within=5.0)
         await doc.reset_when_allowed()
 
-        ok(await doc.command("start_session", user="u-4", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-4", program="first_session")
         user.values["fall"] = True  # SR-5: at once
         assert (await doc.event("estop"))["cause"] == "fall"
 
@@ -237,8 +233,7 @@ async def test_sr8_sensors_that_go_silent_or_send_garbage_stop_the_belt(
     async with clinician(broker, "tm-silent") as doc:
         async with sensor_user(broker, "tm-silent"):
             await doc.state(lambda s: s["stale"] == [], within=5.0)
-            ok(await doc.command("start_session", user="u-5", program="first_session"))
-            await doc.state(running, within=SESSION_WAIT_S)
+            await doc.start_running("u-5", program="first_session")
         # The sensors stop reporting; garbage on their topics is no reading either.
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             for name in ("grip_left", "grip_right", "fall"):
@@ -289,8 +284,7 @@ async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
             clinician(broker, "tm-acl", account="tablet") as doc,
         ):
             await doc.state(lambda s: s["stale"] == [], within=10.0)
-            ok(await doc.command("start_session", user="u-12", program="first_session"))
-            await doc.state(running, within=SESSION_WAIT_S)
+            await doc.start_running("u-12", program="first_session")
             async with tablet(broker, **login("sensors")) as intruder:
                 # Acknowledged by the broker before it is dropped, so it is gone by the time
                 # the tablet's next command is answered.
@@ -325,8 +319,7 @@ async def test_sr9_sr13_the_daemon_drives_a_modbus_vfd_over_a_real_socket(
     make_daemon(treadmill_id="tm-vfd", sensors="mqtt", drive=drive)
     async with sensor_user(broker, "tm-vfd"), clinician(broker, "tm-vfd") as doc:
         await doc.state(lambda s: s["stale"] == [], within=10.0)
-        ok(await doc.command("start_session", user="u-10", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-10", program="first_session")
         ok(await doc.command("estop"))
         assert (await doc.event("estop"))["cause"] == "remote_estop"
         stopped = await doc.state(
@@ -347,8 +340,7 @@ async def test_sr12_broker_killed_mid_session_never_moves_the_belt_and_recovers(
     and republishes its state."""
     daemon = make_daemon(treadmill_id="tm-broker")
     async with clinician(broker, "tm-broker") as doc:
-        ok(await doc.command("start_session", user="u-7", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-7", program="first_session")
         broker.kill()
     assert daemon.alive()
     await asyncio.to_thread(broker.start)  # retained messages died with the old broker
@@ -377,8 +369,7 @@ async def test_sr12_sr13_a_hung_broker_never_holds_up_the_control_loop(
     the broker is frozen, not when it comes back."""
     daemon = make_daemon(treadmill_id="tm-hung")
     async with clinician(broker, "tm-hung") as doc:
-        ok(await doc.command("start_session", user="u-11", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-11", program="first_session")
         frozen_at = time.time()
         broker.freeze()
         try:
@@ -410,8 +401,7 @@ async def test_sr11_sigterm_stops_the_session_publishes_offline_and_exits_0(
 ) -> None:
     daemon = make_daemon(treadmill_id="tm-term")
     async with clinician(broker, "tm-term") as doc:
-        ok(await doc.command("start_session", user="u-8", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-8", program="first_session")
         daemon.signal(signal.SIGTERM)
         ended = await doc.event("session_ended")
         assert ended["reason"] == "shutdown"
@@ -428,8 +418,7 @@ async def test_sr11_second_signal_is_an_emergency_stop(
 ) -> None:
     daemon = make_daemon(treadmill_id="tm-twice")
     async with clinician(broker, "tm-twice") as doc:
-        ok(await doc.command("start_session", user="u-9", program="first_session"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-9", program="first_session")
         daemon.signal(signal.SIGTERM)
         await doc.event("stopping")
         daemon.signal(signal.SIGTERM)

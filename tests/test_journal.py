@@ -240,8 +240,7 @@ async def test_sr14_a_journal_that_fills_up_mid_session_stops_the_belt(
     tm = "tm-full"
     make_daemon(env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "0.1"}, treadmill_id=tm)
     async with clinician(broker, tm) as doc:
-        ok(await doc.command("start_session", user="u-22"))
-        await doc.state(running, within=SESSION_WAIT_S)
+        await doc.start_running("u-22")
         # Refusals are journaled: a stream of them fills a small journal quickly.
         async with asyncio.timeout(60.0):
             while True:
