@@ -18,6 +18,7 @@ from config.schema import (
     SimulatedDriveSection,
     TreadguardConfig,
 )
+from config.sensor_checks import sensor_problems
 from safety.programs import Program, ProgramError, load_programs
 
 
@@ -146,6 +147,7 @@ def load_config(path: Path) -> LoadedConfig:
             "sensors.source: 'simulator' is only for drive.kind 'simulator': a simulated user "
             "who always holds on would hide a real user letting go (use 'mqtt')"
         )
+    problems.extend(sensor_problems(config))
     tls = config.mqtt.tls
     if tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from safety.inputs import Sensor
 from safety.limits import SafetyLimits
 
 
@@ -97,18 +98,101 @@ DriveSection = Annotated[
 ]
 
 
+SensorName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class _WiredInput(_Strict):
+    """A contact wired to an input pin: which reading it gives and how to read its level."""
+
+    role: Sensor
+    # Default: the role. Names a second sensor of the same role apart in logs and the state.
+    name: SensorName | None = None
+    # The electrical level that means "held" (a grip) or "fallen" (a fall sensor). No default:
+    # whoever wired it says which, since a wrong guess inverts the sensor.
+    active: Literal["high", "low"]
+    # The safe reading (held, not fallen) counts only once the level has stayed there this long;
+    # the unsafe one counts at once, so a bouncing contact can delay a start, never a stop.
+    debounce_ms: float = Field(20.0, ge=0.0, le=100.0)
+
+
+class GpioInputSection(_WiredInput):
+    """A line of a GPIO chip, read through libgpiod v2 (``/dev/gpiochipN``)."""
+
+    kind: Literal["gpio"]
+    chip: str = Field("/dev/gpiochip0", min_length=1)
+    # The line's offset on the chip, or its name (e.g. "GPIO17" on a Raspberry Pi).
+    line: Annotated[int, Field(ge=0, le=1023)] | Annotated[str, Field(min_length=1)]
+    bias: Literal["as_is", "pull_up", "pull_down", "disabled"] = "as_is"
+    # Besides the edge events, the level is read this often: the reading stays fresh (SR-8).
+    poll_interval_s: float = Field(0.02, gt=0.0, le=0.1)
+
+
+class ModbusInputSection(_WiredInput):
+    """A discrete input or a coil of a Modbus device: an I/O module, or the drive's own
+    digital inputs over Modbus TCP."""
+
+    kind: Literal["modbus"]
+    transport: Literal["rtu", "tcp"]
+    host: str | None = None
+    tcp_port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None
+    baud: Literal[9600, 19200, 38400, 57600, 115200] = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    device_id: int = Field(1, ge=1, le=247)
+    table: Literal["discrete_input", "coil"] = "discrete_input"
+    address: int = Field(ge=0, le=65535)
+    # Well inside safety.sensor_timeout_s: one lost answer must not make the sensor stale.
+    poll_interval_s: float = Field(0.05, gt=0.0, le=0.1)
+    timeout_s: float = Field(0.1, gt=0.0, le=0.25)
+
+
+class MqttInputSection(_Strict):
+    """A sensor that publishes ``{"value": bool, "ts": unix s}`` on ``<prefix>/sensors/<name>``
+    (a wireless grip sensor, a camera-based fall detector); ``value`` is already the reading
+    (true: held, or fallen), and ``ts`` says how fresh it is."""
+
+    kind: Literal["mqtt"]
+    role: Sensor
+    name: SensorName | None = None
+
+
+SensorInput = Annotated[
+    GpioInputSection | ModbusInputSection | MqttInputSection, Field(discriminator="kind")
+]
+
+
 class SensorsSection(_Strict):
     """Where the grip (left, right) and fall readings come from.
 
-    ``mqtt``: each sensor publishes ``{"value": bool, "ts": unix s}`` on
-    ``<prefix>/sensors/grip_left``, ``grip_right`` and ``fall`` (a wireless grip sensor, a
-    camera-based fall detector). ``simulator``: a simulated user who always holds on and never
-    falls; only allowed on the simulated drive, since it would blind the daemon on a real belt.
+    Either ``source`` for all three at once, or one ``[[sensors.inputs]]`` table per sensor.
+
+    ``source = "mqtt"``: each sensor publishes on ``<prefix>/sensors/grip_left``, ``grip_right``
+    and ``fall``. ``"simulator"``: a simulated user who always holds on and never falls; only
+    allowed on the simulated drive, since it would blind the daemon on a real belt.
+
+    ``inputs``: GPIO lines, Modbus discrete inputs or coils, and MQTT topics, each with its own
+    ``role``. Every role needs at least one. Several inputs of one role are combined, failing
+    closed: a grip is held only while all its inputs say so, a fall is signalled when any
+    does, and the combined reading is only as fresh as its stalest input.
     """
 
     source: Literal["simulator", "mqtt"] = "mqtt"
+    inputs: tuple[SensorInput, ...] = ()
     # How often the simulated sensors report when nothing changes.
     report_interval_s: float = Field(0.1, gt=0.0, le=0.25)
+
+    def effective_inputs(self) -> tuple[SensorInput, ...]:
+        """The inputs to read; ``source = "mqtt"`` stands for one MQTT input per role, and
+        ``"simulator"`` for none (the daemon's built-in user)."""
+        if self.inputs:
+            return self.inputs
+        if self.source == "mqtt":
+            return tuple(MqttInputSection(kind="mqtt", role=role) for role in Sensor)
+        return ()
+
+
+def input_name(entry: SensorInput) -> str:
+    return entry.name if entry.name is not None else entry.role.value
 
 
 MqttTopicPrefix = Annotated[str, Field(pattern=r"^[^/#+\s][^#+\s]*[^/#+\s]$|^[^/#+\s]$")]

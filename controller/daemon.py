@@ -35,10 +35,10 @@ from controller.mqtt_contract import (
     JsonObject,
     SensorPayloadError,
     parse_sensor_payload,
-    sensor_input,
 )
 from controller.mqtt_link import TabletLink, unix_mapper
 from controller.mqtt_settings import broker_settings
+from controller.sensors import SensorHub
 from controller.systemd import Notifier
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
@@ -51,7 +51,6 @@ from safety.inputs import (
     Hand,
     JournalHealth,
     LoopOverrun,
-    Sensor,
     Shutdown,
     StartSession,
 )
@@ -75,7 +74,7 @@ class Daemon:
         self._log = logger if logger is not None else structlog.get_logger("treadguard")
         self._signals = 0
         self._signalled = asyncio.Event()
-        self._sensors: dict[str, _SensorHealth] = {}
+        self._bad_payloads: dict[str, _SensorHealth] = {}
         self.drive_description = ""
         self.journal: Journal | None = None
         self._journal_problem: str | None = None
@@ -115,6 +114,7 @@ class Daemon:
             self.driver = build_driver(loaded, clock.time)
             self.drive_description = f"{cfg.drive.kind} driver"
         self.controller = Controller(self.core, self.driver, clock, logger=self._log)
+        self.sensors = SensorHub(cfg.sensors.effective_inputs(), self.controller.submit)
         mqtt, broker = cfg.mqtt, broker_settings(loaded)
         treadmill_id = cfg.treadmill.id
         self.link = TabletLink(
@@ -134,7 +134,7 @@ class Daemon:
             snapshot=self.core.snapshot,
             now=clock.time,
             to_unix=self.to_unix,
-            sensors=[s.value for s in Sensor] if cfg.sensors.source == "mqtt" else (),
+            sensors=self.sensors.mqtt_names,
             on_sensor=self._on_sensor_message,
             before_publish=self._commit_journal,
             logger=self._log.bind(part="mqtt"),
@@ -211,9 +211,14 @@ class Daemon:
         return text
 
     def _extra_state(self) -> JsonObject:
-        """The state's extension: the control loop's lag (MQTT-API.md allows new fields)."""
+        """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, and
+        which wired sensor inputs cannot be read, with the reason."""
         loop: JsonObject = {**self.health.as_json()}
-        return {"loop": loop}
+        extra: JsonObject = {"loop": loop}
+        problems = self.sensors.problems()
+        if problems:
+            extra["sensor_problems"] = {**problems}
+        return extra
 
     def _on_event_status(self, _event: Event) -> None:
         self.notifier.notify(STATUS=self._status_text())
@@ -293,12 +298,11 @@ class Daemon:
             self._bad_sensor_payload(name, reading.message, now)
             return
         age = max(0.0, time.time() - reading.ts)  # a clock ahead of ours counts as "now"
-        event = sensor_input(name, reading, now - age)
-        if event is not None:
-            self.controller.submit(event)
+        if self.sensors.is_mqtt(name):
+            self.sensors.reading(name, now - age, reading.value)
 
     def _bad_sensor_payload(self, name: str, message: str, now: float) -> None:
-        health = self._sensors.setdefault(name, _SensorHealth())
+        health = self._bad_payloads.setdefault(name, _SensorHealth())
         health.bad += 1
         if now - health.last_warned >= SENSOR_WARN_EVERY_S:
             health.last_warned = now
@@ -374,7 +378,7 @@ class Daemon:
             "daemon_started",
             treadmill=cfg.treadmill.id,
             drive=self.drive_description,
-            sensors=cfg.sensors.source,
+            sensors=self.sensors.describe() or "built-in simulated user",
             mqtt=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
             prefix=self.link.topics.prefix,
         )
@@ -389,6 +393,10 @@ class Daemon:
                 control = tg.create_task(self._control(), name="control")
                 driver = tg.create_task(self.driver.run(), name="driver")
                 link = tg.create_task(self.link.run(), name="mqtt")
+                inputs = [
+                    tg.create_task(run, name="sensor-input")
+                    for run in self.sensors.build_sources(self.clock.time)
+                ]
                 await self._signalled.wait()
                 await self._shutdown()
                 # The link goes first, while the loop still ticks: it publishes the final
@@ -398,6 +406,8 @@ class Daemon:
                 self._clean_exit = True
                 control.cancel()
                 driver.cancel()
+                for task in inputs:
+                    task.cancel()
             clean = True
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

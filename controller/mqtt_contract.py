@@ -29,13 +29,9 @@ from safety.decisions import Event, Refused, Reply, State
 from safety.inputs import (
     Command,
     EStop,
-    FallReading,
-    GripReading,
     Hand,
     Heartbeat,
     Reset,
-    Sensor,
-    SensorInput,
     SetSpeed,
     StartSession,
     Stop,
@@ -538,16 +534,3 @@ def parse_sensor_payload(payload: bytes) -> SensorReading | SensorPayloadError:
     if not (math.isfinite(model.ts) and model.ts > 0):
         return SensorPayloadError(f"invalid reading: ts: {model.ts!r} is not a unix time")
     return SensorReading(value=model.value, ts=model.ts)
-
-
-def sensor_input(name: str, reading: SensorReading, t: float) -> SensorInput | None:
-    """The safety input for a reading of sensor ``name`` arriving at monotonic ``t``;
-    None for a name the core does not know."""
-    match name:
-        case Sensor.GRIP_LEFT:
-            return GripReading(t=t, hand=Hand.LEFT, held=reading.value)
-        case Sensor.GRIP_RIGHT:
-            return GripReading(t=t, hand=Hand.RIGHT, held=reading.value)
-        case Sensor.FALL:
-            return FallReading(t=t, fallen=reading.value)
-    return None

@@ -87,7 +87,7 @@ class _LinkLost(Exception):
     """The link is gone (time-out, closed connection, vanished port); the message is the fault."""
 
 
-def _raise_if_cancelled() -> None:
+def raise_if_cancelled() -> None:
     """Python 3.11's asyncio.wait_for (which pymodbus awaits each answer with) can swallow a
     cancellation that races with the answer arriving; the task then runs on with its cancel
     request still counted. Honour it, so a cancelled driver always stops."""
@@ -241,7 +241,7 @@ class ModbusVfdDriver:
             finally:
                 self._live = False
                 client.close()
-            _raise_if_cancelled()
+            raise_if_cancelled()
             if self._last_session_was_live:
                 delay = self._reconnect_initial_s
             await asyncio.sleep(delay)
@@ -336,7 +336,7 @@ class ModbusVfdDriver:
         return int(response.registers[0])
 
     async def _step(self, client: ModbusClient) -> None:
-        _raise_if_cancelled()
+        raise_if_cancelled()
         self._wake.clear()
         if not client.connected:
             raise _LinkLost(f"drive_link: connection to {self._where()} closed")
@@ -438,9 +438,9 @@ class ModbusVfdDriver:
             # pymodbus bounds the wait itself; this outer bound only guards against it not doing so.
             async with asyncio.timeout(self._request_timeout_s * 2):
                 response = await call()
-            _raise_if_cancelled()
+            raise_if_cancelled()
         except TimeoutError as exc:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             raise _LinkLost(f"drive_link: no answer {what} within the time-out") from exc
         except (ModbusException, OSError) as exc:
             raise _LinkLost(f"drive_link: {what}: {exc}") from exc

@@ -19,7 +19,7 @@ def daemon_config(
     port: int,
     *,
     treadmill_id: str = "tm-test",
-    sensors: str = "simulator",
+    sensors: str | None = "simulator",
     drive: str = 'kind = "simulator"',
     mqtt_extra: str = "",
     extra: str = "",
@@ -27,15 +27,16 @@ def daemon_config(
     """A daemon configuration on the simulated drive for the broker on ``port``.
 
     ``sensors = "simulator"``: a built-in user who always holds on; ``"mqtt"``: the test
-    publishes the grip and fall readings itself. ``drive``: the lines of the [drive] table.
+    publishes the grip and fall readings itself; None: ``[[sensors.inputs]]`` tables in
+    ``extra`` say. ``drive``: the lines of the [drive] table.
     """
     path = tmp_path / f"daemon-{treadmill_id}.toml"
     path.write_text(
         f'[treadmill]\nid = "{treadmill_id}"\n\n'
         f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
         f"[drive]\n{drive}\n\n"
-        f'[sensors]\nsource = "{sensors}"\n\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{mqtt_extra}\n\n'
+        + (f'[sensors]\nsource = "{sensors}"\n\n' if sensors is not None else "")
+        + f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n{mqtt_extra}\n\n'
         f"[journal]\npath = '{(tmp_path / f'journal-{treadmill_id}.sqlite').as_posix()}'\n\n"
         '[logging]\nlevel = "info"\nformat = "json"\n\n'
         f"{extra}\n",

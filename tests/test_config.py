@@ -97,7 +97,10 @@ def assert_refused(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- valid files
 
 
-@pytest.mark.parametrize("name", ["sim.toml", "example-trackmaster.toml", "example-modbus.toml"])
+@pytest.mark.parametrize(
+    "name",
+    ["sim.toml", "example-trackmaster.toml", "example-modbus.toml", "example-wired-sensors.toml"],
+)
 def test_shipped_configs_are_ok(name: str) -> None:
     proc = check_config(CONFIG_DIR / name)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -27,7 +27,6 @@ from controller.mqtt_contract import (
     encode_state,
     parse_command,
     parse_sensor_payload,
-    sensor_input,
     state_key,
     to_payload,
 )
@@ -45,8 +44,6 @@ from safety.decisions import (
 from safety.inputs import (
     Command,
     EStop,
-    FallReading,
-    GripReading,
     Hand,
     Heartbeat,
     Reset,
@@ -555,14 +552,6 @@ def test_sr8_bad_sensor_payload_is_an_error_not_a_reading(raw: bytes) -> None:
     got = parse_sensor_payload(raw)
     assert isinstance(got, SensorPayloadError)
     assert got.message
-
-
-def test_sensor_input_maps_names_to_safety_inputs() -> None:
-    held = SensorReading(True, 1.0)
-    assert sensor_input("grip_left", held, 3.0) == GripReading(t=3.0, hand=Hand.LEFT, held=True)
-    assert sensor_input("grip_right", held, 3.0) == GripReading(t=3.0, hand=Hand.RIGHT, held=True)
-    assert sensor_input("fall", held, 3.0) == FallReading(t=3.0, fallen=True)
-    assert sensor_input("door", held, 3.0) is None
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -1,0 +1,148 @@
+"""The wired-input filter (polarity, debounce) and the combination of several inputs per role
+(SR-4, SR-5, SR-8): unsafe readings pass at once, safe ones only once settled, and a role is
+only as safe and as fresh as its least safe, stalest input."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from config.schema import GpioInputSection, MqttInputSection, SensorInput
+from controller.sensors import SensorHub
+from drivers.input_filter import LevelFilter, Sample
+from safety.inputs import FallReading, GripReading, Hand, Sensor
+
+DEBOUNCE_S = 0.02
+
+
+def grip_filter(active_high: bool = True, debounce_s: float = DEBOUNCE_S) -> LevelFilter:
+    return LevelFilter(active_high=active_high, asserted_is_safe=True, debounce_s=debounce_s)
+
+
+def fall_filter(active_high: bool = True, debounce_s: float = DEBOUNCE_S) -> LevelFilter:
+    return LevelFilter(active_high=active_high, asserted_is_safe=False, debounce_s=debounce_s)
+
+
+def test_sr4_grip_counts_as_held_only_after_the_debounce() -> None:
+    f = grip_filter()
+    assert f.update(Sample(0.000, high=True)) is False  # first touch: not yet held
+    assert f.update(Sample(0.010, high=True)) is False
+    assert f.update(Sample(0.020, high=True)) is True
+
+
+def test_sr4_grip_release_counts_at_once() -> None:
+    f = grip_filter()
+    f.update(Sample(0.0, high=True))
+    assert f.update(Sample(0.05, high=True)) is True
+    assert f.update(Sample(0.051, high=False)) is False
+
+
+def test_sr4_a_bounce_restarts_the_debounce() -> None:
+    f = grip_filter()
+    f.update(Sample(0.000, high=True))
+    f.update(Sample(0.015, high=False))  # contact bounce
+    assert f.update(Sample(0.025, high=True)) is False
+    assert f.update(Sample(0.040, high=True)) is False  # 15 ms since the bounce
+    assert f.update(Sample(0.045, high=True)) is True
+
+
+def test_active_low_inverts_the_level() -> None:
+    f = grip_filter(active_high=False, debounce_s=0.0)
+    assert f.update(Sample(0.0, high=False)) is True  # pulled low: held
+    assert f.update(Sample(0.1, high=True)) is False
+
+
+def test_sr5_fall_counts_at_once_and_clears_only_after_the_debounce() -> None:
+    f = fall_filter(active_high=False)
+    assert f.update(Sample(0.000, high=True)) is True  # not yet known clear: fallen
+    assert f.update(Sample(0.020, high=True)) is False  # clear for the debounce
+    assert f.update(Sample(0.021, high=False)) is True  # a fall: at once
+    assert f.update(Sample(0.030, high=True)) is True  # still within the debounce
+
+
+@given(
+    active_high=st.booleans(),
+    asserted_is_safe=st.booleans(),
+    debounce_ms=st.integers(0, 50),
+    steps=st.lists(st.tuples(st.integers(1, 30), st.booleans()), min_size=1, max_size=60),
+)
+def test_sr4_sr5_filter_fails_closed_for_any_sequence(
+    active_high: bool, asserted_is_safe: bool, debounce_ms: int, steps: list[tuple[int, bool]]
+) -> None:
+    """After every sample: an unsafe level is reported unsafe at once; a safe report means the
+    level has been safe, without a break, for the whole debounce."""
+    f = LevelFilter(
+        active_high=active_high, asserted_is_safe=asserted_is_safe, debounce_s=debounce_ms / 1e3
+    )
+    t_ms = 0
+    safe_since: int | None = None
+    for dt, high in steps:
+        t_ms += dt
+        asserted = f.update(Sample(t_ms / 1e3, high))
+        level_safe = (high == active_high) == asserted_is_safe
+        reported_safe = asserted == asserted_is_safe
+        safe_since = (safe_since if safe_since is not None else t_ms) if level_safe else None
+        if not level_safe:
+            assert not reported_safe
+        else:
+            assert safe_since is not None
+            assert reported_safe == (t_ms - safe_since >= debounce_ms)
+
+
+def gpio(role: Sensor, name: str, line: int) -> GpioInputSection:
+    return GpioInputSection(kind="gpio", role=role, name=name, line=line, active="high")
+
+
+def hub_with(*inputs: SensorInput) -> tuple[SensorHub, list[GripReading | FallReading]]:
+    got: list[GripReading | FallReading] = []
+    return SensorHub(inputs, got.append), got
+
+
+def test_sr8_role_has_no_reading_until_every_input_answered() -> None:
+    hub, got = hub_with(
+        gpio(Sensor.FALL, "fall_mat", 1), MqttInputSection(kind="mqtt", role=Sensor.FALL)
+    )
+    hub.reading("fall", 1.0, False)
+    assert got == []  # the mat has not answered: no reading at all, the core sees it stale
+    hub.level("fall_mat", 1.1, False)
+    # The mat has not been clear for its debounce yet: it still counts as a fall.
+    assert got == [FallReading(t=1.0, fallen=True)]
+    hub.level("fall_mat", 1.2, False)
+    assert got[-1] == FallReading(t=1.0, fallen=False)
+
+
+def test_sr5_any_fall_input_signals_a_fall() -> None:
+    hub, got = hub_with(
+        gpio(Sensor.FALL, "fall_mat", 1), MqttInputSection(kind="mqtt", role=Sensor.FALL)
+    )
+    hub.reading("fall", 1.0, False)
+    hub.level("fall_mat", 1.0, True)
+    assert got[-1] == FallReading(t=1.0, fallen=True)
+
+
+def test_sr4_a_grip_is_held_only_while_all_its_inputs_say_so() -> None:
+    hub, got = hub_with(
+        gpio(Sensor.GRIP_LEFT, "grip_left", 1), gpio(Sensor.GRIP_LEFT, "grip_left_2", 2)
+    )
+    for t in (0.0, 0.05):
+        hub.level("grip_left", t, True)
+        hub.level("grip_left_2", t, True)
+    assert got[-1] == GripReading(t=0.05, hand=Hand.LEFT, held=True)
+    hub.level("grip_left_2", 0.06, False)
+    assert got[-1] == GripReading(t=0.05, hand=Hand.LEFT, held=False)
+
+
+def test_sr8_the_combined_reading_is_as_old_as_its_stalest_input() -> None:
+    hub, got = hub_with(
+        gpio(Sensor.GRIP_RIGHT, "grip_right", 1), gpio(Sensor.GRIP_RIGHT, "grip_right_2", 2)
+    )
+    hub.level("grip_right_2", 0.0, True)  # answers once, then falls silent
+    for t in (0.0, 0.2, 0.4, 0.6):
+        hub.level("grip_right", t, True)
+    assert got[-1].t == 0.0
+
+
+def test_a_topic_never_stands_in_for_a_wired_input() -> None:
+    hub, _ = hub_with(gpio(Sensor.GRIP_LEFT, "grip_left", 1))
+    assert not hub.is_mqtt("grip_left")
+    assert hub.mqtt_names == []
