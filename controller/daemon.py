@@ -34,6 +34,7 @@ from controller.loop import LoopHealth, ScaledClock, run_control_loop
 from controller.mqtt_contract import (
     JsonObject,
     SensorPayloadError,
+    encode_programs,
     parse_sensor_payload,
 )
 from controller.mqtt_link import TabletLink, unix_mapper
@@ -115,6 +116,12 @@ class Daemon:
             self.drive_description = f"{cfg.drive.kind} driver"
         self.controller = Controller(self.core, self.driver, clock, logger=self._log)
         self.sensors = SensorHub(cfg.sensors.effective_inputs(), self.controller.submit)
+        self._programs = encode_programs(
+            loaded.programs,
+            cfg.safety,
+            default=cfg.programs.default,
+            returning=cfg.programs.returning,
+        )
         mqtt, broker = cfg.mqtt, broker_settings(loaded)
         treadmill_id = cfg.treadmill.id
         self.link = TabletLink(
@@ -211,10 +218,10 @@ class Daemon:
         return text
 
     def _extra_state(self) -> JsonObject:
-        """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, and
-        which wired sensor inputs cannot be read, with the reason."""
+        """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
+        programs a tablet may offer, and which wired sensor inputs cannot be read, and why."""
         loop: JsonObject = {**self.health.as_json()}
-        extra: JsonObject = {"loop": loop}
+        extra: JsonObject = {"loop": loop, "programs": self._programs}
         problems = self.sensors.problems()
         if problems:
             extra["sensor_problems"] = {**problems}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
@@ -36,9 +36,15 @@ from safety.inputs import (
     StartSession,
     Stop,
 )
-from safety.limits import STANDSTILL_MPH
+from safety.limits import STANDSTILL_MPH, SafetyLimits
+from safety.programs import Program, ProgramKind
 
 MAX_PAYLOAD_BYTES = 4096
+# A stamped start or speed change older than this (or this far ahead of our clock) is refused:
+# delivered late, after a broker that hung or a link that stalled, it is no longer what the
+# clinician pressed. Stops, emergency stops and resets are obeyed however late they arrive.
+MAX_COMMAND_AGE_S = 3.0
+_AGE_CHECKED = frozenset({"start_session", "set_speed"})
 ID_MAX_CHARS = 64
 DEFAULT_DUPLICATE_MEMORY = 1024
 
@@ -145,6 +151,9 @@ class _CommandModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     id: CommandId
+    # An extension of contract v1: when the sender stamps a command (unix seconds), a start or
+    # a speed change that arrives late is refused (MAX_COMMAND_AGE_S).
+    ts: float | None = None
 
 
 class StartSessionModel(_CommandModel):
@@ -277,8 +286,11 @@ def _to_command(model: _CommandModel, t: float) -> Command:
     raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
 
 
-def parse_command(payload: bytes, *, retained: bool, t: float) -> ParseResult:
+def parse_command(
+    payload: bytes, *, retained: bool, t: float, now_unix: float | None = None
+) -> ParseResult:
     """Parse one ``<p>/cmd`` payload; ``t`` becomes the command's time. Never raises.
+    ``now_unix``, when given, is the clock a stamped command's ``ts`` is checked against.
 
     Range checks (speed band, cap limits, user name) are the safety core's: it answers them
     with ``out_of_range`` or ``invalid_command``. Here only the shape is checked.
@@ -325,7 +337,29 @@ def parse_command(payload: bytes, *, retained: bool, t: float) -> ParseResult:
         model = model_type.model_validate(obj)
     except ValidationError as exc:
         return CommandReply(command_id, ErrorCode.INVALID_COMMAND, _describe(exc))
+    if model.ts is not None and now_unix is not None and kind in _AGE_CHECKED:
+        late = _late(kind, model.ts, now_unix)
+        if late is not None:
+            return CommandReply(model.id, ErrorCode.NOT_ALLOWED, late)
     return ParsedCommand(id=model.id, command=_to_command(model, t), fingerprint=_fingerprint(obj))
+
+
+def _late(kind: str, ts: float, now_unix: float) -> str | None:
+    what = "start" if kind == "start_session" else "speed change"
+    if not math.isfinite(ts):
+        return f"invalid command: ts: {ts!r} is not a unix time"
+    age = now_unix - ts
+    if age > MAX_COMMAND_AGE_S:
+        return (
+            f"this {what} was sent {age:.1f} s ago and is refused as too old (the limit is "
+            f"{MAX_COMMAND_AGE_S:g} s): press again if it is still wanted"
+        )
+    if age < -MAX_COMMAND_AGE_S:
+        return (
+            f"this {what} is stamped {-age:.1f} s in the future: the tablet's clock and the "
+            "controller's disagree; set both from the network time"
+        )
+    return None
 
 
 class DuplicateFilter:
@@ -376,9 +410,10 @@ def answer_command(
     t: float,
     seen: DuplicateFilter,
     execute: Execute,
+    now_unix: float | None = None,
 ) -> CommandReply:
     """Parse, de-duplicate, run at most once, and build the reply for one ``<p>/cmd`` payload."""
-    parsed = parse_command(payload, retained=retained, t=t)
+    parsed = parse_command(payload, retained=retained, t=t, now_unix=now_unix)
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
             # The id was readable, so the payload is a JSON object.
@@ -408,6 +443,40 @@ def _scalar(value: str | int | float | bool | None) -> JsonValue:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def encode_programs(
+    programs: Mapping[str, Program],
+    limits: SafetyLimits,
+    *,
+    default: str,
+    returning: str,
+) -> JsonObject:
+    """The state's ``programs`` extension: what a tablet may offer, so that a program a clinic
+    adds appears on every tablet without a new page. ``band_mph`` is the program's band inside
+    the daemon's safety band; ``interval_s`` only for interval programs (a cap counts whole
+    intervals). ``default`` and ``returning`` say what a start without a program gets for a
+    user without and with a session in the journal."""
+    listed: JsonObject = {}
+    for name, program in sorted(programs.items()):
+        entry: JsonObject = {
+            "title": program.title,
+            "kind": program.kind.value,
+            "first_session": program.first_session,
+            "band_mph": [
+                max(program.min_mph, limits.min_mph),
+                min(program.max_mph, limits.max_mph),
+            ],
+            "cap_s": {
+                "default": program.cap_s_default,
+                "min": program.cap_s_min,
+                "max": program.cap_s_max,
+            },
+        }
+        if program.kind is ProgramKind.INTERVALS:
+            entry["interval_s"] = program.interval_s
+        listed[name] = entry
+    return {"default": default, "returning": returning, "all": listed}
 
 
 def encode_state(

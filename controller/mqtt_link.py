@@ -360,6 +360,7 @@ class TabletLink:
             t=self._now(),
             seen=self._seen,
             execute=self._execute,
+            now_unix=time.time(),
         )
         if not reply.ok:
             assert reply.error is not None

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from controller.mqtt_contract import MAX_COMMAND_AGE_S
 from tests.clinician import (
     SESSION_WAIT_S,
     STANDSTILL_MPH,
@@ -426,3 +427,32 @@ async def test_sr11_second_signal_is_an_emergency_stop(
         assert event["cause"] == "remote_estop"
         await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
     assert await asyncio.to_thread(daemon.wait) == 0
+
+
+@pytest.mark.asyncio
+async def test_sr15_a_start_delivered_late_is_refused_a_stop_is_not(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """Commands stamped with ``ts`` (an extension of contract v1): a start older than
+    MAX_COMMAND_AGE_S, as a broker that hung would deliver it, is refused; a stamped stop of
+    the same age is obeyed."""
+    make_daemon(treadmill_id="tm-late")
+    async with clinician(broker, "tm-late") as doc:
+        await doc.until(lambda s: s["stale"] == [], within=5.0)
+        old = time.time() - (MAX_COMMAND_AGE_S + 2.0)
+        await doc.raw(
+            json.dumps({"id": "late-1", "type": "start_session", "user": "u-l", "ts": old}).encode()
+        )
+        message = refused(await doc.reply_to("late-1"), "not_allowed")
+        assert "too old" in message
+        await doc.raw(json.dumps({"id": "late-2", "type": "stop", "ts": old}).encode())
+        stop_reply = await doc.reply_to("late-2")
+        assert stop_reply["id"] == "late-2"
+        assert "too old" not in json.dumps(stop_reply)
+        fresh = time.time()
+        await doc.raw(
+            json.dumps(
+                {"id": "late-3", "type": "start_session", "user": "u-l", "ts": fresh}
+            ).encode()
+        )
+        ok(await doc.reply_to("late-3"))

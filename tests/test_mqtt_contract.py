@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from config.loading import load_config
 from controller.mqtt_contract import (
+    MAX_COMMAND_AGE_S,
     MAX_PAYLOAD_BYTES,
     CommandReply,
     DuplicateFilter,
@@ -23,6 +24,7 @@ from controller.mqtt_contract import (
     answer_command,
     belt_moving,
     encode_event,
+    encode_programs,
     encode_reply,
     encode_state,
     parse_command,
@@ -52,6 +54,8 @@ from safety.inputs import (
     StartSession,
     Stop,
 )
+from safety.limits import SafetyLimits
+from safety.programs import load_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 12.5  # the caller's monotonic time for commands
@@ -619,3 +623,74 @@ def test_sr15_fuzz_json_payloads_never_raise(obj: object, retained: bool) -> Non
 @given(raw=st.binary(max_size=200) | st.builds(lambda o: json.dumps(o).encode(), json_values))
 def test_sr8_fuzz_sensor_payloads_never_raise(raw: bytes) -> None:
     assert isinstance(parse_sensor_payload(raw), SensorReading | SensorPayloadError)
+
+
+# ------------------------------------------------------------------ extensions of contract v1
+
+NOW_UNIX = 1_764_000_100.0
+
+
+def stamped(kind: str, age_s: float, **fields: object) -> bytes:
+    return json.dumps({"id": "c-1", "type": kind, "ts": NOW_UNIX - age_s, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"), [("start_session", {"user": "u1"}), ("set_speed", {"mph": 1.0})]
+)
+def test_sr15_a_stamped_start_or_speed_change_that_arrives_late_is_refused(
+    kind: str, fields: dict[str, object]
+) -> None:
+    fresh = parse_command(stamped(kind, 0.5, **fields), retained=False, t=T, now_unix=NOW_UNIX)
+    assert isinstance(fresh, ParsedCommand)
+    late = parse_command(
+        stamped(kind, MAX_COMMAND_AGE_S + 0.5, **fields), retained=False, t=T, now_unix=NOW_UNIX
+    )
+    assert isinstance(late, CommandReply)
+    assert late.error is ErrorCode.NOT_ALLOWED
+    assert late.id == "c-1"
+    assert f"was sent {MAX_COMMAND_AGE_S + 0.5:.1f} s ago" in late.message
+    ahead = parse_command(stamped(kind, -10.0, **fields), retained=False, t=T, now_unix=NOW_UNIX)
+    assert isinstance(ahead, CommandReply)
+    assert ahead.error is ErrorCode.NOT_ALLOWED
+    assert "clock" in ahead.message
+
+
+@pytest.mark.parametrize("kind", ["stop", "estop", "reset", "heartbeat"])
+def test_sr6_a_late_stop_is_still_obeyed(kind: str) -> None:
+    got = parse_command(stamped(kind, 60.0), retained=False, t=T, now_unix=NOW_UNIX)
+    assert isinstance(got, ParsedCommand)
+
+
+def test_an_unstamped_command_is_not_age_checked() -> None:
+    raw = b'{"id": "c-2", "type": "start_session", "user": "u1"}'
+    assert isinstance(parse_command(raw, retained=False, t=T, now_unix=NOW_UNIX), ParsedCommand)
+
+
+def test_sr15_a_ts_that_is_not_a_number_is_an_invalid_command() -> None:
+    raw = b'{"id": "c-3", "type": "set_speed", "mph": 1.0, "ts": "now"}'
+    got = parse_command(raw, retained=False, t=T, now_unix=NOW_UNIX)
+    assert isinstance(got, CommandReply)
+    assert got.error is ErrorCode.INVALID_COMMAND
+    assert "ts" in got.message
+
+
+def test_the_programs_extension_lists_each_program_inside_the_safety_band() -> None:
+    programs = load_programs(ROOT / "config" / "programs")
+    limits = SafetyLimits(max_mph=1.1)
+    ext = encode_programs(programs, limits, default="first_session", returning="reverse_walking")
+    assert ext["default"] == "first_session"
+    assert ext["returning"] == "reverse_walking"
+    listed = ext["all"]
+    assert isinstance(listed, dict)
+    assert sorted(listed) == sorted(programs)
+    first = listed["first_session"]
+    assert first == {
+        "title": "First treadmill session",
+        "kind": "continuous",
+        "first_session": True,
+        "band_mph": [0.8, 1.1],
+        "cap_s": {"default": 180.0, "min": 180.0, "max": 300.0},
+    }
+    intervals = listed["intervals"]
+    assert isinstance(intervals, dict)
+    assert intervals["interval_s"] == programs["intervals"].interval_s
