@@ -39,3 +39,24 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     fi
     echo "$want" > "$stamp"
 fi
+
+# The tablet page's one dependency, MQTT.js, pinned in tablet/package-lock.json, into
+# tablet/node_modules (Mosquitto serves the page and it from there); again only when the lock
+# file changed. --ignore-scripts: nothing from the registry runs here, the page only needs files.
+tablet_page_deps() {
+    if ! command -v npm >/dev/null; then
+        echo "treadguard: installing nodejs and npm from Debian's packages" >&2
+        need_apt nodejs npm
+    fi
+    local stamp=tablet/node_modules/.treadguard-installed want
+    want=$(sha256sum tablet/package-lock.json | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "treadguard: installing the tablet page's MQTT client (npm ci in tablet/)" >&2
+        if ! (cd tablet && npm ci --ignore-scripts --no-audit --no-fund) > .venv/npm.log 2>&1; then
+            cat .venv/npm.log >&2
+            echo "treadguard: npm ci in tablet/ failed (log above)" >&2
+            exit 1
+        fi
+        echo "$want" > "$stamp"
+    fi
+}

@@ -46,18 +46,36 @@ def have_mosquitto() -> bool:
 
 
 class Broker:
-    def __init__(self, workdir: Path, extra: str = "", *, port: int | None = None) -> None:
+    """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as the
+    tablet page's broker does. It comes after the native listener, which Mosquitto needs
+    anyway (a WebSockets listener alone does not start), and takes the same ``extra``
+    settings: they are global (``per_listener_settings false``, Mosquitto's default)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        extra: str = "",
+        *,
+        port: int | None = None,
+        http_dir: Path | None = None,
+    ) -> None:
         self.port = port if port is not None else free_port()
+        self.ws_port = free_port() if http_dir is not None else None
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
+        websockets = (
+            f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n"
+            if http_dir is not None
+            else ""
+        )
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             + (extra if extra else "allow_anonymous true\n")
             + "log_dest stdout\n"
             # Without it every QoS 1 round trip costs ~88 ms (Nagle meets delayed ACKs).
             "set_tcp_nodelay true\n"
-            "persistence false\n"
+            "persistence false\n" + websockets
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -67,16 +85,17 @@ class Broker:
                 [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:  # bounded: until the port accepts connections or the deadline
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        for port in (self.port, self.ws_port):
+            while port is not None:  # bounded: until it accepts connections or the deadline
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
 
     def freeze(self) -> None:
         """SIGSTOP: a broker that accepts connections and answers nothing (a hung server)."""
@@ -182,9 +201,11 @@ async def tablet(
     password: str | None = None,
     tls: ssl.SSLContext | None = None,
     port: int | None = None,
+    websockets: bool = False,
 ) -> AsyncIterator[Tablet]:
     """A connected :class:`Tablet` subscribed to ``topics``, reading in the background.
-    ``port`` overrides the broker's (a TLS listener); connecting is bounded by WAIT_S."""
+    ``port`` overrides the broker's (a TLS listener); ``websockets``: MQTT over WebSockets,
+    as the tablet page speaks it. Connecting is bounded by WAIT_S."""
     client = aiomqtt.Client(
         "127.0.0.1",
         port if port is not None else broker.port,
@@ -194,6 +215,7 @@ async def tablet(
         tls_context=tls,
         timeout=WAIT_S,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        transport="websockets" if websockets else "tcp",
     )
     async with asyncio.timeout(WAIT_S):
         await client.__aenter__()

@@ -21,6 +21,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
@@ -481,13 +482,17 @@ async def test_sr12_tls_with_client_certificates_required(tmp_path: Path, pki: P
 # ----------------------------------------------------------------------------- the shipped file
 
 
-def shipped_config(etc: Path, *, port: int, tls_port: int) -> str:
-    """config/mosquitto/treadguard.conf with its TLS example switched on, free ports, and the
-    files of /etc/mosquitto/treadguard/ found in ``etc`` (the ACL: the shipped one)."""
+def shipped_config(etc: Path, *, port: int, tls_port: int, ws_port: int) -> str:
+    """config/mosquitto/treadguard.conf with its TLS and WebSockets examples switched on, free
+    ports, the files of /etc/mosquitto/treadguard/ found in ``etc`` (the ACL: the shipped one)
+    and the tablet page from tablet/ in this tree."""
     text = SHIPPED_CONF.read_text()
     edits = [
         (r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1"),
         (r"^#listener 8883$", f"listener {tls_port} 127.0.0.1"),
+        (r"^#listener 8884$", f"listener {ws_port}"),
+        (r"^#protocol websockets$", "protocol websockets"),
+        (r"^#http_dir /opt/treadguard/tablet$", f"http_dir {ROOT / 'tablet'}"),
         (r"^#(cafile|certfile|keyfile|require_certificate) ", r"\1 "),
         (r"^acl_file /etc/mosquitto/treadguard/acl$", f"acl_file {ACL}"),
         (r"/etc/mosquitto/treadguard/", f"{etc}/"),
@@ -507,7 +512,9 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
     password_file(etc / "passwd", PASSWORDS)
     broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
     tls_port = free_port()
-    broker.conf.write_text(shipped_config(etc, port=broker.port, tls_port=tls_port))
+    broker.conf.write_text(
+        shipped_config(etc, port=broker.port, tls_port=tls_port, ws_port=free_port())
+    )
     tm, world = "tm-shipped", World()
     p = f"treadmill/{tm}"
     tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
@@ -525,6 +532,49 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
             ) as tab,
             link_for(broker, world, tm),
             tablet(broker, **login("dashboard")) as dashboard,
+        ):
+            await serves_the_tablet(tab, tm, world)
+            await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
+            await send(tab, tm, {"id": "after", "type": "heartbeat"})
+            assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+            assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
+
+
+@pytest.mark.asyncio
+async def test_sr15_the_shipped_websockets_listener_for_the_tablet_page(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """treadguard.conf's listener for the tablet page: the page over HTTPS and MQTT over
+    WebSockets with TLS, both only with a client certificate, and the same logins and ACL as
+    every listener: no anonymous client, no command from an account but the tablet's."""
+    need("mosquitto", have_mosquitto())
+    etc = pki.ca.parent
+    password_file(etc / "passwd", PASSWORDS)
+    broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
+    broker.ws_port = free_port()  # start() waits for this one too
+    broker.conf.write_text(
+        shipped_config(etc, port=broker.port, tls_port=free_port(), ws_port=broker.ws_port)
+    )
+    tm, world = "tm-wss", World()
+    p = f"treadmill/{tm}"
+    tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
+    wss = {"tls": tablet_tls.context(), "port": broker.ws_port, "websockets": True}
+    async with running(broker):
+        url = f"https://127.0.0.1:{broker.ws_port}/"
+        with await asyncio.to_thread(
+            urllib.request.urlopen, url, context=tablet_tls.context()
+        ) as page:
+            assert b"E-STOP" in page.read()
+        assert "CERTIFICATE_REQUIRED" in await tls_refused(
+            broker.ws_port, TlsSettings(pki.ca).context()
+        )
+        with pytest.raises(aiomqtt.MqttError):
+            async with tablet(broker, **wss):
+                pass
+        async with (
+            tablet(broker, f"{p}/reply", f"{p}/availability", **login("tablet"), **wss) as tab,
+            link_for(broker, world, tm),
+            tablet(broker, **login("dashboard"), **wss) as dashboard,
         ):
             await serves_the_tablet(tab, tm, world)
             await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')

@@ -1,0 +1,709 @@
+// treadguard's clinician page: contract v1 (docs/daemon.md) over MQTT over WebSockets, with
+// MQTT.js (node_modules/mqtt, installed by `npm ci` in this folder). The daemon decides
+// everything; this page shows what it says and sends what the clinician presses.
+//
+// Query parameters (docs/tablet-page.md): treadmill=<id> (default tm-sim), prefix=<topic prefix>
+// (default treadmill/<id>), broker=<ws:// or wss:// URL> (default: where the page came from),
+// user=<broker account>; the password is asked for when the broker wants one.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const TREADMILL = params.get("treadmill") || "tm-sim";
+const PREFIX = params.get("prefix") || `treadmill/${TREADMILL}`;
+const BROKER =
+  params.get("broker") || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+const TOPIC = {
+  cmd: `${PREFIX}/cmd`,
+  reply: `${PREFIX}/reply`,
+  state: `${PREFIX}/state`,
+  events: `${PREFIX}/events`,
+  availability: `${PREFIX}/availability`,
+};
+
+const HEARTBEAT_MS = 1000; // MQTT-API.md: "the tablet sends one every second" (SR-12)
+const REPLY_TIMEOUT_MS = 5000;
+// Heartbeats unanswered this long: the daemon is not there, whatever the broker says.
+const NO_ANSWER_MS = 3000;
+// The daemon publishes at least every 500 ms while the belt moves; three missed is stale.
+const STATE_STALE_MS = 1500;
+const STANDSTILL_MPH = 0.05; // safety/limits.py
+// The protocol's band (SAFETY.md SR-1), until the state lists the programs' own bands. The
+// daemon refuses anything outside its band whatever this page sends.
+const BAND = [0.8, 1.2];
+const STEP_MPH = 0.1;
+const CAP_WARNING_S = 30; // the default [safety] cap_warning_s, for a page opened after it
+const LOG_LINES = 60;
+const CAP_STEP_S = 30; // the cap choices of a continuous program: every 30 s of its range
+
+// The daemon's programs, from the state's "programs" extension: name -> {title, caps (the cap
+// choices, s), perInterval (interval programs: a cap counts whole intervals), band}. A program
+// a clinic adds to the daemon appears here without a new page.
+let PROGRAMS = {};
+let programChoice = { default: null, returning: null };
+let programsKey = "";
+
+function takePrograms(ext) {
+  const key = JSON.stringify(ext || null);
+  if (key === programsKey) return false;
+  programsKey = key;
+  PROGRAMS = {};
+  for (const [name, p] of Object.entries((ext && ext.all) || {})) {
+    const step = p.interval_s || CAP_STEP_S;
+    const caps = [];
+    for (let cap = p.cap_s.min; cap <= p.cap_s.max + 1e-9; cap += step) caps.push(cap);
+    PROGRAMS[name] = { title: p.title, caps, perInterval: p.interval_s || null, band: p.band_mph };
+  }
+  programChoice = { default: ext ? ext.default : null, returning: ext ? ext.returning : null };
+  return true;
+}
+
+function bandOf(program) {
+  return (PROGRAMS[program] && PROGRAMS[program].band) || BAND;
+}
+
+const CAUSES = {
+  grip_lost: "both hands off the handrails",
+  fall: "a fall was detected",
+  sensor_stale: "a grip or fall sensor went silent",
+  remote_estop: "the E-STOP was pressed on a tablet",
+  drive_link: "the treadmill's drive stopped answering",
+  drive_fault: "the treadmill's drive reported a fault",
+  feedback_mismatch: "the belt did not follow the commanded speed",
+  journal: "the session journal cannot be written",
+};
+const REASONS = {
+  cap: "the session cap was reached",
+  completed: "the program is complete",
+  operator_stop: "stopped from a tablet",
+  tablet_lost: "no tablet heartbeat (the page was hidden or lost its link)",
+  start_aborted: "the start was aborted",
+  estop: "emergency stop",
+  fault: "fault",
+  loop_overrun: "the controller ran late",
+  shutdown: "the controller was shut down",
+};
+const STATE_WORDS = {
+  idle: "IDLE",
+  countdown: "COUNTDOWN",
+  running: "RUNNING",
+  stopping: "STOPPING",
+  estop: "E-STOP",
+  fault: "FAULT",
+};
+
+const $ = (id) => document.getElementById(id);
+
+// Everything the page knows. `render` draws it; nothing else touches the controls' state.
+const view = {
+  link: "connecting", // connecting | connected | disconnected | login | nolib
+  linkDetail: "",
+  availability: null, // the daemon's retained "online" / "offline"; null: not seen since connect
+  state: null,
+  stateAt: 0, // performance.now() of its arrival: the daemon's clock is not the tablet's
+  unansweredSince: null, // the first heartbeat sent since the last reply of the daemon
+  countdownEnd: null,
+  capWarned: null, // the session id the cap warning was given for
+  target: null, // the session's target: the state says 0 during a countdown
+  message: null,
+  why: undefined, // offlineWhy() at the last render: undefined before the first
+};
+const pending = new Map(); // command id -> { type, timer }
+let client = null;
+let heartbeat = null;
+
+// ------------------------------------------------------------------ helpers
+
+function commandId() {
+  // crypto.randomUUID needs a secure context; a page on http://<gym address> is not one.
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "page-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function round1(x) {
+  return Math.round(x * 10) / 10;
+}
+
+function clock(seconds) {
+  if (typeof seconds !== "number") return "–";
+  const s = Math.max(0, Math.round(seconds));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function mph(x) {
+  return typeof x === "number" ? x.toFixed(2) : "–";
+}
+
+function sentence(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : "";
+}
+
+function capWords(program, cap) {
+  const p = PROGRAMS[program];
+  return p && p.perInterval ? `${cap / p.perInterval} intervals` : `${clock(cap)} min`;
+}
+
+function log(text, bad = false) {
+  const li = document.createElement("li");
+  const time = document.createElement("time");
+  time.textContent = new Date().toLocaleTimeString([], { hour12: false });
+  li.append(time, text);
+  if (bad) li.className = "bad";
+  const list = $("log");
+  list.prepend(li);
+  while (list.children.length > LOG_LINES) list.lastElementChild.remove();
+}
+
+function say(text) {
+  view.message = text;
+  render();
+}
+
+// ------------------------------------------------------------------ what the page may do
+
+// The daemon's own rule for its periodic state (mqtt_contract.belt_moving): not during a
+// countdown, when the belt still stands.
+function moving(state) {
+  return (
+    ["running", "stopping"].includes(state.state) ||
+    !(typeof state.speed_mph === "number" && state.speed_mph <= STANDSTILL_MPH)
+  );
+}
+
+// Why the page is offline, in words, or null when it is online.
+function offlineWhy() {
+  const now = performance.now();
+  if (view.link !== "connected") return "no connection to the broker";
+  if (view.availability !== "online") {
+    return view.availability === "offline"
+      ? "the treadmill is offline"
+      : "waiting for the treadmill";
+  }
+  if (view.state === null) return "no state from the treadmill yet";
+  if (view.unansweredSince !== null && now - view.unansweredSince > NO_ANSWER_MS) {
+    return "the treadmill does not answer";
+  }
+  if (moving(view.state) && now - view.stateAt > STATE_STALE_MS) {
+    return "the treadmill's state is out of date";
+  }
+  return null;
+}
+
+// ------------------------------------------------------------------ drawing
+
+function setLevel(id, level, words) {
+  const el = $(id);
+  el.dataset.level = level;
+  el.querySelector(".words").textContent = words;
+}
+
+function render() {
+  const s = view.state;
+  const why = offlineWhy();
+  const online = why === null;
+  document.body.dataset.online = String(online);
+  // Going offline and back is part of the session's story: into the log, once each way.
+  if (why !== view.why) {
+    if (why !== null && view.why === null) log(`Offline: ${why}`, true);
+    if (why === null && view.why !== undefined) log("Online: the controls are on");
+    view.why = why;
+  }
+
+  const linkWords = {
+    connecting: ["wait", "Broker: connecting"],
+    connected: ["ok", "Broker: connected"],
+    disconnected: ["bad", "Broker: disconnected, retrying"],
+    login: ["bad", "Broker: login needed"],
+    nolib: ["bad", "MQTT library missing (run npm ci in tablet/)"],
+  }[view.link];
+  setLevel("link", linkWords[0], linkWords[1] + (view.linkDetail ? ` (${view.linkDetail})` : ""));
+  if (view.link !== "connected") setLevel("daemon", "wait", "Treadmill: unknown");
+  else if (why === "the treadmill does not answer")
+    setLevel("daemon", "bad", "Treadmill: no answer");
+  else if (view.availability === "online") setLevel("daemon", "ok", "Treadmill: online");
+  else if (view.availability === "offline") setLevel("daemon", "bad", "Treadmill: offline");
+  else setLevel("daemon", "wait", "Treadmill: waiting");
+  $("treadmill").textContent = `Treadmill ${s && s.treadmill_id ? s.treadmill_id : TREADMILL}`;
+
+  $("offline").hidden = online;
+  $("offline").querySelector(".words").textContent =
+    `Offline: ${why}. Every control is off: use the treadmill's own stop button.`;
+
+  const badge = $("state");
+  badge.dataset.state = s ? s.state : "unknown";
+  badge.querySelector(".words").textContent = s
+    ? STATE_WORDS[s.state] || s.state.toUpperCase()
+    : "NO STATE";
+  $("last-known").hidden = online || !s;
+
+  // The latch: a banner that names the cause, in words and by its code.
+  const latched = s && s.latched;
+  $("banner").hidden = !latched;
+  if (latched) {
+    $("banner-title").textContent = latched.kind === "fault" ? "FAULT" : "EMERGENCY STOP";
+    $("banner-cause").textContent =
+      `${sentence(CAUSES[latched.cause] || latched.cause)} (cause: ${latched.cause})`;
+  }
+
+  // Live readouts.
+  const session = s && s.session;
+  $("speed").textContent = s ? mph(s.speed_mph) : "–";
+  $("target").textContent = s ? mph(s.target_mph) : "–";
+  if (session) {
+    const title = PROGRAMS[session.program] ? PROGRAMS[session.program].title : session.program;
+    $("session-info").textContent =
+      `Session ${session.id}: ${session.user}, ${title}, cap ${capWords(session.program, session.cap_s)}`;
+    $("elapsed").textContent = `${clock(session.elapsed_s)} of ${clock(session.cap_s)}`;
+    $("remaining").textContent = clock(session.remaining_s);
+    const pct = session.cap_s > 0 ? Math.min(100, (100 * session.elapsed_s) / session.cap_s) : 0;
+    $("progress-fill").style.width = `${pct}%`;
+    $("progress").setAttribute("aria-valuenow", String(Math.round(pct)));
+  } else {
+    $("session-info").textContent = "No session";
+    $("elapsed").textContent = "–";
+    $("remaining").textContent = "–";
+    $("progress-fill").style.width = "0";
+    $("progress").setAttribute("aria-valuenow", "0");
+  }
+  const capNear =
+    session &&
+    (view.capWarned === session.id ||
+      (s.state === "running" && session.remaining_s <= CAP_WARNING_S));
+  $("cap-warning").hidden = !capNear;
+  $("progress").classList.toggle("warn", Boolean(capNear));
+  if (capNear) {
+    $("cap-warning").querySelector(".words").textContent =
+      `Cap: the session ends in ${clock(session.remaining_s)}; the belt then stops by itself.`;
+  }
+
+  const inCountdown = s && s.state === "countdown";
+  $("countdown").hidden = !inCountdown;
+  if (inCountdown) {
+    const left =
+      view.countdownEnd === null ? null : Math.ceil((view.countdownEnd - performance.now()) / 1000);
+    $("countdown-s").textContent = left === null ? "a moment" : `${Math.max(left, 0)} s`;
+  }
+
+  const stale = new Set(s ? s.stale : []);
+  for (const [id, hand, sensor] of [
+    ["grip-left", "left", "grip_left"],
+    ["grip-right", "right", "grip_right"],
+  ]) {
+    const name = hand === "left" ? "Left hand" : "Right hand";
+    if (!s) setLevel(id, "wait", `${name} ?`);
+    else if (stale.has(sensor)) setLevel(id, "bad", `${name}: NO SIGNAL`);
+    else if (s.grip[hand]) setLevel(id, "ok", `${name}: held`);
+    else setLevel(id, "bad", `${name}: RELEASED`);
+  }
+  if (!s) setLevel("fall", "wait", "Fall ?");
+  else if (stale.has("fall")) setLevel("fall", "bad", "Fall sensor: NO SIGNAL");
+  else if (s.fall) setLevel("fall", "bad", "FALL");
+  else setLevel("fall", "ok", "No fall");
+
+  // Controls: what the contract allows in this state, and nothing while offline.
+  const st = s ? s.state : null;
+  const hasSession = Boolean(session) && ["countdown", "running"].includes(st);
+  const target = view.target;
+  $("start").disabled = !(online && st === "idle" && !latched && $("user").value.trim() !== "");
+  // The setup only matters between sessions; hidden, it leaves Stop and Reset in view.
+  $("setup").hidden = st !== null && st !== "idle";
+  $("user").disabled = $("program").disabled = $("cap").disabled = !(online && st === "idle");
+  $("set-target").textContent = hasSession && target !== null ? target.toFixed(1) : "–";
+  $("slower").disabled = !(
+    online &&
+    hasSession &&
+    target !== null &&
+    round1(target - STEP_MPH) >= bandOf(session.program)[0]
+  );
+  $("faster").disabled = !(
+    online &&
+    hasSession &&
+    target !== null &&
+    round1(target + STEP_MPH) <= bandOf(session.program)[1]
+  );
+  $("stop").disabled = !(
+    online &&
+    Boolean(session) &&
+    ["countdown", "running", "stopping"].includes(st)
+  );
+  $("reset").disabled = !(online && Boolean(latched));
+  // E-STOP stays live while the broker link is up, even when the daemon seems not to answer:
+  // a stop that might arrive late, or not at all, costs nothing, and one that arrives helps.
+  const linked = view.link === "connected";
+  $("estop").disabled = !linked;
+  $("estop-note").textContent = online
+    ? ""
+    : linked
+      ? "also use the treadmill's stop button"
+      : "no link: use the treadmill's stop button";
+
+  $("message").hidden = !view.message;
+  $("message").querySelector(".words").textContent = view.message || "";
+}
+
+// ------------------------------------------------------------------ commands
+
+function send(type, fields = {}) {
+  // Never queued while the link is down: a command must not run late, after a reconnect.
+  if (!client || !client.connected) {
+    if (type !== "heartbeat") say("Not sent: no connection to the broker.");
+    return;
+  }
+  const id = commandId();
+  // Stamped (unix s): a start or a speed change the broker delivers late, after it hung, is
+  // refused by the daemon rather than run when nobody expects it (docs/daemon.md).
+  const ts = Date.now() / 1000;
+  client.publish(TOPIC.cmd, JSON.stringify({ id, type, ts, ...fields }), { qos: 1, retain: false });
+  if (type === "heartbeat") {
+    if (view.unansweredSince === null) view.unansweredSince = performance.now();
+    return;
+  }
+  view.message = null;
+  const timer = setTimeout(() => {
+    pending.delete(id);
+    const words = commandWords({ type, fields });
+    log(`${words}: no answer within ${REPLY_TIMEOUT_MS / 1000} s`, true);
+    say(`No answer to "${words}": check the state before you try again.`);
+  }, REPLY_TIMEOUT_MS);
+  pending.set(id, { type, fields, timer });
+  render();
+}
+
+function commandWords(sent) {
+  switch (sent.type) {
+    case "start_session":
+      return `Start for ${sent.fields.user}`;
+    case "set_speed":
+      return `Target ${sent.fields.mph.toFixed(1)} mph`;
+    case "estop":
+      return "E-STOP";
+    default:
+      return sentence(sent.type);
+  }
+}
+
+function onReply(reply) {
+  view.unansweredSince = null; // any reply shows the daemon is there
+  const sent = pending.get(reply.id);
+  if (!sent) return; // a heartbeat, or another tablet's command
+  clearTimeout(sent.timer);
+  pending.delete(reply.id);
+  if (reply.ok) {
+    if (sent.type === "set_speed") view.target = sent.fields.mph;
+    log(`${commandWords(sent)}: accepted`);
+    return;
+  }
+  const error = reply.error || {};
+  const text = `Refused: ${sentence(error.message || error.code || "no reason given")}`;
+  log(`${commandWords(sent)}: ${text}`, true);
+  say(text);
+}
+
+// ------------------------------------------------------------------ what the daemon says
+
+function onState(state) {
+  const before = view.state;
+  view.state = state;
+  view.stateAt = performance.now();
+  if (takePrograms(state.programs)) fillPrograms();
+  const session = state.session;
+  if (!session) {
+    view.target = null;
+  } else if (typeof state.target_mph === "number" && state.target_mph >= bandOf(session.program)[0]) {
+    view.target = state.target_mph;
+  }
+  if (before && before.state !== state.state && state.state !== "countdown")
+    view.countdownEnd = null;
+}
+
+function onEvent(e) {
+  switch (e.type) {
+    case "session_started":
+      view.target = typeof e.target_mph === "number" ? e.target_mph : view.target;
+      rememberUser(e.user, e.program);
+      log(
+        `Session ${e.session_id} started for ${e.user}: ${(PROGRAMS[e.program] || {}).title || e.program}, cap ${capWords(e.program, e.cap_s)}`,
+      );
+      break;
+    case "countdown":
+      view.countdownEnd = performance.now() + 1000 * e.seconds;
+      log(`Countdown: the belt starts in ${e.seconds} s`);
+      break;
+    case "belt_started":
+      log(`Belt started, target ${e.target_mph} mph`);
+      break;
+    case "speed_step":
+      view.target = e.target_mph;
+      log(`Target raised to ${e.target_mph} mph`);
+      break;
+    case "cap_warning":
+      view.capWarned = view.state && view.state.session ? view.state.session.id : null;
+      log(`Cap warning: ${clock(e.remaining_s)} left`);
+      break;
+    case "stopping":
+      log(`Stopping: ${REASONS[e.reason] || e.reason}`);
+      break;
+    case "interval_rest":
+      log(`Rest after interval ${e.interval} of ${e.intervals}`);
+      break;
+    case "session_ended":
+      view.capWarned = null;
+      log(
+        `Session ${e.session_id} ended: ${REASONS[e.reason] || e.reason}; belt time ${clock(e.belt_moving_s)}`,
+      );
+      break;
+    case "estop":
+    case "fault":
+      log(
+        `${e.type === "estop" ? "EMERGENCY STOP" : "FAULT"}: ${CAUSES[e.cause] || e.cause} (${e.cause})`,
+        true,
+      );
+      break;
+    case "reset":
+      log(`Reset: ${e.cleared} cleared`);
+      break;
+    case "grip_warning":
+      log(
+        `${sentence(e.hand)} hand ${e.cause === "released" ? "released" : "sensor silent"}`,
+        true,
+      );
+      break;
+    case "sensor_stale":
+      log(`Sensor ${e.sensor} has no fresh reading`, true);
+      break;
+    case "command_refused":
+      break; // this page shows its own refusals from their replies
+    case "belt_found_moving":
+      log(`The belt was found moving at start-up (${e.speed_mph} mph)`, true);
+      break;
+    default:
+      log(`Event ${e.type}`);
+  }
+}
+
+function onMessage(topic, payload) {
+  const text = new TextDecoder().decode(payload);
+  if (topic === TOPIC.availability) {
+    if (text !== view.availability) log(`Treadmill ${text}`, text !== "online");
+    view.availability = text;
+  } else {
+    let obj;
+    try {
+      obj = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (obj === null || typeof obj !== "object") return;
+    if (topic === TOPIC.state) onState(obj);
+    else if (topic === TOPIC.reply) onReply(obj);
+    else if (topic === TOPIC.events) onEvent(obj);
+  }
+  render();
+}
+
+// ------------------------------------------------------------------ heartbeat (SR-12)
+
+// Only while the page is visible: a hidden or closed page stops it, and the daemon then ends a
+// session with a controlled stop after its grace (5 s). A page nobody sees keeps nothing alive.
+function updateHeartbeat() {
+  const want = document.visibilityState === "visible" && client !== null && client.connected;
+  if (want && heartbeat === null) {
+    send("heartbeat");
+    heartbeat = setInterval(() => send("heartbeat"), HEARTBEAT_MS);
+  } else if (!want && heartbeat !== null) {
+    clearInterval(heartbeat);
+    heartbeat = null;
+    view.unansweredSince = null;
+  }
+}
+
+// ------------------------------------------------------------------ the connection
+
+function credentials() {
+  const stored =
+    sessionStorage.getItem("treadguard.login") || localStorage.getItem("treadguard.login");
+  if (stored) {
+    try {
+      return JSON.parse(stored);
+    } catch {
+      /* fall through */
+    }
+  }
+  return params.get("user") ? { username: params.get("user"), password: "" } : {};
+}
+
+function connect() {
+  if (typeof mqtt === "undefined") {
+    view.link = "nolib";
+    render();
+    return;
+  }
+  const login = credentials();
+  client = mqtt.connect(BROKER, {
+    protocolVersion: 5,
+    clientId: "tg-page-" + commandId().slice(5, 17),
+    clean: true,
+    keepalive: 5,
+    reconnectPeriod: 1000,
+    connectTimeout: 5000,
+    resubscribe: false, // subscribed afresh on every connect, below
+    username: login.username || undefined,
+    password: login.password || undefined,
+  });
+  client.on("connect", () => {
+    view.link = "connected";
+    view.linkDetail = "";
+    log(`Connected to ${BROKER}`);
+    client.subscribe(
+      Object.values(TOPIC).filter((t) => t !== TOPIC.cmd),
+      { qos: 1 },
+    );
+    updateHeartbeat();
+    render();
+  });
+  client.on("message", onMessage);
+  client.on("close", () => {
+    // Drop what was not acknowledged: MQTT.js would resend it after a reconnect, and a start
+    // or a speed change must not arrive seconds after the clinician saw it fail.
+    for (const mid of Object.keys(client.outgoing || {})) client.removeOutgoingMessage(Number(mid));
+    for (const [id, sent] of pending) {
+      clearTimeout(sent.timer);
+      pending.delete(id);
+      log(`${commandWords(sent)}: the link dropped before an answer`, true);
+    }
+    if (view.link === "connected") log("Broker connection lost", true);
+    if (view.link !== "login") view.link = "disconnected";
+    view.availability = null; // unknown until the broker hands it over again
+    updateHeartbeat();
+    render();
+  });
+  client.on("error", (err) => {
+    // 4/5 (MQTT 3.1.1) and 0x86/0x87 (MQTT 5): a wrong or missing login. Retrying will not help.
+    if ([4, 5, 134, 135].includes(err.code)) {
+      view.link = "login";
+      client.end(true);
+      askLogin(`The broker refused the login: ${err.message}`);
+    } else {
+      view.linkDetail = err.message;
+    }
+    render();
+  });
+}
+
+function askLogin(why) {
+  $("login-why").textContent = why;
+  const login = credentials();
+  if (login.username) $("login-user").value = login.username;
+  $("login").showModal();
+}
+
+$("login-form").addEventListener("submit", () => {
+  const login = JSON.stringify({
+    username: $("login-user").value,
+    password: $("login-password").value,
+  });
+  sessionStorage.setItem("treadguard.login", login);
+  if ($("login-remember").checked) localStorage.setItem("treadguard.login", login);
+  else localStorage.removeItem("treadguard.login");
+  view.link = "connecting";
+  connect();
+});
+
+// ------------------------------------------------------------------ the setup form
+
+function knownUsers() {
+  try {
+    return JSON.parse(localStorage.getItem("treadguard.users") || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function rememberUser(user, program) {
+  const users = knownUsers();
+  users[user] = program;
+  localStorage.setItem("treadguard.users", JSON.stringify(users));
+  fillUsers();
+}
+
+function fillUsers() {
+  $("users").replaceChildren(
+    ...Object.keys(knownUsers()).map((u) =>
+      Object.assign(document.createElement("option"), { value: u }),
+    ),
+  );
+}
+
+function fillPrograms() {
+  const user = $("user").value.trim();
+  const last = knownUsers()[user];
+  // "From history": the program is left out and the daemon picks it from its journal (a
+  // first session for a user it has none of). The last one seen here is only a hint.
+  const title = (name) => (PROGRAMS[name] || {}).title || name;
+  const rule =
+    programChoice.default && programChoice.returning
+      ? `From history: ${title(programChoice.default)} for a first session, ` +
+        `${title(programChoice.returning)} after that.`
+      : "";
+  $("program-hint").textContent = last ? `Last time on this tablet: ${title(last)}. ${rule}` : rule;
+  const chosen = $("program").value;
+  $("program").replaceChildren(
+    new Option("From history", ""),
+    ...Object.entries(PROGRAMS).map(([name, p]) => new Option(p.title, name)),
+  );
+  $("program").value = chosen;
+  fillCaps();
+}
+
+function fillCaps() {
+  const program = $("program").value;
+  const chosen = $("cap").value;
+  const caps = program ? PROGRAMS[program].caps : [];
+  $("cap").replaceChildren(
+    new Option("Default", ""),
+    ...caps.map((cap) => new Option(capWords(program, cap), String(cap))),
+  );
+  $("cap").value = caps.map(String).includes(chosen) ? chosen : "";
+}
+
+$("user").addEventListener("input", () => {
+  fillPrograms();
+  render();
+});
+$("program").addEventListener("change", fillCaps);
+$("setup").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const fields = { user: $("user").value.trim() };
+  if ($("program").value) fields.program = $("program").value;
+  if ($("cap").value) fields.cap_s = Number($("cap").value);
+  send("start_session", fields);
+});
+$("slower").addEventListener("click", () =>
+  send("set_speed", { mph: round1(view.target - STEP_MPH) }),
+);
+$("faster").addEventListener("click", () =>
+  send("set_speed", { mph: round1(view.target + STEP_MPH) }),
+);
+$("stop").addEventListener("click", () => send("stop"));
+$("reset").addEventListener("click", () => send("reset"));
+// pointerdown, not click: an E-STOP acts on the touch, not on the finger lifting.
+function estop() {
+  if (!$("estop").disabled) send("estop");
+}
+$("estop").addEventListener("pointerdown", estop);
+$("estop").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") estop();
+});
+
+document.addEventListener("visibilitychange", updateHeartbeat);
+window.addEventListener("pagehide", () => {
+  if (heartbeat !== null) clearInterval(heartbeat);
+  heartbeat = null;
+  if (client) client.end(true);
+});
+
+// The countdown and the staleness checks move with time, not only with messages.
+setInterval(render, 250);
+fillUsers();
+fillPrograms();
+connect();
+render();

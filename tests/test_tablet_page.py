@@ -1,0 +1,404 @@
+"""The clinician's tablet page (``tablet/``) in a real browser, against the real daemon.
+
+Debian's Chromium, driven by Playwright, opens the page from the WebSockets listener of a
+test's private Mosquitto (its ``http_dir`` is ``tablet/``), and the page speaks contract v1 to
+``treadguard run`` on the simulated belt. The test itself watches the same topics over MQTT,
+plays the user's grip and fall sensors, and kills and restarts the broker. Each state the page
+reaches is saved as a screenshot under ``build/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from playwright.async_api import expect
+
+from tests.browser import PAGE_DIR, TabletPage, chromium, need_page, tablet_page
+from tests.clinician import (
+    SESSION_WAIT_S,
+    STANDSTILL_MPH,
+    Clinician,
+    clinician,
+    running,
+    sensor_user,
+)
+from tests.daemon_process import DaemonProcess, daemon_config
+from tests.mosquitto import PASSWORDS, Broker, auth_lines, body, have_mosquitto
+
+ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
+RECONNECT_WAIT_MS = 20_000  # the page's 1 s retry, the daemon's backoff (up to 5 s) and some
+CONTROLS = ("#start", "#slower", "#faster", "#stop", "#reset", "#estop")  # E-STOP last
+
+
+def need_broker_and_page() -> None:
+    if not have_mosquitto():
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed: scripts/test installs it")
+        pytest.skip("mosquitto is not installed (scripts/test installs it)")
+    need_page()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """Here (and so for conftest's ``make_daemon``) the private Mosquitto also has the page's
+    WebSockets listener, serving ``tablet/`` as its http_dir."""
+    need_broker_and_page()
+    b = Broker(tmp_path, http_dir=PAGE_DIR)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+def page_url(broker: Broker, tm: str) -> str:
+    return f"http://127.0.0.1:{broker.ws_port}/?treadmill={tm}"
+
+
+@asynccontextmanager
+async def opened(broker: Broker, tm: str) -> AsyncIterator[TabletPage]:
+    """The page, opened and showing the treadmill online with its state."""
+    async with chromium() as browser, tablet_page(browser, page_url(broker, tm)) as tab:
+        await expect(tab.page.locator("body")).to_have_attribute(
+            "data-online", "true", timeout=ONLINE_WAIT_MS
+        )
+        yield tab
+
+
+async def next_command(doc: Clinician, type_: str, within: float = 5.0) -> dict[str, Any]:
+    """The next command of ``type_`` the page published on ``<p>/cmd``."""
+
+    def wanted(message: aiomqtt.Message) -> bool:
+        command = body(message)
+        return isinstance(command, dict) and command.get("type") == type_
+
+    command = body(await doc.tab.next(f"{doc.p}/cmd", wanted, within=within))
+    assert isinstance(command, dict)
+    return command
+
+
+async def refusal(doc: Clinician, command_id: str) -> str:
+    reply = await doc.reply_to(command_id)
+    assert reply["ok"] is False, reply
+    message = reply["error"]["message"]
+    assert isinstance(message, str)
+    return message
+
+
+def as_shown(message: str) -> str:
+    """The page's words for a refusal: the reply's own message."""
+    return "Refused: " + message[0].upper() + message[1:]
+
+
+# ----------------------------------------------------------------------------- a session
+
+
+@pytest.mark.asyncio
+async def test_sr1_sr3_a_whole_session_by_clicking(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A refusal in the reply's words, a start with the program left to the daemon (the user's
+    history), the countdown, speed -/+ in 0.1 mph steps that stop at the band's edge, and a
+    controlled stop; all from the page, checked on the MQTT topics too."""
+    tm = "tm-page"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,  # only watches: the page beats
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await expect(page.locator("#state")).to_contain_text("IDLE")
+        await expect(page.locator("#start")).to_be_disabled()  # no user yet
+        await page.fill("#user", "u-page")
+        await expect(page.locator("#start")).to_be_enabled()
+        await tab.shot("01-idle")
+
+        # The programs offered are the daemon's own (config/programs/), from the state.
+        options = await page.locator("#program option").all_text_contents()
+        assert options == [
+            "From history",
+            "First treadmill session",
+            "Intervals",
+            "Reverse walking",
+        ]
+        await expect(page.locator("#program-hint")).to_have_text(
+            "From history: First treadmill session for a first session, Reverse walking after that."
+        )
+
+        # A later program for a user with no session on record: refused, in the daemon's words.
+        await page.select_option("#program", "reverse_walking")
+        await page.click("#start")
+        command = await next_command(doc, "start_session")
+        message = await refusal(doc, command["id"])
+        assert "first" in message
+        await expect(page.locator("#message")).to_have_text(as_shown(message))
+        await tab.shot("02-start-refused")
+
+        # "From history": the page leaves the program out, and the daemon picks the first one.
+        await page.select_option("#program", index=0)
+        await page.click("#start")
+        command = await next_command(doc, "start_session")
+        sent_at = command.pop("ts")
+        assert command == {"id": command["id"], "type": "start_session", "user": "u-page"}
+        assert abs(sent_at - time.time()) < 5.0  # stamped, so that a late delivery is refused
+        await expect(page.locator("#countdown")).to_be_visible()
+        await expect(page.locator("#countdown")).to_contain_text("Belt starts in")
+        await expect(page.locator("#state")).to_contain_text("COUNTDOWN")
+        await expect(page.locator("#message")).to_be_hidden()
+        await tab.shot("03-countdown")
+
+        await doc.state(running, within=SESSION_WAIT_S)
+        await expect(page.locator("#state")).to_contain_text("RUNNING")
+        await expect(page.locator("#countdown")).to_be_hidden()
+        await expect(page.locator("#session-info")).to_contain_text(
+            "u-page, First treadmill session"
+        )
+        await expect(page.locator("#set-target")).to_have_text("0.8")
+        await expect(page.locator("#slower")).to_be_disabled()  # 0.8 is the band's bottom
+
+        for shown in ("0.9", "1.0", "1.1", "1.2"):
+            await page.click("#faster")
+            assert (await next_command(doc, "set_speed"))["mph"] == float(shown)
+            await expect(page.locator("#set-target")).to_have_text(shown)
+        await expect(page.locator("#faster")).to_be_disabled()  # 1.2 is the band's top
+        doc.tab.drain(f"{doc.p}/state")  # 1.1 was on the way up too
+        await page.click("#slower")
+        assert (await next_command(doc, "set_speed"))["mph"] == 1.1
+        await doc.state(lambda s: s["target_mph"] == 1.1, within=5.0)
+        await expect(page.locator("#target")).to_have_text("1.10")
+        await doc.state(lambda s: s["speed_mph"] >= 1.05, within=5.0)
+        await expect(page.locator("#progress")).not_to_have_attribute("aria-valuenow", "0")
+        await expect(page.locator("#grip-left")).to_contain_text("Left hand: held")
+        await tab.shot("04-running")
+
+        await page.click("#stop")
+        assert (await doc.event("session_ended"))["reason"] == "operator_stop"
+        await doc.state(
+            lambda s: s["state"] == "idle" and s["speed_mph"] <= STANDSTILL_MPH,
+            within=SESSION_WAIT_S,
+        )
+        await expect(page.locator("#state")).to_contain_text("IDLE")
+        await expect(page.locator("#session-info")).to_have_text("No session")
+        await expect(page.locator("#log")).to_contain_text("ended: stopped from a tablet")
+        await expect(page.locator("#log")).not_to_contain_text("Offline")  # not for a moment
+        await tab.shot("05-stopped")
+
+
+# ----------------------------------------------------------------------------- stops
+
+
+@pytest.mark.asyncio
+async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """Both grips released through the MQTT sensor topics: the E-STOP banner names grip_lost
+    within one second. Reset is refused while the hands are off (the reply's words shown), and
+    accepted once they hold again; then the page's own E-STOP button, and Reset again."""
+    tm = "tm-page-grip"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm) as user,
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        banner = page.locator("#banner")
+        await page.fill("#user", "u-grip")
+        await page.click("#start")
+        await doc.state(running, within=SESSION_WAIT_S)
+        await expect(page.locator("#reset")).to_be_disabled()  # nothing is latched
+
+        released = time.monotonic()
+        user.values["grip_left"] = user.values["grip_right"] = False
+        await expect(banner).to_be_visible(timeout=1000)
+        await expect(page.locator("#banner-cause")).to_contain_text("grip_lost", timeout=1000)
+        assert time.monotonic() - released < 1.0
+        assert (await doc.event("estop"))["cause"] == "grip_lost"
+        await expect(page.locator("#state")).to_contain_text("E-STOP")
+        await expect(page.locator("#setup")).to_be_hidden()  # Stop and Reset stay in view
+        await expect(page.locator("#grip-left")).to_contain_text("RELEASED")
+        await expect(page.locator("#grip-right")).to_contain_text("RELEASED")
+        await tab.shot("06-estop-grip-lost")
+
+        # SR-6: refused while the cause is still there, in the daemon's words.
+        await doc.until(lambda s: s["speed_mph"] <= STANDSTILL_MPH, within=5.0)
+        await expect(page.locator("#reset")).to_be_enabled()
+        await page.click("#reset")
+        message = await refusal(doc, (await next_command(doc, "reset"))["id"])
+        assert "grip" in message
+        await expect(page.locator("#message")).to_have_text(as_shown(message))
+        await expect(banner).to_be_visible()
+        await tab.shot("07-reset-refused")
+
+        user.values["grip_left"] = user.values["grip_right"] = True
+        await expect(page.locator("#grip-left")).to_contain_text("held")
+        await expect(page.locator("#grip-right")).to_contain_text("held")
+        await page.click("#reset")
+        assert (await doc.event("reset"))["cleared"] == "grip_lost"
+        await expect(banner).to_be_hidden()
+        await expect(page.locator("#state")).to_contain_text("IDLE")
+        await expect(page.locator("#message")).to_be_hidden()
+        await tab.shot("08-reset")
+
+        # The page's E-STOP, pressed during a countdown: latched as remote_estop.
+        await page.click("#start")
+        await expect(page.locator("#state")).to_contain_text("COUNTDOWN")
+        await page.click("#estop")
+        assert (await doc.event("estop"))["cause"] == "remote_estop"
+        await expect(page.locator("#banner-cause")).to_contain_text("remote_estop")
+        await tab.shot("09-estop-button")
+        await page.click("#reset")
+        assert (await doc.event("reset"))["cleared"] == "remote_estop"
+        await expect(banner).to_be_hidden()
+
+
+# ----------------------------------------------------------------------------- the link
+
+
+@pytest.mark.asyncio
+async def test_the_page_goes_offline_with_the_broker_and_comes_back(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A hung broker, then the broker killed and restarted, while the page stays open: every
+    control is off and the page says why; then it reconnects by itself, sees the daemon online
+    and beats again."""
+    tm = "tm-page-link"
+    daemon = make_daemon(treadmill_id=tm)
+    async with opened(broker, tm) as tab:
+        page = tab.page
+        await page.fill("#user", "u-link")
+        await expect(page.locator("#start")).to_be_enabled()
+        await page.evaluate("window.sameDocument = true")  # gone if the page reloaded
+
+        # A hung broker keeps the connection open and answers nothing: the page's heartbeats
+        # go unanswered, and that alone turns the controls off.
+        broker.freeze()
+        try:
+            await expect(page.locator("#offline")).to_contain_text(
+                "the treadmill does not answer", timeout=5000
+            )
+            for control in CONTROLS[:-1]:
+                await expect(page.locator(control)).to_be_disabled()
+            # E-STOP stays live while the link to the broker is up: a stop can never hurt.
+            await expect(page.locator("#estop")).to_be_enabled()
+            await expect(page.locator("#estop")).to_contain_text("also use the treadmill's")
+            await expect(page.locator("#last-known")).to_be_visible()
+            await expect(page.locator("#log")).to_contain_text("Offline: the treadmill does not")
+        finally:
+            broker.thaw()
+        await expect(page.locator("body")).to_have_attribute("data-online", "true")
+
+        broker.kill()
+        await expect(page.locator("body")).to_have_attribute("data-online", "false")
+        await expect(page.locator("#link")).to_contain_text("disconnected")
+        await expect(page.locator("#offline")).to_contain_text("treadmill's own stop button")
+        for control in CONTROLS:
+            await expect(page.locator(control)).to_be_disabled()
+        await expect(page.locator("#estop")).to_contain_text("no link")
+        await tab.shot("10-broker-lost")
+
+        # The same ports; retained messages died with the old broker, so "online" is the
+        # daemon's own, republished after it reconnected.
+        await asyncio.to_thread(broker.start)
+        await expect(page.locator("body")).to_have_attribute(
+            "data-online", "true", timeout=RECONNECT_WAIT_MS
+        )
+        async with clinician(broker, tm, heartbeat=False) as doc:
+            await doc.tab.subscribe(f"{doc.p}/cmd")
+            assert await next_command(doc, "heartbeat")
+        assert await page.evaluate("window.sameDocument") is True
+        await expect(page.locator("#start")).to_be_enabled()
+        await expect(page.locator("#estop")).to_be_enabled()
+        await expect(page.locator("#log")).to_contain_text("Broker connection lost")
+        await tab.shot("11-broker-back")
+    assert daemon.alive()
+
+
+@pytest.mark.asyncio
+async def test_sr12_the_heartbeat_runs_while_the_page_is_visible_only(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """One heartbeat a second while the page is visible; none while it is hidden (screen off,
+    another app in front) or after it is closed."""
+    tm = "tm-page-beat"
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm, heartbeat=False) as doc:
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        async with opened(broker, tm) as tab:
+            arrivals = []
+            for _ in range(3):
+                command = await next_command(doc, "heartbeat", within=2.0)
+                assert command["id"].startswith("page-")
+                arrivals.append(time.monotonic())
+            gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+            assert all(0.5 < gap < 1.5 for gap in gaps), gaps
+
+            await tab.set_visibility("hidden")
+            doc.tab.drain(f"{doc.p}/cmd")  # one may have been on its way
+            with pytest.raises(TimeoutError):
+                await next_command(doc, "heartbeat", within=2.5)
+            await tab.set_visibility("visible")
+            await next_command(doc, "heartbeat", within=2.0)
+        doc.tab.drain(f"{doc.p}/cmd")
+        with pytest.raises(TimeoutError):  # the page is closed
+            await next_command(doc, "heartbeat", within=2.5)
+
+
+# ----------------------------------------------------------------------------- the ACL
+
+
+@pytest.mark.asyncio
+async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_acl(
+    tmp_path: Path,
+) -> None:
+    """With the shipped ACL and passwords the broker refuses the page until the clinician
+    logs in with the tablet account; then it commands the treadmill."""
+    need_broker_and_page()
+    tm = "tm-page-acl"
+    secured = Broker(tmp_path, extra=auth_lines(tmp_path), http_dir=PAGE_DIR)
+    config = daemon_config(
+        tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
+    )
+    daemon = DaemonProcess(
+        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
+    )
+    try:
+        secured.start()
+        daemon.start()
+        async with (
+            clinician(secured, tm, heartbeat=False, account="dashboard") as doc,
+            chromium() as browser,
+            tablet_page(browser, page_url(secured, tm)) as tab,
+        ):
+            page = tab.page
+            await expect(page.locator("#login")).to_be_visible(timeout=ONLINE_WAIT_MS)
+            await expect(page.locator("#link")).to_contain_text("login needed")
+            await page.fill("#login-user", "tablet")
+            await page.fill("#login-password", PASSWORDS["tablet"])
+            await page.click("#login button")
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+            await page.click("#estop")
+            event = await doc.event("estop")  # the dashboard account reads the events
+            assert event["cause"] == "remote_estop"
+            await expect(page.locator("#banner-cause")).to_contain_text("remote_estop")
+            stored = await page.evaluate("sessionStorage.getItem('treadguard.login')")
+            assert json.loads(stored)["username"] == "tablet"
+            assert await page.evaluate("localStorage.getItem('treadguard.login')") is None
+    finally:
+        daemon.stop()
+        secured.kill()
