@@ -103,7 +103,7 @@ async def modbus_trials(trials: int, poll_s: float) -> dict[str, Any]:
 async def gpio_trials(trials: int) -> dict[str, Any]:
     opener = Opener([False])
     entry = GpioInputSection(
-        kind="gpio", role=Sensor.GRIP_LEFT, line=17, active="low", debounce_ms=0
+        kind="gpio", role=Sensor.GRIP_LEFT, line=17, active="low", bias="pull_up", debounce_ms=0
     )
     watch = Watch()
     hub = SensorHub([entry], watch)

@@ -113,6 +113,14 @@ class _WiredInput(_Strict):
     # The safe reading (held, not fallen) counts only once the level has stayed there this long;
     # the unsafe one counts at once, so a bouncing contact can delay a start, never a stop.
     debounce_ms: float = Field(20.0, ge=0.0, le=100.0)
+    # What the input reads with its wire cut. It must be the unsafe reading (check-config
+    # refuses otherwise): a grip's cut wire reads "released", a fall sensor's "fallen".
+    # GPIO: implied by bias pull_up (high) or pull_down (low), required with an external
+    # resistor; Modbus: an open input reads off (low) unless the module says otherwise.
+    open_circuit: Literal["high", "low"] | None = None
+
+    def open_circuit_level(self) -> Literal["high", "low"] | None:
+        return self.open_circuit
 
 
 class GpioInputSection(_WiredInput):
@@ -122,9 +130,20 @@ class GpioInputSection(_WiredInput):
     chip: str = Field("/dev/gpiochip0", min_length=1)
     # The line's offset on the chip, or its name (e.g. "GPIO17" on a Raspberry Pi).
     line: Annotated[int, Field(ge=0, le=1023)] | Annotated[str, Field(min_length=1)]
-    bias: Literal["as_is", "pull_up", "pull_down", "disabled"] = "as_is"
+    # The pin's own pull resistor; "as_is" or "disabled" with an external one (then say
+    # open_circuit). No default: the pull decides what a cut wire reads.
+    bias: Literal["as_is", "pull_up", "pull_down", "disabled"]
     # Besides the edge events, the level is read this often: the reading stays fresh (SR-8).
     poll_interval_s: float = Field(0.02, gt=0.0, le=0.1)
+
+    def open_circuit_level(self) -> Literal["high", "low"] | None:
+        if self.open_circuit is not None:
+            return self.open_circuit
+        if self.bias == "pull_up":
+            return "high"
+        if self.bias == "pull_down":
+            return "low"
+        return None  # an external resistor nobody described
 
 
 class ModbusInputSection(_WiredInput):
@@ -144,6 +163,9 @@ class ModbusInputSection(_WiredInput):
     # Well inside safety.sensor_timeout_s: one lost answer must not make the sensor stale.
     poll_interval_s: float = Field(0.05, gt=0.0, le=0.1)
     timeout_s: float = Field(0.1, gt=0.0, le=0.25)
+
+    def open_circuit_level(self) -> Literal["high", "low"] | None:
+        return self.open_circuit or "low"
 
 
 class MqttInputSection(_Strict):

@@ -24,12 +24,16 @@ from config.schema import (
     SensorInput,
     input_name,
 )
+from config.sensor_checks import same_device
 from drivers.gpio_inputs import GpioChipInputs, GpioLine
 from drivers.input_filter import LevelFilter, Sample
 from drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
 from safety.inputs import FallReading, GripReading, Hand, Sensor
 
 Submit = Callable[[GripReading | FallReading], object]
+# Samples further apart than this many poll intervals (an outage, a reconnect) restart a wired
+# input's debounce: the level was not watched in between.
+GAP_POLLS = 3
 
 
 class SensorHub:
@@ -45,6 +49,7 @@ class SensorHub:
                     active_high=entry.active == "high",
                     asserted_is_safe=entry.role is not Sensor.FALL,
                     debounce_s=entry.debounce_ms / 1000.0,
+                    max_gap_s=GAP_POLLS * entry.poll_interval_s,
                 )
         self._latest: dict[str, tuple[float, bool]] = {}
         # Each reader with the names of the inputs it reads (filled by build_sources).
@@ -69,6 +74,13 @@ class SensorHub:
     def reading(self, name: str, t: float, asserted: bool) -> None:
         """An input's reading at ``t``: True for a grip held, or a fall signalled."""
         role = self._inputs[name].role
+        previous = self._latest.get(name)
+        if previous is not None and t < previous[0]:
+            # Older than what this input already said (a message overtaken on the network, a
+            # sensor's clock stepped back): it would drag the role's time back, and the core
+            # ignores a reading older than its last, so a fresh "fallen" from another input of
+            # the role would be lost with it. Dropped; the input's newer reading stands.
+            return
         self._latest[name] = (t, asserted)
         names = self._by_role[role]
         parts = [self._latest.get(n) for n in names]
@@ -115,7 +127,10 @@ class SensorHub:
             names = [n for n, _ in modbus_members]
             poller = ModbusInputPoller(
                 link,
-                [ModbusPoint(table=e.table, address=e.address) for _, e in modbus_members],
+                [
+                    ModbusPoint(device_id=e.device_id, table=e.table, address=e.address)
+                    for _, e in modbus_members
+                ],
                 self._level_callback(names),
                 poll_interval_s=min(e.poll_interval_s for _, e in modbus_members),
                 timeout_s=min(e.timeout_s for _, e in modbus_members),
@@ -132,10 +147,14 @@ class SensorHub:
 
 
 def modbus_link(entry: ModbusInputSection) -> ModbusLink:
-    """The device link an input is read over; inputs with the same link share one client."""
+    """The link an input is read over; inputs on the same link (the devices of one RS-485 bus,
+    or of one TCP host and port) share one client."""
     if entry.transport == "tcp":
-        return ModbusLink("tcp", entry.device_id, host=entry.host, tcp_port=entry.tcp_port)
+        return ModbusLink("tcp", host=entry.host, tcp_port=entry.tcp_port)
+    assert entry.serial_port is not None  # check-config requires it
     return ModbusLink(
-        "rtu", entry.device_id, serial_port=entry.serial_port, baud=entry.baud,
+        "rtu",
+        serial_port=same_device(entry.serial_port),
+        baud=entry.baud,
         parity=entry.parity,
-    )  # fmt: skip
+    )

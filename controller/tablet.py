@@ -242,6 +242,10 @@ def status_line(connected: bool, availability: str | None, state: dict[str, Any]
     parts.append("FALL" if state.get("fall") else "no fall")
     stale = state.get("stale")
     parts.append("stale " + (",".join(map(str, stale)) if stale else "none"))
+    problems = state.get("sensor_problems")
+    if isinstance(problems, dict) and problems:
+        # A wired input that cannot be read, and why: what a technician wiring it needs.
+        parts.append("inputs " + "; ".join(f"{k}: {v}" for k, v in problems.items()))
     parts.append(
         f"belt {_fmt_num(state.get('speed_mph'))} mph, target {_fmt_num(state.get('target_mph'))}"
     )

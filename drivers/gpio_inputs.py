@@ -38,6 +38,16 @@ class GpioLine:
     bias: BiasName = "as_is"
 
 
+class EdgeEventLike(Protocol):
+    """What is used of ``gpiod.EdgeEvent``."""
+
+    @property
+    def line_offset(self) -> int: ...
+
+    @property
+    def event_type(self) -> object: ...  # EdgeEvent.Type: RISING_EDGE or FALLING_EDGE
+
+
 class LineRequestLike(Protocol):
     """What is used of ``gpiod.LineRequest``."""
 
@@ -46,7 +56,7 @@ class LineRequestLike(Protocol):
 
     def get_values(self, lines: list[int | str] | None = None) -> Sequence[object]: ...
 
-    def read_edge_events(self, max_events: int | None = None) -> Sequence[object]: ...
+    def read_edge_events(self, max_events: int | None = None) -> Sequence[EdgeEventLike]: ...
 
     def release(self) -> None: ...
 
@@ -70,6 +80,10 @@ def open_gpiod_request(
     }
     with gpiod.Chip(chip) as handle:
         offsets: list[int | str] = [handle.line_offset_from_id(entry.line) for entry in lines]
+        if len(set(offsets)) != len(offsets):
+            # Two inputs on one line ("17" and "GPIO17"): one contact would be two sensors, and
+            # gpiod's request would silently merge them.
+            raise ValueError(f"two inputs on one line: {[e.line for e in lines]} are {offsets}")
         config: dict[int | str, gpiod.LineSettings | None] = {
             offset: gpiod.LineSettings(
                 direction=Direction.INPUT, edge_detection=Edge.BOTH, bias=bias[entry.bias]
@@ -83,6 +97,10 @@ def open_gpiod_request(
 def _is_high(value: object) -> bool:
     # gpiod.line.Value is truthy when ACTIVE; with active_low off, active is the high level.
     return bool(value)
+
+
+def _rising(event: EdgeEventLike) -> bool:
+    return getattr(event.event_type, "name", "") == "RISING_EDGE"
 
 
 class GpioChipInputs:
@@ -137,6 +155,11 @@ class GpioChipInputs:
                         pass
             except OSError as exc:
                 self._set_problem(f"reading {self.chip} failed: {exc}")
+            except Exception as exc:
+                # Whatever else goes wrong is a failed read too: released, requested again,
+                # and never the end of the reader (or of the daemon's task group).
+                _log.exception("unexpected error reading %s", self.chip)
+                self._set_problem(f"reading {self.chip} failed: {exc!r}")
             finally:
                 loop.remove_reader(request.fd)
                 with contextlib.suppress(OSError):
@@ -147,13 +170,22 @@ class GpioChipInputs:
         return ", ".join(str(entry.line) for entry in self._lines)
 
     def _on_edges(self, request: LineRequestLike, offsets: list[int | str]) -> None:
-        """The request's descriptor is readable: edges happened. Drained, then the levels are
-        read and passed on at once."""
+        """The request's descriptor is readable: edges happened. Each edge's level is passed
+        on in order, then the level read now: a pulse shorter than the loop's reaction (a
+        fall detector's relay blinking during a journal write) still reaches the filter,
+        which takes its unsafe half at once."""
         try:
-            request.read_edge_events()
+            t = self._clock()
+            index_of = {offset: i for i, offset in enumerate(offsets)}
+            for event in request.read_edge_events():
+                index = index_of.get(event.line_offset)
+                if index is not None:
+                    self._on_level(index, t, _rising(event))
             self._read(request, offsets)
-        except OSError as exc:
-            self._set_problem(f"reading {self.chip} failed: {exc}")
+        except Exception as exc:
+            self._set_problem(f"reading {self.chip} failed: {exc!r}")
+            # The descriptor may stay readable: no more callbacks until the request is new.
+            asyncio.get_running_loop().remove_reader(request.fd)
             if self._broken is not None:
                 self._broken.set()
 

@@ -26,14 +26,25 @@ class Sample:
 
 class LevelFilter:
     """``asserted_is_safe``: True for a grip (asserted = held), False for a fall sensor
-    (asserted = fallen). ``debounce_s`` = 0 passes every level through unchanged."""
+    (asserted = fallen). ``debounce_s`` = 0 passes every level through unchanged. Two samples
+    more than ``max_gap_s`` apart restart a debounce in progress: what the level did in between
+    is not known, so it has not been seen steady."""
 
-    def __init__(self, *, active_high: bool, asserted_is_safe: bool, debounce_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        active_high: bool,
+        asserted_is_safe: bool,
+        debounce_s: float,
+        max_gap_s: float = float("inf"),
+    ) -> None:
         if debounce_s < 0:
             raise ValueError(f"debounce must be 0 or more, not {debounce_s}")
         self._active_high = active_high
         self._asserted_is_safe = asserted_is_safe
         self._debounce_s = debounce_s
+        self._max_gap_s = max_gap_s
+        self._last_t: float | None = None
         # Since when the level has been safe without a break; None while it is unsafe.
         self._safe_since: float | None = None
         self._output_safe = False  # before any sample: unsafe
@@ -44,6 +55,16 @@ class LevelFilter:
     def update(self, sample: Sample) -> bool:
         """The filtered reading after ``sample``: True when asserted (held / fallen)."""
         safe_now = self.asserted(sample.high) == self._asserted_is_safe
+        if (
+            self._last_t is not None
+            and sample.t - self._last_t > self._max_gap_s
+            and not self._output_safe
+        ):
+            # Settling, then unwatched for a while: the settling starts again. A reading that
+            # was already safe stays so (the safety core judges the gap itself, as staleness):
+            # turning it unsafe here would stop the belt for a late sample, not a fall.
+            self._safe_since = None
+        self._last_t = sample.t
         if not safe_now:
             self._safe_since = None
             self._output_safe = False

@@ -1,12 +1,15 @@
-"""Grip and fall contacts on a Modbus device: discrete inputs or coils of an I/O module (or of
-a drive with digital inputs), polled over Modbus RTU or TCP.
+"""Grip and fall contacts on Modbus devices: discrete inputs or coils of I/O modules (or of a
+drive with digital inputs), polled over Modbus RTU or TCP.
 
-One :class:`ModbusInputPoller` per device link reads all of its points every
-``poll_interval_s``, one request per table (the smallest range that holds them). Each complete
-answer is a fresh reading, stamped with the time its request went out. A device that stops
-answering, answers with an exception, or drops the connection gives no reading: the safety
-core's time-out makes its sensors stale (SR-8), and the poller reconnects with capped backoff,
-a fresh client each try (as the drive driver does).
+One :class:`ModbusInputPoller` per link (a serial bus, or a TCP host and port) reads all of its
+points every ``poll_interval_s``, one request per device and table (the smallest range that
+holds them): a serial port opens once, so the devices of one RS-485 bus share one client. Each
+complete poll is a fresh reading, stamped with the time its first request went out. A device
+that stops answering, answers with an exception or with something other than what was asked,
+or drops the connection gives no reading: the safety core's time-out makes its sensors stale
+(SR-8), and the poller reconnects with capped backoff, a fresh client each try (as the drive
+driver does). On RS-485 it first waits a quiet line of one time-out, so that a late answer to
+the request that failed is not taken for the answer to the next.
 
 The levels passed on are the bits as read (True = on): polarity and debounce are applied by
 :mod:`drivers.input_filter`.
@@ -32,8 +35,14 @@ Table = Literal["discrete_input", "coil"]
 LevelCallback = Callable[[int, float, bool], None]  # (index of the point, time, bit is on)
 
 
+# What each table's read answers with: pymodbus does not check that an answer is the one the
+# request asked for, and on RS-485 a late answer can pass for the next request's.
+_FUNCTION_CODE: dict[Table, int] = {"coil": 1, "discrete_input": 2}
+
+
 @dataclass(frozen=True, slots=True)
 class ModbusPoint:
+    device_id: int
     table: Table
     address: int
 
@@ -41,7 +50,6 @@ class ModbusPoint:
 @dataclass(frozen=True, slots=True)
 class ModbusLink:
     transport: Literal["rtu", "tcp"]
-    device_id: int
     host: str | None = None
     tcp_port: int = 502
     serial_port: str | None = None
@@ -49,8 +57,7 @@ class ModbusLink:
     parity: Literal["N", "E", "O"] = "N"
 
     def where(self) -> str:
-        place = f"{self.host}:{self.tcp_port}" if self.transport == "tcp" else self.serial_port
-        return f"{place} device {self.device_id}"
+        return f"{self.host}:{self.tcp_port}" if self.transport == "tcp" else str(self.serial_port)
 
 
 class _NoReading(Exception):
@@ -84,16 +91,22 @@ class ModbusInputPoller:
         self._reconnect_max_s = reconnect_max_s
         self._problem: str | None = None
         self.polls = 0  # complete polls, for tests and diagnostics
-        # One request per table: (table, first address, count, [(point index, offset)]).
-        self._plan: list[tuple[Table, int, int, list[tuple[int, int]]]] = []
-        for table in ("discrete_input", "coil"):
-            wanted = [(i, p.address) for i, p in enumerate(self._points) if p.table == table]
-            if wanted:
-                first = min(a for _, a in wanted)
-                count = max(a for _, a in wanted) - first + 1
-                if count > 2000:  # the protocol's limit for one read of bits
-                    raise ValueError(f"{table} addresses span {count}, more than one read (2000)")
-                self._plan.append((table, first, count, [(i, a - first) for i, a in wanted]))
+        # One request per device and table:
+        # (device id, table, first address, count, [(point index, offset)]).
+        self._plan: list[tuple[int, Table, int, int, list[tuple[int, int]]]] = []
+        groups = sorted({(p.device_id, p.table) for p in self._points})
+        for device_id, table in groups:
+            wanted = [
+                (i, p.address)
+                for i, p in enumerate(self._points)
+                if (p.device_id, p.table) == (device_id, table)
+            ]
+            first = min(a for _, a in wanted)
+            count = max(a for _, a in wanted) - first + 1
+            if count > 2000:  # the protocol's limit for one read of bits; check-config says so
+                raise ValueError(f"{table} addresses span {count}, more than one read (2000)")
+            members = [(i, a - first) for i, a in wanted]
+            self._plan.append((device_id, table, first, count, members))
 
     @property
     def problem(self) -> str | None:
@@ -121,7 +134,10 @@ class ModbusInputPoller:
             finally:
                 client.close()
             raise_if_cancelled()
-            await asyncio.sleep(0.0 if polled else delay)
+            pause = 0.0 if polled else delay
+            if self.link.transport == "rtu":
+                pause = max(pause, self._timeout_s)  # a quiet line: a late answer dies with it
+            await asyncio.sleep(pause)
             if not polled:
                 delay = min(delay * 2, self._reconnect_max_s)
 
@@ -152,20 +168,27 @@ class ModbusInputPoller:
     async def _poll(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         t = self._clock()  # when the request left: the reading is at least this old
         levels: dict[int, bool] = {}
-        for table, first, count, members in self._plan:
+        for device_id, table, first, count, members in self._plan:
+            device = f"{self.link.where()} device {device_id}"
             read = client.read_discrete_inputs if table == "discrete_input" else client.read_coils
             try:
-                response = await read(first, count=count, device_id=self.link.device_id)
+                response = await read(first, count=count, device_id=device_id)
             except (ModbusException, OSError, TimeoutError) as exc:
-                raise _NoReading(f"no answer from {self.link.where()}: {exc}") from exc
+                raise _NoReading(f"no answer from {device}: {exc}") from exc
             raise_if_cancelled()
             if response.isError():
                 raise _NoReading(
-                    f"{self.link.where()} refused reading {count} {table}(s) at {first}: {response}"
+                    f"{device} refused reading {count} {table}(s) at {first}: {response}"
+                )
+            if response.function_code != _FUNCTION_CODE[table] or response.dev_id != device_id:
+                raise _NoReading(
+                    f"{device} answered function {response.function_code} of device "
+                    f"{response.dev_id} to a read of {table}s: not this request's answer"
                 )
             bits = response.bits
-            if len(bits) < count:
-                raise _NoReading(f"{self.link.where()} answered {len(bits)} bits of {count}")
+            # Bits come in whole bytes: exactly the count rounded up to eight.
+            if len(bits) != (count + 7) // 8 * 8:
+                raise _NoReading(f"{device} answered {len(bits)} bits to a read of {count}")
             for index, offset in members:
                 levels[index] = bool(bits[offset])
         self.polls += 1

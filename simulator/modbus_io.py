@@ -1,15 +1,18 @@
 """A simulated Modbus I/O module: the contacts of grip and fall sensors as discrete inputs, on
 pymodbus's own server, over Modbus TCP or RTU on a pty.
 
-Discrete inputs and coils share one bit table here (pymodbus's shared addressing), so a point
-reads the same through either function; addresses past ``size`` answer "illegal data
-address". ``freeze()`` makes the module stop answering with its connection still open (a hung
-module), ``close()`` takes it off the wire.
+Discrete inputs and coils are two tables of ``size`` bits each, as on a real module, so a
+reader that confuses them reads the wrong contact; addresses past ``size`` answer "illegal
+data address". (pymodbus's simulator keeps one bit table for both; the answer to every read is
+filled in from the right one here, before pymodbus sends it.) ``freeze()`` makes the module
+stop answering with its connection still open (a hung module), ``close()`` takes it off the
+wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import cast
 
 from pymodbus.constants import ExcCodes
@@ -20,6 +23,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from simulator.modbus_device import PtyLink
 
 _BITS_PER_REGISTER = 16
+_READ_COILS = 1
 
 
 class SimulatedIoModule:
@@ -28,13 +32,19 @@ class SimulatedIoModule:
             raise ValueError(f"size must be a multiple of {_BITS_PER_REGISTER}")
         self.device_id = device_id
         self.size = size
-        self.bits = [False] * size
-        self.requests = 0
+        self.inputs = [False] * size
+        self.coils = [False] * size
+        # When each read arrived (time.monotonic()), for tests of how readings are stamped.
+        self.request_times: list[float] = []
         self._answering = asyncio.Event()
         self._answering.set()
 
-    def set(self, address: int, on: bool) -> None:
-        self.bits[address] = on
+    def set(self, address: int, on: bool, table: str = "discrete_input") -> None:
+        (self.inputs if table == "discrete_input" else self.coils)[address] = on
+
+    @property
+    def requests(self) -> int:
+        return len(self.request_times)
 
     def freeze(self) -> None:
         """Stop answering (requests wait, unanswered, until thaw())."""
@@ -62,15 +72,17 @@ class SimulatedIoModule:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """pymodbus calls this before it answers; the registers hold the bits, 16 to each."""
+        arrived = time.monotonic()
         await self._answering.wait()
-        self.requests += 1
+        self.request_times.append(arrived)
         if address >= self.size:
             return ExcCodes.ILLEGAL_ADDRESS
+        bits = self.coils if function_code == _READ_COILS else self.inputs
         for k in range(len(registers)):
             first = (start_address + k) * _BITS_PER_REGISTER
             if first >= self.size:
                 break
-            word = self.bits[first : first + _BITS_PER_REGISTER]
+            word = bits[first : first + _BITS_PER_REGISTER]
             registers[k] = sum(1 << bit for bit, on in enumerate(word) if on)
         return None
 
@@ -110,11 +122,18 @@ async def serve_io_module_tcp(
     return IoModuleServer(module, server, port=int(listener.sockets[0].getsockname()[1]))
 
 
-async def serve_io_module_rtu(module: SimulatedIoModule) -> IoModuleServer:
-    """On a pty pair: ``.path`` is the serial port to open."""
+async def serve_io_module_rtu(
+    module: SimulatedIoModule, *more: SimulatedIoModule
+) -> IoModuleServer:
+    """On a pty pair: ``.path`` is the serial port to open. Several modules (device ids of
+    their own) share the one bus, as on RS-485."""
     link = PtyLink()
+    devices = [m.sim_device() for m in (module, *more)]
     server = ModbusSerialServer(
-        module.sim_device(), framer=FramerType.RTU, port=link.server_path, baudrate=19200
+        devices if more else devices[0],
+        framer=FramerType.RTU,
+        port=link.server_path,
+        baudrate=19200,
     )
     try:
         await server.serve_forever(background=True)

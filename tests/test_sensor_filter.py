@@ -90,7 +90,9 @@ def test_sr4_sr5_filter_fails_closed_for_any_sequence(
 
 
 def gpio(role: Sensor, name: str, line: int) -> GpioInputSection:
-    return GpioInputSection(kind="gpio", role=role, name=name, line=line, active="high")
+    return GpioInputSection(
+        kind="gpio", role=role, name=name, line=line, active="high", bias="pull_down"
+    )
 
 
 def hub_with(*inputs: SensorInput) -> tuple[SensorHub, list[GripReading | FallReading]]:
@@ -107,7 +109,7 @@ def test_sr8_role_has_no_reading_until_every_input_answered() -> None:
     hub.level("fall_mat", 1.1, False)
     # The mat has not been clear for its debounce yet: it still counts as a fall.
     assert got == [FallReading(t=1.0, fallen=True)]
-    hub.level("fall_mat", 1.2, False)
+    hub.level("fall_mat", 1.13, False)  # clear for the debounce (20 ms), at the poll's pace
     assert got[-1] == FallReading(t=1.0, fallen=False)
 
 
@@ -146,3 +148,57 @@ def test_a_topic_never_stands_in_for_a_wired_input() -> None:
     hub, _ = hub_with(gpio(Sensor.GRIP_LEFT, "grip_left", 1))
     assert not hub.is_mqtt("grip_left")
     assert hub.mqtt_names == []
+
+
+def test_sr4_a_gap_in_the_samples_restarts_a_debounce_in_progress() -> None:
+    f = LevelFilter(active_high=True, asserted_is_safe=True, debounce_s=0.02, max_gap_s=0.06)
+    assert f.update(Sample(0.00, high=True)) is False
+    # Unwatched for a second (a reconnect): the next sample starts the settling again.
+    assert f.update(Sample(1.00, high=True)) is False
+    assert f.update(Sample(1.02, high=True)) is True
+
+
+def test_a_gap_does_not_turn_a_settled_reading_unsafe() -> None:
+    """A late sample after a stall is no fall: the core judges the gap as staleness."""
+    f = LevelFilter(active_high=False, asserted_is_safe=False, debounce_s=0.02, max_gap_s=0.06)
+    f.update(Sample(0.00, high=True))
+    assert f.update(Sample(0.02, high=True)) is False  # clear: no fall
+    assert f.update(Sample(0.50, high=True)) is False
+
+
+def test_sr5_a_reading_older_than_the_inputs_last_is_dropped() -> None:
+    """A camera reading overtaken on the network (or a clock stepped back) must not drag the
+    fall role's time back: the core ignores readings older than its last, and the mat's fresh
+    'fallen' would be lost with it."""
+    hub, got = hub_with(
+        gpio(Sensor.FALL, "fall_mat", 1), MqttInputSection(kind="mqtt", role=Sensor.FALL)
+    )
+    hub.reading("fall", 2.0, False)
+    hub.level("fall_mat", 2.0, False)
+    hub.level("fall_mat", 2.05, False)
+    assert got[-1] == FallReading(t=2.0, fallen=False)
+    hub.reading("fall", 1.7, False)  # older than the camera's last: dropped
+    hub.level("fall_mat", 2.1, True)
+    assert got[-1] == FallReading(t=2.0, fallen=True)
+
+
+@given(
+    asserted_is_safe=st.booleans(),
+    max_gap_ms=st.integers(1, 100),
+    steps=st.lists(st.tuples(st.integers(1, 200), st.booleans()), min_size=1, max_size=60),
+)
+def test_sr4_sr5_with_gaps_an_unsafe_level_is_always_reported_at_once(
+    asserted_is_safe: bool, max_gap_ms: int, steps: list[tuple[int, bool]]
+) -> None:
+    f = LevelFilter(
+        active_high=True,
+        asserted_is_safe=asserted_is_safe,
+        debounce_s=0.02,
+        max_gap_s=max_gap_ms / 1e3,
+    )
+    t_ms = 0
+    for dt, high in steps:
+        t_ms += dt
+        reported_safe = f.update(Sample(t_ms / 1e3, high)) == asserted_is_safe
+        if high != asserted_is_safe:  # the level is unsafe
+            assert not reported_safe

@@ -14,11 +14,14 @@ What runs where:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import gpiod
 import pytest
 
 from drivers.gpio_inputs import GpioChipInputs, GpioLine, LineRequestLike, open_gpiod_request
@@ -27,12 +30,21 @@ from tests.drive_helpers import eventually
 GPIO_SIM = Path("/sys/kernel/config/gpio-sim")
 
 
+@dataclass(frozen=True)
+class Edge:
+    """An edge event as gpiod reports one."""
+
+    line_offset: int
+    event_type: gpiod.EdgeEvent.Type
+
+
 class PipeLines:
-    """A line request stand-in: ``levels`` are what a read returns; a byte written to the pipe
-    is an edge the kernel reports."""
+    """A line request stand-in: ``levels`` are what a read returns; an edge queues an event
+    and writes a byte to the pipe, which makes the descriptor readable as the kernel's is."""
 
     def __init__(self, levels: list[bool]) -> None:
         self.levels = levels
+        self.events: list[Edge] = []
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         self.fail_reads = False
@@ -49,13 +61,15 @@ class PipeLines:
         self.reads += 1
         return list(self.levels)
 
-    def read_edge_events(self, max_events: int | None = None) -> Sequence[object]:
-        try:
-            return list(os.read(self._read_fd, 64))
-        except BlockingIOError:
-            return []
+    def read_edge_events(self, max_events: int | None = None) -> Sequence[Edge]:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read_fd, 64)
+        events, self.events = self.events, []
+        return events
 
-    def edge(self) -> None:
+    def edge(self, offset: int, *, rising: bool) -> None:
+        kind = gpiod.EdgeEvent.Type.RISING_EDGE if rising else gpiod.EdgeEvent.Type.FALLING_EDGE
+        self.events.append(Edge(offset, kind))
         os.write(self._write_fd, b"e")
 
     def release(self) -> None:
@@ -85,10 +99,12 @@ class Opener:
 class Seen:
     def __init__(self) -> None:
         self.latest: dict[int, bool] = {}
+        self.history: list[tuple[int, bool]] = []
         self.count = 0
 
     def __call__(self, index: int, t: float, high: bool) -> None:
         self.latest[index] = high
+        self.history.append((index, high))
         self.count += 1
 
 
@@ -125,8 +141,31 @@ async def test_sr13_an_edge_is_read_at_once_not_at_the_next_poll() -> None:
     try:
         await eventually(lambda: seen.latest == {0: True}, "the first read")
         opener.levels[0] = False
-        opener.requests[0].edge()
+        opener.requests[0].edge(17, rising=False)
         await eventually(lambda: seen.latest == {0: False}, "the edge's read", timeout_s=2.0)
+    finally:
+        await stop(task)
+
+
+@pytest.mark.asyncio
+async def test_sr5_a_pulse_shorter_than_the_loops_reaction_is_not_lost() -> None:
+    """A fall detector's relay blinks low for 5 ms while the loop is busy: by the time the
+    reader runs the line is high again, but the edges say it was low, and that is passed on."""
+    opener, seen = Opener([True, True]), Seen()
+    gpio = GpioChipInputs(
+        "/dev/gpiochip9", [GpioLine(5), GpioLine(6)], seen, poll_interval_s=60.0,
+        open_request=opener,
+    )  # fmt: skip
+    task = asyncio.create_task(gpio.run())
+    try:
+        await eventually(lambda: seen.latest == {0: True, 1: True}, "the first read")
+        request = opener.requests[0]
+        request.edge(6, rising=False)
+        request.edge(6, rising=True)  # back high before the reader ran
+        await eventually(lambda: (1, False) in seen.history, "the pulse's low", timeout_s=2.0)
+        i = seen.history.index((1, False))
+        # The edges in order, then the levels read now.
+        assert seen.history[i : i + 4] == [(1, False), (1, True), (0, True), (1, True)]
     finally:
         await stop(task)
 
@@ -174,6 +213,33 @@ async def test_sr8_a_missing_chip_is_reported_by_libgpiod_and_gives_no_reading(
         assert seen.count == 0
     finally:
         await stop(task)
+
+
+def test_two_inputs_on_one_line_are_refused_before_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "17" and "GPIO17" are one line: gpiod's request would merge them, and one contact would
+    be two sensors. A stand-in chip names its lines as a Raspberry Pi's does."""
+
+    class NamedChip:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def __enter__(self) -> NamedChip:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def line_offset_from_id(self, line: int | str) -> int:
+            return int(str(line).removeprefix("GPIO"))
+
+        def request_lines(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("requested despite the duplicate")
+
+    monkeypatch.setattr(gpiod, "Chip", NamedChip)
+    with pytest.raises(ValueError, match="two inputs on one line"):
+        open_gpiod_request("/dev/gpiochip0", [GpioLine(17), GpioLine("GPIO17")])
 
 
 def test_a_device_that_is_not_a_gpio_chip_is_refused_by_libgpiod() -> None:

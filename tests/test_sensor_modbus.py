@@ -5,7 +5,6 @@ answering gives no readings)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -63,7 +62,7 @@ async def stop(task: asyncio.Task[None]) -> None:
 
 def tcp_poller(port: int, points: list[ModbusPoint], levels: Levels) -> ModbusInputPoller:
     return ModbusInputPoller(
-        ModbusLink("tcp", 3, host="127.0.0.1", tcp_port=port),
+        ModbusLink("tcp", host="127.0.0.1", tcp_port=port),
         points,
         levels,
         poll_interval_s=0.02,
@@ -73,29 +72,50 @@ def tcp_poller(port: int, points: list[ModbusPoint], levels: Levels) -> ModbusIn
 
 
 @pytest.mark.asyncio
-async def test_discrete_inputs_and_coils_are_read_with_their_time(
+async def test_discrete_inputs_and_coils_are_read_each_from_its_own_table(
     module: tuple[SimulatedIoModule, IoModuleServer],
 ) -> None:
     io, server = module
     assert server.port is not None
     levels = Levels()
     points = [
-        ModbusPoint("discrete_input", 0),
-        ModbusPoint("discrete_input", 5),
-        ModbusPoint("coil", 17),
+        ModbusPoint(3, "discrete_input", 0),
+        ModbusPoint(3, "discrete_input", 5),
+        ModbusPoint(3, "coil", 5),
     ]
-    io.set(5, True)
-    io.set(17, True)
+    io.set(5, True, "discrete_input")
+    io.set(5, False, "coil")
     task = await run_poller(tcp_poller(server.port, points, levels))
     try:
-        await levels.until(lambda: levels.latest == {0: False, 1: True, 2: True})
+        await levels.until(lambda: levels.latest == {0: False, 1: True, 2: False})
         io.set(0, True)
         io.set(5, False)
+        io.set(5, True, "coil")
         await levels.until(lambda: levels.latest == {0: True, 1: False, 2: True})
-        # Stamped when the request left, never later than the reading arrived.
-        assert all(t <= time.monotonic() for _, t, _ in levels.readings)
     finally:
         await stop(task)
+
+
+@pytest.mark.asyncio
+async def test_sr8_a_reading_is_stamped_when_its_request_left(
+    module: tuple[SimulatedIoModule, IoModuleServer],
+) -> None:
+    """Each poll's reading carries a time from before its request reached the module and
+    after the previous request did: never the (later) time its answer arrived."""
+    io, server = module
+    assert server.port is not None
+    levels = Levels()
+    poller = tcp_poller(server.port, [ModbusPoint(3, "discrete_input", 1)], levels)
+    task = await run_poller(poller)
+    try:
+        await levels.until(lambda: len(levels.readings) >= 10)
+    finally:
+        await stop(task)
+    arrivals = io.request_times
+    for k, (_, t, _) in enumerate(levels.readings[:10]):
+        assert t <= arrivals[k]
+        if k:
+            assert t > arrivals[k - 1]
 
 
 @pytest.mark.asyncio
@@ -105,7 +125,7 @@ async def test_sr8_a_hung_module_gives_no_readings_and_says_why(
     io, server = module
     assert server.port is not None
     levels = Levels()
-    poller = tcp_poller(server.port, [ModbusPoint("discrete_input", 0)], levels)
+    poller = tcp_poller(server.port, [ModbusPoint(3, "discrete_input", 0)], levels)
     task = await run_poller(poller)
     try:
         await levels.until(lambda: poller.polls >= 3)
@@ -129,7 +149,7 @@ async def test_sr8_a_module_taken_off_the_network_is_reconnected() -> None:
     assert server.port is not None
     port = server.port
     levels = Levels()
-    poller = tcp_poller(port, [ModbusPoint("discrete_input", 2)], levels)
+    poller = tcp_poller(port, [ModbusPoint(3, "discrete_input", 2)], levels)
     task = await run_poller(poller)
     try:
         await levels.until(lambda: poller.polls >= 2)
@@ -151,7 +171,7 @@ async def test_an_address_the_module_does_not_have_is_a_problem_not_a_reading(
     io, server = module
     assert server.port is not None
     levels = Levels()
-    poller = tcp_poller(server.port, [ModbusPoint("discrete_input", io.size + 4)], levels)
+    poller = tcp_poller(server.port, [ModbusPoint(3, "discrete_input", io.size + 4)], levels)
     task = await run_poller(poller)
     try:
         await eventually(lambda: poller.problem is not None, "the poller to report a problem")
@@ -162,24 +182,26 @@ async def test_an_address_the_module_does_not_have_is_a_problem_not_a_reading(
 
 
 @pytest.mark.asyncio
-async def test_rtu_on_a_serial_port() -> None:
-    io = SimulatedIoModule(device_id=2)
-    server = await serve_io_module_rtu(io)
+async def test_rtu_two_modules_on_one_bus_share_one_port() -> None:
+    first, second = SimulatedIoModule(device_id=2), SimulatedIoModule(device_id=5)
+    server = await serve_io_module_rtu(first, second)
     assert server.path is not None
     levels = Levels()
     poller = ModbusInputPoller(
-        ModbusLink("rtu", 2, serial_port=server.path),
-        [ModbusPoint("discrete_input", 1), ModbusPoint("discrete_input", 3)],
+        ModbusLink("rtu", serial_port=server.path),
+        [ModbusPoint(2, "discrete_input", 1), ModbusPoint(5, "discrete_input", 1)],
         levels,
         poll_interval_s=0.02,
         timeout_s=0.1,
     )
     task = await run_poller(poller)
     try:
-        io.set(3, True)
+        second.set(1, True)
         await levels.until(lambda: levels.latest == {0: False, 1: True})
-        io.set(1, True)
-        await levels.until(lambda: levels.latest == {0: True, 1: True})
+        first.set(1, True)
+        second.set(1, False)
+        await levels.until(lambda: levels.latest == {0: True, 1: False})
+        assert poller.problem is None
     finally:
         await stop(task)
         await server.close()

@@ -512,3 +512,23 @@ def test_watch_on_a_terminal_rewrites_its_line_in_place(broker: Broker, tmp_path
     assert "\ravailability never seen | no state yet\x1b[K" in text, repr(text)
     assert text.endswith("\n"), repr(text)
     assert text.count("\n") == 1, repr(text)  # only the final one: the rest is rewritten
+
+
+def test_watch_names_a_wired_input_that_cannot_be_read() -> None:
+    from controller.tablet import status_line
+
+    state = {
+        "state": "idle",
+        "grip": {"left": False, "right": True},
+        "fall": False,
+        "stale": ["grip_left"],
+        "latched": None,
+        "speed_mph": 0.0,
+        "target_mph": 0.0,
+        "session": None,
+        "sensor_problems": {"grip_left": "cannot request lines 17 of /dev/gpiochip0: busy"},
+    }
+    line = status_line(True, "online", state)
+    assert "stale grip_left | inputs grip_left: cannot request lines 17 of /dev/gpiochip0" in line
+    del state["sensor_problems"]
+    assert "inputs" not in status_line(True, "online", state)
