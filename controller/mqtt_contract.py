@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from safety.core import Snapshot
 from safety.decisions import Event, Refused, Reply, State
@@ -44,7 +44,14 @@ MAX_PAYLOAD_BYTES = 4096
 # delivered late, after a broker that hung or a link that stalled, it is no longer what the
 # clinician pressed. Stops, emergency stops and resets are obeyed however late they arrive.
 MAX_COMMAND_AGE_S = 3.0
-_AGE_CHECKED = frozenset({"start_session", "set_speed"})
+# How far ahead of our clock a stamp may be (a sender that stamps in its own clock, a little
+# fast): more, and a late command could pass for a fresh one. The tablet page stamps in the
+# daemon's clock, estimated from the state's ts, so it is never far ahead.
+MAX_COMMAND_AHEAD_S = 1.0
+# A heartbeat too: a backlog of them, delivered at once after a stall, must not count as
+# someone watching the session now (SR-12).
+_AGE_CHECKED = frozenset({"start_session", "set_speed", "heartbeat"})
+_UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
 ID_MAX_CHARS = 64
 DEFAULT_DUPLICATE_MEMORY = 1024
 
@@ -153,7 +160,7 @@ class _CommandModel(BaseModel):
     id: CommandId
     # An extension of contract v1: when the sender stamps a command (unix seconds), a start or
     # a speed change that arrives late is refused (MAX_COMMAND_AGE_S).
-    ts: float | None = None
+    ts: Annotated[float, Field(ge=0.0, le=_UNIX_TS_MAX, allow_inf_nan=False)] | None = None
 
 
 class StartSessionModel(_CommandModel):
@@ -345,16 +352,15 @@ def parse_command(
 
 
 def _late(kind: str, ts: float, now_unix: float) -> str | None:
-    what = "start" if kind == "start_session" else "speed change"
-    if not math.isfinite(ts):
-        return f"invalid command: ts: {ts!r} is not a unix time"
+    what = {"start_session": "start", "set_speed": "speed change"}.get(kind, kind)
     age = now_unix - ts
     if age > MAX_COMMAND_AGE_S:
+        again = ": press again if it is still wanted" if kind != "heartbeat" else ""
         return (
             f"this {what} was sent {age:.1f} s ago and is refused as too old (the limit is "
-            f"{MAX_COMMAND_AGE_S:g} s): press again if it is still wanted"
+            f"{MAX_COMMAND_AGE_S:g} s){again}"
         )
-    if age < -MAX_COMMAND_AGE_S:
+    if age < -MAX_COMMAND_AHEAD_S:
         return (
             f"this {what} is stamped {-age:.1f} s in the future: the tablet's clock and the "
             "controller's disagree; set both from the network time"

@@ -57,6 +57,19 @@ function takePrograms(ext) {
   return true;
 }
 
+// The tablet's clock less the daemon's, from states and events published while connected
+// (retained ones may be old): the smallest difference seen lately, which includes the network
+// delay, so stamps come out a little old, never new.
+const clockSamples = [];
+function noteDaemonTime(ts) {
+  if (typeof ts !== "number" || !Number.isFinite(ts)) return;
+  clockSamples.push(Date.now() / 1000 - ts);
+  if (clockSamples.length > 40) clockSamples.shift();
+}
+function clockOffset() {
+  return clockSamples.length ? Math.min(...clockSamples) : 0;
+}
+
 function bandOf(program) {
   return (PROGRAMS[program] && PROGRAMS[program].band) || BAND;
 }
@@ -106,8 +119,13 @@ const view = {
   target: null, // the session's target: the state says 0 during a countdown
   message: null,
   why: undefined, // offlineWhy() at the last render: undefined before the first
+  broken: null, // an error of the page itself: offline, no heartbeat, until reloaded
 };
 const pending = new Map(); // command id -> { type, timer }
+const ownHeartbeats = new Set(); // this page's recent heartbeat ids
+// E-STOPs and Stops sent but not acknowledged when the link dropped: sent again on reconnect
+// (a stop is obeyed however late it arrives).
+let resendOnConnect = [];
 let client = null;
 let heartbeat = null;
 
@@ -172,6 +190,7 @@ function moving(state) {
 // Why the page is offline, in words, or null when it is online.
 function offlineWhy() {
   const now = performance.now();
+  if (view.broken !== null) return `the page failed (${view.broken}): reload it`;
   if (view.link !== "connected") return "no connection to the broker";
   if (view.availability !== "online") {
     return view.availability === "offline"
@@ -197,6 +216,22 @@ function setLevel(id, level, words) {
 }
 
 function render() {
+  try {
+    draw();
+  } catch (err) {
+    pageFailed(err);
+    // What was drawn last can no longer be trusted: everything off but E-STOP.
+    for (const button of document.querySelectorAll("button:not(#estop)")) button.disabled = true;
+  }
+  updateHeartbeat();
+}
+
+function pendingOf(type) {
+  for (const sent of pending.values()) if (sent.type === type) return true;
+  return false;
+}
+
+function draw() {
   const s = view.state;
   const why = offlineWhy();
   const online = why === null;
@@ -303,7 +338,14 @@ function render() {
   const st = s ? s.state : null;
   const hasSession = Boolean(session) && ["countdown", "running"].includes(st);
   const target = view.target;
-  $("start").disabled = !(online && st === "idle" && !latched && $("user").value.trim() !== "");
+  // A command waiting for its answer keeps its button off: a double tap sends it once.
+  $("start").disabled = !(
+    online &&
+    st === "idle" &&
+    !latched &&
+    $("user").value.trim() !== "" &&
+    !pendingOf("start_session")
+  );
   // The setup only matters between sessions; hidden, it leaves Stop and Reset in view.
   $("setup").hidden = st !== null && st !== "idle";
   $("user").disabled = $("program").disabled = $("cap").disabled = !(online && st === "idle");
@@ -325,7 +367,10 @@ function render() {
     Boolean(session) &&
     ["countdown", "running", "stopping"].includes(st)
   );
-  $("reset").disabled = !(online && Boolean(latched));
+  // Reset only with something latched and the belt at a standstill (SR-6); whether the cause is
+  // gone (hands back on the handrails) the treadmill judges, and says so if not.
+  const standstill = s !== null && typeof s.speed_mph === "number" && s.speed_mph <= STANDSTILL_MPH;
+  $("reset").disabled = !(online && Boolean(latched) && standstill && !pendingOf("reset"));
   // E-STOP stays live while the broker link is up, even when the daemon seems not to answer:
   // a stop that might arrive late, or not at all, costs nothing, and one that arrives helps.
   const linked = view.link === "connected";
@@ -349,11 +394,15 @@ function send(type, fields = {}) {
     return;
   }
   const id = commandId();
-  // Stamped (unix s): a start or a speed change the broker delivers late, after it hung, is
-  // refused by the daemon rather than run when nobody expects it (docs/daemon.md).
-  const ts = Date.now() / 1000;
+  // Stamped (unix s, in the daemon's clock as far as the page can tell): a start, a speed
+  // change or a heartbeat that a hung broker delivers late is refused by the daemon rather
+  // than run when nobody expects it (docs/daemon.md). The daemon refuses them after 3 s, well
+  // before this page gives up waiting for an answer (5 s).
+  const ts = Date.now() / 1000 - clockOffset();
   client.publish(TOPIC.cmd, JSON.stringify({ id, type, ts, ...fields }), { qos: 1, retain: false });
   if (type === "heartbeat") {
+    ownHeartbeats.add(id);
+    if (ownHeartbeats.size > 20) ownHeartbeats.delete(ownHeartbeats.values().next().value);
     if (view.unansweredSince === null) view.unansweredSince = performance.now();
     return;
   }
@@ -362,7 +411,14 @@ function send(type, fields = {}) {
     pending.delete(id);
     const words = commandWords({ type, fields });
     log(`${words}: no answer within ${REPLY_TIMEOUT_MS / 1000} s`, true);
-    say(`No answer to "${words}": check the state before you try again.`);
+    if (type === "start_session") {
+      // When in doubt, stop: should the start still arrive, this Stop follows it in order.
+      send("stop");
+      say(`No answer to "${words}": a Stop was sent in case it arrives late. Check the state.`);
+    } else {
+      say(`No answer to "${words}": check the state before you try again.`);
+    }
+    render();
   }, REPLY_TIMEOUT_MS);
   pending.set(id, { type, fields, timer });
   render();
@@ -382,9 +438,15 @@ function commandWords(sent) {
 }
 
 function onReply(reply) {
-  view.unansweredSince = null; // any reply shows the daemon is there
+  // Only answers to this page's own commands show that the daemon hears this page (another
+  // tablet's replies say nothing of whether this page's commands get through).
+  if (ownHeartbeats.delete(reply.id)) {
+    view.unansweredSince = null;
+    return;
+  }
   const sent = pending.get(reply.id);
-  if (!sent) return; // a heartbeat, or another tablet's command
+  if (!sent) return; // another tablet's command
+  view.unansweredSince = null;
   clearTimeout(sent.timer);
   pending.delete(reply.id);
   if (reply.ok) {
@@ -480,7 +542,25 @@ function onEvent(e) {
   }
 }
 
-function onMessage(topic, payload) {
+function onMessage(topic, payload, packet) {
+  try {
+    takeMessage(topic, payload, packet);
+  } catch (err) {
+    pageFailed(err);
+  }
+  render();
+}
+
+// A failure of the page's own code (a state of a shape it does not expect): the view can no
+// longer be trusted, so the page goes offline and stops its heartbeat, and a session it
+// watched ends by SR-12's grace.
+function pageFailed(err) {
+  if (view.broken === null) log(`Page error: ${err && err.message ? err.message : err}`, true);
+  view.broken = String(err && err.message ? err.message : err);
+  updateHeartbeat();
+}
+
+function takeMessage(topic, payload, packet) {
   const text = new TextDecoder().decode(payload);
   if (topic === TOPIC.availability) {
     if (text !== view.availability) log(`Treadmill ${text}`, text !== "online");
@@ -493,11 +573,13 @@ function onMessage(topic, payload) {
       return;
     }
     if (obj === null || typeof obj !== "object") return;
+    if ((topic === TOPIC.state || topic === TOPIC.events) && !(packet && packet.retain)) {
+      noteDaemonTime(obj.ts);
+    }
     if (topic === TOPIC.state) onState(obj);
     else if (topic === TOPIC.reply) onReply(obj);
     else if (topic === TOPIC.events) onEvent(obj);
   }
-  render();
 }
 
 // ------------------------------------------------------------------ heartbeat (SR-12)
@@ -505,7 +587,12 @@ function onMessage(topic, payload) {
 // Only while the page is visible: a hidden or closed page stops it, and the daemon then ends a
 // session with a controlled stop after its grace (5 s). A page nobody sees keeps nothing alive.
 function updateHeartbeat() {
-  const want = document.visibilityState === "visible" && client !== null && client.connected;
+  // Not while the page's own view is broken, nor while a moving belt's state is out of date:
+  // the heartbeat says someone is watching a live view.
+  const why = view.broken === null ? offlineWhy() : "broken";
+  const watching = why === null || why === "the treadmill does not answer";
+  const want =
+    document.visibilityState === "visible" && client !== null && client.connected && watching;
   if (want && heartbeat === null) {
     send("heartbeat");
     heartbeat = setInterval(() => send("heartbeat"), HEARTBEAT_MS);
@@ -518,9 +605,14 @@ function updateHeartbeat() {
 
 // ------------------------------------------------------------------ the connection
 
+// A remembered login goes only to the broker the page came from: a link with ?broker= set to
+// another address must not collect the tablet account's password.
+const OWN_BROKER = new URL(BROKER).host === location.host;
+
 function credentials() {
-  const stored =
-    sessionStorage.getItem("treadguard.login") || localStorage.getItem("treadguard.login");
+  const stored = OWN_BROKER
+    ? sessionStorage.getItem("treadguard.login") || localStorage.getItem("treadguard.login")
+    : null;
   if (stored) {
     try {
       return JSON.parse(stored);
@@ -557,6 +649,7 @@ function connect() {
       Object.values(TOPIC).filter((t) => t !== TOPIC.cmd),
       { qos: 1 },
     );
+    for (const type of resendOnConnect.splice(0)) send(type);
     updateHeartbeat();
     render();
   });
@@ -568,8 +661,15 @@ function connect() {
     for (const [id, sent] of pending) {
       clearTimeout(sent.timer);
       pending.delete(id);
-      log(`${commandWords(sent)}: the link dropped before an answer`, true);
+      if (sent.type === "estop" || sent.type === "stop") {
+        resendOnConnect.push(sent.type);
+        log(`${commandWords(sent)}: the link dropped before an answer; sent again on reconnect`, true);
+        say(`${commandWords(sent)} may not have arrived: it is sent again when the link is back.`);
+      } else {
+        log(`${commandWords(sent)}: the link dropped before an answer`, true);
+      }
     }
+    view.state = null; // the next state is the daemon's own, after the reconnect
     if (view.link === "connected") log("Broker connection lost", true);
     if (view.link !== "login") view.link = "disconnected";
     view.availability = null; // unknown until the broker hands it over again
@@ -672,19 +772,24 @@ $("user").addEventListener("input", () => {
 $("program").addEventListener("change", fillCaps);
 $("setup").addEventListener("submit", (event) => {
   event.preventDefault();
+  if ($("start").disabled || offlineWhy() !== null) return; // Enter in a field, a double tap
   const fields = { user: $("user").value.trim() };
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
   send("start_session", fields);
 });
-$("slower").addEventListener("click", () =>
-  send("set_speed", { mph: round1(view.target - STEP_MPH) }),
-);
-$("faster").addEventListener("click", () =>
-  send("set_speed", { mph: round1(view.target + STEP_MPH) }),
-);
-$("stop").addEventListener("click", () => send("stop"));
-$("reset").addEventListener("click", () => send("reset"));
+// Each handler looks again: the view is redrawn every 250 ms, a tap can come in between.
+function whenLive(id, action) {
+  $(id).addEventListener("click", () => {
+    if (!$(id).disabled && offlineWhy() === null) action();
+  });
+}
+whenLive("slower", () => send("set_speed", { mph: round1(view.target - STEP_MPH) }));
+whenLive("faster", () => send("set_speed", { mph: round1(view.target + STEP_MPH) }));
+$("stop").addEventListener("click", () => {
+  if (!$("stop").disabled) send("stop"); // a stop is never held back by a stale view
+});
+whenLive("reset", () => send("reset"));
 // pointerdown, not click: an E-STOP acts on the touch, not on the finger lifting.
 function estop() {
   if (!$("estop").disabled) send("estop");

@@ -435,24 +435,20 @@ async def test_sr15_a_start_delivered_late_is_refused_a_stop_is_not(
 ) -> None:
     """Commands stamped with ``ts`` (an extension of contract v1): a start older than
     MAX_COMMAND_AGE_S, as a broker that hung would deliver it, is refused; a stamped stop of
-    the same age is obeyed."""
+    the same age still ends a running session."""
     make_daemon(treadmill_id="tm-late")
     async with clinician(broker, "tm-late") as doc:
         await doc.until(lambda s: s["stale"] == [], within=5.0)
         old = time.time() - (MAX_COMMAND_AGE_S + 2.0)
-        await doc.raw(
-            json.dumps({"id": "late-1", "type": "start_session", "user": "u-l", "ts": old}).encode()
-        )
+        late_start = {"id": "late-1", "type": "start_session", "user": "u-l", "ts": old}
+        await doc.raw(json.dumps(late_start).encode())
         message = refused(await doc.reply_to("late-1"), "not_allowed")
         assert "too old" in message
-        await doc.raw(json.dumps({"id": "late-2", "type": "stop", "ts": old}).encode())
-        stop_reply = await doc.reply_to("late-2")
-        assert stop_reply["id"] == "late-2"
-        assert "too old" not in json.dumps(stop_reply)
-        fresh = time.time()
-        await doc.raw(
-            json.dumps(
-                {"id": "late-3", "type": "start_session", "user": "u-l", "ts": fresh}
-            ).encode()
-        )
+        fresh = {"id": "late-2", "type": "start_session", "user": "u-l", "ts": time.time()}
+        await doc.raw(json.dumps(fresh).encode())
+        ok(await doc.reply_to("late-2"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        old_stop = {"id": "late-3", "type": "stop", "ts": time.time() - 60.0}
+        await doc.raw(json.dumps(old_stop).encode())
         ok(await doc.reply_to("late-3"))
+        assert (await doc.event("session_ended"))["reason"] == "operator_stop"

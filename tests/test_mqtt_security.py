@@ -494,6 +494,7 @@ def shipped_config(etc: Path, *, port: int, tls_port: int, ws_port: int) -> str:
         (r"^#protocol websockets$", "protocol websockets"),
         (r"^#http_dir /opt/treadguard/tablet$", f"http_dir {ROOT / 'tablet'}"),
         (r"^#(cafile|certfile|keyfile|require_certificate) ", r"\1 "),
+        (r"^##require_certificate true$", "require_certificate true"),  # the page's listener
         (r"^acl_file /etc/mosquitto/treadguard/acl$", f"acl_file {ACL}"),
         (r"/etc/mosquitto/treadguard/", f"{etc}/"),
     ]

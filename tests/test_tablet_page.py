@@ -147,8 +147,12 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await tab.shot("02-start-refused")
 
         # "From history": the page leaves the program out, and the daemon picks the first one.
+        # A double tap sends one start: the button is off while the first awaits its answer.
+        # Both taps in one turn of the page's event loop, before any answer can arrive.
         await page.select_option("#program", index=0)
-        await page.click("#start")
+        await page.evaluate(
+            "() => { const b = document.getElementById('start'); b.click(); b.click(); }"
+        )
         command = await next_command(doc, "start_session")
         sent_at = command.pop("ts")
         assert command == {"id": command["id"], "type": "start_session", "user": "u-page"}
@@ -160,6 +164,9 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await tab.shot("03-countdown")
 
         await doc.state(running, within=SESSION_WAIT_S)
+        # Seconds after the taps: a second start would have arrived long since.
+        later = [body(m) for m in doc.tab.drain(f"{doc.p}/cmd")]
+        assert not [c for c in later if isinstance(c, dict) and c["type"] == "start_session"]
         await expect(page.locator("#state")).to_contain_text("RUNNING")
         await expect(page.locator("#countdown")).to_be_hidden()
         await expect(page.locator("#session-info")).to_contain_text(
