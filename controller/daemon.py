@@ -32,6 +32,7 @@ from controller.drives import build_driver, in_process_rig
 from controller.journal import Journal, JournalError
 from controller.loop import LoopHealth, ScaledClock, run_control_loop
 from controller.mqtt_contract import (
+    CommandReply,
     JsonObject,
     SensorPayloadError,
     encode_programs,
@@ -43,7 +44,16 @@ from controller.sensors import SensorHub
 from controller.systemd import Notifier
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
-from safety.decisions import ARMED_STATES, LATCHED_STATES, Event, RefusalCode, Refused, Reply
+from safety.decisions import (
+    ARMED_STATES,
+    LATCHED_STATES,
+    Event,
+    EventType,
+    JsonScalar,
+    RefusalCode,
+    Refused,
+    Reply,
+)
 from safety.inputs import (
     Command,
     EStop,
@@ -61,6 +71,7 @@ SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
+REFUSALS_PER_S = 10  # refusals made before the core: journaled and published at most this often
 
 
 @dataclass
@@ -85,6 +96,9 @@ class Daemon:
         self._ready = False
         self._clean_exit = False
         self._last_watchdog = -math.inf
+        self._refusal_window_t = -math.inf
+        self._refusals_in_window = 0
+        self._refusals_left_out = 0
         # Built in run(): they need the running event loop.
         self.core: SafetyCore
         self.controller: Controller
@@ -144,6 +158,7 @@ class Daemon:
             sensors=self.sensors.mqtt_names,
             on_sensor=self._on_sensor_message,
             before_publish=self._commit_journal,
+            on_refused=self._refused_before_the_core,
             logger=self._log.bind(part="mqtt"),
         )
         # The journal first: an event is on disk before the link can publish it (SR-14).
@@ -283,6 +298,31 @@ class Daemon:
             # before the command, so no start goes ahead on a journal known to be broken.
             self._report_journal_problem()
         return self.controller.submit(command).reply
+
+    def _refused_before_the_core(self, reply: CommandReply, kind: str | None) -> None:
+        """A command the link refused itself (malformed, retained, too old): a command_refused
+        event like the core's, journaled before the reply goes out and published (SR-14). At
+        most REFUSALS_PER_S a second: a tablet gone mad must not fill the journal; the next
+        one reported says how many were left out."""
+        now = self.clock.time()
+        if now - self._refusal_window_t >= 1.0:
+            self._refusal_window_t, self._refusals_in_window = now, 0
+        if self._refusals_in_window >= REFUSALS_PER_S:
+            self._refusals_left_out += 1
+            return
+        self._refusals_in_window += 1
+        assert reply.error is not None
+        fields: dict[str, JsonScalar] = {
+            "command": kind if kind is not None else "unreadable",
+            "code": reply.error.value,
+            "message": reply.message,
+        }
+        if self._refusals_left_out:
+            fields["left_out"] = self._refusals_left_out
+            self._refusals_left_out = 0
+        event = Event(EventType.COMMAND_REFUSED, now, fields)
+        for listener in self.controller.listeners:
+            listener(event)
 
     def _returning(self, user: str) -> bool:
         if self.journal is None:

@@ -351,6 +351,18 @@ def parse_command(
     return ParsedCommand(id=model.id, command=_to_command(model, t), fingerprint=_fingerprint(obj))
 
 
+def _readable_type(payload: bytes) -> str | None:
+    """The command's type, for the journal, when the payload is a JSON object that has one."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        obj = _loads(payload)
+    except _BadJson:
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind[:ID_MAX_CHARS] if isinstance(kind, str) else None
+
+
 def _late(kind: str, ts: float, now_unix: float) -> str | None:
     what = {"start_session": "start", "set_speed": "speed change"}.get(kind, kind)
     age = now_unix - ts
@@ -417,17 +429,26 @@ def answer_command(
     seen: DuplicateFilter,
     execute: Execute,
     now_unix: float | None = None,
+    on_refused: Callable[[CommandReply, str | None], None] | None = None,
 ) -> CommandReply:
-    """Parse, de-duplicate, run at most once, and build the reply for one ``<p>/cmd`` payload."""
+    """Parse, de-duplicate, run at most once, and build the reply for one ``<p>/cmd`` payload.
+
+    ``on_refused`` hears of the refusals made here, before the core (malformed, retained,
+    too old; with the command's type when it could be read): the core reports its own, as
+    command_refused events, and these must reach the journal too (SR-14). A retransmission
+    of a refused command is not reported again."""
     parsed = parse_command(payload, retained=retained, t=t, now_unix=now_unix)
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
             # The id was readable, so the payload is a JSON object.
-            fingerprint = _fingerprint(_loads(payload))
+            obj = _loads(payload)
+            fingerprint = _fingerprint(obj)
             earlier = seen.lookup(parsed.id, fingerprint)
             if earlier is not None:
                 return earlier
             seen.remember(parsed.id, fingerprint, parsed)
+        if on_refused is not None:
+            on_refused(parsed, _readable_type(payload))
         return parsed
     earlier = seen.lookup(parsed.id, parsed.fingerprint)
     if earlier is not None:

@@ -139,6 +139,7 @@ class TabletLink:
         sensors: Iterable[str] = (),
         on_sensor: Callable[[str, bytes], None] | None = None,
         before_publish: Callable[[], None] | None = None,
+        on_refused: Callable[[CommandReply, str | None], None] | None = None,
         extra_state: Callable[[], JsonObject] | None = None,
         logger: Any = None,
     ) -> None:
@@ -177,6 +178,7 @@ class TabletLink:
         self._on_sensor = on_sensor
         # Called before the state, a reply or an event goes out: the journal commits (SR-14).
         self._before_publish = before_publish
+        self._on_refused = on_refused
         # Fields the contract allows beyond its own (an extension): merged into each state.
         self._extra_state = extra_state
         self._replies: deque[CommandReply] = deque()
@@ -361,6 +363,7 @@ class TabletLink:
             seen=self._seen,
             execute=self._execute,
             now_unix=time.time(),
+            on_refused=self._on_refused,
         )
         if not reply.ok:
             assert reply.error is not None

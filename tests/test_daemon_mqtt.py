@@ -12,13 +12,16 @@ import asyncio
 import itertools
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from controller.daemon import REFUSALS_PER_S
 from controller.mqtt_contract import MAX_COMMAND_AGE_S
 from tests.clinician import (
     SESSION_WAIT_S,
@@ -444,6 +447,13 @@ async def test_sr15_a_start_delivered_late_is_refused_a_stop_is_not(
         await doc.raw(json.dumps(late_start).encode())
         message = refused(await doc.reply_to("late-1"), "not_allowed")
         assert "too old" in message
+        # Refused before the core, and still a safety event: journaled, then published.
+        event = await doc.event("command_refused")
+        assert (event["command"], event["code"]) == ("start_session", "not_allowed")
+        journal = broker.workdir / "journal-tm-late.sqlite"
+        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT fields FROM events WHERE type = 'command_refused'").fetchall()
+        assert [json.loads(r[0])["message"] for r in rows] == [message]
         fresh = {"id": "late-2", "type": "start_session", "user": "u-l", "ts": time.time()}
         await doc.raw(json.dumps(fresh).encode())
         ok(await doc.reply_to("late-2"))
@@ -452,3 +462,22 @@ async def test_sr15_a_start_delivered_late_is_refused_a_stop_is_not(
         await doc.raw(json.dumps(old_stop).encode())
         ok(await doc.reply_to("late-3"))
         assert (await doc.event("session_ended"))["reason"] == "operator_stop"
+
+
+@pytest.mark.asyncio
+async def test_sr14_refusals_before_the_core_are_journaled_at_a_bounded_rate(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """Garbage on <p>/cmd is answered every time, but a tablet gone mad cannot fill the
+    journal: at most REFUSALS_PER_S command_refused events a second."""
+    make_daemon(treadmill_id="tm-flood")
+    async with clinician(broker, "tm-flood", heartbeat=False) as doc:
+        for i in range(30):
+            await doc.raw(json.dumps({"id": f"bad-{i}", "type": "launch"}).encode())
+        for i in range(30):
+            refused(await doc.reply_to(f"bad-{i}"), "unknown_type")
+        # Events go out before replies: every event of the flood is here by now.
+        events = [body(m) for m in doc.tab.drain(f"{doc.p}/events")]
+        refusals = [e for e in events if isinstance(e, dict) and e["type"] == "command_refused"]
+        assert len(refusals) == REFUSALS_PER_S
+        assert refusals[0]["command"] == "launch"
