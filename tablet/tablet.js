@@ -718,9 +718,16 @@ function knownUsers() {
   }
 }
 
+// The users offered as one types, most recent last: only the last few, since a clinic's tablet
+// is shared and these are patients' names or codes.
+const USERS_KEPT = 20;
+
 function rememberUser(user, program) {
   const users = knownUsers();
+  delete users[user];
   users[user] = program;
+  const names = Object.keys(users);
+  for (const old of names.slice(0, Math.max(0, names.length - USERS_KEPT))) delete users[old];
   localStorage.setItem("treadguard.users", JSON.stringify(users));
   fillUsers();
 }
@@ -800,6 +807,10 @@ $("estop").addEventListener("keydown", (event) => {
 });
 
 document.addEventListener("visibilitychange", updateHeartbeat);
+// Back from the browser's back/forward cache: the link was ended on pagehide, start afresh.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) location.reload();
+});
 window.addEventListener("pagehide", () => {
   if (heartbeat !== null) clearInterval(heartbeat);
   heartbeat = null;
