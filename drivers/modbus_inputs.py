@@ -27,7 +27,7 @@ from typing import Literal
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from drivers.modbus_vfd import raise_if_cancelled
+from drivers.modbus_vfd import connect_within, raise_if_cancelled
 
 _log = logging.getLogger("treadguard.drivers.modbus_inputs")
 
@@ -157,13 +157,9 @@ class ModbusInputPoller:
         )  # fmt: skip
 
     async def _connect(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s * 4):
-                ok = await client.connect()
-        except (TimeoutError, OSError) as exc:
-            raise _NoReading(f"cannot connect to {self.link.where()}: {exc}") from exc
-        if not ok:
-            raise _NoReading(f"cannot connect to {self.link.where()}")
+        problem = await connect_within(client, self._timeout_s * 4)
+        if problem is not None:
+            raise _NoReading(f"cannot connect to {self.link.where()}: {problem}")
 
     async def _poll(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         t = self._clock()  # when the request left: the reading is at least this old

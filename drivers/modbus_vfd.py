@@ -96,6 +96,19 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def connect_within(
+    client: AsyncModbusTcpClient | AsyncModbusSerialClient, timeout_s: float
+) -> str | None:
+    """Connect, bounded by ``timeout_s``; None when connected, else why not (shared by the
+    drive's driver and the sensor inputs' poller)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            ok = await client.connect()
+    except (TimeoutError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None if ok else "refused"
+
+
 def _exception_text(code: int) -> str:
     try:
         return f"{code} ({ExcCodes(code).name.lower().replace('_', ' ')})"
@@ -280,14 +293,9 @@ class ModbusVfdDriver:
             self._wake.set()
 
     async def _connect(self, client: ModbusClient) -> None:
-        where = self._where()
-        try:
-            async with asyncio.timeout(self._request_timeout_s * 4):
-                ok = await client.connect()
-        except (TimeoutError, OSError) as exc:
-            raise _LinkLost(f"drive_link: cannot connect to {where}: {exc}") from exc
-        if not ok:
-            raise _LinkLost(f"drive_link: cannot connect to {where}")
+        problem = await connect_within(client, self._request_timeout_s * 4)
+        if problem is not None:
+            raise _LinkLost(f"drive_link: cannot connect to {self._where()}: {problem}")
 
     def _where(self) -> str:
         if self._transport == "tcp":

@@ -5,13 +5,14 @@ clinician's view over a real Mosquitto (SR-3, SR-4, SR-5, SR-8)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from simulator.modbus_io import IoModuleServer, SimulatedIoModule, serve_io_module_tcp
-from tests.clinician import SESSION_WAIT_S, clinician, refused
+from tests.clinician import SESSION_WAIT_S, Clinician, clinician, refused
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 
@@ -48,13 +49,22 @@ async def io_module() -> AsyncIterator[tuple[SimulatedIoModule, IoModuleServer]]
     await server.close()
 
 
-def wired_daemon(make_daemon: Callable[..., DaemonProcess], tm: str, port: int) -> DaemonProcess:
+@asynccontextmanager
+async def running_on_the_module(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, port: int, tm: str
+) -> AsyncIterator[Clinician]:
+    """The daemon with grips and fall on the I/O module at ``port``, and a clinician whose
+    session runs once the sensors have settled."""
     inputs = (
         modbus_input("grip_left", GRIP_LEFT, port, "high")
         + modbus_input("grip_right", GRIP_RIGHT, port, "high")
         + modbus_input("fall", FALL, port, "low")
     )
-    return make_daemon(treadmill_id=tm, sensors=None, extra=inputs)
+    make_daemon(treadmill_id=tm, sensors=None, extra=inputs)
+    async with clinician(broker, tm) as doc:
+        await doc.until(ready, within=5.0)
+        await doc.start_running(f"u-{tm}", program="first_session")
+        yield doc
 
 
 @pytest.mark.asyncio
@@ -65,10 +75,7 @@ async def test_sr4_grips_released_on_the_io_module_stop_the_belt(
 ) -> None:
     module, server = io_module
     assert server.port is not None
-    wired_daemon(make_daemon, "tm-io", server.port)
-    async with clinician(broker, "tm-io") as doc:
-        await doc.until(ready, within=5.0)
-        await doc.start_running("u-io", program="first_session")
+    async with running_on_the_module(make_daemon, broker, server.port, "tm-io") as doc:
         module.set(GRIP_LEFT, False)
         module.set(GRIP_RIGHT, False)
         event = await doc.event("estop")
@@ -85,10 +92,7 @@ async def test_sr5_a_fall_on_a_normally_closed_contact_stops_the_belt(
 ) -> None:
     module, server = io_module
     assert server.port is not None
-    wired_daemon(make_daemon, "tm-fall", server.port)
-    async with clinician(broker, "tm-fall") as doc:
-        await doc.until(ready, within=5.0)
-        await doc.start_running("u-fall", program="first_session")
+    async with running_on_the_module(make_daemon, broker, server.port, "tm-fall") as doc:
         module.set(FALL, False)  # the contact opens: low is "fallen" for this wiring
         event = await doc.event("estop")
         assert event["cause"] == "fall"
@@ -102,10 +106,7 @@ async def test_sr8_an_io_module_that_stops_answering_stops_the_belt(
 ) -> None:
     module, server = io_module
     assert server.port is not None
-    wired_daemon(make_daemon, "tm-hung", server.port)
-    async with clinician(broker, "tm-hung") as doc:
-        await doc.until(ready, within=5.0)
-        await doc.start_running("u-hung", program="first_session")
+    async with running_on_the_module(make_daemon, broker, server.port, "tm-hung") as doc:
         module.freeze()
         event = await doc.event("estop")
         assert event["cause"] == "sensor_stale"  # the fall sensor went silent, not a fall
