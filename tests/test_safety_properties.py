@@ -16,7 +16,7 @@ each test's scripts are weighted towards the situations of the requirements in i
 Besides the real programs of config/programs, the core gets two short test programs (caps of
 10-40 s) so that many examples reach a cap within the time budget.
 
-Examples per test: 300, ``CI=true`` 2000, or ``TREADGUARD_HYPOTHESIS_EXAMPLES=N``. Statistics
+Examples per test: 300, ``CI=true`` 1000, or ``TREADGUARD_HYPOTHESIS_EXAMPLES=N``. Statistics
 (how many examples moved the belt, reached a cap, latched, reset):
 ``pytest tests/test_safety_properties.py --hypothesis-show-statistics``.
 """
@@ -109,7 +109,7 @@ SEEN_EVENTS = frozenset(
 MAX_STEP_MS = 250
 
 EXAMPLES = int(
-    os.environ.get("TREADGUARD_HYPOTHESIS_EXAMPLES", 2000 if os.environ.get("CI") else 300)
+    os.environ.get("TREADGUARD_HYPOTHESIS_EXAMPLES", 1000 if os.environ.get("CI") else 300)
 )
 PROPERTY_SETTINGS = settings(
     max_examples=EXAMPLES,
