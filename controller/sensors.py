@@ -104,7 +104,8 @@ class SensorHub:
         return out
 
     def build_sources(self, clock: Callable[[], float]) -> list[Coroutine[Any, Any, None]]:
-        """One reader per GPIO chip and per Modbus device link; their ``run()`` coroutines."""
+        """One reader per GPIO chip and per Modbus link (a bus, or a TCP host and port); their
+        ``run()`` coroutines."""
         self._source_names.clear()
         chips: dict[str, list[tuple[str, GpioInputSection]]] = defaultdict(list)
         links: dict[ModbusLink, list[tuple[str, ModbusInputSection]]] = defaultdict(list)
