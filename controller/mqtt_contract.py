@@ -547,7 +547,9 @@ def encode_state(
 
 
 # "loop" is the daemon's extension (control-loop lag), which moves all the time too.
-_CONTINUOUS = frozenset({"speed_mph", "ts", "loop"})
+# Besides what moves continuously, the programs: fixed for the daemon's life, so comparing them
+# at every look (20 a second) would only cost time.
+_CONTINUOUS = frozenset({"speed_mph", "ts", "loop", "programs"})
 _CONTINUOUS_SESSION = frozenset({"elapsed_s", "remaining_s"})
 
 
