@@ -136,14 +136,16 @@ class GpioInputSection(_WiredInput):
     # Besides the edge events, the level is read this often: the reading stays fresh (SR-8).
     poll_interval_s: float = Field(0.02, gt=0.0, le=0.1)
 
-    def open_circuit_level(self) -> Literal["high", "low"] | None:
-        if self.open_circuit is not None:
-            return self.open_circuit
+    def pull_level(self) -> Literal["high", "low"] | None:
+        """What the pin's own pull makes an open circuit read; None without one."""
         if self.bias == "pull_up":
             return "high"
         if self.bias == "pull_down":
             return "low"
-        return None  # an external resistor nobody described
+        return None  # as_is or disabled: an external resistor, or none
+
+    def open_circuit_level(self) -> Literal["high", "low"] | None:
+        return self.open_circuit if self.open_circuit is not None else self.pull_level()
 
 
 class ModbusInputSection(_WiredInput):

@@ -89,7 +89,7 @@ def _wiring_problems(where: str, entry: GpioInputSection | ModbusInputSection) -
     """A cut wire must read as the unsafe reading: a grip released, a fall signalled."""
     cut = entry.open_circuit_level()
     if isinstance(entry, GpioInputSection):
-        implied = {"pull_up": "high", "pull_down": "low"}.get(entry.bias)
+        implied = entry.pull_level()
         if entry.open_circuit is not None and implied is not None and implied != cut:
             return [
                 f"{where}.open_circuit: {entry.open_circuit!r} contradicts bias {entry.bias!r}, "

@@ -441,8 +441,7 @@ def answer_command(
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
             # The id was readable, so the payload is a JSON object.
-            obj = _loads(payload)
-            fingerprint = _fingerprint(obj)
+            fingerprint = _fingerprint(_loads(payload))
             earlier = seen.lookup(parsed.id, fingerprint)
             if earlier is not None:
                 return earlier

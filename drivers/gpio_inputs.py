@@ -144,7 +144,8 @@ class GpioChipInputs:
                 await asyncio.sleep(self._retry_s)
                 continue
             broken = self._broken = asyncio.Event()
-            loop.add_reader(request.fd, self._on_edges, request, offsets)
+            index_of = {offset: i for i, offset in enumerate(offsets)}
+            loop.add_reader(request.fd, self._on_edges, request, offsets, index_of)
             try:
                 while not broken.is_set():
                     self._read(request, offsets)
@@ -169,14 +170,15 @@ class GpioChipInputs:
     def _describe(self) -> str:
         return ", ".join(str(entry.line) for entry in self._lines)
 
-    def _on_edges(self, request: LineRequestLike, offsets: list[int | str]) -> None:
+    def _on_edges(
+        self, request: LineRequestLike, offsets: list[int | str], index_of: dict[int | str, int]
+    ) -> None:
         """The request's descriptor is readable: edges happened. Each edge's level is passed
         on in order, then the level read now: a pulse shorter than the loop's reaction (a
         fall detector's relay blinking during a journal write) still reaches the filter,
         which takes its unsafe half at once."""
         try:
             t = self._clock()
-            index_of = {offset: i for i, offset in enumerate(offsets)}
             for event in request.read_edge_events():
                 index = index_of.get(event.line_offset)
                 if index is not None:
