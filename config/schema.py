@@ -241,7 +241,8 @@ class MqttSection(_Strict):
     password: SecretStr | None = None
     tls: MqttTlsSection | None = None
     # Default: treadguard-<treadmill.id>; fixed, so the broker replaces a half-open old
-    # connection of ours at once instead of firing its Will later.
+    # connection of ours at once instead of firing its Will later. The shipped broker
+    # configuration (use_username_as_clientid) takes the user name instead, as fixed.
     client_id: str | None = Field(None, min_length=1, max_length=64)
     keepalive_s: int = Field(5, ge=2, le=60)
     # The contract asks for the state at least every 500 ms while the belt moves.

@@ -45,11 +45,17 @@ def have_mosquitto() -> bool:
     return Path(MOSQUITTO).exists()
 
 
+# Settings of one listener rather than of the broker (mosquitto.conf(5), "Listeners").
+BIND_CLIENT_IDS = "use_username_as_clientid true"
+LISTENER_SETTINGS = frozenset({BIND_CLIENT_IDS})
+
+
 class Broker:
     """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as the
     tablet page's broker does. It comes after the native listener, which Mosquitto needs
     anyway (a WebSockets listener alone does not start), and takes the same ``extra``
-    settings: they are global (``per_listener_settings false``, Mosquitto's default)."""
+    settings: they are global (``per_listener_settings false``, Mosquitto's default), but for
+    the listener's own settings of LISTENER_SETTINGS, which are repeated for it."""
 
     def __init__(
         self,
@@ -64,8 +70,10 @@ class Broker:
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
+        # A listener's own settings in ``extra`` apply to the WebSockets listener too.
+        own = "".join(f"{line}\n" for line in extra.splitlines() if line in LISTENER_SETTINGS)
         websockets = (
-            f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n"
+            f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n{own}"
             if http_dir is not None
             else ""
         )
@@ -113,10 +121,16 @@ class Broker:
         self.proc = None
 
 
-# The accounts of the shipped ACL, and one with a password but no line in it.
+# The shipped ACL's treadmill with MQTT sensors: its sensor account writes only its topics.
+SENSOR_TM = "tm-01"
+SENSORS = f"sensors-{SENSOR_TM}"
+
+# The accounts of the shipped ACL, and two with a password but no line in it: "sensors", the
+# one account every treadmill's sensors once shared, and an intruder.
 PASSWORDS = {
     "treadguard": "daemon-secret",
     "tablet": "tablet-secret",
+    SENSORS: "sensors-tm-01-secret",
     "sensors": "sensors-secret",
     "dashboard": "dashboard-secret",
     "intruder": "intruder-secret",
@@ -134,9 +148,11 @@ def stay_root() -> str:
 
 
 def auth_lines(workdir: Path) -> str:
-    """The shipped configuration's authentication: no anonymous clients, passwords, the ACL."""
+    """The shipped configuration's authentication: no anonymous clients, passwords, the ACL,
+    and every client id bound to its account (the broker uses the user name as client id)."""
     passwd = password_file(workdir / "passwd", PASSWORDS)
     return (
+        f"{BIND_CLIENT_IDS}\n"
         "per_listener_settings false\n"
         "allow_anonymous false\n"
         f"password_file {passwd}\n"

@@ -35,6 +35,8 @@ from tests.clinician import (
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import (
     PASSWORDS,
+    SENSOR_TM,
+    SENSORS,
     Broker,
     auth_lines,
     body,
@@ -274,7 +276,7 @@ async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
     config = daemon_config(
         tmp_path,
         broker.port,
-        treadmill_id="tm-acl",
+        treadmill_id=SENSOR_TM,
         sensors="mqtt",
         mqtt_extra='username = "treadguard"',
     )
@@ -284,8 +286,8 @@ async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
     daemon.start()
     try:
         async with (
-            sensor_user(broker, "tm-acl", account="sensors"),
-            clinician(broker, "tm-acl", account="tablet") as doc,
+            sensor_user(broker, SENSOR_TM, account=SENSORS),
+            clinician(broker, SENSOR_TM, account="tablet") as doc,
         ):
             await doc.state(lambda s: s["stale"] == [], within=10.0)
             await doc.start_running("u-12", program="first_session")

@@ -23,7 +23,7 @@ import ssl
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     ACL,
     PASSWORDS,
+    SENSOR_TM,
+    SENSORS,
     WAIT_S,
     Broker,
     Tablet,
@@ -326,15 +328,22 @@ async def test_sr15_a_command_from_any_account_but_the_tablet_never_reaches_the_
 ) -> None:
     tm, world = "tm-foreign", World()
     p = f"treadmill/{tm}"
-    async with (
-        tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab,
-        link_for(secured, world, tm),
-        tablet(secured, **login(account)) as foreign,
-    ):
+    forged = json.dumps({"id": "forged", "type": "estop"}).encode()
+    if account == "treadguard":
+        # One connection per account (client ids bound to accounts): the daemon's account
+        # forges before its link connects, retained, so the link would get it on subscribing.
+        async with tablet(secured, **login(account)) as foreign:
+            await publish_refused(foreign, f"{p}/cmd", forged, retain=True)
+    async with AsyncExitStack() as stack:
+        tab = await stack.enter_async_context(
+            tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet"))
+        )
+        await stack.enter_async_context(link_for(secured, world, tm))
         # "online" comes after the link's subscription to <p>/cmd is in place.
         await tab.next(f"{p}/availability", text_is("online"))
-        forged = {"id": "forged", "type": "estop"}
-        await publish_refused(foreign, f"{p}/cmd", json.dumps(forged).encode())
+        if account != "treadguard":
+            async with tablet(secured, **login(account)) as foreign:
+                await publish_refused(foreign, f"{p}/cmd", forged)
         # Published after the refusal was acknowledged, so it is queued for the daemon behind
         # the forged command, had that been let through; and the daemon answers in order.
         await send(tab, tm, {"id": "after", "type": "heartbeat"})
@@ -351,10 +360,16 @@ async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availab
     tm, world = "tm-forge", World()
     p = f"treadmill/{tm}"
     daemon_topics = ("state", "availability", "reply", "events")
-    async with (
-        tablet(secured, *(f"{p}/{t}" for t in daemon_topics), **login("tablet")) as tab,
-        tablet(secured, **login(account)) as forger,
-    ):
+    async with AsyncExitStack() as stack:
+        tab = await stack.enter_async_context(
+            tablet(secured, *(f"{p}/{t}" for t in daemon_topics), **login("tablet"))
+        )
+        # One connection per account (client ids bound to accounts): the tablet forges on its own.
+        forger = (
+            tab
+            if account == "tablet"
+            else await stack.enter_async_context(tablet(secured, **login(account)))
+        )
         for t in daemon_topics:
             await publish_refused(forger, f"{p}/{t}", FORGED, retain=t in ("state", "availability"))
         # Everything the daemon publishes from here on follows those acknowledgements.
@@ -368,20 +383,43 @@ async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availab
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("account", ["tablet", "dashboard", "intruder"])
-async def test_sr15_only_the_sensors_account_may_report_grip_and_fall(
+@pytest.mark.parametrize("account", ["tablet", "dashboard", "intruder", "sensors"])
+async def test_sr15_only_the_treadmills_sensor_account_may_report_grip_and_fall(
     secured: Broker, account: str
 ) -> None:
-    """A forged "hands on the rails" would hide a user who let go: only sensors may write."""
-    topic = "treadmill/tm-grip/sensors/grip_left"
+    """A forged "hands on the rails" would hide a user who let go: only the treadmill's own
+    sensor account may write its sensor topics ("sensors", the account every treadmill's
+    sensors once shared, may write nothing)."""
+    topic = f"treadmill/{SENSOR_TM}/sensors/grip_left"
     async with (
         tablet(secured, "treadmill/+/sensors/#", **login("treadguard")) as daemon,
         tablet(secured, **login(account)) as forger,
-        tablet(secured, **login("sensors")) as sensor,
+        tablet(secured, **login(SENSORS)) as sensor,
     ):
         await publish_refused(forger, topic, json.dumps({"value": True, "ts": 1.0}).encode())
         await sensor.publish(topic, json.dumps({"value": False, "ts": 2.0}).encode())
         assert body(await daemon.next(topic)) == {"value": False, "ts": 2.0}
+
+
+@pytest.mark.asyncio
+async def test_sr15_a_sensor_account_speaks_only_for_its_own_treadmill(secured: Broker) -> None:
+    """Treadmill tm-01's sensor account cannot report for another treadmill (a second source
+    saying "held" would hide a real release there), nor command or forge the daemon's topics."""
+    other = "treadmill/tm-02"
+    own = f"treadmill/{SENSOR_TM}"
+    async with (
+        tablet(secured, "treadmill/+/sensors/#", **login("treadguard")) as daemon,
+        tablet(secured, **login(SENSORS)) as sensor,
+    ):
+        held = json.dumps({"value": True, "ts": 1.0}).encode()
+        for topic in (f"{other}/sensors/grip_left", f"{other}/sensors/fall", "treadmill/x/y"):
+            await publish_refused(sensor, topic, held)
+        for name in ("cmd", "state", "reply", "events", "availability"):
+            await publish_refused(sensor, f"{own}/{name}", FORGED)
+            await publish_refused(sensor, f"{other}/{name}", FORGED)
+        await sensor.publish(f"{own}/sensors/grip_left", json.dumps({"value": False}).encode())
+        assert body(await daemon.next(f"{own}/sensors/grip_left")) == {"value": False}
+        assert daemon.order == [f"{own}/sensors/grip_left"]
 
 
 @pytest.mark.asyncio
@@ -426,6 +464,104 @@ async def test_sr12_the_daemons_will_reaches_the_tablet_under_the_acl(
     finally:
         child.kill()
         child.wait(timeout=WAIT_S)
+
+
+# ----------------------------------------------------------------------------- client ids
+
+HIJACKS = 20  # connections in a row with someone else's client id, as fast as the broker takes
+
+
+async def take_client_ids(
+    broker: Broker,
+    account: str,
+    identifiers: tuple[str, ...],
+    *,
+    port: int | None = None,
+    tls: ssl.SSLContext | None = None,
+    websockets: bool = False,
+) -> None:
+    """Log in as ``account`` with each of ``identifiers`` as client id, HIJACKS times over,
+    each time until the broker's CONNACK, then disconnect: a client reconnecting as fast as it
+    can with someone else's id. Mosquitto drops the older of two connections with one client
+    id, and it has done so (Will fired) by the time it sends the newer one its CONNACK."""
+    for _ in range(HIJACKS):
+        for identifier in identifiers:
+            client = aiomqtt.Client(
+                "127.0.0.1",
+                port if port is not None else broker.port,
+                identifier=identifier,
+                **login(account),
+                protocol=aiomqtt.ProtocolVersion.V5,
+                tls_context=tls,
+                transport="websockets" if websockets else "tcp",
+                timeout=WAIT_S,
+            )
+            async with asyncio.timeout(WAIT_S), client:
+                pass
+
+
+async def hijack_fails(
+    broker: Broker, tm: str, attacker: str, **connection: Any
+) -> tuple[str, ...]:
+    """The in-process link connected as the daemon; ``attacker`` takes its client id
+    (treadguard-<id> and the bound id treadguard) and the watcher's, again and again. Neither
+    loses its connection: the availability stays "online", published once, and an event the
+    link publishes after the attack is the next thing the watcher gets. ``connection``: the
+    listener the attacker uses (port, tls, websockets). Returns the ids it tried."""
+    world = World()
+    p = f"treadmill/{tm}"
+    watcher = "dashboard" if attacker == "tablet" else "tablet"
+    ids = (f"treadguard-{tm}", "treadguard", watcher)
+    async with (
+        tablet(broker, f"{p}/availability", f"{p}/events", **login(watcher)) as watch,
+        link_for(broker, world, tm) as link,
+    ):
+        await watch.next(f"{p}/availability", text_is("online"))
+        await take_client_ids(broker, attacker, ids, **connection)
+        # Published after the last CONNACK: had the link been dropped, its Will ("offline")
+        # and its "online" again would reach the watcher before this event.
+        link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
+        assert fields(await watch.next(f"{p}/events"))["type"] == "reset"
+        assert [m.payload for m in watch.drain(f"{p}/availability")] == []
+        assert watch.order == [f"{p}/availability", f"{p}/events"]
+    return ids
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("attacker", ["dashboard", "tablet", SENSORS, "sensors", "intruder"])
+async def test_sr15_no_account_can_take_the_daemons_client_id(
+    secured: Broker, attacker: str
+) -> None:
+    """Mosquitto drops the older of two connections with one client id. Another account that
+    connects again and again as treadguard-<id> must not knock the daemon off the broker (its
+    Will would say "offline", and the stale sensors end in an emergency stop)."""
+    await hijack_fails(secured, "tm-hijack", attacker)
+
+
+def listener_blocks(conf: str) -> dict[str, list[str]]:
+    """The lines of each listener of a mosquitto.conf, commented-out ones included, by port."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in conf.splitlines():
+        line = raw.lstrip("#").strip()
+        if line.startswith("listener "):
+            current = blocks.setdefault(line.split()[1], [])
+        elif current is not None and raw.startswith("#") and not line:
+            continue
+        elif current is not None and not raw.startswith("#") and not raw.strip():
+            current = None  # a blank line ends the block
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_sr15_every_shipped_listener_binds_client_ids_to_accounts() -> None:
+    """use_username_as_clientid is a setting of one listener (mosquitto.conf(5)): a listener
+    without it, examples included, would let any account take the daemon's client id."""
+    blocks = listener_blocks(SHIPPED_CONF.read_text())
+    assert set(blocks) == {"1883", "8883", "8884"}
+    for port, lines in blocks.items():
+        assert "use_username_as_clientid true" in lines, port
 
 
 # ----------------------------------------------------------------------------- TLS
@@ -493,7 +629,7 @@ def shipped_config(etc: Path, *, port: int, tls_port: int, ws_port: int) -> str:
         (r"^#listener 8884$", f"listener {ws_port}"),
         (r"^#protocol websockets$", "protocol websockets"),
         (r"^#http_dir /opt/treadguard/tablet$", f"http_dir {ROOT / 'tablet'}"),
-        (r"^#(cafile|certfile|keyfile|require_certificate) ", r"\1 "),
+        (r"^#(cafile|certfile|keyfile|require_certificate|use_username_as_clientid) ", r"\1 "),
         (r"^##require_certificate true$", "require_certificate true"),  # the page's listener
         (r"^acl_file /etc/mosquitto/treadguard/acl$", f"acl_file {ACL}"),
         (r"/etc/mosquitto/treadguard/", f"{etc}/"),
@@ -539,6 +675,41 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
             await send(tab, tm, {"id": "after", "type": "heartbeat"})
             assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
             assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
+
+
+def shipped_broker(tmp_path: Path, pki: Pki) -> tuple[Broker, int]:
+    """A broker on treadguard.conf as installed (all listeners on), and its TLS port."""
+    need("mosquitto", have_mosquitto())
+    etc = pki.ca.parent
+    password_file(etc / "passwd", PASSWORDS)
+    broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
+    broker.ws_port = free_port()  # start() waits for this one too
+    tls_port = free_port()
+    broker.conf.write_text(
+        shipped_config(etc, port=broker.port, tls_port=tls_port, ws_port=broker.ws_port)
+    )
+    return broker, tls_port
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("attacker", "listener"),
+    [("dashboard", "loopback"), (SENSORS, "tls"), ("tablet", "websockets")],
+)
+async def test_sr15_the_shipped_configuration_keeps_the_daemons_client_id(
+    tmp_path: Path, pki: Pki, attacker: str, listener: str
+) -> None:
+    """treadguard.conf as installed: on every listener, an account connecting again and again
+    with the daemon's client id does not disconnect the daemon."""
+    broker, tls_port = shipped_broker(tmp_path, pki)
+    cert = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key).context()
+    connection: dict[str, Any] = {
+        "loopback": {},
+        "tls": {"port": tls_port, "tls": cert},
+        "websockets": {"port": broker.ws_port, "tls": cert, "websockets": True},
+    }[listener]
+    async with running(broker):
+        await hijack_fails(broker, "tm-shipped-id", attacker, **connection)
 
 
 @pytest.mark.asyncio
@@ -615,3 +786,33 @@ async def test_sr12_the_daemon_over_tls_with_its_certificate_from_its_configurat
                 assert fields(await tab.next(f"{p}/reply")) == {"id": "hb", "ok": True}
         finally:
             daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_sr15_a_dashboard_reusing_its_client_id_never_disconnects_the_daemon(
+    secured: Broker, tmp_path: Path
+) -> None:
+    """``treadguard run`` itself, logged in as treadguard under the shipped ACL, while the
+    dashboard account connects again and again with the daemon's client id: the daemon stays
+    connected (one connection in its log, "online" once, never "offline") and answers."""
+    tm = "tm-id-daemon"
+    p = f"treadmill/{tm}"
+    config = daemon_config(
+        tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
+    )
+    daemon = DaemonProcess(
+        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
+    )
+    daemon.start()
+    try:
+        async with tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab:
+            await tab.next(f"{p}/availability", text_is("online"), within=15.0)
+            await take_client_ids(secured, "dashboard", (f"treadguard-{tm}", "treadguard"))
+            # Published after the last CONNACK: behind any Will the broker sent for the daemon.
+            await send(tab, tm, {"id": "after", "type": "heartbeat"})
+            assert fields(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+            assert tab.drain(f"{p}/availability") == []
+            assert daemon.alive()
+    finally:
+        daemon.stop()
+    assert daemon.log_text().count("mqtt_connected") == 1, daemon.log_text()
