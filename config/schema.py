@@ -18,6 +18,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from safety.inputs import Sensor
 from safety.limits import SafetyLimits
+from safety.link_limits import (
+    DRIVE_MAX_POLL_INTERVAL_S,
+    MAX_STATE_PERIOD_S,
+    SENSOR_MAX_POLL_INTERVAL_S,
+    SENSOR_MAX_REQUEST_TIMEOUT_S,
+    TRACKMASTER_ACK_TIMEOUT_S,
+    TRACKMASTER_MAX_ACK_TIMEOUT_S,
+)
 
 
 class _Strict(BaseModel):
@@ -71,8 +79,10 @@ class TrackmasterDriveSection(_Strict):
     port: str = Field(min_length=1)
     baud: Literal[4800, 9600] = 4800
     # SR-9: the treadmill's communication-disconnect stop fires after 500 ms of silence.
-    poll_interval_s: float = Field(0.1, gt=0.0, le=0.1)
-    ack_timeout_s: float = Field(0.2, gt=0.0, le=0.25)
+    poll_interval_s: float = Field(DRIVE_MAX_POLL_INTERVAL_S, gt=0.0, le=DRIVE_MAX_POLL_INTERVAL_S)
+    ack_timeout_s: float = Field(
+        TRACKMASTER_ACK_TIMEOUT_S, gt=0.0, le=TRACKMASTER_MAX_ACK_TIMEOUT_S
+    )
 
 
 class ModbusDriveSection(_Strict):
@@ -89,7 +99,8 @@ class ModbusDriveSection(_Strict):
     register_map: Path = Path("drives/delta-vfd-e.toml")
     mph_per_hz: float = Field(gt=0.0, le=1.0)
     direction: Literal["forward", "reverse"] = "reverse"
-    poll_interval_s: float = Field(0.1, gt=0.0, le=0.25)
+    # SR-9: the driver's own bound (safety/link_limits.py), not a looser one of the file's.
+    poll_interval_s: float = Field(DRIVE_MAX_POLL_INTERVAL_S, gt=0.0, le=DRIVE_MAX_POLL_INTERVAL_S)
 
 
 DriveSection = Annotated[
@@ -134,7 +145,7 @@ class GpioInputSection(_WiredInput):
     # open_circuit). No default: the pull decides what a cut wire reads.
     bias: Literal["as_is", "pull_up", "pull_down", "disabled"]
     # Besides the edge events, the level is read this often: the reading stays fresh (SR-8).
-    poll_interval_s: float = Field(0.02, gt=0.0, le=0.1)
+    poll_interval_s: float = Field(0.02, gt=0.0, le=SENSOR_MAX_POLL_INTERVAL_S)
 
     def pull_level(self) -> Literal["high", "low"] | None:
         """What the pin's own pull makes an open circuit read; None without one."""
@@ -163,8 +174,8 @@ class ModbusInputSection(_WiredInput):
     table: Literal["discrete_input", "coil"] = "discrete_input"
     address: int = Field(ge=0, le=65535)
     # Well inside safety.sensor_timeout_s: one lost answer must not make the sensor stale.
-    poll_interval_s: float = Field(0.05, gt=0.0, le=0.1)
-    timeout_s: float = Field(0.1, gt=0.0, le=0.25)
+    poll_interval_s: float = Field(0.05, gt=0.0, le=SENSOR_MAX_POLL_INTERVAL_S)
+    timeout_s: float = Field(0.1, gt=0.0, le=SENSOR_MAX_REQUEST_TIMEOUT_S)
 
     def open_circuit_level(self) -> Literal["high", "low"] | None:
         return self.open_circuit or "low"
@@ -246,7 +257,7 @@ class MqttSection(_Strict):
     client_id: str | None = Field(None, min_length=1, max_length=64)
     keepalive_s: int = Field(5, ge=2, le=60)
     # The contract asks for the state at least every 500 ms while the belt moves.
-    state_period_s: float = Field(0.25, gt=0.0, le=0.5)
+    state_period_s: float = Field(0.25, gt=0.0, le=MAX_STATE_PERIOD_S)
     backoff_max_s: float = Field(5.0, ge=0.5, le=60.0)
 
 

@@ -19,6 +19,7 @@ from controller.daemon import Daemon
 from controller.journal import Journal, JournalError
 from controller.logs import configure_logging
 from controller.mqtt_settings import broker_settings
+from controller.preflight import load_runnable
 from controller.report import history_table, session_report
 from controller.simulation import (
     ScenarioResult,
@@ -106,8 +107,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """What run checks, no less: the file, and the parts run builds from it (SR-15)."""
     try:
-        load_config(args.file)
+        load_runnable(args.file)
     except ConfigError as exc:
         print(f"{exc.path}: {len(exc.problems)} error(s)")
         for problem in exc.problems:
@@ -120,15 +122,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The daemon: control loop, driver and the tablet contract over MQTT, until signalled."""
     try:
-        loaded = load_config(args.config)
-    except ConfigError as exc:
+        loaded = load_runnable(args.config)
+        logging_cfg = loaded.config.logging
+        configure_logging(args.log_level or logging_cfg.level, logging_cfg.format)
+        return asyncio.run(Daemon(loaded).run())
+    except ConfigError as exc:  # found loading, or building a part: the field, no traceback
         print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    logging_cfg = loaded.config.logging
-    configure_logging(args.log_level or logging_cfg.level, logging_cfg.format)
-    return asyncio.run(Daemon(loaded).run())
 
 
 async def _serve_modbus(args: argparse.Namespace) -> None:

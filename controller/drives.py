@@ -7,13 +7,13 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
-from config.loading import LoadedConfig
+from config.loading import ConfigError, LoadedConfig
 from config.schema import ModbusDriveSection, SimulatedDriveSection, TrackmasterDriveSection
 from drivers.base import TreadmillDriver
 from drivers.modbus_vfd import ModbusVfdDriver
 from drivers.simulated import SimulatedDriver
 from drivers.trackmaster import TrackmasterDriver
-from drivers.vfd_codec import RegisterMap
+from drivers.vfd_codec import RegisterMap, RegisterMapError
 from simulator.belt import Belt, BeltParams
 from simulator.modbus_device import (
     ModbusDeviceServer,
@@ -44,8 +44,38 @@ def build_driver(
     tcp_port: int | None = None,
 ) -> TreadmillDriver:
     """The configured wire driver; ``port``/``host``/``tcp_port`` override the file's address
-    (a simulated device's pty or socket)."""
+    (a simulated device's pty or socket). A setting the driver refuses (or a register map it
+    cannot read) raises ConfigError naming the field, like check-config."""
     drive = loaded.config.drive
+    if isinstance(drive, SimulatedDriveSection):
+        raise ValueError("the simulated drive needs a belt: use a simulated rig")
+    try:
+        return _wire_driver(loaded, drive, clock, port=port, host=host, tcp_port=tcp_port)
+    except RegisterMapError as exc:
+        raise ConfigError(loaded.path, [f"drive.register_map: {exc}"]) from exc
+    except ValueError as exc:  # the driver's own argument checks name the argument first
+        raise ConfigError(
+            loaded.path, [field_problem("drive", set(type(drive).model_fields), exc)]
+        ) from exc
+
+
+def field_problem(section: str, fields: set[str], exc: Exception) -> str:
+    """``section.field: message`` when the message starts with one of the section's field
+    names, else ``section: message``."""
+    message = str(exc)
+    first = message.split(" ", 1)[0]
+    return f"{section}.{first}: {message}" if first in fields else f"{section}: {message}"
+
+
+def _wire_driver(
+    loaded: LoadedConfig,
+    drive: TrackmasterDriveSection | ModbusDriveSection,
+    clock: Callable[[], float],
+    *,
+    port: str | None,
+    host: str | None,
+    tcp_port: int | None,
+) -> TreadmillDriver:
     match drive:
         case TrackmasterDriveSection():
             return TrackmasterDriver(
@@ -71,8 +101,6 @@ def build_driver(
                 poll_interval_s=drive.poll_interval_s,
                 clock=clock,
             )
-        case SimulatedDriveSection():
-            raise ValueError("the simulated drive needs a belt: use a simulated rig")
 
 
 @dataclass

@@ -70,6 +70,11 @@ from drivers.vfd_codec import (
     status_read_plan,
     stop_word,
 )
+from safety.link_limits import (
+    DRIVE_LINK_TIMEOUT_S,
+    DRIVE_MAX_POLL_INTERVAL_S,
+    VFD_REQUEST_TIMEOUT_S,
+)
 
 Transport = Literal["rtu", "tcp"]
 ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -77,8 +82,9 @@ TracePacket = Callable[[bool, bytes], bytes]
 _Op = Callable[[ModbusClient], Awaitable[None]]
 
 # SR-9 wants the drive's time-out well inside 1 s; a dead link must show within 300 ms.
-MAX_POLL_INTERVAL_S = 0.1
-MAX_DETECTION_S = 0.3
+# Defined once, for check-config too.
+MAX_POLL_INTERVAL_S = DRIVE_MAX_POLL_INTERVAL_S
+MAX_DETECTION_S = DRIVE_LINK_TIMEOUT_S
 
 _log = logging.getLogger("treadguard.drivers.modbus_vfd")
 
@@ -134,7 +140,7 @@ class ModbusVfdDriver:
         direction: Direction = "reverse",
         poll_interval_s: float = MAX_POLL_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
-        request_timeout_s: float = 0.1,
+        request_timeout_s: float = VFD_REQUEST_TIMEOUT_S,
         reconnect_initial_s: float = 0.05,
         reconnect_max_s: float = 1.0,
         trace_packet: TracePacket | None = None,

@@ -78,10 +78,16 @@ from drivers.trackmaster_codec import (
     encode_stop,
     speed_tenths,
 )
+from safety.link_limits import (
+    DRIVE_LINK_TIMEOUT_S,
+    DRIVE_MAX_POLL_INTERVAL_S,
+    TRACKMASTER_ACK_TIMEOUT_S,
+)
 
-MAX_POLL_INTERVAL_S = 0.1
+# Defined once, for check-config too.
+MAX_POLL_INTERVAL_S = DRIVE_MAX_POLL_INTERVAL_S
 # A dead link must show within this (SR-9): no valid answer for this long is a lost link.
-LINK_TIMEOUT_S = 0.3
+LINK_TIMEOUT_S = DRIVE_LINK_TIMEOUT_S
 BAUD_RATES = (4800, 9600)
 # Opening a port runs in a worker thread; a USB adapter that hangs must not hang us.
 _OPEN_TIMEOUT_S = 2.0
@@ -161,7 +167,7 @@ class TrackmasterDriver:
         *,
         baud: int = 4800,
         poll_interval_s: float = MAX_POLL_INTERVAL_S,
-        ack_timeout_s: float = 0.2,
+        ack_timeout_s: float = TRACKMASTER_ACK_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         min_belt_mph: float = 0.2,
         reconnect_initial_s: float = 0.05,

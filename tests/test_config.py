@@ -35,9 +35,8 @@ PROBLEM = re.compile(r"^  (?P<path>[A-Za-z0-9_.\[\]()-]+): (?P<msg>.+)$")
 
 
 def _treadguard_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "treadguard"
-    if script.exists():
-        return [str(script)]
+    # Not the venv's treadguard script: an editable install maps its imports to the tree it was
+    # installed from, which need not be this one. -m with cwd=ROOT runs the code under test.
     return [sys.executable, "-m", "controller.cli"]
 
 
@@ -495,3 +494,81 @@ def test_simulated_sensors_are_refused_on_a_real_drive(tmp_path: Path) -> None:
 def test_sr15_bad_mqtt_settings_name_their_field(tmp_path: Path, mqtt: str, field: str) -> None:
     found = assert_refused(check_config(write(tmp_path, valid_config(extra=f"[mqtt]\n{mqtt}"))))
     assert field in found, found
+
+
+# --------------------------------------------------------------------------- check-config = run
+
+
+def run_gets_past_configuration(path: Path) -> None:
+    """What ``treadguard run`` does with a file before it starts any I/O: load it (with the
+    checks check-config makes), then build the daemon's parts (the driver, the sensor readers,
+    the MQTT link) exactly as the daemon does. Raises whatever run would die of."""
+    import asyncio
+
+    from controller.daemon import Daemon
+    from controller.preflight import load_runnable
+
+    loaded = load_runnable(path)
+
+    async def assemble() -> None:
+        daemon = Daemon(loaded)
+        daemon._assemble()
+        try:
+            for run in daemon.sensors.build_sources(daemon.clock.time):
+                run.close()  # built, never started
+        finally:
+            if daemon.journal is not None:
+                daemon.journal.close()
+
+    asyncio.run(assemble())
+
+
+MODBUS_TCP = (
+    f'kind = "modbus"\ntransport = "tcp"\nhost = "127.0.0.1"\n'
+    f"register_map = '{REGISTER_MAP.as_posix()}'\nmph_per_hz = 0.05"
+)
+
+
+def journaled(tmp_path: Path) -> str:
+    return f"[journal]\npath = '{(tmp_path / 'journal.sqlite').as_posix()}'\n"
+
+
+def test_sr15_a_drive_poll_interval_check_config_accepts_is_one_run_accepts(
+    tmp_path: Path,
+) -> None:
+    """drive.poll_interval_s = 0.2 on a Modbus VFD: check-config said ok (its bound was 0.25),
+    and run died with a traceback (the driver's bound is 0.1, SR-9). Both now read one bound:
+    check-config refuses it and names the field."""
+    path = write(tmp_path, valid_config(drive=f"{MODBUS_TCP}\npoll_interval_s = 0.2"))
+    proc = check_config(path)
+    if proc.returncode == 0:
+        run_gets_past_configuration(path)  # what an "ok" promises
+    found = assert_refused(proc)
+    assert "drive.poll_interval_s" in found, found
+    ok = write(tmp_path, valid_config(drive=f"{MODBUS_TCP}\npoll_interval_s = 0.1"), "ok.toml")
+    assert check_config(ok).returncode == 0
+    run_gets_past_configuration(ok)
+
+
+def test_sr15_run_names_the_field_of_a_problem_found_in_building_never_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A register map that exists but is not one: check-config used to look only for the
+    file, and run died reading it. Both say what is wrong and where; run exits 2."""
+    bad_map = tmp_path / "map.toml"
+    bad_map.write_text('name = "half a map"\n', encoding="utf-8")
+    drive = MODBUS_TCP.replace(REGISTER_MAP.as_posix(), bad_map.as_posix())
+    path = write(tmp_path, valid_config(drive=drive, extra=journaled(tmp_path)))
+    found = assert_refused(check_config(path))
+    assert "drive.register_map" in found, found
+    run = subprocess.run(
+        [*_treadguard_cmd(), "run", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "drive.register_map" in problems(run), run.stderr

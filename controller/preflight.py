@@ -1,0 +1,54 @@
+"""A configuration as ``run`` needs it: loaded and checked (config.loading), then the parts the
+daemon builds from it (the driver, the sensor readers, the broker's TLS context) built once
+without starting any I/O, so that a problem only building finds is reported like any
+other, with its field. ``check-config`` and ``run`` both come through here: a file that
+check-config finds ``ok`` is one run gets past configuration with (SR-15)."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+from config.loading import ConfigError, LoadedConfig, load_config
+from config.schema import SimulatedDriveSection
+from controller.drives import build_driver, field_problem, in_process_rig
+from controller.mqtt_settings import broker_settings
+from controller.sensors import SensorHub
+
+
+def load_runnable(path: Path) -> LoadedConfig:
+    """Load ``path`` and build what run builds from it; raise ConfigError with every problem."""
+    loaded = load_config(path)
+    problems = build_problems(loaded)
+    if problems:
+        raise ConfigError(path, problems)
+    return loaded
+
+
+def build_problems(loaded: LoadedConfig) -> list[str]:
+    cfg = loaded.config
+    problems: list[str] = []
+    clock = time.monotonic
+    try:
+        if isinstance(cfg.drive, SimulatedDriveSection):
+            in_process_rig(loaded, clock)
+        else:
+            build_driver(loaded, clock)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    except (ValueError, ArithmeticError) as exc:
+        problems.append(field_problem("drive", set(type(cfg.drive).model_fields), exc))
+    try:
+        hub = SensorHub(cfg.sensors.effective_inputs(), lambda *_: None)
+        for run in hub.build_sources(clock):
+            run.close()  # built, never started
+    except ValueError as exc:
+        problems.append(f"sensors.inputs: {exc}")
+    broker = broker_settings(loaded)
+    if broker.tls is not None:
+        try:
+            broker.tls.context()
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            problems.append(f"mqtt.tls: {exc}")
+    return problems
