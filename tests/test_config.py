@@ -7,14 +7,32 @@ it sees is the one it caused.
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
 
+from config.schema import (
+    ControlSection,
+    GpioInputSection,
+    ModbusDriveSection,
+    ModbusInputSection,
+    MqttSection,
+    SimulatedDriveSection,
+    TrackmasterDriveSection,
+)
+from safety.limits import SafetyLimits
 from safety.programs import ProgramError, ProgramKind, load_program, load_programs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -572,3 +590,238 @@ def test_sr15_run_names_the_field_of_a_problem_found_in_building_never_a_traceba
     assert run.returncode == 2, run.stdout + run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     assert "drive.register_map" in problems(run), run.stderr
+
+
+# --------------------------------------------------------------------------- hypothesis: every
+# configuration check-config accepts is one run gets past configuration with (SR-15)
+
+EXAMPLES = int(
+    os.environ.get("TREADGUARD_HYPOTHESIS_EXAMPLES", 500 if os.environ.get("CI") else 150)
+)
+
+WILD = st.floats()  # the whole space: negative, huge, subnormal, NaN, infinities
+TEXT = st.text(max_size=12)  # all of Unicode; surrogates cannot be written to the file at all
+PORTS = ["/dev/ttyUSB0", "/dev/ttyUSB1"]
+
+
+def numbers(model: type[BaseModel], name: str, tame: bool) -> st.SearchStrategy[object]:
+    """A number for ``model.name``: inside the schema's bounds, edges included (``tame``), or
+    mostly near them: the edges and their nearest neighbours on both sides (where check-config
+    and a driver could disagree), and now and then anything at all."""
+    field = model.model_fields[name]
+    lo, hi, integer = -math.inf, math.inf, field.annotation is int
+    lo_open = hi_open = False
+    for bound in field.metadata:
+        if hasattr(bound, "ge") or hasattr(bound, "gt"):
+            lo, lo_open = getattr(bound, "ge", getattr(bound, "gt", None)), hasattr(bound, "gt")
+        if hasattr(bound, "le") or hasattr(bound, "lt"):
+            hi, hi_open = getattr(bound, "le", getattr(bound, "lt", None)), hasattr(bound, "lt")
+    if math.isinf(lo):
+        lo = 0
+    if math.isinf(hi):
+        hi, hi_open = 10 * max(lo, 1), False
+
+    def accepted(x: float) -> bool:
+        return (lo < x if lo_open else lo <= x) and (x < hi if hi_open else x <= hi)
+
+    if integer:
+        edges: list[object] = [int(e) + d for e in (lo, hi) for d in (-1, 0, 1)]
+        inside: st.SearchStrategy[object] = st.integers(int(lo) + lo_open, int(hi) - hi_open)
+        wild: st.SearchStrategy[object] = st.integers()
+    else:
+        edges = [x for e in (lo, hi) for x in (math.nextafter(e, -1), e, math.nextafter(e, 2))]
+        inside = st.floats(lo, hi, exclude_min=lo_open, exclude_max=hi_open)
+        wild = WILD
+    if tame:
+        return st.one_of(st.sampled_from([x for x in edges if accepted(x)]), inside)  # type: ignore[arg-type]
+    near = st.one_of(st.sampled_from(edges), inside)
+    return st.one_of(*[near] * 11, wild)
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return {math.inf: "inf", -math.inf: "-inf"}.get(value, repr(value))
+    if isinstance(value, int):
+        return str(value)
+    # A TOML basic string; characters outside the BMP as they are (TOML has no surrogate pairs).
+    return json.dumps(value, ensure_ascii=False)
+
+
+def table(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[object]]) -> str:
+    """Each field given or left out (its default), one ``key = value`` line each."""
+    lines = []
+    for key, values in fields.items():
+        if draw(st.booleans()):
+            lines.append(f"{key} = {toml_value(draw(values))}")
+    return "\n".join(lines)
+
+
+def mostly(*values: object, bad: tuple[object, ...] = (), tame: bool) -> st.SearchStrategy[object]:
+    """One of ``values``; unless ``tame``, also one of ``bad`` or now and then any text."""
+    if tame:
+        return st.sampled_from(values)
+    return st.one_of(*[st.sampled_from(values + bad)] * 11, TEXT)
+
+
+def numeric(
+    model: type[BaseModel], *names: str, tame: bool
+) -> dict[str, st.SearchStrategy[object]]:
+    return {name: numbers(model, name, tame) for name in names}
+
+
+@st.composite
+def drives(draw: st.DrawFn, register_maps: list[str], tame: bool) -> str:
+    kind = draw(st.sampled_from(["simulator", "trackmaster", "modbus"]))
+    fields: dict[str, st.SearchStrategy[object]]
+    if kind == "simulator":
+        fields = numeric(
+            SimulatedDriveSection,
+            *["accel_mph_s", "decel_mph_s", "estop_decel_mph_s", "lag_s", "deadman_s", "max_mph"],
+            tame=tame,
+        )
+    elif kind == "trackmaster":
+        fields = {
+            "port": mostly(*PORTS, tame=tame),
+            "baud": mostly(4800, 9600, bad=(19200,), tame=tame),
+            **numeric(TrackmasterDriveSection, "poll_interval_s", "ack_timeout_s", tame=tame),
+        }
+    else:
+        transport = draw(st.sampled_from(["rtu", "tcp"]))
+        fields = {
+            "host": mostly("127.0.0.1", "vfd.lan", bad=("",), tame=tame),
+            "serial_port": mostly(*PORTS, tame=tame),
+            "baud": mostly(9600, 19200, 38400, bad=(4800,), tame=tame),
+            "parity": mostly("N", "E", "O", tame=tame),
+            "register_map": st.sampled_from(register_maps[:1] if tame else register_maps),
+            "direction": mostly("forward", "reverse", tame=tame),
+            **numeric(
+                ModbusDriveSection,
+                *["tcp_port", "device_id", "mph_per_hz", "poll_interval_s"],
+                tame=tame,
+            ),
+        }
+        # What the file must give: the address the transport needs, the scale, the map.
+        needed = ["host" if transport == "tcp" else "serial_port", "mph_per_hz", "register_map"]
+        given = "".join(f"{key} = {toml_value(draw(fields.pop(key)))}\n" for key in needed)
+        return f'kind = "modbus"\ntransport = "{transport}"\n{given}' + table(draw, fields)
+    if kind == "trackmaster":
+        port = f"port = {toml_value(draw(fields.pop('port')))}\n"
+        return f'kind = "trackmaster"\n{port}' + table(draw, fields)
+    return f'kind = "{kind}"\n' + table(draw, fields)
+
+
+@st.composite
+def sensor_input(draw: st.DrawFn, role: str, index: int, tame: bool) -> str:
+    kind = draw(st.sampled_from(["gpio", "modbus", "mqtt"]))
+    head = f'[[sensors.inputs]]\nkind = "{kind}"\nrole = "{role}"\n'
+    fields: dict[str, st.SearchStrategy[object]] = {
+        "name": mostly(f"in{index}", bad=("Bad",), tame=tame)
+    }
+    if kind == "mqtt":
+        return head + table(draw, fields)
+    model: type[BaseModel]
+    if kind == "gpio":
+        model = GpioInputSection
+        bias = draw(mostly("pull_up", "pull_down", "as_is", "disabled", tame=tame))
+        cut = {"pull_up": "high", "pull_down": "low"}.get(str(bias))
+        head += f"bias = {toml_value(bias)}\nline = {toml_value(draw(mostly(index, tame=tame)))}\n"
+        fields |= {"chip": mostly("/dev/gpiochip0", "/dev/gpiochip1", tame=tame)}
+    else:
+        model = ModbusInputSection
+        cut = "low"
+        transport = draw(st.sampled_from(["rtu", "tcp"]))
+        needed = "host" if transport == "tcp" else "serial_port"
+        where = draw(
+            mostly("127.0.0.1", tame=tame)
+            if transport == "tcp"
+            else mostly("/dev/ttyUSB2", *PORTS, tame=tame)
+        )
+        head += f'transport = "{transport}"\n{needed} = {toml_value(where)}\n'
+        head += f"address = {toml_value(draw(numbers(model, 'address', tame)))}\n"
+        fields |= {
+            "baud": mostly(9600, 19200, 115200, tame=tame),
+            "parity": mostly("N", "E", tame=tame),
+            "table": mostly("discrete_input", "coil", tame=tame),
+            **numeric(model, "tcp_port", "device_id", "timeout_s", tame=tame),
+        }
+    if cut is None:
+        cut = draw(st.sampled_from(["high", "low"]))
+        head += f'open_circuit = "{cut}"\n'
+    # Wired safe, mostly: a cut wire reads as a fall, or as a grip released.
+    other = "low" if cut == "high" else "high"
+    safe = cut if role == "fall" else other
+    head += f"active = {toml_value(draw(mostly(safe, bad=(other,), tame=tame)))}\n"
+    fields |= numeric(model, "debounce_ms", "poll_interval_s", tame=tame)
+    return head + table(draw, fields)
+
+
+@st.composite
+def configurations(draw: st.DrawFn, folder: str, register_maps: list[str]) -> str:
+    # Half the files inside every bound (so that many are accepted), half anywhere at all.
+    tame = draw(st.booleans())
+    drive = draw(drives(register_maps, tame))
+    sources = ["", 'source = "mqtt"']
+    if not tame or drive.startswith('kind = "simulator"'):
+        sources.append('source = "simulator"')
+    sensors = draw(st.sampled_from(sources))
+    inputs: list[str] = []
+    if not sensors and draw(st.booleans()):
+        roles = ["grip_left", "grip_right", "fall"]
+        roles += draw(st.lists(st.sampled_from(roles), max_size=2))
+        inputs = [draw(sensor_input(role, i, tame)) for i, role in enumerate(roles)]
+    safety = table(draw, numeric(SafetyLimits, "sensor_timeout_s", "drive_timeout_s", tame=tame))
+    mqtt = table(
+        draw,
+        {
+            **numeric(
+                MqttSection, "state_period_s", "backoff_max_s", "keepalive_s", "port", tame=tame
+            ),
+            "client_id": TEXT if not tame else st.just("treadguard-tm-h"),
+        },
+    )
+    control = table(draw, numeric(ControlSection, "tick_hz", tame=tame))
+    return (
+        f'[treadmill]\nid = "tm-h"\n\n[control]\n{control}\n\n[safety]\n{safety}\n\n'
+        f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
+        f"[drive]\n{drive}\n\n"
+        f"[mqtt]\n{mqtt}\n\n[journal]\npath = '{folder}/journal.sqlite'\n\n"
+        f"[sensors]\n{sensors}\n\n" + "\n\n".join(inputs) + "\n"
+    )
+
+
+_FOLDER = tempfile.mkdtemp(prefix="treadguard-config-")
+_BAD_MAP = Path(_FOLDER) / "half-a-map.toml"
+_BAD_MAP.write_text('name = "half a map"\ncommand_word = -1\n', encoding="utf-8")
+_MAPS = [REGISTER_MAP.as_posix(), _BAD_MAP.as_posix(), f"{_FOLDER}/no-such-map.toml"]
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(text=configurations(_FOLDER, _MAPS))
+def test_sr15_every_configuration_check_config_accepts_is_one_run_gets_past(text: str) -> None:
+    """Files over every drive kind, the sensor inputs, the bounds and the whole float space:
+    check-config either refuses one with its fields, or run gets past configuration with it
+    (its driver, sensor readers and MQTT link built the way the daemon builds them)."""
+    from controller.cli import main
+
+    path = Path(_FOLDER) / "treadguard.toml"
+    path.write_text(text, encoding="utf-8")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(["check-config", str(path)])
+    event("accepted" if code == 0 else "refused")
+    for line in out.getvalue().splitlines()[1:]:
+        event(line.split(":")[0])
+    if code == 0:
+        note(text)
+        run_gets_past_configuration(path)
+    else:
+        assert code == 2, out.getvalue()
+        assert problems(subprocess.CompletedProcess([], code, out.getvalue(), "")), out.getvalue()
