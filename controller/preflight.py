@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from config.loading import ConfigError, LoadedConfig, load_config
-from config.schema import SimulatedDriveSection
+from config.schema import ModbusDriveSection, SimulatedDriveSection
 from controller.drives import build_driver, field_problem, in_process_rig
 from controller.mqtt_settings import broker_settings
 from controller.sensors import SensorHub
+from drivers.vfd_codec import CodecError, mph_to_register
 
 
 def load_runnable(path: Path) -> LoadedConfig:
@@ -39,6 +40,16 @@ def build_problems(loaded: LoadedConfig) -> list[str]:
         problems.extend(exc.problems)
     except (ValueError, ArithmeticError) as exc:
         problems.append(field_problem("drive", set(type(cfg.drive).model_fields), exc))
+    if isinstance(cfg.drive, ModbusDriveSection):
+        # Every speed the band allows must fit the VFD's frequency register, or the driver
+        # refuses each run command at run time (and stops the belt): a drive that never runs.
+        try:
+            mph_to_register(cfg.safety.max_mph, cfg.drive.mph_per_hz)
+        except CodecError as exc:
+            problems.append(
+                f"drive.mph_per_hz: the band's top speed, safety.max_mph "
+                f"{cfg.safety.max_mph} mph, cannot be commanded: {exc}"
+            )
     try:
         hub = SensorHub(cfg.sensors.effective_inputs(), lambda *_: None)
         for run in hub.build_sources(clock):

@@ -592,6 +592,15 @@ def test_sr15_run_names_the_field_of_a_problem_found_in_building_never_a_traceba
     assert "drive.register_map" in problems(run), run.stderr
 
 
+def test_sr15_a_vfd_scale_that_cannot_command_the_top_speed_is_refused(tmp_path: Path) -> None:
+    """mph_per_hz = 1e-4: 1.2 mph is 12,000 Hz, past the 16-bit frequency register, so the
+    driver would refuse every run command (and stop): check-config says so instead of ok."""
+    drive = MODBUS_TCP.replace("mph_per_hz = 0.05", "mph_per_hz = 1e-4")
+    found = assert_refused(check_config(write(tmp_path, valid_config(drive=drive))))
+    assert "drive.mph_per_hz" in found, found
+    assert "safety.max_mph" in found["drive.mph_per_hz"]
+
+
 # --------------------------------------------------------------------------- hypothesis: every
 # configuration check-config accepts is one run gets past configuration with (SR-15)
 
