@@ -11,9 +11,9 @@ over the file, and its values are validated exactly like the file's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from safety.inputs import Sensor
@@ -27,9 +27,24 @@ from safety.link_limits import (
     TRACKMASTER_MAX_ACK_TIMEOUT_S,
 )
 
+_Text = TypeVar("_Text", str, Path)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_nul(value: _Text) -> _Text:
+    # The system cannot open a name with a NUL in it: Python raises ValueError where an
+    # unopenable file or port would be reported, so refuse it here, with its field.
+    if "\x00" in str(value):
+        raise ValueError("a file, device or host name cannot hold a NUL character")
+    return value
+
+
+# Names of files, devices and hosts: something the system can be asked to open.
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
+DeviceName = Annotated[str, Field(min_length=1), AfterValidator(_no_nul)]
 
 
 class TreadmillSection(_Strict):
@@ -42,7 +57,7 @@ class ControlSection(_Strict):
 
 
 class ProgramsSection(_Strict):
-    dir: Path = Path("programs")
+    dir: FilePath = Path("programs")
     # Used when a start command names no program and the user has no history.
     default: str = "first_session"
     # Used when a start command names no program and the journal has a session of the user's.
@@ -53,7 +68,7 @@ class JournalSection(_Strict):
     """The session journal (SR-14): SQLite in WAL mode, every write synced before it is
     published. Relative to the configuration file's folder."""
 
-    path: Path = Path("/var/lib/treadguard/journal.sqlite")
+    path: FilePath = Path("/var/lib/treadguard/journal.sqlite")
     # When it is this large it counts as full: the belt stops and no session starts, with the
     # reason, rather than the disk of the whole board filling up.
     max_size_mb: float = Field(512.0, gt=0.0)
@@ -76,7 +91,7 @@ class TrackmasterDriveSection(_Strict):
     """A Trackmaster (or compatible) treadmill on RS-232."""
 
     kind: Literal["trackmaster"]
-    port: str = Field(min_length=1)
+    port: DeviceName
     baud: Literal[4800, 9600] = 4800
     # SR-9: the treadmill's communication-disconnect stop fires after 500 ms of silence.
     poll_interval_s: float = Field(DRIVE_MAX_POLL_INTERVAL_S, gt=0.0, le=DRIVE_MAX_POLL_INTERVAL_S)
@@ -90,13 +105,13 @@ class ModbusDriveSection(_Strict):
 
     kind: Literal["modbus"]
     transport: Literal["rtu", "tcp"]
-    host: str | None = None
+    host: DeviceName | None = None
     tcp_port: int = Field(502, ge=1, le=65535)
-    serial_port: str | None = None
+    serial_port: DeviceName | None = None
     baud: Literal[9600, 19200, 38400] = 19200
     parity: Literal["N", "E", "O"] = "N"
     device_id: int = Field(1, ge=1, le=247)
-    register_map: Path = Path("drives/delta-vfd-e.toml")
+    register_map: FilePath = Path("drives/delta-vfd-e.toml")
     mph_per_hz: float = Field(gt=0.0, le=1.0)
     direction: Literal["forward", "reverse"] = "reverse"
     # SR-9: the driver's own bound (safety/link_limits.py), not a looser one of the file's.
@@ -138,7 +153,7 @@ class GpioInputSection(_WiredInput):
     """A line of a GPIO chip, read through libgpiod v2 (``/dev/gpiochipN``)."""
 
     kind: Literal["gpio"]
-    chip: str = Field("/dev/gpiochip0", min_length=1)
+    chip: DeviceName = "/dev/gpiochip0"
     # The line's offset on the chip, or its name (e.g. "GPIO17" on a Raspberry Pi).
     line: Annotated[int, Field(ge=0, le=1023)] | Annotated[str, Field(min_length=1)]
     # The pin's own pull resistor; "as_is" or "disabled" with an external one (then say
@@ -165,9 +180,9 @@ class ModbusInputSection(_WiredInput):
 
     kind: Literal["modbus"]
     transport: Literal["rtu", "tcp"]
-    host: str | None = None
+    host: DeviceName | None = None
     tcp_port: int = Field(502, ge=1, le=65535)
-    serial_port: str | None = None
+    serial_port: DeviceName | None = None
     baud: Literal[9600, 19200, 38400, 57600, 115200] = 19200
     parity: Literal["N", "E", "O"] = "N"
     device_id: int = Field(1, ge=1, le=247)
@@ -236,15 +251,15 @@ MqttTopicPrefix = Annotated[str, Field(pattern=r"^[^/#+\s][^#+\s]*[^/#+\s]$|^[^/
 class MqttTlsSection(_Strict):
     """TLS to the broker: the CA that signed its certificate, optionally a client certificate."""
 
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FilePath
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
 
 
 class MqttSection(_Strict):
     """The broker the tablet contract (MQTT-API.md) is served on."""
 
-    host: str = Field("127.0.0.1", min_length=1)
+    host: DeviceName = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     # Default: treadmill/<treadmill.id>. No wildcards, no leading or trailing "/".
     prefix: MqttTopicPrefix | None = None

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -601,6 +602,25 @@ def test_sr15_a_vfd_scale_that_cannot_command_the_top_speed_is_refused(tmp_path:
     assert "safety.max_mph" in found["drive.mph_per_hz"]
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"extra": '[journal]\npath = "/tmp/journal\\u0000.sqlite"'}, "journal.path"),
+        ({"drive": 'kind = "trackmaster"\nport = "/dev/ttyUSB0\\u0000"'}, "drive.port"),
+        ({"extra": '[mqtt]\nhost = "broker\\u0000.lan"'}, "mqtt.host"),
+    ],
+)
+def test_sr15_a_name_the_system_cannot_open_is_refused_with_its_field(
+    tmp_path: Path, change: dict[str, str], field: str
+) -> None:
+    """A NUL in a file, device or host name: Python raises ValueError where an unopenable
+    name would be reported, and check-config (a device path) or run (the journal) died with a
+    traceback. It is refused like any bad value."""
+    found = assert_refused(check_config(write(tmp_path, valid_config(**change))))
+    assert field in found, found
+    assert "NUL" in found[field]
+
+
 # --------------------------------------------------------------------------- hypothesis: every
 # configuration check-config accepts is one run gets past configuration with (SR-15)
 
@@ -608,13 +628,15 @@ EXAMPLES = int(
     os.environ.get("TREADGUARD_HYPOTHESIS_EXAMPLES", 500 if os.environ.get("CI") else 150)
 )
 
+Tame = Callable[[], bool]  # asked once per field: a value inside the bounds?
 WILD = st.floats()  # the whole space: negative, huge, subnormal, NaN, infinities
 TEXT = st.text(max_size=12)  # all of Unicode; surrogates cannot be written to the file at all
 PORTS = ["/dev/ttyUSB0", "/dev/ttyUSB1"]
+NUL = "/dev/tty\x00USB0"  # a name the system cannot open at all
 
 
-def numbers(model: type[BaseModel], name: str, tame: bool) -> st.SearchStrategy[object]:
-    """A number for ``model.name``: inside the schema's bounds, edges included (``tame``), or
+def numbers(model: type[BaseModel], name: str, tame: Tame) -> st.SearchStrategy[object]:
+    """A number for ``model.name``: inside the schema's bounds, edges included (``tame()``), or
     mostly near them: the edges and their nearest neighbours on both sides (where check-config
     and a driver could disagree), and now and then anything at all."""
     field = model.model_fields[name]
@@ -622,9 +644,9 @@ def numbers(model: type[BaseModel], name: str, tame: bool) -> st.SearchStrategy[
     lo_open = hi_open = False
     for bound in field.metadata:
         if hasattr(bound, "ge") or hasattr(bound, "gt"):
-            lo, lo_open = getattr(bound, "ge", getattr(bound, "gt", None)), hasattr(bound, "gt")
+            lo, lo_open = float(getattr(bound, "ge", getattr(bound, "gt", 0))), hasattr(bound, "gt")
         if hasattr(bound, "le") or hasattr(bound, "lt"):
-            hi, hi_open = getattr(bound, "le", getattr(bound, "lt", None)), hasattr(bound, "lt")
+            hi, hi_open = float(getattr(bound, "le", getattr(bound, "lt", 0))), hasattr(bound, "lt")
     if math.isinf(lo):
         lo = 0
     if math.isinf(hi):
@@ -641,7 +663,7 @@ def numbers(model: type[BaseModel], name: str, tame: bool) -> st.SearchStrategy[
         edges = [x for e in (lo, hi) for x in (math.nextafter(e, -1), e, math.nextafter(e, 2))]
         inside = st.floats(lo, hi, exclude_min=lo_open, exclude_max=hi_open)
         wild = WILD
-    if tame:
+    if tame():
         return st.one_of(st.sampled_from([x for x in edges if accepted(x)]), inside)  # type: ignore[arg-type]
     near = st.one_of(st.sampled_from(edges), inside)
     return st.one_of(*[near] * 11, wild)
@@ -669,21 +691,21 @@ def table(draw: st.DrawFn, fields: dict[str, st.SearchStrategy[object]]) -> str:
     return "\n".join(lines)
 
 
-def mostly(*values: object, bad: tuple[object, ...] = (), tame: bool) -> st.SearchStrategy[object]:
-    """One of ``values``; unless ``tame``, also one of ``bad`` or now and then any text."""
-    if tame:
+def mostly(*values: object, bad: tuple[object, ...] = (), tame: Tame) -> st.SearchStrategy[object]:
+    """One of ``values``; unless ``tame()``, also one of ``bad`` or now and then any text."""
+    if tame():
         return st.sampled_from(values)
     return st.one_of(*[st.sampled_from(values + bad)] * 11, TEXT)
 
 
 def numeric(
-    model: type[BaseModel], *names: str, tame: bool
+    model: type[BaseModel], *names: str, tame: Tame
 ) -> dict[str, st.SearchStrategy[object]]:
     return {name: numbers(model, name, tame) for name in names}
 
 
 @st.composite
-def drives(draw: st.DrawFn, register_maps: list[str], tame: bool) -> str:
+def drives(draw: st.DrawFn, register_maps: list[str], tame: Tame) -> str:
     kind = draw(st.sampled_from(["simulator", "trackmaster", "modbus"]))
     fields: dict[str, st.SearchStrategy[object]]
     if kind == "simulator":
@@ -694,7 +716,7 @@ def drives(draw: st.DrawFn, register_maps: list[str], tame: bool) -> str:
         )
     elif kind == "trackmaster":
         fields = {
-            "port": mostly(*PORTS, tame=tame),
+            "port": mostly(*PORTS, bad=(NUL,), tame=tame),
             "baud": mostly(4800, 9600, bad=(19200,), tame=tame),
             **numeric(TrackmasterDriveSection, "poll_interval_s", "ack_timeout_s", tame=tame),
         }
@@ -702,10 +724,10 @@ def drives(draw: st.DrawFn, register_maps: list[str], tame: bool) -> str:
         transport = draw(st.sampled_from(["rtu", "tcp"]))
         fields = {
             "host": mostly("127.0.0.1", "vfd.lan", bad=("",), tame=tame),
-            "serial_port": mostly(*PORTS, tame=tame),
+            "serial_port": mostly(*PORTS, bad=(NUL,), tame=tame),
             "baud": mostly(9600, 19200, 38400, bad=(4800,), tame=tame),
             "parity": mostly("N", "E", "O", tame=tame),
-            "register_map": st.sampled_from(register_maps[:1] if tame else register_maps),
+            "register_map": st.sampled_from(register_maps[:1] if tame() else register_maps),
             "direction": mostly("forward", "reverse", tame=tame),
             **numeric(
                 ModbusDriveSection,
@@ -724,7 +746,7 @@ def drives(draw: st.DrawFn, register_maps: list[str], tame: bool) -> str:
 
 
 @st.composite
-def sensor_input(draw: st.DrawFn, role: str, index: int, tame: bool) -> str:
+def sensor_input(draw: st.DrawFn, role: str, index: int, tame: Tame) -> str:
     kind = draw(st.sampled_from(["gpio", "modbus", "mqtt"]))
     head = f'[[sensors.inputs]]\nkind = "{kind}"\nrole = "{role}"\n'
     fields: dict[str, st.SearchStrategy[object]] = {
@@ -738,7 +760,7 @@ def sensor_input(draw: st.DrawFn, role: str, index: int, tame: bool) -> str:
         bias = draw(mostly("pull_up", "pull_down", "as_is", "disabled", tame=tame))
         cut = {"pull_up": "high", "pull_down": "low"}.get(str(bias))
         head += f"bias = {toml_value(bias)}\nline = {toml_value(draw(mostly(index, tame=tame)))}\n"
-        fields |= {"chip": mostly("/dev/gpiochip0", "/dev/gpiochip1", tame=tame)}
+        fields |= {"chip": mostly("/dev/gpiochip0", "/dev/gpiochip1", bad=(NUL,), tame=tame)}
     else:
         model = ModbusInputSection
         cut = "low"
@@ -770,11 +792,16 @@ def sensor_input(draw: st.DrawFn, role: str, index: int, tame: bool) -> str:
 
 @st.composite
 def configurations(draw: st.DrawFn, folder: str, register_maps: list[str]) -> str:
-    # Half the files inside every bound (so that many are accepted), half anywhere at all.
-    tame = draw(st.booleans())
+    # Files inside every bound (many are accepted), files with a field out of bounds now and
+    # then (one field is what a disagreement needs), and files with many.
+    wild_one_in = draw(st.sampled_from([0, 20, 3]))
+
+    def tame() -> bool:
+        return wild_one_in == 0 or draw(st.integers(0, wild_one_in - 1)) != 0
+
     drive = draw(drives(register_maps, tame))
     sources = ["", 'source = "mqtt"']
-    if not tame or drive.startswith('kind = "simulator"'):
+    if not tame() or drive.startswith('kind = "simulator"'):
         sources.append('source = "simulator"')
     sensors = draw(st.sampled_from(sources))
     inputs: list[str] = []
@@ -789,15 +816,18 @@ def configurations(draw: st.DrawFn, folder: str, register_maps: list[str]) -> st
             **numeric(
                 MqttSection, "state_period_s", "backoff_max_s", "keepalive_s", "port", tame=tame
             ),
-            "client_id": TEXT if not tame else st.just("treadguard-tm-h"),
+            "client_id": st.just("treadguard-tm-h") if tame() else TEXT,
         },
     )
     control = table(draw, numeric(ControlSection, "tick_hz", tame=tame))
+    journal = draw(
+        mostly(f"{folder}/journal.sqlite", bad=(f"{folder}/journal\x00.sqlite",), tame=tame)
+    )
     return (
         f'[treadmill]\nid = "tm-h"\n\n[control]\n{control}\n\n[safety]\n{safety}\n\n'
         f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
         f"[drive]\n{drive}\n\n"
-        f"[mqtt]\n{mqtt}\n\n[journal]\npath = '{folder}/journal.sqlite'\n\n"
+        f"[mqtt]\n{mqtt}\n\n[journal]\npath = {toml_value(journal)}\n\n"
         f"[sensors]\n{sensors}\n\n" + "\n\n".join(inputs) + "\n"
     )
 
