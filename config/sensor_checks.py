@@ -13,12 +13,13 @@ from config.schema import (
     input_name,
 )
 from safety.inputs import Sensor
+from safety.link_limits import MODBUS_MAX_BITS_PER_READ
 
 # A GPIO line is read at least this many times per sensor time-out, so that one lost read
 # never makes a sensor stale.
 READS_PER_TIMEOUT = 3
-# The most bits one Modbus read may ask for (the protocol's limit for coils and inputs).
-MAX_BITS_PER_READ = 2000
+# The most bits one Modbus read may ask for: the reader's own bound.
+MAX_BITS_PER_READ = MODBUS_MAX_BITS_PER_READ
 
 
 def same_device(path: str) -> str:

@@ -28,6 +28,7 @@ from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 from drivers.modbus_vfd import connect_within, raise_if_cancelled
+from safety.link_limits import MODBUS_MAX_BITS_PER_READ
 
 _log = logging.getLogger("treadguard.drivers.modbus_inputs")
 
@@ -103,8 +104,11 @@ class ModbusInputPoller:
             ]
             first = min(a for _, a in wanted)
             count = max(a for _, a in wanted) - first + 1
-            if count > 2000:  # the protocol's limit for one read of bits; check-config says so
-                raise ValueError(f"{table} addresses span {count}, more than one read (2000)")
+            if count > MODBUS_MAX_BITS_PER_READ:  # check-config says so too
+                raise ValueError(
+                    f"{table} addresses span {count}, more than one read "
+                    f"({MODBUS_MAX_BITS_PER_READ})"
+                )
             members = [(i, a - first) for i, a in wanted]
             self._plan.append((device_id, table, first, count, members))
 

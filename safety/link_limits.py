@@ -25,6 +25,9 @@ TRACKMASTER_MAX_ACK_TIMEOUT_S = 0.25
 # answer cannot make the sensor stale within safety.sensor_timeout_s.
 SENSOR_MAX_POLL_INTERVAL_S = 0.1
 SENSOR_MAX_REQUEST_TIMEOUT_S = 0.25
+# The most bits one Modbus read may ask for (the protocol's limit for coils and inputs): the
+# inputs of one device and table must span no more, as one request reads them all.
+MODBUS_MAX_BITS_PER_READ = 2000
 
 # MQTT-API.md: the state is published at least every 500 ms while the belt moves.
 MAX_STATE_PERIOD_S = 0.5
