@@ -44,14 +44,15 @@ DELTA_MAP = Path(config_package.__file__).parent / "drives" / "delta-vfd-e.toml"
 
 
 def _config_for(path: Path, explicit: Path | None, scenario_config: Path | None) -> LoadedConfig:
+    # A simulation builds the configured driver too: the checks of run, not only the file's.
     if explicit is not None:
-        return load_config(explicit)
+        return load_runnable(explicit)
     if scenario_config is not None:
         resolved = (
             scenario_config if scenario_config.is_absolute() else path.parent / scenario_config
         )
-        return load_config(resolved)
-    return load_config(BUILTIN_CONFIG)
+        return load_runnable(resolved)
+    return load_runnable(BUILTIN_CONFIG)
 
 
 def _summary(result: ScenarioResult) -> str:
