@@ -480,6 +480,7 @@ async def take_client_ids(
     tls: ssl.SSLContext | None = None,
     websockets: bool = False,
     times: int = HIJACKS,
+    protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5,
 ) -> None:
     """Log in as ``account`` with each of ``identifiers`` as client id, ``times`` times over,
     each time until the broker's CONNACK, then disconnect: a client reconnecting as fast as it
@@ -492,7 +493,7 @@ async def take_client_ids(
                 port if port is not None else broker.port,
                 identifier=identifier,
                 **login(account),
-                protocol=aiomqtt.ProtocolVersion.V5,
+                protocol=protocol,
                 tls_context=tls,
                 transport="websockets" if websockets else "tcp",
                 timeout=WAIT_S,
@@ -530,13 +531,15 @@ async def hijack_fails(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("attacker", ["dashboard", "tablet", SENSORS, "sensors", "intruder"])
+@pytest.mark.parametrize("protocol", [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311])
 async def test_sr15_no_account_can_take_the_daemons_client_id(
-    secured: Broker, attacker: str
+    secured: Broker, attacker: str, protocol: aiomqtt.ProtocolVersion
 ) -> None:
     """Mosquitto drops the older of two connections with one client id. Another account that
-    connects again and again as treadguard-<id> must not knock the daemon off the broker (its
-    Will would say "offline", and the stale sensors end in an emergency stop)."""
-    await hijack_fails(secured, "tm-hijack", attacker)
+    connects again and again as treadguard-<id> (over MQTT 5 or 3.1.1, as many sensors speak)
+    must not knock the daemon off the broker (its Will would say "offline", and the stale
+    sensors end in an emergency stop)."""
+    await hijack_fails(secured, "tm-hijack", attacker, protocol=protocol)
 
 
 def listener_blocks(conf: str) -> dict[str, list[str]]:
