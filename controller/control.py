@@ -19,7 +19,7 @@ import structlog
 from drivers.base import TreadmillDriver, failure_of
 from safety.core import SafetyCore
 from safety.decisions import Decision, Event, EventType
-from safety.inputs import DriveError, DriveFeedback, Input, Tick
+from safety.inputs import DriveFeedback, Input, Tick
 
 
 class TimerHandle(Protocol):
@@ -68,7 +68,6 @@ class Controller:
         self._deadline: float | None = None
         self._deadline_handle: TimerHandle | None = None
         self._last_status_t: float | None = None
-        self._last_fault: str | None = None
 
     def submit(self, event: Input) -> Decision:
         """Hand one input to the core and act on its decision at once."""
@@ -92,11 +91,14 @@ class Controller:
         status = self.driver.status()
         if status is not None and status.t != self._last_status_t:
             self._last_status_t = status.t
-            if status.fault is not None and status.fault != self._last_fault:
-                failure = failure_of(status.fault)
-                self.submit(DriveError(t=status.t, failure=failure, detail=status.fault))
-            self._last_fault = status.fault
-            decision = self.submit(DriveFeedback(t=status.t, speed_mph=status.speed_mph))
+            # Every status with its health: one that still reports the fault keeps it from
+            # counting as cleared (SR-6), and none counts as a healthy drive (SR-3).
+            fault = None if status.fault is None else failure_of(status.fault)
+            decision = self.submit(
+                DriveFeedback(
+                    t=status.t, speed_mph=status.speed_mph, fault=fault, detail=status.fault or ""
+                )
+            )
         now = self.timers.time()
         if decision is not None and self.core.now >= now:
             return decision  # feedback as fresh as the tick has already let time pass

@@ -64,6 +64,7 @@ from safety.inputs import (
     LoopOverrun,
     Shutdown,
     StartSession,
+    Tick,
 )
 from safety.limits import STANDSTILL_MPH
 
@@ -336,17 +337,23 @@ class Daemon:
     # ------------------------------------------------------------------ sensors
 
     def _on_sensor_message(self, name: str, payload: bytes) -> None:
-        """A reading on ``<p>/sensors/<name>``. Its own time stamp says how old it is: a late
-        reading counts from when it was taken, so a delayed one can be stale on arrival (SR-8).
-        A payload that is not a reading is no reading: the sensor goes stale, unsafe."""
+        """A reading on ``<p>/sensors/<name>``. It counts from its arrival on the monotonic
+        clock; its stamp is compared only with the same sensor's earlier stamps, never with
+        our wall clock (SR-8, SR-16: safety/stamps.py). A payload that is not a reading, or a
+        stamp that is no time, is no reading: the sensor goes stale, unsafe."""
         now = self.clock.time()
         reading = parse_sensor_payload(payload)
         if isinstance(reading, SensorPayloadError):
             self._bad_sensor_payload(name, reading.message, now)
             return
-        age = max(0.0, time.time() - reading.ts)  # a clock ahead of ours counts as "now"
         if self.sensors.is_mqtt(name):
-            self.sensors.reading(name, now - age, reading.value)
+            # Time passes in the core up to the arrival first: a reading that counts as older
+            # than the core's last input (it waited, or came out of order) then stops the belt
+            # with a latency counted from its arrival, not from that earlier input.
+            self.controller.submit(Tick(t=now))
+            problem = self.sensors.stamped(name, reading.ts, now, reading.value)
+            if problem is not None:
+                self._bad_sensor_payload(name, problem, now)
 
     def _bad_sensor_payload(self, name: str, message: str, now: float) -> None:
         health = self._bad_payloads.setdefault(name, _SensorHealth())

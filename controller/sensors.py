@@ -9,6 +9,15 @@ held only while every input of that hand says so, a fall is signalled when any f
 says so, and the combined reading carries the time of its oldest part, so one input that stops
 answering makes the whole role stale in the safety core (SR-8) however busy the others are.
 Until every input of a role has answered once, the role has no reading at all: unsafe.
+
+MQTT inputs carry the sensor's own stamp: :class:`safety.stamps.SensorClock` turns it and the
+arrival on the monotonic clock into the reading's time, or no reading (SR-8, SR-16), and
+:class:`safety.flips.FlipGuard` makes an input whose readings change faster than a hand can
+(two sources on one topic) unsafe until it is steady again. Wired inputs are stamped with the
+monotonic clock when they are read, so their stamp is their arrival.
+
+An input's reading older than its last is dropped only when it is safe: an unsafe one (a fall,
+a release) is never thrown away for arriving out of order (SR-8).
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from config.sensor_checks import same_device
 from drivers.gpio_inputs import GpioChipInputs, GpioLine
 from drivers.input_filter import LevelFilter, Sample
 from drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
+from safety.flips import FlipGuard
 from safety.inputs import FallReading, GripReading, Hand, Sensor
+from safety.stamps import SensorClock
 
 Submit = Callable[[GripReading | FallReading], object]
 # Samples further apart than this many poll intervals (an outage, a reconnect) restart a wired
@@ -52,6 +63,8 @@ class SensorHub:
                     max_gap_s=GAP_POLLS * entry.poll_interval_s,
                 )
         self._latest: dict[str, tuple[float, bool]] = {}
+        self._clocks = {n: SensorClock() for n in self.mqtt_names}
+        self._guards = {n: FlipGuard() for n in self.mqtt_names}
         # Each reader with the names of the inputs it reads (filled by build_sources).
         self._source_names: list[tuple[GpioChipInputs | ModbusInputPoller, list[str]]] = []
 
@@ -71,23 +84,40 @@ class SensorHub:
         """A wired input's electrical level, read at ``t``."""
         self.reading(name, t, self._filters[name].update(Sample(t, high)))
 
-    def reading(self, name: str, t: float, asserted: bool) -> None:
+    def stamped(self, name: str, stamp: float, arrival: float, asserted: bool) -> str | None:
+        """An MQTT input's reading, stamped ``stamp`` by the sensor's clock, arrived at
+        ``arrival`` (the monotonic clock). Returns why it is no reading, or None."""
+        t = self._clocks[name].reading_time(stamp, arrival)
+        if t is None:
+            return f"stamp {stamp!r} is not finite or runs ahead of the sensor's previous one"
+        self.reading(name, t, asserted, arrival=arrival)
+        return None
+
+    def reading(self, name: str, t: float, asserted: bool, *, arrival: float | None = None) -> None:
         """An input's reading at ``t``: True for a grip held, or a fall signalled."""
         role = self._inputs[name].role
+        unsafe_value = role is Sensor.FALL  # "fallen", or a grip not held
+        guard = self._guards.get(name)
+        if guard is not None and guard.update(t if arrival is None else arrival, asserted):
+            asserted = unsafe_value  # two sources disagree: the sensor is unsafe
+        unsafe = asserted == unsafe_value
         previous = self._latest.get(name)
+        counts_from = t
         if previous is not None and t < previous[0]:
             # Older than what this input already said (a message overtaken on the network, a
-            # sensor's clock stepped back): it would drag the role's time back, and the core
-            # ignores a reading older than its last, so a fresh "fallen" from another input of
-            # the role would be lost with it. Dropped; the input's newer reading stands.
-            return
+            # sensor's clock stepped back). A safe reading is superseded by the newer one and
+            # dropped. An unsafe one is never thrown away (SR-8): it keeps the input's newer
+            # time for freshness, and goes to the core with its own time.
+            if not unsafe:
+                return
+            t = previous[0]
         self._latest[name] = (t, asserted)
         names = self._by_role[role]
         parts = [self._latest.get(n) for n in names]
         if any(p is None for p in parts):
             return  # an input of this role has never answered: no reading, unsafe
         present = [p for p in parts if p is not None]
-        oldest = min(p[0] for p in present)
+        oldest = min(counts_from, min(p[0] for p in present))
         if role is Sensor.FALL:
             self._submit(FallReading(t=oldest, fallen=any(p[1] for p in present)))
         else:
@@ -95,12 +125,16 @@ class SensorHub:
             self._submit(GripReading(t=oldest, hand=hand, held=all(p[1] for p in present)))
 
     def problems(self) -> dict[str, str]:
-        """Per wired input that cannot be read now, why (for the state and the logs)."""
+        """Per input that cannot be read now (a wired one), or whose readings disagree (an
+        MQTT one), why: for the state and the logs."""
         out: dict[str, str] = {}
         for source, names in self._source_names:
             if source.problem is not None:
                 for name in names:
                     out[name] = source.problem
+        for name, guard in self._guards.items():
+            if guard.disagreeing:
+                out[name] = guard.describe()
         return out
 
     def build_sources(self, clock: Callable[[], float]) -> list[Coroutine[Any, Any, None]]:

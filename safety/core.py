@@ -53,21 +53,22 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import STANDSTILL_MPH, SafetyLimits
+from safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
 from safety.programs import Program, ProgramKind
 
 _EPS = 1e-9
 # Iterating an Enum class is slow next to a tuple, and these loops run on every input.
 _SENSORS = tuple(Sensor)
 _HANDS = tuple(Hand)
+# The states in which the belt may move and SR-4's grip-loss count runs (in a countdown a lost
+# grip ends the session instead: the belt has not moved).
+_GRIP_COUNTED = frozenset({State.RUNNING, State.STOPPING})
 
 
 @dataclass
 class _Reading:
     t: float
     value: bool
-    # For a grip: when the hand was last seen to let go (start of the current release).
-    changed_at: float
 
 
 @dataclass
@@ -165,12 +166,19 @@ class SafetyCore:
         self._readings: dict[Sensor, _Reading] = {}
         # Derived from the readings and the time; computed at most once per input.
         self._stale_cache: dict[Sensor, bool] = {}
-        self._both_lost_cache: tuple[float | None] | None = None
+        # SR-4: the grip-loss count. Seconds with both hands lost count up, seconds with a grip
+        # count down at the same rate, never below 0; the stop comes when it passes the
+        # debounce. A timer that restarts on every touch would never stop a user who keeps
+        # letting go (250 ms off, 100 ms on); this count does.
+        self._grip_count = 0.0
         self._stale_reported: set[Sensor] = set()
         self._warned_hands: set[Hand] = set()
         self._drive_t: float | None = None
         self._drive_mph = 0.0
         self._drive_error_t: float | None = None
+        # The health the newest drive status reports, and when a status last reported none.
+        self._drive_fault: DriveFailure | None = None
+        self._drive_ok_t: float | None = None
         self._mismatch_since: float | None = None
         self._heartbeat_t: float | None = None
         self._countdown_until = 0.0
@@ -189,19 +197,26 @@ class SafetyCore:
                 pass
             case GripReading() | FallReading():
                 self._take_reading(event)
-            case DriveFeedback(t=t, speed_mph=mph):
+            case DriveFeedback(t=t, speed_mph=mph, fault=fault, detail=detail):
                 first = self._drive_t is None
-                if self._drive_t is None or t >= self._drive_t:
+                if math.isfinite(t) and (self._drive_t is None or t >= self._drive_t):
                     self._drive_t = t
                     self._drive_mph = abs(mph) if math.isfinite(mph) else math.inf
+                    self._drive_fault = fault
+                    if fault is None:
+                        self._drive_ok_t = t
+                    else:
+                        # SR-6/SR-9: every status that reports a fault is the fault again, so
+                        # only a status after it that reports none clears it.
+                        self._drive_error_t = t
+                        self._latch(State.FAULT, _drive_cause(fault), detail or fault.value)
                 if first and self._drive_mph > STANDSTILL_MPH:
                     # SR-11: at start-up the belt should stand still; the stop commanded since
                     # then brings it down, and no start is accepted until it has.
                     self._emit(EventType.BELT_FOUND_MOVING, speed_mph=self._drive_mph)
             case DriveError(failure=failure, detail=detail):
                 self._drive_error_t = self.now
-                cause = Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT
-                self._latch(State.FAULT, cause, detail)
+                self._latch(State.FAULT, _drive_cause(failure), detail)
             case LoopOverrun():
                 self._stop_session(EndReason.LOOP_OVERRUN)
             case Shutdown():
@@ -241,9 +256,8 @@ class SafetyCore:
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
                 consider(self._drive_t + lim.drive_timeout_s)
-            lost = self._both_lost_since()
-            if lost is not None:
-                consider(lost + lim.grip_debounce_s)
+            if self.state in _GRIP_COUNTED and self._both_lost_now():
+                consider(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
                 consider(self._countdown_until)
         return None if best == math.inf else best
@@ -286,6 +300,8 @@ class SafetyCore:
         if not math.isfinite(t) or t <= self.now:
             return
         dt = t - self.now
+        if self.state in _GRIP_COUNTED:
+            self._count_grip_loss(t)
         self._forget()
         s = self.session
         if s is not None and self.commanded > 0.0:
@@ -305,17 +321,60 @@ class SafetyCore:
 
     # ----------------------------------------------------------------- inputs
 
+    def _count_grip_loss(self, t: float) -> None:
+        """SR-4: carry the grip-loss count from ``self.now`` to ``t``. Between two inputs the
+        readings do not change, so each hand is lost from some moment on (a release: at once;
+        a grip reading that goes stale: at its time-out) and both from the later of the two:
+        the count goes down until then and up after."""
+        both = max(self._lost_from(Hand.LEFT), self._lost_from(Hand.RIGHT))
+        both = min(max(both, self.now), t)
+        self._grip_count = max(0.0, self._grip_count - (both - self.now)) + (t - both)
+
+    def _lost_from(self, hand: Hand) -> float:
+        """From when this hand counts as lost, given its current reading (inf: not before the
+        next reading)."""
+        reading = self._readings.get(GRIP_SENSOR[hand])
+        if reading is None or not reading.value:
+            return -math.inf
+        return reading.t + self.limits.sensor_timeout_s - _EPS
+
+    def _both_lost_now(self) -> bool:
+        return not self._grip_ok(Hand.LEFT) and not self._grip_ok(Hand.RIGHT)
+
     def _take_reading(self, event: GripReading | FallReading) -> None:
+        if not math.isfinite(event.t):
+            return  # SR-8: a reading whose time is not finite is no reading
         if isinstance(event, GripReading):
-            sensor, value = GRIP_SENSOR[event.hand], event.held
+            sensor, value, unsafe = GRIP_SENSOR[event.hand], event.held, not event.held
         else:
-            sensor, value = Sensor.FALL, event.fallen
+            sensor, value, unsafe = Sensor.FALL, event.fallen, event.fallen
         old = self._readings.get(sensor)
-        if old is not None and event.t < old.t:
-            return  # an out-of-order reading never overrides a newer one
-        changed_at = event.t if old is None or old.value != value else old.changed_at
-        self._readings[sensor] = _Reading(t=event.t, value=value, changed_at=changed_at)
+        t = event.t
+        if old is not None and t < old.t:
+            if not unsafe:
+                return  # a safe reading older than the newest is superseded by it
+            # SR-8: an unsafe reading is never thrown away for arriving out of order. The
+            # sensor's freshness stays that of its newest reading; the value is the unsafe one.
+            t = old.t
+        both_lost_before = self._both_lost_now()
+        self._readings[sensor] = _Reading(t=t, value=value)
         self._forget()
+        if (
+            isinstance(event, GripReading)
+            and unsafe
+            and event.t < self.now
+            and self.state in _GRIP_COUNTED
+            and not both_lost_before
+            and self._both_lost_now()
+        ):
+            # A release that arrives late: both hands have been off since it (or since the
+            # other hand let go, if later), a time the count took for held and may have counted
+            # down by as much. Adding both makes the count at least the true one: failing
+            # closed, by at most the lateness.
+            other = Hand.RIGHT if event.hand is Hand.LEFT else Hand.LEFT
+            since = max(event.t, self._lost_from(other))
+            if since < self.now:
+                self._grip_count += 2.0 * (self.now - since)
 
     def _stale(self, sensor: Sensor) -> bool:
         # Asked many times per input; the answer only changes with time or a new reading.
@@ -337,31 +396,9 @@ class SafetyCore:
         reading = self._readings[Sensor.FALL]
         return Cause.FALL if reading.value else None
 
-    def _lost_since(self, hand: Hand) -> float | None:
-        """When this hand's grip was lost (released, or its sensor went silent), or None."""
-        sensor = GRIP_SENSOR[hand]
-        reading = self._readings.get(sensor)
-        if reading is None:
-            return self.now
-        if not reading.value:
-            # Released, whether or not its sensor has gone silent since (SR-4/SR-8): the loss
-            # began at the release, not when the silence was noticed.
-            return reading.changed_at
-        if self._stale(sensor):
-            return reading.t + self.limits.sensor_timeout_s
-        return None
-
-    def _both_lost_since(self) -> float | None:
-        if self._both_lost_cache is None:
-            left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
-            since = None if left is None or right is None else max(left, right)
-            self._both_lost_cache = (since,)
-        return self._both_lost_cache[0]
-
     def _forget(self) -> None:
         """Time passed or a reading changed: what was derived from them is out of date."""
         self._stale_cache.clear()
-        self._both_lost_cache = None
 
     def _drive_fresh(self) -> bool:
         return (
@@ -427,6 +464,14 @@ class SafetyCore:
                 f"cap_s {cap:g} is outside {program.name}'s limits "
                 f"{program.cap_s_min:g}-{program.cap_s_max:g} s",
             )
+        if (program.first_session or cmd.returning is False) and cap > HARD_CAP_FIRST_SESSION_S:
+            # SR-7: a first session has the first-session hard limit whatever the program,
+            # intervals included (the program's own check is the first line; this the last).
+            return Refused(
+                RefusalCode.OUT_OF_RANGE,
+                f"cap_s {cap:g} is above the first-session hard limit of "
+                f"{HARD_CAP_FIRST_SESSION_S:g} s of belt time",
+            )
         target = program.start_mph if cmd.target_mph is None else cmd.target_mph
         band = self._band(program)
         if not (math.isfinite(target) and band[0] <= target <= band[1]):
@@ -481,6 +526,8 @@ class SafetyCore:
             unmet.append("drive is not answering")
         elif self._drive_mph > STANDSTILL_MPH:
             unmet.append("belt is not at standstill")
+        if self._drive_fault is not None:
+            unmet.append("drive reports a fault")
         if self._journal_problem is not None:
             unmet.append(f"the session journal cannot be written ({self._journal_problem})")
         return unmet
@@ -542,12 +589,13 @@ class SafetyCore:
             unmet.append("belt is not at standstill")
         if latch.cause is Cause.JOURNAL and self._journal_problem is not None:
             unmet.append(f"the session journal cannot be written ({self._journal_problem})")
-        if latch.cause is Cause.DRIVE_FAULT and (
-            self._drive_t is None
-            or self._drive_error_t is None
-            or self._drive_t <= self._drive_error_t
+        if self._drive_fault is not None:
+            unmet.append("drive still reports a fault")
+        elif self._drive_error_t is not None and (
+            self._drive_ok_t is None or self._drive_ok_t <= self._drive_error_t
         ):
-            unmet.append("drive has not answered since its fault")
+            # SR-6: cleared means a status read after the fault that reports no fault.
+            unmet.append("drive has not reported a healthy status since its fault")
         if latch.cause in (Cause.GRIP_LOST, Cause.SENSOR_STALE):
             for hand in _HANDS:
                 if not self._grip_ok(hand):
@@ -687,8 +735,10 @@ class SafetyCore:
                     cause="sensor_stale" if stale else "released",
                 )
         self._warned_hands.intersection_update(lost)
-        since = self._both_lost_since()
-        if since is not None and self.now - since >= self.limits.grip_debounce_s - _EPS:
+        count = self._grip_count
+        # The count passed the debounce (a late wake-up may find a hand back already; the stop
+        # is still due). A debounce of 0 stops on any loss.
+        if count >= self.limits.grip_debounce_s - _EPS and (len(lost) == 2 or count > _EPS):
             any_stale = any(self._stale(GRIP_SENSOR[h]) for h in _HANDS)
             cause = Cause.SENSOR_STALE if any_stale else Cause.GRIP_LOST
             self._latch(State.ESTOP, cause, "both hands off the handrails")
@@ -718,6 +768,7 @@ class SafetyCore:
             return
         s.resting = False
         s.interval_moving_s = 0.0
+        self._grip_count = 0.0
         self.state = State.RUNNING
         self.target = s.target_mph
         self._emit(EventType.BELT_STARTED, target_mph=s.target_mph, interval=s.interval_index + 1)
@@ -780,6 +831,10 @@ class SafetyCore:
 
     def _emit(self, type_: EventType, **fields: JsonScalar) -> None:
         self._out.events.append(Event(type=type_, t=self.now, fields=fields))
+
+
+def _drive_cause(failure: DriveFailure) -> Cause:
+    return Cause.DRIVE_LINK if failure is DriveFailure.LINK else Cause.DRIVE_FAULT
 
 
 def _band_message(mph: float, band: tuple[float, float]) -> str:

@@ -48,10 +48,14 @@ class FallReading:
 
 @dataclass(frozen=True, slots=True)
 class DriveFeedback:
-    """A status answer from the drive: its arrival proves the link, its speed the belt."""
+    """A status answer from the drive: its arrival proves the link, its speed the belt, and
+    ``fault`` its health: a status that reports a fault (``fault`` set, ``detail`` in words) is
+    not a healthy one, however fresh (SR-3, SR-6)."""
 
     t: float
     speed_mph: float
+    fault: DriveFailure | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

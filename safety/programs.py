@@ -72,13 +72,13 @@ class Program(BaseModel):
                     f"cap_s_max {self.cap_s_max} allows more than {HARD_INTERVALS} intervals "
                     f"of {self.interval_s} s (hard limit {hard} s)"
                 )
-        else:
-            hard = HARD_CAP_FIRST_SESSION_S if self.first_session else HARD_CAP_S
-            if self.cap_s_max > hard:
-                kind = "a first-session program" if self.first_session else "a program"
-                raise ValueError(
-                    f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s for {kind}"
-                )
+        # SR-7: the first-session limit holds whatever the kind, intervals included.
+        hard = HARD_CAP_FIRST_SESSION_S if self.first_session else HARD_CAP_S
+        if (self.first_session or self.kind is not ProgramKind.INTERVALS) and self.cap_s_max > hard:
+            kind = "a first-session program" if self.first_session else "a program"
+            raise ValueError(
+                f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s for {kind}"
+            )
         return self
 
 

@@ -251,20 +251,6 @@ async def test_sr8_sensors_that_go_silent_or_send_garbage_stop_the_belt(
 
 
 @pytest.mark.asyncio
-async def test_sr8_a_reading_stamped_long_ago_is_stale_on_arrival(
-    make_daemon: Callable[..., DaemonProcess], broker: Broker
-) -> None:
-    make_daemon(treadmill_id="tm-old", sensors="mqtt")
-    async with clinician(broker, "tm-old") as doc:
-        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-            for name, value in (("grip_left", True), ("grip_right", True), ("fall", False)):
-                old = json.dumps({"value": value, "ts": time.time() - 2.0}).encode()
-                await client.publish(f"{doc.p}/sensors/{name}", old, qos=1)
-        message = refused(await doc.command("start_session", user="u-6"), "preconditions_unmet")
-        assert "stale" in message or "grip" in message
-
-
-@pytest.mark.asyncio
 async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
     """The daemon, the tablet and the sensors each with their own account of the shipped ACL
     (config/mosquitto/acl); the daemon's password comes from the environment. A command from

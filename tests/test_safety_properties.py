@@ -162,6 +162,11 @@ class Oracle:
     fall: tuple[float, bool] | None = None
     drive: tuple[float, float] | None = None
     drive_error_t: float | None = None
+    # SR-3/SR-6: whether the newest drive status reports a fault, and when one last did not.
+    drive_faulted: bool = False
+    drive_ok_t: float | None = None
+    # SR-4: both hands lost counts up, a grip counts down, never below 0.
+    grip_count: float = 0.0
     last_command_t: float | None = None
     latched: bool = False
     latch_cause: str | None = None
@@ -230,6 +235,8 @@ class Oracle:
         pre_speed, pre_state = self.speed, self.state
         speed, state, events = d.speed_mph, d.state, d.events
         accepted = type(d.reply) is Accepted
+        if pre_state in (State.RUNNING, State.STOPPING):
+            self._count_grip_loss(self.t, now)
         self.t = now
 
         kind = type(inp)
@@ -244,6 +251,11 @@ class Oracle:
             self.fall = (now, inp.fallen)  # type: ignore[union-attr]
         elif kind is DriveFeedback:
             self.drive = (now, inp.speed_mph)  # type: ignore[union-attr]
+            self.drive_faulted = inp.fault is not None  # type: ignore[union-attr]
+            if self.drive_faulted:
+                self.drive_error_t = now
+            else:
+                self.drive_ok_t = now
         elif kind is DriveError:
             self.drive_error_t = now
         elif kind is not Tick:
@@ -307,6 +319,14 @@ class Oracle:
                 self.fail("SR-9", "armed without a fresh answer from the drive", inp, d)
             # SR-4/SR-8: both hands lost longer than the debounce while running or stopping.
             if state is not State.COUNTDOWN:
+                if self.grip_count > DEBOUNCE_S + 1e-6:
+                    self.fail(
+                        "SR-4",
+                        f"grip-loss count {self.grip_count:.3f} s past the debounce, "
+                        f"still {state.value}",
+                        inp,
+                        d,
+                    )
                 left, right = self._lost_since(Hand.LEFT), self._lost_since(Hand.RIGHT)
                 if left is not None and right is not None:
                     since = max(left, right)
@@ -327,6 +347,8 @@ class Oracle:
         # SR-9/SR-10: the drive.
         if kind is DriveError and not (state in LATCHED and speed == 0.0):
             self.fail("SR-9", "a drive error did not latch a fault", inp, d)
+        if self.drive_faulted and kind is DriveFeedback and not (state in LATCHED and speed == 0.0):
+            self.fail("SR-9", "a drive status reporting a fault did not latch one", inp, d)
         self._check_feedback(inp, d)
 
         # SR-6: latching stop and reset.
@@ -347,6 +369,8 @@ class Oracle:
                 self.seen.add(f"session ended: {e.fields.get('reason')}")
                 if self.session is not None and e.fields.get("reason") in ("cap", "completed"):
                     self.seen.add(f"session ran to its end: {self.session.program.name}")
+            elif e.type is EventType.BELT_STARTED:
+                self.grip_count = 0.0
             elif e.type is EventType.STOPPING:
                 self.seen.add(f"stopping: {e.fields.get('reason')}")
             elif e.type in SEEN_EVENTS:
@@ -362,6 +386,19 @@ class Oracle:
             self.ramp = "zero"
 
         self.speed, self.state = speed, state
+
+    def _count_grip_loss(self, start: float, end: float) -> None:
+        """SR-4 as SAFETY.md words it. A hand is lost from its release, or from when its
+        "held" reading went stale (a hair later than the core may see it: lenient)."""
+
+        def lost_from(hand: Hand) -> float:
+            g = self.grip.get(hand)
+            if g is None or not g.held:
+                return -math.inf
+            return g.t + SENSOR_TIMEOUT_S + 1e-9
+
+        both = min(max(lost_from(Hand.LEFT), lost_from(Hand.RIGHT), start), end)
+        self.grip_count = max(0.0, self.grip_count - (both - start)) + (end - both)
 
     def _start_unmet(self, now: float) -> list[str]:
         unmet = []
@@ -382,6 +419,8 @@ class Oracle:
             unmet.append("the fall reading is not a fresh 'no fall'")
         if not self._standstill_confirmed(now):
             unmet.append(f"no fresh drive feedback at standstill ({self.drive})")
+        if self.drive_faulted:
+            unmet.append("the drive's newest status reports a fault")
         if self.latched:
             unmet.append("a stop is latched")
         return unmet
@@ -448,6 +487,12 @@ class Oracle:
             self.drive is None or self.drive_error_t is None or self.drive[0] <= self.drive_error_t
         ):
             unmet.append("the drive has not answered since its fault")
+        if self.drive_faulted:
+            unmet.append("the drive's newest status reports a fault")
+        if self.drive_error_t is not None and (
+            self.drive_ok_t is None or self.drive_ok_t <= self.drive_error_t
+        ):
+            unmet.append("no status reporting no fault since the drive's fault (SR-6)")
         return unmet
 
     def _session_started(self, inp: StartSession, d: Decision, now: float) -> None:
@@ -513,7 +558,17 @@ class Oracle:
 # --------------------------------------------------------------------------- the world
 
 SOURCES = ("left", "right", "fall", "drive", "tablet")
-LATCH_CAUSES = ("estop", "drive_error", "fall", "grips", "belt_stuck", "fall", "drive", "left")
+LATCH_CAUSES = (
+    "estop",
+    "drive_error",
+    "fall",
+    "grips",
+    "belt_stuck",
+    "fall",
+    "drive",
+    "left",
+    "fault_status",
+)
 HAND_OF = {"left": Hand.LEFT, "right": Hand.RIGHT}
 
 
@@ -543,6 +598,7 @@ class World:
         self.belt = 0.0
         self.belt_offset = 0.0
         self.belt_stuck: float | None = None
+        self.drive_fault: DriveFailure | None = None  # every status reports it while set
         self.commanded = 0.0
         self.inputs = 0
 
@@ -616,7 +672,8 @@ class World:
         elif src == "fall":
             self.feed(FallReading(self.t, self.fallen))
         elif src == "drive":
-            self.feed(DriveFeedback(self.t, self.belt))
+            fault = self.drive_fault
+            self.feed(DriveFeedback(self.t, self.belt, fault, "" if fault is None else "injected"))
         else:
             self.feed(Heartbeat(self.t))
 
@@ -626,6 +683,7 @@ class World:
         self.silent.clear()
         self.belt_offset = 0.0
         self.belt_stuck = None
+        self.drive_fault = None
 
     def apply(self, action: tuple[object, ...]) -> None:
         kind = action[0]
@@ -678,6 +736,8 @@ class World:
                 self.hold = {Hand.LEFT: False, Hand.RIGHT: False}
             elif cause == "belt_stuck":
                 self.belt_stuck = 0.7
+            elif cause == "fault_status":
+                self.drive_fault = DriveFailure.FAULT
             else:  # a silent sensor or drive
                 self.silent.add(str(cause))
             self.run(int(during_ms))  # type: ignore[call-overload]
@@ -724,7 +784,8 @@ def make_input(t: float, spec: tuple[object, ...]) -> Input:
     if kind == "fall":
         return FallReading(t, bool(spec[1]))
     if kind == "feedback":
-        return DriveFeedback(t, float(spec[1]))  # type: ignore[arg-type]
+        fault = None if spec[2] is None else DriveFailure(str(spec[2]))
+        return DriveFeedback(t, float(spec[1]), fault, "" if fault is None else "injected")  # type: ignore[arg-type]
     if kind == "drive_error":
         return DriveError(t, DriveFailure(str(spec[1])), "injected")
     simple: dict[object, type[Stop | EStop | Reset | Heartbeat | Tick]] = {
@@ -935,7 +996,9 @@ def decode_action(profile: Profile, n: int) -> tuple[object, ...]:
     if kind == "fall":
         return ("input", "fall", not b.take(2))
     if kind == "feedback":
-        return ("input", "feedback", b.speed() if b.take(2) else b.take(21) / 100.0 - 0.1)
+        speed = b.speed() if b.take(2) else b.take(21) / 100.0 - 0.1
+        fault = b.pick((None, None, None, *(f.value for f in DriveFailure)))
+        return ("input", "feedback", speed, fault)
     if kind == "drive_error":
         return ("input", "drive_error", b.pick([f.value for f in DriveFailure]))
     return ("input", kind)  # stop, estop, reset, heartbeat, tick
