@@ -49,7 +49,10 @@ class Broker:
     """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as the
     tablet page's broker does. It comes after the native listener, which Mosquitto needs
     anyway (a WebSockets listener alone does not start), and takes the same ``extra``
-    settings: they are global (``per_listener_settings false``, Mosquitto's default)."""
+    settings: they are global (``per_listener_settings false``, Mosquitto's default).
+
+    ``persistence``: the broker saves its sessions (and what it holds for them) when it is
+    stopped (:meth:`stop`) and reads them back when it starts again."""
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class Broker:
         *,
         port: int | None = None,
         http_dir: Path | None = None,
+        persistence: bool = False,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.ws_port = free_port() if http_dir is not None else None
@@ -75,7 +79,13 @@ class Broker:
             + "log_dest stdout\n"
             # Without it every QoS 1 round trip costs ~88 ms (Nagle meets delayed ACKs).
             "set_tcp_nodelay true\n"
-            "persistence false\n" + websockets
+            + (
+                stay_root() + f"persistence true\npersistence_location {workdir}/\n"
+                f"persistence_file mosquitto-{self.port}.db\n"
+                if persistence
+                else "persistence false\n"
+            )
+            + websockets
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -105,6 +115,13 @@ class Broker:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGTERM: a broker restarted on purpose (it saves its sessions when persistent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=START_TIMEOUT_S)
+        self.proc = None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
