@@ -34,10 +34,10 @@ Events raised while the broker is away wait in the outbox, at most ``buffer`` of
 that a new event is dropped, except an ``estop`` or ``fault``, which takes the place of the
 oldest other event; each drop is counted (``events_dropped`` in the state) and logged. Replies:
 a reply to ``stop`` or ``estop`` is never dropped. Any other command that arrives while
-``buffer`` replies wait in the outbox is not run but refused ``rate_limited``; those refusals are
-kept too, up to ``8 * buffer`` (a refusal costs less to send than its command cost to read, so
-only a broker that stops acknowledging fills it); past that they are dropped, counted and
-logged.
+``buffer`` replies wait in the outbox is not run but refused ``rate_limited``; refusals waiting
+together go out coalesced, up to 100 in one reply (its ``"ids"`` lists the commands it answers),
+so they cost the outbox almost nothing. At most ``64 * buffer`` refusals wait (only a broker
+that stops acknowledging gets there); past that they are dropped, counted and logged.
 
 The link reconnects until it is stopped, with exponential backoff capped at ``backoff_max_s``.
 Leaving the ``async with`` block (or cancelling the task that holds it) publishes ``offline``
@@ -94,7 +94,8 @@ OFFLINE = b"offline"
 # used for them), and events that are never dropped for a newer one.
 NEVER_LIMITED = frozenset({"stop", "estop"})
 NEVER_DROPPED = frozenset({EventType.ESTOP, EventType.FAULT})
-REFUSALS_PER_BUFFER = 8  # rate_limited refusals kept, per entry of the reply buffer
+REFUSALS_PER_BUFFER = 64  # rate_limited refusals kept, per entry of the reply buffer
+REFUSALS_PER_REPLY = 100  # refusals coalesced into one <p>/reply message, at most
 
 
 @dataclass(slots=True)
@@ -105,9 +106,11 @@ class _Out:
     sent on this connection yet); ``acked``: the broker has it, it can go."""
 
     payload: bytes
-    keep: bool = False  # an estop/fault event, or the reply to a stop/estop
+    keep: bool = False  # an estop or fault event: never dropped for a newer one
     mid: int | None = None
     acked: bool = False
+    # Coalesced rate_limited refusals: the ids they answer (the payload is built when sent).
+    ids: list[str | None] | None = None
 
 
 def _peek(payload: bytes) -> tuple[str | None, str | None]:
@@ -236,12 +239,19 @@ class TabletLink:
         self._extra_state = extra_state
         # The outbox: what waits to be published or acknowledged, oldest first. The first
         # ``_sent[...]`` items of each are on the wire on the current connection.
-        self._replies: deque[_Out] = deque()
+        self._urgent: deque[_Out] = deque()  # replies to stop and estop: never dropped
+        self._replies: deque[_Out] = deque()  # other replies, at most ``buffer`` (SR-15)
+        self._refusals: deque[_Out] = deque()  # coalesced rate_limited refusals
         self._events: deque[_Out] = deque()
-        self._sent = {id(self._events): 0, id(self._replies): 0}
+        # Published in this order: an estop event, then an estop's reply, go ahead of the rest.
+        self._queues = (self._events, self._urgent, self._replies, self._refusals)
+        self._sent = {id(queue): 0 for queue in self._queues}
         self._inflight: dict[int, tuple[deque[_Out], _Out]] = {}  # mid -> its item
         self._paho: Any = None  # the current connection's paho client
         self._wake = asyncio.Event()
+        self._look = True  # the outbox must look at the state (and commit the journal) first
+        self._next_look = -math.inf
+        self._moving = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
@@ -250,6 +260,7 @@ class TabletLink:
         self.dropped_events = 0  # events the outbox had no room for (state: events_dropped)
         self.dropped_replies = 0  # rate_limited refusals it had no room for
         self.rate_limited = 0  # commands refused rate_limited, not run
+        self._refused_waiting = 0  # of which: in the outbox
         self.published = 0  # events and replies acknowledged by the broker
         self._drops_reported_t = -math.inf
 
@@ -268,12 +279,14 @@ class TabletLink:
             to_payload(encode_event(event, to_unix=self._to_unix)),
             keep=event.type in NEVER_DROPPED,
         )
+        self._look = True
         if not self._push(self._events, item, self._buffer):
             self.dropped_events += 1
             self._report_drops()
 
     def state_changed(self) -> None:
         """Ask for the state to be looked at now rather than at the next poll. Never blocks."""
+        self._look = True
         self._wake.set()
 
     async def __aenter__(self) -> Self:
@@ -305,7 +318,7 @@ class TabletLink:
     # ------------------------------------------------------------------ connection loop
 
     def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._host,
             self._port,
             username=self._username,
@@ -320,6 +333,10 @@ class TabletLink:
             max_queued_incoming_messages=self._buffer,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
+        # only be set before the connection.
+        client._client.max_inflight_messages_set(self._max_inflight)
+        return client
 
     async def run(self) -> None:
         """Connect, serve and reconnect until stopped (leaving ``async with``) or cancelled.
@@ -441,22 +458,37 @@ class TabletLink:
             self._log.info(
                 "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
             )
-        self._push(self._replies, _Out(encode_reply(reply), keep=keep), None)
+        self._look = True  # the command may have changed the state: it goes out first
+        self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
 
     def _refuse_rate_limited(self, command_id: str | None) -> None:
-        """More commands than the outbox answers one by one: this one is not run (SR-15)."""
+        """More commands than the outbox answers one by one: this one is not run (SR-15).
+
+        Its refusal is coalesced with the others not yet sent, up to REFUSALS_PER_REPLY in one
+        message (``"ids"`` lists them): a refusal then costs the outbox almost nothing, so a
+        flood is answered as fast as it can be read."""
         self.rate_limited += 1
-        reply = CommandReply(
-            command_id,
-            ErrorCode.RATE_LIMITED,
-            f"more than {self._buffer} replies are waiting to go out: this command was not run; "
-            "send fewer commands",
-        )
-        if not self._push(
-            self._replies, _Out(encode_reply(reply)), REFUSALS_PER_BUFFER * self._buffer
-        ):
-            self.dropped_replies += 1
         self._report_drops()
+        if self._refused_waiting >= REFUSALS_PER_BUFFER * self._buffer:
+            self.dropped_replies += 1  # only a broker that stops acknowledging gets here
+            return
+        self._refused_waiting += 1
+        queue = self._refusals
+        last = queue[-1] if len(queue) > self._sent[id(queue)] else None
+        if last is not None and last.ids is not None and len(last.ids) < REFUSALS_PER_REPLY:
+            last.ids.append(command_id)
+        else:
+            self._push(queue, _Out(b"", ids=[command_id]), None)
+        self._wake.set()
+
+    def _refusal_payload(self, ids: list[str | None]) -> bytes:
+        reply = CommandReply(
+            ids[0],
+            ErrorCode.RATE_LIMITED,
+            f"more than {self._buffer} replies are waiting to go out: not run; send fewer commands",
+        ).to_json()
+        reply["ids"] = [*ids]
+        return to_payload(reply)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts."""
@@ -483,11 +515,8 @@ class TabletLink:
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             self._wake.clear()
-            last_key, moving = self._pump(paho, last_key)
-            wait = self._poll_s
-            if moving:
-                due = self._last_state_sent + self._state_period_s
-                wait = min(wait, max(0.0, due - loop.time()))
+            last_key, _ = self._pump(paho, last_key)
+            wait = max(0.0, self._next_look - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -502,7 +531,7 @@ class TabletLink:
                 while True:
                     self._wake.clear()
                     last_key, _ = self._pump(paho, last_key)
-                    if not self._events and not self._replies:
+                    if not any(self._queues):
                         return
                     await self._wake.wait()
 
@@ -525,7 +554,7 @@ class TabletLink:
     def _reset_outbox(self) -> None:
         self._paho = None
         self._inflight.clear()
-        for queue in (self._events, self._replies):
+        for queue in self._queues:
             unacked = [item for item in queue if not item.acked]
             queue.clear()
             queue.extend(unacked)
@@ -544,6 +573,8 @@ class TabletLink:
             self._log.error("mqtt_publish_refused", reason=str(reason))
         item.acked = True
         self.published += 1
+        if item.ids is not None:
+            self._refused_waiting -= len(item.ids)
         while queue and queue[0].acked:
             queue.popleft()
             self._sent[id(queue)] -= 1
@@ -557,22 +588,33 @@ class TabletLink:
         The state goes first, so a command's reply never overtakes the state the command
         caused; events before replies, so under a flood of commands an estop event does not
         wait behind a backlog of replies."""
-        # The journal commits what it holds before anything goes out, the state included
-        # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
-        if self._before_publish is not None:
-            self._before_publish()
-        last_key, moving = self._publish_state(paho, last_key)
-        outbox = ((self._events, self.topics.events), (self._replies, self.topics.reply))
-        for queue, topic in outbox:
+        now = asyncio.get_running_loop().time()
+        if self._look or last_key is None or now >= self._next_look:
+            # Something new was queued, the state may have changed, or a look is due: not a
+            # wake-up for PUBACKs alone, which come thousands a second under a flood.
+            self._look = False
+            # The journal commits what it holds before anything goes out, the state included
+            # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
+            if self._before_publish is not None:
+                self._before_publish()
+            last_key, self._moving = self._publish_state(paho, last_key)
+            self._next_look = now + self._poll_s
+            if self._moving:
+                due = self._last_state_sent + self._state_period_s
+                self._next_look = min(self._next_look, due)
+        for queue in self._queues:
+            topic = self.topics.events if queue is self._events else self.topics.reply
             sent = self._sent[id(queue)]
             while sent < len(queue) and len(self._inflight) < self._max_inflight:
                 item = queue[sent]
+                if item.ids is not None:  # no more refusals join it once it is sent
+                    item.payload = self._refusal_payload(item.ids)
                 mid = self._publish(paho, topic, item.payload, retain=False)
                 item.mid = mid
                 self._inflight[mid] = (queue, item)
                 sent += 1
             self._sent[id(queue)] = sent
-        return last_key, moving
+        return last_key, self._moving
 
     @staticmethod
     def _publish(paho: Any, topic: str, payload: bytes, *, retain: bool) -> int:
