@@ -194,7 +194,7 @@ async def _send(conn: Connection, command: JsonObject) -> int:
                             availability = _text(message.payload)
                             continue
                         reply = _json_object(message.payload)
-                        if reply is not None and reply.get("id") == command["id"]:
+                        if reply is not None and _answers(reply, command["id"]):
                             return _print_reply(reply)
     except aiomqtt.MqttError as exc:
         doing = "lost the connection to" if connected else "cannot connect to"
@@ -202,6 +202,13 @@ async def _send(conn: Connection, command: JsonObject) -> int:
         return EXIT_UNREACHABLE
     print(_no_reply(conn, str(command["type"]), availability), file=sys.stderr)
     return EXIT_UNREACHABLE
+
+
+def _answers(reply: dict[str, Any], command_id: Any) -> bool:
+    """The reply is to this command: its id, or one of the ``ids`` of refusals coalesced
+    under a flood (``rate_limited``)."""
+    ids = reply.get("ids")
+    return reply.get("id") == command_id or (isinstance(ids, list) and command_id in ids)
 
 
 def _print_reply(reply: dict[str, Any]) -> int:
