@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import math
+import secrets
 import socket
 import ssl
 import time
@@ -250,6 +251,8 @@ class TabletLink:
         self._paho: Any = None  # the current connection's paho client
         self._wake = asyncio.Event()
         self._look = True  # the outbox must look at the state (and commit the journal) first
+        self._boot = secrets.token_hex(4)  # this link's run: event ids never repeat
+        self._event_seq = 0
         self._next_look = -math.inf
         self._moving = False
         self._stop = asyncio.Event()
@@ -275,10 +278,13 @@ class TabletLink:
 
         Encoded now, with the wall time of now: a delivery delayed by an outage does not change
         what the event says."""
-        item = _Out(
-            to_payload(encode_event(event, to_unix=self._to_unix)),
-            keep=event.type in NEVER_DROPPED,
-        )
+        encoded = encode_event(event, to_unix=self._to_unix)
+        # QoS 1 is "at least once": a publication whose PUBACK was lost with the connection goes
+        # out again, so a tablet can get an event twice. Its id (unique across restarts of the
+        # daemon too) lets the tablet drop the second copy.
+        self._event_seq += 1
+        encoded.setdefault("event_id", f"{self._boot}-{self._event_seq}")
+        item = _Out(to_payload(encoded), keep=event.type in NEVER_DROPPED)
         self._look = True
         if not self._push(self._events, item, self._buffer):
             self.dropped_events += 1

@@ -56,6 +56,7 @@ HEARTBEAT_PERIOD_S = 1.0  # MQTT-API.md: "the tablet sends one every second"
 KEEPALIVE_S = 5  # a broker gone without a word (a cable pulled) is noticed within ~1.5x this
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+EVENTS_REMEMBERED = 1024  # event ids kept to drop a second delivery of the same event
 # How long the broker keeps a watch's session (and the QoS 1 events for it) while it is away.
 SESSION_EXPIRY_S = 3600
 
@@ -311,6 +312,7 @@ class WatchView:
 
     def __init__(self, tty: bool) -> None:
         self.tty = tty
+        self._events_seen: dict[str, None] = {}  # event ids, oldest first
         self.connected = False
         self.availability: str | None = None
         self.state: dict[str, Any] | None = None
@@ -359,8 +361,19 @@ class WatchView:
                 self.show()
         elif topic == topics.events:
             event = _json_object(message.payload)
-            if event is not None:
+            if event is not None and self._first_time(event.get("event_id")):
                 self.say(event_line(event))
+
+    def _first_time(self, event_id: Any) -> bool:
+        """An event delivered twice (QoS 1 resends one whose PUBACK was lost) is shown once."""
+        if not isinstance(event_id, str):
+            return True
+        if event_id in self._events_seen:
+            return False
+        self._events_seen[event_id] = None
+        while len(self._events_seen) > EVENTS_REMEMBERED:
+            del self._events_seen[next(iter(self._events_seen))]
+        return True
 
 
 async def _heartbeats(client: aiomqtt.Client, topics: Topics, stop: asyncio.Event) -> None:

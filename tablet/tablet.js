@@ -437,6 +437,17 @@ function commandWords(sent) {
   }
 }
 
+// QoS 1 is "at least once": an event whose PUBACK was lost with the daemon's connection is
+// published again. Its event_id shows the second copy, which is dropped.
+const eventsSeen = new Set();
+function firstTime(eventId) {
+  if (typeof eventId !== "string") return true;
+  if (eventsSeen.has(eventId)) return false;
+  eventsSeen.add(eventId);
+  if (eventsSeen.size > 1024) eventsSeen.delete(eventsSeen.values().next().value);
+  return true;
+}
+
 function onReply(reply) {
   // Refusals the daemon coalesced (rate_limited, under a flood): one reply, many commands.
   if (Array.isArray(reply.ids)) {
@@ -587,7 +598,7 @@ function takeMessage(topic, payload, packet) {
     }
     if (topic === TOPIC.state) onState(obj);
     else if (topic === TOPIC.reply) onReply(obj);
-    else if (topic === TOPIC.events) onEvent(obj);
+    else if (topic === TOPIC.events && firstTime(obj.event_id)) onEvent(obj);
   }
 }
 

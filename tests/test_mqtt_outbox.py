@@ -127,6 +127,8 @@ async def test_sr14_events_raised_offline_go_out_once_each_oldest_first_bounded_
             await tab.next(f"{p}/state", lambda m: body(m)["events_dropped"] == 3)  # type: ignore[index]
             link.on_event(Event(EventType.RESET, t=30.0))  # the last: nothing comes after it
             arrived = await collect(tab, f"{p}/events", lambda e: e["type"] == "reset")
+    ids = [e.pop("event_id") for e in arrived]
+    assert len(set(ids)) == len(ids)  # each event has its own id
     assert arrived == [
         {"type": "grip_warning", "ts": 1_764_000_011.0, "n": 1},
         {"type": "grip_warning", "ts": 1_764_000_012.0, "n": 2},
