@@ -21,15 +21,15 @@ a free port of 127.0.0.1, so the ratios compare figures that shared the machine'
    publishing estop to receiving that event, and to receiving the estop's reply. Then reset
    (retried until ok: it needs standstill) and wait for idle. A heartbeat goes out every second.
 
-The daemon logs at level warning to a file; its ``mqtt_buffer_full_dropped_oldest`` reports
-count what the flood cost, and the replies the benchmark saw to the flooder's commands count
-what was answered.
+The daemon logs at level warning to a file; its ``mqtt_outbox_full`` reports count what the
+flood cost (commands refused ``rate_limited``, refusals and events dropped), and the replies
+the benchmark saw to the flooder's commands count what was answered, ``rate_limited`` apart.
 
     .venv/bin/python benchmarks/bench_mqtt.py [--samples 2000] [--idle-samples 100]
         [--naive-samples 200] [--trials 30] [--calm-trials 5] [--flood-rate 1000]
 
-Above the daemon's capacity (``--flood-rate 2000`` and up on a 2-core machine) replies are
-dropped and trials can fail; the benchmark then reports what it saw and still ends by itself.
+Above the daemon's capacity, commands are refused ``rate_limited`` (never a stop or an estop);
+the benchmark reports what it saw and ends by itself.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ print(json.dumps({"sent": sent, "heartbeats": heartbeats, "invalid": invalid,
                   "elapsed_s": elapsed}), flush=True)
 """
 
-DROPS_EVENT = "mqtt_buffer_full_dropped_oldest"  # logged at most once a second, with counts
+DROPS_EVENT = "mqtt_outbox_full"  # logged at most once a second, with counts
 
 
 # ---------------------------------------------------------------------------- processes
@@ -204,7 +204,7 @@ def cpu_shares(pids: dict[str, int], before: dict[str, float], wall_s: float) ->
 
 def count_drops(log: Path) -> dict[str, int]:
     """The daemon's own counts of dropped replies and events, from its last report."""
-    drops = {"reply_dropped": 0, "event_dropped": 0}
+    drops = {"reply_dropped": 0, "event_dropped": 0, "rate_limited": 0}
     text = log.read_text(errors="replace") if log.exists() else ""
     for line in text.splitlines():
         with contextlib.suppress(ValueError, AttributeError):
@@ -213,6 +213,7 @@ def count_drops(log: Path) -> dict[str, int]:
                 drops = {
                     "reply_dropped": int(record["dropped_replies"]),
                     "event_dropped": int(record["dropped_events"]),
+                    "rate_limited": int(record["rate_limited"]),
                 }
     return drops
 
@@ -295,6 +296,7 @@ class Tablet:
         self.online = asyncio.Event()
         self.estops: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
         self.flood_replies = 0  # replies to the flooder's commands (id f-*, or null)
+        self.flood_rate_limited = 0  # of which: refused rate_limited
         self._n = 0
 
     async def subscribe(self) -> None:
@@ -313,8 +315,19 @@ class Tablet:
             assert isinstance(payload, bytes)
             if topic == reply_topic:
                 # The flood's replies are only counted: not parsed, to keep this loop light.
+                if b'"ids"' in payload:  # coalesced rate_limited refusals
+                    body = json.loads(payload)
+                    for key in body["ids"]:
+                        if key is None or key.startswith("f-"):
+                            self.flood_replies += 1
+                            self.flood_rate_limited += 1
+                        elif key in self.replies.pending:
+                            self.reply_bodies[key] = {**body, "id": key}
+                            self.replies.arrived(key, t)
+                    continue
                 if payload.startswith((b'{"id":"f-', b'{"id":null')):
                     self.flood_replies += 1
+                    self.flood_rate_limited += b'"rate_limited"' in payload
                     continue
                 body = json.loads(payload)
                 key = body.get("id")
@@ -597,6 +610,7 @@ async def measure(
 
                 flood_s = args.trials * 8.0 + 10.0
                 replies_before = tab.flood_replies
+                limited_before = tab.flood_rate_limited
                 flood_out = workdir / "flood.json"
                 with flood_out.open("wb") as out:
                     flooder = start_script(
@@ -630,6 +644,7 @@ async def measure(
                     "trials_s": in_trials_s,
                     "cpu_percent": flood_cpu,
                     "flood_replies_seen": tab.flood_replies - replies_before,
+                    "flood_rate_limited_seen": tab.flood_rate_limited - limited_before,
                     "daemon_log": {k: after[k] - before[k] for k in after},
                 }
                 beat.cancel()
@@ -677,7 +692,8 @@ def report(figures: dict[str, Any]) -> None:
     print(
         f"flood: {f.get('sent', 0)} sent at {f['rate_sent']:.0f}/s "
         f"({f.get('heartbeats', 0)} heartbeats, {f.get('invalid', 0)} invalid), "
-        f"{f['flood_replies_seen']} replies seen; daemon log: {f['daemon_log']}"
+        f"{f['flood_replies_seen']} replies seen "
+        f"({f['flood_rate_limited_seen']} rate_limited); daemon log: {f['daemon_log']}"
     )
     print(f"daemon log, all lines by event: {figures['daemon_log_events']}")
     for phase, cpu in (("calm", figures["estop_calm"]["cpu_percent"]), ("flood", f["cpu_percent"])):

@@ -72,6 +72,8 @@ class ErrorCode(StrEnum):
     PRECONDITIONS_UNMET = "preconditions_unmet"
     LATCHED = "latched"
     DUPLICATE = "duplicate"
+    # More commands than the daemon answers one by one; never for stop or estop (the link's).
+    RATE_LIMITED = "rate_limited"
 
 
 # ------------------------------------------------------------------------------- topics

@@ -16,16 +16,28 @@ leaves a dead client behind - Moonraker bug #1104):
   recognised and refused, then publishes ``online`` (retained) - after every (re)connect;
 - runs each command through ``execute`` at once, inside the MQTT client's read callback (an
   ``estop`` reaches the controller behind no queue and no publication), and queues the reply;
-- one outbox task publishes events, then replies, in order (QoS 1, not retained), each preceded
+- one outbox publishes events, then replies, in order (QoS 1, not retained), each batch preceded
   by the state (QoS 1, retained) when it changed or, while the belt moves, every
-  ``state_period_s``: a reply never overtakes the state its command caused;
+  ``state_period_s``: a reply never overtakes the state its command caused. Up to
+  ``max_inflight`` publications are on the wire at once (no wait for each PUBACK in turn);
 - hands each reading of a configured ``<p>/sensors/<name>`` topic to ``on_sensor`` at once
   (a retained reading is an old one replayed by the broker, and is dropped).
 
 Nothing the controller calls ever waits on the broker: :meth:`TabletLink.on_event` only appends
-to a bounded buffer, and the state is read from ``snapshot`` by the outbox when it is due (only
-the newest state exists, so there is no state queue at all). A broker that is down, slow or
-flooded costs buffered events (the oldest are dropped, and counted) and never blocks a tick.
+to a bounded outbox, and the state is read from ``snapshot`` by the outbox when it is due (only
+the newest state exists, so there is no state queue at all).
+
+The outbox (SR-14, SR-15). An event or a reply leaves it only when the broker has acknowledged
+it (its PUBACK, matched by message id in paho's callback, as it is read). What a lost connection
+interrupted goes out again after the reconnect, oldest first; what was acknowledged never does.
+Events raised while the broker is away wait in the outbox, at most ``buffer`` of them: past
+that a new event is dropped, except an ``estop`` or ``fault``, which takes the place of the
+oldest other event; each drop is counted (``events_dropped`` in the state) and logged. Replies:
+a reply to ``stop`` or ``estop`` is never dropped. Any other command that arrives while
+``buffer`` replies wait in the outbox is not run but refused ``rate_limited``; refusals waiting
+together go out coalesced, up to 100 in one reply (its ``"ids"`` lists the commands it answers),
+so they cost the outbox almost nothing. At most ``64 * buffer`` refusals wait (only a broker
+that stops acknowledging gets there); past that they are dropped, counted and logged.
 
 The link reconnects until it is stopped, with exponential backoff capped at ``backoff_max_s``.
 Leaving the ``async with`` block (or cancelling the task that holds it) publishes ``offline``
@@ -36,7 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
+import secrets
 import socket
 import ssl
 import time
@@ -45,16 +59,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import aiomqtt
 import structlog
-from paho.mqtt.client import MQTTMessage
+from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.mqtt_contract import (
+    ID_MAX_CHARS,
+    MAX_PAYLOAD_BYTES,
     CommandReply,
     DuplicateFilter,
+    ErrorCode,
     Execute,
     JsonObject,
     Topics,
@@ -69,12 +86,48 @@ from controller.mqtt_contract import (
     to_payload,
 )
 from safety.core import Snapshot
-from safety.decisions import Event
+from safety.decisions import Event, EventType
 
 ONLINE = b"online"
 OFFLINE = b"offline"
 
-_T = TypeVar("_T")
+# Commands whose reply is never dropped nor refused for rate (MQTT-API.md: rate_limited is never
+# used for them), and events that are never dropped for a newer one.
+NEVER_LIMITED = frozenset({"stop", "estop"})
+NEVER_DROPPED = frozenset({EventType.ESTOP, EventType.FAULT})
+REFUSALS_PER_BUFFER = 64  # rate_limited refusals kept, per entry of the reply buffer
+REFUSALS_PER_REPLY = 100  # refusals coalesced into one <p>/reply message, at most
+
+
+@dataclass(slots=True)
+class _Out:
+    """One event or reply in the outbox: it leaves only when its PUBACK has been read.
+
+    ``mid`` is its message id while it is on the wire on the current connection (None: not
+    sent on this connection yet); ``acked``: the broker has it, it can go."""
+
+    payload: bytes
+    keep: bool = False  # an estop or fault event: never dropped for a newer one
+    mid: int | None = None
+    acked: bool = False
+    # Coalesced rate_limited refusals: the ids they answer (the payload is built when sent).
+    ids: list[str | None] | None = None
+
+
+def _peek(payload: bytes) -> tuple[str | None, str | None]:
+    """The id and type of a command, when readable; never raises (any bytes at all)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None, None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    command_id, kind = obj.get("id"), obj.get("type")
+    if not isinstance(command_id, str) or not 1 <= len(command_id) <= ID_MAX_CHARS:
+        command_id = None
+    return command_id, kind if isinstance(kind, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +188,7 @@ class TabletLink:
         backoff_min_s: float = 0.2,
         backoff_max_s: float = 5.0,
         buffer: int = 256,
+        max_inflight: int = 64,
         duplicate_memory: int = 1024,
         sensors: Iterable[str] = (),
         on_sensor: Callable[[str, bytes], None] | None = None,
@@ -147,6 +201,8 @@ class TabletLink:
             raise ValueError("state_period_s must be in (0, 0.5]: the contract asks for 500 ms")
         if not 0 < backoff_min_s <= backoff_max_s:
             raise ValueError("backoff_min_s must be positive and at most backoff_max_s")
+        if buffer < 1 or max_inflight < 1:
+            raise ValueError("buffer and max_inflight must be at least 1")
         self.treadmill_id = treadmill_id
         self.topics = Topics(prefix if prefix is not None else default_prefix(treadmill_id))
         self._host = host
@@ -169,6 +225,7 @@ class TabletLink:
         self._backoff_min_s = backoff_min_s
         self._backoff_max_s = backoff_max_s
         self._buffer = buffer
+        self._max_inflight = max_inflight
         self._log = logger if logger is not None else structlog.get_logger("treadguard.mqtt")
         self._seen = DuplicateFilter(duplicate_memory)
         # <p>/sensors/<name> topic -> name, for the sensors configured as MQTT sources.
@@ -181,16 +238,33 @@ class TabletLink:
         self._on_refused = on_refused
         # Fields the contract allows beyond its own (an extension): merged into each state.
         self._extra_state = extra_state
-        self._replies: deque[CommandReply] = deque()
-        self._events: deque[Event] = deque()
+        # The outbox: what waits to be published or acknowledged, oldest first. The first
+        # ``_sent[...]`` items of each are on the wire on the current connection.
+        self._urgent: deque[_Out] = deque()  # replies to stop and estop: never dropped
+        self._replies: deque[_Out] = deque()  # other replies, at most ``buffer`` (SR-15)
+        self._refusals: deque[_Out] = deque()  # coalesced rate_limited refusals
+        self._events: deque[_Out] = deque()
+        # Published in this order: an estop event, then an estop's reply, go ahead of the rest.
+        self._queues = (self._events, self._urgent, self._replies, self._refusals)
+        self._sent = {id(queue): 0 for queue in self._queues}
+        self._inflight: dict[int, tuple[deque[_Out], _Out]] = {}  # mid -> its item
+        self._paho: Any = None  # the current connection's paho client
         self._wake = asyncio.Event()
+        self._look = True  # the outbox must look at the state (and commit the journal) first
+        self._boot = secrets.token_hex(4)  # this link's run: event ids never repeat
+        self._event_seq = 0
+        self._next_look = -math.inf
+        self._moving = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
         self._last_state_sent = -math.inf
         self.connections = 0  # successful connections so far
-        self.dropped_events = 0
-        self.dropped_replies = 0
+        self.dropped_events = 0  # events the outbox had no room for (state: events_dropped)
+        self.dropped_replies = 0  # rate_limited refusals it had no room for
+        self.rate_limited = 0  # commands refused rate_limited, not run
+        self._refused_waiting = 0  # of which: in the outbox
+        self.published = 0  # events and replies acknowledged by the broker
         self._drops_reported_t = -math.inf
 
     # ------------------------------------------------------------------ public surface
@@ -200,13 +274,25 @@ class TabletLink:
         return self._connected
 
     def on_event(self, event: Event) -> None:
-        """A controller listener: queue one event for publication. Never blocks."""
-        if self._push(self._events, event):
+        """A controller listener: queue one event for publication. Never blocks.
+
+        Encoded now, with the wall time of now: a delivery delayed by an outage does not change
+        what the event says."""
+        encoded = encode_event(event, to_unix=self._to_unix)
+        # QoS 1 is "at least once": a publication whose PUBACK was lost with the connection goes
+        # out again, so a tablet can get an event twice. Its id (unique across restarts of the
+        # daemon too) lets the tablet drop the second copy.
+        self._event_seq += 1
+        encoded.setdefault("event_id", f"{self._boot}-{self._event_seq}")
+        item = _Out(to_payload(encoded), keep=event.type in NEVER_DROPPED)
+        self._look = True
+        if not self._push(self._events, item, self._buffer):
             self.dropped_events += 1
             self._report_drops()
 
     def state_changed(self) -> None:
         """Ask for the state to be looked at now rather than at the next poll. Never blocks."""
+        self._look = True
         self._wake.set()
 
     async def __aenter__(self) -> Self:
@@ -238,7 +324,7 @@ class TabletLink:
     # ------------------------------------------------------------------ connection loop
 
     def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._host,
             self._port,
             username=self._username,
@@ -253,6 +339,10 @@ class TabletLink:
             max_queued_incoming_messages=self._buffer,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
+        # only be set before the connection.
+        client._client.max_inflight_messages_set(self._max_inflight)
+        return client
 
     async def run(self) -> None:
         """Connect, serve and reconnect until stopped (leaving ``async with``) or cancelled.
@@ -315,10 +405,9 @@ class TabletLink:
             pass
         finally:
             self._connected = False
-        # Stopping: what happened last (the session's end, the final state) still goes out.
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
-                await self._publish_pending(client, last_key=None)
+            if not self._stop.is_set():  # stopping: the final flush still hears its PUBACKs
+                self._reset_outbox()
+        await self._flush(client)
         await self._say_offline(client)
 
     async def _until_stopped(self) -> None:
@@ -356,6 +445,11 @@ class TabletLink:
         payload = bytes(message.payload)
         if message.retain and not payload:
             return  # someone clearing a retained command: not a command
+        command_id, kind = _peek(payload)
+        keep = kind in NEVER_LIMITED
+        if not keep and len(self._replies) >= self._buffer:
+            self._refuse_rate_limited(command_id)
+            return
         reply = answer_command(
             payload,
             retained=bool(message.retain),
@@ -370,9 +464,37 @@ class TabletLink:
             self._log.info(
                 "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
             )
-        if self._push(self._replies, reply):
-            self.dropped_replies += 1
-            self._report_drops()
+        self._look = True  # the command may have changed the state: it goes out first
+        self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
+
+    def _refuse_rate_limited(self, command_id: str | None) -> None:
+        """More commands than the outbox answers one by one: this one is not run (SR-15).
+
+        Its refusal is coalesced with the others not yet sent, up to REFUSALS_PER_REPLY in one
+        message (``"ids"`` lists them): a refusal then costs the outbox almost nothing, so a
+        flood is answered as fast as it can be read."""
+        self.rate_limited += 1
+        self._report_drops()
+        if self._refused_waiting >= REFUSALS_PER_BUFFER * self._buffer:
+            self.dropped_replies += 1  # only a broker that stops acknowledging gets here
+            return
+        self._refused_waiting += 1
+        queue = self._refusals
+        last = queue[-1] if len(queue) > self._sent[id(queue)] else None
+        if last is not None and last.ids is not None and len(last.ids) < REFUSALS_PER_REPLY:
+            last.ids.append(command_id)
+        else:
+            self._push(queue, _Out(b"", ids=[command_id]), None)
+        self._wake.set()
+
+    def _refusal_payload(self, ids: list[str | None]) -> bytes:
+        reply = CommandReply(
+            ids[0],
+            ErrorCode.RATE_LIMITED,
+            f"more than {self._buffer} replies are waiting to go out: not run; send fewer commands",
+        ).to_json()
+        reply["ids"] = [*ids]
+        return to_payload(reply)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts."""
@@ -380,9 +502,10 @@ class TabletLink:
         if now - self._drops_reported_t >= 1.0:
             self._drops_reported_t = now
             self._log.warning(
-                "mqtt_buffer_full_dropped_oldest",
-                dropped_replies=self.dropped_replies,
+                "mqtt_outbox_full",
                 dropped_events=self.dropped_events,
+                rate_limited=self.rate_limited,
+                dropped_replies=self.dropped_replies,
             )
 
     async def _until_disconnected(self, client: aiomqtt.Client) -> None:
@@ -392,51 +515,121 @@ class TabletLink:
             pass
 
     async def _outbox(self, client: aiomqtt.Client) -> None:
+        paho = self._attach(client)
         last_key: str | None = None  # per connection: the first state always goes out
         self._last_state_sent = -math.inf
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             self._wake.clear()
-            last_key, moving = await self._publish_pending(client, last_key)
-            wait = self._poll_s
-            if moving:
-                due = self._last_state_sent + self._state_period_s
-                wait = min(wait, max(0.0, due - loop.time()))
+            last_key, _ = self._pump(paho, last_key)
+            wait = max(0.0, self._next_look - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
-    async def _publish_pending(
-        self, client: aiomqtt.Client, last_key: str | None
-    ) -> tuple[str | None, bool]:
-        """Events, then replies, each in order and each preceded by the state if it changed or,
-        while the belt moves, is due. Returns the state's key and whether the belt moves.
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        """Stopping: what happened last (the session's end, the final state) still goes out,
+        and is acknowledged, within ``timeout_s``."""
+        paho = self._attach(client) if self._paho is not client._client else client._client
+        last_key: str | None = None
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                while True:
+                    self._wake.clear()
+                    last_key, _ = self._pump(paho, last_key)
+                    if not any(self._queues):
+                        return
+                    await self._wake.wait()
 
-        Looking at the state before every item keeps it close behind what changed it: a
-        command's reply never overtakes the state the command caused.
-        """
-        while True:
+    def _attach(self, client: aiomqtt.Client) -> Any:
+        """A new connection: hear its PUBACKs, and send again what the last one did not get
+        acknowledged (oldest first); what was acknowledged is gone already."""
+        paho: Any = client._client  # aiomqtt 2.x keeps its paho client private (pinned below 3)
+        self._reset_outbox()
+        self._paho = paho
+        theirs = paho.on_publish  # aiomqtt's: it completes its own awaited publications
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            theirs(c, userdata, mid, reason, properties)
+            if c is self._paho:
+                self._acked(mid, reason)
+
+        paho.on_publish = on_publish
+        return paho
+
+    def _reset_outbox(self) -> None:
+        self._paho = None
+        self._inflight.clear()
+        for queue in self._queues:
+            unacked = [item for item in queue if not item.acked]
+            queue.clear()
+            queue.extend(unacked)
+            for item in queue:
+                item.mid = None
+            self._sent[id(queue)] = 0
+
+    def _acked(self, mid: int, reason: Any) -> None:
+        """The broker has this publication (paho's callback, on the loop's thread)."""
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return  # a state or the availability: nothing waits on those
+        queue, item = entry
+        if getattr(reason, "is_failure", False):
+            # Refused by the broker (its ACL, say): sending it again would be refused again.
+            self._log.error("mqtt_publish_refused", reason=str(reason))
+        item.acked = True
+        self.published += 1
+        if item.ids is not None:
+            self._refused_waiting -= len(item.ids)
+        while queue and queue[0].acked:
+            queue.popleft()
+            self._sent[id(queue)] -= 1
+        self._wake.set()
+
+    def _pump(self, paho: Any, last_key: str | None) -> tuple[str | None, bool]:
+        """Hand paho the state, if it changed or is due, then events, then replies, in order,
+        up to ``max_inflight`` unacknowledged. Returns the state's key and whether the belt
+        moves. Synchronous: paho only queues the bytes on the socket.
+
+        The state goes first, so a command's reply never overtakes the state the command
+        caused; events before replies, so under a flood of commands an estop event does not
+        wait behind a backlog of replies."""
+        now = asyncio.get_running_loop().time()
+        if self._look or last_key is None or now >= self._next_look:
+            # Something new was queued, the state may have changed, or a look is due: not a
+            # wake-up for PUBACKs alone, which come thousands a second under a flood.
+            self._look = False
             # The journal commits what it holds before anything goes out, the state included
             # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
             if self._before_publish is not None:
                 self._before_publish()
-            last_key, moving = await self._publish_state(client, last_key)
-            # An item leaves its buffer only once it is published, so what a lost connection
-            # interrupted goes out again after the reconnect. Events first: under a flood of
-            # commands an estop event must not wait behind a backlog of replies.
-            if self._events:
-                event = encode_event(self._events[0], to_unix=self._to_unix)
-                await client.publish(self.topics.events, to_payload(event), qos=1)
-                self._events.popleft()
-            elif self._replies:
-                await client.publish(self.topics.reply, encode_reply(self._replies[0]), qos=1)
-                self._replies.popleft()
-            else:
-                return last_key, moving
+            last_key, self._moving = self._publish_state(paho, last_key)
+            self._next_look = now + self._poll_s
+            if self._moving:
+                due = self._last_state_sent + self._state_period_s
+                self._next_look = min(self._next_look, due)
+        for queue in self._queues:
+            topic = self.topics.events if queue is self._events else self.topics.reply
+            sent = self._sent[id(queue)]
+            while sent < len(queue) and len(self._inflight) < self._max_inflight:
+                item = queue[sent]
+                if item.ids is not None:  # no more refusals join it once it is sent
+                    item.payload = self._refusal_payload(item.ids)
+                mid = self._publish(paho, topic, item.payload, retain=False)
+                item.mid = mid
+                self._inflight[mid] = (queue, item)
+                sent += 1
+            self._sent[id(queue)] = sent
+        return last_key, self._moving
 
-    async def _publish_state(
-        self, client: aiomqtt.Client, last_key: str | None
-    ) -> tuple[str | None, bool]:
+    @staticmethod
+    def _publish(paho: Any, topic: str, payload: bytes, *, retain: bool) -> int:
+        info = paho.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        return int(info.mid)
+
+    def _publish_state(self, paho: Any, last_key: str | None) -> tuple[str | None, bool]:
         snap = self._snapshot()
         state = encode_state(
             snap,
@@ -444,21 +637,32 @@ class TabletLink:
             ts=self._to_unix(self._now()),
             to_unix=self._to_unix,
         )
+        # Events the outbox had no room for while the broker was away (SR-14): a tablet
+        # learns that its history has a gap.
+        state["events_dropped"] = self.dropped_events
         if self._extra_state is not None:
             state.update({k: v for k, v in self._extra_state().items() if k not in state})
         key = state_key(state)
         moving = belt_moving(snap)
         now = asyncio.get_running_loop().time()
         if key != last_key or (moving and now - self._last_state_sent >= self._state_period_s):
-            await client.publish(self.topics.state, to_payload(state), qos=1, retain=True)
+            self._publish(paho, self.topics.state, to_payload(state), retain=True)
             self._last_state_sent = now
         return key, moving
 
-    def _push(self, buffer: deque[_T], item: _T) -> bool:
-        """Append to a bounded buffer, dropping the oldest when full; True if one was dropped."""
-        dropped = len(buffer) >= self._buffer
-        if dropped:
-            buffer.popleft()
-        buffer.append(item)
+    def _push(self, queue: deque[_Out], item: _Out, bound: int | None) -> bool:
+        """Append to the outbox; False when it was full and an item was dropped (this one, or
+        for a kept one, the oldest unsent item that is not kept)."""
         self._wake.set()
-        return dropped
+        if bound is None or len(queue) < bound:
+            queue.append(item)
+            return True
+        if not item.keep:
+            return False
+        for i in range(self._sent[id(queue)], len(queue)):
+            if not queue[i].keep:
+                del queue[i]
+                queue.append(item)
+                return False
+        queue.append(item)  # only kept ones: past the bound rather than lose an estop
+        return True

@@ -4,7 +4,9 @@ Each command (``start``, ``speed``, ``stop``, ``estop``, ``reset``, ``heartbeat`
 subscribes to ``<p>/reply`` before it publishes, sends one command at QoS 1 (never retained, or
 the daemon would refuse it) and waits, bounded by ``--timeout``, for the reply with its id.
 ``watch`` shows the daemon's state and events live and sends the tablet's heartbeat every
-second, which is what keeps a session started from here running (SR-12).
+second, which is what keeps a session started from here running (SR-12). It keeps a persistent
+MQTT session (a client id stable per device, no clean start, a session expiry), so the broker
+holds the events published while it is away and hands them over when it is back (SR-14).
 
 Exit codes: 0 ok, 1 refused by the daemon, 2 bad arguments or configuration, 3 no broker or no
 reply (see ``docs/tablet-cli.md``).
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
+import hashlib
 import json
 import math
 import os
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import TypeAdapter, ValidationError
 
 import config as config_package
@@ -50,6 +56,9 @@ HEARTBEAT_PERIOD_S = 1.0  # MQTT-API.md: "the tablet sends one every second"
 KEEPALIVE_S = 5  # a broker gone without a word (a cable pulled) is noticed within ~1.5x this
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
+EVENTS_REMEMBERED = 1024  # event ids kept to drop a second delivery of the same event
+# How long the broker keeps a watch's session (and the QoS 1 events for it) while it is away.
+SESSION_EXPIRY_S = 3600
 
 _PREFIX: TypeAdapter[str] = TypeAdapter(MqttTopicPrefix)
 
@@ -70,12 +79,20 @@ class Connection:
     password: str | None
     tls: ssl.SSLContext | None
     timeout_s: float
+    client_id: str | None = None  # --client-id: this device's, for watch's persistent session
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def client(self, identifier: str) -> aiomqtt.Client:
+    def client(self, identifier: str, *, persistent: bool = False) -> aiomqtt.Client:
+        """``persistent``: resume the session the broker keeps for ``identifier`` (its
+        subscriptions, the QoS 1 messages that came while we were away) and ask it to keep
+        the session for SESSION_EXPIRY_S after a disconnection."""
+        connect = None
+        if persistent:
+            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             self.host,
             self.port,
@@ -83,6 +100,8 @@ class Connection:
             password=self.password,
             identifier=identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not persistent,
+            properties=connect,
             keepalive=KEEPALIVE_S,
             timeout=self.timeout_s,
             tls_context=self.tls,
@@ -95,6 +114,17 @@ def _identifier() -> str:
     # Unique, so two technicians (or a watch and a start) never take over each other's
     # connection; 22 characters, within the 23 every MQTT broker must accept.
     return f"tg-tablet-{uuid.uuid4().hex[:12]}"
+
+
+def _watch_identifier(conn: Connection) -> str:
+    """This device's watch: the same id every time (so the broker's session for it is found
+    again), unless --client-id names one. Built from the host name, the login and the prefix;
+    22 characters, within the 23 every MQTT broker must accept. The id only finds the session:
+    a broker may replace it by the account's name (use_username_as_clientid)."""
+    if conn.client_id is not None:
+        return conn.client_id
+    seed = f"{socket.gethostname()}\0{getpass.getuser()}\0{conn.topics.prefix}"
+    return f"tg-watch-{hashlib.sha256(seed.encode()).hexdigest()[:13]}"
 
 
 def _connection(args: argparse.Namespace) -> Connection:
@@ -117,6 +147,7 @@ def _connection(args: argparse.Namespace) -> Connection:
         password=password,
         tls=tls,
         timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+        client_id=getattr(args, "client_id", None),
     )
 
 
@@ -164,7 +195,7 @@ async def _send(conn: Connection, command: JsonObject) -> int:
                             availability = _text(message.payload)
                             continue
                         reply = _json_object(message.payload)
-                        if reply is not None and reply.get("id") == command["id"]:
+                        if reply is not None and _answers(reply, command["id"]):
                             return _print_reply(reply)
     except aiomqtt.MqttError as exc:
         doing = "lost the connection to" if connected else "cannot connect to"
@@ -172,6 +203,13 @@ async def _send(conn: Connection, command: JsonObject) -> int:
         return EXIT_UNREACHABLE
     print(_no_reply(conn, str(command["type"]), availability), file=sys.stderr)
     return EXIT_UNREACHABLE
+
+
+def _answers(reply: dict[str, Any], command_id: Any) -> bool:
+    """The reply is to this command: its id, or one of the ``ids`` of refusals coalesced
+    under a flood (``rate_limited``)."""
+    ids = reply.get("ids")
+    return reply.get("id") == command_id or (isinstance(ids, list) and command_id in ids)
 
 
 def _print_reply(reply: dict[str, Any]) -> int:
@@ -274,6 +312,7 @@ class WatchView:
 
     def __init__(self, tty: bool) -> None:
         self.tty = tty
+        self._events_seen: dict[str, None] = {}  # event ids, oldest first
         self.connected = False
         self.availability: str | None = None
         self.state: dict[str, Any] | None = None
@@ -322,8 +361,19 @@ class WatchView:
                 self.show()
         elif topic == topics.events:
             event = _json_object(message.payload)
-            if event is not None:
+            if event is not None and self._first_time(event.get("event_id")):
                 self.say(event_line(event))
+
+    def _first_time(self, event_id: Any) -> bool:
+        """An event delivered twice (QoS 1 resends one whose PUBACK was lost) is shown once."""
+        if not isinstance(event_id, str):
+            return True
+        if event_id in self._events_seen:
+            return False
+        self._events_seen[event_id] = None
+        while len(self._events_seen) > EVENTS_REMEMBERED:
+            del self._events_seen[next(iter(self._events_seen))]
+        return True
 
 
 async def _heartbeats(client: aiomqtt.Client, topics: Topics, stop: asyncio.Event) -> None:
@@ -358,19 +408,22 @@ async def _watch(conn: Connection, *, heartbeat: bool, duration_s: float | None)
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
     view = WatchView(tty=sys.stdout.isatty())
-    # One id for the whole watch: after a reconnect the broker drops a half-open connection of
-    # ours at once instead of keeping it (and its subscriptions) until its keepalive runs out.
-    identifier = _identifier()
+    # One id for this device, the same on every run: the broker keeps the session (QoS 1
+    # events included) while we are away, and drops a half-open connection of ours at once.
+    identifier = _watch_identifier(conn)
     delay = BACKOFF_MIN_S
     ever_connected = False
     try:
         while not stop.is_set():
             failure: str | None = None
             try:
-                async with conn.client(identifier) as client:  # a fresh client every try
+                # A fresh client every try, resuming the broker's session for this device.
+                async with conn.client(identifier, persistent=True) as client:
                     ever_connected = True
                     delay = BACKOFF_MIN_S
                     view.connected = True
+                    # Again on every connection: a broker restarted without persistence has
+                    # forgotten the session; QoS 1, so the broker holds events for it.
                     for topic in (conn.topics.availability, conn.topics.state, conn.topics.events):
                         await client.subscribe(topic, qos=1)
                     view.show()
@@ -508,6 +561,12 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--username",
         help=f"broker account (default: none); the password is read from {PASSWORD_ENV}",
+    )
+    group.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="this device's MQTT client id for watch's persistent session (default: one "
+        "derived from the host name, the login and the prefix); give each watch its own",
     )
     group.add_argument(
         "--timeout",

@@ -437,7 +437,27 @@ function commandWords(sent) {
   }
 }
 
+// QoS 1 is "at least once": an event whose PUBACK was lost with the daemon's connection is
+// published again. Its event_id shows the second copy, which is dropped.
+const eventsSeen = new Set();
+function firstTime(eventId) {
+  if (typeof eventId !== "string") return true;
+  if (eventsSeen.has(eventId)) return false;
+  eventsSeen.add(eventId);
+  if (eventsSeen.size > 1024) eventsSeen.delete(eventsSeen.values().next().value);
+  return true;
+}
+
 function onReply(reply) {
+  // Refusals the daemon coalesced (rate_limited, under a flood): one reply, many commands.
+  if (Array.isArray(reply.ids)) {
+    for (const id of reply.ids) onOneReply({ ...reply, id });
+    return;
+  }
+  onOneReply(reply);
+}
+
+function onOneReply(reply) {
   // Only answers to this page's own commands show that the daemon hears this page (another
   // tablet's replies say nothing of whether this page's commands get through).
   if (ownHeartbeats.delete(reply.id)) {
@@ -578,7 +598,7 @@ function takeMessage(topic, payload, packet) {
     }
     if (topic === TOPIC.state) onState(obj);
     else if (topic === TOPIC.reply) onReply(obj);
-    else if (topic === TOPIC.events) onEvent(obj);
+    else if (topic === TOPIC.events && firstTime(obj.event_id)) onEvent(obj);
   }
 }
 
@@ -623,7 +643,55 @@ function credentials() {
   return params.get("user") ? { username: params.get("user"), password: "" } : {};
 }
 
+// A persistent MQTT session (SR-14): the broker keeps this tablet's subscriptions and holds the
+// QoS 1 events (an emergency stop) published while the tablet is away, and hands them over when
+// it is back. The session is found again by the client id, so the id is this device's, the same
+// on every load: "?client_id=" names it, else one is made once and kept in localStorage. A second
+// tab on the same device (it would take over the first tab's connection, again and again) uses
+// an id of its own for as long as the first holds the device's. The broker may replace the id
+// by the login's name (use_username_as_clientid): the id is only ever used to find the session.
+const SESSION_EXPIRY_S = 3600;
+let deviceClientId = null;
+
+function storedClientId() {
+  const named = params.get("client_id");
+  if (named) return named;
+  let id = null;
+  try {
+    id = localStorage.getItem("treadguard.clientId");
+    if (!id) {
+      id = "tg-page-" + commandId().slice(5, 17);
+      localStorage.setItem("treadguard.clientId", id);
+    }
+  } catch {
+    /* storage refused (a private window): an id for this load only */
+  }
+  return id || "tg-page-" + commandId().slice(5, 17);
+}
+
+// Calls start() with this tab's client id, once: the device's when no other tab holds it.
+function withClientId(start) {
+  const own = storedClientId();
+  if (!(navigator.locks && navigator.locks.request)) {
+    start(own);
+    return;
+  }
+  navigator.locks
+    .request("treadguard.clientId." + own, { ifAvailable: true }, (lock) => {
+      start(lock ? own : "tg-page-" + commandId().slice(5, 17));
+      return lock ? new Promise(() => {}) : null; // held for as long as this tab lives
+    })
+    .catch(() => start(own));
+}
+
 function connect() {
+  if (deviceClientId === null) {
+    withClientId((id) => {
+      deviceClientId = id;
+      connect();
+    });
+    return;
+  }
   if (typeof mqtt === "undefined") {
     view.link = "nolib";
     render();
@@ -632,12 +700,15 @@ function connect() {
   const login = credentials();
   client = mqtt.connect(BROKER, {
     protocolVersion: 5,
-    clientId: "tg-page-" + commandId().slice(5, 17),
-    clean: true,
+    clientId: deviceClientId,
+    clean: false, // resume the session the broker kept for this device
+    properties: { sessionExpiryInterval: SESSION_EXPIRY_S },
     keepalive: 5,
     reconnectPeriod: 1000,
     connectTimeout: 5000,
-    resubscribe: false, // subscribed afresh on every connect, below
+    // Subscribed afresh on every connect, below: a broker restarted without persistence has
+    // forgotten the session. QoS 1, so the broker holds events for the session.
+    resubscribe: false,
     username: login.username || undefined,
     password: login.password || undefined,
   });

@@ -55,7 +55,10 @@ class Broker:
     tablet page's broker does. It comes after the native listener, which Mosquitto needs
     anyway (a WebSockets listener alone does not start), and takes the same ``extra``
     settings: they are global (``per_listener_settings false``, Mosquitto's default), but for
-    the listener's own settings of LISTENER_SETTINGS, which are repeated for it."""
+    the listener's own settings of LISTENER_SETTINGS, which are repeated for it.
+
+    ``persistence``: the broker saves its sessions (and what it holds for them) when it is
+    stopped (:meth:`stop`) and reads them back when it starts again."""
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class Broker:
         *,
         port: int | None = None,
         http_dir: Path | None = None,
+        persistence: bool = False,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.ws_port = free_port() if http_dir is not None else None
@@ -83,7 +87,13 @@ class Broker:
             + "log_dest stdout\n"
             # Without it every QoS 1 round trip costs ~88 ms (Nagle meets delayed ACKs).
             "set_tcp_nodelay true\n"
-            "persistence false\n" + websockets
+            + (
+                stay_root() + f"persistence true\npersistence_location {workdir}/\n"
+                f"persistence_file mosquitto-{self.port}.db\n"
+                if persistence
+                else "persistence false\n"
+            )
+            + websockets
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -113,6 +123,13 @@ class Broker:
     def thaw(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGTERM: a broker restarted on purpose (it saves its sessions when persistent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=START_TIMEOUT_S)
+        self.proc = None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -251,6 +251,7 @@ def test_every_core_refusal_code_is_a_contract_code() -> None:
         "preconditions_unmet",
         "latched",
         "duplicate",
+        "rate_limited",
     }
     assert {c.value for c in ErrorCode} == contract
     assert {c.value for c in RefusalCode} <= contract

@@ -13,6 +13,7 @@ Every wait is bounded: on a line of the CLI's output or an MQTT message, with a 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pty
 import re
@@ -473,6 +474,34 @@ async def test_watch_survives_a_broker_restart(broker: Broker, tmp_path: Path) -
 
         assert await watch.end(signal.SIGTERM) == 0
     assert watch.lines.count("broker lost, reconnecting") == 1, watch.lines
+
+
+@pytest.mark.asyncio
+async def test_sr14_watch_keeps_a_persistent_session_and_gets_the_events_it_was_away_for(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """``watch`` with this device's client id: killed (a tablet whose battery died), an
+    estop event published while it is gone, then started again: the broker held the event
+    for its session and the watch shows it, once, though it was published twice (QoS 1 sends
+    again what it has no PUBACK for; the event id shows the second copy)."""
+    tm = "tm-away"
+    p = f"treadmill/{tm}"
+    config = daemon_config(tmp_path, broker.port, treadmill_id=tm)
+    device = ("--no-heartbeat", "--client-id", "ward-3-tablet")
+    async with watching(config, *device) as watch:
+        await watch.line(lambda line: line == "availability never seen | no state yet")
+        watch.proc.kill()  # no DISCONNECT: gone as a tablet whose link drops
+        await watch.proc.wait()
+    estop = {"type": "estop", "ts": time.time(), "cause": "fall", "event_id": "b007-3"}
+    async with tablet(broker) as tab:  # stands in for the daemon
+        await tab.publish(f"{p}/events", json.dumps(estop).encode())
+        await tab.publish(f"{p}/events", json.dumps(estop).encode())
+        await tab.publish(f"{p}/availability", b"online", retain=True)
+    async with watching(config, *device) as watch:
+        await watch.line(lambda line: line.startswith("event estop cause=fall"))
+        await watch.line(lambda line: line == "online | no state yet")
+        assert await watch.end(signal.SIGTERM) == 0
+    assert sum(line.startswith("event estop") for line in watch.lines) == 1, watch.lines
 
 
 def test_watch_on_a_terminal_rewrites_its_line_in_place(broker: Broker, tmp_path: Path) -> None:

@@ -335,6 +335,41 @@ async def test_the_page_goes_offline_with_the_broker_and_comes_back(
 
 
 @pytest.mark.asyncio
+async def test_sr14_the_page_keeps_a_persistent_session_and_gets_the_estop_it_missed(
+    tmp_path: Path,
+) -> None:
+    """The page's device id names a persistent MQTT session: the broker restarted (it saves
+    its sessions), an emergency stop event published before the page is back (the page
+    retries once a second) is held for it, and the page shows it once it reconnects, once,
+    though it was published twice (QoS 1 sends again what it has no PUBACK for)."""
+    need_broker_and_page()
+    broker = Broker(tmp_path, http_dir=PAGE_DIR, persistence=True)
+    broker.start()
+    tm = "tm-page-away"
+    try:
+        url = page_url(broker, tm) + "&client_id=ward-3-page"
+        async with chromium() as browser, tablet_page(browser, url) as tab:
+            page = tab.page
+            await expect(page.locator("#log")).to_contain_text("Connected to")
+            broker.stop()  # its sessions are saved, the page's among them
+            await expect(page.locator("#link")).to_contain_text("disconnected")
+            await asyncio.to_thread(broker.start)
+            estop = {"type": "estop", "ts": time.time(), "cause": "fall", "event_id": "b007-3"}
+            async with aiomqtt.Client("127.0.0.1", broker.port) as daemon_stand_in:
+                for _ in range(2):
+                    await daemon_stand_in.publish(
+                        f"treadmill/{tm}/events", json.dumps(estop).encode(), qos=1
+                    )
+            log = page.locator("#log li", has_text="EMERGENCY STOP")
+            await expect(log).to_have_count(1, timeout=RECONNECT_WAIT_MS)
+            await expect(log).to_contain_text("(fall)")
+            await expect(page.locator("#log")).to_contain_text("Connected to")
+            await tab.shot("12-estop-held-for-the-page")
+    finally:
+        broker.kill()
+
+
+@pytest.mark.asyncio
 async def test_sr12_the_heartbeat_runs_while_the_page_is_visible_only(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
