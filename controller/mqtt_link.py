@@ -4,7 +4,7 @@
 
     async with TabletLink(treadmill_id="tm-01", host="localhost", execute=..., snapshot=...,
                           now=clock.time, to_unix=unix_mapper(clock.time)) as link:
-        controller.listeners.append(link.on_event)
+        controller.subscribe(link.on_event, name="mqtt")
         ...
 
 What it does, per connection (a fresh ``aiomqtt.Client`` every try, so a lost connection never
@@ -40,6 +40,7 @@ import math
 import socket
 import ssl
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ from controller.mqtt_contract import (
     encode_event,
     encode_reply,
     encode_state,
+    internal_error,
+    readable_id,
     state_key,
     to_payload,
 )
@@ -94,10 +97,18 @@ class TlsSettings:
         return context
 
 
-def unix_mapper(now: Callable[[], float]) -> ToUnix:
-    """Map times of the monotonic clock ``now`` to unix seconds (offset taken once, here)."""
-    offset = time.time() - now()
+def unix_mapper(now: Callable[[], float], wall: Callable[[], float] = time.time) -> ToUnix:
+    """Map times of the monotonic clock ``now`` to unix seconds, with the offset to the wall
+    clock taken once, here (SR-16). The state's and events' ``ts`` and the check of a stamped
+    command's age all use this one mapping, so a later step of the wall clock (NTP after
+    boot), either way and of any size, changes neither what a tablet sees as the daemon's time
+    nor which commands are accepted."""
+    offset = wall() - now()
     return lambda t: t + offset
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
 
 
 class _Stopping(Exception):
@@ -192,6 +203,8 @@ class TabletLink:
         self.dropped_events = 0
         self.dropped_replies = 0
         self._drops_reported_t = -math.inf
+        self._failures: dict[str, int] = {}  # unexpected exceptions in handlers, per kind
+        self._failures_logged: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public surface
 
@@ -315,9 +328,11 @@ class TabletLink:
             pass
         finally:
             self._connected = False
-        # Stopping: what happened last (the session's end, the final state) still goes out.
+        # Stopping: what happened last (the session's end, the final state) still goes out,
+        # and so does the reply to every command read until the broker stopped sending them.
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(self._timeout_s):
+                await client.unsubscribe(self.topics.cmd)
                 await self._publish_pending(client, last_key=None)
         await self._say_offline(client)
 
@@ -344,32 +359,67 @@ class TabletLink:
         for topic in self._sensor_topics:
             paho.message_callback_add(topic, self._on_sensor_message)
 
+    # paho calls these from its read loop: an exception out of them would end the connection
+    # (aiomqtt takes it for a dead link), drop what arrives until the reconnect and, redelivered,
+    # fail the same way again. Each is guarded here, at its dispatcher (SR-15).
+
     def _on_sensor_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
-        name = self._sensor_topics.get(message.topic)
-        # A retained reading is an old one replayed by the broker, never a live one.
-        if name is not None and not message.retain and self._on_sensor is not None:
-            self._on_sensor(name, bytes(message.payload))
+        try:
+            name = self._sensor_topics.get(message.topic)
+            # A retained reading is an old one replayed by the broker, never a live one.
+            if name is not None and not message.retain and self._on_sensor is not None:
+                self._on_sensor(name, bytes(message.payload))
+        except Exception as exc:  # the reading is lost: its sensor goes stale, unsafe (SR-8)
+            self._failed("sensor_handler_failed", exc, topic=message.topic)
 
     def _on_command_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
-        if self._stop.is_set():
-            return
+        # A command that arrives while the link is stopping is still answered: a start is
+        # refused by the daemon, a stop or estop carried out (the loop still runs).
         payload = bytes(message.payload)
         if message.retain and not payload:
             return  # someone clearing a retained command: not a command
+        try:
+            reply = self._answer(payload, retained=bool(message.retain))
+        except Exception as exc:
+            reply = internal_error(readable_id(payload), None, exc)
+            self._failed("command_handler_failed", exc, id=reply.id)
+        self._queue_reply(reply)
+
+    def _answer(self, payload: bytes, *, retained: bool) -> CommandReply:
+        t = self._now()
         reply = answer_command(
             payload,
-            retained=bool(message.retain),
-            t=self._now(),
+            retained=retained,
+            t=t,
             seen=self._seen,
             execute=self._execute,
-            now_unix=time.time(),
+            # The stamp is judged on the clock the state's ts shows, never the live wall clock.
+            now_unix=self._to_unix(t),
             on_refused=self._on_refused,
+            on_failure=self._command_failed,
         )
         if not reply.ok:
             assert reply.error is not None
             self._log.info(
                 "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
             )
+        return reply
+
+    def _command_failed(self, exc: Exception, reply: CommandReply) -> None:
+        self._failed("command_failed", exc, id=reply.id)
+
+    def _failed(self, what: str, exc: BaseException, **fields: Any) -> None:
+        """An unexpected exception in a handler: logged with its traceback at most once a
+        second per kind, with the count of those not logged, so a flood of bad payloads cannot
+        flood the log or burn the CPU (SR-15)."""
+        count = self._failures.get(what, 0) + 1
+        self._failures[what] = count
+        now = self._now()
+        if now - self._failures_logged.get(what, -math.inf) >= 1.0:
+            self._failures_logged[what] = now
+            self._log.error(what, count=count, error=repr(exc), traceback=_trace(exc), **fields)
+
+    def _queue_reply(self, reply: CommandReply) -> None:
         if self._push(self._replies, reply):
             self.dropped_replies += 1
             self._report_drops()
