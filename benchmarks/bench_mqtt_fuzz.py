@@ -61,7 +61,7 @@ def main() -> int:
         f"{'FAILED' if figures['failed'] else 'no failure'}; saved {path}"
     )
     if run.returncode != 0:
-        print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
+        print(run.stdout[-20000:], run.stderr[-2000:], sep="\n")
     return run.returncode
 
 

@@ -78,6 +78,11 @@ LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: th
 FAILURE_LOG_EVERY_S = 1.0  # an unexpected failure of a command's handling: logged this often
 
 
+def _reason(exc: Exception) -> str:
+    """SQLite's own words for a journal error; the type too for anything unforeseen."""
+    return str(exc) if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class _SensorHealth:
     bad: int = 0
@@ -202,10 +207,10 @@ class Daemon:
             try:
                 # Records keep real wall time, stepped or not (the published ts does not).
                 self.journal.record(event, self.wall() - (self.clock.time() - event.t))
-            except (JournalError, ValueError, TypeError) as exc:
-                # A record that cannot be written, for whatever reason, is a journal failure:
-                # never an exception out of the controller's submit.
-                self._journal_failed(str(exc))
+            except Exception as exc:
+                # A record that cannot be written, for whatever reason, foreseen or not, is a
+                # journal failure (fail closed, SR-14): never an exception out of the listener.
+                self._journal_failed(_reason(exc))
 
     def tick(self) -> None:
         """The control tick, with what watches it: the loop's health (a tick more than two
@@ -266,8 +271,8 @@ class Daemon:
         if self.journal is not None:
             try:
                 self.journal.commit()
-            except JournalError as exc:
-                self._journal_failed(str(exc))
+            except Exception as exc:  # called by the link's outbox: never raised into it
+                self._journal_failed(_reason(exc))
 
     def _journal_tick(self) -> None:
         """Twice a second: the counts of refusals whose second has ended, the belt's speed
@@ -283,8 +288,8 @@ class Daemon:
                     self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
                 self.journal.commit()
                 self._journal_used = self.journal.used_fraction()
-            except JournalError as exc:
-                self._journal_failed(str(exc))
+            except Exception as exc:
+                self._journal_failed(_reason(exc))
             self._warn_journal_nearly_full()
 
     def _warn_journal_nearly_full(self) -> None:

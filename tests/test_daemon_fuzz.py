@@ -142,11 +142,13 @@ def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
 
 
 def _is_valid_estop(obj: Any) -> bool:
+    """An estop the daemon would carry out (a ``ts`` of any value is left out with it: an
+    estop is obeyed however it is stamped)."""
     return (
         isinstance(obj, dict)
         and obj.get("type") == "estop"
-        and set(obj) == {"id", "type"}
-        and isinstance(obj["id"], str)
+        and set(obj) <= {"id", "type", "ts"}
+        and isinstance(obj.get("id"), str)
         and 1 <= len(obj["id"]) <= 64
     )
 
