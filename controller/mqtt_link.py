@@ -75,6 +75,7 @@ from safety.core import Snapshot
 from safety.decisions import Event
 
 ONLINE = b"online"
+REFUSALS_LOGGED_PER_S = 20
 OFFLINE = b"offline"
 
 _T = TypeVar("_T")
@@ -204,6 +205,9 @@ class TabletLink:
         self.dropped_replies = 0
         self._drops_reported_t = -math.inf
         self._failures: dict[str, int] = {}  # unexpected exceptions in handlers, per kind
+        self._refusal_log_t = -math.inf
+        self._refusals_logged = 0
+        self._refusals_not_logged = 0
         self._failures_logged: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public surface
@@ -399,11 +403,27 @@ class TabletLink:
             on_failure=self._command_failed,
         )
         if not reply.ok:
-            assert reply.error is not None
-            self._log.info(
-                "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
-            )
+            self._log_refusal(reply)
         return reply
+
+    def _log_refusal(self, reply: CommandReply) -> None:
+        """Each refusal is logged, up to REFUSALS_LOGGED_PER_S a second; past that only their
+        number, once the second is over: a flood must not flood the log (SR-15)."""
+        assert reply.error is not None
+        now = self._now()
+        if now - self._refusal_log_t >= 1.0:
+            if self._refusals_not_logged:
+                self._log.warning(
+                    "mqtt_commands_refused_not_logged", count=self._refusals_not_logged
+                )
+            self._refusal_log_t, self._refusals_logged, self._refusals_not_logged = now, 0, 0
+        if self._refusals_logged >= REFUSALS_LOGGED_PER_S:
+            self._refusals_not_logged += 1
+            return
+        self._refusals_logged += 1
+        self._log.info(
+            "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
+        )
 
     def _command_failed(self, exc: Exception, reply: CommandReply) -> None:
         self._failed("command_failed", exc, id=reply.id)

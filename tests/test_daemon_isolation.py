@@ -114,7 +114,25 @@ def has_history(self, user):
 
 
 journal.Journal.has_history = has_history
+_record = journal.Journal.record
+
+
+def record(self, event, ts):
+    if event.fields.get("user") == "boom-record":
+        raise LookupError("an unforeseen failure while recording")
+    return _record(self, event, ts)
+
+
+journal.Journal.record = record
 '''
+
+
+def plant(tmp_path: Path) -> dict[str, str]:
+    """The environment that puts SITECUSTOMIZE into the daemon's process."""
+    where = tmp_path / "plant"
+    where.mkdir()
+    (where / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    return {"PYTHONPATH": f"{where}:{ROOT}"}
 
 
 @pytest.mark.asyncio
@@ -125,11 +143,8 @@ async def test_sr15_an_unforeseen_failure_while_handling_a_command_is_answered_i
     planted in the daemon's process through ``sitecustomize``) is answered ``internal_error``,
     journaled and logged; the link stays up, the loop ticks on, a session still runs and an
     estop still stops it."""
-    plant = tmp_path / "plant"
-    plant.mkdir()
-    (plant / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     tm = "tm-unforeseen"
-    daemon = make_daemon(treadmill_id=tm, env={"PYTHONPATH": f"{plant}:{ROOT}"})
+    daemon = make_daemon(treadmill_id=tm, env=plant(tmp_path))
     async with clinician(broker, tm) as doc:
         await doc.until(lambda s: s["stale"] == [], within=10.0)
         ids = [uuid.uuid4().hex for _ in range(3)]
@@ -150,6 +165,29 @@ async def test_sr15_an_unforeseen_failure_while_handling_a_command_is_answered_i
     assert daemon.alive()
     refusals = journal_rows(broker, tm, "command_refused")
     assert next(r["code"] for r in refusals if r["command"] == "start_session") == "internal_error"
+
+
+@pytest.mark.asyncio
+async def test_sr14_sr15_an_unforeseen_failure_of_the_journal_listener_is_a_journal_fault(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """SR-14, SR-15: the journal's listener failing in a way nobody foresaw (planted as above)
+    neither raises into the controller nor lets the session run unrecorded: it is a journal
+    fault, latched, and the belt does not run; the link and the daemon carry on."""
+    tm = "tm-unforeseen-record"
+    daemon = make_daemon(treadmill_id=tm, env=plant(tmp_path))
+    async with clinician(broker, tm) as doc:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        await doc.command("start_session", user="boom-record")
+        state = await doc.state(lambda s: s["latched"] is not None, within=5.0)
+        assert (state["latched"]["kind"], state["latched"]["cause"]) == ("fault", "journal")
+        message = refused(await doc.command("start_session", user="u-39"), "latched")
+        assert "journal" in message
+        still = await doc.until(lambda s: s["speed_mph"] <= STANDSTILL_MPH, within=5.0)
+        assert still["state"] == "fault"
+        assert_never_reconnected(daemon, doc)
+    assert "LookupError: an unforeseen failure while recording" in daemon.log_text()
+    assert daemon.alive()
 
 
 # ----------------------------------------------------------------------------- SR-12
@@ -254,10 +292,10 @@ async def test_sr14_sr15_a_flood_of_refused_commands_is_coalesced_and_stops_no_s
 ) -> None:
     """SR-14 (amended): 6,800 speed changes the core refuses (out of range), sent as fast as a
     client can, mid-session, with ``journal.max_size_mb = 1``: the journal records them as
-    counts a second, does not fill, latches no fault; the session runs on."""
+    counts a second, does not fill, latches no fault; the session runs on (SR-15)."""
     tm = "tm-refusal-flood"
     flood = 6800
-    make_daemon(treadmill_id=tm, env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "1"})
+    daemon = make_daemon(treadmill_id=tm, env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "1"})
     async with clinician(broker, tm) as doc:
         await doc.start_running("u-36", program="first_session")
         for n in range(flood):
@@ -283,6 +321,10 @@ async def test_sr14_sr15_a_flood_of_refused_commands_is_coalesced_and_stops_no_s
         assert state["latched"] is None
         assert state["journal"]["nearly_full"] is False
         ok(await doc.command("stop"))
+    # Nor does it flood the log: each refusal up to 20 a second, then their number.
+    log = daemon.log_text()
+    assert log.count('"mqtt_command_refused"') < flood / 10
+    assert '"mqtt_commands_refused_not_logged"' in log
 
 
 # ----------------------------------------------------------------------------- SR-11
