@@ -98,9 +98,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def _any_text(min_size: int = 0, max_size: int = 20) -> st.SearchStrategy[str]:
     """All of Unicode: lone surrogates (valid in JSON as escapes), control characters,
     unassigned and private-use code points included."""
-    return st.text(
-        alphabet=st.characters(exclude_categories=()), min_size=min_size, max_size=max_size
-    )
+    # Surrogates and control characters are a sliver of Unicode: drawn on their own too, so
+    # that they are common rather than rare. (Joined from a list: st.text merges a union of
+    # character strategies into one that leaves surrogates out.)
+    char = st.characters(exclude_categories=()) | st.characters(categories=["Cs", "Cc"])
+    return st.lists(char, min_size=min_size, max_size=max_size).map("".join)
 
 
 def _json_values() -> st.SearchStrategy[Any]:
@@ -141,6 +143,33 @@ def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def _well_formed_commands() -> st.SearchStrategy[dict[str, Any]]:
+    """Commands the contract's shape accepts, each field drawn from its whole space: they reach
+    the daemon's handlers (the journal, the core), not only the parser."""
+    command_id = _any_text(min_size=1, max_size=64)
+    stamp = st.none() | st.floats(min_value=0.0, max_value=1e11)
+    start = st.fixed_dictionaries(
+        {"id": command_id, "type": st.just("start_session"), "user": _any_text(max_size=70)},
+        optional={
+            "program": _any_text() | st.sampled_from(["first_session", "reverse_walking"]),
+            "cap_s": _numbers(),
+            "target_mph": _numbers(),
+            "ts": stamp,
+        },
+    )
+    speed = st.fixed_dictionaries(
+        {"id": command_id, "type": st.just("set_speed"), "mph": _numbers()},
+        optional={"ts": stamp},
+    )
+    other = st.fixed_dictionaries(
+        {"id": command_id, "type": st.sampled_from(["stop", "reset", "heartbeat"])},
+        optional={"ts": stamp},
+    )
+    return (start | speed | other).map(
+        lambda o: {k: v for k, v in o.items() if v is not None or k != "ts"}
+    )
+
+
 def _is_valid_estop(obj: Any) -> bool:
     """An estop the daemon would carry out (a ``ts`` of any value is left out with it: an
     estop is obeyed however it is stamped)."""
@@ -154,7 +183,9 @@ def _is_valid_estop(obj: Any) -> bool:
 
 
 def _payloads() -> st.SearchStrategy[bytes]:
-    as_json = (_json_values() | _almost_commands()).filter(lambda o: not _is_valid_estop(o))
+    as_json = (_json_values() | _almost_commands() | _well_formed_commands()).filter(
+        lambda o: not _is_valid_estop(o)
+    )
     return st.one_of(
         st.binary(max_size=64),
         st.binary(min_size=4090, max_size=4200),  # around the 4 KiB limit
