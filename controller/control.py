@@ -6,10 +6,16 @@ estop command) are handled the moment they arrive: :meth:`Controller.submit` ask
 on an emergency stop, calls the driver before it returns (SR-13). Time-based rules (the grip
 debounce, a sensor going silent) get a timer at the exact time the core says they fall due, so
 they do not wait for the next 20 Hz tick either.
+
+What hears of the core's events (the journal, the MQTT link, the daemon's policies) is attached
+with :meth:`Controller.subscribe`, in the order it is to hear them, and each listener runs under
+its own guard: one that raises is logged (at most once a second) and skips neither the
+listeners after it nor the deadline timer, and never reaches the input's sender (SR-15).
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +54,18 @@ class StopIssued:
 
 
 EventListener = Callable[[Event], None]
+# Decides, before any listener hears of it, whether an event is delivered now (True) or held
+# back (a refusal the daemon's coalescer counts instead, SR-14).
+EventGate = Callable[[Event], bool]
+LISTENER_LOG_EVERY_S = 1.0
+
+
+@dataclass
+class _Listener:
+    name: str
+    call: EventListener
+    failures: int = 0
+    logged_t: float = float("-inf")
 
 
 class Controller:
@@ -62,7 +80,9 @@ class Controller:
         self.core = core
         self.driver = driver
         self.timers = timers
-        self.listeners: list[EventListener] = []
+        self._listeners: list[_Listener] = []
+        self.gate: EventGate | None = None
+        self._gate_health = _Listener("gate", lambda _ev: None)  # its failures, for the log
         self.stops: list[StopIssued] = []
         self._log = logger if logger is not None else structlog.get_logger("treadguard")
         self._deadline: float | None = None
@@ -104,12 +124,47 @@ class Controller:
             return decision  # feedback as fresh as the tick has already let time pass
         return self.submit(Tick(t=now))
 
+    def subscribe(self, listener: EventListener, *, name: str | None = None) -> None:
+        """Attach a listener; listeners hear each event in the order they were attached."""
+        label = name if name is not None else getattr(listener, "__qualname__", repr(listener))
+        self._listeners.append(_Listener(label, listener))
+
+    def publish(self, ev: Event) -> None:
+        """Deliver one event to every listener, each under its own guard. For events that do
+        not come from the core (a refusal made before it); the gate is not asked."""
+        self._log.info(ev.type.value, t=round(ev.t, 3), **ev.fields)
+        for listener in self._listeners:
+            try:
+                listener.call(ev)
+            except Exception as exc:  # SR-15: the next listener and the deadline timer go on
+                self._listener_failed(listener, ev, exc)
+
     def _publish(self, ev: Event) -> None:
         if ev.type in (EventType.ESTOP, EventType.FAULT) and self.stops:
             ev = Event(ev.type, ev.t, {**ev.fields, "stop_latency_ms": self.stops[-1].latency_ms})
-        self._log.info(ev.type.value, t=round(ev.t, 3), **ev.fields)
-        for listener in self.listeners:
-            listener(ev)
+        if self.gate is not None:
+            try:
+                deliver = self.gate(ev)
+            except Exception as exc:  # a gate that fails holds nothing back
+                self._listener_failed(self._gate_health, ev, exc)
+                deliver = True
+            if not deliver:
+                return
+        self.publish(ev)
+
+    def _listener_failed(self, listener: _Listener, ev: Event, exc: Exception) -> None:
+        listener.failures += 1
+        now = self.timers.time()
+        if now - listener.logged_t >= LISTENER_LOG_EVERY_S:
+            listener.logged_t = now
+            self._log.error(
+                "listener_failed",
+                listener=listener.name,
+                on_event=ev.type.value,
+                failures=listener.failures,
+                error=repr(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            )
 
     def _arm_deadline(self) -> None:
         due = self.core.next_deadline()

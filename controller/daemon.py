@@ -19,7 +19,7 @@ import asyncio
 import gc
 import math
 import signal
-import time
+import traceback
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
 from controller.control import Controller
 from controller.drives import build_driver, in_process_rig
-from controller.journal import Journal, JournalError
+from controller.journal import WARN_FRACTION, Journal, JournalError
 from controller.loop import LoopHealth, ScaledClock, run_control_loop
 from controller.mqtt_contract import (
     CommandReply,
@@ -40,8 +40,10 @@ from controller.mqtt_contract import (
 )
 from controller.mqtt_link import TabletLink, unix_mapper
 from controller.mqtt_settings import broker_settings
+from controller.refusals import RefusalCoalescer
 from controller.sensors import SensorHub
 from controller.systemd import Notifier
+from controller.wallclock import wall_clock
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore
 from safety.decisions import (
@@ -64,6 +66,7 @@ from safety.inputs import (
     LoopOverrun,
     Shutdown,
     StartSession,
+    Stop,
     Tick,
 )
 from safety.limits import STANDSTILL_MPH
@@ -72,7 +75,12 @@ SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
-REFUSALS_PER_S = 10  # refusals made before the core: journaled and published at most this often
+FAILURE_LOG_EVERY_S = 1.0  # an unexpected failure of a command's handling: logged this often
+
+
+def _reason(exc: Exception) -> str:
+    """SQLite's own words for a journal error; the type too for anything unforeseen."""
+    return str(exc) if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -97,9 +105,14 @@ class Daemon:
         self._ready = False
         self._clean_exit = False
         self._last_watchdog = -math.inf
-        self._refusal_window_t = -math.inf
-        self._refusals_in_window = 0
-        self._refusals_left_out = 0
+        # One coalescer for every refusal, the core's and the contract's (SR-14).
+        self.refusals = RefusalCoalescer()
+        self._journal_used = 0.0
+        self._journal_warned = False
+        self._failures = 0
+        self._failure_logged_t = -math.inf
+        # The one wall clock (SR-16): for the journal's records and the published ts only.
+        self.wall = wall_clock()
         # Built in run(): they need the running event loop.
         self.core: SafetyCore
         self.controller: Controller
@@ -113,7 +126,7 @@ class Daemon:
         loaded, cfg = self.loaded, self.loaded.config
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
         self.health = LoopHealth(1.0 / cfg.control.tick_hz, late_ticks_to_stop=LATE_TICKS_TO_STOP)
-        self.to_unix = unix_mapper(clock.time)
+        self.to_unix = unix_mapper(clock.time, self.wall)
         self._open_journal()
         self.core = SafetyCore(
             cfg.safety,
@@ -130,7 +143,7 @@ class Daemon:
             self.driver = build_driver(loaded, clock.time)
             self.drive_description = f"{cfg.drive.kind} driver"
         self.controller = Controller(self.core, self.driver, clock, logger=self._log)
-        self.sensors = SensorHub(cfg.sensors.effective_inputs(), self.controller.submit)
+        self.sensors = SensorHub(cfg.sensors.effective_inputs(), self._submit_reading)
         self._programs = encode_programs(
             loaded.programs,
             cfg.safety,
@@ -162,10 +175,13 @@ class Daemon:
             on_refused=self._refused_before_the_core,
             logger=self._log.bind(part="mqtt"),
         )
-        # The journal first: an event is on disk before the link can publish it (SR-14).
-        self.controller.listeners.append(self._journal_event)
-        self.controller.listeners.append(self.link.on_event)
-        self.controller.listeners.append(self._on_event_status)
+        # Wiring by listener order, each under the controller's guard: refusals pass the
+        # coalescer first; then the journal, so an event is on disk before the link can
+        # publish it (SR-14); then the link; then systemd's status line.
+        self.controller.gate = self._admit_event
+        self.controller.subscribe(self._journal_event, name="journal")
+        self.controller.subscribe(self.link.on_event, name="mqtt")
+        self.controller.subscribe(self._on_event_status, name="systemd-status")
 
     # ------------------------------------------------------------------ journal (SR-14)
 
@@ -177,7 +193,7 @@ class Daemon:
         path = self.loaded.resolve(cfg.path)
         try:
             self.journal = Journal.open(path, max_size_mb=cfg.max_size_mb)
-            interrupted = self.journal.close_interrupted(time.time())
+            interrupted = self.journal.close_interrupted(self.wall())
             self._sessions_before = self.journal.last_session_id()
         except JournalError as exc:
             self.journal = None
@@ -189,11 +205,12 @@ class Daemon:
     def _journal_event(self, event: Event) -> None:
         if self.journal is not None:
             try:
-                self.journal.record(event, self.to_unix(event.t))
-            except (JournalError, ValueError, TypeError) as exc:
-                # A record that cannot be written, for whatever reason, is a journal failure:
-                # never an exception out of the controller's submit.
-                self._journal_failed(str(exc))
+                # Records keep real wall time, stepped or not (the published ts does not).
+                self.journal.record(event, self.wall() - (self.clock.time() - event.t))
+            except Exception as exc:
+                # A record that cannot be written, for whatever reason, foreseen or not, is a
+                # journal failure (fail closed, SR-14): never an exception out of the listener.
+                self._journal_failed(_reason(exc))
 
     def tick(self) -> None:
         """The control tick, with what watches it: the loop's health (a tick more than two
@@ -237,7 +254,11 @@ class Daemon:
         """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
         programs a tablet may offer, and which wired sensor inputs cannot be read, and why."""
         loop: JsonObject = {**self.health.as_json()}
-        extra: JsonObject = {"loop": loop, "programs": self._programs}
+        journal: JsonObject = {
+            "used_pct": round(self._journal_used * 100.0),
+            "nearly_full": self._journal_warned,
+        }
+        extra: JsonObject = {"loop": loop, "programs": self._programs, "journal": journal}
         problems = self.sensors.problems()
         if problems:
             extra["sensor_problems"] = {**problems}
@@ -250,21 +271,50 @@ class Daemon:
         if self.journal is not None:
             try:
                 self.journal.commit()
-            except JournalError as exc:
-                self._journal_failed(str(exc))
+            except Exception as exc:  # called by the link's outbox: never raised into it
+                self._journal_failed(_reason(exc))
 
     def _journal_tick(self) -> None:
-        """Twice a second: the belt's speed while a session is open, and a commit, so that
-        the journal is up to date even while nothing is published (a broker that is down)."""
+        """Twice a second: the counts of refusals whose second has ended, the belt's speed
+        while a session is open, a commit (so the journal is up to date even while nothing is
+        published: a broker that is down) and a look at how full the journal is."""
+        self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
+        for counted in self.refusals.due(self.clock.time()):
+            self.controller.publish(counted)
         if self.journal is not None:
             snap = self.core.snapshot()
             try:
                 if snap.session is not None:
-                    self.journal.sample(time.time(), snap.belt_mph, snap.target_mph)
+                    self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
                 self.journal.commit()
-            except JournalError as exc:
-                self._journal_failed(str(exc))
-        self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
+                self._journal_used = self.journal.used_fraction()
+            except Exception as exc:
+                self._journal_failed(_reason(exc))
+            self._warn_journal_nearly_full()
+
+    def _warn_journal_nearly_full(self) -> None:
+        """SR-14: a journal nearing its size limit warns the operator (log, event, and the
+        state's ``journal`` field) well before it is full and faults."""
+        if self._journal_warned or self._journal_used < WARN_FRACTION:
+            return
+        self._journal_warned = True
+        limit_mb = self.loaded.config.journal.max_size_mb
+        used_pct = round(self._journal_used * 100.0, 1)
+        self._log.warning("journal_nearly_full", used_pct=used_pct, limit_mb=limit_mb)
+        self.controller.publish(
+            Event(
+                EventType.JOURNAL_WARNING,
+                self.clock.time(),
+                {
+                    "used_pct": used_pct,
+                    "limit_mb": limit_mb,
+                    "message": (
+                        f"the journal is {used_pct:g} % full (limit {limit_mb:g} MB): archive "
+                        "it or raise journal.max_size_mb before it fills and stops sessions"
+                    ),
+                },
+            )
+        )
 
     def _journal_failed(self, detail: str) -> None:
         """A full disk, a read-only file system: the belt stops, no session starts (the core
@@ -289,41 +339,49 @@ class Daemon:
         )
 
     def _execute(self, command: Command) -> Reply | None:
-        """A tablet command; a start carries the user's history from the journal."""
-        if isinstance(command, StartSession):
-            if self._signals:
-                return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
-            command = replace(command, returning=self._returning(command.user))
-        if self._journal_problem is not None:
-            # Found during this read (its report is only scheduled): the core hears of it
-            # before the command, so no start goes ahead on a journal known to be broken.
-            self._report_journal_problem()
-        return self.controller.submit(command).reply
+        """A tablet command; a start carries the user's history from the journal.
+
+        Should its handling fail unexpectedly, a stop still reaches the driver (fail closed)
+        and the exception goes on to the contract, which answers ``internal_error`` and hands
+        it to the link's log and to :meth:`_refused_before_the_core` (SR-15)."""
+        try:
+            if isinstance(command, StartSession):
+                if self._signals:
+                    return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
+                command = replace(command, returning=self._returning(command.user))
+            if self._journal_problem is not None:
+                # Found during this read (its report is only scheduled): the core hears of it
+                # before the command, so no start goes ahead on a journal known to be broken.
+                self._report_journal_problem()
+            return self.controller.submit(command).reply
+        except Exception:
+            if isinstance(command, EStop):
+                self.driver.emergency_stop()
+            elif isinstance(command, Stop):
+                self.driver.command_speed(0.0)
+            raise
+
+    def _admit_event(self, event: Event) -> bool:
+        """The controller's gate: a refusal the coalescer holds back is counted instead; the
+        count of a second that has ended goes out first."""
+        admitted = self.refusals.admit(event)
+        for counted in self.refusals.take_closed():
+            self.controller.publish(counted)
+        return admitted
 
     def _refused_before_the_core(self, reply: CommandReply, kind: str | None) -> None:
-        """A command the link refused itself (malformed, retained, too old): a command_refused
-        event like the core's, journaled before the reply goes out and published (SR-14). At
-        most REFUSALS_PER_S a second: a tablet gone mad must not fill the journal; the next
-        one reported says how many were left out."""
-        now = self.clock.time()
-        if now - self._refusal_window_t >= 1.0:
-            self._refusal_window_t, self._refusals_in_window = now, 0
-        if self._refusals_in_window >= REFUSALS_PER_S:
-            self._refusals_left_out += 1
-            return
-        self._refusals_in_window += 1
+        """A command the link refused itself (malformed, retained, too old, or whose handling
+        failed): a command_refused event like the core's, through the same coalescer,
+        journaled before the reply goes out and published (SR-14)."""
         assert reply.error is not None
         fields: dict[str, JsonScalar] = {
             "command": kind if kind is not None else "unreadable",
             "code": reply.error.value,
             "message": reply.message,
         }
-        if self._refusals_left_out:
-            fields["left_out"] = self._refusals_left_out
-            self._refusals_left_out = 0
-        event = Event(EventType.COMMAND_REFUSED, now, fields)
-        for listener in self.controller.listeners:
-            listener(event)
+        event = Event(EventType.COMMAND_REFUSED, self.clock.time(), fields)
+        if self._admit_event(event):
+            self.controller.publish(event)
 
     def _returning(self, user: str) -> bool:
         if self.journal is None:
@@ -335,6 +393,24 @@ class Daemon:
             return False
 
     # ------------------------------------------------------------------ sensors
+
+    def _submit_reading(self, reading: GripReading | FallReading) -> None:
+        """The sensor readers' dispatcher (GPIO, Modbus, MQTT): a reading whose handling fails
+        unexpectedly is logged (at most once a second, with a count) and lost, so its sensor
+        goes stale, unsafe (SR-8); it never ends the reader's task, nor the daemon (SR-15)."""
+        try:
+            self.controller.submit(reading)
+        except Exception as exc:
+            self._failures += 1
+            now = self.clock.time()
+            if now - self._failure_logged_t >= FAILURE_LOG_EVERY_S:
+                self._failure_logged_t = now
+                self._log.error(
+                    "sensor_reading_failed",
+                    count=self._failures,
+                    error=repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
 
     def _on_sensor_message(self, name: str, payload: bytes) -> None:
         """A reading on ``<p>/sensors/<name>``. It counts from its arrival on the monotonic

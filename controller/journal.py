@@ -8,6 +8,8 @@ sync per batch rather than one per event.
 
 Every failure is a :class:`JournalError` with SQLite's reason ("database or disk is full",
 "attempt to write a readonly database", ...); the daemon turns it into a latched fault.
+:meth:`Journal.used_fraction` says how close to its size limit it is, so the operator is warned
+(at ``WARN_FRACTION``) well before that fault (SR-14).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ CREATE INDEX IF NOT EXISTS samples_by_session ON samples(session_id);
 # Sessions that count as a treadmill session had: the belt ran and the session ended as
 # planned or by the clinician, not in a stop of any kind.
 HISTORY_REASONS = ("cap", "completed", "operator_stop")
+# The share of journal.max_size_mb at which the operator is warned: at the coalesced rate of
+# refusals and a session's samples, the last fifth still lasts hours.
+WARN_FRACTION = 0.8
 
 
 class JournalError(Exception):
@@ -118,6 +123,15 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def used_fraction(self) -> float:
+        """How full the journal is: its pages in use (the write-ahead log's included, as SQLite
+        counts them against ``max_page_count``) over the most it may have, 0.0 to 1.0."""
+        pages = int(self._query("PRAGMA page_count")[0][0])
+        free = int(self._query("PRAGMA freelist_count")[0][0])  # deleted rows' pages, reused
+        most = int(self._query("PRAGMA max_page_count")[0][0])
+        used = pages - free
+        return min(1.0, used / most) if most > 0 else 1.0
 
     # ------------------------------------------------------------------ writing
 

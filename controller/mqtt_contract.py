@@ -6,8 +6,11 @@ safety core's clock) and a function that maps monotonic seconds to unix seconds 
 - :func:`parse_command` turns a raw ``<p>/cmd`` payload into a :class:`ParsedCommand` (a
   ``safety.inputs`` command and its id) or a :class:`CommandReply` refusal. It never raises.
 - :class:`DuplicateFilter` remembers the replies to recent ids so that a repeated command is
-  answered with its original reply and not run twice.
-- :func:`answer_command` is the whole pipeline: parse, de-duplicate, execute, reply.
+  answered with its original reply and not run twice (``stop`` and ``estop`` excepted: they
+  are carried out every time, SR-12).
+- :func:`answer_command` is the whole pipeline: parse, de-duplicate, execute, reply. Nothing
+  that ``execute`` raises leaves it: an unexpected failure is answered ``internal_error``
+  (SR-15).
 - :func:`encode_state`, :func:`encode_event` and :func:`encode_reply` build the outgoing JSON.
 - :func:`parse_sensor_payload` reads ``<p>/sensors/<name>``.
 """
@@ -16,13 +19,21 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from safety.core import Snapshot
 from safety.decisions import Event, Refused, Reply, State
@@ -74,6 +85,7 @@ class ErrorCode(StrEnum):
     DUPLICATE = "duplicate"
     # More commands than the daemon answers one by one; never for stop or estop (the link's).
     RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
 
 
 # ------------------------------------------------------------------------------- topics
@@ -155,6 +167,23 @@ def reply_from_core(command_id: str, reply: Reply | None) -> CommandReply:
 CommandId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
 
 
+def _printable(value: str) -> str:
+    """Text a person reads and the journal stores (a user name, a program name) holds neither
+    lone surrogates (valid JSON, but no Unicode text: they cannot be stored, encoded or shown)
+    nor control characters (they would garble a report or a log line). Refused here, at the
+    contract, as ``invalid_command`` (SR-15)."""
+    for position, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise ValueError(f"a lone surrogate (U+{ord(char):04X}) at position {position}")
+        if category == "Cc":
+            raise ValueError(f"a control character (U+{ord(char):04X}) at position {position}")
+    return value
+
+
+PrintableText = Annotated[str, AfterValidator(_printable)]
+
+
 class _CommandModel(BaseModel):
     # strict: a string "1.0" or a boolean is not a number; no silent coercion.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -167,8 +196,8 @@ class _CommandModel(BaseModel):
 
 class StartSessionModel(_CommandModel):
     type: Literal["start_session"]
-    user: str
-    program: str | None = None
+    user: PrintableText
+    program: PrintableText | None = None
     cap_s: float | None = None
     target_mph: float | None = None
 
@@ -421,6 +450,31 @@ class DuplicateFilter:
 
 
 Execute = Callable[[Command], Reply | None]
+OnRefused = Callable[[CommandReply, str | None], None]
+OnFailure = Callable[[Exception, CommandReply], None]
+# Carried out every time they arrive, whatever their id (SR-12): a repeated stop is harmless,
+# an ignored one is not (a tablet whose E-STOP button sends a fixed id).
+_ALWAYS_RUN = (Stop, EStop)
+
+
+def internal_error(command_id: str | None, kind: str | None, exc: BaseException) -> CommandReply:
+    """The reply to a command whose handling failed unexpectedly (SR-15)."""
+    what = f"this {kind}" if kind in COMMAND_TYPES else "this command"
+    return CommandReply(
+        command_id,
+        ErrorCode.INTERNAL_ERROR,
+        f"handling {what} failed unexpectedly ({type(exc).__name__}); the controller carries "
+        "on and the failure is in its journal",
+    )
+
+
+def readable_id(payload: bytes) -> str | None:
+    """The id of a payload, for a reply when everything else about it failed. Never raises."""
+    try:
+        obj = _loads(payload) if len(payload) <= MAX_PAYLOAD_BYTES else None
+    except (_BadJson, ValueError, TypeError):
+        return None
+    return _readable_id(obj) if isinstance(obj, dict) else None
 
 
 def answer_command(
@@ -431,14 +485,22 @@ def answer_command(
     seen: DuplicateFilter,
     execute: Execute,
     now_unix: float | None = None,
-    on_refused: Callable[[CommandReply, str | None], None] | None = None,
+    on_refused: OnRefused | None = None,
+    on_failure: OnFailure | None = None,
 ) -> CommandReply:
     """Parse, de-duplicate, run at most once, and build the reply for one ``<p>/cmd`` payload.
 
     ``on_refused`` hears of the refusals made here, before the core (malformed, retained,
-    too old; with the command's type when it could be read): the core reports its own, as
-    command_refused events, and these must reach the journal too (SR-14). A retransmission
-    of a refused command is not reported again."""
+    too old, an unexpected failure; with the command's type when it could be read): the core
+    reports its own, as command_refused events, and these must reach the journal too (SR-14).
+    A retransmission of a refused command is not reported again.
+
+    ``stop`` and ``estop`` are the exception to the duplicate rule: run again every time
+    (SR-12), and answered as any command is.
+
+    An exception out of ``execute`` is answered ``internal_error`` and handed to
+    ``on_failure`` (to be logged) and ``on_refused`` (to be journaled): never raised (SR-15).
+    """
     parsed = parse_command(payload, retained=retained, t=t, now_unix=now_unix)
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
@@ -451,10 +513,22 @@ def answer_command(
         if on_refused is not None:
             on_refused(parsed, _readable_type(payload))
         return parsed
-    earlier = seen.lookup(parsed.id, parsed.fingerprint)
-    if earlier is not None:
-        return earlier
-    reply = reply_from_core(parsed.id, execute(parsed.command))
+    always = isinstance(parsed.command, _ALWAYS_RUN)
+    if not always:
+        earlier = seen.lookup(parsed.id, parsed.fingerprint)
+        if earlier is not None:
+            return earlier
+    try:
+        reply = reply_from_core(parsed.id, execute(parsed.command))
+    except Exception as exc:  # SR-15: no handler raises into its caller
+        kind = _readable_type(payload)
+        reply = internal_error(parsed.id, kind, exc)
+        seen.remember(parsed.id, parsed.fingerprint, reply)
+        if on_failure is not None:
+            on_failure(exc, reply)
+        if on_refused is not None:
+            on_refused(reply, kind)
+        return reply
     seen.remember(parsed.id, parsed.fingerprint, reply)
     return reply
 

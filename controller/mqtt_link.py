@@ -4,7 +4,7 @@
 
     async with TabletLink(treadmill_id="tm-01", host="localhost", execute=..., snapshot=...,
                           now=clock.time, to_unix=unix_mapper(clock.time)) as link:
-        controller.listeners.append(link.on_event)
+        controller.subscribe(link.on_event, name="mqtt")
         ...
 
 What it does, per connection (a fresh ``aiomqtt.Client`` every try, so a lost connection never
@@ -54,6 +54,7 @@ import secrets
 import socket
 import ssl
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ from controller.mqtt_contract import (
     encode_event,
     encode_reply,
     encode_state,
+    internal_error,
+    readable_id,
     state_key,
     to_payload,
 )
@@ -89,6 +92,7 @@ from safety.core import Snapshot
 from safety.decisions import Event, EventType
 
 ONLINE = b"online"
+REFUSALS_LOGGED_PER_S = 20
 OFFLINE = b"offline"
 
 # Commands whose reply is never dropped nor refused for rate (MQTT-API.md: rate_limited is never
@@ -147,10 +151,18 @@ class TlsSettings:
         return context
 
 
-def unix_mapper(now: Callable[[], float]) -> ToUnix:
-    """Map times of the monotonic clock ``now`` to unix seconds (offset taken once, here)."""
-    offset = time.time() - now()
+def unix_mapper(now: Callable[[], float], wall: Callable[[], float] = time.time) -> ToUnix:
+    """Map times of the monotonic clock ``now`` to unix seconds, with the offset to the wall
+    clock taken once, here (SR-16). The state's and events' ``ts`` and the check of a stamped
+    command's age all use this one mapping, so a later step of the wall clock (NTP after
+    boot), either way and of any size, changes neither what a tablet sees as the daemon's time
+    nor which commands are accepted."""
+    offset = wall() - now()
     return lambda t: t + offset
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
 
 
 class _Stopping(Exception):
@@ -266,6 +278,11 @@ class TabletLink:
         self._refused_waiting = 0  # of which: in the outbox
         self.published = 0  # events and replies acknowledged by the broker
         self._drops_reported_t = -math.inf
+        self._failures: dict[str, int] = {}  # unexpected exceptions in handlers, per kind
+        self._refusal_log_t = -math.inf
+        self._refusals_logged = 0
+        self._refusals_not_logged = 0
+        self._failures_logged: dict[str, float] = {}
 
     # ------------------------------------------------------------------ public surface
 
@@ -407,6 +424,11 @@ class TabletLink:
             self._connected = False
             if not self._stop.is_set():  # stopping: the final flush still hears its PUBACKs
                 self._reset_outbox()
+        # Stopping: no command is read after this; the reply to each one read, the session's
+        # end and the final state still go out (and are acknowledged) in the flush.
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await client.unsubscribe(self.topics.cmd)
         await self._flush(client)
         await self._say_offline(client)
 
@@ -433,39 +455,53 @@ class TabletLink:
         for topic in self._sensor_topics:
             paho.message_callback_add(topic, self._on_sensor_message)
 
+    # paho calls these from its read loop: an exception out of them would end the connection
+    # (aiomqtt takes it for a dead link), drop what arrives until the reconnect and, redelivered,
+    # fail the same way again. Each is guarded here, at its dispatcher (SR-15).
+
     def _on_sensor_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
-        name = self._sensor_topics.get(message.topic)
-        # A retained reading is an old one replayed by the broker, never a live one.
-        if name is not None and not message.retain and self._on_sensor is not None:
-            self._on_sensor(name, bytes(message.payload))
+        try:
+            name = self._sensor_topics.get(message.topic)
+            # A retained reading is an old one replayed by the broker, never a live one.
+            if name is not None and not message.retain and self._on_sensor is not None:
+                self._on_sensor(name, bytes(message.payload))
+        except Exception as exc:  # the reading is lost: its sensor goes stale, unsafe (SR-8)
+            self._failed("sensor_handler_failed", exc, topic=message.topic)
 
     def _on_command_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
-        if self._stop.is_set():
-            return
+        # A command that arrives while the link is stopping is still answered: a start is
+        # refused by the daemon, a stop or estop carried out (the loop still runs).
         payload = bytes(message.payload)
         if message.retain and not payload:
             return  # someone clearing a retained command: not a command
-        command_id, kind = _peek(payload)
+        command_id, kind = _peek(payload)  # never raises
         keep = kind in NEVER_LIMITED
-        if not keep and len(self._replies) >= self._buffer:
-            self._refuse_rate_limited(command_id)
-            return
+        try:
+            if not keep and len(self._replies) >= self._buffer:
+                self._refuse_rate_limited(command_id)
+                return
+            reply = self._answer(payload, retained=bool(message.retain))
+        except Exception as exc:
+            reply = internal_error(readable_id(payload), None, exc)
+            self._failed("command_handler_failed", exc, id=reply.id)
+        self._queue_reply(reply, keep=keep)
+
+    def _answer(self, payload: bytes, *, retained: bool) -> CommandReply:
+        t = self._now()
         reply = answer_command(
             payload,
-            retained=bool(message.retain),
-            t=self._now(),
+            retained=retained,
+            t=t,
             seen=self._seen,
             execute=self._execute,
-            now_unix=time.time(),
+            # The stamp is judged on the clock the state's ts shows, never the live wall clock.
+            now_unix=self._to_unix(t),
             on_refused=self._on_refused,
+            on_failure=self._command_failed,
         )
         if not reply.ok:
-            assert reply.error is not None
-            self._log.info(
-                "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
-            )
-        self._look = True  # the command may have changed the state: it goes out first
-        self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
+            self._log_refusal(reply)
+        return reply
 
     def _refuse_rate_limited(self, command_id: str | None) -> None:
         """More commands than the outbox answers one by one: this one is not run (SR-15).
@@ -495,6 +531,43 @@ class TabletLink:
         ).to_json()
         reply["ids"] = [*ids]
         return to_payload(reply)
+
+    def _log_refusal(self, reply: CommandReply) -> None:
+        """Each refusal is logged, up to REFUSALS_LOGGED_PER_S a second; past that only their
+        number, once the second is over: a flood must not flood the log (SR-15)."""
+        assert reply.error is not None
+        now = self._now()
+        if now - self._refusal_log_t >= 1.0:
+            if self._refusals_not_logged:
+                self._log.warning(
+                    "mqtt_commands_refused_not_logged", count=self._refusals_not_logged
+                )
+            self._refusal_log_t, self._refusals_logged, self._refusals_not_logged = now, 0, 0
+        if self._refusals_logged >= REFUSALS_LOGGED_PER_S:
+            self._refusals_not_logged += 1
+            return
+        self._refusals_logged += 1
+        self._log.info(
+            "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
+        )
+
+    def _command_failed(self, exc: Exception, reply: CommandReply) -> None:
+        self._failed("command_failed", exc, id=reply.id)
+
+    def _failed(self, what: str, exc: BaseException, **fields: Any) -> None:
+        """An unexpected exception in a handler: logged with its traceback at most once a
+        second per kind, with the count of those not logged, so a flood of bad payloads cannot
+        flood the log or burn the CPU (SR-15)."""
+        count = self._failures.get(what, 0) + 1
+        self._failures[what] = count
+        now = self._now()
+        if now - self._failures_logged.get(what, -math.inf) >= 1.0:
+            self._failures_logged[what] = now
+            self._log.error(what, count=count, error=repr(exc), traceback=_trace(exc), **fields)
+
+    def _queue_reply(self, reply: CommandReply, *, keep: bool) -> None:
+        self._look = True  # the command may have changed the state: it goes out first
+        self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts."""

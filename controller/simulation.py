@@ -214,7 +214,7 @@ class ScenarioRun:
         self.belt = self.rig.belt
         self.driver = _RecordingDriver(self.rig.driver, lambda: self.core.now)
         self.controller = Controller(self.core, self.driver, timers)
-        self.controller.listeners.append(self._on_event)
+        self.controller.subscribe(self._on_event, name="simulation")
         self.report_interval_s = cfg.sensors.report_interval_s
         self.tick_period_s = 1.0 / cfg.control.tick_hz
         world = scenario.world

@@ -47,6 +47,7 @@ class EventType(StrEnum):
     GRIP_WARNING = "grip_warning"
     SENSOR_STALE = "sensor_stale"
     COMMAND_REFUSED = "command_refused"
+    JOURNAL_WARNING = "journal_warning"
     BELT_FOUND_MOVING = "belt_found_moving"
 
 

@@ -32,6 +32,7 @@ from safety.inputs import (
     Heartbeat,
     Input,
     Sensor,
+    SetSpeed,
     StartSession,
 )
 from simulator.belt import Belt, BeltParams
@@ -84,7 +85,7 @@ class Rig:
         self.core = SafetyCore(cfg.safety, loaded.programs, default_program=cfg.programs.default)
         self.controller = Controller(self.core, self.driver, self.loop, logger=_QuietLog())
         self.events: list[Event] = []
-        self.controller.listeners.append(self.events.append)
+        self.controller.subscribe(self.events.append)
         self.tick_period = 1.0 / cfg.control.tick_hz
         self.report_s = cfg.sensors.report_interval_s
         self.hands = {Hand.LEFT: True, Hand.RIGHT: True}
@@ -518,3 +519,67 @@ async def test_run_control_loop_ticks_on_a_scaled_clock(loaded: LoadedConfig) ->
     assert status is not None
     assert status.speed_mph == 0.0
     assert core.state is State.IDLE
+
+
+# --------------------------------------------------------------------------- SR-15 listeners
+
+
+class _Log(_QuietLog):
+    def __init__(self) -> None:
+        self.errors: list[dict[str, Any]] = []
+
+    def error(self, event: str, **kwargs: Any) -> None:
+        self.errors.append({"event": event, **kwargs})
+
+
+def test_sr15_a_listener_that_raises_skips_neither_the_next_listener_nor_the_deadline(
+    loaded: LoadedConfig,
+) -> None:
+    """SR-15: a listener that raises (here on every event) is logged at most once a second;
+    the listeners after it hear every event, the input's caller gets its decision, and the
+    deadline timer still stops the belt when both grips are let go, without ticks."""
+    rig = Rig(loaded)
+    log = _Log()
+    rig.controller._log = log
+    calls: list[EventType] = []
+
+    def broken(ev: Event) -> None:
+        calls.append(ev.type)
+        raise RuntimeError("a listener with a bug")
+
+    rig.controller.subscribe(broken, name="broken")
+    after: list[Event] = []
+    rig.controller.subscribe(after.append, name="after")
+    rig.start_running()
+    assert calls
+    assert [ev.type for ev in after] == calls
+    assert 1 <= len(log.errors) <= 10  # one a second at most: the session took ~9 s
+    assert log.errors[0]["listener"] == "broken"
+    assert "a listener with a bug" in log.errors[0]["traceback"]
+    rig.ticking = False
+    t0 = rig.loop.time()
+    rig.hands = {Hand.LEFT: False, Hand.RIGHT: False}
+    rig.run_until(t0 + 2.0)
+    assert rig.driver.emergency_stops == 1
+    assert EventType.ESTOP in [ev.type for ev in after]
+
+
+def test_sr14_a_gate_holds_back_only_what_it_says_and_a_failing_gate_holds_nothing(
+    loaded: LoadedConfig,
+) -> None:
+    rig = Rig(loaded)
+    rig.controller._log = _Log()
+    held: list[Event] = []
+
+    def gate(ev: Event) -> bool:
+        if ev.type is EventType.COMMAND_REFUSED:
+            held.append(ev)
+            return False
+        raise KeyError("a gate with a bug")
+
+    rig.controller.gate = gate
+    rig.controller.submit(SetSpeed(t=0.0, mph=1.0))  # no session: refused
+    rig.start_running()
+    assert [ev.type for ev in held] == [EventType.COMMAND_REFUSED]
+    assert EventType.COMMAND_REFUSED not in [ev.type for ev in rig.events]
+    assert EventType.SESSION_STARTED in [ev.type for ev in rig.events]

@@ -1,6 +1,10 @@
 """SR-15 against the real daemon: random payloads on ``<p>/cmd`` (raw bytes, random JSON, and
-commands that are almost right) are each answered, the daemon stays alive, and the belt's
-state never changes.
+commands that are almost right, every field drawn from all of Unicode, lone surrogates and
+control characters included) are each answered, never with ``internal_error``, the daemon
+stays alive and connected (it never says "online" again), and the belt's state never changes.
+
+``TREADGUARD_MQTT_FUZZ_EXAMPLES`` sets the number of examples (2,000 by default, as in CI);
+``benchmarks/bench_mqtt_fuzz.py`` runs 10,000 and reports the time.
 
 The daemon's sensors are MQTT sources that never report, so no start can be accepted (SR-3,
 SR-8): the only commands that could change the state would be a valid ``estop``, which the
@@ -41,6 +45,7 @@ class Rig:
     replies: queue.Queue[dict[str, Any]]
     states: queue.Queue[dict[str, Any]]
     first_state: dict[str, Any]
+    availability: queue.Queue[bytes]
 
 
 def _connect(port: int) -> tuple[mqtt.Client, queue.Queue[Any], queue.Queue[Any], queue.Queue[Any]]:
@@ -82,7 +87,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         while online.get(timeout=WAIT_S) != b"online":
             pass
         first = states.get(timeout=WAIT_S)
-        yield Rig(daemon, client, replies, states, first)
+        yield Rig(daemon, client, replies, states, first, online)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -90,13 +95,27 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         broker.kill()
 
 
+def _any_text(min_size: int = 0, max_size: int = 20) -> st.SearchStrategy[str]:
+    """All of Unicode: lone surrogates (valid in JSON as escapes), control characters,
+    unassigned and private-use code points included."""
+    # Surrogates and control characters are a sliver of Unicode: drawn on their own too, so
+    # that they are common rather than rare. (Joined from a list: st.text merges a union of
+    # character strategies into one that leaves surrogates out.)
+    char = st.characters(exclude_categories=()) | st.characters(categories=["Cs", "Cc"])
+    return st.lists(char, min_size=min_size, max_size=max_size).map("".join)
+
+
 def _json_values() -> st.SearchStrategy[Any]:
-    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | _any_text()
     return st.recursive(
         scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_any_text(max_size=8), inner),
         max_leaves=12,
     )
+
+
+def _numbers() -> st.SearchStrategy[Any]:
+    return st.floats() | st.integers() | st.sampled_from([0.8, 1.0, 1.2, 180.0, 1e308, -0.0])
 
 
 def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
@@ -104,34 +123,69 @@ def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             "id": st.one_of(
-                st.text(min_size=1, max_size=64), st.text(min_size=65, max_size=80), st.integers()
+                _any_text(min_size=1, max_size=64),
+                _any_text(min_size=65, max_size=80),
+                st.integers(),
             ),
-            "type": st.sampled_from(COMMAND_TYPES) | st.text(max_size=12),
+            "type": st.sampled_from(COMMAND_TYPES) | _any_text(max_size=12),
         },
         optional={
-            "user": _json_values(),
+            "user": _any_text(max_size=70) | _json_values(),
             "program": st.sampled_from(["first_session", "reverse_walking", "nope"])
+            | _any_text()
             | _json_values(),
-            "mph": st.floats(allow_nan=False) | _json_values(),
-            "cap_s": st.floats(allow_nan=False) | _json_values(),
-            "target_mph": st.floats(allow_nan=False) | _json_values(),
+            "mph": _numbers() | _json_values(),
+            "cap_s": _numbers() | _json_values(),
+            "target_mph": _numbers() | _json_values(),
+            "ts": _numbers() | _json_values(),
             "extra": _json_values(),
         },
     )
 
 
+def _well_formed_commands() -> st.SearchStrategy[dict[str, Any]]:
+    """Commands the contract's shape accepts, each field drawn from its whole space: they reach
+    the daemon's handlers (the journal, the core), not only the parser."""
+    command_id = _any_text(min_size=1, max_size=64)
+    stamp = st.none() | st.floats(min_value=0.0, max_value=1e11)
+    start = st.fixed_dictionaries(
+        {"id": command_id, "type": st.just("start_session"), "user": _any_text(max_size=70)},
+        optional={
+            "program": _any_text() | st.sampled_from(["first_session", "reverse_walking"]),
+            "cap_s": _numbers(),
+            "target_mph": _numbers(),
+            "ts": stamp,
+        },
+    )
+    speed = st.fixed_dictionaries(
+        {"id": command_id, "type": st.just("set_speed"), "mph": _numbers()},
+        optional={"ts": stamp},
+    )
+    other = st.fixed_dictionaries(
+        {"id": command_id, "type": st.sampled_from(["stop", "reset", "heartbeat"])},
+        optional={"ts": stamp},
+    )
+    return (start | speed | other).map(
+        lambda o: {k: v for k, v in o.items() if v is not None or k != "ts"}
+    )
+
+
 def _is_valid_estop(obj: Any) -> bool:
+    """An estop the daemon would carry out (a ``ts`` of any value is left out with it: an
+    estop is obeyed however it is stamped)."""
     return (
         isinstance(obj, dict)
         and obj.get("type") == "estop"
-        and set(obj) == {"id", "type"}
-        and isinstance(obj["id"], str)
+        and set(obj) <= {"id", "type", "ts"}
+        and isinstance(obj.get("id"), str)
         and 1 <= len(obj["id"]) <= 64
     )
 
 
 def _payloads() -> st.SearchStrategy[bytes]:
-    as_json = (_json_values() | _almost_commands()).filter(lambda o: not _is_valid_estop(o))
+    as_json = (_json_values() | _almost_commands() | _well_formed_commands()).filter(
+        lambda o: not _is_valid_estop(o)
+    )
     return st.one_of(
         st.binary(max_size=64),
         st.binary(min_size=4090, max_size=4200),  # around the 4 KiB limit
@@ -164,6 +218,8 @@ def test_sr15_random_payloads_are_answered_and_never_move_the_belt(
     if reply["ok"] is False:
         assert isinstance(reply["error"]["code"], str)
         assert isinstance(reply["error"]["message"], str)
+        # internal_error is the daemon's own net: a payload that reaches it is a defect.
+        assert reply["error"]["code"] != "internal_error", (payload, reply)
     # A probe after it: the daemon publishes the state it is in before each reply, on one
     # connection, in order; so once the probe's reply is here, any state the payload caused
     # is here too, and every state seen so far is checked.
@@ -172,4 +228,5 @@ def test_sr15_random_payloads_are_answered_and_never_move_the_belt(
     assert rig.replies.get(timeout=WAIT_S) == {"id": probe, "ok": True}
     while not rig.states.empty():
         _unchanged(rig.first_state, rig.states.get_nowait())
+    assert rig.availability.empty(), "the daemon reconnected"  # "online" again, or "offline"
     assert rig.daemon.alive()

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.journal import Journal, JournalError
+from controller.journal import WARN_FRACTION, Journal, JournalError
 from safety.decisions import Event, EventType
 from tests.clinician import SESSION_WAIT_S, clinician, ok, refused, running
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
@@ -233,15 +234,71 @@ async def test_sr14_a_journal_that_cannot_be_opened_refuses_every_start(
         daemon.stop()
 
 
+def write_until_full(journal: Journal, row: Event) -> list[float]:
+    """Record and commit ``row`` until the journal is full; how full it was before each."""
+    seen = [journal.used_fraction()]
+    for _ in range(100_000):
+        try:
+            journal.record(row, ts=1.0)
+            journal.commit()
+        except JournalError as exc:
+            if "full" not in str(exc):
+                raise
+            return seen
+        seen.append(journal.used_fraction())
+    raise AssertionError("the journal never filled up")
+
+
+def fill(path: Path, max_size_mb: float, free_pages: int) -> None:
+    """A journal that has filled up over months: full to its limit, then ``free_pages`` pages
+    of its newest rows deleted, so what comes next fills it again."""
+    journal = Journal.open(path, max_size_mb=max_size_mb)
+    write_until_full(journal, Event(EventType.COMMAND_REFUSED, 0.0, {"message": "x" * 1000}))
+    journal.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        rows = free_pages * page // 1000 + 1
+        db.execute("DELETE FROM events WHERE id > (SELECT MAX(id) FROM events) - ?", (rows,))
+        assert int(db.execute("PRAGMA freelist_count").fetchone()[0]) >= free_pages
+
+
+def test_sr14_a_journal_nearing_its_limit_says_how_full_it_is(tmp_path: Path) -> None:
+    """SR-14 (amended): ``used_fraction`` rises with what is written, reaches WARN_FRACTION
+    (the daemon's warning) while writes still succeed, well before the write that fails."""
+    journal = Journal.open(tmp_path / "j.sqlite", max_size_mb=0.2)
+    row = Event(EventType.COMMAND_REFUSED, 0.0, {"message": "x" * 200})
+    seen = write_until_full(journal, row)
+    written = len(seen) - 1
+    assert seen[0] < 0.5
+    assert seen == sorted(seen)
+    at_warning = next(i for i, used in enumerate(seen) if used >= WARN_FRACTION)
+    assert written - at_warning >= 0.1 * written  # a tenth of all it holds still fits
+    assert seen[-1] <= 1.0
+
+
+def test_sr14_a_journal_with_free_pages_counts_them_free(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    fill(path, 0.1, free_pages=2)
+    journal = Journal.open(path, max_size_mb=0.1)
+    assert WARN_FRACTION <= journal.used_fraction() < 1.0
+
+
 @pytest.mark.asyncio
-async def test_sr14_a_journal_that_fills_up_mid_session_stops_the_belt(
+async def test_sr14_a_journal_that_fills_up_mid_session_warns_first_then_stops_the_belt(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
+    """SR-14: a journal nearly full at start-up is reported at once (a journal_warning event,
+    the state's ``journal`` field, the log); when it does fill up, mid-session, the belt stops
+    with a latched journal fault and no start or reset is accepted."""
     tm = "tm-full"
-    make_daemon(env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "0.1"}, treadmill_id=tm)
+    fill(broker.workdir / f"journal-{tm}.sqlite", 0.1, free_pages=2)
+    daemon = make_daemon(env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "0.1"}, treadmill_id=tm)
     async with clinician(broker, tm) as doc:
+        warned = await doc.until(lambda s: s["journal"]["nearly_full"], within=10.0)
+        assert warned["journal"]["used_pct"] >= 80
+        assert warned["latched"] is None
         await doc.start_running("u-22")
-        # Refusals are journaled: a stream of them fills a small journal quickly.
+        # A session's samples and events, and refusals (coalesced), fill the last pages.
         async with asyncio.timeout(60.0):
             while True:
                 reply = await doc.command("set_speed", mph=5.0)
@@ -252,6 +309,8 @@ async def test_sr14_a_journal_that_fills_up_mid_session_stops_the_belt(
         stopped = await doc.state(lambda s: s["speed_mph"] <= 0.05, within=5.0)
         assert stopped["state"] == "fault"
         assert "full" in refused(await doc.command("reset"), "preconditions_unmet")
+    log = daemon.log_text()
+    assert log.index('"journal_nearly_full"') < log.index('"journal_failed"')
 
 
 def test_a_non_finite_number_is_journaled_as_null(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from controller.mqtt_contract import (
     state_key,
     to_payload,
 )
+from controller.mqtt_link import unix_mapper
 from safety.core import Latch, SafetyCore, SessionView, Snapshot
 from safety.decisions import (
     ACCEPTED,
@@ -252,6 +253,7 @@ def test_every_core_refusal_code_is_a_contract_code() -> None:
         "latched",
         "duplicate",
         "rate_limited",
+        "internal_error",
     }
     assert {c.value for c in ErrorCode} == contract
     assert {c.value for c in RefusalCode} <= contract
@@ -316,12 +318,33 @@ def test_same_id_different_command_is_refused_as_duplicate() -> None:
     seen = DuplicateFilter()
     execute = Recorder()
     answer('{"id": "d2", "type": "heartbeat"}', seen, execute)
-    got = answer('{"id": "d2", "type": "estop"}', seen, execute)
+    got = answer('{"id": "d2", "type": "set_speed", "mph": 1.0}', seen, execute)
     assert got["ok"] is False
     assert got["error"]["code"] == "duplicate"
     assert len(execute.commands) == 1
     # The original reply is still what a retransmission of the original gets.
     assert answer('{"id": "d2", "type": "heartbeat"}', seen, execute) == {"id": "d2", "ok": True}
+
+
+@pytest.mark.parametrize("kind", ["stop", "estop"])
+def test_sr12_a_stop_or_estop_with_a_reused_id_is_carried_out_every_time(kind: str) -> None:
+    """SR-12 (amended): a tablet whose E-STOP button sends a fixed id, pressed again, stops the
+    belt again; so does a stop whose id an earlier command of another type used."""
+    seen = DuplicateFilter()
+    execute = Recorder()
+    raw = f'{{"id": "fixed", "type": "{kind}"}}'
+    assert answer(raw, seen, execute) == {"id": "fixed", "ok": True}
+    execute.reply = Refused(RefusalCode.NOT_ALLOWED, "nothing to stop")
+    again = answer(raw, seen, execute)
+    assert again["error"]["code"] == "not_allowed"  # answered as usual, by this run
+    assert answer('{"id": "hb", "type": "heartbeat"}', seen, execute)["ok"] is False
+    answer(f'{{"id": "hb", "type": "{kind}"}}', seen, execute)
+    stop = "Stop" if kind == "stop" else "EStop"
+    assert [type(c).__name__ for c in execute.commands] == [stop, stop, "Heartbeat", stop]
+    # A heartbeat is still de-duplicated.
+    answer('{"id": "hb2", "type": "heartbeat"}', seen, execute)
+    answer('{"id": "hb2", "type": "heartbeat"}', seen, execute)
+    assert len(execute.commands) == 5
 
 
 def test_duplicate_of_a_refused_command_gets_the_same_refusal() -> None:
@@ -700,3 +723,125 @@ def test_the_programs_extension_lists_each_program_inside_the_safety_band() -> N
     intervals = listed["intervals"]
     assert isinstance(intervals, dict)
     assert intervals["interval_s"] == programs["intervals"].interval_s
+
+
+# ----------------------------------------------------------------------------- SR-15 text
+
+
+@pytest.mark.parametrize(
+    ("user", "what"),
+    [
+        ("\ud800", "surrogate"),
+        ("ann\udfff", "surrogate"),
+        ("a\u0000b", "control"),
+        ("bob\n", "control"),
+        ("\u001b[31mred", "control"),
+        ("x\u007f", "control"),
+    ],
+)
+def test_sr15_a_user_name_with_a_lone_surrogate_or_control_character_is_invalid_command(
+    user: str, what: str
+) -> None:
+    """SR-15: valid JSON, but no name a journal can store or a screen can show."""
+    execute = Recorder()
+    raw = json.dumps({"id": "u", "type": "start_session", "user": user}).encode()
+    reply = answer_command(raw, retained=False, t=T, seen=DuplicateFilter(), execute=execute)
+    assert reply.error is ErrorCode.INVALID_COMMAND
+    assert "user" in reply.message
+    assert what in reply.message
+    assert execute.commands == []
+    program = json.dumps({"id": "p", "type": "start_session", "user": "u", "program": user})
+    parsed = parse_command(program.encode(), retained=False, t=T)
+    assert isinstance(parsed, CommandReply)
+    assert parsed.error is ErrorCode.INVALID_COMMAND
+
+
+def test_a_user_name_in_any_script_is_accepted() -> None:
+    raw = json.dumps({"id": "u", "type": "start_session", "user": "Zoë 李 \U0001f600"})
+    assert isinstance(parse_command(raw.encode(), retained=False, t=T), ParsedCommand)
+
+
+class Exploding:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def __call__(self, command: Command) -> Reply:
+        self.calls += 1
+        raise self.exc
+
+
+@given(
+    kind=st.sampled_from(["start_session", "set_speed", "stop", "estop", "reset", "heartbeat"]),
+    exc=st.sampled_from(
+        [
+            UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates"),
+            RuntimeError("x"),
+            KeyError("k"),
+            ZeroDivisionError(),
+            AssertionError("wiring"),
+        ]
+    ),
+)
+def test_sr15_an_exception_out_of_the_handler_is_answered_internal_error(
+    kind: str, exc: Exception
+) -> None:
+    """SR-15: whatever the handler raises is answered ``internal_error``, reported for the log
+    and the journal, and never raised."""
+    fields = {"start_session": {"user": "u"}, "set_speed": {"mph": 1.0}}.get(kind, {})
+    raw = json.dumps({"id": "boom", "type": kind, **fields}).encode()
+    failures: list[tuple[Exception, CommandReply]] = []
+    refusals: list[tuple[CommandReply, str | None]] = []
+    execute = Exploding(exc)
+    seen = DuplicateFilter()
+    reply = answer_command(
+        raw,
+        retained=False,
+        t=T,
+        seen=seen,
+        execute=execute,
+        on_refused=lambda r, k: refusals.append((r, k)),
+        on_failure=lambda e, r: failures.append((e, r)),
+    )
+    assert reply.id == "boom"
+    assert reply.error is ErrorCode.INTERNAL_ERROR
+    assert type(exc).__name__ in reply.message
+    assert failures == [(exc, reply)]
+    assert refusals == [(reply, kind)]
+    answer_command(raw, retained=False, t=T, seen=seen, execute=execute)
+    # A retransmission gets the same answer, and a stop or estop is tried again (SR-12).
+    assert execute.calls == (2 if kind in ("stop", "estop") else 1)
+
+
+# ----------------------------------------------------------------------------- SR-16 clock
+
+
+@given(
+    steps=st.lists(
+        st.floats(min_value=-1e9, max_value=1e9, allow_nan=False)
+        | st.sampled_from([-3600.0, 3600.0]),
+        min_size=1,
+        max_size=5,
+    ),
+    age=st.floats(min_value=-0.9, max_value=2.9),
+    elapsed=st.floats(min_value=0.0, max_value=1e6),
+)
+def test_sr16_a_wall_clock_step_changes_no_commands_acceptance(
+    steps: list[float], age: float, elapsed: float
+) -> None:
+    """SR-16: the stamp of a command is judged on the mapping the state's ts is published with
+    (taken once, from the monotonic clock), so stepping the wall clock after start-up, either
+    way, by any amount, any number of times, changes neither that mapping nor the answer."""
+    wall = [1_764_000_000.0]
+    mono = [5.0]
+    to_unix = unix_mapper(lambda: mono[0], lambda: wall[0])
+    mono[0] += elapsed
+    published_ts = to_unix(mono[0])  # what a tablet sees, and stamps its commands with
+    raw = json.dumps({"id": "h", "type": "heartbeat", "ts": published_ts - age}).encode()
+    before = parse_command(raw, retained=False, t=mono[0], now_unix=to_unix(mono[0]))
+    assert isinstance(before, ParsedCommand)
+    for step in steps:
+        wall[0] += step
+        assert to_unix(mono[0]) == published_ts
+        after = parse_command(raw, retained=False, t=mono[0], now_unix=to_unix(mono[0]))
+        assert after == before
