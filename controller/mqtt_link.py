@@ -101,6 +101,7 @@ NEVER_LIMITED = frozenset({"stop", "estop"})
 NEVER_DROPPED = frozenset({EventType.ESTOP, EventType.FAULT})
 REFUSALS_PER_BUFFER = 64  # rate_limited refusals kept, per entry of the reply buffer
 REFUSALS_PER_REPLY = 100  # refusals coalesced into one <p>/reply message, at most
+_RATE_LIMITED = "too many replies are waiting to go out: not run; send fewer commands"
 
 
 @dataclass(slots=True)
@@ -478,7 +479,7 @@ class TabletLink:
         keep = kind in NEVER_LIMITED
         try:
             if not keep and len(self._replies) >= self._buffer:
-                self._refuse_rate_limited(command_id)
+                self._refuse_rate_limited(command_id, kind)
                 return
             reply = self._answer(payload, retained=bool(message.retain))
         except Exception as exc:
@@ -503,13 +504,16 @@ class TabletLink:
             self._log_refusal(reply)
         return reply
 
-    def _refuse_rate_limited(self, command_id: str | None) -> None:
+    def _refuse_rate_limited(self, command_id: str | None, kind: str | None) -> None:
         """More commands than the outbox answers one by one: this one is not run (SR-15).
 
         Its refusal is coalesced with the others not yet sent, up to REFUSALS_PER_REPLY in one
         message (``"ids"`` lists them): a refusal then costs the outbox almost nothing, so a
         flood is answered as fast as it can be read."""
         self.rate_limited += 1
+        if self._on_refused is not None:
+            # Journaled like every refusal, through the daemon's coalescer: a count a second.
+            self._on_refused(CommandReply(command_id, ErrorCode.RATE_LIMITED, _RATE_LIMITED), kind)
         self._report_drops()
         if self._refused_waiting >= REFUSALS_PER_BUFFER * self._buffer:
             self.dropped_replies += 1  # only a broker that stops acknowledging gets here
@@ -527,7 +531,7 @@ class TabletLink:
         reply = CommandReply(
             ids[0],
             ErrorCode.RATE_LIMITED,
-            f"more than {self._buffer} replies are waiting to go out: not run; send fewer commands",
+            _RATE_LIMITED,
         ).to_json()
         reply["ids"] = [*ids]
         return to_payload(reply)

@@ -36,7 +36,7 @@ class Clinician:
         await self.tab.publish(f"{self.p}/cmd", payload, retain=retain)
 
     async def reply_to(self, command_id: str | None) -> dict[str, Any]:
-        message = await self.tab.next(f"{self.p}/reply", lambda m: body(m)["id"] == command_id)  # type: ignore[index]
+        message = await self.tab.next(f"{self.p}/reply", lambda m: answers(body(m), command_id))
         reply = body(message)
         assert isinstance(reply, dict)
         return reply
@@ -154,3 +154,12 @@ def refused(reply: dict[str, Any], code: str) -> str:
     assert isinstance(message, str)
     assert message
     return message
+
+
+def answers(reply: object, command_id: str | None) -> bool:
+    """Whether a reply answers this command: by its id, or among the ``ids`` of coalesced
+    ``rate_limited`` refusals (docs/daemon.md, publishing limits)."""
+    if not isinstance(reply, dict):
+        return False
+    ids = reply.get("ids")
+    return reply.get("id") == command_id or (isinstance(ids, list) and command_id in ids)
