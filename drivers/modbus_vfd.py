@@ -38,8 +38,9 @@ exponential backoff (cut short by a stop asked for meanwhile), a fresh client ea
 object that lost its link is never reused), and each reconnect starts with the stop word.
 
 Every way out. When :meth:`run` is cancelled (shutdown, a crashed sibling task in the daemon's
-TaskGroup), it writes the stop word on the open link, bounded by the request time-out, before it
-ends (SR-9, SR-11); unless the link is silent, when the drive's own time-out is already doing it.
+TaskGroup), or an unexpected exception breaks a session, the stop word goes out on the link
+still open, bounded by the request time-out, before the task ends or the link is closed (SR-9,
+SR-11); unless the link is silent, when the drive's own time-out is already doing it.
 
 Never restart on its own. Any fault, a lost link, or a refusal disarms the driver: a run
 command is written again only after the controller has seen a healthy status from the new
@@ -283,7 +284,7 @@ class ModbusVfdDriver:
             while True:
                 await self._step()
         except asyncio.CancelledError:
-            await self._stop_on_the_way_out()
+            await self._last_stop(StopCause.CLOSING)
             raise
         finally:
             self._drop_client()
@@ -319,9 +320,10 @@ class ModbusVfdDriver:
         except _LinkLost as exc:
             self._lose_link(str(exc))
         except Exception as exc:
-            # Retry forever (SR-9): an unexpected error from the Modbus stack is a lost link,
-            # logged with its traceback, not the end of the driver.
+            # Retry forever (SR-9): an unexpected error is a lost link, logged with its
+            # traceback, not the end of the driver; the stop word first, on the link still open.
             _log.exception("unexpected error on the drive link")
+            await self._last_stop(StopCause.FAULT)
             self._lose_link(f"drive_link: unexpected error: {exc!r}")
 
     def _new_client(self) -> ModbusClient:
@@ -379,14 +381,16 @@ class ModbusVfdDriver:
             return f"{self._host}:{self._port}"
         return str(self._serial_port)
 
-    async def _stop_on_the_way_out(self) -> None:
-        """On cancellation: the stop word on the open link, bounded, whatever was going on."""
+    async def _last_stop(self, cause: StopCause) -> None:
+        """On the way out of the task or of a broken session (cancellation, an unexpected
+        error): the stop word on the link still open, bounded, whatever was going on. Never
+        raises: what brought us here must go on."""
         client = self._client
         policy = self._policy
         if client is None or not client.connected or policy.silent:
             return
         now = _now()
-        policy.raise_stop(now, StopCause.CLOSING)
+        policy.raise_stop(now, cause)
         token = policy.stop_written(now)
         word = stop_word(self._direction)
         try:
@@ -397,8 +401,8 @@ class ModbusVfdDriver:
                     self._map.command_word, word, device_id=self._device_id
                 )
             accepted = not response.isError()
-        except (TimeoutError, ModbusException, OSError) as exc:
-            _log.warning("drive_link: stop word on the way out: %s", exc or type(exc).__name__)
+        except Exception as exc:
+            _log.warning("drive_link: stop word on the way out: %r", exc)
             accepted = False
         policy.stop_answered(_now(), token, accepted)
 

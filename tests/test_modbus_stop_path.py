@@ -296,3 +296,36 @@ async def test_simulated_vfd_exceptions_for_a_while_then_normal_answers() -> Non
             assert not vfd.request_log[-1].applied
         finally:
             client.close()
+
+
+@pytest.mark.asyncio
+async def test_sr9_an_exception_in_the_driver_writes_the_stop_word_before_reconnecting() -> None:
+    """An unexpected exception inside the driver's I/O task (here while taking a poll): the stop
+    word goes out on the connection still open, before it is closed and a new one made."""
+    sent: list[tuple[int, bytes]] = []
+    async with delayed_drive() as (vfd, server):
+        driver = make_driver(
+            server,
+            trace_packet=lambda sending, frame: (
+                sending and sent.append((driver.connect_attempts, frame)),
+                frame,
+            )[1],
+        )
+        async with running(driver), ControlTicks(driver) as ticks:
+            await start_belt(driver, vfd, ticks)
+            attempts = driver.connect_attempts
+            take_poll = driver._take_poll
+            mark = 0
+
+            def crash(*args: object) -> None:
+                nonlocal mark
+                mark = len(sent)
+                driver._take_poll = take_poll  # type: ignore[method-assign]
+                raise RuntimeError("injected")
+
+            driver._take_poll = crash  # type: ignore[method-assign]
+            await eventually(lambda: driver.connect_attempts > attempts, "the reconnect")
+            await vfd.wait_until(lambda: vfd.belt.speed_mph == 0.0, timeout_s=3.0)
+    # TCP frame: 7-byte MBAP header, then the PDU "write single register 0x2000 = stop word".
+    stop_pdu = bytes([WRITE_SINGLE_REGISTER, 0x20, 0x00, 0x00, STOP_REVERSE])
+    assert (attempts, stop_pdu) in [(n, frame[7:]) for n, frame in sent[mark:]]
