@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -143,6 +144,18 @@ async def _serve_modbus(args: argparse.Namespace) -> None:
         mph_per_hz=args.mph_per_hz,
         device_id=args.device_id,
     )
+    # Fault injection (SR-9 tests by hand): see simulator/modbus_device.py.
+    vfd.line_delay_s = args.line_delay_ms / 1000
+    if args.exception is not None:
+        vfd.answer_with_exception(
+            args.exception,
+            reads=args.exception_on in ("reads", "all"),
+            writes=args.exception_on in ("writes", "all"),
+            addresses=set(args.exception_register) if args.exception_register else None,
+            for_s=args.exception_for_s,
+        )
+    if args.ignore_writes:
+        vfd.ignore_writes()
     if args.tcp is not None:
         host, _, port = args.tcp.rpartition(":")
         server = await serve_modbus_tcp(host or "127.0.0.1", int(port), vfd=vfd)
@@ -175,7 +188,7 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
                 print(f"error: --tcp {args.tcp!r}: expected HOST:PORT", file=sys.stderr)
                 return EXIT_BAD_INPUT
             asyncio.run(_serve_modbus(args))
-    except (OSError, RegisterMapError) as exc:
+    except (OSError, RegisterMapError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
@@ -338,6 +351,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="parameter 09.02: 0 warn and run on, 1 ramp to stop, 2 coast, 3 run on",
+    )
+    mb.add_argument("--line-delay-ms", type=float, default=0.0, help="delay every request")
+    mb.add_argument(
+        "--exception",
+        type=int,
+        default=None,
+        metavar="CODE",
+        help="answer requests with this Modbus exception code (e.g. 4, device failure)",
+    )
+    mb.add_argument("--exception-on", choices=["reads", "writes", "all"], default="all")
+    mb.add_argument(
+        "--exception-register",
+        type=lambda text: int(text, 0),
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="only requests touching this register (repeatable; default: every register)",
+    )
+    mb.add_argument("--exception-for-s", type=float, default=math.inf, help="then answer normally")
+    mb.add_argument(
+        "--ignore-writes",
+        action="store_true",
+        help="answer writes but apply none (command source on the keypad)",
     )
     for p in (tm, mb):
         p.add_argument(

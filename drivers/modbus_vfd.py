@@ -4,34 +4,43 @@ One task (:meth:`ModbusVfdDriver.run`) owns the link and does all the I/O; the c
 (:meth:`command_speed`, :meth:`emergency_stop`, :meth:`status`) only change or read state and wake
 that task, so they never block (drivers/base.py).
 
-The link, in order of priority:
+What goes on the wire, and when, is decided by the shared link policy (drivers/link_policy.py,
+SR-9, SR-13); this module only does the I/O the policy asks for:
 
-1. **Start-up** (every connection, including each reconnect): write a stop command word, then
-   read 09.02 (communication fault action) and 09.03 (communication time-out). Unless the time-out
-   is enabled, at most 1 s, at least twice the poll interval, and the action is a stop, the driver
-   refuses to run: ``status().fault`` names the parameter and the value, and it never writes a
-   run command (SR-9). It keeps polling so the controller still sees the belt.
-2. **Emergency stop** (SR-13). Modbus has no way to put a frame on the wire synchronously: a
-   request is a coroutine and the bus carries one request at a time (RS-485 is half duplex, and a
-   drive answers requests in order). So ``emergency_stop()`` does what can be done at once - it
-   drops any speed change not yet sent (the "queue" is a single latest-wins value, so there is
-   nothing else to cancel) and wakes the I/O task - and "handed to the wire" means **the very
-   next frame**: the stop command word goes out as soon as the one request already in flight, if
-   any, is answered or times out.
-3. **Stop** when the wanted speed is 0 and the drive may be running.
-4. **Poll** the error code and the output frequency every ``poll_interval_s`` (at most 0.1 s),
-   well inside the drive's own time-out, so the drive-side deadman stays armed but never trips on
-   a healthy link (SR-9). ``status().speed_mph`` comes from the output frequency.
-5. **Speed**: frequency command first, then the run command word (with the direction bits).
+- **Stop** (the stop command word): on every new connection, an emergency stop, a controlled stop
+  (wanted speed 0 while the belt may move), a fault, a status showing the belt moving while the
+  wanted speed is 0 (started from the keypad), and on the way out of :meth:`run`. It goes out as
+  the very next frame - no hold-off or back-off delays it - and is repeated every
+  ``poll_interval_s`` until a status read begun after the latest stop word shows the output
+  frequency at 0. Modbus has no way to put a frame on the wire synchronously (a request is a
+  coroutine, and the bus carries one request at a time), so "at once" means after the request
+  already in flight, if any.
+- **Silence**: a drive that neither accepts the stop word nor reports standstill within 0.3 s
+  gets no request at all for its own communication time-out (09.03, read at link-up) plus a
+  margin, so that its time-out trips and stops the belt; our polls must never keep it fed.
+- **Poll** the error code and the output frequency every ``poll_interval_s`` (at most 0.1 s),
+  well inside the drive's own time-out (SR-9). ``status().speed_mph`` comes from the output
+  frequency.
+- **Speed**: frequency command first, then the run command word (with the direction bits).
+
+Start-up (every connection): the stop word first, then 09.02 (communication fault action) and
+09.03 (communication time-out) are read. Unless the time-out is enabled, at most 1 s, at least
+twice the poll interval, and the action is a stop, the driver refuses to run: ``status().fault``
+names the parameter and the value, and it never writes a run command (SR-9). It keeps polling
+so the controller still sees the belt.
 
 Faults. An exception response is ``drive_fault: ...``; a time-out, a refused connection or a
 port that vanished is ``drive_link: ...``. A dead link is noticed at the next request (at most
 ``poll_interval_s`` away) or when its own time-out expires: within ``poll_interval_s +
 request_timeout_s`` <= 0.3 s. The driver then publishes one status carrying the fault and
 stops updating it, so ``status().t`` stops advancing. It reconnects forever with capped
-exponential backoff, a fresh client each try (a client object that lost its link is never
-reused), and each reconnect starts with the stop command word: those are the continuing stop
-attempts.
+exponential backoff (cut short by a stop asked for meanwhile), a fresh client each try (a client
+object that lost its link is never reused), and each reconnect starts with the stop word.
+
+Every way out. When :meth:`run` is cancelled (shutdown, a crashed sibling task in the daemon's
+TaskGroup), or an unexpected exception breaks a session, the stop word goes out on the link
+still open, bounded by the request time-out, before the task ends or the link is closed (SR-9,
+SR-11); unless the link is silent, when the drive's own time-out is already doing it.
 
 Never restart on its own. Any fault, a lost link, or a refusal disarms the driver: a run
 command is written again only after the controller has seen a healthy status from the new
@@ -55,7 +64,10 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import DriveStatus
+from drivers.link_policy import STOP_CONFIRM_S, Action, LinkPolicy, PolicyParams, StopCause
 from drivers.vfd_codec import (
+    COMM_TIMEOUT_MAX_RAW,
+    COMM_TIMEOUT_UNIT_S,
     CodecError,
     Direction,
     DriveConfigError,
@@ -79,7 +91,6 @@ from safety.link_limits import (
 Transport = Literal["rtu", "tcp"]
 ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 TracePacket = Callable[[bool, bytes], bytes]
-_Op = Callable[[ModbusClient], Awaitable[None]]
 
 # SR-9 wants the drive's time-out well inside 1 s; a dead link must show within 300 ms.
 # Defined once, for check-config too.
@@ -143,11 +154,14 @@ class ModbusVfdDriver:
         request_timeout_s: float = VFD_REQUEST_TIMEOUT_S,
         reconnect_initial_s: float = 0.05,
         reconnect_max_s: float = 1.0,
+        stop_confirm_s: float = STOP_CONFIRM_S,
         trace_packet: TracePacket | None = None,
     ) -> None:
         """``clock`` stamps statuses on the controller's monotonic clock. ``request_timeout_s``
-        bounds one request (and a connection attempt). ``trace_packet`` is handed to pymodbus,
-        which calls it with each frame just before writing it (diagnostics, benchmarks)."""
+        bounds one request (and a connection attempt). ``stop_confirm_s``: how long a stop may
+        go unconfirmed before the link falls silent (SR-9). ``trace_packet`` is handed to
+        pymodbus, which calls it with each frame just before writing it (diagnostics,
+        benchmarks)."""
         _check_arguments(
             transport, host, serial_port, device_id, direction, mph_per_hz, parity,
             poll_interval_s, request_timeout_s, reconnect_initial_s, reconnect_max_s,
@@ -165,15 +179,23 @@ class ModbusVfdDriver:
         self._poll_interval_s = poll_interval_s
         self._clock = clock
         self._request_timeout_s = request_timeout_s
-        self._reconnect_initial_s = reconnect_initial_s
-        self._reconnect_max_s = reconnect_max_s
         self._trace_packet = trace_packet
         self._read_plan = status_read_plan(register_map)
+        # Until 09.03 has been read, assume the longest time-out SR-9 accepts: a silence then
+        # lasts long enough for any drive the driver would run.
+        self._policy = LinkPolicy(
+            PolicyParams(
+                poll_interval_s=poll_interval_s,
+                deadman_s=COMM_TIMEOUT_MAX_RAW * COMM_TIMEOUT_UNIT_S,
+                stop_confirm_s=stop_confirm_s,
+                reconnect_initial_s=reconnect_initial_s,
+                reconnect_max_s=reconnect_max_s,
+            ),
+            _now(),
+        )
 
         # What the controller asked for. 0 = stop.
         self._wanted_raw = 0
-        self._estop_requested = 0
-        self._estop_written = 0
         # Run permission: see the module docstring ("Never restart on its own").
         self._armed = False
         self._healthy_seen = False
@@ -181,9 +203,10 @@ class ModbusVfdDriver:
         self._sent_run: bool | None = None
         self._sent_freq: int | None = None
         # Link state and what status() reports.
+        self._client: ModbusClient | None = None
+        self._parameters_checked = False
         self._live = False
         self._ever_linked = False
-        self._last_session_was_live = False
         self._status: DriveStatus | None = None
         self._speed_mph = 0.0
         self._refusal: str | None = None
@@ -191,13 +214,10 @@ class ModbusVfdDriver:
         # Exception responses, lost links, bad commands: kept until status() has shown them.
         self._event_fault: str | None = None
         self._event_fault_seen = False
-        self._next_poll_at = 0.0
-        self._holdoff_until = 0.0  # writes wait after an exception response, so we do not spin
         self._wake = asyncio.Event()
 
         # Counters for tests and diagnostics.
         self.connect_attempts = 0
-        self.stop_writes = 0
         self.run_writes = 0
         self.ignored_run_commands = 0
 
@@ -221,13 +241,16 @@ class ModbusVfdDriver:
             # No run before the controller has seen the link healthy and commanded a stop.
             self._wanted_raw = 0
             self.ignored_run_commands += 1
+        self._policy.want(_now(), moving=self._wanted_raw > 0)
         self._wake.set()
 
     def emergency_stop(self) -> None:
-        # Drop any speed not yet sent; the I/O task writes the stop word as the next frame.
+        # Drop any speed not yet sent; the stop word is the next frame on the wire.
         self._wanted_raw = 0
-        self._estop_requested += 1
         self._arm_if_healthy()
+        now = _now()
+        self._policy.want(now, moving=False)
+        self._policy.raise_stop(now, StopCause.EMERGENCY)
         self._wake.set()
 
     def status(self) -> DriveStatus | None:
@@ -239,32 +262,75 @@ class ModbusVfdDriver:
                 self._healthy_seen = True
         return st
 
+    # --- what tests and diagnostics see --------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True while a stop is raised: until a status read after the latest stop word showed
+        the belt at standstill."""
+        return self._policy.stop_raised
+
+    @property
+    def silent(self) -> bool:
+        return self._policy.silent
+
+    @property
+    def silences(self) -> int:
+        return self._policy.silences
+
+    @property
+    def stop_writes(self) -> int:
+        """Stop words put on the wire (accepted by the drive or not)."""
+        return self._policy.stop_writes
+
     # --- the I/O task -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delay = self._reconnect_initial_s
-        while True:
-            client = self._new_client()
-            self.connect_attempts += 1
-            self._last_session_was_live = False
+        try:
+            while True:
+                await self._step()
+        except asyncio.CancelledError:
+            await self._last_stop(StopCause.CLOSING)
+            raise
+        finally:
+            self._drop_client()
+
+    async def _step(self) -> None:
+        raise_if_cancelled()
+        self._wake.clear()
+        client = self._client
+        if client is not None and not client.connected:
+            self._lose_link(f"drive_link: connection to {self._where()} closed")
+            return
+        now = _now()
+        decision = self._policy.next(now, command_pending=self._command_pending())
+        action = decision.action
+        if action in (Action.WAIT, Action.SILENT):
             try:
-                await self._connect(client)
-                await self._session(client)
-            except _LinkLost as exc:
-                self._link_lost(str(exc))
-            except Exception as exc:
-                # Retry forever (SR-9): an unexpected error from the Modbus stack is a lost link,
-                # logged with its traceback, not the end of the driver.
-                _log.exception("unexpected error on the drive link")
-                self._link_lost(f"drive_link: unexpected error: {exc!r}")
-            finally:
-                self._live = False
-                client.close()
-            raise_if_cancelled()
-            if self._last_session_was_live:
-                delay = self._reconnect_initial_s
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_s)
+                async with asyncio.timeout(max(0.0, decision.at - now)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            return
+        try:
+            if action is Action.CONNECT:
+                await self._connect()
+            else:
+                assert client is not None
+                if action is Action.STOP:
+                    await self._write_stop(client)
+                elif action is Action.POLL:
+                    await self._poll(client)
+                else:
+                    await self._write_command(client)
+        except _LinkLost as exc:
+            self._lose_link(str(exc))
+        except Exception as exc:
+            # Retry forever (SR-9): an unexpected error is a lost link, logged with its
+            # traceback, not the end of the driver; the stop word first, on the link still open.
+            _log.exception("unexpected error on the drive link")
+            await self._last_stop(StopCause.FAULT)
+            self._lose_link(f"drive_link: unexpected error: {exc!r}")
 
     def _new_client(self) -> ModbusClient:
         # retries=0: one time-out is a fault (SR-9), a retry would hide it. reconnect_delay=0:
@@ -298,31 +364,53 @@ class ModbusVfdDriver:
         if not connected:
             self._wake.set()
 
-    async def _connect(self, client: ModbusClient) -> None:
+    async def _connect(self) -> None:
+        client = self._new_client()
+        self._client = client
+        self.connect_attempts += 1
         problem = await connect_within(client, self._request_timeout_s * 4)
         if problem is not None:
             raise _LinkLost(f"drive_link: cannot connect to {self._where()}: {problem}")
+        self._parameters_checked = False
+        self._sent_run = self._sent_freq = None
+        # Whatever the drive was doing, it is told to stop before anything else (SR-11).
+        self._policy.connected(_now())
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self._live = False
+        if client is not None:
+            client.close()
 
     def _where(self) -> str:
         if self._transport == "tcp":
             return f"{self._host}:{self._port}"
         return str(self._serial_port)
 
-    async def _session(self, client: ModbusClient) -> None:
-        estops = self._estop_requested
-        # Stop first (SR-11): whatever the drive was doing, it is told to stop before anything.
-        if await self._write(client, self._map.command_word, stop_word(self._direction), "stop"):
-            self._sent_run = False
-            self._estop_written = estops
-            self.stop_writes += 1
-        self._refusal = await self._check_parameters(client)
-        if self._refusal is not None:
-            _log.error("%s", self._refusal)
-            self._disarm()
-        self._live = self._ever_linked = self._last_session_was_live = True
-        await self._poll(client)
-        while True:
-            await self._step(client)
+    async def _last_stop(self, cause: StopCause) -> None:
+        """On the way out of the task or of a broken session (cancellation, an unexpected
+        error): the stop word on the link still open, bounded, whatever was going on. Never
+        raises: what brought us here must go on."""
+        client = self._client
+        policy = self._policy
+        if client is None or not client.connected or policy.silent:
+            return
+        now = _now()
+        policy.raise_stop(now, cause)
+        token = policy.stop_written(now)
+        word = stop_word(self._direction)
+        try:
+            # A request cut short by the cancellation may still be answered; pymodbus takes
+            # the next request regardless, and the stop word is written at once.
+            async with asyncio.timeout(self._request_timeout_s * 2):
+                response = await client.write_register(
+                    self._map.command_word, word, device_id=self._device_id
+                )
+            accepted = not response.isError()
+        except Exception as exc:
+            _log.warning("drive_link: stop word on the way out: %r", exc)
+            accepted = False
+        policy.stop_answered(_now(), token, accepted)
 
     async def _check_parameters(self, client: ModbusClient) -> str | None:
         """None if 09.02 and 09.03 make a safe drive-side deadman, else the refusal message."""
@@ -332,6 +420,9 @@ class ModbusVfdDriver:
             return action
         if isinstance(timeout, str):
             return timeout
+        if timeout > 0:
+            # The silence after an unconfirmed stop must outlast the drive's own time-out.
+            self._policy.set_deadman(timeout * COMM_TIMEOUT_UNIT_S)
         try:
             check_comm_timeout(timeout, self._map.comm_timeout)
             check_poll_margin(timeout, self._poll_interval_s, self._map.comm_timeout)
@@ -349,61 +440,36 @@ class ModbusVfdDriver:
             return f"drive_config: cannot check parameter {label}: {response}; refusing to run"
         return int(response.registers[0])
 
-    async def _step(self, client: ModbusClient) -> None:
-        raise_if_cancelled()
-        self._wake.clear()
-        if not client.connected:
-            raise _LinkLost(f"drive_link: connection to {self._where()} closed")
-        now = asyncio.get_running_loop().time()
-        op = self._next_op(now)
-        if op is not None:
-            await op(client)
-            return
-        until = self._next_poll_at
-        if self._holdoff_until > now:
-            until = min(until, self._holdoff_until)
-        try:
-            async with asyncio.timeout(max(0.0, until - now)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-
-    def _next_op(self, now: float) -> _Op | None:
-        """The next request, by priority: emergency stop, stop, poll, speed."""
-        may_write = now >= self._holdoff_until
-        want_run = self._armed and self._wanted_raw > 0
-        if may_write and self._estop_requested != self._estop_written:
-            return self._write_stop
-        if may_write and not want_run and self._sent_run is not False:
-            return self._write_stop
-        if now >= self._next_poll_at:
-            return self._poll
-        if may_write and want_run:
-            if self._sent_freq != self._wanted_raw:
-                return partial(self._write_frequency, raw=self._wanted_raw)
-            if self._sent_run is not True:
-                return self._write_run
-        return None
+    def _command_pending(self) -> bool:
+        if not (self._armed and self._wanted_raw > 0 and self._refusal is None):
+            return False
+        return self._sent_freq != self._wanted_raw or self._sent_run is not True
 
     # --- requests -----------------------------------------------------------------------------
 
     async def _write_stop(self, client: ModbusClient) -> None:
-        estops = self._estop_requested
-        if await self._write(client, self._map.command_word, stop_word(self._direction), "stop"):
+        token = self._policy.stop_written(_now())
+        accepted = await self._write(
+            client, self._map.command_word, stop_word(self._direction), "stop"
+        )
+        if accepted:
             self._sent_run = False
-            self._estop_written = estops
-            self.stop_writes += 1
+        self._policy.stop_answered(_now(), token, accepted)
 
-    async def _write_run(self, client: ModbusClient) -> None:
+    async def _write_command(self, client: ModbusClient) -> None:
+        """The next step towards the wanted speed: the frequency, then the run word."""
+        raw = self._wanted_raw
+        if self._sent_freq != raw:
+            self._policy.command_written(_now())
+            if await self._write(client, self._map.frequency_command, raw, "frequency command"):
+                self._sent_freq = raw
+            return
         if self._refusal is not None or not self._armed:  # belt and braces: never run refused
             return
+        self._policy.command_written(_now())
         if await self._write(client, self._map.command_word, run_word(self._direction), "run"):
             self._sent_run = True
             self.run_writes += 1
-
-    async def _write_frequency(self, client: ModbusClient, raw: int) -> None:
-        if await self._write(client, self._map.frequency_command, raw, "frequency command"):
-            self._sent_freq = raw
 
     async def _write(self, client: ModbusClient, address: int, value: int, what: str) -> bool:
         call = partial(client.write_register, address, value, device_id=self._device_id)
@@ -411,7 +477,14 @@ class ModbusVfdDriver:
         return not isinstance(response, str)
 
     async def _poll(self, client: ModbusClient) -> None:
-        self._next_poll_at = asyncio.get_running_loop().time() + self._poll_interval_s
+        if not self._parameters_checked:
+            self._refusal = await self._check_parameters(client)
+            self._parameters_checked = True
+            if self._refusal is not None:
+                _log.error("%s", self._refusal)
+                self._disarm()
+            self._live = self._ever_linked = True
+        token = self._policy.poll_started(_now())
         values: dict[int, int] = {}
         for address, count in self._read_plan:
             call = partial(
@@ -427,14 +500,19 @@ class ModbusVfdDriver:
                 )
                 return
             values.update((address + i, int(v)) for i, v in enumerate(response.registers))
-        self._take_poll(values[self._map.error_code], values[self._map.output_frequency])
+        output_frequency = values[self._map.output_frequency]
+        self._take_poll(values[self._map.error_code], output_frequency)
+        self._policy.status(_now(), token, moving=output_frequency != 0)
 
     def _take_poll(self, error_code: int, output_frequency: int) -> None:
         if error_code:
-            self._drive_error = (
+            error = (
                 f"drive_fault: drive reports error code {error_code} "
                 f"(register {self._map.error_code:#06x})"
             )
+            if error != self._drive_error:
+                self._policy.raise_stop(_now(), StopCause.FAULT)
+            self._drive_error = error
             self._disarm()
         else:
             self._drive_error = None
@@ -462,9 +540,11 @@ class ModbusVfdDriver:
             fault = (
                 f"drive_fault: exception response {_exception_text(response.exception_code)} {what}"
             )
-            self._holdoff_until = asyncio.get_running_loop().time() + self._poll_interval_s
+            # Commands wait a moment after a refusal, so we do not spin; a stop never waits.
+            self._policy.refused(_now())
             self._set_event_fault(fault)
             return fault
+        self._policy.answered(_now())
         return response
 
     # --- state --------------------------------------------------------------------------------
@@ -479,6 +559,9 @@ class ModbusVfdDriver:
     def _set_event_fault(self, fault: str) -> None:
         if fault != self._event_fault:
             _log.warning("%s", fault)
+            # A new fault raises the stop (once: a fault repeated by every poll must not turn
+            # the repetition into a stream).
+            self._policy.raise_stop(_now(), StopCause.FAULT)
         self._event_fault = fault
         self._event_fault_seen = False
         self._disarm()
@@ -489,23 +572,27 @@ class ModbusVfdDriver:
         self._event_fault = fault
         self._event_fault_seen = False
         self._disarm()
+        self._policy.raise_stop(_now(), StopCause.FAULT)
         # A new status only while the link is up: a dead link's status must not advance.
         if self._live:
             self._publish()
         self._wake.set()
 
-    def _link_lost(self, fault: str) -> None:
+    def _lose_link(self, fault: str) -> None:
         was_live = self._live
-        self._live = False
+        self._drop_client()
         self._sent_run = None
         self._sent_freq = None
         self._disarm()
+        self._policy.disconnected(_now())
         if was_live or (self._ever_linked and self._event_fault is None):
             _log.warning("%s", fault)
             self._event_fault = fault
             self._event_fault_seen = False
             # One status carrying the fault, then t stops advancing until the link is back.
             self._publish()
+        else:
+            _log.debug("%s", fault)
 
     def _disarm(self) -> None:
         self._armed = False
@@ -515,6 +602,11 @@ class ModbusVfdDriver:
     def _arm_if_healthy(self) -> None:
         if self._healthy_seen and self._live and self._fault() is None:
             self._armed = True
+
+
+def _now() -> float:
+    """The link policy's clock (the I/O task's waits are computed on it too)."""
+    return time.monotonic()
 
 
 def _check_arguments(

@@ -15,6 +15,13 @@ Two transports, both pymodbus's own server classes so any standard client can ta
   opens one slave, ``.path`` is the other, and the device copies bytes between the two masters.
   That copy is also where a test can pull the cable (``unplug()``).
 
+Fault injection (SR-9 tests, benchmarks): the drive can answer chosen registers, or all, with a
+Modbus exception for a while or for ever (:meth:`SimulatedVfd.answer_with_exception`), delay every
+answer by a line delay (``line_delay_s``), and ignore writes (answer them, apply nothing: a drive
+whose command source is its keypad; :meth:`SimulatedVfd.ignore_writes`). Every request, answered
+with an exception or not, is proof of life for the communication time-out, as on a real drive:
+that is why a host that keeps polling a drive that refuses its stop keeps the belt running.
+
 The CLI (``treadguard sim-device modbus --tcp HOST:PORT | --rtu``) is wired elsewhere; it needs
 :func:`serve_modbus_tcp` / :func:`serve_modbus_rtu`, ``.path`` and ``close()``.
 """
@@ -59,6 +66,8 @@ DEFAULT_REGISTER_MAP = (
 
 # How often the drive's own clock runs the physics and checks its communication time-out.
 _TICK_S = 0.01
+# Write single/multiple coil(s)/register(s): pymodbus calls the action twice for these.
+_WRITE_FUNCTIONS = frozenset({5, 6, 15, 16})
 # 09.03 accepts 0.0-120.0 s on a Delta *(verify)*.
 _COMM_TIMEOUT_MAX_RAW = 1200
 
@@ -69,6 +78,38 @@ class CommandRecord:
 
     t: float
     word: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the drive saw it: when (after the line delay), what, and the exception
+    it was answered with (None: a normal answer)."""
+
+    t: float
+    function_code: int
+    address: int
+    count: int
+    values: tuple[int, ...] | None  # what a write asked for; None for a read
+    exception: int | None
+    applied: bool  # False: an exception or an ignored write; the drive did not act on it
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRule:
+    """Answer matching requests with ``code`` until ``until`` (drive clock)."""
+
+    code: int
+    reads: bool
+    writes: bool
+    addresses: frozenset[int] | None  # None: every register
+    until: float
+
+    def matches(self, now: float, address: int, count: int, write: bool) -> bool:
+        if now >= self.until or not (self.writes if write else self.reads):
+            return False
+        if self.addresses is None:
+            return True
+        return any(a in self.addresses for a in range(address, address + count))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +160,16 @@ class SimulatedVfd:
         self.last_request_t = clock()
         self.requests = 0
         self.command_log: deque[CommandRecord] = deque(maxlen=100_000)
+        self.request_log: deque[RequestRecord] = deque(maxlen=100_000)
         self.comm_timeout_trips: list[CommTimeoutTrip] = []
+        # Fault injection.
+        self.line_delay_s = 0.0  # every request waits this long before the drive sees it
+        self.exception_rules: list[ExceptionRule] = []
+        self.ignore_writes_until = -math.inf  # drive clock
         # Called with (word, perf_counter_ns()) when a command word is applied (benchmarks).
         self.on_command_word: Callable[[int, int], None] | None = None
+        # Called with (record, perf_counter_ns()) for every request the drive sees (benchmarks).
+        self.on_request: Callable[[RequestRecord, int], None] | None = None
         self._silence_handled = False
         self._changed = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
@@ -151,6 +199,48 @@ class SimulatedVfd:
     @property
     def commanded_words(self) -> list[int]:
         return [rec.word for rec in self.command_log]
+
+    def answer_with_exception(
+        self,
+        code: int = int(ExcCodes.DEVICE_FAILURE),
+        *,
+        reads: bool = True,
+        writes: bool = True,
+        addresses: set[int] | frozenset[int] | None = None,
+        for_s: float = math.inf,
+    ) -> None:
+        """From now, answer reads and/or writes touching ``addresses`` (None: any register)
+        with exception ``code``, for ``for_s`` seconds (default: for ever). A refused write is
+        not applied. Rules add up; :meth:`answer_normally` clears them."""
+        try:
+            ExcCodes(code)
+        except ValueError:
+            known = ", ".join(str(int(c)) for c in ExcCodes)
+            raise ValueError(f"exception code {code} is not one of {known}") from None
+        rule = ExceptionRule(
+            code=code,
+            reads=reads,
+            writes=writes,
+            addresses=None if addresses is None else frozenset(addresses),
+            until=self._clock() + for_s,
+        )
+        self.exception_rules.append(rule)
+
+    def answer_normally(self) -> None:
+        self.exception_rules.clear()
+
+    def ignore_writes(self, for_s: float = math.inf) -> None:
+        """Answer writes as if applied, but apply none (command source on the keypad), for
+        ``for_s`` seconds (default: for ever). ``for_s=0`` obeys writes again."""
+        self.ignore_writes_until = self._clock() + for_s
+
+    def start_from_keypad(self, mph: float) -> None:
+        """Someone runs the belt from the drive's own keypad."""
+        now = self._clock()
+        self.frequency_command = round(mph / self.mph_per_hz * 100)
+        self.running = True
+        self.belt.host_command(now, self._commanded_mph())
+        self._notify()
 
     def inject_error(self, code: int) -> None:
         """Trip the drive with this error code (0x2100); the belt coasts to a stop."""
@@ -228,20 +318,55 @@ class SimulatedVfd:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """pymodbus calls this on every access, before it answers; it may edit ``registers``."""
+        if set_values is None and function_code in _WRITE_FUNCTIONS:
+            # The server reading back the write it has just applied, to echo it: part of the
+            # same request, already delayed, logged and counted.
+            self._refresh(registers, start_address)
+            return None
+        if self.line_delay_s > 0:
+            await asyncio.sleep(self.line_delay_s)
         now = self._clock()
         self.belt.advance(now)
+        # Any request addressed to the drive, even one it refuses, resets its time-out.
         self.last_request_t = now
         self._silence_handled = False
         self.requests += 1
-        result: ExcCodes | None = None
-        if set_values is not None:
-            for offset, value in enumerate(set_values):
-                result = self._write(address + offset, int(value), now)
-                if result is not None:
-                    break
+        write = set_values is not None
+        result = self._injected_exception(now, address, count, write)
+        applied = result is None
+        if set_values is not None and result is None:
+            if now < self.ignore_writes_until:
+                applied = False
+            else:
+                for offset, value in enumerate(set_values):
+                    result = self._write(address + offset, int(value), now)
+                    if result is not None:
+                        applied = False
+                        break
+        self.request_log.append(
+            RequestRecord(
+                t=now,
+                function_code=function_code,
+                address=address,
+                count=count,
+                values=None if set_values is None else tuple(int(v) for v in set_values),
+                exception=None if result is None else int(result),
+                applied=applied,
+            )
+        )
+        if self.on_request is not None:
+            self.on_request(self.request_log[-1], time.perf_counter_ns())
         self._refresh(registers, start_address)
         self._notify()
         return result
+
+    def _injected_exception(
+        self, now: float, address: int, count: int, write: bool
+    ) -> ExcCodes | None:
+        for rule in self.exception_rules:
+            if rule.matches(now, address, count, write):
+                return ExcCodes(rule.code)
+        return None
 
     def _write(self, address: int, value: int, now: float) -> ExcCodes | None:
         rmap = self.register_map

@@ -250,7 +250,8 @@ async def test_startup_refusal_never_writes_run(
                 # Polling goes on (the belt stays visible), so t advances.
                 await eventually(advanced_past(driver, before), "the next poll")
             assert status_of(driver).fault == fault
-    assert vfd.commanded_words == [STOP_REVERSE]
+    # The stop word at start-up, and again on the way out of run() (SR-9, SR-11).
+    assert vfd.commanded_words == [STOP_REVERSE, STOP_REVERSE]
     assert driver.run_writes == 0
     assert not vfd.running
 
@@ -383,8 +384,11 @@ async def test_dead_link_faults_keeps_stopping_and_never_restarts(kind: Kind) ->
 
 
 @pytest.mark.asyncio
-async def test_driver_task_cancelled_drive_stops_the_belt() -> None:
-    async with simulated_drive("tcp") as (vfd, server):
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sr9_sr11_driver_task_cancelled_writes_the_stop_word(kind: Kind) -> None:
+    """A cancelled driver writes the stop word on its way out, over either transport; the belt
+    stops by it, not by the drive's deadman (which the SIGKILL test below shows)."""
+    async with simulated_drive(kind) as (vfd, server):
         driver = make_driver(server)
         task = asyncio.create_task(driver.run())
         async with ControlTicks(driver) as ticks:
@@ -392,11 +396,8 @@ async def test_driver_task_cancelled_drive_stops_the_belt() -> None:
         await cancel_and_wait(task)
         assert task.cancelled()
         await vfd.wait_until(lambda: vfd.belt.speed_mph == 0.0, timeout_s=5)
-    [trip] = vfd.comm_timeout_trips
-    assert trip.stopped
-    assert DEADMAN_S <= trip.t - trip.last_request_t < DEADMAN_S + 0.2
-    # The drive stopped by itself: the last word the driver wrote was still "run".
-    assert vfd.commanded_words[-1] == RUN_REVERSE
+    assert vfd.comm_timeout_trips == []
+    assert vfd.commanded_words[-1] == STOP_REVERSE
 
 
 CHILD = """
@@ -502,7 +503,9 @@ async def test_driver_stops_a_drive_left_running() -> None:
         async with running(driver):
             await vfd.wait_until(lambda: not vfd.running, timeout_s=5)
             await eventually(lambda: healthy(driver), "a healthy status")
-    assert vfd.commanded_words == [RUN_REVERSE, STOP_REVERSE]
+    # Stopped first, the stop word repeated until standstill, never anything else.
+    assert vfd.commanded_words[0] == RUN_REVERSE
+    assert set(vfd.commanded_words[1:]) == {STOP_REVERSE}
 
 
 async def _mbpoll(

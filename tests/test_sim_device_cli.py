@@ -6,6 +6,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,46 @@ def test_modbus_device_answers_any_modbus_client(
         assert params.registers == [1, 5]
         assert not client.write_register(0x2001, 1600, device_id=1).isError()
         assert client.read_holding_registers(0x2001, count=1, device_id=1).registers == [1600]
+    finally:
+        client.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        [
+            "modbus",
+            "--tcp",
+            "127.0.0.1:0",
+            "--line-delay-ms",
+            "20",
+            "--exception",
+            "4",
+            "--exception-on",
+            "writes",
+        ]
+    ],
+    indirect=True,
+)
+def test_modbus_device_injects_exceptions_and_line_delay(
+    device: tuple[subprocess.Popen[str], str],
+) -> None:
+    """SR-9 fault injection from the command line: writes refused with exception 4 (device
+    failure) while reads answer, every answer 20 ms late."""
+    proc, address = device
+    host, _, port = address.rpartition(":")
+    client = ModbusTcpClient(host, port=int(port), timeout=2)
+    assert client.connect()
+    try:
+        began = time.monotonic()
+        params = client.read_holding_registers(0x0902, count=2, device_id=1)
+        assert time.monotonic() - began >= 0.02
+        assert params.registers == [1, 5]
+        refused = client.write_register(0x2000, 0x21, device_id=1)
+        assert refused.isError()
+        assert refused.exception_code == 4
     finally:
         client.close()
     proc.send_signal(signal.SIGTERM)
