@@ -176,6 +176,7 @@ class TrackmasterDevice:
         # Fault injection.
         self.report_emergency = False  # C1/C3 answer 999.9
         self.split_replies = False
+        self.ignore_stop = False  # A2 is acknowledged (B2) but the belt runs on
         self.plugged = True
         self._overrides: dict[int, deque[bytes]] = {}
         self.injection: Injection | None = None
@@ -342,6 +343,11 @@ class TrackmasterDevice:
     def press_stop(self) -> None:
         """The treadmill's own stop button."""
         self._stop(self._now(), emergency=True)
+
+    def press_start(self) -> None:
+        """The treadmill's own start button: the belt starts with CDS enabled."""
+        self._start(self._now(), cds=True)
+        self._notify()
 
     @property
     def belt_state(self) -> BeltState:
@@ -512,7 +518,8 @@ class TrackmasterDevice:
         self._command_belt(now, self.set_speed_mph)
 
     def _stop_command(self, _: int, now: float) -> ErrorAnswer | None:
-        self._stop(now, emergency=True)
+        if not self.ignore_stop:
+            self._stop(now, emergency=True)
         return None
 
     def _stop(self, now: float, *, emergency: bool) -> None:
