@@ -1,0 +1,469 @@
+"""The shared drive-link policy (drivers/link_policy.py), driven directly: SR-9 and SR-13.
+
+Examples first, then hypothesis: arbitrary sequences of driver events, controller wishes and
+time steps (tiny, huge and in between), with the rules checked after every step against a
+small reference model written here from SAFETY.md, not from the policy's own state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from drivers.link_policy import (
+    Action,
+    Decision,
+    LinkPolicy,
+    PolicyParams,
+    StopCause,
+)
+
+POLL = 0.1
+DEADMAN = 0.5
+CONFIRM = 0.3
+MARGIN = 0.25
+PARAMS = PolicyParams(
+    poll_interval_s=POLL, deadman_s=DEADMAN, stop_confirm_s=CONFIRM, silence_margin_s=MARGIN
+)
+FRAMES = frozenset({Action.STOP, Action.POLL, Action.COMMAND})
+
+
+def linked(now: float = 0.0) -> LinkPolicy:
+    """A policy whose link is up and whose first stop was accepted and confirmed by standstill."""
+    p = LinkPolicy(PARAMS, now)
+    assert p.next(now).action is Action.CONNECT
+    p.connected(now)
+    assert p.next(now).action is Action.STOP
+    token = p.stop_written(now)
+    p.stop_answered(now, token, accepted=True)
+    assert p.next(now).action is Action.POLL
+    p.status(now, p.poll_started(now), moving=False)
+    assert not p.stop_raised
+    return p
+
+
+def running(now: float = 0.0) -> LinkPolicy:
+    p = linked(now)
+    p.want(now, moving=True)
+    assert p.next(now, command_pending=True).action is Action.COMMAND
+    p.command_written(now)
+    return p
+
+
+# --- examples -------------------------------------------------------------------------------
+
+
+def test_sr9_every_new_connection_starts_with_a_stop() -> None:
+    p = LinkPolicy(PARAMS, 0.0)
+    assert p.next(0.0) == Decision(Action.CONNECT, 0.0)
+    p.connected(0.0)
+    assert p.stop_raised
+    assert p.cause is StopCause.CONNECTED
+    assert p.next(0.0, command_pending=True).action is Action.STOP
+
+
+def test_sr13_emergency_stop_goes_out_ahead_of_a_due_poll_and_a_pending_command() -> None:
+    p = running()
+    p.refused(0.05)  # an exception reply: commands are held off
+    p.raise_stop(0.2, StopCause.EMERGENCY)
+    assert p.next(0.2, command_pending=True) == Decision(Action.STOP, 0.2)
+
+
+def test_sr9_a_stop_is_never_delayed_by_the_holdoff_of_exception_replies() -> None:
+    """Status reads answered with exceptions, each renewing the hold-off: the stop still goes
+    out at once, and is repeated every poll interval."""
+    p = running()
+    t = 0.0
+    for _ in range(5):
+        t += POLL
+        assert p.next(t).action is Action.POLL
+        p.poll_started(t)
+        p.refused(t + 0.02)
+    t += 0.02
+    p.raise_stop(t, StopCause.EMERGENCY)
+    assert p.next(t).action is Action.STOP
+    stops = []
+    for _ in range(5000):  # bounded: a policy that never lets time pass fails, not hangs
+        if t >= 2.0:
+            break
+        d = p.next(t)
+        if d.action is Action.STOP:
+            stops.append(t)
+            p.stop_answered(t + 0.02, p.stop_written(t), accepted=True)
+            t += 0.02
+        elif d.action is Action.POLL:
+            p.poll_started(t)
+            t += 0.02
+            p.refused(t)
+        else:
+            assert d.action is Action.WAIT
+            t = d.at
+    gaps = [b - a for a, b in itertools.pairwise(stops)]
+    assert len(stops) >= 15
+    assert max(gaps) <= POLL + 0.02 + 1e-9
+    assert p.silences == 0  # the drive accepts the stops: confirmed, no silence
+
+
+def test_sr9_standstill_after_a_stop_write_clears_the_repetition() -> None:
+    p = running()
+    early = p.poll_started(0.99)
+    p.want(1.0, moving=False)
+    assert p.stop_raised
+    assert p.cause is StopCause.CONTROLLED
+    token = p.stop_written(1.0)
+    p.stop_answered(1.0, token, accepted=True)
+    # A poll begun before the stop write does not count, even if it says standstill.
+    p.status(1.01, early, moving=False)
+    assert p.stop_raised
+    p.status(1.02, p.poll_started(1.01), moving=False)
+    assert not p.stop_raised
+    assert p.next(1.03).action is Action.WAIT
+
+
+def test_sr9_the_stop_is_repeated_until_standstill() -> None:
+    p = running()
+    p.want(1.0, moving=False)
+    written = []
+    t = 1.0
+    for _ in range(5000):
+        if t >= 3.0:
+            break
+        d = p.next(t)
+        if d.action is Action.STOP:
+            written.append(t)
+            p.stop_answered(t, p.stop_written(t), accepted=True)
+        elif d.action is Action.POLL:
+            p.status(t, p.poll_started(t), moving=t < 2.0)
+        else:
+            t = d.at
+    assert written[0] == 1.0
+    assert len(written) >= 9
+    assert max(written) < 2.0 + POLL + 1e-9
+    assert not p.stop_raised
+
+
+def test_sr9_a_belt_moving_while_the_wanted_speed_is_zero_raises_the_stop_again() -> None:
+    """A drive started from its keypad: the status shows motion, the stop goes out again."""
+    p = linked()
+    p.want(0.5, moving=False)
+    assert not p.stop_raised
+    p.status(0.6, p.poll_started(0.6), moving=True)
+    assert p.stop_raised
+    assert p.cause is StopCause.MOVING
+    assert p.next(0.6).action is Action.STOP
+
+
+def test_sr9_an_unconfirmed_stop_falls_silent_for_the_deadman_plus_margin() -> None:
+    """Hazard: writes refused, reads answered; our polls would feed the drive's deadman."""
+    p = running()
+    p.raise_stop(1.0, StopCause.EMERGENCY)
+    t = 1.0
+    for _ in range(100):
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            break
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=False)
+        elif d.action is Action.POLL:
+            p.status(t, p.poll_started(t), moving=True)
+        else:
+            t = d.at
+    assert p.silent_since == pytest.approx(1.0 + CONFIRM)
+    assert d.at == pytest.approx(1.0 + CONFIRM + DEADMAN + MARGIN)
+    # Nothing at all until the silence ends: not an emergency stop, not a reconnect.
+    p.raise_stop(1.5, StopCause.EMERGENCY)
+    p.disconnected(1.6)
+    assert p.next(1.7, command_pending=True).action is Action.SILENT
+    p.connected(1.7)
+    assert p.next(d.at - 1e-9).action is Action.SILENT
+    # Then one stop and one status read, and silence again when still unconfirmed.
+    p2 = running()
+    p2.raise_stop(0.0, StopCause.EMERGENCY)
+    p2.stop_answered(0.0, p2.stop_written(0.0), accepted=False)
+    end = p2.next(CONFIRM).at
+    assert p2.next(end).action is Action.STOP
+    p2.stop_answered(end, p2.stop_written(end), accepted=False)
+    assert p2.next(end).action is Action.POLL
+    p2.status(end, p2.poll_started(end), moving=True)
+    quiet = p2.next(end + 0.01)
+    assert quiet == Decision(Action.WAIT, end + CONFIRM)
+    assert p2.next(end + CONFIRM).action is Action.SILENT
+    assert p2.silences == 2
+
+
+def test_sr9_a_drive_that_ignores_the_stop_for_a_while_is_stopped_once_it_obeys() -> None:
+    p = running()
+    p.raise_stop(0.0, StopCause.EMERGENCY)
+    t, obeys_at = 0.0, 5.0
+    for _ in range(5000):
+        if not p.stop_raised or t >= 20.0:
+            break
+        d = p.next(t)
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=t >= obeys_at)
+        elif d.action is Action.POLL:
+            p.status(t, p.poll_started(t), moving=t < obeys_at + 0.5)
+        else:
+            t = d.at
+    assert not p.stop_raised
+    assert t < obeys_at + 2.0
+
+
+def test_sr9_the_silence_follows_the_deadman_read_from_the_drive() -> None:
+    p = running()
+    p.set_deadman(1.0)
+    p.raise_stop(0.0, StopCause.FAULT)
+    p.stop_answered(0.0, p.stop_written(0.0), accepted=False)
+    d = p.next(CONFIRM)
+    assert d == Decision(Action.SILENT, pytest.approx(CONFIRM + 1.0 + MARGIN))
+
+
+def test_sr9_a_stop_raised_during_the_reconnect_backoff_makes_the_connect_due_at_once() -> None:
+    p = LinkPolicy(PARAMS, 0.0)
+    t = 0.0
+    for _ in range(5):
+        d = p.next(t)
+        if d.action is Action.WAIT:
+            t = d.at
+        assert p.next(t).action is Action.CONNECT
+        p.disconnected(t)  # the connection attempt failed
+    waiting = p.next(t)
+    assert waiting.action is Action.WAIT
+    assert waiting.at >= t + 0.8
+    p.raise_stop(t + 0.1, StopCause.EMERGENCY)
+    assert p.next(t + 0.1) == Decision(Action.CONNECT, t + 0.1)
+
+
+def test_sr9_the_backoff_restarts_after_a_link_that_answered() -> None:
+    p = running()
+    p.disconnected(1.0)
+    assert p.next(1.0) == Decision(Action.WAIT, 1.0 + PARAMS.reconnect_initial_s)
+
+
+def test_polls_and_commands_take_turns() -> None:
+    p = running()
+    t = 0.0
+    seen = []
+    for _ in range(8):
+        t += 1.5 * POLL  # a poll is due every time: a slow drive, or a stream of speed changes
+        d = p.next(t, command_pending=True)
+        seen.append(d.action)
+        if d.action is Action.POLL:
+            p.status(t, p.poll_started(t), moving=True)
+        else:
+            p.command_written(t)
+    assert Action.POLL in seen
+    assert Action.COMMAND in seen
+    assert all(a is not b for a, b in itertools.pairwise(seen))
+
+
+def test_commands_wait_out_the_holdoff() -> None:
+    p = linked()
+    p.want(0.0, moving=True)
+    p.refused(0.01)
+    assert p.next(0.02, command_pending=True) == Decision(Action.WAIT, POLL)  # the next poll
+    assert p.next(POLL, command_pending=True).action is Action.POLL
+    p.status(POLL, p.poll_started(POLL), moving=False)
+    assert p.next(0.105, command_pending=True) == Decision(Action.WAIT, 0.01 + POLL)
+    assert p.next(0.01 + POLL, command_pending=True).action is Action.COMMAND
+
+
+@pytest.mark.parametrize(
+    ("field_name", "value"),
+    [
+        ("poll_interval_s", 0.0),
+        ("deadman_s", math.nan),
+        ("stop_confirm_s", -1.0),
+        ("silence_margin_s", math.inf),
+        ("holdoff_s", -0.1),
+        ("reconnect_max_s", 0.01),
+    ],
+)
+def test_params_refuse_nonsense(field_name: str, value: float) -> None:
+    kwargs: dict[str, float] = {"poll_interval_s": POLL, "deadman_s": DEADMAN}
+    kwargs[field_name] = value
+    with pytest.raises(ValueError, match=field_name.split("_")[0]):
+        PolicyParams(**kwargs)  # type: ignore[arg-type]
+
+
+# --- properties -------------------------------------------------------------------------------
+
+EXAMPLES = int(
+    os.environ.get("TREADGUARD_HYPOTHESIS_EXAMPLES", 1000 if os.environ.get("CI") else 300)
+)
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+STEPS = st.one_of(
+    st.floats(min_value=0.0, max_value=1e-6),
+    st.floats(min_value=0.0, max_value=0.5),
+    st.floats(min_value=0.0, max_value=1e4),
+    st.sampled_from([0.0, POLL, CONFIRM, DEADMAN + MARGIN, 5e-324]),
+)
+ACT = st.tuples(st.just("act"), st.integers(0, 5), st.booleans())
+# The driver acts far more often than anything else happens: weight it so.
+EVENTS = st.one_of(
+    ACT,
+    ACT,
+    ACT,
+    st.tuples(st.just("advance"), STEPS),
+    st.tuples(st.just("advance"), STEPS),
+    st.tuples(st.just("raise"), st.sampled_from(list(StopCause))),
+    st.tuples(st.just("want"), st.booleans()),
+    st.tuples(st.just("disconnect")),
+    st.tuples(st.just("refused")),
+    st.tuples(st.just("deadman"), st.floats(min_value=0.1, max_value=1.0)),
+)
+
+
+@dataclass
+class Model:
+    """SAFETY.md's SR-9 rules, restated: when may a frame go out while a stop is raised?"""
+
+    # A stop raised and not confirmed since `since`: frames only until since + CONFIRM.
+    since: float = 0.0
+    confirmed: bool = False
+    silent_until: float = -math.inf
+    written_since_raise: bool = False  # a stop write since the latest raise
+
+
+@given(events=st.lists(EVENTS, max_size=120), start=st.floats(min_value=-1e6, max_value=1e6))
+@SETTINGS
+def test_sr9_sr13_policy_rules_hold_for_any_sequence_of_events(
+    events: list[tuple[object, ...]], start: float
+) -> None:
+    p = LinkPolicy(PARAMS, start)
+    m = Model(since=start)
+    now = start
+    for ev in events:
+        note(f"t={now!r} stop_raised={p.stop_raised} silent={p.silent} event={ev}")
+        kind = ev[0]
+        if kind == "advance":
+            step = ev[1]
+            assert isinstance(step, float)
+            now += step
+        elif kind == "raise":
+            cause = ev[1]
+            assert isinstance(cause, StopCause)
+            if not p.stop_raised or m.confirmed:
+                m.since, m.confirmed = now, False
+            p.raise_stop(now, cause)
+            m.written_since_raise = False
+            _check_stop_goes_out_at_once(p, m, now)
+        elif kind == "want":
+            was_raised = p.stop_raised
+            p.want(now, moving=bool(ev[1]))
+            if p.stop_raised and not was_raised:
+                m.since, m.confirmed, m.written_since_raise = now, False, False
+                _check_stop_goes_out_at_once(p, m, now)
+        elif kind == "disconnect":
+            if p.link_up:
+                if not p.stop_raised:
+                    m.since, m.confirmed = now, False
+                p.disconnected(now)
+                m.written_since_raise = False
+        elif kind == "refused":
+            if p.link_up:
+                p.refused(now)
+        elif kind == "deadman":
+            deadman = ev[1]
+            assert isinstance(deadman, float)
+            p.set_deadman(deadman)
+        else:
+            outcome, moving = ev[1], ev[2]
+            assert isinstance(outcome, int)
+            assert isinstance(moving, bool)
+            _act(p, m, now, outcome, moving)
+
+
+def _ask(p: LinkPolicy, m: Model, now: float, command_pending: bool) -> Decision:
+    """p.next(), with the model following silences in and out."""
+    raised_before, silent_before = p.stop_raised, p.silent
+    d = p.next(now, command_pending=command_pending)
+    assert d.at >= now
+    if d.action in (Action.WAIT, Action.SILENT):
+        assert d.at > now
+    if d.action in (Action.STOP, Action.POLL, Action.COMMAND, Action.CONNECT):
+        assert d.at == now
+    if silent_before and not p.silent:
+        # The silence ended: one more attempt, with its own bound.
+        assert now >= m.silent_until
+        m.since, m.confirmed, m.written_since_raise = now, False, False
+    if d.action is Action.SILENT and not silent_before:
+        # Entering silence: only for an unconfirmed stop past the bound, for deadman + margin.
+        assert raised_before, "silence without a raised stop"
+        assert p.link_up, "silence on a link that is down"
+        assert not m.confirmed, "silence after the drive confirmed the stop"
+        assert now >= m.since + CONFIRM - 1e-9, "silence before the confirm bound"
+        assert d.at - now >= p.silence_s - 1e-9
+        m.silent_until = d.at
+    if d.action is Action.SILENT:
+        assert now < m.silent_until
+    if d.action in FRAMES:
+        assert now >= m.silent_until, "a frame during the silence"
+        if p.stop_raised:
+            assert m.confirmed or now < m.since + CONFIRM + 1e-9, "frames past the bound"
+    if p.stop_raised:
+        assert d.action is not Action.COMMAND, "a command while a stop is raised"
+    return d
+
+
+def _act(p: LinkPolicy, m: Model, now: float, outcome: int, moving: bool) -> None:
+    d = _ask(p, m, now, command_pending=outcome % 2 == 0)
+    if d.action is Action.COMMAND:
+        p.command_written(now)
+    elif d.action is Action.STOP:
+        token = p.stop_written(now)
+        m.written_since_raise = True
+        if outcome in (0, 1):
+            p.stop_answered(now, token, accepted=True)
+            m.confirmed = True
+        elif outcome == 2:
+            p.stop_answered(now, token, accepted=False)
+        # else: no answer (a time-out; the link may drop next)
+    elif d.action is Action.POLL:
+        token = p.poll_started(now)
+        if outcome < 4:
+            was_raised = p.stop_raised
+            p.status(now, token, moving=moving)
+            if was_raised and not moving and m.written_since_raise:
+                assert not p.stop_raised, "standstill after a stop write must clear the stop"
+            if not was_raised and p.stop_raised:
+                assert moving
+                assert not p.wanted_moving
+                m.since, m.confirmed, m.written_since_raise = now, False, False
+                _check_stop_goes_out_at_once(p, m, now)
+            elif was_raised and moving and m.confirmed and m.written_since_raise:
+                m.since, m.confirmed = now, False  # the next repetition must be accepted too
+        elif outcome == 4:
+            p.refused(now)
+    elif d.action is Action.CONNECT:
+        if outcome < 3:
+            p.connected(now)
+            m.since, m.confirmed, m.written_since_raise = now, False, False
+            _check_stop_goes_out_at_once(p, m, now)
+        else:
+            p.disconnected(now)
+            m.written_since_raise = False
+
+
+def _check_stop_goes_out_at_once(p: LinkPolicy, m: Model, now: float) -> None:
+    """SR-13: a raised stop is the very next thing, whatever hold-off, back-off, due poll or
+    pending command there is: unless the drive is being left to its deadman (silence)."""
+    silent_before = p.silent
+    d = _ask(p, m, now, command_pending=True)
+    if silent_before and p.silent:
+        assert d.action is Action.SILENT
+    elif not p.link_up:
+        assert d == Decision(Action.CONNECT, now)
+    elif d.action is not Action.SILENT:
+        assert d == Decision(Action.STOP, now)
