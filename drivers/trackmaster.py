@@ -347,18 +347,28 @@ class TrackmasterDriver:
                     self._port_lost(str(exc))
                 except Exception as exc:
                     # Retry forever (SR-9): an unexpected error is a lost link, logged with its
-                    # traceback, not the end of the driver.
+                    # traceback, not the end of the driver; the stop goes out on the port that
+                    # is still open before it is closed.
                     _log.exception("unexpected error on the treadmill link")
+                    self._stop_on_the_way_out(StopCause.FAULT)
                     self._port_lost(f"drive_link: unexpected error: {exc!r}")
         finally:
-            # Cancelled (shutdown, a crashed sibling task) or failed: the stop goes out before
-            # the port closes, unless the link is being kept silent for the CDS, which the
-            # closed port then keeps silent for good.
-            self._policy.raise_stop(_now(), StopCause.CLOSING)
-            if not self._policy.silent:
-                self._write_stop_now()
+            # Cancelled (shutdown, a crashed sibling task): the stop goes out before the port
+            # closes.
+            self._stop_on_the_way_out(StopCause.CLOSING)
             self._close_port()
             self._live = False
+
+    def _stop_on_the_way_out(self, cause: StopCause) -> None:
+        """``A2`` now, on the port still open, unless the link is being kept silent for the
+        CDS (the closed port then keeps it silent for good). Never raises: it runs on the way
+        out of an error or a cancellation."""
+        try:
+            self._policy.raise_stop(_now(), cause)
+            if not self._policy.silent:
+                self._write_stop_now()
+        except Exception:
+            _log.exception("could not write the stop on the way out")
 
     async def _step(self) -> None:
         self._wake.clear()

@@ -355,3 +355,34 @@ async def test_sr13_back_to_back_emergency_stops_are_all_written_and_settle_clea
             await device.wait_until(lambda: device.belt.speed_mph == 0.0 and not device.running)
             await eventually(lambda: not driver.stopping, "the stop confirmed")
             assert healthy(driver)
+
+
+@pytest.mark.asyncio
+async def test_sr9_an_exception_in_the_driver_writes_a2_before_the_port_is_reopened(
+    tmp_path: Path,
+) -> None:
+    """SR-9: an unexpected exception inside the driver's I/O task (here while taking a poll)
+    writes A2 on the port still open, then reconnects; the belt is stopped by that stop."""
+    sent: list[tuple[int, bytes]] = []
+    async with treadmill(tmp_path) as device:
+        driver = TrackmasterDriver(
+            device.path, trace=lambda out, data: sent.append((driver.connect_attempts, data))
+        )
+        async with running(driver), ControlTicks(driver) as ticks:
+            await start_belt(driver, device, ticks, 1.0)
+            attempts = driver.connect_attempts
+            take_poll = driver._take_poll
+            mark = 0
+
+            def crash(*args: object) -> None:
+                nonlocal mark
+                mark = len(sent)
+                driver._take_poll = take_poll  # type: ignore[method-assign]
+                raise RuntimeError("injected")
+
+            driver._take_poll = crash  # type: ignore[method-assign]
+            await device.wait_until(lambda: device.belt.speed_mph == 0.0)
+            assert stopped_by_our_a2(device)
+            await eventually(lambda: driver.connect_attempts > attempts, "the reconnect")
+        # Written on the connection that failed, before the port was closed and reopened.
+        assert (attempts, bytes([Command.STOP])) in sent[mark:]
