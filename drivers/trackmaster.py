@@ -380,7 +380,7 @@ class TrackmasterDriver:
         try:
             match decision.action:
                 case Action.CONNECT:
-                    await self._connect()
+                    await self._connect_once()
                 case Action.STOP:
                     await self._send_stop()
                 case Action.POLL:
@@ -405,6 +405,17 @@ class TrackmasterDriver:
                 await self._wake.wait()
         except TimeoutError:
             pass
+
+    async def _connect_once(self) -> None:
+        """One connection attempt. An emergency stop raised while it was under way makes the
+        next attempt due at once if this one fails, so the back-off never delays it."""
+        stops = self.emergency_stops
+        try:
+            await self._connect()
+        except _LinkLost as exc:
+            self._port_lost(str(exc))
+            if self.emergency_stops != stops:
+                self._policy.raise_stop(_now(), StopCause.EMERGENCY)
 
     async def _connect(self) -> None:
         self.connect_attempts += 1
