@@ -34,7 +34,7 @@ from simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus
 from simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
 from simulator.mqtt_user import Broker as MqttBroker
 from simulator.scenario import ScenarioError, load_scenario
-from simulator.trackmaster_device import serve_trackmaster
+from simulator.trackmaster_device import INJECTION_KINDS, TrackmasterModel, serve_trackmaster
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -179,7 +179,17 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, "auto")
     try:
         if args.device == "trackmaster":
-            asyncio.run(serve_trackmaster(link_path=args.link))
+            model = TrackmasterModel(resume_last_speed=args.resume_last_speed)
+            asyncio.run(
+                serve_trackmaster(
+                    model=model,
+                    link_path=args.link,
+                    line_delay_s=args.line_delay_ms / 1000,
+                    inject=args.inject,
+                    inject_after_s=args.inject_after,
+                    inject_for_s=args.inject_for,
+                )
+            )
         else:
             if (args.tcp is None) == (not args.rtu):
                 print("error: give exactly one of --tcp HOST:PORT and --rtu", file=sys.stderr)
@@ -331,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="also keep a symlink at this path pointing at the current pty",
+    )
+    tm.add_argument("--line-delay-ms", type=float, default=0.0, help="delay every byte both ways")
+    tm.add_argument(
+        "--inject",
+        choices=INJECTION_KINDS,
+        default=None,
+        help="answer every request (the stop included) with this fault; SIGUSR1 toggles it",
+    )
+    tm.add_argument("--inject-after", type=float, default=0.0, metavar="S")
+    tm.add_argument("--inject-for", type=float, default=None, metavar="S", help="default: ever")
+    tm.add_argument(
+        "--resume-last-speed",
+        action="store_true",
+        help="a model that keeps its set speed through a stop and restarts at it on A0",
     )
     mb = dev_sub.add_parser("modbus", help="a Delta VFD-E style drive on Modbus TCP or RTU")
     mb.add_argument("--tcp", metavar="HOST:PORT", default=None)

@@ -3,37 +3,48 @@
 One task (:meth:`TrackmasterDriver.run`) owns the port and does the I/O; the controller's calls
 (:meth:`command_speed`, :meth:`status`) only change or read state and wake that task, so they
 never block (drivers/base.py). :meth:`emergency_stop` is the exception: it writes ``A2`` to the
-port itself, at once.
+port itself, at once (SR-13).
+
+**When** a stop, a poll or a command goes out, and when the link falls silent, is decided by the
+shared sans-I/O :class:`drivers.link_policy.LinkPolicy` (SR-9); this module is the transport: it
+asks the policy, writes the bytes, matches the answers and tells the policy what came back.
 
 The wire (PROTOCOLS.md section 1). The treadmill's input buffer holds one command: a second one
 sent before the first is processed replaces it. So exactly one ordinary command or status
 request is in flight, answered or timed out before the next. A stop may be written at any time,
 because a stop replacing a pending command is what we want; after it nothing else is written
-until its ``B2`` arrives, or the next request could replace the stop.
+until its answer arrives (or its time-out), or the next request could replace the stop.
 
-What the task sends, by priority:
-
-1. **Stop** (``A2``) while the belt must be brought to standstill (a stop or emergency stop was
-   asked for, a fault, every new connection), again every ``poll_interval_s`` until a poll
-   begun after the latest stop reports the belt stopped (``D0 31``) at 0.0 mph.
-2. **Start** (``A0``: CDS enabled; there is no way to send ``A1``) when the wanted speed is at
-   least ``min_belt_mph`` and the belt is stopped, then **speed** (``A3``) whenever the wanted
-   speed in tenths differs from the last one acknowledged.
-3. **Poll** ``C0`` (belt state) and ``C1`` (actual speed) every ``poll_interval_s`` (at most
-   0.1 s). The treadmill's communication-disconnect stop (CDS) stops the belt after 500 ms of
-   silence; polling keeps it fed while we live and lets it fire when we die (SR-9).
+- **Stop** (``A2``): raised by an emergency stop, a controlled stop, a fault, every new
+  connection, a belt found moving while the wanted speed is 0, and the driver being cancelled;
+  repeated every ``poll_interval_s``, each followed by a status read, until a read begun after
+  the latest ``A2`` reports the belt stopped (``D0 31``) at 0.0 mph. A treadmill that neither
+  acknowledges an ``A2`` (``B2``) nor reports standstill within the stop-confirm bound gets
+  silence: nothing at all on the wire for longer than its 500 ms communication-disconnect stop
+  (CDS), so that the CDS stops the belt; then one ``A2`` and one status read, and silence again
+  while it still does not confirm. Every request the treadmill receives, answered or not, feeds
+  its CDS: polling a treadmill that refuses the stop would keep its belt running.
+- **Start**, only from confirmed standstill: ``A3`` with the start speed while stopped, ``C3`` to
+  read that set speed back, ``A0`` (CDS enabled; there is no way to send ``A1``), and ``C3``
+  again. A model that keeps its last set speed through a stop and resumes at it on ``A0`` would
+  otherwise jump to the last session's speed; one that does not take the ``A3`` while stopped
+  is never started, and one that shows another speed after ``A0`` is stopped at once.
+- **Speed** (``A3``) whenever the wanted speed in tenths differs from the last one acknowledged;
+  **grade** (``A4``) when asked for. Commands and polls take turns.
+- **Poll** ``C0`` (belt state) and ``C1`` (actual speed) every ``poll_interval_s`` (at most
+  0.1 s), which keeps the CDS fed while we live and lets it fire when we die or fall silent.
 
 Faults (``status().fault``):
 
 - ``drive_fault: ...``: the treadmill refused a command (``BE``/``BF``), did not know a status
   request (``DF``), answered with garbage or a wrong ack, reports 999.9 mph (emergency stop or
-  its speed loop not responding), runs with CDS disabled (``D0 33``), or stopped the belt by
-  itself. A refusal is never retried.
-- ``drive_link: ...``: the port cannot be opened, hangs up or fails, an answer does not arrive
-  within ``ack_timeout_s``, or no valid answer arrives for 300 ms. The driver publishes one
-  status carrying the fault and then ``status().t`` stops advancing until the link is back. It
-  closes the port and reopens it forever with capped exponential backoff; every new
-  connection begins with ``A2``: those are the continuing stop attempts.
+  its speed loop not responding), runs with CDS disabled (``D0 33``), stopped the belt by
+  itself, or does not hold the start speed. A refusal is never retried.
+- ``drive_link: ...``: the port cannot be opened, hangs up or fails, or an answer does not
+  arrive within ``ack_timeout_s`` (at most 300 ms). The driver publishes one status carrying the
+  fault and then ``status().t`` stops advancing until a valid answer arrives again. A port that
+  fails is closed and reopened with capped exponential back-off (a stop raised meanwhile makes
+  the next open immediate); every new connection begins with ``A2``.
 
 Never restart on its own. Any fault disarms the driver: ``A0`` is sent again only after the
 controller has seen a healthy status from a live link, then asked for a stop
@@ -48,13 +59,15 @@ import logging
 import math
 import termios
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from serial_asyncio_fast import SerialTransport, create_serial_connection
 
 from drivers.base import DriveStatus
+from drivers.link_policy import Action, LinkPolicy, PolicyParams, StopCause
 from drivers.trackmaster_codec import (
     Ack,
     BeltState,
@@ -86,8 +99,10 @@ from safety.link_limits import (
 
 # Defined once, for check-config too.
 MAX_POLL_INTERVAL_S = DRIVE_MAX_POLL_INTERVAL_S
-# A dead link must show within this (SR-9): no valid answer for this long is a lost link.
+# A dead link must show within this (SR-9): the longest an answer may take.
 LINK_TIMEOUT_S = DRIVE_LINK_TIMEOUT_S
+# PROTOCOLS.md: with CDS enabled the treadmill stops the belt after 500 ms without a request.
+CDS_TIMEOUT_S = 0.5
 BAUD_RATES = (4800, 9600)
 # Opening a port runs in a worker thread; a USB adapter that hangs must not hang us.
 _OPEN_TIMEOUT_S = 2.0
@@ -97,6 +112,7 @@ _QUIET_S = 0.02
 _STOP = encode_stop()
 _POLL_STATE = encode_status_request(StatusRequest.BELT_STATE)
 _POLL_SPEED = encode_status_request(StatusRequest.ACTUAL_SPEED)
+_READ_SET_SPEED = encode_status_request(StatusRequest.SET_SPEED)
 
 _log = logging.getLogger("treadguard.drivers.trackmaster")
 
@@ -105,7 +121,7 @@ _T = TypeVar("_T")
 
 
 class _LinkLost(Exception):
-    """The link is gone; the message is the fault."""
+    """The port is gone; the message is the fault."""
 
 
 class _Resync(Exception):
@@ -125,22 +141,17 @@ _Outcome = Response | _Broken
 class _Pending:
     frame: bytes
     future: asyncio.Future[_Outcome]
-    # An emergency stop was written after this request: a B2 may answer it instead.
+    # A stop was written after this request: its B2 may answer it instead.
     superseded: bool = False
 
 
-@dataclass(slots=True)
-class _StopState:
-    """Sequence numbers (not times, so ties cannot happen) of the stop bookkeeping."""
+@dataclass(frozen=True, slots=True)
+class _OwedAnswer:
+    """An ``A2`` on the wire whose answer has not arrived: the policy's token for it, and the
+    loop time after which it counts as unanswered."""
 
-    must_stop: bool = True
-    raised: int = 0  # when the latest need to stop arose
-    written: int = -1  # when A2 was last written
-    written_at: float = -math.inf  # loop time of that write, for the resend cadence
-    ack: asyncio.Future[None] | None = None  # B2 still owed for an A2 written by emergency_stop()
-    ack_deadline: float = 0.0
-    # B2s owed to A2s written by emergency_stop() are taken as valid answers until then.
-    stray_until: float = -math.inf
+    token: int
+    deadline: float
 
 
 class _Port(asyncio.Protocol):
@@ -183,13 +194,20 @@ class TrackmasterDriver:
         )  # fmt: skip
         self._port_name = port
         self._baud = baud
-        self._poll_interval_s = poll_interval_s
         self._ack_timeout_s = ack_timeout_s
         self._clock = clock
         self._min_belt_mph = min_belt_mph
-        self._reconnect_initial_s = reconnect_initial_s
-        self._reconnect_max_s = reconnect_max_s
         self._trace = trace
+        # The rules; its times are the event loop's (time.monotonic, as loop.time()).
+        self._policy = LinkPolicy(
+            PolicyParams(
+                poll_interval_s=poll_interval_s,
+                deadman_s=CDS_TIMEOUT_S,
+                reconnect_initial_s=reconnect_initial_s,
+                reconnect_max_s=reconnect_max_s,
+            ),
+            time.monotonic(),
+        )
 
         # What the controller asked for, in tenths of a mph; 0 = stop.
         self._wanted = 0
@@ -198,7 +216,6 @@ class TrackmasterDriver:
         self._sent_elevation: int | None = None
         self._armed = False
         self._healthy_seen = False
-        self._stop = _StopState()
         self._seq = 0
 
         # The link.
@@ -206,6 +223,8 @@ class TrackmasterDriver:
         self._port: _Port | None = None
         self._decoder = ResponseDecoder()
         self._pending: _Pending | None = None
+        self._owed: deque[_OwedAnswer] = deque()  # A2s written, answers not yet in
+        self._stray_stop_acks = 0  # B2s that may still come for A2s already settled
         self._lost_reason: str | None = None
         self._needs_resync = False
         self._draining = False
@@ -213,10 +232,7 @@ class TrackmasterDriver:
         self._wake = asyncio.Event()
         self._live = False
         self._ever_live = False
-        self._session_live = False
-        self._last_valid_at = 0.0  # loop time of the newest valid answer
-        self._last_answer_t = 0.0  # the same moment on the controller's clock
-        self._next_poll_at = 0.0
+        self._last_answer_t = 0.0  # the newest valid answer, on the controller's clock
 
         # What the treadmill was told and what it reports.
         self._running_sent = True  # unknown counts as running
@@ -255,9 +271,11 @@ class TrackmasterDriver:
                 return
             if self._armed:
                 self._wanted = tenths
+                self._policy.want(_now(), moving=True)
             else:
                 # No start before the controller has seen the link healthy and asked for a stop.
                 self._wanted = 0
+                self._policy.want(_now(), moving=False)
                 self.ignored_run_commands += 1
         self._wake.set()
 
@@ -269,13 +287,16 @@ class TrackmasterDriver:
         self._wake.set()
 
     def emergency_stop(self) -> None:
-        """Write ``A2`` to the port now, ahead of anything queued (SR-13); the I/O task then
-        repeats it until the treadmill reports the belt stopped."""
+        """Write ``A2`` to the port now, ahead of anything queued (SR-13), unless the policy
+        keeps the link silent; the I/O task then repeats it until the belt is stopped."""
         self.emergency_stops += 1
         self._wanted = 0
         self._arm_if_healthy()
-        self._raise_stop()
-        self._write_stop_now()
+        now = _now()
+        self._policy.want(now, moving=False)
+        self._policy.raise_stop(now, StopCause.EMERGENCY)
+        if self._policy.next(now).action is Action.STOP:
+            self._write_stop_now()
         self._wake.set()
 
     def status(self) -> DriveStatus | None:
@@ -294,12 +315,18 @@ class TrackmasterDriver:
     @property
     def stopping(self) -> bool:
         """True until the treadmill has confirmed the standstill that was last asked for."""
-        return self._stop.must_stop
+        return self._policy.stop_raised
 
-    def _write_stop_now(self) -> None:
+    @property
+    def silent(self) -> bool:
+        """True while the driver keeps the wire silent so that the treadmill's CDS trips."""
+        return self._policy.silent
+
+    def _write_stop_now(self) -> bool:
+        """``A2`` onto the wire now, dropping whatever has not gone out yet; False: no port."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            return  # no port: the next connection begins with a stop
+            return False  # no port: the stop makes the next connection due at once
         # Drop whatever has not gone out yet (our buffer, then the OS's): a command cut short
         # is refused or replaced by the treadmill, and the stop goes out next.
         transport.flush()
@@ -313,43 +340,95 @@ class TrackmasterDriver:
         pending = self._pending
         if pending is not None:
             pending.superseded = True
-        loop = asyncio.get_running_loop()
-        stop = self._stop
-        if stop.ack is None or stop.ack.done():
-            stop.ack = loop.create_future()
-            stop.ack_deadline = loop.time() + self._ack_timeout_s
+        return True
 
     # --- the I/O task -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delay = self._reconnect_initial_s
         try:
             while True:
-                self._session_live = False
                 try:
-                    await self._connect()
-                    await self._session()
+                    await self._step()
                 except _LinkLost as exc:
-                    self._link_lost(str(exc))
+                    self._port_lost(str(exc))
                 except Exception as exc:
                     # Retry forever (SR-9): an unexpected error is a lost link, logged with its
-                    # traceback, not the end of the driver.
+                    # traceback, not the end of the driver; the stop goes out on the port that
+                    # is still open before it is closed.
                     _log.exception("unexpected error on the treadmill link")
-                    self._link_lost(f"drive_link: unexpected error: {exc!r}")
-                finally:
-                    self._close_port()
-                if self._session_live:
-                    delay = self._reconnect_initial_s
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max_s)
+                    self._stop_on_the_way_out(StopCause.FAULT)
+                    self._port_lost(f"drive_link: unexpected error: {exc!r}")
         finally:
+            # Cancelled (shutdown, a crashed sibling task): the stop goes out before the port
+            # closes.
+            self._stop_on_the_way_out(StopCause.CLOSING)
             self._close_port()
             self._live = False
+
+    def _stop_on_the_way_out(self, cause: StopCause) -> None:
+        """``A2`` now, on the port still open, unless the link is being kept silent for the
+        CDS (the closed port then keeps it silent for good). Never raises: it runs on the way
+        out of an error or a cancellation."""
+        try:
+            self._policy.raise_stop(_now(), cause)
+            if not self._policy.silent:
+                self._write_stop_now()
+        except Exception:
+            _log.exception("could not write the stop on the way out")
+
+    async def _step(self) -> None:
+        self._wake.clear()
+        if self._needs_resync:
+            await self._resync()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        decision = self._policy.next(now, command_pending=self._command_pending())
+        try:
+            match decision.action:
+                case Action.CONNECT:
+                    await self._connect_once()
+                case Action.STOP:
+                    await self._send_stop()
+                case Action.POLL:
+                    await self._poll()
+                case Action.COMMAND:
+                    await self._send_command()
+                case Action.WAIT | Action.SILENT:
+                    await self._sleep_until(decision.at)
+        except _Resync:
+            await self._resync()
+
+    async def _sleep_until(self, at: float) -> None:
+        """Until ``at`` (loop time) or an event (a stop, a command, a lost port)."""
+        left = at - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        if math.isinf(left):
+            await self._wake.wait()
+            return
+        try:
+            async with asyncio.timeout(left):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _connect_once(self) -> None:
+        """One connection attempt. An emergency stop raised while it was under way makes the
+        next attempt due at once if this one fails, so the back-off never delays it."""
+        stops = self.emergency_stops
+        try:
+            await self._connect()
+        except _LinkLost as exc:
+            self._port_lost(str(exc))
+            if self.emergency_stops != stops:
+                self._policy.raise_stop(_now(), StopCause.EMERGENCY)
 
     async def _connect(self) -> None:
         self.connect_attempts += 1
         self._lost_reason = None
         self._decoder.reset()
+        self._owed.clear()
+        self._stray_stop_acks = 0
         loop = asyncio.get_running_loop()
         port = _Port(self._on_bytes, self._on_port_lost)
         opening = asyncio.ensure_future(
@@ -377,6 +456,12 @@ class TrackmasterDriver:
             opening.add_done_callback(_close_late_opening)
             raise
         self._transport, self._port = transport, port
+        # Whatever the treadmill was doing, it is told to stop before anything else.
+        self._needs_resync = False
+        self._running_sent = True
+        self._sent_tenths = None
+        self._belt_state = None
+        self._policy.connected(loop.time())
 
     def _close_port(self) -> None:
         """Close the port synchronously, so a cancelled run() leaves nothing open."""
@@ -394,79 +479,16 @@ class TrackmasterDriver:
                     serial.close()
                 except OSError as exc:
                     _log.debug("closing %s: %s", self._port_name, exc)
+        self._owed.clear()
         self._fail_waiters(_Broken("drive_link: port closed", link=True))
 
-    async def _session(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last_valid_at = loop.time()
-        self._next_poll_at = 0.0
-        self._needs_resync = False
-        # Whatever the treadmill was doing, it is told to stop before anything else.
-        self._running_sent = True
-        self._belt_state = None
-        self._raise_stop()
-        while True:
-            await self._step()
-
-    async def _step(self) -> None:
-        self._wake.clear()
-        self._check_link()
-        if self._needs_resync:
-            await self._resync()
-        await self._settle_stop_ack()
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        op = self._next_op(now)
-        if op is not None:
-            try:
-                await op()
-            except _Resync:
-                await self._resync()
-            return
-        try:
-            async with asyncio.timeout(max(0.0, self._next_due() - now)):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-
-    def _next_op(self, now: float) -> Callable[[], Awaitable[None]] | None:
-        """The next request, by priority: stop, start, speed, poll.
-
-        Start and speed go out only when the wanted speed changes, so they cannot starve the
-        polls; the other way round, a slow treadmill whose poll cycle fills the poll interval
-        would never get a command.
-        """
-        stop = self._stop
-        if stop.must_stop and (
-            stop.written < stop.raised or now - stop.written_at >= self._poll_interval_s
-        ):
-            return self._send_stop
-        command = self._next_command()
-        if command is not None:
-            return command
-        if now >= self._next_poll_at:
-            return self._poll
-        return None
-
-    def _next_command(self) -> Callable[[], Awaitable[None]] | None:
-        if self._stop.must_stop:
-            return None
+    def _command_pending(self) -> bool:
         wanted_grade = self._wanted_elevation
         if wanted_grade is not None and wanted_grade != self._sent_elevation:
-            return self._send_elevation
+            return True
         if not self._armed or self._wanted == 0:
-            return None
-        if not self._running_sent:
-            return self._send_start
-        if self._sent_tenths != self._wanted:
-            return self._send_speed
-        return None
-
-    def _next_due(self) -> float:
-        due = self._next_poll_at
-        if self._stop.must_stop:
-            due = min(due, self._stop.written_at + self._poll_interval_s)
-        return due
+            return False
+        return not self._running_sent or self._sent_tenths != self._wanted
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -475,33 +497,82 @@ class TrackmasterDriver:
         if isinstance(answer, ErrorReply):
             self._set_event_fault(f"drive_fault: treadmill refused stop ({_error_name(answer)})")
 
-    async def _send_start(self) -> None:
+    async def _send_command(self) -> None:
+        """One command the policy let through: a grade, the start, or a new speed."""
+        wanted_grade = self._wanted_elevation
+        if wanted_grade is not None and wanted_grade != self._sent_elevation:
+            await self._send_elevation(wanted_grade)
+        elif not self._armed or self._wanted == 0:
+            return
+        elif not self._running_sent:
+            await self._start()
+        elif self._sent_tenths != self._wanted:
+            await self._send_speed(self._wanted)
+
+    async def _start(self) -> None:
+        """From confirmed standstill: the start speed first, read back, then A0, read back.
+
+        The order matters on a model that keeps its set speed through a stop and resumes at it
+        on A0: started first and corrected after, it would run towards the last session's
+        speed for a round trip. PROTOCOLS.md does not say what every model does with A3 while
+        stopped, so the set speed is read back (C3) before A0 and again after it: A0 goes out
+        only if the set speed is at most the start speed, and a belt set faster after A0 is
+        stopped at once. A model that ignores A3 while stopped and starts at its minimum is
+        brought up to the start speed by the next A3."""
+        tenths = self._wanted
+        if not await self._send_speed(tenths) or not self._still_starting(tenths):
+            return
+        before = await self._set_speed_at_most(tenths, "before start")
+        if before is None or not self._still_starting(tenths):
+            return
         answer = await self._request(encode_start())
         if answer == Ack(Command.START):
             self._running_sent = True
-            self._sent_tenths = None
             self.start_writes += 1
+            self._policy.command_written(_now(), moves_belt=True)
+            # What the belt now runs at; a lower one gets A3 next.
+            self._sent_tenths = await self._set_speed_at_most(tenths, "after start")
         elif isinstance(answer, ErrorReply):
             self._set_event_fault(f"drive_fault: treadmill refused start ({_error_name(answer)})")
         # A B2 instead: an emergency stop replaced the start; nothing to record.
 
-    async def _send_speed(self) -> None:
-        tenths = self._wanted
+    def _still_starting(self, tenths: int) -> bool:
+        return not self._policy.stop_raised and self._armed and self._wanted == tenths
+
+    async def _set_speed_at_most(self, tenths: int, when: str) -> int | None:
+        """The set speed (C3) in tenths if it is at most ``tenths``; else a fault and None."""
+        answer = await self._request(_READ_SET_SPEED)
+        if answer is None or answer == Ack(Command.STOP):
+            return None
+        if not isinstance(answer, StatusValue):
+            self._poll_failed(_READ_SET_SPEED, answer)
+            return None
+        if answer.raw > tenths:
+            self._set_event_fault(
+                f"drive_fault: treadmill set speed reads {answer.raw / 10:.1f} mph {when}, "
+                f"above the {tenths / 10:.1f} mph asked for; stopping"
+            )
+            return None
+        return answer.raw
+
+    async def _send_speed(self, tenths: int) -> bool:
         answer = await self._request(encode_speed(tenths / 10))
         if answer == Ack(Command.SET_SPEED):
             self._sent_tenths = tenths
             self.speed_writes += 1
-        elif isinstance(answer, ErrorReply):
+            self._policy.command_written(_now(), moves_belt=self._running_sent)
+            return True
+        if isinstance(answer, ErrorReply):
             # Never a retry loop: a refused speed is a fault and the belt is stopped.
             mph, code = tenths / 10, _error_name(answer)
             self._set_event_fault(f"drive_fault: treadmill refused speed {mph:.1f} mph ({code})")
+        return False
 
-    async def _send_elevation(self) -> None:
-        tenths = self._wanted_elevation
-        assert tenths is not None
+    async def _send_elevation(self, tenths: int) -> None:
         answer = await self._request(encode_elevation(tenths / 10))
         if answer == Ack(Command.SET_ELEVATION):
             self._sent_elevation = tenths
+            self._policy.command_written(_now(), moves_belt=False)
         elif isinstance(answer, ErrorReply):
             # Never a retry loop: forget the request and report it.
             self._wanted_elevation = None
@@ -509,18 +580,21 @@ class TrackmasterDriver:
             self._set_event_fault(f"drive_fault: treadmill refused elevation {pct:.1f} % ({code})")
 
     async def _poll(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._next_poll_at = loop.time() + self._poll_interval_s
+        token = self._policy.poll_started(_now())
         seq = self._next_seq()
         state = await self._request(_POLL_STATE)
+        if state is None:
+            return
         if not isinstance(state, BeltStateReply):
             self._poll_failed(_POLL_STATE, state)
             return
         speed = await self._request(_POLL_SPEED)
+        if speed is None:
+            return
         if not isinstance(speed, StatusValue):
             self._poll_failed(_POLL_SPEED, speed)
             return
-        self._take_poll(seq, state.state, speed)
+        self._take_poll(seq, token, state.state, speed)
 
     def _poll_failed(self, request: bytes, answer: Response) -> None:
         if answer == Ack(Command.STOP):
@@ -530,52 +604,57 @@ class TrackmasterDriver:
             f"drive_fault: treadmill answered {name} to status request {describe(request)}"
         )
 
-    async def _request(self, frame: bytes) -> Response:
-        """Write one request and wait for its answer; a lost link or a protocol error raises."""
-        await self._settle_stop_ack()
+    async def _request(self, frame: bytes) -> Response | None:
+        """Write one request and wait for its answer; None: none came within ``ack_timeout_s``
+        (the fault is set). A lost port raises _LinkLost, a protocol error _Resync."""
+        await self._settle_owed()
         transport = self._check_link()
         loop = asyncio.get_running_loop()
         pending = _Pending(frame, loop.create_future())
         self._pending = pending
         self._write(transport, frame)
-        sent_at = loop.time()
-        ack_deadline = sent_at + self._ack_timeout_s
-        link_deadline = self._last_valid_at + LINK_TIMEOUT_S
+        deadline = loop.time() + self._ack_timeout_s
         try:
-            outcome = await _wait(pending.future, min(ack_deadline, link_deadline))
+            outcome = await _wait(pending.future, deadline)
         finally:
             self._pending = None
         if outcome is None:
-            raise _LinkLost(self._timeout_message(frame, ack_deadline <= link_deadline))
+            self._no_answer(frame)
+            return None
         if isinstance(outcome, _Broken):
             if outcome.link:
                 raise _LinkLost(outcome.message)
             raise _Resync(outcome.message)
         return outcome
 
-    def _timeout_message(self, frame: bytes, ack: bool) -> str:
+    async def _settle_owed(self) -> None:
+        """After an ``A2`` written by emergency_stop(), write nothing until its answer (or its
+        time-out): a request written now could replace the stop in the treadmill's buffer."""
+        loop = asyncio.get_running_loop()
+        while self._owed:
+            owed = self._owed[0]
+            if loop.time() >= owed.deadline:
+                self._owed.popleft()
+                self._no_answer(_STOP)
+                continue
+            self._rx_seen.clear()
+            try:
+                async with asyncio.timeout(owed.deadline - loop.time()):
+                    await self._rx_seen.wait()
+            except TimeoutError:
+                pass
+            self._check_link()
+
+    def _no_answer(self, frame: bytes) -> None:
+        """A request went unanswered: a link fault; the port stays open (only a port that
+        fails is reopened), and the policy, told nothing, counts the stop unconfirmed."""
         partial = self._decoder.reset()
         got = f" (got only {describe(partial)})" if partial else ""
-        if ack:
-            ms = round(self._ack_timeout_s * 1000)
-            return f"drive_link: no answer to {describe(frame)} within {ms} ms{got}"
-        ms = round(LINK_TIMEOUT_S * 1000)
-        return f"drive_link: no valid answer from the treadmill for {ms} ms{got}"
-
-    async def _settle_stop_ack(self) -> None:
-        """After an A2 written by emergency_stop(), write nothing until its B2: a request
-        written now could replace the stop in the treadmill's one-command buffer."""
-        stop = self._stop
-        ack = stop.ack
-        if ack is None:
-            return
-        if not ack.done():
-            await _wait(ack, stop.ack_deadline)
-        stop.ack = None
-        self._check_link()
-        if not ack.done():
-            ms = round(self._ack_timeout_s * 1000)
-            raise _LinkLost(f"drive_link: no answer to emergency stop A2 within {ms} ms")
+        ms = round(self._ack_timeout_s * 1000)
+        now = _now()
+        while self._owed and self._owed[0].deadline <= now:
+            self._owed.popleft()
+        self._link_down(f"drive_link: no answer to {describe(frame)} within {ms} ms{got}")
 
     def _check_link(self) -> SerialTransport:
         if self._lost_reason is not None:
@@ -589,7 +668,9 @@ class TrackmasterDriver:
         transport.write(frame)
         if frame == _STOP:
             self.stop_writes += 1
-            self._stop_written()
+            now = _now()
+            token = self._policy.stop_written(now)
+            self._owed.append(_OwedAnswer(token, now + self._ack_timeout_s))
         if self._trace is not None:
             self._trace(True, frame)
 
@@ -624,31 +705,53 @@ class TrackmasterDriver:
             self._on_response(response, t)
 
     def _on_response(self, response: Response, t: float) -> None:
-        stop_ack = response == Ack(Command.STOP)
-        if stop_ack:
-            self._take_stop_ack()
+        pending = self._pending
+        if pending is not None and pending.future.done():
+            pending = None
+        if response == Ack(Command.STOP) and (self._owed or self._stray_stop_acks):
+            # The stop accepted; it also answers a request the stop replaced in the buffer.
+            if self._owed:
+                self._stop_answered(accepted=True)
+            else:
+                self._stray_stop_acks -= 1
+            self._valid(t)
+            if pending is not None and (pending.frame == _STOP or pending.superseded):
+                pending.future.set_result(response)
+            return
         if self._draining:
             return
-        pending = self._pending
-        if pending is not None and _is_answer(pending, response, stop_ack):
+        refused_stop = pending is None or pending.frame == _STOP
+        if isinstance(response, ErrorReply) and refused_stop:
+            if self._owed:
+                self._stop_answered(accepted=False)
+            elif self._stray_stop_acks and pending is None:
+                self._stray_stop_acks -= 1
+            else:
+                self._protocol_error(response, pending)
+                return
+            self._valid(t)
+            if pending is not None:
+                pending.future.set_result(response)
+            return
+        if pending is not None and _answers(pending.frame[0], response):
             self._valid(t)
             pending.future.set_result(response)
             return
-        if stop_ack and asyncio.get_running_loop().time() <= self._stop.stray_until:
-            self._valid(t)  # the answer to an A2 written by emergency_stop()
-            return
         self._protocol_error(response, pending)
 
-    def _take_stop_ack(self) -> None:
-        ack = self._stop.ack
-        if ack is not None and not ack.done():
-            ack.set_result(None)
+    def _stop_answered(self, *, accepted: bool) -> None:
+        """An answer to the ``A2`` on the wire. Several written back to back (emergency stops)
+        replace one another in the treadmill's buffer, so one answer settles them all, as the
+        newest; the B2s of any that were carried out after all are taken when they come."""
+        token = self._owed[-1].token
+        self._stray_stop_acks = len(self._owed) - 1
+        self._owed.clear()
+        self._policy.stop_answered(_now(), token, accepted)
 
     def _valid(self, t: float) -> None:
-        self._last_valid_at = asyncio.get_running_loop().time()
         self._last_answer_t = t
         if not self._live:
-            self._live = self._ever_live = self._session_live = True
+            self._live = self._ever_live = True
 
     def _protocol_error(self, response: Response, pending: _Pending | None) -> None:
         if isinstance(response, Garbage):
@@ -660,6 +763,9 @@ class TrackmasterDriver:
         else:
             waiting = " with no request outstanding"
         message = f"drive_fault: {what}{waiting}"
+        if pending is not None and pending.frame == _STOP and self._owed:
+            # The stop was answered, wrongly: not confirmed, and nothing more to wait for.
+            self._owed.popleft()
         self._set_event_fault(message)
         if pending is not None and not pending.future.done():
             pending.future.set_result(_Broken(message, link=False))
@@ -676,11 +782,11 @@ class TrackmasterDriver:
         pending = self._pending
         if pending is not None and not pending.future.done():
             pending.future.set_result(broken)
-        self._take_stop_ack()
+        self._rx_seen.set()
 
     # --- state --------------------------------------------------------------------------------
 
-    def _take_poll(self, seq: int, state: BeltState, speed: StatusValue) -> None:
+    def _take_poll(self, seq: int, token: int, state: BeltState, speed: StatusValue) -> None:
         self._belt_state = state
         if speed.is_emergency:
             self._speed_mph = math.inf  # no speed known: fail closed
@@ -694,11 +800,12 @@ class TrackmasterDriver:
         self._check_belt_state(state)
         if self._condition_fault is not None:
             self._disarm()
-            self._raise_stop_if_moving()
-        stop = self._stop
-        confirmed = state is BeltState.STOPPED and speed.raw == 0
-        if stop.must_stop and confirmed and stop.raised <= stop.written < seq:
-            stop.must_stop = False
+            self._raise_stop(StopCause.FAULT)
+        was_stopping = self._policy.stop_raised
+        moving = state is not BeltState.STOPPED or speed.raw != 0
+        self._policy.status(_now(), token, moving)
+        if was_stopping and not self._policy.stop_raised:
+            # Standstill confirmed by a read begun after the latest stop.
             self._running_sent = False
             self._sent_tenths = None
         if self._event_fault_seen and self._event_fault_seq < seq:
@@ -712,7 +819,7 @@ class TrackmasterDriver:
             )
         elif state is BeltState.RUNNING_CDS and not self._running_sent:
             self._set_event_fault("drive_fault: belt running without a start command (D0 32)")
-        elif state is BeltState.STOPPED and self._running_sent and not self._stop.must_stop:
+        elif state is BeltState.STOPPED and self._running_sent and not self._policy.stop_raised:
             # The stop button, the safety key or CDS: the treadmill stopped on its own. The
             # controller must see it and start afresh; the driver never starts it again.
             self._running_sent = False
@@ -736,13 +843,19 @@ class TrackmasterDriver:
         self._event_fault_seen = False
         self._event_fault_seq = self._next_seq()
         self._disarm()
-        self._raise_stop_if_moving()
+        self._raise_stop(StopCause.FAULT)
         # A dead link's status must not advance: publish only while the link is up.
         if self._live:
             self._publish(self._clock())
         self._wake.set()
 
-    def _link_lost(self, fault: str) -> None:
+    def _port_lost(self, fault: str) -> None:
+        self._close_port()
+        self._policy.disconnected(_now())
+        self._link_down(fault)
+
+    def _link_down(self, fault: str) -> None:
+        """No answers (a time-out) or no port: one status carrying the fault, then frozen."""
         was_live = self._live
         self._live = False
         self._running_sent = True
@@ -751,7 +864,7 @@ class TrackmasterDriver:
         self._wanted_elevation = self._sent_elevation = None
         self._belt_state = None
         self._disarm()
-        self._raise_stop()
+        self._raise_stop(StopCause.FAULT)
         if was_live or (self._ever_live and self._event_fault is None):
             _log.warning("%s", fault)
             self._event_fault = fault
@@ -761,35 +874,20 @@ class TrackmasterDriver:
             self._publish(self._clock())
         else:
             _log.debug("%s", fault)
+        self._wake.set()
 
     def _want_stop(self) -> None:
         self._wanted = 0
         self._arm_if_healthy()
-        self._raise_stop_if_moving()
+        self._policy.want(_now(), moving=False)
 
-    def _raise_stop_if_moving(self) -> None:
-        if self._stop.must_stop:
-            return
-        moving = (
-            self._running_sent
-            or self._belt_state is not BeltState.STOPPED
-            or self._speed_mph != 0.0
-        )
-        if moving:
-            self._raise_stop()
-
-    def _raise_stop(self) -> None:
+    def _raise_stop(self, cause: StopCause) -> None:
+        """A stop already raised and not yet confirmed is not raised again: the attempt after a
+        silence stays one stop and one status read."""
         self._wanted = 0
-        self._stop.must_stop = True
-        self._stop.raised = self._next_seq()
+        if not self._policy.stop_raised:
+            self._policy.raise_stop(_now(), cause)
         self._wake.set()
-
-    def _stop_written(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = self._stop
-        stop.written = self._next_seq()
-        stop.written_at = loop.time()
-        stop.stray_until = stop.written_at + self._ack_timeout_s
 
     def _disarm(self) -> None:
         self._armed = False
@@ -805,6 +903,11 @@ class TrackmasterDriver:
         return self._seq
 
 
+def _now() -> float:
+    """The event loop's clock (time.monotonic on every loop asyncio ships), the policy's."""
+    return time.monotonic()
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -818,13 +921,6 @@ async def _wait(future: asyncio.Future[_T], deadline: float) -> _T | None:
     if left > 0 and not future.done():
         await asyncio.wait((future,), timeout=left)
     return future.result() if future.done() else None
-
-
-def _is_answer(pending: _Pending, response: Response, stop_ack: bool) -> bool:
-    if pending.future.done():
-        return False
-    # A B2 answers a request that an emergency stop replaced in the treadmill's buffer.
-    return _answers(pending.frame[0], response) or (stop_ack and pending.superseded)
 
 
 def _answers(request: int, response: Response) -> bool:

@@ -12,6 +12,16 @@ the same codec the driver uses (:mod:`drivers.trackmaster_codec`), and moves a
   one that arrives before then replaces the one waiting (``replaced`` lists the losers).
 - **Model limits**: data out of range is answered ``BE``, an unknown command ``BF``, an unknown
   status request ``DF``; the echo flag (``AC``) sends a command's data back after its ack.
+- **Set speed across a stop**: by default a stop clears the set speed and ``A3`` while stopped
+  sets the speed the next ``A0`` starts at. ``TrackmasterModel(resume_last_speed=True)`` is a
+  model that keeps its set speed through a stop and resumes at it on ``A0``;
+  ``speed_while_stopped="ignore"`` makes it acknowledge ``A3`` while stopped without taking it.
+
+Fault injection, switchable at run time for a while or for ever (:meth:`inject`): answer
+``garbage``, ``partial`` frames, ``BE`` or ``BF`` to every request (the stop included), or stay
+``silent``. A request answered so does not take effect (``execute=True`` lets it), but it still
+reaches the treadmill and so still feeds the CDS deadman: only a host that falls silent lets the
+CDS stop a treadmill that refuses its stop. ``line_delay_s`` delays every byte both ways.
 
 The port is a pty in raw mode. ``open_port()`` makes a fresh one; ``close_port()`` closes it,
 which the host sees as a hang-up, like a USB adapter pulled out (the slave path disappears).
@@ -37,7 +47,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from drivers.trackmaster_codec import (
     DIGITS_MAX,
@@ -82,6 +92,29 @@ class TrackmasterModel:
     max_weight: int = 500
     cds_timeout_s: float = 0.5
     processing_delay_s: float = 0.002
+    # A model that keeps its set speed through a stop and restarts at it on A0.
+    resume_last_speed: bool = False
+    # What A3 does while the belt is stopped: "store" sets the speed A0 starts at; "ignore"
+    # acknowledges it and keeps the old set speed.
+    speed_while_stopped: Literal["store", "ignore"] = "store"
+
+
+InjectionKind = Literal["garbage", "partial", "BE", "BF", "silent"]
+INJECTION_KINDS: tuple[InjectionKind, ...] = ("garbage", "partial", "BE", "BF", "silent")
+# Bytes that start no frame the host knows.
+GARBAGE = bytes.fromhex("55 AA")
+# The start of a speed answer whose remaining digits never come.
+CUT_SHORT = bytes.fromhex("D1 30 30")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What the treadmill answers instead of the truth, from ``since`` until ``until``."""
+
+    kind: InjectionKind
+    since: float
+    until: float = math.inf
+    execute: bool = False  # the request still takes effect although its answer is wrong
 
 
 @dataclass(frozen=True)
@@ -114,6 +147,7 @@ class TrackmasterDevice:
         *,
         belt_params: BeltParams | None = None,
         link_path: str | Path | None = None,
+        line_delay_s: float = 0.0,
     ) -> None:
         self.model = model or TrackmasterModel()
         self._belt_params = belt_params or BeltParams()
@@ -142,8 +176,13 @@ class TrackmasterDevice:
         # Fault injection.
         self.report_emergency = False  # C1/C3 answer 999.9
         self.split_replies = False
+        self.ignore_stop = False  # A2 is acknowledged (B2) but the belt runs on
         self.plugged = True
         self._overrides: dict[int, deque[bytes]] = {}
+        self.injection: Injection | None = None
+        if not (math.isfinite(line_delay_s) and line_delay_s >= 0):
+            raise ValueError(f"line_delay_s {line_delay_s} must be a finite number >= 0")
+        self.line_delay_s = line_delay_s  # every byte, both ways
 
         # What happened on the wire, for tests.
         self.rx = bytearray()
@@ -153,6 +192,8 @@ class TrackmasterDevice:
         self.replaced: list[Request] = []
         self.cds_trips: list[CdsTrip] = []
         self.last_rx_t: float | None = None
+        # (time, mph) of every speed the treadmill itself set its belt to.
+        self.commanded: list[tuple[float, float]] = []
         # Called with each chunk read from the host and the loop time (benchmarks).
         self.on_rx: Callable[[bytes, float], None] | None = None
 
@@ -163,6 +204,7 @@ class TrackmasterDevice:
         self._slot: Request | None = None
         self._process_handle: asyncio.TimerHandle | None = None
         self._split_handles: list[asyncio.TimerHandle] = []
+        self._line_handles: list[asyncio.TimerHandle] = []
         self._physics: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -257,9 +299,10 @@ class TrackmasterDevice:
         return loop
 
     def _drop_pending_work(self) -> None:
-        for handle in self._split_handles:
+        for handle in (*self._split_handles, *self._line_handles):
             handle.cancel()
         self._split_handles.clear()
+        self._line_handles.clear()
         if self._process_handle is not None:
             self._process_handle.cancel()
             self._process_handle = None
@@ -273,9 +316,38 @@ class TrackmasterDevice:
         request still takes effect): a wrong ack, garbage, a frame cut short."""
         self._overrides.setdefault(code, deque()).append(reply)
 
+    def inject(
+        self, kind: InjectionKind, *, for_s: float | None = None, execute: bool = False
+    ) -> None:
+        """From now on (for ``for_s`` seconds, or for ever) answer every request with ``kind``:
+        ``garbage`` (bytes that are no frame), ``partial`` (a frame cut short that never ends),
+        ``BE``/``BF`` (refused, the stop included) or ``silent`` (no answer). The request does
+        not take effect unless ``execute``; it feeds the CDS deadman either way."""
+        if kind not in INJECTION_KINDS:
+            raise ValueError(f"unknown injection {kind!r}; one of {', '.join(INJECTION_KINDS)}")
+        now = self._now()
+        until = math.inf if for_s is None else now + for_s
+        self.injection = Injection(kind, now, until, execute)
+        self._notify()
+
+    def clear_injection(self) -> None:
+        self.injection = None
+        self._notify()
+
+    def _active_injection(self, now: float) -> Injection | None:
+        injection = self.injection
+        if injection is not None and now >= injection.until:
+            self.injection = injection = None
+        return injection
+
     def press_stop(self) -> None:
         """The treadmill's own stop button."""
         self._stop(self._now(), emergency=True)
+
+    def press_start(self) -> None:
+        """The treadmill's own start button: the belt starts with CDS enabled."""
+        self._start(self._now(), cds=True)
+        self._notify()
 
     @property
     def belt_state(self) -> BeltState:
@@ -322,20 +394,37 @@ class TrackmasterDevice:
             raise
         if not data:
             return
-        now = self._now()
         if self.on_rx is not None:
-            self.on_rx(data, now)
+            self.on_rx(data, self._now())
         if not self.plugged:
             self.dropped += data
             return
+        if self.line_delay_s > 0:
+            self._later(self.line_delay_s, self._arrive, data)
+        else:
+            self._arrive(data)
+
+    def _arrive(self, data: bytes) -> None:
+        """Bytes reach the treadmill's UART (after the line delay)."""
+        if not self.plugged:
+            self.dropped += data
+            return
+        now = self._now()
         self.rx += data
-        self.last_rx_t = now
-        # Any byte at all is proof of life for the communication-disconnect stop.
-        self.belt.host_poll(now)
         for request in self._decoder.feed(data):
+            # Every command or status request received is proof of life for the CDS, whether
+            # it is carried out or not.
+            self.last_rx_t = now
+            self.belt.host_poll(now)
             self.received.append(Received(now, request))
             self._buffer(request)
         self._notify()
+
+    def _later(self, delay_s: float, callback: Callable[[bytes], None], data: bytes) -> None:
+        assert self._loop is not None
+        handles = self._line_handles
+        handles[:] = [h for h in handles if not h.cancelled() and h.when() > self._loop.time()]
+        handles.append(self._loop.call_later(delay_s, callback, data))
 
     def _buffer(self, request: Request) -> None:
         """The one-command input buffer: a newer request overwrites one still waiting."""
@@ -354,7 +443,12 @@ class TrackmasterDevice:
             return
         now = self._now()
         self.belt.advance(now)
-        reply = self._answer(request, now)
+        injection = self._active_injection(now)
+        if injection is not None:
+            truth = self._answer(request, now) if injection.execute else b""
+            reply = _injected_reply(injection.kind, truth)
+        else:
+            reply = self._answer(request, now)
         queued = self._overrides.get(_first_byte(request))
         if queued:
             reply = queued.popleft()
@@ -375,6 +469,12 @@ class TrackmasterDevice:
             self._split_handles.append(handle)
 
     def _write(self, data: bytes) -> None:
+        if self.line_delay_s > 0:
+            self._later(self.line_delay_s, self._write_now, data)
+        else:
+            self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
         if self._master is None or not self.plugged:
             return
         # A host that does not read fills the pty; the rest is lost, as on an overrun UART.
@@ -415,27 +515,36 @@ class TrackmasterDevice:
         self.running = True
         self._auto_stopping = False
         self.set_speed_mph = max(self.set_speed_mph, self.model.min_speed_mph)
-        self.belt.host_command(now, self.set_speed_mph)
+        self._command_belt(now, self.set_speed_mph)
 
     def _stop_command(self, _: int, now: float) -> ErrorAnswer | None:
-        self._stop(now, emergency=True)
+        if not self.ignore_stop:
+            self._stop(now, emergency=True)
         return None
 
     def _stop(self, now: float, *, emergency: bool) -> None:
         self.running = False
         self._auto_stopping = False
-        self.set_speed_mph = 0.0
+        if not self.model.resume_last_speed:
+            self.set_speed_mph = 0.0
         if emergency:
             self.belt.host_emergency_stop(now)
+            self.commanded.append((now, 0.0))
         else:
-            self.belt.host_command(now, 0.0)
+            self._command_belt(now, 0.0)
+
+    def _command_belt(self, now: float, mph: float) -> None:
+        self.belt.host_command(now, mph)
+        self.commanded.append((now, mph))
 
     def _set_speed(self, raw: int, now: float) -> ErrorAnswer | None:
         if raw > round(self.model.max_speed_mph * 10):
             return ErrorAnswer.DATA_OUT_OF_RANGE
+        if not self.running and self.model.speed_while_stopped == "ignore":
+            return None
         self.set_speed_mph = raw / 10
         if self.running and not self._auto_stopping:
-            self.belt.host_command(now, self.set_speed_mph)
+            self._command_belt(now, self.set_speed_mph)
         return None
 
     def _set_elevation(self, raw: int, _: float) -> ErrorAnswer | None:
@@ -484,7 +593,7 @@ class TrackmasterDevice:
         self.set_elevation_pct = 0.0
         if self.running:
             self.set_speed_mph = self.model.min_speed_mph
-            self.belt.host_command(now, self.set_speed_mph)
+            self._command_belt(now, self.set_speed_mph)
 
     def _toggle_echo(self, _: int, __: float) -> ErrorAnswer | None:
         self.echo = not self.echo
@@ -555,8 +664,10 @@ class TrackmasterDevice:
         self.cds_trips.append(CdsTrip(now, self.last_rx_t if self.last_rx_t is not None else 0.0))
         self.running = False
         self._auto_stopping = False
-        self.set_speed_mph = 0.0
+        if not self.model.resume_last_speed:
+            self.set_speed_mph = 0.0
         self.set_elevation_pct = 0.0
+        self.commanded.append((now, 0.0))
 
     def _move_elevation(self, dt: float) -> None:
         step = self.model.elevation_rate_pct_s * dt
@@ -602,6 +713,20 @@ _HANDLERS: dict[Command, _Handler] = {
 }
 
 
+def _injected_reply(kind: InjectionKind, truth: bytes) -> bytes:
+    match kind:
+        case "garbage":
+            return GARBAGE
+        case "partial":
+            return truth[:-1] if len(truth) > 1 else CUT_SHORT
+        case "BE":
+            return encode_error(ErrorAnswer.DATA_OUT_OF_RANGE)
+        case "BF":
+            return encode_error(ErrorAnswer.ILLEGAL_COMMAND)
+        case "silent":
+            return b""
+
+
 def _first_byte(request: Request) -> int:
     match request:
         case CommandFrame() | MalformedCommand():
@@ -615,22 +740,45 @@ async def serve_trackmaster(
     model: TrackmasterModel | None = None,
     belt_params: BeltParams | None = None,
     link_path: str | Path | None = None,
+    line_delay_s: float = 0.0,
+    inject: InjectionKind | None = None,
+    inject_after_s: float = 0.0,
+    inject_for_s: float | None = None,
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve a simulated treadmill: print the port path as the first line of ``out`` (stdout),
-    then serve until SIGTERM/SIGINT (or until ``stop`` is set), and close the port."""
+    then serve until SIGTERM/SIGINT (or until ``stop`` is set), and close the port.
+
+    ``inject`` turns a fault on ``inject_after_s`` after the port opens, for ``inject_for_s``
+    (None: for ever); SIGUSR1 turns the same fault on (or off again) at any time."""
+    if inject is not None and inject not in INJECTION_KINDS:
+        raise ValueError(f"unknown injection {inject!r}; one of {', '.join(INJECTION_KINDS)}")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
-    async with TrackmasterDevice(model, belt_params=belt_params, link_path=link_path) as device:
+    async with TrackmasterDevice(
+        model, belt_params=belt_params, link_path=link_path, line_delay_s=line_delay_s
+    ) as device:
+        kind = inject
+
+        def toggle() -> None:
+            if device.injection is not None:
+                device.clear_injection()
+            elif kind is not None:
+                device.inject(kind, for_s=inject_for_s)
+
         print(device.open_port(), file=out or sys.stdout, flush=True)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, toggle)
+        timer = loop.call_later(inject_after_s, toggle) if kind is not None else None
         try:
             await stop.wait()
         finally:
-            for sig in signals:
+            if timer is not None:
+                timer.cancel()
+            for sig in (*signals, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
 
 

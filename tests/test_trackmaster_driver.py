@@ -117,7 +117,9 @@ async def test_start_speed_stop_with_cds_never_a1(tmp_path: Path) -> None:
             await start_belt(driver, device, ticks, 1.0)
             assert device.cds
             assert speeds_sent(device) == [b"0010"]
-            assert device.rx.index(A3) > device.rx.index(A0)  # A0 first, then the speed
+            # The start speed first, read back (C3), then A0 and the read-back again.
+            start = device.rx.index(A0)
+            assert device.rx[start - 6 : start + 2] == h("A3 30 30 31 30 C3 A0 C3")
 
             ticks.target = 1.2
             await device.wait_until(lambda: device.belt.speed_mph > 1.15)
@@ -267,7 +269,7 @@ async def test_refused_speed_is_a_fault_without_retries(tmp_path: Path) -> None:
             polls = len(device.received)
             await device.wait_until(lambda: len(device.received) > polls + 20)
         assert device.rx.count(A3) == 1
-        assert device.rx.count(A0) == 1
+        assert device.rx.count(A0) == 0  # the start speed is set before A0: refused, no start
         assert driver.ignored_run_commands > 0
 
 
@@ -385,23 +387,6 @@ def test_constructor_refuses_unsafe_settings() -> None:
 
 
 # --- the drive-side deadman (SR-9) --------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_cds_stops_the_belt_when_the_driver_task_is_cancelled(tmp_path: Path) -> None:
-    async with treadmill(tmp_path) as device:
-        driver = make_driver(device)
-        task = asyncio.create_task(driver.run())
-        async with ControlTicks(driver) as ticks:
-            await start_belt(driver, device, ticks, 1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        assert not driver.link_up
-        await device.wait_until(lambda: device.belt.speed_mph == 0.0, timeout_s=5)
-    [trip] = device.cds_trips
-    assert CDS_S <= trip.t - trip.last_rx_t < CDS_S + MARGIN_S
-    assert device.rx[-1:] != h("A2")  # stopped by the treadmill's deadman, not by a command
 
 
 CONTROLLER_SCRIPT = """
