@@ -108,6 +108,10 @@ class LinkPolicy:
         self._backoff_s = params.reconnect_initial_s
         self._connect_at = now
         self._answered_on_link = False
+        # A stop was raised while the link was down: when the attempt then under way (if any)
+        # fails, the next one is due at once. (next() only asks; it marks nothing, so an
+        # emergency stop that asks it while an attempt runs cannot lose the mark.)
+        self._stop_awaits_attempt = False
 
         # The stop. raised_seq: the latest raise. An episode runs from the first raise not yet
         # confirmed; the confirm bound runs from its start, and only a stop written after
@@ -155,6 +159,7 @@ class LinkPolicy:
     def connected(self, now: float) -> None:
         """A new connection: whatever the drive was doing, it is told to stop first."""
         self.link_up = True
+        self._stop_awaits_attempt = False
         self._answered_on_link = False
         self.may_be_moving = True
         self._holdoff_until = -math.inf
@@ -169,8 +174,14 @@ class LinkPolicy:
         self.link_up = False
         if was_up and self._answered_on_link:
             self._backoff_s = self.params.reconnect_initial_s
-        self._connect_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, self.params.reconnect_max_s)
+        if self._stop_awaits_attempt:
+            # A stop was raised while the link was down: the next attempt is due at once,
+            # whatever the back-off (once per stop raised, so a dead port is not hammered).
+            self._stop_awaits_attempt = False
+            self._connect_at = now
+        else:
+            self._connect_at = now + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, self.params.reconnect_max_s)
         self.may_be_moving = True
         if not self.stop_raised:
             self._new_episode(now)
@@ -183,6 +194,7 @@ class LinkPolicy:
         self._raise(cause)
         if not self.link_up:
             self._connect_at = now  # a reconnect back-off never delays a stop
+            self._stop_awaits_attempt = True
 
     def want(self, now: float, moving: bool) -> None:
         """The controller's wish: a speed above 0 (``moving``) or 0. A wish for 0 while the belt

@@ -413,15 +413,12 @@ class TrackmasterDriver:
             pass
 
     async def _connect_once(self) -> None:
-        """One connection attempt. An emergency stop raised while it was under way makes the
-        next attempt due at once if this one fails, so the back-off never delays it."""
-        stops = self.emergency_stops
+        """One connection attempt; a failed one is reported to the policy, which decides when
+        the next is due (at once if a stop was raised while this one was under way)."""
         try:
             await self._connect()
         except _LinkLost as exc:
             self._port_lost(str(exc))
-            if self.emergency_stops != stops:
-                self._policy.raise_stop(_now(), StopCause.EMERGENCY)
 
     async def _connect(self) -> None:
         self.connect_attempts += 1

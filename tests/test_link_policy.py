@@ -240,6 +240,31 @@ def test_sr9_a_stop_raised_during_the_reconnect_backoff_makes_the_connect_due_at
     assert p.next(t + 0.1) == Decision(Action.CONNECT, t + 0.1)
 
 
+def test_sr9_a_stop_raised_during_a_failing_connection_attempt_is_not_delayed_by_its_backoff() -> (
+    None
+):
+    """SR-9: the attempt under way when an emergency stop is raised cannot serve it; when that
+    attempt fails, the next one is due at once, not a back-off later. Only once per stop: the
+    attempt after that backs off again, so a dead port is not hammered."""
+    p = LinkPolicy(PARAMS, 0.0)
+    t = 0.0
+    for _ in range(5):  # a back-off of about a second has built up
+        d = p.next(t)
+        if d.action is Action.WAIT:
+            t = d.at
+        assert p.next(t).action is Action.CONNECT
+        p.disconnected(t)
+    t = p.next(t).at
+    assert p.next(t).action is Action.CONNECT  # an attempt begins ...
+    p.raise_stop(t + 0.01, StopCause.EMERGENCY)  # ... a stop is raised while it is under way
+    p.disconnected(t + 0.02)  # ... and it fails
+    assert p.next(t + 0.02) == Decision(Action.CONNECT, t + 0.02)
+    p.disconnected(t + 0.03)  # that one fails too: the back-off is back
+    waiting = p.next(t + 0.03)
+    assert waiting.action is Action.WAIT
+    assert waiting.at >= t + 0.03 + 0.8
+
+
 def test_sr9_the_backoff_restarts_after_a_link_that_answered() -> None:
     p = running()
     p.disconnected(1.0)
