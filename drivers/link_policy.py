@@ -22,6 +22,9 @@ The rules:
   all on the link (no stop, no poll, no command) for ``silence_s`` (the drive's own deadman
   time-out plus a margin), so that the drive's deadman trips; our own traffic must never keep it
   fed. Then one stop and one status read; unconfirmed again, silent again.
+- **It must bring the belt to standstill** within ``standstill_s`` (4 s) of being first raised:
+  a drive that accepts every stop and still reports motion (or whose status cannot be read)
+  gets the same silence, so that its deadman trips.
 - A **hold-off** after an exception reply or a refusal delays commands only, never a stop.
 - **Fairness**: when a poll and a command are both due they take turns, so a stream of speed
   changes cannot starve the polls, nor a slow poll cycle the commands.
@@ -37,6 +40,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 STOP_CONFIRM_S = 0.3
+# How long a stop may take to bring the belt to standstill before the driver stops feeding the
+# drive's deadman: from the 1.2 mph hard maximum at SR-2's controlled deceleration (0.4 mph/s,
+# the slowest stop there is) the belt stands in 3 s; one more second of margin. A drive that
+# accepts every stop word and keeps the belt moving (its command source is its keypad) would
+# otherwise be kept alive by our repetitions for ever.
+STANDSTILL_S = 4.0
 # Past the drive's deadman time-out, how much longer the silence lasts: the drive's clock, its
 # tick and our own lateness all round in the drive's favour.
 SILENCE_MARGIN_S = 0.25
@@ -76,9 +85,16 @@ class PolicyParams:
     holdoff_s: float | None = None  # after an exception reply; None: poll_interval_s
     reconnect_initial_s: float = 0.05
     reconnect_max_s: float = 1.0
+    standstill_s: float = STANDSTILL_S
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval_s", "deadman_s", "stop_confirm_s", "reconnect_initial_s"):
+        for name in (
+            "poll_interval_s",
+            "deadman_s",
+            "stop_confirm_s",
+            "reconnect_initial_s",
+            "standstill_s",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} {value} must be a positive number")
@@ -117,6 +133,7 @@ class LinkPolicy:
         # confirmed; the confirm bound runs from its start, and only a stop written after
         # episode_seq confirms it.
         self.stop_raised = True  # nothing is known about the belt yet
+        self._stop_began = now  # when the stop now raised was first raised
         self.cause: StopCause = StopCause.CONNECTED
         self._raised_seq = 0
         self._episode_seq = 0
@@ -164,9 +181,11 @@ class LinkPolicy:
         self.may_be_moving = True
         self._holdoff_until = -math.inf
         self._next_poll_at = now
-        # The confirm bound starts afresh: nothing could be written while the link was down.
+        # The confirm and standstill bounds start afresh: nothing could be written while the
+        # link was down.
         self._new_episode(now)
-        self._raise(StopCause.CONNECTED)
+        self._stop_began = now
+        self._raise(StopCause.CONNECTED, now)
 
     def disconnected(self, now: float) -> None:
         """The link is gone (or a connection attempt failed). The stop stays raised."""
@@ -185,13 +204,13 @@ class LinkPolicy:
         self.may_be_moving = True
         if not self.stop_raised:
             self._new_episode(now)
-        self._raise(StopCause.FAULT)
+        self._raise(StopCause.FAULT, now)
 
     def raise_stop(self, now: float, cause: StopCause) -> None:
         """An emergency stop, a controlled stop, a fault, the driver closing."""
         if not self.stop_raised or self._confirmed:
             self._new_episode(now)
-        self._raise(cause)
+        self._raise(cause, now)
         if not self.link_up:
             self._connect_at = now  # a reconnect back-off never delays a stop
             self._stop_awaits_attempt = True
@@ -301,6 +320,10 @@ class LinkPolicy:
         deadline = self._episode_start + self.params.stop_confirm_s
         if not self._confirmed and now >= deadline:
             return self._fall_silent(now)
+        if self.may_be_moving and now - self._stop_began >= self.params.standstill_s:
+            # Accepted, repeated, and the belt is still not known to stand: our stop words do
+            # not stop it, so they must not feed its deadman either.
+            return self._fall_silent(now)
         written = self._stop_seq > self._raised_seq
         polled = self._poll_seq > self._stop_seq
         if self._retry:
@@ -328,9 +351,10 @@ class LinkPolicy:
 
     def _end_silence(self, now: float) -> None:
         self.silent_since = self.silent_until = None
+        self._stop_began = now  # the attempt after a silence has its own standstill bound
         self._new_episode(now)
         self._retry = True
-        self._raise(StopCause.RETRY)
+        self._raise(StopCause.RETRY, now)
 
     def _new_episode(self, now: float) -> None:
         self._episode_seq = self._next_seq()
@@ -338,7 +362,9 @@ class LinkPolicy:
         self._confirmed = False
         self._retry = False
 
-    def _raise(self, cause: StopCause) -> None:
+    def _raise(self, cause: StopCause, now: float) -> None:
+        if not self.stop_raised:
+            self._stop_began = now
         self.stop_raised = True
         self.cause = cause
         self._raised_seq = self._next_seq()

@@ -27,9 +27,14 @@ from drivers.link_policy import (
 POLL = 0.1
 DEADMAN = 0.5
 CONFIRM = 0.3
+STANDSTILL = 4.0
 MARGIN = 0.25
 PARAMS = PolicyParams(
-    poll_interval_s=POLL, deadman_s=DEADMAN, stop_confirm_s=CONFIRM, silence_margin_s=MARGIN
+    poll_interval_s=POLL,
+    deadman_s=DEADMAN,
+    stop_confirm_s=CONFIRM,
+    silence_margin_s=MARGIN,
+    standstill_s=STANDSTILL,
 )
 FRAMES = frozenset({Action.STOP, Action.POLL, Action.COMMAND})
 
@@ -215,6 +220,36 @@ def test_sr9_a_drive_that_ignores_the_stop_for_a_while_is_stopped_once_it_obeys(
     assert t < obeys_at + 2.0
 
 
+def test_sr9_accepted_stops_that_leave_the_belt_moving_get_silence_at_the_standstill_bound() -> (
+    None
+):
+    """SR-9: accepted stop words that do not stop the belt must not feed its deadman for ever:
+    past the standstill bound, silence; after it, one stop and one status read again."""
+    p = running()
+    p.raise_stop(0.0, StopCause.EMERGENCY)
+    t = 0.0
+    while True:
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            break
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=True)
+        elif d.action is Action.POLL:
+            p.status(t, p.poll_started(t), moving=True)
+        else:
+            t = d.at
+    assert STANDSTILL <= t < STANDSTILL + POLL
+    assert p.stop_writes >= STANDSTILL / POLL - 1
+    assert d.at == pytest.approx(t + DEADMAN + MARGIN)
+    # After the silence the deadman has stopped the belt: one stop, one read, and it is over.
+    t = d.at
+    assert p.next(t).action is Action.STOP
+    p.stop_answered(t, p.stop_written(t), accepted=True)
+    assert p.next(t).action is Action.POLL
+    p.status(t, p.poll_started(t), moving=False)
+    assert not p.stop_raised
+
+
 def test_sr9_the_silence_follows_the_deadman_read_from_the_drive() -> None:
     p = running()
     p.set_deadman(1.0)
@@ -359,6 +394,10 @@ class Model:
     confirmed: bool = False
     silent_until: float = -math.inf
     written_since_raise: bool = False  # a stop write since the latest raise
+    # The belt must stand within STANDSTILL of the stop's first raise (or of a silence's end):
+    # past that, while it is (or may be) moving, no frame goes out.
+    began: float = 0.0
+    moving: bool = True  # as last reported; unknown counts as moving
 
 
 @given(events=st.lists(EVENTS, max_size=120), start=st.floats(min_value=-1e6, max_value=1e6))
@@ -367,11 +406,13 @@ def test_sr9_sr13_policy_rules_hold_for_any_sequence_of_events(
     events: list[tuple[object, ...]], start: float
 ) -> None:
     p = LinkPolicy(PARAMS, start)
-    m = Model(since=start)
+    m = Model(since=start, began=start)
     now = start
     for ev in events:
         note(f"t={now!r} stop_raised={p.stop_raised} silent={p.silent} event={ev}")
         kind = ev[0]
+        if not p.stop_raised:
+            m.began = now  # a stop raised by this event begins now
         if kind == "advance":
             step = ev[1]
             assert isinstance(step, float)
@@ -396,6 +437,7 @@ def test_sr9_sr13_policy_rules_hold_for_any_sequence_of_events(
                     m.since, m.confirmed = now, False
                 p.disconnected(now)
                 m.written_since_raise = False
+                m.moving = True
         elif kind == "refused":
             if p.link_up:
                 p.refused(now)
@@ -420,15 +462,17 @@ def _ask(p: LinkPolicy, m: Model, now: float, command_pending: bool) -> Decision
     if d.action in (Action.STOP, Action.POLL, Action.COMMAND, Action.CONNECT):
         assert d.at == now
     if silent_before and not p.silent:
-        # The silence ended: one more attempt, with its own bound.
+        # The silence ended: one more attempt, with its own bounds.
         assert now >= m.silent_until
         m.since, m.confirmed, m.written_since_raise = now, False, False
+        m.began = now
     if d.action is Action.SILENT and not silent_before:
         # Entering silence: only for an unconfirmed stop past the bound, for deadman + margin.
         assert raised_before, "silence without a raised stop"
         assert p.link_up, "silence on a link that is down"
-        assert not m.confirmed, "silence after the drive confirmed the stop"
-        assert now >= m.since + CONFIRM - 1e-9, "silence before the confirm bound"
+        unconfirmed = not m.confirmed and now >= m.since + CONFIRM - 1e-9
+        not_standing = m.moving and now >= m.began + STANDSTILL - 1e-9
+        assert unconfirmed or not_standing, "silence before either bound"
         assert d.at - now >= p.silence_s - 1e-9
         m.silent_until = d.at
     if d.action is Action.SILENT:
@@ -437,6 +481,9 @@ def _ask(p: LinkPolicy, m: Model, now: float, command_pending: bool) -> Decision
         assert now >= m.silent_until, "a frame during the silence"
         if p.stop_raised:
             assert m.confirmed or now < m.since + CONFIRM + 1e-9, "frames past the bound"
+            assert not m.moving or now < m.began + STANDSTILL + 1e-9, (
+                "frames past the standstill bound to a belt still moving"
+            )
     if p.stop_raised:
         assert d.action is not Action.COMMAND, "a command while a stop is raised"
     return d
@@ -446,6 +493,7 @@ def _act(p: LinkPolicy, m: Model, now: float, outcome: int, moving: bool) -> Non
     d = _ask(p, m, now, command_pending=outcome % 2 == 0)
     if d.action is Action.COMMAND:
         p.command_written(now)
+        m.moving = True
     elif d.action is Action.STOP:
         token = p.stop_written(now)
         m.written_since_raise = True
@@ -460,6 +508,7 @@ def _act(p: LinkPolicy, m: Model, now: float, outcome: int, moving: bool) -> Non
         if outcome < 4:
             was_raised = p.stop_raised
             p.status(now, token, moving=moving)
+            m.moving = moving
             if was_raised and not moving and m.written_since_raise:
                 assert not p.stop_raised, "standstill after a stop write must clear the stop"
             if not was_raised and p.stop_raised:
@@ -472,9 +521,11 @@ def _act(p: LinkPolicy, m: Model, now: float, outcome: int, moving: bool) -> Non
         elif outcome == 4:
             p.refused(now)
     elif d.action is Action.CONNECT:
+        m.moving = True
         if outcome < 3:
             p.connected(now)
             m.since, m.confirmed, m.written_since_raise = now, False, False
+            m.began = now
             _check_stop_goes_out_at_once(p, m, now)
         else:
             p.disconnected(now)

@@ -158,6 +158,31 @@ async def test_sr9_stop_word_repeated_until_a_drive_ignoring_writes_obeys() -> N
 
 
 @pytest.mark.asyncio
+async def test_sr9_a_vfd_accepting_every_stop_but_never_stopping_gets_silence() -> None:
+    """A drive that answers every stop word and never applies it (keypad command source, for
+    good): past the standstill bound (4 s) the driver falls silent, so that the drive's own
+    communication time-out trips and stops the belt. (Before: the accepted stop words were
+    repeated for ever and fed that time-out; the belt ran on.)"""
+    async with delayed_drive() as (vfd, server):
+        driver = make_driver(server)
+        async with running(driver), ControlTicks(driver) as ticks:
+            await start_belt(driver, vfd, ticks)
+            vfd.ignore_writes()
+            asked = time.monotonic()
+            driver.emergency_stop()
+            await vfd.wait_until(lambda: vfd.comm_timeout_trips != [], timeout_s=8.0)
+            [trip] = vfd.comm_timeout_trips
+            assert trip.stopped
+            await vfd.wait_until(lambda: vfd.belt.speed_mph == 0.0, timeout_s=3.0)
+            # Stop words until the standstill bound, each accepted, none applied; then silence.
+            words = stop_words(vfd, asked)
+            assert len(words) >= 10
+            assert not any(r.applied for r in words)
+            assert trip.last_request_t - asked < 4.0 + 2 * LINE_DELAY_S + 0.2
+            assert driver.silences >= 1
+
+
+@pytest.mark.asyncio
 async def test_sr9_a_belt_started_from_the_keypad_while_we_want_zero_gets_the_stop() -> None:
     async with delayed_drive() as (vfd, server):
         driver = make_driver(server)
