@@ -112,7 +112,9 @@ class Connection:
 
 def _identifier() -> str:
     # Unique, so two technicians (or a watch and a start) never take over each other's
-    # connection; 22 characters, within the 23 every MQTT broker must accept.
+    # connection on a broker that leaves ids alone; the shipped one binds them to accounts, so
+    # there each needs an account (docs/tablet-cli.md). 22 characters, within the 23 every
+    # MQTT broker must accept.
     return f"tg-tablet-{uuid.uuid4().hex[:12]}"
 
 
