@@ -153,6 +153,8 @@ class LinkPolicy:
 
         # Silence.
         self.silent_since: float | None = None
+        self.silence_reason = ""  # why the latest silence began, for the driver's log
+        self._silences_told = 0
         self.silent_until: float | None = None
 
         # Counters for tests and diagnostics.
@@ -179,6 +181,9 @@ class LinkPolicy:
         self._stop_awaits_attempt = False
         self._answered_on_link = False
         self.may_be_moving = True
+        # What the last connection read of the drive's deadman may no longer hold (another
+        # drive, a changed parameter): until it is read again, the configured (longest) one.
+        self._deadman_s = self.params.deadman_s
         self._holdoff_until = -math.inf
         self._next_poll_at = now
         # The confirm and standstill bounds start afresh: nothing could be written while the
@@ -208,6 +213,18 @@ class LinkPolicy:
 
     def raise_stop(self, now: float, cause: StopCause) -> None:
         """An emergency stop, a controlled stop, a fault, the driver closing."""
+        if (
+            cause is not StopCause.EMERGENCY
+            and self.link_up
+            and self.stop_raised
+            and self._stop_seq > self._raised_seq
+            and now - self._stop_at < self.params.poll_interval_s
+        ):
+            # Raised already and its stop written just now: the repetition's pace holds. (A
+            # driver that raises again on every new fault text, as exception replies alternate,
+            # would otherwise write stops back to back as fast as the drive answers.) An
+            # emergency stop is never held back.
+            return
         if not self.stop_raised or self._confirmed:
             self._new_episode(now)
         self._raise(cause, now)
@@ -310,6 +327,16 @@ class LinkPolicy:
             due = min(due, self._holdoff_until)
         return Decision(Action.WAIT, due)
 
+    def new_silence(self) -> str | None:
+        """Once per silence, the sentence a driver logs as it falls silent; else None."""
+        if self.silences == self._silences_told:
+            return None
+        self._silences_told = self.silences
+        return (
+            f"{self.silence_reason}: nothing on the link for {self.silence_s:.2f} s, so that "
+            "the drive's own deadman stops the belt"
+        )
+
     @property
     def silent(self) -> bool:
         return self.silent_until is not None
@@ -319,11 +346,11 @@ class LinkPolicy:
     def _next_while_stopping(self, now: float) -> Decision:
         deadline = self._episode_start + self.params.stop_confirm_s
         if not self._confirmed and now >= deadline:
-            return self._fall_silent(now)
+            return self._fall_silent(now, "the drive did not confirm the stop")
         if self.may_be_moving and now - self._stop_began >= self.params.standstill_s:
             # Accepted, repeated, and the belt is still not known to stand: our stop words do
             # not stop it, so they must not feed its deadman either.
-            return self._fall_silent(now)
+            return self._fall_silent(now, "the belt is not at standstill after the stop")
         written = self._stop_seq > self._raised_seq
         polled = self._poll_seq > self._stop_seq
         if self._retry:
@@ -343,8 +370,9 @@ class LinkPolicy:
             due = min(due, deadline)
         return Decision(Action.WAIT, due)
 
-    def _fall_silent(self, now: float) -> Decision:
+    def _fall_silent(self, now: float, reason: str) -> Decision:
         self.silences += 1
+        self.silence_reason = reason
         self.silent_since = now
         self.silent_until = now + self.silence_s
         return Decision(Action.SILENT, self.silent_until)

@@ -304,6 +304,8 @@ class ModbusVfdDriver:
             return
         now = _now()
         decision = self._policy.next(now, command_pending=self._command_pending())
+        if (silence := self._policy.new_silence()) is not None:
+            _log.warning("drive_link: %s", silence)
         action = decision.action
         if action in (Action.WAIT, Action.SILENT):
             try:

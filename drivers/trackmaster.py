@@ -383,6 +383,8 @@ class TrackmasterDriver:
         loop = asyncio.get_running_loop()
         now = loop.time()
         decision = self._policy.next(now, command_pending=self._command_pending())
+        if (silence := self._policy.new_silence()) is not None:
+            _log.warning("drive_link: %s", silence)
         try:
             match decision.action:
                 case Action.CONNECT:

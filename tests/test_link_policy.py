@@ -250,6 +250,39 @@ def test_sr9_accepted_stops_that_leave_the_belt_moving_get_silence_at_the_stands
     assert not p.stop_raised
 
 
+def test_sr9_each_connection_starts_from_the_configured_deadman_until_it_is_read_again() -> None:
+    """SR-9: a deadman read on one connection may not hold on the next (the drive's parameter
+    changed, or it cannot be read now): the silence is sized from the configured one again."""
+    p = running()
+    p.set_deadman(0.2)
+    assert p.silence_s == pytest.approx(0.2 + MARGIN)
+    p.disconnected(1.0)
+    p.connected(2.0)
+    assert p.silence_s == pytest.approx(DEADMAN + MARGIN)
+
+
+def test_sr9_a_stop_raised_again_and_again_keeps_the_repetitions_pace() -> None:
+    """SR-9: a driver that raises the stop on every new fault text (exception replies to
+    alternating requests) gets one stop write a poll interval, not a storm; an emergency stop
+    still goes out at once."""
+    p = running()
+    p.raise_stop(0.0, StopCause.FAULT)
+    t, writes = 0.0, 0
+    while t < 0.25:
+        d = p.next(t)
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=False)
+            writes += 1
+        elif d.action is Action.POLL:
+            p.poll_started(t)
+            p.refused(t)
+        p.raise_stop(t, StopCause.FAULT)  # a new fault text after every request
+        t += 0.001
+    assert writes <= 0.25 / POLL + 1
+    p.raise_stop(t, StopCause.EMERGENCY)
+    assert p.next(t) == Decision(Action.STOP, t)
+
+
 def test_sr9_the_silence_follows_the_deadman_read_from_the_drive() -> None:
     p = running()
     p.set_deadman(1.0)
@@ -398,6 +431,7 @@ class Model:
     # past that, while it is (or may be) moving, no frame goes out.
     began: float = 0.0
     moving: bool = True  # as last reported; unknown counts as moving
+    stop_at: float = -math.inf  # the latest stop write
 
 
 @given(events=st.lists(EVENTS, max_size=120), start=st.floats(min_value=-1e6, max_value=1e6))
@@ -420,6 +454,18 @@ def test_sr9_sr13_policy_rules_hold_for_any_sequence_of_events(
         elif kind == "raise":
             cause = ev[1]
             assert isinstance(cause, StopCause)
+            if (
+                cause is not StopCause.EMERGENCY
+                and p.link_up
+                and p.stop_raised
+                and m.written_since_raise
+                and now - m.stop_at < POLL
+            ):
+                # Raised already and written just now: the repetition's pace holds; nothing
+                # changes but that no command goes out.
+                p.raise_stop(now, cause)
+                assert _ask(p, m, now, command_pending=True).action is not Action.COMMAND
+                continue
             if not p.stop_raised or m.confirmed:
                 m.since, m.confirmed = now, False
             p.raise_stop(now, cause)
@@ -497,6 +543,7 @@ def _act(p: LinkPolicy, m: Model, now: float, outcome: int, moving: bool) -> Non
     elif d.action is Action.STOP:
         token = p.stop_written(now)
         m.written_since_raise = True
+        m.stop_at = now
         if outcome in (0, 1):
             p.stop_answered(now, token, accepted=True)
             m.confirmed = True
