@@ -310,6 +310,10 @@ class Oracle:
             if state is State.ESTOP and stops[0].fields.get("cause") != "fall":
                 self.fail("SR-5", f"estop cause {stops[0].fields} is not the fall", inp, d)
 
+        if any(e.type is EventType.BELT_STARTED for e in events):
+            # SR-4 counts loss while the belt moves: a new start (both hands held, SR-3)
+            # begins a new count, before this decision is judged by it.
+            self.grip_count = 0.0
         if state in ARMED:
             # SR-5/SR-8: never armed with a fall signalled or a silent fall sensor.
             if not self._fall_clear(now):
