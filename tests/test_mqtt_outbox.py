@@ -113,7 +113,10 @@ async def test_sr14_events_raised_offline_go_out_once_each_oldest_first_bounded_
         async with session_tablet(broker, "tablet-offline", *topics) as tab:
             await tab.next(f"{p}/availability", text_is("online"))
             link.on_event(Event(EventType.RESET, t=1.0))
-            await tab.next(f"{p}/events", lambda m: body(m)["type"] == "reset")  # type: ignore[index]
+            first = body(
+                await tab.next(f"{p}/events", lambda m: body(m)["type"] == "reset")  # type: ignore[index]
+            )
+            assert isinstance(first, dict)
             await until(lambda: link.published == 1)  # acknowledged: never sent again
             broker.stop()
             await until(lambda: not link.connected)
@@ -126,7 +129,10 @@ async def test_sr14_events_raised_offline_go_out_once_each_oldest_first_bounded_
         async with session_tablet(broker, "tablet-offline") as tab:  # no new subscription
             await tab.next(f"{p}/state", lambda m: body(m)["events_dropped"] == 3)  # type: ignore[index]
             link.on_event(Event(EventType.RESET, t=30.0))  # the last: nothing comes after it
-            arrived = await collect(tab, f"{p}/events", lambda e: e["type"] == "reset")
+            arrived = await collect(tab, f"{p}/events", lambda e: e["ts"] == 1_764_000_030.0)
+    # The broker may hand the first reset over again (QoS 1: the tablet's PUBACK for it can be
+    # lost with the broker's stop); a tablet knows it by its event_id and shows it once.
+    arrived = [e for e in arrived if e["event_id"] != first["event_id"]]
     ids = [e.pop("event_id") for e in arrived]
     assert len(set(ids)) == len(ids)  # each event has its own id
     assert arrived == [
