@@ -152,7 +152,7 @@ def encode_reply(reply: CommandReply) -> bytes:
     return to_payload(reply.to_json())
 
 
-def reply_from_core(command_id: str, reply: Reply | None) -> CommandReply:
+def reply_from_core(command_id: str | None, reply: Reply | None) -> CommandReply:
     """The contract reply for the safety core's answer to a command."""
     if reply is None:
         # The core answers every command; a missing reply is a wiring bug, never an "ok".
@@ -394,6 +394,23 @@ def _readable_type(payload: bytes) -> str | None:
     return kind[:ID_MAX_CHARS] if isinstance(kind, str) else None
 
 
+def _stop_however_formed(payload: bytes, t: float) -> Stop | EStop | None:
+    """A stop or an estop, read as leniently as JSON allows: any JSON object within the size
+    limit whose ``type`` is "stop" or "estop" (the last one, if the key is repeated)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind == "stop":
+        return Stop(t=t)
+    if kind == "estop":
+        return EStop(t=t)
+    return None
+
+
 def _late(kind: str, ts: float, now_unix: float) -> str | None:
     what = {"start_session": "start", "set_speed": "speed change"}.get(kind, kind)
     age = now_unix - ts
@@ -502,6 +519,22 @@ def answer_command(
     ``on_failure`` (to be logged) and ``on_refused`` (to be journaled): never raised (SR-15).
     """
     parsed = parse_command(payload, retained=retained, t=t, now_unix=now_unix)
+    if isinstance(parsed, CommandReply) and not retained:
+        stop = _stop_however_formed(payload, t)
+        if stop is not None:
+            # SR-12: a stop or an estop is carried out however the rest of it is formed (a
+            # field this version does not know, an id that is missing or too long, a
+            # duplicate key): refusing it would leave the belt running. Answered as any
+            # command, by its id when it can be read.
+            try:
+                return reply_from_core(parsed.id, execute(stop))
+            except Exception as exc:  # SR-15: no handler raises into its caller
+                reply = internal_error(parsed.id, _readable_type(payload), exc)
+                if on_failure is not None:
+                    on_failure(exc, reply)
+                if on_refused is not None:
+                    on_refused(reply, _readable_type(payload))
+                return reply
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
             # The id was readable, so the payload is a JSON object.

@@ -216,6 +216,31 @@ async def test_sr12_an_estop_with_a_reused_id_stops_the_belt_again(
             await doc.state(lambda s: s["state"] == "idle", within=5.0)
 
 
+@pytest.mark.asyncio
+async def test_sr12_an_estop_with_a_field_this_version_does_not_know_stops_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """SR-12 (amended): a dashboard's estop carrying a field of its own, and one with no id at
+    all, mid-session: each stops the belt (both were refused invalid_command, and the belt ran
+    on)."""
+    tm = "tm-estop-extra"
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        for user, press in (
+            ("u-40", {"id": "e-extra", "type": "estop", "reason": "patient fell"}),
+            ("u-41", {"type": "estop"}),
+        ):
+            await doc.start_running(user, program="first_session")
+            await doc.raw(json.dumps(press).encode())
+            ok(await doc.reply_to(press.get("id")))
+            assert (await doc.event("estop"))["cause"] == "remote_estop"
+            await doc.state(
+                lambda s: s["state"] == "estop" and s["speed_mph"] <= STANDSTILL_MPH, within=5.0
+            )
+            await doc.reset_when_allowed()
+            await doc.state(lambda s: s["state"] == "idle", within=5.0)
+
+
 # ----------------------------------------------------------------------------- SR-16
 
 

@@ -347,6 +347,51 @@ def test_sr12_a_stop_or_estop_with_a_reused_id_is_carried_out_every_time(kind: s
     assert len(execute.commands) == 5
 
 
+@pytest.mark.parametrize(
+    ("raw", "reply_id"),
+    [
+        ('{"id": "e2", "type": "estop", "reason": "patient fell"}', "e2"),
+        ('{"type": "estop"}', None),
+        ('{"id": "' + "x" * 65 + '", "type": "estop"}', None),
+        ('{"id": 7, "type": "estop"}', None),
+        ('{"id": "e3", "type": "estop", "ts": "now"}', "e3"),
+        ('{"id": "e4", "id": "e5", "type": "estop"}', None),
+        ('{"id": "s2", "type": "stop", "source": "dashboard"}', "s2"),
+        ('{"type": "stop", "type": "stop"}', None),
+    ],
+)
+def test_sr12_a_stop_or_estop_is_carried_out_however_the_rest_is_formed(
+    raw: str, reply_id: str | None
+) -> None:
+    """SR-12 (amended): a stop or estop with a field this version does not know, an id that is
+    missing, too long or not a string, a stamp that is not a number, or a repeated key, is
+    carried out (and answered by its id when it can be read): a refusal would leave the belt
+    running."""
+    execute = Recorder()
+    reply = answer(raw, DuplicateFilter(), execute)
+    assert reply == {"id": reply_id, "ok": True}
+    assert [type(c).__name__ for c in execute.commands] == (
+        ["Stop"] if '"stop"' in raw else ["EStop"]
+    )
+
+
+def test_sr12_a_retained_or_oversized_estop_is_still_refused() -> None:
+    """The two refusals a stop keeps: retained (a stale button press replayed to every new
+    subscriber, MQTT-API.md) and over the 4 KiB limit (never parsed)."""
+    execute = Recorder()
+    retained = answer_command(
+        b'{"id": "r1", "type": "estop"}',
+        retained=True,
+        t=0.0,
+        seen=DuplicateFilter(),
+        execute=execute,
+    )
+    assert retained.error is not None
+    big = '{"id": "b1", "type": "estop", "pad": "' + "x" * 5000 + '"}'
+    assert answer(big, DuplicateFilter(), execute)["error"]["code"] == "payload_too_large"
+    assert execute.commands == []
+
+
 def test_duplicate_of_a_refused_command_gets_the_same_refusal() -> None:
     seen = DuplicateFilter()
     execute = Recorder()
