@@ -64,6 +64,7 @@ from safety.inputs import (
     Hand,
     JournalHealth,
     LoopOverrun,
+    RivalDaemon,
     Shutdown,
     StartSession,
     Stop,
@@ -173,6 +174,7 @@ class Daemon:
             on_sensor=self._on_sensor_message,
             before_publish=self._commit_journal,
             on_refused=self._refused_before_the_core,
+            on_rival=self._rival_daemon,
             logger=self._log.bind(part="mqtt"),
         )
         # Wiring by listener order, each under the controller's guard: refusals pass the
@@ -382,6 +384,17 @@ class Daemon:
         event = Event(EventType.COMMAND_REFUSED, self.clock.time(), fields)
         if self._admit_event(event):
             self.controller.publish(event)
+
+    def _rival_daemon(self, instance: str) -> None:
+        """Another daemon publishes this treadmill's state: two controllers for one belt, each
+        answering some of the tablet's commands (an estop among them) for the wrong belt. A
+        fault: the belt stops and stays latched until a reset (SR-12, SR-13)."""
+        self.controller.submit(
+            RivalDaemon(
+                t=self.clock.time(),
+                detail=f"another daemon ({instance}) publishes this treadmill's state",
+            )
+        )
 
     def _returning(self, user: str) -> bool:
         if self.journal is None:

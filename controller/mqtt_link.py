@@ -55,6 +55,7 @@ import socket
 import ssl
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ class TabletLink:
         on_sensor: Callable[[str, bytes], None] | None = None,
         before_publish: Callable[[], None] | None = None,
         on_refused: Callable[[CommandReply, str | None], None] | None = None,
+        on_rival: Callable[[str], None] | None = None,
         extra_state: Callable[[], JsonObject] | None = None,
         logger: Any = None,
     ) -> None:
@@ -249,6 +251,12 @@ class TabletLink:
         # Called before the state, a reply or an event goes out: the journal commits (SR-14).
         self._before_publish = before_publish
         self._on_refused = on_refused
+        self._on_rival = on_rival
+        # This process's mark on its state (an extension of contract v1): a state on our topic
+        # with another mark comes from another daemon for this treadmill.
+        self.instance = uuid.uuid4().hex[:12]
+        self._state_published = False
+        self._rival_told = -1  # the connection a rival was last reported on
         # Fields the contract allows beyond its own (an extension): merged into each state.
         self._extra_state = extra_state
         # The outbox: what waits to be published or acknowledged, oldest first. The first
@@ -408,6 +416,9 @@ class TabletLink:
         )
         for topic in self._sensor_topics:
             await client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+        # Another daemon's states (see _on_state_message). Not noLocal: that compares client
+        # ids, and a rival under our account has ours. Our own come back too; their mark says so.
+        await client.subscribe(self.topics.state, options=SubscribeOptions(qos=0))
         await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._connected = True
         self.connections += 1
@@ -455,6 +466,7 @@ class TabletLink:
         paho.message_callback_add(self.topics.cmd, self._on_command_message)
         for topic in self._sensor_topics:
             paho.message_callback_add(topic, self._on_sensor_message)
+        paho.message_callback_add(self.topics.state, self._on_state_message)
 
     # paho calls these from its read loop: an exception out of them would end the connection
     # (aiomqtt takes it for a dead link), drop what arrives until the reconnect and, redelivered,
@@ -572,6 +584,35 @@ class TabletLink:
     def _queue_reply(self, reply: CommandReply, *, keep: bool) -> None:
         self._look = True  # the command may have changed the state: it goes out first
         self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
+
+    def _on_state_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
+        """A state on our own state topic that another daemon published: a second daemon for
+        this treadmill. Live, it is running now; retained, it was published after our own
+        first state (one left by a predecessor is found before we publish any). On a broker
+        that binds client ids to accounts the two never see each other live: each takes over
+        the other's session and finds the other's retained state when it reconnects."""
+        try:
+            if message.retain and not self._state_published:
+                return  # a predecessor's state, left retained
+            try:
+                obj = json.loads(message.payload)
+            except (ValueError, RecursionError):
+                return
+            instance = obj.get("instance") if isinstance(obj, dict) else None
+            if not isinstance(instance, str) or instance == self.instance:
+                return
+            if self._rival_told == self.connections:
+                return  # once per connection
+            self._rival_told = self.connections
+            self._log.error(
+                "mqtt_rival_daemon",
+                instance=instance,
+                message="another daemon publishes this treadmill's state: the belt is stopped",
+            )
+            if self._on_rival is not None:
+                self._on_rival(instance)
+        except Exception as exc:  # SR-15: no handler raises into its caller
+            self._failed("state_handler_failed", exc)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts."""
@@ -717,6 +758,7 @@ class TabletLink:
         # Events the outbox had no room for while the broker was away (SR-14): a tablet
         # learns that its history has a gap.
         state["events_dropped"] = self.dropped_events
+        state["instance"] = self.instance
         if self._extra_state is not None:
             state.update({k: v for k, v in self._extra_state().items() if k not in state})
         key = state_key(state)
@@ -725,6 +767,7 @@ class TabletLink:
         if key != last_key or (moving and now - self._last_state_sent >= self._state_period_s):
             self._publish(paho, self.topics.state, to_payload(state), retain=True)
             self._last_state_sent = now
+            self._state_published = True
         return key, moving
 
     def _push(self, queue: deque[_Out], item: _Out, bound: int | None) -> bool:

@@ -46,6 +46,7 @@ from safety.inputs import (
     JournalHealth,
     LoopOverrun,
     Reset,
+    RivalDaemon,
     Sensor,
     SetSpeed,
     Shutdown,
@@ -225,6 +226,8 @@ class SafetyCore:
                 self._journal_problem = None if writable else (detail or "cannot be written")
                 if not writable:
                     self._latch(State.FAULT, Cause.JOURNAL, f"journal: {detail}")
+            case RivalDaemon(detail=detail):
+                self._latch(State.FAULT, Cause.RIVAL_DAEMON, detail or "another daemon")
             case _:
                 reply = self._command(event)
         self._check()

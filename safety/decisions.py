@@ -30,6 +30,7 @@ class Cause(StrEnum):
     DRIVE_FAULT = "drive_fault"
     FEEDBACK_MISMATCH = "feedback_mismatch"
     JOURNAL = "journal"
+    RIVAL_DAEMON = "rival_daemon"
 
 
 class EventType(StrEnum):

@@ -134,6 +134,18 @@ class Heartbeat:
 
 
 Command = StartSession | SetSpeed | Stop | EStop | Reset | Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class RivalDaemon:
+    """Another process took over this daemon's broker session (its account, so another
+    daemon for this treadmill): two controllers may each believe they drive the belt, and a
+    tablet's estop may reach the wrong one. The belt is stopped and the fault latched."""
+
+    t: float
+    detail: str = ""
+
+
 SensorInput = GripReading | FallReading
 Input = (
     Tick
@@ -142,6 +154,7 @@ Input = (
     | DriveFeedback
     | DriveError
     | JournalHealth
+    | RivalDaemon
     | LoopOverrun
     | Shutdown
     | Command

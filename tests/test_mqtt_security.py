@@ -821,3 +821,55 @@ async def test_sr15_a_dashboard_reusing_its_client_id_never_disconnects_the_daem
     finally:
         daemon.stop()
     assert daemon.log_text().count("mqtt_connected") == 1, daemon.log_text()
+
+
+@pytest.mark.asyncio
+async def test_sr12_a_second_daemon_for_one_treadmill_latches_a_rival_daemon_fault(
+    secured: Broker, tmp_path: Path
+) -> None:
+    """Two daemons for one treadmill under the daemon's account: on the shipped broker each
+    takes over the other's session in turn, and each answers some of the tablet's commands,
+    an estop among them, for the wrong belt. Each finds the other's state on its topic and
+    latches a fault (cause rival_daemon), so no belt runs on (SR-12, SR-13; before, both ran
+    on and the tablet's estops were answered ok by the daemon without a session)."""
+    tm = "tm-rival"
+    p = f"treadmill/{tm}"
+    daemons = []
+    for n in (1, 2):
+        folder = tmp_path / f"d{n}"
+        folder.mkdir()
+        config = daemon_config(
+            folder, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
+        )
+        daemons.append(
+            DaemonProcess(
+                config,
+                folder / "d.log",
+                env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]},
+            )
+        )
+    try:
+        async with tablet(secured, f"{p}/state", f"{p}/availability", **login("tablet")) as tab:
+            daemons[0].start()
+            await tab.next(f"{p}/availability", text_is("online"), within=15.0)
+            daemons[1].start()
+            instances: set[str] = set()
+            async with asyncio.timeout(20.0):
+                while len(instances) < 2:
+                    state = fields(
+                        await tab.next(
+                            f"{p}/state",
+                            lambda m: (
+                                (fields(m).get("latched") or {}).get("cause") == "rival_daemon"
+                            ),
+                            within=20.0,
+                        )
+                    )
+                    assert state["state"] == "fault"
+                    instances.add(state["instance"])
+            assert all(d.alive() for d in daemons)
+    finally:
+        for d in daemons:
+            d.stop()
+    for d in daemons:
+        assert "mqtt_rival_daemon" in d.log_text()

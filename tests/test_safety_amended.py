@@ -28,6 +28,7 @@ from safety.inputs import (
     Heartbeat,
     Input,
     Reset,
+    RivalDaemon,
     StartSession,
     Tick,
 )
@@ -411,6 +412,22 @@ def test_sr6_a_reset_is_refused_while_the_drive_still_reports_its_fault() -> Non
     world.run(0.2)  # healthy statuses again
     assert isinstance(world.command(Reset).reply, Accepted)
     assert isinstance(world.start().reply, Accepted)
+
+
+def test_sr12_a_rival_daemon_stops_the_belt_and_latches_a_fault() -> None:
+    """Another daemon publishing this treadmill's state: the belt stops at once (an emergency
+    stop) and the fault stays latched until a reset at standstill."""
+    world = at_speed(1.0)
+    d = world.send(RivalDaemon(world.t + 0.01, "another daemon (abc) publishes the state"))
+    assert d.emergency_stop
+    assert d.speed_mph == 0.0
+    assert d.state is State.FAULT
+    latch = world.core.latch
+    assert latch is not None
+    assert latch.cause is Cause.RIVAL_DAEMON
+    world.belt = 0.0
+    world.run(0.5)
+    assert isinstance(world.command(Reset).reply, Accepted)
 
 
 def test_sr3_no_start_while_the_drive_reports_a_fault_even_unlatched() -> None:
