@@ -103,7 +103,15 @@ class Journal:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-            db.execute(f"PRAGMA max_page_count={max(16, int(max_size_mb * 1e6 / page_size))}")
+            most = max(16, int(max_size_mb * 1e6 / page_size))
+            db.execute(f"PRAGMA max_page_count={most}")
+            # max_page_count bounds the database file only. The write-ahead log beside it grows
+            # until a checkpoint (1,000 pages, 4 MB, by default) and keeps its size after one:
+            # checkpoint at a tenth of the limit and cut the log back to that, so the two
+            # together stay within about 1.1 times max_size_mb.
+            wal_pages = max(8, most // 10)
+            db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+            db.execute(f"PRAGMA journal_size_limit={wal_pages * page_size}")
             db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open {path}: {exc}") from exc

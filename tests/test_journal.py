@@ -276,6 +276,28 @@ def test_sr14_a_journal_nearing_its_limit_says_how_full_it_is(tmp_path: Path) ->
     assert seen[-1] <= 1.0
 
 
+def test_sr14_the_journal_on_disk_stays_near_its_size_limit(tmp_path: Path) -> None:
+    """SR-14: ``max_size_mb`` bounds what the journal takes on disk, its write-ahead log
+    included (SQLite's page limit counts the database file only; the log grew to three times
+    the limit under a flood of records)."""
+    path = tmp_path / "j.sqlite"
+    limit_mb = 0.3
+    journal = Journal.open(path, max_size_mb=limit_mb)
+    row = Event(EventType.COMMAND_REFUSED, 0.0, {"message": "x" * 300})
+    largest = 0
+    for _ in range(100_000):
+        try:
+            journal.record(row, ts=1.0)
+            journal.commit()
+        except JournalError:
+            break
+        wal = path.with_name(path.name + "-wal")
+        largest = max(largest, path.stat().st_size + (wal.stat().st_size if wal.exists() else 0))
+    else:
+        raise AssertionError("the journal never filled up")
+    assert largest <= 1.2 * limit_mb * 1e6
+
+
 def test_sr14_a_journal_with_free_pages_counts_them_free(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     fill(path, 0.1, free_pages=2)
