@@ -94,6 +94,7 @@ from safety.decisions import Event, EventType
 
 ONLINE = b"online"
 REFUSALS_LOGGED_PER_S = 20
+RIVAL_LOG_EVERY_S = 10.0  # a second daemon is logged this often while it lasts
 OFFLINE = b"offline"
 
 # Commands whose reply is never dropped nor refused for rate (MQTT-API.md: rate_limited is never
@@ -257,6 +258,7 @@ class TabletLink:
         self.instance = uuid.uuid4().hex[:12]
         self._state_published = False
         self._rival_told = -1  # the connection a rival was last reported on
+        self._rival_logged_t = -math.inf
         # Fields the contract allows beyond its own (an extension): merged into each state.
         self._extra_state = extra_state
         # The outbox: what waits to be published or acknowledged, oldest first. The first
@@ -602,13 +604,16 @@ class TabletLink:
             if not isinstance(instance, str) or instance == self.instance:
                 return
             if self._rival_told == self.connections:
-                return  # once per connection
+                return  # once per connection (the two take turns on the broker)
             self._rival_told = self.connections
-            self._log.error(
-                "mqtt_rival_daemon",
-                instance=instance,
-                message="another daemon publishes this treadmill's state: the belt is stopped",
-            )
+            now = self._now()
+            if now - self._rival_logged_t >= RIVAL_LOG_EVERY_S:
+                self._rival_logged_t = now
+                self._log.error(
+                    "mqtt_rival_daemon",
+                    instance=instance,
+                    message="another daemon publishes this treadmill's state: the belt is stopped",
+                )
             if self._on_rival is not None:
                 self._on_rival(instance)
         except Exception as exc:  # SR-15: no handler raises into its caller
