@@ -23,8 +23,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,16 +238,25 @@ async def tablet(
     tls: ssl.SSLContext | None = None,
     port: int | None = None,
     websockets: bool = False,
+    session: tuple[str, float] | None = None,
 ) -> AsyncIterator[Tablet]:
     """A connected :class:`Tablet` subscribed to ``topics``, reading in the background.
     ``port`` overrides the broker's (a TLS listener); ``websockets``: MQTT over WebSockets,
-    as the tablet page speaks it. Connecting is bounded by WAIT_S."""
+    as the tablet page speaks it; ``session``: (client id, expiry in seconds) of a persistent
+    session, which the broker keeps with its subscriptions and QoS 1 messages while the tablet
+    is away. Connecting is bounded by WAIT_S."""
+    persistent: dict[str, Any] = {}
+    if session is not None:
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = int(session[1])
+        persistent = {"identifier": session[0], "clean_start": False, "properties": connect}
     client = aiomqtt.Client(
         "127.0.0.1",
         port if port is not None else broker.port,
         username=username,
         password=password,
         protocol=aiomqtt.ProtocolVersion.V5,
+        **persistent,
         tls_context=tls,
         timeout=WAIT_S,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],

@@ -9,8 +9,8 @@ here saves its sessions when it stops (``persistence``), as a broker restarted o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,15 +18,12 @@ from contextlib import asynccontextmanager, closing, suppress
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from safety.decisions import Event, EventType
 from tests.clinician import clinician, sensor_user
 from tests.daemon_process import DaemonProcess, daemon_config
-from tests.mosquitto import WAIT_S, Broker, Tablet, body, have_mosquitto, text_is
+from tests.mosquitto import WAIT_S, Broker, Tablet, body, have_mosquitto, tablet, text_is
 from tests.test_mqtt_link import World, make_link
 
 SESSION_EXPIRY_S = 600
@@ -44,36 +41,12 @@ def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
         b.kill()
 
 
-@asynccontextmanager
-async def session_tablet(broker: Broker, client_id: str, *topics: str) -> AsyncIterator[Tablet]:
+def session_tablet(
+    broker: Broker, client_id: str, *topics: str
+) -> contextlib.AbstractAsyncContextManager[Tablet]:
     """A tablet with a persistent session: the broker keeps its subscriptions and holds QoS 1
     messages for it while it is away. ``topics`` are subscribed to (once is enough)."""
-    connect = Properties(PacketTypes.CONNECT)
-    connect.SessionExpiryInterval = SESSION_EXPIRY_S
-    client = aiomqtt.Client(
-        "127.0.0.1",
-        broker.port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=connect,
-        timeout=WAIT_S,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
-    async with asyncio.timeout(WAIT_S):
-        await client.__aenter__()
-    tab = Tablet(client)
-    reader = asyncio.create_task(tab.read(), name=f"reader-{client_id}")
-    try:
-        for topic in topics:
-            await tab.subscribe(topic)
-        yield tab
-    finally:
-        reader.cancel()
-        with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await reader
-        with suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)
+    return tablet(broker, *topics, session=(client_id, SESSION_EXPIRY_S))
 
 
 async def until(condition: Callable[[], bool], within: float = WAIT_S) -> None:
