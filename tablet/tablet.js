@@ -719,6 +719,13 @@ function connect() {
     client.subscribe(
       Object.values(TOPIC).filter((t) => t !== TOPIC.cmd),
       { qos: 1 },
+      (err) => {
+        // "Watching" once the broker has granted them (the session is saved with them from
+        // then on). A refusal (a broker whose ACL checks subscriptions; Mosquitto's acl_file
+        // grants and then delivers nothing) or a link lost before the answer is said, not hidden.
+        if (err) log(`The broker refused this page's subscriptions (${err.message})`, true);
+        else log(`Watching treadmill ${TREADMILL}`);
+      },
     );
     for (const type of resendOnConnect.splice(0)) send(type);
     updateHeartbeat();

@@ -350,9 +350,9 @@ async def test_sr14_the_page_keeps_a_persistent_session_and_gets_the_estop_it_mi
         url = page_url(broker, tm) + "&client_id=ward-3-page"
         async with chromium() as browser, tablet_page(browser, url) as tab:
             page = tab.page
-            await expect(page.locator("#log")).to_contain_text("Connected to")
-            # The page's subscriptions are in place (its session is saved with them) once an
-            # event reaches it: "Connected to" is logged before the broker has granted them.
+            # Its subscriptions are in place (the session is saved with them) once the broker
+            # has granted them; "Connected to" comes before that.
+            await expect(page.locator("#log")).to_contain_text(f"Watching treadmill {tm}")
             first = {"type": "estop", "ts": time.time(), "cause": "grip_lost", "event_id": "b007-2"}
             async with aiomqtt.Client("127.0.0.1", broker.port) as daemon_stand_in:
                 await daemon_stand_in.publish(
