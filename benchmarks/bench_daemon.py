@@ -150,7 +150,7 @@ class TimedDaemon(Daemon):
     def tick(self) -> None:
         super().tick()
         if self.lags_ms is not None:
-            self.lags_ms.append(self.health.last_lag_s * 1000.0)
+            self.lags_ms.append(self.system.health.last_lag_s * 1000.0)
 
 
 async def lateness_run(config: Path, port: int, seconds: float) -> dict[str, list[float]]:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from drivers.base import TreadmillDriver, failure_of
+from drivers.base import DriveStatus, TreadmillDriver, failure_of
 from safety.core import SafetyCore
 from safety.decisions import Decision, Event, EventType
 from safety.inputs import DriveFeedback, Input, Tick
@@ -88,6 +88,9 @@ class Controller:
         self._deadline: float | None = None
         self._deadline_handle: TimerHandle | None = None
         self._last_status_t: float | None = None
+        # The status the last tick read (the journal's top speed takes it from here rather
+        # than asking the driver again).
+        self.last_status: DriveStatus | None = None
 
     def submit(self, event: Input) -> Decision:
         """Hand one input to the core and act on its decision at once."""
@@ -108,7 +111,7 @@ class Controller:
     def tick(self) -> Decision:
         """The periodic control tick: read the drive, let time pass in the core."""
         decision = None
-        status = self.driver.status()
+        self.last_status = status = self.driver.status()
         if status is not None and status.t != self._last_status_t:
             self._last_status_t = status.t
             # Every status with its health: one that still reports the fault keeps it from

@@ -101,6 +101,24 @@ class Journal:
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            cls._prepare(db, max_size_mb)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open {path}: {exc}") from exc
+        return cls(db)
+
+    @classmethod
+    def in_memory(cls, *, max_size_mb: float = 512.0) -> Journal:
+        """The same schema and limits in memory: a simulation's journal (nothing to sync)."""
+        try:
+            db = sqlite3.connect(":memory:", isolation_level=None)
+            cls._prepare(db, max_size_mb)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open a journal in memory: {exc}") from exc
+        return cls(db)
+
+    @staticmethod
+    def _prepare(db: sqlite3.Connection, max_size_mb: float) -> None:
+        try:
             db.execute("PRAGMA foreign_keys=ON")
             page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             most = max(16, int(max_size_mb * 1e6 / page_size))
@@ -113,9 +131,9 @@ class Journal:
             db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
             db.execute(f"PRAGMA journal_size_limit={wal_pages * page_size}")
             db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open {path}: {exc}") from exc
-        return cls(db)
+        except sqlite3.Error:
+            db.close()
+            raise
 
     @classmethod
     def read_only(cls, path: Path) -> Journal:

@@ -536,8 +536,7 @@ def run_gets_past_configuration(path: Path) -> None:
             for run in daemon.sensors.build_sources(daemon.clock.time):
                 run.close()  # built, never started
         finally:
-            if daemon.journal is not None:
-                daemon.journal.close()
+            daemon.system.close()
 
     asyncio.run(assemble())
 

@@ -1,0 +1,394 @@
+"""The controller and everything that watches it, assembled in one place.
+
+``treadguard run`` (the daemon) and ``treadguard simulate`` (a scenario) both build a
+:class:`System`; they differ only in the clock (asyncio's, or the virtual one), the journal's
+file (the configured one, or one in memory) and what is on the far side of the driver and
+the sensors. So a scenario exercises what ships: the journal and the user's history (the
+first-session rule), the refusal coalescer, the control loop's health and the handling of a
+command that fails unexpectedly.
+
+A tablet command, top to bottom (the MQTT link parses and answers it; everything between is
+here):
+
+1. :meth:`System.execute`: a start gets the user's history from the journal (first-session
+   rules for anyone without one); a journal found broken is reported to the core first.
+2. ``Controller.submit`` -> ``SafetyCore.handle``: the decision; the driver is commanded (an
+   emergency stop before anything else happens).
+3. The decision's events pass :meth:`System._admit` (the refusal coalescer, SR-14), then each
+   listener in turn, under the controller's guard: :meth:`System._journal_event` first, always
+   (attached here, before anything else can be), so an event is written before anyone
+   can publish it; then whatever the caller attached (the MQTT link, systemd's status line, a
+   scenario's recorder).
+4. The link commits the journal (:meth:`System.commit_journal`) before it publishes, so
+   nothing is published that is not on disk.
+
+A command the link refused itself (malformed, retained, too old, rate-limited) comes in at
+:meth:`System.refused_before_the_core` and takes step 3 like the core's refusals.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config.loading import LoadedConfig
+from controller.control import Controller, EventListener, Timers
+from controller.journal import WARN_FRACTION, Journal, JournalError
+from controller.loop import LoopHealth
+from controller.mqtt_contract import CommandReply, JsonObject, encode_programs
+from controller.refusals import RefusalCoalescer
+from drivers.base import TreadmillDriver
+from safety.core import SafetyCore
+from safety.decisions import (
+    ARMED_STATES,
+    Event,
+    EventType,
+    JsonScalar,
+    RefusalCode,
+    Refused,
+    Reply,
+)
+from safety.inputs import (
+    Command,
+    EStop,
+    FallReading,
+    GripReading,
+    JournalHealth,
+    LoopOverrun,
+    RivalDaemon,
+    StartSession,
+    Stop,
+)
+from safety.limits import STANDSTILL_MPH
+
+JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
+LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
+FAILURE_LOG_EVERY_S = 1.0  # an unexpected failure of a reading's handling: logged this often
+IN_MEMORY = None  # the journal's path for a simulation: a database in memory
+
+
+def _reason(exc: Exception) -> str:
+    """SQLite's own words for a journal error; the type too for anything unforeseen."""
+    return str(exc) if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class JournalOpened:
+    """What opening the journal found: the journal, or why there is none."""
+
+    journal: Journal | None
+    problem: str | None = None
+    interrupted: tuple[int, ...] = ()
+
+
+def open_journal(
+    path: Path | None, *, max_size_mb: float, wall: Callable[[], float]
+) -> JournalOpened:
+    """The journal at ``path`` (``None``: in memory), with what a crash left open closed.
+
+    A journal that cannot be opened does not stop the daemon: it serves the tablet with a
+    latched fault that says why, and starts no session."""
+    try:
+        journal = (
+            Journal.in_memory(max_size_mb=max_size_mb)
+            if path is None
+            else Journal.open(path, max_size_mb=max_size_mb)
+        )
+        interrupted = journal.close_interrupted(wall())
+    except JournalError as exc:
+        return JournalOpened(None, str(exc))
+    return JournalOpened(journal, None, tuple(interrupted))
+
+
+class System:
+    """The safety core, the controller and their watchers: journal, refusal coalescer,
+    loop health. See the module's docstring for a command's way through it."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        clock: Timers,
+        driver: TreadmillDriver,
+        journal: JournalOpened,
+        *,
+        wall: Callable[[], float],
+        time_scale: float = 1.0,
+        logger: Any = None,
+    ) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.clock = clock
+        self.driver = driver
+        # The one wall clock (SR-16): for the journal's records only.
+        self.wall = wall
+        self._log = logger if logger is not None else structlog.get_logger("treadguard")
+        self.journal = journal.journal
+        self.journal_problem = journal.problem
+        self._journal_reported = False
+        self._journal_used = 0.0
+        self._journal_warned = False
+        # Seen on the wall (a sped-up simulation's ticks are scenario seconds apart).
+        self._time_scale = time_scale
+        self.period_s = 1.0 / cfg.control.tick_hz
+        self.health = LoopHealth(self.period_s / time_scale, late_ticks_to_stop=LATE_TICKS_TO_STOP)
+        self.shutting_down = False  # set by the daemon's first signal: no start from then on
+        self.core = SafetyCore(
+            cfg.safety,
+            loaded.programs,
+            default_program=cfg.programs.default,
+            returning_program=cfg.programs.returning,
+            t0=clock.time(),
+            sessions_before=self._last_session_id(),
+        )
+        self.controller = Controller(self.core, driver, clock, logger=self._log)
+        # One coalescer for every refusal, the core's and the contract's (SR-14).
+        self.refusals = RefusalCoalescer()
+        self.controller.gate = self._admit
+        self.controller.subscribe(self._journal_event, name="journal")
+        self.programs: JsonObject = encode_programs(
+            loaded.programs,
+            cfg.safety,
+            default=cfg.programs.default,
+            returning=cfg.programs.returning,
+        )
+        self._reading_failures = 0
+        self._reading_failure_logged_t = -math.inf
+
+    def subscribe(self, listener: EventListener, *, name: str) -> None:
+        """Hear every event after the journal has written it (the controller's guard: a
+        listener that raises is logged and the others still hear the event)."""
+        self.controller.subscribe(listener, name=name)
+
+    def start(self) -> None:
+        """Once the clock runs: the journal's problem (if any) to the core, the journal's
+        half-second tick."""
+        if self.journal_problem is not None:
+            self._report_journal_problem()
+        self._journal_tick()
+
+    # ------------------------------------------------------------------ the control tick
+
+    def tick(self) -> None:
+        """The control tick, with what watches it: the loop's health (a tick more than two
+        periods late is logged; LATE_TICKS_TO_STOP within twenty periods stop the session)
+        and the session's top speed for the journal (its samples, twice a second, would miss
+        a peak)."""
+        now = self.clock.time()
+        self.health.observe(now / self._time_scale)
+        if self.health.overrun:
+            self.health.overrun = False
+            self._log.error("control_loop_overrun", **self.health.as_json())
+            self.controller.submit(
+                LoopOverrun(t=now, detail=f"{LATE_TICKS_TO_STOP} ticks late within a second")
+            )
+        elif self.health.last_lag_s > 2 * self.health.period_s:
+            self._log.warning("control_tick_late", lag_ms=round(self.health.last_lag_s * 1e3, 1))
+        self.controller.tick()
+        if self.journal is not None:
+            status = self.controller.last_status
+            if status is not None:
+                self.journal.observe_speed(status.speed_mph)
+
+    def at_standstill(self) -> bool:
+        snap = self.core.snapshot()
+        return (
+            snap.state not in ARMED_STATES
+            and snap.commanded_mph == 0.0
+            and snap.belt_mph <= STANDSTILL_MPH
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def execute(self, command: Command) -> Reply | None:
+        """A tablet command; a start carries the user's history from the journal.
+
+        Should its handling fail unexpectedly, a stop still reaches the driver (fail closed)
+        and the exception goes on to the caller (the contract answers ``internal_error`` and
+        hands it to :meth:`refused_before_the_core`, SR-15)."""
+        try:
+            if isinstance(command, StartSession):
+                if self.shutting_down:
+                    return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
+                command = replace(command, returning=self._returning(command.user))
+            if self.journal_problem is not None:
+                # Found during this read (its report is only scheduled): the core hears of it
+                # before the command, so no start goes ahead on a journal known to be broken.
+                self._report_journal_problem()
+            return self.controller.submit(command).reply
+        except Exception:
+            if isinstance(command, EStop):
+                self.driver.emergency_stop()
+            elif isinstance(command, Stop):
+                self.driver.command_speed(0.0)
+            raise
+
+    def refused_before_the_core(self, reply: CommandReply, kind: str | None) -> None:
+        """A command the link refused itself (malformed, retained, too old, or whose handling
+        failed): a command_refused event like the core's, through the same coalescer,
+        journaled before the reply goes out and published (SR-14)."""
+        assert reply.error is not None
+        fields: dict[str, JsonScalar] = {
+            "command": kind if kind is not None else "unreadable",
+            "code": reply.error.value,
+            "message": reply.message,
+        }
+        event = Event(EventType.COMMAND_REFUSED, self.clock.time(), fields)
+        if self._admit(event):
+            self.controller.publish(event)
+
+    def rival_daemon(self, instance: str) -> None:
+        """Another daemon publishes this treadmill's state: two controllers for one belt, each
+        answering some of the tablet's commands (an estop among them) for the wrong belt. A
+        fault: the belt stops and stays latched until a reset (SR-12, SR-13)."""
+        self.controller.submit(
+            RivalDaemon(
+                t=self.clock.time(),
+                detail=f"another daemon ({instance}) publishes this treadmill's state",
+            )
+        )
+
+    def _admit(self, event: Event) -> bool:
+        """The controller's gate: a refusal the coalescer holds back is counted instead; the
+        count of a second that has ended goes out first."""
+        admitted = self.refusals.admit(event)
+        for counted in self.refusals.take_closed():
+            self.controller.publish(counted)
+        return admitted
+
+    def _returning(self, user: str) -> bool:
+        if self.journal is None:
+            return False  # no history to go by: first-session rules, the strictest
+        try:
+            return self.journal.has_history(user.strip())
+        except JournalError as exc:
+            self._journal_failed(str(exc))
+            return False
+
+    # ------------------------------------------------------------------ sensor readings
+
+    def submit_reading(self, reading: GripReading | FallReading) -> None:
+        """The sensor readers' dispatcher (GPIO, Modbus, MQTT, a scenario's user): a reading
+        whose handling fails unexpectedly is logged (at most once a second, with a count) and
+        lost, so its sensor goes stale, unsafe (SR-8); it never ends the reader's task, nor
+        the daemon (SR-15)."""
+        try:
+            self.controller.submit(reading)
+        except Exception as exc:
+            self._reading_failures += 1
+            now = self.clock.time()
+            if now - self._reading_failure_logged_t >= FAILURE_LOG_EVERY_S:
+                self._reading_failure_logged_t = now
+                self._log.error(
+                    "sensor_reading_failed",
+                    count=self._reading_failures,
+                    error=repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+
+    # ------------------------------------------------------------------ journal (SR-14)
+
+    def _last_session_id(self) -> int:
+        if self.journal is None:
+            return 0
+        try:
+            return self.journal.last_session_id()
+        except JournalError as exc:
+            self.journal_problem, self.journal = str(exc), None
+            return 0
+
+    def _journal_event(self, event: Event) -> None:
+        if self.journal is not None:
+            try:
+                # Records keep real wall time, stepped or not (the published ts does not).
+                self.journal.record(event, self.wall() - (self.clock.time() - event.t))
+            except Exception as exc:
+                # A record that cannot be written, for whatever reason, foreseen or not, is a
+                # journal failure (fail closed, SR-14): never an exception out of the listener.
+                self._journal_failed(_reason(exc))
+
+    def commit_journal(self) -> None:
+        """Everything recorded so far made durable; the link calls it before it publishes."""
+        if self.journal is not None:
+            try:
+                self.journal.commit()
+            except Exception as exc:  # called by the link's outbox: never raised into it
+                self._journal_failed(_reason(exc))
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.commit_journal()
+        if self.journal is not None:
+            self.journal.close()
+
+    def _journal_tick(self) -> None:
+        """Twice a second: the counts of refusals whose second has ended, the belt's speed
+        while a session is open, a commit (so the journal is up to date even while nothing is
+        published: a broker that is down) and a look at how full the journal is."""
+        self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
+        for counted in self.refusals.due(self.clock.time()):
+            self.controller.publish(counted)
+        if self.journal is not None:
+            snap = self.core.snapshot()
+            try:
+                if snap.session is not None:
+                    self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
+                self.journal.commit()
+                self._journal_used = self.journal.used_fraction()
+            except Exception as exc:
+                self._journal_failed(_reason(exc))
+            self._warn_journal_nearly_full()
+
+    def journal_state(self) -> JsonObject:
+        return {"used_pct": round(self._journal_used * 100.0), "nearly_full": self._journal_warned}
+
+    def _warn_journal_nearly_full(self) -> None:
+        """SR-14: a journal nearing its size limit warns the operator (log, event, and the
+        state's ``journal`` field) well before it is full and faults."""
+        if self._journal_warned or self._journal_used < WARN_FRACTION:
+            return
+        self._journal_warned = True
+        limit_mb = self.loaded.config.journal.max_size_mb
+        used_pct = round(self._journal_used * 100.0, 1)
+        self._log.warning("journal_nearly_full", used_pct=used_pct, limit_mb=limit_mb)
+        self.controller.publish(
+            Event(
+                EventType.JOURNAL_WARNING,
+                self.clock.time(),
+                {
+                    "used_pct": used_pct,
+                    "limit_mb": limit_mb,
+                    "message": (
+                        f"the journal is {used_pct:g} % full (limit {limit_mb:g} MB): archive "
+                        "it or raise journal.max_size_mb before it fills and stops sessions"
+                    ),
+                },
+            )
+        )
+
+    def _journal_failed(self, detail: str) -> None:
+        """A full disk, a read-only file system: the belt stops, no session starts (the core
+        latches a fault with cause "journal"), until the daemon is restarted with a journal
+        that can be written."""
+        if self.journal_problem is not None:
+            return
+        self.journal_problem = detail
+        self.journal = None
+        self._log.error("journal_failed", error=detail)
+        # Not from inside the listener that found it: the controller is still delivering the
+        # events of the input that caused the write.
+        self.clock.call_at(self.clock.time(), self._report_journal_problem)
+
+    def _report_journal_problem(self) -> None:
+        assert self.journal_problem is not None
+        if self._journal_reported:
+            return
+        self._journal_reported = True
+        self.controller.submit(
+            JournalHealth(t=self.clock.time(), writable=False, detail=self.journal_problem)
+        )
