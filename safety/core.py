@@ -244,25 +244,21 @@ class SafetyCore:
 
     def next_deadline(self) -> float | None:
         """The earliest future time at which a rule may fire without any new input."""
+        # Called after every input: candidates gathered in a list, no closure (it showed in
+        # the virtual session's profile).
         lim = self.limits
         now = self.now
-        best = math.inf
-
-        def consider(t: float) -> None:
-            nonlocal best
-            if now < t < best:
-                best = t
-
-        for sensor, reading in self._readings.items():
-            if sensor not in self._stale_reported:
-                consider(reading.t + lim.sensor_timeout_s)
+        timeout = lim.sensor_timeout_s
+        reported = self._stale_reported
+        due = [r.t + timeout for s, r in self._readings.items() if s not in reported]
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
-                consider(self._drive_t + lim.drive_timeout_s)
+                due.append(self._drive_t + lim.drive_timeout_s)
             if self.state in _GRIP_COUNTED and self._both_lost_now():
-                consider(now + max(0.0, lim.grip_debounce_s - self._grip_count))
+                due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
-                consider(self._countdown_until)
+                due.append(self._countdown_until)
+        best = min((t for t in due if t > now), default=math.inf)
         return None if best == math.inf else best
 
     def snapshot(self) -> Snapshot:
