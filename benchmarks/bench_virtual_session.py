@@ -26,6 +26,8 @@ SESSION = Scenario.model_validate(
     {
         "name": "8-minute reverse-walking session",
         "end": "8:20",
+        # A returning user: with no session on record only first_session may start (SR-7).
+        "world": {"history": {"bench": 10}},
         "step": [
             {
                 "at": 1,

@@ -14,12 +14,14 @@ from typing import Any
 
 from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
-from controller.control import Controller, Timers
+from controller.control import Timers
 from controller.drives import Rig, in_process_rig, wire_rig
+from controller.journal import Journal
 from controller.loop import ScaledClock, run_control_loop
+from controller.system import IN_MEMORY, System, open_journal
 from drivers.base import DriveStatus, TreadmillDriver
-from safety.core import SafetyCore
-from safety.decisions import Accepted, Event, EventType, Refused
+from drivers.simulated import SimulatedDriver
+from safety.decisions import Accepted, EndReason, Event, EventType, JsonScalar, Refused
 from safety.inputs import (
     Command,
     EStop,
@@ -34,12 +36,16 @@ from safety.inputs import (
     Stop,
 )
 from safety.limits import HARD_MAX_MPH
-from simulator.scenario import Action, Scenario, Step
+from simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
 from simulator.virtual_loop import VirtualLoop
 
 HEARTBEAT_S = 1.0  # the tablet's heartbeat period (MQTT-API.md)
 SAMPLE_S = 0.1  # how often sessions and stops are checked for being over
 RATE_WINDOW_S = 0.001  # shortest interval over which the commanded rate is measured
+# The wall clock of a simulated run: its journal's records are stamped from this moment on,
+# the same for every run (2026-01-05 09:00 UTC, a Monday morning at the clinic).
+SIM_EPOCH = 1_767_603_600.0
+HISTORY_SESSION_S = 300.0  # the belt time of each earlier session a scenario's history gives
 
 
 class SimulationError(Exception):
@@ -135,6 +141,38 @@ def clock_text(t: float) -> str:
     return f"{int(minutes)}:{seconds:04.1f}"
 
 
+def _when(step: Step) -> str:
+    """A step's time as its scenario gives it: "0:02.0", or "0:02.0 after estop"."""
+    at = clock_text(step.at)
+    return at if step.after is None else f"{at} after {step.after.value}"
+
+
+def seed_history(journal: Journal, history: dict[str, int], before: float) -> None:
+    """Earlier sessions for the scenario's users, as the daemon would have journaled them:
+    each ran its belt for HISTORY_SESSION_S and ended as planned, an hour apart, all before
+    ``before``. A user with none is on first-session rules (SR-7)."""
+    ts = before - 3600.0 * sum(history.values())
+    session_id = journal.last_session_id()
+    for user, count in sorted(history.items()):
+        for _ in range(count):
+            session_id += 1
+            started: dict[str, JsonScalar] = {
+                "session_id": session_id,
+                "user": user,
+                "program": "history",
+                "cap_s": HISTORY_SESSION_S,
+            }
+            journal.record(Event(EventType.SESSION_STARTED, 0.0, started), ts)
+            ended: dict[str, JsonScalar] = {
+                "session_id": session_id,
+                "reason": EndReason.COMPLETED.value,
+                "belt_moving_s": HISTORY_SESSION_S,
+            }
+            journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), ts + HISTORY_SESSION_S)
+            ts += 3600.0
+    journal.commit()
+
+
 class _RecordingDriver:
     """Wraps the run's driver, remembering every speed it was commanded (for SR-2 figures).
 
@@ -198,6 +236,12 @@ class ScenarioRun:
                 f"{loaded.path}: drive.kind is {drive.kind!r}; the virtual clock needs "
                 "drive.kind = 'simulator' (a wire driver runs in real time)"
             )
+        wanted = sorted({s.do.value for s in scenario.step if s.do in IN_PROCESS_DRIVE_ACTIONS})
+        if wanted and rig is not None and not isinstance(rig.driver, SimulatedDriver):
+            raise SimulationError(
+                f"{', '.join(wanted)} act on the in-process simulated drive; this run's drive "
+                "is a wire driver (inject its faults with sim-device's options instead)"
+            )
         self.scenario = scenario
         self.source = source
         self.loaded = loaded
@@ -207,14 +251,23 @@ class ScenarioRun:
         # Scenario seconds per wall second: latencies are reported in wall milliseconds.
         self.time_scale = time_scale
         cfg = loaded.config
-        self.core = SafetyCore(
-            cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=timers.time()
-        )
         self.rig = rig if rig is not None else in_process_rig(loaded, timers.time)
         self.belt = self.rig.belt
         self.driver = _RecordingDriver(self.rig.driver, lambda: self.core.now)
-        self.controller = Controller(self.core, self.driver, timers)
-        self.controller.subscribe(self._on_event, name="simulation")
+        t0 = timers.time()
+
+        def wall() -> float:
+            return SIM_EPOCH + (timers.time() - t0)
+
+        # The daemon's own assembly (controller/system.py), with its journal in memory holding
+        # the history the scenario gives its users.
+        opened = open_journal(IN_MEMORY, max_size_mb=cfg.journal.max_size_mb, wall=wall)
+        if opened.journal is not None:
+            seed_history(opened.journal, scenario.world.history, SIM_EPOCH)
+        self.system = System(loaded, timers, self.driver, opened, wall=wall, time_scale=time_scale)
+        self.core = self.system.core
+        self.controller = self.system.controller
+        self.system.subscribe(self._on_event, name="simulation")
         self.report_interval_s = cfg.sensors.report_interval_s
         self.tick_period_s = 1.0 / cfg.control.tick_hz
         world = scenario.world
@@ -222,6 +275,11 @@ class ScenarioRun:
         self.fallen = world.fallen
         self.tablet = world.tablet
         self.silent: set[Sensor] = set()
+        self.stuck: dict[Sensor, bool] = {}
+        # Steps timed from an event, by the event's type, until it first happens; and every
+        # step not yet played (one left at the end failed to play).
+        self._after: dict[EventType, list[Step]] = {}
+        self._unplayed: set[int] = set()
         self.timeline: list[str] = []
         self.failures: list[str] = []
         self.events: list[Event] = []
@@ -237,11 +295,16 @@ class ScenarioRun:
         t0 = self._t0 = self.timers.time()
         # One timer per distinct time, playing its steps in file order: asyncio's loop does not
         # keep timers due at the same time in the order they were scheduled (VirtualLoop does).
+        self._unplayed = {id(step) for step in self.scenario.step}
         by_time: dict[float, list[Step]] = {}
         for step in self.scenario.step:
-            by_time.setdefault(step.at, []).append(step)
+            if step.after is not None:
+                self._after.setdefault(step.after, []).append(step)
+            else:
+                by_time.setdefault(step.at, []).append(step)
         for at, steps in by_time.items():
             self.timers.call_at(t0 + at, self._play_all, steps)
+        self.system.start()
         self._report_sensors()
         self._heartbeat()
         self.timers.call_at(t0 + SAMPLE_S, self._sample)
@@ -250,7 +313,7 @@ class ScenarioRun:
         """Virtual mode: the control tick on the virtual clock (real time uses the asyncio loop)."""
 
         def tick(k: int) -> None:
-            self.controller.tick()
+            self.system.tick()
             self.timers.call_at(t0 + (k + 1) * self.tick_period_s, tick, k + 1)
 
         t0 = self.timers.time()
@@ -267,15 +330,18 @@ class ScenarioRun:
         if sensor in self.silent:
             return
         t = self.timers.time()
+        stuck = self.stuck.get(sensor)
         if sensor is Sensor.FALL:
-            self.controller.submit(FallReading(t=t, fallen=self.fallen))
+            fallen = self.fallen if stuck is None else stuck
+            self.system.submit_reading(FallReading(t=t, fallen=fallen))
         else:
             hand = Hand.LEFT if sensor is Sensor.GRIP_LEFT else Hand.RIGHT
-            self.controller.submit(GripReading(t=t, hand=hand, held=self.hands[hand]))
+            held = self.hands[hand] if stuck is None else stuck
+            self.system.submit_reading(GripReading(t=t, hand=hand, held=held))
 
     def _heartbeat(self, k: int = 0) -> None:
         if self.tablet:
-            self.controller.submit(Heartbeat(t=self.timers.time()))
+            self.system.execute(Heartbeat(t=self.timers.time()))
         self.timers.call_at(self._t0 + (k + 1) * HEARTBEAT_S, self._heartbeat, k + 1)
 
     # ----------------------------------------------------------------- the belt, watched
@@ -318,6 +384,7 @@ class ScenarioRun:
             self._play(step)
 
     def _play(self, step: Step) -> None:
+        self._unplayed.discard(id(step))
         if step.do is not None:
             self._act(step)
         self._check_step(step)
@@ -346,7 +413,7 @@ class ScenarioRun:
             case Action.TABLET_RETURNS:
                 self.tablet = True
                 self._line("tablet is back")
-                self.controller.submit(Heartbeat(t))
+                self.system.execute(Heartbeat(t))
             case Action.RELEASE | Action.GRIP:
                 held = action is Action.GRIP
                 assert step.hand is not None
@@ -369,6 +436,7 @@ class ScenarioRun:
                 assert step.sensor is not None
                 sensor = Sensor(step.sensor)
                 self.silent.discard(sensor)
+                self.stuck.pop(sensor, None)
                 self._line(f"sensor {step.sensor} reports again")
                 self._send_reading(sensor)
             case Action.DRIVE_UNPLUG:
@@ -377,15 +445,31 @@ class ScenarioRun:
             case Action.DRIVE_PLUG:
                 self.rig.plug()
                 self._line("drive cable plugged back in")
+            case Action.SENSOR_STUCK:
+                assert step.sensor is not None
+                assert step.value is not None
+                self.stuck[Sensor(step.sensor)] = step.value
+                self._line(f"sensor {step.sensor} is stuck: it reports {step.value} from now on")
+                self._send_reading(Sensor(step.sensor))
+            case Action.DRIVE_FAULT:
+                detail = step.detail or "reported by the drive"
+                self._drive().report_fault(f"drive_fault: {detail}")
+                self._line(f"drive reports a fault: {detail}")
+            case Action.DRIVE_IGNORES_WRITES:
+                self._drive().ignore_writes(True)
+                self._line("drive ignores every write from now on (it still answers polls)")
+            case Action.DRIVE_OK:
+                self._drive().report_fault(None)
+                self._drive().ignore_writes(False)
+                self._line("drive is healthy again")
 
     def _command(self, step: Step, command: Command) -> None:
         # The command's own line comes first, then the events it caused.
         self._held = []
         try:
-            decision = self.controller.submit(command)
+            reply = self.system.execute(command)
         finally:
             held, self._held = self._held, None
-        reply = decision.reply
         assert reply is not None
         assert step.do is not None
         params = " ".join(
@@ -404,14 +488,17 @@ class ScenarioRun:
             self._line(f"{what} -> refused, {got}: {reply.message}")
         for line in held:
             self._emit_line(line)
-        if step.expect_reply is not None and got != step.expect_reply:
-            self._fail(
-                f"{clock_text(step.at)} {step.do.value}: expected reply "
-                f"{step.expect_reply}, got {got}"
-            )
+        wanted = step.expect_reply
+        if wanted is not None:
+            allowed = [wanted] if isinstance(wanted, str) else wanted
+            if got not in allowed:
+                self._fail(
+                    f"{_when(step)} {step.do.value}: expected reply "
+                    f"{' or '.join(allowed)}, got {got}"
+                )
 
     def _check_step(self, step: Step) -> None:
-        at = clock_text(step.at)
+        at = _when(step)
         if step.expect_state is not None and self.core.state is not step.expect_state:
             self._fail(
                 f"{at} expected state {step.expect_state.value}, was {self.core.state.value}"
@@ -427,11 +514,53 @@ class ScenarioRun:
             got = "none" if latch is None else latch.cause.value
             if got != step.expect_latched:
                 self._fail(f"{at} expected latched {step.expect_latched}, was {got}")
+        if step.expect_still_until is not None:
+            self._watch_still(step)
+
+    def _watch_still(self, step: Step) -> None:
+        """The belt stands still from now until ``expect_still_until``: not moving now, and
+        no moving time counted by the belt's physics (at its own step) by then."""
+        assert step.expect_still_until is not None
+        self.belt.advance(self.timers.time())
+        if self.belt.moving():
+            self._fail(
+                f"{_when(step)} expected the belt still, it ran at {self.belt.speed_mph:.3f} mph"
+            )
+            return
+        moved_before = self.belt.moving_s
+        still_until = step.expect_still_until
+        until = self.timers.time() + (still_until - step.at)
+        self._unplayed.add(id(step))  # until its check has run
+
+        def check() -> None:
+            self._unplayed.discard(id(step))
+            self.belt.advance(self.timers.time())
+            moved = self.belt.moving_s - moved_before
+            if moved > 0.0 or self.belt.moving():
+                self._fail(
+                    f"{_when(step)} expected the belt still until "
+                    f"{clock_text(still_until)}: it moved for {moved:.2f} s "
+                    f"(top speed so far {self.belt.max_speed_mph:.3f} mph)"
+                )
+
+        self.timers.call_at(until, check)
 
     # ----------------------------------------------------------------- events
 
+    def _drive(self) -> SimulatedDriver:
+        driver = self.rig.driver
+        assert isinstance(driver, SimulatedDriver)  # checked when the run was built
+        return driver
+
     def _on_event(self, ev: Event) -> None:
         self.events.append(ev)
+        timed_from_it = self._after.pop(ev.type, None)
+        if timed_from_it:
+            by_time: dict[float, list[Step]] = {}
+            for step in timed_from_it:
+                by_time.setdefault(step.at, []).append(step)
+            for at, steps in by_time.items():
+                self.timers.call_at(ev.t + at, self._play_all, steps)
         f = ev.fields
         match ev.type:
             case EventType.SESSION_STARTED:
@@ -561,7 +690,16 @@ class ScenarioRun:
         for t in exp.events_exclude:
             if t in seen:
                 fails.append(f"expected no {t.value} event, one happened")
+        for i, step in enumerate(self.scenario.step):
+            if id(step) in self._unplayed:
+                why = (
+                    f"no {step.after.value} event happened"
+                    if step.after is not None and step.after in self._after
+                    else "it fell after the end of the run"
+                )
+                fails.append(f"step {i + 1} ({_when(step)}) was never played: {why}")
         last = self.sessions[-1] if self.sessions else None
+        self.system.close()
         return ScenarioResult(
             scenario=self.source,
             name=self.scenario.name,
@@ -633,9 +771,7 @@ async def run_realtime(
         done = asyncio.Event()
         clock.call_at(scenario.end, done.set)
         async with asyncio.TaskGroup() as tg:
-            control = tg.create_task(
-                run_control_loop(run.controller, clock, period), name="control"
-            )
+            control = tg.create_task(run_control_loop(run.system, clock, period), name="control")
             driver = tg.create_task(run.driver.run(), name="driver")
             await done.wait()
             control.cancel()

@@ -1,8 +1,10 @@
 """An in-process driver for a simulated belt: no wire, the same interface as a real driver.
 
 It depends only on the small :class:`SimulatedBelt` protocol, so the drivers package does not
-import the simulator. ``unplug()`` cuts the link for fault injection: commands are lost and the
-status stops updating, exactly what the controller sees when a cable is pulled.
+import the simulator. Fault injection, for scenarios: ``unplug()`` cuts the link (commands are
+lost and the status stops updating, exactly what the controller sees when a cable is pulled);
+``report_fault()`` makes every status carry a drive fault; ``ignore_writes()`` makes the drive
+answer polls but act on no command, a stop included.
 """
 
 from __future__ import annotations
@@ -28,24 +30,26 @@ class SimulatedDriver:
         self._clock = clock
         self._status: DriveStatus | None = None
         self._linked = True
+        self._fault: str | None = None
+        self._ignores_writes = False
         self.commanded_mph = 0.0
         self.emergency_stops = 0
 
     def command_speed(self, mph: float) -> None:
         self.commanded_mph = mph
-        if self._linked:
+        if self._linked and not self._ignores_writes:
             self._belt.host_command(self._clock(), mph)
 
     def emergency_stop(self) -> None:
         self.commanded_mph = 0.0
         self.emergency_stops += 1
-        if self._linked:
+        if self._linked and not self._ignores_writes:
             self._belt.host_emergency_stop(self._clock())
 
     def status(self) -> DriveStatus | None:
         if self._linked:
             t = self._clock()
-            self._status = DriveStatus(t=t, speed_mph=self._belt.host_poll(t))
+            self._status = DriveStatus(t=t, speed_mph=self._belt.host_poll(t), fault=self._fault)
         return self._status
 
     async def run(self) -> None:
@@ -57,3 +61,10 @@ class SimulatedDriver:
 
     def plug(self) -> None:
         self._linked = True
+
+    def report_fault(self, detail: str | None) -> None:
+        """Every status from now on carries ``detail`` as the drive's fault (None: healthy)."""
+        self._fault = detail
+
+    def ignore_writes(self, ignore: bool) -> None:
+        self._ignores_writes = ignore

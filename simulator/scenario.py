@@ -91,9 +91,13 @@ class Action(StrEnum):
     GET_UP = "get_up"
     # The sensors and the drive.
     SENSOR_SILENT = "sensor_silent"
+    SENSOR_STUCK = "sensor_stuck"
     SENSOR_BACK = "sensor_back"
     DRIVE_UNPLUG = "drive_unplug"
     DRIVE_PLUG = "drive_plug"
+    DRIVE_FAULT = "drive_fault"
+    DRIVE_IGNORES_WRITES = "drive_ignores_writes"
+    DRIVE_OK = "drive_ok"
 
 
 TABLET_COMMANDS = frozenset(
@@ -105,6 +109,7 @@ _NEEDS: dict[Action, tuple[str, ...]] = {
     Action.RELEASE: ("hand",),
     Action.GRIP: ("hand",),
     Action.SENSOR_SILENT: ("sensor",),
+    Action.SENSOR_STUCK: ("sensor", "value"),
     Action.SENSOR_BACK: ("sensor",),
 }
 _ALLOWED: dict[Action, frozenset[str]] = {
@@ -113,9 +118,15 @@ _ALLOWED: dict[Action, frozenset[str]] = {
     Action.RELEASE: frozenset({"hand"}),
     Action.GRIP: frozenset({"hand"}),
     Action.SENSOR_SILENT: frozenset({"sensor"}),
+    Action.SENSOR_STUCK: frozenset({"sensor", "value"}),
     Action.SENSOR_BACK: frozenset({"sensor"}),
+    Action.DRIVE_FAULT: frozenset({"detail"}),
 }
-_PARAMS = ("user", "program", "cap_s", "target_mph", "mph", "hand", "sensor")
+_PARAMS = ("user", "program", "cap_s", "target_mph", "mph", "hand", "sensor", "value", "detail")
+# The actions that need the in-process simulated drive (a wire drive's device is not reached).
+IN_PROCESS_DRIVE_ACTIONS = frozenset(
+    {Action.DRIVE_FAULT, Action.DRIVE_IGNORES_WRITES, Action.DRIVE_OK}
+)
 
 Reply = Literal["ok"] | RefusalCode
 
@@ -124,6 +135,10 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     at: Seconds
+    # Counts ``at`` from the first event of this type instead of from the start: "2 s after
+    # the emergency stop". A step whose event never comes (or comes too late to fit before
+    # ``end``) fails the run.
+    after: EventType | None = None
     do: Action | None = None
     # Parameters of the action.
     user: str | None = None
@@ -134,11 +149,20 @@ class Step(BaseModel):
     mph: float | None = None
     hand: Literal["left", "right", "both"] | None = None
     sensor: Literal["grip_left", "grip_right", "fall"] | None = None
-    # Expectations, checked at ``at`` after the action (if any).
-    expect_reply: Reply | None = None
+    # sensor_stuck: what the sensor reports from now on, fresh, whatever the user does
+    # (true: the hand holds on / the user has fallen).
+    value: bool | None = None
+    # drive_fault: the fault the drive reports on every status.
+    detail: str | None = Field(default=None, min_length=1, max_length=200)
+    # Expectations, checked at ``at`` after the action (if any). expect_reply may list
+    # several replies, any of which passes.
+    expect_reply: Reply | Annotated[list[Reply], Field(min_length=1, max_length=8)] | None = None
     expect_state: State | None = None
     expect_speed_mph: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     expect_latched: Cause | Literal["none"] | None = None
+    # The belt does not move from ``at`` until this time (a time on the same footing as
+    # ``at``: from the start, or from the ``after`` event).
+    expect_still_until: Seconds | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -149,12 +173,22 @@ class Step(BaseModel):
             and self.expect_speed_mph[0] > self.expect_speed_mph[1]
         ):
             raise ValueError("expect_speed_mph is [lowest, highest]")
+        if self.expect_still_until is not None and self.expect_still_until <= self.at:
+            raise ValueError(
+                f"expect_still_until ({self.expect_still_until:g} s) must come after at "
+                f"({self.at:g} s)"
+            )
         if self.do is None:
             if given:
                 raise ValueError(f"{', '.join(sorted(given))} given without an action (do = ...)")
             if self.expect_reply is not None:
                 raise ValueError("expect_reply needs a tablet command (do = ...)")
-            if not (self.expect_state or self.expect_speed_mph or self.expect_latched):
+            if not (
+                self.expect_state
+                or self.expect_speed_mph
+                or self.expect_latched
+                or self.expect_still_until is not None
+            ):
                 raise ValueError("a step needs an action (do) or an expectation (expect_...)")
             return self
         missing = [name for name in _NEEDS.get(self.do, ()) if getattr(self, name) is None]
@@ -177,6 +211,11 @@ class WorldSetup(BaseModel):
     right_hand: bool = True
     fallen: bool = False
     tablet: bool = True
+    # Earlier treadmill sessions per user, as the journal holds them: {"p-001" = 2}. A user
+    # not named here has none, so first-session rules apply to them (SR-7).
+    history: dict[
+        Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=0, le=1000)]
+    ] = Field(default_factory=dict)
 
 
 class Expectations(BaseModel):
@@ -211,8 +250,9 @@ class Scenario(BaseModel):
     @model_validator(mode="after")
     def _steps_in_time(self) -> Self:
         for i, step in enumerate(self.step):
-            if step.at > self.end:
-                raise ValueError(f"step {i + 1} at {step.at:g} s is after end ({self.end:g} s)")
+            last = step.at if step.expect_still_until is None else step.expect_still_until
+            if step.after is None and last > self.end:
+                raise ValueError(f"step {i + 1} at {last:g} s is after end ({self.end:g} s)")
         return self
 
 

@@ -147,6 +147,14 @@ def test_actions_parameters_and_expectations_parse(tmp_path: Path) -> None:
         ('expect_state = "idle"', ["step[1].at"]),
         # unknown key in a step
         ('at = 1\ndo = "release"\nhnad = "left"', ["step[1].hnad"]),
+        # the new actions and expectations
+        ('at = 1\ndo = "sensor_stuck"\nsensor = "fall"', ["step[1]", "sensor_stuck", "value"]),
+        ('at = 1\ndo = "drive_fault"\ndetail = ""', ["step[1].detail"]),
+        ('at = 1\ndo = "drive_ok"\ndetail = "x"', ["step[1]", "drive_ok", "detail"]),
+        ("at = 5\nexpect_still_until = 5", ["step[1]", "expect_still_until"]),
+        ('at = 1\nafter = "landslide"\nexpect_state = "idle"', ["step[1].after"]),
+        ('at = 1\ndo = "stop"\nexpect_reply = []', ["step[1].expect_reply"]),
+        ('at = 1\ndo = "stop"\nexpect_reply = ["ok", "maybe"]', ["step[1].expect_reply"]),
     ],
 )
 def test_bad_step_names_the_step_and_field(tmp_path: Path, body: str, names: list[str]) -> None:
@@ -170,6 +178,13 @@ def test_step_after_end_names_the_step(tmp_path: Path) -> None:
     assert "after end" in message
 
 
+def test_belt_still_past_the_end_names_the_step(tmp_path: Path) -> None:
+    text = 'name = "t"\nend = "1:00"\n' + step("at = 30\nexpect_still_until = 61")
+    message = load_error(write(tmp_path, text))
+    assert "step 1" in message
+    assert "after end" in message
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
@@ -182,6 +197,9 @@ def test_step_after_end_names_the_step(tmp_path: Path) -> None:
         ('name = "t"\nend = 60\n[expect]\nfinal_sate = "idle"\n', "expect.final_sate"),
         ('name = "t"\nend = 60\n[expect]\nestops = ["tripped"]\n', "expect.estops[1]"),
         ('name = "t"\nend = 60\n[expect]\nfinal_state = "flying"\n', "expect.final_state"),
+        ('name = "t"\nend = 60\n[world]\nhistory = { "p-1" = -1 }\n', "world.history.p-1"),
+        ('name = "t"\nend = 60\n[world]\nhistory = { "p-1" = "two" }\n', "world.history.p-1"),
+        ('name = "t"\nend = 60\n[world]\nhistory = { "" = 2 }\n', "world.history.[key]"),
     ],
 )
 def test_bad_top_level_names_the_field(tmp_path: Path, text: str, field: str) -> None:
