@@ -16,7 +16,7 @@ from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
 from controller.control import Timers
 from controller.drives import Rig, in_process_rig, wire_rig
-from controller.journal import Journal
+from controller.journal import Journal, JournalError
 from controller.loop import ScaledClock, run_control_loop
 from controller.system import IN_MEMORY, System, open_journal
 from drivers.base import DriveStatus, TreadmillDriver
@@ -263,7 +263,13 @@ class ScenarioRun:
         # the history the scenario gives its users.
         opened = open_journal(IN_MEMORY, max_size_mb=cfg.journal.max_size_mb, wall=wall)
         if opened.journal is not None:
-            seed_history(opened.journal, scenario.world.history, SIM_EPOCH)
+            try:
+                seed_history(opened.journal, scenario.world.history, SIM_EPOCH)
+            except JournalError as exc:
+                raise SimulationError(
+                    f"the journal (journal.max_size_mb = {cfg.journal.max_size_mb:g}) cannot "
+                    f"hold the scenario's [world] history: {exc}"
+                ) from exc
         self.system = System(loaded, timers, self.driver, opened, wall=wall, time_scale=time_scale)
         self.core = self.system.core
         self.controller = self.system.controller
@@ -303,7 +309,7 @@ class ScenarioRun:
             else:
                 by_time.setdefault(step.at, []).append(step)
         for at, steps in by_time.items():
-            self.timers.call_at(t0 + at, self._play_all, steps)
+            self.timers.call_at(t0 + at, self._play_all, steps, t0)
         self.system.start()
         self._report_sensors()
         self._heartbeat()
@@ -379,15 +385,22 @@ class ScenarioRun:
 
     # ----------------------------------------------------------------- steps
 
-    def _play_all(self, steps: list[Step]) -> None:
-        for step in steps:
-            self._play(step)
+    @property
+    def end_at(self) -> float:
+        """The clock's time at the scenario's ``end``: its steps count from start()."""
+        return self._t0 + self.scenario.end
 
-    def _play(self, step: Step) -> None:
+    def _play_all(self, steps: list[Step], origin: float) -> None:
+        """``origin``: the clock's time the steps' ``at`` counts from (the start, or the
+        event they are timed after)."""
+        for step in steps:
+            self._play(step, origin)
+
+    def _play(self, step: Step, origin: float) -> None:
         self._unplayed.discard(id(step))
         if step.do is not None:
             self._act(step)
-        self._check_step(step)
+        self._check_step(step, origin)
 
     def _act(self, step: Step) -> None:
         t = self.timers.time()
@@ -497,7 +510,7 @@ class ScenarioRun:
                     f"{' or '.join(allowed)}, got {got}"
                 )
 
-    def _check_step(self, step: Step) -> None:
+    def _check_step(self, step: Step, origin: float) -> None:
         at = _when(step)
         if step.expect_state is not None and self.core.state is not step.expect_state:
             self._fail(
@@ -515,9 +528,9 @@ class ScenarioRun:
             if got != step.expect_latched:
                 self._fail(f"{at} expected latched {step.expect_latched}, was {got}")
         if step.expect_still_until is not None:
-            self._watch_still(step)
+            self._watch_still(step, origin)
 
-    def _watch_still(self, step: Step) -> None:
+    def _watch_still(self, step: Step, origin: float) -> None:
         """The belt stands still from now until ``expect_still_until``: not moving now, and
         no moving time counted by the belt's physics (at its own step) by then."""
         assert step.expect_still_until is not None
@@ -529,7 +542,9 @@ class ScenarioRun:
             return
         moved_before = self.belt.moving_s
         still_until = step.expect_still_until
-        until = self.timers.time() + (still_until - step.at)
+        # From the step's origin, not from when it was played: a late step (real time) must
+        # not push its check past the end of the run.
+        until = max(self.timers.time(), origin + still_until)
         self._unplayed.add(id(step))  # until its check has run
 
         def check() -> None:
@@ -560,7 +575,7 @@ class ScenarioRun:
             for step in timed_from_it:
                 by_time.setdefault(step.at, []).append(step)
             for at, steps in by_time.items():
-                self.timers.call_at(ev.t + at, self._play_all, steps)
+                self.timers.call_at(ev.t + at, self._play_all, steps, ev.t)
         f = ev.fields
         match ev.type:
             case EventType.SESSION_STARTED:
@@ -612,6 +627,10 @@ class ScenarioRun:
                 text = ""  # the tablet line shows the refusal
             case EventType.BELT_FOUND_MOVING:
                 text = f"belt found moving at {f['speed_mph']} mph: stopping it"
+            case EventType.JOURNAL_WARNING:
+                text = f"journal warning: {f['message']}"
+            case _:
+                text = ev.type.value
         if text:
             self._line(text)
 
@@ -769,7 +788,7 @@ async def run_realtime(
         run.start()
         period = 1.0 / loaded.config.control.tick_hz
         done = asyncio.Event()
-        clock.call_at(scenario.end, done.set)
+        clock.call_at(run.end_at, done.set)
         async with asyncio.TaskGroup() as tg:
             control = tg.create_task(run_control_loop(run.system, clock, period), name="control")
             driver = tg.create_task(run.driver.run(), name="driver")

@@ -321,10 +321,13 @@ class System:
                 self._journal_failed(_reason(exc))
 
     def close(self) -> None:
-        if self.journal is not None:
-            self.commit_journal()
-        if self.journal is not None:
-            self.journal.close()
+        """The last commit, then the journal closed, even when that commit fails (a failed
+        commit lets go of the journal: held here, it is still closed)."""
+        journal = self.journal
+        if journal is None:
+            return
+        self.commit_journal()
+        journal.close()
 
     def _journal_tick(self) -> None:
         """Twice a second: the counts of refusals whose second has ended, the belt's speed
