@@ -24,7 +24,7 @@ import structlog
 
 from drivers.base import DriveStatus, TreadmillDriver, failure_of
 from safety.core import SafetyCore
-from safety.decisions import Decision, Event, EventType
+from safety.decisions import Decision, Event, EventType, State
 from safety.inputs import DriveFeedback, Input, Tick
 
 
@@ -91,6 +91,19 @@ class Controller:
         # The status the last tick read (the journal's top speed takes it from here rather
         # than asking the driver again).
         self.last_status: DriveStatus | None = None
+        # Why the belt is held stopped whatever the core decides (a stop whose handling
+        # failed), or None.
+        self.held_stopped: str | None = None
+
+    def hold_stopped(self, why: str) -> None:
+        """A stop or estop whose handling failed: the core may never have heard of it, and its
+        next decision could drive the belt again. Fail closed: an emergency stop now, and 0
+        commanded on every input from now on, whatever the core decides, until the core
+        itself is idle and wants 0. A core that never heard of the stop still runs its
+        session; the held belt disagrees with it, SR-10's feedback check latches a fault, and
+        the clinician's reset brings it back to idle."""
+        self.held_stopped = why
+        self.driver.emergency_stop()
 
     def submit(self, event: Input) -> Decision:
         """Hand one input to the core and act on its decision at once."""
@@ -101,6 +114,11 @@ class Controller:
             latch = self.core.latch
             assert latch is not None
             self.stops.append(StopIssued(latch.cause.value, latch.since, issued))
+        elif self.held_stopped is not None:
+            self.driver.command_speed(0.0)
+            if decision.state is State.IDLE and decision.speed_mph == 0.0:
+                self._log.warning("held_stop_released", why=self.held_stopped)
+                self.held_stopped = None
         else:
             self.driver.command_speed(decision.speed_mph)
         for ev in decision.events:

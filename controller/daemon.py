@@ -47,7 +47,6 @@ from safety.decisions import (
     Event,
 )
 from safety.inputs import (
-    EStop,
     FallReading,
     GripReading,
     Hand,
@@ -235,7 +234,7 @@ class Daemon:
             self.notifier.notify(STOPPING="1", STATUS="stopping the belt, then exiting")
         else:
             self._log.warning("second_signal_emergency_stop", signal=signal.Signals(signum).name)
-            self.controller.submit(EStop(t=self.clock.time()))
+            self.system.emergency_stop("second signal")
         self._signalled.set()
 
     async def _shutdown(self) -> None:
@@ -249,7 +248,7 @@ class Daemon:
         while not self.system.at_standstill():
             if self.clock.time() >= deadline:
                 self._log.error("shutdown_standstill_timeout", bound_s=SHUTDOWN_BOUND_S)
-                self.controller.submit(EStop(t=self.clock.time()))
+                self.system.emergency_stop("shutdown past its bound")
                 break
             await asyncio.sleep(period)
         self._log.info("shutdown_complete", state=self.core.state.value)

@@ -462,6 +462,7 @@ class ScenarioRun:
                 assert step.sensor is not None
                 assert step.value is not None
                 self.stuck[Sensor(step.sensor)] = step.value
+                self.silent.discard(Sensor(step.sensor))  # a stuck sensor reports
                 self._line(f"sensor {step.sensor} is stuck: it reports {step.value} from now on")
                 self._send_reading(Sensor(step.sensor))
             case Action.DRIVE_FAULT:

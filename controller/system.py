@@ -221,12 +221,29 @@ class System:
                 # before the command, so no start goes ahead on a journal known to be broken.
                 self._report_journal_problem()
             return self.controller.submit(command).reply
-        except Exception:
-            if isinstance(command, EStop):
-                self.driver.emergency_stop()
-            elif isinstance(command, Stop):
-                self.driver.command_speed(0.0)
+        except Exception as exc:
+            if isinstance(command, EStop | Stop):
+                # Fail closed: the belt is stopped and held at 0 until a reset is accepted.
+                self.controller.hold_stopped(f"{type(command).__name__} failed: {exc!r}")
             raise
+
+    def emergency_stop(self, why: str) -> None:
+        """An emergency stop the daemon itself decides (a second signal, a shutdown past its
+        bound). Never raises: should the core fail to handle it, the belt is stopped and held
+        anyway (:meth:`Controller.hold_stopped`), and the failure is logged."""
+        try:
+            self.controller.submit(EStop(t=self.clock.time()))
+        except Exception as exc:
+            self._log.error(
+                "emergency_stop_failed",
+                why=why,
+                error=repr(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            )
+            try:
+                self.controller.hold_stopped(f"{why}: the estop failed: {exc!r}")
+            except Exception as driver_exc:  # the driver's stop itself failed: nothing left here
+                self._log.error("hold_stopped_failed", error=repr(driver_exc))
 
     def refused_before_the_core(self, reply: CommandReply, kind: str | None) -> None:
         """A command the link refused itself (malformed, retained, too old, or whose handling

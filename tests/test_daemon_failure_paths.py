@@ -7,6 +7,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,23 @@ async def test_a_stop_whose_handling_fails_leaves_the_belt_stopped(
                 f"{command} answered internal_error, belt still at {latest.get('speed_mph')} mph "
                 f"in state {latest.get('state')} 6 s later"
             )
+        # Held there: the core, which never heard of the stop, still runs its session, and the
+        # belt that does not follow it latches a feedback fault (SR-10); never driven again.
+        speeds: list[float] = []
+
+        def faulted(state: dict[str, Any]) -> bool:
+            speeds.append(state["speed_mph"])
+            return bool(state["state"] == "fault")
+
+        fault = await doc.state(faulted, within=6.0)
+        assert fault["latched"]["cause"] == "feedback_mismatch", fault
+        assert max(speeds) <= STANDSTILL_MPH, (
+            f"the belt moved again after the failed stop: {speeds}"
+        )
+        # The clinician resets; the hold ends with the core idle, and a new session runs.
+        flag.unlink()
+        await doc.reset_when_allowed()
+        await doc.start_running("u-50", program="first_session")
 
 
 @pytest.mark.asyncio

@@ -12,6 +12,7 @@ import pytest
 from config.loading import load_config
 from controller.drives import Rig, build_driver, in_process_rig
 from controller.simulation import ScenarioResult, ScenarioRun, SimulationError, run_virtual
+from safety.inputs import EStop
 from simulator.scenario import Scenario, load_scenario
 from simulator.virtual_loop import VirtualLoop
 
@@ -163,3 +164,36 @@ def test_drive_actions_on_a_wire_drive_are_refused_before_the_run(tmp_path: Path
     rig = Rig(belt=inner.belt, driver=wire, unplug=inner.unplug, plug=inner.plug)
     with pytest.raises(SimulationError, match="drive_fault act on the in-process simulated drive"):
         ScenarioRun(scenario, str(path), SIM, loop, rig=rig)
+
+
+def test_an_estop_the_daemon_decides_holds_the_belt_when_the_core_fails_to_handle_it(
+    tmp_path: Path,
+) -> None:
+    """A second signal's or the shutdown bound's emergency stop goes through
+    System.emergency_stop, which never raises: a core that fails on it (planted here) still
+    leaves the belt stopped, and held, since that core never heard of the stop."""
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "t"\nend = 60\n' + START.format(user="p", program="first_session", reply="ok")
+    )
+    loop = VirtualLoop()
+    run = ScenarioRun(load_scenario(path), str(path), SIM, loop)
+    run.start()
+    run.schedule_ticks()
+    loop.run_until(30.0)
+    assert run.belt.speed_mph > 0.7
+    handle = run.core.handle
+
+    def failing(event: object) -> object:
+        if isinstance(event, EStop):
+            raise RuntimeError("planted: the estop's handling fails")
+        return handle(event)  # type: ignore[arg-type]
+
+    run.core.handle = failing  # type: ignore[method-assign,assignment]
+    run.system.emergency_stop("second signal")
+    assert run.controller.held_stopped is not None
+    loop.run_until(45.0)
+    run.belt.advance(loop.time())
+    assert run.belt.speed_mph == 0.0
+    assert run.core.state.value == "fault"  # the held belt disagreed with the running core
+    assert run.belt.max_speed_mph < 0.85
