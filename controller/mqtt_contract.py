@@ -39,6 +39,7 @@ from safety.core import Snapshot
 from safety.decisions import Event, Refused, Reply, State
 from safety.inputs import (
     Command,
+    CommandType,
     EStop,
     Hand,
     Heartbeat,
@@ -61,7 +62,7 @@ MAX_COMMAND_AGE_S = 3.0
 MAX_COMMAND_AHEAD_S = 1.0
 # A heartbeat too: a backlog of them, delivered at once after a stall, must not count as
 # someone watching the session now (SR-12).
-_AGE_CHECKED = frozenset({"start_session", "set_speed", "heartbeat"})
+_AGE_CHECKED = frozenset({CommandType.START_SESSION, CommandType.SET_SPEED, CommandType.HEARTBEAT})
 _UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
 ID_MAX_CHARS = 64
 DEFAULT_DUPLICATE_MEMORY = 1024
@@ -224,12 +225,12 @@ class HeartbeatModel(_CommandModel):
 
 
 _MODELS: dict[str, type[_CommandModel]] = {
-    "start_session": StartSessionModel,
-    "set_speed": SetSpeedModel,
-    "stop": StopModel,
-    "estop": EStopModel,
-    "reset": ResetModel,
-    "heartbeat": HeartbeatModel,
+    CommandType.START_SESSION: StartSessionModel,
+    CommandType.SET_SPEED: SetSpeedModel,
+    CommandType.STOP: StopModel,
+    CommandType.ESTOP: EStopModel,
+    CommandType.RESET: ResetModel,
+    CommandType.HEARTBEAT: HeartbeatModel,
 }
 COMMAND_TYPES = frozenset(_MODELS)
 
@@ -404,18 +405,22 @@ def _stop_however_formed(payload: bytes, t: float) -> Stop | EStop | None:
     except (ValueError, RecursionError):
         return None
     kind = obj.get("type") if isinstance(obj, dict) else None
-    if kind == "stop":
+    if kind == CommandType.STOP:
         return Stop(t=t)
-    if kind == "estop":
+    if kind == CommandType.ESTOP:
         return EStop(t=t)
     return None
 
 
 def _late(kind: str, ts: float, now_unix: float) -> str | None:
-    what = {"start_session": "start", "set_speed": "speed change"}.get(kind, kind)
+    words: dict[str, str] = {
+        CommandType.START_SESSION: "start",
+        CommandType.SET_SPEED: "speed change",
+    }
+    what = words.get(kind, kind)
     age = now_unix - ts
     if age > MAX_COMMAND_AGE_S:
-        again = ": press again if it is still wanted" if kind != "heartbeat" else ""
+        again = ": press again if it is still wanted" if kind != CommandType.HEARTBEAT else ""
         return (
             f"this {what} was sent {age:.1f} s ago and is refused as too old (the limit is "
             f"{MAX_COMMAND_AGE_S:g} s){again}"
@@ -598,10 +603,7 @@ def encode_programs(
             "title": program.title,
             "kind": program.kind.value,
             "first_session": program.first_session,
-            "band_mph": [
-                max(program.min_mph, limits.min_mph),
-                min(program.max_mph, limits.max_mph),
-            ],
+            "band_mph": list(program.band_within(limits)),
             "cap_s": {
                 "default": program.cap_s_default,
                 "min": program.cap_s_min,

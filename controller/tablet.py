@@ -42,6 +42,7 @@ from config.loading import ConfigError, load_config
 from config.schema import MqttTopicPrefix
 from controller.mqtt_contract import JsonObject, Topics, state_key, to_payload
 from controller.mqtt_settings import broker_settings
+from safety.inputs import CommandType
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -153,9 +154,9 @@ def _connection(args: argparse.Namespace) -> Connection:
     )
 
 
-def _command(kind: str, **fields: Any) -> JsonObject:
+def _command(kind: CommandType, **fields: Any) -> JsonObject:
     """A contract command with a fresh id; fields left out (None) are not sent."""
-    command: JsonObject = {"id": uuid.uuid4().hex, "type": kind}
+    command: JsonObject = {"id": uuid.uuid4().hex, "type": kind.value}
     command.update({k: v for k, v in fields.items() if v is not None})
     return command
 
@@ -385,7 +386,9 @@ async def _heartbeats(client: aiomqtt.Client, topics: Topics, stop: asyncio.Even
     loop = asyncio.get_running_loop()
     due = loop.time()
     while not stop.is_set():
-        await client.publish(topics.cmd, to_payload(_command("heartbeat")), qos=1, retain=False)
+        await client.publish(
+            topics.cmd, to_payload(_command(CommandType.HEARTBEAT)), qos=1, retain=False
+        )
         due = max(due + HEARTBEAT_PERIOD_S, loop.time())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(due):
@@ -481,16 +484,16 @@ def cmd_tablet(args: argparse.Namespace) -> int:
             return asyncio.run(_watch(conn, heartbeat=args.heartbeat, duration_s=args.for_s))
         case "start":
             command = _command(
-                "start_session",
+                CommandType.START_SESSION,
                 user=args.user,
                 program=args.program,
                 cap_s=args.cap_s,
                 target_mph=args.target_mph,
             )
         case "speed":
-            command = _command("set_speed", mph=args.mph)
-        case other:  # stop, estop, reset, heartbeat: no fields
-            command = _command(other)
+            command = _command(CommandType.SET_SPEED, mph=args.mph)
+        case other:  # stop, estop, reset, heartbeat: no fields, named as on the wire
+            command = _command(CommandType(other))
     try:
         code = asyncio.run(_send(conn, command))
     except KeyboardInterrupt:
@@ -592,22 +595,26 @@ def add_tablet_parser(sub: Any) -> None:
     tablet.set_defaults(func=cmd_tablet)
     cmds = tablet.add_subparsers(dest="tablet_command", required=True, metavar="COMMAND")
 
-    start = cmds.add_parser("start", parents=[opts], help="start a session (start_session)")
+    start = cmds.add_parser(
+        "start", parents=[opts], help=f"start a session ({CommandType.START_SESSION})"
+    )
     start.add_argument("--user", required=True)
     start.add_argument("--program", help="default: chosen by the daemon from the user's history")
     start.add_argument("--cap-s", type=_finite, metavar="S", help="belt-moving time cap in seconds")
     start.add_argument("--target-mph", type=_finite, metavar="X", help="first target speed")
 
-    speed = cmds.add_parser("speed", parents=[opts], help="change the target speed (set_speed)")
+    speed = cmds.add_parser(
+        "speed", parents=[opts], help=f"change the target speed ({CommandType.SET_SPEED})"
+    )
     speed.add_argument("mph", type=_finite, metavar="MPH")
 
-    for name, text in (
-        ("stop", "controlled stop: ends the session"),
-        ("estop", "emergency stop (latched)"),
-        ("reset", "clear a latched stop or fault"),
-        ("heartbeat", "send one heartbeat"),
+    for kind, text in (
+        (CommandType.STOP, "controlled stop: ends the session"),
+        (CommandType.ESTOP, "emergency stop (latched)"),
+        (CommandType.RESET, "clear a latched stop or fault"),
+        (CommandType.HEARTBEAT, "send one heartbeat"),
     ):
-        cmds.add_parser(name, parents=[opts], help=text)
+        cmds.add_parser(kind.value, parents=[opts], help=text)
 
     watch = cmds.add_parser(
         "watch",

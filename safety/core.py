@@ -430,7 +430,7 @@ class SafetyCore:
         if isinstance(reply, Refused):
             self._emit(
                 EventType.COMMAND_REFUSED,
-                command=_command_name(cmd),
+                command=cmd.TYPE.value,
                 code=reply.code.value,
                 message=reply.message,
             )
@@ -504,8 +504,7 @@ class SafetyCore:
         return ACCEPTED
 
     def _band(self, program: Program) -> tuple[float, float]:
-        lim = self.limits
-        return max(lim.min_mph, program.min_mph), min(lim.max_mph, program.max_mph)
+        return program.band_within(self.limits)
 
     def _start_unmet(self) -> list[str]:
         """SR-3: every precondition of a belt start that does not hold, in words."""
@@ -838,15 +837,3 @@ def _drive_cause(failure: DriveFailure) -> Cause:
 
 def _band_message(mph: float, band: tuple[float, float]) -> str:
     return f"{mph:g} mph is outside the band {band[0]:g}-{band[1]:g} mph"
-
-
-def _command_name(cmd: Command) -> str:
-    names: dict[type, str] = {
-        StartSession: "start_session",
-        SetSpeed: "set_speed",
-        Stop: "stop",
-        EStop: "estop",
-        Reset: "reset",
-        Heartbeat: "heartbeat",
-    }
-    return names[type(cmd)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 
 class Hand(StrEnum):
@@ -19,6 +20,19 @@ class Sensor(StrEnum):
 
 
 GRIP_SENSOR = {Hand.LEFT: Sensor.GRIP_LEFT, Hand.RIGHT: Sensor.GRIP_RIGHT}
+
+
+class CommandType(StrEnum):
+    """The tablet's commands by their wire names (MQTT-API.md): the one place they are spelled.
+    The contract, the scenario format, the CLI tablet and the core's refusals take them from
+    here."""
+
+    START_SESSION = "start_session"
+    SET_SPEED = "set_speed"
+    STOP = "stop"
+    ESTOP = "estop"
+    RESET = "reset"
+    HEARTBEAT = "heartbeat"
 
 
 class DriveFailure(StrEnum):
@@ -96,9 +110,10 @@ class Shutdown:
 @dataclass(frozen=True, slots=True)
 class StartSession:
     """``returning``: whether the user has had a treadmill session before, as the journal
-    knows (None: no journal, e.g. a simulation). A user without one is on their first session:
-    a program left out is the first-session program, and any other program is refused."""
+    knows (None: not known, taken as a first session). A user on their first session gets
+    the first-session program when none is named, and any other program is refused."""
 
+    TYPE: ClassVar[CommandType] = CommandType.START_SESSION
     t: float
     user: str
     program: str | None = None
@@ -109,27 +124,32 @@ class StartSession:
 
 @dataclass(frozen=True, slots=True)
 class SetSpeed:
+    TYPE: ClassVar[CommandType] = CommandType.SET_SPEED
     t: float
     mph: float
 
 
 @dataclass(frozen=True, slots=True)
 class Stop:
+    TYPE: ClassVar[CommandType] = CommandType.STOP
     t: float
 
 
 @dataclass(frozen=True, slots=True)
 class EStop:
+    TYPE: ClassVar[CommandType] = CommandType.ESTOP
     t: float
 
 
 @dataclass(frozen=True, slots=True)
 class Reset:
+    TYPE: ClassVar[CommandType] = CommandType.RESET
     t: float
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    TYPE: ClassVar[CommandType] = CommandType.HEARTBEAT
     t: float
 
 

@@ -20,6 +20,7 @@ from safety.limits import (
     HARD_INTERVALS,
     HARD_MAX_MPH,
     HARD_MIN_MPH,
+    SafetyLimits,
 )
 
 
@@ -80,6 +81,11 @@ class Program(BaseModel):
                 f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s for {kind}"
             )
         return self
+
+    def band_within(self, limits: SafetyLimits) -> tuple[float, float]:
+        """The speeds this program may run at under ``limits``: its own band inside the
+        daemon's safety band (config/loading.py refuses a program whose band misses it)."""
+        return max(limits.min_mph, self.min_mph), min(limits.max_mph, self.max_mph)
 
 
 class ProgramError(ValueError):

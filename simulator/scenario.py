@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from safety.decisions import Cause, EndReason, EventType, RefusalCode, State
+from safety.inputs import CommandType
 
 _MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
 
@@ -76,12 +77,12 @@ Seconds = Annotated[float, BeforeValidator(parse_time)]
 
 
 class Action(StrEnum):
-    # The tablet (MQTT contract commands).
-    START_SESSION = "start_session"
-    SET_SPEED = "set_speed"
-    STOP = "stop"
-    ESTOP = "estop"
-    RESET = "reset"
+    # The tablet (MQTT contract commands, by their wire names).
+    START_SESSION = CommandType.START_SESSION.value
+    SET_SPEED = CommandType.SET_SPEED.value
+    STOP = CommandType.STOP.value
+    ESTOP = CommandType.ESTOP.value
+    RESET = CommandType.RESET.value
     TABLET_LEAVES = "tablet_leaves"
     TABLET_RETURNS = "tablet_returns"
     # The user on the belt.

@@ -890,3 +890,37 @@ def test_sr16_a_wall_clock_step_changes_no_commands_acceptance(
         assert to_unix(mono[0]) == published_ts
         after = parse_command(raw, retained=False, t=mono[0], now_unix=to_unix(mono[0]))
         assert after == before
+
+
+# ----------------------------------------------------------------------------- one vocabulary
+
+
+def test_every_command_is_named_once_and_parses_to_its_input() -> None:
+    """The wire names are CommandType's (MQTT-API.md's): the contract knows exactly those, and
+    each parses to the core's input whose TYPE is that name."""
+    from typing import get_args
+
+    from controller.mqtt_contract import _MODELS
+    from safety.inputs import CommandType
+
+    # The wire names as MQTT-API.md lists them, written out here, not taken from the code.
+    assert {c.value for c in CommandType} == {
+        "start_session",
+        "set_speed",
+        "stop",
+        "estop",
+        "reset",
+        "heartbeat",
+    }
+    assert set(_MODELS) == set(CommandType)
+    fields = {"user": "p-1", "mph": 1.0}
+    for kind, model in _MODELS.items():
+        assert get_args(model.model_fields["type"].annotation) == (kind,)
+        payload = {"id": f"v-{kind}", "type": kind, **fields}
+        if kind != CommandType.START_SESSION:
+            payload.pop("user")
+        if kind != CommandType.SET_SPEED:
+            payload.pop("mph")
+        parsed = parse_command(json.dumps(payload).encode(), retained=False, t=1.0)
+        assert isinstance(parsed, ParsedCommand), (kind, parsed)
+        assert parsed.command.TYPE is CommandType(kind)
