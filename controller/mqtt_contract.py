@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from safety.core import Snapshot
-from safety.decisions import Event, Refused, Reply, State
+from safety.decisions import Event, RefusalCode, Refused, Reply, State
 from safety.inputs import (
     Command,
     CommandType,
@@ -87,6 +87,13 @@ class ErrorCode(StrEnum):
     # More commands than the daemon answers one by one; never for stop or estop (the link's).
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
+
+
+# The core's codes are a subset of the contract's, by name: built at import, so a code the core
+# gains without one here fails every start of the daemon and every test, not a refusal later.
+ERROR_OF_REFUSAL: dict[RefusalCode, ErrorCode] = {
+    code: ErrorCode(code.value) for code in RefusalCode
+}
 
 
 # ------------------------------------------------------------------------------- topics
@@ -159,7 +166,7 @@ def reply_from_core(command_id: str | None, reply: Reply | None) -> CommandReply
         # The core answers every command; a missing reply is a wiring bug, never an "ok".
         return CommandReply(command_id, ErrorCode.NOT_ALLOWED, "the command was not answered")
     if isinstance(reply, Refused):
-        return CommandReply(command_id, ErrorCode(reply.code.value), reply.message)
+        return CommandReply(command_id, ERROR_OF_REFUSAL[reply.code], reply.message)
     return CommandReply(command_id)
 
 
