@@ -26,14 +26,14 @@ import structlog
 
 from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
-from controller.control import Controller
-from controller.drives import build_driver, in_process_rig
-from controller.loop import ScaledClock, run_control_loop
-from controller.mqtt_contract import (
+from contract.mqtt import (
     JsonObject,
     SensorPayloadError,
     parse_sensor_payload,
 )
+from controller.control import Controller
+from controller.drives import build_driver, in_process_rig
+from controller.loop import ScaledClock, run_control_loop
 from controller.mqtt_link import TabletLink, unix_mapper
 from controller.mqtt_settings import broker_settings
 from controller.sensors import SensorHub

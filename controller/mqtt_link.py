@@ -1,4 +1,4 @@
-"""The tablet link: the MQTT contract v1 (``controller.mqtt_contract``) on aiomqtt 2.x.
+"""The tablet link: the MQTT contract v1 (``contract.mqtt``) on aiomqtt 2.x.
 
 ::
 
@@ -68,7 +68,7 @@ import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from controller.mqtt_contract import (
+from contract.mqtt import (
     ID_MAX_CHARS,
     MAX_PAYLOAD_BYTES,
     CommandReply,

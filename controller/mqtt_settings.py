@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.loading import LoadedConfig
-from controller.mqtt_contract import default_prefix
+from contract.mqtt import default_prefix
 from controller.mqtt_link import TlsSettings
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.mqtt_contract import COMMAND_TYPES, ErrorCode
+from contract.mqtt import COMMAND_TYPES, ErrorCode
 from safety.decisions import Event, EventType
 
 WINDOW_S = 1.0

@@ -38,10 +38,10 @@ from typing import Any
 import structlog
 
 from config.loading import LoadedConfig
+from contract.mqtt import CommandReply, JsonObject, encode_programs
 from controller.control import Controller, EventListener, Timers
 from controller.journal import WARN_FRACTION, Journal, JournalError
 from controller.loop import LoopHealth
-from controller.mqtt_contract import CommandReply, JsonObject, encode_programs
 from controller.refusals import RefusalCoalescer
 from drivers.base import TreadmillDriver
 from safety.core import SafetyCore

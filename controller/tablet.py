@@ -40,7 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 import config as config_package
 from config.loading import ConfigError, load_config
 from config.schema import MqttTopicPrefix
-from controller.mqtt_contract import JsonObject, Topics, state_key, to_payload
+from contract.mqtt import JsonObject, Topics, state_key, to_payload
 from controller.mqtt_settings import broker_settings
 from safety.inputs import CommandType
 
@@ -310,7 +310,7 @@ def event_line(event: dict[str, Any]) -> str:
 class WatchView:
     """What ``watch`` prints. On a terminal the status line is rewritten in place; otherwise
     (a log, a pipe) a line is printed only when something other than the continuously moving
-    numbers changed (``mqtt_contract.state_key``, as the daemon decides), so a log is not
+    numbers changed (``contract.mqtt.state_key``, as the daemon decides), so a log is not
     flooded at 4 lines a second."""
 
     def __init__(self, tty: bool) -> None:

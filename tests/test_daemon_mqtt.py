@@ -21,7 +21,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from controller.mqtt_contract import MAX_COMMAND_AGE_S
+from contract.mqtt import MAX_COMMAND_AGE_S
 from tests.clinician import (
     SESSION_WAIT_S,
     STANDSTILL_MPH,

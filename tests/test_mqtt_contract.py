@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.loading import load_config
-from controller.mqtt_contract import (
+from contract.mqtt import (
     MAX_COMMAND_AGE_S,
     MAX_PAYLOAD_BYTES,
     CommandReply,
@@ -900,7 +900,7 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
     each parses to the core's input whose TYPE is that name."""
     from typing import get_args
 
-    from controller.mqtt_contract import _MODELS
+    from contract.mqtt import _MODELS
     from safety.inputs import CommandType
 
     # The wire names as MQTT-API.md lists them, written out here, not taken from the code.
