@@ -224,7 +224,7 @@ class System:
         except Exception as exc:
             if isinstance(command, EStop | Stop):
                 # Fail closed: the belt is stopped and held at 0 until a reset is accepted.
-                self.controller.hold_stopped(f"{type(command).__name__} failed: {exc!r}")
+                self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
 
     def emergency_stop(self, why: str) -> None:
