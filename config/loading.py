@@ -1,4 +1,7 @@
-"""Reading a configuration file into a validated :class:`TreadguardConfig` with its programs."""
+"""Reading a configuration file into a validated :class:`TreadguardConfig` with its programs.
+
+The program files are read here too: ``safety`` only validates a program's data (it does no I/O).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,39 @@ from config.schema import (
     TreadguardConfig,
 )
 from config.sensor_checks import sensor_problems
-from safety.programs import Program, ProgramError, load_programs
+from safety.programs import Program
+
+
+class ProgramError(ValueError):
+    """A program file that cannot be used; the message names the file and the field."""
+
+
+def load_program(path: Path) -> Program:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProgramError(f"{path}: {exc}") from exc
+    try:
+        return Program.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ProgramError(f"{path}: {problems}") from exc
+
+
+def load_programs(directory: Path) -> dict[str, Program]:
+    """Every ``*.toml`` in ``directory``, keyed by program name. Names must be unique."""
+    programs: dict[str, Program] = {}
+    for path in sorted(directory.glob("*.toml")):
+        program = load_program(path)
+        if program.name in programs:
+            raise ProgramError(f"{path}: program name {program.name!r} is used twice")
+        programs[program.name] = program
+    if not programs:
+        raise ProgramError(f"{directory}: no program files (*.toml)")
+    return programs
 
 
 class ConfigError(Exception):

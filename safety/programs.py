@@ -1,17 +1,16 @@
 """Programs of the reverse-walking protocol, as data.
 
-A program is a TOML file under ``config/programs/``. Loading checks it against the hard limits
-of SAFETY.md; a program that breaks one is refused with the field that breaks it.
+A program is a TOML file under ``config/programs/``; ``config.loading`` reads the files (the
+safety core does no I/O) and validates each against :class:`Program`, which holds the hard limits
+of SAFETY.md: a program that breaks one is refused with the field that breaks it.
 """
 
 from __future__ import annotations
 
-import tomllib
 from enum import StrEnum
-from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from safety.limits import (
     HARD_CAP_FIRST_SESSION_S,
@@ -86,35 +85,3 @@ class Program(BaseModel):
         """The speeds this program may run at under ``limits``: its own band inside the
         daemon's safety band (config/loading.py refuses a program whose band misses it)."""
         return max(limits.min_mph, self.min_mph), min(limits.max_mph, self.max_mph)
-
-
-class ProgramError(ValueError):
-    """A program file that cannot be used; the message names the file and the field."""
-
-
-def load_program(path: Path) -> Program:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProgramError(f"{path}: {exc}") from exc
-    try:
-        return Program.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ProgramError(f"{path}: {problems}") from exc
-
-
-def load_programs(directory: Path) -> dict[str, Program]:
-    """Every ``*.toml`` in ``directory``, keyed by program name. Names must be unique."""
-    programs: dict[str, Program] = {}
-    for path in sorted(directory.glob("*.toml")):
-        program = load_program(path)
-        if program.name in programs:
-            raise ProgramError(f"{path}: program name {program.name!r} is used twice")
-        programs[program.name] = program
-    if not programs:
-        raise ProgramError(f"{directory}: no program files (*.toml)")
-    return programs

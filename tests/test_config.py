@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from config.loading import ProgramError, load_program, load_programs
 from config.schema import (
     ControlSection,
     GpioInputSection,
@@ -34,7 +35,7 @@ from config.schema import (
     TrackmasterDriveSection,
 )
 from safety.limits import SafetyLimits
-from safety.programs import ProgramError, ProgramKind, load_program, load_programs
+from safety.programs import ProgramKind
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"

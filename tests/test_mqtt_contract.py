@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.loading import load_config
+from config.loading import load_config, load_programs
 from contract.mqtt import (
     MAX_COMMAND_AGE_S,
     MAX_PAYLOAD_BYTES,
@@ -56,7 +56,6 @@ from safety.inputs import (
     Stop,
 )
 from safety.limits import SafetyLimits
-from safety.programs import load_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 12.5  # the caller's monotonic time for commands

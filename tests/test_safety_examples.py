@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from config.loading import ProgramError, load_program, load_programs
 from safety.core import SafetyCore
 from safety.decisions import (
     Accepted,
@@ -46,7 +47,7 @@ from safety.inputs import (
     Tick,
 )
 from safety.limits import SafetyLimits
-from safety.programs import Program, ProgramError, load_program, load_programs
+from safety.programs import Program
 
 PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
+from config.loading import load_programs
 from safety.core import SafetyCore
 from safety.decisions import Accepted, Decision, EventType, State
 from safety.inputs import (
@@ -52,7 +53,7 @@ from safety.inputs import (
     Tick,
 )
 from safety.limits import STANDSTILL_MPH, SafetyLimits
-from safety.programs import Program, ProgramKind, load_programs
+from safety.programs import Program, ProgramKind
 
 PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
 REAL_PROGRAMS: dict[str, Program] = load_programs(PROGRAMS_DIR)
