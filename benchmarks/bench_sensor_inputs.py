@@ -128,7 +128,7 @@ async def gpio_trials(trials: int) -> dict[str, Any]:
             watch.expect(held)
             t0 = time.perf_counter()
             opener.levels[0] = not held  # active low: held pulls the line low
-            opener.requests[-1].edge()
+            opener.requests[-1].edge(17, rising=not held)
             await asyncio.wait_for(watch.seen.wait(), 5.0)
             assert watch.at is not None
             latencies.append((watch.at - t0) * 1e3)
