@@ -164,7 +164,9 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
     return proc, log
 
 
-def start_script(script: str, *args: object, stdout: Any = subprocess.DEVNULL) -> subprocess.Popen:
+def start_script(
+    script: str, *args: object, stdout: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", script, *(str(a) for a in args)],
         cwd=ROOT,

@@ -92,7 +92,7 @@ class Connection:
         the session for SESSION_EXPIRY_S after a disconnection."""
         connect = None
         if persistent:
-            connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect = Properties(PacketTypes.CONNECT)
             connect.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             self.host,

@@ -14,14 +14,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_DIR = ROOT / "tablet"
 MQTT_JS = PAGE_DIR / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "build" / "screenshots"
-VIEWPORT = {"width": 1280, "height": 800}  # a 10-inch tablet in landscape
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}  # a 10-inch tablet in landscape
 ARGS = [
     "--headless",
     "--no-sandbox",  # the tests run as root in CI

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiomqtt
 
-from tests.mosquitto import Broker, Tablet, body, login, tablet, text_is
+from tests.mosquitto import Broker, Login, Tablet, body, login, tablet, text_is
 
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
@@ -59,7 +59,7 @@ class Clinician:
         return await self.state(where, within)
 
     async def event(self, type_: str) -> dict[str, Any]:
-        event = body(await self.tab.next(f"{self.p}/events", lambda m: body(m)["type"] == type_))  # type: ignore[index]
+        event = body(await self.tab.next(f"{self.p}/events", lambda m: body(m)["type"] == type_))
         assert isinstance(event, dict)
         return event
 
@@ -90,7 +90,7 @@ async def clinician(
 ) -> AsyncIterator[Clinician]:
     p = f"treadmill/{tm}"
     topics = (f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability")
-    async with tablet(broker, *topics, **(login(account) if account else {})) as tab:
+    async with tablet(broker, *topics, **(login(account) if account else Login())) as tab:
         await tab.next(f"{p}/availability", text_is("online"))
         doc = Clinician(tab, p)
         beat = asyncio.create_task(doc.heartbeat_forever()) if heartbeat else None
@@ -108,7 +108,7 @@ class SensorUser:
 
     def __init__(self, broker: Broker, tm: str, account: str | None = None) -> None:
         self.broker = broker
-        self.login = login(account) if account else {}
+        self.login = login(account) if account else Login()
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
 

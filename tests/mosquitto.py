@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -157,7 +157,15 @@ PASSWORDS = {
 }
 
 
-def login(account: str) -> dict[str, str]:
+class Login(TypedDict, total=False):
+    """An account's keyword arguments of a connection (an MQTT client's or :func:`tablet`'s);
+    empty for an anonymous one."""
+
+    username: str
+    password: str
+
+
+def login(account: str) -> Login:
     return {"username": account, "password": PASSWORDS[account]}
 
 
@@ -279,7 +287,8 @@ async def tablet(
         await client.__aexit__(None, None, None)
 
 
-def body(message: aiomqtt.Message) -> object:
+def body(message: aiomqtt.Message) -> Any:
+    """The message's JSON. Any, as json.loads gives it: the tests index it and assert on it."""
     assert isinstance(message.payload, bytes)
     return json.loads(message.payload)
 

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
@@ -80,6 +81,19 @@ def problems(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
         if match:
             found[match["path"]] = match["msg"]
     return found
+
+
+class SectionText(TypedDict, total=False):
+    """The text of sections of :func:`valid_config` a test changes."""
+
+    safety: str
+    drive: str
+
+
+class ConfigText(SectionText, total=False):
+    """... and what follows them."""
+
+    extra: str
 
 
 def valid_config(
@@ -152,7 +166,7 @@ def test_stricter_than_the_defaults_is_accepted(tmp_path: Path) -> None:
     ],
 )
 def test_sr15_unknown_key_names_its_field(
-    tmp_path: Path, text_change: dict[str, str], field: str
+    tmp_path: Path, text_change: ConfigText, field: str
 ) -> None:
     proc = check_config(write(tmp_path, valid_config(**text_change)))
     found = assert_refused(proc)
@@ -611,7 +625,7 @@ def test_sr15_a_vfd_scale_that_cannot_command_the_top_speed_is_refused(tmp_path:
     ],
 )
 def test_sr15_a_name_the_system_cannot_open_is_refused_with_its_field(
-    tmp_path: Path, change: dict[str, str], field: str
+    tmp_path: Path, change: ConfigText, field: str
 ) -> None:
     """A NUL in a file, device or host name: Python raises ValueError where an unopenable
     name would be reported, and check-config (a device path) or run (the journal) died with a

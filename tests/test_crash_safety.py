@@ -65,7 +65,10 @@ async def test_sr11_sr14_random_sigkills_lose_no_acknowledged_record_nor_leave_t
                 async with clinician(broker, TM) as doc:
                     # What the previous kill left: no session, no command to move, standstill.
                     # The new daemon's state: the broker still holds the dead one's, retained.
-                    first = await doc.state(lambda s, after=killed_at: s["ts"] > after, within=10.0)
+                    def after_the_kill(s: dict[str, Any], killed: float = killed_at) -> bool:
+                        return float(s["ts"]) > killed
+
+                    first = await doc.state(after_the_kill, within=10.0)
                     assert first["session"] is None, first
                     assert first["target_mph"] == 0.0, first
                     assert first["state"] in ("idle", "fault"), first

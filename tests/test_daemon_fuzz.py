@@ -61,11 +61,13 @@ def _connect(port: int) -> tuple[mqtt.Client, queue.Queue[Any], queue.Queue[Any]
         elif message.topic == f"{P}/state":
             states.put(json.loads(message.payload))
         elif message.topic == f"{P}/availability":
-            online.put(message.payload)
+            online.put(bytes(message.payload))
 
     client.on_message = on_message
     client.connect("127.0.0.1", port)
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = client.socket()
+    assert isinstance(sock, socket.socket)  # connected, over TCP
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.loop_start()
     for topic in ("reply", "state", "availability"):
         client.subscribe(f"{P}/{topic}", qos=1)

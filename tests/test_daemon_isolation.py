@@ -382,7 +382,7 @@ async def test_sr11_commands_that_arrive_during_shutdown_are_answered(
             sent.append(command_id)
             await asyncio.sleep(0.02)  # a tablet pressing Stop again and again
             assert len(sent) < 2000, "the daemon never went offline"
-        replied = {body(m)["id"] for m in doc.tab.drain(f"{doc.p}/reply")}  # type: ignore[index]
+        replied = {body(m)["id"] for m in doc.tab.drain(f"{doc.p}/reply")}
         # The daemon stops reading commands (unsubscribes) before its last replies and
         # "offline": only the stops published after that, at most the one or two in flight
         # then at one every 20 ms, can go unanswered, and they are the last ones sent.

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -52,7 +52,14 @@ Kind = Literal["tcp", "rtu"]
 KINDS: list[Kind] = ["tcp", "rtu"]
 
 
-def make_vfd(**settings: int) -> SimulatedVfd:
+class VfdSettings(TypedDict, total=False):
+    """The simulated drive's own parameters a test sets (09.02 and 09.03)."""
+
+    comm_fault_action: int
+    comm_timeout: int
+
+
+def make_vfd(**settings: Unpack[VfdSettings]) -> SimulatedVfd:
     return SimulatedVfd(RMAP, mph_per_hz=MPH_PER_HZ, belt_params=FAST_BELT, **settings)
 
 
@@ -230,7 +237,7 @@ def _pdu(kind: Kind, frame: bytes) -> bytes:
     ],
 )
 async def test_startup_refusal_never_writes_run(
-    settings: dict[str, int], parameter: str, value: int
+    settings: VfdSettings, parameter: str, value: int
 ) -> None:
     """SR-9: an unsafe drive-side deadman is refused; the fault names the parameter and value."""
     async with simulated_drive("tcp", make_vfd(**settings)) as (vfd, server):

@@ -328,21 +328,21 @@ async def test_sr9_an_exception_in_the_driver_writes_the_stop_word_before_reconn
     """An unexpected exception inside the driver's I/O task (here while taking a poll): the stop
     word goes out on the connection still open, before it is closed and a new one made."""
     sent: list[tuple[int, bytes]] = []
+
+    def trace(sending: bool, frame: bytes) -> bytes:
+        if sending:  # with the connection it went out on
+            sent.append((driver.connect_attempts, frame))
+        return frame
+
     async with delayed_drive() as (vfd, server):
-        driver = make_driver(
-            server,
-            trace_packet=lambda sending, frame: (
-                sending and sent.append((driver.connect_attempts, frame)),
-                frame,
-            )[1],
-        )
+        driver = make_driver(server, trace_packet=trace)
         async with running(driver), ControlTicks(driver) as ticks:
             await start_belt(driver, vfd, ticks)
             attempts = driver.connect_attempts
             take_poll = driver._take_poll
             mark = 0
 
-            def crash(*args: object) -> None:
+            def crash(error_code: int, output_frequency: int) -> None:
                 nonlocal mark
                 mark = len(sent)
                 driver._take_poll = take_poll  # type: ignore[method-assign]

@@ -832,7 +832,11 @@ def test_sr15_an_exception_out_of_the_handler_is_answered_internal_error(
 ) -> None:
     """SR-15: whatever the handler raises is answered ``internal_error``, reported for the log
     and the journal, and never raised."""
-    fields = {"start_session": {"user": "u"}, "set_speed": {"mph": 1.0}}.get(kind, {})
+    required: dict[str, dict[str, object]] = {
+        "start_session": {"user": "u"},
+        "set_speed": {"mph": 1.0},
+    }
+    fields = required.get(kind, {})
     raw = json.dumps({"id": "boom", "type": kind, **fields}).encode()
     failures: list[tuple[Exception, CommandReply]] = []
     refusals: list[tuple[CommandReply, str | None]] = []

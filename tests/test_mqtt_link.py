@@ -23,7 +23,7 @@ from controller.mqtt_link import TabletLink
 from safety.core import SessionView, Snapshot
 from safety.decisions import ACCEPTED, Event, EventType, Reply, State
 from safety.inputs import Command, EStop, Hand, Heartbeat
-from tests.mosquitto import WAIT_S, Broker, Tablet, body, tablet, text_is
+from tests.mosquitto import WAIT_S, Broker, Login, Tablet, body, tablet, text_is
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,15 +134,15 @@ async def test_sr15_retained_command_is_refused_not_run(broker: Broker) -> None:
         await send(tab, tm, {"id": "old", "type": "estop"}, retain=True)
         async with make_link(broker, world, tm):
             first = body(await tab.next(f"{p}/reply"))
-            assert first["id"] == "old"  # type: ignore[index]
-            assert first["error"]["code"] == "not_allowed"  # type: ignore[index]
-            assert "retained" in first["error"]["message"]  # type: ignore[index]
+            assert first["id"] == "old"
+            assert first["error"]["code"] == "not_allowed"
+            assert "retained" in first["error"]["message"]
             await tab.next(f"{p}/availability", text_is("online"))
             # ...and one published retained while the link listens.
             await send(tab, tm, {"id": "live", "type": "estop"}, retain=True)
             live = body(await tab.next(f"{p}/reply"))
-            assert live["id"] == "live"  # type: ignore[index]
-            assert live["error"]["code"] == "not_allowed"  # type: ignore[index]
+            assert live["id"] == "live"
+            assert live["error"]["code"] == "not_allowed"
             # Clearing the retained command is not a command: no reply; the next reply is
             # the one to the heartbeat that follows.
             await tab.publish(f"{p}/cmd", b"", retain=True)
@@ -192,7 +192,7 @@ asyncio.run(main())
 
 
 def spawn_link_process(
-    tm: str, port: int, log_path: Path, login: dict[str, str] | None = None
+    tm: str, port: int, log_path: Path, login: Login | None = None
 ) -> subprocess.Popen[bytes]:
     """A TabletLink in a process of its own, to be killed; ``login``: its username/password."""
     account = {}
@@ -261,7 +261,7 @@ async def test_sr12_broker_killed_and_restarted_link_reconnects_by_itself(
             async with tablet(broker, f"{p}/availability", f"{p}/state") as tab:
                 online = await tab.next(f"{p}/availability", text_is("online"))
                 state = body(await tab.next(f"{p}/state"))
-                assert state["state"] == "running"  # type: ignore[index]
+                assert state["state"] == "running"
                 assert link.connections == 1 + restart
                 assert online.retain
                 # And it works: commands are answered on the new connection.
@@ -285,21 +285,21 @@ async def test_state_retained_and_published_at_least_every_500ms_while_moving(
                 arrivals.append(time.monotonic())
                 assert message.retain
                 state = body(message)
-                assert state["state"] == "running"  # type: ignore[index]
-                assert state["speed_mph"] == 0.8  # type: ignore[index]
+                assert state["state"] == "running"
+                assert state["speed_mph"] == 0.8
             gaps = [b - a for a, b in pairwise(arrivals[1:])]
             assert max(gaps) <= 0.5, gaps
 
             # A change goes out at once, not at the next period.
             world.snap = IDLE
             link.state_changed()
-            idle = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "idle")  # type: ignore[index]
+            idle = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "idle")
             assert idle.retain
         # A tablet that connects later gets the newest state, retained.
         async with tablet(broker, f"{p}/state") as tab:
             message = await tab.next(f"{p}/state")
             assert message.retain
-            assert body(message)["state"] == "idle"  # type: ignore[index]
+            assert body(message)["state"] == "idle"
 
 
 @pytest.mark.asyncio
@@ -397,6 +397,6 @@ async def test_sr14_the_journal_commits_before_a_state_goes_out(broker: Broker) 
         await tab.next(f"{p}/state")
         world.snap = RUNNING
         link.state_changed()
-        running = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "running")  # type: ignore[index]
+        running = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "running")
         assert running.retain
     assert State.RUNNING in committed

@@ -86,9 +86,7 @@ async def test_sr14_events_raised_offline_go_out_once_each_oldest_first_bounded_
         async with session_tablet(broker, "tablet-offline", *topics) as tab:
             await tab.next(f"{p}/availability", text_is("online"))
             link.on_event(Event(EventType.RESET, t=1.0))
-            first = body(
-                await tab.next(f"{p}/events", lambda m: body(m)["type"] == "reset")  # type: ignore[index]
-            )
+            first = body(await tab.next(f"{p}/events", lambda m: body(m)["type"] == "reset"))
             assert isinstance(first, dict)
             await until(lambda: link.published == 1)  # acknowledged: never sent again
             broker.stop()
@@ -100,7 +98,7 @@ async def test_sr14_events_raised_offline_go_out_once_each_oldest_first_bounded_
         assert link.dropped_events == 3
         await asyncio.to_thread(broker.start)
         async with session_tablet(broker, "tablet-offline") as tab:  # no new subscription
-            await tab.next(f"{p}/state", lambda m: body(m)["events_dropped"] == 3)  # type: ignore[index]
+            await tab.next(f"{p}/state", lambda m: body(m)["events_dropped"] == 3)
             link.on_event(Event(EventType.RESET, t=30.0))  # the last: nothing comes after it
             arrived = await collect(tab, f"{p}/events", lambda e: e["ts"] == 1_764_000_030.0)
     # The broker may hand the first reset over again (QoS 1: the tablet's PUBACK for it can be
@@ -170,7 +168,11 @@ async def test_sr14_daemon_estop_raised_while_the_broker_is_down_reaches_a_table
                     await doc.start_running(f"u-{round_}")
                     estops_before = journal_count(journal, "estop")
                     broker.stop()  # the tablet's session is saved with the broker
-                    await until(lambda n=estops_before: journal_count(journal, "estop") > n)
+
+                    def one_more_estop(before: int = estops_before) -> bool:
+                        return journal_count(journal, "estop") > before
+
+                    await until(one_more_estop)
             await asyncio.to_thread(broker.start)
         assert daemon.alive()
     finally:

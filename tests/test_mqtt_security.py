@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiomqtt
 import pytest
@@ -468,6 +468,23 @@ async def test_sr12_the_daemons_will_reaches_the_tablet_under_the_acl(
 
 # ----------------------------------------------------------------------------- client ids
 
+
+class Listener(TypedDict, total=False):
+    """Which of the broker's listeners a client connects to, and how (keyword arguments of
+    :func:`tablet` and :func:`take_client_ids`)."""
+
+    port: int | None
+    tls: ssl.SSLContext
+    websockets: bool
+
+
+class Hijack(Listener, total=False):
+    """How :func:`take_client_ids` attacks: on which listener, how often, in which protocol."""
+
+    times: int
+    protocol: aiomqtt.ProtocolVersion
+
+
 HIJACKS = 20  # connections in a row with someone else's client id, as fast as the broker takes
 
 
@@ -503,7 +520,7 @@ async def take_client_ids(
 
 
 async def hijack_fails(
-    broker: Broker, tm: str, attacker: str, **connection: Any
+    broker: Broker, tm: str, attacker: str, **connection: Unpack[Hijack]
 ) -> tuple[str, ...]:
     """The in-process link connected as the daemon; ``attacker`` takes its client id
     (treadguard-<id> and the bound id treadguard) and the watcher's, again and again. Neither
@@ -708,13 +725,13 @@ async def test_sr15_the_shipped_configuration_keeps_the_daemons_client_id(
     broker, tls_port = shipped_broker(tmp_path, pki)
     cert = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key).context()
     # One takeover is enough to show; a TLS handshake costs more than a loopback connect.
-    connection: dict[str, Any] = {
+    connections: dict[str, Hijack] = {
         "loopback": {},
         "tls": {"port": tls_port, "tls": cert, "times": 3},
         "websockets": {"port": broker.ws_port, "tls": cert, "websockets": True, "times": 3},
-    }[listener]
+    }
     async with running(broker):
-        await hijack_fails(broker, "tm-shipped-id", attacker, **connection)
+        await hijack_fails(broker, "tm-shipped-id", attacker, **connections[listener])
 
 
 @pytest.mark.asyncio
@@ -735,7 +752,7 @@ async def test_sr15_the_shipped_websockets_listener_for_the_tablet_page(
     tm, world = "tm-wss", World()
     p = f"treadmill/{tm}"
     tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
-    wss = {"tls": tablet_tls.context(), "port": broker.ws_port, "websockets": True}
+    wss: Listener = {"tls": tablet_tls.context(), "port": broker.ws_port, "websockets": True}
     async with running(broker):
         url = f"https://127.0.0.1:{broker.ws_port}/"
         with await asyncio.to_thread(

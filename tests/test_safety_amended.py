@@ -208,23 +208,23 @@ def test_sr4_a_continuous_release_stops_at_exactly_the_debounce() -> None:
 def _program(**fields: object) -> Program:
     """A program as a file might describe it, without the loader's checks: the core must hold
     SR-7 by itself too."""
-    base: dict[str, object] = {
-        "name": "p",
-        "title": "p",
-        "kind": ProgramKind.CONTINUOUS,
-        "first_session": False,
-        "min_mph": 0.8,
-        "max_mph": 1.2,
-        "start_mph": 1.0,
-        "step_mph": 0.0,
-        "step_every_s": 0.0,
-        "cap_s_default": 180.0,
-        "cap_s_min": 60.0,
-        "cap_s_max": 600.0,
-        "interval_s": 60.0,
-        "rest_s": 10.0,
-    }
-    return Program.model_construct(**{**base, **fields})
+    base = Program.model_construct(
+        name="p",
+        title="p",
+        kind=ProgramKind.CONTINUOUS,
+        first_session=False,
+        min_mph=0.8,
+        max_mph=1.2,
+        start_mph=1.0,
+        step_mph=0.0,
+        step_every_s=0.0,
+        cap_s_default=180.0,
+        cap_s_min=60.0,
+        cap_s_max=600.0,
+        interval_s=60.0,
+        rest_s=10.0,
+    )
+    return base.model_copy(update=fields)
 
 
 def test_sr7_a_first_session_intervals_program_is_refused_when_loaded() -> None:

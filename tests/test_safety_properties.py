@@ -27,8 +27,10 @@ import math
 import os
 import random
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
@@ -809,6 +811,7 @@ def make_input(t: float, spec: tuple[object, ...]) -> Input:
 # decoded into one action below (shrinking an integer towards 0 shrinks the action towards the
 # first, simplest choices). The decoded script is what hypothesis prints for a failure.
 
+T = TypeVar("T")
 NAMES = sorted(PROGRAMS)
 U64 = 2**64 - 1
 SPEED_TABLE = (
@@ -875,7 +878,7 @@ class Bits:
         self.n //= k
         return v
 
-    def pick(self, seq: tuple[object, ...] | list[object]) -> object:
+    def pick(self, seq: Sequence[T]) -> T:
         return seq[self.take(len(seq))]
 
     def between(self, lo: int, hi: int) -> int:
@@ -888,7 +891,7 @@ class Bits:
     def speed(self) -> float:
         how = self.take(5)
         if how == 0:
-            return float(self.pick(SPEED_TABLE))  # type: ignore[arg-type]
+            return self.pick(SPEED_TABLE)
         if how in (1, 2):
             return 0.8 + self.take(4001) / 10000.0  # inside the band
         if how == 3:
@@ -898,7 +901,7 @@ class Bits:
     def cap(self) -> float | None:
         how = self.take(4)
         if how < 2:
-            return self.pick(CAP_TABLE)  # type: ignore[return-value]
+            return self.pick(CAP_TABLE)
         if how == 2:
             return float(self.between(0, 1000))
         return self.any_double()

@@ -4,12 +4,13 @@ field for everything else (SR-15)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 
 from config.loading import ConfigError, load_config
 from config.schema import GpioInputSection, ModbusInputSection, MqttInputSection
-from tests.test_config import REGISTER_MAP, valid_config, write
+from tests.test_config import REGISTER_MAP, SectionText, valid_config, write
 
 GRIPS_ON_GPIO = """
 [[sensors.inputs]]
@@ -39,7 +40,7 @@ active = "low"
 """
 
 
-def problems_of(tmp_path: Path, sensors: str, **kwargs: str) -> list[str]:
+def problems_of(tmp_path: Path, sensors: str, **kwargs: Unpack[SectionText]) -> list[str]:
     path = write(tmp_path, valid_config(extra=sensors, **kwargs))
     with pytest.raises(ConfigError) as info:
         load_config(path)

@@ -132,6 +132,7 @@ async def test_sr8_a_hung_module_gives_no_readings_and_says_why(
         io.freeze()
         frozen_at = len(levels.readings)
         await eventually(lambda: poller.problem is not None, "the poller to report a problem")
+        assert poller.problem is not None
         assert "no answer from 127.0.0.1" in poller.problem
         # At most the poll already answered when the module hung; none after.
         assert len(levels.readings) <= frozen_at + 1
@@ -175,6 +176,7 @@ async def test_an_address_the_module_does_not_have_is_a_problem_not_a_reading(
     task = await run_poller(poller)
     try:
         await eventually(lambda: poller.problem is not None, "the poller to report a problem")
+        assert poller.problem is not None
         assert "refused reading 1 discrete_input(s) at 36" in poller.problem
         assert levels.readings == []
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from drivers.trackmaster import TrackmasterDriver
-from drivers.trackmaster_codec import Command, CommandFrame
+from drivers.trackmaster_codec import BeltState, Command, CommandFrame, StatusValue
 from simulator.trackmaster_device import (
     InjectionKind,
     Received,
@@ -374,7 +374,7 @@ async def test_sr9_an_exception_in_the_driver_writes_a2_before_the_port_is_reope
             take_poll = driver._take_poll
             mark = 0
 
-            def crash(*args: object) -> None:
+            def crash(seq: int, token: int, state: BeltState, speed: StatusValue) -> None:
                 nonlocal mark
                 mark = len(sent)
                 driver._take_poll = take_poll  # type: ignore[method-assign]

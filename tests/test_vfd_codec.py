@@ -7,6 +7,7 @@ bit here would be wrong on both sides of the wire and no integration test would 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -232,7 +233,7 @@ def test_shipped_delta_map_matches_protocols_md() -> None:
 
 def test_far_apart_status_registers_are_read_separately() -> None:
     rmap = RegisterMap.from_toml(DELTA_MAP)
-    spread = RegisterMap(**{**rmap.addresses(), "name": "x", "output_frequency": 0x3000})
+    spread = replace(rmap, name="x", output_frequency=0x3000)
     assert status_read_plan(spread) == [(0x2100, 1), (0x3000, 1)]
 
 
