@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("safety", "drivers", "config", "simulator", "controller")
+PACKAGES = ("safety", "drivers", "contract", "config", "simulator", "controller")
 # The venv's own script, next to the interpreter running the tests (not resolved: the venv's
 # python is a link to the system's).
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
@@ -85,6 +85,14 @@ BREAKS = [
         "simulator.belt",
         "drivers.link_policy",
         ["simulator-codecs"],
+    ),
+    ("contract/mqtt.py", "import asyncio", "contract.mqtt", "asyncio", ["contract-pure"]),
+    (
+        "contract/mqtt.py",
+        "from controller.loop import ScaledClock",
+        "contract.mqtt",
+        "controller.loop",
+        ["contract-pure", "layers"],
     ),
 ]
 
