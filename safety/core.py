@@ -61,6 +61,13 @@ _EPS = 1e-9
 # Iterating an Enum class is slow next to a tuple, and these loops run on every input.
 _SENSORS = tuple(Sensor)
 _HANDS = tuple(Hand)
+
+
+@dataclass(frozen=True, slots=True)
+class _SensorView:
+    stale: dict[Sensor, bool]
+    grip: dict[Hand, bool]  # the hand holds on, by a fresh reading
+    both_lost: bool
 # The states in which the belt may move and SR-4's grip-loss count runs (in a countdown a lost
 # grip ends the session instead: the belt has not moved).
 _GRIP_COUNTED = frozenset({State.RUNNING, State.STOPPING})
@@ -166,7 +173,7 @@ class SafetyCore:
         self._journal_problem: str | None = None
         self._readings: dict[Sensor, _Reading] = {}
         # Derived from the readings and the time; computed at most once per input.
-        self._stale_cache: dict[Sensor, bool] = {}
+        self._view_cache: _SensorView | None = None
         # SR-4: the grip-loss count. Seconds with both hands lost count up, seconds with a grip
         # count down at the same rate, never below 0; the stop comes when it passes the
         # debounce. A timer that restarts on every touch would never stop a user who keeps
@@ -254,7 +261,7 @@ class SafetyCore:
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
                 due.append(self._drive_t + lim.drive_timeout_s)
-            if self.state in _GRIP_COUNTED and self._both_lost_now():
+            if self.state in _GRIP_COUNTED and self._view().both_lost:
                 due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
                 due.append(self._countdown_until)
@@ -338,7 +345,7 @@ class SafetyCore:
         return reading.t + self.limits.sensor_timeout_s - _EPS
 
     def _both_lost_now(self) -> bool:
-        return not self._grip_ok(Hand.LEFT) and not self._grip_ok(Hand.RIGHT)
+        return self._view().both_lost
 
     def _take_reading(self, event: GripReading | FallReading) -> None:
         if not math.isfinite(event.t):
@@ -375,18 +382,32 @@ class SafetyCore:
             if since < self.now:
                 self._grip_count += 2.0 * (self.now - since)
 
+    def _view(self) -> _SensorView:
+        """Which sensors are stale and which hands hold on, now. Asked many times per input;
+        the answer only changes with time or a new reading, so it is computed once and kept
+        until :meth:`_forget`."""
+        view = self._view_cache
+        if view is None:
+            readings, now = self._readings, self.now
+            timeout = self.limits.sensor_timeout_s - _EPS
+            stale = {}
+            for sensor in _SENSORS:
+                reading = readings.get(sensor)
+                stale[sensor] = reading is None or now - reading.t >= timeout
+            grip = {}
+            for hand in _HANDS:
+                sensor = GRIP_SENSOR[hand]
+                reading = readings.get(sensor)
+                grip[hand] = reading is not None and reading.value and not stale[sensor]
+            both_lost = not any(grip.values())
+            view = self._view_cache = _SensorView(stale, grip, both_lost)
+        return view
+
     def _stale(self, sensor: Sensor) -> bool:
-        # Asked many times per input; the answer only changes with time or a new reading.
-        cached = self._stale_cache.get(sensor)
-        if cached is None:
-            reading = self._readings.get(sensor)
-            cached = reading is None or self.now - reading.t >= self.limits.sensor_timeout_s - _EPS
-            self._stale_cache[sensor] = cached
-        return cached
+        return self._view().stale[sensor]
 
     def _grip_ok(self, hand: Hand) -> bool:
-        reading = self._readings.get(GRIP_SENSOR[hand])
-        return reading is not None and reading.value and not self._stale(GRIP_SENSOR[hand])
+        return self._view().grip[hand]
 
     def _fall_signalled(self) -> Cause | None:
         """SR-5/SR-8: a fall, or a fall sensor that has gone silent, is a fall."""
@@ -397,7 +418,7 @@ class SafetyCore:
 
     def _forget(self) -> None:
         """Time passed or a reading changed: what was derived from them is out of date."""
-        self._stale_cache.clear()
+        self._view_cache = None
 
     def _drive_fresh(self) -> bool:
         return (
@@ -673,8 +694,9 @@ class SafetyCore:
             self._check_stopping()
 
     def _check_staleness_events(self) -> None:
+        view = self._view().stale
         for sensor in _SENSORS:
-            stale = self._stale(sensor)
+            stale = view[sensor]
             if stale and sensor in self._readings and sensor not in self._stale_reported:
                 self._stale_reported.add(sensor)
                 self._emit(EventType.SENSOR_STALE, sensor=sensor.value)
@@ -722,7 +744,8 @@ class SafetyCore:
                 if unmet:
                     self._end_session(EndReason.START_ABORTED)
             return
-        lost = [h for h in _HANDS if not self._grip_ok(h)]
+        grip = self._view().grip
+        lost = [h for h in _HANDS if not grip[h]]
         for hand in lost:
             if hand not in self._warned_hands:
                 self._warned_hands.add(hand)
