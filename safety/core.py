@@ -68,6 +68,8 @@ class _SensorView:
     stale: dict[Sensor, bool]
     grip: dict[Hand, bool]  # the hand holds on, by a fresh reading
     both_lost: bool
+
+
 # The states in which the belt may move and SR-4's grip-loss count runs (in a countdown a lost
 # grip ends the session instead: the belt has not moved).
 _GRIP_COUNTED = frozenset({State.RUNNING, State.STOPPING})
