@@ -34,8 +34,7 @@ from contract.mqtt import (
 from controller.control import Controller
 from controller.drives import build_driver, in_process_rig
 from controller.loop import ScaledClock, run_control_loop
-from controller.mqtt_link import TabletLink, unix_mapper
-from controller.mqtt_settings import broker_settings
+from controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
 from controller.sensors import SensorHub
 from controller.system import System, open_journal
 from controller.systemd import Notifier
@@ -109,29 +108,20 @@ class Daemon:
             loaded, clock, self.driver, opened, wall=self.wall, logger=self._log
         )
         self.sensors = SensorHub(cfg.sensors.effective_inputs(), system.submit_reading)
-        mqtt, broker = cfg.mqtt, broker_settings(loaded)
-        self.link = TabletLink(
-            treadmill_id=cfg.treadmill.id,
-            host=broker.host,
-            port=broker.port,
-            prefix=broker.prefix,
-            username=broker.username,
-            password=broker.password,
-            tls=broker.tls,
-            identifier=mqtt.client_id,
-            keepalive_s=mqtt.keepalive_s,
-            state_period_s=mqtt.state_period_s,
-            backoff_max_s=mqtt.backoff_max_s,
-            execute=system.execute,
-            extra_state=self._extra_state,
-            snapshot=system.core.snapshot,
-            now=clock.time,
-            to_unix=self.to_unix,
+        self.link = TabletLink.configured(
+            loaded,
+            LinkHooks(
+                execute=system.execute,
+                snapshot=system.core.snapshot,
+                now=clock.time,
+                to_unix=self.to_unix,
+                on_sensor=self._on_sensor_message,
+                before_publish=system.commit_journal,
+                on_refused=system.refused_before_the_core,
+                on_rival=system.rival_daemon,
+                extra_state=self._extra_state,
+            ),
             sensors=self.sensors.mqtt_names,
-            on_sensor=self._on_sensor_message,
-            before_publish=system.commit_journal,
-            on_refused=system.refused_before_the_core,
-            on_rival=system.rival_daemon,
             logger=self._log.bind(part="mqtt"),
         )
         # After the journal, which System attached first: an event is on disk before the

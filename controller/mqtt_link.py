@@ -52,14 +52,12 @@ import json
 import math
 import secrets
 import socket
-import ssl
 import time
 import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,6 +66,7 @@ import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from config.loading import LoadedConfig
 from contract.mqtt import (
     ID_MAX_CHARS,
     MAX_PAYLOAD_BYTES,
@@ -89,6 +88,7 @@ from contract.mqtt import (
     state_key,
     to_payload,
 )
+from controller.mqtt_settings import TlsSettings, broker_settings
 from safety.core import Snapshot
 from safety.decisions import Event, EventType
 
@@ -137,23 +137,6 @@ def _peek(payload: bytes) -> tuple[str | None, str | None]:
     return command_id, kind if isinstance(kind, str) else None
 
 
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """TLS to the broker: the CA that signed its certificate, optionally a client certificate."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
-        if self.cert_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        elif self.key_file is not None:
-            raise ValueError("a TLS key file needs its certificate file")
-        return context
-
-
 def unix_mapper(now: Callable[[], float], wall: Callable[[], float] = time.time) -> ToUnix:
     """Map times of the monotonic clock ``now`` to unix seconds, with the offset to the wall
     clock taken once, here (SR-16). The state's and events' ``ts`` and the check of a stamped
@@ -170,6 +153,22 @@ def _trace(exc: BaseException) -> str:
 
 class _Stopping(Exception):
     """Raised inside the connection's task group to end it when the link is stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHooks:
+    """What the link calls on the daemon's side, all on the event loop's thread: see
+    :class:`TabletLink` for each."""
+
+    execute: Execute
+    snapshot: Callable[[], Snapshot]
+    now: Callable[[], float]
+    to_unix: ToUnix
+    on_sensor: Callable[[str, bytes], None] | None = None
+    before_publish: Callable[[], None] | None = None
+    on_refused: Callable[[CommandReply, str | None], None] | None = None
+    on_rival: Callable[[str], None] | None = None
+    extra_state: Callable[[], JsonObject] | None = None
 
 
 class TabletLink:
@@ -294,6 +293,43 @@ class TabletLink:
         self._refusals_logged = 0
         self._refusals_not_logged = 0
         self._failures_logged: dict[str, float] = {}
+
+    @classmethod
+    def configured(
+        cls,
+        loaded: LoadedConfig,
+        hooks: LinkHooks,
+        *,
+        sensors: Iterable[str] = (),
+        logger: Any = None,
+    ) -> TabletLink:
+        """The link as a configuration's ``[mqtt]`` section (with its environment overrides
+        and TLS files) sets it up; the bounds of each setting are the schema's."""
+        mqtt, broker = loaded.config.mqtt, broker_settings(loaded)
+        return cls(
+            treadmill_id=loaded.config.treadmill.id,
+            host=broker.host,
+            port=broker.port,
+            prefix=broker.prefix,
+            username=broker.username,
+            password=broker.password,
+            tls=broker.tls,
+            identifier=mqtt.client_id,
+            keepalive_s=mqtt.keepalive_s,
+            state_period_s=mqtt.state_period_s,
+            backoff_max_s=mqtt.backoff_max_s,
+            execute=hooks.execute,
+            snapshot=hooks.snapshot,
+            now=hooks.now,
+            to_unix=hooks.to_unix,
+            sensors=sensors,
+            on_sensor=hooks.on_sensor,
+            before_publish=hooks.before_publish,
+            on_refused=hooks.on_refused,
+            on_rival=hooks.on_rival,
+            extra_state=hooks.extra_state,
+            logger=logger,
+        )
 
     # ------------------------------------------------------------------ public surface
 

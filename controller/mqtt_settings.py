@@ -4,12 +4,29 @@ configuration file's folder, the prefix defaulted from the treadmill's id."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.loading import LoadedConfig
 from contract.mqtt import default_prefix
-from controller.mqtt_link import TlsSettings
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS to the broker: the CA that signed its certificate, optionally a client certificate."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        elif self.key_file is not None:
+            raise ValueError("a TLS key file needs its certificate file")
+        return context
 
 
 @dataclass(frozen=True, slots=True)

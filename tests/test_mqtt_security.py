@@ -31,7 +31,8 @@ from typing import Any, TypedDict, Unpack
 import aiomqtt
 import pytest
 
-from controller.mqtt_link import TabletLink, TlsSettings
+from controller.mqtt_link import TabletLink
+from controller.mqtt_settings import TlsSettings
 from safety.decisions import Event, EventType
 from safety.inputs import Heartbeat
 from tests.daemon_process import DaemonProcess, daemon_config
