@@ -1,5 +1,6 @@
-"""Review of the shared assembly (controller/system.py) in the real daemon, over a real
-Mosquitto: failure paths the refactor kept or changed, each planted in the daemon's process."""
+"""Failure paths of the daemon's assembly (controller/system.py), in the real daemon over a real
+Mosquitto, each failure planted in the daemon's own process (a sitecustomize on its path): a
+stop or estop whose handling fails, a journal commit that fails on the way out."""
 
 from __future__ import annotations
 

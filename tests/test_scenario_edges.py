@@ -1,5 +1,5 @@
-"""Review of the scenario runner after c592b7f: inputs that make it fail a valid scenario,
-crash, or lose a line of its timeline."""
+"""The scenario runner at its edges: steps and checks at the very end of a real-time run, an
+event the timeline has no words for, a history the journal cannot hold."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def test_a_step_at_end_passes_in_real_time_as_it_does_on_the_virtual_clock(
     tmp_path: Path, text: str
 ) -> None:
     """The format allows a step (or its expect_still_until) at ``end`` exactly; the virtual run
-    plays it. In real time ``end`` is taken on the clock's own zero while the steps count from
-    the run's start, a little later, so the last step is cut and reported "never played"."""
+    plays it, and so must a real-time one, whose steps count from the run's start (a little
+    after its clock's zero): ``end`` counts from there too."""
     path = write(tmp_path, text)
     scenario = load_scenario(path)
     virtual = run_virtual(scenario, str(path), SIM)
@@ -61,8 +61,8 @@ def test_a_step_at_end_passes_in_real_time_as_it_does_on_the_virtual_clock(
 
 
 def test_a_journal_warning_gets_its_timeline_line(tmp_path: Path) -> None:
-    """A journal near its limit publishes journal_warning; the scenario's recorder has no
-    case for it and fails in the listener (UnboundLocalError), so the line is lost."""
+    """A journal near its limit publishes journal_warning; the scenario's recorder gives it a
+    line like every other event (an event it had no words for once failed in the listener)."""
     config = small_journal(tmp_path)
     path = write(
         tmp_path,
