@@ -8,12 +8,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiomqtt
 
 from tests.mosquitto import Broker, Login, Tablet, body, login, tablet, text_is
+from tests.periodic import pause, periodic
 
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
@@ -78,10 +79,10 @@ class Clinician:
                 await asyncio.sleep(0.1)  # the retry period of a clinician's button
         raise AssertionError("reset never accepted")
 
-    async def heartbeat_forever(self) -> None:
-        while True:
+    async def heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             await self.raw(json.dumps({"id": uuid.uuid4().hex, "type": "heartbeat"}).encode())
-            await asyncio.sleep(1.0)  # the tablet's heartbeat period, not a synchronisation
+            await pause(stop, 1.0)  # the tablet's heartbeat period, not a synchronisation
 
 
 @asynccontextmanager
@@ -93,14 +94,11 @@ async def clinician(
     async with tablet(broker, *topics, **(login(account) if account else Login())) as tab:
         await tab.next(f"{p}/availability", text_is("online"))
         doc = Clinician(tab, p)
-        beat = asyncio.create_task(doc.heartbeat_forever()) if heartbeat else None
-        try:
+        if not heartbeat:
             yield doc
-        finally:
-            if beat is not None:
-                beat.cancel()
-                with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await beat
+            return
+        async with periodic(doc.heartbeats):
+            yield doc
 
 
 class SensorUser:
@@ -112,12 +110,12 @@ class SensorUser:
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", self.broker.port, **self.login) as client:
-            while True:
+            while not stop.is_set():
                 for name, value in self.values.items():
                     await self.publish(client, name, value)
-                await asyncio.sleep(0.1)  # the sensors' report period, not a synchronisation
+                await pause(stop, 0.1)  # the sensors' report period, not a synchronisation
 
     async def publish(self, client: aiomqtt.Client, name: str, value: bool) -> None:
         payload = json.dumps({"value": value, "ts": time.time()}).encode()
@@ -129,13 +127,8 @@ async def sensor_user(
     broker: Broker, tm: str, account: str | None = None
 ) -> AsyncIterator[SensorUser]:
     user = SensorUser(broker, tm, account)
-    task = asyncio.create_task(user.run())
-    try:
+    async with periodic(user.run):
         yield user
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await task
 
 
 def running(state: dict[str, Any]) -> bool:

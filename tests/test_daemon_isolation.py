@@ -36,6 +36,7 @@ from tests.clinician import (
 )
 from tests.daemon_process import ROOT, DaemonProcess
 from tests.mosquitto import Broker, body
+from tests.periodic import pause, periodic
 
 SURROGATES = ["\ud800", "u\udfff-17", "\udc00\udbffx"]  # lone, lone, a pair reversed
 
@@ -253,8 +254,8 @@ class StampedTablet:
         self.offset = offset  # daemon's ts minus our wall clock
         self.refused: list[dict[str, Any]] = []
 
-    async def heartbeats(self) -> None:
-        while True:
+    async def heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             command_id = uuid.uuid4().hex
             stamp = time.time() + self.offset
             await self.doc.raw(
@@ -263,7 +264,7 @@ class StampedTablet:
             reply = await self.doc.reply_to(command_id)
             if not reply["ok"]:
                 self.refused.append(reply)
-            await asyncio.sleep(0.5)  # the heartbeat period, not a synchronisation
+            await pause(stop, 0.5)  # the heartbeat period, not a synchronisation
 
 
 @pytest.mark.asyncio
@@ -283,8 +284,7 @@ async def test_sr16_a_wall_clock_step_mid_session_loses_no_stamped_heartbeat(
     async with clinician(broker, tm, heartbeat=False) as doc:
         first = await doc.state(lambda s: True, within=5.0)
         tab = StampedTablet(doc, first["ts"] - time.time())
-        beat = asyncio.create_task(tab.heartbeats())
-        try:
+        async with periodic(tab.heartbeats):
             await doc.start_running("u-35", program="first_session")
             step_file.write_text(repr(step_s), encoding="utf-8")
             stepped_at = time.time()
@@ -296,8 +296,6 @@ async def test_sr16_a_wall_clock_step_mid_session_loses_no_stamped_heartbeat(
             assert tab.refused == []
             ok(await doc.command("stop"))
             await doc.event("session_ended")  # journaled before it is published
-        finally:
-            beat.cancel()
     started = journal_rows(broker, tm, "session_started")
     assert started
     path = broker.workdir / f"journal-{tm}.sqlite"

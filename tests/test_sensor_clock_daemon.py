@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 import aiomqtt
 import pytest
@@ -21,6 +21,7 @@ import pytest
 from tests.clinician import clinician
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
+from tests.periodic import pause, periodic
 
 NAMES = ("grip_left", "grip_right", "fall")
 
@@ -41,25 +42,20 @@ class ClockedSensors:
         payload = json.dumps({"value": value, "ts": ts}).encode()
         await self.client.publish(f"{self.p}/sensors/{name}", payload, qos=0)
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             for name in NAMES:
                 if name not in self.paused:
                     await self.publish(name, self.values[name])
-            await asyncio.sleep(0.05)  # the sensors' report period, not a synchronisation
+            await pause(stop, 0.05)  # the sensors' report period, not a synchronisation
 
 
 @asynccontextmanager
 async def clocked_sensors(broker: Broker, tm: str) -> AsyncIterator[ClockedSensors]:
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         sensors = ClockedSensors(client, tm)
-        task = asyncio.create_task(sensors.run())
-        try:
+        async with periodic(sensors.run):
             yield sensors
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
 
 
 @pytest.mark.asyncio
