@@ -260,6 +260,27 @@ def test_sr2_controlled_stop_ramps_down_at_0_4_mph_per_s() -> None:
     assert world.state is State.IDLE
 
 
+def test_sr2_sr6_after_an_operator_stop_the_belt_only_slows_to_zero() -> None:
+    """A stop from the tablet, then a speed change while the belt slows (a second tap, a
+    command that was on its way): refused, and the belt never speeds up again; once at 0 the
+    session is over and a speed change is still refused. (A field incident of this kind of
+    product: a treadmill that sped up again after its on-screen stop.)"""
+    world = at_speed(1.0)
+    mark = len(world.log)
+    assert isinstance(world.command(Stop).reply, Accepted)
+    world.run(0.5)
+    assert world.state is State.STOPPING
+    assert refusal(world.command(lambda t: SetSpeed(t, 1.2))).code is RefusalCode.NOT_ALLOWED
+    world.run(5.0)
+    assert all(v1 <= v0 for _, v0, v1 in _steps(world, mark))
+    assert world.commanded == 0.0
+    # mypy keeps the narrowing of the assert above; the state has moved on since
+    assert world.state is State.IDLE  # type: ignore[comparison-overlap]
+    assert refusal(world.command(lambda t: SetSpeed(t, 1.0))).code is RefusalCode.NOT_ALLOWED
+    world.run(2.0)
+    assert world.commanded == 0.0
+
+
 def test_sr2_lower_set_speed_ramps_down_at_0_4_mph_per_s() -> None:
     world = at_speed(1.2)
     mark = len(world.log)
