@@ -1,9 +1,10 @@
 """The hazard log's schema and its CI gate (controller/hazard_log.py), on small logs, source
-trees and JUnit XML files made here.
+trees and JUnit XML files made here; and the shipped log (docs/hazards.toml) against the tree.
 No pytest run is needed: the gate only reads the JUnit XML a run wrote."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controller.cli import build_parser
 from controller.hazard_log import (
     LOG_PATH,
     MATRIX_PATH,
@@ -28,6 +30,7 @@ from controller.hazard_log import (
     requirements_in,
     review_findings_in,
 )
+from simulator.trackmaster_device import INJECTION_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -458,3 +461,57 @@ def test_the_command_reads_the_runs_junit_file_by_default(
     assert main(["--root", str(repo)]) == 0
     assert "2 hazards" in capsys.readouterr().out
     assert main(["--root", str(repo), "--log-only"]) == 0
+
+
+# --------------------------------------------------------------------------- the shipped log
+
+
+def test_the_shipped_hazard_log_checks_out() -> None:
+    """docs/hazards.toml against this tree: every SR, finding, fault and incident covered, every
+    test and code reference there. (That the tests ran and passed is for the gate after the
+    whole suite.)"""
+    log = load_log(ROOT / LOG_PATH)
+    assert messages(check_log(log, (ROOT / SAFETY_DOC_PATH).read_text(), ROOT)) == []
+    assert len(review_findings_in((ROOT / SAFETY_DOC_PATH).read_text())) == 17
+
+
+def test_the_committed_traceability_matrix_is_the_generated_one() -> None:
+    generated = render_matrix(load_log(ROOT / LOG_PATH))
+    assert (ROOT / MATRIX_PATH).read_text() == generated, (
+        f"{MATRIX_PATH} drifted from {LOG_PATH}: run `python -m controller.hazard_log --log-only`"
+        " and commit the result"
+    )
+
+
+def _sim_device_options() -> dict[str, set[str]]:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    device_parser = commands.choices["sim-device"]
+    (devices,) = [a for a in device_parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {
+        name: {opt for action in sub._actions for opt in action.option_strings}
+        for name, sub in devices.choices.items()
+    }
+
+
+# Options of `treadguard sim-device` that set a device up rather than make it fail, or time a
+# fault another option chooses.
+NOT_FAULTS = {
+    "-h", "--help", "--link", "--log-level", "--tcp", "--rtu", "--baud", "--parity",
+    "--device-id", "--mph-per-hz", "--register-map", "--inject-after", "--inject-for",
+}  # fmt: skip
+DEVICE_OF = {"trackmaster": "Trackmaster", "modbus": "VFD"}
+
+
+def test_every_fault_the_simulated_drives_inject_is_in_the_log() -> None:
+    log = load_log(ROOT / LOG_PATH)
+    for command, options in _sim_device_options().items():
+        injects = [f.inject for f in log.fault.values() if f.device == DEVICE_OF[command]]
+        for option in sorted(options - NOT_FAULTS):
+            assert any(option in text.split() for text in injects), (command, option)
+    trackmaster = [f.inject for f in log.fault.values() if f.device == "Trackmaster"]
+    for kind in INJECTION_KINDS:
+        assert f"--inject {kind}" in trackmaster, kind
+    modbus = " ".join(f.inject for f in log.fault.values() if f.device == "VFD")
+    for side in ("reads", "writes"):
+        assert f"--exception-on {side}" in modbus, side
