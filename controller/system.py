@@ -221,19 +221,21 @@ class System:
                 # before the command, so no start goes ahead on a journal known to be broken.
                 self._report_journal_problem()
             return self.controller.submit(command).reply
-        except Exception as exc:
+        except BaseException as exc:
+            # Whatever ended the handling, a cancellation included: fail closed, the belt is
+            # stopped and held at 0 until the core itself is idle.
             if isinstance(command, EStop | Stop):
-                # Fail closed: the belt is stopped and held at 0 until a reset is accepted.
                 self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
 
     def emergency_stop(self, why: str) -> None:
         """An emergency stop the daemon itself decides (a second signal, a shutdown past its
-        bound). Never raises: should the core fail to handle it, the belt is stopped and held
-        anyway (:meth:`Controller.hold_stopped`), and the failure is logged."""
+        bound). Should the core fail to handle it, the belt is stopped and held anyway
+        (:meth:`Controller.hold_stopped`) and the failure is logged, not raised; only a
+        cancellation or an exit goes on, after the hold."""
         try:
             self.controller.submit(EStop(t=self.clock.time()))
-        except Exception as exc:
+        except BaseException as exc:  # a cancellation too: the belt is held either way
             self._log.error(
                 "emergency_stop_failed",
                 why=why,
@@ -244,6 +246,8 @@ class System:
                 self.controller.hold_stopped(f"{why}: the estop failed: {exc!r}")
             except Exception as driver_exc:  # the driver's stop itself failed: nothing left here
                 self._log.error("hold_stopped_failed", error=repr(driver_exc))
+            if not isinstance(exc, Exception):
+                raise  # a cancellation or an exit goes on, the belt held
 
     def refused_before_the_core(self, reply: CommandReply, kind: str | None) -> None:
         """A command the link refused itself (malformed, retained, too old, or whose handling

@@ -5,6 +5,7 @@ expectation is shown failing when what it expects does not happen, so none passe
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,34 @@ def test_an_estop_the_daemon_decides_holds_the_belt_when_the_core_fails_to_handl
     assert run.belt.speed_mph == 0.0
     assert run.core.state.value == "fault"  # the held belt disagreed with the running core
     assert run.belt.max_speed_mph < 0.85
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, asyncio.CancelledError])
+def test_a_tablet_estop_whose_handling_fails_in_any_way_holds_the_belt(
+    tmp_path: Path, failure: type[BaseException]
+) -> None:
+    """A tablet's estop whose handling ends in an exception or in a cancellation (which is no
+    Exception): the belt is stopped and held, and the failure still reaches the caller."""
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "t"\nend = 60\n' + START.format(user="p", program="first_session", reply="ok")
+    )
+    loop = VirtualLoop()
+    run = ScenarioRun(load_scenario(path), str(path), SIM, loop)
+    run.start()
+    run.schedule_ticks()
+    loop.run_until(30.0)
+    handle = run.core.handle
+
+    def failing(event: object) -> object:
+        if isinstance(event, EStop):
+            raise failure("planted: the estop's handling fails")
+        return handle(event)  # type: ignore[arg-type]
+
+    run.core.handle = failing  # type: ignore[method-assign,assignment]
+    with pytest.raises(failure):
+        run.system.execute(EStop(loop.time()))
+    assert run.controller.held_stopped is not None
+    loop.run_until(45.0)
+    run.belt.advance(loop.time())
+    assert run.belt.speed_mph == 0.0
