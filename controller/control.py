@@ -101,9 +101,12 @@ class Controller:
         commanded on every input from now on, whatever the core decides, until the core
         itself is idle and wants 0. A core that never heard of the stop still runs its
         session; the held belt disagrees with it, SR-10's feedback check latches a fault, and
-        the clinician's reset brings it back to idle."""
-        self.held_stopped = why
+        the clinician's reset brings it back to idle. A core already idle, wanting 0 (the
+        failure came before it acted), needs no hold: only a new accepted start moves it."""
         self.driver.emergency_stop()
+        if self.core.state is State.IDLE and self.core.commanded == 0.0:
+            return
+        self.held_stopped = why
 
     def submit(self, event: Input) -> Decision:
         """Hand one input to the core and act on its decision at once."""

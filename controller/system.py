@@ -63,7 +63,6 @@ from safety.inputs import (
     LoopOverrun,
     RivalDaemon,
     StartSession,
-    Stop,
 )
 from safety.limits import STANDSTILL_MPH
 
@@ -208,7 +207,7 @@ class System:
     def execute(self, command: Command) -> Reply | None:
         """A tablet command; a start carries the user's history from the journal.
 
-        Should its handling fail unexpectedly, a stop still reaches the driver (fail closed)
+        Should its handling fail unexpectedly, the belt is stopped and held (fail closed)
         and the exception goes on to the caller (the contract answers ``internal_error`` and
         hands it to :meth:`refused_before_the_core`, SR-15)."""
         try:
@@ -222,10 +221,11 @@ class System:
                 self._report_journal_problem()
             return self.controller.submit(command).reply
         except BaseException as exc:
-            # Whatever ended the handling, a cancellation included: fail closed, the belt is
-            # stopped and held at 0 until the core itself is idle.
-            if isinstance(command, EStop | Stop):
-                self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
+            # Whatever ended the handling, a cancellation included, and whatever the command:
+            # the core may have acted on it or not (a start accepted and then failing would
+            # run its countdown though the tablet was told it failed). Fail closed: the belt
+            # is stopped and held at 0 until the core itself is idle.
+            self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
 
     def emergency_stop(self, why: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from config.loading import load_config
 from controller.drives import Rig, build_driver, in_process_rig
 from controller.simulation import ScenarioResult, ScenarioRun, SimulationError, run_virtual
-from safety.inputs import EStop
+from safety.inputs import EStop, StartSession
 from simulator.scenario import Scenario, load_scenario
 from simulator.virtual_loop import VirtualLoop
 
@@ -229,3 +229,33 @@ def test_a_tablet_estop_whose_handling_fails_in_any_way_holds_the_belt(
     loop.run_until(45.0)
     run.belt.advance(loop.time())
     assert run.belt.speed_mph == 0.0
+
+
+def test_a_start_accepted_and_then_failing_never_moves_the_belt(tmp_path: Path) -> None:
+    """A start the core accepts, whose handling then fails (answered internal_error on the
+    wire): its countdown would run on and start the belt though the tablet was told it
+    failed. The belt is held at 0 instead, and the core, whose belt does not follow, latches
+    a fault that a reset clears."""
+    path = tmp_path / "s.toml"
+    path.write_text('name = "t"\nend = 60\n')
+    loop = VirtualLoop()
+    run = ScenarioRun(load_scenario(path), str(path), SIM, loop)
+    run.start()
+    run.schedule_ticks()
+    loop.run_until(1.0)
+    handle = run.core.handle
+
+    def accepted_then_failing(event: object) -> object:
+        decision = handle(event)  # type: ignore[arg-type]
+        if isinstance(event, StartSession):
+            raise RuntimeError("planted: the start's handling fails after the core took it")
+        return decision
+
+    run.core.handle = accepted_then_failing  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError):
+        run.system.execute(StartSession(loop.time(), "p", "first_session"))
+    run.core.handle = handle  # type: ignore[method-assign]
+    loop.run_until(30.0)
+    run.belt.advance(loop.time())
+    assert run.belt.max_speed_mph == 0.0
+    assert run.core.state.value == "fault"
