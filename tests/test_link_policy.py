@@ -340,6 +340,162 @@ def test_sr9_the_backoff_restarts_after_a_link_that_answered() -> None:
     assert p.next(1.0) == Decision(Action.WAIT, 1.0 + PARAMS.reconnect_initial_s)
 
 
+def failed_attempts(p: LinkPolicy, t: float, n: int) -> float:
+    """n connection attempts that fail, each when it is due; returns the time of the last."""
+    for _ in range(n):
+        d = p.next(t)
+        if d.action is Action.WAIT:
+            t = d.at
+        assert p.next(t) == Decision(Action.CONNECT, t)
+        p.disconnected(t)
+    return t
+
+
+def reconnect_waits(p: LinkPolicy, t: float, n: int) -> list[float]:
+    """The waits before n connection attempts that fail, starting with the link just down."""
+    waits = []
+    for _ in range(n):
+        d = p.next(t)
+        assert d.action is Action.WAIT
+        waits.append(d.at - t)
+        t = d.at
+        assert p.next(t) == Decision(Action.CONNECT, t)
+        p.disconnected(t)
+    return waits
+
+
+def test_sr9_a_port_that_connects_but_never_answers_is_not_hammered() -> None:
+    """A connection on which the drive answers nothing (a dead drive behind a live port) does
+    not restart the back-off: it keeps doubling, up to its maximum, across connections."""
+    p = LinkPolicy(PARAMS, 0.0)
+    t, waits = 0.0, []
+    for _ in range(6):
+        assert p.next(t) == Decision(Action.CONNECT, t)
+        p.connected(t)
+        assert p.next(t) == Decision(Action.STOP, t)
+        p.stop_written(t)  # never answered: the link drops
+        p.disconnected(t)
+        d = p.next(t)
+        assert d.action is Action.WAIT
+        waits.append(d.at - t)
+        t = d.at
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0])
+
+
+def test_sr9_after_an_answered_link_drops_failed_attempts_back_off_again() -> None:
+    p = running()
+    p.disconnected(1.0)
+    assert reconnect_waits(p, 1.0, 4) == pytest.approx([0.05, 0.1, 0.2, 0.4])
+
+
+@pytest.mark.parametrize(
+    "answer", ["status", "stop accepted", "stop refused", "exception reply", "other answer"]
+)
+def test_sr9_any_answer_from_the_drive_restarts_the_backoff(answer: str) -> None:
+    p = LinkPolicy(PARAMS, 0.0)
+    t = failed_attempts(p, 0.0, 4)  # the back-off has grown to 0.8 s
+    t = p.next(t).at
+    p.connected(t)
+    token = p.stop_written(t)
+    if answer == "status":
+        p.status(t, p.poll_started(t), moving=False)
+    elif answer == "stop accepted":
+        p.stop_answered(t, token, accepted=True)
+    elif answer == "stop refused":
+        p.stop_answered(t, token, accepted=False)
+    elif answer == "exception reply":
+        p.refused(t)
+    else:
+        p.answered(t)
+    p.disconnected(t)
+    assert p.next(t) == Decision(Action.WAIT, t + PARAMS.reconnect_initial_s)
+
+
+def test_sr9_the_driver_is_told_once_why_the_link_falls_silent() -> None:
+    """The sentence a driver logs as it falls silent names the reason and the silence's length;
+    once per silence."""
+    p = running()
+    p.raise_stop(1.0, StopCause.EMERGENCY)
+    p.stop_answered(1.0, p.stop_written(1.0), accepted=False)
+    assert p.new_silence() is None
+    assert p.next(1.0 + CONFIRM).action is Action.SILENT
+    assert p.new_silence() == (
+        "the drive did not confirm the stop: nothing on the link for 0.75 s, so that the "
+        "drive's own deadman stops the belt"
+    )
+    assert p.new_silence() is None
+
+
+def test_sr9_the_standstill_bound_is_four_seconds_to_the_tick() -> None:
+    """Stops accepted, the belt reported moving: frames go out until the bound, silence at it."""
+    p = running()
+    p.raise_stop(0.0, StopCause.EMERGENCY)
+    for k in range(40):
+        t = k * POLL
+        for _ in range(10):  # bounded: what is due at t, then on to the next tick
+            d = p.next(t)
+            if d.action is Action.STOP:
+                assert d == Decision(Action.STOP, t)
+                p.stop_answered(t, p.stop_written(t), accepted=True)
+            elif d.action is Action.POLL:
+                assert d == Decision(Action.POLL, t)
+                p.status(t, p.poll_started(t), moving=True)
+                assert p.cause is StopCause.MOVING
+            else:
+                assert d.action is Action.WAIT
+                break
+    assert p.silences == 0
+    assert p.next(STANDSTILL) == Decision(Action.SILENT, STANDSTILL + DEADMAN + MARGIN)
+    assert p.new_silence() == (
+        "the belt is not at standstill after the stop: nothing on the link for 0.75 s, so "
+        "that the drive's own deadman stops the belt"
+    )
+    assert p.stops_accepted == p.stop_writes
+    assert p.stops_refused == 0
+
+
+def test_sr9_each_stop_write_is_followed_at_once_by_a_status_read() -> None:
+    p = running()  # its latest poll began at 0.0: the next one is not due before POLL
+    p.raise_stop(0.05, StopCause.EMERGENCY)
+    assert p.next(0.05) == Decision(Action.STOP, 0.05)
+    p.stop_written(0.05)
+    assert p.next(0.05) == Decision(Action.POLL, 0.05)
+
+
+def test_sr9_a_new_stop_after_a_confirmed_one_must_be_confirmed_again() -> None:
+    """A stop accepted (confirmed), then an emergency stop while the belt has not stood yet:
+    the drive must accept a stop written after the new raise within the bound, else silence."""
+    p = running()
+    p.raise_stop(0.0, StopCause.FAULT)
+    p.stop_answered(0.0, p.stop_written(0.0), accepted=True)
+    p.raise_stop(0.05, StopCause.EMERGENCY)
+    t = 0.05
+    for _ in range(100):  # bounded
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            break
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=False)
+        elif d.action is Action.POLL:
+            p.poll_started(t)  # no answer
+        else:
+            t = d.at
+    assert p.silent_since == pytest.approx(0.05 + CONFIRM)
+
+
+def test_sr9_a_refused_stop_holds_off_commands_like_any_refusal() -> None:
+    p = running()
+    p.want(1.0, moving=False)
+    p.stop_answered(1.0, p.stop_written(1.0), accepted=False)
+    p.status(1.0, p.poll_started(1.0), moving=False)
+    assert not p.stop_raised
+    assert p.stops_refused == 1
+    assert p.stops_accepted == 1  # the first stop of the connection, in linked()
+    p.want(1.01, moving=True)
+    assert p.next(1.01, command_pending=True) == Decision(Action.WAIT, 1.0 + POLL)
+    assert p.next(1.0 + POLL, command_pending=True) == Decision(Action.COMMAND, 1.0 + POLL)
+
+
 def test_polls_and_commands_take_turns() -> None:
     p = running()
     t = 0.0
