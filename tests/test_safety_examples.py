@@ -560,6 +560,136 @@ def test_sr6_a_new_start_after_reset_needs_the_countdown_again() -> None:
     assert t_first - t_start >= COUNTDOWN_S
 
 
+def _estopped_by_grip_loss() -> World:
+    world = at_speed(1.0)
+    world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    world.run(1.0)
+    assert world.core.latch is not None
+    assert world.core.latch.cause is Cause.GRIP_LOST
+    return world
+
+
+def _faulted_by_the_drive() -> World:
+    """A drive fault reported by a status (standstill), the drive then silent."""
+    world = at_speed(1.0)
+    world.silent.add("drive")
+    world.send(DriveFeedback(world.t, 0.0, DriveFailure.FAULT, "overcurrent"))
+    assert world.core.latch is not None
+    assert world.core.latch.cause is Cause.DRIVE_FAULT
+    return world
+
+
+def _fall_then(change: Callable[[World], None]) -> World:
+    world = _estopped_by_a_fall()
+    world.fallen = False
+    change(world)
+    world.run(1.0)
+    return world
+
+
+def _grip_loss_then(hold: tuple[bool, bool]) -> World:
+    world = _estopped_by_grip_loss()
+    world.hold = {Hand.LEFT: hold[0], Hand.RIGHT: hold[1]}
+    world.run(1.0)
+    return world
+
+
+def _fault_answered_again_by(feedback: Callable[[float], DriveFeedback | None]) -> World:
+    world = _faulted_by_the_drive()
+    answer = feedback(world.t)
+    if answer is not None:
+        world.send(answer)
+    return world
+
+
+def _driver_gave_up_then_answered_at_once() -> World:
+    """The driver gives up on a command; a healthy status stamped the same instant is not a
+    status read after the fault."""
+    world = at_speed(1.0)
+    world.silent.add("drive")
+    world.send(DriveFeedback(world.t, 0.0))
+    world.ms += 10
+    world.send(DriveError(world.t, DriveFailure.FAULT, "no answer to the run command"))
+    world.send(DriveFeedback(world.t, 0.0))
+    return world
+
+
+@pytest.mark.parametrize(
+    ("arrange", "unmet"),
+    [
+        (_estopped_by_a_fall, ["a fall is still signalled"]),
+        (lambda: _fall_then(lambda w: setattr(w, "belt", 0.4)), ["belt is not at standstill"]),
+        (
+            lambda: _fall_then(lambda w: w.silent.add("drive")),
+            ["drive is not answering, standstill cannot be confirmed"],
+        ),
+        (
+            lambda: _fall_then(lambda w: w.silent.add("fall")),
+            ["fall sensor has no fresh reading"],
+        ),
+        (
+            lambda: _grip_loss_then((False, True)),
+            ["left grip is not held (or its sensor is silent)"],
+        ),
+        (
+            lambda: _grip_loss_then((False, False)),
+            [
+                "left grip is not held (or its sensor is silent)",
+                "right grip is not held (or its sensor is silent)",
+            ],
+        ),
+        (
+            lambda: _fault_answered_again_by(
+                lambda t: DriveFeedback(t, 0.0, DriveFailure.FAULT, "overcurrent")
+            ),
+            ["drive still reports a fault"],
+        ),
+        (
+            _driver_gave_up_then_answered_at_once,
+            ["drive has not reported a healthy status since its fault"],
+        ),
+    ],
+    ids=[
+        "fall",
+        "belt coasting",
+        "drive silent",
+        "fall sensor silent",
+        "left grip",
+        "both grips",
+        "drive fault",
+        "no healthy status since",
+    ],
+)
+def test_sr6_a_refused_reset_names_exactly_what_is_unmet(
+    arrange: Callable[[], World], unmet: list[str]
+) -> None:
+    """MQTT-API.md: ``preconditions_unmet`` names which; the clinician reads it to know what to
+    clear, so it names every unmet precondition and nothing else."""
+    world = arrange()
+    d = world.command(Reset)
+    assert refusal(d) == Refused(
+        RefusalCode.PRECONDITIONS_UNMET, "cannot reset: " + "; ".join(unmet)
+    )
+    assert d.state in (State.ESTOP, State.FAULT)
+
+
+def test_sr6_after_a_fall_the_reset_does_not_ask_for_the_grips() -> None:
+    """The cause of a fall's latch is the fall: once it is cleared, a user who let go of the
+    grips (or was helped off the belt) does not keep the treadmill latched."""
+    world = _fall_then(lambda w: setattr(w, "hold", {Hand.LEFT: False, Hand.RIGHT: False}))
+    d = world.command(Reset)
+    assert isinstance(d.reply, Accepted)
+    assert d.state is State.IDLE
+
+
+def test_sr6_a_drive_fault_is_reset_after_a_healthy_status() -> None:
+    world = _fault_answered_again_by(lambda t: None)
+    world.silent.discard("drive")
+    world.run(0.2)
+    d = world.command(Reset)
+    assert isinstance(d.reply, Accepted)
+
+
 # --------------------------------------------------------------------------- SR-7
 
 
