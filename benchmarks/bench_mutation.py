@@ -1,0 +1,338 @@
+"""Mutation testing of the safety code: how many planted faults its fast tests catch.
+
+mutmut (pinned in pyproject's test extras) plants one small fault at a time (a mutant: ``>=``
+made ``>``, ``True`` made ``False``, a value made ``None``, ...) in the safety core
+(``safety/``), the drivers' stop policy (``drivers/link_policy.py``) and the sensor input filter
+(``drivers/input_filter.py``), and runs against each the fast, sans-I/O tests that reach the
+mutated function. A mutant is killed when a test fails. A mutant that survives is either a gap
+in the tests (write a test of the behaviour a requirement asks for) or equivalent, a change
+that no input can tell apart from the original; those are listed, each with its reason, in
+docs/mutation-equivalents.toml, and matched by function and by the changed code (not by line
+number or mutmut's running number, which move when the code does).
+
+The score is killed / (mutants - equivalent). The run fails (exit 1) if the score is below
+90 %, or if any mutant that was not killed is not listed as equivalent.
+
+    .venv/bin/python benchmarks/bench_mutation.py [--scope all|safety] [--workers 2]
+        [--examples 25] [--only GLOB]
+
+``--scope safety`` mutates ``safety/`` alone, against its own tests (what scripts/test runs
+under CI). The work happens in ``.run/mutation/SCOPE/`` (git ignores it), laid anew on each
+run: a copy of the code and the tests, and mutmut's own ``mutants/`` folder and cache in it.
+To see one mutant afterwards: ``cd .run/mutation/all && ../../../.venv/bin/mutmut show NAME``.
+``--only`` re-runs the mutants whose names match (e.g. ``'drivers.link_policy.*'``) in the
+workspace the last run left, for working on a test; its figures are not saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from _common import python_speed_s, save
+
+ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENTS = ROOT / "docs" / "mutation-equivalents.toml"
+TARGET_SCORE = 90.0
+
+# What is mutated, and the tests it is judged by: the fast, sans-I/O tests of that code (no
+# sockets, no processes, no real time; the whole set runs in about ten seconds).
+SAFETY_TESTS = [
+    "tests/test_safety_examples.py",
+    "tests/test_safety_amended.py",
+    "tests/test_safety_properties.py",
+    # FlipGuard (safety/flips.py) and SensorClock (safety/stamps.py) are tested here.
+    "tests/test_sensor_stamps.py",
+    # The core's snapshot as the tablet contract reads it.
+    "tests/test_mqtt_contract.py",
+]
+SCOPES: dict[str, dict[str, list[str]]] = {
+    "all": {
+        "mutate": ["safety/*", "drivers/link_policy.py", "drivers/input_filter.py"],
+        "tests": [*SAFETY_TESTS, "tests/test_link_policy.py", "tests/test_sensor_filter.py"],
+    },
+    "safety": {"mutate": ["safety/*"], "tests": SAFETY_TESTS},
+}
+
+# Hypothesis in the mutation run: a fixed number of examples per property (each surviving
+# mutant runs every test that reaches it, so 25 rather than the suite's 300 keeps a run within
+# reach of two cores), drawn the same way on every run and with no example database, so that a
+# mutant's fate does not depend on the mutants run before it or on chance.
+CONFTEST = '''"""Written by benchmarks/bench_mutation.py: Hypothesis without chance or memory."""
+
+from hypothesis import settings
+
+settings.register_profile("mutation", derandomize=True, database=None)
+'''
+
+# mutmut's verdicts (``mutmut results --all true``) that count as killed.
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    status: str
+    # Stable identity: the function (module.Class.method) and the changed code, whitespace
+    # collapsed; line numbers and mutmut's running number are not part of it.
+    function: str
+    original: str
+    mutated: str
+
+
+def function_of(mutant_name: str) -> str:
+    """``drivers.link_policy.xǁLinkPolicyǁstatus__mutmut_7`` names
+    ``drivers.link_policy.LinkPolicy.status``; ``safety.stamps.x_clamp__mutmut_2`` names
+    ``safety.stamps.clamp``."""
+    stem = mutant_name.rsplit("__mutmut_", 1)[0]
+    parts = stem.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("xǁ"):
+            return ".".join([*parts[:i], *part[2:].split("ǁ")])
+        if part.startswith("x_"):
+            return ".".join([*parts[:i], part[2:], *parts[i + 1 :]])
+    return stem
+
+
+def squash(lines: list[str]) -> str:
+    return " / ".join(" ".join(line.split()) for line in lines)
+
+
+def changed_code(diff: str) -> tuple[str, str]:
+    """The removed and the added lines of ``mutmut show``'s unified diff."""
+    removed: list[str] = []
+    added: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith("-"):
+            removed.append(line[1:])
+        elif line.startswith("+"):
+            added.append(line[1:])
+    return squash(removed), squash(added)
+
+
+def build_workspace(work: Path, scope: dict[str, list[str]]) -> None:
+    """A copy of the code and the tests, with mutmut's settings, for mutmut to work in."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    # config/ is copied as well: the tests read the programs and config/sim.toml from it.
+    for folder in ("safety", "drivers", "config", "tests"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "conftest.py").write_text(CONFTEST)
+    mutmut = {
+        "source_paths": ["safety", "drivers"],
+        "only_mutate": scope["mutate"],
+        "also_copy": ["config", "conftest.py"],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "--hypothesis-profile=mutation"],
+        "pytest_add_cli_args_test_selection": scope["tests"],
+        # The workspace is not a git checkout of its own.
+        "use_git_change_detection": False,
+        # A mutant gets twice the CPU time its tests took on the unmutated code (mutmut's own
+        # margin on top of that doubles it again) before it counts as a time-out (killed: a
+        # hang is caught). mutmut's default of 15 let a mutant that makes a test loop until
+        # its bound hold a worker for ten minutes.
+        "timeout_multiplier": 2.0,
+    }
+    lines = ["", "[tool.mutmut]"]
+    for key, value in mutmut.items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, float):
+            text = repr(value)
+        else:
+            text = toml_list(value)
+        lines.append(f"{key} = {text}")
+    # The project's own pytest settings (markers, asyncio mode) come along with its file.
+    (work / "pyproject.toml").write_text(
+        (ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n"
+    )
+
+
+def toml_list(value: object) -> str:
+    assert isinstance(value, list)
+    return "[" + ", ".join('"' + str(v).replace('"', '\\"') + '"' for v in value) + "]"
+
+
+def mutmut_bin() -> str:
+    exe = Path(sys.executable).parent / "mutmut"
+    if not exe.exists():
+        sys.exit("mutmut is not installed: .venv/bin/pip install -e '.[test]'")
+    return str(exe)
+
+
+def results(work: Path, only: str | None) -> list[Mutant]:
+    out = subprocess.run(
+        [mutmut_bin(), "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    mutants: list[Mutant] = []
+    for line in out.splitlines():
+        match = re.fullmatch(r"\s*(\S+__mutmut_\d+): (.+)", line)
+        if not match:
+            continue
+        name, status = match.groups()
+        if only and not re.fullmatch(glob_regex(only), name):
+            continue
+        original = mutated = ""
+        if status not in KILLED and status != "not checked":
+            diff = subprocess.run(
+                [mutmut_bin(), "show", name],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            original, mutated = changed_code(diff)
+        mutants.append(Mutant(name, status, function_of(name), original, mutated))
+    return mutants
+
+
+def load_equivalents() -> list[dict[str, str]]:
+    data = tomllib.loads(EQUIVALENTS.read_text())
+    entries: list[dict[str, str]] = data.get("equivalent", [])
+    for entry in entries:
+        missing = {"function", "original", "mutant", "why"} - entry.keys()
+        if missing:
+            sys.exit(f"{EQUIVALENTS}: an entry lacks {sorted(missing)}: {entry}")
+    return entries
+
+
+def key(function: str, original: str, mutated: str) -> tuple[str, str, str]:
+    return (function, " ".join(original.split()), " ".join(mutated.split()))
+
+
+def in_scope(function: str, scope: dict[str, list[str]]) -> bool:
+    path = function.split(".")
+    for pattern in scope["mutate"]:
+        parts = pattern.removesuffix(".py").split("/")
+        if parts[-1] == "*":
+            parts = parts[:-1]
+        if path[: len(parts)] == parts:
+            return True
+    return False
+
+
+def toml_entry(m: Mutant) -> str:
+    def q(s: str) -> str:
+        return "'" + s + "'" if "'" not in s else '"' + s.replace('"', '\\"') + '"'
+
+    return (
+        f"[[equivalent]]\nfunction = {q(m.function)}\noriginal = {q(m.original)}\n"
+        f"mutant = {q(m.mutated)}\nwhy = '...'\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scope", choices=sorted(SCOPES), default="all")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=25, help="Hypothesis examples a test")
+    parser.add_argument("--only", help="re-run these mutants (a glob) in the last workspace")
+    args = parser.parse_args()
+    scope = SCOPES[args.scope]
+    work = ROOT / ".run" / "mutation" / args.scope
+    env = {**os.environ, "TREADGUARD_HYPOTHESIS_EXAMPLES": str(args.examples)}
+
+    if args.only:
+        if not (work / "mutants").is_dir():
+            sys.exit(f"no earlier run in {work}: run without --only first")
+        # The tests as they are now (a new test is what one re-runs a mutant for).
+        shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
+    else:
+        build_workspace(work, scope)
+    command = [mutmut_bin(), "run", "--max-children", str(args.workers)]
+    if args.only:
+        command.append(args.only)
+    log = work / "mutmut.log"
+    print(f"mutmut: {' '.join(command[1:])} in {work.relative_to(ROOT)} (log: mutmut.log)")
+    speed = python_speed_s()
+    t0 = time.monotonic()
+    with log.open("w") as out:
+        status = subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wall_s = time.monotonic() - t0
+    if status.returncode != 0:
+        print(log.read_text()[-3000:])
+        sys.exit(f"mutmut run failed (exit {status.returncode}); its log: {log}")
+
+    mutants = results(work, args.only)
+    unchecked = [m.name for m in mutants if m.status == "not checked"]
+    if unchecked:
+        sys.exit(f"mutmut stopped before {len(unchecked)} mutant(s) were run; its log: {log}")
+    equivalents = load_equivalents()
+    listed = {key(e["function"], e["original"], e["mutant"]): e for e in equivalents}
+    killed = [m for m in mutants if m.status in KILLED]
+    not_killed = [m for m in mutants if m.status not in KILLED]
+    equivalent = [m for m in not_killed if key(m.function, m.original, m.mutated) in listed]
+    unlisted = [m for m in not_killed if key(m.function, m.original, m.mutated) not in listed]
+    matched = {key(m.function, m.original, m.mutated) for m in equivalent}
+    stale = [
+        e
+        for k, e in listed.items()
+        if k not in matched and in_scope(e["function"], scope) and not args.only
+    ]
+    counted = len(mutants) - len(equivalent)
+    score = 100.0 * len(killed) / counted if counted else 0.0
+
+    print(f"mutants              {len(mutants)}")
+    print(f"killed               {len(killed)}")
+    print(f"not killed           {len(not_killed)}")
+    print(f"  listed equivalent  {len(equivalent)}")
+    print(f"  not listed         {len(unlisted)}")
+    print(f"score                {score:.1f} %  (killed / (mutants - equivalent))")
+    print(f"killed / mutants     {100.0 * len(killed) / max(1, len(mutants)):.1f} %")
+    print(f"wall time            {wall_s:.0f} s  ({args.workers} workers)")
+    print(f"10M-step loop        {speed:.2f} s  (this machine's speed in this run)")
+    for m in unlisted:
+        print(f"\nNOT KILLED ({m.status}): {m.name}\n{toml_entry(m)}", end="")
+    for e in stale:
+        print(f"\nlisted as equivalent, not seen surviving (killed now, or code changed): {e}")
+
+    if not args.only:
+        statuses = sorted({m.status for m in mutants})
+        figures: dict[str, Any] = {
+            "scope": args.scope,
+            "mutated": scope["mutate"],
+            "tests": scope["tests"],
+            "mutmut": version("mutmut"),
+            "workers": args.workers,
+            "hypothesis_examples": args.examples,
+            "mutants": len(mutants),
+            "killed": len(killed),
+            "survived": len(not_killed),
+            "equivalent": len(equivalent),
+            "unlisted": [m.name for m in unlisted],
+            "score_percent": round(score, 2),
+            "wall_s": round(wall_s, 1),
+            "python_10m_loop_s": round(speed, 3),
+            "by_status": {s: [m.status for m in mutants].count(s) for s in statuses},
+        }
+        path = save(f"mutation_{args.scope}", figures)
+        print(f"saved {path}")
+    if score < TARGET_SCORE or unlisted:
+        sys.exit(
+            f"mutation testing: score {score:.1f} % (target {TARGET_SCORE:.0f} %), "
+            f"{len(unlisted)} mutant(s) not killed and not listed in {EQUIVALENTS.name}"
+        )
+
+
+def glob_regex(pattern: str) -> str:
+    return ".*".join(re.escape(part) for part in pattern.split("*"))
+
+
+if __name__ == "__main__":
+    main()
