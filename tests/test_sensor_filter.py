@@ -4,6 +4,7 @@ only as safe and as fresh as its least safe, stalest input."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -156,6 +157,24 @@ def test_sr4_a_gap_in_the_samples_restarts_a_debounce_in_progress() -> None:
     # Unwatched for a second (a reconnect): the next sample starts the settling again.
     assert f.update(Sample(1.00, high=True)) is False
     assert f.update(Sample(1.02, high=True)) is True
+
+
+def test_sr4_a_gap_of_exactly_max_gap_keeps_the_debounce() -> None:
+    """Only samples *more* than max_gap_s apart restart a debounce (binary-fraction times, so
+    the gap is exact)."""
+    f = LevelFilter(active_high=True, asserted_is_safe=True, debounce_s=0.25, max_gap_s=0.125)
+    assert f.update(Sample(0.0, high=True)) is False
+    assert f.update(Sample(0.125, high=True)) is False
+    assert f.update(Sample(0.25, high=True)) is True
+    f = LevelFilter(active_high=True, asserted_is_safe=True, debounce_s=0.25, max_gap_s=0.125)
+    assert f.update(Sample(0.0, high=True)) is False
+    assert f.update(Sample(0.125 + 1 / 1024, high=True)) is False  # restarted here
+    assert f.update(Sample(0.25, high=True)) is False
+
+
+def test_a_negative_debounce_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^debounce must be 0 or more, not -0\.01$"):
+        LevelFilter(active_high=True, asserted_is_safe=True, debounce_s=-0.01)
 
 
 def test_a_gap_does_not_turn_a_settled_reading_unsafe() -> None:

@@ -171,6 +171,56 @@ def test_sr16_two_sources_on_one_grip_make_it_unsafe_within_half_a_second(
     assert not guard.update(last + SETTLE_S + 0.01, value)
 
 
+def test_sr16_the_flip_bound_to_the_reading() -> None:
+    """More than MAX_CHANGES changes within WINDOW_S (a change exactly WINDOW_S old still
+    counts) is two sources; unsafe until the readings have not changed for SETTLE_S. Times
+    are binary fractions, so each bound is met exactly."""
+    assert (MAX_CHANGES, WINDOW_S, SETTLE_S) == (5, 0.5, 2.0)
+    guard = FlipGuard()
+    value = True
+    assert not guard.update(0.0, value)  # the first reading is no change
+    for k in range(1, MAX_CHANGES + 1):  # five changes, 1/16 s apart
+        value = not value
+        assert not guard.update(k / 16, value)
+    value = not value
+    # The sixth change, exactly WINDOW_S after the first: six within the window.
+    assert guard.update(1 / 16 + WINDOW_S, value)
+    last_change = 1 / 16 + WINDOW_S
+    assert guard.update(last_change + SETTLE_S - 1 / 64, value)
+    assert not guard.update(last_change + SETTLE_S, value)
+    assert guard.disagreeing is False
+
+
+def test_sr16_a_stamp_exactly_max_ahead_is_taken_and_a_hair_more_is_not() -> None:
+    """SR-8: ahead "by more than 1 s" is no reading; by exactly 1 s it is one."""
+    clock = SensorClock()
+    assert clock.reading_time(100.0, 0.0) == 0.0
+    assert clock.reading_time(101.5, 0.5) == 0.5  # ahead by exactly MAX_AHEAD_S
+    clock = SensorClock()
+    clock.reading_time(100.0, 0.0)
+    assert clock.reading_time(101.5 + 1 / 1024, 0.5) is None
+
+
+def test_sr8_a_reading_that_is_no_reading_does_not_become_the_measure_of_the_next() -> None:
+    """A reading whose arrival time is not finite is dropped whole: the next reading's stamp is
+    still judged against the last good one, so a stamp far ahead stays no reading."""
+    clock = SensorClock()
+    assert clock.reading_time(100.0, 0.0) == 0.0
+    assert clock.reading_time(100.1, math.nan) is None
+    assert clock.reading_time(150.0, 0.2) is None
+
+
+def test_sr8_the_quickest_delivery_is_kept_for_exactly_the_window() -> None:
+    """The wait is measured against the quickest delivery of the last WINDOW_S of arrivals,
+    that bound included: a reading arriving exactly WINDOW_S after the quickest one still
+    counts as having waited."""
+    clock = SensorClock()
+    assert clock.reading_time(0.0, 0.0) == 0.0  # delivered at once
+    assert STAMP_WINDOW_S == 10.0
+    # Half a second in a buffer, exactly WINDOW_S later: it counts from its stamp.
+    assert clock.reading_time(9.5, 10.0) == 9.5
+
+
 def hub(*roles: Sensor) -> tuple[SensorHub, list[GripReading | FallReading]]:
     got: list[GripReading | FallReading] = []
     return SensorHub([MqttInputSection(kind="mqtt", role=r) for r in roles], got.append), got
