@@ -16,9 +16,10 @@ The score is killed / (mutants - equivalent). The run fails (exit 1) if the scor
     .venv/bin/python benchmarks/bench_mutation.py [--scope all|safety] [--workers 2]
         [--examples 25] [--only GLOB]
 
-``--scope safety`` mutates ``safety/`` alone, against its own tests (what scripts/test runs
-under CI). The work happens in ``.run/mutation/SCOPE/`` (git ignores it), laid anew on each
-run: a copy of the code and the tests, and mutmut's own ``mutants/`` folder and cache in it.
+``--scope safety`` mutates ``safety/`` alone, against its own tests; ``--scope drivers`` the
+two driver modules alone (a few minutes). The work happens in ``.run/mutation/SCOPE/`` (git
+ignores it), laid anew on each run: a copy of the code and the tests, and mutmut's own
+``mutants/`` folder and cache in it.
 To see one mutant afterwards: ``cd .run/mutation/all && ../../../.venv/bin/mutmut show NAME``.
 ``--only`` re-runs the mutants whose names match (e.g. ``'drivers.link_policy.*'``) in the
 workspace the last run left, for working on a test; its figures are not saved.
@@ -62,6 +63,11 @@ SCOPES: dict[str, dict[str, list[str]]] = {
         "tests": [*SAFETY_TESTS, "tests/test_link_policy.py", "tests/test_sensor_filter.py"],
     },
     "safety": {"mutate": ["safety/*"], "tests": SAFETY_TESTS},
+    # The two driver modules alone: a run of a few minutes, for work on their tests.
+    "drivers": {
+        "mutate": ["drivers/link_policy.py", "drivers/input_filter.py"],
+        "tests": ["tests/test_link_policy.py", "tests/test_sensor_filter.py"],
+    },
 }
 
 # Hypothesis in the mutation run: a fixed number of examples per property (each surviving
