@@ -66,6 +66,7 @@ def running(now: float = 0.0) -> LinkPolicy:
 
 def test_sr9_every_new_connection_starts_with_a_stop() -> None:
     p = LinkPolicy(PARAMS, 0.0)
+    assert p.stop_raised  # before the first connection nothing is known about the belt
     assert p.next(0.0) == Decision(Action.CONNECT, 0.0)
     p.connected(0.0)
     assert p.stop_raised
@@ -184,7 +185,8 @@ def test_sr9_an_unconfirmed_stop_falls_silent_for_the_deadman_plus_margin() -> N
     # Nothing at all until the silence ends: not an emergency stop, not a reconnect.
     p.raise_stop(1.5, StopCause.EMERGENCY)
     p.disconnected(1.6)
-    assert p.next(1.7, command_pending=True).action is Action.SILENT
+    assert p.cause is StopCause.FAULT  # a lost link is a fault
+    assert p.next(1.7, command_pending=True) == Decision(Action.SILENT, d.at)
     p.connected(1.7)
     assert p.next(d.at - 1e-9).action is Action.SILENT
     # Then one stop and one status read, and silence again when still unconfirmed.
@@ -192,9 +194,10 @@ def test_sr9_an_unconfirmed_stop_falls_silent_for_the_deadman_plus_margin() -> N
     p2.raise_stop(0.0, StopCause.EMERGENCY)
     p2.stop_answered(0.0, p2.stop_written(0.0), accepted=False)
     end = p2.next(CONFIRM).at
-    assert p2.next(end).action is Action.STOP
+    assert p2.next(end) == Decision(Action.STOP, end)
+    assert p2.cause is StopCause.RETRY
     p2.stop_answered(end, p2.stop_written(end), accepted=False)
-    assert p2.next(end).action is Action.POLL
+    assert p2.next(end) == Decision(Action.POLL, end)
     p2.status(end, p2.poll_started(end), moving=True)
     quiet = p2.next(end + 0.01)
     assert quiet == Decision(Action.WAIT, end + CONFIRM)
@@ -279,6 +282,7 @@ def test_sr9_a_stop_raised_again_and_again_keeps_the_repetitions_pace() -> None:
         p.raise_stop(t, StopCause.FAULT)  # a new fault text after every request
         t += 0.001
     assert writes <= 0.25 / POLL + 1
+    assert p.stops_refused == writes
     p.raise_stop(t, StopCause.EMERGENCY)
     assert p.next(t) == Decision(Action.STOP, t)
 
@@ -432,6 +436,9 @@ def test_sr9_the_standstill_bound_is_four_seconds_to_the_tick() -> None:
     p.raise_stop(0.0, StopCause.EMERGENCY)
     for k in range(40):
         t = k * POLL
+        if k == 20:
+            # Raised again meanwhile: the bound still runs from the first raise.
+            p.raise_stop(t, StopCause.EMERGENCY)
         for _ in range(10):  # bounded: what is due at t, then on to the next tick
             d = p.next(t)
             if d.action is Action.STOP:
@@ -496,6 +503,93 @@ def test_sr9_a_refused_stop_holds_off_commands_like_any_refusal() -> None:
     assert p.next(1.0 + POLL, command_pending=True) == Decision(Action.COMMAND, 1.0 + POLL)
 
 
+def test_sr9_a_drive_whose_status_cannot_be_read_gets_silence_at_the_standstill_bound() -> None:
+    """Stops accepted, every status read unanswered: the belt is not known to stand, so past
+    the standstill bound our stop words must not feed the drive's deadman."""
+    p = LinkPolicy(PARAMS, 0.0)
+    p.connected(0.0)
+    t = 0.0
+    for _ in range(1000):  # bounded
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            break
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=True)
+        elif d.action is Action.POLL:
+            p.poll_started(t)  # no answer
+        else:
+            t = d.at
+    assert p.silent_since == pytest.approx(STANDSTILL)
+
+
+def test_sr9_a_belt_found_moving_before_any_wish_is_stopped_again() -> None:
+    """Nothing asked the belt to move (the controller has not said a word since the link came
+    up): a status showing motion raises the stop."""
+    p = linked()
+    p.status(0.5, p.poll_started(0.5), moving=True)
+    assert p.stop_raised
+    assert p.cause is StopCause.MOVING
+
+
+def test_sr9_a_late_standstill_during_a_silence_still_gets_the_attempt_after_it() -> None:
+    """A status read begun before the silence answers standstill during it: after the silence
+    the policy still makes its one stop and one read, with bounds of their own."""
+    p = running()
+    p.raise_stop(1.0, StopCause.EMERGENCY)
+    p.stop_answered(1.0, p.stop_written(1.0), accepted=False)
+    token = p.poll_started(1.0)
+    silence = p.next(1.0 + CONFIRM)
+    assert silence.action is Action.SILENT
+    p.status(1.5, token, moving=False)  # the late answer
+    assert p.next(silence.at) == Decision(Action.STOP, silence.at)
+    assert p.cause is StopCause.RETRY
+    p.stop_answered(silence.at, p.stop_written(silence.at), accepted=True)
+    assert p.next(silence.at) == Decision(Action.POLL, silence.at)
+
+
+def test_a_configured_holdoff_is_the_one_commands_wait() -> None:
+    params = PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, holdoff_s=0.25)
+    p = LinkPolicy(params, 0.0)
+    p.connected(0.0)
+    p.stop_answered(0.0, p.stop_written(0.0), accepted=True)
+    p.status(0.0, p.poll_started(0.0), moving=False)
+    p.want(0.0, moving=True)
+    p.refused(0.01)
+    assert p.next(0.2, command_pending=True) == Decision(Action.POLL, 0.2)
+    p.status(0.2, p.poll_started(0.2), moving=False)
+    assert p.next(0.21, command_pending=True) == Decision(Action.WAIT, 0.26)
+    assert p.next(0.26, command_pending=True) == Decision(Action.COMMAND, 0.26)
+
+
+@pytest.mark.parametrize(
+    "edge",
+    [
+        {"silence_margin_s": 0.0},
+        {"holdoff_s": 0.0},
+        {"holdoff_s": 2.0},
+        {"reconnect_initial_s": 0.5, "reconnect_max_s": 0.5},
+    ],
+)
+def test_params_accept_their_edges(edge: dict[str, float]) -> None:
+    """No margin past the deadman, no hold-off, a fixed reconnect interval: all allowed."""
+    params = PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, **edge)  # type: ignore[arg-type]
+    for name, value in edge.items():
+        assert getattr(params, name) == value
+
+
+def test_params_name_the_reconnect_bounds_they_refuse() -> None:
+    with pytest.raises(ValueError, match=r"^need reconnect_initial_s <= reconnect_max_s$"):
+        PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, reconnect_initial_s=2.0)
+
+
+@pytest.mark.parametrize("deadman", [0.0, -0.5, math.nan, math.inf])
+def test_a_deadman_read_from_the_drive_that_is_no_time_out_is_refused(deadman: float) -> None:
+    p = linked()
+    with pytest.raises(ValueError, match=r"^deadman_s \S+ must be a positive number$"):
+        p.set_deadman(deadman)
+    assert p.silence_s == pytest.approx(DEADMAN + MARGIN)
+
+
 def test_polls_and_commands_take_turns() -> None:
     p = running()
     t = 0.0
@@ -518,7 +612,7 @@ def test_commands_wait_out_the_holdoff() -> None:
     p.want(0.0, moving=True)
     p.refused(0.01)
     assert p.next(0.02, command_pending=True) == Decision(Action.WAIT, POLL)  # the next poll
-    assert p.next(POLL, command_pending=True).action is Action.POLL
+    assert p.next(POLL, command_pending=True) == Decision(Action.POLL, POLL)
     p.status(POLL, p.poll_started(POLL), moving=False)
     assert p.next(0.105, command_pending=True) == Decision(Action.WAIT, 0.01 + POLL)
     assert p.next(0.01 + POLL, command_pending=True).action is Action.COMMAND
