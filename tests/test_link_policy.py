@@ -572,7 +572,7 @@ def test_a_configured_holdoff_is_the_one_commands_wait() -> None:
 )
 def test_params_accept_their_edges(edge: dict[str, float]) -> None:
     """No margin past the deadman, no hold-off, a fixed reconnect interval: all allowed."""
-    params = PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, **edge)  # type: ignore[arg-type]
+    params = PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, **edge)
     for name, value in edge.items():
         assert getattr(params, name) == value
 
