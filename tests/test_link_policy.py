@@ -545,6 +545,19 @@ def test_sr9_a_late_standstill_during_a_silence_still_gets_the_attempt_after_it(
     assert p.cause is StopCause.RETRY
     p.stop_answered(silence.at, p.stop_written(silence.at), accepted=True)
     assert p.next(silence.at) == Decision(Action.POLL, silence.at)
+    p.status(silence.at, p.poll_started(silence.at), moving=True)
+    assert p.next(silence.at + POLL) == Decision(Action.STOP, silence.at + POLL)
+
+
+def test_sr9_raising_an_unconfirmed_stop_again_does_not_restart_its_confirm_bound() -> None:
+    """The bound runs from the first raise not yet confirmed: a driver raising the stop again
+    and again (an emergency stop repeated from the page) cannot postpone the silence."""
+    p = running()
+    p.raise_stop(0.0, StopCause.EMERGENCY)
+    p.stop_answered(0.0, p.stop_written(0.0), accepted=False)
+    p.raise_stop(0.2, StopCause.EMERGENCY)
+    p.stop_answered(0.2, p.stop_written(0.2), accepted=False)
+    assert p.next(CONFIRM) == Decision(Action.SILENT, CONFIRM + DEADMAN + MARGIN)
 
 
 def test_a_configured_holdoff_is_the_one_commands_wait() -> None:
