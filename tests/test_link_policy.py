@@ -560,6 +560,18 @@ def test_sr9_raising_an_unconfirmed_stop_again_does_not_restart_its_confirm_boun
     assert p.next(CONFIRM) == Decision(Action.SILENT, CONFIRM + DEADMAN + MARGIN)
 
 
+def test_sr9_a_stop_raised_again_a_poll_interval_after_its_write_must_be_confirmed_again() -> None:
+    """The pace holds back a raise only within the poll interval after a stop write: from
+    then on a new raise is a new stop, and a stop written after it must be accepted."""
+    p = running()
+    p.raise_stop(0.0, StopCause.FAULT)
+    p.stop_answered(0.0, p.stop_written(0.0), accepted=True)  # confirmed
+    p.raise_stop(POLL, StopCause.FAULT)  # a new fault, exactly a poll interval later
+    assert p.next(POLL) == Decision(Action.STOP, POLL)
+    p.stop_answered(POLL, p.stop_written(POLL), accepted=False)
+    assert p.next(POLL + CONFIRM).action is Action.SILENT
+
+
 def test_a_configured_holdoff_is_the_one_commands_wait() -> None:
     params = PolicyParams(poll_interval_s=POLL, deadman_s=DEADMAN, holdoff_s=0.25)
     p = LinkPolicy(params, 0.0)
