@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from config.loading import ProgramError, load_program, load_programs
-from safety.core import SafetyCore
+from safety.core import SafetyCore, SessionView, Snapshot
 from safety.decisions import (
     Accepted,
     Cause,
@@ -40,6 +40,7 @@ from safety.inputs import (
     JournalHealth,
     LoopOverrun,
     Reset,
+    Sensor,
     SetSpeed,
     Shutdown,
     StartSession,
@@ -688,6 +689,80 @@ def test_sr6_a_drive_fault_is_reset_after_a_healthy_status() -> None:
     world.run(0.2)
     d = world.command(Reset)
     assert isinstance(d.reply, Accepted)
+
+
+# --------------------------------------------------------------------------- the snapshot
+
+
+def test_the_snapshot_shows_the_session_as_it_stands() -> None:
+    """What the tablet shows (MQTT-API.md, the state): the countdown counting down, the
+    session's user, program, belt time and what is left of the cap, and the belt unknown (not
+    0) once the drive has gone silent."""
+    world = World()
+    world.run(1.0)
+    held = {Hand.LEFT: True, Hand.RIGHT: True}
+    assert world.core.snapshot() == Snapshot(
+        state=State.IDLE,
+        commanded_mph=0.0,
+        target_mph=0.0,
+        belt_mph=0.0,
+        session=None,
+        grip=held,
+        fall=False,
+        stale=(),
+        latched=None,
+        countdown_s=None,
+    )
+    world.start()
+    world.run(COUNTDOWN_S - 0.5)
+    snap = world.core.snapshot()
+    assert snap.state is State.COUNTDOWN
+    assert snap.countdown_s == pytest.approx(0.5)
+    assert snap.session == SessionView(
+        id="1",
+        user="pat",
+        program="first_session",
+        elapsed_s=0.0,
+        cap_s=FIRST_SESSION_CAP_DEFAULT_S,
+        remaining_s=FIRST_SESSION_CAP_DEFAULT_S,
+        interval=None,
+        intervals=None,
+    )
+    world.run(10.0)
+    snap = world.core.snapshot()
+    assert snap.state is State.RUNNING
+    assert snap.countdown_s is None
+    assert snap.target_mph == pytest.approx(BAND_MIN)
+    assert snap.commanded_mph == world.commanded
+    assert snap.belt_mph == world.commanded
+    assert snap.session is not None
+    assert snap.session.elapsed_s == pytest.approx(world.moving_s(), abs=0.06)
+    assert snap.session.remaining_s == pytest.approx(
+        FIRST_SESSION_CAP_DEFAULT_S - snap.session.elapsed_s
+    )
+    world.silent.add("drive")
+    world.silent.add("fall")
+    world.run(1.0)
+    snap = world.core.snapshot()
+    assert snap.belt_mph == math.inf
+    assert snap.stale == (Sensor.FALL,)
+    assert snap.latched is not None
+    assert snap.state is snap.latched.kind
+
+
+def test_the_snapshot_shows_a_fall_and_the_interval_under_way() -> None:
+    world = World("intervals")
+    world.run(1.0)
+    assert isinstance(world.start(program="intervals").reply, Accepted)
+    world.run(COUNTDOWN_S + 1.0)
+    snap = world.core.snapshot()
+    assert snap.session is not None
+    assert (snap.session.interval, snap.session.intervals) == (1, 8)  # 480 s of 60 s
+    world.fallen = True
+    world.run(0.1)
+    snap = world.core.snapshot()
+    assert snap.fall is True
+    assert snap.state is State.ESTOP
 
 
 # --------------------------------------------------------------------------- SR-7
