@@ -13,8 +13,8 @@ number or mutmut's running number, which move when the code does).
 The score is killed / (mutants - equivalent). The run fails (exit 1) if the score is below
 90 %, or if any mutant that was not killed is not listed as equivalent.
 
-    .venv/bin/python benchmarks/bench_mutation.py [--scope all|safety] [--workers 2]
-        [--examples 25] [--only GLOB]
+    .venv/bin/python benchmarks/bench_mutation.py [--scope all|safety|drivers] [--workers 2]
+        [--examples 25] [--only GLOB ...]
 
 ``--scope safety`` mutates ``safety/`` alone, against its own tests; ``--scope drivers`` the
 two driver modules alone (a few minutes). The work happens in ``.run/mutation/SCOPE/`` (git
@@ -22,7 +22,8 @@ ignores it), laid anew on each run: a copy of the code and the tests, and mutmut
 ``mutants/`` folder and cache in it.
 To see one mutant afterwards: ``cd .run/mutation/all && ../../../.venv/bin/mutmut show NAME``.
 ``--only`` re-runs the mutants whose names match (e.g. ``'drivers.link_policy.*'``) in the
-workspace the last run left, for working on a test; its figures are not saved.
+workspace the last run left, against the tests as they are now, for working on a test; it
+prints the figures of those mutants and saves nothing.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def mutmut_bin() -> str:
     return str(exe)
 
 
-def results(work: Path, only: str | None) -> list[Mutant]:
+def results(work: Path, only: list[str] | None) -> list[Mutant]:
     out = subprocess.run(
         [mutmut_bin(), "results", "--all", "true"],
         cwd=work,
@@ -192,7 +193,7 @@ def results(work: Path, only: str | None) -> list[Mutant]:
         if not match:
             continue
         name, status = match.groups()
-        if only and not re.fullmatch(glob_regex(only), name):
+        if only and not any(re.fullmatch(glob_regex(g), name) for g in only):
             continue
         original = mutated = ""
         if status not in KILLED and status != "not checked":
@@ -248,7 +249,9 @@ def main() -> None:
     parser.add_argument("--scope", choices=sorted(SCOPES), default="all")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--examples", type=int, default=25, help="Hypothesis examples a test")
-    parser.add_argument("--only", help="re-run these mutants (a glob) in the last workspace")
+    parser.add_argument(
+        "--only", nargs="+", metavar="GLOB", help="re-run these mutants in the last workspace"
+    )
     args = parser.parse_args()
     scope = SCOPES[args.scope]
     work = ROOT / ".run" / "mutation" / args.scope
@@ -263,7 +266,7 @@ def main() -> None:
         build_workspace(work, scope)
     command = [mutmut_bin(), "run", "--max-children", str(args.workers)]
     if args.only:
-        command.append(args.only)
+        command += args.only
     log = work / "mutmut.log"
     print(f"mutmut: {' '.join(command[1:])} in {work.relative_to(ROOT)} (log: mutmut.log)")
     speed = python_speed_s()
