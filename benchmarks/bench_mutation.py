@@ -252,14 +252,22 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="GLOB", help="re-run these mutants in the last workspace"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: the figures of the last run in the workspace (one still going, too)",
+    )
     args = parser.parse_args()
     scope = SCOPES[args.scope]
     work = ROOT / ".run" / "mutation" / args.scope
     env = {**os.environ, "TREADGUARD_HYPOTHESIS_EXAMPLES": str(args.examples)}
 
+    if (args.only or args.report) and not (work / "mutants").is_dir():
+        sys.exit(f"no earlier run in {work}: run without --only or --report first")
+    if args.report:
+        report(work, scope)
+        return
     if args.only:
-        if not (work / "mutants").is_dir():
-            sys.exit(f"no earlier run in {work}: run without --only first")
         # The tests as they are now (a new test is what one re-runs a mutant for).
         shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
     else:
@@ -337,6 +345,28 @@ def main() -> None:
             f"mutation testing: score {score:.1f} % (target {TARGET_SCORE:.0f} %), "
             f"{len(unlisted)} mutant(s) not killed and not listed in {EQUIVALENTS.name}"
         )
+
+
+def report(work: Path, scope: dict[str, list[str]]) -> None:
+    """The verdicts so far, without running anything; a run still going shows its progress."""
+    mutants = results(work, None)
+    listed = {key(e["function"], e["original"], e["mutant"]) for e in load_equivalents()}
+    done = [m for m in mutants if m.status != "not checked"]
+    killed = sum(m.status in KILLED for m in done)
+    equivalent = sum(
+        m.status not in KILLED and key(m.function, m.original, m.mutated) in listed for m in done
+    )
+    unlisted = len(done) - killed - equivalent
+    print(f"mutants {len(mutants)} ({', '.join(scope['mutate'])}), run so far {len(done)}")
+    print(f"killed {killed}, listed equivalent {equivalent}, not killed and not listed {unlisted}")
+    if done:
+        print(f"score so far {100.0 * killed / max(1, len(done) - equivalent):.1f} %")
+    by_function: dict[str, int] = {}
+    for m in done:
+        if m.status not in KILLED and key(m.function, m.original, m.mutated) not in listed:
+            by_function[m.function] = by_function.get(m.function, 0) + 1
+    for function, n in sorted(by_function.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:4d} not killed, not listed: {function}")
 
 
 def glob_regex(pattern: str) -> str:
