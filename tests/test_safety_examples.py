@@ -61,6 +61,7 @@ CAP_WARNING_BEFORE_S = 30.0  # SR-7
 FIRST_SESSION_CAP_DEFAULT_S, FIRST_SESSION_CAP_HARD_S = 3 * 60.0, 5 * 60.0  # SR-7
 REVERSE_WALKING_CAP_DEFAULT_S = 5 * 60.0
 SENSOR_TIMEOUT_S = 0.5  # SR-8
+DRIVE_TIMEOUT_S = 0.5  # SR-9: no answer from the drive for this long is a lost link
 FEEDBACK_TOLERANCE_MPH, FEEDBACK_WINDOW_S = 0.3, 2.0  # SR-10
 HEARTBEAT_GRACE_S = 5.0  # SR-12
 
@@ -934,6 +935,32 @@ def test_sr8_next_deadline_is_the_debounce_expiry() -> None:
     on_time = world.send(Tick(due))
     assert on_time.emergency_stop
     assert on_time.speed_mph == 0.0
+
+
+def test_sr8_sr9_next_deadline_is_the_first_rule_that_can_fire_without_input() -> None:
+    """Asked after every input, so the control loop wakes no later than a rule: a sensor's
+    time-out (SR-8), the drive's time-out while the belt is armed (SR-9), the countdown's end
+    (SR-3); before any reading there is nothing to wait for."""
+    world = World()
+    assert world.core.next_deadline() is None
+    world.run(1.0)
+    world.silent.add("drive")
+    world.run(0.1)
+    # Idle: the drive's silence is no rule's business, the sensors' time-out is.
+    assert world.core.next_deadline() == pytest.approx(world.t + SENSOR_TIMEOUT_S)
+    world.silent.discard("drive")
+    world.run(0.1)
+    t_start = world.t
+    world.start()
+    world.run(COUNTDOWN_S - 0.05)
+    assert world.state is State.COUNTDOWN
+    assert world.core.next_deadline() == pytest.approx(t_start + COUNTDOWN_S)
+    world.run(2.0)
+    assert world.state is State.RUNNING
+    world.silent.add("drive")
+    world.run(0.1)
+    last_drive = world.t - 0.1
+    assert world.core.next_deadline() == pytest.approx(last_drive + DRIVE_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------- SR-9 / SR-10
