@@ -956,7 +956,7 @@ def test_sr8_sr9_next_deadline_is_the_first_rule_that_can_fire_without_input() -
     assert world.state is State.COUNTDOWN
     assert world.core.next_deadline() == pytest.approx(t_start + COUNTDOWN_S)
     world.run(2.0)
-    assert world.state is State.RUNNING
+    assert world.core.state is State.RUNNING
     world.silent.add("drive")
     world.run(0.1)
     last_drive = world.t - 0.1
