@@ -29,6 +29,7 @@ prints the figures of those mutants and saves nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,16 @@ def mutmut_bin() -> str:
     return str(exe)
 
 
+# What `mutmut show NAME` prints, for many mutants in one process (a `mutmut show` each costs
+# most of a second). These are the functions that command calls; the minor version is pinned.
+SHOW_MANY = """
+import json, sys
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+names = json.load(sys.stdin)
+json.dump({n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in names}, sys.stdout)
+"""
+
+
 def results(work: Path, only: list[str] | None) -> list[Mutant]:
     out = subprocess.run(
         [mutmut_bin(), "results", "--all", "true"],
@@ -187,7 +198,7 @@ def results(work: Path, only: list[str] | None) -> list[Mutant]:
         text=True,
         check=True,
     ).stdout
-    mutants: list[Mutant] = []
+    verdicts: list[tuple[str, str]] = []
     for line in out.splitlines():
         match = re.fullmatch(r"\s*(\S+__mutmut_\d+): (.+)", line)
         if not match:
@@ -195,16 +206,22 @@ def results(work: Path, only: list[str] | None) -> list[Mutant]:
         name, status = match.groups()
         if only and not any(re.fullmatch(glob_regex(g), name) for g in only):
             continue
-        original = mutated = ""
-        if status not in KILLED and status != "not checked":
-            diff = subprocess.run(
-                [mutmut_bin(), "show", name],
-                cwd=work,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            original, mutated = changed_code(diff)
+        verdicts.append((name, status))
+    wanted = [n for n, status in verdicts if status not in KILLED and status != "not checked"]
+    diffs: dict[str, str] = {}
+    if wanted:
+        shown = subprocess.run(
+            [sys.executable, "-c", SHOW_MANY],
+            cwd=work,
+            input=json.dumps(wanted),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        diffs = json.loads(shown)
+    mutants: list[Mutant] = []
+    for name, status in verdicts:
+        original, mutated = changed_code(diffs[name]) if name in diffs else ("", "")
         mutants.append(Mutant(name, status, function_of(name), original, mutated))
     return mutants
 
