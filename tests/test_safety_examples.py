@@ -766,6 +766,59 @@ def test_the_snapshot_shows_a_fall_and_the_interval_under_way() -> None:
     assert snap.state is State.ESTOP
 
 
+def test_sr14_the_events_say_what_stopped_the_belt_and_what_was_cleared() -> None:
+    """The journal keeps the events (SR-14): a latch names its kind, cause and detail and when
+    it came; the session it ended says which session, why, and its belt time; a reset says
+    which cause it cleared."""
+    world = running_world()
+    world.run(5.0)
+    mark = len(world.log)
+    world.send(DriveFeedback(world.t + 0.01, 0.0, DriveFailure.FAULT, "overcurrent"))
+    t_fault = world.t + 0.01
+    assert world.events(EventType.FAULT, mark)[0].fields == {
+        "cause": Cause.DRIVE_FAULT.value,
+        "detail": "overcurrent",
+    }
+    ended = world.events(EventType.SESSION_ENDED, mark)[0].fields
+    assert ended["session_id"] == "1"
+    assert ended["reason"] == EndReason.FAULT.value
+    # Within a tick at either end: the world counts a step as moving if either end moved.
+    assert ended["belt_moving_s"] == pytest.approx(world.moving_s(), abs=2 * PERIOD_MS / 1000)
+    latch = world.core.latch
+    assert latch is not None
+    assert (latch.kind, latch.cause, latch.since, latch.detail) == (
+        State.FAULT,
+        Cause.DRIVE_FAULT,
+        t_fault,
+        "overcurrent",
+    )
+    world.run(1.0)
+    assert isinstance(world.command(Reset).reply, Accepted)
+    assert world.events(EventType.RESET, mark)[0].fields == {"cleared": Cause.DRIVE_FAULT.value}
+
+    world = running_world()
+    mark = len(world.log)
+    world.fallen = True
+    world.run(0.1)
+    estop = world.events(EventType.ESTOP, mark)[0].fields
+    assert estop["cause"] == Cause.FALL.value
+    assert isinstance(estop["detail"], str)
+    assert estop["detail"]
+    assert world.events(EventType.SESSION_ENDED, mark)[0].fields["reason"] == EndReason.ESTOP.value
+
+
+def test_sr7_the_rest_after_an_interval_says_which_interval_ended() -> None:
+    world = World("intervals")
+    world.run(1.0)
+    assert isinstance(world.start(program="intervals").reply, Accepted)
+    world.run(COUNTDOWN_S + 60.0 + 10.0, until=lambda: bool(world.events(EventType.INTERVAL_REST)))
+    assert world.events(EventType.INTERVAL_REST)[0].fields == {
+        "interval": 1,
+        "intervals": 8,
+        "rest_s": 60.0,
+    }
+
+
 # --------------------------------------------------------------------------- SR-7
 
 
