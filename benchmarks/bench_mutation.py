@@ -285,8 +285,14 @@ def main() -> None:
         report(work, scope)
         return
     if args.only:
-        # The tests as they are now (a new test is what one re-runs a mutant for).
-        shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
+        # The tests as they are now (a new test is what one re-runs a mutant for): into the
+        # workspace, from which mutmut copies them into mutants/ as it starts.
+        shutil.copytree(
+            ROOT / "tests",
+            work / "tests",
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     else:
         build_workspace(work, scope)
     command = [mutmut_bin(), "run", "--max-children", str(args.workers)]
