@@ -771,8 +771,11 @@ def test_sr14_the_events_say_what_stopped_the_belt_and_what_was_cleared() -> Non
     it came; the session it ended says which session, why, and its belt time; a reset says
     which cause it cleared."""
     world = running_world()
-    world.run(5.0)
+    world.run(5.3)  # a belt time with tenths: the record keeps them
     mark = len(world.log)
+    assert refusal(world.command(Reset)) == Refused(
+        RefusalCode.NOT_ALLOWED, "nothing is latched (running)"
+    )
     world.send(DriveFeedback(world.t + 0.01, 0.0, DriveFailure.FAULT, "overcurrent"))
     t_fault = world.t + 0.01
     assert world.events(EventType.FAULT, mark)[0].fields == {

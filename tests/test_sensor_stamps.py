@@ -202,12 +202,13 @@ def test_sr16_a_stamp_exactly_max_ahead_is_taken_and_a_hair_more_is_not() -> Non
 
 
 def test_sr8_a_reading_that_is_no_reading_does_not_become_the_measure_of_the_next() -> None:
-    """A reading whose arrival time is not finite is dropped whole: the next reading's stamp is
-    still judged against the last good one, so a stamp far ahead stays no reading."""
-    clock = SensorClock()
-    assert clock.reading_time(100.0, 0.0) == 0.0
-    assert clock.reading_time(100.1, math.nan) is None
-    assert clock.reading_time(150.0, 0.2) is None
+    """A reading whose stamp or arrival is not finite is dropped whole: the next reading's
+    stamp is still judged against the last good one, so a stamp far ahead stays no reading."""
+    for stamp, arrival in ((100.1, math.nan), (math.nan, 0.1)):
+        clock = SensorClock()
+        assert clock.reading_time(100.0, 0.0) == 0.0
+        assert clock.reading_time(stamp, arrival) is None
+        assert clock.reading_time(150.0, 0.2) is None
 
 
 def test_sr8_the_quickest_delivery_is_kept_for_exactly_the_window() -> None:
