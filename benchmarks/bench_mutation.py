@@ -299,7 +299,7 @@ def main() -> None:
     if args.only:
         command += args.only
     log = work / "mutmut.log"
-    shown = " ".join(command[1:5]) + (f" and {len(args.only)} name(s)" if args.only else "")
+    shown = " ".join(command[1:4]) + (f" and {len(args.only)} name(s)" if args.only else "")
     print(f"mutmut: {shown} in {work.relative_to(ROOT)} (log: mutmut.log)")
     speed = python_speed_s()
     t0 = time.monotonic()
