@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from config.schema import GpioInputSection, MqttInputSection, SensorInput
-from controller.sensors import SensorHub
-from drivers.input_filter import LevelFilter, Sample
-from safety.inputs import FallReading, GripReading, Hand, Sensor
+from treadguard.config.schema import GpioInputSection, MqttInputSection, SensorInput
+from treadguard.controller.sensors import SensorHub
+from treadguard.drivers.input_filter import LevelFilter, Sample
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
 
 DEBOUNCE_S = 0.02
 
