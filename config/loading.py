@@ -176,6 +176,16 @@ def load_config(path: Path) -> LoadedConfig:
                 f"programs.{name}: band {program.min_mph}-{program.max_mph} mph does not meet "
                 f"safety band {lim.min_mph}-{lim.max_mph} mph"
             )
+    proof = programs.get(config.programs.default)
+    if proof is not None:
+        # The commissioning's proof runs use the default program at commissioning.proof_mph.
+        lo, hi = proof.band_within(config.safety)
+        mph = config.commissioning.proof_mph
+        if not lo <= mph <= hi:
+            problems.append(
+                f"commissioning.proof_mph: {mph:g} mph is outside the default program "
+                f"{proof.name!r}'s band {lo:g}-{hi:g} mph, where the stops are proven"
+            )
     drive = config.drive
     if config.sensors.source == "simulator" and not isinstance(drive, SimulatedDriveSection):
         problems.append(

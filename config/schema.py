@@ -282,6 +282,24 @@ class LoggingSection(_Strict):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+class CommissioningSection(_Strict):
+    """``treadguard commission`` (docs/commissioning.md): a technician proves every stop
+    source on the machine before its first patient session and again every ``every_days``;
+    until then, and once it has expired, no session starts."""
+
+    # How long a passed commissioning stays current, in days (at most a year).
+    every_days: float = Field(90.0, gt=0.0, le=366.0)
+    # The belt speed the emergency stops are proven at (the issue's 0.8 mph, the band's
+    # bottom); it must lie in the default program's band (checked with the programs).
+    proof_mph: float = Field(0.8, gt=0.0, le=3.0)
+    # A stop passes when the belt stands still within this long of its trigger: an emergency
+    # stop (E-STOP, grips, fall), the drive's deadman (from the link cut; it includes the
+    # drive's own communication time-out), the controlled stop at the cap.
+    max_emergency_standstill_s: float = Field(2.0, gt=0.0, le=10.0)
+    max_deadman_standstill_s: float = Field(4.0, gt=0.0, le=15.0)
+    max_controlled_standstill_s: float = Field(8.0, gt=0.0, le=30.0)
+
+
 ENV_PREFIX = "TREADGUARD_"
 ENV_NESTED = "__"
 
@@ -303,6 +321,7 @@ class TreadguardConfig(BaseSettings):
     sensors: SensorsSection = SensorsSection()
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
+    commissioning: CommissioningSection = CommissioningSection()
     logging: LoggingSection = LoggingSection()
 
     @classmethod

@@ -9,6 +9,7 @@ import json
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -16,8 +17,9 @@ import aiomqtt
 import config as config_package
 from config.loading import ConfigError, LoadedConfig, load_config
 from config.schema import SimulatedDriveSection
+from controller.commission import CommissioningResult, guided_errand, run_simulated
 from controller.daemon import Daemon
-from controller.journal import Journal, JournalError
+from controller.journal import CommissioningStatus, Journal, JournalError
 from controller.logs import configure_logging
 from controller.mqtt_settings import broker_settings
 from controller.preflight import load_runnable
@@ -298,6 +300,83 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
+    """The commissioning record, read-only: exit 0 only if current."""
+    path = loaded.resolve(loaded.config.journal.path).resolve()
+    every = loaded.config.commissioning.every_days
+    try:
+        journal = Journal.read_only(path)
+        status = journal.commissioning_status(time.time(), every_days=every)
+        baselines = journal.commissioned_baselines(time.time(), every_days=every)
+    except JournalError as exc:  # no journal yet, or unreadable: not commissioned
+        status = CommissioningStatus(False, f"no commissioning on record ({exc})")
+        baselines = {}
+    if as_json:
+        body = status.as_json()
+        body["baselines"] = {
+            k.value: {
+                "standstill_s": b.standstill_s,
+                "deceleration_mph_per_s": b.deceleration_mph_per_s,
+            }
+            for k, b in baselines.items()
+        }
+        print(json.dumps(body))
+    else:
+        verdict = "current" if status.current else "NOT CURRENT"
+        print(f"commissioning of {loaded.config.treadmill.id}: {verdict}: {status.detail}")
+        for kind, b in baselines.items():
+            print(
+                f"  baseline {kind.value}: standstill {b.standstill_s:.2f} s, "
+                f"{b.deceleration_mph_per_s:.2f} mph/s"
+            )
+        if not status.current:
+            print("  patient sessions are refused until `treadguard commission` passes")
+    return 0 if status.current else EXIT_FAILED
+
+
+def cmd_commission(args: argparse.Namespace) -> int:
+    """Prove every stop source on the machine (docs/commissioning.md), or show the record."""
+    try:
+        loaded = load_config(args.config) if args.status else load_runnable(args.config)
+    except ConfigError as exc:
+        print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.status:
+        return _commission_status(loaded, as_json=args.json)
+    cfg = loaded.config
+    journal_path = loaded.resolve(cfg.journal.path).resolve()
+    print(
+        f"commissioning {cfg.treadmill.id}: every stop source proven at "
+        f"{cfg.commissioning.proof_mph:g} mph; journal {journal_path}",
+        flush=True,
+    )
+    if args.simulated:
+        if not isinstance(cfg.drive, SimulatedDriveSection):
+            print(
+                f"error: --simulated needs drive.kind = 'simulator' (this one is "
+                f"{cfg.drive.kind!r}): on a real drive a technician proves the stops",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        configure_logging(args.log_level, "auto")
+        result = run_simulated(loaded, journal_path, technician=args.technician, echo=print)
+    else:
+        # On the machine: the daemon's whole assembly (driver, sensors, the tablet over MQTT),
+        # the technician guided here. Stop the treadguard service first.
+        configure_logging(args.log_level, cfg.logging.format)
+        results: list[CommissioningResult] = []
+        errand = guided_errand(technician=args.technician, echo=print, results=results)
+        asyncio.run(Daemon(loaded, errand=errand).run())
+        if not results:
+            print("error: the commissioning did not run (see the log)", file=sys.stderr)
+            return EXIT_FAILED
+        result = results[0]
+    print(f"commissioning {result.outcome.value}" + (f": {result.detail}" if result.detail else ""))
+    return 0 if result.passed else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="treadguard",
@@ -433,6 +512,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="the page to write (default session-N.html)"
     )
     report.set_defaults(func=cmd_report)
+
+    com = sub.add_parser(
+        "commission",
+        help="prove every stop source on the machine (before patient sessions), or --status",
+    )
+    com.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    com.add_argument(
+        "--status",
+        action="store_true",
+        help="show the commissioning record (no daemon needed); exit 0 only if current",
+    )
+    com.add_argument("--json", action="store_true", help="with --status: one JSON object")
+    com.add_argument(
+        "--simulated",
+        action="store_true",
+        help="on the simulated treadmill, unattended: a simulated technician does every step",
+    )
+    com.add_argument("--technician", default="", help="who proves the stops (journaled)")
+    com.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    com.set_defaults(func=cmd_commission)
 
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"

@@ -14,9 +14,10 @@ from typing import Any
 
 from config.loading import LoadedConfig
 from config.schema import SimulatedDriveSection
+from controller.commission import nominal_proofs
 from controller.control import Timers
 from controller.drives import Rig, in_process_rig, wire_rig
-from controller.journal import Journal, JournalError
+from controller.journal import DAY_S, Journal, JournalError, seed_commissioning
 from controller.loop import ScaledClock, run_control_loop
 from controller.system import IN_MEMORY, System, open_journal
 from drivers.base import DriveStatus, TreadmillDriver
@@ -264,6 +265,15 @@ class ScenarioRun:
         opened = open_journal(IN_MEMORY, max_size_mb=cfg.journal.max_size_mb, wall=wall)
         if opened.journal is not None:
             try:
+                if scenario.world.commissioned:
+                    # The treadmill's stops proven (docs/commissioning.md), as its journal
+                    # would hold them; a world that says otherwise has no record.
+                    seed_commissioning(
+                        opened.journal,
+                        SIM_EPOCH - DAY_S * scenario.world.commissioned_days_ago,
+                        nominal_proofs(loaded),
+                        technician="scenario",
+                    )
                 seed_history(opened.journal, scenario.world.history, SIM_EPOCH)
             except JournalError as exc:
                 raise SimulationError(

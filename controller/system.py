@@ -40,7 +40,7 @@ import structlog
 from config.loading import LoadedConfig
 from contract.mqtt import CommandReply, JsonObject, encode_programs
 from controller.control import Controller, EventListener, Timers
-from controller.journal import WARN_FRACTION, Journal, JournalError
+from controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from controller.loop import LoopHealth
 from controller.refusals import RefusalCoalescer
 from drivers.base import TreadmillDriver
@@ -56,6 +56,7 @@ from safety.decisions import (
 )
 from safety.inputs import (
     Command,
+    Commissioning,
     EStop,
     FallReading,
     GripReading,
@@ -70,6 +71,9 @@ JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
 FAILURE_LOG_EVERY_S = 1.0  # an unexpected failure of a reading's handling: logged this often
 IN_MEMORY = None  # the journal's path for a simulation: a database in memory
+# How often the commissioning record is read again: a commissioning passed meanwhile, or a wall
+# clock stepped since start-up (NTP on a board without a real-time clock), is seen this soon.
+COMMISSIONING_REFRESH_S = 10.0
 
 
 def _reason(exc: Exception) -> str:
@@ -137,13 +141,17 @@ class System:
         self.period_s = 1.0 / cfg.control.tick_hz
         self.health = LoopHealth(self.period_s / time_scale, late_ticks_to_stop=LATE_TICKS_TO_STOP)
         self.shutting_down = False  # set by the daemon's first signal: no start from then on
+        sessions_before = self._last_session_id()
+        self.commissioning = self._read_commissioning()
         self.core = SafetyCore(
             cfg.safety,
             loaded.programs,
             default_program=cfg.programs.default,
             returning_program=cfg.programs.returning,
             t0=clock.time(),
-            sessions_before=self._last_session_id(),
+            sessions_before=sessions_before,
+            commissioned_until=self._commissioned_until(self.commissioning),
+            commissioning_detail=self.commissioning.detail,
         )
         self.controller = Controller(self.core, driver, clock, logger=self._log)
         # One coalescer for every refusal, the core's and the contract's (SR-14).
@@ -170,6 +178,7 @@ class System:
         if self.journal_problem is not None:
             self._report_journal_problem()
         self._journal_tick()
+        self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
 
     # ------------------------------------------------------------------ the control tick
 
@@ -204,8 +213,10 @@ class System:
 
     # ------------------------------------------------------------------ commands
 
-    def execute(self, command: Command) -> Reply | None:
+    def execute(self, command: Command, *, proof_run: bool = False) -> Reply | None:
         """A tablet command; a start carries the user's history from the journal.
+        ``proof_run``: a start of ``treadguard commission``'s, allowed on a treadmill whose
+        commissioning is not current (every other start is refused then).
 
         Should its handling fail unexpectedly, the belt is stopped and held (fail closed)
         and the exception goes on to the caller (the contract answers ``internal_error`` and
@@ -214,7 +225,9 @@ class System:
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
-                command = replace(command, returning=self._returning(command.user))
+                # A proof run (commissioning) only when the commissioning tool says so, never
+                # because a command carried it.
+                command = replace(command, returning=self._returning(command.user), proof=proof_run)
             if self.journal_problem is not None:
                 # Found during this read (its report is only scheduled): the core hears of it
                 # before the command, so no start goes ahead on a journal known to be broken.
@@ -367,6 +380,59 @@ class System:
             except Exception as exc:
                 self._journal_failed(_reason(exc))
             self._warn_journal_nearly_full()
+
+    # ------------------------------------------------------------------ commissioning
+
+    def _read_commissioning(self) -> CommissioningStatus:
+        """The commissioning record, fail closed: no journal, no commissioning."""
+        if self.journal is None:
+            return CommissioningStatus(
+                False, f"the journal cannot be read ({self.journal_problem or 'none open'})"
+            )
+        every = self.loaded.config.commissioning.every_days
+        return self.journal.commissioning_status(self.wall(), every_days=every)
+
+    def _commissioned_until(self, status: CommissioningStatus) -> float | None:
+        """The record's expiry on the core's clock. An expired record gives a time already
+        past (the core says so once, in a commissioning_expired event); a record the wall
+        clock cannot place, or none, gives None."""
+        expires = status.expires_at
+        if expires is None:
+            return None
+        until = self.clock.time() + (expires - self.wall())
+        if status.current or until <= self.clock.time():
+            return until
+        return None
+
+    def _commissioning_tick(self) -> None:
+        """The record read again: the core hears of any change (a new commissioning, a wall
+        clock that was wrong at start-up). Expiry itself the core sees on its own clock."""
+        self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
+        before = self.commissioning
+        self.commissioning = status = self._read_commissioning()
+        if (status.current, status.expires_at, status.detail) != (
+            before.current,
+            before.expires_at,
+            before.detail,
+        ):
+            self.controller.submit(
+                Commissioning(
+                    t=self.clock.time(),
+                    until=self._commissioned_until(status),
+                    detail=status.detail,
+                )
+            )
+
+    def commissioning_state(self) -> JsonObject:
+        """The state's ``commissioning``: whether a session may start as far as commissioning
+        goes (the core's own answer), why, and the record's times (unix seconds)."""
+        status = self.commissioning
+        return {
+            "current": self.core.commissioning_current(),
+            "detail": status.detail,
+            "passed_at": status.passed_at,
+            "expires_at": status.expires_at,
+        }
 
     def journal_state(self) -> JsonObject:
         return {"used_pct": round(self._journal_used * 100.0), "nearly_full": self._journal_warned}

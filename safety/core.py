@@ -34,6 +34,7 @@ from safety.decisions import (
 from safety.inputs import (
     GRIP_SENSOR,
     Command,
+    Commissioning,
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -152,11 +153,15 @@ class SafetyCore:
         t0: float = 0.0,
         sessions_before: int = 0,
         returning_program: str | None = None,
+        commissioned_until: float | None = None,
+        commissioning_detail: str = "no passed commissioning on record",
     ) -> None:
         """``sessions_before``: how many sessions this treadmill has had (the journal knows),
         so that session ids stay unique across restarts. ``returning_program``: the program of
         a start that names none, for a user who has had a session before (default: the
-        default program)."""
+        default program). ``commissioned_until``: the core's time at which the treadmill's
+        last passed commissioning expires (None, the default: not commissioned, so no patient
+        session starts until a :class:`Commissioning` input says otherwise)."""
         if default_program not in programs:
             raise ValueError(f"default program {default_program!r} is not among the programs")
         if returning_program is not None and returning_program not in programs:
@@ -173,6 +178,12 @@ class SafetyCore:
         self.latch: Latch | None = None
         self._sessions_started = sessions_before
         self._journal_problem: str | None = None
+        # Commissioning (the stop paths proven on this machine): until when, and why not.
+        self._commissioned_until = commissioned_until
+        self._commissioning_detail = commissioning_detail
+        # A record on hand that has expired is said at the first input (the journal keeps
+        # it); no record at all has nothing to expire.
+        self._expiry_reported = commissioned_until is None
         self._readings: dict[Sensor, _Reading] = {}
         # Derived from the readings and the time; computed at most once per input.
         self._view_cache: _SensorView | None = None
@@ -235,6 +246,16 @@ class SafetyCore:
                 self._journal_problem = None if writable else (detail or "cannot be written")
                 if not writable:
                     self._latch(State.FAULT, Cause.JOURNAL, f"journal: {detail}")
+            case Commissioning(until=until, detail=detail):
+                # A non-finite or missing expiry is no commissioning (fail closed); +inf is
+                # the one infinite value that means "does not expire" (tests, never the journal).
+                ok = until is not None and (math.isfinite(until) or until == math.inf)
+                self._commissioned_until = until if ok else None
+                self._commissioning_detail = detail or "no passed commissioning on record"
+                if self.commissioning_current():
+                    self._expiry_reported = False  # said again when this one expires
+                elif self._commissioned_until is None:
+                    self._expiry_reported = True
             case RivalDaemon(detail=detail):
                 self._latch(State.FAULT, Cause.RIVAL_DAEMON, detail or "another daemon")
             case _:
@@ -251,6 +272,26 @@ class SafetyCore:
             reply=reply,
         )
 
+    def commissioning_current(self) -> bool:
+        """Whether a passed commissioning is on record and has not expired at the core's time."""
+        until = self._commissioned_until
+        return until is not None and self.now < until
+
+    def commissioning_unmet(self) -> str | None:
+        """Why a patient session may not start as far as commissioning goes, in words, with
+        what to do; None when the commissioning is current."""
+        if self.commissioning_current():
+            return None
+        what = (
+            " is not commissioned"
+            if self._commissioned_until is None
+            else "'s commissioning expired"
+        )
+        return (
+            f"the treadmill{what} ({self._commissioning_detail}): a technician must prove "
+            "its stops with `treadguard commission` before patient sessions"
+        )
+
     def next_deadline(self) -> float | None:
         """The earliest future time at which a rule may fire without any new input."""
         # Called after every input: candidates gathered in a list, no closure (it showed in
@@ -260,6 +301,9 @@ class SafetyCore:
         timeout = lim.sensor_timeout_s
         reported = self._stale_reported
         due = [r.t + timeout for s, r in self._readings.items() if s not in reported]
+        until = self._commissioned_until
+        if until is not None and now < until and math.isfinite(until):
+            due.append(until)  # the commissioning expires: its event goes out then
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
                 due.append(self._drive_t + lim.drive_timeout_s)
@@ -499,6 +543,11 @@ class SafetyCore:
         if not (math.isfinite(target) and band[0] <= target <= band[1]):
             return Refused(RefusalCode.OUT_OF_RANGE, _band_message(target, band))
         unmet = self._start_unmet()
+        commissioning = self.commissioning_unmet()
+        if commissioning is not None and not cmd.proof:
+            # Before anything else: a treadmill whose stops were never proven (or not lately)
+            # takes no patient, whatever else holds.
+            unmet.insert(0, commissioning)
         if unmet:
             return Refused(RefusalCode.PRECONDITIONS_UNMET, "cannot start: " + "; ".join(unmet))
         self._sessions_started += 1
@@ -682,6 +731,7 @@ class SafetyCore:
     # ----------------------------------------------------------------- rules
 
     def _check(self) -> None:
+        self._check_commissioning()
         self._check_staleness_events()
         self._check_drive()
         if self.state in ARMED_STATES:
@@ -694,6 +744,14 @@ class SafetyCore:
             self._check_running()
         if self.state is State.STOPPING:
             self._check_stopping()
+
+    def _check_commissioning(self) -> None:
+        """A commissioning that was current and no longer is: said once, in an event (the
+        journal keeps it; a session under way runs on, only new starts are refused)."""
+        if self._expiry_reported or self.commissioning_current():
+            return
+        self._expiry_reported = True
+        self._emit(EventType.COMMISSIONING_EXPIRED, detail=self._commissioning_detail)
 
     def _check_staleness_events(self) -> None:
         view = self._view().stale

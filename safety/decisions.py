@@ -50,6 +50,7 @@ class EventType(StrEnum):
     COMMAND_REFUSED = "command_refused"
     JOURNAL_WARNING = "journal_warning"
     BELT_FOUND_MOVING = "belt_found_moving"
+    COMMISSIONING_EXPIRED = "commissioning_expired"
 
 
 class RefusalCode(StrEnum):

@@ -217,6 +217,12 @@ class WorldSetup(BaseModel):
     history: dict[
         Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=0, le=1000)]
     ] = Field(default_factory=dict)
+    # Whether the treadmill's stops have been proven (``treadguard commission``), as its
+    # journal holds it: a passed commissioning ``commissioned_days_ago`` days before time 0
+    # (past ``commissioning.every_days`` it has expired). False: none on record, so every
+    # start is refused.
+    commissioned: bool = True
+    commissioned_days_ago: float = Field(1.0, ge=0.0, le=3650.0)
 
 
 class Expectations(BaseModel):
