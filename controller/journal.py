@@ -14,8 +14,10 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,23 +174,34 @@ class EventRow:
 
 
 class Journal:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, lock: int | None = None) -> None:
         self._db = connection
+        self._lock = lock  # the exclusive lock's file descriptor, released by close()
         self._open_session: int | None = self._newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
 
     @classmethod
-    def open(cls, path: Path, *, max_size_mb: float = 512.0) -> Journal:
+    def open(cls, path: Path, *, max_size_mb: float = 512.0, exclusive: bool = False) -> Journal:
+        """``exclusive``: this process is the only one to drive the treadmill on this journal
+        (the daemon, a commissioning run): a lock beside the file (``<journal>.lock``, which
+        the system drops when the process ends, however it ends) is taken first, and a
+        journal another process holds is a JournalError. Two of them would each number
+        sessions on their own and close the other's open session as interrupted."""
+        lock = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                lock = _lock(path)
             # Autocommit mode: this class says where a transaction begins and ends.
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             cls._prepare(db, max_size_mb)
         except (OSError, sqlite3.Error) as exc:
+            if lock is not None:
+                os.close(lock)
             raise JournalError(f"cannot open {path}: {exc}") from exc
-        return cls(db)
+        return cls(db, lock=lock)
 
     @classmethod
     def in_memory(cls, *, max_size_mb: float = 512.0) -> Journal:
@@ -232,7 +245,12 @@ class Journal:
         return cls(db)
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # closing the descriptor releases the lock
+                self._lock = None
 
     def used_fraction(self) -> float:
         """How full the journal is: its pages in use (the write-ahead log's included, as SQLite
@@ -535,6 +553,22 @@ def seed_commissioning(
         journal.record_proof(run, proof, ended_at)
     journal.end_commissioning(run, ended_at, CommissioningOutcome.PASSED)
     return run
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise OSError(
+            "it is in use by another process (the daemon, or a commissioning run, for this "
+            "treadmill): stop that first"
+        ) from exc
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _utc(ts: float) -> str:

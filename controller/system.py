@@ -101,7 +101,7 @@ def open_journal(
         journal = (
             Journal.in_memory(max_size_mb=max_size_mb)
             if path is None
-            else Journal.open(path, max_size_mb=max_size_mb)
+            else Journal.open(path, max_size_mb=max_size_mb, exclusive=True)
         )
         interrupted = journal.close_interrupted(wall())
     except JournalError as exc:
