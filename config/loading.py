@@ -183,8 +183,8 @@ def load_config(path: Path) -> LoadedConfig:
         mph = config.commissioning.proof_mph
         if not lo <= mph <= hi:
             problems.append(
-                f"commissioning.proof_mph: {mph:g} mph is outside the default program "
-                f"{proof.name!r}'s band {lo:g}-{hi:g} mph, where the stops are proven"
+                f"commissioning.proof_mph: {mph:g} mph is outside the band {lo:g}-{hi:g} mph "
+                f"of the default program ({proof.name}), where the stops are proven"
             )
     drive = config.drive
     if config.sensors.source == "simulator" and not isinstance(drive, SimulatedDriveSection):
