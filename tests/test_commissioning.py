@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.loading import ConfigError, load_config, load_programs
-from controller.commission import ProofStep, nominal_proofs, run_simulated
+from controller.commission import ProofStep, SimulatedMachine, nominal_proofs, run_simulated
 from controller.drives import in_process_rig
 from controller.journal import (
     DAY_S,
@@ -484,3 +484,32 @@ def test_make_daemon_journals_hold_a_commissioning(
     journal = Journal.read_only(broker.workdir / "journal-tm-seeded.sqlite")
     assert journal.commissioning_status(time.time(), every_days=90).current
     assert daemon.alive()
+
+
+def test_a_tablet_start_cannot_claim_to_be_a_proof_run() -> None:
+    """Only the commissioning tool starts a proof run on an uncommissioned treadmill: a start
+    through System.execute (every tablet command's way) has its proof flag cleared."""
+    loaded = load_config(SIM)
+    loop = VirtualLoop()
+    machine = SimulatedMachine(loaded, loop)
+
+    def wall() -> float:
+        return 1_800_000_000.0 + loop.time()
+
+    opened = open_journal(None, max_size_mb=64, wall=wall)
+    system = System(loaded, loop, machine.rig.driver, opened, wall=wall)
+    system.start()
+    machine.attach(system)
+
+    def tick(k: int) -> None:
+        system.tick()
+        system.execute(Heartbeat(loop.time()))
+        loop.call_at((k + 1) * system.period_s, tick, k + 1)
+
+    loop.call_at(0.0, tick, 0)
+    loop.run_until(1.0)
+    claimed = system.execute(StartSession(loop.time(), "p-1", proof=True))
+    assert isinstance(claimed, Refused)
+    assert "treadguard commission" in claimed.message
+    proof = system.execute(StartSession(loop.time(), "commissioning"), proof_run=True)
+    assert isinstance(proof, Accepted), proof
