@@ -20,6 +20,8 @@ run it for real).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -643,10 +645,26 @@ def terminal_technician(clock: Timers, read: Callable[[str], str] = input) -> As
     async def ask(item: Ask) -> float:
         prompt = f"\n>> {item.text}\n   [Enter when done, q to give up] "
         loop = asyncio.get_running_loop()
-        try:
-            line = await loop.run_in_executor(None, read, prompt)
-        except EOFError as exc:
-            raise Aborted("the end of input") from exc
+        answered: asyncio.Future[str | None] = loop.create_future()
+
+        def answer(line: str | None) -> None:
+            if not answered.done():
+                answered.set_result(line)
+
+        def reader() -> None:
+            try:
+                line: str | None = read(prompt)
+            except (EOFError, OSError):
+                line = None
+            with contextlib.suppress(RuntimeError):  # the daemon has ended meanwhile
+                loop.call_soon_threadsafe(answer, line)
+
+        # A thread of its own that the process does not wait for: a signal that ends the
+        # daemon while the technician has not answered must not leave it hanging on input.
+        threading.Thread(target=reader, name="technician", daemon=True).start()
+        line = await answered
+        if line is None:
+            raise Aborted("the end of input")
         if line.strip().lower() in ("q", "quit"):
             raise Aborted("the technician gave up")
         return clock.time()

@@ -513,3 +513,35 @@ def test_a_tablet_start_cannot_claim_to_be_a_proof_run() -> None:
     assert "treadguard commission" in claimed.message
     proof = system.execute(StartSession(loop.time(), "commissioning"), proof_run=True)
     assert isinstance(proof, Accepted), proof
+
+
+def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_done(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """`treadguard commission` without --simulated: the daemon's whole assembly, the
+    technician asked on the terminal (here stdin confirms every step). The E-STOP is proven
+    through it; the grip sensors are the built-in simulated user, who never lets go, so the
+    left grip's proof fails and the run ends there: journaled failed, no commissioning."""
+    tm = "tm-guided"
+    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
+    run = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "commission", "--config", str(config)],
+        cwd=ROOT,
+        input="\n" * 30,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "pass E-STOP command" in run.stdout, run.stdout
+    assert "FAIL left grip released" in run.stdout, run.stdout
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert (row.outcome, row.simulated) == ("failed", False)
+    assert [(p.step, p.passed) for p in journal.proofs(row.id)] == [
+        ("estop", True),
+        ("grip_left", False),
+    ]
+    assert not journal.commissioning_status(time.time(), every_days=90).current
