@@ -178,7 +178,12 @@ class SafetyCore:
         self.latch: Latch | None = None
         self._sessions_started = sessions_before
         self._journal_problem: str | None = None
-        # Commissioning (the stop paths proven on this machine): until when, and why not.
+        # Commissioning (the stop paths proven on this machine): until when, and why not. An
+        # expiry that is no time (NaN, -inf) is no commissioning (fail closed).
+        if commissioned_until is not None and not (
+            math.isfinite(commissioned_until) or commissioned_until == math.inf
+        ):
+            commissioned_until = None
         self._commissioned_until = commissioned_until
         self._commissioning_detail = commissioning_detail
         # A record on hand that has expired is said at the first input (the journal keeps
