@@ -145,6 +145,8 @@ class _Stop:
     t: float
     cause: str
     speed_mph: float
+    # The newest drive status's time when it happened (for a lost link: about when it was cut).
+    status_t: float | None = None
 
 
 class Commissioner:
@@ -179,7 +181,8 @@ class Commissioner:
         status = self.system.controller.last_status
         speed = status.speed_mph if status is not None else 0.0
         if event.type in (EventType.ESTOP, EventType.FAULT) and self._latch is None:
-            self._latch = _Stop(event.t, str(event.fields.get("cause")), speed)
+            cause = str(event.fields.get("cause"))
+            self._latch = _Stop(event.t, cause, speed, None if status is None else status.t)
         elif event.type is EventType.STOPPING and event.fields.get("reason") == "cap":
             self._cap_stop = _Stop(event.t, "cap", speed)
         elif event.type is EventType.GRIP_WARNING:
@@ -313,6 +316,8 @@ class Commissioner:
                     t=system.clock.time(),
                     user=PROOF_USER,
                     program=self.program,
+                    # The shortest cap the program allows: the cap's proof waits for it.
+                    cap_s=system.loaded.programs[self.program].cap_s_min,
                     target_mph=self.cfg.proof_mph,
                 ),
                 proof_run=True,
@@ -411,6 +416,16 @@ class Commissioner:
         seen_t = yield Ask(Act.RESTORE_LINK)
         assert isinstance(cut_t, float)
         assert isinstance(seen_t, float)
+        latch = self._latch
+        if latch is None or latch.cause != Cause.DRIVE_LINK.value:
+            why = "no drive_link fault while the cable was out"
+            if latch is not None:
+                why += f" (latched {latch.cause} instead)"
+            return ProofRecord(step.value, None, False, detail=why)
+        if latch.status_t is not None:
+            # The last status the drive answered is when the link was cut (within a poll),
+            # closer than the technician's confirmation, which comes after the pull.
+            cut_t = min(cut_t, latch.status_t)
         # The link is back: the drive's first status must confirm the standstill.
         confirmed = yield Wait("a status at standstill", self._standstill_after(seen_t), SETTLE_S)
         bound = self.cfg.max_deadman_standstill_s
