@@ -17,8 +17,8 @@ from pathlib import Path
 import structlog
 from _common import row, save, summary
 
-from config.loading import load_config
-from controller.commission import run_simulated
+from treadguard.config.loading import load_config
+from treadguard.controller.commission import run_simulated
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -156,7 +156,15 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
     # Its sessions need a commissioned treadmill (docs/commissioning.md): the simulated one is
     # commissioned unattended first.
     subprocess.run(
-        [sys.executable, "-m", "controller.cli", "commission", "--simulated", "--config", str(cfg)],
+        [
+            sys.executable,
+            "-m",
+            "treadguard.controller.cli",
+            "commission",
+            "--simulated",
+            "--config",
+            str(cfg),
+        ],
         cwd=ROOT,
         env=daemon_env(),
         stdout=subprocess.DEVNULL,
@@ -164,7 +172,7 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
     )
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg)],
+            [sys.executable, "-m", "treadguard.controller.cli", "run", "--config", str(cfg)],
             cwd=ROOT,
             env=daemon_env(),
             stdout=out,

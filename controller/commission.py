@@ -27,18 +27,26 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from config.loading import LoadedConfig
-from config.schema import CommissioningSection, SimulatedDriveSection
-from controller.control import Timers
-from controller.drives import in_process_rig
-from controller.journal import CommissioningOutcome, JournalError, ProofRecord
-from controller.system import System, open_journal
-from drivers.base import DriveStatus
-from safety.decisions import Accepted, Cause, Event, EventType, State
-from safety.inputs import EStop, FallReading, GripReading, Hand, Heartbeat, Reset, StartSession
-from safety.limits import STANDSTILL_MPH
-from safety.stop_baseline import StopKind
-from simulator.virtual_loop import VirtualLoop
+from treadguard.config.loading import LoadedConfig
+from treadguard.config.schema import CommissioningSection, SimulatedDriveSection
+from treadguard.controller.control import Timers
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.journal import CommissioningOutcome, JournalError, ProofRecord
+from treadguard.controller.system import System, open_journal
+from treadguard.drivers.base import DriveStatus
+from treadguard.safety.decisions import Accepted, Cause, Event, EventType, State
+from treadguard.safety.inputs import (
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Reset,
+    StartSession,
+)
+from treadguard.safety.limits import STANDSTILL_MPH
+from treadguard.safety.stop_baseline import StopKind
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 PROOF_USER = "commissioning"  # the proof runs' sessions in the journal
 HEARTBEAT_S = 1.0  # the commissioning tool is the tablet during the proof runs

@@ -25,8 +25,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from safety.decisions import Event, EventType
-from safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from config.loading import ConfigError, load_config
-from controller.commission import nominal_proofs
-from controller.journal import Journal, JournalError, seed_commissioning
+from treadguard.config.loading import ConfigError, load_config
+from treadguard.controller.commission import nominal_proofs
+from treadguard.controller.journal import Journal, JournalError, seed_commissioning
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS_DIR = ROOT / "config" / "programs"
@@ -102,7 +102,14 @@ class DaemonProcess:
             commission(self.config, self.env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "run", "--config", str(self.config)],
+                [
+                    sys.executable,
+                    "-m",
+                    "treadguard.controller.cli",
+                    "run",
+                    "--config",
+                    str(self.config),
+                ],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

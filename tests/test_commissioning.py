@@ -22,21 +22,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.loading import ConfigError, load_config, load_programs
-from controller.commission import ProofStep, SimulatedMachine, nominal_proofs, run_simulated
-from controller.drives import in_process_rig
-from controller.journal import (
+from tests.clinician import clinician, refused
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.mosquitto import Broker
+from tests.test_safety_examples import PROGRAMS_DIR
+from treadguard.config.loading import ConfigError, load_config, load_programs
+from treadguard.controller.commission import (
+    ProofStep,
+    SimulatedMachine,
+    nominal_proofs,
+    run_simulated,
+)
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.journal import (
     DAY_S,
     CommissioningOutcome,
     Journal,
     ProofRecord,
     seed_commissioning,
 )
-from controller.simulation import run_virtual
-from controller.system import COMMISSIONING_REFRESH_S, System, open_journal
-from safety.core import SafetyCore
-from safety.decisions import Accepted, EventType, RefusalCode, Refused
-from safety.inputs import (
+from treadguard.controller.simulation import run_virtual
+from treadguard.controller.system import COMMISSIONING_REFRESH_S, System, open_journal
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Accepted, EventType, RefusalCode, Refused
+from treadguard.safety.inputs import (
     Commissioning,
     DriveFeedback,
     FallReading,
@@ -47,14 +56,10 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import SafetyLimits
-from safety.stop_baseline import StopKind
-from simulator.scenario import load_scenario
-from simulator.virtual_loop import VirtualLoop
-from tests.clinician import clinician, refused
-from tests.daemon_process import ROOT, DaemonProcess, daemon_config
-from tests.mosquitto import Broker
-from tests.test_safety_examples import PROGRAMS_DIR
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.stop_baseline import StopKind
+from treadguard.simulator.scenario import load_scenario
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 SIM = ROOT / "config" / "sim.toml"
 SCENARIOS = ROOT / "simulator" / "scenarios"
@@ -316,7 +321,7 @@ def test_the_same_world_commissioned_starts_the_session() -> None:
 
 def _treadguard(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -525,7 +530,7 @@ def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_d
     tm = "tm-guided"
     config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
     run = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "commission", "--config", str(config)],
+        [sys.executable, "-m", "treadguard.controller.cli", "commission", "--config", str(config)],
         cwd=ROOT,
         input="\n" * 30,
         capture_output=True,
