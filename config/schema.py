@@ -74,6 +74,15 @@ class JournalSection(_Strict):
     max_size_mb: float = Field(512.0, gt=0.0)
 
 
+class StopWatchSection(_Strict):
+    """The stop-quality watch (safety/stop_watch.py): every stop is compared with the
+    treadmill's commissioned baseline for its kind; a stop slower by more than ``margin_pct``
+    warns, two in a row latch a ``drive_fault``."""
+
+    # Above 100 % (a stop twice as slow as commissioned) the watch would catch too little.
+    margin_pct: float = Field(30.0, gt=0.0, le=100.0, allow_inf_nan=False)
+
+
 class SimulatedDriveSection(_Strict):
     """The built-in simulated drive: belt physics in-process, no wire."""
 
@@ -85,6 +94,8 @@ class SimulatedDriveSection(_Strict):
     # The drive's own deadman: no word from the host for this long stops the belt.
     deadman_s: float = Field(0.5, gt=0.0, le=2.0)
     max_mph: float = Field(12.0, gt=0.0)
+    # A worn brake: this fraction of every deceleration (controlled and emergency) is lost.
+    brake_wear: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class TrackmasterDriveSection(_Strict):
@@ -298,6 +309,7 @@ class TreadguardConfig(BaseSettings):
     treadmill: TreadmillSection
     control: ControlSection = ControlSection()
     safety: SafetyLimits = SafetyLimits()
+    stop_watch: StopWatchSection = StopWatchSection()
     programs: ProgramsSection = ProgramsSection()
     drive: DriveSection
     sensors: SensorsSection = SensorsSection()

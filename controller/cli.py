@@ -30,6 +30,7 @@ from controller.simulation import (
     run_virtual,
 )
 from drivers.vfd_codec import RegisterMap, RegisterMapError
+from simulator.belt import BeltParams
 from simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
 from simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
 from simulator.mqtt_user import Broker as MqttBroker
@@ -135,6 +136,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
+def _brake_wear(text: str) -> float:
+    try:
+        wear = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= wear < 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0 and below 1")
+    return wear
+
+
 async def _serve_modbus(args: argparse.Namespace) -> None:
     rmap = RegisterMap.from_toml(args.register_map)
     vfd = SimulatedVfd(
@@ -143,6 +154,7 @@ async def _serve_modbus(args: argparse.Namespace) -> None:
         comm_timeout=round(args.comm_timeout_s * 10),
         mph_per_hz=args.mph_per_hz,
         device_id=args.device_id,
+        belt_params=BeltParams(brake_wear=args.brake_wear),
     )
     # Fault injection (SR-9 tests by hand): see simulator/modbus_device.py.
     vfd.line_delay_s = args.line_delay_ms / 1000
@@ -183,6 +195,7 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
             asyncio.run(
                 serve_trackmaster(
                     model=model,
+                    belt_params=BeltParams(brake_wear=args.brake_wear),
                     link_path=args.link,
                     line_delay_s=args.line_delay_ms / 1000,
                     inject=args.inject,
@@ -402,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (tm, mb):
         p.add_argument(
             "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        )
+        p.add_argument(
+            "--brake-wear",
+            type=_brake_wear,
+            default=0.0,
+            metavar="FRACTION",
+            help="a worn brake: this fraction (0 to below 1) of every deceleration is lost",
         )
     dev.set_defaults(func=cmd_sim_device)
 

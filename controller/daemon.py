@@ -167,6 +167,7 @@ class Daemon:
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,
             "journal": self.system.journal_state(),
+            "stop_watch": self.system.stop_watch_state(),
         }
         problems = self.sensors.problems()
         if problems:

@@ -141,6 +141,20 @@ def clock_text(t: float) -> str:
     return f"{int(minutes)}:{seconds:04.1f}"
 
 
+def _stop_checked_text(f: dict[str, JsonScalar]) -> str:
+    why = f" ({f['why']})" if "why" in f else ""
+    if f.get("standstill_s") is None or f.get("deceleration_mph_per_s") is None:
+        return f"{f['kind']} stop: {f['verdict']}{why}"
+    if f.get("standstill_reached") is False:
+        took = f"still not at standstill after {f['standstill_s']} s"
+    else:
+        took = f"standstill after {f['standstill_s']} s"
+    return (
+        f"{f['kind']} stop from {f['speed_mph']} mph: {took} "
+        f"({f['deceleration_mph_per_s']} mph/s), {f['verdict']}{why}"
+    )
+
+
 def _when(step: Step) -> str:
     """A step's time as its scenario gives it: "0:02.0", or "0:02.0 after estop"."""
     at = clock_text(step.at)
@@ -273,10 +287,16 @@ class ScenarioRun:
         self.system = System(loaded, timers, self.driver, opened, wall=wall, time_scale=time_scale)
         self.core = self.system.core
         self.controller = self.system.controller
+        world = scenario.world
+        if world.stop_baselines:
+            self.system.set_stop_baselines(
+                {kind: b.baseline(kind) for kind, b in world.stop_baselines.items()}
+            )
+        if world.brake_wear:
+            self.belt.wear_brake(world.brake_wear)
         self.system.subscribe(self._on_event, name="simulation")
         self.report_interval_s = cfg.sensors.report_interval_s
         self.tick_period_s = 1.0 / cfg.control.tick_hz
-        world = scenario.world
         self.hands = {Hand.LEFT: world.left_hand, Hand.RIGHT: world.right_hand}
         self.fallen = world.fallen
         self.tablet = world.tablet
@@ -476,6 +496,10 @@ class ScenarioRun:
                 self._drive().report_fault(None)
                 self._drive().ignore_writes(False)
                 self._line("drive is healthy again")
+            case Action.BRAKE_WEAR:
+                assert step.wear is not None
+                self.belt.wear_brake(step.wear)
+                self._line(f"the brake wears: it loses {step.wear * 100:g} % of its deceleration")
 
     def _command(self, step: Step, command: Command) -> None:
         # The command's own line comes first, then the events it caused.
@@ -630,6 +654,10 @@ class ScenarioRun:
                 text = f"belt found moving at {f['speed_mph']} mph: stopping it"
             case EventType.JOURNAL_WARNING:
                 text = f"journal warning: {f['message']}"
+            case EventType.STOP_CHECKED:
+                text = _stop_checked_text(f)
+            case EventType.MAINTENANCE_WARNING:
+                text = f"MAINTENANCE WARNING: {f['message']}"
             case _:
                 text = ev.type.value
         if text:

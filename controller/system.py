@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ from safety.inputs import (
     StartSession,
 )
 from safety.limits import STANDSTILL_MPH
+from safety.stop_baseline import StopBaseline, StopKind
 
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
@@ -144,6 +145,7 @@ class System:
             returning_program=cfg.programs.returning,
             t0=clock.time(),
             sessions_before=self._last_session_id(),
+            stop_margin=cfg.stop_watch.margin_pct / 100.0,
         )
         self.controller = Controller(self.core, driver, clock, logger=self._log)
         # One coalescer for every refusal, the core's and the contract's (SR-14).
@@ -193,6 +195,41 @@ class System:
             status = self.controller.last_status
             if status is not None:
                 self.journal.observe_speed(status.speed_mph)
+
+    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+        """The treadmill's commissioned stops (commissioning, or a scenario's world): every
+        later stop of a kind is compared with its baseline; a kind left out is not compared
+        (the state's ``stop_watch`` and each ``stop_checked`` event say so). New baselines start
+        every run of slow stops again and let a worn-brake fault be reset. A baseline that
+        cannot be one raises ValueError and nothing changes; logged either way."""
+        try:
+            self.core.set_stop_baselines(baselines)
+        except ValueError as exc:
+            self._log.error("stop_baselines_refused", error=str(exc))
+            raise
+        self._log.info(
+            "stop_baselines_set",
+            kinds=sorted(kind.value for kind in baselines),
+            missing=sorted(kind.value for kind in StopKind if kind not in baselines),
+        )
+
+    def stop_watch_state(self) -> JsonObject:
+        """The state's ``stop_watch`` extension: the margin, and per kind whether there is a
+        baseline (none: not compared), how many stops in a row were slow and the last verdict."""
+        view = self.core.snapshot().stop_watch
+        assert view is not None
+        kinds: JsonObject = {}
+        for kind in StopKind:
+            kinds[kind.value] = {
+                "baseline": view.baselines[kind],
+                "slow_in_a_row": view.slow_in_a_row[kind],
+                "last": view.last.get(kind),
+            }
+        return {
+            "margin_pct": round(view.margin * 100.0, 3),
+            "fault_pending": view.fault_pending,
+            **kinds,
+        }
 
     def at_standstill(self) -> bool:
         snap = self.core.snapshot()

@@ -756,7 +756,10 @@ class SafetyCore:
     def _latch(self, kind: State, cause: Cause, detail: str) -> None:
         if self.latch is not None:
             return  # already latched: the first cause stands, the belt is already stopping
-        if cause in _NOT_BRAKING:
+        if cause is Cause.FEEDBACK_MISMATCH and self._open_stop is not None:
+            # The belt lags a stop under way: that is the stop being slow, timed on as it was.
+            pass
+        elif cause in _NOT_BRAKING:
             self._stop_interrupted(f"the drive was not braking as commanded ({cause.value})")
         else:
             # An emergency stop, also one that takes over a controlled stop under way: timed
@@ -1070,7 +1073,7 @@ class SafetyCore:
                 fields["expected_standstill_s"] = _finite_or_none(j.expected_standstill_s)
             fields["slow_in_a_row"] = j.slow_in_a_row
         if verdict is Verdict.NO_BASELINE:
-            why = f"no {kind.value} baseline: not compared (commission the treadmill)"
+            why = f"no {kind.value} baseline, not compared: commission the treadmill"
         if why:
             fields["why"] = why
         self._emit(EventType.STOP_CHECKED, **fields)

@@ -29,6 +29,9 @@ class BeltParams:
     lag_s: float = 0.15
     deadman_s: float = 0.5
     max_mph: float = 12.0
+    # A worn brake: this fraction (0 to below 1) of every deceleration, controlled and
+    # emergency, is lost. The stop-quality watch (safety/stop_watch.py) is tested with it.
+    brake_wear: float = 0.0
 
 
 class Belt:
@@ -49,6 +52,14 @@ class Belt:
         self.moving_s = 0.0
         self.max_speed_mph = 0.0
         self.last_moving_t: float | None = None
+        self.brake_wear = 0.0
+        self.wear_brake(params.brake_wear)
+
+    def wear_brake(self, wear: float) -> None:
+        """From now on the belt brakes with ``1 - wear`` of its deceleration."""
+        if not 0.0 <= wear < 1.0:
+            raise ValueError(f"brake_wear must be at least 0 and below 1, not {wear!r}")
+        self.brake_wear = wear
 
     # The host side: every call is also proof of life for the deadman.
 
@@ -93,6 +104,7 @@ class Belt:
                 self.speed_mph = min(goal, self.speed_mph + p.accel_mph_s * dt)
             else:
                 decel = p.estop_decel_mph_s if self._emergency else p.decel_mph_s
+                decel *= 1.0 - self.brake_wear
                 self.speed_mph = max(goal, self.speed_mph - decel * dt)
             if self.speed_mph > MOVING_MPH:
                 self.moving_s += dt
