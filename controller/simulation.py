@@ -145,14 +145,12 @@ def _stop_checked_text(f: dict[str, JsonScalar]) -> str:
     why = f" ({f['why']})" if "why" in f else ""
     if f.get("standstill_s") is None or f.get("deceleration_mph_per_s") is None:
         return f"{f['kind']} stop: {f['verdict']}{why}"
+    decel = f"{f['deceleration_mph_per_s']} mph/s"
     if f.get("standstill_reached") is False:
-        took = f"still not at standstill after {f['standstill_s']} s"
+        took = f"still not at standstill after {f['standstill_s']} s (at most {decel})"
     else:
-        took = f"standstill after {f['standstill_s']} s"
-    return (
-        f"{f['kind']} stop from {f['speed_mph']} mph: {took} "
-        f"({f['deceleration_mph_per_s']} mph/s), {f['verdict']}{why}"
-    )
+        took = f"standstill after {f['standstill_s']} s ({decel})"
+    return f"{f['kind']} stop from {f['speed_mph']} mph: {took}, {f['verdict']}{why}"
 
 
 def _when(step: Step) -> str:

@@ -321,9 +321,6 @@ class SafetyCore:
                 due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
                 due.append(self._countdown_until)
-        overdue = self._stop_overdue_at()
-        if overdue is not None:
-            due.append(overdue)
         best = min((t for t in due if t > now), default=math.inf)
         return None if best == math.inf else best
 
@@ -982,6 +979,13 @@ class SafetyCore:
         elif self._drive_mph <= STANDSTILL_MPH:
             self._open_stop = None
             self._judge(StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=True)
+        elif (overdue := self._stop_overdue_at()) is not None and t >= overdue - _EPS:
+            # Still moving by a status read when the stop is already slower than the margin
+            # allows, whatever comes next: judged now (the belt may never stop, and a latched
+            # state watches no feedback mismatch). Only a status can show it: silence is no
+            # evidence of a moving belt, nor of a stopped one.
+            self._open_stop = None
+            self._judge(StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=False)
         else:
             op.last_status_t = t
 
@@ -991,15 +995,6 @@ class SafetyCore:
             return
         if not self._drive_fresh():
             self._stop_interrupted("the drive stopped answering during the stop")
-            return
-        overdue = self._stop_overdue_at()
-        if overdue is not None and self.now >= overdue - _EPS:
-            # Not at standstill yet, and already slower than the margin allows whatever comes
-            # next: judged now (the belt may never stop; a latched state watches no feedback).
-            self._open_stop = None
-            self._judge(
-                StopMeasurement(op.kind, op.speed_mph, self.now - op.trigger_t), standstill=False
-            )
 
     def _stop_overdue_at(self) -> float | None:
         op = self._open_stop
