@@ -161,8 +161,8 @@ class Daemon:
 
     def _extra_state(self) -> JsonObject:
         """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
-        programs a tablet may offer, the journal's use, and which wired sensor inputs cannot
-        be read, and why."""
+        programs a tablet may offer, the journal's use, the stop-quality watch, and which wired
+        sensor inputs cannot be read, and why."""
         extra: JsonObject = {
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,
