@@ -955,9 +955,11 @@ class SafetyCore:
         has nothing to stop; an unknown speed, the drive silent, leaves nothing to time by)."""
         self._open_stop = None
         if self._drive_t is None or not self._drive_fresh():
-            if kind in self._stop_watch.baselines:
+            if self.commanded > 0.0:  # the belt was meant to move: a stop that cannot be timed
                 self._last_verdict[kind] = Verdict.INTERRUPTED.value
-                self._emit_stop_checked(kind, Verdict.INTERRUPTED, "no fresh drive status")
+                self._emit_stop_checked(
+                    kind, Verdict.INTERRUPTED, "no fresh drive status at the trigger"
+                )
             return
         if self._drive_mph <= STANDSTILL_MPH:
             return

@@ -520,3 +520,23 @@ def test_a_drive_fault_reported_during_a_stop_ends_its_timing() -> None:
     bench.run(2.0)
     assert bench.verdicts() == ["interrupted"]
     assert bench.of(EventType.MAINTENANCE_WARNING) == []
+
+
+def test_a_stop_triggered_while_the_drive_is_silent_cannot_be_timed() -> None:
+    """No fresh status at the trigger: no speed to time the stop from. Not a measurement
+    (neither good nor slow), and it says so."""
+    bench = Bench(wear=0.6)
+    bench.start()
+    bench.linked = False
+    # The next input after the drive has gone stale is the E-STOP itself (no tick between).
+    bench.t = round(bench.t + SafetyLimits().drive_timeout_s + 0.1, 9)
+    bench.submit(EStop(bench.t))
+    assert bench.verdicts() == ["interrupted"]
+    [checked] = bench.of(EventType.STOP_CHECKED)
+    assert checked.fields["why"] == "no fresh drive status at the trigger"
+    assert "speed_mph" not in checked.fields
+    snap = bench.core.snapshot().stop_watch
+    assert snap is not None
+    assert snap.last == {StopKind.EMERGENCY: "interrupted"}
+    assert snap.slow_in_a_row == dict.fromkeys(StopKind, 0)
+    assert bench.of(EventType.MAINTENANCE_WARNING) == []
