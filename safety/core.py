@@ -1034,12 +1034,15 @@ class SafetyCore:
             self._latch_brake_fault(_slow_message(j, self._stop_watch.margin, standstill))
 
     def _latch_brake_fault(self, message: str) -> None:
-        """Twice in a row too slow: a drive_fault, latched, whatever else is latched (an
-        emergency stop's latch gives way to it: its reset is the stricter one)."""
+        """Twice in a row too slow: a drive_fault, latched. An emergency stop's latch gives way
+        to it (its reset is the stricter one); another fault's latch stays, with its own reset
+        conditions, and a reset needs new baselines too (_reset_unmet)."""
         self._brake_fault_t = self.now
         detail = f"{STOP_WATCH_FAULT}: {message}"
         if self.latch is None:
             self._latch(State.FAULT, Cause.DRIVE_FAULT, detail)
+            return
+        if self.latch.kind is State.FAULT:
             return
         self.state = State.FAULT
         self.latch = Latch(kind=State.FAULT, cause=Cause.DRIVE_FAULT, since=self.now, detail=detail)

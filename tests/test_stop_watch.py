@@ -26,6 +26,7 @@ from safety.inputs import (
     Hand,
     Heartbeat,
     Input,
+    JournalHealth,
     Reset,
     StartSession,
     Stop,
@@ -540,3 +541,26 @@ def test_a_stop_triggered_while_the_drive_is_silent_cannot_be_timed() -> None:
     assert snap.last == {StopKind.EMERGENCY: "interrupted"}
     assert snap.slow_in_a_row == dict.fromkeys(StopKind, 0)
     assert bench.of(EventType.MAINTENANCE_WARNING) == []
+
+
+def test_a_fault_already_latched_stays_and_its_reset_needs_new_baselines_too() -> None:
+    """A journal fault latched during the second slow stop keeps its cause (and its own reset
+    condition); the worn brake is still in the way of a reset."""
+    bench = Bench(wear=0.6)
+    bench.start()
+    bench.estop()
+    assert isinstance(bench.reset(), Accepted)
+    bench.start()
+    t = bench.t
+    bench.submit(JournalHealth(t, writable=False, detail="disk full"))
+    bench.run(2.0)
+    assert bench.verdicts() == ["slow", "slow"]
+    latch = bench.core.latch
+    assert latch is not None
+    assert latch.cause is Cause.JOURNAL
+    bench.submit(JournalHealth(bench.t, writable=True))
+    refused = bench.reset()
+    assert isinstance(refused, Refused)
+    assert "commission the treadmill again" in refused.message
+    bench.core.set_stop_baselines(BASELINES)
+    assert isinstance(bench.reset(), Accepted)
