@@ -70,6 +70,16 @@ class StopMeasurement:
             return math.nan
         return v / t
 
+    def as_baseline(self) -> StopBaseline:
+        """This stop as the yardstick of its kind: for commissioning, which then measures its
+        proof stops exactly as every later stop is measured (the fields of a ``stop_checked``
+        event). ValueError if it cannot be one (not finite, not > 0)."""
+        baseline = StopBaseline(self.kind, self.standstill_s, self.deceleration_mph_per_s)
+        problem = baseline_problem(self.kind, baseline)
+        if problem is not None:
+            raise ValueError(problem)
+        return baseline
+
 
 @dataclass(frozen=True, slots=True)
 class Judgement:

@@ -564,3 +564,16 @@ def test_a_fault_already_latched_stays_and_its_reset_needs_new_baselines_too() -
     assert "commission the treadmill again" in refused.message
     bench.core.set_stop_baselines(BASELINES)
     assert isinstance(bench.reset(), Accepted)
+
+
+def test_a_measured_stop_is_its_kinds_baseline_and_an_unreadable_one_is_refused() -> None:
+    """Commissioning's seam: a proof stop, measured as every later stop is, as the baseline."""
+    baseline = emergency(0.8, 0.25).as_baseline()
+    assert (baseline.kind, baseline.standstill_s) == (StopKind.EMERGENCY, 0.25)
+    assert baseline.deceleration_mph_per_s == pytest.approx(3.2)
+    w = StopWatch()
+    w.set_baselines({StopKind.EMERGENCY: baseline})
+    assert w.judge(emergency(0.8, 0.25)).verdict is Verdict.GOOD
+    for bad in (emergency(math.nan, 0.25), emergency(0.8, math.inf), emergency(0.8, 0.0)):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            bad.as_baseline()
