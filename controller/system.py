@@ -212,6 +212,31 @@ class System:
             kinds=sorted(kind.value for kind in baselines),
             missing=sorted(kind.value for kind in StopKind if kind not in baselines),
         )
+        # A standstill is seen at a drive status: one status period late is as much as the
+        # margin on a short stop, so a good brake may read slow (docs/stop-watch.md).
+        period = self.status_period_s()
+        margin = self.loaded.config.stop_watch.margin_pct / 100.0
+        for kind, baseline in baselines.items():
+            if period > margin * baseline.standstill_s:
+                self._log.warning(
+                    "stop_baseline_coarse",
+                    kind=kind.value,
+                    standstill_s=baseline.standstill_s,
+                    status_period_s=period,
+                    margin_pct=margin * 100.0,
+                    message=(
+                        f"one drive status period ({period:g} s) is more than "
+                        f"{margin * 100:g} % of the {kind.value} stop's {baseline.standstill_s:g}"
+                        " s: a good stop may read slow; poll the drive faster or widen "
+                        "stop_watch.margin_pct"
+                    ),
+                )
+
+    def status_period_s(self) -> float:
+        """How often the drive's status is read: the driver's poll interval, or the control
+        tick for the in-process simulated drive."""
+        poll = getattr(self.loaded.config.drive, "poll_interval_s", None)
+        return float(poll) if isinstance(poll, int | float) else self.period_s
 
     def stop_watch_state(self) -> JsonObject:
         """The state's ``stop_watch`` extension: the margin, and per kind whether there is a

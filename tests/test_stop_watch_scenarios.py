@@ -10,12 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from pydantic import ValidationError
 
 from config.loading import load_config
 from config.schema import StopWatchSection
+from controller.drives import in_process_rig
 from controller.simulation import ScenarioRun, run_virtual
 from safety.decisions import EventType
+from safety.stop_baseline import StopBaseline, StopKind
 from simulator.belt import Belt, BeltParams
 from simulator.scenario import ScenarioError, load_scenario
 from simulator.virtual_loop import VirtualLoop
@@ -198,3 +201,32 @@ def test_sim_device_refuses_a_brake_wear_outside_0_to_1(value: str) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--brake-wear" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "standstill_s", "coarse"),
+    [
+        ("sim.toml", 0.25, False),  # a 50 ms tick against 0.25 s: 20 %, inside 30 %
+        ("sim.toml", 0.1, True),  # 50 %
+        ("example-trackmaster.toml", 0.31, True),  # its 100 ms poll: 32 %
+    ],
+)
+def test_a_baseline_shorter_than_the_status_period_allows_is_logged(
+    config: str, standstill_s: float, coarse: bool
+) -> None:
+    loaded = load_config(ROOT / "config" / config)
+    loop = VirtualLoop()
+    # The System with that configuration (a Trackmaster's, say), on a simulated belt.
+    run = ScenarioRun(
+        load_scenario(SCENARIOS / "worn_brake.toml"),
+        "w",
+        loaded,
+        loop,
+        rig=in_process_rig(SIM, loop.time),
+    )
+    baseline = StopBaseline(StopKind.EMERGENCY, standstill_s, 0.8 / standstill_s)
+    with structlog.testing.capture_logs() as logs:
+        run.system.set_stop_baselines({StopKind.EMERGENCY: baseline})
+    warned = [entry for entry in logs if entry["event"] == "stop_baseline_coarse"]
+    assert bool(warned) is coarse, logs
+    assert any(entry["event"] == "stop_baselines_set" for entry in logs)
