@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from safety.decisions import (
+from treadguard.safety.decisions import (
     ACCEPTED,
     ARMED_STATES,
     LATCHED_STATES,
@@ -31,7 +31,7 @@ from safety.decisions import (
     Reply,
     State,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     GRIP_SENSOR,
     Command,
     DriveError,
@@ -54,10 +54,10 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
-from safety.programs import Program, ProgramKind
-from safety.stop_baseline import StopBaseline, StopKind
-from safety.stop_watch import (
+from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.programs import Program, ProgramKind
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import (
     DEFAULT_MARGIN,
     MIN_MEASURED_MPH,
     Judgement,

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 DEFAULT_MARGIN = 0.30
 # Below this speed at the trigger a stop is not judged (the latency of the drive and of its

@@ -43,9 +43,9 @@ from pydantic import (
     model_validator,
 )
 
-from safety.decisions import Cause, EndReason, EventType, RefusalCode, State
-from safety.inputs import CommandType
-from safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.decisions import Cause, EndReason, EventType, RefusalCode, State
+from treadguard.safety.inputs import CommandType
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 _MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
 

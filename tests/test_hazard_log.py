@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.cli import build_parser
-from controller.hazard_log import (
+from treadguard.controller.cli import build_parser
+from treadguard.controller.hazard_log import (
     LOG_PATH,
     MATRIX_PATH,
     SAFETY_DOC_PATH,
@@ -30,7 +30,7 @@ from controller.hazard_log import (
     requirements_in,
     review_findings_in,
 )
-from simulator.trackmaster_device import INJECTION_KINDS
+from treadguard.simulator.trackmaster_device import INJECTION_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 

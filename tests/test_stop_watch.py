@@ -13,10 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.loading import load_programs
-from safety.core import STOP_WATCH_FAULT, SafetyCore
-from safety.decisions import Accepted, Cause, Event, EventType, RefusalCode, Refused, State
-from safety.inputs import (
+from treadguard.config.loading import load_programs
+from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
+from treadguard.safety.decisions import (
+    Accepted,
+    Cause,
+    Event,
+    EventType,
+    RefusalCode,
+    Refused,
+    State,
+)
+from treadguard.safety.inputs import (
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -32,16 +40,16 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import SafetyLimits
-from safety.stop_baseline import StopBaseline, StopKind
-from safety.stop_watch import (
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import (
     MIN_MEASURED_MPH,
     StopMeasurement,
     StopWatch,
     Verdict,
     is_slow,
 )
-from simulator.belt import Belt, BeltParams
+from treadguard.simulator.belt import Belt, BeltParams
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = load_programs(ROOT / "config" / "programs")

@@ -13,16 +13,16 @@ import pytest
 import structlog.testing
 from pydantic import ValidationError
 
-from config.loading import load_config
-from config.schema import StopWatchSection
-from controller.drives import in_process_rig
-from controller.simulation import ScenarioRun, run_virtual
-from safety.decisions import EventType
-from safety.stop_baseline import StopBaseline, StopKind
-from simulator.belt import Belt, BeltParams
-from simulator.scenario import ScenarioError, load_scenario
-from simulator.virtual_loop import VirtualLoop
 from tests.test_config import _treadguard_cmd, assert_refused, check_config, valid_config, write
+from treadguard.config.loading import load_config
+from treadguard.config.schema import StopWatchSection
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.simulation import ScenarioRun, run_virtual
+from treadguard.safety.decisions import EventType
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.simulator.belt import Belt, BeltParams
+from treadguard.simulator.scenario import ScenarioError, load_scenario
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = load_config(ROOT / "config" / "sim.toml")
