@@ -29,9 +29,9 @@ import paho.mqtt.client as mqtt
 from _common import free_port, machine, python_speed_s, row, save, start_broker, summary
 from paho.mqtt.enums import CallbackAPIVersion
 
-from config.loading import load_config
-from controller.daemon import Daemon
-from controller.logs import configure_logging
+from treadguard.config.loading import load_config
+from treadguard.controller.daemon import Daemon
+from treadguard.controller.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 TM = "tm-bench"
@@ -118,7 +118,7 @@ def measure_footprint(workdir: Path, port: int, window: float) -> dict[str, dict
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     config = write_config(workdir, port)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "treadguard.controller.cli", "run", "--config", str(config)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

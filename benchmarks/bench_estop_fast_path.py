@@ -24,15 +24,23 @@ from pathlib import Path
 
 from _common import row, save, summary
 
-from config.loading import load_config
-from controller.control import Controller
-from controller.logs import configure_logging
-from controller.loop import ScaledClock, run_control_loop
-from drivers.simulated import SimulatedDriver
-from safety.core import SafetyCore
-from safety.decisions import State
-from safety.inputs import FallReading, GripReading, Hand, Heartbeat, Input, Reset, StartSession
-from simulator.belt import Belt, BeltParams
+from treadguard.config.loading import load_config
+from treadguard.controller.control import Controller
+from treadguard.controller.logs import configure_logging
+from treadguard.controller.loop import ScaledClock, run_control_loop
+from treadguard.drivers.simulated import SimulatedDriver
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import State
+from treadguard.safety.inputs import (
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Input,
+    Reset,
+    StartSession,
+)
+from treadguard.simulator.belt import Belt, BeltParams
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,9 +38,9 @@ from _common import row, save, summary
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from drivers.modbus_vfd import ModbusVfdDriver
-from drivers.vfd_codec import RegisterMap, stop_word
-from simulator.modbus_device import (
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.drivers.vfd_codec import RegisterMap, stop_word
+from treadguard.simulator.modbus_device import (
     ModbusDeviceServer,
     SimulatedVfd,
     serve_modbus_rtu,

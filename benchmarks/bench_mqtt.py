@@ -155,7 +155,7 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
     log = workdir / "daemon.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "run", "--config", str(cfg)],
+            [sys.executable, "-m", "treadguard.controller.cli", "run", "--config", str(cfg)],
             cwd=ROOT,
             env=daemon_env(),
             stdout=out,

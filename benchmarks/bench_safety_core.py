@@ -15,10 +15,10 @@ from pathlib import Path
 
 from _common import row, save, summary
 
-from config.loading import load_config
-from safety.core import SafetyCore
-from safety.decisions import State
-from safety.inputs import (
+from treadguard.config.loading import load_config
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import State
+from treadguard.safety.inputs import (
     DriveFeedback,
     FallReading,
     GripReading,

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from config.schema import GpioInputSection, ModbusInputSection
-from controller.sensors import SensorHub
-from drivers.gpio_inputs import GpioChipInputs, GpioLine
-from safety.inputs import FallReading, GripReading, Sensor
-from simulator.modbus_io import SimulatedIoModule, serve_io_module_tcp
 from tests.test_sensor_gpio import Opener
+from treadguard.config.schema import GpioInputSection, ModbusInputSection
+from treadguard.controller.sensors import SensorHub
+from treadguard.drivers.gpio_inputs import GpioChipInputs, GpioLine
+from treadguard.safety.inputs import FallReading, GripReading, Sensor
+from treadguard.simulator.modbus_io import SimulatedIoModule, serve_io_module_tcp
 
 
 class Watch:

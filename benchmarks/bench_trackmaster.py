@@ -43,8 +43,8 @@ from pathlib import Path
 
 from _common import row, save, summary
 
-from drivers.trackmaster import TrackmasterDriver
-from simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
+from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
 BYTE_MS = {4800: 10 / 4800 * 1000, 9600: 10 / 9600 * 1000}  # 8N1: 10 bits a byte
 POLL_S = 0.1

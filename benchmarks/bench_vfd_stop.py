@@ -36,10 +36,10 @@ from typing import Any
 
 from _common import python_speed_s, row, save, summary
 
-from drivers.modbus_vfd import ModbusVfdDriver
-from drivers.vfd_codec import RegisterMap, stop_word
-from simulator.belt import BeltParams
-from simulator.modbus_device import RequestRecord, SimulatedVfd, serve_modbus_tcp
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.drivers.vfd_codec import RegisterMap, stop_word
+from treadguard.simulator.belt import BeltParams
+from treadguard.simulator.modbus_device import RequestRecord, SimulatedVfd, serve_modbus_tcp
 
 ROOT = Path(__file__).resolve().parent.parent
 RMAP = RegisterMap.from_toml(ROOT / "config" / "drives" / "delta-vfd-e.toml")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from _common import python_speed_s, row, save, summary
 
-from config.loading import load_config
-from controller.logs import configure_logging
-from controller.simulation import run_virtual
-from simulator.scenario import Scenario
+from treadguard.config.loading import load_config
+from treadguard.controller.logs import configure_logging
+from treadguard.controller.simulation import run_virtual
+from treadguard.simulator.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

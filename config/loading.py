@@ -14,15 +14,15 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from config.schema import (
+from treadguard.config.schema import (
     ENV_NESTED,
     ENV_PREFIX,
     ModbusDriveSection,
     SimulatedDriveSection,
     TreadguardConfig,
 )
-from config.sensor_checks import sensor_problems
-from safety.programs import Program
+from treadguard.config.sensor_checks import sensor_problems
+from treadguard.safety.programs import Program
 
 
 class ProgramError(ValueError):

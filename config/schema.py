@@ -16,9 +16,9 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from safety.inputs import Sensor
-from safety.limits import SafetyLimits
-from safety.link_limits import (
+from treadguard.safety.inputs import Sensor
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.link_limits import (
     DRIVE_MAX_POLL_INTERVAL_S,
     MAX_STATE_PERIOD_S,
     SENSOR_MAX_POLL_INTERVAL_S,

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import os
 
-from config.schema import (
+from treadguard.config.schema import (
     GpioInputSection,
     ModbusDriveSection,
     ModbusInputSection,
     TreadguardConfig,
     input_name,
 )
-from safety.inputs import Sensor
-from safety.link_limits import MODBUS_MAX_BITS_PER_READ
+from treadguard.safety.inputs import Sensor
+from treadguard.safety.link_limits import MODBUS_MAX_BITS_PER_READ
 
 # A GPIO line is read at least this many times per sensor time-out, so that one lost read
 # never makes a sensor stale.

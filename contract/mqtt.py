@@ -35,9 +35,9 @@ from pydantic import (
     ValidationError,
 )
 
-from safety.core import Snapshot
-from safety.decisions import Event, RefusalCode, Refused, Reply, State
-from safety.inputs import (
+from treadguard.safety.core import Snapshot
+from treadguard.safety.decisions import Event, RefusalCode, Refused, Reply, State
+from treadguard.safety.inputs import (
     Command,
     CommandType,
     EStop,
@@ -48,8 +48,8 @@ from safety.inputs import (
     StartSession,
     Stop,
 )
-from safety.limits import STANDSTILL_MPH, SafetyLimits
-from safety.programs import Program, ProgramKind
+from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.programs import Program, ProgramKind
 
 MAX_PAYLOAD_BYTES = 4096
 # A stamped start or speed change older than this (or this far ahead of our clock) is refused:

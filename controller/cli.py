@@ -13,28 +13,33 @@ from pathlib import Path
 
 import aiomqtt
 
-import config as config_package
-from config.loading import ConfigError, LoadedConfig, load_config
-from config.schema import SimulatedDriveSection
-from controller.daemon import Daemon
-from controller.journal import Journal, JournalError
-from controller.logs import configure_logging
-from controller.mqtt_settings import broker_settings
-from controller.preflight import load_runnable
-from controller.report import history_table, session_report
-from controller.simulation import (
+import treadguard.config as config_package
+from treadguard import __version__
+from treadguard.config.loading import ConfigError, LoadedConfig, load_config
+from treadguard.config.schema import SimulatedDriveSection
+from treadguard.controller.daemon import Daemon
+from treadguard.controller.journal import Journal, JournalError
+from treadguard.controller.logs import configure_logging
+from treadguard.controller.mqtt_settings import broker_settings
+from treadguard.controller.preflight import load_runnable
+from treadguard.controller.report import history_table, session_report
+from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
     clock_text,
     run_realtime,
     run_virtual,
 )
-from drivers.vfd_codec import RegisterMap, RegisterMapError
-from simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
-from simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
-from simulator.mqtt_user import Broker as MqttBroker
-from simulator.scenario import ScenarioError, load_scenario
-from simulator.trackmaster_device import INJECTION_KINDS, TrackmasterModel, serve_trackmaster
+from treadguard.drivers.vfd_codec import RegisterMap, RegisterMapError
+from treadguard.simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
+from treadguard.simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
+from treadguard.simulator.mqtt_user import Broker as MqttBroker
+from treadguard.simulator.scenario import ScenarioError, load_scenario
+from treadguard.simulator.trackmaster_device import (
+    INJECTION_KINDS,
+    TrackmasterModel,
+    serve_trackmaster,
+)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -303,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="treadguard",
         description="Safety controller for reverse-walking sessions on a motorized treadmill.",
     )
+    parser.add_argument("--version", action="version", version=f"treadguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="play scenarios against the simulated treadmill")
@@ -445,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the configuration's logging.level",
     )
     run.set_defaults(func=cmd_run)
-    from controller.tablet import add_tablet_parser
+    from treadguard.controller.tablet import add_tablet_parser
 
     add_tablet_parser(sub)
     return parser

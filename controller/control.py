@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from drivers.base import DriveStatus, TreadmillDriver, failure_of
-from safety.core import SafetyCore
-from safety.decisions import Decision, Event, EventType, State
-from safety.inputs import DriveFeedback, Input, Tick
+from treadguard.drivers.base import DriveStatus, TreadmillDriver, failure_of
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Decision, Event, EventType, State
+from treadguard.safety.inputs import DriveFeedback, Input, Tick
 
 
 class TimerHandle(Protocol):

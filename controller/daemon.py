@@ -24,28 +24,28 @@ from typing import Any
 
 import structlog
 
-from config.loading import LoadedConfig
-from config.schema import SimulatedDriveSection
-from contract.mqtt import (
+from treadguard.config.loading import LoadedConfig
+from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.mqtt import (
     JsonObject,
     SensorPayloadError,
     parse_sensor_payload,
 )
-from controller.control import Controller
-from controller.drives import build_driver, in_process_rig
-from controller.loop import ScaledClock, run_control_loop
-from controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
-from controller.sensors import SensorHub
-from controller.system import System, open_journal
-from controller.systemd import Notifier
-from controller.wallclock import wall_clock
-from drivers.base import TreadmillDriver
-from safety.core import SafetyCore
-from safety.decisions import (
+from treadguard.controller.control import Controller
+from treadguard.controller.drives import build_driver, in_process_rig
+from treadguard.controller.loop import ScaledClock, run_control_loop
+from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
+from treadguard.controller.sensors import SensorHub
+from treadguard.controller.system import System, open_journal
+from treadguard.controller.systemd import Notifier
+from treadguard.controller.wallclock import wall_clock
+from treadguard.drivers.base import TreadmillDriver
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import (
     LATCHED_STATES,
     Event,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     FallReading,
     GripReading,
     Hand,

@@ -7,21 +7,25 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
-from config.loading import ConfigError, LoadedConfig
-from config.schema import ModbusDriveSection, SimulatedDriveSection, TrackmasterDriveSection
-from drivers.base import TreadmillDriver
-from drivers.modbus_vfd import ModbusVfdDriver
-from drivers.simulated import SimulatedDriver
-from drivers.trackmaster import TrackmasterDriver
-from drivers.vfd_codec import RegisterMap, RegisterMapError
-from simulator.belt import Belt, BeltParams
-from simulator.modbus_device import (
+from treadguard.config.loading import ConfigError, LoadedConfig
+from treadguard.config.schema import (
+    ModbusDriveSection,
+    SimulatedDriveSection,
+    TrackmasterDriveSection,
+)
+from treadguard.drivers.base import TreadmillDriver
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.drivers.simulated import SimulatedDriver
+from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.vfd_codec import RegisterMap, RegisterMapError
+from treadguard.simulator.belt import Belt, BeltParams
+from treadguard.simulator.modbus_device import (
     ModbusDeviceServer,
     SimulatedVfd,
     serve_modbus_rtu,
     serve_modbus_tcp,
 )
-from simulator.trackmaster_device import TrackmasterDevice
+from treadguard.simulator.trackmaster_device import TrackmasterDevice
 
 
 def simulated_belt_params(drive: SimulatedDriveSection) -> BeltParams:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safety.decisions import Event, EventType
+from treadguard.safety.decisions import Event, EventType
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

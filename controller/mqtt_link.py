@@ -66,8 +66,8 @@ import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from config.loading import LoadedConfig
-from contract.mqtt import (
+from treadguard.config.loading import LoadedConfig
+from treadguard.contract.mqtt import (
     ID_MAX_CHARS,
     MAX_PAYLOAD_BYTES,
     CommandReply,
@@ -88,9 +88,9 @@ from contract.mqtt import (
     state_key,
     to_payload,
 )
-from controller.mqtt_settings import TlsSettings, broker_settings
-from safety.core import Snapshot
-from safety.decisions import Event, EventType
+from treadguard.controller.mqtt_settings import TlsSettings, broker_settings
+from treadguard.safety.core import Snapshot
+from treadguard.safety.decisions import Event, EventType
 
 ONLINE = b"online"
 REFUSALS_LOGGED_PER_S = 20

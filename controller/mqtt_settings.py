@@ -8,8 +8,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.loading import LoadedConfig
-from contract.mqtt import default_prefix
+from treadguard.config.loading import LoadedConfig
+from treadguard.contract.mqtt import default_prefix
 
 
 @dataclass(frozen=True, slots=True)

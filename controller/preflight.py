@@ -10,12 +10,12 @@ import ssl
 import time
 from pathlib import Path
 
-from config.loading import ConfigError, LoadedConfig, load_config
-from config.schema import ModbusDriveSection, SimulatedDriveSection
-from controller.drives import build_driver, field_problem, in_process_rig
-from controller.mqtt_settings import broker_settings
-from controller.sensors import SensorHub
-from drivers.vfd_codec import CodecError, mph_to_register
+from treadguard.config.loading import ConfigError, LoadedConfig, load_config
+from treadguard.config.schema import ModbusDriveSection, SimulatedDriveSection
+from treadguard.controller.drives import build_driver, field_problem, in_process_rig
+from treadguard.controller.mqtt_settings import broker_settings
+from treadguard.controller.sensors import SensorHub
+from treadguard.drivers.vfd_codec import CodecError, mph_to_register
 
 
 def load_runnable(path: Path) -> LoadedConfig:

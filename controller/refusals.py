@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.mqtt import COMMAND_TYPES, ErrorCode
-from safety.decisions import Event, EventType
+from treadguard.contract.mqtt import COMMAND_TYPES, ErrorCode
+from treadguard.safety.decisions import Event, EventType
 
 WINDOW_S = 1.0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from datetime import datetime
 
-from controller.journal import EventRow, SessionRow
+from treadguard.controller.journal import EventRow, SessionRow
 
 # Events worth a mark on the chart; the rest are listed in the table below it.
 MARKED = {

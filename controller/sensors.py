@@ -26,20 +26,20 @@ from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from config.schema import (
+from treadguard.config.schema import (
     GpioInputSection,
     ModbusInputSection,
     MqttInputSection,
     SensorInput,
     input_name,
 )
-from config.sensor_checks import same_device
-from drivers.gpio_inputs import GpioChipInputs, GpioLine
-from drivers.input_filter import LevelFilter, Sample
-from drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
-from safety.flips import FlipGuard
-from safety.inputs import FallReading, GripReading, Hand, Sensor
-from safety.stamps import SensorClock
+from treadguard.config.sensor_checks import same_device
+from treadguard.drivers.gpio_inputs import GpioChipInputs, GpioLine
+from treadguard.drivers.input_filter import LevelFilter, Sample
+from treadguard.drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
+from treadguard.safety.flips import FlipGuard
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
+from treadguard.safety.stamps import SensorClock
 
 Submit = Callable[[GripReading | FallReading], object]
 # Samples further apart than this many poll intervals (an outage, a reconnect) restart a wired

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.loading import LoadedConfig
-from config.schema import SimulatedDriveSection
-from controller.control import Timers
-from controller.drives import Rig, in_process_rig, wire_rig
-from controller.journal import Journal, JournalError
-from controller.loop import ScaledClock, run_control_loop
-from controller.system import IN_MEMORY, System, open_journal
-from drivers.base import DriveStatus, TreadmillDriver
-from drivers.simulated import SimulatedDriver
-from safety.decisions import Accepted, EndReason, Event, EventType, JsonScalar, Refused
-from safety.inputs import (
+from treadguard.config.loading import LoadedConfig
+from treadguard.config.schema import SimulatedDriveSection
+from treadguard.controller.control import Timers
+from treadguard.controller.drives import Rig, in_process_rig, wire_rig
+from treadguard.controller.journal import Journal, JournalError
+from treadguard.controller.loop import ScaledClock, run_control_loop
+from treadguard.controller.system import IN_MEMORY, System, open_journal
+from treadguard.drivers.base import DriveStatus, TreadmillDriver
+from treadguard.drivers.simulated import SimulatedDriver
+from treadguard.safety.decisions import Accepted, EndReason, Event, EventType, JsonScalar, Refused
+from treadguard.safety.inputs import (
     Command,
     EStop,
     FallReading,
@@ -35,9 +35,9 @@ from safety.inputs import (
     StartSession,
     Stop,
 )
-from safety.limits import HARD_MAX_MPH
-from simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
-from simulator.virtual_loop import VirtualLoop
+from treadguard.safety.limits import HARD_MAX_MPH
+from treadguard.simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 HEARTBEAT_S = 1.0  # the tablet's heartbeat period (MQTT-API.md)
 SAMPLE_S = 0.1  # how often sessions and stops are checked for being over

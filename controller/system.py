@@ -37,15 +37,15 @@ from typing import Any
 
 import structlog
 
-from config.loading import LoadedConfig
-from contract.mqtt import CommandReply, JsonObject, encode_programs
-from controller.control import Controller, EventListener, Timers
-from controller.journal import WARN_FRACTION, Journal, JournalError
-from controller.loop import LoopHealth
-from controller.refusals import RefusalCoalescer
-from drivers.base import TreadmillDriver
-from safety.core import SafetyCore
-from safety.decisions import (
+from treadguard.config.loading import LoadedConfig
+from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
+from treadguard.controller.control import Controller, EventListener, Timers
+from treadguard.controller.journal import WARN_FRACTION, Journal, JournalError
+from treadguard.controller.loop import LoopHealth
+from treadguard.controller.refusals import RefusalCoalescer
+from treadguard.drivers.base import TreadmillDriver
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import (
     ARMED_STATES,
     Event,
     EventType,
@@ -54,7 +54,7 @@ from safety.decisions import (
     Refused,
     Reply,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     Command,
     EStop,
     FallReading,
@@ -64,7 +64,7 @@ from safety.inputs import (
     RivalDaemon,
     StartSession,
 )
-from safety.limits import STANDSTILL_MPH
+from treadguard.safety.limits import STANDSTILL_MPH
 
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops

@@ -37,12 +37,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import TypeAdapter, ValidationError
 
-import config as config_package
-from config.loading import ConfigError, load_config
-from config.schema import MqttTopicPrefix
-from contract.mqtt import JsonObject, Topics, state_key, to_payload
-from controller.mqtt_settings import broker_settings
-from safety.inputs import CommandType
+import treadguard.config as config_package
+from treadguard.config.loading import ConfigError, load_config
+from treadguard.config.schema import MqttTopicPrefix
+from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
+from treadguard.controller.mqtt_settings import broker_settings
+from treadguard.safety.inputs import CommandType
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from safety.inputs import DriveFailure
+from treadguard.safety.inputs import DriveFailure
 
 
 @dataclass(frozen=True, slots=True)

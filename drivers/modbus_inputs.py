@@ -27,8 +27,8 @@ from typing import Literal
 from pymodbus import FramerType, ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-from drivers.modbus_vfd import connect_within, raise_if_cancelled
-from safety.link_limits import MODBUS_MAX_BITS_PER_READ
+from treadguard.drivers.modbus_vfd import connect_within, raise_if_cancelled
+from treadguard.safety.link_limits import MODBUS_MAX_BITS_PER_READ
 
 _log = logging.getLogger("treadguard.drivers.modbus_inputs")
 

@@ -63,9 +63,15 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import DriveStatus
-from drivers.link_policy import STOP_CONFIRM_S, Action, LinkPolicy, PolicyParams, StopCause
-from drivers.vfd_codec import (
+from treadguard.drivers.base import DriveStatus
+from treadguard.drivers.link_policy import (
+    STOP_CONFIRM_S,
+    Action,
+    LinkPolicy,
+    PolicyParams,
+    StopCause,
+)
+from treadguard.drivers.vfd_codec import (
     COMM_TIMEOUT_MAX_RAW,
     COMM_TIMEOUT_UNIT_S,
     CodecError,
@@ -82,7 +88,7 @@ from drivers.vfd_codec import (
     status_read_plan,
     stop_word,
 )
-from safety.link_limits import (
+from treadguard.safety.link_limits import (
     DRIVE_LINK_TIMEOUT_S,
     DRIVE_MAX_POLL_INTERVAL_S,
     VFD_REQUEST_TIMEOUT_S,

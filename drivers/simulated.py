@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from drivers.base import DriveStatus
+from treadguard.drivers.base import DriveStatus
 
 
 class SimulatedBelt(Protocol):

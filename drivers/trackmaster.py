@@ -66,9 +66,9 @@ from typing import TypeVar
 
 from serial_asyncio_fast import SerialTransport, create_serial_connection
 
-from drivers.base import DriveStatus
-from drivers.link_policy import Action, LinkPolicy, PolicyParams, StopCause
-from drivers.trackmaster_codec import (
+from treadguard.drivers.base import DriveStatus
+from treadguard.drivers.link_policy import Action, LinkPolicy, PolicyParams, StopCause
+from treadguard.drivers.trackmaster_codec import (
     Ack,
     BeltState,
     BeltStateReply,
@@ -91,7 +91,7 @@ from drivers.trackmaster_codec import (
     encode_stop,
     speed_tenths,
 )
-from safety.link_limits import (
+from treadguard.safety.link_limits import (
     DRIVE_LINK_TIMEOUT_S,
     DRIVE_MAX_POLL_INTERVAL_S,
     TRACKMASTER_ACK_TIMEOUT_S,

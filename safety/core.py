@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from safety.decisions import (
+from treadguard.safety.decisions import (
     ACCEPTED,
     ARMED_STATES,
     LATCHED_STATES,
@@ -31,7 +31,7 @@ from safety.decisions import (
     Reply,
     State,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     GRIP_SENSOR,
     Command,
     DriveError,
@@ -54,8 +54,8 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
-from safety.programs import Program, ProgramKind
+from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.programs import Program, ProgramKind
 
 _EPS = 1e-9
 # Iterating an Enum class is slow next to a tuple, and these loops run on every input.

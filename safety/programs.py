@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from safety.limits import (
+from treadguard.safety.limits import (
     HARD_CAP_FIRST_SESSION_S,
     HARD_CAP_S,
     HARD_INTERVAL_S,

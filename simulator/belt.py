@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from safety.limits import STANDSTILL_MPH
+from treadguard.safety.limits import STANDSTILL_MPH
 
 # Integration step: the lag is integrated exactly per step and the acceleration limits are
 # linear, so 20 ms is accurate and keeps an 8-minute run to 24,000 steps.

@@ -46,7 +46,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.vfd_codec import (
+from treadguard.drivers.vfd_codec import (
     COMM_TIMEOUT_UNIT_S,
     FAULT_RESET_WORD,
     STOP_ACTIONS,
@@ -58,7 +58,7 @@ from drivers.vfd_codec import (
     register_to_mph,
     status_word,
 )
-from simulator.belt import Belt, BeltParams
+from treadguard.simulator.belt import Belt, BeltParams
 
 DEFAULT_REGISTER_MAP = (
     Path(__file__).resolve().parent.parent / "config" / "drives" / "delta-vfd-e.toml"

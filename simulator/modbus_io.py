@@ -20,7 +20,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulator.modbus_device import PtyLink
+from treadguard.simulator.modbus_device import PtyLink
 
 _BITS_PER_REGISTER = 16
 _READ_COILS = 1

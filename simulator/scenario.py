@@ -43,8 +43,8 @@ from pydantic import (
     model_validator,
 )
 
-from safety.decisions import Cause, EndReason, EventType, RefusalCode, State
-from safety.inputs import CommandType
+from treadguard.safety.decisions import Cause, EndReason, EventType, RefusalCode, State
+from treadguard.safety.inputs import CommandType
 
 _MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
 

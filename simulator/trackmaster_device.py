@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TextIO
 
-from drivers.trackmaster_codec import (
+from treadguard.drivers.trackmaster_codec import (
     DIGITS_MAX,
     EMERGENCY_TENTHS,
     BeltState,
@@ -68,7 +68,7 @@ from drivers.trackmaster_codec import (
     encode_status_value,
     encode_unknown_status,
 )
-from simulator.belt import Belt, BeltParams
+from treadguard.simulator.belt import Belt, BeltParams
 
 # The treadmill's own clock: physics, the CDS deadman and the totals advance this often.
 _TICK_S = 0.01

@@ -56,7 +56,15 @@ def modbus_device() -> Iterator[str]:
     """``treadguard sim-device modbus``: a simulated VFD on Modbus TCP, in a process of its own
     (it outlives any daemon a test kills); yields HOST:PORT."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "sim-device", "modbus", "--tcp", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "treadguard.controller.cli",
+            "sim-device",
+            "modbus",
+            "--tcp",
+            "127.0.0.1:0",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

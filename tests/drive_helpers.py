@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from drivers.base import DriveStatus, TreadmillDriver
+from treadguard.drivers.base import DriveStatus, TreadmillDriver
 
 
 async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:

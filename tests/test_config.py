@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from config.loading import ProgramError, load_program, load_programs
-from config.schema import (
+from treadguard.config.loading import ProgramError, load_program, load_programs
+from treadguard.config.schema import (
     ControlSection,
     GpioInputSection,
     ModbusDriveSection,
@@ -35,8 +35,8 @@ from config.schema import (
     SimulatedDriveSection,
     TrackmasterDriveSection,
 )
-from safety.limits import SafetyLimits
-from safety.programs import ProgramKind
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.programs import ProgramKind
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"
@@ -58,7 +58,7 @@ PROBLEM = re.compile(r"^  (?P<path>[A-Za-z0-9_.\[\]()-]+): (?P<msg>.+)$")
 def _treadguard_cmd() -> list[str]:
     # Not the venv's treadguard script: an editable install maps its imports to the tree it was
     # installed from, which need not be this one. -m with cwd=ROOT runs the code under test.
-    return [sys.executable, "-m", "controller.cli"]
+    return [sys.executable, "-m", "treadguard.controller.cli"]
 
 
 def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -461,7 +461,7 @@ def test_shipped_programs_keep_to_the_protocol() -> None:
 def test_environment_overrides_the_file_and_is_validated_like_it(tmp_path: Path) -> None:
     """TREADGUARD_<SECTION>__<KEY> wins over the file; a bad value names the field and the
     variable it came from (SR-15)."""
-    from config.loading import load_config
+    from treadguard.config.loading import load_config
 
     path = write(tmp_path, valid_config(extra="[mqtt]\nport = 1883"))
     old = os.environ.get("TREADGUARD_MQTT__PORT")
@@ -539,8 +539,8 @@ def run_gets_past_configuration(path: Path) -> None:
     the MQTT link) exactly as the daemon does. Raises whatever run would die of."""
     import asyncio
 
-    from controller.daemon import Daemon
-    from controller.preflight import load_runnable
+    from treadguard.controller.daemon import Daemon
+    from treadguard.controller.preflight import load_runnable
 
     loaded = load_runnable(path)
 
@@ -862,7 +862,7 @@ def test_sr15_every_configuration_check_config_accepts_is_one_run_gets_past(text
     """Files over every drive kind, the sensor inputs, the bounds and the whole float space:
     check-config either refuses one with its fields, or run gets past configuration with it
     (its driver, sensor readers and MQTT link built the way the daemon builds them)."""
-    from controller.cli import main
+    from treadguard.controller.cli import main
 
     path = Path(_FOLDER) / "treadguard.toml"
     path.write_text(text, encoding="utf-8")

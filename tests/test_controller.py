@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from config.loading import LoadedConfig, load_config
-from config.schema import SimulatedDriveSection
-from controller.control import Controller
-from controller.loop import ScaledClock, run_control_loop
-from drivers.simulated import SimulatedDriver
-from safety.core import SafetyCore
-from safety.decisions import Accepted, Cause, Event, EventType, State
-from safety.inputs import (
+from treadguard.config.loading import LoadedConfig, load_config
+from treadguard.config.schema import SimulatedDriveSection
+from treadguard.controller.control import Controller
+from treadguard.controller.loop import ScaledClock, run_control_loop
+from treadguard.drivers.simulated import SimulatedDriver
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Accepted, Cause, Event, EventType, State
+from treadguard.safety.inputs import (
     EStop,
     FallReading,
     GripReading,
@@ -35,8 +35,8 @@ from safety.inputs import (
     SetSpeed,
     StartSession,
 )
-from simulator.belt import Belt, BeltParams
-from simulator.virtual_loop import VirtualLoop
+from treadguard.simulator.belt import Belt, BeltParams
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 

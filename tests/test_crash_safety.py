@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from controller.journal import Journal
 from tests.clinician import STANDSTILL_MPH, clinician, ok, sensor_user
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, body
+from treadguard.controller.journal import Journal
 
 KILLS = int(os.environ.get("TREADGUARD_CRASH_KILLS", "12"))
 TM = "tm-crash"

@@ -21,8 +21,8 @@ PLANT = '''
 import os
 import sys
 
-from controller import journal
-from safety import core, inputs
+from treadguard.controller import journal
+from treadguard.safety import core, inputs
 
 FLAG = {flag!r}
 MARKER = {marker!r}

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from controller.wallclock import STEP_FILE_ENV
 from tests.clinician import (
     STANDSTILL_MPH,
     Clinician,
@@ -37,6 +36,7 @@ from tests.clinician import (
 from tests.daemon_process import ROOT, DaemonProcess
 from tests.mosquitto import Broker, body
 from tests.periodic import pause, periodic
+from treadguard.controller.wallclock import STEP_FILE_ENV
 
 SURROGATES = ["\ud800", "u\udfff-17", "\udc00\udbffx"]  # lone, lone, a pair reversed
 
@@ -103,7 +103,7 @@ async def test_sr15_sr12_a_user_name_with_a_lone_surrogate_is_refused_and_the_li
 SITECUSTOMIZE = '''
 """Test-only, in the daemon's process: the journal's history lookup fails, for the user
 "boom", with an exception nobody wrote a handler for."""
-from controller import journal
+from treadguard.controller import journal
 
 _has_history = journal.Journal.has_history
 
@@ -394,7 +394,7 @@ async def test_sr11_commands_that_arrive_during_shutdown_are_answered(
 
 def test_the_wall_step_file_is_the_only_way_in(tmp_path: Path) -> None:
     """The step file is read only when the test-only variable names it."""
-    from controller.wallclock import wall_clock
+    from treadguard.controller.wallclock import wall_clock
 
     assert wall_clock({}) is time.time
     step = tmp_path / "step"

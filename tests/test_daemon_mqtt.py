@@ -21,7 +21,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from contract.mqtt import MAX_COMMAND_AGE_S
 from tests.clinician import (
     SESSION_WAIT_S,
     STANDSTILL_MPH,
@@ -44,6 +43,7 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
+from treadguard.contract.mqtt import MAX_COMMAND_AGE_S
 
 REGISTER_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
 

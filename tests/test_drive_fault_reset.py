@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from config.loading import load_programs
-from controller.control import Controller
-from controller.loop import ScaledClock
-from safety.core import SafetyCore
-from safety.decisions import Accepted, Cause, Refused, State
-from safety.inputs import FallReading, GripReading, Hand, Heartbeat, Reset, StartSession
-from safety.limits import STANDSTILL_MPH, SafetyLimits
 from tests.drive_helpers import eventually
 from tests.test_modbus_driver import ROOT, make_driver, make_vfd, running, serve
+from treadguard.config.loading import load_programs
+from treadguard.controller.control import Controller
+from treadguard.controller.loop import ScaledClock
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Accepted, Cause, Refused, State
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Heartbeat, Reset, StartSession
+from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
 
 PROGRAMS = load_programs(ROOT / "config" / "programs")
 

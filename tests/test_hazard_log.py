@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.cli import build_parser
-from controller.hazard_log import (
+from treadguard.controller.cli import build_parser
+from treadguard.controller.hazard_log import (
     LOG_PATH,
     MATRIX_PATH,
     SAFETY_DOC_PATH,
@@ -30,7 +30,7 @@ from controller.hazard_log import (
     requirements_in,
     review_findings_in,
 )
-from simulator.trackmaster_device import INJECTION_KINDS
+from treadguard.simulator.trackmaster_device import INJECTION_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -478,8 +478,8 @@ def test_the_shipped_hazard_log_checks_out() -> None:
 def test_the_committed_traceability_matrix_is_the_generated_one() -> None:
     generated = render_matrix(load_log(ROOT / LOG_PATH))
     assert (ROOT / MATRIX_PATH).read_text() == generated, (
-        f"{MATRIX_PATH} drifted from {LOG_PATH}: run `python -m controller.hazard_log --log-only`"
-        " and commit the result"
+        f"{MATRIX_PATH} drifted from {LOG_PATH}: run"
+        " `python -m treadguard.controller.hazard_log --log-only` and commit the result"
     )
 
 

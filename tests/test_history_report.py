@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from controller.journal import Journal
-from safety.decisions import Event, EventType
 from tests.daemon_process import ROOT, daemon_config
+from treadguard.controller.journal import Journal
+from treadguard.safety.decisions import Event, EventType
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from controller.journal import WARN_FRACTION, Journal, JournalError
-from safety.decisions import Event, EventType
 from tests.clinician import SESSION_WAIT_S, clinician, ok, refused, running
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker
+from treadguard.controller.journal import WARN_FRACTION, Journal, JournalError
+from treadguard.safety.decisions import Event, EventType
 
 
 def started(session: int, user: str = "u1", program: str = "first_session") -> Event:
@@ -106,8 +106,8 @@ def test_history_counts_sessions_that_ran_and_ended_as_planned(tmp_path: Path) -
 CRASHING_WRITER = """
 import os, sys
 from pathlib import Path
-from controller.journal import Journal
-from safety.decisions import Event, EventType
+from treadguard.controller.journal import Journal
+from treadguard.safety.decisions import Event, EventType
 journal = Journal.open(Path(sys.argv[1]))
 journal.record(Event(EventType.SESSION_STARTED, 0.0, {"session_id": "7", "user": "u1",
                "program": "first_session", "cap_s": 180.0}), ts=100.0)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from drivers.link_policy import (
+from treadguard.drivers.link_policy import (
     Action,
     Decision,
     LinkPolicy,

@@ -3,7 +3,7 @@ more than two periods late as an overrun that stops the session (SR-11 daemon si
 
 from __future__ import annotations
 
-from controller.loop import LoopHealth
+from treadguard.controller.loop import LoopHealth
 
 PERIOD = 0.05
 

@@ -22,16 +22,16 @@ from typing import Literal, TypedDict, Unpack
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from drivers.modbus_vfd import ModbusVfdDriver
-from drivers.vfd_codec import RegisterMap
-from simulator.belt import BeltParams
-from simulator.modbus_device import (
+from tests.drive_helpers import ControlTicks, eventually, status_of
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.drivers.vfd_codec import RegisterMap
+from treadguard.simulator.belt import BeltParams
+from treadguard.simulator.modbus_device import (
     ModbusDeviceServer,
     SimulatedVfd,
     serve_modbus_rtu,
     serve_modbus_tcp,
 )
-from tests.drive_helpers import ControlTicks, eventually, status_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DELTA_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
@@ -410,8 +410,8 @@ async def test_sr9_sr11_driver_task_cancelled_writes_the_stop_word(kind: Kind) -
 CHILD = """
 import asyncio, sys
 from pathlib import Path
-from drivers.modbus_vfd import ModbusVfdDriver
-from drivers.vfd_codec import RegisterMap
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.drivers.vfd_codec import RegisterMap
 
 async def main() -> None:
     rmap = RegisterMap.from_toml(Path(sys.argv[2]))

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from drivers.modbus_vfd import ModbusVfdDriver
-from simulator.modbus_device import ModbusDeviceServer, RequestRecord, SimulatedVfd
 from tests.drive_helpers import ControlTicks, eventually, status_of
 from tests.test_modbus_driver import (
     DEADMAN_S,
@@ -31,6 +29,8 @@ from tests.test_modbus_driver import (
     serve,
     start_belt,
 )
+from treadguard.drivers.modbus_vfd import ModbusVfdDriver
+from treadguard.simulator.modbus_device import ModbusDeviceServer, RequestRecord, SimulatedVfd
 
 LINE_DELAY_S = 0.02
 STATUS_REGISTERS = {

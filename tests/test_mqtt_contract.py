@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.loading import load_config, load_programs
-from contract.mqtt import (
+from treadguard.config.loading import load_config, load_programs
+from treadguard.contract.mqtt import (
     MAX_COMMAND_AGE_S,
     MAX_PAYLOAD_BYTES,
     CommandReply,
@@ -32,9 +32,9 @@ from contract.mqtt import (
     state_key,
     to_payload,
 )
-from controller.mqtt_link import unix_mapper
-from safety.core import Latch, SafetyCore, SessionView, Snapshot
-from safety.decisions import (
+from treadguard.controller.mqtt_link import unix_mapper
+from treadguard.safety.core import Latch, SafetyCore, SessionView, Snapshot
+from treadguard.safety.decisions import (
     ACCEPTED,
     Cause,
     Event,
@@ -44,7 +44,7 @@ from safety.decisions import (
     Reply,
     State,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     Command,
     EStop,
     Hand,
@@ -55,7 +55,7 @@ from safety.inputs import (
     StartSession,
     Stop,
 )
-from safety.limits import SafetyLimits
+from treadguard.safety.limits import SafetyLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 12.5  # the caller's monotonic time for commands
@@ -903,8 +903,8 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
     each parses to the core's input whose TYPE is that name."""
     from typing import get_args
 
-    from contract.mqtt import _MODELS
-    from safety.inputs import CommandType
+    from treadguard.contract.mqtt import _MODELS
+    from treadguard.safety.inputs import CommandType
 
     # The wire names as MQTT-API.md lists them, written out here, not taken from the code.
     assert {c.value for c in CommandType} == {

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.mqtt_link import TabletLink
-from safety.core import SessionView, Snapshot
-from safety.decisions import ACCEPTED, Event, EventType, Reply, State
-from safety.inputs import Command, EStop, Hand, Heartbeat
 from tests.mosquitto import WAIT_S, Broker, Login, Tablet, body, tablet, text_is
+from treadguard.controller.mqtt_link import TabletLink
+from treadguard.safety.core import SessionView, Snapshot
+from treadguard.safety.decisions import ACCEPTED, Event, EventType, Reply, State
+from treadguard.safety.inputs import Command, EStop, Hand, Heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,10 +171,10 @@ async def test_sr15_duplicate_id_gets_the_original_reply_and_runs_once(broker: B
 CHILD = """
 import asyncio, os, sys, time
 sys.path.insert(0, sys.argv[3])
-from controller.mqtt_link import TabletLink
-from safety.core import Snapshot
-from safety.decisions import ACCEPTED, State
-from safety.inputs import Hand
+from treadguard.controller.mqtt_link import TabletLink
+from treadguard.safety.core import Snapshot
+from treadguard.safety.decisions import ACCEPTED, State
+from treadguard.safety.inputs import Hand
 
 SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: True}, False,
                 (), None, None)

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from safety.decisions import Event, EventType
 from tests.clinician import clinician, sensor_user
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import WAIT_S, Broker, Tablet, body, have_mosquitto, tablet, text_is
 from tests.test_mqtt_link import World, make_link
+from treadguard.safety.decisions import Event, EventType
 
 SESSION_EXPIRY_S = 600
 

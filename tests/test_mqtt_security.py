@@ -31,10 +31,6 @@ from typing import Any, TypedDict, Unpack
 import aiomqtt
 import pytest
 
-from controller.mqtt_link import TabletLink
-from controller.mqtt_settings import TlsSettings
-from safety.decisions import Event, EventType
-from safety.inputs import Heartbeat
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     ACL,
@@ -55,6 +51,10 @@ from tests.mosquitto import (
     text_is,
 )
 from tests.test_mqtt_link import World, make_link, send, spawn_link_process
+from treadguard.controller.mqtt_link import TabletLink
+from treadguard.controller.mqtt_settings import TlsSettings
+from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.inputs import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = ROOT / "config" / "mosquitto" / "treadguard.conf"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.refusals import RefusalCoalescer, refusal_kind
-from safety.decisions import Event, EventType
+from treadguard.controller.refusals import RefusalCoalescer, refusal_kind
+from treadguard.safety.decisions import Event, EventType
 
 
 def refused(t: float, command: str = "set_speed", code: str = "out_of_range") -> Event:

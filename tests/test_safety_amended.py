@@ -17,23 +17,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
-from safety.core import SafetyCore
-from safety.decisions import Accepted, Cause, Decision, EndReason, EventType, Refused, State
-from safety.inputs import (
-    DriveFailure,
-    DriveFeedback,
-    FallReading,
-    GripReading,
-    Hand,
-    Heartbeat,
-    Input,
-    Reset,
-    RivalDaemon,
-    StartSession,
-    Tick,
-)
-from safety.limits import SafetyLimits
-from safety.programs import Program, ProgramKind
 from tests.test_safety_examples import (
     COUNTDOWN_S,
     DEBOUNCE_S,
@@ -46,6 +29,31 @@ from tests.test_safety_examples import (
     refusal,
 )
 from tests.test_safety_properties import EXAMPLES, PROGRAMS
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import (
+    Accepted,
+    Cause,
+    Decision,
+    EndReason,
+    EventType,
+    Refused,
+    State,
+)
+from treadguard.safety.inputs import (
+    DriveFailure,
+    DriveFeedback,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Input,
+    Reset,
+    RivalDaemon,
+    StartSession,
+    Tick,
+)
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.programs import Program, ProgramKind
 
 PROPERTY = settings(
     max_examples=EXAMPLES,

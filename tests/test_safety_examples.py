@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from config.loading import ProgramError, load_program, load_programs
-from safety.core import SafetyCore
-from safety.decisions import (
+from treadguard.config.loading import ProgramError, load_program, load_programs
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import (
     Accepted,
     Cause,
     Decision,
@@ -27,7 +27,7 @@ from safety.decisions import (
     Refused,
     State,
 )
-from safety.inputs import (
+from treadguard.safety.inputs import (
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -46,8 +46,8 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import SafetyLimits
-from safety.programs import Program
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.programs import Program
 
 PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
 

@@ -35,10 +35,10 @@ from typing import TypeVar
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from config.loading import load_programs
-from safety.core import SafetyCore
-from safety.decisions import Accepted, Decision, EventType, State
-from safety.inputs import (
+from treadguard.config.loading import load_programs
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Accepted, Decision, EventType, State
+from treadguard.safety.inputs import (
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -54,8 +54,8 @@ from safety.inputs import (
     Stop,
     Tick,
 )
-from safety.limits import STANDSTILL_MPH, SafetyLimits
-from safety.programs import Program, ProgramKind
+from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.programs import Program, ProgramKind
 
 PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
 REAL_PROGRAMS: dict[str, Program] = load_programs(PROGRAMS_DIR)

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from config.loading import load_config
-from controller.simulation import ScenarioResult, SimulationError, run_realtime, run_virtual
-from simulator.scenario import load_scenario
+from treadguard.config.loading import load_config
+from treadguard.controller.simulation import (
+    ScenarioResult,
+    SimulationError,
+    run_realtime,
+    run_virtual,
+)
+from treadguard.simulator.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = load_config(ROOT / "config" / "sim.toml")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from safety.decisions import Cause, State
-from simulator.scenario import Action, ScenarioError, load_scenario
+from treadguard.safety.decisions import Cause, State
+from treadguard.simulator.scenario import Action, ScenarioError, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "simulator" / "scenarios").glob("*.toml"))

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from config.loading import load_config
-from controller.drives import Rig, build_driver, in_process_rig
-from controller.simulation import ScenarioResult, ScenarioRun, SimulationError, run_virtual
-from safety.inputs import EStop, StartSession
-from simulator.scenario import Scenario, load_scenario
-from simulator.virtual_loop import VirtualLoop
+from treadguard.config.loading import load_config
+from treadguard.controller.drives import Rig, build_driver, in_process_rig
+from treadguard.controller.simulation import (
+    ScenarioResult,
+    ScenarioRun,
+    SimulationError,
+    run_virtual,
+)
+from treadguard.safety.inputs import EStop, StartSession
+from treadguard.simulator.scenario import Scenario, load_scenario
+from treadguard.simulator.virtual_loop import VirtualLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = load_config(ROOT / "config" / "sim.toml")

@@ -8,9 +8,9 @@ from typing import Unpack
 
 import pytest
 
-from config.loading import ConfigError, load_config
-from config.schema import GpioInputSection, ModbusInputSection, MqttInputSection
 from tests.test_config import REGISTER_MAP, SectionText, valid_config, write
+from treadguard.config.loading import ConfigError, load_config
+from treadguard.config.schema import GpioInputSection, ModbusInputSection, MqttInputSection
 
 GRIPS_ON_GPIO = """
 [[sensors.inputs]]

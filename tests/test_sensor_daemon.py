@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from simulator.modbus_io import IoModuleServer, SimulatedIoModule, serve_io_module_tcp
 from tests.clinician import SESSION_WAIT_S, Clinician, clinician, refused
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
+from treadguard.simulator.modbus_io import IoModuleServer, SimulatedIoModule, serve_io_module_tcp
 
 GRIP_LEFT, GRIP_RIGHT, FALL = 0, 1, 2
 

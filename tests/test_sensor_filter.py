@@ -7,10 +7,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from config.schema import GpioInputSection, MqttInputSection, SensorInput
-from controller.sensors import SensorHub
-from drivers.input_filter import LevelFilter, Sample
-from safety.inputs import FallReading, GripReading, Hand, Sensor
+from treadguard.config.schema import GpioInputSection, MqttInputSection, SensorInput
+from treadguard.controller.sensors import SensorHub
+from treadguard.drivers.input_filter import LevelFilter, Sample
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
 
 DEBOUNCE_S = 0.02
 

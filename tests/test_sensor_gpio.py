@@ -24,8 +24,13 @@ from pathlib import Path
 import gpiod
 import pytest
 
-from drivers.gpio_inputs import GpioChipInputs, GpioLine, LineRequestLike, open_gpiod_request
 from tests.drive_helpers import eventually
+from treadguard.drivers.gpio_inputs import (
+    GpioChipInputs,
+    GpioLine,
+    LineRequestLike,
+    open_gpiod_request,
+)
 
 GPIO_SIM = Path("/sys/kernel/config/gpio-sim")
 

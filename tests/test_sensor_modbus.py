@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
-from simulator.modbus_io import (
+from tests.drive_helpers import eventually
+from treadguard.drivers.modbus_inputs import ModbusInputPoller, ModbusLink, ModbusPoint
+from treadguard.simulator.modbus_io import (
     IoModuleServer,
     SimulatedIoModule,
     serve_io_module_rtu,
     serve_io_module_tcp,
 )
-from tests.drive_helpers import eventually
 
 WAIT_S = 3.0  # bound on every wait; the polls come every 20 ms
 

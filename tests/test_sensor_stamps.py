@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from config.schema import MqttInputSection
-from controller.sensors import SensorHub
-from safety.flips import MAX_CHANGES, SETTLE_S, WINDOW_S, FlipGuard
-from safety.inputs import FallReading, GripReading, Hand, Sensor
-from safety.stamps import MAX_AHEAD_S, SensorClock
-from safety.stamps import WINDOW_S as STAMP_WINDOW_S
+from treadguard.config.schema import MqttInputSection
+from treadguard.controller.sensors import SensorHub
+from treadguard.safety.flips import MAX_CHANGES, SETTLE_S, WINDOW_S, FlipGuard
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
+from treadguard.safety.stamps import MAX_AHEAD_S, SensorClock
+from treadguard.safety.stamps import WINDOW_S as STAMP_WINDOW_S
 
 SENSOR_TIMEOUT_S = 0.5  # SR-8
 UNIX = 1_760_000_000.0  # a sensor's wall clock, somewhere in 2025

@@ -14,7 +14,7 @@ import pytest
 import serial
 from pymodbus.client import ModbusTcpClient
 
-TREADGUARD = [sys.executable, "-m", "controller.cli"]
+TREADGUARD = [sys.executable, "-m", "treadguard.controller.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

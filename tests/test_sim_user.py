@@ -20,7 +20,7 @@ P = "treadmill/tm-sim"  # config/sim.toml's treadmill
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "controller.cli", *args]
+    return [sys.executable, "-m", "treadguard.controller.cli", *args]
 
 
 def env(port: int) -> dict[str, str]:

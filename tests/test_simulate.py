@@ -47,7 +47,7 @@ def _treadguard_cmd() -> list[str]:
     script = Path(sys.executable).parent / "treadguard"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "controller.cli"]
+    return [sys.executable, "-m", "treadguard.controller.cli"]
 
 
 def simulate(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

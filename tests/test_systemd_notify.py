@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.systemd import Notifier
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker
+from treadguard.controller.systemd import Notifier
 
 WATCHDOG_USEC = 400_000  # pings every 0.2 s
 

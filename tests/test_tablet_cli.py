@@ -31,7 +31,6 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from safety.limits import SafetyLimits
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     WAIT_S,
@@ -44,10 +43,11 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
+from treadguard.safety.limits import SafetyLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 ACL = ROOT / "config" / "mosquitto" / "acl"
-CLI = [sys.executable, "-m", "controller.cli", "tablet"]
+CLI = [sys.executable, "-m", "treadguard.controller.cli", "tablet"]
 # The daemon's own settings and overrides of the developer's shell must not leak in.
 ENV = {
     **{k: v for k, v in os.environ.items() if not k.upper().startswith("TREADGUARD_")},
@@ -544,7 +544,7 @@ def test_watch_on_a_terminal_rewrites_its_line_in_place(broker: Broker, tmp_path
 
 
 def test_watch_names_a_wired_input_that_cannot_be_read() -> None:
-    from controller.tablet import status_line
+    from treadguard.controller.tablet import status_line
 
     state = {
         "state": "idle",

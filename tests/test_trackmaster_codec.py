@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers import trackmaster_codec as codec
-from drivers.trackmaster_codec import (
+from treadguard.drivers import trackmaster_codec as codec
+from treadguard.drivers.trackmaster_codec import (
     Ack,
     BeltState,
     BeltStateReply,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from simulator.belt import BeltParams
-from simulator.trackmaster_device import (
+from treadguard.simulator.belt import BeltParams
+from treadguard.simulator.trackmaster_device import (
     CUT_SHORT,
     GARBAGE,
     InjectionKind,
@@ -167,7 +167,7 @@ def _first_line(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> str:
 def test_sim_device_cli_injects_on_start_and_toggles_on_sigusr1() -> None:
     args = ["sim-device", "trackmaster", "--inject", "BF", "--line-delay-ms", "10"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import serial
 
-from drivers.trackmaster import TrackmasterDriver
-from drivers.trackmaster_codec import Command, CommandFrame
-from simulator.belt import BeltParams
-from simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 from tests.drive_helpers import ControlTicks, eventually, status_of
+from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.trackmaster_codec import Command, CommandFrame
+from treadguard.simulator.belt import BeltParams
+from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
 ROOT = Path(__file__).resolve().parents[1]
 # A brisk belt so a test reaches speed and standstill in a fraction of a second.
@@ -391,7 +391,7 @@ def test_constructor_refuses_unsafe_settings() -> None:
 
 CONTROLLER_SCRIPT = """
 import asyncio, sys
-from drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.trackmaster import TrackmasterDriver
 
 async def main() -> None:
     driver = TrackmasterDriver(sys.argv[1])
@@ -605,7 +605,7 @@ async def test_served_device_prints_its_path_first_and_exits_on_sigterm() -> Non
     """What ``treadguard sim-device trackmaster`` will run: serve_trackmaster()."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator.trackmaster_device",
+        sys.executable, "-m", "treadguard.simulator.trackmaster_device",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

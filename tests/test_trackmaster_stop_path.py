@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from drivers.trackmaster import TrackmasterDriver
-from drivers.trackmaster_codec import BeltState, Command, CommandFrame, StatusValue
-from simulator.trackmaster_device import (
+from tests.drive_helpers import ControlTicks, eventually, status_of
+from tests.test_trackmaster_driver import FAST_BELT, faulted, healthy, running, start_belt
+from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.trackmaster_codec import BeltState, Command, CommandFrame, StatusValue
+from treadguard.simulator.trackmaster_device import (
     InjectionKind,
     Received,
     TrackmasterDevice,
     TrackmasterModel,
 )
-from tests.drive_helpers import ControlTicks, eventually, status_of
-from tests.test_trackmaster_driver import FAST_BELT, faulted, healthy, running, start_belt
 
 LINE_DELAY_S = 0.02  # each way
 CDS_S = 0.5  # PROTOCOLS.md: the treadmill's communication-disconnect stop

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.vfd_codec import (
+from treadguard.drivers.vfd_codec import (
     CodecError,
     CommFaultAction,
     DriveConfigError,
