@@ -17,6 +17,7 @@ import treadguard.config as config_package
 from treadguard import __version__
 from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.journal import Journal, JournalError
 from treadguard.controller.logs import configure_logging
@@ -26,7 +27,6 @@ from treadguard.controller.report import history_table, session_report
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
-    clock_text,
     run_realtime,
     run_virtual,
 )
