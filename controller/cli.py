@@ -14,8 +14,10 @@ from pathlib import Path
 import aiomqtt
 
 import treadguard.config as config_package
+from treadguard import __version__
 from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.journal import Journal, JournalError
 from treadguard.controller.logs import configure_logging
@@ -25,7 +27,6 @@ from treadguard.controller.report import history_table, session_report
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
-    clock_text,
     run_realtime,
     run_virtual,
 )
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="treadguard",
         description="Safety controller for reverse-walking sessions on a motorized treadmill.",
     )
+    parser.add_argument("--version", action="version", version=f"treadguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="play scenarios against the simulated treadmill")

@@ -14,6 +14,7 @@ from typing import Any
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text, describe
 from treadguard.controller.control import Timers
 from treadguard.controller.drives import Rig, in_process_rig, wire_rig
 from treadguard.controller.journal import Journal, JournalError
@@ -134,23 +135,6 @@ class ScenarioResult:
 
 def _r(x: float) -> float:
     return round(x, 3)
-
-
-def clock_text(t: float) -> str:
-    minutes, seconds = divmod(max(t, 0.0), 60.0)
-    return f"{int(minutes)}:{seconds:04.1f}"
-
-
-def _stop_checked_text(f: dict[str, JsonScalar]) -> str:
-    why = f" ({f['why']})" if "why" in f else ""
-    if f.get("standstill_s") is None or f.get("deceleration_mph_per_s") is None:
-        return f"{f['kind']} stop: {f['verdict']}{why}"
-    decel = f"{f['deceleration_mph_per_s']} mph/s"
-    if f.get("standstill_reached") is False:
-        took = f"still not at standstill after {f['standstill_s']} s (at most {decel})"
-    else:
-        took = f"standstill after {f['standstill_s']} s ({decel})"
-    return f"{f['kind']} stop from {f['speed_mph']} mph: {took}, {f['verdict']}{why}"
 
 
 def _when(step: Step) -> str:
@@ -600,6 +584,7 @@ class ScenarioRun:
             for at, steps in by_time.items():
                 self.timers.call_at(ev.t + at, self._play_all, steps, ev.t)
         f = ev.fields
+        text = describe({"type": ev.type.value, **f})
         match ev.type:
             case EventType.SESSION_STARTED:
                 self.sessions.append(
@@ -612,52 +597,21 @@ class ScenarioRun:
                         belt_moving_at_start=self.belt.moving_s,
                     )
                 )
-                text = (
-                    f"session {f['session_id']} started: user {f['user']}, {f['program']}, "
-                    f"cap {clock_text(float(f['cap_s'] or 0.0))}, target {f['target_mph']} mph"
-                )
             case EventType.SESSION_ENDED:
                 for session in self.sessions:
                     if session.id == f["session_id"]:
                         session.end_reason = str(f["reason"])
                         session.ended_s = ev.t
-                text = f"session {f['session_id']} ended: {f['reason']}"
-            case EventType.COUNTDOWN:
-                text = f"countdown {f['seconds']:g} s" if isinstance(f["seconds"], float) else ""
             case EventType.BELT_STARTED:
-                text = f"belt starts, target {f['target_mph']} mph"
                 self._next_status_t = ev.t + self.status_every_s
-            case EventType.SPEED_STEP:
-                text = f"speed step, target {f['target_mph']} mph"
-            case EventType.CAP_WARNING:
-                text = f"cap warning: {f['remaining_s']} s of belt time left"
-            case EventType.STOPPING:
-                text = f"controlled stop ({f['reason']})"
-            case EventType.INTERVAL_REST:
-                text = f"interval {f['interval']} of {f['intervals']} done, rest {f['rest_s']} s"
             case EventType.ESTOP | EventType.FAULT:
                 latency = float(f.get("stop_latency_ms") or 0.0) / self.time_scale
-                kind = "EMERGENCY STOP" if ev.type is EventType.ESTOP else "FAULT"
                 self.stops.append(StopRecord(ev.type.value, str(f["cause"]), ev.t, latency))
-                text = f"{kind}: {f['cause']} ({f['detail']}), stop sent in {latency:.1f} ms"
-            case EventType.RESET:
-                text = f"reset: {f['cleared']} cleared"
-            case EventType.GRIP_WARNING:
-                text = f"warning: {f['hand']} hand off the handrail ({f['cause']})"
-            case EventType.SENSOR_STALE:
-                text = f"sensor {f['sensor']} is stale"
+                text += f", stop sent in {latency:.1f} ms"
             case EventType.COMMAND_REFUSED:
                 text = ""  # the tablet line shows the refusal
-            case EventType.BELT_FOUND_MOVING:
-                text = f"belt found moving at {f['speed_mph']} mph: stopping it"
-            case EventType.JOURNAL_WARNING:
-                text = f"journal warning: {f['message']}"
-            case EventType.STOP_CHECKED:
-                text = _stop_checked_text(f)
-            case EventType.MAINTENANCE_WARNING:
-                text = f"MAINTENANCE WARNING: {f['message']}"
             case _:
-                text = ev.type.value
+                pass
         if text:
             self._line(text)
 

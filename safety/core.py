@@ -78,6 +78,7 @@ class _SensorView:
     stale: dict[Sensor, bool]
     grip: dict[Hand, bool]  # the hand holds on, by a fresh reading
     both_lost: bool
+    any_stale: bool
 
 
 # The states in which the belt may move and SR-4's grip-loss count runs (in a countdown a lost
@@ -321,7 +322,10 @@ class SafetyCore:
                 due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
                 due.append(self._countdown_until)
-        best = min((t for t in due if t > now), default=math.inf)
+        best = math.inf
+        for t in due:
+            if now < t < best:
+                best = t
         return None if best == math.inf else best
 
     def snapshot(self) -> Snapshot:
@@ -440,14 +444,20 @@ class SafetyCore:
             # SR-8: an unsafe reading is never thrown away for arriving out of order. The
             # sensor's freshness stays that of its newest reading; the value is the unsafe one.
             t = old.t
-        both_lost_before = self._both_lost_now()
-        self._readings[sensor] = _Reading(t=t, value=value)
-        self._forget()
-        if (
+        # Only a late release can need the grip count corrected; the hands before it are
+        # looked at only then (it showed in the virtual session's profile).
+        late_release = (
             isinstance(event, GripReading)
             and unsafe
             and event.t < self.now
             and self.state in _GRIP_COUNTED
+        )
+        both_lost_before = late_release and self._both_lost_now()
+        self._readings[sensor] = _Reading(t=t, value=value)
+        self._forget()
+        if (
+            late_release
+            and isinstance(event, GripReading)
             and not both_lost_before
             and self._both_lost_now()
         ):
@@ -478,7 +488,7 @@ class SafetyCore:
                 reading = readings.get(sensor)
                 grip[hand] = reading is not None and reading.value and not stale[sensor]
             both_lost = not any(grip.values())
-            view = self._view_cache = _SensorView(stale, grip, both_lost)
+            view = self._view_cache = _SensorView(stale, grip, both_lost, any(stale.values()))
         return view
 
     def _stale(self, sensor: Sensor) -> bool:
@@ -792,7 +802,10 @@ class SafetyCore:
             self._check_stopping()
 
     def _check_staleness_events(self) -> None:
-        view = self._view().stale
+        sensors = self._view()
+        if not sensors.any_stale and not self._stale_reported:
+            return  # nothing went stale, nothing came back
+        view = sensors.stale
         for sensor in _SENSORS:
             stale = view[sensor]
             if stale and sensor in self._readings and sensor not in self._stale_reported:
@@ -827,6 +840,7 @@ class SafetyCore:
 
     def _check_fall_and_grip(self) -> None:
         """SR-4, SR-5, SR-8."""
+        view = self._view()
         fall = self._fall_signalled()
         if fall is not None:
             self._latch(
@@ -837,17 +851,15 @@ class SafetyCore:
         resting = s is not None and s.resting
         if self.state is State.COUNTDOWN:
             in_final_countdown = self._countdown_until - self.now <= self.limits.countdown_s
-            if not resting or in_final_countdown:
-                unmet = [h for h in _HANDS if not self._grip_ok(h)]
-                if unmet:
-                    self._end_session(EndReason.START_ABORTED)
+            if (not resting or in_final_countdown) and not all(view.grip.values()):
+                self._end_session(EndReason.START_ABORTED)
             return
-        grip = self._view().grip
+        grip = view.grip
         lost = [h for h in _HANDS if not grip[h]]
         for hand in lost:
             if hand not in self._warned_hands:
                 self._warned_hands.add(hand)
-                stale = self._stale(GRIP_SENSOR[hand])
+                stale = view.stale[GRIP_SENSOR[hand]]
                 self._emit(
                     EventType.GRIP_WARNING,
                     hand=hand.value,
@@ -858,7 +870,7 @@ class SafetyCore:
         # The count passed the debounce (a late wake-up may find a hand back already; the stop
         # is still due). A debounce of 0 stops on any loss.
         if count >= self.limits.grip_debounce_s - _EPS and (len(lost) == 2 or count > _EPS):
-            any_stale = any(self._stale(GRIP_SENSOR[h]) for h in _HANDS)
+            any_stale = any(view.stale[GRIP_SENSOR[h]] for h in _HANDS)
             cause = Cause.SENSOR_STALE if any_stale else Cause.GRIP_LOST
             self._latch(State.ESTOP, cause, "both hands off the handrails")
 
