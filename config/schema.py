@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from treadguard.safety.inputs import Sensor
@@ -274,7 +274,7 @@ class MqttSection(_Strict):
     port: int = Field(1883, ge=1, le=65535)
     # Default: treadmill/<treadmill.id>. No wildcards, no leading or trailing "/".
     prefix: MqttTopicPrefix | None = None
-    username: str | None = None
+    username: str | None = Field(None, min_length=1)
     password: SecretStr | None = None
     tls: MqttTlsSection | None = None
     # Default: treadguard-<treadmill.id>; fixed, so the broker replaces a half-open old
@@ -285,6 +285,17 @@ class MqttSection(_Strict):
     # The contract asks for the state at least every 500 ms while the belt moves.
     state_period_s: float = Field(0.25, gt=0.0, le=MAX_STATE_PERIOD_S)
     backoff_max_s: float = Field(5.0, ge=0.5, le=60.0)
+
+    @field_validator("password")
+    @classmethod
+    def _password_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty password is a slip (an empty TREADGUARD_MQTT__PASSWORD=, a blank line in
+        # the environment file), not a password: the broker would refuse it, far from here.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "is empty (or only spaces): give the account's password, or leave it out"
+            )
+        return value
 
 
 class LoggingSection(_Strict):

@@ -310,8 +310,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out = args.out if args.out is not None else Path(f"session-{session.id}.html")
-    out.write_text(page, encoding="utf-8")
+    name = f"session-{session.id}.html"
+    out = args.out if args.out is not None else Path(name)
+    if out.is_dir():
+        out = out / name  # --out /tmp: the usual name, in that folder
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(out)
     return 0
 
