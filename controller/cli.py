@@ -15,8 +15,10 @@ from pathlib import Path
 import aiomqtt
 
 import treadguard.config as config_package
+from treadguard import __version__
 from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.journal import CommissioningStatus, Journal, JournalError
@@ -27,11 +29,11 @@ from treadguard.controller.report import history_table, session_report
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
-    clock_text,
     run_realtime,
     run_virtual,
 )
 from treadguard.drivers.vfd_codec import RegisterMap, RegisterMapError
+from treadguard.simulator.belt import BeltParams
 from treadguard.simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
 from treadguard.simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
 from treadguard.simulator.mqtt_user import Broker as MqttBroker
@@ -141,6 +143,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
+def _brake_wear(text: str) -> float:
+    try:
+        wear = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= wear < 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0 and below 1")
+    return wear
+
+
 async def _serve_modbus(args: argparse.Namespace) -> None:
     rmap = RegisterMap.from_toml(args.register_map)
     vfd = SimulatedVfd(
@@ -149,6 +161,7 @@ async def _serve_modbus(args: argparse.Namespace) -> None:
         comm_timeout=round(args.comm_timeout_s * 10),
         mph_per_hz=args.mph_per_hz,
         device_id=args.device_id,
+        belt_params=BeltParams(brake_wear=args.brake_wear),
     )
     # Fault injection (SR-9 tests by hand): see simulator/modbus_device.py.
     vfd.line_delay_s = args.line_delay_ms / 1000
@@ -189,6 +202,7 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
             asyncio.run(
                 serve_trackmaster(
                     model=model,
+                    belt_params=BeltParams(brake_wear=args.brake_wear),
                     link_path=args.link,
                     line_delay_s=args.line_delay_ms / 1000,
                     inject=args.inject,
@@ -298,8 +312,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out = args.out if args.out is not None else Path(f"session-{session.id}.html")
-    out.write_text(page, encoding="utf-8")
+    name = f"session-{session.id}.html"
+    out = args.out if args.out is not None else Path(name)
+    if out.is_dir():
+        out = out / name  # --out /tmp: the usual name, in that folder
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(out)
     return 0
 
@@ -386,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="treadguard",
         description="Safety controller for reverse-walking sessions on a motorized treadmill.",
     )
+    parser.add_argument("--version", action="version", version=f"treadguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="play scenarios against the simulated treadmill")
@@ -485,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (tm, mb):
         p.add_argument(
             "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        )
+        p.add_argument(
+            "--brake-wear",
+            type=_brake_wear,
+            default=0.0,
+            metavar="FRACTION",
+            help="a worn brake: this fraction (0 to below 1) of every deceleration is lost",
         )
     dev.set_defaults(func=cmd_sim_device)
 

@@ -171,12 +171,14 @@ class Daemon:
     def _extra_state(self) -> JsonObject:
         """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
         programs a tablet may offer, the journal's use, the commissioning (whether a session
-        may start as far as it goes), and which wired sensor inputs cannot be read, and why."""
+        may start as far as it goes), the stop-quality watch, and which wired sensor inputs
+        cannot be read, and why."""
         extra: JsonObject = {
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,
             "journal": self.system.journal_state(),
             "commissioning": self.system.commissioning_state(),
+            "stop_watch": self.system.stop_watch_state(),
         }
         problems = self.sensors.problems()
         if problems:

@@ -2,10 +2,15 @@
 
 ::
 
-    async with TabletLink(treadmill_id="tm-01", host="localhost", execute=..., snapshot=...,
-                          now=clock.time, to_unix=unix_mapper(clock.time)) as link:
-        controller.subscribe(link.on_event, name="mqtt")
+    hooks = LinkHooks(execute=system.execute, snapshot=core.snapshot, now=clock.time,
+                      to_unix=unix_mapper(clock.time, wall))
+    async with TabletLink.configured(loaded, hooks) as link:   # or TabletLink(id, broker, hooks)
+        system.subscribe(link.on_event, name="mqtt")
         ...
+
+A component with its own settings: the broker (``BrokerSettings``: where, who, TLS), the hooks
+(``LinkHooks``: what it calls on the daemon's side) and the tuning (``LinkTuning``), each a
+value; ``configured`` builds all three from a configuration.
 
 What it does, per connection (a fresh ``aiomqtt.Client`` every try, so a lost connection never
 leaves a dead client behind - Moonraker bug #1104):
@@ -57,7 +62,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -79,7 +84,6 @@ from treadguard.contract.mqtt import (
     ToUnix,
     answer_command,
     belt_moving,
-    default_prefix,
     encode_event,
     encode_reply,
     encode_state,
@@ -88,7 +92,7 @@ from treadguard.contract.mqtt import (
     state_key,
     to_payload,
 )
-from treadguard.controller.mqtt_settings import TlsSettings, broker_settings
+from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, EventType
 
@@ -171,6 +175,26 @@ class LinkHooks:
     extra_state: Callable[[], JsonObject] | None = None
 
 
+@dataclass(frozen=True)
+class LinkTuning:
+    """How the link behaves on the wire. The ``[mqtt]`` section sets the first four (within
+    the schema's bounds); the rest are the contract's and the outbox's own figures."""
+
+    identifier: str | None = None  # the MQTT client id; None: treadguard-<treadmill id>
+    keepalive_s: int = 5
+    timeout_s: float = 5.0
+    state_period_s: float = 0.25  # the state while the belt moves (the contract: <= 500 ms)
+    backoff_max_s: float = 5.0
+    backoff_min_s: float = 0.2
+    poll_s: float = 0.05
+    buffer: int = 256  # events, and replies other than to stop and estop, that may wait
+    max_inflight: int = 64  # publications on the wire at once
+    duplicate_memory: int = 1024  # command ids remembered, for the duplicate rule
+
+
+DEFAULT_TUNING = LinkTuning()
+
+
 class TabletLink:
     """The daemon's side of the tablet contract. Use as an async context manager.
 
@@ -182,76 +206,57 @@ class TabletLink:
 
     def __init__(
         self,
-        *,
         treadmill_id: str,
-        host: str,
-        execute: Execute,
-        snapshot: Callable[[], Snapshot],
-        now: Callable[[], float],
-        to_unix: ToUnix,
-        port: int = 1883,
-        prefix: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsSettings | None = None,
-        identifier: str | None = None,
-        keepalive_s: int = 5,
-        timeout_s: float = 5.0,
-        state_period_s: float = 0.25,
-        poll_s: float = 0.05,
-        backoff_min_s: float = 0.2,
-        backoff_max_s: float = 5.0,
-        buffer: int = 256,
-        max_inflight: int = 64,
-        duplicate_memory: int = 1024,
+        broker: BrokerSettings,
+        hooks: LinkHooks,
+        tuning: LinkTuning = DEFAULT_TUNING,
+        *,
         sensors: Iterable[str] = (),
-        on_sensor: Callable[[str, bytes], None] | None = None,
-        before_publish: Callable[[], None] | None = None,
-        on_refused: Callable[[CommandReply, str | None], None] | None = None,
-        on_rival: Callable[[str], None] | None = None,
-        extra_state: Callable[[], JsonObject] | None = None,
         logger: Any = None,
     ) -> None:
-        if not 0 < state_period_s <= 0.5:
+        t = tuning
+        if not 0 < t.state_period_s <= 0.5:
             raise ValueError("state_period_s must be in (0, 0.5]: the contract asks for 500 ms")
-        if not 0 < backoff_min_s <= backoff_max_s:
+        if not 0 < t.backoff_min_s <= t.backoff_max_s:
             raise ValueError("backoff_min_s must be positive and at most backoff_max_s")
-        if buffer < 1 or max_inflight < 1:
+        if t.buffer < 1 or t.max_inflight < 1:
             raise ValueError("buffer and max_inflight must be at least 1")
         self.treadmill_id = treadmill_id
-        self.topics = Topics(prefix if prefix is not None else default_prefix(treadmill_id))
-        self._host = host
-        self._port = port
-        self._execute = execute
-        self._snapshot = snapshot
-        self._now = now
-        self._to_unix = to_unix
-        self._username = username
-        self._password = password
+        self.topics = Topics(broker.prefix)
+        self._host = broker.host
+        self._port = broker.port
+        self._execute = hooks.execute
+        self._snapshot = hooks.snapshot
+        self._now = hooks.now
+        self._to_unix = hooks.to_unix
+        self._username = broker.username
+        self._password = broker.password
         # Built once, here: loading certificates blocks.
-        self._tls_context = tls.context() if tls is not None else None
+        self._tls_context = broker.tls.context() if broker.tls is not None else None
         # A fixed client id lets the broker drop a half-open older connection of ours at once
         # (session takeover) instead of firing its Will later, over our "online".
-        self._identifier = identifier if identifier is not None else f"treadguard-{treadmill_id}"
-        self._keepalive_s = keepalive_s
-        self._timeout_s = timeout_s
-        self._state_period_s = state_period_s
-        self._poll_s = poll_s
-        self._backoff_min_s = backoff_min_s
-        self._backoff_max_s = backoff_max_s
-        self._buffer = buffer
-        self._max_inflight = max_inflight
+        self._identifier = (
+            t.identifier if t.identifier is not None else f"treadguard-{treadmill_id}"
+        )
+        self._keepalive_s = t.keepalive_s
+        self._timeout_s = t.timeout_s
+        self._state_period_s = t.state_period_s
+        self._poll_s = t.poll_s
+        self._backoff_min_s = t.backoff_min_s
+        self._backoff_max_s = t.backoff_max_s
+        self._buffer = t.buffer
+        self._max_inflight = t.max_inflight
         self._log = logger if logger is not None else structlog.get_logger("treadguard.mqtt")
-        self._seen = DuplicateFilter(duplicate_memory)
+        self._seen = DuplicateFilter(t.duplicate_memory)
         # <p>/sensors/<name> topic -> name, for the sensors configured as MQTT sources.
         self._sensor_topics = {self.topics.sensor(name): name for name in sensors}
-        if self._sensor_topics and on_sensor is None:
+        if self._sensor_topics and hooks.on_sensor is None:
             raise ValueError("sensor topics need an on_sensor callback")
-        self._on_sensor = on_sensor
+        self._on_sensor = hooks.on_sensor
         # Called before the state, a reply or an event goes out: the journal commits (SR-14).
-        self._before_publish = before_publish
-        self._on_refused = on_refused
-        self._on_rival = on_rival
+        self._before_publish = hooks.before_publish
+        self._on_refused = hooks.on_refused
+        self._on_rival = hooks.on_rival
         # This process's mark on its state (an extension of contract v1): a state on our topic
         # with another mark comes from another daemon for this treadmill.
         self.instance = uuid.uuid4().hex[:12]
@@ -259,7 +264,7 @@ class TabletLink:
         self._rival_told = -1  # the connection a rival was last reported on
         self._rival_logged_t = -math.inf
         # Fields the contract allows beyond its own (an extension): merged into each state.
-        self._extra_state = extra_state
+        self._extra_state = hooks.extra_state
         # The outbox: what waits to be published or acknowledged, oldest first. The first
         # ``_sent[...]`` items of each are on the wire on the current connection.
         self._urgent: deque[_Out] = deque()  # replies to stop and estop: never dropped
@@ -305,29 +310,20 @@ class TabletLink:
     ) -> TabletLink:
         """The link as a configuration's ``[mqtt]`` section (with its environment overrides
         and TLS files) sets it up; the bounds of each setting are the schema's."""
-        mqtt, broker = loaded.config.mqtt, broker_settings(loaded)
-        return cls(
-            treadmill_id=loaded.config.treadmill.id,
-            host=broker.host,
-            port=broker.port,
-            prefix=broker.prefix,
-            username=broker.username,
-            password=broker.password,
-            tls=broker.tls,
+        mqtt = loaded.config.mqtt
+        tuning = replace(
+            DEFAULT_TUNING,
             identifier=mqtt.client_id,
             keepalive_s=mqtt.keepalive_s,
             state_period_s=mqtt.state_period_s,
             backoff_max_s=mqtt.backoff_max_s,
-            execute=hooks.execute,
-            snapshot=hooks.snapshot,
-            now=hooks.now,
-            to_unix=hooks.to_unix,
+        )
+        return cls(
+            loaded.config.treadmill.id,
+            broker_settings(loaded),
+            hooks,
+            tuning,
             sensors=sensors,
-            on_sensor=hooks.on_sensor,
-            before_publish=hooks.before_publish,
-            on_refused=hooks.on_refused,
-            on_rival=hooks.on_rival,
-            extra_state=hooks.extra_state,
             logger=logger,
         )
 

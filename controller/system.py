@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from treadguard.safety.inputs import (
     StartSession,
 )
 from treadguard.safety.limits import STANDSTILL_MPH
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
@@ -152,10 +153,14 @@ class System:
             sessions_before=sessions_before,
             commissioned_until=self._commissioned_until(self.commissioning),
             commissioning_detail=self.commissioning.detail,
+            stop_margin=cfg.stop_watch.margin_pct / 100.0,
         )
         self.controller = Controller(self.core, driver, clock, logger=self._log)
         # One coalescer for every refusal, the core's and the contract's (SR-14).
         self.refusals = RefusalCoalescer()
+        # The stop-quality watch's yardsticks: the current commissioning's stops.
+        self._baselines_from: float | None = None
+        self._take_commissioned_baselines(self.commissioning)
         self.controller.gate = self._admit
         self.controller.subscribe(self._journal_event, name="journal")
         self.programs: JsonObject = encode_programs(
@@ -202,6 +207,66 @@ class System:
             status = self.controller.last_status
             if status is not None:
                 self.journal.observe_speed(status.speed_mph)
+
+    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+        """The treadmill's commissioned stops (commissioning, or a scenario's world): every
+        later stop of a kind is compared with its baseline; a kind left out is not compared
+        (the state's ``stop_watch`` and each ``stop_checked`` event say so). New baselines start
+        every run of slow stops again and let a worn-brake fault be reset. A baseline that
+        cannot be one raises ValueError and nothing changes; logged either way."""
+        try:
+            self.core.set_stop_baselines(baselines)
+        except ValueError as exc:
+            self._log.error("stop_baselines_refused", error=str(exc))
+            raise
+        self._log.info(
+            "stop_baselines_set",
+            kinds=sorted(kind.value for kind in baselines),
+            missing=sorted(kind.value for kind in StopKind if kind not in baselines),
+        )
+        # A standstill is seen at a drive status: one status period late is as much as the
+        # margin on a short stop, so a good brake may read slow (docs/stop-watch.md).
+        period = self.status_period_s()
+        margin = self.loaded.config.stop_watch.margin_pct / 100.0
+        for kind, baseline in baselines.items():
+            if period > margin * baseline.standstill_s:
+                self._log.warning(
+                    "stop_baseline_coarse",
+                    kind=kind.value,
+                    standstill_s=baseline.standstill_s,
+                    status_period_s=period,
+                    margin_pct=margin * 100.0,
+                    message=(
+                        f"one drive status period ({period:g} s) is more than "
+                        f"{margin * 100:g} % of the {kind.value} stop's {baseline.standstill_s:g}"
+                        " s: a good stop may read slow; poll the drive faster or widen "
+                        "stop_watch.margin_pct"
+                    ),
+                )
+
+    def status_period_s(self) -> float:
+        """How often the drive's status is read: the driver's poll interval, or the control
+        tick for the in-process simulated drive."""
+        poll = getattr(self.loaded.config.drive, "poll_interval_s", None)
+        return float(poll) if isinstance(poll, int | float) else self.period_s
+
+    def stop_watch_state(self) -> JsonObject:
+        """The state's ``stop_watch`` extension: the margin, and per kind whether there is a
+        baseline (none: not compared), how many stops in a row were slow and the last verdict."""
+        view = self.core.snapshot().stop_watch
+        assert view is not None
+        kinds: JsonObject = {}
+        for kind in StopKind:
+            kinds[kind.value] = {
+                "baseline": view.baselines[kind],
+                "slow_in_a_row": view.slow_in_a_row[kind],
+                "last": view.last.get(kind),
+            }
+        return {
+            "margin_pct": round(view.margin * 100.0, 3),
+            "fault_pending": view.fault_pending,
+            **kinds,
+        }
 
     def at_standstill(self) -> bool:
         snap = self.core.snapshot()
@@ -410,6 +475,7 @@ class System:
         self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
         before = self.commissioning
         self.commissioning = status = self._read_commissioning()
+        self._take_commissioned_baselines(status)
         if (status.current, status.expires_at, status.detail) != (
             before.current,
             before.expires_at,
@@ -422,6 +488,24 @@ class System:
                     detail=status.detail,
                 )
             )
+
+    def _take_commissioned_baselines(self, status: CommissioningStatus) -> None:
+        """A newly passed commissioning's stops become the stop-quality watch's baselines, once
+        per commissioning: set again every refresh, the same baselines would count as new ones
+        and let a worn-brake fault be reset without the brake being proven again."""
+        if not status.current or status.passed_at == self._baselines_from:
+            return
+        assert self.journal is not None  # a current record was read from it
+        self._baselines_from = status.passed_at
+        every = self.loaded.config.commissioning.every_days
+        try:
+            baselines = self.journal.commissioned_baselines(self.wall(), every_days=every)
+            if baselines:
+                self.set_stop_baselines(baselines)
+        except (ValueError, JournalError) as exc:
+            # Fail closed: no yardstick, so no stop is judged good (stop_checked says
+            # no_baseline); the record stays as it is, the log says why.
+            self._log.error("commissioned_baselines_unusable", error=_reason(exc))
 
     def commissioning_state(self) -> JsonObject:
         """The state's ``commissioning``: whether a session may start as far as commissioning
