@@ -390,6 +390,28 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(str(exc)) from exc
 
+    def last_brake_fault(self, marker: str) -> tuple[float, str, str] | None:
+        """The newest fault whose detail begins with ``marker`` (the stop-quality watch's
+        worn-brake fault): its time (unix seconds), the kind of stop that was too slow (from
+        the maintenance warning before it; "emergency" if none says) and its detail."""
+        rows = self._query(
+            "SELECT id, ts, fields FROM events WHERE type = 'fault' ORDER BY id DESC"
+        )
+        for event_id, ts, fields in rows:
+            detail = str(json.loads(fields).get("detail", ""))
+            if not detail.startswith(marker + ":"):
+                continue
+            kind = "emergency"
+            warned = self._query(
+                "SELECT fields FROM events WHERE type = 'maintenance_warning' AND id < ?"
+                " ORDER BY id DESC LIMIT 1",
+                (event_id,),
+            )
+            if warned:
+                kind = str(json.loads(warned[0][0]).get("kind", kind))
+            return float(ts), kind, detail
+        return None
+
     def _newest_open_session(self) -> int | None:
         rows = self._query("SELECT MAX(id) FROM sessions WHERE ended_at IS NULL")
         return None if rows[0][0] is None else int(rows[0][0])

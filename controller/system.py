@@ -44,7 +44,7 @@ from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Jo
 from treadguard.controller.loop import LoopHealth
 from treadguard.controller.refusals import RefusalCoalescer
 from treadguard.drivers.base import TreadmillDriver
-from treadguard.safety.core import SafetyCore
+from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
     ARMED_STATES,
     Event,
@@ -55,6 +55,7 @@ from treadguard.safety.decisions import (
     Reply,
 )
 from treadguard.safety.inputs import (
+    BrakeFaultOnRecord,
     Command,
     Commissioning,
     EStop,
@@ -182,8 +183,28 @@ class System:
         half-second tick."""
         if self.journal_problem is not None:
             self._report_journal_problem()
+        self._restore_brake_fault()
         self._journal_tick()
         self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
+
+    def _restore_brake_fault(self) -> None:
+        """A restart is no reset: a worn-brake fault on record after the last passed
+        commissioning is latched again (only the brake proven again clears it)."""
+        if self.journal is None:
+            return  # no journal: the core has latched that already, and refuses starts
+        try:
+            record = self.journal.last_brake_fault(STOP_WATCH_FAULT)
+        except JournalError as exc:
+            self._journal_failed(str(exc))
+            return
+        if record is None:
+            return
+        ts, kind, detail = record
+        passed = self.commissioning.passed_at
+        if passed is not None and passed > ts:
+            return  # commissioned again since: the brake was proven
+        self._log.warning("brake_fault_on_record", kind=kind, at=ts, detail=detail)
+        self.controller.submit(BrakeFaultOnRecord(t=self.clock.time(), kind=kind, detail=detail))
 
     # ------------------------------------------------------------------ the control tick
 

@@ -33,6 +33,7 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     GRIP_SENSOR,
+    BrakeFaultOnRecord,
     Command,
     Commissioning,
     DriveError,
@@ -129,6 +130,8 @@ class _OpenStop:
     trigger_t: float
     speed_mph: float  # the belt's speed by the last status at the trigger (inf: unreadable)
     last_status_t: float  # the newest drive status so far, to see a gap in them
+    # The first status showing standstill, until the next one confirms it.
+    standstill_t: float | None = None
 
 
 # Latched causes whose stop says nothing about the brake: the drive was not answering, reported
@@ -264,6 +267,7 @@ class SafetyCore:
         self._last_verdict: dict[StopKind, str] = {}
         # Set when the watch latched its drive_fault; cleared only by new baselines.
         self._brake_fault_t: float | None = None
+        self._brake_fault_kind: StopKind | None = None
 
     # ----------------------------------------------------------------- public surface
 
@@ -319,6 +323,11 @@ class SafetyCore:
                     self._expiry_reported = True
             case RivalDaemon(detail=detail):
                 self._latch(State.FAULT, Cause.RIVAL_DAEMON, detail or "another daemon")
+            case BrakeFaultOnRecord(kind=kind, detail=detail):
+                # Fail closed: an unknown kind is taken as the emergency stop's.
+                known = {k.value: k for k in StopKind}
+                self._brake_fault_kind = known.get(kind, StopKind.EMERGENCY)
+                self._latch_brake_fault(f"on record before this start: {detail}")
             case _:
                 reply = self._command(event)
         self._check()
@@ -418,7 +427,11 @@ class SafetyCore:
         be one (not finite, not > 0, under the wrong kind) raises ValueError and changes
         nothing."""
         self._stop_watch.set_baselines(baselines)
-        self._brake_fault_t = None
+        # Only a new baseline for the kind of stop that was too slow clears its fault: none at
+        # all, or the other kind's alone, would switch the watch off for the worn brake.
+        if self._brake_fault_kind is None or self._brake_fault_kind in baselines:
+            self._brake_fault_t = None
+            self._brake_fault_kind = None
         self._last_verdict = {}
 
     def _stop_watch_view(self) -> StopWatchView:
@@ -1053,19 +1066,42 @@ class SafetyCore:
         if t - op.last_status_t >= self.limits.drive_timeout_s - _EPS:
             self._stop_interrupted("the drive did not answer during the stop")
         elif fault is not None:
-            self._stop_interrupted(f"the drive reported a fault during the stop ({fault.value})")
+            # A drive that faults while it brakes (a VFD tripping on its DC bus lets the belt
+            # coast) made a worse stop, not no stop: judged as one that never stood still,
+            # fail closed. (A stop the drive's own fault triggered is never timed.)
+            self._open_stop = None
+            self._judge(
+                StopMeasurement(op.kind, op.speed_mph, math.inf),
+                standstill=False,
+                why=f"the drive reported a fault during the stop ({fault.value})",
+            )
         elif self._drive_mph <= STANDSTILL_MPH:
+            # Standstill by one status is a candidate; the next status confirms it (one
+            # reading of 0 from a flaky readback must not make a slow stop good). The stop's
+            # time is the candidate's.
+            if op.standstill_t is None:
+                op.standstill_t = t
+                op.last_status_t = t
+                return
             self._open_stop = None
-            self._judge(StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=True)
-        elif (overdue := self._stop_overdue_at()) is not None and t >= overdue - _EPS:
-            # Still moving by a status read when the stop is already slower than the margin
-            # allows, whatever comes next: judged now (the belt may never stop, and a latched
-            # state watches no feedback mismatch). Only a status can show it: silence is no
-            # evidence of a moving belt, nor of a stopped one.
-            self._open_stop = None
-            self._judge(StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=False)
+            self._judge(
+                StopMeasurement(op.kind, op.speed_mph, op.standstill_t - op.trigger_t),
+                standstill=True,
+            )
         else:
-            op.last_status_t = t
+            op.standstill_t = None  # moving again: that reading of standstill was not one
+            overdue = self._stop_overdue_at()
+            if overdue is not None and t >= overdue - _EPS:
+                # Still moving by a status read when the stop is already slower than the
+                # margin allows, whatever comes next: judged now (the belt may never stop, and
+                # a latched state watches no feedback mismatch). Only a status can show it:
+                # silence is no evidence of a moving belt, nor of a stopped one.
+                self._open_stop = None
+                self._judge(
+                    StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=False
+                )
+            else:
+                op.last_status_t = t
 
     def _check_stop_timing(self) -> None:
         op = self._open_stop
@@ -1078,7 +1114,7 @@ class SafetyCore:
         op = self._open_stop
         if op is None:
             return None
-        baseline = self._stop_watch.baseline(op.kind)
+        baseline = self._stop_watch.baseline(op.kind, self.limits.decel_mph_s)
         if baseline is None or not math.isfinite(op.speed_mph):
             return None  # nothing to compare with / judged slow at standstill, fail closed
         if op.speed_mph < MIN_MEASURED_MPH:
@@ -1093,10 +1129,10 @@ class SafetyCore:
         self._last_verdict[op.kind] = Verdict.INTERRUPTED.value
         self._emit_stop_checked(op.kind, Verdict.INTERRUPTED, why)
 
-    def _judge(self, m: StopMeasurement, *, standstill: bool) -> None:
-        j = self._stop_watch.judge(m)
+    def _judge(self, m: StopMeasurement, *, standstill: bool, why: str = "") -> None:
+        j = self._stop_watch.judge(m, ramp_mph_per_s=self.limits.decel_mph_s)
         self._last_verdict[m.kind] = j.verdict.value
-        self._emit_stop_checked(m.kind, j.verdict, "", j, standstill=standstill)
+        self._emit_stop_checked(m.kind, j.verdict, why, j, standstill=standstill)
         if j.warn:
             self._emit(
                 EventType.MAINTENANCE_WARNING,
@@ -1107,6 +1143,7 @@ class SafetyCore:
                 message=_slow_message(j, self._stop_watch.margin, standstill),
             )
         if j.fault:
+            self._brake_fault_kind = m.kind
             self._latch_brake_fault(_slow_message(j, self._stop_watch.margin, standstill))
 
     def _latch_brake_fault(self, message: str) -> None:

@@ -184,6 +184,19 @@ class RivalDaemon:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BrakeFaultOnRecord:
+    """At start-up: the journal's last worn-brake fault (the stop-quality watch's drive_fault)
+    came after the treadmill's last passed commissioning, so the brake has not been proven
+    since. A restart is no reset: the fault is latched again, and only new baselines of that
+    kind of stop let it be reset. ``kind``: the stop kind that was too slow (StopKind's
+    value)."""
+
+    t: float
+    kind: str
+    detail: str = ""
+
+
 SensorInput = GripReading | FallReading
 Input = (
     Tick
@@ -194,6 +207,7 @@ Input = (
     | JournalHealth
     | Commissioning
     | RivalDaemon
+    | BrakeFaultOnRecord
     | LoopOverrun
     | Shutdown
     | Command

@@ -41,6 +41,8 @@ DEFAULT_MARGIN = 0.30
 # Below this speed at the trigger a stop is not judged (the latency of the drive and of its
 # status dominate the mean deceleration). Below the session band's floor (0.8 mph).
 MIN_MEASURED_MPH = 0.5
+# No proof stop is made from faster than a treadmill belt runs (its drives stop at 12 mph).
+MAX_BASELINE_MPH = 12.0
 SLOW_IN_A_ROW_TO_FAULT = 2
 
 
@@ -102,6 +104,17 @@ def baseline_problem(kind: StopKind, baseline: StopBaseline) -> str | None:
         value = getattr(baseline, name)
         if not (math.isfinite(value) and value > 0.0):
             return f"the {kind.value} baseline's {name} must be finite and > 0, not {value!r}"
+    # Time and deceleration together say from what speed the proof stop was made. A stop
+    # from below MIN_MEASURED_MPH is never judged, so it cannot be a yardstick either; one
+    # from above any belt's speed is a typing slip (against 1e-6 mph/s, a brake that has
+    # lost 90 % of its deceleration would be a good one).
+    speed = baseline.standstill_s * baseline.deceleration_mph_per_s
+    if not (MIN_MEASURED_MPH <= speed <= MAX_BASELINE_MPH):
+        return (
+            f"the {kind.value} baseline ({baseline.standstill_s!r} s at"
+            f" {baseline.deceleration_mph_per_s!r} mph/s) is a stop from {speed:.3g} mph:"
+            f" no proof stop is made from outside {MIN_MEASURED_MPH}-{MAX_BASELINE_MPH:g} mph"
+        )
     return None
 
 
@@ -109,6 +122,23 @@ def margin_problem(margin: float) -> str | None:
     if not (math.isfinite(margin) and margin > 0.0):
         return f"the margin must be finite and > 0, not {margin!r}"
     return None
+
+
+def yardstick(baseline: StopBaseline, ramp_mph_per_s: float | None) -> StopBaseline:
+    """The baseline a stop is judged against. A controlled stop follows the commanded ramp
+    down, however good the brake: under a ramp gentler than the baseline's deceleration (a
+    clinic that made ``safety.decel_mph_s`` stricter after commissioning), the ramp is what a
+    brake as new achieves, and a stop the ramp made slow is no worn brake."""
+    ramp = ramp_mph_per_s
+    if (
+        baseline.kind is not StopKind.CONTROLLED
+        or ramp is None
+        or not (math.isfinite(ramp) and ramp > 0.0)
+        or ramp >= baseline.deceleration_mph_per_s
+    ):
+        return baseline
+    speed = baseline.standstill_s * baseline.deceleration_mph_per_s
+    return StopBaseline(baseline.kind, speed / ramp, ramp)
 
 
 def expected_standstill_s(baseline: StopBaseline, speed_mph: float) -> float:
@@ -153,12 +183,15 @@ class StopWatch:
         self.baselines = checked
         self.slow_in_a_row = {kind: 0 for kind in StopKind}
 
-    def baseline(self, kind: StopKind) -> StopBaseline | None:
-        return self.baselines.get(kind)
+    def baseline(self, kind: StopKind, ramp_mph_per_s: float | None = None) -> StopBaseline | None:
+        """The yardstick for a stop of this kind (see :func:`yardstick`); None if none."""
+        baseline = self.baselines.get(kind)
+        return None if baseline is None else yardstick(baseline, ramp_mph_per_s)
 
-    def judge(self, m: StopMeasurement) -> Judgement:
-        """Judge one measured stop and count it."""
-        baseline = self.baselines.get(m.kind)
+    def judge(self, m: StopMeasurement, *, ramp_mph_per_s: float | None = None) -> Judgement:
+        """Judge one measured stop and count it. ``ramp_mph_per_s``: the controlled ramp in
+        force (see :func:`yardstick`)."""
+        baseline = self.baseline(m.kind, ramp_mph_per_s)
         kind = m.kind
         if baseline is None:
             return self._unjudged(Verdict.NO_BASELINE, m, None)

@@ -46,6 +46,7 @@ from pydantic import (
 from treadguard.safety.decisions import Cause, EndReason, EventType, RefusalCode, State
 from treadguard.safety.inputs import CommandType
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import baseline_problem
 
 _MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
 
@@ -228,6 +229,15 @@ class BaselineSetup(BaseModel):
 
     standstill_s: float = Field(gt=0.0, allow_inf_nan=False)
     deceleration_mph_per_s: float = Field(gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _a_stop_some_proof_could_give(self) -> BaselineSetup:
+        # The watch's own rule (safety/stop_watch.py): refused here, with the scenario's words,
+        # rather than when the run sets it.
+        problem = baseline_problem(StopKind.EMERGENCY, self.baseline(StopKind.EMERGENCY))
+        if problem is not None:
+            raise ValueError(problem.replace("the emergency baseline", "this baseline"))
+        return self
 
     def baseline(self, kind: StopKind) -> StopBaseline:
         return StopBaseline(kind, self.standstill_s, self.deceleration_mph_per_s)

@@ -522,9 +522,10 @@ def test_property_corrupt_statuses_and_clock_steps_never_make_a_worn_brake_good(
     assert "good" not in bench.verdicts()
 
 
-def test_a_drive_fault_reported_during_a_stop_ends_its_timing() -> None:
-    """An emergency stop under way, and the drive reports a fault of its own: what follows is
-    the drive's fault handling (it may coast), not its brake."""
+def test_a_drive_fault_reported_during_a_stop_is_a_slow_stop() -> None:
+    """An emergency stop under way, and the drive reports a fault of its own (a VFD tripping
+    while it brakes lets the belt coast): a worse stop, not no stop. Judged as one that never
+    stood still, fail closed, with the fault as its reason."""
     bench = Bench(wear=0.6)
     bench.start()
     t = bench.t
@@ -533,8 +534,10 @@ def test_a_drive_fault_reported_during_a_stop_ends_its_timing() -> None:
     bench.submit(DriveFeedback(t, bench.belt.host_poll(t), DriveFailure.FAULT, "overcurrent"))
     bench.t = t
     bench.run(2.0)
-    assert bench.verdicts() == ["interrupted"]
-    assert bench.of(EventType.MAINTENANCE_WARNING) == []
+    assert bench.verdicts() == ["slow"]
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert "the drive reported a fault during the stop" in str(checked.fields["why"])
+    assert len(bench.of(EventType.MAINTENANCE_WARNING)) == 1
 
 
 def test_a_stop_triggered_while_the_drive_is_silent_cannot_be_timed() -> None:
