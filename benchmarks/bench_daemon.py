@@ -117,6 +117,23 @@ def footprint(pid: int, seconds: float, during: object = None) -> dict[str, floa
 def measure_footprint(workdir: Path, port: int, window: float) -> dict[str, dict[str, float]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     config = write_config(workdir, port)
+    # Its sessions need a commissioned treadmill (docs/commissioning.md): the simulated one is
+    # commissioned unattended first.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "commission",
+            "--simulated",
+            "--config",
+            str(config),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     daemon = subprocess.Popen(
         [sys.executable, "-m", "treadguard.controller.cli", "run", "--config", str(config)],
         cwd=ROOT,

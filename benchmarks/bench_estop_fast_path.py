@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import time
 from pathlib import Path
@@ -80,7 +81,13 @@ async def trials(n: int) -> dict[str, list[float]]:
     belt = Belt(BeltParams(), t0=clock.time())
     driver = TimedDriver(belt, clock.time)
     driver.stopped = asyncio.Event()
-    core = SafetyCore(cfg.safety, loaded.programs, default_program="first_session", t0=clock.time())
+    core = SafetyCore(
+        cfg.safety,
+        loaded.programs,
+        default_program="first_session",
+        t0=clock.time(),
+        commissioned_until=math.inf,
+    )
     controller = TickPolledController(core, driver, clock)
     results: dict[str, list[float]] = {"fast_path": [], "tick_polled": []}
     fallen = False  # what the simulated fall sensor senses, reported every 100 ms

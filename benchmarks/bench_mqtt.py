@@ -153,6 +153,23 @@ def start_daemon(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Pat
         '[logging]\nlevel = "warning"\nformat = "json"\n'
     )
     log = workdir / "daemon.log"
+    # Its sessions need a commissioned treadmill (docs/commissioning.md): the simulated one is
+    # commissioned unattended first.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treadguard.controller.cli",
+            "commission",
+            "--simulated",
+            "--config",
+            str(cfg),
+        ],
+        cwd=ROOT,
+        env=daemon_env(),
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "treadguard.controller.cli", "run", "--config", str(cfg)],

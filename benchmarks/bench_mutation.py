@@ -59,6 +59,7 @@ SAFETY_TESTS = [
     # The core's snapshot as the tablet contract reads it.
     "tests/test_mqtt_contract.py",
 ]
+PACKAGE = "treadguard"  # the one installed package the folders below are imported under
 SCOPES: dict[str, dict[str, list[str]]] = {
     "all": {
         "mutate": ["safety/*", "drivers/link_policy.py", "drivers/input_filter.py"],
@@ -102,7 +103,8 @@ def function_of(mutant_name: str) -> str:
     """``drivers.link_policy.xǁLinkPolicyǁstatus__mutmut_7`` names
     ``drivers.link_policy.LinkPolicy.status``; ``safety.stamps.x_clamp__mutmut_2`` names
     ``safety.stamps.clamp``."""
-    stem = mutant_name.rsplit("__mutmut_", 1)[0]
+    # The code runs as treadguard.<folder> (the workspace's layout); named by its folder here.
+    stem = mutant_name.rsplit("__mutmut_", 1)[0].removeprefix(PACKAGE + ".")
     parts = stem.split(".")
     for i, part in enumerate(parts):
         if part.startswith("xǁ"):
@@ -135,14 +137,24 @@ def build_workspace(work: Path, scope: dict[str, list[str]]) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    # config/ is copied as well: the tests read the programs and config/sim.toml from it.
-    for folder in ("safety", "drivers", "config", "tests"):
+    # The code under the package name it imports itself by (treadguard.safety, ...), so that
+    # mutmut's names for it (from the file's path) are the names the tests run it under.
+    # config/ as well, there and at the top: the tests read the programs and config/sim.toml
+    # from the top.
+    package = work / PACKAGE
+    package.mkdir()
+    shutil.copy(ROOT / PACKAGE / "__init__.py", package / "__init__.py")
+    for folder in ("safety", "drivers", "config"):
+        shutil.copytree(
+            ROOT / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for folder in ("config", "tests"):
         shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "conftest.py").write_text(CONFTEST)
     mutmut = {
-        "source_paths": ["safety", "drivers"],
-        "only_mutate": scope["mutate"],
-        "also_copy": ["config", "conftest.py"],
+        "source_paths": [f"{PACKAGE}/safety", f"{PACKAGE}/drivers"],
+        "only_mutate": [f"{PACKAGE}/{pattern}" for pattern in scope["mutate"]],
+        "also_copy": ["config", f"{PACKAGE}/config", f"{PACKAGE}/__init__.py", "conftest.py"],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "--hypothesis-profile=mutation"],
         "pytest_add_cli_args_test_selection": scope["tests"],
         # The workspace is not a git checkout of its own.

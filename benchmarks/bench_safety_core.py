@@ -10,6 +10,7 @@ batches of 1,000; the figures are the per-input cost of each batch.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_config(ROOT / "config" / "sim.toml")
     cfg = loaded.config
-    core = SafetyCore(cfg.safety, loaded.programs, default_program="reverse_walking")
+    core = SafetyCore(
+        cfg.safety, loaded.programs, default_program="reverse_walking", commissioned_until=math.inf
+    )
     warm, t = stream(core, 0.0, 200)
     for inp in warm:
         core.handle(inp)

@@ -38,7 +38,7 @@ def load_program(path: Path) -> Program:
         return Program.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {_words(err)}"
             for err in exc.errors()
         )
         raise ProgramError(f"{path}: {problems}") from exc
@@ -108,14 +108,36 @@ def _from_env(field_path: str, environ: Mapping[str, str]) -> str:
     return ""
 
 
+def _words(err: ErrorDetails) -> str:
+    """pydantic's message, without the "Value error, " it puts before our validators' own
+    words."""
+    return err["msg"].removeprefix("Value error, ")
+
+
 def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
     """TREADGUARD_<SECTION>__<KEY> variables that name no setting: a misspelt override must
     not be silently ignored, any more than a misspelt key in the file."""
     problems = []
+    sections = sorted(TreadguardConfig.model_fields, key=len, reverse=True)
     for key in sorted(environ):
         upper = key.upper()
-        if not upper.startswith(ENV_PREFIX) or ENV_NESTED not in upper[len(ENV_PREFIX) :]:
-            continue  # TREADGUARD_HYPOTHESIS_EXAMPLES and the like are not settings
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if ENV_NESTED not in upper[len(ENV_PREFIX) :]:
+            # TREADGUARD_MQTT_PORT: a section's name, then one underscore where two belong. It
+            # would be ignored; said instead. (TREADGUARD_HYPOTHESIS_EXAMPLES and the like
+            # name no section, and are not settings.)
+            bare = upper[len(ENV_PREFIX) :]
+            for name in sections:
+                head = name.upper() + "_"
+                if bare.startswith(head) and len(bare) > len(head):
+                    fixed = f"{ENV_PREFIX}{name.upper()}{ENV_NESTED}{bare[len(head) :]}"
+                    problems.append(
+                        f"{key}: not a setting; a section and its key are joined by two"
+                        f" underscores: {fixed}"
+                    )
+                    break
+            continue
         section, _, rest = upper[len(ENV_PREFIX) :].partition(ENV_NESTED)
         field = TreadguardConfig.model_fields.get(section.lower())
         if field is None:
@@ -151,7 +173,7 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigError(
             path,
             [
-                f"{_field_path(err)}: {err['msg']}{_from_env(_field_path(err), env)}"
+                f"{_field_path(err)}: {_words(err)}{_from_env(_field_path(err), env)}"
                 for err in exc.errors()
             ],
         ) from exc
@@ -175,6 +197,16 @@ def load_config(path: Path) -> LoadedConfig:
             problems.append(
                 f"programs.{name}: band {program.min_mph}-{program.max_mph} mph does not meet "
                 f"safety band {lim.min_mph}-{lim.max_mph} mph"
+            )
+    proof = programs.get(config.programs.default)
+    if proof is not None:
+        # The commissioning's proof runs use the default program at commissioning.proof_mph.
+        lo, hi = proof.band_within(config.safety)
+        mph = config.commissioning.proof_mph
+        if not lo <= mph <= hi:
+            problems.append(
+                f"commissioning.proof_mph: {mph:g} mph is outside the band {lo:g}-{hi:g} mph "
+                f"of the default program ({proof.name}), where the stops are proven"
             )
     drive = config.drive
     if config.sensors.source == "simulator" and not isinstance(drive, SimulatedDriveSection):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from treadguard.safety.inputs import Sensor
@@ -74,6 +74,15 @@ class JournalSection(_Strict):
     max_size_mb: float = Field(512.0, gt=0.0)
 
 
+class StopWatchSection(_Strict):
+    """The stop-quality watch (safety/stop_watch.py): every stop is compared with the
+    treadmill's commissioned baseline for its kind; a stop slower by more than ``margin_pct``
+    warns, two in a row latch a ``drive_fault``."""
+
+    # Above 100 % (a stop twice as slow as commissioned) the watch would catch too little.
+    margin_pct: float = Field(30.0, gt=0.0, le=100.0, allow_inf_nan=False)
+
+
 class SimulatedDriveSection(_Strict):
     """The built-in simulated drive: belt physics in-process, no wire."""
 
@@ -85,6 +94,8 @@ class SimulatedDriveSection(_Strict):
     # The drive's own deadman: no word from the host for this long stops the belt.
     deadman_s: float = Field(0.5, gt=0.0, le=2.0)
     max_mph: float = Field(12.0, gt=0.0)
+    # A worn brake: this fraction of every deceleration (controlled and emergency) is lost.
+    brake_wear: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class TrackmasterDriveSection(_Strict):
@@ -263,7 +274,7 @@ class MqttSection(_Strict):
     port: int = Field(1883, ge=1, le=65535)
     # Default: treadmill/<treadmill.id>. No wildcards, no leading or trailing "/".
     prefix: MqttTopicPrefix | None = None
-    username: str | None = None
+    username: str | None = Field(None, min_length=1)
     password: SecretStr | None = None
     tls: MqttTlsSection | None = None
     # Default: treadguard-<treadmill.id>; fixed, so the broker replaces a half-open old
@@ -275,11 +286,40 @@ class MqttSection(_Strict):
     state_period_s: float = Field(0.25, gt=0.0, le=MAX_STATE_PERIOD_S)
     backoff_max_s: float = Field(5.0, ge=0.5, le=60.0)
 
+    @field_validator("password")
+    @classmethod
+    def _password_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty password is a slip (an empty TREADGUARD_MQTT__PASSWORD=, a blank line in
+        # the environment file), not a password: the broker would refuse it, far from here.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "is empty (or only spaces): give the account's password, or leave it out"
+            )
+        return value
+
 
 class LoggingSection(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: human-readable on a terminal, JSON lines otherwise.
     format: Literal["auto", "console", "json"] = "auto"
+
+
+class CommissioningSection(_Strict):
+    """``treadguard commission`` (docs/commissioning.md): a technician proves every stop
+    source on the machine before its first patient session and again every ``every_days``;
+    until then, and once it has expired, no session starts."""
+
+    # How long a passed commissioning stays current, in days (at most a year).
+    every_days: float = Field(90.0, gt=0.0, le=366.0)
+    # The belt speed the emergency stops are proven at (the issue's 0.8 mph, the band's
+    # bottom); it must lie in the default program's band (checked with the programs).
+    proof_mph: float = Field(0.8, gt=0.0, le=3.0)
+    # A stop passes when the belt stands still within this long of its trigger: an emergency
+    # stop (E-STOP, grips, fall), the drive's deadman (from the link cut; it includes the
+    # drive's own communication time-out), the controlled stop at the cap.
+    max_emergency_standstill_s: float = Field(2.0, gt=0.0, le=10.0)
+    max_deadman_standstill_s: float = Field(4.0, gt=0.0, le=15.0)
+    max_controlled_standstill_s: float = Field(8.0, gt=0.0, le=30.0)
 
 
 ENV_PREFIX = "TREADGUARD_"
@@ -298,11 +338,13 @@ class TreadguardConfig(BaseSettings):
     treadmill: TreadmillSection
     control: ControlSection = ControlSection()
     safety: SafetyLimits = SafetyLimits()
+    stop_watch: StopWatchSection = StopWatchSection()
     programs: ProgramsSection = ProgramsSection()
     drive: DriveSection
     sensors: SensorsSection = SensorsSection()
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
+    commissioning: CommissioningSection = CommissioningSection()
     logging: LoggingSection = LoggingSection()
 
     @classmethod

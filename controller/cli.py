@@ -9,15 +9,19 @@ import json
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
 
 import treadguard.config as config_package
+from treadguard import __version__
 from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text
+from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
-from treadguard.controller.journal import Journal, JournalError
+from treadguard.controller.journal import CommissioningStatus, Journal, JournalError
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.preflight import load_runnable
@@ -25,11 +29,11 @@ from treadguard.controller.report import history_table, session_report
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
-    clock_text,
     run_realtime,
     run_virtual,
 )
 from treadguard.drivers.vfd_codec import RegisterMap, RegisterMapError
+from treadguard.simulator.belt import BeltParams
 from treadguard.simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
 from treadguard.simulator.mqtt_user import INSTRUCTIONS, InstructionError, serve_user, tell_user
 from treadguard.simulator.mqtt_user import Broker as MqttBroker
@@ -139,6 +143,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
+def _brake_wear(text: str) -> float:
+    try:
+        wear = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= wear < 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0 and below 1")
+    return wear
+
+
 async def _serve_modbus(args: argparse.Namespace) -> None:
     rmap = RegisterMap.from_toml(args.register_map)
     vfd = SimulatedVfd(
@@ -147,6 +161,7 @@ async def _serve_modbus(args: argparse.Namespace) -> None:
         comm_timeout=round(args.comm_timeout_s * 10),
         mph_per_hz=args.mph_per_hz,
         device_id=args.device_id,
+        belt_params=BeltParams(brake_wear=args.brake_wear),
     )
     # Fault injection (SR-9 tests by hand): see simulator/modbus_device.py.
     vfd.line_delay_s = args.line_delay_ms / 1000
@@ -187,6 +202,7 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
             asyncio.run(
                 serve_trackmaster(
                     model=model,
+                    belt_params=BeltParams(brake_wear=args.brake_wear),
                     link_path=args.link,
                     line_delay_s=args.line_delay_ms / 1000,
                     inject=args.inject,
@@ -296,10 +312,94 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out = args.out if args.out is not None else Path(f"session-{session.id}.html")
-    out.write_text(page, encoding="utf-8")
+    name = f"session-{session.id}.html"
+    out = args.out if args.out is not None else Path(name)
+    if out.is_dir():
+        out = out / name  # --out /tmp: the usual name, in that folder
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(out)
     return 0
+
+
+def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
+    """The commissioning record, read-only: exit 0 only if current."""
+    path = loaded.resolve(loaded.config.journal.path).resolve()
+    every = loaded.config.commissioning.every_days
+    try:
+        journal = Journal.read_only(path)
+        status = journal.commissioning_status(time.time(), every_days=every)
+        baselines = journal.commissioned_baselines(time.time(), every_days=every)
+    except JournalError as exc:  # no journal yet, or unreadable: not commissioned
+        status = CommissioningStatus(False, f"no commissioning on record ({exc})")
+        baselines = {}
+    if as_json:
+        body = status.as_json()
+        body["baselines"] = {
+            k.value: {
+                "standstill_s": b.standstill_s,
+                "deceleration_mph_per_s": b.deceleration_mph_per_s,
+            }
+            for k, b in baselines.items()
+        }
+        print(json.dumps(body))
+    else:
+        verdict = "current" if status.current else "NOT CURRENT"
+        print(f"commissioning of {loaded.config.treadmill.id}: {verdict}: {status.detail}")
+        for kind, b in baselines.items():
+            print(
+                f"  baseline {kind.value}: standstill {b.standstill_s:.2f} s, "
+                f"{b.deceleration_mph_per_s:.2f} mph/s"
+            )
+        if not status.current:
+            print("  patient sessions are refused until `treadguard commission` passes")
+    return 0 if status.current else EXIT_FAILED
+
+
+def cmd_commission(args: argparse.Namespace) -> int:
+    """Prove every stop source on the machine (docs/commissioning.md), or show the record."""
+    try:
+        loaded = load_config(args.config) if args.status else load_runnable(args.config)
+    except ConfigError as exc:
+        print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.status:
+        return _commission_status(loaded, as_json=args.json)
+    cfg = loaded.config
+    journal_path = loaded.resolve(cfg.journal.path).resolve()
+    print(
+        f"commissioning {cfg.treadmill.id}: every stop source proven at "
+        f"{cfg.commissioning.proof_mph:g} mph; journal {journal_path}",
+        flush=True,
+    )
+    if args.simulated:
+        if not isinstance(cfg.drive, SimulatedDriveSection):
+            print(
+                f"error: --simulated needs drive.kind = 'simulator' (this one is "
+                f"{cfg.drive.kind!r}): on a real drive a technician proves the stops",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        configure_logging(args.log_level, "auto")
+        result = run_simulated(loaded, journal_path, technician=args.technician, echo=print)
+    else:
+        # On the machine: the daemon's whole assembly (driver, sensors, the tablet over MQTT),
+        # the technician guided here. Stop the treadguard service first.
+        configure_logging(args.log_level, cfg.logging.format)
+        results: list[CommissioningResult] = []
+        errand = guided_errand(technician=args.technician, echo=print, results=results)
+        asyncio.run(Daemon(loaded, errand=errand).run())
+        if not results:
+            print("error: the commissioning did not run (see the log)", file=sys.stderr)
+            return EXIT_FAILED
+        result = results[0]
+    print(f"commissioning {result.outcome.value}" + (f": {result.detail}" if result.detail else ""))
+    return 0 if result.passed else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="treadguard",
         description="Safety controller for reverse-walking sessions on a motorized treadmill.",
     )
+    parser.add_argument("--version", action="version", version=f"treadguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="play scenarios against the simulated treadmill")
@@ -407,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
         )
+        p.add_argument(
+            "--brake-wear",
+            type=_brake_wear,
+            default=0.0,
+            metavar="FRACTION",
+            help="a worn brake: this fraction (0 to below 1) of every deceleration is lost",
+        )
     dev.set_defaults(func=cmd_sim_device)
 
     user = sub.add_parser(
@@ -437,6 +545,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="the page to write (default session-N.html)"
     )
     report.set_defaults(func=cmd_report)
+
+    com = sub.add_parser(
+        "commission",
+        help="prove every stop source on the machine (before patient sessions), or --status",
+    )
+    com.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    com.add_argument(
+        "--status",
+        action="store_true",
+        help="show the commissioning record (no daemon needed); exit 0 only if current",
+    )
+    com.add_argument("--json", action="store_true", help="with --status: one JSON object")
+    com.add_argument(
+        "--simulated",
+        action="store_true",
+        help="on the simulated treadmill, unattended: a simulated technician does every step",
+    )
+    com.add_argument("--technician", default="", help="who proves the stops (journaled)")
+    com.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    com.set_defaults(func=cmd_commission)
 
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"

@@ -19,6 +19,7 @@ import asyncio
 import gc
 import math
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,17 @@ class _SensorHealth:
     last_warned: float = -SENSOR_WARN_EVERY_S
 
 
+# Work the daemon runs beside its own once it is up (``treadguard commission`` on the real
+# machine): when it returns, the daemon shuts down as on a signal.
+Errand = Callable[["System"], Awaitable[object]]
+
+
 class Daemon:
-    def __init__(self, loaded: LoadedConfig, *, logger: Any = None) -> None:
+    def __init__(
+        self, loaded: LoadedConfig, *, logger: Any = None, errand: Errand | None = None
+    ) -> None:
         self.loaded = loaded
+        self.errand = errand
         self._log = logger if logger is not None else structlog.get_logger("treadguard")
         self._signals = 0
         self._signalled = asyncio.Event()
@@ -161,12 +170,15 @@ class Daemon:
 
     def _extra_state(self) -> JsonObject:
         """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
-        programs a tablet may offer, the journal's use, and which wired sensor inputs cannot
-        be read, and why."""
+        programs a tablet may offer, the journal's use, the commissioning (whether a session
+        may start as far as it goes), the stop-quality watch, and which wired sensor inputs
+        cannot be read, and why."""
         extra: JsonObject = {
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,
             "journal": self.system.journal_state(),
+            "commissioning": self.system.commissioning_state(),
+            "stop_watch": self.system.stop_watch_state(),
         }
         problems = self.sensors.problems()
         if problems:
@@ -243,6 +255,12 @@ class Daemon:
             await asyncio.sleep(period)
         self._log.info("shutdown_complete", state=self.core.state.value)
 
+    async def _run_errand(self, errand: Errand) -> None:
+        try:
+            await errand(self.system)
+        finally:
+            self._signalled.set()  # done (or failed): the daemon's own shutdown follows
+
     async def _control(self) -> None:
         """The control loop; if it ends other than by a clean shutdown (a failure of its own or
         of another task), the drive is told to stop at once, while its I/O task still runs."""
@@ -284,6 +302,8 @@ class Daemon:
                     tg.create_task(run, name="sensor-input")
                     for run in self.sensors.build_sources(self.clock.time)
                 ]
+                if self.errand is not None:
+                    tg.create_task(self._run_errand(self.errand), name="errand")
                 await self._signalled.wait()
                 await self._shutdown()
                 # The link goes first, while the loop still ticks: it publishes the final

@@ -36,6 +36,7 @@ def simulated_belt_params(drive: SimulatedDriveSection) -> BeltParams:
         lag_s=drive.lag_s,
         deadman_s=drive.deadman_s,
         max_mph=drive.max_mph,
+        brake_wear=drive.brake_wear,
     )
 
 

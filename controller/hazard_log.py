@@ -4,8 +4,8 @@ matrix it generates (docs/traceability.md).
 The log is data: each hazard the patient can meet, its causes, its risk before and after
 control, the controls (safety requirements SR-n, and what the clinic must keep: the
 treadmill's own stop button, its safety key, the drive's own deadman) and the tests that
-verify them. The gate (``python -m controller.hazard_log``, run by ``scripts/test`` after a
-whole-suite pytest run) checks that
+verify them. The gate (``python -m treadguard.controller.hazard_log``, run by ``scripts/test``
+after a whole-suite pytest run) checks that
 
 - every hazard has at least one control and at least one verification;
 - every requirement of docs/safety.md's table is a control of some hazard, and every SR a
@@ -458,9 +458,9 @@ def render_matrix(log: HazardLog) -> str:
     out: list[str] = [
         "# Traceability: hazards, requirements, code and tests",
         "",
-        "Generated from `docs/hazards.toml` by `python -m controller.hazard_log` (`scripts/test`",
-        'runs it after the whole suite); do not edit it by hand. `docs/safety.md` ("The hazard',
-        'log") says how to add a hazard and what the gate checks.',
+        "Generated from `docs/hazards.toml` by `python -m treadguard.controller.hazard_log`",
+        "(`scripts/test` runs it after the whole suite); do not edit it by hand. `docs/safety.md`",
+        '("The hazard log") says how to add a hazard and what the gate checks.',
         "",
         "## Hazards",
         "",
@@ -573,7 +573,7 @@ def gate(root: Path, junit: Path | None, *, write: bool = True) -> tuple[list[Pr
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m controller.hazard_log",
+        prog="python -m treadguard.controller.hazard_log",
         description="check the hazard log against the tests of this run and write the matrix",
     )
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository")

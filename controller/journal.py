@@ -14,14 +14,19 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -50,6 +55,27 @@ CREATE TABLE IF NOT EXISTS samples (
     target_mph REAL
 );
 CREATE INDEX IF NOT EXISTS samples_by_session ON samples(session_id);
+-- treadguard commission (docs/commissioning.md): one row a run, one a proven stop. Added with
+-- IF NOT EXISTS, so a journal written before them gains them when it is next opened writable.
+CREATE TABLE IF NOT EXISTS commissioning (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,          -- unix seconds
+    ended_at REAL,
+    outcome TEXT,                      -- passed, failed, aborted; NULL: under way or cut short
+    detail TEXT NOT NULL DEFAULT '',
+    technician TEXT NOT NULL DEFAULT '',
+    simulated INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS commissioning_proofs (
+    commissioning_id INTEGER NOT NULL REFERENCES commissioning(id),
+    ts REAL NOT NULL,
+    step TEXT NOT NULL,                -- estop, grip_left, grip_right, grips, fall, deadman, cap
+    kind TEXT,                         -- the baseline it counts towards: emergency, controlled
+    passed INTEGER NOT NULL,
+    standstill_s REAL,                 -- the stop's trigger to standstill
+    deceleration_mph_per_s REAL,       -- the belt's speed at the trigger over standstill_s
+    detail TEXT NOT NULL DEFAULT ''
+);
 """
 
 # Sessions that count as a treadmill session had: the belt ran and the session ended as
@@ -60,8 +86,68 @@ HISTORY_REASONS = ("cap", "completed", "operator_stop")
 WARN_FRACTION = 0.8
 
 
+DAY_S = 86_400.0
+
+
 class JournalError(Exception):
     pass
+
+
+class CommissioningOutcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class ProofRecord:
+    """One stop source proven (or not) during a commissioning run. ``kind``: the baseline the
+    stop counts towards (None for a proof that measures no stop of treadguard's own, such as
+    one grip released, or the drive's own deadman)."""
+
+    step: str
+    kind: StopKind | None
+    passed: bool
+    standstill_s: float | None = None
+    deceleration_mph_per_s: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CommissioningRow:
+    id: int
+    started_at: float
+    ended_at: float | None
+    outcome: str | None
+    detail: str
+    technician: str
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class CommissioningStatus:
+    """Whether the treadmill's commissioning is current at ``now`` (unix seconds).
+
+    Fail closed: no passed run on record, a journal that cannot be read, or a record dated
+    after now (the clock went back, or the record is not to be trusted) is not current."""
+
+    current: bool
+    detail: str
+    passed_at: float | None = None
+    expires_at: float | None = None
+    last_run: CommissioningRow | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        last = self.last_run
+        return {
+            "current": self.current,
+            "detail": self.detail,
+            "passed_at": self.passed_at,
+            "expires_at": self.expires_at,
+            "last_run": None
+            if last is None
+            else {"id": last.id, "outcome": last.outcome, "ended_at": last.ended_at},
+        }
 
 
 @dataclass(frozen=True)
@@ -88,23 +174,34 @@ class EventRow:
 
 
 class Journal:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, lock: int | None = None) -> None:
         self._db = connection
+        self._lock = lock  # the exclusive lock's file descriptor, released by close()
         self._open_session: int | None = self._newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
 
     @classmethod
-    def open(cls, path: Path, *, max_size_mb: float = 512.0) -> Journal:
+    def open(cls, path: Path, *, max_size_mb: float = 512.0, exclusive: bool = False) -> Journal:
+        """``exclusive``: this process is the only one to drive the treadmill on this journal
+        (the daemon, a commissioning run): a lock beside the file (``<journal>.lock``, which
+        the system drops when the process ends, however it ends) is taken first, and a
+        journal another process holds is a JournalError. Two of them would each number
+        sessions on their own and close the other's open session as interrupted."""
+        lock = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                lock = _lock(path)
             # Autocommit mode: this class says where a transaction begins and ends.
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             cls._prepare(db, max_size_mb)
         except (OSError, sqlite3.Error) as exc:
+            if lock is not None:
+                os.close(lock)
             raise JournalError(f"cannot open {path}: {exc}") from exc
-        return cls(db)
+        return cls(db, lock=lock)
 
     @classmethod
     def in_memory(cls, *, max_size_mb: float = 512.0) -> Journal:
@@ -148,7 +245,12 @@ class Journal:
         return cls(db)
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # closing the descriptor releases the lock
+                self._lock = None
 
     def used_fraction(self) -> float:
         """How full the journal is: its pages in use (the write-ahead log's included, as SQLite
@@ -222,6 +324,42 @@ class Journal:
                 (self._open_session, ts, _real(speed_mph), _real(target_mph)),
             )
 
+    def begin_commissioning(self, ts: float, *, technician: str, simulated: bool) -> int:
+        """A commissioning run begins (committed at once: a run cut short stays on record,
+        with no outcome)."""
+        cur = self._write(
+            "INSERT INTO commissioning (started_at, technician, simulated) VALUES (?,?,?)",
+            (ts, technician, int(simulated)),
+        )
+        self.commit()
+        return int(cur.lastrowid or 0)
+
+    def record_proof(self, run: int, proof: ProofRecord, ts: float) -> None:
+        self._write(
+            "INSERT INTO commissioning_proofs (commissioning_id, ts, step, kind, passed,"
+            " standstill_s, deceleration_mph_per_s, detail) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                run,
+                ts,
+                proof.step,
+                None if proof.kind is None else proof.kind.value,
+                int(proof.passed),
+                _real(proof.standstill_s),
+                _real(proof.deceleration_mph_per_s),
+                proof.detail,
+            ),
+        )
+        self.commit()
+
+    def end_commissioning(
+        self, run: int, ts: float, outcome: CommissioningOutcome, detail: str = ""
+    ) -> None:
+        self._write(
+            "UPDATE commissioning SET ended_at = ?, outcome = ?, detail = ? WHERE id = ?",
+            (ts, outcome.value, detail, run),
+        )
+        self.commit()
+
     def close_interrupted(self, ts: float) -> list[int]:
         """At start-up: sessions a crash left open end as ``interrupted``, at their last
         record. Returns their ids."""
@@ -251,6 +389,28 @@ class Journal:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(str(exc)) from exc
+
+    def last_brake_fault(self, marker: str) -> tuple[float, str, str] | None:
+        """The newest fault whose detail begins with ``marker`` (the stop-quality watch's
+        worn-brake fault): its time (unix seconds), the kind of stop that was too slow (from
+        the maintenance warning before it; "emergency" if none says) and its detail."""
+        rows = self._query(
+            "SELECT id, ts, fields FROM events WHERE type = 'fault' ORDER BY id DESC"
+        )
+        for event_id, ts, fields in rows:
+            detail = str(json.loads(fields).get("detail", ""))
+            if not detail.startswith(marker + ":"):
+                continue
+            kind = "emergency"
+            warned = self._query(
+                "SELECT fields FROM events WHERE type = 'maintenance_warning' AND id < ?"
+                " ORDER BY id DESC LIMIT 1",
+                (event_id,),
+            )
+            if warned:
+                kind = str(json.loads(warned[0][0]).get("kind", kind))
+            return float(ts), kind, detail
+        return None
 
     def _newest_open_session(self) -> int | None:
         rows = self._query("SELECT MAX(id) FROM sessions WHERE ended_at IS NULL")
@@ -292,12 +452,157 @@ class Journal:
             )
         return [EventRow(ts, kind, json.loads(fields)) for ts, kind, fields in rows]
 
+    def commissioning_runs(self) -> list[CommissioningRow]:
+        """Every commissioning run, oldest first."""
+        rows = self._query(
+            "SELECT id, started_at, ended_at, outcome, detail, technician, simulated"
+            " FROM commissioning ORDER BY id"
+        )
+        return [
+            CommissioningRow(int(i), float(st), en, out, det, tech, bool(sim))
+            for i, st, en, out, det, tech, sim in rows
+        ]
+
+    def proofs(self, run: int) -> list[ProofRecord]:
+        rows = self._query(
+            "SELECT step, kind, passed, standstill_s, deceleration_mph_per_s, detail"
+            " FROM commissioning_proofs WHERE commissioning_id = ? ORDER BY rowid",
+            (run,),
+        )
+        return [
+            ProofRecord(step, None if kind is None else StopKind(kind), bool(ok), st, dec, det)
+            for step, kind, ok, st, dec, det in rows
+        ]
+
+    def commissioning_status(self, now: float, *, every_days: float) -> CommissioningStatus:
+        """The treadmill's commissioning at unix time ``now``: current when the newest passed
+        run ended less than ``every_days`` ago (and not after ``now``). A journal without
+        the commissioning tables (written before them, opened read-only) has none."""
+        try:
+            runs = self.commissioning_runs()
+        except JournalError as exc:
+            return CommissioningStatus(False, f"the commissioning record cannot be read: {exc}")
+        last = runs[-1] if runs else None
+        passed = [r for r in runs if r.outcome == CommissioningOutcome.PASSED.value]
+        if not passed or passed[-1].ended_at is None:
+            detail = "no passed commissioning on record"
+            if last is not None and last.outcome != CommissioningOutcome.PASSED.value:
+                detail += f"; the last run {_outcome_words(last)}"
+            return CommissioningStatus(False, detail, last_run=last)
+        run = passed[-1]
+        passed_at = float(run.ended_at) if run.ended_at is not None else math.nan
+        expires = passed_at + every_days * DAY_S
+        if not (math.isfinite(passed_at) and math.isfinite(now)) or passed_at > now:
+            return CommissioningStatus(
+                False,
+                f"the last commissioning is dated after now ({_utc(passed_at)}): the clock "
+                "is not to be trusted",
+                passed_at,
+                expires,
+                last,
+            )
+        if now >= expires:
+            return CommissioningStatus(
+                False,
+                f"the last commissioning passed {_utc(passed_at)} and expired "
+                f"{_utc(expires)} (commissioning.every_days = {every_days:g})",
+                passed_at,
+                expires,
+                last,
+            )
+        detail = f"passed {_utc(passed_at)}, current until {_utc(expires)}"
+        if last is not None and last.id != run.id:
+            # A later run that failed does not withdraw the one before: the machine was proven
+            # then; the failure is on record and shown.
+            detail += f"; a later run {_outcome_words(last)}"
+        return CommissioningStatus(True, detail, passed_at, expires, last)
+
+    def commissioned_baselines(
+        self, now: float, *, every_days: float
+    ) -> dict[StopKind, StopBaseline]:
+        """The treadmill's stop baselines, per kind of stop, from its latest commissioning if
+        that is current at unix time ``now`` (else none): each kind's mean over the passed
+        proofs of that kind (an emergency stop: the E-STOP, the grips, the fall; a controlled
+        stop: the one at the cap). The stop-quality watch compares later stops with them."""
+        status = self.commissioning_status(now, every_days=every_days)
+        runs = [
+            r for r in self.commissioning_runs() if r.outcome == CommissioningOutcome.PASSED.value
+        ]
+        if not status.current or not runs:
+            return {}
+        baselines: dict[StopKind, StopBaseline] = {}
+        proofs = self.proofs(runs[-1].id)
+        for kind in StopKind:
+            mine = [
+                p
+                for p in proofs
+                if p.kind is kind
+                and p.passed
+                and p.standstill_s is not None
+                and p.deceleration_mph_per_s is not None
+            ]
+            if mine:
+                baselines[kind] = StopBaseline(
+                    kind=kind,
+                    standstill_s=sum(p.standstill_s or 0.0 for p in mine) / len(mine),
+                    deceleration_mph_per_s=sum(p.deceleration_mph_per_s or 0.0 for p in mine)
+                    / len(mine),
+                )
+        return baselines
+
     def samples(self, session_id: int) -> list[tuple[float, float | None, float | None]]:
         rows = self._query(
             "SELECT ts, speed_mph, target_mph FROM samples WHERE session_id = ? ORDER BY ts",
             (session_id,),
         )
         return [(float(ts), speed, target) for ts, speed, target in rows]
+
+
+def seed_commissioning(
+    journal: Journal,
+    ended_at: float,
+    proofs: list[ProofRecord],
+    *,
+    technician: str = "",
+    simulated: bool = True,
+    took_s: float = 600.0,
+) -> int:
+    """A passed commissioning run written the way ``treadguard commission`` writes one (the
+    same calls, in the same order), ending at unix time ``ended_at``: for a simulated
+    treadmill's journal (a scenario's, a test daemon's) whose stops are proven elsewhere."""
+    run = journal.begin_commissioning(ended_at - took_s, technician=technician, simulated=simulated)
+    for proof in proofs:
+        journal.record_proof(run, proof, ended_at)
+    journal.end_commissioning(run, ended_at, CommissioningOutcome.PASSED)
+    return run
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise OSError(
+            "it is in use by another process (the daemon, or a commissioning run, for this "
+            "treadmill): stop that first"
+        ) from exc
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _utc(ts: float) -> str:
+    if not math.isfinite(ts):
+        return "an unreadable time"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _outcome_words(run: CommissioningRow) -> str:
+    if run.outcome is None:
+        return f"(no. {run.id}) was cut short"
+    return f"(no. {run.id}) {run.outcome}" + (f": {run.detail}" if run.detail else "")
 
 
 def _json(fields: dict[str, Any]) -> str:

@@ -2,10 +2,15 @@
 
 ::
 
-    async with TabletLink(treadmill_id="tm-01", host="localhost", execute=..., snapshot=...,
-                          now=clock.time, to_unix=unix_mapper(clock.time)) as link:
-        controller.subscribe(link.on_event, name="mqtt")
+    hooks = LinkHooks(execute=system.execute, snapshot=core.snapshot, now=clock.time,
+                      to_unix=unix_mapper(clock.time, wall))
+    async with TabletLink.configured(loaded, hooks) as link:   # or TabletLink(id, broker, hooks)
+        system.subscribe(link.on_event, name="mqtt")
         ...
+
+A component with its own settings: the broker (``BrokerSettings``: where, who, TLS), the hooks
+(``LinkHooks``: what it calls on the daemon's side) and the tuning (``LinkTuning``), each a
+value; ``configured`` builds all three from a configuration.
 
 What it does, per connection (a fresh ``aiomqtt.Client`` every try, so a lost connection never
 leaves a dead client behind - Moonraker bug #1104):
@@ -57,7 +62,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -79,7 +84,6 @@ from treadguard.contract.mqtt import (
     ToUnix,
     answer_command,
     belt_moving,
-    default_prefix,
     encode_event,
     encode_reply,
     encode_state,
@@ -88,7 +92,7 @@ from treadguard.contract.mqtt import (
     state_key,
     to_payload,
 )
-from treadguard.controller.mqtt_settings import TlsSettings, broker_settings
+from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, EventType
 
@@ -165,10 +169,32 @@ class LinkHooks:
     now: Callable[[], float]
     to_unix: ToUnix
     on_sensor: Callable[[str, bytes], None] | None = None
+    # Called before the state, a reply or an event goes out: the journal commits (SR-14).
     before_publish: Callable[[], None] | None = None
     on_refused: Callable[[CommandReply, str | None], None] | None = None
     on_rival: Callable[[str], None] | None = None
+    # Fields the contract allows beyond its own (an extension): merged into each state.
     extra_state: Callable[[], JsonObject] | None = None
+
+
+@dataclass(frozen=True)
+class LinkTuning:
+    """How the link behaves on the wire. The ``[mqtt]`` section sets the first four (within
+    the schema's bounds); the rest are the contract's and the outbox's own figures."""
+
+    identifier: str | None = None  # the MQTT client id; None: treadguard-<treadmill id>
+    keepalive_s: int = 5
+    timeout_s: float = 5.0
+    state_period_s: float = 0.25  # the state while the belt moves (the contract: <= 500 ms)
+    backoff_max_s: float = 5.0
+    backoff_min_s: float = 0.2
+    poll_s: float = 0.05
+    buffer: int = 256  # events, and replies other than to stop and estop, that may wait
+    max_inflight: int = 64  # publications on the wire at once
+    duplicate_memory: int = 1024  # command ids remembered, for the duplicate rule
+
+
+DEFAULT_TUNING = LinkTuning()
 
 
 class TabletLink:
@@ -182,84 +208,46 @@ class TabletLink:
 
     def __init__(
         self,
-        *,
         treadmill_id: str,
-        host: str,
-        execute: Execute,
-        snapshot: Callable[[], Snapshot],
-        now: Callable[[], float],
-        to_unix: ToUnix,
-        port: int = 1883,
-        prefix: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsSettings | None = None,
-        identifier: str | None = None,
-        keepalive_s: int = 5,
-        timeout_s: float = 5.0,
-        state_period_s: float = 0.25,
-        poll_s: float = 0.05,
-        backoff_min_s: float = 0.2,
-        backoff_max_s: float = 5.0,
-        buffer: int = 256,
-        max_inflight: int = 64,
-        duplicate_memory: int = 1024,
+        broker: BrokerSettings,
+        hooks: LinkHooks,
+        tuning: LinkTuning = DEFAULT_TUNING,
+        *,
         sensors: Iterable[str] = (),
-        on_sensor: Callable[[str, bytes], None] | None = None,
-        before_publish: Callable[[], None] | None = None,
-        on_refused: Callable[[CommandReply, str | None], None] | None = None,
-        on_rival: Callable[[str], None] | None = None,
-        extra_state: Callable[[], JsonObject] | None = None,
         logger: Any = None,
     ) -> None:
-        if not 0 < state_period_s <= 0.5:
+        t = tuning
+        if not 0 < t.state_period_s <= 0.5:
             raise ValueError("state_period_s must be in (0, 0.5]: the contract asks for 500 ms")
-        if not 0 < backoff_min_s <= backoff_max_s:
+        if not 0 < t.backoff_min_s <= t.backoff_max_s:
             raise ValueError("backoff_min_s must be positive and at most backoff_max_s")
-        if buffer < 1 or max_inflight < 1:
+        if t.buffer < 1 or t.max_inflight < 1:
             raise ValueError("buffer and max_inflight must be at least 1")
         self.treadmill_id = treadmill_id
-        self.topics = Topics(prefix if prefix is not None else default_prefix(treadmill_id))
-        self._host = host
-        self._port = port
-        self._execute = execute
-        self._snapshot = snapshot
-        self._now = now
-        self._to_unix = to_unix
-        self._username = username
-        self._password = password
+        self.topics = Topics(broker.prefix)
+        # The three settings, kept as they came (read where they are used).
+        self._broker = broker
+        self._hooks = hooks
+        self._tuning = t
         # Built once, here: loading certificates blocks.
-        self._tls_context = tls.context() if tls is not None else None
+        self._tls_context = broker.tls.context() if broker.tls is not None else None
         # A fixed client id lets the broker drop a half-open older connection of ours at once
         # (session takeover) instead of firing its Will later, over our "online".
-        self._identifier = identifier if identifier is not None else f"treadguard-{treadmill_id}"
-        self._keepalive_s = keepalive_s
-        self._timeout_s = timeout_s
-        self._state_period_s = state_period_s
-        self._poll_s = poll_s
-        self._backoff_min_s = backoff_min_s
-        self._backoff_max_s = backoff_max_s
-        self._buffer = buffer
-        self._max_inflight = max_inflight
+        self._identifier = (
+            t.identifier if t.identifier is not None else f"treadguard-{treadmill_id}"
+        )
         self._log = logger if logger is not None else structlog.get_logger("treadguard.mqtt")
-        self._seen = DuplicateFilter(duplicate_memory)
+        self._seen = DuplicateFilter(t.duplicate_memory)
         # <p>/sensors/<name> topic -> name, for the sensors configured as MQTT sources.
         self._sensor_topics = {self.topics.sensor(name): name for name in sensors}
-        if self._sensor_topics and on_sensor is None:
+        if self._sensor_topics and hooks.on_sensor is None:
             raise ValueError("sensor topics need an on_sensor callback")
-        self._on_sensor = on_sensor
-        # Called before the state, a reply or an event goes out: the journal commits (SR-14).
-        self._before_publish = before_publish
-        self._on_refused = on_refused
-        self._on_rival = on_rival
         # This process's mark on its state (an extension of contract v1): a state on our topic
         # with another mark comes from another daemon for this treadmill.
         self.instance = uuid.uuid4().hex[:12]
         self._state_published = False
         self._rival_told = -1  # the connection a rival was last reported on
         self._rival_logged_t = -math.inf
-        # Fields the contract allows beyond its own (an extension): merged into each state.
-        self._extra_state = extra_state
         # The outbox: what waits to be published or acknowledged, oldest first. The first
         # ``_sent[...]`` items of each are on the wire on the current connection.
         self._urgent: deque[_Out] = deque()  # replies to stop and estop: never dropped
@@ -305,29 +293,20 @@ class TabletLink:
     ) -> TabletLink:
         """The link as a configuration's ``[mqtt]`` section (with its environment overrides
         and TLS files) sets it up; the bounds of each setting are the schema's."""
-        mqtt, broker = loaded.config.mqtt, broker_settings(loaded)
-        return cls(
-            treadmill_id=loaded.config.treadmill.id,
-            host=broker.host,
-            port=broker.port,
-            prefix=broker.prefix,
-            username=broker.username,
-            password=broker.password,
-            tls=broker.tls,
+        mqtt = loaded.config.mqtt
+        tuning = replace(
+            DEFAULT_TUNING,
             identifier=mqtt.client_id,
             keepalive_s=mqtt.keepalive_s,
             state_period_s=mqtt.state_period_s,
             backoff_max_s=mqtt.backoff_max_s,
-            execute=hooks.execute,
-            snapshot=hooks.snapshot,
-            now=hooks.now,
-            to_unix=hooks.to_unix,
+        )
+        return cls(
+            loaded.config.treadmill.id,
+            broker_settings(loaded),
+            hooks,
+            tuning,
             sensors=sensors,
-            on_sensor=hooks.on_sensor,
-            before_publish=hooks.before_publish,
-            on_refused=hooks.on_refused,
-            on_rival=hooks.on_rival,
-            extra_state=hooks.extra_state,
             logger=logger,
         )
 
@@ -342,7 +321,7 @@ class TabletLink:
 
         Encoded now, with the wall time of now: a delivery delayed by an outage does not change
         what the event says."""
-        encoded = encode_event(event, to_unix=self._to_unix)
+        encoded = encode_event(event, to_unix=self._hooks.to_unix)
         # QoS 1 is "at least once": a publication whose PUBACK was lost with the connection goes
         # out again, so a tablet can get an event twice. Its id (unique across restarts of the
         # daemon too) lets the tablet drop the second copy.
@@ -350,7 +329,7 @@ class TabletLink:
         encoded.setdefault("event_id", f"{self._boot}-{self._event_seq}")
         item = _Out(to_payload(encoded), keep=event.type in NEVER_DROPPED)
         self._look = True
-        if not self._push(self._events, item, self._buffer):
+        if not self._push(self._events, item, self._tuning.buffer):
             self.dropped_events += 1
             self._report_drops()
 
@@ -379,7 +358,7 @@ class TabletLink:
     async def _join(self, task: asyncio.Task[None]) -> None:
         """Wait for a task told to stop, for a bounded time; then cancel it and go on."""
         try:
-            async with asyncio.timeout(self._timeout_s + 1.0):
+            async with asyncio.timeout(self._tuning.timeout_s + 1.0):
                 await asyncio.shield(task)
         except TimeoutError:
             self._log.warning("mqtt_stop_timeout", task=task.get_name())
@@ -389,23 +368,23 @@ class TabletLink:
 
     def _client(self) -> aiomqtt.Client:
         client = aiomqtt.Client(
-            self._host,
-            self._port,
-            username=self._username,
-            password=self._password,
+            self._broker.host,
+            self._broker.port,
+            username=self._broker.username,
+            password=self._broker.password,
             identifier=self._identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
-            keepalive=self._keepalive_s,
-            timeout=self._timeout_s,
+            keepalive=self._tuning.keepalive_s,
+            timeout=self._tuning.timeout_s,
             tls_context=self._tls_context,
             # Commands and readings never enter this queue (see _route_inline); bounded anyway.
-            max_queued_incoming_messages=self._buffer,
+            max_queued_incoming_messages=self._tuning.buffer,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
         # only be set before the connection.
-        client._client.max_inflight_messages_set(self._max_inflight)
+        client._client.max_inflight_messages_set(self._tuning.max_inflight)
         return client
 
     async def run(self) -> None:
@@ -428,11 +407,11 @@ class TabletLink:
             raise
 
     async def _connect_forever(self) -> None:
-        delay = self._backoff_min_s
+        delay = self._tuning.backoff_min_s
         while not self._stop.is_set():
             try:
                 async with self._client() as client:  # a fresh client every try
-                    delay = self._backoff_min_s
+                    delay = self._tuning.backoff_min_s
                     await self._serve(client)
             except* (aiomqtt.MqttError, OSError) as group:
                 self._log.warning(
@@ -445,7 +424,7 @@ class TabletLink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
-            delay = min(delay * 2, self._backoff_max_s)
+            delay = min(delay * 2, self._tuning.backoff_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._route_inline(client)  # before subscribing: retained messages follow the SUBACK
@@ -461,7 +440,10 @@ class TabletLink:
         self._connected = True
         self.connections += 1
         self._log.info(
-            "mqtt_connected", host=self._host, port=self._port, prefix=self.topics.prefix
+            "mqtt_connected",
+            host=self._broker.host,
+            port=self._broker.port,
+            prefix=self.topics.prefix,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -477,7 +459,7 @@ class TabletLink:
         # Stopping: no command is read after this; the reply to each one read, the session's
         # end and the final state still go out (and are acknowledged) in the flush.
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._tuning.timeout_s):
                 await client.unsubscribe(self.topics.cmd)
         await self._flush(client)
         await self._say_offline(client)
@@ -514,8 +496,8 @@ class TabletLink:
         try:
             name = self._sensor_topics.get(message.topic)
             # A retained reading is an old one replayed by the broker, never a live one.
-            if name is not None and not message.retain and self._on_sensor is not None:
-                self._on_sensor(name, bytes(message.payload))
+            if name is not None and not message.retain and self._hooks.on_sensor is not None:
+                self._hooks.on_sensor(name, bytes(message.payload))
         except Exception as exc:  # the reading is lost: its sensor goes stale, unsafe (SR-8)
             self._failed("sensor_handler_failed", exc, topic=message.topic)
 
@@ -528,7 +510,7 @@ class TabletLink:
         command_id, kind = _peek(payload)  # never raises
         keep = kind in NEVER_LIMITED
         try:
-            if not keep and len(self._replies) >= self._buffer:
+            if not keep and len(self._replies) >= self._tuning.buffer:
                 self._refuse_rate_limited(command_id, kind)
                 return
             reply = self._answer(payload, retained=bool(message.retain))
@@ -538,16 +520,16 @@ class TabletLink:
         self._queue_reply(reply, keep=keep)
 
     def _answer(self, payload: bytes, *, retained: bool) -> CommandReply:
-        t = self._now()
+        t = self._hooks.now()
         reply = answer_command(
             payload,
             retained=retained,
             t=t,
             seen=self._seen,
-            execute=self._execute,
+            execute=self._hooks.execute,
             # The stamp is judged on the clock the state's ts shows, never the live wall clock.
-            now_unix=self._to_unix(t),
-            on_refused=self._on_refused,
+            now_unix=self._hooks.to_unix(t),
+            on_refused=self._hooks.on_refused,
             on_failure=self._command_failed,
         )
         if not reply.ok:
@@ -561,11 +543,13 @@ class TabletLink:
         message (``"ids"`` lists them): a refusal then costs the outbox almost nothing, so a
         flood is answered as fast as it can be read."""
         self.rate_limited += 1
-        if self._on_refused is not None:
+        if self._hooks.on_refused is not None:
             # Journaled like every refusal, through the daemon's coalescer: a count a second.
-            self._on_refused(CommandReply(command_id, ErrorCode.RATE_LIMITED, _RATE_LIMITED), kind)
+            self._hooks.on_refused(
+                CommandReply(command_id, ErrorCode.RATE_LIMITED, _RATE_LIMITED), kind
+            )
         self._report_drops()
-        if self._refused_waiting >= REFUSALS_PER_BUFFER * self._buffer:
+        if self._refused_waiting >= REFUSALS_PER_BUFFER * self._tuning.buffer:
             self.dropped_replies += 1  # only a broker that stops acknowledging gets here
             return
         self._refused_waiting += 1
@@ -590,7 +574,7 @@ class TabletLink:
         """Each refusal is logged, up to REFUSALS_LOGGED_PER_S a second; past that only their
         number, once the second is over: a flood must not flood the log (SR-15)."""
         assert reply.error is not None
-        now = self._now()
+        now = self._hooks.now()
         if now - self._refusal_log_t >= 1.0:
             if self._refusals_not_logged:
                 self._log.warning(
@@ -614,7 +598,7 @@ class TabletLink:
         flood the log or burn the CPU (SR-15)."""
         count = self._failures.get(what, 0) + 1
         self._failures[what] = count
-        now = self._now()
+        now = self._hooks.now()
         if now - self._failures_logged.get(what, -math.inf) >= 1.0:
             self._failures_logged[what] = now
             self._log.error(what, count=count, error=repr(exc), traceback=_trace(exc), **fields)
@@ -642,7 +626,7 @@ class TabletLink:
             if self._rival_told == self.connections:
                 return  # once per connection (the two take turns on the broker)
             self._rival_told = self.connections
-            now = self._now()
+            now = self._hooks.now()
             if now - self._rival_logged_t >= RIVAL_LOG_EVERY_S:
                 self._rival_logged_t = now
                 self._log.error(
@@ -650,14 +634,14 @@ class TabletLink:
                     instance=instance,
                     message="another daemon publishes this treadmill's state: the belt is stopped",
                 )
-            if self._on_rival is not None:
-                self._on_rival(instance)
+            if self._hooks.on_rival is not None:
+                self._hooks.on_rival(instance)
         except Exception as exc:  # SR-15: no handler raises into its caller
             self._failed("state_handler_failed", exc)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts."""
-        now = self._now()
+        now = self._hooks.now()
         if now - self._drops_reported_t >= 1.0:
             self._drops_reported_t = now
             self._log.warning(
@@ -692,7 +676,7 @@ class TabletLink:
         paho = self._attach(client) if self._paho is not client._client else client._client
         last_key: str | None = None
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._tuning.timeout_s):
                 while True:
                     self._wake.clear()
                     last_key, _ = self._pump(paho, last_key)
@@ -760,17 +744,17 @@ class TabletLink:
             self._look = False
             # The journal commits what it holds before anything goes out, the state included
             # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
-            if self._before_publish is not None:
-                self._before_publish()
+            if self._hooks.before_publish is not None:
+                self._hooks.before_publish()
             last_key, self._moving = self._publish_state(paho, last_key)
-            self._next_look = now + self._poll_s
+            self._next_look = now + self._tuning.poll_s
             if self._moving:
-                due = self._last_state_sent + self._state_period_s
+                due = self._last_state_sent + self._tuning.state_period_s
                 self._next_look = min(self._next_look, due)
         for queue in self._queues:
             topic = self.topics.events if queue is self._events else self.topics.reply
             sent = self._sent[id(queue)]
-            while sent < len(queue) and len(self._inflight) < self._max_inflight:
+            while sent < len(queue) and len(self._inflight) < self._tuning.max_inflight:
                 item = queue[sent]
                 if item.ids is not None:  # no more refusals join it once it is sent
                     item.payload = self._refusal_payload(item.ids)
@@ -789,23 +773,25 @@ class TabletLink:
         return int(info.mid)
 
     def _publish_state(self, paho: Any, last_key: str | None) -> tuple[str | None, bool]:
-        snap = self._snapshot()
+        snap = self._hooks.snapshot()
         state = encode_state(
             snap,
             treadmill_id=self.treadmill_id,
-            ts=self._to_unix(self._now()),
-            to_unix=self._to_unix,
+            ts=self._hooks.to_unix(self._hooks.now()),
+            to_unix=self._hooks.to_unix,
         )
         # Events the outbox had no room for while the broker was away (SR-14): a tablet
         # learns that its history has a gap.
         state["events_dropped"] = self.dropped_events
         state["instance"] = self.instance
-        if self._extra_state is not None:
-            state.update({k: v for k, v in self._extra_state().items() if k not in state})
+        if self._hooks.extra_state is not None:
+            state.update({k: v for k, v in self._hooks.extra_state().items() if k not in state})
         key = state_key(state)
         moving = belt_moving(snap)
         now = asyncio.get_running_loop().time()
-        if key != last_key or (moving and now - self._last_state_sent >= self._state_period_s):
+        if key != last_key or (
+            moving and now - self._last_state_sent >= self._tuning.state_period_s
+        ):
             self._publish(paho, self.topics.state, to_payload(state), retain=True)
             self._last_state_sent = now
             self._state_published = True

@@ -14,9 +14,11 @@ from typing import Any
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.event_text import clock_text, describe
+from treadguard.controller.commission import nominal_proofs
 from treadguard.controller.control import Timers
 from treadguard.controller.drives import Rig, in_process_rig, wire_rig
-from treadguard.controller.journal import Journal, JournalError
+from treadguard.controller.journal import DAY_S, Journal, JournalError, seed_commissioning
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.system import IN_MEMORY, System, open_journal
 from treadguard.drivers.base import DriveStatus, TreadmillDriver
@@ -134,11 +136,6 @@ class ScenarioResult:
 
 def _r(x: float) -> float:
     return round(x, 3)
-
-
-def clock_text(t: float) -> str:
-    minutes, seconds = divmod(max(t, 0.0), 60.0)
-    return f"{int(minutes)}:{seconds:04.1f}"
 
 
 def _when(step: Step) -> str:
@@ -264,6 +261,15 @@ class ScenarioRun:
         opened = open_journal(IN_MEMORY, max_size_mb=cfg.journal.max_size_mb, wall=wall)
         if opened.journal is not None:
             try:
+                if scenario.world.commissioned:
+                    # The treadmill's stops proven (docs/commissioning.md), as its journal
+                    # would hold them; a world that says otherwise has no record.
+                    seed_commissioning(
+                        opened.journal,
+                        SIM_EPOCH - DAY_S * scenario.world.commissioned_days_ago,
+                        nominal_proofs(loaded),
+                        technician="scenario",
+                    )
                 seed_history(opened.journal, scenario.world.history, SIM_EPOCH)
             except JournalError as exc:
                 raise SimulationError(
@@ -273,10 +279,16 @@ class ScenarioRun:
         self.system = System(loaded, timers, self.driver, opened, wall=wall, time_scale=time_scale)
         self.core = self.system.core
         self.controller = self.system.controller
+        world = scenario.world
+        if world.stop_baselines:
+            self.system.set_stop_baselines(
+                {kind: b.baseline(kind) for kind, b in world.stop_baselines.items()}
+            )
+        if world.brake_wear:
+            self.belt.wear_brake(world.brake_wear)
         self.system.subscribe(self._on_event, name="simulation")
         self.report_interval_s = cfg.sensors.report_interval_s
         self.tick_period_s = 1.0 / cfg.control.tick_hz
-        world = scenario.world
         self.hands = {Hand.LEFT: world.left_hand, Hand.RIGHT: world.right_hand}
         self.fallen = world.fallen
         self.tablet = world.tablet
@@ -476,6 +488,10 @@ class ScenarioRun:
                 self._drive().report_fault(None)
                 self._drive().ignore_writes(False)
                 self._line("drive is healthy again")
+            case Action.BRAKE_WEAR:
+                assert step.wear is not None
+                self.belt.wear_brake(step.wear)
+                self._line(f"the brake wears: it loses {step.wear * 100:g} % of its deceleration")
 
     def _command(self, step: Step, command: Command) -> None:
         # The command's own line comes first, then the events it caused.
@@ -578,6 +594,7 @@ class ScenarioRun:
             for at, steps in by_time.items():
                 self.timers.call_at(ev.t + at, self._play_all, steps, ev.t)
         f = ev.fields
+        text = describe({"type": ev.type.value, **f})
         match ev.type:
             case EventType.SESSION_STARTED:
                 self.sessions.append(
@@ -590,48 +607,21 @@ class ScenarioRun:
                         belt_moving_at_start=self.belt.moving_s,
                     )
                 )
-                text = (
-                    f"session {f['session_id']} started: user {f['user']}, {f['program']}, "
-                    f"cap {clock_text(float(f['cap_s'] or 0.0))}, target {f['target_mph']} mph"
-                )
             case EventType.SESSION_ENDED:
                 for session in self.sessions:
                     if session.id == f["session_id"]:
                         session.end_reason = str(f["reason"])
                         session.ended_s = ev.t
-                text = f"session {f['session_id']} ended: {f['reason']}"
-            case EventType.COUNTDOWN:
-                text = f"countdown {f['seconds']:g} s" if isinstance(f["seconds"], float) else ""
             case EventType.BELT_STARTED:
-                text = f"belt starts, target {f['target_mph']} mph"
                 self._next_status_t = ev.t + self.status_every_s
-            case EventType.SPEED_STEP:
-                text = f"speed step, target {f['target_mph']} mph"
-            case EventType.CAP_WARNING:
-                text = f"cap warning: {f['remaining_s']} s of belt time left"
-            case EventType.STOPPING:
-                text = f"controlled stop ({f['reason']})"
-            case EventType.INTERVAL_REST:
-                text = f"interval {f['interval']} of {f['intervals']} done, rest {f['rest_s']} s"
             case EventType.ESTOP | EventType.FAULT:
                 latency = float(f.get("stop_latency_ms") or 0.0) / self.time_scale
-                kind = "EMERGENCY STOP" if ev.type is EventType.ESTOP else "FAULT"
                 self.stops.append(StopRecord(ev.type.value, str(f["cause"]), ev.t, latency))
-                text = f"{kind}: {f['cause']} ({f['detail']}), stop sent in {latency:.1f} ms"
-            case EventType.RESET:
-                text = f"reset: {f['cleared']} cleared"
-            case EventType.GRIP_WARNING:
-                text = f"warning: {f['hand']} hand off the handrail ({f['cause']})"
-            case EventType.SENSOR_STALE:
-                text = f"sensor {f['sensor']} is stale"
+                text += f", stop sent in {latency:.1f} ms"
             case EventType.COMMAND_REFUSED:
                 text = ""  # the tablet line shows the refusal
-            case EventType.BELT_FOUND_MOVING:
-                text = f"belt found moving at {f['speed_mph']} mph: stopping it"
-            case EventType.JOURNAL_WARNING:
-                text = f"journal warning: {f['message']}"
             case _:
-                text = ev.type.value
+                pass
         if text:
             self._line(text)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,11 @@ import structlog
 from treadguard.config.loading import LoadedConfig
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
 from treadguard.controller.control import Controller, EventListener, Timers
-from treadguard.controller.journal import WARN_FRACTION, Journal, JournalError
+from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from treadguard.controller.loop import LoopHealth
 from treadguard.controller.refusals import RefusalCoalescer
 from treadguard.drivers.base import TreadmillDriver
-from treadguard.safety.core import SafetyCore
+from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
     ARMED_STATES,
     Event,
@@ -55,7 +55,9 @@ from treadguard.safety.decisions import (
     Reply,
 )
 from treadguard.safety.inputs import (
+    BrakeFaultOnRecord,
     Command,
+    Commissioning,
     EStop,
     FallReading,
     GripReading,
@@ -65,11 +67,15 @@ from treadguard.safety.inputs import (
     StartSession,
 )
 from treadguard.safety.limits import STANDSTILL_MPH
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
 JOURNAL_PERIOD_S = 0.5  # speed samples and a commit, at least this often
 LATE_TICKS_TO_STOP = 3  # ticks more than two periods late within 20 periods: the session stops
 FAILURE_LOG_EVERY_S = 1.0  # an unexpected failure of a reading's handling: logged this often
 IN_MEMORY = None  # the journal's path for a simulation: a database in memory
+# How often the commissioning record is read again: a commissioning passed meanwhile, or a wall
+# clock stepped since start-up (NTP on a board without a real-time clock), is seen this soon.
+COMMISSIONING_REFRESH_S = 10.0
 
 
 def _reason(exc: Exception) -> str:
@@ -97,7 +103,7 @@ def open_journal(
         journal = (
             Journal.in_memory(max_size_mb=max_size_mb)
             if path is None
-            else Journal.open(path, max_size_mb=max_size_mb)
+            else Journal.open(path, max_size_mb=max_size_mb, exclusive=True)
         )
         interrupted = journal.close_interrupted(wall())
     except JournalError as exc:
@@ -137,17 +143,25 @@ class System:
         self.period_s = 1.0 / cfg.control.tick_hz
         self.health = LoopHealth(self.period_s / time_scale, late_ticks_to_stop=LATE_TICKS_TO_STOP)
         self.shutting_down = False  # set by the daemon's first signal: no start from then on
+        sessions_before = self._last_session_id()
+        self.commissioning = self._read_commissioning()
         self.core = SafetyCore(
             cfg.safety,
             loaded.programs,
             default_program=cfg.programs.default,
             returning_program=cfg.programs.returning,
             t0=clock.time(),
-            sessions_before=self._last_session_id(),
+            sessions_before=sessions_before,
+            commissioned_until=self._commissioned_until(self.commissioning),
+            commissioning_detail=self.commissioning.detail,
+            stop_margin=cfg.stop_watch.margin_pct / 100.0,
         )
         self.controller = Controller(self.core, driver, clock, logger=self._log)
         # One coalescer for every refusal, the core's and the contract's (SR-14).
         self.refusals = RefusalCoalescer()
+        # The stop-quality watch's yardsticks: the current commissioning's stops.
+        self._baselines_from: float | None = None
+        self._take_commissioned_baselines(self.commissioning)
         self.controller.gate = self._admit
         self.controller.subscribe(self._journal_event, name="journal")
         self.programs: JsonObject = encode_programs(
@@ -169,7 +183,28 @@ class System:
         half-second tick."""
         if self.journal_problem is not None:
             self._report_journal_problem()
+        self._restore_brake_fault()
         self._journal_tick()
+        self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
+
+    def _restore_brake_fault(self) -> None:
+        """A restart is no reset: a worn-brake fault on record after the last passed
+        commissioning is latched again (only the brake proven again clears it)."""
+        if self.journal is None:
+            return  # no journal: the core has latched that already, and refuses starts
+        try:
+            record = self.journal.last_brake_fault(STOP_WATCH_FAULT)
+        except JournalError as exc:
+            self._journal_failed(str(exc))
+            return
+        if record is None:
+            return
+        ts, kind, detail = record
+        passed = self.commissioning.passed_at
+        if passed is not None and passed > ts:
+            return  # commissioned again since: the brake was proven
+        self._log.warning("brake_fault_on_record", kind=kind, at=ts, detail=detail)
+        self.controller.submit(BrakeFaultOnRecord(t=self.clock.time(), kind=kind, detail=detail))
 
     # ------------------------------------------------------------------ the control tick
 
@@ -194,6 +229,66 @@ class System:
             if status is not None:
                 self.journal.observe_speed(status.speed_mph)
 
+    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+        """The treadmill's commissioned stops (commissioning, or a scenario's world): every
+        later stop of a kind is compared with its baseline; a kind left out is not compared
+        (the state's ``stop_watch`` and each ``stop_checked`` event say so). New baselines start
+        every run of slow stops again and let a worn-brake fault be reset. A baseline that
+        cannot be one raises ValueError and nothing changes; logged either way."""
+        try:
+            self.core.set_stop_baselines(baselines)
+        except ValueError as exc:
+            self._log.error("stop_baselines_refused", error=str(exc))
+            raise
+        self._log.info(
+            "stop_baselines_set",
+            kinds=sorted(kind.value for kind in baselines),
+            missing=sorted(kind.value for kind in StopKind if kind not in baselines),
+        )
+        # A standstill is seen at a drive status: one status period late is as much as the
+        # margin on a short stop, so a good brake may read slow (docs/stop-watch.md).
+        period = self.status_period_s()
+        margin = self.loaded.config.stop_watch.margin_pct / 100.0
+        for kind, baseline in baselines.items():
+            if period > margin * baseline.standstill_s:
+                self._log.warning(
+                    "stop_baseline_coarse",
+                    kind=kind.value,
+                    standstill_s=baseline.standstill_s,
+                    status_period_s=period,
+                    margin_pct=margin * 100.0,
+                    message=(
+                        f"one drive status period ({period:g} s) is more than "
+                        f"{margin * 100:g} % of the {kind.value} stop's {baseline.standstill_s:g}"
+                        " s: a good stop may read slow; poll the drive faster or widen "
+                        "stop_watch.margin_pct"
+                    ),
+                )
+
+    def status_period_s(self) -> float:
+        """How often the drive's status is read: the driver's poll interval, or the control
+        tick for the in-process simulated drive."""
+        poll = getattr(self.loaded.config.drive, "poll_interval_s", None)
+        return float(poll) if isinstance(poll, int | float) else self.period_s
+
+    def stop_watch_state(self) -> JsonObject:
+        """The state's ``stop_watch`` extension: the margin, and per kind whether there is a
+        baseline (none: not compared), how many stops in a row were slow and the last verdict."""
+        view = self.core.snapshot().stop_watch
+        assert view is not None
+        kinds: JsonObject = {}
+        for kind in StopKind:
+            kinds[kind.value] = {
+                "baseline": view.baselines[kind],
+                "slow_in_a_row": view.slow_in_a_row[kind],
+                "last": view.last.get(kind),
+            }
+        return {
+            "margin_pct": round(view.margin * 100.0, 3),
+            "fault_pending": view.fault_pending,
+            **kinds,
+        }
+
     def at_standstill(self) -> bool:
         snap = self.core.snapshot()
         return (
@@ -204,8 +299,10 @@ class System:
 
     # ------------------------------------------------------------------ commands
 
-    def execute(self, command: Command) -> Reply | None:
+    def execute(self, command: Command, *, proof_run: bool = False) -> Reply | None:
         """A tablet command; a start carries the user's history from the journal.
+        ``proof_run``: a start of ``treadguard commission``'s, allowed on a treadmill whose
+        commissioning is not current (every other start is refused then).
 
         Should its handling fail unexpectedly, the belt is stopped and held (fail closed)
         and the exception goes on to the caller (the contract answers ``internal_error`` and
@@ -214,7 +311,9 @@ class System:
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
-                command = replace(command, returning=self._returning(command.user))
+                # A proof run (commissioning) only when the commissioning tool says so, never
+                # because a command carried it.
+                command = replace(command, returning=self._returning(command.user), proof=proof_run)
             if self.journal_problem is not None:
                 # Found during this read (its report is only scheduled): the core hears of it
                 # before the command, so no start goes ahead on a journal known to be broken.
@@ -367,6 +466,78 @@ class System:
             except Exception as exc:
                 self._journal_failed(_reason(exc))
             self._warn_journal_nearly_full()
+
+    # ------------------------------------------------------------------ commissioning
+
+    def _read_commissioning(self) -> CommissioningStatus:
+        """The commissioning record, fail closed: no journal, no commissioning."""
+        if self.journal is None:
+            return CommissioningStatus(
+                False, f"the journal cannot be read ({self.journal_problem or 'none open'})"
+            )
+        every = self.loaded.config.commissioning.every_days
+        return self.journal.commissioning_status(self.wall(), every_days=every)
+
+    def _commissioned_until(self, status: CommissioningStatus) -> float | None:
+        """The record's expiry on the core's clock. An expired record gives a time already
+        past (the core says so once, in a commissioning_expired event); a record the wall
+        clock cannot place, or none, gives None."""
+        expires = status.expires_at
+        if expires is None:
+            return None
+        until = self.clock.time() + (expires - self.wall())
+        if status.current or until <= self.clock.time():
+            return until
+        return None
+
+    def _commissioning_tick(self) -> None:
+        """The record read again: the core hears of any change (a new commissioning, a wall
+        clock that was wrong at start-up). Expiry itself the core sees on its own clock."""
+        self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
+        before = self.commissioning
+        self.commissioning = status = self._read_commissioning()
+        self._take_commissioned_baselines(status)
+        if (status.current, status.expires_at, status.detail) != (
+            before.current,
+            before.expires_at,
+            before.detail,
+        ):
+            self.controller.submit(
+                Commissioning(
+                    t=self.clock.time(),
+                    until=self._commissioned_until(status),
+                    detail=status.detail,
+                )
+            )
+
+    def _take_commissioned_baselines(self, status: CommissioningStatus) -> None:
+        """A newly passed commissioning's stops become the stop-quality watch's baselines, once
+        per commissioning: set again every refresh, the same baselines would count as new ones
+        and let a worn-brake fault be reset without the brake being proven again."""
+        if not status.current or status.passed_at == self._baselines_from:
+            return
+        assert self.journal is not None  # a current record was read from it
+        self._baselines_from = status.passed_at
+        every = self.loaded.config.commissioning.every_days
+        try:
+            baselines = self.journal.commissioned_baselines(self.wall(), every_days=every)
+            if baselines:
+                self.set_stop_baselines(baselines)
+        except (ValueError, JournalError) as exc:
+            # Fail closed: no yardstick, so no stop is judged good (stop_checked says
+            # no_baseline); the record stays as it is, the log says why.
+            self._log.error("commissioned_baselines_unusable", error=_reason(exc))
+
+    def commissioning_state(self) -> JsonObject:
+        """The state's ``commissioning``: whether a session may start as far as commissioning
+        goes (the core's own answer), why, and the record's times (unix seconds)."""
+        status = self.commissioning
+        return {
+            "current": self.core.commissioning_current(),
+            "detail": status.detail,
+            "passed_at": status.passed_at,
+            "expires_at": status.expires_at,
+        }
 
     def journal_state(self) -> JsonObject:
         return {"used_pct": round(self._journal_used * 100.0), "nearly_full": self._journal_warned}

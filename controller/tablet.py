@@ -40,6 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 import treadguard.config as config_package
 from treadguard.config.loading import ConfigError, load_config
 from treadguard.config.schema import MqttTopicPrefix
+from treadguard.contract.event_text import describe
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.safety.inputs import CommandType
@@ -251,14 +252,6 @@ def _fmt_num(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "?"
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(round(value, 3))  # a latency of 0.18820000002506276 ms reads as 0.188
-    if isinstance(value, str) and value and not any(c.isspace() for c in value):
-        return value
-    return json.dumps(value)
-
-
 def status_line(connected: bool, availability: str | None, state: dict[str, Any] | None) -> str:
     """One line: ``online | running | latched none | grip L held, R held | ... | session ...``."""
     if not connected:
@@ -303,8 +296,12 @@ def status_line(connected: bool, availability: str | None, state: dict[str, Any]
 
 
 def event_line(event: dict[str, Any]) -> str:
-    fields = " ".join(f"{k}={_fmt_value(v)}" for k, v in event.items() if k not in ("type", "ts"))
-    return f"event {event.get('type', '?')} {fields}".rstrip()
+    """``event <type>: <what happened>``, in the scenario timeline's words."""
+    scalars = {
+        k: v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v)
+        for k, v in event.items()
+    }
+    return f"event {event.get('type', '?')}: {describe(scalars)}"
 
 
 class WatchView:

@@ -205,7 +205,14 @@ def hz_to_register(hz: float) -> int:
     """A frequency in 0.01 Hz units; refuses what does not fit an unsigned 16-bit register."""
     if not math.isfinite(hz) or hz < 0:
         raise CodecError(f"frequency {hz} Hz is not a finite, non-negative number")
-    raw = round(hz * _CENTIHZ_PER_HZ)
+    scaled = hz * _CENTIHZ_PER_HZ
+    if scaled > REGISTER_MAX + 0.5:
+        # Compared before rounding: a finite frequency can scale past the largest float, and
+        # round() of infinity raises OverflowError, not the codec's own error.
+        raise CodecError(
+            f"frequency {hz} Hz is {scaled:.6g} in 0.01 Hz units, more than a 16-bit register holds"
+        )
+    raw = round(scaled)
     if raw > REGISTER_MAX:
         raise CodecError(
             f"frequency {hz} Hz is {raw} in 0.01 Hz units, more than a 16-bit register holds"

@@ -33,7 +33,9 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     GRIP_SENSOR,
+    BrakeFaultOnRecord,
     Command,
+    Commissioning,
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -56,6 +58,16 @@ from treadguard.safety.inputs import (
 )
 from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S, STANDSTILL_MPH, SafetyLimits
 from treadguard.safety.programs import Program, ProgramKind
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import (
+    DEFAULT_MARGIN,
+    MIN_MEASURED_MPH,
+    Judgement,
+    StopMeasurement,
+    StopWatch,
+    Verdict,
+    slow_after_s,
+)
 
 _EPS = 1e-9
 # Iterating an Enum class is slow next to a tuple, and these loops run on every input.
@@ -68,6 +80,7 @@ class _SensorView:
     stale: dict[Sensor, bool]
     grip: dict[Hand, bool]  # the hand holds on, by a fresh reading
     both_lost: bool
+    any_stale: bool
 
 
 # The states in which the belt may move and SR-4's grip-loss count runs (in a countdown a lost
@@ -108,6 +121,40 @@ class Latch:
     detail: str = ""
 
 
+@dataclass
+class _OpenStop:
+    """A stop being timed: from its trigger (the decision that commanded 0) to the first drive
+    status after it showing standstill."""
+
+    kind: StopKind
+    trigger_t: float
+    speed_mph: float  # the belt's speed by the last status at the trigger (inf: unreadable)
+    last_status_t: float  # the newest drive status so far, to see a gap in them
+    # The first status showing standstill, until the next one confirms it.
+    standstill_t: float | None = None
+
+
+# Latched causes whose stop says nothing about the brake: the drive was not answering, reported
+# a fault of its own, or was not following the command.
+_NOT_BRAKING = frozenset({Cause.DRIVE_LINK, Cause.DRIVE_FAULT, Cause.FEEDBACK_MISMATCH})
+# The detail of the drive_fault the watch latches (a reset needs new baselines: see _reset_unmet).
+STOP_WATCH_FAULT = "stop_watch"
+
+
+@dataclass(frozen=True, slots=True)
+class StopWatchView:
+    """What the stop-quality watch knows: per kind whether there is a baseline to compare
+    with (none: no comparison for that kind), the run of slow stops, and the last stop's
+    verdict; and whether a worn-brake fault waits for new baselines."""
+
+    margin: float
+    baselines: dict[StopKind, bool]
+    slow_in_a_row: dict[StopKind, int]
+    last: dict[StopKind, str]
+    fault_pending: bool
+    timing: StopKind | None
+
+
 @dataclass(frozen=True, slots=True)
 class SessionView:
     id: str
@@ -132,6 +179,7 @@ class Snapshot:
     stale: tuple[Sensor, ...]
     latched: Latch | None
     countdown_s: float | None
+    stop_watch: StopWatchView | None = None
 
 
 @dataclass
@@ -152,11 +200,18 @@ class SafetyCore:
         t0: float = 0.0,
         sessions_before: int = 0,
         returning_program: str | None = None,
+        commissioned_until: float | None = None,
+        commissioning_detail: str = "no passed commissioning on record",
+        stop_margin: float = DEFAULT_MARGIN,
     ) -> None:
         """``sessions_before``: how many sessions this treadmill has had (the journal knows),
         so that session ids stay unique across restarts. ``returning_program``: the program of
         a start that names none, for a user who has had a session before (default: the
-        default program)."""
+        default program). ``commissioned_until``: the core's time at which the treadmill's
+        last passed commissioning expires (None, the default: not commissioned, so no patient
+        session starts until a :class:`Commissioning` input says otherwise). ``stop_margin``:
+        how much slower than its baseline (0.3: 30 %) a stop may be before it is a slow one
+        (safety/stop_watch.py)."""
         if default_program not in programs:
             raise ValueError(f"default program {default_program!r} is not among the programs")
         if returning_program is not None and returning_program not in programs:
@@ -173,6 +228,17 @@ class SafetyCore:
         self.latch: Latch | None = None
         self._sessions_started = sessions_before
         self._journal_problem: str | None = None
+        # Commissioning (the stop paths proven on this machine): until when, and why not. An
+        # expiry that is no time (NaN, -inf) is no commissioning (fail closed).
+        if commissioned_until is not None and not (
+            math.isfinite(commissioned_until) or commissioned_until == math.inf
+        ):
+            commissioned_until = None
+        self._commissioned_until = commissioned_until
+        self._commissioning_detail = commissioning_detail
+        # A record on hand that has expired is said at the first input (the journal keeps
+        # it); no record at all has nothing to expire.
+        self._expiry_reported = commissioned_until is None
         self._readings: dict[Sensor, _Reading] = {}
         # Derived from the readings and the time; computed at most once per input.
         self._view_cache: _SensorView | None = None
@@ -194,6 +260,14 @@ class SafetyCore:
         self._countdown_until = 0.0
         self._standing = True  # the command was 0 when the current input arrived
         self._out = _Out()
+        # The stop-quality watch (safety/stop_watch.py): no baselines until commissioning (or
+        # a scenario) gives them, and so no comparison.
+        self._stop_watch = StopWatch(stop_margin)
+        self._open_stop: _OpenStop | None = None
+        self._last_verdict: dict[StopKind, str] = {}
+        # Set when the watch latched its drive_fault; cleared only by new baselines.
+        self._brake_fault_t: float | None = None
+        self._brake_fault_kind: StopKind | None = None
 
     # ----------------------------------------------------------------- public surface
 
@@ -220,6 +294,7 @@ class SafetyCore:
                         # only a status after it that reports none clears it.
                         self._drive_error_t = t
                         self._latch(State.FAULT, _drive_cause(fault), detail or fault.value)
+                    self._time_stop(t, fault)
                 if first and self._drive_mph > STANDSTILL_MPH:
                     # SR-11: at start-up the belt should stand still; the stop commanded since
                     # then brings it down, and no start is accepted until it has.
@@ -227,6 +302,7 @@ class SafetyCore:
             case DriveError(failure=failure, detail=detail):
                 self._drive_error_t = self.now
                 self._latch(State.FAULT, _drive_cause(failure), detail)
+                self._stop_interrupted(f"the drive failed ({failure.value})")
             case LoopOverrun():
                 self._stop_session(EndReason.LOOP_OVERRUN)
             case Shutdown():
@@ -235,8 +311,23 @@ class SafetyCore:
                 self._journal_problem = None if writable else (detail or "cannot be written")
                 if not writable:
                     self._latch(State.FAULT, Cause.JOURNAL, f"journal: {detail}")
+            case Commissioning(until=until, detail=detail):
+                # A non-finite or missing expiry is no commissioning (fail closed); +inf is
+                # the one infinite value that means "does not expire" (tests, never the journal).
+                ok = until is not None and (math.isfinite(until) or until == math.inf)
+                self._commissioned_until = until if ok else None
+                self._commissioning_detail = detail or "no passed commissioning on record"
+                if self.commissioning_current():
+                    self._expiry_reported = False  # said again when this one expires
+                elif self._commissioned_until is None:
+                    self._expiry_reported = True
             case RivalDaemon(detail=detail):
                 self._latch(State.FAULT, Cause.RIVAL_DAEMON, detail or "another daemon")
+            case BrakeFaultOnRecord(kind=kind, detail=detail):
+                # Fail closed: an unknown kind is taken as the emergency stop's.
+                known = {k.value: k for k in StopKind}
+                self._brake_fault_kind = known.get(kind, StopKind.EMERGENCY)
+                self._latch_brake_fault(f"on record before this start: {detail}")
             case _:
                 reply = self._command(event)
         self._check()
@@ -251,6 +342,26 @@ class SafetyCore:
             reply=reply,
         )
 
+    def commissioning_current(self) -> bool:
+        """Whether a passed commissioning is on record and has not expired at the core's time."""
+        until = self._commissioned_until
+        return until is not None and self.now < until
+
+    def commissioning_unmet(self) -> str | None:
+        """Why a patient session may not start as far as commissioning goes, in words, with
+        what to do; None when the commissioning is current."""
+        if self.commissioning_current():
+            return None
+        what = (
+            " is not commissioned"
+            if self._commissioned_until is None
+            else "'s commissioning expired"
+        )
+        return (
+            f"the treadmill{what} ({self._commissioning_detail}): a technician must prove "
+            "its stops with `treadguard commission` before patient sessions"
+        )
+
     def next_deadline(self) -> float | None:
         """The earliest future time at which a rule may fire without any new input."""
         # Called after every input: candidates gathered in a list, no closure (it showed in
@@ -260,6 +371,9 @@ class SafetyCore:
         timeout = lim.sensor_timeout_s
         reported = self._stale_reported
         due = [r.t + timeout for s, r in self._readings.items() if s not in reported]
+        until = self._commissioned_until
+        if until is not None and now < until and math.isfinite(until):
+            due.append(until)  # the commissioning expires: its event goes out then
         if self.state in ARMED_STATES:
             if self._drive_t is not None:
                 due.append(self._drive_t + lim.drive_timeout_s)
@@ -267,7 +381,10 @@ class SafetyCore:
                 due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
             if self.state is State.COUNTDOWN:
                 due.append(self._countdown_until)
-        best = min((t for t in due if t > now), default=math.inf)
+        best = math.inf
+        for t in due:
+            if now < t < best:
+                best = t
         return None if best == math.inf else best
 
     def snapshot(self) -> Snapshot:
@@ -300,6 +417,32 @@ class SafetyCore:
             stale=tuple(s for s in _SENSORS if self._stale(s)),
             latched=self.latch,
             countdown_s=countdown,
+            stop_watch=self._stop_watch_view(),
+        )
+
+    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+        """The treadmill's commissioned stops, one per kind (a kind left out: no comparison
+        for it). Every run of slow stops starts again, and a worn-brake fault may be reset
+        from now on (the brake was serviced and commissioned again). A baseline that cannot
+        be one (not finite, not > 0, under the wrong kind) raises ValueError and changes
+        nothing."""
+        self._stop_watch.set_baselines(baselines)
+        # Only a new baseline for the kind of stop that was too slow clears its fault: none at
+        # all, or the other kind's alone, would switch the watch off for the worn brake.
+        if self._brake_fault_kind is None or self._brake_fault_kind in baselines:
+            self._brake_fault_t = None
+            self._brake_fault_kind = None
+        self._last_verdict = {}
+
+    def _stop_watch_view(self) -> StopWatchView:
+        w = self._stop_watch
+        return StopWatchView(
+            margin=w.margin,
+            baselines={kind: kind in w.baselines for kind in StopKind},
+            slow_in_a_row=dict(w.slow_in_a_row),
+            last=dict(self._last_verdict),
+            fault_pending=self._brake_fault_t is not None,
+            timing=None if self._open_stop is None else self._open_stop.kind,
         )
 
     # ----------------------------------------------------------------- time
@@ -364,14 +507,20 @@ class SafetyCore:
             # SR-8: an unsafe reading is never thrown away for arriving out of order. The
             # sensor's freshness stays that of its newest reading; the value is the unsafe one.
             t = old.t
-        both_lost_before = self._both_lost_now()
-        self._readings[sensor] = _Reading(t=t, value=value)
-        self._forget()
-        if (
+        # Only a late release can need the grip count corrected; the hands before it are
+        # looked at only then (it showed in the virtual session's profile).
+        late_release = (
             isinstance(event, GripReading)
             and unsafe
             and event.t < self.now
             and self.state in _GRIP_COUNTED
+        )
+        both_lost_before = late_release and self._both_lost_now()
+        self._readings[sensor] = _Reading(t=t, value=value)
+        self._forget()
+        if (
+            late_release
+            and isinstance(event, GripReading)
             and not both_lost_before
             and self._both_lost_now()
         ):
@@ -402,7 +551,7 @@ class SafetyCore:
                 reading = readings.get(sensor)
                 grip[hand] = reading is not None and reading.value and not stale[sensor]
             both_lost = not any(grip.values())
-            view = self._view_cache = _SensorView(stale, grip, both_lost)
+            view = self._view_cache = _SensorView(stale, grip, both_lost, any(stale.values()))
         return view
 
     def _stale(self, sensor: Sensor) -> bool:
@@ -499,6 +648,11 @@ class SafetyCore:
         if not (math.isfinite(target) and band[0] <= target <= band[1]):
             return Refused(RefusalCode.OUT_OF_RANGE, _band_message(target, band))
         unmet = self._start_unmet()
+        commissioning = self.commissioning_unmet()
+        if commissioning is not None and not cmd.proof:
+            # Before anything else: a treadmill whose stops were never proven (or not lately)
+            # takes no patient, whatever else holds.
+            unmet.insert(0, commissioning)
         if unmet:
             return Refused(RefusalCode.PRECONDITIONS_UNMET, "cannot start: " + "; ".join(unmet))
         self._sessions_started += 1
@@ -617,6 +771,14 @@ class SafetyCore:
         ):
             # SR-6: cleared means a status read after the fault that reports no fault.
             unmet.append("drive has not reported a healthy status since its fault")
+        if self._brake_fault_t is not None:
+            # A worn brake: the drive reports itself healthy all along, so a healthy status
+            # proves nothing. Only the brake serviced and commissioned again (new baselines)
+            # clears it: fail closed.
+            unmet.append(
+                "the belt stopped too slowly twice in a row: service the brake and commission "
+                "the treadmill again (new stop baselines) first"
+            )
         if latch.cause in (Cause.GRIP_LOST, Cause.SENSOR_STALE):
             for hand in _HANDS:
                 if not self._grip_ok(hand):
@@ -648,6 +810,8 @@ class SafetyCore:
         self.state = State.STOPPING
         self.target = 0.0
         self._emit(EventType.STOPPING, reason=reason.value)
+        if self._open_stop is None:
+            self._start_timing(StopKind.CONTROLLED)
 
     def _end_session(self, reason: EndReason) -> None:
         s = self.session
@@ -667,6 +831,15 @@ class SafetyCore:
     def _latch(self, kind: State, cause: Cause, detail: str) -> None:
         if self.latch is not None:
             return  # already latched: the first cause stands, the belt is already stopping
+        if cause is Cause.FEEDBACK_MISMATCH and self._open_stop is not None:
+            # The belt lags a stop under way: that is the stop being slow, timed on as it was.
+            pass
+        elif cause in _NOT_BRAKING:
+            self._stop_interrupted(f"the drive was not braking as commanded ({cause.value})")
+        else:
+            # An emergency stop, also one that takes over a controlled stop under way: timed
+            # from here, at the speed the belt has now.
+            self._start_timing(StopKind.EMERGENCY)
         self.state = kind
         self.latch = Latch(kind=kind, cause=cause, since=self.now, detail=detail)
         self.commanded = 0.0
@@ -682,7 +855,9 @@ class SafetyCore:
     # ----------------------------------------------------------------- rules
 
     def _check(self) -> None:
+        self._check_commissioning()
         self._check_staleness_events()
+        self._check_stop_timing()
         self._check_drive()
         if self.state in ARMED_STATES:
             self._check_fall_and_grip()
@@ -695,8 +870,19 @@ class SafetyCore:
         if self.state is State.STOPPING:
             self._check_stopping()
 
+    def _check_commissioning(self) -> None:
+        """A commissioning that was current and no longer is: said once, in an event (the
+        journal keeps it; a session under way runs on, only new starts are refused)."""
+        if self._expiry_reported or self.commissioning_current():
+            return
+        self._expiry_reported = True
+        self._emit(EventType.COMMISSIONING_EXPIRED, detail=self._commissioning_detail)
+
     def _check_staleness_events(self) -> None:
-        view = self._view().stale
+        sensors = self._view()
+        if not sensors.any_stale and not self._stale_reported:
+            return  # nothing went stale, nothing came back
+        view = sensors.stale
         for sensor in _SENSORS:
             stale = view[sensor]
             if stale and sensor in self._readings and sensor not in self._stale_reported:
@@ -731,6 +917,7 @@ class SafetyCore:
 
     def _check_fall_and_grip(self) -> None:
         """SR-4, SR-5, SR-8."""
+        view = self._view()
         fall = self._fall_signalled()
         if fall is not None:
             self._latch(
@@ -741,17 +928,15 @@ class SafetyCore:
         resting = s is not None and s.resting
         if self.state is State.COUNTDOWN:
             in_final_countdown = self._countdown_until - self.now <= self.limits.countdown_s
-            if not resting or in_final_countdown:
-                unmet = [h for h in _HANDS if not self._grip_ok(h)]
-                if unmet:
-                    self._end_session(EndReason.START_ABORTED)
+            if (not resting or in_final_countdown) and not all(view.grip.values()):
+                self._end_session(EndReason.START_ABORTED)
             return
-        grip = self._view().grip
+        grip = view.grip
         lost = [h for h in _HANDS if not grip[h]]
         for hand in lost:
             if hand not in self._warned_hands:
                 self._warned_hands.add(hand)
-                stale = self._stale(GRIP_SENSOR[hand])
+                stale = view.stale[GRIP_SENSOR[hand]]
                 self._emit(
                     EventType.GRIP_WARNING,
                     hand=hand.value,
@@ -762,7 +947,7 @@ class SafetyCore:
         # The count passed the debounce (a late wake-up may find a hand back already; the stop
         # is still due). A debounce of 0 stops on any loss.
         if count >= self.limits.grip_debounce_s - _EPS and (len(lost) == 2 or count > _EPS):
-            any_stale = any(self._stale(GRIP_SENSOR[h]) for h in _HANDS)
+            any_stale = any(view.stale[GRIP_SENSOR[h]] for h in _HANDS)
             cause = Cause.SENSOR_STALE if any_stale else Cause.GRIP_LOST
             self._latch(State.ESTOP, cause, "both hands off the handrails")
 
@@ -852,8 +1037,189 @@ class SafetyCore:
             return
         self._end_session(s.stop_reason or EndReason.OPERATOR_STOP)
 
+    # ----------------------------------------------------------------- the stop-quality watch
+
+    def _start_timing(self, kind: StopKind) -> None:
+        """A stop's trigger: time it if the belt is known to be moving (a belt standing still
+        has nothing to stop; an unknown speed, the drive silent, leaves nothing to time by)."""
+        self._open_stop = None
+        if self._drive_t is None or not self._drive_fresh():
+            if self.commanded > 0.0:  # the belt was meant to move: a stop that cannot be timed
+                self._last_verdict[kind] = Verdict.INTERRUPTED.value
+                self._emit_stop_checked(
+                    kind, Verdict.INTERRUPTED, "no fresh drive status at the trigger"
+                )
+            return
+        if self._drive_mph <= STANDSTILL_MPH:
+            return
+        self._open_stop = _OpenStop(kind, self.now, self._drive_mph, self._drive_t)
+
+    def _time_stop(self, t: float, fault: DriveFailure | None) -> None:
+        """A drive status, the newest so far: the end of the stop being timed, if it shows
+        standstill; a gap before it or a fault in it, the end of the timing."""
+        op = self._open_stop
+        if op is None:
+            return
+        if t <= op.trigger_t:
+            op.last_status_t = max(op.last_status_t, t)
+            return  # read before the trigger: no evidence of the stop
+        if t - op.last_status_t >= self.limits.drive_timeout_s - _EPS:
+            self._stop_interrupted("the drive did not answer during the stop")
+        elif fault is not None:
+            # A drive that faults while it brakes (a VFD tripping on its DC bus lets the belt
+            # coast) made a worse stop, not no stop: judged as one that never stood still,
+            # fail closed. (A stop the drive's own fault triggered is never timed.)
+            self._open_stop = None
+            self._judge(
+                StopMeasurement(op.kind, op.speed_mph, math.inf),
+                standstill=False,
+                why=f"the drive reported a fault during the stop ({fault.value})",
+            )
+        elif self._drive_mph <= STANDSTILL_MPH:
+            # Standstill by one status is a candidate; the next status confirms it (one
+            # reading of 0 from a flaky readback must not make a slow stop good). The stop's
+            # time is the candidate's.
+            if op.standstill_t is None:
+                op.standstill_t = t
+                op.last_status_t = t
+                return
+            self._open_stop = None
+            self._judge(
+                StopMeasurement(op.kind, op.speed_mph, op.standstill_t - op.trigger_t),
+                standstill=True,
+            )
+        else:
+            op.standstill_t = None  # moving again: that reading of standstill was not one
+            overdue = self._stop_overdue_at()
+            if overdue is not None and t >= overdue - _EPS:
+                # Still moving by a status read when the stop is already slower than the
+                # margin allows, whatever comes next: judged now (the belt may never stop, and
+                # a latched state watches no feedback mismatch). Only a status can show it:
+                # silence is no evidence of a moving belt, nor of a stopped one.
+                self._open_stop = None
+                self._judge(
+                    StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=False
+                )
+            else:
+                op.last_status_t = t
+
+    def _check_stop_timing(self) -> None:
+        op = self._open_stop
+        if op is None:
+            return
+        if not self._drive_fresh():
+            self._stop_interrupted("the drive stopped answering during the stop")
+
+    def _stop_overdue_at(self) -> float | None:
+        op = self._open_stop
+        if op is None:
+            return None
+        baseline = self._stop_watch.baseline(op.kind, self.limits.decel_mph_s)
+        if baseline is None or not math.isfinite(op.speed_mph):
+            return None  # nothing to compare with / judged slow at standstill, fail closed
+        if op.speed_mph < MIN_MEASURED_MPH:
+            return None
+        return op.trigger_t + slow_after_s(baseline, op.speed_mph, self._stop_watch.margin)
+
+    def _stop_interrupted(self, why: str) -> None:
+        op = self._open_stop
+        if op is None:
+            return
+        self._open_stop = None
+        self._last_verdict[op.kind] = Verdict.INTERRUPTED.value
+        self._emit_stop_checked(op.kind, Verdict.INTERRUPTED, why)
+
+    def _judge(self, m: StopMeasurement, *, standstill: bool, why: str = "") -> None:
+        j = self._stop_watch.judge(m, ramp_mph_per_s=self.limits.decel_mph_s)
+        self._last_verdict[m.kind] = j.verdict.value
+        self._emit_stop_checked(m.kind, j.verdict, why, j, standstill=standstill)
+        if j.warn:
+            self._emit(
+                EventType.MAINTENANCE_WARNING,
+                kind=m.kind.value,
+                slow_in_a_row=j.slow_in_a_row,
+                standstill_s=_finite_or_none(m.standstill_s),
+                expected_standstill_s=_finite_or_none(j.expected_standstill_s),
+                message=_slow_message(j, self._stop_watch.margin, standstill),
+            )
+        if j.fault:
+            self._brake_fault_kind = m.kind
+            self._latch_brake_fault(_slow_message(j, self._stop_watch.margin, standstill))
+
+    def _latch_brake_fault(self, message: str) -> None:
+        """Twice in a row too slow: a drive_fault, latched. An emergency stop's latch gives way
+        to it (its reset is the stricter one); another fault's latch stays, with its own reset
+        conditions, and a reset needs new baselines too (_reset_unmet)."""
+        self._brake_fault_t = self.now
+        detail = f"{STOP_WATCH_FAULT}: {message}"
+        if self.latch is None:
+            self._latch(State.FAULT, Cause.DRIVE_FAULT, detail)
+            return
+        if self.latch.kind is State.FAULT:
+            return
+        self.state = State.FAULT
+        self.latch = Latch(kind=State.FAULT, cause=Cause.DRIVE_FAULT, since=self.now, detail=detail)
+        self.commanded = 0.0
+        self.target = 0.0
+        self._out.emergency_stop = True
+        self._emit(EventType.FAULT, cause=Cause.DRIVE_FAULT.value, detail=detail)
+        self._end_session(EndReason.FAULT)
+
+    def _emit_stop_checked(
+        self,
+        kind: StopKind,
+        verdict: Verdict,
+        why: str,
+        j: Judgement | None = None,
+        *,
+        standstill: bool = True,
+    ) -> None:
+        fields: dict[str, JsonScalar] = {"kind": kind.value, "verdict": verdict.value}
+        if j is not None:
+            m = j.measurement
+            fields["speed_mph"] = _finite_or_none(m.speed_at_trigger_mph)
+            fields["standstill_s"] = _finite_or_none(m.standstill_s)
+            fields["standstill_reached"] = standstill
+            fields["deceleration_mph_per_s"] = _finite_or_none(m.deceleration_mph_per_s)
+            if j.baseline is not None:
+                fields["baseline_deceleration_mph_per_s"] = j.baseline.deceleration_mph_per_s
+                fields["expected_standstill_s"] = _finite_or_none(j.expected_standstill_s)
+            fields["slow_in_a_row"] = j.slow_in_a_row
+        if verdict is Verdict.NO_BASELINE:
+            why = f"no {kind.value} baseline, not compared: commission the treadmill"
+        if why:
+            fields["why"] = why
+        self._emit(EventType.STOP_CHECKED, **fields)
+
     def _emit(self, type_: EventType, **fields: JsonScalar) -> None:
         self._out.events.append(Event(type=type_, t=self.now, fields=fields))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return round(x, 3) if math.isfinite(x) else None
+
+
+def _slow_message(j: Judgement, margin: float, standstill: bool) -> str:
+    m = j.measurement
+    assert j.baseline is not None
+    took = (
+        f"took {m.standstill_s:.2f} s to stop"
+        if standstill
+        else f"was not at standstill after {m.standstill_s:.2f} s"
+    )
+    if math.isfinite(m.speed_at_trigger_mph) and math.isfinite(m.standstill_s):
+        against = (
+            f"from {m.speed_at_trigger_mph:.2f} mph; when commissioned it stopped at "
+            f"{j.baseline.deceleration_mph_per_s:.2f} mph/s, "
+            f"{j.expected_standstill_s:.2f} s from that speed"
+        )
+    else:
+        against = "(its speed or time could not be read, so it counts as slow)"
+    row = "twice in a row" if j.fault else "once"
+    return (
+        f"{m.kind.value} stop {took} {against}: slower by more than {margin * 100:g} % "
+        f"{row}; the brake may be worn"
+    )
 
 
 def _drive_cause(failure: DriveFailure) -> Cause:

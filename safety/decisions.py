@@ -50,6 +50,11 @@ class EventType(StrEnum):
     COMMAND_REFUSED = "command_refused"
     JOURNAL_WARNING = "journal_warning"
     BELT_FOUND_MOVING = "belt_found_moving"
+    COMMISSIONING_EXPIRED = "commissioning_expired"
+    # The stop-quality watch (safety/stop_watch.py): every stop's verdict, and a stop slower
+    # than the treadmill's baseline by more than the margin.
+    STOP_CHECKED = "stop_checked"
+    MAINTENANCE_WARNING = "maintenance_warning"
 
 
 class RefusalCode(StrEnum):

@@ -92,6 +92,19 @@ class JournalHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class Commissioning:
+    """Whether this treadmill's stop paths have been proven (``treadguard commission``) and
+    until when, as the journal knows. ``until``: the core's time (the monotonic clock) at
+    which the last passed commissioning expires; None: no passed commissioning on record, or
+    the record could not be read (fail closed). ``detail`` says why in words. Until the core
+    hears of a current one, no patient session starts."""
+
+    t: float
+    until: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LoopOverrun:
     """The control loop fell behind (several ticks in a row late): a session in progress gets a
     controlled stop, since every time-based rule now runs late too."""
@@ -120,6 +133,11 @@ class StartSession:
     cap_s: float | None = None
     target_mph: float | None = None
     returning: bool | None = None
+    # A commissioning proof run (``treadguard commission``): the one start allowed on a
+    # treadmill whose commissioning is not current, since proving the stops needs a moving
+    # belt. Set only by the commissioning tool; System.execute clears it on every tablet
+    # command. Nothing else is relaxed: SR-3's preconditions, the bands and caps all hold.
+    proof: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +184,19 @@ class RivalDaemon:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BrakeFaultOnRecord:
+    """At start-up: the journal's last worn-brake fault (the stop-quality watch's drive_fault)
+    came after the treadmill's last passed commissioning, so the brake has not been proven
+    since. A restart is no reset: the fault is latched again, and only new baselines of that
+    kind of stop let it be reset. ``kind``: the stop kind that was too slow (StopKind's
+    value)."""
+
+    t: float
+    kind: str
+    detail: str = ""
+
+
 SensorInput = GripReading | FallReading
 Input = (
     Tick
@@ -174,7 +205,9 @@ Input = (
     | DriveFeedback
     | DriveError
     | JournalHealth
+    | Commissioning
     | RivalDaemon
+    | BrakeFaultOnRecord
     | LoopOverrun
     | Shutdown
     | Command

@@ -45,6 +45,8 @@ from pydantic import (
 
 from treadguard.safety.decisions import Cause, EndReason, EventType, RefusalCode, State
 from treadguard.safety.inputs import CommandType
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import baseline_problem
 
 _MMSS = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
 
@@ -99,6 +101,8 @@ class Action(StrEnum):
     DRIVE_FAULT = "drive_fault"
     DRIVE_IGNORES_WRITES = "drive_ignores_writes"
     DRIVE_OK = "drive_ok"
+    # The belt's brake wears: from now on it loses ``wear`` of every deceleration.
+    BRAKE_WEAR = "brake_wear"
 
 
 TABLET_COMMANDS = frozenset(
@@ -112,6 +116,7 @@ _NEEDS: dict[Action, tuple[str, ...]] = {
     Action.SENSOR_SILENT: ("sensor",),
     Action.SENSOR_STUCK: ("sensor", "value"),
     Action.SENSOR_BACK: ("sensor",),
+    Action.BRAKE_WEAR: ("wear",),
 }
 _ALLOWED: dict[Action, frozenset[str]] = {
     Action.START_SESSION: frozenset({"user", "program", "cap_s", "target_mph"}),
@@ -122,8 +127,20 @@ _ALLOWED: dict[Action, frozenset[str]] = {
     Action.SENSOR_STUCK: frozenset({"sensor", "value"}),
     Action.SENSOR_BACK: frozenset({"sensor"}),
     Action.DRIVE_FAULT: frozenset({"detail"}),
+    Action.BRAKE_WEAR: frozenset({"wear"}),
 }
-_PARAMS = ("user", "program", "cap_s", "target_mph", "mph", "hand", "sensor", "value", "detail")
+_PARAMS = (
+    "user",
+    "program",
+    "cap_s",
+    "target_mph",
+    "mph",
+    "hand",
+    "sensor",
+    "value",
+    "detail",
+    "wear",
+)
 # The actions that need the in-process simulated drive (a wire drive's device is not reached).
 IN_PROCESS_DRIVE_ACTIONS = frozenset(
     {Action.DRIVE_FAULT, Action.DRIVE_IGNORES_WRITES, Action.DRIVE_OK}
@@ -155,6 +172,8 @@ class Step(BaseModel):
     value: bool | None = None
     # drive_fault: the fault the drive reports on every status.
     detail: str | None = Field(default=None, min_length=1, max_length=200)
+    # brake_wear: the fraction of every deceleration the brake loses from now on (0: as new).
+    wear: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
     # Expectations, checked at ``at`` after the action (if any). expect_reply may list
     # several replies, any of which passes.
     expect_reply: Reply | Annotated[list[Reply], Field(min_length=1, max_length=8)] | None = None
@@ -203,6 +222,27 @@ class Step(BaseModel):
         return self
 
 
+class BaselineSetup(BaseModel):
+    """A commissioned stop, as commissioning would record it (safety/stop_baseline.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    standstill_s: float = Field(gt=0.0, allow_inf_nan=False)
+    deceleration_mph_per_s: float = Field(gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _a_stop_some_proof_could_give(self) -> BaselineSetup:
+        # The watch's own rule (safety/stop_watch.py): refused here, with the scenario's words,
+        # rather than when the run sets it.
+        problem = baseline_problem(StopKind.EMERGENCY, self.baseline(StopKind.EMERGENCY))
+        if problem is not None:
+            raise ValueError(problem.replace("the emergency baseline", "this baseline"))
+        return self
+
+    def baseline(self, kind: StopKind) -> StopBaseline:
+        return StopBaseline(kind, self.standstill_s, self.deceleration_mph_per_s)
+
+
 class WorldSetup(BaseModel):
     """How things stand at time 0."""
 
@@ -217,6 +257,18 @@ class WorldSetup(BaseModel):
     history: dict[
         Annotated[str, Field(min_length=1, max_length=64)], Annotated[int, Field(ge=0, le=1000)]
     ] = Field(default_factory=dict)
+    # Whether the treadmill's stops have been proven (``treadguard commission``), as its
+    # journal holds it: a passed commissioning ``commissioned_days_ago`` days before time 0
+    # (past ``commissioning.every_days`` it has expired). False: none on record, so every
+    # start is refused.
+    commissioned: bool = True
+    commissioned_days_ago: float = Field(1.0, ge=0.0, le=3650.0)
+    # The treadmill's commissioned stops, per kind ("emergency", "controlled"), as
+    # commissioning would set them: every stop of a kind is compared with its baseline. A kind
+    # not given has none, and its stops are not compared.
+    stop_baselines: dict[StopKind, BaselineSetup] = Field(default_factory=dict)
+    # The brake's wear at time 0 (see the brake_wear action).
+    brake_wear: float = Field(0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
 
 
 class Expectations(BaseModel):

@@ -557,6 +557,16 @@ function onEvent(e) {
     case "belt_found_moving":
       log(`The belt was found moving at start-up (${e.speed_mph} mph)`, true);
       break;
+    case "maintenance_warning":
+      // A stop slower than when the treadmill was commissioned (docs/stop-watch.md).
+      log(`Maintenance: ${e.message}`, true);
+      break;
+    case "stop_checked":
+      break; // every stop's figures are in the journal; a slow one comes as a warning
+    case "commissioning_expired":
+      // No session starts until the treadmill's stops are proven again (docs/commissioning.md).
+      log(`Commissioning expired: ${e.detail}`, true);
+      break;
     default:
       log(`Event ${e.type}`);
   }

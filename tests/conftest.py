@@ -35,12 +35,18 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 def make_daemon(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def make(env: dict[str, str] | None = None, **kwargs: Any) -> DaemonProcess:
+    def make(
+        env: dict[str, str] | None = None, *, commissioned: bool = True, **kwargs: Any
+    ) -> DaemonProcess:
         """``treadguard run`` for the test's broker; ``kwargs`` go to daemon_config, ``env``
-        to its environment (TREADGUARD_* overrides)."""
+        to its environment (TREADGUARD_* overrides); ``commissioned``: its journal holds a
+        current commissioning (DaemonProcess)."""
         tm = kwargs.setdefault("treadmill_id", f"tm-{len(started)}")
         daemon = DaemonProcess(
-            daemon_config(broker.workdir, broker.port, **kwargs), tmp_path / f"{tm}.log", env
+            daemon_config(broker.workdir, broker.port, **kwargs),
+            tmp_path / f"{tm}.log",
+            env,
+            commissioned=commissioned,
         )
         daemon.start()
         started.append(daemon)

@@ -7,7 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
+
+from treadguard.config.loading import ConfigError, load_config
+from treadguard.controller.commission import nominal_proofs
+from treadguard.controller.journal import Journal, JournalError, seed_commissioning
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS_DIR = ROOT / "config" / "programs"
@@ -45,16 +51,55 @@ def daemon_config(
     return path
 
 
-class DaemonProcess:
-    """``treadguard run --config FILE`` in its own process; its log goes to a file."""
+def commission(config: Path, env: dict[str, str]) -> None:
+    """The journal of the daemon at ``config`` (as it reads it, ``env``'s overrides included)
+    gets a current commissioning, written the way ``treadguard commission`` writes one, unless
+    it holds one already. A journal that cannot be opened is left as it is: the daemon reports
+    it (the tests of a broken journal)."""
+    try:
+        with mock.patch.dict(os.environ, env):
+            loaded = load_config(config)
+    except ConfigError:
+        return  # the daemon says what is wrong
+    cfg = loaded.config
+    try:
+        journal = Journal.open(
+            loaded.resolve(cfg.journal.path), max_size_mb=cfg.journal.max_size_mb
+        )
+    except JournalError:
+        return
+    try:
+        now = time.time()
+        if not journal.commissioning_status(now, every_days=cfg.commissioning.every_days).current:
+            seed_commissioning(journal, now - 60.0, nominal_proofs(loaded), technician="test")
+    except JournalError:
+        pass  # a journal too full to take it: the daemon refuses starts, and says why
+    finally:
+        journal.close()
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+
+class DaemonProcess:
+    """``treadguard run --config FILE`` in its own process; its log goes to a file.
+    ``commissioned``: its journal holds a current commissioning before it starts (as every
+    treadmill that takes patients must); False leaves the journal as it is."""
+
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        commissioned: bool = True,
+    ) -> None:
         self.config = config
         self.log = log
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.commissioned = commissioned
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.commissioned:
+            commission(self.config, self.env)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [

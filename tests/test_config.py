@@ -490,6 +490,17 @@ def test_environment_overrides_the_file_and_is_validated_like_it(tmp_path: Path)
     [
         ("TREADGUARD_MQTT__PROT", "no setting mqtt.prot"),
         ("TREADGUARD_MQQT__PORT", "no configuration section 'mqqt'"),
+        # One underscore where two belong: it would be ignored, and the port left as it was.
+        (
+            "TREADGUARD_MQTT_PORT",
+            "not a setting; a section and its key are joined by two underscores:"
+            " TREADGUARD_MQTT__PORT",
+        ),
+        (
+            "TREADGUARD_STOP_WATCH_MARGIN_PCT",
+            "not a setting; a section and its key are joined by two underscores:"
+            " TREADGUARD_STOP_WATCH__MARGIN_PCT",
+        ),
     ],
 )
 def test_sr15_misspelt_environment_override_is_an_error(
@@ -497,6 +508,18 @@ def test_sr15_misspelt_environment_override_is_an_error(
 ) -> None:
     found = assert_refused(check_config(write(tmp_path, valid_config()), {name: "1884"}))
     assert found == {name: message}
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_mqtt_password_is_refused(tmp_path: Path, value: str) -> None:
+    """An empty TREADGUARD_MQTT__PASSWORD= (a blank line in the environment file) is a slip,
+    not a password; from the file too."""
+    path = write(tmp_path, valid_config())
+    found = assert_refused(check_config(path, {"TREADGUARD_MQTT__PASSWORD": ""}))
+    assert found["mqtt.password"].startswith("is empty"), found
+    text = valid_config(extra=f'[mqtt]\nusername = "treadguard"\npassword = "{value}"')
+    found = assert_refused(check_config(write(tmp_path, text, "file.toml")))
+    assert found["mqtt.password"].startswith("is empty"), found
 
 
 def test_environment_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ that a test can switch off.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -82,7 +83,12 @@ class Rig:
         self.loop = VirtualLoop()
         self.belt = Belt(belt_params(loaded))
         self.driver = SimulatedDriver(self.belt, self.loop.time)
-        self.core = SafetyCore(cfg.safety, loaded.programs, default_program=cfg.programs.default)
+        self.core = SafetyCore(
+            cfg.safety,
+            loaded.programs,
+            default_program=cfg.programs.default,
+            commissioned_until=math.inf,
+        )
         self.controller = Controller(self.core, self.driver, self.loop, logger=_QuietLog())
         self.events: list[Event] = []
         self.controller.subscribe(self.events.append)
@@ -483,7 +489,11 @@ async def test_run_control_loop_ticks_on_a_scaled_clock(loaded: LoadedConfig) ->
     belt = Belt(belt_params(loaded), t0=clock.time())
     driver = SimulatedDriver(belt, clock.time)
     core = SafetyCore(
-        cfg.safety, loaded.programs, default_program=cfg.programs.default, t0=clock.time()
+        cfg.safety,
+        loaded.programs,
+        default_program=cfg.programs.default,
+        t0=clock.time(),
+        commissioned_until=math.inf,
     )
     controller = Controller(core, driver, clock, logger=_QuietLog())
     tick_times: list[float] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -54,7 +55,13 @@ async def test_sr6_sr3_reset_refused_while_the_vfd_reports_its_error_code() -> N
     vfd = make_vfd()
     server = await serve("tcp", vfd)
     driver = make_driver(server, clock=clock.time)
-    core = SafetyCore(SafetyLimits(), PROGRAMS, default_program="first_session", t0=clock.time())
+    core = SafetyCore(
+        SafetyLimits(),
+        PROGRAMS,
+        default_program="first_session",
+        t0=clock.time(),
+        commissioned_until=math.inf,
+    )
     controller = Controller(core, driver, clock)
 
     def start() -> None:

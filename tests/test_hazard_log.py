@@ -478,8 +478,8 @@ def test_the_shipped_hazard_log_checks_out() -> None:
 def test_the_committed_traceability_matrix_is_the_generated_one() -> None:
     generated = render_matrix(load_log(ROOT / LOG_PATH))
     assert (ROOT / MATRIX_PATH).read_text() == generated, (
-        f"{MATRIX_PATH} drifted from {LOG_PATH}: run `python -m controller.hazard_log --log-only`"
-        " and commit the result"
+        f"{MATRIX_PATH} drifted from {LOG_PATH}: run"
+        " `python -m treadguard.controller.hazard_log --log-only` and commit the result"
     )
 
 

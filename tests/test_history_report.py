@@ -103,3 +103,22 @@ def test_unknown_session_and_missing_journal_are_clear_errors(config: Path, tmp_
     nothing = cli("history", "--config", str(empty))
     assert nothing.returncode == 2
     assert "no journal at" in nothing.stderr
+
+
+def test_report_out_may_be_a_folder_and_an_unwritable_path_is_a_clear_error(
+    config: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    into = cli("report", "2", "--config", str(config), "--out", str(folder))
+    assert into.returncode == 0, into.stderr
+    assert into.stdout.strip() == str(folder / "session-2.html")
+    assert "<svg" in (folder / "session-2.html").read_text()
+
+    nowhere = tmp_path / "no-such-folder" / "x.html"
+    refused = cli("report", "2", "--config", str(config), "--out", str(nowhere))
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: cannot write the report to {nowhere}: No such file or directory"
+    )
+    assert "Traceback" not in refused.stderr

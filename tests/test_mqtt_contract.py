@@ -4,6 +4,7 @@ estop). Payloads here are written by hand from MQTT-API.md, never produced by th
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +287,12 @@ def test_core_refusal_becomes_the_reply() -> None:
 def test_out_of_range_is_decided_by_the_real_core() -> None:
     loaded = load_config(ROOT / "config" / "sim.toml")
     cfg = loaded.config
-    core = SafetyCore(cfg.safety, loaded.programs, default_program=cfg.programs.default)
+    core = SafetyCore(
+        cfg.safety,
+        loaded.programs,
+        default_program=cfg.programs.default,
+        commissioned_until=math.inf,
+    )
 
     def execute(command: Command) -> Reply | None:
         return core.handle(command).reply

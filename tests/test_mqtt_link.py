@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.mosquitto import WAIT_S, Broker, Login, Tablet, body, tablet, text_is
-from treadguard.controller.mqtt_link import TabletLink
+from treadguard.contract.mqtt import default_prefix
+from treadguard.controller.mqtt_link import DEFAULT_TUNING, LinkHooks, LinkTuning, TabletLink
+from treadguard.controller.mqtt_settings import BrokerSettings, TlsSettings
 from treadguard.safety.core import SessionView, Snapshot
 from treadguard.safety.decisions import ACCEPTED, Event, EventType, Reply, State
 from treadguard.safety.inputs import Command, EStop, Hand, Heartbeat
@@ -68,17 +71,35 @@ class World:
         return self.snap
 
 
-def make_link(broker: Broker, world: World, tm: str, **kwargs: object) -> TabletLink:
+def make_link(
+    broker: Broker,
+    world: World,
+    tm: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsSettings | None = None,
+    buffer: int = DEFAULT_TUNING.buffer,
+    before_publish: Callable[[], None] | None = None,
+) -> TabletLink:
     return TabletLink(
-        treadmill_id=tm,
-        host="127.0.0.1",
-        port=broker.port,
-        execute=world.execute,
-        snapshot=world.snapshot,
-        now=time.monotonic,
-        to_unix=lambda t: t + 1_764_000_000.0,
-        backoff_max_s=0.5,
-        **kwargs,  # type: ignore[arg-type]
+        tm,
+        BrokerSettings(
+            host="127.0.0.1",
+            port=broker.port,
+            prefix=default_prefix(tm),
+            username=username,
+            password=password,
+            tls=tls,
+        ),
+        LinkHooks(
+            execute=world.execute,
+            snapshot=world.snapshot,
+            now=time.monotonic,
+            to_unix=lambda t: t + 1_764_000_000.0,
+            before_publish=before_publish,
+        ),
+        LinkTuning(backoff_max_s=0.5, buffer=buffer),
     )
 
 
@@ -172,6 +193,9 @@ CHILD = """
 import asyncio, os, sys, time
 sys.path.insert(0, sys.argv[3])
 from treadguard.controller.mqtt_link import TabletLink
+from treadguard.contract.mqtt import default_prefix
+from treadguard.controller.mqtt_link import LinkHooks, TabletLink
+from treadguard.controller.mqtt_settings import BrokerSettings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import ACCEPTED, State
 from treadguard.safety.inputs import Hand
@@ -180,11 +204,13 @@ SNAP = Snapshot(State.IDLE, 0.0, 0.0, 0.0, None, {Hand.LEFT: True, Hand.RIGHT: T
                 (), None, None)
 
 async def main() -> None:
-    async with TabletLink(treadmill_id=sys.argv[1], host="127.0.0.1", port=int(sys.argv[2]),
-                          username=os.environ.get("TEST_MQTT_USERNAME"),
-                          password=os.environ.get("TEST_MQTT_PASSWORD"),
-                          execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
-                          now=time.monotonic, to_unix=lambda t: t):
+    broker = BrokerSettings(host="127.0.0.1", port=int(sys.argv[2]),
+                            prefix=default_prefix(sys.argv[1]),
+                            username=os.environ.get("TEST_MQTT_USERNAME"),
+                            password=os.environ.get("TEST_MQTT_PASSWORD"), tls=None)
+    hooks = LinkHooks(execute=lambda c: ACCEPTED, snapshot=lambda: SNAP,
+                      now=time.monotonic, to_unix=lambda t: t)
+    async with TabletLink(sys.argv[1], broker, hooks):
         await asyncio.Event().wait()
 
 asyncio.run(main())

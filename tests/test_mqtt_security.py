@@ -89,9 +89,9 @@ async def running(broker: Broker) -> AsyncIterator[Broker]:
         broker.kill()
 
 
-def link_for(broker: Broker, world: World, tm: str, **kwargs: object) -> TabletLink:
+def link_for(broker: Broker, world: World, tm: str, tls: TlsSettings | None = None) -> TabletLink:
     """The daemon's link, logged in with the daemon's account."""
-    return make_link(broker, world, tm, **login("treadguard"), **kwargs)
+    return make_link(broker, world, tm, **login("treadguard"), tls=tls)
 
 
 @contextmanager

@@ -162,7 +162,14 @@ def running_drive() -> _Drive:
     """A session whose belt has just started (a copy of one made once: the countdown is the
     slow part of an example)."""
     if not _RUNNING:
-        drive = _Drive(SafetyCore(SafetyLimits(), PROGRAMS, default_program="first_session"))
+        drive = _Drive(
+            SafetyCore(
+                SafetyLimits(),
+                PROGRAMS,
+                default_program="first_session",
+                commissioned_until=math.inf,
+            )
+        )
         drive.start()
         _RUNNING.append(drive)
     return copy.deepcopy(_RUNNING[0])
@@ -201,7 +208,11 @@ def test_sr4_property_never_more_than_the_debounce_of_net_loss_without_a_stop(
 
 
 def test_sr4_a_continuous_release_stops_at_exactly_the_debounce() -> None:
-    drive = _Drive(SafetyCore(SafetyLimits(), PROGRAMS, default_program="first_session"))
+    drive = _Drive(
+        SafetyCore(
+            SafetyLimits(), PROGRAMS, default_program="first_session", commissioned_until=math.inf
+        )
+    )
     drive.start()
     released = drive.ms / 1000
     drive.readings(False, False)
@@ -257,7 +268,9 @@ def test_sr7_a_first_session_never_gets_ten_minutes_of_intervals() -> None:
         )
     }
     world = World()
-    world.core = SafetyCore(SafetyLimits(), programs, default_program="first_intervals")
+    world.core = SafetyCore(
+        SafetyLimits(), programs, default_program="first_intervals", commissioned_until=math.inf
+    )
     world.run(1.0)
     d = world.start(cap_s=600.0, returning=False)
     assert "first-session" in refusal(d).message
@@ -295,7 +308,9 @@ def test_sr7_property_a_first_session_never_has_a_cap_above_the_first_session_li
         cap_s_max=cap_s_max,
         interval_s=interval_s,
     )
-    core = SafetyCore(SafetyLimits(), {"p": program}, default_program="p")
+    core = SafetyCore(
+        SafetyLimits(), {"p": program}, default_program="p", commissioned_until=math.inf
+    )
     for inp in (
         GripReading(0.0, Hand.LEFT, True),
         GripReading(0.0, Hand.RIGHT, True),

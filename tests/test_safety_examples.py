@@ -82,7 +82,9 @@ class World:
 
     def __init__(self, program: str = "first_session") -> None:
         self.programs = load_programs(PROGRAMS_DIR)
-        self.core = SafetyCore(SafetyLimits(), self.programs, default_program=program)
+        self.core = SafetyCore(
+            SafetyLimits(), self.programs, default_program=program, commissioned_until=math.inf
+        )
         self.ms = 0
         self.hold = {Hand.LEFT: True, Hand.RIGHT: True}
         self.fallen = False
@@ -1153,7 +1155,7 @@ def test_sr14_no_start_while_the_journal_cannot_be_written() -> None:
 def test_session_ids_continue_after_the_sessions_the_journal_knows() -> None:
     core = SafetyCore(
         SafetyLimits(), load_programs(PROGRAMS_DIR), default_program="first_session",
-        sessions_before=41,
+        sessions_before=41, commissioned_until=math.inf,
     )  # fmt: skip
     assert core.handle(Tick(0.0)).events == ()
     world = World()
@@ -1176,6 +1178,7 @@ def test_sr7_a_users_history_decides_the_first_session_program_and_its_cap() -> 
             programs,
             default_program="first_session",
             returning_program="reverse_walking",
+            commissioned_until=math.inf,
         )
         world.run(1.0)
         return world

@@ -591,7 +591,9 @@ class World:
     def __init__(
         self, default_program: str, seed: int, period_ms: tuple[int, int], tick_ms: int
     ) -> None:
-        self.core = SafetyCore(LIMITS, PROGRAMS, default_program=default_program)
+        self.core = SafetyCore(
+            LIMITS, PROGRAMS, default_program=default_program, commissioned_until=math.inf
+        )
         self.oracle = Oracle(default_program)
         self.rng = random.Random(seed)
         self.period_ms = period_ms

@@ -283,7 +283,11 @@ async def test_sr12_whole_session_from_the_cli_kept_alive_by_watch(
         too_fast = await tablet_cli(config, "speed", "1.5")
         assert too_fast.code == 1, too_fast
         assert too_fast.out.startswith("refused: out_of_range: "), too_fast
-        await watch.line(lambda line: line.startswith("event command_refused "))
+        await watch.line(
+            lambda line: (
+                line.startswith("event command_refused: ") and "set_speed -> out_of_range" in line
+            )
+        )
         last_command = time.time()  # every command counts as presence, a refused one too
 
         # SR-12: from here only `watch` speaks for the tablet. Past the grace, still running.
@@ -309,11 +313,11 @@ async def test_sr12_whole_session_from_the_cli_kept_alive_by_watch(
         assert (stopped.code, stopped.out) == (0, "ok\n"), stopped
         await watch.status(lambda s: s.state == "stopping")
         ended, _ = await watch.all_of(
-            lambda line: line.startswith("event session_ended "),
+            lambda line: line.startswith("event session_ended: "),
             lambda line: is_status(line, lambda s: s.state == "idle" and s.session == "no session"),
             within=SESSION_WAIT_S,
         )
-        assert "reason=operator_stop" in ended
+        assert "ended: operator_stop" in ended
 
         assert await watch.end(signal.SIGINT) == 0
     assert not any("tablet_lost" in line for line in watch.lines), watch.lines
@@ -498,7 +502,7 @@ async def test_sr14_watch_keeps_a_persistent_session_and_gets_the_events_it_was_
         await tab.publish(f"{p}/events", json.dumps(estop).encode())
         await tab.publish(f"{p}/availability", b"online", retain=True)
     async with watching(config, *device) as watch:
-        await watch.line(lambda line: line.startswith("event estop cause=fall"))
+        await watch.line(lambda line: line.startswith("event estop: EMERGENCY STOP: fall"))
         await watch.line(lambda line: line == "online | no state yet")
         assert await watch.end(signal.SIGTERM) == 0
     assert sum(line.startswith("event estop") for line in watch.lines) == 1, watch.lines

@@ -120,6 +120,10 @@ def test_mph_to_register_golden(mph: float, mph_per_hz: float, golden: int) -> N
         (math.inf, 0.05),
         (1.0, 0.0),
         (1.0, -0.05),
+        # A tiny calibration: the frequency is finite, its 0.01 Hz count is not (it raised
+        # OverflowError, past the configuration check, into the daemon's start).
+        (1.2, 2.2e-308),
+        (1.2, 5e-324),
     ],
 )
 def test_mph_to_register_refuses(mph: float, mph_per_hz: float) -> None:

@@ -1,0 +1,726 @@
+"""``treadguard commission``: a technician proves every stop source on the machine.
+
+Before a treadmill's first patient session, and again every ``commissioning.every_days``, each
+way the belt can be stopped is shown to stop it, on the machine, through the same assembly the
+daemon runs (:class:`controller.system.System`): an E-STOP (the command the tablet sends), each
+grip released (a warning each) and both (an emergency stop), the fall input, the drive's own
+deadman (its link cut with the belt at ``commissioning.proof_mph``) and the controlled stop at
+a session's cap. Every stop's trigger-to-standstill time and the belt's deceleration are
+measured and journaled; the passed run's figures become the treadmill's baseline per kind of
+stop (:meth:`controller.journal.Journal.commissioned_baselines`). Until a run has passed and
+while it is current, the safety core refuses every patient session (``preconditions_unmet``).
+
+The procedure is a generator: it yields what it needs, an :class:`Ask` (the technician does
+something on the machine and confirms) or a :class:`Wait` (a condition on the controller, with
+a bound), and is played by a runner: :func:`run_simulated` on the virtual clock, where a
+simulated technician performs every action on the simulated treadmill (unattended, so tests
+run it for real).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from treadguard.config.loading import LoadedConfig
+from treadguard.config.schema import CommissioningSection, SimulatedDriveSection
+from treadguard.controller.control import Timers
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.journal import CommissioningOutcome, JournalError, ProofRecord
+from treadguard.controller.system import System, open_journal
+from treadguard.drivers.base import DriveStatus
+from treadguard.safety.decisions import Accepted, Cause, Event, EventType, State
+from treadguard.safety.inputs import (
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Reset,
+    StartSession,
+)
+from treadguard.safety.limits import STANDSTILL_MPH
+from treadguard.safety.stop_baseline import StopKind
+from treadguard.simulator.virtual_loop import VirtualLoop
+
+PROOF_USER = "commissioning"  # the proof runs' sessions in the journal
+HEARTBEAT_S = 1.0  # the commissioning tool is the tablet during the proof runs
+POLL_S = 0.05  # how often a runner looks at a Wait's condition
+SPEED_MARGIN_MPH = 0.02  # the belt counts as at the proof speed this close to it
+SETTLE_S = 10.0  # a start, a reset, a warning: each is given this long
+TECHNICIAN_WATCH_S = 15.0  # the simulated technician watches a belt run down this long at most
+
+
+class Act(StrEnum):
+    """What the technician is asked to do on the machine."""
+
+    STAND_ON = "stand_on"  # on the belt, both hands on the grip sensors
+    GIVE_ESTOP = "give_estop"
+    RELEASE_LEFT = "release_left"
+    RELEASE_RIGHT = "release_right"
+    RELEASE_BOTH = "release_both"
+    HOLD_BOTH = "hold_both"
+    FALL = "fall"
+    STAND_UP = "stand_up"
+    CUT_LINK = "cut_link"
+    RESTORE_LINK = "restore_link"  # once the belt stands still: its answer is when it did
+
+
+ASK_TEXT = {
+    Act.STAND_ON: "Stand on the belt and hold both handrail grips; keep holding until told.",
+    Act.GIVE_ESTOP: (
+        "The belt runs at the proof speed: press E-STOP on the tablet page, or confirm here to "
+        "send the same command."
+    ),
+    Act.RELEASE_LEFT: "Let go of the LEFT grip only (keep the right one held).",
+    Act.RELEASE_RIGHT: "Let go of the RIGHT grip only (keep the left one held).",
+    Act.RELEASE_BOTH: "Let go of BOTH grips and keep them released.",
+    Act.HOLD_BOTH: "Hold both grips again.",
+    Act.FALL: "Trigger the fall input (the fall sensor's test, or the fall detector's cue).",
+    Act.STAND_UP: "Clear the fall input.",
+    Act.CUT_LINK: "Unplug the drive's cable now (the link to the drive is cut, belt running).",
+    Act.RESTORE_LINK: "When the belt stands still, plug the drive's cable back in and confirm.",
+}
+
+
+class ProofStep(StrEnum):
+    ESTOP = "estop"
+    GRIP_LEFT = "grip_left"
+    GRIP_RIGHT = "grip_right"
+    GRIPS = "grips"
+    FALL = "fall"
+    DEADMAN = "deadman"
+    CAP = "cap"
+
+
+STEP_TITLES = {
+    ProofStep.ESTOP: "E-STOP command",
+    ProofStep.GRIP_LEFT: "left grip released",
+    ProofStep.GRIP_RIGHT: "right grip released",
+    ProofStep.GRIPS: "both grips released",
+    ProofStep.FALL: "fall input",
+    ProofStep.DEADMAN: "drive deadman (link cut)",
+    ProofStep.CAP: "controlled stop at the cap",
+}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """The technician does ``act`` and confirms; the answer is the time they did (for
+    RESTORE_LINK: the time they saw the belt stand still)."""
+
+    act: Act
+
+    @property
+    def text(self) -> str:
+        return ASK_TEXT[self.act]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Until ``until()`` holds, at most ``within`` seconds; the answer is whether it held."""
+
+    what: str
+    until: Callable[[], bool]
+    within: float
+
+
+Procedure = Generator[Ask | Wait, float | bool, "CommissioningResult"]
+
+
+@dataclass
+class CommissioningResult:
+    run: int | None
+    outcome: CommissioningOutcome
+    proofs: list[ProofRecord] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is CommissioningOutcome.PASSED
+
+
+@dataclass
+class _Stop:
+    """An emergency stop or fault latched by the core, or the controlled stop at the cap:
+    when, why, and the belt's speed then."""
+
+    t: float
+    cause: str
+    speed_mph: float
+    # The newest drive status's time when it happened (for a lost link: about when it was cut).
+    status_t: float | None = None
+
+
+class Commissioner:
+    """The procedure over a :class:`System`: it starts the proof runs, gives the E-STOP and
+    the resets, plays the tablet's heartbeat, and measures each stop from the controller's
+    own drive statuses."""
+
+    def __init__(
+        self,
+        system: System,
+        *,
+        technician: str,
+        simulated: bool,
+        echo: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.system = system
+        self.cfg: CommissioningSection = system.loaded.config.commissioning
+        self.program = system.loaded.config.programs.default
+        self.technician = technician
+        self.simulated = simulated
+        self.echo = echo
+        self._latch: _Stop | None = None
+        self._cap_stop: _Stop | None = None
+        self._warned: set[str] = set()
+        self._standstill_t: float | None = None
+        self._run: int | None = None
+        system.subscribe(self._on_event, name="commissioning")
+
+    # ------------------------------------------------------------------ watching
+
+    def _on_event(self, event: Event) -> None:
+        status = self.system.controller.last_status
+        speed = status.speed_mph if status is not None else 0.0
+        if event.type in (EventType.ESTOP, EventType.FAULT) and self._latch is None:
+            cause = str(event.fields.get("cause"))
+            self._latch = _Stop(event.t, cause, speed, None if status is None else status.t)
+        elif event.type is EventType.STOPPING and event.fields.get("reason") == "cap":
+            self._cap_stop = _Stop(event.t, "cap", speed)
+        elif event.type is EventType.GRIP_WARNING:
+            self._warned.add(str(event.fields.get("hand")))
+
+    def heartbeat(self) -> None:
+        """The tablet's heartbeat, every HEARTBEAT_S while the tool runs (SR-12)."""
+        clock = self.system.clock
+        self.system.execute(Heartbeat(t=clock.time()))
+        clock.call_at(clock.time() + HEARTBEAT_S, self.heartbeat)
+
+    def _status(self) -> DriveStatus | None:
+        return self.system.controller.last_status
+
+    def _at_speed(self) -> bool:
+        status = self._status()
+        state = self.system.core.state
+        return (
+            state is State.RUNNING
+            and status is not None
+            and status.speed_mph >= self.cfg.proof_mph - SPEED_MARGIN_MPH
+        )
+
+    def _still(self) -> bool:
+        status = self._status()
+        return status is not None and status.speed_mph <= STANDSTILL_MPH
+
+    def _standstill_after(self, t: float) -> Callable[[], bool]:
+        """A condition: a drive status after ``t`` shows standstill (its time is kept)."""
+
+        def still() -> bool:
+            status = self._status()
+            if status is not None and status.t >= t and status.speed_mph <= STANDSTILL_MPH:
+                self._standstill_t = status.t
+                return True
+            return False
+
+        self._standstill_t = None
+        return still
+
+    # ------------------------------------------------------------------ the procedure
+
+    def procedure(self) -> Procedure:
+        journal = self.system.journal
+        wall = self.system.wall
+        if journal is None:
+            return CommissioningResult(
+                None,
+                CommissioningOutcome.ABORTED,
+                detail=f"the journal cannot be written ({self.system.journal_problem})",
+            )
+        try:
+            run = journal.begin_commissioning(
+                wall(), technician=self.technician, simulated=self.simulated
+            )
+        except JournalError as exc:
+            return CommissioningResult(None, CommissioningOutcome.ABORTED, detail=str(exc))
+        self._run = run
+        result = CommissioningResult(run, CommissioningOutcome.PASSED)
+        yield Ask(Act.STAND_ON)
+        for step in ProofStep:
+            proof = yield from self._prove(step)
+            result.proofs.append(proof)
+            verdict = "pass" if proof.passed else "FAIL"
+            figures = ""
+            if proof.standstill_s is not None:
+                figures = f": standstill after {proof.standstill_s:.2f} s"
+                if proof.deceleration_mph_per_s is not None:
+                    figures += f", {proof.deceleration_mph_per_s:.2f} mph/s"
+            self.echo(f"  {verdict:4} {STEP_TITLES[step]}{figures}; {proof.detail}")
+            try:
+                journal.record_proof(run, proof, wall())
+            except JournalError as exc:
+                result.outcome, result.detail = CommissioningOutcome.ABORTED, str(exc)
+                return result
+            if not proof.passed:
+                result.outcome = CommissioningOutcome.FAILED
+                result.detail = f"{STEP_TITLES[step]}: {proof.detail}"
+                break
+        yield from self._settle()
+        try:
+            journal.end_commissioning(run, wall(), result.outcome, result.detail)
+        except JournalError as exc:
+            result.outcome, result.detail = CommissioningOutcome.ABORTED, str(exc)
+        return result
+
+    def abort(self, detail: str) -> CommissioningResult:
+        """The run given up part way: journaled as aborted (it proves nothing)."""
+        journal = self.system.journal
+        if self._run is not None and journal is not None:
+            try:
+                journal.end_commissioning(
+                    self._run, self.system.wall(), CommissioningOutcome.ABORTED, detail
+                )
+            except JournalError as exc:
+                detail += f" (not journaled: {exc})"
+        return CommissioningResult(self._run, CommissioningOutcome.ABORTED, detail=detail)
+
+    def _settle(self) -> Generator[Ask | Wait, float | bool, bool]:
+        """Back to idle at standstill, any latch reset (SR-6: standstill, cause cleared)."""
+        system = self.system
+        if system.core.latch is not None:
+            yield Wait("standstill", self._still, SETTLE_S)
+
+            def reset() -> bool:
+                reply = system.execute(Reset(t=system.clock.time()))
+                return isinstance(reply, Accepted) or system.core.latch is None
+
+            if not (yield Wait("the reset", reset, SETTLE_S)):
+                return False
+        self._latch = None
+        self._cap_stop = None
+        self._warned.clear()
+        return True
+
+    def _start(self) -> Generator[Ask | Wait, float | bool, str | None]:
+        """A proof run at the proof speed; None once the belt runs at it, else why not."""
+        system = self.system
+        if system.core.latch is None and self._at_speed():
+            return None  # the proof run under way goes on (the grips' proofs share one)
+        if not (yield from self._settle()):
+            return f"the latch could not be reset: {system.core.latch}"
+        refusal = ""
+
+        def start() -> bool:
+            nonlocal refusal
+            if system.core.state is not State.IDLE:
+                return False
+            reply = system.execute(
+                StartSession(
+                    t=system.clock.time(),
+                    user=PROOF_USER,
+                    program=self.program,
+                    # The shortest cap the program allows: the cap's proof waits for it.
+                    cap_s=system.loaded.programs[self.program].cap_s_min,
+                    target_mph=self.cfg.proof_mph,
+                ),
+                proof_run=True,
+            )
+            refusal = "" if isinstance(reply, Accepted) else getattr(reply, "message", "")
+            return isinstance(reply, Accepted)
+
+        # A reset's readings and statuses may take a report interval to come fresh: a start
+        # is tried again while refused, for a few seconds.
+        if not (yield Wait("the proof run's start", start, SETTLE_S)):
+            return f"the proof run did not start: {refusal}"
+        lim = system.loaded.config.safety
+        ramp = lim.countdown_s + self.cfg.proof_mph / lim.accel_mph_s + SETTLE_S
+        if not (yield Wait("the proof speed", self._at_speed, ramp)):
+            return f"the belt did not reach {self.cfg.proof_mph:g} mph"
+        return None
+
+    def _prove(self, step: ProofStep) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        if step in (ProofStep.GRIP_LEFT, ProofStep.GRIP_RIGHT):
+            return (yield from self._prove_one_grip(step))
+        if step is ProofStep.DEADMAN:
+            return (yield from self._prove_deadman())
+        if step is ProofStep.CAP:
+            return (yield from self._prove_cap())
+        return (yield from self._prove_emergency(step))
+
+    def _prove_emergency(self, step: ProofStep) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        cause, act, undo = {
+            ProofStep.ESTOP: (Cause.REMOTE_ESTOP, Act.GIVE_ESTOP, None),
+            ProofStep.GRIPS: (Cause.GRIP_LOST, Act.RELEASE_BOTH, Act.HOLD_BOTH),
+            ProofStep.FALL: (Cause.FALL, Act.FALL, Act.STAND_UP),
+        }[step]
+        kind = StopKind.EMERGENCY
+        why = yield from self._start()
+        if why is not None:
+            return ProofRecord(step.value, kind, False, detail=why)
+        yield Ask(act)
+        if act is Act.GIVE_ESTOP and self._latch is None:
+            # The tablet's E-STOP (unless the tablet page gave it already): the same command,
+            # through the same path.
+            self.system.execute(EStop(t=self.system.clock.time()))
+        lim = self.system.loaded.config.safety
+        latched = yield Wait("the stop", lambda: self._latch is not None, lim.grip_debounce_s + 2)
+        record = yield from self._measure(step, kind, self.cfg.max_emergency_standstill_s)
+        if undo is not None:
+            yield Ask(undo)
+        if not latched or self._latch is None:
+            return ProofRecord(step.value, kind, False, detail="no emergency stop followed")
+        if self._latch.cause != cause.value:
+            return ProofRecord(
+                step.value,
+                kind,
+                False,
+                detail=f"stopped with cause {self._latch.cause}, not {cause}",
+            )
+        return record
+
+    def _measure(
+        self, step: ProofStep, kind: StopKind | None, bound: float
+    ) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        stop = self._latch if kind is StopKind.EMERGENCY else self._cap_stop
+        if stop is None:
+            return ProofRecord(step.value, kind, False, detail="no stop to measure")
+        still = yield Wait("standstill", self._standstill_after(stop.t), bound + SETTLE_S)
+        if not still or self._standstill_t is None:
+            return ProofRecord(
+                step.value, kind, False, detail=f"no standstill within {bound + SETTLE_S:g} s"
+            )
+        return _figures(step, kind, stop.speed_mph, self._standstill_t - stop.t, bound)
+
+    def _prove_one_grip(self, step: ProofStep) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        hand = Hand.LEFT if step is ProofStep.GRIP_LEFT else Hand.RIGHT
+        why = yield from self._start()
+        if why is not None:
+            return ProofRecord(step.value, None, False, detail=why)
+        yield Ask(Act.RELEASE_LEFT if hand is Hand.LEFT else Act.RELEASE_RIGHT)
+        warned = yield Wait(f"the {hand.value} grip's warning", lambda: hand in self._warned, 2.0)
+        yield Ask(Act.HOLD_BOTH)
+        if not warned:
+            return ProofRecord(step.value, None, False, detail=f"no {hand.value} grip warning")
+        if self._latch is not None:
+            return ProofRecord(
+                step.value, None, False, detail=f"one grip stopped the belt ({self._latch.cause})"
+            )
+        self._warned.discard(hand.value)
+        return ProofRecord(step.value, None, True, detail=f"{hand.value} grip warning, belt ran on")
+
+    def _prove_deadman(self) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        step = ProofStep.DEADMAN
+        why = yield from self._start()
+        if why is not None:
+            return ProofRecord(step.value, None, False, detail=why)
+        status = self._status()
+        speed = status.speed_mph if status is not None else self.cfg.proof_mph
+        cut_t = yield Ask(Act.CUT_LINK)
+        seen_t = yield Ask(Act.RESTORE_LINK)
+        assert isinstance(cut_t, float)
+        assert isinstance(seen_t, float)
+        latch = self._latch
+        if latch is None or latch.cause != Cause.DRIVE_LINK.value:
+            why = "no drive_link fault while the cable was out"
+            if latch is not None:
+                why += f" (latched {latch.cause} instead)"
+            return ProofRecord(step.value, None, False, detail=why)
+        if latch.status_t is not None:
+            # The last status the drive answered is when the link was cut (within a poll),
+            # closer than the technician's confirmation, which comes after the pull.
+            cut_t = min(cut_t, latch.status_t)
+        # The link is back: the drive's first status must confirm the standstill.
+        confirmed = yield Wait("a status at standstill", self._standstill_after(seen_t), SETTLE_S)
+        bound = self.cfg.max_deadman_standstill_s
+        if not confirmed:
+            return ProofRecord(
+                step.value, None, False, detail="no status at standstill once the link was back"
+            )
+        # Not a baseline: the drive's own deadman, not a stop treadguard commands.
+        return _figures(step, None, speed, seen_t - cut_t, bound)
+
+    def _prove_cap(self) -> Generator[Ask | Wait, float | bool, ProofRecord]:
+        step = ProofStep.CAP
+        kind = StopKind.CONTROLLED
+        why = yield from self._start()
+        if why is not None:
+            return ProofRecord(step.value, kind, False, detail=why)
+        session = self.system.core.snapshot().session
+        cap = session.cap_s if session is not None else 0.0
+        if not (yield Wait("the cap", lambda: self._cap_stop is not None, cap + SETTLE_S)):
+            return ProofRecord(step.value, kind, False, detail=f"no stop at the cap ({cap:g} s)")
+        return (yield from self._measure(step, kind, self.cfg.max_controlled_standstill_s))
+
+
+def _figures(
+    step: ProofStep, kind: StopKind | None, speed: float, standstill_s: float, bound: float
+) -> ProofRecord:
+    standstill_s = max(standstill_s, 0.0)
+    decel = speed / standstill_s if standstill_s > 0 else None
+    passed = standstill_s <= bound
+    detail = f"from {speed:.2f} mph; bound {bound:g} s"
+    if not passed:
+        detail = f"standstill took {standstill_s:.2f} s, over the bound of {bound:g} s"
+    return ProofRecord(step.value, kind, passed, round(standstill_s, 3), decel, detail)
+
+
+def nominal_proofs(loaded: LoadedConfig) -> list[ProofRecord]:
+    """The figures a passed run on the simulated treadmill shows (the simulated drive's
+    braking; its defaults for a wire drive), for journals seeded with a commissioning
+    (:func:`controller.journal.seed_commissioning`)."""
+    cfg = loaded.config
+    drive = (
+        cfg.drive
+        if isinstance(cfg.drive, SimulatedDriveSection)
+        else SimulatedDriveSection(kind="simulator")
+    )
+    mph = cfg.commissioning.proof_mph
+    emergency = mph / drive.estop_decel_mph_s
+    deadman = drive.deadman_s + drive.lag_s + mph / drive.decel_mph_s
+    controlled = drive.lag_s + mph / min(cfg.safety.decel_mph_s, drive.decel_mph_s)
+    proofs = []
+    for step in ProofStep:
+        if step in (ProofStep.GRIP_LEFT, ProofStep.GRIP_RIGHT):
+            proofs.append(ProofRecord(step.value, None, True, detail="grip warning, belt ran on"))
+            continue
+        kind: StopKind | None = StopKind.EMERGENCY
+        took, bound = emergency, cfg.commissioning.max_emergency_standstill_s
+        if step is ProofStep.DEADMAN:
+            kind, took, bound = None, deadman, cfg.commissioning.max_deadman_standstill_s
+        elif step is ProofStep.CAP:
+            kind, took = StopKind.CONTROLLED, controlled
+            bound = cfg.commissioning.max_controlled_standstill_s
+        proofs.append(_figures(step, kind, mph, took, bound))
+    return proofs
+
+
+# ---------------------------------------------------------------------- the simulated machine
+
+
+class SimulatedMachine:
+    """The simulated treadmill and a simulated technician on it: the in-process belt and its
+    drive, and the grip and fall sensors reporting what the technician does."""
+
+    def __init__(self, loaded: LoadedConfig, loop: VirtualLoop) -> None:
+        self.loop = loop
+        self.rig = in_process_rig(loaded, loop.time)
+        self.hands = {Hand.LEFT: True, Hand.RIGHT: True}
+        self.fallen = False
+        self.report_s = loaded.config.sensors.report_interval_s
+        self.system: System | None = None
+
+    def attach(self, system: System) -> None:
+        self.system = system
+        self._report()
+
+    def _report(self) -> None:
+        system = self.system
+        assert system is not None
+        t = self.loop.time()
+        for hand, held in self.hands.items():
+            system.submit_reading(GripReading(t=t, hand=hand, held=held))
+        system.submit_reading(FallReading(t=t, fallen=self.fallen))
+        self.loop.call_at(t + self.report_s, self._report)
+
+    def perform(self, act: Act) -> float:
+        if act is Act.RELEASE_LEFT:
+            self.hands[Hand.LEFT] = False
+        elif act is Act.RELEASE_RIGHT:
+            self.hands[Hand.RIGHT] = False
+        elif act is Act.RELEASE_BOTH:
+            self.hands = {Hand.LEFT: False, Hand.RIGHT: False}
+        elif act in (Act.HOLD_BOTH, Act.STAND_ON):
+            self.hands = {Hand.LEFT: True, Hand.RIGHT: True}
+        elif act is Act.FALL:
+            self.fallen = True
+        elif act is Act.STAND_UP:
+            self.fallen = False
+        elif act is Act.CUT_LINK:
+            self.rig.unplug()
+        elif act is Act.RESTORE_LINK:
+            return self._restore_at_standstill()
+        return self.loop.time()
+
+    def _restore_at_standstill(self) -> float:
+        """The technician watches the belt run down, then plugs the cable back in: the
+        answer is when they saw it stand still (the simulated belt's last moving moment)."""
+        belt = self.rig.belt
+        give_up = self.loop.time() + TECHNICIAN_WATCH_S
+        while self.loop.time() < give_up:
+            belt.advance(self.loop.time())
+            if not belt.moving():
+                break
+            self.loop.run_until(self.loop.time() + POLL_S)
+        seen = self.loop.time()
+        if not belt.moving() and belt.last_moving_t is not None:
+            seen = min(seen, belt.last_moving_t)
+        self.rig.plug()
+        return seen
+
+
+def play_virtual(
+    procedure: Procedure,
+    loop: VirtualLoop,
+    perform: Callable[[Act], float],
+    echo: Callable[[str], None],
+) -> CommissioningResult:
+    """Plays the procedure on the virtual clock; every Ask is performed by ``perform``."""
+    answer: float | bool | None = None
+    while True:
+        try:
+            item = procedure.send(answer) if answer is not None else next(procedure)
+        except StopIteration as done:
+            result: CommissioningResult = done.value
+            return result
+        if isinstance(item, Ask):
+            echo(f"  technician: {item.text}")
+            answer = float(perform(item.act))
+            continue
+        deadline = loop.time() + item.within
+        held = item.until()
+        while not held and loop.time() < deadline:
+            loop.run_until(min(deadline, loop.time() + POLL_S))
+            held = item.until()
+        answer = held
+
+
+def run_simulated(
+    loaded: LoadedConfig,
+    journal_path: object = None,
+    *,
+    technician: str = "simulated technician",
+    echo: Callable[[str], None] = lambda _line: None,
+    wall: Callable[[], float] | None = None,
+    machine: Callable[[LoadedConfig, VirtualLoop], SimulatedMachine] = SimulatedMachine,
+) -> CommissioningResult:
+    """The whole commissioning, unattended, on the simulated treadmill and the virtual clock,
+    through the daemon's own assembly; its record goes into the journal at ``journal_path``
+    (None: in memory). ``wall``: the records' wall clock (default: the real one; the virtual
+    run takes a fraction of a second of it, so its records are stamped when it really ran)."""
+    from pathlib import Path
+
+    loop = VirtualLoop()
+    wall_now = wall if wall is not None else time.time
+    sim = machine(loaded, loop)
+    path = None if journal_path is None else Path(str(journal_path))
+    opened = open_journal(path, max_size_mb=loaded.config.journal.max_size_mb, wall=wall_now)
+    system = System(loaded, loop, sim.rig.driver, opened, wall=wall_now)
+    commissioner = Commissioner(system, technician=technician, simulated=True, echo=echo)
+    system.start()
+    sim.attach(system)
+    commissioner.heartbeat()
+
+    def tick(k: int) -> None:
+        system.tick()
+        loop.call_at((k + 1) * system.period_s, tick, k + 1)
+
+    loop.call_at(0.0, tick, 0)
+    # The daemon's start-up: the drive answers and the belt is confirmed still first.
+    loop.run_until(1.0)
+    try:
+        return play_virtual(commissioner.procedure(), loop, sim.perform, echo)
+    finally:
+        system.close()
+
+
+# ---------------------------------------------------------------------- the real machine
+
+
+class Aborted(Exception):
+    """The technician gave up (end of input, or "q")."""
+
+
+AskTechnician = Callable[[Ask], Awaitable[float]]
+
+
+async def play_realtime(
+    procedure: Procedure, clock: Timers, ask: AskTechnician
+) -> CommissioningResult:
+    """Plays the procedure in real time beside the running daemon: every Ask goes to the
+    technician (``ask``), every Wait is looked at every POLL_S while the control loop runs."""
+    answer: float | bool | None = None
+    while True:
+        try:
+            item = procedure.send(answer) if answer is not None else next(procedure)
+        except StopIteration as done:
+            result: CommissioningResult = done.value
+            return result
+        if isinstance(item, Ask):
+            answer = float(await ask(item))
+            continue
+        deadline = clock.time() + item.within
+        held = item.until()
+        while not held and clock.time() < deadline:
+            await asyncio.sleep(POLL_S)
+            held = item.until()
+        answer = held
+
+
+def terminal_technician(clock: Timers, read: Callable[[str], str] = input) -> AskTechnician:
+    """Asks on the terminal, without holding up the control loop (the line is read in a
+    thread): Enter confirms, "q" or the end of input gives up."""
+
+    async def ask(item: Ask) -> float:
+        prompt = f"\n>> {item.text}\n   [Enter when done, q to give up] "
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[str | None] = loop.create_future()
+
+        def answer(line: str | None) -> None:
+            if not answered.done():
+                answered.set_result(line)
+
+        def reader() -> None:
+            try:
+                line: str | None = read(prompt)
+            except (EOFError, OSError):
+                line = None
+            with contextlib.suppress(RuntimeError):  # the daemon has ended meanwhile
+                loop.call_soon_threadsafe(answer, line)
+
+        # A thread of its own that the process does not wait for: a signal that ends the
+        # daemon while the technician has not answered must not leave it hanging on input.
+        threading.Thread(target=reader, name="technician", daemon=True).start()
+        line = await answered
+        if line is None:
+            raise Aborted("the end of input")
+        if line.strip().lower() in ("q", "quit"):
+            raise Aborted("the technician gave up")
+        return clock.time()
+
+    return ask
+
+
+def guided_errand(
+    *,
+    technician: str,
+    echo: Callable[[str], None],
+    results: list[CommissioningResult],
+    read: Callable[[str], str] = input,
+) -> Callable[[System], Awaitable[object]]:
+    """The commissioning run beside the daemon on the real machine (``Daemon(errand=...)``),
+    the technician guided on the terminal. A run given up is journaled as aborted, the belt
+    stopped."""
+
+    async def errand(system: System) -> object:
+        commissioner = Commissioner(system, technician=technician, simulated=False, echo=echo)
+        # The daemon's start-up: the belt confirmed still, the sensors read, before the first
+        # proof run is tried.
+        await asyncio.sleep(1.0)
+        commissioner.heartbeat()
+        ask = terminal_technician(system.clock, read)
+        procedure = commissioner.procedure()
+        try:
+            result = await play_realtime(procedure, system.clock, ask)
+        except Aborted as exc:
+            procedure.close()
+            system.execute(EStop(t=system.clock.time()))
+            result = commissioner.abort(f"aborted: {exc}")
+        results.append(result)
+        return result
+
+    return errand

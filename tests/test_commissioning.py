@@ -1,0 +1,552 @@
+"""Commissioning (docs/commissioning.md): no patient session on a treadmill whose stops have
+not been proven on the machine, or not lately.
+
+The rule in the safety core (pure, property-tested over any clock step), the journal's record
+and its expiry, the configuration's section, the scenarios, and ``treadguard commission`` end
+to end on the simulator, against the real daemon too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.clinician import clinician, refused
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.mosquitto import Broker
+from tests.test_safety_examples import PROGRAMS_DIR
+from treadguard.config.loading import ConfigError, load_config, load_programs
+from treadguard.controller.commission import (
+    ProofStep,
+    SimulatedMachine,
+    nominal_proofs,
+    run_simulated,
+)
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.journal import (
+    DAY_S,
+    CommissioningOutcome,
+    Journal,
+    ProofRecord,
+    seed_commissioning,
+)
+from treadguard.controller.simulation import run_virtual
+from treadguard.controller.system import COMMISSIONING_REFRESH_S, System, open_journal
+from treadguard.safety.core import SafetyCore
+from treadguard.safety.decisions import Accepted, EventType, RefusalCode, Refused
+from treadguard.safety.inputs import (
+    Commissioning,
+    DriveFeedback,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    StartSession,
+    Stop,
+    Tick,
+)
+from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.stop_baseline import StopKind
+from treadguard.simulator.scenario import load_scenario
+from treadguard.simulator.virtual_loop import VirtualLoop
+
+SIM = ROOT / "config" / "sim.toml"
+SCENARIOS = ROOT / "simulator" / "scenarios"
+PROGRAMS = load_programs(PROGRAMS_DIR)
+
+# ------------------------------------------------------------------------- the core's rule
+
+
+def _core(until: float | None) -> SafetyCore:
+    return SafetyCore(
+        SafetyLimits(), PROGRAMS, default_program="first_session", commissioned_until=until
+    )
+
+
+def _ready(core: SafetyCore, t: float) -> None:
+    """Every other precondition of a start holds at ``t``: grips held, no fall, the drive
+    answering at standstill, the tablet there."""
+    core.handle(GripReading(t, Hand.LEFT, True))
+    core.handle(GripReading(t, Hand.RIGHT, True))
+    core.handle(FallReading(t, False))
+    core.handle(DriveFeedback(t, 0.0))
+    core.handle(Heartbeat(t))
+
+
+# A record's expiry as data: on record until some time, none, or not a time at all.
+UNTIL = st.one_of(
+    st.none(),
+    st.floats(min_value=-1e9, max_value=1e9, allow_nan=False),
+    st.sampled_from([math.nan, -math.inf, math.inf]),
+)
+# Time steps of any size: a tick, minutes, the days a record lasts, years.
+STEP = st.one_of(
+    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.0, max_value=1e4),
+    st.floats(min_value=0.0, max_value=1e9),
+)
+ACTION = st.one_of(
+    st.tuples(st.just("commissioning"), UNTIL),
+    st.tuples(st.just("start"), st.booleans()),  # a patient's start, or a proof run's
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=UNTIL,
+    plan=st.lists(st.tuples(STEP, ACTION), min_size=1, max_size=25),
+)
+def test_no_patient_session_starts_without_a_current_commissioning(
+    initial: float | None, plan: list[tuple[float, tuple[str, object]]]
+) -> None:
+    """Whatever the record says and however far the clock moves between inputs: a patient's
+    start is accepted exactly when a commissioning is on record whose expiry lies ahead of
+    the core's time; a refusal names the commissioning; a proof run's start is never refused
+    for it."""
+    core = _core(initial)
+    t = 0.0
+    until = initial if initial is not None and (math.isfinite(initial) or initial > 0) else None
+    for step, (kind, value) in plan:
+        t += step
+        if kind == "commissioning":
+            assert value is None or isinstance(value, float)
+            core.handle(Commissioning(t, value, "as the journal says"))
+            until = value if value is not None and (math.isfinite(value) or value > 0) else None
+            continue
+        _ready(core, t)
+        proof = bool(value)
+        decision = core.handle(StartSession(t, "p-1", returning=False, proof=proof))
+        current = until is not None and t < until
+        started = any(e.type is EventType.SESSION_STARTED for e in decision.events)
+        assert started == isinstance(decision.reply, Accepted)
+        if proof:
+            assert started, decision.reply
+        else:
+            assert started == current, (t, until, decision.reply)
+            if not current:
+                assert isinstance(decision.reply, Refused)
+                assert decision.reply.code is RefusalCode.PRECONDITIONS_UNMET
+                assert "treadguard commission" in decision.reply.message
+        assert core.commissioning_current() == current
+        core.handle(Stop(t))  # the countdown ends: idle again for the next start
+        assert core.session is None
+
+
+def test_the_expiry_is_an_event_once_at_the_time_it_falls_due() -> None:
+    """The core wakes for the expiry (it is its next deadline) and says it once, at the time
+    it falls due; a new commissioning's expiry is said again."""
+    core = _core(100.0)
+    assert core.next_deadline() == 100.0
+    expired: list[float] = []
+    for t in (50.0, 99.9, 100.0, 100.1, 500.0):
+        decision = core.handle(Tick(t))
+        expired += [e.t for e in decision.events if e.type is EventType.COMMISSIONING_EXPIRED]
+    assert expired == [100.0]
+    core.handle(Commissioning(600.0, 1000.0, "passed again"))
+    assert core.commissioning_current()
+    decision = core.handle(Tick(1000.0))
+    assert [e.type for e in decision.events] == [EventType.COMMISSIONING_EXPIRED]
+
+
+def test_an_expired_record_at_start_up_is_said_at_the_first_input_and_none_is_not() -> None:
+    expired = _core(-5.0).handle(Tick(0.0))
+    assert [e.type for e in expired.events] == [EventType.COMMISSIONING_EXPIRED]
+    assert _core(None).handle(Tick(0.0)).events == ()
+
+
+# ------------------------------------------------------------------------- the journal
+
+
+def _proofs() -> list[ProofRecord]:
+    return [
+        ProofRecord("estop", StopKind.EMERGENCY, True, 0.3, 2.4),
+        ProofRecord("grip_left", None, True),
+        ProofRecord("grips", StopKind.EMERGENCY, True, 0.5, 1.6),
+        ProofRecord("deadman", None, True, 1.7, 0.45),
+        ProofRecord("cap", StopKind.CONTROLLED, True, 2.0, 0.4),
+    ]
+
+
+def test_a_passed_run_is_current_for_every_days_and_then_expires(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite")
+    assert not journal.commissioning_status(1e9, every_days=90).current
+    assert journal.commissioned_baselines(1e9, every_days=90) == {}
+    passed_at = 1_800_000_000.0
+    seed_commissioning(journal, passed_at, _proofs(), technician="A. Tech")
+    status = journal.commissioning_status(passed_at + 10.0, every_days=90)
+    assert status.current, status
+    assert status.expires_at == passed_at + 90 * DAY_S
+    assert journal.commissioning_status(passed_at + 90 * DAY_S - 1, every_days=90).current
+    late = journal.commissioning_status(passed_at + 90 * DAY_S, every_days=90)
+    assert not late.current
+    assert "expired" in late.detail
+    # Fewer days asked for: the same record expires sooner.
+    assert not journal.commissioning_status(passed_at + 2 * DAY_S, every_days=1).current
+    # A record dated after now is not trusted.
+    assert not journal.commissioning_status(passed_at - 60.0, every_days=90).current
+    baselines = journal.commissioned_baselines(passed_at + 10.0, every_days=90)
+    assert baselines[StopKind.EMERGENCY].standstill_s == pytest.approx(0.4)
+    assert baselines[StopKind.EMERGENCY].deceleration_mph_per_s == pytest.approx(2.0)
+    assert baselines[StopKind.CONTROLLED].standstill_s == pytest.approx(2.0)
+    assert journal.commissioned_baselines(passed_at + 91 * DAY_S, every_days=90) == {}
+
+
+def test_a_failed_or_aborted_run_proves_nothing_and_is_on_record(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "j.sqlite")
+    run = journal.begin_commissioning(1000.0, technician="t", simulated=False)
+    journal.record_proof(run, ProofRecord("estop", StopKind.EMERGENCY, False, 3.5, 0.2), 1010.0)
+    journal.end_commissioning(run, 1020.0, CommissioningOutcome.FAILED, "E-STOP too slow")
+    status = journal.commissioning_status(2000.0, every_days=90)
+    assert not status.current
+    assert "failed: E-STOP too slow" in status.detail
+    # A run cut short (no outcome) proves nothing either.
+    journal.begin_commissioning(3000.0, technician="t", simulated=False)
+    assert not journal.commissioning_status(4000.0, every_days=90).current
+    # A passed run, then a failed one: the machine was proven; the failure is shown.
+    seed_commissioning(Journal.open(tmp_path / "j.sqlite"), 5000.0, _proofs())
+    again = journal.begin_commissioning(6000.0, technician="t", simulated=False)
+    journal.end_commissioning(again, 6100.0, CommissioningOutcome.FAILED, "fall input silent")
+    status = journal.commissioning_status(7000.0, every_days=90)
+    assert status.current
+    assert "fall input silent" in status.detail
+    assert [r.outcome for r in journal.commissioning_runs()] == [
+        "failed",
+        None,
+        "passed",
+        "failed",
+    ]
+
+
+def test_a_journal_from_before_commissioning_gains_its_tables_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """The migration: a journal file written before the commissioning tables existed is
+    read as not commissioned (read-only, as `commission --status` does), and opened for
+    writing it gains the tables with its sessions intact."""
+    path = tmp_path / "old.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            "CREATE TABLE sessions (id INTEGER PRIMARY KEY, user TEXT NOT NULL, program TEXT"
+            " NOT NULL, cap_s REAL NOT NULL, started_at REAL NOT NULL, ended_at REAL,"
+            " end_reason TEXT, belt_moving_s REAL, max_speed_mph REAL);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,"
+            " type TEXT NOT NULL, session_id INTEGER, fields TEXT NOT NULL);"
+            "CREATE TABLE samples (session_id INTEGER NOT NULL, ts REAL NOT NULL,"
+            " speed_mph REAL, target_mph REAL);"
+            "INSERT INTO sessions VALUES (7, 'p-1', 'first_session', 180, 1.0, 2.0, 'cap',"
+            " 170, 0.8);"
+        )
+        db.commit()
+    old = Journal.read_only(path)
+    status = old.commissioning_status(1e9, every_days=90)
+    assert not status.current
+    assert "cannot be read" in status.detail
+    journal = Journal.open(path)
+    assert journal.last_session_id() == 7
+    seed_commissioning(journal, 1000.0, _proofs())
+    assert journal.commissioning_status(2000.0, every_days=90).current
+
+
+# ------------------------------------------------------------------------- configuration
+
+
+def _config(tmp_path: Path, section: str) -> Path:
+    path = tmp_path / "c.toml"
+    text = SIM.read_text(encoding="utf-8").replace(
+        'dir = "programs"', f"dir = '{(ROOT / 'config' / 'programs').as_posix()}'"
+    )
+    path.write_text(text + f"\n[commissioning]\n{section}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "names"),
+    [
+        ("every_days = 0", "commissioning.every_days"),
+        ("every_days = 400", "commissioning.every_days"),
+        ("max_emergency_standstill_s = -1", "commissioning.max_emergency_standstill_s"),
+        ("proof_mph = 1.5", "commissioning.proof_mph"),
+        ("evry_days = 30", "commissioning.evry_days"),
+    ],
+)
+def test_a_bad_commissioning_setting_is_refused_naming_it(
+    tmp_path: Path, section: str, names: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(tmp_path, section))
+    assert any(names in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_the_commissioning_settings_are_read(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, "every_days = 30\nproof_mph = 0.9")).config.commissioning
+    assert (cfg.every_days, cfg.proof_mph) == (30, 0.9)
+
+
+# ------------------------------------------------------------------------- scenarios
+
+
+def test_the_scenario_of_an_uncommissioned_treadmill_refuses_naming_commissioning() -> None:
+    path = SCENARIOS / "uncommissioned_treadmill_refused.toml"
+    scenario = load_scenario(path)
+    result = run_virtual(scenario, str(path), load_config(SIM))
+    assert result.passed, result.failures
+    assert result.sessions == []
+    assert any("treadguard commission" in line for line in result.timeline), result.timeline
+
+
+def test_the_same_world_commissioned_starts_the_session() -> None:
+    """The control of the scenario above: with a commissioning on record (the default) the
+    very same starts are accepted, so the refusal is the commissioning's."""
+    path = SCENARIOS / "uncommissioned_treadmill_refused.toml"
+    scenario = load_scenario(path)
+    world = scenario.world.model_copy(update={"commissioned": True})
+    result = run_virtual(scenario.model_copy(update={"world": world}), str(path), load_config(SIM))
+    assert not result.passed
+    assert result.sessions, "a commissioned treadmill should have started the session"
+
+
+# ------------------------------------------------------------------------- the command
+
+
+def _treadguard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def _journaled_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "sim.toml"
+    text = SIM.read_text(encoding="utf-8")
+    text = text.replace('dir = "programs"', f"dir = '{(ROOT / 'config' / 'programs').as_posix()}'")
+    text = text.replace(
+        'path = "../.run/journal.sqlite"', f"path = '{(tmp_path / 'j.sqlite').as_posix()}'"
+    )
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
+def test_commission_simulated_passes_records_the_baseline_and_status_says_current(
+    tmp_path: Path,
+) -> None:
+    config = _journaled_config(tmp_path)
+    before = _treadguard("commission", "--status", "--config", str(config))
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert "NOT CURRENT" in before.stdout
+    run = _treadguard(
+        "commission", "--simulated", "--technician", "T. Test", "--config", str(config)
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    for step in ("E-STOP command", "both grips released", "fall input", "drive deadman", "cap"):
+        assert step in run.stdout, run.stdout
+    assert "commissioning passed" in run.stdout
+    status = _treadguard("commission", "--status", "--json", "--config", str(config))
+    assert status.returncode == 0, status.stdout + status.stderr
+    body = json.loads(status.stdout)
+    assert body["current"] is True
+    assert set(body["baselines"]) == {"emergency", "controlled"}
+    # Measured from the simulated drive: its emergency braking is 3 mph/s, the core's
+    # controlled ramp 0.4 mph/s (config/sim.toml), both from 0.8 mph.
+    assert 2.0 < body["baselines"]["emergency"]["deceleration_mph_per_s"] < 4.0
+    assert 0.2 < body["baselines"]["controlled"]["deceleration_mph_per_s"] < 0.45
+    journal = Journal.read_only(tmp_path / "j.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert (row.outcome, row.technician, row.simulated) == ("passed", "T. Test", True)
+    assert [p.step for p in journal.proofs(row.id)] == [s.value for s in ProofStep]
+    assert all(p.passed for p in journal.proofs(row.id))
+
+
+def test_commission_status_of_an_expired_record_fails(tmp_path: Path) -> None:
+    config = _journaled_config(tmp_path, "\n[commissioning]\nevery_days = 30\n")
+    loaded = load_config(config)
+    result = run_simulated(loaded, tmp_path / "j.sqlite", wall=lambda: time.time() - 31 * DAY_S)
+    assert result.passed, result
+    status = _treadguard("commission", "--status", "--config", str(config))
+    assert status.returncode == 1, status.stdout
+    assert "expired" in status.stdout
+
+
+def test_a_run_that_fails_a_proof_is_journaled_failed_and_proves_nothing(tmp_path: Path) -> None:
+    """A drive whose emergency stop is too slow for the bound: the first proof fails, the
+    run ends there, failed, and the treadmill stays uncommissioned."""
+    config = _journaled_config(tmp_path, "\n[commissioning]\nmax_emergency_standstill_s = 0.1\n")
+    loaded = load_config(config)
+    result = run_simulated(loaded, tmp_path / "j.sqlite")
+    assert result.outcome is CommissioningOutcome.FAILED
+    assert [p.step for p in result.proofs] == ["estop"]
+    assert "over the bound" in result.detail
+    journal = Journal.read_only(tmp_path / "j.sqlite")
+    assert not journal.commissioning_status(time.time(), every_days=90).current
+    assert [r.outcome for r in journal.commissioning_runs()] == ["failed"]
+
+
+def test_the_seeded_figures_are_those_a_simulated_run_measures(tmp_path: Path) -> None:
+    """The journals tests seed (scenarios, test daemons) hold what a real run on the same
+    simulated treadmill measures, within a control tick and the drive's lag."""
+    loaded = load_config(SIM)
+    measured = {p.step: p for p in run_simulated(loaded, None).proofs}
+    for seeded in nominal_proofs(loaded):
+        real = measured[seeded.step]
+        assert (seeded.kind, seeded.passed) == (real.kind, real.passed)
+        if seeded.standstill_s is not None:
+            assert real.standstill_s == pytest.approx(seeded.standstill_s, abs=0.25), seeded.step
+
+
+# ------------------------------------------------------------------------- the daemon
+
+
+@pytest.mark.asyncio
+async def test_the_daemon_refuses_until_commissioned_then_starts_and_publishes_it(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The real daemon on an uncommissioned journal: the state says so and a start is refused
+    naming the commissioning. A commissioning cannot run while the daemon holds the journal
+    (two processes would number sessions apart); with the daemon stopped `treadguard
+    commission --simulated` passes, and the daemon started again publishes it as current and
+    starts a session."""
+    tm = "tm-commission"
+    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm)
+    daemon = DaemonProcess(config, tmp_path / "d1.log", commissioned=False)
+    daemon.start()
+    try:
+        async with clinician(broker, tm) as doc:
+            state = await doc.until(lambda s: s["stale"] == [], within=10.0)
+            assert state["commissioning"]["current"] is False
+            assert state["commissioning"]["expires_at"] is None
+            message = refused(
+                await doc.command("start_session", user="u-c1"), "preconditions_unmet"
+            )
+            assert "treadguard commission" in message
+            busy = await asyncio.to_thread(
+                _treadguard, "commission", "--simulated", "--config", str(config)
+            )
+            assert busy.returncode == 1, busy.stdout + busy.stderr
+            assert "in use by another process" in busy.stdout
+    finally:
+        daemon.stop()
+    run = await asyncio.to_thread(_treadguard, "commission", "--simulated", "--config", str(config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    daemon = DaemonProcess(config, tmp_path / "d2.log", commissioned=False)
+    daemon.start()
+    try:
+        async with clinician(broker, tm) as doc:
+            # (The first daemon's last state may still be retained: the new one's is awaited.)
+            state = await doc.state(lambda s: s["commissioning"]["current"], within=10.0)
+            assert state["commissioning"]["expires_at"] > time.time()
+            await doc.start_running("u-c1")
+    finally:
+        daemon.stop()
+
+
+def test_the_system_sees_a_record_that_appears_or_a_clock_that_was_wrong(tmp_path: Path) -> None:
+    """The daemon's assembly reads the record again every COMMISSIONING_REFRESH_S: a record
+    dated after the wall clock at start-up (a board without a real-time clock, before NTP)
+    counts once the clock is right, without a restart."""
+    loaded = load_config(SIM)
+    path = tmp_path / "j.sqlite"
+    passed_at = 1_800_000_000.0
+    seed_commissioning(Journal.open(path), passed_at, _proofs())
+    loop = VirtualLoop()
+    clock_error = [-3600.0]  # the wall clock an hour behind at start-up
+
+    def wall() -> float:
+        return passed_at + 60.0 + loop.time() + clock_error[0]
+
+    rig = in_process_rig(loaded, loop.time)
+    opened = open_journal(path, max_size_mb=64, wall=wall)
+    system = System(loaded, loop, rig.driver, opened, wall=wall)
+    system.start()
+    loop.run_until(1.0)
+    assert not system.core.commissioning_current()
+    assert "dated after now" in str(system.commissioning_state()["detail"])
+    clock_error[0] = 0.0  # NTP steps the clock
+    loop.run_until(COMMISSIONING_REFRESH_S + 1.0)
+    assert system.core.commissioning_current()
+    assert system.commissioning_state()["current"] is True
+    system.close()
+
+
+def test_make_daemon_journals_hold_a_commissioning(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    daemon = make_daemon(treadmill_id="tm-seeded")
+    journal = Journal.read_only(broker.workdir / "journal-tm-seeded.sqlite")
+    assert journal.commissioning_status(time.time(), every_days=90).current
+    assert daemon.alive()
+
+
+def test_a_tablet_start_cannot_claim_to_be_a_proof_run() -> None:
+    """Only the commissioning tool starts a proof run on an uncommissioned treadmill: a start
+    through System.execute (every tablet command's way) has its proof flag cleared."""
+    loaded = load_config(SIM)
+    loop = VirtualLoop()
+    machine = SimulatedMachine(loaded, loop)
+
+    def wall() -> float:
+        return 1_800_000_000.0 + loop.time()
+
+    opened = open_journal(None, max_size_mb=64, wall=wall)
+    system = System(loaded, loop, machine.rig.driver, opened, wall=wall)
+    system.start()
+    machine.attach(system)
+
+    def tick(k: int) -> None:
+        system.tick()
+        system.execute(Heartbeat(loop.time()))
+        loop.call_at((k + 1) * system.period_s, tick, k + 1)
+
+    loop.call_at(0.0, tick, 0)
+    loop.run_until(1.0)
+    claimed = system.execute(StartSession(loop.time(), "p-1", proof=True))
+    assert isinstance(claimed, Refused)
+    assert "treadguard commission" in claimed.message
+    proof = system.execute(StartSession(loop.time(), "commissioning"), proof_run=True)
+    assert isinstance(proof, Accepted), proof
+
+
+def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_done(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """`treadguard commission` without --simulated: the daemon's whole assembly, the
+    technician asked on the terminal (here stdin confirms every step). The E-STOP is proven
+    through it; the grip sensors are the built-in simulated user, who never lets go, so the
+    left grip's proof fails and the run ends there: journaled failed, no commissioning."""
+    tm = "tm-guided"
+    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
+    run = subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", "commission", "--config", str(config)],
+        cwd=ROOT,
+        input="\n" * 30,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "pass E-STOP command" in run.stdout, run.stdout
+    assert "FAIL left grip released" in run.stdout, run.stdout
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert (row.outcome, row.simulated) == ("failed", False)
+    assert [(p.step, p.passed) for p in journal.proofs(row.id)] == [
+        ("estop", True),
+        ("grip_left", False),
+    ]
+    assert not journal.commissioning_status(time.time(), every_days=90).current
