@@ -611,7 +611,7 @@ def run_simulated(
     opened = open_journal(path, max_size_mb=loaded.config.journal.max_size_mb, wall=wall_now)
     system = System(loaded, loop, sim.rig.driver, opened, wall=wall_now)
     commissioner = Commissioner(system, technician=technician, simulated=True, echo=echo)
-    system.start()
+    system.start(restore_faults=False)  # commissioning is what clears a worn-brake fault
     sim.attach(system)
     commissioner.heartbeat()
 

@@ -291,7 +291,8 @@ class Daemon:
         )
         clean = False
         try:
-            self.system.start()
+            # A guided commissioning (the errand) is what clears a worn-brake fault on record.
+            self.system.start(restore_faults=self.errand is None)
             if cfg.sensors.source == "simulator":
                 self._simulated_user()
             async with asyncio.TaskGroup() as tg:

@@ -178,12 +178,14 @@ class System:
         listener that raises is logged and the others still hear the event)."""
         self.controller.subscribe(listener, name=name)
 
-    def start(self) -> None:
-        """Once the clock runs: the journal's problem (if any) to the core, the journal's
-        half-second tick."""
+    def start(self, *, restore_faults: bool = True) -> None:
+        """Once the clock runs: the journal's problem (if any) to the core, a worn-brake fault
+        on record (``restore_faults``: not for a commissioning run, which is what clears it,
+        and whose proof stops a latch would refuse), the journal's half-second tick."""
         if self.journal_problem is not None:
             self._report_journal_problem()
-        self._restore_brake_fault()
+        if restore_faults:
+            self._restore_brake_fault()
         self._journal_tick()
         self.clock.call_at(self.clock.time() + COMMISSIONING_REFRESH_S, self._commissioning_tick)
 

@@ -6,15 +6,20 @@ there. See docs/stop-watch.md for the rules these hold the watch to."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.test_stop_watch import BASELINES, CONTROLLED, PROGRAMS, Bench
 from tests.test_stop_watch_scenarios import SIM, played
+from treadguard.controller.commission import run_simulated
+from treadguard.controller.drives import in_process_rig
+from treadguard.controller.journal import Journal
 from treadguard.controller.simulation import ScenarioRun
+from treadguard.controller.system import System, open_journal
 from treadguard.safety.core import SafetyCore
-from treadguard.safety.decisions import Accepted, EventType, Refused, State
+from treadguard.safety.decisions import Accepted, Event, EventType, Refused, State
 from treadguard.safety.inputs import DriveFailure, DriveFeedback, EStop, Stop, Tick
 from treadguard.safety.limits import SafetyLimits
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
@@ -256,3 +261,32 @@ def test_h42_a_brake_as_new_under_a_gentler_ramp_is_not_stopped_hard_by_the_watc
         bench.run(6.0)
         assert bench.core.latch is None, (bench.verdicts(), bench.core.latch)
         assert bench.core.state is State.IDLE
+
+
+# ---------------------------------------------------------------- commissioning clears it
+
+
+def test_h42_a_brake_fault_on_record_does_not_block_the_commissioning_that_clears_it(
+    tmp_path: Path,
+) -> None:
+    """A worn-brake fault on record is latched again at every start-up until the treadmill is
+    commissioned again; the commissioning itself must not be held by it (its proof stops
+    would be refused as latched, and the brake could never be proven again). After it passes,
+    nothing is restored."""
+    path = tmp_path / "journal.sqlite"
+    journal = Journal.open(path)
+    fault = Event(EventType.FAULT, 0.0, {"cause": "drive_fault", "detail": "stop_watch: slow"})
+    journal.record(fault, time.time() - 60.0)
+    journal.commit()
+    journal.close()
+
+    result = run_simulated(SIM, path)
+    assert result.passed, result
+
+    loop = VirtualLoop()
+    opened = open_journal(path, max_size_mb=SIM.config.journal.max_size_mb, wall=time.time)
+    system = System(SIM, loop, in_process_rig(SIM, loop.time).driver, opened, wall=time.time)
+    system.start()
+    assert system.core.latch is None
+    assert system.stop_watch_state()["fault_pending"] is False
+    system.close()
