@@ -64,6 +64,27 @@ def running(now: float = 0.0) -> LinkPolicy:
 # --- examples -------------------------------------------------------------------------------
 
 
+def until_silent(
+    p: LinkPolicy, t: float, *, stops_accepted: bool, belt_moving: bool | None
+) -> tuple[float, Decision]:
+    """Follow the policy until it falls silent: every stop written is answered
+    ``stops_accepted``; every status read shows the belt ``belt_moving`` (None: no answer).
+    The time and the SILENT decision; bounded, and failing if silence never comes."""
+    for _ in range(1000):
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            return t, d
+        if d.action is Action.STOP:
+            p.stop_answered(t, p.stop_written(t), accepted=stops_accepted)
+        elif d.action is Action.POLL:
+            token = p.poll_started(t)
+            if belt_moving is not None:
+                p.status(t, token, moving=belt_moving)
+        else:
+            t = d.at
+    raise AssertionError(f"no silence within 1000 decisions, at t={t}")
+
+
 def test_sr9_every_new_connection_starts_with_a_stop() -> None:
     p = LinkPolicy(PARAMS, 0.0)
     assert p.stop_raised  # before the first connection nothing is known about the belt
@@ -169,17 +190,7 @@ def test_sr9_an_unconfirmed_stop_falls_silent_for_the_deadman_plus_margin() -> N
     """Hazard: writes refused, reads answered; our polls would feed the drive's deadman."""
     p = running()
     p.raise_stop(1.0, StopCause.EMERGENCY)
-    t = 1.0
-    for _ in range(100):
-        d = p.next(t)
-        if d.action is Action.SILENT:
-            break
-        if d.action is Action.STOP:
-            p.stop_answered(t, p.stop_written(t), accepted=False)
-        elif d.action is Action.POLL:
-            p.status(t, p.poll_started(t), moving=True)
-        else:
-            t = d.at
+    _, d = until_silent(p, 1.0, stops_accepted=False, belt_moving=True)
     assert p.silent_since == pytest.approx(1.0 + CONFIRM)
     assert d.at == pytest.approx(1.0 + CONFIRM + DEADMAN + MARGIN)
     # Nothing at all until the silence ends: not an emergency stop, not a reconnect.
@@ -230,17 +241,7 @@ def test_sr9_accepted_stops_that_leave_the_belt_moving_get_silence_at_the_stands
     past the standstill bound, silence; after it, one stop and one status read again."""
     p = running()
     p.raise_stop(0.0, StopCause.EMERGENCY)
-    t = 0.0
-    while True:
-        d = p.next(t)
-        if d.action is Action.SILENT:
-            break
-        if d.action is Action.STOP:
-            p.stop_answered(t, p.stop_written(t), accepted=True)
-        elif d.action is Action.POLL:
-            p.status(t, p.poll_started(t), moving=True)
-        else:
-            t = d.at
+    t, d = until_silent(p, 0.0, stops_accepted=True, belt_moving=True)
     assert STANDSTILL <= t < STANDSTILL + POLL
     assert p.stop_writes >= STANDSTILL / POLL - 1
     assert d.at == pytest.approx(t + DEADMAN + MARGIN)
@@ -476,17 +477,7 @@ def test_sr9_a_new_stop_after_a_confirmed_one_must_be_confirmed_again() -> None:
     p.raise_stop(0.0, StopCause.FAULT)
     p.stop_answered(0.0, p.stop_written(0.0), accepted=True)
     p.raise_stop(0.05, StopCause.EMERGENCY)
-    t = 0.05
-    for _ in range(100):  # bounded
-        d = p.next(t)
-        if d.action is Action.SILENT:
-            break
-        if d.action is Action.STOP:
-            p.stop_answered(t, p.stop_written(t), accepted=False)
-        elif d.action is Action.POLL:
-            p.poll_started(t)  # no answer
-        else:
-            t = d.at
+    until_silent(p, 0.05, stops_accepted=False, belt_moving=None)
     assert p.silent_since == pytest.approx(0.05 + CONFIRM)
 
 
@@ -508,17 +499,7 @@ def test_sr9_a_drive_whose_status_cannot_be_read_gets_silence_at_the_standstill_
     the standstill bound our stop words must not feed the drive's deadman."""
     p = LinkPolicy(PARAMS, 0.0)
     p.connected(0.0)
-    t = 0.0
-    for _ in range(1000):  # bounded
-        d = p.next(t)
-        if d.action is Action.SILENT:
-            break
-        if d.action is Action.STOP:
-            p.stop_answered(t, p.stop_written(t), accepted=True)
-        elif d.action is Action.POLL:
-            p.poll_started(t)  # no answer
-        else:
-            t = d.at
+    until_silent(p, 0.0, stops_accepted=True, belt_moving=None)
     assert p.silent_since == pytest.approx(STANDSTILL)
 
 
