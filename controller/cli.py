@@ -21,7 +21,7 @@ from treadguard.config.schema import SimulatedDriveSection
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
-from treadguard.controller.journal import CommissioningStatus, Journal, JournalError
+from treadguard.controller.journal import CommissioningStatus, Journal, JournalError, backup
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.preflight import load_runnable
@@ -295,6 +295,30 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the journal, safe while the daemon runs (docs/daemon.md)."""
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    source = loaded.resolve(loaded.config.journal.path).resolve()
+    target: Path = args.file
+    if target.is_dir():  # a folder (a USB stick): the usual name, in it
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = target / f"journal-{loaded.config.treadmill.id}-{stamp}.sqlite"
+    try:
+        done = backup(source, target)
+    except JournalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        f"{done.path}: {done.sessions} session(s), schema version {done.schema_version}, "
+        f"{done.size_bytes / 1e6:.1f} MB"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """One session as a self-contained HTML page: facts, speed against time, events."""
     try:
@@ -535,6 +559,19 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
     history.set_defaults(func=cmd_history)
+
+    keep = sub.add_parser(
+        "backup",
+        help="copy the journal to FILE (or into a folder), safe while the daemon runs",
+    )
+    keep.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="the copy to write (never overwritten), or a folder to write it in",
+    )
+    keep.add_argument("--config", type=Path, default=BUILTIN_CONFIG, help="the configuration")
+    keep.set_defaults(func=cmd_backup)
 
     report = sub.add_parser(
         "report", help="one session as an HTML page: speed against time, with its events"

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,7 +29,15 @@ from typing import Any
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
 
-SCHEMA = """
+# The journal's schema, one step a version: MIGRATIONS[n - 1] takes a journal from version
+# n - 1 to n. SQLite keeps the version in the file's header (PRAGMA user_version), written in
+# the same transaction as the step, so a journal is never left half migrated. A step is never
+# edited once released: a change to the schema is a new step at the end. Every step is written
+# so that it also applies to a journal that already has what it adds (IF NOT EXISTS): journals
+# written before the version was kept (user_version 0 with tables) are brought up the same way.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: sessions, their events and the belt's speed.
+    """
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,            -- the session id of MQTT-API.md, unique per treadmill
     user TEXT NOT NULL,
@@ -55,8 +64,9 @@ CREATE TABLE IF NOT EXISTS samples (
     target_mph REAL
 );
 CREATE INDEX IF NOT EXISTS samples_by_session ON samples(session_id);
--- treadguard commission (docs/commissioning.md): one row a run, one a proven stop. Added with
--- IF NOT EXISTS, so a journal written before them gains them when it is next opened writable.
+""",
+    # 2: treadguard commission (docs/commissioning.md): one row a run, one a proven stop.
+    """
 CREATE TABLE IF NOT EXISTS commissioning (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,          -- unix seconds
@@ -76,7 +86,9 @@ CREATE TABLE IF NOT EXISTS commissioning_proofs (
     deceleration_mph_per_s REAL,       -- the belt's speed at the trigger over standstill_s
     detail TEXT NOT NULL DEFAULT ''
 );
-"""
+""",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # Sessions that count as a treadmill session had: the belt ran and the session ended as
 # planned or by the clinician, not in a stop of any kind.
@@ -197,7 +209,7 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             cls._prepare(db, max_size_mb)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, JournalError) as exc:
             if lock is not None:
                 os.close(lock)
             raise JournalError(f"cannot open {path}: {exc}") from exc
@@ -227,8 +239,8 @@ class Journal:
             wal_pages = max(8, most // 10)
             db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
             db.execute(f"PRAGMA journal_size_limit={wal_pages * page_size}")
-            db.executescript(SCHEMA)
-        except sqlite3.Error:
+            _migrate(db)
+        except (sqlite3.Error, JournalError):
             db.close()
             raise
 
@@ -240,7 +252,11 @@ class Journal:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             db.execute("SELECT 1 FROM sessions LIMIT 1")
-        except sqlite3.Error as exc:
+            # An older journal reads as it is (a table it lacks reads as empty where that is
+            # safe, see commissioning_status); a newer one may mean something this version
+            # cannot tell, so it is not read at all.
+            _refuse_newer(schema_version(db))
+        except (sqlite3.Error, JournalError) as exc:
             raise JournalError(f"cannot read {path}: {exc}") from exc
         return cls(db)
 
@@ -556,6 +572,107 @@ class Journal:
             (session_id,),
         )
         return [(float(ts), speed, target) for ts, speed, target in rows]
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The journal's schema version. A journal written before the version was kept has
+    user_version 0: its version is told by the tables it has."""
+    kept = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if kept:
+        return kept
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "commissioning" in tables:
+        return 2
+    if "sessions" in tables:
+        return 1
+    return 0  # a new, empty file
+
+
+def _refuse_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"the journal has schema version {version}, written by a newer treadguard; this "
+            f"one knows versions up to {SCHEMA_VERSION}: update treadguard (the journal is "
+            "left as it is)"
+        )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the journal to SCHEMA_VERSION, one step a transaction (the step and the new
+    version committed together, so a power cut mid-way leaves the journal at a version, never
+    between two). A journal from a newer treadguard is refused, never written."""
+    version = schema_version(db)
+    _refuse_newer(version)
+    for step in range(version, SCHEMA_VERSION):
+        # executescript runs the script as written; in autocommit mode nothing is pending, so
+        # BEGIN ... COMMIT makes the step and its version one transaction.
+        db.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step + 1};\nCOMMIT;"
+        )
+    if version == SCHEMA_VERSION and not db.execute("PRAGMA user_version").fetchone()[0]:
+        # Written before the version was kept, already complete: only the version is new.
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    sessions: int
+    schema_version: int
+    size_bytes: int
+
+
+def backup(source: Path, target: Path) -> BackupResult:
+    """Copy the journal at ``source`` to a new file ``target`` through SQLite's online backup
+    API: safe while the daemon writes it (the copy is one consistent snapshot, committed
+    transactions only, the write-ahead log's included), and the daemon is never blocked for
+    longer than one read. The copy is a self-contained file (rollback journal mode, no -wal
+    beside it), checked with ``PRAGMA integrity_check``, and appears under its name only when
+    complete. An existing file is never overwritten."""
+    if not source.is_file():
+        raise JournalError(f"no journal at {source}")
+    if target.exists():
+        raise JournalError(f"{target} already exists: a backup never overwrites a file")
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with (
+            closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+            closing(sqlite3.connect(partial, isolation_level=None)) as dst,
+        ):
+            src.backup(dst)  # all pages in one step: one snapshot of the source
+            dst.execute("PRAGMA journal_mode=DELETE")
+            verdict = dst.execute("PRAGMA integrity_check").fetchone()[0]
+            if verdict != "ok":
+                raise JournalError(f"the copy failed its integrity check: {verdict}")
+            version = schema_version(dst)
+            sessions = int(dst.execute("SELECT count(*) FROM sessions").fetchone()[0])
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        if target.exists():  # appeared while copying
+            raise JournalError(f"{target} already exists: a backup never overwrites a file")
+        os.replace(partial, target)
+        _sync_dir(target.parent)
+    except (OSError, sqlite3.Error, JournalError) as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, JournalError):
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JournalError(f"cannot back up {source} to {target}: {reason}") from exc
+    return BackupResult(target, sessions, version, target.stat().st_size)
+
+
+def _sync_dir(folder: Path) -> None:
+    """The new name survives a power cut too (on file systems that can sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # vfat (a USB stick) cannot sync a folder; the file itself is synced
+    finally:
+        os.close(fd)
 
 
 def seed_commissioning(

@@ -1,0 +1,272 @@
+"""The journal kept like records: a schema version with migrations from every earlier one,
+and a backup that is safe while the daemon writes.
+
+The schemas of earlier releases are written out here as they shipped (not taken from the
+code), so a change to a released migration step is caught: a journal in the field was made
+by the step as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.clinician import SESSION_WAIT_S, clinician, ok, running
+from tests.daemon_process import ROOT, DaemonProcess
+from tests.mosquitto import Broker
+from treadguard.controller.journal import (
+    SCHEMA_VERSION,
+    Journal,
+    JournalError,
+    ProofRecord,
+    backup,
+)
+from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.stop_baseline import StopKind
+
+# The schema of each released version, as it shipped.
+RELEASED: dict[int, str] = {
+    1: """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY, user TEXT NOT NULL, program TEXT NOT NULL, cap_s REAL NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL, end_reason TEXT, belt_moving_s REAL,
+    max_speed_mph REAL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, type TEXT NOT NULL,
+    session_id INTEGER REFERENCES sessions(id), fields TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id);
+CREATE TABLE IF NOT EXISTS samples (
+    session_id INTEGER NOT NULL REFERENCES sessions(id), ts REAL NOT NULL, speed_mph REAL,
+    target_mph REAL);
+CREATE INDEX IF NOT EXISTS samples_by_session ON samples(session_id);
+""",
+}
+RELEASED[2] = (
+    RELEASED[1]
+    + """
+CREATE TABLE IF NOT EXISTS commissioning (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, ended_at REAL,
+    outcome TEXT, detail TEXT NOT NULL DEFAULT '', technician TEXT NOT NULL DEFAULT '',
+    simulated INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS commissioning_proofs (
+    commissioning_id INTEGER NOT NULL REFERENCES commissioning(id), ts REAL NOT NULL,
+    step TEXT NOT NULL, kind TEXT, passed INTEGER NOT NULL, standstill_s REAL,
+    deceleration_mph_per_s REAL, detail TEXT NOT NULL DEFAULT '');
+"""
+)
+# Every version before the current one; a new migration without its released schema here
+# fails test_every_earlier_version_is_covered.
+EARLIER = [v for v in RELEASED if v < SCHEMA_VERSION]
+
+
+def user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def old_journal(path: Path, version: int, *, kept: bool) -> None:
+    """A journal as the release of ``version`` wrote it, with a session and its events.
+    ``kept``: the file's header holds the version (False: written before it was kept)."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(RELEASED[version])
+        db.execute(
+            "INSERT INTO sessions VALUES (7, 'p-001', 'first_session', 180, 1000, 1180, 'cap',"
+            " 175.5, 1.0)"
+        )
+        db.execute(
+            "INSERT INTO events (ts, type, session_id, fields) VALUES (1180, 'session_ended',"
+            ' 7, \'{"reason": "cap"}\')'
+        )
+        db.execute("INSERT INTO samples VALUES (7, 1001, 0.8, 0.8)")
+        if kept:
+            db.execute(f"PRAGMA user_version = {version}")
+
+
+def test_every_earlier_version_is_covered() -> None:
+    assert sorted(RELEASED) == list(range(1, SCHEMA_VERSION + 1)), (
+        "each schema version needs its released schema in RELEASED"
+    )
+
+
+def test_a_new_journal_has_the_current_version(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal.open(path).close()
+    assert user_version(path) == SCHEMA_VERSION
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(RELEASED[SCHEMA_VERSION])
+        released = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    with closing(sqlite3.connect(path)) as db:
+        made = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    assert released <= made
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["unversioned", "versioned"])
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_a_journal_of_every_earlier_version_is_migrated_with_its_rows(
+    tmp_path: Path, version: int, kept: bool
+) -> None:
+    path = tmp_path / "j.sqlite"
+    old_journal(path, version, kept=kept)
+    journal = Journal.open(path)
+    assert user_version(path) == SCHEMA_VERSION
+    (session,) = journal.sessions()
+    assert (session.id, session.user, session.end_reason, session.belt_moving_s) == (
+        7,
+        "p-001",
+        "cap",
+        175.5,
+    )
+    assert [e.type for e in journal.events(7)] == ["session_ended"]
+    assert journal.samples(7) == [(1001.0, 0.8, 0.8)]
+    assert journal.has_history("p-001")
+    # What the later versions added works on the migrated journal.
+    run = journal.begin_commissioning(2000.0, technician="t", simulated=True)
+    journal.record_proof(run, ProofRecord("estop", StopKind.EMERGENCY, True, 1.0, 0.8), 2001.0)
+    journal.commit()
+    journal.close()
+    # Opening again changes nothing.
+    again = Journal.open(path)
+    assert user_version(path) == SCHEMA_VERSION
+    assert len(again.sessions()) == 1
+    assert len(again.proofs(run)) == 1
+    again.close()
+
+
+def test_a_journal_from_a_newer_treadguard_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    old_journal(path, SCHEMA_VERSION, kept=True)
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match="newer treadguard") as opened:
+        Journal.open(path, exclusive=True)
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(opened.value)
+    with pytest.raises(JournalError, match="newer treadguard"):
+        Journal.read_only(path)
+    assert path.read_bytes() == before
+    # The lock was given back: once the journal is usable again, it opens.
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.commit()
+    Journal.open(path, exclusive=True).close()
+
+
+def test_a_migration_that_fails_leaves_the_journal_at_its_version(tmp_path: Path) -> None:
+    """A step and its version are one transaction: a step that cannot complete (here an
+    object in the way of a table it creates) leaves the journal as it was, and says why."""
+    path = tmp_path / "j.sqlite"
+    old_journal(path, 1, kept=True)
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE INDEX commissioning_proofs ON sessions(user)")
+        db.commit()
+    with pytest.raises(JournalError, match="commissioning_proofs") as opened:
+        Journal.open(path)
+    assert str(path) in str(opened.value)
+    assert user_version(path) == 1
+    with closing(sqlite3.connect(path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "commissioning" not in tables  # created in the same step, rolled back with it
+
+
+def session_events(session: int) -> list[Event]:
+    return [
+        Event(
+            EventType.SESSION_STARTED,
+            0.0,
+            {"session_id": str(session), "user": "u1", "program": "first_session", "cap_s": 180},
+        ),
+        Event(
+            EventType.SESSION_ENDED,
+            0.0,
+            {"session_id": str(session), "reason": "cap", "belt_moving_s": 170.0},
+        ),
+    ]
+
+
+def test_a_backup_holds_what_was_committed_and_nothing_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal.open(path, exclusive=True)
+    for event in session_events(1):
+        journal.record(event, ts=1000.0)
+    journal.commit()
+    journal.record(session_events(2)[0], ts=2000.0)  # under way, not committed
+    copy = tmp_path / "copy.sqlite"
+    done = backup(path, copy)
+    assert (done.sessions, done.schema_version) == (1, SCHEMA_VERSION)
+    assert done.size_bytes == copy.stat().st_size > 0
+    assert not list(tmp_path.glob(".copy.sqlite.partial-*"))
+    assert not (tmp_path / "copy.sqlite-wal").exists()
+    with closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    (session,) = Journal.read_only(copy).sessions()
+    assert (session.id, session.end_reason) == (1, "cap")
+    journal.commit()  # the writer carries on, untouched by the copy
+    assert [s.id for s in Journal.read_only(path).sessions()] == [1, 2]
+    journal.close()
+
+
+def test_a_backup_never_overwrites_and_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal.open(path).close()
+    existing = tmp_path / "kept.sqlite"
+    existing.write_bytes(b"precious")
+    with pytest.raises(JournalError, match="already exists"):
+        backup(path, existing)
+    assert existing.read_bytes() == b"precious"
+    with pytest.raises(JournalError, match="no journal at"):
+        backup(tmp_path / "none.sqlite", tmp_path / "x.sqlite")
+    with pytest.raises(JournalError, match="cannot back up") as failed:
+        backup(path, tmp_path / "no-such-folder" / "x.sqlite")
+    assert "no-such-folder" in str(failed.value)
+    not_a_journal = tmp_path / "notes.txt"
+    not_a_journal.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(JournalError, match="cannot back up"):
+        backup(not_a_journal, tmp_path / "y.sqlite")
+    assert not (tmp_path / "y.sqlite").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def treadguard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.asyncio
+async def test_backup_while_the_daemon_runs_a_session(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    tm = "tm-backup"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        ok(await doc.command("start_session", user="u-31"))
+        await doc.state(running, within=SESSION_WAIT_S)
+        folder = broker.workdir / "usb"
+        folder.mkdir()
+        done = treadguard("backup", str(folder), "--config", str(daemon.config))
+        assert done.returncode == 0, done.stderr
+        (copy,) = folder.glob(f"journal-{tm}-*.sqlite")
+        assert done.stdout.startswith(f"{copy}: 1 session(s), schema version {SCHEMA_VERSION}")
+        # The session under way is in the copy, open (no end yet), with its start event.
+        (session,) = Journal.read_only(copy).sessions()
+        assert (session.user, session.ended_at) == ("u-31", None)
+        fields = [e.fields for e in Journal.read_only(copy).events(session.id)]
+        assert any(f.get("user") == "u-31" for f in fields)
+        again = treadguard("backup", str(copy), "--config", str(daemon.config))
+        assert again.returncode == 2
+        assert "already exists" in again.stderr
+        assert "Traceback" not in again.stderr
+        ok(await doc.command("stop"))
