@@ -24,6 +24,38 @@ from treadguard.config.schema import (
 from treadguard.config.sensor_checks import sensor_problems
 from treadguard.safety.programs import Program
 
+# Where an installed treadguard keeps its configuration (scripts/install writes it there), and
+# the variable that names another file. Commands that drive or read a real treadmill default to
+# these, never to the built-in simulator: a board started without its file must not quietly run
+# a simulation and answer the tablet as if it were the treadmill.
+INSTALLED_CONFIG = Path("/etc/treadguard/treadguard.toml")
+CONFIG_ENV = "TREADGUARD_CONFIG"
+
+
+def default_config(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TREADGUARD_CONFIG`` if set, else the installed location."""
+    named = (os.environ if environ is None else environ).get(CONFIG_ENV, "").strip()
+    return Path(named) if named else INSTALLED_CONFIG
+
+
+def no_default_config(path: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """What to tell a person whose command found no configuration where it looked by default;
+    None when there is a file there."""
+    if path.exists():
+        return None
+    named = (os.environ if environ is None else environ).get(CONFIG_ENV, "").strip()
+    where = (
+        f"{CONFIG_ENV} names {path}, and there is no file there"
+        if named
+        else f"no file at {path}, where an installed treadguard keeps it ({CONFIG_ENV} is not set)"
+    )
+    return (
+        f"no configuration: {where}. Name one with --config FILE "
+        f"or {CONFIG_ENV}=FILE; on a new board, install treadguard first "
+        "(docs/install-raspberry-pi.md); to try it on the built-in simulated treadmill, use "
+        "--config config/sim.toml in a checkout, or scripts/run"
+    )
+
 
 class ProgramError(ValueError):
     """A program file that cannot be used; the message names the file and the field."""

@@ -16,7 +16,15 @@ import aiomqtt
 
 import treadguard.config as config_package
 from treadguard import __version__
-from treadguard.config.loading import ConfigError, LoadedConfig, load_config
+from treadguard.config.loading import (
+    CONFIG_ENV,
+    INSTALLED_CONFIG,
+    ConfigError,
+    LoadedConfig,
+    default_config,
+    load_config,
+    no_default_config,
+)
 from treadguard.config.schema import SimulatedDriveSection
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
@@ -62,6 +70,19 @@ def _config_for(path: Path, explicit: Path | None, scenario_config: Path | None)
         )
         return load_runnable(resolved)
     return load_runnable(BUILTIN_CONFIG)
+
+
+def _chosen_config(args: argparse.Namespace) -> Path | None:
+    """--config, else $TREADGUARD_CONFIG, else the installed file; None (said on stderr) when
+    none was named and the default is missing."""
+    if args.config is not None:
+        return Path(args.config)
+    path = default_config()
+    problem = no_default_config(path)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return None
+    return path
 
 
 def _summary(result: ScenarioResult) -> str:
@@ -426,6 +447,12 @@ def cmd_commission(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_FAILED
 
 
+INSTALLED_HELP = (
+    f"the configuration file (default: ${CONFIG_ENV}, else {INSTALLED_CONFIG}; "
+    "config/sim.toml in a checkout is the built-in simulated treadmill)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="treadguard",
@@ -555,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.set_defaults(func=cmd_sim_user)
 
     history = sub.add_parser("history", help="the sessions in the journal")
-    history.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    history.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
     history.set_defaults(func=cmd_history)
@@ -570,14 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the copy to write (never overwritten), or a folder to write it in",
     )
-    keep.add_argument("--config", type=Path, default=BUILTIN_CONFIG, help="the configuration")
+    keep.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     keep.set_defaults(func=cmd_backup)
 
     report = sub.add_parser(
         "report", help="one session as an HTML page: speed against time, with its events"
     )
     report.add_argument("session", type=int, metavar="SESSION")
-    report.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    report.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     report.add_argument(
         "--out", type=Path, default=None, help="the page to write (default session-N.html)"
     )
@@ -587,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commission",
         help="prove every stop source on the machine (before patient sessions), or --status",
     )
-    com.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    com.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     com.add_argument(
         "--status",
         action="store_true",
@@ -608,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
-    run.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    run.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     run.add_argument(
         "--log-level",
         default=None,
@@ -627,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "speed", 1.0) <= 0:
         print("error: --speed must be positive", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if getattr(args, "config", BUILTIN_CONFIG) is None:
+        # run, commission, history, report, backup: the installed configuration, never the
+        # simulator unless asked for.
+        chosen = _chosen_config(args)
+        if chosen is None:
+            return EXIT_BAD_INPUT
+        args.config = chosen
     code: int = args.func(args)
     return code
 

@@ -38,7 +38,7 @@ from paho.mqtt.properties import Properties
 from pydantic import TypeAdapter, ValidationError
 
 import treadguard.config as config_package
-from treadguard.config.loading import ConfigError, load_config
+from treadguard.config.loading import ConfigError, default_config, load_config
 from treadguard.config.schema import MqttTopicPrefix
 from treadguard.contract.event_text import describe
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
@@ -131,10 +131,18 @@ def _watch_identifier(conn: Connection) -> str:
     return f"tg-watch-{hashlib.sha256(seed.encode()).hexdigest()[:13]}"
 
 
+def _default_config() -> Path:
+    """The installed configuration ($TREADGUARD_CONFIG, or /etc/treadguard/treadguard.toml)
+    where there is one, so a tablet on the board finds its broker; else the built-in one
+    (a broker on this machine's port 1883), for trying the simulator."""
+    path = default_config()
+    return path if path.exists() else BUILTIN_CONFIG
+
+
 def _connection(args: argparse.Namespace) -> Connection:
     """The broker and prefix: the configuration file (with its TREADGUARD_MQTT__* overrides),
     then the command line. Raises ConfigError, or OSError/ssl.SSLError for unusable TLS files."""
-    loaded = load_config(getattr(args, "config", BUILTIN_CONFIG))
+    loaded = load_config(getattr(args, "config", None) or _default_config())
     broker = broker_settings(loaded)
     tls = None if broker.tls is None else broker.tls.context()
     username: str | None = getattr(args, "username", None)
@@ -552,7 +560,8 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--config",
         type=Path,
-        help="configuration for broker, prefix and TLS (default: the built-in config/sim.toml); "
+        help="configuration for broker, prefix and TLS (default: $TREADGUARD_CONFIG, else "
+        "/etc/treadguard/treadguard.toml if present, else the built-in config/sim.toml); "
         "TREADGUARD_MQTT__* variables override it",
     )
     group.add_argument("--host", help="broker host (default: the configuration's)")
