@@ -22,6 +22,7 @@ from treadguard.config.schema import (
     TreadguardConfig,
 )
 from treadguard.config.sensor_checks import sensor_problems
+from treadguard.config.suggest import did_you_mean, keys_at, tags_at
 from treadguard.safety.programs import Program
 
 # Where an installed treadguard keeps its configuration (scripts/install writes it there), and
@@ -70,7 +71,7 @@ def load_program(path: Path) -> Program:
         return Program.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {_words(err)}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {_words(err, Program)}"
             for err in exc.errors()
         )
         raise ProgramError(f"{path}: {problems}") from exc
@@ -140,9 +141,23 @@ def _from_env(field_path: str, environ: Mapping[str, str]) -> str:
     return ""
 
 
-def _words(err: ErrorDetails) -> str:
+def _words(err: ErrorDetails, root: type[BaseModel] | None = None) -> str:
     """pydantic's message, without the "Value error, " it puts before our validators' own
-    words."""
+    words; for a key the table does not have, the key it was probably meant to be."""
+    if err["type"] == "extra_forbidden" and root is not None and err["loc"]:
+        *table, key = err["loc"]
+        known = keys_at(root, table)
+        return f"not a setting here{did_you_mean(str(key), known)}; this table has: " + (
+            ", ".join(known)
+        )
+    if err["type"] in _TAG_ERRORS and root is not None:
+        ctx = err.get("ctx", {})
+        field = str(ctx.get("discriminator", "kind")).strip("'")
+        kinds = tags_at(root, err["loc"], field)
+        if err["type"] == "union_tag_not_found":
+            return f"missing: say which {field} this table is ({field} = one of {', '.join(kinds)})"
+        tag = str(ctx.get("tag", ""))
+        return f'"{tag}" is not a {field}; one of {", ".join(kinds)}{did_you_mean(tag, kinds)}'
     return err["msg"].removeprefix("Value error, ")
 
 
@@ -173,13 +188,14 @@ def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
         section, _, rest = upper[len(ENV_PREFIX) :].partition(ENV_NESTED)
         field = TreadguardConfig.model_fields.get(section.lower())
         if field is None:
-            problems.append(f"{key}: no configuration section {section.lower()!r}")
+            hint = did_you_mean(section, list(TreadguardConfig.model_fields))
+            problems.append(f"{key}: no configuration section {section.lower()!r}{hint}")
             continue
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            name = rest.partition(ENV_NESTED)[0].lower()
-            if name not in annotation.model_fields:
-                problems.append(f"{key}: no setting {section.lower()}.{name}")
+        name = rest.partition(ENV_NESTED)[0].lower()
+        known = keys_at(TreadguardConfig, [section.lower()])
+        if known and name not in known:
+            hint = did_you_mean(name, known)
+            problems.append(f"{key}: no setting {section.lower()}.{name}{hint}")
     return problems
 
 
@@ -205,7 +221,8 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigError(
             path,
             [
-                f"{_field_path(err)}: {_words(err)}{_from_env(_field_path(err), env)}"
+                f"{_field_path(err)}: {_words(err, TreadguardConfig)}"
+                f"{_from_env(_field_path(err), env)}"
                 for err in exc.errors()
             ],
         ) from exc

@@ -10,6 +10,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -235,9 +236,6 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
             if (args.tcp is None) == (not args.rtu):
                 print("error: give exactly one of --tcp HOST:PORT and --rtu", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            if args.tcp is not None and not args.tcp.rpartition(":")[2].isdigit():
-                print(f"error: --tcp {args.tcp!r}: expected HOST:PORT", file=sys.stderr)
-                return EXIT_BAD_INPUT
             asyncio.run(_serve_modbus(args))
     except (OSError, RegisterMapError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -447,6 +445,48 @@ def cmd_commission(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_FAILED
 
 
+def _number(low: float, *, above: bool = False, inf: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number at least ``low`` (above it, with ``above``), never NaN, and
+    infinite only where ``inf`` allows it; a bad one is argparse's plain error naming the
+    option."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if math.isnan(value) or (math.isinf(value) and not inf):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+        if value < low or (above and value == low):
+            bound = f"above {low:g}" if above else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (0x.. accepted)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}: {text!r}")
+        return value
+
+    return parse
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535: {text!r}")
+    return text
+
+
 INSTALLED_HELP = (
     f"the configuration file (default: ${CONFIG_ENV}, else {INSTALLED_CONFIG}; "
     "config/sim.toml in a checkout is the built-in simulated treadmill)"
@@ -462,12 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="play scenarios against the simulated treadmill")
-    sim.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
+    sim.add_argument(
+        "scenarios",
+        nargs="+",
+        type=Path,
+        metavar="SCENARIO",
+        help="scenario files (.toml, docs/scenarios.md); simulator/scenarios/ has examples",
+    )
     sim.add_argument("--json", action="store_true", help="one JSON object per scenario")
     sim.add_argument("--realtime", action="store_true", help="real time instead of virtual")
     sim.add_argument(
         "--speed",
-        type=float,
+        type=_number(0.0, above=True),
         default=1.0,
         help="with --realtime: play this many times faster than real time",
     )
@@ -478,12 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration (default: the scenario's, else config/sim.toml)",
     )
     sim.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much of the controller's log to print (default: warning)",
     )
     sim.set_defaults(func=cmd_simulate)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the configuration file to check")
     check.set_defaults(func=cmd_check_config)
 
     dev = sub.add_parser(
@@ -498,58 +547,110 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also keep a symlink at this path pointing at the current pty",
     )
-    tm.add_argument("--line-delay-ms", type=float, default=0.0, help="delay every byte both ways")
+    tm.add_argument(
+        "--line-delay-ms", type=_number(0.0), default=0.0, help="delay every byte both ways"
+    )
     tm.add_argument(
         "--inject",
         choices=INJECTION_KINDS,
         default=None,
         help="answer every request (the stop included) with this fault; SIGUSR1 toggles it",
     )
-    tm.add_argument("--inject-after", type=float, default=0.0, metavar="S")
-    tm.add_argument("--inject-for", type=float, default=None, metavar="S", help="default: ever")
+    tm.add_argument(
+        "--inject-after",
+        type=_number(0.0),
+        default=0.0,
+        metavar="S",
+        help="begin the --inject fault this many seconds after start (default 0)",
+    )
+    tm.add_argument(
+        "--inject-for",
+        type=_number(0.0, above=True),
+        default=None,
+        metavar="S",
+        help="how long the --inject fault lasts (default: for ever)",
+    )
     tm.add_argument(
         "--resume-last-speed",
         action="store_true",
         help="a model that keeps its set speed through a stop and restarts at it on A0",
     )
     mb = dev_sub.add_parser("modbus", help="a Delta VFD-E style drive on Modbus TCP or RTU")
-    mb.add_argument("--tcp", metavar="HOST:PORT", default=None)
+    mb.add_argument(
+        "--tcp",
+        type=_host_port,
+        metavar="HOST:PORT",
+        default=None,
+        help="Modbus TCP on this address (port 0: any free one)",
+    )
     mb.add_argument("--rtu", action="store_true", help="Modbus RTU on a pty")
-    mb.add_argument("--baud", type=int, default=19200)
-    mb.add_argument("--parity", choices=["N", "E", "O"], default="N")
-    mb.add_argument("--device-id", type=int, default=1)
-    mb.add_argument("--mph-per-hz", type=float, default=0.05)
-    mb.add_argument("--register-map", type=Path, default=DELTA_MAP)
+    mb.add_argument(
+        "--baud",
+        type=_integer(300, 4_000_000),
+        default=19200,
+        help="RTU: bits a second (default 19200)",
+    )
+    mb.add_argument(
+        "--parity", choices=["N", "E", "O"], default="N", help="RTU: parity (default N)"
+    )
+    mb.add_argument(
+        "--device-id",
+        type=_integer(1, 247),
+        default=1,
+        help="the drive's Modbus address, 1-247 (default 1)",
+    )
+    mb.add_argument(
+        "--mph-per-hz",
+        type=_number(0.0, above=True),
+        default=0.05,
+        help="belt speed per output hertz, as the treadmill's gearing gives (default 0.05)",
+    )
+    mb.add_argument(
+        "--register-map",
+        type=Path,
+        default=DELTA_MAP,
+        help="the drive's register map (default: config/drives/delta-vfd-e.toml)",
+    )
     mb.add_argument(
         "--comm-timeout-s",
-        type=float,
+        type=_number(0.0),
         default=0.5,
         help="parameter 09.03 (0 disables it: an unsafe drive the driver refuses)",
     )
     mb.add_argument(
         "--comm-fault-action",
-        type=int,
+        type=_integer(0, 65535),
         default=1,
         help="parameter 09.02: 0 warn and run on, 1 ramp to stop, 2 coast, 3 run on",
     )
-    mb.add_argument("--line-delay-ms", type=float, default=0.0, help="delay every request")
+    mb.add_argument("--line-delay-ms", type=_number(0.0), default=0.0, help="delay every request")
     mb.add_argument(
         "--exception",
-        type=int,
+        type=_integer(1, 255),
         default=None,
         metavar="CODE",
         help="answer requests with this Modbus exception code (e.g. 4, device failure)",
     )
-    mb.add_argument("--exception-on", choices=["reads", "writes", "all"], default="all")
+    mb.add_argument(
+        "--exception-on",
+        choices=["reads", "writes", "all"],
+        default="all",
+        help="which requests get the --exception (default: all)",
+    )
     mb.add_argument(
         "--exception-register",
-        type=lambda text: int(text, 0),
+        type=_integer(0, 65535),
         action="append",
         default=[],
         metavar="ADDR",
         help="only requests touching this register (repeatable; default: every register)",
     )
-    mb.add_argument("--exception-for-s", type=float, default=math.inf, help="then answer normally")
+    mb.add_argument(
+        "--exception-for-s",
+        type=_number(0.0, above=True, inf=True),
+        default=math.inf,
+        help="answer with the --exception this long, then normally (default: for ever)",
+    )
     mb.add_argument(
         "--ignore-writes",
         action="store_true",
@@ -557,7 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for p in (tm, mb):
         p.add_argument(
-            "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+            "--log-level",
+            default="warning",
+            choices=["debug", "info", "warning", "error"],
+            help="how much of the device's log to print (default: warning)",
         )
         p.add_argument(
             "--brake-wear",
@@ -572,7 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sim-user",
         help="a simulated user's grip and fall sensors over MQTT (or --tell it what to do)",
     )
-    user.add_argument("--config", type=Path, default=BUILTIN_CONFIG)
+    user.add_argument(
+        "--config",
+        type=Path,
+        default=BUILTIN_CONFIG,
+        help="the configuration whose broker and sensors to use (default: config/sim.toml)",
+    )
     user.add_argument(
         "--tell",
         metavar="INSTRUCTION",
@@ -585,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
-    history.set_defaults(func=cmd_history)
+    history.set_defaults(func=cmd_history, installed_config=True)
 
     keep = sub.add_parser(
         "backup",
@@ -598,17 +707,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the copy to write (never overwritten), or a folder to write it in",
     )
     keep.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
-    keep.set_defaults(func=cmd_backup)
+    keep.set_defaults(func=cmd_backup, installed_config=True)
 
     report = sub.add_parser(
         "report", help="one session as an HTML page: speed against time, with its events"
     )
-    report.add_argument("session", type=int, metavar="SESSION")
+    report.add_argument(
+        "session", type=int, metavar="SESSION", help="the session's number (treadguard history)"
+    )
     report.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     report.add_argument(
         "--out", type=Path, default=None, help="the page to write (default session-N.html)"
     )
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=cmd_report, installed_config=True)
 
     com = sub.add_parser(
         "commission",
@@ -628,9 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     com.add_argument("--technician", default="", help="who proves the stops (journaled)")
     com.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much of the daemon's log to print (default: warning)",
     )
-    com.set_defaults(func=cmd_commission)
+    com.set_defaults(func=cmd_commission, installed_config=True)
 
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
@@ -642,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="default: the configuration's logging.level",
     )
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, installed_config=True)
     from treadguard.controller.tablet import add_tablet_parser
 
     add_tablet_parser(sub)
@@ -651,10 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "speed", 1.0) <= 0:
-        print("error: --speed must be positive", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if getattr(args, "config", BUILTIN_CONFIG) is None:
+    if getattr(args, "installed_config", False) and args.config is None:
         # run, commission, history, report, backup: the installed configuration, never the
         # simulator unless asked for.
         chosen = _chosen_config(args)

@@ -506,7 +506,7 @@ def cmd_tablet(args: argparse.Namespace) -> int:
     if code == EXIT_OK and args.tablet_command == "start":
         print(
             "note: the session needs the tablet's heartbeat: keep `treadguard tablet watch` "
-            "running, or the daemon stops the session after the heartbeat grace (SR-12)",
+            "running, or the daemon stops the session after the heartbeat grace",
             file=sys.stderr,
         )
     return code
@@ -604,7 +604,7 @@ def add_tablet_parser(sub: Any) -> None:
     start = cmds.add_parser(
         "start", parents=[opts], help=f"start a session ({CommandType.START_SESSION})"
     )
-    start.add_argument("--user", required=True)
+    start.add_argument("--user", required=True, help="the user's code (never a name)")
     start.add_argument("--program", help="default: chosen by the daemon from the user's history")
     start.add_argument("--cap-s", type=_finite, metavar="S", help="belt-moving time cap in seconds")
     start.add_argument("--target-mph", type=_finite, metavar="X", help="first target speed")
@@ -612,7 +612,7 @@ def add_tablet_parser(sub: Any) -> None:
     speed = cmds.add_parser(
         "speed", parents=[opts], help=f"change the target speed ({CommandType.SET_SPEED})"
     )
-    speed.add_argument("mph", type=_finite, metavar="MPH")
+    speed.add_argument("mph", type=_finite, metavar="MPH", help="the new target speed in mph")
 
     for kind, text in (
         (CommandType.STOP, "controlled stop: ends the session"),
@@ -625,7 +625,8 @@ def add_tablet_parser(sub: Any) -> None:
     watch = cmds.add_parser(
         "watch",
         parents=[opts],
-        help="live state and events; sends the heartbeat every second (SR-12)",
+        help="live state and events; sends the heartbeat every second, which keeps a "
+        "session started from here running",
     )
     watch.add_argument(
         "--no-heartbeat",

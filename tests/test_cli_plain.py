@@ -1,0 +1,150 @@
+"""Every message a person sees from the command line is plain.
+
+Each command's ``--help`` has words for every option and no requirement numbers; and every
+command, given a bad path or a bad value, says what was wrong and exits non-zero, never with a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_process import ROOT
+from treadguard.controller.cli import build_parser
+
+SIM = str(ROOT / "config" / "sim.toml")
+
+
+def parsers(
+    parser: argparse.ArgumentParser, name: str = "treadguard"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from parsers(sub, f"{name} {sub_name}")
+
+
+PARSERS = dict(parsers(build_parser()))
+
+
+def test_every_command_is_covered_by_the_bad_input_cases() -> None:
+    commands = {name.split(" ", 2)[1] for name in PARSERS if name != "treadguard"}
+    covered = {case[0] for case in BAD_INPUT}
+    assert commands <= covered, f"commands without a bad-input case: {commands - covered}"
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_every_option_says_what_it_does_and_no_requirement_numbers(name: str) -> None:
+    parser = PARSERS[name]
+    silent = [
+        "/".join(action.option_strings) or action.dest
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction | argparse._HelpAction)
+        and not action.help
+    ]
+    assert silent == [], f"{name}: options without help: {silent}"
+    text = parser.format_help()
+    assert not re.search(r"\bSR-\d", text), f"{name} --help names a requirement number"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+# (command, arguments, what the message must name)
+BAD_INPUT: list[tuple[str, list[str], str]] = [
+    ("simulate", ["/nonexistent/s.toml"], "/nonexistent/s.toml"),
+    ("simulate", ["{tmp}"], "{tmp}"),
+    ("simulate", ["{junk}"], "{junk}"),
+    ("simulate", ["--speed", "-1", "--realtime", "x.toml"], "--speed"),
+    ("simulate", ["--speed", "nan", "--realtime", "x.toml"], "--speed"),
+    ("simulate", ["--config", "/nonexistent/c.toml", "{scenario}"], "/nonexistent/c.toml"),
+    ("check-config", ["/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("check-config", ["{tmp}"], "{tmp}"),
+    ("check-config", ["{junk}"], "not valid TOML"),
+    ("sim-device", ["modbus", "--tcp", "nohostport"], "HOST:PORT"),
+    ("sim-device", ["modbus", "--tcp", "127.0.0.1:99999"], "99999"),
+    (
+        "sim-device",
+        ["modbus", "--tcp", "127.0.0.1:0", "--register-map", "/nonexistent/m.toml"],
+        "/nonexistent/m.toml",
+    ),
+    ("sim-device", ["modbus", "--tcp", "127.0.0.1:0", "--exception-register", "zz"], "zz"),
+    ("sim-device", ["modbus", "--tcp", "127.0.0.1:0", "--mph-per-hz", "nan"], "mph-per-hz"),
+    ("sim-device", ["trackmaster", "--line-delay-ms", "-5"], "line-delay-ms"),
+    ("sim-device", ["trackmaster", "--link", "/nonexistent/dir/tm"], "/nonexistent/dir/tm"),
+    ("sim-user", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("sim-user", ["--config", SIM, "--tell", "dance"], "dance"),
+    ("history", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("history", ["--config", "{tmp}"], "{tmp}"),
+    ("report", ["abc", "--config", SIM], "abc"),
+    ("report", ["1", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("report", ["1", "--config", "{empty_journal_config}"], "no journal"),
+    (
+        "backup",
+        ["/nonexistent/dir/copy.sqlite", "--config", "{empty_journal_config}"],
+        "no journal",
+    ),
+    ("commission", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("commission", ["--status", "--config", "{junk}"], "not valid TOML"),
+    ("commission", ["--simulated", "--config", "{trackmaster_config}"], "--simulated"),
+    ("run", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("run", ["--config", "{junk}"], "not valid TOML"),
+    ("tablet", ["heartbeat", "--port", "70000", "--config", SIM], "70000"),
+    ("tablet", ["speed", "nan", "--config", SIM], "nan"),
+    ("tablet", ["speed", "fast", "--config", SIM], "fast"),
+    ("tablet", ["heartbeat", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("tablet", ["start", "--config", SIM], "--user"),
+    ("tablet", ["heartbeat", "--timeout", "-1", "--config", SIM], "-1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "named"), BAD_INPUT, ids=[" ".join([c, *a]) for c, a, _ in BAD_INPUT]
+)
+def test_a_bad_path_or_value_is_said_plainly(
+    tmp_path: Path, command: str, args: list[str], named: str
+) -> None:
+    junk = tmp_path / "junk.toml"
+    junk.write_bytes(b"\x00\xff not toml [[[")
+    scenario = ROOT / "simulator" / "scenarios" / "demo.toml"
+    empty = tmp_path / "empty.toml"
+    empty.write_text(
+        "[treadmill]\nid = 'tm-x'\n[drive]\nkind = 'simulator'\n"
+        f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n"
+        f"[journal]\npath = '{(tmp_path / 'none' / 'journal.sqlite').as_posix()}'\n",
+        encoding="utf-8",
+    )
+    trackmaster = tmp_path / "tm.toml"
+    trackmaster.write_text(
+        "[treadmill]\nid = 'tm-x'\n[drive]\nkind = 'trackmaster'\nport = '/dev/null'\n"
+        f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n",
+        encoding="utf-8",
+    )
+    fill = {
+        "{tmp}": str(tmp_path),
+        "{junk}": str(junk),
+        "{scenario}": str(scenario),
+        "{empty_journal_config}": str(empty),
+        "{trackmaster_config}": str(trackmaster),
+    }
+    argv = [fill.get(a, a) for a in args]
+    done = run(command, *argv, cwd=tmp_path)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    assert fill.get(named, named) in said, said
