@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -30,6 +31,8 @@ from treadguard.config.schema import SimulatedDriveSection
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
+from treadguard.controller.doctor import DoctorOptions, diagnose, render
+from treadguard.controller.doctor import as_json as doctor_json
 from treadguard.controller.journal import CommissioningStatus, Journal, JournalError, backup
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
@@ -336,6 +339,25 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"{done.size_bytes / 1e6:.1f} MB"
     )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """The technician's checklist after wiring (docs/doctor.md); exit 0 only if all pass."""
+    options = DoctorOptions(
+        service_user=args.service_user,
+        tablet_username=args.tablet_username,
+        tablet_password=os.environ.get("TREADGUARD_TABLET_PASSWORD") or None,
+        wait_s=args.wait_s,
+        walk=args.walk,
+        say=lambda text: print(text, flush=True),
+    )
+    configure_logging("error", "auto")
+    report = asyncio.run(diagnose(args.config, options))
+    if args.json:
+        print(json.dumps(doctor_json(report)))
+    else:
+        print(render(report, args.config))
+    return 0 if report.passed else EXIT_FAILED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -695,6 +717,41 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
     history.set_defaults(func=cmd_history, installed_config=True)
+
+    doc = sub.add_parser(
+        "doctor",
+        help="check the board after wiring: configuration, serial port, GPIO, drive, sensors, "
+        "broker, clock, journal; exit 0 only if all pass",
+    )
+    doc.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    doc.add_argument(
+        "--walk",
+        action="store_true",
+        help="then ask for each sensor to be touched (hold the left rail, ...) and watch it flip",
+    )
+    doc.add_argument("--json", action="store_true", help="one JSON object: each check's verdict")
+    doc.add_argument(
+        "--service-user",
+        default="treadguard",
+        metavar="NAME",
+        help="the user the service runs as, whose access to devices and the journal is checked "
+        "(default: treadguard)",
+    )
+    doc.add_argument(
+        "--tablet-username",
+        default=None,
+        metavar="NAME",
+        help="the tablet's broker account, to check that the ACL lets it command (its password "
+        "in TREADGUARD_TABLET_PASSWORD)",
+    )
+    doc.add_argument(
+        "--wait-s",
+        type=_number(0.0, above=True),
+        default=3.0,
+        metavar="S",
+        help="how long the drive, the sensors and the broker get to answer (default 3)",
+    )
+    doc.set_defaults(func=cmd_doctor, installed_config=True)
 
     keep = sub.add_parser(
         "backup",

@@ -694,6 +694,21 @@ def seed_commissioning(
     return run
 
 
+def journal_in_use(path: Path) -> bool:
+    """Whether a process (the daemon, a commissioning run) holds the journal's lock now."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: never driven, or not from here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return False
+
+
 def _lock(path: Path) -> int:
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -22,6 +22,7 @@ from treadguard.safety.decisions import Event, EventType
 
 COMMANDS = [
     ["run"],
+    ["doctor"],
     ["commission"],
     ["commission", "--status"],
     ["history"],

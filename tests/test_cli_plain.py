@@ -103,6 +103,8 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("commission", ["--status", "--config", "{junk}"], "not valid TOML"),
     ("commission", ["--simulated", "--config", "{trackmaster_config}"], "--simulated"),
     ("run", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("doctor", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("doctor", ["--wait-s", "0", "--config", SIM], "--wait-s"),
     ("run", ["--config", "{junk}"], "not valid TOML"),
     ("tablet", ["heartbeat", "--port", "70000", "--config", SIM], "70000"),
     ("tablet", ["speed", "nan", "--config", SIM], "nan"),

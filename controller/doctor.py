@@ -1,0 +1,873 @@
+"""``treadguard doctor``: the checklist a technician runs after wiring a board (docs/doctor.md).
+
+Each check says what it found and, when it fails, a plain fix. The checks look at the board as
+the service will meet it: files and devices as the service's user (``treadguard``) may use
+them, the drive and the sensors through the daemon's own drivers and readers, the broker with
+the daemon's own account. Nothing here moves the belt: the drive is only polled (every driver
+sends its stop word first on connecting), and the MQTT probes are a command the daemon would
+only ever see as a heartbeat (the daemon must be stopped for the check, which is checked
+first) and a reply with an id no tablet asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import grp
+import json
+import os
+import pwd
+import shutil
+import sqlite3
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from treadguard.config.loading import ConfigError, LoadedConfig
+from treadguard.config.schema import (
+    GpioInputSection,
+    ModbusDriveSection,
+    ModbusInputSection,
+    SimulatedDriveSection,
+    TrackmasterDriveSection,
+    input_name,
+)
+from treadguard.contract.mqtt import SensorPayloadError, Topics, parse_sensor_payload
+from treadguard.controller.drives import build_driver
+from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
+from treadguard.controller.journal import schema_version as journal_schema_version
+from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
+from treadguard.controller.preflight import load_runnable
+from treadguard.controller.sensors import SensorHub
+from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
+
+INSTALL_DOC = "docs/install-raspberry-pi.md"
+
+
+class Verdict(StrEnum):
+    OK = "ok"
+    FAIL = "FAIL"
+    NONE = "-"  # nothing of this kind to check on this board (counts as passed)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: Verdict
+    detail: str
+    fix: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "check": self.name,
+            "verdict": self.verdict.value,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    service_user: str = "treadguard"
+    tablet_username: str | None = None
+    tablet_password: str | None = None
+    # How long the drive, each sensor and each broker probe get to answer.
+    wait_s: float = 3.0
+    # --walk: the technician is asked to touch each sensor; ``say`` prints the request.
+    walk: bool = False
+    walk_wait_s: float = 30.0
+    say: Callable[[str], None] = print
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.verdict is not Verdict.FAIL for c in self.checks)
+
+    def add(self, check: Check) -> None:
+        self.checks.append(check)
+
+
+# ------------------------------------------------------------------ the service's user
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gids: frozenset[int]
+
+    def may(self, path: Path, want: int) -> bool:
+        """Whether this account may ``want`` (a mix of 4 read, 2 write, 1 search) ``path``
+        by its mode bits, and search every folder on the way to it."""
+        if self.uid == 0:
+            return True
+        try:
+            for folder in reversed(path.absolute().parents):
+                if not self._bits(folder.stat()) & 1:
+                    return False
+            return self._bits(path.stat()) & want == want
+        except OSError:
+            return False
+
+    def _bits(self, st: os.stat_result) -> int:
+        if st.st_uid == self.uid:
+            return (st.st_mode >> 6) & 7
+        if st.st_gid in self.gids:
+            return (st.st_mode >> 3) & 7
+        return st.st_mode & 7
+
+
+def service_account(name: str) -> Account | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(name, entry.pw_uid, frozenset(os.getgrouplist(name, entry.pw_gid)))
+
+
+def _no_account(name: str) -> Check:
+    return Check(
+        "service user",
+        Verdict.FAIL,
+        f"there is no user {name!r} on this machine",
+        "scripts/install creates it; or name the user the service runs as with --service-user",
+    )
+
+
+def _group_fix(account: Account, path: Path) -> str:
+    group = grp.getgrgid(path.stat().st_gid).gr_name
+    return (
+        f"add {account.name} to the group {group} (sudo usermod -aG {group} {account.name}, "
+        f"then restart the service), or give the device to that group with a udev rule "
+        f"({INSTALL_DOC}, step 2)"
+    )
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def check_configuration(path: Path) -> tuple[Check, LoadedConfig | None]:
+    try:
+        loaded = load_runnable(path)
+    except ConfigError as exc:
+        return (
+            Check(
+                "configuration",
+                Verdict.FAIL,
+                f"{path}: " + "; ".join(exc.problems),
+                f"correct the file (treadguard check-config {path} lists every problem)",
+            ),
+            None,
+        )
+    cfg = loaded.config
+    inputs = cfg.sensors.effective_inputs()
+    sensors = f"{len(inputs)} sensor input(s)" if inputs else "the built-in simulated user"
+    return (
+        Check(
+            "configuration",
+            Verdict.OK,
+            f"{path}: treadmill {cfg.treadmill.id}, {_drive_words(loaded)}, {sensors}",
+        ),
+        loaded,
+    )
+
+
+def _drive_words(loaded: LoadedConfig) -> str:
+    drive = loaded.config.drive
+    match drive:
+        case TrackmasterDriveSection():
+            return f"Trackmaster on {drive.port}"
+        case ModbusDriveSection(transport="tcp"):
+            return f"Modbus VFD at {drive.host}:{drive.tcp_port}"
+        case ModbusDriveSection():
+            return f"Modbus VFD on {drive.serial_port}"
+        case _:
+            return "the built-in simulated drive"
+
+
+def check_daemon_stopped(loaded: LoadedConfig) -> Check:
+    journal = loaded.resolve(loaded.config.journal.path)
+    if journal_in_use(journal):
+        return Check(
+            "service stopped",
+            Verdict.FAIL,
+            f"treadguard is running on this treadmill (it holds {journal}.lock), so the drive, "
+            "the sensors and the broker cannot be checked without disturbing it",
+            "sudo systemctl stop treadguard, run the doctor, then sudo systemctl start treadguard",
+        )
+    return Check("service stopped", Verdict.OK, "treadguard is not running on this journal")
+
+
+def serial_devices(loaded: LoadedConfig) -> list[tuple[str, Path]]:
+    cfg = loaded.config
+    found: list[tuple[str, Path]] = []
+    drive = cfg.drive
+    if isinstance(drive, TrackmasterDriveSection):
+        found.append(("the treadmill's serial port", Path(drive.port)))
+    elif isinstance(drive, ModbusDriveSection) and drive.serial_port is not None:
+        found.append(("the drive's RS-485 port", Path(drive.serial_port)))
+    for entry in cfg.sensors.effective_inputs():
+        if isinstance(entry, ModbusInputSection) and entry.serial_port is not None:
+            found.append((f"sensor {input_name(entry)}'s RS-485 port", Path(entry.serial_port)))
+    return found
+
+
+def check_serial(loaded: LoadedConfig, account: Account | None, user: str) -> list[Check]:
+    devices = serial_devices(loaded)
+    if not devices:
+        return [Check("serial port", Verdict.NONE, "no serial device in the configuration")]
+    checks = []
+    for what, path in dict.fromkeys(devices):
+        if not path.exists():
+            checks.append(
+                Check(
+                    "serial port",
+                    Verdict.FAIL,
+                    f"{what}, {path}, does not exist",
+                    "plug the USB adapter in; a name such as /dev/treadmill comes from a udev "
+                    f"rule ({INSTALL_DOC}, step 2): udevadm info -a /dev/ttyUSB0 shows the "
+                    "adapter's attributes",
+                )
+            )
+        elif not stat.S_ISCHR(path.stat().st_mode):
+            checks.append(
+                Check(
+                    "serial port",
+                    Verdict.FAIL,
+                    f"{what}, {path}, is not a device",
+                    "name the adapter's device (/dev/ttyUSB0 or its udev name) in the "
+                    "configuration",
+                )
+            )
+        elif account is None:
+            checks.append(_no_account(user))
+        elif not account.may(path, 6):
+            checks.append(
+                Check(
+                    "serial port",
+                    Verdict.FAIL,
+                    f"{what}, {path}, cannot be read and written by {account.name}",
+                    _group_fix(account, path),
+                )
+            )
+        else:
+            checks.append(
+                Check("serial port", Verdict.OK, f"{what}, {path}: {account.name} may use it")
+            )
+    return checks
+
+
+def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list[Check]:
+    lines = [e for e in loaded.config.sensors.effective_inputs() if isinstance(e, GpioInputSection)]
+    if not lines:
+        return [Check("GPIO", Verdict.NONE, "no GPIO input in the configuration")]
+    checks = []
+    for entry in lines:
+        chip = Path(entry.chip)
+        name = input_name(entry)
+        if not chip.exists():
+            checks.append(
+                Check(
+                    "GPIO",
+                    Verdict.FAIL,
+                    f"sensor {name}: the GPIO chip {chip} does not exist",
+                    "ls /dev/gpiochip* lists the chips (gpiodetect names them); on a Raspberry "
+                    "Pi 5 the header is /dev/gpiochip4, on earlier ones /dev/gpiochip0",
+                )
+            )
+            continue
+        if account is None:
+            checks.append(_no_account(user))
+            continue
+        if not account.may(chip, 6):
+            checks.append(
+                Check(
+                    "GPIO",
+                    Verdict.FAIL,
+                    f"sensor {name}: {chip} cannot be used by {account.name}",
+                    _group_fix(account, chip),
+                )
+            )
+            continue
+        problem = _gpio_line_problem(chip, entry.line)
+        if problem is not None:
+            checks.append(
+                Check(
+                    "GPIO",
+                    Verdict.FAIL,
+                    f"sensor {name}: {problem}",
+                    "gpioinfo " + str(chip) + " lists the chip's lines and their names",
+                )
+            )
+        else:
+            checks.append(
+                Check("GPIO", Verdict.OK, f"sensor {name}: line {entry.line} of {chip} present")
+            )
+    return checks
+
+
+def _gpio_line_problem(chip: Path, line: int | str) -> str | None:
+    try:
+        import gpiod  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return "libgpiod's Python binding (gpiod) is not installed"
+    try:
+        with gpiod.Chip(str(chip)) as opened:
+            count = int(opened.get_info().num_lines)
+            if isinstance(line, int):
+                return None if line < count else f"{chip} has {count} lines, no line {line}"
+            opened.line_offset_from_id(line)
+            return None
+    except (OSError, ValueError) as exc:
+        return f"line {line} on {chip}: {exc}"
+
+
+async def check_drive(loaded: LoadedConfig, wait_s: float) -> list[Check]:
+    drive = loaded.config.drive
+    if isinstance(drive, SimulatedDriveSection):
+        return [Check("drive", Verdict.NONE, "the built-in simulated drive")]
+    driver = build_driver(loaded, time.monotonic)
+    task = asyncio.create_task(driver.run())
+    status = None
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not task.done():
+            status = driver.status()
+            if status is not None and status.fault is None:
+                break
+            await asyncio.sleep(0.05)  # polling a status the driver's own task updates
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    where = _drive_words(loaded)
+    if status is None or status.fault is not None:
+        said = status.fault if status is not None and status.fault else "no answer"
+        return [Check("drive", Verdict.FAIL, f"{where}: {said}", _drive_fix(loaded, said))]
+    if isinstance(drive, ModbusDriveSection):
+        deadman = "its communication time-out (09.03) and fault action (09.02) read back safe"
+    else:
+        deadman = (
+            "treadguard starts the belt only with A0, which arms the treadmill's CDS; a belt "
+            "found running without CDS is a fault"
+        )
+    return [
+        Check(
+            "drive",
+            Verdict.OK,
+            f"{where} answers (belt {status.speed_mph:.2f} mph); deadman: {deadman}",
+        )
+    ]
+
+
+def _drive_fix(loaded: LoadedConfig, said: str) -> str:
+    if "09.0" in said:
+        return (
+            "set the drive's parameters on its keypad: 09.03 communication time-out 0.1-1.0 s "
+            "(not 0), 09.02 communication fault action a stop (docs/drivers.md)"
+        )
+    if isinstance(loaded.config.drive, TrackmasterDriveSection):
+        return (
+            "check the cable and that the treadmill is on; the baud rate (drive.baud) must "
+            "match the treadmill's (docs/drivers.md)"
+        )
+    return "check the cable, the drive's address and its Modbus settings (docs/drivers.md)"
+
+
+async def check_sensors(
+    loaded: LoadedConfig, broker: BrokerSettings, options: DoctorOptions
+) -> list[Check]:
+    cfg = loaded.config
+    inputs = cfg.sensors.effective_inputs()
+    if not inputs:
+        return [Check("sensors", Verdict.NONE, "the built-in simulated user (no sensor inputs)")]
+    readings: dict[Sensor, tuple[float, bool]] = {}
+
+    def submit(reading: GripReading | FallReading) -> None:
+        if isinstance(reading, FallReading):
+            readings[Sensor.FALL] = (reading.t, reading.fallen)
+        else:
+            role = Sensor.GRIP_LEFT if reading.hand is Hand.LEFT else Sensor.GRIP_RIGHT
+            readings[role] = (reading.t, reading.held)
+
+    hub = SensorHub(inputs, submit)
+    tasks = [asyncio.create_task(run) for run in hub.build_sources(time.monotonic)]
+    topics = Topics(broker.prefix)
+    problems: list[str] = []
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if hub.mqtt_names:
+                client = await stack.enter_async_context(_client(broker, options.wait_s))
+                for name in hub.mqtt_names:
+                    await client.subscribe(topics.sensor(name))
+                tasks.append(asyncio.create_task(_feed(client, hub, topics, problems)))
+            return await _judge_sensors(cfg.safety.sensor_timeout_s, readings, options)
+    except aiomqtt.MqttError as exc:
+        return [
+            Check(
+                "sensors",
+                Verdict.FAIL,
+                f"the MQTT sensors cannot be read: {exc}",
+                "see the broker check below",
+            )
+        ]
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _feed(
+    client: aiomqtt.Client, hub: SensorHub, topics: Topics, problems: list[str]
+) -> None:
+    prefix = topics.sensor("")
+    async for message in client.messages:
+        name = str(message.topic).removeprefix(prefix)
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        parsed = parse_sensor_payload(payload)
+        if isinstance(parsed, SensorPayloadError):
+            problems.append(f"{name}: {parsed}")
+            continue
+        hub.stamped(name, parsed.ts, time.monotonic(), parsed.value)
+
+
+ROLE_WORDS = {Sensor.GRIP_LEFT: "left grip", Sensor.GRIP_RIGHT: "right grip", Sensor.FALL: "fall"}
+
+
+def _state_words(role: Sensor, asserted: bool) -> str:
+    if role is Sensor.FALL:
+        return "fall signalled" if asserted else "no fall"
+    return "held" if asserted else "not held"
+
+
+async def _judge_sensors(
+    timeout_s: float, readings: dict[Sensor, tuple[float, bool]], options: DoctorOptions
+) -> list[Check]:
+    await _until(lambda: len(readings) == len(Sensor), options.wait_s)
+    # Then one more timeout's worth: a reading must keep coming, not have come once.
+    await asyncio.sleep(timeout_s)  # the span over which freshness is judged, not a sync
+    now = time.monotonic()
+    checks = []
+    for role in Sensor:
+        got = readings.get(role)
+        if got is None:
+            checks.append(
+                Check(
+                    "sensors",
+                    Verdict.FAIL,
+                    f"{ROLE_WORDS[role]}: no reading in {options.wait_s:g} s",
+                    "check the sensor's wiring or, for an MQTT sensor, that it publishes on "
+                    "its topic with the sensor account (docs/install-raspberry-pi.md, step 3)",
+                )
+            )
+        elif now - got[0] > timeout_s:
+            checks.append(
+                Check(
+                    "sensors",
+                    Verdict.FAIL,
+                    f"{ROLE_WORDS[role]}: the last reading is {now - got[0]:.1f} s old "
+                    f"(stale after {timeout_s:g} s)",
+                    "the sensor stopped reporting: check its wiring, power and network",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "sensors",
+                    Verdict.OK,
+                    f"{ROLE_WORDS[role]}: {_state_words(role, got[1])}, fresh",
+                )
+            )
+    if options.walk and all(c.verdict is Verdict.OK for c in checks):
+        checks += await _walk(readings, options)
+    return checks
+
+
+WALK = [
+    (Sensor.GRIP_LEFT, True, "hold the left rail now"),
+    (Sensor.GRIP_LEFT, False, "let go of the left rail"),
+    (Sensor.GRIP_RIGHT, True, "hold the right rail now"),
+    (Sensor.GRIP_RIGHT, False, "let go of the right rail"),
+    (Sensor.FALL, True, "trigger the fall input now"),
+    (Sensor.FALL, False, "clear the fall input"),
+]
+
+
+async def _walk(readings: dict[Sensor, tuple[float, bool]], options: DoctorOptions) -> list[Check]:
+    checks = []
+    for role, want, ask in WALK:
+        options.say(f"walk: {ask}")
+
+        def flipped(role: Sensor = role, want: bool = want) -> bool:
+            return readings[role][1] is want
+
+        seen = await _until(flipped, options.walk_wait_s)
+        words = _state_words(role, want)
+        if seen:
+            checks.append(Check("sensor walk", Verdict.OK, f"{ROLE_WORDS[role]}: {words} seen"))
+        else:
+            checks.append(
+                Check(
+                    "sensor walk",
+                    Verdict.FAIL,
+                    f"{ROLE_WORDS[role]}: {words} not seen in {options.walk_wait_s:g} s",
+                    "the input does not follow the touch: check its wiring, its polarity "
+                    "(active = high or low) and that the right line is configured for it",
+                )
+            )
+            break
+    return checks
+
+
+async def _until(condition: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)  # readings arrive on the readers' own tasks
+    return True
+
+
+def _client(
+    broker: BrokerSettings,
+    wait_s: float,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    as_daemon: bool = True,
+) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.username if as_daemon else username,
+        password=broker.password if as_daemon else password,
+        identifier=f"tg-doctor-{uuid.uuid4().hex[:12]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=None if broker.tls is None else broker.tls.context(),
+        timeout=wait_s,
+    )
+
+
+async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[Check]:
+    where = f"{broker.host}:{broker.port}"
+    account = broker.username or "anonymous"
+    try:
+        async with _client(broker, options.wait_s) as daemon:
+            checks = [
+                Check("broker", Verdict.OK, f"{where} accepts the daemon's login ({account})")
+            ]
+            checks += await _acl_probes(daemon, broker, options)
+            return checks
+    except aiomqtt.MqttError as exc:
+        fix = (
+            "the daemon's password (TREADGUARD_MQTT__PASSWORD in /etc/treadguard/environment) "
+            "must match its entry in the broker's password file (mosquitto_passwd)"
+            if "authori" in str(exc).lower() or "password" in str(exc).lower()
+            else "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port"
+        )
+        return [Check("broker", Verdict.FAIL, f"{where} refused {account}: {exc}", fix)]
+
+
+async def _acl_probes(
+    daemon: aiomqtt.Client, broker: BrokerSettings, options: DoctorOptions
+) -> list[Check]:
+    topics = Topics(broker.prefix)
+    if broker.username is not None and options.tablet_username is None:
+        return [
+            Check(
+                "broker ACL",
+                Verdict.FAIL,
+                "not checked: the tablet's account was not given",
+                "run again with --tablet-username tablet and its password in "
+                "TREADGUARD_TABLET_PASSWORD",
+            )
+        ]
+    tablet_name = options.tablet_username or "anonymous"
+    try:
+        async with _client(
+            broker,
+            options.wait_s,
+            username=options.tablet_username,
+            password=options.tablet_password,
+            as_daemon=False,
+        ) as tablet:
+            checks = []
+            probe = f"doctor-{uuid.uuid4().hex[:12]}"
+            # The tablet commands, the daemon reads: a heartbeat, the one command that changes
+            # nothing (and the daemon is stopped).
+            await daemon.subscribe(topics.cmd)
+            command = json.dumps({"id": probe, "type": "heartbeat"}).encode()
+            got = await _published_and_seen(tablet, daemon, topics.cmd, command, options.wait_s)
+            checks.append(
+                Check(
+                    "broker ACL",
+                    Verdict.OK if got else Verdict.FAIL,
+                    f"{tablet_name} may command {topics.cmd} and the daemon reads it"
+                    if got
+                    else f"a command from {tablet_name} on {topics.cmd} did not reach the "
+                    "daemon's account",
+                    "" if got else _acl_fix(broker),
+                )
+            )
+            # The daemon publishes, the tablet reads: a reply to an id no tablet asked.
+            await tablet.subscribe(topics.reply)
+            reply = json.dumps({"id": probe, "ok": True, "doctor": True}).encode()
+            got = await _published_and_seen(daemon, tablet, topics.reply, reply, options.wait_s)
+            checks.append(
+                Check(
+                    "broker ACL",
+                    Verdict.OK if got else Verdict.FAIL,
+                    f"the daemon may publish on {topics.reply} and {tablet_name} reads it"
+                    if got
+                    else f"a reply from the daemon's account on {topics.reply} did not reach "
+                    f"{tablet_name}",
+                    "" if got else _acl_fix(broker),
+                )
+            )
+            return checks
+    except aiomqtt.MqttError as exc:
+        return [
+            Check(
+                "broker ACL",
+                Verdict.FAIL,
+                f"the broker refused the tablet's login ({tablet_name}): {exc}",
+                "check the tablet's password (TREADGUARD_TABLET_PASSWORD) against the broker's "
+                "password file",
+            )
+        ]
+
+
+def _acl_fix(broker: BrokerSettings) -> str:
+    return (
+        f"the broker's ACL must grant these topics for the prefix {broker.prefix} "
+        "(config/mosquitto/acl, docs/mqtt-security.md); then sudo systemctl reload mosquitto"
+    )
+
+
+async def _published_and_seen(
+    sender: aiomqtt.Client,
+    reader: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    wait_s: float,
+) -> bool:
+    # A denied publish is acknowledged and dropped by the broker: only its arrival tells.
+    await sender.publish(topic, payload, qos=1)
+    try:
+        async with asyncio.timeout(wait_s):
+            async for message in reader.messages:
+                if message.payload == payload:
+                    return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def check_clock(timedatectl: str | None = None) -> Check:
+    """Synchronised to a time server: systemd's word for it where there is systemd, else the
+    kernel's (adjtimex says TIME_ERROR while the clock is not synchronised)."""
+    tool = timedatectl or shutil.which("timedatectl")
+    synced: bool | None = None
+    how = ""
+    if tool is not None:
+        done = subprocess.run(
+            [tool, "show", "-p", "NTPSynchronized", "--value"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if done.returncode == 0 and done.stdout.strip() in ("yes", "no"):
+            synced = done.stdout.strip() == "yes"
+            how = "timedatectl"
+    if synced is None:
+        synced = _kernel_synchronised()
+        how = "the kernel's clock status"
+    if synced:
+        return Check("clock", Verdict.OK, f"synchronised ({how})")
+    return Check(
+        "clock",
+        Verdict.FAIL,
+        f"not synchronised ({how}): the journal's times and the commissioning's expiry would "
+        "be wrong",
+        "sudo timedatectl set-ntp true, and let the board reach a time server (the clinic's "
+        "router, or pool.ntp.org); a board without a real-time clock needs the network at boot",
+    )
+
+
+def _kernel_synchronised() -> bool:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    buffer = ctypes.create_string_buffer(512)  # struct timex, zeroed: modes 0 reads only
+    state = int(libc.adjtimex(buffer))
+    time_error = 5
+    return state >= 0 and state != time_error
+
+
+def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> list[Check]:
+    cfg = loaded.config.journal
+    path = loaded.resolve(cfg.path).absolute()
+    folder = path.parent
+    limit = cfg.max_size_mb * 1e6
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    checks = []
+    if account is None:
+        checks.append(_no_account(user))
+    elif not account.may(existing, 3):
+        return [
+            Check(
+                "journal",
+                Verdict.FAIL,
+                f"{folder} cannot be written by {account.name}",
+                f"sudo install -d -o {account.name} -m 0750 {folder} (scripts/install does)",
+            )
+        ]
+    elif path.exists() and not account.may(path, 6):
+        return [
+            Check(
+                "journal",
+                Verdict.FAIL,
+                f"{path} cannot be written by {account.name}",
+                f"sudo chown {account.name} {path}",
+            )
+        ]
+    used = _journal_bytes(path)
+    free = shutil.disk_usage(existing).free
+    if path.exists():
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                version = journal_schema_version(db)
+        except sqlite3.Error as exc:
+            return [
+                *checks,
+                Check(
+                    "journal",
+                    Verdict.FAIL,
+                    f"{path} cannot be read: {exc}",
+                    "move it aside (keep it: it is the clinic's record) and start afresh",
+                ),
+            ]
+        if version > SCHEMA_VERSION:
+            return [
+                *checks,
+                Check(
+                    "journal",
+                    Verdict.FAIL,
+                    f"{path} was written by a newer treadguard (schema {version})",
+                    "update treadguard (scripts/install --update)",
+                ),
+            ]
+    if used >= WARN_FRACTION * limit:
+        checks.append(
+            Check(
+                "journal",
+                Verdict.FAIL,
+                f"{path} is {used / limit:.0%} of its limit ({cfg.max_size_mb:g} MB)",
+                "back it up (treadguard backup FILE) and archive it, or raise journal.max_size_mb",
+            )
+        )
+    elif free + used < limit * 1.1:
+        checks.append(
+            Check(
+                "journal",
+                Verdict.FAIL,
+                f"the disk has {free / 1e6:.0f} MB free; the journal may grow to "
+                f"{cfg.max_size_mb * 1.1:g} MB",
+                "free space on the disk, or lower journal.max_size_mb",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "journal",
+                Verdict.OK,
+                f"{path}: writable, {used / 1e6:.1f} of {cfg.max_size_mb:g} MB used, "
+                f"{free / 1e6:.0f} MB free on the disk",
+            )
+        )
+    return checks
+
+
+def _journal_bytes(path: Path) -> int:
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += part.stat().st_size
+    return total
+
+
+# ------------------------------------------------------------------ the whole checklist
+
+
+async def diagnose(path: Path, options: DoctorOptions) -> Report:
+    report = Report()
+    config_check, loaded = check_configuration(path)
+    report.add(config_check)
+    if loaded is None:
+        return report
+    user = options.service_user
+    account = service_account(user)
+    stopped = check_daemon_stopped(loaded)
+    report.add(stopped)
+    for check in check_serial(loaded, account, user) + check_gpio(loaded, account, user):
+        report.add(check)
+    broker = broker_settings(loaded)
+    if stopped.verdict is Verdict.OK:
+        for check in await _guarded_list("drive", check_drive(loaded, options.wait_s)):
+            report.add(check)
+        for check in await _guarded_list("sensors", check_sensors(loaded, broker, options)):
+            report.add(check)
+        for check in await _guarded_list("broker", check_broker(broker, options)):
+            report.add(check)
+    report.add(check_clock())
+    for check in check_journal(loaded, account, user):
+        report.add(check)
+    return report
+
+
+async def _guarded_list(name: str, work: Awaitable[list[Check]]) -> list[Check]:
+    """A check that fails in a way nobody foresaw is a failed check with the reason, and the
+    checklist goes on."""
+    try:
+        return await work
+    except Exception as exc:
+        return [Check(name, Verdict.FAIL, f"the check itself failed: {exc!r}", "report this")]
+
+
+def render(report: Report, config: Path) -> str:
+    width = max(len(c.name) for c in report.checks)
+    lines = [f"treadguard doctor: {config}"]
+    for check in report.checks:
+        lines.append(f"  {check.verdict.value:<4}  {check.name:<{width}}  {check.detail}")
+        if check.fix:
+            lines.append(f"  {'':<4}  {'':<{width}}  fix: {check.fix}")
+    failed = sum(c.verdict is Verdict.FAIL for c in report.checks)
+    lines.append(
+        "all checks passed" if failed == 0 else f"{failed} of {len(report.checks)} checks failed"
+    )
+    return "\n".join(lines)
+
+
+def as_json(report: Report) -> dict[str, Any]:
+    return {"passed": report.passed, "checks": [c.as_json() for c in report.checks]}

@@ -1,0 +1,474 @@
+"""``treadguard doctor`` against the simulated devices: all green on a healthy rig, and each
+fault it checks, injected at the real part, named with its fix.
+
+The rig is the board as installed: the shipped broker configuration (accounts and ACL), a
+simulated Trackmaster (or VFD) in its own process on a real pty (or socket), grip and fall
+sensors publishing over MQTT with their own account, and the journal in a folder of its own.
+The clock's synchronisation is asked of ``timedatectl``, which the test provides on PATH (the
+edge of the process), saying yes or no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.daemon_process import PROGRAMS_DIR, ROOT
+from tests.mosquitto import (
+    PASSWORDS,
+    SENSOR_TM,
+    SENSORS,
+    Broker,
+    auth_lines,
+    have_mosquitto,
+)
+from treadguard.controller.journal import Journal
+
+CLI = [sys.executable, "-m", "treadguard.controller.cli"]
+RUN_BOUND_S = 60.0
+ROLES = ("grip_left", "grip_right", "fall")
+
+pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
+
+
+def first_line(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            raise AssertionError("sim-device printed nothing")
+    return proc.stdout.readline().strip()
+
+
+@contextlib.contextmanager
+def sim_device(*args: str) -> Iterator[str]:
+    """A simulated drive in its own process; its address (a pty, or HOST:PORT)."""
+    proc = subprocess.Popen(
+        [*CLI, "sim-device", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield first_line(proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Sensors:
+    """Grip and fall sensors publishing their readings at 10 Hz with their own account."""
+
+    port: int
+    values: dict[str, bool] = field(
+        default_factory=lambda: {"grip_left": True, "grip_right": True, "fall": False}
+    )
+    silent: set[str] = field(default_factory=set)
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(
+            "127.0.0.1", self.port, username=SENSORS, password=PASSWORDS[SENSORS]
+        ) as client:
+            while True:
+                for role, value in self.values.items():
+                    if role not in self.silent:
+                        payload = json.dumps({"value": value, "ts": time.time()})
+                        await client.publish(f"treadmill/{SENSOR_TM}/sensors/{role}", payload)
+                await asyncio.sleep(0.1)  # the sensors' own reporting period
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: Broker
+    bin_dir: Path
+    drive: str = ""
+    sensors_section: str = '[sensors]\nsource = "mqtt"\n'
+    journal_extra: str = ""
+    daemon_password: str = PASSWORDS["treadguard"]
+    clock_synced: bool = True
+
+    def config(self, extra: str = "") -> Path:
+        path = self.tmp / "treadguard.toml"
+        path.write_text(
+            f'[treadmill]\nid = "{SENSOR_TM}"\n\n'
+            f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
+            f"[drive]\n{self.drive}\n\n{self.sensors_section}\n"
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\nusername = "treadguard"\n\n'
+            f"[journal]\npath = '{(self.tmp / 'var' / 'journal.sqlite').as_posix()}'\n"
+            f"{self.journal_extra}\n{extra}",
+            encoding="utf-8",
+        )
+        return path
+
+    def env(self) -> dict[str, str]:
+        (self.bin_dir / "timedatectl").write_text(
+            f"#!/bin/sh\necho {'yes' if self.clock_synced else 'no'}\n", encoding="utf-8"
+        )
+        (self.bin_dir / "timedatectl").chmod(0o755)
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TREADGUARD_")},
+            "PYTHONPATH": str(ROOT),
+            "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
+            "TREADGUARD_MQTT__PASSWORD": self.daemon_password,
+            "TREADGUARD_TABLET_PASSWORD": PASSWORDS["tablet"],
+        }
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    broker = Broker(tmp_path, auth_lines(tmp_path))
+    broker.start()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "var").mkdir()
+    try:
+        yield Rig(tmp_path, broker, bin_dir)
+    finally:
+        broker.stop()
+
+
+def filled_journal(path: Path, size: int) -> None:
+    """A journal of about ``size`` bytes (its sessions table, and a table of filler)."""
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("CREATE TABLE filler (b BLOB)")
+        db.execute("INSERT INTO filler VALUES (?)", (b"x" * size,))
+        db.commit()
+
+
+def root_only(device: Path) -> None:
+    real = device.resolve()
+    os.chown(real, 0, 0)
+    real.chmod(0o600)
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+
+    def lines(self, check: str) -> list[str]:
+        """The lines of one check (its verdict line and its fix)."""
+        found, keep = [], False
+        for line in self.out.splitlines():
+            head = line[:8].strip()
+            if head in ("ok", "FAIL", "-"):
+                keep = line[8:].lstrip().startswith(check + " ")
+            elif not line.startswith("      "):
+                keep = False
+            if keep:
+                found.append(line)
+        return found
+
+    def verdicts(self) -> dict[str, list[str]]:
+        result = json.loads(self.out.splitlines()[-1])
+        out: dict[str, list[str]] = {}
+        for c in result["checks"]:
+            out.setdefault(c["check"], []).append(c["verdict"])
+        return out
+
+
+@contextlib.asynccontextmanager
+async def publishing(sensors: Sensors) -> AsyncIterator[Sensors]:
+    task = asyncio.create_task(sensors.run())
+    try:
+        yield sensors
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def doctor(
+    rig: Rig,
+    config: Path,
+    *args: str,
+    on_line: Callable[[str], None] | None = None,
+    tablet: str = "tablet",
+) -> Outcome:
+    env = rig.env()
+    env["TREADGUARD_TABLET_PASSWORD"] = PASSWORDS[tablet]
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "doctor",
+        "--config",
+        str(config),
+        "--tablet-username",
+        tablet,
+        "--wait-s",
+        "2",
+        *args,
+        cwd=rig.tmp,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines = []
+    try:
+        async with asyncio.timeout(RUN_BOUND_S):
+            async for raw in proc.stdout:
+                line = raw.decode()
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.strip())
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines)
+    assert "Traceback" not in out, out
+    return Outcome(code, out)
+
+
+def failed(outcome: Outcome, check: str, *words: str) -> str:
+    """The failed check's text (verdict line and fix), which must hold ``words``."""
+    assert outcome.code == 1, outcome.out
+    text = "\n".join(outcome.lines(check))
+    assert "  FAIL  " in text, outcome.out
+    for word in words:
+        assert word in text, outcome.out
+    assert "fix: " in text, outcome.out
+    return text
+
+
+@pytest.mark.asyncio
+async def test_a_healthy_board_passes_every_check(rig: Rig) -> None:
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            text = await doctor(rig, rig.config(), "--service-user", "root")
+            as_json = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    assert text.code == 0, text.out
+    assert text.out.rstrip().endswith("all checks passed")
+    assert as_json.code == 0
+    assert as_json.verdicts() == {
+        "configuration": ["ok"],
+        "service stopped": ["ok"],
+        "serial port": ["ok"],
+        "GPIO": ["-"],
+        "drive": ["ok"],
+        "sensors": ["ok", "ok", "ok"],
+        "broker": ["ok"],
+        "broker ACL": ["ok", "ok"],
+        "clock": ["ok"],
+        "journal": ["ok"],
+    }
+    assert f"Trackmaster on {pty} answers" in text.out
+    assert "left grip: held, fresh" in text.out
+    assert "fall: no fall, fresh" in text.out
+
+
+@pytest.mark.asyncio
+async def test_the_walk_asks_for_each_sensor_and_sees_it_flip(rig: Rig) -> None:
+    sensors = Sensors(rig.broker.port, values={r: False for r in ROLES})
+    touches = {
+        "walk: hold the left rail now": ("grip_left", True),
+        "walk: let go of the left rail": ("grip_left", False),
+        "walk: hold the right rail now": ("grip_right", True),
+        "walk: let go of the right rail": ("grip_right", False),
+        "walk: trigger the fall input now": ("fall", True),
+        "walk: clear the fall input": ("fall", False),
+    }
+    asked: list[str] = []
+
+    def technician(line: str) -> None:
+        if line in touches:
+            asked.append(line)
+            role, value = touches[line]
+            sensors.values[role] = value
+
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(sensors):
+            done = await doctor(
+                rig, rig.config(), "--service-user", "root", "--walk", on_line=technician
+            )
+    assert done.code == 0, done.out
+    assert asked == list(touches)
+    assert done.out.count("ok    sensor walk") == 6
+
+
+@pytest.mark.asyncio
+async def test_a_sensor_that_does_not_follow_the_touch_fails_the_walk(rig: Rig) -> None:
+    sensors = Sensors(rig.broker.port, values={r: False for r in ROLES})
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(sensors):
+            # Nobody touches anything: the left rail is never seen held.
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--walk")
+    failed(done, "sensor walk", "left grip: held not seen", "polarity")
+
+
+# ------------------------------------------------------------------ each fault, injected
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_configuration_is_named(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    done = await doctor(rig, rig.config("[mqtt.tls]\nca_fil = 'x'\n"))
+    failed(done, "configuration", "mqtt.tls.ca_fil", "check-config")
+
+
+@pytest.mark.asyncio
+async def test_a_missing_serial_port(rig: Rig) -> None:
+    rig.drive = 'kind = "trackmaster"\nport = "/dev/treadmill-not-plugged"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "serial port", "/dev/treadmill-not-plugged, does not exist", "udev")
+    failed(done, "drive", "/dev/treadmill-not-plugged")
+
+
+@pytest.mark.asyncio
+async def test_a_serial_port_the_service_user_may_not_use(rig: Rig) -> None:
+    with sim_device("trackmaster") as pty:
+        root_only(Path(pty))
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "nobody")
+    failed(done, "serial port", f"{pty}, cannot be read and written by nobody", "usermod -aG")
+
+
+@pytest.mark.asyncio
+async def test_a_service_user_that_does_not_exist(rig: Rig) -> None:
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "no-such-user-here")
+    failed(done, "service user", "no-such-user-here", "scripts/install")
+
+
+@pytest.mark.asyncio
+async def test_a_drive_that_does_not_answer(rig: Rig) -> None:
+    with sim_device("trackmaster", "--inject", "silent") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "drive", f"Trackmaster on {pty}", "cable")
+
+
+@pytest.mark.asyncio
+async def test_a_vfd_whose_deadman_is_off(rig: Rig) -> None:
+    with sim_device("modbus", "--tcp", "127.0.0.1:0", "--comm-timeout-s", "0") as address:
+        host, _, port = address.rpartition(":")
+        rig.drive = (
+            f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
+            f"mph_per_hz = 0.05\nregister_map = '{ROOT / 'config' / 'drives' / 'delta-vfd-e.toml'}'"
+        )
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "drive", "09.03", "keypad")
+
+
+@pytest.mark.asyncio
+async def test_a_vfd_whose_deadman_is_on_passes(rig: Rig) -> None:
+    with sim_device("modbus", "--tcp", "127.0.0.1:0") as address:
+        host, _, port = address.rpartition(":")
+        rig.drive = (
+            f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
+            f"mph_per_hz = 0.05\nregister_map = '{ROOT / 'config' / 'drives' / 'delta-vfd-e.toml'}'"
+        )
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root")
+    assert done.code == 0, done.out
+    assert "09.03" in "\n".join(done.lines("drive"))
+
+
+@pytest.mark.asyncio
+async def test_a_sensor_that_does_not_report(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port, silent={"fall"})):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    text = failed(done, "sensors", "fall: no reading")
+    assert "left grip: held, fresh" in done.out
+    assert text.count("FAIL") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_gpio_chip_that_is_not_there(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    rig.sensors_section = "".join(
+        f"[[sensors.inputs]]\nkind = 'gpio'\nrole = '{role}'\nchip = '/dev/gpiochip99'\n"
+        f"line = {n}\nbias = 'pull_up'\nactive = '{'high' if role == 'fall' else 'low'}'\n"
+        for n, role in enumerate(ROLES)
+    )
+    done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "GPIO", "/dev/gpiochip99 does not exist", "gpiochip")
+
+
+@pytest.mark.asyncio
+async def test_the_daemon_s_password_is_wrong(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    rig.daemon_password = "not-the-password"
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "broker", "refused treadguard", "mosquitto_passwd")
+
+
+@pytest.mark.asyncio
+async def test_an_account_the_acl_does_not_let_command(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", tablet="dashboard")
+    failed(done, "broker ACL", "a command from dashboard", "ACL")
+
+
+@pytest.mark.asyncio
+async def test_a_clock_that_is_not_synchronised(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    rig.clock_synced = False
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "clock", "not synchronised (timedatectl)", "set-ntp")
+
+
+@pytest.mark.asyncio
+async def test_a_journal_near_its_limit(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    rig.journal_extra = "max_size_mb = 0.1\n"
+    filled_journal(rig.tmp / "var" / "journal.sqlite", 90_000)
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "journal", "of its limit (0.1 MB)", "treadguard backup")
+
+
+@pytest.mark.asyncio
+async def test_a_journal_folder_the_service_user_may_not_write(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    (rig.tmp / "var").chmod(0o755)
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "nobody")
+    failed(done, "journal", "cannot be written by nobody", "install -d")
+
+
+@pytest.mark.asyncio
+async def test_a_running_daemon_is_not_disturbed(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    lock = os.open(rig.tmp / "var" / "journal.sqlite.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    finally:
+        os.close(lock)
+    failed(done, "service stopped", "treadguard is running", "systemctl stop treadguard")
+    assert "drive" not in [line[8:].split("  ")[0].strip() for line in done.out.splitlines()]
