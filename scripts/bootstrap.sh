@@ -9,6 +9,30 @@ need_apt() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
+# need_apt_unstarted PACKAGE...: installs them without starting their services. Debian's
+# maintainer scripts ask /usr/sbin/policy-rc.d whether they may start one (invoke-rc.d and
+# deb-systemd-invoke both do); exit code 101 says no. A policy the machine already has is its
+# owner's and is left alone; ours is only there during the install. Under systemd the unit is
+# still enabled by the package: it is disabled again, so that it does not start at the next boot.
+need_apt_unstarted() {
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    local policy=/usr/sbin/policy-rc.d ours=0 status=0 package
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# treadguard scripts/test: no service starts while it installs\nexit 101\n' |
+            $sudo tee "$policy" >/dev/null
+        $sudo chmod 0755 "$policy"
+        ours=1
+    fi
+    need_apt "$@" || status=$?
+    if [ "$ours" = 1 ]; then $sudo rm -f "$policy"; fi
+    if [ -d /run/systemd/system ]; then
+        for package in "$@"; do
+            $sudo systemctl disable --quiet "$package" 2>/dev/null || true
+        done
+    fi
+    return "$status"
+}
+
 python=${PYTHON:-python3}
 if ! command -v "$python" >/dev/null; then
     echo "treadguard: installing Python 3 from Debian's packages" >&2

@@ -3,15 +3,18 @@
 // everything; this page shows what it says and sends what the clinician presses.
 //
 // Query parameters (docs/tablet-page.md): treadmill=<id> (default tm-sim), prefix=<topic prefix>
-// (default treadmill/<id>), broker=<ws:// or wss:// URL> (default: where the page came from),
-// user=<broker account>; the password is asked for when the broker wants one.
+// (default treadmill/<id>), broker=<ws:// or wss:// URL> (default: /mqtt where the page came
+// from), user=<broker account>; the password is asked for when the broker wants one.
 "use strict";
 
 const params = new URLSearchParams(location.search);
 const TREADMILL = params.get("treadmill") || "tm-sim";
 const PREFIX = params.get("prefix") || `treadmill/${TREADMILL}`;
+// Over https, nginx serves the page and passes /mqtt on to Mosquitto (config/nginx/); over http
+// (scripts/run), Mosquitto serves the page itself, and takes WebSockets on any path.
 const BROKER =
-  params.get("broker") || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+  params.get("broker") ||
+  `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/mqtt`;
 const TOPIC = {
   cmd: `${PREFIX}/cmd`,
   reply: `${PREFIX}/reply`,

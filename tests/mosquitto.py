@@ -54,8 +54,11 @@ LISTENER_SETTINGS = frozenset({BIND_CLIENT_IDS})
 
 
 class Broker:
-    """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as the
-    tablet page's broker does. It comes after the native listener, which Mosquitto needs
+    """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as
+    ``scripts/run``'s broker does; ``websockets``: a plain WebSockets listener on loopback with
+    no http_dir instead, the one nginx passes the page's MQTT to on a board
+    (config/mosquitto/treadguard.conf; Mosquitto 2.0.11 listens on every interface all the
+    same). Either comes after the native listener, which Mosquitto needs
     anyway (a WebSockets listener alone does not start), and takes the same ``extra``
     settings: they are global (``per_listener_settings false``, Mosquitto's default), but for
     the listener's own settings of LISTENER_SETTINGS, which are repeated for it.
@@ -70,20 +73,23 @@ class Broker:
         *,
         port: int | None = None,
         http_dir: Path | None = None,
+        websockets: bool = False,
         persistence: bool = False,
     ) -> None:
         self.port = port if port is not None else free_port()
-        self.ws_port = free_port() if http_dir is not None else None
+        self.ws_port = free_port() if http_dir is not None or websockets else None
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
         # A listener's own settings in ``extra`` apply to the WebSockets listener too.
         own = "".join(f"{line}\n" for line in extra.splitlines() if line in LISTENER_SETTINGS)
-        websockets = (
-            f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n{own}"
-            if http_dir is not None
-            else ""
-        )
+        ws_listener = ""
+        if http_dir is not None:
+            ws_listener = (
+                f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n{own}"
+            )
+        elif websockets:
+            ws_listener = f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n{own}"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             + (extra if extra else "allow_anonymous true\n")
@@ -96,7 +102,7 @@ class Broker:
                 if persistence
                 else "persistence false\n"
             )
-            + websockets
+            + ws_listener
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -246,13 +252,15 @@ async def tablet(
     tls: ssl.SSLContext | None = None,
     port: int | None = None,
     websockets: bool = False,
+    websocket_path: str | None = None,
     session: tuple[str, float] | None = None,
 ) -> AsyncIterator[Tablet]:
     """A connected :class:`Tablet` subscribed to ``topics``, reading in the background.
     ``port`` overrides the broker's (a TLS listener); ``websockets``: MQTT over WebSockets,
-    as the tablet page speaks it; ``session``: (client id, expiry in seconds) of a persistent
-    session, which the broker keeps with its subscriptions and QoS 1 messages while the tablet
-    is away. Connecting is bounded by WAIT_S."""
+    as the tablet page speaks it (``websocket_path``: at that path, nginx's /mqtt);
+    ``session``: (client id, expiry in seconds) of a persistent session, which the broker
+    keeps with its subscriptions and QoS 1 messages while the tablet is away. Connecting is
+    bounded by WAIT_S."""
     persistent: dict[str, Any] = {}
     if session is not None:
         connect = Properties(PacketTypes.CONNECT)
@@ -269,6 +277,7 @@ async def tablet(
         timeout=WAIT_S,
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         transport="websockets" if websockets else "tcp",
+        websocket_path=websocket_path,
     )
     async with asyncio.timeout(WAIT_S):
         await client.__aenter__()

@@ -17,14 +17,12 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
-import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
@@ -50,6 +48,8 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
+from tests.nginx import Nginx, have_nginx
+from tests.pki import OPENSSL, Pki, make_pki
 from tests.test_mqtt_link import World, make_link, send, spawn_link_process
 from treadguard.controller.mqtt_link import TabletLink
 from treadguard.controller.mqtt_settings import TlsSettings
@@ -58,7 +58,6 @@ from treadguard.safety.inputs import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = ROOT / "config" / "mosquitto" / "treadguard.conf"
-OPENSSL = shutil.which("openssl")
 
 NOT_AUTHORIZED = 0x87  # MQTT 5 reason code, in a CONNACK or a PUBACK
 FORGED = b'{"forged": true}'
@@ -197,59 +196,6 @@ def secured(tmp_path: Path) -> Iterator[Broker]:
         b.kill()
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    daemon_cert: Path  # CN=treadguard
-    daemon_key: Path
-    tablet_cert: Path  # CN=tablet
-    tablet_key: Path
-    other_ca: Path  # a CA that signed nothing here
-
-    def tls_lines(self) -> str:
-        return f"cafile {self.ca}\ncertfile {self.server_cert}\nkeyfile {self.server_key}\n"
-
-
-_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-_LEAF = (
-    "basicConstraints=CA:FALSE\n"
-    "keyUsage=critical,digitalSignature\n"
-    "subjectKeyIdentifier=hash\n"
-    "authorityKeyIdentifier=keyid,issuer\n"
-)
-_SERVER_EXT = _LEAF + "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
-_CLIENT_EXT = _LEAF + "extendedKeyUsage=clientAuth\n"
-
-
-def _openssl(cwd: Path, *args: str) -> None:
-    assert OPENSSL is not None
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _ca(d: Path, name: str) -> tuple[Path, Path]:
-    crt, key = d / f"{name}.crt", d / f"{name}.key"
-    _openssl(
-        d, "req", "-x509", *_EC_KEY, "-keyout", str(key), "-out", str(crt), "-days", "2",
-        "-subj", f"/CN=treadguard test {name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    return crt, key
-
-
-def _issue(d: Path, ca: tuple[Path, Path], name: str, cn: str, ext: str) -> tuple[Path, Path]:
-    crt, key, csr, extfile = (d / f"{name}.{x}" for x in ("crt", "key", "csr", "ext"))
-    extfile.write_text(ext)
-    _openssl(d, "req", *_EC_KEY, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
-    _openssl(
-        d, "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-        "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(extfile),
-    )  # fmt: skip
-    return crt, key
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     """A CA, a server certificate for 127.0.0.1/localhost and two client certificates.
@@ -257,14 +203,7 @@ def pki(tmp_path: Path) -> Pki:
     The names are the shipped configuration's: ca.crt, server.crt, server.key.
     """
     need("openssl", OPENSSL is not None)
-    d = tmp_path / "treadguard"
-    d.mkdir()
-    ca = _ca(d, "ca")
-    server = _issue(d, ca, "server", "localhost", _SERVER_EXT)
-    daemon = _issue(d, ca, "treadguard-client", "treadguard", _CLIENT_EXT)
-    tab = _issue(d, ca, "tablet-client", "tablet", _CLIENT_EXT)
-    other_ca, _ = _ca(d, "other-ca")
-    return Pki(ca[0], *server, *daemon, *tab, other_ca)
+    return make_pki(tmp_path / "treadguard")
 
 
 def tls_broker(tmp_path: Path, pki: Pki, *, require_certificate: bool = False) -> Broker:
@@ -581,7 +520,7 @@ def test_sr15_every_shipped_listener_binds_client_ids_to_accounts() -> None:
     """use_username_as_clientid is a setting of one listener (mosquitto.conf(5)): a listener
     without it, examples included, would let any account take the daemon's client id."""
     blocks = listener_blocks(SHIPPED_CONF.read_text())
-    assert set(blocks) == {"1883", "8883", "8884"}
+    assert set(blocks) == {"1883", "8883", "9001"}
     for port, lines in blocks.items():
         assert "use_username_as_clientid true" in lines, port
 
@@ -641,18 +580,15 @@ async def test_sr12_tls_with_client_certificates_required(tmp_path: Path, pki: P
 
 
 def shipped_config(etc: Path, *, port: int, tls_port: int, ws_port: int) -> str:
-    """config/mosquitto/treadguard.conf with its TLS and WebSockets examples switched on, free
-    ports, the files of /etc/mosquitto/treadguard/ found in ``etc`` (the ACL: the shipped one)
-    and the tablet page from tablet/ in this tree."""
+    """config/mosquitto/treadguard.conf with its TLS example switched on, free ports (the
+    WebSockets listener for nginx on ``ws_port``), and the files of /etc/mosquitto/treadguard/
+    found in ``etc`` (the ACL: the shipped one)."""
     text = SHIPPED_CONF.read_text()
     edits = [
         (r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1"),
         (r"^#listener 8883$", f"listener {tls_port} 127.0.0.1"),
-        (r"^#listener 8884$", f"listener {ws_port}"),
-        (r"^#protocol websockets$", "protocol websockets"),
-        (r"^#http_dir /opt/treadguard/tablet$", f"http_dir {ROOT / 'tablet'}"),
+        (r"^listener 9001 127\.0\.0\.1$", f"listener {ws_port} 127.0.0.1"),
         (r"^#(cafile|certfile|keyfile|require_certificate|use_username_as_clientid) ", r"\1 "),
-        (r"^##require_certificate true$", "require_certificate true"),  # the page's listener
         (r"^acl_file /etc/mosquitto/treadguard/acl$", f"acl_file {ACL}"),
         (r"/etc/mosquitto/treadguard/", f"{etc}/"),
     ]
@@ -729,53 +665,80 @@ async def test_sr15_the_shipped_configuration_keeps_the_daemons_client_id(
     connections: dict[str, Hijack] = {
         "loopback": {},
         "tls": {"port": tls_port, "tls": cert, "times": 3},
-        "websockets": {"port": broker.ws_port, "tls": cert, "websockets": True, "times": 3},
+        # Plain WebSockets, as nginx connects to it (Mosquitto 2.0.11 takes them from the
+        # network as well: the same logins and the same binding of client ids).
+        "websockets": {"port": broker.ws_port, "websockets": True, "times": 3},
     }
     async with running(broker):
         await hijack_fails(broker, "tm-shipped-id", attacker, **connections[listener])
 
 
 @pytest.mark.asyncio
-async def test_sr15_the_shipped_websockets_listener_for_the_tablet_page(
+async def test_sr15_the_shipped_websockets_listener_behind_the_shipped_nginx_site(
     tmp_path: Path, pki: Pki
 ) -> None:
-    """treadguard.conf's listener for the tablet page: the page over HTTPS and MQTT over
-    WebSockets with TLS, both only with a client certificate, and the same logins and ACL as
-    every listener: no anonymous client, no command from an account but the tablet's."""
-    need("mosquitto", have_mosquitto())
-    etc = pki.ca.parent
-    password_file(etc / "passwd", PASSWORDS)
-    broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
-    broker.ws_port = free_port()  # start() waits for this one too
-    broker.conf.write_text(
-        shipped_config(etc, port=broker.port, tls_port=free_port(), ws_port=broker.ws_port)
+    """treadguard.conf's WebSockets listener behind config/nginx/treadguard.conf, its client
+    certificates switched on: the page over HTTPS and MQTT over WebSockets at /mqtt, both only
+    with a client certificate, and the same logins and ACL as every listener: no anonymous
+    client, no command from an account but the tablet's."""
+    broker, _ = shipped_broker(tmp_path, pki)
+    assert broker.ws_port is not None
+    need("nginx", have_nginx())
+    nginx = Nginx(
+        tmp_path,
+        cert=pki.server_cert,
+        key=pki.server_key,
+        mqtt_port=broker.ws_port,
+        client_ca=pki.ca,
     )
     tm, world = "tm-wss", World()
     p = f"treadmill/{tm}"
     tablet_tls = TlsSettings(pki.ca, cert_file=pki.tablet_cert, key_file=pki.tablet_key)
-    wss: Listener = {"tls": tablet_tls.context(), "port": broker.ws_port, "websockets": True}
+    wss: Listener = {"port": nginx.https_port, "websockets": True, "tls": tablet_tls.context()}
     async with running(broker):
-        url = f"https://127.0.0.1:{broker.ws_port}/"
-        with await asyncio.to_thread(
-            urllib.request.urlopen, url, context=tablet_tls.context()
-        ) as page:
-            assert b"E-STOP" in page.read()
-        assert "CERTIFICATE_REQUIRED" in await tls_refused(
-            broker.ws_port, TlsSettings(pki.ca).context()
-        )
-        with pytest.raises(aiomqtt.MqttError):
-            async with tablet(broker, **wss):
-                pass
-        async with (
-            tablet(broker, f"{p}/reply", f"{p}/availability", **login("tablet"), **wss) as tab,
-            link_for(broker, world, tm),
-            tablet(broker, **login("dashboard"), **wss) as dashboard,
-        ):
-            await serves_the_tablet(tab, tm, world)
-            await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
-            await send(tab, tm, {"id": "after", "type": "heartbeat"})
-            assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
-            assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
+        nginx.start()
+        try:
+            with await asyncio.to_thread(
+                urllib.request.urlopen, nginx.url, context=tablet_tls.context()
+            ) as page:
+                assert b"E-STOP" in page.read()
+            with pytest.raises(urllib.error.HTTPError) as no_certificate:
+                await asyncio.to_thread(
+                    urllib.request.urlopen, nginx.url, context=TlsSettings(pki.ca).context()
+                )
+            assert no_certificate.value.code == 400  # nginx: "No required SSL certificate"
+            no_cert = TlsSettings(pki.ca).context()
+            with pytest.raises(aiomqtt.MqttError):
+                async with tablet(
+                    broker,
+                    port=nginx.https_port,
+                    websockets=True,
+                    tls=no_cert,
+                    websocket_path="/mqtt",
+                ):
+                    pass
+            with pytest.raises(aiomqtt.MqttError):  # a certificate, and no login
+                async with tablet(broker, **wss, websocket_path="/mqtt"):
+                    pass
+            async with (
+                tablet(
+                    broker,
+                    f"{p}/reply",
+                    f"{p}/availability",
+                    **login("tablet"),
+                    **wss,
+                    websocket_path="/mqtt",
+                ) as tab,
+                link_for(broker, world, tm),
+                tablet(broker, **login("dashboard"), **wss, websocket_path="/mqtt") as dashboard,
+            ):
+                await serves_the_tablet(tab, tm, world)
+                await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
+                await send(tab, tm, {"id": "after", "type": "heartbeat"})
+                assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+                assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
+        finally:
+            nginx.stop()
 
 
 @pytest.mark.asyncio
