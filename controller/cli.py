@@ -246,9 +246,27 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim_user_broker(loaded: LoadedConfig) -> tuple[MqttBroker, str]:
+SIM_USER_PASSWORD_ENV = "TREADGUARD_SIM_USER_PASSWORD"
+
+
+def _sim_user_broker(loaded: LoadedConfig, username: str | None) -> tuple[MqttBroker, str]:
+    """The broker and the simulated user's own account: never the daemon's, which a broker
+    with the shipped ACL does not let publish sensor readings (they would be dropped without
+    a word, and the simulated user would look alive while reporting nothing)."""
     b = broker_settings(loaded)
-    return MqttBroker(b.host, b.port, b.username, b.password), b.prefix
+    if username is None and b.username is not None:
+        raise ConfigError(
+            loaded.path,
+            [
+                f"mqtt.username: the broker needs a login, and {b.username!r} is the daemon's "
+                "account, which may not publish sensor readings: give the simulated user an "
+                f"account of its own with --username NAME (its password in "
+                f"{SIM_USER_PASSWORD_ENV}) that the ACL lets write <prefix>/sensors/# and read "
+                "<prefix>/simulator/user (docs/mqtt-security.md)"
+            ],
+        )
+    password = os.environ.get(SIM_USER_PASSWORD_ENV) or None
+    return MqttBroker(b.host, b.port, username, password), b.prefix
 
 
 async def _serve_sim_user(broker: MqttBroker, prefix: str, interval_s: float) -> None:
@@ -273,7 +291,11 @@ def cmd_sim_user(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    broker, prefix = _sim_user_broker(loaded)
+    try:
+        broker, prefix = _sim_user_broker(loaded, args.username)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         if args.tell is not None:
             asyncio.run(tell_user(broker, prefix, args.tell))
@@ -703,6 +725,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=BUILTIN_CONFIG,
         help="the configuration whose broker and sensors to use (default: config/sim.toml)",
+    )
+    user.add_argument(
+        "--username",
+        default=None,
+        metavar="NAME",
+        help=f"the simulated user's broker account (its password in {SIM_USER_PASSWORD_ENV}); "
+        "default: none, for the simulator's own broker",
     )
     user.add_argument(
         "--tell",

@@ -85,3 +85,15 @@ def test_no_broker_is_a_clear_error(tmp_path: Path) -> None:
     told = tell(port, "fall")
     assert told.returncode == 3
     assert f"127.0.0.1:{port}" in told.stderr
+
+
+def test_the_simulated_user_never_borrows_the_daemon_s_account() -> None:
+    """With the daemon's login in the configuration, the simulated user would publish as the
+    daemon, whose readings the shipped ACL drops without a word: it asks for its own."""
+    secured = {**env(1883), "TREADGUARD_MQTT__USERNAME": "treadguard"}
+    done = subprocess.run(
+        cli("sim-user"), capture_output=True, text=True, timeout=30, cwd=ROOT, env=secured
+    )
+    assert done.returncode == 2
+    assert "'treadguard' is the daemon's account" in done.stderr
+    assert "--username NAME" in done.stderr
