@@ -88,6 +88,10 @@ class Broker:
             ws_listener = (
                 f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n{own}"
             )
+            # Started as root, Mosquitto drops to its own user, which cannot open a page in a
+            # checkout that lives in a private folder (a clone in mktemp -d): it stays root.
+            if stay_root() and stay_root() not in extra and not persistence:
+                ws_listener = stay_root() + ws_listener
         elif websockets:
             ws_listener = f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n{own}"
         self.conf.write_text(
