@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict
 
@@ -591,6 +592,10 @@ def run_gets_past_configuration(path: Path) -> None:
     from treadguard.controller.preflight import load_runnable
 
     loaded = load_runnable(path)
+    # The journal goes beside the file, whatever the file says: a test never writes the
+    # board's journal folder (/var/lib/treadguard, the default) on the machine it runs on.
+    journal = loaded.config.journal.model_copy(update={"path": path.parent / "journal.sqlite"})
+    loaded = replace(loaded, config=loaded.config.model_copy(update={"journal": journal}))
 
     async def assemble() -> None:
         daemon = Daemon(loaded)
