@@ -18,7 +18,8 @@ Floor, measured in the same run on the same link with the driver stopped: one py
 ``write_register`` round trip (request + echo). The real wire time a pty does not impose (it has
 no baud rate): an RTU write-single-register request plus its echo is 16 bytes, 16.7 ms at 9600
 baud 8N1 and 8.3 ms at 19200, plus the 3.5-character silences and the drive's response delay
-(STACK-NOTES.md). On a real RS-485 line add one in-flight request of that size in the worst case.
+(docs/wire-protocols.md). On a real RS-485 line add one in-flight request of that size in the
+worst case.
 
     .venv/bin/python benchmarks/bench_modbus.py [--trials 500]
 """

@@ -13,7 +13,8 @@ a free port of 127.0.0.1, so the ratios compare figures that shared the machine'
    a few of each after 100 ms of idleness, as a tablet's commands come (a second apart): an
    idle machine adds the time to wake its CPUs, which back-to-back samples never pay.
 3. **naive client**: the same daemon round trip from a client with default sockets (no
-   TCP_NODELAY; the broker still sets it), to show what the Nagle trap of STACK-NOTES.md costs.
+   TCP_NODELAY; the broker still sets it), to show what Nagle's algorithm meeting delayed ACKs
+   costs at QoS 1 (docs/benchmarks.md).
 4. **emergency stop**: trials of start_session -> running -> a random 0-200 ms -> estop, first
    without load, then while a flooder process publishes 1,000 commands a second to ``<p>/cmd``
    (heartbeats with unique ids and invalid payloads). Per trial: the ``stop_latency_ms`` of the

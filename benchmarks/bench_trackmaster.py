@@ -11,7 +11,7 @@ of the poll cycle (sometimes with a status request in flight, which the stop pre
   ``B2`` (the driver's trace hook, called from ``data_received``).
 
 A pty imposes no baud rate: bytes cross it as fast as the kernel copies them. On a real RS-232
-line at 4800 baud 8N1 each byte takes 2.08 ms on the wire (PROTOCOLS.md, STACK-NOTES.md), so
+line at 4800 baud 8N1 each byte takes 2.08 ms on the wire (docs/wire-protocols.md), so
 ``A2`` out and ``B2`` back add at least 4.17 ms, plus the treadmill's own processing time,
 which is not known and not modelled here unless ``--processing-delay-ms`` is given.
 

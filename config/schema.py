@@ -268,7 +268,7 @@ class MqttTlsSection(_Strict):
 
 
 class MqttSection(_Strict):
-    """The broker the tablet contract (MQTT-API.md) is served on."""
+    """The broker the tablet contract (docs/tablet-contract.md) is served on."""
 
     host: DeviceName = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)

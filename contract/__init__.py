@@ -1,3 +1,3 @@
-"""The tablet contract (MQTT-API.md), pure: topics, command parsing and replies, state and
-event payloads, sensor payloads. No asyncio and no I/O, so every rule of the contract is tested
-without a broker; the MQTT link in controller/ does the I/O."""
+"""The tablet contract (docs/tablet-contract.md), pure: topics, command parsing and replies,
+state and event payloads, sensor payloads. No asyncio and no I/O, so every rule of the contract
+is tested without a broker; the MQTT link in controller/ does the I/O."""

@@ -1,4 +1,4 @@
-"""The tablet contract over MQTT, version 1 (``/work/shared/MQTT-API.md``), as pure functions.
+"""The tablet contract over MQTT, version 1 (``docs/tablet-contract.md``), as pure functions.
 
 No I/O, no clock reads: the caller supplies the time a command arrived (monotonic seconds, the
 safety core's clock) and a function that maps monotonic seconds to unix seconds for what goes out.

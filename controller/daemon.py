@@ -169,10 +169,10 @@ class Daemon:
         return text
 
     def _extra_state(self) -> JsonObject:
-        """The state's extensions (MQTT-API.md allows new fields): the control loop's lag, the
-        programs a tablet may offer, the journal's use, the commissioning (whether a session
-        may start as far as it goes), the stop-quality watch, and which wired sensor inputs
-        cannot be read, and why."""
+        """The state's extensions (docs/tablet-contract.md allows new fields): the control
+        loop's lag, the programs a tablet may offer, the journal's use, the commissioning
+        (whether a session may start as far as it goes), the stop-quality watch, and which wired
+        sensor inputs cannot be read, and why."""
         extra: JsonObject = {
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,

@@ -39,7 +39,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 1: sessions, their events and the belt's speed.
     """
 CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY,            -- the session id of MQTT-API.md, unique per treadmill
+    id INTEGER PRIMARY KEY,            -- the tablet contract's session id, unique per treadmill
     user TEXT NOT NULL,
     program TEXT NOT NULL,
     cap_s REAL NOT NULL,

@@ -101,8 +101,8 @@ REFUSALS_LOGGED_PER_S = 20
 RIVAL_LOG_EVERY_S = 10.0  # a second daemon is logged this often while it lasts
 OFFLINE = b"offline"
 
-# Commands whose reply is never dropped nor refused for rate (MQTT-API.md: rate_limited is never
-# used for them), and events that are never dropped for a newer one.
+# Commands whose reply is never dropped nor refused for rate (docs/tablet-contract.md:
+# rate_limited is never used for them), and events that are never dropped for a newer one.
 NEVER_LIMITED = frozenset({"stop", "estop"})
 NEVER_DROPPED = frozenset({EventType.ESTOP, EventType.FAULT})
 REFUSALS_PER_BUFFER = 64  # rate_limited refusals kept, per entry of the reply buffer

@@ -41,7 +41,7 @@ from treadguard.safety.limits import HARD_MAX_MPH
 from treadguard.simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
 from treadguard.simulator.virtual_loop import VirtualLoop
 
-HEARTBEAT_S = 1.0  # the tablet's heartbeat period (MQTT-API.md)
+HEARTBEAT_S = 1.0  # the tablet's heartbeat period (docs/tablet-contract.md)
 SAMPLE_S = 0.1  # how often sessions and stops are checked for being over
 RATE_WINDOW_S = 0.001  # shortest interval over which the commanded rate is measured
 # The wall clock of a simulated run: its journal's records are stamped from this moment on,

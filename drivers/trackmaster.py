@@ -9,11 +9,11 @@ port itself, at once (SR-13).
 shared sans-I/O :class:`drivers.link_policy.LinkPolicy` (SR-9); this module is the transport: it
 asks the policy, writes the bytes, matches the answers and tells the policy what came back.
 
-The wire (PROTOCOLS.md section 1). The treadmill's input buffer holds one command: a second one
-sent before the first is processed replaces it. So exactly one ordinary command or status
-request is in flight, answered or timed out before the next. A stop may be written at any time,
-because a stop replacing a pending command is what we want; after it nothing else is written
-until its answer arrives (or its time-out), or the next request could replace the stop.
+The wire (docs/wire-protocols.md, section 1). The treadmill's input buffer holds one command: a
+second one sent before the first is processed replaces it. So exactly one ordinary command or
+status request is in flight, answered or timed out before the next. A stop may be written at any
+time, because a stop replacing a pending command is what we want; after it nothing else is
+written until its answer arrives (or its time-out), or the next request could replace the stop.
 
 - **Stop** (``A2``): raised by an emergency stop, a controlled stop, a fault, every new
   connection, a belt found moving while the wanted speed is 0, and the driver being cancelled;
@@ -101,7 +101,8 @@ from treadguard.safety.link_limits import (
 MAX_POLL_INTERVAL_S = DRIVE_MAX_POLL_INTERVAL_S
 # A dead link must show within this (SR-9): the longest an answer may take.
 LINK_TIMEOUT_S = DRIVE_LINK_TIMEOUT_S
-# PROTOCOLS.md: with CDS enabled the treadmill stops the belt after 500 ms without a request.
+# docs/wire-protocols.md: with CDS enabled the treadmill stops the belt after 500 ms without a
+# request.
 CDS_TIMEOUT_S = 0.5
 BAUD_RATES = (4800, 9600)
 # Opening a port runs in a worker thread; a USB adapter that hangs must not hang us.
@@ -513,9 +514,9 @@ class TrackmasterDriver:
 
         The order matters on a model that keeps its set speed through a stop and resumes at it
         on A0: started first and corrected after, it would run towards the last session's
-        speed for a round trip. PROTOCOLS.md does not say what every model does with A3 while
-        stopped, so the set speed is read back (C3) before A0 and again after it: A0 goes out
-        only if the set speed is at most the start speed, and a belt set faster after A0 is
+        speed for a round trip. The protocol's sources do not say what every model does with A3
+        while stopped, so the set speed is read back (C3) before A0 and again after it: A0 goes
+        out only if the set speed is at most the start speed, and a belt set faster after A0 is
         stopped at once. A model that ignores A3 while stopped and starts at its minimum is
         brought up to the start speed by the next A3."""
         tenths = self._wanted

@@ -1,15 +1,15 @@
-"""The Trackmaster serial protocol as pure functions: bytes in, values out (PROTOCOLS.md section 1).
+"""The Trackmaster serial protocol as pure functions: bytes in, values out.
 
 One codec for both ends of the wire. The driver (:mod:`drivers.trackmaster`) encodes commands and
 status requests and decodes the treadmill's answers with :class:`ResponseDecoder`; the simulated
 treadmill (:mod:`simulator.trackmaster_device`) decodes requests with :class:`RequestDecoder` and
 encodes answers. Nothing here touches a port or a clock.
 
-Frames: one command byte, optionally followed by ASCII digits. Numbers are the decimal digits with
-the point left out; speed, elevation and time carry tenths (1.2 mph -> ``0012``). The treadmill
-acknowledges a command with command + 0x10, refuses one with ``BE`` (data out of range) or ``BF``
-(illegal command), and answers a status request ``Cx`` with ``Dx`` and its data (``DF`` when it
-does not know the request).
+Frames (docs/wire-protocols.md, section 1): one command byte, optionally followed by ASCII
+digits. Numbers are the decimal digits with the point left out; speed, elevation and time carry
+tenths (1.2 mph -> ``0012``). The treadmill acknowledges a command with command + 0x10, refuses
+one with ``BE`` (data out of range) or ``BF`` (illegal command), and answers a status request
+``Cx`` with ``Dx`` and its data (``DF`` when it does not know the request).
 
 There is deliberately no encoder for ``A1`` (start with the communication-disconnect stop
 disabled): a host that dies after ``A1`` leaves the belt running, so the driver must have no way

@@ -1,8 +1,8 @@
-"""Pure encoding for a variable-frequency drive on Modbus (PROTOCOLS.md section 2).
+"""Pure encoding for a variable-frequency drive on Modbus (docs/wire-protocols.md, section 2).
 
 No I/O and no clock: register values in, values out. The driver (drivers/modbus_vfd.py) and the
 simulated drive (simulator/modbus_device.py) both use these functions, so their tests use golden
-values written by hand from PROTOCOLS.md, never values this module produced.
+values written by hand from docs/wire-protocols.md, never values this module produced.
 
 The reference map is Delta's VFD-E / VFD-EL (user manual, chapter 4). Other drives put the same
 functions at other addresses, so the addresses live in a TOML file (config/drives/*.toml) loaded
@@ -25,7 +25,7 @@ REGISTER_MAX = 0xFFFF
 # --- Command word (0x2000 on a Delta) ------------------------------------------------------------
 # Bits 0-1: 00 no function, 01 stop, 10 run, 11 jog + run (never used here).
 # Bits 4-5: 00 no function, 01 forward, 10 reverse, 11 change direction (never used here).
-# PROTOCOLS.md marks the direction bits *(verify)*.
+# docs/wire-protocols.md marks the direction bits *(verify)*.
 _RUN_STOP_MASK = 0b11
 _STOP_BITS = 0b01
 _RUN_BITS = 0b10
@@ -247,7 +247,7 @@ def register_to_mph(raw: int, mph_per_hz: float) -> float:
 
 # --- Status word (0x2101 on a Delta), used by the simulated drive ---------------------------------
 # Bits 0-1: 00 stopped, 01 decelerating to stop, 10 standby, 11 running; bits 3-4: 00 forward,
-# 11 reverse (01/10: changing direction). All *(verify)*: PROTOCOLS.md does not list this register's
+# 11 reverse (01/10: changing direction). All *(verify)*: the sources do not list this register's
 # bits and the driver does not rely on them (it reads the output frequency instead).
 STATUS_STOPPED = 0b00
 STATUS_DECELERATING = 0b01
@@ -269,7 +269,7 @@ def status_word(*, running: bool, moving: bool, direction: Direction) -> int:
 
 
 class CommFaultAction(IntEnum):
-    """Delta 09.02 "transmission fault treatment". Numeric values *(verify)*: PROTOCOLS.md lists
+    """Delta 09.02 "transmission fault treatment". Numeric values *(verify)*: the sources list
     the four actions in this order without numbering them; Delta's VFD-E manual (and the C2000
     family) number them 0-3 as below, factory setting 3."""
 
@@ -287,7 +287,7 @@ COMM_FAULT_ACTION_TEXT = {
 }
 
 # Only a stop is acceptable: a drive that keeps running on a lost link leaves the belt moving
-# under a user when the host dies (PROTOCOLS.md; LinuxCNC issue #4529).
+# under a user when the host dies (docs/wire-protocols.md; LinuxCNC issue #4529).
 STOP_ACTIONS = frozenset(
     {CommFaultAction.WARN_AND_RAMP_TO_STOP, CommFaultAction.WARN_AND_COAST_TO_STOP}
 )

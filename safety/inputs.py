@@ -23,9 +23,9 @@ GRIP_SENSOR = {Hand.LEFT: Sensor.GRIP_LEFT, Hand.RIGHT: Sensor.GRIP_RIGHT}
 
 
 class CommandType(StrEnum):
-    """The tablet's commands by their wire names (MQTT-API.md): the one place they are spelled.
-    The contract, the scenario format, the CLI tablet and the core's refusals take them from
-    here."""
+    """The tablet's commands by their wire names (docs/tablet-contract.md): the one place they
+    are spelled. The contract, the scenario format, the CLI tablet and the core's refusals take
+    them from here."""
 
     START_SESSION = "start_session"
     SET_SPEED = "set_speed"

@@ -1,8 +1,9 @@
 """Hard limits of the reverse-walking protocol and the configurable safety settings.
 
-The hard limits come from SAFETY.md. Configuration may make a setting stricter, never looser:
-every bound below is enforced by pydantic when the settings are loaded, so an unsafe file is
-refused with the name of the field instead of being clamped.
+The hard limits are those of the safety requirements (docs/requirements.md). Configuration may
+make a setting stricter, never looser: every bound below is enforced by pydantic when the
+settings are loaded, so an unsafe file is refused with the name of the field instead of being
+clamped.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ STANDSTILL_MPH = 0.05
 
 
 class SafetyLimits(BaseModel):
-    """The safety settings of one treadmill. Defaults are the SAFETY.md defaults."""
+    """The safety settings of one treadmill. Defaults are the requirements' defaults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -29,5 +29,5 @@ SENSOR_MAX_REQUEST_TIMEOUT_S = 0.25
 # inputs of one device and table must span no more, as one request reads them all.
 MODBUS_MAX_BITS_PER_READ = 2000
 
-# MQTT-API.md: the state is published at least every 500 ms while the belt moves.
+# docs/tablet-contract.md: the state is published at least every 500 ms while the belt moves.
 MAX_STATE_PERIOD_S = 0.5

@@ -2,7 +2,8 @@
 
 A program is a TOML file under ``config/programs/``; ``config.loading`` reads the files (the
 safety core does no I/O) and validates each against :class:`Program`, which holds the hard limits
-of SAFETY.md: a program that breaks one is refused with the field that breaks it.
+of the safety requirements (docs/requirements.md): a program that breaks one is refused with the
+field that breaks it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """A simulated variable-frequency drive behind pymodbus's real Modbus server.
 
-The far side of the Modbus driver's wire (PROTOCOLS.md section 2): the Delta VFD-E register map
-(or any map from config/drives/), belt physics from :mod:`simulator.belt`, and the drive's own
-communication time-out. When no request arrives for the 09.03 time-out, the drive applies its
-09.02 action: a stop action stops the belt; "keep running" keeps it moving - the unsafe
-configuration the driver must refuse at start-up.
+The far side of the Modbus driver's wire (docs/wire-protocols.md, section 2): the Delta VFD-E
+register map (or any map from config/drives/), belt physics from :mod:`simulator.belt`, and the
+drive's own communication time-out. When no request arrives for the 09.03 time-out, the drive
+applies its 09.02 action: a stop action stops the belt; "keep running" keeps it moving - the
+unsafe configuration the driver must refuse at start-up.
 
 Two transports, both pymodbus's own server classes so any standard client can talk to it:
 

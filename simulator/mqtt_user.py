@@ -1,5 +1,5 @@
 """A simulated user on the belt, seen through MQTT sensors: the grip and fall sensors of
-MQTT-API.md (``<prefix>/sensors/grip_left``, ``grip_right``, ``fall``), reporting
+docs/tablet-contract.md (``<prefix>/sensors/grip_left``, ``grip_right``, ``fall``), reporting
 ``{"value": bool, "ts": unix s}`` every ``report_interval_s``, the way a wireless grip sensor or
 a camera-based fall detector would.
 

@@ -1,7 +1,7 @@
 """A simulated Trackmaster treadmill on a pty: the far side of the Trackmaster driver's wire.
 
-It answers the whole command and status table of PROTOCOLS.md section 1 byte for byte, through
-the same codec the driver uses (:mod:`drivers.trackmaster_codec`), and moves a
+It answers the whole command and status table of docs/wire-protocols.md (section 1) byte for
+byte, through the same codec the driver uses (:mod:`drivers.trackmaster_codec`), and moves a
 :class:`simulator.belt.Belt`. The behaviour that matters for safety is modelled:
 
 - **CDS**: after ``A0`` the belt's deadman is armed; when no byte arrives for 500 ms the belt

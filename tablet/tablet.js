@@ -23,14 +23,14 @@ const TOPIC = {
   availability: `${PREFIX}/availability`,
 };
 
-const HEARTBEAT_MS = 1000; // MQTT-API.md: "the tablet sends one every second" (SR-12)
+const HEARTBEAT_MS = 1000; // docs/tablet-contract.md: a tablet sends one every second (SR-12)
 const REPLY_TIMEOUT_MS = 5000;
 // Heartbeats unanswered this long: the daemon is not there, whatever the broker says.
 const NO_ANSWER_MS = 3000;
 // The daemon publishes at least every 500 ms while the belt moves; three missed is stale.
 const STATE_STALE_MS = 1500;
 const STANDSTILL_MPH = 0.05; // safety/limits.py
-// The protocol's band (SAFETY.md SR-1), until the state lists the programs' own bands. The
+// The protocol's band (SR-1, docs/requirements.md), until the state lists the programs' own bands. The
 // daemon refuses anything outside its band whatever this page sends.
 const BAND = [0.8, 1.2];
 const STEP_MPH = 0.1;

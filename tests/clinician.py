@@ -1,5 +1,5 @@
 """A tablet and a user's sensors for tests of the real daemon: what a clinician's tablet and
-a wireless grip sensor do, over a test's private Mosquitto (MQTT-API.md)."""
+a wireless grip sensor do, over a test's private Mosquitto (docs/tablet-contract.md)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ async def clinician(
 
 
 class SensorUser:
-    """The grip and fall sensors of MQTT-API.md, reporting every 100 ms what the user does."""
+    """The grip and fall sensors of docs/tablet-contract.md, reporting every 100 ms what the user
+    does."""
 
     def __init__(self, broker: Broker, tm: str, account: str | None = None) -> None:
         self.broker = broker

@@ -44,7 +44,7 @@ CONFIG_DIR = ROOT / "config"
 PROGRAMS_DIR = CONFIG_DIR / "programs"
 REGISTER_MAP = CONFIG_DIR / "drives" / "delta-vfd-e.toml"
 
-# SAFETY.md, "Programs": hard limits of belt-moving time per session.
+# docs/requirements.md, "The programs": hard limits of belt-moving time per session.
 FIRST_SESSION_HARD_CAP_S = 5 * 60
 LATER_SESSION_HARD_CAP_S = 8 * 60
 MAX_INTERVALS = 10
@@ -148,7 +148,7 @@ def test_the_base_file_of_these_tests_is_valid(tmp_path: Path) -> None:
 
 
 def test_stricter_than_the_defaults_is_accepted(tmp_path: Path) -> None:
-    """SAFETY.md: configuration may make a limit stricter."""
+    """docs/requirements.md: configuration may make a limit stricter."""
     safety = "max_mph = 1.0\naccel_mph_s = 0.1\ngrip_debounce_s = 0.1\nsensor_timeout_s = 0.3"
     proc = check_config(write(tmp_path, valid_config(safety=safety)))
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -41,7 +41,7 @@ from treadguard.simulator.virtual_loop import VirtualLoop
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# SAFETY.md
+# docs/requirements.md
 GRIP_DEBOUNCE_S = 0.3  # SR-4
 SENSOR_TIMEOUT_S = 0.5  # SR-8
 START_MPH = 0.8  # first session starts at 0.8 mph

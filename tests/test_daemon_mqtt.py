@@ -1,5 +1,5 @@
 """The daemon as a tablet finds it: ``treadguard run`` in its own process, a private Mosquitto,
-and a client that knows only MQTT-API.md.
+and a client that knows only docs/tablet-contract.md.
 
 A whole session; every refusal code; an emergency stop and its reset; grips released and a
 fall signalled through the MQTT sensor topics (SR-4, SR-5, SR-8); the broker killed and
@@ -133,7 +133,8 @@ async def test_state_goes_out_at_least_every_500ms_while_the_belt_moves(
 async def test_sr15_every_refusal_code_over_mqtt(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
-    """Each code of MQTT-API.md, provoked the way a faulty tablet would; the daemon lives."""
+    """Each refusal code of docs/tablet-contract.md, provoked the way a faulty tablet would; the
+    daemon lives."""
     daemon = make_daemon(treadmill_id="tm-codes", sensors="mqtt")  # no readings: unsafe
     async with clinician(broker, "tm-codes") as doc:
         await doc.raw(b"{not json")

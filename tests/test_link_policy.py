@@ -2,7 +2,7 @@
 
 Examples first, then hypothesis: arbitrary sequences of driver events, controller wishes and
 time steps (tiny, huge and in between), with the rules checked after every step against a
-small reference model written here from SAFETY.md, not from the policy's own state.
+small reference model written here from docs/requirements.md, not from the policy's own state.
 """
 
 from __future__ import annotations
@@ -677,7 +677,8 @@ EVENTS = st.one_of(
 
 @dataclass
 class Model:
-    """SAFETY.md's SR-9 rules, restated: when may a frame go out while a stop is raised?"""
+    """The SR-9 rules of docs/requirements.md, restated: when may a frame go out while a stop is
+    raised?"""
 
     # A stop raised and not confirmed since `since`: frames only until since + CONFIRM.
     since: float = 0.0

@@ -2,7 +2,7 @@
 
 Modbus TCP on a real socket on 127.0.0.1 (a free port the server picks), Modbus RTU on real
 raw-mode ptys, pymodbus's real server on the far side; nothing mocked. Command words and frames
-are compared with golden values from PROTOCOLS.md and the Modbus specification.
+are compared with golden values from docs/wire-protocols.md and the Modbus specification.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MPH_PER_HZ = 0.05
 # A brisk belt so a test reaches speed and standstill in a fraction of a second.
 FAST_BELT = BeltParams(accel_mph_s=4.0, decel_mph_s=4.0, estop_decel_mph_s=8.0, lag_s=0.02)
 
-# PROTOCOLS.md: bits 0-1 01 stop / 10 run, bits 4-5 10 reverse.
+# docs/wire-protocols.md: bits 0-1 01 stop / 10 run, bits 4-5 10 reverse.
 STOP_REVERSE = 0b10_0001
 RUN_REVERSE = 0b10_0010
 # Modbus "write single register" PDU: function 06, address 0x2000, value 0x0021.

@@ -1,5 +1,6 @@
-"""The MQTT tablet contract v1 as pure functions (MQTT-API.md; SR-15 bad input, SR-12 remote
-estop). Payloads here are written by hand from MQTT-API.md, never produced by the encoder."""
+"""The MQTT tablet contract v1 as pure functions (docs/tablet-contract.md; SR-15 bad input,
+SR-12 remote estop). Payloads here are written by hand from docs/tablet-contract.md, never
+produced by the encoder."""
 
 from __future__ import annotations
 
@@ -382,7 +383,7 @@ def test_sr12_a_stop_or_estop_is_carried_out_however_the_rest_is_formed(
 
 def test_sr12_a_retained_or_oversized_estop_is_still_refused() -> None:
     """The two refusals a stop keeps: retained (a stale button press replayed to every new
-    subscriber, MQTT-API.md) and over the 4 KiB limit (never parsed)."""
+    subscriber, docs/tablet-contract.md) and over the 4 KiB limit (never parsed)."""
     execute = Recorder()
     retained = answer_command(
         b'{"id": "r1", "type": "estop"}',
@@ -905,14 +906,15 @@ def test_sr16_a_wall_clock_step_changes_no_commands_acceptance(
 
 
 def test_every_command_is_named_once_and_parses_to_its_input() -> None:
-    """The wire names are CommandType's (MQTT-API.md's): the contract knows exactly those, and
-    each parses to the core's input whose TYPE is that name."""
+    """The wire names are CommandType's (those of docs/tablet-contract.md): the contract knows
+    exactly those, and each parses to the core's input whose TYPE is that name."""
     from typing import get_args
 
     from treadguard.contract.mqtt import _MODELS
     from treadguard.safety.inputs import CommandType
 
-    # The wire names as MQTT-API.md lists them, written out here, not taken from the code.
+    # The wire names as docs/tablet-contract.md lists them, written out here, not taken from the
+    # code.
     assert {c.value for c in CommandType} == {
         "start_session",
         "set_speed",

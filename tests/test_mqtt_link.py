@@ -1,6 +1,7 @@
-"""The tablet link against a real Mosquitto on a free port (MQTT-API.md; SR-12 tablet link,
-SR-15 bad input): replies, retained and duplicate commands, availability and the Will, a broker
-killed and restarted, and the state published at least every 500 ms while the belt moves.
+"""The tablet link against a real Mosquitto on a free port (docs/tablet-contract.md; SR-12
+tablet link, SR-15 bad input): replies, retained and duplicate commands, availability and the
+Will, a broker killed and restarted, and the state published at least every 500 ms while the
+belt moves.
 """
 
 from __future__ import annotations

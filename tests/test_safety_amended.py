@@ -1,6 +1,6 @@
-"""The safety core against the amended rows of SAFETY.md: SR-3 (intervals), SR-4 (the grip-loss
-count), SR-6 (a drive fault is cleared only by a healthy status), SR-7 (the first-session limit
-whatever the program) and SR-8 (non-finite and out-of-order readings).
+"""The safety core against the amended rows of docs/requirements.md: SR-3 (intervals), SR-4
+(the grip-loss count), SR-6 (a drive fault is cleared only by a healthy status), SR-7 (the
+first-session limit whatever the program) and SR-8 (non-finite and out-of-order readings).
 
 Examples use the 50 ms world of test_safety_examples; the properties drive the core directly,
 waking it at its own deadlines as the controller does, so that a stop's time can be checked to

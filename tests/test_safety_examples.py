@@ -1,8 +1,8 @@
-"""Example tests of the safety core, one or more per requirement of SAFETY.md.
+"""Example tests of the safety core, one or more per requirement of docs/requirements.md.
 
 Each test arranges a world (a user on the treadmill, sensors and drive answering every 50 ms,
 a tablet sending a heartbeat every second), acts, and asserts on the decisions, events and
-snapshot. Expected values come from SAFETY.md (the constants below), not from the code.
+snapshot. Expected values come from docs/requirements.md (the constants below), not from the code.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from treadguard.safety.programs import Program
 
 PROGRAMS_DIR = Path(__file__).resolve().parents[1] / "config" / "programs"
 
-# SAFETY.md defaults.
+# docs/requirements.md defaults.
 BAND_MIN, BAND_MAX = 0.8, 1.2  # SR-1
 ACCEL, DECEL = 0.2, 0.4  # SR-2, mph/s
 COUNTDOWN_S = 3.0  # SR-3
@@ -668,8 +668,8 @@ def _driver_gave_up_then_answered_at_once() -> World:
 def test_sr6_a_refused_reset_names_exactly_what_is_unmet(
     arrange: Callable[[], World], unmet: list[str]
 ) -> None:
-    """MQTT-API.md: ``preconditions_unmet`` names which; the clinician reads it to know what to
-    clear, so it names every unmet precondition and nothing else."""
+    """docs/tablet-contract.md: ``preconditions_unmet`` names which; the clinician reads it to
+    know what to clear, so it names every unmet precondition and nothing else."""
     world = arrange()
     d = world.command(Reset)
     assert refusal(d) == Refused(
@@ -699,7 +699,7 @@ def test_sr6_a_drive_fault_is_reset_after_a_healthy_status() -> None:
 
 
 def test_the_snapshot_shows_the_session_as_it_stands() -> None:
-    """What the tablet shows (MQTT-API.md, the state): the countdown counting down, the
+    """What the tablet shows (docs/tablet-contract.md, the state): the countdown counting down, the
     session's user, program, belt time and what is left of the cap, and the belt unknown (not
     0) once the drive has gone silent."""
     world = World()

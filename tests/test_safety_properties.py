@@ -9,9 +9,10 @@ arbitrary readings and commands with out-of-band, negative, NaN and infinite val
 programs and odd caps) are mixed in. Time only goes forward, at most 0.25 s between inputs.
 
 After every input an oracle written here checks SR-1..SR-8, SR-9/SR-10 and SR-12. It works from
-SAFETY.md's values, from what the core was told and from what it answered (decisions, replies,
-events), never from the core's internal flags. Every property test checks every requirement;
-each test's scripts are weighted towards the situations of the requirements in its name.
+the values of docs/requirements.md, from what the core was told and from what it answered
+(decisions, replies, events), never from the core's internal flags. Every property test checks
+every requirement; each test's scripts are weighted towards the situations of the requirements
+in its name.
 
 Besides the real programs of config/programs, the core gets two short test programs (caps of
 10-40 s) so that many examples reach a cap within the time budget.
@@ -92,7 +93,7 @@ assert not set(SHORT_PROGRAMS) & set(REAL_PROGRAMS)
 PROGRAMS: dict[str, Program] = {**REAL_PROGRAMS, **SHORT_PROGRAMS}
 LIMITS = SafetyLimits()
 
-# The values of SAFETY.md (the defaults), not read from the code.
+# The values of docs/requirements.md (the defaults), not read from the code.
 BAND = (0.8, 1.2)  # SR-1
 ACCEL_MPH_S, DECEL_MPH_S = 0.2, 0.4  # SR-2
 COUNTDOWN_S = 3.0  # SR-3
@@ -101,7 +102,7 @@ SENSOR_TIMEOUT_S = 0.5  # SR-8
 FEEDBACK_TOLERANCE_MPH, FEEDBACK_WINDOW_S = 0.3, 2.0  # SR-10
 HEARTBEAT_GRACE_S = 5.0  # SR-12
 HARD_CAP_FIRST_S, HARD_CAP_S, HARD_CAP_INTERVALS_S = 300.0, 480.0, 600.0  # SR-7 / programs
-# SAFETY.md gives no drive time-out; it is configuration.
+# docs/requirements.md gives no drive time-out; it is configuration.
 DRIVE_TIMEOUT_S = LIMITS.drive_timeout_s
 
 ARMED = frozenset({State.COUNTDOWN, State.RUNNING, State.STOPPING})
@@ -155,7 +156,7 @@ class _Session:
 
 @dataclass
 class Oracle:
-    """Follows the inputs and the decisions and checks SAFETY.md after every step."""
+    """Follows the inputs and the decisions and checks docs/requirements.md after every step."""
 
     default_program: str
     t: float = 0.0
@@ -395,7 +396,7 @@ class Oracle:
         self.speed, self.state = speed, state
 
     def _count_grip_loss(self, start: float, end: float) -> None:
-        """SR-4 as SAFETY.md words it. A hand is lost from its release, or from when its
+        """SR-4 as docs/requirements.md words it. A hand is lost from its release, or from when its
         "held" reading went stale (a hair later than the core may see it: lenient)."""
 
         def lost_from(hand: Hand) -> float:

@@ -27,7 +27,7 @@ NAMES = ("grip_left", "grip_right", "fall")
 
 
 class ClockedSensors:
-    """The three sensors of MQTT-API.md, every 50 ms, each stamping with its own clock:
+    """The three sensors of docs/tablet-contract.md, every 50 ms, each stamping with its own clock:
     ``time.time() + offset[name]``."""
 
     def __init__(self, client: aiomqtt.Client, tm: str) -> None:

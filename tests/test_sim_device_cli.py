@@ -53,7 +53,7 @@ def test_trackmaster_device_answers_any_serial_client(
     proc, path = device
     assert path.startswith("/dev/")
     with serial.Serial(path, 4800, timeout=2) as port:
-        port.write(bytes([0xC0]))  # belt status: D0, then 0x31 = stopped (PROTOCOLS.md)
+        port.write(bytes([0xC0]))  # belt status: D0, then 0x31 = stopped (docs/wire-protocols.md)
         assert port.read(2) == bytes([0xD0, 0x31])
         port.write(bytes([0xA3, 0x30, 0x30, 0x31, 0x32]))  # set speed 1.2 mph
         assert port.read(1) == bytes([0xB3])

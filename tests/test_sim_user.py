@@ -1,5 +1,6 @@
 """``treadguard sim-user``: the simulated user's grip and fall sensors over MQTT, as the daemon
-reads them (MQTT-API.md ``<p>/sensors/<name>``), told what to do from another process."""
+reads them (``<p>/sensors/<name>`` of docs/tablet-contract.md), told what to do from another
+process."""
 
 from __future__ import annotations
 

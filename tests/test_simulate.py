@@ -2,7 +2,7 @@
 
 The shipped scenarios run on the virtual clock (twice, to show the run is deterministic); a
 short scenario written here runs on asyncio's clock with the real control loop and timers.
-Expected figures come from SAFETY.md: the 0.8-1.2 mph band (SR-1), 0.2/0.4 mph/s (SR-2),
+Expected figures come from docs/requirements.md: the 0.8-1.2 mph band (SR-1), 0.2/0.4 mph/s (SR-2),
 the 300 ms grip debounce (SR-4), a fall with no debounce (SR-5), the session caps (SR-7), the
 500 ms drive time-out (SR-9).
 """

@@ -1,4 +1,4 @@
-"""The Trackmaster codec against golden bytes written by hand from PROTOCOLS.md section 1.
+"""The Trackmaster codec against golden bytes written by hand from docs/wire-protocols.md section 1.
 
 The driver and the simulated treadmill share this codec, so a mistake in it would be invisible
 end to end: every expected byte string below is typed from the protocol table (ASCII digits:

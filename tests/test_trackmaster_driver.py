@@ -2,8 +2,8 @@
 
 Nothing is mocked: the driver opens the pty with pyserial-asyncio-fast, the simulated treadmill
 reads the master end and answers through the shared codec. Expected bytes are typed from
-PROTOCOLS.md section 1. Waiting is on the device's change notifications (``wait_until``) or, for
-driver state that has no event, a bounded poll with a deadline.
+docs/wire-protocols.md, section 1. Waiting is on the device's change notifications
+(``wait_until``) or, for driver state that has no event, a bounded poll with a deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from treadguard.simulator.trackmaster_device import TrackmasterDevice, Trackmast
 ROOT = Path(__file__).resolve().parents[1]
 # A brisk belt so a test reaches speed and standstill in a fraction of a second.
 FAST_BELT = BeltParams(accel_mph_s=4.0, decel_mph_s=4.0, estop_decel_mph_s=8.0, lag_s=0.02)
-CDS_S = 0.5  # PROTOCOLS.md: the communication-disconnect stop fires after 500 ms of silence
+# docs/wire-protocols.md: the communication-disconnect stop fires after 500 ms of silence.
+CDS_S = 0.5
 DETECT_S = 0.3  # the driver must report a dead link within this
 MARGIN_S = 0.25  # scheduling slack on a loaded 2-core machine
 
@@ -142,8 +143,8 @@ async def test_start_speed_stop_with_cds_never_a1(tmp_path: Path) -> None:
 async def test_elevation_in_half_percent_steps_and_a_refused_grade_is_a_fault(
     tmp_path: Path,
 ) -> None:
-    """A4 with the grade x10 in 4 ASCII digits (PROTOCOLS.md): 2.5 % is A4 30 30 32 35. A grade
-    the treadmill refuses (BE) is a fault, sent once, never retried."""
+    """A4 with the grade x10 in 4 ASCII digits (docs/wire-protocols.md): 2.5 % is A4 30 30 32 35.
+    A grade the treadmill refuses (BE) is a fault, sent once, never retried."""
     async with treadmill(tmp_path) as device:
         driver = make_driver(device)
         async with running(driver), ControlTicks(driver):
@@ -519,7 +520,8 @@ async def test_missing_port_at_start_is_retried_until_it_appears(tmp_path: Path)
 
 # --- an independent client ------------------------------------------------------------------------
 
-# (request, expected answer) typed from PROTOCOLS.md; None = check the Dx prefix and 4 digits.
+# (request, expected answer) typed from docs/wire-protocols.md; None = check the Dx prefix and 4
+# digits.
 TABLE: list[tuple[str, str | None]] = [
     ("C0", "D0 31"),
     ("A9 30 31 35 30", "B9"),  # weight 150

@@ -31,7 +31,7 @@ from treadguard.simulator.trackmaster_device import (
 )
 
 LINE_DELAY_S = 0.02  # each way
-CDS_S = 0.5  # PROTOCOLS.md: the treadmill's communication-disconnect stop
+CDS_S = 0.5  # docs/wire-protocols.md: the treadmill's communication-disconnect stop
 CONFIRM_S = 0.3  # SR-9: the stop-confirm bound
 POLL_S = 0.1
 MARGIN_S = 0.25  # scheduling slack on a loaded 2-core machine

@@ -1,4 +1,4 @@
-"""The VFD codec against golden values written by hand from PROTOCOLS.md section 2 (SR-9).
+"""The VFD codec against golden values written by hand from docs/wire-protocols.md section 2 (SR-9).
 
 Never values the codec produced: the driver and the simulated drive share this codec, so a wrong
 bit here would be wrong on both sides of the wire and no integration test would notice.
@@ -219,7 +219,7 @@ def test_09_03_must_leave_room_for_two_polls() -> None:
 # --- register map --------------------------------------------------------------------------------
 
 
-def test_shipped_delta_map_matches_protocols_md() -> None:
+def test_shipped_delta_map_matches_the_wire_protocols_doc() -> None:
     rmap = RegisterMap.from_toml(DELTA_MAP)
     assert rmap.name == "delta-vfd-e"
     assert rmap.command_word == 0x2000
