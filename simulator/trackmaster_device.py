@@ -30,7 +30,9 @@ Because a new pty gets a new ``/dev/pts/N``, ``link_path`` gives the port a stab
 symlink, as udev gives ``/dev/treadmill``) that follows the device across restarts.
 
 :func:`serve_trackmaster` is the body of ``treadguard sim-device trackmaster``: it prints the
-port path on its first line and serves until SIGTERM or SIGINT.
+port path on its first line, then a line each time its CDS deadman stops the belt
+(``cds_stop silent_s=... belt_mph=...``) and one when the belt stands still after it
+(``standstill after cds_stop``), and serves until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -196,6 +198,11 @@ class TrackmasterDevice:
         self.commanded: list[tuple[float, float]] = []
         # Called with each chunk read from the host and the loop time (benchmarks).
         self.on_rx: Callable[[bytes, float], None] | None = None
+        # Told, in a line of text, what the treadmill did by itself: its CDS deadman stopping
+        # the belt, and the belt standing still after it (sim-device prints these, so that a
+        # test in another process can see the drive's own stop).
+        self.on_own_stop: Callable[[str], None] | None = None
+        self._awaiting_standstill = False
 
         self._master: int | None = None
         self._slave: int | None = None
@@ -650,6 +657,10 @@ class TrackmasterDevice:
         if self.belt.deadman_trips != self._seen_trips:
             self._seen_trips = self.belt.deadman_trips
             self._cds_stop(now)
+        if self._awaiting_standstill and self.belt.speed_mph <= 0.0:
+            self._awaiting_standstill = False
+            if self.on_own_stop is not None:
+                self.on_own_stop("standstill after cds_stop")
         if self._auto_stopping and self._at_minimum():
             self._stop(now, emergency=False)
         self._move_elevation(dt)
@@ -661,7 +672,14 @@ class TrackmasterDevice:
 
     def _cds_stop(self, now: float) -> None:
         # Belt has already set its command to 0 and decelerates; the treadmill forgets the run.
-        self.cds_trips.append(CdsTrip(now, self.last_rx_t if self.last_rx_t is not None else 0.0))
+        trip = CdsTrip(now, self.last_rx_t if self.last_rx_t is not None else 0.0)
+        self.cds_trips.append(trip)
+        if self.on_own_stop is not None:
+            self.on_own_stop(
+                f"cds_stop silent_s={trip.t - trip.last_rx_t:.2f} "
+                f"belt_mph={self.belt.speed_mph:.2f}"
+            )
+            self._awaiting_standstill = True
         self.running = False
         self._auto_stopping = False
         if not self.model.resume_last_speed:
@@ -768,7 +786,9 @@ async def serve_trackmaster(
             elif kind is not None:
                 device.inject(kind, for_s=inject_for_s)
 
-        print(device.open_port(), file=out or sys.stdout, flush=True)
+        stream = out or sys.stdout
+        device.on_own_stop = lambda line: print(line, file=stream, flush=True)
+        print(device.open_port(), file=stream, flush=True)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, toggle)

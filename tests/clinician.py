@@ -13,7 +13,7 @@ from typing import Any
 
 import aiomqtt
 
-from tests.mosquitto import Broker, Login, Tablet, body, login, tablet, text_is
+from tests.mosquitto import Listening, Login, Tablet, body, login, tablet, text_is
 from tests.periodic import pause, periodic
 
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
@@ -87,11 +87,19 @@ class Clinician:
 
 @asynccontextmanager
 async def clinician(
-    broker: Broker, tm: str, *, heartbeat: bool = True, account: str | None = None
+    broker: Listening,
+    tm: str,
+    *,
+    heartbeat: bool = True,
+    account: str | None = None,
+    credentials: Login | None = None,
 ) -> AsyncIterator[Clinician]:
+    """``account``: one of the test accounts (tests/mosquitto.py); ``credentials``: any other
+    (a broker whose passwords the test did not choose)."""
     p = f"treadmill/{tm}"
     topics = (f"{p}/reply", f"{p}/state", f"{p}/events", f"{p}/availability")
-    async with tablet(broker, *topics, **(login(account) if account else Login())) as tab:
+    who = credentials if credentials is not None else login(account) if account else Login()
+    async with tablet(broker, *topics, **who) as tab:
         await tab.next(f"{p}/availability", text_is("online"))
         doc = Clinician(tab, p)
         if not heartbeat:
@@ -105,9 +113,17 @@ class SensorUser:
     """The grip and fall sensors of docs/tablet-contract.md, reporting every 100 ms what the user
     does."""
 
-    def __init__(self, broker: Broker, tm: str, account: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Listening,
+        tm: str,
+        account: str | None = None,
+        credentials: Login | None = None,
+    ) -> None:
         self.broker = broker
-        self.login = login(account) if account else Login()
+        self.login = (
+            credentials if credentials is not None else login(account) if account else Login()
+        )
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
 
@@ -125,9 +141,9 @@ class SensorUser:
 
 @asynccontextmanager
 async def sensor_user(
-    broker: Broker, tm: str, account: str | None = None
+    broker: Listening, tm: str, account: str | None = None, credentials: Login | None = None
 ) -> AsyncIterator[SensorUser]:
-    user = SensorUser(broker, tm, account)
+    user = SensorUser(broker, tm, account, credentials)
     async with periodic(user.run):
         yield user
 

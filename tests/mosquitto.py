@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -51,6 +51,14 @@ def have_mosquitto() -> bool:
 # Settings of one listener rather than of the broker (mosquitto.conf(5), "Listeners").
 BIND_CLIENT_IDS = "use_username_as_clientid true"
 LISTENER_SETTINGS = frozenset({BIND_CLIENT_IDS})
+
+
+class Listening(Protocol):
+    """Where a broker listens on 127.0.0.1: a test's :class:`Broker`, or one the test did not
+    start (the Mosquitto of a systemd container, reached through its network namespace)."""
+
+    @property
+    def port(self) -> int: ...
 
 
 class Broker:
@@ -249,7 +257,7 @@ class Tablet:
 
 @asynccontextmanager
 async def tablet(
-    broker: Broker,
+    broker: Listening,
     *topics: str,
     username: str | None = None,
     password: str | None = None,

@@ -13,6 +13,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -191,3 +192,47 @@ def test_sim_device_cli_injects_on_start_and_toggles_on_sigusr1() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+def test_sim_device_cli_says_when_its_own_cds_stops_the_belt() -> None:
+    """SR-9 seen from another process: a test that kills or freezes the host (the daemon under
+    systemd, tests/test_install.py) reads the treadmill's own stop from its output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "treadguard.controller.cli", "sim-device", "trackmaster"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        path = _first_line(proc)
+        with serial.Serial(path, 4800, timeout=2) as port:
+            port.write(h("A0"))  # start, with the CDS deadman armed
+            assert port.read(1) == h("B0")
+            # ... and then nothing more: the host has gone silent.
+            trip, standstill = _next_lines(proc, 2, timeout_s=5.0)
+            assert trip.startswith("cds_stop silent_s=0.5"), trip
+            assert standstill == "standstill after cds_stop"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def _next_lines(proc: subprocess.Popen[str], count: int, timeout_s: float) -> list[str]:
+    """The process's next ``count`` lines; killed (and the test failed) if they take longer."""
+    assert proc.stdout is not None
+    stream = proc.stdout
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(stream.readline().strip() for _ in range(count))
+    )
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        proc.kill()  # the reader sees the end of the output and ends
+        reader.join()
+        raise AssertionError(f"not {count} lines within {timeout_s} s: {lines}")
+    return lines

@@ -1,0 +1,560 @@
+"""scripts/install on a board, under a real systemd (tests/systemd_container.py).
+
+The container's root is an overlay over this machine's own, thrown away at the end: the
+installer runs there as on a fresh Debian 12 board, with Debian's Mosquitto and systemd, and
+the host is never written. Its network namespace has nothing but loopback, so what the
+installer would download is prepared first: the Python packages as a wheelhouse
+(``--pip-find-links``) and the tablet page's node_modules in the checkout, which the installer
+copies.
+
+The treadmill is a simulated Trackmaster (``treadguard sim-device trackmaster``) on a pty of
+the container, in a process of its own that outlives the daemon, behind ``/dev/treadmill`` as
+udev names a real adapter, and given to the dialout group as udev gives it: the installed
+example configuration drives it unchanged. The tablet and the grip sensors are MQTT clients of
+the container's Mosquitto, logged in with the passwords the installer generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clinician import STANDSTILL_MPH, clinician, sensor_user
+from tests.mosquitto import Login
+from tests.systemd_container import SystemdContainer, missing_prerequisites
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL = ROOT / "scripts" / "install"
+WHEELHOUSE = ROOT / ".run" / "wheelhouse"
+OPT = "/opt/treadguard"
+TREADGUARD = f"{OPT}/.venv/bin/treadguard"
+TM = "tm-01"  # the Trackmaster example's treadmill
+BROKER_PORT = 1883  # the shipped Mosquitto snippet's loopback listener
+INSTALL_TIMEOUT_S = 240.0
+RESTART_WITHIN_S = 15.0  # WatchdogSec=2, RestartSec=2, a start: well inside this
+LINE_WITHIN_S = 5.0
+
+# Every file the installer writes, for "a second run changes nothing".
+INSTALLED_TREES = (
+    "opt/treadguard",
+    "etc/treadguard",
+    "etc/mosquitto",
+    "etc/systemd/system",
+    "etc/nginx",
+    "var/lib/treadguard",
+)
+
+
+def _debian_packages_missing() -> list[str]:
+    wanted = ["python3-venv", "mosquitto", "openssl"]
+    if (ROOT / "config" / "nginx" / "treadguard.conf").exists():
+        wanted.append("nginx")
+    missing = []
+    for pkg in wanted:
+        status = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in status.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def _why_not() -> str | None:
+    problem = missing_prerequisites()
+    if problem is not None:
+        return problem
+    if shutil.which("dpkg-query") is None:
+        return "not a Debian system (no dpkg-query)"
+    missing = _debian_packages_missing()
+    if missing:
+        # The container has no network: the installer would find them missing and fail.
+        return f"install {' '.join(missing)} first (apt-get install): the container has no network"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+
+
+# --- what the container cannot download ---------------------------------------------------------
+
+
+def _wheelhouse() -> Path:
+    """Wheels of treadguard's dependencies and of its build backend, made once per
+    pyproject.toml (pip's own cache makes a rebuild quick)."""
+    pyproject = (ROOT / "pyproject.toml").read_bytes()
+    stamp = WHEELHOUSE / ".pyproject-sha256"
+    want = hashlib.sha256(pyproject).hexdigest()
+    if stamp.exists() and stamp.read_text() == want:
+        return WHEELHOUSE
+    project = tomllib.loads(pyproject.decode())
+    build = project["build-system"]["requires"]
+    deps = project["project"]["dependencies"]
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+    WHEELHOUSE.mkdir(parents=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(WHEELHOUSE),
+            *build,
+            "setuptools>=77",
+            *deps,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot make the wheelhouse (no network?): {result.stderr[-500:]}")
+    stamp.write_text(want)
+    return WHEELHOUSE
+
+
+def _page_deps() -> None:
+    """The checkout's tablet/node_modules, current for its lock file (what scripts/run and
+    scripts/test make), for the installer to copy."""
+    lock = ROOT / "tablet" / "package-lock.json"
+    stamp = ROOT / "tablet" / "node_modules" / ".treadguard-installed"
+    want = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == want:
+        return
+    if shutil.which("npm") is None:
+        pytest.skip("npm is missing: the tablet page's node_modules cannot be made")
+    result = subprocess.run(
+        ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=ROOT / "tablet",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"npm ci in tablet/ failed (no network?): {result.stderr[-500:]}")
+    stamp.write_text(want + "\n")
+
+
+# --- the board ----------------------------------------------------------------------------------
+
+
+class Lines:
+    """A process's output lines, read in a thread, waited for with a bound."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for raw in stream:
+            self._queue.put(raw.decode(errors="replace").rstrip("\n"))
+
+    def next(self, where: Callable[[str], bool], within: float = LINE_WITHIN_S) -> str:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no such line within {within} s; seen: {self.seen}") from None
+            self.seen.append(line)
+            if where(line):
+                return line
+
+
+@dataclass
+class Board:
+    box: SystemdContainer
+    treadmill: subprocess.Popen[bytes]  # nsenter, whose child is the simulated treadmill
+    treadmill_says: Lines
+    first_install: subprocess.CompletedProcess[str]
+
+    def install(self, *options: str) -> subprocess.CompletedProcess[str]:
+        return self.box.run(
+            "bash",
+            str(INSTALL),
+            *options,
+            "--pip-find-links",
+            str(WHEELHOUSE),
+            timeout=INSTALL_TIMEOUT_S,
+        )
+
+    def unit(self, *names: str) -> dict[str, str]:
+        out = self.box.run(
+            "systemctl", "show", "treadguard.service", *(f"--property={n}" for n in names)
+        ).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def systemctl(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return self.box.run("systemctl", *argv, timeout=60)
+
+    def unit_log(self) -> str:
+        return self.box.run(
+            "journalctl", "-u", "treadguard.service", "--no-pager", "-o", "cat"
+        ).stdout
+
+    def sessions(self) -> list[dict[str, Any]]:
+        out = self.box.run(TREADGUARD, "history", "--json", user="treadguard").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def login(self, account: str) -> Login:
+        if account == "treadguard":
+            text = (self.box.root / "etc/treadguard/environment").read_text()
+            key = "TREADGUARD_MQTT__PASSWORD"
+        else:
+            text = (self.box.root / "etc/treadguard/mqtt-accounts").read_text()
+            key = account
+        for line in text.splitlines():
+            name, _, password = line.partition("=")
+            if name == key:
+                return {"username": account, "password": password}
+        raise AssertionError(f"no password for {account}")
+
+    def poll(self, condition: Callable[[], bool], within: float, what: str) -> None:
+        deadline = time.monotonic() + within
+        while not condition():  # bounded by the deadline
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {within} s: {what}\n{self.unit_log()[-3000:]}")
+            time.sleep(0.05)
+
+
+# Debian 12's /etc/mosquitto/mosquitto.conf, as the package installs it (mosquitto 2.0.11).
+DEBIAN_MOSQUITTO_CONF = """\
+# Place your local configuration in /etc/mosquitto/conf.d/
+#
+# A full description of the configuration file is at
+# /usr/share/doc/mosquitto/examples/mosquitto.conf.example
+
+pid_file /run/mosquitto/mosquitto.pid
+
+persistence true
+persistence_location /var/lib/mosquitto/
+
+log_dest file /var/log/mosquitto/mosquitto.log
+
+include_dir /etc/mosquitto/conf.d
+"""
+
+# What this machine may hold of an earlier treadguard or broker setup, hidden in the container
+# (the overlay records a removal; the host keeps its files).
+LEFTOVERS = (
+    "/opt/treadguard",
+    "/etc/treadguard",
+    "/var/lib/treadguard",
+    "/etc/systemd/system/treadguard.service",
+    "/etc/mosquitto/conf.d",
+    "/etc/mosquitto/treadguard",
+    "/etc/nginx/sites-available/treadguard",
+    "/etc/nginx/sites-enabled/treadguard",
+)
+
+
+def _fresh_board(box: SystemdContainer) -> None:
+    """The container as a board fresh from Debian: the container's root is this machine's,
+    whose broker configuration was changed by hand and which may hold an earlier install."""
+    box.run("rm", "-rf", *LEFTOVERS)
+    box.run("userdel", "treadguard", check=False)  # absent on a fresh board: fine
+    box.run("groupdel", "treadguard", check=False)
+    box.run("mkdir", "-p", "/etc/mosquitto/conf.d")
+    box.run("tee", "/etc/mosquitto/mosquitto.conf", input=DEBIAN_MOSQUITTO_CONF)
+
+
+@dataclass(frozen=True)
+class Broker:
+    port: int = BROKER_PORT
+
+
+def _seed_commissioning(box: SystemdContainer) -> None:
+    """A current commissioning in the installed journal, as the treadguard user, written the way
+    ``treadguard commission`` writes one (tests/daemon_process.py does the same): a technician
+    proves a real treadmill's stops, which a test cannot do for a simulated one on a pty."""
+    script = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from treadguard.config.loading import load_config\n"
+        "from treadguard.controller.commission import nominal_proofs\n"
+        "from treadguard.controller.journal import Journal, seed_commissioning\n"
+        "loaded = load_config(Path('/etc/treadguard/treadguard.toml'))\n"
+        "cfg = loaded.config\n"
+        "journal = Journal.open(\n"
+        "    loaded.resolve(cfg.journal.path), max_size_mb=cfg.journal.max_size_mb\n"
+        ")\n"
+        "seed_commissioning(journal, time.time() - 60, nominal_proofs(loaded), technician='test')\n"
+        "journal.close()\n"
+    )
+    box.run(f"{OPT}/.venv/bin/python", "-c", script, user="treadguard")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
+    _wheelhouse()
+    _page_deps()
+    box = SystemdContainer(tmp_path_factory.mktemp("systemd"))
+    box.start()
+    treadmill: subprocess.Popen[bytes] | None = None
+    try:
+        _fresh_board(box)
+        # The treadmill: the checkout's own treadguard, not the installed one, so it outlives
+        # the daemon, its updates and its removal.
+        treadmill = box.popen(
+            sys.executable,
+            "-m",
+            "treadguard.controller.cli",
+            "sim-device",
+            "trackmaster",
+            "--link",
+            "/dev/treadmill",
+            stdout=subprocess.PIPE,
+        )
+        says = Lines(treadmill)
+        link = says.next(lambda line: line == "/dev/treadmill")  # its first line: the port
+        pty = box.run("readlink", "-f", link).stdout.strip()
+        box.run("chgrp", "dialout", pty)  # as the udev rule does for a real adapter
+        box.run("chmod", "0660", pty)
+        first = Board(box, treadmill, says, box.run("true")).install("--drive", "trackmaster")
+        _seed_commissioning(box)
+        yield Board(box, treadmill, says, first)
+    finally:
+        if treadmill is not None:
+            _end(treadmill)
+        box.stop()
+
+
+def _end(nsenter: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process nsenter started (nsenter waits for it), then to nsenter."""
+    children = Path(f"/proc/{nsenter.pid}/task/{nsenter.pid}/children")
+    try:
+        pids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    try:
+        nsenter.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        nsenter.kill()
+        nsenter.wait(timeout=5)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int, int, str]]:
+    """Every path under the installer's trees: mode, owner, group, mtime and content."""
+    found: dict[str, tuple[int, int, int, int, str]] = {}
+    for top in INSTALLED_TREES:
+        base = root / top
+        if not base.exists():
+            continue
+        for path in [base, *base.rglob("*")]:
+            st = path.lstat()
+            if path.is_symlink():
+                what = "-> " + str(path.readlink())
+            elif path.is_file():
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                what = "dir"
+            found[str(path.relative_to(root))] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_mtime_ns,
+                what,
+            )
+    return found
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
+    box = board.box
+    out = board.first_install.stdout
+    assert "user treadguard: created" in out
+    assert "/etc/treadguard/treadguard.toml: installed from the trackmaster example" in out
+    assert "nginx" in out  # installed, or skipped with the reason
+    env = box.root / "etc/treadguard/environment"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert (box.root / "etc/treadguard/mqtt-accounts").stat().st_mode & 0o777 == 0o600
+    state = box.root / "var/lib/treadguard"
+    assert state.stat().st_mode & 0o777 == 0o750
+    uid = int(box.run("id", "-u", "treadguard").stdout)
+    assert state.stat().st_uid == uid
+    assert box.run("id", "-nG", "treadguard").stdout.split() == ["treadguard", "dialout"]
+    unit = (box.root / "etc/systemd/system/treadguard.service").read_text()
+    # Debian has no gpio group: the unit names only the groups there are.
+    assert "\nSupplementaryGroups=dialout\n" in unit
+    assert board.systemctl("is-enabled", "treadguard.service").stdout.strip() == "enabled"
+    # Installed, not editable: the code runs from the venv's site-packages.
+    where = box.run(
+        f"{OPT}/.venv/bin/python", "-c", "import treadguard; print(treadguard.__file__)"
+    )
+    assert "/opt/treadguard/.venv/lib/" in where.stdout
+    assert (box.root / "opt/treadguard/tablet/node_modules/.treadguard-installed").exists()
+
+    before = _tree(box.root)
+    broker_pid = box.run("systemctl", "show", "-p", "MainPID", "--value", "mosquitto").stdout
+    again = board.install()
+    assert _tree(box.root) == before
+    assert (
+        box.run("systemctl", "show", "-p", "MainPID", "--value", "mosquitto").stdout == broker_pid
+    )
+    lines = [line for line in again.stdout.splitlines() if line.startswith("treadguard install: ")]
+    assert lines[-1] == "treadguard install: done"
+    assert "/opt/treadguard: already installed" in again.stdout
+    assert "/etc/treadguard/treadguard.toml: kept" in again.stdout
+    assert "mosquitto: already running with them" in again.stdout
+
+
+def _start(board: Board) -> None:
+    board.systemctl("start", "treadguard.service")
+    # systemctl start returns only after READY=1 (Type=notify): the daemon's STATUS is there.
+    unit = board.unit("ActiveState", "SubState", "StatusText")
+    assert unit == {"ActiveState": "active", "SubState": "running", "StatusText": "idle"}, unit
+
+
+def test_start_waits_for_ready_and_stop_ends_a_session_under_control(board: Board) -> None:
+    _start(board)
+    broker = Broker()
+
+    async def session_then_stop() -> dict[str, Any]:
+        async with (
+            sensor_user(broker, TM, credentials=board.login(f"sensors-{TM}")),
+            clinician(broker, TM, credentials=board.login("tablet")) as doc,
+        ):
+            await doc.until(lambda s: s["stale"] == [], within=10.0)  # the sensors are heard
+            await doc.start_running("patient-1")
+            stopping = asyncio.create_task(
+                asyncio.to_thread(board.systemctl, "stop", "treadguard.service")
+            )
+            ended = await doc.event("session_ended")
+            await doc.tab.next(f"{doc.p}/availability", lambda m: m.payload == b"offline")
+            await stopping
+            return ended
+
+    with board.box.network():
+        ended = asyncio.run(session_then_stop())
+    assert ended["reason"] == "shutdown", ended
+    unit = board.unit("ActiveState", "Result", "ExecMainStatus")
+    assert unit == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, unit
+    log = board.unit_log()
+    assert "shutdown_requested" in log
+    assert "shutdown_complete" in log
+    assert board.sessions()[-1]["end_reason"] == "shutdown"
+
+
+def test_a_frozen_daemon_is_killed_by_the_watchdog_and_comes_back_idle(board: Board) -> None:
+    _start(board)
+    first_pid = board.unit("MainPID")["MainPID"]
+    restarts = int(board.unit("NRestarts")["NRestarts"])
+    broker = Broker()
+
+    async def freeze_during_a_session() -> dict[str, Any]:
+        async with (
+            sensor_user(broker, TM, credentials=board.login(f"sensors-{TM}")),
+            clinician(broker, TM, credentials=board.login("tablet")) as doc,
+        ):
+            await doc.until(lambda s: s["stale"] == [], within=10.0)  # the sensors are heard
+            await doc.start_running("patient-2")
+            board.box.run("kill", "-STOP", first_pid)
+            # The treadmill's own deadman: no byte for 500 ms, the belt stops by itself.
+            await asyncio.to_thread(board.treadmill_says.next, lambda s: s.startswith("cds_stop"))
+            await asyncio.to_thread(
+                board.treadmill_says.next, lambda s: s == "standstill after cds_stop"
+            )
+            # systemd's watchdog kills it, and a new daemon says "online" again ...
+            await doc.tab.next(
+                f"{doc.p}/availability", lambda m: m.payload == b"online", within=RESTART_WITHIN_S
+            )
+            # ... idle, no session, and the belt's speed as the treadmill reports it (None
+            # until the new daemon's driver has heard it).
+            return await doc.state(
+                lambda s: s["state"] == "idle" and s["speed_mph"] is not None,
+                within=LINE_WITHIN_S,
+            )
+
+    with board.box.network():
+        state = asyncio.run(freeze_during_a_session())
+    assert state["session"] is None, state
+    assert state["latched"] is None, state
+    assert state["speed_mph"] <= STANDSTILL_MPH, state
+    board.poll(
+        lambda: board.unit("ActiveState")["ActiveState"] == "active",
+        RESTART_WITHIN_S,
+        "the restarted unit is active",
+    )
+    unit = board.unit("MainPID", "NRestarts", "StatusText")
+    assert unit["MainPID"] != first_pid
+    assert int(unit["NRestarts"]) == restarts + 1
+    assert unit["StatusText"] == "idle"
+    assert "Watchdog timeout" in board.unit_log()
+    # A restart never resumes a session: the journal closes it as interrupted.
+    assert board.sessions()[-1]["end_reason"] == "interrupted"
+
+
+def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
+    box = board.box
+    _start(board)
+    config = box.root / "etc/treadguard/treadguard.toml"
+    config.write_text(config.read_text() + "# the clinic's own edit\n")
+    etc_before = {k: v for k, v in _tree(box.root).items() if k.startswith("etc/treadguard")}
+    sessions = board.sessions()
+    old_pid = board.unit("MainPID")["MainPID"]
+    (box.root / "opt/treadguard/left-behind").write_text("an old file\n")
+
+    out = board.install("--update").stdout
+    assert "stopping treadguard for the update" in out
+    assert not (box.root / "opt/treadguard/left-behind").exists()  # the code is new
+    after = {k: v for k, v in _tree(box.root).items() if k.startswith("etc/treadguard")}
+    assert after == etc_before
+    assert config.read_text().endswith("# the clinic's own edit\n")
+    assert board.sessions() == sessions
+    unit = board.unit("ActiveState", "MainPID", "StatusText")
+    assert unit["ActiveState"] == "active"
+    assert unit["MainPID"] != old_pid
+    assert unit["StatusText"] == "idle"
+
+
+def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None:
+    box = board.box
+    sessions = board.sessions()
+    assert sessions  # the earlier tests' sessions, or the check below proves nothing
+    out = board.install("--uninstall").stdout
+    assert "kept: /etc/treadguard" in out
+    assert not (box.root / "opt/treadguard").exists()
+    assert not (box.root / "etc/systemd/system/treadguard.service").exists()
+    assert not (box.root / "etc/mosquitto/conf.d/treadguard.conf").exists()
+    assert box.run("systemctl", "cat", "treadguard.service", check=False).returncode != 0
+    assert (box.root / "etc/treadguard/treadguard.toml").exists()
+    # Read as the service user would, by Debian's Python: the installed treadguard is gone.
+    ids = box.run(
+        "python3",
+        "-c",
+        "import sqlite3; db = sqlite3.connect('/var/lib/treadguard/journal.sqlite'); "
+        "print([r[0] for r in db.execute('SELECT id FROM sessions ORDER BY id')])",
+        user="treadguard",
+    ).stdout.strip()
+    assert ids == str([s["id"] for s in sessions])
+    again = board.install("--uninstall").stdout
+    assert "/opt/treadguard: already gone" in again
+    # The drive never depended on the installed code: it is still serving.
+    assert board.treadmill.poll() is None
