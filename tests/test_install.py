@@ -443,6 +443,12 @@ def test_start_waits_for_ready_and_stop_ends_a_session_under_control(board: Boar
         ):
             await doc.until(lambda s: s["stale"] == [], within=10.0)  # the sensors are heard
             await doc.start_running("patient-1")
+            # An update would restart the daemon under a patient: refused while a session runs.
+            refused = await asyncio.to_thread(
+                board.box.run, "bash", str(INSTALL), "--update", check=False
+            )
+            assert refused.returncode == 1, refused
+            assert "a session is running (running, session 1 (patient-1))" in refused.stderr
             stopping = asyncio.create_task(
                 asyncio.to_thread(board.systemctl, "stop", "treadguard.service")
             )
