@@ -183,6 +183,18 @@ class Lines:
                 return line
 
 
+def _install(box: SystemdContainer, *options: str) -> subprocess.CompletedProcess[str]:
+    """scripts/install in the container, from this checkout, offline."""
+    return box.run(
+        "bash",
+        str(INSTALL),
+        *options,
+        "--pip-find-links",
+        str(WHEELHOUSE),
+        timeout=INSTALL_TIMEOUT_S,
+    )
+
+
 @dataclass
 class Board:
     box: SystemdContainer
@@ -191,14 +203,7 @@ class Board:
     first_install: subprocess.CompletedProcess[str]
 
     def install(self, *options: str) -> subprocess.CompletedProcess[str]:
-        return self.box.run(
-            "bash",
-            str(INSTALL),
-            *options,
-            "--pip-find-links",
-            str(WHEELHOUSE),
-            timeout=INSTALL_TIMEOUT_S,
-        )
+        return _install(self.box, *options)
 
     def unit(self, *names: str) -> dict[str, str]:
         out = self.box.run(
@@ -332,7 +337,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
         pty = box.run("readlink", "-f", link).stdout.strip()
         box.run("chgrp", "dialout", pty)  # as the udev rule does for a real adapter
         box.run("chmod", "0660", pty)
-        first = Board(box, treadmill, says, box.run("true")).install("--drive", "trackmaster")
+        first = _install(box, "--drive", "trackmaster")
         _seed_commissioning(box)
         yield Board(box, treadmill, says, first)
     finally:
@@ -423,6 +428,20 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     assert "/opt/treadguard: already installed" in again.stdout
     assert "/etc/treadguard/treadguard.toml: kept" in again.stdout
     assert "mosquitto: already running with them" in again.stdout
+
+    # A broker configuration changed by hand is said, not rewritten, and nothing else changes.
+    conf = box.root / "etc/mosquitto/mosquitto.conf"
+    conf.write_text(DEBIAN_MOSQUITTO_CONF + "listener 1883\n")
+    refused = box.run("bash", str(INSTALL), check=False)
+    conf.write_text(DEBIAN_MOSQUITTO_CONF)
+    assert refused.returncode == 1, refused
+    assert "has a listener of its own" in refused.stderr
+    mine = "etc/mosquitto/mosquitto.conf"  # rewritten by this test, its content as it was
+    after = _tree(box.root)
+    assert after[mine][4] == before[mine][4]
+    assert {k: v for k, v in after.items() if k != mine} == {
+        k: v for k, v in before.items() if k != mine
+    }
 
 
 def _start(board: Board) -> None:
