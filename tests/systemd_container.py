@@ -1,7 +1,7 @@
 """A real systemd, booted as PID 1 of its own namespaces, for tests of what runs under it.
 
-The recipe is the one in STACK-NOTES.md ("A real systemd in a container"): Debian's systemd 252
-boots in about half a second, as root, with nothing but installed packages:
+Debian's systemd 252 boots as PID 1 of its own namespaces in about half a second, as root,
+with nothing but installed packages (no container runtime):
 
 - ``unshare`` gives it new PID, mount, UTS, IPC and network namespaces (the network namespace
   has a loopback interface only: whatever the test needs from the network is installed, or
