@@ -38,8 +38,9 @@ from pydantic import (
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, RefusalCode, Refused, Reply, State
 from treadguard.safety.inputs import (
-    Command,
     CommandType,
+    CommissionAbort,
+    CommissionConfirm,
     EStop,
     Hand,
     Heartbeat,
@@ -47,6 +48,7 @@ from treadguard.safety.inputs import (
     SetSpeed,
     StartSession,
     Stop,
+    TabletCommand,
 )
 from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
 from treadguard.safety.programs import Program, ProgramKind
@@ -61,8 +63,17 @@ MAX_COMMAND_AGE_S = 3.0
 # daemon's clock, estimated from the state's ts, so it is never far ahead.
 MAX_COMMAND_AHEAD_S = 1.0
 # A heartbeat too: a backlog of them, delivered at once after a stall, must not count as
-# someone watching the session now (SR-12).
-_AGE_CHECKED = frozenset({CommandType.START_SESSION, CommandType.SET_SPEED, CommandType.HEARTBEAT})
+# someone watching the session now (SR-12). And a commissioning step's confirmation: the
+# technician confirms what they see now, not what they saw before the broker stalled. (Its
+# abort, like a stop, is obeyed however late.)
+_AGE_CHECKED = frozenset(
+    {
+        CommandType.START_SESSION,
+        CommandType.SET_SPEED,
+        CommandType.HEARTBEAT,
+        CommandType.COMMISSION_CONFIRM,
+    }
+)
 _UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
 ID_MAX_CHARS = 64
 DEFAULT_DUPLICATE_MEMORY = 1024
@@ -231,6 +242,21 @@ class HeartbeatModel(_CommandModel):
     type: Literal["heartbeat"]
 
 
+# A commissioning step's name or request: a word of the run's own vocabulary
+# (controller/commission.py), compared with what the run asks; anything else is refused there.
+StepName = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
+
+
+class CommissionConfirmModel(_CommandModel):
+    type: Literal["commission_confirm"]
+    step: Annotated[StepName, AfterValidator(_printable)]
+    ask: Annotated[StepName, AfterValidator(_printable)]
+
+
+class CommissionAbortModel(_CommandModel):
+    type: Literal["commission_abort"]
+
+
 _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.START_SESSION: StartSessionModel,
     CommandType.SET_SPEED: SetSpeedModel,
@@ -238,6 +264,8 @@ _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.ESTOP: EStopModel,
     CommandType.RESET: ResetModel,
     CommandType.HEARTBEAT: HeartbeatModel,
+    CommandType.COMMISSION_CONFIRM: CommissionConfirmModel,
+    CommandType.COMMISSION_ABORT: CommissionAbortModel,
 }
 COMMAND_TYPES = frozenset(_MODELS)
 
@@ -247,7 +275,7 @@ class ParsedCommand:
     """A well-formed command. ``fingerprint`` identifies its content for duplicate checks."""
 
     id: str
-    command: Command
+    command: TabletCommand
     fingerprint: str
 
 
@@ -309,7 +337,7 @@ def _describe(exc: ValidationError) -> str:
     return "invalid command: " + "; ".join(parts)
 
 
-def _to_command(model: _CommandModel, t: float) -> Command:
+def _to_command(model: _CommandModel, t: float) -> TabletCommand:
     match model:
         case StartSessionModel():
             return StartSession(
@@ -329,6 +357,10 @@ def _to_command(model: _CommandModel, t: float) -> Command:
             return Reset(t=t)
         case HeartbeatModel():
             return Heartbeat(t=t)
+        case CommissionConfirmModel():
+            return CommissionConfirm(t=t, step=model.step, ask=model.ask)
+        case CommissionAbortModel():
+            return CommissionAbort(t=t)
     raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
 
 
@@ -423,6 +455,7 @@ def _late(kind: str, ts: float, now_unix: float) -> str | None:
     words: dict[str, str] = {
         CommandType.START_SESSION: "start",
         CommandType.SET_SPEED: "speed change",
+        CommandType.COMMISSION_CONFIRM: "confirmation",
     }
     what = words.get(kind, kind)
     age = now_unix - ts
@@ -478,12 +511,13 @@ class DuplicateFilter:
             self._seen.popitem(last=False)
 
 
-Execute = Callable[[Command], Reply | None]
+Execute = Callable[[TabletCommand], Reply | None]
 OnRefused = Callable[[CommandReply, str | None], None]
 OnFailure = Callable[[Exception, CommandReply], None]
 # Carried out every time they arrive, whatever their id (SR-12): a repeated stop is harmless,
-# an ignored one is not (a tablet whose E-STOP button sends a fixed id).
-_ALWAYS_RUN = (Stop, EStop)
+# an ignored one is not (a tablet whose E-STOP button sends a fixed id). A commissioning run's
+# abort likewise: it stops the belt.
+_ALWAYS_RUN = (Stop, EStop, CommissionAbort)
 
 
 def internal_error(command_id: str | None, kind: str | None, exc: BaseException) -> CommandReply:

@@ -29,13 +29,26 @@ from enum import StrEnum
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.config.schema import CommissioningSection, SimulatedDriveSection
+from treadguard.contract.mqtt import JsonObject
 from treadguard.controller.control import Timers
 from treadguard.controller.drives import in_process_rig
 from treadguard.controller.journal import CommissioningOutcome, JournalError, ProofRecord
 from treadguard.controller.system import System, open_journal
 from treadguard.drivers.base import DriveStatus
-from treadguard.safety.decisions import Accepted, Cause, Event, EventType, State
+from treadguard.safety.decisions import (
+    ACCEPTED,
+    Accepted,
+    Cause,
+    Event,
+    EventType,
+    RefusalCode,
+    Refused,
+    Reply,
+    State,
+)
 from treadguard.safety.inputs import (
+    CommissionAbort,
+    CommissioningCommand,
     EStop,
     FallReading,
     GripReading,
@@ -74,8 +87,8 @@ class Act(StrEnum):
 ASK_TEXT = {
     Act.STAND_ON: "Stand on the belt and hold both handrail grips; keep holding until told.",
     Act.GIVE_ESTOP: (
-        "The belt runs at the proof speed: press E-STOP on the tablet page, or confirm here to "
-        "send the same command."
+        "The belt runs at the proof speed: press E-STOP on the tablet page, then confirm "
+        "(a confirmation alone sends the same command)."
     ),
     Act.RELEASE_LEFT: "Let go of the LEFT grip only (keep the right one held).",
     Act.RELEASE_RIGHT: "Let go of the RIGHT grip only (keep the left one held).",
@@ -181,6 +194,10 @@ class Commissioner:
         self._warned: set[str] = set()
         self._standstill_t: float | None = None
         self._run: int | None = None
+        # What the run is at, for the tablet (GuidedRun): the proof under way, and the last
+        # proof's outcome and figures.
+        self.step: ProofStep | None = None
+        self.last_proof: ProofRecord | None = None
         system.subscribe(self._on_event, name="commissioning")
 
     # ------------------------------------------------------------------ watching
@@ -250,9 +267,12 @@ class Commissioner:
             return CommissioningResult(None, CommissioningOutcome.ABORTED, detail=str(exc))
         self._run = run
         result = CommissioningResult(run, CommissioningOutcome.PASSED)
+        self.step = ProofStep.ESTOP  # standing on the belt is the first proof's preparation
         yield Ask(Act.STAND_ON)
         for step in ProofStep:
+            self.step = step
             proof = yield from self._prove(step)
+            self.last_proof = proof
             result.proofs.append(proof)
             verdict = "pass" if proof.passed else "FAIL"
             figures = ""
@@ -639,10 +659,18 @@ AskTechnician = Callable[[Ask], Awaitable[float]]
 
 
 async def play_realtime(
-    procedure: Procedure, clock: Timers, ask: AskTechnician
+    procedure: Procedure,
+    clock: Timers,
+    ask: AskTechnician,
+    *,
+    shown: Callable[[Ask | Wait], None] = lambda _item: None,
+    aborted: Callable[[], str | None] = lambda: None,
 ) -> CommissioningResult:
     """Plays the procedure in real time beside the running daemon: every Ask goes to the
-    technician (``ask``), every Wait is looked at every POLL_S while the control loop runs."""
+    technician (``ask``), every Wait is looked at every POLL_S while the control loop runs.
+    ``shown`` hears of each item as it comes (the tablet shows it); ``aborted`` says why the
+    technician gave up, if they did, and is looked at while a Wait runs too (an Ask's own
+    answer raises :class:`Aborted`)."""
     answer: float | bool | None = None
     while True:
         try:
@@ -650,49 +678,204 @@ async def play_realtime(
         except StopIteration as done:
             result: CommissioningResult = done.value
             return result
+        shown(item)
         if isinstance(item, Ask):
             answer = float(await ask(item))
             continue
         deadline = clock.time() + item.within
         held = item.until()
         while not held and clock.time() < deadline:
+            why = aborted()
+            if why is not None:
+                raise Aborted(why)
             await asyncio.sleep(POLL_S)
             held = item.until()
         answer = held
 
 
-def terminal_technician(clock: Timers, read: Callable[[str], str] = input) -> AskTechnician:
-    """Asks on the terminal, without holding up the control loop (the line is read in a
-    thread): Enter confirms, "q" or the end of input gives up."""
+TERMINAL_PROMPT = "   [Enter when done, q to give up; or Confirm on the tablet page] "
 
-    async def ask(item: Ask) -> float:
-        prompt = f"\n>> {item.text}\n   [Enter when done, q to give up] "
+
+def proof_json(proof: ProofRecord | None) -> JsonObject | None:
+    """A proof's outcome and figures, as the tablet shows them."""
+    if proof is None:
+        return None
+    step = ProofStep(proof.step)
+    return {
+        "step": proof.step,
+        "title": STEP_TITLES[step],
+        "passed": proof.passed,
+        "standstill_s": proof.standstill_s,
+        "deceleration_mph_per_s": (
+            None if proof.deceleration_mph_per_s is None else round(proof.deceleration_mph_per_s, 3)
+        ),
+        "detail": proof.detail,
+    }
+
+
+class GuidedRun:
+    """A commissioning run on the real machine as the technician meets it, on the terminal
+    and on the tablet page at once (:class:`controller.system.CommissioningDesk`): what it
+    asks or waits for, published in the state; a confirmation from either, whichever comes
+    first, answers the request; an abort from either stops the belt and ends the run.
+
+    A tablet's confirmation names the request it answers (step and ask): one meant for an
+    earlier request (a stale tap, a double tap) is refused, never taken for the next one. A
+    terminal line is read for one request too: typed while the tablet answered that request,
+    it answers nothing, and the terminal says so."""
+
+    def __init__(
+        self,
+        commissioner: Commissioner,
+        clock: Timers,
+        *,
+        started_at: float,
+        echo: Callable[[str], None],
+        read: Callable[[str], str] | None,
+    ) -> None:
+        self.commissioner = commissioner
+        self.clock = clock
+        self.started_at = started_at
+        self.echo = echo
+        self.read = read
+        self.aborted: str | None = None
+        self.result: CommissioningResult | None = None
+        self._item: Ask | Wait | None = None
+        self._asked: asyncio.Future[float] | None = None
+        self._seq = 0  # the current request's number: a terminal line is read for one
+        self._reading = False  # a terminal line is being read (one reader at a time)
+
+    # ------------------------------------------------------------------ the state
+
+    def as_json(self) -> JsonObject:
+        step = self.commissioner.step
+        out: JsonObject = {
+            "step": None if step is None else step.value,
+            "title": None if step is None else STEP_TITLES[step],
+            "index": None if step is None else list(ProofStep).index(step) + 1,
+            "of": len(ProofStep),
+            "started_at": round(self.started_at, 3),
+            "ask": None,
+            "prompt": "",
+            "waiting": None,
+            "last_proof": proof_json(self.commissioner.last_proof),
+            "outcome": None,
+            "detail": "",
+        }
+        if self.result is not None:
+            out["outcome"] = self.result.outcome.value
+            out["detail"] = self.result.detail
+        elif self.aborted is not None:
+            out["outcome"] = CommissioningOutcome.ABORTED.value
+            out["detail"] = self.aborted
+        elif isinstance(self._item, Ask):
+            out.update(ask=self._item.act.value, prompt=self._item.text, waiting="technician")
+        elif isinstance(self._item, Wait):
+            out.update(prompt=f"Wait: the treadmill is waiting for {self._item.what}.")
+            out["waiting"] = "belt"
+        return out
+
+    def show(self, item: Ask | Wait) -> None:
+        self._item = item
+
+    # ------------------------------------------------------------------ the answers
+
+    def answer(self, command: CommissioningCommand) -> Reply:
+        """The tablet's confirm or abort (System.execute hands it over). Never raises."""
+        if isinstance(command, CommissionAbort):
+            self.abort("the technician gave up on the tablet")
+            return ACCEPTED
+        if self.result is not None or self.aborted is not None:
+            outcome = self.result.outcome.value if self.result is not None else "aborted"
+            return Refused(
+                RefusalCode.PRECONDITIONS_UNMET,
+                f"the commissioning run has ended ({outcome}): there is nothing to confirm",
+            )
+        item, step = self._item, self.commissioner.step
+        if not isinstance(item, Ask) or step is None or self._asked is None or self._asked.done():
+            what = item.what if isinstance(item, Wait) else "the next step"
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"nothing to confirm now: the treadmill is waiting for {what}",
+            )
+        if (command.step, command.ask) != (step.value, item.act.value):
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"this confirmation was for an earlier request ({command.step}: {command.ask}); "
+                f"the run now asks for {step.value}: {item.act.value}. It was not taken: "
+                "confirm again once that is done",
+            )
+        self._asked.set_result(self.clock.time())
+        self.echo("   confirmed on the tablet page")
+        return ACCEPTED
+
+    def abort(self, why: str) -> None:
+        """The technician gives up: the belt gets an emergency stop at once, whatever the run
+        is doing (an abort always stops), and the run ends as aborted."""
+        self.commissioner.system.execute(EStop(t=self.clock.time()))
+        if self.result is None and self.aborted is None:
+            self.aborted = why
+            self.echo(f"\n  aborted: {why}")
+        if self._asked is not None and not self._asked.done():
+            self._asked.set_exception(Aborted(why))
+
+    async def ask(self, item: Ask) -> float:
+        """An Ask, answered by the terminal or the tablet, whichever comes first."""
+        if self.aborted is not None:
+            raise Aborted(self.aborted)
+        self._seq += 1
+        asked: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._asked = asked
+        self.echo(f"\n>> {item.text}")
+        self._read_line()
+        try:
+            return await asked
+        finally:
+            self._asked = None
+
+    # ------------------------------------------------------------------ the terminal
+
+    def _read_line(self) -> None:
+        """A line for the current request, read in a thread of its own so as not to hold up
+        the control loop, and that the process does not wait for (a signal that ends the
+        daemon while the technician has not answered must not leave it hanging on input)."""
+        if self.read is None or self._reading:
+            return  # a line asked for earlier is still coming: it is read for this one next
+        self._reading = True
+        read, seq = self.read, self._seq
         loop = asyncio.get_running_loop()
-        answered: asyncio.Future[str | None] = loop.create_future()
-
-        def answer(line: str | None) -> None:
-            if not answered.done():
-                answered.set_result(line)
 
         def reader() -> None:
             try:
-                line: str | None = read(prompt)
+                line: str | None = read(TERMINAL_PROMPT)
             except (EOFError, OSError):
                 line = None
             with contextlib.suppress(RuntimeError):  # the daemon has ended meanwhile
-                loop.call_soon_threadsafe(answer, line)
+                loop.call_soon_threadsafe(self._line, seq, line)
 
-        # A thread of its own that the process does not wait for: a signal that ends the
-        # daemon while the technician has not answered must not leave it hanging on input.
         threading.Thread(target=reader, name="technician", daemon=True).start()
-        line = await answered
-        if line is None:
-            raise Aborted("the end of input")
-        if line.strip().lower() in ("q", "quit"):
-            raise Aborted("the technician gave up")
-        return clock.time()
 
-    return ask
+    def _line(self, seq: int, line: str | None) -> None:
+        self._reading = False
+        if self.result is not None:
+            return  # the run is over
+        if line is None:
+            self.abort("the end of input")
+            return
+        if line.strip().lower() in ("q", "quit"):
+            self.abort("the technician gave up")
+            return
+        asked = self._asked
+        if asked is None or asked.done():
+            return
+        if seq == self._seq:
+            asked.set_result(self.clock.time())
+            return
+        # Typed for a request the tablet answered meanwhile: it answers nothing.
+        self.echo(
+            "   (that Enter came after the tablet confirmed the step before; press Enter again)"
+        )
+        self._read_line()
 
 
 def guided_errand(
@@ -700,11 +883,11 @@ def guided_errand(
     technician: str,
     echo: Callable[[str], None],
     results: list[CommissioningResult],
-    read: Callable[[str], str] = input,
+    read: Callable[[str], str] | None = input,
 ) -> Callable[[System], Awaitable[object]]:
     """The commissioning run beside the daemon on the real machine (``Daemon(errand=...)``),
-    the technician guided on the terminal. A run given up is journaled as aborted, the belt
-    stopped."""
+    the technician guided on the terminal and on the tablet page (``read``: the terminal's
+    lines; None: the tablet only). A run given up is journaled as aborted, the belt stopped."""
 
     async def errand(system: System) -> object:
         commissioner = Commissioner(system, technician=technician, simulated=False, echo=echo)
@@ -712,14 +895,19 @@ def guided_errand(
         # proof run is tried.
         await asyncio.sleep(1.0)
         commissioner.heartbeat()
-        ask = terminal_technician(system.clock, read)
+        run = GuidedRun(commissioner, system.clock, started_at=system.wall(), echo=echo, read=read)
+        system.commissioning_run = run
         procedure = commissioner.procedure()
         try:
-            result = await play_realtime(procedure, system.clock, ask)
+            result = await play_realtime(
+                procedure, system.clock, run.ask, shown=run.show, aborted=lambda: run.aborted
+            )
         except Aborted as exc:
             procedure.close()
             system.execute(EStop(t=system.clock.time()))
             result = commissioner.abort(f"aborted: {exc}")
+        # Kept on the tablet, with its outcome, until the daemon goes.
+        run.result = result
         results.append(result)
         return result
 

@@ -33,7 +33,7 @@ from treadguard.contract.mqtt import (
     parse_sensor_payload,
 )
 from treadguard.controller.control import Controller
-from treadguard.controller.drives import build_driver, in_process_rig
+from treadguard.controller.drives import Rig, build_driver, in_process_rig
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
 from treadguard.controller.sensors import SensorHub
@@ -87,6 +87,7 @@ class Daemon:
         # The one wall clock (SR-16): for the journal's records and the published ts only.
         self.wall = wall_clock()
         # Built in run(): they need the running event loop.
+        self.rig: Rig | None = None  # the simulated drive's, when it is the one configured
         self.system: System
         self.link: TabletLink
         self.clock: ScaledClock
@@ -108,9 +109,12 @@ class Daemon:
                 "sessions_interrupted", sessions=list(opened.interrupted), journal=str(journal_path)
             )
         if isinstance(cfg.drive, SimulatedDriveSection):
-            self.driver = in_process_rig(loaded, clock.time).driver
+            # The rig is kept: a guided commissioning on the simulator unplugs its cable.
+            self.rig = rig = in_process_rig(loaded, clock.time)
+            self.driver = rig.driver
             self.drive_description = "in-process simulated belt"
         else:
+            self.rig = None
             self.driver = build_driver(loaded, clock.time)
             self.drive_description = f"{cfg.drive.kind} driver"
         self.system = system = System(
@@ -303,9 +307,14 @@ class Daemon:
                     tg.create_task(run, name="sensor-input")
                     for run in self.sensors.build_sources(self.clock.time)
                 ]
+                errand = None
                 if self.errand is not None:
-                    tg.create_task(self._run_errand(self.errand), name="errand")
+                    errand = tg.create_task(self._run_errand(self.errand), name="errand")
                 await self._signalled.wait()
+                if errand is not None:
+                    # A signal ends a commissioning run part way (journaled as cut short): it
+                    # must not go on starting proof runs, or resetting, on a stopping daemon.
+                    errand.cancel()
                 await self._shutdown()
                 # The link goes first, while the loop still ticks: it publishes the final
                 # state and "offline" before the daemon is gone.

@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -56,8 +56,8 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
-    Command,
     Commissioning,
+    CommissioningCommand,
     EStop,
     FallReading,
     GripReading,
@@ -65,6 +65,7 @@ from treadguard.safety.inputs import (
     LoopOverrun,
     RivalDaemon,
     StartSession,
+    TabletCommand,
 )
 from treadguard.safety.limits import STANDSTILL_MPH
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
@@ -76,6 +77,22 @@ IN_MEMORY = None  # the journal's path for a simulation: a database in memory
 # How often the commissioning record is read again: a commissioning passed meanwhile, or a wall
 # clock stepped since start-up (NTP on a board without a real-time clock), is seen this soon.
 COMMISSIONING_REFRESH_S = 10.0
+
+
+# Outside a guided commissioning run, its commands are refused with this (preconditions_unmet).
+NO_COMMISSIONING_RUN = (
+    "no commissioning run is under way: a technician starts one with `treadguard commission` "
+    "(the treadguard service stopped), and its steps can then be confirmed here"
+)
+
+
+class CommissioningDesk(Protocol):
+    """A guided commissioning run as the tablet sees it (controller/commission.py): what it
+    waits for, and its answer to the technician's confirm or abort."""
+
+    def answer(self, command: CommissioningCommand) -> Reply: ...
+
+    def as_json(self) -> JsonObject: ...
 
 
 def _reason(exc: Exception) -> str:
@@ -143,6 +160,8 @@ class System:
         self.period_s = 1.0 / cfg.control.tick_hz
         self.health = LoopHealth(self.period_s / time_scale, late_ticks_to_stop=LATE_TICKS_TO_STOP)
         self.shutting_down = False  # set by the daemon's first signal: no start from then on
+        # A guided commissioning run beside the daemon (``treadguard commission``), if one is on.
+        self.commissioning_run: CommissioningDesk | None = None
         sessions_before = self._last_session_id()
         self.commissioning = self._read_commissioning()
         self.core = SafetyCore(
@@ -301,15 +320,18 @@ class System:
 
     # ------------------------------------------------------------------ commands
 
-    def execute(self, command: Command, *, proof_run: bool = False) -> Reply | None:
+    def execute(self, command: TabletCommand, *, proof_run: bool = False) -> Reply | None:
         """A tablet command; a start carries the user's history from the journal.
         ``proof_run``: a start of ``treadguard commission``'s, allowed on a treadmill whose
-        commissioning is not current (every other start is refused then).
+        commissioning is not current (every other start is refused then). A commissioning
+        run's confirm or abort goes to the run (refused when there is none), never to the core.
 
         Should its handling fail unexpectedly, the belt is stopped and held (fail closed)
         and the exception goes on to the caller (the contract answers ``internal_error`` and
         hands it to :meth:`refused_before_the_core`, SR-15)."""
         try:
+            if isinstance(command, CommissioningCommand):
+                return self._to_commissioning_run(command)
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
@@ -328,6 +350,17 @@ class System:
             # is stopped and held at 0 until the core itself is idle.
             self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
+
+    def _to_commissioning_run(self, command: CommissioningCommand) -> Reply:
+        run = self.commissioning_run
+        if run is None:
+            reply: Reply = Refused(RefusalCode.PRECONDITIONS_UNMET, NO_COMMISSIONING_RUN)
+        else:
+            reply = run.answer(command)
+        if isinstance(reply, Refused):
+            # Journaled and published like the core's refusals (SR-14).
+            self._refusal(command.TYPE.value, reply.code.value, reply.message)
+        return reply
 
     def emergency_stop(self, why: str) -> None:
         """An emergency stop the daemon itself decides (a second signal, a shutdown past its
@@ -355,11 +388,11 @@ class System:
         failed): a command_refused event like the core's, through the same coalescer,
         journaled before the reply goes out and published (SR-14)."""
         assert reply.error is not None
-        fields: dict[str, JsonScalar] = {
-            "command": kind if kind is not None else "unreadable",
-            "code": reply.error.value,
-            "message": reply.message,
-        }
+        self._refusal(kind if kind is not None else "unreadable", reply.error.value, reply.message)
+
+    def _refusal(self, command: str, code: str, message: str) -> None:
+        """A command_refused event through the one coalescer, journaled and published."""
+        fields: dict[str, JsonScalar] = {"command": command, "code": code, "message": message}
         event = Event(EventType.COMMAND_REFUSED, self.clock.time(), fields)
         if self._admit(event):
             self.controller.publish(event)
@@ -539,6 +572,8 @@ class System:
             "detail": status.detail,
             "passed_at": status.passed_at,
             "expires_at": status.expires_at,
+            # What a guided run waits for (docs/commissioning.md); null without one.
+            "run": None if self.commissioning_run is None else self.commissioning_run.as_json(),
         }
 
     def journal_state(self) -> JsonObject:

@@ -33,6 +33,10 @@ class CommandType(StrEnum):
     ESTOP = "estop"
     RESET = "reset"
     HEARTBEAT = "heartbeat"
+    # A guided commissioning run's (docs/commissioning.md): the technician confirms a step, or
+    # gives the run up, from the tablet. The safety core never sees them: the run answers them.
+    COMMISSION_CONFIRM = "commission_confirm"
+    COMMISSION_ABORT = "commission_abort"
 
 
 class DriveFailure(StrEnum):
@@ -172,6 +176,35 @@ class Heartbeat:
 
 
 Command = StartSession | SetSpeed | Stop | EStop | Reset | Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionConfirm:
+    """The technician has done what a guided commissioning run asks (``treadguard
+    commission``): ``step`` (the proof, e.g. ``grip_left``) and ``ask`` (what they were asked
+    to do, e.g. ``release_left``) name the request it answers, so that a tap meant for one
+    request never answers the next."""
+
+    TYPE: ClassVar[CommandType] = CommandType.COMMISSION_CONFIRM
+    t: float
+    step: str
+    ask: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionAbort:
+    """The technician gives a guided commissioning run up: the belt gets an emergency stop
+    and the run is journaled as aborted."""
+
+    TYPE: ClassVar[CommandType] = CommandType.COMMISSION_ABORT
+    t: float
+
+
+# Answered by a guided commissioning run beside the daemon, never by the safety core (outside
+# a run they are refused): System.execute hands them over.
+CommissioningCommand = CommissionConfirm | CommissionAbort
+# Everything a tablet may send on <p>/cmd.
+TabletCommand = Command | CommissioningCommand
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,22 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.clinician import clinician, refused
+from tests.clinician import Clinician, clinician, ok, refused, sensor_user
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.guided_commissioning import (
+    RUN_WAIT_S,
+    Technician,
+    guided_config,
+    guided_daemon,
+    run_of,
+    state_where,
+)
 from tests.mosquitto import Broker
 from tests.test_safety_examples import PROGRAMS_DIR
 from treadguard.config.loading import ConfigError, load_config, load_programs
@@ -549,4 +558,150 @@ def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_d
         ("estop", True),
         ("grip_left", False),
     ]
+    assert not journal.commissioning_status(time.time(), every_days=90).current
+
+
+# ------------------------------------------------------------- the guided run, from the tablet
+
+
+def test_the_commissioning_commands_are_refused_outside_a_run_naming_why(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A daemon serving patients has no run to confirm or abort: both are refused
+    (preconditions_unmet, naming the run), and nothing about the belt changes."""
+
+    async def check() -> None:
+        async with clinician(broker, "tm-norun") as doc:
+            state = await doc.until(lambda s: s["stale"] == [], within=10.0)
+            assert state["commissioning"]["run"] is None
+            for kind, fields in (
+                ("commission_confirm", {"step": "estop", "ask": "stand_on"}),
+                ("commission_abort", {}),
+            ):
+                message = refused(await doc.command(kind, **fields), "preconditions_unmet")
+                assert "no commissioning run is under way" in message
+            event = await doc.event("command_refused")
+            assert event["command"] == "commission_confirm"
+            await doc.start_running("u-norun")  # no latch, no refusal of what follows
+
+    make_daemon(treadmill_id="tm-norun", sensors="simulator")
+    asyncio.run(check())
+
+
+async def _next_request(doc: Clinician, done: set[tuple[str, str]]) -> dict[str, Any]:
+    """The run's next request of the technician not yet answered, or its end."""
+
+    def new(state: dict[str, Any]) -> bool:
+        run = run_of(state)
+        if run is None:
+            return False
+        if run["outcome"] is not None:
+            return True
+        return run["waiting"] == "technician" and (run["step"], run["ask"]) not in done
+
+    run = run_of(await state_where(doc, new, RUN_WAIT_S))
+    assert run is not None
+    return run
+
+
+@pytest.mark.asyncio
+async def test_the_guided_run_is_confirmed_from_the_tablet_step_by_step_and_passes(
+    broker: Broker,
+) -> None:
+    """`treadguard commission` on the machine, every request answered by the tablet's
+    commission_confirm: the state says which step of 7 and what to do; a confirmation for
+    another request (a stale or double tap) is refused and the run still asks the same; the
+    figures of each passed proof are published; the run passes and is on record."""
+    tm = "tm-guided-tablet"
+    config = guided_config(broker.workdir, broker.port, tm)
+    async with (
+        guided_daemon(config) as guided,
+        clinician(broker, tm) as doc,
+        sensor_user(broker, tm) as user,
+    ):
+        technician = Technician(guided, user)
+        done: set[tuple[str, str]] = set()
+        indices = []
+        figures = {}
+        while True:
+            run = await _next_request(doc, done)
+            if run["outcome"] is not None:
+                break
+            assert run["of"] == 7
+            assert run["prompt"]
+            indices.append(run["index"])
+            proof = run["last_proof"]
+            if proof is not None:
+                assert proof["passed"] is True, proof
+                figures[proof["step"]] = proof
+            if not done:
+                # Before anything is confirmed: a tap meant for a later request is not taken.
+                stale = await doc.command("commission_confirm", step="grip_left", ask="hold_both")
+                assert "earlier request" in refused(stale, "not_allowed")
+            await technician.perform(run["ask"])
+            ok(await doc.command("commission_confirm", step=run["step"], ask=run["ask"]))
+            done.add((run["step"], run["ask"]))
+            if run["ask"] == "stand_on":
+                # The same confirmation again (a second tap): the run has moved on.
+                again = await doc.command("commission_confirm", step="estop", ask="stand_on")
+                refused(again, "not_allowed")
+        assert run["outcome"] == "passed", run
+        assert indices == sorted(indices)
+        # Every step but the cap's asks something of the technician (the cap is waited for).
+        assert set(indices) == set(range(1, 7))
+        assert run["last_proof"]["step"] == "cap"
+        assert run["last_proof"]["passed"] is True
+        assert {"estop", "grip_left", "grip_right", "grips", "fall"} <= set(figures)
+        assert figures["estop"]["standstill_s"] > 0
+        result = await guided.ended()
+    assert result.passed, result
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert (row.outcome, row.simulated, row.technician) == ("passed", False, "T. Tester")
+    assert [p.passed for p in journal.proofs(row.id)] == [True] * 7
+    assert journal.commissioning_status(time.time(), every_days=90).current
+
+
+@pytest.mark.asyncio
+async def test_an_abort_from_the_tablet_stops_the_belt_at_once_and_the_run_is_aborted(
+    broker: Broker,
+) -> None:
+    """commission_abort while the run waits for the belt (coming up to the proof speed, not
+    a request of the technician's): an emergency stop at once, and the run journaled as
+    aborted, as `q` on the terminal does."""
+    tm = "tm-guided-abort"
+    config = guided_config(broker.workdir, broker.port, tm)
+    async with (
+        guided_daemon(config) as guided,
+        clinician(broker, tm) as doc,
+        sensor_user(broker, tm),
+    ):
+        run = await _next_request(doc, set())
+        assert (run["step"], run["ask"], run["index"]) == ("estop", "stand_on", 1)
+        ok(await doc.command("commission_confirm", step="estop", ask="stand_on"))
+
+        def moving_up(state: dict[str, Any]) -> bool:
+            run = run_of(state)
+            speed = state["speed_mph"]
+            return (
+                run is not None
+                and run["waiting"] == "belt"
+                and isinstance(speed, float)
+                and speed > 0.2
+            )
+
+        await state_where(doc, moving_up, RUN_WAIT_S)
+        # Nothing to confirm while the run waits for the belt.
+        busy = await doc.command("commission_confirm", step="estop", ask="give_estop")
+        assert "waiting for" in refused(busy, "not_allowed")
+        ok(await doc.command("commission_abort"))
+        state = await doc.until(lambda s: s["latched"] is not None, within=2.0)
+        assert state["latched"]["cause"] == "remote_estop"
+        await doc.until(lambda s: s["speed_mph"] is not None and s["speed_mph"] <= 0.05, within=5.0)
+        result = await guided.ended()
+    assert result.outcome is CommissioningOutcome.ABORTED
+    assert "gave up on the tablet" in result.detail
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert row.outcome == "aborted"
     assert not journal.commissioning_status(time.time(), every_days=90).current

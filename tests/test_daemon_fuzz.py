@@ -32,11 +32,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import WAIT_S, Broker, have_mosquitto
+from treadguard.safety.inputs import CommandType
 
 EXAMPLES = int(os.environ.get("TREADGUARD_MQTT_FUZZ_EXAMPLES", "2000"))
 TM = "tm-fuzz"
 P = f"treadmill/{TM}"
-COMMAND_TYPES = ["start_session", "set_speed", "stop", "estop", "reset", "heartbeat"]
+# Every command the contract names (a command it gains is fuzzed without a change here).
+COMMAND_TYPES = [kind.value for kind in CommandType]
 
 
 @dataclass
@@ -140,6 +142,8 @@ def _almost_commands() -> st.SearchStrategy[dict[str, Any]]:
             "mph": _numbers() | _json_values(),
             "cap_s": _numbers() | _json_values(),
             "target_mph": _numbers() | _json_values(),
+            "step": st.sampled_from(["estop", "grip_left", "cap"]) | _any_text() | _json_values(),
+            "ask": st.sampled_from(["give_estop", "stand_on"]) | _any_text() | _json_values(),
             "ts": _numbers() | _json_values(),
             "extra": _json_values(),
         },
@@ -165,10 +169,24 @@ def _well_formed_commands() -> st.SearchStrategy[dict[str, Any]]:
         optional={"ts": stamp},
     )
     other = st.fixed_dictionaries(
-        {"id": command_id, "type": st.sampled_from(["stop", "reset", "heartbeat"])},
+        {
+            "id": command_id,
+            # commission_abort outside a commissioning run is refused, the belt untouched.
+            "type": st.sampled_from(["stop", "reset", "heartbeat", "commission_abort"]),
+        },
         optional={"ts": stamp},
     )
-    return (start | speed | other).map(
+    # No commissioning run is on: every confirmation is refused, whatever it names.
+    confirm = st.fixed_dictionaries(
+        {
+            "id": command_id,
+            "type": st.just("commission_confirm"),
+            "step": _any_text(min_size=1, max_size=64),
+            "ask": _any_text(min_size=1, max_size=64),
+        },
+        optional={"ts": stamp},
+    )
+    return (start | speed | other | confirm).map(
         lambda o: {k: v for k, v in o.items() if v is not None or k != "ts"}
     )
 

@@ -47,7 +47,9 @@ from treadguard.safety.decisions import (
     State,
 )
 from treadguard.safety.inputs import (
-    Command,
+    CommissionAbort,
+    CommissionConfirm,
+    CommissioningCommand,
     EStop,
     Hand,
     Heartbeat,
@@ -56,6 +58,7 @@ from treadguard.safety.inputs import (
     SetSpeed,
     StartSession,
     Stop,
+    TabletCommand,
 )
 from treadguard.safety.limits import SafetyLimits
 
@@ -98,9 +101,14 @@ def refusal(text: str | bytes, *, retained: bool = False) -> CommandReply:
             ' "cap_s": 300, "target_mph": 0.9}',
             StartSession(t=T, user="u7", program="reverse_walking", cap_s=300.0, target_mph=0.9),
         ),
+        (
+            '{"id": "a1", "type": "commission_confirm", "step": "grip_left", "ask": "hold_both"}',
+            CommissionConfirm(t=T, step="grip_left", ask="hold_both"),
+        ),
+        ('{"id": "a1", "type": "commission_abort"}', CommissionAbort(t=T)),
     ],
 )
-def test_valid_commands_parse_to_safety_inputs(text: str, command: Command) -> None:
+def test_valid_commands_parse_to_safety_inputs(text: str, command: TabletCommand) -> None:
     result = parse(text)
     assert isinstance(result, ParsedCommand)
     assert result.id == "a1"
@@ -263,9 +271,9 @@ def test_every_core_refusal_code_is_a_contract_code() -> None:
 class Recorder:
     def __init__(self, reply: Reply = ACCEPTED) -> None:
         self.reply = reply
-        self.commands: list[Command] = []
+        self.commands: list[TabletCommand] = []
 
-    def __call__(self, command: Command) -> Reply:
+    def __call__(self, command: TabletCommand) -> Reply:
         self.commands.append(command)
         return self.reply
 
@@ -295,7 +303,8 @@ def test_out_of_range_is_decided_by_the_real_core() -> None:
         commissioned_until=math.inf,
     )
 
-    def execute(command: Command) -> Reply | None:
+    def execute(command: TabletCommand) -> Reply | None:
+        assert not isinstance(command, CommissioningCommand)  # only starts are sent here
         return core.handle(command).reply
 
     raw = '{"id": "s1", "type": "start_session", "user": "u", "target_mph": 5}'
@@ -711,7 +720,13 @@ def stamped(kind: str, age_s: float, **fields: object) -> bytes:
 
 @pytest.mark.parametrize(
     ("kind", "fields"),
-    [("start_session", {"user": "u1"}), ("set_speed", {"mph": 1.0}), ("heartbeat", {})],
+    [
+        ("start_session", {"user": "u1"}),
+        ("set_speed", {"mph": 1.0}),
+        ("heartbeat", {}),
+        # A technician's confirmation held up by a broker is no longer what they see now.
+        ("commission_confirm", {"step": "estop", "ask": "give_estop"}),
+    ],
 )
 def test_sr15_a_stamped_start_speed_change_or_heartbeat_that_arrives_late_is_refused(
     kind: str, fields: dict[str, object]
@@ -731,7 +746,7 @@ def test_sr15_a_stamped_start_speed_change_or_heartbeat_that_arrives_late_is_ref
     assert "clock" in ahead.message
 
 
-@pytest.mark.parametrize("kind", ["stop", "estop", "reset"])
+@pytest.mark.parametrize("kind", ["stop", "estop", "reset", "commission_abort"])
 def test_sr6_a_late_stop_is_still_obeyed(kind: str) -> None:
     got = parse_command(stamped(kind, 60.0), retained=False, t=T, now_unix=NOW_UNIX)
     assert isinstance(got, ParsedCommand)
@@ -817,7 +832,7 @@ class Exploding:
         self.exc = exc
         self.calls = 0
 
-    def __call__(self, command: Command) -> Reply:
+    def __call__(self, command: TabletCommand) -> Reply:
         self.calls += 1
         raise self.exc
 
@@ -922,9 +937,11 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
         "estop",
         "reset",
         "heartbeat",
+        "commission_confirm",
+        "commission_abort",
     }
     assert set(_MODELS) == set(CommandType)
-    fields = {"user": "p-1", "mph": 1.0}
+    fields = {"user": "p-1", "mph": 1.0, "step": "estop", "ask": "give_estop"}
     for kind, model in _MODELS.items():
         assert get_args(model.model_fields["type"].annotation) == (kind,)
         payload = {"id": f"v-{kind}", "type": kind, **fields}
@@ -932,6 +949,62 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
             payload.pop("user")
         if kind != CommandType.SET_SPEED:
             payload.pop("mph")
+        if kind != CommandType.COMMISSION_CONFIRM:
+            payload.pop("step")
+            payload.pop("ask")
         parsed = parse_command(json.dumps(payload).encode(), retained=False, t=1.0)
         assert isinstance(parsed, ParsedCommand), (kind, parsed)
         assert parsed.command.TYPE is CommandType(kind)
+
+
+# ----------------------------------------------------------- a guided commissioning's commands
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({}, "step"),
+        ({"step": "estop"}, "ask"),
+        ({"ask": "give_estop"}, "step"),
+        ({"step": "", "ask": "give_estop"}, "step"),
+        ({"step": 3, "ask": "give_estop"}, "step"),
+        ({"step": "estop", "ask": None}, "ask"),
+        ({"step": "e" * 65, "ask": "give_estop"}, "step"),
+        ({"step": "estop\n", "ask": "give_estop"}, "step"),
+        ({"step": "estop", "ask": "give_estop", "now": True}, "now"),
+    ],
+)
+def test_sr15_a_malformed_confirmation_is_an_invalid_command_naming_the_field(
+    fields: dict[str, object], names: str
+) -> None:
+    """A confirmation names the request it answers (step and ask), both words of 1-64
+    printable characters; anything else is refused at the contract, never raised."""
+    raw = json.dumps({"id": "k-1", "type": "commission_confirm", **fields})
+    reply = refusal(raw)
+    assert reply.error is ErrorCode.INVALID_COMMAND, reply
+    assert reply.id == "k-1"
+    assert names in reply.message
+
+
+def test_an_abort_runs_at_every_press_whatever_its_id_and_a_confirmation_once() -> None:
+    """commission_abort stops the belt: carried out every time, like stop and estop (a
+    button with a fixed id). A confirmation sent again with its id (a retransmission) is
+    answered with the original reply and not run again: it cannot confirm the next step."""
+    seen = DuplicateFilter()
+    execute = Recorder()
+    abort = '{"id": "x", "type": "commission_abort"}'
+    assert answer(abort, seen, execute) == answer(abort, seen, execute) == {"id": "x", "ok": True}
+    assert execute.commands == [CommissionAbort(t=T), CommissionAbort(t=T)]
+    confirm = '{"id": "y", "type": "commission_confirm", "step": "fall", "ask": "fall"}'
+    first = answer(confirm, seen, execute)
+    execute.reply = Refused(RefusalCode.NOT_ALLOWED, "would differ")
+    assert answer(confirm, seen, execute) == first == {"id": "y", "ok": True}
+    assert execute.commands[2:] == [CommissionConfirm(t=T, step="fall", ask="fall")]
+
+
+def test_the_run_s_refusal_of_a_stale_confirmation_is_the_reply() -> None:
+    stale = "this confirmation was for an earlier request"
+    execute = Recorder(Refused(RefusalCode.NOT_ALLOWED, stale))
+    raw = '{"id": "z", "type": "commission_confirm", "step": "grips", "ask": "release_both"}'
+    got = answer(raw, DuplicateFilter(), execute)
+    assert got["error"] == {"code": "not_allowed", "message": stale}

@@ -27,7 +27,7 @@ from treadguard.controller.mqtt_link import DEFAULT_TUNING, LinkHooks, LinkTunin
 from treadguard.controller.mqtt_settings import BrokerSettings, TlsSettings
 from treadguard.safety.core import SessionView, Snapshot
 from treadguard.safety.decisions import ACCEPTED, Event, EventType, Reply, State
-from treadguard.safety.inputs import Command, EStop, Hand, Heartbeat
+from treadguard.safety.inputs import EStop, Hand, Heartbeat, TabletCommand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,10 +61,10 @@ class World:
     """What the controller would be: records commands, answers them, holds the snapshot."""
 
     snap: Snapshot = IDLE
-    commands: list[Command] = field(default_factory=list)
+    commands: list[TabletCommand] = field(default_factory=list)
     reply: Reply = ACCEPTED
 
-    def execute(self, command: Command) -> Reply:
+    def execute(self, command: TabletCommand) -> Reply:
         self.commands.append(command)
         return self.reply
 
