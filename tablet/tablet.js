@@ -386,6 +386,62 @@ function draw() {
 
   $("message").hidden = !view.message;
   $("message").querySelector(".words").textContent = view.message || "";
+  drawCommissioning(s, online);
+}
+
+// A guided commissioning run (the state's commissioning.run, docs/commissioning.md): the step,
+// what the technician is asked in the run's own words, the last proof's figures, and Confirm
+// and Abort. Hidden when no run is on.
+function commissioningRun(s) {
+  return (s && s.commissioning && s.commissioning.run) || null;
+}
+
+const OUTCOME_WORDS = {
+  passed: "Commissioning passed: every stop was proven. The treadmill may take patients.",
+  failed: "Commissioning failed",
+  aborted: "Commissioning aborted: the belt was stopped and nothing was proven.",
+};
+
+function proofWords(proof) {
+  let words = `${proof.passed ? "Passed" : "Failed"}: ${proof.title}`;
+  if (typeof proof.standstill_s === "number") {
+    words += `: the belt stood still ${proof.standstill_s.toFixed(2)} s after the stop`;
+    if (typeof proof.deceleration_mph_per_s === "number") {
+      words += ` (${proof.deceleration_mph_per_s.toFixed(2)} mph per second)`;
+    }
+  }
+  return `${words}.`;
+}
+
+function drawCommissioning(s, online) {
+  const run = commissioningRun(s);
+  $("commissioning").hidden = !run;
+  if (!run) return;
+  const over = Boolean(run.outcome);
+  $("comm-step").textContent =
+    over || run.index === null ? "Commissioning" : `Commissioning: step ${run.index} of ${run.of}`;
+  $("comm-title").textContent = over ? "" : sentence(run.title || "");
+  let prompt = run.prompt;
+  if (over) {
+    prompt = OUTCOME_WORDS[run.outcome] || `Commissioning ${run.outcome}`;
+    if (run.outcome === "failed" && run.detail) prompt += `: ${run.detail}`;
+  }
+  $("comm-prompt").textContent = prompt;
+  const proof = run.last_proof;
+  $("comm-proof").hidden = !proof;
+  if (proof) {
+    $("comm-proof").textContent = proofWords(proof);
+    $("comm-proof").classList.toggle("bad", !proof.passed);
+  }
+  $("comm-confirm").disabled = !(
+    online &&
+    !over &&
+    run.waiting === "technician" &&
+    !pendingOf("commission_confirm")
+  );
+  // Like E-STOP, Abort stays on while the broker link is up: it stops the belt.
+  $("comm-abort").disabled = !(view.link === "connected" && !over);
+  $("commissioning").querySelector(".row").hidden = over; // a run that has ended asks nothing
 }
 
 // ------------------------------------------------------------------ commands
@@ -435,6 +491,10 @@ function commandWords(sent) {
       return `Target ${sent.fields.mph.toFixed(1)} mph`;
     case "estop":
       return "E-STOP";
+    case "commission_confirm":
+      return "Confirmation";
+    case "commission_abort":
+      return "Abort of the commissioning";
     default:
       return sentence(sent.type);
   }
@@ -752,7 +812,7 @@ function connect() {
     for (const [id, sent] of pending) {
       clearTimeout(sent.timer);
       pending.delete(id);
-      if (sent.type === "estop" || sent.type === "stop") {
+      if (["estop", "stop", "commission_abort"].includes(sent.type)) {
         resendOnConnect.push(sent.type);
         log(`${commandWords(sent)}: the link dropped before an answer; sent again on reconnect`, true);
         say(`${commandWords(sent)} may not have arrived: it is sent again when the link is back.`);
@@ -888,6 +948,17 @@ $("stop").addEventListener("click", () => {
   if (!$("stop").disabled) send("stop"); // a stop is never held back by a stale view
 });
 whenLive("reset", () => send("reset"));
+// A confirmation names the request it answers, as shown when tapped: should the run have
+// moved on meanwhile, the treadmill refuses it rather than take it for the next request.
+whenLive("comm-confirm", () => {
+  const run = commissioningRun(view.state);
+  if (run && run.waiting === "technician") {
+    send("commission_confirm", { step: run.step, ask: run.ask });
+  }
+});
+$("comm-abort").addEventListener("click", () => {
+  if (!$("comm-abort").disabled) send("commission_abort"); // never held back by a stale view
+});
 // pointerdown, not click: an E-STOP acts on the touch, not on the finger lifting.
 function estop() {
   if (!$("estop").disabled) send("estop");

@@ -83,6 +83,22 @@ async def state_where(
                 return state
 
 
+async def next_request(doc: Clinician, done: set[tuple[str, str]]) -> dict[str, Any]:
+    """The run's next request of the technician not among ``done`` (step, ask), or its end."""
+
+    def new(state: dict[str, Any]) -> bool:
+        run = run_of(state)
+        if run is None:
+            return False
+        if run["outcome"] is not None:
+            return True
+        return run["waiting"] == "technician" and (run["step"], run["ask"]) not in done
+
+    run = run_of(await state_where(doc, new, RUN_WAIT_S))
+    assert run is not None
+    return run
+
+
 @dataclass
 class GuidedDaemon:
     daemon: Daemon

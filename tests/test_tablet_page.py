@@ -21,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import FloatRect, expect
 
 from tests.browser import PAGE_DIR, TabletPage, chromium, need_page, tablet_page
 from tests.clinician import (
@@ -33,7 +33,9 @@ from tests.clinician import (
     sensor_user,
 )
 from tests.daemon_process import DaemonProcess, daemon_config
+from tests.guided_commissioning import Technician, guided_config, guided_daemon, next_request
 from tests.mosquitto import PASSWORDS, Broker, auth_lines, body, have_mosquitto
+from treadguard.controller.journal import Journal
 
 ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
 RECONNECT_WAIT_MS = 20_000  # the page's 1 s retry, the daemon's backoff (up to 5 s) and some
@@ -452,3 +454,118 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
     finally:
         daemon.stop()
         secured.kill()
+
+
+# ----------------------------------------------------------------------------- commissioning
+
+
+def _clear_of(box: FloatRect | None, other: FloatRect | None) -> bool:
+    assert box is not None
+    assert other is not None
+    return (
+        box["x"] + box["width"] <= other["x"]
+        or other["x"] + other["width"] <= box["x"]
+        or box["y"] + box["height"] <= other["y"]
+        or other["y"] + other["height"] <= box["y"]
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_page_guides_a_commissioning_run_step_by_step_to_its_pass(
+    broker: Broker,
+) -> None:
+    """`treadguard commission` on the machine, its every request confirmed on the page: the
+    panel says step n of 7 and what to do in the run's words, Confirm sends the request it
+    shows, the last proof's figures appear, and the run passes. The panel is readable, its
+    buttons clear of the E-STOP, in landscape and in portrait."""
+    tm = "tm-page-commission"
+    config = guided_config(broker.workdir, broker.port, tm)
+    async with (
+        guided_daemon(config) as guided,
+        clinician(broker, tm, heartbeat=False) as doc,
+        sensor_user(broker, tm) as user,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        technician = Technician(guided, user)
+        confirm = page.locator("#comm-confirm")
+        done: set[tuple[str, str]] = set()
+        while True:
+            run = await next_request(doc, done)
+            if run["outcome"] is not None:
+                break
+            await expect(page.locator("#commissioning")).to_be_visible()
+            await expect(page.locator("#comm-step")).to_have_text(
+                f"Commissioning: step {run['index']} of 7"
+            )
+            await expect(page.locator("#comm-prompt")).to_have_text(run["prompt"])
+            if run["last_proof"] is not None:
+                await expect(page.locator("#comm-proof")).to_contain_text(
+                    run["last_proof"]["title"]
+                )
+            if run["ask"] == "release_left":
+                await expect(page.locator("#comm-proof")).to_contain_text(
+                    "Passed: E-STOP command: the belt stood still"
+                )
+                for size, name in (
+                    ({"width": 1280, "height": 800}, "landscape"),
+                    ({"width": 800, "height": 1280}, "portrait"),
+                ):
+                    await page.set_viewport_size(size)  # type: ignore[arg-type]
+                    estop = await page.locator("#estop").bounding_box()
+                    for button in ("#comm-confirm", "#comm-abort"):
+                        await expect(page.locator(button)).to_be_in_viewport()
+                        assert _clear_of(await page.locator(button).bounding_box(), estop)
+                    await tab.shot(f"commissioning-{name}")
+                await page.set_viewport_size({"width": 1280, "height": 800})
+            await expect(confirm).to_be_enabled()
+            await technician.perform(run["ask"])
+            await confirm.click()
+            sent = await next_command(doc, "commission_confirm")
+            assert (sent["step"], sent["ask"]) == (run["step"], run["ask"])
+            done.add((run["step"], run["ask"]))
+        assert run["outcome"] == "passed", run
+        await expect(page.locator("#comm-prompt")).to_contain_text("Commissioning passed")
+        await expect(confirm).to_be_disabled()
+        await tab.shot("commissioning-passed")
+        result = await guided.ended()
+    assert result.passed, result
+
+
+@pytest.mark.asyncio
+async def test_the_page_s_abort_stops_the_belt_and_ends_the_commissioning(broker: Broker) -> None:
+    """Abort on the page while the belt runs at the proof speed: an emergency stop, the run
+    journaled as aborted, and the panel says so in words."""
+    tm = "tm-page-commission-abort"
+    config = guided_config(broker.workdir, broker.port, tm)
+    async with (
+        guided_daemon(config) as guided,
+        clinician(broker, tm, heartbeat=False) as doc,
+        sensor_user(broker, tm),
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        run = await next_request(doc, set())
+        assert (run["step"], run["ask"]) == ("estop", "stand_on")
+        await expect(page.locator("#comm-prompt")).to_have_text(run["prompt"])
+        await page.locator("#comm-confirm").click()
+        run = await next_request(doc, {("estop", "stand_on")})
+        assert run["ask"] == "give_estop"
+        assert doc.latest is not None
+        assert doc.latest["state"] == "running"
+        await expect(page.locator("#comm-abort")).to_be_enabled()
+        await page.locator("#comm-abort").click()
+        await next_command(doc, "commission_abort")
+        state = await doc.until(lambda s: s["latched"] is not None, within=2.0)
+        assert state["latched"]["cause"] == "remote_estop"
+        await doc.until(
+            lambda s: s["speed_mph"] is not None and s["speed_mph"] <= STANDSTILL_MPH,
+            within=SESSION_WAIT_S,
+        )
+        await expect(page.locator("#comm-prompt")).to_contain_text("Commissioning aborted")
+        result = await guided.ended()
+    assert result.outcome.value == "aborted"
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    assert [row.outcome for row in journal.commissioning_runs()] == ["aborted"]
