@@ -801,8 +801,8 @@ class GuidedRun:
         if (command.step, command.ask) != (step.value, item.act.value):
             return Refused(
                 RefusalCode.NOT_ALLOWED,
-                f"this confirmation was for an earlier request ({command.step}: {command.ask}); "
-                f"the run now asks for {step.value}: {item.act.value}. It was not taken: "
+                f"this confirmation was for another request ({command.step}: {command.ask}) "
+                f"than the one now asked ({STEP_TITLES[step]}: {item.text}) and was not taken: "
                 "confirm again once that is done",
             )
         self._asked.set_result(self.clock.time())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import queue
 import sqlite3
 import subprocess
 import sys
@@ -23,13 +24,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.clinician import Clinician, clinician, ok, refused, sensor_user
+from tests.clinician import clinician, ok, refused, sensor_user
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.guided_commissioning import (
     RUN_WAIT_S,
     Technician,
     guided_config,
     guided_daemon,
+    next_request,
     run_of,
     state_where,
 )
@@ -37,6 +39,11 @@ from tests.mosquitto import Broker
 from tests.test_safety_examples import PROGRAMS_DIR
 from treadguard.config.loading import ConfigError, load_config, load_programs
 from treadguard.controller.commission import (
+    Aborted,
+    Act,
+    Ask,
+    Commissioner,
+    GuidedRun,
     ProofStep,
     SimulatedMachine,
     nominal_proofs,
@@ -53,8 +60,9 @@ from treadguard.controller.journal import (
 from treadguard.controller.simulation import run_virtual
 from treadguard.controller.system import COMMISSIONING_REFRESH_S, System, open_journal
 from treadguard.safety.core import SafetyCore
-from treadguard.safety.decisions import Accepted, EventType, RefusalCode, Refused
+from treadguard.safety.decisions import ACCEPTED, Accepted, EventType, RefusalCode, Refused
 from treadguard.safety.inputs import (
+    CommissionConfirm,
     Commissioning,
     DriveFeedback,
     FallReading,
@@ -588,22 +596,6 @@ def test_the_commissioning_commands_are_refused_outside_a_run_naming_why(
     asyncio.run(check())
 
 
-async def _next_request(doc: Clinician, done: set[tuple[str, str]]) -> dict[str, Any]:
-    """The run's next request of the technician not yet answered, or its end."""
-
-    def new(state: dict[str, Any]) -> bool:
-        run = run_of(state)
-        if run is None:
-            return False
-        if run["outcome"] is not None:
-            return True
-        return run["waiting"] == "technician" and (run["step"], run["ask"]) not in done
-
-    run = run_of(await state_where(doc, new, RUN_WAIT_S))
-    assert run is not None
-    return run
-
-
 @pytest.mark.asyncio
 async def test_the_guided_run_is_confirmed_from_the_tablet_step_by_step_and_passes(
     broker: Broker,
@@ -624,7 +616,7 @@ async def test_the_guided_run_is_confirmed_from_the_tablet_step_by_step_and_pass
         indices = []
         figures = {}
         while True:
-            run = await _next_request(doc, done)
+            run = await next_request(doc, done)
             if run["outcome"] is not None:
                 break
             assert run["of"] == 7
@@ -637,7 +629,7 @@ async def test_the_guided_run_is_confirmed_from_the_tablet_step_by_step_and_pass
             if not done:
                 # Before anything is confirmed: a tap meant for a later request is not taken.
                 stale = await doc.command("commission_confirm", step="grip_left", ask="hold_both")
-                assert "earlier request" in refused(stale, "not_allowed")
+                assert "was not taken" in refused(stale, "not_allowed")
             await technician.perform(run["ask"])
             ok(await doc.command("commission_confirm", step=run["step"], ask=run["ask"]))
             done.add((run["step"], run["ask"]))
@@ -676,7 +668,7 @@ async def test_an_abort_from_the_tablet_stops_the_belt_at_once_and_the_run_is_ab
         clinician(broker, tm) as doc,
         sensor_user(broker, tm),
     ):
-        run = await _next_request(doc, set())
+        run = await next_request(doc, set())
         assert (run["step"], run["ask"], run["index"]) == ("estop", "stand_on", 1)
         ok(await doc.command("commission_confirm", step="estop", ask="stand_on"))
 
@@ -705,3 +697,63 @@ async def test_an_abort_from_the_tablet_stops_the_belt_at_once_and_the_run_is_ab
     (row,) = journal.commissioning_runs()
     assert row.outcome == "aborted"
     assert not journal.commissioning_status(time.time(), every_days=90).current
+
+
+@pytest.mark.asyncio
+async def test_the_terminal_and_the_tablet_answer_one_request_whichever_comes_first() -> None:
+    """The guided run's requests on the daemon's assembly (the simulated treadmill): the
+    tablet confirms while the terminal is still reading; the Enter typed then, for the request
+    the tablet answered, answers nothing (the terminal says so), and the next Enter answers the
+    next request. A confirmation naming another request is refused and leaves the request
+    open; q gives up with an emergency stop, and the tablet's confirm is refused after."""
+    loaded = load_config(SIM)
+    loop = VirtualLoop()
+    machine = SimulatedMachine(loaded, loop)
+    opened = open_journal(None, max_size_mb=64, wall=lambda: 1_800_000_000.0 + loop.time())
+    system = System(loaded, loop, machine.rig.driver, opened, wall=lambda: 1_800_000_000.0)
+    system.start(restore_faults=False)
+    lines: queue.Queue[str] = queue.Queue()
+    stale_enter = asyncio.Event()
+
+    def echo(line: str) -> None:
+        if "press Enter again" in line:
+            stale_enter.set()
+
+    commissioner = Commissioner(system, technician="t", simulated=False, echo=echo)
+    run = GuidedRun(commissioner, loop, started_at=0.0, echo=echo, read=lambda _p: lines.get())
+    system.commissioning_run = run
+    commissioner.step = ProofStep.ESTOP
+
+    async def asked(act: Act) -> asyncio.Task[float]:
+        run.show(Ask(act))
+        task = asyncio.create_task(run.ask(Ask(act)))
+        await asyncio.sleep(0)  # the task takes the request (no wait on time: one turn)
+        assert run.as_json()["ask"] == act.value
+        return task
+
+    first = await asked(Act.STAND_ON)
+    assert system.execute(CommissionConfirm(loop.time(), "estop", "stand_on")) == ACCEPTED
+    async with asyncio.timeout(5.0):
+        await first
+    second = await asked(Act.GIVE_ESTOP)
+    wrong = system.execute(CommissionConfirm(loop.time(), "estop", "stand_on"))
+    assert isinstance(wrong, Refused)
+    assert wrong.code is RefusalCode.NOT_ALLOWED
+    lines.put("")  # typed for the request the tablet answered
+    async with asyncio.timeout(5.0):
+        await stale_enter.wait()
+    assert not second.done()
+    lines.put("")
+    async with asyncio.timeout(5.0):
+        await second
+    third = await asked(Act.HOLD_BOTH)
+    lines.put("q")
+    with pytest.raises(Aborted):
+        async with asyncio.timeout(5.0):
+            await third
+    assert system.core.latch is not None
+    assert run.as_json()["outcome"] == "aborted"
+    late = system.execute(CommissionConfirm(loop.time(), "estop", "hold_both"))
+    assert isinstance(late, Refused)
+    assert late.code is RefusalCode.PRECONDITIONS_UNMET
+    system.close()
