@@ -300,6 +300,19 @@ def status_line(connected: bool, availability: str | None, state: dict[str, Any]
         )
     else:
         parts.append("no session")
+    commissioning = state.get("commissioning")
+    run = commissioning.get("run") if isinstance(commissioning, dict) else None
+    if isinstance(run, dict):
+        # A guided commissioning: what `tablet commission-confirm` names (--step, --ask).
+        if run.get("outcome") is not None:
+            parts.append(f"commissioning {run.get('outcome')}")
+        elif run.get("waiting") == "technician":
+            parts.append(
+                f"commissioning step {run.get('index')}/{run.get('of')} "
+                f"--step {run.get('step')} --ask {run.get('ask')}: {run.get('prompt')}"
+            )
+        else:
+            parts.append(f"commissioning step {run.get('index')}/{run.get('of')}: waiting")
     return " | ".join(parts)
 
 
@@ -497,6 +510,10 @@ def cmd_tablet(args: argparse.Namespace) -> int:
             )
         case "speed":
             command = _command(CommandType.SET_SPEED, mph=args.mph)
+        case "commission-confirm":
+            command = _command(CommandType.COMMISSION_CONFIRM, step=args.step, ask=args.ask)
+        case "commission-abort":
+            command = _command(CommandType.COMMISSION_ABORT)
         case other:  # stop, estop, reset, heartbeat: no fields, named as on the wire
             command = _command(CommandType(other))
     try:
@@ -621,6 +638,21 @@ def add_tablet_parser(sub: Any) -> None:
         (CommandType.HEARTBEAT, "send one heartbeat"),
     ):
         cmds.add_parser(kind.value, parents=[opts], help=text)
+
+    # A guided commissioning run's (docs/commissioning.md): the step and request to confirm
+    # are the state's commissioning.run "step" and "ask", as `tablet watch --json` shows them.
+    confirm = cmds.add_parser(
+        "commission-confirm",
+        parents=[opts],
+        help=f"confirm the commissioning run's current request ({CommandType.COMMISSION_CONFIRM})",
+    )
+    confirm.add_argument("--step", required=True, help="the run's step, e.g. grip_left")
+    confirm.add_argument("--ask", required=True, help="the run's request, e.g. release_left")
+    cmds.add_parser(
+        "commission-abort",
+        parents=[opts],
+        help=f"give the commissioning run up: an emergency stop ({CommandType.COMMISSION_ABORT})",
+    )
 
     watch = cmds.add_parser(
         "watch",

@@ -565,3 +565,51 @@ def test_watch_names_a_wired_input_that_cannot_be_read() -> None:
     assert "stale grip_left | inputs grip_left: cannot request lines 17 of /dev/gpiochip0" in line
     del state["sensor_problems"]
     assert "inputs" not in status_line(True, "online", state)
+
+
+# ----------------------------------------------------------------------------- commissioning
+
+
+@pytest.mark.asyncio
+async def test_the_commissioning_commands_outside_a_run_are_refused_naming_why(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """commission-confirm and commission-abort are the contract's commands: a daemon with no
+    commissioning run refuses both (exit 1, preconditions_unmet); a confirm without the
+    request it answers is a bad argument (exit 2)."""
+    async with daemon(broker, tmp_path, "tm-cli-commission") as (config, _tab):
+        for args in (
+            ("commission-confirm", "--step", "estop", "--ask", "stand_on"),
+            ("commission-abort",),
+        ):
+            result = await tablet_cli(config, *args)
+            assert result.code == 1, (args, result)
+            assert result.out.startswith("refused: preconditions_unmet: no commissioning run"), (
+                result
+            )
+        incomplete = await tablet_cli(config, "commission-confirm", "--step", "estop")
+        assert incomplete.code == 2, incomplete
+
+
+def test_watch_names_the_commissioning_request_and_how_to_confirm_it() -> None:
+    from treadguard.controller.tablet import status_line
+
+    run: dict[str, Any] = {
+        "step": "grip_left",
+        "index": 2,
+        "of": 7,
+        "ask": "release_left",
+        "prompt": "Let go of the LEFT grip only (keep the right one held).",
+        "waiting": "technician",
+        "outcome": None,
+    }
+    state = {"state": "running", "commissioning": {"run": run}}
+    line = status_line(True, "online", state)
+    assert line.endswith(
+        "commissioning step 2/7 --step grip_left --ask release_left: Let go of the LEFT grip "
+        "only (keep the right one held)."
+    ), line
+    run.update(waiting="belt", ask=None)
+    assert status_line(True, "online", state).endswith("commissioning step 2/7: waiting")
+    run["outcome"] = "passed"
+    assert status_line(True, "online", state).endswith("commissioning passed")
