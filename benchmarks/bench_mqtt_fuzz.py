@@ -27,7 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10_000)
     args = parser.parse_args()
-    env = {**os.environ, "TREADGUARD_MQTT_FUZZ_EXAMPLES": str(args.examples)}
+    env = {**os.environ, "TREADGUARD_FUZZ_EXAMPLES": str(args.examples)}
     speed = python_speed_s()
     t0 = time.perf_counter()
     run = subprocess.run(

@@ -3,7 +3,7 @@ commands that are almost right, every field drawn from all of Unicode, lone surr
 control characters included) are each answered, never with ``internal_error``, the daemon
 stays alive and connected (it never says "online" again), and the belt's state never changes.
 
-``TREADGUARD_MQTT_FUZZ_EXAMPLES`` sets the number of examples (2,000 by default, as in CI);
+``TREADGUARD_FUZZ_EXAMPLES`` sets the number of examples (2,000 by default, as in CI);
 ``benchmarks/bench_mqtt_fuzz.py`` runs 10,000 and reports the time.
 
 The daemon's sensors are MQTT sources that never report, so no start can be accepted (SR-3,
@@ -34,7 +34,7 @@ from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import WAIT_S, Broker, have_mosquitto
 from treadguard.safety.inputs import CommandType
 
-EXAMPLES = int(os.environ.get("TREADGUARD_MQTT_FUZZ_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("TREADGUARD_FUZZ_EXAMPLES", "2000"))
 TM = "tm-fuzz"
 P = f"treadmill/{TM}"
 # Every command the contract names (a command it gains is fuzzed without a change here).
