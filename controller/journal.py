@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sqlite3
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +94,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # Sessions that count as a treadmill session had: the belt ran and the session ended as
 # planned or by the clinician, not in a stop of any kind.
 HISTORY_REASONS = ("cap", "completed", "operator_stop")
+# Ended as the program planned: the belt ran to the session's cap (a first session's cap is at
+# least the program's shortest) or the program's end. A session the clinician stopped counts
+# as a first session only with the shortest cap's belt time (System._first_session_minimum).
+PLANNED_ENDS = ("cap", "completed")
 # The share of journal.max_size_mb at which the operator is warned: at the coalesced rate of
 # refusals and a session's samples, the last fifth still lasts hours.
 WARN_FRACTION = 0.8
@@ -435,16 +440,24 @@ class Journal:
     def last_session_id(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(id), 0) FROM sessions")[0][0])
 
-    def has_history(self, user: str) -> bool:
+    def has_history(self, user: str, min_belt_s: Mapping[str, float] | None = None) -> bool:
         """Whether ``user`` has had a treadmill session: one that ended as planned or by the
-        clinician, with the belt moving."""
+        clinician, with the belt moving, and, for a program named in ``min_belt_s`` (the
+        first-session programs, with their shortest cap), with at least that much belt time:
+        a first session stopped after a few seconds is not the first session had."""
         marks = ",".join("?" * len(HISTORY_REASONS))
         rows = self._query(
-            f"SELECT 1 FROM sessions WHERE user = ? AND end_reason IN ({marks})"
-            " AND belt_moving_s > 0 LIMIT 1",
+            f"SELECT program, end_reason, belt_moving_s FROM sessions WHERE user = ? AND"
+            f" end_reason IN ({marks}) AND belt_moving_s > 0",
             (user, *HISTORY_REASONS),
         )
-        return bool(rows)
+        least = min_belt_s or {}
+        for program, reason, belt in rows:
+            if reason in PLANNED_ENDS:
+                return True  # ran to its cap (never below the program's shortest) or its end
+            if _real(belt) is not None and float(belt) >= least.get(str(program), 0.0):
+                return True
+        return False
 
     def sessions(self, user: str | None = None) -> list[SessionRow]:
         sql = "SELECT * FROM sessions"

@@ -152,6 +152,14 @@ class System:
         self._log = logger if logger is not None else structlog.get_logger("treadguard")
         self.journal = journal.journal
         self.journal_problem = journal.problem
+        # A session of a first-session program counts as the user's first treadmill session
+        # only with at least its shortest cap of belt time (SR-7): stopped after a few seconds,
+        # the user is still on first-session rules.
+        self._first_session_minimum = {
+            name: program.cap_s_min
+            for name, program in loaded.programs.items()
+            if program.first_session
+        }
         self._journal_reported = False
         self._journal_used = 0.0
         self._journal_warned = False
@@ -420,7 +428,7 @@ class System:
         if self.journal is None:
             return False  # no history to go by: first-session rules, the strictest
         try:
-            return self.journal.has_history(user.strip())
+            return self.journal.has_history(user.strip(), self._first_session_minimum)
         except JournalError as exc:
             self._journal_failed(str(exc))
             return False

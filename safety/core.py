@@ -625,8 +625,9 @@ class SafetyCore:
             firsts = ", ".join(sorted(n for n, p in self.programs.items() if p.first_session))
             return Refused(
                 RefusalCode.PRECONDITIONS_UNMET,
-                f"cannot start: {user} has no treadmill session on record, so this is their "
-                f"first: a first-session program ({firsts}), not {program.name}",
+                f"cannot start: {user} has no first treadmill session on record (one that ran "
+                f"to its cap, or for its shortest cap), so this is still their first: a "
+                f"first-session program ({firsts}), not {program.name}",
             )
         cap = program.cap_s_default if cmd.cap_s is None else cmd.cap_s
         if not (math.isfinite(cap) and program.cap_s_min <= cap <= program.cap_s_max):

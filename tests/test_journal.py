@@ -103,6 +103,31 @@ def test_history_counts_sessions_that_ran_and_ended_as_planned(tmp_path: Path) -
     assert not journal.has_history("nobody")
 
 
+def test_sr7_a_first_session_the_clinician_stopped_early_is_not_the_first_session_had(
+    tmp_path: Path,
+) -> None:
+    """A first-session program's session counts as the user's first only when it ran to its
+    cap or for at least the program's shortest cap: stopped after 13 s, the user is still on
+    first-session rules (and the next start may not be the 5-8 minute program)."""
+    journal = Journal.open(tmp_path / "j.sqlite")
+    shortest = {"first_session": 180.0}
+    cases = [
+        ("early", "operator_stop", 13.0),
+        ("stopped-late", "operator_stop", 181.0),
+        ("capped", "cap", 179.0),  # the cap's belt time, less the countdown's ramp
+        ("fell", "estop", 200.0),
+    ]
+    for session, (user, reason, moving) in enumerate(cases, start=1):
+        journal.record(started(session, user), ts=float(session))
+        journal.record(ended(session, reason, moving), ts=float(session) + 0.5)
+    journal.commit()
+    assert not journal.has_history("early", shortest)
+    assert journal.has_history("early")  # without the rule: any session with the belt moving
+    assert journal.has_history("stopped-late", shortest)
+    assert journal.has_history("capped", shortest)
+    assert not journal.has_history("fell", shortest)
+
+
 CRASHING_WRITER = """
 import os, sys
 from pathlib import Path
