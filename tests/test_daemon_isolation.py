@@ -108,10 +108,10 @@ from treadguard.controller import journal
 _has_history = journal.Journal.has_history
 
 
-def has_history(self, user):
+def has_history(self, user, *args, **kwargs):
     if user == "boom":
         raise LookupError("an unforeseen failure in the journal")
-    return _has_history(self, user)
+    return _has_history(self, user, *args, **kwargs)
 
 
 journal.Journal.has_history = has_history
