@@ -206,8 +206,8 @@ def check_daemon_stopped(loaded: LoadedConfig) -> Check:
         return Check(
             "service stopped",
             Verdict.FAIL,
-            f"treadguard is running on this treadmill (it holds {journal}.lock), so the drive, "
-            "the sensors and the broker cannot be checked without disturbing it",
+            f"treadguard is running on this treadmill (it holds the lock on {journal}), so "
+            "the drive, the sensors and the broker cannot be checked without disturbing it",
             "sudo systemctl stop treadguard, run the doctor, then sudo systemctl start treadguard",
         )
     return Check("service stopped", Verdict.OK, "treadguard is not running on this journal")

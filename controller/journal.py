@@ -29,6 +29,7 @@ from typing import Any
 
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import baseline_problem
 
 # The journal's schema, one step a version: MIGRATIONS[n - 1] takes a journal from version
 # n - 1 to n. SQLite keeps the version in the file's header (PRAGMA user_version), written in
@@ -104,6 +105,9 @@ WARN_FRACTION = 0.8
 
 
 DAY_S = 86_400.0
+# The steps a commissioning run proves, each of which a passed run must have a passed proof of
+# (controller/commission.py's ProofStep; a test keeps the two the same).
+PROOF_STEPS = ("estop", "grip_left", "grip_right", "grips", "fall", "deadman", "cap")
 
 
 class JournalError(Exception):
@@ -200,8 +204,9 @@ class Journal:
     @classmethod
     def open(cls, path: Path, *, max_size_mb: float = 512.0, exclusive: bool = False) -> Journal:
         """``exclusive``: this process is the only one to drive the treadmill on this journal
-        (the daemon, a commissioning run): a lock beside the file (``<journal>.lock``, which
-        the system drops when the process ends, however it ends) is taken first, and a
+        (the daemon, a commissioning run): a lock on the journal file itself (an flock on its
+        inode, whatever name reaches it, which the system drops when the process ends,
+        however it ends) is taken first, and a
         journal another process holds is a JournalError. Two of them would each number
         sessions on their own and close the other's open session as interrupted."""
         lock = None
@@ -433,6 +438,33 @@ class Journal:
             return float(ts), kind, detail
         return None
 
+    def slow_stops_in_a_row(self, since: float) -> dict[StopKind, int]:
+        """Per kind of stop, how many stops were judged slow in a row, newest first, among the
+        stop_checked events after ``since`` (the last passed commissioning): a good stop ends
+        the run; a stop not judged (no baseline, too slow a belt to tell) leaves it as it is,
+        as the watch itself does. A restart then carries the count on: a brake slow once
+        before the board was switched off and once after is twice in a row."""
+        counts: dict[StopKind, int] = {}
+        done: set[StopKind] = set()
+        rows = self._query(
+            "SELECT fields FROM events WHERE type = 'stop_checked' AND ts > ? ORDER BY id DESC",
+            (since,),
+        )
+        for (fields,) in rows:
+            try:
+                checked = json.loads(fields)
+                kind = StopKind(checked.get("kind"))
+            except (ValueError, TypeError):
+                continue
+            if kind in done:
+                continue
+            verdict = checked.get("verdict")
+            if verdict == "slow":
+                counts[kind] = counts.get(kind, 0) + 1
+            elif verdict == "good":
+                done.add(kind)
+        return counts
+
     def _newest_open_session(self) -> int | None:
         rows = self._query("SELECT MAX(id) FROM sessions WHERE ended_at IS NULL")
         return None if rows[0][0] is None else int(rows[0][0])
@@ -506,7 +538,37 @@ class Journal:
     def commissioning_status(self, now: float, *, every_days: float) -> CommissioningStatus:
         """The treadmill's commissioning at unix time ``now``: current when the newest passed
         run ended less than ``every_days`` ago (and not after ``now``). A journal without
-        the commissioning tables (written before them, opened read-only) has none."""
+        the commissioning tables (written before them, opened read-only) has none. Fail
+        closed: a record that cannot be read, whatever is wrong with it, is none."""
+        try:
+            return self._commissioning_status(now, every_days)
+        except Exception as exc:
+            return CommissioningStatus(
+                False, f"the commissioning record cannot be read: {_reason_of(exc)}"
+            )
+
+    def unproven(self, run: int) -> str | None:
+        """Why a run on record as passed proves nothing (a step without a passed proof, a
+        stop whose figures cannot be a baseline), or None. A run is journaled passed only
+        after all of it passed; this holds against a record finished by hand, or damaged."""
+        proofs = self.proofs(run)
+        proven = {p.step for p in proofs if p.passed}
+        missing = [step for step in PROOF_STEPS if step not in proven]
+        if missing:
+            return f"no passed proof of {', '.join(missing)}"
+        for proof in proofs:
+            if proof.passed and proof.kind is not None:
+                figures = StopBaseline(
+                    proof.kind,
+                    _real(proof.standstill_s) or math.nan,
+                    _real(proof.deceleration_mph_per_s) or math.nan,
+                )
+                problem = baseline_problem(proof.kind, figures)
+                if problem is not None:
+                    return f"the {proof.step} proof's figures are no stop's: {problem}"
+        return None
+
+    def _commissioning_status(self, now: float, every_days: float) -> CommissioningStatus:
         try:
             runs = self.commissioning_runs()
         except JournalError as exc:
@@ -519,7 +581,23 @@ class Journal:
                 detail += f"; the last run {_outcome_words(last)}"
             return CommissioningStatus(False, detail, last_run=last)
         run = passed[-1]
-        passed_at = float(run.ended_at) if run.ended_at is not None else math.nan
+        ended = _real(run.ended_at)
+        if ended is None:
+            return CommissioningStatus(
+                False,
+                f"the last passed commissioning's end ({run.ended_at!r}) is not a time: it "
+                "proves nothing",
+                last_run=last,
+            )
+        problem = self.unproven(run.id)
+        if problem is not None:
+            return CommissioningStatus(
+                False,
+                f"the last commissioning on record as passed ({_utc(ended)}) proves nothing: "
+                f"{problem}; commission the treadmill again",
+                last_run=last,
+            )
+        passed_at = ended
         expires = passed_at + every_days * DAY_S
         if not (math.isfinite(passed_at) and math.isfinite(now)) or passed_at > now:
             return CommissioningStatus(
@@ -688,6 +766,10 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _reason_of(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def seed_commissioning(
     journal: Journal,
     ended_at: float,
@@ -710,9 +792,9 @@ def seed_commissioning(
 def journal_in_use(path: Path) -> bool:
     """Whether a process (the daemon, a commissioning run) holds the journal's lock now."""
     try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return False  # no lock file: never driven, or not from here
+        return False  # no journal yet: nobody drives it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -723,7 +805,11 @@ def journal_in_use(path: Path) -> bool:
 
 
 def _lock(path: Path) -> int:
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive lock on the journal file itself (flock, on its inode): whatever name
+    reaches it (a symlink, a hard link, a relative path) takes the same lock. SQLite's own
+    locks are fcntl locks, which flock does not touch. An empty new file is an empty
+    database to SQLite."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

@@ -258,14 +258,18 @@ class System:
             if status is not None:
                 self.journal.observe_speed(status.speed_mph)
 
-    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+    def set_stop_baselines(
+        self,
+        baselines: Mapping[StopKind, StopBaseline],
+        slow_in_a_row: Mapping[StopKind, int] | None = None,
+    ) -> None:
         """The treadmill's commissioned stops (commissioning, or a scenario's world): every
         later stop of a kind is compared with its baseline; a kind left out is not compared
         (the state's ``stop_watch`` and each ``stop_checked`` event say so). New baselines start
         every run of slow stops again and let a worn-brake fault be reset. A baseline that
         cannot be one raises ValueError and nothing changes; logged either way."""
         try:
-            self.core.set_stop_baselines(baselines)
+            self.core.set_stop_baselines(baselines, slow_in_a_row)
         except ValueError as exc:
             self._log.error("stop_baselines_refused", error=str(exc))
             raise
@@ -564,8 +568,14 @@ class System:
         every = self.loaded.config.commissioning.every_days
         try:
             baselines = self.journal.commissioned_baselines(self.wall(), every_days=every)
+            # The slow stops judged against these baselines before a restart count on.
+            carried = self.journal.slow_stops_in_a_row(since=status.passed_at or 0.0)
             if baselines:
-                self.set_stop_baselines(baselines)
+                self.set_stop_baselines(baselines, carried)
+                if carried:
+                    self._log.warning(
+                        "slow_stops_on_record", **{k.value: n for k, n in carried.items()}
+                    )
         except (ValueError, JournalError) as exc:
             # Fail closed: no yardstick, so no stop is judged good (stop_checked says
             # no_baseline); the record stays as it is, the log says why.

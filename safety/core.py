@@ -420,13 +420,20 @@ class SafetyCore:
             stop_watch=self._stop_watch_view(),
         )
 
-    def set_stop_baselines(self, baselines: Mapping[StopKind, StopBaseline]) -> None:
+    def set_stop_baselines(
+        self,
+        baselines: Mapping[StopKind, StopBaseline],
+        slow_in_a_row: Mapping[StopKind, int] | None = None,
+    ) -> None:
         """The treadmill's commissioned stops, one per kind (a kind left out: no comparison
-        for it). Every run of slow stops starts again, and a worn-brake fault may be reset
-        from now on (the brake was serviced and commissioned again). A baseline that cannot
-        be one (not finite, not > 0, under the wrong kind) raises ValueError and changes
-        nothing."""
+        for it). Every run of slow stops starts again, from ``slow_in_a_row`` where given
+        (the runs the journal holds since that commissioning: a restart is no reset), and a
+        worn-brake fault may be reset from now on (the brake was serviced and commissioned
+        again). A baseline that cannot be one (not finite, not > 0, under the wrong kind)
+        raises ValueError and changes nothing."""
         self._stop_watch.set_baselines(baselines)
+        if slow_in_a_row:
+            self._stop_watch.carry(slow_in_a_row)
         # Only a new baseline for the kind of stop that was too slow clears its fault: none at
         # all, or the other kind's alone, would switch the watch off for the worn brake.
         if self._brake_fault_kind is None or self._brake_fault_kind in baselines:

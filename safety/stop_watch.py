@@ -183,6 +183,14 @@ class StopWatch:
         self.baselines = checked
         self.slow_in_a_row = {kind: 0 for kind in StopKind}
 
+    def carry(self, slow_in_a_row: Mapping[StopKind, int]) -> None:
+        """Runs of slow stops judged before (by this treadmill's watch before a restart,
+        against the same baselines) go on from where they were. A count that is not a whole
+        number of at least one is none."""
+        for kind, count in slow_in_a_row.items():
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                self.slow_in_a_row[StopKind(kind)] = count
+
     def baseline(self, kind: StopKind, ramp_mph_per_s: float | None = None) -> StopBaseline | None:
         """The yardstick for a stop of this kind (see :func:`yardstick`); None if none."""
         baseline = self.baselines.get(kind)

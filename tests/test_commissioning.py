@@ -189,7 +189,9 @@ def _proofs() -> list[ProofRecord]:
     return [
         ProofRecord("estop", StopKind.EMERGENCY, True, 0.3, 2.4),
         ProofRecord("grip_left", None, True),
+        ProofRecord("grip_right", None, True),
         ProofRecord("grips", StopKind.EMERGENCY, True, 0.5, 1.6),
+        ProofRecord("fall", StopKind.EMERGENCY, True, 0.4, 2.0),
         ProofRecord("deadman", None, True, 1.7, 0.45),
         ProofRecord("cap", StopKind.CONTROLLED, True, 2.0, 0.4),
     ]

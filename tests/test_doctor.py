@@ -464,7 +464,7 @@ async def test_a_journal_folder_the_service_user_may_not_write(rig: Rig) -> None
 @pytest.mark.asyncio
 async def test_a_running_daemon_is_not_disturbed(rig: Rig) -> None:
     rig.drive = 'kind = "simulator"'
-    lock = os.open(rig.tmp / "var" / "journal.sqlite.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = os.open(rig.tmp / "var" / "journal.sqlite", os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         done = await doctor(rig, rig.config(), "--service-user", "root")

@@ -2,9 +2,8 @@
 ``treadguard run`` daemons on a private Mosquitto, ``treadguard commission`` (guided, simulated,
 ``--status``) and the journal edited with sqlite3, as a technician or a crash would leave it.
 
-Each test states what it tries and what must hold. A test marked ``xfail(strict=True)`` is a
-hazard reproduced: the claim does not hold today, and the reason says what the patient meets.
-(docs/commissioning.md, docs/stop-watch.md; H-42, H-43; SR-3, SR-10, SR-16.)"""
+Each test states what it tries and what must hold (docs/commissioning.md, docs/stop-watch.md;
+H-42, H-43; SR-3, SR-10, SR-16)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, body
 from treadguard.config.loading import load_config
 from treadguard.controller.commission import nominal_proofs
-from treadguard.controller.journal import DAY_S, Journal, seed_commissioning
+from treadguard.controller.journal import DAY_S, Journal, journal_in_use, seed_commissioning
 from treadguard.controller.system import COMMISSIONING_REFRESH_S
 from treadguard.controller.wallclock import STEP_FILE_ENV
 
@@ -109,16 +108,6 @@ def test_a_guided_run_sigkilled_mid_run_is_never_passed(broker: Broker) -> None:
     assert "was cut short" in status.stdout, status.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "H-43/claim 2: commissioning_status trusts the run row's outcome alone. A run cut short "
-        "(only the E-STOP proven) whose row is finished by hand (outcome='passed', ended_at set) "
-        "counts as a current commissioning: `commission --status` exits 0 and the daemon "
-        "accepts a patient's start on a treadmill whose grips, fall input, deadman and cap stop "
-        "were never proven; its stop watch has no controlled baseline either"
-    ),
-)
 @pytest.mark.asyncio
 async def test_a_hand_finished_run_that_proved_one_stop_does_not_count(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
@@ -148,16 +137,6 @@ async def test_a_hand_finished_run_that_proved_one_stop_does_not_count(
     refused(reply, "preconditions_unmet")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "H-42/claim 3: a current commissioning whose proof figures cannot be a baseline (an "
-        "emergency deceleration of 1e6 mph/s, hand-edited or mis-measured) is still current: "
-        "the daemon logs commissioned_baselines_unusable, drops BOTH baselines (the good "
-        "controlled one too, all are set at once) and takes patients with the stop watch off "
-        "for every stop (verdict no_baseline), so a worn brake is never caught"
-    ),
-)
 @pytest.mark.asyncio
 async def test_a_commissioning_whose_figures_are_no_baseline_takes_no_patient(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
@@ -180,16 +159,6 @@ async def test_a_commissioning_whose_figures_are_no_baseline_takes_no_patient(
 # ------------------------------------------------------------------ claim 1: one process
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "claim 1 (one process per journal): the daemon locks <journal path as configured>.lock "
-        "but `treadguard commission` resolves symlinks first and locks <target>.lock. With "
-        "journal.path a symlink (a journal on another disk, say) a commissioning runs beside "
-        "the running daemon on the same journal: on a real machine the guided run drives the "
-        "treadmill's drive while the service serves patients, and sessions are numbered apart"
-    ),
-)
 def test_a_commissioning_is_refused_beside_a_daemon_whose_journal_is_a_symlink(
     broker: Broker, tmp_path: Path
 ) -> None:
@@ -204,10 +173,9 @@ def test_a_commissioning_is_refused_beside_a_daemon_whose_journal_is_a_symlink(
     daemon.start()
     try:
         deadline = time.monotonic() + 10.0
-        lock = _journal_of(broker, tm).with_name(_journal_of(broker, tm).name + ".lock")
-        while not lock.exists() and time.monotonic() < deadline and daemon.alive():
-            time.sleep(0.05)  # polling for the daemon's lock file to appear
-        assert lock.exists(), daemon.log_text()
+        while not journal_in_use(target) and time.monotonic() < deadline and daemon.alive():
+            time.sleep(0.05)  # polling for the daemon to take the journal's lock
+        assert journal_in_use(target), daemon.log_text()
         second = _treadguard("commission", "--simulated", "--config", str(config))
         assert second.returncode == 1, second.stdout + second.stderr
         assert "in use by another process" in second.stdout + second.stderr
@@ -280,16 +248,6 @@ async def test_a_board_in_1970_refuses_until_ntp_then_starts(
 # ------------------------------------------------------------------ claim 3: the watch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "H-42/claim 3 (documented in docs/stop-watch.md as a limitation): the count of slow "
-        "stops lives in memory, so a daemon restarted between two slow stops of a worn brake "
-        "(a treadmill switched off every night, a systemctl restart) never latches the "
-        "drive_fault: each slow stop is only a first warning, and patients keep walking on "
-        "a brake that stops 2.5x slower than commissioned"
-    ),
-)
 @pytest.mark.asyncio
 async def test_a_restart_between_two_slow_stops_does_not_forgive_the_first(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
@@ -370,18 +328,6 @@ async def test_no_tablet_payload_makes_a_start_a_proof_run(
         assert state["commissioning"]["current"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "claim 1 / SR-15: a commissioning row whose ended_at is not a number (sqlite3 by hand) "
-        "makes Journal.commissioning_status raise ValueError (only JournalError is handled): "
-        "the running daemon logs 'Exception in callback System._commissioning_tick' every 10 s "
-        "and keeps its last answer (current), and the next `treadguard run` dies in "
-        "System.__init__ with a traceback, so the tablet has no daemon at all (no patient "
-        "starts, fail closed for the belt, but no state, no refusal, a crash loop under "
-        "systemd); `commission --status` also ends in a traceback"
-    ),
-)
 @pytest.mark.asyncio
 async def test_an_unreadable_commissioning_row_is_no_commissioning_and_no_crash(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
