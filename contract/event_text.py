@@ -3,8 +3,10 @@
 One wording for every reader written in Python: the scenario runner's timeline
 (``treadguard simulate``) and the terminal tablet (``treadguard tablet watch``) both call
 :func:`describe`. It takes the event as published (its ``type`` and its fields, JSON scalars),
-so it needs nothing but the contract. The tablet page says the same things in its own words,
-in JavaScript, in ``tablet/tablet.js``: a browser cannot run this module.
+so it needs nothing but the contract. The plain words for the contract's codes (a cause, an end
+reason, a refusal, a sensor, a state, an event) are the tables below: the tablet page cannot run
+this module, so it reads a copy of them, ``tablet/words.js``, that ``controller/page_words.py``
+writes and a test keeps identical.
 
 Fields are read defensively: a watcher reads what a broker delivered, so a field may be
 missing or of the wrong type, and the words must still come out (the raw value is shown).
@@ -15,7 +17,103 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from treadguard.safety.decisions import EventType, JsonScalar
+from treadguard.contract.mqtt import ErrorCode
+from treadguard.safety.decisions import Cause, EndReason, EventType, JsonScalar, State
+from treadguard.safety.inputs import Sensor
+
+# What latched a stop, as a person says it (completes "EMERGENCY STOP: ...").
+CAUSE_WORDS: dict[Cause, str] = {
+    Cause.GRIP_LOST: "both hands off the handrails",
+    Cause.FALL: "a fall was detected",
+    Cause.SENSOR_STALE: "a grip or fall sensor went silent",
+    Cause.REMOTE_ESTOP: "the E-STOP was pressed on a tablet",
+    Cause.DRIVE_LINK: "the treadmill's drive stopped answering",
+    Cause.DRIVE_FAULT: "the treadmill's drive reported a fault",
+    Cause.FEEDBACK_MISMATCH: "the belt did not follow the commanded speed",
+    Cause.JOURNAL: "the session journal cannot be written",
+    Cause.RIVAL_DAEMON: "another controller is driving this treadmill",
+}
+
+# What must be done before Reset, once the belt stands still: only what the cause needs (an
+# E-STOP pressed on a tablet leaves nothing to clear).
+CAUSE_HINTS: dict[Cause, str] = {
+    Cause.GRIP_LOST: "Put both hands back on the handrails, then press Reset.",
+    Cause.FALL: "See to the user and clear the fall sensor, then press Reset.",
+    Cause.SENSOR_STALE: "Check the grip and fall sensors and their cables, then press Reset.",
+    Cause.REMOTE_ESTOP: "Nothing to clear: press Reset when you are ready.",
+    Cause.DRIVE_LINK: "Check the drive's cable and power, then press Reset.",
+    Cause.DRIVE_FAULT: "Read the fault on the drive and clear it there, then press Reset.",
+    Cause.FEEDBACK_MISMATCH: "Check the belt and the drive's speed feedback, then press Reset.",
+    Cause.JOURNAL: "Free the board's storage (call the technician), then press Reset.",
+    Cause.RIVAL_DAEMON: "Stop the other controller (call the technician), then press Reset.",
+}
+
+# How a session ended (completes "Session 3 ended: ...").
+END_REASON_WORDS: dict[EndReason, str] = {
+    EndReason.CAP: "the session cap was reached",
+    EndReason.COMPLETED: "the program is complete",
+    EndReason.OPERATOR_STOP: "stopped from a tablet",
+    EndReason.TABLET_LOST: "no tablet heartbeat (the page was hidden or lost its link)",
+    EndReason.START_ABORTED: "the start was aborted",
+    EndReason.ESTOP: "emergency stop",
+    EndReason.FAULT: "fault",
+    EndReason.LOOP_OVERRUN: "the controller ran late",
+    EndReason.SHUTDOWN: "the controller was shut down",
+}
+
+# What a refusal's code means, for a reply that carries no message of its own.
+REFUSAL_WORDS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_JSON: "the command could not be read",
+    ErrorCode.INVALID_COMMAND: "the command is not complete or not valid",
+    ErrorCode.UNKNOWN_TYPE: "the treadmill does not know this command",
+    ErrorCode.PAYLOAD_TOO_LARGE: "the command is too long",
+    ErrorCode.OUT_OF_RANGE: "the value is outside what is allowed",
+    ErrorCode.NOT_ALLOWED: "not possible in the treadmill's present state",
+    ErrorCode.PRECONDITIONS_UNMET: "not possible yet: something must be done first",
+    ErrorCode.LATCHED: "a stop is latched: Reset first",
+    ErrorCode.DUPLICATE: "this command was already received",
+    ErrorCode.RATE_LIMITED: "too many commands at once",
+    ErrorCode.INTERNAL_ERROR: "the treadmill failed to handle the command",
+}
+
+SENSOR_WORDS: dict[Sensor, str] = {
+    Sensor.GRIP_LEFT: "the left grip sensor",
+    Sensor.GRIP_RIGHT: "the right grip sensor",
+    Sensor.FALL: "the fall sensor",
+}
+
+# The state as the tablet's badge shows it.
+STATE_WORDS: dict[State, str] = {
+    State.IDLE: "IDLE",
+    State.COUNTDOWN: "COUNTDOWN",
+    State.RUNNING: "RUNNING",
+    State.STOPPING: "STOPPING",
+    State.ESTOP: "E-STOP",
+    State.FAULT: "FAULT",
+}
+
+# An event's name in a log line (the line goes on with what the event says).
+EVENT_WORDS: dict[EventType, str] = {
+    EventType.SESSION_STARTED: "Session started",
+    EventType.COUNTDOWN: "Countdown",
+    EventType.BELT_STARTED: "Belt started",
+    EventType.SPEED_STEP: "Target raised",
+    EventType.CAP_WARNING: "Cap warning",
+    EventType.STOPPING: "Stopping",
+    EventType.SESSION_ENDED: "Session ended",
+    EventType.INTERVAL_REST: "Rest",
+    EventType.ESTOP: "EMERGENCY STOP",
+    EventType.FAULT: "FAULT",
+    EventType.RESET: "Reset",
+    EventType.GRIP_WARNING: "Hand off the handrail",
+    EventType.SENSOR_STALE: "Sensor silent",
+    EventType.COMMAND_REFUSED: "Command refused",
+    EventType.JOURNAL_WARNING: "Journal warning",
+    EventType.BELT_FOUND_MOVING: "Belt found moving",
+    EventType.COMMISSIONING_EXPIRED: "Commissioning expired",
+    EventType.STOP_CHECKED: "Stop checked",
+    EventType.MAINTENANCE_WARNING: "Maintenance",
+}
 
 # The fields every event carries, which say nothing about what happened.
 _ENVELOPE = frozenset({"type", "ts", "event_id"})

@@ -77,35 +77,35 @@ function bandOf(program) {
   return (PROGRAMS[program] && PROGRAMS[program].band) || BAND;
 }
 
-const CAUSES = {
-  grip_lost: "both hands off the handrails",
-  fall: "a fall was detected",
-  sensor_stale: "a grip or fall sensor went silent",
-  remote_estop: "the E-STOP was pressed on a tablet",
-  drive_link: "the treadmill's drive stopped answering",
-  drive_fault: "the treadmill's drive reported a fault",
-  feedback_mismatch: "the belt did not follow the commanded speed",
-  journal: "the session journal cannot be written",
-};
-const REASONS = {
-  cap: "the session cap was reached",
-  completed: "the program is complete",
-  operator_stop: "stopped from a tablet",
-  tablet_lost: "no tablet heartbeat (the page was hidden or lost its link)",
-  start_aborted: "the start was aborted",
-  estop: "emergency stop",
-  fault: "fault",
-  loop_overrun: "the controller ran late",
-  shutdown: "the controller was shut down",
-};
-const STATE_WORDS = {
-  idle: "IDLE",
-  countdown: "COUNTDOWN",
-  running: "RUNNING",
-  stopping: "STOPPING",
-  estop: "E-STOP",
-  fault: "FAULT",
-};
+// The contract's codes in plain words: WORDS comes from words.js, the copy of the tables in
+// contract/event_text.py (one vocabulary for the page and the terminal). A code this page does
+// not know (a newer daemon's) is shown as it is rather than hidden.
+function causeWords(cause) {
+  return WORDS.causes[cause] || String(cause);
+}
+function reasonWords(reason) {
+  return WORDS.endReasons[reason] || String(reason);
+}
+function sensorWords(sensor) {
+  return WORDS.sensors[sensor] || String(sensor);
+}
+function eventWords(type) {
+  return WORDS.events[type] || `Event ${type}`;
+}
+
+// A program's name in a message of the daemon, by its title: "(first_session), not
+// reverse_walking" reads as "(First treadmill session), not Reverse walking". Only names that
+// look like codes (with an underscore): a one-word name reads as a word already.
+function withTitles(text) {
+  let out = text;
+  for (const [name, p] of Object.entries(PROGRAMS)) {
+    if (name.includes("_") && p.title) {
+      const code = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      out = out.replace(new RegExp(`\\b${code}\\b`, "g"), p.title);
+    }
+  }
+  return out;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -120,6 +120,11 @@ const view = {
   countdownEnd: null,
   capWarned: null, // the session id the cap warning was given for
   target: null, // the session's target: the state says 0 during a countdown
+  // The session under way, or the last one, kept after it ended until a new one starts: its
+  // id, user, program, cap_s, elapsed_s, top (the top speed this page saw), and once ended its
+  // reason and belt_s (the belt time the daemon counted).
+  last: null,
+  loginTried: false, // the last login had a password: a refusal is then about what was typed
   message: null,
   why: undefined, // offlineWhy() at the last render: undefined before the first
   broken: null, // an error of the page itself: offline, no heartbeat, until reloaded
@@ -261,6 +266,7 @@ function draw() {
   else if (view.availability === "offline") setLevel("daemon", "bad", "Treadmill: offline");
   else setLevel("daemon", "wait", "Treadmill: waiting");
   $("treadmill").textContent = `Treadmill ${s && s.treadmill_id ? s.treadmill_id : TREADMILL}`;
+  $("treadmill").title = $("treadmill").textContent; // a long id is cut short on screen
 
   $("offline").hidden = online;
   $("offline").querySelector(".words").textContent =
@@ -269,23 +275,34 @@ function draw() {
   const badge = $("state");
   badge.dataset.state = s ? s.state : "unknown";
   badge.querySelector(".words").textContent = s
-    ? STATE_WORDS[s.state] || s.state.toUpperCase()
+    ? WORDS.states[s.state] || s.state.toUpperCase()
     : "NO STATE";
   $("last-known").hidden = online || !s;
 
-  // The latch: a banner that names the cause, in words and by its code.
+  // The latch: a banner that names the cause in words, and says what Reset needs: the belt
+  // at a standstill, and only what this cause needs cleared (a tablet's E-STOP: nothing).
   const latched = s && s.latched;
+  const standstill = s !== null && typeof s.speed_mph === "number" && s.speed_mph <= STANDSTILL_MPH;
   $("banner").hidden = !latched;
   if (latched) {
     $("banner-title").textContent = latched.kind === "fault" ? "FAULT" : "EMERGENCY STOP";
-    $("banner-cause").textContent =
-      `${sentence(CAUSES[latched.cause] || latched.cause)} (cause: ${latched.cause})`;
+    $("banner-cause").textContent = sentence(causeWords(latched.cause));
+    $("banner-hint").textContent = !standstill
+      ? "The belt is stopping: wait until it stands still."
+      : WORDS.causeHints[latched.cause] || "Clear the cause, then press Reset.";
   }
 
-  // Live readouts.
+  // Live readouts. Offline, the speed is unknown: a stale figure would read as the belt's.
   const session = s && s.session;
-  $("speed").textContent = s ? mph(s.speed_mph) : "–";
-  $("target").textContent = s ? mph(s.target_mph) : "–";
+  const inCountdown = s && s.state === "countdown";
+  $("speed").textContent = online ? mph(s.speed_mph) : "—";
+  $("speed-unit").textContent = online ? "mph" : "no link";
+  // During a countdown the state's target is 0 (the belt is held still): the target shown is
+  // the one the session will run at.
+  const shownTarget = inCountdown ? view.target : s && s.target_mph;
+  $("target").textContent = online ? mph(shownTarget) : "—";
+  $("target-unit").textContent = online ? "mph" : "no link";
+  const last = view.last;
   if (session) {
     const title = PROGRAMS[session.program] ? PROGRAMS[session.program].title : session.program;
     $("session-info").textContent =
@@ -295,6 +312,18 @@ function draw() {
     const pct = session.cap_s > 0 ? Math.min(100, (100 * session.elapsed_s) / session.cap_s) : 0;
     $("progress-fill").style.width = `${pct}%`;
     $("progress").setAttribute("aria-valuenow", String(Math.round(pct)));
+  } else if (last) {
+    // The session just ended stays in view until the next starts: how long the belt ran, how
+    // it ended, how fast it went.
+    const title = PROGRAMS[last.program] ? PROGRAMS[last.program].title : last.program;
+    const who = last.user ? ` (${last.user}, ${title})` : "";
+    const how = last.reason ? sentence(reasonWords(last.reason)) : "Ended";
+    const top = typeof last.top === "number" ? `; top speed ${mph(last.top)} mph` : "";
+    $("session-info").textContent = `Last session ${last.id}${who}: ${how}${top}.`;
+    const belt = typeof last.belt_s === "number" ? last.belt_s : last.elapsed_s;
+    $("elapsed").textContent =
+      typeof last.cap_s === "number" ? `${clock(belt)} of ${clock(last.cap_s)}` : clock(belt);
+    $("remaining").textContent = "ended";
   } else {
     $("session-info").textContent = "No session";
     $("elapsed").textContent = "–";
@@ -313,7 +342,6 @@ function draw() {
       `Cap: the session ends in ${clock(session.remaining_s)}; the belt then stops by itself.`;
   }
 
-  const inCountdown = s && s.state === "countdown";
   $("countdown").hidden = !inCountdown;
   if (inCountdown) {
     const left =
@@ -327,12 +355,13 @@ function draw() {
     ["grip-right", "right", "grip_right"],
   ]) {
     const name = hand === "left" ? "Left hand" : "Right hand";
-    if (!s) setLevel(id, "wait", `${name} ?`);
+    // Offline, what the sensors say now is not known: "held" from a minute ago is no comfort.
+    if (!online) setLevel(id, "wait", `${name}: ?`);
     else if (stale.has(sensor)) setLevel(id, "bad", `${name}: NO SIGNAL`);
     else if (s.grip[hand]) setLevel(id, "ok", `${name}: held`);
     else setLevel(id, "bad", `${name}: RELEASED`);
   }
-  if (!s) setLevel("fall", "wait", "Fall ?");
+  if (!online) setLevel("fall", "wait", "Fall: ?");
   else if (stale.has("fall")) setLevel("fall", "bad", "Fall sensor: NO SIGNAL");
   else if (s.fall) setLevel("fall", "bad", "FALL");
   else setLevel("fall", "ok", "No fall");
@@ -349,8 +378,12 @@ function draw() {
     $("user").value.trim() !== "" &&
     !pendingOf("start_session")
   );
-  // The setup only matters between sessions; hidden, it leaves Stop and Reset in view.
-  $("setup").hidden = st !== null && st !== "idle";
+  // The setup only matters between sessions (and not while a commissioning run holds the
+  // treadmill); -, + and the set target only while a session may run. What is hidden leaves
+  // room for the rest: every shown control stays on screen.
+  const run = commissioningRun(s);
+  $("setup").hidden = (st !== null && st !== "idle") || Boolean(run && !run.outcome);
+  $("speed-row").hidden = !["countdown", "running", "stopping"].includes(st);
   $("user").disabled = $("program").disabled = $("cap").disabled = !(online && st === "idle");
   $("set-target").textContent = hasSession && target !== null ? target.toFixed(1) : "–";
   $("slower").disabled = !(
@@ -372,7 +405,6 @@ function draw() {
   );
   // Reset only with something latched and the belt at a standstill (SR-6); whether the cause is
   // gone (hands back on the handrails) the treadmill judges, and says so if not.
-  const standstill = s !== null && typeof s.speed_mph === "number" && s.speed_mph <= STANDSTILL_MPH;
   $("reset").disabled = !(online && Boolean(latched) && standstill && !pendingOf("reset"));
   // E-STOP stays live while the broker link is up, even when the daemon seems not to answer:
   // a stop that might arrive late, or not at all, costs nothing, and one that arrives helps.
@@ -538,7 +570,10 @@ function onOneReply(reply) {
     return;
   }
   const error = reply.error || {};
-  const text = `Refused: ${sentence(error.message || error.code || "no reason given")}`;
+  const why = error.message
+    ? withTitles(error.message)
+    : WORDS.refusals[error.code] || error.code || "no reason given";
+  const text = `Refused: ${sentence(why)}`;
   log(`${commandWords(sent)}: ${text}`, true);
   say(text);
 }
@@ -558,80 +593,104 @@ function onState(state) {
   }
   if (before && before.state !== state.state && state.state !== "countdown")
     view.countdownEnd = null;
+  if (session) {
+    if (!view.last || String(view.last.id) !== String(session.id)) {
+      view.last = { id: session.id, top: null, reason: null, belt_s: null };
+    }
+    Object.assign(view.last, {
+      user: session.user,
+      program: session.program,
+      cap_s: session.cap_s,
+      elapsed_s: session.elapsed_s,
+    });
+    if (typeof state.speed_mph === "number" && Number.isFinite(state.speed_mph)) {
+      view.last.top = Math.max(view.last.top || 0, state.speed_mph);
+    }
+  }
 }
 
+// Each line begins with the event's name in WORDS.events, and says the rest in words: causes,
+// reasons, sensors and programs by their words, never by their codes.
 function onEvent(e) {
+  const name = eventWords(e.type);
+  const title = (program) => (PROGRAMS[program] || {}).title || program;
   switch (e.type) {
     case "session_started":
       view.target = typeof e.target_mph === "number" ? e.target_mph : view.target;
       rememberUser(e.user, e.program);
       log(
-        `Session ${e.session_id} started for ${e.user}: ${(PROGRAMS[e.program] || {}).title || e.program}, cap ${capWords(e.program, e.cap_s)}`,
+        `${name}: session ${e.session_id} for ${e.user}, ${title(e.program)}, cap ${capWords(e.program, e.cap_s)}`,
       );
       break;
     case "countdown":
       view.countdownEnd = performance.now() + 1000 * e.seconds;
-      log(`Countdown: the belt starts in ${e.seconds} s`);
+      log(`${name}: the belt starts in ${e.seconds} s`);
       break;
     case "belt_started":
-      log(`Belt started, target ${e.target_mph} mph`);
+      log(`${name}, target ${e.target_mph} mph`);
       break;
     case "speed_step":
       view.target = e.target_mph;
-      log(`Target raised to ${e.target_mph} mph`);
+      log(`${name} to ${e.target_mph} mph`);
       break;
     case "cap_warning":
       view.capWarned = view.state && view.state.session ? view.state.session.id : null;
-      log(`Cap warning: ${clock(e.remaining_s)} left`);
+      log(`${name}: ${clock(e.remaining_s)} left`);
       break;
     case "stopping":
-      log(`Stopping: ${REASONS[e.reason] || e.reason}`);
+      log(`${name}: ${reasonWords(e.reason)}`);
       break;
     case "interval_rest":
-      log(`Rest after interval ${e.interval} of ${e.intervals}`);
+      log(`${name} after interval ${e.interval} of ${e.intervals}`);
       break;
     case "session_ended":
       view.capWarned = null;
+      if (!view.last || String(view.last.id) !== String(e.session_id)) {
+        view.last = { id: e.session_id, top: null }; // a session this page never saw run
+      }
+      view.last.reason = e.reason;
+      view.last.belt_s = typeof e.belt_moving_s === "number" ? e.belt_moving_s : null;
       log(
-        `Session ${e.session_id} ended: ${REASONS[e.reason] || e.reason}; belt time ${clock(e.belt_moving_s)}`,
+        `${name}: session ${e.session_id}, ${reasonWords(e.reason)}; belt time ${clock(e.belt_moving_s)}`,
       );
       break;
     case "estop":
     case "fault":
-      log(
-        `${e.type === "estop" ? "EMERGENCY STOP" : "FAULT"}: ${CAUSES[e.cause] || e.cause} (${e.cause})`,
-        true,
-      );
+      log(`${name}: ${causeWords(e.cause)}`, true);
       break;
     case "reset":
-      log(`Reset: ${e.cleared} cleared`);
+      log(`${name}: the stop for ${causeWords(e.cleared)} is cleared`);
       break;
     case "grip_warning":
       log(
-        `${sentence(e.hand)} hand ${e.cause === "released" ? "released" : "sensor silent"}`,
+        `${name}: ${e.hand} hand ${e.cause === "released" ? "released" : "sensor silent"}`,
         true,
       );
       break;
     case "sensor_stale":
-      log(`Sensor ${e.sensor} has no fresh reading`, true);
+      log(`${name}: ${sensorWords(e.sensor)} has no fresh reading`, true);
       break;
     case "command_refused":
-      break; // this page shows its own refusals from their replies
+    case "stop_checked":
+      // This page shows its own refusals from their replies; every stop's figures are in the
+      // journal, and a slow one comes as a maintenance warning.
+      break;
     case "belt_found_moving":
-      log(`The belt was found moving at start-up (${e.speed_mph} mph)`, true);
+      log(`${name} at start-up (${e.speed_mph} mph)`, true);
       break;
     case "maintenance_warning":
       // A stop slower than when the treadmill was commissioned (docs/stop-watch.md).
-      log(`Maintenance: ${e.message}`, true);
+      log(`${name}: ${e.message}`, true);
       break;
-    case "stop_checked":
-      break; // every stop's figures are in the journal; a slow one comes as a warning
+    case "journal_warning":
+      log(`${name}: ${e.message}`, true);
+      break;
     case "commissioning_expired":
       // No session starts until the treadmill's stops are proven again (docs/commissioning.md).
-      log(`Commissioning expired: ${e.detail}`, true);
+      log(`${name}: ${e.detail}`, true);
       break;
     default:
-      log(`Event ${e.type}`);
+      log(name);
   }
 }
 
@@ -771,6 +830,7 @@ function connect() {
     return;
   }
   const login = credentials();
+  view.loginTried = Boolean(login.password);
   client = mqtt.connect(BROKER, {
     protocolVersion: 5,
     clientId: deviceClientId,
@@ -832,7 +892,12 @@ function connect() {
     if ([4, 5, 134, 135].includes(err.code)) {
       view.link = "login";
       client.end(true);
-      askLogin(`The broker refused the login: ${err.message}`);
+      // Before anyone typed a password the broker only asks for a login: no error to show.
+      askLogin(
+        view.loginTried
+          ? `The broker refused this account and password (${err.message}): try again.`
+          : "The broker asks for a login: the tablet's account and its password.",
+      );
     } else {
       view.linkDetail = err.message;
     }

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from tests.clinician import (
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.guided_commissioning import Technician, guided_config, guided_daemon, next_request
 from tests.mosquitto import PASSWORDS, Broker, auth_lines, body, have_mosquitto
+from tests.page_layout import check_layout
 from treadguard.controller.journal import Journal
 
 ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
@@ -97,8 +99,17 @@ async def refusal(doc: Clinician, command_id: str) -> str:
     return message
 
 
+# The shipped programs' titles (config/programs/): the page names a program by its title.
+TITLES = {
+    "first_session": "First treadmill session",
+    "reverse_walking": "Reverse walking",
+}
+
+
 def as_shown(message: str) -> str:
-    """The page's words for a refusal: the reply's own message."""
+    """The page's words for a refusal: the reply's own message, its programs by their titles."""
+    for name, title in TITLES.items():
+        message = message.replace(name, title)
     return "Refused: " + message[0].upper() + message[1:]
 
 
@@ -125,6 +136,8 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await expect(page.locator("#start")).to_be_disabled()  # no user yet
         await page.fill("#user", "u-page")
         await expect(page.locator("#start")).to_be_enabled()
+        await expect(page.locator("#session-info")).to_have_text("No session")
+        await check_layout(page, "idle", shots="layout-idle")
         await tab.shot("01-idle")
 
         # The programs offered are the daemon's own (config/programs/), from the state.
@@ -145,7 +158,11 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         command = await next_command(doc, "start_session")
         message = await refusal(doc, command["id"])
         assert "first" in message
+        assert "first_session" in message  # the daemon names the program by its name ...
         await expect(page.locator("#message")).to_have_text(as_shown(message))
+        await expect(page.locator("#message")).to_contain_text("(First treadmill session)")
+        await expect(page.locator("#message")).not_to_contain_text("_")  # ... the page, its title
+        await check_layout(page, "a refusal shown", shots="layout-refusal")
         await tab.shot("02-start-refused")
 
         # "From history": the page leaves the program out, and the daemon picks the first one.
@@ -163,6 +180,11 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await expect(page.locator("#countdown")).to_contain_text("Belt starts in")
         await expect(page.locator("#state")).to_contain_text("COUNTDOWN")
         await expect(page.locator("#message")).to_be_hidden()
+        # The state's target is 0 while the belt is held still: the page shows the target the
+        # session will run at, the same as the set target beside it.
+        await expect(page.locator("#target")).to_have_text("0.80")
+        await expect(page.locator("#set-target")).to_have_text("0.8")
+        await check_layout(page, "countdown", shots="layout-countdown")
         await tab.shot("03-countdown")
 
         await doc.state(running, within=SESSION_WAIT_S)
@@ -190,17 +212,34 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await doc.state(lambda s: s["speed_mph"] >= 1.05, within=5.0)
         await expect(page.locator("#progress")).not_to_have_attribute("aria-valuenow", "0")
         await expect(page.locator("#grip-left")).to_contain_text("Left hand: held")
+        await check_layout(page, "running", shots="layout-running")
         await tab.shot("04-running")
 
         await page.click("#stop")
-        assert (await doc.event("session_ended"))["reason"] == "operator_stop"
+        ended = await doc.event("session_ended")
+        assert ended["reason"] == "operator_stop"
+        belt_s = int(ended["belt_moving_s"] + 0.5)  # as the page rounds it (Math.round)
         await doc.state(
             lambda s: s["state"] == "idle" and s["speed_mph"] <= STANDSTILL_MPH,
             within=SESSION_WAIT_S,
         )
         await expect(page.locator("#state")).to_contain_text("IDLE")
-        await expect(page.locator("#session-info")).to_have_text("No session")
-        await expect(page.locator("#log")).to_contain_text("ended: stopped from a tablet")
+        # The session just ended stays in view until the next starts: how it ended, its top
+        # speed (the page saw the belt at 1.05 mph or more) and the belt time the daemon counted.
+        await expect(page.locator("#session-info")).to_have_text(
+            re.compile(
+                r"^Last session \S+ \(u-page, First treadmill session\): Stopped from a tablet; "
+                r"top speed 1\.(0[5-9]|1\d|20) mph\.$"
+            )
+        )
+        assert belt_s > 0
+        await expect(page.locator("#elapsed")).to_have_text(
+            re.compile(rf"^{belt_s // 60}:{belt_s % 60:02d} of \d+:\d\d$")
+        )
+        await expect(page.locator("#remaining")).to_have_text("ended")
+        await check_layout(page, "idle after a session", shots="layout-ended")
+        await expect(page.locator("#log")).to_contain_text("Session ended: session")
+        await expect(page.locator("#log")).to_contain_text("stopped from a tablet")
         await expect(page.locator("#log")).not_to_contain_text("Offline")  # not for a moment
         await tab.shot("05-stopped")
 
@@ -212,10 +251,11 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
 async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
-    """Both grips released through the MQTT sensor topics: the E-STOP banner names grip_lost
-    within one second. Reset is refused while the hands are off (the reply's words shown), and
-    accepted once they hold again; then the page's own E-STOP button, and Reset again."""
-    tm = "tm-page-grip"
+    """Both grips released through the MQTT sensor topics: the E-STOP banner names the cause
+    in words within one second. Reset is refused while the hands are off (the reply's words
+    shown), and accepted once they hold again; then the page's own E-STOP button, and Reset
+    again, the banner asking for nothing but Reset. A long treadmill id beside the badge."""
+    tm = "tm-ward-3-east-wing-handrails-07"  # the longest id (32): the state badge stays whole
     make_daemon(treadmill_id=tm, sensors="mqtt")
     async with (
         sensor_user(broker, tm) as user,
@@ -233,7 +273,9 @@ async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
         released = time.monotonic()
         user.values["grip_left"] = user.values["grip_right"] = False
         await expect(banner).to_be_visible(timeout=1000)
-        await expect(page.locator("#banner-cause")).to_contain_text("grip_lost", timeout=1000)
+        await expect(page.locator("#banner-cause")).to_have_text(
+            "Both hands off the handrails", timeout=1000
+        )
         assert time.monotonic() - released < 1.0
         assert (await doc.event("estop"))["cause"] == "grip_lost"
         await expect(page.locator("#state")).to_contain_text("E-STOP")
@@ -241,6 +283,8 @@ async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
         await expect(page.locator("#grip-left")).to_contain_text("RELEASED")
         await expect(page.locator("#grip-right")).to_contain_text("RELEASED")
         await tab.shot("06-estop-grip-lost")
+        # The session it ended stays in view, with how it ended.
+        await expect(page.locator("#session-info")).to_contain_text(": Emergency stop; top speed")
 
         # SR-6: refused while the cause is still there, in the daemon's words.
         await doc.until(lambda s: s["speed_mph"] <= STANDSTILL_MPH, within=5.0)
@@ -250,6 +294,10 @@ async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
         assert "grip" in message
         await expect(page.locator("#message")).to_have_text(as_shown(message))
         await expect(banner).to_be_visible()
+        await expect(page.locator("#banner-hint")).to_have_text(
+            "Put both hands back on the handrails, then press Reset."
+        )
+        await check_layout(page, "E-STOP latched, a refusal shown", shots="layout-estop")
         await tab.shot("07-reset-refused")
 
         user.values["grip_left"] = user.values["grip_right"] = True
@@ -267,7 +315,14 @@ async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
         await expect(page.locator("#state")).to_contain_text("COUNTDOWN")
         await page.click("#estop")
         assert (await doc.event("estop"))["cause"] == "remote_estop"
-        await expect(page.locator("#banner-cause")).to_contain_text("remote_estop")
+        await expect(page.locator("#banner-cause")).to_have_text(
+            "The E-STOP was pressed on a tablet"
+        )
+        # Nothing to clear: the banner asks only for Reset (once the belt stands still).
+        await expect(page.locator("#banner-hint")).to_have_text(
+            "Nothing to clear: press Reset when you are ready."
+        )
+        await expect(page.locator("#banner")).not_to_contain_text("Clear the cause")
         await tab.shot("09-estop-button")
         await page.click("#reset")
         assert (await doc.event("reset"))["cleared"] == "remote_estop"
@@ -317,6 +372,11 @@ async def test_the_page_goes_offline_with_the_broker_and_comes_back(
         for control in CONTROLS:
             await expect(page.locator(control)).to_be_disabled()
         await expect(page.locator("#estop")).to_contain_text("no link")
+        # The speed is not known: no figure that could read as the belt's.
+        await expect(page.locator("#speed")).to_have_text("—")
+        await expect(page.locator("#speed-unit")).to_have_text("no link")
+        await expect(page.locator("#grip-left")).to_have_text("Left hand: ?")
+        await check_layout(page, "offline", shots="layout-offline")
         await tab.shot("10-broker-lost")
 
         # The same ports; retained messages died with the old broker, so "online" is the
@@ -360,7 +420,9 @@ async def test_sr14_the_page_keeps_a_persistent_session_and_gets_the_estop_it_mi
                 await daemon_stand_in.publish(
                     f"treadmill/{tm}/events", json.dumps(first).encode(), qos=1
                 )
-            await expect(page.locator("#log li", has_text="(grip_lost)")).to_have_count(1)
+            await expect(
+                page.locator("#log li", has_text="EMERGENCY STOP: both hands off the handrails")
+            ).to_have_count(1)
             broker.stop()  # its sessions are saved, the page's among them
             await expect(page.locator("#link")).to_contain_text("disconnected")
             await asyncio.to_thread(broker.start)
@@ -370,9 +432,10 @@ async def test_sr14_the_page_keeps_a_persistent_session_and_gets_the_estop_it_mi
                     await daemon_stand_in.publish(
                         f"treadmill/{tm}/events", json.dumps(estop).encode(), qos=1
                     )
-            log = page.locator("#log li", has_text="(fall)")
+            log = page.locator("#log li", has_text="a fall was detected")
             await expect(log).to_have_count(1, timeout=RECONNECT_WAIT_MS)
             await expect(log).to_contain_text("EMERGENCY STOP")
+            await expect(page.locator("#log")).not_to_contain_text("fall)")  # no codes
             await expect(page.locator("#log")).to_contain_text("Connected to")
             await tab.shot("12-estop-held-for-the-page")
     finally:
@@ -438,6 +501,17 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
             page = tab.page
             await expect(page.locator("#login")).to_be_visible(timeout=ONLINE_WAIT_MS)
             await expect(page.locator("#link")).to_contain_text("login needed")
+            # Nobody has typed yet: the form asks, it reports no error.
+            await expect(page.locator("#login-why")).to_have_text(
+                "The broker asks for a login: the tablet's account and its password."
+            )
+            await page.fill("#login-user", "tablet")
+            await page.fill("#login-password", "not-the-password")
+            await page.click("#login button")
+            await expect(page.locator("#login-why")).to_contain_text(
+                "The broker refused this account and password", timeout=ONLINE_WAIT_MS
+            )
+            await expect(page.locator("#login")).to_be_visible()
             await page.fill("#login-user", "tablet")
             await page.fill("#login-password", PASSWORDS["tablet"])
             await page.click("#login button")
@@ -447,7 +521,9 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
             await page.click("#estop")
             event = await doc.event("estop")  # the dashboard account reads the events
             assert event["cause"] == "remote_estop"
-            await expect(page.locator("#banner-cause")).to_contain_text("remote_estop")
+            await expect(page.locator("#banner-cause")).to_have_text(
+                "The E-STOP was pressed on a tablet"
+            )
             stored = await page.evaluate("sessionStorage.getItem('treadguard.login')")
             assert json.loads(stored)["username"] == "tablet"
             assert await page.evaluate("localStorage.getItem('treadguard.login')") is None
@@ -519,6 +595,7 @@ async def test_the_page_guides_a_commissioning_run_step_by_step_to_its_pass(
                         assert _clear_of(await page.locator(button).bounding_box(), estop)
                     await tab.shot(f"commissioning-{name}")
                 await page.set_viewport_size({"width": 1280, "height": 800})
+                await check_layout(page, "commissioning", shots="layout-commissioning")
             await expect(confirm).to_be_enabled()
             await technician.perform(run["ask"])
             await confirm.click()

@@ -1,0 +1,71 @@
+"""``tablet/words.js``: the tablet page's copy of the plain words in ``contract/event_text.py``.
+
+The page is static files a browser runs, so it cannot import the Python tables; this writes
+them out as one JavaScript constant, ``WORDS``. ``tests/test_page_words.py`` fails when the
+committed file differs from what this writes, so the page and the terminal keep one vocabulary:
+change the words in ``event_text.py``, then run
+
+    python -m treadguard.controller.page_words tablet/words.js
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from treadguard.contract.event_text import (
+    CAUSE_HINTS,
+    CAUSE_WORDS,
+    END_REASON_WORDS,
+    EVENT_WORDS,
+    REFUSAL_WORDS,
+    SENSOR_WORDS,
+    STATE_WORDS,
+)
+
+HEADER = """\
+// The plain words for the contract's codes: a copy of the tables in contract/event_text.py,
+// written by `python -m treadguard.controller.page_words tablet/words.js`. Not edited by hand:
+// tests/test_page_words.py fails when it differs from those tables.
+"use strict";
+"""
+
+
+Code = TypeVar("Code", bound=StrEnum)
+
+
+def _plain(table: Mapping[Code, str]) -> dict[str, str]:
+    return {code.value: words for code, words in table.items()}
+
+
+def tables() -> dict[str, dict[str, str]]:
+    """The tables by the names the page uses (``WORDS.causes.grip_lost``)."""
+    return {
+        "causes": _plain(CAUSE_WORDS),
+        "causeHints": _plain(CAUSE_HINTS),
+        "endReasons": _plain(END_REASON_WORDS),
+        "refusals": _plain(REFUSAL_WORDS),
+        "sensors": _plain(SENSOR_WORDS),
+        "states": _plain(STATE_WORDS),
+        "events": _plain(EVENT_WORDS),
+    }
+
+
+def render() -> str:
+    return f"{HEADER}const WORDS = {json.dumps(tables(), indent=2, ensure_ascii=False)};\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m treadguard.controller.page_words tablet/words.js", file=sys.stderr)
+        return 2
+    Path(argv[0]).write_text(render(), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

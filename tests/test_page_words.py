@@ -1,0 +1,86 @@
+"""The tablet page's words for the contract's codes (``tablet/words.js``) are the ones of
+``contract/event_text.py``, and cover every code the contract defines: an event type, a cause,
+an end reason, a refusal, a sensor or a state added to the contract without words fails here,
+not on a clinician's screen as a bare code."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+
+import pytest
+
+from treadguard.contract import event_text
+from treadguard.contract.mqtt import ErrorCode
+from treadguard.controller.page_words import main, render
+from treadguard.safety.decisions import Cause, EndReason, EventType, State
+from treadguard.safety.inputs import Sensor
+
+TABLET = Path(__file__).resolve().parents[1] / "tablet"
+WORDS_JS = TABLET / "words.js"
+
+# Each table of the page, and the codes it must have words for.
+COVERS: dict[str, type[StrEnum]] = {
+    "causes": Cause,
+    "causeHints": Cause,
+    "endReasons": EndReason,
+    "refusals": ErrorCode,
+    "sensors": Sensor,
+    "states": State,
+    "events": EventType,
+}
+
+
+def page_words() -> dict[str, dict[str, str]]:
+    """WORDS as the page gets it: the JSON of the committed tablet/words.js."""
+    text = WORDS_JS.read_text(encoding="utf-8")
+    found = re.search(r"^const WORDS = (\{.*\});$", text, re.DOTALL | re.MULTILINE)
+    assert found, "tablet/words.js does not define WORDS"
+    words = json.loads(found.group(1))
+    assert isinstance(words, dict)
+    return words
+
+
+def test_the_page_s_copy_is_the_vocabulary_of_event_text() -> None:
+    assert WORDS_JS.read_text(encoding="utf-8") == render(), (
+        "tablet/words.js differs from contract/event_text.py: "
+        "run python -m treadguard.controller.page_words tablet/words.js"
+    )
+
+
+@pytest.mark.parametrize("table", sorted(COVERS))
+def test_the_page_has_words_for_every_code_the_contract_defines(table: str) -> None:
+    words = page_words()
+    assert set(words) == set(COVERS), "a table of words.js without a check here, or missing"
+    codes = {code.value for code in COVERS[table]}
+    assert set(words[table]) == codes, f"{table}: missing {codes - set(words[table])}"
+    for code, text in words[table].items():
+        assert text.strip(), f"{table}.{code} has no words"
+        # Plain words: a code (a word with an underscore) is never its own explanation.
+        assert not re.search(r"\b\w+_\w+\b", text), f"{table}.{code}: {text!r} shows a code"
+
+
+def test_a_tablet_e_stop_has_nothing_to_clear() -> None:
+    hint = event_text.CAUSE_HINTS[Cause.REMOTE_ESTOP]
+    assert "Nothing to clear" in hint
+    assert "Clear the cause" not in hint
+
+
+def test_the_page_loads_the_words_before_its_code_and_has_no_tables_of_its_own() -> None:
+    html = (TABLET / "index.html").read_text(encoding="utf-8")
+    assert html.index('src="words.js"') < html.index('src="tablet.js"')
+    code = (TABLET / "tablet.js").read_text(encoding="utf-8")
+    # The page's former tables of causes and reasons: the words are only in words.js now.
+    for code_name in ("grip_lost", "operator_stop", "preconditions_unmet"):
+        assert code_name not in code, f"tablet.js spells {code_name}: its words are in words.js"
+    for table in set(re.findall(r"WORDS\.(\w+)", code)):
+        assert table in COVERS, f"tablet.js reads WORDS.{table}, which words.js does not have"
+
+
+def test_page_words_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "words.js"
+    assert main([str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == render()
+    assert main([]) == 2
