@@ -1,9 +1,10 @@
 """``tablet/words.js``: the tablet page's copy of the plain words in ``contract/event_text.py``.
 
 The page is static files a browser runs, so it cannot import the Python tables; this writes
-them out as one JavaScript constant, ``WORDS``. ``tests/test_page_words.py`` fails when the
-committed file differs from what this writes, so the page and the terminal keep one vocabulary:
-change the words in ``event_text.py``, then run
+them out as one JavaScript constant, ``WORDS``, so the page and the terminal keep one
+vocabulary. The file is generated, never committed (git ignores it): scripts/test and
+scripts/run write it with the page's other dependencies, scripts/install into the installed
+page, and the browser tests before they serve the page:
 
     python -m treadguard.controller.page_words tablet/words.js
 """
@@ -29,8 +30,8 @@ from treadguard.contract.event_text import (
 
 HEADER = """\
 // The plain words for the contract's codes: a copy of the tables in contract/event_text.py,
-// written by `python -m treadguard.controller.page_words tablet/words.js`. Not edited by hand:
-// tests/test_page_words.py fails when it differs from those tables.
+// written by `python -m treadguard.controller.page_words tablet/words.js` (scripts/test,
+// scripts/run and scripts/install do). Generated: not kept in git, not edited by hand.
 "use strict";
 """
 

@@ -83,4 +83,7 @@ tablet_page_deps() {
         fi
         echo "$want" > "$stamp"
     fi
+    # The page's words for the contract's codes, written from contract/event_text.py (never
+    # committed: a copy kept by hand would drift).
+    .venv/bin/python -m treadguard.controller.page_words tablet/words.js
 }

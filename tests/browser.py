@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 
+from treadguard.controller.page_words import render as render_page_words
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_DIR = ROOT / "tablet"
 MQTT_JS = PAGE_DIR / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
@@ -36,7 +38,13 @@ ARGS = [
 
 
 def need_page() -> None:
-    """Skip (fail in CI) without Chromium or the page's MQTT client."""
+    """Skip (fail in CI) without Chromium or the page's MQTT client. The page's words
+    (tablet/words.js, generated, not committed) are written here as scripts/test writes
+    them, so a test never serves a stale copy."""
+    words = PAGE_DIR / "words.js"
+    text = render_page_words()
+    if not words.exists() or words.read_text(encoding="utf-8") != text:
+        words.write_text(text, encoding="utf-8")
     missing = []
     if not CHROMIUM.exists():
         missing.append("chromium (apt-get install chromium)")
