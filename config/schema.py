@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -322,6 +323,31 @@ class CommissioningSection(_Strict):
     max_controlled_standstill_s: float = Field(8.0, gt=0.0, le=30.0)
 
 
+class ClinicSection(_Strict):
+    """The clinic the treadmill serves, as its reports show it (docs/reports.md)."""
+
+    # The IANA name of the clinic's time zone ("Europe/London", "America/New_York"): the
+    # reports and the CSV export give every time in it. The journal keeps UTC either way.
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # ValueError: a name that is no zone's ("../etc", "zone.tab"); OSError: a folder
+            # of zones ("Europe").
+            raise ValueError(
+                f'{value!r} is not a time zone: give its IANA name, e.g. "Europe/London" '
+                'or "America/New_York" (or "UTC")'
+            ) from None
+        return value
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
 ENV_PREFIX = "TREADGUARD_"
 ENV_NESTED = "__"
 
@@ -345,6 +371,7 @@ class TreadguardConfig(BaseSettings):
     mqtt: MqttSection = MqttSection()
     journal: JournalSection = JournalSection()
     commissioning: CommissioningSection = CommissioningSection()
+    clinic: ClinicSection = ClinicSection()
     logging: LoggingSection = LoggingSection()
 
     @classmethod

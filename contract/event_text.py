@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from treadguard.contract.mqtt import ErrorCode
 from treadguard.safety.decisions import Cause, EndReason, EventType, JsonScalar, State
 from treadguard.safety.inputs import Sensor
+from treadguard.safety.stop_watch import Verdict
 
 # What latched a stop, as a person says it (completes "EMERGENCY STOP: ...").
 CAUSE_WORDS: dict[Cause, str] = {
@@ -210,3 +212,25 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
         case _:
             fields = " ".join(f"{k}={v}" for k, v in f.items() if k not in _ENVELOPE)
             return f"{kind} {fields}".rstrip()
+
+
+# How a session ended as the journal has it: the core's reasons, and "interrupted" (a session
+# still open when treadguard started again, closed at its last record).
+END_WORDS: dict[str, str] = {
+    **END_REASON_WORDS,
+    "interrupted": "interrupted: treadguard stopped during the session",
+}
+
+# A stop timed against the treadmill's commissioned one (safety/stop_watch.py).
+VERDICT_WORDS: dict[Verdict, str] = {
+    Verdict.GOOD: "as fast as commissioned",
+    Verdict.SLOW: "slower than commissioned",
+    Verdict.NO_BASELINE: "not compared: no commissioned stop of its kind",
+    Verdict.BELOW_MIN_SPEED: "too slow a belt to judge",
+    Verdict.INTERRUPTED: "not timed to a standstill",
+}
+
+
+def words(vocabulary: Mapping[Any, str], code: object) -> str:
+    """``code`` in words; a code this version does not know is shown as it is."""
+    return vocabulary.get(code, str(code)) if isinstance(code, str) else str(code)

@@ -37,7 +37,13 @@ from treadguard.controller.journal import CommissioningStatus, Journal, JournalE
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.preflight import load_runnable
-from treadguard.controller.report import history_table, session_report
+from treadguard.controller.report import (
+    Clinic,
+    history_table,
+    patient_report,
+    session_report,
+    sessions_csv,
+)
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
@@ -324,7 +330,7 @@ def _read_journal(config: Path) -> tuple[LoadedConfig, Journal]:
 def cmd_history(args: argparse.Namespace) -> int:
     """The sessions in the journal, oldest first: a table, or one JSON object a line."""
     try:
-        _, journal = _read_journal(args.config)
+        loaded, journal = _read_journal(args.config)
         sessions = journal.sessions(args.user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -333,7 +339,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for session in sessions:
             print(json.dumps(session.as_json()))
     elif sessions:
-        print(history_table(sessions))
+        print(history_table(sessions, loaded.config.clinic.zone()))
     else:
         print("no sessions" + (f" of {args.user}" if args.user else ""))
     return 0
@@ -382,6 +388,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.passed else EXIT_FAILED
 
 
+def _clinic(loaded: LoadedConfig) -> Clinic:
+    cfg = loaded.config
+    titles = {name: program.title for name, program in loaded.programs.items()}
+    return Clinic(treadmill=cfg.treadmill.id, zone=cfg.clinic.zone(), titles=titles)
+
+
+def _write(text: str, out: Path, what: str) -> bool:
+    """``text`` to ``out``; False (said on stderr) when it cannot be written there."""
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write the {what} to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _out_path(given: Path | None, name: str) -> Path:
+    out = given if given is not None else Path(name)
+    return out / name if out.is_dir() else out  # --out /tmp: the usual name, in that folder
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """One session as a self-contained HTML page: facts, speed against time, events."""
     try:
@@ -394,19 +421,63 @@ def cmd_report(args: argparse.Namespace) -> int:
             session,
             journal.events(session.id),
             journal.samples(session.id),
-            treadmill=loaded.config.treadmill.id,
+            clinic=_clinic(loaded),
+            written=time.time(),
         )
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    name = f"session-{session.id}.html"
-    out = args.out if args.out is not None else Path(name)
-    if out.is_dir():
-        out = out / name  # --out /tmp: the usual name, in that folder
+    out = _out_path(args.out, f"session-{session.id}.html")
+    if not _write(page, out, "report"):
+        return EXIT_BAD_INPUT
+    print(out)
+    return 0
+
+
+def _file_name(user: str) -> str:
+    # A user code is printable text, and may hold a slash or a space: not in a file's name.
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in user).lstrip(".") or "_"
+
+
+def cmd_patient(args: argparse.Namespace) -> int:
+    """Every session of one user as a self-contained HTML page: the trend and a row each."""
     try:
-        out.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        print(f"error: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
+        loaded, journal = _read_journal(args.config)
+        sessions = journal.sessions(args.user)
+        if not sessions:
+            print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        page = patient_report(args.user, sessions, clinic=_clinic(loaded), written=time.time())
+    except (ConfigError, JournalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = _out_path(args.out, f"patient-{_file_name(args.user)}.html")
+    if not _write(page, out, "report"):
+        return EXIT_BAD_INPUT
+    print(out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The sessions as CSV, one row a session, on stdout or to --out."""
+    try:
+        loaded, journal = _read_journal(args.config)
+        sessions = journal.sessions(args.user)
+    except (ConfigError, JournalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.user is not None and not sessions:
+        print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = sessions_csv(sessions, clinic=_clinic(loaded))
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    name = f"sessions-{loaded.config.treadmill.id}"
+    if args.user is not None:
+        name += f"-{_file_name(args.user)}"
+    out = _out_path(args.out, name + ".csv")
+    if not _write(text, out, "sessions"):
         return EXIT_BAD_INPUT
     print(out)
     return 0
@@ -807,6 +878,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=cmd_report, installed_config=True)
 
+    patient = sub.add_parser(
+        "patient", help="every session of one user as an HTML page: the trend and a row each"
+    )
+    patient.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
+    patient.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    patient.add_argument(
+        "--out", type=Path, default=None, help="the page to write (default patient-USER.html)"
+    )
+    patient.set_defaults(func=cmd_patient, installed_config=True)
+
+    export = sub.add_parser("export", help="the sessions in the journal as a file for other tools")
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument(
+        "--csv", action="store_true", help="CSV, one row a session (times with the clinic's offset)"
+    )
+    export.add_argument("--user", default=None, help="only this user's sessions")
+    export.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    export.add_argument(
+        "--out", type=Path, default=None, help="the file to write (default: standard output)"
+    )
+    export.set_defaults(func=cmd_export, installed_config=True)
+
     com = sub.add_parser(
         "commission",
         help="prove every stop source on the machine (before patient sessions), or --status",
@@ -852,8 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "installed_config", False) and args.config is None:
-        # run, commission, history, report, backup: the installed configuration, never the
-        # simulator unless asked for.
+        # run, commission, history, report, patient, export, backup: the installed
+        # configuration, never the simulator unless asked for.
         chosen = _chosen_config(args)
         if chosen is None:
             return EXIT_BAD_INPUT

@@ -1,45 +1,111 @@
-"""What the journal holds, for the clinician: ``treadguard history`` (a table or JSON lines)
-and ``treadguard report SESSION`` (one self-contained HTML page: the session's facts, its belt
-speed and target against time drawn in SVG, and its events marked on the same time axis)."""
+"""What the journal holds, for the clinician (docs/reports.md): ``treadguard history`` (a
+table), ``treadguard report SESSION`` and ``treadguard patient USER`` (self-contained HTML
+pages from the templates in templates/, charts by controller/charts.py, one A4 page each when
+printed) and ``treadguard export --csv``. Times are in the clinic's zone ([clinic] timezone),
+numbers rounded, programs by their titles, events and endings in contract/event_text.py's
+words."""
 
 from __future__ import annotations
 
-import html
-from datetime import datetime
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from treadguard import __version__
+from treadguard.contract.event_text import CAUSE_WORDS, words
+from treadguard.controller import report_text as t
+from treadguard.controller.charts import (
+    START_GREEN,
+    STOP_RED,
+    WARN_AMBER,
+    Mark,
+    TrendPoint,
+    session_chart,
+    trend_chart,
+)
 from treadguard.controller.journal import EventRow, SessionRow
+from treadguard.safety.decisions import EventType
 
-# Events worth a mark on the chart; the rest are listed in the table below it.
-MARKED = {
-    "belt_started": "#2a7",
-    "speed_step": "#888",
-    "cap_warning": "#d90",
-    "stopping": "#27c",
-    "grip_warning": "#d90",
-    "estop": "#c22",
-    "fault": "#c22",
-    "session_ended": "#222",
+# autoescape: user codes, program titles and event details come from the journal and the
+# clinic's files, and are text, never markup. StrictUndefined: a name the template uses and
+# the code forgot is an error, not an empty cell.
+_PAGES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+# Events drawn on the session chart, and their colours; the rest are in the table only.
+MARKED: dict[str, str] = {
+    EventType.BELT_STARTED: START_GREEN,
+    EventType.SPEED_STEP: "#888888",
+    EventType.CAP_WARNING: WARN_AMBER,
+    EventType.STOPPING: "#2277cc",
+    EventType.GRIP_WARNING: WARN_AMBER,
+    EventType.ESTOP: STOP_RED,
+    EventType.FAULT: STOP_RED,
+    EventType.SESSION_ENDED: "#222222",
 }
-WIDTH, HEIGHT, PAD = 900, 320, 48
-MAX_MPH = 1.4  # the axis: the band's top (1.2) and some
+# A countdown's three ticks say nothing the "belt starts" after them does not.
+UNLISTED = {EventType.COUNTDOWN}
+STOPS = {EventType.ESTOP, EventType.FAULT}
+STOP_ENDS = {"estop", "fault"}
+
+CSV_COLUMNS = (
+    "id",
+    "user",
+    "program",
+    "program_title",
+    "started",
+    "ended",
+    "belt_s",
+    "cap_s",
+    "top_mph",
+    "end_reason",
+)
 
 
-def when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+@dataclass(frozen=True)
+class Clinic:
+    """What every report is written for: the treadmill, the clinic's zone, program titles."""
+
+    treadmill: str
+    zone: ZoneInfo
+    titles: Mapping[str, str]  # program name -> its title
+
+    def title(self, program: str) -> str:
+        # A program since renamed or removed keeps its name: the journal's word for it.
+        return self.titles.get(program, program)
+
+    def page(self, template: str, title: str, written: float, **context: Any) -> str:
+        return _PAGES.get_template(template).render(
+            title=title,
+            version=__version__,
+            treadmill=self.treadmill,
+            timezone=self.zone.key,
+            written=t.when(written, self.zone),
+            **context,
+        )
 
 
-def _num(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def history_table(sessions: list[SessionRow]) -> str:
+def history_table(sessions: Sequence[SessionRow], zone: ZoneInfo) -> str:
     header = ("id", "user", "program", "started", "belt time s", "cap s", "top mph", "ended")
     rows = [
         (
             str(s.id),
             s.user,
             s.program,
-            when(s.started_at),
+            t.when(s.started_at, zone),
             _num(s.belt_moving_s),
             _num(s.cap_s, 0),
             _num(s.max_speed_mph, 2),
@@ -53,115 +119,143 @@ def history_table(sessions: list[SessionRow]) -> str:
     )
 
 
-def _chart(
-    session: SessionRow,
-    events: list[EventRow],
-    samples: list[tuple[float, float | None, float | None]],
-) -> str:
-    t0 = session.started_at
-    t1 = max([session.ended_at or t0, *(ts for ts, _, _ in samples), t0 + 1.0])
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
-    def x(ts: float) -> float:
-        return PAD + (ts - t0) / (t1 - t0) * (WIDTH - 2 * PAD)
 
-    def y(mph: float) -> float:
-        return HEIGHT - PAD - min(mph, MAX_MPH) / MAX_MPH * (HEIGHT - 2 * PAD)
+def how_it_ended(session: SessionRow, events: Sequence[EventRow]) -> str:
+    """The session's end in words; an emergency stop or a fault with its cause."""
+    said = t.ended_by(session.end_reason)
+    if session.end_reason in STOP_ENDS:
+        causes = [e.fields.get("cause") for e in events if e.type in STOPS]
+        if causes:
+            said += f": {words(CAUSE_WORDS, causes[-1])}"
+    return said
 
-    def line(points: list[tuple[float, float]], style: str) -> str:
-        if not points:
-            return ""
-        coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
-        return f'<polyline fill="none" {style} points="{coords}"/>'
 
-    speed = [(t, v) for t, v, _ in samples if v is not None]
-    target = [(t, v) for t, _, v in samples if v is not None]
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'role="img" aria-label="belt speed against time">',
-        f'<rect x="{PAD}" y="{PAD}" width="{WIDTH - 2 * PAD}" height="{HEIGHT - 2 * PAD}" '
-        'fill="#fafafa" stroke="#ccc"/>',
-    ]
-    for mph in (0.0, 0.4, 0.8, 1.2):
-        parts.append(
-            f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{y(mph):.1f}" y2="{y(mph):.1f}" '
-            f'stroke="#e4e4e4"/><text x="{PAD - 6}" y="{y(mph) + 4:.1f}" font-size="11" '
-            f'text-anchor="end">{mph:.1f}</text>'
-        )
-    span = t1 - t0
-    step = next(s for s in (10, 30, 60, 120, 300, 600, 1e9) if span / s <= 10)
-    tick = 0.0
-    while tick <= span:
-        parts.append(
-            f'<text x="{x(t0 + tick):.1f}" y="{HEIGHT - PAD + 16}" font-size="11" '
-            f'text-anchor="middle">{int(tick // 60)}:{int(tick % 60):02d}</text>'
-        )
-        tick += step
-    parts.append(line(target, 'stroke="#27c" stroke-dasharray="5,4" stroke-width="1.5"'))
-    parts.append(line(speed, 'stroke="#222" stroke-width="2"'))
-    for n, e in enumerate(ev for ev in events if ev.type in MARKED):
-        colour, at = MARKED[e.type], x(e.ts)
-        # Near the right edge the label goes to the left of its line, not off the chart.
-        label_x, anchor = (at - 3, "end") if at > WIDTH - PAD - 90 else (at + 3, "start")
-        parts.append(
-            f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{PAD}" y2="{HEIGHT - PAD}" '
-            f'stroke="{colour}" stroke-width="1"/><text x="{label_x:.1f}" '
-            f'y="{PAD + 12 + 12 * (n % 4)}" font-size="10" fill="{colour}" '
-            f'text-anchor="{anchor}">{html.escape(e.type)}</text>'
-        )
-    parts.append(
-        f'<text x="{PAD}" y="{PAD - 10}" font-size="12">belt mph (solid) and target (dashed)'
-        " against session time (m:ss)</text></svg>"
+def belt_time(session: SessionRow) -> str:
+    return (
+        f"{t.duration(session.belt_moving_s)} of a "
+        f"{t.duration(session.cap_s, whole_minutes=True)} cap"
     )
-    return "\n".join(p for p in parts if p)
 
 
 def session_report(
     session: SessionRow,
-    events: list[EventRow],
-    samples: list[tuple[float, float | None, float | None]],
+    events: Sequence[EventRow],
+    samples: Sequence[tuple[float, float | None, float | None]],
     *,
-    treadmill: str,
+    clinic: Clinic,
+    written: float,
 ) -> str:
-    facts = [
-        ("treadmill", treadmill),
-        ("session", str(session.id)),
-        ("user", session.user),
-        ("program", session.program),
-        ("started", when(session.started_at)),
-        ("ended", f"{when(session.ended_at)} ({session.end_reason or 'still open'})"),
-        (
-            "belt-moving time",
-            f"{_num(session.belt_moving_s)} s of a {_num(session.cap_s, 0)} s cap",
-        ),
-        ("top speed", f"{_num(session.max_speed_mph, 2)} mph"),
-    ]
-    fact_rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts
-    )
-    event_rows = "".join(
-        f"<tr><td>{html.escape(when(e.ts))}</td><td>+{e.ts - session.started_at:.1f} s</td>"
-        f"<td>{html.escape(e.type)}</td><td>{html.escape(_fields(e))}</td></tr>"
+    t0 = session.started_at
+    zone = clinic.zone
+    ended_s = None if session.ended_at is None else session.ended_at - t0
+    relative = [(ts - t0, v, target) for ts, v, target in samples]
+    marks = [
+        Mark(e.ts - t0, t.event_name(e.type), MARKED[e.type], e.type)
         for e in events
+        if e.type in MARKED
+    ]
+    facts = {
+        "id": session.id,
+        "user": session.user,
+        "program_title": clinic.title(session.program),
+        "started": t.when(session.started_at, zone),
+        "ended": t.when(session.ended_at, zone),
+        "belt_time": belt_time(session),
+        "top_speed": t.mph(session.max_speed_mph),
+        "ended_by": how_it_ended(session, events),
+    }
+    rows = [
+        {
+            "time": t.time_of_day(e.ts, zone),
+            "into": t.clock(e.ts - t0),
+            "name": t.event_name(e.type),
+            "details": t.event_details(e.type, e.fields),
+            "stop": e.type in STOPS,
+        }
+        for e in events
+        if e.type not in UNLISTED
+    ]
+    run_down = ended_s is not None and sum(ts > ended_s for ts, _, _ in relative) > 1
+    return clinic.page(
+        "session.html.j2",
+        f"{clinic.title(session.program)}: session {session.id}, user {session.user}",
+        written,
+        s=facts,
+        chart=Markup(
+            session_chart(relative, marks, ended_s=ended_s)
+        ),  # matplotlib's own SVG, text escaped
+        run_down=run_down,
+        events=rows,
     )
-    title = f"treadguard session {session.id}: {session.user}"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ text-align: left; padding: 2px 12px 2px 0; vertical-align: top; }}
-.events td {{ border-top: 1px solid #eee; font-size: 0.9em; }}
-</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<table>{fact_rows}</table>
-{_chart(session, events, samples)}
-<h2>Events</h2>
-<table class="events"><tr><th>time</th><th>into session</th><th>event</th><th>details</th></tr>
-{event_rows}</table>
-</body></html>
-"""
 
 
-def _fields(event: EventRow) -> str:
-    return ", ".join(f"{k}={v}" for k, v in event.fields.items() if k != "session_id")
+def patient_report(
+    user: str, sessions: Sequence[SessionRow], *, clinic: Clinic, written: float
+) -> str:
+    """Every session of one user, oldest first: the trend chart and a row each."""
+    zone = clinic.zone
+    rows = [
+        {
+            "id": s.id,
+            "date": t.when(s.started_at, zone)[:16],  # to the minute
+            "program_title": clinic.title(s.program),
+            "belt_min": t.minutes(s.belt_moving_s),
+            "cap_min": t.minutes(s.cap_s),
+            "top_mph": t.mph(s.max_speed_mph).removesuffix(" mph"),
+            "ended_by": t.ended_by(s.end_reason),
+            "stop": s.end_reason in STOP_ENDS,
+        }
+        for s in sessions
+    ]
+    points = [
+        TrendPoint(
+            session=s.id,
+            label=t.day(s.started_at, zone)[5:],  # month-day: the year is in the subtitle
+            belt_min=None if s.belt_moving_s is None else s.belt_moving_s / 60,
+            cap_min=s.cap_s / 60,
+            top_mph=s.max_speed_mph,
+            stopped=s.end_reason in STOP_ENDS,
+        )
+        for s in sessions
+    ]
+    tops = [s.max_speed_mph for s in sessions if s.max_speed_mph is not None]
+    return clinic.page(
+        "patient.html.j2",
+        f"User {user}: treadmill sessions",
+        written,
+        user=user,
+        sessions=rows,
+        first_day=t.day(sessions[0].started_at, zone),
+        last_day=t.day(sessions[-1].started_at, zone),
+        total_belt=t.duration(sum(s.belt_moving_s or 0.0 for s in sessions)),
+        top_speed=t.mph(max(tops)) if tops else t.NONE,
+        last_program=clinic.title(sessions[-1].program),
+        chart=Markup(trend_chart(points)),  # matplotlib's own SVG, text escaped
+    )
+
+
+def sessions_csv(sessions: Sequence[SessionRow], *, clinic: Clinic) -> str:
+    """One row a session, for a spreadsheet: times ISO 8601 with the clinic's offset, the
+    belt time to 0.1 s, the top speed to 0.01 mph, the end reason as its code."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for s in sessions:
+        writer.writerow(
+            (
+                s.id,
+                s.user,
+                s.program,
+                clinic.title(s.program),
+                t.iso(s.started_at, clinic.zone),
+                t.iso(s.ended_at, clinic.zone),
+                "" if s.belt_moving_s is None else f"{s.belt_moving_s:.1f}",
+                f"{s.cap_s:g}",
+                "" if s.max_speed_mph is None else f"{s.max_speed_mph:.2f}",
+                s.end_reason or "",
+            )
+        )
+    return out.getvalue()

@@ -94,6 +94,12 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("report", ["abc", "--config", SIM], "abc"),
     ("report", ["1", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("report", ["1", "--config", "{empty_journal_config}"], "no journal"),
+    ("patient", ["ann", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("patient", ["ann", "--config", "{empty_journal_config}"], "no journal"),
+    ("patient", ["ann", "--config", "{junk}"], "not valid TOML"),
+    ("export", ["--config", SIM], "--csv"),
+    ("export", ["--csv", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("export", ["--csv", "--config", "{empty_journal_config}"], "no journal"),
     (
         "backup",
         ["/nonexistent/dir/copy.sqlite", "--config", "{empty_journal_config}"],

@@ -548,6 +548,23 @@ def test_an_empty_mqtt_password_is_refused(tmp_path: Path, value: str) -> None:
     assert found["mqtt.password"].startswith("is empty"), found
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "utc", "Europe", "../etc/passwd", "zone.tab"])
+def test_a_clinic_timezone_that_is_not_one_names_its_field(tmp_path: Path, zone: str) -> None:
+    """The reports' times are in [clinic] timezone: a name zoneinfo does not know (or a folder
+    of zones, or a path) is refused by check-config, never found only by the first report."""
+    found = assert_refused(
+        check_config(write(tmp_path, valid_config(extra=f"[clinic]\ntimezone = '{zone}'")))
+    )
+    assert found["clinic.timezone"].startswith(f"{zone!r} is not a time zone"), found
+    found = assert_refused(
+        check_config(write(tmp_path, valid_config()), {"TREADGUARD_CLINIC__TIMEZONE": zone})
+    )
+    assert "clinic.timezone" in found, found
+    good = valid_config(extra="[clinic]\ntimezone = 'Europe/London'")
+    proc = check_config(write(tmp_path, good, "good.toml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_environment_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
     proc = check_config(write(tmp_path, valid_config()), {"TREADGUARD_HYPOTHESIS_EXAMPLES": "9"})
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -8,9 +8,20 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadguard.contract.event_text import clock_text, describe
+from treadguard.contract.event_text import (
+    CAUSE_WORDS,
+    END_WORDS,
+    EVENT_WORDS,
+    SENSOR_WORDS,
+    VERDICT_WORDS,
+    clock_text,
+    describe,
+)
+from treadguard.controller.report_text import event_details
 from treadguard.controller.tablet import event_line
-from treadguard.safety.decisions import EventType, JsonScalar
+from treadguard.safety.decisions import Cause, EndReason, EventType, JsonScalar
+from treadguard.safety.inputs import Sensor
+from treadguard.safety.stop_watch import Verdict
 
 # One event of each type as the core emits it (safety/core.py, controller/system.py).
 EXAMPLES: dict[EventType, dict[str, JsonScalar]] = {
@@ -74,6 +85,33 @@ def test_every_event_type_has_words_of_its_own() -> None:
 def test_the_words_are_the_ones_a_reader_sees() -> None:
     for kind, expected in EXPECTED.items():
         assert describe({"type": kind.value, **EXAMPLES[kind]}) == expected
+
+
+def test_one_vocabulary_has_words_for_every_event_cause_and_ending() -> None:
+    """The timeline, the terminal tablet and the clinician's reports take their words from
+    the same tables, and every code the core emits has its words there."""
+    assert set(EVENT_WORDS) == set(EventType)
+    assert set(CAUSE_WORDS) == set(Cause)
+    assert set(END_WORDS) >= set(EndReason)
+    assert set(SENSOR_WORDS) == set(Sensor)
+    assert set(VERDICT_WORDS) == set(Verdict)
+    for words in (EVENT_WORDS, CAUSE_WORDS, END_WORDS):
+        assert all(text and "_" not in text for text in words.values()), words
+
+
+def test_the_reports_word_every_event_type_with_rounded_numbers() -> None:
+    for kind, fields in EXAMPLES.items():
+        text = event_details(kind.value, fields)
+        assert "=" not in text, f"{kind} falls back to its raw fields: {text}"
+        assert "_" not in text.replace("p-001", ""), f"{kind} shows a code: {text}"
+    stop = {"cause": "grip_lost", "detail": "both hands off", "stop_latency_ms": 1.2227497188}
+    assert event_details("estop", stop) == (
+        "hands off the handrails: both hands off; stop sent to the drive 1.2 ms after it"
+    )
+    assert event_details("session_ended", {"reason": "cap", "belt_moving_s": 179.6}) == (
+        "reached its time cap, belt time 3 min 0 s"
+    )
+    assert event_details("brake_worn", {"margin": 0.3}) == "brake_worn margin=0.3"
 
 
 def test_an_unknown_event_shows_its_type_and_fields() -> None:

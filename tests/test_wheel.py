@@ -119,6 +119,11 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
         "treadguard/config/programs/first_session.toml",
         "treadguard/config/drives/delta-vfd-e.toml",
         f"treadguard/simulator/scenarios/{SCENARIO}",
+        # the reports' templates (treadguard report, treadguard patient)
+        "treadguard/controller/templates/session.html.j2",
+        "treadguard/controller/templates/patient.html.j2",
+        "treadguard/controller/templates/base.html.j2",
+        "treadguard/controller/templates/report.css",
     ):
         assert data in names
 

@@ -1,0 +1,179 @@
+"""Numbers, times and events as a clinician reads them in a report: rounded, in the clinic's
+time zone, and in the words of contract/event_text.py (one vocabulary with the timeline)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from treadguard.contract.event_text import (
+    CAUSE_WORDS,
+    END_WORDS,
+    EVENT_WORDS,
+    SENSOR_WORDS,
+    VERDICT_WORDS,
+    describe,
+    words,
+)
+from treadguard.safety.decisions import EventType
+
+NONE = "-"
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def mph(value: object) -> str:
+    """A speed to 0.01 mph: "0.80 mph"."""
+    v = _finite(value)
+    return NONE if v is None else f"{v:.2f} mph"
+
+
+def seconds(value: object) -> str:
+    """A short time to 0.1 s: "0.4 s"."""
+    v = _finite(value)
+    return NONE if v is None else f"{v:.1f} s"
+
+
+def millis(value: object) -> str:
+    """A latency to 0.1 ms: "1.2 ms"."""
+    v = _finite(value)
+    return NONE if v is None else f"{v:.1f} ms"
+
+
+def duration(value: object, *, whole_minutes: bool = False) -> str:
+    """Belt time to the second: "3 min 0 s", "13 s". ``whole_minutes``: a cap, said "5 min"
+    when it is a whole number of minutes."""
+    v = _finite(value)
+    if v is None:
+        return NONE
+    # Half a second up, as a person rounds (round() would take 8.5 s to 8).
+    minutes, rest = divmod(math.floor(max(v, 0.0) + 0.5), 60)
+    if minutes == 0:
+        return f"{rest} s"
+    if whole_minutes and rest == 0:
+        return f"{minutes} min"
+    return f"{minutes} min {rest} s"
+
+
+def minutes(value: object) -> str:
+    """Belt time in minutes to 0.1: "4.5" (the patient report's column and trend)."""
+    v = _finite(value)
+    return NONE if v is None else f"{v / 60:.1f}"
+
+
+def clock(value: object) -> str:
+    """A time into the session, to the second: "2:05"."""
+    v = _finite(value)
+    if v is None:
+        return NONE
+    sign = "-" if v < 0 else ""
+    m, s = divmod(math.floor(abs(v) + 0.5), 60)
+    return f"{sign}{m}:{s:02d}"
+
+
+def when(ts: float | None, zone: ZoneInfo) -> str:
+    """A moment in the clinic's zone, with its abbreviation: "2026-12-01 14:05:03 GMT"."""
+    if ts is None:
+        return NONE
+    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def day(ts: float, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d")
+
+
+def time_of_day(ts: float, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts, zone).strftime("%H:%M:%S")
+
+
+def iso(ts: float | None, zone: ZoneInfo) -> str:
+    """ISO 8601 with the zone's offset at that moment: "2026-12-01T14:05:03+00:00"."""
+    return "" if ts is None else datetime.fromtimestamp(ts, zone).isoformat(timespec="seconds")
+
+
+def ended_by(reason: str | None) -> str:
+    return "still open" if reason is None else words(END_WORDS, reason)
+
+
+def event_name(kind: str) -> str:
+    """The event type in words, capitalised for a table or a chart: "Emergency stop"."""
+    text = words(EVENT_WORDS, kind)
+    return text[:1].upper() + text[1:]
+
+
+def _stop(f: Mapping[str, Any]) -> str:
+    text = words(CAUSE_WORDS, f.get("cause"))
+    if f.get("detail"):
+        text += f": {f['detail']}"
+    if _finite(f.get("stop_latency_ms")) is not None:
+        text += f"; stop sent to the drive {millis(f['stop_latency_ms'])} after it"
+    return text
+
+
+def _stop_checked(f: Mapping[str, Any]) -> str:
+    head = f"{f.get('kind')} stop"
+    if _finite(f.get("speed_mph")) is not None:
+        head += f" from {mph(f['speed_mph'])}"
+    if _finite(f.get("standstill_s")) is not None:
+        still = "still moving after" if f.get("standstill_reached") is False else "standstill in"
+        head += f": {still} {seconds(f['standstill_s'])}"
+    # The verdict in words says what its "why" says for a stop not compared.
+    verdict = f", {words(VERDICT_WORDS, f.get('verdict'))}" if f.get("verdict") else ""
+    return head + verdict
+
+
+def _refused(f: Mapping[str, Any]) -> str:
+    count = f.get("count")
+    times = f" ({count} times)" if isinstance(count, int) and count > 1 else ""
+    command = str(f.get("command")).replace("_", " ")  # set_speed: "set speed"
+    return f"{command}: {f.get('message')}{times}"
+
+
+_DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    EventType.SESSION_STARTED: lambda f: (
+        f"belt-time cap {duration(f.get('cap_s'), whole_minutes=True)}"
+        + (f", target {mph(f['target_mph'])}" if _finite(f.get("target_mph")) is not None else "")
+    ),
+    EventType.COUNTDOWN: lambda f: f"{f.get('seconds')} s",
+    EventType.BELT_STARTED: lambda f: f"target {mph(f.get('target_mph'))}",
+    EventType.SPEED_STEP: lambda f: f"target {mph(f.get('target_mph'))}",
+    EventType.CAP_WARNING: lambda f: f"{duration(f.get('remaining_s'))} of belt time left",
+    EventType.STOPPING: lambda f: words(END_WORDS, f.get("reason")),
+    EventType.SESSION_ENDED: lambda f: (
+        f"{words(END_WORDS, f.get('reason'))}, belt time {duration(f.get('belt_moving_s'))}"
+    ),
+    EventType.INTERVAL_REST: lambda f: (
+        f"interval {f.get('interval')} of {f.get('intervals')} "
+        f"done, rest {duration(f.get('rest_s'))}"
+    ),
+    EventType.ESTOP: _stop,
+    EventType.FAULT: _stop,
+    EventType.RESET: lambda f: f"cleared: {words(CAUSE_WORDS, f.get('cleared'))}",
+    EventType.GRIP_WARNING: lambda f: (
+        f"{f.get('hand')} hand off the handrail"
+        + (" (its sensor went silent)" if f.get("cause") == "sensor_stale" else "")
+    ),
+    EventType.SENSOR_STALE: lambda f: f"{words(SENSOR_WORDS, f.get('sensor'))} sensor",
+    EventType.COMMAND_REFUSED: _refused,
+    EventType.BELT_FOUND_MOVING: lambda f: f"at {mph(f.get('speed_mph'))}: stopped",
+    EventType.JOURNAL_WARNING: lambda f: str(f.get("message")),
+    EventType.COMMISSIONING_EXPIRED: lambda f: str(f.get("detail")),
+    EventType.STOP_CHECKED: _stop_checked,
+    EventType.MAINTENANCE_WARNING: lambda f: str(f.get("message")),
+}
+
+
+def event_details(kind: str, fields: Mapping[str, Any]) -> str:
+    """What happened, in words with rounded numbers. An event type this version does not know
+    is shown as the timeline shows it (its type and fields), so nothing is hidden."""
+    detail = _DETAILS.get(kind)
+    if detail is None:
+        return describe({"type": kind, **fields})
+    return detail(fields)
