@@ -178,7 +178,10 @@ def session_report(
         for e in events
         if e.type not in UNLISTED
     ]
-    run_down = ended_s is not None and sum(ts > ended_s for ts, _, _ in relative) > 1
+    # As the chart decides it: two samples from the end on make a line.
+    run_down = (
+        ended_s is not None and sum(ts >= ended_s and v is not None for ts, v, _ in relative) > 1
+    )
     return clinic.page(
         "session.html.j2",
         f"{clinic.title(session.program)}: session {session.id}, user {session.user}",
