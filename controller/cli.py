@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
@@ -37,13 +38,6 @@ from treadguard.controller.journal import CommissioningStatus, Journal, JournalE
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.preflight import load_runnable
-from treadguard.controller.report import (
-    Clinic,
-    history_table,
-    patient_report,
-    session_report,
-    sessions_csv,
-)
 from treadguard.controller.simulation import (
     ScenarioResult,
     SimulationError,
@@ -61,6 +55,9 @@ from treadguard.simulator.trackmaster_device import (
     TrackmasterModel,
     serve_trackmaster,
 )
+
+if TYPE_CHECKING:
+    from treadguard.controller.report import Clinic
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -339,6 +336,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         for session in sessions:
             print(json.dumps(session.as_json()))
     elif sessions:
+        from treadguard.controller.report import history_table
+
         print(history_table(sessions, loaded.config.clinic.zone()))
     else:
         print("no sessions" + (f" of {args.user}" if args.user else ""))
@@ -389,6 +388,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _clinic(loaded: LoadedConfig) -> Clinic:
+    # The reports' modules (jinja2, matplotlib and numpy behind them) are imported by the
+    # commands that write reports, never by the daemon's `run`.
+    from treadguard.controller.report import Clinic
+
     cfg = loaded.config
     titles = {name: program.title for name, program in loaded.programs.items()}
     return Clinic(treadmill=cfg.treadmill.id, zone=cfg.clinic.zone(), titles=titles)
@@ -417,6 +420,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if session is None:
             print(f"error: no session {args.session} in the journal", file=sys.stderr)
             return EXIT_BAD_INPUT
+        from treadguard.controller.report import session_report
+
         page = session_report(
             session,
             journal.events(session.id),
@@ -447,6 +452,8 @@ def cmd_patient(args: argparse.Namespace) -> int:
         if not sessions:
             print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
             return EXIT_BAD_INPUT
+        from treadguard.controller.report import patient_report
+
         page = patient_report(args.user, sessions, clinic=_clinic(loaded), written=time.time())
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -469,6 +476,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.user is not None and not sessions:
         print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from treadguard.controller.report import sessions_csv
+
     text = sessions_csv(sessions, clinic=_clinic(loaded))
     if args.out is None:
         sys.stdout.write(text)

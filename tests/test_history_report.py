@@ -467,3 +467,22 @@ def test_each_report_prints_on_one_a4_page(clinic: Path, tmp_path: Path) -> None
         )
     )
     assert len(printed(double, tmp_path)) == 2
+
+
+def test_the_daemon_s_command_line_does_not_load_the_reports_libraries() -> None:
+    """matplotlib, numpy and jinja2 cost the board seconds and tens of MB: only the commands
+    that write a report import them, never `treadguard run`."""
+    code = (
+        "import sys, treadguard.controller.cli, treadguard.controller.daemon; "
+        "print(sorted({'matplotlib', 'numpy', 'jinja2'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
