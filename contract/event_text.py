@@ -217,7 +217,7 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
 # How a session ended as the journal has it: the core's reasons, and "interrupted" (a session
 # still open when treadguard started again, closed at its last record).
 END_WORDS: dict[str, str] = {
-    **END_REASON_WORDS,
+    **{reason.value: text for reason, text in END_REASON_WORDS.items()},
     "interrupted": "interrupted: treadguard stopped during the session",
 }
 

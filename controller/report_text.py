@@ -105,7 +105,8 @@ def ended_by(reason: str | None) -> str:
 def event_name(kind: str) -> str:
     """The event type in words, capitalised for a table or a chart: "Emergency stop"."""
     text = words(EVENT_WORDS, kind)
-    return text[:1].upper() + text[1:]
+    # The log's names shout the stops ("EMERGENCY STOP"); a report says them in sentence case.
+    return text.capitalize() if text.isupper() else text[:1].upper() + text[1:]
 
 
 def _stop(f: Mapping[str, Any]) -> str:

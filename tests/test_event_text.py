@@ -106,10 +106,10 @@ def test_the_reports_word_every_event_type_with_rounded_numbers() -> None:
         assert "_" not in text.replace("p-001", ""), f"{kind} shows a code: {text}"
     stop = {"cause": "grip_lost", "detail": "both hands off", "stop_latency_ms": 1.2227497188}
     assert event_details("estop", stop) == (
-        "hands off the handrails: both hands off; stop sent to the drive 1.2 ms after it"
+        "both hands off the handrails: both hands off; stop sent to the drive 1.2 ms after it"
     )
     assert event_details("session_ended", {"reason": "cap", "belt_moving_s": 179.6}) == (
-        "reached its time cap, belt time 3 min 0 s"
+        "the session cap was reached, belt time 3 min 0 s"
     )
     assert event_details("brake_worn", {"margin": 0.3}) == "brake_worn margin=0.3"
 

@@ -129,7 +129,9 @@ def test_report_draws_the_speed_and_marks_the_events(config: Path, tmp_path: Pat
     assert len(re.findall(r'<g id="mark-\d+-estop">', text)) == 1  # marked on the chart
     chart = text[text.index("<svg") : text.index("</svg>")]
     assert "> Emergency stop </text>" in chart  # and labelled in words
-    assert "a fall: fall signalled" in outside_charts(text)  # and listed with its details
+    assert "a fall was detected: fall signalled" in outside_charts(
+        text
+    )  # and listed with its details
     assert "bob" in text
     rest = text
     for namespace in SVG_NAMESPACES:
@@ -153,11 +155,11 @@ def test_the_report_reads_as_a_clinician_reads_it(config: Path, tmp_path: Path) 
     assert facts["Ended"] == "2026-11-29 20:26:53 EST"
     assert facts["Belt time"] == "10 s of a 3 min cap"
     assert facts["Top speed"] == "0.80 mph"
-    assert '<td colspan="3">emergency stop: a fall</td>' in text
+    assert '<td colspan="3">emergency stop: a fall was detected</td>' in text
     # The stop's row: the clock time there, the time into the session, the event, its words.
     assert (
         "<td>20:26:52</td><td>0:12</td><td>Emergency stop</td>"
-        "<td>a fall: fall signalled; stop sent to the drive 1.2 ms after it</td>"
+        "<td>a fall was detected: fall signalled; stop sent to the drive 1.2 ms after it</td>"
     ) in text
     assert "times in America/New_York" in text
     # None of the journal's own codes or raw numbers.
@@ -295,11 +297,11 @@ def test_the_patient_report_has_every_session_of_the_user_and_their_trend(
     ]
     assert rows == [
         ["1", "2026-11-30 19:53", "First treadmill session", "3.0", "3.0", "0.80",
-         "reached its time cap"],
+         "the session cap was reached"],
         ["3", "2026-12-02 19:53", "Reverse walking", "1.6", "5.0", "0.90", "emergency stop"],
         ["4", "2026-12-03 19:53", "Reverse walking", "4.0", "5.0", "1.00",
-         "stopped by the clinician"],
-        ["5", "2026-12-04 19:53", "Intervals", "8.0", "8.0", "1.10", "program completed"],
+         "stopped from a tablet"],
+        ["5", "2026-12-04 19:53", "Intervals", "8.0", "8.0", "1.10", "the program is complete"],
     ]  # fmt: skip
     assert '<tr class="stop"><td class="num">3</td>' in table  # the stopped one stands out
     assert "bob" not in page
