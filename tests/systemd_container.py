@@ -134,6 +134,9 @@ def missing_prerequisites() -> str | None:
     return None
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 class SystemdContainer:
     """``binds``: host folders seen inside at the given paths (read-write; the test's work
     folder, a wheelhouse): the container's own ``/tmp`` is a fresh tmpfs."""
@@ -156,7 +159,10 @@ class SystemdContainer:
             "--uts", "--ipc", "--net",
             "sh", "-c", STAGE1, "stage1", str(self.workdir), self.name, str(self.cgroup),
         ]  # fmt: skip
-        for host, inside in self.binds.items():
+        # The checkout, where it is: a clone under /tmp (or /run) would be hidden by the
+        # container's own tmpfs there, and the tests run the checkout's code inside.
+        binds = {CHECKOUT: str(CHECKOUT), **self.binds}
+        for host, inside in binds.items():
             unshare += [str(host), inside]
         env = {"PATH": PATH, "STAGE2": STAGE2, "TARGET": TARGET, "TERM": "dumb"}
         # script: the pty that becomes /dev/console; the console's output goes to a file.
