@@ -376,6 +376,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         tablet_password=os.environ.get("TREADGUARD_TABLET_PASSWORD") or None,
         wait_s=args.wait_s,
         walk=args.walk,
+        walk_wait_s=args.walk_wait_s,
         say=lambda text: print(text, flush=True),
     )
     configure_logging("error", "auto")
@@ -859,6 +860,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="S",
         help="how long the drive, the sensors and the broker get to answer (default 3)",
+    )
+    doc.add_argument(
+        "--walk-wait-s",
+        type=_number(0.0, above=True),
+        default=30.0,
+        metavar="S",
+        help="with --walk: how long each touch is waited for (default 30)",
     )
     doc.set_defaults(func=cmd_doctor, installed_config=True)
 

@@ -44,7 +44,10 @@ def need_page() -> None:
     words = PAGE_DIR / "words.js"
     text = render_page_words()
     if not words.exists() or words.read_text(encoding="utf-8") != text:
-        words.write_text(text, encoding="utf-8")
+        # Written aside and renamed: a page another test is serving never reads half a file.
+        partial = words.with_name(f".words.js.{os.getpid()}")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(words)
     missing = []
     if not CHROMIUM.exists():
         missing.append("chromium (apt-get install chromium)")

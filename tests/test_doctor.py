@@ -316,8 +316,10 @@ async def test_a_sensor_that_does_not_follow_the_touch_fails_the_walk(rig: Rig) 
         rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
         async with publishing(sensors):
             # Nobody touches anything: the left rail is never seen held.
-            done = await doctor(rig, rig.config(), "--service-user", "root", "--walk")
-    failed(done, "sensor walk", "left grip: held not seen", "polarity")
+            done = await doctor(
+                rig, rig.config(), "--service-user", "root", "--walk", "--walk-wait-s", "2"
+            )
+    failed(done, "sensor walk", "left grip: held not seen in 2 s", "polarity")
 
 
 # ------------------------------------------------------------------ each fault, injected
