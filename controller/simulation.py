@@ -48,6 +48,8 @@ RATE_WINDOW_S = 0.001  # shortest interval over which the commanded rate is meas
 # the same for every run (2026-01-05 09:00 UTC, a Monday morning at the clinic).
 SIM_EPOCH = 1_767_603_600.0
 HISTORY_SESSION_S = 300.0  # the belt time of each earlier session a scenario's history gives
+# Iterating the Enum class costs a generator per reading round (it showed in the profile).
+_SENSORS = tuple(Sensor)
 
 
 class SimulationError(Exception):
@@ -190,7 +192,9 @@ class _RecordingDriver:
     def command_speed(self, mph: float) -> None:
         self.inner.command_speed(mph)
         t = self._decided_at()
-        self.max_commanded = max(self.max_commanded, mph)
+        # Comparisons, not max(): called on every input (max(a, b) keeps a unless b > a).
+        if mph > self.max_commanded:
+            self.max_commanded = mph
         if self._last is None:
             self._last = (t, mph)
             return
@@ -199,8 +203,10 @@ class _RecordingDriver:
         # turn rounding noise into huge rates. A real step shows up over any window.
         if t - t0 >= RATE_WINDOW_S:
             rate = (mph - v0) / (t - t0)
-            self.max_up = max(self.max_up, rate)
-            self.max_down = max(self.max_down, -rate)
+            if rate > self.max_up:
+                self.max_up = rate
+            if -rate > self.max_down:
+                self.max_down = -rate
             self._last = (t, mph)
 
     def emergency_stop(self) -> None:
@@ -338,7 +344,7 @@ class ScenarioRun:
         self.timers.call_at(t0, tick, 0)
 
     def _report_sensors(self, k: int = 0) -> None:
-        for sensor in Sensor:
+        for sensor in _SENSORS:
             self._send_reading(sensor)
         self.timers.call_at(
             self._t0 + (k + 1) * self.report_interval_s, self._report_sensors, k + 1

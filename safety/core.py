@@ -260,6 +260,11 @@ class SafetyCore:
         self._countdown_until = 0.0
         self._standing = True  # the command was 0 when the current input arrived
         self._out = _Out()
+        # The last rule pass made no transition, so a second one at the same time over the same
+        # view would do nothing (see handle and _restamped); and the last decision that had no
+        # event, reply or emergency stop (see _quiet_decision).
+        self._settled = False
+        self._quiet: Decision | None = None
         # The stop-quality watch (safety/stop_watch.py): no baselines until commissioning (or
         # a scenario) gives them, and so no comparison.
         self._stop_watch = StopWatch(stop_margin)
@@ -272,6 +277,11 @@ class SafetyCore:
     # ----------------------------------------------------------------- public surface
 
     def handle(self, event: Input) -> Decision:
+        if self._settled:
+            if self._restamped(event):
+                return self._quiet_decision()
+            # Until this pass is through: one cut short by an exception settles nothing.
+            self._settled = False
         self._out = _Out()
         self._standing = self.commanded == 0.0
         self._advance_to(event.t)
@@ -330,17 +340,86 @@ class SafetyCore:
                 self._latch_brake_fault(f"on record before this start: {detail}")
             case _:
                 reply = self._command(event)
+        state = self.state
         self._check()
-        out = self._out
-        return Decision(
-            state=self.state,
-            speed_mph=self.commanded,
-            target_mph=self.target,
-            rate_mph_s=self._rate(),
-            emergency_stop=out.emergency_stop,
-            events=tuple(out.events),
-            reply=reply,
+        s = self.session
+        # A pass that made no transition leaves every rule where a second pass at this time,
+        # over the same view, finds nothing to do: each acts once on what it reads, and only a
+        # transition changes what an earlier rule reads (the command, the session's rest and
+        # countdown). The one exception is the automatic speed step, which may be due again
+        # after it stepped (belt time since the last input of more than one step period).
+        self._settled = self.state is state and not (
+            state is State.RUNNING
+            and s is not None
+            and s.auto_step
+            and s.moving_s >= s.next_step_at_s
         )
+        return self._decision(reply)
+
+    def _decision(self, reply: Reply | None) -> Decision:
+        out = self._out
+        if out.events or out.emergency_stop or reply is not None:
+            return Decision(
+                state=self.state,
+                speed_mph=self.commanded,
+                target_mph=self.target,
+                rate_mph_s=self._rate(),
+                emergency_stop=out.emergency_stop,
+                events=tuple(out.events),
+                reply=reply,
+            )
+        return self._quiet_decision()
+
+    def _quiet_decision(self) -> Decision:
+        """The decision of an input that gave no event, no reply and no emergency stop."""
+        rate = self._rate()
+        # Most decisions repeat the last one: it is immutable, so the same object serves again
+        # while every field is the very same object (identity: a recomputed float is a new
+        # one, and -0.0 == 0.0 would pass for it).
+        quiet = self._quiet
+        if (
+            quiet is None
+            or quiet.state is not self.state
+            or quiet.speed_mph is not self.commanded
+            or quiet.target_mph is not self.target
+            or quiet.rate_mph_s is not rate
+        ):
+            quiet = self._quiet = Decision(
+                state=self.state,
+                speed_mph=self.commanded,
+                target_mph=self.target,
+                rate_mph_s=rate,
+                emergency_stop=False,
+                events=(),
+                reply=None,
+            )
+        return quiet
+
+    def _restamped(self, event: Input) -> bool:
+        """A reading that changes nothing but its sensor's stamp, after a settled pass: the
+        same value as the sensor's last reading, stamped no earlier than it and no later than
+        the core's time, the sensor fresh. It only records the stamp: time does not move, the
+        view (which sensors are stale, which hands hold on) stays what it was, so the rules
+        would find what the settled pass left them (see handle), and no late-release
+        correction can be due (the hands are as they were)."""
+        if isinstance(event, GripReading):
+            sensor, value = GRIP_SENSOR[event.hand], event.held
+        elif isinstance(event, FallReading):
+            sensor, value = Sensor.FALL, event.fallen
+        else:
+            return False
+        old = self._readings.get(sensor)
+        now = self.now
+        if (
+            old is None
+            or old.value is not value
+            or not old.t <= event.t <= now
+            # Stale by the view's own test: the reading would not leave the view as it was.
+            or now - old.t >= self.limits.sensor_timeout_s - _EPS
+        ):
+            return False
+        old.t = event.t
+        return True
 
     def commissioning_current(self) -> bool:
         """Whether a passed commissioning is on record and has not expired at the core's time."""
@@ -364,27 +443,36 @@ class SafetyCore:
 
     def next_deadline(self) -> float | None:
         """The earliest future time at which a rule may fire without any new input."""
-        # Called after every input: candidates gathered in a list, no closure (it showed in
-        # the virtual session's profile).
+        # Called after every input: each candidate compared as it comes, no list, no closure
+        # (they showed in the virtual session's profile). The earliest candidate after now.
         lim = self.limits
         now = self.now
+        best = math.inf
         timeout = lim.sensor_timeout_s
         reported = self._stale_reported
-        due = [r.t + timeout for s, r in self._readings.items() if s not in reported]
+        for s, r in self._readings.items():
+            if s not in reported:
+                t = r.t + timeout
+                if now < t < best:
+                    best = t
         until = self._commissioned_until
-        if until is not None and now < until and math.isfinite(until):
-            due.append(until)  # the commissioning expires: its event goes out then
-        if self.state in ARMED_STATES:
+        # The commissioning expires: its event goes out then.
+        if until is not None and now < until < best and math.isfinite(until):
+            best = until
+        state = self.state
+        if state in ARMED_STATES:
             if self._drive_t is not None:
-                due.append(self._drive_t + lim.drive_timeout_s)
-            if self.state in _GRIP_COUNTED and self._view().both_lost:
-                due.append(now + max(0.0, lim.grip_debounce_s - self._grip_count))
-            if self.state is State.COUNTDOWN:
-                due.append(self._countdown_until)
-        best = math.inf
-        for t in due:
-            if now < t < best:
-                best = t
+                t = self._drive_t + lim.drive_timeout_s
+                if now < t < best:
+                    best = t
+            if state in _GRIP_COUNTED and self._view().both_lost:
+                t = now + max(0.0, lim.grip_debounce_s - self._grip_count)
+                if now < t < best:
+                    best = t
+            if state is State.COUNTDOWN:
+                t = self._countdown_until
+                if now < t < best:
+                    best = t
         return None if best == math.inf else best
 
     def snapshot(self) -> Snapshot:
