@@ -396,25 +396,48 @@ class SafetyCore:
         return quiet
 
     def _restamped(self, event: Input) -> bool:
-        """A reading that changes nothing but its sensor's stamp, after a settled pass: the
-        same value as the sensor's last reading, stamped no earlier than it and no later than
-        the core's time, the sensor fresh. It only records the stamp: time does not move, the
-        view (which sensors are stale, which hands hold on) stays what it was, so the rules
-        would find what the settled pass left them (see handle), and no late-release
-        correction can be due (the hands are as they were)."""
+        """An input that changes nothing but a stamp, after a settled pass (see handle): it
+        records the stamp and says so, and the rule pass is skipped.
+
+        A grip or fall reading with the value its sensor last gave, stamped no earlier than
+        that one and no later than the core's time, the sensor fresh; or a drive status with
+        no fault after one with none, the same speed, stamped likewise, the drive fresh and
+        no stop being timed (whose standstill a status confirms). Time does not move, what
+        the rules read stays as it was (which sensors are stale, which hands hold on, the
+        drive fresh, its speed and health), so they would find what the settled pass left
+        them; a late release needs no correction (the hands are as they were) and a mismatch
+        under way keeps its start."""
+        now = self.now
         if isinstance(event, GripReading):
             sensor, value = GRIP_SENSOR[event.hand], event.held
         elif isinstance(event, FallReading):
             sensor, value = Sensor.FALL, event.fallen
+        elif isinstance(event, DriveFeedback):
+            drive_t = self._drive_t
+            if (
+                drive_t is None
+                or event.fault is not None
+                or self._drive_fault is not None
+                or self._open_stop is not None
+                # The speed the full pass would keep (a non-finite one is kept as inf).
+                or abs(event.speed_mph) != self._drive_mph
+                or not drive_t <= event.t <= now
+                # Not fresh by _drive_fresh's own test: the status would freshen the drive. (A
+                # settled pass with the drive silent was in no armed state, where nothing else
+                # reads that; checked anyway, so that what the rules read stays as it was.)
+                or now - drive_t >= self.limits.drive_timeout_s - _EPS
+            ):
+                return False
+            self._drive_t = self._drive_ok_t = event.t
+            return True
         else:
             return False
         old = self._readings.get(sensor)
-        now = self.now
         if (
             old is None
             or old.value is not value
             or not old.t <= event.t <= now
-            # Stale by the view's own test: the reading would not leave the view as it was.
+            # Stale by the view's own test: the reading would freshen the sensor.
             or now - old.t >= self.limits.sensor_timeout_s - _EPS
         ):
             return False

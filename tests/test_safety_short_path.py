@@ -14,6 +14,7 @@ path.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import event, given
@@ -29,29 +30,38 @@ from tests.test_safety_properties import (
     scripts,
 )
 from treadguard.safety.core import SafetyCore
-from treadguard.safety.decisions import Decision, State
+from treadguard.safety.decisions import Accepted, Decision, State
 from treadguard.safety.inputs import (
+    DriveFailure,
     DriveFeedback,
     FallReading,
     GripReading,
     Hand,
     Heartbeat,
     Input,
+    Reset,
     Sensor,
     StartSession,
+    Stop,
     Tick,
 )
 from treadguard.safety.programs import Program
+from treadguard.safety.stop_baseline import StopKind
 
 
 class _Counted(SafetyCore):
-    """The core as it ships, counting the inputs that took the short path."""
+    """The core as it ships, counting the inputs that took the short path, by kind."""
 
-    short = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.short = 0
+        self.by_kind: dict[type, int] = {}
 
     def _restamped(self, event: Input) -> bool:
         taken = super()._restamped(event)
-        self.short += taken
+        if taken:
+            self.short += 1
+            self.by_kind[type(event)] = self.by_kind.get(type(event), 0) + 1
         return taken
 
 
@@ -134,43 +144,76 @@ class _Pair:
         assert repr(self.short.snapshot()) == repr(self.full.snapshot())
         return a
 
-    def round_at(self, t: float, *, right: bool = True) -> None:
-        """The control tick (the drive's status at the commanded speed), then the sensors,
-        all at ``t``: the right grip's sensor only if ``right``."""
-        self.feed(Tick(t))
-        self.feed(DriveFeedback(t, self.full.commanded, None, ""))
-        self.feed(GripReading(t, Hand.LEFT, True))
-        if right:
-            self.feed(GripReading(t, Hand.RIGHT, True))
-        self.feed(FallReading(t, False))
+    def round_at(
+        self,
+        t: float,
+        *,
+        right: bool | None = True,
+        speed: float | None = None,
+        fault: DriveFailure | None = None,
+        order: str = "tick",
+    ) -> None:
+        """One round at ``t``: the control tick, the drive's status (at ``speed``, by default
+        the commanded one) and the three sensors, in the ``order`` given by what comes first
+        (the tick, the status, or the sensors); the right hand holds on if ``right`` (None:
+        its sensor is silent); a heartbeat every second."""
+        sensors: list[Input] = [GripReading(t, Hand.LEFT, True), FallReading(t, False)]
+        if right is not None:
+            sensors.insert(1, GripReading(t, Hand.RIGHT, right))
+        mph = self.full.commanded if speed is None else speed
+        status = DriveFeedback(t, mph, fault, "" if fault is None else "injected")
+        inputs = {
+            "tick": [Tick(t), status, *sensors],
+            "status": [status, Tick(t), *sensors],
+            "sensors": [*sensors, Tick(t), status],
+        }[order]
+        for inp in inputs:
+            self.feed(inp)
         if round(t * 10) % 10 == 0:
             self.feed(Heartbeat(t))
 
     def start(self, program: str, t0: float = 0.0) -> float:
-        """A session started and its countdown run out: the time reached."""
+        """A session started, its countdown run out and its belt at its speed for a few
+        seconds: the time reached."""
         t = t0
         for k in range(5):
             t = t0 + k * 0.1
             self.round_at(t)
         self.feed(StartSession(t, "pat", program))
-        for k in range(5, 45):
+        for k in range(5, 100):
             t = t0 + k * 0.1
             self.round_at(t)
         assert self.full.state is State.RUNNING
         return t
 
 
-def test_a_running_session_takes_the_short_path_for_most_readings() -> None:
-    """Not a path that is never taken: in a steady session most readings take it, and the
-    decisions are still those of the full pass."""
+def test_a_running_session_takes_the_short_path_for_most_inputs() -> None:
+    """Not a path that is never taken: in a steady session most readings and drive statuses
+    take it, and the decisions are still those of the full pass."""
     pair = _Pair(PROGRAMS, "reverse_walking")
     t = pair.start("reverse_walking")
-    before = pair.short.short
-    for k in range(1, 300):
+    before = dict(pair.short.by_kind)
+    for k in range(300):
+        # What comes first lets the time pass; what comes after it at that time is short.
+        pair.round_at(t + (k + 1) * 0.1, order=("tick", "status", "sensors")[k % 3])
+    assert pair.full.state is State.RUNNING
+    after = pair.short.by_kind
+    taken = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in after}
+    assert taken[GripReading] == 100 * 2 + 100 * 2 + 100 * 1
+    assert taken[FallReading] == 100 + 100 + 100
+    # The belt at its target: each status with the last one's speed, unless it came first.
+    assert taken[DriveFeedback] == 100 + 100
+
+
+def test_a_reading_that_changes_its_value_takes_the_full_pass() -> None:
+    """A hand let go at an instant the core has already reached: a grip warning."""
+    pair = _Pair(PROGRAMS, "reverse_walking")
+    t = pair.start("reverse_walking")
+    pair.round_at(t + 0.1, right=False)
+    assert pair.full.snapshot().grip == {Hand.LEFT: True, Hand.RIGHT: False}
+    for k in range(2, 10):
         pair.round_at(t + k * 0.1)
     assert pair.full.state is State.RUNNING
-    # Each round's tick lets the time pass; its three readings come at that time.
-    assert pair.short.short - before >= 2 * 299
 
 
 def test_a_stale_sensor_that_reports_again_takes_the_full_pass() -> None:
@@ -180,7 +223,7 @@ def test_a_stale_sensor_that_reports_again_takes_the_full_pass() -> None:
     pair = _Pair(PROGRAMS, "reverse_walking")
     t = pair.start("reverse_walking")
     for k in range(1, 11):
-        pair.round_at(t + k * 0.1, right=False)
+        pair.round_at(t + k * 0.1, right=None)
     assert Sensor.GRIP_RIGHT in pair.full.snapshot().stale
     for k in range(11, 20):
         pair.round_at(t + k * 0.1)
@@ -198,7 +241,7 @@ def test_a_speed_step_still_due_after_a_pass_takes_the_full_pass() -> None:
         min_mph=0.8,
         max_mph=1.2,
         start_mph=0.8,
-        step_mph=0.01,
+        step_mph=0.001,
         step_every_s=0.05,
         cap_s_default=60,
         cap_s_min=30,
@@ -206,22 +249,67 @@ def test_a_speed_step_still_due_after_a_pass_takes_the_full_pass() -> None:
     )
     pair = _Pair({**PROGRAMS, "quick_steps": quick}, "quick_steps")
     t = pair.start("quick_steps")
-    for k in range(1, 20):
+    target = pair.full.target
+    for k in range(1, 6):
         pair.round_at(t + k * 0.2)
-    assert pair.full.target > 0.9  # stepped more than once a round
+    # Four steps due a round: the tick and the three inputs after it each take one.
+    assert pair.full.target >= round(target + 5 * 4 * 0.001, 3) - 1e-9
 
 
-def test_a_reading_older_than_its_sensors_last_takes_the_full_pass() -> None:
-    """A grip reading overtaken on its way (stamped before the sensor's last one, the same
-    value): the full pass drops it, a safe reading older than the newest being superseded, so
-    the sensor keeps its newer stamp (and its later deadline)."""
+def test_inputs_older_than_the_last_of_their_kind_take_the_full_pass() -> None:
+    """A grip reading and a drive status overtaken on their way (stamped before the last of
+    their kind, the same value): the full pass drops them, so the newer stamps (and their
+    later deadlines) stand."""
     pair = _Pair(PROGRAMS, "reverse_walking")
     t = pair.start("reverse_walking")
     for k in range(1, 10):
         now = t + k * 0.1
         pair.round_at(now)
         pair.feed(GripReading(now - 0.05, Hand.LEFT, True))
+        pair.feed(DriveFeedback(now - 0.05, pair.full.commanded, None, ""))
     assert pair.full.state is State.RUNNING
+
+
+def test_a_stop_being_timed_takes_every_drive_status_through_the_full_pass() -> None:
+    """The stop-quality watch confirms a standstill by the status after the first that shows
+    it, whatever its speed: the same (0), at an instant already reached, and no mere stamp."""
+    pair = _Pair(PROGRAMS, "reverse_walking")
+    t = pair.start("reverse_walking")
+    pair.feed(Stop(t))
+    for k in range(1, 60):
+        # The belt ahead of the ramp down: at 0 while the command still falls (within the
+        # feedback tolerance), so that two statuses in a row show the same standstill.
+        commanded = pair.full.commanded
+        pair.round_at(t + k * 0.1, speed=commanded if commanded >= 0.25 else 0.0)
+    assert pair.full.state is State.IDLE
+    watch = pair.full.snapshot().stop_watch
+    assert watch is not None
+    assert watch.last == {StopKind.CONTROLLED: "no_baseline"}
+
+
+def test_a_faulted_drive_status_takes_the_full_pass() -> None:
+    """A status reporting a fault, at the speed of the last and an instant already reached:
+    a fault latched (SR-9)."""
+    pair = _Pair(PROGRAMS, "reverse_walking")
+    t = pair.start("reverse_walking")
+    pair.round_at(t + 0.1, fault=DriveFailure.FAULT)
+    assert pair.full.state is State.FAULT
+
+
+def test_a_healthy_status_after_a_faulted_one_takes_the_full_pass() -> None:
+    """At standstill, the drive reports a fault for a while, then none, at the same speed (0):
+    the first status without it clears it (SR-6), so the reset that follows is accepted."""
+    pair = _Pair(PROGRAMS, "reverse_walking")
+    for k in range(10):
+        pair.round_at(k * 0.1)
+    for k in range(10, 20):
+        pair.round_at(k * 0.1, speed=0.0, fault=DriveFailure.FAULT)
+    assert pair.full.state is State.FAULT
+    for k in range(20, 30):
+        pair.round_at(k * 0.1, speed=0.0)
+    reset = pair.feed(Reset(3.0))
+    assert isinstance(reset.reply, Accepted)
+    assert reset.state is State.IDLE
 
 
 class _FailsOnce(_Counted):
