@@ -545,6 +545,8 @@ class SafetyCore:
         self._stop_watch.set_baselines(baselines)
         if slow_in_a_row:
             self._stop_watch.carry(slow_in_a_row)
+        # Changed outside handle(): the next input gets a full rule pass (see handle).
+        self._settled = False
         # Only a new baseline for the kind of stop that was too slow clears its fault: none at
         # all, or the other kind's alone, would switch the watch off for the worn brake.
         if self._brake_fault_kind is None or self._brake_fault_kind in baselines:
