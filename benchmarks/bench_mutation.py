@@ -53,11 +53,16 @@ TARGET_SCORE = 90.0
 SAFETY_TESTS = [
     "tests/test_safety_examples.py",
     "tests/test_safety_amended.py",
+    # Refusals' and events' words, the boundaries of ranges, the rarer paths.
+    "tests/test_safety_mutation_gaps.py",
     "tests/test_safety_properties.py",
     # FlipGuard (safety/flips.py) and SensorClock (safety/stamps.py) are tested here.
     "tests/test_sensor_stamps.py",
     # The core's snapshot as the tablet contract reads it.
     "tests/test_mqtt_contract.py",
+    # The stop-quality watch (safety/stop_watch.py and its measuring in safety/core.py),
+    # against the simulator's belt physics (simulator/belt.py, pure).
+    "tests/test_stop_watch.py",
 ]
 PACKAGE = "treadguard"  # the one installed package the folders below are imported under
 SCOPES: dict[str, dict[str, list[str]]] = {
@@ -140,11 +145,11 @@ def build_workspace(work: Path, scope: dict[str, list[str]]) -> None:
     # The code under the package name it imports itself by (treadguard.safety, ...), so that
     # mutmut's names for it (from the file's path) are the names the tests run it under.
     # config/ as well, there and at the top: the tests read the programs and config/sim.toml
-    # from the top.
+    # from the top; simulator/ for the belt physics the stop-quality watch is tested against.
     package = work / PACKAGE
     package.mkdir()
     shutil.copy(ROOT / PACKAGE / "__init__.py", package / "__init__.py")
-    for folder in ("safety", "drivers", "config"):
+    for folder in ("safety", "drivers", "config", "simulator"):
         shutil.copytree(
             ROOT / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
@@ -154,7 +159,13 @@ def build_workspace(work: Path, scope: dict[str, list[str]]) -> None:
     mutmut = {
         "source_paths": [f"{PACKAGE}/safety", f"{PACKAGE}/drivers"],
         "only_mutate": [f"{PACKAGE}/{pattern}" for pattern in scope["mutate"]],
-        "also_copy": ["config", f"{PACKAGE}/config", f"{PACKAGE}/__init__.py", "conftest.py"],
+        "also_copy": [
+            "config",
+            f"{PACKAGE}/config",
+            f"{PACKAGE}/simulator",
+            f"{PACKAGE}/__init__.py",
+            "conftest.py",
+        ],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "--hypothesis-profile=mutation"],
         "pytest_add_cli_args_test_selection": scope["tests"],
         # The workspace is not a git checkout of its own.

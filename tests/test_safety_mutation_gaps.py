@@ -1,0 +1,831 @@
+"""The safety core's decisions at the edges the other example tests leave open: the exact words
+and fields of refusals and events (SR-14, SR-15: a refusal names its reason for a person), the
+boundaries of every range (SR-1, SR-3, SR-7), and the order of rules within one input. Found by
+mutation testing of the core (benchmarks/bench_mutation.py); each test asserts a behaviour of
+the requirements, through the core's decisions, events and snapshot.
+
+The 50 ms world of test_safety_examples; expected values from SAFETY.md, MQTT-API.md and the
+shipped programs (config/programs/)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from tests.test_safety_examples import (
+    CAP_WARNING_BEFORE_S,
+    COUNTDOWN_S,
+    DEBOUNCE_S,
+    EPS,
+    FEEDBACK_WINDOW_S,
+    PROGRAMS_DIR,
+    SENSOR_TIMEOUT_S,
+    World,
+    at_speed,
+    first_event,
+    refusal,
+    running_world,
+)
+from tests.test_stop_watch import EMERGENCY, Bench
+from treadguard.config.loading import load_programs
+from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
+from treadguard.safety.decisions import (
+    Accepted,
+    Cause,
+    Decision,
+    Event,
+    EventType,
+    RefusalCode,
+    State,
+)
+from treadguard.safety.inputs import (
+    BrakeFaultOnRecord,
+    DriveFailure,
+    DriveFeedback,
+    EStop,
+    FallReading,
+    GripReading,
+    Hand,
+    Heartbeat,
+    Input,
+    LoopOverrun,
+    Reset,
+    SetSpeed,
+    Shutdown,
+    StartSession,
+    Stop,
+    Tick,
+)
+from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.stop_baseline import StopKind
+
+# The shipped programs (config/programs/*.toml).
+FIRST_CAP_MIN, FIRST_CAP_MAX = 180.0, 300.0
+INTERVALS_START_MPH = 1.0
+
+
+def _world(program: str = "first_session", **core: object) -> World:
+    """A world whose core is built with these settings, a second into the session's world."""
+    world = World(program)
+    if core:
+        settings: dict[str, object] = {"commissioned_until": math.inf, **core}
+        world.core = SafetyCore(
+            SafetyLimits(),
+            world.programs,
+            default_program=program,
+            **settings,  # type: ignore[arg-type]
+        )
+    world.run(1.0)
+    return world
+
+
+# --------------------------------------------------------------------------- SR-15: refusals
+
+
+def _started(world: World) -> dict[str, object]:
+    (started,) = world.events(EventType.SESSION_STARTED)
+    return dict(started.fields)
+
+
+@pytest.mark.parametrize(
+    ("start", "code", "message"),
+    [
+        ({"user": ""}, RefusalCode.INVALID_COMMAND, "user must be 1-64 characters"),
+        ({"user": "   "}, RefusalCode.INVALID_COMMAND, "user must be 1-64 characters"),
+        ({"user": "x" * 65}, RefusalCode.INVALID_COMMAND, "user must be 1-64 characters"),
+        (
+            {"program": "nope"},
+            RefusalCode.INVALID_COMMAND,
+            "unknown program 'nope'; known: first_session, intervals, reverse_walking",
+        ),
+        (
+            {"program": "reverse_walking", "returning": False},
+            RefusalCode.PRECONDITIONS_UNMET,
+            "cannot start: pat has no treadmill session on record, so this is their first: "
+            "a first-session program (first_session), not reverse_walking",
+        ),
+        (
+            {"cap_s": FIRST_CAP_MIN - 1},
+            RefusalCode.OUT_OF_RANGE,
+            "cap_s 179 is outside first_session's limits 180-300 s",
+        ),
+        (
+            {"cap_s": FIRST_CAP_MAX + 1},
+            RefusalCode.OUT_OF_RANGE,
+            "cap_s 301 is outside first_session's limits 180-300 s",
+        ),
+        (
+            {"cap_s": math.nan},
+            RefusalCode.OUT_OF_RANGE,
+            "cap_s nan is outside first_session's limits 180-300 s",
+        ),
+        (
+            {"target_mph": 0.79},
+            RefusalCode.OUT_OF_RANGE,
+            "0.79 mph is outside the band 0.8-1.2 mph",
+        ),
+        (
+            {"target_mph": 1.25},
+            RefusalCode.OUT_OF_RANGE,
+            "1.25 mph is outside the band 0.8-1.2 mph",
+        ),
+    ],
+)
+def test_sr15_a_refused_start_says_why_in_words_and_changes_nothing(
+    start: dict[str, object], code: RefusalCode, message: str
+) -> None:
+    world = _world()
+    fields: dict[str, object] = {"user": "pat", **start}
+    d = world.send(StartSession(world.t, **fields))  # type: ignore[arg-type]
+    refused = refusal(d)
+    assert (refused.code, refused.message) == (code, message)
+    (event,) = [e for e in d.events if e.type is EventType.COMMAND_REFUSED]
+    assert event.fields == {"command": "start_session", "code": code.value, "message": message}
+    assert d.state is State.IDLE
+    assert world.core.snapshot().session is None
+
+
+def test_sr6_sr15_a_start_while_latched_or_under_way_is_refused_with_its_reason() -> None:
+    world = _world()
+    world.command(EStop)
+    refused = refusal(world.start())
+    assert (refused.code, refused.message) == (
+        RefusalCode.LATCHED,
+        "estop latched (remote_estop): reset first",
+    )
+    world = _world()
+    assert isinstance(world.start().reply, Accepted)
+    refused = refusal(world.start())
+    assert (refused.code, refused.message) == (
+        RefusalCode.NOT_ALLOWED,
+        "a session is already countdown",
+    )
+    world = running_world()
+    refused = refusal(world.start())
+    assert (refused.code, refused.message) == (
+        RefusalCode.NOT_ALLOWED,
+        "a session is already running",
+    )
+    assert world.state is State.RUNNING
+
+
+def test_sr3_an_uncommissioned_treadmill_says_so_first_among_the_unmet() -> None:
+    """A start with two preconditions unmet names both, the commissioning first; a proof run
+    (the commissioning tool's) is refused only for the grip."""
+    world = _world(commissioned_until=None)
+    world.hold[Hand.LEFT] = False
+    world.run(0.1)
+    refused = refusal(world.start())
+    assert refused.code is RefusalCode.PRECONDITIONS_UNMET
+    assert refused.message == (
+        "cannot start: the treadmill is not commissioned (no passed commissioning on record): "
+        "a technician must prove its stops with `treadguard commission` before patient "
+        "sessions; left hand is not on the handrail"
+    )
+    refused = refusal(world.start(proof=True))
+    assert refused.message == "cannot start: left hand is not on the handrail"
+    world.hold[Hand.LEFT] = True
+    world.run(0.1)
+    assert isinstance(world.start(proof=True).reply, Accepted)
+
+
+def test_sr7_a_first_session_refusal_names_every_first_session_program() -> None:
+    world = World()
+    gentle = world.programs["first_session"].model_copy(update={"name": "gentle_first"})
+    world.core = SafetyCore(
+        SafetyLimits(),
+        {**world.programs, "gentle_first": gentle},
+        default_program="first_session",
+        commissioned_until=math.inf,
+    )
+    world.run(1.0)
+    refused = refusal(world.start(program="reverse_walking", returning=False))
+    assert refused.message == (
+        "cannot start: pat has no treadmill session on record, so this is their first: "
+        "a first-session program (first_session, gentle_first), not reverse_walking"
+    )
+
+
+# --------------------------------------------------------------------------- SR-3/SR-7: a start
+
+
+@pytest.mark.parametrize("cap_s", [FIRST_CAP_MIN, FIRST_CAP_MAX])
+def test_sr7_a_cap_at_either_end_of_the_programs_limits_is_accepted(cap_s: float) -> None:
+    world = _world()
+    assert isinstance(world.start(cap_s=cap_s).reply, Accepted)
+    assert _started(world)["cap_s"] == cap_s
+    session = world.core.snapshot().session
+    assert session is not None
+    assert (session.cap_s, session.remaining_s) == (cap_s, cap_s)
+
+
+@pytest.mark.parametrize("target", [0.8, 1.2])
+def test_sr1_a_target_at_either_edge_of_the_band_is_accepted(target: float) -> None:
+    world = _world()
+    assert isinstance(world.start(target_mph=target).reply, Accepted)
+    assert _started(world)["target_mph"] == target
+    world.run(COUNTDOWN_S + 10.0)
+    assert world.commanded == pytest.approx(target)
+
+
+def test_sr14_the_session_started_event_names_the_session_user_program_cap_and_target() -> None:
+    """The user as typed less its surrounding blanks; 64 characters are allowed."""
+    world = _world()
+    assert isinstance(world.send(StartSession(world.t, "  pat  ")).reply, Accepted)
+    assert _started(world) == {
+        "session_id": "1",
+        "user": "pat",
+        "program": "first_session",
+        "cap_s": FIRST_CAP_MIN,
+        "target_mph": 0.8,
+    }
+    (countdown,) = world.events(EventType.COUNTDOWN)
+    assert countdown.fields == {"seconds": COUNTDOWN_S}
+    session = world.core.snapshot().session
+    assert session is not None
+    assert (session.id, session.user, session.program) == ("1", "pat", "first_session")
+    world = _world()
+    long_name = "x" * 64
+    assert isinstance(world.send(StartSession(world.t, long_name)).reply, Accepted)
+    assert _started(world)["user"] == long_name
+
+
+def test_sr7_a_returning_user_gets_the_returning_program_and_a_new_one_the_default() -> None:
+    for returning, program in ((True, "reverse_walking"), (False, "first_session")):
+        world = _world(returning_program="reverse_walking")
+        assert isinstance(world.start(returning=returning).reply, Accepted)
+        assert _started(world)["program"] == program
+    # Without a returning program a returning user gets the default program too.
+    world = _world()
+    assert isinstance(world.start(returning=True).reply, Accepted)
+    assert _started(world)["program"] == "first_session"
+
+
+def test_session_ids_count_up_one_start_at_a_time() -> None:
+    world = _world()
+    for expected in ("1", "2", "3"):
+        mark = len(world.log)
+        assert isinstance(world.start().reply, Accepted)
+        world.command(Stop)
+        world.run(0.1)
+        (started,) = world.events(EventType.SESSION_STARTED, mark)
+        assert started.fields["session_id"] == expected
+
+
+@pytest.mark.parametrize(("cap_s", "intervals"), [(480.0, 8), (540.0, 9), (599.0, 9), (600.0, 10)])
+def test_sr7_an_intervals_session_has_one_interval_per_full_interval_of_its_cap(
+    cap_s: float, intervals: int
+) -> None:
+    world = _world("intervals")
+    assert isinstance(world.start(cap_s=cap_s).reply, Accepted)
+    assert _started(world)["target_mph"] == INTERVALS_START_MPH
+    session = world.core.snapshot().session
+    assert session is not None
+    assert (session.interval, session.intervals) == (1, intervals)
+
+
+# --------------------------------------------------------------------------- SR-1: set_speed
+
+
+def test_sr1_sr15_a_refused_speed_change_says_why_in_words() -> None:
+    world = _world()
+    refused = refusal(world.command(lambda t: SetSpeed(t, 1.0)))
+    assert (refused.code, refused.message) == (RefusalCode.NOT_ALLOWED, "no running session (idle)")
+    world = at_speed(1.0)
+    refused = refusal(world.command(lambda t: SetSpeed(t, 1.3)))
+    assert (refused.code, refused.message) == (
+        RefusalCode.OUT_OF_RANGE,
+        "1.3 mph is outside the band 0.8-1.2 mph",
+    )
+
+
+def test_sr3_a_speed_set_during_the_countdown_waits_for_the_belt_start() -> None:
+    """The belt does not move before the countdown ends (SR-3); then it goes to the speed set
+    during the countdown."""
+    world = _world()
+    assert isinstance(world.start().reply, Accepted)
+    d = world.command(lambda t: SetSpeed(t, 1.1))
+    assert isinstance(d.reply, Accepted)
+    assert (d.state, d.target_mph, d.speed_mph) == (State.COUNTDOWN, 0.0, 0.0)
+    world.run(COUNTDOWN_S + 0.5, until=lambda: world.commanded > 0)
+    (started,) = world.events(EventType.BELT_STARTED)
+    assert started.fields == {"target_mph": 1.1, "interval": 1}
+    world.run(10.0)
+    assert world.commanded == pytest.approx(1.1)
+
+
+def test_sr7_a_speed_set_by_the_clinician_ends_the_automatic_progression() -> None:
+    world = running_world("reverse_walking")
+    assert isinstance(world.command(lambda t: SetSpeed(t, 0.9)).reply, Accepted)
+    world.run(150.0)  # past two of the program's 60 s steps
+    assert not world.events(EventType.SPEED_STEP)
+    assert world.commanded == pytest.approx(0.9)
+
+
+# --------------------------------------------------------------------------- SR-6, SR-10: reset
+
+
+def test_sr10_after_a_reset_a_new_mismatch_is_timed_from_its_own_start() -> None:
+    """A feedback-mismatch fault, reset at standstill; then the belt creeps: a fault again, but
+    only after the full window of the new mismatch (the old one is over)."""
+    world = at_speed(1.0)
+    world.belt = 0.5  # off by 0.5 mph
+    world.run(FEEDBACK_WINDOW_S + 1.0)
+    assert world.core.snapshot().latched is not None
+    world.belt = 0.0
+    world.run(1.0)
+    assert isinstance(world.command(Reset).reply, Accepted)
+    mark = len(world.log)
+    world.belt = 0.2  # creeping while it should stand still
+    world.run(FEEDBACK_WINDOW_S + 1.0)
+    t_fault, fault = first_event(world, EventType.FAULT, mark)
+    assert fault.fields["cause"] == "feedback_mismatch"
+    assert t_fault - world.log[mark][0].t == pytest.approx(FEEDBACK_WINDOW_S, abs=0.05 + EPS)
+
+
+def test_sr6_a_belt_at_the_standstill_bound_is_at_standstill_for_a_reset_and_a_start() -> None:
+    world = _world()
+    world.command(EStop)
+    world.belt = STANDSTILL_MPH
+    world.run(1.0)
+    assert isinstance(world.command(Reset).reply, Accepted)
+    assert isinstance(world.start().reply, Accepted)
+    world = _world()
+    world.command(EStop)
+    world.belt = STANDSTILL_MPH + 0.01
+    world.run(1.0)
+    refused = refusal(world.command(Reset))
+    assert refused.message == "cannot reset: belt is not at standstill"
+
+
+# --------------------------------------------------------------------------- SR-13: deadlines
+
+
+def test_sr13_the_commissioning_expiry_is_a_deadline_and_no_commissioning_is_none() -> None:
+    core = SafetyCore(
+        SafetyLimits(), load_programs(PROGRAMS_DIR), default_program="first_session",
+        commissioned_until=100.0,
+    )  # fmt: skip
+    core.handle(Tick(1.0))
+    assert core.next_deadline() == 100.0
+    core.handle(GripReading(2.0, Hand.LEFT, True))
+    assert core.next_deadline() == pytest.approx(2.0 + SENSOR_TIMEOUT_S)
+    core.handle(Tick(99.0))
+    assert core.next_deadline() == 100.0  # the reading is reported stale: its deadline is past
+    d = core.handle(Tick(100.0))
+    assert [e.type for e in d.events] == [EventType.COMMISSIONING_EXPIRED]
+    assert core.next_deadline() is None
+    for until in (None, math.inf):
+        core = SafetyCore(
+            SafetyLimits(), load_programs(PROGRAMS_DIR), default_program="first_session",
+            commissioned_until=until,
+        )  # fmt: skip
+        core.handle(GripReading(1.0, Hand.LEFT, True))
+        assert core.next_deadline() == pytest.approx(1.0 + SENSOR_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- the worn brake
+
+
+def _slow_stop(wear: float, poll_s: float) -> tuple[Bench, dict[str, object], str]:
+    """One emergency stop of a worn brake: the watch's verdict's figures and its warning."""
+    bench = Bench(wear=wear, poll_s=poll_s)
+    bench.start()
+    bench.estop()
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    (warning,) = bench.of(EventType.MAINTENANCE_WARNING)
+    assert checked.fields["verdict"] == "slow"
+    return bench, dict(checked.fields), str(warning.fields["message"])
+
+
+def _against(checked: dict[str, object]) -> str:
+    return (
+        f"from {checked['speed_mph']:.2f} mph; when commissioned it stopped at "
+        f"{EMERGENCY.deceleration_mph_per_s:.2f} mph/s, "
+        f"{checked['expected_standstill_s']:.2f} s from that speed"
+    )
+
+
+def test_a_slow_stop_that_reached_standstill_is_said_in_words_with_its_figures() -> None:
+    """Statuses 0.2 s apart: the first one at standstill already comes after the slow limit."""
+    _, checked, message = _slow_stop(wear=0.2, poll_s=0.2)
+    assert checked["standstill_reached"] is True
+    assert message == (
+        f"emergency stop took {checked['standstill_s']:.2f} s to stop {_against(checked)}: "
+        "slower by more than 30 % once; the brake may be worn"
+    )
+
+
+def test_a_slow_stop_still_moving_and_its_second_in_a_row_are_said_in_words() -> None:
+    bench, checked, message = _slow_stop(wear=0.6, poll_s=0.05)
+    assert checked["standstill_reached"] is False
+    not_stopped = f"emergency stop was not at standstill after {checked['standstill_s']:.2f} s"
+    assert message == (
+        f"{not_stopped} {_against(checked)}: slower by more than 30 % once; the brake may be worn"
+    )
+    assert isinstance(bench.reset(), Accepted)
+    bench.start()
+    mark = len(bench.events)
+    bench.estop()
+    (fault,) = [e for e in bench.events[mark:] if e.type is EventType.FAULT]
+    assert fault.fields == {
+        "cause": "drive_fault",
+        "detail": f"{STOP_WATCH_FAULT}: {not_stopped} {_against(checked)}: slower by more "
+        "than 30 % twice in a row; the brake may be worn",
+    }
+
+
+def test_a_stop_whose_figures_cannot_be_read_is_said_to_count_as_slow() -> None:
+    bench = Bench(wear=0.6)
+    bench.start()
+    t = bench.t
+    bench.submit(EStop(t))
+    t = round(t + bench.poll_s, 9)
+    bench.submit(DriveFeedback(t, bench.belt.host_poll(t), DriveFailure.FAULT, "overcurrent"))
+    bench.t = t
+    bench.run(2.0)
+    (warning,) = bench.of(EventType.MAINTENANCE_WARNING)
+    assert warning.fields["message"] == (
+        "emergency stop was not at standstill after inf s (its speed or time could not be "
+        "read, so it counts as slow): slower by more than 30 % once; the brake may be worn"
+    )
+
+
+def test_sr6_a_worn_brake_on_record_latches_a_drive_fault_at_start_up() -> None:
+    """Nothing latched: the record latches a drive_fault, an emergency stop like any fault."""
+    world = _world()
+    d = world.send(BrakeFaultOnRecord(world.t, "controlled", "slow twice"))
+    assert (d.state, d.speed_mph, d.emergency_stop) == (State.FAULT, 0.0, True)
+    (fault,) = [e for e in d.events if e.type is EventType.FAULT]
+    detail = f"{STOP_WATCH_FAULT}: on record before this start: slow twice"
+    assert fault.fields == {"cause": "drive_fault", "detail": detail}
+    latch = world.core.snapshot().latched
+    assert latch is not None
+    assert (latch.kind, latch.cause, latch.since, latch.detail) == (
+        State.FAULT,
+        Cause.DRIVE_FAULT,
+        world.t,
+        detail,
+    )
+
+
+def test_sr6_a_worn_brake_fault_takes_over_an_emergency_stops_latch() -> None:
+    """An emergency stop latched, then the worn brake: the stricter latch (a drive_fault) takes
+    over, said in an event, the belt commanded to 0 by an emergency stop."""
+    world = at_speed(1.0)
+    world.command(EStop)
+    world.run(0.5)
+    t = world.t + 0.01
+    d = world.send(BrakeFaultOnRecord(t, "emergency", "slow twice"))
+    assert (d.state, d.speed_mph, d.target_mph, d.emergency_stop) == (State.FAULT, 0.0, 0.0, True)
+    detail = f"{STOP_WATCH_FAULT}: on record before this start: slow twice"
+    assert [(e.type, e.fields) for e in d.events] == [
+        (EventType.FAULT, {"cause": "drive_fault", "detail": detail})
+    ]
+    latch = world.core.snapshot().latched
+    assert latch is not None
+    assert (latch.kind, latch.cause, latch.since, latch.detail) == (
+        State.FAULT,
+        Cause.DRIVE_FAULT,
+        t,
+        detail,
+    )
+
+
+def test_the_snapshot_shows_a_stop_the_drive_fell_silent_during_as_interrupted() -> None:
+    bench = Bench()
+    bench.start()
+    bench.submit(EStop(bench.t))
+    bench.linked = False
+    bench.run(1.0)
+    view = bench.core.snapshot().stop_watch
+    assert view is not None
+    assert view.last == {StopKind.EMERGENCY: "interrupted"}
+    assert view.timing is None
+
+
+# --------------------------------------------------------------------------- SR-11: stops
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(Shutdown, "shutdown"), (lambda t: LoopOverrun(t, "late"), "loop_overrun")],
+)
+def test_sr11_a_shutdown_during_a_controlled_stop_ends_the_session_for_that_reason(
+    make: Callable[[float], Input], reason: str
+) -> None:
+    """The belt is slowing down for an operator stop; a shutdown (or a late loop) then ends
+    the session in its own name, as the journal must say why the session ended."""
+    world = at_speed(1.0)
+    assert isinstance(world.command(Stop).reply, Accepted)
+    world.run(0.5)
+    assert world.state is State.STOPPING
+    mark = len(world.log)
+    world.command(make)
+    world.run(5.0)
+    (ended,) = world.events(EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == reason
+
+
+# --------------------------------------------------------------------------- an exact clock
+
+
+class Bed:
+    """The core on an exact clock: every ``step`` seconds (a power of two, so that times and
+    belt time add up without rounding) a reading of each grip sensor (``hold``; a hand left
+    out: its sensor is silent), a fall reading, a drive status that follows the command, a
+    heartbeat and a tick; the core's own deadlines in between, as the controller wakes it."""
+
+    def __init__(self, program: str = "first_session", step: float = 0.25, **limits: float) -> None:
+        self.core = SafetyCore(
+            SafetyLimits(**limits),
+            load_programs(PROGRAMS_DIR),
+            default_program=program,
+            commissioned_until=math.inf,
+        )
+        self.step = step
+        self.t = 0.0
+        self.speed = 0.0
+        self.hold: dict[Hand, bool] = {Hand.LEFT: True, Hand.RIGHT: True}
+        # Every event with the input's time and the session's belt time after it.
+        self.events: list[tuple[float, Event, float | None]] = []
+
+    def send(self, inp: Input) -> Decision:
+        d = self.core.handle(inp)
+        self.speed = d.speed_mph
+        if d.events:
+            session = self.core.snapshot().session
+            elapsed = None if session is None else session.elapsed_s
+            self.events.extend((inp.t, e, elapsed) for e in d.events)
+        return d
+
+    def tick(self) -> None:
+        t = self.t + self.step
+        due = self.core.next_deadline()
+        if due is not None and due < t:
+            self.send(Tick(due))
+        self.t = t
+        for hand, held in self.hold.items():
+            self.send(GripReading(t, hand, held))
+        self.send(FallReading(t, False))
+        self.send(DriveFeedback(t, self.speed))
+        self.send(Heartbeat(t))
+        self.send(Tick(t))
+
+    def run(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        end = self.t + seconds
+        while self.t < end and not (until is not None and until()):
+            self.tick()
+
+    def start(self, **start: object) -> None:
+        self.run(1.0)
+        reply = self.send(StartSession(self.t, "pat", **start)).reply  # type: ignore[arg-type]
+        assert isinstance(reply, Accepted), reply
+        self.run(COUNTDOWN_S + 1.0, until=lambda: self.speed > 0)
+        assert self.core.state is State.RUNNING
+
+    def of(self, type_: EventType) -> list[tuple[float, Event, float | None]]:
+        return [x for x in self.events if x[1].type is type_]
+
+
+LIMITS = SafetyLimits()
+
+
+def test_sr7_the_cap_warning_comes_once_at_cap_minus_30_s_and_the_stop_just_in_time() -> None:
+    """Belt time on an exact clock: the warning at exactly cap - 30 s of belt time, once; the
+    controlled stop from 0.8 mph begins exactly when the ramp down (0.8 / 0.4 mph/s) and the
+    stop margin are all that is left of the cap."""
+    bed = Bed()
+    bed.start()
+    bed.run(FIRST_CAP_MIN + 10.0)
+    ((_, warning, warned_at),) = bed.of(EventType.CAP_WARNING)
+    assert warned_at == FIRST_CAP_MIN - CAP_WARNING_BEFORE_S
+    assert warning.fields == {"remaining_s": CAP_WARNING_BEFORE_S}
+    ((_, stopping, stop_at),) = bed.of(EventType.STOPPING)
+    assert stopping.fields == {"reason": "cap"}
+    assert stop_at == FIRST_CAP_MIN - (0.8 / LIMITS.decel_mph_s + LIMITS.cap_stop_margin_s)
+    ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
+    assert ended.fields["reason"] == "cap"
+    assert float(ended.fields["belt_moving_s"] or 0) <= FIRST_CAP_MIN
+
+
+def test_sr7_an_intervals_session_runs_its_intervals_each_stopped_just_in_time() -> None:
+    """Eight one-minute intervals at 1.0 mph: each stop begins exactly when the ramp down and
+    the margin are all that is left of the interval; seven rests; then the session ends."""
+    bed = Bed("intervals")
+    bed.start()
+    bed.run(20 * 60.0, until=lambda: bed.core.state is State.IDLE)
+    stops = bed.of(EventType.STOPPING)
+    assert [e.fields["reason"] for _, e, _ in stops] == ["completed"] * 8
+    interval_stop = 60.0 - (INTERVALS_START_MPH / LIMITS.decel_mph_s + LIMITS.cap_stop_margin_s)
+    assert stops[0][2] == interval_stop
+    rests = bed.of(EventType.INTERVAL_REST)
+    assert [e.fields for _, e, _ in rests] == [
+        {"interval": i, "intervals": 8, "rest_s": 60.0} for i in range(1, 8)
+    ]
+    assert [e.fields["interval"] for _, e, _ in bed.of(EventType.BELT_STARTED)] == list(range(1, 9))
+    ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
+    assert ended.fields["reason"] == "completed"
+
+
+def test_sr7_reverse_walking_steps_at_each_full_minute_of_belt_time() -> None:
+    bed = Bed("reverse_walking")
+    bed.start()
+    bed.run(4 * 60.0 + 30.0)
+    steps = bed.of(EventType.SPEED_STEP)
+    assert [(at, e.fields["target_mph"]) for _, e, at in steps] == [
+        (60.0, 0.9),
+        (120.0, 1.0),
+        (180.0, 1.1),
+        (240.0, 1.2),
+    ]
+
+
+# --------------------------------------------------------------------------- SR-4, SR-5, SR-8
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        ("fallen", {"cause": "fall", "detail": "fall signalled"}),
+        ("fall silent", {"cause": "sensor_stale", "detail": "fall sensor silent"}),
+        ("both released", {"cause": "grip_lost", "detail": "both hands off the handrails"}),
+        ("grips silent", {"cause": "sensor_stale", "detail": "both hands off the handrails"}),
+    ],
+)
+def test_sr14_an_emergency_stop_says_its_cause_and_what_happened(
+    change: str, fields: dict[str, str]
+) -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    if change == "fallen":
+        world.fallen = True
+    elif change == "fall silent":
+        world.silent.add("fall")
+    elif change == "both released":
+        world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    else:
+        world.silent |= {"left", "right"}
+    world.run(2.0)
+    _, estop = first_event(world, EventType.ESTOP, mark)
+    assert estop.fields == fields
+    latch = world.core.snapshot().latched
+    assert latch is not None
+    assert (latch.kind, latch.cause.value, latch.detail) == (
+        State.ESTOP,
+        fields["cause"],
+        fields["detail"],
+    )
+
+
+def test_sr4_a_hand_lost_is_warned_once_per_loss_and_says_how() -> None:
+    world = at_speed(1.0)
+    mark = len(world.log)
+    world.hold[Hand.LEFT] = False
+    world.run(1.0)
+    world.hold[Hand.LEFT] = True
+    world.run(1.0)
+    world.hold[Hand.LEFT] = False
+    world.run(1.0)
+    world.hold[Hand.LEFT] = True
+    world.silent.add("right")
+    world.run(1.0)
+    assert [e.fields for e in world.events(EventType.GRIP_WARNING, mark)] == [
+        {"hand": "left", "cause": "released"},
+        {"hand": "left", "cause": "released"},
+        {"hand": "right", "cause": "sensor_stale"},
+    ]
+    assert world.state is State.RUNNING
+
+
+def _resting(world: World) -> None:
+    world.run(1.0)
+    assert isinstance(world.start().reply, Accepted)
+    world.run(COUNTDOWN_S + 70.0, until=lambda: world.events(EventType.INTERVAL_REST) != [])
+
+
+def test_sr3_a_user_may_let_go_during_a_rest_but_not_in_its_final_countdown() -> None:
+    """Between two intervals the belt stands still: letting go is allowed, until the last
+    seconds before the next interval, which are a start (SR-3): a hand lost then ends the
+    session at once."""
+    world = World("intervals")
+    _resting(world)
+    mark = len(world.log)
+    world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    world.run(20.0)
+    assert world.state is State.COUNTDOWN
+    world.hold = {Hand.LEFT: True, Hand.RIGHT: True}
+    session = world.core.snapshot()
+    assert session.countdown_s is not None
+    world.run(session.countdown_s - COUNTDOWN_S + 1.0)  # one second into the final countdown
+    assert world.state is State.COUNTDOWN
+    world.hold[Hand.RIGHT] = False
+    released = len(world.log)
+    world.run(0.05)
+    t_end, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == "start_aborted"
+    assert t_end == world.log[released][0].t
+    assert not world.events(EventType.BELT_STARTED, mark)
+
+
+def test_sr4_a_debounce_of_0_stops_on_any_loss_of_both_hands() -> None:
+    bed = Bed(grip_debounce_s=0.0)
+    bed.start()
+    t = bed.t + 0.125
+    bed.send(GripReading(t, Hand.LEFT, False))
+    assert bed.core.state is State.RUNNING
+    d = bed.send(GripReading(t, Hand.RIGHT, False))
+    assert d.emergency_stop
+    assert [e.fields["cause"] for e in d.events if e.type is EventType.ESTOP] == ["grip_lost"]
+
+
+def test_sr4_a_late_wake_up_that_finds_a_hand_back_still_stops_the_belt() -> None:
+    """Both hands off for longer than the debounce with no input in between (the controller
+    woke late): the first input after it, a hand back, still brings the stop that was due."""
+    bed = Bed()
+    bed.start()
+    t = bed.t + 0.0625
+    bed.send(GripReading(t, Hand.LEFT, False))
+    bed.send(GripReading(t, Hand.RIGHT, False))
+    assert bed.core.state is State.RUNNING
+    d = bed.send(GripReading(t + 0.375, Hand.LEFT, True))  # before the drive's time-out
+    assert d.emergency_stop
+    assert [e.fields["cause"] for e in d.events if e.type is EventType.ESTOP] == ["grip_lost"]
+
+
+def _stop_time(bed: Bed, until: float, cause: str = "grip_lost") -> float:
+    """Tick the core at its own deadlines (and every 10 ms, with fresh fall and drive
+    readings, grips unchanged) until it stops the belt; the time of the stop."""
+    t = bed.t
+    while t < until:
+        due = bed.core.next_deadline()
+        nxt = round(t + 0.01, 9)
+        if due is not None and due < nxt:
+            nxt = due
+        t = nxt
+        for inp in (Tick(t), FallReading(t, False), DriveFeedback(t, bed.speed)):
+            if bed.send(inp).emergency_stop:
+                (estop,) = [e for _, e, _ in bed.of(EventType.ESTOP)]
+                assert estop.fields["cause"] == cause
+                return t
+    raise AssertionError("no stop")
+
+
+@pytest.mark.parametrize("late", [Hand.LEFT, Hand.RIGHT])
+def test_sr8_a_late_release_counts_from_its_own_time(late: Hand) -> None:
+    """One hand released on time; the other's release, stamped 60 ms before it arrives, is the
+    one that makes both hands lost: counted from its stamp, and the time it was taken for held
+    (and counted down) counted back up, failing closed by at most its lateness. With 50 ms of
+    loss still on the count, the stop comes when the count reaches 0.3 s."""
+    other = Hand.RIGHT if late is Hand.LEFT else Hand.LEFT
+    bed = Bed()
+    bed.start()
+    t0 = bed.t
+    for hand in Hand:
+        bed.send(GripReading(t0 + 0.0625, hand, False))
+    bed.send(Tick(t0 + 0.25))  # 187.5 ms of loss
+    for hand in Hand:
+        bed.send(GripReading(t0 + 0.25, hand, True))
+    bed.send(Tick(t0 + 0.3125))  # back for 62.5 ms: 125 ms left on the count
+    bed.send(GripReading(t0 + 0.3125, other, False))
+    bed.send(Tick(t0 + 0.375))  # one hand held (as far as the core knows): 62.5 ms left
+    d = bed.send(GripReading(t0 + 0.34375, late, False))  # 31.25 ms late
+    assert not d.emergency_stop
+    bed.t = t0 + 0.375
+    # 62.5 ms + 2 x 31.25 ms = 125 ms on the count at t0 + 0.375: 175 ms to go.
+    assert _stop_time(bed, t0 + 2.0) == pytest.approx(t0 + 0.375 + 0.175, abs=1e-9)
+
+
+@pytest.mark.parametrize("late", [Hand.LEFT, Hand.RIGHT])
+def test_sr8_a_late_release_while_the_other_sensor_fell_silent_counts_from_the_silence(
+    late: Hand,
+) -> None:
+    """The other hand's sensor went silent (lost at its time-out); the late release came before
+    that: both hands are lost only from the silence, and counted from then."""
+    bed = Bed()
+    bed.start()
+    t0 = bed.t  # both grips read held at t0
+    bed.send(GripReading(t0 + 0.25, late, True))
+    bed.send(FallReading(t0 + 0.25, False))
+    bed.send(DriveFeedback(t0 + 0.25, bed.speed))
+    bed.send(Tick(t0 + 0.5625))  # the other's sensor silent since t0 + 0.5
+    d = bed.send(GripReading(t0 + 0.375, late, False))
+    assert not d.emergency_stop
+    bed.t = t0 + 0.5625
+    # Lost from t0 + 0.5: 62.5 ms taken for held, counted up twice: 125 ms, 175 ms to go.
+    stop = _stop_time(bed, t0 + 2.0, cause="sensor_stale")
+    assert stop == pytest.approx(t0 + 0.5625 + 0.175, abs=1e-8)
+
+
+def test_sr8_a_late_release_of_a_hand_already_lost_adds_nothing() -> None:
+    bed = Bed()
+    bed.start()
+    t0 = bed.t
+    for hand in Hand:
+        bed.send(GripReading(t0 + 0.125, hand, False))
+    bed.send(Tick(t0 + 0.25))
+    bed.send(GripReading(t0 + 0.1875, Hand.LEFT, False))  # late, but both were lost already
+    bed.t = t0 + 0.25
+    assert _stop_time(bed, t0 + 2.0) == pytest.approx(t0 + 0.125 + DEBOUNCE_S, abs=1e-9)
