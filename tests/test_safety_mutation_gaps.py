@@ -42,6 +42,7 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
+    DriveError,
     DriveFailure,
     DriveFeedback,
     EStop,
@@ -50,6 +51,7 @@ from treadguard.safety.inputs import (
     Hand,
     Heartbeat,
     Input,
+    JournalHealth,
     LoopOverrun,
     Reset,
     SetSpeed,
@@ -829,3 +831,150 @@ def test_sr8_a_late_release_of_a_hand_already_lost_adds_nothing() -> None:
     bed.send(GripReading(t0 + 0.1875, Hand.LEFT, False))  # late, but both were lost already
     bed.t = t0 + 0.25
     assert _stop_time(bed, t0 + 2.0) == pytest.approx(t0 + 0.125 + DEBOUNCE_S, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- a new core
+
+
+def _core(**settings: object) -> SafetyCore:
+    return SafetyCore(
+        SafetyLimits(),
+        load_programs(PROGRAMS_DIR),
+        default_program=str(settings.pop("default_program", "first_session")),
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+def test_a_core_refuses_to_be_built_around_a_program_it_does_not_have() -> None:
+    with pytest.raises(ValueError, match=r"^default program 'nope' is not among the programs$"):
+        _core(default_program="nope")
+    with pytest.raises(ValueError, match=r"^program 'nope' is not among the programs$"):
+        _core(returning_program="nope")
+    assert _core(returning_program="reverse_walking").snapshot().state is State.IDLE
+
+
+def test_a_new_cores_clock_starts_at_0_and_nothing_is_latched_or_pending() -> None:
+    core = _core(commissioned_until=math.inf)
+    d = core.handle(EStop(0.5))
+    (estop,) = [e for e in d.events if e.type is EventType.ESTOP]
+    assert estop.t == 0.5
+    core = _core()
+    snap = core.snapshot()
+    assert (snap.state, snap.commanded_mph, snap.target_mph, snap.latched) == (
+        State.IDLE,
+        0.0,
+        0.0,
+        None,
+    )
+    assert snap.stop_watch is not None
+    assert not snap.stop_watch.fault_pending
+    # No commissioning on record has nothing to expire.
+    assert core.handle(Tick(1.0)).events == ()
+
+
+@pytest.mark.parametrize("until", [math.nan, -math.inf])
+def test_sr3_a_commissioning_that_expires_at_no_time_is_no_commissioning(until: float) -> None:
+    world = _world(commissioned_until=until)
+    refused = refusal(world.start())
+    assert refused.message.startswith("cannot start: the treadmill is not commissioned")
+
+
+def test_sr9_a_first_drive_status_stamped_at_no_time_is_no_status() -> None:
+    world = _world()
+    world.silent.add("drive")
+    world.run(1.0)
+    d = world.send(DriveFeedback(math.nan, 0.0))
+    assert d.events == ()
+    refused = refusal(world.start())
+    assert refused.message == "cannot start: drive is not answering"
+
+
+def test_sr6_a_drive_that_failed_before_it_ever_answered_healthy_is_not_cleared() -> None:
+    world = _world()
+    world.silent.add("drive")
+    world.run(1.0)
+    world.send(DriveError(world.t, DriveFailure.LINK, "port closed"))
+    refused = refusal(world.command(Reset))
+    assert refused.message == (
+        "cannot reset: drive is not answering, standstill cannot be confirmed; "
+        "drive has not reported a healthy status since its fault"
+    )
+
+
+# --------------------------------------------------------------------------- SR-3: preconditions
+
+
+def _unmet(change: Callable[[World], None]) -> str:
+    world = _world()
+    change(world)
+    world.run(1.0)
+    return refusal(world.start()).message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda w: w.silent.add("left"), "cannot start: left grip sensor has no fresh reading"),
+        (
+            lambda w: w.hold.update({Hand.RIGHT: False}),
+            "cannot start: right hand is not on the handrail",
+        ),
+        (lambda w: w.silent.add("fall"), "cannot start: fall sensor has no fresh reading"),
+        (lambda w: setattr(w, "fallen", True), "cannot start: a fall is signalled"),
+        (lambda w: setattr(w, "belt", 0.3), "cannot start: belt is not at standstill"),
+    ],
+)
+def test_sr3_a_refused_start_names_the_precondition_that_failed(
+    change: Callable[[World], None], message: str
+) -> None:
+    assert _unmet(change) == message
+
+
+def test_sr3_a_refused_start_names_every_precondition_that_failed() -> None:
+    """The journal failed while an emergency stop was latched (its first cause stands, and the
+    reset clears that); the start after it finds it still unwritable, with four more."""
+    world = _world()
+    world.command(EStop)
+    world.send(JournalHealth(world.t, writable=False, detail="disk full"))
+    world.run(0.5)
+    assert isinstance(world.command(Reset).reply, Accepted)
+    world.silent |= {"left", "fall", "drive"}
+    world.hold[Hand.RIGHT] = False
+    world.run(1.0)
+    assert refusal(world.start()).message == (
+        "cannot start: left grip sensor has no fresh reading; right hand is not on the "
+        "handrail; fall sensor has no fresh reading; drive is not answering; the session "
+        "journal cannot be written (disk full)"
+    )
+
+
+def test_sr3_the_belt_starts_exactly_when_the_countdown_ends() -> None:
+    bed = Bed()
+    bed.run(1.0)
+    t_start = bed.t
+    assert isinstance(bed.send(StartSession(t_start, "pat")).reply, Accepted)
+    bed.run(COUNTDOWN_S + 1.0)
+    ((_, countdown, _),) = bed.of(EventType.COUNTDOWN)
+    assert countdown.fields == {"seconds": COUNTDOWN_S}
+    ((t_belt, started, _),) = bed.of(EventType.BELT_STARTED)
+    assert t_belt == t_start + COUNTDOWN_S
+    assert started.fields == {"target_mph": 0.8, "interval": 1}
+
+
+def test_sr1_a_speed_set_during_an_interval_applies_at_once() -> None:
+    world = World("intervals")
+    world.run(1.0)
+    world.start()
+    world.run(COUNTDOWN_S + 10.0)
+    assert world.commanded == pytest.approx(INTERVALS_START_MPH)
+    assert isinstance(world.command(lambda t: SetSpeed(t, 1.2)).reply, Accepted)
+    world.run(2.0)
+    assert world.commanded == pytest.approx(1.2)
+
+
+def test_sr12_sr14_a_remote_estop_says_so() -> None:
+    world = at_speed(1.0)
+    d = world.command(EStop)
+    assert [(e.type, e.fields) for e in d.events if e.type is EventType.ESTOP] == [
+        (EventType.ESTOP, {"cause": "remote_estop", "detail": "estop command"})
+    ]
