@@ -28,7 +28,7 @@ from tests.test_safety_examples import (
     refusal,
     running_world,
 )
-from tests.test_stop_watch import EMERGENCY, Bench
+from tests.test_stop_watch import CONTROLLED, EMERGENCY, Bench
 from treadguard.config.loading import load_programs
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
@@ -42,6 +42,7 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
+    Commissioning,
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -54,6 +55,7 @@ from treadguard.safety.inputs import (
     JournalHealth,
     LoopOverrun,
     Reset,
+    RivalDaemon,
     SetSpeed,
     Shutdown,
     StartSession,
@@ -978,3 +980,147 @@ def test_sr12_sr14_a_remote_estop_says_so() -> None:
     assert [(e.type, e.fields) for e in d.events if e.type is EventType.ESTOP] == [
         (EventType.ESTOP, {"cause": "remote_estop", "detail": "estop command"})
     ]
+
+
+# --------------------------------------------------------------------------- faults in words
+
+
+def _fault_fields(world: World, inp: Input) -> dict[str, object]:
+    d = world.send(inp)
+    assert d.emergency_stop
+    (fault,) = [e for e in d.events if e.type is EventType.FAULT]
+    return dict(fault.fields)
+
+
+def test_sr9_sr14_a_fault_says_its_cause_and_what_the_drive_or_the_journal_said() -> None:
+    world = at_speed(1.0)
+    t = world.t + 0.01
+    assert _fault_fields(world, DriveFeedback(t, 1.0, DriveFailure.FAULT, "error 7")) == {
+        "cause": "drive_fault",
+        "detail": "error 7",
+    }
+    world = at_speed(1.0)
+    assert _fault_fields(world, DriveFeedback(world.t + 0.01, 1.0, DriveFailure.FAULT)) == {
+        "cause": "drive_fault",
+        "detail": "drive_fault",
+    }
+    world = at_speed(1.0)
+    assert _fault_fields(world, DriveError(world.t + 0.01, DriveFailure.LINK, "timeout")) == {
+        "cause": "drive_link",
+        "detail": "timeout",
+    }
+    world = at_speed(1.0)
+    assert _fault_fields(world, JournalHealth(world.t + 0.01, False, "disk full")) == {
+        "cause": "journal",
+        "detail": "journal: disk full",
+    }
+    world = at_speed(1.0)
+    assert _fault_fields(world, RivalDaemon(world.t + 0.01)) == {
+        "cause": "rival_daemon",
+        "detail": "another daemon",
+    }
+    world = at_speed(1.0)
+    assert _fault_fields(world, RivalDaemon(world.t + 0.01, "session taken over")) == {
+        "cause": "rival_daemon",
+        "detail": "session taken over",
+    }
+
+
+def test_sr14_an_unwritable_journal_with_no_reason_given_says_it_cannot_be_written() -> None:
+    world = _world()
+    world.command(EStop)
+    world.send(JournalHealth(world.t, writable=False))
+    world.run(0.5)
+    assert isinstance(world.command(Reset).reply, Accepted)
+    assert refusal(world.start()).message == (
+        "cannot start: the session journal cannot be written (cannot be written)"
+    )
+
+
+def test_sr6_a_drive_fault_reported_twice_at_the_same_time_is_a_fault() -> None:
+    """Two statuses stamped alike: the later one is the drive's word."""
+    world = _world()
+    world.silent.add("drive")
+    t = world.t + 0.01
+    world.send(DriveFeedback(t, 0.0))
+    d = world.send(DriveFeedback(t, 0.0, DriveFailure.FAULT, "error 7"))
+    assert d.state is State.FAULT
+
+
+def test_sr11_a_belt_at_the_standstill_bound_at_start_up_is_not_found_moving() -> None:
+    core = _core(commissioned_until=math.inf)
+    assert core.handle(DriveFeedback(0.1, STANDSTILL_MPH)).events == ()
+    core = _core(commissioned_until=math.inf)
+    (found,) = core.handle(DriveFeedback(0.1, -0.5)).events
+    assert (found.type, found.fields) == (EventType.BELT_FOUND_MOVING, {"speed_mph": 0.5})
+
+
+def test_sr9_a_stop_under_way_when_the_drive_fails_says_how_it_failed() -> None:
+    bench = Bench()
+    bench.start()
+    bench.submit(EStop(bench.t))
+    bench.submit(DriveError(bench.t + 0.01, DriveFailure.LINK, "port closed"))
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert (checked.fields["verdict"], checked.fields["why"]) == (
+        "interrupted",
+        "the drive failed (drive_link)",
+    )
+
+
+def test_sr6_a_worn_brake_of_an_unknown_kind_on_record_counts_as_the_emergency_stops() -> None:
+    """Fail closed: only a new emergency-stop baseline clears it."""
+    world = _world()
+    world.send(BrakeFaultOnRecord(world.t, "sideways", "slow twice"))
+    world.core.set_stop_baselines({StopKind.CONTROLLED: CONTROLLED})
+    world.run(0.5)
+    assert "commission the treadmill again" in refusal(world.command(Reset)).message
+    world.core.set_stop_baselines({StopKind.EMERGENCY: EMERGENCY})
+    world.run(0.5)
+    assert isinstance(world.command(Reset).reply, Accepted)
+
+
+def test_sr3_a_commissioning_heard_of_later_says_until_when_and_why_not() -> None:
+    world = _world(commissioned_until=None)
+    world.send(Commissioning(world.t, until=math.nan, detail="record unreadable"))
+    assert refusal(world.start()).message.startswith(
+        "cannot start: the treadmill is not commissioned (record unreadable)"
+    )
+    world.send(Commissioning(world.t, until=None))
+    assert refusal(world.start()).message.startswith(
+        "cannot start: the treadmill is not commissioned (no passed commissioning on record)"
+    )
+    assert not world.events(EventType.COMMISSIONING_EXPIRED)
+    expires = world.t + 2.0
+    world.send(Commissioning(world.t, until=expires, detail="passed on 2026-12-01"))
+    assert isinstance(world.start().reply, Accepted)
+    world.command(Stop)
+    world.run(3.0)
+    ((t_expired, expired),) = [
+        (inp.t, e)
+        for inp, d in world.log
+        for e in d.events
+        if e.type is EventType.COMMISSIONING_EXPIRED
+    ]
+    assert t_expired >= expires
+    assert expired.fields == {"detail": "passed on 2026-12-01"}
+    assert refusal(world.start()).message.startswith(
+        "cannot start: the treadmill's commissioning expired (passed on 2026-12-01)"
+    )
+    # A new commissioning that expires in turn is said again.
+    world.send(Commissioning(world.t, until=world.t + 1.0, detail="passed again"))
+    world.run(2.0)
+    assert [e.fields for e in world.events(EventType.COMMISSIONING_EXPIRED)] == [
+        {"detail": "passed on 2026-12-01"},
+        {"detail": "passed again"},
+    ]
+
+
+def test_sr2_a_decision_gives_the_rate_the_command_changes_at() -> None:
+    world = _world()
+    world.start()
+    world.run(COUNTDOWN_S + 1.0)
+    ramp_up = world.send(Tick(world.t))
+    assert ramp_up.rate_mph_s == LIMITS.accel_mph_s
+    world.run(10.0)
+    world.command(Stop)
+    assert world.send(Tick(world.t)).rate_mph_s == LIMITS.decel_mph_s
