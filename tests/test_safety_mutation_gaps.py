@@ -20,6 +20,7 @@ from tests.test_safety_examples import (
     DEBOUNCE_S,
     EPS,
     FEEDBACK_WINDOW_S,
+    HEARTBEAT_GRACE_S,
     PROGRAMS_DIR,
     SENSOR_TIMEOUT_S,
     World,
@@ -553,6 +554,7 @@ class Bed:
         self.t = 0.0
         self.speed = 0.0
         self.hold: dict[Hand, bool] = {Hand.LEFT: True, Hand.RIGHT: True}
+        self.silent: set[str] = set()  # "fall", "drive": that source sends nothing
         # Every event with the input's time and the session's belt time after it.
         self.events: list[tuple[float, Event, float | None]] = []
 
@@ -573,8 +575,10 @@ class Bed:
         self.t = t
         for hand, held in self.hold.items():
             self.send(GripReading(t, hand, held))
-        self.send(FallReading(t, False))
-        self.send(DriveFeedback(t, self.speed))
+        if "fall" not in self.silent:
+            self.send(FallReading(t, False))
+        if "drive" not in self.silent:
+            self.send(DriveFeedback(t, self.speed))
         self.send(Heartbeat(t))
         self.send(Tick(t))
 
@@ -1124,3 +1128,52 @@ def test_sr2_a_decision_gives_the_rate_the_command_changes_at() -> None:
     world.run(10.0)
     world.command(Stop)
     assert world.send(Tick(world.t)).rate_mph_s == LIMITS.decel_mph_s
+
+
+@pytest.mark.parametrize(
+    ("source", "event", "cause"),
+    [
+        ("drive", EventType.FAULT, "drive_link"),
+        ("fall", EventType.ESTOP, "sensor_stale"),
+    ],
+)
+def test_sr8_sr9_a_source_silent_for_exactly_its_time_out_is_lost_then(
+    source: str, event: EventType, cause: str
+) -> None:
+    """Woken at its own deadline, the core stops the belt at the time-out to the instant."""
+    bed = Bed()
+    bed.start()
+    last = bed.t
+    bed.silent.add(source)
+    bed.run(2.0)
+    ((t_stop, stop, _),) = bed.of(event)
+    assert stop.fields["cause"] == cause
+    assert t_stop == last + 0.5
+
+
+def test_sr10_a_stop_ends_the_session_only_once_the_belt_is_at_standstill() -> None:
+    """The belt lags the command down; at the standstill bound it counts as stopped."""
+    world = at_speed(1.0)
+    world.command(Stop)
+    world.run(5.0, until=lambda: world.commanded < 0.5)
+    world.belt = 0.3
+    world.run(5.0, until=lambda: world.commanded == 0.0)
+    world.run(1.0)
+    assert world.state is State.STOPPING
+    world.belt = STANDSTILL_MPH
+    world.run(0.1)
+    assert world.state is State.IDLE  # type: ignore[comparison-overlap]  # it moved on
+    (ended,) = world.events(EventType.SESSION_ENDED)
+    assert ended.fields["reason"] == "operator_stop"
+
+
+def test_sr12_a_tablet_that_falls_silent_during_a_rest_ends_the_session_before_it_starts() -> None:
+    world = World("intervals")
+    _resting(world)
+    mark = len(world.log)
+    world.silent.add("tablet")
+    world.run(HEARTBEAT_GRACE_S + 2.0)
+    (ended,) = world.events(EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == "tablet_lost"
+    assert world.state is State.IDLE
+    assert not world.events(EventType.BELT_STARTED, mark)
