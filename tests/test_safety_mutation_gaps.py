@@ -65,6 +65,7 @@ from treadguard.safety.inputs import (
 )
 from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
 from treadguard.safety.stop_baseline import StopKind
+from treadguard.safety.stop_watch import yardstick
 
 # The shipped programs (config/programs/*.toml).
 FIRST_CAP_MIN, FIRST_CAP_MAX = 180.0, 300.0
@@ -1177,3 +1178,22 @@ def test_sr12_a_tablet_that_falls_silent_during_a_rest_ends_the_session_before_i
     assert ended.fields["reason"] == "tablet_lost"
     assert world.state is State.IDLE
     assert not world.events(EventType.BELT_STARTED, mark)
+
+
+# --------------------------------------------------------------------------- the yardstick
+
+
+@pytest.mark.parametrize("ramp", [None, math.nan, math.inf, 0.0, -0.2, 0.38, 0.5])
+def test_a_controlled_stop_is_judged_against_its_baseline_unless_the_ramp_is_gentler(
+    ramp: float | None,
+) -> None:
+    """No ramp, one that is no number or not above 0, or one at least as steep as the
+    baseline's deceleration: the baseline itself."""
+    assert yardstick(CONTROLLED, ramp) == CONTROLLED
+
+
+def test_a_controlled_stop_under_a_gentler_ramp_is_judged_against_the_ramp() -> None:
+    judged = yardstick(CONTROLLED, 0.2)
+    assert (judged.kind, judged.deceleration_mph_per_s) == (StopKind.CONTROLLED, 0.2)
+    # An emergency stop does not follow the ramp.
+    assert yardstick(EMERGENCY, 0.2) == EMERGENCY
