@@ -64,8 +64,8 @@ from treadguard.safety.inputs import (
     Tick,
 )
 from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
-from treadguard.safety.stop_baseline import StopKind
-from treadguard.safety.stop_watch import yardstick
+from treadguard.safety.stop_baseline import StopBaseline, StopKind
+from treadguard.safety.stop_watch import StopMeasurement, StopWatch, Verdict, yardstick
 
 # The shipped programs (config/programs/*.toml).
 FIRST_CAP_MIN, FIRST_CAP_MAX = 180.0, 300.0
@@ -1197,3 +1197,25 @@ def test_a_controlled_stop_under_a_gentler_ramp_is_judged_against_the_ramp() -> 
     assert (judged.kind, judged.deceleration_mph_per_s) == (StopKind.CONTROLLED, 0.2)
     # An emergency stop does not follow the ramp.
     assert yardstick(EMERGENCY, 0.2) == EMERGENCY
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.25, math.inf])
+def test_a_baseline_time_that_is_no_time_is_refused_as_such(bad: float) -> None:
+    """Zero, negative or endless: refused for what it is, not for the speed it implies."""
+    for baseline in (
+        StopBaseline(StopKind.EMERGENCY, bad, 3.2),
+        StopBaseline(StopKind.EMERGENCY, 0.25, bad),
+    ):
+        with pytest.raises(ValueError, match=r"must be finite and > 0, not"):
+            StopWatch().set_baselines({StopKind.EMERGENCY: baseline})
+
+
+def test_a_stop_exactly_at_the_margin_is_not_slow() -> None:
+    """Slow means slower than the baseline by more than the margin (0.25 here: 2.0 mph/s
+    against 2.5 mph/s is exactly at it)."""
+    w = StopWatch(0.25)
+    w.set_baselines({StopKind.EMERGENCY: StopBaseline(StopKind.EMERGENCY, 0.4, 2.5)})
+    assert w.judge(StopMeasurement(StopKind.EMERGENCY, 1.0, 0.5)).verdict is Verdict.GOOD
+    w = StopWatch(0.25)
+    w.set_baselines({StopKind.EMERGENCY: StopBaseline(StopKind.EMERGENCY, 0.4, 2.5)})
+    assert w.judge(StopMeasurement(StopKind.EMERGENCY, 1.0, 0.5 + 1e-6)).verdict is Verdict.SLOW
