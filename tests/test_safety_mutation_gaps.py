@@ -1219,3 +1219,21 @@ def test_a_stop_exactly_at_the_margin_is_not_slow() -> None:
     w = StopWatch(0.25)
     w.set_baselines({StopKind.EMERGENCY: StopBaseline(StopKind.EMERGENCY, 0.4, 2.5)})
     assert w.judge(StopMeasurement(StopKind.EMERGENCY, 1.0, 0.5 + 1e-6)).verdict is Verdict.SLOW
+
+
+def test_sr7_an_intervals_session_shorter_than_two_intervals_has_one() -> None:
+    world = World()
+    short = world.programs["intervals"].model_copy(
+        update={"name": "short_intervals", "cap_s_min": 60.0, "cap_s_default": 90.0}
+    )
+    world.core = SafetyCore(
+        SafetyLimits(),
+        {**world.programs, "short_intervals": short},
+        default_program="first_session",
+        commissioned_until=math.inf,
+    )
+    world.run(1.0)
+    assert isinstance(world.start(program="short_intervals", returning=True).reply, Accepted)
+    session = world.core.snapshot().session
+    assert session is not None
+    assert (session.interval, session.intervals) == (1, 1)
