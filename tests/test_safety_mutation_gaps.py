@@ -1237,3 +1237,19 @@ def test_sr7_an_intervals_session_shorter_than_two_intervals_has_one() -> None:
     session = world.core.snapshot().session
     assert session is not None
     assert (session.interval, session.intervals) == (1, 1)
+
+
+def test_a_baseline_from_either_end_of_the_proof_speeds_is_accepted() -> None:
+    """A proof stop is made from 0.5-12 mph, both ends included (0.25 s at 2 mph/s is a stop
+    from 0.5 mph; 3 s at 4 mph/s one from 12 mph)."""
+    for standstill_s, decel in ((0.25, 2.0), (3.0, 4.0)):
+        baseline = StopBaseline(StopKind.EMERGENCY, standstill_s, decel)
+        w = StopWatch()
+        w.set_baselines({StopKind.EMERGENCY: baseline})
+        assert w.baselines == {StopKind.EMERGENCY: baseline}
+
+
+def test_sr15_a_stop_with_no_session_is_refused_with_its_reason() -> None:
+    world = _world()
+    refused = refusal(world.command(Stop))
+    assert (refused.code, refused.message) == (RefusalCode.NOT_ALLOWED, "no session to stop (idle)")
