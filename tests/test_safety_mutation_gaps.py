@@ -1253,3 +1253,19 @@ def test_sr15_a_stop_with_no_session_is_refused_with_its_reason() -> None:
     world = _world()
     refused = refusal(world.command(Stop))
     assert (refused.code, refused.message) == (RefusalCode.NOT_ALLOWED, "no session to stop (idle)")
+
+
+def test_sr7_the_tablet_is_shown_the_belt_time_left_down_to_the_last_half_second() -> None:
+    """With the smallest stop margin (0.5 s) the session, on a clock of quarter seconds, shows
+    down to 0.5 s of the cap left during the cap stop from 0.8 mph, and ends within the cap."""
+    bed = Bed(cap_stop_margin_s=0.5)
+    bed.start()
+    shown: list[float] = []
+    while bed.core.state is not State.IDLE:
+        bed.tick()
+        session = bed.core.snapshot().session
+        if session is not None:
+            shown.append(session.remaining_s)
+    assert min(shown) == 0.5
+    ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
+    assert float(ended.fields["belt_moving_s"] or 0) < FIRST_CAP_MIN
