@@ -1269,3 +1269,44 @@ def test_sr7_the_tablet_is_shown_the_belt_time_left_down_to_the_last_half_second
     assert min(shown) == 0.5
     ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
     assert float(ended.fields["belt_moving_s"] or 0) < FIRST_CAP_MIN
+
+
+def test_a_controlled_stop_timed_on_through_a_feedback_mismatch_is_judged() -> None:
+    """A worn brake lags a controlled stop from 1.0 mph so far that the feedback check latches
+    a mismatch before the stop is over: that is the stop being slow, timed on and judged."""
+    bench = Bench(wear=0.85)
+    bench.start(target=1.0)
+    assert isinstance(bench.submit(Stop(bench.t)), Accepted)
+    bench.run(8.0)
+    faults = [e.fields["cause"] for e in bench.of(EventType.FAULT)]
+    assert faults == ["feedback_mismatch"]
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert checked.fields["verdict"] == "slow"
+    assert bench.of(EventType.FAULT)[0].t < checked.t  # the latch came first
+
+
+def test_a_controlled_stop_cut_short_by_a_lost_drive_link_says_why_it_was_not_timed() -> None:
+    bench = Bench()
+    bench.start()
+    assert isinstance(bench.submit(Stop(bench.t)), Accepted)
+    bench.run(0.2)
+    bench.submit(DriveError(bench.t + 0.01, DriveFailure.LINK, "port closed"))
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert checked.fields["verdict"] == "interrupted"
+    assert "drive_link" in str(checked.fields["why"])
+
+
+def test_the_snapshot_shows_the_watchs_margin_and_the_stop_being_timed() -> None:
+    bench = Bench()
+    bench.start()
+    view = bench.core.snapshot().stop_watch
+    assert view is not None
+    assert (view.margin, view.timing) == (0.3, None)
+    bench.submit(EStop(bench.t))
+    view = bench.core.snapshot().stop_watch
+    assert view is not None
+    assert view.timing is StopKind.EMERGENCY
+    bench.run(2.0)
+    view = bench.core.snapshot().stop_watch
+    assert view is not None
+    assert (view.timing, view.last) == (None, {StopKind.EMERGENCY: "good"})
