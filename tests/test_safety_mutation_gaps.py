@@ -1310,3 +1310,16 @@ def test_the_snapshot_shows_the_watchs_margin_and_the_stop_being_timed() -> None
     view = bench.core.snapshot().stop_watch
     assert view is not None
     assert (view.timing, view.last) == (None, {StopKind.EMERGENCY: "good"})
+
+
+def test_sr14_a_sessions_belt_time_is_recorded_to_the_millisecond() -> None:
+    """On a clock of sixteenths of a second belt times end in 0.0625: recorded to the ms."""
+    bed = Bed(step=0.0625)
+    bed.start()
+    bed.run(1.0625)
+    bed.send(Stop(bed.t))
+    bed.run(5.0, until=lambda: bed.core.state is State.IDLE)
+    ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
+    moving = float(ended.fields["belt_moving_s"] or 0)
+    assert moving == round(moving, 3)
+    assert moving > 1.0
