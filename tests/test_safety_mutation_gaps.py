@@ -1323,3 +1323,23 @@ def test_sr14_a_sessions_belt_time_is_recorded_to_the_millisecond() -> None:
     moving = float(ended.fields["belt_moving_s"] or 0)
     assert moving == round(moving, 3)
     assert moving > 1.0
+
+
+def test_a_stop_from_below_the_measured_speeds_is_not_judged_and_keeps_the_run() -> None:
+    """An emergency stop during the ramp up (the belt at about 0.26 mph, below 0.5): no
+    verdict, no expected time, the baseline it would have been judged by, and the run of slow
+    stops as it stood (one, from the worn brake's first stop)."""
+    bench = Bench(wear=0.6)
+    bench.start()
+    bench.estop()
+    assert isinstance(bench.reset(), Accepted)
+    bench.run(0.2)
+    assert isinstance(bench.submit(StartSession(bench.t, "p-1")), Accepted)
+    bench.run(COUNTDOWN_S + 1.5)
+    assert 0.0 < bench.belt.speed_mph < 0.5
+    bench.estop()
+    checked = bench.of(EventType.STOP_CHECKED)[-1]
+    assert checked.fields["verdict"] == "below_min_speed"
+    assert checked.fields["expected_standstill_s"] is None
+    assert checked.fields["baseline_deceleration_mph_per_s"] == EMERGENCY.deceleration_mph_per_s
+    assert checked.fields["slow_in_a_row"] == 1
