@@ -1343,3 +1343,14 @@ def test_a_stop_from_below_the_measured_speeds_is_not_judged_and_keeps_the_run()
     assert checked.fields["expected_standstill_s"] is None
     assert checked.fields["baseline_deceleration_mph_per_s"] == EMERGENCY.deceleration_mph_per_s
     assert checked.fields["slow_in_a_row"] == 1
+
+
+def test_sr7_the_cap_warning_says_the_belt_time_left_to_the_millisecond() -> None:
+    """A cap of 180.1 s on a clock of quarter seconds: the warning comes at the first belt
+    time at or past 150.1 s, 150.25 s, with 29.85 s left."""
+    bed = Bed()
+    bed.start(cap_s=180.1)
+    bed.run(160.0)
+    ((_, warning, warned_at),) = bed.of(EventType.CAP_WARNING)
+    assert warned_at == 150.25
+    assert warning.fields == {"remaining_s": 29.85}
