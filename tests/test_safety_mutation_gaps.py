@@ -1346,11 +1346,13 @@ def test_a_stop_from_below_the_measured_speeds_is_not_judged_and_keeps_the_run()
 
 
 def test_sr7_the_cap_warning_says_the_belt_time_left_to_the_millisecond() -> None:
-    """A cap of 180.1 s on a clock of quarter seconds: the warning comes at the first belt
-    time at or past 150.1 s, 150.25 s, with 29.85 s left."""
+    """A cap of 180.0625 s on a clock of quarter seconds: the warning comes at the first belt
+    time at or past 150.0625 s, 150.25 s, with 29.8125 s left, said to the millisecond."""
     bed = Bed()
-    bed.start(cap_s=180.1)
+    bed.start(cap_s=180.0625)
     bed.run(160.0)
     ((_, warning, warned_at),) = bed.of(EventType.CAP_WARNING)
     assert warned_at == 150.25
-    assert warning.fields == {"remaining_s": 29.85}
+    remaining = float(warning.fields["remaining_s"] or 0)
+    assert remaining == round(remaining, 3)
+    assert remaining == pytest.approx(29.8125, abs=0.0005)
