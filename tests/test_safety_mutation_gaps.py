@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.test_safety_amended import _program
 from tests.test_safety_examples import (
     CAP_WARNING_BEFORE_S,
     COUNTDOWN_S,
@@ -1356,3 +1357,26 @@ def test_sr7_the_cap_warning_says_the_belt_time_left_to_the_millisecond() -> Non
     remaining = float(warning.fields["remaining_s"] or 0)
     assert remaining == round(remaining, 3)
     assert remaining == pytest.approx(29.8125, abs=0.0005)
+
+
+def test_sr7_the_first_session_limit_holds_for_a_first_session_program_whoever_starts_it() -> None:
+    """A first-session program that slipped past the loader with an 8-minute cap (the core
+    must hold SR-7 by itself): refused above 5 minutes even when the journal cannot say whether
+    the user is new; a returning user's reverse walking keeps its own 8-minute limit."""
+    world = World()
+    loose = _program(name="loose_first", first_session=True)
+    world.core = SafetyCore(
+        SafetyLimits(),
+        {**world.programs, "loose_first": loose},
+        default_program="first_session",
+        commissioned_until=math.inf,
+    )
+    world.run(1.0)
+    refused = refusal(world.start(program="loose_first", cap_s=360.0))
+    assert (
+        refused.message == "cap_s 360 is above the first-session hard limit of 300 s of belt time"
+    )
+    world = _world()
+    assert isinstance(
+        world.start(program="reverse_walking", returning=True, cap_s=480.0).reply, Accepted
+    )
