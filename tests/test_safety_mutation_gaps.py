@@ -110,8 +110,9 @@ def _started(world: World) -> dict[str, object]:
         (
             {"program": "reverse_walking", "returning": False},
             RefusalCode.PRECONDITIONS_UNMET,
-            "cannot start: pat has no treadmill session on record, so this is their first: "
-            "a first-session program (first_session), not reverse_walking",
+            "cannot start: pat has no first treadmill session on record (one that ran to "
+            "its cap, or for its shortest cap), so this is still their first: a "
+            "first-session program (first_session), not reverse_walking",
         ),
         (
             {"cap_s": FIRST_CAP_MIN - 1},
@@ -210,8 +211,9 @@ def test_sr7_a_first_session_refusal_names_every_first_session_program() -> None
     world.run(1.0)
     refused = refusal(world.start(program="reverse_walking", returning=False))
     assert refused.message == (
-        "cannot start: pat has no treadmill session on record, so this is their first: "
-        "a first-session program (first_session, gentle_first), not reverse_walking"
+        "cannot start: pat has no first treadmill session on record (one that ran to its "
+        "cap, or for its shortest cap), so this is still their first: a first-session "
+        "program (first_session, gentle_first), not reverse_walking"
     )
 
 
