@@ -149,12 +149,34 @@ def _no_account(name: str) -> Check:
     )
 
 
-def _group_fix(account: Account, path: Path) -> str:
-    group = grp.getgrgid(path.stat().st_gid).gr_name
+def _name(lookup: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
+
+
+# What the udev rules of INSTALL_DOC give a device, and the step that has the whole rule.
+SERIAL_RULE = ('GROUP="dialout", MODE="0660"', "step 2")
+GPIO_RULE = ('SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="treadguard", MODE="0660"', "step 3")
+
+
+def _access_fix(account: Account, path: Path, rule: tuple[str, str]) -> str:
+    """Joining the device's group helps only when that group may read and write it, and never
+    root's group: otherwise the device itself must be given to a group by a udev rule."""
+    st = path.stat()
+    owner = _name(pwd.getpwuid, st.st_uid)
+    group = _name(grp.getgrgid, st.st_gid)
+    if st.st_gid != 0 and st.st_mode & 0o060 == 0o060:
+        return (
+            f"add {account.name} to the group {group} (sudo usermod -aG {group} {account.name}), "
+            "then restart the service"
+        )
+    udev, step = rule
     return (
-        f"add {account.name} to the group {group} (sudo usermod -aG {group} {account.name}, "
-        f"then restart the service), or give the device to that group with a udev rule "
-        f"({INSTALL_DOC}, step 2)"
+        f"{path} is {owner}:{group}, mode {stat.S_IMODE(st.st_mode):04o}: give it to a group of "
+        f"{account.name} with a udev rule ({udev}; {INSTALL_DOC}, {step}), then "
+        "sudo udevadm control --reload && sudo udevadm trigger"
     )
 
 
@@ -262,7 +284,7 @@ def check_serial(loaded: LoadedConfig, account: Account | None, user: str) -> li
                     "serial port",
                     Verdict.FAIL,
                     f"{what}, {path}, cannot be read and written by {account.name}",
-                    _group_fix(account, path),
+                    _access_fix(account, path, SERIAL_RULE),
                 )
             )
         else:
@@ -300,7 +322,7 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
                     "GPIO",
                     Verdict.FAIL,
                     f"sensor {name}: {chip} cannot be used by {account.name}",
-                    _group_fix(account, chip),
+                    _access_fix(account, chip, GPIO_RULE),
                 )
             )
             continue

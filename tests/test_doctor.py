@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import json
 import os
 import selectors
@@ -159,6 +160,13 @@ def root_only(device: Path) -> None:
     real = device.resolve()
     os.chown(real, 0, 0)
     real.chmod(0o600)
+
+
+def dialout_only(device: Path) -> None:
+    """As the udev rule of docs/install-raspberry-pi.md (step 2) leaves a real adapter."""
+    real = device.resolve()
+    os.chown(real, 0, grp.getgrnam("dialout").gr_gid)
+    real.chmod(0o660)
 
 
 @dataclass
@@ -348,7 +356,29 @@ async def test_a_serial_port_the_service_user_may_not_use(rig: Rig) -> None:
         rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
         async with publishing(Sensors(rig.broker.port)):
             done = await doctor(rig, rig.config(), "--service-user", "nobody")
-    failed(done, "serial port", f"{pty}, cannot be read and written by nobody", "usermod -aG")
+    text = failed(
+        done,
+        "serial port",
+        f"{pty}, cannot be read and written by nobody",
+        f"{pty} is root:root, mode 0600",
+        'udev rule (GROUP="dialout", MODE="0660"',
+    )
+    assert "usermod" not in text  # joining root's group would not help
+
+
+@pytest.mark.asyncio
+async def test_a_serial_port_of_a_group_the_service_user_is_not_in(rig: Rig) -> None:
+    with sim_device("trackmaster") as pty:
+        dialout_only(Path(pty))
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "nobody")
+    failed(
+        done,
+        "serial port",
+        f"{pty}, cannot be read and written by nobody",
+        "sudo usermod -aG dialout nobody",
+    )
 
 
 @pytest.mark.asyncio
