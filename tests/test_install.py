@@ -444,6 +444,196 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     }
 
 
+# The doctor as docs/install-raspberry-pi.md (section 5) runs it: as root, the daemon's password
+# from its environment file and the tablet's from the accounts file. ``timedatectl`` is a stand-in
+# first on PATH (the container runs no timedated): the edge of the process, saying yes or no.
+DOCTOR = (
+    "set -a; . /etc/treadguard/environment\n"
+    'TREADGUARD_TABLET_PASSWORD=$(sed -n "s/^tablet=//p" /etc/treadguard/mqtt-accounts)\n'
+    f'exec {TREADGUARD} doctor --tablet-username tablet --service-user treadguard --json "$@"\n'
+)
+STAND_INS = "/run/treadguard-test-bin"  # on the container's own /run (a tmpfs)
+
+
+@dataclass(frozen=True)
+class Checklist:
+    code: int
+    checks: list[dict[str, str]]
+    out: str
+
+    def verdicts(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for check in self.checks:
+            found.setdefault(check["check"], []).append(check["verdict"])
+        return found
+
+    def failed(self, name: str, *words: str) -> dict[str, str]:
+        """The one failed check of that name, whose detail and fix hold ``words``."""
+        fails = [c for c in self.checks if c["check"] == name and c["verdict"] == "FAIL"]
+        assert len(fails) == 1, self.out
+        text = fails[0]["detail"] + "\nfix: " + fails[0]["fix"]
+        assert fails[0]["fix"], self.out
+        for word in words:
+            assert word in text, text
+        return fails[0]
+
+
+def _doctor(board: Board, clock: str = "yes") -> Checklist:
+    stand_in = board.box.root / STAND_INS.lstrip("/") / "timedatectl"
+    stand_in.parent.mkdir(exist_ok=True)
+    stand_in.write_text(f"#!/bin/sh\necho {clock}\n")
+    stand_in.chmod(0o755)
+    path = f"PATH={STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    done = board.box.run("env", path, "sh", "-c", DOCTOR, check=False)
+    assert "Traceback" not in done.stdout + done.stderr, done
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["passed"] is (done.returncode == 0), done
+    return Checklist(done.returncode, result["checks"], done.stdout + done.stderr)
+
+
+def _doctor_with_sensors(board: Board, clock: str = "yes") -> Checklist:
+    """The doctor while the grip and fall sensors publish with the installed sensor account."""
+
+    async def while_publishing() -> Checklist:
+        async with sensor_user(Broker(), TM, credentials=board.login(f"sensors-{TM}")):
+            return await asyncio.to_thread(_doctor, board, clock)
+
+    with board.box.network():
+        return asyncio.run(while_publishing())
+
+
+ALL_GREEN = {
+    "configuration": ["ok"],
+    "service stopped": ["ok"],
+    "serial port": ["ok"],
+    "GPIO": ["-"],
+    "drive": ["ok"],
+    "sensors": ["ok", "ok", "ok"],
+    "broker": ["ok"],
+    "broker ACL": ["ok", "ok"],
+    "clock": ["ok"],
+    "journal": ["ok"],
+}
+
+
+def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: Board) -> None:
+    box = board.box
+    board.systemctl("stop", "treadguard.service")
+    pty = box.run("readlink", "-f", "/dev/treadmill").stdout.strip()
+    dialout = box.run("getent", "group", "dialout").stdout.split(":")[2]
+    # As the udev rule of docs/install-raspberry-pi.md (section 2) leaves a real adapter.
+    assert box.run("stat", "-c", "%a %g", pty).stdout.split() == ["660", dialout]
+
+    green = _doctor_with_sensors(board)
+    assert green.code == 0, green.out
+    assert green.verdicts() == ALL_GREEN, green.out
+    said = "\n".join(c["detail"] for c in green.checks)
+    for words in (
+        "/etc/treadguard/treadguard.toml: treadmill tm-01, Trackmaster on /dev/treadmill",
+        "the treadmill's serial port, /dev/treadmill: treadguard may use it",
+        "Trackmaster on /dev/treadmill answers",
+        "left grip: held, fresh",
+        "127.0.0.1:1883 accepts the daemon's login (treadguard)",
+        "tablet may command treadmill/tm-01/cmd and the daemon reads it",
+        "synchronised (timedatectl)",
+        "/var/lib/treadguard/journal.sqlite: writable",
+    ):
+        assert words in said, said
+
+    # The adapter without the udev rule: root's alone. Root (the doctor) still reaches the
+    # drive; the service's user could not open the port.
+    box.run("chown", "root:root", pty)
+    box.run("chmod", "0600", pty)
+    try:
+        no_rule = _doctor_with_sensors(board)
+    finally:
+        box.run("chown", "root:dialout", pty)
+        box.run("chmod", "0660", pty)
+    assert no_rule.code == 1, no_rule.out
+    assert no_rule.verdicts() == {**ALL_GREEN, "serial port": ["FAIL"]}, no_rule.out
+    port = no_rule.failed(
+        "serial port",
+        "/dev/treadmill, cannot be read and written by treadguard",
+        "/dev/treadmill is root:root, mode 0600",
+        'udev rule (GROUP="dialout", MODE="0660"',
+    )
+    assert "usermod" not in port["fix"], port  # joining root's group would not help
+
+    # The sensors silent and the clock not synchronised: each named with its fix.
+    faults = _doctor(board, clock="no")
+    assert faults.code == 1, faults.out
+    assert faults.verdicts() == {
+        **ALL_GREEN,
+        "sensors": ["FAIL", "FAIL", "FAIL"],
+        "clock": ["FAIL"],
+    }, faults.out
+    for role in ("left grip", "right grip", "fall"):
+        sensor = next(c for c in faults.checks if c["detail"].startswith(f"{role}: "))
+        assert sensor["verdict"] == "FAIL", faults.out
+        assert "no reading in 3 s" in sensor["detail"], faults.out
+        assert "publishes on its topic with the sensor account" in sensor["fix"], faults.out
+    faults.failed("clock", "not synchronised (timedatectl)", "sudo timedatectl set-ntp true")
+
+
+def _vfd_configuration(example: str, address: str) -> str:
+    """The installed VFD example as a technician edits it for this board: the treadmill's id the
+    installer made the sensor account for, and the drive on Modbus TCP at ``address``."""
+    host, _, port = address.rpartition(":")
+    lines = []
+    for line in example.splitlines():
+        key = line.split("=")[0].strip()
+        if key == "id":
+            line = f'id = "{TM}"'
+        elif key == "transport":
+            line = f'transport = "tcp"\nhost = "{host}"\ntcp_port = {port}'
+        elif key in ("serial_port", "baud", "parity"):
+            continue  # the RS-485 line's settings: none on TCP
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_doctor_on_the_installed_board_with_a_vfd(board: Board) -> None:
+    box = board.box
+    board.systemctl("stop", "treadguard.service")
+    config = box.root / "etc/treadguard/treadguard.toml"
+    trackmaster = config.read_text()
+    example = (box.root / "opt/treadguard/config/example-modbus.toml").read_text()
+    found: dict[str, Checklist] = {}
+    try:
+        for case, options in (("safe", ()), ("deadman off", ("--comm-timeout-s", "0"))):
+            vfd = box.popen(
+                sys.executable,
+                "-m",
+                "treadguard.controller.cli",
+                "sim-device",
+                "modbus",
+                "--tcp",
+                "127.0.0.1:0",
+                *options,
+                stdout=subprocess.PIPE,
+            )
+            try:
+                address = Lines(vfd).next(lambda line: ":" in line)  # its first line
+                config.write_text(_vfd_configuration(example, address))
+                found[case] = _doctor_with_sensors(board)
+            finally:
+                _end(vfd)
+    finally:
+        config.write_text(trackmaster)
+
+    safe = found["safe"]
+    assert safe.code == 0, safe.out
+    assert safe.verdicts() == {**ALL_GREEN, "serial port": ["-"]}, safe.out
+    drive = next(c for c in safe.checks if c["check"] == "drive")
+    assert drive["detail"].startswith("Modbus VFD at 127.0.0.1:"), safe.out
+    assert "09.03" in drive["detail"], safe.out
+
+    off = found["deadman off"]
+    assert off.code == 1, off.out
+    assert off.verdicts() == {**ALL_GREEN, "serial port": ["-"], "drive": ["FAIL"]}, off.out
+    off.failed("drive", "09.03", "keypad")
+
+
 def _start(board: Board) -> None:
     board.systemctl("start", "treadguard.service")
     # systemctl start returns only after READY=1 (Type=notify): the daemon's STATUS is there.
