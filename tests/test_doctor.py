@@ -202,8 +202,10 @@ async def publishing(sensors: Sensors) -> AsyncIterator[Sensors]:
         yield sensors
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Bounded: an MQTT client's exit can swallow a cancellation (and wait for a broker).
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(10.0):
+                await task
 
 
 async def doctor(
