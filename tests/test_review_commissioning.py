@@ -23,7 +23,13 @@ from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, body
 from treadguard.config.loading import load_config
 from treadguard.controller.commission import nominal_proofs
-from treadguard.controller.journal import DAY_S, Journal, journal_in_use, seed_commissioning
+from treadguard.controller.journal import (
+    DAY_S,
+    Journal,
+    JournalError,
+    journal_in_use,
+    seed_commissioning,
+)
 from treadguard.controller.system import COMMISSIONING_REFRESH_S
 from treadguard.controller.wallclock import STEP_FILE_ENV
 
@@ -61,6 +67,20 @@ def _seed(config: Path, ended_at: float) -> None:
 # ------------------------------------------------------------------ claim 2: a run cut short
 
 
+def _proven(path: Path) -> list[str]:
+    """The steps of the newest commissioning run with a passed proof on disk."""
+    if not path.exists():
+        return []
+    journal = Journal.read_only(path)
+    try:
+        runs = journal.commissioning_runs()
+        return [p.step for p in journal.proofs(runs[-1].id) if p.passed] if runs else []
+    except JournalError:
+        return []
+    finally:
+        journal.close()
+
+
 def test_a_guided_run_sigkilled_mid_run_is_never_passed(broker: Broker) -> None:
     """`treadguard commission` (guided, the daemon's assembly) SIGKILLed after its E-STOP proof
     passed, while it waits for the technician: the run is on record cut short (no outcome),
@@ -91,6 +111,11 @@ def test_a_guided_run_sigkilled_mid_run_is_never_passed(broker: Broker) -> None:
             if "pass E-STOP command" in line:
                 break
         assert any("pass E-STOP command" in line for line in seen), "".join(seen)
+        # The proof is committed within the journal's half-second batch: once it is on disk,
+        # the run is cut short with one stop proven.
+        journaled = time.monotonic() + 5.0
+        while not _proven(_journal_of(broker, tm)) and time.monotonic() < journaled:
+            time.sleep(0.05)  # polling the journal another process writes
         proc.send_signal(signal.SIGKILL)  # mid-run: the next proof (a grip) is under way
         proc.wait(timeout=10)
     finally:
