@@ -612,6 +612,22 @@ def _host_port(text: str) -> str:
     return text
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _log_level_option(
+    parser: argparse.ArgumentParser, whose: str, default: str | None = "warning"
+) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=LOG_LEVELS,
+        help=f"how much of {whose} log to print (default: {default})"
+        if default is not None
+        else f"how much of {whose} log to print (default: the configuration's logging.level)",
+    )
+
+
 INSTALLED_HELP = (
     f"the configuration file (default: ${CONFIG_ENV}, else {INSTALLED_CONFIG}; "
     "config/sim.toml in a checkout is the built-in simulated treadmill)"
@@ -648,12 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="configuration (default: the scenario's, else config/sim.toml)",
     )
-    sim.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="how much of the controller's log to print (default: warning)",
-    )
+    _log_level_option(sim, "the controller's")
     sim.set_defaults(func=cmd_simulate)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
@@ -782,12 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer writes but apply none (command source on the keypad)",
     )
     for p in (tm, mb):
-        p.add_argument(
-            "--log-level",
-            default="warning",
-            choices=["debug", "info", "warning", "error"],
-            help="how much of the device's log to print (default: warning)",
-        )
+        _log_level_option(p, "the device's")
         p.add_argument(
             "--brake-wear",
             type=_brake_wear,
@@ -934,24 +940,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="on the simulated treadmill, unattended: a simulated technician does every step",
     )
     com.add_argument("--technician", default="", help="who proves the stops (journaled)")
-    com.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="how much of the daemon's log to print (default: warning)",
-    )
+    _log_level_option(com, "the daemon's")
     com.set_defaults(func=cmd_commission, installed_config=True)
 
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
     run.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
-    run.add_argument(
-        "--log-level",
-        default=None,
-        choices=["debug", "info", "warning", "error"],
-        help="default: the configuration's logging.level",
-    )
+    _log_level_option(run, "the daemon's", default=None)
     run.set_defaults(func=cmd_run, installed_config=True)
     from treadguard.controller.tablet import add_tablet_parser
 

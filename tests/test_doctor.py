@@ -156,6 +156,15 @@ def filled_journal(path: Path, size: int) -> None:
         db.commit()
 
 
+def vfd_drive(address: str) -> str:
+    """The [drive] lines of a Delta VFD on Modbus TCP at ``address`` (HOST:PORT)."""
+    host, _, port = address.rpartition(":")
+    return (
+        f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
+        f"mph_per_hz = 0.05\nregister_map = '{ROOT / 'config' / 'drives' / 'delta-vfd-e.toml'}'"
+    )
+
+
 def root_only(device: Path) -> None:
     real = device.resolve()
     os.chown(real, 0, 0)
@@ -404,11 +413,7 @@ async def test_a_drive_that_does_not_answer(rig: Rig) -> None:
 @pytest.mark.asyncio
 async def test_a_vfd_whose_deadman_is_off(rig: Rig) -> None:
     with sim_device("modbus", "--tcp", "127.0.0.1:0", "--comm-timeout-s", "0") as address:
-        host, _, port = address.rpartition(":")
-        rig.drive = (
-            f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
-            f"mph_per_hz = 0.05\nregister_map = '{ROOT / 'config' / 'drives' / 'delta-vfd-e.toml'}'"
-        )
+        rig.drive = vfd_drive(address)
         async with publishing(Sensors(rig.broker.port)):
             done = await doctor(rig, rig.config(), "--service-user", "root")
     failed(done, "drive", "09.03", "keypad")
@@ -417,11 +422,7 @@ async def test_a_vfd_whose_deadman_is_off(rig: Rig) -> None:
 @pytest.mark.asyncio
 async def test_a_vfd_whose_deadman_is_on_passes(rig: Rig) -> None:
     with sim_device("modbus", "--tcp", "127.0.0.1:0") as address:
-        host, _, port = address.rpartition(":")
-        rig.drive = (
-            f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
-            f"mph_per_hz = 0.05\nregister_map = '{ROOT / 'config' / 'drives' / 'delta-vfd-e.toml'}'"
-        )
+        rig.drive = vfd_drive(address)
         async with publishing(Sensors(rig.broker.port)):
             done = await doctor(rig, rig.config(), "--service-user", "root")
     assert done.code == 0, done.out
