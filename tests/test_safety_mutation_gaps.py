@@ -4,8 +4,8 @@ boundaries of every range (SR-1, SR-3, SR-7), and the order of rules within one 
 mutation testing of the core (benchmarks/bench_mutation.py); each test asserts a behaviour of
 the requirements, through the core's decisions, events and snapshot.
 
-The 50 ms world of test_safety_examples; expected values from SAFETY.md, MQTT-API.md and the
-shipped programs (config/programs/)."""
+The 50 ms world of test_safety_examples; expected values from docs/requirements.md,
+docs/tablet-contract.md and the shipped programs (config/programs/)."""
 
 from __future__ import annotations
 
