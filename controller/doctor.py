@@ -374,9 +374,7 @@ async def check_drive(loaded: LoadedConfig, wait_s: float) -> list[Check]:
                 break
             await asyncio.sleep(0.05)  # polling a status the driver's own task updates
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await _ended([task])
     where = _drive_words(loaded)
     if status is None or status.fault is not None:
         said = status.fault if status is not None and status.fault else "no answer"
@@ -449,11 +447,21 @@ async def check_sensors(
             )
         ]
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _ended(tasks)
+
+
+# How long a cancelled reader or driver may take to end (a driver sends its stop word on the
+# way out, bounded by its own request time-out): the checklist goes on after it either way.
+END_WAIT_S = 5.0
+
+
+async def _ended(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them, within END_WAIT_S: a client whose exit swallows
+    the cancellation must not hold up the checklist."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=END_WAIT_S)
 
 
 async def _feed(

@@ -61,6 +61,25 @@ class Listening(Protocol):
     def port(self) -> int: ...
 
 
+def wait_listening(
+    proc: subprocess.Popen[bytes], ports: list[int | None], exited: Callable[[], str]
+) -> None:
+    """Until ``proc`` accepts connections on every port on 127.0.0.1, within START_TIMEOUT_S;
+    RuntimeError with ``exited()`` if it ends first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for port in ports:
+        while port is not None:  # bounded: until it accepts connections or the deadline
+            if proc.poll() is not None:
+                raise RuntimeError(exited())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+
 class Broker:
     """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as
     ``scripts/run``'s broker does; ``websockets``: a plain WebSockets listener on loopback with
@@ -123,18 +142,11 @@ class Broker:
             self.proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for port in (self.port, self.ws_port):
-            while port is not None:  # bounded: until it accepts connections or the deadline
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
+        wait_listening(
+            self.proc,
+            [self.port, self.ws_port],
+            lambda: f"mosquitto exited: {self.log.read_text()}",
+        )
 
     def freeze(self) -> None:
         """SIGSTOP: a broker that accepts connections and answers nothing (a hung server)."""

@@ -19,11 +19,10 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.browser import PAGE_DIR
-from tests.mosquitto import START_TIMEOUT_S, free_port
+from tests.mosquitto import START_TIMEOUT_S, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_SITE = ROOT / "config" / "nginx" / "treadguard.conf"
@@ -161,18 +160,11 @@ class Nginx:
         assert check.returncode == 0, check.stderr
         with (self.dir / "stderr.log").open("ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for port in (self.https_port, self.http_port):
-            while True:  # bounded: until it accepts connections or the deadline
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"nginx exited: {self.error_log.read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
+        wait_listening(
+            self.proc,
+            [self.https_port, self.http_port],
+            lambda: f"nginx exited: {self.error_log.read_text()}",
+        )
 
     def stop(self) -> None:
         """SIGTERM: nginx's fast shutdown, workers included."""
