@@ -130,6 +130,7 @@ class Daemon:
                 to_unix=self.to_unix,
                 on_sensor=self._on_sensor_message,
                 before_publish=system.commit_journal,
+                journal_marks=system.journal_marks,
                 on_refused=system.refused_before_the_core,
                 on_rival=system.rival_daemon,
                 extra_state=self._extra_state,
@@ -140,6 +141,9 @@ class Daemon:
         # After the journal, which System attached first: an event is on disk before the
         # link can publish it (SR-14).
         system.subscribe(self.link.on_event, name="mqtt")
+        # The journal's syncs off the loop; each one that ends lets the link publish what it
+        # covered.
+        system.sync_in_background(on_durable=self.link.state_changed)
         system.subscribe(self._on_event_status, name="systemd-status")
 
     @property

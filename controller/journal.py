@@ -1,10 +1,18 @@
 """The session journal (SR-14): every session and every safety event, in SQLite.
 
-WAL mode with ``synchronous=FULL``: a committed transaction survives a power cut. Writes
-gather in one open transaction and are committed (one fsync for the lot) by :meth:`commit`,
-which the daemon calls before anything is published on MQTT and at least every half second,
-so nothing is published or acknowledged before it is on disk, and a flood of events costs one
-sync per batch rather than one per event.
+WAL mode: writes gather in one open transaction; :meth:`Journal.commit` commits them and
+syncs the write-ahead log (one fsync for the lot), after which they survive a power cut, as
+with SQLite's ``synchronous=FULL``. The two halves can also be taken apart, so that the disk
+holds up no one who need not wait for it: :meth:`Journal.commit_written` commits without a
+sync (the log is written and left to the page cache: safe from a crash of the process), and
+:meth:`Journal.sync` makes everything committed before it durable. ``sync`` never touches the
+writing connection, so another thread may run it while this one goes on writing (the
+daemon's journal_sync.JournalSync); it also checkpoints the log into the database, on a
+connection of its own, once the log has grown to its limit. :attr:`Journal.records` counts
+the safety records written (events, sessions), so a caller can tell which of them a finished
+sync covered. The daemon commits before anything is published on MQTT and at least every
+half second, and publishes only what a sync has covered, so nothing is published or
+acknowledged before it is on disk, and a flood of events costs one sync per batch.
 
 Every failure is a :class:`JournalError` with SQLite's reason ("database or disk is full",
 "attempt to write a readonly database", ...); the daemon turns it into a latched fault.
@@ -14,11 +22,13 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -195,11 +205,29 @@ class EventRow:
 
 
 class Journal:
-    def __init__(self, connection: sqlite3.Connection, *, lock: int | None = None) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        *,
+        lock: int | None = None,
+        path: Path | None = None,
+        wal_limit_bytes: int = 0,
+    ) -> None:
         self._db = connection
         self._lock = lock  # the exclusive lock's file descriptor, released by close()
         self._open_session: int | None = self._newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
+        # Safety records written so far (never samples): which ones a sync covered.
+        self.records = 0
+        # What sync() uses, under _sync_lock (it may run on another thread): the database's
+        # path (None: in memory or read-only, nothing to sync), the log's descriptor and
+        # inode, and a connection of its own for checkpoints once the log passes its limit.
+        self._path = path
+        self._wal_limit_bytes = wal_limit_bytes
+        self._sync_lock = threading.Lock()
+        self._wal_fd: int | None = None
+        self._wal_ino: int | None = None
+        self._checkpointer: sqlite3.Connection | None = None
 
     @classmethod
     def open(cls, path: Path, *, max_size_mb: float = 512.0, exclusive: bool = False) -> Journal:
@@ -216,14 +244,31 @@ class Journal:
                 lock = _lock(path)
             # Autocommit mode: this class says where a transaction begins and ends.
             db = sqlite3.connect(path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            if mode != "wal":
+                # A file system where SQLite cannot keep a write-ahead log: every commit
+                # syncs where it is made (slow, but never a record published unsynced).
+                db.execute("PRAGMA synchronous=FULL")
+                cls._prepare(db, max_size_mb)
+                return cls(db, lock=lock)
+            # This connection never syncs: not in a commit, not the header of a new log, not
+            # in a checkpoint (it makes none). sync() syncs the log, and its own connection,
+            # synchronous=FULL, checkpoints: it syncs the log before it copies pages into the
+            # database, and the database before the log may start again. Together that is
+            # synchronous=FULL's guarantee (everything synced is there after a power cut)
+            # with every sync where its caller wants it (the module's docstring).
+            db.execute("PRAGMA synchronous=OFF")
             cls._prepare(db, max_size_mb)
+            wal_limit = int(db.execute("PRAGMA journal_size_limit").fetchone()[0])
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            # The file as SQLite names it, symbolic links resolved: its log is beside that
+            # file, not beside a link to it, and that log is the one to sync.
+            file = Path(str(db.execute("PRAGMA database_list").fetchone()[2]))
         except (OSError, sqlite3.Error, JournalError) as exc:
             if lock is not None:
                 os.close(lock)
             raise JournalError(f"cannot open {path}: {exc}") from exc
-        return cls(db, lock=lock)
+        return cls(db, lock=lock, path=file, wal_limit_bytes=wal_limit)
 
     @classmethod
     def in_memory(cls, *, max_size_mb: float = 512.0) -> Journal:
@@ -272,6 +317,19 @@ class Journal:
 
     def close(self) -> None:
         try:
+            with self._sync_lock:  # a sync under way on another thread ends first
+                if self._path is not None:
+                    # The last connection to close checkpoints the log into the database and
+                    # deletes it: with the syncs that takes. (A connection that cannot say so
+                    # any more is closed all the same.)
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("PRAGMA synchronous=FULL")
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+                    self._checkpointer = None
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
             self._db.close()
         finally:
             if self._lock is not None:
@@ -298,12 +356,70 @@ class Journal:
             raise JournalError(str(exc)) from exc
 
     def commit(self) -> None:
-        """Make everything written so far durable (one fsync)."""
+        """Make everything written so far durable (one fsync), here and now."""
+        self.commit_written()
+        self.sync()
+
+    def commit_written(self) -> None:
+        """Commit everything written so far, without a sync: other connections see it, a
+        crash of this process loses none of it, a power cut may, until :meth:`sync`."""
         try:
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(str(exc)) from exc
+
+    def sync(self) -> None:
+        """Make everything committed before this call durable: the write-ahead log synced
+        (with its folder, the first time a log file is seen), then, once the log has passed
+        its limit, checkpointed into the database (which SQLite syncs).
+
+        Safe on any thread while another writes and commits: it uses its own descriptor of
+        the log and its own connection, never the writing one. Nothing to do for a journal in
+        memory or a read-only one."""
+        if self._path is None:
+            return
+        with self._sync_lock:
+            try:
+                fd = self._wal()
+                if fd is None:
+                    return  # no log yet: nothing was committed since the last checkpoint
+                os.fdatasync(fd)
+                if self._wal_limit_bytes > 0 and os.fstat(fd).st_size > self._wal_limit_bytes:
+                    self._checkpoint()
+            except (OSError, sqlite3.Error) as exc:
+                raise JournalError(f"cannot sync {self._path}: {_reason_of(exc)}") from exc
+
+    def _wal(self) -> int | None:
+        """The log's descriptor (under _sync_lock), opened again should the file there now be
+        another one, so a sync never flushes a file SQLite no longer writes."""
+        assert self._path is not None
+        wal = Path(f"{self._path}-wal")
+        try:
+            ino = wal.stat().st_ino
+        except FileNotFoundError:
+            return None
+        if self._wal_fd is not None and ino == self._wal_ino:
+            return self._wal_fd
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        self._wal_fd = os.open(wal, os.O_RDONLY)
+        self._wal_ino = os.fstat(self._wal_fd).st_ino
+        # A new file's name must survive a power cut too, as SQLite syncs a new log's folder.
+        _sync_dir(wal.parent)
+        return self._wal_fd
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database (PASSIVE: never waits for the writer, whose next
+        transaction then starts the log again and cuts it back to journal_size_limit)."""
+        if self._checkpointer is None:
+            assert self._path is not None
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA journal_size_limit={self._wal_limit_bytes}")
+            self._checkpointer = db
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def record(self, event: Event, ts: float) -> None:
         """One safety event at unix time ``ts``; session events open and close sessions."""
@@ -320,6 +436,7 @@ class Journal:
             "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",
             (ts, event.type.value, session, _json(f)),
         )
+        self.records += 1
         if event.type is EventType.SESSION_ENDED and session is not None:
             self._write(
                 "UPDATE sessions SET ended_at = ?, end_reason = ?, belt_moving_s = ?,"

@@ -123,6 +123,9 @@ class _Out:
     acked: bool = False
     # Coalesced rate_limited refusals: the ids they answer (the payload is built when sent).
     ids: list[str | None] | None = None
+    # The journal's safety records written when it was queued: it goes out once a sync has
+    # covered them (SR-14), its own event's record among them.
+    records: int = 0
 
 
 def _peek(payload: bytes) -> tuple[str | None, str | None]:
@@ -171,6 +174,9 @@ class LinkHooks:
     on_sensor: Callable[[str, bytes], None] | None = None
     # Called before the state, a reply or an event goes out: the journal commits (SR-14).
     before_publish: Callable[[], None] | None = None
+    # The journal's safety records written so far and how many are on disk: the state and
+    # what is queued go out only once every record before them is (SR-14). None: no journal.
+    journal_marks: Callable[[], tuple[int, float]] | None = None
     on_refused: Callable[[CommandReply, str | None], None] | None = None
     on_rival: Callable[[str], None] | None = None
     # Fields the contract allows beyond its own (an extension): merged into each state.
@@ -746,16 +752,23 @@ class TabletLink:
             # (a new session, a latched stop) (SR-14); a no-op when it holds nothing.
             if self._hooks.before_publish is not None:
                 self._hooks.before_publish()
-            last_key, self._moving = self._publish_state(paho, last_key)
+            written, durable = self._marks()
+            if written <= durable:
+                last_key, self._moving = self._publish_state(paho, last_key)
+            # else: the state shows what records not yet on disk say; looked at again when
+            # a sync ends (the daemon calls state_changed), or at the next poll.
             self._next_look = now + self._tuning.poll_s
             if self._moving:
                 due = self._last_state_sent + self._tuning.state_period_s
                 self._next_look = min(self._next_look, due)
+        _, durable = self._marks()
         for queue in self._queues:
             topic = self.topics.events if queue is self._events else self.topics.reply
             sent = self._sent[id(queue)]
             while sent < len(queue) and len(self._inflight) < self._tuning.max_inflight:
                 item = queue[sent]
+                if item.records > durable:
+                    break  # its records are not on disk yet; neither are those after it
                 if item.ids is not None:  # no more refusals join it once it is sent
                     item.payload = self._refusal_payload(item.ids)
                 mid = self._publish(paho, topic, item.payload, retain=False)
@@ -797,10 +810,15 @@ class TabletLink:
             self._state_published = True
         return key, moving
 
+    def _marks(self) -> tuple[int, float]:
+        marks = self._hooks.journal_marks
+        return (0, math.inf) if marks is None else marks()
+
     def _push(self, queue: deque[_Out], item: _Out, bound: int | None) -> bool:
         """Append to the outbox; False when it was full and an item was dropped (this one, or
         for a kept one, the oldest unsent item that is not kept)."""
         self._wake.set()
+        item.records = self._marks()[0]
         if bound is None or len(queue) < bound:
             queue.append(item)
             return True

@@ -19,8 +19,10 @@ here):
    (attached here, before anything else can be), so an event is written before anyone
    can publish it; then whatever the caller attached (the MQTT link, systemd's status line, a
    scenario's recorder).
-4. The link commits the journal (:meth:`System.commit_journal`) before it publishes, so
-   nothing is published that is not on disk.
+4. The link commits the journal (:meth:`System.commit_journal`) before it publishes, and
+   publishes only what a sync has covered (:meth:`System.journal_marks`), so nothing is
+   published that is not on disk. In the daemon the syncs run on a worker thread
+   (controller/journal_sync.py): a slow disk holds up what is published, never the loop.
 
 A command the link refused itself (malformed, retained, too old, rate-limited) comes in at
 :meth:`System.refused_before_the_core` and takes step 3 like the core's refusals.
@@ -41,6 +43,7 @@ from treadguard.config.loading import LoadedConfig
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
 from treadguard.controller.control import Controller, EventListener, Timers
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
+from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
 from treadguard.controller.refusals import RefusalCoalescer
 from treadguard.drivers.base import TreadmillDriver
@@ -152,6 +155,9 @@ class System:
         self._log = logger if logger is not None else structlog.get_logger("treadguard")
         self.journal = journal.journal
         self.journal_problem = journal.problem
+        # The daemon's: syncs on a worker thread (sync_in_background). Without it (a virtual
+        # run, a journal in memory) each commit syncs where it is made.
+        self.journal_sync: JournalSync | None = None
         # A session of a first-session program counts as the user's first treadmill session
         # only with at least its shortest cap of belt time (SR-7): stopped after a few seconds,
         # the user is still on first-session rules.
@@ -479,17 +485,46 @@ class System:
                 # journal failure (fail closed, SR-14): never an exception out of the listener.
                 self._journal_failed(_reason(exc))
 
+    def sync_in_background(self, on_durable: Callable[[], None]) -> None:
+        """From now on (on the running event loop) the journal's syncs run on a worker
+        thread; ``on_durable`` is called after each sync that covered new records (the link
+        looks again at what it may publish)."""
+        if self.journal is None:
+            return
+        self.journal_sync = JournalSync(
+            self.journal, on_durable=on_durable, on_failure=self._journal_failed
+        )
+
     def commit_journal(self) -> None:
-        """Everything recorded so far made durable; the link calls it before it publishes."""
-        if self.journal is not None:
-            try:
-                self.journal.commit()
-            except Exception as exc:  # called by the link's outbox: never raised into it
-                self._journal_failed(_reason(exc))
+        """Everything recorded so far committed and on its way to disk (synced here and now
+        without a worker); the link calls it before it publishes, and publishes only what
+        :meth:`journal_marks` says is on disk."""
+        if self.journal is None:
+            return
+        if self.journal_sync is not None:
+            self.journal_sync.request()  # never raises, never waits for the disk
+            return
+        try:
+            self.journal.commit()
+        except Exception as exc:  # called by the link's outbox: never raised into it
+            self._journal_failed(_reason(exc))
+
+    def journal_marks(self) -> tuple[int, float]:
+        """The safety records written so far, and how many of them are on disk (infinite
+        once the journal has failed: nothing more can be, and the fault must be seen)."""
+        if self.journal is None:
+            return 0, math.inf
+        written = self.journal.records
+        if self.journal_sync is None:
+            return written, written  # each commit syncs (commit_journal)
+        return written, self.journal_sync.durable
 
     def close(self) -> None:
         """The last commit, then the journal closed, even when that commit fails (a failed
         commit lets go of the journal: held here, it is still closed)."""
+        if self.journal_sync is not None:
+            self.journal_sync.close()  # the sync under way ends first
+            self.journal_sync = None
         journal = self.journal
         if journal is None:
             return
@@ -508,10 +543,10 @@ class System:
             try:
                 if snap.session is not None:
                     self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
-                self.journal.commit()
                 self._journal_used = self.journal.used_fraction()
             except Exception as exc:
                 self._journal_failed(_reason(exc))
+            self.commit_journal()
             self._warn_journal_nearly_full()
 
     # ------------------------------------------------------------------ commissioning

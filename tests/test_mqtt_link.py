@@ -82,6 +82,7 @@ def make_link(
     tls: TlsSettings | None = None,
     buffer: int = DEFAULT_TUNING.buffer,
     before_publish: Callable[[], None] | None = None,
+    journal_marks: Callable[[], tuple[int, float]] | None = None,
 ) -> TabletLink:
     return TabletLink(
         tm,
@@ -99,6 +100,7 @@ def make_link(
             now=time.monotonic,
             to_unix=lambda t: t + 1_764_000_000.0,
             before_publish=before_publish,
+            journal_marks=journal_marks,
         ),
         LinkTuning(backoff_max_s=0.5, buffer=buffer),
     )
@@ -410,6 +412,42 @@ async def test_sr13_sr15_a_flood_of_commands_leaves_none_unanswered(broker: Brok
     assert len(world.commands) == len(burst) - len(limited)  # a refused command is not run
     assert [type(c) for c in world.commands].count(EStop) == 4
     assert link.dropped_replies == 0
+
+
+@pytest.mark.asyncio
+async def test_sr14_nothing_goes_out_before_a_sync_has_covered_its_records(
+    broker: Broker,
+) -> None:
+    """journal_marks (records written, records on disk): an event, a reply and the state
+    queued while the disk is behind wait for it; the link is told when a sync ends
+    (state_changed) and they go out, in order. Meanwhile the link runs on: an event queued
+    before the records fell behind goes out at once."""
+    tm, world = "tm-sync", World()
+    p = f"treadmill/{tm}"
+    marks = [0, 0]  # written, durable
+    link = make_link(broker, world, tm, journal_marks=lambda: (marks[0], marks[1]))
+    async with (
+        tablet(broker, f"{p}/state", f"{p}/events", f"{p}/reply") as tab,
+        link,
+    ):
+        await tab.next(f"{p}/state")
+        link.on_event(Event(EventType.RESET, t=1.0, fields={"n": 1}))
+        assert body(await tab.next(f"{p}/events"))["n"] == 1  # on disk: goes out
+        marks[0] = 1  # the estop's record, written, not yet synced
+        link.on_event(Event(EventType.ESTOP, t=2.0, fields={"cause": "grip_lost"}))
+        world.snap = replace(IDLE, state=State.ESTOP)
+        link.state_changed()
+        await send(tab, tm, {"id": "r1", "type": "heartbeat"})
+        # A window, not a synchronisation: within it nothing of the above may arrive.
+        for topic in ("events", "state", "reply"):
+            with pytest.raises(TimeoutError):
+                await tab.next(f"{p}/{topic}", within=0.3)
+        assert world.commands  # the command itself ran at once
+        marks[1] = 1  # the sync ends
+        link.state_changed()
+        assert body(await tab.next(f"{p}/events"))["type"] == "estop"
+        assert body(await tab.next(f"{p}/state"))["state"] == "estop"
+        assert body(await tab.next(f"{p}/reply")) == {"id": "r1", "ok": True}
 
 
 @pytest.mark.asyncio
