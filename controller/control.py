@@ -111,6 +111,11 @@ class Controller:
     def submit(self, event: Input) -> Decision:
         """Hand one input to the core and act on its decision at once."""
         decision = self.core.handle(event)
+        if self.core.unchanged and self.held_stopped is None:
+            # A reading or status that changed nothing but its stamp: the driver already has
+            # this speed and the armed deadline is still the earliest (most inputs of a
+            # session are these).
+            return decision
         if decision.emergency_stop:
             self.driver.emergency_stop()
             issued = self.timers.time()

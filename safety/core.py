@@ -265,6 +265,10 @@ class SafetyCore:
         # event, reply or emergency stop (see _quiet_decision).
         self._settled = False
         self._quiet: Decision | None = None
+        # The last input changed nothing but a stamp (the short path of handle): the speed
+        # commanded stands as the decision before left it, and no deadline came earlier
+        # (a stamp only moves a time-out later), so the caller need do nothing about it.
+        self.unchanged = False
         # The stop-quality watch (safety/stop_watch.py): no baselines until commissioning (or
         # a scenario) gives them, and so no comparison.
         self._stop_watch = StopWatch(stop_margin)
@@ -279,9 +283,11 @@ class SafetyCore:
     def handle(self, event: Input) -> Decision:
         if self._settled:
             if self._restamped(event):
+                self.unchanged = True
                 return self._quiet_decision()
             # Until this pass is through: one cut short by an exception settles nothing.
             self._settled = False
+        self.unchanged = False
         self._out = _Out()
         self._standing = self.commanded == 0.0
         self._advance_to(event.t)

@@ -81,6 +81,8 @@ class _Lockstep(World):
         self.reference = _FullPass(
             LIMITS, PROGRAMS, default_program=script.default_program, commissioned_until=math.inf
         )
+        self.last: Decision | None = None
+        self.last_deadline: float | None = None
         if aligned:
             # Sensors and drive due together from the start; with a fixed period they stay so.
             start = self.rng.randrange(0, script.period_ms[1])
@@ -89,11 +91,24 @@ class _Lockstep(World):
             }
 
     def feed(self, inp: Input) -> Decision:
+        short_before = self.counted.short
         d = super().feed(inp)
         ref = self.reference.handle(inp)
         assert repr(d) == repr(ref), f"after {inp!r}"
-        assert repr(self.core.next_deadline()) == repr(self.reference.next_deadline())
+        deadline = self.core.next_deadline()
+        assert repr(deadline) == repr(self.reference.next_deadline())
         assert repr(self.core.snapshot()) == repr(self.reference.snapshot())
+        # ``unchanged`` says the short path was taken, and then the Controller does nothing
+        # (controller/control.py): so the speed is the one the decision before commanded, and
+        # no deadline came earlier than the one armed before.
+        assert self.counted.unchanged == (self.counted.short > short_before)
+        if self.counted.unchanged:
+            assert self.last is not None
+            assert repr(d.speed_mph) == repr(self.last.speed_mph), f"after {inp!r}"
+            assert (d.events, d.emergency_stop, d.reply) == ((), False, None)
+            before = self.last_deadline
+            assert before is None or deadline is None or deadline >= before, f"after {inp!r}"
+        self.last, self.last_deadline = d, deadline
         return d
 
 
