@@ -100,6 +100,7 @@ EVENT_WORDS: dict[EventType, str] = {
     EventType.COUNTDOWN: "Countdown",
     EventType.BELT_STARTED: "Belt started",
     EventType.SPEED_STEP: "Target raised",
+    EventType.SPEED_CHANGED: "Speed changed",
     EventType.CAP_WARNING: "Cap warning",
     EventType.STOPPING: "Stopping",
     EventType.SESSION_ENDED: "Session ended",
@@ -173,6 +174,12 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
             return f"belt starts, target {f.get('target_mph')} mph"
         case EventType.SPEED_STEP:
             return f"speed step, target {f.get('target_mph')} mph"
+        case EventType.SPEED_CHANGED:
+            by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
+            return (
+                f"target changed from {f.get('from_mph')} to {f.get('to_mph')} mph{by} "
+                f"(session {f.get('session_id')})"
+            )
         case EventType.CAP_WARNING:
             return f"cap warning: {_clock(f.get('remaining_s'))} of belt time left"
         case EventType.STOPPING:

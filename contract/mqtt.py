@@ -224,6 +224,10 @@ class StartSessionModel(_CommandModel):
 class SetSpeedModel(_CommandModel):
     type: Literal["set_speed"]
     mph: float
+    # An extension of contract v1: who asks (a clinician's code, never a name), for the record.
+    clinician: (
+        Annotated[PrintableText, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)] | None
+    ) = None
 
 
 class StopModel(_CommandModel):
@@ -348,7 +352,7 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
                 target_mph=model.target_mph,
             )
         case SetSpeedModel():
-            return SetSpeed(t=t, mph=model.mph)
+            return SetSpeed(t=t, mph=model.mph, clinician=model.clinician)
         case StopModel():
             return Stop(t=t)
         case EStopModel():

@@ -49,6 +49,7 @@ _PAGES = Environment(
 MARKED: dict[str, str] = {
     EventType.BELT_STARTED: START_GREEN,
     EventType.SPEED_STEP: "#888888",
+    EventType.SPEED_CHANGED: "#2277cc",
     EventType.CAP_WARNING: WARN_AMBER,
     EventType.STOPPING: "#2277cc",
     EventType.GRIP_WARNING: WARN_AMBER,

@@ -145,6 +145,10 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     EventType.COUNTDOWN: lambda f: f"{f.get('seconds')} s",
     EventType.BELT_STARTED: lambda f: f"target {mph(f.get('target_mph'))}",
     EventType.SPEED_STEP: lambda f: f"target {mph(f.get('target_mph'))}",
+    EventType.SPEED_CHANGED: lambda f: (
+        f"target {mph(f.get('from_mph'))} to {mph(f.get('to_mph'))}"
+        + (f", asked by {f['clinician']}" if f.get("clinician") is not None else "")
+    ),
     EventType.CAP_WARNING: lambda f: f"{duration(f.get('remaining_s'))} of belt time left",
     EventType.STOPPING: lambda f: words(END_WORDS, f.get("reason")),
     EventType.SESSION_ENDED: lambda f: (

@@ -509,7 +509,7 @@ def cmd_tablet(args: argparse.Namespace) -> int:
                 target_mph=args.target_mph,
             )
         case "speed":
-            command = _command(CommandType.SET_SPEED, mph=args.mph)
+            command = _command(CommandType.SET_SPEED, mph=args.mph, clinician=args.clinician)
         case "commission-confirm":
             command = _command(CommandType.COMMISSION_CONFIRM, step=args.step, ask=args.ask)
         case "commission-abort":
@@ -630,6 +630,9 @@ def add_tablet_parser(sub: Any) -> None:
         "speed", parents=[opts], help=f"change the target speed ({CommandType.SET_SPEED})"
     )
     speed.add_argument("mph", type=_finite, metavar="MPH", help="the new target speed in mph")
+    speed.add_argument(
+        "--clinician", metavar="CODE", help="who asks, for the record (a code, never a name)"
+    )
 
     for kind, text in (
         (CommandType.STOP, "controlled stop: ends the session"),

@@ -719,8 +719,8 @@ class SafetyCore:
                 return ACCEPTED
             case StartSession():
                 reply = self._start(cmd)
-            case SetSpeed(mph=mph):
-                reply = self._set_speed(mph)
+            case SetSpeed(mph=mph, clinician=clinician):
+                reply = self._set_speed(mph, clinician)
             case Stop():
                 reply = self._stop_command()
             case Reset():
@@ -834,13 +834,22 @@ class SafetyCore:
             unmet.append(f"the session journal cannot be written ({self._journal_problem})")
         return unmet
 
-    def _set_speed(self, mph: float) -> Reply:
+    def _set_speed(self, mph: float, clinician: str | None) -> Reply:
         s = self.session
         if s is None or self.state not in (State.COUNTDOWN, State.RUNNING):
             return Refused(RefusalCode.NOT_ALLOWED, f"no running session ({self.state.value})")
         band = self._band(s.program)
         if not (math.isfinite(mph) and band[0] <= mph <= band[1]):
             return Refused(RefusalCode.OUT_OF_RANGE, _band_message(mph, band))
+        # On the record: the session's target before and after, and who asked (SR-14).
+        changed: dict[str, JsonScalar] = {
+            "session_id": str(s.number),
+            "from_mph": s.target_mph,
+            "to_mph": mph,
+        }
+        if clinician is not None:
+            changed["clinician"] = clinician
+        self._emit(EventType.SPEED_CHANGED, **changed)
         s.target_mph = mph
         s.auto_step = False  # the clinician has taken over the speed
         if self.state is State.RUNNING and not s.resting:

@@ -38,6 +38,8 @@ class EventType(StrEnum):
     COUNTDOWN = "countdown"
     BELT_STARTED = "belt_started"
     SPEED_STEP = "speed_step"
+    # The clinician changed the target (set_speed accepted): from what, to what, who asked.
+    SPEED_CHANGED = "speed_changed"
     CAP_WARNING = "cap_warning"
     STOPPING = "stopping"
     SESSION_ENDED = "session_ended"

@@ -149,6 +149,8 @@ class SetSpeed:
     TYPE: ClassVar[CommandType] = CommandType.SET_SPEED
     t: float
     mph: float
+    # Who asked, as the tablet says (a clinician's code); None: not said.
+    clinician: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -633,6 +633,9 @@ function onEvent(e) {
       view.target = e.target_mph;
       log(`${name} to ${e.target_mph} mph`);
       break;
+    case "speed_changed":
+      log(`${name}: ${e.from_mph} to ${e.to_mph} mph${e.clinician ? ` (${e.clinician})` : ""}`);
+      break;
     case "cap_warning":
       view.capWarned = view.state && view.state.session ? view.state.session.id : null;
       log(`${name}: ${clock(e.remaining_s)} left`);

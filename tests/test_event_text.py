@@ -32,6 +32,12 @@ EXAMPLES: dict[EventType, dict[str, JsonScalar]] = {
     EventType.COUNTDOWN: {"seconds": 3.0},
     EventType.BELT_STARTED: {"target_mph": 0.8, "interval": 1},
     EventType.SPEED_STEP: {"target_mph": 0.9},
+    EventType.SPEED_CHANGED: {
+        "session_id": "7",
+        "from_mph": 0.8,
+        "to_mph": 1.0,
+        "clinician": "c-12",
+    },
     EventType.CAP_WARNING: {"remaining_s": 30.0},
     EventType.STOPPING: {"reason": "cap"},
     EventType.SESSION_ENDED: {"session_id": "7", "reason": "cap", "belt_moving_s": 299.6},

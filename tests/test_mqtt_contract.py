@@ -164,6 +164,15 @@ def test_sr15_non_standard_json_is_invalid_json(raw: str) -> None:
         ('{"id": "a", "type": "start_session", "user": "u", "cap_s": "5"}', "cap_s"),
         ('{"id": "a", "type": "stop", "speed": 1}', "speed"),
         ('{"id": "a", "type": "heartbeat", "extra": null}', "extra"),
+        ('{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": ""}', "clinician"),
+        ('{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": 12}', "clinician"),
+        (
+            '{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": "' + "c" * 65 + '"}',
+            "clinician",
+        ),
+        ('{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": "c\\u0007"}', "clinician"),
+        ('{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": "\\ud800"}', "clinician"),
+        ('{"id": "a", "type": "stop", "clinician": "c-1"}', "clinician"),
         ('{"id": "a"}', "type"),
         ('{"id": "a", "type": 5}', "type"),
     ],
@@ -190,6 +199,17 @@ def test_sr15_bad_id_is_invalid_command_answered_with_id_null(text: str) -> None
     assert reply.error is ErrorCode.INVALID_COMMAND
     assert reply.id is None
     assert "id" in reply.message
+
+
+def test_a_speed_change_may_say_which_clinician_asked() -> None:
+    result = parse('{"id": "a", "type": "set_speed", "mph": 1.0, "clinician": "c-12"}')
+    assert isinstance(result, ParsedCommand)
+    assert isinstance(result.command, SetSpeed)
+    assert (result.command.mph, result.command.clinician) == (1.0, "c-12")
+    result = parse('{"id": "a", "type": "set_speed", "mph": 1.0}')
+    assert isinstance(result, ParsedCommand)
+    assert isinstance(result.command, SetSpeed)
+    assert result.command.clinician is None
 
 
 def test_id_of_64_chars_is_accepted() -> None:

@@ -191,6 +191,29 @@ def first_event(world: World, type_: EventType, since: int = 0) -> tuple[float, 
 # --------------------------------------------------------------------------- SR-1
 
 
+def test_sr14_every_accepted_speed_change_is_on_the_record_with_who_asked() -> None:
+    """set_speed accepted: a speed_changed event with the session's target before and after,
+    and the clinician when the command named one; refused: none (the refusal is on record)."""
+    world = running_world()
+    session = world.core.snapshot().session
+    assert session is not None
+    d = world.command(lambda t: SetSpeed(t, 1.0, clinician="c-12"))
+    assert isinstance(d.reply, Accepted)
+    assert [(e.type, e.fields) for e in d.events] == [
+        (
+            EventType.SPEED_CHANGED,
+            {"session_id": session.id, "from_mph": 0.8, "to_mph": 1.0, "clinician": "c-12"},
+        )
+    ]
+    d = world.command(lambda t: SetSpeed(t, 0.9))
+    assert [e.fields for e in d.events] == [
+        {"session_id": session.id, "from_mph": 1.0, "to_mph": 0.9}
+    ]
+    d = world.command(lambda t: SetSpeed(t, 1.5, clinician="c-12"))
+    assert isinstance(d.reply, Refused)
+    assert [e.type for e in d.events] == [EventType.COMMAND_REFUSED]
+
+
 @pytest.mark.parametrize("mph", [0.79, 1.21, 0.0, -1.0, 2.0, math.nan, math.inf, -math.inf])
 def test_sr1_set_speed_out_of_band_is_refused_never_clamped(mph: float) -> None:
     world = at_speed(1.0)
