@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.limits import STANDSTILL_MPH
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
 from treadguard.safety.stop_watch import baseline_problem
 
@@ -217,6 +218,8 @@ class Journal:
         self._lock = lock  # the exclusive lock's file descriptor, released by close()
         self._open_session: int | None = self._newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
+        # The session that has ended while its belt still runs down (see sample).
+        self._running_down: int | None = None
         # Safety records written so far (never samples): which ones a sync covered.
         self.records = 0
         # What sync() uses, under _sync_lock (it may run on another thread): the database's
@@ -425,6 +428,7 @@ class Journal:
         """One safety event at unix time ``ts``; session events open and close sessions."""
         f = event.fields
         if event.type is EventType.SESSION_STARTED:
+            self._running_down = None
             self._open_session = int(str(f["session_id"]))
             self._top_speed = 0.0
             self._write(
@@ -452,6 +456,7 @@ class Journal:
                     session,
                 ),
             )
+            self._running_down = session
             self._open_session = None
 
     def observe_speed(self, speed_mph: float) -> None:
@@ -460,12 +465,20 @@ class Journal:
             self._top_speed = max(self._top_speed, speed_mph)
 
     def sample(self, ts: float, speed_mph: float, target_mph: float) -> None:
-        """The belt's speed during the open session (for the report and the maximum)."""
-        if self._open_session is not None:
-            self._write(
-                "INSERT INTO samples (session_id, ts, speed_mph, target_mph) VALUES (?,?,?,?)",
-                (self._open_session, ts, _real(speed_mph), _real(target_mph)),
-            )
+        """The belt's speed during the open session (for the report and the maximum), and
+        after it has ended until the belt stands still: a stop's run-down is on the record
+        too. The first sample at standstill, or with the speed unknown, is the last of it."""
+        session = self._open_session
+        if session is None:
+            session = self._running_down
+            if session is None:
+                return
+            if not (math.isfinite(speed_mph) and speed_mph > STANDSTILL_MPH):
+                self._running_down = None
+        self._write(
+            "INSERT INTO samples (session_id, ts, speed_mph, target_mph) VALUES (?,?,?,?)",
+            (session, ts, _real(speed_mph), _real(target_mph)),
+        )
 
     def begin_commissioning(self, ts: float, *, technician: str, simulated: bool) -> int:
         """A commissioning run begins (committed at once: a run cut short stays on record,

@@ -541,8 +541,9 @@ class System:
         if self.journal is not None:
             snap = self.core.snapshot()
             try:
-                if snap.session is not None:
-                    self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
+                # During a session, and after it until the belt stands still (the journal
+                # knows which session that is).
+                self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
                 self._journal_used = self.journal.used_fraction()
             except Exception as exc:
                 self._journal_failed(_reason(exc))

@@ -89,6 +89,34 @@ def test_sr14_a_session_its_events_and_samples(tmp_path: Path) -> None:
     assert reader.last_session_id() == 1
 
 
+def test_the_belt_after_the_end_is_sampled_until_it_stands_still(tmp_path: Path) -> None:
+    """A stop's run-down is on the record: samples go on after session_ended, under that
+    session, up to the first at standstill (or with the speed unknown); then none until the
+    next session starts."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal.open(path)
+    journal.record(started(1), ts=1000.0)
+    journal.sample(1000.5, 1.0, 1.0)
+    journal.record(Event(EventType.ESTOP, 0.0, {"cause": "grip_lost"}), ts=1001.0)
+    journal.record(ended(1, "estop", 1.0), ts=1001.0)
+    journal.sample(1001.5, 0.6, 0.0)
+    journal.sample(1002.0, 0.04, 0.0)  # standstill: the last of the run-down
+    journal.sample(1002.5, 0.0, 0.0)
+    journal.record(started(2), ts=1010.0)
+    journal.sample(1010.5, 0.0, 0.8)
+    journal.record(ended(2, "fault", 0.0), ts=1011.0)
+    journal.sample(1011.5, math.inf, 0.0)  # the drive silent: said once, then no more
+    journal.sample(1012.0, 0.5, 0.0)
+    journal.commit()
+    reader = Journal.read_only(path)
+    assert reader.samples(1) == [(1000.5, 1.0, 1.0), (1001.5, 0.6, 0.0), (1002.0, 0.04, 0.0)]
+    assert reader.samples(2) == [(1010.5, 0.0, 0.8), (1011.5, None, 0.0)]
+    (first, _) = reader.sessions()
+    assert first.max_speed_mph == 1.0  # the run-down does not change the session's top speed
+    reader.close()
+    journal.close()
+
+
 def test_history_counts_sessions_that_ran_and_ended_as_planned(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite")
     for session, (user, reason, moving) in enumerate(
