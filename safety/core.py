@@ -785,7 +785,9 @@ class SafetyCore:
         self._sessions_started += 1
         intervals = 1
         if program.kind is ProgramKind.INTERVALS:
-            intervals = max(1, int(cap // program.interval_s + _EPS))
+            # Division, not floor division: 597 // 59.7 is 9.0 in floats (one short), while
+            # 597 / 59.7 is 10.0; _EPS takes up a quotient a hair under a whole number.
+            intervals = max(1, int(cap / program.interval_s + _EPS))
         self.session = _Session(
             number=self._sessions_started,
             user=user,
@@ -1120,9 +1122,12 @@ class SafetyCore:
     def _check_running(self) -> None:
         s = self.session
         assert s is not None
-        if self._standing and self.commanded > 0.0 and self._start_unmet():
+        if self._standing and self._start_unmet():
             # SR-3: the first command above 0 goes out only if the start preconditions still
-            # hold now; an input since the end of the countdown may have broken one.
+            # hold now; an input since the end of the countdown may have broken one. Checked
+            # on every input until the belt is commanded to move, the ones at the very instant
+            # the countdown ended included (fail closed: a precondition that fails then and
+            # holds again within the instant still ends the start).
             self.commanded = 0.0
             self._end_session(EndReason.START_ABORTED)
             return

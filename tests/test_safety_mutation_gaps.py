@@ -295,6 +295,25 @@ def test_sr7_an_intervals_session_has_one_interval_per_full_interval_of_its_cap(
     assert (session.interval, session.intervals) == (1, intervals)
 
 
+def test_sr7_intervals_that_are_no_whole_number_of_seconds_are_counted_in_full() -> None:
+    """597 s of 59.7 s intervals is ten intervals; floor division of the floats says nine."""
+    world = World("intervals")
+    odd = world.programs["intervals"].model_copy(
+        update={"interval_s": 59.7, "cap_s_min": 597.0, "cap_s_default": 597.0, "cap_s_max": 597.0}
+    )
+    world.core = SafetyCore(
+        SafetyLimits(),
+        {**world.programs, "intervals": odd},
+        default_program="intervals",
+        commissioned_until=math.inf,
+    )
+    world.run(1.0)
+    assert isinstance(world.start(cap_s=597.0).reply, Accepted)
+    session = world.core.snapshot().session
+    assert session is not None
+    assert session.intervals == 10
+
+
 # --------------------------------------------------------------------------- SR-1: set_speed
 
 
@@ -740,6 +759,26 @@ def test_sr3_a_user_may_let_go_during_a_rest_but_not_in_its_final_countdown() ->
     assert ended.fields["reason"] == "start_aborted"
     assert t_end == world.log[released][0].t
     assert not world.events(EventType.BELT_STARTED, mark)
+
+
+def test_sr3_a_hand_lost_at_the_instant_the_countdown_ends_ends_the_start() -> None:
+    """The belt may start only while every start precondition holds: a hand reported lost at
+    the very instant the countdown ended, before anything was commanded above 0, ends the
+    start there (no latch: the belt never moved), even if the hand is back within that same
+    instant."""
+    world = World()
+    world.run(1.0)
+    assert isinstance(world.start().reply, Accepted)
+    world.run(COUNTDOWN_S + 1.0, until=lambda: world.state is State.RUNNING)
+    assert world.state is State.RUNNING
+    assert world.commanded == 0.0  # the countdown ended at this instant: nothing moved yet
+    mark = len(world.log)
+    world.send(GripReading(world.t, Hand.LEFT, False))
+    world.send(GripReading(world.t, Hand.LEFT, True))
+    _, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == "start_aborted"
+    assert world.state is State.IDLE
+    assert world.core.snapshot().latched is None
 
 
 def test_sr4_a_debounce_of_0_stops_on_any_loss_of_both_hands() -> None:
