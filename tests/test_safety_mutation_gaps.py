@@ -777,8 +777,9 @@ def test_sr3_a_hand_lost_at_the_instant_the_countdown_ends_ends_the_start() -> N
     world.send(GripReading(world.t, Hand.LEFT, True))
     _, ended = first_event(world, EventType.SESSION_ENDED, mark)
     assert ended.fields["reason"] == "start_aborted"
-    assert world.state is State.IDLE
-    assert world.core.snapshot().latched is None
+    after = world.core.snapshot()
+    assert after.state is State.IDLE
+    assert after.latched is None
 
 
 def test_sr4_a_debounce_of_0_stops_on_any_loss_of_both_hands() -> None:
