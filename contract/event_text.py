@@ -101,6 +101,7 @@ EVENT_WORDS: dict[EventType, str] = {
     EventType.BELT_STARTED: "Belt started",
     EventType.SPEED_STEP: "Target raised",
     EventType.SPEED_CHANGED: "Speed changed",
+    EventType.OUTCOME_RECORDED: "Outcome recorded",
     EventType.CAP_WARNING: "Cap warning",
     EventType.STOPPING: "Stopping",
     EventType.SESSION_ENDED: "Session ended",
@@ -174,6 +175,14 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
             return f"belt starts, target {f.get('target_mph')} mph"
         case EventType.SPEED_STEP:
             return f"speed step, target {f.get('target_mph')} mph"
+        case EventType.OUTCOME_RECORDED:
+            exertion = f", exertion {f.get('exertion')}/10" if "exertion" in f else ""
+            notes = f", notes: {f.get('notes')}" if "notes" in f else ""
+            by = f" by {f.get('clinician')}" if "clinician" in f else ""
+            return (
+                f"session {f.get('session_id')} {f.get('when')}: pain {f.get('pain')}/10"
+                f"{exertion}{notes}{by}"
+            )
         case EventType.SPEED_CHANGED:
             by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
             return (

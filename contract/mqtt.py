@@ -44,6 +44,8 @@ from treadguard.safety.inputs import (
     EStop,
     Hand,
     Heartbeat,
+    OutcomeAfter,
+    OutcomeBefore,
     Reset,
     SetSpeed,
     StartSession,
@@ -76,6 +78,8 @@ _AGE_CHECKED = frozenset(
 )
 _UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
 ID_MAX_CHARS = 64
+# A clinician's notes on a session: a few sentences (the payload itself is at most 4 KiB).
+NOTES_MAX_CHARS = 1000
 DEFAULT_DUPLICATE_MEMORY = 1024
 
 JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, JsonValue] | None"
@@ -261,6 +265,30 @@ class CommissionAbortModel(_CommandModel):
     type: Literal["commission_abort"]
 
 
+# The clinician's record of a session (an extension of contract v1, docs/reports.md).
+SessionId = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,11}$")]
+Score = Annotated[int, Field(ge=0, le=10)]  # 0-10: pain (NRS), perceived exertion (CR10)
+ClinicianCode = Annotated[PrintableText, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
+Notes = Annotated[PrintableText, StringConstraints(min_length=1, max_length=NOTES_MAX_CHARS)]
+
+
+class OutcomeBeforeModel(_CommandModel):
+    type: Literal["outcome_before"]
+    session_id: SessionId
+    pain: Score
+    notes: Notes | None = None
+    clinician: ClinicianCode | None = None
+
+
+class OutcomeAfterModel(_CommandModel):
+    type: Literal["outcome_after"]
+    session_id: SessionId
+    pain: Score
+    exertion: Score | None = None
+    notes: Notes | None = None
+    clinician: ClinicianCode | None = None
+
+
 _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.START_SESSION: StartSessionModel,
     CommandType.SET_SPEED: SetSpeedModel,
@@ -270,6 +298,8 @@ _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.HEARTBEAT: HeartbeatModel,
     CommandType.COMMISSION_CONFIRM: CommissionConfirmModel,
     CommandType.COMMISSION_ABORT: CommissionAbortModel,
+    CommandType.OUTCOME_BEFORE: OutcomeBeforeModel,
+    CommandType.OUTCOME_AFTER: OutcomeAfterModel,
 }
 COMMAND_TYPES = frozenset(_MODELS)
 
@@ -365,6 +395,23 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
             return CommissionConfirm(t=t, step=model.step, ask=model.ask)
         case CommissionAbortModel():
             return CommissionAbort(t=t)
+        case OutcomeBeforeModel():
+            return OutcomeBefore(
+                t=t,
+                session_id=model.session_id,
+                pain=model.pain,
+                notes=model.notes,
+                clinician=model.clinician,
+            )
+        case OutcomeAfterModel():
+            return OutcomeAfter(
+                t=t,
+                session_id=model.session_id,
+                pain=model.pain,
+                exertion=model.exertion,
+                notes=model.notes,
+                clinician=model.clinician,
+            )
     raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
 
 

@@ -455,7 +455,10 @@ def cmd_patient(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         from treadguard.controller.report import patient_report
 
-        page = patient_report(args.user, sessions, clinic=_clinic(loaded), written=time.time())
+        outcomes = {s.id: journal.outcomes(s.id) for s in sessions}
+        page = patient_report(
+            args.user, sessions, clinic=_clinic(loaded), written=time.time(), outcomes=outcomes
+        )
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -436,6 +436,8 @@ class Journal:
                 (self._open_session, str(f["user"]), str(f["program"]), _real(f["cap_s"]), ts),
             )
         session = self._open_session
+        if event.type is EventType.OUTCOME_RECORDED:
+            session = int(str(f["session_id"]))  # entered after its session, or before it
         self._write(
             "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",
             (ts, event.type.value, session, _json(f)),
@@ -642,6 +644,19 @@ class Journal:
                 (session_id,),
             )
         return [EventRow(ts, kind, json.loads(fields)) for ts, kind, fields in rows]
+
+    def outcomes(self, session_id: int) -> dict[str, dict[str, Any]]:
+        """The clinician's record of one session: the newest ``before`` and ``after`` entry
+        (an entry made again corrects the one before it), each as it was entered."""
+        rows = self._query(
+            "SELECT fields FROM events WHERE session_id = ? AND type = ? ORDER BY id",
+            (session_id, EventType.OUTCOME_RECORDED.value),
+        )
+        newest: dict[str, dict[str, Any]] = {}
+        for (fields,) in rows:
+            entry = json.loads(fields)
+            newest[str(entry.get("when"))] = entry
+        return newest
 
     def commissioning_runs(self) -> list[CommissioningRow]:
         """Every commissioning run, oldest first."""

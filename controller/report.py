@@ -167,6 +167,8 @@ def session_report(
         "belt_time": belt_time(session),
         "top_speed": t.mph(session.max_speed_mph),
         "ended_by": how_it_ended(session, events),
+        "pain": t.pain_words(outcomes_of(events)),
+        "outcome_notes": t.outcome_notes(outcomes_of(events)),
     }
     rows = [
         {
@@ -196,13 +198,31 @@ def session_report(
     )
 
 
+def outcomes_of(events: Sequence[EventRow]) -> dict[str, Mapping[str, Any]]:
+    """The newest ``before`` and ``after`` entries among a session's events (an entry made
+    again corrects the one before it)."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for e in events:
+        if e.type == EventType.OUTCOME_RECORDED:
+            newest[str(e.fields.get("when"))] = e.fields
+    return newest
+
+
 def patient_report(
-    user: str, sessions: Sequence[SessionRow], *, clinic: Clinic, written: float
+    user: str,
+    sessions: Sequence[SessionRow],
+    *,
+    clinic: Clinic,
+    written: float,
+    outcomes: Mapping[int, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> str:
-    """Every session of one user, oldest first: the trend chart and a row each."""
+    """Every session of one user, oldest first: the trend chart and a row each (with the
+    pain before and after it that the clinician entered, from ``outcomes`` by session)."""
     zone = clinic.zone
+    entered = outcomes or {}
     rows = [
         {
+            "pain": t.pain_words(entered.get(s.id, {})),
             "id": s.id,
             "date": t.when(s.started_at, zone)[:16],  # to the minute
             "program_title": clinic.title(s.program),

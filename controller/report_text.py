@@ -23,6 +23,28 @@ from treadguard.safety.decisions import EventType
 NONE = "-"
 
 
+def pain_words(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
+    """Pain before and after a session on the 0-10 scale, as the clinician entered them:
+    "4 before, 2 after"; "-" when neither was entered."""
+    parts = [
+        f"{outcomes[when].get('pain')} {when}" for when in ("before", "after") if when in outcomes
+    ]
+    return ", ".join(parts) if parts else NONE
+
+
+def outcome_notes(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
+    """Exertion and the notes entered after (and before) a session, in words."""
+    after = outcomes.get("after", {})
+    parts = []
+    if after.get("exertion") is not None:
+        parts.append(f"exertion {after['exertion']}/10")
+    for when in ("before", "after"):
+        notes = outcomes.get(when, {}).get("notes")
+        if notes:
+            parts.append(f"{when}: {notes}")
+    return "; ".join(parts) if parts else NONE
+
+
 def _finite(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -145,6 +167,12 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     EventType.COUNTDOWN: lambda f: f"{f.get('seconds')} s",
     EventType.BELT_STARTED: lambda f: f"target {mph(f.get('target_mph'))}",
     EventType.SPEED_STEP: lambda f: f"target {mph(f.get('target_mph'))}",
+    EventType.OUTCOME_RECORDED: lambda f: (
+        f"pain {f.get('when')} the session {f.get('pain')}/10"
+        + (f", exertion {f['exertion']}/10" if f.get("exertion") is not None else "")
+        + (f", entered by {f['clinician']}" if f.get("clinician") is not None else "")
+        + (f": {f['notes']}" if f.get("notes") is not None else "")
+    ),
     EventType.SPEED_CHANGED: lambda f: (
         f"target {mph(f.get('from_mph'))} to {mph(f.get('to_mph'))}"
         + (f", asked by {f['clinician']}" if f.get("clinician") is not None else "")

@@ -49,6 +49,7 @@ from treadguard.controller.refusals import RefusalCoalescer
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
+    ACCEPTED,
     ARMED_STATES,
     Event,
     EventType,
@@ -66,6 +67,9 @@ from treadguard.safety.inputs import (
     GripReading,
     JournalHealth,
     LoopOverrun,
+    OutcomeAfter,
+    OutcomeBefore,
+    OutcomeCommand,
     RivalDaemon,
     StartSession,
     TabletCommand,
@@ -350,6 +354,8 @@ class System:
         try:
             if isinstance(command, CommissioningCommand):
                 return self._to_commissioning_run(command)
+            if isinstance(command, OutcomeCommand):
+                return self._record_outcome(command)
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
@@ -368,6 +374,34 @@ class System:
             # is stopped and held at 0 until the core itself is idle.
             self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
+
+    def _record_outcome(self, command: OutcomeCommand) -> Reply:
+        """The clinician's record of a session, journaled as an ``outcome_recorded`` event
+        (and published like any other, once on disk). The session must be on record; the
+        belt, the core and a session under way are not touched."""
+        if self.journal is None:
+            reply = Refused(
+                RefusalCode.PRECONDITIONS_UNMET,
+                f"the journal cannot be written ({self.journal_problem or 'none open'})",
+            )
+        elif self.journal.session(int(command.session_id)) is None:
+            reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
+        else:
+            fields: dict[str, JsonScalar] = {
+                "session_id": command.session_id,
+                "when": "before" if isinstance(command, OutcomeBefore) else "after",
+                "pain": command.pain,
+            }
+            if isinstance(command, OutcomeAfter) and command.exertion is not None:
+                fields["exertion"] = command.exertion
+            if command.notes is not None:
+                fields["notes"] = command.notes
+            if command.clinician is not None:
+                fields["clinician"] = command.clinician
+            self.controller.publish(Event(EventType.OUTCOME_RECORDED, command.t, fields))
+            return ACCEPTED
+        self._refusal(command.TYPE.value, reply.code.value, reply.message)
+        return reply
 
     def _to_commissioning_run(self, command: CommissioningCommand) -> Reply:
         run = self.commissioning_run

@@ -514,6 +514,16 @@ def cmd_tablet(args: argparse.Namespace) -> int:
             command = _command(CommandType.COMMISSION_CONFIRM, step=args.step, ask=args.ask)
         case "commission-abort":
             command = _command(CommandType.COMMISSION_ABORT)
+        case "outcome-before" | "outcome-after":
+            kind = CommandType(args.tablet_command.replace("-", "_"))
+            command = _command(
+                kind,
+                session_id=args.session_id,
+                pain=args.pain,
+                exertion=getattr(args, "exertion", None),
+                notes=args.notes,
+                clinician=args.clinician,
+            )
         case other:  # stop, estop, reset, heartbeat: no fields, named as on the wire
             command = _command(CommandType(other))
     try:
@@ -633,6 +643,20 @@ def add_tablet_parser(sub: Any) -> None:
     speed.add_argument(
         "--clinician", metavar="CODE", help="who asks, for the record (a code, never a name)"
     )
+
+    for kind, text in (
+        (CommandType.OUTCOME_BEFORE, "the user's pain before a session (once it has started)"),
+        (CommandType.OUTCOME_AFTER, "the user's pain and exertion after a session"),
+    ):
+        outcome = cmds.add_parser(kind.value.replace("_", "-"), parents=[opts], help=text)
+        outcome.add_argument("session_id", metavar="SESSION", help="the session's id")
+        outcome.add_argument("--pain", type=int, required=True, metavar="0-10")
+        if kind is CommandType.OUTCOME_AFTER:
+            outcome.add_argument(
+                "--exertion", type=int, metavar="0-10", help="perceived exertion (CR10)"
+            )
+        outcome.add_argument("--notes", help="a few sentences for the record")
+        outcome.add_argument("--clinician", metavar="CODE", help="who enters it (a code)")
 
     for kind, text in (
         (CommandType.STOP, "controlled stop: ends the session"),

@@ -40,6 +40,8 @@ class EventType(StrEnum):
     SPEED_STEP = "speed_step"
     # The clinician changed the target (set_speed accepted): from what, to what, who asked.
     SPEED_CHANGED = "speed_changed"
+    # The clinician's record of a session (outcome_before, outcome_after), as it was entered.
+    OUTCOME_RECORDED = "outcome_recorded"
     CAP_WARNING = "cap_warning"
     STOPPING = "stopping"
     SESSION_ENDED = "session_ended"

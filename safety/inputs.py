@@ -37,6 +37,11 @@ class CommandType(StrEnum):
     # gives the run up, from the tablet. The safety core never sees them: the run answers them.
     COMMISSION_CONFIRM = "commission_confirm"
     COMMISSION_ABORT = "commission_abort"
+    # The clinician's record of a session (docs/reports.md): pain before it, and pain,
+    # exertion and notes after it. Journaled; never needed for the belt to move, and the
+    # safety core never sees them.
+    OUTCOME_BEFORE = "outcome_before"
+    OUTCOME_AFTER = "outcome_after"
 
 
 class DriveFailure(StrEnum):
@@ -205,8 +210,37 @@ class CommissionAbort:
 # Answered by a guided commissioning run beside the daemon, never by the safety core (outside
 # a run they are refused): System.execute hands them over.
 CommissioningCommand = CommissionConfirm | CommissionAbort
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeBefore:
+    """Before a session (sent once it has started): the user's pain, 0-10."""
+
+    TYPE: ClassVar[CommandType] = CommandType.OUTCOME_BEFORE
+    t: float
+    session_id: str
+    pain: int
+    notes: str | None = None
+    clinician: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeAfter:
+    """After a session: the user's pain, 0-10, and perceived exertion, 0-10 (optional)."""
+
+    TYPE: ClassVar[CommandType] = CommandType.OUTCOME_AFTER
+    t: float
+    session_id: str
+    pain: int
+    exertion: int | None = None
+    notes: str | None = None
+    clinician: str | None = None
+
+
+# The clinician's record: System.execute journals them, the safety core never sees them.
+OutcomeCommand = OutcomeBefore | OutcomeAfter
 # Everything a tablet may send on <p>/cmd.
-TabletCommand = Command | CommissioningCommand
+TabletCommand = Command | CommissioningCommand | OutcomeCommand
 
 
 @dataclass(frozen=True, slots=True)

@@ -633,6 +633,9 @@ function onEvent(e) {
       view.target = e.target_mph;
       log(`${name} to ${e.target_mph} mph`);
       break;
+    case "outcome_recorded":
+      log(`${name}: session ${e.session_id}, pain ${e.when} ${e.pain}/10`);
+      break;
     case "speed_changed":
       log(`${name}: ${e.from_mph} to ${e.to_mph} mph${e.clinician ? ` (${e.clinician})` : ""}`);
       break;

@@ -32,6 +32,14 @@ EXAMPLES: dict[EventType, dict[str, JsonScalar]] = {
     EventType.COUNTDOWN: {"seconds": 3.0},
     EventType.BELT_STARTED: {"target_mph": 0.8, "interval": 1},
     EventType.SPEED_STEP: {"target_mph": 0.9},
+    EventType.OUTCOME_RECORDED: {
+        "session_id": "7",
+        "when": "after",
+        "pain": 3,
+        "exertion": 5,
+        "notes": "walked well",
+        "clinician": "c-12",
+    },
     EventType.SPEED_CHANGED: {
         "session_id": "7",
         "from_mph": 0.8,

@@ -231,6 +231,12 @@ CLINIC_SESSIONS = [
     ("ann", "reverse_walking", "operator_stop", 241.0, 300.0, 1.0),
     ("ann", "intervals", "completed", 480.0, 480.0, 1.1),
 ]
+# The clinician's record (outcome_before, outcome_after) of some of them, by session: the
+# second "after" of session 4 corrects its first.
+CLINIC_OUTCOMES: dict[int, list[dict[str, JsonScalar]]] = {
+    3: [{"when": "before", "pain": 4}, {"when": "after", "pain": 6, "notes": "knee hurt"}],
+    4: [{"when": "after", "pain": 3}, {"when": "after", "pain": 2, "exertion": 5}],
+}
 
 
 def write_sessions(
@@ -270,6 +276,9 @@ def write_sessions(
             "belt_moving_s": belt_s,
         }
         journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), end + 1)
+        for k, entry in enumerate(CLINIC_OUTCOMES.get(n, [])):
+            outcome = {"session_id": str(n), **entry}
+            journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, outcome), end + 60 + k)
     journal.commit()
     journal.close()
 
@@ -297,11 +306,13 @@ def test_the_patient_report_has_every_session_of_the_user_and_their_trend(
     ]
     assert rows == [
         ["1", "2026-11-30 19:53", "First treadmill session", "3.0", "3.0", "0.80",
-         "the session cap was reached"],
-        ["3", "2026-12-02 19:53", "Reverse walking", "1.6", "5.0", "0.90", "emergency stop"],
+         "the session cap was reached", "-"],
+        ["3", "2026-12-02 19:53", "Reverse walking", "1.6", "5.0", "0.90", "emergency stop",
+         "4 before, 6 after"],
         ["4", "2026-12-03 19:53", "Reverse walking", "4.0", "5.0", "1.00",
-         "stopped from a tablet"],
-        ["5", "2026-12-04 19:53", "Intervals", "8.0", "8.0", "1.10", "the program is complete"],
+         "stopped from a tablet", "2 after"],
+        ["5", "2026-12-04 19:53", "Intervals", "8.0", "8.0", "1.10", "the program is complete",
+         "-"],
     ]  # fmt: skip
     assert '<tr class="stop"><td class="num">3</td>' in table  # the stopped one stands out
     assert "bob" not in page
@@ -315,6 +326,24 @@ def test_the_patient_report_has_every_session_of_the_user_and_their_trend(
         red = "fill: #cc2222" in svg_group(page, f"session-{n}-belt")
         assert red == (n == "3"), n
     assert len(re.findall(r"<use ", svg_group(page, "top-speed"))) == 4
+
+
+def test_the_session_report_has_the_clinician_s_record_of_it(clinic: Path, tmp_path: Path) -> None:
+    """Pain before and after (the newest entry of each), exertion and notes in the facts; each
+    entry in the events as it was made."""
+    page = tmp_path / "s4.html"
+    assert cli("report", "3", "--config", str(clinic), "--out", str(page)).returncode == 0
+    text = outside_charts(page.read_text())
+    assert "<th>Pain (0-10)</th><td>4 before, 6 after</td>" in text
+    assert "<td>after: knee hurt</td>" in text
+    assert "pain before the session 4/10" in text
+    assert "pain after the session 6/10: knee hurt" in text
+    page = tmp_path / "s4.html"
+    assert cli("report", "4", "--config", str(clinic), "--out", str(page)).returncode == 0
+    text = outside_charts(page.read_text())
+    assert "<th>Pain (0-10)</th><td>2 after</td>" in text
+    assert "<td>exertion 5/10</td>" in text
+    assert "pain after the session 3/10" in text  # the first entry stays on record
 
 
 def test_the_csv_export_has_a_row_a_session_with_the_clinic_s_offset(

@@ -49,7 +49,6 @@ from treadguard.safety.decisions import (
 from treadguard.safety.inputs import (
     CommissionAbort,
     CommissionConfirm,
-    CommissioningCommand,
     EStop,
     Hand,
     Heartbeat,
@@ -324,7 +323,7 @@ def test_out_of_range_is_decided_by_the_real_core() -> None:
     )
 
     def execute(command: TabletCommand) -> Reply | None:
-        assert not isinstance(command, CommissioningCommand)  # only starts are sent here
+        assert isinstance(command, StartSession)  # only starts are sent here
         return core.handle(command).reply
 
     raw = '{"id": "s1", "type": "start_session", "user": "u", "target_mph": 5}'
@@ -959,6 +958,8 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
         "heartbeat",
         "commission_confirm",
         "commission_abort",
+        "outcome_before",
+        "outcome_after",
     }
     assert set(_MODELS) == set(CommandType)
     fields = {"user": "p-1", "mph": 1.0, "step": "estop", "ask": "give_estop"}
@@ -972,6 +973,8 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
         if kind != CommandType.COMMISSION_CONFIRM:
             payload.pop("step")
             payload.pop("ask")
+        if kind in (CommandType.OUTCOME_BEFORE, CommandType.OUTCOME_AFTER):
+            payload |= {"session_id": "3", "pain": 4}
         parsed = parse_command(json.dumps(payload).encode(), retained=False, t=1.0)
         assert isinstance(parsed, ParsedCommand), (kind, parsed)
         assert parsed.command.TYPE is CommandType(kind)
