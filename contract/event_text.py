@@ -185,9 +185,11 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
             )
         case EventType.SPEED_CHANGED:
             by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
+            count = f.get("count")
+            times = f", {count} changes" if isinstance(count, int) and count > 1 else ""
             return (
                 f"target changed from {f.get('from_mph')} to {f.get('to_mph')} mph{by} "
-                f"(session {f.get('session_id')})"
+                f"(session {f.get('session_id')}{times})"
             )
         case EventType.CAP_WARNING:
             return f"cap warning: {_clock(f.get('remaining_s'))} of belt time left"

@@ -645,18 +645,18 @@ class Journal:
             )
         return [EventRow(ts, kind, json.loads(fields)) for ts, kind, fields in rows]
 
-    def outcomes(self, session_id: int) -> dict[str, dict[str, Any]]:
-        """The clinician's record of one session: the newest ``before`` and ``after`` entry
-        (an entry made again corrects the one before it), each as it was entered."""
+    def outcome_entries(self, session_id: int) -> list[dict[str, Any]]:
+        """Every entry of the clinician's record of one session, oldest first."""
         rows = self._query(
             "SELECT fields FROM events WHERE session_id = ? AND type = ? ORDER BY id",
             (session_id, EventType.OUTCOME_RECORDED.value),
         )
-        newest: dict[str, dict[str, Any]] = {}
-        for (fields,) in rows:
-            entry = json.loads(fields)
-            newest[str(entry.get("when"))] = entry
-        return newest
+        return [json.loads(fields) for (fields,) in rows]
+
+    def outcomes(self, session_id: int) -> dict[str, dict[str, Any]]:
+        """The clinician's record of one session: the newest ``before`` and ``after`` entry
+        (an entry made again corrects the one before it), each as it was entered."""
+        return {str(entry.get("when")): entry for entry in self.outcome_entries(session_id)}
 
     def commissioning_runs(self) -> list[CommissioningRow]:
         """Every commissioning run, oldest first."""

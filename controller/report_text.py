@@ -176,6 +176,7 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     EventType.SPEED_CHANGED: lambda f: (
         f"target {mph(f.get('from_mph'))} to {mph(f.get('to_mph'))}"
         + (f", asked by {f['clinician']}" if f.get("clinician") is not None else "")
+        + (f" ({f['count']} changes within a second)" if f.get("count") else "")
     ),
     EventType.CAP_WARNING: lambda f: f"{duration(f.get('remaining_s'))} of belt time left",
     EventType.STOPPING: lambda f: words(END_WORDS, f.get("reason")),

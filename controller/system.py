@@ -45,7 +45,7 @@ from treadguard.controller.control import Controller, EventListener, Timers
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
-from treadguard.controller.refusals import RefusalCoalescer
+from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
@@ -135,6 +135,11 @@ def open_journal(
     return JournalOpened(journal, None, tuple(interrupted))
 
 
+# The most entries of the clinician's record (outcome_before, outcome_after) one session keeps:
+# a few corrections are expected; a tablet sending them in a loop must not fill the journal.
+OUTCOME_ENTRIES_MAX = 20
+
+
 class System:
     """The safety core, the controller and their watchers: journal, refusal coalescer,
     loop health. See the module's docstring for a command's way through it."""
@@ -196,6 +201,8 @@ class System:
         self.controller = Controller(self.core, driver, clock, logger=self._log)
         # One coalescer for every refusal, the core's and the contract's (SR-14).
         self.refusals = RefusalCoalescer()
+        # And one for speed changes: a flood of accepted set_speed cannot fill it either.
+        self.speed_changes = SpeedChangeCoalescer()
         # The stop-quality watch's yardsticks: the current commissioning's stops.
         self._baselines_from: float | None = None
         self._take_commissioned_baselines(self.commissioning)
@@ -386,6 +393,13 @@ class System:
             )
         elif self.journal.session(int(command.session_id)) is None:
             reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
+        elif len(self.journal.outcome_entries(int(command.session_id))) >= OUTCOME_ENTRIES_MAX:
+            # However fast a tablet sends them, a session's record stays a record (SR-14).
+            reply = Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {command.session_id} has {OUTCOME_ENTRIES_MAX} entries already; "
+                "no more are kept",
+            )
         else:
             fields: dict[str, JsonScalar] = {
                 "session_id": command.session_id,
@@ -461,10 +475,10 @@ class System:
         )
 
     def _admit(self, event: Event) -> bool:
-        """The controller's gate: a refusal the coalescer holds back is counted instead; the
-        count of a second that has ended goes out first."""
-        admitted = self.refusals.admit(event)
-        for counted in self.refusals.take_closed():
+        """The controller's gate: a refusal or a speed change a coalescer holds back is
+        counted instead; the count of a second that has ended goes out first."""
+        admitted = self.refusals.admit(event) and self.speed_changes.admit(event)
+        for counted in [*self.refusals.take_closed(), *self.speed_changes.take_closed()]:
             self.controller.publish(counted)
         return admitted
 
@@ -570,7 +584,8 @@ class System:
         while a session is open, a commit (so the journal is up to date even while nothing is
         published: a broker that is down) and a look at how full the journal is."""
         self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
-        for counted in self.refusals.due(self.clock.time()):
+        now = self.clock.time()
+        for counted in [*self.refusals.due(now), *self.speed_changes.due(now)]:
             self.controller.publish(counted)
         if self.journal is not None:
             snap = self.core.snapshot()

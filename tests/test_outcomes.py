@@ -5,6 +5,7 @@ like every command, never needed for the belt to move.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker, body
 from treadguard.contract.mqtt import CommandReply, ErrorCode, ParsedCommand, parse_command
 from treadguard.controller.journal import Journal
+from treadguard.controller.system import OUTCOME_ENTRIES_MAX
 from treadguard.safety.inputs import OutcomeAfter, OutcomeBefore
 
 TM = "tm-outcomes"
+SPEED_FLOOD = 60
 
 
 def parse(text: str) -> object:
@@ -91,6 +94,12 @@ async def test_outcomes_are_journaled_under_their_session_and_published(
         }
         # The session runs on: the record touches nothing of it.
         assert (await doc.state(lambda s: True, within=5.0))["state"] == "running"
+        # Speed changes as fast as a tablet can send them: each accepted, all on record, in
+        # at most two rows a second (SR-14: no input can fill the journal).
+        began = time.monotonic()
+        for n in range(SPEED_FLOOD):
+            ok(await doc.command("set_speed", mph=1.0 if n % 2 == 0 else 1.1))
+        flood_s = time.monotonic() - began
         ok(await doc.command("stop"))
         await doc.state(lambda s: s["state"] == "idle", within=15.0)
         ok(
@@ -102,10 +111,28 @@ async def test_outcomes_are_journaled_under_their_session_and_published(
             f"{p}/events",
             lambda m: body(m)["type"] == "outcome_recorded" and body(m)["when"] == "after",
         )
+        # Corrections are kept, up to a bound: a tablet sending them in a loop cannot fill
+        # the journal (SR-14).
+        for n in range(OUTCOME_ENTRIES_MAX - 2):
+            ok(await doc.command("outcome_after", session_id=session, pain=n % 11))
+        reason = refused(
+            await doc.command("outcome_after", session_id=session, pain=1), "not_allowed"
+        )
+        assert (
+            reason
+            == f"session {session} has {OUTCOME_ENTRIES_MAX} entries already; no more are kept"
+        )
     journal = Journal.read_only(tmp_path / f"journal-{TM}.sqlite")
-    outcomes = [e.fields for e in journal.events(int(session)) if e.type == "outcome_recorded"]
+    events = journal.events(int(session))
     journal.close()
-    assert outcomes == [
+    outcomes = [e.fields for e in events if e.type == "outcome_recorded"]
+    speeds = [e.fields for e in events if e.type == "speed_changed"]
+    assert sum(int(f.get("count", 1)) for f in speeds) == SPEED_FLOOD
+    assert len(speeds) <= 2 * (int(flood_s) + 2), (len(speeds), flood_s)
+    assert speeds[0]["from_mph"] == 0.8
+    assert speeds[-1]["to_mph"] == 1.1  # the last change sent
+    assert outcomes[:2] == [
         {"session_id": session, "when": "before", "pain": 4, "clinician": "c-7"},
         {"session_id": session, "when": "after", "pain": 2, "exertion": 5, "notes": "steady gait"},
     ]
+    assert len(outcomes) == OUTCOME_ENTRIES_MAX
