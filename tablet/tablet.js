@@ -124,6 +124,10 @@ const view = {
   // id, user, program, cap_s, elapsed_s, top (the top speed this page saw), and once ended its
   // reason and belt_s (the belt time the daemon counted).
   last: null,
+  // The clinician's record: the pain asked before a start, sent once its session has started
+  // ({user, pain}); the session whose record after it was saved.
+  painBefore: null,
+  recorded: null,
   loginTried: false, // the last login had a password: a refusal is then about what was typed
   message: null,
   why: undefined, // offlineWhy() at the last render: undefined before the first
@@ -382,9 +386,28 @@ function draw() {
   // treadmill); -, + and the set target only while a session may run. What is hidden leaves
   // room for the rest: every shown control stays on screen.
   const run = commissioningRun(s);
-  $("setup").hidden = (st !== null && st !== "idle") || Boolean(run && !run.outcome);
+  // After a session its record takes the setup's place, until saved or put off (Later).
+  const recording = Boolean(
+    view.last &&
+      view.last.reason &&
+      !hasSession &&
+      st !== "stopping" &&
+      view.recorded !== String(view.last.id),
+  );
+  $("setup").hidden =
+    (st !== null && st !== "idle") || Boolean(run && !run.outcome) || (recording && st === "idle");
   $("speed-row").hidden = !["countdown", "running", "stopping"].includes(st);
   $("user").disabled = $("program").disabled = $("cap").disabled = !(online && st === "idle");
+  $("pain-before").disabled = $("user").disabled;
+  // The record after a session: once it has ended, until saved or put off.
+  $("record").hidden = !recording;
+  if (recording) $("record-title").textContent = `After session ${view.last.id}`;
+  $("record-save").disabled = !(
+    online &&
+    recording &&
+    $("pain-after").value !== "" &&
+    !pendingOf("outcome_after")
+  );
   $("set-target").textContent = hasSession && target !== null ? target.toFixed(1) : "–";
   $("slower").disabled = !(
     online &&
@@ -517,6 +540,10 @@ function send(type, fields = {}) {
 
 function commandWords(sent) {
   switch (sent.type) {
+    case "outcome_before":
+      return `Pain before session ${sent.fields.session_id}`;
+    case "outcome_after":
+      return `Record of session ${sent.fields.session_id}`;
     case "start_session":
       return `Start for ${sent.fields.user}`;
     case "set_speed":
@@ -566,6 +593,10 @@ function onOneReply(reply) {
   pending.delete(reply.id);
   if (reply.ok) {
     if (sent.type === "set_speed") view.target = sent.fields.mph;
+    if (sent.type === "outcome_after") {
+      view.recorded = sent.fields.session_id;
+      for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
+    }
     log(`${commandWords(sent)}: accepted`);
     return;
   }
@@ -618,6 +649,11 @@ function onEvent(e) {
     case "session_started":
       view.target = typeof e.target_mph === "number" ? e.target_mph : view.target;
       rememberUser(e.user, e.program);
+      // The pain asked before this page's start goes on the record of the session it opened.
+      if (view.painBefore && view.painBefore.user === e.user) {
+        send("outcome_before", { session_id: String(e.session_id), pain: view.painBefore.pain });
+        view.painBefore = null;
+      }
       log(
         `${name}: session ${e.session_id} for ${e.user}, ${title(e.program)}, cap ${capWords(e.program, e.cap_s)}`,
       );
@@ -1005,7 +1041,35 @@ $("setup").addEventListener("submit", (event) => {
   const fields = { user: $("user").value.trim() };
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
+  const pain = $("pain-before").value;
+  view.painBefore = pain === "" ? null : { user: fields.user, pain: Number(pain) };
   send("start_session", fields);
+});
+// After a session: the pain now, the exertion and notes, for the session's record (never
+// needed for the belt: the daemon journals them, the safety core never sees them).
+function scores(id, none) {
+  $(id).replaceChildren(
+    new Option(none, ""),
+    ...Array.from({ length: 11 }, (_, n) => new Option(String(n), String(n))),
+  );
+}
+scores("pain-before", "not asked");
+scores("pain-after", "choose");
+scores("exertion", "not asked");
+$("pain-after").addEventListener("change", render);
+$("record").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const last = view.last;
+  if ($("record-save").disabled || !last || offlineWhy() !== null) return;
+  const fields = { session_id: String(last.id), pain: Number($("pain-after").value) };
+  if ($("exertion").value !== "") fields.exertion = Number($("exertion").value);
+  const notes = $("record-notes").value.trim();
+  if (notes) fields.notes = notes;
+  send("outcome_after", fields);
+});
+$("record-later").addEventListener("click", () => {
+  if (view.last) view.recorded = String(view.last.id); // not asked again for this session
+  render();
 });
 // Each handler looks again: the view is redrawn every 250 ms, a tap can come in between.
 function whenLive(id, action) {

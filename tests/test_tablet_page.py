@@ -244,6 +244,60 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await tab.shot("05-stopped")
 
 
+@pytest.mark.asyncio
+async def test_the_clinician_s_record_of_a_session_from_the_page(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """The pain asked before a start goes on the record of the session it opened; after the
+    session the page asks the pain, the exertion and notes, and saves them once."""
+    tm = "tm-page-record"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await expect(page.locator("#record")).to_be_hidden()  # no session yet
+        await page.fill("#user", "u-rec")
+        await page.select_option("#pain-before", "4")
+        await page.click("#start")
+        await next_command(doc, "start_session")
+        before = await next_command(doc, "outcome_before", within=SESSION_WAIT_S)
+        session = before["session_id"]
+        assert (before["pain"], session) == (4, (await doc.event("session_started"))["session_id"])
+        assert (await doc.reply_to(before["id"]))["ok"] is True
+        await doc.state(running, within=SESSION_WAIT_S)
+        await expect(page.locator("#record")).to_be_hidden()  # not while the session runs
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await expect(page.locator("#record")).to_be_visible()
+        await expect(page.locator("#setup")).to_be_hidden()  # the record in its place
+        await expect(page.locator("#record-title")).to_have_text(f"After session {session}")
+        await expect(page.locator("#record-save")).to_be_disabled()  # no pain chosen yet
+        await page.select_option("#pain-after", "2")
+        await page.select_option("#exertion", "5")
+        await page.fill("#record-notes", "steady, no limp")
+        await check_layout(page, "the record after a session", shots="layout-record")
+        await page.click("#record-save")
+        after = await next_command(doc, "outcome_after")
+        assert {k: after[k] for k in ("session_id", "pain", "exertion", "notes")} == {
+            "session_id": session,
+            "pain": 2,
+            "exertion": 5,
+            "notes": "steady, no limp",
+        }
+        assert (await doc.reply_to(after["id"]))["ok"] is True
+        await expect(page.locator("#record")).to_be_hidden()  # saved: asked no more
+        await expect(page.locator("#setup")).to_be_visible()  # the next session may start
+        await expect(page.locator("#log")).to_contain_text(f"Record of session {session}: accepted")
+    journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
+    entries = journal.outcome_entries(int(session))
+    journal.close()
+    assert [(e["when"], e["pain"]) for e in entries] == [("before", 4), ("after", 2)]
+
+
 # ----------------------------------------------------------------------------- stops
 
 
@@ -309,6 +363,14 @@ async def test_sr4_sr6_grips_released_show_the_banner_within_a_second_and_reset(
         await expect(page.locator("#state")).to_contain_text("IDLE")
         await expect(page.locator("#message")).to_be_hidden()
         await tab.shot("08-reset")
+
+        # The session the E-STOP ended asks for its record in the setup's place; Later puts it
+        # off, and the setup is back.
+        await expect(page.locator("#record")).to_be_visible()
+        await expect(page.locator("#setup")).to_be_hidden()
+        await page.click("#record-later")
+        await expect(page.locator("#record")).to_be_hidden()
+        await expect(page.locator("#setup")).to_be_visible()
 
         # The page's E-STOP, pressed during a countdown: latched as remote_estop.
         await page.click("#start")
