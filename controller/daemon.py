@@ -104,6 +104,15 @@ class Daemon:
         self.to_unix = unix_mapper(clock.time, self.wall)
         journal_path = loaded.resolve(cfg.journal.path)
         opened = open_journal(journal_path, max_size_mb=cfg.journal.max_size_mb, wall=self.wall)
+        if opened.journal is not None and opened.journal.mode != "wal":
+            # Every commit then syncs on the control loop: a slow disk holds the loop up.
+            self._log.warning(
+                "journal_not_wal",
+                mode=opened.journal.mode,
+                journal=str(journal_path),
+                message="the file system refused SQLite's write-ahead log: each journal "
+                "commit syncs on the control loop; put the journal on a local disk",
+            )
         if opened.interrupted:
             self._log.warning(
                 "sessions_interrupted", sessions=list(opened.interrupted), journal=str(journal_path)

@@ -4,15 +4,17 @@ WAL mode: writes gather in one open transaction; :meth:`Journal.commit` commits 
 syncs the write-ahead log (one fsync for the lot), after which they survive a power cut, as
 with SQLite's ``synchronous=FULL``. The two halves can also be taken apart, so that the disk
 holds up no one who need not wait for it: :meth:`Journal.commit_written` commits without a
-sync (the log is written and left to the page cache: safe from a crash of the process), and
-:meth:`Journal.sync` makes everything committed before it durable. ``sync`` never touches the
-writing connection, so another thread may run it while this one goes on writing (the
-daemon's journal_sync.JournalSync); it also checkpoints the log into the database, on a
-connection of its own, once the log has grown to its limit. :attr:`Journal.records` counts
-the safety records written (events, sessions), so a caller can tell which of them a finished
-sync covered. The daemon commits before anything is published on MQTT and at least every
-half second, and publishes only what a sync has covered, so nothing is published or
-acknowledged before it is on disk, and a flood of events costs one sync per batch.
+sync (``synchronous=NORMAL``: the log is written and left to the page cache, safe from a crash
+of the process; only a new log's header is synced at once), and :meth:`Journal.sync` makes
+everything committed before it durable. ``sync`` never touches the writing connection, so
+another thread may run it while this one goes on writing (the daemon's
+journal_sync.JournalSync); :meth:`Journal.checkpoint` copies the log into the database on a
+connection of its own, on any thread, once :meth:`Journal.wal_over_limit`.
+:attr:`Journal.records` counts the safety records written (events, sessions), so a caller can
+tell which of them a finished sync covered. The daemon commits before anything is published on
+MQTT and at least every half second, and publishes only what a sync has covered, so nothing is
+published or acknowledged before it is on disk, and a flood of events costs one sync per
+batch.
 
 Every failure is a :class:`JournalError` with SQLite's reason ("database or disk is full",
 "attempt to write a readonly database", ...); the daemon turns it into a latched fault.
@@ -22,7 +24,6 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import math
@@ -116,6 +117,8 @@ WARN_FRACTION = 0.8
 
 
 DAY_S = 86_400.0
+# How long a sync waits for one under way on another thread (see Journal.sync).
+SYNC_LOCK_WAIT_S = 2.0
 # The steps a commissioning run proves, each of which a passed run must have a passed proof of
 # (controller/commission.py's ProofStep; a test keeps the two the same).
 PROOF_STEPS = ("estop", "grip_left", "grip_right", "grips", "fall", "deadman", "cap")
@@ -222,12 +225,16 @@ class Journal:
         self._running_down: int | None = None
         # Safety records written so far (never samples): which ones a sync covered.
         self.records = 0
+        # SQLite's journal mode: "wal" for a journal opened to write, unless the file system
+        # refused it (see open).
+        self.mode = "wal"
         # What sync() uses, under _sync_lock (it may run on another thread): the database's
         # path (None: in memory or read-only, nothing to sync), the log's descriptor and
         # inode, and a connection of its own for checkpoints once the log passes its limit.
         self._path = path
         self._wal_limit_bytes = wal_limit_bytes
         self._sync_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._wal_fd: int | None = None
         self._wal_ino: int | None = None
         self._checkpointer: sqlite3.Connection | None = None
@@ -250,20 +257,28 @@ class Journal:
             mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
             if mode != "wal":
                 # A file system where SQLite cannot keep a write-ahead log: every commit
-                # syncs where it is made (slow, but never a record published unsynced).
+                # syncs where it is made (slow, and on the caller's thread, but never a record
+                # published unsynced). The daemon says so at start-up (JOURNAL_MODE_WARNING).
                 db.execute("PRAGMA synchronous=FULL")
                 cls._prepare(db, max_size_mb)
-                return cls(db, lock=lock)
-            # This connection never syncs: not in a commit, not the header of a new log, not
-            # in a checkpoint (it makes none). sync() syncs the log, and its own connection,
-            # synchronous=FULL, checkpoints: it syncs the log before it copies pages into the
-            # database, and the database before the log may start again. Together that is
-            # synchronous=FULL's guarantee (everything synced is there after a power cut)
-            # with every sync where its caller wants it (the module's docstring).
-            db.execute("PRAGMA synchronous=OFF")
+                journal = cls(db, lock=lock)
+                journal.mode = mode
+                return journal
+            # NORMAL: a commit does not sync the log (sync() does, where its caller wants),
+            # but a new log's header is synced before any frame is written behind it, so a
+            # power cut while the log starts again cannot bring back frames of the old one
+            # over newer pages. No automatic checkpoint (it would sync in the commit):
+            # checkpoint() makes them, on a connection of its own.
+            db.execute("PRAGMA synchronous=NORMAL")
             cls._prepare(db, max_size_mb)
             wal_limit = int(db.execute("PRAGMA journal_size_limit").fetchone()[0])
             db.execute("PRAGMA wal_autocheckpoint=0")
+            # The log started here, with its header's sync, rather than at the first record
+            # of the first session, where that sync would hold up the caller.
+            db.execute("BEGIN IMMEDIATE")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            db.execute(f"PRAGMA user_version={version}")
+            db.execute("COMMIT")
             # The file as SQLite names it, symbolic links resolved: its log is beside that
             # file, not beside a link to it, and that log is the one to sync.
             file = Path(str(db.execute("PRAGMA database_list").fetchone()[2]))
@@ -320,16 +335,11 @@ class Journal:
 
     def close(self) -> None:
         try:
-            with self._sync_lock:  # a sync under way on another thread ends first
-                if self._path is not None:
-                    # The last connection to close checkpoints the log into the database and
-                    # deletes it: with the syncs that takes. (A connection that cannot say so
-                    # any more is closed all the same.)
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA synchronous=FULL")
+            with self._checkpoint_lock:  # a checkpoint under way on another thread ends first
                 if self._checkpointer is not None:
                     self._checkpointer.close()
                     self._checkpointer = None
+            with self._sync_lock:  # and a sync
                 if self._wal_fd is not None:
                     os.close(self._wal_fd)
                     self._wal_fd = None
@@ -359,9 +369,13 @@ class Journal:
             raise JournalError(str(exc)) from exc
 
     def commit(self) -> None:
-        """Make everything written so far durable (one fsync), here and now."""
+        """Make everything written so far durable (one fsync), here and now; and, should the
+        log have passed its limit, checkpoint it (the daemon does that on a worker instead,
+        between sessions: journal_sync.JournalSync)."""
         self.commit_written()
         self.sync()
+        if self.wal_over_limit():
+            self.checkpoint()
 
     def commit_written(self) -> None:
         """Commit everything written so far, without a sync: other connections see it, a
@@ -374,24 +388,37 @@ class Journal:
 
     def sync(self) -> None:
         """Make everything committed before this call durable: the write-ahead log synced
-        (with its folder, the first time a log file is seen), then, once the log has passed
-        its limit, checkpointed into the database (which SQLite syncs).
+        (with its folder, the first time a log file is seen). One fdatasync, nothing else.
 
         Safe on any thread while another writes and commits: it uses its own descriptor of
-        the log and its own connection, never the writing one. Nothing to do for a journal in
-        memory or a read-only one."""
+        the log, never the writing connection. Nothing to do for a journal in memory or a
+        read-only one."""
         if self._path is None:
             return
-        with self._sync_lock:
-            try:
-                fd = self._wal()
-                if fd is None:
-                    return  # no log yet: nothing was committed since the last checkpoint
+        # Behind a sync on another thread that the disk does not answer, a caller waits a
+        # bounded time and is told, rather than hang (the daemon's loop, commissioning).
+        if not self._sync_lock.acquire(timeout=SYNC_LOCK_WAIT_S):
+            raise JournalError(
+                f"cannot sync {self._path}: another sync has not ended in {SYNC_LOCK_WAIT_S:g} s"
+            )
+        try:
+            fd = self._wal()
+            if fd is not None:  # None: no log yet, nothing committed since the last one
                 os.fdatasync(fd)
-                if self._wal_limit_bytes > 0 and os.fstat(fd).st_size > self._wal_limit_bytes:
-                    self._checkpoint()
-            except (OSError, sqlite3.Error) as exc:
-                raise JournalError(f"cannot sync {self._path}: {_reason_of(exc)}") from exc
+        except OSError as exc:
+            raise JournalError(f"cannot sync {self._path}: {_reason_of(exc)}") from exc
+        finally:
+            self._sync_lock.release()
+
+    def wal_over_limit(self) -> bool:
+        """Whether the write-ahead log has grown past journal_size_limit (a checkpoint is due).
+        Safe on any thread."""
+        if self._path is None or self._wal_limit_bytes <= 0:
+            return False
+        try:
+            return Path(f"{self._path}-wal").stat().st_size > self._wal_limit_bytes
+        except OSError:
+            return False
 
     def _wal(self) -> int | None:
         """The log's descriptor (under _sync_lock), opened again should the file there now be
@@ -413,16 +440,25 @@ class Journal:
         _sync_dir(wal.parent)
         return self._wal_fd
 
-    def _checkpoint(self) -> None:
-        """Copy the log into the database (PASSIVE: never waits for the writer, whose next
-        transaction then starts the log again and cuts it back to journal_size_limit)."""
-        if self._checkpointer is None:
-            assert self._path is not None
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA journal_size_limit={self._wal_limit_bytes}")
-            self._checkpointer = db
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def checkpoint(self) -> None:
+        """Copy the log into the database, on a connection of its own (synchronous=FULL: the
+        log synced before pages are copied, the database before the log may start again).
+        PASSIVE: it never waits for the writer, and the writer never waits for it; once all of
+        the log is copied the writer's next transaction starts it again and cuts it back to
+        journal_size_limit. With the writer busy it may copy only part; the daemon runs it
+        between sessions, when nothing is written. Safe on any thread."""
+        if self._path is None:
+            return
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.execute(f"PRAGMA journal_size_limit={self._wal_limit_bytes}")
+                    self._checkpointer = db
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot checkpoint {self._path}: {exc}") from exc
 
     def record(self, event: Event, ts: float) -> None:
         """One safety event at unix time ``ts``; session events open and close sessions."""

@@ -271,6 +271,8 @@ class TabletLink:
         self._event_seq = 0
         self._next_look = -math.inf
         self._moving = False
+        # A state waiting for a sync to cover the records it shows, and their count.
+        self._held_state: tuple[tuple[JsonObject, str, bool], int] | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
@@ -754,9 +756,18 @@ class TabletLink:
                 self._hooks.before_publish()
             written, durable = self._marks()
             if written <= durable:
-                last_key, self._moving = self._publish_state(paho, last_key)
-            # else: the state shows what records not yet on disk say; looked at again when
-            # a sync ends (the daemon calls state_changed), or at the next poll.
+                self._held_state = None
+                last_key, self._moving = self._publish_state(paho, last_key, self._state_now())
+            else:
+                # The state now shows records not yet on disk: it is held, with their count,
+                # and goes out once a sync has covered them, even if newer records keep
+                # coming (then the newest state covered goes out, never none at all).
+                held = self._held_state
+                if held is not None and held[1] <= durable:
+                    last_key, self._moving = self._publish_state(paho, last_key, held[0])
+                    held = None
+                if held is None:
+                    self._held_state = (self._state_now(), written)
             self._next_look = now + self._tuning.poll_s
             if self._moving:
                 due = self._last_state_sent + self._tuning.state_period_s
@@ -785,7 +796,9 @@ class TabletLink:
             raise aiomqtt.MqttCodeError(info.rc, "could not publish")
         return int(info.mid)
 
-    def _publish_state(self, paho: Any, last_key: str | None) -> tuple[str | None, bool]:
+    def _state_now(self) -> tuple[JsonObject, str, bool]:
+        """The state as published now: its object, its key (what a change is judged by) and
+        whether the belt moves."""
         snap = self._hooks.snapshot()
         state = encode_state(
             snap,
@@ -799,8 +812,12 @@ class TabletLink:
         state["instance"] = self.instance
         if self._hooks.extra_state is not None:
             state.update({k: v for k, v in self._hooks.extra_state().items() if k not in state})
-        key = state_key(state)
-        moving = belt_moving(snap)
+        return state, state_key(state), belt_moving(snap)
+
+    def _publish_state(
+        self, paho: Any, last_key: str | None, built: tuple[JsonObject, str, bool]
+    ) -> tuple[str | None, bool]:
+        state, key, moving = built
         now = asyncio.get_running_loop().time()
         if key != last_key or (
             moving and now - self._last_state_sent >= self._tuning.state_period_s

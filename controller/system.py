@@ -41,7 +41,7 @@ import structlog
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
-from treadguard.controller.control import Controller, EventListener, Timers
+from treadguard.controller.control import Controller, EventListener, TimerHandle, Timers
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
@@ -167,6 +167,10 @@ class System:
         # The daemon's: syncs on a worker thread (sync_in_background). Without it (a virtual
         # run, a journal in memory) each commit syncs where it is made.
         self.journal_sync: JournalSync | None = None
+        self._on_durable: Callable[[], None] | None = None
+        # The journal's marks when it failed, kept until the core has latched the fault.
+        self._marks_at_failure: tuple[int, float] | None = None
+        self._journal_tick_handle: TimerHandle | None = None
         # A session of a first-session program counts as the user's first treadmill session
         # only with at least its shortest cap of belt time (SR-7): stopped after a few seconds,
         # the user is still on first-session rules.
@@ -539,8 +543,17 @@ class System:
         looks again at what it may publish)."""
         if self.journal is None:
             return
+        self._on_durable = on_durable
         self.journal_sync = JournalSync(
-            self.journal, on_durable=on_durable, on_failure=self._journal_failed
+            self.journal,
+            on_durable=on_durable,
+            on_failure=self._journal_failed,
+            # Between sessions nothing is written, so a checkpoint copies the whole log and
+            # the log starts again; during one it could not finish, and would only add syncs.
+            may_checkpoint=lambda: self.core.session is None,
+            on_checkpoint_error=lambda reason: self._log.warning(
+                "journal_checkpoint_failed", error=reason
+            ),
         )
 
     def commit_journal(self) -> None:
@@ -558,9 +571,13 @@ class System:
             self._journal_failed(_reason(exc))
 
     def journal_marks(self) -> tuple[int, float]:
-        """The safety records written so far, and how many of them are on disk (infinite
-        once the journal has failed: nothing more can be, and the fault must be seen)."""
+        """The safety records written so far, and how many of them are on disk. Once the
+        journal has failed nothing more can be, and the fault must be seen: from the moment
+        the core has latched it, infinite (everything waiting goes out, the fault first of
+        the state's changes); until then, as they were when it failed."""
         if self.journal is None:
+            if self._marks_at_failure is not None and not self._journal_reported:
+                return self._marks_at_failure
             return 0, math.inf
         written = self.journal.records
         if self.journal_sync is None:
@@ -569,7 +586,11 @@ class System:
 
     def close(self) -> None:
         """The last commit, then the journal closed, even when that commit fails (a failed
-        commit lets go of the journal: held here, it is still closed)."""
+        commit lets go of the journal: held here, it is still closed). No journal tick after
+        this one (it would write to a closed journal)."""
+        if self._journal_tick_handle is not None:
+            self._journal_tick_handle.cancel()
+            self._journal_tick_handle = None
         if self.journal_sync is not None:
             self.journal_sync.close()  # the sync under way ends first
             self.journal_sync = None
@@ -583,7 +604,9 @@ class System:
         """Twice a second: the counts of refusals whose second has ended, the belt's speed
         while a session is open, a commit (so the journal is up to date even while nothing is
         published: a broker that is down) and a look at how full the journal is."""
-        self.clock.call_at(self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick)
+        self._journal_tick_handle = self.clock.call_at(
+            self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick
+        )
         now = self.clock.time()
         for counted in [*self.refusals.due(now), *self.speed_changes.due(now)]:
             self.controller.publish(counted)
@@ -712,6 +735,8 @@ class System:
         that can be written."""
         if self.journal_problem is not None:
             return
+        if self.journal is not None:
+            self._marks_at_failure = self.journal_marks()
         self.journal_problem = detail
         self.journal = None
         self._log.error("journal_failed", error=detail)
@@ -727,3 +752,6 @@ class System:
         self.controller.submit(
             JournalHealth(t=self.clock.time(), writable=False, detail=self.journal_problem)
         )
+        # The fault is latched: what waited for a sync that will never come goes out now.
+        if self._on_durable is not None:
+            self._on_durable()

@@ -11,6 +11,7 @@ within its debounce, not after the sync.
 
 from __future__ import annotations
 
+import asyncio
 import selectors
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from tests.clinician import clinician, sensor_user
@@ -31,10 +33,12 @@ TM = "tm-slow-disk"
 
 
 @contextmanager
-def slow_disk(pid: int, sync_s: float, record: Path) -> Iterator[None]:
+def slow_disk(pid: int, sync_s: float, record: Path, *, fail: bool = False) -> Iterator[None]:
     """strace attached to the running process ``pid`` and each of its threads, adding
-    ``sync_s`` to every fsync and fdatasync they make, and writing each (thread id first) to
-    ``record``. The daemon is signalled as always, not through strace."""
+    ``sync_s`` to every fsync and fdatasync they make (``fail``: making them fail with EIO
+    instead), and writing each (thread id first) to ``record``. The daemon is signalled as
+    always, not through strace."""
+    inject = "error=EIO" if fail else f"delay_exit={int(sync_s * 1e6)}"
     tracer = subprocess.Popen(
         [
             "strace",
@@ -46,7 +50,7 @@ def slow_disk(pid: int, sync_s: float, record: Path) -> Iterator[None]:
             "-e",
             "trace=fsync,fdatasync",
             "-e",
-            f"inject=fsync,fdatasync:delay_exit={int(sync_s * 1e6)}",
+            f"inject=fsync,fdatasync:{inject}",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -113,3 +117,39 @@ async def test_sr9_sr8_a_session_runs_on_and_a_grip_release_stops_it_at_once_on_
     threads = [line.split()[0] for line in syncs.read_text().splitlines() if "sync(" in line]
     assert len(threads) >= 3, syncs.read_text()
     assert str(daemon.proc.pid) not in threads, syncs.read_text()
+
+
+@pytest.mark.asyncio
+async def test_sr14_a_disk_that_fails_its_syncs_latches_the_fault_before_anything_unsynced_goes_out(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """Every sync fails (EIO): the refusal journaled for a command cannot be made durable.
+    The journal fault is latched and published before the reply to that command, which
+    waited for the sync."""
+    daemon = make_daemon(treadmill_id=TM, sensors="mqtt")
+    assert daemon.proc is not None
+    p = f"treadmill/{TM}"
+    async with sensor_user(broker, TM), clinician(broker, TM) as doc:
+        await doc.state(lambda s: s["stale"] == [], within=10.0)
+        doc.tab.drain(f"{p}/state")
+        async with aiomqtt.Client("127.0.0.1", broker.port) as watcher:
+            # One subscriber for both topics: messages come in the order they were published.
+            await watcher.subscribe(f"{p}/state", qos=1)
+            await watcher.subscribe(f"{p}/reply", qos=1)
+            with slow_disk(daemon.proc.pid, 0.0, tmp_path / "eio.strace", fail=True):
+                await doc.raw(b'{"id": "r-eio", "type": "set_speed", "mph": 1.0}')
+                order: list[str] = []
+                async with asyncio.timeout(10.0):
+                    async for message in watcher.messages:
+                        got = body(message)
+                        if not isinstance(got, dict):
+                            continue
+                        topic = str(message.topic)
+                        latched = got.get("latched") if topic.endswith("/state") else None
+                        if isinstance(latched, dict) and latched.get("cause") == "journal":
+                            order.append("fault state")
+                        if topic.endswith("/reply") and got.get("id") == "r-eio":
+                            order.append("reply")
+                            break
+                assert order[:1] == ["fault state"], order
+                assert order[-1] == "reply", order

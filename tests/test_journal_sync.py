@@ -8,7 +8,6 @@ test needs), and counted. tests/test_journal_slow_disk.py runs the same through 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -24,7 +23,9 @@ from treadguard.safety.decisions import Event, EventType
 
 class HeldDisk(Journal):
     """A journal whose syncs wait until the test lets them go (``release``), and say on which
-    thread they ran; ``fail``: the next sync raises as a failing disk's would."""
+    thread they ran; ``fail``: the next sync raises as a failing disk's would. Checkpoints
+    wait for ``release_checkpoint`` and are counted; ``over_limit`` says the log is past its
+    limit."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -32,6 +33,16 @@ class HeldDisk(Journal):
         self.started = threading.Semaphore(0)
         self.threads: list[int] = []
         self.fail: str | None = None
+        self.release_checkpoint = threading.Event()
+        self.checkpoints = 0
+        self.over_limit = False
+
+    def wal_over_limit(self) -> bool:
+        return self.over_limit
+
+    def checkpoint(self) -> None:
+        self.checkpoints += 1
+        self.release_checkpoint.wait(10.0)
 
     def sync(self) -> None:
         self.threads.append(threading.get_ident())
@@ -129,7 +140,11 @@ async def test_requests_during_a_sync_cost_one_more_sync_not_one_each(tmp_path: 
 
 
 @pytest.mark.asyncio
-async def test_a_failing_sync_is_a_failed_journal_and_opens_the_gate(tmp_path: Path) -> None:
+async def test_a_failing_sync_is_a_failed_journal_and_no_more_syncs_follow(
+    tmp_path: Path,
+) -> None:
+    """The failure goes to on_failure (the daemon latches the journal fault, and only then
+    lets out what waited: System.journal_marks); what was not synced is not counted durable."""
     disk = held_journal(tmp_path / "j.sqlite")
     calls = Calls()
     sync = JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
@@ -139,10 +154,9 @@ async def test_a_failing_sync_is_a_failed_journal_and_opens_the_gate(tmp_path: P
     sync.request()
     await calls.until(lambda: bool(calls.failures))
     assert calls.failures == ["disk I/O error"]
-    # Nothing more can be made durable; what waits (the fault above all) is let out.
     assert sync.failed
-    assert sync.durable == math.inf
-    assert calls.durable == 1
+    assert sync.durable == 0
+    assert calls.durable == 0
     sync.request()  # no more syncs
     assert len(disk.threads) == 1
     sync.close()
@@ -162,7 +176,7 @@ async def test_a_sync_past_its_bound_is_a_failed_journal(
     await started(disk)
     await calls.until(lambda: bool(calls.failures))
     assert calls.failures == ["a sync of the journal took longer than 0.05 s"]
-    assert sync.durable == math.inf
+    assert sync.durable == 0
     # The sync that was given up on ends later: it changes nothing, and close does not wait
     # for one that may never end.
     running = sync._running
@@ -177,8 +191,8 @@ async def test_a_sync_past_its_bound_is_a_failed_journal(
 def test_sync_makes_committed_records_durable_and_keeps_the_log_within_its_limit(
     tmp_path: Path,
 ) -> None:
-    """commit_written then sync, as the worker does it, on a journal with a small limit:
-    the log is checkpointed into the database and starts again, never far past its bound."""
+    """commit_written then sync, as the workers do it, on a journal with a small limit, and a
+    checkpoint once the log is past it: the log starts again, never far past its bound."""
     path = tmp_path / "j.sqlite"
     journal = Journal.open(path, max_size_mb=2.0)
     limit = journal._wal_limit_bytes
@@ -190,6 +204,8 @@ def test_sync_makes_committed_records_durable_and_keeps_the_log_within_its_limit
         journal.commit_written()
         most = max(most, wal.stat().st_size)
         journal.sync()
+        if journal.wal_over_limit():  # as the daemon does it between sessions
+            journal.checkpoint()
     journal.commit()
     journal.close()
     # Past the limit by no more than one commit's pages (the sync after it checkpoints).
@@ -214,3 +230,40 @@ def test_a_journal_opened_through_a_link_syncs_the_log_sqlite_writes(tmp_path: P
     assert os.fstat(journal._wal_fd).st_ino == wal.stat().st_ino
     assert not Path(f"{link}-wal").exists()
     journal.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_checkpoint_is_no_sync_past_its_bound_and_waits_for_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint takes several syncs of its own: it runs on its own worker, outside the
+    sync's bound, only when the caller says so (between sessions), one at a time; syncs go on
+    meanwhile."""
+    monkeypatch.setattr(journal_sync, "SYNC_BOUND_S", 0.2)
+    disk = held_journal(tmp_path / "j.sqlite")
+    disk.over_limit = True
+    disk.release.set()
+    calls = Calls()
+    between_sessions = False
+    sync = JournalSync(
+        disk,
+        on_durable=calls.on_durable,
+        on_failure=calls.on_failure,
+        may_checkpoint=lambda: between_sessions,
+    )
+    disk.record(event(1), 1.0)
+    sync.request()
+    await calls.until(lambda: sync.durable >= 1)
+    assert disk.checkpoints == 0  # a session is under way
+    between_sessions = True
+    for n in range(2, 6):
+        disk.record(event(n), float(n))
+        sync.request()
+        await calls.until(lambda n=n: sync.durable >= n)  # type: ignore[misc]
+    # One checkpoint, held far past the sync's bound: syncs went on, and nothing failed.
+    assert disk.checkpoints == 1
+    await asyncio.sleep(0.3)  # past the bound: a window, not a synchronisation
+    assert calls.failures == []
+    disk.release_checkpoint.set()
+    sync.close()
+    disk.close()

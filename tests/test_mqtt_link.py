@@ -451,6 +451,37 @@ async def test_sr14_nothing_goes_out_before_a_sync_has_covered_its_records(
 
 
 @pytest.mark.asyncio
+async def test_sr14_states_go_out_while_records_keep_coming_faster_than_syncs(
+    broker: Broker,
+) -> None:
+    """Records written all the time (a client sending refused commands, each journaled) and
+    each sync covering only those before it: the state never waits for all of them, only for
+    those it shows; each sync lets out the newest state it covers."""
+    tm, world = "tm-starve", World()
+    p = f"treadmill/{tm}"
+    marks = [1, 0]  # written, durable: always one record behind
+    link = make_link(broker, world, tm, journal_marks=lambda: (marks[0], marks[1]))
+
+    async def syncs() -> None:
+        while True:
+            await asyncio.sleep(0.05)  # the disk's pace, not a synchronisation
+            marks[1], marks[0] = marks[0], marks[0] + 1
+            world.snap = replace(RUNNING, belt_mph=0.8 + marks[1] / 1000)
+            link.state_changed()
+
+    async with tablet(broker, f"{p}/state") as tab, link:
+        pacing = asyncio.create_task(syncs())
+        try:
+            speeds: set[float] = set()
+            async with asyncio.timeout(5.0):
+                while len(speeds) < 5:
+                    speeds.add(body(await tab.next(f"{p}/state"))["speed_mph"])
+        finally:
+            pacing.cancel()
+        assert len(speeds) >= 5
+
+
+@pytest.mark.asyncio
 async def test_sr14_the_journal_commits_before_a_state_goes_out(broker: Broker) -> None:
     """before_publish (the journal's commit) runs before the state is read and published: a
     state the tablet has, like a latched stop, is already on disk."""
