@@ -650,7 +650,9 @@ def add_tablet_parser(sub: Any) -> None:
     ):
         outcome = cmds.add_parser(kind.value.replace("_", "-"), parents=[opts], help=text)
         outcome.add_argument("session_id", metavar="SESSION", help="the session's id")
-        outcome.add_argument("--pain", type=int, required=True, metavar="0-10")
+        outcome.add_argument(
+            "--pain", type=int, required=True, metavar="0-10", help="the user's pain now, 0 to 10"
+        )
         if kind is CommandType.OUTCOME_AFTER:
             outcome.add_argument(
                 "--exertion", type=int, metavar="0-10", help="perceived exertion (CR10)"

@@ -313,7 +313,9 @@ async def test_sr9_sr13_the_daemon_drives_a_modbus_vfd_over_a_real_socket(
     )
     make_daemon(treadmill_id="tm-vfd", sensors="mqtt", drive=drive)
     async with sensor_user(broker, "tm-vfd"), clinician(broker, "tm-vfd") as doc:
-        await doc.state(lambda s: s["stale"] == [], within=10.0)
+        # The sensors fresh and the drive answering (its speed known): a start before the
+        # drive's first answer is refused, rightly ("drive is not answering").
+        await doc.state(lambda s: s["stale"] == [] and s["speed_mph"] is not None, within=10.0)
         await doc.start_running("u-10", program="first_session")
         ok(await doc.command("estop"))
         assert (await doc.event("estop"))["cause"] == "remote_estop"
