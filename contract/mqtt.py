@@ -395,23 +395,11 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
             return CommissionConfirm(t=t, step=model.step, ask=model.ask)
         case CommissionAbortModel():
             return CommissionAbort(t=t)
-        case OutcomeBeforeModel():
-            return OutcomeBefore(
-                t=t,
-                session_id=model.session_id,
-                pain=model.pain,
-                notes=model.notes,
-                clinician=model.clinician,
-            )
-        case OutcomeAfterModel():
-            return OutcomeAfter(
-                t=t,
-                session_id=model.session_id,
-                pain=model.pain,
-                exertion=model.exertion,
-                notes=model.notes,
-                clinician=model.clinician,
-            )
+        case OutcomeBeforeModel() | OutcomeAfterModel():
+            # The command's own fields, as the contract validated them.
+            fields = model.model_dump(exclude={"id", "type", "ts"})
+            kind = OutcomeBefore if isinstance(model, OutcomeBeforeModel) else OutcomeAfter
+            return kind(t=t, **fields)
     raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
 
 

@@ -59,6 +59,13 @@ def held_journal(path: Path) -> HeldDisk:
     return journal
 
 
+def syncing(tmp_path: Path) -> tuple[HeldDisk, Calls, JournalSync]:
+    """A held journal, the calls its JournalSync makes, and the JournalSync."""
+    disk = held_journal(tmp_path / "j.sqlite")
+    calls = Calls()
+    return disk, calls, JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
+
+
 def event(n: int) -> Event:
     return Event(EventType.RESET, t=float(n), fields={"cleared": "fall"})
 
@@ -95,9 +102,7 @@ class Calls:
 async def test_a_sync_covers_what_was_written_before_it_and_runs_off_the_loop(
     tmp_path: Path,
 ) -> None:
-    disk = held_journal(tmp_path / "j.sqlite")
-    calls = Calls()
-    sync = JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
+    disk, calls, sync = syncing(tmp_path)
     disk.record(event(1), 1.0)
     sync.request()
     await started(disk)
@@ -122,9 +127,7 @@ async def test_a_sync_covers_what_was_written_before_it_and_runs_off_the_loop(
 
 @pytest.mark.asyncio
 async def test_requests_during_a_sync_cost_one_more_sync_not_one_each(tmp_path: Path) -> None:
-    disk = held_journal(tmp_path / "j.sqlite")
-    calls = Calls()
-    sync = JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
+    disk, calls, sync = syncing(tmp_path)
     disk.record(event(1), 1.0)
     sync.request()
     await started(disk)
@@ -145,9 +148,7 @@ async def test_a_failing_sync_is_a_failed_journal_and_no_more_syncs_follow(
 ) -> None:
     """The failure goes to on_failure (the daemon latches the journal fault, and only then
     lets out what waited: System.journal_marks); what was not synced is not counted durable."""
-    disk = held_journal(tmp_path / "j.sqlite")
-    calls = Calls()
-    sync = JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
+    disk, calls, sync = syncing(tmp_path)
     disk.fail = "disk I/O error"
     disk.release.set()
     disk.record(event(1), 1.0)
@@ -168,9 +169,7 @@ async def test_a_sync_past_its_bound_is_a_failed_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(journal_sync, "SYNC_BOUND_S", 0.05)
-    disk = held_journal(tmp_path / "j.sqlite")
-    calls = Calls()
-    sync = JournalSync(disk, on_durable=calls.on_durable, on_failure=calls.on_failure)
+    disk, calls, sync = syncing(tmp_path)
     disk.record(event(1), 1.0)
     sync.request()
     await started(disk)
