@@ -258,7 +258,7 @@ class Journal:
             if mode != "wal":
                 # A file system where SQLite cannot keep a write-ahead log: every commit
                 # syncs where it is made (slow, and on the caller's thread, but never a record
-                # published unsynced). The daemon says so at start-up (JOURNAL_MODE_WARNING).
+                # published unsynced). The daemon says so at start-up (journal_not_wal).
                 db.execute("PRAGMA synchronous=FULL")
                 cls._prepare(db, max_size_mb)
                 journal = cls(db, lock=lock)
@@ -307,8 +307,9 @@ class Journal:
             db.execute(f"PRAGMA max_page_count={most}")
             # max_page_count bounds the database file only. The write-ahead log beside it grows
             # until a checkpoint (1,000 pages, 4 MB, by default) and keeps its size after one:
-            # checkpoint at a tenth of the limit and cut the log back to that, so the two
-            # together stay within about 1.1 times max_size_mb.
+            # checkpoint at a tenth of the limit and cut the log back to that. (A journal open
+            # to write checkpoints between sessions instead, see open and checkpoint: the log
+            # may then pass a tenth by what one session writes, some 16 KB a second.)
             wal_pages = max(8, most // 10)
             db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
             db.execute(f"PRAGMA journal_size_limit={wal_pages * page_size}")
@@ -452,11 +453,28 @@ class Journal:
         with self._checkpoint_lock:
             try:
                 if self._checkpointer is None:
-                    db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                    # timeout 0: the log's restart below is skipped rather than waited for
+                    # while the writer holds its transaction open.
+                    db = sqlite3.connect(
+                        self._path, isolation_level=None, check_same_thread=False, timeout=0.0
+                    )
                     db.execute("PRAGMA synchronous=FULL")
                     db.execute(f"PRAGMA journal_size_limit={self._wal_limit_bytes}")
                     self._checkpointer = db
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                db = self._checkpointer
+                _, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if log > 0 and copied == log:
+                    # All of it copied: start the log over here, header synced on this thread,
+                    # rather than in the writer's next commit on the caller's.
+                    db.execute("BEGIN IMMEDIATE")
+                    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                    db.execute(f"PRAGMA user_version={version}")
+                    db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise JournalError(f"cannot checkpoint {self._path}: {exc}") from exc
+                if self._checkpointer is not None and self._checkpointer.in_transaction:
+                    self._checkpointer.execute("ROLLBACK")  # the writer was busy: next time
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot checkpoint {self._path}: {exc}") from exc
 

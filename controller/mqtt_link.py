@@ -271,8 +271,10 @@ class TabletLink:
         self._event_seq = 0
         self._next_look = -math.inf
         self._moving = False
-        # A state waiting for a sync to cover the records it shows, and their count.
+        # A state waiting for a sync to cover the records it shows, and their count; and the
+        # record count of the last state looked at and sent (or found unchanged).
         self._held_state: tuple[tuple[JsonObject, str, bool], int] | None = None
+        self._state_records: float = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
@@ -758,6 +760,8 @@ class TabletLink:
             if written <= durable:
                 self._held_state = None
                 last_key, self._moving = self._publish_state(paho, last_key, self._state_now())
+                # No journal (or one given up on): no count to hold replies to.
+                self._state_records = math.inf if math.isinf(durable) else written
             else:
                 # The state now shows records not yet on disk: it is held, with their count,
                 # and goes out once a sync has covered them, even if newer records keep
@@ -765,6 +769,7 @@ class TabletLink:
                 held = self._held_state
                 if held is not None and held[1] <= durable:
                     last_key, self._moving = self._publish_state(paho, last_key, held[0])
+                    self._state_records = held[1]
                     held = None
                 if held is None:
                     self._held_state = (self._state_now(), written)
@@ -775,11 +780,13 @@ class TabletLink:
         _, durable = self._marks()
         for queue in self._queues:
             topic = self.topics.events if queue is self._events else self.topics.reply
+            # A reply also waits for the state its command caused (the state goes out first).
+            limit = durable if queue is self._events else min(durable, self._state_records)
             sent = self._sent[id(queue)]
             while sent < len(queue) and len(self._inflight) < self._tuning.max_inflight:
                 item = queue[sent]
-                if item.records > durable:
-                    break  # its records are not on disk yet; neither are those after it
+                if item.records > limit:
+                    break  # not on disk yet (or its state not out yet); nor those after it
                 if item.ids is not None:  # no more refusals join it once it is sent
                     item.payload = self._refusal_payload(item.ids)
                 mid = self._publish(paho, topic, item.payload, retain=False)

@@ -548,9 +548,10 @@ class System:
             self.journal,
             on_durable=on_durable,
             on_failure=self._journal_failed,
-            # Between sessions nothing is written, so a checkpoint copies the whole log and
-            # the log starts again; during one it could not finish, and would only add syncs.
-            may_checkpoint=lambda: self.core.session is None,
+            # Between sessions, the belt standing still, nothing is written, so a checkpoint
+            # copies the whole log and starts it over on its own thread; during one it could
+            # not finish, and would only add syncs.
+            may_checkpoint=lambda: self.core.session is None and self.at_standstill(),
             on_checkpoint_error=lambda reason: self._log.warning(
                 "journal_checkpoint_failed", error=reason
             ),

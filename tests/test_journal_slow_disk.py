@@ -23,7 +23,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.clinician import clinician, sensor_user
+from tests.clinician import SESSION_WAIT_S, clinician, ok, sensor_user
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker, body
 
@@ -153,3 +153,40 @@ async def test_sr14_a_disk_that_fails_its_syncs_latches_the_fault_before_anythin
                             break
                 assert order[:1] == ["fault state"], order
                 assert order[-1] == "reply", order
+
+
+@pytest.mark.asyncio
+async def test_sr9_the_log_starts_over_between_sessions_off_the_loop_on_a_slow_disk(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """A journal small enough that one session takes its log past its limit: between two
+    sessions the log is checkpointed and starts over on the checkpoint's thread (its header
+    synced there), not in the next session's first commit on the loop; both sessions run."""
+    daemon = make_daemon(
+        treadmill_id=TM, sensors="mqtt", env={"TREADGUARD_JOURNAL__MAX_SIZE_MB": "0.5"}
+    )
+    assert daemon.proc is not None
+    wal = tmp_path / f"journal-{TM}.sqlite-wal"
+    syncs = tmp_path / "restart.strace"
+    async with sensor_user(broker, TM), clinician(broker, TM) as doc:
+        await doc.state(lambda s: s["stale"] == [], within=10.0)
+        with slow_disk(daemon.proc.pid, SYNC_S, syncs):
+            await doc.start_running("u-a", program="first_session")
+            limit = 12 * 4096  # journal_size_limit for 0.5 MB: a tenth, at least 8 pages
+            async with asyncio.timeout(30.0):
+                while wal.stat().st_size <= limit:  # the session's records past the limit
+                    await doc.state(lambda s: True, within=5.0)
+            ok(await doc.command("stop"))
+            await doc.state(
+                lambda s: s["state"] == "idle" and s["speed_mph"] == 0.0, within=SESSION_WAIT_S
+            )
+            async with asyncio.timeout(30.0):
+                while wal.stat().st_size > limit:  # noqa: ASYNC110 - a file has no event to await
+                    await asyncio.sleep(0.1)  # checkpointed, started over and cut back, polled
+            await doc.start_running("u-a", program="first_session")
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                state = await doc.state(lambda s: True, within=5.0)
+                assert state["state"] == "running", (state, daemon.log_text()[-3000:])
+    threads = [line.split()[0] for line in syncs.read_text().splitlines() if "sync(" in line]
+    assert str(daemon.proc.pid) not in threads, syncs.read_text()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from tests.mosquitto import WAIT_S, Broker, Login, Tablet, body, tablet, text_is
@@ -479,6 +480,57 @@ async def test_sr14_states_go_out_while_records_keep_coming_faster_than_syncs(
         finally:
             pacing.cancel()
         assert len(speeds) >= 5
+
+
+@pytest.mark.asyncio
+async def test_sr14_a_reply_never_overtakes_the_state_its_command_caused_while_syncs_lag(
+    broker: Broker,
+) -> None:
+    """Records keep coming and each sync is one behind: the reply to an estop still comes
+    after a state that shows it (the state goes out first, as without a journal)."""
+    tm = "tm-overtake"
+    p = f"treadmill/{tm}"
+    marks = [1, 0]  # written, durable
+
+    class Stopping(World):
+        def execute(self, command: TabletCommand) -> Reply:
+            marks[0] += 1  # its record
+            self.snap = replace(IDLE, state=State.ESTOP)
+            return super().execute(command)
+
+    world = Stopping(snap=RUNNING)
+    link = make_link(broker, world, tm, journal_marks=lambda: (marks[0], marks[1]))
+
+    async def syncs() -> None:
+        while True:
+            await asyncio.sleep(0.05)  # the disk's pace, not a synchronisation
+            marks[1], marks[0] = marks[0], marks[0] + 1
+            link.state_changed()
+
+    async with (
+        tablet(broker, f"{p}/availability") as tab,
+        aiomqtt.Client("127.0.0.1", broker.port) as watcher,
+        link,
+    ):
+        await tab.next(f"{p}/availability", text_is("online"))
+        # One subscriber for both: messages come in the order they were published.
+        await watcher.subscribe(f"{p}/state", qos=1)
+        await watcher.subscribe(f"{p}/reply", qos=1)
+        pacing = asyncio.create_task(syncs())
+        try:
+            await send(tab, tm, {"id": "e1", "type": "estop"})
+            seen: list[str] = []
+            async with asyncio.timeout(5.0):
+                async for message in watcher.messages:
+                    got = body(message)
+                    assert isinstance(got, dict)
+                    if str(message.topic).endswith("/reply") and got.get("id") == "e1":
+                        break
+                    if str(message.topic).endswith("/state"):
+                        seen.append(str(got["state"]))
+        finally:
+            pacing.cancel()
+        assert "estop" in seen, seen
 
 
 @pytest.mark.asyncio
