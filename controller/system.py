@@ -390,14 +390,21 @@ class System:
         """The clinician's record of a session, journaled as an ``outcome_recorded`` event
         (and published like any other, once on disk). The session must be on record; the
         belt, the core and a session under way are not touched."""
+        session_id = int(command.session_id)
+        try:
+            known = self.journal is not None and self.journal.session(session_id) is not None
+            entries = len(self.journal.outcome_entries(session_id)) if known and self.journal else 0
+        except JournalError as exc:  # a journal that cannot be read: a journal failure
+            self._journal_failed(str(exc))
+            known, entries = False, 0
         if self.journal is None:
             reply = Refused(
                 RefusalCode.PRECONDITIONS_UNMET,
                 f"the journal cannot be written ({self.journal_problem or 'none open'})",
             )
-        elif self.journal.session(int(command.session_id)) is None:
+        elif not known:
             reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
-        elif len(self.journal.outcome_entries(int(command.session_id))) >= OUTCOME_ENTRIES_MAX:
+        elif entries >= OUTCOME_ENTRIES_MAX:
             # However fast a tablet sends them, a session's record stays a record (SR-14).
             reply = Refused(
                 RefusalCode.NOT_ALLOWED,
