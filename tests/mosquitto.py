@@ -38,10 +38,21 @@ START_TIMEOUT_S = 5.0
 WAIT_S = 5.0  # the bound on every wait for a message
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` different ports free now: each held bound until all are chosen (two chosen one
+    after the other can be the same port, and a broker then fails on its second listener)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def have_mosquitto() -> bool:
@@ -103,8 +114,10 @@ class Broker:
         websockets: bool = False,
         persistence: bool = False,
     ) -> None:
-        self.port = port if port is not None else free_port()
-        self.ws_port = free_port() if http_dir is not None or websockets else None
+        chosen = free_ports(3)
+        self.port = port if port is not None else chosen[0]
+        others = [p for p in chosen[1:] if p != self.port]  # never the broker's own port
+        self.ws_port = others[0] if http_dir is not None or websockets else None
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"

@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from tests.browser import PAGE_DIR
-from tests.mosquitto import START_TIMEOUT_S, free_port, wait_listening
+from tests.mosquitto import START_TIMEOUT_S, free_ports, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_SITE = ROOT / "config" / "nginx" / "treadguard.conf"
@@ -108,7 +108,7 @@ class Nginx:
     ) -> None:
         self.dir = workdir / "nginx"
         self.dir.mkdir()
-        self.https_port, self.http_port = free_port(), free_port()
+        self.https_port, self.http_port = free_ports(2)
         site = self.dir / "treadguard.conf"
         site.write_text(
             site_config(

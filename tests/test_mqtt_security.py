@@ -40,7 +40,7 @@ from tests.mosquitto import (
     Tablet,
     auth_lines,
     body,
-    free_port,
+    free_ports,
     have_mosquitto,
     login,
     password_file,
@@ -606,9 +606,9 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
     etc = pki.ca.parent
     password_file(etc / "passwd", PASSWORDS)
     broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
-    tls_port = free_port()
+    tls_port, ws_port = [p for p in free_ports(3) if p != broker.port][:2]
     broker.conf.write_text(
-        shipped_config(etc, port=broker.port, tls_port=tls_port, ws_port=free_port())
+        shipped_config(etc, port=broker.port, tls_port=tls_port, ws_port=ws_port)
     )
     tm, world = "tm-shipped", World()
     p = f"treadmill/{tm}"
@@ -641,8 +641,8 @@ def shipped_broker(tmp_path: Path, pki: Pki) -> tuple[Broker, int]:
     etc = pki.ca.parent
     password_file(etc / "passwd", PASSWORDS)
     broker = Broker(tmp_path)  # only for starting and stopping: the configuration is replaced
-    broker.ws_port = free_port()  # start() waits for this one too
-    tls_port = free_port()
+    # Ports of their own, none the broker's (start() waits for the WebSockets one too).
+    broker.ws_port, tls_port = [p for p in free_ports(4) if p != broker.port][:2]
     broker.conf.write_text(
         shipped_config(etc, port=broker.port, tls_port=tls_port, ws_port=broker.ws_port)
     )
