@@ -453,9 +453,9 @@ def cmd_patient(args: argparse.Namespace) -> int:
         if not sessions:
             print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
             return EXIT_BAD_INPUT
-        from treadguard.controller.report import patient_report
+        from treadguard.controller.report import outcomes_of, patient_report
 
-        outcomes = {s.id: journal.outcomes(s.id) for s in sessions}
+        outcomes = {s.id: outcomes_of(journal.events(s.id)) for s in sessions}
         page = patient_report(
             args.user, sessions, clinic=_clinic(loaded), written=time.time(), outcomes=outcomes
         )

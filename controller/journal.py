@@ -707,11 +707,6 @@ class Journal:
         )
         return [json.loads(fields) for (fields,) in rows]
 
-    def outcomes(self, session_id: int) -> dict[str, dict[str, Any]]:
-        """The clinician's record of one session: the newest ``before`` and ``after`` entry
-        (an entry made again corrects the one before it), each as it was entered."""
-        return {str(entry.get("when")): entry for entry in self.outcome_entries(session_id)}
-
     def commissioning_runs(self) -> list[CommissioningRow]:
         """Every commissioning run, oldest first."""
         rows = self._query(

@@ -122,10 +122,6 @@ class JournalSync:
         self.failed = False
         self._closed = False
 
-    def written(self) -> int:
-        """The safety records written so far."""
-        return self._journal.records
-
     def request(self) -> None:
         """Commit what is written, here and now (no sync), and have it synced: at once, or
         right after the sync under way. Never blocks on the disk's sync; never raises (a

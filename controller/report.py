@@ -152,6 +152,7 @@ def session_report(
     t0 = session.started_at
     zone = clinic.zone
     ended_s = None if session.ended_at is None else session.ended_at - t0
+    entered = outcomes_of(events)
     relative = [(ts - t0, v, target) for ts, v, target in samples]
     marks = [
         Mark(e.ts - t0, t.event_name(e.type), MARKED[e.type], e.type)
@@ -167,8 +168,8 @@ def session_report(
         "belt_time": belt_time(session),
         "top_speed": t.mph(session.max_speed_mph),
         "ended_by": how_it_ended(session, events),
-        "pain": t.pain_words(outcomes_of(events)),
-        "outcome_notes": t.outcome_notes(outcomes_of(events)),
+        "pain": t.pain_words(entered),
+        "outcome_notes": t.outcome_notes(entered),
     }
     rows = [
         {

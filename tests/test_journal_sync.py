@@ -108,7 +108,7 @@ async def test_a_sync_covers_what_was_written_before_it_and_runs_off_the_loop(
     sync.request()
     await started(disk)
     disk.record(event(2), 2.0)  # written while the sync runs: not covered by it
-    assert (sync.written(), sync.durable) == (2, 0)
+    assert (disk.records, sync.durable) == (2, 0)
     disk.release.set()
     await calls.until(lambda: sync.durable >= 1)
     assert sync.durable == 1
