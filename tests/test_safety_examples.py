@@ -309,6 +309,56 @@ def test_sr2_sr6_after_an_operator_stop_the_belt_only_slows_to_zero() -> None:
     assert world.commanded == 0.0
 
 
+def test_sr6_a_stop_during_the_ramp_up_never_asks_for_more_than_was_asked_before_it() -> None:
+    """A stop, or a lower speed, that arrives between two inputs of a ramp up: the decision
+    that carries it asks the drive for at most the speed asked before it, never the ramp's
+    step for the time since (which would be a Stop that speeds the belt up, if only by a
+    hundredth of a mph); from there the belt only slows."""
+
+    def from_rest() -> World:
+        world = running_world("first_session")
+        world.run(0.5)
+        return world
+
+    def speeding_up() -> World:
+        world = at_speed(1.0, "reverse_walking")
+        assert isinstance(world.command(lambda t: SetSpeed(t, 1.2)).reply, Accepted)
+        world.run(0.5)
+        return world
+
+    cases: list[tuple[World, Callable[[float], Input]]] = [
+        (from_rest(), Stop),
+        (speeding_up(), Stop),
+        (speeding_up(), lambda t: SetSpeed(t, 0.9)),
+    ]
+    for world, slower in cases:
+        before = world.commanded
+        assert 0.0 < before < world.core.snapshot().target_mph
+        world.ms += PERIOD_MS // 2  # between two of the world's inputs
+        d = world.command(slower)
+        assert isinstance(d.reply, Accepted)
+        assert d.speed_mph == before
+        mark = len(world.log)
+        world.run(1.0)
+        assert all(v1 <= v0 for _, v0, v1 in _steps(world, mark - 1))
+
+
+def test_sr6_a_stop_at_the_instant_the_countdown_ends_never_asks_the_belt_to_move() -> None:
+    """The countdown has ended and nothing is asked of the drive yet; a stop a few ms later
+    asks for 0, not the ramp's first step (a Stop button that started the belt)."""
+    world = World()
+    world.run(1.0)
+    assert isinstance(world.start().reply, Accepted)
+    world.run(COUNTDOWN_S + 1.0, until=lambda: world.state is State.RUNNING)
+    assert world.commanded == 0.0
+    world.ms += 20
+    d = world.command(Stop)
+    assert isinstance(d.reply, Accepted)
+    assert d.speed_mph == 0.0
+    world.run(1.0)
+    assert world.commanded == 0.0
+
+
 def test_sr2_lower_set_speed_ramps_down_at_0_4_mph_per_s() -> None:
     world = at_speed(1.2)
     mark = len(world.log)

@@ -549,15 +549,21 @@ class Oracle:
         elif speed >= lo - 1e-9:
             self.ramp = "band"
         else:  # below the band: only a ramp from 0 up, or down to 0
+            # The decision that turns a ramp from 0 into a ramp to 0 (a stop) asks for the
+            # speed it had, not the ramp's next step up; from the next decision on it falls.
+            turning = False
             if pre_speed == 0.0:
                 self.ramp = "up"
-            elif self.ramp == "up" and speed < pre_speed:
+            elif self.ramp == "up" and (speed < pre_speed or (tgt == 0.0 and speed == pre_speed)):
                 self.ramp = "down"  # a ramp from 0 turned into a ramp to 0 (a stop)
+                turning = speed == pre_speed
             elif self.ramp == "band":
                 self.ramp = "down"
             if self.ramp == "up" and (speed < pre_speed or (dt > 0 and speed == pre_speed)):
                 self.fail("SR-1", f"holding {speed} below the band on the way up", inp, d)
-            if self.ramp == "down" and (speed > pre_speed or (dt > 0 and speed == pre_speed)):
+            if self.ramp == "down" and (
+                speed > pre_speed or (dt > 0 and speed == pre_speed and not turning)
+            ):
                 self.fail("SR-1", f"below the band at {speed} and not going to 0", inp, d)
             if self.ramp == "down" and tgt != 0.0:
                 self.fail("SR-1", f"below the band going down, but target {tgt}", inp, d)
