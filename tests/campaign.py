@@ -12,13 +12,14 @@ The oracle reads three records of the run, none of them the core's own state:
 - every call the controller made on the driver (``command_speed`` and ``emergency_stop``),
 - the belt's speed as the simulated physics has it, sampled every 50 ms,
 
-and the events the system published. From them it checks what SAFETY.md asks, as an outsider
-would see it (each rule names its requirement): the belt never sped up after a stop until a new
-session was accepted (the field incidents of a treadmill that sped up again after an on-screen
-stop, or restarted after STOP); a fall stops the belt at once; both grips lost stop it within
-the debounce; a silent sensor counts as unsafe after its time-out; a tablet gone quiet ends the
-session; a failing drive leaves the belt standing; no start while a hand is off, the user is
-down or a stop is latched; nothing above the band; no handler failure.
+and the events the system published. From them it checks what the safety requirements ask
+(docs/requirements.md), as an outsider would see it (each rule names its requirement): the belt
+never sped up after a stop until a new session was accepted (the field incidents of a treadmill
+that sped up again after an on-screen stop, or restarted after STOP); a fall stops the belt at
+once; both grips lost stop it within the debounce; a silent sensor counts as unsafe after its
+time-out; a tablet gone quiet ends the session; a failing drive leaves the belt standing; no
+start while a hand is off, the user is down or a stop is latched; nothing above the band; no
+handler failure.
 
 The oracle's bounds are those the requirements give plus one control tick; where a bound can
 only be known from the core's own view (when exactly it saw a sensor go stale), the later of
