@@ -128,7 +128,7 @@ def propose(
         program = programs[last.program]
         cap = _within(last.cap_s, program)
         words = f"held at {_lower_first(program.title)}: {held}"
-        held_phase = _phase_of(rules, program)
+        held_phase = _phase_of(rules, program) or phase
         return _proposal(
             record, rules, program, cap, words, week, note, held_phase, held=True, counted=True
         )
@@ -258,25 +258,31 @@ def _first_session_again(
         s for s in record.sessions if s.program in programs and programs[s.program].first_session
     ]
     tried = [s for s in firsts if s.ended_at is not None]
-    if not tried:
+    if not record.sessions:
         words = "no treadmill session on record"
+    elif not tried:
+        words = "no first session on record yet"
     else:
         s = tried[-1]
         on = f"session {s.id} on {t.day(s.started_at, zone)}"
+        shortest = programs[s.program].cap_s_min
+        belt = s.belt_moving_s if s.belt_moving_s is not None else 0.0
         if s.end_reason == ESTOP:
             words = f"first session again: {on} ended in an emergency stop"
-        else:
-            shortest = programs[s.program].cap_s_min
+        elif belt < shortest:  # NaN, no belt time to speak of, is not less: said below
             words = (
-                f"first session again: {on} had {t.duration(s.belt_moving_s or 0.0)} of belt "
-                f"time, less than the {t.duration(shortest, whole_minutes=True)} a first "
-                "session needs"
+                f"first session again: {on} had {t.duration(belt)} of belt time, less than "
+                f"the {t.duration(shortest, whole_minutes=True)} a first session needs"
             )
+        else:
+            words = f"first session again: {on} ended: {t.ended_by(s.end_reason)}"
         if may_confirm:
             words += " (a clinician may confirm it counts)"
     if last is not None and last not in tried:
         ended = t.ended_by(last.end_reason)
         words += f"; the last session ({last.id}) ended: {ended}"
+    if own is not None and own.cap_s is not None:
+        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
     return _proposal(
         record, rules, program, cap, words, None, note, None, held=False, counted=False
     )

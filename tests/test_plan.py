@@ -82,6 +82,22 @@ def test_a_first_session_of_3_s_does_not_count_and_the_reason_says_so() -> None:
     )
 
 
+def test_a_first_session_that_ended_in_a_stop_or_fault_is_said_as_it_ended() -> None:
+    lost = plan(UserRecord("p-1", [session(1, "first_session", "tablet_lost", 240.0)]))
+    assert lost.reason == (
+        "First treadmill session, 3 min: first session again: session 1 on 2026-12-01 ended: "
+        "no tablet heartbeat (the page was hidden or lost its link) (a clinician may confirm it "
+        "counts)"
+    )
+    fell = plan(UserRecord("p-1", [session(1, "first_session", "estop", 20.0)]))
+    assert "session 1 on 2026-12-01 ended in an emergency stop" in fell.reason
+    other = plan(UserRecord("p-1", [session(1, "reverse_walking", "estop", 20.0)]))
+    assert other.reason == (
+        "First treadmill session, 3 min: no first session on record yet; the last session (1) "
+        "ended: emergency stop"
+    )
+
+
 def test_a_first_session_to_its_cap_moves_the_user_on_to_reverse_walking() -> None:
     got = plan(UserRecord("p-1", [session(1, "first_session", "cap", 179.0)]))
     assert (got.program, got.cap_s, got.held, got.week) == ("reverse_walking", 300.0, False, 1)
