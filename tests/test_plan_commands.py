@@ -12,8 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from treadguard.config.loading import LoadedConfig, load_config
+from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.contract.mqtt import CommandReply, ErrorCode, ParsedCommand, parse_command
 from treadguard.controller.drives import in_process_rig
 from treadguard.controller.journal import SCHEMA_VERSION, Journal, schema_version
@@ -321,3 +324,30 @@ def test_an_older_journal_gains_the_measures_table_when_opened_for_writing(tmp_p
     assert [(m.kind, m.value) for m in journal.measures("p-1")] == [("tug", 12.0)]
     assert [s.id for s in journal.sessions("p-1")] == [1]
     journal.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(["tug", "koos", "womac", "walk_10m", "bmi", ""]),
+    value=st.floats(allow_nan=True, allow_infinity=True),
+    day=st.one_of(st.none(), st.text(max_size=12), st.dates().map(str)),
+)
+def test_any_measure_is_kept_within_its_range_or_refused_and_never_raises(
+    kind: str, value: float, day: str | None
+) -> None:
+    desk = Desk()
+    try:
+        reply = desk.send(RecordMeasure(0.0, "p-1", kind, value, date=day))
+        kept = desk.journal.measures("p-1")
+        if isinstance(reply, Accepted):
+            (row,) = kept
+            measure = MEASURES[MeasureKind(kind)]
+            assert measure.lowest <= row.value <= measure.highest
+            assert "1990-01-01" <= row.measured_on <= "2026-12-04"
+        else:
+            assert isinstance(reply, Refused)
+            assert reply.message
+            assert kept == []
+        assert desk.system.core.latch is None  # nothing of it reached the belt's state
+    finally:
+        desk.system.close()
