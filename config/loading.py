@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from treadguard.config.progression import ProgressionRules
 from treadguard.config.schema import (
     ENV_NESTED,
     ENV_PREFIX,
@@ -90,6 +91,62 @@ def load_programs(directory: Path) -> dict[str, Program]:
     return programs
 
 
+# The progression rules a configuration gets when it names none: the shipped defaults.
+RULES_FILE = "progression.toml"
+SHIPPED_RULES = Path(__file__).parent / RULES_FILE
+
+
+class RulesError(ValueError):
+    """A progression rules file that cannot be used; the message names the file and field."""
+
+
+def load_rules(path: Path) -> ProgressionRules:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return ProgressionRules.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'rules'}: {_words(err, ProgressionRules)}"
+            for err in exc.errors()
+        )
+        raise RulesError(f"{path}: {problems}") from exc
+
+
+def rules_problems(rules: ProgressionRules, programs: Mapping[str, Program]) -> list[str]:
+    """What in the rules does not fit the programs on disk: each problem names its field."""
+    problems: list[str] = []
+    if programs:
+        first = programs.get(rules.first_session.program)
+        if first is None:
+            problems.append(
+                f"first_session.program: no program named {rules.first_session.program!r} "
+                f"(known: {', '.join(sorted(programs))})"
+            )
+        elif not first.first_session:
+            problems.append(
+                f"first_session.program: {first.name!r} is not a first-session program (its "
+                "file does not say first_session = true)"
+            )
+        for n, phase in enumerate(rules.phase):
+            program = programs.get(phase.program)
+            if program is None:
+                problems.append(
+                    f"phase.{n}.program: no program named {phase.program!r} "
+                    f"(known: {', '.join(sorted(programs))})"
+                )
+            elif program.first_session:
+                problems.append(
+                    f"phase.{n}.program: {program.name!r} is a first-session program; a phase "
+                    "comes after the first session"
+                )
+    return problems
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used. ``problems`` are "field.path: message" lines."""
 
@@ -104,6 +161,7 @@ class LoadedConfig:
     path: Path
     config: TreadguardConfig
     programs: dict[str, Program]
+    rules: ProgressionRules = field(default_factory=ProgressionRules)
 
     def resolve(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.path.parent / relative
@@ -229,11 +287,21 @@ def load_config(path: Path) -> LoadedConfig:
 
     problems: list[str] = []
     programs: dict[str, Program] = {}
-    loaded = LoadedConfig(path=path, config=config, programs=programs)
+    rules = ProgressionRules()
+    named = config.programs.rules
+    rules_path = path.parent / (RULES_FILE if named is None else named)
+    if named is None and not rules_path.is_file():
+        rules_path = SHIPPED_RULES
+    try:
+        rules = load_rules(rules_path)
+    except RulesError as exc:
+        problems.append(f"programs.rules: {exc}")
+    loaded = LoadedConfig(path=path, config=config, programs=programs, rules=rules)
     try:
         programs.update(load_programs(loaded.resolve(config.programs.dir)))
     except ProgramError as exc:
         problems.append(f"programs.dir: {exc}")
+    problems.extend(f"programs.rules: {rules_path}: {p}" for p in rules_problems(rules, programs))
     for key in ("default", "returning"):
         name = getattr(config.programs, key)
         if programs and name not in programs:

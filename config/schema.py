@@ -63,6 +63,9 @@ class ProgramsSection(_Strict):
     default: str = "first_session"
     # Used when a start command names no program and the journal has a session of the user's.
     returning: str = "reverse_walking"
+    # The clinic's progression rules (docs/plan.md), relative to this file. None named:
+    # progression.toml beside this file if there is one, else the shipped defaults.
+    rules: FilePath | None = None
 
 
 class JournalSection(_Strict):

@@ -102,6 +102,8 @@ EVENT_WORDS: dict[EventType, str] = {
     EventType.SPEED_STEP: "Target raised",
     EventType.SPEED_CHANGED: "Speed changed",
     EventType.OUTCOME_RECORDED: "Outcome recorded",
+    EventType.FIRST_SESSION_CONFIRMED: "First session confirmed",
+    EventType.MEASURE_RECORDED: "Measure recorded",
     EventType.CAP_WARNING: "Cap warning",
     EventType.STOPPING: "Stopping",
     EventType.SESSION_ENDED: "Session ended",
@@ -183,6 +185,15 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
                 f"session {f.get('session_id')} {f.get('when')}: pain {f.get('pain')}/10"
                 f"{exertion}{notes}{by}"
             )
+        case EventType.FIRST_SESSION_CONFIRMED:
+            by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
+            return (
+                f"session {f.get('session_id')} confirmed as user {f.get('user')}'s first "
+                f"treadmill session{by}"
+            )
+        case EventType.MEASURE_RECORDED:
+            by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
+            return f"user {f.get('user')}: {f.get('kind')} {f.get('value')} on {f.get('date')}{by}"
         case EventType.SPEED_CHANGED:
             by = f" by {f.get('clinician')}" if f.get("clinician") is not None else ""
             count = f.get("count")

@@ -35,17 +35,20 @@ from pydantic import (
     ValidationError,
 )
 
+from treadguard.contract.measures import MeasureKind
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, RefusalCode, Refused, Reply, State
 from treadguard.safety.inputs import (
     CommandType,
     CommissionAbort,
     CommissionConfirm,
+    ConfirmFirstSession,
     EStop,
     Hand,
     Heartbeat,
     OutcomeAfter,
     OutcomeBefore,
+    RecordMeasure,
     Reset,
     SetSpeed,
     StartSession,
@@ -289,6 +292,40 @@ class OutcomeAfterModel(_CommandModel):
     clinician: ClinicianCode | None = None
 
 
+# The patient's plan (an extension of contract v1, docs/plan.md).
+class ConfirmFirstSessionModel(_CommandModel):
+    type: Literal["confirm_first_session"]
+    session_id: SessionId
+    clinician: ClinicianCode | None = None
+
+
+def _user_code(value: str) -> str:
+    """A user's code as a start takes it (safety/core.py): the spaces around it dropped, 1-64
+    characters left."""
+    code = value.strip()
+    if not 1 <= len(code) <= ID_MAX_CHARS:
+        raise ValueError(f"a user's code is 1-{ID_MAX_CHARS} characters")
+    return code
+
+
+UserCode = Annotated[PrintableText, AfterValidator(_user_code)]
+# A calendar day as the tablet writes it; whether it is a real day, and not after today in the
+# clinic's zone, the daemon checks (this module reads no clock).
+MeasureDate = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+
+
+class RecordMeasureModel(_CommandModel):
+    type: Literal["record_measure"]
+    user: UserCode
+    # One of MeasureKind's values (strict=False: a JSON string names the enum's member).
+    kind: Annotated[MeasureKind, Field(strict=False)]
+    # A number (an integer is one too); its range, which depends on the kind, the daemon checks
+    # (contract/measures.py) and refuses as out_of_range.
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    date: MeasureDate | None = None
+    clinician: ClinicianCode | None = None
+
+
 _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.START_SESSION: StartSessionModel,
     CommandType.SET_SPEED: SetSpeedModel,
@@ -300,6 +337,8 @@ _MODELS: dict[str, type[_CommandModel]] = {
     CommandType.COMMISSION_ABORT: CommissionAbortModel,
     CommandType.OUTCOME_BEFORE: OutcomeBeforeModel,
     CommandType.OUTCOME_AFTER: OutcomeAfterModel,
+    CommandType.CONFIRM_FIRST_SESSION: ConfirmFirstSessionModel,
+    CommandType.RECORD_MEASURE: RecordMeasureModel,
 }
 COMMAND_TYPES = frozenset(_MODELS)
 
@@ -400,6 +439,17 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
             fields = model.model_dump(exclude={"id", "type", "ts"})
             kind = OutcomeBefore if isinstance(model, OutcomeBeforeModel) else OutcomeAfter
             return kind(t=t, **fields)
+        case ConfirmFirstSessionModel():
+            return ConfirmFirstSession(t=t, session_id=model.session_id, clinician=model.clinician)
+        case RecordMeasureModel():
+            return RecordMeasure(
+                t=t,
+                user=model.user,
+                kind=model.kind.value,
+                value=float(model.value),
+                date=model.date,
+                clinician=model.clinician,
+            )
     raise AssertionError(f"no command for {type(model).__name__}")  # pragma: no cover
 
 

@@ -133,7 +133,7 @@ def trend_chart(points: Sequence[TrendPoint]) -> str:
     """Per session, oldest on the left: belt minutes (bars, the cap as a tick above each;
     red where an emergency stop or fault ended it) and the top speed (a line)."""
     with rc_context(STYLE):
-        fig = Figure(figsize=(WIDTH_IN, 2.9), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, 2.5), layout="constrained")
         belt, speed = fig.subplots(2, 1, sharex=True)
         xs = list(range(1, len(points) + 1))
         bars = belt.bar(

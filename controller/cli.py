@@ -37,6 +37,13 @@ from treadguard.controller.doctor import as_json as doctor_json
 from treadguard.controller.journal import CommissioningStatus, Journal, JournalError, backup
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
+from treadguard.controller.plan import (
+    Proposal,
+    UserRecord,
+    measure_trends,
+    plan_text,
+    propose,
+)
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.simulation import (
     ScenarioResult,
@@ -453,11 +460,17 @@ def cmd_patient(args: argparse.Namespace) -> int:
         if not sessions:
             print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
             return EXIT_BAD_INPUT
-        from treadguard.controller.report import outcomes_of, patient_report
+        from treadguard.controller.report import patient_report
 
-        outcomes = {s.id: outcomes_of(journal.events(s.id)) for s in sessions}
+        record = journal.user_record(args.user)
         page = patient_report(
-            args.user, sessions, clinic=_clinic(loaded), written=time.time(), outcomes=outcomes
+            args.user,
+            sessions,
+            clinic=_clinic(loaded),
+            written=time.time(),
+            outcomes=record.outcomes,
+            proposal=_proposal(loaded, record),
+            measures=record.measures,
         )
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -466,6 +479,36 @@ def cmd_patient(args: argparse.Namespace) -> int:
     if not _write(page, out, "report"):
         return EXIT_BAD_INPUT
     print(out)
+    return 0
+
+
+def _proposal(loaded: LoadedConfig, record: UserRecord) -> Proposal:
+    return propose(
+        record,
+        loaded.rules,
+        loaded.programs,
+        zone=loaded.config.clinic.zone(),
+        now=time.time(),
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The proposal for a user's next session and why, and their measures (docs/plan.md)."""
+    user = args.user.strip()
+    try:
+        loaded, journal = _read_journal(args.config)
+        record = journal.user_record(user)
+    except (ConfigError, JournalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    proposal = _proposal(loaded, record)
+    trends = measure_trends(record.measures)
+    if args.json:
+        body = proposal.as_json()
+        body["measures"] = [m.__dict__ for m in trends]
+        print(json.dumps(body))
+        return 0
+    print(plan_text(proposal, trends, sessions=len(record.sessions)))
     return 0
 
 
@@ -913,6 +956,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="the page to write (default patient-USER.html)"
     )
     patient.set_defaults(func=cmd_patient, installed_config=True)
+
+    plan = sub.add_parser(
+        "plan", help="the proposal for a user's next session and why, and their measures"
+    )
+    plan.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
+    plan.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    plan.add_argument("--json", action="store_true", help="one JSON object")
+    plan.set_defaults(func=cmd_plan, installed_config=True)
 
     export = sub.add_parser("export", help="the sessions in the journal as a file for other tools")
     form = export.add_mutually_exclusive_group(required=True)

@@ -38,6 +38,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from treadguard.controller.first_session import counts
+from treadguard.controller.plan import UserRecord, outcomes_of
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.limits import STANDSTILL_MPH
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
@@ -101,16 +103,22 @@ CREATE TABLE IF NOT EXISTS commissioning_proofs (
     detail TEXT NOT NULL DEFAULT ''
 );
 """,
+    # 3: a user's measures (docs/plan.md): TUG, KOOS or WOMAC, 10 m walk, with the day taken.
+    """
+CREATE TABLE IF NOT EXISTS measures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- contract/measures.py's MeasureKind
+    value REAL NOT NULL,
+    measured_on TEXT NOT NULL,         -- the day it was taken, YYYY-MM-DD in the clinic's zone
+    recorded_at REAL NOT NULL,         -- unix seconds
+    clinician TEXT
+);
+CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Sessions that count as a treadmill session had: the belt ran and the session ended as
-# planned or by the clinician, not in a stop of any kind.
-HISTORY_REASONS = ("cap", "completed", "operator_stop")
-# Ended as the program planned: the belt ran to the session's cap (a first session's cap is at
-# least the program's shortest) or the program's end. A session the clinician stopped counts
-# as a first session only with the shortest cap's belt time (System._first_session_minimum).
-PLANNED_ENDS = ("cap", "completed")
 # The share of journal.max_size_mb at which the operator is warned: at the coalesced rate of
 # refusals and a session's samples, the last fifth still lasts hours.
 WARN_FRACTION = 0.8
@@ -199,6 +207,19 @@ class SessionRow:
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class MeasureRow:
+    """One of a user's measures, as recorded (``kind``: contract/measures.py's MeasureKind)."""
+
+    id: int
+    user: str
+    kind: str
+    value: float
+    measured_on: str  # YYYY-MM-DD, the clinic's day
+    recorded_at: float  # unix seconds
+    clinician: str | None
 
 
 @dataclass(frozen=True)
@@ -490,8 +511,16 @@ class Journal:
                 (self._open_session, str(f["user"]), str(f["program"]), _real(f["cap_s"]), ts),
             )
         session = self._open_session
-        if event.type is EventType.OUTCOME_RECORDED:
+        if event.type in _UNDER_ITS_SESSION:
             session = int(str(f["session_id"]))  # entered after its session, or before it
+        elif event.type is EventType.MEASURE_RECORDED:
+            session = None  # the user's, not a session's
+            self._write(
+                "INSERT INTO measures (user, kind, value, measured_on, recorded_at, clinician)"
+                " VALUES (?,?,?,?,?,?)",
+                (str(f["user"]), str(f["kind"]), _real(f["value"]), str(f["date"]), ts,
+                 None if f.get("clinician") is None else str(f["clinician"])),
+            )  # fmt: skip
         self._write(
             "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",
             (ts, event.type.value, session, _json(f)),
@@ -658,24 +687,93 @@ class Journal:
     def last_session_id(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(id), 0) FROM sessions")[0][0])
 
-    def has_history(self, user: str, min_belt_s: Mapping[str, float] | None = None) -> bool:
-        """Whether ``user`` has had a treadmill session: one that ended as planned or by the
-        clinician, with the belt moving, and, for a program named in ``min_belt_s`` (the
-        first-session programs, with their shortest cap), with at least that much belt time:
-        a first session stopped after a few seconds is not the first session had."""
-        marks = ",".join("?" * len(HISTORY_REASONS))
+    def has_history(
+        self,
+        user: str,
+        min_belt_s: Mapping[str, float] | None = None,
+        *,
+        confirmations: bool = False,
+    ) -> bool:
+        """Whether ``user`` has had a treadmill session, as controller/first_session.py's
+        ``counts`` says (the one definition the plan uses too): one that ended as planned or by
+        the clinician, with the belt moving, and, for a program named in ``min_belt_s`` (the
+        first-session programs, with their shortest cap), with at least that much belt time,
+        unless (``confirmations``: the clinic's rules let one) a clinician confirmed it: a
+        first session stopped after a few seconds is not the first session had."""
         rows = self._query(
-            f"SELECT program, end_reason, belt_moving_s FROM sessions WHERE user = ? AND"
-            f" end_reason IN ({marks}) AND belt_moving_s > 0",
-            (user, *HISTORY_REASONS),
+            "SELECT id, program, end_reason, belt_moving_s FROM sessions WHERE user = ?", (user,)
         )
+        confirmed = self.confirmed_sessions(user) if confirmations else {}
         least = min_belt_s or {}
-        for program, reason, belt in rows:
-            if reason in PLANNED_ENDS:
-                return True  # ran to its cap (never below the program's shortest) or its end
-            if _real(belt) is not None and float(belt) >= least.get(str(program), 0.0):
-                return True
-        return False
+        return any(
+            counts(
+                str(program),
+                reason,
+                _real(belt),
+                first_session_minimum=least,
+                confirmed=int(session) in confirmed,
+            )
+            for session, program, reason, belt in rows
+        )
+
+    def confirmed_sessions(self, user: str | None = None) -> dict[int, dict[str, Any]]:
+        """The sessions (of ``user``, or everyone's) a clinician confirmed as a first session,
+        each with its confirmation's fields (``clinician``) and ``ts``, the first one kept."""
+        sql = (
+            "SELECT e.session_id, e.ts, e.fields FROM sessions s JOIN events e"
+            " ON e.session_id = s.id WHERE e.type = ?"
+        )
+        args: tuple[Any, ...] = (EventType.FIRST_SESSION_CONFIRMED.value,)
+        if user is not None:
+            sql, args = sql + " AND s.user = ?", (*args, user)
+        confirmed: dict[int, dict[str, Any]] = {}
+        for session, ts, fields in self._query(sql + " ORDER BY e.id", args):
+            confirmed.setdefault(int(session), {**json.loads(fields), "ts": float(ts)})
+        return confirmed
+
+    def user_record(self, user: str) -> UserRecord:
+        """Everything of one user's that their plan goes by (controller/plan.py): sessions,
+        the newest outcome entries of each, the clinician's confirmations, the measures."""
+        sessions = self.sessions(user)
+        rows = self._query(
+            "SELECT e.session_id, e.ts, e.type, e.fields FROM sessions s JOIN events e"
+            " ON e.session_id = s.id WHERE s.user = ? AND e.type = ? ORDER BY e.id",
+            (user, EventType.OUTCOME_RECORDED.value),
+        )
+        by_session: dict[int, list[EventRow]] = {}
+        for session, ts, kind, fields in rows:
+            by_session.setdefault(int(session), []).append(EventRow(ts, kind, json.loads(fields)))
+        return UserRecord(
+            user=user,
+            sessions=sessions,
+            outcomes={n: outcomes_of(events) for n, events in by_session.items()},
+            confirmed=self.confirmed_sessions(user),
+            measures=self.measures(user),
+        )
+
+    def measures(self, user: str) -> list[MeasureRow]:
+        """A user's measures, by the day taken and then as recorded. A journal written before
+        measures were kept (opened read-only, so not brought up to date) has none."""
+        if not self._has_table("measures"):
+            return []
+        rows = self._query(
+            "SELECT id, user, kind, value, measured_on, recorded_at, clinician FROM measures"
+            " WHERE user = ? ORDER BY measured_on, id",
+            (user,),
+        )
+        return [MeasureRow(int(i), u, k, float(v), d, float(r), c) for i, u, k, v, d, r, c in rows]
+
+    def measures_on(self, user: str, kind: str, day: str) -> int:
+        """How many measures of ``kind`` ``user`` has for ``day`` (a bound on corrections)."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM measures WHERE user = ? AND kind = ? AND measured_on = ?",
+            (user, kind, day),
+        )
+        return int(rows[0][0])
+
+    def _has_table(self, name: str) -> bool:
+        rows = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return bool(rows)
 
     def sessions(self, user: str | None = None) -> list[SessionRow]:
         sql = "SELECT * FROM sessions"
@@ -859,6 +957,10 @@ class Journal:
         return [(float(ts), speed, target) for ts, speed, target in rows]
 
 
+# Events entered under a session other than the one open (if any): the session they name.
+_UNDER_ITS_SESSION = frozenset({EventType.OUTCOME_RECORDED, EventType.FIRST_SESSION_CONFIRMED})
+
+
 def schema_version(db: sqlite3.Connection) -> int:
     """The journal's schema version. A journal written before the version was kept has
     user_version 0: its version is told by the tables it has."""
@@ -866,6 +968,8 @@ def schema_version(db: sqlite3.Connection) -> int:
     if kept:
         return kept
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "measures" in tables:
+        return 3
     if "commissioning" in tables:
         return 2
     if "sessions" in tables:

@@ -30,7 +30,8 @@ from treadguard.controller.charts import (
     session_chart,
     trend_chart,
 )
-from treadguard.controller.journal import EventRow, SessionRow
+from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
+from treadguard.controller.plan import Proposal, measure_trends, outcomes_of
 from treadguard.safety.decisions import EventType
 
 # autoescape: user codes, program titles and event details come from the journal and the
@@ -199,16 +200,6 @@ def session_report(
     )
 
 
-def outcomes_of(events: Sequence[EventRow]) -> dict[str, Mapping[str, Any]]:
-    """The newest ``before`` and ``after`` entries among a session's events (an entry made
-    again corrects the one before it)."""
-    newest: dict[str, Mapping[str, Any]] = {}
-    for e in events:
-        if e.type == EventType.OUTCOME_RECORDED:
-            newest[str(e.fields.get("when"))] = e.fields
-    return newest
-
-
 def patient_report(
     user: str,
     sessions: Sequence[SessionRow],
@@ -216,9 +207,13 @@ def patient_report(
     clinic: Clinic,
     written: float,
     outcomes: Mapping[int, Mapping[str, Mapping[str, Any]]] | None = None,
+    proposal: Proposal | None = None,
+    measures: Sequence[MeasureRow] = (),
 ) -> str:
     """Every session of one user, oldest first: the trend chart and a row each (with the
-    pain before and after it that the clinician entered, from ``outcomes`` by session)."""
+    pain before and after it that the clinician entered, from ``outcomes`` by session); the
+    proposal for the next session (controller/plan.py) and the user's measures, baseline and
+    latest of each kind."""
     zone = clinic.zone
     entered = outcomes or {}
     rows = [
@@ -259,6 +254,9 @@ def patient_report(
         top_speed=t.mph(max(tops)) if tops else t.NONE,
         last_program=clinic.title(sessions[-1].program),
         chart=Markup(trend_chart(points)),  # matplotlib's own SVG, text escaped
+        proposal=proposal,
+        weekly=None if proposal is None else "-".join(map(str, proposal.sessions_a_week)),
+        measures=measure_trends(measures),
     )
 
 

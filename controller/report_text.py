@@ -18,6 +18,7 @@ from treadguard.contract.event_text import (
     describe,
     words,
 )
+from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.safety.decisions import EventType
 
 NONE = "-"
@@ -43,6 +44,16 @@ def outcome_notes(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
         if notes:
             parts.append(f"{when}: {notes}")
     return "; ".join(parts) if parts else NONE
+
+
+def measure_words(kind: object, value: object) -> str:
+    """A measure with its title and unit: "Timed Up and Go 12.0 s", "KOOS 62"."""
+    known = next((k for k in MeasureKind if k.value == kind), None)
+    v = _finite(value)
+    if known is None or v is None:
+        return f"{kind} {value}"
+    measure = MEASURES[known]
+    return f"{measure.title} {measure.value_words(v)}"
 
 
 def _finite(value: object) -> float | None:
@@ -172,6 +183,15 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
         + (f", exertion {f['exertion']}/10" if f.get("exertion") is not None else "")
         + (f", entered by {f['clinician']}" if f.get("clinician") is not None else "")
         + (f": {f['notes']}" if f.get("notes") is not None else "")
+    ),
+    EventType.FIRST_SESSION_CONFIRMED: lambda f: (
+        f"session {f.get('session_id')} counts as user {f.get('user')}'s first treadmill session"
+        + (f", confirmed by {f['clinician']}" if f.get("clinician") is not None else "")
+    ),
+    EventType.MEASURE_RECORDED: lambda f: (
+        f"user {f.get('user')}: {measure_words(f.get('kind'), f.get('value'))}, taken "
+        f"{f.get('date')}"
+        + (f", entered by {f['clinician']}" if f.get("clinician") is not None else "")
     ),
     EventType.SPEED_CHANGED: lambda f: (
         f"target {mph(f.get('from_mph'))} to {mph(f.get('to_mph'))}"

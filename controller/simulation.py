@@ -25,17 +25,20 @@ from treadguard.drivers.base import DriveStatus, TreadmillDriver
 from treadguard.drivers.simulated import SimulatedDriver
 from treadguard.safety.decisions import Accepted, EndReason, Event, EventType, JsonScalar, Refused
 from treadguard.safety.inputs import (
-    Command,
+    ConfirmFirstSession,
     EStop,
     FallReading,
     GripReading,
     Hand,
     Heartbeat,
+    OutcomeAfter,
+    OutcomeBefore,
     Reset,
     Sensor,
     SetSpeed,
     StartSession,
     Stop,
+    TabletCommand,
 )
 from treadguard.safety.limits import HARD_MAX_MPH
 from treadguard.simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
@@ -438,6 +441,19 @@ class ScenarioRun:
                 self._command(step, EStop(t))
             case Action.RESET:
                 self._command(step, Reset(t))
+            case Action.OUTCOME_BEFORE | Action.OUTCOME_AFTER | Action.CONFIRM_FIRST_SESSION:
+                session = self._session_of(step)
+                if session is None:
+                    return
+                if action is Action.CONFIRM_FIRST_SESSION:
+                    self._command(step, ConfirmFirstSession(t, session, step.clinician))
+                else:
+                    assert step.pain is not None
+                    kind = OutcomeBefore if action is Action.OUTCOME_BEFORE else OutcomeAfter
+                    self._command(
+                        step,
+                        kind(t=t, session_id=session, pain=step.pain, clinician=step.clinician),
+                    )
             case Action.TABLET_LEAVES:
                 self.tablet = False
                 self._line("tablet goes away (no more heartbeats)")
@@ -499,7 +515,17 @@ class ScenarioRun:
                 self.belt.wear_brake(step.wear)
                 self._line(f"the brake wears: it loses {step.wear * 100:g} % of its deceleration")
 
-    def _command(self, step: Step, command: Command) -> None:
+    def _session_of(self, step: Step) -> str | None:
+        """The session a step names, or the newest of the run; None (a failure) without one."""
+        if step.session_id is not None:
+            return str(step.session_id)
+        if self.sessions:
+            return self.sessions[-1].id
+        assert step.do is not None
+        self._fail(f"{_when(step)} {step.do.value}: no session has started to name")
+        return None
+
+    def _command(self, step: Step, command: TabletCommand) -> None:
         # The command's own line comes first, then the events it caused.
         self._held = []
         try:
@@ -510,7 +536,7 @@ class ScenarioRun:
         assert step.do is not None
         params = " ".join(
             f"{name}={getattr(step, name)}"
-            for name in ("user", "program", "cap_s", "target_mph", "mph")
+            for name in ("user", "program", "cap_s", "target_mph", "mph", "session_id", "pain")
             if getattr(step, name) is not None
         )
         what = f"tablet: {step.do.value}{' ' + params if params else ''}"
@@ -552,6 +578,32 @@ class ScenarioRun:
                 self._fail(f"{at} expected latched {step.expect_latched}, was {got}")
         if step.expect_still_until is not None:
             self._watch_still(step, origin)
+        if step.expect_proposal is not None:
+            self._check_proposal(step)
+
+    def _check_proposal(self, step: Step) -> None:
+        wanted = step.expect_proposal
+        assert wanted is not None
+        at = _when(step)
+        try:
+            got = self.system.proposal(wanted.user)
+        except JournalError as exc:
+            self._fail(f"{at} expected a proposal for {wanted.user}: {exc}")
+            return
+        self._line(f"proposal for {wanted.user}: {got.reason}")
+        if wanted.program is not None and got.program != wanted.program:
+            self._fail(f"{at} expected {wanted.user}'s proposal on {wanted.program}: {got.reason}")
+        if wanted.cap_s is not None and abs(got.cap_s - wanted.cap_s) > 1e-6:
+            self._fail(
+                f"{at} expected {wanted.user}'s proposed cap {wanted.cap_s:g} s: {got.reason}"
+            )
+        if wanted.held is not None and got.held is not wanted.held:
+            held = "held" if wanted.held else "not held"
+            self._fail(f"{at} expected {wanted.user}'s proposal {held}: {got.reason}")
+        if wanted.reason_has is not None and wanted.reason_has not in got.reason:
+            self._fail(
+                f"{at} expected {wanted.user}'s proposal to say {wanted.reason_has!r}: {got.reason}"
+            )
 
     def _watch_still(self, step: Step, origin: float) -> None:
         """The belt stands still from now until ``expect_still_until``: not moving now, and
@@ -695,6 +747,9 @@ class ScenarioRun:
             fails.append(
                 f"belt reached {self.belt.max_speed_mph:.3f} mph, above {exp.max_speed_mph} mph"
             )
+        programs = [s.program for s in self.sessions]
+        if exp.programs is not None and programs != exp.programs:
+            fails.append(f"expected sessions of programs {exp.programs}, got {programs}")
         if exp.refusals is not None and self.refusals != [c.value for c in exp.refusals]:
             fails.append(
                 f"expected refusals {[c.value for c in exp.refusals]}, got {self.refusals}"

@@ -34,17 +34,20 @@ import math
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from treadguard.config.loading import LoadedConfig
+from treadguard.contract.measures import MEASURES, MeasureKind, out_of_range
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
 from treadguard.controller.control import Controller, EventListener, TimerHandle, Timers
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
+from treadguard.controller.plan import Proposal, propose
 from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
@@ -62,6 +65,7 @@ from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
     Commissioning,
     CommissioningCommand,
+    ConfirmFirstSession,
     EStop,
     FallReading,
     GripReading,
@@ -70,6 +74,8 @@ from treadguard.safety.inputs import (
     OutcomeAfter,
     OutcomeBefore,
     OutcomeCommand,
+    PlanCommand,
+    RecordMeasure,
     RivalDaemon,
     StartSession,
     TabletCommand,
@@ -138,6 +144,10 @@ def open_journal(
 # The most entries of the clinician's record (outcome_before, outcome_after) one session keeps:
 # a few corrections are expected; a tablet sending them in a loop must not fill the journal.
 OUTCOME_ENTRIES_MAX = 20
+# The most measures of one kind a user keeps for one day: a correction or two, never a flood.
+MEASURES_A_DAY_MAX = 5
+# A measure dated before this is a slip of the finger, not a baseline.
+EARLIEST_MEASURE = date(1990, 1, 1)
 
 
 class System:
@@ -172,8 +182,9 @@ class System:
         self._marks_at_failure: tuple[int, float] | None = None
         self._journal_tick_handle: TimerHandle | None = None
         # A session of a first-session program counts as the user's first treadmill session
-        # only with at least its shortest cap of belt time (SR-7): stopped after a few seconds,
-        # the user is still on first-session rules.
+        # only with at least its shortest cap of belt time, or a clinician's confirmation where
+        # the clinic's rules allow one (SR-7, controller/first_session.py): stopped after a few
+        # seconds, the user is still on first-session rules.
         self._first_session_minimum = {
             name: program.cap_s_min
             for name, program in loaded.programs.items()
@@ -367,6 +378,8 @@ class System:
                 return self._to_commissioning_run(command)
             if isinstance(command, OutcomeCommand):
                 return self._record_outcome(command)
+            if isinstance(command, PlanCommand):
+                return self._plan_command(command)
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
@@ -427,6 +440,143 @@ class System:
             return ACCEPTED
         self._refusal(command.TYPE.value, reply.code.value, reply.message)
         return reply
+
+    def _plan_command(self, command: PlanCommand) -> Reply:
+        """A clinician's confirmation of a first session, or a user's measure: journaled as
+        an event (and a measure in its own table), published once on disk, refused with the
+        reason in words. The belt and the core are not touched; a confirmation reaches the
+        core only as the user's history at their next start."""
+        try:
+            if isinstance(command, ConfirmFirstSession):
+                reply, fields = self._confirmation(command)
+            else:
+                reply, fields = self._measure(command)
+        except JournalError as exc:  # a journal that cannot be read: a journal failure
+            self._journal_failed(str(exc))
+            reply, fields = self._no_journal(), {}
+        if isinstance(reply, Refused):
+            self._refusal(command.TYPE.value, reply.code.value, reply.message)
+            return reply
+        kind = (
+            EventType.FIRST_SESSION_CONFIRMED
+            if isinstance(command, ConfirmFirstSession)
+            else EventType.MEASURE_RECORDED
+        )
+        if command.clinician is not None:
+            fields["clinician"] = command.clinician
+        self.controller.publish(Event(kind, command.t, fields))
+        return ACCEPTED
+
+    def _no_journal(self) -> Refused:
+        return Refused(
+            RefusalCode.PRECONDITIONS_UNMET,
+            f"the journal cannot be written ({self.journal_problem or 'none open'})",
+        )
+
+    def _confirmation(self, command: ConfirmFirstSession) -> tuple[Reply, dict[str, JsonScalar]]:
+        """Whether a clinician may confirm this session as the user's first treadmill session,
+        and the event's fields if so."""
+        n = command.session_id
+        if self.journal is None:
+            return self._no_journal(), {}
+        if not self.loaded.rules.first_session.clinician_may_confirm:
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                "the clinic's progression rules leave it to the belt time "
+                "(first_session.clinician_may_confirm = false): a first session counts once "
+                "it reaches its program's shortest cap",
+            ), {}
+        session = self.journal.session(int(n))
+        if session is None:
+            return Refused(RefusalCode.NOT_ALLOWED, f"no session {n} on record"), {}
+        if session.program not in self._first_session_minimum:
+            title = self.loaded.programs.get(session.program)
+            named = session.program if title is None else title.title
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {n} was not a first session ({named}): only a first-session "
+                "program's session can be confirmed",
+            ), {}
+        if session.ended_at is None:
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {n} is under way: confirm it once it has ended",
+            ), {}
+        if not (session.belt_moving_s or 0.0) > 0.0:
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"the belt never moved in session {n}: there is no session to confirm",
+            ), {}
+        if int(n) in self.journal.confirmed_sessions(session.user):
+            return Refused(RefusalCode.NOT_ALLOWED, f"session {n} is confirmed already"), {}
+        return ACCEPTED, {"session_id": n, "user": session.user}
+
+    def _measure(self, command: RecordMeasure) -> tuple[Reply, dict[str, JsonScalar]]:
+        """Whether a measure can be recorded (its value in its kind's range, its day a real
+        one and not after today in the clinic's zone), and the event's fields if so."""
+        try:
+            kind = MeasureKind(command.kind)
+        except ValueError:
+            known = ", ".join(k.value for k in MeasureKind)
+            return Refused(
+                RefusalCode.INVALID_COMMAND, f"no measure {command.kind!r} (known: {known})"
+            ), {}
+        problem = out_of_range(kind, command.value)
+        if problem is not None:
+            return Refused(RefusalCode.OUT_OF_RANGE, problem), {}
+        zone = self.loaded.config.clinic.zone()
+        today = datetime.fromtimestamp(self.wall(), zone).date()
+        if command.date is None:
+            day = today
+        else:
+            try:
+                day = date.fromisoformat(command.date)
+            except ValueError:
+                return Refused(
+                    RefusalCode.INVALID_COMMAND, f"date {command.date} is not a day (YYYY-MM-DD)"
+                ), {}
+            if day > today:
+                return Refused(
+                    RefusalCode.OUT_OF_RANGE,
+                    f"date {day} is after today ({today} in {zone.key}): a measure is "
+                    "recorded once it is taken",
+                ), {}
+            if day < EARLIEST_MEASURE:
+                return Refused(
+                    RefusalCode.OUT_OF_RANGE,
+                    f"date {day} is before {EARLIEST_MEASURE}: not a measure of this treatment",
+                ), {}
+        if self.journal is None:
+            return self._no_journal(), {}
+        if self.journal.measures_on(command.user, kind.value, day.isoformat()) >= (
+            MEASURES_A_DAY_MAX
+        ):
+            # However fast a tablet sends them, a user's record stays a record (SR-14).
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"{command.user} has {MEASURES_A_DAY_MAX} {MEASURES[kind].title} measures for "
+                f"{day} already; no more are kept",
+            ), {}
+        return ACCEPTED, {
+            "user": command.user,
+            "kind": kind.value,
+            "value": command.value,
+            "date": day.isoformat(),
+        }
+
+    def proposal(self, user: str) -> Proposal:
+        """The proposal for ``user``'s next session (controller/plan.py), from the journal as
+        it is now and the clinic's rules, dated in the clinic's zone. A journal that cannot be
+        read raises JournalError (there is no proposal without the user's record)."""
+        if self.journal is None:
+            raise JournalError(f"the journal cannot be read ({self.journal_problem or 'none'})")
+        return propose(
+            self.journal.user_record(user.strip()),
+            self.loaded.rules,
+            self.loaded.programs,
+            zone=self.loaded.config.clinic.zone(),
+            now=self.wall(),
+        )
 
     def _to_commissioning_run(self, command: CommissioningCommand) -> Reply:
         run = self.commissioning_run
@@ -497,7 +647,11 @@ class System:
         if self.journal is None:
             return False  # no history to go by: first-session rules, the strictest
         try:
-            return self.journal.has_history(user.strip(), self._first_session_minimum)
+            return self.journal.has_history(
+                user.strip(),
+                self._first_session_minimum,
+                confirmations=self.loaded.rules.first_session.clinician_may_confirm,
+            )
         except JournalError as exc:
             self._journal_failed(str(exc))
             return False

@@ -41,6 +41,7 @@ import treadguard.config as config_package
 from treadguard.config.loading import ConfigError, default_config, load_config
 from treadguard.config.schema import MqttTopicPrefix
 from treadguard.contract.event_text import describe
+from treadguard.contract.measures import MeasureKind
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.safety.inputs import CommandType
@@ -163,7 +164,7 @@ def _connection(args: argparse.Namespace) -> Connection:
     )
 
 
-def _command(kind: CommandType, **fields: Any) -> JsonObject:
+def _command(kind: CommandType, /, **fields: Any) -> JsonObject:
     """A contract command with a fresh id; fields left out (None) are not sent."""
     command: JsonObject = {"id": uuid.uuid4().hex, "type": kind.value}
     command.update({k: v for k, v in fields.items() if v is not None})
@@ -524,6 +525,21 @@ def cmd_tablet(args: argparse.Namespace) -> int:
                 notes=args.notes,
                 clinician=args.clinician,
             )
+        case "confirm-first-session":
+            command = _command(
+                CommandType.CONFIRM_FIRST_SESSION,
+                session_id=args.session_id,
+                clinician=args.clinician,
+            )
+        case "measure":
+            command = _command(
+                CommandType.RECORD_MEASURE,
+                user=args.user,
+                kind=args.kind,
+                value=args.value,
+                date=args.date,
+                clinician=args.clinician,
+            )
         case other:  # stop, estop, reset, heartbeat: no fields, named as on the wire
             command = _command(CommandType(other))
     try:
@@ -659,6 +675,32 @@ def add_tablet_parser(sub: Any) -> None:
             )
         outcome.add_argument("--notes", help="a few sentences for the record")
         outcome.add_argument("--clinician", metavar="CODE", help="who enters it (a code)")
+
+    first = cmds.add_parser(
+        "confirm-first-session",
+        parents=[opts],
+        help="confirm that a short first session counts as the user's first "
+        f"({CommandType.CONFIRM_FIRST_SESSION}, docs/plan.md)",
+    )
+    first.add_argument("session_id", metavar="SESSION", help="the first session's id")
+    first.add_argument("--clinician", metavar="CODE", help="who confirms it (a code)")
+
+    measure = cmds.add_parser(
+        "measure",
+        parents=[opts],
+        help=f"record one of a user's measures ({CommandType.RECORD_MEASURE}, docs/plan.md)",
+    )
+    measure.add_argument("user", metavar="USER", help="the user's code (never a name)")
+    measure.add_argument(
+        "kind",
+        choices=[k.value for k in MeasureKind],
+        help="tug (s), koos (0-100), womac (0-96) or walk_10m (s)",
+    )
+    measure.add_argument("value", type=_finite, metavar="VALUE", help="seconds, or the score")
+    measure.add_argument(
+        "--date", metavar="YYYY-MM-DD", help="the day it was taken (default: today, the clinic's)"
+    )
+    measure.add_argument("--clinician", metavar="CODE", help="who records it (a code)")
 
     for kind, text in (
         (CommandType.STOP, "controlled stop: ends the session"),

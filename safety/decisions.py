@@ -42,6 +42,10 @@ class EventType(StrEnum):
     SPEED_CHANGED = "speed_changed"
     # The clinician's record of a session (outcome_before, outcome_after), as it was entered.
     OUTCOME_RECORDED = "outcome_recorded"
+    # A clinician confirmed that a first session counts (confirm_first_session), and a user's
+    # measure was recorded (record_measure), as entered.
+    FIRST_SESSION_CONFIRMED = "first_session_confirmed"
+    MEASURE_RECORDED = "measure_recorded"
     CAP_WARNING = "cap_warning"
     STOPPING = "stopping"
     SESSION_ENDED = "session_ended"

@@ -42,6 +42,11 @@ class CommandType(StrEnum):
     # safety core never sees them.
     OUTCOME_BEFORE = "outcome_before"
     OUTCOME_AFTER = "outcome_after"
+    # The clinician's word that a short first session counts as the user's first (docs/plan.md),
+    # and a user's measures (TUG, KOOS or WOMAC, 10 m walk). Journaled; the safety core never
+    # sees them (the confirmation reaches it only as the user's history, at their next start).
+    CONFIRM_FIRST_SESSION = "confirm_first_session"
+    RECORD_MEASURE = "record_measure"
 
 
 class DriveFailure(StrEnum):
@@ -239,8 +244,37 @@ class OutcomeAfter:
 
 # The clinician's record: System.execute journals them, the safety core never sees them.
 OutcomeCommand = OutcomeBefore | OutcomeAfter
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmFirstSession:
+    """A clinician confirms that a session of a first-session program counts as the user's
+    first treadmill session, whatever its belt time (the clinic's rules permitting)."""
+
+    TYPE: ClassVar[CommandType] = CommandType.CONFIRM_FIRST_SESSION
+    t: float
+    session_id: str
+    clinician: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMeasure:
+    """One of a user's measures: ``kind`` (contract/measures.py), its ``value``, the day it
+    was measured (``date``, YYYY-MM-DD; None: today in the clinic's zone)."""
+
+    TYPE: ClassVar[CommandType] = CommandType.RECORD_MEASURE
+    t: float
+    user: str
+    kind: str
+    value: float
+    date: str | None = None
+    clinician: str | None = None
+
+
+# The patient's plan (docs/plan.md): System.execute journals them, the core never sees them.
+PlanCommand = ConfirmFirstSession | RecordMeasure
 # Everything a tablet may send on <p>/cmd.
-TabletCommand = Command | CommissioningCommand | OutcomeCommand
+TabletCommand = Command | CommissioningCommand | OutcomeCommand | PlanCommand
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,11 @@ class Action(StrEnum):
     STOP = CommandType.STOP.value
     ESTOP = CommandType.ESTOP.value
     RESET = CommandType.RESET.value
+    # The clinician's record and the user's plan (docs/plan.md): ``session_id`` left out is
+    # the newest session of the run.
+    OUTCOME_BEFORE = CommandType.OUTCOME_BEFORE.value
+    OUTCOME_AFTER = CommandType.OUTCOME_AFTER.value
+    CONFIRM_FIRST_SESSION = CommandType.CONFIRM_FIRST_SESSION.value
     TABLET_LEAVES = "tablet_leaves"
     TABLET_RETURNS = "tablet_returns"
     # The user on the belt.
@@ -106,7 +111,16 @@ class Action(StrEnum):
 
 
 TABLET_COMMANDS = frozenset(
-    {Action.START_SESSION, Action.SET_SPEED, Action.STOP, Action.ESTOP, Action.RESET}
+    {
+        Action.START_SESSION,
+        Action.SET_SPEED,
+        Action.STOP,
+        Action.ESTOP,
+        Action.RESET,
+        Action.OUTCOME_BEFORE,
+        Action.OUTCOME_AFTER,
+        Action.CONFIRM_FIRST_SESSION,
+    }
 )
 _NEEDS: dict[Action, tuple[str, ...]] = {
     Action.START_SESSION: ("user",),
@@ -117,6 +131,8 @@ _NEEDS: dict[Action, tuple[str, ...]] = {
     Action.SENSOR_STUCK: ("sensor", "value"),
     Action.SENSOR_BACK: ("sensor",),
     Action.BRAKE_WEAR: ("wear",),
+    Action.OUTCOME_BEFORE: ("pain",),
+    Action.OUTCOME_AFTER: ("pain",),
 }
 _ALLOWED: dict[Action, frozenset[str]] = {
     Action.START_SESSION: frozenset({"user", "program", "cap_s", "target_mph"}),
@@ -128,6 +144,9 @@ _ALLOWED: dict[Action, frozenset[str]] = {
     Action.SENSOR_BACK: frozenset({"sensor"}),
     Action.DRIVE_FAULT: frozenset({"detail"}),
     Action.BRAKE_WEAR: frozenset({"wear"}),
+    Action.OUTCOME_BEFORE: frozenset({"session_id", "pain", "clinician"}),
+    Action.OUTCOME_AFTER: frozenset({"session_id", "pain", "clinician"}),
+    Action.CONFIRM_FIRST_SESSION: frozenset({"session_id", "clinician"}),
 }
 _PARAMS = (
     "user",
@@ -140,6 +159,9 @@ _PARAMS = (
     "value",
     "detail",
     "wear",
+    "session_id",
+    "pain",
+    "clinician",
 )
 # The actions that need the in-process simulated drive (a wire drive's device is not reached).
 IN_PROCESS_DRIVE_ACTIONS = frozenset(
@@ -147,6 +169,20 @@ IN_PROCESS_DRIVE_ACTIONS = frozenset(
 )
 
 Reply = Literal["ok"] | RefusalCode
+
+
+class ProposalExpectation(BaseModel):
+    """What the proposal for a user's next session must be (controller/plan.py), as the
+    clinic's rules make it from the run's journal at that moment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str = Field(min_length=1, max_length=64)
+    program: str | None = None
+    cap_s: float | None = None
+    held: bool | None = None
+    # Words the proposal's reason must contain ("pain rose 3 points").
+    reason_has: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class Step(BaseModel):
@@ -174,6 +210,11 @@ class Step(BaseModel):
     detail: str | None = Field(default=None, min_length=1, max_length=200)
     # brake_wear: the fraction of every deceleration the brake loses from now on (0: as new).
     wear: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
+    # outcome_before, outcome_after, confirm_first_session: the session (left out: the newest
+    # session of the run), the pain (0-10) and who enters it.
+    session_id: int | None = Field(default=None, ge=1)
+    pain: int | None = Field(default=None, ge=0, le=10)
+    clinician: str | None = Field(default=None, min_length=1, max_length=64)
     # Expectations, checked at ``at`` after the action (if any). expect_reply may list
     # several replies, any of which passes.
     expect_reply: Reply | Annotated[list[Reply], Field(min_length=1, max_length=8)] | None = None
@@ -183,6 +224,8 @@ class Step(BaseModel):
     # The belt does not move from ``at`` until this time (a time on the same footing as
     # ``at``: from the start, or from the ``after`` event).
     expect_still_until: Seconds | None = None
+    # The proposal for a user's next session (docs/plan.md).
+    expect_proposal: ProposalExpectation | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -208,6 +251,7 @@ class Step(BaseModel):
                 or self.expect_speed_mph
                 or self.expect_latched
                 or self.expect_still_until is not None
+                or self.expect_proposal is not None
             ):
                 raise ValueError("a step needs an action (do) or an expectation (expect_...)")
             return self
@@ -286,6 +330,9 @@ class Expectations(BaseModel):
     events_include: list[EventType] = Field(default_factory=list)
     events_exclude: list[EventType] = Field(default_factory=list)
     refusals: list[RefusalCode] | None = None
+    # The program of every session, in order (the one the daemon chose, for a start that
+    # named none).
+    programs: list[str] | None = None
 
 
 class Scenario(BaseModel):

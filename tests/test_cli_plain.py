@@ -97,6 +97,9 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("patient", ["ann", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("patient", ["ann", "--config", "{empty_journal_config}"], "no journal"),
     ("patient", ["ann", "--config", "{junk}"], "not valid TOML"),
+    ("plan", ["ann", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("plan", ["ann", "--config", "{empty_journal_config}"], "no journal"),
+    ("plan", ["ann", "--config", "{junk}"], "not valid TOML"),
     ("export", ["--config", SIM], "--csv"),
     ("export", ["--csv", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("export", ["--csv", "--config", "{empty_journal_config}"], "no journal"),
@@ -117,6 +120,9 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["speed", "fast", "--config", SIM], "fast"),
     ("tablet", ["heartbeat", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("tablet", ["start", "--config", SIM], "--user"),
+    ("tablet", ["measure", "p-1", "bmi", "22", "--config", SIM], "bmi"),
+    ("tablet", ["measure", "p-1", "tug", "slow", "--config", SIM], "slow"),
+    ("tablet", ["confirm-first-session", "--config", SIM], "SESSION"),
     ("tablet", ["heartbeat", "--timeout", "-1", "--config", SIM], "-1"),
 ]
 

@@ -40,6 +40,14 @@ EXAMPLES: dict[EventType, dict[str, JsonScalar]] = {
         "notes": "walked well",
         "clinician": "c-12",
     },
+    EventType.FIRST_SESSION_CONFIRMED: {"session_id": "7", "user": "p-001", "clinician": "c-12"},
+    EventType.MEASURE_RECORDED: {
+        "user": "p-001",
+        "kind": "walk_10m",
+        "value": 8.4,
+        "date": "2026-12-01",
+        "clinician": "c-12",
+    },
     EventType.SPEED_CHANGED: {
         "session_id": "7",
         "from_mph": 0.8,
@@ -126,6 +134,12 @@ def test_the_reports_word_every_event_type_with_rounded_numbers() -> None:
         "the session cap was reached, belt time 3 min 0 s"
     )
     assert event_details("brake_worn", {"margin": 0.3}) == "brake_worn margin=0.3"
+    assert event_details("measure_recorded", EXAMPLES[EventType.MEASURE_RECORDED]) == (
+        "user p-001: 10 m walk 8.4 s, taken 2026-12-01, entered by c-12"
+    )
+    assert event_details(
+        "first_session_confirmed", EXAMPLES[EventType.FIRST_SESSION_CONFIRMED]
+    ) == ("session 7 counts as user p-001's first treadmill session, confirmed by c-12")
 
 
 def test_an_unknown_event_shows_its_type_and_fields() -> None:

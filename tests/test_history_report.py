@@ -14,6 +14,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -477,6 +478,20 @@ def test_each_report_prints_on_one_a4_page(clinic: Path, tmp_path: Path) -> None
             for n in range(20)
         ],
     )
+    # Every kind of measure, at baseline and again: the patient's page has its proposal and
+    # measures too.
+    journal = Journal.open(twenty / "journal-tm-20.sqlite")
+    for kind, value in (("tug", 12.0), ("koos", 55.0), ("womac", 40.0), ("walk_10m", 8.4)):
+        for day in ("2026-11-02", "2026-12-14"):
+            measure: dict[str, JsonScalar] = {
+                "user": "dee",
+                "kind": kind,
+                "value": value,
+                "date": day,
+            }
+            journal.record(Event(EventType.MEASURE_RECORDED, 0.0, measure), 1_796_000_000.0)
+    journal.commit()
+    journal.close()
     session = tmp_path / "session.html"
     assert cli("report", "5", "--config", str(clinic), "--out", str(session)).returncode == 0
     patient = tmp_path / "patient.html"
@@ -486,6 +501,8 @@ def test_each_report_prints_on_one_a4_page(clinic: Path, tmp_path: Path) -> None
         + patient.read_text().count('<tr class="stop"><td class="num">')
         == 20
     )
+    assert "Next session (proposed)" in patient.read_text()
+    assert patient.read_text().count("2026-12-14</td>") == 4  # a measure of each kind
     for page in (session, patient):
         boxes = printed(page, tmp_path)
         assert len(boxes) == 1, f"{page.name} prints on {len(boxes)} pages"
@@ -517,3 +534,75 @@ def test_the_daemon_s_command_line_does_not_load_the_reports_libraries() -> None
         check=True,
     )
     assert done.stdout.strip() == "[]"
+
+
+def write_plan_journal(path: Path, now: float) -> None:
+    """cat's first session (to its cap) yesterday, with pain 2 before and 5 after, and
+    measures: a TUG and a KOOS at baseline and again, and a 10 m walk once."""
+    journal = Journal.open(path)
+    start = now - 86_400
+    started: dict[str, JsonScalar] = {
+        "session_id": "1", "user": "cat", "program": "first_session", "cap_s": 180.0,
+    }  # fmt: skip
+    journal.record(Event(EventType.SESSION_STARTED, 0.0, started), start)
+    ended: dict[str, JsonScalar] = {"session_id": "1", "reason": "cap", "belt_moving_s": 179.0}
+    journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), start + 190)
+    for when, pain in (("before", 2), ("after", 5)):
+        outcome: dict[str, JsonScalar] = {"session_id": "1", "when": when, "pain": pain}
+        journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, outcome), start + 200)
+    for kind, value, day in (
+        ("tug", 12.0, "2026-11-02"), ("koos", 55.0, "2026-11-02"), ("walk_10m", 8.4, "2026-11-02"),
+        ("tug", 10.5, "2026-11-20"), ("koos", 61.0, "2026-11-20"),
+    ):  # fmt: skip
+        measure: dict[str, JsonScalar] = {"user": "cat", "kind": kind, "value": value, "date": day}
+        journal.record(Event(EventType.MEASURE_RECORDED, 0.0, measure), start)
+    journal.commit()
+    journal.close()
+
+
+def test_plan_says_the_proposal_its_reason_and_the_measures(tmp_path: Path) -> None:
+    path = daemon_config(tmp_path, 1883, treadmill_id="tm-p", extra=NEW_YORK)
+    now = datetime.now(UTC).timestamp()
+    write_plan_journal(tmp_path / "journal-tm-p.sqlite", now)
+    day = datetime.fromtimestamp(now - 86_400, ZoneInfo("America/New_York")).date().isoformat()
+    done = cli("plan", "cat", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "User cat: 1 session on record",
+        "  next session: First treadmill session, 3 min: held at first treadmill session: pain "
+        f"rose 3 points in session 1 on {day} (2 before, 5 after)",
+        "  phase: First treadmill session, week 1 on the treadmill; 3-4 sessions a week",
+        "  first session: counts",
+        "  held back: see the reason above",
+        "  measures (baseline; latest; change):",
+        "    Timed Up and Go: 12.0 s, 2026-11-02; 10.5 s, 2026-11-20; -1.5 s, better",
+        "    KOOS: 55, 2026-11-02; 61, 2026-11-20; +6.0, better",
+        "    10 m walk: 8.4 s, 2026-11-02; -; -",
+    ]
+    as_json = json.loads(cli("plan", "cat", "--config", str(path), "--json").stdout)
+    assert (as_json["program"], as_json["cap_s"], as_json["held"]) == ("first_session", 180.0, True)
+    assert [m["kind"] for m in as_json["measures"]] == ["tug", "koos", "walk_10m"]
+    # A user with no session yet: the first session, and why.
+    new = cli("plan", "newcomer", "--config", str(path))
+    assert "next session: First treadmill session, 3 min: no treadmill session on record" in (
+        new.stdout
+    )
+    assert "measures: none recorded" in new.stdout
+    # And the patient's page shows the same proposal and the measures.
+    out = tmp_path / "cat.html"
+    assert cli("patient", "cat", "--config", str(path), "--out", str(out)).returncode == 0
+    text = outside_charts(out.read_text())
+    assert (
+        '<tr class="proposal"><th>Next session (proposed)</th><td colspan="3">First treadmill '
+        "session, 3 min: held at first treadmill session: pain rose 3 points" in text
+    )
+    measures = text[text.index('<table class="rows measures">') :]
+    rows = [
+        re.findall(r"<td[^>]*>(.*?)</td>", row)
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", measures, flags=re.DOTALL)[1:]
+    ]
+    assert rows == [
+        ["Timed Up and Go", "12.0 s, 2026-11-02", "10.5 s, 2026-11-20", "-1.5 s, better"],
+        ["KOOS", "55, 2026-11-02", "61, 2026-11-20", "+6.0, better"],
+        ["10 m walk", "8.4 s, 2026-11-02", "-", "-"],
+    ]

@@ -27,7 +27,7 @@ from treadguard.controller.journal import (
     ProofRecord,
     backup,
 )
-from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.decisions import Event, EventType, JsonScalar
 from treadguard.safety.stop_baseline import StopKind
 
 # The schema of each released version, as it shipped.
@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS commissioning_proofs (
     commissioning_id INTEGER NOT NULL REFERENCES commissioning(id), ts REAL NOT NULL,
     step TEXT NOT NULL, kind TEXT, passed INTEGER NOT NULL, standstill_s REAL,
     deceleration_mph_per_s REAL, detail TEXT NOT NULL DEFAULT '');
+"""
+)
+RELEASED[3] = (
+    RELEASED[2]
+    + """
+CREATE TABLE IF NOT EXISTS measures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, kind TEXT NOT NULL,
+    value REAL NOT NULL, measured_on TEXT NOT NULL, recorded_at REAL NOT NULL, clinician TEXT);
+CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
 """
 )
 # Every version before the current one; a new migration without its released schema here
@@ -129,7 +138,12 @@ def test_a_journal_of_every_earlier_version_is_migrated_with_its_rows(
     # What the later versions added works on the migrated journal.
     run = journal.begin_commissioning(2000.0, technician="t", simulated=True)
     journal.record_proof(run, ProofRecord("estop", StopKind.EMERGENCY, True, 1.0, 0.8), 2001.0)
+    measure: dict[str, JsonScalar] = {
+        "user": "p-001", "kind": "tug", "value": 11.0, "date": "2026-11-30",
+    }  # fmt: skip
+    journal.record(Event(EventType.MEASURE_RECORDED, 0.0, measure), 2002.0)
     journal.commit()
+    assert [(m.kind, m.value) for m in journal.measures("p-001")] == [("tug", 11.0)]
     journal.close()
     # Opening again changes nothing.
     again = Journal.open(path)

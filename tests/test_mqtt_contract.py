@@ -960,13 +960,15 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
         "commission_abort",
         "outcome_before",
         "outcome_after",
+        "confirm_first_session",
+        "record_measure",
     }
     assert set(_MODELS) == set(CommandType)
     fields = {"user": "p-1", "mph": 1.0, "step": "estop", "ask": "give_estop"}
     for kind, model in _MODELS.items():
         assert get_args(model.model_fields["type"].annotation) == (kind,)
         payload = {"id": f"v-{kind}", "type": kind, **fields}
-        if kind != CommandType.START_SESSION:
+        if kind not in (CommandType.START_SESSION, CommandType.RECORD_MEASURE):
             payload.pop("user")
         if kind != CommandType.SET_SPEED:
             payload.pop("mph")
@@ -975,6 +977,10 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
             payload.pop("ask")
         if kind in (CommandType.OUTCOME_BEFORE, CommandType.OUTCOME_AFTER):
             payload |= {"session_id": "3", "pain": 4}
+        if kind == CommandType.CONFIRM_FIRST_SESSION:
+            payload |= {"session_id": "3"}
+        if kind == CommandType.RECORD_MEASURE:
+            payload |= {"kind": "tug", "value": 12.5}
         parsed = parse_command(json.dumps(payload).encode(), retained=False, t=1.0)
         assert isinstance(parsed, ParsedCommand), (kind, parsed)
         assert parsed.command.TYPE is CommandType(kind)

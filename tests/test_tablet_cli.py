@@ -614,3 +614,26 @@ def test_watch_names_the_commissioning_request_and_how_to_confirm_it() -> None:
     assert status_line(True, "online", state).endswith("commissioning step 2/7: waiting")
     run["outcome"] = "passed"
     assert status_line(True, "online", state).endswith("commissioning passed")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@pytest.mark.asyncio
+async def test_a_measure_and_a_confirmation_from_the_command_line(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """measure sends record_measure (ok, or refused with the daemon's words and exit 1);
+    confirm-first-session sends confirm_first_session."""
+    async with daemon(broker, tmp_path, "tm-cli-plan") as (config, _tab):
+        done = await tablet_cli(config, "measure", "p-9", "tug", "11.5", "--clinician", "c-7")
+        assert (done.code, done.out) == (0, "ok\n"), done
+        high = await tablet_cli(config, "measure", "p-9", "womac", "97")
+        assert high.code == 1, high
+        assert high.out == "refused: out_of_range: a WOMAC is 0 to 96, not 97\n", high
+        late = await tablet_cli(config, "measure", "p-9", "koos", "50", "--date", "2999-01-01")
+        assert late.code == 1, late
+        assert late.out.startswith("refused: out_of_range: date 2999-01-01 is after today"), late
+        unknown = await tablet_cli(config, "confirm-first-session", "42")
+        assert unknown.code == 1, unknown
+        assert unknown.out == "refused: not_allowed: no session 42 on record\n", unknown

@@ -116,6 +116,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     # The data the installed package reads: the built-in configuration, programs, scenarios.
     for data in (
         "treadguard/config/sim.toml",
+        "treadguard/config/progression.toml",
         "treadguard/config/programs/first_session.toml",
         "treadguard/config/drives/delta-vfd-e.toml",
         f"treadguard/simulator/scenarios/{SCENARIO}",

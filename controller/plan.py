@@ -1,0 +1,438 @@
+"""A user's plan: the proposal for their next session, from their record and the clinic's rules.
+
+:func:`propose` is a pure function (no I/O, no clock: the time is an argument) from a
+:class:`UserRecord` (the user's sessions, the clinician's outcome entries and confirmations,
+their measures; ``Journal.user_record`` reads one) and the clinic's
+:class:`~treadguard.config.progression.ProgressionRules` to a :class:`Proposal`: the phase, the
+program and its cap, sessions a week, and the reason in words a clinician reads ("Reverse
+walking, 5 min: first session completed 2026-12-01").
+
+A proposal is advice for the clinician, who decides. The one rule the daemon enforces is the
+first-session rule (SR-7), and both go by controller/first_session.py's ``counts``: a user
+whose first session does not count is always proposed the first-session program, which is
+the only one the daemon lets them start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from treadguard.config.progression import Phase, ProgressionRules
+from treadguard.contract.measures import MEASURES, Measure, MeasureKind
+from treadguard.controller import report_text as t
+from treadguard.controller.first_session import PLANNED_ENDS, counts
+from treadguard.safety.decisions import EndReason, EventType
+from treadguard.safety.programs import Program
+
+if TYPE_CHECKING:
+    # Annotations only: the journal builds records (Journal.user_record) with this module.
+    from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
+
+FIRST_SESSION_PHASE = "first_session"
+ESTOP = EndReason.ESTOP.value
+
+
+def outcomes_of(events: Sequence[EventRow]) -> dict[str, Mapping[str, Any]]:
+    """The newest ``before`` and ``after`` entries among a session's events (an entry made
+    again corrects the one before it)."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for e in events:
+        if e.type == EventType.OUTCOME_RECORDED:
+            newest[str(e.fields.get("when"))] = e.fields
+    return newest
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the journal holds of one user (a code, never a name)."""
+
+    user: str
+    sessions: Sequence[SessionRow] = ()  # oldest first
+    # Per session id: the newest "before" and "after" entries (outcomes_of).
+    outcomes: Mapping[int, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # Per session id: a clinician's confirmation that it counts as the first session.
+    confirmed: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    measures: Sequence[MeasureRow] = ()
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The next session, as proposed. ``reason`` says it all in words; the other fields are
+    for a page or a program to show or use."""
+
+    user: str
+    phase: str  # "first_session", or the rules' phase name
+    phase_title: str
+    program: str
+    program_title: str
+    cap_s: float
+    sessions_a_week: tuple[int, int]
+    reason: str
+    # Something held progression back (the reason says what).
+    held: bool = False
+    # Whether the user's first treadmill session counts (the daemon's rule, SR-7).
+    first_session_counted: bool = False
+    # Week on the treadmill (1: the week of the first session that counts); None before it.
+    week: int | None = None
+    # The clinic's note for this user, if it set one.
+    note: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body = dict(self.__dict__)
+        body["sessions_a_week"] = list(self.sessions_a_week)
+        return body
+
+
+def propose(
+    record: UserRecord,
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    *,
+    zone: ZoneInfo,
+    now: float,
+) -> Proposal:
+    """The proposal for ``record``'s user's next session at unix time ``now`` (dates in the
+    clinic's ``zone``). ``programs`` and ``rules`` as config.loading checked them: every
+    program the rules name is among ``programs``."""
+    minimum = {name: p.cap_s_min for name, p in programs.items() if p.first_session}
+    may_confirm = rules.first_session.clinician_may_confirm
+
+    def counted(s: SessionRow, *, confirmations: bool = True) -> bool:
+        confirmed = confirmations and may_confirm and s.id in record.confirmed
+        return counts(
+            s.program,
+            s.end_reason,
+            s.belt_moving_s,
+            first_session_minimum=minimum,
+            confirmed=confirmed,
+        )
+
+    first = next((s for s in record.sessions if counted(s)), None)
+    last = _last_session(record.sessions)
+    own = rules.user.get(record.user)
+    note = None if own is None else own.note
+    if first is None:
+        return _first_session_again(record, rules, programs, last, zone, note, may_confirm)
+    if last is None:  # a confirmed session in which the belt never moved: that one
+        last = first
+
+    week = _week(first.started_at, now, zone)
+    phase = _phase_at(rules, week, None if own is None else own.phase)
+    held = _holds(record, rules, last, zone)
+    if held and last.program in programs:
+        program = programs[last.program]
+        cap = _within(last.cap_s, program)
+        words = f"held at {_lower_first(program.title)}: {held}"
+        held_phase = _phase_of(rules, program) or phase
+        return _proposal(
+            record, rules, program, cap, words, week, note, held_phase, held=True, counted=True
+        )
+
+    program = programs[phase.program]
+    if last.program in minimum and counted(last):
+        # On from a first session: the phase's program at its default cap.
+        by = record.confirmed.get(last.id, {}).get("clinician") or "a clinician"
+        day = t.day(last.started_at, zone)
+        how = (
+            f"first session completed {day}"
+            if counted(last, confirmations=False)
+            else f"first session of {day} confirmed by {by}"
+        )
+        cap, words = program.cap_s_default, how
+    else:
+        cap, words = _next_cap(program, phase, first, last, week, zone)
+    if held:  # held, but the last session's program is none of today's: the phase's start
+        words = f"held: {held}; {words}"
+    if own is not None and own.cap_s is not None:
+        cap = _within(own.cap_s, program)
+        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+    if own is not None and own.phase is not None:
+        words += f"; the clinic keeps {record.user} in {_lower_first(phase.title)}"
+    return _proposal(
+        record, rules, program, cap, words, week, note, phase, held=bool(held), counted=True
+    )
+
+
+@dataclass(frozen=True)
+class MeasureTrend:
+    """One kind of a user's measures: the baseline (the first taken) and the latest, in words
+    ("12.0 s, 2026-12-01"), and the change between them ("-2.5 s, better")."""
+
+    kind: str
+    title: str
+    baseline: str
+    latest: str  # "-" with one measure only
+    change: str  # "-" with one measure only
+    count: int
+
+
+def measure_trends(measures: Sequence[MeasureRow]) -> list[MeasureTrend]:
+    """Per kind, in contract/measures.py's order, the baseline and the latest measure. A kind
+    this version does not know is shown by its code, its values as they are."""
+    by_kind: dict[str, list[MeasureRow]] = {}
+    for m in sorted(measures, key=lambda m: (m.measured_on, m.id)):
+        by_kind.setdefault(m.kind, []).append(m)
+    order = {k.value: n for n, k in enumerate(MeasureKind)}
+    trends = []
+    for kind in sorted(by_kind, key=lambda k: (order.get(k, len(order)), k)):
+        rows = by_kind[kind]
+        known = MEASURES.get(MeasureKind(kind)) if kind in order else None
+        title = kind if known is None else known.title
+
+        def said(m: MeasureRow, known: Measure | None = known) -> str:
+            value = f"{m.value:g}" if known is None else known.value_words(m.value)
+            return f"{value}, {m.measured_on}"
+
+        first, newest = rows[0], rows[-1]
+        change = t.NONE
+        if len(rows) > 1:
+            delta = newest.value - first.value
+            unit = "" if known is None or not known.unit else f" {known.unit}"
+            change = f"{delta:+.1f}{unit}"
+            if known is not None and delta != 0:
+                better = (delta > 0) == known.higher_is_better
+                change += ", better" if better else ", worse"
+        trends.append(
+            MeasureTrend(
+                kind=kind,
+                title=title,
+                baseline=said(first),
+                latest=said(newest) if len(rows) > 1 else t.NONE,
+                change=change,
+                count=len(rows),
+            )
+        )
+    return trends
+
+
+def plan_text(proposal: Proposal, trends: Sequence[MeasureTrend], *, sessions: int) -> str:
+    """``treadguard plan``'s answer: the proposal and why, where the user stands, the
+    measures."""
+    weekly = "-".join(map(str, proposal.sessions_a_week))
+    where = proposal.phase_title
+    if proposal.week is not None:
+        where += f", week {proposal.week} on the treadmill"
+    lines = [
+        f"User {proposal.user}: {sessions} session{'s' if sessions != 1 else ''} on record",
+        f"  next session: {proposal.reason}",
+        f"  phase: {where}; {weekly} sessions a week",
+        "  first session: "
+        + ("counts" if proposal.first_session_counted else "not yet (first-session rules)"),
+    ]
+    if proposal.held:
+        lines.append("  held back: see the reason above")
+    if proposal.note is not None:
+        lines.append(f"  the clinic's note: {proposal.note}")
+    if trends:
+        lines.append("  measures (baseline; latest; change):")
+        lines += [f"    {m.title}: {m.baseline}; {m.latest}; {m.change}" for m in trends]
+    else:
+        lines.append("  measures: none recorded")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the parts
+
+
+def _first_session_again(
+    record: UserRecord,
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    last: SessionRow | None,
+    zone: ZoneInfo,
+    note: str | None,
+    may_confirm: bool,
+) -> Proposal:
+    """No first session counts yet: the first-session program, always (the daemon lets the
+    user start nothing else), and why."""
+    program = programs[rules.first_session.program]
+    own = rules.user.get(record.user)
+    cap = program.cap_s_default if own is None or own.cap_s is None else own.cap_s
+    cap = _within(cap, program)
+    firsts = [
+        s for s in record.sessions if s.program in programs and programs[s.program].first_session
+    ]
+    tried = [s for s in firsts if s.ended_at is not None]
+    if not record.sessions:
+        words = "no treadmill session on record"
+    elif not tried:
+        words = "no first session on record yet"
+    else:
+        s = tried[-1]
+        on = f"session {s.id} on {t.day(s.started_at, zone)}"
+        shortest = programs[s.program].cap_s_min
+        belt = s.belt_moving_s if s.belt_moving_s is not None else 0.0
+        if s.end_reason == ESTOP:
+            words = f"first session again: {on} ended in an emergency stop"
+        elif belt < shortest:  # NaN, no belt time to speak of, is not less: said below
+            words = (
+                f"first session again: {on} had {t.duration(belt)} of belt time, less than "
+                f"the {t.duration(shortest, whole_minutes=True)} a first session needs"
+            )
+        else:
+            words = f"first session again: {on} ended: {t.ended_by(s.end_reason)}"
+        if may_confirm:
+            words += " (a clinician may confirm it counts)"
+    if last is not None and last not in tried:
+        ended = t.ended_by(last.end_reason)
+        words += f"; the last session ({last.id}) ended: {ended}"
+    if own is not None and own.cap_s is not None:
+        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+    return _proposal(
+        record, rules, program, cap, words, None, note, None, held=False, counted=False
+    )
+
+
+def _next_cap(
+    program: Program,
+    phase: Phase,
+    first: SessionRow,
+    last: SessionRow,
+    week: int,
+    zone: ZoneInfo,
+) -> tuple[float, str]:
+    """The cap of the phase's program next time, and why."""
+    if last.program != program.name:
+        return program.cap_s_default, (
+            f"week {week} on the treadmill (first session {t.day(first.started_at, zone)}), "
+            f"{_lower_first(phase.title)} from week {phase.from_week}"
+        )
+    on = f"session {last.id} on {t.day(last.started_at, zone)}"
+    cap = _within(last.cap_s, program)
+    if last.end_reason not in PLANNED_ENDS:
+        return cap, (
+            f"the same cap: {on} ended at {t.duration(last.belt_moving_s or 0.0)} of its "
+            f"{_cap(last.cap_s)} cap ({t.ended_by(last.end_reason)})"
+        )
+    if phase.cap_step_s <= 0 or cap >= program.cap_s_max:
+        longest = " (the program's longest)" if cap >= program.cap_s_max else ""
+        return cap, f"{on} ran its {_cap(last.cap_s)} cap; the same cap{longest}"
+    raised = _within(cap + phase.cap_step_s, program)
+    return raised, f"{on} ran its {_cap(last.cap_s)} cap: {_cap(raised - cap)} more"
+
+
+def _holds(
+    record: UserRecord, rules: ProgressionRules, last: SessionRow | None, zone: ZoneInfo
+) -> str:
+    """What holds progression back after the last session, in words ("" for nothing)."""
+    if last is None:
+        return ""
+    on = f"session {last.id} on {t.day(last.started_at, zone)}"
+    why: list[str] = []
+    if rules.hold.emergency_stop and last.end_reason == ESTOP:
+        why.append(f"{on} ended in an emergency stop")
+    entered = record.outcomes.get(last.id, {})
+    before = _pain(entered.get("before", {}))
+    after = _pain(entered.get("after", {}))
+    if before is not None and after is not None and after - before >= rules.hold.pain_rise:
+        rise = after - before
+        points = f"{rise} point{'s' if rise != 1 else ''}"
+        why.append(f"pain rose {points} in {on} ({before} before, {after} after)")
+    return "; ".join(why)
+
+
+def _proposal(
+    record: UserRecord,
+    rules: ProgressionRules,
+    program: Program,
+    cap: float,
+    words: str,
+    week: int | None,
+    note: str | None,
+    phase: Phase | None,
+    *,
+    held: bool,
+    counted: bool,
+) -> Proposal:
+    if phase is None or program.first_session:
+        name, title, weekly = (
+            FIRST_SESSION_PHASE,
+            program.title,
+            rules.first_session.sessions_a_week,
+        )
+    else:
+        name, title, weekly = phase.name, phase.title, phase.sessions_a_week
+    return Proposal(
+        user=record.user,
+        phase=name,
+        phase_title=title,
+        program=program.name,
+        program_title=program.title,
+        cap_s=cap,
+        sessions_a_week=weekly,
+        reason=f"{program.title}, {_cap(cap)}: {words}",
+        held=held,
+        first_session_counted=counted,
+        week=week,
+        note=note,
+    )
+
+
+# ----------------------------------------------------------------------------- small rules
+
+
+def _last_session(sessions: Sequence[SessionRow]) -> SessionRow | None:
+    """The newest session that has ended and says something of the user: the belt moved, or
+    it ended in an emergency stop. A start aborted before the belt moved says nothing."""
+    for s in reversed(sessions):
+        if s.ended_at is None:
+            continue
+        belt = s.belt_moving_s
+        if s.end_reason == ESTOP or (belt is not None and math.isfinite(belt) and belt > 0):
+            return s
+    return None
+
+
+def _week(started: float, now: float, zone: ZoneInfo) -> int:
+    """Week on the treadmill at ``now``: 1 in the seven days from the first session's day."""
+    try:
+        days = (
+            datetime.fromtimestamp(now, zone).date() - datetime.fromtimestamp(started, zone).date()
+        ).days
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return 1
+    return max(days, 0) // 7 + 1
+
+
+def _phase_at(rules: ProgressionRules, week: int, pinned: str | None) -> Phase:
+    if pinned is not None:
+        phase = rules.phase_named(pinned)
+        if phase is not None:
+            return phase
+    current = rules.phase[0]
+    for phase in rules.phase:
+        if phase.from_week <= week:
+            current = phase
+    return current
+
+
+def _phase_of(rules: ProgressionRules, program: Program) -> Phase | None:
+    return next((p for p in rules.phase if p.program == program.name), None)
+
+
+def _within(cap: float, program: Program) -> float:
+    """A cap the program allows: within its cap_s_min-cap_s_max (its default for a cap that
+    is no number)."""
+    if not math.isfinite(cap):
+        return program.cap_s_default
+    return min(max(cap, program.cap_s_min), program.cap_s_max)
+
+
+def _pain(entry: Mapping[str, Any]) -> int | None:
+    pain = entry.get("pain")
+    return pain if isinstance(pain, int) and not isinstance(pain, bool) else None
+
+
+def _cap(seconds: float) -> str:
+    return t.duration(seconds, whole_minutes=True)
+
+
+def _lower_first(title: str) -> str:
+    """ "Reverse walking" -> "reverse walking"; "KOOS" stays as it is."""
+    head = title.split(" ", 1)[0]
+    return title[:1].lower() + title[1:] if head[1:].islower() or len(head) == 1 else title

@@ -1,0 +1,346 @@
+"""The proposal for a user's next session (controller/plan.py, docs/plan.md): worked examples
+of each rule, and properties over any history: it never raises, always names a reason, and
+never proposes more than the first-session limit to a user whose first session does not count,
+by the same rule the daemon enforces (Journal.has_history, SR-7)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treadguard.config.loading import load_config
+from treadguard.config.progression import ProgressionRules, UserPlan
+from treadguard.controller.first_session import counts
+from treadguard.controller.journal import Journal, MeasureRow, SessionRow
+from treadguard.controller.plan import UserRecord, measure_trends, propose
+from treadguard.safety.decisions import Event, EventType, JsonScalar
+from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = load_config(ROOT / "config" / "sim.toml")
+PROGRAMS = SIM.programs
+RULES = SIM.rules
+LONDON = ZoneInfo("Europe/London")
+DAY = 86_400.0
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC).timestamp()  # a Tuesday
+
+
+def session(
+    n: int,
+    program: str,
+    reason: str | None,
+    belt_s: float | None,
+    *,
+    cap_s: float | None = None,
+    day: float = 0.0,
+    user: str = "p-1",
+) -> SessionRow:
+    cap = cap_s if cap_s is not None else PROGRAMS[program].cap_s_default
+    start = T0 + day * DAY
+    ended = None if reason is None else start + (belt_s or 0.0) + 10
+    return SessionRow(n, user, program, cap, start, ended, reason, belt_s, 0.8)
+
+
+def pain(before: int, after: int) -> dict[str, dict[str, Any]]:
+    return {"before": {"when": "before", "pain": before}, "after": {"when": "after", "pain": after}}
+
+
+def plan(record: UserRecord, rules: ProgressionRules = RULES, *, day: float = 1.0) -> Any:
+    return propose(record, rules, PROGRAMS, zone=LONDON, now=T0 + day * DAY)
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def test_a_new_user_is_proposed_the_first_session() -> None:
+    got = plan(UserRecord("p-1"))
+    assert (got.program, got.cap_s, got.phase, got.held) == (
+        "first_session",
+        180.0,
+        "first_session",
+        False,
+    )
+    assert got.reason == "First treadmill session, 3 min: no treadmill session on record"
+    assert got.sessions_a_week == (3, 4)
+    assert not got.first_session_counted
+
+
+def test_a_first_session_of_3_s_does_not_count_and_the_reason_says_so() -> None:
+    got = plan(UserRecord("p-1", [session(1, "first_session", "operator_stop", 3.0)]))
+    assert got.program == "first_session"
+    assert not got.first_session_counted
+    assert got.reason == (
+        "First treadmill session, 3 min: first session again: session 1 on 2026-12-01 had 3 s "
+        "of belt time, less than the 3 min a first session needs (a clinician may confirm it "
+        "counts)"
+    )
+
+
+def test_a_first_session_that_ended_in_a_stop_or_fault_is_said_as_it_ended() -> None:
+    lost = plan(UserRecord("p-1", [session(1, "first_session", "tablet_lost", 240.0)]))
+    assert lost.reason == (
+        "First treadmill session, 3 min: first session again: session 1 on 2026-12-01 ended: "
+        "no tablet heartbeat (the page was hidden or lost its link) (a clinician may confirm it "
+        "counts)"
+    )
+    fell = plan(UserRecord("p-1", [session(1, "first_session", "estop", 20.0)]))
+    assert "session 1 on 2026-12-01 ended in an emergency stop" in fell.reason
+    other = plan(UserRecord("p-1", [session(1, "reverse_walking", "estop", 20.0)]))
+    assert other.reason == (
+        "First treadmill session, 3 min: no first session on record yet; the last session (1) "
+        "ended: emergency stop"
+    )
+
+
+def test_a_first_session_to_its_cap_moves_the_user_on_to_reverse_walking() -> None:
+    got = plan(UserRecord("p-1", [session(1, "first_session", "cap", 179.0)]))
+    assert (got.program, got.cap_s, got.held, got.week) == ("reverse_walking", 300.0, False, 1)
+    assert got.reason == "Reverse walking, 5 min: first session completed 2026-12-01"
+    assert got.first_session_counted
+
+
+def test_a_clinician_s_confirmation_counts_and_is_named() -> None:
+    record = UserRecord(
+        "p-1",
+        [session(1, "first_session", "operator_stop", 3.0)],
+        confirmed={1: {"clinician": "c-7", "ts": T0}},
+    )
+    got = plan(record)
+    assert got.program == "reverse_walking"
+    assert got.reason == "Reverse walking, 5 min: first session of 2026-12-01 confirmed by c-7"
+    # Where the clinic's rules leave it to belt time, a confirmation on record counts for
+    # nothing, here as in the daemon.
+    strict = RULES.model_copy(
+        update={
+            "first_session": RULES.first_session.model_copy(update={"clinician_may_confirm": False})
+        }
+    )
+    again = plan(record, strict)
+    assert again.program == "first_session"
+    assert "may confirm" not in again.reason
+
+
+def test_pain_that_rose_2_points_or_more_holds_the_user_where_they_are() -> None:
+    first = session(1, "first_session", "cap", 180.0)
+    held = plan(UserRecord("p-1", [first], outcomes={1: pain(2, 5)}))
+    assert (held.program, held.cap_s, held.held) == ("first_session", 180.0, True)
+    assert held.reason == (
+        "First treadmill session, 3 min: held at first treadmill session: pain rose 3 points in "
+        "session 1 on 2026-12-01 (2 before, 5 after)"
+    )
+    assert held.first_session_counted  # it counts: the daemon lets them start reverse walking
+    assert not plan(UserRecord("p-1", [first], outcomes={1: pain(2, 3)})).held
+    assert not plan(UserRecord("p-1", [first], outcomes={1: {"after": {"pain": 9}}})).held
+
+
+def test_an_emergency_stop_holds_the_program_and_the_cap() -> None:
+    sessions = [
+        session(1, "first_session", "cap", 180.0),
+        session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=2),
+        session(3, "reverse_walking", "estop", 40.0, cap_s=360.0, day=4),
+    ]
+    got = plan(UserRecord("p-1", sessions), day=5)
+    assert (got.program, got.cap_s, got.held) == ("reverse_walking", 360.0, True)
+    assert got.reason == (
+        "Reverse walking, 6 min: held at reverse walking: session 3 on 2026-12-05 ended in an "
+        "emergency stop"
+    )
+
+
+def test_the_cap_grows_after_a_session_that_ran_to_it_and_stays_after_one_stopped_early() -> None:
+    first = session(1, "first_session", "cap", 180.0)
+    ran = session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=2)
+    got = plan(UserRecord("p-1", [first, ran]), day=3)
+    assert got.cap_s == 360.0
+    assert (
+        got.reason
+        == "Reverse walking, 6 min: session 2 on 2026-12-03 ran its 5 min cap: 1 min more"
+    )
+    stopped = session(3, "reverse_walking", "operator_stop", 130.0, cap_s=360.0, day=4)
+    same = plan(UserRecord("p-1", [first, ran, stopped]), day=5)
+    assert same.cap_s == 360.0
+    assert "ended at 2 min 10 s of its 6 min cap (stopped from a tablet)" in same.reason
+    longest = session(4, "reverse_walking", "cap", 480.0, cap_s=480.0, day=6)
+    top = plan(UserRecord("p-1", [first, ran, longest]), day=7)
+    assert top.cap_s == 480.0  # the program's cap_s_max
+    assert "the program's longest" in top.reason
+
+
+def test_from_the_fourth_week_on_the_treadmill_intervals_are_proposed() -> None:
+    first = session(1, "first_session", "cap", 180.0)
+    later = session(2, "reverse_walking", "cap", 480.0, cap_s=480.0, day=20)
+    got = plan(UserRecord("p-1", [first, later]), day=21)
+    assert (got.program, got.cap_s, got.phase, got.week) == ("intervals", 480.0, "intervals", 4)
+    assert got.sessions_a_week == (2, 3)
+    assert got.reason == (
+        "Intervals, 8 min: week 4 on the treadmill (first session 2026-12-01), intervals from "
+        "week 4"
+    )
+
+
+def test_the_clinic_s_own_settings_for_a_user_are_kept_and_said() -> None:
+    rules = RULES.model_copy(
+        update={"user": {"p-1": UserPlan(phase="reverse_walking", cap_s=420.0, note="knee")}}
+    )
+    first = session(1, "first_session", "cap", 180.0)
+    later = session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=20)
+    got = plan(UserRecord("p-1", [first, later]), rules, day=21)
+    assert (got.program, got.cap_s, got.note) == ("reverse_walking", 420.0, "knee")
+    assert "the clinic set p-1's cap to 7 min" in got.reason
+    assert "the clinic keeps p-1 in reverse walking" in got.reason
+    # Not before the first session counts, and never above the first-session program's cap.
+    new = plan(UserRecord("p-1"), rules)
+    assert (new.program, new.cap_s) == ("first_session", 300.0)
+
+
+def test_measures_show_the_baseline_the_latest_and_whether_it_is_better() -> None:
+    rows = [
+        MeasureRow(1, "p-1", "tug", 12.0, "2026-11-20", T0, None),
+        MeasureRow(2, "p-1", "koos", 55.0, "2026-11-20", T0, "c-7"),
+        MeasureRow(3, "p-1", "tug", 9.5, "2027-01-10", T0, None),
+        MeasureRow(4, "p-1", "koos", 48.0, "2027-01-10", T0, None),
+        MeasureRow(5, "p-1", "walk_10m", 8.2, "2026-11-20", T0, None),
+    ]
+    got = {m.kind: (m.baseline, m.latest, m.change) for m in measure_trends(rows)}
+    assert got == {
+        "tug": ("12.0 s, 2026-11-20", "9.5 s, 2027-01-10", "-2.5 s, better"),
+        "koos": ("55, 2026-11-20", "48, 2027-01-10", "-7.0, worse"),
+        "walk_10m": ("8.2 s, 2026-11-20", "-", "-"),
+    }
+    assert [m.kind for m in measure_trends(rows)] == ["tug", "koos", "walk_10m"]
+
+
+# ----------------------------------------------------------------------------- properties
+
+REASONS = st.sampled_from(
+    [None, "cap", "completed", "operator_stop", "estop", "fault", "tablet_lost", "start_aborted",
+     "interrupted", "shutdown"]
+)  # fmt: skip
+FLOATS = st.one_of(
+    st.none(),
+    st.floats(min_value=-10.0, max_value=1e4),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> UserRecord:
+    names = [*PROGRAMS, "history", "removed_program"]
+    rows = []
+    for n in range(1, draw(st.integers(0, 8)) + 1):
+        cap = draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(300.0)))
+        start = T0 + draw(st.floats(min_value=-400 * DAY, max_value=400 * DAY))
+        reason = draw(REASONS)
+        rows.append(
+            SessionRow(
+                n, "p-1", draw(st.sampled_from(names)), cap, start,
+                None if reason is None else start + 100, reason, draw(FLOATS), None,
+            )
+        )  # fmt: skip
+    ids = [r.id for r in rows]
+    entry = st.fixed_dictionaries(
+        {"pain": st.one_of(st.integers(-3, 14), st.none(), st.booleans(), st.text(max_size=2))}
+    )
+    outcomes = draw(
+        st.dictionaries(
+            st.sampled_from(ids) if ids else st.nothing(),
+            st.dictionaries(st.sampled_from(["before", "after", "x"]), entry, max_size=3),
+        )
+    )
+    confirmed = draw(
+        st.dictionaries(
+            st.sampled_from(ids) if ids else st.nothing(),
+            st.fixed_dictionaries({}, optional={"clinician": st.text(max_size=5)}),
+        )
+    )
+    return UserRecord("p-1", rows, outcomes=outcomes, confirmed=confirmed)
+
+
+RULESETS = st.sampled_from(
+    [
+        RULES,
+        RULES.model_copy(
+            update={
+                "first_session": RULES.first_session.model_copy(
+                    update={"clinician_may_confirm": False}
+                )
+            }
+        ),
+        RULES.model_copy(update={"user": {"p-1": UserPlan(phase="intervals", cap_s=480.0)}}),
+        RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=30.0, note="n")}}),
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    record=records(),
+    rules=RULESETS,
+    now=st.floats(min_value=T0 - 800 * DAY, max_value=T0 + 800 * DAY),
+)
+def test_any_history_gets_a_proposal_with_a_reason_within_the_program_s_limits(
+    record: UserRecord, rules: ProgressionRules, now: float
+) -> None:
+    got = propose(record, rules, PROGRAMS, zone=LONDON, now=now)
+    program = PROGRAMS[got.program]
+    assert got.reason.startswith(f"{program.title}, ")
+    assert len(got.reason) > len(program.title) + 8  # the cap and a why after it
+    assert math.isfinite(got.cap_s)
+    assert program.cap_s_min <= got.cap_s <= program.cap_s_max
+    # The daemon's rule, asked the way it asks (controller/first_session.py): a user whose
+    # first session does not count is proposed the first-session program, within its limit.
+    minimum = {n: p.cap_s_min for n, p in PROGRAMS.items() if p.first_session}
+    may = rules.first_session.clinician_may_confirm
+    had = any(
+        counts(s.program, s.end_reason, s.belt_moving_s, first_session_minimum=minimum,
+               confirmed=may and s.id in record.confirmed)
+        for s in record.sessions
+    )  # fmt: skip
+    assert got.first_session_counted is had
+    if not had:
+        assert program.first_session
+        assert got.cap_s <= HARD_CAP_FIRST_SESSION_S
+
+
+@settings(max_examples=60, deadline=None)
+@given(record=records(), may_confirm=st.booleans())
+def test_the_journal_s_answer_and_the_proposal_agree_on_the_first_session(
+    record: UserRecord, may_confirm: bool
+) -> None:
+    """The daemon asks Journal.has_history at a start; the proposal reads the same record:
+    written to a journal, any history gets the same answer from both."""
+    journal = Journal.in_memory()
+    for s in record.sessions:
+        started: dict[str, JsonScalar] = {
+            "session_id": str(s.id), "user": s.user, "program": s.program,
+            "cap_s": s.cap_s if math.isfinite(s.cap_s) else 180.0,  # a session's cap is a number
+        }  # fmt: skip
+        journal.record(Event(EventType.SESSION_STARTED, 0.0, started), s.started_at)
+        if s.end_reason is not None:
+            ended: dict[str, JsonScalar] = {
+                "session_id": str(s.id), "reason": s.end_reason, "belt_moving_s": s.belt_moving_s,
+            }  # fmt: skip
+            journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), s.started_at + 100)
+    for n in record.confirmed:
+        confirmed: dict[str, JsonScalar] = {"session_id": str(n), "user": "p-1"}
+        journal.record(Event(EventType.FIRST_SESSION_CONFIRMED, 0.0, confirmed), T0)
+    rules = RULES.model_copy(
+        update={
+            "first_session": RULES.first_session.model_copy(
+                update={"clinician_may_confirm": may_confirm}
+            )
+        }
+    )
+    minimum = {n: p.cap_s_min for n, p in PROGRAMS.items() if p.first_session}
+    read = journal.user_record("p-1")
+    got = propose(read, rules, PROGRAMS, zone=LONDON, now=T0)
+    assert got.first_session_counted is journal.has_history(
+        "p-1", minimum, confirmations=may_confirm
+    )
+    journal.close()
