@@ -12,7 +12,7 @@ from typing import Any
 from tests.campaign import Oracle, Record, run_session
 from treadguard.controller.simulation import ScenarioRun
 from treadguard.safety.decisions import Decision, EventType
-from treadguard.safety.inputs import DriveFeedback, GripReading, Input
+from treadguard.safety.inputs import DriveFeedback, FallReading, GripReading, Input
 from treadguard.simulator.scenario import Scenario
 
 START = {"at": 1.0, "do": "start_session", "user": "p-001"}
@@ -265,3 +265,46 @@ def test_sr3_sr6_the_decision_that_ends_a_session_asking_the_belt_to_move_is_fou
     ended = next(ev.t for ev in bad.events if ev.type is EventType.SESSION_ENDED)
     assert (ended, 0.01) in bad.calls  # asked to move at the instant its session was aborted
     assert any("SR-3" in v or "SR-6" in v for v in found), found
+
+
+def test_sr5_sr13_a_fall_that_waits_for_the_next_tick_is_found() -> None:
+    """SR-5: a fall is an emergency stop at once; SR-13: the trigger reaches the driver at
+    once, not at the next control tick. Planted: fall readings wait 49 ms on their way to the
+    core (a sensor path that queues them for the tick). check_fall allows a whole tick."""
+    scenario = _scenario(START, {"at": 8.0, "do": "fall"})
+
+    def plant(run: ScenarioRun) -> None:
+        submit = run.system.submit_reading
+
+        def queued(reading: Any) -> None:
+            if isinstance(reading, FallReading) and reading.fallen:
+                run.timers.call_at(run.timers.time() + 0.049, submit, reading)
+                return
+            submit(reading)
+
+        run.system.submit_reading = queued  # type: ignore[method-assign]
+
+    good, found = _judged(scenario, None)
+    assert found == []
+    assert any(mph is None and abs(t - 8.0) < 1e-6 for t, mph in good.calls)  # at once
+    bad, found = _judged(scenario, plant)
+    first = min(t for t, mph in bad.calls if mph is None)
+    assert first - 8.0 > 0.045  # the emergency stop went out ~49 ms after the fall
+    assert any("SR-5" in v or "SR-13" in v for v in found), found
+
+
+def test_sr3_a_start_without_its_countdown_is_found() -> None:
+    """SR-3: a short countdown (3 s) is announced before the belt moves. Planted: a countdown
+    of 0 s; the belt is asked to move at the instant the session is accepted. check_starts
+    looks at grips, the fall input and the drive, never at the countdown."""
+    scenario = _scenario(START)
+
+    def plant(run: ScenarioRun) -> None:
+        run.core.limits = run.core.limits.model_copy(update={"countdown_s": 0.0})
+
+    good, found = _judged(scenario, None)
+    assert found == []
+    bad, found = _judged(scenario, plant)
+    first_move = min(t for t, mph in bad.calls if mph is not None and mph > 0)
+    assert first_move - 1.0 < 0.1  # moving within a tick of the start, no countdown
+    assert any("SR-3" in v for v in found), found
