@@ -302,7 +302,7 @@ def test_sr3_a_start_without_its_countdown_is_found() -> None:
     def plant(run: ScenarioRun) -> None:
         run.core.limits = run.core.limits.model_copy(update={"countdown_s": 0.0})
 
-    good, found = _judged(scenario, None)
+    _, found = _judged(scenario, None)
     assert found == []
     bad, found = _judged(scenario, plant)
     first_move = min(t for t, mph in bad.calls if mph is not None and mph > 0)
