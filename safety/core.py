@@ -349,13 +349,14 @@ class SafetyCore:
                 reply = self._command(event)
         state = self.state
         self._check()
-        if self.target <= before < self.commanded:
+        if before < self.commanded and self.target < self.commanded:
             # An input that slows the belt (a stop, a lower speed, a fault) never first asks
-            # for more than was asked before it: the ramp's step for the time since the last
-            # input is not taken. Otherwise a stop at the instant a countdown ends would ask
-            # the drive for the ramp's first hundredth of a mph, and a stop during the ramp
-            # for a little more than the speed last asked.
-            self.commanded = before
+            # for more than was asked before it, nor more than its new target: the ramp's step
+            # for the time since the last input is taken only up to the higher of the two.
+            # Otherwise a stop at the instant a countdown ends would ask the drive for the
+            # ramp's first hundredth of a mph, and a stop during the ramp for a little more
+            # than the speed last asked.
+            self.commanded = max(before, self.target)
         s = self.session
         # A pass that made no transition leaves every rule where a second pass at this time,
         # over the same view, finds nothing to do: each acts once on what it reads, and only a

@@ -343,6 +343,22 @@ def test_sr6_a_stop_during_the_ramp_up_never_asks_for_more_than_was_asked_before
         assert all(v1 <= v0 for _, v0, v1 in _steps(world, mark - 1))
 
 
+def test_sr1_a_lower_speed_just_above_the_last_ask_is_not_overshot() -> None:
+    """Ramping from 1.0 to 1.2 mph, the clinician lowers the target to a speed a hair above
+    the one last asked. The decision that carries it takes the ramp's step for the time since
+    the last input first, and so asks for more than both the speed last asked and the
+    target the clinician has just set."""
+    world = at_speed(1.0, "reverse_walking")
+    assert isinstance(world.command(lambda t: SetSpeed(t, 1.2)).reply, Accepted)
+    world.run(0.5)
+    before = world.commanded
+    new_target = round(before + 0.002, 4)
+    world.ms += 40  # between two of the world's inputs
+    d = world.command(lambda t: SetSpeed(t, new_target))
+    assert isinstance(d.reply, Accepted)
+    assert d.speed_mph <= max(before, new_target) + 1e-12, (before, new_target, d.speed_mph)
+
+
 def test_sr6_a_stop_at_the_instant_the_countdown_ends_never_asks_the_belt_to_move() -> None:
     """The countdown has ended and nothing is asked of the drive yet; a stop a few ms later
     asks for 0, not the ramp's first step (a Stop button that started the belt)."""
