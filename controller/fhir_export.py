@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -192,6 +192,11 @@ def moment(ts: object, zone: ZoneInfo) -> str | None:
         return None
     try:
         when = datetime.fromtimestamp(v, zone)
+        offset = when.utcoffset()
+        if offset is not None and offset.seconds % 60:
+            # A local mean time of before standard time (New York's -04:56:02 until 1883):
+            # FHIR writes an offset in hours and minutes, so the moment is written in UTC.
+            when = when.astimezone(UTC)
     except (OverflowError, OSError, ValueError):
         return None
     if not 1 <= when.year <= 9999:

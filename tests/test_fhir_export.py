@@ -5,6 +5,7 @@ the issue and the FHIR and LOINC definitions (docs/fhir.md), not read back from 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,7 +23,12 @@ from hypothesis import strategies as st
 from tests.daemon_process import daemon_config
 from tests.test_history_report import CLINIC_SESSIONS, NEW_YORK, cli, write_sessions
 from treadguard.contract.event_text import END_WORDS
-from treadguard.controller.fhir_export import export_fhir, measure_observation, patient
+from treadguard.controller.fhir_export import (
+    export_fhir,
+    measure_observation,
+    moment,
+    patient,
+)
 from treadguard.controller.journal import EventRow, SessionRow
 from treadguard.controller.report import Clinic
 
@@ -255,6 +261,16 @@ def test_unicode_notes_are_kept_and_characters_fhir_refuses_are_replaced() -> No
     Bundle.model_validate_json(text)
 
 
+def test_times_carry_the_clinic_s_offset_of_their_moment() -> None:
+    assert moment(T0, NEW_YORK_ZONE) == "2026-12-02T20:00:00-05:00"
+    assert moment(T0 - 150 * 86_400, NEW_YORK_ZONE) == "2026-07-05T21:00:00-04:00"  # EDT
+    # New York's local mean time (-04:56:02, until 1883) has seconds FHIR cannot write: UTC.
+    assert moment(-3e9, NEW_YORK_ZONE) == "1874-12-07T18:40:00+00:00"
+    assert moment(math.nan, NEW_YORK_ZONE) is None
+    assert moment(1e300, NEW_YORK_ZONE) is None
+    assert moment("2026-12-02", NEW_YORK_ZONE) is None
+
+
 @pytest.mark.parametrize(
     ("reason", "belt_s", "status"),
     [
@@ -399,7 +415,9 @@ REASONS = st.one_of(
     st.sampled_from(list(END_WORDS)),
     st.text(),
 )
-TIMES = st.one_of(st.floats(min_value=0, max_value=4e9), ODD_NUMBERS)
+# From before time zones had whole-minute offsets (New York's was -04:56:02 until 1883) to
+# after 2100.
+TIMES = st.one_of(st.floats(min_value=-1e10, max_value=4.2e9), ODD_NUMBERS)
 
 
 @st.composite
