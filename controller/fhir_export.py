@@ -301,10 +301,13 @@ class _Session:
         said = [
             f"treadguard session {s.id} on treadmill {self.clinic.treadmill}",
             f"program: {title}" + (f" ({s.program})" if title != s.program else ""),
-            f"session cap {t.duration(s.cap_s, whole_minutes=True)}",
-            f"top speed {t.mph(s.max_speed_mph)}",
-            f"ended: {ended}",
         ]
+        # Figures the journal holds; one it lost (a session cut short) is left out, not "-".
+        if _finite(s.cap_s) is not None:
+            said.append(f"session cap {t.duration(s.cap_s, whole_minutes=True)}")
+        if _finite(s.max_speed_mph) is not None:
+            said.append(f"top speed {t.mph(s.max_speed_mph)}")
+        said.append(f"ended: {ended}")
         if self.start is None:
             said.append(f"the journal's start time ({_as_written(s.started_at)}) is no time")
         if self.end_problem is not None:
@@ -316,7 +319,7 @@ class _Session:
             ],
             status=status,
             statusReason=None if status == "completed" else CodeableConcept(text=_text(ended)),
-            code=EXERCISE_THERAPY.concept(_text(f"Reverse walking on a treadmill: {title}")),
+            code=EXERCISE_THERAPY.concept(_text(f"Treadmill session: {title}")),
             subject=_ref(self.patient),
             performedPeriod=self._period(),
             usedCode=[POWERED_TREADMILL.concept()],

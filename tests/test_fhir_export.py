@@ -130,7 +130,11 @@ def test_a_session_with_its_clinician_s_record() -> None:
     }
     (said,) = proc["note"]
     assert "program: Reverse walking (reverse_walking)" in said["text"]
-    assert "ended: the session cap was reached" in said["text"]
+    assert said["text"] == (
+        "treadguard session 3 on treadmill tm-f; program: Reverse walking (reverse_walking); "
+        "session cap 5 min; top speed 1.00 mph; ended: the session cap was reached"
+    )
+    assert proc["code"]["text"] == "Treadmill session: Reverse walking"
 
     found = observations(bundle)
     assert sorted(found) == [
@@ -353,6 +357,35 @@ def test_a_measure_is_an_observation_of_the_day_it_was_taken() -> None:
     w = json.loads(measure_observation(womac, clinic=CLINIC, subject=subject).model_dump_json())
     assert "coding" not in w["code"]
     assert w["code"]["text"].startswith("WOMAC")
+
+
+def test_the_documented_example_is_what_the_export_writes() -> None:
+    """docs/fhir.md's example: three of the Bundle's entries, exactly as exported."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "fhir.md").read_text()
+    shown = json.loads(doc.split("```json\n")[1].split("```")[0])
+    clinic = Clinic("tm-1", NEW_YORK_ZONE, {"reverse_walking": "Reverse walking"})
+    stopped = SessionRow(3, "ann", "reverse_walking", 300.0, T0, T0 + 190, "estop", 180.4, 0.9)
+    events = {
+        3: [
+            EventRow(T0 + 180, "estop", {"cause": "fall"}),
+            outcome(T0 + 1, "before", pain=4),
+            outcome(
+                T0 + 360,
+                "after",
+                pain=6,
+                notes="knee hurt on the way down",
+                clinician="c-7",
+                exertion=5,
+            ),
+        ]
+    }
+    bundle = export([stopped], events, clinic=clinic)
+    assert {k: v for k, v in bundle.items() if k != "entry"} == {
+        k: v for k, v in shown.items() if k != "entry"
+    }
+    assert len(bundle["entry"]) == 6
+    for entry in shown["entry"]:
+        assert entry in bundle["entry"]
 
 
 # --------------------------------------------------------------------------- odd journals
