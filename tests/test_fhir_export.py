@@ -526,7 +526,6 @@ def test_the_command_writes_a_user_s_bundle(clinic: Path, tmp_path: Path) -> Non
     assert [p["identifier"][0]["value"] for p in procedures] == ["1", "3", "4", "5"]
     assert [p["status"] for p in procedures] == ["completed", "stopped", "stopped", "completed"]
     assert procedures[0]["performedPeriod"]["start"] == "2026-11-30T19:53:20-05:00"
-    found = observations(bundle)
     # Session 3: pain 4 before, 6 after ("knee hurt"); session 4's after was corrected to 2.
     pains = [
         (o["partOf"][0]["reference"], o["valueQuantity"]["value"])
@@ -535,7 +534,19 @@ def test_the_command_writes_a_user_s_bundle(clinic: Path, tmp_path: Path) -> Non
     ]
     s3, s4 = url(procedures[1]), url(procedures[2])
     assert pains == [(s3, 4), (s3, 6), (s4, 2)]
-    assert found  # and the belt times
+    # Belt minutes of each session (180.2 s, 95.4 s, 241 s, 480 s), and session 4's exertion.
+    belts = [
+        o["valueQuantity"]["value"]
+        for o in resources(bundle, "Observation")
+        if o["code"]["coding"][0]["code"] == EXERCISE_DURATION
+    ]
+    assert belts == [3, 1.59, 4.02, 8]
+    (exertion,) = [
+        o
+        for o in resources(bundle, "Observation")
+        if o["code"]["coding"][0]["code"] == PERCEIVED_EXERTION
+    ]
+    assert (exertion["partOf"][0]["reference"], exertion["valueQuantity"]["value"]) == (s4, 5)
 
     into = tmp_path / "out"
     into.mkdir()
