@@ -208,7 +208,9 @@ def _as_written(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _note(text: str | None, *, author: str | None = None, time: str | None = None) -> list[Any]:
+def _note(
+    text: str | None, *, author: str | None = None, time: str | None = None
+) -> list[Annotation]:
     if text is None:
         return []
     return [Annotation(text=text, authorString=author, time=time)]
