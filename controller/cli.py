@@ -34,7 +34,14 @@ from treadguard.controller.commission import CommissioningResult, guided_errand,
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.doctor import DoctorOptions, diagnose, render
 from treadguard.controller.doctor import as_json as doctor_json
-from treadguard.controller.journal import CommissioningStatus, Journal, JournalError, backup
+from treadguard.controller.journal import (
+    CommissioningStatus,
+    EventRow,
+    Journal,
+    JournalError,
+    MeasureRow,
+    backup,
+)
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.plan import (
@@ -518,18 +525,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         loaded, journal = _read_journal(args.config)
         sessions = journal.sessions(args.user)
-        events = {s.id: journal.events(s.id) for s in sessions} if args.fhir else {}
+        events: dict[int, list[EventRow]] = {}
+        measures: list[MeasureRow] = []
+        if args.fhir:
+            events = {s.id: journal.events(s.id) for s in sessions}
+            # The user's measures; everyone's: those of each user with a session.
+            users = [args.user] if args.user is not None else [s.user for s in sessions]
+            measures = [m for u in dict.fromkeys(users) for m in journal.measures(u)]
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.user is not None and not sessions:
+    if args.user is not None and not sessions and not measures:
+        # A user with measures but no session yet (a baseline) has a record to export.
         print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.fhir:
         # fhir.resources and its models, for this command only.
         from treadguard.controller.fhir_export import export_fhir
 
-        text = export_fhir(sessions, events, clinic=_clinic(loaded), user=args.user)
+        text = export_fhir(
+            sessions, events, clinic=_clinic(loaded), measures=measures, user=args.user
+        )
         suffix = ".fhir.json"
     else:
         from treadguard.controller.report import sessions_csv

@@ -1,12 +1,13 @@
 """``treadguard export --fhir`` (docs/fhir.md): the journal's sessions as a FHIR R4 Bundle.
 
-Pure: journal rows in (sessions, their events, and a user's measures), the Bundle's JSON out,
+Pure: journal rows in (sessions, their events, the users' measures), the Bundle's JSON out,
 built and validated with fhir.resources' R4B models. The elements used here are the same in
 R4 (4.0.1) and R4B (4.3.0). Per user a ``Patient`` (identified by the user's code, the only
 thing treadguard knows of a person); per session a ``Procedure`` and its ``Observation``s:
-belt minutes, pain before and after, perceived exertion, each ``partOf`` its Procedure. Every
-id is a UUID 5 of the treadmill and the journal's own keys, so the same journal exports to
-the same Bundle, byte for byte.
+belt minutes, pain before and after, perceived exertion, each ``partOf`` its Procedure; per
+measure (TUG, KOOS, WOMAC, 10 m walk) an ``Observation`` of the Patient. Every id is a UUID 5
+of the treadmill and the journal's own keys, so the same journal exports to the same Bundle,
+byte for byte.
 
 A journal is read as it is: a value that cannot be what its field says (a pain of "x", a time
 that is no time) is exported as absent *with the reason and the value as written* in a note,
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir.resources.R4B.annotation import Annotation
@@ -38,8 +39,9 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.resource import Resource
 
+from treadguard.contract.measures import MeasureKind
 from treadguard.controller import report_text as t
-from treadguard.controller.journal import EventRow, SessionRow
+from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
 from treadguard.controller.plan import outcomes_of
 from treadguard.controller.report import Clinic, how_it_ended
 from treadguard.safety.decisions import EventType
@@ -79,7 +81,7 @@ PAIN_SEVERITY = Code(
     LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported"
 )
 PERCEIVED_EXERTION = Code(LOINC, "82289-0", "Rating of perceived exertion [Score]")
-# A user's measures (the seam for the journal's measures table, see measure_observation).
+# A user's measures (measure_observation).
 TUG = Code(
     LOINC,
     "89423-8",
@@ -95,27 +97,8 @@ ABSENT_ERROR = Code(DATA_ABSENT, "error", "Error")
 # How a session ended, as Procedure.status (R4's EventStatus): ran as the program planned.
 PLANNED_ENDS = frozenset({"cap", "completed"})
 SCORE_HIGHEST = 10
-
-
-class MeasureEntry(Protocol):
-    """One of a user's measures as the journal keeps it (TUG seconds, a KOOS or WOMAC score,
-    10 m walk seconds, with the day taken). The journal's measures table is built elsewhere;
-    this is all of it the export reads."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def user(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def value(self) -> float: ...
-    @property
-    def measured_on(self) -> str: ...  # YYYY-MM-DD, the clinic's day
-    @property
-    def recorded_at(self) -> float: ...
-    @property
-    def clinician(self) -> str | None: ...
+# Measures a clinician times (category exam); the others are questionnaires (survey).
+TIMED_TESTS = frozenset({MeasureKind.TUG, MeasureKind.WALK_10M})
 
 
 @dataclass(frozen=True)
@@ -126,13 +109,15 @@ class MeasureCode:
     unit_words: str
 
 
-# By contract/measures.py's MeasureKind values. WOMAC and the 10 m walk have no code here:
-# docs/fhir.md says why.
+# Every kind of contract/measures.py (a test keeps the two the same). WOMAC and the 10 m walk
+# have no code here: docs/fhir.md says why.
 MEASURE_CODES: dict[str, MeasureCode] = {
-    "tug": MeasureCode(TUG, "Timed Up and Go", "s", "s"),
-    "koos": MeasureCode(KOOS, "KOOS score (0-100, 100: no problems)", "{score}", "score"),
-    "womac": MeasureCode(None, "WOMAC total score (0-96, 0: no problems)", "{score}", "score"),
-    "walk_10m": MeasureCode(None, "10 metre walk test, time", "s", "s"),
+    MeasureKind.TUG: MeasureCode(TUG, "Timed Up and Go", "s", "s"),
+    MeasureKind.KOOS: MeasureCode(KOOS, "KOOS score (0-100, 100: no problems)", "{score}", "score"),
+    MeasureKind.WOMAC: MeasureCode(
+        None, "WOMAC total score (0-96, 0: no problems)", "{score}", "score"
+    ),
+    MeasureKind.WALK_10M: MeasureCode(None, "10 metre walk test, time", "s", "s"),
 }
 
 
@@ -468,10 +453,10 @@ def patient(treadmill: str, user: str) -> Patient:
     )
 
 
-def measure_observation(measure: MeasureEntry, *, clinic: Clinic, subject: Patient) -> Observation:
+def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient) -> Observation:
     """One of a user's measures (TUG, KOOS, WOMAC, 10 m walk) as an Observation of the day it
-    was taken. The journal's measures table is not on this branch: this is the seam for it
-    (docs/fhir.md)."""
+    was taken, issued when it was recorded. Every measure on record is one: a measure taken
+    again the same day is another measure, as in the reports."""
     known = MEASURE_CODES.get(measure.kind)
     value: dict[str, Any]
     number = _finite(measure.value)
@@ -498,7 +483,7 @@ def measure_observation(measure: MeasureEntry, *, clinic: Clinic, subject: Patie
     return Observation(
         id=resource_id(clinic.treadmill, "measure", measure.id),
         status="final",
-        category=[EXAM.concept() if measure.kind in ("tug", "walk_10m") else SURVEY.concept()],
+        category=[EXAM.concept() if measure.kind in TIMED_TESTS else SURVEY.concept()],
         code=code,
         subject=_ref(subject),
         effectiveDateTime=day or recorded,
@@ -523,7 +508,7 @@ def sessions_bundle(
     events: Mapping[int, Sequence[EventRow]],
     *,
     clinic: Clinic,
-    measures: Sequence[MeasureEntry] = (),
+    measures: Sequence[MeasureRow] = (),
     user: str | None = None,
 ) -> Bundle:
     """The sessions (all of one user, with ``user``; else everyone's, a Patient each) and
@@ -560,7 +545,7 @@ def export_fhir(
     events: Mapping[int, Sequence[EventRow]],
     *,
     clinic: Clinic,
-    measures: Sequence[MeasureEntry] = (),
+    measures: Sequence[MeasureRow] = (),
     user: str | None = None,
 ) -> str:
     """Journal rows in, the Bundle's JSON out (``treadguard export --fhir``)."""

@@ -9,7 +9,6 @@ import math
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,17 @@ from hypothesis import strategies as st
 from tests.daemon_process import daemon_config
 from tests.test_history_report import CLINIC_SESSIONS, NEW_YORK, cli, write_sessions
 from treadguard.contract.event_text import END_WORDS
+from treadguard.contract.measures import MeasureKind
 from treadguard.controller.fhir_export import (
+    MEASURE_CODES,
     export_fhir,
     measure_observation,
     moment,
     patient,
 )
-from treadguard.controller.journal import EventRow, SessionRow
+from treadguard.controller.journal import EventRow, Journal, MeasureRow, SessionRow
 from treadguard.controller.report import Clinic
+from treadguard.safety.decisions import Event, EventType, JsonScalar
 
 NEW_YORK_ZONE = ZoneInfo("America/New_York")
 CLINIC = Clinic("tm-f", NEW_YORK_ZONE, {"reverse_walking": "Reverse walking"})
@@ -331,29 +333,27 @@ def test_everyone_s_sessions_have_a_patient_each() -> None:
     ]
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A measure as the journal's measures table will hold it (the seam's protocol)."""
-
-    id: int
-    user: str
-    kind: str
-    value: float
-    measured_on: str
-    recorded_at: float
-    clinician: str | None
+def test_every_kind_of_measure_has_its_code_and_unit() -> None:
+    assert set(MEASURE_CODES) == {k.value for k in MeasureKind}
+    # UCUM: seconds for the timed tests, a score (unit 1) for the questionnaires.
+    assert {k: MEASURE_CODES[k].unit for k in MEASURE_CODES} == {
+        "tug": "s",
+        "walk_10m": "s",
+        "koos": "{score}",
+        "womac": "{score}",
+    }
 
 
 def test_a_measure_is_an_observation_of_the_day_it_was_taken() -> None:
     subject = patient("tm-f", "ann")
-    tug = Measure(1, "ann", "tug", 12.25, "2026-12-01", T0, "c-7")
+    tug = MeasureRow(1, "ann", "tug", 12.25, "2026-12-01", T0, "c-7")
     o = json.loads(measure_observation(tug, clinic=CLINIC, subject=subject).model_dump_json())
     # LOINC's TUG time, in seconds (loinc.org/89423-8).
     assert o["code"]["coding"][0]["code"] == "89423-8"
     assert o["valueQuantity"] == {"value": 12.2, "unit": "s", "system": UCUM, "code": "s"}
     assert o["effectiveDateTime"] == "2026-12-01"
     assert o["subject"] == {"reference": f"urn:uuid:{subject.id}"}
-    womac = Measure(2, "ann", "womac", 40, "2026-12-01", T0, None)
+    womac = MeasureRow(2, "ann", "womac", 40, "2026-12-01", T0, None)
     w = json.loads(measure_observation(womac, clinic=CLINIC, subject=subject).model_dump_json())
     assert "coding" not in w["code"]
     assert w["code"]["text"].startswith("WOMAC")
@@ -492,17 +492,37 @@ def odd_sessions(draw: st.DrawFn) -> tuple[list[SessionRow], dict[int, list[Even
     return sessions, events
 
 
+ODD_MEASURES = st.lists(
+    st.builds(
+        MeasureRow,
+        id=st.integers(min_value=1, max_value=2**40),
+        user=st.sampled_from(["ann", "", "\ud800"]) | st.text(),
+        kind=st.sampled_from([k.value for k in MeasureKind]) | st.text(),
+        value=st.floats(allow_nan=True, allow_infinity=True),
+        measured_on=st.sampled_from(["2026-12-01", "2026-02-30", "0000-01-01", ""]) | st.text(),
+        recorded_at=TIMES,
+        clinician=st.none() | st.text(),
+    ),
+    max_size=4,
+    unique_by=lambda m: m.id,  # the table's key
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(journal=odd_sessions(), user=st.none() | st.text())
+@given(journal=odd_sessions(), measures=ODD_MEASURES, user=st.none() | st.text())
 def test_any_journal_exports_to_a_valid_bundle(
-    journal: tuple[list[SessionRow], dict[int, list[EventRow]]], user: str | None
+    journal: tuple[list[SessionRow], dict[int, list[EventRow]]],
+    measures: list[MeasureRow],
+    user: str | None,
 ) -> None:
     sessions, events = journal
-    text = export_fhir(sessions, events, clinic=CLINIC, user=user)
+    text = export_fhir(sessions, events, clinic=CLINIC, measures=measures, user=user)
     check_fhir(text)
-    assert export_fhir(sessions, events, clinic=CLINIC, user=user) == text
+    assert export_fhir(sessions, events, clinic=CLINIC, measures=measures, user=user) == text
     bundle = json.loads(text)
     assert len(resources(bundle, "Procedure")) == len(sessions)  # no session is lost
+    # ... and no measure: an Observation each, part of no Procedure.
+    assert len([o for o in resources(bundle, "Observation") if "partOf" not in o]) == len(measures)
 
 
 # --------------------------------------------------------------------------- the command
@@ -555,6 +575,54 @@ def test_the_command_writes_a_user_s_bundle(clinic: Path, tmp_path: Path) -> Non
     written = into / "sessions-tm-c-ann.fhir.json"
     assert again.stdout.strip() == str(written)
     assert written.read_text(encoding="utf-8") == out.stdout  # the same Bundle, twice
+
+
+def test_the_command_exports_the_user_s_measures(clinic: Path, tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "journal-tm-c.sqlite")
+    taken: list[tuple[str, str, float, str]] = [
+        ("ann", "tug", 14.5, "2026-11-20"),  # baseline
+        ("ann", "koos", 52.0, "2026-11-20"),
+        ("ann", "tug", 11.2, "2026-12-04"),  # follow-up
+        ("dee", "walk_10m", 9.8, "2026-12-01"),  # a baseline before any session
+    ]
+    for user, kind, value, day in taken:
+        measure: dict[str, JsonScalar] = {
+            "user": user,
+            "kind": kind,
+            "value": value,
+            "date": day,
+            "clinician": "c-7",
+        }
+        journal.record(Event(EventType.MEASURE_RECORDED, 0.0, measure), T0)
+    journal.commit()
+    journal.close()
+
+    out = cli("export", "--fhir", "--user", "ann", "--config", str(clinic))
+    assert out.returncode == 0, out.stderr
+    check_fhir(out.stdout)
+    bundle = json.loads(out.stdout)
+    (person,) = resources(bundle, "Patient")
+    measures = [o for o in resources(bundle, "Observation") if "partOf" not in o]
+    assert [
+        (o["code"]["coding"][0]["code"], o["valueQuantity"]["value"], o["effectiveDateTime"])
+        for o in measures
+    ] == [
+        ("89423-8", 14.5, "2026-11-20"),  # LOINC's TUG, seconds
+        ("72091-2", 52, "2026-11-20"),  # LOINC's KOOS
+        ("89423-8", 11.2, "2026-12-04"),
+    ]
+    assert {o["subject"]["reference"] for o in measures} == {url(person)}
+
+    # A user with a baseline measure and no session yet has a record to export.
+    dee = cli("export", "--fhir", "--user", "dee", "--config", str(clinic))
+    assert dee.returncode == 0, dee.stderr
+    check_fhir(dee.stdout)
+    (walk,) = resources(json.loads(dee.stdout), "Observation")
+    assert walk["code"]["text"] == "10 metre walk test, time"
+    assert walk["valueQuantity"] == {"value": 9.8, "unit": "s", "system": UCUM, "code": "s"}
+    # Everyone's export: ann's and bob's sessions, and ann's measures (dee has no session).
+    everyone = json.loads(cli("export", "--fhir", "--config", str(clinic)).stdout)
+    assert len([o for o in resources(everyone, "Observation") if "partOf" not in o]) == 3
 
 
 def test_the_command_s_bad_input_is_a_clear_error(clinic: Path, tmp_path: Path) -> None:
