@@ -529,9 +529,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         measures: list[MeasureRow] = []
         if args.fhir:
             events = {s.id: journal.events(s.id) for s in sessions}
-            # The user's measures; everyone's: those of each user with a session.
-            users = [args.user] if args.user is not None else [s.user for s in sessions]
-            measures = [m for u in dict.fromkeys(users) for m in journal.measures(u)]
+            measures = journal.measures(args.user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

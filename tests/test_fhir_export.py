@@ -620,9 +620,11 @@ def test_the_command_exports_the_user_s_measures(clinic: Path, tmp_path: Path) -
     (walk,) = resources(json.loads(dee.stdout), "Observation")
     assert walk["code"]["text"] == "10 metre walk test, time"
     assert walk["valueQuantity"] == {"value": 9.8, "unit": "s", "system": UCUM, "code": "s"}
-    # Everyone's export: ann's and bob's sessions, and ann's measures (dee has no session).
+    # Everyone's export: ann's and bob's sessions, and ann's and dee's measures.
     everyone = json.loads(cli("export", "--fhir", "--config", str(clinic)).stdout)
-    assert len([o for o in resources(everyone, "Observation") if "partOf" not in o]) == 3
+    people = [p["identifier"][0]["value"] for p in resources(everyone, "Patient")]
+    assert people == ["ann", "bob", "dee"]
+    assert len([o for o in resources(everyone, "Observation") if "partOf" not in o]) == 4
 
 
 def test_the_command_s_bad_input_is_a_clear_error(clinic: Path, tmp_path: Path) -> None:
