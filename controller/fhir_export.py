@@ -476,7 +476,8 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
             "note": _note(_text(f"the journal's value is {_as_written(measure.value)}")),
         }
     else:
-        value = {"valueQuantity": _quantity(number, unit, unit_words, places=1)}
+        # As entered (a stopwatch's hundredths too), short of a float's noise.
+        value = {"valueQuantity": _quantity(number, unit, unit_words, places=3)}
     who = None if measure.clinician is None else _text(measure.clinician)
     day = measure.measured_on if _is_day(measure.measured_on) else None
     recorded = moment(measure.recorded_at, clinic.zone)

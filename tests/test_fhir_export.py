@@ -350,7 +350,7 @@ def test_a_measure_is_an_observation_of_the_day_it_was_taken() -> None:
     o = json.loads(measure_observation(tug, clinic=CLINIC, subject=subject).model_dump_json())
     # LOINC's TUG time, in seconds (loinc.org/89423-8).
     assert o["code"]["coding"][0]["code"] == "89423-8"
-    assert o["valueQuantity"] == {"value": 12.2, "unit": "s", "system": UCUM, "code": "s"}
+    assert o["valueQuantity"] == {"value": 12.25, "unit": "s", "system": UCUM, "code": "s"}
     assert o["effectiveDateTime"] == "2026-12-01"
     assert o["subject"] == {"reference": f"urn:uuid:{subject.id}"}
     womac = MeasureRow(2, "ann", "womac", 40, "2026-12-01", T0, None)
