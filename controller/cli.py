@@ -999,7 +999,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a FHIR R4 Bundle (JSON): a Patient per user, a Procedure and Observations a session",
     )
-    export.add_argument("--user", default=None, help="only this user's sessions")
+    export.add_argument(
+        "--user", default=None, help="only this user's sessions (with --fhir, and measures)"
+    )
     export.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     export.add_argument(
         "--out", type=Path, default=None, help="the file to write (default: standard output)"
