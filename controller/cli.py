@@ -34,7 +34,14 @@ from treadguard.controller.commission import CommissioningResult, guided_errand,
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.doctor import DoctorOptions, diagnose, render
 from treadguard.controller.doctor import as_json as doctor_json
-from treadguard.controller.journal import CommissioningStatus, Journal, JournalError, backup
+from treadguard.controller.journal import (
+    CommissioningStatus,
+    EventRow,
+    Journal,
+    JournalError,
+    MeasureRow,
+    backup,
+)
 from treadguard.controller.logs import configure_logging
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.plan import (
@@ -513,26 +520,43 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """The sessions as CSV, one row a session, on stdout or to --out."""
+    """The sessions as CSV (one row a session) or as a FHIR R4 Bundle (docs/fhir.md), on
+    stdout or to --out."""
     try:
         loaded, journal = _read_journal(args.config)
         sessions = journal.sessions(args.user)
+        events: dict[int, list[EventRow]] = {}
+        measures: list[MeasureRow] = []
+        if args.fhir:
+            events = {s.id: journal.events(s.id) for s in sessions}
+            measures = journal.measures(args.user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.user is not None and not sessions:
+    if args.user is not None and not sessions and not measures:
+        # A user with measures but no session yet (a baseline) has a record to export.
         print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from treadguard.controller.report import sessions_csv
+    if args.fhir:
+        # fhir.resources and its models, for this command only.
+        from treadguard.controller.fhir_export import export_fhir
 
-    text = sessions_csv(sessions, clinic=_clinic(loaded))
+        text = export_fhir(
+            sessions, events, clinic=_clinic(loaded), measures=measures, user=args.user
+        )
+        suffix = ".fhir.json"
+    else:
+        from treadguard.controller.report import sessions_csv
+
+        text = sessions_csv(sessions, clinic=_clinic(loaded))
+        suffix = ".csv"
     if args.out is None:
         sys.stdout.write(text)
         return 0
     name = f"sessions-{loaded.config.treadmill.id}"
     if args.user is not None:
         name += f"-{_file_name(args.user)}"
-    out = _out_path(args.out, name + ".csv")
+    out = _out_path(args.out, name + suffix)
     if not _write(text, out, "sessions"):
         return EXIT_BAD_INPUT
     print(out)
@@ -970,7 +994,14 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument(
         "--csv", action="store_true", help="CSV, one row a session (times with the clinic's offset)"
     )
-    export.add_argument("--user", default=None, help="only this user's sessions")
+    form.add_argument(
+        "--fhir",
+        action="store_true",
+        help="a FHIR R4 Bundle (JSON): a Patient per user, a Procedure and Observations a session",
+    )
+    export.add_argument(
+        "--user", default=None, help="only this user's sessions (with --fhir, and measures)"
+    )
     export.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
     export.add_argument(
         "--out", type=Path, default=None, help="the file to write (default: standard output)"

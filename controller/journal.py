@@ -751,16 +751,17 @@ class Journal:
             measures=self.measures(user),
         )
 
-    def measures(self, user: str) -> list[MeasureRow]:
-        """A user's measures, by the day taken and then as recorded. A journal written before
-        measures were kept (opened read-only, so not brought up to date) has none."""
+    def measures(self, user: str | None = None) -> list[MeasureRow]:
+        """A user's measures (None: everyone's), by the day taken and then as recorded. A
+        journal written before measures were kept (opened read-only, so not brought up to
+        date) has none."""
         if not self._has_table("measures"):
             return []
-        rows = self._query(
-            "SELECT id, user, kind, value, measured_on, recorded_at, clinician FROM measures"
-            " WHERE user = ? ORDER BY measured_on, id",
-            (user,),
-        )
+        sql = "SELECT id, user, kind, value, measured_on, recorded_at, clinician FROM measures"
+        args: tuple[Any, ...] = ()
+        if user is not None:
+            sql, args = sql + " WHERE user = ?", (user,)
+        rows = self._query(sql + " ORDER BY measured_on, id", args)
         return [MeasureRow(int(i), u, k, float(v), d, float(r), c) for i, u, k, v, d, r, c in rows]
 
     def measures_on(self, user: str, kind: str, day: str) -> int:

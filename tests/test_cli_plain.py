@@ -103,6 +103,7 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("export", ["--config", SIM], "--csv"),
     ("export", ["--csv", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("export", ["--csv", "--config", "{empty_journal_config}"], "no journal"),
+    ("export", ["--fhir", "--config", "{empty_journal_config}"], "no journal"),
     (
         "backup",
         ["/nonexistent/dir/copy.sqlite", "--config", "{empty_journal_config}"],

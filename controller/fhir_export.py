@@ -1,0 +1,555 @@
+"""``treadguard export --fhir`` (docs/fhir.md): the journal's sessions as a FHIR R4 Bundle.
+
+Pure: journal rows in (sessions, their events, the users' measures), the Bundle's JSON out,
+built and validated with fhir.resources' R4B models. The elements used here are the same in
+R4 (4.0.1) and R4B (4.3.0). Per user a ``Patient`` (identified by the user's code, the only
+thing treadguard knows of a person); per session a ``Procedure`` and its ``Observation``s:
+belt minutes, pain before and after, perceived exertion, each ``partOf`` its Procedure; per
+measure (TUG, KOOS, WOMAC, 10 m walk) an ``Observation`` of the Patient. Every id is a UUID 5
+of the treadmill and the journal's own keys, so the same journal exports to the same Bundle,
+byte for byte.
+
+A journal is read as it is: a value that cannot be what its field says (a pain of "x", a time
+that is no time) is exported as absent *with the reason and the value as written* in a note,
+never dropped and never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir.resources.R4B.annotation import Annotation
+from fhir.resources.R4B.bundle import Bundle, BundleEntry
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.identifier import Identifier
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.period import Period
+from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.quantity import Quantity
+from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.resource import Resource
+
+from treadguard.contract.measures import MeasureKind
+from treadguard.controller import report_text as t
+from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
+from treadguard.controller.plan import outcomes_of
+from treadguard.controller.report import Clinic, how_it_ended
+from treadguard.safety.decisions import EventType
+
+# The namespace of every id this export makes (UUID 5, RFC 9562 section 5.5). Never change
+# it: a changed namespace gives every resource a new id, and a receiver would take a second
+# export of the same sessions for new ones.
+NAMESPACE = uuid.UUID("60682a07-9ccc-4fa9-af4e-f60343c13520")
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+
+
+@dataclass(frozen=True)
+class Code:
+    """A code of a code system, with the display its publisher gives it (docs/fhir.md says
+    where each one was taken from)."""
+
+    system: str
+    code: str
+    display: str
+
+    def concept(self, text: str | None = None) -> CodeableConcept:
+        coding = Coding(system=self.system, code=self.code, display=self.display)
+        return CodeableConcept(coding=[coding], text=text)
+
+
+# The session: SNOMED CT's exercise therapy, on a powered treadmill.
+EXERCISE_THERAPY = Code(SNOMED, "229065009", "Exercise therapy (regime/therapy)")
+POWERED_TREADMILL = Code(SNOMED, "466021001", "Treadmill, powered")
+# What is observed of it.
+EXERCISE_DURATION = Code(LOINC, "55411-3", "Exercise duration")
+PAIN_SEVERITY = Code(
+    LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported"
+)
+PERCEIVED_EXERTION = Code(LOINC, "82289-0", "Rating of perceived exertion [Score]")
+# A user's measures (measure_observation).
+TUG = Code(
+    LOINC,
+    "89423-8",
+    "Time to rise from chair, walk 10 feet and back, and return to sitting [TUG]",
+)
+KOOS = Code(LOINC, "72091-2", "Knee injury and Osteoarthritis Outcome Score [KOOS]")
+
+ACTIVITY = Code(OBSERVATION_CATEGORY, "activity", "Activity")
+SURVEY = Code(OBSERVATION_CATEGORY, "survey", "Survey")
+EXAM = Code(OBSERVATION_CATEGORY, "exam", "Exam")
+ABSENT_ERROR = Code(DATA_ABSENT, "error", "Error")
+
+# How a session ended, as Procedure.status (R4's EventStatus): ran as the program planned.
+PLANNED_ENDS = frozenset({"cap", "completed"})
+SCORE_HIGHEST = 10
+# Measures a clinician times (category exam); the others are questionnaires (survey).
+TIMED_TESTS = frozenset({MeasureKind.TUG, MeasureKind.WALK_10M})
+
+
+@dataclass(frozen=True)
+class MeasureCode:
+    code: Code | None  # None: no standard code found for it; the text says what it is
+    text: str
+    unit: str  # UCUM
+    unit_words: str
+
+
+# Every kind of contract/measures.py (a test keeps the two the same). WOMAC and the 10 m walk
+# have no code here: docs/fhir.md says why.
+MEASURE_CODES: dict[str, MeasureCode] = {
+    MeasureKind.TUG: MeasureCode(TUG, "Timed Up and Go", "s", "s"),
+    MeasureKind.KOOS: MeasureCode(KOOS, "KOOS score (0-100, 100: no problems)", "{score}", "score"),
+    MeasureKind.WOMAC: MeasureCode(
+        None, "WOMAC total score (0-96, 0: no problems)", "{score}", "score"
+    ),
+    MeasureKind.WALK_10M: MeasureCode(None, "10 metre walk test, time", "s", "s"),
+}
+
+
+def resource_id(treadmill: str, *keys: object) -> str:
+    """A resource's id: the UUID 5 of the treadmill and the journal's keys for it, so the
+    same record always has the same id (and two treadmills' session 3 never share one)."""
+    # ASCII JSON: one text for one set of keys, whatever characters a user code holds (a
+    # lone surrogate in a damaged journal too, which has no UTF-8).
+    name = json.dumps([treadmill, *keys], default=str)
+    return str(uuid.uuid5(NAMESPACE, name))
+
+
+def _url(resource: Resource) -> str:
+    return f"urn:uuid:{resource.id}"
+
+
+def _ref(resource: Resource) -> Reference:
+    return Reference(reference=_url(resource))
+
+
+def namespace_uri(treadmill: str, what: str) -> str:
+    """The identifier system of this treadmill's user codes, session numbers or clinician
+    codes: a URI of its own (urn:uuid), as these codes mean something on one treadmill only."""
+    return f"urn:uuid:{resource_id(treadmill, 'namespace', what)}"
+
+
+def _text(value: object) -> str | None:
+    """``value`` as a FHIR string: text as it is, anything else as its JSON; characters FHIR
+    strings may not hold (controls other than tab and line breaks, lone surrogates, Unicode
+    whitespace other than the space) replaced. None where nothing would be left."""
+    if value is None:
+        return None
+    raw = value if isinstance(value, str) else json.dumps(value, default=str)
+    clean = "".join(_char(c) for c in raw).strip()
+    return clean or None
+
+
+def _char(c: str) -> str:
+    if c in "\t\r\n":
+        return c
+    if 0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F:
+        return "\ufffd"
+    return " " if c.isspace() else c
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def moment(ts: object, zone: ZoneInfo) -> str | None:
+    """A unix time as a FHIR dateTime, to the second, with the clinic's offset at that moment;
+    None for a time that is none (not a number, or outside the years 1 to 9999)."""
+    v = _finite(ts)
+    if v is None:
+        return None
+    try:
+        when = datetime.fromtimestamp(v, zone)
+        offset = when.utcoffset()
+        if offset is not None and offset.seconds % 60:
+            # A local mean time of before standard time (New York's -04:56:02 until 1883):
+            # FHIR writes an offset in hours and minutes, so the moment is written in UTC.
+            when = when.astimezone(UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if not 1 <= when.year <= 9999:
+        return None
+    return when.isoformat(timespec="seconds")
+
+
+def _as_written(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _note(
+    text: str | None, *, author: str | None = None, time: str | None = None
+) -> list[Annotation]:
+    if text is None:
+        return []
+    return [Annotation(text=text, authorString=author, time=time)]
+
+
+def procedure_status(session: SessionRow) -> str:
+    """R4's Procedure.status for a session: completed when it ran to its cap or its
+    program's end; in-progress while open; not-done when the belt never moved (a start
+    aborted, a stop before the belt ran); stopped when it ended early after the belt ran (an
+    emergency stop, a fault, the clinician's stop, a lost tablet); unknown when the journal
+    cannot say how far it got."""
+    reason = session.end_reason
+    if reason is None:
+        return "in-progress"
+    if reason in PLANNED_ENDS:
+        return "completed"
+    if reason == "start_aborted":
+        return "not-done"
+    belt = _finite(session.belt_moving_s)
+    if belt is None or belt < 0:
+        return "unknown"
+    return "stopped" if belt > 0 else "not-done"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """The newest of the clinician's entries of one kind (before, after) of a session."""
+
+    fields: Mapping[str, Any]
+    entered: str | None  # when it was made
+    corrected: bool  # an earlier entry of the same kind was made and this one replaced it
+
+
+def _entries(events: Sequence[EventRow], zone: ZoneInfo) -> dict[str, _Entry]:
+    newest = outcomes_of(events)  # the reports' rule: the newest entry of each kind wins
+    found: dict[str, _Entry] = {}
+    for when, fields in newest.items():
+        made = [
+            e
+            for e in events
+            if e.type == EventType.OUTCOME_RECORDED and str(e.fields.get("when")) == when
+        ]
+        found[when] = _Entry(fields, moment(made[-1].ts, zone), corrected=len(made) > 1)
+    return found
+
+
+class _Session:
+    """The resources of one session, with what they share."""
+
+    def __init__(
+        self,
+        session: SessionRow,
+        events: Sequence[EventRow],
+        *,
+        clinic: Clinic,
+        patient: Patient,
+    ) -> None:
+        self.session = session
+        self.events = events
+        self.clinic = clinic
+        self.patient = patient
+        self.start = moment(session.started_at, clinic.zone)
+        end = moment(session.ended_at, clinic.zone)
+        self.end_problem: str | None = None
+        began, ended = _finite(session.started_at), _finite(session.ended_at)
+        if end is None and session.ended_at is not None:
+            self.end_problem = (
+                f"the journal's end time ({_as_written(session.ended_at)}) is no time"
+            )
+        elif end is not None and began is not None and ended is not None and ended < began:
+            # A period ends after it starts (FHIR's per-1): the start is kept, the end said.
+            self.end_problem = f"the journal's end time ({end}) is before its start"
+            end = None
+        self.end = end
+        self.procedure = self._procedure()
+
+    def _id(self, *keys: object) -> str:
+        return resource_id(self.clinic.treadmill, "session", self.session.id, *keys)
+
+    def _period(self) -> Period | None:
+        if self.start is None and self.end is None:
+            return None
+        return Period(start=self.start, end=self.end)
+
+    def _procedure(self) -> Procedure:
+        s = self.session
+        status = procedure_status(s)
+        ended = how_it_ended(s, self.events)
+        title = self.clinic.title(s.program)
+        said = [
+            f"treadguard session {s.id} on treadmill {self.clinic.treadmill}",
+            f"program: {title}" + (f" ({s.program})" if title != s.program else ""),
+        ]
+        # Figures the journal holds; one it lost (a session cut short) is left out, not "-".
+        if _finite(s.cap_s) is not None:
+            said.append(f"session cap {t.duration(s.cap_s, whole_minutes=True)}")
+        if _finite(s.max_speed_mph) is not None:
+            said.append(f"top speed {t.mph(s.max_speed_mph)}")
+        said.append(f"ended: {ended}")
+        if self.start is None:
+            said.append(f"the journal's start time ({_as_written(s.started_at)}) is no time")
+        if self.end_problem is not None:
+            said.append(self.end_problem)
+        return Procedure(
+            id=self._id("procedure"),
+            identifier=[
+                Identifier(system=namespace_uri(self.clinic.treadmill, "sessions"), value=str(s.id))
+            ],
+            status=status,
+            statusReason=None if status == "completed" else CodeableConcept(text=_text(ended)),
+            code=EXERCISE_THERAPY.concept(_text(f"Treadmill session: {title}")),
+            subject=_ref(self.patient),
+            performedPeriod=self._period(),
+            usedCode=[POWERED_TREADMILL.concept()],
+            note=_note(_text("; ".join(said))) or None,
+        )
+
+    def resources(self) -> list[Resource]:
+        found: list[Resource] = [self.procedure]
+        duration = self._duration()
+        if duration is not None:
+            found.append(duration)
+        entries = _entries(self.events, self.clinic.zone)
+        for when in ("before", "after"):
+            if when in entries:
+                found.append(self._pain(when, entries[when]))
+        after = entries.get("after")
+        if after is not None and after.fields.get("exertion") is not None:
+            found.append(self._exertion(after))
+        return found
+
+    def _observation(self, key: str, **fields: Any) -> Observation:
+        return Observation(
+            id=self._id(key),
+            partOf=[_ref(self.procedure)],
+            subject=_ref(self.patient),
+            **fields,
+        )
+
+    def _duration(self) -> Observation | None:
+        """Belt-moving minutes (the belt's time, not the session's: the countdown and a
+        stop's run-down are not exercise)."""
+        raw = self.session.belt_moving_s
+        if raw is None:
+            return None  # an open session, or one cut short before its belt time was known
+        belt = _finite(raw)
+        value: dict[str, Any]
+        if belt is None or belt < 0:
+            value = {
+                "dataAbsentReason": ABSENT_ERROR.concept(),
+                "note": _note(_text(f"the journal's belt time is {_as_written(raw)} s")),
+            }
+        else:
+            value = {"valueQuantity": _quantity(belt / 60, "min", "min", places=2)}
+        period = self._period()
+        return self._observation(
+            "exercise-duration",
+            status="final" if self.session.end_reason is not None else "preliminary",
+            category=[ACTIVITY.concept()],
+            code=EXERCISE_DURATION.concept("Belt-moving time of the session"),
+            effectivePeriod=period,
+            **value,
+        )
+
+    def _pain(self, when: str, entry: _Entry) -> Observation:
+        # The score describes the user at the session's start (before) or end (after),
+        # whenever the clinician entered it: that is its effective time; the entry's own
+        # time is `issued`. An after-entry for a session still open: the entry's time.
+        effective = self.start if when == "before" else (self.end or entry.entered)
+        return self._score(
+            f"pain-{when}",
+            entry,
+            PAIN_SEVERITY,
+            f"Pain severity {when} the session (0-10)",
+            entry.fields.get("pain"),
+            effective=effective or entry.entered,
+            notes=entry.fields.get("notes"),
+        )
+
+    def _exertion(self, entry: _Entry) -> Observation:
+        return self._score(
+            "exertion",
+            entry,
+            PERCEIVED_EXERTION,
+            "Rating of perceived exertion during the session (0-10)",
+            entry.fields.get("exertion"),
+            effective=self.end or entry.entered,
+            notes=None,
+        )
+
+    def _score(
+        self,
+        key: str,
+        entry: _Entry,
+        code: Code,
+        text: str,
+        raw: object,
+        *,
+        effective: str | None,
+        notes: object,
+    ) -> Observation:
+        clinician = entry.fields.get("clinician")
+        who = None if clinician is None else _text(clinician)
+        score = _finite(raw)
+        value: dict[str, Any]
+        problem = None
+        if score is not None and 0 <= score <= SCORE_HIGHEST:
+            value = {"valueQuantity": _quantity(score, "{score}", "score", places=1)}
+        else:
+            value = {"dataAbsentReason": ABSENT_ERROR.concept()}
+            problem = f"the entry holds {_as_written(raw)}, not a score from 0 to 10"
+        note = _note(_text(problem), time=entry.entered)
+        if notes is not None:
+            note += _note(_text(notes), author=who, time=entry.entered)
+        return self._observation(
+            key,
+            status="amended" if entry.corrected else "final",
+            category=[SURVEY.concept()],
+            code=code.concept(text),
+            effectiveDateTime=effective,
+            issued=entry.entered,
+            performer=None if who is None else [_clinician(self.clinic.treadmill, who)],
+            note=note or None,
+            **value,
+        )
+
+
+def _clinician(treadmill: str, code: str) -> Reference:
+    """The clinician who entered it, by their code (a logical reference: treadguard has no
+    Practitioner resource, only the code)."""
+    return Reference(
+        type="Practitioner",
+        identifier=Identifier(system=namespace_uri(treadmill, "clinicians"), value=code),
+    )
+
+
+def _quantity(value: float, code: str, unit: str, *, places: int) -> Quantity:
+    """``value`` to ``places`` decimals at most, trailing zeros dropped: 1.59, 4, 12.5."""
+    # A Decimal from the rounded text: the JSON holds 1.59, never 1.5900000000000001.
+    text = f"{value:.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return Quantity(value=Decimal(text), unit=unit, system=UCUM, code=code)
+
+
+def patient(treadmill: str, user: str) -> Patient:
+    """The user as a Patient: their code as the identifier and nothing else (treadguard keeps
+    no name, birth date or sex)."""
+    code = _text(user)
+    return Patient(
+        id=resource_id(treadmill, "user", user),
+        identifier=None
+        if code is None
+        else [Identifier(system=namespace_uri(treadmill, "users"), value=code)],
+    )
+
+
+def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient) -> Observation:
+    """One of a user's measures (TUG, KOOS, WOMAC, 10 m walk) as an Observation of the day it
+    was taken, issued when it was recorded. Every measure on record is one: a measure taken
+    again the same day is another measure, as in the reports."""
+    known = MEASURE_CODES.get(measure.kind)
+    value: dict[str, Any]
+    number = _finite(measure.value)
+    if known is None:
+        code = CodeableConcept(text=_text(f"treadguard measure {measure.kind}"))
+        unit, unit_words = "1", "1"
+    else:
+        code = (
+            known.code.concept(known.text)
+            if known.code is not None
+            else CodeableConcept(text=known.text)
+        )
+        unit, unit_words = known.unit, known.unit_words
+    if number is None:
+        value = {
+            "dataAbsentReason": ABSENT_ERROR.concept(),
+            "note": _note(_text(f"the journal's value is {_as_written(measure.value)}")),
+        }
+    else:
+        # As entered (a stopwatch's hundredths too), short of a float's noise.
+        value = {"valueQuantity": _quantity(number, unit, unit_words, places=3)}
+    who = None if measure.clinician is None else _text(measure.clinician)
+    day = measure.measured_on if _is_day(measure.measured_on) else None
+    recorded = moment(measure.recorded_at, clinic.zone)
+    return Observation(
+        id=resource_id(clinic.treadmill, "measure", measure.id),
+        status="final",
+        category=[EXAM.concept() if measure.kind in TIMED_TESTS else SURVEY.concept()],
+        code=code,
+        subject=_ref(subject),
+        effectiveDateTime=day or recorded,
+        issued=recorded,
+        performer=None if who is None else [_clinician(clinic.treadmill, who)],
+        **value,
+    )
+
+
+def _is_day(text: object) -> bool:
+    if not isinstance(text, str) or len(text) != 10:
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        return False
+    return True
+
+
+def sessions_bundle(
+    sessions: Sequence[SessionRow],
+    events: Mapping[int, Sequence[EventRow]],
+    *,
+    clinic: Clinic,
+    measures: Sequence[MeasureRow] = (),
+    user: str | None = None,
+) -> Bundle:
+    """The sessions (all of one user, with ``user``; else everyone's, a Patient each) and
+    their events (by session id) as a Bundle of type collection: each Patient, then each
+    session's Procedure and Observations, oldest first, then the measures."""
+    patients: dict[str, Patient] = {}
+    resources: list[Resource] = []
+    for s in sessions:
+        if s.user not in patients:
+            patients[s.user] = patient(clinic.treadmill, s.user)
+        one = _Session(s, events.get(s.id, ()), clinic=clinic, patient=patients[s.user])
+        resources += one.resources()
+    for m in measures:
+        if m.user not in patients:
+            patients[m.user] = patient(clinic.treadmill, m.user)
+        resources.append(measure_observation(m, clinic=clinic, subject=patients[m.user]))
+    if user is not None and user not in patients:
+        patients[user] = patient(clinic.treadmill, user)
+    entries = [BundleEntry(fullUrl=_url(r), resource=r) for r in [*patients.values(), *resources]]
+    return Bundle(
+        id=resource_id(clinic.treadmill, "bundle", user),
+        type="collection",
+        entry=entries or None,
+    )
+
+
+def bundle_json(bundle: Bundle) -> str:
+    """The Bundle as JSON text, indented for a person to read, with a final newline."""
+    return bundle.model_dump_json(exclude_none=True, indent=2) + "\n"
+
+
+def export_fhir(
+    sessions: Sequence[SessionRow],
+    events: Mapping[int, Sequence[EventRow]],
+    *,
+    clinic: Clinic,
+    measures: Sequence[MeasureRow] = (),
+    user: str | None = None,
+) -> str:
+    """Journal rows in, the Bundle's JSON out (``treadguard export --fhir``)."""
+    return bundle_json(
+        sessions_bundle(sessions, events, clinic=clinic, measures=measures, user=user)
+    )
