@@ -321,7 +321,7 @@ def encode_session(
 ) -> QueryReply:
     """The answer to a ``session`` query: the summary, the clinician's notes (by ``before``
     and ``after``), the events as the report lists them (``time``, ``into``, ``name``,
-    ``details``), and with ``format`` "html" the report's page."""
+    ``details``), and ``html``, when given, the report's page."""
     body: JsonObject = {
         "type": "session",
         "timezone": timezone,
@@ -329,9 +329,14 @@ def encode_session(
         "notes": {k: v for k, v in notes.items()},
         "events": [_strings(e) for e in events],
     }
-    if query.format == "html":
+    if html is not None:
         body["html"] = html
     return QueryReply(query.id, body=body)
+
+
+def with_page(answer: QueryReply, html: str) -> QueryReply:
+    """A ``session`` answer with the report's page added (``format`` "html"), once written."""
+    return QueryReply(answer.id, answer.error, answer.message, {**answer.body, "html": html})
 
 
 def _strings(row: Mapping[str, str]) -> JsonValue:

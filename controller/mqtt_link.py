@@ -292,6 +292,7 @@ class TabletLink:
         self.connections = 0  # successful connections so far
         self.dropped_events = 0  # events the outbox had no room for (state: events_dropped)
         self.dropped_replies = 0  # rate_limited refusals it had no room for
+        self.dropped_answers = 0  # answers to queries it had no room for
         self.rate_limited = 0  # commands refused rate_limited, not run
         self._refused_waiting = 0  # of which: in the outbox
         self.published = 0  # events and replies acknowledged by the broker
@@ -355,10 +356,13 @@ class TabletLink:
 
     def answer_query(self, account: str, payload: bytes) -> None:
         """Queue the answer to ``account``'s query for its reply topic. Never blocks. Like an
-        event, it goes out once the journal's records written before it are on disk."""
-        self._push(
-            self._answers, _Out(payload, topic=query_reply_topic(self.topics.prefix, account)), None
-        )
+        event, it goes out once the journal's records written before it are on disk. At most
+        ``buffer`` wait (a flood of bad queries is answered at once, one refusal each): past
+        that an answer is dropped, counted and logged; the asker's own timeout tells it."""
+        item = _Out(payload, topic=query_reply_topic(self.topics.prefix, account))
+        if not self._push(self._answers, item, self._tuning.buffer):
+            self.dropped_answers += 1
+            self._report_drops()
 
     def state_changed(self) -> None:
         """Ask for the state to be looked at now rather than at the next poll. Never blocks."""
@@ -697,6 +701,7 @@ class TabletLink:
                 dropped_events=self.dropped_events,
                 rate_limited=self.rate_limited,
                 dropped_replies=self.dropped_replies,
+                dropped_answers=self.dropped_answers,
             )
 
     async def _until_disconnected(self, client: aiomqtt.Client) -> None:

@@ -42,6 +42,7 @@ from treadguard.contract.queries import (
     encode_session,
     parse_query,
     refusal,
+    with_page,
 )
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, Journal, JournalError, SessionRow
@@ -128,9 +129,7 @@ def event_rows(
     ]
 
 
-def session_answer(
-    journal: Journal, query: SessionQuery, words: ClinicWords, html: str | None = None
-) -> QueryReply:
+def session_answer(journal: Journal, query: SessionQuery, words: ClinicWords) -> QueryReply:
     """A ``session`` answer from the journal; ``not_found`` for a session it does not have."""
     session = journal.session(int(query.session_id))
     if session is None:
@@ -150,20 +149,17 @@ def session_answer(
         timezone=words.zone.key,
         notes=notes,
         events=event_rows(session, events, words.zone),
-        html=html,
     )
 
 
-def read_answer(
-    path: Path, query: Query, words: ClinicWords, html: str | None = None
-) -> QueryReply:
+def read_answer(path: Path, query: Query, words: ClinicWords) -> QueryReply:
     """The answer, on a read-only connection of its own (opened and closed on the calling
     thread: a worker's). JournalError when the journal cannot be read."""
     journal = Journal.read_only(path)
     try:
         if isinstance(query, HistoryQuery):
             return history_answer(journal, query, words)
-        return session_answer(journal, query, words, html)
+        return session_answer(journal, query, words)
     finally:
         journal.close()
 
@@ -277,26 +273,23 @@ class QueryService:
     async def _answer(self, query: Query) -> QueryReply:
         if self._journal is None:
             return refusal(query.id, QueryErrorCode.UNAVAILABLE, "the daemon has no journal")
-        html = None
-        if isinstance(query, SessionQuery) and query.format == "html":
-            try:
-                html = await self._render(int(query.session_id))
-            except RuntimeError as exc:
-                # A session that does not exist is said as not_found by the data read below.
-                found = await self._read(
-                    SessionQuery(id=query.id, type="session", session_id=query.session_id)
-                )
-                if not found.ok:
-                    return found
-                return refusal(
-                    query.id, QueryErrorCode.UNAVAILABLE, f"the report could not be written: {exc}"
-                )
-        return await self._read(query, html)
+        answer = await self._read(query)
+        if not (answer.ok and isinstance(query, SessionQuery) and query.format == "html"):
+            return answer
+        # The session is there (its data read first, cheaply): now its page, in a process of
+        # its own.
+        try:
+            html = await self._render(int(query.session_id))
+        except RuntimeError as exc:
+            return refusal(
+                query.id, QueryErrorCode.UNAVAILABLE, f"the report could not be written: {exc}"
+            )
+        return with_page(answer, html)
 
-    async def _read(self, query: Query, html: str | None = None) -> QueryReply:
+    async def _read(self, query: Query) -> QueryReply:
         assert self._journal is not None
         try:
-            return await asyncio.to_thread(read_answer, self._journal, query, self._words, html)
+            return await asyncio.to_thread(read_answer, self._journal, query, self._words)
         except JournalError as exc:
             return refusal(
                 query.id, QueryErrorCode.UNAVAILABLE, f"the journal cannot be read: {exc}"
