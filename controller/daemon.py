@@ -145,7 +145,12 @@ class Daemon:
                 titles={name: p.title for name, p in loaded.programs.items()},
             ),
             reply=lambda account, payload: self.link.answer_query(account, payload),
-            render=lambda session: render_report(loaded.path, session, timeout_s=RENDER_TIMEOUT_S),
+            render=lambda session: render_report(
+                loaded.path,
+                session,
+                timeout_s=RENDER_TIMEOUT_S,
+                cache=journal_path.parent / "matplotlib",
+            ),
             logger=self._log.bind(part="queries"),
         )
         self.link = TabletLink.configured(

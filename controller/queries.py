@@ -164,9 +164,18 @@ def read_answer(path: Path, query: Query, words: ClinicWords) -> QueryReply:
         journal.close()
 
 
-async def render_report(config: Path, session_id: int, *, timeout_s: float) -> str:
+async def render_report(
+    config: Path, session_id: int, *, timeout_s: float, cache: Path | None = None
+) -> str:
     """``treadguard report`` of one session, in a process of its own at a lower priority:
-    its page. RuntimeError (with why) when it fails or takes longer than ``timeout_s``."""
+    its page. RuntimeError (with why) when it fails or takes longer than ``timeout_s``.
+
+    ``cache``: matplotlib's folder (its font list), unless the environment names one. Under
+    systemd the daemon's user has no home to keep it in (ProtectHome), and matplotlib would
+    build it again for every page: a folder beside the journal, which the daemon may write."""
+    env = dict(os.environ)
+    if cache is not None:
+        env.setdefault("MPLCONFIGDIR", str(cache))
     with tempfile.TemporaryDirectory(prefix="treadguard-report-") as folder:
         out = Path(folder) / "report.html"
         proc = await asyncio.create_subprocess_exec(
@@ -182,6 +191,7 @@ async def render_report(config: Path, session_id: int, *, timeout_s: float) -> s
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         with contextlib.suppress(OSError):  # gone already, or not allowed: it only renders
             os.setpriority(os.PRIO_PROCESS, proc.pid, RENDER_NICENESS)
@@ -296,5 +306,8 @@ class QueryService:
             )
 
     def _send(self, account: str, reply: QueryReply) -> None:
-        self.answered += 1
-        self._reply(account, reply.payload())
+        try:
+            self._reply(account, reply.payload())
+            self.answered += 1
+        except Exception as exc:  # SR-15: the asker's timeout tells it; the daemon carries on
+            self._log.error("query_answer_failed", account=account, error=repr(exc))

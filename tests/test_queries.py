@@ -250,13 +250,19 @@ async def test_a_report_page_is_rendered_outside_and_its_failure_said(journal: P
 
 
 @pytest.mark.asyncio
-async def test_the_report_page_is_treadguard_reports_own(tmp_path: Path) -> None:
-    """The real renderer: ``treadguard report`` in a process of its own."""
+async def test_the_report_page_is_treadguard_reports_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real renderer: ``treadguard report`` in a process of its own, keeping matplotlib's
+    font list in the folder it is given (a daemon's user has no home to keep it in)."""
     from tests.daemon_process import daemon_config
 
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
     config = daemon_config(tmp_path, 1883, treadmill_id="tm-r")
     write_journal(tmp_path / "journal-tm-r.sqlite", 1)
-    page = await queries.render_report(config, 1, timeout_s=60.0)
+    cache = tmp_path / "matplotlib"
+    page = await queries.render_report(config, 1, timeout_s=60.0, cache=cache)
+    assert list(cache.glob("fontlist-*.json"))
     assert page.startswith("<!doctype html>")
     assert "session 1" in page
     with pytest.raises(RuntimeError, match="no session 5"):
