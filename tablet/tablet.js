@@ -1025,6 +1025,12 @@ function onAnswer(answer) {
   query.onAnswer(answer);
 }
 
+// An answer of a shape this page does not expect is said in the patient view, never taken for
+// a failure of the page (that would stop its heartbeat): the live view does not depend on it.
+function unreadable(patient, err) {
+  Object.assign(patient, { status: `The answer could not be read (${err.message})`, bad: true });
+}
+
 function answerError(answer) {
   const error = answer.error || {};
   return sentence(error.message || error.code || "no reason given");
@@ -1046,6 +1052,10 @@ function openPatient(user) {
       Object.assign(patient, { status: `No history: ${answerError(answer)}`, bad: true });
       return;
     }
+    if (!Array.isArray(answer.sessions) || typeof answer.total !== "number") {
+      unreadable(patient, new Error("no list of sessions"));
+      return;
+    }
     patient.history = answer;
     const newest = answer.sessions[0];
     if (!newest) {
@@ -1057,6 +1067,10 @@ function openPatient(user) {
       if (view.patient !== patient) return;
       if (!got.ok) {
         Object.assign(patient, { status: `No report: ${answerError(got)}`, bad: true });
+        return;
+      }
+      if (typeof got.html !== "string" || !got.session) {
+        unreadable(patient, new Error("no report page"));
         return;
       }
       patient.report = got;
@@ -1095,7 +1109,11 @@ function drawPatient() {
   $("patient-status").classList.toggle("bad", patient.bad);
   if (history && drawn.history !== history) {
     drawn.history = history;
-    drawHistory(history.sessions);
+    try {
+      drawHistory(history.sessions);
+    } catch (err) {
+      unreadable(patient, err);
+    }
   }
   const report = patient.report;
   $("patient-report-title").hidden = $("patient-report").hidden = !report;
