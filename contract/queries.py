@@ -294,20 +294,22 @@ def encode_history(
     *,
     total: int,
     timezone: str,
+    proposal: JsonObject | None = None,
 ) -> QueryReply:
     """The answer to a ``history`` query: ``sessions`` newest first (at most the query's
-    limit), ``total`` the user's sessions in the journal. A user with none gets an empty list,
-    not an error: a first session is still to come."""
-    return QueryReply(
-        query.id,
-        body={
-            "type": "history",
-            "user": query.user,
-            "timezone": timezone,
-            "total": total,
-            "sessions": [s.to_json() for s in sessions[: query.limit]],
-        },
-    )
+    limit), ``total`` the user's sessions in the journal, and ``proposal``, when the daemon
+    makes one, the next session proposed with its reason. A user with no sessions gets an empty
+    list, not an error: a first session is still to come."""
+    body: JsonObject = {
+        "type": "history",
+        "user": query.user,
+        "timezone": timezone,
+        "total": total,
+        "sessions": [s.to_json() for s in sessions[: query.limit]],
+    }
+    if proposal is not None:
+        body["proposal"] = proposal
+    return QueryReply(query.id, body=body)
 
 
 def encode_session(

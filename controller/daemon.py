@@ -39,6 +39,7 @@ from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
 from treadguard.controller.queries import (
     RENDER_TIMEOUT_S,
     ClinicWords,
+    Planning,
     QueryService,
     render_report,
 )
@@ -151,6 +152,7 @@ class Daemon:
                 timeout_s=RENDER_TIMEOUT_S,
                 cache=journal_path.parent / "matplotlib",
             ),
+            planning=Planning(rules=loaded.rules, programs=loaded.programs, now=self.wall),
             logger=self._log.bind(part="queries"),
         )
         self.link = TabletLink.configured(

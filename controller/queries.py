@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from treadguard.config.progression import ProgressionRules
+from treadguard.contract.mqtt import JsonObject
 from treadguard.contract.queries import (
     HistoryQuery,
     Query,
@@ -46,8 +48,9 @@ from treadguard.contract.queries import (
 )
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, Journal, JournalError, SessionRow
-from treadguard.controller.plan import outcomes_of
+from treadguard.controller.plan import outcomes_of, propose
 from treadguard.safety.decisions import EventType
+from treadguard.safety.programs import Program
 
 PER_ACCOUNT = 4  # queries of one account waiting or being answered, at most
 RENDER_TIMEOUT_S = 30.0  # `treadguard report` on a Raspberry Pi takes a few seconds
@@ -67,6 +70,21 @@ class ClinicWords:
 
     def title(self, program: str) -> str:
         return self.titles.get(program, program)  # a program since removed keeps its name
+
+
+@dataclass(frozen=True)
+class Planning:
+    """What a history's proposal is made from (controller/plan.py): the clinic's progression
+    rules, its programs, and the wall clock (the daemon's one, SR-16) for "now"."""
+
+    rules: ProgressionRules
+    programs: Mapping[str, Program]
+    now: Callable[[], float]
+
+    def proposal(self, journal: Journal, user: str, zone: ZoneInfo) -> JsonObject:
+        record = journal.user_record(user)
+        made = propose(record, self.rules, self.programs, zone=zone, now=self.now())
+        return {k: v for k, v in made.as_json().items() if k != "user"}
 
 
 def _score(entry: Mapping[str, Any] | None, key: str) -> int | None:
@@ -106,11 +124,15 @@ def _outcomes(journal: Journal, session_id: int) -> dict[str, Mapping[str, Any]]
     return outcomes_of([EventRow(0.0, EventType.OUTCOME_RECORDED, e) for e in entries])
 
 
-def history_answer(journal: Journal, query: HistoryQuery, words: ClinicWords) -> QueryReply:
-    """A ``history`` answer from the journal: at most the query's limit of rows are read."""
+def history_answer(
+    journal: Journal, query: HistoryQuery, words: ClinicWords, planning: Planning | None = None
+) -> QueryReply:
+    """A ``history`` answer from the journal: at most the query's limit of rows, and with
+    ``planning`` the proposal for the user's next session (from the user's whole record)."""
     sessions, total = journal.recent_sessions(query.user, query.limit)
     rows = [summary_of(s, _outcomes(journal, s.id), words) for s in sessions]
-    return encode_history(query, rows, total=total, timezone=words.zone.key)
+    proposal = None if planning is None else planning.proposal(journal, query.user, words.zone)
+    return encode_history(query, rows, total=total, timezone=words.zone.key, proposal=proposal)
 
 
 def event_rows(
@@ -152,13 +174,15 @@ def session_answer(journal: Journal, query: SessionQuery, words: ClinicWords) ->
     )
 
 
-def read_answer(path: Path, query: Query, words: ClinicWords) -> QueryReply:
+def read_answer(
+    path: Path, query: Query, words: ClinicWords, planning: Planning | None = None
+) -> QueryReply:
     """The answer, on a read-only connection of its own (opened and closed on the calling
     thread: a worker's). JournalError when the journal cannot be read."""
     journal = Journal.read_only(path)
     try:
         if isinstance(query, HistoryQuery):
-            return history_answer(journal, query, words)
+            return history_answer(journal, query, words, planning)
         return session_answer(journal, query, words)
     finally:
         journal.close()
@@ -224,11 +248,13 @@ class QueryService:
         words: ClinicWords,
         reply: Reply,
         render: Render,
+        planning: Planning | None = None,
         per_account: int = PER_ACCOUNT,
         logger: Any = None,
     ) -> None:
         self._journal = journal
         self._words = words
+        self._planning = planning
         self._reply = reply
         self._render = render
         self._per_account = per_account
@@ -299,7 +325,9 @@ class QueryService:
     async def _read(self, query: Query) -> QueryReply:
         assert self._journal is not None
         try:
-            return await asyncio.to_thread(read_answer, self._journal, query, self._words)
+            return await asyncio.to_thread(
+                read_answer, self._journal, query, self._words, self._planning
+            )
         except JournalError as exc:
             return refusal(
                 query.id, QueryErrorCode.UNAVAILABLE, f"the journal cannot be read: {exc}"

@@ -1107,6 +1107,23 @@ function drawPatient() {
         (total > history.sessions.length ? ` (the last ${history.sessions.length} shown)` : "");
   $("patient-status").textContent = patient.status;
   $("patient-status").classList.toggle("bad", patient.bad);
+  // The treadmill's proposal for the next session and its reason: advice, the clinician
+  // decides (the start's program and cap are the setup's, as always).
+  const proposal = history && history.proposal;
+  $("patient-proposal").hidden = !proposal;
+  if (proposal) {
+    // The reason names the program and its cap ("Reverse walking, 5 min: first session
+    // completed 2026-12-01"); below it, how often and which week.
+    $("proposal-reason").textContent = sentence(String(proposal.reason || ""));
+    const rhythm = [];
+    if (Array.isArray(proposal.sessions_a_week)) {
+      rhythm.push(`${proposal.sessions_a_week.join("-")} sessions a week`);
+    }
+    if (proposal.week) rhythm.push(`week ${proposal.week} on the treadmill`);
+    if (proposal.note) rhythm.push(String(proposal.note));
+    $("proposal-rhythm").textContent = sentence(rhythm.join("; "));
+    $("patient-proposal").classList.toggle("held", Boolean(proposal.held));
+  }
   if (history && drawn.history !== history) {
     drawn.history = history;
     try {

@@ -74,6 +74,12 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
         await expect(row).to_contain_text("First treadmill session")
         await expect(row).to_contain_text("6 → 4")
         await expect(row).to_contain_text("Stopped from a tablet")
+        # The proposal: the session stopped after a few seconds, so a first session again.
+        await expect(page.locator("#patient-proposal")).to_be_visible()
+        await expect(page.locator("#proposal-reason")).to_contain_text(
+            "First treadmill session, 3 min: first session again"
+        )
+        await expect(page.locator("#proposal-rhythm")).to_have_text("3-4 sessions a week")
         chart = await trend(page)
         assert chart["Pain before"] == [6]
         assert chart["Pain after"] == [4]

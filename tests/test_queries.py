@@ -330,3 +330,32 @@ async def test_the_link_hands_over_queries_with_their_account_and_answers_on_its
             assert answer.payload == b'{"id": "kept", "ok": true}'
     finally:
         broker.kill()
+
+
+def test_a_history_carries_the_proposal_for_the_next_session_with_its_reason(
+    journal: Path, tmp_path: Path
+) -> None:
+    """The proposal of controller/plan.py, on the clinic's rules and programs, dated in the
+    clinic's zone: ann's first session ran to its cap on 2026-11-29 in New York."""
+    from tests.daemon_process import daemon_config
+    from treadguard.config.loading import load_config
+    from treadguard.controller.queries import Planning
+
+    loaded = load_config(daemon_config(tmp_path, 1883))
+    planning = Planning(rules=loaded.rules, programs=loaded.programs, now=lambda: T0 + 2 * 86400)
+    ann = read_answer(journal, HistoryQuery(id="q", type="history", user="ann"), WORDS, planning)
+    proposal = ann.to_json()["proposal"]
+    assert isinstance(proposal, dict)
+    assert (proposal["program"], proposal["cap_s"], proposal["held"]) == (
+        "reverse_walking",
+        300.0,
+        False,
+    )
+    assert proposal["reason"] == "Reverse walking, 5 min: first session completed 2026-11-29"
+    bob = read_answer(journal, HistoryQuery(id="q", type="history", user="bob"), WORDS, planning)
+    first = bob.to_json()["proposal"]
+    assert isinstance(first, dict)
+    assert first["program"] == "first_session"
+    assert first["reason"] == "First treadmill session, 3 min: no treadmill session on record"
+    plain = read_answer(journal, HistoryQuery(id="q", type="history", user="ann"), WORDS)
+    assert "proposal" not in plain.to_json()  # no rules given, no proposal made up

@@ -124,6 +124,9 @@ async def test_the_tablet_and_the_dashboard_get_a_users_history_and_a_session_re
             assert row["program_title"] == "First treadmill session"
             assert row["ended_by"] == "operator_stop"
             assert row["started"].endswith("+00:00")
+            # Stopped after a few seconds: the first session does not count yet.
+            assert history["proposal"]["program"] == "first_session"
+            assert history["proposal"]["reason"].startswith("First treadmill session, 3 min")
             report = await ask(
                 tab, account, RENDER_WAIT_S, type="session", session_id=session, format="html"
             )

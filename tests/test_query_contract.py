@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from treadguard.contract.mqtt import JsonObject
 from treadguard.contract.queries import (
     HistoryQuery,
     QueryErrorCode,
@@ -200,3 +201,15 @@ def test_the_session_answer_carries_the_page_only_when_asked() -> None:
     rendered = encode_session(page, SUMMARY, timezone="UTC", notes={}, events=[], html="<html>")
     assert rendered.to_json()["html"] == "<html>"
     assert rendered.to_json()["session"] == SUMMARY.to_json()
+
+
+def test_the_history_answer_carries_a_proposal_only_when_one_is_made() -> None:
+    query = HistoryQuery(id="q", type="history", user="u1")
+    proposal: JsonObject = {
+        "program": "reverse_walking",
+        "cap_s": 300.0,
+        "reason": "first session completed",
+    }
+    made = encode_history(query, [], total=0, timezone="UTC", proposal=proposal).to_json()
+    assert made["proposal"] == proposal
+    assert "proposal" not in encode_history(query, [], total=0, timezone="UTC").to_json()
