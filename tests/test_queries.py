@@ -12,6 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from treadguard.contract.queries import HistoryQuery, SessionQuery
 from treadguard.controller import queries
@@ -135,7 +137,7 @@ class Answers:
             while len(self.got.get(account, [])) < n:
                 self.arrived.clear()
                 await self.arrived.wait()
-        return self.got[account]
+        return self.got.get(account, [])
 
 
 async def no_render(session: int) -> str:
@@ -359,3 +361,68 @@ def test_a_history_carries_the_proposal_for_the_next_session_with_its_reason(
     assert first["reason"] == "First treadmill session, 3 min: no treadmill session on record"
     plain = read_answer(journal, HistoryQuery(id="q", type="history", user="ann"), WORDS)
     assert "proposal" not in plain.to_json()  # no rules given, no proposal made up
+
+
+QUERIES = st.one_of(
+    st.builds(lambda u: {"type": "history", "user": u}, st.sampled_from(["ann", "bob", " ", ""])),
+    st.builds(
+        lambda n, f: {"type": "session", "session_id": n, "format": f},
+        st.sampled_from(["1", "3", "9", "0", "x"]),
+        st.sampled_from(["data", "html", "pdf"]),
+    ),
+    st.builds(lambda k: {"type": k}, st.sampled_from(["estop", "history"])),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["tablet", "dashboard"]),
+            st.one_of(QUERIES, st.binary(max_size=40)),
+            st.booleans(),
+        ),
+        max_size=12,
+    )
+)
+def test_every_query_is_answered_exactly_once_whatever_comes(
+    journal: Path, asked: list[tuple[str, dict[str, str] | bytes, bool]]
+) -> None:
+    """Nothing is lost: each query gets one answer, to the account that asked (an answer, a
+    refusal saying what was wrong, or rate_limited), whatever the mix and the order."""
+
+    async def render(session: int) -> str:
+        return f"<html>{session}</html>"
+
+    async def run() -> Answers:
+        answers = Answers()
+        service = QueryService(
+            journal=journal, words=WORDS, reply=answers, render=render, per_account=2
+        )
+        runner = asyncio.create_task(service.run())
+        try:
+            for n, (account, query, retained) in enumerate(asked):
+                payload = (
+                    query if isinstance(query, bytes) else json.dumps({"id": f"q{n}", **query})
+                )
+                service.submit(
+                    account, payload.encode() if isinstance(payload, str) else payload, retained
+                )
+            for account in ("tablet", "dashboard"):
+                await answers.wait_for(account, sum(a == account for a, _, _ in asked))
+        finally:
+            runner.cancel()
+        return answers
+
+    answers = asyncio.run(run())
+    for account in ("tablet", "dashboard"):
+        sent = [
+            f"q{n}" for n, (a, q, _) in enumerate(asked) if a == account and isinstance(q, dict)
+        ]
+        got = [a["id"] for a in answers.got.get(account, []) if a["id"] is not None]
+        assert sorted(got) == sorted(sent)
+        assert len(answers.got.get(account, [])) == sum(a == account for a, _, _ in asked)
