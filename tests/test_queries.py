@@ -286,8 +286,7 @@ async def test_the_link_hands_over_queries_with_their_account_and_answers_on_its
 
     if not have_mosquitto():
         pytest.skip("mosquitto is not installed (scripts/test installs it)")
-    broker = Broker(tmp_path)
-    broker.start()
+    broker = Broker(tmp_path)  # its port is chosen here, started below
     tm, world = "tm-q-link", World()
     p = default_prefix(tm)
     heard: list[tuple[str, bytes, bool]] = []
@@ -311,6 +310,7 @@ async def test_the_link_hands_over_queries_with_their_account_and_answers_on_its
         ),
         LinkTuning(backoff_max_s=0.5),
     )
+    broker.start()
     try:
         async with (
             tablet(broker, f"{p}/availability", f"{p}/query/dash/reply") as tab,
