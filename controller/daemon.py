@@ -36,6 +36,13 @@ from treadguard.controller.control import Controller
 from treadguard.controller.drives import Rig, build_driver, in_process_rig
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
+from treadguard.controller.queries import (
+    RENDER_TIMEOUT_S,
+    ClinicWords,
+    Planning,
+    QueryService,
+    render_report,
+)
 from treadguard.controller.sensors import SensorHub
 from treadguard.controller.system import System, open_journal
 from treadguard.controller.systemd import Notifier
@@ -130,6 +137,24 @@ class Daemon:
             loaded, clock, self.driver, opened, wall=self.wall, logger=self._log
         )
         self.sensors = SensorHub(cfg.sensors.effective_inputs(), system.submit_reading)
+        # Read-only queries (history, a session's report): answered from the journal's file
+        # off the loop, never by the safety core.
+        self.queries = QueryService(
+            journal=journal_path if opened.journal is not None else None,
+            words=ClinicWords(
+                zone=cfg.clinic.zone(),
+                titles={name: p.title for name, p in loaded.programs.items()},
+            ),
+            reply=lambda account, payload: self.link.answer_query(account, payload),
+            render=lambda session: render_report(
+                loaded.path,
+                session,
+                timeout_s=RENDER_TIMEOUT_S,
+                cache=journal_path.parent / "matplotlib",
+            ),
+            planning=Planning(rules=loaded.rules, programs=loaded.programs, now=self.wall),
+            logger=self._log.bind(part="queries"),
+        )
         self.link = TabletLink.configured(
             loaded,
             LinkHooks(
@@ -143,6 +168,7 @@ class Daemon:
                 on_refused=system.refused_before_the_core,
                 on_rival=system.rival_daemon,
                 extra_state=self._extra_state,
+                on_query=self.queries.submit,
             ),
             sensors=self.sensors.mqtt_names,
             logger=self._log.bind(part="mqtt"),
@@ -316,6 +342,7 @@ class Daemon:
                 control = tg.create_task(self._control(), name="control")
                 driver = tg.create_task(self.driver.run(), name="driver")
                 link = tg.create_task(self.link.run(), name="mqtt")
+                queries = tg.create_task(self.queries.run(), name="queries")
                 inputs = [
                     tg.create_task(run, name="sensor-input")
                     for run in self.sensors.build_sources(self.clock.time)
@@ -334,6 +361,7 @@ class Daemon:
                 link.cancel()
                 await asyncio.wait([link])
                 self._clean_exit = True
+                queries.cancel()
                 control.cancel()
                 driver.cancel()
                 for task in inputs:

@@ -783,6 +783,14 @@ class Journal:
             sql, args = sql + " WHERE user = ?", (user,)
         return [SessionRow(*row) for row in self._query(sql + " ORDER BY id", args)]
 
+    def recent_sessions(self, user: str, limit: int) -> tuple[list[SessionRow], int]:
+        """A user's ``limit`` newest sessions, newest first, and how many the user has."""
+        rows = self._query(
+            "SELECT * FROM sessions WHERE user = ? ORDER BY id DESC LIMIT ?", (user, limit)
+        )
+        total = self._query("SELECT COUNT(*) FROM sessions WHERE user = ?", (user,))
+        return [SessionRow(*row) for row in rows], int(total[0][0])
+
     def session(self, session_id: int) -> SessionRow | None:
         rows = self._query("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return SessionRow(*rows[0]) if rows else None

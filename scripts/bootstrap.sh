@@ -64,7 +64,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# The tablet page's one dependency, MQTT.js, pinned in tablet/package-lock.json, into
+# The tablet page's dependencies, MQTT.js and Chart.js, pinned in tablet/package-lock.json, into
 # tablet/node_modules (Mosquitto serves the page and it from there); again only when the lock
 # file changed. --ignore-scripts: nothing from the registry runs here, the page only needs files.
 tablet_page_deps() {

@@ -23,6 +23,16 @@ const TOPIC = {
   availability: `${PREFIX}/availability`,
 };
 
+// Read-only queries (docs/tablet-contract.md, "Queries"): on this account's own topic, answered
+// on its own reply topic, which only this account may read (the broker's ACL).
+function queryTopics() {
+  const account = credentials().username || "tablet";
+  return { ask: `${PREFIX}/query/${account}`, answers: `${PREFIX}/query/${account}/reply` };
+}
+const QUERY_TIMEOUT_MS = 10000;
+const REPORT_TIMEOUT_MS = 60000; // the daemon writes the report page in a process of its own
+const HISTORY_LIMIT = 20;
+
 const HEARTBEAT_MS = 1000; // docs/tablet-contract.md: a tablet sends one every second (SR-12)
 const REPLY_TIMEOUT_MS = 5000;
 // Heartbeats unanswered this long: the daemon is not there, whatever the broker says.
@@ -128,12 +138,16 @@ const view = {
   // ({user, pain}); the session whose record after it was saved.
   painBefore: null,
   recorded: null,
+  // The patient view, while open: the user, the history answer and the report's answer (null
+  // until they come), and what the page says of them (status, bad: an error).
+  patient: null,
   loginTried: false, // the last login had a password: a refusal is then about what was typed
   message: null,
   why: undefined, // offlineWhy() at the last render: undefined before the first
   broken: null, // an error of the page itself: offline, no heartbeat, until reloaded
 };
 const pending = new Map(); // command id -> { type, timer }
+const asked = new Map(); // query id -> { onAnswer, timer }
 const ownHeartbeats = new Set(); // this page's recent heartbeat ids
 // E-STOPs and Stops sent but not acknowledged when the link dropped: sent again on reconnect
 // (a stop is obeyed however late it arrives).
@@ -438,6 +452,17 @@ function draw() {
     : linked
       ? "also use the treadmill's stop button"
       : "no link: use the treadmill's stop button";
+
+  // The patient view only between sessions: anything else (a start from another tablet, a
+  // latched stop, the link lost) closes it, and the controls are back at once.
+  if (view.patient && !(online && st === "idle" && !latched)) closePatient();
+  $("patient-open").disabled = !(
+    online &&
+    st === "idle" &&
+    !latched &&
+    $("user").value.trim() !== ""
+  );
+  drawPatient();
 
   $("message").hidden = !view.message;
   $("message").querySelector(".words").textContent = view.message || "";
@@ -770,7 +795,8 @@ function takeMessage(topic, payload, packet) {
     if ((topic === TOPIC.state || topic === TOPIC.events) && !(packet && packet.retain)) {
       noteDaemonTime(obj.ts);
     }
-    if (topic === TOPIC.state) onState(obj);
+    if (topic === queryTopics().answers) onAnswer(obj);
+    else if (topic === TOPIC.state) onState(obj);
     else if (topic === TOPIC.reply) onReply(obj);
     else if (topic === TOPIC.events && firstTime(obj.event_id)) onEvent(obj);
   }
@@ -892,7 +918,7 @@ function connect() {
     view.linkDetail = "";
     log(`Connected to ${BROKER}`);
     client.subscribe(
-      Object.values(TOPIC).filter((t) => t !== TOPIC.cmd),
+      [...Object.values(TOPIC).filter((t) => t !== TOPIC.cmd), queryTopics().answers],
       { qos: 1 },
       (err) => {
         // "Watching" once the broker has granted them (the session is saved with them from
@@ -921,6 +947,11 @@ function connect() {
       } else {
         log(`${commandWords(sent)}: the link dropped before an answer`, true);
       }
+    }
+    for (const [id, query] of asked) {
+      clearTimeout(query.timer);
+      asked.delete(id);
+      query.onAnswer({ ok: false, error: { message: "the link dropped before an answer" } });
     }
     view.state = null; // the next state is the daemon's own, after the reconnect
     if (view.link === "connected") log("Broker connection lost", true);
@@ -964,6 +995,273 @@ $("login-form").addEventListener("submit", () => {
   else localStorage.removeItem("treadguard.login");
   view.link = "connecting";
   connect();
+});
+
+// ------------------------------------------------------------------ the patient view
+
+function ask(type, fields, timeoutMs, onAnswer) {
+  if (!client || !client.connected) {
+    onAnswer({ ok: false, error: { message: "no connection to the broker" } });
+    return;
+  }
+  const id = commandId();
+  const timer = setTimeout(() => {
+    asked.delete(id);
+    onAnswer({ ok: false, error: { message: `no answer within ${timeoutMs / 1000} s` } });
+    render();
+  }, timeoutMs);
+  asked.set(id, { onAnswer, timer });
+  client.publish(queryTopics().ask, JSON.stringify({ id, type, ...fields }), {
+    qos: 1,
+    retain: false,
+  });
+}
+
+function onAnswer(answer) {
+  const query = asked.get(answer.id);
+  if (!query) return; // an answer this page no longer waits for
+  clearTimeout(query.timer);
+  asked.delete(answer.id);
+  query.onAnswer(answer);
+}
+
+// An answer of a shape this page does not expect is said in the patient view, never taken for
+// a failure of the page (that would stop its heartbeat): the live view does not depend on it.
+function unreadable(patient, err) {
+  Object.assign(patient, { status: `The answer could not be read (${err.message})`, bad: true });
+}
+
+function answerError(answer) {
+  const error = answer.error || {};
+  return sentence(error.message || error.code || "no reason given");
+}
+
+function openPatient(user) {
+  const patient = {
+    user,
+    history: null,
+    report: null,
+    status: "Asking the treadmill…",
+    bad: false,
+  };
+  view.patient = patient;
+  document.body.dataset.view = "patient";
+  ask("history", { user, limit: HISTORY_LIMIT }, QUERY_TIMEOUT_MS, (answer) => {
+    if (view.patient !== patient) return; // closed, or opened again, meanwhile
+    if (!answer.ok) {
+      Object.assign(patient, { status: `No history: ${answerError(answer)}`, bad: true });
+      return;
+    }
+    if (!Array.isArray(answer.sessions) || typeof answer.total !== "number") {
+      unreadable(patient, new Error("no list of sessions"));
+      return;
+    }
+    patient.history = answer;
+    const newest = answer.sessions[0];
+    if (!newest) {
+      patient.status = `No sessions of ${user} on record yet.`;
+      return;
+    }
+    patient.status = "Asking for the last session's report…";
+    ask("session", { session_id: newest.session_id, format: "html" }, REPORT_TIMEOUT_MS, (got) => {
+      if (view.patient !== patient) return;
+      if (!got.ok) {
+        Object.assign(patient, { status: `No report: ${answerError(got)}`, bad: true });
+        return;
+      }
+      if (typeof got.html !== "string" || !got.session) {
+        unreadable(patient, new Error("no report page"));
+        return;
+      }
+      patient.report = got;
+      patient.status = "";
+    });
+  });
+  render();
+}
+
+function closePatient() {
+  view.patient = null;
+  delete document.body.dataset.view;
+  const chart = window.Chart && Chart.getChart($("patient-trend"));
+  if (chart) chart.destroy();
+  $("patient-history").tBodies[0].replaceChildren();
+  $("patient-report").removeAttribute("srcdoc");
+  drawn.history = drawn.report = null;
+}
+
+// What is drawn of the patient now: the chart, the table and the report are drawn once per
+// answer, not at every render (every 250 ms).
+const drawn = { history: null, report: null };
+
+function drawPatient() {
+  const patient = view.patient;
+  $("patient").hidden = !patient;
+  if (!patient) return;
+  const history = patient.history;
+  const total = history ? history.total : null;
+  $("patient-title").textContent =
+    total === null
+      ? `User ${patient.user}`
+      : `User ${patient.user}: ${total} session${total === 1 ? "" : "s"}` +
+        (total > history.sessions.length ? ` (the last ${history.sessions.length} shown)` : "");
+  $("patient-status").textContent = patient.status;
+  $("patient-status").classList.toggle("bad", patient.bad);
+  // The treadmill's proposal for the next session and its reason: advice, the clinician
+  // decides (the start's program and cap are the setup's, as always).
+  const proposal = history && history.proposal;
+  $("patient-proposal").hidden = !proposal;
+  if (proposal) {
+    // The reason names the program and its cap ("Reverse walking, 5 min: first session
+    // completed 2026-12-01"); below it, how often and which week.
+    $("proposal-reason").textContent = sentence(String(proposal.reason || ""));
+    const rhythm = [];
+    if (Array.isArray(proposal.sessions_a_week)) {
+      rhythm.push(`${proposal.sessions_a_week.join("-")} sessions a week`);
+    }
+    if (proposal.week) rhythm.push(`week ${proposal.week} on the treadmill`);
+    if (proposal.note) rhythm.push(String(proposal.note));
+    $("proposal-rhythm").textContent = sentence(rhythm.join("; "));
+    $("patient-proposal").classList.toggle("held", Boolean(proposal.held));
+  }
+  if (history && drawn.history !== history) {
+    drawn.history = history;
+    try {
+      drawHistory(history.sessions);
+    } catch (err) {
+      unreadable(patient, err);
+    }
+  }
+  const report = patient.report;
+  $("patient-report-title").hidden = $("patient-report").hidden = !report;
+  if (report && drawn.report !== report) {
+    drawn.report = report;
+    const id = report.session.session_id;
+    $("patient-report-title").textContent = `Last session's report: session ${id}`;
+    $("patient-report").srcdoc = report.html; // sandboxed: the page's own markup, no script
+  }
+}
+
+function painWords(row) {
+  const before = row.pain_before === null ? "–" : row.pain_before;
+  const after = row.pain_after === null ? "–" : row.pain_after;
+  return row.pain_before === null && row.pain_after === null ? "–" : `${before} → ${after}`;
+}
+
+function drawHistory(sessions) {
+  const rows = sessions.map((row) => {
+    const tr = document.createElement("tr");
+    if (["estop", "fault"].includes(row.ended_by)) tr.className = "stop";
+    const cells = [
+      `${row.session_id}, ${row.started.slice(0, 16).replace("T", " ")}`, // the clinic's time
+      row.program_title,
+      row.belt_min === null ? "–" : `${row.belt_min} of ${row.cap_min} min`,
+      row.top_mph === null ? "–" : `${row.top_mph.toFixed(2)} mph`,
+      painWords(row),
+      sentence(row.ended_by_words),
+    ];
+    tr.replaceChildren(
+      ...cells.map((text) => Object.assign(document.createElement("td"), { textContent: text })),
+    );
+    return tr;
+  });
+  $("patient-history").tBodies[0].replaceChildren(...rows);
+  drawTrend([...sessions].reverse()); // oldest first, as time runs
+}
+
+// The trend with Chart.js (node_modules/chart.js): belt minutes as bars (red: ended by an
+// emergency stop or a fault), the pain before and after on the same 0-10 scale, the top speed
+// on its own axis.
+function drawTrend(sessions) {
+  const canvas = $("patient-trend");
+  const old = window.Chart && Chart.getChart(canvas);
+  if (old) old.destroy();
+  if (typeof Chart === "undefined") {
+    view.patient.status = "The chart library is missing (run npm ci in tablet/).";
+    view.patient.bad = true;
+    return;
+  }
+  const text = "#d8dee6";
+  const grid = "#334255";
+  const axis = (title, extra) => ({
+    min: 0,
+    title: { display: true, text: title, color: text },
+    ticks: { color: text },
+    grid: { color: grid },
+    ...extra,
+  });
+  new Chart(canvas, {
+    data: {
+      labels: sessions.map((s) => `${s.session_id}: ${s.started.slice(5, 10)}`),
+      datasets: [
+        {
+          type: "bar",
+          label: "Belt minutes",
+          data: sessions.map((s) => s.belt_min),
+          backgroundColor: sessions.map((s) =>
+            ["estop", "fault"].includes(s.ended_by) ? "#ff3b30" : "#1e88e5",
+          ),
+          yAxisID: "y",
+          order: 2,
+        },
+        {
+          type: "line",
+          label: "Pain before",
+          data: sessions.map((s) => s.pain_before),
+          borderColor: "#ffb300",
+          backgroundColor: "#ffb300",
+          borderDash: [6, 4],
+          spanGaps: true,
+          yAxisID: "y",
+          order: 1,
+        },
+        {
+          type: "line",
+          label: "Pain after",
+          data: sessions.map((s) => s.pain_after),
+          borderColor: "#ff8a80",
+          backgroundColor: "#ff8a80",
+          spanGaps: true,
+          yAxisID: "y",
+          order: 1,
+        },
+        {
+          type: "line",
+          label: "Top speed, mph",
+          data: sessions.map((s) => s.top_mph),
+          borderColor: "#2ecc71",
+          backgroundColor: "#2ecc71",
+          spanGaps: true,
+          yAxisID: "speed",
+          order: 0,
+        },
+      ],
+    },
+    options: {
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      plugins: { legend: { labels: { color: text, boxWidth: 14 } } },
+      scales: {
+        x: { ticks: { color: text }, grid: { color: grid } },
+        y: axis("minutes; pain 0-10", { suggestedMax: 10 }),
+        speed: axis("mph", {
+          position: "right",
+          suggestedMax: 1.4,
+          grid: { drawOnChartArea: false },
+        }),
+      },
+    },
+  });
+}
+
+$("patient-open").addEventListener("click", () => {
+  const user = $("user").value.trim();
+  if (!$("patient-open").disabled && user) openPatient(user);
+});
+$("patient-close").addEventListener("click", () => {
+  closePatient();
+  render();
 });
 
 // ------------------------------------------------------------------ the setup form

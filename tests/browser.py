@@ -21,6 +21,7 @@ from treadguard.controller.page_words import render as render_page_words
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_DIR = ROOT / "tablet"
 MQTT_JS = PAGE_DIR / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
+CHART_JS = PAGE_DIR / "node_modules" / "chart.js" / "dist" / "chart.umd.min.js"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "build" / "screenshots"
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}  # a 10-inch tablet in landscape
@@ -38,9 +39,9 @@ ARGS = [
 
 
 def need_page() -> None:
-    """Skip (fail in CI) without Chromium or the page's MQTT client. The page's words
-    (tablet/words.js, generated, not committed) are written here as scripts/test writes
-    them, so a test never serves a stale copy."""
+    """Skip (fail in CI) without Chromium or the page's MQTT client and chart library. The
+    page's words (tablet/words.js, generated, not committed) are written here as scripts/test
+    writes them, so a test never serves a stale copy."""
     words = PAGE_DIR / "words.js"
     text = render_page_words()
     if not words.exists() or words.read_text(encoding="utf-8") != text:
@@ -53,6 +54,8 @@ def need_page() -> None:
         missing.append("chromium (apt-get install chromium)")
     if not MQTT_JS.exists():
         missing.append("the page's MQTT client (npm ci in tablet/)")
+    if not CHART_JS.exists():
+        missing.append("the page's chart library (npm ci in tablet/)")
     if missing:
         why = "missing: " + ", ".join(missing) + "; scripts/test installs them"
         if os.environ.get("CI"):

@@ -580,6 +580,17 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
             await expect(page.locator("body")).to_have_attribute(
                 "data-online", "true", timeout=ONLINE_WAIT_MS
             )
+            # The patient view's queries go on the tablet account's own topic, and its
+            # answers come back on the one only that account may read.
+            await page.fill("#user", "u-acl")
+            await page.click("#patient-open")
+            await expect(page.locator("#patient-status")).to_have_text(
+                "No sessions of u-acl on record yet.", timeout=ONLINE_WAIT_MS
+            )
+            await expect(page.locator("#proposal-reason")).to_contain_text(
+                "no treadmill session on record"
+            )
+            await page.click("#patient-close")
             await page.click("#estop")
             event = await doc.event("estop")  # the dashboard account reads the events
             assert event["cause"] == "remote_estop"
