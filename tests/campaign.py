@@ -29,6 +29,7 @@ the possible times is used, so that a correct core never fails a check.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from treadguard.controller.drives import Rig, simulated_belt_params
 from treadguard.controller.simulation import HEARTBEAT_S, ScenarioResult, ScenarioRun
 from treadguard.drivers.simulated import SimulatedBelt, SimulatedDriver
 from treadguard.safety.decisions import Event, EventType, Reply
-from treadguard.safety.inputs import TabletCommand
+from treadguard.safety.inputs import FallReading, GripReading, Hand, TabletCommand
 from treadguard.safety.limits import HARD_MAX_MPH, STANDSTILL_MPH
 from treadguard.simulator.belt import Belt
 from treadguard.simulator.scenario import Scenario
@@ -92,7 +93,10 @@ class ObservedDriver(SimulatedDriver):
 
 
 # What happened in the order it happened, within an instant too: ("call", t, mph or None),
-# ("command", t, its type) as the tablet's command reaches the system, ("event", t, Event).
+# ("command", t, its type) as the tablet's command reaches the system, ("reading", t, the
+# GripReading or FallReading a sensor reported), ("event", t, Event). The controller asks the
+# driver before it publishes the events of the same decision: a decision's events follow its
+# call.
 Entry = tuple[str, float, Any]
 
 
@@ -129,18 +133,27 @@ def run_session(scenario: Scenario, plant: Callable[[ScenarioRun], None] | None 
     rig = Rig(belt=belt, driver=driver, unplug=driver.unplug, plug=driver.plug)
     run = ScenarioRun(scenario, "campaign", loaded, loop, rig=rig)
     samples: list[tuple[float, float]] = []
+    # The defect first, then the observers around it: the log holds what the world did (the
+    # readings the sensors reported, the commands the tablet sent), whatever a planted
+    # defect then does with them.
+    if plant is not None:
+        plant(run)
     execute = run.system.execute
+    submit_reading = run.system.submit_reading
 
     def observed_execute(command: TabletCommand, *, proof_run: bool = False) -> Reply | None:
         log.append(("command", loop.time(), command.TYPE.value))
         return execute(command, proof_run=proof_run)
 
-    # Seen as the runner hands each command over (observation only: the system's own
-    # method does the work).
+    def observed_reading(reading: GripReading | FallReading) -> None:
+        log.append(("reading", loop.time(), reading))
+        submit_reading(reading)
+
+    # Seen as the runner hands each over (observation only: the system's own methods do the
+    # work).
     run.system.execute = observed_execute  # type: ignore[method-assign]
+    run.system.submit_reading = observed_reading  # type: ignore[method-assign]
     run.system.subscribe(lambda ev: log.append(("event", ev.t, ev)), name="campaign")
-    if plant is not None:
-        plant(run)
 
     def sample() -> None:
         t = loop.time()
@@ -176,8 +189,22 @@ class Truth:
     # (tests/test_link_policy.py, the drivers' fault tests), not here.
     deaf: list[tuple[float, float]] = field(default_factory=list)
 
+    # When a drive's fault could first be read in a status (the fault reported while the
+    # cable is in, or the cable plugged back in while the fault stands).
+    faults_reported: list[float] = field(default_factory=list)
+    # When a drive's fault went away (drive_ok).
+    faults_cleared: list[float] = field(default_factory=list)
+    # When the drive's cable was out.
+    unplugged: list[tuple[float, float]] = field(default_factory=list)
+    # Per sensor, the stretches during which it has been silent past its time-out.
+    stale: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
     def deaf_during(self, start: float, end: float) -> bool:
         return any(a <= end and start <= b for a, b in self.deaf)
+
+    def silences_at(self, t: float) -> set[str]:
+        """The sensors silent past their time-out at ``t``."""
+        return {s for s, spans in self.stale.items() if any(a <= t < b for a, b in spans)}
 
     tablet_stops: list[float] = field(default_factory=list)
 
@@ -218,6 +245,7 @@ def replay(scenario: Scenario, timeout_s: float) -> Truth:
     stuck: dict[str, bool] = {}
     silent_since: dict[str, float] = {}
     unplugged = fault = False
+    unplugged_from = 0.0
     deaf_from: float | None = None
     trouble_from: float | None = None
     truth = Truth(sensors={s: [] for s in SENSORS})
@@ -234,6 +262,11 @@ def replay(scenario: Scenario, timeout_s: float) -> Truth:
     moments: list[tuple[float, int, Any]] = [(s.at, i, s) for i, s in steps]
     silences: list[tuple[float, str, float]] = []  # (time-out at, sensor, silent since)
     state_at: dict[str, bool] = dict.fromkeys(SENSORS, False)
+
+    def heard_again(sensor: str, t: float) -> None:
+        since = silent_since.pop(sensor, None)
+        if since is not None and t > since + timeout_s:
+            truth.stale.setdefault(sensor, []).append((since + timeout_s, t))
 
     def note(sensor: str, t: float, unsafe: bool) -> None:
         changes = truth.sensors[sensor]
@@ -280,25 +313,35 @@ def replay(scenario: Scenario, timeout_s: float) -> Truth:
                     silences.append((at + timeout_s, step.sensor, at))
             case "sensor_back":
                 assert step.sensor is not None
-                silent_since.pop(step.sensor, None)
+                heard_again(step.sensor, at)
                 stuck.pop(step.sensor, None)
             case "sensor_stuck":
                 assert step.sensor is not None
                 assert step.value is not None
                 stuck[step.sensor] = step.value
-                silent_since.pop(step.sensor, None)
+                heard_again(step.sensor, at)
             case "tablet_returns":
                 commands.append(at)
             case "drive_unplug":
+                if not unplugged:
+                    unplugged_from = at
                 unplugged = True
             case "drive_plug":
+                if unplugged:
+                    truth.unplugged.append((unplugged_from, at))
+                    if fault:
+                        truth.faults_reported.append(at)
                 unplugged = False
             case "drive_fault":
+                if not fault and not unplugged:
+                    truth.faults_reported.append(at)
                 fault = True
             case "drive_ignores_writes":
                 if deaf_from is None:
                     deaf_from = at
             case "drive_ok":
+                if fault:
+                    truth.faults_cleared.append(at)
                 fault = False
                 if deaf_from is not None:
                     truth.deaf.append((deaf_from, at))
@@ -317,6 +360,10 @@ def replay(scenario: Scenario, timeout_s: float) -> Truth:
     for due, sensor, since in sorted(silences):
         if silent_since.get(sensor) == since and due <= scenario.end:
             settle(due)
+    if unplugged:
+        truth.unplugged.append((unplugged_from, math.inf))
+    for sensor, since in silent_since.items():
+        truth.stale.setdefault(sensor, []).append((since + timeout_s, math.inf))
     if trouble_from is not None:
         truth.drive_trouble.append((trouble_from, math.inf))
     if deaf_from is not None:
@@ -351,6 +398,14 @@ class Verdict:
         self.violations.append(text)
 
 
+# After one of these the speed asked must not rise until a start is made again (a session
+# accepted, or the countdown of an interval after its rest).
+STOP_TRIGGERS = frozenset(
+    {EventType.STOPPING, EventType.SESSION_ENDED, EventType.ESTOP, EventType.FAULT}
+)
+RESTARTS = frozenset({EventType.SESSION_STARTED, EventType.COUNTDOWN})
+
+
 class Oracle:
     def __init__(self, record: Record) -> None:
         self.r = record
@@ -361,8 +416,15 @@ class Oracle:
         self.tick = 1.0 / cfg.control.tick_hz
         self.truth = replay(record.scenario, self.safety.sensor_timeout_s)
         self.belt_t = [t for t, _ in record.belt]
+        self.call_t = [t for t, _ in record.calls]
         self.events = record.events
         self.verdict = Verdict()
+        programs = loaded_config().programs
+        # A first session counts once it has run its program's shortest cap (SR-7, the
+        # progression rules' default; the campaign draws no clinician's confirmation).
+        self.first_minimum = min(
+            (p.cap_s_min for p in programs.values() if p.first_session), default=0.0
+        )
 
     # ----------------------------------------------------------- reading the records
 
@@ -375,12 +437,11 @@ class Oracle:
 
     def commanded_at(self, t: float) -> float:
         """The speed last asked of the drive at ``t`` (0 after an emergency stop)."""
-        last = 0.0
-        for when, mph in self.r.calls:
-            if when > t + EPS:
-                break
-            last = 0.0 if mph is None else mph
-        return last
+        i = bisect.bisect_right(self.call_t, t + EPS) - 1
+        if i < 0:
+            return 0.0
+        mph = self.r.calls[i][1]
+        return 0.0 if mph is None else mph
 
     def estopped_by(self, deadline: float) -> bool:
         """The last word to the drive by ``deadline`` was an emergency stop (or a speed of 0
@@ -399,11 +460,49 @@ class Oracle:
         wanted = frozenset(kinds)
         return [ev for ev in self.events if ev.type in wanted]
 
+    def latched_at(self, t: float) -> bool:
+        latched = False
+        for ev in self.events:
+            if ev.t > t + EPS:
+                break
+            if ev.type in LATCH_EVENTS:
+                latched = True
+            elif ev.type is EventType.RESET:
+                latched = False
+        return latched
+
+    def open_sessions_at(self, t: float) -> bool:
+        opened: set[object] = set()
+        for ev in self.events:
+            if ev.t > t + EPS:
+                break
+            if ev.type is EventType.SESSION_STARTED:
+                opened.add(ev.fields.get("session_id"))
+            elif ev.type is EventType.SESSION_ENDED:
+                opened.discard(ev.fields.get("session_id"))
+        return bool(opened)
+
+    def _decisions(self) -> list[tuple[int, float, float | None, list[Event]]]:
+        """Every driver call with the events of its decision (those logged right after it)."""
+        log = self.r.log
+        out: list[tuple[int, float, float | None, list[Event]]] = []
+        for i, (kind, when, what) in enumerate(log):
+            if kind != "call":
+                continue
+            events: list[Event] = []
+            for later_kind, _, later in log[i + 1 :]:
+                if later_kind != "event":
+                    break
+                events.append(later)
+            out.append((i, when, what, events))
+        return out
+
     # ----------------------------------------------------------- the checks
 
     def check(self) -> list[str]:
         self.check_handled()
         self.check_envelope()
+        self.check_band()
         self.check_no_speed_up_after_a_stop()
         self.check_starts()
         self.check_latch()
@@ -433,52 +532,115 @@ class Oracle:
         if top > HARD_MAX_MPH + 1e-3:
             self.verdict.fail(f"the belt ran at {top:.3f} mph, above {HARD_MAX_MPH} (SR-1)")
 
+    def check_band(self) -> None:
+        """SR-1: below the band only on a ramp from 0 or to 0: a speed below it is never held
+        from one moment to the next, except by the one decision that turns a ramp up into a
+        ramp down (which then falls)."""
+        low = self.safety.min_mph
+        calls = [(t, 0.0 if v is None else v) for t, v in self.r.calls]
+        i = 0
+        while i < len(calls):
+            t0, v = calls[i]
+            j = i
+            while j + 1 < len(calls) and calls[j + 1][1] == v:
+                j += 1
+            if 0.0 < v < low - EPS:
+                moments = sorted({t for t, _ in calls[i : j + 1]})
+                after = calls[j + 1][1] if j + 1 < len(calls) else None
+                held_long = len(moments) > 2
+                turned = len(moments) == 2 and after is not None and after < v
+                if held_long or (len(moments) == 2 and not turned and after is not None):
+                    self.verdict.fail(
+                        f"{t0:.3f} s: {v:.3f} mph, below the band, held until "
+                        f"{moments[-1]:.3f} s (SR-1)"
+                    )
+            i = j + 1
+
     def check_no_speed_up_after_a_stop(self) -> None:
         """SR-6, SR-12 and the field incidents: after a tablet stop or E-STOP (accepted or
-        not), an emergency stop, a fault or a session's end, the speed asked of the drive never
-        rises until a new session has been accepted. Read in the order things happened, so
-        that a command and a stop at the same instant are told apart."""
+        not), a controlled stop of any cause, an emergency stop, a fault or a session's end,
+        the speed asked of the drive never rises until a start is made again (a session
+        accepted, or an interval's countdown after its rest); and the decision that makes a
+        stop never asks for more than the one before it. Read in the order things happened,
+        so that a command and a stop at the same instant are told apart."""
         stopped_at: float | None = None
         previous = 0.0
-        for kind, when, what in self.r.log:
+        decisions = {i: events for i, _, _, events in self._decisions()}
+        for i, (kind, when, what) in enumerate(self.r.log):
             if (kind == "command" and what in ("stop", "estop")) or (
-                kind == "event" and what.type in STOP_EVENTS
+                kind == "event" and what.type in STOP_TRIGGERS
             ):
                 stopped_at = when
-            elif kind == "event" and what.type is EventType.SESSION_STARTED:
+            elif kind == "event" and what.type in RESTARTS:
                 stopped_at = None
             elif kind == "call":
                 value = 0.0 if what is None else what
-                if value > previous + EPS and stopped_at is not None:
+                own = [ev for ev in decisions[i] if ev.type in STOP_TRIGGERS]
+                if value > previous + EPS and (stopped_at is not None or own):
+                    at = when if stopped_at is None else stopped_at
                     self.verdict.fail(
                         f"{when:.3f} s: the speed asked rose from {previous:.3f} to "
-                        f"{value:.3f} mph after a stop at {stopped_at:.3f} s, with no session "
-                        "started since (SR-6, SR-12)"
+                        f"{value:.3f} mph in or after a stop at {at:.3f} s, with no start "
+                        "made since (SR-6, SR-12)"
                     )
                 previous = value
 
     def check_starts(self) -> None:
-        """SR-3: the belt is asked to move from rest only with both grips held, no fall, every
-        sensor reporting, and the drive answering."""
+        """SR-3: the belt is asked to move from rest only after the countdown, with both
+        grips held and no fall as last reported, every sensor reporting, and the drive
+        answering."""
         previous = 0.0
-        for when, mph in self.r.calls:
-            value = 0.0 if mph is None else mph
+        last: dict[str, bool] = {}  # per sensor, unsafe as last reported
+        countdown: Event | None = None
+        for kind, when, what in self.r.log:
+            if kind == "reading":
+                if isinstance(what, FallReading):
+                    last["fall"] = what.fallen
+                else:
+                    sensor = "grip_left" if what.hand is Hand.LEFT else "grip_right"
+                    last[sensor] = not what.held
+                continue
+            if kind == "event":
+                if what.type is EventType.COUNTDOWN:
+                    countdown = what
+                elif what.type in (EventType.SESSION_ENDED, EventType.ESTOP, EventType.FAULT):
+                    countdown = None
+                continue
+            if kind != "call":
+                continue
+            value = 0.0 if what is None else what
             if previous <= 0.0 < value:
-                for sensor in SENSORS:
-                    since = self.truth.unsafe_since(sensor, when - EPS)
-                    if since is not None and since < when - EPS:
-                        self.verdict.fail(
-                            f"{when:.3f} s: the belt was asked to move with {sensor} unsafe "
-                            f"since {since:.3f} s (SR-3)"
-                        )
-                for start, end in self.truth.drive_trouble:
-                    # A dead link is known after its time-out; a fault at the next status.
-                    if start + self.safety.drive_timeout_s + self.tick < when < end - EPS:
-                        self.verdict.fail(
-                            f"{when:.3f} s: the belt was asked to move while the drive had "
-                            f"been failing since {start:.3f} s (SR-3, SR-9)"
-                        )
+                self._judge_start(when, last, countdown)
             previous = value
+
+    def _judge_start(self, when: float, last: dict[str, bool], countdown: Event | None) -> None:
+        for sensor in SENSORS:
+            if last.get(sensor, True):
+                self.verdict.fail(
+                    f"{when:.3f} s: the belt was asked to move with {sensor} last reported "
+                    "unsafe, or never reported (SR-3)"
+                )
+            since = self.truth.unsafe_since(sensor, when)
+            stale = sensor in self.truth.silences_at(when)
+            if stale and since is not None and since < when - EPS:
+                self.verdict.fail(
+                    f"{when:.3f} s: the belt was asked to move with {sensor} silent past its "
+                    f"time-out since {since:.3f} s (SR-3, SR-8)"
+                )
+        if countdown is None:
+            self.verdict.fail(f"{when:.3f} s: the belt was asked to move with no countdown (SR-3)")
+        elif when - countdown.t < self.safety.countdown_s - EPS:
+            self.verdict.fail(
+                f"{when:.3f} s: the belt was asked to move {when - countdown.t:.3f} s after "
+                f"the countdown began, not {self.safety.countdown_s:g} s (SR-3)"
+            )
+        for start, end in self.truth.drive_trouble:
+            # A dead link is known after its time-out; a fault at the next status.
+            if start + self.safety.drive_timeout_s + self.tick < when < end - EPS:
+                self.verdict.fail(
+                    f"{when:.3f} s: the belt was asked to move while the drive had "
+                    f"been failing since {start:.3f} s (SR-3, SR-9)"
+                )
 
     def check_latch(self) -> None:
         """SR-6: no session starts while a stop is latched; a reset only at standstill."""
@@ -500,80 +662,142 @@ class Oracle:
                 )
 
     def check_fall(self) -> None:
-        """SR-5 (and SR-8 for a silent fall sensor): an emergency stop at once, if the belt
-        moves or is asked to."""
+        """SR-5, SR-13: a fall reported while the belt moves (or is asked to) is an emergency
+        stop in the same instant, before anything else is asked of the drive; SR-8: a silent
+        fall sensor's time-out is one within a tick."""
+        log = self.r.log
+        for i, (kind, when, what) in enumerate(log):
+            if not (kind == "reading" and isinstance(what, FallReading) and what.fallen):
+                continue
+            if not (self.moving_at(when) or self.commanded_at(when) > 0.0):
+                continue
+            if self.estopped_by(when - EPS) and not self.moving_at(when):
+                continue
+            following = next((e for e in log[i + 1 :] if e[0] == "call"), None)
+            already = self.estopped_by(when - EPS)
+            if not already and (
+                following is None or following[2] is not None or following[1] > when + EPS
+            ):
+                self.verdict.fail(
+                    f"{when:.3f} s: a fall reported with the belt moving, and the next word "
+                    "to the drive was not an emergency stop at once (SR-5, SR-13)"
+                )
         end = self.r.scenario.end
         for start, _until in self.truth.stretches("fall", end):
+            if "fall" not in self.truth.silences_at(start):
+                continue
             if self.moving_at(start) or self.commanded_at(start) > 0.0:
-                # The reading is handed to the core at that instant (the fast path, SR-13); a
-                # sensor's time-out is found by the core's own deadline, within a tick.
-                # A fall is latched on sight, however short: no exception for a short one.
                 deadline = start + self.tick
                 if not self.estopped_by(deadline):
                     self.verdict.fail(
-                        f"{start:.3f} s: fall input unsafe with the belt moving, no emergency "
-                        f"stop by {deadline:.3f} s (SR-5)"
+                        f"{start:.3f} s: fall sensor silent past its time-out with the belt "
+                        f"moving, no emergency stop by {deadline:.3f} s (SR-5, SR-8)"
                     )
 
     def check_grips(self) -> None:
-        """SR-4 (and SR-8): both grips lost for longer than the debounce while the belt moves
-        is an emergency stop."""
+        """SR-4 as amended: the time both grips are lost (or silent past their time-out)
+        counts up, the time they hold counts down (never below 0), while the belt is asked to
+        move; when the count passes the debounce with the belt moving, an emergency stop."""
         end = self.r.scenario.end
-        lost: list[tuple[float, float]] = []
         left = self.truth.stretches("grip_left", end)
         right = self.truth.stretches("grip_right", end)
+        lost: list[tuple[float, float]] = []
         for a0, a1 in left:
             for b0, b1 in right:
                 lo, hi = max(a0, b0), min(a1, b1)
-                if lo < hi:
+                if lo <= hi:
                     lost.append((lo, hi))
-        for start, until in lost:
-            deadline = start + self.safety.grip_debounce_s + self.tick
-            if (
-                deadline + EPS < until
-                and self.moving_at(deadline)
-                and not self.estopped_by(deadline)
-            ):
-                self.verdict.fail(
-                    f"{start:.3f} s: both grips lost with the belt moving, no emergency "
-                    f"stop by {deadline:.3f} s (SR-4)"
-                )
-
-    def open_sessions_at(self, t: float) -> bool:
-        opened: set[object] = set()
-        for ev in self.events:
-            if ev.t > t + EPS:
-                break
-            if ev.type is EventType.SESSION_STARTED:
-                opened.add(ev.fields.get("session_id"))
-            elif ev.type is EventType.SESSION_ENDED:
-                opened.discard(ev.fields.get("session_id"))
-        return bool(opened)
+        moments = sorted(
+            {0.0, end, *(t for pair in lost for t in pair), *(t for t, _ in self.r.calls)}
+        )
+        debounce = self.safety.grip_debounce_s
+        count = 0.0
+        for t0, t1 in itertools.pairwise(moments):
+            if t1 <= t0:
+                continue
+            asked = self.commanded_at(t0) > 0.0
+            both = any(lo <= t0 + EPS and t1 <= hi + EPS for lo, hi in lost)
+            if not asked:
+                count = 0.0  # (lenient: the core may carry it on; never counts more)
+                continue
+            if not both:
+                count = max(0.0, count - (t1 - t0))
+                continue
+            if count + (t1 - t0) > debounce:
+                crossing = t0 + max(0.0, debounce - count)
+                deadline = crossing + self.tick
+                if self.moving_at(crossing) and not self.estopped_by(deadline):
+                    self.verdict.fail(
+                        f"{crossing:.3f} s: both grips lost for the debounce (counted as "
+                        f"SR-4 says) with the belt moving, no emergency stop by "
+                        f"{deadline:.3f} s (SR-4)"
+                    )
+                    return
+            count += t1 - t0
 
     def check_tablet(self) -> None:
-        """SR-12: a session the tablet has not been heard from for the grace period is told to
-        stop (also while it counts down or rests between intervals)."""
+        """SR-12: a session the tablet has not been heard from for the grace period is
+        stopped (a stop for the tablet's loss, or one already under way that then ends it), the
+        speed asked reaches 0, and nothing starts again until the tablet is heard from."""
         grace = self.safety.heartbeat_grace_s
         presence = self.truth.presence
         end = self.r.scenario.end
-        ending = [ev.t for ev in self.events_of(ENDING_EVENTS)]
+        ramp_s = HARD_MAX_MPH / self.safety.decel_mph_s + 2 * self.tick + 1.0
         for i, heard in enumerate(presence):
             following = presence[i + 1] if i + 1 < len(presence) else math.inf
             deadline = heard + grace + self.tick
-            if following <= deadline or deadline > end:
+            if following <= deadline or deadline > end or not self.open_sessions_at(heard):
                 continue
-            if not self.open_sessions_at(heard):
-                continue
-            if not any(heard - EPS <= t <= deadline + EPS for t in ending):
+            window = [ev for ev in self.events if heard - EPS <= ev.t <= deadline + EPS]
+            told = any(
+                ev.type in (EventType.SESSION_ENDED, EventType.ESTOP, EventType.FAULT)
+                or (ev.type is EventType.STOPPING and ev.fields.get("reason") == "tablet_lost")
+                for ev in window
+            )
+            stopping = False
+            for ev in self.events:
+                if ev.t > deadline + EPS:
+                    break
+                if ev.type is EventType.STOPPING:
+                    stopping = True
+                elif ev.type in RESTARTS:
+                    stopping = False
+            if not (told or stopping):
                 self.verdict.fail(
-                    f"{heard:.3f} s: tablet last heard, and the session not told to stop by "
+                    f"{heard:.3f} s: tablet last heard, and the session not stopped by "
                     f"{deadline:.3f} s (SR-12)"
+                )
+                continue
+            for ev in self.events:
+                if deadline + EPS < ev.t < following - EPS and ev.type in RESTARTS:
+                    self.verdict.fail(
+                        f"{ev.t:.3f} s: {ev.type.value} with the tablet not heard since "
+                        f"{heard:.3f} s (SR-12)"
+                    )
+            settled = deadline + ramp_s
+            if settled < min(following, end) and self.commanded_at(settled) > 0.0:
+                self.verdict.fail(
+                    f"{heard:.3f} s: tablet last heard; still asking "
+                    f"{self.commanded_at(settled):.3f} mph at {settled:.3f} s (SR-12)"
                 )
 
     def check_drive(self) -> None:
-        """SR-9: a drive that stops answering, faults or ignores writes leaves the belt at
-        standstill (treadguard's stop, or the drive's own deadman) within a bound."""
+        """SR-9: a drive that reports a fault is latched within a status read; one that stops
+        answering or faults leaves the belt at standstill (treadguard's stop, or the drive's
+        own deadman) within a bound."""
         end = self.r.scenario.end
+        for at in self.truth.faults_reported:
+            deadline = at + self.tick + EPS
+            # (A cable pulled before the next status read hides the fault: the link's loss
+            # is judged instead.)
+            cut = any(a <= deadline and at <= b for a, b in self.truth.unplugged)
+            # (And a fault gone again before a status read is one no status carried.)
+            gone = any(at <= c <= deadline for c in self.truth.faults_cleared)
+            if deadline < end and not cut and not gone and not self.latched_at(deadline):
+                self.verdict.fail(
+                    f"{at:.3f} s: the drive reported a fault, nothing latched by "
+                    f"{deadline:.3f} s (SR-9)"
+                )
         for start, until in self.truth.drive_trouble:
             deadline = start + self._stop_bound(self.drive.decel_mph_s)
             if self.truth.deaf_during(start, deadline):
@@ -611,10 +835,8 @@ class Oracle:
         drive's own ramp, if slower)."""
         d = self.drive
         scenario = self.r.scenario
-        wear = max(
-            [scenario.world.brake_wear] + [s.wear for s in scenario.step if s.wear is not None]
-        )
-        decel = min(decel_mph_s, d.decel_mph_s) * (1.0 - wear)
+        wears = [scenario.world.brake_wear, *(s.wear for s in scenario.step if s.wear is not None)]
+        decel = min(decel_mph_s, d.decel_mph_s) * (1.0 - max(wears))
         return (
             self.safety.drive_timeout_s
             + 0.3
@@ -625,18 +847,29 @@ class Oracle:
         )
 
     def check_first_session(self) -> None:
-        """SR-7: a user with no session on record starts with at most the first-session limit."""
+        """SR-7: until a user's first session counts (it ran its program's shortest cap), each
+        of their sessions is held to the first-session limit (300 s)."""
         history = self.r.scenario.world.history
-        seen: set[str] = set()
-        for ev in self.events_of({EventType.SESSION_STARTED}):
+        counted: set[str] = {user for user, n in history.items() if n > 0}
+        for ev in self.events_of({EventType.SESSION_STARTED, EventType.SESSION_ENDED}):
             user = str(ev.fields.get("user"))
+            if ev.type is EventType.SESSION_ENDED:
+                belt = ev.fields.get("belt_moving_s")
+                if isinstance(belt, int | float) and belt >= self.first_minimum - EPS:
+                    counted.add(self._user_of(ev))
+                continue
             cap = ev.fields.get("cap_s")
-            first = user not in seen and history.get(user, 0) == 0
-            if first and isinstance(cap, int | float) and cap > 300.0 + EPS:
+            if user not in counted and isinstance(cap, int | float) and cap > 300.0 + EPS:
                 self.verdict.fail(
-                    f"{ev.t:.3f} s: first session of {user} with a cap of {cap} s (SR-7)"
+                    f"{ev.t:.3f} s: {user}, whose first session has not counted yet, "
+                    f"started with a cap of {cap} s (SR-7)"
                 )
-            seen.add(user)
+
+    def _user_of(self, ended: Event) -> str:
+        for ev in self.events_of({EventType.SESSION_STARTED}):
+            if ev.fields.get("session_id") == ended.fields.get("session_id"):
+                return str(ev.fields.get("user"))
+        return ""
 
 
 # --------------------------------------------------------------------------- drawing
