@@ -357,6 +357,11 @@ class TrackmasterDevice:
         if self._held is None:
             self._held = []
 
+    @property
+    def holding(self) -> int:
+        """How many replies are held back, waiting for :meth:`release_replies`."""
+        return len(self._held) if self._held is not None else 0
+
     def release_replies(self) -> None:
         """Send the replies held back, in order, and answer normally from now on."""
         held, self._held = self._held, None

@@ -35,6 +35,7 @@ from treadguard.safety.inputs import (
     Sensor,
     SetSpeed,
     StartSession,
+    Stop,
 )
 from treadguard.simulator.belt import Belt, BeltParams
 from treadguard.simulator.virtual_loop import VirtualLoop
@@ -595,3 +596,56 @@ def test_sr14_a_gate_holds_back_only_what_it_says_and_a_failing_gate_holds_nothi
     assert [ev.type for ev in held] == [EventType.COMMAND_REFUSED]
     assert EventType.COMMAND_REFUSED not in [ev.type for ev in rig.events]
     assert EventType.SESSION_STARTED in [ev.type for ev in rig.events]
+
+
+# --------------------------------------------------------------------------- H-11, H-14
+
+
+class SlowingLog(SimulatedDriver):
+    """The simulated driver, remembering each ask with the ``slowing`` flag it came with."""
+
+    def __init__(self, belt: Belt, clock: Callable[[], float]) -> None:
+        super().__init__(belt, clock)
+        self.asks: list[tuple[float, bool]] = []
+
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
+        self.asks.append((mph, slowing))
+        super().command_speed(mph, slowing=slowing)
+
+
+def test_h11_h14_decisions_that_slow_the_belt_reach_the_driver_as_slowing(
+    loaded: LoadedConfig,
+) -> None:
+    """Controller.submit tells the driver which asks slow the belt (a decision whose target is
+    below the speed it asks): the drivers then never start the belt or raise its speed on such
+    an ask. The ramp up and a steady belt are plain asks; a lower speed's ramp down and every
+    ask of a stop, its first (held at the speed asked before) included, are slowing."""
+    rig = Rig(loaded)
+    driver = SlowingLog(rig.belt, rig.loop.time)
+    rig.driver = rig.controller.driver = driver
+    rig.start_running()
+    assert driver.asks
+    assert not any(slowing for _, slowing in driver.asks)
+
+    rig.controller.submit(SetSpeed(t=rig.loop.time(), mph=1.0))
+    rig.run_until(rig.loop.time() + 2.0)
+    assert rig.core.commanded == pytest.approx(1.0)
+    assert not any(slowing for _, slowing in driver.asks)
+
+    mark = len(driver.asks)
+    rig.controller.submit(SetSpeed(t=rig.loop.time(), mph=0.9))
+    rig.run_until(rig.loop.time() + 1.0)
+    down = [(mph, slowing) for mph, slowing in driver.asks[mark:] if mph > 0.9]
+    assert down
+    assert all(slowing for _, slowing in down)
+    assert rig.core.commanded == pytest.approx(0.9)
+
+    mark = len(driver.asks)
+    before = driver.asks[-1][0]
+    rig.controller.submit(Stop(t=rig.loop.time()))
+    rig.run_until(rig.loop.time() + 4.0)
+    stopping = driver.asks[mark:]
+    assert stopping[0] == (before, True), "the stop's first ask: held, and slowing"
+    assert all(slowing for mph, slowing in stopping if mph > 0.0)
+    assert stopping[-1][0] == 0.0
+    assert rig.driver.emergency_stops == 0
