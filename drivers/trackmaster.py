@@ -284,8 +284,11 @@ class TrackmasterDriver:
                     # Nor does it raise the speed: a higher one still queued is dropped, and
                     # what goes out is at most the speed last acknowledged (H-11).
                     tenths = min(tenths, self._slowing_cap())
-                self._wanted = tenths
-                self._policy.want(_now(), moving=True)
+                if tenths == 0:
+                    self._want_stop()
+                else:
+                    self._wanted = tenths
+                    self._policy.want(_now(), moving=True)
             else:
                 # No start before the controller has seen the link healthy and asked for a stop.
                 self._wanted = 0

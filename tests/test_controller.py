@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from treadguard.config.loading import LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
@@ -649,3 +651,32 @@ def test_h11_h14_decisions_that_slow_the_belt_reach_the_driver_as_slowing(
     assert all(slowing for mph, slowing in stopping if mph > 0.0)
     assert stopping[-1][0] == 0.0
     assert rig.driver.emergency_stops == 0
+
+
+@given(
+    asks=st.lists(
+        st.one_of(
+            st.tuples(st.floats(min_value=0.0, max_value=1.5), st.booleans()),
+            st.just(None),  # an emergency stop
+        ),
+        max_size=40,
+    )
+)
+def test_h11_h14_the_simulated_driver_never_starts_or_speeds_up_the_belt_on_a_slowing_ask(
+    asks: list[tuple[float, bool] | None],
+) -> None:
+    """The in-process driver keeps the drivers' rule (drivers/base.py): a slowing ask hands the
+    belt at most the speed it was last told (so never a start from 0); a plain ask is handed on
+    as asked."""
+    belt = Belt(BeltParams())
+    driver = SimulatedDriver(belt, lambda: 0.0)
+    for ask in asks:
+        told = driver.told_mph
+        if ask is None:
+            driver.emergency_stop()
+            assert belt.command_mph == 0.0
+            continue
+        mph, slowing = ask
+        driver.command_speed(mph, slowing=slowing)
+        assert driver.told_mph == (min(mph, told) if slowing else mph)
+        assert belt.command_mph == min(driver.told_mph, belt.params.max_mph)
