@@ -128,7 +128,11 @@ class Controller:
                 self._log.warning("held_stop_released", why=self.held_stopped)
                 self.held_stopped = None
         else:
-            self.driver.command_speed(decision.speed_mph)
+            # A decision whose target is below the speed it asks slows the belt: the driver
+            # must not start a belt or raise a speed on its behalf (a start or a higher speed
+            # it has queued would otherwise go out after the stop, H-11, H-14).
+            slowing = decision.target_mph < decision.speed_mph
+            self.driver.command_speed(decision.speed_mph, slowing=slowing)
         for ev in decision.events:
             self._publish(ev)
         self._arm_deadline()

@@ -192,8 +192,8 @@ class _RecordingDriver:
         self.max_down = 0.0
         self._last: tuple[float, float] | None = None
 
-    def command_speed(self, mph: float) -> None:
-        self.inner.command_speed(mph)
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
+        self.inner.command_speed(mph, slowing=slowing)
         t = self._decided_at()
         # Comparisons, not max(): called on every input (max(a, b) keeps a unless b > a).
         if mph > self.max_commanded:

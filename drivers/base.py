@@ -30,8 +30,15 @@ def failure_of(fault: str) -> DriveFailure:
 
 
 class TreadmillDriver(Protocol):
-    def command_speed(self, mph: float) -> None:
-        """Ask for this belt speed (0 stops the belt at the drive's normal deceleration)."""
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
+        """Ask for this belt speed (0 stops the belt at the drive's normal deceleration).
+
+        ``slowing``: the ask belongs to a decision that slows the belt (a stop's ramp, a lower
+        speed, the held first decision of a stop). Such an ask never raises the speed the drive
+        was last told and never starts a belt that is not running on the wire: a start not yet
+        fully written becomes a stop, a higher speed still queued is dropped, and the speed
+        written is at most the one last written (H-11, H-14). A plain ask is carried out as
+        asked."""
 
     def emergency_stop(self) -> None:
         """The drive's fastest stop, handed to the wire before this returns where it can be."""

@@ -22,6 +22,10 @@ SR-9, SR-13); this module only does the I/O the policy asks for:
   well inside the drive's own time-out (SR-9). ``status().speed_mph`` comes from the output
   frequency.
 - **Speed**: frequency command first, then the run command word (with the direction bits).
+- **A slowing ask** (``command_speed(mph, slowing=True)``, drivers/base.py) never starts the
+  belt and never raises its speed: before a run word has been answered it ends the start as a 0
+  ask does (the stop word goes out next), and on a running belt it drops a higher frequency
+  still queued and asks at most the frequency last written.
 
 Start-up (every connection): the stop word first, then 09.02 (communication fault action) and
 09.03 (communication time-out) are read. Unless the time-out is enabled, at most 1 s, at least
@@ -229,7 +233,7 @@ class ModbusVfdDriver:
 
     # --- the controller's side (never blocks) -------------------------------------------------
 
-    def command_speed(self, mph: float) -> None:
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
         if not math.isfinite(mph) or mph < 0:
             self._command_fault(f"drive_command: speed {mph} mph refused; stopping")
             return
@@ -238,10 +242,16 @@ class ModbusVfdDriver:
         except CodecError as exc:
             self._command_fault(f"drive_command: {exc}; stopping")
             return
-        if raw == 0:
+        if raw == 0 or (slowing and self._armed and not self._runs_on_the_wire()):
+            # A slowing ask never starts the belt: a start not yet fully written (no run word
+            # answered) becomes the stop a 0 ask is (H-14).
             self._wanted_raw = 0
             self._arm_if_healthy()
         elif self._armed:
+            if slowing and self._sent_freq is not None:
+                # Nor does it raise the speed: a higher frequency still queued is dropped, and
+                # what goes out is at most the frequency last written (H-11).
+                raw = min(raw, self._sent_freq)
             self._wanted_raw = raw
         else:
             # No run before the controller has seen the link healthy and commanded a stop.
@@ -249,6 +259,11 @@ class ModbusVfdDriver:
             self.ignored_run_commands += 1
         self._policy.want(_now(), moving=self._wanted_raw > 0)
         self._wake.set()
+
+    def _runs_on_the_wire(self) -> bool:
+        """The drive answered a run word since its last stop word, and no stop has been raised
+        since."""
+        return self._sent_run is True and not self._policy.stop_raised
 
     def emergency_stop(self) -> None:
         # Drop any speed not yet sent; the stop word is the next frame on the wire.

@@ -33,17 +33,24 @@ class SimulatedDriver:
         self._fault: str | None = None
         self._ignores_writes = False
         self.commanded_mph = 0.0
+        # The speed last handed to the belt: a slowing ask never goes above it.
+        self.told_mph = 0.0
         self.emergency_stops = 0
 
-    def command_speed(self, mph: float) -> None:
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
+        if slowing:
+            # drivers/base.py: never a start, never a higher speed on a slowing ask.
+            mph = min(mph, self.told_mph)
         self.commanded_mph = mph
         if self._linked and not self._ignores_writes:
+            self.told_mph = mph
             self._belt.host_command(self._clock(), mph)
 
     def emergency_stop(self) -> None:
         self.commanded_mph = 0.0
         self.emergency_stops += 1
         if self._linked and not self._ignores_writes:
+            self.told_mph = 0.0
             self._belt.host_emergency_stop(self._clock())
 
     def status(self) -> DriveStatus | None:

@@ -31,6 +31,11 @@ written until its answer arrives (or its time-out), or the next request could re
   is never started, and one that shows another speed after ``A0`` is stopped at once.
 - **Speed** (``A3``) whenever the wanted speed in tenths differs from the last one acknowledged;
   **grade** (``A4``) when asked for. Commands and polls take turns.
+- **A slowing ask** (``command_speed(mph, slowing=True)``, drivers/base.py) never starts the
+  belt and never raises its speed: before ``A0`` is acknowledged it ends the start as a 0 ask
+  does (an ``A0`` already on the wire is followed by ``A2`` as soon as it is answered), and on a
+  running belt it drops a higher speed still queued and asks at most the speed last
+  acknowledged.
 - **Poll** ``C0`` (belt state) and ``C1`` (actual speed) every ``poll_interval_s`` (at most
   0.1 s), which keeps the CDS fed while we live and lets it fire when we die or fall silent.
 
@@ -258,7 +263,7 @@ class TrackmasterDriver:
 
     # --- the controller's side (never blocks) -------------------------------------------------
 
-    def command_speed(self, mph: float) -> None:
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
         if not math.isfinite(mph) or mph < 0:
             self._set_event_fault(f"drive_command: speed {mph} mph refused; stopping")
             return
@@ -270,15 +275,38 @@ class TrackmasterDriver:
             except CodecError as exc:
                 self._set_event_fault(f"drive_command: {exc}; stopping")
                 return
-            if self._armed:
-                self._wanted = tenths
-                self._policy.want(_now(), moving=True)
+            if self._armed and slowing and not self._runs_on_the_wire():
+                # A slowing ask never starts the belt: a start not yet fully written (no A0
+                # acknowledged) ends between its steps, as for a 0 ask (H-14).
+                self._want_stop()
+            elif self._armed:
+                if slowing:
+                    # Nor does it raise the speed: a higher one still queued is dropped, and
+                    # what goes out is at most the speed last acknowledged (H-11).
+                    tenths = min(tenths, self._slowing_cap())
+                if tenths == 0:
+                    self._want_stop()
+                else:
+                    self._wanted = tenths
+                    self._policy.want(_now(), moving=True)
             else:
                 # No start before the controller has seen the link healthy and asked for a stop.
                 self._wanted = 0
                 self._policy.want(_now(), moving=False)
                 self.ignored_run_commands += 1
         self._wake.set()
+
+    def _runs_on_the_wire(self) -> bool:
+        """The treadmill acknowledged A0 since its last confirmed standstill, and no stop has
+        been raised since."""
+        return self._running_sent and not self._policy.stop_raised
+
+    def _slowing_cap(self) -> int:
+        """The most a slowing ask may write on a running belt: the speed last acknowledged,
+        or, not known, the speed asked for before."""
+        if self._sent_tenths is not None:
+            return self._sent_tenths
+        return self._wanted
 
     def command_elevation(self, percent: float) -> None:
         """Ask for this grade (0.5 % steps, A4). Not part of any stop: a grade never moves the
@@ -530,6 +558,11 @@ class TrackmasterDriver:
             self._running_sent = True
             self.start_writes += 1
             self._policy.command_written(_now(), moves_belt=True)
+            if self._wanted == 0 or self._policy.stop_raised:
+                # A stop (a 0 or slowing ask) came while A0 was on the wire: the belt may now
+                # move, so the wish for 0 raises the stop, and it goes out next, unread.
+                self._policy.want(_now(), moving=False)
+                return
             # What the belt now runs at; a lower one gets A3 next.
             self._sent_tenths = await self._set_speed_at_most(tenths, "after start")
         elif isinstance(answer, ErrorReply):

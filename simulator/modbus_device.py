@@ -17,7 +17,8 @@ Two transports, both pymodbus's own server classes so any standard client can ta
 
 Fault injection (SR-9 tests, benchmarks): the drive can answer chosen registers, or all, with a
 Modbus exception for a while or for ever (:meth:`SimulatedVfd.answer_with_exception`), delay every
-answer by a line delay (``line_delay_s``), and ignore writes (answer them, apply nothing: a drive
+answer by a line delay (``line_delay_s``), hold every answer until a test releases it
+(:meth:`SimulatedVfd.hold_answers`), and ignore writes (answer them, apply nothing: a drive
 whose command source is its keypad; :meth:`SimulatedVfd.ignore_writes`). Every request, answered
 with an exception or not, is proof of life for the communication time-out, as on a real drive:
 that is why a host that keeps polling a drive that refuses its stop keeps the belt running.
@@ -166,6 +167,10 @@ class SimulatedVfd:
         self.line_delay_s = 0.0  # every request waits this long before the drive sees it
         self.exception_rules: list[ExceptionRule] = []
         self.ignore_writes_until = -math.inf  # drive clock
+        # Set: requests are answered; clear (hold_answers()): each waits until it is set again.
+        self._answering = asyncio.Event()
+        self._answering.set()
+        self._held_requests = 0
         # Called with (word, perf_counter_ns()) when a command word is applied (benchmarks).
         self.on_command_word: Callable[[int, int], None] | None = None
         # Called with (record, perf_counter_ns()) for every request the drive sees (benchmarks).
@@ -233,6 +238,20 @@ class SimulatedVfd:
         """Answer writes as if applied, but apply none (command source on the keypad), for
         ``for_s`` seconds (default: for ever). ``for_s=0`` obeys writes again."""
         self.ignore_writes_until = self._clock() + for_s
+
+    def hold_answers(self) -> None:
+        """From now on every request is carried out (and logged) but its answer waits until
+        :meth:`release_answers`: a slow line back to the host, at a moment a test chooses."""
+        self._answering.clear()
+
+    def release_answers(self) -> None:
+        """The answers held go out, in order, and new ones at once."""
+        self._answering.set()
+
+    @property
+    def holding(self) -> int:
+        """How many requests are waiting for :meth:`release_answers`."""
+        return self._held_requests
 
     def start_from_keypad(self, mph: float) -> None:
         """Someone runs the belt from the drive's own keypad."""
@@ -358,6 +377,13 @@ class SimulatedVfd:
             self.on_request(self.request_log[-1], time.perf_counter_ns())
         self._refresh(registers, start_address)
         self._notify()
+        if not self._answering.is_set():
+            # Carried out and logged; only its answer waits (a slow line back to the host).
+            self._held_requests += 1
+            try:
+                await self._answering.wait()
+            finally:
+                self._held_requests -= 1
         return result
 
     def _injected_exception(

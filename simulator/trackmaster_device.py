@@ -21,7 +21,9 @@ Fault injection, switchable at run time for a while or for ever (:meth:`inject`)
 ``garbage``, ``partial`` frames, ``BE`` or ``BF`` to every request (the stop included), or stay
 ``silent``. A request answered so does not take effect (``execute=True`` lets it), but it still
 reaches the treadmill and so still feeds the CDS deadman: only a host that falls silent lets the
-CDS stop a treadmill that refuses its stop. ``line_delay_s`` delays every byte both ways.
+CDS stop a treadmill that refuses its stop. ``line_delay_s`` delays every byte both ways;
+``hold_replies()`` keeps every reply back until ``release_replies()`` (the host's next move
+while an answer is outstanding, at a moment a test chooses).
 
 The port is a pty in raw mode. ``open_port()`` makes a fresh one; ``close_port()`` closes it,
 which the host sees as a hang-up, like a USB adapter pulled out (the slave path disappears).
@@ -180,6 +182,8 @@ class TrackmasterDevice:
         self.split_replies = False
         self.ignore_stop = False  # A2 is acknowledged (B2) but the belt runs on
         self.plugged = True
+        # Replies held back (hold_replies()) until release_replies(); None: none held.
+        self._held: list[bytes] | None = None
         self._overrides: dict[int, deque[bytes]] = {}
         self.injection: Injection | None = None
         if not (math.isfinite(line_delay_s) and line_delay_s >= 0):
@@ -347,6 +351,23 @@ class TrackmasterDevice:
             self.injection = injection = None
         return injection
 
+    def hold_replies(self) -> None:
+        """From now on keep every reply back (the requests are still carried out), until
+        :meth:`release_replies`: a slow line or a busy treadmill, at a moment a test chooses."""
+        if self._held is None:
+            self._held = []
+
+    @property
+    def holding(self) -> int:
+        """How many replies are held back, waiting for :meth:`release_replies`."""
+        return len(self._held) if self._held is not None else 0
+
+    def release_replies(self) -> None:
+        """Send the replies held back, in order, and answer normally from now on."""
+        held, self._held = self._held, None
+        for reply in held or ():
+            self._send(reply)
+
     def press_stop(self) -> None:
         """The treadmill's own stop button."""
         self._stop(self._now(), emergency=True)
@@ -465,6 +486,9 @@ class TrackmasterDevice:
 
     def _send(self, reply: bytes) -> None:
         if not reply or not self.plugged:
+            return
+        if self._held is not None:
+            self._held.append(reply)
             return
         if not self.split_replies or len(reply) == 1:
             self._write(reply)

@@ -79,11 +79,11 @@ class ObservedDriver(SimulatedDriver):
         self.calls: list[tuple[float, float | None]] = []
         self._log = log
 
-    def command_speed(self, mph: float) -> None:
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
         call = (self._clock(), mph)
         self.calls.append(call)
         self._log.append(("call", *call))
-        super().command_speed(mph)
+        super().command_speed(mph, slowing=slowing)
 
     def emergency_stop(self) -> None:
         call = (self._clock(), None)

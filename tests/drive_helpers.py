@@ -27,19 +27,21 @@ def status_of(driver: TreadmillDriver) -> DriveStatus:
 
 class ControlTicks:
     """What controller/control.py does to a driver on each 20 Hz tick: read the status, then
-    command the target speed. A test changes ``target``; nothing here latches on a fault, so
+    command the target speed. A test changes ``target`` (and ``slowing``, the flag the
+    controller passes with a decision that slows the belt); nothing here latches on a fault, so
     it is the worst case for "never restart on its own": it keeps asking for the old speed."""
 
     def __init__(self, driver: TreadmillDriver, target: float = 0.0) -> None:
         self.driver = driver
         self.target = target
+        self.slowing = False
         self.ticks = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
         while True:
             self.driver.status()
-            self.driver.command_speed(self.target)
+            self.driver.command_speed(self.target, slowing=self.slowing)
             self.ticks += 1
             await asyncio.sleep(0.05)  # the tick period, not a wait for something
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from treadguard.config.loading import LoadedConfig, load_config
 from treadguard.config.schema import SimulatedDriveSection
@@ -35,6 +37,7 @@ from treadguard.safety.inputs import (
     Sensor,
     SetSpeed,
     StartSession,
+    Stop,
 )
 from treadguard.simulator.belt import Belt, BeltParams
 from treadguard.simulator.virtual_loop import VirtualLoop
@@ -595,3 +598,85 @@ def test_sr14_a_gate_holds_back_only_what_it_says_and_a_failing_gate_holds_nothi
     assert [ev.type for ev in held] == [EventType.COMMAND_REFUSED]
     assert EventType.COMMAND_REFUSED not in [ev.type for ev in rig.events]
     assert EventType.SESSION_STARTED in [ev.type for ev in rig.events]
+
+
+# --------------------------------------------------------------------------- H-11, H-14
+
+
+class SlowingLog(SimulatedDriver):
+    """The simulated driver, remembering each ask with the ``slowing`` flag it came with."""
+
+    def __init__(self, belt: Belt, clock: Callable[[], float]) -> None:
+        super().__init__(belt, clock)
+        self.asks: list[tuple[float, bool]] = []
+
+    def command_speed(self, mph: float, *, slowing: bool = False) -> None:
+        self.asks.append((mph, slowing))
+        super().command_speed(mph, slowing=slowing)
+
+
+def test_h11_h14_decisions_that_slow_the_belt_reach_the_driver_as_slowing(
+    loaded: LoadedConfig,
+) -> None:
+    """Controller.submit tells the driver which asks slow the belt (a decision whose target is
+    below the speed it asks): the drivers then never start the belt or raise its speed on such
+    an ask. The ramp up and a steady belt are plain asks; a lower speed's ramp down and every
+    ask of a stop, its first (held at the speed asked before) included, are slowing."""
+    rig = Rig(loaded)
+    driver = SlowingLog(rig.belt, rig.loop.time)
+    rig.driver = rig.controller.driver = driver
+    rig.start_running()
+    assert driver.asks
+    assert not any(slowing for _, slowing in driver.asks)
+
+    rig.controller.submit(SetSpeed(t=rig.loop.time(), mph=1.0))
+    rig.run_until(rig.loop.time() + 2.0)
+    assert rig.core.commanded == pytest.approx(1.0)
+    assert not any(slowing for _, slowing in driver.asks)
+
+    mark = len(driver.asks)
+    rig.controller.submit(SetSpeed(t=rig.loop.time(), mph=0.9))
+    rig.run_until(rig.loop.time() + 1.0)
+    down = [(mph, slowing) for mph, slowing in driver.asks[mark:] if mph > 0.9]
+    assert down
+    assert all(slowing for _, slowing in down)
+    assert rig.core.commanded == pytest.approx(0.9)
+
+    mark = len(driver.asks)
+    before = driver.asks[-1][0]
+    rig.controller.submit(Stop(t=rig.loop.time()))
+    rig.run_until(rig.loop.time() + 4.0)
+    stopping = driver.asks[mark:]
+    assert stopping[0] == (before, True), "the stop's first ask: held, and slowing"
+    assert all(slowing for mph, slowing in stopping if mph > 0.0)
+    assert stopping[-1][0] == 0.0
+    assert rig.driver.emergency_stops == 0
+
+
+@given(
+    asks=st.lists(
+        st.one_of(
+            st.tuples(st.floats(min_value=0.0, max_value=1.5), st.booleans()),
+            st.just(None),  # an emergency stop
+        ),
+        max_size=40,
+    )
+)
+def test_h11_h14_the_simulated_driver_never_starts_or_speeds_up_the_belt_on_a_slowing_ask(
+    asks: list[tuple[float, bool] | None],
+) -> None:
+    """The in-process driver keeps the drivers' rule (drivers/base.py): a slowing ask hands the
+    belt at most the speed it was last told (so never a start from 0); a plain ask is handed on
+    as asked."""
+    belt = Belt(BeltParams())
+    driver = SimulatedDriver(belt, lambda: 0.0)
+    for ask in asks:
+        told = driver.told_mph
+        if ask is None:
+            driver.emergency_stop()
+            assert belt.command_mph == 0.0
+            continue
+        mph, slowing = ask
+        driver.command_speed(mph, slowing=slowing)
+        assert driver.told_mph == (min(mph, told) if slowing else mph)
+        assert belt.command_mph == min(driver.told_mph, belt.params.max_mph)
