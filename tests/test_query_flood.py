@@ -1,0 +1,86 @@
+"""A dashboard's queries against the real daemon and a real Mosquitto with the shipped ACL,
+while a session runs: the dashboard may only watch and ask, so however many queries it
+sends, the tablet's emergency stop is carried out and answered at once (SR-12, SR-13)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.clinician import SESSION_WAIT_S, clinician
+from tests.daemon_process import DaemonProcess
+from tests.mosquitto import PASSWORDS, Broker, auth_lines, have_mosquitto
+from tests.test_mqtt_security import need
+from tests.test_query_acl import TM, P, daemon, query_topic  # noqa: F401
+
+# config/mosquitto/treadguard.conf's limits on what the broker queues for a client.
+SHIPPED_QUEUES = "max_queued_messages 0\nmax_queued_bytes 67108864\n"
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Broker]:
+    need("mosquitto", have_mosquitto())
+    extra = auth_lines(tmp_path) + SHIPPED_QUEUES
+    b = Broker(tmp_path, extra=extra)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+FLOOD = 200_000  # queries of ~60 bytes: about 12 MB, well under the broker's queue limit
+ESTOP_REPLY_S = 0.5  # a remote estop's reply, on a quiet link, comes in milliseconds
+
+
+def _flood(port: int, done: threading.Event) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard")
+    client.username_pw_set("dashboard", PASSWORDS["dashboard"])
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        payload = b'{"id":"q","type":"history","user":"u"}'
+        for _ in range(FLOOD):
+            client.publish(query_topic("dashboard"), payload, qos=0)
+        while client.want_write():
+            time.sleep(0.01)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        client.loop_stop()
+        client.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_dashboards_queries_never_hold_back_the_tablets_estop(
+    secured: Broker,
+    daemon: DaemonProcess,  # noqa: F811
+) -> None:
+    async with clinician(secured, TM, account="tablet") as doc:
+        await doc.start_running("u-flood")
+        done = threading.Event()
+        flooder = threading.Thread(target=_flood, args=(secured.port, done), daemon=True)
+        flooder.start()
+        await asyncio.to_thread(done.wait, 60.0)
+        sent = time.monotonic()
+        command_id = uuid.uuid4().hex
+        await doc.raw(json.dumps({"id": command_id, "type": "estop"}).encode())
+        message = await doc.tab.next(
+            f"{P}/reply", lambda m: json.loads(m.payload).get("id") == command_id, within=120.0
+        )
+        reply = json.loads(message.payload)
+        took = time.monotonic() - sent
+        assert reply["ok"] is True, reply
+        state = await doc.until(lambda s: s["state"] == "estop", within=SESSION_WAIT_S)
+        assert state["latched"]["cause"] == "remote_estop"
+        assert took < ESTOP_REPLY_S, f"the estop's reply took {took:.2f} s"
+        flooder.join(10.0)
