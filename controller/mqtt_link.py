@@ -69,6 +69,8 @@ from typing import Any, Self
 import aiomqtt
 import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from treadguard.config.loading import LoadedConfig
@@ -130,6 +132,20 @@ class _Out:
     # Its own topic (an answer to a query, on the asking account's reply topic); None: the
     # queue's topic.
     topic: str | None = None
+
+
+# The largest packet the broker may hand the daemon (MQTT 5's Maximum Packet Size, sent on
+# CONNECT): a command is at most 4 KiB and the daemon's own state, which comes back to it, a
+# few; a bigger message is dropped by the broker instead of being read. Without it one
+# message of 50 MB from any account that may publish to the daemon (a tablet's command, a
+# sensor's reading) held the control loop for half a second while it was read and parsed.
+MAX_PACKET_BYTES = 256 * 1024
+
+
+def _connect_properties() -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = MAX_PACKET_BYTES
+    return properties
 
 
 def _peek(payload: bytes) -> tuple[str | None, str | None]:
@@ -412,6 +428,7 @@ class TabletLink:
             # Commands and readings never enter this queue (see _route_inline); bounded anyway.
             max_queued_incoming_messages=self._tuning.buffer,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            properties=_connect_properties(),
         )
         # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
         # only be set before the connection.

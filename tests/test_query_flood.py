@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.clinician import SESSION_WAIT_S, clinician
 from tests.daemon_process import DaemonProcess
@@ -42,7 +43,7 @@ ESTOP_REPLY_S = 0.5  # a remote estop's reply, on a quiet link, comes in millise
 
 
 def _flood(port: int, done: threading.Event) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="dashboard")
     client.username_pw_set("dashboard", PASSWORDS["dashboard"])
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
