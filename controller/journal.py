@@ -772,6 +772,11 @@ class Journal:
         )
         return int(rows[0][0])
 
+    def measures_recorded_since(self, t: float) -> int:
+        """How many measures were recorded at or after ``t`` (unix seconds), of any user."""
+        rows = self._query("SELECT COUNT(*) FROM measures WHERE recorded_at >= ?", (t,))
+        return int(rows[0][0])
+
     def _has_table(self, name: str) -> bool:
         rows = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return bool(rows)

@@ -34,7 +34,7 @@ import math
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -146,6 +146,10 @@ def open_journal(
 OUTCOME_ENTRIES_MAX = 20
 # The most measures of one kind a user keeps for one day: a correction or two, never a flood.
 MEASURES_A_DAY_MAX = 5
+# The most measures the whole clinic records in one of its days, whatever their users and
+# dates: a tablet sending one a day for years of days, or for thousands of user codes, would
+# otherwise fill the journal (SR-14) and so stop the belt. Far above a clinic's real day.
+MEASURES_A_CLINIC_DAY_MAX = 200
 # A measure dated before this is a slip of the finger, not a baseline.
 EARLIEST_MEASURE = date(1990, 1, 1)
 
@@ -548,6 +552,13 @@ class System:
                 ), {}
         if self.journal is None:
             return self._no_journal(), {}
+        midnight = datetime.combine(today, time(0), zone).timestamp()
+        if self.journal.measures_recorded_since(midnight) >= MEASURES_A_CLINIC_DAY_MAX:
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"{MEASURES_A_CLINIC_DAY_MAX} measures have been recorded today ({today} in "
+                f"{zone.key}); no more are kept until tomorrow",
+            ), {}
         if self.journal.measures_on(command.user, kind.value, day.isoformat()) >= (
             MEASURES_A_DAY_MAX
         ):
