@@ -40,10 +40,10 @@ from tests.test_trackmaster_driver import (
     treadmill,
 )
 from treadguard.drivers.modbus_vfd import ModbusVfdDriver
-from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.trackmaster import _READ_SET_SPEED, TrackmasterDriver
 from treadguard.drivers.trackmaster_codec import StatusQuery, StatusRequest
 from treadguard.simulator.modbus_device import RequestRecord, SimulatedVfd
-from treadguard.simulator.trackmaster_device import TrackmasterDevice
+from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
 # The longest answer each driver waits for: the hold must not turn into a link fault.
 TM_ACK_TIMEOUT_S = 0.3
@@ -271,3 +271,40 @@ async def test_h11_vfd_a_slowing_ask_drops_a_higher_frequency_still_queued(kind:
             await vfd.wait_until(lambda: vfd.frequency_command == 1800, 5)
             assert writes_since(vfd, since, FREQUENCY) == [1800]
             assert vfd.running
+
+
+@pytest.mark.asyncio
+async def test_h11_trackmaster_a_slowing_ask_during_the_read_back_after_a0_never_raises_the_belt(
+    tmp_path: Path,
+) -> None:
+    """A model that acknowledges A3 while stopped without taking it starts at its minimum on
+    A0 (0.5 mph); the driver reads the set speed back after A0 and would bring the belt up to
+    the 1.0 asked with the next A3. The stop's held decision (1.0, slowing) arrives while that
+    read-back awaits its answer: the belt runs at 0.5, so 1.0 must never go out after it."""
+    model = TrackmasterModel(min_speed_mph=0.5, speed_while_stopped="ignore")
+    async with treadmill(tmp_path, model) as device:
+        driver = make_driver(device, ack_timeout_s=TM_ACK_TIMEOUT_S)
+        seen_a0 = False
+
+        def hold_at_read_back_after_a0(data: bytes, _t: float) -> None:
+            nonlocal seen_a0
+            if A0 in data:
+                seen_a0 = True
+            elif seen_a0 and _READ_SET_SPEED in data:
+                device.hold_replies()
+
+        async with running(driver):
+            await armed_at_standstill(driver)
+            device.on_rx = hold_at_read_back_after_a0
+            driver.command_speed(1.0)  # a start at 1.0: A3 (ignored while stopped), C3, A0, C3
+            await device.wait_until(lambda: device.holding > 0)
+            assert device.running
+            assert device.set_speed_mph == pytest.approx(0.5)
+            sent = len(speeds_sent(device))
+            since = len(device.received)
+            driver.command_speed(1.0, slowing=True)  # the stop's decision, held at 1.0
+            device.on_rx = None
+            device.release_replies()
+            await device.wait_until(lambda: belt_polls(device, since) >= 2)
+            assert speeds_sent(device)[sent:] == [], "a higher speed written after the stop"
+            assert device.set_speed_mph == pytest.approx(0.5)
