@@ -217,6 +217,7 @@ class TrackmasterDriver:
 
         # What the controller asked for, in tenths of a mph; 0 = stop.
         self._wanted = 0
+        self._last_ask_slowing = False
         # Elevation asked for and last acknowledged, in tenths of a percent (None: not asked).
         self._wanted_elevation: int | None = None
         self._sent_elevation: int | None = None
@@ -280,6 +281,7 @@ class TrackmasterDriver:
                 # acknowledged) ends between its steps, as for a 0 ask (H-14).
                 self._want_stop()
             elif self._armed:
+                self._last_ask_slowing = slowing
                 if slowing:
                     # Nor does it raise the speed: a higher one still queued is dropped, and
                     # what goes out is at most the speed last acknowledged (H-11).
@@ -565,6 +567,9 @@ class TrackmasterDriver:
                 return
             # What the belt now runs at; a lower one gets A3 next.
             self._sent_tenths = await self._set_speed_at_most(tenths, "after start")
+            if self._last_ask_slowing and self._sent_tenths is not None:
+                # A slowing ask came during the read-back: never above what the belt runs at.
+                self._wanted = min(self._wanted, self._sent_tenths)
         elif isinstance(answer, ErrorReply):
             self._set_event_fault(f"drive_fault: treadmill refused start ({_error_name(answer)})")
         # A B2 instead: an emergency stop replaced the start; nothing to record.
