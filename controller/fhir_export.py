@@ -342,8 +342,29 @@ class _Session:
             subject=_ref(self.patient),
             performedPeriod=self._period(),
             usedCode=[POWERED_TREADMILL.concept()],
-            note=_note(_text("; ".join(said))) or None,
+            note=_note(_text("; ".join(said))) + self._confirmations() or None,
         )
+
+    def _confirmations(self) -> list[Annotation]:
+        """A clinician's confirmation that the session counts as the user's first treadmill
+        session (docs/plan.md: it lets the user start the later programs), each as a note by
+        that clinician at the time they made it. Every one on record: the first is the one
+        the plan goes by."""
+        notes: list[Annotation] = []
+        for e in self.events:
+            if e.type != EventType.FIRST_SESSION_CONFIRMED:
+                continue
+            clinician = e.fields.get("clinician")
+            who = None if clinician is None else _text(clinician)
+            made = moment(e.ts, self.clinic.zone)
+            said = "confirmed as the user's first treadmill session"
+            said += f" by {who}" if who is not None else " by a clinician"
+            if made is not None:
+                said += f", {made}"
+            else:
+                said += f" (the journal's time of it, {_as_written(e.ts)}, is no time)"
+            notes += _note(_text(said), author=who, time=made)
+        return notes
 
     def resources(self) -> list[Resource]:
         found: list[Resource] = [self.procedure]
