@@ -163,6 +163,38 @@ def _char(c: str) -> str:
     return " " if c.isspace() else c
 
 
+def code_value(code: object) -> str | None:
+    """A code (a user's, a clinician's) as an ``Identifier.value``, lossless: two codes the
+    journal keeps apart are two values. ``_text`` would make "p 1" and "p", U+3000 (an
+    ideographic space), "1" the same; here each character a FHIR string may not hold as it is (see
+    ``_char``), every whitespace but an ordinary space inside the code (FHIR trims strings at
+    their ends; a tab or line break in a code is not seen) and the backslash are written as
+    ``\\uXXXX``, so the value reads back to the code. A code that is no text (a damaged
+    journal) is its JSON, as in ``_text``. None for an empty code."""
+    if code is None:
+        return None
+    if not isinstance(code, str):
+        code = json.dumps(code, default=str)
+    if not code:
+        return None
+    last = len(code) - 1
+    return "".join(c if _kept(c, inner=0 < n < last) else _escaped(c) for n, c in enumerate(code))
+
+
+def _kept(c: str, *, inner: bool) -> bool:
+    """Whether a code's character is written as it is: one a FHIR string holds, not
+    whitespace (but for an ordinary space inside the code), and not the escapes' backslash."""
+    if c == "\\" or _char(c) != c:
+        return False
+    return not c.isspace() or (c == " " and inner)
+
+
+def _escaped(c: str) -> str:
+    # Every character escaped is in the BMP (controls, surrogates, Unicode spaces, "\\"):
+    # four hex digits each, so the escapes cannot run into the characters after them.
+    return f"\\u{ord(c):04x}"
+
+
 def _finite(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -310,8 +342,29 @@ class _Session:
             subject=_ref(self.patient),
             performedPeriod=self._period(),
             usedCode=[POWERED_TREADMILL.concept()],
-            note=_note(_text("; ".join(said))) or None,
+            note=_note(_text("; ".join(said))) + self._confirmations() or None,
         )
+
+    def _confirmations(self) -> list[Annotation]:
+        """A clinician's confirmation that the session counts as the user's first treadmill
+        session (docs/plan.md: it lets the user start the later programs), each as a note by
+        that clinician at the time they made it. Every one on record: the first is the one
+        the plan goes by."""
+        notes: list[Annotation] = []
+        for e in self.events:
+            if e.type != EventType.FIRST_SESSION_CONFIRMED:
+                continue
+            clinician = e.fields.get("clinician")
+            who = None if clinician is None else _text(clinician)
+            made = moment(e.ts, self.clinic.zone)
+            said = "confirmed as the user's first treadmill session"
+            said += f" by {who}" if who is not None else " by a clinician"
+            if made is not None:
+                said += f", {made}"
+            else:
+                said += f" (the journal's time of it, {_as_written(e.ts)}, is no time)"
+            notes += _note(_text(said), author=who, time=made)
+        return notes
 
     def resources(self) -> list[Resource]:
         found: list[Resource] = [self.procedure]
@@ -417,19 +470,20 @@ class _Session:
             code=code.concept(text),
             effectiveDateTime=effective,
             issued=entry.entered,
-            performer=None if who is None else [_clinician(self.clinic.treadmill, who)],
+            performer=_clinician(self.clinic.treadmill, clinician),
             note=note or None,
             **value,
         )
 
 
-def _clinician(treadmill: str, code: str) -> Reference:
+def _clinician(treadmill: str, code: object) -> list[Reference] | None:
     """The clinician who entered it, by their code (a logical reference: treadguard has no
-    Practitioner resource, only the code)."""
-    return Reference(
-        type="Practitioner",
-        identifier=Identifier(system=namespace_uri(treadmill, "clinicians"), value=code),
-    )
+    Practitioner resource, only the code), as ``performer``; None for no code."""
+    value = code_value(code)
+    if value is None:
+        return None
+    identifier = Identifier(system=namespace_uri(treadmill, "clinicians"), value=value)
+    return [Reference(type="Practitioner", identifier=identifier)]
 
 
 def _quantity(value: float, code: str, unit: str, *, places: int) -> Quantity:
@@ -444,7 +498,7 @@ def _quantity(value: float, code: str, unit: str, *, places: int) -> Quantity:
 def patient(treadmill: str, user: str) -> Patient:
     """The user as a Patient: their code as the identifier and nothing else (treadguard keeps
     no name, birth date or sex)."""
-    code = _text(user)
+    code = code_value(user)
     return Patient(
         id=resource_id(treadmill, "user", user),
         identifier=None
@@ -478,7 +532,6 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
     else:
         # As entered (a stopwatch's hundredths too), short of a float's noise.
         value = {"valueQuantity": _quantity(number, unit, unit_words, places=3)}
-    who = None if measure.clinician is None else _text(measure.clinician)
     day = measure.measured_on if _is_day(measure.measured_on) else None
     recorded = moment(measure.recorded_at, clinic.zone)
     return Observation(
@@ -489,7 +542,7 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
         subject=_ref(subject),
         effectiveDateTime=day or recorded,
         issued=recorded,
-        performer=None if who is None else [_clinician(clinic.treadmill, who)],
+        performer=_clinician(clinic.treadmill, measure.clinician),
         **value,
     )
 

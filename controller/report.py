@@ -220,7 +220,7 @@ def patient_report(
         {
             "pain": t.pain_words(entered.get(s.id, {})),
             "id": s.id,
-            "date": t.when(s.started_at, zone)[:16],  # to the minute
+            "date": t.when_to_the_minute(s.started_at, zone),
             "program_title": clinic.title(s.program),
             "belt_min": t.minutes(s.belt_moving_s),
             "cap_min": t.minutes(s.cap_s),
@@ -233,7 +233,7 @@ def patient_report(
     points = [
         TrendPoint(
             session=s.id,
-            label=t.day(s.started_at, zone)[5:],  # month-day: the year is in the subtitle
+            label=t.month_day(s.started_at, zone),  # the year is in the subtitle
             belt_min=None if s.belt_moving_s is None else s.belt_moving_s / 60,
             cap_min=s.cap_s / 60,
             top_mph=s.max_speed_mph,

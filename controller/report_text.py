@@ -111,24 +111,66 @@ def clock(value: object) -> str:
     return f"{sign}{m}:{s:02d}"
 
 
+def _local(ts: object, zone: ZoneInfo) -> datetime | None:
+    """``ts`` as a moment in the clinic's zone; None for a time no calendar holds (not a
+    number, or outside the years 1 to 9999: SR-16 lets the wall clock step by any amount, and
+    a journal keeps what the clock read)."""
+    v = _finite(ts)
+    if v is None:
+        return None
+    try:
+        return datetime.fromtimestamp(v, zone)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def no_calendar(ts: object) -> str:
+    """A time that no calendar holds, shown as such with what the journal holds:
+    "unix time 253402300800, outside the calendar"."""
+    v = _finite(ts)
+    held = f"{v:.0f}" if v is not None and abs(v) < 1e15 else f"{ts}"
+    return f"unix time {held}, outside the calendar"
+
+
 def when(ts: float | None, zone: ZoneInfo) -> str:
     """A moment in the clinic's zone, with its abbreviation: "2026-12-01 14:05:03 GMT"."""
     if ts is None:
         return NONE
-    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def when_to_the_minute(ts: float, zone: ZoneInfo) -> str:
+    """A moment in the clinic's zone, to the minute: "2026-12-01 14:05"."""
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.strftime("%Y-%m-%d %H:%M")
 
 
 def day(ts: float, zone: ZoneInfo) -> str:
-    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d")
+    """The day of a moment in the clinic's zone: "2026-12-01"."""
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.strftime("%Y-%m-%d")
+
+
+def month_day(ts: float, zone: ZoneInfo) -> str:
+    """The month and day of a moment in the clinic's zone: "12-01" (a chart's label)."""
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.strftime("%m-%d")
 
 
 def time_of_day(ts: float, zone: ZoneInfo) -> str:
-    return datetime.fromtimestamp(ts, zone).strftime("%H:%M:%S")
+    """The time of day of a moment in the clinic's zone: "14:05:03"."""
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.strftime("%H:%M:%S")
 
 
 def iso(ts: float | None, zone: ZoneInfo) -> str:
-    """ISO 8601 with the zone's offset at that moment: "2026-12-01T14:05:03+00:00"."""
-    return "" if ts is None else datetime.fromtimestamp(ts, zone).isoformat(timespec="seconds")
+    """ISO 8601 with the zone's offset at that moment: "2026-12-01T14:05:03+00:00"; "" for
+    no time (an open session's end)."""
+    if ts is None:
+        return ""
+    moment = _local(ts, zone)
+    return no_calendar(ts) if moment is None else moment.isoformat(timespec="seconds")
 
 
 def ended_by(reason: str | None) -> str:

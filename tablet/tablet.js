@@ -1148,12 +1148,25 @@ function painWords(row) {
   return row.pain_before === null && row.pain_after === null ? "–" : `${before} → ${after}`;
 }
 
+// A history row's start in the clinic's time: "2026-12-01 14:05". A time the daemon cannot
+// put on a calendar (a wall clock stepped past the year 9999) comes as words ("unix time
+// 253402300800, outside the calendar"), shown whole rather than cut as a date.
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/;
+
+function startedWords(started) {
+  return ISO_TIME.test(started) ? started.slice(0, 16).replace("T", " ") : started;
+}
+
+function startedDay(started) {
+  return ISO_TIME.test(started) ? started.slice(5, 10) : "no date";
+}
+
 function drawHistory(sessions) {
   const rows = sessions.map((row) => {
     const tr = document.createElement("tr");
     if (["estop", "fault"].includes(row.ended_by)) tr.className = "stop";
     const cells = [
-      `${row.session_id}, ${row.started.slice(0, 16).replace("T", " ")}`, // the clinic's time
+      `${row.session_id}, ${startedWords(row.started)}`, // the clinic's time
       row.program_title,
       row.belt_min === null ? "–" : `${row.belt_min} of ${row.cap_min} min`,
       row.top_mph === null ? "–" : `${row.top_mph.toFixed(2)} mph`,
@@ -1192,7 +1205,7 @@ function drawTrend(sessions) {
   });
   new Chart(canvas, {
     data: {
-      labels: sessions.map((s) => `${s.session_id}: ${s.started.slice(5, 10)}`),
+      labels: sessions.map((s) => `${s.session_id}: ${startedDay(s.started)}`),
       datasets: [
         {
           type: "bar",
