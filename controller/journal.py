@@ -30,7 +30,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -692,6 +692,7 @@ class Journal:
         user: str,
         min_belt_s: Mapping[str, float] | None = None,
         *,
+        other_programs: Collection[str] = (),
         confirmations: bool = False,
     ) -> bool:
         """Whether ``user`` has had a treadmill session, as controller/first_session.py's
@@ -699,7 +700,10 @@ class Journal:
         the clinician, with the belt moving, and, for a program named in ``min_belt_s`` (the
         first-session programs, with their shortest cap), with at least that much belt time,
         unless (``confirmations``: the clinic's rules let one) a clinician confirmed it: a
-        first session stopped after a few seconds is not the first session had."""
+        first session stopped after a few seconds is not the first session had.
+        ``other_programs``: the clinic's other programs; a session of a program in neither
+        (renamed or removed since it ran) is judged as a first session against the largest
+        shortest cap, fail-closed."""
         rows = self._query(
             "SELECT id, program, end_reason, belt_moving_s FROM sessions WHERE user = ?", (user,)
         )
@@ -711,6 +715,7 @@ class Journal:
                 reason,
                 _real(belt),
                 first_session_minimum=least,
+                other_programs=other_programs,
                 confirmed=int(session) in confirmed,
             )
             for session, program, reason, belt in rows

@@ -100,6 +100,7 @@ def propose(
     clinic's ``zone``). ``programs`` and ``rules`` as config.loading checked them: every
     program the rules name is among ``programs``."""
     minimum = {name: p.cap_s_min for name, p in programs.items() if p.first_session}
+    others = frozenset(name for name, p in programs.items() if not p.first_session)
     may_confirm = rules.first_session.clinician_may_confirm
 
     def counted(s: SessionRow, *, confirmations: bool = True) -> bool:
@@ -109,6 +110,7 @@ def propose(
             s.end_reason,
             s.belt_moving_s,
             first_session_minimum=minimum,
+            other_programs=others,
             confirmed=confirmed,
         )
 

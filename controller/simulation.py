@@ -40,7 +40,7 @@ from treadguard.safety.inputs import (
     Stop,
     TabletCommand,
 )
-from treadguard.safety.limits import HARD_MAX_MPH
+from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S, HARD_MAX_MPH
 from treadguard.simulator.scenario import IN_PROCESS_DRIVE_ACTIONS, Action, Scenario, Step
 from treadguard.simulator.virtual_loop import VirtualLoop
 
@@ -50,7 +50,10 @@ RATE_WINDOW_S = 0.001  # shortest interval over which the commanded rate is meas
 # The wall clock of a simulated run: its journal's records are stamped from this moment on,
 # the same for every run (2026-01-05 09:00 UTC, a Monday morning at the clinic).
 SIM_EPOCH = 1_767_603_600.0
-HISTORY_SESSION_S = 300.0  # the belt time of each earlier session a scenario's history gives
+# The belt time of each earlier session a scenario's history gives. Its program, "history",
+# is none of the clinic's, so it counts only with any first-session program's shortest cap
+# (controller/first_session.py): the first-session hard limit is at least that.
+HISTORY_SESSION_S = HARD_CAP_FIRST_SESSION_S
 # Iterating the Enum class costs a generator per reading round (it showed in the profile).
 _SENSORS = tuple(Sensor)
 

@@ -194,6 +194,11 @@ class System:
             for name, program in loaded.programs.items()
             if program.first_session
         }
+        # The others: a session of a program in neither (renamed or removed since) is judged
+        # as a first session, fail-closed (controller/first_session.py).
+        self._other_programs = frozenset(
+            name for name, program in loaded.programs.items() if not program.first_session
+        )
         self._journal_reported = False
         self._journal_used = 0.0
         self._journal_warned = False
@@ -661,6 +666,7 @@ class System:
             return self.journal.has_history(
                 user.strip(),
                 self._first_session_minimum,
+                other_programs=self._other_programs,
                 confirmations=self.loaded.rules.first_session.clinician_may_confirm,
             )
         except JournalError as exc:

@@ -20,6 +20,10 @@ HARD_ACCEL_MPH_S = 0.2
 HARD_DECEL_MPH_S = 0.4
 # SR-7: no program may let the belt move longer than this in one session.
 HARD_CAP_FIRST_SESSION_S = 5 * 60.0
+# SR-7: a first session's cap is settable from 3 minutes up: a session that ran to its cap
+# counts as the first session had (controller/first_session.py), so a shorter cap would let
+# a few seconds on the belt open the later programs.
+SHORTEST_CAP_FIRST_SESSION_S = 3 * 60.0
 HARD_CAP_S = 8 * 60.0
 # Intervals: at most ten one-minute intervals.
 HARD_INTERVALS = 10

@@ -20,6 +20,7 @@ from treadguard.safety.limits import (
     HARD_INTERVALS,
     HARD_MAX_MPH,
     HARD_MIN_MPH,
+    SHORTEST_CAP_FIRST_SESSION_S,
     SafetyLimits,
 )
 
@@ -79,6 +80,13 @@ class Program(BaseModel):
             kind = "a first-session program" if self.first_session else "a program"
             raise ValueError(
                 f"cap_s_max {self.cap_s_max} exceeds the hard limit of {hard} s for {kind}"
+            )
+        # SR-7: a first session's cap is 3-5 min; one that ran to a shorter cap would count as
+        # the first session had.
+        if self.first_session and self.cap_s_min < SHORTEST_CAP_FIRST_SESSION_S:
+            raise ValueError(
+                f"cap_s_min {self.cap_s_min} is below {SHORTEST_CAP_FIRST_SESSION_S:g} s, the "
+                "shortest cap a first-session program may have (its cap is 3-5 min)"
             )
         return self
 

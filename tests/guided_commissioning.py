@@ -14,14 +14,15 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tests.clinician import Clinician, SensorUser
-from tests.daemon_process import PROGRAMS_DIR, daemon_config
+from tests.daemon_process import daemon_config
 from tests.drive_helpers import eventually
 from tests.mosquitto import body
+from treadguard.config.loading import LoadedConfig
 from treadguard.controller.commission import CommissioningResult, guided_errand
 from treadguard.controller.daemon import Daemon
 from treadguard.controller.preflight import load_runnable
@@ -34,30 +35,21 @@ RUN_WAIT_S = PROOF_CAP_S + 30.0
 DAEMON_END_S = 20.0  # the daemon's shutdown after the run (SR-11's bound, and some)
 
 
-def short_cap_programs(tmp_path: Path) -> Path:
-    """The shipped programs, the first-session one with a cap of PROOF_CAP_S allowed: the
-    shipped 3 minutes would make the cap's proof wait that long in real time."""
-    folder = tmp_path / "programs"
-    folder.mkdir(exist_ok=True)
-    for source in PROGRAMS_DIR.glob("*.toml"):
-        text = source.read_text(encoding="utf-8")
-        if source.stem == "first_session":
-            text = text.replace("cap_s_default = 180", f"cap_s_default = {PROOF_CAP_S:g}")
-            text = text.replace("cap_s_min = 180", f"cap_s_min = {PROOF_CAP_S:g}")
-            assert f"cap_s_min = {PROOF_CAP_S:g}" in text, "first_session.toml changed"
-        (folder / source.name).write_text(text, encoding="utf-8")
-    return folder
-
-
 def guided_config(tmp_path: Path, port: int, tm: str) -> Path:
     """A daemon configuration on the simulated drive, its sensors over MQTT."""
-    config = daemon_config(tmp_path, port, treadmill_id=tm, sensors="mqtt")
-    text = config.read_text(encoding="utf-8")
-    config.write_text(
-        text.replace(PROGRAMS_DIR.as_posix(), short_cap_programs(tmp_path).as_posix()),
-        encoding="utf-8",
+    return daemon_config(tmp_path, port, treadmill_id=tm, sensors="mqtt")
+
+
+def with_short_proof_cap(loaded: LoadedConfig) -> LoadedConfig:
+    """``loaded`` with its default program (the proof runs') allowing a cap of PROOF_CAP_S:
+    the shipped 3 minutes would make the cap's proof wait that long in real time. Set past
+    the loader (``model_copy`` does not validate), which refuses a first-session program whose
+    cap may be under 3 minutes (SR-7); a proof run is no patient's first session."""
+    name = loaded.config.programs.default
+    short = loaded.programs[name].model_copy(
+        update={"cap_s_default": PROOF_CAP_S, "cap_s_min": PROOF_CAP_S}
     )
-    return config
+    return replace(loaded, programs={**loaded.programs, name: short})
 
 
 def run_of(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -121,7 +113,7 @@ async def guided_daemon(config: Path) -> AsyncIterator[GuidedDaemon]:
     results: list[CommissioningResult] = []
     lines: list[str] = []
     errand = guided_errand(technician="T. Tester", echo=lines.append, results=results, read=None)
-    daemon = Daemon(load_runnable(config), errand=errand)
+    daemon = Daemon(with_short_proof_cap(load_runnable(config)), errand=errand)
     task = asyncio.create_task(daemon.run(), name="guided-daemon")
     try:
         yield GuidedDaemon(daemon, task, results, lines)

@@ -156,6 +156,33 @@ def test_sr7_a_first_session_the_clinician_stopped_early_is_not_the_first_sessio
     assert not journal.has_history("fell", shortest)
 
 
+def test_sr7_a_session_of_a_program_no_longer_known_is_judged_as_a_first_session(
+    tmp_path: Path,
+) -> None:
+    """A session whose program was renamed or removed since is judged fail-closed, as a
+    first session against the largest shortest cap, however it ended: run to a cap of 5 s
+    under the old name it does not count; a known later program's session still does."""
+    journal = Journal.open(tmp_path / "j.sqlite")
+    shortest = {"first_session": 180.0, "first_session_long": 240.0}
+    others = {"reverse_walking"}
+    cases = [
+        ("seconds", "old_first", "cap", 5.0),
+        ("short-of-largest", "old_first", "operator_stop", 200.0),
+        ("long", "old_first", "operator_stop", 240.0),
+        ("later", "reverse_walking", "operator_stop", 5.0),
+    ]
+    for session, (user, program, reason, moving) in enumerate(cases, start=1):
+        journal.record(started(session, user, program), ts=float(session))
+        journal.record(ended(session, reason, moving), ts=float(session) + 0.5)
+    journal.commit()
+    assert not journal.has_history("seconds", shortest, other_programs=others)
+    assert not journal.has_history("short-of-largest", shortest, other_programs=others)
+    assert journal.has_history("long", shortest, other_programs=others)
+    assert journal.has_history("later", shortest, other_programs=others)
+    # Without the other programs named, every program but a first-session one is unknown.
+    assert not journal.has_history("later", shortest)
+
+
 CRASHING_WRITER = """
 import os, sys
 from pathlib import Path

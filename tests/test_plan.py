@@ -296,10 +296,11 @@ def test_any_history_gets_a_proposal_with_a_reason_within_the_program_s_limits(
     # The daemon's rule, asked the way it asks (controller/first_session.py): a user whose
     # first session does not count is proposed the first-session program, within its limit.
     minimum = {n: p.cap_s_min for n, p in PROGRAMS.items() if p.first_session}
+    others = {n for n, p in PROGRAMS.items() if not p.first_session}
     may = rules.first_session.clinician_may_confirm
     had = any(
         counts(s.program, s.end_reason, s.belt_moving_s, first_session_minimum=minimum,
-               confirmed=may and s.id in record.confirmed)
+               other_programs=others, confirmed=may and s.id in record.confirmed)
         for s in record.sessions
     )  # fmt: skip
     assert got.first_session_counted is had
@@ -338,9 +339,10 @@ def test_the_journal_s_answer_and_the_proposal_agree_on_the_first_session(
         }
     )
     minimum = {n: p.cap_s_min for n, p in PROGRAMS.items() if p.first_session}
+    others = {n for n, p in PROGRAMS.items() if not p.first_session}
     read = journal.user_record("p-1")
     got = propose(read, rules, PROGRAMS, zone=LONDON, now=T0)
     assert got.first_session_counted is journal.has_history(
-        "p-1", minimum, confirmations=may_confirm
+        "p-1", minimum, other_programs=others, confirmations=may_confirm
     )
     journal.close()
