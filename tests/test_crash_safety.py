@@ -56,7 +56,7 @@ async def test_sr11_sr14_random_sigkills_lose_no_acknowledged_record_nor_leave_t
     journal_path = tmp_path / f"journal-{TM}.sqlite"
     rng = random.Random(int(os.environ.get("TREADGUARD_CRASH_SEED", "20261201")))
     received: list[tuple[str, float]] = []  # every event a tablet got, over all rounds
-    killed_sessions: list[int] = []
+    killed_sessions: dict[int, float] = {}  # a session seen started: the kill's wall time
     killed_at = 0.0
     async with sensor_user(broker, TM):
         for round_ in range(KILLS + 1):
@@ -89,7 +89,7 @@ async def test_sr11_sr14_random_sigkills_lose_no_acknowledged_record_nor_leave_t
                         assert isinstance(event, dict)
                         received.append((str(event["type"]), float(event["ts"])))
                         if event["type"] == "session_started":
-                            killed_sessions.append(int(event["session_id"]))
+                            killed_sessions[int(event["session_id"])] = killed_at
             finally:
                 daemon.stop()
 
@@ -112,8 +112,13 @@ async def test_sr11_sr14_random_sigkills_lose_no_acknowledged_record_nor_leave_t
     assert not missing, f"published but not in the journal: {missing}"
     assert len(killed_sessions) == KILLS
     sessions = {s.id: s for s in journal.sessions()}
-    for session_id in killed_sessions:
-        # A kill during a session: interrupted. One that came after the session had already
-        # ended (a session this short cannot end by itself) would leave its own reason.
-        assert sessions[session_id].end_reason == "interrupted", sessions[session_id]
+    for session_id, kill in killed_sessions.items():
+        # A kill during a session: interrupted. A session that had already ended by itself
+        # before the kill keeps its own reason (only a stop can end one this short: on a
+        # machine loaded enough to stall the daemon's loop, a drive_link fault).
+        session = sessions[session_id]
+        ended_before = session.ended_at is not None and session.ended_at < kill
+        assert session.end_reason == "interrupted" or (
+            ended_before and session.end_reason in ("fault", "estop")
+        ), session
     assert all(s.ended_at is not None for s in sessions.values())
