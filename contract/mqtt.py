@@ -355,37 +355,38 @@ class ParsedCommand:
 ParseResult: TypeAlias = ParsedCommand | CommandReply
 
 
-class _BadJson(ValueError):
-    pass
+class BadJson(ValueError):
+    """A payload that is not strict JSON; its message says what is wrong."""
 
 
 def _reject_constant(name: str) -> float:
-    raise _BadJson(f"{name} is not valid JSON")
+    raise BadJson(f"{name} is not valid JSON")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _BadJson(f"key {key!r} appears twice")
+            raise BadJson(f"key {key!r} appears twice")
         obj[key] = value
     return obj
 
 
-def _loads(payload: bytes) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no repeated keys. Raises _BadJson."""
+def strict_json(payload: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no repeated keys. Raises BadJson. Every payload of
+    the contract, commands and queries alike, is read by it."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _BadJson(f"the payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise BadJson(f"the payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         return json.loads(
             text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
         )
     except json.JSONDecodeError as exc:
-        raise _BadJson(f"the payload is not JSON: {exc.msg} at character {exc.pos}") from None
+        raise BadJson(f"the payload is not JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
-        raise _BadJson("the payload is nested too deeply") from None
+        raise BadJson("the payload is nested too deeply") from None
 
 
 def _readable_id(obj: dict[str, Any]) -> str | None:
@@ -469,8 +470,8 @@ def parse_command(
             f"the payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
     try:
-        obj = _loads(payload)
-    except _BadJson as exc:
+        obj = strict_json(payload)
+    except BadJson as exc:
         return CommandReply(None, ErrorCode.INVALID_JSON, str(exc))
     if not isinstance(obj, dict):
         return CommandReply(
@@ -516,8 +517,8 @@ def _readable_type(payload: bytes) -> str | None:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None
     try:
-        obj = _loads(payload)
-    except _BadJson:
+        obj = strict_json(payload)
+    except BadJson:
         return None
     kind = obj.get("type") if isinstance(obj, dict) else None
     return kind[:ID_MAX_CHARS] if isinstance(kind, str) else None
@@ -623,8 +624,8 @@ def internal_error(command_id: str | None, kind: str | None, exc: BaseException)
 def readable_id(payload: bytes) -> str | None:
     """The id of a payload, for a reply when everything else about it failed. Never raises."""
     try:
-        obj = _loads(payload) if len(payload) <= MAX_PAYLOAD_BYTES else None
-    except (_BadJson, ValueError, TypeError):
+        obj = strict_json(payload) if len(payload) <= MAX_PAYLOAD_BYTES else None
+    except (BadJson, ValueError, TypeError):
         return None
     return _readable_id(obj) if isinstance(obj, dict) else None
 
@@ -673,7 +674,7 @@ def answer_command(
     if isinstance(parsed, CommandReply):
         if parsed.id is not None and not retained:
             # The id was readable, so the payload is a JSON object.
-            fingerprint = _fingerprint(_loads(payload))
+            fingerprint = _fingerprint(strict_json(payload))
             earlier = seen.lookup(parsed.id, fingerprint)
             if earlier is not None:
                 return earlier
@@ -862,8 +863,8 @@ def parse_sensor_payload(payload: bytes) -> SensorReading | SensorPayloadError:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return SensorPayloadError(f"the payload is {len(payload)} bytes; the limit is 4096")
     try:
-        obj = _loads(payload)
-    except _BadJson as exc:
+        obj = strict_json(payload)
+    except BadJson as exc:
         return SensorPayloadError(str(exc))
     try:
         model = _SensorModel.model_validate(obj)

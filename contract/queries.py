@@ -19,7 +19,6 @@ topic is the one that asked, and the reply (patient data) reaches no one else::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,11 +29,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from treadguard.contract.mqtt import (
     ID_MAX_CHARS,
     MAX_PAYLOAD_BYTES,
+    BadJson,
     CommandId,
     JsonObject,
     JsonValue,
     PrintableText,
     SessionId,
+    strict_json,
     to_payload,
 )
 
@@ -164,31 +165,12 @@ def refusal(query_id: str | None, code: QueryErrorCode, message: str) -> QueryRe
 
 
 def _loads(payload: bytes) -> tuple[Any, str | None]:
-    """Strict JSON (UTF-8, no NaN, no key twice): the object, or None and what is wrong."""
-
-    def no_constant(name: str) -> float:
-        raise ValueError(f"{name} is not valid JSON")
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                raise ValueError(f"key {key!r} appears twice")
-            obj[key] = value
-        return obj
-
+    """Strict JSON (UTF-8, no NaN, no key twice), as for a command: the object, or None and
+    what is wrong."""
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"the payload is not UTF-8 ({exc.reason} at byte {exc.start})"
-    try:
-        return json.loads(text, parse_constant=no_constant, object_pairs_hook=no_duplicates), None
-    except json.JSONDecodeError as exc:
-        return None, f"the payload is not JSON: {exc.msg} at character {exc.pos}"
-    except ValueError as exc:
+        return strict_json(payload), None
+    except BadJson as exc:
         return None, str(exc)
-    except RecursionError:
-        return None, "the payload is nested too deeply"
 
 
 def _describe(exc: ValidationError) -> str:
