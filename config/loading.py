@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -63,19 +64,29 @@ class ProgramError(ValueError):
     """A program file that cannot be used; the message names the file and the field."""
 
 
-def load_program(path: Path) -> Program:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _load_model(path: Path, model: type[_M], error: type[ValueError], what: str) -> _M:
+    """A TOML file validated by ``model``; ``error`` names the file and each field wrong."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProgramError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
     try:
-        return Program.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'program'}: {_words(err, Program)}"
+            f"{'.'.join(str(p) for p in err['loc']) or what}: {_words(err, model)}"
             for err in exc.errors()
         )
-        raise ProgramError(f"{path}: {problems}") from exc
+        raise error(f"{path}: {problems}") from exc
+
+
+def load_program(path: Path) -> Program:
+    return _load_model(path, Program, ProgramError, "program")
 
 
 def load_programs(directory: Path) -> dict[str, Program]:
@@ -101,20 +112,7 @@ class RulesError(ValueError):
 
 
 def load_rules(path: Path) -> ProgressionRules:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RulesError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RulesError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return ProgressionRules.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'rules'}: {_words(err, ProgressionRules)}"
-            for err in exc.errors()
-        )
-        raise RulesError(f"{path}: {problems}") from exc
+    return _load_model(path, ProgressionRules, RulesError, "rules")
 
 
 def rules_problems(rules: ProgressionRules, programs: Mapping[str, Program]) -> list[str]:

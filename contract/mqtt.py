@@ -400,15 +400,16 @@ def _fingerprint(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_invalid(exc: ValidationError, what: str = "command") -> str:
+    """A refusal's words for a payload its model refused: the first three problems, by field."""
     parts = []
     for err in exc.errors()[:3]:
-        field = ".".join(str(p) for p in err["loc"]) or "command"
+        field = ".".join(str(p) for p in err["loc"]) or what
         parts.append(f"{field}: {err['msg']}")
     more = exc.error_count() - len(parts)
     if more > 0:
         parts.append(f"and {more} more")
-    return "invalid command: " + "; ".join(parts)
+    return f"invalid {what}: " + "; ".join(parts)
 
 
 def _to_command(model: _CommandModel, t: float) -> TabletCommand:
@@ -504,7 +505,7 @@ def parse_command(
     try:
         model = model_type.model_validate(obj)
     except ValidationError as exc:
-        return CommandReply(command_id, ErrorCode.INVALID_COMMAND, _describe(exc))
+        return CommandReply(command_id, ErrorCode.INVALID_COMMAND, describe_invalid(exc))
     if model.ts is not None and now_unix is not None and kind in _AGE_CHECKED:
         late = _late(kind, model.ts, now_unix)
         if late is not None:
@@ -869,7 +870,9 @@ def parse_sensor_payload(payload: bytes) -> SensorReading | SensorPayloadError:
     try:
         model = _SensorModel.model_validate(obj)
     except ValidationError as exc:
-        return SensorPayloadError(_describe(exc).replace("invalid command", "invalid reading"))
+        return SensorPayloadError(
+            describe_invalid(exc).replace("invalid command", "invalid reading")
+        )
     if not (math.isfinite(model.ts) and model.ts > 0):
         return SensorPayloadError(f"invalid reading: ts: {model.ts!r} is not a unix time")
     return SensorReading(value=model.value, ts=model.ts)

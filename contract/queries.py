@@ -35,6 +35,7 @@ from treadguard.contract.mqtt import (
     JsonValue,
     PrintableText,
     SessionId,
+    describe_invalid,
     strict_json,
     to_payload,
 )
@@ -173,17 +174,6 @@ def _loads(payload: bytes) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "query"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "invalid query: " + "; ".join(parts)
-
-
 def parse_query(payload: bytes, *, retained: bool) -> Query | QueryReply:
     """One ``<p>/query/<account>`` payload, read; or the refusal to send back. Never raises."""
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -222,7 +212,7 @@ def parse_query(payload: bytes, *, retained: bool) -> Query | QueryReply:
     try:
         parsed = model.model_validate(obj)
     except ValidationError as exc:
-        return refusal(query_id, QueryErrorCode.INVALID_QUERY, _describe(exc))
+        return refusal(query_id, QueryErrorCode.INVALID_QUERY, describe_invalid(exc, "query"))
     assert isinstance(parsed, HistoryQuery | SessionQuery)
     return parsed
 
