@@ -17,7 +17,7 @@ from treadguard.safety.inputs import FallReading, GripReading
 from treadguard.simulator.scenario import Scenario
 
 SESSIONS = int(
-    os.environ.get("TREADGUARD_CAMPAIGN_SESSIONS", 1500 if os.environ.get("CI") else 200)
+    os.environ.get("TREADGUARD_CAMPAIGN_SESSIONS", 1000 if os.environ.get("CI") else 200)
 )
 
 
