@@ -1,7 +1,7 @@
-"""A first-session program's cap is settable from 3 to 5 minutes (SAFETY.md, the programs'
-table): a program file that lets a first session end sooner is refused by check-config, with
-the field named, since a session that ran to a shorter cap would count as the first session
-had (controller/first_session.py) and open the later programs to the user (SR-7)."""
+"""A first-session program's cap is settable from 3 to 5 minutes (SR-7 in docs/requirements.md, the
+programs' table): a program file that lets a first session end sooner is refused by
+check-config, with the field named, since a session that ran to a shorter cap would count as the
+first session had (controller/first_session.py) and open the later programs to the user (SR-7)."""
 
 from __future__ import annotations
 
