@@ -60,11 +60,8 @@ GRIPS = ("grip_left", "grip_right")
 SENSORS = (*GRIPS, "fall")
 # The tablet's commands: each counts as the tablet being there (SR-12).
 TABLET = frozenset({"start_session", "set_speed", "stop", "estop", "reset"})
-# After one of these the belt must not speed up until a new session is accepted.
-STOP_EVENTS = frozenset({EventType.ESTOP, EventType.FAULT, EventType.SESSION_ENDED})
+# A stop that holds until a reset (SR-6).
 LATCH_EVENTS = frozenset({EventType.ESTOP, EventType.FAULT})
-# A session told to end (SR-12's controlled stop, or harder).
-ENDING_EVENTS = frozenset({EventType.STOPPING, *STOP_EVENTS})
 
 
 # --------------------------------------------------------------------------- the run
@@ -206,13 +203,6 @@ class Truth:
         """The sensors silent past their time-out at ``t``."""
         return {s for s, spans in self.stale.items() if any(a <= t < b for a, b in spans)}
 
-    tablet_stops: list[float] = field(default_factory=list)
-
-    def unsafe(self, sensor: str, t: float) -> bool:
-        changes = self.sensors[sensor]
-        i = bisect.bisect_right(changes, (t, True)) - 1
-        return changes[i][1] if i >= 0 else False
-
     def unsafe_since(self, sensor: str, t: float) -> float | None:
         """The start of the unsafe stretch ``t`` is in, or None if safe at ``t``."""
         changes = self.sensors[sensor]
@@ -297,8 +287,6 @@ def replay(scenario: Scenario, timeout_s: float) -> Truth:
         do = step.do.value if step.do is not None else None
         if do in TABLET:
             commands.append(at)
-            if do in ("stop", "estop"):
-                truth.tablet_stops.append(at)
         match do:
             case "release" | "grip":
                 hands = GRIPS if step.hand == "both" else (f"grip_{step.hand}",)
