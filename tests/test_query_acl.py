@@ -27,14 +27,12 @@ from tests.mosquitto import (
     SENSORS,
     Broker,
     Tablet,
-    auth_lines,
     body,
-    have_mosquitto,
     login,
     tablet,
     text_is,
 )
-from tests.test_mqtt_security import need, publish_refused
+from tests.test_mqtt_security import publish_refused, secured  # noqa: F401
 
 TM = "tm-queries"
 P = f"treadmill/{TM}"
@@ -50,18 +48,7 @@ def reply_topic(account: str) -> str:
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[Broker]:
-    need("mosquitto", have_mosquitto())
-    b = Broker(tmp_path, extra=auth_lines(tmp_path))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.kill()
-
-
-@pytest.fixture
-def daemon(secured: Broker, tmp_path: Path) -> Iterator[DaemonProcess]:
+def daemon(secured: Broker, tmp_path: Path) -> Iterator[DaemonProcess]:  # noqa: F811
     config = daemon_config(
         tmp_path, secured.port, treadmill_id=TM, mqtt_extra='username = "treadguard"'
     )
@@ -110,7 +97,8 @@ async def asker(broker: Broker, account: str, *topics: str) -> AsyncIterator[Tab
 
 @pytest.mark.asyncio
 async def test_the_tablet_gets_a_users_history_and_a_session_report(
-    secured: Broker, daemon: DaemonProcess
+    secured: Broker,
+    daemon: DaemonProcess,  # noqa: F811
 ) -> None:
     async with clinician(secured, TM, account="tablet") as doc:
         session = await one_session(doc, "u-q1")
@@ -145,7 +133,9 @@ async def test_the_tablet_gets_a_users_history_and_a_session_report(
 # tablet's commands, and a flood of them would hold back an E-STOP (docs/mqtt-security.md).
 @pytest.mark.parametrize("account", [SENSORS, "sensors", "intruder", "dashboard"])
 async def test_no_other_account_can_ask_even_on_the_tablets_topic(
-    secured: Broker, daemon: DaemonProcess, account: str
+    secured: Broker,
+    daemon: DaemonProcess,
+    account: str,  # noqa: F811
 ) -> None:
     async with asker(secured, "tablet") as tab, tablet(secured, **login(account)) as other:
         forged = json.dumps({"id": "forged", "type": "history", "user": "u-q2"}).encode()
@@ -164,7 +154,8 @@ async def test_no_other_account_can_ask_even_on_the_tablets_topic(
 
 @pytest.mark.asyncio
 async def test_an_answer_reaches_only_the_account_that_asked(
-    secured: Broker, daemon: DaemonProcess
+    secured: Broker,
+    daemon: DaemonProcess,  # noqa: F811
 ) -> None:
     async with (
         asker(secured, "tablet") as tab,
