@@ -97,8 +97,8 @@ async def asker(broker: Broker, account: str, *topics: str) -> AsyncIterator[Tab
 
 @pytest.mark.asyncio
 async def test_the_tablet_gets_a_users_history_and_a_session_report(
-    secured: Broker,
-    daemon: DaemonProcess,  # noqa: F811
+    secured: Broker,  # noqa: F811
+    daemon: DaemonProcess,
 ) -> None:
     async with clinician(secured, TM, account="tablet") as doc:
         session = await one_session(doc, "u-q1")
@@ -133,9 +133,9 @@ async def test_the_tablet_gets_a_users_history_and_a_session_report(
 # tablet's commands, and a flood of them would hold back an E-STOP (docs/mqtt-security.md).
 @pytest.mark.parametrize("account", [SENSORS, "sensors", "intruder", "dashboard"])
 async def test_no_other_account_can_ask_even_on_the_tablets_topic(
-    secured: Broker,
+    secured: Broker,  # noqa: F811
     daemon: DaemonProcess,
-    account: str,  # noqa: F811
+    account: str,
 ) -> None:
     async with asker(secured, "tablet") as tab, tablet(secured, **login(account)) as other:
         forged = json.dumps({"id": "forged", "type": "history", "user": "u-q2"}).encode()
@@ -154,8 +154,8 @@ async def test_no_other_account_can_ask_even_on_the_tablets_topic(
 
 @pytest.mark.asyncio
 async def test_an_answer_reaches_only_the_account_that_asked(
-    secured: Broker,
-    daemon: DaemonProcess,  # noqa: F811
+    secured: Broker,  # noqa: F811
+    daemon: DaemonProcess,
 ) -> None:
     async with (
         asker(secured, "tablet") as tab,
