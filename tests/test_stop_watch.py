@@ -129,6 +129,26 @@ def test_no_baseline_no_comparison_and_nothing_counted() -> None:
     assert w.slow_in_a_row[StopKind.EMERGENCY] == 0
 
 
+def test_a_restart_carries_a_run_of_slow_stops_of_whole_counts_of_at_least_one() -> None:
+    """The journal's runs of slow stops since commissioning go on after a restart: one slow
+    stop before it and one after is twice in a row. A count that is not a whole number of at
+    least one (a flag, a fraction, 0, a negative) is none: it neither starts a run nor ends
+    one under way."""
+    w = watch()
+    w.carry({StopKind.EMERGENCY: 1})
+    assert w.judge(emergency(0.8, 0.6)).fault  # the carried one and this one
+    for odd in (True, 1.5, -1):
+        w = watch()
+        w.carry({StopKind.EMERGENCY: odd})  # type: ignore[dict-item]
+        assert w.slow_in_a_row[StopKind.EMERGENCY] == 0
+        assert not w.judge(emergency(0.8, 0.6)).fault
+        assert w.judge(emergency(0.8, 0.6)).fault  # counted from none, not from the odd count
+    w = watch()
+    assert w.judge(emergency(0.8, 0.6)).slow_in_a_row == 1
+    w.carry({StopKind.EMERGENCY: 0, StopKind.CONTROLLED: 2})
+    assert w.slow_in_a_row == {StopKind.EMERGENCY: 1, StopKind.CONTROLLED: 2}
+
+
 def test_new_baselines_start_every_count_again() -> None:
     w = watch()
     w.judge(emergency(0.8, 0.6))
@@ -323,6 +343,15 @@ def test_a_worn_brake_warns_on_its_first_slow_stop_and_faults_on_its_second() ->
     [warning] = bench.of(EventType.MAINTENANCE_WARNING)
     assert warning.fields["kind"] == "emergency"
     assert warning.fields["slow_in_a_row"] == 1
+    # The warning says how slow, as the stop's own check measured it.
+    checked = bench.of(EventType.STOP_CHECKED)[-1]
+    standstill = warning.fields["standstill_s"]
+    expected = warning.fields["expected_standstill_s"]
+    assert isinstance(standstill, float)
+    assert isinstance(expected, float)
+    assert standstill == checked.fields["standstill_s"]
+    assert expected == checked.fields["expected_standstill_s"]
+    assert standstill > expected * 1.3
     assert bench.core.state is State.ESTOP  # a warning only
     assert isinstance(bench.reset(), Accepted)
     bench.start()
@@ -336,6 +365,19 @@ def test_a_worn_brake_warns_on_its_first_slow_stop_and_faults_on_its_second() ->
     assert "twice in a row" in latch.detail
     faults = bench.of(EventType.FAULT)
     assert [f.fields["cause"] for f in faults] == ["drive_fault"]
+
+
+def test_a_restarted_core_given_one_slow_stop_on_record_faults_on_the_next() -> None:
+    """The daemon hands the core the journal's runs with the baselines (a restart is no
+    reset): one slow emergency stop on record, and the first slow one after it latches."""
+    bench = Bench(wear=0.6)
+    bench.core.set_stop_baselines(BASELINES, {StopKind.EMERGENCY: 1})
+    bench.start()
+    bench.estop()
+    assert bench.verdicts() == ["slow"]
+    latch = bench.core.latch
+    assert latch is not None
+    assert (latch.kind, latch.cause) == (State.FAULT, Cause.DRIVE_FAULT)
 
 
 def test_a_worn_brake_fault_is_reset_only_after_new_baselines() -> None:
