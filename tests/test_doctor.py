@@ -507,3 +507,36 @@ async def test_a_running_daemon_is_not_disturbed(rig: Rig) -> None:
         os.close(lock)
     failed(done, "service stopped", "treadguard is running", "systemctl stop treadguard")
     assert "drive" not in [line[8:].split("  ")[0].strip() for line in done.out.splitlines()]
+
+
+# ------------------------------------------------------------------ the Trackmaster's deadman
+
+
+@pytest.mark.asyncio
+async def test_the_belt_check_reads_the_trackmaster_s_cds_back(rig: Rig) -> None:
+    said: list[str] = []
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(
+                rig, rig.config(), "--service-user", "root", "--belt", on_line=said.append
+            )
+    assert done.code == 0, done.out
+    assert said[0] == "belt: stand clear: the belt starts at 0.5 mph for a moment"
+    drive = "\n".join(done.lines("drive"))
+    assert "running with its CDS on (D0 32), then stopped" in drive, done.out
+
+
+@pytest.mark.asyncio
+async def test_a_trackmaster_whose_cds_is_off(rig: Rig) -> None:
+    """A treadmill whose CDS is off in its own setup: A0 starts it without the deadman. At rest
+    it cannot be told from a good one (D0 31 either way), and the doctor says it did not read
+    the CDS back rather than call it on; --belt starts it and names the fault."""
+    with sim_device("trackmaster", "--no-cds") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            at_rest = await doctor(rig, rig.config(), "--service-user", "root")
+            running = await doctor(rig, rig.config(), "--service-user", "root", "--belt")
+    assert at_rest.code == 0, at_rest.out
+    assert "its CDS was not read back" in "\n".join(at_rest.lines("drive")), at_rest.out
+    failed(running, "drive", "disabled (D0 33)", "CDS turned on in its own setup")
