@@ -591,7 +591,9 @@ async def _judge_sensors(
                     Verdict.FAIL,
                     f"{ROLE_WORDS[role]}: the last reading is {now - got[0]:.1f} s old "
                     f"(stale after {timeout_s:g} s)",
-                    "the sensor stopped reporting: check its wiring, power and network",
+                    "the sensor stopped reporting, or what it reports is old by its own time "
+                    "stamps (a stamp that stands still, readings held back on the way): check "
+                    "its wiring, power, network and clock",
                 )
             )
         else:
