@@ -677,21 +677,48 @@ def _client(
 async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[Check]:
     where = f"{broker.host}:{broker.port}"
     account = broker.username or "anonymous"
+    logged_in = False
     try:
         async with _client(broker, options.wait_s) as daemon:
+            logged_in = True
             checks = [
                 Check("broker", Verdict.OK, f"{where} accepts the daemon's login ({account})")
             ]
             checks += await _acl_probes(daemon, broker, options)
             return checks
-    except aiomqtt.MqttError as exc:
+    except aiomqtt.MqttCodeError as exc:
+        if logged_in:
+            return [_dropped(where, account, exc)]
+        # The broker answered the connection, and refused it (its CONNACK's reason).
+        said = str(exc).lower()
         fix = (
             "the daemon's password (TREADGUARD_MQTT__PASSWORD in /etc/treadguard/environment) "
             "must match its entry in the broker's password file (mosquitto_passwd)"
-            if "authori" in str(exc).lower() or "password" in str(exc).lower()
-            else "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port"
+            if "authori" in said or "password" in said
+            else "the broker's log says why (journalctl -u mosquitto)"
         )
         return [Check("broker", Verdict.FAIL, f"{where} refused {account}: {exc}", fix)]
+    except aiomqtt.MqttError as exc:
+        if logged_in:
+            return [_dropped(where, account, exc)]
+        # Nothing answered the connection: no broker there, or one not listening on that port.
+        return [
+            Check(
+                "broker",
+                Verdict.FAIL,
+                f"nothing answers at {where}: {exc}",
+                "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port",
+            )
+        ]
+
+
+def _dropped(where: str, account: str, exc: Exception) -> Check:
+    return Check(
+        "broker",
+        Verdict.FAIL,
+        f"{where} dropped the daemon's connection ({account}): {exc}",
+        "the broker's log says why (journalctl -u mosquitto)",
+    )
 
 
 async def _acl_probes(

@@ -595,6 +595,16 @@ async def test_an_acl_that_does_not_let_the_daemon_publish(rig: Rig) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_broker_that_is_not_running(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    config = rig.config()
+    rig.broker.stop()
+    done = await doctor(rig, config, "--service-user", "root")
+    text = failed(done, "broker", "nothing answers", "sudo systemctl start mosquitto")
+    assert "refused treadguard" not in text  # no broker answered, so none refused the login
+
+
+@pytest.mark.asyncio
 async def test_the_tablet_s_password_is_wrong(rig: Rig) -> None:
     rig.drive = 'kind = "simulator"'
     async with publishing(Sensors(rig.broker.port)):
