@@ -892,8 +892,7 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
     free = shutil.disk_usage(existing).free
     if path.exists():
         try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                version = journal_schema_version(db)
+            version, damage = _read_journal(path)
         except sqlite3.Error as exc:
             return [
                 *checks,
@@ -912,6 +911,17 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
                     Verdict.FAIL,
                     f"{path} was written by a newer treadguard (schema {version})",
                     "update treadguard (scripts/install --update)",
+                ),
+            ]
+        if damage:
+            return [
+                *checks,
+                Check(
+                    "journal",
+                    Verdict.FAIL,
+                    f"{path} is damaged: {'; '.join(damage)}",
+                    "move it aside (keep it: it is the clinic's record; sqlite3 FILE .recover "
+                    "may save its rows) and start afresh",
                 ),
             ]
     if used >= WARN_FRACTION * limit:
@@ -943,6 +953,21 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
             )
         )
     return checks
+
+
+def _read_journal(path: Path) -> tuple[int, list[str]]:
+    """The journal's schema version, and what SQLite's quick_check finds wrong with it (none:
+    sound). sqlite3.Error when not even its header can be read."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        version = journal_schema_version(db)
+        # The version is in the file's header, which reads fine on a journal with a damaged
+        # page: every page is read once here, or the damage is first met when the daemon
+        # next reads or writes that page.
+        try:
+            found = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return version, [str(exc)]
+    return version, [] if found == ["ok"] else found
 
 
 def _journal_bytes(path: Path) -> int:

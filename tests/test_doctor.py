@@ -673,6 +673,27 @@ async def test_a_file_that_is_no_journal(rig: Rig) -> None:
     failed(done, "journal", "cannot be read: file is not a database", "move it aside")
 
 
+@pytest.mark.asyncio
+async def test_a_journal_with_a_damaged_page(rig: Rig) -> None:
+    """Its header (and so its schema version) intact, a page of its records overwritten: a
+    journal that opens and then fails the daemon on its first read of that page."""
+    rig.drive = 'kind = "simulator"'
+    path = rig.tmp / "var" / "journal.sqlite"
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("CREATE TABLE filler (n INTEGER, b TEXT)")
+        db.executemany("INSERT INTO filler VALUES (?, ?)", [(i, "x" * 100) for i in range(2000)])
+        db.commit()
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    with path.open("r+b") as file:
+        file.seek(page * (pages - 3))
+        file.write(b"\xa5" * page)
+    done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "journal", "is damaged", "move it aside")
+
+
 # ------------------------------------------------------------------ devices
 
 
