@@ -315,8 +315,7 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
                     "GPIO",
                     Verdict.FAIL,
                     f"sensor {name}: the GPIO chip {chip} does not exist",
-                    "ls /dev/gpiochip* lists the chips (gpiodetect names them); on a Raspberry "
-                    "Pi 5 the header is /dev/gpiochip4, on earlier ones /dev/gpiochip0",
+                    CHIPS_FIX,
                 )
             )
             continue
@@ -335,14 +334,8 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
             continue
         problem = _gpio_line_problem(chip, entry.line)
         if problem is not None:
-            checks.append(
-                Check(
-                    "GPIO",
-                    Verdict.FAIL,
-                    f"sensor {name}: {problem}",
-                    "gpioinfo " + str(chip) + " lists the chip's lines and their names",
-                )
-            )
+            detail, fix = problem
+            checks.append(Check("GPIO", Verdict.FAIL, f"sensor {name}: {detail}", fix))
         else:
             checks.append(
                 Check("GPIO", Verdict.OK, f"sensor {name}: line {entry.line} of {chip} present")
@@ -350,20 +343,37 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
     return checks
 
 
-def _gpio_line_problem(chip: Path, line: int | str) -> str | None:
+CHIPS_FIX = (
+    "ls /dev/gpiochip* lists the chips (gpiodetect names them); on a Raspberry Pi 5 the header "
+    "is /dev/gpiochip4, on earlier ones /dev/gpiochip0"
+)
+
+
+def _gpio_line_problem(chip: Path, line: int | str) -> tuple[str, str] | None:
+    """What is wrong with ``line`` of ``chip``, and its fix; None: the line is there."""
     try:
         import gpiod  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return "libgpiod's Python binding (gpiod) is not installed"
+        return (
+            "libgpiod's Python binding (gpiod) is not installed",
+            "scripts/install --update installs treadguard with it",
+        )
+    lines_fix = f"gpioinfo {chip} lists the chip's lines and their names"
+    # libgpiod's own test: a device of another kind (a serial port, /dev/null) would otherwise
+    # fail below with an errno ("No such file or directory") that names no cause.
+    if not gpiod.is_gpiochip_device(str(chip)):
+        return f"{chip} is not a GPIO chip", CHIPS_FIX
     try:
         with gpiod.Chip(str(chip)) as opened:
             count = int(opened.get_info().num_lines)
             if isinstance(line, int):
-                return None if line < count else f"{chip} has {count} lines, no line {line}"
+                if line < count:
+                    return None
+                return f"{chip} has {count} lines, no line {line}", lines_fix
             opened.line_offset_from_id(line)
             return None
     except (OSError, ValueError) as exc:
-        return f"line {line} on {chip}: {exc}"
+        return f"line {line} on {chip}: {exc}", lines_fix
 
 
 # --belt: the speed the Trackmaster is started at to read its CDS back; slow enough to step on

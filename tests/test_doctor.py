@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import grp
 import json
@@ -39,6 +40,7 @@ from tests.mosquitto import (
     auth_lines,
     have_mosquitto,
 )
+from treadguard.controller.doctor import check_configuration, check_gpio, service_account
 from treadguard.controller.journal import SCHEMA_VERSION, Journal
 
 CLI = [sys.executable, "-m", "treadguard.controller.cli"]
@@ -727,3 +729,65 @@ async def test_a_gpio_chip_the_service_user_may_not_open(rig: Rig) -> None:
         done = await doctor(rig, rig.config(), "--service-user", "nobody")
     text = failed(done, "GPIO", f"{chip} cannot be used by nobody", 'KERNEL=="gpiochip*"')
     assert "usermod" not in text  # joining root's group would not help
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_is_not_a_gpio_chip(rig: Rig) -> None:
+    """A character device that exists but is no GPIO chip (a serial port here), as libgpiod
+    itself finds it."""
+    with sim_device("trackmaster") as chip:
+        rig.drive = 'kind = "simulator"'
+        rig.sensors_section = gpio_section(chip)
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    text = failed(done, "GPIO", f"{chip} is not a GPIO chip", "gpiodetect")
+    assert "gpioinfo" not in text  # it would fail on that device too
+
+
+class FourLineChip:
+    """Stands in for ``gpiod.Chip`` (this machine has no GPIO chip, nor the kernel's gpio-sim
+    to make one): four lines, named GPIO0..GPIO3, as libgpiod reports a chip's."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> FourLineChip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def get_info(self) -> object:
+        return type("ChipInfo", (), {"num_lines": 4})()
+
+    def line_offset_from_id(self, line: int | str) -> int:
+        names = {f"GPIO{n}": n for n in range(4)}
+        if line not in names:
+            raise OSError(errno.ENOENT, "No such file or directory")
+        return names[str(line)]
+
+
+def test_gpio_lines_that_are_not_on_the_chip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpiod
+
+    monkeypatch.setattr(gpiod, "Chip", FourLineChip)
+    monkeypatch.setattr(gpiod, "is_gpiochip_device", lambda path: True)
+    chip = tmp_path / "gpiochip0"
+    chip.write_text("", encoding="utf-8")
+    config = tmp_path / "treadguard.toml"
+    config.write_text(
+        f'[treadmill]\nid = "{SENSOR_TM}"\n\n'
+        f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
+        '[drive]\nkind = "simulator"\n\n' + gpio_section(str(chip), (1, 17, "GPIO9")),
+        encoding="utf-8",
+    )
+    check, loaded = check_configuration(config)
+    assert loaded is not None, check
+    checks = check_gpio(loaded, service_account("root"), "root")
+    assert [(c.verdict.value, c.detail) for c in checks] == [
+        ("ok", f"sensor grip_left: line 1 of {chip} present"),
+        ("FAIL", f"sensor grip_right: {chip} has 4 lines, no line 17"),
+        ("FAIL", f"sensor fall: line GPIO9 on {chip}: [Errno 2] No such file or directory"),
+    ]
+    assert all("gpioinfo" in c.fix for c in checks[1:])
