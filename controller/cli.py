@@ -32,7 +32,7 @@ from treadguard.config.schema import SimulatedDriveSection
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
-from treadguard.controller.doctor import DoctorOptions, diagnose, render
+from treadguard.controller.doctor import BELT_PROBE_MPH, DoctorOptions, diagnose, render
 from treadguard.controller.doctor import as_json as doctor_json
 from treadguard.controller.journal import (
     CommissioningStatus,
@@ -240,7 +240,9 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, "auto")
     try:
         if args.device == "trackmaster":
-            model = TrackmasterModel(resume_last_speed=args.resume_last_speed)
+            model = TrackmasterModel(
+                resume_last_speed=args.resume_last_speed, starts_with_cds=not args.no_cds
+            )
             asyncio.run(
                 serve_trackmaster(
                     model=model,
@@ -391,6 +393,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         wait_s=args.wait_s,
         walk=args.walk,
         walk_wait_s=args.walk_wait_s,
+        belt=args.belt,
         say=lambda text: print(text, flush=True),
     )
     configure_logging("error", "auto")
@@ -781,6 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a model that keeps its set speed through a stop and restarts at it on A0",
     )
+    tm.add_argument(
+        "--no-cds",
+        action="store_true",
+        help="a treadmill whose communication-disconnect stop is off in its own setup: A0 "
+        "starts the belt without it (it reports D0 33, and runs on when its host falls silent)",
+    )
     mb = dev_sub.add_parser("modbus", help="a Delta VFD-E style drive on Modbus TCP or RTU")
     mb.add_argument(
         "--tcp",
@@ -914,6 +923,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--walk",
         action="store_true",
         help="then ask for each sensor to be touched (hold the left rail, ...) and watch it flip",
+    )
+    doc.add_argument(
+        "--belt",
+        action="store_true",
+        help=f"a Trackmaster: start the belt at {BELT_PROBE_MPH} mph for a moment to read its "
+        "communication-disconnect stop back (the belt clear; it stops again at once)",
     )
     doc.add_argument("--json", action="store_true", help="one JSON object: each check's verdict")
     doc.add_argument(

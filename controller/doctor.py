@@ -3,8 +3,11 @@
 Each check says what it found and, when it fails, a plain fix. The checks look at the board as
 the service will meet it: files and devices as the service's user (``treadguard``) may use
 them, the drive and the sensors through the daemon's own drivers and readers, the broker with
-the daemon's own account. Nothing here moves the belt: the drive is only polled (every driver
-sends its stop word first on connecting), and the MQTT probes are a command the daemon would
+the daemon's own account. Nothing here moves the belt unless ``--belt`` asks: the drive is only
+polled (every driver sends its stop word first on connecting). A Trackmaster reports its
+deadman (CDS) only in a running belt's state, so only ``--belt`` (the technician present) reads
+it back: the driver's own start (``A0``) at a walking pace, one state read, and its stop. The
+MQTT probes are a command the daemon would
 only ever see as a heartbeat (the daemon must be stopped for the check, which is checked
 first) and a reply with an id no tablet asked.
 """
@@ -50,6 +53,8 @@ from treadguard.controller.journal import schema_version as journal_schema_versi
 from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
+from treadguard.drivers.trackmaster import TrackmasterDriver
+from treadguard.drivers.trackmaster_codec import BeltState
 from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
 
 INSTALL_DOC = "docs/install-raspberry-pi.md"
@@ -87,6 +92,8 @@ class DoctorOptions:
     # --walk: the technician is asked to touch each sensor; ``say`` prints the request.
     walk: bool = False
     walk_wait_s: float = 30.0
+    # --belt: start a Trackmaster's belt briefly to read its CDS back (the technician present).
+    belt: bool = False
     say: Callable[[str], None] = print
 
 
@@ -308,8 +315,7 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
                     "GPIO",
                     Verdict.FAIL,
                     f"sensor {name}: the GPIO chip {chip} does not exist",
-                    "ls /dev/gpiochip* lists the chips (gpiodetect names them); on a Raspberry "
-                    "Pi 5 the header is /dev/gpiochip4, on earlier ones /dev/gpiochip0",
+                    CHIPS_FIX,
                 )
             )
             continue
@@ -328,14 +334,8 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
             continue
         problem = _gpio_line_problem(chip, entry.line)
         if problem is not None:
-            checks.append(
-                Check(
-                    "GPIO",
-                    Verdict.FAIL,
-                    f"sensor {name}: {problem}",
-                    "gpioinfo " + str(chip) + " lists the chip's lines and their names",
-                )
-            )
+            detail, fix = problem
+            checks.append(Check("GPIO", Verdict.FAIL, f"sensor {name}: {detail}", fix))
         else:
             checks.append(
                 Check("GPIO", Verdict.OK, f"sensor {name}: line {entry.line} of {chip} present")
@@ -343,48 +343,79 @@ def check_gpio(loaded: LoadedConfig, account: Account | None, user: str) -> list
     return checks
 
 
-def _gpio_line_problem(chip: Path, line: int | str) -> str | None:
+CHIPS_FIX = (
+    "ls /dev/gpiochip* lists the chips (gpiodetect names them); on a Raspberry Pi 5 the header "
+    "is /dev/gpiochip4, on earlier ones /dev/gpiochip0"
+)
+
+
+def _gpio_line_problem(chip: Path, line: int | str) -> tuple[str, str] | None:
+    """What is wrong with ``line`` of ``chip``, and its fix; None: the line is there."""
     try:
         import gpiod  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return "libgpiod's Python binding (gpiod) is not installed"
+        return (
+            "libgpiod's Python binding (gpiod) is not installed",
+            "scripts/install --update installs treadguard with it",
+        )
+    lines_fix = f"gpioinfo {chip} lists the chip's lines and their names"
+    # libgpiod's own test: a device of another kind (a serial port, /dev/null) would otherwise
+    # fail below with an errno ("No such file or directory") that names no cause.
+    if not gpiod.is_gpiochip_device(str(chip)):
+        return f"{chip} is not a GPIO chip", CHIPS_FIX
     try:
         with gpiod.Chip(str(chip)) as opened:
             count = int(opened.get_info().num_lines)
             if isinstance(line, int):
-                return None if line < count else f"{chip} has {count} lines, no line {line}"
+                if line < count:
+                    return None
+                return f"{chip} has {count} lines, no line {line}", lines_fix
             opened.line_offset_from_id(line)
             return None
     except (OSError, ValueError) as exc:
-        return f"line {line} on {chip}: {exc}"
+        return f"line {line} on {chip}: {exc}", lines_fix
 
 
-async def check_drive(loaded: LoadedConfig, wait_s: float) -> list[Check]:
+# --belt: the speed the Trackmaster is started at to read its CDS back; slow enough to step on
+# and off, and above every known model's minimum (0.2 mph).
+BELT_PROBE_MPH = 0.5
+
+
+async def check_drive(loaded: LoadedConfig, options: DoctorOptions) -> list[Check]:
     drive = loaded.config.drive
     if isinstance(drive, SimulatedDriveSection):
         return [Check("drive", Verdict.NONE, "the built-in simulated drive")]
     driver = build_driver(loaded, time.monotonic)
     task = asyncio.create_task(driver.run())
     status = None
+    cds: Check | None = None
     try:
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + options.wait_s
         while time.monotonic() < deadline and not task.done():
             status = driver.status()
             if status is not None and status.fault is None:
                 break
             await asyncio.sleep(0.05)  # polling a status the driver's own task updates
+        healthy = status is not None and status.fault is None
+        if healthy and options.belt and isinstance(driver, TrackmasterDriver):
+            cds = await _read_cds_back(driver, loaded, options)
     finally:
         await _ended([task])
     where = _drive_words(loaded)
     if status is None or status.fault is not None:
         said = status.fault if status is not None and status.fault else "no answer"
         return [Check("drive", Verdict.FAIL, f"{where}: {said}", _drive_fix(loaded, said))]
+    if cds is not None:
+        return [cds]
     if isinstance(drive, ModbusDriveSection):
         deadman = "its communication time-out (09.03) and fault action (09.02) read back safe"
     else:
+        # The protocol reports the CDS only in the running belt's state (D0 32 or D0 33): a
+        # stopped belt says D0 31 either way, and nothing here moves the belt unless asked.
         deadman = (
-            "treadguard starts the belt only with A0, which arms the treadmill's CDS; a belt "
-            "found running without CDS is a fault"
+            "its CDS was not read back: a Trackmaster reports it only while the belt runs (D0 "
+            f"32 on, D0 33 off); --belt starts the belt at {BELT_PROBE_MPH} mph with A0 to read "
+            "it, and treadguard commission's deadman step proves it stops the belt"
         )
     return [
         Check(
@@ -393,6 +424,62 @@ async def check_drive(loaded: LoadedConfig, wait_s: float) -> list[Check]:
             f"{where} answers (belt {status.speed_mph:.2f} mph); deadman: {deadman}",
         )
     ]
+
+
+async def _read_cds_back(
+    driver: TrackmasterDriver, loaded: LoadedConfig, options: DoctorOptions
+) -> Check:
+    """--belt: start the belt with A0 (the driver's own start, which arms the CDS) at
+    BELT_PROBE_MPH, read the belt's state back (D0 32: running with CDS; D0 33: without), and
+    stop it again."""
+    where = _drive_words(loaded)
+    options.say(f"belt: stand clear: the belt starts at {BELT_PROBE_MPH} mph for a moment")
+    driver.command_speed(0.0)  # the driver starts only after a stop it was asked for
+    driver.command_speed(BELT_PROBE_MPH)
+    seen = driver.belt_states_seen
+    running = {BeltState.RUNNING_CDS, BeltState.RUNNING_WITHOUT_CDS}
+
+    def answered() -> bool:
+        status = driver.status()
+        return bool(seen & running) or (status is not None and status.fault is not None)
+
+    await _until(answered, options.wait_s)
+    status = driver.status()
+    fault = status.fault if status is not None else None
+    driver.command_speed(0.0)
+
+    def stopped() -> bool:
+        status = driver.status()
+        return not driver.stopping and status is not None and status.speed_mph == 0.0
+
+    standstill = await _until(stopped, options.wait_s)
+    if BeltState.RUNNING_WITHOUT_CDS in seen:
+        return Check(
+            "drive",
+            Verdict.FAIL,
+            f"{where}: started with A0, the belt ran with its communication-disconnect stop "
+            "(CDS) disabled (D0 33): it would keep running if treadguard fell silent",
+            "have the treadmill's CDS turned on in its own setup (its service menu or its "
+            "maker: it must stop the belt 500 ms after the host falls silent); treadguard "
+            "stops every session on it at once until then",
+        )
+    if BeltState.RUNNING_CDS not in seen:
+        said = fault or f"the belt did not start within {options.wait_s:g} s"
+        return Check("drive", Verdict.FAIL, f"{where}: --belt: {said}", _drive_fix(loaded, said))
+    if not standstill:
+        return Check(
+            "drive",
+            Verdict.FAIL,
+            f"{where}: the belt did not report standstill within {options.wait_s:g} s of A2",
+            "stop the belt at the treadmill (its stop button or safety key) and check the "
+            "drive before any session (docs/drivers.md)",
+        )
+    return Check(
+        "drive",
+        Verdict.OK,
+        f"{where} answers; deadman: started with A0 at {BELT_PROBE_MPH} mph, the belt read back "
+        "running with its CDS on (D0 32), then stopped",
+    )
 
 
 def _drive_fix(loaded: LoadedConfig, said: str) -> str:
@@ -514,7 +601,9 @@ async def _judge_sensors(
                     Verdict.FAIL,
                     f"{ROLE_WORDS[role]}: the last reading is {now - got[0]:.1f} s old "
                     f"(stale after {timeout_s:g} s)",
-                    "the sensor stopped reporting: check its wiring, power and network",
+                    "the sensor stopped reporting, or what it reports is old by its own time "
+                    "stamps (a stamp that stands still, readings held back on the way): check "
+                    "its wiring, power, network and clock",
                 )
             )
         else:
@@ -598,21 +687,48 @@ def _client(
 async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[Check]:
     where = f"{broker.host}:{broker.port}"
     account = broker.username or "anonymous"
+    logged_in = False
     try:
         async with _client(broker, options.wait_s) as daemon:
+            logged_in = True
             checks = [
                 Check("broker", Verdict.OK, f"{where} accepts the daemon's login ({account})")
             ]
             checks += await _acl_probes(daemon, broker, options)
             return checks
-    except aiomqtt.MqttError as exc:
+    except aiomqtt.MqttCodeError as exc:
+        if logged_in:
+            return [_dropped(where, account, exc)]
+        # The broker answered the connection, and refused it (its CONNACK's reason).
+        said = str(exc).lower()
         fix = (
             "the daemon's password (TREADGUARD_MQTT__PASSWORD in /etc/treadguard/environment) "
             "must match its entry in the broker's password file (mosquitto_passwd)"
-            if "authori" in str(exc).lower() or "password" in str(exc).lower()
-            else "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port"
+            if "authori" in said or "password" in said
+            else "the broker's log says why (journalctl -u mosquitto)"
         )
         return [Check("broker", Verdict.FAIL, f"{where} refused {account}: {exc}", fix)]
+    except aiomqtt.MqttError as exc:
+        if logged_in:
+            return [_dropped(where, account, exc)]
+        # Nothing answered the connection: no broker there, or one not listening on that port.
+        return [
+            Check(
+                "broker",
+                Verdict.FAIL,
+                f"nothing answers at {where}: {exc}",
+                "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port",
+            )
+        ]
+
+
+def _dropped(where: str, account: str, exc: Exception) -> Check:
+    return Check(
+        "broker",
+        Verdict.FAIL,
+        f"{where} dropped the daemon's connection ({account}): {exc}",
+        "the broker's log says why (journalctl -u mosquitto)",
+    )
 
 
 async def _acl_probes(
@@ -786,8 +902,7 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
     free = shutil.disk_usage(existing).free
     if path.exists():
         try:
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                version = journal_schema_version(db)
+            version, damage = _read_journal(path)
         except sqlite3.Error as exc:
             return [
                 *checks,
@@ -806,6 +921,17 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
                     Verdict.FAIL,
                     f"{path} was written by a newer treadguard (schema {version})",
                     "update treadguard (scripts/install --update)",
+                ),
+            ]
+        if damage:
+            return [
+                *checks,
+                Check(
+                    "journal",
+                    Verdict.FAIL,
+                    f"{path} is damaged: {'; '.join(damage)}",
+                    "move it aside (keep it: it is the clinic's record; sqlite3 FILE .recover "
+                    "may save its rows) and start afresh",
                 ),
             ]
     if used >= WARN_FRACTION * limit:
@@ -839,6 +965,21 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
     return checks
 
 
+def _read_journal(path: Path) -> tuple[int, list[str]]:
+    """The journal's schema version, and what SQLite's quick_check finds wrong with it (none:
+    sound). sqlite3.Error when not even its header can be read."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        version = journal_schema_version(db)
+        # The version is in the file's header, which reads fine on a journal with a damaged
+        # page: every page is read once here, or the damage is first met when the daemon
+        # next reads or writes that page.
+        try:
+            found = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return version, [str(exc)]
+    return version, [] if found == ["ok"] else found
+
+
 def _journal_bytes(path: Path) -> int:
     total = 0
     for part in (path, path.with_name(path.name + "-wal")):
@@ -864,7 +1005,7 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
         report.add(check)
     broker = broker_settings(loaded)
     if stopped.verdict is Verdict.OK:
-        for check in await _guarded_list("drive", check_drive(loaded, options.wait_s)):
+        for check in await _guarded_list("drive", check_drive(loaded, options)):
             report.add(check)
         for check in await _guarded_list("sensors", check_sensors(loaded, broker, options)):
             report.add(check)

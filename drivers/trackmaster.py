@@ -261,6 +261,9 @@ class TrackmasterDriver:
         self.speed_writes = 0
         self.emergency_stops = 0
         self.ignored_run_commands = 0
+        # Every belt state a poll reported (C0): a state the driver faults on is gone from
+        # status() by the next poll, and the doctor reads the CDS back from here.
+        self.belt_states_seen: set[BeltState] = set()
 
     # --- the controller's side (never blocks) -------------------------------------------------
 
@@ -826,6 +829,7 @@ class TrackmasterDriver:
 
     def _take_poll(self, seq: int, token: int, state: BeltState, speed: StatusValue) -> None:
         self._belt_state = state
+        self.belt_states_seen.add(state)
         if speed.is_emergency:
             self._speed_mph = math.inf  # no speed known: fail closed
             self._condition_fault = (

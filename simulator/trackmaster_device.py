@@ -16,6 +16,9 @@ byte, through the same codec the driver uses (:mod:`drivers.trackmaster_codec`),
   sets the speed the next ``A0`` starts at. ``TrackmasterModel(resume_last_speed=True)`` is a
   model that keeps its set speed through a stop and resumes at it on ``A0``;
   ``speed_while_stopped="ignore"`` makes it acknowledge ``A3`` while stopped without taking it.
+- **CDS off in the treadmill's own setup**: ``TrackmasterModel(starts_with_cds=False)`` is a
+  treadmill whose ``A0`` (and its own start button) starts the belt without the deadman: it
+  reports ``D0 33`` while running, and a host that falls silent leaves the belt running.
 
 Fault injection, switchable at run time for a while or for ever (:meth:`inject`): answer
 ``garbage``, ``partial`` frames, ``BE`` or ``BF`` to every request (the stop included), or stay
@@ -101,6 +104,9 @@ class TrackmasterModel:
     # What A3 does while the belt is stopped: "store" sets the speed A0 starts at; "ignore"
     # acknowledges it and keeps the old set speed.
     speed_while_stopped: Literal["store", "ignore"] = "store"
+    # False: the CDS is off in the treadmill's own setup (a service setting, its firmware), so
+    # A0 starts the belt without its deadman, as A1 would (the belt reports D0 33).
+    starts_with_cds: bool = True
 
 
 InjectionKind = Literal["garbage", "partial", "BE", "BF", "silent"]
@@ -373,8 +379,9 @@ class TrackmasterDevice:
         self._stop(self._now(), emergency=True)
 
     def press_start(self) -> None:
-        """The treadmill's own start button: the belt starts with CDS enabled."""
-        self._start(self._now(), cds=True)
+        """The treadmill's own start button: the belt starts with CDS enabled (unless the
+        model's setup has it off)."""
+        self._start(self._now(), cds=self.model.starts_with_cds)
         self._notify()
 
     @property
@@ -533,7 +540,7 @@ class TrackmasterDevice:
         return encode_ack(frame.command, frame.data if self.echo else b"")
 
     def _start_cds(self, _: int, now: float) -> ErrorAnswer | None:
-        self._start(now, cds=True)
+        self._start(now, cds=self.model.starts_with_cds)
         return None
 
     def _start_without_cds(self, _: int, now: float) -> ErrorAnswer | None:

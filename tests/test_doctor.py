@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import grp
 import json
@@ -31,6 +32,7 @@ import pytest
 
 from tests.daemon_process import PROGRAMS_DIR, ROOT
 from tests.mosquitto import (
+    ACL,
     PASSWORDS,
     SENSOR_TM,
     SENSORS,
@@ -38,7 +40,8 @@ from tests.mosquitto import (
     auth_lines,
     have_mosquitto,
 )
-from treadguard.controller.journal import Journal
+from treadguard.controller.doctor import check_configuration, check_gpio, service_account
+from treadguard.controller.journal import SCHEMA_VERSION, Journal
 
 CLI = [sys.executable, "-m", "treadguard.controller.cli"]
 RUN_BOUND_S = 60.0
@@ -82,6 +85,13 @@ class Sensors:
         default_factory=lambda: {"grip_left": True, "grip_right": True, "fall": False}
     )
     silent: set[str] = field(default_factory=set)
+    # A sensor's own clock: this far from the board's (it advances all the same)...
+    offset: dict[str, float] = field(default_factory=dict)
+    # ...or stuck: every reading carries this one stamp (a bridge repeating its last reading).
+    frozen: dict[str, float] = field(default_factory=dict)
+
+    def stamp(self, role: str) -> float:
+        return self.frozen.get(role, time.time() + self.offset.get(role, 0.0))
 
     async def run(self) -> None:
         async with aiomqtt.Client(
@@ -90,7 +100,7 @@ class Sensors:
             while True:
                 for role, value in self.values.items():
                     if role not in self.silent:
-                        payload = json.dumps({"value": value, "ts": time.time()})
+                        payload = json.dumps({"value": value, "ts": self.stamp(role)})
                         await client.publish(f"treadmill/{SENSOR_TM}/sensors/{role}", payload)
                 await asyncio.sleep(0.1)  # the sensors' own reporting period
 
@@ -140,10 +150,37 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "var").mkdir()
+    made = Rig(tmp_path, broker, bin_dir)
     try:
-        yield Rig(tmp_path, broker, bin_dir)
+        yield made
     finally:
-        broker.stop()
+        made.broker.stop()  # the one the test left running (it may have swapped it)
+
+
+def broker_with_acl(rig: Rig, acl: str) -> None:
+    """The rig's broker replaced by one with the shipped accounts and this ACL text."""
+    path = rig.tmp / "acl-edited"
+    path.write_text(acl, encoding="utf-8")
+    rig.broker.stop()
+    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp).replace(f"acl_file {ACL}", f"acl_file {path}"))
+    rig.broker.start()
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[None]:
+    """A tmpfs of ``size`` mounted on ``folder``: a disk with that little room."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def filled_journal(path: Path, size: int) -> None:
@@ -223,9 +260,10 @@ async def doctor(
     *args: str,
     on_line: Callable[[str], None] | None = None,
     tablet: str = "tablet",
+    tablet_password: str | None = None,
 ) -> Outcome:
     env = rig.env()
-    env["TREADGUARD_TABLET_PASSWORD"] = PASSWORDS[tablet]
+    env["TREADGUARD_TABLET_PASSWORD"] = tablet_password or PASSWORDS[tablet]
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "doctor",
@@ -507,3 +545,249 @@ async def test_a_running_daemon_is_not_disturbed(rig: Rig) -> None:
         os.close(lock)
     failed(done, "service stopped", "treadguard is running", "systemctl stop treadguard")
     assert "drive" not in [line[8:].split("  ")[0].strip() for line in done.out.splitlines()]
+
+
+# ------------------------------------------------------------------ the Trackmaster's deadman
+
+
+@pytest.mark.asyncio
+async def test_the_belt_check_reads_the_trackmaster_s_cds_back(rig: Rig) -> None:
+    said: list[str] = []
+    with sim_device("trackmaster") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(
+                rig, rig.config(), "--service-user", "root", "--belt", on_line=said.append
+            )
+    assert done.code == 0, done.out
+    assert said[0] == "belt: stand clear: the belt starts at 0.5 mph for a moment"
+    drive = "\n".join(done.lines("drive"))
+    assert "running with its CDS on (D0 32), then stopped" in drive, done.out
+
+
+@pytest.mark.asyncio
+async def test_a_trackmaster_whose_cds_is_off(rig: Rig) -> None:
+    """A treadmill whose CDS is off in its own setup: A0 starts it without the deadman. At rest
+    it cannot be told from a good one (D0 31 either way), and the doctor says it did not read
+    the CDS back rather than call it on; --belt starts it and names the fault."""
+    with sim_device("trackmaster", "--no-cds") as pty:
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        async with publishing(Sensors(rig.broker.port)):
+            at_rest = await doctor(rig, rig.config(), "--service-user", "root")
+            running = await doctor(rig, rig.config(), "--service-user", "root", "--belt")
+    assert at_rest.code == 0, at_rest.out
+    assert "its CDS was not read back" in "\n".join(at_rest.lines("drive")), at_rest.out
+    failed(running, "drive", "disabled (D0 33)", "CDS turned on in its own setup")
+
+
+# ------------------------------------------------------------------ the broker
+
+
+@pytest.mark.asyncio
+async def test_an_acl_that_does_not_let_the_daemon_publish(rig: Rig) -> None:
+    shipped = ACL.read_text(encoding="utf-8")
+    assert "topic write treadmill/+/reply\n" in shipped
+    broker_with_acl(rig, shipped.replace("topic write treadmill/+/reply\n", "", 1))
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    text = failed(done, "broker ACL", "a reply from the daemon's account", "ACL")
+    assert text.count("FAIL") == 1  # the tablet's command still reaches the daemon
+    assert f"tablet may command treadmill/{SENSOR_TM}/cmd" in done.out
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_is_not_running(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    config = rig.config()
+    rig.broker.stop()
+    done = await doctor(rig, config, "--service-user", "root")
+    text = failed(done, "broker", "nothing answers", "sudo systemctl start mosquitto")
+    assert "refused treadguard" not in text  # no broker answered, so none refused the login
+
+
+@pytest.mark.asyncio
+async def test_the_tablet_s_password_is_wrong(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(
+            rig, rig.config(), "--service-user", "root", tablet_password="not-the-password"
+        )
+    failed(done, "broker ACL", "refused the tablet's login (tablet)", "TREADGUARD_TABLET_PASSWORD")
+    assert "ok    broker           127.0.0.1" in done.out  # the daemon's own login is fine
+
+
+# ------------------------------------------------------------------ a stale sensor
+
+
+@pytest.mark.asyncio
+async def test_a_sensor_that_reports_with_a_stamp_that_stands_still(rig: Rig) -> None:
+    """The left grip keeps publishing, every reading with one old stamp: by its own stamps no
+    reading is new, so it is stale though it is heard. The right grip's clock is a minute
+    behind the board's and advances: fresh, as the daemon counts it (a stamp is compared only
+    with the same sensor's earlier stamps, never with the board's clock)."""
+    rig.drive = 'kind = "simulator"'
+    sensors = Sensors(
+        rig.broker.port,
+        frozen={"grip_left": time.time() - 60.0},
+        offset={"grip_right": -60.0},
+    )
+    async with publishing(sensors):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    text = failed(
+        done, "sensors", "left grip: the last reading is", "stale after 0.5 s", "time stamps"
+    )
+    assert text.count("FAIL") == 1
+    assert "right grip: held, fresh" in done.out
+
+
+# ------------------------------------------------------------------ the journal
+
+
+@pytest.mark.asyncio
+async def test_a_disk_with_too_little_room_for_the_journal(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    with small_disk(rig.tmp / "var", "4m"):
+        full = await doctor(rig, rig.config(), "--service-user", "root")
+        rig.journal_extra = "max_size_mb = 2\n"  # a limit the disk has room for
+        fits = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(full, "journal", "the disk has 4 MB free", "free space on the disk")
+    assert fits.lines("journal")[0].startswith("  ok    journal"), fits.out
+
+
+@pytest.mark.asyncio
+async def test_a_journal_from_a_newer_treadguard(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    path = rig.tmp / "var" / "journal.sqlite"
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+    done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "journal", f"newer treadguard (schema {SCHEMA_VERSION + 1})", "--update")
+
+
+@pytest.mark.asyncio
+async def test_a_file_that_is_no_journal(rig: Rig) -> None:
+    rig.drive = 'kind = "simulator"'
+    (rig.tmp / "var" / "journal.sqlite").write_bytes(b"not a journal\n" * 300)
+    done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "journal", "cannot be read: file is not a database", "move it aside")
+
+
+@pytest.mark.asyncio
+async def test_a_journal_with_a_damaged_page(rig: Rig) -> None:
+    """Its header (and so its schema version) intact, a page of its records overwritten: a
+    journal that opens and then fails the daemon on its first read of that page."""
+    rig.drive = 'kind = "simulator"'
+    path = rig.tmp / "var" / "journal.sqlite"
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("CREATE TABLE filler (n INTEGER, b TEXT)")
+        db.executemany("INSERT INTO filler VALUES (?, ?)", [(i, "x" * 100) for i in range(2000)])
+        db.commit()
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    with path.open("r+b") as file:
+        file.seek(page * (pages - 3))
+        file.write(b"\xa5" * page)
+    done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "journal", "is damaged", "move it aside")
+
+
+# ------------------------------------------------------------------ devices
+
+
+@pytest.mark.asyncio
+async def test_a_serial_port_that_is_a_plain_file(rig: Rig) -> None:
+    port = rig.tmp / "treadmill"
+    port.write_text("", encoding="utf-8")
+    rig.drive = f'kind = "trackmaster"\nport = "{port}"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    failed(done, "serial port", f"{port}, is not a device", "/dev/ttyUSB0")
+
+
+def gpio_section(chip: str, lines: tuple[int | str, ...] = (0, 1, 2)) -> str:
+    """Grip and fall contacts on ``lines`` of ``chip``."""
+    return "".join(
+        f"[[sensors.inputs]]\nkind = 'gpio'\nrole = '{role}'\nchip = '{chip}'\n"
+        f"line = {line!r}\nbias = 'pull_up'\nactive = '{'high' if role == 'fall' else 'low'}'\n"
+        for line, role in zip(lines, ROLES, strict=True)
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_gpio_chip_the_service_user_may_not_open(rig: Rig) -> None:
+    """A character device only root may use, standing in for a /dev/gpiochipN that no udev
+    rule gave to the service's group: the check reads the device's owner and mode."""
+    with sim_device("trackmaster") as chip:
+        root_only(Path(chip))
+        rig.drive = 'kind = "simulator"'
+        rig.sensors_section = gpio_section(chip)
+        done = await doctor(rig, rig.config(), "--service-user", "nobody")
+    text = failed(done, "GPIO", f"{chip} cannot be used by nobody", 'KERNEL=="gpiochip*"')
+    assert "usermod" not in text  # joining root's group would not help
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_is_not_a_gpio_chip(rig: Rig) -> None:
+    """A character device that exists but is no GPIO chip (a serial port here), as libgpiod
+    itself finds it."""
+    with sim_device("trackmaster") as chip:
+        rig.drive = 'kind = "simulator"'
+        rig.sensors_section = gpio_section(chip)
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    text = failed(done, "GPIO", f"{chip} is not a GPIO chip", "gpiodetect")
+    assert "gpioinfo" not in text  # it would fail on that device too
+
+
+class FourLineChip:
+    """Stands in for ``gpiod.Chip`` (this machine has no GPIO chip, nor the kernel's gpio-sim
+    to make one): four lines, named GPIO0..GPIO3, as libgpiod reports a chip's."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> FourLineChip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def get_info(self) -> object:
+        return type("ChipInfo", (), {"num_lines": 4})()
+
+    def line_offset_from_id(self, line: int | str) -> int:
+        names = {f"GPIO{n}": n for n in range(4)}
+        if line not in names:
+            raise OSError(errno.ENOENT, "No such file or directory")
+        return names[str(line)]
+
+
+def test_gpio_lines_that_are_not_on_the_chip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpiod
+
+    monkeypatch.setattr(gpiod, "Chip", FourLineChip)
+    monkeypatch.setattr(gpiod, "is_gpiochip_device", lambda path: True)
+    chip = tmp_path / "gpiochip0"
+    chip.write_text("", encoding="utf-8")
+    config = tmp_path / "treadguard.toml"
+    config.write_text(
+        f'[treadmill]\nid = "{SENSOR_TM}"\n\n'
+        f"[programs]\ndir = '{PROGRAMS_DIR.as_posix()}'\n\n"
+        '[drive]\nkind = "simulator"\n\n' + gpio_section(str(chip), (1, 17, "GPIO9")),
+        encoding="utf-8",
+    )
+    check, loaded = check_configuration(config)
+    assert loaded is not None, check
+    checks = check_gpio(loaded, service_account("root"), "root")
+    assert [(c.verdict.value, c.detail) for c in checks] == [
+        ("ok", f"sensor grip_left: line 1 of {chip} present"),
+        ("FAIL", f"sensor grip_right: {chip} has 4 lines, no line 17"),
+        ("FAIL", f"sensor fall: line GPIO9 on {chip}: [Errno 2] No such file or directory"),
+    ]
+    assert all("gpioinfo" in c.fix for c in checks[1:])
