@@ -409,11 +409,19 @@ def report(work: Path, scope: dict[str, list[str]]) -> None:
     if done:
         print(f"score so far {100.0 * killed / max(1, len(done) - equivalent):.1f} %")
     by_function: dict[str, int] = {}
-    for m in done:
-        if m.status not in KILLED and key(m.function, m.original, m.mutated) not in listed:
-            by_function[m.function] = by_function.get(m.function, 0) + 1
+    unlisted_mutants = [
+        m
+        for m in done
+        if m.status not in KILLED and key(m.function, m.original, m.mutated) not in listed
+    ]
+    for m in unlisted_mutants:
+        by_function[m.function] = by_function.get(m.function, 0) + 1
     for function, n in sorted(by_function.items(), key=lambda kv: -kv[1]):
         print(f"  {n:4d} not killed, not listed: {function}")
+    # Each with its ready entry, as a finished run prints them: to kill with a test, or to
+    # list with the reason it is equivalent.
+    for m in unlisted_mutants:
+        print(f"\nNOT KILLED ({m.status}): {m.name}\n{toml_entry(m)}", end="")
 
 
 def glob_regex(pattern: str) -> str:

@@ -352,6 +352,18 @@ def test_a_worn_brake_warns_on_its_first_slow_stop_and_faults_on_its_second() ->
     assert standstill == checked.fields["standstill_s"]
     assert expected == checked.fields["expected_standstill_s"]
     assert standstill > expected * 1.3
+    decel = checked.fields["deceleration_mph_per_s"]
+    assert isinstance(decel, float)
+    assert decel < EMERGENCY.deceleration_mph_per_s / 1.3
+    # Figures to the thousandth, as the journal and the tablet show them.
+    for name in ("speed_mph", "standstill_s", "deceleration_mph_per_s", "expected_standstill_s"):
+        value = checked.fields[name]
+        assert isinstance(value, float)
+        assert value == round(value, 3), (name, value)
+    speed, took = checked.fields["speed_mph"], checked.fields["standstill_s"]
+    assert isinstance(speed, float)
+    assert isinstance(took, float)
+    assert decel == round(speed / took, 3)  # 0.8 mph in 0.35 s: 2.286, not 2.2857
     assert bench.core.state is State.ESTOP  # a warning only
     assert isinstance(bench.reset(), Accepted)
     bench.start()
