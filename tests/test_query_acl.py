@@ -23,7 +23,7 @@ import pytest
 from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
-    PASSWORDS,
+    DAEMON_ENV,
     SENSORS,
     Broker,
     Tablet,
@@ -52,9 +52,7 @@ def daemon(secured: Broker, tmp_path: Path) -> Iterator[DaemonProcess]:  # noqa:
     config = daemon_config(
         tmp_path, secured.port, treadmill_id=TM, mqtt_extra='username = "treadguard"'
     )
-    d = DaemonProcess(
-        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-    )
+    d = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
     d.start()
     try:
         yield d
