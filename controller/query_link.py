@@ -79,6 +79,9 @@ class QueryBudget:
 DEFAULT_BUDGET = QueryBudget()
 
 
+_ROUNDING = 1e-9  # tokens lost to floating point when the clock moves by the wait computed
+
+
 class ReadBudget:
     """A token bucket of queries read, on the clock ``now``. Pure: no I/O."""
 
@@ -106,7 +109,7 @@ class ReadBudget:
     def wait_s(self) -> float:
         """0 when the socket may be read now; else how long until a query is to spare."""
         now = self._refill()
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - _ROUNDING:  # the wait computed below, slept, is enough
             return 0.0
         if self._over_since is None:
             self._over_since = now
@@ -191,9 +194,9 @@ class QueryLink:
         logger: Any = None,
     ) -> QueryLink:
         mqtt = loaded.config.mqtt
-        base = mqtt.client_id or f"treadguard-{loaded.config.treadmill.id}"
         # The tablet link's client id plus a suffix: on a broker that does not take the user
         # name as client id, the two connections must not replace each other.
+        base = mqtt.client_id or f"treadguard-{loaded.config.treadmill.id}"
         tuning = replace(
             DEFAULT_TUNING, keepalive_s=mqtt.keepalive_s, backoff_max_s=mqtt.backoff_max_s
         )
