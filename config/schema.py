@@ -285,12 +285,19 @@ class MqttSection(_Strict):
     # connection of ours at once instead of firing its Will later. The shipped broker
     # configuration (use_username_as_clientid) takes the user name instead, as fixed.
     client_id: str | None = Field(None, min_length=1, max_length=64)
+    # The read-only queries (history, a session's report) come in on a connection of their
+    # own, under an account of their own (docs/daemon.md, "Queries"), so that a flood of them
+    # never stands in the commands' stream. Default: "<username>-queries"
+    # (treadguard-queries), anonymous when the daemon's own account is. Its password is
+    # TREADGUARD_MQTT__QUERIES_PASSWORD, in the environment file beside the daemon's.
+    queries_username: str | None = Field(None, min_length=1)
+    queries_password: SecretStr | None = None
     keepalive_s: int = Field(5, ge=2, le=60)
     # The contract asks for the state at least every 500 ms while the belt moves.
     state_period_s: float = Field(0.25, gt=0.0, le=MAX_STATE_PERIOD_S)
     backoff_max_s: float = Field(5.0, ge=0.5, le=60.0)
 
-    @field_validator("password")
+    @field_validator("password", "queries_password")
     @classmethod
     def _password_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
         # An empty password is a slip (an empty TREADGUARD_MQTT__PASSWORD=, a blank line in

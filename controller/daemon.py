@@ -43,6 +43,7 @@ from treadguard.controller.queries import (
     QueryService,
     render_report,
 )
+from treadguard.controller.query_link import QueryLink
 from treadguard.controller.sensors import SensorHub
 from treadguard.controller.system import System, open_journal
 from treadguard.controller.systemd import Notifier
@@ -97,6 +98,7 @@ class Daemon:
         self.rig: Rig | None = None  # the simulated drive's, when it is the one configured
         self.system: System
         self.link: TabletLink
+        self.query_link: QueryLink
         self.clock: ScaledClock
         self.driver: TreadmillDriver
 
@@ -145,7 +147,7 @@ class Daemon:
                 zone=cfg.clinic.zone(),
                 titles={name: p.title for name, p in loaded.programs.items()},
             ),
-            reply=lambda account, payload: self.link.answer_query(account, payload),
+            reply=lambda account, payload: self.query_link.answer(account, payload),
             render=lambda session: render_report(
                 loaded.path,
                 session,
@@ -168,18 +170,29 @@ class Daemon:
                 on_refused=system.refused_before_the_core,
                 on_rival=system.rival_daemon,
                 extra_state=self._extra_state,
-                on_query=self.queries.submit,
             ),
             sensors=self.sensors.mqtt_names,
             logger=self._log.bind(part="mqtt"),
+        )
+        # The queries on a connection of their own, under an account of their own: a flood of
+        # them waits in its own stream, never in the commands' (controller/query_link.py).
+        self.query_link = QueryLink.configured(
+            loaded,
+            self.queries.submit,
+            journal_marks=system.journal_marks,
+            logger=self._log.bind(part="queries"),
         )
         # After the journal, which System attached first: an event is on disk before the
         # link can publish it (SR-14).
         system.subscribe(self.link.on_event, name="mqtt")
         # The journal's syncs off the loop; each one that ends lets the link publish what it
         # covered.
-        system.sync_in_background(on_durable=self.link.state_changed)
+        system.sync_in_background(on_durable=self._journal_durable)
         system.subscribe(self._on_event_status, name="systemd-status")
+
+    def _journal_durable(self) -> None:
+        self.link.state_changed()
+        self.query_link.durable()
 
     @property
     def core(self) -> SafetyCore:
@@ -343,6 +356,8 @@ class Daemon:
                 driver = tg.create_task(self.driver.run(), name="driver")
                 link = tg.create_task(self.link.run(), name="mqtt")
                 queries = tg.create_task(self.queries.run(), name="queries")
+                # Never raises but when cancelled: its failures are its own (logged, retried).
+                query_link = tg.create_task(self.query_link.run(), name="queries-mqtt")
                 inputs = [
                     tg.create_task(run, name="sensor-input")
                     for run in self.sensors.build_sources(self.clock.time)
@@ -362,6 +377,7 @@ class Daemon:
                 await asyncio.wait([link])
                 self._clean_exit = True
                 queries.cancel()
+                query_link.cancel()
                 control.cancel()
                 driver.cancel()
                 for task in inputs:

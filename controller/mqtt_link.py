@@ -94,7 +94,6 @@ from treadguard.contract.mqtt import (
     state_key,
     to_payload,
 )
-from treadguard.contract.queries import account_of, query_filter, query_reply_topic
 from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, EventType
@@ -129,9 +128,6 @@ class _Out:
     # The journal's safety records written when it was queued: it goes out once a sync has
     # covered them (SR-14), its own event's record among them.
     records: int = 0
-    # Its own topic (an answer to a query, on the asking account's reply topic); None: the
-    # queue's topic.
-    topic: str | None = None
 
 
 # The largest packet the broker may hand the daemon (MQTT 5's Maximum Packet Size, sent on
@@ -201,9 +197,6 @@ class LinkHooks:
     on_rival: Callable[[str], None] | None = None
     # Fields the contract allows beyond its own (an extension): merged into each state.
     extra_state: Callable[[], JsonObject] | None = None
-    # A read-only query on <p>/query/<account> (contract/queries.py): the account, the payload
-    # and its retain flag. None: the link does not subscribe to queries at all.
-    on_query: Callable[[str, bytes, bool], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -283,11 +276,8 @@ class TabletLink:
         self._replies: deque[_Out] = deque()  # other replies, at most ``buffer`` (SR-15)
         self._refusals: deque[_Out] = deque()  # coalesced rate_limited refusals
         self._events: deque[_Out] = deque()
-        # Answers to read-only queries, each on its account's reply topic: after everything
-        # else, and bounded by the query service (controller/queries.py), not here.
-        self._answers: deque[_Out] = deque()
         # Published in this order: an estop event, then an estop's reply, go ahead of the rest.
-        self._queues = (self._events, self._urgent, self._replies, self._refusals, self._answers)
+        self._queues = (self._events, self._urgent, self._replies, self._refusals)
         self._sent = {id(queue): 0 for queue in self._queues}
         self._inflight: dict[int, tuple[deque[_Out], _Out]] = {}  # mid -> its item
         self._paho: Any = None  # the current connection's paho client
@@ -308,7 +298,6 @@ class TabletLink:
         self.connections = 0  # successful connections so far
         self.dropped_events = 0  # events the outbox had no room for (state: events_dropped)
         self.dropped_replies = 0  # rate_limited refusals it had no room for
-        self.dropped_answers = 0  # answers to queries it had no room for
         self.rate_limited = 0  # commands refused rate_limited, not run
         self._refused_waiting = 0  # of which: in the outbox
         self.published = 0  # events and replies acknowledged by the broker
@@ -368,16 +357,6 @@ class TabletLink:
         self._look = True
         if not self._push(self._events, item, self._tuning.buffer):
             self.dropped_events += 1
-            self._report_drops()
-
-    def answer_query(self, account: str, payload: bytes) -> None:
-        """Queue the answer to ``account``'s query for its reply topic. Never blocks. Like an
-        event, it goes out once the journal's records written before it are on disk. At most
-        ``buffer`` wait (a flood of bad queries is answered at once, one refusal each): past
-        that an answer is dropped, counted and logged; the asker's own timeout tells it."""
-        item = _Out(payload, topic=query_reply_topic(self.topics.prefix, account))
-        if not self._push(self._answers, item, self._tuning.buffer):
-            self.dropped_answers += 1
             self._report_drops()
 
     def state_changed(self) -> None:
@@ -484,13 +463,8 @@ class TabletLink:
         # Another daemon's states (see _on_state_message). Not noLocal: that compares client
         # ids, and a rival under our account has ours. Our own come back too; their mark says so.
         await client.subscribe(self.topics.state, options=SubscribeOptions(qos=0))
-        if self._hooks.on_query is not None:
-            # Read-only queries (contract/queries.py), retain as published: a retained one is
-            # refused. Never the replies: the filter matches one level below query/ only.
-            await client.subscribe(
-                query_filter(self.topics.prefix),
-                options=SubscribeOptions(qos=1, retainAsPublished=True),
-            )
+        # Never the read-only queries: they have a connection of their own
+        # (controller/query_link.py), so that a flood of them never stands in this stream.
         await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._connected = True
         self.connections += 1
@@ -542,8 +516,6 @@ class TabletLink:
         for topic in self._sensor_topics:
             paho.message_callback_add(topic, self._on_sensor_message)
         paho.message_callback_add(self.topics.state, self._on_state_message)
-        if self._hooks.on_query is not None:
-            paho.message_callback_add(query_filter(self.topics.prefix), self._on_query_message)
 
     # paho calls these from its read loop: an exception out of them would end the connection
     # (aiomqtt takes it for a dead link), drop what arrives until the reconnect and, redelivered,
@@ -557,18 +529,6 @@ class TabletLink:
                 self._hooks.on_sensor(name, bytes(message.payload))
         except Exception as exc:  # the reading is lost: its sensor goes stale, unsafe (SR-8)
             self._failed("sensor_handler_failed", exc, topic=message.topic)
-
-    def _on_query_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
-        """A query: handed to the query service, which answers it off the loop (it only
-        parses and queues it here)."""
-        try:
-            account = account_of(self.topics.prefix, message.topic)
-            payload = bytes(message.payload)
-            if account is None or (message.retain and not payload) or self._hooks.on_query is None:
-                return  # not a query topic, or someone clearing a retained message
-            self._hooks.on_query(account, payload, bool(message.retain))
-        except Exception as exc:  # SR-15: no handler raises into its caller
-            self._failed("query_handler_failed", exc, topic=message.topic)
 
     def _on_command_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
         # A command that arrives while the link is stopping is still answered: a start is
@@ -718,7 +678,6 @@ class TabletLink:
                 dropped_events=self.dropped_events,
                 rate_limited=self.rate_limited,
                 dropped_replies=self.dropped_replies,
-                dropped_answers=self.dropped_answers,
             )
 
     async def _until_disconnected(self, client: aiomqtt.Client) -> None:
@@ -841,8 +800,7 @@ class TabletLink:
         for queue in self._queues:
             topic = self.topics.events if queue is self._events else self.topics.reply
             # A reply also waits for the state its command caused (the state goes out first).
-            own = queue is self._events or queue is self._answers
-            limit = durable if own else min(durable, self._state_records)
+            limit = durable if queue is self._events else min(durable, self._state_records)
             sent = self._sent[id(queue)]
             while sent < len(queue) and len(self._inflight) < self._tuning.max_inflight:
                 item = queue[sent]
@@ -850,7 +808,7 @@ class TabletLink:
                     break  # not on disk yet (or its state not out yet); nor those after it
                 if item.ids is not None:  # no more refusals join it once it is sent
                     item.payload = self._refusal_payload(item.ids)
-                mid = self._publish(paho, item.topic or topic, item.payload, retain=False)
+                mid = self._publish(paho, topic, item.payload, retain=False)
                 item.mid = mid
                 self._inflight[mid] = (queue, item)
                 sent += 1

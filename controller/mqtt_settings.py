@@ -5,7 +5,7 @@ configuration file's folder, the prefix defaulted from the treadmill's id."""
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from treadguard.config.loading import LoadedConfig
@@ -60,4 +60,23 @@ def broker_settings(loaded: LoadedConfig) -> BrokerSettings:
         username=mqtt.username,
         password=None if mqtt.password is None else mqtt.password.get_secret_value(),
         tls=tls,
+    )
+
+
+QUERIES_SUFFIX = "-queries"
+
+
+def query_broker_settings(loaded: LoadedConfig) -> BrokerSettings:
+    """The broker settings of the daemon's query connection: the same broker, TLS and prefix,
+    under the queries account (``[mqtt] queries_username``, by default the daemon's account
+    with ``-queries`` after it; anonymous when the daemon's own account is)."""
+    mqtt = loaded.config.mqtt
+    username = mqtt.queries_username
+    if username is None and mqtt.username is not None:
+        username = mqtt.username + QUERIES_SUFFIX
+    secret = mqtt.queries_password
+    return replace(
+        broker_settings(loaded),
+        username=username,
+        password=None if secret is None else secret.get_secret_value(),
     )

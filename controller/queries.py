@@ -3,7 +3,7 @@ session's report, read from the journal, never from the safety core.
 
 Nothing here runs on the control loop's time but the parsing of a query:
 
-- :meth:`QueryService.submit` (the MQTT link calls it on the loop's thread, as the query is
+- :meth:`QueryService.submit` (the query connection calls it on the loop's thread, as the query is
   read) parses the query and queues it, or answers a bad one at once. Each account may have
   ``per_account`` queries waiting; past that a query is refused ``rate_limited`` (like a
   command that finds the outbox full), so a flood costs a refusal each, never a backlog.
@@ -238,7 +238,7 @@ class QueryService:
     """Answers the queries the link hands it (:meth:`submit`), while :meth:`run` runs.
 
     ``journal`` is the journal's file (None: the daemon has none, every query is answered
-    ``unavailable``); ``reply`` queues an answer for an account (``TabletLink.answer_query``);
+    ``unavailable``); ``reply`` queues an answer for an account (``QueryLink.answer``);
     ``render`` writes one session's report page (:func:`render_report` by default)."""
 
     def __init__(

@@ -192,6 +192,7 @@ SENSORS = f"sensors-{SENSOR_TM}"
 # one account every treadmill's sensors once shared, and an intruder.
 PASSWORDS = {
     "treadguard": "daemon-secret",
+    "treadguard-queries": "daemon-queries-secret",
     "tablet": "tablet-secret",
     SENSORS: "sensors-tm-01-secret",
     "sensors": "sensors-secret",
@@ -210,6 +211,14 @@ class Login(TypedDict, total=False):
 
 def login(account: str) -> Login:
     return {"username": account, "password": PASSWORDS[account]}
+
+
+# The daemon's environment for a broker with these passwords: its own account's password and
+# its query connection's (the account "treadguard-queries", from [mqtt] username "treadguard").
+DAEMON_ENV = {
+    "TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"],
+    "TREADGUARD_MQTT__QUERIES_PASSWORD": PASSWORDS["treadguard-queries"],
+}
 
 
 def stay_root() -> str:

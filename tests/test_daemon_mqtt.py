@@ -32,7 +32,7 @@ from tests.clinician import (
 )
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import (
-    PASSWORDS,
+    DAEMON_ENV,
     SENSOR_TM,
     SENSORS,
     Broker,
@@ -269,9 +269,7 @@ async def test_sr15_whole_session_under_the_shipped_acl(tmp_path: Path) -> None:
         sensors="mqtt",
         mqtt_extra='username = "treadguard"',
     )
-    daemon = DaemonProcess(
-        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-    )
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
     daemon.start()
     try:
         async with (

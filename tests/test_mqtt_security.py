@@ -32,6 +32,7 @@ import pytest
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     ACL,
+    DAEMON_ENV,
     PASSWORDS,
     SENSOR_TM,
     SENSORS,
@@ -262,7 +263,9 @@ async def test_sr15_anonymous_and_wrong_passwords_are_refused(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("account", ["sensors", "dashboard", "intruder", "treadguard"])
+@pytest.mark.parametrize(
+    "account", ["sensors", "dashboard", "intruder", "treadguard", "treadguard-queries"]
+)
 async def test_sr15_a_command_from_any_account_but_the_tablet_never_reaches_the_daemon(
     secured: Broker, account: str
 ) -> None:
@@ -292,7 +295,7 @@ async def test_sr15_a_command_from_any_account_but_the_tablet_never_reaches_the_
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("account", ["tablet", "sensors", "dashboard"])
+@pytest.mark.parametrize("account", ["tablet", "sensors", "dashboard", "treadguard-queries"])
 async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availability(
     secured: Broker, account: str
 ) -> None:
@@ -323,7 +326,9 @@ async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availab
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("account", ["tablet", "dashboard", "intruder", "sensors"])
+@pytest.mark.parametrize(
+    "account", ["tablet", "dashboard", "intruder", "sensors", "treadguard-queries"]
+)
 async def test_sr15_only_the_treadmills_sensor_account_may_report_grip_and_fall(
     secured: Broker, account: str
 ) -> None:
@@ -339,6 +344,30 @@ async def test_sr15_only_the_treadmills_sensor_account_may_report_grip_and_fall(
         await publish_refused(forger, topic, json.dumps({"value": True, "ts": 1.0}).encode())
         await sensor.publish(topic, json.dumps({"value": False, "ts": 2.0}).encode())
         assert body(await daemon.next(topic)) == {"value": False, "ts": 2.0}
+
+
+@pytest.mark.asyncio
+async def test_sr15_the_queries_account_reads_queries_and_writes_answers_only(
+    secured: Broker,
+) -> None:
+    """The account of the daemon's query connection reads any account's queries and answers on
+    that account's reply topic, and nothing else: it cannot ask in another account's name,
+    command, report for a sensor, or speak for the daemon (the other tests of this file show
+    that a command or a forged state of it never arrives)."""
+    p = f"treadmill/{SENSOR_TM}"
+    async with (
+        tablet(secured, f"{p}/query/tablet/reply", **login("tablet")) as tab,
+        tablet(secured, f"{p}/query/+", **login("treadguard-queries")) as queries,
+    ):
+        forged = ("query/tablet", "cmd", "sensors/grip_left", "state", "reply", "events")
+        for name in (*forged, "availability"):
+            await publish_refused(queries, f"{p}/{name}", FORGED, retain=name == "availability")
+        await tab.publish(f"{p}/query/tablet", b'{"id": "q1"}')
+        # The first query it reads is the tablet's: its own forged one never arrived.
+        assert (await queries.next(f"{p}/query/tablet")).payload == b'{"id": "q1"}'
+        assert queries.order == [f"{p}/query/tablet"]
+        await queries.publish(f"{p}/query/tablet/reply", b'{"id": "q1", "ok": true}')
+        assert body(await tab.next(f"{p}/query/tablet/reply")) == {"id": "q1", "ok": True}
 
 
 @pytest.mark.asyncio
@@ -758,9 +787,7 @@ async def test_sr12_the_daemon_over_tls_with_its_certificate_from_its_configurat
     )
     async with running(tls_broker(tmp_path, pki, require_certificate=True)) as broker:
         config = daemon_config(tmp_path, broker.port, treadmill_id=tm, mqtt_extra=tls_table)
-        daemon = DaemonProcess(
-            config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-        )
+        daemon = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
         daemon.start()
         try:
             tablet_tls = TlsSettings(pki.ca, pki.tablet_cert, pki.tablet_key).context()
@@ -786,9 +813,7 @@ async def test_sr15_a_dashboard_reusing_its_client_id_never_disconnects_the_daem
     config = daemon_config(
         tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
     )
-    daemon = DaemonProcess(
-        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-    )
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
     daemon.start()
     try:
         async with tablet(secured, f"{p}/reply", f"{p}/availability", **login("tablet")) as tab:
@@ -826,7 +851,7 @@ async def test_sr12_a_second_daemon_for_one_treadmill_latches_a_rival_daemon_fau
             DaemonProcess(
                 config,
                 folder / "d.log",
-                env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]},
+                env=DAEMON_ENV,
             )
         )
     try:

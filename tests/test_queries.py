@@ -5,6 +5,7 @@ that they are answered off the event loop, bounded, and with a clear error for b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -275,61 +276,62 @@ async def test_the_report_page_is_treadguard_reports_own(
 async def test_the_link_hands_over_queries_with_their_account_and_answers_on_its_topic(
     tmp_path: Path,
 ) -> None:
-    """The daemon's link on a real broker: a query reaches ``on_query`` with the account its
-    topic names and its retain flag; an answer goes to that account's reply topic; what is
-    published on a reply topic is never taken for a query."""
+    """The daemon's query connection on a real broker: a query reaches ``submit`` with the
+    account its topic names and its retain flag; an answer goes to that account's reply topic;
+    what is published on a reply topic is never taken for a query."""
     from tests.mosquitto import Broker, have_mosquitto, tablet
-    from tests.test_mqtt_link import World
     from treadguard.contract.mqtt import default_prefix
-    from treadguard.controller.mqtt_link import LinkHooks, LinkTuning, TabletLink
     from treadguard.controller.mqtt_settings import BrokerSettings
+    from treadguard.controller.query_link import QueryLink
 
     if not have_mosquitto():
         pytest.skip("mosquitto is not installed (scripts/test installs it)")
     broker = Broker(tmp_path)  # its port is chosen here, started below
-    tm, world = "tm-q-link", World()
-    p = default_prefix(tm)
+    p = default_prefix("tm-q-link")
     heard: list[tuple[str, bytes, bool]] = []
     arrived = asyncio.Event()
 
-    def on_query(account: str, payload: bytes, retained: bool) -> None:
+    def submit(account: str, payload: bytes, retained: bool) -> None:
         heard.append((account, payload, retained))
         arrived.set()
 
-    link = TabletLink(
-        tm,
+    link = QueryLink(
+        "tm-q-link-queries",
         BrokerSettings(
             host="127.0.0.1", port=broker.port, prefix=p, username=None, password=None, tls=None
         ),
-        LinkHooks(
-            execute=world.execute,
-            snapshot=world.snapshot,
-            now=lambda: 0.0,
-            to_unix=lambda t: t + 1_764_000_000.0,
-            on_query=on_query,
-        ),
-        LinkTuning(backoff_max_s=0.5),
+        submit,
     )
     broker.start()
     try:
-        async with (
-            tablet(broker, f"{p}/availability", f"{p}/query/dash/reply") as tab,
-            link,
-        ):
-            await tab.next(f"{p}/availability", lambda m: m.payload == b"online")
-            await tab.publish(f"{p}/query/dash/reply", b'{"id": "not a query"}')
+        async with tablet(broker, f"{p}/query/dash/reply") as tab:
+            # Retained first, so the link finds it as it subscribes, whenever that is.
             await tab.publish(f"{p}/query/dash", b'{"id": "kept"}', retain=True)
-            await tab.publish(f"{p}/query/tab-1", b'{"id": "live"}')
-            async with asyncio.timeout(5.0):
-                while len(heard) < 2:
-                    arrived.clear()
-                    await arrived.wait()
-            assert heard == [("dash", b'{"id": "kept"}', True), ("tab-1", b'{"id": "live"}', False)]
-            link.answer_query("dash", b'{"id": "kept", "ok": true}')
-            answer = await tab.next(
-                f"{p}/query/dash/reply", lambda m: m.payload != b'{"id": "not a query"}'
-            )
-            assert answer.payload == b'{"id": "kept", "ok": true}'
+            running = asyncio.create_task(link.run())
+            try:
+                async with asyncio.timeout(5.0):
+                    while not heard:
+                        arrived.clear()
+                        await arrived.wait()
+                await tab.publish(f"{p}/query/dash/reply", b'{"id": "not a query"}')
+                await tab.publish(f"{p}/query/tab-1", b'{"id": "live"}')
+                async with asyncio.timeout(5.0):
+                    while len(heard) < 2:
+                        arrived.clear()
+                        await arrived.wait()
+                assert heard == [
+                    ("dash", b'{"id": "kept"}', True),
+                    ("tab-1", b'{"id": "live"}', False),
+                ]
+                link.answer("dash", b'{"id": "kept", "ok": true}')
+                answer = await tab.next(
+                    f"{p}/query/dash/reply", lambda m: m.payload != b'{"id": "not a query"}'
+                )
+                assert answer.payload == b'{"id": "kept", "ok": true}'
+            finally:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
     finally:
         broker.kill()
 

@@ -39,8 +39,9 @@ def _big_message(port: int, account: str, topic: str, done: threading.Event) -> 
 
 
 @pytest.mark.asyncio
-# The dashboard on its query topic (refused by the ACL), and the tablet on the command topic,
-# which it may write: the broker hands the daemon nothing larger than its Maximum Packet Size.
+# The dashboard on its query topic (the query connection's), and the tablet on the command
+# topic: the broker hands either of the daemon's connections nothing larger than its Maximum
+# Packet Size.
 @pytest.mark.parametrize("sender", ["dashboard", "tablet"])
 async def test_a_message_of_megabytes_neither_stalls_the_loop_nor_stops_the_belt(
     secured: Broker,  # noqa: F811

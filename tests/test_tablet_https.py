@@ -29,7 +29,7 @@ from playwright.async_api import expect
 from tests.browser import chromium, need_page, tablet_page
 from tests.clinician import SESSION_WAIT_S, STANDSTILL_MPH, clinician, running
 from tests.daemon_process import DaemonProcess, daemon_config
-from tests.mosquitto import PASSWORDS, Broker, auth_lines, free_port, have_mosquitto
+from tests.mosquitto import DAEMON_ENV, PASSWORDS, Broker, auth_lines, free_port, have_mosquitto
 from tests.nginx import Nginx, have_nginx
 from tests.pki import OPENSSL, Pki, make_pki, spki_sha256
 
@@ -93,9 +93,7 @@ async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_and_a_reset(
     config = daemon_config(
         tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
     )
-    daemon = DaemonProcess(
-        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-    )
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
     daemon.start()
     try:
         async with (

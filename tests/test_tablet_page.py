@@ -35,7 +35,7 @@ from tests.clinician import (
 )
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.guided_commissioning import Technician, guided_config, guided_daemon, next_request
-from tests.mosquitto import PASSWORDS, Broker, auth_lines, body, have_mosquitto
+from tests.mosquitto import DAEMON_ENV, PASSWORDS, Broker, auth_lines, body, have_mosquitto
 from tests.page_layout import check_layout
 from treadguard.controller.journal import Journal
 
@@ -549,9 +549,7 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
     config = daemon_config(
         tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
     )
-    daemon = DaemonProcess(
-        config, tmp_path / "d.log", env={"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}
-    )
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=DAEMON_ENV)
     try:
         secured.start()
         daemon.start()
