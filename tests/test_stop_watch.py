@@ -40,7 +40,7 @@ from treadguard.safety.inputs import (
     Stop,
     Tick,
 )
-from treadguard.safety.limits import SafetyLimits
+from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
 from treadguard.safety.stop_watch import (
     MIN_MEASURED_MPH,
@@ -99,7 +99,8 @@ def test_slow_once_warns_twice_in_a_row_faults_and_a_good_stop_ends_the_run() ->
     good = emergency(0.8, 0.25)
     first = w.judge(slow)
     assert (first.warn, first.fault, first.slow_in_a_row) == (True, False, 1)
-    assert w.judge(good).verdict is Verdict.GOOD
+    ended = w.judge(good)
+    assert (ended.verdict, ended.slow_in_a_row) == (Verdict.GOOD, 0)
     again = w.judge(slow)
     assert (again.fault, again.slow_in_a_row) == (False, 1)
     second = w.judge(slow)
@@ -116,6 +117,19 @@ def test_consecutive_means_of_the_same_kind_and_judged() -> None:
     assert crawl.verdict is Verdict.BELOW_MIN_SPEED
     assert not crawl.warn
     assert w.judge(emergency(0.8, 0.6)).fault
+
+
+def test_a_controlled_stop_is_judged_by_the_ramp_in_force_where_it_is_gentler() -> None:
+    """A clinic that made the controlled ramp gentler after commissioning: a stop that ramp
+    made longer is what a brake as new does, not a worn brake; the same stop judged against
+    the commissioned deceleration is slow."""
+    w = watch()
+    by_the_ramp = StopMeasurement(StopKind.CONTROLLED, 0.8, 0.8 / 0.25)
+    assert w.judge(by_the_ramp, ramp_mph_per_s=0.25).verdict is Verdict.GOOD
+    assert w.judge(by_the_ramp).verdict is Verdict.SLOW
+    yard = w.baseline(StopKind.CONTROLLED, 0.25)
+    assert yard is not None
+    assert yard.deceleration_mph_per_s == 0.25
 
 
 def test_no_baseline_no_comparison_and_nothing_counted() -> None:
@@ -390,6 +404,24 @@ def test_a_restarted_core_given_one_slow_stop_on_record_faults_on_the_next() -> 
     latch = bench.core.latch
     assert latch is not None
     assert (latch.kind, latch.cause) == (State.FAULT, Cause.DRIVE_FAULT)
+
+
+def test_an_emergency_stop_of_a_belt_not_meant_to_move_has_nothing_to_time() -> None:
+    """Idle, the drive silent (or reading the belt at the edge of standstill): an E-STOP has
+    no stop to time, and no stop check says one was lost."""
+    silent = Bench(linked=False)
+    silent.run(0.2)
+    assert isinstance(silent.submit(EStop(silent.t)), Accepted)
+    silent.run(1.0)
+    assert silent.of(EventType.STOP_CHECKED) == []
+    edge = Bench()
+    edge.run(0.2)
+    edge.status(edge.t, STANDSTILL_MPH)
+    assert isinstance(edge.submit(EStop(edge.t)), Accepted)
+    for _ in range(10):
+        edge.t = round(edge.t + edge.poll_s, 9)
+        edge.status(edge.t, 0.0)
+    assert edge.of(EventType.STOP_CHECKED) == []
 
 
 def test_a_worn_brake_fault_is_reset_only_after_new_baselines() -> None:
