@@ -1,14 +1,17 @@
-"""``scripts/run`` from a checkout in a private folder, as a person runs it.
+"""A checkout in a private folder works: the tests' page broker serves the page from it, and
+``scripts/run`` runs from it, as a person runs it.
 
 The checkout is a copy of this one's files in a folder made as ``mktemp -d`` makes one (mode
-0700): started as root, Mosquitto drops to its own user, who cannot read such a folder, so
-``scripts/run`` serves a copy of the page from where any user may read it. The test reuses this
-checkout's ``.venv`` and ``tablet/node_modules`` (links to them, when they are current, as
-``scripts/test`` leaves them): ``scripts/run`` then installs nothing, and the run takes seconds.
+0700). Started as root, Mosquitto drops to its own user, who cannot read such a folder: the
+tests' broker (tests/mosquitto.py) then stays root, and ``scripts/run`` serves a copy of the
+page from where any user may read it. The copy reuses this checkout's ``.venv`` (a link) and
+the files the page loads from its ``tablet/node_modules``, when both are current, as
+``scripts/test`` leaves them: ``scripts/run`` then installs nothing, and its run takes seconds.
 
-It starts ``scripts/run`` (its guided demo off, on free ports), waits for the page's address,
-fetches the page and every file the page loads over HTTP, then stops it as Ctrl-C in its
-terminal does, and checks that it ended cleanly, leaving no process and no copy of the page.
+``scripts/run`` is started with its guided demo off, on free ports; the test waits for the
+page's address, fetches the page and every file the page loads over HTTP, then stops it as
+Ctrl-C in its terminal does, and checks that it ended cleanly, leaving no process and no copy
+of the page.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import free_ports, have_mosquitto
+from tests.mosquitto import Broker, free_ports, have_mosquitto
 from tests.test_wheel import source_copy
+from treadguard.controller.page_words import render as render_page_words
 
 ROOT = Path(__file__).resolve().parents[1]
 START_S = 120.0  # bound: the broker, the simulated commissioning and the daemon's start
@@ -85,7 +89,7 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def private_checkout() -> Iterator[Path]:
-    """A copy of this checkout in a new private folder, with links to its installs."""
+    """A copy of this checkout in a new private folder, with this one's installs."""
     need(
         ".venv not current",
         stamp_current(ROOT / ".venv/.treadguard-installed", ROOT / "pyproject.toml"),
@@ -99,9 +103,20 @@ def private_checkout() -> Iterator[Path]:
     try:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         checkout = source_copy(folder / "treadguard")
-        # Current stamps: scripts/run's bootstrap finds both installed and changes neither.
+        # With the stamps current, scripts/run's bootstrap finds both installed and changes
+        # neither. Of node_modules, the stamp and what the page loads: a link to this one's
+        # would not do, since Mosquitto serves no file that resolves outside its http_dir.
         (checkout / ".venv").symlink_to(ROOT / ".venv")
-        (checkout / "tablet" / "node_modules").symlink_to(modules)
+        page = checkout / "tablet"
+        for name in [".treadguard-installed"] + [
+            path.removeprefix("node_modules/")
+            for path in page_loads((page / "index.html").read_text(encoding="utf-8"))
+            if path.startswith("node_modules/")
+        ]:
+            (page / "node_modules" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(modules / name, page / "node_modules" / name)
+        # The page's words, generated and never committed, as scripts/test writes them.
+        (page / "words.js").write_text(render_page_words(), encoding="utf-8")
         yield checkout
     finally:
         shutil.rmtree(folder)
@@ -128,6 +143,25 @@ def lines_of(stream: Iterator[str], into: queue.Queue[str | None]) -> None:
     for line in stream:
         into.put(line)
     into.put(None)
+
+
+def test_the_tests_page_broker_serves_the_page_from_a_private_folder(
+    private_checkout: Path, tmp_path: Path
+) -> None:
+    need("mosquitto is not installed", have_mosquitto())
+    broker = Broker(tmp_path, http_dir=private_checkout / "tablet")
+    broker.start()  # as the page's tests start theirs
+    try:
+        url = f"http://127.0.0.1:{broker.ws_port}/"
+        status, html = fetch(url)
+        assert status == 200
+        loads = page_loads(html.decode())
+        assert "node_modules/mqtt/dist/mqtt.min.js" in loads, loads
+        for path in loads:
+            status, content = fetch(url + path)
+            assert (status, len(content) > 0) == (200, True), f"{path}: HTTP {status}"
+    finally:
+        broker.kill()
 
 
 def test_scripts_run_from_a_private_folder_serves_the_page_and_all_it_loads(
