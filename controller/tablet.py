@@ -44,7 +44,7 @@ from treadguard.config.loading import (
     default_config,
     load_config,
 )
-from treadguard.config.schema import MqttTopicPrefix
+from treadguard.config.schema import MAX_PREFIX_CHARS, MqttTopicPrefix
 from treadguard.contract.event_text import describe
 from treadguard.contract.measures import MeasureKind
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
@@ -587,7 +587,10 @@ def _prefix(text: str) -> str:
     try:
         return _PREFIX.validate_python(text)
     except ValidationError:
-        raise argparse.ArgumentTypeError(f"not a topic prefix: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a topic prefix (no wildcards, spaces, leading or trailing '/'; at most "
+            f"{MAX_PREFIX_CHARS} characters): {text!r}"
+        ) from None
 
 
 def _port(text: str) -> int:

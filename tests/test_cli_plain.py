@@ -76,6 +76,7 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("check-config", ["/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("check-config", ["{tmp}"], "{tmp}"),
     ("check-config", ["{junk}"], "not valid TOML"),
+    ("check-config", ["{long_prefix_config}"], "mqtt.prefix"),
     ("sim-device", ["modbus", "--tcp", "nohostport"], "HOST:PORT"),
     ("sim-device", ["modbus", "--tcp", "127.0.0.1:99999"], "99999"),
     (
@@ -125,6 +126,8 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["measure", "p-1", "tug", "slow", "--config", SIM], "slow"),
     ("tablet", ["confirm-first-session", "--config", SIM], "SESSION"),
     ("tablet", ["heartbeat", "--timeout", "-1", "--config", SIM], "-1"),
+    # A prefix no MQTT topic can hold (its client refused it with a traceback).
+    ("tablet", ["reset", "--prefix", "{long_prefix}", "--config", SIM], "at most 256 characters"),
 ]
 
 
@@ -150,12 +153,20 @@ def test_a_bad_path_or_value_is_said_plainly(
         f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n",
         encoding="utf-8",
     )
+    long_prefix = "p" * 70_000  # MQTT's topics hold 65,535 bytes
+    long_prefix_config = tmp_path / "long-prefix.toml"
+    long_prefix_config.write_text(
+        empty.read_text(encoding="utf-8") + f"[mqtt]\nprefix = '{long_prefix}'\n",
+        encoding="utf-8",
+    )
     fill = {
         "{tmp}": str(tmp_path),
         "{junk}": str(junk),
         "{scenario}": str(scenario),
         "{empty_journal_config}": str(empty),
         "{trackmaster_config}": str(trackmaster),
+        "{long_prefix}": long_prefix,
+        "{long_prefix_config}": str(long_prefix_config),
     }
     argv = [fill.get(a, a) for a in args]
     done = run(command, *argv, cwd=tmp_path)
