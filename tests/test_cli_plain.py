@@ -18,6 +18,7 @@ import pytest
 
 from tests.daemon_process import ROOT
 from treadguard.controller.cli import build_parser
+from treadguard.controller.journal import Journal
 
 SIM = str(ROOT / "config" / "sim.toml")
 
@@ -95,6 +96,12 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("report", ["abc", "--config", SIM], "abc"),
     ("report", ["1", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("report", ["1", "--config", "{empty_journal_config}"], "no journal"),
+    # Past SQLite's integers: no session has such a number (it once ended in a traceback).
+    (
+        "report",
+        ["99999999999999999999999", "--config", "{journal_config}"],
+        "no session 99999999999999999999999",
+    ),
     ("patient", ["ann", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("patient", ["ann", "--config", "{empty_journal_config}"], "no journal"),
     ("patient", ["ann", "--config", "{junk}"], "not valid TOML"),
@@ -153,6 +160,12 @@ def test_a_bad_path_or_value_is_said_plainly(
         f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n",
         encoding="utf-8",
     )
+    with_journal = tmp_path / "journal.toml"
+    with_journal.write_text(
+        empty.read_text(encoding="utf-8").replace("/none/", "/journal/"), encoding="utf-8"
+    )
+    (tmp_path / "journal").mkdir()
+    Journal.open(tmp_path / "journal" / "journal.sqlite").close()
     long_prefix = "p" * 70_000  # MQTT's topics hold 65,535 bytes
     long_prefix_config = tmp_path / "long-prefix.toml"
     long_prefix_config.write_text(
@@ -164,6 +177,7 @@ def test_a_bad_path_or_value_is_said_plainly(
         "{junk}": str(junk),
         "{scenario}": str(scenario),
         "{empty_journal_config}": str(empty),
+        "{journal_config}": str(with_journal),
         "{trackmaster_config}": str(trackmaster),
         "{long_prefix}": long_prefix,
         "{long_prefix_config}": str(long_prefix_config),
