@@ -36,9 +36,27 @@ def parsers(
 PARSERS = dict(parsers(build_parser()))
 
 
+def has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(action, argparse._SubParsersAction) for action in parser._actions)
+
+
+def command_of(command: str, args: list[str]) -> str:
+    """The command a case runs: ``command``, and each argument after it that names one of its
+    sub-commands (``tablet stop``, ``sim-device modbus``)."""
+    name = f"treadguard {command}"
+    for arg in args:
+        if f"{name} {arg}" not in PARSERS:
+            break
+        name = f"{name} {arg}"
+    return name
+
+
 def test_every_command_is_covered_by_the_bad_input_cases() -> None:
-    commands = {name.split(" ", 2)[1] for name in PARSERS if name != "treadguard"}
-    covered = {case[0] for case in BAD_INPUT}
+    """Every command a person runs, sub-commands included (each tablet command has options
+    and arguments of its own), has a bad-input case."""
+    commands = {name for name, parser in PARSERS.items() if not has_subcommands(parser)}
+    assert {"treadguard run", "treadguard tablet stop", "treadguard sim-device modbus"} <= commands
+    covered = {command_of(command, args) for command, args, _ in BAD_INPUT}
     assert commands <= covered, f"commands without a bad-input case: {commands - covered}"
 
 
@@ -133,8 +151,20 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["measure", "p-1", "tug", "slow", "--config", SIM], "slow"),
     ("tablet", ["confirm-first-session", "--config", SIM], "SESSION"),
     ("tablet", ["heartbeat", "--timeout", "-1", "--config", SIM], "-1"),
+    ("tablet", ["stop", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("tablet", ["estop", "--timeout", "nan", "--config", SIM], "nan"),
+    ("tablet", ["reset", "--prefix", "a/#", "--config", SIM], "a/#"),
     # A prefix no MQTT topic can hold (its client refused it with a traceback).
     ("tablet", ["reset", "--prefix", "{long_prefix}", "--config", SIM], "at most 256 characters"),
+    ("tablet", ["outcome-before", "1", "--pain", "x", "--config", SIM], "--pain"),
+    (
+        "tablet",
+        ["outcome-after", "1", "--pain", "3", "--exertion", "hard", "--config", SIM],
+        "hard",
+    ),
+    ("tablet", ["commission-confirm", "--ask", "release_left", "--config", SIM], "--step"),
+    ("tablet", ["commission-abort", "--config", "{tmp}"], "{tmp}"),
+    ("tablet", ["watch", "--for", "-1", "--config", SIM], "--for"),
 ]
 
 
