@@ -5,6 +5,7 @@ The program files are read here too: ``safety`` only validates a program's data 
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,12 +34,27 @@ from treadguard.safety.programs import Program
 # a simulation and answer the tablet as if it were the treadmill.
 INSTALLED_CONFIG = Path("/etc/treadguard/treadguard.toml")
 CONFIG_ENV = "TREADGUARD_CONFIG"
+# The other variables treadguard reads that are not settings' overrides: the broker passwords of
+# the tablet's and the simulated user's accounts (never on a command line, where `ps` shows
+# them), and a test's step of the daemon's wall clock (controller/wallclock.py).
+TABLET_PASSWORD_ENV = "TREADGUARD_TABLET_PASSWORD"
+SIM_USER_PASSWORD_ENV = "TREADGUARD_SIM_USER_PASSWORD"
+WALL_STEP_FILE_ENV = "TREADGUARD_TEST_WALL_STEP_FILE"
+OTHER_ENV = (CONFIG_ENV, TABLET_PASSWORD_ENV, SIM_USER_PASSWORD_ENV, WALL_STEP_FILE_ENV)
 
 
 def default_config(environ: Mapping[str, str] | None = None) -> Path:
     """``$TREADGUARD_CONFIG`` if set, else the installed location."""
     named = (os.environ if environ is None else environ).get(CONFIG_ENV, "").strip()
     return Path(named) if named else INSTALLED_CONFIG
+
+
+def environment_problems(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The environment's TREADGUARD_* variables that treadguard would not read as meant: a
+    misspelt setting (TREADGUARD_MQTT_PORT) or a misspelt TREADGUARD_CONFIG, each with the
+    right spelling. load_config refuses them; a command looking for its configuration says
+    them first, since a misspelt TREADGUARD_CONFIG is why it looks where it does."""
+    return _unknown_env_settings(os.environ if environ is None else environ)
 
 
 def no_default_config(path: Path, environ: Mapping[str, str] | None = None) -> str | None:
@@ -217,19 +233,30 @@ def _words(err: ErrorDetails, root: type[BaseModel] | None = None) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
+def _known_env_names() -> list[str]:
+    """Every variable treadguard reads: OTHER_ENV, and TREADGUARD_<SECTION>__<KEY> for each
+    setting of each section."""
+    settings = [
+        f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{key.upper()}"
+        for section in TreadguardConfig.model_fields
+        for key in keys_at(TreadguardConfig, [section])
+    ]
+    return [*OTHER_ENV, *settings]
+
+
 def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
-    """TREADGUARD_<SECTION>__<KEY> variables that name no setting: a misspelt override must
-    not be silently ignored, any more than a misspelt key in the file."""
+    """TREADGUARD_<SECTION>__<KEY> variables that name no setting, and misspellings of the
+    other variables treadguard reads (TREADGUARD_CONFIGS): a misspelt variable must not be
+    silently ignored, any more than a misspelt key in the file."""
     problems = []
     sections = sorted(TreadguardConfig.model_fields, key=len, reverse=True)
     for key in sorted(environ):
         upper = key.upper()
-        if not upper.startswith(ENV_PREFIX):
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV:
             continue
         if ENV_NESTED not in upper[len(ENV_PREFIX) :]:
             # TREADGUARD_MQTT_PORT: a section's name, then one underscore where two belong. It
-            # would be ignored; said instead. (TREADGUARD_HYPOTHESIS_EXAMPLES and the like
-            # name no section, and are not settings.)
+            # would be ignored; said instead.
             bare = upper[len(ENV_PREFIX) :]
             for name in sections:
                 head = name.upper() + "_"
@@ -240,6 +267,17 @@ def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
                         f" underscores: {fixed}"
                     )
                     break
+            else:
+                # Close to a variable treadguard reads: that one, misspelt (TREADGUARD_CONIFG
+                # would leave the installed file in charge). Others (a test's own, such as
+                # TREADGUARD_HYPOTHESIS_EXAMPLES) are not treadguard's, and are left alone.
+                # Compared without the prefix all share, which would make any two look alike.
+                spelt = {name.removeprefix(ENV_PREFIX): name for name in _known_env_names()}
+                close = difflib.get_close_matches(bare, list(spelt), n=1, cutoff=0.6)
+                if close:
+                    problems.append(
+                        f"{key}: not a variable treadguard reads (did you mean {spelt[close[0]]}?)"
+                    )
             continue
         section, _, rest = upper[len(ENV_PREFIX) :].partition(ENV_NESTED)
         field = TreadguardConfig.model_fields.get(section.lower())

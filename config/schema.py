@@ -260,7 +260,14 @@ def input_name(entry: SensorInput) -> str:
     return entry.name if entry.name is not None else entry.role.value
 
 
-MqttTopicPrefix = Annotated[str, Field(pattern=r"^[^/#+\s][^#+\s]*[^/#+\s]$|^[^/#+\s]$")]
+# No wildcards, no leading or trailing "/"; and short: every topic under it must stay within
+# MQTT's 65,535 bytes, or the MQTT client refuses to subscribe (a traceback, not a message).
+# 256 characters is far more than a prefix needs, and at most 1,024 bytes in UTF-8.
+MAX_PREFIX_CHARS = 256
+MqttTopicPrefix = Annotated[
+    str,
+    Field(pattern=r"^[^/#+\s][^#+\s]*[^/#+\s]$|^[^/#+\s]$", max_length=MAX_PREFIX_CHARS),
+]
 
 
 class MqttTlsSection(_Strict):

@@ -22,9 +22,12 @@ from treadguard import __version__
 from treadguard.config.loading import (
     CONFIG_ENV,
     INSTALLED_CONFIG,
+    SIM_USER_PASSWORD_ENV,
+    TABLET_PASSWORD_ENV,
     ConfigError,
     LoadedConfig,
     default_config,
+    environment_problems,
     load_config,
     no_default_config,
 )
@@ -95,9 +98,15 @@ def _config_for(path: Path, explicit: Path | None, scenario_config: Path | None)
 
 def _chosen_config(args: argparse.Namespace) -> Path | None:
     """--config, else $TREADGUARD_CONFIG, else the installed file; None (said on stderr) when
-    none was named and the default is missing."""
+    none was named and the default is missing, or the environment misspells a variable (a
+    misspelt TREADGUARD_CONFIG leaves the default in its place)."""
     if args.config is not None:
         return Path(args.config)
+    misspelt = environment_problems()
+    if misspelt:
+        for line in misspelt:
+            print(f"error: {line}", file=sys.stderr)
+        return None
     path = default_config()
     problem = no_default_config(path)
     if problem is not None:
@@ -265,9 +274,6 @@ def cmd_sim_device(args: argparse.Namespace) -> int:
     return 0
 
 
-SIM_USER_PASSWORD_ENV = "TREADGUARD_SIM_USER_PASSWORD"
-
-
 def _sim_user_broker(loaded: LoadedConfig, username: str | None) -> tuple[MqttBroker, str]:
     """The broker and the simulated user's own account: never the daemon's, which a broker
     with the shipped ACL does not let publish sensor readings (they would be dropped without
@@ -389,7 +395,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     options = DoctorOptions(
         service_user=args.service_user,
         tablet_username=args.tablet_username,
-        tablet_password=os.environ.get("TREADGUARD_TABLET_PASSWORD") or None,
+        tablet_password=os.environ.get(TABLET_PASSWORD_ENV) or None,
         wait_s=args.wait_s,
         walk=args.walk,
         walk_wait_s=args.walk_wait_s,
@@ -943,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help="the tablet's broker account, to check that the ACL lets it command (its password "
-        "in TREADGUARD_TABLET_PASSWORD)",
+        f"in {TABLET_PASSWORD_ENV})",
     )
     doc.add_argument(
         "--wait-s",

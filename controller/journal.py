@@ -802,6 +802,8 @@ class Journal:
         return [SessionRow(*row) for row in rows], int(total[0][0])
 
     def session(self, session_id: int) -> SessionRow | None:
+        if not -(2**63) <= session_id < 2**63:
+            return None  # no row's id is past SQLite's integers (which sqlite3 cannot bind)
         rows = self._query("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return SessionRow(*rows[0]) if rows else None
 

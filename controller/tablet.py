@@ -38,8 +38,13 @@ from paho.mqtt.properties import Properties
 from pydantic import TypeAdapter, ValidationError
 
 import treadguard.config as config_package
-from treadguard.config.loading import ConfigError, default_config, load_config
-from treadguard.config.schema import MqttTopicPrefix
+from treadguard.config.loading import (
+    TABLET_PASSWORD_ENV,
+    ConfigError,
+    default_config,
+    load_config,
+)
+from treadguard.config.schema import MAX_PREFIX_CHARS, MqttTopicPrefix
 from treadguard.contract.event_text import describe
 from treadguard.contract.measures import MeasureKind
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
@@ -52,7 +57,7 @@ EXIT_BAD_INPUT = 2  # argparse's own code for bad arguments, reused for a bad co
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
-PASSWORD_ENV = "TREADGUARD_TABLET_PASSWORD"
+PASSWORD_ENV = TABLET_PASSWORD_ENV
 BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
 DEFAULT_TIMEOUT_S = 5.0
 HEARTBEAT_PERIOD_S = 1.0  # docs/tablet-contract.md: a tablet sends one every second
@@ -582,7 +587,10 @@ def _prefix(text: str) -> str:
     try:
         return _PREFIX.validate_python(text)
     except ValidationError:
-        raise argparse.ArgumentTypeError(f"not a topic prefix: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a topic prefix (no wildcards, spaces, leading or trailing '/'; at most "
+            f"{MAX_PREFIX_CHARS} characters): {text!r}"
+        ) from None
 
 
 def _port(text: str) -> int:

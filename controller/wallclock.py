@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from treadguard.config.loading import WALL_STEP_FILE_ENV
+
 WallClock = Callable[[], float]
-STEP_FILE_ENV = "TREADGUARD_TEST_WALL_STEP_FILE"
+STEP_FILE_ENV = WALL_STEP_FILE_ENV
 
 
 class _SteppedWall:

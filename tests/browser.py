@@ -9,8 +9,11 @@ network. The page and its MQTT client come from ``tablet/`` (``npm ci`` there, w
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -63,18 +66,51 @@ def need_page() -> None:
         pytest.skip(why)
 
 
+CERTUTIL = shutil.which("certutil")  # Debian's libnss3-tools
+
+
+def need_certutil() -> None:
+    """Skip (fail in CI) without NSS's certutil, which puts a test CA in a browser's trust."""
+    if CERTUTIL is None:
+        why = "certutil is not installed (apt-get install libnss3-tools); scripts/test installs it"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def nss_home(home: Path, ca: Path) -> Path:
+    """A home folder whose NSS database ($HOME/.pki/nssdb, where Chromium on Linux keeps the
+    user's certificates) trusts ``ca`` to identify servers, and nothing else besides the
+    built-in roots: what a tablet with the clinic's CA installed has."""
+    assert CERTUTIL is not None
+    db = home / ".pki" / "nssdb"
+    db.mkdir(parents=True)
+
+    def certutil(*args: str) -> None:
+        subprocess.run(
+            [CERTUTIL, "-d", f"sql:{db}", *args], check=True, capture_output=True, timeout=30
+        )
+
+    certutil("-N", "--empty-password")
+    # "C,,": a CA trusted to issue server certificates (not e-mail or code signing ones).
+    certutil("-A", "-n", "treadguard test CA", "-t", "C,,", "-i", str(ca))
+    return home
+
+
 @asynccontextmanager
-async def chromium(trust_spki: str | None = None) -> AsyncIterator[Browser]:
-    """``trust_spki``: the base64 SHA-256 of a server key (tests/pki.py) whose certificate the
-    browser accepts, as a tablet with the clinic's CA installed accepts the board's; for any
-    other certificate it still refuses https."""
-    args = (
-        ARGS
-        if trust_spki is None
-        else [*ARGS, f"--ignore-certificate-errors-spki-list={trust_spki}"]
-    )
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+async def chromium(trust_ca: Path | None = None) -> AsyncIterator[Browser]:
+    """``trust_ca``: a CA certificate (tests/pki.py) the browser trusts, from the NSS database
+    of a home folder of its own (:func:`nss_home`), the way a tablet with the clinic's CA
+    installed trusts the board; a server certificate no trusted CA signed is still refused.
+    Without it the browser trusts what the user running the tests does."""
+    async with AsyncExitStack() as stack:
+        env: dict[str, str | float | bool] | None = None
+        if trust_ca is not None:
+            need_certutil()
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tg-browser-")))
+            env = {**os.environ, "HOME": str(nss_home(home, trust_ca))}
+        p = await stack.enter_async_context(async_playwright())
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
         try:
             yield browser
         finally:

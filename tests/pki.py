@@ -4,8 +4,6 @@ them. The file names are the shipped configurations' (ca.crt, server.crt, server
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -76,18 +74,3 @@ def make_pki(d: Path) -> Pki:
     tab = _issue(d, ca, "tablet-client", "tablet", _CLIENT_EXT)
     other_ca, _ = _ca(d, "other-ca")
     return Pki(ca[0], *server, *daemon, *tab, other_ca)
-
-
-def spki_sha256(cert: Path) -> str:
-    """The base64 SHA-256 of the certificate's public key (its DER SubjectPublicKeyInfo), as
-    Chromium's --ignore-certificate-errors-spki-list takes it."""
-    assert OPENSSL is not None
-    pem = subprocess.run(
-        [OPENSSL, "x509", "-in", str(cert), "-noout", "-pubkey"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    der = base64.b64decode("".join(line for line in pem.splitlines() if "-----" not in line))
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()

@@ -93,3 +93,18 @@ def test_the_variable_names_the_configuration(tmp_path: Path) -> None:
         ["history", "--config", str(other)], tmp_path, clean_env(**{CONFIG_ENV: str(config)})
     )
     assert "p-env" not in chosen.stdout
+
+
+@pytest.mark.parametrize("misspelt", ["TREADGUARD_CONFIGS", "TREADGUARD_CONIFG"])
+@pytest.mark.parametrize("args", [["history"], ["run"], ["tablet", "heartbeat"]], ids=" ".join)
+def test_a_misspelt_variable_is_said_with_its_right_spelling(
+    tmp_path: Path, args: list[str], misspelt: str
+) -> None:
+    """Ignored, it would leave the installed configuration (or, for a tablet, the built-in
+    one) in charge of a command meant for another."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-misspelt")
+    done = treadguard(args, tmp_path, clean_env(**{misspelt: str(config)}))
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = f"{misspelt}: not a variable treadguard reads (did you mean {CONFIG_ENV}?)"
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr

@@ -18,6 +18,7 @@ import pytest
 
 from tests.daemon_process import ROOT
 from treadguard.controller.cli import build_parser
+from treadguard.controller.journal import Journal
 
 SIM = str(ROOT / "config" / "sim.toml")
 
@@ -35,9 +36,27 @@ def parsers(
 PARSERS = dict(parsers(build_parser()))
 
 
+def has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(action, argparse._SubParsersAction) for action in parser._actions)
+
+
+def command_of(command: str, args: list[str]) -> str:
+    """The command a case runs: ``command``, and each argument after it that names one of its
+    sub-commands (``tablet stop``, ``sim-device modbus``)."""
+    name = f"treadguard {command}"
+    for arg in args:
+        if f"{name} {arg}" not in PARSERS:
+            break
+        name = f"{name} {arg}"
+    return name
+
+
 def test_every_command_is_covered_by_the_bad_input_cases() -> None:
-    commands = {name.split(" ", 2)[1] for name in PARSERS if name != "treadguard"}
-    covered = {case[0] for case in BAD_INPUT}
+    """Every command a person runs, sub-commands included (each tablet command has options
+    and arguments of its own), has a bad-input case."""
+    commands = {name for name, parser in PARSERS.items() if not has_subcommands(parser)}
+    assert {"treadguard run", "treadguard tablet stop", "treadguard sim-device modbus"} <= commands
+    covered = {command_of(command, args) for command, args, _ in BAD_INPUT}
     assert commands <= covered, f"commands without a bad-input case: {commands - covered}"
 
 
@@ -76,6 +95,7 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("check-config", ["/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("check-config", ["{tmp}"], "{tmp}"),
     ("check-config", ["{junk}"], "not valid TOML"),
+    ("check-config", ["{long_prefix_config}"], "mqtt.prefix"),
     ("sim-device", ["modbus", "--tcp", "nohostport"], "HOST:PORT"),
     ("sim-device", ["modbus", "--tcp", "127.0.0.1:99999"], "99999"),
     (
@@ -94,6 +114,12 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("report", ["abc", "--config", SIM], "abc"),
     ("report", ["1", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("report", ["1", "--config", "{empty_journal_config}"], "no journal"),
+    # Past SQLite's integers: no session has such a number (it once ended in a traceback).
+    (
+        "report",
+        ["99999999999999999999999", "--config", "{journal_config}"],
+        "no session 99999999999999999999999",
+    ),
     ("patient", ["ann", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("patient", ["ann", "--config", "{empty_journal_config}"], "no journal"),
     ("patient", ["ann", "--config", "{junk}"], "not valid TOML"),
@@ -125,6 +151,20 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["measure", "p-1", "tug", "slow", "--config", SIM], "slow"),
     ("tablet", ["confirm-first-session", "--config", SIM], "SESSION"),
     ("tablet", ["heartbeat", "--timeout", "-1", "--config", SIM], "-1"),
+    ("tablet", ["stop", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
+    ("tablet", ["estop", "--timeout", "nan", "--config", SIM], "nan"),
+    ("tablet", ["reset", "--prefix", "a/#", "--config", SIM], "a/#"),
+    # A prefix no MQTT topic can hold (its client refused it with a traceback).
+    ("tablet", ["reset", "--prefix", "{long_prefix}", "--config", SIM], "at most 256 characters"),
+    ("tablet", ["outcome-before", "1", "--pain", "x", "--config", SIM], "--pain"),
+    (
+        "tablet",
+        ["outcome-after", "1", "--pain", "3", "--exertion", "hard", "--config", SIM],
+        "hard",
+    ),
+    ("tablet", ["commission-confirm", "--ask", "release_left", "--config", SIM], "--step"),
+    ("tablet", ["commission-abort", "--config", "{tmp}"], "{tmp}"),
+    ("tablet", ["watch", "--for", "-1", "--config", SIM], "--for"),
 ]
 
 
@@ -150,12 +190,27 @@ def test_a_bad_path_or_value_is_said_plainly(
         f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n",
         encoding="utf-8",
     )
+    with_journal = tmp_path / "journal.toml"
+    with_journal.write_text(
+        empty.read_text(encoding="utf-8").replace("/none/", "/journal/"), encoding="utf-8"
+    )
+    (tmp_path / "journal").mkdir()
+    Journal.open(tmp_path / "journal" / "journal.sqlite").close()
+    long_prefix = "p" * 70_000  # MQTT's topics hold 65,535 bytes
+    long_prefix_config = tmp_path / "long-prefix.toml"
+    long_prefix_config.write_text(
+        empty.read_text(encoding="utf-8") + f"[mqtt]\nprefix = '{long_prefix}'\n",
+        encoding="utf-8",
+    )
     fill = {
         "{tmp}": str(tmp_path),
         "{junk}": str(junk),
         "{scenario}": str(scenario),
         "{empty_journal_config}": str(empty),
+        "{journal_config}": str(with_journal),
         "{trackmaster_config}": str(trackmaster),
+        "{long_prefix}": long_prefix,
+        "{long_prefix_config}": str(long_prefix_config),
     }
     argv = [fill.get(a, a) for a in args]
     done = run(command, *argv, cwd=tmp_path)

@@ -26,7 +26,12 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from treadguard.config.loading import ProgramError, load_program, load_programs
+from treadguard.config.loading import (
+    ProgramError,
+    environment_problems,
+    load_program,
+    load_programs,
+)
 from treadguard.config.schema import (
     ControlSection,
     GpioInputSection,
@@ -527,6 +532,18 @@ def test_environment_overrides_the_file_and_is_validated_like_it(tmp_path: Path)
             "not a setting; a section and its key are joined by two underscores:"
             " TREADGUARD_STOP_WATCH__MARGIN_PCT",
         ),
+        # Misspellings of the variables that are not settings, and a setting's without its
+        # underscores: each would be ignored.
+        *(
+            (name, f"not a variable treadguard reads (did you mean {meant}?)")
+            for name, meant in (
+                ("TREADGUARD_CONFIGS", "TREADGUARD_CONFIG"),
+                ("TREADGUARD_CONIFG", "TREADGUARD_CONFIG"),
+                ("TREADGUARD_CONFIG_FILE", "TREADGUARD_CONFIG"),
+                ("TREADGUARD_TABLET_PASSWD", "TREADGUARD_TABLET_PASSWORD"),
+                ("TREADGUARD_MQTTPORT", "TREADGUARD_MQTT__PORT"),
+            )
+        ),
     ],
 )
 def test_sr15_misspelt_environment_override_is_an_error(
@@ -566,8 +583,50 @@ def test_a_clinic_timezone_that_is_not_one_names_its_field(tmp_path: Path, zone:
 
 
 def test_environment_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
-    proc = check_config(write(tmp_path, valid_config()), {"TREADGUARD_HYPOTHESIS_EXAMPLES": "9"})
+    proc = check_config(
+        write(tmp_path, valid_config()),
+        {"TREADGUARD_HYPOTHESIS_EXAMPLES": "9", "TREADGUARD_CONFIG": "elsewhere.toml"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The variables the repository names to be refused: the misspellings above, and the
+# placeholder of a docstring.
+REFUSED_ON_PURPOSE = {
+    "TREADGUARD_MQTT__PROT",
+    "TREADGUARD_MQQT__PORT",
+    "TREADGUARD_MQTT_PORT",
+    "TREADGUARD_STOP_WATCH_MARGIN_PCT",
+    "TREADGUARD_CONFIGS",
+    "TREADGUARD_CONIFG",
+    "TREADGUARD_CONFIG_FILE",
+    "TREADGUARD_TABLET_PASSWD",
+    "TREADGUARD_MQTTPORT",
+    "TREADGUARD_X__Y",
+}
+
+
+def test_every_variable_the_repository_names_is_read_as_meant() -> None:
+    """Each TREADGUARD_* variable named anywhere in the repository (the code reads it, a test
+    sets it, a document tells a person to) passes the check that refuses misspelt ones, or is
+    one of the misspellings named to be refused: a new variable that the check would take for
+    a misspelling fails here, not on a board."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
+    names: set[str] = set()
+    for name in filter(None, listed.split("\0")):
+        path = ROOT / name
+        if path.is_file():
+            text = path.read_bytes().decode("utf-8", errors="ignore")
+            names |= set(re.findall(r"\bTREADGUARD_[A-Z0-9_]*[A-Z0-9]\b", text))
+    assert {"TREADGUARD_CONFIG", "TREADGUARD_HYPOTHESIS_EXAMPLES"} <= names  # the scan works
+    refused = {name for name in names if environment_problems({name: "1"})}
+    assert refused == REFUSED_ON_PURPOSE
 
 
 def test_simulated_sensors_are_refused_on_a_real_drive(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ to Mosquitto's loopback listener, with the shipped accounts and ACL.
 Mosquitto 2.0.11 once served the page itself over TLS, and its HTTP/2 broke the page in
 Chromium (net::ERR_HTTP2_PROTOCOL_ERROR) while a fetch over HTTP/1.1 saw nothing wrong: so
 the page is opened here in Chromium itself, and the protocol each client negotiated is checked.
-A CA and the server's certificate are made for each test (tests/pki.py); the browser trusts
-the server's key and no other.
+A CA and the server's certificate it signed are made for each test (tests/pki.py); Chromium
+trusts that CA from the NSS database of a home folder of its own (tests/browser.py), as a tablet
+with the clinic's CA installed does, and a browser that trusts another CA refuses the page.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.clinician import SESSION_WAIT_S, STANDSTILL_MPH, clinician, running
 from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import DAEMON_ENV, PASSWORDS, Broker, auth_lines, free_port, have_mosquitto
 from tests.nginx import Nginx, have_nginx
-from tests.pki import OPENSSL, Pki, make_pki, spki_sha256
+from tests.pki import OPENSSL, Pki, make_pki
 
 ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
 CURL = shutil.which("curl")
@@ -82,12 +83,13 @@ def nginx(tmp_path: Path, pki: Pki, secured: Broker) -> Iterator[Nginx]:
 
 
 @pytest.mark.asyncio
-async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_and_a_reset(
+async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_a_reset_and_a_stop(
     tmp_path: Path, pki: Pki, secured: Broker, nginx: Nginx
 ) -> None:
     """In Chromium, from https://HOST/: the page over HTTP/2, its MQTT over wss://HOST/mqtt,
     the login as the tablet account; then a session started from the page, its E-STOP, and a
-    reset, each seen on the broker's topics too."""
+    reset, and a second session ended by a controlled stop, each seen on the broker's topics
+    too."""
     need_page()
     tm = "tm-https"
     config = daemon_config(
@@ -98,7 +100,7 @@ async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_and_a_reset(
     try:
         async with (
             clinician(secured, tm, heartbeat=False, account="dashboard") as doc,
-            chromium(trust_spki=spki_sha256(pki.server_cert)) as browser,
+            chromium(trust_ca=pki.ca) as browser,
             tablet_page(browser, f"{nginx.url}?treadmill={tm}") as tab,
         ):
             page = tab.page
@@ -126,6 +128,7 @@ async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_and_a_reset(
 
             await page.click("#estop")
             assert (await doc.event("estop"))["cause"] == "remote_estop"
+            assert (await doc.event("session_ended"))["reason"] == "estop"
             await expect(page.locator("#banner")).to_be_visible()
             await expect(page.locator("#state")).to_contain_text("E-STOP")
             await tab.shot("https-03-estop")
@@ -137,6 +140,19 @@ async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_and_a_reset(
             await expect(page.locator("#banner")).to_be_hidden()
             await expect(page.locator("#state")).to_contain_text("IDLE")
             await tab.shot("https-04-reset")
+
+            # A second session, ended by a controlled stop (the first's record put off).
+            await page.click("#record-later")
+            await page.fill("#user", "u-https")
+            await page.click("#start")
+            await doc.state(running, within=SESSION_WAIT_S)
+            await expect(page.locator("#state")).to_contain_text("RUNNING")
+            await page.click("#stop")
+            assert (await doc.event("session_ended"))["reason"] == "operator_stop"
+            await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+            await expect(page.locator("#state")).to_contain_text("IDLE")
+            await expect(page.locator("#banner")).to_be_hidden()
+            await tab.shot("https-05-stopped")
     finally:
         daemon.stop()
     assert "[alert]" not in (nginx.dir / "error.log").read_text()
@@ -175,9 +191,9 @@ async def test_nginx_negotiates_http2_serves_the_page_and_sends_http_to_https(
     tmp_path: Path, pki: Pki
 ) -> None:
     """ALPN selects h2; curl over HTTP/2 gets the page and its MQTT client with their types;
-    http://HOST/ answers with a redirect to the page over https; and a browser that does not
-    trust the certificate refuses the page (the trust in the other test is the CA's, not a
-    switch that accepts anything)."""
+    http://HOST/ answers with a redirect to the page over https; and a browser that trusts
+    another CA, by the same means as the other test trusts the server's, refuses the page (that
+    trust is the CA's, not a switch that accepts anything)."""
     nginx = started_nginx(tmp_path, pki, mqtt_port=free_port())  # no broker needed here
     try:
         assert await asyncio.to_thread(alpn, nginx.https_port, pki.ca) == "h2"
@@ -199,7 +215,7 @@ async def test_nginx_negotiates_http2_serves_the_page_and_sends_http_to_https(
         assert redirect.value.headers["Location"] == "https://127.0.0.1/?treadmill=tm-01"
 
         need_page()
-        async with chromium() as browser:
+        async with chromium(trust_ca=pki.other_ca) as browser:
             context = await browser.new_context()
             try:
                 with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):

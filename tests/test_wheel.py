@@ -5,8 +5,8 @@ packages: ``safety`` (a vulnerability scanner) and ``config``. A wheel that inst
 top-level packages would overwrite those, or be overwritten. So the wheel is built here from the
 checkout, installed into a fresh venv together with both from PyPI, and then each of the three
 is used: the treadguard command runs a shipped scenario from its installed copy, and ``safety``
-and ``config`` still import as PyPI's. Everything runs outside the checkout, so nothing can be
-imported from the repository by accident.
+and ``config`` still import as PyPI's; ``pip check`` finds every requirement met. Everything
+runs outside the checkout, so nothing can be imported from the repository by accident.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             cwd=where,
         )
     )
+    # Every installed distribution's requirements met, the wheel's and its neighbours', across
+    # the whole venv (pip's resolver judges only what one install brings in).
+    ok(run(python, "-m", "pip", "check", "--disable-pip-version-check", cwd=where))
     return where / "v"
 
 
