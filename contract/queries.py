@@ -267,17 +267,21 @@ def encode_history(
     total: int,
     timezone: str,
     proposal: JsonObject | None = None,
+    measures: Sequence[JsonObject] = (),
 ) -> QueryReply:
     """The answer to a ``history`` query: ``sessions`` newest first (at most the query's
-    limit), ``total`` the user's sessions in the journal, and ``proposal``, when the daemon
-    makes one, the next session proposed with its reason. A user with no sessions gets an empty
-    list, not an error: a first session is still to come."""
+    limit), ``total`` the user's sessions in the journal, ``measures`` the user's measures a
+    kind each (baseline, latest and change, in words: one row per kind, so the answer stays
+    small however many are taken), and ``proposal``, when the daemon makes one, the next
+    session proposed with its reason. A user with no sessions gets an empty list, not an
+    error: a first session is still to come."""
     body: JsonObject = {
         "type": "history",
         "user": query.user,
         "timezone": timezone,
         "total": total,
         "sessions": [s.to_json() for s in sessions[: query.limit]],
+        "measures": list(measures),
     }
     if proposal is not None:
         body["proposal"] = proposal

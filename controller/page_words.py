@@ -1,10 +1,12 @@
-"""``tablet/words.js``: the tablet page's copy of the plain words in ``contract/event_text.py``.
+"""``tablet/words.js``: the tablet page's copy of the plain words in ``contract/event_text.py``,
+and of the measures of ``contract/measures.py`` (their titles, units and ranges).
 
 The page is static files a browser runs, so it cannot import the Python tables; this writes
 them out as one JavaScript constant, ``WORDS``, so the page and the terminal keep one
-vocabulary. The file is generated, never committed (git ignores it): scripts/test and
-scripts/run write it with the page's other dependencies, scripts/install into the installed
-page, and the browser tests before they serve the page:
+vocabulary, and the page checks a measure against the ranges the daemon checks it against.
+The file is generated, never committed (git ignores it): scripts/test and scripts/run write
+it with the page's other dependencies, scripts/install into the installed page, and the
+browser tests before they serve the page:
 
     python -m treadguard.controller.page_words tablet/words.js
 """
@@ -27,11 +29,13 @@ from treadguard.contract.event_text import (
     SENSOR_WORDS,
     STATE_WORDS,
 )
+from treadguard.contract.measures import MEASURES
 
 HEADER = """\
 // The plain words for the contract's codes: a copy of the tables in contract/event_text.py,
-// written by `python -m treadguard.controller.page_words tablet/words.js` (scripts/test,
-// scripts/run and scripts/install do). Generated: not kept in git, not edited by hand.
+// and the measures' titles, units and ranges of contract/measures.py. Written by
+// `python -m treadguard.controller.page_words tablet/words.js` (scripts/test, scripts/run and
+// scripts/install do). Generated: not kept in git, not edited by hand.
 "use strict";
 """
 
@@ -56,8 +60,25 @@ def tables() -> dict[str, dict[str, str]]:
     }
 
 
+def measures() -> dict[str, dict[str, str | float]]:
+    """The measures a clinician enters, by kind, in contract/measures.py's order (the page's
+    list): ``WORDS.measures.tug.title``, its ``unit`` ("" for a score), ``lowest`` and
+    ``highest``, and ``range`` in words ("1 to 300 s")."""
+    return {
+        kind.value: {
+            "title": m.title,
+            "unit": m.unit,
+            "lowest": m.lowest,
+            "highest": m.highest,
+            "range": m.range_words(),
+        }
+        for kind, m in MEASURES.items()
+    }
+
+
 def render() -> str:
-    return f"{HEADER}const WORDS = {json.dumps(tables(), indent=2, ensure_ascii=False)};\n"
+    words = {**tables(), "measures": measures()}
+    return f"{HEADER}const WORDS = {json.dumps(words, indent=2, ensure_ascii=False)};\n"
 
 
 def main(argv: list[str]) -> int:

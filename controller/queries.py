@@ -48,7 +48,7 @@ from treadguard.contract.queries import (
 )
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, Journal, JournalError, SessionRow
-from treadguard.controller.plan import outcomes_of, propose
+from treadguard.controller.plan import MeasureTrend, measure_trends, outcomes_of, propose
 from treadguard.safety.decisions import EventType
 from treadguard.safety.programs import Program
 
@@ -124,15 +124,36 @@ def _outcomes(journal: Journal, session_id: int) -> dict[str, Mapping[str, Any]]
     return outcomes_of([EventRow(0.0, EventType.OUTCOME_RECORDED, e) for e in entries])
 
 
+def measure_json(trend: MeasureTrend) -> JsonObject:
+    """One kind of the user's measures as the reports show it (controller/plan.py)."""
+    return {
+        "kind": trend.kind,
+        "title": trend.title,
+        "baseline": trend.baseline,
+        "latest": trend.latest,
+        "change": trend.change,
+        "count": trend.count,
+    }
+
+
 def history_answer(
     journal: Journal, query: HistoryQuery, words: ClinicWords, planning: Planning | None = None
 ) -> QueryReply:
-    """A ``history`` answer from the journal: at most the query's limit of rows, and with
-    ``planning`` the proposal for the user's next session (from the user's whole record)."""
+    """A ``history`` answer from the journal: at most the query's limit of rows, the user's
+    measures (a row a kind), and with ``planning`` the proposal for the user's next session
+    (from the user's whole record)."""
     sessions, total = journal.recent_sessions(query.user, query.limit)
     rows = [summary_of(s, _outcomes(journal, s.id), words) for s in sessions]
+    measures = [measure_json(m) for m in measure_trends(journal.measures(query.user))]
     proposal = None if planning is None else planning.proposal(journal, query.user, words.zone)
-    return encode_history(query, rows, total=total, timezone=words.zone.key, proposal=proposal)
+    return encode_history(
+        query,
+        rows,
+        total=total,
+        timezone=words.zone.key,
+        proposal=proposal,
+        measures=measures,
+    )
 
 
 def event_rows(

@@ -139,7 +139,10 @@ const view = {
   painBefore: null,
   recorded: null,
   // The patient view, while open: the user, the history answer and the report's answer (null
-  // until they come), and what the page says of them (status, bad: an error).
+  // until they come), and what the page says of them (status, bad: an error); today in the
+  // clinic's zone (from the history's timezone); whether a measure is being entered, what the
+  // page says of it ({text, bad}, or null), and whether to bring the measures into view once
+  // the next history comes (after a measure was saved).
   patient: null,
   loginTried: false, // the last login had a password: a refusal is then about what was typed
   message: null,
@@ -569,6 +572,8 @@ function commandWords(sent) {
       return `Pain before session ${sent.fields.session_id}`;
     case "outcome_after":
       return `Record of session ${sent.fields.session_id}`;
+    case "record_measure":
+      return `${measureWords(sent.fields.kind, sent.fields.value)} for ${sent.fields.user}`;
     case "start_session":
       return `Start for ${sent.fields.user}`;
     case "set_speed":
@@ -622,6 +627,7 @@ function onOneReply(reply) {
       view.recorded = sent.fields.session_id;
       for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
     }
+    if (sent.type === "record_measure") measureSaved(sent.fields);
     log(`${commandWords(sent)}: accepted`);
     return;
   }
@@ -631,7 +637,12 @@ function onOneReply(reply) {
     : WORDS.refusals[error.code] || error.code || "no reason given";
   const text = `Refused: ${sentence(why)}`;
   log(`${commandWords(sent)}: ${text}`, true);
-  say(text);
+  // A measure's refusal beside what was typed, which stays for the clinician to correct.
+  if (sent.type === "record_measure" && measureOpen(sent.fields.user) && view.patient.entering) {
+    view.patient.measure = { text, bad: true };
+  } else {
+    say(text);
+  }
 }
 
 // ------------------------------------------------------------------ what the daemon says
@@ -696,6 +707,9 @@ function onEvent(e) {
       break;
     case "outcome_recorded":
       log(`${name}: session ${e.session_id}, pain ${e.when} ${e.pain}/10`);
+      break;
+    case "measure_recorded":
+      log(`${name}: ${e.user}, ${measureWords(e.kind, e.value)}, taken ${e.date}`);
       break;
     case "speed_changed":
       log(`${name}: ${e.from_mph} to ${e.to_mph} mph${e.clinician ? ` (${e.clinician})` : ""}`);
@@ -1036,16 +1050,10 @@ function answerError(answer) {
   return sentence(error.message || error.code || "no reason given");
 }
 
-function openPatient(user) {
-  const patient = {
-    user,
-    history: null,
-    report: null,
-    status: "Asking the treadmill…",
-    bad: false,
-  };
-  view.patient = patient;
-  document.body.dataset.view = "patient";
+// The user's history, with the proposal and the measures: `then` gets the answer once the view
+// has it. Asked when the view opens, and again once a measure is saved (the report is kept).
+function askHistory(patient, then) {
+  const user = patient.user;
   ask("history", { user, limit: HISTORY_LIMIT }, QUERY_TIMEOUT_MS, (answer) => {
     if (view.patient !== patient) return; // closed, or opened again, meanwhile
     if (!answer.ok) {
@@ -1057,6 +1065,57 @@ function openPatient(user) {
       return;
     }
     patient.history = answer;
+    patient.today = clinicToday(answer.timezone);
+    if (patient.today !== null) {
+      $("measure-date").max = patient.today;
+      if ($("measure-date").value === "") $("measure-date").value = patient.today;
+    }
+    then(answer);
+  });
+}
+
+// Today in the clinic's time zone, by the daemon's clock as far as the page can tell (a
+// tablet's clock that is off does not matter): "2026-12-04". Null for a zone this browser does
+// not know: the date is then left to the treadmill (its today).
+function clinicToday(zone) {
+  try {
+    const parts = new Intl.DateTimeFormat("en-CA", {
+      timeZone: zone,
+      year: "numeric",
+      month: "2-digit",
+      day: "2-digit",
+    }).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
+    const part = (type) => parts.find((p) => p.type === type).value;
+    return `${part("year")}-${part("month")}-${part("day")}`;
+  } catch {
+    return null;
+  }
+}
+
+// The user the measure's fields were last filled for: what was typed stays while the view is
+// closed and opened again for the same user, never for another one.
+let measureUser = null;
+
+function openPatient(user) {
+  const patient = {
+    user,
+    history: null,
+    report: null,
+    status: "Asking the treadmill…",
+    bad: false,
+    today: null,
+    entering: false,
+    measure: null,
+    showMeasures: false,
+  };
+  view.patient = patient;
+  document.body.dataset.view = "patient";
+  if (measureUser !== user) {
+    $("measure-value").value = $("measure-date").value = "";
+    measureUser = user;
+  }
+  patient.entering = $("measure-value").value !== ""; // a value typed and not saved: still there
+  askHistory(patient, (answer) => {
     const newest = answer.sessions[0];
     if (!newest) {
       patient.status = `No sessions of ${user} on record yet.`;
@@ -1086,6 +1145,7 @@ function closePatient() {
   const chart = window.Chart && Chart.getChart($("patient-trend"));
   if (chart) chart.destroy();
   $("patient-history").tBodies[0].replaceChildren();
+  $("measures-table").tBodies[0].replaceChildren();
   $("patient-report").removeAttribute("srcdoc");
   drawn.history = drawn.report = null;
 }
@@ -1127,10 +1187,20 @@ function drawPatient() {
   if (history && drawn.history !== history) {
     drawn.history = history;
     try {
+      drawMeasures(history.measures);
       drawHistory(history.sessions);
     } catch (err) {
       unreadable(patient, err);
     }
+  }
+  $("patient-measures").hidden = !(history && $("measures-table").tBodies[0].rows.length);
+  drawMeasureForm(patient);
+  if (patient.showMeasures && history && !$("patient-measures").hidden) {
+    // A measure was saved: the view scrolls to the measures, which have it now.
+    patient.showMeasures = false;
+    const body = $("patient-body");
+    const top = $("patient-measures").getBoundingClientRect().top;
+    body.scrollTop += top - body.getBoundingClientRect().top;
   }
   const report = patient.report;
   $("patient-report-title").hidden = $("patient-report").hidden = !report;
@@ -1140,6 +1210,22 @@ function drawPatient() {
     $("patient-report-title").textContent = `Last session's report: session ${id}`;
     $("patient-report").srcdoc = report.html; // sandboxed: the page's own markup, no script
   }
+}
+
+// The user's measures, a row a kind, as the patient's report shows them: the baseline (the
+// first taken), the latest and the change, in the treadmill's words. An answer without them
+// (an older treadmill) shows none.
+function drawMeasures(measures) {
+  const rows = (Array.isArray(measures) ? measures : []).map((m) => {
+    const tr = document.createElement("tr");
+    tr.replaceChildren(
+      ...[m.title, m.baseline, m.latest, m.change].map((text) =>
+        Object.assign(document.createElement("td"), { textContent: String(text) }),
+      ),
+    );
+    return tr;
+  });
+  $("measures-table").tBodies[0].replaceChildren(...rows);
 }
 
 function painWords(row) {
@@ -1276,6 +1362,120 @@ $("patient-close").addEventListener("click", () => {
   closePatient();
   render();
 });
+
+// ------------------------------------------------------------------ a measure of the patient
+
+// The measures a clinician enters, with their titles, units and ranges: words.js's copy of
+// contract/measures.py, so the page checks a value against the range the treadmill checks it
+// against, and a measure a newer treadmill adds appears with a new words.js.
+const MEASURES = WORDS.measures || {}; // none in a words.js older than this page: none offered
+
+function measureWords(kind, value) {
+  const m = MEASURES[kind];
+  if (!m) return `${kind} ${value}`;
+  return `${m.title} ${value}${m.unit ? ` ${m.unit}` : ""}`;
+}
+
+// The number typed ("12.5", or "12,5" as a comma-decimal keyboard gives it), or null.
+function measureNumber(typed) {
+  const text = typed.trim().replace(",", ".");
+  return /^[+-]?(\d+\.?\d*|\.\d+)$/.test(text) ? Number(text) : null;
+}
+
+function measureOpen(user) {
+  return Boolean(view.patient && view.patient.user === user);
+}
+
+function drawMeasureForm(patient) {
+  $("measure-open").hidden = patient.entering;
+  $("measure").hidden = !patient.entering;
+  const m = MEASURES[$("measure-kind").value];
+  $("measure-range").textContent = m ? `Value, ${m.range}` : "Value";
+  $("measure-save").disabled = pendingOf("record_measure");
+  const said = patient.measure;
+  $("measure-status").textContent = said ? said.text : "";
+  $("measure-status").classList.toggle("bad", Boolean(said && said.bad));
+}
+
+// What is wrong with the measure as typed, in words, and the field to correct; null if
+// nothing is. What is typed is never cleared: the clinician corrects it.
+function measureProblem(m, typed, date, today) {
+  const value = measureNumber(typed);
+  if (typed.trim() === "") return ["measure-value", `Not saved: type the ${m.title} (${m.range}).`];
+  if (value === null) {
+    return [
+      "measure-value",
+      `Not saved: "${typed.trim()}" is not a number. Type the ${m.title} in figures (${m.range}).`,
+    ];
+  }
+  if (!(value >= m.lowest && value <= m.highest)) {
+    return ["measure-value", `Not saved: a ${m.title} is ${m.range}, not ${typed.trim()}.`];
+  }
+  if (date.validity.badInput) {
+    return ["measure-date", "Not saved: the date is not a whole day. Finish it, or clear it."];
+  }
+  if (today !== null && date.value > today) {
+    return [
+      "measure-date",
+      `Not saved: ${date.value} is after today (${today}). A measure is recorded once taken.`,
+    ];
+  }
+  return null;
+}
+
+// Accepted: said beside the form, the value cleared (if it is still the one sent) for the
+// next, and the view asked again, so it shows the measure among the user's.
+function measureSaved(fields) {
+  if (!measureOpen(fields.user)) return; // the view closed, or moved on, meanwhile
+  const patient = view.patient;
+  const day = fields.date || patient.today || "today";
+  patient.measure = { text: `Saved: ${measureWords(fields.kind, fields.value)}, taken ${day}.` };
+  if (measureNumber($("measure-value").value) === fields.value) $("measure-value").value = "";
+  askHistory(patient, () => {
+    patient.showMeasures = true;
+  });
+}
+
+$("measure-open").addEventListener("click", () => {
+  if (!view.patient) return;
+  view.patient.entering = true;
+  render();
+});
+$("measure-close").addEventListener("click", () => {
+  if (!view.patient) return;
+  Object.assign(view.patient, { entering: false, measure: null }); // what was typed stays
+  render();
+});
+$("measure-kind").replaceChildren(
+  ...Object.entries(MEASURES).map(([kind, m]) => new Option(m.title, kind)),
+);
+$("measure").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const patient = view.patient;
+  if ($("measure-save").disabled || !patient || offlineWhy() !== null) return;
+  const kind = $("measure-kind").value;
+  if (!MEASURES[kind]) return; // nothing to choose from
+  const typed = $("measure-value").value;
+  const date = $("measure-date");
+  const problem = measureProblem(MEASURES[kind], typed, date, patient.today);
+  if (problem) {
+    patient.measure = { text: problem[1], bad: true };
+    $(problem[0]).focus();
+    render();
+    return;
+  }
+  const fields = { user: patient.user, kind, value: measureNumber(typed) };
+  if (date.value) fields.date = date.value; // none: today, in the treadmill's own calendar
+  patient.measure = null;
+  send("record_measure", fields);
+});
+// What the page said of the last try goes once the clinician corrects it.
+for (const id of ["measure-kind", "measure-value", "measure-date"]) {
+  $(id).addEventListener("input", () => {
+    if (view.patient) view.patient.measure = null;
+    render();
+  });
+}
 
 // ------------------------------------------------------------------ the setup form
 

@@ -150,8 +150,12 @@ class TabletPage:
 
 
 @asynccontextmanager
-async def tablet_page(browser: Browser, url: str) -> AsyncIterator[TabletPage]:
-    context = await browser.new_context(viewport=VIEWPORT)  # fresh storage for every page
+async def tablet_page(
+    browser: Browser, url: str, *, timezone: str | None = None
+) -> AsyncIterator[TabletPage]:
+    """``timezone``: the tablet's own (its IANA name), when it must not be this machine's."""
+    # Fresh storage for every page.
+    context = await browser.new_context(viewport=VIEWPORT, timezone_id=timezone)
     try:
         tab = TabletPage(await context.new_page())
         await tab.open(url)

@@ -1,7 +1,8 @@
 """The tablet page's words for the contract's codes (``tablet/words.js``) are the ones of
 ``contract/event_text.py``, and cover every code the contract defines: an event type, a cause,
 an end reason, a refusal, a sensor or a state added to the contract without words fails here,
-not on a clinician's screen as a bare code."""
+not on a clinician's screen as a bare code. Its measures are those of
+``contract/measures.py``, with the ranges the daemon checks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from treadguard.contract import event_text
+from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.contract.mqtt import ErrorCode
 from treadguard.controller.page_words import main, render
 from treadguard.safety.decisions import Cause, EndReason, EventType, State
@@ -33,7 +36,11 @@ COVERS: dict[str, type[StrEnum]] = {
 }
 
 
-def page_words() -> dict[str, dict[str, str]]:
+# Not words for codes: what the page needs to know of each measure a clinician enters.
+MEASURE_TABLE = "measures"
+
+
+def page_words() -> dict[str, Any]:
     """WORDS as the page gets it: the JSON of what page_words writes into tablet/words.js."""
     text = render()
     found = re.search(r"^const WORDS = (\{.*\});$", text, re.DOTALL | re.MULTILINE)
@@ -58,13 +65,27 @@ def test_the_page_s_copy_is_written_from_event_text_and_never_kept_by_hand(
 @pytest.mark.parametrize("table", sorted(COVERS))
 def test_the_page_has_words_for_every_code_the_contract_defines(table: str) -> None:
     words = page_words()
-    assert set(words) == set(COVERS), "a table of words.js without a check here, or missing"
+    assert set(words) == {*COVERS, MEASURE_TABLE}, "a table of words.js without a check here"
     codes = {code.value for code in COVERS[table]}
     assert set(words[table]) == codes, f"{table}: missing {codes - set(words[table])}"
     for code, text in words[table].items():
         assert text.strip(), f"{table}.{code} has no words"
         # Plain words: a code (a word with an underscore) is never its own explanation.
         assert not re.search(r"\b\w+_\w+\b", text), f"{table}.{code}: {text!r} shows a code"
+
+
+def test_the_page_has_every_measure_with_the_range_the_daemon_checks() -> None:
+    measures = page_words()[MEASURE_TABLE]
+    # In contract/measures.py's order: the page lists them so.
+    assert list(measures) == [kind.value for kind in MeasureKind]
+    for kind, m in MEASURES.items():
+        assert measures[kind.value] == {
+            "title": m.title,
+            "unit": m.unit,
+            "lowest": m.lowest,
+            "highest": m.highest,
+            "range": m.range_words(),
+        }
 
 
 def test_a_tablet_e_stop_has_nothing_to_clear() -> None:
@@ -81,7 +102,11 @@ def test_the_page_loads_the_words_before_its_code_and_has_no_tables_of_its_own()
     for code_name in ("grip_lost", "operator_stop", "preconditions_unmet"):
         assert code_name not in code, f"tablet.js spells {code_name}: its words are in words.js"
     for table in set(re.findall(r"WORDS\.(\w+)", code)):
-        assert table in COVERS, f"tablet.js reads WORDS.{table}, which words.js does not have"
+        assert table in {*COVERS, MEASURE_TABLE}, f"tablet.js reads WORDS.{table}, not in words.js"
+    # Nor a list of measures: their titles and ranges are only in words.js.
+    for kind, m in MEASURES.items():
+        for spelt in (f'"{kind.value}"', m.title, m.range_words()):
+            assert spelt not in code + html, f"the page spells {spelt}: it is in words.js"
 
 
 def test_page_words_writes_the_file(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 (Debian's Chromium), against the real daemon on a test's private Mosquitto, in landscape and in
 portrait (tests/page_layout.py): the pain before a start, the pain, exertion and notes after it,
 then the user's history, trend chart and last report, fed by the read-only queries
-(docs/tablet-contract.md, "Queries"; docs/tablet-page.md, "The patient view").
+(docs/tablet-contract.md, "Queries"; docs/tablet-page.md, "The patient view"), and a measure of
+the user entered there (docs/plan.md, "Measures"), or turned down in words.
 
 These are slow (a session each, and `treadguard report` in a process of its own): run one at a
 time, when the page or the queries change.
@@ -10,20 +11,34 @@ time, when the page or the queries change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok, running
+from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok, refused, running
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
 from tests.test_tablet_page import broker, next_command, opened  # noqa: F401 (a fixture)
+from treadguard.contract.measures import MEASURES, MeasureKind
 
 REPORT_WAIT_MS = 60_000  # the report page is written by `treadguard report`, in its own process
 ANSWER_WAIT_MS = 10_000
+# The clinic and the tablet 25 hours apart: whatever the hour, their calendars are on different
+# days, so a measure dated by the tablet's calendar rather than the clinic's cannot pass.
+CLINIC_ZONE = "Pacific/Kiritimati"  # UTC+14
+TABLET_ZONE = "Pacific/Pago_Pago"  # UTC-11
+
+
+def clinic_days() -> set[str]:
+    """Today in the clinic's zone, and tomorrow should midnight come during the test."""
+    today = datetime.now(ZoneInfo(CLINIC_ZONE)).date()
+    return {today.isoformat(), (today + timedelta(days=1)).isoformat()}
 
 
 async def trend(page: Page) -> dict[str, list[Any]]:
@@ -57,6 +72,7 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
     tm = "tm-patient"
     make_daemon(treadmill_id=tm)  # the built-in user holds on
     async with clinician(broker, tm) as doc, opened(broker, tm) as tab:
+        await doc.tab.subscribe(f"{doc.p}/cmd")
         session = await session_on_record(doc, "u-pv")
         page = tab.page
         await page.click("#record-later")  # the other tablet has entered this session's record
@@ -91,7 +107,50 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
         )
         await expect(report.locator("body")).to_contain_text("knee fine")
         await expect(page.locator("#patient-status")).to_be_empty()
+        await expect(page.locator("#patient-measures")).to_be_hidden()  # none taken yet
+        await expect(page.locator("#measure")).to_be_hidden()  # until asked for
         await check_layout(page, "the patient view", shots="layout-patient")
+
+        # A measure the page turns down itself, in words beside what was typed, which stays.
+        await page.click("#measure-open")
+        status = page.locator("#measure-status")
+        koos = MEASURES[MeasureKind.KOOS]
+        await page.select_option("#measure-kind", "koos")
+        await expect(page.locator("#measure-range")).to_have_text(f"Value, {koos.range_words()}")
+        await page.click("#measure-save")
+        await expect(status).to_have_text(f"Not saved: type the KOOS ({koos.range_words()}).")
+        await page.fill("#measure-value", "6O")  # a letter O for a zero
+        await page.click("#measure-save")
+        await expect(status).to_contain_text('Not saved: "6O" is not a number.')
+        await page.fill("#measure-value", "150")
+        await page.click("#measure-save")
+        await expect(status).to_have_text(f"Not saved: a KOOS is {koos.range_words()}, not 150.")
+        await expect(page.locator("#measure-value")).to_have_value("150")
+        await expect(page.locator("#measure-value")).to_be_focused()
+        await page.fill("#measure-value", "62")
+        await page.fill("#measure-date", "2999-01-01")
+        await page.click("#measure-save")
+        await expect(status).to_contain_text("Not saved: 2999-01-01 is after today")
+        # One the treadmill turns down (the page does not know its earliest day): its words.
+        await page.fill("#measure-date", "1989-12-31")
+        await page.click("#measure-save")
+        # The first measure the page sent: none of the ones it turned down went out.
+        sent = await next_command(doc, "record_measure")
+        assert {k: sent[k] for k in ("user", "kind", "value", "date")} == {
+            "user": "u-pv",
+            "kind": "koos",
+            "value": 62,
+            "date": "1989-12-31",
+        }
+        why = refused(await doc.reply_to(sent["id"]), "out_of_range")
+        await expect(status).to_have_text(f"Refused: {why[0].upper()}{why[1:]}")
+        assert "1989-12-31" in why
+        await expect(page.locator("#measure-value")).to_have_value("62")
+        await expect(page.locator("#measure-date")).to_have_value("1989-12-31")
+        await expect(page.locator("#message")).to_be_hidden()  # said beside the form only
+        await check_layout(page, "a measure refused", shots="layout-measure")
+        await page.click("#measure-close")
+        await expect(page.locator("#measure-open")).to_be_visible()
 
         # A start from another tablet: the view gives way, and Stop is there at once.
         ok(await doc.command("start_session", user="u-other"))
@@ -114,20 +173,31 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
         await expect(page.locator("#start")).to_be_enabled()
 
 
+# A measure entered in each orientation: its kind, as typed, as sent, and as the view shows it.
+MEASURE_TYPED = {
+    "landscape": ("tug", "12,5", 12.5, "12.5 s"),  # a comma-decimal keyboard's 12.5
+    "portrait": ("womac", "31", 31, "31"),
+}
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("orientation", "size"), ORIENTATIONS, ids=[o for o, _ in ORIENTATIONS])
-async def test_the_record_of_a_session_entered_on_the_page_in_each_orientation(
+async def test_the_record_of_a_session_and_a_measure_entered_on_the_page_in_each_orientation(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,  # noqa: F811
     orientation: str,
     size: Any,
 ) -> None:
     """Pain before the start, then after the session the pain, exertion and notes, all by
-    tapping the page held one way; then the patient view shows what was entered."""
+    tapping the page held one way; then the patient view shows what was entered; then a
+    measure, dated today in the clinic's zone (not the tablet's), accepted and shown there."""
     tm = f"tm-record-{orientation}"
     user = f"u-{orientation}"
-    make_daemon(treadmill_id=tm)
-    async with clinician(broker, tm, heartbeat=False) as doc, opened(broker, tm) as tab:
+    make_daemon(treadmill_id=tm, extra=f'[clinic]\ntimezone = "{CLINIC_ZONE}"\n')
+    async with (
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm, timezone=TABLET_ZONE) as tab,
+    ):
         await doc.tab.subscribe(f"{doc.p}/cmd")
         page = tab.page
         await page.set_viewport_size(size)
@@ -160,4 +230,33 @@ async def test_the_record_of_a_session_entered_on_the_page_in_each_orientation(
         report = page.frame_locator("#patient-report")
         await expect(report.locator("body")).to_contain_text("walked tall", timeout=REPORT_WAIT_MS)
         await expect(report.locator("body")).to_contain_text("exertion 6/10")
+
+        kind, typed, value, shown = MEASURE_TYPED[orientation]
+        title = MEASURES[MeasureKind(kind)].title
+        await page.click("#measure-open")
+        date = page.locator("#measure-date")
+        await expect(date).to_have_value(re.compile(r"\d{4}-\d{2}-\d{2}"))
+        today = await date.input_value()
+        assert today in clinic_days()  # the clinic's today, by default
+        await page.select_option("#measure-kind", kind)
+        await page.fill("#measure-value", typed)
+        await page.click("#measure-save")
+        sent = await next_command(doc, "record_measure")
+        assert {k: sent[k] for k in ("user", "kind", "value", "date")} == {
+            "user": user,
+            "kind": kind,
+            "value": value,
+            "date": today,
+        }
+        ok(await doc.reply_to(sent["id"]))
+        await expect(page.locator("#measure-status")).to_have_text(
+            f"Saved: {title} {shown}, taken {today}."
+        )
+        await expect(page.locator("#measure-value")).to_have_value("")  # ready for the next
+        # The view asked again: the measure is the user's baseline of its kind.
+        measures = page.locator("#measures-table tbody tr")
+        await expect(measures).to_have_count(1, timeout=ANSWER_WAIT_MS)
+        await expect(measures.locator("td")).to_have_text([title, f"{shown}, {today}", "-", "-"])
+        await expect(measures).to_be_in_viewport()  # the view scrolled to it
+        await expect(page.locator("#patient-history tbody tr")).to_contain_text("4 → 2")
         await tab.shot(f"patient-{orientation}")

@@ -20,7 +20,7 @@ from treadguard.contract.queries import HistoryQuery, SessionQuery
 from treadguard.controller import queries
 from treadguard.controller.journal import Journal
 from treadguard.controller.queries import ClinicWords, QueryService, read_answer
-from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.decisions import Event, EventType, JsonScalar
 
 NEW_YORK = ZoneInfo("America/New_York")
 WORDS = ClinicWords(zone=NEW_YORK, titles={"first_session": "First treadmill session"})
@@ -105,6 +105,43 @@ def test_a_user_without_sessions_has_an_empty_history(journal: Path) -> None:
     answer = read_answer(journal, HistoryQuery(id="q", type="history", user="bob"), WORDS)
     assert answer.to_json()["sessions"] == []
     assert answer.to_json()["total"] == 0
+
+
+def test_a_history_carries_the_user_s_measures_a_kind_each(journal: Path) -> None:
+    """Baseline and latest by the day taken, whatever the order they were entered in; another
+    user's measures stay theirs."""
+    written = Journal.open(journal)
+    for user, kind, value, day in (
+        ("ann", "tug", 10.5, "2026-11-20"),
+        ("ann", "tug", 12.0, "2026-11-02"),  # the baseline, entered after the follow-up
+        ("ann", "koos", 55, "2026-11-02"),
+        ("bob", "womac", 40, "2026-11-02"),
+    ):
+        fields: dict[str, JsonScalar] = {"user": user, "kind": kind, "value": value, "date": day}
+        written.record(Event(EventType.MEASURE_RECORDED, 0.0, fields), T0)
+    written.commit()
+    written.close()
+    answer = read_answer(journal, HistoryQuery(id="q", type="history", user="ann"), WORDS)
+    assert answer.to_json()["measures"] == [
+        {
+            "kind": "tug",
+            "title": "Timed Up and Go",
+            "baseline": "12.0 s, 2026-11-02",
+            "latest": "10.5 s, 2026-11-20",
+            "change": "-1.5 s, better",
+            "count": 2,
+        },
+        {
+            "kind": "koos",
+            "title": "KOOS",
+            "baseline": "55, 2026-11-02",
+            "latest": "-",
+            "change": "-",
+            "count": 1,
+        },
+    ]
+    nobody = read_answer(journal, HistoryQuery(id="q", type="history", user="cy"), WORDS)
+    assert nobody.to_json()["measures"] == []
 
 
 def test_a_sessions_report_data(journal: Path) -> None:

@@ -176,9 +176,20 @@ def test_the_history_answer_as_the_page_documents_it() -> None:
         ' "program_title": "Reverse walking", "started": "2026-12-01T14:05:03+00:00",'
         ' "ended": "2026-12-01T14:10:09+00:00", "belt_min": 5.0, "cap_min": 5.0, "top_mph": 1.0,'
         ' "ended_by": "cap", "ended_by_words": "the session cap was reached", "pain_before": 4,'
-        ' "pain_after": 2, "exertion": 5}]}'
+        ' "pain_after": 2, "exertion": 5}], "measures": []}'
     )
     assert json.loads(answer.payload()) == documented
+
+
+def test_the_history_answer_carries_the_measures_as_documented() -> None:
+    query = HistoryQuery(id="q", type="history", user="u1")
+    # The row of docs/tablet-contract.md, "The measures", copied.
+    row = json.loads(
+        '{"kind": "tug", "title": "Timed Up and Go", "baseline": "12.0 s, 2026-11-02",'
+        ' "latest": "10.5 s, 2026-11-20", "change": "-1.5 s, better", "count": 2}'
+    )
+    answer = encode_history(query, [], total=0, timezone="UTC", measures=[row])
+    assert json.loads(answer.payload())["measures"] == [row]
 
 
 def test_the_history_answer_holds_at_most_the_limit() -> None:

@@ -70,9 +70,13 @@ def page_url(broker: Broker, tm: str) -> str:
 
 
 @asynccontextmanager
-async def opened(broker: Broker, tm: str) -> AsyncIterator[TabletPage]:
-    """The page, opened and showing the treadmill online with its state."""
-    async with chromium() as browser, tablet_page(browser, page_url(broker, tm)) as tab:
+async def opened(
+    broker: Broker, tm: str, *, timezone: str | None = None
+) -> AsyncIterator[TabletPage]:
+    """The page, opened and showing the treadmill online with its state; ``timezone``: the
+    tablet's."""
+    url = page_url(broker, tm)
+    async with chromium() as browser, tablet_page(browser, url, timezone=timezone) as tab:
         await expect(tab.page.locator("body")).to_have_attribute(
             "data-online", "true", timeout=ONLINE_WAIT_MS
         )
