@@ -65,6 +65,7 @@ from treadguard.safety.inputs import (
     Tick,
 )
 from treadguard.safety.limits import STANDSTILL_MPH, SafetyLimits
+from treadguard.safety.programs import Program
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
 from treadguard.safety.stop_watch import StopMeasurement, StopWatch, Verdict, yardstick
 
@@ -566,10 +567,16 @@ class Bed:
     out: its sensor is silent), a fall reading, a drive status that follows the command, a
     heartbeat and a tick; the core's own deadlines in between, as the controller wakes it."""
 
-    def __init__(self, program: str = "first_session", step: float = 0.25, **limits: float) -> None:
+    def __init__(
+        self,
+        program: str = "first_session",
+        step: float = 0.25,
+        programs: dict[str, Program] | None = None,
+        **limits: float,
+    ) -> None:
         self.core = SafetyCore(
             SafetyLimits(**limits),
-            load_programs(PROGRAMS_DIR),
+            load_programs(PROGRAMS_DIR) if programs is None else programs,
             default_program=program,
             commissioned_until=math.inf,
         )
@@ -662,9 +669,10 @@ def test_sr7_an_intervals_session_runs_its_intervals_each_stopped_just_in_time()
 
 
 def test_sr7_reverse_walking_steps_at_each_full_minute_of_belt_time() -> None:
+    """Up to the top of the band, and no step said after it (the minutes at 1.2 mph)."""
     bed = Bed("reverse_walking")
-    bed.start()
-    bed.run(4 * 60.0 + 30.0)
+    bed.start(cap_s=480.0)
+    bed.run(6 * 60.0 + 30.0)
     steps = bed.of(EventType.SPEED_STEP)
     assert [(at, e.fields["target_mph"]) for _, e, at in steps] == [
         (60.0, 0.9),
@@ -672,6 +680,21 @@ def test_sr7_reverse_walking_steps_at_each_full_minute_of_belt_time() -> None:
         (180.0, 1.1),
         (240.0, 1.2),
     ]
+
+
+def test_sr7_a_step_of_a_fraction_of_a_hundredth_keeps_targets_to_the_thousandth() -> None:
+    """A program's step may be any size up to 0.2 mph: each new target is kept to the
+    thousandth of a mph, as every other speed is."""
+    program = _program(name="fine", start_mph=0.8, step_mph=0.0125, step_every_s=30.0)
+    bed = Bed("fine", programs={"fine": program})
+    bed.start()
+    bed.run(2 * 60.0)
+    targets = [e.fields["target_mph"] for _, e, _ in bed.of(EventType.SPEED_STEP)]
+    assert len(targets) == 4
+    for target in targets:
+        assert isinstance(target, float)
+        assert target == round(target, 3)
+    assert targets[-1] == pytest.approx(0.85, abs=0.002)
 
 
 # --------------------------------------------------------------------------- SR-4, SR-5, SR-8
