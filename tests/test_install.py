@@ -24,6 +24,8 @@ import os
 import queue
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +39,7 @@ from typing import Any
 import pytest
 
 from tests.clinician import STANDSTILL_MPH, clinician, sensor_user
-from tests.mosquitto import Login
+from tests.mosquitto import Login, body, listen_addresses, listening_query, tablet, text_is
 from tests.systemd_container import SystemdContainer, missing_prerequisites
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,14 @@ OPT = "/opt/treadguard"
 TREADGUARD = f"{OPT}/.venv/bin/treadguard"
 TM = "tm-01"  # the Trackmaster example's treadmill
 BROKER_PORT = 1883  # the shipped Mosquitto snippet's loopback listener
+WS_PORT = 9001  # its WebSockets listener, for nginx alone
+HTTPS_PORT = 443  # the shipped nginx site: the page, and the page's MQTT at /mqtt
+CERT = "/etc/treadguard/tls/server.crt"  # the installer's self-signed certificate
+# The gym's network: the board has an address on it (the other end of a veth pair), and a
+# network namespace inside the container is another machine there (a tablet, or anyone).
+LAN = "gym-lan"
+BOARD_LAN = "198.51.100.1"  # TEST-NET-2 (RFC 5737): no real network's address
+PEER_LAN = "198.51.100.2"
 INSTALL_TIMEOUT_S = 240.0
 RESTART_WITHIN_S = 15.0  # WatchdogSec=2, RestartSec=2, a start: well inside this
 LINE_WITHIN_S = 5.0
@@ -285,6 +295,22 @@ def _fresh_board(box: SystemdContainer) -> None:
     box.run("tee", "/etc/mosquitto/mosquitto.conf", input=DEBIAN_MOSQUITTO_CONF)
 
 
+def _join_lan(box: SystemdContainer) -> None:
+    """The board on the gym's network, before the installer runs (its certificate then names
+    the board's address there, as on a board): an address on a veth pair whose other end is in
+    the network namespace LAN, another machine of that network."""
+    for argv in (
+        ("ip", "netns", "add", LAN),
+        ("ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1", "netns", LAN),
+        ("ip", "addr", "add", f"{BOARD_LAN}/24", "dev", "lan0"),
+        ("ip", "link", "set", "lan0", "up"),
+        ("ip", "-n", LAN, "addr", "add", f"{PEER_LAN}/24", "dev", "lan1"),
+        ("ip", "-n", LAN, "link", "set", "lan1", "up"),
+        ("ip", "-n", LAN, "link", "set", "lo", "up"),
+    ):
+        box.run(*argv)
+
+
 @dataclass(frozen=True)
 class Broker:
     port: int = BROKER_PORT
@@ -320,6 +346,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     treadmill: subprocess.Popen[bytes] | None = None
     try:
         _fresh_board(box)
+        _join_lan(box)
         # The treadmill: the checkout's own treadguard, not the installed one, so it outlives
         # the daemon, its updates and its removal.
         treadmill = box.popen(
@@ -442,6 +469,53 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     assert {k: v for k, v in after.items() if k != mine} == {
         k: v for k, v in before.items() if k != mine
     }
+
+
+def _state_over_wss(board: Board, host: str, netns: str | None = None) -> dict[str, Any]:
+    """The daemon's state as the tablet page gets it: MQTT over WebSockets at
+    wss://HOST/mqtt, through nginx, trusting the installer's certificate and nothing else,
+    logged in with the installed tablet account's password; from the container's own network,
+    or from ``netns`` (another machine on the gym's network)."""
+    trust = ssl.create_default_context(cafile=str(board.box.root / CERT.lstrip("/")))
+    p = f"treadmill/{TM}"
+
+    async def read_state() -> dict[str, Any]:
+        async with tablet(
+            Broker(HTTPS_PORT),
+            f"{p}/availability",
+            f"{p}/state",
+            **board.login("tablet"),
+            host=host,
+            tls=trust,
+            websockets=True,
+            websocket_path="/mqtt",
+        ) as tab:
+            await tab.next(f"{p}/availability", text_is("online"))
+            state: dict[str, Any] = body(await tab.next(f"{p}/state"))
+            return state
+
+    with board.box.network(netns):
+        return asyncio.run(read_state())
+
+
+def test_the_brokers_websockets_port_is_closed_to_the_network(board: Board) -> None:
+    """Mosquitto's WebSockets listener is for nginx alone: it listens on 127.0.0.1:9001 only,
+    and another machine on the gym's network finds nothing at the board's address on 9001
+    (the connection is refused), while it reaches the page's MQTT through nginx over TLS.
+    Without ``socket_domain ipv4`` in the shipped snippet, Mosquitto 2.0.11 listened on every
+    address: plain MQTT over WebSockets, passwords in the clear, for the whole network."""
+    box = board.box
+    _start(board)
+    listed = box.run(*listening_query(WS_PORT)).stdout
+    assert listen_addresses(listed) == {"127.0.0.1"}, listed
+    with box.network(LAN):
+        # The network path to the board works (nginx answers there) ...
+        socket.create_connection((BOARD_LAN, HTTPS_PORT), timeout=5).close()
+        # ... and nothing listens on 9001 at that address.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((BOARD_LAN, WS_PORT), timeout=5).close()
+    state = _state_over_wss(board, BOARD_LAN, netns=LAN)
+    assert state["state"] == "idle", state
 
 
 # The doctor as docs/install-raspberry-pi.md (section 5) runs it: as root, the daemon's password
