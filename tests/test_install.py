@@ -69,6 +69,7 @@ INSTALLED_TREES = (
     "etc/systemd/system",
     "etc/nginx",
     "var/lib/treadguard",
+    "var/lib/treadguard-install",
 )
 
 
@@ -271,6 +272,9 @@ log_dest file /var/log/mosquitto/mosquitto.log
 include_dir /etc/mosquitto/conf.d
 """
 
+DEBIAN_DEFAULT_SITE = "/etc/nginx/sites-available/default"
+NGINX_DEFAULT_LINK = "/etc/nginx/sites-enabled/default"
+
 # What this machine may hold of an earlier treadguard or broker setup, hidden in the container
 # (the overlay records a removal; the host keeps its files).
 LEFTOVERS = (
@@ -282,6 +286,7 @@ LEFTOVERS = (
     "/etc/mosquitto/treadguard",
     "/etc/nginx/sites-available/treadguard",
     "/etc/nginx/sites-enabled/treadguard",
+    "/var/lib/treadguard-install",
 )
 
 
@@ -293,6 +298,9 @@ def _fresh_board(box: SystemdContainer) -> None:
     box.run("groupdel", "treadguard", check=False)
     box.run("mkdir", "-p", "/etc/mosquitto/conf.d")
     box.run("tee", "/etc/mosquitto/mosquitto.conf", input=DEBIAN_MOSQUITTO_CONF)
+    # Debian's nginx enables its default site when it is installed (a link to
+    # sites-available/default), whatever this machine's owner did with it since.
+    box.run("ln", "-sfn", DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_LINK)
 
 
 def _join_lan(box: SystemdContainer) -> None:
@@ -496,6 +504,51 @@ def _state_over_wss(board: Board, host: str, netns: str | None = None) -> dict[s
 
     with board.box.network(netns):
         return asyncio.run(read_state())
+
+
+def _curl(box: SystemdContainer, *argv: str) -> subprocess.CompletedProcess[str]:
+    """curl in the container, to its end, whatever it exits with."""
+    return box.run("curl", "--silent", "--show-error", "--max-time", "10", *argv, check=False)
+
+
+def test_the_installed_page_over_https_with_http2_and_its_mqtt_over_wss(board: Board) -> None:
+    """The installed board as a tablet meets it, the installer's own certificate the only
+    trust anchor: the page at https://127.0.0.1/ over HTTP/2, http://127.0.0.1/ sent there
+    (not answered by Debian's default site, which the installer unlinks), and the page's
+    MQTT at wss://127.0.0.1/mqtt, logged in as the installed tablet account, with the daemon's
+    state on it."""
+    box = board.box
+    assert f"{NGINX_DEFAULT_LINK}: unlinked (Debian's default site" in board.first_install.stdout
+    assert not (box.root / NGINX_DEFAULT_LINK.lstrip("/")).is_symlink()
+    _start(board)
+    wrote = "\n%{http_version} %{http_code}"
+    page = _curl(box, "--http2", "--cacert", CERT, "--write-out", wrote, "https://127.0.0.1/")
+    assert page.returncode == 0, page
+    html, _, negotiated = page.stdout.rpartition("\n")
+    assert negotiated == "2 200", page.stdout[-500:]
+    assert "E-STOP" in html, html[:500]
+    wrote = "%{http_code} %{redirect_url}"
+    plain = _curl(box, "--output", "/dev/null", "--write-out", wrote, "http://127.0.0.1/")
+    assert plain.stdout == "301 https://127.0.0.1/", plain
+    state = _state_over_wss(board, "127.0.0.1")
+    assert state["state"] == "idle", state
+    assert state["session"] is None, state
+
+
+def test_a_default_site_that_is_not_debians_link_is_kept(board: Board) -> None:
+    """The installer unlinks Debian's own link to its default site, nothing else: a
+    sites-enabled/default of the machine owner's is kept, and said to be."""
+    mine = board.box.root / NGINX_DEFAULT_LINK.lstrip("/")
+    site = "server {\n    listen 127.0.0.1:8080;\n    return 204;\n}\n"
+    mine.write_text(site)
+    try:
+        out = board.install().stdout
+        assert f"{NGINX_DEFAULT_LINK}: kept (not Debian's link" in out, out
+        assert mine.read_text() == site
+    finally:
+        mine.unlink()
+    again = board.install().stdout
+    assert f"{NGINX_DEFAULT_LINK}: already unlinked (Debian's default site)" in again, again
 
 
 def test_the_brokers_websockets_port_is_closed_to_the_network(board: Board) -> None:
@@ -843,6 +896,10 @@ def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None
         user="treadguard",
     ).stdout.strip()
     assert ids == str([s["id"] for s in sessions])
+    # Debian's default site, which the install unlinked, is linked again.
+    assert f"{NGINX_DEFAULT_LINK}: linked again" in out, out
+    assert (box.root / NGINX_DEFAULT_LINK.lstrip("/")).readlink() == Path(DEBIAN_DEFAULT_SITE)
+    assert not (box.root / "var/lib/treadguard-install").exists()
     again = board.install("--uninstall").stdout
     assert "/opt/treadguard: already gone" in again
     # The drive never depended on the installed code: it is still serving.
