@@ -532,7 +532,11 @@ def test_the_installed_page_over_https_with_http2_and_its_mqtt_over_wss(board: B
     MQTT at wss://127.0.0.1/mqtt, logged in as the installed tablet account, with the daemon's
     state on it."""
     box = board.box
-    assert f"{NGINX_DEFAULT_LINK}: unlinked (Debian's default site" in board.first_install.stdout
+    out = board.first_install.stdout
+    assert f"{NGINX_DEFAULT_LINK}: unlinked (Debian's default site" in out
+    # The file each tablet must trust, as docs/install-raspberry-pi.md says: the certificate
+    # itself, the only trust anchor of every client below.
+    assert f"tablets: each must trust {CERT} itself (self-signed: no CA behind it)" in out, out
     assert not (box.root / NGINX_DEFAULT_LINK.lstrip("/")).is_symlink()
     _start(board)
     wrote = "\n%{http_version} %{http_code}"
