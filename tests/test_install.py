@@ -589,6 +589,24 @@ def test_the_brokers_websockets_port_is_closed_to_the_network(board: Board) -> N
     assert state["state"] == "idle", state
 
 
+def test_the_shipped_unit_copied_by_hand_starts(board: Board) -> None:
+    """The unit as shipped, copied by hand over the installed one (as a technician following
+    the docs might), starts on Debian: it names no group Debian lacks (216/GROUP)."""
+    box = board.box
+    path = "/etc/systemd/system/treadguard.service"
+    unit = box.root / path.lstrip("/")
+    installed = unit.read_bytes()
+    board.systemctl("stop", "treadguard.service")
+    box.run("cp", f"{OPT}/config/systemd/treadguard.service", path)
+    try:
+        box.run("systemctl", "daemon-reload")
+        _start(board)
+    finally:
+        board.systemctl("stop", "treadguard.service")
+        unit.write_bytes(installed)
+        box.run("systemctl", "daemon-reload")
+
+
 # The doctor as docs/install-raspberry-pi.md (section 5) runs it: as root, the daemon's password
 # from its environment file and the tablet's from the accounts file. ``timedatectl`` is a stand-in
 # first on PATH (the container runs no timedated): the edge of the process, saying yes or no.
