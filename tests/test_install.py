@@ -912,6 +912,117 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     assert unit["StatusText"] == "idle"
 
 
+CONFFILES = "/var/lib/treadguard-install/conffiles"  # the installer's record of what it wrote
+
+
+def _committed_before(path: str) -> bytes:
+    """The newest version of the checkout's ``path`` in its git history that is not the one
+    in the checkout now: what an earlier treadguard shipped."""
+    now = (ROOT / path).read_bytes()
+    commits = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "--format=%H", "--", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for commit in commits:
+        then = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, check=True
+        ).stdout
+        if then != now:
+            return then
+    raise AssertionError(f"{path} has no earlier version in this checkout's history")
+
+
+def _recorded(box: SystemdContainer) -> dict[str, str]:
+    """The installer's record: each shipped configuration file and the hash it wrote."""
+    lines = (box.root / CONFFILES.lstrip("/")).read_text().splitlines()
+    return {path: digest for digest, path in (line.split("  ", 1) for line in lines)}
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def test_update_refreshes_the_shipped_files_never_edited_and_keeps_edited_ones(
+    board: Board,
+) -> None:
+    """The Mosquitto snippet, its ACL and the nginx site are handled as Debian's conffiles: the
+    installer records the hash of what it wrote; --update replaces a file still as it was
+    written, keeps an edited one (and says so), the new version beside it as FILE.dist."""
+    box = board.box
+    paths = {
+        "snippet": "/etc/mosquitto/conf.d/treadguard.conf",
+        "acl": "/etc/mosquitto/treadguard/acl",
+        "site": "/etc/nginx/sites-available/treadguard",
+    }
+    files = {name: box.root / path.lstrip("/") for name, path in paths.items()}
+    shipped = {name: f.read_bytes() for name, f in files.items()}
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+    _start(board)
+
+    # As an earlier treadguard left them: the site as that version wrote it (and recorded);
+    # the snippet of an earlier version installed before the installer kept a record (known
+    # from the checkout's history); the ACL edited by the clinic.
+    earlier_site = shipped["site"].replace(b"proxy_read_timeout 1h;", b"proxy_read_timeout 2h;")
+    assert earlier_site != shipped["site"]
+    files["site"].write_bytes(earlier_site)
+    # The record as that version left it: the site's hash, the ACL's; the snippet's not yet.
+    (box.root / CONFFILES.lstrip("/")).write_text(
+        f"{_sha256(earlier_site)}  {paths['site']}\n{_sha256(shipped['acl'])}  {paths['acl']}\n"
+    )
+    files["snippet"].write_bytes(_committed_before("config/mosquitto/treadguard.conf"))
+    edited_acl = shipped["acl"] + b"\n# the clinic's own line\n"
+    files["acl"].write_bytes(edited_acl)
+
+    out = board.install("--update")
+    for name in ("site", "snippet"):
+        assert f"{paths[name]}: updated to the shipped version (not edited here)" in out.stdout
+        assert files[name].read_bytes() == shipped[name], name
+        assert not (box.root / f"{paths[name]}.dist".lstrip("/")).exists()
+    assert f"{paths['acl']}: kept (edited here); the shipped version, new, is beside it" in (
+        out.stdout
+    )
+    assert files["acl"].read_bytes() == edited_acl
+    dist = box.root / f"{paths['acl']}.dist".lstrip("/")
+    assert dist.read_bytes() == shipped["acl"]
+    mosquitto_gid = int(box.run("getent", "group", "mosquitto").stdout.split(":")[2])
+    assert (dist.stat().st_mode & 0o777, dist.stat().st_uid, dist.stat().st_gid) == (
+        0o640,
+        0,
+        mosquitto_gid,
+    )
+    assert "mosquitto: restarted" in out.stdout
+    assert "warning" not in out.stderr, out.stderr
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+    # Nothing changes on a second run: the edited file is still said to be kept.
+    again = board.install("--update").stdout
+    assert f"{paths['acl']}: kept (edited here); the shipped version is beside it" in again
+
+    # The snippet edited by the clinic on a version without socket_domain ipv4: kept, and the
+    # broker's WebSockets port open to the network is said, with the fix.
+    files["snippet"].write_bytes(
+        _committed_before("config/mosquitto/treadguard.conf") + b"# the clinic's edit\n"
+    )
+    box.run("systemctl", "restart", "mosquitto.service")
+    out = board.install("--update")
+    assert f"{paths['snippet']}: kept (edited here)" in out.stdout
+    assert (box.root / f"{paths['snippet']}.dist".lstrip("/")).read_bytes() == shipped["snippet"]
+    assert "warning: Mosquitto's WebSockets port listens on *:9001" in out.stderr, out.stderr
+    assert "socket_domain ipv4" in out.stderr
+
+    # The clinic takes the shipped versions: they count as unedited again, the .dist files go.
+    for name in ("snippet", "acl"):
+        files[name].write_bytes(shipped[name])
+    box.run("systemctl", "restart", "mosquitto.service")
+    out = board.install("--update")
+    for name in ("snippet", "acl"):
+        assert f"{paths[name]}: already current (the same as the shipped version" in out.stdout
+        assert not (box.root / f"{paths[name]}.dist".lstrip("/")).exists()
+    assert "warning" not in out.stderr, out.stderr
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+
+
 def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None:
     box = board.box
     sessions = board.sessions()
