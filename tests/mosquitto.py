@@ -59,6 +59,36 @@ def have_mosquitto() -> bool:
     return Path(MOSQUITTO).exists()
 
 
+# --- who can reach a listening port: the loopback interface only, or the network too ---------
+
+
+def listening_query(port: int) -> list[str]:
+    """The ``ss`` command (iproute2) that lists the TCP sockets listening on ``port`` in the
+    network namespace it runs in, one line each, no header."""
+    return ["ss", "-Hltn", f"sport = :{port}"]
+
+
+def listen_addresses(ss_lines: str) -> set[str]:
+    """The local addresses of ``listening_query``'s lines: ``127.0.0.1`` and ``[::1]`` are
+    loopback; ``*`` or ``0.0.0.0`` or ``[::]`` is every address, the network's included."""
+    return {line.split()[3].rsplit(":", 1)[0] for line in ss_lines.splitlines() if line.strip()}
+
+
+def network_addresses() -> list[str]:
+    """This machine's addresses that another machine could connect to (scope global: not
+    loopback, not link-local), from ``ip -j addr`` (iproute2); none on a machine with loopback
+    only."""
+    shown = subprocess.run(
+        ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        address["local"]
+        for link in json.loads(shown)
+        for address in link.get("addr_info", [])
+        if address.get("scope") == "global" and "local" in address
+    ]
+
+
 # Settings of one listener rather than of the broker (mosquitto.conf(5), "Listeners").
 BIND_CLIENT_IDS = "use_username_as_clientid true"
 LISTENER_SETTINGS = frozenset({BIND_CLIENT_IDS})
@@ -95,9 +125,9 @@ class Broker:
     """``http_dir``: also a WebSockets listener (on ``ws_port``) serving that folder, as
     ``scripts/run``'s broker does; ``websockets``: a plain WebSockets listener on loopback with
     no http_dir instead, the one nginx passes the page's MQTT to on a board
-    (config/mosquitto/treadguard.conf; Mosquitto 2.0.11 listens on every interface all the
-    same). Either comes after the native listener, which Mosquitto needs
-    anyway (a WebSockets listener alone does not start), and takes the same ``extra``
+    (config/mosquitto/treadguard.conf). Both listen on 127.0.0.1 only. Either comes after the
+    native listener, which Mosquitto needs anyway (a WebSockets listener alone does not
+    start), and takes the same ``extra``
     settings: they are global (``per_listener_settings false``, Mosquitto's default), but for
     the listener's own settings of LISTENER_SETTINGS, which are repeated for it.
 
@@ -124,16 +154,22 @@ class Broker:
         # A listener's own settings in ``extra`` apply to the WebSockets listener too.
         own = "".join(f"{line}\n" for line in extra.splitlines() if line in LISTENER_SETTINGS)
         ws_listener = ""
+        # socket_domain ipv4: with it, and only with it, Mosquitto 2.0.11 binds a WebSockets
+        # listener to the address given (config/mosquitto/treadguard.conf); without it the
+        # test's broker would be open to the network.
         if http_dir is not None:
             ws_listener = (
-                f"listener {self.ws_port}\nprotocol websockets\nhttp_dir {http_dir}\n{own}"
+                f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n"
+                f"http_dir {http_dir}\n{own}"
             )
             # Started as root, Mosquitto drops to its own user, which cannot open a page in a
             # checkout that lives in a private folder (a clone in mktemp -d): it stays root.
             if stay_root() and stay_root() not in extra and not persistence:
                 ws_listener = stay_root() + ws_listener
         elif websockets:
-            ws_listener = f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n{own}"
+            ws_listener = (
+                f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n{own}"
+            )
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             + (extra if extra else "allow_anonymous true\n")
@@ -300,9 +336,11 @@ async def tablet(
     websockets: bool = False,
     websocket_path: str | None = None,
     session: tuple[str, float] | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[Tablet]:
     """A connected :class:`Tablet` subscribed to ``topics``, reading in the background.
-    ``port`` overrides the broker's (a TLS listener); ``websockets``: MQTT over WebSockets,
+    ``port`` overrides the broker's (a TLS listener), ``host`` its address (a board's address
+    on its network, as a tablet there reaches it); ``websockets``: MQTT over WebSockets,
     as the tablet page speaks it (``websocket_path``: at that path, nginx's /mqtt);
     ``session``: (client id, expiry in seconds) of a persistent session, which the broker
     keeps with its subscriptions and QoS 1 messages while the tablet is away. Connecting is
@@ -313,7 +351,7 @@ async def tablet(
         connect.SessionExpiryInterval = int(session[1])
         persistent = {"identifier": session[0], "clean_start": False, "properties": connect}
     client = aiomqtt.Client(
-        "127.0.0.1",
+        host,
         port if port is not None else broker.port,
         username=username,
         password=password,

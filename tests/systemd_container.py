@@ -313,13 +313,18 @@ class SystemdContainer:
         return Path(f"/proc/{self.pid}/root")
 
     @contextmanager
-    def network(self) -> Iterator[None]:
+    def network(self, netns: str | None = None) -> Iterator[None]:
         """Sockets this thread opens meanwhile, and threads it starts (an asyncio loop's
-        executor), belong to the container's network: its 127.0.0.1 is the container's."""
+        executor), belong to the container's network: its 127.0.0.1 is the container's.
+        ``netns``: instead, a network namespace made inside with ``ip netns add NAME`` (another
+        machine on a network the test gave the container)."""
         assert self.pid is not None
         libc = ctypes.CDLL(None, use_errno=True)
+        target = (
+            f"/proc/{self.pid}/ns/net" if netns is None else str(self.root / "run/netns" / netns)
+        )
         here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY)
+        there = os.open(target, os.O_RDONLY)
         try:
             if libc.setns(there, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns into the container's network")

@@ -24,6 +24,8 @@ import os
 import queue
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,12 +34,12 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from tests.clinician import STANDSTILL_MPH, clinician, sensor_user
-from tests.mosquitto import Login
+from tests.mosquitto import Login, body, listen_addresses, listening_query, tablet, text_is
 from tests.systemd_container import SystemdContainer, missing_prerequisites
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,14 @@ OPT = "/opt/treadguard"
 TREADGUARD = f"{OPT}/.venv/bin/treadguard"
 TM = "tm-01"  # the Trackmaster example's treadmill
 BROKER_PORT = 1883  # the shipped Mosquitto snippet's loopback listener
+WS_PORT = 9001  # its WebSockets listener, for nginx alone
+HTTPS_PORT = 443  # the shipped nginx site: the page, and the page's MQTT at /mqtt
+CERT = "/etc/treadguard/tls/server.crt"  # the installer's self-signed certificate
+# The gym's network: the board has an address on it (the other end of a veth pair), and a
+# network namespace inside the container is another machine there (a tablet, or anyone).
+LAN = "gym-lan"
+BOARD_LAN = "198.51.100.1"  # TEST-NET-2 (RFC 5737): no real network's address
+PEER_LAN = "198.51.100.2"
 INSTALL_TIMEOUT_S = 240.0
 RESTART_WITHIN_S = 15.0  # WatchdogSec=2, RestartSec=2, a start: well inside this
 LINE_WITHIN_S = 5.0
@@ -59,6 +69,7 @@ INSTALLED_TREES = (
     "etc/systemd/system",
     "etc/nginx",
     "var/lib/treadguard",
+    "var/lib/treadguard-install",
 )
 
 
@@ -86,10 +97,21 @@ def _why_not() -> str | None:
     if missing:
         # The container has no network: the installer would find them missing and fail.
         return f"install {' '.join(missing)} first (apt-get install): the container has no network"
+    # The tests' own tools, run inside the container: the page fetched as a tablet would, and
+    # the board's network (a second machine on it, and who listens where).
+    for tool, package in (("curl", "curl"), ("ip", "iproute2"), ("ss", "iproute2")):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (Debian's {package}; scripts/test installs it)"
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+def _cannot_run(why: str) -> NoReturn:
+    """A test that cannot run here is skipped, but fails under CI (which sets CI, as .ci/run
+    does): there scripts/test has installed what these tests need, and a skipped test verifies
+    nothing (the hazard gate counts a skip as a failure too)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"cannot run under CI: {why}")
+    pytest.skip(why)
 
 
 # --- what the container cannot download ---------------------------------------------------------
@@ -127,7 +149,7 @@ def _wheelhouse() -> Path:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot make the wheelhouse (no network?): {result.stderr[-500:]}")
+        _cannot_run(f"cannot make the wheelhouse (no network?): {result.stderr[-500:]}")
     stamp.write_text(want)
     return WHEELHOUSE
 
@@ -141,7 +163,7 @@ def _page_deps() -> None:
     if stamp.exists() and stamp.read_text().strip() == want:
         return
     if shutil.which("npm") is None:
-        pytest.skip("npm is missing: the tablet page's node_modules cannot be made")
+        _cannot_run("npm is missing: the tablet page's node_modules cannot be made")
     result = subprocess.run(
         ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
         cwd=ROOT / "tablet",
@@ -150,7 +172,7 @@ def _page_deps() -> None:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"npm ci in tablet/ failed (no network?): {result.stderr[-500:]}")
+        _cannot_run(f"npm ci in tablet/ failed (no network?): {result.stderr[-500:]}")
     stamp.write_text(want + "\n")
 
 
@@ -261,6 +283,9 @@ log_dest file /var/log/mosquitto/mosquitto.log
 include_dir /etc/mosquitto/conf.d
 """
 
+DEBIAN_DEFAULT_SITE = "/etc/nginx/sites-available/default"
+NGINX_DEFAULT_LINK = "/etc/nginx/sites-enabled/default"
+
 # What this machine may hold of an earlier treadguard or broker setup, hidden in the container
 # (the overlay records a removal; the host keeps its files).
 LEFTOVERS = (
@@ -272,6 +297,7 @@ LEFTOVERS = (
     "/etc/mosquitto/treadguard",
     "/etc/nginx/sites-available/treadguard",
     "/etc/nginx/sites-enabled/treadguard",
+    "/var/lib/treadguard-install",
 )
 
 
@@ -283,6 +309,25 @@ def _fresh_board(box: SystemdContainer) -> None:
     box.run("groupdel", "treadguard", check=False)
     box.run("mkdir", "-p", "/etc/mosquitto/conf.d")
     box.run("tee", "/etc/mosquitto/mosquitto.conf", input=DEBIAN_MOSQUITTO_CONF)
+    # Debian's nginx enables its default site when it is installed (a link to
+    # sites-available/default), whatever this machine's owner did with it since.
+    box.run("ln", "-sfn", DEBIAN_DEFAULT_SITE, NGINX_DEFAULT_LINK)
+
+
+def _join_lan(box: SystemdContainer) -> None:
+    """The board on the gym's network, before the installer runs (its certificate then names
+    the board's address there, as on a board): an address on a veth pair whose other end is in
+    the network namespace LAN, another machine of that network."""
+    for argv in (
+        ("ip", "netns", "add", LAN),
+        ("ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan1", "netns", LAN),
+        ("ip", "addr", "add", f"{BOARD_LAN}/24", "dev", "lan0"),
+        ("ip", "link", "set", "lan0", "up"),
+        ("ip", "-n", LAN, "addr", "add", f"{PEER_LAN}/24", "dev", "lan1"),
+        ("ip", "-n", LAN, "link", "set", "lan1", "up"),
+        ("ip", "-n", LAN, "link", "set", "lo", "up"),
+    ):
+        box.run(*argv)
 
 
 @dataclass(frozen=True)
@@ -313,6 +358,9 @@ def _seed_commissioning(box: SystemdContainer) -> None:
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
+    why = _why_not()
+    if why is not None:
+        _cannot_run(why)
     _wheelhouse()
     _page_deps()
     box = SystemdContainer(tmp_path_factory.mktemp("systemd"))
@@ -320,6 +368,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     treadmill: subprocess.Popen[bytes] | None = None
     try:
         _fresh_board(box)
+        _join_lan(box)
         # The treadmill: the checkout's own treadguard, not the installed one, so it outlives
         # the daemon, its updates and its removal.
         treadmill = box.popen(
@@ -442,6 +491,120 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     assert {k: v for k, v in after.items() if k != mine} == {
         k: v for k, v in before.items() if k != mine
     }
+
+
+def _state_over_wss(board: Board, host: str, netns: str | None = None) -> dict[str, Any]:
+    """The daemon's state as the tablet page gets it: MQTT over WebSockets at
+    wss://HOST/mqtt, through nginx, trusting the installer's certificate and nothing else,
+    logged in with the installed tablet account's password; from the container's own network,
+    or from ``netns`` (another machine on the gym's network)."""
+    trust = ssl.create_default_context(cafile=str(board.box.root / CERT.lstrip("/")))
+    p = f"treadmill/{TM}"
+
+    async def read_state() -> dict[str, Any]:
+        async with tablet(
+            Broker(HTTPS_PORT),
+            f"{p}/availability",
+            f"{p}/state",
+            **board.login("tablet"),
+            host=host,
+            tls=trust,
+            websockets=True,
+            websocket_path="/mqtt",
+        ) as tab:
+            await tab.next(f"{p}/availability", text_is("online"))
+            state: dict[str, Any] = body(await tab.next(f"{p}/state"))
+            return state
+
+    with board.box.network(netns):
+        return asyncio.run(read_state())
+
+
+def _curl(box: SystemdContainer, *argv: str) -> subprocess.CompletedProcess[str]:
+    """curl in the container, to its end, whatever it exits with."""
+    return box.run("curl", "--silent", "--show-error", "--max-time", "10", *argv, check=False)
+
+
+def test_the_installed_page_over_https_with_http2_and_its_mqtt_over_wss(board: Board) -> None:
+    """The installed board as a tablet meets it, the installer's own certificate the only
+    trust anchor: the page at https://127.0.0.1/ over HTTP/2, http://127.0.0.1/ sent there
+    (not answered by Debian's default site, which the installer unlinks), and the page's
+    MQTT at wss://127.0.0.1/mqtt, logged in as the installed tablet account, with the daemon's
+    state on it."""
+    box = board.box
+    out = board.first_install.stdout
+    assert f"{NGINX_DEFAULT_LINK}: unlinked (Debian's default site" in out
+    # The file each tablet must trust, as docs/install-raspberry-pi.md says: the certificate
+    # itself, the only trust anchor of every client below.
+    assert f"tablets: each must trust {CERT} itself (self-signed: no CA behind it)" in out, out
+    assert not (box.root / NGINX_DEFAULT_LINK.lstrip("/")).is_symlink()
+    _start(board)
+    wrote = "\n%{http_version} %{http_code}"
+    page = _curl(box, "--http2", "--cacert", CERT, "--write-out", wrote, "https://127.0.0.1/")
+    assert page.returncode == 0, page
+    html, _, negotiated = page.stdout.rpartition("\n")
+    assert negotiated == "2 200", page.stdout[-500:]
+    assert "E-STOP" in html, html[:500]
+    wrote = "%{http_code} %{redirect_url}"
+    plain = _curl(box, "--output", "/dev/null", "--write-out", wrote, "http://127.0.0.1/")
+    assert plain.stdout == "301 https://127.0.0.1/", plain
+    state = _state_over_wss(board, "127.0.0.1")
+    assert state["state"] == "idle", state
+    assert state["session"] is None, state
+
+
+def test_a_default_site_that_is_not_debians_link_is_kept(board: Board) -> None:
+    """The installer unlinks Debian's own link to its default site, nothing else: a
+    sites-enabled/default of the machine owner's is kept, and said to be."""
+    mine = board.box.root / NGINX_DEFAULT_LINK.lstrip("/")
+    site = "server {\n    listen 127.0.0.1:8080;\n    return 204;\n}\n"
+    mine.write_text(site)
+    try:
+        out = board.install().stdout
+        assert f"{NGINX_DEFAULT_LINK}: kept (not Debian's link" in out, out
+        assert mine.read_text() == site
+    finally:
+        mine.unlink()
+    again = board.install().stdout
+    assert f"{NGINX_DEFAULT_LINK}: already unlinked (Debian's default site)" in again, again
+
+
+def test_the_brokers_websockets_port_is_closed_to_the_network(board: Board) -> None:
+    """Mosquitto's WebSockets listener is for nginx alone: it listens on 127.0.0.1:9001 only,
+    and another machine on the gym's network finds nothing at the board's address on 9001
+    (the connection is refused), while it reaches the page's MQTT through nginx over TLS.
+    Without ``socket_domain ipv4`` in the shipped snippet, Mosquitto 2.0.11 listened on every
+    address: plain MQTT over WebSockets, passwords in the clear, for the whole network."""
+    box = board.box
+    _start(board)
+    listed = box.run(*listening_query(WS_PORT)).stdout
+    assert listen_addresses(listed) == {"127.0.0.1"}, listed
+    with box.network(LAN):
+        # The network path to the board works (nginx answers there) ...
+        socket.create_connection((BOARD_LAN, HTTPS_PORT), timeout=5).close()
+        # ... and nothing listens on 9001 at that address.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((BOARD_LAN, WS_PORT), timeout=5).close()
+    state = _state_over_wss(board, BOARD_LAN, netns=LAN)
+    assert state["state"] == "idle", state
+
+
+def test_the_shipped_unit_copied_by_hand_starts(board: Board) -> None:
+    """The unit as shipped, copied by hand over the installed one (as a technician following
+    the docs might), starts on Debian: it names no group Debian lacks (216/GROUP)."""
+    box = board.box
+    path = "/etc/systemd/system/treadguard.service"
+    unit = box.root / path.lstrip("/")
+    installed = unit.read_bytes()
+    board.systemctl("stop", "treadguard.service")
+    box.run("cp", f"{OPT}/config/systemd/treadguard.service", path)
+    try:
+        box.run("systemctl", "daemon-reload")
+        _start(board)
+    finally:
+        board.systemctl("stop", "treadguard.service")
+        unit.write_bytes(installed)
+        box.run("systemctl", "daemon-reload")
 
 
 # The doctor as docs/install-raspberry-pi.md (section 5) runs it: as root, the daemon's password
@@ -749,6 +912,117 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     assert unit["StatusText"] == "idle"
 
 
+CONFFILES = "/var/lib/treadguard-install/conffiles"  # the installer's record of what it wrote
+
+
+def _committed_before(path: str) -> bytes:
+    """The newest version of the checkout's ``path`` in its git history that is not the one
+    in the checkout now: what an earlier treadguard shipped."""
+    now = (ROOT / path).read_bytes()
+    commits = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "--format=%H", "--", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for commit in commits:
+        then = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, check=True
+        ).stdout
+        if then != now:
+            return then
+    raise AssertionError(f"{path} has no earlier version in this checkout's history")
+
+
+def _recorded(box: SystemdContainer) -> dict[str, str]:
+    """The installer's record: each shipped configuration file and the hash it wrote."""
+    lines = (box.root / CONFFILES.lstrip("/")).read_text().splitlines()
+    return {path: digest for digest, path in (line.split("  ", 1) for line in lines)}
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def test_update_refreshes_the_shipped_files_never_edited_and_keeps_edited_ones(
+    board: Board,
+) -> None:
+    """The Mosquitto snippet, its ACL and the nginx site are handled as Debian's conffiles: the
+    installer records the hash of what it wrote; --update replaces a file still as it was
+    written, keeps an edited one (and says so), the new version beside it as FILE.dist."""
+    box = board.box
+    paths = {
+        "snippet": "/etc/mosquitto/conf.d/treadguard.conf",
+        "acl": "/etc/mosquitto/treadguard/acl",
+        "site": "/etc/nginx/sites-available/treadguard",
+    }
+    files = {name: box.root / path.lstrip("/") for name, path in paths.items()}
+    shipped = {name: f.read_bytes() for name, f in files.items()}
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+    _start(board)
+
+    # As an earlier treadguard left them: the site as that version wrote it (and recorded);
+    # the snippet of an earlier version installed before the installer kept a record (known
+    # from the checkout's history); the ACL edited by the clinic.
+    earlier_site = shipped["site"].replace(b"proxy_read_timeout 1h;", b"proxy_read_timeout 2h;")
+    assert earlier_site != shipped["site"]
+    files["site"].write_bytes(earlier_site)
+    # The record as that version left it: the site's hash, the ACL's; the snippet's not yet.
+    (box.root / CONFFILES.lstrip("/")).write_text(
+        f"{_sha256(earlier_site)}  {paths['site']}\n{_sha256(shipped['acl'])}  {paths['acl']}\n"
+    )
+    files["snippet"].write_bytes(_committed_before("config/mosquitto/treadguard.conf"))
+    edited_acl = shipped["acl"] + b"\n# the clinic's own line\n"
+    files["acl"].write_bytes(edited_acl)
+
+    out = board.install("--update")
+    for name in ("site", "snippet"):
+        assert f"{paths[name]}: updated to the shipped version (not edited here)" in out.stdout
+        assert files[name].read_bytes() == shipped[name], name
+        assert not (box.root / f"{paths[name]}.dist".lstrip("/")).exists()
+    assert f"{paths['acl']}: kept (edited here); the shipped version, new, is beside it" in (
+        out.stdout
+    )
+    assert files["acl"].read_bytes() == edited_acl
+    dist = box.root / f"{paths['acl']}.dist".lstrip("/")
+    assert dist.read_bytes() == shipped["acl"]
+    mosquitto_gid = int(box.run("getent", "group", "mosquitto").stdout.split(":")[2])
+    assert (dist.stat().st_mode & 0o777, dist.stat().st_uid, dist.stat().st_gid) == (
+        0o640,
+        0,
+        mosquitto_gid,
+    )
+    assert "mosquitto: restarted" in out.stdout
+    assert "warning" not in out.stderr, out.stderr
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+    # Nothing changes on a second run: the edited file is still said to be kept.
+    again = board.install("--update").stdout
+    assert f"{paths['acl']}: kept (edited here); the shipped version is beside it" in again
+
+    # The snippet edited by the clinic on a version without socket_domain ipv4: kept, and the
+    # broker's WebSockets port open to the network is said, with the fix.
+    files["snippet"].write_bytes(
+        _committed_before("config/mosquitto/treadguard.conf") + b"# the clinic's edit\n"
+    )
+    box.run("systemctl", "restart", "mosquitto.service")
+    out = board.install("--update")
+    assert f"{paths['snippet']}: kept (edited here)" in out.stdout
+    assert (box.root / f"{paths['snippet']}.dist".lstrip("/")).read_bytes() == shipped["snippet"]
+    assert "warning: Mosquitto's WebSockets port listens on *:9001" in out.stderr, out.stderr
+    assert "socket_domain ipv4" in out.stderr
+
+    # The clinic takes the shipped versions: they count as unedited again, the .dist files go.
+    for name in ("snippet", "acl"):
+        files[name].write_bytes(shipped[name])
+    box.run("systemctl", "restart", "mosquitto.service")
+    out = board.install("--update")
+    for name in ("snippet", "acl"):
+        assert f"{paths[name]}: already current (the same as the shipped version" in out.stdout
+        assert not (box.root / f"{paths[name]}.dist".lstrip("/")).exists()
+    assert "warning" not in out.stderr, out.stderr
+    assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+
+
 def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None:
     box = board.box
     sessions = board.sessions()
@@ -769,6 +1043,10 @@ def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None
         user="treadguard",
     ).stdout.strip()
     assert ids == str([s["id"] for s in sessions])
+    # Debian's default site, which the install unlinked, is linked again.
+    assert f"{NGINX_DEFAULT_LINK}: linked again" in out, out
+    assert (box.root / NGINX_DEFAULT_LINK.lstrip("/")).readlink() == Path(DEBIAN_DEFAULT_SITE)
+    assert not (box.root / "var/lib/treadguard-install").exists()
     again = board.install("--uninstall").stdout
     assert "/opt/treadguard: already gone" in again
     # The drive never depended on the installed code: it is still serving.

@@ -17,8 +17,11 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -43,7 +46,10 @@ from tests.mosquitto import (
     body,
     free_ports,
     have_mosquitto,
+    listen_addresses,
+    listening_query,
     login,
+    network_addresses,
     password_file,
     stay_root,
     tablet,
@@ -694,8 +700,8 @@ async def test_sr15_the_shipped_configuration_keeps_the_daemons_client_id(
     connections: dict[str, Hijack] = {
         "loopback": {},
         "tls": {"port": tls_port, "tls": cert, "times": 3},
-        # Plain WebSockets, as nginx connects to it (Mosquitto 2.0.11 takes them from the
-        # network as well: the same logins and the same binding of client ids).
+        # Plain WebSockets on loopback, as nginx connects to it: the same logins and the same
+        # binding of client ids.
         "websockets": {"port": broker.ws_port, "websockets": True, "times": 3},
     }
     async with running(broker):
@@ -768,6 +774,43 @@ async def test_sr15_the_shipped_websockets_listener_behind_the_shipped_nginx_sit
                 assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
         finally:
             nginx.stop()
+
+
+@pytest.mark.parametrize("which", ["shipped", "test-nginx", "test-page"])
+def test_sr15_a_websockets_listener_is_reachable_from_loopback_only(
+    tmp_path: Path, request: pytest.FixtureRequest, which: str
+) -> None:
+    """The WebSockets listener of the shipped treadguard.conf, and those of the tests' brokers
+    (the one nginx passes /mqtt to, and the one serving the page as scripts/run's does), listen
+    on 127.0.0.1 only: a client on the network would otherwise reach the broker there without
+    TLS, its password in the clear. Mosquitto 2.0.11 listened on every address whatever the
+    listener line said, unless the listener has ``socket_domain ipv4`` (docs/mqtt-security.md).
+    Seen as ``ss`` lists the port, and by connecting to it at each of this machine's network
+    addresses."""
+    need("ss", shutil.which("ss") is not None)
+    if which == "shipped":
+        broker, _ = shipped_broker(tmp_path, request.getfixturevalue("pki"))
+    elif which == "test-nginx":
+        need("mosquitto", have_mosquitto())
+        broker = Broker(tmp_path, extra=auth_lines(tmp_path), websockets=True)
+    else:
+        need("mosquitto", have_mosquitto())
+        page = tmp_path / "page"
+        page.mkdir()
+        (page / "index.html").write_text("<p>page</p>\n")
+        broker = Broker(tmp_path, http_dir=page)
+    assert broker.ws_port is not None
+    broker.start()
+    try:
+        listed = subprocess.run(
+            listening_query(broker.ws_port), capture_output=True, text=True, check=True
+        ).stdout
+        assert listen_addresses(listed) == {"127.0.0.1"}, listed
+        for address in network_addresses():
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, broker.ws_port), timeout=2).close()
+    finally:
+        broker.kill()
 
 
 @pytest.mark.asyncio
