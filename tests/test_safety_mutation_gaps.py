@@ -22,6 +22,7 @@ from tests.test_safety_examples import (
     EPS,
     FEEDBACK_WINDOW_S,
     HEARTBEAT_GRACE_S,
+    PERIOD_MS,
     PROGRAMS_DIR,
     SENSOR_TIMEOUT_S,
     World,
@@ -782,6 +783,64 @@ def test_sr3_a_user_may_let_go_during_a_rest_but_not_in_its_final_countdown() ->
     assert ended.fields["reason"] == "start_aborted"
     assert t_end == world.log[released][0].t
     assert not world.events(EventType.BELT_STARTED, mark)
+
+
+def test_sr3_a_hand_lost_at_the_first_instant_of_a_rest_s_final_countdown_ends_it() -> None:
+    """The final countdown of a rest includes its first instant: a hand lost exactly
+    countdown_s before the next interval ends the session there, not one reading later."""
+    world = World("intervals")
+    _resting(world)
+    mark = len(world.log)
+    left = world.core.snapshot().countdown_s
+    assert left is not None
+    final_ms = round((world.t + left - COUNTDOWN_S) * 1000)
+    assert final_ms % PERIOD_MS == 0  # a reading falls on that instant
+    world.run((final_ms - world.ms - PERIOD_MS) / 1000)
+    assert world.state is State.COUNTDOWN
+    world.hold[Hand.RIGHT] = False
+    world.tick()
+    assert world.ms == final_ms
+    t_end, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == "start_aborted"
+    assert t_end == final_ms / 1000
+
+
+class _ClockAtZero(World):
+    """A world whose clock reads 0.0 twenty seconds in: near 0 a float time can step by
+    exactly a nanosecond, the core's tolerance for comparing times."""
+
+    @property
+    def t(self) -> float:
+        return self.ms / 1000.0 - 20.0
+
+
+def test_sr4_both_hands_off_for_no_longer_than_the_time_tolerance_is_no_loss() -> None:
+    """With a debounce shorter than the core's time tolerance (1 ns), both hands off for
+    exactly that long and one back is no count to stop on: a count is a loss only once it is
+    more than the tolerance (a longer one, a hand back or not, stops the belt)."""
+    world = _ClockAtZero("first_session")
+    world.core = SafetyCore(
+        SafetyLimits(grip_debounce_s=1.5e-9),
+        world.programs,
+        default_program="first_session",
+        commissioned_until=math.inf,
+        t0=-20.0,
+    )
+    world.run(1.0)
+    assert isinstance(world.start().reply, Accepted)
+    world.run(19.0 - PERIOD_MS / 1000)
+    assert world.state is State.RUNNING
+    assert world.t < 0.0
+    world.send(GripReading(0.0, Hand.LEFT, False))
+    world.send(GripReading(0.0, Hand.RIGHT, False))
+    assert world.state is State.RUNNING  # a count of 0
+    world.send(GripReading(1e-9, Hand.LEFT, True))
+    assert world.state is State.RUNNING  # a count of exactly 1 ns, one hand back
+    world.send(GripReading(3e-9, Hand.LEFT, False))
+    world.send(GripReading(5e-9, Hand.LEFT, True))
+    latch = world.core.latch
+    assert latch is not None
+    assert (latch.kind, latch.cause) == (State.ESTOP, Cause.GRIP_LOST)
 
 
 def test_sr3_a_hand_lost_at_the_instant_the_countdown_ends_ends_the_start() -> None:
