@@ -41,6 +41,7 @@ from treadguard.safety.decisions import (
     Event,
     EventType,
     RefusalCode,
+    Refused,
     State,
 )
 from treadguard.safety.inputs import (
@@ -681,6 +682,39 @@ def test_sr7_reverse_walking_steps_at_each_full_minute_of_belt_time() -> None:
         (180.0, 1.1),
         (240.0, 1.2),
     ]
+
+
+def test_sr6_sr9_before_the_drive_s_first_status_only_its_silence_is_reported() -> None:
+    """No status yet: a start is refused for the drive's silence alone (no fault is reported
+    by a drive that has said nothing); a link failure before any status latches, and its
+    reset waits for the drive to answer and report itself healthy."""
+    world = World()
+    world.silent.add("drive")
+    world.run(0.5)
+    start = world.start().reply
+    assert isinstance(start, Refused)
+    assert (start.code, start.message) == (
+        RefusalCode.PRECONDITIONS_UNMET,
+        "cannot start: drive is not answering",
+    )
+    world.send(DriveError(world.t, DriveFailure.LINK, "no port"))
+    world.run(0.5)
+    reset = world.command(Reset).reply
+    assert isinstance(reset, Refused)
+    assert reset.message == (
+        "cannot reset: drive is not answering, standstill cannot be confirmed; "
+        "drive has not reported a healthy status since its fault"
+    )
+
+
+def test_sr7_a_program_without_steps_never_steps_whatever_its_target() -> None:
+    """A program with no automatic progression keeps the target it started at, also one
+    asked for to the ten-thousandth (no step rounds it up to the thousandth above it)."""
+    bed = Bed()
+    bed.start(target_mph=0.8145)
+    bed.run(60.0)
+    assert bed.of(EventType.SPEED_STEP) == []
+    assert bed.core.target == 0.8145
 
 
 def test_sr7_a_step_of_a_fraction_of_a_hundredth_keeps_targets_to_the_thousandth() -> None:
