@@ -1280,7 +1280,7 @@ class SafetyCore:
         self._emit_stop_checked(op.kind, Verdict.INTERRUPTED, why)
 
     def _judge(self, m: StopMeasurement, *, standstill: bool, why: str = "") -> None:
-        j = self._stop_watch.judge(m, ramp_mph_per_s=self.limits.decel_mph_s)
+        j = self._stop_watch.judge(m, ramp_mph_per_s=self.limits.decel_mph_s, standstill=standstill)
         self._last_verdict[m.kind] = j.verdict.value
         self._emit_stop_checked(m.kind, j.verdict, why, j, standstill=standstill)
         if j.warn:

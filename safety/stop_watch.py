@@ -196,9 +196,18 @@ class StopWatch:
         baseline = self.baselines.get(kind)
         return None if baseline is None else yardstick(baseline, ramp_mph_per_s)
 
-    def judge(self, m: StopMeasurement, *, ramp_mph_per_s: float | None = None) -> Judgement:
+    def judge(
+        self,
+        m: StopMeasurement,
+        *,
+        ramp_mph_per_s: float | None = None,
+        standstill: bool = True,
+    ) -> Judgement:
         """Judge one measured stop and count it. ``ramp_mph_per_s``: the controlled ramp in
-        force (see :func:`yardstick`)."""
+        force (see :func:`yardstick`). ``standstill`` False: judged before the belt stood still
+        (still moving when the stop was overdue, or the drive faulted during it), so its
+        standstill comes after the time measured: slow, fail closed, also where that time
+        alone lies within the margin by the core's time tolerance."""
         baseline = self.baseline(m.kind, ramp_mph_per_s)
         kind = m.kind
         if baseline is None:
@@ -207,7 +216,7 @@ class StopWatch:
         if math.isfinite(v) and v < MIN_MEASURED_MPH:
             return self._unjudged(Verdict.BELOW_MIN_SPEED, m, baseline)
         expected = expected_standstill_s(baseline, v) if math.isfinite(v) else math.nan
-        if is_slow(baseline, m, self.margin):
+        if not standstill or is_slow(baseline, m, self.margin):
             self.slow_in_a_row[kind] += 1
             count = self.slow_in_a_row[kind]
             return Judgement(

@@ -6,6 +6,7 @@ judge, then the safety core against the simulator's belt physics, no sockets, no
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from treadguard.safety.stop_watch import (
     StopWatch,
     Verdict,
     is_slow,
+    slow_after_s,
 )
 from treadguard.simulator.belt import Belt, BeltParams
 
@@ -623,6 +625,7 @@ def test_a_drive_fault_reported_during_a_stop_is_a_slow_stop() -> None:
     assert bench.verdicts() == ["slow"]
     (checked,) = bench.of(EventType.STOP_CHECKED)
     assert "the drive reported a fault during the stop" in str(checked.fields["why"])
+    assert checked.fields["standstill_reached"] is False
     assert len(bench.of(EventType.MAINTENANCE_WARNING)) == 1
 
 
@@ -680,3 +683,58 @@ def test_a_measured_stop_is_its_kinds_baseline_and_an_unreadable_one_is_refused(
     for bad in (emergency(math.nan, 0.25), emergency(0.8, math.inf), emergency(0.8, 0.0)):
         with pytest.raises(ValueError, match="finite and > 0"):
             bad.as_baseline()
+
+
+# ------------------------------------------------------------- a stop timed on an exact clock
+
+
+def _stop_timed(statuses: Callable[[float], list[tuple[float, float]]]) -> list[Event]:
+    """An emergency stop from 0.8 mph, then only drive statuses, each (time, mph), made from
+    the trigger's time: the stop checks they give."""
+    bench = Bench()
+    bench.start()
+    trigger = bench.t
+    assert isinstance(bench.submit(EStop(trigger)), Accepted)
+    mark = len(bench.events)
+    for t, mph in statuses(trigger):
+        bench.status(t, mph)
+    return [e for e in bench.events[mark:] if e.type is EventType.STOP_CHECKED]
+
+
+def test_a_status_stamped_at_the_trigger_s_own_instant_is_no_evidence_of_the_stop() -> None:
+    (checked,) = _stop_timed(lambda t: [(t, 0.0), (t + 0.05, 0.0), (t + 0.1, 0.0)])
+    assert checked.fields["standstill_s"] == 0.05
+
+
+def test_a_reading_at_the_standstill_bound_is_standstill() -> None:
+    (checked,) = _stop_timed(
+        lambda t: [(t + 0.05, 0.3), (t + 0.1, STANDSTILL_MPH), (t + 0.15, STANDSTILL_MPH)]
+    )
+    assert checked.fields["standstill_s"] == 0.1
+
+
+def test_a_gap_of_the_drive_time_out_between_two_statuses_ends_the_timing() -> None:
+    """The drive's time-out (0.5 s) between two statuses of a stop, to the last bit: the
+    stop cannot be timed, and its check says why."""
+    gap = 0.5
+
+    def statuses(trigger: float) -> list[tuple[float, float]]:
+        # A first status from which the gap adds up exactly on this clock.
+        first = next(f for k in range(1, 200) if ((f := trigger + k / 1000) + gap) - f == gap)
+        return [(first, 0.6), (first + gap, 0.0), (first + gap + 0.05, 0.0)]
+
+    (checked,) = _stop_timed(statuses)
+    assert checked.fields["verdict"] == "interrupted"
+    assert checked.fields["why"] == "the drive did not answer during the stop"
+
+
+@pytest.mark.parametrize("early", [0.0, 1e-9])
+def test_a_belt_still_moving_when_its_stop_is_overdue_is_judged_slow_then(early: float) -> None:
+    """Overdue to the core's 1 ns tolerance, the belt still moving: judged at that status, and
+    slow (it stands still later than that), also where the time to it alone is within the
+    margin by that nanosecond."""
+    (checked,) = _stop_timed(
+        lambda t: [(t + 0.1, 0.6), (t + slow_after_s(EMERGENCY, 0.8, 0.3) - early, 0.5)]
+    )
+    assert checked.fields["verdict"] == "slow"
+    assert checked.fields["standstill_reached"] is False
