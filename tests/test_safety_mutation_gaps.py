@@ -839,6 +839,27 @@ def test_sr3_a_hand_lost_at_the_first_instant_of_a_rest_s_final_countdown_ends_i
     assert t_end == final_ms / 1000
 
 
+def test_sr4_a_late_release_of_a_hand_already_lost_counts_the_loss_once() -> None:
+    """Both hands off, then a release of one of them that arrives late (stamped before the
+    core's time): the hands were already counted as lost since they let go, so the late
+    reading adds nothing, and the stop comes at the debounce, not before it."""
+    world = at_speed(1.0)
+    world.hold = {Hand.LEFT: False, Hand.RIGHT: False}
+    world.tick()
+    released = world.t
+    mark = len(world.log)
+    world.tick()
+    world.tick()
+    world.send(GripReading(world.t - PERIOD_MS / 2000, Hand.LEFT, False))
+    while world.t < released + DEBOUNCE_S - 2 * PERIOD_MS / 1000:
+        world.tick()
+    assert world.core.latch is None
+    world.run(2 * PERIOD_MS / 1000 + 0.001)
+    t_stop, estop = first_event(world, EventType.ESTOP, mark)
+    assert estop.fields["cause"] == "grip_lost"
+    assert t_stop == pytest.approx(released + DEBOUNCE_S)
+
+
 class _ClockAtZero(World):
     """A world whose clock reads 0.0 twenty seconds in: near 0 a float time can step by
     exactly a nanosecond, the core's tolerance for comparing times."""
