@@ -281,11 +281,18 @@ class Bench:
     # A drive that ignores every command: the belt runs on whatever the core decides.
     ignores: bool = False
     events: list[Event] = field(default_factory=list)
+    # The controlled stops' ramp (safety.decel_mph_s); None: the default.
+    decel_mph_s: float | None = None
 
     def __post_init__(self) -> None:
         # Commissioned for good: these tests are about the stops, not the record.
+        limits = (
+            SafetyLimits()
+            if self.decel_mph_s is None
+            else SafetyLimits(decel_mph_s=self.decel_mph_s)
+        )
         self.core = SafetyCore(
-            SafetyLimits(),
+            limits,
             PROGRAMS,
             default_program="first_session",
             commissioned_until=math.inf,
@@ -351,6 +358,10 @@ def test_a_worn_brake_warns_on_its_first_slow_stop_and_faults_on_its_second() ->
     bench.start()
     bench.estop()
     assert bench.verdicts() == ["good"]
+    (good,) = bench.of(EventType.STOP_CHECKED)
+    assert good.fields["baseline_deceleration_mph_per_s"] == EMERGENCY.deceleration_mph_per_s
+    assert good.fields["expected_standstill_s"] == 0.25
+    assert "why" not in good.fields  # a stop that stood still has nothing to explain
     assert isinstance(bench.reset(), Accepted)
     bench.belt.wear_brake(0.6)
     bench.start()
@@ -424,6 +435,33 @@ def test_an_emergency_stop_of_a_belt_not_meant_to_move_has_nothing_to_time() -> 
         edge.t = round(edge.t + edge.poll_s, 9)
         edge.status(edge.t, 0.0)
     assert edge.of(EventType.STOP_CHECKED) == []
+
+
+def test_a_worn_emergency_brake_is_not_cleared_by_a_controlled_baseline_alone() -> None:
+    bench = Bench(wear=0.6)
+    for _ in range(2):
+        bench.start()
+        bench.estop()
+        if bench.core.latch is not None and bench.core.latch.cause is Cause.REMOTE_ESTOP:
+            assert isinstance(bench.reset(), Accepted)
+    assert bench.core.snapshot().state is State.FAULT
+    bench.core.set_stop_baselines({StopKind.CONTROLLED: CONTROLLED})
+    bench.run(1.0)
+    refused = bench.reset()
+    assert isinstance(refused, Refused)
+    assert "commission the treadmill again" in refused.message
+
+
+def test_a_controlled_stop_at_a_ramp_made_gentler_after_commissioning_is_good() -> None:
+    """safety.decel_mph_s made 0.25 mph/s after the controlled stop was commissioned at 0.38:
+    the stop follows the ramp, as a brake as new would, and is judged against it."""
+    bench = Bench(decel_mph_s=0.25)
+    bench.start()
+    assert isinstance(bench.submit(Stop(bench.t)), Accepted)
+    bench.run(6.0)
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert (checked.fields["kind"], checked.fields["verdict"]) == ("controlled", "good")
+    assert checked.fields["baseline_deceleration_mph_per_s"] == 0.25
 
 
 def test_a_worn_brake_fault_is_reset_only_after_new_baselines() -> None:
@@ -738,3 +776,22 @@ def test_a_belt_still_moving_when_its_stop_is_overdue_is_judged_slow_then(early:
     )
     assert checked.fields["verdict"] == "slow"
     assert checked.fields["standstill_reached"] is False
+
+
+def test_a_slow_stop_that_stood_still_says_so_in_its_fault() -> None:
+    """The first status after the stop became overdue already shows standstill: the stop is
+    timed to it, slow, and the worn-brake fault says how long it took (one slow stop on record
+    before it: the second in a row)."""
+    bench = Bench()
+    bench.core.set_stop_baselines(BASELINES, {StopKind.EMERGENCY: 1})
+    bench.start()
+    trigger = bench.t
+    assert isinstance(bench.submit(EStop(trigger)), Accepted)
+    for after, mph in [(0.1, 0.6), (0.4, 0.0), (0.45, 0.0)]:
+        bench.status(trigger + after, mph)
+    (checked,) = bench.of(EventType.STOP_CHECKED)
+    assert (checked.fields["verdict"], checked.fields["standstill_reached"]) == ("slow", True)
+    latch = bench.core.latch
+    assert latch is not None
+    assert (latch.kind, latch.cause) == (State.FAULT, Cause.DRIVE_FAULT)
+    assert "emergency stop took 0.40 s to stop from 0.80 mph" in latch.detail
