@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from treadguard.safety.inputs import Sensor
@@ -278,6 +286,28 @@ class MqttTlsSection(_Strict):
     key_file: FilePath | None = None
 
 
+# Accounts of the shipped broker configuration (config/mosquitto/acl, scripts/install) that
+# some other device connects under, and the names docs/mqtt-security.md gives a second one of
+# each kind (tablet-tm-01, sensors-tm-02-camera): the exact name, or it and "-" before more.
+# The sensors' accounts are sensors-<treadmill id>, so only the family is known here.
+DEVICE_ACCOUNTS: tuple[tuple[str, str], ...] = (
+    ("tablet", "the clinician's tablet"),
+    ("tablet-", "a tablet"),
+    ("dashboard", "a clinic dashboard"),
+    ("dashboard-", "a clinic dashboard"),
+    ("sensors-", "a sensor device"),
+    ("treadguard", "a daemon"),
+)
+
+
+def device_account(name: str) -> str | None:
+    """Whose account ``name`` is among DEVICE_ACCOUNTS ("a tablet"); None for none."""
+    for account, whose in DEVICE_ACCOUNTS:
+        if name == account or (account.endswith("-") and name.startswith(account)):
+            return whose
+    return None
+
+
 class MqttSection(_Strict):
     """The broker the tablet contract (docs/tablet-contract.md) is served on."""
 
@@ -296,7 +326,8 @@ class MqttSection(_Strict):
     # own, under an account of their own (docs/daemon.md, "Queries"), so that a flood of them
     # never stands in the commands' stream. Default: "<username>-queries"
     # (treadguard-queries), anonymous when the daemon's own account is. Its password is
-    # TREADGUARD_MQTT__QUERIES_PASSWORD, in the environment file beside the daemon's.
+    # TREADGUARD_MQTT__QUERIES_PASSWORD, in the environment file beside the daemon's. Never an
+    # account another connection uses: the daemon's own, a tablet's, a dashboard's, a sensor's.
     queries_username: str | None = Field(None, min_length=1)
     queries_password: SecretStr | None = None
     keepalive_s: int = Field(5, ge=2, le=60)
@@ -312,6 +343,33 @@ class MqttSection(_Strict):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError(
                 "is empty (or only spaces): give the account's password, or leave it out"
+            )
+        return value
+
+    @field_validator("queries_username")
+    @classmethod
+    def _queries_account_of_its_own(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The shipped broker takes each account's user name as its client id and keeps one
+        # connection per client id: a second connection under an account already connected
+        # knocks the first off, and the two go on replacing each other. Under the daemon's own
+        # account its commands went unanswered (an E-STOP for 10 s); under the tablet's, the
+        # clinician's tablet was dropped mid-session. (username is checked before this field.)
+        if value is None:
+            return value
+        own = "leave queries_username out for <username>-queries, or name an account of its own"
+        if value == info.data.get("username"):
+            raise ValueError(
+                f"{value!r} is mqtt.username, the daemon's own account: the broker keeps one "
+                "connection per account (use_username_as_clientid), so the daemon's command "
+                "link and its query connection would keep replacing each other and commands, "
+                f"an E-STOP among them, would go unanswered; {own} (docs/mqtt-security.md)"
+            )
+        whose = device_account(value)
+        if whose is not None:
+            raise ValueError(
+                f"{value!r} is {whose}'s account: the broker keeps one connection per account "
+                "(use_username_as_clientid), so the daemon's query connection would knock "
+                f"{whose} off the broker; {own} (docs/mqtt-security.md)"
             )
         return value
 

@@ -6,8 +6,8 @@ R4 (4.0.1) and R4B (4.3.0). Per user a ``Patient`` (identified by the user's cod
 thing treadguard knows of a person); per session a ``Procedure`` and its ``Observation``s:
 belt minutes, pain before and after, perceived exertion, each ``partOf`` its Procedure; per
 measure (TUG, KOOS, WOMAC, 10 m walk) an ``Observation`` of the Patient. Every id is a UUID 5
-of the treadmill and the journal's own keys, so the same journal exports to the same Bundle,
-byte for byte.
+of the treadmill and what names the record (see :func:`resource_id`), so the same journal exports
+to the same Bundle, byte for byte, and a session of another journal to ids of its own.
 
 A journal is read as it is: a value that cannot be what its field says (a pain of "x", a time
 that is no time) is exported as absent *with the reason and the value as written* in a note,
@@ -122,12 +122,27 @@ MEASURE_CODES: dict[str, MeasureCode] = {
 
 
 def resource_id(treadmill: str, *keys: object) -> str:
-    """A resource's id: the UUID 5 of the treadmill and the journal's keys for it, so the
-    same record always has the same id (and two treadmills' session 3 never share one)."""
+    """A resource's id: the UUID 5 of the treadmill and the keys that name its record, so the
+    same record always has the same id (and two treadmills' session 3 never share one).
+
+    A session's or a measure's number is the journal's own and not enough: a journal restored
+    from a backup numbers its next session as the backup did, and a fresh one starts again at
+    1, and a receiver that updates by id would put a later session of another patient in the
+    place of an earlier one. Their keys also hold the user and the time the journal stored
+    (see :func:`record_keys`)."""
     # ASCII JSON: one text for one set of keys, whatever characters a user code holds (a
     # lone surrogate in a damaged journal too, which has no UTF-8).
     name = json.dumps([treadmill, *keys], default=str)
     return str(uuid.uuid5(NAMESPACE, name))
+
+
+def record_keys(number: object, user: object, at: object) -> tuple[object, ...]:
+    """What names a session (or a measure) across journals: its number, its user and its start
+    (or recording) time exactly as the journal stores it, never rounded: re-exporting it gives
+    the same keys, and two sessions in two journals share them only if they are one session (a
+    restored backup's copy of it)."""
+    # A float's JSON is its shortest text that reads back to it: the time to the last bit.
+    return (number, user, at)
 
 
 def _url(resource: Resource) -> str:
@@ -305,7 +320,10 @@ class _Session:
         self.procedure = self._procedure()
 
     def _id(self, *keys: object) -> str:
-        return resource_id(self.clinic.treadmill, "session", self.session.id, *keys)
+        s = self.session
+        return resource_id(
+            self.clinic.treadmill, "session", *record_keys(s.id, s.user, s.started_at), *keys
+        )
 
     def _period(self) -> Period | None:
         if self.start is None and self.end is None:
@@ -535,7 +553,11 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
     day = measure.measured_on if _is_day(measure.measured_on) else None
     recorded = moment(measure.recorded_at, clinic.zone)
     return Observation(
-        id=resource_id(clinic.treadmill, "measure", measure.id),
+        id=resource_id(
+            clinic.treadmill,
+            "measure",
+            *record_keys(measure.id, measure.user, measure.recorded_at),
+        ),
         status="final",
         category=[EXAM.concept() if measure.kind in TIMED_TESTS else SURVEY.concept()],
         code=code,
