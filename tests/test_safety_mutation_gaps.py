@@ -1559,3 +1559,91 @@ def test_sr7_the_first_session_limit_holds_for_a_first_session_program_whoever_s
     assert isinstance(
         world.start(program="reverse_walking", returning=True, cap_s=480.0).reply, Accepted
     )
+
+
+# --------------------------------------------------------------------------- drive statuses
+
+
+def _idle_with(statuses: list[DriveFeedback], seconds: float = 1.0) -> World:
+    """An idle world whose drive sends nothing of its own: only ``statuses``, then time."""
+    world = World()
+    world.silent.add("drive")
+    world.run(0.5)
+    for status in statuses:
+        world.send(status)
+    world.run(seconds)
+    return world
+
+
+def test_sr8_a_drive_status_stamped_not_finite_or_before_the_newest_is_no_status() -> None:
+    """A status with no finite time, or older than the newest, proves nothing: the drive is
+    as silent as it was, and the newest status's speed stands."""
+    world = World()
+    world.silent.add("drive")
+    world.run(0.5)
+    world.send(DriveFeedback(math.nan, 0.0))
+    world.send(DriveFeedback(math.inf, 0.0))
+    assert world.core.snapshot().belt_mph == math.inf  # the drive has never answered
+    world.send(DriveFeedback(world.t, 0.0))
+    world.send(DriveFeedback(world.t - 0.2, 1.0))  # late, and would read as moving
+    start = world.start().reply
+    assert isinstance(start, Accepted), start
+
+
+def test_sr6_a_drive_that_reports_a_speed_that_is_no_number_cannot_be_reset() -> None:
+    world = at_speed(1.0)
+    world.command(EStop)
+    world.belt = math.nan
+    world.run(1.0)
+    reset = world.command(Reset).reply
+    assert isinstance(reset, Refused)
+    assert reset.message == "cannot reset: belt is not at standstill"
+
+
+def test_sr6_sr9_a_drive_fault_status_latches_by_its_kind_and_a_healthy_one_clears_it() -> None:
+    world = _idle_with([])
+    world.send(DriveFeedback(world.t, 0.0, DriveFailure.LINK, "no answer on the bus"))
+    latch = world.core.latch
+    assert latch is not None
+    assert (latch.cause, latch.detail) == (Cause.DRIVE_LINK, "no answer on the bus")
+    world.tick()
+    world.send(DriveFeedback(world.t, 0.0))  # one healthy status after it is enough
+    assert isinstance(world.command(Reset).reply, Accepted)
+
+
+def test_sr9_the_drive_gone_silent_in_a_session_is_a_fault_in_plain_words() -> None:
+    world = at_speed(1.0)
+    world.silent.add("drive")
+    world.run(1.0)
+    latch = world.core.latch
+    assert latch is not None
+    assert (latch.cause, latch.detail) == (Cause.DRIVE_LINK, "no answer from the drive")
+
+
+def test_sr10_a_belt_read_at_the_standstill_bound_when_stopped_is_no_mismatch() -> None:
+    world = World()
+    world.belt = STANDSTILL_MPH
+    world.run(FEEDBACK_WINDOW_S + 1.0)
+    assert world.core.latch is None
+    world.belt = STANDSTILL_MPH + 0.01
+    world.run(FEEDBACK_WINDOW_S + 1.0)
+    latch = world.core.latch
+    assert latch is not None
+    assert (latch.cause, latch.detail) == (
+        Cause.FEEDBACK_MISMATCH,
+        "belt at 0.06 mph, commanded 0.00 mph",
+    )
+
+
+def test_sr6_a_worn_controlled_brake_on_record_is_cleared_by_a_new_controlled_baseline() -> None:
+    world = World()
+    world.run(0.5)
+    world.send(BrakeFaultOnRecord(world.t, "controlled", "slow twice"))
+    world.core.set_stop_baselines({StopKind.CONTROLLED: CONTROLLED})
+    world.run(0.5)
+    assert isinstance(world.command(Reset).reply, Accepted)
+
+
+def test_a_new_stop_watch_has_counted_no_slow_stop() -> None:
+    j = StopWatch().judge(StopMeasurement(StopKind.EMERGENCY, 0.8, 5.0))
+    assert (j.verdict, j.slow_in_a_row) == (Verdict.NO_BASELINE, 0)
