@@ -1647,3 +1647,16 @@ def test_sr6_a_worn_controlled_brake_on_record_is_cleared_by_a_new_controlled_ba
 def test_a_new_stop_watch_has_counted_no_slow_stop() -> None:
     j = StopWatch().judge(StopMeasurement(StopKind.EMERGENCY, 0.8, 5.0))
     assert (j.verdict, j.slow_in_a_row) == (Verdict.NO_BASELINE, 0)
+
+
+def test_the_core_says_which_decisions_changed_nothing_but_a_stamp() -> None:
+    """``unchanged`` is the controller's leave to skip acting on a decision: true exactly for
+    an input that changed nothing but a stamp, never for one that decided something."""
+    world = at_speed(1.0)
+    world.send(GripReading(world.t, Hand.LEFT, True))  # the same value, at the same time
+    assert world.core.unchanged is True
+    world.send(Tick(world.t + 0.01))
+    assert world.core.unchanged is False
+    d = world.command(EStop)
+    assert d.emergency_stop
+    assert world.core.unchanged is False
