@@ -1660,3 +1660,14 @@ def test_the_core_says_which_decisions_changed_nothing_but_a_stamp() -> None:
     d = world.command(EStop)
     assert d.emergency_stop
     assert world.core.unchanged is False
+
+
+def test_sr6_a_healthy_status_stamped_with_the_fault_s_own_time_does_not_clear_it() -> None:
+    """Cleared means a status read after the fault that reports none: one with the fault's own
+    stamp is not after it."""
+    world = _idle_with([])
+    world.send(DriveFeedback(world.t, 0.0, DriveFailure.FAULT, "overcurrent"))
+    world.send(DriveFeedback(world.t, 0.0))
+    reset = world.command(Reset).reply
+    assert isinstance(reset, Refused)
+    assert reset.message == "cannot reset: drive has not reported a healthy status since its fault"
