@@ -152,9 +152,9 @@ def propose(
         words = f"held: {held}; {words}"
     if own is not None and own.cap_s is not None:
         cap = _within(own.cap_s, program)
-        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
     if own is not None and own.phase is not None:
-        words += f"; the clinic keeps {record.user} in {_lower_first(phase.title)}"
+        words += f"; the clinic keeps {t.code(record.user)} in {_lower_first(phase.title)}"
     return _proposal(
         record, rules, program, cap, words, week, note, phase, held=bool(held), counted=True
     )
@@ -220,7 +220,7 @@ def plan_text(proposal: Proposal, trends: Sequence[MeasureTrend], *, sessions: i
     if proposal.week is not None:
         where += f", week {proposal.week} on the treadmill"
     lines = [
-        f"User {proposal.user}: {sessions} session{'s' if sessions != 1 else ''} on record",
+        f"User {t.code(proposal.user)}: {sessions} session{'s' if sessions != 1 else ''} on record",
         f"  next session: {proposal.reason}",
         f"  phase: {where}; {weekly} sessions a week",
         "  first session: "
@@ -284,7 +284,7 @@ def _first_session_again(
         ended = t.ended_by(last.end_reason)
         words += f"; the last session ({last.id}) ended: {ended}"
     if own is not None and own.cap_s is not None:
-        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
     return _proposal(
         record, rules, program, cap, words, None, note, None, held=False, counted=False
     )
