@@ -319,6 +319,12 @@ class ConfirmFirstSessionModel(_CommandModel):
 
 
 UserCode = PersonCode
+
+
+def _no_minus_zero(value: float) -> float:
+    return value + 0.0  # -0.0 + 0.0 is 0.0; every other number is itself
+
+
 # A calendar day as the tablet writes it; whether it is a real day, and not after today in the
 # clinic's zone, the daemon checks (this module reads no clock).
 MeasureDate = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
@@ -329,9 +335,10 @@ class RecordMeasureModel(_CommandModel):
     user: UserCode
     # One of MeasureKind's values (strict=False: a JSON string names the enum's member).
     kind: Annotated[MeasureKind, Field(strict=False)]
-    # A number (an integer is one too); its range, which depends on the kind, the daemon checks
-    # (contract/measures.py) and refuses as out_of_range.
-    value: Annotated[float, Field(allow_inf_nan=False)]
+    # A number (an integer is one too); its range and resolution, which depend on the kind, the
+    # daemon checks (contract/measures.py) and refuses as out_of_range. -0 is 0: one number,
+    # never shown as "-0".
+    value: Annotated[float, Field(allow_inf_nan=False), AfterValidator(_no_minus_zero)]
     date: MeasureDate | None = None
     clinician: ClinicianCode | None = None
 

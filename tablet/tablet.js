@@ -1373,7 +1373,23 @@ const MEASURES = WORDS.measures || {}; // none in a words.js older than this pag
 function measureWords(kind, value) {
   const m = MEASURES[kind];
   if (!m) return `${kind} ${value}`;
-  return `${m.title} ${value}${m.unit ? ` ${m.unit}` : ""}`;
+  return `${m.title} ${measureFigures(m, value)}${m.unit ? ` ${m.unit}` : ""}`;
+}
+
+// A measure's number as the treadmill's reports and its history answer show it
+// (contract/measures.py): to the kind's resolution, trailing zeros dropped, a time with one
+// decimal at least: "12.0", "11.96", "64.3", "62". As it is with a words.js without places.
+function measureFigures(m, value) {
+  if (typeof m.places !== "number" || typeof value !== "number") return String(value);
+  const [whole, decimals = ""] = value.toFixed(m.places).split(".");
+  const kept = decimals.replace(/0+$/, "").padEnd(m.unit ? 1 : 0, "0");
+  return kept ? `${whole}.${kept}` : whole;
+}
+
+// Whether a value is a whole number of the kind's steps (words.js's places: 12.34 s, a score
+// of 64.3 or of 31), as the treadmill checks it: a finer one is refused, never rounded.
+function measureAtResolution(m, value) {
+  return typeof m.places !== "number" || Number(value.toFixed(m.places)) === value;
 }
 
 // The number typed ("12.5", or "12,5" as a comma-decimal keyboard gives it), or null.
@@ -1410,6 +1426,12 @@ function measureProblem(m, typed, date, today) {
   }
   if (!(value >= m.lowest && value <= m.highest)) {
     return ["measure-value", `Not saved: a ${m.title} is ${m.range}, not ${typed.trim()}.`];
+  }
+  if (!measureAtResolution(m, value)) {
+    return [
+      "measure-value",
+      `Not saved: a ${m.title} is ${m.range} in ${m.steps}, not ${typed.trim()}.`,
+    ];
   }
   if (date.validity.badInput) {
     return ["measure-date", "Not saved: the date is not a whole day. Finish it, or clear it."];

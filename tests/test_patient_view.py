@@ -127,6 +127,11 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
         await expect(status).to_have_text(f"Not saved: a KOOS is {koos.range_words()}, not 150.")
         await expect(page.locator("#measure-value")).to_have_value("150")
         await expect(page.locator("#measure-value")).to_be_focused()
+        await page.fill("#measure-value", "64.35")  # KOOS is kept to 0.1
+        await page.click("#measure-save")
+        await expect(status).to_have_text(
+            f"Not saved: a KOOS is {koos.range_words()} in steps of 0.1, not 64.35."
+        )
         await page.fill("#measure-value", "62")
         await page.fill("#measure-date", "2999-01-01")
         await page.click("#measure-save")
