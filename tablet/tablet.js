@@ -1065,26 +1065,23 @@ function askHistory(patient, then) {
       return;
     }
     patient.history = answer;
-    patient.today = clinicToday(answer.timezone);
-    if (patient.today !== null) {
-      $("measure-date").max = patient.today;
-      if ($("measure-date").value === "") $("measure-date").value = patient.today;
-    }
+    measureToday(patient);
     then(answer);
   });
 }
 
 // Today in the clinic's time zone, by the daemon's clock as far as the page can tell (a
 // tablet's clock that is off does not matter): "2026-12-04". Null for a zone this browser does
-// not know: the date is then left to the treadmill (its today).
+// not know: the date is then left to the treadmill (its today). Asked at every render (the
+// day turns while a view is open), so each zone's format is made once.
+const dayFormats = new Map();
 function clinicToday(zone) {
   try {
-    const parts = new Intl.DateTimeFormat("en-CA", {
-      timeZone: zone,
-      year: "numeric",
-      month: "2-digit",
-      day: "2-digit",
-    }).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
+    if (!dayFormats.has(zone)) {
+      const options = { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit" };
+      dayFormats.set(zone, new Intl.DateTimeFormat("en-CA", options));
+    }
+    const parts = dayFormats.get(zone).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
     const part = (type) => parts.find((p) => p.type === type).value;
     return `${part("year")}-${part("month")}-${part("day")}`;
   } catch {
@@ -1095,6 +1092,21 @@ function clinicToday(zone) {
 // The user the measure's fields were last filled for: what was typed stays while the view is
 // closed and opened again for the same user, never for another one.
 let measureUser = null;
+// Whether the clinician set the measure's day themselves (a measure taken on another day):
+// until then the day is today's, whenever the entry is opened and as the day turns.
+let measureDayChosen = false;
+
+// The measure's day, today in the clinic's zone: when the history comes, each time the entry
+// is opened and at every render, so a view kept open past midnight dates a measure today,
+// not yesterday. A day the clinician chose stays; only the latest day allowed moves.
+function measureToday(patient) {
+  const today = patient.history ? clinicToday(patient.history.timezone) : null;
+  if (today === null) return;
+  patient.today = today;
+  const date = $("measure-date");
+  if (date.max !== today) date.max = today;
+  if (!measureDayChosen && date.value !== today) date.value = today;
+}
 
 function openPatient(user) {
   const patient = {
@@ -1112,6 +1124,7 @@ function openPatient(user) {
   document.body.dataset.view = "patient";
   if (measureUser !== user) {
     $("measure-value").value = $("measure-date").value = "";
+    measureDayChosen = false;
     measureUser = user;
   }
   patient.entering = $("measure-value").value !== ""; // a value typed and not saved: still there
@@ -1194,6 +1207,7 @@ function drawPatient() {
     }
   }
   $("patient-measures").hidden = !(history && $("measures-table").tBodies[0].rows.length);
+  measureToday(patient);
   drawMeasureForm(patient);
   if (patient.showMeasures && history && !$("patient-measures").hidden) {
     // A measure was saved: the view scrolls to the measures, which have it now.
@@ -1461,6 +1475,7 @@ function measureSaved(fields) {
 $("measure-open").addEventListener("click", () => {
   if (!view.patient) return;
   view.patient.entering = true;
+  measureToday(view.patient);
   render();
 });
 $("measure-close").addEventListener("click", () => {
@@ -1490,6 +1505,10 @@ $("measure").addEventListener("submit", (event) => {
   if (date.value) fields.date = date.value; // none: today, in the treadmill's own calendar
   patient.measure = null;
   send("record_measure", fields);
+});
+// Typed or picked by the clinician (never by the page, whose setting of the value is no input).
+$("measure-date").addEventListener("input", () => {
+  measureDayChosen = true;
 });
 // What the page said of the last try goes once the clinician corrects it.
 for (const id of ["measure-kind", "measure-value", "measure-date"]) {
