@@ -33,8 +33,11 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
 )
+from pydantic_core import PydanticCustomError
 
+from treadguard.contract.codes import code_problem
 from treadguard.contract.measures import MeasureKind
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, RefusalCode, Refused, Reply, State
@@ -209,6 +212,23 @@ def _printable(value: str) -> str:
 
 PrintableText = Annotated[str, AfterValidator(_printable)]
 
+# The type of a refusal whose message names its field itself ("user contains ..."): the
+# refusal's words give it without the field again in front (describe_invalid).
+CODE_ERROR = "person_code"
+
+
+def _person_code(value: str, info: ValidationInfo) -> str:
+    """A code a person types for a person (a user's, a clinician's): refused, never changed,
+    when it holds a character that would not show as itself or a space at either end, or is
+    not 1-64 characters (contract/codes.py, the one check of every such code)."""
+    problem = code_problem(value, info.field_name or "code")
+    if problem is not None:
+        raise PydanticCustomError(CODE_ERROR, problem)
+    return value
+
+
+PersonCode = Annotated[str, AfterValidator(_person_code)]
+
 
 class _CommandModel(BaseModel):
     # strict: a string "1.0" or a boolean is not a number; no silent coercion.
@@ -222,7 +242,8 @@ class _CommandModel(BaseModel):
 
 class StartSessionModel(_CommandModel):
     type: Literal["start_session"]
-    user: PrintableText
+    # Checked here, as every code is; the safety core's own check (1-64 once trimmed) stays.
+    user: PersonCode
     program: PrintableText | None = None
     cap_s: float | None = None
     target_mph: float | None = None
@@ -232,9 +253,7 @@ class SetSpeedModel(_CommandModel):
     type: Literal["set_speed"]
     mph: float
     # An extension of contract v1: who asks (a clinician's code, never a name), for the record.
-    clinician: (
-        Annotated[PrintableText, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)] | None
-    ) = None
+    clinician: PersonCode | None = None
 
 
 class StopModel(_CommandModel):
@@ -271,7 +290,7 @@ class CommissionAbortModel(_CommandModel):
 # The clinician's record of a session (an extension of contract v1, docs/reports.md).
 SessionId = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,11}$")]
 Score = Annotated[int, Field(ge=0, le=10)]  # 0-10: pain (NRS), perceived exertion (CR10)
-ClinicianCode = Annotated[PrintableText, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
+ClinicianCode = PersonCode
 Notes = Annotated[PrintableText, StringConstraints(min_length=1, max_length=NOTES_MAX_CHARS)]
 
 
@@ -299,16 +318,13 @@ class ConfirmFirstSessionModel(_CommandModel):
     clinician: ClinicianCode | None = None
 
 
-def _user_code(value: str) -> str:
-    """A user's code as a start takes it (safety/core.py): the spaces around it dropped, 1-64
-    characters left."""
-    code = value.strip()
-    if not 1 <= len(code) <= ID_MAX_CHARS:
-        raise ValueError(f"a user's code is 1-{ID_MAX_CHARS} characters")
-    return code
+UserCode = PersonCode
 
 
-UserCode = Annotated[PrintableText, AfterValidator(_user_code)]
+def _no_minus_zero(value: float) -> float:
+    return value + 0.0  # -0.0 + 0.0 is 0.0; every other number is itself
+
+
 # A calendar day as the tablet writes it; whether it is a real day, and not after today in the
 # clinic's zone, the daemon checks (this module reads no clock).
 MeasureDate = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
@@ -319,9 +335,10 @@ class RecordMeasureModel(_CommandModel):
     user: UserCode
     # One of MeasureKind's values (strict=False: a JSON string names the enum's member).
     kind: Annotated[MeasureKind, Field(strict=False)]
-    # A number (an integer is one too); its range, which depends on the kind, the daemon checks
-    # (contract/measures.py) and refuses as out_of_range.
-    value: Annotated[float, Field(allow_inf_nan=False)]
+    # A number (an integer is one too); its range and resolution, which depend on the kind, the
+    # daemon checks (contract/measures.py) and refuses as out_of_range. -0 is 0: one number,
+    # never shown as "-0".
+    value: Annotated[float, Field(allow_inf_nan=False), AfterValidator(_no_minus_zero)]
     date: MeasureDate | None = None
     clinician: ClinicianCode | None = None
 
@@ -405,7 +422,7 @@ def describe_invalid(exc: ValidationError, what: str = "command") -> str:
     parts = []
     for err in exc.errors()[:3]:
         field = ".".join(str(p) for p in err["loc"]) or what
-        parts.append(f"{field}: {err['msg']}")
+        parts.append(err["msg"] if err["type"] == CODE_ERROR else f"{field}: {err['msg']}")
     more = exc.error_count() - len(parts)
     if more > 0:
         parts.append(f"and {more} more")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from treadguard.contract.mqtt import (
     ID_MAX_CHARS,
@@ -33,7 +33,7 @@ from treadguard.contract.mqtt import (
     CommandId,
     JsonObject,
     JsonValue,
-    PrintableText,
+    PersonCode,
     SessionId,
     describe_invalid,
     strict_json,
@@ -46,7 +46,6 @@ REPLY_SEGMENT = "reply"
 # enough that one answer is a few kilobytes and read in a few milliseconds.
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 50
-USER_MAX_CHARS = 64  # as a start's user (the safety core's bound)
 
 
 class QueryErrorCode(StrEnum):
@@ -101,17 +100,8 @@ class _QueryModel(BaseModel):
     id: CommandId
 
 
-def _trimmed(value: str) -> str:
-    """A user code as the safety core keeps it (trimmed), so it finds the sessions it opened."""
-    trimmed = value.strip()
-    if not trimmed:
-        raise ValueError("a user code is required (it is empty once trimmed)")
-    if len(trimmed) > USER_MAX_CHARS:
-        raise ValueError(f"a user code is at most {USER_MAX_CHARS} characters")
-    return trimmed
-
-
-UserCode = Annotated[PrintableText, AfterValidator(_trimmed)]
+# As a command's: taken as typed, or refused (contract/codes.py).
+UserCode = PersonCode
 
 
 class HistoryQuery(_QueryModel):

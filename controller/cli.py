@@ -32,6 +32,7 @@ from treadguard.config.loading import (
     no_default_config,
 )
 from treadguard.config.schema import SimulatedDriveSection
+from treadguard.contract.codes import code_problem, shown_code
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
@@ -354,6 +355,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.user is not None and not _user_taken(args.user, on_record=bool(sessions)):
+        return EXIT_BAD_INPUT
     if args.json:
         for session in sessions:
             print(json.dumps(session.as_json()))
@@ -468,11 +471,33 @@ def _file_name(user: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in user).lstrip(".") or "_"
 
 
+def _user_taken(user: str, *, on_record: bool) -> bool:
+    """Whether a command goes on with the user's code it was given: one the contract takes
+    (contract/codes.py, the check of every code a person types), or one an older journal holds
+    (``on_record``), whose record stays readable, said on stderr with its escapes. Otherwise
+    the contract's refusal, on stderr."""
+    problem = code_problem(user, "user")
+    if problem is None:
+        return True
+    if on_record:
+        held = code_problem(user, f"user {shown_code(user)}")
+        print(
+            f"warning: {held}: its record is shown as the journal holds it, that character "
+            "as an escape; new records under this code are refused",
+            file=sys.stderr,
+        )
+        return True
+    print(f"error: {problem}", file=sys.stderr)
+    return False
+
+
 def cmd_patient(args: argparse.Namespace) -> int:
     """Every session of one user as a self-contained HTML page: the trend and a row each."""
     try:
         loaded, journal = _read_journal(args.config)
         sessions = journal.sessions(args.user)
+        if not _user_taken(args.user, on_record=bool(sessions)):
+            return EXIT_BAD_INPUT
         if not sessions:
             print(f"error: no sessions of {args.user!r} in the journal", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -510,12 +535,14 @@ def _proposal(loaded: LoadedConfig, record: UserRecord) -> Proposal:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The proposal for a user's next session and why, and their measures (docs/plan.md)."""
-    user = args.user.strip()
+    user = args.user
     try:
         loaded, journal = _read_journal(args.config)
         record = journal.user_record(user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not _user_taken(user, on_record=bool(record.sessions or record.measures)):
         return EXIT_BAD_INPUT
     proposal = _proposal(loaded, record)
     trends = measure_trends(record.measures)
@@ -541,6 +568,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             measures = journal.measures(args.user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.user is not None and not _user_taken(args.user, on_record=bool(sessions or measures)):
         return EXIT_BAD_INPUT
     if args.user is not None and not sessions and not measures:
         # A user with measures but no session yet (a baseline) has a record to export.

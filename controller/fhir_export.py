@@ -39,7 +39,7 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.resource import Resource
 
-from treadguard.contract.measures import MeasureKind
+from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
 from treadguard.controller.plan import outcomes_of
@@ -510,6 +510,8 @@ def _quantity(value: float, code: str, unit: str, *, places: int) -> Quantity:
     text = f"{value:.{places}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
+    if text == "-0":  # -0, or a negative value that rounds to 0: no sign, as the reports
+        text = "0"
     return Quantity(value=Decimal(text), unit=unit, system=UCUM, code=code)
 
 
@@ -548,8 +550,11 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
             "note": _note(_text(f"the journal's value is {_as_written(measure.value)}")),
         }
     else:
-        # As entered (a stopwatch's hundredths too), short of a float's noise.
-        value = {"valueQuantity": _quantity(number, unit, unit_words, places=3)}
+        # The number the reports show: to the kind's resolution (contract/measures.py; a
+        # stopwatch's hundredths), which a value an older journal holds may be finer than.
+        kept = MEASURES[MeasureKind(measure.kind)] if known is not None else None
+        places = 3 if kept is None else kept.places
+        value = {"valueQuantity": _quantity(number, unit, unit_words, places=places)}
     day = measure.measured_on if _is_day(measure.measured_on) else None
     recorded = moment(measure.recorded_at, clinic.zone)
     return Observation(

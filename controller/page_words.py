@@ -1,9 +1,10 @@
 """``tablet/words.js``: the tablet page's copy of the plain words in ``contract/event_text.py``,
-and of the measures of ``contract/measures.py`` (their titles, units and ranges).
+and of the measures of ``contract/measures.py`` (their titles, units, ranges and resolutions).
 
 The page is static files a browser runs, so it cannot import the Python tables; this writes
 them out as one JavaScript constant, ``WORDS``, so the page and the terminal keep one
-vocabulary, and the page checks a measure against the ranges the daemon checks it against.
+vocabulary, and the page checks a measure against the ranges and resolutions the daemon checks
+it against, and shows its number as the reports do.
 The file is generated, never committed (git ignores it): scripts/test and scripts/run write
 it with the page's other dependencies, scripts/install into the installed page, and the
 browser tests before they serve the page:
@@ -63,7 +64,8 @@ def tables() -> dict[str, dict[str, str]]:
 def measures() -> dict[str, dict[str, str | float]]:
     """The measures a clinician enters, by kind, in contract/measures.py's order (the page's
     list): ``WORDS.measures.tug.title``, its ``unit`` ("" for a score), ``lowest`` and
-    ``highest``, and ``range`` in words ("1 to 300 s")."""
+    ``highest``, ``range`` in words ("1 to 300 s"), and its resolution: ``places`` (decimal
+    places) and ``steps`` in words ("steps of 0.01 s", "whole numbers")."""
     return {
         kind.value: {
             "title": m.title,
@@ -71,6 +73,8 @@ def measures() -> dict[str, dict[str, str | float]]:
             "lowest": m.lowest,
             "highest": m.highest,
             "range": m.range_words(),
+            "places": m.places,
+            "steps": m.step_words(),
         }
         for kind, m in MEASURES.items()
     }

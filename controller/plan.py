@@ -152,9 +152,9 @@ def propose(
         words = f"held: {held}; {words}"
     if own is not None and own.cap_s is not None:
         cap = _within(own.cap_s, program)
-        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
     if own is not None and own.phase is not None:
-        words += f"; the clinic keeps {record.user} in {_lower_first(phase.title)}"
+        words += f"; the clinic keeps {t.code(record.user)} in {_lower_first(phase.title)}"
     return _proposal(
         record, rules, program, cap, words, week, note, phase, held=bool(held), counted=True
     )
@@ -163,7 +163,7 @@ def propose(
 @dataclass(frozen=True)
 class MeasureTrend:
     """One kind of a user's measures: the baseline (the first taken) and the latest, in words
-    ("12.0 s, 2026-12-01"), and the change between them ("-2.5 s, better")."""
+    ("12.0 s, 2026-12-01"), and the change between them ("-2.5 s, better", "no change")."""
 
     kind: str
     title: str
@@ -192,13 +192,20 @@ def measure_trends(measures: Sequence[MeasureRow]) -> list[MeasureTrend]:
 
         first, newest = rows[0], rows[-1]
         change = t.NONE
-        if len(rows) > 1:
+        if len(rows) > 1 and known is None:  # a newer version's kind: its values as they are
             delta = newest.value - first.value
-            unit = "" if known is None or not known.unit else f" {known.unit}"
-            change = f"{delta:+.1f}{unit}"
-            if known is not None and delta != 0:
+            change = "no change" if delta == 0 else f"{delta:+g}"
+        elif len(rows) > 1 and known is not None:
+            # Between the numbers shown, to the measure's resolution: a change the views do
+            # not show is none ("no change", never "+0.0, better").
+            delta = known.shown(known.shown(newest.value) - known.shown(first.value))
+            if delta == 0:
+                change = "no change"
+            else:
                 better = (delta > 0) == known.higher_is_better
-                change += ", better" if better else ", worse"
+                unit = f" {known.unit}" if known.unit else ""
+                change = f"{known.number_words(delta, sign=True)}{unit}, "
+                change += "better" if better else "worse"
         trends.append(
             MeasureTrend(
                 kind=kind,
@@ -220,7 +227,7 @@ def plan_text(proposal: Proposal, trends: Sequence[MeasureTrend], *, sessions: i
     if proposal.week is not None:
         where += f", week {proposal.week} on the treadmill"
     lines = [
-        f"User {proposal.user}: {sessions} session{'s' if sessions != 1 else ''} on record",
+        f"User {t.code(proposal.user)}: {sessions} session{'s' if sessions != 1 else ''} on record",
         f"  next session: {proposal.reason}",
         f"  phase: {where}; {weekly} sessions a week",
         "  first session: "
@@ -284,7 +291,7 @@ def _first_session_again(
         ended = t.ended_by(last.end_reason)
         words += f"; the last session ({last.id}) ended: {ended}"
     if own is not None and own.cap_s is not None:
-        words += f"; the clinic set {record.user}'s cap to {_cap(own.cap_s)}"
+        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
     return _proposal(
         record, rules, program, cap, words, None, note, None, held=False, counted=False
     )

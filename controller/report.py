@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from treadguard import __version__
+from treadguard.contract.codes import shown_code
 from treadguard.contract.event_text import CAUSE_WORDS, words
 from treadguard.controller import report_text as t
 from treadguard.controller.charts import (
@@ -105,7 +106,7 @@ def history_table(sessions: Sequence[SessionRow], zone: ZoneInfo) -> str:
     rows = [
         (
             str(s.id),
-            s.user,
+            shown_code(s.user),
             s.program,
             t.when(s.started_at, zone),
             _num(s.belt_moving_s),
@@ -162,7 +163,7 @@ def session_report(
     ]
     facts = {
         "id": session.id,
-        "user": session.user,
+        "user": shown_code(session.user),
         "program_title": clinic.title(session.program),
         "started": t.when(session.started_at, zone),
         "ended": t.when(session.ended_at, zone),
@@ -189,7 +190,7 @@ def session_report(
     )
     return clinic.page(
         "session.html.j2",
-        f"{clinic.title(session.program)}: session {session.id}, user {session.user}",
+        f"{clinic.title(session.program)}: session {session.id}, user {shown_code(session.user)}",
         written,
         s=facts,
         chart=Markup(
@@ -244,9 +245,9 @@ def patient_report(
     tops = [s.max_speed_mph for s in sessions if s.max_speed_mph is not None]
     return clinic.page(
         "patient.html.j2",
-        f"User {user}: treadmill sessions",
+        f"User {shown_code(user)}: treadmill sessions",
         written,
-        user=user,
+        user=shown_code(user),
         sessions=rows,
         first_day=t.day(sessions[0].started_at, zone),
         last_day=t.day(sessions[-1].started_at, zone),

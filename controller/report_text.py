@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from treadguard.contract.codes import shown_code
 from treadguard.contract.event_text import (
     CAUSE_WORDS,
     END_WORDS,
@@ -205,6 +206,18 @@ def _stop_checked(f: Mapping[str, Any]) -> str:
     return head + verdict
 
 
+def code(value: object) -> str:
+    """A user's or a clinician's code as a report shows it: as typed, or, in an older journal,
+    with each character that would not show as itself as an escape (contract/codes.py)."""
+    return shown_code(value) if isinstance(value, str) else str(value)
+
+
+def _by(what: str, f: Mapping[str, Any]) -> str:
+    """Who entered, confirmed or asked for it: ", entered by c-7"; "" when the command did
+    not say."""
+    return f", {what} by {code(f['clinician'])}" if f.get("clinician") is not None else ""
+
+
 def _refused(f: Mapping[str, Any]) -> str:
     count = f.get("count")
     times = f" ({count} times)" if isinstance(count, int) and count > 1 else ""
@@ -223,21 +236,20 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     EventType.OUTCOME_RECORDED: lambda f: (
         f"pain {f.get('when')} the session {f.get('pain')}/10"
         + (f", exertion {f['exertion']}/10" if f.get("exertion") is not None else "")
-        + (f", entered by {f['clinician']}" if f.get("clinician") is not None else "")
+        + _by("entered", f)
         + (f": {f['notes']}" if f.get("notes") is not None else "")
     ),
     EventType.FIRST_SESSION_CONFIRMED: lambda f: (
-        f"session {f.get('session_id')} counts as user {f.get('user')}'s first treadmill session"
-        + (f", confirmed by {f['clinician']}" if f.get("clinician") is not None else "")
+        f"session {f.get('session_id')} counts as user {code(f.get('user'))}'s first treadmill "
+        "session" + _by("confirmed", f)
     ),
     EventType.MEASURE_RECORDED: lambda f: (
-        f"user {f.get('user')}: {measure_words(f.get('kind'), f.get('value'))}, taken "
-        f"{f.get('date')}"
-        + (f", entered by {f['clinician']}" if f.get("clinician") is not None else "")
+        f"user {code(f.get('user'))}: {measure_words(f.get('kind'), f.get('value'))}, taken "
+        f"{f.get('date')}" + _by("entered", f)
     ),
     EventType.SPEED_CHANGED: lambda f: (
         f"target {mph(f.get('from_mph'))} to {mph(f.get('to_mph'))}"
-        + (f", asked by {f['clinician']}" if f.get("clinician") is not None else "")
+        + _by("asked", f)
         + (f" ({f['count']} changes within a second)" if f.get("count") else "")
     ),
     EventType.CAP_WARNING: lambda f: f"{duration(f.get('remaining_s'))} of belt time left",

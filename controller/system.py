@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import structlog
 
 from treadguard.config.loading import LoadedConfig
-from treadguard.contract.measures import MEASURES, MeasureKind, out_of_range
+from treadguard.contract.measures import MEASURES, MeasureKind, value_problem
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
 from treadguard.controller.control import Controller, EventListener, TimerHandle, Timers
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
@@ -530,7 +530,7 @@ class System:
             return Refused(
                 RefusalCode.INVALID_COMMAND, f"no measure {command.kind!r} (known: {known})"
             ), {}
-        problem = out_of_range(kind, command.value)
+        problem = value_problem(kind, command.value)
         if problem is not None:
             return Refused(RefusalCode.OUT_OF_RANGE, problem), {}
         zone = self.loaded.config.clinic.zone()

@@ -1065,26 +1065,23 @@ function askHistory(patient, then) {
       return;
     }
     patient.history = answer;
-    patient.today = clinicToday(answer.timezone);
-    if (patient.today !== null) {
-      $("measure-date").max = patient.today;
-      if ($("measure-date").value === "") $("measure-date").value = patient.today;
-    }
+    measureToday(patient);
     then(answer);
   });
 }
 
 // Today in the clinic's time zone, by the daemon's clock as far as the page can tell (a
 // tablet's clock that is off does not matter): "2026-12-04". Null for a zone this browser does
-// not know: the date is then left to the treadmill (its today).
+// not know: the date is then left to the treadmill (its today). Asked at every render (the
+// day turns while a view is open), so each zone's format is made once.
+const dayFormats = new Map();
 function clinicToday(zone) {
   try {
-    const parts = new Intl.DateTimeFormat("en-CA", {
-      timeZone: zone,
-      year: "numeric",
-      month: "2-digit",
-      day: "2-digit",
-    }).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
+    if (!dayFormats.has(zone)) {
+      const options = { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit" };
+      dayFormats.set(zone, new Intl.DateTimeFormat("en-CA", options));
+    }
+    const parts = dayFormats.get(zone).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
     const part = (type) => parts.find((p) => p.type === type).value;
     return `${part("year")}-${part("month")}-${part("day")}`;
   } catch {
@@ -1095,6 +1092,21 @@ function clinicToday(zone) {
 // The user the measure's fields were last filled for: what was typed stays while the view is
 // closed and opened again for the same user, never for another one.
 let measureUser = null;
+// Whether the clinician set the measure's day themselves (a measure taken on another day):
+// until then the day is today's, whenever the entry is opened and as the day turns.
+let measureDayChosen = false;
+
+// The measure's day, today in the clinic's zone: when the history comes, each time the entry
+// is opened and at every render, so a view kept open past midnight dates a measure today,
+// not yesterday. A day the clinician chose stays; only the latest day allowed moves.
+function measureToday(patient) {
+  const today = patient.history ? clinicToday(patient.history.timezone) : null;
+  if (today === null) return;
+  patient.today = today;
+  const date = $("measure-date");
+  if (date.max !== today) date.max = today;
+  if (!measureDayChosen && date.value !== today) date.value = today;
+}
 
 function openPatient(user) {
   const patient = {
@@ -1112,6 +1124,7 @@ function openPatient(user) {
   document.body.dataset.view = "patient";
   if (measureUser !== user) {
     $("measure-value").value = $("measure-date").value = "";
+    measureDayChosen = false;
     measureUser = user;
   }
   patient.entering = $("measure-value").value !== ""; // a value typed and not saved: still there
@@ -1194,6 +1207,7 @@ function drawPatient() {
     }
   }
   $("patient-measures").hidden = !(history && $("measures-table").tBodies[0].rows.length);
+  measureToday(patient);
   drawMeasureForm(patient);
   if (patient.showMeasures && history && !$("patient-measures").hidden) {
     // A measure was saved: the view scrolls to the measures, which have it now.
@@ -1373,7 +1387,23 @@ const MEASURES = WORDS.measures || {}; // none in a words.js older than this pag
 function measureWords(kind, value) {
   const m = MEASURES[kind];
   if (!m) return `${kind} ${value}`;
-  return `${m.title} ${value}${m.unit ? ` ${m.unit}` : ""}`;
+  return `${m.title} ${measureFigures(m, value)}${m.unit ? ` ${m.unit}` : ""}`;
+}
+
+// A measure's number as the treadmill's reports and its history answer show it
+// (contract/measures.py): to the kind's resolution, trailing zeros dropped, a time with one
+// decimal at least: "12.0", "11.96", "64.3", "62". As it is with a words.js without places.
+function measureFigures(m, value) {
+  if (typeof m.places !== "number" || typeof value !== "number") return String(value);
+  const [whole, decimals = ""] = value.toFixed(m.places).split(".");
+  const kept = decimals.replace(/0+$/, "").padEnd(m.unit ? 1 : 0, "0");
+  return kept ? `${whole}.${kept}` : whole;
+}
+
+// Whether a value is a whole number of the kind's steps (words.js's places: 12.34 s, a score
+// of 64.3 or of 31), as the treadmill checks it: a finer one is refused, never rounded.
+function measureAtResolution(m, value) {
+  return typeof m.places !== "number" || Number(value.toFixed(m.places)) === value;
 }
 
 // The number typed ("12.5", or "12,5" as a comma-decimal keyboard gives it), or null.
@@ -1411,6 +1441,12 @@ function measureProblem(m, typed, date, today) {
   if (!(value >= m.lowest && value <= m.highest)) {
     return ["measure-value", `Not saved: a ${m.title} is ${m.range}, not ${typed.trim()}.`];
   }
+  if (!measureAtResolution(m, value)) {
+    return [
+      "measure-value",
+      `Not saved: a ${m.title} is ${m.range} in ${m.steps}, not ${typed.trim()}.`,
+    ];
+  }
   if (date.validity.badInput) {
     return ["measure-date", "Not saved: the date is not a whole day. Finish it, or clear it."];
   }
@@ -1439,6 +1475,7 @@ function measureSaved(fields) {
 $("measure-open").addEventListener("click", () => {
   if (!view.patient) return;
   view.patient.entering = true;
+  measureToday(view.patient);
   render();
 });
 $("measure-close").addEventListener("click", () => {
@@ -1468,6 +1505,10 @@ $("measure").addEventListener("submit", (event) => {
   if (date.value) fields.date = date.value; // none: today, in the treadmill's own calendar
   patient.measure = null;
   send("record_measure", fields);
+});
+// Typed or picked by the clinician (never by the page, whose setting of the value is no input).
+$("measure-date").addEventListener("input", () => {
+  measureDayChosen = true;
 });
 // What the page said of the last try goes once the clinician corrects it.
 for (const id of ["measure-kind", "measure-value", "measure-date"]) {

@@ -576,7 +576,7 @@ def test_plan_says_the_proposal_its_reason_and_the_measures(tmp_path: Path) -> N
         "  held back: see the reason above",
         "  measures (baseline; latest; change):",
         "    Timed Up and Go: 12.0 s, 2026-11-02; 10.5 s, 2026-11-20; -1.5 s, better",
-        "    KOOS: 55, 2026-11-02; 61, 2026-11-20; +6.0, better",
+        "    KOOS: 55, 2026-11-02; 61, 2026-11-20; +6, better",
         "    10 m walk: 8.4 s, 2026-11-02; -; -",
     ]
     as_json = json.loads(cli("plan", "cat", "--config", str(path), "--json").stdout)
@@ -603,6 +603,6 @@ def test_plan_says_the_proposal_its_reason_and_the_measures(tmp_path: Path) -> N
     ]
     assert rows == [
         ["Timed Up and Go", "12.0 s, 2026-11-02", "10.5 s, 2026-11-20", "-1.5 s, better"],
-        ["KOOS", "55, 2026-11-02", "61, 2026-11-20", "+6.0, better"],
+        ["KOOS", "55, 2026-11-02", "61, 2026-11-20", "+6, better"],
         ["10 m walk", "8.4 s, 2026-11-02", "-", "-"],
     ]

@@ -231,10 +231,10 @@ def test_sr15_unknown_type() -> None:
 
 
 def test_sr15_payload_too_large_is_checked_before_parsing() -> None:
-    base = '{"id": "big", "type": "start_session", "user": "'
+    base = '{"id": "big", "type": "start_session", "user": "u", "program": "'
     fits = base + "u" * (MAX_PAYLOAD_BYTES - len(base) - 2) + '"}'
     assert len(fits.encode()) == MAX_PAYLOAD_BYTES
-    # 4096 bytes exactly is within the limit (the core then refuses the long user name).
+    # 4096 bytes exactly is within the limit (the core then refuses the unknown program).
     assert isinstance(parse(fits), ParsedCommand)
     too_big = refusal(fits[:-2] + 'u"}')
     assert too_big.error is ErrorCode.PAYLOAD_TOO_LARGE

@@ -85,6 +85,8 @@ def test_the_page_has_every_measure_with_the_range_the_daemon_checks() -> None:
             "lowest": m.lowest,
             "highest": m.highest,
             "range": m.range_words(),
+            "places": m.places,
+            "steps": m.step_words(),
         }
 
 

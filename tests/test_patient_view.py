@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -127,6 +127,11 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
         await expect(status).to_have_text(f"Not saved: a KOOS is {koos.range_words()}, not 150.")
         await expect(page.locator("#measure-value")).to_have_value("150")
         await expect(page.locator("#measure-value")).to_be_focused()
+        await page.fill("#measure-value", "64.35")  # KOOS is kept to 0.1
+        await page.click("#measure-save")
+        await expect(status).to_have_text(
+            f"Not saved: a KOOS is {koos.range_words()} in steps of 0.1, not 64.35."
+        )
         await page.fill("#measure-value", "62")
         await page.fill("#measure-date", "2999-01-01")
         await page.click("#measure-save")
@@ -260,3 +265,55 @@ async def test_the_record_of_a_session_and_a_measure_entered_on_the_page_in_each
         await expect(measures).to_be_in_viewport()  # the view scrolled to it
         await expect(page.locator("#patient-history tbody tr")).to_contain_text("4 → 2")
         await tab.shot(f"patient-{orientation}")
+
+
+@pytest.mark.asyncio
+async def test_the_measure_s_day_is_today_each_time_the_entry_opens_and_after_midnight(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+) -> None:
+    """A patient view kept open past midnight dates a measure today, not yesterday: the day
+    is today's in the clinic's zone each time the entry is opened and as the day turns while
+    it is open, unless the clinician chose the day. The page's clock is moved past the clinic's
+    midnights (Playwright's clock); the page takes its own clock's advance since the last
+    state as the daemon's, as it does between any two states."""
+    tm = "tm-midnight"
+    make_daemon(treadmill_id=tm, extra=f'[clinic]\ntimezone = "{CLINIC_ZONE}"\n')
+    async with opened(broker, tm, timezone=TABLET_ZONE) as tab:
+        page = tab.page
+        await page.clock.install()  # the page's clock runs on as before, until moved
+        await page.fill("#user", "u-night")
+        await page.click("#patient-open")
+        await expect(page.locator("#patient-status")).to_have_text(
+            "No sessions of u-night on record yet.", timeout=ANSWER_WAIT_MS
+        )
+        day = page.locator("#measure-date")
+        await page.click("#measure-open")
+        await expect(day).to_have_value(re.compile(r"\d{4}-\d{2}-\d{2}"))
+        today = await day.input_value()
+        assert today in clinic_days()
+
+        async def past_midnight(days: int) -> str:
+            """The page's clock a minute into the clinic's day ``days`` after today's."""
+            turned = date.fromisoformat(today) + timedelta(days=days)
+            moment = datetime.combine(turned, time(0, 1), ZoneInfo(CLINIC_ZONE))
+            await page.clock.set_system_time(moment.timestamp())
+            return turned.isoformat()
+
+        # Closed, then opened again after midnight: the new day.
+        await page.click("#measure-close")
+        tomorrow = await past_midnight(1)
+        await page.click("#measure-open")
+        await expect(day).to_have_value(tomorrow)
+        # Open while midnight passes: the day turns with it.
+        later = await past_midnight(2)
+        await expect(day).to_have_value(later)
+        await expect(day).to_have_attribute("max", later)
+        # A day the clinician chose stays; only the latest day allowed moves on.
+        await day.fill(tomorrow)
+        latest = await past_midnight(3)
+        await expect(day).to_have_attribute("max", latest)
+        await expect(day).to_have_value(tomorrow)
+        await page.click("#measure-close")
+        await page.click("#measure-open")
+        await expect(day).to_have_value(tomorrow)

@@ -210,7 +210,7 @@ def test_measures_show_the_baseline_the_latest_and_whether_it_is_better() -> Non
     got = {m.kind: (m.baseline, m.latest, m.change) for m in measure_trends(rows)}
     assert got == {
         "tug": ("12.0 s, 2026-11-20", "9.5 s, 2027-01-10", "-2.5 s, better"),
-        "koos": ("55, 2026-11-20", "48, 2027-01-10", "-7.0, worse"),
+        "koos": ("55, 2026-11-20", "48, 2027-01-10", "-7, worse"),
         "walk_10m": ("8.2 s, 2026-11-20", "-", "-"),
     }
     assert [m.kind for m in measure_trends(rows)] == ["tug", "koos", "walk_10m"]
