@@ -28,8 +28,8 @@ PAGE_HEIGHT_MM = 273.0  # 297 mm less the margins
 # What the reckoning may be out by: a row's borders rounded to device pixels, a kerning pair,
 # a fallback font's taller line. Spent once a page, not per line.
 SLACK_MM = 6.0
-# Widths are reckoned a little wide: the browser's kerning and the line breaks it may not take
-# (before a closing bracket, say) cost less than this.
+# Widths are reckoned a little wide, for rounding: kerning only narrows a line. (With 1.0, the
+# reckoning was already never short of Chromium's lines in tests/test_report_paper.py.)
 WIDTH_MARGIN = 1.02
 # A character DejaVu Sans has no glyph for is drawn from another font: CJK fonts draw wide
 # characters an em wide; anything else is reckoned wider than DejaVu's widest letters.
@@ -118,9 +118,9 @@ def width_em(text: str, bold: bool = False) -> float:
 
 
 def _words(text: str) -> list[str]:
-    # HTML collapses a run of spaces into one, and breaks a line at a space; other breaks
-    # the browser may take (after a hyphen, between CJK characters) are not counted, so a
-    # line reckoned here is never shorter than the browser's.
+    # HTML collapses a run of spaces into one, and breaks a line at a space. The other breaks
+    # the browser may take (after a hyphen, between CJK characters) are not counted: with
+    # fewer places to break, the reckoning errs towards more lines, not fewer.
     return [w for w in text.split(" ") if w]
 
 
