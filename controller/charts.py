@@ -19,8 +19,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-# Both charts are the page's width on A4 (210 mm less 2 x 12 mm margins is 7.3 in).
+# Both charts are the page's width on A4 (210 mm less 2 x 12 mm margins is 7.3 in). Each gives
+# up height, down to HEIGHT_MIN_IN, where the printed page needs it for the session's events or
+# the patient's latest sessions (controller/report.py).
 WIDTH_IN = 7.2
+HEIGHT_IN = 2.5
+HEIGHT_MIN_IN = 1.8
+# At most this many sessions' dates under the trend: more would overprint.
+TREND_LABELS = 24
+MARK_ROWS = 4  # rows of labels over the session chart
 STYLE = {
     "svg.fonttype": "none",
     "svg.hashsalt": "treadguard",
@@ -74,12 +81,13 @@ def session_chart(
     marks: Sequence[Mark],
     *,
     ended_s: float | None,
+    height_in: float = HEIGHT_IN,
 ) -> str:
     """Belt speed (solid) and target (dashed) against seconds into the session; the samples
     after ``ended_s`` (the belt running down after the session ended) in grey, on a shaded
     band; each mark a vertical line with its label."""
     with rc_context(STYLE):
-        fig = Figure(figsize=(WIDTH_IN, 2.5), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, height_in), layout="constrained")
         ax = fig.add_subplot()
         end = math.inf if ended_s is None else ended_s
         during = [(t, v) for t, v, _ in samples if v is not None and t <= end]
@@ -100,7 +108,7 @@ def session_chart(
         span = max([1.0, ended_s or 0.0, *(t for t, _, _ in samples), *(m.t_s for m in marks)])
         ax.set_xlim(0.0, span)
         ax.set_ylim(0.0, top)
-        _marks(ax, marks, top)
+        _marks(ax, marks)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 2, 3, 5, 6, 10]))
         ax.xaxis.set_major_formatter(FuncFormatter(_clock))
         ax.set_xlabel("time into the session (min:s)")
@@ -111,17 +119,40 @@ def session_chart(
         return _svg(fig)
 
 
-def _marks(ax: Axes, marks: Sequence[Mark], top: float) -> None:
+def _marks(ax: Axes, marks: Sequence[Mark]) -> None:
+    """Each mark a line; its label in the first of the rows over the chart where it overprints
+    no other, the marks given first in ``marks`` placed first. A mark with no room left in any
+    row (a run of speed changes a second apart) keeps its line without a label."""
     left, right = ax.get_xlim()
+    span = right - left
+    # A label's width as a share of the span: 6.5 pt type, about 0.6 em a character, on axes
+    # about 6.4 in wide.
+    share = 6.5 * 0.6 / (6.4 * 72)
+    taken: list[list[tuple[float, float]]] = [[] for _ in range(MARK_ROWS)]
     for n, mark in enumerate(marks):
         ax.axvline(mark.t_s, color=mark.colour, lw=0.8, gid=f"mark-{n}-{mark.kind}")
-        # Four rows of labels so neighbours do not overprint; near the right edge a label goes
-        # to the left of its line rather than off the chart.
-        near_end = mark.t_s > left + 0.82 * (right - left)
-        ax.text(
-            mark.t_s,
-            top * (0.96 - 0.08 * (n % 4)),
+        # Near the right edge a label goes to the left of its line rather than off the chart.
+        near_end = mark.t_s > left + 0.82 * span
+        width = (len(mark.label) + 2) * share * span
+        start = mark.t_s - width if near_end else mark.t_s
+        row = next(
+            (
+                r
+                for r in range(MARK_ROWS)
+                if all(start + width <= a or b <= start for a, b in taken[r])
+            ),
+            None,
+        )
+        if row is None:
+            continue
+        taken[row].append((start, start + width))
+        # The rows a line of type apart, from the top of the axes, whatever the chart's height.
+        ax.annotate(
             f" {mark.label} ",
+            xy=(mark.t_s, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0.0, -1.5 - 8.0 * row),
+            textcoords="offset points",
             color=mark.colour,
             fontsize=6.5,
             ha="right" if near_end else "left",
@@ -129,11 +160,11 @@ def _marks(ax: Axes, marks: Sequence[Mark], top: float) -> None:
         )
 
 
-def trend_chart(points: Sequence[TrendPoint]) -> str:
+def trend_chart(points: Sequence[TrendPoint], *, height_in: float = HEIGHT_IN) -> str:
     """Per session, oldest on the left: belt minutes (bars, the cap as a tick above each;
     red where an emergency stop or fault ended it) and the top speed (a line)."""
     with rc_context(STYLE):
-        fig = Figure(figsize=(WIDTH_IN, 2.5), layout="constrained")
+        fig = Figure(figsize=(WIDTH_IN, height_in), layout="constrained")
         belt, speed = fig.subplots(2, 1, sharex=True)
         xs = list(range(1, len(points) + 1))
         bars = belt.bar(
@@ -153,12 +184,23 @@ def trend_chart(points: Sequence[TrendPoint]) -> str:
         tops = [(x, p.top_mph) for x, p in zip(xs, points, strict=True) if p.top_mph is not None]
         if tops:
             speed.plot(
-                *zip(*tops, strict=True), color=SPEED, marker="o", ms=3, lw=1.2, gid="top-speed"
+                *zip(*tops, strict=True),
+                color=SPEED,
+                marker="o",
+                ms=3 if len(points) <= 60 else 1.5,  # hundreds of sessions: dots, not a smear
+                lw=1.2,
+                gid="top-speed",
             )
         speed.set_ylim(0.0, max([MAX_MPH, *(v * 1.1 for _, v in tops)]))
         speed.set_ylabel("top mph")
+        # Every session's date while they fit; past that every k-th, the latest always.
+        step = math.ceil(len(points) / TREND_LABELS)
+        shown = list(range(len(points) - 1, -1, -step))[::-1]
         speed.set_xticks(
-            xs, [p.label for p in points], rotation=45 if len(points) > 10 else 0, fontsize=7
+            [xs[i] for i in shown],
+            [points[i].label for i in shown],
+            rotation=45 if len(shown) > 10 else 0,
+            fontsize=7,
         )
         speed.set_xlim(0.4, len(points) + 0.6)
         for ax in (belt, speed):

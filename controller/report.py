@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,8 +22,12 @@ from markupsafe import Markup
 from treadguard import __version__
 from treadguard.contract.codes import shown_code
 from treadguard.contract.event_text import CAUSE_WORDS, words
+from treadguard.contract.queries import HISTORY_DEFAULT
+from treadguard.controller import report_fit as fit
 from treadguard.controller import report_text as t
 from treadguard.controller.charts import (
+    HEIGHT_IN,
+    HEIGHT_MIN_IN,
     START_GREEN,
     STOP_RED,
     WARN_AMBER,
@@ -90,15 +95,49 @@ class Clinic:
         # A program since renamed or removed keeps its name: the journal's word for it.
         return self.titles.get(program, program)
 
-    def page(self, template: str, title: str, written: float, **context: Any) -> str:
+    def footer(self, written: float) -> str:
+        return (
+            f"treadguard {__version__} · treadmill {self.treadmill} · times in "
+            f"{self.zone.key} · written {t.when(written, self.zone)}"
+        )
+
+    def page(self, template: str, page: Page, **context: Any) -> str:
         return _PAGES.get_template(template).render(
-            title=title,
-            version=__version__,
-            treadmill=self.treadmill,
-            timezone=self.zone.key,
-            written=t.when(written, self.zone),
+            title=page.title,
+            subtitle=page.subtitle,
+            facts=page.facts,
+            footer=page.footer,
+            fit=fit,  # the type's sizes and spacing report.css is written with
             **context,
         )
+
+
+@dataclass
+class Page:
+    """What a report's page prints whatever else it leaves off (the title, the facts, the
+    footer), and the room that leaves on paper: ``room.left`` mm, for the caller to spend on
+    the rest from the top down."""
+
+    title: str
+    subtitle: str
+    facts: list[Fact]
+    footer: str
+    room: fit.Room = field(default_factory=fit.Room)
+
+    def __post_init__(self) -> None:
+        self.room.text(self.title, fit.TITLE, below=fit.TITLE_BELOW)
+        self.room.text(self.subtitle, fit.TEXT, below=fit.SUB_BELOW)
+        self.room.facts(FACT_COLUMNS, [f.cells for f in self.facts])
+        self.room.footer(self.footer)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A row of a page's facts: (label, value, label, value), or (label, value) with the value
+    across the row; ``kind``: the row's class, for a test or a stylesheet to find it."""
+
+    cells: tuple[str, ...]
+    kind: str | None = None
 
 
 def history_table(sessions: Sequence[SessionRow], zone: ZoneInfo) -> str:
@@ -143,6 +182,118 @@ def belt_time(session: SessionRow) -> str:
     )
 
 
+# Printed, room allowing, before any other event: what the session was and how it went, the
+# most telling first (a stop and the end before the start; the start before a reset).
+KEY_EVENTS: tuple[str, ...] = (
+    EventType.ESTOP,
+    EventType.FAULT,
+    EventType.SESSION_ENDED,
+    EventType.SESSION_STARTED,
+    EventType.STOPPING,
+    EventType.BELT_STARTED,
+    EventType.OUTCOME_RECORDED,  # the newest of each kind only: the one that counts
+    EventType.STOP_CHECKED,
+    EventType.BELT_FOUND_MOVING,
+    EventType.CAP_WARNING,
+    EventType.INTERVAL_REST,
+    EventType.RESET,
+    EventType.FIRST_SESSION_CONFIRMED,
+)
+# The tables' headers and columns (in % of the page's width).
+EVENT_HEADER = ("Time", "Into session", "Event", "What happened")
+SESSION_HEADER = (
+    "Session", "Date", "Program", "Belt min", "Cap min", "Top mph", "Ended by", "Pain (0-10)"
+)  # fmt: skip
+MEASURE_HEADER = ("Measure", "Baseline", "Latest", "Change")
+EVENT_COLUMNS = fit.Columns((10, 8, 18, 64))
+SESSION_COLUMNS = fit.Columns((9, 16, 16, 6, 6, 6, 25, 16), numeric=frozenset({0, 3, 4, 5}))
+MEASURE_COLUMNS = fit.Columns((25, 25, 25, 25))
+FACT_COLUMNS = fit.Columns(fit.FACT_PERCENTS)
+SESSION_CAPTION = (
+    "Belt speed (solid) and the target speed (dashed) against time into the session; each "
+    "event is a line."
+)
+RUN_DOWN_CAPTION = "The grey band is the belt running down after the session ended."
+# The patient's printed page keeps this many of the most recent sessions, room allowing (more
+# where there is room), its chart giving up height for them: as many as the tablet's patient
+# view shows (contract/queries.py's HISTORY_DEFAULT).
+RECENT_ON_PAPER = HISTORY_DEFAULT
+TREND_CAPTION = (
+    "Per session, oldest on the left: belt minutes (bars; the cap a tick above each; red "
+    "where an emergency stop or a fault ended it) and the top speed."
+)
+
+
+@dataclass
+class _EventLine:
+    """A row of the session's events: its cells, the details ``cut`` for paper (None: they
+    fit), its height on paper (mm) and its classes (report.css)."""
+
+    time: str
+    into: str
+    name: str
+    text: str
+    cut: str | None
+    stop: bool
+    mm: float
+    classes: str = ""
+
+
+def _classes(*, stop: bool, off_paper: bool) -> str:
+    """A row's classes: red for a stop; on screen only, where paper has no room for it."""
+    return " ".join(c for c, on in (("stop", stop), ("off-paper", off_paper)) if on)
+
+
+def _newest_entries(events: Sequence[EventRow]) -> dict[str, int]:
+    """The newest entry of the clinician's record of each kind (before, after), by its index
+    in ``events``: the one that counts (outcomes_of)."""
+    return {
+        str(e.fields.get("when")): i
+        for i, e in enumerate(events)
+        if e.type == EventType.OUTCOME_RECORDED
+    }
+
+
+def _newest_notes(
+    events: Sequence[EventRow], newest: Mapping[str, int], zone: ZoneInfo, most: int
+) -> list[dict[str, Any]]:
+    """The notes of the newest entry of each kind (before, after) that has them, with when
+    and by whom they were entered; each cut for paper where it runs past ``most`` lines."""
+    notes = []
+    for when in ("before", "after"):
+        if when not in newest or events[newest[when]].fields.get("notes") is None:
+            continue
+        entry = events[newest[when]]
+        clinician = entry.fields.get("clinician")
+        by = f"by {clinician}, " if clinician is not None else ""
+        head = f"{when.capitalize()} the session"
+        said = f"(entered {by}{t.when(entry.ts, zone)}):"
+        text = str(entry.fields["notes"])
+        lead = f"{head} {said}"
+        cut = fit.cut(text, fit.PAGE_WIDTH_MM, fit.NOTE, most, lead=lead)
+        notes.append(
+            {
+                "when": head,
+                "by": said,
+                "text": text,
+                "cut": cut,
+                "lines": fit.line_count(f"{lead} {cut or text}", fit.PAGE_WIDTH_MM, fit.NOTE),
+            }
+        )
+    return notes
+
+
+def _off_paper_words(left_off: Sequence[str], total: int, what: str) -> str:
+    counts: dict[str, int] = {}
+    for name in left_off:
+        counts[name] = counts.get(name, 0) + 1
+    kinds = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    return (
+        f"For room, this printed page leaves off {len(left_off)} of the {total} {what} "
+        f"({kinds}); the report on screen lists every one."
+    )
+
+
 def session_report(
     session: SessionRow,
     events: Sequence[EventRow],
@@ -154,51 +305,149 @@ def session_report(
     t0 = session.started_at
     zone = clinic.zone
     ended_s = None if session.ended_at is None else session.ended_at - t0
-    entered = outcomes_of(events)
     relative = [(ts - t0, v, target) for ts, v, target in samples]
     marks = [
         Mark(e.ts - t0, t.event_name(e.type), MARKED[e.type], e.type)
         for e in events
         if e.type in MARKED
     ]
-    facts = {
-        "id": session.id,
-        "user": shown_code(session.user),
-        "program_title": clinic.title(session.program),
-        "started": t.when(session.started_at, zone),
-        "ended": t.when(session.ended_at, zone),
-        "belt_time": belt_time(session),
-        "top_speed": t.mph(session.max_speed_mph),
-        "ended_by": how_it_ended(session, events),
-        "pain": t.pain_words(entered),
-        "outcome_notes": t.outcome_notes(entered),
-    }
-    rows = [
-        {
-            "time": t.time_of_day(e.ts, zone),
-            "into": t.clock(e.ts - t0),
-            "name": t.event_name(e.type),
-            "details": t.event_details(e.type, e.fields),
-            "stop": e.type in STOPS,
-        }
-        for e in events
-        if e.type not in UNLISTED
-    ]
+    entered = outcomes_of(events)
+    page = Page(
+        title=(
+            f"{clinic.title(session.program)}: session {session.id}, "
+            f"user {shown_code(session.user)}"
+        ),
+        subtitle=f"Session {session.id} on treadmill {clinic.treadmill}",
+        facts=[
+            Fact(("User", shown_code(session.user), "Program", clinic.title(session.program))),
+            Fact(("Started", t.when(session.started_at, zone), "Belt time", belt_time(session))),
+            Fact(
+                ("Ended", t.when(session.ended_at, zone), "Top speed", t.mph(session.max_speed_mph))
+            ),
+            Fact(("How it ended", how_it_ended(session, events))),
+            Fact(
+                ("Pain (0-10)", t.pain_words(entered), "Exertion (0-10)", t.exertion_words(entered))
+            ),
+        ],
+        footer=clinic.footer(written),
+    )
+    # The notes are shown once: the newest of each kind under the facts, an earlier entry's
+    # with that entry among the events.
+    newest = _newest_entries(events)
+    listed = [(n, e) for n, e in enumerate(events) if e.type not in UNLISTED]
+    counts = set(newest.values())
+    rows = []
+    for n, e in listed:
+        if e.type == EventType.OUTCOME_RECORDED:
+            details = t.outcome_entry(e.fields, notes=n not in counts)
+        else:
+            details = t.event_details(e.type, e.fields)
+        cut = fit.cut(details, EVENT_COLUMNS.text_mm(3), fit.ROW, fit.DETAIL_LINES)
+        time, into, name = t.time_of_day(e.ts, zone), t.clock(e.ts - t0), t.event_name(e.type)
+        mm = EVENT_COLUMNS.row_mm((time, into, name, cut or details))
+        rows.append(_EventLine(time, into, name, details, cut, e.type in STOPS, mm))
+    # What the session was and how it went first, then the rest as they happened.
+    key = sorted(
+        (
+            i
+            for i, (n, e) in enumerate(listed)
+            if e.type in KEY_EVENTS and (e.type != EventType.OUTCOME_RECORDED or n in counts)
+        ),
+        key=lambda i: KEY_EVENTS.index(listed[i][1].type),  # stable: in time within a kind
+    )
+    rest = [i for i in range(len(listed)) if i not in set(key)]
     # As the chart decides it: two samples from the end on make a line.
     run_down = (
         ended_s is not None and sum(ts >= ended_s and v is not None for ts, v, _ in relative) > 1
     )
+    caption = SESSION_CAPTION + (f" {RUN_DOWN_CAPTION}" if run_down else "")
+
+    room = page.room
+    if any(events[i].fields.get("notes") is not None for i in newest.values()):
+        room.heading("Clinician's notes")
+    room.heading("Belt speed")
+    room.chart(caption, 0.0)  # its height below, once the rest is reckoned
+    room.heading("Events")
+    room.left -= EVENT_COLUMNS.row_mm(EVENT_HEADER, fit.ROW_HEAD)
+    # The chart gives up height, down to its least, before any event is left off paper; and
+    # for the events that say what the session was and how it went (and the word on any left
+    # off) the notes give up lines too, down to their least; not for the rest of the events.
+    key_mm = sum(rows[i].mm for i in key)
+    if rest:
+        said = _off_paper_words([rows[i].name for i in rest], len(rows), "events")
+        key_mm += fit.line_count(said, fit.PAGE_WIDTH_MM, fit.NOTE) * fit.NOTE.line_mm
+        key_mm += fit.HEADING_BELOW
+    least = fit.chart_mm(HEIGHT_MIN_IN)
+    for most in range(fit.NOTE_LINES, fit.NOTE_LINES_LEAST - 1, -1):
+        notes = _newest_notes(events, newest, zone, most)
+        notes_mm = sum(n["lines"] * fit.NOTE.line_mm for n in notes)
+        notes_mm += fit.NOTES_GAP * max(0, len(notes) - 1)
+        if room.left - notes_mm - least >= key_mm:
+            break
+    room.left -= notes_mm
+    chart_mm = _chart_mm(room, sum(r.mm for r in rows))
+    kept, off_paper = _on_paper(
+        [r.mm for r in rows],
+        key + rest,
+        room.left,
+        lambda off: _off_paper_words([rows[i].name for i in off], len(rows), "events"),
+    )
+    for i, row in enumerate(rows):
+        row.classes = _classes(stop=row.stop, off_paper=i not in kept)
+    # The chart labels the events that matter most first; a crowd of the rest (speed changes
+    # a second apart) keeps its lines, and some lose their labels.
+    marks.sort(key=lambda m: m.kind not in KEY_EVENTS)  # stable: in time otherwise
     return clinic.page(
         "session.html.j2",
-        f"{clinic.title(session.program)}: session {session.id}, user {shown_code(session.user)}",
-        written,
-        s=facts,
+        page,
+        notes=notes,
+        # matplotlib's own SVG, text escaped
         chart=Markup(
-            session_chart(relative, marks, ended_s=ended_s)
-        ),  # matplotlib's own SVG, text escaped
-        run_down=run_down,
+            session_chart(relative, marks, ended_s=ended_s, height_in=fit.chart_in(chart_mm))
+        ),
+        caption=caption,
+        header=EVENT_HEADER,
         events=rows,
+        columns=EVENT_COLUMNS,
+        off_paper=off_paper,
     )
+
+
+def _chart_mm(room: fit.Room, needed: float) -> float:
+    """The chart's height on paper: as tall as it is drawn, or shorter, down to its least,
+    to leave ``needed`` mm below it; taken from what the page has left."""
+    tallest, least = fit.chart_mm(HEIGHT_IN), fit.chart_mm(HEIGHT_MIN_IN)
+    height = max(least, min(tallest, room.left - needed))
+    room.left -= height
+    return height
+
+
+def _on_paper(
+    heights: list[float],
+    order: list[int],
+    room: float,
+    words: Callable[[list[int]], str],
+    *,
+    in_turn: bool = False,
+) -> tuple[set[int], str | None]:
+    """The rows printed (by index), taken in ``order`` while they fit in ``room`` mm (a row
+    too tall for what is left passed over for shorter ones after it, unless ``in_turn``), and
+    the printed page's word on those it leaves off (None when it leaves none off). The word
+    takes room of its own: reckoned again until the rows leave enough for it."""
+    if sum(heights) <= room:
+        return set(range(len(heights))), None
+    reserve = fit.NOTE.line_mm + fit.HEADING_BELOW
+    # Each turn reserves more room than the last, so leaves off more rows and says more of
+    # them; it ends when what it says fits what it reserved: at the latest, with every row
+    # left off.
+    while True:
+        kept = fit.keep_within(heights, order, room - reserve, in_turn=in_turn)
+        said = words([i for i in range(len(heights)) if i not in kept])
+        needed = fit.line_count(said, fit.PAGE_WIDTH_MM, fit.NOTE) * fit.NOTE.line_mm
+        needed += fit.HEADING_BELOW
+        if needed <= reserve:
+            return kept, said
+        reserve = needed
 
 
 def patient_report(
@@ -214,10 +463,11 @@ def patient_report(
     """Every session of one user, oldest first: the trend chart and a row each (with the
     pain before and after it that the clinician entered, from ``outcomes`` by session); the
     proposal for the next session (controller/plan.py) and the user's measures, baseline and
-    latest of each kind."""
+    latest of each kind. Printed, the table keeps the most recent sessions that fit the page
+    and says how many older ones it leaves off; the trend draws every one."""
     zone = clinic.zone
     entered = outcomes or {}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "pain": t.pain_words(entered.get(s.id, {})),
             "id": s.id,
@@ -243,21 +493,108 @@ def patient_report(
         for s in sessions
     ]
     tops = [s.max_speed_mph for s in sessions if s.max_speed_mph is not None]
+    count = f"{len(sessions)} session{'' if len(sessions) == 1 else 's'}"
+    first_day = t.day(sessions[0].started_at, zone)
+    last_day = t.day(sessions[-1].started_at, zone)
+    facts = [
+        Fact(
+            (
+                "User",
+                shown_code(user),
+                "Belt time in all",
+                t.duration(sum(s.belt_moving_s or 0.0 for s in sessions)),
+            )
+        ),
+        Fact(
+            (
+                "Last program",
+                clinic.title(sessions[-1].program),
+                "Top speed of all",
+                t.mph(max(tops)) if tops else t.NONE,
+            )
+        ),
+    ]
+    if proposal is not None:
+        week = f", week {proposal.week} on the treadmill" if proposal.week else ""
+        weekly = "-".join(map(str, proposal.sessions_a_week))
+        facts += [
+            Fact(("Next session (proposed)", proposal.reason), kind="proposal"),
+            Fact(("Phase", f"{proposal.phase_title}{week}", "Sessions a week", weekly)),
+        ]
+        if proposal.note:
+            facts.append(Fact(("The clinic's note", proposal.note)))
+    page = Page(
+        title=f"User {shown_code(user)}: treadmill sessions",
+        subtitle=f"{count}, {first_day} to {last_day}, on treadmill {clinic.treadmill}",
+        facts=facts,
+        footer=clinic.footer(written),
+    )
+    trends = measure_trends(measures)
+    room = page.room
+    room.heading("Trend")
+    room.chart(TREND_CAPTION, 0.0)  # its height below, once the rest is reckoned
+    room.heading("Sessions")
+    room.left -= SESSION_COLUMNS.row_mm(SESSION_HEADER, fit.ROW_HEAD)
+    if trends:
+        room.heading("Measures")
+        room.left -= MEASURE_COLUMNS.row_mm(MEASURE_HEADER, fit.ROW_HEAD)
+        for m in trends:
+            room.left -= MEASURE_COLUMNS.row_mm((m.title, m.baseline, m.latest, m.change))
+
+    heights = [
+        SESSION_COLUMNS.row_mm(
+            (str(r["id"]), r["date"], r["program_title"], r["belt_min"], r["cap_min"],
+             r["top_mph"], r["ended_by"], r["pain"])
+        )
+        for r in rows
+    ]  # fmt: skip
+    # The chart gives up height for the most recent RECENT_ON_PAPER sessions (and the word
+    # on any older ones left off); not for more.
+    recent = list(reversed(range(len(rows))))
+    needed = sum(heights[i] for i in recent[:RECENT_ON_PAPER])
+    if len(rows) > RECENT_ON_PAPER:
+        said = _older_off_paper(user, rows, recent[RECENT_ON_PAPER:])
+        needed += fit.line_count(said, fit.PAGE_WIDTH_MM, fit.NOTE) * fit.NOTE.line_mm
+        needed += fit.HEADING_BELOW
+    chart_mm = _chart_mm(room, needed)
+    kept, off_paper = _on_paper(
+        heights,
+        recent,  # the most recent first, and none older than one left off
+        room.left,
+        lambda off: _older_off_paper(user, rows, off),
+        in_turn=True,
+    )
+    for i, row in enumerate(rows):
+        row["classes"] = _classes(stop=row["stop"], off_paper=i not in kept)
     return clinic.page(
         "patient.html.j2",
-        f"User {shown_code(user)}: treadmill sessions",
-        written,
-        user=shown_code(user),
+        page,
+        # matplotlib's own SVG, text escaped
+        chart=Markup(trend_chart(points, height_in=fit.chart_in(chart_mm))),
+        caption=TREND_CAPTION,
+        header=SESSION_HEADER,
         sessions=rows,
-        first_day=t.day(sessions[0].started_at, zone),
-        last_day=t.day(sessions[-1].started_at, zone),
-        total_belt=t.duration(sum(s.belt_moving_s or 0.0 for s in sessions)),
-        top_speed=t.mph(max(tops)) if tops else t.NONE,
-        last_program=clinic.title(sessions[-1].program),
-        chart=Markup(trend_chart(points)),  # matplotlib's own SVG, text escaped
-        proposal=proposal,
-        weekly=None if proposal is None else "-".join(map(str, proposal.sessions_a_week)),
-        measures=measure_trends(measures),
+        columns=SESSION_COLUMNS,
+        measure_header=MEASURE_HEADER,
+        measures=trends,
+        measure_columns=MEASURE_COLUMNS,
+        off_paper=off_paper,
+    )
+
+
+def _older_off_paper(user: str, rows: Sequence[Mapping[str, Any]], off: Sequence[int]) -> str:
+    left_off = set(off)
+    printed = [r for i, r in enumerate(rows) if i not in left_off]
+    lists = (
+        f"lists the {len(printed)} most recent of the {len(rows)} sessions (from session "
+        f"{printed[0]['id']}, {printed[0]['date']})"
+        if printed
+        else f"lists none of the {len(rows)} sessions"
+    )
+    return (
+        f"For room, this printed page {lists}; the trend above draws all {len(rows)}. The "
+        "report on screen lists every one, as does the command treadguard export --csv "
+        f"--user {shlex.quote(user)}."
     )
 
 

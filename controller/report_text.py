@@ -34,17 +34,23 @@ def pain_words(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(parts) if parts else NONE
 
 
-def outcome_notes(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
-    """Exertion and the notes entered after (and before) a session, in words."""
-    after = outcomes.get("after", {})
-    parts = []
-    if after.get("exertion") is not None:
-        parts.append(f"exertion {after['exertion']}/10")
-    for when in ("before", "after"):
-        notes = outcomes.get(when, {}).get("notes")
-        if notes:
-            parts.append(f"{when}: {notes}")
-    return "; ".join(parts) if parts else NONE
+def exertion_words(outcomes: Mapping[str, Mapping[str, Any]]) -> str:
+    """Perceived exertion as entered after the session: "5/10"; "-" when not entered."""
+    exertion = outcomes.get("after", {}).get("exertion")
+    return NONE if exertion is None else f"{exertion}/10"
+
+
+def outcome_entry(fields: Mapping[str, Any], *, notes: bool = True) -> str:
+    """One entry of the clinician's record in words: "pain after the session 6/10, exertion
+    5/10, entered by c-7: knee hurt". ``notes`` False: its notes are shown elsewhere on the
+    page, and the entry says so rather than repeat them."""
+    said = f"pain {fields.get('when')} the session {fields.get('pain')}/10"
+    if fields.get("exertion") is not None:
+        said += f", exertion {fields['exertion']}/10"
+    said += _by("entered", fields)
+    if fields.get("notes") is not None:
+        said += f": {fields['notes']}" if notes else "; notes above"
+    return said
 
 
 def measure_words(kind: object, value: object) -> str:
@@ -233,12 +239,7 @@ _DETAILS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     EventType.COUNTDOWN: lambda f: f"{f.get('seconds')} s",
     EventType.BELT_STARTED: lambda f: f"target {mph(f.get('target_mph'))}",
     EventType.SPEED_STEP: lambda f: f"target {mph(f.get('target_mph'))}",
-    EventType.OUTCOME_RECORDED: lambda f: (
-        f"pain {f.get('when')} the session {f.get('pain')}/10"
-        + (f", exertion {f['exertion']}/10" if f.get("exertion") is not None else "")
-        + _by("entered", f)
-        + (f": {f['notes']}" if f.get("notes") is not None else "")
-    ),
+    EventType.OUTCOME_RECORDED: outcome_entry,
     EventType.FIRST_SESSION_CONFIRMED: lambda f: (
         f"session {f.get('session_id')} counts as user {code(f.get('user'))}'s first treadmill "
         "session" + _by("confirmed", f)

@@ -330,21 +330,29 @@ def test_the_patient_report_has_every_session_of_the_user_and_their_trend(
 
 
 def test_the_session_report_has_the_clinician_s_record_of_it(clinic: Path, tmp_path: Path) -> None:
-    """Pain before and after (the newest entry of each), exertion and notes in the facts; each
-    entry in the events as it was made."""
+    """Pain before and after (the newest entry of each) and exertion in the facts, the notes
+    under them, once; each entry in the events as it was made, the newest pointing to its
+    notes rather than repeating them."""
     page = tmp_path / "s4.html"
     assert cli("report", "3", "--config", str(clinic), "--out", str(page)).returncode == 0
     text = outside_charts(page.read_text())
     assert "<th>Pain (0-10)</th><td>4 before, 6 after</td>" in text
-    assert "<td>after: knee hurt</td>" in text
+    notes = text[text.index('<div class="notes">') : text.index("</div>")]
+    assert re.search(
+        r'<span class="when">After the session</span> <span class="by">\(entered '
+        r"2026-12-02 \d\d:\d\d:\d\d EST\):</span> knee hurt</p>",
+        notes,
+    ), notes
+    assert text.count("knee hurt") == 1
     assert "pain before the session 4/10" in text
-    assert "pain after the session 6/10: knee hurt" in text
+    assert "pain after the session 6/10; notes above" in text
     page = tmp_path / "s4.html"
     assert cli("report", "4", "--config", str(clinic), "--out", str(page)).returncode == 0
     text = outside_charts(page.read_text())
     assert "<th>Pain (0-10)</th><td>2 after</td>" in text
-    assert "<td>exertion 5/10</td>" in text
+    assert "<th>Exertion (0-10)</th><td>5/10</td>" in text
     assert "pain after the session 3/10" in text  # the first entry stays on record
+    assert "Clinician's notes" not in text  # none entered
 
 
 def test_the_csv_export_has_a_row_a_session_with_the_clinic_s_offset(

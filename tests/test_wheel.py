@@ -127,6 +127,8 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
         "treadguard/controller/templates/session.html.j2",
         "treadguard/controller/templates/patient.html.j2",
         "treadguard/controller/templates/base.html.j2",
+        "treadguard/controller/templates/table_head.html.j2",
+        "treadguard/controller/templates/paper_cut.html.j2",
         "treadguard/controller/templates/report.css",
     ):
         assert data in names
