@@ -354,10 +354,12 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 control = tg.create_task(self._control(), name="control")
                 driver = tg.create_task(self.driver.run(), name="driver")
-                link = tg.create_task(self.link.run(), name="mqtt")
+                link = tg.create_task(_until_cancelled(self.link.run(), "mqtt"), name="mqtt")
                 queries = tg.create_task(self.queries.run(), name="queries")
                 # Never raises but when cancelled: its failures are its own (logged, retried).
-                query_link = tg.create_task(self.query_link.run(), name="queries-mqtt")
+                query_link = tg.create_task(
+                    _until_cancelled(self.query_link.run(), "queries-mqtt"), name="queries-mqtt"
+                )
                 inputs = [
                     tg.create_task(run, name="sensor-input")
                     for run in self.sensors.build_sources(self.clock.time)
@@ -393,3 +395,23 @@ class Daemon:
                 self.driver.command_speed(0.0)
             self.system.close()
         return 0
+
+
+class LinkEnded(RuntimeError):
+    """A link that runs until the daemon stops it ended by itself."""
+
+
+async def _until_cancelled(run: Awaitable[None], name: str) -> None:
+    """Run a link that must run until the daemon cancels it, and fail loudly if it ends any
+    other way: the daemon's task group takes a task that returns, or that ends cancelled
+    without being asked, for done, and the daemon would run on deaf (no state, no commands)
+    while systemd saw it healthy. Raised, it ends the daemon (the belt is stopped) and
+    systemd starts it again."""
+    try:
+        await run
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the daemon's own cancellation: a stop
+        raise LinkEnded(f"the {name} link ended cancelled, not by the daemon") from None
+    raise LinkEnded(f"the {name} link returned while the daemon runs")

@@ -94,6 +94,7 @@ from treadguard.contract.mqtt import (
     state_key,
     to_payload,
 )
+from treadguard.controller.aio import in_own_task, wait_until_set
 from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, EventType
@@ -296,6 +297,7 @@ class TabletLink:
         self._connected = False
         self._last_state_sent = -math.inf
         self.connections = 0  # successful connections so far
+        self.worker_restarts = 0  # connection workers that ended without a stop (logged)
         self.dropped_events = 0  # events the outbox had no room for (state: events_dropped)
         self.dropped_replies = 0  # rate_limited refusals it had no room for
         self.rate_limited = 0  # commands refused rate_limited, not run
@@ -425,13 +427,31 @@ class TabletLink:
         swallows a cancellation that arrives as the publication completes, and a loop relying
         on that cancellation would then never end.
         """
-        worker = asyncio.create_task(self._connect_forever(), name="mqtt-link-worker")
-        try:
-            await asyncio.shield(worker)
-        except asyncio.CancelledError:
-            self._stop.set()
-            await self._join(worker)
-            raise
+        while True:
+            worker = asyncio.create_task(self._connect_forever(), name="mqtt-link-worker")
+            try:
+                # Not ``await worker``: that would cancel the worker with us (see above).
+                await asyncio.wait({worker})
+            except asyncio.CancelledError:
+                self._stop.set()
+                await self._join(worker)
+                raise
+            if not worker.cancelled() and worker.exception() is not None:
+                worker.result()  # a failure of ours: it ends the daemon, loudly
+            if self._stop.is_set():
+                return
+            # The worker ended although nobody stopped the link (it was cancelled, or returned):
+            # without a new one the daemon would run on deaf, its state unpublished and its
+            # commands unread. Said loudly, and a new worker connects afresh.
+            self.worker_restarts += 1
+            self._log.error(
+                "mqtt_worker_ended",
+                how="cancelled" if worker.cancelled() else "returned",
+                restarts=self.worker_restarts,
+                retry_in_s=self._tuning.backoff_max_s,
+            )
+            if await wait_until_set(self._stop, self._tuning.backoff_max_s):
+                return
 
     async def _connect_forever(self) -> None:
         delay = self._tuning.backoff_min_s
@@ -446,11 +466,10 @@ class TabletLink:
                     error="; ".join(str(e) for e in group.exceptions),
                     retry_in_s=delay,
                 )
-            if self._stop.is_set():
+            # Never asyncio.timeout here: it depends on this task's cancellation count
+            # (controller/aio.py), and the back-off must end in a retry whatever that is.
+            if await wait_until_set(self._stop, delay):
                 return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
             delay = min(delay * 2, self._tuning.backoff_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
@@ -475,10 +494,10 @@ class TabletLink:
             prefix=self.topics.prefix,
         )
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._until_disconnected(client), name="mqtt-connection")
-                tg.create_task(self._outbox(client), name="mqtt-outbox")
-                tg.create_task(self._until_stopped(), name="mqtt-stop")
+            # In a task of its own: the group fails at every lost connection, and on Python 3.11
+            # that leaves its task's cancellation count raised (controller/aio.py); this task,
+            # which goes on to flush and reconnect, must keep its own.
+            await in_own_task(self._connection_tasks(client), name="mqtt-connection-tasks")
         except* _Stopping:
             pass
         finally:
@@ -492,6 +511,12 @@ class TabletLink:
                 await client.unsubscribe(self.topics.cmd)
         await self._flush(client)
         await self._say_offline(client)
+
+    async def _connection_tasks(self, client: aiomqtt.Client) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._until_disconnected(client), name="mqtt-connection")
+            tg.create_task(self._outbox(client), name="mqtt-outbox")
+            tg.create_task(self._until_stopped(), name="mqtt-stop")
 
     async def _until_stopped(self) -> None:
         await self._stop.wait()

@@ -47,6 +47,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.contract.queries import account_of, query_filter, query_reply_topic
+from treadguard.controller.aio import in_own_task
 from treadguard.controller.mqtt_link import DEFAULT_TUNING, MAX_PACKET_BYTES, LinkTuning
 from treadguard.controller.mqtt_settings import (
     QUERIES_SUFFIX,
@@ -324,6 +325,11 @@ class QueryLink:
             account=self._broker.username or "anonymous",
             topic=self._filter,
         )
+        # In a task of its own: the group fails at every lost connection, and on Python 3.11
+        # that would leave this task's cancellation count raised for good (controller/aio.py).
+        await in_own_task(self._connection_tasks(client), name="queries-connection-tasks")
+
+    async def _connection_tasks(self, client: aiomqtt.Client) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._until_disconnected(client), name="queries-connection")
             tg.create_task(self._send_answers(client), name="queries-outbox")

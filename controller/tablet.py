@@ -48,6 +48,7 @@ from treadguard.config.schema import MAX_PREFIX_CHARS, MqttTopicPrefix
 from treadguard.contract.event_text import describe
 from treadguard.contract.measures import MeasureKind
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
+from treadguard.controller.aio import in_own_task, wait_until_set
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.safety.inputs import CommandType
 
@@ -429,6 +430,16 @@ async def _until(stop: asyncio.Event) -> None:
     raise _Stopping
 
 
+async def _watch_tasks(
+    client: aiomqtt.Client, topics: Topics, view: WatchView, stop: asyncio.Event, *, heartbeat: bool
+) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_read(client, topics, view))
+        if heartbeat:
+            tg.create_task(_heartbeats(client, topics, stop))
+        tg.create_task(_until(stop))
+
+
 async def _watch(conn: Connection, *, heartbeat: bool, duration_s: float | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -457,11 +468,12 @@ async def _watch(conn: Connection, *, heartbeat: bool, duration_s: float | None)
                         await client.subscribe(topic, qos=1)
                     view.show()
                     try:
-                        async with asyncio.TaskGroup() as tg:
-                            tg.create_task(_read(client, conn.topics, view))
-                            if heartbeat:
-                                tg.create_task(_heartbeats(client, conn.topics, stop))
-                            tg.create_task(_until(stop))
+                        # In a task of its own: on Python 3.11 a failed group leaves its task's
+                        # cancellation count raised (controller/aio.py), and this one goes on.
+                        await in_own_task(
+                            _watch_tasks(client, conn.topics, view, stop, heartbeat=heartbeat),
+                            name="tablet-watch-tasks",
+                        )
                     except* _Stopping:
                         pass
             except* aiomqtt.MqttError as group:
@@ -477,10 +489,8 @@ async def _watch(conn: Connection, *, heartbeat: bool, duration_s: float | None)
                     view.connected = False
                     view.availability = None  # unknown until the broker says it again
                     view.say("broker lost, reconnecting")
-            if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
+            # Never asyncio.timeout: it depends on the task's cancellation count.
+            if not await wait_until_set(stop, delay):
                 delay = min(delay * 2, BACKOFF_MAX_S)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

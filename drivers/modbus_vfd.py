@@ -424,12 +424,18 @@ class ModbusVfdDriver:
         word = stop_word(self._direction)
         try:
             # A request cut short by the cancellation may still be answered; pymodbus takes
-            # the next request regardless, and the stop word is written at once.
-            async with asyncio.timeout(self._request_timeout_s * 2):
-                response = await client.write_register(
-                    self._map.command_word, word, device_id=self._device_id
-                )
-            accepted = not response.isError()
+            # the next request regardless, and the stop word is written at once. Bounded by
+            # asyncio.wait, never asyncio.timeout: this runs while a cancellation is pending,
+            # and on Python 3.11.0-3.11.2 asyncio.timeout then ends in CancelledError, not
+            # TimeoutError, and the stop's answer would go unrecorded.
+            write = asyncio.ensure_future(
+                client.write_register(self._map.command_word, word, device_id=self._device_id)
+            )
+            await asyncio.wait({write}, timeout=self._request_timeout_s * 2)
+            if not write.done():
+                write.cancel()
+                raise TimeoutError("no answer to the stop word within the time-out")
+            accepted = not write.result().isError()
         except Exception as exc:
             _log.warning("drive_link: stop word on the way out: %r", exc)
             accepted = False

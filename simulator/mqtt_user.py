@@ -12,7 +12,6 @@ so that a technician in another terminal, a demo script or a test can act for th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -121,19 +120,37 @@ async def serve_user(
                     echo("simulated user: broker back")
                 lost = False
                 await client.subscribe(instruction_topic(prefix), qos=1)
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_report(client, prefix, user, report_interval_s, stop))
-                    tg.create_task(_listen(client, user, echo))
-                    tg.create_task(_until_set(stop))
+                # In a task of its own, and the reconnect period below without asyncio.timeout:
+                # on Python 3.11 a failed group leaves its task's cancellation count raised, and
+                # on 3.11.0-3.11.2 a later asyncio.timeout in that task then ends it cancelled.
+                await asyncio.create_task(
+                    _connection(client, prefix, user, report_interval_s, stop, echo)
+                )
         except* _Stopped:
             pass  # the loop's condition ends it
         except* aiomqtt.MqttError:
             if not lost:
                 echo("simulated user: broker lost, reconnecting")
             lost = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):  # the reconnect period
-                await stop.wait()
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=0.5)  # the reconnect period
+        finally:
+            waiter.cancel()
+
+
+async def _connection(
+    client: aiomqtt.Client,
+    prefix: str,
+    user: SimulatedUser,
+    report_interval_s: float,
+    stop: asyncio.Event,
+    echo: Callable[[str], None],
+) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_report(client, prefix, user, report_interval_s, stop))
+        tg.create_task(_listen(client, user, echo))
+        tg.create_task(_until_set(stop))
 
 
 class _Stopped(Exception):

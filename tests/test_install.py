@@ -840,6 +840,32 @@ def test_start_waits_for_ready_and_stop_ends_a_session_under_control(board: Boar
     assert board.sessions()[-1]["end_reason"] == "shutdown"
 
 
+def test_the_daemon_reconnects_by_itself_when_the_broker_restarts(board: Board) -> None:
+    """Debian 12's Python (3.11.2) ended the link's reconnect loop at its first back-off
+    (controller/aio.py): the unit stayed active, its watchdog fed, and the daemon deaf."""
+    _start(board)
+    before = board.unit("MainPID", "NRestarts")
+    connected = board.unit_log().count("mqtt_connected")
+    board.systemctl("restart", "mosquitto.service")
+    # The tablet link said it is connected again: its command topic is subscribed by then.
+    board.poll(
+        lambda: board.unit_log().count("mqtt_connected") > connected,
+        RESTART_WITHIN_S,
+        "the daemon's link connected again",
+    )
+
+    async def a_command_answered() -> dict[str, Any]:
+        async with clinician(Broker(), TM, credentials=board.login("tablet")) as doc:
+            return await doc.command("heartbeat")
+
+    with board.box.network():
+        reply = asyncio.run(a_command_answered())
+    assert reply["ok"] is True, reply
+    # The same daemon: it reconnected, systemd did not have to restart it.
+    assert board.unit("MainPID", "NRestarts") == before
+    assert "mqtt_worker_ended" not in board.unit_log()
+
+
 def test_a_frozen_daemon_is_killed_by_the_watchdog_and_comes_back_idle(board: Board) -> None:
     _start(board)
     first_pid = board.unit("MainPID")["MainPID"]
