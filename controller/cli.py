@@ -434,8 +434,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = asyncio.run(diagnose_or_signal(args.config, options))
     if isinstance(report, signal.Signals):
         print(
-            f"treadguard doctor: interrupted by {report.name}; the drive was told to stop, "
-            "no check finished",
+            f"treadguard doctor: interrupted by {report.name}; the drive was told to stop "
+            "(no report)",
             file=sys.stderr,
         )
         return EXIT_FAILED

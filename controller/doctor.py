@@ -487,7 +487,13 @@ async def _read_cds_back(
                 or _user_seen(readings) is not None
             )
 
-        await _until(answered, options.wait_s)
+        try:
+            await _until(answered, options.wait_s)
+        except BaseException:
+            # Cancelled (a signal) with the belt starting: the stop is asked for now, while
+            # the driver's task still runs, not after the sensors' readers have ended.
+            driver.command_speed(0.0)
+            raise
         status = driver.status()
         fault = status.fault if status is not None else None
         driver.command_speed(0.0)
