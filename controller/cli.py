@@ -36,7 +36,14 @@ from treadguard.contract.codes import code_problem, shown_code
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon
-from treadguard.controller.doctor import BELT_PROBE_MPH, DoctorOptions, diagnose, render
+from treadguard.controller.doctor import (
+    BELT_PROBE_MPH,
+    BELT_WORD,
+    DoctorOptions,
+    confirm_on_terminal,
+    diagnose_or_signal,
+    render,
+)
 from treadguard.controller.doctor import as_json as doctor_json
 from treadguard.controller.journal import (
     CommissioningStatus,
@@ -395,6 +402,26 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """The technician's checklist after wiring (docs/doctor.md); exit 0 only if all pass."""
+    belt = args.belt or args.belt_confirmed
+    if belt and not args.belt_confirmed and not sys.stdin.isatty():
+        print(
+            f"error: --belt starts the belt, and asks for {BELT_WORD} on the terminal first; "
+            "there is no terminal here: run it at the treadmill, or give --belt-confirmed "
+            "(the belt clear, someone at the treadmill)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    # With --json, stdout carries the JSON alone: what is said to the technician goes to stderr.
+    talk = sys.stderr if args.json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=talk, flush=True)
+
+    async def confirm(prompt: str) -> bool:
+        if args.belt_confirmed:
+            return True
+        return await confirm_on_terminal(prompt, say)
+
     options = DoctorOptions(
         service_user=args.service_user,
         tablet_username=args.tablet_username,
@@ -402,11 +429,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         wait_s=args.wait_s,
         walk=args.walk,
         walk_wait_s=args.walk_wait_s,
-        belt=args.belt,
-        say=lambda text: print(text, flush=True),
+        belt=belt,
+        confirm=confirm,
+        say=say,
     )
     configure_logging("error", "auto")
-    report = asyncio.run(diagnose(args.config, options))
+    report = asyncio.run(diagnose_or_signal(args.config, options))
+    if isinstance(report, signal.Signals):
+        print(
+            f"treadguard doctor: interrupted by {report.name}; the drive was told to stop "
+            "(no report)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(doctor_json(report)))
     else:
@@ -963,7 +998,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--belt",
         action="store_true",
         help=f"a Trackmaster: start the belt at {BELT_PROBE_MPH} mph for a moment to read its "
-        "communication-disconnect stop back (the belt clear; it stops again at once)",
+        "communication-disconnect stop back (the belt clear; it stops again at once); asks for "
+        f"{BELT_WORD} on the terminal first, and never starts it while a sensor reports a user",
+    )
+    doc.add_argument(
+        "--belt-confirmed",
+        action="store_true",
+        help=f"--belt without asking for {BELT_WORD} (no terminal: someone at the treadmill "
+        "has made sure the belt is clear)",
     )
     doc.add_argument("--json", action="store_true", help="one JSON object: each check's verdict")
     doc.add_argument(

@@ -23,12 +23,15 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
+import sys
+import termios
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -94,7 +97,14 @@ class DoctorOptions:
     walk_wait_s: float = 30.0
     # --belt: start a Trackmaster's belt briefly to read its CDS back (the technician present).
     belt: bool = False
+    # Asked, with BELT_PROMPT, right before the belt is started: True only for the typed word.
+    # The default refuses: the belt never starts on a confirmation nobody gave.
+    confirm: Callable[[str], Awaitable[bool]] = field(default=lambda _prompt: _refused())
     say: Callable[[str], None] = print
+
+
+async def _refused() -> bool:
+    return False
 
 
 @dataclass
@@ -379,9 +389,16 @@ def _gpio_line_problem(chip: Path, line: int | str) -> tuple[str, str] | None:
 # --belt: the speed the Trackmaster is started at to read its CDS back; slow enough to step on
 # and off, and above every known model's minimum (0.2 mph).
 BELT_PROBE_MPH = 0.5
+BELT_WORD = "START"
+BELT_PROMPT = (
+    f"The belt will start at {BELT_PROBE_MPH} mph for about a second. Stand clear of the belt "
+    f"and type {BELT_WORD} (then Enter):"
+)
 
 
-async def check_drive(loaded: LoadedConfig, options: DoctorOptions) -> list[Check]:
+async def check_drive(
+    loaded: LoadedConfig, options: DoctorOptions, broker: BrokerSettings
+) -> list[Check]:
     drive = loaded.config.drive
     if isinstance(drive, SimulatedDriveSection):
         return [Check("drive", Verdict.NONE, "the built-in simulated drive")]
@@ -398,7 +415,7 @@ async def check_drive(loaded: LoadedConfig, options: DoctorOptions) -> list[Chec
             await asyncio.sleep(0.05)  # polling a status the driver's own task updates
         healthy = status is not None and status.fault is None
         if healthy and options.belt and isinstance(driver, TrackmasterDriver):
-            cds = await _read_cds_back(driver, loaded, options)
+            cds = await _read_cds_back(driver, loaded, options, broker)
     finally:
         await _ended([task])
     where = _drive_words(loaded)
@@ -427,32 +444,73 @@ async def check_drive(loaded: LoadedConfig, options: DoctorOptions) -> list[Chec
 
 
 async def _read_cds_back(
-    driver: TrackmasterDriver, loaded: LoadedConfig, options: DoctorOptions
+    driver: TrackmasterDriver,
+    loaded: LoadedConfig,
+    options: DoctorOptions,
+    broker: BrokerSettings,
 ) -> Check:
-    """--belt: start the belt with A0 (the driver's own start, which arms the CDS) at
+    """--belt: once the technician typed the word and no configured sensor reports a user on
+    the belt, start the belt with A0 (the driver's own start, which arms the CDS) at
     BELT_PROBE_MPH, read the belt's state back (D0 32: running with CDS; D0 33: without), and
-    stop it again."""
+    stop it again. A cancellation anywhere (a signal: diagnose_or_signal) reaches check_drive's
+    ``finally``, whose cancelled driver writes its stop (A2) on the way out."""
     where = _drive_words(loaded)
-    options.say(f"belt: stand clear: the belt starts at {BELT_PROBE_MPH} mph for a moment")
-    driver.command_speed(0.0)  # the driver starts only after a stop it was asked for
-    driver.command_speed(BELT_PROBE_MPH)
-    seen = driver.belt_states_seen
-    running = {BeltState.RUNNING_CDS, BeltState.RUNNING_WITHOUT_CDS}
+    async with _sensor_watch(loaded, broker, options) as readings:
+        if not await options.confirm(BELT_PROMPT):
+            return Check(
+                "drive",
+                Verdict.FAIL,
+                f"{where}: --belt: the belt was not started ({BELT_WORD} was not typed)",
+                f"run again at the treadmill, the belt clear, and type {BELT_WORD}",
+            )
+        on_belt = await _user_on_belt(loaded, readings, options.wait_s)
+        if on_belt is not None:
+            return Check(
+                "drive",
+                Verdict.FAIL,
+                f"{where}: --belt: the belt was not started: {on_belt}",
+                "nobody on the belt, both rails let go and the fall input clear, then run "
+                "again (the sensors check below shows what each sensor reports)",
+            )
+        options.say(f"belt: stand clear: the belt starts at {BELT_PROBE_MPH} mph for a moment")
+        driver.command_speed(0.0)  # the driver starts only after a stop it was asked for
+        driver.command_speed(BELT_PROBE_MPH)
+        seen = driver.belt_states_seen
+        running = {BeltState.RUNNING_CDS, BeltState.RUNNING_WITHOUT_CDS}
 
-    def answered() -> bool:
+        def answered() -> bool:
+            status = driver.status()
+            return (
+                bool(seen & running)
+                or (status is not None and status.fault is not None)
+                # Someone stepped on or took a rail: stop at once, whatever was read.
+                or _user_seen(readings) is not None
+            )
+
+        try:
+            await _until(answered, options.wait_s)
+        except BaseException:
+            # Cancelled (a signal) with the belt starting: the stop is asked for now, while
+            # the driver's task still runs, not after the sensors' readers have ended.
+            driver.command_speed(0.0)
+            raise
         status = driver.status()
-        return bool(seen & running) or (status is not None and status.fault is not None)
-
-    await _until(answered, options.wait_s)
-    status = driver.status()
-    fault = status.fault if status is not None else None
-    driver.command_speed(0.0)
+        fault = status.fault if status is not None else None
+        driver.command_speed(0.0)
+        stepped_on = _user_seen(readings)
 
     def stopped() -> bool:
         status = driver.status()
         return not driver.stopping and status is not None and status.speed_mph == 0.0
 
     standstill = await _until(stopped, options.wait_s)
+    if stepped_on is not None:
+        return Check(
+            "drive",
+            Verdict.FAIL,
+            f"{where}: --belt: stopped at once: {stepped_on} while the belt ran",
+            "nobody on the belt, both rails let go and the fall input clear, then run again",
+        )
     if BeltState.RUNNING_WITHOUT_CDS in seen:
         return Check(
             "drive",
@@ -480,6 +538,62 @@ async def _read_cds_back(
         f"{where} answers; deadman: started with A0 at {BELT_PROBE_MPH} mph, the belt read back "
         "running with its CDS on (D0 32), then stopped",
     )
+
+
+@contextlib.asynccontextmanager
+async def _sensor_watch(
+    loaded: LoadedConfig, broker: BrokerSettings, options: DoctorOptions
+) -> AsyncIterator[dict[Sensor, tuple[float, bool]]]:
+    """The configured sensors read through the daemon's own readers while the body runs: each
+    role's latest (time, asserted). No sensor inputs (the simulated user): nothing to read."""
+    readings: dict[Sensor, tuple[float, bool]] = {}
+    inputs = loaded.config.sensors.effective_inputs()
+    if not inputs:
+        yield readings
+        return
+
+    def submit(reading: GripReading | FallReading) -> None:
+        if isinstance(reading, FallReading):
+            readings[Sensor.FALL] = (reading.t, reading.fallen)
+        else:
+            role = Sensor.GRIP_LEFT if reading.hand is Hand.LEFT else Sensor.GRIP_RIGHT
+            readings[role] = (reading.t, reading.held)
+
+    hub = SensorHub(inputs, submit)
+    tasks = [asyncio.create_task(run) for run in hub.build_sources(time.monotonic)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if hub.mqtt_names:
+                topics = Topics(broker.prefix)
+                client = await stack.enter_async_context(_client(broker, options.wait_s))
+                for name in hub.mqtt_names:
+                    await client.subscribe(topics.sensor(name))
+                tasks.append(asyncio.create_task(_feed(client, hub, topics, [])))
+            yield readings
+    finally:
+        await _ended(tasks)
+
+
+def _user_seen(readings: dict[Sensor, tuple[float, bool]]) -> str | None:
+    """What says someone is on the belt: a rail held, a fall signalled; None: nothing."""
+    for role, (_t, asserted) in readings.items():
+        if asserted:
+            return f"the {ROLE_WORDS[role]} reports {_state_words(role, asserted)}"
+    return None
+
+
+async def _user_on_belt(
+    loaded: LoadedConfig, readings: dict[Sensor, tuple[float, bool]], wait_s: float
+) -> str | None:
+    """Why the belt must not start: a sensor reports a user, or a configured sensor has not
+    been read (nobody can say the belt is clear); None: every sensor reads clear."""
+    if not loaded.config.sensors.effective_inputs():
+        return None
+    await _until(lambda: len(readings) == len(Sensor), wait_s)
+    missing = [ROLE_WORDS[role] for role in Sensor if role not in readings]
+    if missing:
+        return f"no reading from the {', '.join(missing)} in {wait_s:g} s"
+    return _user_seen(readings)
 
 
 def _drive_fix(loaded: LoadedConfig, said: str) -> str:
@@ -1005,7 +1119,7 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
         report.add(check)
     broker = broker_settings(loaded)
     if stopped.verdict is Verdict.OK:
-        for check in await _guarded_list("drive", check_drive(loaded, options)):
+        for check in await _guarded_list("drive", check_drive(loaded, options, broker)):
             report.add(check)
         for check in await _guarded_list("sensors", check_sensors(loaded, broker, options)):
             report.add(check)
@@ -1015,6 +1129,62 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
     for check in check_journal(loaded, account, user):
         report.add(check)
     return report
+
+
+async def diagnose_or_signal(path: Path, options: DoctorOptions) -> Report | signal.Signals:
+    """diagnose(), or the signal (SIGINT, SIGTERM, SIGHUP: Ctrl-C, a kill, an SSH session
+    dropping) that ended it. A signal cancels the checklist like any cancellation, so every
+    driver's stop goes out on the way (a Trackmaster's A2, with --belt its belt running) instead
+    of the process dying with the belt running; later signals are ignored, so that the stop in
+    progress is not itself cut short (SIGKILL remains)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    caught: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not caught:
+            task.cancel()
+        caught.append(signum)
+
+    ended = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in ended:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        report = await diagnose(path, options)
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+        task.uncancel()
+        return caught[0]
+    finally:
+        for signum in ended:
+            loop.remove_signal_handler(signum)
+    # A cancellation some client swallowed on its way out: the checklist is still cut short.
+    return caught[0] if caught else report
+
+
+async def confirm_on_terminal(prompt: str, write: Callable[[str], None]) -> bool:
+    """``prompt`` on ``write`` and a line read from the terminal on stdin: True only for
+    BELT_WORD. Anything typed before the prompt is dropped first, so a word typed ahead (or
+    pasted with other commands) starts nothing. Read through the event loop, so that a signal
+    still ends the wait."""
+    fd = sys.stdin.fileno()
+    with contextlib.suppress(termios.error):
+        termios.tcflush(fd, termios.TCIFLUSH)
+    write(prompt)
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not line.done():
+            line.set_result(os.read(fd, 1024))
+
+    loop.add_reader(fd, readable)
+    try:
+        return (await line).decode(errors="replace").strip() == BELT_WORD
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _guarded_list(name: str, work: Awaitable[list[Check]]) -> list[Check]:

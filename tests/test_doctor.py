@@ -18,6 +18,7 @@ import grp
 import json
 import os
 import selectors
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -42,10 +43,14 @@ from tests.mosquitto import (
 )
 from treadguard.controller.doctor import check_configuration, check_gpio, service_account
 from treadguard.controller.journal import SCHEMA_VERSION, Journal
+from treadguard.drivers.trackmaster_codec import Command, CommandFrame
+from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
 CLI = [sys.executable, "-m", "treadguard.controller.cli"]
 RUN_BOUND_S = 60.0
 ROLES = ("grip_left", "grip_right", "fall")
+# Nobody on the belt: both rails let go, no fall (--belt starts the belt only so).
+NOBODY = {"grip_left": False, "grip_right": False, "fall": False}
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
@@ -261,6 +266,8 @@ async def doctor(
     on_line: Callable[[str], None] | None = None,
     tablet: str = "tablet",
     tablet_password: str | None = None,
+    started: list[asyncio.subprocess.Process] | None = None,
+    stdin: int | None = subprocess.DEVNULL,
 ) -> Outcome:
     env = rig.env()
     env["TREADGUARD_TABLET_PASSWORD"] = tablet_password or PASSWORDS[tablet]
@@ -276,9 +283,12 @@ async def doctor(
         *args,
         cwd=rig.tmp,
         env=env,
+        stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    if started is not None:
+        started.append(proc)
     assert proc.stdout is not None
     lines = []
     try:
@@ -555,9 +565,14 @@ async def test_the_belt_check_reads_the_trackmaster_s_cds_back(rig: Rig) -> None
     said: list[str] = []
     with sim_device("trackmaster") as pty:
         rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
-        async with publishing(Sensors(rig.broker.port)):
+        async with publishing(Sensors(rig.broker.port, values=dict(NOBODY))):
             done = await doctor(
-                rig, rig.config(), "--service-user", "root", "--belt", on_line=said.append
+                rig,
+                rig.config(),
+                "--service-user",
+                "root",
+                "--belt-confirmed",
+                on_line=said.append,
             )
     assert done.code == 0, done.out
     assert said[0] == "belt: stand clear: the belt starts at 0.5 mph for a moment"
@@ -572,9 +587,11 @@ async def test_a_trackmaster_whose_cds_is_off(rig: Rig) -> None:
     the CDS back rather than call it on; --belt starts it and names the fault."""
     with sim_device("trackmaster", "--no-cds") as pty:
         rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
-        async with publishing(Sensors(rig.broker.port)):
+        async with publishing(Sensors(rig.broker.port, values=dict(NOBODY))):
             at_rest = await doctor(rig, rig.config(), "--service-user", "root")
-            running = await doctor(rig, rig.config(), "--service-user", "root", "--belt")
+            running = await doctor(
+                rig, rig.config(), "--service-user", "root", "--belt", "--belt-confirmed"
+            )
     assert at_rest.code == 0, at_rest.out
     assert "its CDS was not read back" in "\n".join(at_rest.lines("drive")), at_rest.out
     failed(running, "drive", "disabled (D0 33)", "CDS turned on in its own setup")
@@ -791,3 +808,120 @@ def test_gpio_lines_that_are_not_on_the_chip(
         ("FAIL", f"sensor fall: line GPIO9 on {chip}: [Errno 2] No such file or directory"),
     ]
     assert all("gpioinfo" in c.fix for c in checks[1:])
+
+
+# ------------------------------------------------------------------ --belt: ended and refused
+
+
+def _commands(device: TrackmasterDevice) -> list[Command]:
+    return [r.request.command for r in device.received if isinstance(r.request, CommandFrame)]
+
+
+async def _until_true(condition: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)  # the device's own clock moves the belt
+    return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cds", [True, False], ids=["cds", "no-cds"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+async def test_a_signal_while_the_belt_runs_stops_it(
+    rig: Rig, signum: signal.Signals, cds: bool
+) -> None:
+    """Killed (an SSH session dropping, systemd, Ctrl-C) with the belt just started: the
+    doctor's own stop (A2) goes out, even on a treadmill whose CDS would not stop the belt, and
+    it ends with one line, no traceback, not 0."""
+    async with TrackmasterDevice(TrackmasterModel(starts_with_cds=cds)) as device:
+        pty = device.open_port()
+        rig.drive = f'kind = "trackmaster"\nport = "{pty}"'
+        sent: list[bool] = []
+
+        # The start's answers are held back: the doctor is still waiting to read the running
+        # belt's state when the signal comes, the moment that matters (the belt running).
+        def held_from_start(chunk: bytes, _t: float) -> None:
+            if bytes([Command.START]) in chunk:
+                device.hold_replies()
+
+        device.on_rx = held_from_start
+        waiter: list[asyncio.Task[None]] = []
+        procs: list[asyncio.subprocess.Process] = []
+
+        async def on_stand_clear() -> None:
+            assert await _until_true(lambda: device.running, 5.0)
+            os.kill(procs[0].pid, signum)
+            sent.append(True)
+
+        def technician(line: str) -> None:
+            if line.startswith("belt: stand clear"):
+                waiter.append(asyncio.create_task(on_stand_clear()))
+
+        async with publishing(Sensors(rig.broker.port, values=dict(NOBODY))):
+            done = await doctor(
+                rig,
+                rig.config(),
+                "--service-user",
+                "root",
+                "--belt",
+                "--belt-confirmed",
+                on_line=technician,
+                started=procs,
+            )
+        await asyncio.gather(*waiter)
+        device.release_replies()
+        assert sent, done.out
+        assert done.code != 0, done.out
+        assert Command.START in _commands(device), done.out
+        started = _commands(device).index(Command.START)
+        assert Command.STOP in _commands(device)[started:], done.out
+        assert await _until_true(lambda: not device.running and not device.belt.moving(), 10.0)
+        assert device.cds_trips == [], "the CDS stopped the belt, not the doctor"
+        last = done.out.strip().splitlines()[-1]
+        assert last.startswith(f"treadguard doctor: interrupted by {signum.name}"), done.out
+
+
+@pytest.mark.asyncio
+async def test_the_belt_starts_only_when_confirmed_and_nobody_is_on_it(rig: Rig) -> None:
+    """No terminal and no --belt-confirmed: refused before anything runs. On a terminal, a word
+    other than START: not started. Confirmed, but a rail held or a fall signalled: not
+    started. The treadmill never sees a start (A0)."""
+    async with TrackmasterDevice() as device:
+        rig.drive = f'kind = "trackmaster"\nport = "{device.open_port()}"'
+        sensors = Sensors(rig.broker.port, values=dict(NOBODY))
+        async with publishing(sensors):
+            no_tty = await doctor(rig, rig.config(), "--service-user", "root", "--belt")
+            master, slave = os.openpty()
+            try:
+
+                def technician(line: str) -> None:
+                    if "type START (then Enter):" in line:
+                        os.write(master, b"start me\n")
+
+                not_typed = await doctor(
+                    rig,
+                    rig.config(),
+                    "--service-user",
+                    "root",
+                    "--belt",
+                    "--json",
+                    stdin=slave,
+                    on_line=technician,
+                )
+            finally:
+                os.close(master)
+                os.close(slave)
+            sensors.values["grip_left"] = True
+            held = await doctor(rig, rig.config(), "--service-user", "root", "--belt-confirmed")
+            sensors.values["grip_left"] = False
+            sensors.values["fall"] = True
+            fallen = await doctor(rig, rig.config(), "--service-user", "root", "--belt-confirmed")
+    assert no_tty.code == 2, no_tty.out
+    assert "no terminal" in no_tty.out, no_tty.out
+    assert not_typed.code == 1, not_typed.out
+    assert "the belt was not started (START was not typed)" in not_typed.out, not_typed.out
+    failed(held, "drive", "the belt was not started: the left grip reports held")
+    failed(fallen, "drive", "the belt was not started: the fall reports fall signalled")
+    assert Command.START not in _commands(device)

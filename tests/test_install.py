@@ -866,6 +866,110 @@ def test_the_daemon_reconnects_by_itself_when_the_broker_restarts(board: Board) 
     assert "mqtt_worker_ended" not in board.unit_log()
 
 
+def test_a_running_session_is_never_ended_by_the_installer(board: Board) -> None:
+    """A session begun while an --update copies its code is seen right before the update would
+    stop the service; an install-mode run that would restart Mosquitto (an account added) and
+    --uninstall refuse too. Each says why, exits 1 and leaves the session running and the
+    installation as it was; the Mosquitto restart it owes is done by the next run, once the
+    session has ended."""
+    box = board.box
+    # A stand-in for git on the installer's PATH: its first call (the update copying the code,
+    # after the update's first session check and before the service is stopped) says it has
+    # been reached and waits until the test writes to the fifo "go"; then it is the real git.
+    race = "/run/treadguard-race"
+    git_standin = (
+        "#!/bin/sh\n"
+        f"if [ ! -e {race}/reached ]; then\n"
+        f"    : > {race}/reached\n"
+        f"    read _ < {race}/go\n"
+        "fi\n"
+        'exec /usr/bin/git "$@"\n'
+    )
+    _start(board)
+    box.run("mkdir", "-p", f"{race}/bin")
+    box.run("mkfifo", f"{race}/go")
+    box.run("tee", f"{race}/bin/git", input=git_standin)
+    box.run("chmod", "0755", f"{race}/bin/git")
+    daemon_pid = board.unit("MainPID")["MainPID"]
+
+    def mosquitto_pid() -> str:
+        return box.run("systemctl", "show", "-p", "MainPID", "--value", "mosquitto").stdout
+
+    broker_pid = mosquitto_pid()
+    broker = Broker()
+
+    async def refused_under_a_session() -> list[str]:
+        outs = []
+        async with (
+            sensor_user(broker, TM, credentials=board.login(f"sensors-{TM}")),
+            clinician(broker, TM, credentials=board.login("tablet")) as doc,
+        ):
+            await doc.until(lambda s: s["stale"] == [], within=10.0)
+            update = box.popen(
+                "sh",
+                "-c",
+                f'PATH={race}/bin:$PATH exec bash "$0" --update --pip-find-links "$1"',
+                str(INSTALL),
+                str(WHEELHOUSE),
+                stdout=subprocess.PIPE,
+            )
+            reached = box.root / race.lstrip("/") / "reached"
+            await asyncio.to_thread(
+                board.poll, reached.exists, INSTALL_TIMEOUT_S, "the update copying the code"
+            )
+            await doc.start_running("patient-race")
+            box.run("sh", "-c", f"echo go > {race}/go")
+            out, _ = await asyncio.to_thread(update.communicate, timeout=INSTALL_TIMEOUT_S)
+            assert update.returncode == 1, out
+            outs.append(out.decode())
+            # An account added by hand: the installer adds it to the broker, which must restart.
+            box.run("sh", "-c", "echo kiosk=a-new-password >> /etc/treadguard/mqtt-accounts")
+            for options in ((), ("--uninstall",)):
+                done = await asyncio.to_thread(
+                    board.box.run,
+                    "bash",
+                    str(INSTALL),
+                    *options,
+                    check=False,
+                    timeout=INSTALL_TIMEOUT_S,
+                )
+                assert done.returncode == 1, done
+                outs.append(done.stderr)
+            state = await doc.until(lambda s: s["session"] is not None, within=1.0)
+            assert state["session"] is not None, state
+            assert board.unit("MainPID")["MainPID"] == daemon_pid
+            stopping = asyncio.create_task(
+                asyncio.to_thread(board.systemctl, "stop", "treadguard.service")
+            )
+            await doc.event("session_ended")
+            await stopping
+        return outs
+
+    with board.box.network():
+        update, install, uninstall = asyncio.run(refused_under_a_session())
+    status = "running, session "
+    assert f"a session is running ({status}" in update, update
+    assert "not updating (it restarts the service) under it" in update, update
+    assert "stopping treadguard" not in update, update
+    assert f"a session is running ({status}" in install, install
+    assert "not restarting Mosquitto" in install, install
+    assert f"a session is running ({status}" in uninstall, uninstall
+    assert "not removing treadguard" in uninstall, uninstall
+    # Nothing the session used was stopped or restarted until the service was stopped.
+    assert mosquitto_pid() == broker_pid
+    ended = board.sessions()[-1]
+    assert ended["end_reason"] == "shutdown", ended
+    assert "patient-race" in json.dumps(ended), ended
+    assert not (box.root / "opt/treadguard.new").exists()
+    assert (box.root / TREADGUARD.lstrip("/")).exists()
+    assert (box.root / "etc/systemd/system/treadguard.service").exists()
+    # The session over, the next run does the restart the refused one owed.
+    again = board.install()
+    assert "mosquitto: restarted with treadguard's accounts and ACL" in again.stdout, again
+    assert mosquitto_pid() != broker_pid
+    box.run("rm", "-rf", race)
+
+
 def test_a_frozen_daemon_is_killed_by_the_watchdog_and_comes_back_idle(board: Board) -> None:
     _start(board)
     first_pid = board.unit("MainPID")["MainPID"]
