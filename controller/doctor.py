@@ -396,6 +396,21 @@ BELT_PROMPT = (
 )
 
 
+def _recorder(
+    readings: dict[Sensor, tuple[float, bool]],
+) -> Callable[[GripReading | FallReading], None]:
+    """A sensor hub's sink that keeps each sensor's newest reading (time, value)."""
+
+    def submit(reading: GripReading | FallReading) -> None:
+        if isinstance(reading, FallReading):
+            readings[Sensor.FALL] = (reading.t, reading.fallen)
+        else:
+            role = Sensor.GRIP_LEFT if reading.hand is Hand.LEFT else Sensor.GRIP_RIGHT
+            readings[role] = (reading.t, reading.held)
+
+    return submit
+
+
 async def check_drive(
     loaded: LoadedConfig, options: DoctorOptions, broker: BrokerSettings
 ) -> list[Check]:
@@ -552,14 +567,7 @@ async def _sensor_watch(
         yield readings
         return
 
-    def submit(reading: GripReading | FallReading) -> None:
-        if isinstance(reading, FallReading):
-            readings[Sensor.FALL] = (reading.t, reading.fallen)
-        else:
-            role = Sensor.GRIP_LEFT if reading.hand is Hand.LEFT else Sensor.GRIP_RIGHT
-            readings[role] = (reading.t, reading.held)
-
-    hub = SensorHub(inputs, submit)
+    hub = SensorHub(inputs, _recorder(readings))
     tasks = [asyncio.create_task(run) for run in hub.build_sources(time.monotonic)]
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -619,14 +627,7 @@ async def check_sensors(
         return [Check("sensors", Verdict.NONE, "the built-in simulated user (no sensor inputs)")]
     readings: dict[Sensor, tuple[float, bool]] = {}
 
-    def submit(reading: GripReading | FallReading) -> None:
-        if isinstance(reading, FallReading):
-            readings[Sensor.FALL] = (reading.t, reading.fallen)
-        else:
-            role = Sensor.GRIP_LEFT if reading.hand is Hand.LEFT else Sensor.GRIP_RIGHT
-            readings[role] = (reading.t, reading.held)
-
-    hub = SensorHub(inputs, submit)
+    hub = SensorHub(inputs, _recorder(readings))
     tasks = [asyncio.create_task(run) for run in hub.build_sources(time.monotonic)]
     topics = Topics(broker.prefix)
     problems: list[str] = []

@@ -437,7 +437,8 @@ def test_an_emergency_stop_of_a_belt_not_meant_to_move_has_nothing_to_time() -> 
     assert edge.of(EventType.STOP_CHECKED) == []
 
 
-def test_a_worn_emergency_brake_is_not_cleared_by_a_controlled_baseline_alone() -> None:
+def _worn_brake_faulted() -> Bench:
+    """A worn brake's two slow emergency stops in a row: the watch's drive_fault latched."""
     bench = Bench(wear=0.6)
     for _ in range(2):
         bench.start()
@@ -445,6 +446,11 @@ def test_a_worn_emergency_brake_is_not_cleared_by_a_controlled_baseline_alone() 
         if bench.core.latch is not None and bench.core.latch.cause is Cause.REMOTE_ESTOP:
             assert isinstance(bench.reset(), Accepted)
     assert bench.core.snapshot().state is State.FAULT
+    return bench
+
+
+def test_a_worn_emergency_brake_is_not_cleared_by_a_controlled_baseline_alone() -> None:
+    bench = _worn_brake_faulted()
     bench.core.set_stop_baselines({StopKind.CONTROLLED: CONTROLLED})
     bench.run(1.0)
     refused = bench.reset()
@@ -467,13 +473,7 @@ def test_a_controlled_stop_at_a_ramp_made_gentler_after_commissioning_is_good() 
 def test_a_worn_brake_fault_is_reset_only_after_new_baselines() -> None:
     """Fail closed: the drive reports itself healthy all along, so a healthy status (what a
     reset needs after any other drive fault) proves nothing about the brake."""
-    bench = Bench(wear=0.6)
-    for _ in range(2):
-        bench.start()
-        bench.estop()
-        if bench.core.latch is not None and bench.core.latch.cause is Cause.REMOTE_ESTOP:
-            assert isinstance(bench.reset(), Accepted)
-    assert bench.core.snapshot().state is State.FAULT
+    bench = _worn_brake_faulted()
     bench.run(2.0)  # healthy statuses at standstill
     refused = bench.reset()
     assert isinstance(refused, Refused)
