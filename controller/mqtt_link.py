@@ -57,6 +57,7 @@ import json
 import math
 import secrets
 import socket
+import ssl
 import time
 import traceback
 import uuid
@@ -139,10 +140,37 @@ class _Out:
 MAX_PACKET_BYTES = 256 * 1024
 
 
-def _connect_properties() -> Properties:
+def daemon_client(
+    broker: BrokerSettings,
+    identifier: str,
+    tuning: LinkTuning,
+    tls_context: ssl.SSLContext | None,
+    *,
+    will: aiomqtt.Will | None = None,
+    receive_maximum: int | None = None,
+) -> aiomqtt.Client:
+    """A fresh client for one of the daemon's connections (a new one every try): MQTT 5, the
+    largest packet the broker may send it (MAX_PACKET_BYTES), a bounded incoming queue (the
+    links route what they read inline, so nothing should enter it) and no Nagle delay."""
     properties = Properties(PacketTypes.CONNECT)
     properties.MaximumPacketSize = MAX_PACKET_BYTES
-    return properties
+    if receive_maximum is not None:
+        properties.ReceiveMaximum = receive_maximum
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.username,
+        password=broker.password,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=will,
+        keepalive=tuning.keepalive_s,
+        timeout=tuning.timeout_s,
+        tls_context=tls_context,
+        max_queued_incoming_messages=tuning.buffer,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        properties=properties,
+    )
 
 
 def _peek(payload: bytes) -> tuple[str | None, str | None]:
@@ -395,21 +423,12 @@ class TabletLink:
     # ------------------------------------------------------------------ connection loop
 
     def _client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
-            self._broker.host,
-            self._broker.port,
-            username=self._broker.username,
-            password=self._broker.password,
-            identifier=self._identifier,
-            protocol=aiomqtt.ProtocolVersion.V5,
+        client = daemon_client(
+            self._broker,
+            self._identifier,
+            self._tuning,
+            self._tls_context,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
-            keepalive=self._tuning.keepalive_s,
-            timeout=self._tuning.timeout_s,
-            tls_context=self._tls_context,
-            # Commands and readings never enter this queue (see _route_inline); bounded anyway.
-            max_queued_incoming_messages=self._tuning.buffer,
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            properties=_connect_properties(),
         )
         # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
         # only be set before the connection.

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,14 +40,16 @@ from typing import Any
 import aiomqtt
 import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, MQTTMessage
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from treadguard.config.loading import LoadedConfig
 from treadguard.contract.queries import account_of, query_filter, query_reply_topic
 from treadguard.controller.aio import in_own_task
-from treadguard.controller.mqtt_link import DEFAULT_TUNING, MAX_PACKET_BYTES, LinkTuning
+from treadguard.controller.mqtt_link import (
+    DEFAULT_TUNING,
+    LinkTuning,
+    daemon_client,
+)
 from treadguard.controller.mqtt_settings import (
     QUERIES_SUFFIX,
     BrokerSettings,
@@ -135,13 +136,6 @@ class _Answer:
 
 class _Shed(Exception):
     """Raised inside the connection's task group: the budget could not read the backlog."""
-
-
-def _connect_properties() -> Properties:
-    properties = Properties(PacketTypes.CONNECT)
-    properties.MaximumPacketSize = MAX_PACKET_BYTES
-    properties.ReceiveMaximum = RECEIVE_MAXIMUM
-    return properties
 
 
 class QueryLink:
@@ -269,20 +263,13 @@ class QueryLink:
     # ------------------------------------------------------------------ connection
 
     def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self._broker.host,
-            self._broker.port,
-            username=self._broker.username,
-            password=self._broker.password,
-            identifier=self._identifier,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            keepalive=self._tuning.keepalive_s,
-            timeout=self._tuning.timeout_s,
-            tls_context=self._tls_context,
-            # Queries are routed inline (message_callback_add): nothing enters this queue.
-            max_queued_incoming_messages=self._tuning.buffer,
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            properties=_connect_properties(),
+        # Queries are routed inline (message_callback_add): nothing enters the client's queue.
+        return daemon_client(
+            self._broker,
+            self._identifier,
+            self._tuning,
+            self._tls_context,
+            receive_maximum=RECEIVE_MAXIMUM,
         )
 
     def _failed(self, error: str, retry_in_s: float) -> None:
