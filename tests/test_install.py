@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aiomqtt
 import pytest
 
 from tests.clinician import STANDSTILL_MPH, clinician, sensor_user
@@ -1040,6 +1041,183 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     assert unit["ActiveState"] == "active"
     assert unit["MainPID"] != old_pid
     assert unit["StatusText"] == "idle"
+
+
+def _restart_broker(box: SystemdContainer) -> None:
+    """Mosquitto restarted by hand, as often as a test needs: systemd's start limit (5 in 10 s)
+    counts the installer's restarts too."""
+    box.run("systemctl", "reset-failed", "mosquitto.service")
+    box.run("systemctl", "restart", "mosquitto.service")
+
+
+def _logs_in(board: Board, account: str, password: str) -> bool:
+    """Whether the installed broker takes this login (on its loopback listener)."""
+
+    async def attempt() -> bool:
+        try:
+            async with aiomqtt.Client(
+                "127.0.0.1", BROKER_PORT, username=account, password=password, timeout=5
+            ):
+                return True
+        except aiomqtt.MqttCodeError:
+            return False  # the broker answered, and refused the login
+
+    with board.box.network():
+        return asyncio.run(attempt())
+
+
+def test_what_was_removed_here_stays_removed(board: Board) -> None:
+    """A tablet account taken out of the broker (a lost tablet locked out) and a program the
+    clinic deleted are not brought back by the next run, the lost tablet's password least of
+    all; an account whose line is deleted from mqtt-accounts comes back with a new password."""
+    box = board.box
+    passwd = "/etc/mosquitto/treadguard/passwd"
+    program = box.root / "etc/treadguard/programs/intervals.toml"
+    assert program.exists()
+    lost = board.login("tablet")
+    box.run("mosquitto_passwd", "-D", passwd, "tablet")
+    _restart_broker(box)
+    program.unlink()
+
+    out = board.install().stdout
+    assert f"{passwd}: tablet not added again: it was removed here" in out, out
+    assert "/etc/treadguard/programs: not added again, deleted here: intervals.toml" in (out)
+    assert not program.exists()
+    assert not _logs_in(board, "tablet", lost["password"])
+
+    # The clinic wants a tablet account again: its line deleted, the next run makes a new one.
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    accounts.write_text(
+        "".join(
+            f"{line}\n"
+            for line in accounts.read_text().splitlines()
+            if not line.startswith("tablet=")
+        )
+    )
+    out = board.install().stdout
+    assert f"{passwd}: tablet added" in out, out
+    new = board.login("tablet")
+    assert new["password"] != lost["password"]
+    assert _logs_in(board, "tablet", new["password"])
+    assert not _logs_in(board, "tablet", lost["password"])
+    box.run("cp", f"{OPT}/config/programs/intervals.toml", str(program).removeprefix(str(box.root)))
+
+
+def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
+    """A command's arguments are readable by every user of the board (ps, /proc): the
+    installer hashes the broker's passwords from a file. Every program it and its children
+    start is traced (strace, execve with its whole argument list)."""
+    box = board.box
+    password = f"kiosk-{os.urandom(8).hex()}"
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    before = accounts.read_text()
+    accounts.write_text(before + f"kiosk-2={password}\n")
+    trace = "/run/treadguard-execve"
+    try:
+        done = box.run(
+            "strace",
+            "-f",
+            "-qq",
+            "-s",
+            "65536",
+            "-e",
+            "trace=execve",
+            "-o",
+            trace,
+            "bash",
+            str(INSTALL),
+            "--pip-find-links",
+            str(WHEELHOUSE),
+            timeout=INSTALL_TIMEOUT_S,
+        )
+        assert "/etc/mosquitto/treadguard/passwd: kiosk-2 added" in done.stdout, done
+        execs = (box.root / trace.lstrip("/")).read_text()
+        assert "mosquitto_passwd" in execs  # the trace saw the installer's commands
+        environment = (box.root / "etc/treadguard/environment").read_text()
+        secrets = [password] + [
+            line.partition("=")[2]
+            for line in (before + environment).splitlines()
+            if "=" in line and not line.startswith("#")
+        ]
+        assert len(secrets) >= 6, secrets  # the daemon's two, tablet, sensors, dashboard
+        for secret in secrets:
+            assert secret not in execs, secret
+        assert _logs_in(board, "kiosk-2", password)
+    finally:
+        accounts.write_text(before)
+        box.run("mosquitto_passwd", "-D", "/etc/mosquitto/treadguard/passwd", "kiosk-2")
+        box.run("rm", "-f", trace)
+
+
+def test_an_emptied_snippet_is_replaced_and_a_fix_made_here_is_put_in_force(board: Board) -> None:
+    """An empty Mosquitto snippet is no edit to keep (the broker would run without treadguard's
+    listener, passwords and ACL); a snippet fixed here by hand is not left unread until the
+    broker happens to restart."""
+    box = board.box
+    snippet = box.root / "etc/mosquitto/conf.d/treadguard.conf"
+    shipped = snippet.read_bytes()
+    snippet.write_bytes(b"")
+    out = board.install().stdout
+    assert "/etc/mosquitto/conf.d/treadguard.conf: had no setting" in out, out
+    assert snippet.read_bytes() == shipped
+    assert "mosquitto: restarted" in out, out
+
+    # Edited here, and the edit not yet read by the broker: the run restarts it.
+    snippet.write_bytes(shipped + b"listener 1884 127.0.0.1\nuse_username_as_clientid true\n")
+    try:
+        out = board.install().stdout
+        assert "/etc/mosquitto/conf.d/treadguard.conf: kept (edited here)" in out, out
+        assert "changed since Mosquitto started" in out, out
+        assert "mosquitto: restarted" in out, out
+        assert listen_addresses(box.run(*listening_query(1884)).stdout) == {"127.0.0.1"}
+        # Read now: the next run leaves the broker alone.
+        assert "mosquitto: already running with them" in board.install().stdout
+    finally:
+        snippet.write_bytes(shipped)
+        _restart_broker(box)
+        box.run("rm", "-f", "/etc/mosquitto/conf.d/treadguard.conf.dist")
+
+
+def test_an_update_ended_on_the_way_leaves_the_working_installation(board: Board) -> None:
+    """An --update killed while it builds the new venv (the old installation moved aside): the
+    next run puts the old one back, never deletes it, and starts the service it had stopped."""
+    box = board.box
+    _start(board)
+    (box.root / "opt/treadguard/the-old-one").write_text("kept\n")
+    # A stand-in for the installer's python: when asked to make the venv, it kills the
+    # installer, as a power cut or kill -9 would end it there.
+    standin = "/run/treadguard-killed-python"
+    box.run(
+        "tee",
+        standin,
+        input='#!/bin/sh\n[ "$1 $2" = "-m venv" ] && kill -KILL $PPID && exit 1\n'
+        'exec /usr/bin/python3 "$@"\n',
+    )
+    box.run("chmod", "0755", standin)
+    killed = box.run(
+        "sh",
+        "-c",
+        f'PYTHON={standin} exec bash "$0" --update --pip-find-links "$1"',
+        str(INSTALL),
+        str(WHEELHOUSE),
+        check=False,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    assert killed.returncode != 0, killed
+    assert "stopping treadguard for the update" in killed.stdout, killed
+    assert (box.root / "opt/treadguard.old/the-old-one").exists()
+    assert board.unit("ActiveState")["ActiveState"] == "inactive"
+
+    out = board.install().stdout
+    assert "/opt/treadguard: the previous installation is back" in out, out
+    assert (box.root / "opt/treadguard/the-old-one").exists()
+    assert not (box.root / "opt/treadguard.old").exists()
+    assert board.unit("ActiveState", "StatusText") == {
+        "ActiveState": "active",
+        "StatusText": "idle",
+    }
+    (box.root / "opt/treadguard/the-old-one").unlink()
+    box.run("rm", "-f", standin)
 
 
 CONFFILES = "/var/lib/treadguard-install/conffiles"  # the installer's record of what it wrote
