@@ -50,10 +50,28 @@ from treadguard.config.schema import (
     input_name,
 )
 from treadguard.contract.mqtt import SensorPayloadError, Topics, parse_sensor_payload
+from treadguard.controller.broker_config import (
+    DEBIAN_MOSQUITTO_CONF,
+    AclSyntaxError,
+    Guarded,
+    MosquittoConf,
+    breaches,
+    listening,
+    owner_words,
+    process_name,
+    process_sockets,
+    read_acl,
+    read_mosquitto_conf,
+    socket_owners,
+)
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
 from treadguard.controller.journal import schema_version as journal_schema_version
-from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
+from treadguard.controller.mqtt_settings import (
+    BrokerSettings,
+    broker_settings,
+    query_broker_settings,
+)
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
 from treadguard.drivers.trackmaster import TrackmasterDriver
@@ -67,6 +85,8 @@ class Verdict(StrEnum):
     OK = "ok"
     FAIL = "FAIL"
     NONE = "-"  # nothing of this kind to check on this board (counts as passed)
+    # Not checked, so not proven: does not count as passed (the fix says how to check it).
+    TODO = "TODO"
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,8 @@ class DoctorOptions:
     # The default refuses: the belt never starts on a confirmation nobody gave.
     confirm: Callable[[str], Awaitable[bool]] = field(default=lambda _prompt: _refused())
     say: Callable[[str], None] = print
+    # The broker's configuration as installed: Debian's main file, which names the rest.
+    mosquitto_conf: Path = DEBIAN_MOSQUITTO_CONF
 
 
 async def _refused() -> bool:
@@ -113,7 +135,12 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(c.verdict is not Verdict.FAIL for c in self.checks)
+        """Every check passed: none failed, none was left unchecked."""
+        return all(c.verdict in (Verdict.OK, Verdict.NONE) for c in self.checks)
+
+    @property
+    def failed(self) -> bool:
+        return any(c.verdict is Verdict.FAIL for c in self.checks)
 
     def add(self, check: Check) -> None:
         self.checks.append(check)
@@ -239,9 +266,61 @@ def _drive_words(loaded: LoadedConfig) -> str:
             return "the built-in simulated drive"
 
 
+def _me() -> str:
+    """The user the doctor itself runs as."""
+    return _name(pwd.getpwuid, os.geteuid())
+
+
+def _unreadable(path: Path, what: str) -> Check | None:
+    """A failed check when the doctor itself cannot read ``path`` (or search a folder on the
+    way to it); None when it can, or when there is nothing at ``path``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            return Check(
+                what,
+                Verdict.FAIL,
+                f"{path} is not a file (the journal's path, [journal] path)",
+                f"move what is at {path} aside, or name the journal's file in [journal] path",
+            )
+        if os.access(path, os.R_OK, effective_ids=True):
+            return None
+        reason = "Permission denied"
+    return Check(
+        what,
+        Verdict.FAIL,
+        f"{path} cannot be read by the doctor, which runs as {_me()} ({reason}): "
+        + (
+            "whether treadguard is running on it cannot be told"
+            if what == "service stopped"
+            else "the journal is not checked"
+        ),
+        "run the doctor as root (sudo, as docs/install-raspberry-pi.md section 5 does): it "
+        "then also checks that the service's user may write the journal",
+    )
+
+
 def check_daemon_stopped(loaded: LoadedConfig) -> Check:
     journal = loaded.resolve(loaded.config.journal.path)
-    if journal_in_use(journal):
+    # A journal the doctor cannot open says nothing about the daemon: never "not running".
+    unreadable = _unreadable(journal, "service stopped")
+    if unreadable is not None:
+        return unreadable
+    try:
+        running = journal_in_use(journal)
+    except OSError as exc:
+        return Check(
+            "service stopped",
+            Verdict.FAIL,
+            f"{journal} cannot be opened by the doctor, which runs as {_me()}: {exc}",
+            "run the doctor as root (sudo, as docs/install-raspberry-pi.md section 5 does)",
+        )
+    if running:
         return Check(
             "service stopped",
             Verdict.FAIL,
@@ -439,21 +518,22 @@ async def check_drive(
         return [Check("drive", Verdict.FAIL, f"{where}: {said}", _drive_fix(loaded, said))]
     if cds is not None:
         return [cds]
+    answers = f"{where} answers (belt {status.speed_mph:.2f} mph)"
     if isinstance(drive, ModbusDriveSection):
         deadman = "its communication time-out (09.03) and fault action (09.02) read back safe"
-    else:
-        # The protocol reports the CDS only in the running belt's state (D0 32 or D0 33): a
-        # stopped belt says D0 31 either way, and nothing here moves the belt unless asked.
-        deadman = (
-            "its CDS was not read back: a Trackmaster reports it only while the belt runs (D0 "
-            f"32 on, D0 33 off); --belt starts the belt at {BELT_PROBE_MPH} mph with A0 to read "
-            "it, and treadguard commission's deadman step proves it stops the belt"
-        )
+        return [Check("drive", Verdict.OK, f"{answers}; deadman: {deadman}")]
+    # The protocol reports the CDS only in the running belt's state (D0 32 or D0 33): a stopped
+    # belt says D0 31 either way, and nothing here moves the belt unless asked. A deadman not
+    # read back is not proven: not checked, never ok.
     return [
         Check(
             "drive",
-            Verdict.OK,
-            f"{where} answers (belt {status.speed_mph:.2f} mph); deadman: {deadman}",
+            Verdict.TODO,
+            f"{answers}; deadman: not checked: its CDS was not read back: a Trackmaster reports "
+            f"it only while the belt runs (D0 32 on, D0 33 off); --belt starts the belt at "
+            f"{BELT_PROBE_MPH} mph with A0 to read it, and treadguard commission's deadman step "
+            "proves it stops the belt",
+            "run treadguard doctor --belt with the technician at the treadmill (the belt clear)",
         )
     ]
 
@@ -809,6 +889,7 @@ async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[C
             checks = [
                 Check("broker", Verdict.OK, f"{where} accepts the daemon's login ({account})")
             ]
+            checks.append(await _anonymous_probe(broker, options))
             checks += await _acl_probes(daemon, broker, options)
             return checks
     except aiomqtt.MqttCodeError as exc:
@@ -835,6 +916,40 @@ async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[C
                 "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port",
             )
         ]
+
+
+ANONYMOUS_FIX = (
+    "allow_anonymous false in /etc/mosquitto/conf.d/treadguard.conf, as in "
+    "config/mosquitto/treadguard.conf, and an account for every client ([mqtt] username for "
+    "the daemon; docs/mqtt-security.md); then sudo systemctl restart mosquitto"
+)
+
+
+async def _anonymous_probe(broker: BrokerSettings, options: DoctorOptions) -> Check:
+    """A login without a user name (and without a password): the broker must refuse it."""
+    where = f"{broker.host}:{broker.port}"
+    try:
+        async with _client(broker, options.wait_s, as_daemon=False):
+            pass
+    except aiomqtt.MqttCodeError as exc:
+        return Check(
+            "anonymous login", Verdict.OK, f"{where} refuses a client without an account ({exc})"
+        )
+    except aiomqtt.MqttError as exc:
+        return Check(
+            "anonymous login",
+            Verdict.TODO,
+            f"not checked: a login without an account ended without the broker's answer: {exc}",
+            "the broker's log says why (journalctl -u mosquitto); then run the doctor again",
+        )
+    return Check(
+        "anonymous login",
+        Verdict.FAIL,
+        f"{where} accepts a client without an account (no user name, no password): anyone who "
+        "reaches the broker may then do what the ACL grants before its first user line, and "
+        "without an ACL everything, a treadmill's commands included",
+        ANONYMOUS_FIX,
+    )
 
 
 def _dropped(where: str, account: str, exc: Exception) -> Check:
@@ -941,6 +1056,252 @@ async def _published_and_seen(
     return False
 
 
+RUN_AS_ROOT = "run the doctor as root (sudo, as docs/install-raspberry-pi.md section 5 does)"
+SNIPPET_FIX = (
+    "install treadguard's Mosquitto snippet as /etc/mosquitto/conf.d/treadguard.conf (sudo "
+    "install -m 0644 /opt/treadguard/config/mosquitto/treadguard.conf /etc/mosquitto/conf.d/; "
+    "scripts/install does), then sudo systemctl restart mosquitto"
+)
+
+
+def _not_read(what: str, exc: OSError, fix: str = RUN_AS_ROOT) -> Check:
+    name = exc.filename if exc.filename is not None else "?"
+    if isinstance(exc, PermissionError):
+        return Check(
+            what,
+            Verdict.TODO,
+            f"not checked: {name} cannot be read by the doctor, which runs as {_me()}",
+            RUN_AS_ROOT,
+        )
+    return Check(what, Verdict.TODO, f"not checked: {name}: {exc.strerror or exc}", fix)
+
+
+def check_broker_files(
+    loaded: LoadedConfig, broker: BrokerSettings, options: DoctorOptions
+) -> list[Check]:
+    """The broker's configuration as installed (the main file and what it includes), the ACL
+    it names, and what its process listens on."""
+    try:
+        conf = read_mosquitto_conf(options.mosquitto_conf)
+    except OSError as exc:
+        fix = (
+            "install Mosquitto (scripts/install does), or name the broker's configuration with "
+            "--mosquitto-conf FILE"
+        )
+        return [_not_read("broker config", exc, fix), *check_listeners(broker, None)]
+    return [
+        _judge_conf(conf),
+        *_judge_acl(conf, loaded, broker),
+        *check_listeners(broker, conf),
+    ]
+
+
+def _judge_conf(conf: MosquittoConf) -> Check:
+    read = ", ".join(str(path) for path, _ in conf.files)
+    problems = [f"{path} is empty (0 bytes)" for path in conf.empty_files()]
+    per_listener = conf.last("per_listener_settings")
+    if per_listener is not None and per_listener.value == "true":
+        problems.append(
+            f"per_listener_settings true ({per_listener.where}): each listener then has "
+            "accounts and an ACL of its own, which the doctor does not judge"
+        )
+    anonymous = conf.last("allow_anonymous")
+    if anonymous is None:
+        problems.append("no allow_anonymous false")
+    elif anonymous.value != "false":
+        problems.append(
+            f"allow_anonymous {anonymous.value} ({anonymous.where}): clients without an "
+            "account are let in"
+        )
+    if conf.last("password_file") is None:
+        problems.append("no password_file: no account can log in, or any name is taken as one")
+    if conf.last("acl_file") is None:
+        problems.append("no acl_file: every account may read and write every topic")
+    if problems:
+        return Check(
+            "broker config", Verdict.FAIL, f"read {read}: " + "; ".join(problems), SNIPPET_FIX
+        )
+    settings = ", ".join(
+        f"{line.key} {line.value}"
+        for line in (conf.last(key) for key in ("allow_anonymous", "password_file", "acl_file"))
+        if line is not None
+    )
+    return Check("broker config", Verdict.OK, f"{read}: {settings}")
+
+
+def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
+    """The topics only some accounts may write, for this treadmill's prefix."""
+    topics = Topics(broker.prefix)
+    daemon = broker.username
+    queries = query_broker_settings(loaded).username
+    daemon_words = f"the daemon's account ({daemon})" if daemon else "the daemon's account"
+    queries_words = f"the query account ({queries})" if queries else "the query account"
+
+    def is_daemon(account: str) -> bool:
+        return account == daemon
+
+    def is_queries(account: str) -> bool:
+        return account == queries
+
+    return [
+        Guarded(
+            topics.cmd,
+            lambda a: a == "tablet" or a.startswith("tablet-"),
+            "the tablet accounts (tablet, tablet-*)",
+        ),
+        *(
+            Guarded(topic, is_daemon, daemon_words)
+            for topic in (topics.reply, topics.state, topics.events, topics.availability)
+        ),
+        Guarded(f"{broker.prefix}/query/+/reply", is_queries, queries_words),
+        Guarded(
+            topics.sensor("#"),
+            lambda a: a.startswith("sensors-"),
+            "the sensor accounts (sensors-*)",
+        ),
+    ]
+
+
+def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings) -> list[Check]:
+    named = conf.last("acl_file")
+    if named is None:
+        return []  # the broker config check says so
+    path = Path(named.value)
+    try:
+        lines = read_acl(path)
+    except FileNotFoundError:
+        return [
+            Check(
+                "ACL file",
+                Verdict.FAIL,
+                f"{path} ({named.where}) does not exist: Mosquitto does not start without it",
+                f"install config/mosquitto/acl as {path} (scripts/install does), then sudo "
+                "systemctl restart mosquitto",
+            )
+        ]
+    except OSError as exc:
+        return [_not_read("ACL file", exc)]
+    except AclSyntaxError as exc:
+        return [
+            Check(
+                "ACL file",
+                Verdict.FAIL,
+                f"{exc}: Mosquitto does not start with it",
+                "correct the line (config/mosquitto/acl shows the shipped ACL), then sudo "
+                "systemctl restart mosquitto",
+            )
+        ]
+    guarded = _guarded(loaded, broker)
+    found = breaches(lines, guarded)
+    if not found:
+        return [
+            Check(
+                "ACL file",
+                Verdict.OK,
+                f"{path}: only {guarded[0].who} may write {guarded[0].topic}, only "
+                f"{guarded[1].who} the daemon's topics, only {guarded[5].who} the query "
+                f"replies, only {guarded[6].who} the sensor readings",
+            )
+        ]
+    checks = []
+    for breach in found:
+        owner = breach.line.owner
+        what = "; ".join(
+            f"{topic} (only {who} may)"
+            for topic, who in zip(breach.topics, breach.who, strict=True)
+        )
+        checks.append(
+            Check(
+                "ACL file",
+                Verdict.FAIL,
+                f"{breach.line.where}: {owner_words(owner)} may write {what}",
+                f"delete the line from {breach.line.file}, or narrow its topic to what that "
+                "account needs (config/mosquitto/acl has each account's block); then sudo "
+                "systemctl reload mosquitto",
+            )
+        )
+    return checks
+
+
+def check_listeners(broker: BrokerSettings, conf: MosquittoConf | None) -> list[Check]:
+    """What the broker's process listens on, from the kernel's socket tables: only loopback,
+    but for TLS listeners. The process is the one listening on the daemon's port."""
+    ours = [s for s in listening() if s.port == broker.port]
+    if not ours:
+        return [
+            Check(
+                "listeners",
+                Verdict.TODO,
+                f"not checked: nothing on this board listens on port {broker.port} ([mqtt] port)",
+                "start the broker (sudo systemctl start mosquitto); a broker on another "
+                "machine: check there that only its TLS listeners are open to the network "
+                "(ss -ltnp)",
+            )
+        ]
+    owners = socket_owners({s.inode for s in ours})
+    if not owners:
+        return [
+            Check(
+                "listeners",
+                Verdict.TODO,
+                f"not checked: the process listening on port {broker.port} cannot be seen by "
+                f"the doctor, which runs as {_me()}",
+                RUN_AS_ROOT,
+            )
+        ]
+    pid = min(owners.values())
+    name = process_name(pid)
+    try:
+        inodes = process_sockets(pid)
+    except OSError as exc:
+        return [_not_read("listeners", exc)]
+    sockets = [s for s in listening(Path(f"/proc/{pid}/net")) if s.inode in inodes]
+    by_port = {listener.port: listener for listener in (conf.listeners() if conf else [])}
+    open_ports: dict[int, list[str]] = {}
+    tls: list[str] = []
+    local: list[str] = []
+    for sock in sorted(sockets, key=lambda s: (s.port, s.address)):
+        listener = by_port.get(sock.port)
+        if sock.loopback:
+            local.append(sock.shown)
+        elif listener is not None and listener.tls:
+            tls.append(sock.shown)
+        else:
+            open_ports.setdefault(sock.port, []).append(sock.shown)
+    who = f"{name} (pid {pid})"
+    if not open_ports:
+        said = f"{who} listens on loopback only: {', '.join(local)}"
+        if tls:
+            said += f"; with TLS on {', '.join(tls)}"
+        return [Check("listeners", Verdict.OK, said)]
+    checks = []
+    for port, shown in open_ports.items():
+        listener = by_port.get(port)
+        where = f" ({listener.line.where})" if listener is not None else ""
+        if listener is not None and listener.settings.get("protocol") == "websockets":
+            fix = (
+                f"socket_domain ipv4 under the line listener {port} 127.0.0.1, as in "
+                "config/mosquitto/treadguard.conf (without it Mosquitto 2.0.11 listens on "
+                "every address); then sudo systemctl restart mosquitto"
+            )
+        else:
+            fix = (
+                f"bind it to loopback (listener {port} 127.0.0.1), or give it TLS (certfile "
+                "and keyfile, as the 8883 listener of config/mosquitto/treadguard.conf); then "
+                "sudo systemctl restart mosquitto"
+            )
+        checks.append(
+            Check(
+                "listeners",
+                Verdict.FAIL,
+                f"{who} listens on {', '.join(shown)}{where} without TLS: open to the network, "
+                "where anyone reaches the broker and every password crosses in the clear",
+                fix,
+            )
+        )
+    return checks
+
+
 def check_clock(timedatectl: str | None = None) -> Check:
     """Synchronised to a time server: systemd's word for it where there is systemd, else the
     kernel's (adjtimex says TIME_ERROR while the clock is not synchronised)."""
@@ -993,6 +1354,9 @@ def check_journal(loaded: LoadedConfig, account: Account | None, user: str) -> l
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     checks = []
+    unreadable = _unreadable(path, "journal")
+    if unreadable is not None:
+        return [unreadable]
     if account is None:
         checks.append(_no_account(user))
     elif not account.may(existing, 3):
@@ -1126,6 +1490,14 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
             report.add(check)
         for check in await _guarded_list("broker", check_broker(broker, options)):
             report.add(check)
+    # The broker's files and sockets are only read: checked with the daemon running too.
+    try:
+        for check in check_broker_files(loaded, broker, options):
+            report.add(check)
+    except Exception as exc:
+        report.add(
+            Check("broker config", Verdict.FAIL, f"the check itself failed: {exc!r}", "report this")
+        )
     report.add(check_clock())
     for check in check_journal(loaded, account, user):
         report.add(check)
@@ -1204,12 +1576,27 @@ def render(report: Report, config: Path) -> str:
         lines.append(f"  {check.verdict.value:<4}  {check.name:<{width}}  {check.detail}")
         if check.fix:
             lines.append(f"  {'':<4}  {'':<{width}}  fix: {check.fix}")
-    failed = sum(c.verdict is Verdict.FAIL for c in report.checks)
-    lines.append(
-        "all checks passed" if failed == 0 else f"{failed} of {len(report.checks)} checks failed"
-    )
+    lines.append(summary(report))
     return "\n".join(lines)
 
 
+def summary(report: Report) -> str:
+    total = len(report.checks)
+    failed = sum(c.verdict is Verdict.FAIL for c in report.checks)
+    unchecked = sum(c.verdict is Verdict.TODO for c in report.checks)
+    if failed == 0 and unchecked == 0:
+        return "all checks passed"
+    said = []
+    if failed:
+        said.append(f"{failed} of {total} checks failed")
+    if unchecked:
+        said.append(f"{unchecked} of {total} not checked (TODO)")
+    return ", ".join(said) + ": the board is not proven safe to use"
+
+
 def as_json(report: Report) -> dict[str, Any]:
-    return {"passed": report.passed, "checks": [c.as_json() for c in report.checks]}
+    return {
+        "passed": report.passed,
+        "failed": report.failed,
+        "checks": [c.as_json() for c in report.checks],
+    }

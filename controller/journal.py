@@ -1109,10 +1109,13 @@ def seed_commissioning(
 
 
 def journal_in_use(path: Path) -> bool:
-    """Whether a process (the daemon, a commissioning run) holds the journal's lock now."""
+    """Whether a process (the daemon, a commissioning run) holds the journal's lock now.
+    OSError when the file is there and cannot be opened (permission denied): that says nothing
+    about who holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        # O_NONBLOCK: a FIFO at the journal's path must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
         return False  # no journal yet: nobody drives it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

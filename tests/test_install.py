@@ -642,25 +642,30 @@ class Checklist:
         return fails[0]
 
 
-def _doctor(board: Board, clock: str = "yes") -> Checklist:
+def _doctor(board: Board, clock: str = "yes", *args: str) -> Checklist:
     stand_in = board.box.root / STAND_INS.lstrip("/") / "timedatectl"
     stand_in.parent.mkdir(exist_ok=True)
     stand_in.write_text(f"#!/bin/sh\necho {clock}\n")
     stand_in.chmod(0o755)
     path = f"PATH={STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    done = board.box.run("env", path, "sh", "-c", DOCTOR, check=False)
+    done = board.box.run("env", path, "sh", "-c", DOCTOR, "doctor", *args, check=False)
     assert "Traceback" not in done.stdout + done.stderr, done
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["passed"] is (done.returncode == 0), done
     return Checklist(done.returncode, result["checks"], done.stdout + done.stderr)
 
 
-def _doctor_with_sensors(board: Board, clock: str = "yes") -> Checklist:
-    """The doctor while the grip and fall sensors publish with the installed sensor account."""
+def _doctor_with_sensors(
+    board: Board, clock: str = "yes", *args: str, nobody_on_belt: bool = False
+) -> Checklist:
+    """The doctor while the grip and fall sensors publish with the installed sensor account:
+    both rails held, or (``nobody_on_belt``, as --belt needs it) let go."""
 
     async def while_publishing() -> Checklist:
-        async with sensor_user(Broker(), TM, credentials=board.login(f"sensors-{TM}")):
-            return await asyncio.to_thread(_doctor, board, clock)
+        async with sensor_user(Broker(), TM, credentials=board.login(f"sensors-{TM}")) as user:
+            if nobody_on_belt:
+                user.values.update(grip_left=False, grip_right=False, fall=False)
+            return await asyncio.to_thread(_doctor, board, clock, *args)
 
     with board.box.network():
         return asyncio.run(while_publishing())
@@ -674,10 +679,16 @@ ALL_GREEN = {
     "drive": ["ok"],
     "sensors": ["ok", "ok", "ok"],
     "broker": ["ok"],
+    "anonymous login": ["ok"],
     "broker ACL": ["ok", "ok"],
+    "broker config": ["ok"],
+    "ACL file": ["ok"],
+    "listeners": ["ok"],
     "clock": ["ok"],
     "journal": ["ok"],
 }
+SNIPPET = "etc/mosquitto/conf.d/treadguard.conf"
+INSTALLED_ACL = "etc/mosquitto/treadguard/acl"
 
 
 def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: Board) -> None:
@@ -688,7 +699,9 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
     # As the udev rule of docs/install-raspberry-pi.md (section 2) leaves a real adapter.
     assert box.run("stat", "-c", "%a %g", pty).stdout.split() == ["660", dialout]
 
-    green = _doctor_with_sensors(board)
+    # All green: the Trackmaster's deadman read back too (--belt; nobody on the belt), the
+    # broker's files as installed and the sockets of systemd's Mosquitto.
+    green = _doctor_with_sensors(board, "yes", "--belt-confirmed", nobody_on_belt=True)
     assert green.code == 0, green.out
     assert green.verdicts() == ALL_GREEN, green.out
     said = "\n".join(c["detail"] for c in green.checks)
@@ -696,25 +709,44 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
         "/etc/treadguard/treadguard.toml: treadmill tm-01, Trackmaster on /dev/treadmill",
         "the treadmill's serial port, /dev/treadmill: treadguard may use it",
         "Trackmaster on /dev/treadmill answers",
-        "left grip: held, fresh",
+        "running with its CDS on (D0 32), then stopped",
+        "left grip: not held, fresh",
         "127.0.0.1:1883 accepts the daemon's login (treadguard)",
+        "127.0.0.1:1883 refuses a client without an account",
         "tablet may command treadmill/tm-01/cmd and the daemon reads it",
+        "/etc/mosquitto/mosquitto.conf, /etc/mosquitto/conf.d/treadguard.conf: allow_anonymous "
+        "false, password_file /etc/mosquitto/treadguard/passwd, acl_file /etc/mosquitto/"
+        "treadguard/acl",
+        "/etc/mosquitto/treadguard/acl: only the tablet accounts (tablet, tablet-*) may write "
+        "treadmill/tm-01/cmd",
+        "listens on loopback only: 127.0.0.1:1883, 127.0.0.1:9001",
         "synchronised (timedatectl)",
         "/var/lib/treadguard/journal.sqlite: writable",
     ):
         assert words in said, said
 
     # The adapter without the udev rule: root's alone. Root (the doctor) still reaches the
-    # drive; the service's user could not open the port.
+    # drive; the service's user could not open the port. And treadguard's Mosquitto snippet
+    # emptied (the broker not restarted: the files as the next start would read them).
     box.run("chown", "root:root", pty)
     box.run("chmod", "0600", pty)
+    snippet = box.root / SNIPPET
+    shipped_snippet = snippet.read_bytes()
+    snippet.write_bytes(b"")
     try:
         no_rule = _doctor_with_sensors(board)
     finally:
+        snippet.write_bytes(shipped_snippet)
         box.run("chown", "root:dialout", pty)
         box.run("chmod", "0660", pty)
     assert no_rule.code == 1, no_rule.out
-    assert no_rule.verdicts() == {**ALL_GREEN, "serial port": ["FAIL"]}, no_rule.out
+    # Without --belt the deadman is not checked (TODO); without an acl_file, no ACL to judge.
+    assert no_rule.verdicts() == {
+        **{k: v for k, v in ALL_GREEN.items() if k != "ACL file"},
+        "serial port": ["FAIL"],
+        "drive": ["TODO"],
+        "broker config": ["FAIL"],
+    }, no_rule.out
     port = no_rule.failed(
         "serial port",
         "/dev/treadmill, cannot be read and written by treadguard",
@@ -722,15 +754,41 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
         'udev rule (GROUP="dialout", MODE="0660"',
     )
     assert "usermod" not in port["fix"], port  # joining root's group would not help
+    no_rule.failed(
+        "broker config",
+        "/etc/mosquitto/conf.d/treadguard.conf is empty (0 bytes)",
+        "no allow_anonymous false",
+        "no acl_file",
+        "sudo install -m 0644 /opt/treadguard/config/mosquitto/treadguard.conf",
+    )
+    drive = next(c for c in no_rule.checks if c["check"] == "drive")
+    assert "not checked: its CDS was not read back" in drive["detail"], no_rule.out
+    assert "--belt with the technician at the treadmill" in drive["fix"], no_rule.out
 
-    # The sensors silent and the clock not synchronised: each named with its fix.
-    faults = _doctor(board, clock="no")
+    # The sensors silent, the clock not synchronised, and the dashboard's account let write
+    # the command topic in the installed ACL: each named with its fix.
+    acl = box.root / INSTALLED_ACL
+    installed_acl = acl.read_bytes()
+    acl.write_bytes(installed_acl + b"user dashboard\ntopic write treadmill/+/cmd\n")
+    dashboard_line = installed_acl.count(b"\n") + 2
+    try:
+        faults = _doctor(board, clock="no")
+    finally:
+        acl.write_bytes(installed_acl)
     assert faults.code == 1, faults.out
     assert faults.verdicts() == {
         **ALL_GREEN,
+        "drive": ["TODO"],
         "sensors": ["FAIL", "FAIL", "FAIL"],
+        "ACL file": ["FAIL"],
         "clock": ["FAIL"],
     }, faults.out
+    faults.failed(
+        "ACL file",
+        f"/etc/mosquitto/treadguard/acl, line {dashboard_line} ('topic write treadmill/+/cmd'): "
+        "the account dashboard may write treadmill/tm-01/cmd",
+        "delete the line from /etc/mosquitto/treadguard/acl",
+    )
     for role in ("left grip", "right grip", "fall"):
         sensor = next(c for c in faults.checks if c["detail"].startswith(f"{role}: "))
         assert sensor["verdict"] == "FAIL", faults.out
