@@ -176,6 +176,7 @@ class LoadedConfig:
     config: TreadguardConfig
     programs: dict[str, Program]
     rules: ProgressionRules = field(default_factory=ProgressionRules)
+    rules_path: Path | None = None  # the file the rules came from
 
     def resolve(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.path.parent / relative
@@ -332,7 +333,9 @@ def load_config(path: Path) -> LoadedConfig:
         rules = load_rules(rules_path)
     except RulesError as exc:
         problems.append(f"programs.rules: {exc}")
-    loaded = LoadedConfig(path=path, config=config, programs=programs, rules=rules)
+    loaded = LoadedConfig(
+        path=path, config=config, programs=programs, rules=rules, rules_path=rules_path
+    )
     try:
         programs.update(load_programs(loaded.resolve(config.programs.dir)))
     except ProgramError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.config.schema import ModbusDriveSection, SimulatedDriveSection
+from treadguard.contract.codes import code_problem, shown_code
 from treadguard.controller.drives import build_driver, field_problem, in_process_rig
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.sensors import SensorHub
@@ -56,6 +57,16 @@ def build_problems(loaded: LoadedConfig) -> list[str]:
             run.close()  # built, never started
     except ValueError as exc:
         problems.append(f"sensors.inputs: {exc}")
+    # A user's own plan in the progression rules, under a code no user can have: one with a
+    # character that does not show as itself (contract/codes.py), which the contract refuses
+    # in every command. The plan would apply to nobody, silently; the clinic is told instead.
+    for code in loaded.rules.user:
+        problem = code_problem(code, f"user.{shown_code(code)}")
+        if problem is not None:
+            problems.append(
+                f"programs.rules: {loaded.rules_path}: {problem}; user codes with it are refused "
+                "everywhere, so this plan would be nobody's"
+            )
     broker = broker_settings(loaded)
     if broker.tls is not None:
         try:

@@ -4,6 +4,7 @@ defaults, the file beside the configuration or the one it names, and a mistake r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,27 @@ def test_a_rules_file_named_and_missing_is_said(tmp_path: Path) -> None:
     done = check_config(config(tmp_path, 'rules = "nowhere.toml"\n'))
     assert done.returncode == 2
     assert f"programs.rules: {tmp_path / 'nowhere.toml'}: cannot read" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        ("p-\u202e210", "user.p-\\u202e210 contains an invisible formatting character (U+202E)"),
+        ("p-012\u200b", "user.p-012\\u200b contains an invisible formatting character (U+200B)"),
+        ("p-\u00a0012", "user.p-\\u00a0012 contains a space other than the ordinary space"),
+    ],
+)
+def test_a_users_plan_under_a_code_no_user_can_have_is_refused(
+    tmp_path: Path, code: str, named: str
+) -> None:
+    """The contract refuses such a code in every command, so a plan under it would apply to
+    nobody, silently: check-config names the file, the code (escaped) and the character."""
+    key = json.dumps(code)  # a TOML basic string: the character as a \\uXXXX escape
+    (tmp_path / "progression.toml").write_text(
+        f'[user.{key}]\nphase = "intervals"\n', encoding="utf-8"
+    )
+    done = check_config(config(tmp_path))
+    assert done.returncode == 2, done
+    assert f"programs.rules: {tmp_path / 'progression.toml'}: {named}" in done.stdout
+    assert "this plan would be nobody's" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
