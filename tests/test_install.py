@@ -1126,30 +1126,43 @@ def _logs_in(board: Board, account: str, password: str) -> bool:
 
 def test_what_was_removed_here_stays_removed(board: Board) -> None:
     """A tablet account taken out of the broker (a lost tablet locked out) and a program the
-    clinic deleted are not brought back by the next run, the lost tablet's password least of
-    all; an account whose line is deleted from mqtt-accounts comes back with a new password."""
+    clinic deleted are not brought back by later runs: not by a re-run, not after the accounts
+    file is saved with Windows line endings, not by an uninstall and a reinstall. The lost
+    tablet's password is dropped from the board; the account comes back, with a new password,
+    only when the clinic deletes its marker."""
     box = board.box
     passwd = "/etc/mosquitto/treadguard/passwd"
     program = box.root / "etc/treadguard/programs/intervals.toml"
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
     assert program.exists()
     lost = board.login("tablet")
     box.run("mosquitto_passwd", "-D", passwd, "tablet")
     _restart_broker(box)
     program.unlink()
 
-    out = board.install().stdout
-    assert f"{passwd}: tablet not added again: it was removed here" in out, out
-    assert "/etc/treadguard/programs: not added again, deleted here: intervals.toml" in (out)
-    assert not program.exists()
-    assert not _logs_in(board, "tablet", lost["password"])
+    def still_removed(out: str) -> None:
+        assert "tablet added" not in out, out
+        assert not program.exists()
+        assert lost["password"] not in accounts.read_text()
+        assert not _logs_in(board, "tablet", lost["password"])
 
-    # The clinic wants a tablet account again: its line deleted, the next run makes a new one.
-    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    out = board.install().stdout
+    assert "mqtt-accounts: tablet was removed from the broker here: its password is dropped" in out
+    assert "/etc/treadguard/programs: not added again, deleted here: intervals.toml" in out
+    still_removed(out)
+    assert "# tablet: removed from the broker here" in accounts.read_text()
+
+    accounts.write_bytes(accounts.read_bytes().replace(b"\n", b"\r\n"))
+    still_removed(board.install().stdout)
+    assert board.install("--uninstall").returncode == 0
+    still_removed(board.install().stdout)
+
+    # The clinic wants a tablet account again: its marker deleted, the next run makes it anew.
     accounts.write_text(
         "".join(
             f"{line}\n"
             for line in accounts.read_text().splitlines()
-            if not line.startswith("tablet=")
+            if not line.startswith("# tablet: removed")
         )
     )
     out = board.install().stdout
@@ -1158,7 +1171,7 @@ def test_what_was_removed_here_stays_removed(board: Board) -> None:
     assert new["password"] != lost["password"]
     assert _logs_in(board, "tablet", new["password"])
     assert not _logs_in(board, "tablet", lost["password"])
-    box.run("cp", f"{OPT}/config/programs/intervals.toml", str(program).removeprefix(str(box.root)))
+    box.run("cp", f"{OPT}/config/programs/intervals.toml", "/etc/treadguard/programs/")
 
 
 def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
@@ -1169,7 +1182,9 @@ def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
     password = f"kiosk-{os.urandom(8).hex()}"
     accounts = box.root / "etc/treadguard/mqtt-accounts"
     before = accounts.read_text()
-    accounts.write_text(before + f"kiosk-2={password}\n")
+    accounts.write_text(
+        before + f"kiosk-2={password}\nkiosk-3=Kiosk:Clinic-2024\nkiosk-4= spaced \n"
+    )
     trace = "/run/treadguard-execve"
     try:
         done = box.run(
@@ -1189,6 +1204,10 @@ def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
             timeout=INSTALL_TIMEOUT_S,
         )
         assert "/etc/mosquitto/treadguard/passwd: kiosk-2 added" in done.stdout, done
+        # What mosquitto_passwd would read otherwise than written: refused, said, not guessed.
+        for refused in ("kiosk-3", "kiosk-4"):
+            assert f"{refused}'s password has a colon or a blank at an end" in done.stderr, done
+            assert f"{refused}:" not in (box.root / "etc/mosquitto/treadguard/passwd").read_text()
         execs = (box.root / trace.lstrip("/")).read_text()
         assert "mosquitto_passwd" in execs  # the trace saw the installer's commands
         environment = (box.root / "etc/treadguard/environment").read_text()
@@ -1220,12 +1239,18 @@ def test_an_emptied_snippet_is_replaced_and_a_fix_made_here_is_put_in_force(boar
     assert snippet.read_bytes() == shipped
     assert "mosquitto: restarted" in out, out
 
-    # Edited here, and the edit not yet read by the broker: the run restarts it.
+    # Edited here, and the edit not yet read by the broker: the run restarts it. The file
+    # put back from a copy with an old time (cp -p), as a clock stepped back would leave it.
     snippet.write_bytes(shipped + b"listener 1884 127.0.0.1\nuse_username_as_clientid true\n")
+    hour_ago = time.time() - 3600
+    os.utime(snippet, (hour_ago, hour_ago))
     try:
         out = board.install().stdout
         assert "/etc/mosquitto/conf.d/treadguard.conf: kept (edited here)" in out, out
-        assert "changed since Mosquitto started" in out, out
+        assert (
+            "mosquitto: /etc/mosquitto/conf.d/treadguard.conf changed since the installer last "
+            "restarted it"
+        ) in out, out
         assert "mosquitto: restarted" in out, out
         assert listen_addresses(box.run(*listening_query(1884)).stdout) == {"127.0.0.1"}
         # Read now: the next run leaves the broker alone.
