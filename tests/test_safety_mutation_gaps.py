@@ -19,6 +19,7 @@ from tests.test_safety_examples import (
     CAP_WARNING_BEFORE_S,
     COUNTDOWN_S,
     DEBOUNCE_S,
+    DRIVE_TIMEOUT_S,
     EPS,
     FEEDBACK_WINDOW_S,
     HEARTBEAT_GRACE_S,
@@ -1671,3 +1672,132 @@ def test_sr6_a_healthy_status_stamped_with_the_fault_s_own_time_does_not_clear_i
     reset = world.command(Reset).reply
     assert isinstance(reset, Refused)
     assert reset.message == "cannot reset: drive has not reported a healthy status since its fault"
+
+
+# --------------------------------------------------------------------------- edges found later
+# Each of these was once listed as an equivalent mutant; an input tells it apart after all.
+
+
+def test_sr11_a_first_drive_status_without_a_time_says_no_belt_is_moving() -> None:
+    """A first status whose time is not a number is no status: no belt found moving is said
+    from a speed nobody reported (and the core does not fail on the value it starts from)."""
+    world = World()
+    d = world.send(DriveFeedback(math.nan, 0.0))
+    assert [e.type for e in d.events if e.type is EventType.BELT_FOUND_MOVING] == []
+    d = world.send(DriveFeedback(math.nan, 1.0))
+    assert [e.type for e in d.events if e.type is EventType.BELT_FOUND_MOVING] == []
+
+
+def test_sr1_a_program_without_steps_never_steps_a_target_finer_than_its_grid() -> None:
+    """The first-session program has no steps: a start target of 0.8006 mph stays 0.8006,
+    never rounded to the step's grid (0.801) by a step of 0 mph."""
+    world = running_world("first_session", target_mph=0.8006)
+    world.run(5.0)
+    assert world.events(EventType.SPEED_STEP) == []
+    assert world.core.snapshot().target_mph == 0.8006
+
+
+@pytest.mark.parametrize("start_ms", [1400, 1150, 1650])
+def test_sr3_a_hand_let_go_at_the_countdowns_first_instant_aborts_the_start(start_ms: int) -> None:
+    """At these start times (t + 3.0) - t is a hair above 3.0 in floats: the countdown is not
+    "final from its first moment", and a release then must still abort the start, even if
+    the hand is back at the next reading."""
+    world = World()
+    world.run(start_ms / 1000.0)
+    t = world.t
+    assert isinstance(world.send(StartSession(t, "pat")).reply, Accepted)
+    d = world.send(GripReading(t, Hand.LEFT, False))
+    assert EventType.SESSION_ENDED in [e.type for e in d.events]
+    world.run(COUNTDOWN_S + 1.0)  # the hand is back on at the next reading
+    assert world.events(EventType.BELT_STARTED) == []
+    assert world.state is State.IDLE
+
+
+def test_sr3_the_countdown_ends_within_the_time_tolerance_of_its_end() -> None:
+    """The core compares times within 1 ns (safety/core.py, _EPS): inputs 1 ns before the
+    countdown's end are at its end."""
+    world = World()
+    world.run(1.0)
+    start = world.t
+    assert isinstance(world.send(StartSession(start, "pat")).reply, Accepted)
+    world.run(COUNTDOWN_S - 0.05)
+    t = (start + COUNTDOWN_S) - 1e-9
+    assert world.t < t
+    for hand in (Hand.LEFT, Hand.RIGHT):
+        world.send(GripReading(t, hand, True))
+    world.send(FallReading(t, False))
+    world.send(DriveFeedback(t, 0.0))
+    world.send(Tick(t))
+    assert world.state is State.RUNNING
+
+
+def test_sr9_a_drive_silent_for_its_time_out_within_the_tolerance_is_a_lost_link() -> None:
+    """Times near 0 (the daemon's clock starts there), where 1 ns is seen: a drive silent for
+    drive_timeout_s less 1 ns is silent for its time-out."""
+    core = SafetyCore(
+        SafetyLimits(),
+        load_programs(PROGRAMS_DIR),
+        default_program="first_session",
+        t0=-1.0,
+        commissioned_until=math.inf,
+    )
+
+    def sensors(t: float) -> None:
+        core.handle(FallReading(t, False))
+        for hand in (Hand.LEFT, Hand.RIGHT):
+            core.handle(GripReading(t, hand, True))
+
+    sensors(-0.5)
+    core.handle(DriveFeedback(-0.5, 0.0))
+    assert isinstance(core.handle(StartSession(-0.5, "pat")).reply, Accepted)
+    sensors(-0.25)
+    core.handle(DriveFeedback(-0.25, 0.0))
+    core.handle(DriveFeedback(0.0, 0.0))
+    sensors(0.0)
+    sensors(0.25)
+    assert core.state is State.COUNTDOWN
+    t = DRIVE_TIMEOUT_S - 1e-9
+    assert t - 0.0 == DRIVE_TIMEOUT_S - 1e-9  # exact here, where it would round away later
+    d = core.handle(Tick(t))
+    assert d.emergency_stop
+    assert core.snapshot().state is State.FAULT
+
+
+def test_stop_watch_a_stop_from_no_known_speed_expects_no_time() -> None:
+    """A stop whose speed at the trigger is not a number has no expected standstill time
+    (NaN: nothing to compare with), never an infinite one."""
+    watch = StopWatch()
+    watch.set_baselines({StopKind.EMERGENCY: StopBaseline(StopKind.EMERGENCY, 1.0, 1.0)})
+    judged = watch.judge(StopMeasurement(StopKind.EMERGENCY, math.inf, 2.0))
+    assert math.isnan(judged.expected_standstill_s)
+    judged = watch.judge(StopMeasurement(StopKind.EMERGENCY, math.nan, 2.0))
+    assert math.isnan(judged.expected_standstill_s)
+
+
+def test_stop_watch_the_yardstick_under_a_gentler_ramp_keeps_the_proof_speed() -> None:
+    """A controlled stop proved from 1.2 mph (2.0 s at 0.6 mph/s), judged under a ramp of
+    0.4 mph/s: the same 1.2 mph brought down by the ramp, 3.0 s."""
+    proof = StopBaseline(StopKind.CONTROLLED, 2.0, 0.6)
+    assert yardstick(proof, 0.4) == StopBaseline(StopKind.CONTROLLED, 1.2 / 0.4, 0.4)
+    watch = StopWatch()
+    watch.set_baselines({StopKind.CONTROLLED: proof})
+    assert watch.baseline(StopKind.CONTROLLED, 0.4) == StopBaseline(
+        StopKind.CONTROLLED, 1.2 / 0.4, 0.4
+    )
+    assert watch.baseline(StopKind.CONTROLLED, 0.6) == proof  # not gentler: the proof itself
+
+
+def test_a_repeated_drive_status_changes_nothing_but_its_stamp() -> None:
+    """The controller acts on ``unchanged`` (it skips the drive's command and the deadline): a
+    drive status that repeats the last one's speed at a settled instant changes nothing but
+    its stamp, and one with another speed is not such a status."""
+    world = running_world()
+    world.run(1.0)
+    t = world.t
+    last = [inp for inp, _ in world.log if isinstance(inp, DriveFeedback)][-1]
+    speed = last.speed_mph  # the drive's last status, which this one repeats
+    world.send(Tick(t))  # a settled pass at t
+    world.send(DriveFeedback(t, speed))
+    assert world.core.unchanged is True
+    world.send(DriveFeedback(t, speed + 0.1))
+    assert world.core.unchanged is False
