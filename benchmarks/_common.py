@@ -103,6 +103,9 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         "log_dest stdout\n"
         "set_tcp_nodelay true\n"
         "persistence false\n"
+        # The shipped configuration's queue limits (config/mosquitto/treadguard.conf).
+        "max_queued_messages 1000\n"
+        "max_queued_bytes 67108864\n"
     )
     log = workdir / "mosquitto.log"
     with log.open("ab") as out:

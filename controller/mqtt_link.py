@@ -138,6 +138,11 @@ class _Out:
 # message of 50 MB from any account that may publish to the daemon (a tablet's command, a
 # sensor's reading) held the control loop for half a second while it was read and parsed.
 MAX_PACKET_BYTES = 256 * 1024
+# The QoS 1 deliveries the broker may have on the wire to the command connection,
+# unacknowledged (MQTT 5's Receive Maximum, sent on CONNECT; the most MQTT allows): up to it, a
+# command is in flight, never in the broker's queue, where max_queued_messages would drop it
+# (config/mosquitto/treadguard.conf). The daemon reads them as they come.
+COMMAND_RECEIVE_MAXIMUM = 65535
 
 
 def daemon_client(
@@ -148,12 +153,13 @@ def daemon_client(
     *,
     will: aiomqtt.Will | None = None,
     receive_maximum: int | None = None,
+    maximum_packet_size: int = MAX_PACKET_BYTES,
 ) -> aiomqtt.Client:
     """A fresh client for one of the daemon's connections (a new one every try): MQTT 5, the
     largest packet the broker may send it (MAX_PACKET_BYTES), a bounded incoming queue (the
     links route what they read inline, so nothing should enter it) and no Nagle delay."""
     properties = Properties(PacketTypes.CONNECT)
-    properties.MaximumPacketSize = MAX_PACKET_BYTES
+    properties.MaximumPacketSize = maximum_packet_size
     if receive_maximum is not None:
         properties.ReceiveMaximum = receive_maximum
     return aiomqtt.Client(
@@ -429,6 +435,7 @@ class TabletLink:
             self._tuning,
             self._tls_context,
             will=aiomqtt.Will(self.topics.availability, OFFLINE, qos=1, retain=True),
+            receive_maximum=COMMAND_RECEIVE_MAXIMUM,
         )
         # paho's own limit (20 by default) would hold the rest back behind the PUBACKs; it can
         # only be set before the connection.

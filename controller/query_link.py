@@ -15,11 +15,12 @@ flood of queries waits in its own stream; the commands' stream is never behind i
 What it reads is budgeted (:class:`QueryBudget`), so a flood costs the daemon neither its
 processor nor Python's lock either: the connection's socket is read only while the budget has a
 query to spare (``per_s`` a second, ``burst`` at once). Past that the link stops reading its
-socket until the next one is due, and the broker holds what comes (QoS 1 deliveries behind the
-connection's small Receive Maximum, within the broker's queue limits; QoS 0 ones in its
-memory). A budget still spent after ``shed_after_s`` means a backlog the budget cannot read:
-the connection is closed and opened afresh (a clean start), and the broker discards what it
-held for it. The askers' own timeouts tell them; the patient view asks again.
+socket until the next one is due, and the broker holds what comes, within its queue limits
+(QoS 1 deliveries behind the connection's small Receive Maximum; QoS 0 ones as packets waiting
+to be written, at most ``max_queued_messages`` of them, none over MAX_QUERY_PACKET_BYTES). A
+budget still spent after ``shed_after_s`` means a backlog the budget cannot read: the
+connection is closed and opened afresh (a clean start), and the broker discards what it held
+for it. The askers' own timeouts tell them; the patient view asks again.
 
 Nothing here touches the safety core, the control loop or the commands: a query is handed to
 ``submit`` (the query service, which only parses and queues it), an answer is queued by
@@ -61,6 +62,12 @@ Submit = Callable[[str, bytes, bool], None]  # the account, the payload, its ret
 # QoS 1 deliveries the broker may have on the wire to this connection, unacknowledged: while
 # the link does not read, the rest wait in the broker's queue (MQTT 5's Receive Maximum).
 RECEIVE_MAXIMUM = 8
+# The largest packet the broker may hand this connection (MQTT 5's Maximum Packet Size): a query
+# is at most 4 KiB (refused past that), with its topic and header well under 8 KiB. The broker
+# drops a bigger message for it instead of holding it, so what it holds for this connection
+# while the budget leaves it unread is at most max_queued_messages packets of 8 KiB at QoS 0
+# (config/mosquitto/treadguard.conf), whatever size a flood's messages are.
+MAX_QUERY_PACKET_BYTES = 8 * 1024
 FAILURE_LOG_EVERY_S = 60.0  # the same connection failure, again, is logged this often
 
 
@@ -270,6 +277,7 @@ class QueryLink:
             self._tuning,
             self._tls_context,
             receive_maximum=RECEIVE_MAXIMUM,
+            maximum_packet_size=MAX_QUERY_PACKET_BYTES,
         )
 
     def _failed(self, error: str, retry_in_s: float) -> None:

@@ -32,6 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 ACL = ROOT / "config" / "mosquitto" / "acl"  # the shipped ACL, read as it is
+SHIPPED_CONF = ROOT / "config" / "mosquitto" / "treadguard.conf"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 START_TIMEOUT_S = 5.0
@@ -218,6 +219,31 @@ class Broker:
             self.proc.kill()
             self.proc.wait(timeout=START_TIMEOUT_S)
         self.proc = None
+
+
+# The shipped configuration's bounds on what the broker holds for a client and reads from one.
+QUEUE_SETTINGS = ("max_queued_messages", "max_queued_bytes", "max_inflight_messages")
+
+
+def shipped_queue_limits() -> str:
+    """config/mosquitto/treadguard.conf's lines of QUEUE_SETTINGS, as shipped: a test broker
+    with them holds and drops what the board's broker does."""
+    lines = [
+        line.strip() + "\n"
+        for line in SHIPPED_CONF.read_text().splitlines()
+        if line.split(" ", 1)[0] in QUEUE_SETTINGS
+    ]
+    if not lines:
+        raise RuntimeError(f"{SHIPPED_CONF} sets none of {', '.join(QUEUE_SETTINGS)}")
+    return "".join(lines)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory process ``pid`` has had since it started (Linux's VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # in kB
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 # The shipped ACL's treadmill with MQTT sensors: its sensor account writes only its topics.

@@ -22,7 +22,16 @@ import pytest
 
 from tests.clinician import clinician, sensor_user
 from tests.daemon_process import DaemonProcess, daemon_config
-from tests.mosquitto import WAIT_S, Broker, Tablet, body, have_mosquitto, tablet, text_is
+from tests.mosquitto import (
+    WAIT_S,
+    Broker,
+    Tablet,
+    body,
+    have_mosquitto,
+    shipped_queue_limits,
+    tablet,
+    text_is,
+)
 from tests.test_mqtt_link import World, make_link
 from treadguard.safety.decisions import Event, EventType
 
@@ -198,10 +207,10 @@ async def test_sr15_daemon_flood_every_command_answered_stop_and_estop_never_ref
     p = f"treadmill/{tm}"
     if not have_mosquitto():
         pytest.skip("mosquitto is not installed (scripts/test installs it)")
-    # Mosquitto drops QoS 1 messages for a client with more than max_queued_messages (1000)
-    # waiting for it: the test's client, which publishes 6,000 commands before it reads a
-    # reply, is such a client. Held here, every reply the daemon sends reaches it.
-    broker = Broker(tmp_path, "allow_anonymous true\nmax_queued_messages 0\n")
+    # The shipped broker's queue limits (config/mosquitto/treadguard.conf): with them, no
+    # command is dropped on its way to the daemon, and no reply on its way back to a client
+    # that publishes 6,000 commands before it reads a reply.
+    broker = Broker(tmp_path, "allow_anonymous true\n" + shipped_queue_limits())
     broker.start()
     daemon = DaemonProcess(
         daemon_config(tmp_path, broker.port, treadmill_id=tm), tmp_path / "d.log"

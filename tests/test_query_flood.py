@@ -22,18 +22,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.clinician import SESSION_WAIT_S, clinician
 from tests.daemon_process import DaemonProcess
-from tests.mosquitto import PASSWORDS, Broker, Tablet, auth_lines, body, have_mosquitto
+from tests.mosquitto import (
+    PASSWORDS,
+    Broker,
+    Tablet,
+    auth_lines,
+    body,
+    have_mosquitto,
+    shipped_queue_limits,
+)
 from tests.test_mqtt_security import need
 from tests.test_query_acl import TM, P, ask, asker, daemon, query_topic, reply_topic  # noqa: F401
-
-# config/mosquitto/treadguard.conf's limits on what the broker queues for a client.
-SHIPPED_QUEUES = "max_queued_messages 0\nmax_queued_bytes 67108864\n"
 
 
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[Broker]:
     need("mosquitto", have_mosquitto())
-    extra = auth_lines(tmp_path) + SHIPPED_QUEUES
+    extra = auth_lines(tmp_path) + shipped_queue_limits()
     b = Broker(tmp_path, extra=extra)
     b.start()
     try:
