@@ -1801,3 +1801,31 @@ def test_a_repeated_drive_status_changes_nothing_but_its_stamp() -> None:
     assert world.core.unchanged is True
     world.send(DriveFeedback(t, speed + 0.1))
     assert world.core.unchanged is False
+
+
+def test_a_drive_status_at_its_time_out_within_the_tolerance_is_a_change() -> None:
+    """Idle, the drive silent for its time-out less 1 ns (at its time-out, by the core's
+    tolerance), so not fresh: a status then freshens it, and the decision is not one that
+    changed nothing but a stamp (the control loop would skip what it does for a change)."""
+    core = SafetyCore(
+        SafetyLimits(),
+        load_programs(PROGRAMS_DIR),
+        default_program="first_session",
+        t0=-1.0,
+        commissioned_until=math.inf,
+    )
+
+    def sensors(t: float) -> None:
+        core.handle(FallReading(t, False))
+        for hand in (Hand.LEFT, Hand.RIGHT):
+            core.handle(GripReading(t, hand, True))
+
+    core.handle(DriveFeedback(0.0, 0.0))
+    sensors(0.0)
+    sensors(0.25)
+    t = DRIVE_TIMEOUT_S - 1e-9
+    assert t - 0.0 == DRIVE_TIMEOUT_S - 1e-9  # exact here
+    core.handle(Tick(t))  # a settled pass: idle, nothing to do
+    assert core.snapshot().state is State.IDLE
+    core.handle(DriveFeedback(t, 0.0))
+    assert core.unchanged is False

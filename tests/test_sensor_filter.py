@@ -221,3 +221,13 @@ def test_sr4_sr5_with_gaps_an_unsafe_level_is_always_reported_at_once(
         reported_safe = f.update(Sample(t_ms / 1e3, high)) == asserted_is_safe
         if high != asserted_is_safe:  # the level is unsafe
             assert not reported_safe
+
+
+def test_a_level_steady_for_its_debounce_within_the_time_tolerance_passes() -> None:
+    """Times compare within 1 ns (drivers/input_filter.py, _EPS): a level safe from t = 0 and
+    still safe at debounce_s less 1 ns has been steady for its debounce (exact near 0)."""
+    grip = LevelFilter(active_high=True, asserted_is_safe=True, debounce_s=0.02)
+    assert grip.update(Sample(0.0, True)) is False
+    t = 0.02 - 1e-9
+    assert t - 0.0 == 0.02 - 1e-9
+    assert grip.update(Sample(t, True)) is True
