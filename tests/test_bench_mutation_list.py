@@ -1,0 +1,96 @@
+"""benchmarks/bench_mutation.py's reading of the list of equivalent mutants against a run: the
+run fails where the list is not true of it (an entry no survivor matches, one that stands for
+another number of survivors than it says), and a mutant within the time tolerance counts as
+not killed. Pure: mutants and entries made here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its own helpers, as when it runs
+    spec = importlib.util.spec_from_file_location(
+        "bench_mutation", ROOT / "benchmarks" / "bench_mutation.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_mutation"] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+SCOPE = {"mutate": ["safety/*"], "tests": []}
+F = "safety.core.SafetyCore.handle"
+
+
+def mutant(n: int, status: str, original: str = "a >= b", mutated: str = "a > b") -> Any:
+    return bench.Mutant(f"{F}__mutmut_{n}", status, F, original, mutated)
+
+
+def entry(original: str = "a >= b", mutated: str = "a > b", **more: Any) -> dict[str, Any]:
+    return {
+        "function": F,
+        "original": original,
+        "mutant": mutated,
+        "why": "a reason",
+        "kind": "equivalent",
+        "count": 1,
+        **more,
+    }
+
+
+def test_a_listed_survivor_is_equivalent_and_leaves_the_score() -> None:
+    v = bench.sort_out(
+        [mutant(1, "killed"), mutant(2, "survived")], [entry()], SCOPE, whole_run=True
+    )
+    assert [m.name for m in v.equivalent] == [f"{F}__mutmut_2"]
+    assert v.unlisted == []
+    assert v.problems == []
+    assert v.score == 100.0
+
+
+def test_a_survivor_within_the_tolerance_counts_as_not_killed() -> None:
+    v = bench.sort_out(
+        [mutant(1, "killed"), mutant(2, "survived")],
+        [entry(kind="tolerance")],
+        SCOPE,
+        whole_run=True,
+    )
+    assert len(v.tolerance) == 1
+    assert v.equivalent == []
+    assert v.score == 50.0
+
+
+def test_an_entry_no_survivor_matches_is_a_problem_of_a_whole_run_only() -> None:
+    mutants = [mutant(1, "killed")]
+    assert bench.sort_out(mutants, [entry()], SCOPE, whole_run=False).problems == []
+    (problem,) = bench.sort_out(mutants, [entry()], SCOPE, whole_run=True).problems
+    assert "no mutant matching it survived" in problem
+
+
+def test_an_entry_standing_for_another_number_of_survivors_is_a_problem() -> None:
+    two = [mutant(1, "survived"), mutant(2, "survived")]
+    (problem,) = bench.sort_out(two, [entry()], SCOPE, whole_run=True).problems
+    assert "listed for 1 mutant(s), and 2 matching it survived" in problem
+    assert bench.sort_out(two, [entry(count=2)], SCOPE, whole_run=True).problems == []
+
+
+def test_an_unlisted_survivor_and_a_time_out_are_told() -> None:
+    v = bench.sort_out(
+        [mutant(1, "timeout"), mutant(2, "survived", "x = 1", "x = 2")],
+        [],
+        SCOPE,
+        whole_run=True,
+    )
+    assert [m.name for m in v.timeouts] == [f"{F}__mutmut_1"]
+    assert [m.name for m in v.unlisted] == [f"{F}__mutmut_2"]
+    assert v.score == 50.0
