@@ -3,6 +3,12 @@ configuration (its main file, the ``include_dir`` it names, the ``acl_file``), w
 write each topic that must be refused to the others, and the TCP sockets the broker process
 actually listens on (``/proc``).
 
+The files are read as Mosquitto 2.0.11 reads them (src/conf.c, src/security_default.c): lines
+end at a newline only, a comment is a line whose first character is ``#``, words are separated
+by spaces only. A line holding a character Mosquitto and another reader could take differently
+(a control character other than a line's closing carriage return, a Unicode separator) is a
+problem of its own, named with its file and line.
+
 Only reading: nothing here connects to the broker or changes a file.
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +25,129 @@ from pathlib import Path
 DEBIAN_MOSQUITTO_CONF = Path("/etc/mosquitto/mosquitto.conf")
 
 
+# ------------------------------------------------------------------ lines as Mosquitto reads them
+
+
+def file_lines(data: bytes) -> list[tuple[int, str]]:
+    """Each line of a file (counted from 1) as Mosquitto's fgets reads it: split at ``\\n``
+    only, the newline dropped. Undecodable bytes are kept apart (surrogateescape), so that two
+    different lines never read as one text."""
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()  # the last line's newline, not a line of its own
+    return [(n, raw.decode(errors="surrogateescape")) for n, raw in enumerate(parts, start=1)]
+
+
+# Characters that are not control characters but that some readers take as a line break, a
+# space or nothing at all (Python's str.splitlines and str.split, editors), and Mosquitto as a
+# character of a word.
+_SEPARATORS = frozenset(
+    "\u0085\u00a0\u1680\u180e\u2028\u2029\u202f\u205f\u3000\ufeff"
+    + "".join(chr(c) for c in range(0x2000, 0x2010))
+    + "".join(chr(c) for c in range(0x2060, 0x2065))
+)
+
+
+def _named(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"the byte 0x{code - 0xDC00:02X}, not UTF-8"
+    names = {
+        "\t": "a tab",
+        "\x0b": "a vertical tab",
+        "\x0c": "a form feed",
+        "\r": "a carriage return",
+        "\x00": "a NUL byte",
+        "\x85": "a next-line character",
+        "\u2028": "a line separator",
+        "\u2029": "a paragraph separator",
+        "\u00a0": "a no-break space",
+        "\ufeff": "a byte-order mark",
+    }
+    return f"U+{code:04X}" + (f" ({names[char]})" if char in names else "")
+
+
+def unusual_characters(path: Path, lines: list[tuple[int, str]]) -> list[str]:
+    """A problem for each line holding a character Mosquitto and the doctor (or the technician's
+    editor) might read differently: a control character (but a carriage return closing the
+    line, and a tab in a comment), a Unicode separator or invisible format character. Invalid
+    UTF-8 is left alone: it never reads as a space or a line break."""
+    found = []
+    for number, text in lines:
+        body = text[:-1] if text.endswith("\r") else text
+        comment = body.startswith("#")
+        odd = [
+            c
+            for c in body
+            if (ord(c) < 0x20 and not (c == "\t" and comment))
+            or ord(c) == 0x7F
+            or 0x80 <= ord(c) < 0xA0
+            or c in _SEPARATORS
+        ]
+        if odd:
+            found.append(
+                f"{path}, line {number} holds {_named(odd[0])}, which Mosquitto and the doctor "
+                "may read differently: remove it"
+            )
+    return found
+
+
+def _c_strip(text: str) -> str:
+    """C's isspace() in the C locale, as Mosquitto trims (misc__trimblanks)."""
+    return text.strip(" \t\n\v\f\r")
+
+
+def _c_rstrip(text: str) -> str:
+    return text.rstrip(" \t\n\v\f\r")
+
+
+def _strtok(text: str) -> tuple[str | None, str]:
+    """strtok_r(text, " "): the first word (None if there is none) and what follows the one
+    space after it (strtok_r(NULL, "") of the rest, "" for none)."""
+    stripped = text.lstrip(" ")
+    if not stripped:
+        return None, ""
+    word, _, rest = stripped.partition(" ")
+    return word, rest
+
+
+def _atoi(text: str) -> int:
+    """C's atoi(): leading blanks, a sign, the digits that follow; 0 if none."""
+    s = text.lstrip(" \t\n\v\f\r")
+    sign = -1 if s[:1] == "-" else 1
+    if s[:1] in "+-":
+        s = s[1:]
+    digits = ""
+    for c in s:
+        if not "0" <= c <= "9":
+            break
+        digits += c
+    return sign * int(digits) if digits else 0
+
+
 # ------------------------------------------------------------------ the configuration files
 
 
 @dataclass(frozen=True)
 class ConfLine:
-    """One setting: ``key value`` at ``number`` (counted from 1) of ``file``."""
+    """One setting: ``key value`` at ``number`` (counted from 1) of ``file``. ``part``: which
+    reading of a file it comes from (a listener's settings never cross into another file's
+    reading, as in Mosquitto, where each included file starts with the default listener)."""
 
     file: Path
     number: int
     key: str
     value: str
+    part: int = 0
 
     @property
     def where(self) -> str:
         return f"{self.file}, line {self.number}"
+
+    @property
+    def first_word(self) -> str:
+        word, _ = _strtok(self.value)
+        return word or ""
 
 
 @dataclass(frozen=True)
@@ -50,11 +165,39 @@ class Listener:
         s = self.settings
         return ("certfile" in s and "keyfile" in s) or "psk_hint" in s
 
+    @property
+    def websockets_everywhere(self) -> bool:
+        """A WebSockets listener without socket_domain: Mosquitto 2.0.11 (with libwebsockets
+        4.1, Debian 12) binds it to every address, whatever address its line names."""
+        s = self.settings
+        return s.get("protocol") == "websockets" and "socket_domain" not in s
+
+    def binds(self, address: str) -> bool:
+        """Whether a socket listening on ``address`` (as ipaddress prints it) is this
+        listener's: its own address (a name resolved), or any address for a listener without
+        one. A name that does not resolve binds nothing the doctor can tell."""
+        wildcard = address in ("0.0.0.0", "::")
+        if self.address is None:
+            return wildcard
+        if wildcard and self.websockets_everywhere:
+            return True
+        try:
+            return ipaddress.ip_address(self.address) == ipaddress.ip_address(address)
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(self.address, self.port, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return False
+        return any(str(ipaddress.ip_address(info[4][0])) == address for info in infos)
+
 
 @dataclass(frozen=True)
 class MosquittoConf:
     files: list[tuple[Path, int]]  # each file read, in order, and its size in bytes
     lines: list[ConfLine]
+    # Lines holding a character Mosquitto and the doctor might read differently.
+    unusual: list[str] = field(default_factory=list)
 
     def last(self, key: str) -> ConfLine | None:
         """The line that decides a setting of the whole broker (the last one read)."""
@@ -63,16 +206,18 @@ class MosquittoConf:
 
     def listeners(self) -> list[Listener]:
         found: list[Listener] = []
+        current: dict[int, Listener] = {}  # the listener of each reading of a file
         for line in self.lines:
             if line.key == "listener":
-                port, _, address = line.value.partition(" ")
-                try:
-                    number = int(port)
-                except ValueError:
-                    continue  # Mosquitto refuses to start: the broker check says so
-                found.append(Listener(number, address.strip() or None, line))
-            elif found:
-                found[-1].settings[line.key] = line.value
+                port, rest = _strtok(line.value)
+                address, _ = _strtok(rest)
+                if address is not None and address.startswith("#"):
+                    address = None
+                listener = Listener(_atoi(port or ""), address, line)
+                found.append(listener)
+                current[line.part] = listener
+            elif line.part in current:
+                current[line.part].settings[line.key] = line.value
         return found
 
     def empty_files(self) -> list[Path]:
@@ -85,25 +230,35 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
     PermissionError or FileNotFoundError, with the file's name) if a file cannot be read."""
     files: list[tuple[Path, int]] = []
     lines: list[ConfLine] = []
-    for line in _conf_lines(path, files):
+    unusual: list[str] = []
+    parts = iter(range(1_000_000))
+    for line in _conf_lines(path, files, unusual, next(parts)):
         if line.key == "include_dir":
             folder = Path(line.value)
             for included in sorted(p for p in folder.iterdir() if p.name.endswith(".conf")):
-                lines.extend(_conf_lines(included, files))
+                lines.extend(_conf_lines(included, files, unusual, next(parts)))
         else:
             lines.append(line)
-    return MosquittoConf(files, lines)
+    return MosquittoConf(files, lines, unusual)
 
 
-def _conf_lines(path: Path, files: list[tuple[Path, int]]) -> Iterator[ConfLine]:
+def _conf_lines(
+    path: Path, files: list[tuple[Path, int]], unusual: list[str], part: int
+) -> Iterator[ConfLine]:
     data = path.read_bytes()
     files.append((path, len(data)))
-    for number, raw in enumerate(data.decode(errors="replace").splitlines(), start=1):
-        text = raw.strip()
-        if not text or text.startswith("#"):
+    numbered = file_lines(data)
+    unusual.extend(unusual_characters(path, numbered))
+    for number, raw in numbered:
+        # config__read_file_core: a comment starts at the line's first character; only the
+        # line's closing carriage returns go; words are split at spaces.
+        if raw[:1] in ("#", "\r", ""):
             continue
-        key, _, value = text.partition(" ")
-        yield ConfLine(path, number, key, value.strip())
+        text = raw.split("\x00", 1)[0].rstrip("\r")
+        key, rest = _strtok(text)
+        if key is None:
+            continue
+        yield ConfLine(path, number, key, _c_strip(rest), part)
 
 
 # ------------------------------------------------------------------ the ACL
@@ -127,6 +282,10 @@ class AclLine:
         return self.access in ("write", "readwrite")
 
     @property
+    def pattern(self) -> bool:
+        return self.owner == EVERY_ACCOUNT
+
+    @property
     def where(self) -> str:
         return f"{self.file}, line {self.number} ({self.text!r})"
 
@@ -140,53 +299,99 @@ ACCESS = ("read", "write", "readwrite", "deny")
 
 def read_acl(path: Path) -> list[AclLine]:
     """Every ``topic`` and ``pattern`` line of an ACL file, each with the account it applies
-    to. OSError if the file cannot be read; AclSyntaxError naming a line Mosquitto would not
-    take either."""
+    to, read as Mosquitto 2.0.11 reads it (aclfile__parse). OSError if the file cannot be
+    read; AclSyntaxError naming a line Mosquitto refuses (it then does not start)."""
+    return parse_acl(path, path.read_bytes())
+
+
+def parse_acl(path: Path, data: bytes) -> list[AclLine]:
     found: list[AclLine] = []
     owner: str | None = ANONYMOUS
-    text = path.read_bytes().decode(errors="replace")
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for number, raw in file_lines(data):
+        line = _c_rstrip(raw.split("\x00", 1)[0])
+        if line.startswith("#"):
             continue
-        word, _, rest = line.partition(" ")
-        rest = rest.strip()
+        word, rest = _strtok(line)
+        if word is None:
+            continue
+
+        def refused(why: str, line: str = line, number: int = number) -> AclSyntaxError:
+            return AclSyntaxError(f"{path}, line {number} ({line!r}): {why}")
+
         if word == "user":
-            owner = rest
+            if not rest:
+                raise refused("a user line without a name")
+            owner = _c_strip(rest)
             continue
-        if word not in ("topic", "pattern") or not rest:
-            raise AclSyntaxError(f"{path}, line {number} ({line!r}) is not an ACL line")
-        access, _, topic = rest.partition(" ")
-        if access not in ACCESS or not topic.strip():
-            access, topic = "readwrite", rest  # no access word: read and write
+        if word not in ("topic", "pattern"):
+            raise refused("not an ACL line (topic, pattern or user)")
+        access, rest = _strtok(rest)
+        if access is None:
+            raise refused("no topic")
+        if rest:
+            topic = _c_strip(rest)
+            if access not in ACCESS:
+                raise refused(f"{access!r} is not an access (read, write, readwrite or deny)")
+        else:
+            topic, access = access, "readwrite"  # no access word: read and write
+        if not valid_filter(topic):
+            raise refused(f"{topic!r} is not a valid topic filter")
         found.append(
             AclLine(
-                path,
-                number,
-                line,
-                EVERY_ACCOUNT if word == "pattern" else owner,
-                access,
-                topic.strip(),
+                path, number, line, EVERY_ACCOUNT if word == "pattern" else owner, access, topic
             )
         )
     return found
 
 
-def _levels(topic: str, pattern: bool) -> list[str]:
-    # In a pattern, %u and %c stand for the client's user name and client id: any one level.
-    return ["+" if pattern and "%" in level else level for level in topic.split("/")]
+def valid_filter(topic: str) -> bool:
+    """mosquitto_sub_topic_check: ``+`` and ``#`` a whole level each, ``#`` the last."""
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level or "#" in level) and level not in ("+", "#"):
+            return False
+        if level == "#" and i != len(levels) - 1:
+            return False
+    return len(topic.encode(errors="surrogateescape")) <= 65535
+
+
+def matches(sub: str, topic: str) -> bool:
+    """mosquitto_topic_matches_sub: whether the filter ``sub`` matches the topic ``topic``
+    (``#`` matches its parent level too; ``$`` topics only by filters starting with ``$``)."""
+    if (sub[:1] == "$") != (topic[:1] == "$"):
+        return False
+    s, t = sub.split("/"), topic.split("/")
+    for i, level in enumerate(s):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(s) == len(t)
 
 
 def overlap(a: list[str], b: list[str]) -> bool:
     """Whether some topic matches both filters (MQTT's ``+`` and ``#``)."""
-    for i in range(max(len(a), len(b)) + 1):
-        if (i < len(a) and a[i] == "#") or (i < len(b) and b[i] == "#"):
-            return True
+    return _intersection(a, b) is not None
+
+
+def _intersection(a: list[str], b: list[str]) -> list[str] | None:
+    """A filter matched by exactly the topics both ``a`` and ``b`` match, or None."""
+    out: list[str] = []
+    i = 0
+    while True:
+        if i < len(a) and a[i] == "#":
+            return out + b[i:] if i < len(b) else out
+        if i < len(b) and b[i] == "#":
+            return out + a[i:] if i < len(a) else out
         if i == len(a) or i == len(b):
-            return len(a) == len(b)
-        if "+" not in (a[i], b[i]) and a[i] != b[i]:
-            return False
-    return False
+            return out if len(a) == len(b) else None
+        if a[i] == "+":
+            out.append(b[i])
+        elif b[i] == "+" or a[i] == b[i]:
+            out.append(a[i])
+        else:
+            return None
+        i += 1
 
 
 def covers(outer: list[str], inner: list[str]) -> bool:
@@ -218,41 +423,112 @@ class Breach:
     who: list[str]  # the "only ... may" words of each topic's guard
 
 
+# A level no line names: what a "+" of a topic that must be refused is filled with when looking
+# for a topic some account may write, and the name of an account the ACL does not name.
+_FRESH = "\x00"
+_ANY_ACCOUNT = "\x00account"
+
+
 def breaches(lines: list[AclLine], guarded: list[Guarded]) -> list[Breach]:
-    """Each line that lets an account write a guarded topic it may not, with those topics.
-    A ``deny`` of the account's own (or a pattern's) that covers the whole topic takes the
-    grant back, as Mosquitto checks the denials first."""
-    found: list[Breach] = []
+    """Each line that lets an account write a guarded topic it may not, with those topics,
+    as Mosquitto 2.0.11 decides (mosquitto_acl_check_default): the client's own lines first,
+    its deny lines before the others wherever they stand, and the first line that matches
+    decides (a read line matching a publish decides nothing); only when none of its own lines
+    decided, the pattern lines, denials first again. Checked for every account the ACL names,
+    for clients without an account when lines stand before any user line, and for an account
+    it does not name (patterns only)."""
+    owners: list[str | None] = []
     for line in lines:
-        if not line.writes:
-            continue
-        grant = _levels(line.topic, line.owner == EVERY_ACCOUNT)
-        topics, who = [], []
-        for guard in guarded:
+        if not line.pattern and line.owner not in owners:
+            owners.append(line.owner)
+    owners.append(_ANY_ACCOUNT)
+    found: dict[tuple[Path, int], Breach] = {}
+    rules_of = {owner: _rules(lines, owner) for owner in owners}
+    for guard in guarded:
+        for owner in owners:
+            rules = rules_of[owner]
+            depth = max((len(topic.split("/")) for _, topic in rules), default=0) + 1
+            if owner not in (ANONYMOUS, _ANY_ACCOUNT) and guard.may(str(owner)):
+                continue
             target = guard.topic.split("/")
-            if not overlap(grant, target):
-                continue
-            named = line.owner not in (ANONYMOUS, EVERY_ACCOUNT)
-            if named and guard.may(str(line.owner)):
-                continue
-            if _denied(lines, line.owner, target):
-                continue
-            topics.append(guard.topic)
-            who.append(guard.who)
-        if topics:
-            found.append(Breach(line, topics, who))
-    return found
+            for line, topic in rules:
+                if not line.writes:
+                    continue
+                common = _intersection(topic.split("/"), target)
+                if common is None:
+                    continue
+                for candidate in _witnesses(common, depth):
+                    decided = _decide(rules, candidate)
+                    if decided is not None and decided.writes:
+                        _add(found, decided, guard)
+                        break
+    return sorted(found.values(), key=lambda b: (str(b.line.file), b.line.number))
 
 
-def _denied(lines: list[AclLine], owner: str | None, target: list[str]) -> bool:
-    for line in lines:
-        if line.access != "deny" or line.owner not in (owner, EVERY_ACCOUNT):
+def _add(found: dict[tuple[Path, int], Breach], line: AclLine, guard: Guarded) -> None:
+    key = (line.file, line.number)
+    breach = found.setdefault(key, Breach(line, [], []))
+    if guard.topic not in breach.topics:
+        breach.topics.append(guard.topic)
+        breach.who.append(guard.who)
+
+
+def _rules(lines: list[AclLine], owner: str | None) -> list[tuple[AclLine, str]]:
+    """The lines Mosquitto checks for a client of ``owner``, in its order, each with its topic
+    as it applies to that client (a pattern's %u filled in, a %c widened: a client chooses its
+    own id). The owner's own lines: denials first, then the rest as written; then the
+    patterns, likewise. A deny pattern with %c is left out (a client can choose an id it does
+    not match); a pattern with %u for clients without an account, and every pattern for an
+    account with + or # in its name, are left out as Mosquitto does."""
+    own = [line for line in lines if not line.pattern and line.owner == owner]
+    patterns = [line for line in lines if line.pattern]
+    out: list[tuple[AclLine, str]] = [(line, line.topic) for line in own if line.access == "deny"]
+    out += [(line, line.topic) for line in own if line.access != "deny"]
+    if owner is not None and ("+" in owner or "#" in owner):
+        return out
+    for deny in (True, False):
+        for line in patterns:
+            if (line.access == "deny") != deny:
+                continue
+            topic = line.topic
+            if "%u" in topic:
+                if owner is ANONYMOUS:
+                    continue
+                topic = topic.replace("%u", str(owner))
+            if "%c" in topic:
+                if deny:
+                    continue
+                levels = topic.split("/")
+                at = next(i for i, level in enumerate(levels) if "%c" in level)
+                topic = "/".join([*levels[:at], "#"])
+            out.append((line, topic))
+    return out
+
+
+def _witnesses(common: list[str], depth: int) -> Iterator[str]:
+    """Topics matching the filter ``common`` that no line's literal can tell apart from any
+    other of its topics: each "+" a level no line names, a "#" none to ``depth`` such levels."""
+    head = [_FRESH if level == "+" else level for level in common if level != "#"]
+    if common and common[-1] == "#":
+        for extra in range(depth + 1):
+            topic = "/".join(head + [_FRESH] * extra)
+            if topic:
+                yield topic
+    elif head:
+        yield "/".join(head)
+
+
+def _decide(rules: list[tuple[AclLine, str]], topic: str) -> AclLine | None:
+    """The line that decides a publish on ``topic`` (a deny or a write line), or None: denied
+    for want of a grant. Own lines skip a $ topic unless they start with $ themselves."""
+    for line, sub in rules:
+        if not line.pattern and topic[:1] == "$" and sub[:1] != "$":
             continue
-        if "%" in line.topic:
-            continue  # a pattern's denial holds for some accounts only: not counted
-        if covers(line.topic.split("/"), target):
-            return True
-    return False
+        if not matches(sub, topic):
+            continue
+        if line.access == "deny" or line.writes:
+            return line
+    return None
 
 
 def owner_words(owner: str | None) -> str:

@@ -54,15 +54,19 @@ from treadguard.controller.broker_config import (
     DEBIAN_MOSQUITTO_CONF,
     AclSyntaxError,
     Guarded,
+    Listener,
     MosquittoConf,
+    Socket,
     breaches,
+    file_lines,
     listening,
     owner_words,
+    parse_acl,
     process_name,
     process_sockets,
-    read_acl,
     read_mosquitto_conf,
     socket_owners,
+    unusual_characters,
 )
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
@@ -72,6 +76,7 @@ from treadguard.controller.mqtt_settings import (
     broker_settings,
     query_broker_settings,
 )
+from treadguard.controller.network_probe import board_addresses, mqtt_answers, targets
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
 from treadguard.drivers.trackmaster import TrackmasterDriver
@@ -1090,6 +1095,16 @@ def check_broker_files(
         )
         return [_not_read("broker config", exc, fix), *check_listeners(broker, None)]
     return [
+        *(
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                problem,
+                "retype the line with plain spaces (cat -A FILE marks control characters), "
+                "then sudo systemctl restart mosquitto",
+            )
+            for problem in conf.unusual
+        ),
         _judge_conf(conf),
         *_judge_acl(conf, loaded, broker),
         *check_listeners(broker, conf),
@@ -1100,7 +1115,7 @@ def _judge_conf(conf: MosquittoConf) -> Check:
     read = ", ".join(str(path) for path, _ in conf.files)
     problems = [f"{path} is empty (0 bytes)" for path in conf.empty_files()]
     per_listener = conf.last("per_listener_settings")
-    if per_listener is not None and per_listener.value == "true":
+    if per_listener is not None and per_listener.first_word in ("true", "1"):
         problems.append(
             f"per_listener_settings true ({per_listener.where}): each listener then has "
             "accounts and an ACL of its own, which the doctor does not judge"
@@ -1108,7 +1123,7 @@ def _judge_conf(conf: MosquittoConf) -> Check:
     anonymous = conf.last("allow_anonymous")
     if anonymous is None:
         problems.append("no allow_anonymous false")
-    elif anonymous.value != "false":
+    elif anonymous.first_word not in ("false", "0"):
         problems.append(
             f"allow_anonymous {anonymous.value} ({anonymous.where}): clients without an "
             "account are let in"
@@ -1162,13 +1177,27 @@ def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
     ]
 
 
+def _unusual_checks(path: Path, data: bytes) -> list[Check]:
+    return [
+        Check(
+            "ACL file",
+            Verdict.FAIL,
+            problem,
+            "retype the line with plain spaces (an editor that shows control characters: "
+            f"cat -A {path} marks them), then sudo systemctl reload mosquitto",
+        )
+        for problem in unusual_characters(path, file_lines(data))
+    ]
+
+
 def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings) -> list[Check]:
     named = conf.last("acl_file")
     if named is None:
         return []  # the broker config check says so
     path = Path(named.value)
     try:
-        lines = read_acl(path)
+        data = path.read_bytes()
+        lines = parse_acl(path, data)
     except FileNotFoundError:
         return [
             Check(
@@ -1183,17 +1212,19 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
         return [_not_read("ACL file", exc)]
     except AclSyntaxError as exc:
         return [
+            *_unusual_checks(path, data),
             Check(
                 "ACL file",
                 Verdict.FAIL,
                 f"{exc}: Mosquitto does not start with it",
                 "correct the line (config/mosquitto/acl shows the shipped ACL), then sudo "
                 "systemctl restart mosquitto",
-            )
+            ),
         ]
     guarded = _guarded(loaded, broker)
     found = breaches(lines, guarded)
-    if not found:
+    checks = _unusual_checks(path, data)
+    if not found and not checks:
         return [
             Check(
                 "ACL file",
@@ -1203,7 +1234,6 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
                 f"replies, only {guarded[6].who} the sensor readings",
             )
         ]
-    checks = []
     for breach in found:
         owner = breach.line.owner
         what = "; ".join(
@@ -1256,28 +1286,40 @@ def check_listeners(broker: BrokerSettings, conf: MosquittoConf | None) -> list[
     except OSError as exc:
         return [_not_read("listeners", exc)]
     sockets = [s for s in listening(Path(f"/proc/{pid}/net")) if s.inode in inodes]
-    by_port = {listener.port: listener for listener in (conf.listeners() if conf else [])}
-    open_ports: dict[int, list[str]] = {}
+    listeners = conf.listeners() if conf else []
+    # Each socket judged by the listener lines that bind it: the same port, and its own
+    # address (or every address, for a listener without one). Two listeners on one port are
+    # two sockets, one of them perhaps without TLS.
+    open_sockets: list[tuple[Socket, list[Listener]]] = []  # not loopback, not TLS
     tls: list[str] = []
     local: list[str] = []
     for sock in sorted(sockets, key=lambda s: (s.port, s.address)):
-        listener = by_port.get(sock.port)
+        binding = [it for it in listeners if it.port == sock.port and it.binds(sock.address)]
         if sock.loopback:
             local.append(sock.shown)
-        elif listener is not None and listener.tls:
+        elif binding and all(it.tls for it in binding):
             tls.append(sock.shown)
         else:
-            open_ports.setdefault(sock.port, []).append(sock.shown)
+            open_sockets.append((sock, binding))
     who = f"{name} (pid {pid})"
-    if not open_ports:
+    if not open_sockets:
         said = f"{who} listens on loopback only: {', '.join(local)}"
         if tls:
             said += f"; with TLS on {', '.join(tls)}"
         return [Check("listeners", Verdict.OK, said)]
+    # One failure for each listener line (its sockets on IPv4 and IPv6 together).
+    grouped: dict[tuple[int, str], tuple[list[str], Listener | None]] = {}
+    for sock, binding in open_sockets:
+        listener = binding[0] if binding else None
+        key = (sock.port, listener.line.where if listener is not None else "")
+        grouped.setdefault(key, ([], listener))[0].append(sock.shown)
     checks = []
-    for port, shown in open_ports.items():
-        listener = by_port.get(port)
-        where = f" ({listener.line.where})" if listener is not None else ""
+    for (port, _), (shown, listener) in grouped.items():
+        where = (
+            f" ({listener.line.where})"
+            if listener is not None
+            else " (no listener line of the configuration binds it)"
+        )
         if listener is not None and listener.settings.get("protocol") == "websockets":
             fix = (
                 f"socket_domain ipv4 under the line listener {port} 127.0.0.1, as in "
@@ -1300,6 +1342,75 @@ def check_listeners(broker: BrokerSettings, conf: MosquittoConf | None) -> list[
             )
         )
     return checks
+
+
+PROBE_FIX = (
+    "serve MQTT to the network only over TLS: the tablet page's wss through nginx on 443 "
+    "(config/nginx/treadguard.conf), other devices Mosquitto's TLS listener; bind plain "
+    "listeners to 127.0.0.1, remove the relay, or the proxy's plain-http location passing to "
+    "the broker (nginx's port 80 only redirects to https)"
+)
+
+
+async def check_network(wait_s: float, net: Path = Path("/proc/net")) -> list[Check]:
+    """Every TCP socket of the board listening beyond loopback, whichever process holds it,
+    asked for MQTT in the clear through the board's own address (network_probe)."""
+    sockets = [s for s in listening(net) if not s.loopback]
+    board = board_addresses(net)
+    if not board:
+        return [
+            Check(
+                "network MQTT",
+                Verdict.OK,
+                "this board has no address but loopback: nothing on it is reachable from a network",
+            )
+        ]
+    if not sockets:
+        return [
+            Check(
+                "network MQTT",
+                Verdict.OK,
+                f"nothing listens beyond loopback (addresses {', '.join(board)})",
+            )
+        ]
+    owners = socket_owners({s.inode for s in sockets})
+    timeout_s = min(wait_s, 3.0)
+    probes = [(sock, address) for sock in sockets for address in targets(sock.address, board)]
+    answers = await asyncio.gather(
+        *(mqtt_answers(address, sock.port, timeout_s) for sock, address in probes)
+    )
+    checks = []
+    asked: list[str] = []
+    for (sock, address), how in zip(probes, answers, strict=True):
+        pid = owners.get(sock.inode)
+        who = (
+            f"{process_name(pid)} (pid {pid})"
+            if pid is not None
+            else "a process the doctor cannot see"
+        )
+        reached = f"[{address}]:{sock.port}" if ":" in address else f"{address}:{sock.port}"
+        if how is None:
+            asked.append(reached)
+            continue
+        checks.append(
+            Check(
+                "network MQTT",
+                Verdict.FAIL,
+                f"{who} listens on {sock.shown}: from the network, at {reached}, {how}: MQTT "
+                "without TLS, every password in the clear",
+                PROBE_FIX,
+            )
+        )
+    if checks:
+        return checks
+    said = ", ".join(dict.fromkeys(asked)) or "none reachable"
+    return [
+        Check(
+            "network MQTT",
+            Verdict.OK,
+            f"no MQTT in the clear from the network (plain or WebSockets) at {said}",
+        )
+    ]
 
 
 def check_clock(timedatectl: str | None = None) -> Check:
@@ -1498,6 +1609,8 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
         report.add(
             Check("broker config", Verdict.FAIL, f"the check itself failed: {exc!r}", "report this")
         )
+    for check in await _guarded_list("network MQTT", check_network(options.wait_s)):
+        report.add(check)
     report.add(check_clock())
     for check in check_journal(loaded, account, user):
         report.add(check)

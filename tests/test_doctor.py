@@ -43,17 +43,24 @@ from tests.mosquitto import (
     auth_lines,
     free_ports,
     have_mosquitto,
+    network_addresses,
 )
 from tests.pki import OPENSSL, make_pki
 from treadguard.controller.broker_config import (
     EVERY_ACCOUNT,
+    AclSyntaxError,
     Guarded,
     breaches,
+    file_lines,
     listening,
+    parse_acl,
     read_acl,
+    read_mosquitto_conf,
+    unusual_characters,
 )
 from treadguard.controller.doctor import check_configuration, check_gpio, service_account
 from treadguard.controller.journal import SCHEMA_VERSION, Journal
+from treadguard.controller.network_probe import is_connack, mqtt_connect, websocket_upgrade
 from treadguard.drivers.trackmaster_codec import Command, CommandFrame
 from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
@@ -347,6 +354,7 @@ ALL_GREEN = {
     "broker config": ["ok"],
     "ACL file": ["ok"],
     "listeners": ["ok"],
+    "network MQTT": ["ok"],
     "clock": ["ok"],
     "journal": ["ok"],
 }
@@ -1155,7 +1163,7 @@ async def test_an_acl_the_doctor_cannot_read_is_not_passed(rig: Rig) -> None:
     assert f"  TODO  ACL file         not checked: {acl} cannot be read by the doctor" in text, text
     assert "fix: run the doctor as root" in text, text
     assert done.out.rstrip().endswith(
-        "1 of 17 not checked (TODO): the board is not proven safe to use"
+        "1 of 18 not checked (TODO): the board is not proven safe to use"
     )
 
 
@@ -1193,3 +1201,300 @@ async def test_a_journal_the_doctor_cannot_read(rig: Rig, where: str) -> None:
         )
         failed(done, "journal", f"{path} cannot be read by the doctor", "run the doctor as root")
     assert "drive" not in check_names(done)  # nothing that would disturb a running daemon
+
+
+# ------------------------------------------------------------------ read as Mosquitto reads
+
+
+def _guards() -> list[Guarded]:
+    return [
+        Guarded("treadmill/tm-01/cmd", lambda a: a == "tablet" or a.startswith("tablet-"), "t"),
+        Guarded("treadmill/tm-01/state", lambda a: a == "treadguard", "d"),
+        Guarded("treadmill/tm-01/query/+/reply", lambda a: a == "treadguard-queries", "q"),
+        Guarded("treadmill/tm-01/sensors/#", lambda a: a.startswith("sensors-"), "s"),
+    ]
+
+
+def _found(acl: bytes) -> dict[tuple[str | None, int], list[str]]:
+    lines = parse_acl(Path("acl"), ACL.read_bytes() + acl)
+    shipped = ACL.read_bytes().count(b"\n")
+    return {(b.line.owner, b.line.number - shipped): b.topics for b in breaches(lines, _guards())}
+
+
+def test_acl_decisions_follow_mosquitto_s_order() -> None:
+    """Mosquitto 2.0.11 (mosquitto_acl_check_default): an account's own lines first, its deny
+    lines before the others, the first matching line decides; the patterns only when none of
+    its own lines matched. A pattern's deny takes no account's own grant back."""
+    cmd = ["treadmill/tm-01/cmd"]
+    # The account's own grant decides before any pattern.
+    assert _found(
+        b"user dashboard\ntopic write treadmill/+/cmd\npattern deny treadmill/+/cmd\n"
+    ) == {("dashboard", 2): cmd}
+    # Its own deny, wherever it stands, decides before its grant.
+    assert _found(b"user dashboard\ntopic write treadmill/+/cmd\ntopic deny treadmill/#\n") == {}
+    # A deny in another block of the same account is the same list.
+    assert (
+        _found(
+            b"user dashboard\ntopic write treadmill/+/cmd\nuser other\nuser dashboard\n"
+            b"topic deny treadmill/tm-01/cmd\n"
+        )
+        == {}
+    )
+    # A read line matching decides nothing: the pattern after it grants.
+    assert _found(b"user dashboard\ntopic read treadmill/#\npattern write treadmill/+/cmd\n") == {
+        (EVERY_ACCOUNT, 3): cmd
+    }
+    # A pattern deny stops a pattern grant, for accounts whose own lines decided nothing.
+    assert _found(b"pattern write treadmill/+/cmd\npattern deny treadmill/+/cmd\n") == {}
+    # Two denials that together leave no topic of the grant: none; that leave one: named.
+    both = b"user x\ntopic deny treadmill/tm-01\ntopic deny treadmill/tm-01/+/#\n"
+    assert _found(both + b"topic write treadmill/tm-01/#\n") == {}
+    gap = b"user x\ntopic deny treadmill/tm-01\ntopic deny treadmill/tm-01/+\n"
+    assert _found(gap + b"topic write treadmill/tm-01/#\n") == {
+        ("x", 4): ["treadmill/tm-01/query/+/reply", "treadmill/tm-01/sensors/#"]
+    }
+    # Lines before any user line: clients without an account, the same order.
+    assert _found(b"") == {}
+    before = b"topic write treadmill/+/cmd\npattern deny treadmill/#\n"
+    lines = parse_acl(Path("acl"), before + ACL.read_bytes())
+    assert [(b.line.owner, b.line.number) for b in breaches(lines, _guards())] == [(None, 1)]
+    # %u is the account's own name, %c any id a client chooses (a "/" in it included).
+    assert _found(b"pattern write treadmill/%u/cmd\n") == {}
+    assert _found(b"pattern write treadmill/tm-01/%c\n") == {
+        (EVERY_ACCOUNT, 1): [
+            "treadmill/tm-01/cmd",
+            "treadmill/tm-01/state",
+            "treadmill/tm-01/query/+/reply",
+            "treadmill/tm-01/sensors/#",
+        ]
+    }
+
+
+def test_acl_lines_are_read_as_mosquitto_reads_them(tmp_path: Path) -> None:
+    """Lines end at \\n only (a vertical tab or U+2028 ends none), words are split at spaces
+    only, a comment starts at the line's first character; a line Mosquitto refuses is named.
+    Any line with a control character or a Unicode separator is named too."""
+    hidden = b"user dashboard\n# see ticket 42\x0buser tablet\ntopic write treadmill/+/cmd\n"
+    assert _found(hidden) == {("dashboard", 3): ["treadmill/tm-01/cmd"]}
+    lines = file_lines(ACL.read_bytes() + hidden)
+    shipped = ACL.read_bytes().count(b"\n")
+    assert unusual_characters(Path("acl"), lines) == [
+        f"acl, line {shipped + 2} holds U+000B (a vertical tab), which Mosquitto and the "
+        "doctor may read differently: remove it"
+    ]
+    separator = "user dashboard\n# note\u2028user tablet\ntopic write treadmill/+/cmd\n"
+    assert _found(separator.encode()) == {("dashboard", 3): ["treadmill/tm-01/cmd"]}
+    assert unusual_characters(Path("acl"), file_lines(separator.encode()))
+    assert unusual_characters(Path("acl"), file_lines(b"user tablet\xc2\xa0\n"))
+    assert unusual_characters(Path("acl"), file_lines(b"# a\ttab in a comment\r\n")) == []
+    # Spaces around words and a CRLF ending are Mosquitto's to trim too.
+    assert _found(b"user  dashboard \r\n  topic  write  treadmill/+/cmd\r\n") == {
+        ("dashboard", 2): ["treadmill/tm-01/cmd"]
+    }
+    # No access word: the word is the topic, read and write.
+    assert [(a.access, a.topic) for a in parse_acl(Path("a"), b"topic deny\n")] == [
+        ("readwrite", "deny")
+    ]
+    for refused in (
+        b"  # an indented comment\n",
+        b"topic\twrite treadmill/+/cmd\n",
+        b"topic writ treadmill/+/cmd\n",
+        b"topic write treadmill/cm+\n",
+        b"user\n",
+        b"Topic write x\n",
+    ):
+        with pytest.raises(AclSyntaxError):
+            parse_acl(Path("a"), refused)
+
+
+def test_the_broker_s_files_are_read_as_mosquitto_reads_them(tmp_path: Path) -> None:
+    """The configuration: lines end at \\n only, a listener's settings never cross into
+    another file (each starts with Mosquitto's default listener), and a control character in
+    any line is named."""
+    snippets = tmp_path / "conf.d"
+    snippets.mkdir()
+    main = tmp_path / "mosquitto.conf"
+    main.write_bytes(
+        b"listener 8883\ninclude_dir " + str(snippets).encode() + b"\ncertfile /c\nkeyfile /k\n"
+    )
+    (snippets / "a.conf").write_bytes(
+        b"allow_anonymous false\n# old: allow_anonymous true\x0ballow_anonymous true\n"
+        b"listener 1884abc\n"
+    )
+    (snippets / "b.conf").write_bytes(b"certfile /c\nkeyfile /k\n")
+    conf = read_mosquitto_conf(main)
+    anonymous = conf.last("allow_anonymous")
+    assert anonymous is not None
+    assert anonymous.value == "false"
+    assert [(it.port, it.address, it.tls) for it in conf.listeners()] == [
+        (8883, None, True),  # the main file's lines after include_dir are its listener's
+        (1884, None, False),  # atoi; b.conf's certificate is the default listener's
+    ]
+    assert conf.unusual == [
+        f"{snippets / 'a.conf'}, line 2 holds U+000B (a vertical tab), which Mosquitto and "
+        "the doctor may read differently: remove it"
+    ]
+
+
+def test_the_network_probe_sends_nothing_a_device_would_act_on() -> None:
+    """The CONNECT and the WebSocket upgrade hold no Trackmaster command byte (0xA0 to 0xAC)
+    and no Modbus TCP protocol number 0; a CONNACK is told from other first bytes."""
+    sent = [mqtt_connect(), websocket_upgrade("192.0.2.1:80", "/mqtt", bytes(16))]
+    for data in sent:
+        assert not any(0xA0 <= b <= 0xAC for b in data), data
+        assert data[2:4] != b"\x00\x00", data
+    assert b"\x00\x17treadguard-doctor-probe" in sent[0]
+    assert is_connack(b"\x20\x02\x00\x05")
+    assert not is_connack(b"SSH-2.0-OpenSSH")
+    assert not is_connack(b"HTTP/1.1 400 Bad Request")
+
+
+@contextlib.asynccontextmanager
+async def relay(to_port: int) -> AsyncIterator[int]:
+    """A relay on every address (a socat) to 127.0.0.1:``to_port``; the port it listens on."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(4096):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "0.0.0.0", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_plain_mqtt_reachable_from_the_network_through_a_relay(rig: Rig) -> None:
+    """Mosquitto on loopback only, but a relay on every address passes plain MQTT to it, and
+    another plain WebSockets (nginx's port 80 passing /mqtt on): each a FAIL naming the
+    address, the port and the process, found by asking there from the board's own address.
+    Mosquitto's TLS listener on every address answers neither in the clear and passes."""
+    board = network_addresses()
+    need("an address other than loopback", bool(board))
+    need("openssl", OPENSSL is not None)
+    pki = make_pki(rig.tmp / "pki")
+    (tls,) = free_ports(1)
+    rig.broker.stop()
+    rig.broker = Broker(
+        rig.tmp,
+        auth_lines(rig.tmp) + f"listener {tls}\n{pki.tls_lines()}",
+        websockets=True,
+    )
+    rig.broker.start()
+    assert rig.broker.ws_port is not None
+    rig.drive = 'kind = "simulator"'
+    async with (
+        relay(rig.broker.port) as plain,
+        relay(rig.broker.ws_port) as ws,
+        publishing(Sensors(rig.broker.port)),
+    ):
+        assert await _until_true(lambda: tls in {s.port for s in listening()}, 10.0)
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    me = f"(pid {os.getpid()})"
+    text = failed(
+        done,
+        "network MQTT",
+        f"listens on 0.0.0.0:{plain}: from the network, at {board[0]}:{plain}, a plain MQTT "
+        "CONNECT was answered with a CONNACK",
+        f"listens on 0.0.0.0:{ws}: from the network, at {board[0]}:{ws}, an MQTT CONNECT over "
+        "plain WebSockets (GET /mqtt) was answered with a CONNACK",
+        me,
+        "serve MQTT to the network only over TLS",
+    )
+    assert text.count("  FAIL  ") == 2, done.out
+    assert f":{tls}" not in text, text
+
+
+@pytest.mark.asyncio
+async def test_two_listeners_on_one_port_are_judged_each_by_its_own(rig: Rig) -> None:
+    """listener P on the board's address, plain, and listener P 127.0.0.1 with TLS: the TLS of
+    the one is not the other's. The socket on the network fails, with its own line."""
+    board = [a for a in network_addresses() if ":" not in a]
+    need("an IPv4 address other than loopback", bool(board))
+    need("openssl", OPENSSL is not None)
+    pki = make_pki(rig.tmp / "pki")
+    (port,) = free_ports(1)
+    rig.broker.stop()
+    rig.broker = Broker(
+        rig.tmp,
+        auth_lines(rig.tmp)
+        + f"listener {port} {board[0]}\nlistener {port} 127.0.0.1\n{pki.tls_lines()}",
+    )
+    rig.broker.start()
+    assert await _until_true(
+        lambda: (board[0], port) in {(s.address, s.port) for s in listening()}, 10.0
+    )
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root")
+    lines = rig.broker.conf.read_text().splitlines()
+    number = lines.index(f"listener {port} {board[0]}") + 1
+    text = failed(
+        done,
+        "listeners",
+        f"listens on {board[0]}:{port} ({rig.broker.conf}, line {number}) without TLS",
+    )
+    assert text.count("  FAIL  ") == 1, done.out
+    failed(done, "network MQTT", f"at {board[0]}:{port}, a plain MQTT CONNECT")
+
+
+@pytest.mark.asyncio
+async def test_acl_faults_mosquitto_acts_on_are_named(rig: Rig) -> None:
+    """The dashboard's own grant with a pattern deny after it, and a tablet's user line hidden
+    after a vertical tab in a comment: the real broker lets the dashboard command, and the
+    doctor names the dashboard's line (and the vertical tab)."""
+    shipped = ACL.read_bytes()
+    cases = {
+        "pattern deny": b"user dashboard\ntopic write treadmill/+/cmd\n"
+        b"pattern deny treadmill/+/cmd\n",
+        "vertical tab": b"user dashboard\n# ticket 42\x0buser tablet\n"
+        b"topic write treadmill/+/cmd\n",
+    }
+    rig.drive = 'kind = "simulator"'
+    for name, extra in cases.items():
+        broker_with_acl(rig, (shipped + extra).decode())
+        assert await _delivered(rig, "dashboard"), name
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root")
+        lines = (shipped + extra).split(b"\n")
+        last = len(lines) - lines[::-1].index(b"topic write treadmill/+/cmd")
+        failed(
+            done,
+            "ACL file",
+            f"line {last} ('topic write treadmill/+/cmd'): the account dashboard may write "
+            "treadmill/tm-01/cmd",
+        )
+        if name == "vertical tab":
+            failed(done, "ACL file", f"line {last - 1} holds U+000B (a vertical tab)", "cat -A")
+
+
+async def _delivered(rig: Rig, account: str) -> bool:
+    """Whether a command ``account`` publishes reaches the daemon's account."""
+    topic = f"treadmill/{SENSOR_TM}/cmd"
+    async with (
+        aiomqtt.Client(
+            "127.0.0.1", rig.broker.port, username="treadguard", password=PASSWORDS["treadguard"]
+        ) as daemon,
+        aiomqtt.Client(
+            "127.0.0.1", rig.broker.port, username=account, password=PASSWORDS[account]
+        ) as other,
+    ):
+        await daemon.subscribe(topic, qos=1)
+        await other.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                async for _ in daemon.messages:
+                    return True
+    return False

@@ -684,6 +684,7 @@ ALL_GREEN = {
     "broker config": ["ok"],
     "ACL file": ["ok"],
     "listeners": ["ok"],
+    "network MQTT": ["ok"],
     "clock": ["ok"],
     "journal": ["ok"],
 }
