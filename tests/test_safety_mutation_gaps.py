@@ -61,6 +61,7 @@ from treadguard.safety.inputs import (
     LoopOverrun,
     Reset,
     RivalDaemon,
+    Sensor,
     SetSpeed,
     Shutdown,
     StartSession,
@@ -1829,3 +1830,177 @@ def test_a_drive_status_at_its_time_out_within_the_tolerance_is_a_change() -> No
     assert core.snapshot().state is State.IDLE
     core.handle(DriveFeedback(t, 0.0))
     assert core.unchanged is False
+
+
+# --------------------------------------------------------------------------- sensors going stale
+
+
+def _near_zero_core() -> SafetyCore:
+    """A core whose clock starts before 0, for inputs at times near 0, where 1 ns is exact."""
+    return SafetyCore(
+        SafetyLimits(),
+        load_programs(PROGRAMS_DIR),
+        default_program="first_session",
+        t0=-1.0,
+        commissioned_until=math.inf,
+    )
+
+
+def _stale_said(d: Decision) -> list[dict[str, object]]:
+    return [dict(e.fields) for e in d.events if e.type is EventType.SENSOR_STALE]
+
+
+def test_sr8_a_sensor_gone_silent_is_said_once_by_name_and_again_after_it_came_back() -> None:
+    """Idle: the left grip falls silent. sensor_stale names it once (not on every input after);
+    once it reports again and falls silent again, it is said again. A sensor never heard is
+    never said to be stale."""
+    world = World()
+    world.run(1.0)
+    for _ in range(2):
+        world.silent = {"left"}
+        world.run(2.0)
+        world.silent = set()
+        world.run(1.0)
+    assert [dict(e.fields) for e in world.events(EventType.SENSOR_STALE)] == [
+        {"sensor": Sensor.GRIP_LEFT.value}
+    ] * 2
+    never = World()
+    never.silent = {"fall"}
+    never.run(2.0)
+    assert never.events(EventType.SENSOR_STALE) == []
+
+
+def test_sr8_a_reading_is_stale_at_its_time_out_within_the_tolerance() -> None:
+    """sensor_timeout_s less 1 ns after its reading (exact near 0), a sensor is stale: at its
+    time-out, by the core's tolerance."""
+    core = _near_zero_core()
+    core.handle(GripReading(0.0, Hand.LEFT, True))
+    assert _stale_said(core.handle(Tick(SENSOR_TIMEOUT_S - 1e-6))) == []
+    t = SENSOR_TIMEOUT_S - 1e-9
+    assert t - 0.0 == SENSOR_TIMEOUT_S - 1e-9
+    assert _stale_said(core.handle(Tick(t))) == [{"sensor": Sensor.GRIP_LEFT.value}]
+
+
+def test_a_reading_at_its_sensors_time_out_within_the_tolerance_is_a_change() -> None:
+    """A grip reading repeating the last one's value when that one is at its time-out (less
+    1 ns: at it, by the core's tolerance) freshens the sensor: not a decision that changed
+    nothing but a stamp."""
+    core = _near_zero_core()
+    core.handle(GripReading(0.0, Hand.LEFT, True))
+    t = SENSOR_TIMEOUT_S - 1e-9
+    assert t - 0.0 == SENSOR_TIMEOUT_S - 1e-9  # exact here
+    core.handle(Tick(t))  # a settled pass
+    core.handle(GripReading(t, Hand.LEFT, True))
+    assert core.unchanged is False
+
+
+# --------------------------------------------------------------------------- the drive's speed
+
+
+def test_sr10_a_belt_moving_against_a_stop_for_the_window_within_the_tolerance_faults() -> None:
+    """Idle, commanded 0, the drive reporting 1 mph from t = 0: a mismatch for
+    feedback_window_s less 1 ns (exact near 0) is a mismatch for the window."""
+    core = _near_zero_core()
+    t = 0.0
+    while t < FEEDBACK_WINDOW_S - 0.2:  # fresh statuses and sensors all the way
+        core.handle(DriveFeedback(t, 1.0))
+        core.handle(FallReading(t, False))
+        for hand in (Hand.LEFT, Hand.RIGHT):
+            core.handle(GripReading(t, hand, True))
+        t += 0.25
+    assert core.snapshot().state is State.IDLE
+    end = FEEDBACK_WINDOW_S - 1e-9
+    assert end - 0.0 == FEEDBACK_WINDOW_S - 1e-9
+    core.handle(DriveFeedback(end, 1.0))
+    assert core.snapshot().state is State.FAULT
+
+
+# --------------------------------------------------------------------------- decisions' fields
+
+
+def test_every_decision_says_the_ramp_rate_the_drive_should_use() -> None:
+    """A decision's rate is the acceleration while the belt is asked to speed up, and the
+    deceleration otherwise (at speed: the rate of whatever comes next, a stop), in decisions
+    with events and in quiet ones alike; a quiet one's emergency_stop is False, not None."""
+    limits = SafetyLimits()
+    world = World()
+    world.run(1.0)
+    start = world.start()
+    assert start.rate_mph_s == limits.decel_mph_s  # standing, the countdown ahead
+    world.run(COUNTDOWN_S + 0.5)
+    ramping = world.log[-1][1]
+    assert world.core.snapshot().target_mph > ramping.speed_mph
+    assert ramping.rate_mph_s == limits.accel_mph_s
+    world.run(10.0)
+    steady = world.log[-1][1]
+    assert steady.speed_mph == steady.target_mph
+    assert steady.events == ()
+    assert steady.rate_mph_s == limits.decel_mph_s
+    assert steady.emergency_stop is False
+    stop = world.command(lambda t: Stop(t))
+    assert stop.events
+    assert stop.rate_mph_s == limits.decel_mph_s
+
+
+def test_a_heartbeat_is_answered_though_it_changes_nothing() -> None:
+    world = World()
+    world.run(1.0)
+    d = world.send(Heartbeat(world.t))
+    assert d.events == ()
+    assert isinstance(d.reply, Accepted)
+
+
+def test_sr13_a_commissioning_that_expires_is_said_once() -> None:
+    """A commissioning current until t + 1 s: commissioning_expired once it has passed, once;
+    a commissioning given as already expired is said too."""
+    world = World()
+    world.run(0.5)
+    world.send(Commissioning(world.t, until=world.t + 1.0, detail="passed, until soon"))
+    world.run(2.0)
+    assert len(world.events(EventType.COMMISSIONING_EXPIRED)) == 1
+    world.run(1.0)
+    assert len(world.events(EventType.COMMISSIONING_EXPIRED)) == 1
+    expired = World()
+    expired.run(0.5)
+    expired.send(Commissioning(expired.t, until=expired.t - 10.0, detail="passed, long ago"))
+    expired.run(0.2)
+    said = expired.events(EventType.COMMISSIONING_EXPIRED)
+    assert [e.fields["detail"] for e in said] == ["passed, long ago"]
+
+
+# --------------------------------------------------------------------------- automatic steps
+
+
+def test_sr1_an_automatic_step_due_again_is_not_skipped_by_a_repeated_reading() -> None:
+    """A program stepping every 0.02 s of belt time, inputs 0.05 s apart: after a pass that
+    stepped, another step is due at once; a grip reading repeating its value at that instant
+    takes it (the short path for repeated readings never skips a due step)."""
+    programs = load_programs(PROGRAMS_DIR)
+    base = programs["reverse_walking"]
+    fast = base.model_copy(update={"name": "fast_steps", "step_mph": 0.01, "step_every_s": 0.02})
+    core = SafetyCore(
+        SafetyLimits(),
+        {**programs, "fast_steps": fast},
+        default_program="fast_steps",
+        commissioned_until=math.inf,
+    )
+    t = 0.0
+    moving = False
+    while not moving:
+        t = round(t + 0.05, 9)
+        for hand in (Hand.LEFT, Hand.RIGHT):
+            core.handle(GripReading(t, hand, True))
+        core.handle(FallReading(t, False))
+        core.handle(DriveFeedback(t, 0.0))
+        core.handle(Heartbeat(t))
+        if t == 0.5:
+            assert isinstance(core.handle(StartSession(t, "pat", target_mph=0.8)).reply, Accepted)
+        moving = core.handle(Tick(t)).speed_mph > 0
+    t = round(t + 0.05, 9)
+    core.handle(Tick(t))  # 0.05 s of belt time: a step, and another due
+    steps = [
+        e
+        for e in core.handle(GripReading(t, Hand.LEFT, True)).events
+        if e.type is EventType.SPEED_STEP
+    ]
+    assert len(steps) == 1
