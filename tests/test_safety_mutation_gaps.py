@@ -2004,3 +2004,90 @@ def test_sr1_an_automatic_step_due_again_is_not_skipped_by_a_repeated_reading() 
         if e.type is EventType.SPEED_STEP
     ]
     assert len(steps) == 1
+
+
+def test_sr1_a_step_due_exactly_again_is_not_skipped_by_a_repeated_reading() -> None:
+    """Times in eighths of a second (exact in binary): a program stepping every 0.125 s of
+    belt time, and 0.25 s between two passes, so that after the pass's step the next is due to
+    the last bit (belt time equal to the next step's). A grip reading repeating its value at
+    that instant takes it."""
+    programs = load_programs(PROGRAMS_DIR)
+    eighths = programs["reverse_walking"].model_copy(
+        update={"name": "eighths", "step_mph": 0.01, "step_every_s": 0.125}
+    )
+    core = SafetyCore(
+        SafetyLimits(),
+        {**programs, "eighths": eighths},
+        default_program="eighths",
+        commissioned_until=math.inf,
+    )
+
+    def inputs(t: float) -> Decision:
+        for hand in (Hand.LEFT, Hand.RIGHT):
+            core.handle(GripReading(t, hand, True))
+        core.handle(FallReading(t, False))
+        core.handle(DriveFeedback(t, core.snapshot().commanded_mph))
+        core.handle(Heartbeat(t))
+        return core.handle(Tick(t))
+
+    t = 0.0
+    while t < 0.5:
+        t += 0.125
+        inputs(t)
+    assert isinstance(core.handle(StartSession(t, "pat", target_mph=0.8)).reply, Accepted)
+    while inputs(t := t + 0.125).speed_mph == 0.0:
+        pass
+    moving_since = t
+    inputs(t := t + 0.125)  # 0.125 s of belt time: the first step, the next at 0.25
+    t += 0.25  # nothing for 0.25 s (every sensor still fresh)
+    core.handle(Tick(t))  # belt time 0.375: a step, and the next due at 0.375 exactly
+    assert t - moving_since == 0.375
+    steps = [
+        e
+        for e in core.handle(GripReading(t, Hand.LEFT, True)).events
+        if e.type is EventType.SPEED_STEP
+    ]
+    assert len(steps) == 1
+
+
+def test_a_quiet_decision_right_after_a_new_target_carries_that_target() -> None:
+    """At speed, a lower speed is asked; a reading at the same instant (no time has passed,
+    the belt's command not yet moved) is a decision with no event, and it carries the new
+    target, not the one of the last such decision before the change."""
+    world = at_speed(1.0)
+    t = world.t
+    assert isinstance(world.send(SetSpeed(t, 0.9)).reply, Accepted)
+    quiet = world.send(GripReading(t, Hand.LEFT, True))
+    assert quiet.events == ()
+    assert quiet.reply is None
+    assert quiet.target_mph == 0.9
+
+
+def test_stop_watch_a_drive_that_falls_silent_during_a_stop_leaves_it_untimed_and_says_so() -> None:
+    """The E-STOP timed from a fresh status; then no status at all while the control loop
+    ticks on: the stop cannot be timed, and its check says why."""
+    bench = Bench()
+    bench.start()
+    assert isinstance(bench.submit(EStop(bench.t)), Accepted)
+    bench.linked = False
+    bench.run(1.0)
+    checked = [e for e in bench.of(EventType.STOP_CHECKED) if e.fields["verdict"] == "interrupted"]
+    assert [e.fields["why"] for e in checked] == ["the drive stopped answering during the stop"]
+
+
+def test_stop_watch_a_stop_from_exactly_the_lowest_measured_speed_is_judged_when_overdue() -> None:
+    """MIN_MEASURED_MPH (0.5) is the lowest speed a stop is timed from, itself included: a
+    belt that runs on after an E-STOP from exactly 0.5 mph is judged slow once the stop is
+    overdue, not left unjudged until the drive's mismatch ends it."""
+    bench = Bench()
+    bench.start()
+    bench.ignores = True  # the belt runs on, whatever is asked
+    bench.step()
+    t = bench.t
+    bench.submit(DriveFeedback(t, 0.5))  # the drive's speed at the trigger
+    assert isinstance(bench.submit(EStop(t)), Accepted)
+    for _ in range(30):
+        bench.t = round(bench.t + bench.poll_s, 9)
+        bench.submit(DriveFeedback(bench.t, 0.5))
+        bench.submit(Tick(bench.t))
+    assert bench.verdicts()[:1] == ["slow"]
