@@ -145,8 +145,11 @@ class _Drive:
     def start(self) -> None:
         self.readings(True, True)
         assert isinstance(self.send(StartSession(self.ms / 1000, "pat")).reply, Accepted)
-        while self.speed == 0.0:
+        for _ in range(200):  # 10 s: the countdown is 3 (bounded, so a fault fails, not hangs)
+            if self.speed > 0.0:
+                break
             self.advance(self.ms + 50, True, True)
+        assert self.speed > 0.0
         assert self.core.state is State.RUNNING
 
 

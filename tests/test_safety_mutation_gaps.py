@@ -1443,11 +1443,14 @@ def test_sr7_the_tablet_is_shown_the_belt_time_left_down_to_the_last_half_second
     bed = Bed(cap_stop_margin_s=0.5)
     bed.start()
     shown: list[float] = []
-    while bed.core.state is not State.IDLE:
+    for _ in range(20_000):  # bounded: a stop that never ends fails the test, never hangs it
+        if bed.core.state is State.IDLE:
+            break
         bed.tick()
         session = bed.core.snapshot().session
         if session is not None:
             shown.append(session.remaining_s)
+    assert bed.core.state is State.IDLE
     assert min(shown) == 0.5
     ((_, ended, _),) = bed.of(EventType.SESSION_ENDED)
     assert float(ended.fields["belt_moving_s"] or 0) < FIRST_CAP_MIN
@@ -1986,7 +1989,9 @@ def test_sr1_an_automatic_step_due_again_is_not_skipped_by_a_repeated_reading() 
     )
     t = 0.0
     moving = False
-    while not moving:
+    for _ in range(200):  # bounded: a belt that never starts fails the test, never hangs it
+        if moving:
+            break
         t = round(t + 0.05, 9)
         for hand in (Hand.LEFT, Hand.RIGHT):
             core.handle(GripReading(t, hand, True))
@@ -1996,6 +2001,7 @@ def test_sr1_an_automatic_step_due_again_is_not_skipped_by_a_repeated_reading() 
         if t == 0.5:
             assert isinstance(core.handle(StartSession(t, "pat", target_mph=0.8)).reply, Accepted)
         moving = core.handle(Tick(t)).speed_mph > 0
+    assert moving
     t = round(t + 0.05, 9)
     core.handle(Tick(t))  # 0.05 s of belt time: a step, and another due
     steps = [
@@ -2035,8 +2041,10 @@ def test_sr1_a_step_due_exactly_again_is_not_skipped_by_a_repeated_reading() -> 
         t += 0.125
         inputs(t)
     assert isinstance(core.handle(StartSession(t, "pat", target_mph=0.8)).reply, Accepted)
-    while inputs(t := t + 0.125).speed_mph == 0.0:
-        pass
+    for _ in range(80):  # bounded: a belt that never starts fails the test, never hangs it
+        if inputs(t := t + 0.125).speed_mph > 0.0:
+            break
+    assert core.snapshot().commanded_mph > 0.0
     moving_since = t
     inputs(t := t + 0.125)  # 0.125 s of belt time: the first step, the next at 0.25
     t += 0.25  # nothing for 0.25 s (every sensor still fresh)
