@@ -542,6 +542,11 @@ def owner_words(owner: str | None) -> str:
 # ------------------------------------------------------------------ what listens
 
 
+def host_port(address: str, port: int) -> str:
+    """``address:port`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class Socket:
     address: str  # as ipaddress prints it
@@ -557,11 +562,7 @@ class Socket:
 
     @property
     def shown(self) -> str:
-        return (
-            f"[{self.address}]:{self.port}"
-            if ":" in self.address
-            else f"{self.address}:{self.port}"
-        )
+        return host_port(self.address, self.port)
 
 
 LISTEN = "0A"  # the kernel's TCP_LISTEN in /proc/net/tcp's st column

@@ -27,6 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from treadguard.controller.broker_config import host_port
+
 PROBE_USERNAME = "treadguard-doctor-probe"
 WEBSOCKET_PATHS = ("/mqtt", "/")
 _HEAD_LIMIT = 16384  # bytes of an HTTP answer's head read at most
@@ -147,11 +149,7 @@ class Answer:
 
     @property
     def shown(self) -> str:
-        return (
-            f"[{self.address}]:{self.port}"
-            if ":" in self.address
-            else f"{self.address}:{self.port}"
-        )
+        return host_port(self.address, self.port)
 
 
 async def _exchange(

@@ -36,6 +36,18 @@ class Clinician:
     async def raw(self, payload: bytes, *, retain: bool = False) -> None:
         await self.tab.publish(f"{self.p}/cmd", payload, retain=retain)
 
+    async def timed_estop(self, within: float = 60.0) -> float:
+        """An E-STOP sent as it is, and the seconds until the daemon's ``ok`` answer to it."""
+        sent = time.monotonic()
+        command_id = uuid.uuid4().hex
+        await self.raw(json.dumps({"id": command_id, "type": "estop"}).encode())
+        message = await self.tab.next(
+            f"{self.p}/reply", lambda m: answers(body(m), command_id), within=within
+        )
+        took = time.monotonic() - sent
+        assert body(message)["ok"] is True, body(message)
+        return took
+
     async def reply_to(self, command_id: str | None) -> dict[str, Any]:
         message = await self.tab.next(f"{self.p}/reply", lambda m: answers(body(m), command_id))
         reply = body(message)

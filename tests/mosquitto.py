@@ -20,12 +20,14 @@ import ssl
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -414,3 +416,19 @@ def body(message: aiomqtt.Message) -> Any:
 
 def text_is(value: str) -> Callable[[aiomqtt.Message], bool]:
     return lambda m: m.payload == value.encode()
+
+
+@contextmanager
+def account_publisher(port: int, account: str) -> Iterator[paho.Client]:
+    """A paho client logged in as ``account`` (its PASSWORDS entry), its network loop running,
+    for a test that publishes from a thread as fast as it can (no queue limit of its own)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=account)
+    client.username_pw_set(account, PASSWORDS[account])
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()

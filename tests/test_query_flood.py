@@ -16,16 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.clinician import SESSION_WAIT_S, clinician
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import (
-    PASSWORDS,
     Broker,
     Tablet,
+    account_publisher,
     auth_lines,
     body,
     have_mosquitto,
@@ -56,22 +54,16 @@ ASK_AGAIN_S = 3.0  # as the tablet page does: a question unanswered this long is
 
 
 def _flood(port: int, done: threading.Event) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="dashboard")
-    client.username_pw_set("dashboard", PASSWORDS["dashboard"])
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
     try:
-        payload = b'{"id":"q","type":"history","user":"u"}'
-        for _ in range(FLOOD):
-            client.publish(query_topic("dashboard"), payload, qos=0)
-        while client.want_write():
-            time.sleep(0.01)
-        time.sleep(0.5)
+        with account_publisher(port, "dashboard") as client:
+            payload = b'{"id":"q","type":"history","user":"u"}'
+            for _ in range(FLOOD):
+                client.publish(query_topic("dashboard"), payload, qos=0)
+            while client.want_write():
+                time.sleep(0.01)
+            time.sleep(0.5)
     finally:
         done.set()
-        client.loop_stop()
-        client.disconnect()
 
 
 async def ask_until_answered(tab: Tablet, account: str, within: float, **query: Any) -> Any:

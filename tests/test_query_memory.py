@@ -14,19 +14,14 @@ tablet's E-STOP during it is answered at once and stops the belt (SR-12, SR-13).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.clinician import SESSION_WAIT_S, clinician
 from tests.daemon_process import DaemonProcess
-from tests.mosquitto import PASSWORDS, Broker, peak_rss_bytes
+from tests.mosquitto import Broker, account_publisher, peak_rss_bytes
 from tests.test_query_acl import TM, P, daemon, query_topic  # noqa: F401
 from tests.test_query_flood import secured  # noqa: F401
 
@@ -43,23 +38,17 @@ ESTOP_REPLY_S = 0.5
 
 
 def _flood(port: int, done: threading.Event) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="dashboard")
-    client.username_pw_set("dashboard", PASSWORDS["dashboard"])
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
     try:
-        for count, size in (BIG, LARGEST_QUERIES):
-            payload = b"x" * size
-            for _ in range(count):
-                client.publish(query_topic("dashboard"), payload, qos=0)
-        # Every message handed to the broker (a QoS 1 publish after them is acknowledged
-        # once the broker has read them all).
-        client.publish(query_topic("dashboard"), b"{}", qos=1).wait_for_publish(60.0)
+        with account_publisher(port, "dashboard") as client:
+            for count, size in (BIG, LARGEST_QUERIES):
+                payload = b"x" * size
+                for _ in range(count):
+                    client.publish(query_topic("dashboard"), payload, qos=0)
+            # Every message handed to the broker (a QoS 1 publish after them is acknowledged
+            # once the broker has read them all).
+            client.publish(query_topic("dashboard"), b"{}", qos=1).wait_for_publish(60.0)
     finally:
         done.set()
-        client.loop_stop()
-        client.disconnect()
 
 
 @pytest.mark.asyncio
@@ -81,14 +70,7 @@ async def test_a_dashboards_flood_of_queries_never_grows_the_broker_past_a_bound
         # The session ran through the flood, and the tablet's E-STOP is carried out at once.
         state = await doc.state(lambda s: True, within=SESSION_WAIT_S)
         assert (state["state"], state["latched"]) == ("running", None), state
-        sent = time.monotonic()
-        command_id = uuid.uuid4().hex
-        await doc.raw(json.dumps({"id": command_id, "type": "estop"}).encode())
-        message = await doc.tab.next(
-            f"{P}/reply", lambda m: json.loads(m.payload).get("id") == command_id, within=60.0
-        )
-        took = time.monotonic() - sent
-        assert json.loads(message.payload)["ok"] is True
+        took = await doc.timed_estop()
         state = await doc.until(lambda s: s["state"] == "estop", within=SESSION_WAIT_S)
         assert state["latched"]["cause"] == "remote_estop"
         assert took < ESTOP_REPLY_S, f"the estop's reply took {took:.2f} s"

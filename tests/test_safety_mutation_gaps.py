@@ -1738,18 +1738,10 @@ def test_sr3_the_countdown_ends_within_the_time_tolerance_of_its_end() -> None:
 def test_sr9_a_drive_silent_for_its_time_out_within_the_tolerance_is_a_lost_link() -> None:
     """Times near 0 (the daemon's clock starts there), where 1 ns is seen: a drive silent for
     drive_timeout_s less 1 ns is silent for its time-out."""
-    core = SafetyCore(
-        SafetyLimits(),
-        load_programs(PROGRAMS_DIR),
-        default_program="first_session",
-        t0=-1.0,
-        commissioned_until=math.inf,
-    )
+    core = _near_zero_core()
 
     def sensors(t: float) -> None:
-        core.handle(FallReading(t, False))
-        for hand in (Hand.LEFT, Hand.RIGHT):
-            core.handle(GripReading(t, hand, True))
+        _fresh_sensors(core, t)
 
     sensors(-0.5)
     core.handle(DriveFeedback(-0.5, 0.0))
@@ -1811,18 +1803,10 @@ def test_a_drive_status_at_its_time_out_within_the_tolerance_is_a_change() -> No
     """Idle, the drive silent for its time-out less 1 ns (at its time-out, by the core's
     tolerance), so not fresh: a status then freshens it, and the decision is not one that
     changed nothing but a stamp (the control loop would skip what it does for a change)."""
-    core = SafetyCore(
-        SafetyLimits(),
-        load_programs(PROGRAMS_DIR),
-        default_program="first_session",
-        t0=-1.0,
-        commissioned_until=math.inf,
-    )
+    core = _near_zero_core()
 
     def sensors(t: float) -> None:
-        core.handle(FallReading(t, False))
-        for hand in (Hand.LEFT, Hand.RIGHT):
-            core.handle(GripReading(t, hand, True))
+        _fresh_sensors(core, t)
 
     core.handle(DriveFeedback(0.0, 0.0))
     sensors(0.0)
@@ -1847,6 +1831,12 @@ def _near_zero_core() -> SafetyCore:
         t0=-1.0,
         commissioned_until=math.inf,
     )
+
+
+def _fresh_sensors(core: SafetyCore, t: float) -> None:
+    core.handle(FallReading(t, False))
+    for hand in (Hand.LEFT, Hand.RIGHT):
+        core.handle(GripReading(t, hand, True))
 
 
 def _stale_said(d: Decision) -> list[dict[str, object]]:
