@@ -1174,6 +1174,24 @@ def test_what_was_removed_here_stays_removed(board: Board) -> None:
     assert not _logs_in(board, "tablet", lost["password"])
     box.run("cp", f"{OPT}/config/programs/intervals.toml", "/etc/treadguard/programs/")
 
+    # A board whose record is an earlier installer's (NAME HASH lines, accounts-added): an
+    # account it added and that was removed since is known as removed all the same.
+    state = box.root / "var/lib/treadguard-install"
+    (state / "accounts-seen").unlink()
+    (state / "accounts-added").write_text(f"tablet {_sha256(new['password'].encode())}\n")
+    box.run("mosquitto_passwd", "-D", passwd, "tablet")
+    out = board.install().stdout
+    assert "mqtt-accounts: tablet was removed from the broker here" in out, out
+    assert not _logs_in(board, "tablet", new["password"])
+    accounts.write_text(
+        "".join(
+            f"{line}\n"
+            for line in accounts.read_text().splitlines()
+            if not line.startswith("# tablet: removed")
+        )
+    )
+    assert f"{passwd}: tablet added" in board.install().stdout
+
 
 def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
     """A command's arguments are readable by every user of the board (ps, /proc): the
@@ -1184,7 +1202,9 @@ def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
     accounts = box.root / "etc/treadguard/mqtt-accounts"
     before = accounts.read_text()
     accounts.write_text(
-        before + f"kiosk-2={password}\nkiosk-3=Kiosk:Clinic-2024\nkiosk-4= spaced \n"
+        before
+        + f"kiosk-2={password}\nkiosk-3=Kiosk:Clinic-2024\nkiosk-4= spaced \n"
+        + "kiosk-2=a-second-line\n"
     )
     trace = "/run/treadguard-execve"
     try:
@@ -1205,6 +1225,7 @@ def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
             timeout=INSTALL_TIMEOUT_S,
         )
         assert "/etc/mosquitto/treadguard/passwd: kiosk-2 added" in done.stdout, done
+        assert "a second line for kiosk-2: skipped" in done.stderr, done
         # What mosquitto_passwd would read otherwise than written: refused, said, not guessed.
         for refused in ("kiosk-3", "kiosk-4"):
             assert f"{refused}'s password has a colon or a blank at an end" in done.stderr, done
@@ -1256,6 +1277,20 @@ def test_an_emptied_snippet_is_replaced_and_a_fix_made_here_is_put_in_force(boar
         assert listen_addresses(box.run(*listening_query(1884)).stdout) == {"127.0.0.1"}
         # Read now: the next run leaves the broker alone.
         assert "mosquitto: already running with them" in board.install().stdout
+        # The ACL edited, put in force with a reload, then put back as it was (its old time
+        # too): the broker runs what the file no longer says, so the run restarts it.
+        acl = box.root / "etc/mosquitto/treadguard/acl"
+        kept = acl.read_bytes()
+        acl.write_bytes(kept + b"\nuser dashboard\ntopic write treadmill/+/cmd\n")
+        box.run("systemctl", "reload", "mosquitto.service")
+        acl.write_bytes(kept)
+        os.utime(acl, (hour_ago, hour_ago))
+        out = board.install().stdout
+        assert (
+            "mosquitto: /etc/mosquitto/treadguard/acl (changed and changed back) changed since "
+            "the installer last restarted it"
+        ) in out, out
+        assert "mosquitto: restarted" in out, out
     finally:
         snippet.write_bytes(shipped)
         _restart_broker(box)
@@ -1307,9 +1342,10 @@ def test_an_update_ended_on_the_way_leaves_the_working_installation(board: Board
 CONFFILES = "/var/lib/treadguard-install/conffiles"  # the installer's record of what it wrote
 
 
-def _committed_before(path: str) -> bytes:
+def _committed_before(path: str, lacking: bytes | None = None) -> bytes:
     """The newest version of the checkout's ``path`` in its git history that is not the one
-    in the checkout now: what an earlier treadguard shipped."""
+    in the checkout now (and, with ``lacking``, does not hold it): what an earlier treadguard
+    shipped."""
     now = (ROOT / path).read_bytes()
     commits = subprocess.run(
         ["git", "-C", str(ROOT), "log", "--format=%H", "--", path],
@@ -1321,9 +1357,9 @@ def _committed_before(path: str) -> bytes:
         then = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, check=True
         ).stdout
-        if then != now:
+        if then != now and (lacking is None or lacking not in then):
             return then
-    raise AssertionError(f"{path} has no earlier version in this checkout's history")
+    raise AssertionError(f"{path} has no such earlier version in this checkout's history")
 
 
 def _recorded(box: SystemdContainer) -> dict[str, str]:
@@ -1394,7 +1430,8 @@ def test_update_refreshes_the_shipped_files_never_edited_and_keeps_edited_ones(
     # The snippet edited by the clinic on a version without socket_domain ipv4: kept, and the
     # broker's WebSockets port open to the network is said, with the fix.
     files["snippet"].write_bytes(
-        _committed_before("config/mosquitto/treadguard.conf") + b"# the clinic's edit\n"
+        _committed_before("config/mosquitto/treadguard.conf", lacking=b"socket_domain ipv4")
+        + b"# the clinic's edit\n"
     )
     box.run("systemctl", "restart", "mosquitto.service")
     out = board.install("--update")
