@@ -421,6 +421,9 @@ class Breach:
     line: AclLine
     topics: list[str]
     who: list[str]  # the "only ... may" words of each topic's guard
+    # For each topic, why a pattern's %u or %c reaches it ("" when an account the ACL names
+    # writes it as the line stands).
+    why: list[str] = field(default_factory=list)
 
 
 # A level no line names: what a "+" of a topic that must be refused is filled with when looking
@@ -462,15 +465,170 @@ def breaches(lines: list[AclLine], guarded: list[Guarded]) -> list[Breach]:
                     if decided is not None and decided.writes:
                         _add(found, decided, guard)
                         break
+    for line in lines:
+        if not line.pattern or not line.writes:
+            continue
+        for guard in guarded:
+            why = any_name_writes(line.topic, guard.topic)
+            if why is not None:
+                _add(found, line, guard, why)
     return sorted(found.values(), key=lambda b: (str(b.line.file), b.line.number))
 
 
-def _add(found: dict[tuple[Path, int], Breach], line: AclLine, guard: Guarded) -> None:
+def _add(
+    found: dict[tuple[Path, int], Breach], line: AclLine, guard: Guarded, why: str = ""
+) -> None:
     key = (line.file, line.number)
     breach = found.setdefault(key, Breach(line, [], []))
     if guard.topic not in breach.topics:
         breach.topics.append(guard.topic)
         breach.who.append(guard.who)
+        breach.why.append(why)
+
+
+# ------------------------------------------------------------------ %u and %c: any name
+
+# A pattern's %u is the account's name and %c the client's id: Mosquitto allows any character
+# in either, "/" included, so each may stand for any string, any number of levels. Whether a
+# pattern line could then write a topic is asked of two patterns over characters: a literal
+# character, one character of a class, or any number of them (a "star").
+_ANY = "any"  # any character
+_LEVEL = "level"  # any character but "/"
+
+
+@dataclass(frozen=True)
+class _Token:
+    char: str = ""  # a literal character, or "" for a class
+    cls: str = _ANY
+    star: bool = False  # any number of characters of the class (else exactly one)
+    tag: str = ""  # "%u" or "%c": the placeholder whose characters these are
+
+
+def _glob(filter_: str, placeholders: bool, nonempty: bool) -> list[list[_Token]]:
+    """The topics an ACL filter (with %u, %c standing for any string when ``placeholders``)
+    matches, as character patterns: one for a filter without "#", two for one ending in "#"
+    (its parent level, and the parent followed by "/" and anything). With ``nonempty``, each
+    "+" and each placeholder stands for at least one character (a readable example)."""
+    levels = filter_.split("/")
+    hashed = levels[-1] == "#"
+    if hashed:
+        levels = levels[:-1]
+    head: list[_Token] = []
+    for i, level in enumerate(levels):
+        if i:
+            head.append(_Token("/"))
+        if level == "+":
+            if nonempty:
+                head.append(_Token(cls=_LEVEL))
+            head.append(_Token(cls=_LEVEL, star=True))
+            continue
+        text = level
+        while text:
+            tag = text[:2]
+            if placeholders and tag in ("%u", "%c"):
+                if nonempty:
+                    head.append(_Token(tag=tag))
+                head.append(_Token(star=True, tag=tag))
+                text = text[2:]
+            else:
+                head.append(_Token(text[0]))
+                text = text[1:]
+    if not hashed:
+        return [head]
+    tail = [_Token("/"), _Token(star=True)] if levels else [_Token(star=True)]
+    return ([head] if levels else []) + [head + tail]
+
+
+def _common_char(a: _Token, b: _Token) -> str | None:
+    if a.char and b.char:
+        return a.char if a.char == b.char else None
+    if a.char or b.char:
+        char = a.char or b.char
+        other = b if a.char else a
+        return None if other.cls == _LEVEL and char == "/" else char
+    return "x"  # both a class: a letter is in each
+
+
+def _meet(a: list[_Token], b: list[_Token]) -> list[tuple[str, _Token]] | None:
+    """The shortest string both character patterns match, each character with ``a``'s token
+    that took it; None if there is none."""
+    start = (0, 0)
+    came: dict[tuple[int, int], tuple[tuple[int, int], str, _Token | None] | None] = {start: None}
+    todo = [start]
+    while todo:
+        nxt: list[tuple[int, int]] = []
+        for state in todo:
+            i, j = state
+            if i == len(a) and j == len(b):
+                path: list[tuple[str, _Token]] = []
+                at: tuple[int, int] | None = state
+                while at is not None and came[at] is not None:
+                    prev, char, token = came[at]  # type: ignore[misc]
+                    if token is not None:
+                        path.append((char, token))
+                    at = prev
+                return path[::-1]
+            moves: list[tuple[tuple[int, int], str, _Token | None]] = []
+            if i < len(a) and a[i].star:
+                moves.append(((i + 1, j), "", None))
+            if j < len(b) and b[j].star:
+                moves.append(((i, j + 1), "", None))
+            if i < len(a) and j < len(b):
+                char = _common_char(a[i], b[j])
+                if char is not None:
+                    after = (i if a[i].star else i + 1, j if b[j].star else j + 1)
+                    moves.append((after, char, a[i]))
+            for after, char, token in moves:
+                if after in came:
+                    continue
+                came[after] = (state, char, token)
+                # A move that takes no character is as short as where it starts from.
+                (todo if token is None else nxt).append(after)
+        todo = nxt
+    return None
+
+
+def any_name_writes(pattern_topic: str, guarded: str) -> str | None:
+    """Why a pattern line's topic, its %u and %c standing for any account's name and any
+    client's id, could match a topic of the filter ``guarded``; None if it cannot, or if it
+    has neither placeholder (the accounts the ACL names answer for those)."""
+    tags = [tag for tag in ("%u", "%c") if tag in pattern_topic]
+    if not tags:
+        return None
+    path = None
+    for nonempty in (True, False):
+        for a in _glob(pattern_topic, True, nonempty):
+            for b in _glob(guarded, False, nonempty):
+                path = _meet(a, b)
+                if path is not None:
+                    break
+            if path is not None:
+                break
+        if path is not None:
+            break
+    if path is None:
+        return None
+    topic = "".join(char for char, _ in path)
+    names = {tag: "".join(c for c, t in path if t.tag == tag) for tag in tags}
+    said = {"%u": "any account's name", "%c": "any client's id"}
+    head = " and ".join(f"{tag} is {said[tag]}" for tag in tags)
+    # Each placeholder was filled on its own: the example holds when one name fills them all.
+    filled = pattern_topic
+    for tag in tags:
+        filled = filled.replace(tag, names[tag])
+    if not (valid_filter(filled) and matches(filled, topic)):
+        return f"{head}: an account or client whose name fills them could write {topic}"
+    who = []
+    if "%u" in tags:
+        who.append(f"an account named {_shown_name(names['%u'])}")
+    if "%c" in tags:
+        client = "a client with the id" if not who else "and the client id"
+        who.append(f"{client} {_shown_name(names['%c'])}")
+    return f"{head}: {' '.join(who)} would write {topic}"
+
+
+def _shown_name(name: str) -> str:
+    return name if name else "'' (empty)"
 
 
 def _rules(lines: list[AclLine], owner: str | None) -> list[tuple[AclLine, str]]:

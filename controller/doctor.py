@@ -76,7 +76,14 @@ from treadguard.controller.mqtt_settings import (
     broker_settings,
     query_broker_settings,
 )
-from treadguard.controller.network_probe import board_addresses, mqtt_answers, targets
+from treadguard.controller.network_probe import (
+    NGINX_DIR,
+    WEBSOCKET_PATHS,
+    board_addresses,
+    mqtt_answers,
+    nginx_paths,
+    targets,
+)
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
 from treadguard.drivers.trackmaster import TrackmasterDriver
@@ -128,6 +135,8 @@ class DoctorOptions:
     say: Callable[[str], None] = print
     # The broker's configuration as installed: Debian's main file, which names the rest.
     mosquitto_conf: Path = DEBIAN_MOSQUITTO_CONF
+    # nginx's configuration: the paths of its locations are asked for MQTT over WebSockets.
+    nginx_dir: Path = NGINX_DIR
 
 
 async def _refused() -> bool:
@@ -1236,15 +1245,22 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
         ]
     for breach in found:
         owner = breach.line.owner
-        what = "; ".join(
+        plain = [
             f"{topic} (only {who} may)"
-            for topic, who in zip(breach.topics, breach.who, strict=True)
-        )
+            for topic, who, why in zip(breach.topics, breach.who, breach.why, strict=True)
+            if not why
+        ]
+        said = [f"{owner_words(owner)} may write {'; '.join(plain)}"] if plain else []
+        said += [
+            f"{why} (only {who} may)"
+            for who, why in zip(breach.who, breach.why, strict=True)
+            if why
+        ]
         checks.append(
             Check(
                 "ACL file",
                 Verdict.FAIL,
-                f"{breach.line.where}: {owner_words(owner)} may write {what}",
+                f"{breach.line.where}: {'; '.join(said)}",
                 f"delete the line from {breach.line.file}, or narrow its topic to what that "
                 "account needs (config/mosquitto/acl has each account's block); then sudo "
                 "systemctl reload mosquitto",
@@ -1352,9 +1368,12 @@ PROBE_FIX = (
 )
 
 
-async def check_network(wait_s: float, net: Path = Path("/proc/net")) -> list[Check]:
+async def check_network(
+    wait_s: float, net: Path = Path("/proc/net"), nginx: Path = NGINX_DIR
+) -> list[Check]:
     """Every TCP socket of the board listening beyond loopback, whichever process holds it,
-    asked for MQTT in the clear through the board's own address (network_probe)."""
+    asked for MQTT in the clear through the board's own address (network_probe), over
+    WebSockets at /mqtt, / and the paths of nginx's locations (under ``nginx``)."""
     sockets = [s for s in listening(net) if not s.loopback]
     board = board_addresses(net)
     if not board:
@@ -1370,35 +1389,54 @@ async def check_network(wait_s: float, net: Path = Path("/proc/net")) -> list[Ch
             Check(
                 "network MQTT",
                 Verdict.OK,
-                f"nothing listens beyond loopback (addresses {', '.join(board)})",
+                f"nothing listens beyond loopback (addresses {', '.join(a.ip for a in board)})",
             )
         ]
     owners = socket_owners({s.inode for s in sockets})
     timeout_s = min(wait_s, 3.0)
+    paths = WEBSOCKET_PATHS + tuple(nginx_paths(nginx))
     probes = [(sock, address) for sock in sockets for address in targets(sock.address, board)]
     answers = await asyncio.gather(
-        *(mqtt_answers(address, sock.port, timeout_s) for sock, address in probes)
+        *(mqtt_answers(address, sock.port, timeout_s, paths) for sock, address in probes)
     )
     checks = []
     asked: list[str] = []
-    for (sock, address), how in zip(probes, answers, strict=True):
-        pid = owners.get(sock.inode)
-        who = (
-            f"{process_name(pid)} (pid {pid})"
-            if pid is not None
-            else "a process the doctor cannot see"
-        )
-        reached = f"[{address}]:{sock.port}" if ":" in address else f"{address}:{sock.port}"
-        if how is None:
-            asked.append(reached)
+    reached: set[Socket] = set()
+    tried: dict[Socket, list[str]] = {}
+    for (sock, address), probe in zip(probes, answers, strict=True):
+        shown = address.shown(sock.port)
+        tried.setdefault(sock, []).append(shown)
+        if probe.reached:
+            reached.add(sock)
+        if probe.how is None:
+            if probe.reached:
+                asked.append(shown)
             continue
         checks.append(
             Check(
                 "network MQTT",
                 Verdict.FAIL,
-                f"{who} listens on {sock.shown}: from the network, at {reached}, {how}: MQTT "
-                "without TLS, every password in the clear",
+                f"{_holder(owners, sock)} listens on {sock.shown}: from the network, at {shown}, "
+                f"{probe.how}: MQTT without TLS, every password in the clear",
                 PROBE_FIX,
+            )
+        )
+    # A socket no connection reached, still listening: not shown closed to MQTT. (One that is
+    # gone since was some program's passing listener: nothing to ask any more.)
+    still = {s.inode for s in listening(net)}
+    for sock, where in tried.items():
+        if sock in reached or sock.inode not in still:
+            continue
+        checks.append(
+            Check(
+                "network MQTT",
+                Verdict.TODO,
+                f"not checked: {_holder(owners, sock)} listens on {sock.shown}, but no "
+                f"connection to it could be made at {', '.join(where)} (the board's own "
+                "address): whether MQTT answers there in the clear is not known",
+                "ask it from another machine on that network (mosquitto_sub -h ADDRESS -p "
+                "PORT -t x, and for WebSockets curl with an Upgrade: websocket header); a "
+                "firewall rule that drops the board's own connections: let them through",
             )
         )
     if checks:
@@ -1411,6 +1449,13 @@ async def check_network(wait_s: float, net: Path = Path("/proc/net")) -> list[Ch
             f"no MQTT in the clear from the network (plain or WebSockets) at {said}",
         )
     ]
+
+
+def _holder(owners: dict[int, int], sock: Socket) -> str:
+    pid = owners.get(sock.inode)
+    return (
+        f"{process_name(pid)} (pid {pid})" if pid is not None else "a process the doctor cannot see"
+    )
 
 
 def check_clock(timedatectl: str | None = None) -> Check:
@@ -1609,7 +1654,9 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
         report.add(
             Check("broker config", Verdict.FAIL, f"the check itself failed: {exc!r}", "report this")
         )
-    for check in await _guarded_list("network MQTT", check_network(options.wait_s)):
+    for check in await _guarded_list(
+        "network MQTT", check_network(options.wait_s, nginx=options.nginx_dir)
+    ):
         report.add(check)
     report.add(check_clock())
     for check in check_journal(loaded, account, user):

@@ -24,6 +24,8 @@ import base64
 import contextlib
 import ipaddress
 import os
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from treadguard.controller.broker_config import host_port
 
 PROBE_USERNAME = "treadguard-doctor-probe"
 WEBSOCKET_PATHS = ("/mqtt", "/")
+NGINX_DIR = Path("/etc/nginx")
+NGINX_PATHS_MAX = 16  # location paths from nginx's configuration asked at most, besides those
 _HEAD_LIMIT = 16384  # bytes of an HTTP answer's head read at most
 
 
@@ -96,13 +100,105 @@ def frame_payload(data: bytes) -> bytes | None:
     return data[2 : 2 + length]
 
 
+# ------------------------------------------------------------------ nginx's locations
+
+# A location line: its modifier (=, ^~, ~, ~*, or none) and its path, quoted or bare, up to
+# the block's "{". A location written on more lines than one is read too.
+_LOCATION = re.compile(
+    r"""(?:^|[;{}\s])location\s+(?:(=|\^~|~\*|~)\s+)?("[^"]*"|'[^']*'|[^\s;{}"']+)\s*\{"""
+)
+
+
+def _without_comments(text: str) -> str:
+    """nginx's comments (a # outside quotes, to the end of its line) taken out."""
+    out = []
+    for line in text.splitlines():
+        quote = ""
+        for i, char in enumerate(line):
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "\"'":
+                quote = char
+            elif char == "#":
+                line = line[:i]
+                break
+        out.append(line)
+    return "\n".join(out)
+
+
+def location_paths(text: str) -> list[str]:
+    """The paths of the literal locations of an nginx configuration (a prefix, ``=`` exact,
+    ``^~`` prefix), in order; regex locations (``~``, ``~*``) and named ones (``@``) left
+    out: no one path stands for them."""
+    found: list[str] = []
+    for match in _LOCATION.finditer(_without_comments(text)):
+        modifier, path = match.group(1), match.group(2)
+        if path[:1] in "\"'":
+            path = path[1:-1]
+        if modifier in ("~", "~*"):
+            continue
+        if modifier is None:  # the modifier written against the path: "=/ws", "^~/ws"
+            if path.startswith("~"):
+                continue
+            if path.startswith("^~"):
+                path = path[2:]
+            elif path.startswith("="):
+                path = path[1:]
+        if path.startswith("/") and path.isprintable() and " " not in path:
+            found.append(path)
+    return found
+
+
+def nginx_paths(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
+    """The location paths of nginx's enabled configuration (``sites-enabled/*`` and
+    ``conf.d/*.conf`` under ``root``), those of WEBSOCKET_PATHS left out, ``limit`` at most.
+    A file that cannot be read is passed over (nginx absent: none)."""
+    files: list[Path] = []
+    for folder, suffix in (("sites-enabled", ""), ("conf.d", ".conf")):
+        with contextlib.suppress(OSError):
+            files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
+    found: list[str] = []
+    for path in files:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for location in location_paths(text):
+            if location not in WEBSOCKET_PATHS and location not in found:
+                found.append(location)
+    return found[:limit]
+
+
 # ------------------------------------------------------------------ the board's addresses
 
 
-def board_addresses(net: Path = Path("/proc/net")) -> list[str]:
-    """The board's own addresses on a network (not loopback, not IPv6 link-local): IPv4 from
-    the kernel's routing table of local addresses, IPv6 from if_inet6. IPv4 first."""
-    found: list[str] = []
+@dataclass(frozen=True)
+class Address:
+    """An address to connect to: ``ip`` as ipaddress prints it, and for an IPv6 link-local
+    one the interface it is on (its name, and its index: the scope id a connection needs)."""
+
+    ip: str
+    interface: str = ""
+    scope_id: int = 0
+
+    @property
+    def link_local(self) -> bool:
+        return ipaddress.ip_address(self.ip).is_link_local
+
+    def shown(self, port: int) -> str:
+        return host_port(f"{self.ip}%{self.interface}" if self.interface else self.ip, port)
+
+    def sockaddr(self, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+        if ":" in self.ip:
+            return (self.ip, port, 0, self.scope_id)
+        return (self.ip, port)
+
+
+def board_addresses(net: Path = Path("/proc/net")) -> list[Address]:
+    """The board's own addresses on a network (not loopback): IPv4 from the kernel's routing
+    table of local addresses, IPv6 from if_inet6 (global ones, then link-local ones with their
+    interface). IPv4 first."""
+    found: list[Address] = []
     with contextlib.suppress(OSError):
         last = ""
         for line in (net / "fib_trie").read_text().splitlines():
@@ -111,28 +207,36 @@ def board_addresses(net: Path = Path("/proc/net")) -> list[str]:
                 last = words[1]
             elif "/32 host LOCAL" in line and last:
                 ip = ipaddress.ip_address(last)
-                if not ip.is_loopback and str(ip) not in found:
-                    found.append(str(ip))
-    with contextlib.suppress(OSError):
+                if not ip.is_loopback and Address(str(ip)) not in found:
+                    found.append(Address(str(ip)))
+    link: list[Address] = []
+    with contextlib.suppress(OSError, ValueError):
         for line in (net / "if_inet6").read_text().splitlines():
             words = line.split()
-            if len(words) < 6 or words[3] != "00":  # scope global only
+            if len(words) < 6:
                 continue
             ip6 = ipaddress.IPv6Address(bytes.fromhex(words[0]))
-            if not ip6.is_loopback and str(ip6) not in found:
-                found.append(str(ip6))
-    return found
+            if ip6.is_loopback:
+                continue
+            if words[3] == "00":  # scope global
+                if Address(str(ip6)) not in found:
+                    found.append(Address(str(ip6)))
+            elif words[3] == "20":  # scope link: reached only through its interface
+                link.append(Address(str(ip6), words[5], int(words[1], 16)))
+    return found + link
 
 
-def targets(address: str, board: list[str]) -> list[str]:
-    """The addresses to reach a socket listening on ``address`` at from the network: its own,
-    or for every address (0.0.0.0, ::) one of the board's: IPv4 for 0.0.0.0, IPv6 and IPv4 (a
-    socket on :: takes IPv4 too) for ::."""
+def targets(address: str, board: list[Address]) -> list[Address]:
+    """The addresses to reach a socket listening on ``address`` at from the network: its own
+    (with its interface, for a link-local one), or for every address (0.0.0.0, ::) one of the
+    board's: IPv4 for 0.0.0.0, IPv6 (global, else link-local) and IPv4 (a socket on :: takes
+    IPv4 too, unless it is IPv6 only) for ::."""
     ip = ipaddress.ip_address(address)
     if not ip.is_unspecified:
-        return [address]
-    v4 = [a for a in board if ipaddress.ip_address(a).version == 4][:1]
-    v6 = [a for a in board if ipaddress.ip_address(a).version == 6][:1]
+        own = [a for a in board if a.ip == address]
+        return own or [Address(address)]
+    v4 = [a for a in board if ipaddress.ip_address(a.ip).version == 4][:1]
+    v6 = [a for a in board if ipaddress.ip_address(a.ip).version == 6][:1]
     return v4 if ip.version == 4 else v6 + v4
 
 
@@ -140,24 +244,30 @@ def targets(address: str, board: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Answer:
-    """MQTT answered at ``address``:``port``, ``how`` in words."""
+class Probe:
+    """What asking at an address and port showed: ``how`` MQTT answered in the clear (None if
+    it did not), and whether any connection could be made at all (``reached``): a probe that
+    could not connect has not shown that nothing answers there."""
 
-    address: str
-    port: int
-    how: str
-
-    @property
-    def shown(self) -> str:
-        return host_port(self.address, self.port)
+    how: str | None
+    reached: bool
 
 
 async def _exchange(
-    address: str, port: int, request: bytes, timeout_s: float
+    address: Address, port: int, request: bytes, timeout_s: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to ``address`` (with its scope id), ``request`` written; None if none
+    could be made within the timeout."""
+    family = socket.AF_INET6 if ":" in address.ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, address.sockaddr(port)), timeout_s
+        )
+        reader, writer = await asyncio.open_connection(sock=sock)
     except (OSError, TimeoutError):
+        sock.close()
         return None
     writer.write(request)
     return reader, writer
@@ -184,10 +294,11 @@ async def _read_until(
     return data
 
 
-async def plain_mqtt(address: str, port: int, timeout_s: float) -> bool:
+async def plain_mqtt(address: Address, port: int, timeout_s: float) -> bool | None:
+    """Whether a plain CONNECT is answered with a CONNACK; None if no connection was made."""
     opened = await _exchange(address, port, mqtt_connect(), timeout_s)
     if opened is None:
-        return False
+        return None
     reader, writer = opened
     try:
         return is_connack(await _read_until(reader, None, 4, timeout_s, b""))
@@ -195,13 +306,15 @@ async def plain_mqtt(address: str, port: int, timeout_s: float) -> bool:
         await _close(writer)
 
 
-async def websocket_mqtt(address: str, port: int, path: str, timeout_s: float) -> bool:
-    host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+async def websocket_mqtt(address: Address, port: int, path: str, timeout_s: float) -> bool | None:
+    """Whether a CONNECT over a WebSocket at ``path`` is answered with a CONNACK; None if no
+    connection was made."""
+    host = host_port(address.ip, port)
     opened = await _exchange(
         address, port, websocket_upgrade(host, path, os.urandom(16)), timeout_s
     )
     if opened is None:
-        return False
+        return None
     reader, writer = opened
     try:
         data = await _read_until(reader, b"\r\n\r\n", _HEAD_LIMIT, timeout_s, b"")
@@ -227,15 +340,22 @@ async def websocket_mqtt(address: str, port: int, path: str, timeout_s: float) -
         await _close(writer)
 
 
-async def mqtt_answers(address: str, port: int, timeout_s: float) -> str | None:
-    """How MQTT answers in the clear at ``address``:``port``, or None."""
+async def mqtt_answers(
+    address: Address, port: int, timeout_s: float, paths: tuple[str, ...] = WEBSOCKET_PATHS
+) -> Probe:
+    """How MQTT answers in the clear at ``address``:``port``: a plain CONNECT, and a CONNECT
+    over WebSockets at each of ``paths``."""
     plain, *websockets = await asyncio.gather(
         plain_mqtt(address, port, timeout_s),
-        *(websocket_mqtt(address, port, path, timeout_s) for path in WEBSOCKET_PATHS),
+        *(websocket_mqtt(address, port, path, timeout_s) for path in paths),
     )
+    reached = plain is not None or any(w is not None for w in websockets)
     if plain:
-        return "a plain MQTT CONNECT was answered with a CONNACK"
-    for path, answered in zip(WEBSOCKET_PATHS, websockets, strict=True):
+        return Probe("a plain MQTT CONNECT was answered with a CONNACK", reached)
+    for path, answered in zip(paths, websockets, strict=True):
         if answered:
-            return f"an MQTT CONNECT over plain WebSockets (GET {path}) was answered with a CONNACK"
-    return None
+            return Probe(
+                f"an MQTT CONNECT over plain WebSockets (GET {path}) was answered with a CONNACK",
+                reached,
+            )
+    return Probe(None, reached)

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -44,6 +45,7 @@ from tests.mosquitto import (
     free_ports,
     have_mosquitto,
     network_addresses,
+    password_file,
 )
 from tests.pki import OPENSSL, make_pki
 from treadguard.controller.broker_config import (
@@ -58,9 +60,24 @@ from treadguard.controller.broker_config import (
     read_mosquitto_conf,
     unusual_characters,
 )
-from treadguard.controller.doctor import check_configuration, check_gpio, service_account
+from treadguard.controller.doctor import (
+    Verdict,
+    check_configuration,
+    check_gpio,
+    check_network,
+    service_account,
+)
 from treadguard.controller.journal import SCHEMA_VERSION, Journal
-from treadguard.controller.network_probe import is_connack, mqtt_connect, websocket_upgrade
+from treadguard.controller.network_probe import (
+    Address,
+    board_addresses,
+    is_connack,
+    location_paths,
+    mqtt_connect,
+    nginx_paths,
+    targets,
+    websocket_upgrade,
+)
 from treadguard.drivers.trackmaster_codec import Command, CommandFrame
 from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
@@ -1259,7 +1276,9 @@ def test_acl_decisions_follow_mosquitto_s_order() -> None:
     lines = parse_acl(Path("acl"), before + ACL.read_bytes())
     assert [(b.line.owner, b.line.number) for b in breaches(lines, _guards())] == [(None, 1)]
     # %u is the account's own name, %c any id a client chooses (a "/" in it included).
-    assert _found(b"pattern write treadmill/%u/cmd\n") == {}
+    assert _found(b"pattern write treadmill/%u/state\n") == {  # named tm-01, tm-01/sensors
+        (EVERY_ACCOUNT, 1): ["treadmill/tm-01/state", "treadmill/tm-01/sensors/#"]
+    }
     assert _found(b"pattern write treadmill/tm-01/%c\n") == {
         (EVERY_ACCOUNT, 1): [
             "treadmill/tm-01/cmd",
@@ -1268,6 +1287,75 @@ def test_acl_decisions_follow_mosquitto_s_order() -> None:
             "treadmill/tm-01/sensors/#",
         ]
     }
+
+
+def test_a_pattern_s_u_and_c_stand_for_any_name() -> None:
+    """%u and %c in a pattern line are names Mosquitto takes whole, any characters ("/"
+    included): a pattern that could write a guarded topic for some account's name or client's
+    id is named with that name, whether or not the ACL has a user line for it. Denials are not
+    weighed (fail closed); a read or deny pattern, or one no name reaches, is no fault."""
+
+    def why(acl: bytes) -> list[tuple[str, str]]:
+        lines = parse_acl(Path("acl"), ACL.read_bytes() + acl)
+        return [
+            (topic, reason)
+            for b in breaches(lines, _guards())
+            for topic, reason in zip(b.topics, b.why, strict=True)
+        ]
+
+    assert why(b"pattern write treadmill/tm-01/%u\n") == [
+        (
+            "treadmill/tm-01/cmd",
+            "%u is any account's name: an account named cmd would write treadmill/tm-01/cmd",
+        ),
+        (
+            "treadmill/tm-01/state",
+            "%u is any account's name: an account named state would write treadmill/tm-01/state",
+        ),
+        (
+            "treadmill/tm-01/query/+/reply",
+            "%u is any account's name: an account named query/x/reply would write "
+            "treadmill/tm-01/query/x/reply",
+        ),
+        (
+            "treadmill/tm-01/sensors/#",
+            "%u is any account's name: an account named sensors would write "
+            "treadmill/tm-01/sensors",
+        ),
+    ]
+    # No access word: read and write. A name may hold "/" and so span levels.
+    assert why(b"pattern treadmill/%u/cmd\n") == [
+        (
+            "treadmill/tm-01/cmd",
+            "%u is any account's name: an account named tm-01 would write treadmill/tm-01/cmd",
+        ),
+        (
+            "treadmill/tm-01/sensors/#",
+            "%u is any account's name: an account named tm-01/sensors would write "
+            "treadmill/tm-01/sensors/cmd",
+        ),
+    ]
+    assert why(b"pattern write treadmill/+/query/%u\n") == [
+        (
+            "treadmill/tm-01/query/+/reply",
+            "%u is any account's name: an account named x/reply would write "
+            "treadmill/tm-01/query/x/reply",
+        )
+    ]
+    # A deny after it is not weighed: still named.
+    assert why(b"pattern write treadmill/%u/cmd\npattern deny treadmill/+/cmd\n")
+    # Read, deny, other treadmills, and a level no name can make: nothing.
+    for harmless in (
+        b"pattern read treadmill/%u/cmd\n",
+        b"pattern deny treadmill/%u/cmd\n",
+        b"pattern write treadmill/tm-02/%u\n",
+        b"pattern write treadmill/tm-01/query/%u/x\n",
+        b"pattern write devices/%u/#\n",
+    ):
+        assert why(harmless) == [], harmless
+    # The shipped ACL has no pattern line and stays clean.
+    assert not [line for line in ACL.read_bytes().split(b"\n") if line.startswith(b"pattern")]
+    assert breaches(parse_acl(Path("acl"), ACL.read_bytes()), _guards()) == []
 
 
 def test_acl_lines_are_read_as_mosquitto_reads_them(tmp_path: Path) -> None:
@@ -1349,9 +1437,178 @@ def test_the_network_probe_sends_nothing_a_device_would_act_on() -> None:
     assert not is_connack(b"HTTP/1.1 400 Bad Request")
 
 
+def _proc_net(folder: Path, listening_on: list[tuple[str, int, int]], if_inet6: str) -> Path:
+    """A stand-in for /proc/net: ``tcp6`` with these sockets listening (address, port,
+    inode), ``if_inet6`` as given, no IPv4 addresses."""
+    folder.mkdir()
+    rows = ["  sl  local_address rem_address st tx_queue rx_queue tr tm->when ... inode"]
+    for n, (address, port, inode) in enumerate(listening_on):
+        raw = ipaddress.IPv6Address(address).packed
+        words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)).hex().upper()
+        rows.append(
+            f"{n}: {words}:{port:04X} 00000000000000000000000000000000:0000 0A "
+            f"00000000:00000000 00:00000000 00000000 0 0 {inode} 1"
+        )
+    (folder / "tcp6").write_text("\n".join(rows) + "\n")
+    (folder / "if_inet6").write_text(if_inet6)
+    return folder
+
+
+def test_a_link_local_address_is_reached_through_its_interface(tmp_path: Path) -> None:
+    """An IPv6 link-local address is asked through its interface (its index the scope id of
+    the connection); a socket on :: of a board with no global IPv6 address through a
+    link-local one."""
+    net = _proc_net(
+        tmp_path / "net",
+        [],
+        "fe800000000000000000000000000001 07 40 20 80     lan0\n"
+        "00000000000000000000000000000001 01 80 10 80       lo\n",
+    )
+    board = board_addresses(net)
+    assert board == [Address("fe80::1", "lan0", 7)]
+    assert targets("fe80::1", board) == board
+    assert targets("::", board) == board
+    assert board[0].sockaddr(1884) == ("fe80::1", 1884, 0, 7)
+    assert board[0].shown(1884) == "[fe80::1%lan0]:1884"
+
+
+@pytest.mark.asyncio
+async def test_a_socket_the_probe_cannot_reach_is_not_checked(tmp_path: Path) -> None:
+    """A socket listening on a link-local address the probe cannot connect to (its interface
+    gone from under it here): not checked, naming the address, never "no MQTT"."""
+    net = _proc_net(
+        tmp_path / "net",
+        [("fe80::1", 1884, 987654321)],
+        "fe800000000000000000000000000001 7ffffff0 40 20 80     lan9\n",
+    )
+    (check,) = await check_network(1.0, net, nginx=tmp_path / "no-nginx")
+    assert check.verdict is Verdict.TODO, check
+    assert check.detail.startswith(
+        "not checked: a process the doctor cannot see listens on [fe80::1]:1884, but no "
+        "connection to it could be made at [fe80::1%lan9]:1884"
+    ), check.detail
+    # Nothing but loopback: nothing reachable, passed.
+    bare = _proc_net(tmp_path / "bare", [("fe80::1", 1884, 987654321)], "")
+    (check,) = await check_network(1.0, bare, nginx=tmp_path / "no-nginx")
+    assert check.verdict is Verdict.OK, check
+    assert "no address but loopback" in check.detail
+
+
+def _link_local() -> tuple[str, str] | None:
+    """A link-local IPv6 address of this machine and its interface, if it has one."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            words = line.split()
+            if len(words) >= 6 and words[3] == "20":
+                return str(ipaddress.IPv6Address(bytes.fromhex(words[0]))), words[5]
+    return None
+
+
+@pytest.mark.asyncio
+async def test_plain_mqtt_on_a_link_local_address_is_found(rig: Rig, tmp_path: Path) -> None:
+    """A relay bound to the board's link-local address (fe80::...%IF) to the broker: asked
+    through that interface, a FAIL naming it."""
+    found = _link_local()
+    need("a link-local IPv6 address", found is not None)
+    assert found is not None
+    address, interface = found
+    async with relay(rig.broker.port, f"{address}%{interface}") as port:
+        checks = await check_network(3.0, nginx=tmp_path / "no-nginx")
+    ours = [c for c in checks if f":{port}: from the network" in c.detail]
+    assert [c.verdict for c in ours] == [Verdict.FAIL], checks
+    assert (
+        f"listens on [{address}]:{port}: from the network, at [{address}%{interface}]:{port}, "
+        "a plain MQTT CONNECT was answered with a CONNACK"
+    ) in ours[0].detail
+
+
+def test_nginx_s_location_paths_are_read(tmp_path: Path) -> None:
+    """Literal, = and ^~ locations of sites-enabled/* and conf.d/*.conf, in order, each once,
+    bounded; regex and named locations and comments left out."""
+    assert location_paths(
+        "server { listen 80; # location /commented { }\n"
+        "  location = /ws { proxy_pass http://127.0.0.1:9001; }\n"
+        "  location / { return 301 https://$host$request_uri; }\n"
+        "  location ^~ /live/ { }\n  location =/exact { }\n"
+        "  location ~ \\.php$ { }\n  location ~* /regex { }\n  location @named { }\n"
+        '  location\n    "/quoted"\n  { location /nested { } }\n}\n'
+    ) == ["/ws", "/", "/live/", "/exact", "/quoted", "/nested"]
+    root = tmp_path / "nginx"
+    (root / "sites-enabled").mkdir(parents=True)
+    (root / "conf.d").mkdir()
+    (root / "sites-enabled" / "a").write_text("location /mqtt { } location = /ws { }\n")
+    (root / "conf.d" / "b.conf").write_text("location /ws { } location /b { }\n")
+    (root / "conf.d" / "c.conf.off").write_text("location /off { }\n")
+    assert nginx_paths(root) == ["/ws", "/b"]
+    (root / "conf.d" / "many.conf").write_text(
+        "".join(f"location /p{n} {{ }}\n" for n in range(40))
+    )
+    assert len(nginx_paths(root)) == 16
+    assert nginx_paths(tmp_path / "none") == []
+
+
 @contextlib.asynccontextmanager
-async def relay(to_port: int) -> AsyncIterator[int]:
-    """A relay on every address (a socat) to 127.0.0.1:``to_port``; the port it listens on."""
+async def path_proxy(to_port: int, path: str) -> AsyncIterator[int]:
+    """An HTTP server on every address passing only ``path`` on to 127.0.0.1:``to_port`` (as
+    nginx's location = PATH with proxy_pass), 404 for any other; the port it listens on."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(4096):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(f"GET {path} HTTP/1.1\r\n".encode()):
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+            up_writer.write(head)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "0.0.0.0", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+@pytest.mark.asyncio
+async def test_websockets_at_a_path_of_nginx_s_configuration_are_found(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """A plain-http server passing MQTT over WebSockets at /ws only: found when nginx's
+    enabled configuration has that location, and not asked where it has none."""
+    need("an IPv4 address other than loopback", any(":" not in a for a in network_addresses()))
+    rig.broker.stop()
+    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp), websockets=True)
+    rig.broker.start()
+    assert rig.broker.ws_port is not None
+    nginx = tmp_path / "nginx"
+    (nginx / "sites-enabled").mkdir(parents=True)
+    (nginx / "sites-enabled" / "treadguard").write_text(
+        "server {\n  listen 80;\n  location = /ws {\n    proxy_pass http://127.0.0.1:9001;\n"
+        "  }\n  location / { return 301 https://$host$request_uri; }\n}\n"
+    )
+    async with path_proxy(rig.broker.ws_port, "/ws") as port:
+        without = await check_network(3.0, nginx=tmp_path / "no-nginx")
+        checks = await check_network(3.0, nginx=nginx)
+    assert not [c for c in without if f":{port}: from the network" in c.detail], without
+    ours = [c for c in checks if f":{port}: from the network" in c.detail]
+    assert [c.verdict for c in ours] == [Verdict.FAIL], checks
+    assert "an MQTT CONNECT over plain WebSockets (GET /ws) was answered" in ours[0].detail
+
+
+@contextlib.asynccontextmanager
+async def relay(to_port: int, host: str = "0.0.0.0") -> AsyncIterator[int]:
+    """A relay on ``host`` (every address: a socat) to 127.0.0.1:``to_port``; the port it
+    listens on."""
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -1368,7 +1625,7 @@ async def relay(to_port: int) -> AsyncIterator[int]:
             return
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    server = await asyncio.start_server(serve, "0.0.0.0", 0)
+    server = await asyncio.start_server(serve, host, 0)
     try:
         yield int(server.sockets[0].getsockname()[1])
     finally:
@@ -1480,7 +1737,42 @@ async def test_acl_faults_mosquitto_acts_on_are_named(rig: Rig) -> None:
             failed(done, "ACL file", f"line {last - 1} holds U+000B (a vertical tab)", "cat -A")
 
 
-async def _delivered(rig: Rig, account: str) -> bool:
+@pytest.mark.asyncio
+async def test_a_pattern_s_u_gives_an_account_named_like_a_topic_the_command(rig: Rig) -> None:
+    """Accounts named cmd and tm-01, which no user line names, and a pattern that lets each
+    account write a topic of its own name: the real broker lets each command the treadmill,
+    and the doctor names the pattern line with the name that does it."""
+    shipped = ACL.read_text(encoding="utf-8")
+    passwords = {**PASSWORDS, "cmd": "cmd-secret", "tm-01": "tm-01-secret"}
+    passwd = password_file(rig.tmp / "passwd-more", passwords)
+    rig.drive = 'kind = "simulator"'
+    for pattern, account in (
+        ("pattern write treadmill/tm-01/%u", "cmd"),
+        ("pattern write treadmill/%u/cmd", "tm-01"),
+    ):
+        acl = rig.tmp / "acl-pattern"
+        acl.write_text(f"{shipped}{pattern}\n", encoding="utf-8")
+        rig.broker.stop()
+        rig.broker = Broker(
+            rig.tmp,
+            auth_lines(rig.tmp)
+            .replace(f"acl_file {ACL}", f"acl_file {acl}")
+            .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
+        )
+        rig.broker.start()
+        assert await _delivered(rig, account, passwords[account]), pattern
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root")
+        number = shipped.count("\n") + 1
+        failed(
+            done,
+            "ACL file",
+            f"{acl}, line {number} ('{pattern}'): %u is any account's name: an account named "
+            f"{account} would write treadmill/tm-01/cmd (only the tablet accounts",
+        )
+
+
+async def _delivered(rig: Rig, account: str, password: str | None = None) -> bool:
     """Whether a command ``account`` publishes reaches the daemon's account."""
     topic = f"treadmill/{SENSOR_TM}/cmd"
     async with (
@@ -1488,7 +1780,10 @@ async def _delivered(rig: Rig, account: str) -> bool:
             "127.0.0.1", rig.broker.port, username="treadguard", password=PASSWORDS["treadguard"]
         ) as daemon,
         aiomqtt.Client(
-            "127.0.0.1", rig.broker.port, username=account, password=PASSWORDS[account]
+            "127.0.0.1",
+            rig.broker.port,
+            username=account,
+            password=PASSWORDS[account] if password is None else password,
         ) as other,
     ):
         await daemon.subscribe(topic, qos=1)
