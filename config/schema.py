@@ -297,6 +297,9 @@ DEVICE_ACCOUNTS: tuple[tuple[str, str], ...] = (
     ("dashboard-", "a clinic dashboard"),
     ("sensors-", "a sensor device"),
     ("treadguard", "a daemon"),
+    # A second treadmill's daemon on the same broker (treadguard-tm-02), and its query
+    # connection (treadguard-tm-02-queries): docs/mqtt-security.md.
+    ("treadguard-", "another treadmill's daemon"),
 )
 
 
@@ -364,6 +367,8 @@ class MqttSection(_Strict):
                 "link and its query connection would keep replacing each other and commands, "
                 f"an E-STOP among them, would go unanswered; {own} (docs/mqtt-security.md)"
             )
+        if value == f"{info.data.get('username')}-queries":
+            return value  # the default's own name: this daemon's query account
         whose = device_account(value)
         if whose is not None:
             raise ValueError(

@@ -31,9 +31,10 @@ _CATEGORY_WORDS = {
 # Characters that show as nothing though their category is a visible one (Unicode's
 # Default_Ignorable_Code_Point, less the Cf and Cn characters the categories above take):
 # the Hangul fillers (letters that are blank), the combining grapheme joiner, the Khmer inherent
-# vowels, the Mongolian free variation selectors and the variation selectors.
+# vowels, the Mongolian free variation selectors and the variation selectors; and the blank
+# Braille pattern (a symbol of no dots, U+2800), which prints as a space.
 _INVISIBLE = frozenset(
-    {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0}
+    {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0}
     | set(range(0x180B, 0x1810))
     | set(range(0xFE00, 0xFE10))
     | set(range(0xE0100, 0xE01F0))

@@ -46,6 +46,7 @@ LOOK_ALIKES = [
     ("p-012\x07", "a control character (U+0007)"),
     ("p-012\ud800", "a lone surrogate (U+D800)"),
     ("p-\u3164012", "an invisible character (U+3164)"),
+    ("p\u28001", "an invisible character (U+2800)"),  # prints as "p 1", itself a code
     ("p-012\ufe0f", "an invisible character (U+FE0F)"),
     ("p\u00a0012", "a space other than the ordinary space (U+00A0)"),
 ]

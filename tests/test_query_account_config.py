@@ -69,6 +69,10 @@ def test_sr15_the_daemons_own_account_from_the_environment_is_refused_with_its_v
         ("sensors-tm-test", "a sensor device"),
         ("sensors-tm-01", "a sensor device"),
         ("treadguard", "a daemon"),
+        # Another treadmill's daemon on the same broker, and that daemon's query connection.
+        ("treadguard-tm-02", "another treadmill's daemon"),
+        ("treadguard-tm-01-queries", "another treadmill's daemon"),
+        ("treadguard-queries", "another treadmill's daemon"),
     ],
 )
 def test_sr15_the_query_account_may_not_be_a_devices_account(
