@@ -608,9 +608,13 @@ def sessions_bundle(
         resources.append(measure_observation(m, clinic=clinic, subject=patients[m.user]))
     if user is not None and user not in patients:
         patients[user] = patient(clinic.treadmill, user)
-    entries = [BundleEntry(fullUrl=_url(r), resource=r) for r in [*patients.values(), *resources]]
+    held = [*patients.values(), *resources]
+    entries = [BundleEntry(fullUrl=_url(r), resource=r) for r in held]
     return Bundle(
-        id=resource_id(clinic.treadmill, "bundle", user),
+        # Named by what it holds: the same export again is the same Bundle, while another
+        # journal's (a restored backup's, a new card's) is another, which a receiver that
+        # keeps Bundles by id keeps beside it.
+        id=resource_id(clinic.treadmill, "bundle", user, sorted(str(r.id) for r in held)),
         type="collection",
         entry=entries or None,
     )

@@ -142,7 +142,10 @@ def test_sessions_numbered_alike_in_a_restored_and_a_fresh_journal_get_ids_of_th
     # Ann's session 1 on the new card is not her session 1 on the old one.
     assert not fresh_ids[("session", 1)] & old_ids[("session", 1)]
     assert not fresh_ids[("measure", 1)] & old_ids[("measure", 1)]
-    # And exporting a journal again gives the same Bundle, byte for byte.
+    # Each journal's Bundle is a collection of its own: a receiver that keeps Bundles by id
+    # keeps all three. And exporting a journal again gives the same Bundle, byte for byte.
+    bundle_ids = {json.loads(text)["id"] for text in (old, after_restore, on_a_new_card)}
+    assert len(bundle_ids) == 3, bundle_ids
     assert exported(card) == old
     assert exported(restored) == after_restore
 
