@@ -221,6 +221,14 @@ def test_scripts_run_from_a_private_folder_serves_the_page_and_all_it_loads(
     finally:
         try:
             run.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            # What kept it: the processes still there and the end of each log of the run.
+            logs = sorted((private_checkout / ".run").glob("*.log"))
+            tails = "".join(f"\n--- {f.name}\n{f.read_text()[-1500:]}" for f in logs)
+            raise AssertionError(
+                f"scripts/run still running {STOP_S} s after Ctrl-C; left: "
+                f"{processes_in(private_checkout)}\nsaid:\n{''.join(said)}{tails}"
+            ) from None
         finally:
             left = processes_in(private_checkout)
             for pid in left:  # what this test started and its stop left behind
