@@ -281,6 +281,15 @@ class Outcome:
         return out
 
 
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Bytes from ``reader`` on to ``writer`` until either end closes."""
+    with contextlib.suppress(OSError):
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
 @contextlib.asynccontextmanager
 async def publishing(sensors: Sensors) -> AsyncIterator[Sensors]:
     task = asyncio.create_task(sensors.run())
@@ -1552,13 +1561,6 @@ async def path_proxy(to_port: int, path: str) -> AsyncIterator[int]:
     """An HTTP server on every address passing only ``path`` on to 127.0.0.1:``to_port`` (as
     nginx's location = PATH with proxy_pass), 404 for any other; the port it listens on."""
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(4096):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             head = await reader.readuntil(b"\r\n\r\n")
@@ -1569,7 +1571,7 @@ async def path_proxy(to_port: int, path: str) -> AsyncIterator[int]:
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
             up_writer.write(head)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         writer.close()
 
     server = await asyncio.start_server(serve, "0.0.0.0", 0)
@@ -1610,20 +1612,13 @@ async def relay(to_port: int, host: str = "0.0.0.0") -> AsyncIterator[int]:
     """A relay on ``host`` (every address: a socat) to 127.0.0.1:``to_port``; the port it
     listens on."""
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(4096):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
         except OSError:
             writer.close()
             return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     server = await asyncio.start_server(serve, host, 0)
     try:
