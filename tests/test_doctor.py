@@ -201,9 +201,7 @@ def broker_with_acl(rig: Rig, acl: str) -> None:
     """The rig's broker replaced by one with the shipped accounts and this ACL text."""
     path = rig.tmp / "acl-edited"
     path.write_text(acl, encoding="utf-8")
-    rig.broker.stop()
-    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp).replace(f"acl_file {ACL}", f"acl_file {path}"))
-    rig.broker.start()
+    _broker_anew(rig, auth_lines(rig.tmp).replace(f"acl_file {ACL}", f"acl_file {path}"))
 
 
 @contextlib.contextmanager
@@ -279,6 +277,13 @@ class Outcome:
         for c in result["checks"]:
             out.setdefault(c["check"], []).append(c["verdict"])
         return out
+
+
+def _broker_anew(rig: Rig, extra: str, *, websockets: bool = False) -> None:
+    """The rig's broker replaced by one with ``extra`` configuration lines, started."""
+    rig.broker.stop()
+    rig.broker = Broker(rig.tmp, extra, websockets=websockets)
+    rig.broker.start()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -1102,15 +1107,13 @@ async def test_broker_listeners_open_to_the_network(rig: Rig) -> None:
     need("openssl", OPENSSL is not None)
     pki = make_pki(rig.tmp / "pki")
     plain, ws, tls = free_ports(3)
-    rig.broker.stop()
-    rig.broker = Broker(
-        rig.tmp,
+    _broker_anew(
+        rig,
         auth_lines(rig.tmp)
         + f"listener {plain}\n"
         + f"listener {ws} 127.0.0.1\nprotocol websockets\n"
         + f"listener {tls}\n{pki.tls_lines()}",
     )
-    rig.broker.start()
     # The first listener accepts before Mosquitto has opened the others: until all are there.
     # Each on more than loopback, as this Mosquitto binds them.
     assert await _until_true(
@@ -1140,9 +1143,7 @@ async def test_an_empty_snippet_and_a_broker_that_lets_anyone_in(rig: Rig) -> No
     snippets = rig.tmp / "conf.d"
     snippets.mkdir()
     (snippets / "treadguard.conf").write_text("", encoding="utf-8")
-    rig.broker.stop()
-    rig.broker = Broker(rig.tmp, f"include_dir {snippets}\nallow_anonymous true\n")
-    rig.broker.start()
+    _broker_anew(rig, f"include_dir {snippets}\nallow_anonymous true\n")
     rig.drive = 'kind = "simulator"'
     async with publishing(Sensors(rig.broker.port)):
         empty = await doctor(rig, rig.config(), "--service-user", "root")
@@ -1158,9 +1159,7 @@ async def test_an_empty_snippet_and_a_broker_that_lets_anyone_in(rig: Rig) -> No
     failed(empty, "anonymous login", "accepts a client without an account", "allow_anonymous false")
     assert "ACL file" not in check_names(empty)
 
-    rig.broker.stop()
-    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp).replace(f"acl_file {ACL}\n", ""))
-    rig.broker.start()
+    _broker_anew(rig, auth_lines(rig.tmp).replace(f"acl_file {ACL}\n", ""))
     async with publishing(Sensors(rig.broker.port)):
         no_acl = await doctor(rig, rig.config(), "--service-user", "root")
     text = failed(no_acl, "broker config", "no acl_file: every account may read and write")
@@ -1176,9 +1175,7 @@ async def test_an_acl_the_doctor_cannot_read_is_not_passed(rig: Rig) -> None:
     acl.write_bytes(ACL.read_bytes())
     os.chown(acl, pwd.getpwnam("nobody").pw_uid, -1)
     acl.chmod(0o600)
-    rig.broker.stop()
-    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp).replace(f"acl_file {ACL}", f"acl_file {acl}"))
-    rig.broker.start()
+    _broker_anew(rig, auth_lines(rig.tmp).replace(f"acl_file {ACL}", f"acl_file {acl}"))
     rig.drive = 'kind = "simulator"'
     async with publishing(Sensors(rig.broker.port)):
         done = await doctor(
@@ -1588,9 +1585,7 @@ async def test_websockets_at_a_path_of_nginx_s_configuration_are_found(
     """A plain-http server passing MQTT over WebSockets at /ws only: found when nginx's
     enabled configuration has that location, and not asked where it has none."""
     need("an IPv4 address other than loopback", any(":" not in a for a in network_addresses()))
-    rig.broker.stop()
-    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp), websockets=True)
-    rig.broker.start()
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
     assert rig.broker.ws_port is not None
     nginx = tmp_path / "nginx"
     (nginx / "sites-enabled").mkdir(parents=True)
@@ -1638,13 +1633,11 @@ async def test_plain_mqtt_reachable_from_the_network_through_a_relay(rig: Rig) -
     need("openssl", OPENSSL is not None)
     pki = make_pki(rig.tmp / "pki")
     (tls,) = free_ports(1)
-    rig.broker.stop()
-    rig.broker = Broker(
-        rig.tmp,
+    _broker_anew(
+        rig,
         auth_lines(rig.tmp) + f"listener {tls}\n{pki.tls_lines()}",
         websockets=True,
     )
-    rig.broker.start()
     assert rig.broker.ws_port is not None
     rig.drive = 'kind = "simulator"'
     async with (
@@ -1678,13 +1671,11 @@ async def test_two_listeners_on_one_port_are_judged_each_by_its_own(rig: Rig) ->
     need("openssl", OPENSSL is not None)
     pki = make_pki(rig.tmp / "pki")
     (port,) = free_ports(1)
-    rig.broker.stop()
-    rig.broker = Broker(
-        rig.tmp,
+    _broker_anew(
+        rig,
         auth_lines(rig.tmp)
         + f"listener {port} {board[0]}\nlistener {port} 127.0.0.1\n{pki.tls_lines()}",
     )
-    rig.broker.start()
     assert await _until_true(
         lambda: (board[0], port) in {(s.address, s.port) for s in listening()}, 10.0
     )
@@ -1747,14 +1738,12 @@ async def test_a_pattern_s_u_gives_an_account_named_like_a_topic_the_command(rig
     ):
         acl = rig.tmp / "acl-pattern"
         acl.write_text(f"{shipped}{pattern}\n", encoding="utf-8")
-        rig.broker.stop()
-        rig.broker = Broker(
-            rig.tmp,
+        _broker_anew(
+            rig,
             auth_lines(rig.tmp)
             .replace(f"acl_file {ACL}", f"acl_file {acl}")
             .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
         )
-        rig.broker.start()
         assert await _delivered(rig, account, passwords[account]), pattern
         async with publishing(Sensors(rig.broker.port)):
             done = await doctor(rig, rig.config(), "--service-user", "root")
