@@ -136,7 +136,15 @@ async def test_h14_no_run_word_goes_over_the_wire_after_an_accepted_stop(
             )
             watching["on"] = True
             ok(await doc.command("start_session", user="p-h14"))
-            await asyncio.wait_for(first_frequency.wait(), 15.0)
+            try:
+                await asyncio.wait_for(first_frequency.wait(), 15.0)
+            except TimeoutError:
+                log = daemon.log.read_text(errors="replace").splitlines()[-40:]
+                pytest.fail(
+                    f"no frequency above 0 written within 15 s of the accepted start; last "
+                    f"state {doc.latest}; writes {[(r, v) for _, r, v in writes[-10:]]}; the "
+                    "daemon's log ends:\n" + "\n".join(log)
+                )
             held_at = time.monotonic()
             ok(await doc.command("stop"))  # the clinician's tap as the start begins
             accepted = time.monotonic()
