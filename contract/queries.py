@@ -46,6 +46,12 @@ REPLY_SEGMENT = "reply"
 # enough that one answer is a few kilobytes and read in a few milliseconds.
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 50
+# The largest answer the daemon sends. The board's broker takes no packet over 1 MiB from
+# anyone (max_packet_size in config/mosquitto/treadguard.conf, which bounds what one message,
+# retained or not, can cost it): an answer stays under that with room for its topic. A typical
+# session's page is about 50 KiB; one with thousands of events can pass this, and is refused
+# with its size and where to print it instead.
+MAX_REPLY_BYTES = 960 * 1024
 
 
 class QueryErrorCode(StrEnum):
@@ -148,7 +154,25 @@ class QueryReply:
         }
 
     def payload(self) -> bytes:
-        return to_payload(self.to_json())
+        """The answer's bytes; over MAX_REPLY_BYTES, a refusal instead that says how large the
+        answer was and where the whole of it can be had."""
+        data = to_payload(self.to_json())
+        if len(data) <= MAX_REPLY_BYTES:
+            return data
+        session = self.body.get("session")
+        sid = session.get("session_id") if isinstance(session, dict) else None
+        where = (
+            f"print the session's report on the board instead (treadguard report {sid})"
+            if sid is not None
+            else "ask for fewer sessions (a smaller limit)"
+        )
+        too_large = QueryReply(
+            self.id,
+            QueryErrorCode.UNAVAILABLE,
+            f"the answer is {-(-len(data) // 1024)} KiB, more than the "
+            f"{MAX_REPLY_BYTES // 1024} KiB an answer may be over MQTT: {where}",
+        )
+        return to_payload(too_large.to_json())
 
 
 def refusal(query_id: str | None, code: QueryErrorCode, message: str) -> QueryReply:

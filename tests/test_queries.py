@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from treadguard.contract.queries import HistoryQuery, SessionQuery
+from treadguard.contract.queries import MAX_REPLY_BYTES, HistoryQuery, SessionQuery
 from treadguard.controller import queries
 from treadguard.controller.journal import Journal
 from treadguard.controller.queries import ClinicWords, QueryService, read_answer
@@ -164,9 +164,11 @@ class Answers:
 
     def __init__(self) -> None:
         self.got: dict[str, list[dict[str, Any]]] = {}
+        self.sizes: list[int] = []  # of each payload, as the link would publish it
         self.arrived = asyncio.Event()
 
     def __call__(self, account: str, payload: bytes) -> None:
+        self.sizes.append(len(payload))
         self.got.setdefault(account, []).append(json.loads(payload))
         self.arrived.set()
 
@@ -287,6 +289,59 @@ async def test_a_report_page_is_rendered_outside_and_its_failure_said(journal: P
     }
     assert nine["error"]["code"] == "not_found"
     assert asked == [2, 3]  # a session that is not there is never rendered
+
+
+@pytest.mark.asyncio
+async def test_an_answer_too_large_for_the_broker_is_refused_with_its_size(
+    tmp_path: Path,
+) -> None:
+    """The board's broker disconnects a client that sends more than 1 MiB (its
+    max_packet_size): an answer over MAX_REPLY_BYTES, a long page or the events of a session
+    with thousands of them, is refused with its size and where the whole can be had."""
+    journal = tmp_path / "journal.sqlite"
+    busy = Journal.open(journal)
+    for n in (1, 2, 3):
+        start = T0 + 3600 * n
+        started: dict[str, JsonScalar] = {
+            "session_id": str(n),
+            "user": "ann",
+            "program": "first_session",
+            "cap_s": 300.0,
+        }
+        busy.record(Event(EventType.SESSION_STARTED, 0.0, started), start)
+        # Session 2: a tablet that changed the speed every 25 ms of its 5 minutes.
+        for k in range(12_000 if n == 2 else 0):
+            change: dict[str, JsonScalar] = {"from_mph": 0.8, "to_mph": 0.9, "by": f"t{k % 7}"}
+            busy.record(Event(EventType.SPEED_CHANGED, 0.0, change), start + 5 + k * 0.025)
+        ended: dict[str, JsonScalar] = {"session_id": str(n), "reason": "cap", "belt_moving_s": 300}
+        busy.record(Event(EventType.SESSION_ENDED, 0.0, ended), start + 310)
+    busy.commit()
+    busy.close()
+    pages = {1: "<html>" + "x" * (MAX_REPLY_BYTES - 2048) + "</html>", 3: "<html>" + "y" * 2**20}
+
+    async def render(session: int) -> str:
+        return pages[session]
+
+    answers = Answers()
+    service = QueryService(journal=journal, words=WORDS, reply=answers, render=render)
+    runner = asyncio.create_task(service.run())
+    try:
+        for sid, form in (("1", "html"), ("2", "data"), ("3", "html")):
+            query = {"id": f"s{sid}", "type": "session", "session_id": sid, "format": form}
+            service.submit("tablet", json.dumps(query).encode(), False)
+        near, events, page = await answers.wait_for("tablet", 3)
+    finally:
+        runner.cancel()
+    assert near["ok"] is True
+    assert near["html"] == pages[1]
+    assert max(answers.sizes) <= MAX_REPLY_BYTES
+    for answer, sid in ((events, "2"), (page, "3")):
+        assert answer["ok"] is False, str(answer)[:200]
+        assert answer["error"]["code"] == "unavailable"
+        message = answer["error"]["message"]
+        assert f"more than the {MAX_REPLY_BYTES // 1024} KiB" in message, message
+        assert f"(treadguard report {sid})" in message, message
+    assert "answer is 1025 KiB" in page["error"]["message"]
 
 
 @pytest.mark.asyncio
