@@ -224,7 +224,12 @@ class Broker:
 
 
 # The shipped configuration's bounds on what the broker holds for a client and reads from one.
-QUEUE_SETTINGS = ("max_queued_messages", "max_queued_bytes", "max_inflight_messages")
+QUEUE_SETTINGS = (
+    "max_queued_messages",
+    "max_queued_bytes",
+    "max_inflight_messages",
+    "max_packet_size",
+)
 
 
 def shipped_queue_limits() -> str:

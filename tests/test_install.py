@@ -248,9 +248,11 @@ class Board:
         return [json.loads(line) for line in out.splitlines()]
 
     def login(self, account: str) -> Login:
-        if account == "treadguard":
+        if account in ("treadguard", "treadguard-queries"):
             text = (self.box.root / "etc/treadguard/environment").read_text()
-            key = "TREADGUARD_MQTT__PASSWORD"
+            key = "TREADGUARD_MQTT__" + (
+                "PASSWORD" if account == "treadguard" else "QUERIES_PASSWORD"
+            )
         else:
             text = (self.box.root / "etc/treadguard/mqtt-accounts").read_text()
             key = account
@@ -493,6 +495,44 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     assert {k: v for k, v in after.items() if k != mine} == {
         k: v for k, v in before.items() if k != mine
     }
+
+
+def test_device_accounts_may_write_only_this_treadmills_topics(board: Board) -> None:
+    """The installed ACL is narrowed to the board's treadmill: a retained message stays in the
+    broker until replaced, and with treadmill/+/ a dashboard kept 1 MiB messages on as many
+    made-up treadmills as it liked (300 of them grew the broker by 300 MiB)."""
+    acl = (board.box.root / "etc/mosquitto/treadguard/acl").read_text()
+    account = ""
+    writes: dict[str, list[str]] = {}
+    for line in acl.splitlines():
+        words = line.split()
+        if words[:1] == ["user"]:
+            account = words[1]
+        elif words[:1] == ["topic"] and words[1] in ("write", "readwrite"):
+            writes.setdefault(account, []).append(words[-1])
+    devices = {a: t for a, t in writes.items() if not a.startswith("treadguard")}
+    assert set(devices) >= {"tablet", "dashboard", f"sensors-{TM}"}, writes
+    for topics in devices.values():
+        assert all(t.startswith(f"treadmill/{TM}/") and not {"+", "#"} & set(t) for t in topics)
+    assert devices[f"sensors-{TM}"] == [
+        f"treadmill/{TM}/sensors/{name}" for name in ("grip_left", "grip_right", "fall")
+    ]
+
+    async def what_the_query_account_hears() -> list[str]:
+        broker = Broker(BROKER_PORT)
+        async with (
+            tablet(broker, "treadmill/+/query/+", **board.login("treadguard-queries")) as queries,
+            tablet(broker, **board.login("dashboard")) as dashboard,
+        ):
+            await dashboard.publish("treadmill/tm-99/query/dashboard", b"{}", retain=True)
+            await dashboard.publish(f"treadmill/{TM}/query/dashboard", b"{}")
+            # In order from one client: had the first gone through, it would be here first.
+            await queries.next(f"treadmill/{TM}/query/dashboard")
+            return queries.order
+
+    with board.box.network():
+        heard = asyncio.run(what_the_query_account_hears())
+    assert heard == [f"treadmill/{TM}/query/dashboard"], heard
 
 
 def _state_over_wss(board: Board, host: str, netns: str | None = None) -> dict[str, Any]:
