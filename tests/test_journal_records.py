@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS measures (
 CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
 """
 )
+RELEASED[4] = (
+    RELEASED[3]
+    + """
+CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
+"""
+)
 # Every version before the current one; a new migration without its released schema here
 # fails test_every_earlier_version_is_covered.
 EARLIER = [v for v in RELEASED if v < SCHEMA_VERSION]

@@ -312,7 +312,7 @@ def test_an_older_journal_gains_the_measures_table_when_opened_for_writing(tmp_p
     old.close()
     journal = Journal.open(path)
     with sqlite3.connect(path) as db:
-        assert schema_version(db) == SCHEMA_VERSION == 3
+        assert schema_version(db) == SCHEMA_VERSION == 4
     measure: dict[str, JsonScalar] = {
         "user": "p-1",
         "kind": "tug",
