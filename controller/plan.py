@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 FIRST_SESSION_PHASE = "first_session"
 ESTOP = EndReason.ESTOP.value
+# A session treadguard stopped during (a crash, or the board's power cut by a mains E-STOP),
+# closed at the next start-up: how it ended, and its belt time, are not known.
+INTERRUPTED = "interrupted"
 
 
 def outcomes_of(events: Sequence[EventRow]) -> dict[str, Mapping[str, Any]]:
@@ -280,8 +283,8 @@ def _first_session_again(
             words = f"first session again: {on} ended in an emergency stop"
         elif belt < shortest:  # NaN, no belt time to speak of, is not less: said below
             words = (
-                f"first session again: {on} had {t.duration(belt)} of belt time, less than "
-                f"the {t.duration(shortest, whole_minutes=True)} a first session needs"
+                f"first session again: {on} had {t.duration(belt, down=True)} of belt time, "
+                f"less than the {t.duration(shortest, whole_minutes=True)} a first session needs"
             )
         else:
             words = f"first session again: {on} ended: {t.ended_by(s.end_reason)}"
@@ -335,6 +338,12 @@ def _holds(
     why: list[str] = []
     if rules.hold.emergency_stop and last.end_reason == ESTOP:
         why.append(f"{on} ended in an emergency stop")
+    if rules.hold.emergency_stop and last.end_reason == INTERRUPTED:
+        # Not known to have ended otherwise: it may have been one (a mains E-STOP cuts the
+        # board's power too). Failing closed, it holds as one does.
+        why.append(
+            f"{on} was cut short: treadguard stopped during it, so how it ended is not known"
+        )
     entered = record.outcomes.get(last.id, {})
     before = _pain(entered.get("before", {}))
     after = _pain(entered.get("after", {}))
@@ -387,12 +396,16 @@ def _proposal(
 
 def _last_session(sessions: Sequence[SessionRow]) -> SessionRow | None:
     """The newest session that has ended and says something of the user: the belt moved, or
-    it ended in an emergency stop. A start aborted before the belt moved says nothing."""
+    it ended in an emergency stop, or treadguard stopped during it (its belt time is not
+    known: the belt may have run for minutes). A start aborted before the belt moved says
+    nothing."""
     for s in reversed(sessions):
         if s.ended_at is None:
             continue
         belt = s.belt_moving_s
-        if s.end_reason == ESTOP or (belt is not None and math.isfinite(belt) and belt > 0):
+        if s.end_reason in (ESTOP, INTERRUPTED) or (
+            belt is not None and math.isfinite(belt) and belt > 0
+        ):
             return s
     return None
 

@@ -87,14 +87,15 @@ def millis(value: object) -> str:
     return NONE if v is None else f"{v:.1f} ms"
 
 
-def duration(value: object, *, whole_minutes: bool = False) -> str:
+def duration(value: object, *, whole_minutes: bool = False, down: bool = False) -> str:
     """Belt time to the second: "3 min 0 s", "13 s". ``whole_minutes``: a cap, said "5 min"
-    when it is a whole number of minutes."""
+    when it is a whole number of minutes. ``down``: the whole seconds reached, for a time said
+    to fall short of a limit (179.6 s is "2 min 59 s", never the "3 min 0 s" it lacks)."""
     v = _finite(value)
     if v is None:
         return NONE
     # Half a second up, as a person rounds (round() would take 8.5 s to 8).
-    minutes, rest = divmod(math.floor(max(v, 0.0) + 0.5), 60)
+    minutes, rest = divmod(math.floor(max(v, 0.0) + (0.0 if down else 0.5)), 60)
     if minutes == 0:
         return f"{rest} s"
     if whole_minutes and rest == 0:

@@ -153,6 +153,39 @@ def test_an_emergency_stop_holds_the_program_and_the_cap() -> None:
     )
 
 
+def test_a_session_treadguard_stopped_during_holds_as_an_emergency_stop_does() -> None:
+    """A crash, or a mains E-STOP that cuts the board's power too: the next start-up closes the
+    session as interrupted, its belt time unknown. It is the last session all the same (never
+    skipped for the one before it), and its pain entered is weighed."""
+    sessions = [
+        session(1, "first_session", "cap", 180.0),
+        session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=1),
+        session(3, "reverse_walking", "interrupted", None, cap_s=360.0, day=2),
+    ]
+    got = plan(UserRecord("p-1", sessions, outcomes={3: pain(2, 6)}), day=3)
+    assert (got.program, got.cap_s, got.held) == ("reverse_walking", 360.0, True)
+    assert got.reason == (
+        "Reverse walking, 6 min: held at reverse walking: session 3 on 2026-12-03 was cut "
+        "short: treadguard stopped during it, so how it ended is not known; pain rose 4 points "
+        "in session 3 on 2026-12-03 (2 before, 6 after)"
+    )
+    calm = plan(UserRecord("p-1", sessions), day=3)
+    assert calm.held
+    assert "session 2" not in calm.reason, calm.reason
+    no_stop_hold = RULES.model_copy(
+        update={"hold": RULES.hold.model_copy(update={"emergency_stop": False})}
+    )
+    assert not plan(UserRecord("p-1", sessions), no_stop_hold, day=3).held
+
+
+def test_a_first_session_just_short_of_its_minimum_is_not_said_to_have_reached_it() -> None:
+    """179.6 s does not count against 3 min: the reason must not round it up to the 3 min it
+    says it falls short of."""
+    got = plan(UserRecord("p-1", [session(1, "first_session", "operator_stop", 179.6)]))
+    assert not got.first_session_counted
+    assert "had 2 min 59 s of belt time, less than the 3 min" in got.reason, got.reason
+
+
 def test_the_cap_grows_after_a_session_that_ran_to_it_and_stays_after_one_stopped_early() -> None:
     first = session(1, "first_session", "cap", 180.0)
     ran = session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=2)
