@@ -5,7 +5,8 @@ splits under two codes ("p-012" and "p-012" followed by a zero-width space), or 
 a code other than the one on record (a right-to-left override turns "p-\\u202e210" into
 "p-012" on screen). So a code holds only characters that show as themselves: none that are
 invisible or format the text around them, no space but the ordinary one and none at either
-end. :func:`code_problem` is the one check, used by the contract's commands and queries and by
+end, and written in Unicode's composed form (NFC: "é" as one character, as most keyboards
+type it, never "e" and a combining accent). :func:`code_problem` is the one check, used by the contract's commands and queries and by
 the command line; :func:`shown_code` shows a code from an older journal, which may hold any
 of these, with each such character written as an escape, so none is hidden.
 
@@ -76,6 +77,14 @@ def code_problem(value: str, field: str, *, max_chars: int = CODE_MAX_CHARS) -> 
         return f"{field} begins or ends with a space"
     if len(value) > max_chars:
         return f"{field} is {len(value)} characters long; a code is at most {max_chars}"
+    composed = unicodedata.normalize("NFC", value)
+    if composed != value:
+        # "é" is one character (U+00E9) or two (e, U+0301) depending on the keyboard: the same
+        # on screen, two codes to a computer, and one patient's record would split.
+        return (
+            f"{field} is not in Unicode's composed form (NFC): the same text typed on another "
+            f"keyboard would be another code; send it composed ({composed})"
+        )
     return None
 
 

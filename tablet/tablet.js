@@ -118,6 +118,10 @@ function withTitles(text) {
 }
 
 const $ = (id) => document.getElementById(id);
+// The user's code as typed, composed (NFC): "é" is one character or two (e and a combining
+// accent) depending on the keyboard, and the daemon takes only the one form of a text, so that
+// one patient's record never splits under two codes that look the same.
+const typedUser = () => $("user").value.trim().normalize("NFC");
 
 // Everything the page knows. `render` draws it; nothing else touches the controls' state.
 const view = {
@@ -396,7 +400,7 @@ function draw() {
     online &&
     st === "idle" &&
     !latched &&
-    $("user").value.trim() !== "" &&
+    typedUser() !== "" &&
     !pendingOf("start_session")
   );
   // The setup only matters between sessions (and not while a commissioning run holds the
@@ -463,7 +467,7 @@ function draw() {
     online &&
     st === "idle" &&
     !latched &&
-    $("user").value.trim() !== ""
+    typedUser() !== ""
   );
   drawPatient();
 
@@ -1369,7 +1373,7 @@ function drawTrend(sessions) {
 }
 
 $("patient-open").addEventListener("click", () => {
-  const user = $("user").value.trim();
+  const user = typedUser();
   if (!$("patient-open").disabled && user) openPatient(user);
 });
 $("patient-close").addEventListener("click", () => {
@@ -1551,7 +1555,7 @@ function fillUsers() {
 }
 
 function fillPrograms() {
-  const user = $("user").value.trim();
+  const user = typedUser();
   const last = knownUsers()[user];
   // "From history": the program is left out and the daemon picks it from its journal (a
   // first session for a user it has none of). The last one seen here is only a hint.
@@ -1590,7 +1594,7 @@ $("program").addEventListener("change", fillCaps);
 $("setup").addEventListener("submit", (event) => {
   event.preventDefault();
   if ($("start").disabled || offlineWhy() !== null) return; // Enter in a field, a double tap
-  const fields = { user: $("user").value.trim() };
+  const fields = { user: typedUser() };
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
   const pain = $("pain-before").value;

@@ -100,6 +100,20 @@ def test_a_code_with_a_space_at_either_end_is_refused(code: str) -> None:
     assert isinstance(history(code), QueryReply)
 
 
+def test_a_code_not_in_composed_form_is_refused_and_its_composed_form_is_taken() -> None:
+    """ "José" typed as U+00E9 or as e and U+0301 looks the same everywhere: as two codes, one
+    patient's record would split (an emergency stop under one spelling would not hold the
+    other's plan). The composed form is the code; the other is refused, naming it."""
+    composed, decomposed = "Jos\u00e9-12", "Jose\u0301-12"
+    for field, result in _all_code_fields(decomposed):
+        assert isinstance(result, CommandReply), (field, result)
+        assert result.error is ErrorCode.INVALID_COMMAND
+        assert f"{field} is not in Unicode's composed form (NFC)" in result.message
+        assert f"send it composed ({composed})" in result.message
+    for field, result in _all_code_fields(composed):
+        assert isinstance(result, ParsedCommand), (field, result)
+
+
 def test_a_code_as_codes_are_is_taken_as_typed() -> None:
     for code in ("p-012", "p 012", "Müller-7", "患者12", "x" * 64):
         for field, result in _all_code_fields(code):
@@ -140,6 +154,7 @@ def test_every_code_accepted_shows_as_itself_and_none_with_a_refused_character_i
     if problem is None:
         assert _shows_as_itself(code)
         assert code == code.strip()
+        assert code == unicodedata.normalize("NFC", code)  # one text, one code
         assert shown_code(code) == code
     elif not _shows_as_itself(code):
         shown = shown_code(code)

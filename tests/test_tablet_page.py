@@ -120,6 +120,9 @@ def as_shown(message: str) -> str:
 # ----------------------------------------------------------------------------- a session
 
 
+USER = "u-pag\u00e9"  # the code test_sr1_sr3_a_whole_session_by_clicking starts a session for
+
+
 @pytest.mark.asyncio
 async def test_sr1_sr3_a_whole_session_by_clicking(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
@@ -138,7 +141,9 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         page = tab.page
         await expect(page.locator("#state")).to_contain_text("IDLE")
         await expect(page.locator("#start")).to_be_disabled()  # no user yet
-        await page.fill("#user", "u-page")
+        # Typed as e and a combining accent (a keyboard that composes nothing): sent composed,
+        # the one code of that text (contract/codes.py).
+        await page.fill("#user", "u-pag\u0065\u0301")
         await expect(page.locator("#start")).to_be_enabled()
         await expect(page.locator("#session-info")).to_have_text("No session")
         await check_layout(page, "idle", shots="layout-idle")
@@ -178,7 +183,7 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         )
         command = await next_command(doc, "start_session")
         sent_at = command.pop("ts")
-        assert command == {"id": command["id"], "type": "start_session", "user": "u-page"}
+        assert command == {"id": command["id"], "type": "start_session", "user": USER}
         assert abs(sent_at - time.time()) < 5.0  # stamped, so that a late delivery is refused
         await expect(page.locator("#countdown")).to_be_visible()
         await expect(page.locator("#countdown")).to_contain_text("Belt starts in")
@@ -198,7 +203,7 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         await expect(page.locator("#state")).to_contain_text("RUNNING")
         await expect(page.locator("#countdown")).to_be_hidden()
         await expect(page.locator("#session-info")).to_contain_text(
-            "u-page, First treadmill session"
+            f"{USER}, First treadmill session"
         )
         await expect(page.locator("#set-target")).to_have_text("0.8")
         await expect(page.locator("#slower")).to_be_disabled()  # 0.8 is the band's bottom
@@ -232,7 +237,7 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
         # speed (the page saw the belt at 1.05 mph or more) and the belt time the daemon counted.
         await expect(page.locator("#session-info")).to_have_text(
             re.compile(
-                r"^Last session \S+ \(u-page, First treadmill session\): Stopped from a tablet; "
+                rf"^Last session \S+ \({USER}, First treadmill session\): Stopped from a tablet; "
                 r"top speed 1\.(0[5-9]|1\d|20) mph\.$"
             )
         )
