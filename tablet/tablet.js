@@ -555,6 +555,7 @@ function send(type, fields = {}) {
   view.message = null;
   const timer = setTimeout(() => {
     pending.delete(id);
+    startUnanswered(id);
     const words = commandWords({ type, fields });
     log(`${words}: no answer within ${REPLY_TIMEOUT_MS / 1000} s`, true);
     if (type === "start_session") {
@@ -568,6 +569,14 @@ function send(type, fields = {}) {
   }, REPLY_TIMEOUT_MS);
   pending.set(id, { type, fields, timer });
   render();
+  return id;
+}
+
+// The pain asked before a start belongs to the session that start opens, and to no other: a
+// start refused, unanswered or lost with the link takes it with it, so that a later session of
+// the same user (started from another tablet) never gets it.
+function startUnanswered(id) {
+  if (view.painBefore && view.painBefore.startId === id) view.painBefore = null;
 }
 
 function commandWords(sent) {
@@ -640,6 +649,7 @@ function onOneReply(reply) {
     ? withTitles(error.message)
     : WORDS.refusals[error.code] || error.code || "no reason given";
   const text = `Refused: ${sentence(why)}`;
+  startUnanswered(reply.id);
   log(`${commandWords(sent)}: ${text}`, true);
   // A measure's refusal beside what was typed, which stays for the clinician to correct.
   if (sent.type === "record_measure" && measureOpen(sent.fields.user) && view.patient.entering) {
@@ -958,6 +968,7 @@ function connect() {
     for (const [id, sent] of pending) {
       clearTimeout(sent.timer);
       pending.delete(id);
+      startUnanswered(id);
       if (["estop", "stop", "commission_abort"].includes(sent.type)) {
         resendOnConnect.push(sent.type);
         log(`${commandWords(sent)}: the link dropped before an answer; sent again on reconnect`, true);
@@ -1598,8 +1609,9 @@ $("setup").addEventListener("submit", (event) => {
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
   const pain = $("pain-before").value;
-  view.painBefore = pain === "" ? null : { user: fields.user, pain: Number(pain) };
-  send("start_session", fields);
+  const startId = send("start_session", fields);
+  view.painBefore =
+    pain === "" || startId === undefined ? null : { user: fields.user, pain: Number(pain), startId };
 });
 // After a session: the pain now, the exertion and notes, for the session's record (never
 // needed for the belt: the daemon journals them, the safety core never sees them).

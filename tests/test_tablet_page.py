@@ -30,6 +30,7 @@ from tests.clinician import (
     STANDSTILL_MPH,
     Clinician,
     clinician,
+    ok,
     running,
     sensor_user,
 )
@@ -305,6 +306,46 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
     entries = journal.outcome_entries(int(session))
     journal.close()
     assert [(e["when"], e["pain"]) for e in entries] == [("before", 4), ("after", 2)]
+
+
+@pytest.mark.asyncio
+async def test_the_pain_asked_before_a_refused_start_goes_on_no_other_session(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """A start refused on this page takes its pain with it: the same user's session started
+    from another tablet later is not given it (the plan's pain-rise hold would weigh it)."""
+    tm = "tm-page-pain"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm) as doc,  # the other tablet
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#user", "u-pain")
+        await page.select_option("#pain-before", "8")
+        await page.select_option("#program", "reverse_walking")  # a new user: refused
+        await page.click("#start")
+        await refusal(doc, (await next_command(doc, "start_session"))["id"])
+        await expect(page.locator("#message")).to_contain_text("Refused")
+
+        ok(await doc.command("start_session", user="u-pain"))
+        started = await doc.event("session_started")
+        await expect(page.locator("#state")).to_contain_text("RUNNING", timeout=15_000)
+        sent: list[str] = []
+
+        def until_stop(message: aiomqtt.Message) -> bool:
+            sent.append(body(message)["type"])
+            return sent[-1] == "stop"
+
+        await page.click("#stop")
+        await doc.tab.next(f"{doc.p}/cmd", until_stop)
+        assert "outcome_before" not in sent, sent
+    journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
+    entries = journal.outcome_entries(int(started["session_id"]))
+    journal.close()
+    assert entries == []
 
 
 # ----------------------------------------------------------------------------- stops
