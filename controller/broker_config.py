@@ -182,7 +182,10 @@ class Listener:
         if wildcard and self.websockets_everywhere:
             return True
         try:
-            return ipaddress.ip_address(self.address) == ipaddress.ip_address(address)
+            # A link-local address names its interface (fe80::1%eth0); the kernel's socket
+            # table gives the address alone.
+            own = self.address.split("%", 1)[0] if ":" in self.address else self.address
+            return ipaddress.ip_address(own) == ipaddress.ip_address(address)
         except ValueError:
             pass
         try:
@@ -226,7 +229,7 @@ class MosquittoConf:
 
 def read_mosquitto_conf(path: Path) -> MosquittoConf:
     """``path`` and the files of its ``include_dir`` lines (each folder's ``*.conf``, in
-    alphabetical order, read where the line is, as Mosquitto reads them). OSError (as
+    Mosquitto's order, read where the line is, as Mosquitto reads them). OSError (as
     PermissionError or FileNotFoundError, with the file's name) if a file cannot be read."""
     files: list[tuple[Path, int]] = []
     lines: list[ConfLine] = []
@@ -234,12 +237,20 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
     parts = iter(range(1_000_000))
     for line in _conf_lines(path, files, unusual, next(parts)):
         if line.key == "include_dir":
-            folder = Path(line.value)
-            for included in sorted(p for p in folder.iterdir() if p.name.endswith(".conf")):
+            for included in included_files(Path(line.value)):
                 lines.extend(_conf_lines(included, files, unusual, next(parts)))
         else:
             lines.append(line)
     return MosquittoConf(files, lines, unusual)
+
+
+def included_files(folder: Path) -> list[Path]:
+    """The files of an ``include_dir`` that Mosquitto 2.0.11 reads, in its order
+    (config__get_dir_files): names longer than ".conf" that end in it (a file named ".conf"
+    alone is not read), sorted as strcasecmp sorts (ASCII letters without their case: its log
+    loads treadguard.conf before Zlocal.conf)."""
+    names = [p for p in folder.iterdir() if len(p.name.encode()) > 5 and p.name.endswith(".conf")]
+    return sorted(names, key=lambda p: os.fsencode(p.name).lower())
 
 
 def _conf_lines(

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import grp
+import itertools
 import json
 import os
 import pwd
@@ -53,6 +54,7 @@ from treadguard.contract.mqtt import SensorPayloadError, Topics, parse_sensor_pa
 from treadguard.controller.broker_config import (
     DEBIAN_MOSQUITTO_CONF,
     AclSyntaxError,
+    ConfLine,
     Guarded,
     Listener,
     MosquittoConf,
@@ -60,6 +62,7 @@ from treadguard.controller.broker_config import (
     breaches,
     file_lines,
     listening,
+    overlap,
     owner_words,
     parse_acl,
     process_name,
@@ -82,6 +85,7 @@ from treadguard.controller.network_probe import (
     board_addresses,
     mqtt_answers,
     nginx_paths,
+    nginx_unasked,
     targets,
 )
 from treadguard.controller.preflight import load_runnable
@@ -1115,6 +1119,8 @@ def check_broker_files(
             for problem in conf.unusual
         ),
         _judge_conf(conf),
+        *_judge_bridges(conf, broker.prefix),
+        *_running_conf(broker, options.mosquitto_conf),
         *_judge_acl(conf, loaded, broker),
         *check_listeners(broker, conf),
     ]
@@ -1153,11 +1159,93 @@ def _judge_conf(conf: MosquittoConf) -> Check:
     return Check("broker config", Verdict.OK, f"{read}: {settings}")
 
 
+def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:
+    """A bridge (``connection``) whose ``topic`` lines bring messages in (``in``, ``both``) on
+    the treadmill's topics: Mosquitto 2.0.11 checks no message a bridge brings in against the
+    ACL, so whoever may publish on the far broker commands the belt or speaks for its sensors.
+    ``topic PATTERN [out|in|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]``, ``out`` by default."""
+    checks = []
+    bridge: ConfLine | None = None
+    for line in conf.lines:
+        if line.key == "connection":
+            bridge = line
+            continue
+        if line.key != "topic" or bridge is None:
+            continue
+        words = line.value.split()
+        direction = words[1] if len(words) > 1 else "out"
+        if direction not in ("in", "both") or not words:
+            continue
+        local = words[3] if len(words) > 3 else ""
+        local = "" if local in ('""', "''") else local
+        topic = local + words[0]
+        if not overlap(topic.split("/"), f"{prefix}/#".split("/")):
+            continue
+        checks.append(
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                f"{line.where} ('topic {line.value}'): the bridge {bridge.value} "
+                f"({bridge.where}) brings {topic} in, and Mosquitto checks no message a bridge "
+                "brings in against the ACL: whoever may publish there commands the treadmill "
+                "or speaks for its sensors",
+                f"bridge only out of this broker (topic PATTERN out), or only topics outside "
+                f"{prefix}/; then sudo systemctl restart mosquitto",
+            )
+        )
+    return checks
+
+
+def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
+    """Whether the broker listening on [mqtt] port runs the configuration judged: the file
+    its command line names (-c, --config-file), from /proc. A broker started with another
+    file, or with none (Mosquitto's defaults: no passwords, no ACL), is not judged by reading
+    this one. Nothing when its process cannot be seen (the listeners check says so)."""
+    ours = [s for s in listening() if s.port == broker.port]
+    owners = socket_owners({s.inode for s in ours}) if ours else {}
+    if not owners:
+        return []
+    pid = min(owners.values())
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return []
+    named = None
+    for flag, value in itertools.pairwise(argv):
+        if flag in (b"-c", b"--config-file"):
+            named = os.path.join(cwd, os.fsdecode(value))
+    who = f"{process_name(pid)} (pid {pid})"
+    if named is None:
+        return [
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                f"{who} listens on port {broker.port} and was started without a configuration "
+                "file (no -c): it runs Mosquitto's defaults, not the file judged here",
+                "start it as Debian's unit does (sudo systemctl restart mosquitto: "
+                f"mosquitto -c {judged})",
+            )
+        ]
+    if os.path.realpath(named) != os.path.realpath(judged):
+        return [
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                f"{who} listens on port {broker.port} and runs {named}, not {judged}, the file "
+                "judged here: what the broker lets each account do was not read",
+                f"run the doctor with --mosquitto-conf {named} (or start the broker with {judged})",
+            )
+        ]
+    return []
+
+
 def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
     """The topics only some accounts may write, for this treadmill's prefix."""
     topics = Topics(broker.prefix)
     daemon = broker.username
     queries = query_broker_settings(loaded).username
+    sensors = f"sensors-{loaded.config.treadmill.id}"
     daemon_words = f"the daemon's account ({daemon})" if daemon else "the daemon's account"
     queries_words = f"the query account ({queries})" if queries else "the query account"
 
@@ -1178,10 +1266,12 @@ def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
             for topic in (topics.reply, topics.state, topics.events, topics.availability)
         ),
         Guarded(f"{broker.prefix}/query/+/reply", is_queries, queries_words),
+        # This treadmill's sensor accounts only: another treadmill's could say "held" for a
+        # user here who has let go (sensors-tm-01, and a second device's sensors-tm-01-NAME).
         Guarded(
             topics.sensor("#"),
-            lambda a: a.startswith("sensors-"),
-            "the sensor accounts (sensors-*)",
+            lambda a: a == sensors or a.startswith(f"{sensors}-"),
+            f"this treadmill's sensor accounts ({sensors}, {sensors}-*)",
         ),
     ]
 
@@ -1442,6 +1532,20 @@ async def check_network(
     if checks:
         return checks
     said = ", ".join(dict.fromkeys(asked)) or "none reachable"
+    unasked = nginx_unasked(nginx)
+    if unasked:
+        # Not asked is not shown closed: a location there may pass MQTT on in the clear.
+        return [
+            Check(
+                "network MQTT",
+                Verdict.TODO,
+                f"not all checked: no MQTT in the clear from the network at {said}, but "
+                + "; ".join(unasked),
+                "ask those from another machine on the network (curl with an Upgrade: "
+                "websocket header at each path and name, over plain http); or keep nginx's "
+                "plain-http server to the shipped redirect (config/nginx/treadguard.conf)",
+            )
+        ]
     return [
         Check(
             "network MQTT",

@@ -149,24 +149,72 @@ def location_paths(text: str) -> list[str]:
     return found
 
 
-def nginx_paths(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
-    """The location paths of nginx's enabled configuration (``sites-enabled/*`` and
-    ``conf.d/*.conf`` under ``root``), those of WEBSOCKET_PATHS left out, ``limit`` at most.
-    A file that cannot be read is passed over (nginx absent: none)."""
+def _enabled_texts(root: Path) -> list[tuple[Path, str]]:
+    """nginx's enabled configuration (``sites-enabled/*`` and ``conf.d/*.conf`` under
+    ``root``), each file's text without comments. A file that cannot be read is passed over
+    (nginx absent: none)."""
     files: list[Path] = []
     for folder, suffix in (("sites-enabled", ""), ("conf.d", ".conf")):
         with contextlib.suppress(OSError):
             files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
-    found: list[str] = []
+    texts = []
     for path in files:
         try:
-            text = path.read_text(errors="replace")
+            texts.append((path, _without_comments(path.read_text(errors="replace"))))
         except OSError:
             continue
+    return texts
+
+
+def _all_paths(root: Path) -> list[str]:
+    found: list[str] = []
+    for _, text in _enabled_texts(root):
         for location in location_paths(text):
             if location not in WEBSOCKET_PATHS and location not in found:
                 found.append(location)
-    return found[:limit]
+    return found
+
+
+def nginx_paths(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
+    """The location paths of nginx's enabled configuration, those of WEBSOCKET_PATHS left
+    out, ``limit`` at most."""
+    return _all_paths(root)[:limit]
+
+
+_INCLUDE = re.compile(r"""(?:^|[;{}\s])include\s+("[^"]*"|'[^']*'|[^\s;]+)\s*;""")
+_SERVER_NAME = re.compile(r"(?:^|[;{}\s])server_name\s+([^;]*);")
+_ANY_NAME = ("_", '""', "''", "localhost")  # the default server's own names
+
+
+def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
+    """What of nginx's enabled configuration the probe does not ask, in words: a file it
+    includes (its locations are not read), a regex location (no one path stands for it), the
+    locations past ``limit``, a server by name (asked only by the board's address). Each may
+    pass MQTT on in the clear without the probe finding it."""
+    unasked: list[str] = []
+    for path, text in _enabled_texts(root):
+        for match in _INCLUDE.finditer(text):
+            unasked.append(f"{path} includes {match.group(1)}, whose locations are not read")
+        for match in _LOCATION.finditer(text):
+            modifier, where = match.group(1), match.group(2)
+            if modifier in ("~", "~*") or (modifier is None and where.startswith("~")):
+                unasked.append(f"{path} has a regex location ({where}): no one path stands for it")
+        for match in _SERVER_NAME.finditer(text):
+            names = [n for n in match.group(1).split() if n not in _ANY_NAME]
+            if names:
+                unasked.append(
+                    f"{path} has a server named {' '.join(names)}: asked only by the board's "
+                    "address"
+                )
+    paths = _all_paths(root)
+    if len(paths) > limit:
+        past = paths[limit:]
+        unasked.append(
+            f"{len(past)} location(s) past the first {limit} are not asked ({', '.join(past[:3])}"
+            + (", ..." if len(past) > 3 else "")
+            + ")"
+        )
+    return unasked
 
 
 # ------------------------------------------------------------------ the board's addresses

@@ -1,0 +1,321 @@
+"""Broker setups in which the real Mosquitto 2.0.11 lets someone other than the allowed
+accounts command the treadmill or speak for its sensors, and ``treadguard doctor`` must not
+pass the board: a bridge bringing the treadmill's topics in, another treadmill's sensor
+account, an include_dir file Mosquitto does not read or reads in another order, a broker
+running another configuration than the one judged, nginx locations the network probe does
+not ask. Each test first shows the harm with a real broker where there is one, then runs the
+real doctor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.mosquitto import (
+    ACL,
+    PASSWORDS,
+    SENSOR_TM,
+    Broker,
+    auth_lines,
+    have_mosquitto,
+    network_addresses,
+    password_file,
+)
+from tests.test_doctor import (
+    Rig,
+    Sensors,
+    _broker_anew,
+    _pipe,
+    doctor,
+    need,
+    publishing,
+    rig,  # noqa: F401  (the fixture)
+)
+from treadguard.controller.broker_config import read_mosquitto_conf
+from treadguard.controller.doctor import Verdict, check_network
+
+pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
+
+
+async def _reaches(
+    port: int, topic: str, reader: tuple[str, str], writer: tuple[str, str] | None, at: int
+) -> bool:
+    """Whether a message published on ``topic`` by ``writer`` (None: anonymous) at broker port
+    ``at`` reaches ``reader`` (user, password) subscribed at ``port``, within 5 s. Published
+    again every 0.1 s until it does: a bridge subscribes on the far side in its own time."""
+    async with aiomqtt.Client("127.0.0.1", port, username=reader[0], password=reader[1]) as sub:
+        await sub.subscribe(topic, qos=1)
+        kwargs = {} if writer is None else {"username": writer[0], "password": writer[1]}
+        async with aiomqtt.Client("127.0.0.1", at, **kwargs) as pub:  # type: ignore[arg-type]
+
+            async def keep_publishing() -> None:
+                while True:  # ended by the caller, within its bound
+                    await pub.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
+                    await asyncio.sleep(0.1)  # a retry period, not a synchronisation
+
+            publisher = asyncio.create_task(keep_publishing())
+            try:
+                async with asyncio.timeout(5.0):
+                    async for _ in sub.messages:
+                        return True
+            except TimeoutError:
+                return False
+            finally:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
+    return False
+
+
+def _verdicts(out: str) -> dict[str, list[str]]:
+    result = json.loads(out.splitlines()[-1])
+    found: dict[str, list[str]] = {}
+    for c in result["checks"]:
+        found.setdefault(c["check"], []).append(c["verdict"])
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_bridge_that_brings_commands_in_is_not_passed(rig: Rig) -> None:  # noqa: F811
+    """A `connection` bridge in the broker's configuration (a clinic's HQ broker, here one
+    that lets anyone in) with `topic treadmill/# in`: Mosquitto never checks a bridge's
+    incoming messages against the ACL, so anyone on the far broker commands the belt. The
+    doctor reads the configuration but not its bridges, and passes the broker."""
+    (rig.tmp / "hq").mkdir()
+    hq = Broker(rig.tmp / "hq")
+    hq.start()
+    try:
+        _broker_anew(
+            rig,
+            auth_lines(rig.tmp)
+            + f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\ntopic treadmill/# in 1\n",
+        )
+        topic = f"treadmill/{SENSOR_TM}/cmd"
+        daemon = ("treadguard", PASSWORDS["treadguard"])
+        assert await _reaches(rig.broker.port, topic, daemon, None, hq.port), (
+            "the bridge did not bring the anonymous command in"
+        )
+        rig.drive = 'kind = "simulator"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    finally:
+        hq.stop()
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"] + verdicts["ACL file"], verdicts
+
+
+@pytest.mark.asyncio
+async def test_another_treadmill_s_sensor_account_may_not_write_this_one_s_readings(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """config/mosquitto/acl: "no '+' here, or one treadmill's sensor could speak for
+    another's". A second treadmill's sensor account with treadmill/+/sensors/# writes tm-01's
+    fall and grip readings on the real broker; the doctor accepts any sensors-* account."""
+    passwords = {**PASSWORDS, "sensors-tm-02": "tm-02-secret"}
+    passwd = password_file(rig.tmp / "passwd-more", passwords)
+    acl = rig.tmp / "acl-tm02"
+    acl.write_text(
+        ACL.read_text(encoding="utf-8")
+        + "\nuser sensors-tm-02\ntopic write treadmill/+/sensors/#\n",
+        encoding="utf-8",
+    )
+    _broker_anew(
+        rig,
+        auth_lines(rig.tmp)
+        .replace(f"acl_file {ACL}", f"acl_file {acl}")
+        .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
+    )
+    topic = f"treadmill/{SENSOR_TM}/sensors/fall"
+    daemon = ("treadguard", PASSWORDS["treadguard"])
+    assert await _reaches(
+        rig.broker.port, topic, daemon, ("sensors-tm-02", "tm-02-secret"), rig.broker.port
+    )
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert verdicts["ACL file"] != ["ok"], (verdicts, done.out[-3000:])
+    assert done.code == 1
+
+
+def test_include_dir_files_are_read_in_mosquitto_s_order(tmp_path: Path) -> None:
+    """Mosquitto 2.0.11 sorts an include_dir's files case-insensitively (its log: 'Loading
+    config file .../treadguard.conf' before '.../Zlocal.conf'); the doctor sorts by code
+    point (Zlocal.conf first), so 'the last line decides' picks another line than Mosquitto."""
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "treadguard.conf").write_text("allow_anonymous false\n")
+    (conf_d / "Zlocal.conf").write_text("allow_anonymous true\n")
+    main = tmp_path / "mosquitto.conf"
+    main.write_text(f"include_dir {conf_d}\n")
+    conf = read_mosquitto_conf(main)
+    assert [p.name for p, _ in conf.files[1:]] == ["treadguard.conf", "Zlocal.conf"]
+    decided = conf.last("allow_anonymous")
+    assert decided is not None
+    assert decided.value == "true"
+
+
+@contextlib.asynccontextmanager
+async def _proxy(to_port: int, path: str, host: str | None = None) -> AsyncIterator[int]:
+    """A plain-http server on every address passing ``path`` (and, with ``host``, only for
+    that Host header, as nginx's server_name) on to 127.0.0.1:``to_port``; 404 otherwise."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            ok = head.startswith(f"GET {path} HTTP/1.1\r\n".encode())
+            if host is not None:
+                ok = ok and f"\r\nHost: {host}\r\n".encode() in head
+            if not ok:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+            up_writer.write(head)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "0.0.0.0", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+NGINX_CASES = {
+    # The location in a snippet the site includes (Debian's /etc/nginx/snippets).
+    "include": (
+        "/broker",
+        None,
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  include snippets/mqtt.conf;\n"
+            "  location / { return 301 https://$host$request_uri; }\n}\n",
+            "snippets/mqtt.conf": "location /broker { proxy_pass http://127.0.0.1:9001; }\n",
+        },
+    ),
+    # A regex location.
+    "regex": (
+        "/broker",
+        None,
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n"
+            "  location ~ ^/broker$ { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # The 17th literal location of the site.
+    "seventeenth": (
+        "/broker",
+        None,
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n"
+            + "".join(f"  location /static{n} {{ }}\n" for n in range(16))
+            + "  location /broker { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # A name-based server on port 80 (the clinic's DNS name), at /mqtt itself.
+    "server_name": (
+        "/mqtt",
+        "treadmill.clinic.example",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n"
+            "  server_name treadmill.clinic.example;\n"
+            "  location /mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", sorted(NGINX_CASES))
+async def test_plain_websockets_nginx_passes_on_are_not_passed(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+    case: str,
+) -> None:
+    """Plain WebSockets MQTT reachable from the network on port 80 at a path (or name) the
+    probe does not ask: the network MQTT check must not say ok ("no MQTT in the clear")."""
+    need("an IPv4 address other than loopback", any(":" not in a for a in network_addresses()))
+    path, host, files = NGINX_CASES[case]
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    nginx = tmp_path / "nginx"
+    for name, text in files.items():
+        (nginx / name).parent.mkdir(parents=True, exist_ok=True)
+        (nginx / name).write_text(text)
+    async with _proxy(rig.broker.ws_port, path, host) as port:
+        checks = await check_network(3.0, nginx=nginx)
+    ours = [c for c in checks if f":{port}" in c.detail]
+    assert ours, (case, checks)
+    assert all(c.verdict != Verdict.OK for c in ours), (case, checks)
+    assert not [c for c in checks if c.verdict == Verdict.OK], (case, checks)
+
+
+@pytest.mark.asyncio
+async def test_a_file_named_dot_conf_is_not_read_by_mosquitto(rig: Rig) -> None:  # noqa: F811
+    """Mosquitto 2.0.11 takes an include_dir's files whose names are longer than ".conf" and
+    end in it: a file named ".conf" is not read (its log names treadguard.conf only). The
+    doctor reads it. Its acl_file there, none in the snippet: the broker runs without an ACL
+    (the dashboard commands), and the doctor judges the ACL it names as in force."""
+    from tests.test_doctor import _delivered
+
+    rig.broker.stop()
+    broker = Broker(rig.tmp, auth_lines(rig.tmp).replace(f"acl_file {ACL}\n", ""))
+    conf_d = rig.tmp / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "treadguard.conf").write_text(broker.conf.read_text())
+    (conf_d / ".conf").write_text(f"acl_file {ACL}\n")
+    broker.conf.write_text(f"include_dir {conf_d}\n")
+    broker.start()
+    rig.broker = broker
+    assert await _delivered(rig, "dashboard"), "the broker ran with an ACL after all"
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert verdicts["broker config"] == ["FAIL"], verdicts
+
+
+def test_a_tls_listener_on_a_link_local_address_binds_its_socket() -> None:
+    """`listener 8883 fe80::...%eth0` (Mosquitto 2.0.11 takes it; ss shows
+    [fe80::...]%eth0:8883): its socket's address in /proc/net/tcp6 has no scope, and the
+    listener must still be found binding it (else a TLS listener is failed as plain)."""
+    from treadguard.controller.broker_config import ConfLine, Listener
+
+    line = ConfLine(Path("snippet"), 1, "listener", "8883 fe80::fc:ff:fe00:1%eth0")
+    listener = Listener(8883, "fe80::fc:ff:fe00:1%eth0", line, {"certfile": "c", "keyfile": "k"})
+    assert listener.binds("fe80::fc:ff:fe00:1")
+
+
+@pytest.mark.asyncio
+async def test_the_configuration_judged_is_the_one_the_broker_runs(rig: Rig) -> None:  # noqa: F811
+    """The broker process listening on [mqtt] port was started with `-c A` (a drop-in's
+    ExecStart, a second admin's test configuration without an ACL: the dashboard commands);
+    the doctor judges the file it is told or Debian's default (B, strict) and passes. The
+    broker's own command line (/proc/PID/cmdline, which the listeners check already finds)
+    names the file it runs."""
+    from tests.test_doctor import _delivered
+
+    strict = rig.broker.conf.read_text()
+    _broker_anew(rig, auth_lines(rig.tmp).replace(f"acl_file {ACL}\n", ""))
+    assert await _delivered(rig, "dashboard")
+    other = rig.tmp / "debian-mosquitto.conf"
+    other.write_text(strict)
+    rig.drive = 'kind = "simulator"'
+    env_conf = rig.broker.conf
+    rig.broker.conf = other  # what the doctor is pointed at (its default on a board)
+    try:
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    finally:
+        rig.broker.conf = env_conf
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
