@@ -6,9 +6,10 @@ a code other than the one on record (a right-to-left override turns "p-\\u202e21
 "p-012" on screen). So a code holds only characters that show as themselves: none that are
 invisible or format the text around them, no space but the ordinary one and none at either
 end, and written in Unicode's composed form (NFC: "é" as one character, as most keyboards
-type it, never "e" and a combining accent). :func:`code_problem` is the one check, used by the contract's commands and queries and by
-the command line; :func:`shown_code` shows a code from an older journal, which may hold any
-of these, with each such character written as an escape, so none is hidden.
+type it, never "e" and a combining accent). :func:`code_problem` is the one check, used by
+the contract's commands and queries and by the command line; :func:`shown_code` shows a code
+from an older journal, which may hold any of these, with each such character written as an
+escape, so none is hidden.
 
 Pure: no I/O.
 """
