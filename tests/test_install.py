@@ -54,6 +54,7 @@ BROKER_PORT = 1883  # the shipped Mosquitto snippet's loopback listener
 WS_PORT = 9001  # its WebSockets listener, for nginx alone
 HTTPS_PORT = 443  # the shipped nginx site: the page, and the page's MQTT at /mqtt
 CERT = "/etc/treadguard/tls/server.crt"  # the installer's self-signed certificate
+PASSWD = "/etc/mosquitto/treadguard/passwd"
 # The gym's network: the board has an address on it (the other end of a veth pair), and a
 # network namespace inside the container is another machine there (a tablet, or anyone).
 LAN = "gym-lan"
@@ -1217,6 +1218,137 @@ def test_what_was_removed_here_stays_removed(board: Board) -> None:
         )
     )
     assert f"{passwd}: tablet added" in board.install().stdout
+
+
+def _dashboard_commands(board: Board) -> bool:
+    """Whether the broker delivers a command the dashboard account publishes, read under the
+    daemon's account (the service stopped: one connection an account): the dashboard's,
+    acknowledged whether or not it is let through, then the tablet's; the first to arrive
+    tells (the broker routes them in the order it read them)."""
+    topic = f"treadmill/{TM}/cmd"
+    broker = Broker(BROKER_PORT)
+
+    async def first_heard() -> bytes:
+        async with (
+            tablet(broker, topic, **board.login("treadguard")) as daemon,
+            tablet(broker, **board.login("dashboard")) as dashboard,
+            tablet(broker, **board.login("tablet")) as clinic,
+        ):
+            await dashboard.publish(topic, b"dashboard")
+            await clinic.publish(topic, b"tablet")
+            payload = (await daemon.next(topic)).payload
+            assert isinstance(payload, bytes)
+            return payload
+
+    with board.box.network():
+        return asyncio.run(first_heard()) == b"dashboard"
+
+
+def test_a_linked_acl_changed_and_changed_back_is_put_in_force(board: Board) -> None:
+    """The ACL kept where the clinic manages it, linked from /etc/mosquitto/treadguard/acl:
+    edited to let the dashboard command, put in force with a reload, then put back. The
+    broker runs the edit, and the next run restarts it: the target's change time counts, not
+    only the link's."""
+    box = board.box
+    board.systemctl("stop", "treadguard.service")
+    box.run("mv", "/etc/mosquitto/treadguard/acl", "/etc/treadguard/acl.managed")
+    box.run("ln", "-s", "/etc/treadguard/acl.managed", "/etc/mosquitto/treadguard/acl")
+    try:
+        board.install()
+        managed = box.root / "etc/treadguard/acl.managed"
+        kept = managed.read_bytes()
+        assert not _dashboard_commands(board)
+        managed.write_bytes(kept + b"\nuser dashboard\ntopic write treadmill/+/cmd\n")
+        box.run("systemctl", "reload", "mosquitto.service")
+        board.poll(lambda: _dashboard_commands(board), 10.0, "the reload put the edit in force")
+        managed.write_bytes(kept)  # put back; the broker still runs the edit
+        out = board.install().stdout
+        assert "/etc/mosquitto/treadguard/acl (changed and changed back)" in out, out
+        assert not _dashboard_commands(board), out
+    finally:
+        box.run("rm", "-f", "/etc/mosquitto/treadguard/acl")
+        box.run("mv", "/etc/treadguard/acl.managed", "/etc/mosquitto/treadguard/acl")
+        _restart_broker(box)
+
+
+def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
+    """The broker's password file emptied (damaged, or begun anew): the accounts of
+    mqtt-accounts are all added again with their passwords, none marked removed (every device
+    would be locked out for good)."""
+    box = board.box
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    before = accounts.read_bytes()
+    passwords = {name: board.login(name)["password"] for name in ("tablet", "dashboard")}
+    box.run("truncate", "-s", "0", PASSWD)
+    try:
+        out = board.install().stdout
+        assert "holds none of the accounts it had (begun afresh)" in out, out
+        assert "was removed from the broker here" not in out, out
+        assert accounts.read_bytes() == before
+        for name, password in passwords.items():
+            assert _logs_in(board, name, password), (name, out)
+    finally:
+        accounts.write_bytes(before)
+        board.install()
+
+
+def test_a_board_without_a_record_keeps_a_removed_tablet_out(board: Board) -> None:
+    """A board set up before the installer kept its record of accounts, its lost tablet
+    removed with mosquitto_passwd -D as the guide says: the run marks it removed and drops its
+    password, never adds it back with the password the lost tablet has."""
+    box = board.box
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    before = accounts.read_bytes()
+    state = box.root / "var/lib/treadguard-install"
+    record = (state / "accounts-seen").read_bytes()
+    (state / "accounts-seen").unlink()
+    lost = board.login("tablet")["password"]
+    box.run("mosquitto_passwd", "-D", PASSWD, "tablet")
+    _restart_broker(box)
+    try:
+        out = board.install().stdout
+        assert "tablet was removed from the broker here" in out, out
+        assert not _logs_in(board, "tablet", lost), out
+        assert lost not in accounts.read_text()
+    finally:
+        accounts.write_bytes(before)
+        (state / "accounts-seen").write_bytes(record)
+        board.install()
+
+
+def test_the_clinic_s_certificate_is_never_written_over(board: Board) -> None:
+    """The clinic's certificate in /etc/treadguard/tls/server.crt with its key kept elsewhere:
+    with the site still naming server.key the run stops and says so, writing nothing over
+    it; with the site naming where the key is, the certificate is kept."""
+    box = board.box
+    crt = box.root / "etc/treadguard/tls/server.crt"
+    site = box.root / "etc/nginx/sites-available/treadguard"
+    crt_before, site_before = crt.read_bytes(), site.read_bytes()
+    box.run("install", "-d", "-m", "0700", "/etc/ssl/private")
+    box.run("mv", "/etc/treadguard/tls/server.key", "/etc/ssl/private/treadguard.key")
+    try:
+        refused = box.run(
+            "bash", str(INSTALL), "--pip-find-links", str(WHEELHOUSE), check=False, timeout=240
+        )
+        assert refused.returncode == 1, refused
+        assert (
+            "/etc/treadguard/tls/server.crt is there without /etc/treadguard/tls/server.key, "
+            "which /etc/nginx/sites-available/treadguard names: nothing was overwritten"
+        ) in refused.stderr, refused.stderr
+        assert crt.read_bytes() == crt_before
+        assert not (box.root / "etc/treadguard/tls/server.key").exists()
+        site.write_bytes(
+            site_before.replace(
+                b"/etc/treadguard/tls/server.key", b"/etc/ssl/private/treadguard.key"
+            )
+        )
+        out = board.install().stdout
+        assert "/etc/treadguard/tls/server.crt: kept (/etc/treadguard/tls/server.key is not" in out
+        assert crt.read_bytes() == crt_before
+    finally:
+        box.run("mv", "/etc/ssl/private/treadguard.key", "/etc/treadguard/tls/server.key")
+        site.write_bytes(site_before)
+        board.install()
 
 
 def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
