@@ -414,11 +414,12 @@ class System:
         belt, the core and a session under way are not touched."""
         session_id = int(command.session_id)
         try:
-            known = self.journal is not None and self.journal.session(session_id) is not None
+            row = self.journal.session(session_id) if self.journal is not None else None
+            known = row is not None
             entries = len(self.journal.outcome_entries(session_id)) if known and self.journal else 0
         except JournalError as exc:  # a journal that cannot be read: a journal failure
             self._journal_failed(str(exc))
-            known, entries = False, 0
+            row, known, entries = None, False, 0
         if self.journal is None:
             reply = Refused(
                 RefusalCode.PRECONDITIONS_UNMET,
@@ -426,6 +427,14 @@ class System:
             )
         elif not known:
             reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
+        elif isinstance(command, OutcomeAfter) and row is not None and row.ended_at is None:
+            # The record after a session says how the user was after it: entered during it, it
+            # would be dated before the session ended, and weighed by the plan as if after.
+            reply = Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {command.session_id} has not ended: the record after it is entered "
+                "once it has",
+            )
         elif entries >= OUTCOME_ENTRIES_MAX:
             # However fast a tablet sends them, a session's record stays a record (SR-14).
             reply = Refused(

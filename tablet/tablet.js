@@ -422,7 +422,10 @@ function draw() {
   $("pain-before").disabled = $("user").disabled;
   // The record after a session: once it has ended, until saved or put off.
   $("record").hidden = !recording;
-  if (recording) $("record-title").textContent = `After session ${view.last.id}`;
+  if (recording) {
+    const who = view.last.user ? ` (${view.last.user})` : "";
+    $("record-title").textContent = `After session ${view.last.id}${who}`;
+  }
   $("record-save").disabled = !(
     online &&
     recording &&
@@ -676,7 +679,7 @@ function onState(state) {
     view.countdownEnd = null;
   if (session) {
     if (!view.last || String(view.last.id) !== String(session.id)) {
-      view.last = { id: session.id, top: null, reason: null, belt_s: null };
+      newLast({ id: session.id, top: null, reason: null, belt_s: null });
     }
     Object.assign(view.last, {
       user: session.user,
@@ -688,6 +691,13 @@ function onState(state) {
       view.last.top = Math.max(view.last.top || 0, state.speed_mph);
     }
   }
+}
+
+// Another session than the last one seen: what was typed for the last one's record goes (the
+// pain, exertion and notes of one patient never stand in the form of another's session).
+function newLast(last) {
+  view.last = last;
+  for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
 }
 
 // Each line begins with the event's name in WORDS.events, and says the rest in words: causes,
@@ -741,7 +751,7 @@ function onEvent(e) {
     case "session_ended":
       view.capWarned = null;
       if (!view.last || String(view.last.id) !== String(e.session_id)) {
-        view.last = { id: e.session_id, top: null }; // a session this page never saw run
+        newLast({ id: e.session_id, top: null }); // a session this page never saw run
       }
       view.last.reason = e.reason;
       view.last.belt_s = typeof e.belt_moving_s === "number" ? e.belt_moving_s : null;

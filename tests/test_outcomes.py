@@ -94,6 +94,13 @@ async def test_outcomes_are_journaled_under_their_session_and_published(
         }
         # The session runs on: the record touches nothing of it.
         assert (await doc.state(lambda s: True, within=5.0))["state"] == "running"
+        # The record after it waits until it has ended (the plan weighs it as "after").
+        early = refused(
+            await doc.command("outcome_after", session_id=session, pain=3), "not_allowed"
+        )
+        assert early == (
+            f"session {session} has not ended: the record after it is entered once it has"
+        )
         # Speed changes as fast as a tablet can send them: each accepted, all on record, in
         # at most two rows a second (SR-14: no input can fill the journal).
         began = time.monotonic()

@@ -284,7 +284,7 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
         await expect(page.locator("#record")).to_be_visible()
         await expect(page.locator("#setup")).to_be_hidden()  # the record in its place
-        await expect(page.locator("#record-title")).to_have_text(f"After session {session}")
+        await expect(page.locator("#record-title")).to_have_text(f"After session {session} (u-rec)")
         await expect(page.locator("#record-save")).to_be_disabled()  # no pain chosen yet
         await page.select_option("#pain-after", "2")
         await page.select_option("#exertion", "5")
@@ -302,6 +302,24 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         await expect(page.locator("#record")).to_be_hidden()  # saved: asked no more
         await expect(page.locator("#setup")).to_be_visible()  # the next session may start
         await expect(page.locator("#log")).to_contain_text(f"Record of session {session}: accepted")
+
+        # Typed for one session's record, not saved, and another tablet starts and stops
+        # another user's session: that record opens empty, under that user's name.
+        async def started_and_stopped(user: str) -> str:
+            ok(await doc.command("start_session", user=user))
+            started = (await doc.event("session_started"))["session_id"]
+            ok(await doc.command("stop"))
+            await doc.event("session_ended")
+            return str(started)
+
+        other = await started_and_stopped("u-other")
+        await expect(page.locator("#record-title")).to_have_text(f"After session {other} (u-other)")
+        await page.select_option("#pain-after", "7")
+        await page.fill("#record-notes", "for u-other")
+        third = await started_and_stopped("u-third")
+        await expect(page.locator("#record-title")).to_have_text(f"After session {third} (u-third)")
+        await expect(page.locator("#pain-after")).to_have_value("")
+        await expect(page.locator("#record-notes")).to_have_value("")
     journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
     entries = journal.outcome_entries(int(session))
     journal.close()
