@@ -42,7 +42,7 @@ from fhir.resources.R4B.resource import Resource
 from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, MeasureRow, SessionRow
-from treadguard.controller.plan import outcomes_of
+from treadguard.controller.plan import MeasureInForce, measures_in_force, outcomes_of
 from treadguard.controller.report import Clinic, how_it_ended
 from treadguard.safety.decisions import EventType
 
@@ -527,10 +527,12 @@ def patient(treadmill: str, user: str) -> Patient:
     )
 
 
-def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient) -> Observation:
+def measure_observation(entry: MeasureInForce, *, clinic: Clinic, subject: Patient) -> Observation:
     """One of a user's measures (TUG, KOOS, WOMAC, 10 m walk) as an Observation of the day it
-    was taken, issued when it was recorded. Every measure on record is one: a measure taken
-    again the same day is another measure, as in the reports."""
+    was taken, issued when it was recorded. One a kind and day, as the reports show it: the
+    last entered, ``amended`` when it corrects an earlier entry, under the first entry's id
+    (a correction amends the resource a receiver already has)."""
+    measure, first = entry.last, entry.first
     known = MEASURE_CODES.get(measure.kind)
     value: dict[str, Any]
     number = _finite(measure.value)
@@ -561,9 +563,9 @@ def measure_observation(measure: MeasureRow, *, clinic: Clinic, subject: Patient
         id=resource_id(
             clinic.treadmill,
             "measure",
-            *record_keys(measure.id, measure.user, measure.recorded_at),
+            *record_keys(first.id, first.user, first.recorded_at),
         ),
-        status="final",
+        status="amended" if entry.entries > 1 else "final",
         category=[EXAM.concept() if measure.kind in TIMED_TESTS else SURVEY.concept()],
         code=code,
         subject=_ref(subject),
@@ -602,10 +604,11 @@ def sessions_bundle(
             patients[s.user] = patient(clinic.treadmill, s.user)
         one = _Session(s, events.get(s.id, ()), clinic=clinic, patient=patients[s.user])
         resources += one.resources()
-    for m in measures:
+    for kept in measures_in_force(measures):
+        m = kept.last
         if m.user not in patients:
             patients[m.user] = patient(clinic.treadmill, m.user)
-        resources.append(measure_observation(m, clinic=clinic, subject=patients[m.user]))
+        resources.append(measure_observation(kept, clinic=clinic, subject=patients[m.user]))
     if user is not None and user not in patients:
         patients[user] = patient(clinic.treadmill, user)
     held = [*patients.values(), *resources]

@@ -176,11 +176,34 @@ class MeasureTrend:
     count: int
 
 
+@dataclass(frozen=True)
+class MeasureInForce:
+    """A user's measure of one kind for one day as it stands: ``last``, the last entered (an
+    entry made again for the same user, kind and day corrects the one before, as an entry of
+    the clinician's record of a session does), ``first`` the first entered (whose identity a
+    correction keeps), and how many entries there are (all stay on record)."""
+
+    first: MeasureRow
+    last: MeasureRow
+    entries: int
+
+
+def measures_in_force(measures: Sequence[MeasureRow]) -> list[MeasureInForce]:
+    """Each user's measures, one a kind and day (the last entered), by day and then as first
+    recorded."""
+    days: dict[tuple[str, str, str], list[MeasureRow]] = {}
+    for m in sorted(measures, key=lambda m: m.id):
+        days.setdefault((m.user, m.kind, m.measured_on), []).append(m)
+    kept = [MeasureInForce(rows[0], rows[-1], len(rows)) for rows in days.values()]
+    return sorted(kept, key=lambda k: (k.first.measured_on, k.first.id))
+
+
 def measure_trends(measures: Sequence[MeasureRow]) -> list[MeasureTrend]:
-    """Per kind, in contract/measures.py's order, the baseline and the latest measure. A kind
-    this version does not know is shown by its code, its values as they are."""
+    """Per kind, in contract/measures.py's order, the baseline and the latest measure, each
+    day's as it stands (a correction in force: measures_in_force). A kind this version does not
+    know is shown by its code, its values as they are."""
     by_kind: dict[str, list[MeasureRow]] = {}
-    for m in sorted(measures, key=lambda m: (m.measured_on, m.id)):
+    for m in (k.last for k in measures_in_force(measures)):
         by_kind.setdefault(m.kind, []).append(m)
     order = {k.value: n for n, k in enumerate(MeasureKind)}
     trends = []

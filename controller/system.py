@@ -150,8 +150,9 @@ MEASURES_A_DAY_MAX = 5
 # dates: a tablet sending one a day for years of days, or for thousands of user codes, would
 # otherwise fill the journal (SR-14) and so stop the belt. Far above a clinic's real day.
 MEASURES_A_CLINIC_DAY_MAX = 200
-# A measure dated before this is a slip of the finger, not a baseline.
-EARLIEST_MEASURE = date(1990, 1, 1)
+# A measure dated more than a year back is a slip of the finger (2016 for 2026), not a
+# baseline: taken as one, it would be the baseline every view compares with, for good.
+MEASURE_DAYS_BACK = 366
 
 
 class System:
@@ -559,10 +560,11 @@ class System:
                     f"date {day} is after today ({today} in {zone.key}): a measure is "
                     "recorded once it is taken",
                 ), {}
-            if day < EARLIEST_MEASURE:
+            if (today - day).days > MEASURE_DAYS_BACK:
                 return Refused(
                     RefusalCode.OUT_OF_RANGE,
-                    f"date {day} is before {EARLIEST_MEASURE}: not a measure of this treatment",
+                    f"date {day} is more than a year before today ({today} in {zone.key}): a "
+                    "measure of this treatment is taken within the year (check the year)",
                 ), {}
         if self.journal is None:
             return self._no_journal(), {}

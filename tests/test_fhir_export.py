@@ -31,6 +31,7 @@ from treadguard.controller.fhir_export import (
     patient,
 )
 from treadguard.controller.journal import EventRow, Journal, MeasureRow, SessionRow
+from treadguard.controller.plan import MeasureInForce
 from treadguard.controller.report import Clinic
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
@@ -347,14 +348,22 @@ def test_every_kind_of_measure_has_its_code_and_unit() -> None:
 def test_a_measure_is_an_observation_of_the_day_it_was_taken() -> None:
     subject = patient("tm-f", "ann")
     tug = MeasureRow(1, "ann", "tug", 12.25, "2026-12-01", T0, "c-7")
-    o = json.loads(measure_observation(tug, clinic=CLINIC, subject=subject).model_dump_json())
+    o = json.loads(
+        measure_observation(
+            MeasureInForce(tug, tug, 1), clinic=CLINIC, subject=subject
+        ).model_dump_json()
+    )
     # LOINC's TUG time, in seconds (loinc.org/89423-8).
     assert o["code"]["coding"][0]["code"] == "89423-8"
     assert o["valueQuantity"] == {"value": 12.25, "unit": "s", "system": UCUM, "code": "s"}
     assert o["effectiveDateTime"] == "2026-12-01"
     assert o["subject"] == {"reference": f"urn:uuid:{subject.id}"}
     womac = MeasureRow(2, "ann", "womac", 40, "2026-12-01", T0, None)
-    w = json.loads(measure_observation(womac, clinic=CLINIC, subject=subject).model_dump_json())
+    w = json.loads(
+        measure_observation(
+            MeasureInForce(womac, womac, 1), clinic=CLINIC, subject=subject
+        ).model_dump_json()
+    )
     assert "coding" not in w["code"]
     assert w["code"]["text"].startswith("WOMAC")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def run_session(journal: Journal, user: str, start: float) -> int:
         "user": user,
         "kind": "tug",
         "value": 12.5,
-        "date": "2026-12-01",
+        "date": datetime.fromtimestamp(start, UTC)
+        .date()
+        .isoformat(),  # one a day: not a correction
         "clinician": "c-7",
     }
     journal.record(Event(EventType.MEASURE_RECORDED, 0.0, measure), start + 400)

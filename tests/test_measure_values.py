@@ -22,7 +22,7 @@ from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.contract.mqtt import ParsedCommand, parse_command
 from treadguard.controller.fhir_export import measure_observation, patient
 from treadguard.controller.journal import MeasureRow
-from treadguard.controller.plan import measure_trends
+from treadguard.controller.plan import MeasureInForce, measure_trends
 from treadguard.controller.report_text import measure_words
 from treadguard.safety.decisions import Accepted, RefusalCode
 from treadguard.safety.inputs import RecordMeasure
@@ -97,7 +97,9 @@ def row(kind: str, value: float, day: str = "2026-12-01", n: int = 1) -> Measure
 
 
 def fhir_value(measure: MeasureRow) -> Decimal:
-    observation = measure_observation(measure, clinic=CLINIC, subject=patient("tm-f", "p-1"))
+    observation = measure_observation(
+        MeasureInForce(measure, measure, 1), clinic=CLINIC, subject=patient("tm-f", "p-1")
+    )
     text = observation.model_dump_json()
     quantity = json.loads(text, parse_float=Decimal, parse_int=Decimal)["valueQuantity"]
     assert '"value":-0' not in text.replace(" ", "")

@@ -6,10 +6,12 @@ it is opened for writing."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +21,7 @@ from treadguard.config.loading import LoadedConfig, load_config
 from treadguard.contract.measures import MEASURES, MeasureKind
 from treadguard.contract.mqtt import CommandReply, ErrorCode, ParsedCommand, parse_command
 from treadguard.controller.drives import in_process_rig
-from treadguard.controller.journal import SCHEMA_VERSION, Journal, schema_version
+from treadguard.controller.journal import SCHEMA_VERSION, Journal, MeasureRow, schema_version
 from treadguard.controller.system import MEASURES_A_DAY_MAX, System, open_journal
 from treadguard.safety.decisions import (
     Accepted,
@@ -228,6 +230,44 @@ def test_a_measure_is_journaled_in_its_table_and_dated_in_the_clinic_s_zone(desk
     assert desk.journal.measures("someone-else") == []
 
 
+def test_a_measure_entered_again_for_its_day_corrects_it_and_both_stay_on_record(
+    desk: Desk,
+) -> None:
+    """A TUG of 21.0 s typed for 12.0 s, seen, and entered again for the same day: the views
+    and the FHIR export show 12.0 s, never a baseline of 21.0 s and a 9 s improvement that
+    never happened; the journal keeps both entries."""
+    from treadguard.controller.fhir_export import sessions_bundle
+    from treadguard.controller.plan import measure_trends
+    from treadguard.controller.report import Clinic
+
+    for value in (21.0, 12.0):
+        assert isinstance(
+            desk.send(RecordMeasure(0.0, "p-1", "tug", value, date="2026-12-01")), Accepted
+        )
+    assert isinstance(desk.send(RecordMeasure(0.0, "p-1", "tug", 11.0)), Accepted)  # today
+    rows = desk.journal.measures("p-1")
+    assert [m.value for m in rows] == [21.0, 12.0, 11.0]
+    (tug,) = measure_trends(rows)
+    assert (tug.baseline, tug.latest, tug.change, tug.count) == (
+        "12.0 s, 2026-12-01",
+        "11.0 s, 2026-12-04",
+        "-1.0 s, better",
+        2,
+    )
+    clinic = Clinic(treadmill="tm-d", zone=SIM.config.clinic.zone(), titles={})
+
+    def observations(measures: list[MeasureRow]) -> list[dict[str, Any]]:
+        bundle = sessions_bundle([], {}, clinic=clinic, measures=measures, user="p-1")
+        entries = json.loads(bundle.model_dump_json())["entry"]
+        return [e["resource"] for e in entries if e["resource"]["resourceType"] == "Observation"]
+
+    corrected, later = observations(rows)
+    assert (corrected["status"], corrected["valueQuantity"]["value"]) == ("amended", 12)
+    assert (later["status"], later["valueQuantity"]["value"]) == ("final", 11)
+    # The correction amends the resource the first entry was exported as.
+    assert corrected["id"] == observations(rows[:1])[0]["id"]
+
+
 def test_today_is_the_clinic_s_day() -> None:
     auckland = SIM.config.model_copy(
         update={"clinic": SIM.config.clinic.model_copy(update={"timezone": "Pacific/Auckland"})}
@@ -256,7 +296,11 @@ def test_today_is_the_clinic_s_day() -> None:
          "date 2026-12-05 is after today (2026-12-04 in UTC): a measure is recorded once it "
          "is taken"),
         ("tug", 12, "1989-12-31", RefusalCode.OUT_OF_RANGE,
-         "date 1989-12-31 is before 1990-01-01: not a measure of this treatment"),
+         "date 1989-12-31 is more than a year before today (2026-12-04 in UTC): a measure of "
+         "this treatment is taken within the year (check the year)"),
+        ("koos", 90, "2025-12-02", RefusalCode.OUT_OF_RANGE,
+         "date 2025-12-02 is more than a year before today (2026-12-04 in UTC): a measure of "
+         "this treatment is taken within the year (check the year)"),
         ("bmi", 22, None, RefusalCode.INVALID_COMMAND,
          "no measure 'bmi' (known: tug, koos, womac, walk_10m)"),
     ],
@@ -343,7 +387,7 @@ def test_any_measure_is_kept_within_its_range_or_refused_and_never_raises(
             (row,) = kept
             measure = MEASURES[MeasureKind(kind)]
             assert measure.lowest <= row.value <= measure.highest
-            assert "1990-01-01" <= row.measured_on <= "2026-12-04"
+            assert "2025-12-03" <= row.measured_on <= "2026-12-04"
         else:
             assert isinstance(reply, Refused)
             assert reply.message
