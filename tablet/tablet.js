@@ -122,6 +122,11 @@ const $ = (id) => document.getElementById(id);
 // accent) depending on the keyboard, and the daemon takes only the one form of a text, so that
 // one patient's record never splits under two codes that look the same.
 const typedUser = () => $("user").value.trim().normalize("NFC");
+// Who enters the clinician's record (pain, notes, measures, a confirmation): sent with each of
+// those commands, so the journal, the reports and the FHIR export (performer) say who did.
+// Kept on this tablet until changed, as a clinician works a whole shift on one.
+const RECORD_COMMANDS = new Set(["outcome_before", "outcome_after", "record_measure", "confirm_first_session"]);
+const typedClinician = () => $("clinician").value.trim().normalize("NFC");
 
 // Everything the page knows. `render` draws it; nothing else touches the controls' state.
 const view = {
@@ -541,6 +546,9 @@ function send(type, fields = {}) {
   if (!client || !client.connected) {
     if (type !== "heartbeat") say("Not sent: no connection to the broker.");
     return;
+  }
+  if (RECORD_COMMANDS.has(type) && typedClinician() !== "") {
+    fields = { ...fields, clinician: typedClinician() };
   }
   const id = commandId();
   // Stamped (unix s, in the daemon's clock as far as the page can tell): a start, a speed
@@ -1612,6 +1620,11 @@ $("user").addEventListener("input", () => {
   render();
 });
 $("program").addEventListener("change", fillCaps);
+$("clinician").value = localStorage.getItem("treadguard.clinician") || "";
+$("clinician").addEventListener("change", () => {
+  if (typedClinician()) localStorage.setItem("treadguard.clinician", typedClinician());
+  else localStorage.removeItem("treadguard.clinician");
+});
 $("setup").addEventListener("submit", (event) => {
   event.preventDefault();
   if ($("start").disabled || offlineWhy() !== null) return; // Enter in a field, a double tap

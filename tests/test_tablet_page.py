@@ -271,12 +271,16 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         page = tab.page
         await expect(page.locator("#record")).to_be_hidden()  # no session yet
         await page.fill("#user", "u-rec")
+        # Who enters the record: typed once, sent with each entry of it (never with a start).
+        await page.fill("#clinician", "c-7")
         await page.select_option("#pain-before", "4")
         await page.click("#start")
-        await next_command(doc, "start_session")
+        start = await next_command(doc, "start_session")
+        assert "clinician" not in start
         before = await next_command(doc, "outcome_before", within=SESSION_WAIT_S)
         session = before["session_id"]
         assert (before["pain"], session) == (4, (await doc.event("session_started"))["session_id"])
+        assert before["clinician"] == "c-7"
         assert (await doc.reply_to(before["id"]))["ok"] is True
         await doc.state(running, within=SESSION_WAIT_S)
         await expect(page.locator("#record")).to_be_hidden()  # not while the session runs
@@ -292,12 +296,15 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         await check_layout(page, "the record after a session", shots="layout-record")
         await page.click("#record-save")
         after = await next_command(doc, "outcome_after")
-        assert {k: after[k] for k in ("session_id", "pain", "exertion", "notes")} == {
+        assert {k: after[k] for k in ("session_id", "pain", "exertion", "notes", "clinician")} == {
             "session_id": session,
             "pain": 2,
             "exertion": 5,
             "notes": "steady, no limp",
+            "clinician": "c-7",
         }
+        # Kept on this tablet: the page opened again has it.
+        assert await page.evaluate("localStorage.getItem('treadguard.clinician')") == "c-7"
         assert (await doc.reply_to(after["id"]))["ok"] is True
         await expect(page.locator("#record")).to_be_hidden()  # saved: asked no more
         await expect(page.locator("#setup")).to_be_visible()  # the next session may start
