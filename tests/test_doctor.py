@@ -1554,14 +1554,18 @@ def test_nginx_s_location_paths_are_read(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def path_proxy(to_port: int, path: str) -> AsyncIterator[int]:
+async def path_proxy(to_port: int, path: str, host: str | None = None) -> AsyncIterator[int]:
     """An HTTP server on every address passing only ``path`` on to 127.0.0.1:``to_port`` (as
-    nginx's location = PATH with proxy_pass), 404 for any other; the port it listens on."""
+    nginx's location = PATH with proxy_pass), and with ``host`` only for that Host header (as
+    nginx's server_name), 404 for any other; the port it listens on."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(f"GET {path} HTTP/1.1\r\n".encode()):
+            wanted = head.startswith(f"GET {path} HTTP/1.1\r\n".encode())
+            if host is not None:
+                wanted = wanted and f"\r\nHost: {host}\r\n".encode() in head
+            if not wanted:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
                 writer.close()

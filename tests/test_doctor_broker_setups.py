@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -31,9 +30,9 @@ from tests.test_doctor import (
     Rig,
     Sensors,
     _broker_anew,
-    _pipe,
     doctor,
     need,
+    path_proxy,
     publishing,
     rig,  # noqa: F401  (the fixture)
 )
@@ -162,34 +161,6 @@ def test_include_dir_files_are_read_in_mosquitto_s_order(tmp_path: Path) -> None
     assert decided.value == "true"
 
 
-@contextlib.asynccontextmanager
-async def _proxy(to_port: int, path: str, host: str | None = None) -> AsyncIterator[int]:
-    """A plain-http server on every address passing ``path`` (and, with ``host``, only for
-    that Host header, as nginx's server_name) on to 127.0.0.1:``to_port``; 404 otherwise."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            ok = head.startswith(f"GET {path} HTTP/1.1\r\n".encode())
-            if host is not None:
-                ok = ok and f"\r\nHost: {host}\r\n".encode() in head
-            if not ok:
-                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-                writer.close()
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
-            up_writer.write(head)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        writer.close()
-
-    server = await asyncio.start_server(serve, "0.0.0.0", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-
-
 NGINX_CASES = {
     # The location in a snippet the site includes (Debian's /etc/nginx/snippets).
     "include": (
@@ -250,7 +221,7 @@ async def test_plain_websockets_nginx_passes_on_are_not_passed(
     for name, text in files.items():
         (nginx / name).parent.mkdir(parents=True, exist_ok=True)
         (nginx / name).write_text(text)
-    async with _proxy(rig.broker.ws_port, path, host) as port:
+    async with path_proxy(rig.broker.ws_port, path, host) as port:
         checks = await check_network(3.0, nginx=nginx)
     ours = [c for c in checks if f":{port}" in c.detail]
     assert ours, (case, checks)
