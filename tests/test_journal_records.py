@@ -73,7 +73,9 @@ RELEASED[4] = (
     RELEASED[3]
     + """
 CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
+CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
+CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
 """
 )
 # Every version before the current one; a new migration without its released schema here
