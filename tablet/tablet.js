@@ -589,6 +589,15 @@ function send(type, fields = {}) {
 function startUnanswered(id) {
   if (view.painBefore && view.painBefore.startId === id) view.painBefore = null;
 }
+// Sent once both are known, in whichever order they come: this page's start accepted (its
+// reply), and the session it opened (session_started). Another tablet's session of the same
+// user, started first, has its session_started too, but this page's start is then refused.
+function painGoesOn() {
+  const pain = view.painBefore;
+  if (!pain || !pain.accepted || pain.sessionId === undefined) return;
+  view.painBefore = null;
+  send("outcome_before", { session_id: pain.sessionId, pain: pain.pain });
+}
 
 function commandWords(sent) {
   switch (sent.type) {
@@ -647,6 +656,10 @@ function onOneReply(reply) {
   pending.delete(reply.id);
   if (reply.ok) {
     if (sent.type === "set_speed") view.target = sent.fields.mph;
+    if (sent.type === "start_session" && view.painBefore && view.painBefore.startId === reply.id) {
+      view.painBefore.accepted = true;
+      painGoesOn();
+    }
     if (sent.type === "outcome_after") {
       view.recorded = sent.fields.session_id;
       for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
@@ -717,10 +730,11 @@ function onEvent(e) {
     case "session_started":
       view.target = typeof e.target_mph === "number" ? e.target_mph : view.target;
       rememberUser(e.user, e.program);
-      // The pain asked before this page's start goes on the record of the session it opened.
+      // The pain asked before this page's start goes on the record of the session it opened,
+      // once that start is known to be the one accepted (painGoesOn).
       if (view.painBefore && view.painBefore.user === e.user) {
-        send("outcome_before", { session_id: String(e.session_id), pain: view.painBefore.pain });
-        view.painBefore = null;
+        view.painBefore.sessionId = String(e.session_id);
+        painGoesOn();
       }
       log(
         `${name}: session ${e.session_id} for ${e.user}, ${title(e.program)}, cap ${capWords(e.program, e.cap_s)}`,
@@ -758,6 +772,11 @@ function onEvent(e) {
       break;
     case "session_ended":
       view.capWarned = null;
+      // A session that ended before this page's start was accepted was another's (a start
+      // is accepted only while none runs): the pain waits for the one this start opens.
+      if (view.painBefore && !view.painBefore.accepted && view.painBefore.sessionId === String(e.session_id)) {
+        view.painBefore.sessionId = undefined;
+      }
       if (!view.last || String(view.last.id) !== String(e.session_id)) {
         newLast({ id: e.session_id, top: null }); // a session this page never saw run
       }

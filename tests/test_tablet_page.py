@@ -373,6 +373,54 @@ async def test_the_pain_asked_before_a_refused_start_goes_on_no_other_session(
     assert entries == []
 
 
+@pytest.mark.asyncio
+async def test_the_pain_asked_before_a_start_goes_not_to_another_tablet_s_session(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """Two tablets start the same user at once: the other tablet's start is taken, and the
+    session it opens is heard on this page before this page's start is refused. The pain
+    typed here was asked for the start this page sent, and goes on no session."""
+    tm = "tm-page-pain-race"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm) as doc,  # the other tablet
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#user", "u-race")
+        await page.select_option("#pain-before", "8")
+        await expect(page.locator("#start")).to_be_enabled()
+        # The other tablet's start, then this page's, in one turn of the page's event loop:
+        # the page hears of the session only after it has sent its own start. (Published from
+        # the page's connection to have the order fixed; the daemon cannot tell.)
+        await page.evaluate(
+            "client.publish(TOPIC.cmd, JSON.stringify({id: 'other-start', type: 'start_session',"
+            " user: 'u-race'}), {qos: 1}); document.getElementById('setup').requestSubmit()"
+        )
+        mine = await next_command(doc, "start_session")
+        while mine["id"] == "other-start":
+            mine = await next_command(doc, "start_session")
+        assert (await doc.reply_to(mine["id"]))["ok"] is False
+        started = await doc.event("session_started")
+        await expect(page.locator("#message")).to_contain_text("Refused")
+        sent: list[str] = []
+
+        def until_stop(message: aiomqtt.Message) -> bool:
+            sent.append(body(message)["type"])
+            return sent[-1] == "stop"
+
+        # Whatever the page sent for that session, it sent before this Stop.
+        await page.click("#stop")
+        await doc.tab.next(f"{doc.p}/cmd", until_stop)
+        assert "outcome_before" not in sent, sent
+    journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
+    entries = journal.outcome_entries(int(started["session_id"]))
+    journal.close()
+    assert entries == [], entries
+
+
 # ----------------------------------------------------------------------------- stops
 
 
