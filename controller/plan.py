@@ -133,6 +133,12 @@ def propose(
         program = programs[last.program]
         cap = _within(last.cap_s, program)
         words = f"held at {_lower_first(program.title)}: {held}"
+        # Held is never more than the rules gave that session: one started by hand at a
+        # longer cap (8 min after a 5 min session) holds at what the rules proposed for it.
+        given = _rules_gave(record, rules, programs, last, zone)
+        if given is not None and given < cap:
+            cap = given
+            words += f" (at most the {_cap(given)} the rules gave session {last.id})"
         held_phase = _phase_of(rules, program) or phase
         return _proposal(
             record, rules, program, cap, words, week, note, held_phase, held=True, counted=True
@@ -340,15 +346,41 @@ def _next_cap(
     on = f"session {last.id} on {t.day(last.started_at, zone)}"
     cap = _within(last.cap_s, program)
     if last.end_reason not in PLANNED_ENDS:
-        return cap, (
-            f"the same cap: {on} ended at {t.duration(last.belt_moving_s or 0.0)} of its "
-            f"{_cap(last.cap_s)} cap ({t.ended_by(last.end_reason)})"
+        at = (
+            "with its belt time not known"
+            if last.belt_moving_s is None
+            else f"at {t.duration(last.belt_moving_s)} of its {_cap(last.cap_s)} cap"
         )
+        return cap, f"the same cap: {on} ended {at} ({t.ended_by(last.end_reason)})"
     if phase.cap_step_s <= 0 or cap >= program.cap_s_max:
         longest = " (the program's longest)" if cap >= program.cap_s_max else ""
         return cap, f"{on} ran its {_cap(last.cap_s)} cap; the same cap{longest}"
     raised = _within(cap + phase.cap_step_s, program)
     return raised, f"{on} ran its {_cap(last.cap_s)} cap: {_cap(raised - cap)} more"
+
+
+def _rules_gave(
+    record: UserRecord,
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    last: SessionRow,
+    zone: ZoneInfo,
+) -> float | None:
+    """The cap the rules proposed for ``last``'s program when ``last`` began: from the record
+    as it stood then. The program's default cap if they proposed another program; None when
+    ``last``'s program is not among ``programs``."""
+    program = programs.get(last.program)
+    if program is None:
+        return None
+    before = UserRecord(
+        record.user,
+        [s for s in record.sessions if s.id < last.id],
+        outcomes=record.outcomes,
+        confirmed=record.confirmed,
+        measures=record.measures,
+    )
+    then = propose(before, rules, programs, zone=zone, now=last.started_at)
+    return then.cap_s if then.program == program.name else program.cap_s_default
 
 
 def _holds(

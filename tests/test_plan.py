@@ -175,7 +175,24 @@ def test_a_session_treadguard_stopped_during_holds_as_an_emergency_stop_does() -
     no_stop_hold = RULES.model_copy(
         update={"hold": RULES.hold.model_copy(update={"emergency_stop": False})}
     )
-    assert not plan(UserRecord("p-1", sessions), no_stop_hold, day=3).held
+    unheld = plan(UserRecord("p-1", sessions), no_stop_hold, day=3)
+    assert not unheld.held
+    assert "session 3 on 2026-12-03 ended with its belt time not known" in unheld.reason
+
+
+def test_a_hold_proposes_no_more_than_the_rules_gave_the_session_that_holds() -> None:
+    """Session 2 ran its 5 min cap; session 3 was started at 8 min by hand, and treadguard
+    stopped during it (or it ended in an emergency stop). Held, the user is proposed the
+    6 min the rules gave session 3, never the 8 min no session of theirs has run to."""
+    for how, belt in (("interrupted", None), ("estop", 40.0)):
+        sessions = [
+            session(1, "first_session", "cap", 180.0),
+            session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=1),
+            session(3, "reverse_walking", how, belt, cap_s=480.0, day=2),
+        ]
+        got = plan(UserRecord("p-1", sessions), day=3)
+        assert (got.held, got.cap_s) == (True, 360.0), got.reason
+        assert got.reason.endswith("(at most the 6 min the rules gave session 3)"), got.reason
 
 
 def test_a_first_session_just_short_of_its_minimum_is_not_said_to_have_reached_it() -> None:
