@@ -30,6 +30,7 @@ import math
 import os
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -126,6 +127,11 @@ CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
 CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
 CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
+-- Users' codes in Unicode's composed form, the only one the contract takes now: a code an
+-- older treadguard took in another form ("e" and a combining accent) is the same text, and
+-- its record would otherwise be out of reach of the tablet and split from the new one's.
+UPDATE sessions SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
+UPDATE measures SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
 """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1018,12 +1024,17 @@ def _refuse_newer(version: int) -> None:
         )
 
 
+def _nfc(text: str | None) -> str | None:
+    return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring the journal to SCHEMA_VERSION, one step a transaction (the step and the new
     version committed together, so a power cut mid-way leaves the journal at a version, never
     between two). A journal from a newer treadguard is refused, never written."""
     version = schema_version(db)
     _refuse_newer(version)
+    db.create_function("treadguard_nfc", 1, _nfc, deterministic=True)
     for step in range(version, SCHEMA_VERSION):
         # executescript runs the script as written; in autocommit mode nothing is pending, so
         # BEGIN ... COMMIT makes the step and its version one transaction.

@@ -113,6 +113,30 @@ def test_every_earlier_version_is_covered() -> None:
     )
 
 
+def test_an_older_journal_s_codes_are_brought_to_their_composed_form(tmp_path: Path) -> None:
+    """A code an older treadguard took in another Unicode form ("e" and a combining accent)
+    is the same text as the composed one the contract takes now: opened to write, the journal
+    holds it composed, so the user's record is found by the code the tablet sends."""
+    path = tmp_path / "j.sqlite"
+    old_journal(path, 3, kept=True)
+    decomposed, composed = "Jose\u0301-12", "Jos\u00e9-12"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE sessions SET user = ?", (decomposed,))
+        db.execute(
+            "INSERT INTO measures (user, kind, value, measured_on, recorded_at)"
+            " VALUES (?, 'tug', 12.0, '2026-11-30', 1000)",
+            (decomposed,),
+        )
+    Journal.open(path).close()
+    journal = Journal.read_only(path)
+    try:
+        assert [s.id for s in journal.sessions(composed)] == [7]
+        assert [m.value for m in journal.measures(composed)] == [12.0]
+        assert journal.sessions(decomposed) == []
+    finally:
+        journal.close()
+
+
 def test_a_new_journal_has_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     Journal.open(path).close()
