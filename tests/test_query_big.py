@@ -1,12 +1,19 @@
 """One query of many megabytes from the dashboard account, against the real daemon and a real
 Mosquitto with the shipped ACL, while a session runs: a query is at most 4 KiB (it is refused
 past that), and whatever the dashboard sends, the control loop keeps its pace, the belt is
-not stopped for it, and the tablet's estop is carried out at once (SR-13, SR-15)."""
+not stopped for it, and the tablet's estop is carried out at once (SR-13, SR-15).
+
+The broker here has the shipped queue limits but not the shipped ``max_packet_size``, as a
+clinic's own broker may not: the board's broker cuts off a client that sends more than 1 MiB
+(tests/test_broker_packet_limit.py), and this is what keeps the daemon safe where the broker
+does not: each of its connections announces a Maximum Packet Size of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -14,12 +21,29 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.clinician import clinician
 from tests.daemon_process import DaemonProcess
-from tests.mosquitto import PASSWORDS, Broker
+from tests.mosquitto import PASSWORDS, Broker, auth_lines, have_mosquitto, shipped_queue_limits
+from tests.test_mqtt_security import need
 from tests.test_query_acl import TM, P, daemon, query_topic  # noqa: F401
-from tests.test_query_flood import secured  # noqa: F401
 
 SIZE = 50 * 1024 * 1024  # under Mosquitto's own limit of 256 MiB
 ESTOP_REPLY_S = 0.5
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Broker]:
+    """The shipped accounts, ACL and queue limits, without the shipped packet limit."""
+    need("mosquitto", have_mosquitto())
+    limits = "".join(
+        line + "\n"
+        for line in shipped_queue_limits().splitlines()
+        if not line.startswith("max_packet_size")
+    )
+    b = Broker(tmp_path, extra=auth_lines(tmp_path) + limits)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
 
 
 def _big_message(port: int, account: str, topic: str, done: threading.Event) -> None:
@@ -41,7 +65,7 @@ def _big_message(port: int, account: str, topic: str, done: threading.Event) -> 
 # Packet Size.
 @pytest.mark.parametrize("sender", ["dashboard", "tablet"])
 async def test_a_message_of_megabytes_neither_stalls_the_loop_nor_stops_the_belt(
-    secured: Broker,  # noqa: F811
+    secured: Broker,
     daemon: DaemonProcess,  # noqa: F811
     sender: str,
 ) -> None:
