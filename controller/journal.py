@@ -127,6 +127,9 @@ CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
 CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
 CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
+-- Their first columns serve the reads of the two they replace, at the cost of one.
+DROP INDEX IF EXISTS events_by_session;
+DROP INDEX IF EXISTS measures_by_user;
 -- Users' codes in Unicode's composed form, the only one the contract takes now: a code an
 -- older treadguard took in another form ("e" and a combining accent) is the same text, and
 -- its record would otherwise be out of reach of the tablet and split from the new one's.

@@ -71,6 +71,8 @@ CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
 )
 RELEASED[4] = (
     RELEASED[3]
+    .replace("CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id);\n", "")
+    .replace("CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);\n", "")
     + """
 CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
 CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);

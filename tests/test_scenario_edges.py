@@ -71,7 +71,7 @@ def test_a_journal_warning_gets_its_timeline_line(tmp_path: Path) -> None:
     config = small_journal(tmp_path)
     path = write(
         tmp_path,
-        'name = "t"\nconfig = "small.toml"\nend = 2\n[world]\nhistory = { "p-1" = 200 }\n'
+        'name = "t"\nconfig = "small.toml"\nend = 2\n[world]\nhistory = { "p-1" = 140 }\n'
         '[expect]\nevents_include = ["journal_warning"]\n',
     )
     result = run_virtual(load_scenario(path), str(path), load_config(config))
