@@ -1173,7 +1173,8 @@ def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:
         if line.key != "topic" or bridge is None:
             continue
         words = line.value.split()
-        direction = words[1] if len(words) > 1 else "out"
+        # Mosquitto reads the direction without regard to case (strcasecmp): IN is in.
+        direction = words[1].lower() if len(words) > 1 else "out"
         if direction not in ("in", "both") or not words:
             continue
         local = words[3] if len(words) > 3 else ""
@@ -1211,12 +1212,14 @@ def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return []
-    named = None
-    for flag, value in itertools.pairwise(argv):
-        if flag in (b"-c", b"--config-file"):
-            named = os.path.join(cwd, os.fsdecode(value))
+    # Mosquitto reads every file named, each in turn: all of them are what it runs.
+    named = [
+        os.path.join(cwd, os.fsdecode(value))
+        for flag, value in itertools.pairwise(argv)
+        if flag in (b"-c", b"--config-file")
+    ]
     who = f"{process_name(pid)} (pid {pid})"
-    if named is None:
+    if not named:
         return [
             Check(
                 "broker config",
@@ -1227,14 +1230,17 @@ def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
                 f"mosquitto -c {judged})",
             )
         ]
-    if os.path.realpath(named) != os.path.realpath(judged):
+    others = [n for n in named if os.path.realpath(n) != os.path.realpath(judged)]
+    if others:
         return [
             Check(
                 "broker config",
                 Verdict.FAIL,
-                f"{who} listens on port {broker.port} and runs {named}, not {judged}, the file "
-                "judged here: what the broker lets each account do was not read",
-                f"run the doctor with --mosquitto-conf {named} (or start the broker with {judged})",
+                f"{who} listens on port {broker.port} and runs {', '.join(named)}, not "
+                f"{judged} alone, the file judged here: what the broker lets each account do "
+                "was not all read",
+                f"start the broker with {judged} alone (sudo systemctl restart mosquitto), or "
+                f"run the doctor with --mosquitto-conf {named[-1]} if that one alone is it",
             )
         ]
     return []
@@ -1267,11 +1273,12 @@ def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
         ),
         Guarded(f"{broker.prefix}/query/+/reply", is_queries, queries_words),
         # This treadmill's sensor accounts only: another treadmill's could say "held" for a
-        # user here who has let go (sensors-tm-01, and a second device's sensors-tm-01-NAME).
+        # user here who has let go (sensors-tm-01, and a second device's sensors-tm-01@NAME:
+        # no treadmill's id holds an "@", where sensors-tm-01-b may be treadmill tm-01-b's).
         Guarded(
             topics.sensor("#"),
-            lambda a: a == sensors or a.startswith(f"{sensors}-"),
-            f"this treadmill's sensor accounts ({sensors}, {sensors}-*)",
+            lambda a: a == sensors or a.startswith(f"{sensors}@"),
+            f"this treadmill's sensor accounts ({sensors}, {sensors}@*)",
         ),
     ]
 

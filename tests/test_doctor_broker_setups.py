@@ -9,15 +9,19 @@ real doctor."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import subprocess
+import threading
+import time
 from pathlib import Path
 
-import aiomqtt
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.mosquitto import (
     ACL,
+    MOSQUITTO,
     PASSWORDS,
     SENSOR_TM,
     Broker,
@@ -25,6 +29,7 @@ from tests.mosquitto import (
     have_mosquitto,
     network_addresses,
     password_file,
+    wait_listening,
 )
 from tests.test_doctor import (
     Rig,
@@ -42,34 +47,41 @@ from treadguard.controller.doctor import Verdict, check_network
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
 
-async def _reaches(
+def _reaches_now(
     port: int, topic: str, reader: tuple[str, str], writer: tuple[str, str] | None, at: int
 ) -> bool:
     """Whether a message published on ``topic`` by ``writer`` (None: anonymous) at broker port
     ``at`` reaches ``reader`` (user, password) subscribed at ``port``, within 5 s. Published
-    again every 0.1 s until it does: a bridge subscribes on the far side in its own time."""
-    async with aiomqtt.Client("127.0.0.1", port, username=reader[0], password=reader[1]) as sub:
-        await sub.subscribe(topic, qos=1)
-        kwargs = {} if writer is None else {"username": writer[0], "password": writer[1]}
-        async with aiomqtt.Client("127.0.0.1", at, **kwargs) as pub:  # type: ignore[arg-type]
+    again every 0.1 s until it does: a bridge subscribes on the far side in its own time.
+    Plain paho clients in their own threads, each step bounded."""
+    got = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=reader[0])
+    sub.username_pw_set(*reader)
+    sub.on_message = lambda *_: got.set()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=writer[0] if writer else "probe")
+    if writer is not None:
+        pub.username_pw_set(*writer)
+    sub.connect("127.0.0.1", port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    pub.connect("127.0.0.1", at)
+    pub.loop_start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while not got.is_set() and time.monotonic() < deadline:
+            pub.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
+            got.wait(0.1)  # a retry period, not a synchronisation: the event is the answer
+        return got.is_set()
+    finally:
+        for client in (pub, sub):
+            client.disconnect()
+            client.loop_stop()
 
-            async def keep_publishing() -> None:
-                while True:  # ended by the caller, within its bound
-                    await pub.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
-                    await asyncio.sleep(0.1)  # a retry period, not a synchronisation
 
-            publisher = asyncio.create_task(keep_publishing())
-            try:
-                async with asyncio.timeout(5.0):
-                    async for _ in sub.messages:
-                        return True
-            except TimeoutError:
-                return False
-            finally:
-                publisher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await publisher
-    return False
+async def _reaches(
+    port: int, topic: str, reader: tuple[str, str], writer: tuple[str, str] | None, at: int
+) -> bool:
+    return await asyncio.to_thread(_reaches_now, port, topic, reader, writer, at)
 
 
 def _verdicts(out: str) -> dict[str, list[str]]:
@@ -81,11 +93,15 @@ def _verdicts(out: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.asyncio
-async def test_a_bridge_that_brings_commands_in_is_not_passed(rig: Rig) -> None:  # noqa: F811
+@pytest.mark.parametrize("direction", ["in", "IN", "Both"])
+async def test_a_bridge_that_brings_commands_in_is_not_passed(
+    rig: Rig,  # noqa: F811
+    direction: str,
+) -> None:
     """A `connection` bridge in the broker's configuration (a clinic's HQ broker, here one
     that lets anyone in) with `topic treadmill/# in`: Mosquitto never checks a bridge's
-    incoming messages against the ACL, so anyone on the far broker commands the belt. The
-    doctor reads the configuration but not its bridges, and passes the broker."""
+    incoming messages against the ACL, so anyone on the far broker commands the belt. It
+    reads the direction without regard to case (strcasecmp)."""
     (rig.tmp / "hq").mkdir()
     hq = Broker(rig.tmp / "hq")
     hq.start()
@@ -93,7 +109,8 @@ async def test_a_bridge_that_brings_commands_in_is_not_passed(rig: Rig) -> None:
         _broker_anew(
             rig,
             auth_lines(rig.tmp)
-            + f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\ntopic treadmill/# in 1\n",
+            + f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\n"
+            + f"topic treadmill/# {direction} 1\n",
         )
         topic = f"treadmill/{SENSOR_TM}/cmd"
         daemon = ("treadguard", PASSWORDS["treadguard"])
@@ -290,3 +307,86 @@ async def test_the_configuration_judged_is_the_one_the_broker_runs(rig: Rig) -> 
         rig.broker.conf = env_conf
     verdicts = _verdicts(done.out)
     assert done.code == 1, (verdicts, done.out[-3000:])
+
+
+def _start_with(broker: Broker, files: list[Path]) -> None:
+    """``broker`` started as ``mosquitto -c FILE -c FILE ...``."""
+    with broker.log.open("ab") as log:
+        broker.proc = subprocess.Popen(
+            [MOSQUITTO, *(a for f in files for a in ("-c", str(f)))],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_listening(broker.proc, [broker.port], broker.log.read_text)
+
+
+@pytest.mark.asyncio
+async def test_a_broker_started_with_two_configuration_files_runs_both(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """`mosquitto -c EXTRA -c JUDGED`: Mosquitto 2.0.11 reads every -c it is given (its log
+    says 'Config loaded from JUDGED', yet EXTRA's bridge is there), so the file judged is not
+    all it runs."""
+    (rig.tmp / "hq").mkdir()
+    hq = Broker(rig.tmp / "hq")
+    hq.start()
+    try:
+        extra = rig.tmp / "extra.conf"
+        rig.broker.stop()
+        # Mosquitto reads the last -c twice: its `user` line (the tests run as root) would be
+        # a duplicate there, so it goes in the first file.
+        lines = rig.broker.conf.read_text().splitlines(keepends=True)
+        judged = rig.tmp / "judged.conf"
+        judged.write_text("".join(line for line in lines if not line.startswith("user ")))
+        extra.write_text(
+            f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\ntopic treadmill/# in 1\n"
+            + "".join(line for line in lines if line.startswith("user "))
+        )
+        rig.broker.conf = judged
+        _start_with(rig.broker, [extra, judged])
+        topic = f"treadmill/{SENSOR_TM}/cmd"
+        daemon = ("treadguard", PASSWORDS["treadguard"])
+        assert await _reaches(rig.broker.port, topic, daemon, None, hq.port), (
+            "the first file's bridge did not bring the anonymous command in"
+        )
+        rig.drive = 'kind = "simulator"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    finally:
+        hq.stop()
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+
+
+@pytest.mark.asyncio
+async def test_the_sensor_account_of_a_treadmill_whose_id_begins_with_this_one_s(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """Treadmill ids tm-01 and tm-01-b are both valid: sensors-tm-01-b is the second one's
+    sensor account, never a second device of tm-01 (that is sensors-tm-01@NAME). With
+    treadmill/+/sensors/# it writes tm-01's fall reading."""
+    foreign = f"sensors-{SENSOR_TM}-b"
+    passwd = password_file(rig.tmp / "passwd-more", {**PASSWORDS, foreign: "tm-01-b-secret"})
+    acl = rig.tmp / "acl-tm01b"
+    acl.write_text(
+        ACL.read_text(encoding="utf-8") + f"\nuser {foreign}\ntopic write treadmill/+/sensors/#\n",
+        encoding="utf-8",
+    )
+    _broker_anew(
+        rig,
+        auth_lines(rig.tmp)
+        .replace(f"acl_file {ACL}", f"acl_file {acl}")
+        .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
+    )
+    topic = f"treadmill/{SENSOR_TM}/sensors/fall"
+    daemon = ("treadguard", PASSWORDS["treadguard"])
+    assert await _reaches(
+        rig.broker.port, topic, daemon, (foreign, "tm-01-b-secret"), rig.broker.port
+    )
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert verdicts["ACL file"] != ["ok"], (verdicts, done.out[-3000:])
+    assert done.code == 1
