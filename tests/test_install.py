@@ -1272,9 +1272,10 @@ def test_a_linked_acl_changed_and_changed_back_is_put_in_force(board: Board) -> 
 
 
 def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
-    """The broker's password file emptied (damaged, or begun anew): the accounts of
-    mqtt-accounts are all added again with their passwords, none marked removed (every device
-    would be locked out for good)."""
+    """The broker's password file emptied (damaged, or begun anew, perhaps to keep a lost
+    tablet out): the accounts of mqtt-accounts are all added again, none marked removed
+    (every device would be locked out for good), each with a new password (an old one, the
+    lost tablet's among them, opens nothing)."""
     box = board.box
     accounts = box.root / "etc/treadguard/mqtt-accounts"
     before = accounts.read_bytes()
@@ -1284,11 +1285,17 @@ def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
         out = board.install().stdout
         assert "holds none of the accounts it had (begun afresh)" in out, out
         assert "was removed from the broker here" not in out, out
-        assert accounts.read_bytes() == before
-        for name, password in passwords.items():
-            assert _logs_in(board, name, password), (name, out)
+        for name, old in passwords.items():
+            new = board.login(name)["password"]
+            assert new != old
+            assert _logs_in(board, name, new), (name, out)
+            assert not _logs_in(board, name, old), (name, out)
     finally:
+        # The passwords as they were, for the tests after this one: without the record, an
+        # empty file is a first install's, which adds mqtt-accounts as it stands.
         accounts.write_bytes(before)
+        box.run("truncate", "-s", "0", PASSWD)
+        (box.root / "var/lib/treadguard-install/accounts-seen").unlink()
         board.install()
 
 
@@ -1305,14 +1312,19 @@ def test_a_board_without_a_record_keeps_a_removed_tablet_out(board: Board) -> No
     lost = board.login("tablet")["password"]
     box.run("mosquitto_passwd", "-D", PASSWD, "tablet")
     _restart_broker(box)
+    # A device account added by hand since, to be made: not taken for a removed one.
+    accounts.write_bytes(before + b"kiosk-9=kiosk-9-password\n")
     try:
         out = board.install().stdout
         assert "tablet was removed from the broker here" in out, out
         assert not _logs_in(board, "tablet", lost), out
         assert lost not in accounts.read_text()
+        assert f"{PASSWD}: kiosk-9 added" in out, out
+        assert _logs_in(board, "kiosk-9", "kiosk-9-password")
     finally:
         accounts.write_bytes(before)
         (state / "accounts-seen").write_bytes(record)
+        box.run("mosquitto_passwd", "-D", PASSWD, "kiosk-9", check=False)
         board.install()
 
 
