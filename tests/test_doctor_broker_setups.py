@@ -92,6 +92,25 @@ def _verdicts(out: str) -> dict[str, list[str]]:
     return found
 
 
+DAEMON = ("treadguard", PASSWORDS["treadguard"])
+
+
+async def _harm_then_doctor(
+    rig: Rig,  # noqa: F811
+    topic: str,
+    writer: tuple[str, str] | None,
+    at: int,
+) -> tuple[int, dict[str, list[str]], str]:
+    """The harm shown on the real broker first (``writer``'s message on ``topic``, published
+    at port ``at``, reaches the daemon's account), then the real doctor: its exit code, its
+    verdicts by check, and what it printed."""
+    assert await _reaches(rig.broker.port, topic, DAEMON, writer, at), f"{topic}: not reached"
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    return done.code, _verdicts(done.out), done.out[-3000:]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("direction", ["in", "IN", "Both"])
 async def test_a_bridge_that_brings_commands_in_is_not_passed(
@@ -112,53 +131,13 @@ async def test_a_bridge_that_brings_commands_in_is_not_passed(
             + f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\n"
             + f"topic treadmill/# {direction} 1\n",
         )
-        topic = f"treadmill/{SENSOR_TM}/cmd"
-        daemon = ("treadguard", PASSWORDS["treadguard"])
-        assert await _reaches(rig.broker.port, topic, daemon, None, hq.port), (
-            "the bridge did not bring the anonymous command in"
+        code, verdicts, out = await _harm_then_doctor(
+            rig, f"treadmill/{SENSOR_TM}/cmd", None, hq.port
         )
-        rig.drive = 'kind = "simulator"'
-        async with publishing(Sensors(rig.broker.port)):
-            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
     finally:
         hq.stop()
-    verdicts = _verdicts(done.out)
-    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert code == 1, (verdicts, out)
     assert "FAIL" in verdicts["broker config"] + verdicts["ACL file"], verdicts
-
-
-@pytest.mark.asyncio
-async def test_another_treadmill_s_sensor_account_may_not_write_this_one_s_readings(
-    rig: Rig,  # noqa: F811
-) -> None:
-    """config/mosquitto/acl: "no '+' here, or one treadmill's sensor could speak for
-    another's". A second treadmill's sensor account with treadmill/+/sensors/# writes tm-01's
-    fall and grip readings on the real broker; the doctor accepts any sensors-* account."""
-    passwords = {**PASSWORDS, "sensors-tm-02": "tm-02-secret"}
-    passwd = password_file(rig.tmp / "passwd-more", passwords)
-    acl = rig.tmp / "acl-tm02"
-    acl.write_text(
-        ACL.read_text(encoding="utf-8")
-        + "\nuser sensors-tm-02\ntopic write treadmill/+/sensors/#\n",
-        encoding="utf-8",
-    )
-    _broker_anew(
-        rig,
-        auth_lines(rig.tmp)
-        .replace(f"acl_file {ACL}", f"acl_file {acl}")
-        .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
-    )
-    topic = f"treadmill/{SENSOR_TM}/sensors/fall"
-    daemon = ("treadguard", PASSWORDS["treadguard"])
-    assert await _reaches(
-        rig.broker.port, topic, daemon, ("sensors-tm-02", "tm-02-secret"), rig.broker.port
-    )
-    rig.drive = 'kind = "simulator"'
-    async with publishing(Sensors(rig.broker.port)):
-        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
-    verdicts = _verdicts(done.out)
-    assert verdicts["ACL file"] != ["ok"], (verdicts, done.out[-3000:])
-    assert done.code == 1
 
 
 def test_include_dir_files_are_read_in_mosquitto_s_order(tmp_path: Path) -> None:
@@ -344,31 +323,27 @@ async def test_a_broker_started_with_two_configuration_files_runs_both(
         )
         rig.broker.conf = judged
         _start_with(rig.broker, [extra, judged])
-        topic = f"treadmill/{SENSOR_TM}/cmd"
-        daemon = ("treadguard", PASSWORDS["treadguard"])
-        assert await _reaches(rig.broker.port, topic, daemon, None, hq.port), (
-            "the first file's bridge did not bring the anonymous command in"
+        code, verdicts, out = await _harm_then_doctor(
+            rig, f"treadmill/{SENSOR_TM}/cmd", None, hq.port
         )
-        rig.drive = 'kind = "simulator"'
-        async with publishing(Sensors(rig.broker.port)):
-            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
     finally:
         hq.stop()
-    verdicts = _verdicts(done.out)
-    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert code == 1, (verdicts, out)
     assert "FAIL" in verdicts["broker config"], verdicts
 
 
 @pytest.mark.asyncio
-async def test_the_sensor_account_of_a_treadmill_whose_id_begins_with_this_one_s(
+@pytest.mark.parametrize("foreign", ["sensors-tm-02", f"sensors-{SENSOR_TM}-b"])
+async def test_another_treadmill_s_sensor_account_may_not_write_this_one_s_readings(
     rig: Rig,  # noqa: F811
+    foreign: str,
 ) -> None:
-    """Treadmill ids tm-01 and tm-01-b are both valid: sensors-tm-01-b is the second one's
-    sensor account, never a second device of tm-01 (that is sensors-tm-01@NAME). With
-    treadmill/+/sensors/# it writes tm-01's fall reading."""
-    foreign = f"sensors-{SENSOR_TM}-b"
-    passwd = password_file(rig.tmp / "passwd-more", {**PASSWORDS, foreign: "tm-01-b-secret"})
-    acl = rig.tmp / "acl-tm01b"
+    """config/mosquitto/acl: "no '+' here, or one treadmill's sensor could speak for
+    another's". Another treadmill's sensor account (tm-02's; or tm-01-b's, whose id begins
+    with this one's and which is never a second device of tm-01: that is sensors-tm-01@NAME)
+    with treadmill/+/sensors/# writes tm-01's fall reading on the real broker."""
+    passwd = password_file(rig.tmp / "passwd-more", {**PASSWORDS, foreign: "foreign-secret"})
+    acl = rig.tmp / "acl-foreign"
     acl.write_text(
         ACL.read_text(encoding="utf-8") + f"\nuser {foreign}\ntopic write treadmill/+/sensors/#\n",
         encoding="utf-8",
@@ -379,14 +354,8 @@ async def test_the_sensor_account_of_a_treadmill_whose_id_begins_with_this_one_s
         .replace(f"acl_file {ACL}", f"acl_file {acl}")
         .replace(f"password_file {rig.tmp / 'passwd'}", f"password_file {passwd}"),
     )
-    topic = f"treadmill/{SENSOR_TM}/sensors/fall"
-    daemon = ("treadguard", PASSWORDS["treadguard"])
-    assert await _reaches(
-        rig.broker.port, topic, daemon, (foreign, "tm-01-b-secret"), rig.broker.port
+    code, verdicts, out = await _harm_then_doctor(
+        rig, f"treadmill/{SENSOR_TM}/sensors/fall", (foreign, "foreign-secret"), rig.broker.port
     )
-    rig.drive = 'kind = "simulator"'
-    async with publishing(Sensors(rig.broker.port)):
-        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
-    verdicts = _verdicts(done.out)
-    assert verdicts["ACL file"] != ["ok"], (verdicts, done.out[-3000:])
-    assert done.code == 1
+    assert verdicts["ACL file"] != ["ok"], (verdicts, out)
+    assert code == 1

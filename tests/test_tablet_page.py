@@ -22,7 +22,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from playwright.async_api import FloatRect, expect
+from playwright.async_api import FloatRect, Page, expect
 
 from tests.browser import PAGE_DIR, TabletPage, chromium, need_page, tablet_page
 from tests.clinician import (
@@ -333,12 +333,37 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
     assert [(e["when"], e["pain"]) for e in entries] == [("before", 4), ("after", 2)]
 
 
+async def no_pain_sent_before_stop(doc: Clinician, page: Page) -> None:
+    """The page's Stop pressed: whatever it sent for the running session, it sent before that
+    Stop on the command topic, and none of it was a pain before."""
+    sent: list[str] = []
+
+    def until_stop(message: aiomqtt.Message) -> bool:
+        sent.append(body(message)["type"])
+        return sent[-1] == "stop"
+
+    await page.click("#stop")
+    await doc.tab.next(f"{doc.p}/cmd", until_stop)
+    assert "outcome_before" not in sent, sent
+
+
+def no_record(journal_path: Path, session_id: str) -> bool:
+    """Whether the session has no entry of the clinician's record in the journal."""
+    journal = Journal.read_only(journal_path)
+    try:
+        return journal.outcome_entries(int(session_id)) == []
+    finally:
+        journal.close()
+
+
 @pytest.mark.asyncio
-async def test_the_pain_asked_before_a_refused_start_goes_on_no_other_session(
+async def test_the_pain_asked_before_a_start_goes_on_that_start_s_session_only(
     make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
 ) -> None:
-    """A start refused on this page takes its pain with it: the same user's session started
-    from another tablet later is not given it (the plan's pain-rise hold would weigh it)."""
+    """The pain typed before a start goes on the session that start opens, and on no other
+    (the plan's pain-rise hold weighs it): not on the same user's session started later from
+    another tablet after this page's start was refused; not on another tablet's session of the
+    same user that began first, heard here before this page's start was refused."""
     tm = "tm-page-pain"
     make_daemon(treadmill_id=tm, sensors="mqtt")
     async with (
@@ -354,42 +379,15 @@ async def test_the_pain_asked_before_a_refused_start_goes_on_no_other_session(
         await page.click("#start")
         await refusal(doc, (await next_command(doc, "start_session"))["id"])
         await expect(page.locator("#message")).to_contain_text("Refused")
-
         ok(await doc.command("start_session", user="u-pain"))
-        started = await doc.event("session_started")
+        later = (await doc.event("session_started"))["session_id"]
         await expect(page.locator("#state")).to_contain_text("RUNNING", timeout=15_000)
-        sent: list[str] = []
+        await no_pain_sent_before_stop(doc, page)
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await page.click("#record-later")
 
-        def until_stop(message: aiomqtt.Message) -> bool:
-            sent.append(body(message)["type"])
-            return sent[-1] == "stop"
-
-        await page.click("#stop")
-        await doc.tab.next(f"{doc.p}/cmd", until_stop)
-        assert "outcome_before" not in sent, sent
-    journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
-    entries = journal.outcome_entries(int(started["session_id"]))
-    journal.close()
-    assert entries == []
-
-
-@pytest.mark.asyncio
-async def test_the_pain_asked_before_a_start_goes_not_to_another_tablet_s_session(
-    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
-) -> None:
-    """Two tablets start the same user at once: the other tablet's start is taken, and the
-    session it opens is heard on this page before this page's start is refused. The pain
-    typed here was asked for the start this page sent, and goes on no session."""
-    tm = "tm-page-pain-race"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm) as doc,  # the other tablet
-        opened(broker, tm) as tab,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        page = tab.page
         await page.fill("#user", "u-race")
+        await page.select_option("#program", index=0)
         await page.select_option("#pain-before", "8")
         await expect(page.locator("#start")).to_be_enabled()
         # The other tablet's start, then this page's, in one turn of the page's event loop:
@@ -403,22 +401,11 @@ async def test_the_pain_asked_before_a_start_goes_not_to_another_tablet_s_sessio
         while mine["id"] == "other-start":
             mine = await next_command(doc, "start_session")
         assert (await doc.reply_to(mine["id"]))["ok"] is False
-        started = await doc.event("session_started")
+        first = (await doc.event("session_started"))["session_id"]
         await expect(page.locator("#message")).to_contain_text("Refused")
-        sent: list[str] = []
-
-        def until_stop(message: aiomqtt.Message) -> bool:
-            sent.append(body(message)["type"])
-            return sent[-1] == "stop"
-
-        # Whatever the page sent for that session, it sent before this Stop.
-        await page.click("#stop")
-        await doc.tab.next(f"{doc.p}/cmd", until_stop)
-        assert "outcome_before" not in sent, sent
-    journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
-    entries = journal.outcome_entries(int(started["session_id"]))
-    journal.close()
-    assert entries == [], entries
+        await no_pain_sent_before_stop(doc, page)
+    for session in (later, first):
+        assert no_record(tmp_path / f"journal-{tm}.sqlite", session)
 
 
 # ----------------------------------------------------------------------------- stops
