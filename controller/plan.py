@@ -98,10 +98,13 @@ def propose(
     *,
     zone: ZoneInfo,
     now: float,
+    bound_holds: bool = True,
 ) -> Proposal:
     """The proposal for ``record``'s user's next session at unix time ``now`` (dates in the
     clinic's ``zone``). ``programs`` and ``rules`` as config.loading checked them: every
-    program the rules name is among ``programs``."""
+    program the rules name is among ``programs``. ``bound_holds``: a hold at most what the
+    rules gave the session that holds (asked of the record before it, one level deep: a
+    user's every session held would otherwise go as deep as their sessions)."""
     minimum = {name: p.cap_s_min for name, p in programs.items() if p.first_session}
     others = frozenset(name for name, p in programs.items() if not p.first_session)
     may_confirm = rules.first_session.clinician_may_confirm
@@ -135,7 +138,7 @@ def propose(
         words = f"held at {_lower_first(program.title)}: {held}"
         # Held is never more than the rules gave that session: one started by hand at a
         # longer cap (8 min after a 5 min session) holds at what the rules proposed for it.
-        given = _rules_gave(record, rules, programs, last, zone)
+        given = _rules_gave(record, rules, programs, last, zone) if bound_holds else None
         if given is not None and given < cap:
             cap = given
             words += f" (at most the {_cap(given)} the rules gave session {last.id})"
@@ -379,7 +382,7 @@ def _rules_gave(
         confirmed=record.confirmed,
         measures=record.measures,
     )
-    then = propose(before, rules, programs, zone=zone, now=last.started_at)
+    then = propose(before, rules, programs, zone=zone, now=last.started_at, bound_holds=False)
     return then.cap_s if then.program == program.name else program.cap_s_default
 
 

@@ -195,6 +195,18 @@ def test_a_hold_proposes_no_more_than_the_rules_gave_the_session_that_holds() ->
         assert got.reason.endswith("(at most the 6 min the rules gave session 3)"), got.reason
 
 
+def test_a_record_of_holds_only_is_proposed_for_however_long_it_is() -> None:
+    """Every session after the first ended in an emergency stop, 1,500 of them: the bound on a
+    hold asks the record before the last session once, never once a session (Python's
+    recursion stops at 1,000)."""
+    sessions = [session(1, "first_session", "cap", 180.0)] + [
+        session(n, "reverse_walking", "estop", 40.0, cap_s=300.0, day=n / 10)
+        for n in range(2, 1502)
+    ]
+    got = plan(UserRecord("p-1", sessions), day=151)
+    assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
+
+
 def test_a_first_session_just_short_of_its_minimum_is_not_said_to_have_reached_it() -> None:
     """179.6 s does not count against 3 min: the reason must not round it up to the 3 min it
     says it falls short of."""
