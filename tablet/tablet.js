@@ -125,7 +125,12 @@ const typedUser = () => $("user").value.trim().normalize("NFC");
 // Who enters the clinician's record (pain, notes, measures, a confirmation): sent with each of
 // those commands, so the journal, the reports and the FHIR export (performer) say who did.
 // Kept on this tablet until changed, as a clinician works a whole shift on one.
-const RECORD_COMMANDS = new Set(["outcome_before", "outcome_after", "record_measure", "confirm_first_session"]);
+const RECORD_COMMANDS = new Set([
+  "outcome_before",
+  "outcome_after",
+  "record_measure",
+  "confirm_first_session",
+]);
 const typedClinician = () => $("clinician").value.trim().normalize("NFC");
 
 // Everything the page knows. `render` draws it; nothing else touches the controls' state.
@@ -774,8 +779,9 @@ function onEvent(e) {
       view.capWarned = null;
       // A session that ended before this page's start was accepted was another's (a start
       // is accepted only while none runs): the pain waits for the one this start opens.
-      if (view.painBefore && !view.painBefore.accepted && view.painBefore.sessionId === String(e.session_id)) {
-        view.painBefore.sessionId = undefined;
+      const pain = view.painBefore;
+      if (pain && !pain.accepted && pain.sessionId === String(e.session_id)) {
+        pain.sessionId = undefined;
       }
       if (!view.last || String(view.last.id) !== String(e.session_id)) {
         newLast({ id: e.session_id, top: null }); // a session this page never saw run
