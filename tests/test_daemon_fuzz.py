@@ -83,20 +83,27 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     workdir: Path = tmp_path_factory.mktemp("fuzz")
     broker = Broker(workdir)
     broker.start()
-    daemon = DaemonProcess(
-        daemon_config(workdir, broker.port, treadmill_id=TM, sensors="mqtt"), workdir / "d.log"
-    )
-    daemon.start()
-    client, replies, states, online = _connect(broker.port)
+    # Each stopped whatever fails after it started, the broker last: one left running would
+    # outlive the test run.
     try:
-        while online.get(timeout=WAIT_S) != b"online":
-            pass
-        first = states.get(timeout=WAIT_S)
-        yield Rig(daemon, client, replies, states, first, online)
+        daemon = DaemonProcess(
+            daemon_config(workdir, broker.port, treadmill_id=TM, sensors="mqtt"),
+            workdir / "d.log",
+        )
+        daemon.start()
+        try:
+            client, replies, states, online = _connect(broker.port)
+            try:
+                while online.get(timeout=WAIT_S) != b"online":
+                    pass
+                first = states.get(timeout=WAIT_S)
+                yield Rig(daemon, client, replies, states, first, online)
+            finally:
+                client.loop_stop()
+                client.disconnect()
+        finally:
+            daemon.stop()
     finally:
-        client.loop_stop()
-        client.disconnect()
-        daemon.stop()
         broker.kill()
 
 
