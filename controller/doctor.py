@@ -1175,7 +1175,7 @@ def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:
         words = line.value.split()
         # Mosquitto reads the direction without regard to case (strcasecmp): IN is in.
         direction = words[1].lower() if len(words) > 1 else "out"
-        if direction not in ("in", "both") or not words:
+        if direction not in ("in", "both"):
             continue
         local = words[3] if len(words) > 3 else ""
         local = "" if local in ('""', "''") else local
@@ -1202,8 +1202,7 @@ def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
     its command line names (-c, --config-file), from /proc. A broker started with another
     file, or with none (Mosquitto's defaults: no passwords, no ACL), is not judged by reading
     this one. Nothing when its process cannot be seen (the listeners check says so)."""
-    ours = [s for s in listening() if s.port == broker.port]
-    owners = socket_owners({s.inode for s in ours}) if ours else {}
+    _, owners = _port_owners(broker.port)
     if not owners:
         return []
     pid = min(owners.values())
@@ -1366,11 +1365,18 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
     return checks
 
 
+def _port_owners(port: int) -> tuple[bool, dict[int, int]]:
+    """Whether anything on this board listens on ``port``, and the processes holding those
+    sockets that the doctor can see (socket inode -> pid): the broker's, for [mqtt] port."""
+    ours = [s for s in listening() if s.port == port]
+    return bool(ours), socket_owners({s.inode for s in ours}) if ours else {}
+
+
 def check_listeners(broker: BrokerSettings, conf: MosquittoConf | None) -> list[Check]:
     """What the broker's process listens on, from the kernel's socket tables: only loopback,
     but for TLS listeners. The process is the one listening on the daemon's port."""
-    ours = [s for s in listening() if s.port == broker.port]
-    if not ours:
+    heard, owners = _port_owners(broker.port)
+    if not heard:
         return [
             Check(
                 "listeners",
@@ -1381,7 +1387,6 @@ def check_listeners(broker: BrokerSettings, conf: MosquittoConf | None) -> list[
                 "(ss -ltnp)",
             )
         ]
-    owners = socket_owners({s.inode for s in ours})
     if not owners:
         return [
             Check(
