@@ -416,19 +416,18 @@ class System:
         session_id = int(command.session_id)
         try:
             row = self.journal.session(session_id) if self.journal is not None else None
-            known = row is not None
-            entries = len(self.journal.outcome_entries(session_id)) if known and self.journal else 0
+            entries = len(self.journal.outcome_entries(session_id)) if row and self.journal else 0
         except JournalError as exc:  # a journal that cannot be read: a journal failure
             self._journal_failed(str(exc))
-            row, known, entries = None, False, 0
+            row, entries = None, 0
         if self.journal is None:
             reply = Refused(
                 RefusalCode.PRECONDITIONS_UNMET,
                 f"the journal cannot be written ({self.journal_problem or 'none open'})",
             )
-        elif not known:
+        elif row is None:
             reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
-        elif isinstance(command, OutcomeAfter) and row is not None and row.ended_at is None:
+        elif isinstance(command, OutcomeAfter) and row.ended_at is None:
             # The record after a session says how the user was after it: entered during it, it
             # would be dated before the session ended, and weighed by the plan as if after.
             reply = Refused(
