@@ -96,6 +96,7 @@ from treadguard.contract.mqtt import (
     to_payload,
 )
 from treadguard.controller.aio import in_own_task, wait_until_set
+from treadguard.controller.log_budget import LogBudget
 from treadguard.controller.mqtt_settings import BrokerSettings, broker_settings
 from treadguard.safety.core import Snapshot
 from treadguard.safety.decisions import Event, EventType
@@ -337,12 +338,12 @@ class TabletLink:
         self.rate_limited = 0  # commands refused rate_limited, not run
         self._refused_waiting = 0  # of which: in the outbox
         self.published = 0  # events and replies acknowledged by the broker
-        self._drops_reported_t = -math.inf
         self._failures: dict[str, int] = {}  # unexpected exceptions in handlers, per kind
-        self._refusal_log_t = -math.inf
-        self._refusals_logged = 0
-        self._refusals_not_logged = 0
-        self._failures_logged: dict[str, float] = {}
+        # What a flood may put in the log: a few lines a second, then their number, told when
+        # the second is over (:meth:`_tell_held_logs`, on every turn of the outbox).
+        self._refusal_log = LogBudget(REFUSALS_LOGGED_PER_S)
+        self._failure_logs: dict[str, LogBudget] = {}  # per kind: one traceback a second
+        self._drops_log = LogBudget(1)
 
     @classmethod
     def configured(
@@ -453,6 +454,12 @@ class TabletLink:
         swallows a cancellation that arrives as the publication completes, and a loop relying
         on that cancellation would then never end.
         """
+        try:
+            await self._run_workers()
+        finally:
+            self._tell_held_logs(self._hooks.now(), stopping=True)
+
+    async def _run_workers(self) -> None:
         while True:
             worker = asyncio.create_task(self._connect_forever(), name="mqtt-link-worker")
             try:
@@ -655,16 +662,9 @@ class TabletLink:
         number, once the second is over: a flood must not flood the log (SR-15)."""
         assert reply.error is not None
         now = self._hooks.now()
-        if now - self._refusal_log_t >= 1.0:
-            if self._refusals_not_logged:
-                self._log.warning(
-                    "mqtt_commands_refused_not_logged", count=self._refusals_not_logged
-                )
-            self._refusal_log_t, self._refusals_logged, self._refusals_not_logged = now, 0, 0
-        if self._refusals_logged >= REFUSALS_LOGGED_PER_S:
-            self._refusals_not_logged += 1
+        self._tell_held_logs(now)
+        if not self._refusal_log.admit(now):
             return
-        self._refusals_logged += 1
         self._log.info(
             "mqtt_command_refused", id=reply.id, code=reply.error.value, message=reply.message
         )
@@ -679,9 +679,28 @@ class TabletLink:
         count = self._failures.get(what, 0) + 1
         self._failures[what] = count
         now = self._hooks.now()
-        if now - self._failures_logged.get(what, -math.inf) >= 1.0:
-            self._failures_logged[what] = now
+        self._tell_held_logs(now)
+        budget = self._failure_logs.setdefault(what, LogBudget(1))
+        if budget.admit(now):
             self._log.error(what, count=count, error=repr(exc), traceback=_trace(exc), **fields)
+
+    def _tell_held_logs(self, now: float, *, stopping: bool = False) -> None:
+        """The number of what a flood kept out of the log, once its second is over (or the
+        link stops): told even when nothing comes after the flood to carry it."""
+        held = self._refusal_log.flush() if stopping else self._refusal_log.due(now)
+        if held:
+            self._log.warning("mqtt_commands_refused_not_logged", count=held)
+        for what, budget in self._failure_logs.items():
+            held = budget.flush() if stopping else budget.due(now)
+            if held:
+                self._log.error(
+                    "handler_failures_not_logged",
+                    failed=what,
+                    count=held,
+                    total=self._failures[what],
+                )
+        if self._drops_log.flush() if stopping else self._drops_log.due(now):
+            self._log_drops()
 
     def _queue_reply(self, reply: CommandReply, *, keep: bool) -> None:
         self._look = True  # the command may have changed the state: it goes out first
@@ -720,16 +739,20 @@ class TabletLink:
             self._failed("state_handler_failed", exc)
 
     def _report_drops(self) -> None:
-        """A flood drops thousands a second: say so at most once a second, with the counts."""
+        """A flood drops thousands a second: say so at most once a second, with the counts,
+        and once more when the second is over if more came in it."""
         now = self._hooks.now()
-        if now - self._drops_reported_t >= 1.0:
-            self._drops_reported_t = now
-            self._log.warning(
-                "mqtt_outbox_full",
-                dropped_events=self.dropped_events,
-                rate_limited=self.rate_limited,
-                dropped_replies=self.dropped_replies,
-            )
+        self._tell_held_logs(now)
+        if self._drops_log.admit(now):
+            self._log_drops()
+
+    def _log_drops(self) -> None:
+        self._log.warning(
+            "mqtt_outbox_full",
+            dropped_events=self.dropped_events,
+            rate_limited=self.rate_limited,
+            dropped_replies=self.dropped_replies,
+        )
 
     async def _until_disconnected(self, client: aiomqtt.Client) -> None:
         """Everything subscribed to is routed inline; this only notices a lost connection
@@ -745,6 +768,7 @@ class TabletLink:
         while not self._stop.is_set():
             self._wake.clear()
             last_key, _ = self._pump(paho, last_key)
+            self._tell_held_logs(self._hooks.now())
             wait = max(0.0, self._next_look - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):

@@ -161,7 +161,9 @@ async def test_sr15_an_unforeseen_failure_while_handling_a_command_is_answered_i
         await estop_is_carried_out(doc)
         assert_never_reconnected(daemon, doc)
     log = daemon.log_text()
-    assert log.count('"command_failed"') == 1  # logged once a second at most, with a count
+    # Logged once a second at most; the others of that second as their number, once it is over.
+    assert log.count('"event": "command_failed"') == 1
+    assert '"count": 2, "total": 3, "event": "handler_failures_not_logged"' in log
     assert "LookupError: an unforeseen failure in the journal" in log  # with its traceback
     assert daemon.alive()
     refusals = journal_rows(broker, tm, "command_refused")

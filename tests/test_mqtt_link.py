@@ -13,21 +13,37 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
+import structlog.testing
 
 from tests.mosquitto import WAIT_S, Broker, Login, Tablet, body, tablet, text_is
 from treadguard.contract.mqtt import default_prefix
-from treadguard.controller.mqtt_link import DEFAULT_TUNING, LinkHooks, LinkTuning, TabletLink
+from treadguard.controller.mqtt_link import (
+    DEFAULT_TUNING,
+    REFUSALS_LOGGED_PER_S,
+    LinkHooks,
+    LinkTuning,
+    TabletLink,
+)
 from treadguard.controller.mqtt_settings import BrokerSettings, TlsSettings
 from treadguard.safety.core import SessionView, Snapshot
-from treadguard.safety.decisions import ACCEPTED, Event, EventType, Reply, State
+from treadguard.safety.decisions import (
+    ACCEPTED,
+    Event,
+    EventType,
+    RefusalCode,
+    Refused,
+    Reply,
+    State,
+)
 from treadguard.safety.inputs import EStop, Hand, Heartbeat, TabletCommand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -548,3 +564,87 @@ async def test_sr14_the_journal_commits_before_a_state_goes_out(broker: Broker) 
         running = await tab.next(f"{p}/state", lambda m: body(m)["state"] == "running")
         assert running.retain
     assert State.RUNNING in committed
+
+
+async def _logged_within(
+    logs: list[MutableMapping[str, Any]], event: str, within: float
+) -> list[MutableMapping[str, Any]]:
+    """The captured lines of ``event``, once there is one, polled for up to ``within`` s."""
+    async with asyncio.timeout(within):
+        while True:
+            lines = [line for line in logs if line["event"] == event]
+            if lines:
+                return lines
+            await asyncio.sleep(0.05)  # polling a list the link appends to
+
+
+@pytest.mark.asyncio
+async def test_sr15_a_flood_that_ends_inside_its_second_still_has_its_number_logged(
+    broker: Broker,
+) -> None:
+    """Refusals past the log's budget of a second are told as a number once that second is
+    over, even when nothing comes after them to carry it: a flood that stops inside its second
+    is not left half told."""
+    tm = "tm-log-tail"
+    world = World(reply=Refused(RefusalCode.OUT_OF_RANGE, "2.5 mph is above the limit"))
+    p = f"treadmill/{tm}"
+    burst = REFUSALS_LOGGED_PER_S + 7
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            tablet(broker, f"{p}/reply", f"{p}/availability") as tab,
+            make_link(broker, world, tm) as link,
+        ):
+            await tab.next(f"{p}/availability", text_is("online"))
+            await asyncio.gather(
+                *(
+                    send(tab, tm, {"id": f"r{n}", "type": "set_speed", "mph": 2.5})
+                    for n in range(burst)
+                )
+            )
+            answered: set[str] = set()
+            async with asyncio.timeout(WAIT_S):
+                while len(answered) < burst:
+                    reply = body(await tab.next(f"{p}/reply"))
+                    assert isinstance(reply, dict)
+                    answered.update(reply.get("ids", [reply["id"]]))
+            told = await _logged_within(logs, "mqtt_commands_refused_not_logged", 3.0)
+            assert link.rate_limited == 0  # each was refused by the core, not for the rate
+    one_by_one = [line for line in logs if line["event"] == "mqtt_command_refused"]
+    assert len(one_by_one) + sum(int(str(line["count"])) for line in told) == burst
+    assert len(one_by_one) <= REFUSALS_LOGGED_PER_S * len(told)
+
+
+@pytest.mark.asyncio
+async def test_sr15_handler_failures_past_the_first_of_a_second_are_told_as_a_number(
+    broker: Broker,
+) -> None:
+    """A handler that fails on every command: its traceback once a second, and the number of
+    failures not logged once that second is over, even if the failures stop inside it."""
+    tm = "tm-fail-tail"
+    world = World()
+    p = f"treadmill/{tm}"
+    burst = 6
+
+    def broken(command: TabletCommand) -> Reply:
+        raise RuntimeError("the controller is broken")
+
+    world.execute = broken  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            tablet(broker, f"{p}/reply", f"{p}/availability") as tab,
+            make_link(broker, world, tm),
+        ):
+            await tab.next(f"{p}/availability", text_is("online"))
+            await asyncio.gather(
+                *(send(tab, tm, {"id": f"b{n}", "type": "heartbeat"}) for n in range(burst))
+            )
+            for _ in range(burst):
+                reply = body(await tab.next(f"{p}/reply"))
+                assert isinstance(reply, dict)
+                assert reply["error"]["code"] == "internal_error"
+            told = await _logged_within(logs, "handler_failures_not_logged", 3.0)
+    with_trace = [line for line in logs if line["event"] == "command_failed"]
+    assert with_trace
+    assert all("RuntimeError" in str(line["traceback"]) for line in with_trace)
+    assert all(line["failed"] == "command_failed" for line in told)
+    assert len(with_trace) + sum(int(str(line["count"])) for line in told) == burst
