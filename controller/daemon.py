@@ -227,14 +227,17 @@ class Daemon:
     def _extra_state(self) -> JsonObject:
         """The state's extensions (docs/tablet-contract.md allows new fields): the control
         loop's lag, the programs a tablet may offer, the journal's use, the commissioning
-        (whether a session may start as far as it goes), the stop-quality watch, and which wired
-        sensor inputs cannot be read, and why."""
+        (whether a session may start as far as it goes), the stop-quality watch, whether queries
+        are answered, and which wired sensor inputs cannot be read, and why."""
         extra: JsonObject = {
             "loop": {**self.system.health.as_json()},
             "programs": self.system.programs,
             "journal": self.system.journal_state(),
             "commissioning": self.system.commissioning_state(),
             "stop_watch": self.system.stop_watch_state(),
+            # The patient view's answers come on a connection of their own, which may be up
+            # later than this one, or not at all (an account the broker refuses).
+            "queries": {"connected": self.query_link.connected},
         }
         problems = self.sensors.problems()
         if problems:

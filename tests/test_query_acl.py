@@ -30,7 +30,6 @@ from tests.mosquitto import (
     body,
     login,
     tablet,
-    text_is,
 )
 from tests.test_mqtt_security import publish_refused, secured  # noqa: F401
 
@@ -84,12 +83,15 @@ async def one_session(doc: Clinician, user: str) -> str:
 
 @asynccontextmanager
 async def asker(broker: Broker, account: str, *topics: str) -> AsyncIterator[Tablet]:
-    """A connection of ``account`` that reads its own answers, once the daemon is online (a
-    query published before the daemon subscribed would reach nobody)."""
-    async with tablet(
-        broker, reply_topic(account), f"{P}/availability", *topics, **login(account)
-    ) as tab:
-        await tab.next(f"{P}/availability", text_is("online"), within=SESSION_WAIT_S)
+    """A connection of ``account`` that reads its own answers, once the daemon's state says
+    its query connection is up (a query published before the daemon subscribed would reach
+    nobody; its commands' connection, which says "online", may be up first)."""
+    async with tablet(broker, reply_topic(account), f"{P}/state", *topics, **login(account)) as tab:
+        await tab.next(
+            f"{P}/state",
+            lambda m: body(m).get("queries") == {"connected": True},
+            within=SESSION_WAIT_S,
+        )
         yield tab
 
 

@@ -80,6 +80,8 @@ async def test_a_query_connection_the_broker_refuses_leaves_sessions_running(
 ) -> None:
     async with clinician(secured, TM, account="tablet") as doc:
         await doc.start_running("u-nologin")
+        # The page can tell: its patient view would wait for answers that never come.
+        assert (doc.latest or {})["queries"] == {"connected": False}
         ok(await doc.command("stop"))
         ended = await doc.event("session_ended")
         assert ended["reason"] == "operator_stop", ended
