@@ -1076,6 +1076,18 @@ function ask(type, fields, timeoutMs, onAnswer) {
     onAnswer({ ok: false, error: { message: "no connection to the broker" } });
     return;
   }
+  if (view.state && view.state.queries && view.state.queries.connected === false) {
+    // Said at once: asked now, the question would reach nobody and wait out its time.
+    onAnswer({
+      ok: false,
+      error: {
+        message:
+          "the treadmill cannot answer record questions right now (its connection for them " +
+          "is down); sessions run as ever. Try again in a moment.",
+      },
+    });
+    return;
+  }
   const id = commandId();
   const timer = setTimeout(() => {
     asked.delete(id);

@@ -713,6 +713,48 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
         secured.kill()
 
 
+@pytest.mark.asyncio
+async def test_the_patient_view_says_at_once_that_the_treadmill_cannot_answer_its_questions(
+    tmp_path: Path,
+) -> None:
+    """The daemon's connection for queries refused by the broker (no password for its account):
+    the page reads it in the state and says so when the patient view opens, rather than asking
+    a question nobody will hear and waiting out its time; the live view works as ever."""
+    need_broker_and_page()
+    tm = "tm-page-no-queries"
+    secured = Broker(tmp_path, extra=auth_lines(tmp_path), http_dir=PAGE_DIR)
+    config = daemon_config(
+        tmp_path, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
+    )
+    env = {"TREADGUARD_MQTT__PASSWORD": PASSWORDS["treadguard"]}  # none for the queries
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=env)
+    try:
+        secured.start()
+        daemon.start()
+        async with (
+            chromium() as browser,
+            tablet_page(browser, page_url(secured, tm)) as tab,
+        ):
+            page = tab.page
+            await expect(page.locator("#login")).to_be_visible(timeout=ONLINE_WAIT_MS)
+            await page.fill("#login-user", "tablet")
+            await page.fill("#login-password", PASSWORDS["tablet"])
+            await page.click("#login button")
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+            await page.fill("#user", "u-noq")
+            await page.click("#patient-open")
+            await expect(page.locator("#patient-status")).to_have_text(
+                "No history: The treadmill cannot answer record questions right now (its "
+                "connection for them is down); sessions run as ever. Try again in a moment."
+            )
+        assert '"query_connection_up"' not in daemon.log_text()
+    finally:
+        daemon.stop()
+        secured.kill()
+
+
 # ----------------------------------------------------------------------------- commissioning
 
 
