@@ -62,7 +62,6 @@ from treadguard.controller.broker_config import (
     breaches,
     file_lines,
     listening,
-    overlap,
     owner_words,
     parse_acl,
     process_name,
@@ -1120,7 +1119,7 @@ def check_broker_files(
         ),
         _judge_conf(conf),
         *_judge_bridges(conf, broker.prefix),
-        *_running_conf(broker, options.mosquitto_conf),
+        *_running_conf(broker, options.mosquitto_conf, conf),
         *_judge_acl(conf, loaded, broker),
         *check_listeners(broker, conf),
     ]
@@ -1129,12 +1128,19 @@ def check_broker_files(
 def _judge_conf(conf: MosquittoConf) -> Check:
     read = ", ".join(str(path) for path, _ in conf.files)
     problems = [f"{path} is empty (0 bytes)" for path in conf.empty_files()]
-    per_listener = conf.last("per_listener_settings")
-    if per_listener is not None and per_listener.first_word in ("true", "1"):
-        problems.append(
-            f"per_listener_settings true ({per_listener.where}): each listener then has "
-            "accounts and an ACL of its own, which the doctor does not judge"
-        )
+    # Any line, not only the last: Mosquitto puts each security line (acl_file, password_file,
+    # allow_anonymous) where the setting points when it reads it, so one read while it was on
+    # belongs to a listener, and is out of force if the setting ends off.
+    for per_listener in conf.lines:
+        if per_listener.key == "per_listener_settings" and per_listener.first_word not in (
+            "false",
+            "0",
+        ):
+            problems.append(
+                f"per_listener_settings {per_listener.value} ({per_listener.where}): the "
+                "accounts and ACL read while it is on are a listener's own, which the doctor "
+                "does not judge, and out of force once it is off"
+            )
     anonymous = conf.last("allow_anonymous")
     if anonymous is None:
         problems.append("no allow_anonymous false")
@@ -1160,10 +1166,14 @@ def _judge_conf(conf: MosquittoConf) -> Check:
 
 
 def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:
-    """A bridge (``connection``) whose ``topic`` lines bring messages in (``in``, ``both``) on
-    the treadmill's topics: Mosquitto 2.0.11 checks no message a bridge brings in against the
-    ACL, so whoever may publish on the far broker commands the belt or speaks for its sensors.
-    ``topic PATTERN [out|in|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]``, ``out`` by default."""
+    """A bridge (``connection``) with a ``topic`` line that brings messages in (``in``,
+    ``both``, any case): Mosquitto 2.0.11 checks no message a bridge brings in against the ACL,
+    so whoever may publish on the far broker commands the belt or speaks for its sensors if
+    the topic, its prefixes and its remapping reach the treadmill's. Which topics a line
+    brings in is not judged: Mosquitto's reading of the words after the direction (a word
+    beginning with # ends the line there, a prefix is put before the pattern) has been
+    misread before, and a board needs nothing brought in. ``topic PATTERN [out|in|both ...]``,
+    ``out`` by default."""
     checks = []
     bridge: ConfLine | None = None
     for line in conf.lines:
@@ -1173,31 +1183,27 @@ def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:
         if line.key != "topic" or bridge is None:
             continue
         words = line.value.split()
-        # Mosquitto reads the direction without regard to case (strcasecmp): IN is in.
+        # Mosquitto reads the direction without regard to case (strcasecmp): IN is in. Any
+        # word there but "out" is taken as bringing in (a word it refuses stops the broker).
         direction = words[1].lower() if len(words) > 1 else "out"
-        if direction not in ("in", "both"):
-            continue
-        local = words[3] if len(words) > 3 else ""
-        local = "" if local in ('""', "''") else local
-        topic = local + words[0]
-        if not overlap(topic.split("/"), f"{prefix}/#".split("/")):
+        if direction == "out":
             continue
         checks.append(
             Check(
                 "broker config",
                 Verdict.FAIL,
                 f"{line.where} ('topic {line.value}'): the bridge {bridge.value} "
-                f"({bridge.where}) brings {topic} in, and Mosquitto checks no message a bridge "
-                "brings in against the ACL: whoever may publish there commands the treadmill "
-                "or speaks for its sensors",
-                f"bridge only out of this broker (topic PATTERN out), or only topics outside "
-                f"{prefix}/; then sudo systemctl restart mosquitto",
+                f"({bridge.where}) brings messages in, and Mosquitto checks no message a "
+                "bridge brings in against the ACL: whoever may publish on the far broker could "
+                f"command the treadmill or speak for its sensors ({prefix}/)",
+                "bridge only out of this broker (topic PATTERN out); then sudo systemctl "
+                "restart mosquitto",
             )
         )
     return checks
 
 
-def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
+def _running_conf(broker: BrokerSettings, judged: Path, conf: MosquittoConf) -> list[Check]:
     """Whether the broker listening on [mqtt] port runs the configuration judged: the file
     its command line names (-c, --config-file), from /proc. A broker started with another
     file, or with none (Mosquitto's defaults: no passwords, no ACL), is not judged by reading
@@ -1205,7 +1211,23 @@ def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
     _, owners = _port_owners(broker.port)
     if not owners:
         return []
-    pid = min(owners.values())
+    pids = sorted(set(owners.values()))
+    if len(pids) > 1:
+        # Which one a client reaches depends on the address it dials: the one not judged
+        # may let every account command.
+        return [
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                f"{len(pids)} processes listen on port {broker.port} ([mqtt] port): "
+                + ", ".join(f"{process_name(p)} (pid {p})" for p in pids)
+                + "; the doctor judges one configuration, and cannot tell which of them a "
+                "client reaches",
+                "stop all but the board's broker (sudo ss -ltnp to see them), then run the "
+                "doctor again",
+            )
+        ]
+    pid = pids[0]
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -1242,7 +1264,58 @@ def _running_conf(broker: BrokerSettings, judged: Path) -> list[Check]:
                 f"run the doctor with --mosquitto-conf {named[-1]} if that one alone is it",
             )
         ]
-    return []
+    return _seen_alike(pid, who, conf, cwd)
+
+
+def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
+    """Whether the broker's process finds the files judged here at their paths: in a mount
+    namespace of its own (a systemd drop-in's BindPaths, a container) another file can be
+    there. Compared through /proc/PID/root, file by file and folder listing by folder."""
+    try:
+        ours, theirs = (os.stat(f"/proc/{p}/ns/mnt").st_ino for p in ("self", pid))
+    except OSError:
+        return [
+            Check(
+                "broker config",
+                Verdict.TODO,
+                f"not checked: whether {who} finds the files judged here at their paths (the "
+                f"doctor, running as {_me()}, cannot see its mount namespace)",
+                RUN_AS_ROOT,
+            )
+        ]
+    if ours == theirs:
+        return []
+    paths = [path for path, _ in conf.files]
+    paths += [
+        Path(line.value)
+        for line in conf.lines
+        if line.key in ("include_dir", "acl_file", "password_file")
+    ]
+    differ = []
+    for path in (Path(cwd, p) for p in paths):  # a relative one is the broker's cwd's
+        there = Path(f"/proc/{pid}/root") / path.relative_to(path.anchor)
+        try:
+            mine, seen = path.stat(), there.stat()
+            same = (mine.st_dev, mine.st_ino) == (seen.st_dev, seen.st_ino)
+            if same and path.is_dir():
+                same = sorted(os.listdir(path)) == sorted(os.listdir(there))
+        except OSError:
+            same = False
+        if not same:
+            differ.append(str(path))
+    if not differ:
+        return []
+    return [
+        Check(
+            "broker config",
+            Verdict.FAIL,
+            f"{who} runs in a mount namespace of its own and finds other files than the doctor "
+            f"at {', '.join(differ)}: what it lets each account do is not what was judged",
+            "remove what binds or mounts other files over the broker's (systemctl cat "
+            "mosquitto: BindPaths, BindReadOnlyPaths, TemporaryFileSystem), then sudo "
+            "systemctl restart mosquitto",
+        )
+    ]
 
 
 def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import subprocess
 import threading
 import time
@@ -112,10 +114,21 @@ async def _harm_then_doctor(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("direction", ["in", "IN", "Both"])
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "in 1",
+        "IN 1",
+        "Both 1",
+        # Mosquitto takes a word that begins with # after the direction as the start of a
+        # comment: no local prefix here, whatever the comment's words look like.
+        "both 1 # keep the clinic HQ dashboard in sync",
+        "in 2 #x hq/",
+    ],
+)
 async def test_a_bridge_that_brings_commands_in_is_not_passed(
     rig: Rig,  # noqa: F811
-    direction: str,
+    rest: str,
 ) -> None:
     """A `connection` bridge in the broker's configuration (a clinic's HQ broker, here one
     that lets anyone in) with `topic treadmill/# in`: Mosquitto never checks a bridge's
@@ -129,7 +142,7 @@ async def test_a_bridge_that_brings_commands_in_is_not_passed(
             rig,
             auth_lines(rig.tmp)
             + f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\n"
-            + f"topic treadmill/# {direction} 1\n",
+            + f"topic treadmill/# {rest}\n",
         )
         code, verdicts, out = await _harm_then_doctor(
             rig, f"treadmill/{SENSOR_TM}/cmd", None, hq.port
@@ -138,6 +151,106 @@ async def test_a_bridge_that_brings_commands_in_is_not_passed(
         hq.stop()
     assert code == 1, (verdicts, out)
     assert "FAIL" in verdicts["broker config"] + verdicts["ACL file"], verdicts
+
+
+@pytest.mark.asyncio
+async def test_an_acl_read_while_per_listener_settings_was_on_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """Mosquitto puts each security line where per_listener_settings points when it reads it:
+    an acl_file read while it is true goes to the listener, and is out of force once it ends
+    false. Every account then writes everywhere, here the dashboard on the commands."""
+    auth = auth_lines(rig.tmp)
+    acl = f"acl_file {ACL}\n"
+    assert acl in auth
+    switched = auth.replace(acl, "").replace(
+        "per_listener_settings false\n",
+        f"per_listener_settings true\n{acl}per_listener_settings false\n",
+    )
+    _broker_anew(rig, switched)
+    code, verdicts, out = await _harm_then_doctor(
+        rig, f"treadmill/{SENSOR_TM}/cmd", ("dashboard", PASSWORDS["dashboard"]), rig.broker.port
+    )
+    assert code == 1, (verdicts, out)
+    assert "FAIL" in verdicts["broker config"], verdicts
+
+
+class _BrokerSeeing(Broker):
+    """A broker that finds ``shown`` at ``path``: started in a mount namespace of its own with
+    ``shown`` bound over ``path`` (a systemd drop-in's BindReadOnlyPaths does the same)."""
+
+    def __init__(self, workdir: Path, extra: str, *, shown: Path, path: Path) -> None:
+        super().__init__(workdir, extra)
+        self.shown, self.path = shown, path
+
+    def start(self) -> None:
+        script = 'mount --bind "$1" "$2" && exec "$3" -c "$4"'
+        argv = [str(self.shown), str(self.path), MOSQUITTO, str(self.conf)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_listening(self.proc, [self.port], lambda: f"mosquitto exited: {self.log.read_text()}")
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_finds_other_files_at_the_paths_judged_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """The broker's files, read in the doctor's mount namespace, are not what a broker in a
+    namespace of its own reads at the same paths: here an ACL bound over the shipped one that
+    lets the dashboard command. The doctor judges what the broker's process finds."""
+    need("root and unshare (util-linux) for a mount namespace", os.geteuid() == 0)
+    lenient = rig.tmp / "acl.try"
+    lenient.write_text(ACL.read_text() + "\nuser dashboard\ntopic write treadmill/+/cmd\n")
+    rig.broker.stop()
+    rig.broker = _BrokerSeeing(rig.tmp, auth_lines(rig.tmp), shown=lenient, path=ACL)
+    rig.broker.start()
+    code, verdicts, out = await _harm_then_doctor(
+        rig, f"treadmill/{SENSOR_TM}/cmd", ("dashboard", PASSWORDS["dashboard"]), rig.broker.port
+    )
+    assert code == 1, (verdicts, out)
+    assert "FAIL" in verdicts["broker config"], verdicts
+    assert str(ACL) in out
+
+
+def _open_broker(conf: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """A Mosquitto that lets anyone do anything, on ``host``:``port``, listening."""
+    conf.write_text(f"listener {port} {host}\nallow_anonymous true\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10.0
+    while True:  # bounded: until it accepts a connection, ends, or the deadline
+        assert proc.poll() is None, "the second mosquitto exited"
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_two_processes_on_the_broker_s_port_are_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """A second broker on another loopback address and the same port, without the ACL: the
+    daemon's [mqtt] host may be the one that lets every account command. The doctor cannot
+    tell which one a client reaches, and does not pass the board."""
+    other = _open_broker(rig.tmp / "open.conf", "127.0.0.2", rig.broker.port)
+    try:
+        rig.drive = 'kind = "simulator"'
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
 
 
 def test_include_dir_files_are_read_in_mosquitto_s_order(tmp_path: Path) -> None:
