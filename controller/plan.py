@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -132,16 +132,29 @@ def propose(
     week = _week(first.started_at, now, zone)
     phase = _phase_at(rules, week, None if own is None else own.phase)
     held = _holds(record, rules, last, zone)
-    if held and last.program in programs:
-        program = programs[last.program]
-        cap = _within(last.cap_s, program)
+    if held and (last.program in programs or bound_holds):
+        # Held: the program and cap of the session that holds, but never more than the rules
+        # gave it. One started by hand with more (8 min after a 5 min session; intervals in
+        # week 1) holds at what the rules proposed for it.
+        ran = programs.get(last.program)
+        gave = _rules_gave(record, rules, programs, last, first, zone) if bound_holds else None
+        if ran is not None:
+            program, cap = ran, _within(last.cap_s, ran)
+        else:
+            assert gave is not None
+            program, cap = programs[gave.program], gave.cap_s
         words = f"held at {_lower_first(program.title)}: {held}"
-        # Held is never more than the rules gave that session: one started by hand at a
-        # longer cap (8 min after a 5 min session) holds at what the rules proposed for it.
-        given = _rules_gave(record, rules, programs, last, zone) if bound_holds else None
-        if given is not None and given < cap:
-            cap = given
-            words += f" (at most the {_cap(given)} the rules gave session {last.id})"
+        if gave is not None and _rank(rules, programs[gave.program], gave.cap_s) < _rank(
+            rules, program, cap
+        ):
+            if gave.program == program.name:
+                words += f" (at most the {_cap(gave.cap_s)} the rules gave session {last.id})"
+            else:
+                words += (
+                    f" (at most {_lower_first(gave.program_title)}, {_cap(gave.cap_s)}, as the "
+                    f"rules gave session {last.id})"
+                )
+            program, cap = programs[gave.program], gave.cap_s
         held_phase = _phase_of(rules, program) or phase
         return _proposal(
             record, rules, program, cap, words, week, note, held_phase, held=True, counted=True
@@ -367,23 +380,53 @@ def _rules_gave(
     rules: ProgressionRules,
     programs: Mapping[str, Program],
     last: SessionRow,
+    first: SessionRow,
     zone: ZoneInfo,
-) -> float | None:
-    """The cap the rules proposed for ``last``'s program when ``last`` began: from the record
-    as it stood then. The program's default cap if they proposed another program; None when
-    ``last``'s program is not among ``programs``."""
-    program = programs.get(last.program)
-    if program is None:
-        return None
-    before = UserRecord(
+) -> Proposal:
+    """The proposal the rules made for ``last`` when it began: from the record as it stood
+    then, itself bounded the same way if the session before ``last`` held too (``first``:
+    the user's first session that counts, without which nothing is held).
+
+    Without recursion: the sessions that held one after another, back from ``last``, are
+    walked once; the proposal before the first of them is made without a hold, and each held
+    session after it then gives the next no more than it had itself (what it ran, bounded by
+    what it was given). A record of 1,500 holds costs one walk, not 1,500 proposals."""
+    ordered = sorted(record.sessions, key=lambda s: s.id)
+    index = {s.id: i for i, s in enumerate(ordered)}
+    chain = [last]
+    while first.id < chain[-1].id:  # before the first session that counts nothing holds
+        # The session before, as propose() would take it from the record as it stood then.
+        previous = _last_session(ordered, end=index[chain[-1].id]) or first
+        if not _holds(record, rules, previous, zone):
+            break
+        chain.append(previous)
+    earliest = chain[-1]
+    start = UserRecord(
         record.user,
-        [s for s in record.sessions if s.id < last.id],
+        [s for s in ordered if s.id < earliest.id],
         outcomes=record.outcomes,
         confirmed=record.confirmed,
         measures=record.measures,
     )
-    then = propose(before, rules, programs, zone=zone, now=last.started_at, bound_holds=False)
-    return then.cap_s if then.program == program.name else program.cap_s_default
+    # The session before ``earliest`` does not hold: no bound is asked for.
+    gave = propose(start, rules, programs, zone=zone, now=earliest.started_at, bound_holds=False)
+    for held in reversed(chain[1:]):  # oldest first; each gives the next what it had
+        ran = programs.get(held.program)
+        if ran is not None:
+            cap = _within(held.cap_s, ran)
+            if _rank(rules, ran, cap) < _rank(rules, programs[gave.program], gave.cap_s):
+                gave = replace(gave, program=ran.name, program_title=ran.title, cap_s=cap)
+    return gave
+
+
+def _rank(rules: ProgressionRules, program: Program, cap: float) -> tuple[int, float]:
+    """How much a program and cap ask of a user: a first session's least, then each phase's
+    program in the protocol's order, then a program no phase names (not known to ask less);
+    then the cap."""
+    order = [phase.program for phase in rules.phase]
+    if program.first_session:
+        return -1, cap
+    return (order.index(program.name) if program.name in order else len(order)), cap
 
 
 def _holds(
@@ -452,12 +495,13 @@ def _proposal(
 # ----------------------------------------------------------------------------- small rules
 
 
-def _last_session(sessions: Sequence[SessionRow]) -> SessionRow | None:
-    """The newest session that has ended and says something of the user: the belt moved, or
-    it ended in an emergency stop, or treadguard stopped during it (its belt time is not
-    known: the belt may have run for minutes). A start aborted before the belt moved says
-    nothing."""
-    for s in reversed(sessions):
+def _last_session(sessions: Sequence[SessionRow], end: int | None = None) -> SessionRow | None:
+    """The newest session (of the first ``end``, all by default) that has ended and says
+    something of the user: the belt moved, or it ended in an emergency stop, or treadguard
+    stopped during it (its belt time is not known: the belt may have run for minutes). A start
+    aborted before the belt moved says nothing."""
+    for i in reversed(range(len(sessions) if end is None else end)):
+        s = sessions[i]
         if s.ended_at is None:
             continue
         belt = s.belt_moving_s

@@ -18,7 +18,7 @@ from treadguard.config.loading import load_config
 from treadguard.config.progression import ProgressionRules, UserPlan
 from treadguard.controller.first_session import counts
 from treadguard.controller.journal import Journal, MeasureRow, SessionRow
-from treadguard.controller.plan import UserRecord, measure_trends, propose
+from treadguard.controller.plan import UserRecord, _last_session, measure_trends, propose
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S
 
@@ -195,6 +195,33 @@ def test_a_hold_proposes_no_more_than_the_rules_gave_the_session_that_holds() ->
         assert got.reason.endswith("(at most the 6 min the rules gave session 3)"), got.reason
 
 
+def test_a_hold_after_a_harder_program_started_by_hand_proposes_the_one_the_rules_gave() -> None:
+    """Week 1: the first session counted, then intervals started by hand, ended in an
+    emergency stop. The rules gave that session reverse walking at 5 min: held, the user is
+    proposed that, never the intervals no rule has given them yet."""
+    for how, belt in (("estop", 2.0), ("interrupted", None)):
+        sessions = [
+            session(1, "first_session", "cap", 180.0),
+            session(2, "intervals", how, belt, day=1),
+        ]
+        got = plan(UserRecord("p-1", sessions), day=2)
+        assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
+        assert got.reason.endswith("(at most reverse walking, 5 min, as the rules gave session 2)")
+
+
+def test_holds_one_after_another_never_climb_above_what_the_rules_gave() -> None:
+    """Two sessions started by hand at 8 min, each ended in an emergency stop: the rules gave
+    the first of them 5 min, and the second's hold is no more than the first's was."""
+    sessions = [
+        session(1, "first_session", "cap", 180.0),
+        session(2, "reverse_walking", "estop", 20.0, cap_s=480.0, day=1),
+        session(3, "reverse_walking", "estop", 20.0, cap_s=480.0, day=2),
+    ]
+    got = plan(UserRecord("p-1", sessions), day=3)
+    assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
+    assert got.reason.endswith("(at most the 5 min the rules gave session 3)"), got.reason
+
+
 def test_a_record_of_holds_only_is_proposed_for_however_long_it_is() -> None:
     """Every session after the first ended in an emergency stop, 1,500 of them: the bound on a
     hold asks the record before the last session once, never once a session (Python's
@@ -369,6 +396,41 @@ def test_any_history_gets_a_proposal_with_a_reason_within_the_program_s_limits(
     if not had:
         assert program.first_session
         assert got.cap_s <= HARD_CAP_FIRST_SESSION_S
+
+
+def _rank(proposal: Any, rules: ProgressionRules) -> tuple[int, float]:
+    """How much a proposal asks of a user: its program's phase (a first session before any),
+    then its cap."""
+    order = [phase.program for phase in rules.phase]
+    if PROGRAMS[proposal.program].first_session:
+        return -1, proposal.cap_s
+    return (order.index(proposal.program) if proposal.program in order else len(order)), (
+        proposal.cap_s
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=records(), rules=RULESETS)
+def test_a_hold_never_asks_more_than_the_rules_gave_the_session_that_holds(
+    record: UserRecord, rules: ProgressionRules
+) -> None:
+    """Whatever was started by hand and however many holds came one after another: a held
+    proposal is no more (program, then cap) than the proposal the rules made before the
+    session that holds."""
+    last = _last_session(record.sessions)
+    if last is None:
+        return
+    got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
+    if not got.held:
+        return
+    before = UserRecord(
+        "p-1",
+        [s for s in record.sessions if s.id < last.id],
+        outcomes=record.outcomes,
+        confirmed=record.confirmed,
+    )
+    gave = propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
+    assert _rank(got, rules) <= _rank(gave, rules), (got.reason, gave.reason)
 
 
 @settings(max_examples=60, deadline=None)
