@@ -52,6 +52,20 @@ from treadguard.safety.stop_watch import baseline_problem
 # edited once released: a change to the schema is a new step at the end. Every step is written
 # so that it also applies to a journal that already has what it adds (IF NOT EXISTS): journals
 # written before the version was kept (user_version 0 with tables) are brought up the same way.
+_INDEXES_AND_COMPOSED_CODES = """
+CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
+CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
+CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
+-- Their first columns serve the reads of the two they replace, at the cost of one.
+DROP INDEX IF EXISTS events_by_session;
+DROP INDEX IF EXISTS measures_by_user;
+-- Users' codes in Unicode's composed form, the only one the contract takes now: a code an
+-- older treadguard took in another form ("e" and a combining accent) is the same text, and
+-- its record would otherwise be out of reach of the tablet and split from the new one's.
+UPDATE sessions SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
+UPDATE measures SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
+"""
 MIGRATIONS: tuple[str, ...] = (
     # 1: sessions, their events and the belt's speed.
     """
@@ -122,20 +136,11 @@ CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
     # sessions and their confirmations, ahead of any estop behind them, and a read that grows
     # with the years held one back by seconds (a count over 300,000 measures; every event of
     # a user's 600 sessions walked for the confirmations among them).
-    """
-CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
-CREATE INDEX IF NOT EXISTS measures_by_day ON measures(user, kind, measured_on);
-CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
-CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
--- Their first columns serve the reads of the two they replace, at the cost of one.
-DROP INDEX IF EXISTS events_by_session;
-DROP INDEX IF EXISTS measures_by_user;
--- Users' codes in Unicode's composed form, the only one the contract takes now: a code an
--- older treadguard took in another form ("e" and a combining accent) is the same text, and
--- its record would otherwise be out of reach of the tablet and split from the new one's.
-UPDATE sessions SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
-UPDATE measures SET user = treadguard_nfc(user) WHERE user <> treadguard_nfc(user);
-""",
+    _INDEXES_AND_COMPOSED_CODES,
+    # 5: the same again. Version 4 was first released with two of these indexes and without
+    # composing the codes: a journal it wrote says 4 and has neither. Every statement is
+    # idempotent, so on a journal that has them this step changes nothing.
+    _INDEXES_AND_COMPOSED_CODES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -80,6 +80,15 @@ CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
 CREATE INDEX IF NOT EXISTS events_by_session_and_type ON events(session_id, type);
 """
 )
+# Version 4 as its first release wrote it: two of the indexes, and codes left as they came.
+FIRST_RELEASED_4 = (
+    RELEASED[3]
+    + """
+CREATE INDEX IF NOT EXISTS measures_by_recorded_at ON measures(recorded_at);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
+"""
+)
+RELEASED[5] = RELEASED[4]  # the same schema: version 5 brings every version 4 to it
 # Every version before the current one; a new migration without its released schema here
 # fails test_every_earlier_version_is_covered.
 EARLIER = [v for v in RELEASED if v < SCHEMA_VERSION]
@@ -135,6 +144,42 @@ def test_an_older_journal_s_codes_are_brought_to_their_composed_form(tmp_path: P
         assert [s.id for s in journal.sessions(composed)] == [7]
         assert [m.value for m in journal.measures(composed)] == [12.0]
         assert journal.sessions(decomposed) == []
+    finally:
+        journal.close()
+
+
+def test_a_journal_of_version_4_s_first_release_gets_its_codes_composed_and_its_indexes(
+    tmp_path: Path,
+) -> None:
+    """Version 4 was released with two indexes first, its other indexes and the composing of
+    codes came after: a journal written then says version 4 and has neither. Opened, it has
+    both, as a journal brought to version 4 from 3 does."""
+    path = tmp_path / "j.sqlite"
+    decomposed, composed = "Jose\u0301-12", "Jos\u00e9-12"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(FIRST_RELEASED_4)
+        db.execute(
+            "INSERT INTO sessions VALUES (7, ?, 'first_session', 180, 1000, 1180, 'cap', 175.5,"
+            " 1.0)",
+            (decomposed,),
+        )
+        db.execute(
+            "INSERT INTO measures (user, kind, value, measured_on, recorded_at)"
+            " VALUES (?, 'tug', 12.0, '2026-11-30', 1000)",
+            (decomposed,),
+        )
+        db.execute("PRAGMA user_version = 4")
+    Journal.open(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        indexes = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+    assert {"measures_by_day", "events_by_session_and_type"} <= indexes
+    assert not {"events_by_session", "measures_by_user"} & indexes
+    journal = Journal.read_only(path)
+    try:
+        assert [s.id for s in journal.sessions(composed)] == [7]
+        assert [m.value for m in journal.measures(composed)] == [12.0]
     finally:
         journal.close()
 
