@@ -73,13 +73,20 @@ MAX_COMMAND_AHEAD_S = 1.0
 # A heartbeat too: a backlog of them, delivered at once after a stall, must not count as
 # someone watching the session now (SR-12). And a commissioning step's confirmation: the
 # technician confirms what they see now, not what they saw before the broker stalled. (Its
-# abort, like a stop, is obeyed however late.)
+# abort, like a stop, is obeyed however late.) And the entries of the clinician's record: the
+# last entry of a session's pain or a day's measure stands, so one delivered late, or sent
+# again after a restart (when the daemon no longer remembers its id), would stand over the
+# correction entered since.
 _AGE_CHECKED = frozenset(
     {
         CommandType.START_SESSION,
         CommandType.SET_SPEED,
         CommandType.HEARTBEAT,
         CommandType.COMMISSION_CONFIRM,
+        CommandType.OUTCOME_BEFORE,
+        CommandType.OUTCOME_AFTER,
+        CommandType.CONFIRM_FIRST_SESSION,
+        CommandType.RECORD_MEASURE,
     }
 )
 _UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
@@ -564,6 +571,10 @@ def _late(kind: str, ts: float, now_unix: float) -> str | None:
         CommandType.START_SESSION: "start",
         CommandType.SET_SPEED: "speed change",
         CommandType.COMMISSION_CONFIRM: "confirmation",
+        CommandType.OUTCOME_BEFORE: "entry of the record",
+        CommandType.OUTCOME_AFTER: "entry of the record",
+        CommandType.CONFIRM_FIRST_SESSION: "confirmation",
+        CommandType.RECORD_MEASURE: "measure",
     }
     what = words.get(kind, kind)
     age = now_unix - ts

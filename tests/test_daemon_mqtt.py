@@ -452,7 +452,17 @@ async def test_sr15_a_start_delivered_late_is_refused_a_stop_is_not(
         old_stop = {"id": "late-3", "type": "stop", "ts": time.time() - 60.0}
         await doc.raw(json.dumps(old_stop).encode())
         ok(await doc.reply_to("late-3"))
-        assert (await doc.event("session_ended"))["reason"] == "operator_stop"
+        ended = await doc.event("session_ended")
+        assert ended["reason"] == "operator_stop"
+        # An entry of the record sent again later (a replay after a restart, when its id is no
+        # longer remembered) must not stand over the correction entered since.
+        session = str(ended["session_id"])
+        entry = {"type": "outcome_after", "session_id": session, "pain": 8}
+        await doc.raw(json.dumps({"id": "late-4", **entry, "ts": time.time()}).encode())
+        ok(await doc.reply_to("late-4"))
+        replayed = {"id": "late-5", **entry, "ts": time.time() - 60.0}
+        await doc.raw(json.dumps(replayed).encode())
+        assert "too old" in refused(await doc.reply_to("late-5"), "not_allowed")
 
 
 @pytest.mark.asyncio

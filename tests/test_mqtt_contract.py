@@ -733,8 +733,8 @@ def test_sr8_fuzz_sensor_payloads_never_raise(raw: bytes) -> None:
 NOW_UNIX = 1_764_000_100.0
 
 
-def stamped(kind: str, age_s: float, **fields: object) -> bytes:
-    return json.dumps({"id": "c-1", "type": kind, "ts": NOW_UNIX - age_s, **fields}).encode()
+def stamped(type_: str, age_s: float, **fields: object) -> bytes:
+    return json.dumps({"id": "c-1", "type": type_, "ts": NOW_UNIX - age_s, **fields}).encode()
 
 
 @pytest.mark.parametrize(
@@ -745,6 +745,12 @@ def stamped(kind: str, age_s: float, **fields: object) -> bytes:
         ("heartbeat", {}),
         # A technician's confirmation held up by a broker is no longer what they see now.
         ("commission_confirm", {"step": "estop", "ask": "give_estop"}),
+        # An entry of the record delivered late, or sent again after a restart, would stand
+        # over the correction entered since.
+        ("outcome_before", {"session_id": "3", "pain": 5}),
+        ("outcome_after", {"session_id": "3", "pain": 8}),
+        ("confirm_first_session", {"session_id": "3"}),
+        ("record_measure", {"user": "u1", "kind": "tug", "value": 12.0}),
     ],
 )
 def test_sr15_a_stamped_start_speed_change_or_heartbeat_that_arrives_late_is_refused(
