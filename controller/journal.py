@@ -628,17 +628,20 @@ class Journal:
 
     def close_interrupted(self, ts: float) -> list[int]:
         """At start-up: sessions a crash left open end as ``interrupted``, at their last
-        record. Returns their ids."""
+        record, event or sample of the belt. Returns their ids."""
         open_ids = [
             int(r[0]) for r in self._query("SELECT id FROM sessions WHERE ended_at IS NULL")
         ]
         for session in open_ids:
             self._write(
-                "UPDATE sessions SET end_reason = 'interrupted', ended_at = COALESCE("
-                " (SELECT MAX(ts) FROM events WHERE session_id = ?), started_at),"
+                # The last record of either kind: the belt's samples go on after the last
+                # event (a session's belt ran for minutes after its belt_started).
+                "UPDATE sessions SET end_reason = 'interrupted', ended_at = MAX("
+                " COALESCE((SELECT MAX(ts) FROM events WHERE session_id = ?), started_at),"
+                " COALESCE((SELECT MAX(ts) FROM samples WHERE session_id = ?), started_at)),"
                 " max_speed_mph = (SELECT MAX(speed_mph) FROM samples WHERE session_id = ?)"
                 " WHERE id = ?",
-                (session, session, session),
+                (session, session, session, session),
             )
             self._write(
                 "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",

@@ -193,6 +193,7 @@ journal.record(Event(EventType.SESSION_STARTED, 0.0, {"session_id": "7", "user":
                "program": "first_session", "cap_s": 180.0}), ts=100.0)
 journal.sample(101.0, 0.9, 0.9)
 journal.record(Event(EventType.BELT_STARTED, 0.0, {}), ts=103.0)
+journal.sample(109.0, 0.8, 0.8)  # the belt still ran after its last event
 journal.commit()
 journal.record(Event(EventType.CAP_WARNING, 0.0, {}), ts=150.0)  # never committed
 os._exit(9)  # the process dies mid-transaction, as under SIGKILL
@@ -215,7 +216,9 @@ def test_sr14_a_session_a_crash_left_open_is_closed_as_interrupted(tmp_path: Pat
     session = again.session(7)
     assert session is not None
     assert session.end_reason == "interrupted"
-    assert session.ended_at == 103.0  # its last record on disk; the cap warning was lost
+    # Its last record on disk, a sample of the belt after its last event; the cap warning
+    # was lost.
+    assert session.ended_at == 109.0
     assert session.max_speed_mph == 0.9
     assert [e.type for e in again.events(7)] == [
         "session_started",
