@@ -236,11 +236,10 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
     unusual: list[str] = []
     parts = iter(range(1_000_000))
     for line in _conf_lines(path, files, unusual, next(parts)):
+        lines.append(line)  # an include_dir too: its folder is part of what was read
         if line.key == "include_dir":
             for included in included_files(Path(line.value)):
                 lines.extend(_conf_lines(included, files, unusual, next(parts)))
-        else:
-            lines.append(line)
     return MosquittoConf(files, lines, unusual)
 
 

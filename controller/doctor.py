@@ -1264,7 +1264,7 @@ def _running_conf(broker: BrokerSettings, judged: Path, conf: MosquittoConf) -> 
                 f"run the doctor with --mosquitto-conf {named[-1]} if that one alone is it",
             )
         ]
-    return _seen_alike(pid, who, conf, cwd)
+    return _seen_alike(pid, who, conf, cwd) or _changed_since_start(pid, who, conf, cwd)
 
 
 def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
@@ -1285,14 +1285,8 @@ def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check
         ]
     if ours == theirs:
         return []
-    paths = [path for path, _ in conf.files]
-    paths += [
-        Path(line.value)
-        for line in conf.lines
-        if line.key in ("include_dir", "acl_file", "password_file")
-    ]
     differ = []
-    for path in (Path(cwd, p) for p in paths):  # a relative one is the broker's cwd's
+    for path in _broker_paths(conf, cwd):
         there = Path(f"/proc/{pid}/root") / path.relative_to(path.anchor)
         try:
             mine, seen = path.stat(), there.stat()
@@ -1314,6 +1308,71 @@ def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check
             "remove what binds or mounts other files over the broker's (systemctl cat "
             "mosquitto: BindPaths, BindReadOnlyPaths, TemporaryFileSystem), then sudo "
             "systemctl restart mosquitto",
+        )
+    ]
+
+
+START_GRACE_S = 0.02  # two clock ticks
+
+
+def _broker_paths(
+    conf: MosquittoConf,
+    cwd: str,
+    keys: tuple[str, ...] = ("include_dir", "acl_file", "password_file"),
+) -> list[Path]:
+    """The files and folders a broker's configuration was read from: its files, and the
+    folders and files its lines of ``keys`` name (a relative one is the broker's working
+    folder's)."""
+    paths = [path for path, _ in conf.files]
+    paths += [Path(line.value) for line in conf.lines if line.key in keys]
+    return [Path(cwd, p) for p in paths]
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started, in unix seconds, from /proc, at most a clock tick (10 ms)
+    early; None if it cannot be read. The kernel counts it in ticks since boot on the boot
+    clock: now, less the time since then."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22, counted after the command's name, which may hold spaces and parentheses.
+        ticks = float(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+    since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - since
+
+
+def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
+    """Whether a file or folder the configuration was read from changed after the broker
+    started: then it may run what is no longer there (a bridge's file removed since, a listener
+    edited out) or not yet what is, and the files judged are not known to be what it runs. The
+    change time (ctime) is judged, which no tool sets back, of each file and of the link that
+    names it; a folder's changes with the files added to it, removed or renamed."""
+    started = _process_started(pid)
+    if started is None:
+        return []
+    changed = []
+    # Not the password file nor the ACL: a reload re-reads them, the way to change them.
+    for path in _broker_paths(conf, cwd, ("include_dir",)):
+        try:
+            when = max(path.lstat().st_ctime, path.stat().st_ctime)
+        except OSError:
+            changed.append(f"{path} (gone)")
+            continue
+        # The start is known to a tick, never late: a file written just before it (the
+        # installer writes them, then restarts the broker) is within a tick and a little more.
+        if when > started + START_GRACE_S:
+            changed.append(str(path))
+    if not changed:
+        return []
+    return [
+        Check(
+            "broker config",
+            Verdict.TODO,
+            f"not checked: {who} started before {', '.join(changed)} last changed, so what it "
+            "runs may not be what was judged (a reload re-reads the password file and the "
+            "ACL, not the listeners nor the bridges)",
+            "sudo systemctl restart mosquitto, then run the doctor again",
         )
     ]
 

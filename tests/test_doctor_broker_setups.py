@@ -154,6 +154,35 @@ async def test_a_bridge_that_brings_commands_in_is_not_passed(
 
 
 @pytest.mark.asyncio
+async def test_a_bridge_removed_from_the_files_but_still_running_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """A bridge's file in an include_dir, the broker started with it, the file then removed:
+    the running broker still brings the commands in, while the files judged hold no bridge.
+    Its folder changed after the broker started: the doctor cannot pass what it runs."""
+    (rig.tmp / "hq").mkdir()
+    hq = Broker(rig.tmp / "hq")
+    hq.start()
+    conf_d = rig.tmp / "conf.d"
+    conf_d.mkdir()
+    bridge = conf_d / "hq-bridge.conf"
+    bridge.write_text(
+        f"connection clinic-hq\naddress 127.0.0.1:{hq.port}\ntopic treadmill/# in 1\n"
+    )
+    try:
+        _broker_anew(rig, auth_lines(rig.tmp) + f"include_dir {conf_d}\n")
+        daemon_cmd = f"treadmill/{SENSOR_TM}/cmd"
+        assert await _reaches(rig.broker.port, daemon_cmd, DAEMON, None, hq.port)  # bridged
+        bridge.unlink()
+        code, verdicts, out = await _harm_then_doctor(rig, daemon_cmd, None, hq.port)
+    finally:
+        hq.stop()
+    assert code == 4, (verdicts, out)  # not passed: not checked
+    assert "TODO" in verdicts["broker config"], verdicts
+    assert f"{conf_d} last changed" in out
+
+
+@pytest.mark.asyncio
 async def test_an_acl_read_while_per_listener_settings_was_on_is_not_passed(
     rig: Rig,  # noqa: F811
 ) -> None:
