@@ -538,6 +538,9 @@ class Journal:
         session = self._open_session
         if event.type in _UNDER_ITS_SESSION:
             session = int(str(f["session_id"]))  # entered after its session, or before it
+        elif event.type is EventType.STOP_CHECKED and f.get("session_id") is not None:
+            # Judged once the belt stood: the next session may have started by then.
+            session = int(str(f["session_id"]))
         elif event.type is EventType.MEASURE_RECORDED:
             session = None  # the user's, not a session's
             self._write(

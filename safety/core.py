@@ -132,6 +132,8 @@ class _OpenStop:
     last_status_t: float  # the newest drive status so far, to see a gap in them
     # The first status showing standstill, until the next one confirms it.
     standstill_t: float | None = None
+    # The session it stopped (None: none ran): the next may start before the check comes.
+    session_id: str | None = None
 
 
 # Latched causes whose stop says nothing about the brake: the drive was not answering, reported
@@ -1197,12 +1199,20 @@ class SafetyCore:
             if self.commanded > 0.0:  # the belt was meant to move: a stop that cannot be timed
                 self._last_verdict[kind] = Verdict.INTERRUPTED.value
                 self._emit_stop_checked(
-                    kind, Verdict.INTERRUPTED, "no fresh drive status at the trigger"
+                    kind,
+                    Verdict.INTERRUPTED,
+                    "no fresh drive status at the trigger",
+                    session_id=self._session_id(),
                 )
             return
         if self._drive_mph <= STANDSTILL_MPH:
             return
-        self._open_stop = _OpenStop(kind, self.now, self._drive_mph, self._drive_t)
+        self._open_stop = _OpenStop(
+            kind, self.now, self._drive_mph, self._drive_t, session_id=self._session_id()
+        )
+
+    def _session_id(self) -> str | None:
+        return None if self.session is None else str(self.session.number)
 
     def _time_stop(self, t: float, fault: DriveFailure | None) -> None:
         """A drive status, the newest so far: the end of the stop being timed, if it shows
@@ -1221,6 +1231,7 @@ class SafetyCore:
             # fail closed. (A stop the drive's own fault triggered is never timed.)
             self._open_stop = None
             self._judge(
+                op,
                 StopMeasurement(op.kind, op.speed_mph, math.inf),
                 standstill=False,
                 why=f"the drive reported a fault during the stop ({fault.value})",
@@ -1235,6 +1246,7 @@ class SafetyCore:
                 return
             self._open_stop = None
             self._judge(
+                op,
                 StopMeasurement(op.kind, op.speed_mph, op.standstill_t - op.trigger_t),
                 standstill=True,
             )
@@ -1248,7 +1260,9 @@ class SafetyCore:
                 # silence is no evidence of a moving belt, nor of a stopped one.
                 self._open_stop = None
                 self._judge(
-                    StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t), standstill=False
+                    op,
+                    StopMeasurement(op.kind, op.speed_mph, t - op.trigger_t),
+                    standstill=False,
                 )
             else:
                 op.last_status_t = t
@@ -1277,12 +1291,14 @@ class SafetyCore:
             return
         self._open_stop = None
         self._last_verdict[op.kind] = Verdict.INTERRUPTED.value
-        self._emit_stop_checked(op.kind, Verdict.INTERRUPTED, why)
+        self._emit_stop_checked(op.kind, Verdict.INTERRUPTED, why, session_id=op.session_id)
 
-    def _judge(self, m: StopMeasurement, *, standstill: bool, why: str = "") -> None:
+    def _judge(self, op: _OpenStop, m: StopMeasurement, *, standstill: bool, why: str = "") -> None:
         j = self._stop_watch.judge(m, ramp_mph_per_s=self.limits.decel_mph_s, standstill=standstill)
         self._last_verdict[m.kind] = j.verdict.value
-        self._emit_stop_checked(m.kind, j.verdict, why, j, standstill=standstill)
+        self._emit_stop_checked(
+            m.kind, j.verdict, why, j, standstill=standstill, session_id=op.session_id
+        )
         if j.warn:
             self._emit(
                 EventType.MAINTENANCE_WARNING,
@@ -1323,8 +1339,11 @@ class SafetyCore:
         j: Judgement | None = None,
         *,
         standstill: bool = True,
+        session_id: str | None = None,
     ) -> None:
         fields: dict[str, JsonScalar] = {"kind": kind.value, "verdict": verdict.value}
+        if session_id is not None:
+            fields["session_id"] = session_id
         if j is not None:
             m = j.measurement
             fields["speed_mph"] = _finite_or_none(m.speed_at_trigger_mph)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadguard.config.loading import load_programs
+from treadguard.controller.journal import Journal
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
     Accepted,
@@ -795,3 +796,27 @@ def test_a_slow_stop_that_stood_still_says_so_in_its_fault() -> None:
     assert latch is not None
     assert (latch.kind, latch.cause) == (State.FAULT, Cause.DRIVE_FAULT)
     assert "emergency stop took 0.40 s to stop from 0.80 mph" in latch.detail
+
+
+def test_a_stop_checked_after_the_next_start_names_the_session_it_stopped() -> None:
+    """Standstill is confirmed by the status after the one that showed it; a start in
+    between is allowed (the belt stands), so the check comes during the next session. It
+    names the session whose stop it judged, and the journal files it there."""
+    bench = Bench()
+    bench.start()
+    bench.submit(Stop(bench.t))
+    while bench.belt.speed_mph > STANDSTILL_MPH:
+        bench.step()
+    assert not bench.of(EventType.STOP_CHECKED)  # one status of standstill: a candidate
+    bench.run(0.2)  # the countdown's grips and heartbeat before a start
+    started = bench.of(EventType.SESSION_STARTED)
+    assert isinstance(bench.submit(StartSession(bench.t, "p-2")), Accepted)
+    bench.run(1.0)
+    [checked] = bench.of(EventType.STOP_CHECKED)
+    assert checked.fields["session_id"] == started[0].fields["session_id"]
+    journal = Journal.in_memory()
+    for n, event in enumerate(bench.events):
+        journal.record(event, 1_000.0 + n)
+    first = int(str(started[0].fields["session_id"]))
+    assert "stop_checked" in [e.type for e in journal.events(first)]
+    assert "stop_checked" not in [e.type for e in journal.events(first + 1)]
