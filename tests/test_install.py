@@ -1271,6 +1271,63 @@ def test_a_linked_acl_changed_and_changed_back_is_put_in_force(board: Board) -> 
         _restart_broker(box)
 
 
+def test_a_link_anywhere_on_the_way_re_pointed_and_back_is_put_in_force(board: Board) -> None:
+    """The broker's folder kept as releases behind a link (/etc/mosquitto/treadguard ->
+    /srv/mq/current -> release-1), and an ACL behind a chain of two links: a link on the way
+    pointed at a lenient ACL, put in force with a reload, then pointed back. Every file is as
+    it was, and only that link was touched; the broker runs the lenient ACL, so the next run
+    restarts it."""
+    box = board.box
+    mq = "/etc/mosquitto/treadguard"
+    lenient = b"\nuser dashboard\ntopic write treadmill/+/cmd\n"
+    board.systemctl("stop", "treadguard.service")
+    box.run("mkdir", "-p", "/srv/mq")
+    box.run("mv", mq, "/srv/mq/release-1")
+    box.run("cp", "-a", "/srv/mq/release-1", "/srv/mq/release-2")
+    release_2_acl = box.root / "srv/mq/release-2/acl"
+    release_2_acl.write_bytes(release_2_acl.read_bytes() + lenient)
+    box.run("ln", "-s", "release-1", "/srv/mq/current")
+    box.run("ln", "-s", "/srv/mq/current", mq)
+    try:
+        board.install()
+        assert not _dashboard_commands(board)
+        box.run("ln", "-sfn", "release-2", "/srv/mq/current")
+        box.run("systemctl", "reload", "mosquitto.service")
+        board.poll(lambda: _dashboard_commands(board), 10.0, "the reload put release-2 in force")
+        box.run("ln", "-sfn", "release-1", "/srv/mq/current")
+        out = board.install().stdout
+        assert f"{mq}/acl (changed and changed back: the link /srv/mq/current" in out, out
+        assert not _dashboard_commands(board), out
+    finally:
+        box.run("rm", "-f", mq)
+        box.run("mv", "/srv/mq/release-1", mq)
+        box.run("rm", "-rf", "/srv/mq")
+        _restart_broker(box)
+
+    # The ACL itself behind two links: acl -> acl.current -> acl.good.
+    box.run("mv", f"{mq}/acl", f"{mq}/acl.good")
+    (box.root / "etc/mosquitto/treadguard/acl.lenient").write_bytes(
+        (box.root / "etc/mosquitto/treadguard/acl.good").read_bytes() + lenient
+    )
+    box.run("ln", "-s", "acl.good", f"{mq}/acl.current")
+    box.run("ln", "-s", "acl.current", f"{mq}/acl")
+    try:
+        board.install()
+        assert not _dashboard_commands(board)
+        box.run("ln", "-sfn", "acl.lenient", f"{mq}/acl.current")
+        box.run("systemctl", "reload", "mosquitto.service")
+        board.poll(lambda: _dashboard_commands(board), 10.0, "the reload put acl.lenient in force")
+        box.run("ln", "-sfn", "acl.good", f"{mq}/acl.current")
+        out = board.install().stdout
+        assert f"{mq}/acl (changed and changed back: the link {mq}/acl.current" in out, out
+        assert not _dashboard_commands(board), out
+    finally:
+        box.run("rm", "-f", f"{mq}/acl", f"{mq}/acl.current", f"{mq}/acl.lenient")
+        box.run("mv", f"{mq}/acl.good", f"{mq}/acl")
+        _restart_broker(box)
+        board.systemctl("start", "treadguard.service")
+
+
 def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
     """The broker's password file emptied (damaged, or begun anew, perhaps to keep a lost
     tablet out): the accounts of mqtt-accounts are all added again, none marked removed
