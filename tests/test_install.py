@@ -1328,6 +1328,40 @@ def test_a_link_anywhere_on_the_way_re_pointed_and_back_is_put_in_force(board: B
         board.systemctl("start", "treadguard.service")
 
 
+def test_a_password_file_made_anew_with_mosquitto_passwd_c_locks_no_device_out(
+    board: Board,
+) -> None:
+    """The password file made anew as Mosquitto's documentation does it (mosquitto_passwd -c,
+    with the daemon's account): the daemon's accounts, which every run writes, say nothing of
+    whether the file was begun afresh. Every device account gets a new password, none is
+    marked removed, and the daemon logs in with its own password again."""
+    box = board.box
+    accounts = box.root / "etc/treadguard/mqtt-accounts"
+    before = accounts.read_bytes()
+    devices = ("tablet", "dashboard", f"sensors-{TM}")
+    passwords = {name: board.login(name)["password"] for name in devices}
+    box.run("mosquitto_passwd", "-c", "-b", PASSWD, "treadguard", "chosen-by-hand")
+    try:
+        out = board.install().stdout
+        assert "holds none of the device accounts it had (begun afresh)" in out, out
+        assert "was removed from the broker here" not in out, out
+        assert "# tablet: removed" not in accounts.read_text()
+        for name, old in passwords.items():
+            assert f"{PASSWD}: {name} added" in out, out
+            new = board.login(name)["password"]
+            assert new != old
+            assert _logs_in(board, name, new), (name, out)
+            assert not _logs_in(board, name, old), (name, out)
+        assert not _logs_in(board, "treadguard", "chosen-by-hand"), out
+        for daemon in ("treadguard", "treadguard-queries"):
+            assert _logs_in(board, daemon, board.login(daemon)["password"]), (daemon, out)
+    finally:
+        accounts.write_bytes(before)
+        box.run("truncate", "-s", "0", PASSWD)
+        (box.root / "var/lib/treadguard-install/accounts-seen").unlink()
+        board.install()
+
+
 def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
     """The broker's password file emptied (damaged, or begun anew, perhaps to keep a lost
     tablet out): the accounts of mqtt-accounts are all added again, none marked removed
@@ -1340,7 +1374,7 @@ def test_a_password_file_begun_afresh_locks_no_device_out(board: Board) -> None:
     box.run("truncate", "-s", "0", PASSWD)
     try:
         out = board.install().stdout
-        assert "holds none of the accounts it had (begun afresh)" in out, out
+        assert "holds none of the device accounts it had (begun afresh)" in out, out
         assert "was removed from the broker here" not in out, out
         for name, old in passwords.items():
             new = board.login(name)["password"]
