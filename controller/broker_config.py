@@ -195,6 +195,39 @@ class Listener:
         return any(str(ipaddress.ip_address(info[4][0])) == address for info in infos)
 
 
+# The settings that open Mosquitto 2.0.11's default listener when read outside any listener
+# (src/conf.c, config__read: what it tests of default_listener). max_qos and
+# allow_zero_length_clientid open it only when not their default; counted by their presence.
+DEFAULT_LISTENER_KEYS = frozenset(
+    {
+        "bind_address",
+        "bind_interface",
+        "cafile",
+        "capath",
+        "certfile",
+        "keyfile",
+        "tls_engine",
+        "tls_keyform",
+        "tls_engine_kpass_sha1",
+        "ciphers",
+        "ciphers_tls1.3",
+        "dhparamfile",
+        "psk_hint",
+        "require_certificate",
+        "crlfile",
+        "use_identity_as_username",
+        "use_subject_as_username",
+        "use_username_as_clientid",
+        "port",
+        "max_connections",
+        "max_qos",
+        "mount_point",
+        "protocol",
+        "socket_domain",
+    }
+)
+
+
 @dataclass(frozen=True)
 class MosquittoConf:
     files: list[tuple[Path, int]]  # each file read, in order, and its size in bytes
@@ -222,6 +255,28 @@ class MosquittoConf:
             elif line.part in current:
                 current[line.part].settings[line.key] = line.value
         return found
+
+    def default_listener(self) -> Listener | None:
+        """Mosquitto's default listener, when the configuration opens one: the lines read
+        before any ``listener`` line of their file set its settings (each file starts with it,
+        src/conf.c), and a listener setting among them (``port``, ``bind_address``,
+        ``use_username_as_clientid``, a certificate, ...) opens it, on ``port`` or 1883, at
+        ``bind_address`` or every address (config__read). Its line: the first such setting."""
+        settings: dict[str, str] = {}
+        opened: ConfLine | None = None
+        in_listener: set[int] = set()  # the readings of a file past their first listener line
+        for line in self.lines:
+            if line.key == "listener":
+                in_listener.add(line.part)
+            elif line.part not in in_listener:
+                settings[line.key] = line.value
+                if opened is None and line.key in DEFAULT_LISTENER_KEYS:
+                    opened = line
+        if opened is None:
+            return None
+        port, _ = _strtok(settings.get("port", ""))
+        address, _ = _strtok(settings.get("bind_address", ""))
+        return Listener(_atoi(port or "") or 1883, address, opened, settings)
 
     def empty_files(self) -> list[Path]:
         return [path for path, size in self.files if size == 0]

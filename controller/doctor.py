@@ -1118,6 +1118,7 @@ def check_broker_files(
             for problem in conf.unusual
         ),
         _judge_conf(conf),
+        *_judge_client_ids(conf),
         *_judge_bridges(conf, broker.prefix),
         *_running_conf(broker, options.mosquitto_conf, conf),
         *_judge_acl(conf, loaded, broker),
@@ -1163,6 +1164,52 @@ def _judge_conf(conf: MosquittoConf) -> Check:
         if line is not None
     )
     return Check("broker config", Verdict.OK, f"{read}: {settings}")
+
+
+def _judge_client_ids(conf: MosquittoConf) -> list[Check]:
+    """Every listener binds each client's id to its account (``use_username_as_clientid
+    true``, the last such line of the listener deciding). In Mosquitto 2.0.11 it is a setting
+    of one listener (src/conf.c: cur_listener), none of the broker's, and a client id is one
+    namespace across the listeners: on a listener without it, any account logs in with the
+    daemon's client id and the broker drops the daemon's connection (its Will says offline;
+    the session ends in an emergency stop). Mosquitto's default listener counts too, when a
+    setting outside any listener opens it."""
+    listeners = [(f"listener {it.line.value} ({it.line.where})", it) for it in conf.listeners()]
+    default = conf.default_listener()
+    if default is not None:
+        listeners.insert(
+            0,
+            (
+                f"Mosquitto's default listener (port {default.port}), opened by "
+                f"'{default.line.key} {default.line.value}' ({default.line.where}), before any "
+                "listener line of that file,",
+                default,
+            ),
+        )
+    checks = []
+    for shown, listener in listeners:
+        value = listener.settings.get("use_username_as_clientid")
+        # (conf__parse_bool: the first word after the key, split at spaces)
+        if (value or "").lstrip(" ").partition(" ")[0] in ("true", "1"):
+            continue
+        said = (
+            "has no use_username_as_clientid true"
+            if value is None
+            else (f"has use_username_as_clientid {value}")
+        )
+        checks.append(
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                f"{shown} {said}: a client there keeps the client id it sends, and any account "
+                "logging in with the daemon's client id drops the daemon's connection (a "
+                "client id is one namespace across the listeners)",
+                "put the line use_username_as_clientid true under that listener line (a "
+                "setting of each listener, as in config/mosquitto/treadguard.conf), then sudo "
+                "systemctl restart mosquitto",
+            )
+        )
+    return checks
 
 
 def _judge_bridges(conf: MosquittoConf, prefix: str) -> list[Check]:

@@ -28,6 +28,7 @@ from tests.mosquitto import (
     SENSOR_TM,
     Broker,
     auth_lines,
+    free_ports,
     have_mosquitto,
     network_addresses,
     password_file,
@@ -202,6 +203,54 @@ async def test_an_acl_read_while_per_listener_settings_was_on_is_not_passed(
     )
     assert code == 1, (verdicts, out)
     assert "FAIL" in verdicts["broker config"], verdicts
+
+
+def _knocked_off_now(daemon_port: int, other_port: int) -> bool:
+    """Whether the daemon's connection (its account, client id treadguard, at
+    ``daemon_port``) is dropped by the broker, within 5 s, when the dashboard logs in at
+    ``other_port`` sending the client id treadguard. Plain paho clients, each step bounded."""
+    dropped, up = threading.Event(), threading.Event()
+    daemon = paho.Client(CallbackAPIVersion.VERSION2, client_id="treadguard")
+    daemon.username_pw_set(*DAEMON)
+    daemon.on_connect = lambda *_: up.set()
+    daemon.on_disconnect = lambda *_: dropped.set()
+    daemon.connect("127.0.0.1", daemon_port)
+    daemon.loop_start()
+    dashboard = paho.Client(CallbackAPIVersion.VERSION2, client_id="treadguard")
+    dashboard.username_pw_set("dashboard", PASSWORDS["dashboard"])
+    try:
+        assert up.wait(5.0), "the daemon's account did not connect"
+        dashboard.connect("127.0.0.1", other_port)
+        dashboard.loop_start()
+        return dropped.wait(5.0)
+    finally:
+        daemon.loop_stop()
+        dashboard.disconnect()
+        dashboard.loop_stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("setting", ["", "use_username_as_clientid false\n"])
+async def test_a_listener_that_keeps_a_client_s_own_id_is_not_passed(
+    rig: Rig,  # noqa: F811
+    setting: str,
+) -> None:
+    """use_username_as_clientid is a listener's own setting in Mosquitto 2.0.11 (src/conf.c:
+    cur_listener), and a client id is one namespace across the listeners: a second loopback
+    listener without it lets the dashboard log in there as client id treadguard, and the
+    broker drops the daemon's connection (its Will says offline, the session ends in an
+    emergency stop). The doctor fails it, naming the listener."""
+    second = free_ports(1)[0]
+    _broker_anew(rig, auth_lines(rig.tmp) + f"listener {second} 127.0.0.1\n{setting}")
+    assert await asyncio.to_thread(_knocked_off_now, rig.broker.port, second)
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+    assert f"listener {second} 127.0.0.1 ({rig.broker.conf}, line" in done.out, done.out[-3000:]
+    assert "use_username_as_clientid" in done.out
 
 
 class _BrokerSeeing(Broker):
