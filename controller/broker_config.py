@@ -139,6 +139,10 @@ class ConfLine:
     key: str
     value: str
     part: int = 0
+    # The rest of the line as Mosquitto's strtok_r(NULL, "") hands it to the settings that
+    # take it whole (include_dir): from the character after the one space past the key, to
+    # the end, blanks included.
+    raw: str = ""
 
     @property
     def where(self) -> str:
@@ -282,10 +286,15 @@ class MosquittoConf:
         return [path for path, size in self.files if size == 0]
 
 
+class ConfRefused(ValueError):
+    """A configuration Mosquitto 2.0.11 refuses to start with, in words."""
+
+
 def read_mosquitto_conf(path: Path) -> MosquittoConf:
     """``path`` and the files of its ``include_dir`` lines (each folder's ``*.conf``, in
     Mosquitto's order, read where the line is, as Mosquitto reads them). OSError (as
-    PermissionError or FileNotFoundError, with the file's name) if a file cannot be read."""
+    PermissionError or FileNotFoundError, with the file's name) if a file cannot be read;
+    ConfRefused if Mosquitto would not start with it (an include_dir naming no folder)."""
     files: list[tuple[Path, int]] = []
     lines: list[ConfLine] = []
     unusual: list[str] = []
@@ -293,7 +302,22 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
     for line in _conf_lines(path, files, unusual, next(parts)):
         lines.append(line)  # an include_dir too: its folder is part of what was read
         if line.key == "include_dir":
-            for included in included_files(Path(line.value)):
+            # The folder as Mosquitto names it: the rest of the line, a blank at its end too
+            # ('include_dir /etc/mosquitto/conf.d ' is the folder 'conf.d ').
+            if not line.raw:
+                raise ConfRefused(f"{line.where}: include_dir names no folder")
+            try:
+                folder_files = included_files(Path(line.raw))
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                blank = (
+                    " (a blank at its end is part of the name)" if line.raw != line.value else ""
+                )
+                raise ConfRefused(
+                    f"{line.where}: include_dir '{line.raw}' names no folder{blank}: "
+                    f"{exc.strerror}, and Mosquitto does not start"
+                ) from exc
+            lines.append(line)  # (its folder is compared where the broker runs, too)
+            for included in folder_files:
                 lines.extend(_conf_lines(included, files, unusual, next(parts)))
     return MosquittoConf(files, lines, unusual)
 
@@ -303,7 +327,10 @@ def included_files(folder: Path) -> list[Path]:
     (config__get_dir_files): names longer than ".conf" that end in it (a file named ".conf"
     alone is not read), sorted as strcasecmp sorts (ASCII letters without their case: its log
     loads treadguard.conf before Zlocal.conf)."""
-    names = [p for p in folder.iterdir() if len(p.name.encode()) > 5 and p.name.endswith(".conf")]
+    # (in bytes, as on the disk: a name need not be UTF-8, and Mosquitto reads it all the same)
+    names = [
+        p for p in folder.iterdir() if len(os.fsencode(p.name)) > 5 and p.name.endswith(".conf")
+    ]
     return sorted(names, key=lambda p: os.fsencode(p.name).lower())
 
 
@@ -323,7 +350,7 @@ def _conf_lines(
         key, rest = _strtok(text)
         if key is None:
             continue
-        yield ConfLine(path, number, key, _c_strip(rest), part)
+        yield ConfLine(path, number, key, _c_strip(rest), part, rest)
 
 
 # ------------------------------------------------------------------ the ACL

@@ -55,6 +55,7 @@ from treadguard.controller.broker_config import (
     DEBIAN_MOSQUITTO_CONF,
     AclSyntaxError,
     ConfLine,
+    ConfRefused,
     Guarded,
     Listener,
     MosquittoConf,
@@ -104,12 +105,26 @@ class Verdict(StrEnum):
     TODO = "TODO"
 
 
+def _printable(text: str) -> str:
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name gives: its code shown
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
     verdict: Verdict
     detail: str
     fix: str = ""
+
+    def __post_init__(self) -> None:
+        # A file's name need not be UTF-8 (read, it holds surrogate escapes): shown with its
+        # odd bytes as \xNN, as ls -b shows them, so that it is said, and never crashes the
+        # printing of the report.
+        for name in ("detail", "fix"):
+            object.__setattr__(self, name, _printable(getattr(self, name)))
 
     def as_json(self) -> dict[str, str]:
         return {
@@ -1100,6 +1115,17 @@ def check_broker_files(
     it names, and what its process listens on."""
     try:
         conf = read_mosquitto_conf(options.mosquitto_conf)
+    except ConfRefused as exc:
+        return [
+            Check(
+                "broker config",
+                Verdict.FAIL,
+                str(exc),
+                "name the folder exactly, nothing after it (include_dir /etc/mosquitto/conf.d, "
+                "as Debian's mosquitto.conf), then sudo systemctl restart mosquitto",
+            ),
+            *check_listeners(broker, None),
+        ]
     except OSError as exc:
         fix = (
             "install Mosquitto (scripts/install does), or name the broker's configuration with "
@@ -1371,7 +1397,13 @@ def _broker_paths(
     folders and files its lines of ``keys`` name (a relative one is the broker's working
     folder's)."""
     paths = [path for path, _ in conf.files]
-    paths += [Path(line.value) for line in conf.lines if line.key in keys]
+    paths += [
+        # include_dir takes the rest of its line whole, blanks too; acl_file and password_file
+        # are trimmed.
+        Path(line.raw if line.key == "include_dir" else line.value)
+        for line in conf.lines
+        if line.key in keys
+    ]
     return [Path(cwd, p) for p in paths]
 
 

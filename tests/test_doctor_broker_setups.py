@@ -253,6 +253,57 @@ async def test_a_listener_that_keeps_a_client_s_own_id_is_not_passed(
     assert "use_username_as_clientid" in done.out
 
 
+@pytest.mark.asyncio
+async def test_an_include_dir_is_the_folder_mosquitto_reads_blanks_and_all(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """Mosquitto 2.0.11 takes an include_dir's folder as the rest of the line, a blank at its
+    end included (strtok_r with no separator): 'include_dir DIR/conf.d ' reads the folder
+    'conf.d ', not 'conf.d'. Here that folder opens a listener that keeps a client's own id,
+    where the dashboard knocks the daemon off; the doctor judges the folder Mosquitto reads."""
+    second = free_ports(1)[0]
+    (rig.tmp / "conf.d").mkdir()
+    (rig.tmp / "conf.d" / "local.conf").write_text("set_tcp_nodelay true\n")
+    (rig.tmp / "conf.d ").mkdir()
+    (rig.tmp / "conf.d " / "local.conf").write_text(f"listener {second} 127.0.0.1\n")
+    _broker_anew(rig, auth_lines(rig.tmp) + f"include_dir {rig.tmp}/conf.d \n")
+    assert await asyncio.to_thread(_knocked_off_now, rig.broker.port, second)
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+    assert f"({rig.tmp}/conf.d /local.conf, line 1) has no use_username_as_clientid" in done.out
+
+
+@pytest.mark.asyncio
+async def test_a_file_name_that_is_not_utf8_is_judged_and_named(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """A file in an include_dir whose name is not UTF-8 (a Latin-1 'café.conf'): Mosquitto
+    reads it like any other (here: a listener that keeps a client's own id); the doctor judges
+    it and names it, its odd byte shown as \\xe9, in words, in its text and in its JSON."""
+    second = free_ports(1)[0]
+    folder = rig.tmp / "conf.d"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.conf")).write_text(f"listener {second} 127.0.0.1\n")
+    _broker_anew(rig, auth_lines(rig.tmp) + f"include_dir {folder}\n")
+    assert await asyncio.to_thread(_knocked_off_now, rig.broker.port, second)
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        as_json = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+        as_text = await doctor(rig, rig.config(), "--service-user", "root")
+    verdicts = _verdicts(as_json.out)
+    assert as_json.code == 1, (verdicts, as_json.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+    for out in (as_json.out, as_text.out):
+        assert "the check itself failed" not in out, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+    named = f"({folder}/caf\\xe9.conf, line 1) has no use_username_as_clientid"
+    assert named in as_text.out, as_text.out[-3000:]
+
+
 class _BrokerSeeing(Broker):
     """A broker that finds ``shown`` at ``path``: started in a mount namespace of its own with
     ``shown`` bound over ``path`` (a systemd drop-in's BindReadOnlyPaths does the same)."""
