@@ -1454,6 +1454,60 @@ def test_the_clinic_s_certificate_is_never_written_over(board: Board) -> None:
         board.install()
 
 
+def test_a_certificate_link_to_nothing_is_refused_not_written_through(board: Board) -> None:
+    """The certificate and key as links into the clinic's folder, their files not there yet
+    (not copied, or a mount missing): the installer would have made a self-signed pair and
+    written it through the links into the clinic's folder. It stops and says so, and writes
+    nothing there."""
+    box = board.box
+    tls = "/etc/treadguard/tls"
+    box.run("mv", f"{tls}/server.crt", "/run/server.crt.kept")
+    box.run("mv", f"{tls}/server.key", "/run/server.key.kept")
+    box.run("mkdir", "-p", "/srv/clinic-pki")
+    box.run("ln", "-s", "/srv/clinic-pki/treadmill.crt", f"{tls}/server.crt")
+    box.run("ln", "-s", "/srv/clinic-pki/treadmill.key", f"{tls}/server.key")
+    try:
+        refused = box.run(
+            "bash", str(INSTALL), "--pip-find-links", str(WHEELHOUSE), check=False, timeout=240
+        )
+        assert refused.returncode == 1, refused
+        assert (
+            f"{tls}/server.crt is a link to /srv/clinic-pki/treadmill.crt, which is not there"
+        ) in refused.stderr, refused.stderr
+        assert list((box.root / "srv/clinic-pki").iterdir()) == []
+    finally:
+        box.run("rm", "-f", f"{tls}/server.crt", f"{tls}/server.key")
+        box.run("rm", "-rf", "/srv/clinic-pki")
+        box.run("mv", "/run/server.crt.kept", f"{tls}/server.crt")
+        box.run("mv", "/run/server.key.kept", f"{tls}/server.key")
+        board.install()
+
+
+def test_an_include_dir_line_mosquitto_reads_otherwise_is_refused(board: Board) -> None:
+    """Mosquitto takes include_dir's folder as the rest of the line, blanks included:
+    'include_dir /etc/mosquitto/conf.d ' names the folder 'conf.d ', which is not there (the
+    broker does not start) or is another folder than the one the snippet is written to."""
+    conf = board.box.root / "etc/mosquitto/mosquitto.conf"
+    for line in (
+        "include_dir /etc/mosquitto/conf.d \n",
+        "include_dir  /etc/mosquitto/conf.d\n",
+        "include_dir\t/etc/mosquitto/conf.d\n",
+    ):
+        conf.write_text(DEBIAN_MOSQUITTO_CONF.replace("include_dir /etc/mosquitto/conf.d\n", line))
+        try:
+            refused = board.box.run("bash", str(INSTALL), check=False)
+        finally:
+            conf.write_text(DEBIAN_MOSQUITTO_CONF)
+        assert refused.returncode == 1, (line, refused)
+        assert "does not read /etc/mosquitto/conf.d" in refused.stderr, (line, refused.stderr)
+    # Debian's line, and one saved with Windows line endings (Mosquitto drops the \r): read.
+    conf.write_text(DEBIAN_MOSQUITTO_CONF.replace("\n", "\r\n"))
+    try:
+        assert "mosquitto: already running with them" in board.install().stdout
+    finally:
+        conf.write_text(DEBIAN_MOSQUITTO_CONF)
+
+
 def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
     """A command's arguments are readable by every user of the board (ps, /proc): the
     installer hashes the broker's passwords from a file. Every program it and its children
