@@ -150,10 +150,10 @@ def location_paths(text: str) -> list[str]:
 
 
 def _enabled_texts(root: Path) -> list[tuple[Path, str]]:
-    """nginx's enabled configuration (``sites-enabled/*`` and ``conf.d/*.conf`` under
-    ``root``), each file's text without comments. A file that cannot be read is passed over
-    (nginx absent: none)."""
-    files: list[Path] = []
+    """nginx's enabled configuration (``nginx.conf`` itself, ``sites-enabled/*`` and
+    ``conf.d/*.conf`` under ``root``), each file's text without comments. A file that cannot
+    be read is passed over (nginx absent: none)."""
+    files: list[Path] = [root / "nginx.conf"]
     for folder, suffix in (("sites-enabled", ""), ("conf.d", ".conf")):
         with contextlib.suppress(OSError):
             files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
@@ -182,6 +182,41 @@ def nginx_paths(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[st
 
 
 _INCLUDE = re.compile(r"""(?:^|[;{}\s])include\s+("[^"]*"|'[^']*'|[^\s;]+)\s*;""")
+# What Debian's nginx.conf includes: the folders read here, and files with no location in them
+# (the MIME types, the modules' load_module lines). Named from nginx's folder, or whole.
+_READ_INCLUDES = frozenset(
+    {"sites-enabled/*", "conf.d/*.conf", "mime.types", "modules-enabled/*.conf"}
+)
+# A directive in a location's block that answers a client by its address or its credentials:
+# the board, asking from its own address and with no credentials, is not answered as a client
+# elsewhere may be.
+_BY_CLIENT = re.compile(r"(?:^|[;{}])\s*(allow|deny|if|auth_[a-z_]+)(?=[\s(])")
+
+
+def _block(text: str, start: int) -> str:
+    """The text of the block whose "{" ends just before ``start``, to its matching "}" (nested
+    blocks and quoted strings skipped whole); the rest of the text if it never closes."""
+    depth, quote = 1, ""
+    for i in range(start, len(text)):
+        char = text[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return text[start:]
+
+
+def _included_here(target: str) -> bool:
+    name = target.strip("\"'")
+    return name.removeprefix("/etc/nginx/") in _READ_INCLUDES
+
+
 _SERVER_NAME = re.compile(r"(?:^|[;{}\s])server_name\s+([^;]*);")
 _ANY_NAME = ("_", '""', "''", "localhost")  # the default server's own names
 
@@ -194,11 +229,26 @@ def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[
     unasked: list[str] = []
     for path, text in _enabled_texts(root):
         for match in _INCLUDE.finditer(text):
-            unasked.append(f"{path} includes {match.group(1)}, whose locations are not read")
+            if not _included_here(match.group(1)):
+                unasked.append(f"{path} includes {match.group(1)}, whose locations are not read")
         for match in _LOCATION.finditer(text):
             modifier, where = match.group(1), match.group(2)
             if modifier in ("~", "~*") or (modifier is None and where.startswith("~")):
                 unasked.append(f"{path} has a regex location ({where}): no one path stands for it")
+                continue
+            bare = where[1:-1] if where[:1] in "\"'" else where
+            if bare.startswith("/") and (" " in bare or not bare.isprintable()):
+                unasked.append(
+                    f"{path} has the location {where}, whose path holds a blank or a "
+                    "character the probe does not ask"
+                )
+            said = sorted(set(_BY_CLIENT.findall(_block(text, match.end()))))
+            if said:
+                unasked.append(
+                    f"{path} has the location {where}, which answers a client by its address "
+                    f"or credentials ({', '.join(said)}): the board cannot ask it as a client "
+                    "elsewhere would"
+                )
         for match in _SERVER_NAME.finditer(text):
             names = [n for n in match.group(1).split() if n not in _ANY_NAME]
             if names:

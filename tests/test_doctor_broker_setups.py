@@ -439,6 +439,63 @@ NGINX_CASES = {
             "  location /mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
         },
     ),
+    # A server in nginx.conf itself, beside Debian's includes.
+    "main_conf": (
+        "/broker",
+        None,
+        {
+            "nginx.conf": "events {}\nhttp {\n  include /etc/nginx/mime.types;\n"
+            "  include /etc/nginx/conf.d/*.conf;\n  include /etc/nginx/sites-enabled/*;\n"
+            "  server {\n    listen 80;\n"
+            "    location /broker { proxy_pass http://127.0.0.1:9001; }\n  }\n}\n",
+        },
+    ),
+    # Locations that answer clients by their address or credentials: the board, asking its
+    # own address, is refused (the proxy answers only another Host, as nginx answers only
+    # other clients), where a client elsewhere gets through.
+    "allow": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  location /lan-mqtt {\n"
+            "    allow 10.0.0.0/8;\n    deny all;\n    proxy_pass http://127.0.0.1:9001;\n"
+            "  }\n}\n",
+        },
+    ),
+    "if": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  location /lan-mqtt {\n"
+            "    if ($remote_addr = 127.0.0.1) { return 403; }\n"
+            "    proxy_pass http://127.0.0.1:9001;\n  }\n}\n",
+        },
+    ),
+    "auth": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  location /lan-mqtt {\n"
+            "    auth_basic clinic;\n    auth_basic_user_file /etc/nginx/clinic.htpasswd;\n"
+            "    proxy_pass http://127.0.0.1:9001;\n  }\n}\n",
+        },
+    ),
+    # A quoted location with a blank in its path.
+    "quoted": (
+        "/clinic broker",
+        None,
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n"
+            '  location "/clinic broker" { proxy_pass http://127.0.0.1:9001; }\n}\n',
+        },
+    ),
+}
+# What the check must name, for the cases it cannot ask.
+NGINX_NAMED = {
+    "allow": "/lan-mqtt",
+    "if": "/lan-mqtt",
+    "auth": "/lan-mqtt",
+    "quoted": "/clinic broker",
 }
 
 
@@ -465,6 +522,8 @@ async def test_plain_websockets_nginx_passes_on_are_not_passed(
     assert ours, (case, checks)
     assert all(c.verdict != Verdict.OK for c in ours), (case, checks)
     assert not [c for c in checks if c.verdict == Verdict.OK], (case, checks)
+    if case in NGINX_NAMED:
+        assert NGINX_NAMED[case] in " ".join(c.detail for c in checks), (case, checks)
 
 
 @pytest.mark.asyncio
