@@ -212,6 +212,19 @@ def _block(text: str, start: int) -> str:
     return text[start:]
 
 
+def _outside_locations(text: str) -> str:
+    """The text with every location's block taken out (their own directives are judged with
+    each location)."""
+    kept, at = [], 0
+    for match in _LOCATION.finditer(text):
+        if match.start() < at:
+            continue  # a location nested in one already taken out
+        kept.append(text[at : match.end()])
+        at = match.end() + len(_block(text, match.end())) + 1
+    kept.append(text[at:])
+    return "".join(kept)
+
+
 def _included_here(target: str) -> bool:
     name = target.strip("\"'")
     return name.removeprefix("/etc/nginx/") in _READ_INCLUDES
@@ -256,6 +269,14 @@ def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[
                     f"{path} has a server named {' '.join(names)}: asked only by the board's "
                     "address"
                 )
+        # At a server's (or http's) level, it answers so at every location under it.
+        outside = _outside_locations(text)
+        said = sorted(set(_BY_CLIENT.findall(outside)))
+        if said:
+            unasked.append(
+                f"{path} answers a client by its address or credentials outside its locations "
+                f"({', '.join(said)}): the board cannot ask them as a client elsewhere would"
+            )
     paths = _all_paths(root)
     if len(paths) > limit:
         past = paths[limit:]

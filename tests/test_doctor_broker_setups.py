@@ -480,6 +480,15 @@ NGINX_CASES = {
             "    proxy_pass http://127.0.0.1:9001;\n  }\n}\n",
         },
     ),
+    # The same for every location of a server, said at the server's level.
+    "server_allow": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  allow 10.0.0.0/8;\n"
+            "  deny all;\n  location /lan-mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
     # A quoted location with a blank in its path.
     "quoted": (
         "/clinic broker",
@@ -492,6 +501,7 @@ NGINX_CASES = {
 }
 # What the check must name, for the cases it cannot ask.
 NGINX_NAMED = {
+    "server_allow": "outside its locations (allow, deny)",
     "allow": "/lan-mqtt",
     "if": "/lan-mqtt",
     "auth": "/lan-mqtt",
