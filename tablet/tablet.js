@@ -131,7 +131,73 @@ const RECORD_COMMANDS = new Set([
   "record_measure",
   "confirm_first_session",
 ]);
-const typedClinician = () => $("clinician").value.trim().normalize("NFC");
+// Only ordinary spaces are taken off its ends (a keyboard's stray one): any other character is
+// the code's, and is checked as the treadmill checks it (clinicianProblem), never dropped.
+const typedClinician = () => $("clinician").value.replace(/^ +| +$/g, "").normalize("NFC");
+
+// The treadmill's rules for a code a person types for a person (contract/codes.py, one check
+// for commands, queries and the command line): every character shows as itself, no space but
+// the ordinary one and none at either end, 1-64 characters, Unicode's composed form. A code
+// the page let through would be refused with every entry of the record it goes with, so the
+// page says what is wrong as it is typed, keeps none of it, and sends no record under it.
+// (A browser whose Unicode is newer than the treadmill's may still take a character the
+// treadmill calls unassigned: the treadmill's refusal is then shown as any other.)
+const CODE_MAX_CHARS = 64;
+const CHARACTER_WORDS = [
+  [/^\p{Cf}$/u, "an invisible formatting character"], // bidi overrides, zero-width space, joiners
+  [/^\p{Cc}$/u, "a control character"],
+  [/^\p{Cs}$/u, "a lone surrogate"],
+  [/^\p{Co}$/u, "a private-use character"],
+  [/^\p{Cn}$/u, "an unassigned character"],
+  [/^\p{Zl}$/u, "a line separator"],
+  [/^\p{Zp}$/u, "a paragraph separator"],
+];
+// Shown as nothing though of a visible category (contract/codes.py's _INVISIBLE): the Hangul
+// fillers, the combining grapheme joiner, the Khmer inherent vowels, the Mongolian free
+// variation selectors, the variation selectors, and the blank Braille pattern.
+function invisible(n) {
+  return (
+    [0x034f, 0x115f, 0x1160, 0x17b4, 0x17b5, 0x2800, 0x3164, 0xffa0].includes(n) ||
+    (n >= 0x180b && n < 0x1810) ||
+    (n >= 0xfe00 && n < 0xfe10) ||
+    (n >= 0xe0100 && n < 0xe01f0)
+  );
+}
+
+function characterProblem(char) {
+  for (const [category, words] of CHARACTER_WORDS) if (category.test(char)) return words;
+  if (invisible(char.codePointAt(0))) return "an invisible character";
+  // A no-break, ideographic or thin space reads as the ordinary one.
+  if (char !== " " && /^\p{Zs}$/u.test(char)) return "a space other than the ordinary space";
+  return null;
+}
+
+function codePoint(char) {
+  return `U+${char.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+}
+
+// Why `value` cannot be a code, in words ("the code contains a space other than the ordinary
+// space (U+00A0)"), or null.
+function codeProblem(value) {
+  for (const char of value) {
+    const problem = characterProblem(char);
+    if (problem !== null) return `the code contains ${problem} (${codePoint(char)})`;
+  }
+  const length = [...value].length;
+  if (length === 0) return `the code is empty: a code of 1-${CODE_MAX_CHARS} characters is needed`;
+  if (value !== value.trim()) return "the code begins or ends with a space";
+  if (length > CODE_MAX_CHARS) {
+    return `the code is ${length} characters long; a code is at most ${CODE_MAX_CHARS}`;
+  }
+  if (value.normalize("NFC") !== value) return "the code is not in Unicode's composed form";
+  return null;
+}
+
+// What is wrong with the clinician's code as typed, or null: none typed is none sent.
+function clinicianProblem() {
+  const typed = typedClinician();
+  return typed === "" ? null : codeProblem(typed);
+}
 
 // Everything the page knows. `render` draws it; nothing else touches the controls' state.
 const view = {
@@ -148,10 +214,24 @@ const view = {
   // id, user, program, cap_s, elapsed_s, top (the top speed this page saw), and once ended its
   // reason and belt_s (the belt time the daemon counted).
   last: null,
-  // The clinician's record: the pain asked before a start, sent once its session has started
-  // ({user, pain}); the session whose record after it was saved.
-  painBefore: null,
-  recorded: null,
+  // This page's start waiting to be known as accepted (its reply) and to have its session
+  // (session_started): {startId, user, pain (asked before it, or null), accepted, sessionId}.
+  starting: null,
+  // The sessions this page's starts opened, while they run: id -> user. Only these ask for
+  // the record after them here: another tablet's session is its clinician's to record.
+  own: new Map(),
+  // The pain asked before a start of this page that is not on its session's record yet (the
+  // clinician's code not valid, a refusal, no answer): [{sessionId, pain, why, fix}], in red
+  // until it is (why: in words; fix: what sends it again), sent again once the code is
+  // corrected or the link is back.
+  painHeld: [],
+  // This page's sessions that have ended and wait for the record after them, oldest first:
+  // [{id, user}]. The form is for the first until it is saved or put off (Later); what is
+  // typed in it belongs to `formFor`, and is cleared, never moved, when the form is for
+  // another session.
+  toRecord: [],
+  formFor: null,
+  recordSaid: null, // what the page says of the form's last Save ({text, bad}), or null
   // The patient view, while open: the user, the history answer and the report's answer (null
   // until they come), and what the page says of them (status, bad: an error); today in the
   // clinic's zone (from the history's timezone); whether a measure is being entered, what the
@@ -417,25 +497,49 @@ function draw() {
   // treadmill); -, + and the set target only while a session may run. What is hidden leaves
   // room for the rest: every shown control stays on screen.
   const run = commissioningRun(s);
-  // After a session its record takes the setup's place, until saved or put off (Later).
-  const recording = Boolean(
-    view.last &&
-      view.last.reason &&
-      !hasSession &&
-      st !== "stopping" &&
-      view.recorded !== String(view.last.id),
-  );
+  // After a session this page started (once the treadmill is idle: a latched stop is reset
+  // first), its record takes the setup's place, until saved or put off (Later); then the next
+  // of this page's sessions that waits for its own, if any.
+  const waiting = view.toRecord.length ? view.toRecord[0] : null;
+  const recording = Boolean(waiting && st === "idle" && !latched);
+  if (waiting && view.formFor !== waiting.id) {
+    // What was typed belonged to another session (saved, or put off): never carried over.
+    for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
+    view.formFor = waiting.id;
+    view.recordSaid = null;
+  }
   $("setup").hidden =
     (st !== null && st !== "idle") || Boolean(run && !run.outcome) || (recording && st === "idle");
+  // Who enters the record: wherever a record is entered, and while a pain before waits for a
+  // corrected code (during the session too).
+  const problem = clinicianProblem();
+  $("who").hidden = $("setup").hidden && !recording && view.painHeld.length === 0;
+  $("clinician").setAttribute("aria-invalid", String(problem !== null));
+  $("clinician-problem").textContent = problem
+    ? `${sentence(problem)}: not kept, and no record is sent under it. Type it again.`
+    : "";
+  $("pain-held").hidden = view.painHeld.length === 0;
+  $("pain-held").querySelector(".words").textContent = view.painHeld
+    .map(
+      (held) =>
+        `Pain before session ${held.sessionId} (${held.pain}/10) is NOT on record: ` +
+        `${held.why}. ${held.fix}`,
+    )
+    .join(" ");
   $("speed-row").hidden = !["countdown", "running", "stopping"].includes(st);
   $("user").disabled = $("program").disabled = $("cap").disabled = !(online && st === "idle");
   $("pain-before").disabled = $("user").disabled;
   // The record after a session: once it has ended, until saved or put off.
   $("record").hidden = !recording;
   if (recording) {
-    const who = view.last.user ? ` (${view.last.user})` : "";
-    $("record-title").textContent = `After session ${view.last.id}${who}`;
+    const more = view.toRecord.length - 1;
+    $("record-title").textContent =
+      `After session ${waiting.id} (${waiting.user})` +
+      (more > 0 ? `; ${more} more of this tablet's sessions wait` : "");
   }
+  $("record-status").textContent = view.recordSaid ? view.recordSaid.text : "";
+  $("record-status").classList.toggle("bad", Boolean(view.recordSaid && view.recordSaid.bad));
+  $("record-later").disabled = pendingOf("outcome_after");
   $("record-save").disabled = !(
     online &&
     recording &&
@@ -552,8 +656,12 @@ function send(type, fields = {}) {
     if (type !== "heartbeat") say("Not sent: no connection to the broker.");
     return;
   }
-  if (RECORD_COMMANDS.has(type) && typedClinician() !== "") {
-    fields = { ...fields, clinician: typedClinician() };
+  if (RECORD_COMMANDS.has(type)) {
+    // Each caller says why first; this is the last guard: no entry under a code the treadmill
+    // refuses (it would be refused, and the entry lost).
+    const problem = clinicianProblem();
+    if (problem !== null) return;
+    if (typedClinician() !== "") fields = { ...fields, clinician: typedClinician() };
   }
   const id = commandId();
   // Stamped (unix s, in the daemon's clock as far as the page can tell): a start, a speed
@@ -574,6 +682,9 @@ function send(type, fields = {}) {
     startUnanswered(id);
     const words = commandWords({ type, fields });
     log(`${words}: no answer within ${REPLY_TIMEOUT_MS / 1000} s`, true);
+    if (type === "outcome_before") {
+      holdPain(fields, `no answer within ${REPLY_TIMEOUT_MS / 1000} s`, SENT_AGAIN);
+    }
     if (type === "start_session") {
       // When in doubt, stop: should the start still arrive, this Stop follows it in order.
       send("stop");
@@ -588,20 +699,55 @@ function send(type, fields = {}) {
   return id;
 }
 
-// The pain asked before a start belongs to the session that start opens, and to no other: a
-// start refused, unanswered or lost with the link takes it with it, so that a later session of
-// the same user (started from another tablet) never gets it.
+// A start belongs to the session it opens, and to no other: a start refused, unanswered or
+// lost with the link is forgotten with the pain asked before it, so that a later session of
+// the same user (started from another tablet) is never taken for this page's, nor gets it.
 function startUnanswered(id) {
-  if (view.painBefore && view.painBefore.startId === id) view.painBefore = null;
+  if (view.starting && view.starting.startId === id) view.starting = null;
 }
-// Sent once both are known, in whichever order they come: this page's start accepted (its
-// reply), and the session it opened (session_started). Another tablet's session of the same
-// user, started first, has its session_started too, but this page's start is then refused.
-function painGoesOn() {
-  const pain = view.painBefore;
-  if (!pain || !pain.accepted || pain.sessionId === undefined) return;
-  view.painBefore = null;
-  send("outcome_before", { session_id: pain.sessionId, pain: pain.pain });
+// Known once both are, in whichever order they come: this page's start accepted (its reply),
+// and the session it opened (session_started). Another tablet's session of the same user,
+// started first, has its session_started too, but this page's start is then refused. The
+// session is then this page's: the pain asked before it goes on its record, and the record
+// after it is asked here once it ends.
+function startKnown() {
+  const start = view.starting;
+  if (!start || !start.accepted || start.sessionId === undefined) return;
+  view.starting = null;
+  view.own.set(start.sessionId, start.user);
+  if (start.pain !== null) painGoesOn({ session_id: start.sessionId, pain: start.pain });
+}
+
+const SENT_AGAIN =
+  "It is sent again once the link is back, or the Clinician code is entered again.";
+const CORRECT_CODE = "Correct the Clinician code: it is sent again then.";
+
+// The pain before one of this page's sessions, sent under the clinician's code; with a code
+// the treadmill would refuse it is not sent but held, in red, until the code is corrected.
+function painGoesOn(fields) {
+  view.painHeld = view.painHeld.filter((held) => held.sessionId !== fields.session_id);
+  const problem = clinicianProblem();
+  if (problem !== null) {
+    holdPain(fields, `the clinician's code is not valid (${problem})`, CORRECT_CODE);
+  } else if (send("outcome_before", fields) === undefined) {
+    holdPain(fields, "not sent: no connection to the broker", SENT_AGAIN);
+  }
+}
+
+// Said where the clinician looks, and kept (one pain a session: the newest) until on record.
+function holdPain(fields, why, fix) {
+  view.painHeld = view.painHeld.filter((held) => held.sessionId !== fields.session_id);
+  view.painHeld.push({ sessionId: fields.session_id, pain: fields.pain, why, fix });
+  log(`Pain before session ${fields.session_id} is not on record: ${why}`, true);
+}
+
+// `linkOnly`: only those held for the link (the link is back); else all (the code entered again).
+function sendHeldPain(linkOnly = false) {
+  for (const held of [...view.painHeld]) {
+    if (!linkOnly || held.fix === SENT_AGAIN) {
+      painGoesOn({ session_id: held.sessionId, pain: held.pain });
+    }
+  }
 }
 
 function commandWords(sent) {
@@ -661,13 +807,17 @@ function onOneReply(reply) {
   pending.delete(reply.id);
   if (reply.ok) {
     if (sent.type === "set_speed") view.target = sent.fields.mph;
-    if (sent.type === "start_session" && view.painBefore && view.painBefore.startId === reply.id) {
-      view.painBefore.accepted = true;
-      painGoesOn();
+    if (sent.type === "start_session" && view.starting && view.starting.startId === reply.id) {
+      view.starting.accepted = true;
+      startKnown();
+    }
+    if (sent.type === "outcome_before") {
+      view.painHeld = view.painHeld.filter((held) => held.sessionId !== sent.fields.session_id);
     }
     if (sent.type === "outcome_after") {
-      view.recorded = sent.fields.session_id;
-      for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
+      // Asked no more; the form is cleared at its next drawing (it is for another session).
+      view.toRecord = view.toRecord.filter((w) => w.id !== sent.fields.session_id);
+      if (view.formFor === sent.fields.session_id) view.formFor = null;
     }
     if (sent.type === "record_measure") measureSaved(sent.fields);
     log(`${commandWords(sent)}: accepted`);
@@ -683,6 +833,10 @@ function onOneReply(reply) {
   // A measure's refusal beside what was typed, which stays for the clinician to correct.
   if (sent.type === "record_measure" && measureOpen(sent.fields.user) && view.patient.entering) {
     view.patient.measure = { text, bad: true };
+  } else if (sent.type === "outcome_before") {
+    holdPain(sent.fields, text, CORRECT_CODE);
+  } else if (sent.type === "outcome_after" && view.formFor === sent.fields.session_id) {
+    view.recordSaid = { text: `Not saved: ${text}`, bad: true }; // what was typed stays
   } else {
     say(text);
   }
@@ -719,11 +873,10 @@ function onState(state) {
   }
 }
 
-// Another session than the last one seen: what was typed for the last one's record goes (the
-// pain, exertion and notes of one patient never stand in the form of another's session).
+// Another session than the last one seen, shown as the last until the next. (The record form
+// is not the last session's but the first of this page's waiting for theirs: view.toRecord.)
 function newLast(last) {
   view.last = last;
-  for (const id of ["pain-after", "exertion", "record-notes"]) $(id).value = "";
 }
 
 // Each line begins with the event's name in WORDS.events, and says the rest in words: causes,
@@ -735,11 +888,11 @@ function onEvent(e) {
     case "session_started":
       view.target = typeof e.target_mph === "number" ? e.target_mph : view.target;
       rememberUser(e.user, e.program);
-      // The pain asked before this page's start goes on the record of the session it opened,
-      // once that start is known to be the one accepted (painGoesOn).
-      if (view.painBefore && view.painBefore.user === e.user) {
-        view.painBefore.sessionId = String(e.session_id);
-        painGoesOn();
+      // This page's start opened it, once that start is known to be the one accepted
+      // (startKnown): the pain asked before it goes on its record.
+      if (view.starting && view.starting.user === e.user) {
+        view.starting.sessionId = String(e.session_id);
+        startKnown();
       }
       log(
         `${name}: session ${e.session_id} for ${e.user}, ${title(e.program)}, cap ${capWords(e.program, e.cap_s)}`,
@@ -779,9 +932,16 @@ function onEvent(e) {
       view.capWarned = null;
       // A session that ended before this page's start was accepted was another's (a start
       // is accepted only while none runs): the pain waits for the one this start opens.
-      const pain = view.painBefore;
-      if (pain && !pain.accepted && pain.sessionId === String(e.session_id)) {
-        pain.sessionId = undefined;
+      const start = view.starting;
+      if (start && !start.accepted && start.sessionId === String(e.session_id)) {
+        start.sessionId = undefined;
+      }
+      // One of this page's sessions: its record after it is asked here, after any of this
+      // page's that wait already. Another tablet's session ending here changes no form.
+      if (view.own.has(String(e.session_id))) {
+        const id = String(e.session_id);
+        view.toRecord.push({ id, user: view.own.get(id) });
+        view.own.delete(id);
       }
       if (!view.last || String(view.last.id) !== String(e.session_id)) {
         newLast({ id: e.session_id, top: null }); // a session this page never saw run
@@ -1000,6 +1160,7 @@ function connect() {
       },
     );
     for (const type of resendOnConnect.splice(0)) send(type);
+    sendHeldPain(true); // the pain before held for the link
     updateHeartbeat();
     render();
   });
@@ -1012,6 +1173,9 @@ function connect() {
       clearTimeout(sent.timer);
       pending.delete(id);
       startUnanswered(id);
+      if (sent.type === "outcome_before") {
+        holdPain(sent.fields, "the link dropped before an answer", SENT_AGAIN);
+      }
       if (["estop", "stop", "commission_abort"].includes(sent.type)) {
         resendOnConnect.push(sent.type);
         log(`${commandWords(sent)}: the link dropped before an answer; sent again on reconnect`, true);
@@ -1565,6 +1729,18 @@ $("measure").addEventListener("submit", (event) => {
   const typed = $("measure-value").value;
   const date = $("measure-date");
   const problem = measureProblem(MEASURES[kind], typed, date, patient.today);
+  const clinician = clinicianProblem();
+  if (!problem && clinician !== null) {
+    // What was typed stays; the Clinician field is above the setup's User (Back).
+    patient.measure = {
+      text:
+        `Not saved: the Clinician code is not valid (${clinician}). ` +
+        "Press Back, correct it above User, then Save.",
+      bad: true,
+    };
+    render();
+    return;
+  }
   if (problem) {
     patient.measure = { text: problem[1], bad: true };
     $(problem[0]).focus();
@@ -1658,9 +1834,23 @@ $("user").addEventListener("input", () => {
 });
 $("program").addEventListener("change", fillCaps);
 $("clinician").value = localStorage.getItem("treadguard.clinician") || "";
+// A code kept by an older page may be one the treadmill refuses: shown with what is wrong
+// (render), and no longer kept.
+if (clinicianProblem() !== null) localStorage.removeItem("treadguard.clinician");
+$("clinician").addEventListener("input", render); // what is wrong, said as it is typed
+// Kept once entered, if the treadmill would take it: a bad one is never kept (and the one kept
+// before goes, so that the next page opened does not enter the record under another's code).
+// A pain before held for the code goes with the code entered.
 $("clinician").addEventListener("change", () => {
-  if (typedClinician()) localStorage.setItem("treadguard.clinician", typedClinician());
-  else localStorage.removeItem("treadguard.clinician");
+  if (typedClinician() && clinicianProblem() === null) {
+    localStorage.setItem("treadguard.clinician", typedClinician());
+  } else {
+    localStorage.removeItem("treadguard.clinician");
+  }
+  // (What the page said of a Save stays until the next: the change comes as the field is left,
+  // often by the tap on Save itself, which must not see the form move under it.)
+  if (clinicianProblem() === null && offlineWhy() === null) sendHeldPain();
+  render();
 });
 $("setup").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -1669,9 +1859,13 @@ $("setup").addEventListener("submit", (event) => {
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
   const pain = $("pain-before").value;
+  // Never held back by the record: a clinician's code the treadmill would refuse holds back
+  // only the pain, which waits for the code to be corrected (painGoesOn).
   const startId = send("start_session", fields);
-  view.painBefore =
-    pain === "" || startId === undefined ? null : { user: fields.user, pain: Number(pain), startId };
+  view.starting =
+    startId === undefined
+      ? null
+      : { user: fields.user, pain: pain === "" ? null : Number(pain), startId };
 });
 // After a session: the pain now, the exertion and notes, for the session's record (never
 // needed for the belt: the daemon journals them, the safety core never sees them).
@@ -1687,16 +1881,29 @@ scores("exertion", "not asked");
 $("pain-after").addEventListener("change", render);
 $("record").addEventListener("submit", (event) => {
   event.preventDefault();
-  const last = view.last;
-  if ($("record-save").disabled || !last || offlineWhy() !== null) return;
-  const fields = { session_id: String(last.id), pain: Number($("pain-after").value) };
+  const waiting = view.toRecord.length ? view.toRecord[0] : null;
+  if ($("record-save").disabled || !waiting || offlineWhy() !== null) return;
+  if (view.formFor !== waiting.id) return; // drawn for another: the next drawing clears it
+  const problem = clinicianProblem();
+  if (problem !== null) {
+    view.recordSaid = {
+      text: `Not saved: the Clinician code is not valid (${problem}). Correct it above, then Save.`,
+      bad: true,
+    };
+    $("clinician").focus();
+    render();
+    return;
+  }
+  view.recordSaid = null;
+  const fields = { session_id: waiting.id, pain: Number($("pain-after").value) };
   if ($("exertion").value !== "") fields.exertion = Number($("exertion").value);
   const notes = $("record-notes").value.trim();
   if (notes) fields.notes = notes;
   send("outcome_after", fields);
 });
 $("record-later").addEventListener("click", () => {
-  if (view.last) view.recorded = String(view.last.id); // not asked again for this session
+  // Not asked again for this session; the next of this page's that waits, if any, is asked.
+  if (!$("record-later").disabled) view.toRecord.shift();
   render();
 });
 // Each handler looks again: the view is redrawn every 250 ms, a tap can come in between.

@@ -310,23 +310,15 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         await expect(page.locator("#setup")).to_be_visible()  # the next session may start
         await expect(page.locator("#log")).to_contain_text(f"Record of session {session}: accepted")
 
-        # Typed for one session's record, not saved, and another tablet starts and stops
-        # another user's session: that record opens empty, under that user's name.
-        async def started_and_stopped(user: str) -> str:
-            ok(await doc.command("start_session", user=user))
-            started = (await doc.event("session_started"))["session_id"]
-            ok(await doc.command("stop"))
-            await doc.event("session_ended")
-            return str(started)
-
-        other = await started_and_stopped("u-other")
-        await expect(page.locator("#record-title")).to_have_text(f"After session {other} (u-other)")
-        await page.select_option("#pain-after", "7")
-        await page.fill("#record-notes", "for u-other")
-        third = await started_and_stopped("u-third")
-        await expect(page.locator("#record-title")).to_have_text(f"After session {third} (u-third)")
-        await expect(page.locator("#pain-after")).to_have_value("")
-        await expect(page.locator("#record-notes")).to_have_value("")
+        # Another tablet's session, started and ended while this page looks on: its record is
+        # that tablet's clinician's to enter, and nothing stands between this page and a start.
+        ok(await doc.command("start_session", user="u-other"))
+        other = (await doc.event("session_started"))["session_id"]
+        ok(await doc.command("stop"))
+        await doc.event("session_ended")
+        await expect(page.locator("#session-info")).to_contain_text(f"Last session {other} ")
+        await expect(page.locator("#record")).to_be_hidden()
+        await expect(page.locator("#setup")).to_be_visible()
     journal = Journal.read_only(tmp_path / f"journal-{tm}.sqlite")
     entries = journal.outcome_entries(int(session))
     journal.close()
@@ -384,7 +376,7 @@ async def test_the_pain_asked_before_a_start_goes_on_that_start_s_session_only(
         await expect(page.locator("#state")).to_contain_text("RUNNING", timeout=15_000)
         await no_pain_sent_before_stop(doc, page)
         await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
-        await page.click("#record-later")
+        await expect(page.locator("#record")).to_be_hidden()  # the other tablet's session
 
         await page.fill("#user", "u-race")
         await page.select_option("#program", index=0)
@@ -406,6 +398,205 @@ async def test_the_pain_asked_before_a_start_goes_on_that_start_s_session_only(
         await no_pain_sent_before_stop(doc, page)
     for session in (later, first):
         assert no_record(tmp_path / f"journal-{tm}.sqlite", session)
+
+
+def record_of(journal_path: Path, session_id: str) -> list[tuple[str, int, str | None]]:
+    """The session's entries of the clinician's record: when, pain and who entered it."""
+    journal = Journal.read_only(journal_path)
+    try:
+        entries = journal.outcome_entries(int(session_id))
+    finally:
+        journal.close()
+    return [(e["when"], e["pain"], e.get("clinician")) for e in entries]
+
+
+async def run_and_stop(doc: Clinician, page: Page) -> str:
+    """Start pressed on ``page`` (its setup filled in): the belt runs, the page's Stop ends the
+    session, and the treadmill is idle again. The session's id."""
+    await page.click("#start")
+    state = await doc.state(running, within=SESSION_WAIT_S)
+    session = str(state["session"]["id"])
+    await page.click("#stop")
+    await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    return session
+
+
+@pytest.mark.asyncio
+async def test_a_clinician_code_the_treadmill_refuses_is_said_as_typed_and_no_record_goes_under_it(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """The Clinician field checked as it is typed, by the treadmill's rules for a code: what is
+    wrong is said beside it in words, and such a code is never kept on the tablet. A start goes
+    ahead whatever the field holds; the pain asked before it waits in red until the code is
+    corrected, and then goes on that session's record. A pain the treadmill refuses (the
+    page's check and the treadmill's apart, as with a browser whose Unicode is newer) is said
+    the same way and sent again once the code is corrected."""
+    tm = "tm-page-code"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    journal = tmp_path / f"journal-{tm}.sqlite"
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        field, problem = page.locator("#clinician"), page.locator("#clinician-problem")
+        kept = "localStorage.getItem('treadguard.clinician')"
+        await page.fill("#clinician", "c-1")
+        await page.press("#clinician", "Tab")
+        assert await page.evaluate(kept) == "c-1"
+        for typed, words in (
+            ("Dr\u200bLee", "contains an invisible formatting character (U+200B)"),
+            ("c-\ue000", "contains a private-use character (U+E000)"),
+            ("Dr\u00a0Lee", "contains a space other than the ordinary space (U+00A0)"),
+        ):
+            await field.fill(typed)  # said as it is typed, before it is left
+            await expect(problem).to_have_text(
+                f"The code {words}: not kept, and no record is sent under it. Type it again."
+            )
+            await expect(field).to_have_attribute("aria-invalid", "true")
+        await page.press("#clinician", "Tab")
+        assert await page.evaluate(kept) is None  # nor the code kept before: it is not the one
+        await page.fill("#user", "u-code")
+        await page.select_option("#pain-before", "6")
+        await check_layout(page, "a clinician's code refused", shots="layout-clinician-code")
+
+        # The start is never held back by the record: the belt runs, the pain waits for the code.
+        await page.click("#start")
+        start = await next_command(doc, "start_session")
+        assert "clinician" not in start
+        ok(await doc.reply_to(start["id"]))
+        first = str((await doc.event("session_started"))["session_id"])
+        await doc.state(running, within=SESSION_WAIT_S)
+        held = page.locator("#pain-held")
+        await expect(held).to_have_text(
+            f"Pain before session {first} (6/10) is NOT on record: the clinician's code is not "
+            "valid (the code contains a space other than the ordinary space (U+00A0)). Correct "
+            "the Clinician code: it is sent again then."
+        )
+        await expect(field).to_be_visible()  # to be corrected while the session runs
+        await check_layout(page, "a pain before held for the code", shots="layout-pain-held")
+        await field.fill("Dr Lee")
+        await page.press("#clinician", "Tab")
+        before = await next_command(doc, "outcome_before")  # the first sent: none went before
+        assert (before["session_id"], before["pain"], before["clinician"]) == (first, 6, "Dr Lee")
+        ok(await doc.reply_to(before["id"]))
+        await expect(held).to_be_hidden()
+        assert await page.evaluate(kept) == "Dr Lee"
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await page.click("#record-later")
+
+        # The page's check and the treadmill's apart (stood in for by turning the page's off):
+        # the treadmill refuses the pain, which the page says in red and keeps.
+        await page.evaluate("codeProblem = () => null")
+        await field.fill("Dr\u00a0Lee")
+        await page.press("#clinician", "Tab")
+        await page.select_option("#pain-before", "5")
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        second = str((await doc.event("session_started"))["session_id"])
+        refused = await next_command(doc, "outcome_before", within=SESSION_WAIT_S)
+        assert (refused["session_id"], refused["clinician"]) == (second, "Dr\u00a0Lee")
+        message = await refusal(doc, refused["id"])
+        await expect(held).to_have_text(
+            f"Pain before session {second} (5/10) is NOT on record: {as_shown(message)}. Correct "
+            "the Clinician code: it is sent again then."
+        )
+        await expect(page.locator("#log")).to_contain_text(f"Pain before session {second}: Refused")
+        await doc.state(running, within=SESSION_WAIT_S)  # the belt runs all the same
+        await field.fill("Dr Lee")
+        await page.press("#clinician", "Tab")
+        again = await next_command(doc, "outcome_before")
+        assert (again["session_id"], again["pain"], again["clinician"]) == (second, 5, "Dr Lee")
+        ok(await doc.reply_to(again["id"]))
+        await expect(held).to_be_hidden()
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    assert record_of(journal, first) == [("before", 6, "Dr Lee")]
+    assert record_of(journal, second) == [("before", 5, "Dr Lee")]
+
+
+@pytest.mark.asyncio
+async def test_the_record_after_a_session_is_asked_on_the_page_that_started_it_and_stays_on_it(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """Two tablets on one treadmill. A session ends: the page that started it asks for its
+    record; the other asks nothing and may start its own user at once. While the first page's
+    record is being typed, the other starts and stops another user's session: the first page's
+    form stays on its own session with what was typed, and saves it there; the other page asks
+    for its own session's record."""
+    tm = "tm-page-two"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    url = page_url(broker, tm)
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        chromium() as browser,
+        tablet_page(browser, url) as a,
+        tablet_page(browser, url) as b,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        pa, pb = a.page, b.page
+        for page in (pa, pb):
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+        await pa.fill("#clinician", "c-a")
+        await pa.fill("#user", "PX-1")
+        mine = await run_and_stop(doc, pa)
+        await expect(pa.locator("#record-title")).to_have_text(f"After session {mine} (PX-1)")
+        # Page B has heard the session end, and asks nothing of it.
+        await expect(pb.locator("#session-info")).to_contain_text(f"Last session {mine} (PX-1")
+        await expect(pb.locator("#record")).to_be_hidden()
+        await expect(pb.locator("#setup")).to_be_visible()
+
+        await pa.select_option("#pain-after", "7")
+        await pa.select_option("#exertion", "4")
+        await pa.fill("#record-notes", "PX-1: right knee sore")
+        await pb.fill("#clinician", "c-b")
+        await pb.fill("#user", "PY-1")
+        theirs = await run_and_stop(doc, pb)
+        await expect(pb.locator("#record-title")).to_have_text(f"After session {theirs} (PY-1)")
+        await expect(pa.locator("#session-info")).to_contain_text(f"Last session {theirs} (PY-1")
+        await expect(pa.locator("#record-title")).to_have_text(f"After session {mine} (PX-1)")
+        await expect(pa.locator("#pain-after")).to_have_value("7")
+        await expect(pa.locator("#exertion")).to_have_value("4")
+        await expect(pa.locator("#record-notes")).to_have_value("PX-1: right knee sore")
+        await check_layout(pa, "the record, another's session ended", shots="layout-record-two")
+        await pa.click("#record-save")
+        after = await next_command(doc, "outcome_after")
+        assert {k: after[k] for k in ("session_id", "pain", "exertion", "notes", "clinician")} == {
+            "session_id": mine,
+            "pain": 7,
+            "exertion": 4,
+            "notes": "PX-1: right knee sore",
+            "clinician": "c-a",
+        }
+        ok(await doc.reply_to(after["id"]))
+        await expect(pa.locator("#record")).to_be_hidden()
+        await expect(pa.locator("#setup")).to_be_visible()
+
+        await expect(pb.locator("#pain-after")).to_have_value("")
+        await pb.select_option("#pain-after", "3")
+        # Under a code the treadmill would refuse, nothing is sent; what was typed stays.
+        await pb.fill("#clinician", "c\u200bb")
+        await pb.click("#record-save")
+        await expect(pb.locator("#record-status")).to_have_text(
+            "Not saved: the Clinician code is not valid (the code contains an invisible "
+            "formatting character (U+200B)). Correct it above, then Save."
+        )
+        await expect(pb.locator("#pain-after")).to_have_value("3")
+        await pb.fill("#clinician", "c-b")
+        await pb.click("#record-save")
+        theirs_after = await next_command(doc, "outcome_after")  # none went before it
+        assert (theirs_after["session_id"], theirs_after["pain"]) == (theirs, 3)
+        assert theirs_after["clinician"] == "c-b"
+        ok(await doc.reply_to(theirs_after["id"]))
+        await expect(pb.locator("#setup")).to_be_visible()
+    assert record_of(tmp_path / f"journal-{tm}.sqlite", mine) == [("after", 7, "c-a")]
+    assert record_of(tmp_path / f"journal-{tm}.sqlite", theirs) == [("after", 3, "c-b")]
 
 
 # ----------------------------------------------------------------------------- stops
