@@ -459,6 +459,20 @@ async def test_a_clinician_code_the_treadmill_refuses_is_said_as_typed_and_no_re
         await page.press("#clinician", "Tab")
         assert await page.evaluate(kept) is None  # nor the code kept before: it is not the one
         await page.fill("#user", "u-code")
+        # A measure under it: turned down beside the measure, in words, and not sent.
+        await page.click("#patient-open")
+        await expect(page.locator("#patient-status")).to_have_text(
+            "No sessions of u-code on record yet.", timeout=ONLINE_WAIT_MS
+        )
+        await page.click("#measure-open")
+        await page.select_option("#measure-kind", "tug")
+        await page.fill("#measure-value", "12.5")
+        await page.click("#measure-save")
+        await expect(page.locator("#measure-status")).to_have_text(
+            "Not saved: the Clinician code is not valid (the code contains a space other than "
+            "the ordinary space (U+00A0)). Press Back, correct it above User, then Save."
+        )
+        await page.click("#patient-close")
         await page.select_option("#pain-before", "6")
         await check_layout(page, "a clinician's code refused", shots="layout-clinician-code")
 
@@ -514,6 +528,14 @@ async def test_a_clinician_code_the_treadmill_refuses_is_said_as_typed_and_no_re
         await expect(held).to_be_hidden()
         await page.click("#stop")
         await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await page.click("#record-later")
+        await page.click("#patient-open")
+        await expect(page.locator("#measure")).to_be_visible()  # as it was left for this user
+        await expect(page.locator("#measure-value")).to_have_value("12.5")
+        await page.click("#measure-save")
+        measure = await next_command(doc, "record_measure")  # the first sent: none went before
+        assert (measure["kind"], measure["value"], measure["clinician"]) == ("tug", 12.5, "Dr Lee")
+        ok(await doc.reply_to(measure["id"]))
     assert record_of(journal, first) == [("before", 6, "Dr Lee")]
     assert record_of(journal, second) == [("before", 5, "Dr Lee")]
 
