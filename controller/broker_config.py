@@ -316,7 +316,6 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
                     f"{line.where}: include_dir '{line.raw}' names no folder{blank}: "
                     f"{exc.strerror}, and Mosquitto does not start"
                 ) from exc
-            lines.append(line)  # (its folder is compared where the broker runs, too)
             for included in folder_files:
                 lines.extend(_conf_lines(included, files, unusual, next(parts)))
     return MosquittoConf(files, lines, unusual)
