@@ -173,6 +173,13 @@ def propose(
         cap, words = program.cap_s_default, how
     else:
         cap, words = _next_cap(program, phase, first, last, week, zone)
+        if bound_holds and last.program == program.name and last.end_reason not in PLANNED_ENDS:
+            # "The same cap" after a session cut short is never more than the rules gave it:
+            # one started by hand at 8 min and stopped after 9 s proposes the 5 min they gave.
+            gave = _rules_gave(record, rules, programs, last, first, zone)
+            if gave.program == program.name and gave.cap_s < cap:
+                cap = gave.cap_s
+                words += f" (at most the {_cap(cap)} the rules gave session {last.id})"
     if held:  # held, but the last session's program is none of today's: the phase's start
         words = f"held: {held}; {words}"
     if own is not None and own.cap_s is not None:
@@ -387,17 +394,20 @@ def _rules_gave(
     then, itself bounded the same way if the session before ``last`` held too (``first``:
     the user's first session that counts, without which nothing is held).
 
-    Without recursion: the sessions that held one after another, back from ``last``, are
-    walked once; the proposal before the first of them is made without a hold, and each held
-    session after it then gives the next no more than it had itself (what it ran, bounded by
-    what it was given). A record of 1,500 holds costs one walk, not 1,500 proposals."""
+    Without recursion: the sessions that held or were cut short one after another, back from
+    ``last``, are walked once; the proposal before the first of them is made without a bound,
+    and each such session after it then gives the next no more than it had itself (what it
+    ran, bounded by what it was given). A record of 1,500 holds costs one walk, not 1,500
+    proposals."""
     ordered = sorted(record.sessions, key=lambda s: s.id)
     index = {s.id: i for i, s in enumerate(ordered)}
     chain = [last]
     while first.id < chain[-1].id:  # before the first session that counts nothing holds
         # The session before, as propose() would take it from the record as it stood then.
         previous = _last_session(ordered, end=index[chain[-1].id]) or first
-        if not _holds(record, rules, previous, zone):
+        # Walked back through every session whose own proposal hung on the one before it: one
+        # that held, and one cut short ("the same cap", bounded the same way).
+        if previous.end_reason in PLANNED_ENDS and not _holds(record, rules, previous, zone):
             break
         chain.append(previous)
     earliest = chain[-1]

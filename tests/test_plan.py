@@ -222,6 +222,25 @@ def test_holds_one_after_another_never_climb_above_what_the_rules_gave() -> None
     assert got.reason.endswith("(at most the 5 min the rules gave session 3)"), got.reason
 
 
+def test_a_session_started_by_hand_and_stopped_early_is_proposed_no_more_than_the_rules_gave() -> (
+    None
+):
+    """The rules gave session 2 reverse walking at 5 min; it was started by hand at 8 min and
+    stopped after 9 s. "The same cap" is the 5 min the rules gave it, never the 8 min the
+    user has never walked; nor does an emergency stop in an 8 min session after it climb to
+    8 min through it."""
+    sessions = [
+        session(1, "first_session", "cap", 180.0),
+        session(2, "reverse_walking", "operator_stop", 9.0, cap_s=480.0, day=1),
+    ]
+    got = plan(UserRecord("p-1", sessions), day=2)
+    assert (got.held, got.program, got.cap_s) == (False, "reverse_walking", 300.0), got.reason
+    assert got.reason.endswith("(at most the 5 min the rules gave session 2)"), got.reason
+    sessions.append(session(3, "reverse_walking", "estop", 7.0, cap_s=480.0, day=2))
+    held = plan(UserRecord("p-1", sessions), day=3)
+    assert (held.held, held.program, held.cap_s) == (True, "reverse_walking", 300.0), held.reason
+
+
 def test_a_record_of_holds_only_is_proposed_for_however_long_it_is() -> None:
     """Every session after the first ended in an emergency stop, 1,500 of them: the bound on a
     hold asks the record before the last session once, never once a session (Python's
@@ -431,6 +450,29 @@ def test_a_hold_never_asks_more_than_the_rules_gave_the_session_that_holds(
     )
     gave = propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
     assert _rank(got, rules) <= _rank(gave, rules), (got.reason, gave.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=records(), rules=RULESETS)
+def test_after_a_session_cut_short_the_program_s_cap_is_no_more_than_the_rules_gave_it(
+    record: UserRecord, rules: ProgressionRules
+) -> None:
+    """A session that did not run to its cap (stopped early, a hold or not): the next
+    proposal of the same program asks no longer a cap than the rules gave that session."""
+    last = _last_session(record.sessions)
+    if last is None or last.end_reason in ("cap", "completed"):
+        return
+    got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
+    before = UserRecord(
+        "p-1",
+        [s for s in record.sessions if s.id < last.id],
+        outcomes=record.outcomes,
+        confirmed=record.confirmed,
+    )
+    gave = propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
+    own = rules.user.get("p-1")
+    if got.program == gave.program == last.program and (own is None or own.cap_s is None):
+        assert got.cap_s <= gave.cap_s, (got.reason, gave.reason)
 
 
 @settings(max_examples=60, deadline=None)
