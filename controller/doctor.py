@@ -1065,7 +1065,7 @@ async def _acl_probes(
 def _acl_fix(broker: BrokerSettings) -> str:
     return (
         f"the broker's ACL must grant these topics for the prefix {broker.prefix} "
-        "(config/mosquitto/acl, docs/mqtt-security.md); then sudo systemctl reload mosquitto"
+        "(config/mosquitto/acl, docs/mqtt-security.md); then sudo systemctl restart mosquitto"
     )
 
 
@@ -1152,9 +1152,49 @@ def check_broker_files(
     ]
 
 
+# What a board's broker configuration may say: Debian's own mosquitto.conf, treadguard's
+# snippet, TLS, logging and the bounds on what the broker holds. A setting outside it is one
+# the doctor does not judge, and some change who may publish what past the password file and
+# the ACL: a plugin (dynamic security, an auth plugin) with accounts of its own, a bridge
+# (connection, topic: one that loops back to this broker turns a topic an account may write
+# into the commands), port and bind_address (Mosquitto's default listener, wherever they
+# stand), mount_point (topics moved under a prefix), a certificate's name taken as the account
+# (use_identity_as_username). Failed closed: such a board is not passed.
+KNOWN_SETTINGS = frozenset(
+    {
+        # Debian's mosquitto.conf
+        "pid_file", "persistence", "persistence_location", "persistence_file", "log_dest",
+        "include_dir",
+        # who may do what, and the listeners
+        "allow_anonymous", "password_file", "acl_file", "per_listener_settings",
+        "use_username_as_clientid", "listener", "protocol", "socket_domain", "http_dir",
+        "user",
+        # TLS
+        "certfile", "keyfile", "cafile", "capath", "crlfile", "dhparamfile", "ciphers",
+        "ciphers_tls1.3", "tls_version", "require_certificate", "psk_hint", "psk_file",
+        # bounds and behaviour
+        "max_packet_size", "message_size_limit", "max_queued_messages", "max_queued_bytes",
+        "max_inflight_messages", "max_inflight_bytes", "max_keepalive", "max_connections",
+        "max_qos", "memory_limit", "queue_qos0_messages", "retain_available",
+        "set_tcp_nodelay", "persistent_client_expiration", "autosave_interval",
+        "autosave_on_changes", "upgrade_outgoing_qos", "allow_zero_length_clientid",
+        "auto_id_prefix", "check_retain_source", "sys_interval", "connection_messages",
+        "log_type", "log_timestamp", "log_timestamp_format", "log_facility",
+        "websockets_log_level", "websockets_headers_size",
+    }
+)  # fmt: skip
+
+
 def _judge_conf(conf: MosquittoConf) -> Check:
     read = ", ".join(str(path) for path, _ in conf.files)
     problems = [f"{path} is empty (0 bytes)" for path in conf.empty_files()]
+    for line in conf.lines:
+        if line.key not in KNOWN_SETTINGS:
+            problems.append(
+                f"{line.key} ({line.where}): a setting the doctor does not judge; some "
+                "(plugin, a bridge's connection, port, mount_point) let others publish past "
+                "the password file and the ACL"
+            )
     # Any line, not only the last: Mosquitto puts each security line (acl_file, password_file,
     # allow_anonymous) where the setting points when it reads it, so one read while it was on
     # belongs to a listener, and is out of force if the setting ends off.
@@ -1342,22 +1382,22 @@ def _running_conf(broker: BrokerSettings, judged: Path, conf: MosquittoConf) -> 
 
 def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
     """Whether the broker's process finds the files judged here at their paths: in a mount
-    namespace of its own (a systemd drop-in's BindPaths, a container) another file can be
-    there. Compared through /proc/PID/root, file by file and folder listing by folder."""
+    namespace of its own (a systemd drop-in's BindPaths, a container), or under another root
+    (chroot, RootDirectory=), another file can be there. Compared through /proc/PID/root,
+    file by file and folder listing by folder, always."""
     try:
-        ours, theirs = (os.stat(f"/proc/{p}/ns/mnt").st_ino for p in ("self", pid))
+        os.stat(f"/proc/{pid}/root")
     except OSError:
         return [
             Check(
                 "broker config",
                 Verdict.TODO,
                 f"not checked: whether {who} finds the files judged here at their paths (the "
-                f"doctor, running as {_me()}, cannot see its mount namespace)",
+                f"doctor, running as {_me()}, cannot see its root)",
                 RUN_AS_ROOT,
             )
         ]
-    if ours == theirs:
-        return []
+    # Compared however it runs: a chroot shares the doctor's mount namespace, not its root.
     differ = []
     for path in _broker_paths(conf, cwd):
         there = Path(f"/proc/{pid}/root") / path.relative_to(path.anchor)
@@ -1388,14 +1428,11 @@ def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check
 START_GRACE_S = 0.02  # two clock ticks
 
 
-def _broker_paths(
-    conf: MosquittoConf,
-    cwd: str,
-    keys: tuple[str, ...] = ("include_dir", "acl_file", "password_file"),
-) -> list[Path]:
-    """The files and folders a broker's configuration was read from: its files, and the
-    folders and files its lines of ``keys`` name (a relative one is the broker's working
-    folder's)."""
+def _broker_paths(conf: MosquittoConf, cwd: str) -> list[Path]:
+    """The files and folders a broker's configuration was read from: its files, the folders
+    of its include_dir lines, its password file and ACL (a relative one is the broker's
+    working folder's)."""
+    keys = ("include_dir", "acl_file", "password_file")
     paths = [path for path, _ in conf.files]
     paths += [
         # include_dir takes the rest of its line whole, blanks too; acl_file and password_file
@@ -1405,6 +1442,29 @@ def _broker_paths(
         if line.key in keys
     ]
     return [Path(cwd, p) for p in paths]
+
+
+def links_on_the_way(path: Path, budget: int = 40) -> list[Path]:
+    """Every symbolic link met while resolving ``path``: in the folders above it, each link
+    of a chain, and in what a link points to (at most ``budget``; RuntimeError past it, a loop
+    of links)."""
+    found: list[Path] = []
+    pending = list(Path(os.path.abspath(path)).parts)
+    here = Path(pending.pop(0))
+    while pending:
+        part = pending.pop(0)
+        step = here / part
+        if step.is_symlink():
+            found.append(step)
+            if len(found) > budget:
+                raise RuntimeError(f"more than {budget} links on the way to {path}")
+            target = Path(os.readlink(step))
+            if target.is_absolute():
+                here = Path(target.anchor)
+            pending[:0] = [p for p in target.parts if p != target.anchor]
+            continue
+        here = here.parent if part == ".." else here if part == "." else step
+    return found
 
 
 def _process_started(pid: int) -> float | None:
@@ -1431,11 +1491,18 @@ def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> l
     if started is None:
         return []
     changed = []
-    # Not the password file nor the ACL: a reload re-reads them, the way to change them.
-    for path in _broker_paths(conf, cwd, ("include_dir",)):
+    # The password file and the ACL too: a reload re-reads them, but whether one came after
+    # the last change cannot be told, and one put in force and then changed back is not what
+    # the files say.
+    for path in _broker_paths(conf, cwd):
         try:
-            when = max(path.lstat().st_ctime, path.stat().st_ctime)
-        except OSError:
+            # The file and every link met on the way to it (a folder link re-pointed and
+            # back). Not the folders above it: a folder's change time moves with every file
+            # added to it, so a folder swapped with mv and back is not seen.
+            when = max(
+                [path.stat().st_ctime] + [link.lstat().st_ctime for link in links_on_the_way(path)]
+            )
+        except (OSError, RuntimeError):  # gone, or a loop of links
             changed.append(f"{path} (gone)")
             continue
         # The start is known to a tick, never late: a file written just before it (the
@@ -1449,8 +1516,7 @@ def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> l
             "broker config",
             Verdict.TODO,
             f"not checked: {who} started before {', '.join(changed)} last changed, so what it "
-            "runs may not be what was judged (a reload re-reads the password file and the "
-            "ACL, not the listeners nor the bridges)",
+            "runs may not be what was judged",
             "sudo systemctl restart mosquitto, then run the doctor again",
         )
     ]
@@ -1500,7 +1566,7 @@ def _unusual_checks(path: Path, data: bytes) -> list[Check]:
             Verdict.FAIL,
             problem,
             "retype the line with plain spaces (an editor that shows control characters: "
-            f"cat -A {path} marks them), then sudo systemctl reload mosquitto",
+            f"cat -A {path} marks them), then sudo systemctl restart mosquitto",
         )
         for problem in unusual_characters(path, file_lines(data))
     ]
@@ -1570,7 +1636,7 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
                 f"{breach.line.where}: {'; '.join(said)}",
                 f"delete the line from {breach.line.file}, or narrow its topic to what that "
                 "account needs (config/mosquitto/acl has each account's block); then sudo "
-                "systemctl reload mosquitto",
+                "systemctl restart mosquitto",
             )
         )
     return checks

@@ -187,10 +187,13 @@ _INCLUDE = re.compile(r"""(?:^|[;{}\s])include\s+("[^"]*"|'[^']*'|[^\s;]+)\s*;""
 _READ_INCLUDES = frozenset(
     {"sites-enabled/*", "conf.d/*.conf", "mime.types", "modules-enabled/*.conf"}
 )
-# A directive in a location's block that answers a client by its address or its credentials:
-# the board, asking from its own address and with no credentials, is not answered as a client
-# elsewhere may be.
-_BY_CLIENT = re.compile(r"(?:^|[;{}])\s*(allow|deny|if|auth_[a-z_]+)(?=[\s(])")
+# A directive that answers a client by its address or its credentials, or passes it on to a
+# place chosen by them (geo, map, split_clients, a *_pass naming a variable): the board, asking
+# from its own address and with no credentials, is not answered as a client elsewhere may be.
+_BY_CLIENT = re.compile(
+    r"(?:^|[;{}])\s*(allow|deny|if|auth_[a-z_]+|satisfy|limit_except|valid_referers|geo|map"
+    r"|split_clients|[a-z]+_pass(?=\s[^;]*\$))(?=[\s(])"
+)
 
 
 def _block(text: str, start: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -48,10 +49,16 @@ from treadguard.controller.broker_config import read_mosquitto_conf
 from treadguard.controller.doctor import Verdict, check_network
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
 def _reaches_now(
-    port: int, topic: str, reader: tuple[str, str], writer: tuple[str, str] | None, at: int
+    port: int,
+    topic: str,
+    reader: tuple[str, str],
+    writer: tuple[str, str] | None,
+    at: int,
+    published_on: str | None = None,
 ) -> bool:
     """Whether a message published on ``topic`` by ``writer`` (None: anonymous) at broker port
     ``at`` reaches ``reader`` (user, password) subscribed at ``port``, within 5 s. Published
@@ -72,7 +79,7 @@ def _reaches_now(
     try:
         deadline = time.monotonic() + 5.0
         while not got.is_set() and time.monotonic() < deadline:
-            pub.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
+            pub.publish(published_on or topic, b'{"id":"x","type":"heartbeat"}', qos=1)
             got.wait(0.1)  # a retry period, not a synchronisation: the event is the answer
         return got.is_set()
     finally:
@@ -82,9 +89,16 @@ def _reaches_now(
 
 
 async def _reaches(
-    port: int, topic: str, reader: tuple[str, str], writer: tuple[str, str] | None, at: int
+    port: int,
+    topic: str,
+    reader: tuple[str, str],
+    writer: tuple[str, str] | None,
+    at: int,
+    published_on: str | None = None,
 ) -> bool:
-    return await asyncio.to_thread(_reaches_now, port, topic, reader, writer, at)
+    """Whether ``writer``'s message, published on ``published_on`` (``topic`` by default) at
+    port ``at``, reaches ``reader`` subscribed to ``topic`` at ``port``."""
+    return await asyncio.to_thread(_reaches_now, port, topic, reader, writer, at, published_on)
 
 
 def _verdicts(out: str) -> dict[str, list[str]]:
@@ -181,6 +195,113 @@ async def test_a_bridge_removed_from_the_files_but_still_running_is_not_passed(
     assert code == 4, (verdicts, out)  # not passed: not checked
     assert "TODO" in verdicts["broker config"], verdicts
     assert f"{conf_d} last changed" in out
+
+
+def _dynsec_admin_writes_everything(path: Path) -> Path:
+    """A dynamic-security plugin's file (mosquitto_ctrl dynsec init) whose admin account, in
+    no password file, may publish on every topic."""
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(path), "admin", "admin-secret"],
+        check=True,
+        capture_output=True,
+    )
+    state = json.loads(path.read_text())
+    for role in state["roles"]:
+        role.setdefault("acls", []).append(
+            {"acltype": "publishClientSend", "topic": "#", "priority": 0, "allow": True}
+        )
+    path.write_text(json.dumps(state))
+    return path
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        # A bridge only out, back into this broker, under the tablet's account: what the
+        # dashboard may write on its query topic arrives as the treadmill's commands.
+        "loop",
+        # A security plugin with accounts and rights of its own, past the password file and
+        # the ACL.
+        "plugin",
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_setting_the_doctor_does_not_judge_is_not_passed(
+    rig: Rig,  # noqa: F811
+    setting: str,
+) -> None:
+    port = free_ports(1)[0]
+    cmd = f"treadmill/{SENSOR_TM}/cmd"
+    if setting == "loop":
+        extra = (
+            f"connection loop\naddress 127.0.0.1:{port}\nremote_username tablet\n"
+            f"remote_password {PASSWORDS['tablet']}\n"
+            f'topic "" out 1 treadmill/{SENSOR_TM}/query/dashboard {cmd}\n'
+        )
+        writer = ("dashboard", PASSWORDS["dashboard"])
+        published_on = f"treadmill/{SENSOR_TM}/query/dashboard"
+    else:
+        dynsec = _dynsec_admin_writes_everything(rig.tmp / "dynsec.json")
+        extra = f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {dynsec}\n"
+        writer, published_on = ("admin", "admin-secret"), None
+    rig.broker.stop()
+    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp) + extra, port=port)
+    rig.broker.start()
+    assert await _reaches(port, cmd, DAEMON, writer, port, published_on), "no harm shown"
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+    assert "a setting the doctor does not judge" in done.out
+
+
+@pytest.mark.asyncio
+async def test_a_file_behind_a_folder_link_pointed_elsewhere_and_back_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """The ACL read through a folder link: the broker started with the link on a lenient
+    release (the dashboard commands), the link then pointed back at the strict one. The
+    files judged are strict; the broker runs the lenient ACL. The link changed after the
+    broker started: not passed."""
+    for name, extra in (
+        ("strict", ""),
+        ("lenient", "user dashboard\ntopic write treadmill/+/cmd\n"),
+    ):
+        (rig.tmp / name).mkdir()
+        (rig.tmp / name / "acl").write_text(ACL.read_text() + "\n" + extra)
+    current = rig.tmp / "current"
+    current.symlink_to(rig.tmp / "lenient")
+    _broker_anew(rig, auth_lines(rig.tmp).replace(str(ACL), str(current / "acl")))
+    current.unlink()
+    current.symlink_to(rig.tmp / "strict")
+    code, verdicts, out = await _harm_then_doctor(
+        rig, f"treadmill/{SENSOR_TM}/cmd", ("dashboard", PASSWORDS["dashboard"]), rig.broker.port
+    )
+    assert code == 4, (verdicts, out)  # not passed: not checked
+    assert "TODO" in verdicts["broker config"], verdicts
+
+
+@pytest.mark.asyncio
+async def test_an_acl_put_in_force_by_a_reload_and_then_changed_back_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """A line letting the dashboard command added to the ACL, put in force with a reload
+    (SIGHUP), then taken out again without one: the file is strict, the broker lenient."""
+    acl = rig.tmp / "acl"
+    acl.write_text(ACL.read_text())
+    _broker_anew(rig, auth_lines(rig.tmp).replace(str(ACL), str(acl)))
+    acl.write_text(ACL.read_text() + "\nuser dashboard\ntopic write treadmill/+/cmd\n")
+    assert rig.broker.proc is not None
+    rig.broker.proc.send_signal(signal.SIGHUP)
+    dashboard = ("dashboard", PASSWORDS["dashboard"])
+    cmd = f"treadmill/{SENSOR_TM}/cmd"
+    assert await _reaches(rig.broker.port, cmd, DAEMON, dashboard, rig.broker.port)
+    acl.write_text(ACL.read_text())
+    code, verdicts, out = await _harm_then_doctor(rig, cmd, dashboard, rig.broker.port)
+    assert code == 4, (verdicts, out)
+    assert "TODO" in verdicts["broker config"], verdicts
 
 
 @pytest.mark.asyncio
@@ -489,6 +610,26 @@ NGINX_CASES = {
             "  deny all;\n  location /lan-mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
         },
     ),
+    # Where the proxy passes on chosen by the client's address: the board's own goes nowhere.
+    "geo": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "geo $mqtt_up {\n  default 127.0.0.1:9001;\n"
+            "  192.0.2.0/24 127.0.0.1:1;\n}\nserver {\n  listen 80;\n"
+            "  location /lan-mqtt { proxy_pass http://$mqtt_up; }\n}\n",
+        },
+    ),
+    "map": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n  location /lan-mqtt {\n"
+            "    proxy_pass http://$upstream_by_client;\n  }\n}\n",
+            "conf.d/by-client.conf": "map $remote_addr $upstream_by_client {\n"
+            "  default 127.0.0.1:9001;\n  192.0.2.1 127.0.0.1:1;\n}\n",
+        },
+    ),
     # A quoted location with a blank in its path.
     "quoted": (
         "/clinic broker",
@@ -559,7 +700,7 @@ async def test_a_file_named_dot_conf_is_not_read_by_mosquitto(rig: Rig) -> None:
         done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
     verdicts = _verdicts(done.out)
     assert done.code == 1, (verdicts, done.out[-3000:])
-    assert verdicts["broker config"] == ["FAIL"], verdicts
+    assert verdicts["broker config"] == ["FAIL"], done.out
 
 
 def test_a_tls_listener_on_a_link_local_address_binds_its_socket() -> None:

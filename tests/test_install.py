@@ -488,6 +488,8 @@ def test_installs_and_a_second_run_changes_nothing(board: Board) -> None:
     conf.write_text(DEBIAN_MOSQUITTO_CONF + "listener 1883\n")
     refused = box.run("bash", str(INSTALL), check=False)
     conf.write_text(DEBIAN_MOSQUITTO_CONF)
+    # Its configuration rewritten since it started: the board as a restart leaves it.
+    box.run("systemctl", "restart", "mosquitto.service")
     assert refused.returncode == 1, refused
     assert "has a listener of its own" in refused.stderr
     mine = "etc/mosquitto/mosquitto.conf"  # rewritten by this test, its content as it was
@@ -767,13 +769,15 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
         snippet.write_bytes(shipped_snippet)
         box.run("chown", "root:dialout", pty)
         box.run("chmod", "0660", pty)
+        box.run("systemctl", "restart", "mosquitto.service")  # as it was: started after its files
     assert no_rule.code == 1, no_rule.out
     # Without --belt the deadman is not checked (TODO); without an acl_file, no ACL to judge.
+    # The snippet changed after the broker started: what the broker runs is not known (TODO).
     assert no_rule.verdicts() == {
         **{k: v for k, v in ALL_GREEN.items() if k != "ACL file"},
         "serial port": ["FAIL"],
         "drive": ["TODO"],
-        "broker config": ["FAIL"],
+        "broker config": ["FAIL", "TODO"],
     }, no_rule.out
     port = no_rule.failed(
         "serial port",
@@ -803,9 +807,11 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
         faults = _doctor(board, clock="no")
     finally:
         acl.write_bytes(installed_acl)
+        box.run("systemctl", "restart", "mosquitto.service")
     assert faults.code == 1, faults.out
     assert faults.verdicts() == {
         **ALL_GREEN,
+        "broker config": ["ok", "TODO"],  # the ACL changed after the broker started
         "drive": ["TODO"],
         "sensors": ["FAIL", "FAIL", "FAIL"],
         "ACL file": ["FAIL"],
@@ -1506,6 +1512,8 @@ def test_an_include_dir_line_mosquitto_reads_otherwise_is_refused(board: Board) 
         assert "mosquitto: already running with them" in board.install().stdout
     finally:
         conf.write_text(DEBIAN_MOSQUITTO_CONF)
+        # Its configuration rewritten since it started: the board as a restart leaves it.
+        board.box.run("systemctl", "restart", "mosquitto.service")
 
 
 def test_no_password_is_ever_on_a_command_line(board: Board) -> None:
