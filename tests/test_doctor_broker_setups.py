@@ -36,6 +36,7 @@ from tests.mosquitto import (
     wait_listening,
 )
 from tests.test_doctor import (
+    Outcome,
     Rig,
     Sensors,
     _broker_anew,
@@ -107,6 +108,17 @@ def _verdicts(out: str) -> dict[str, list[str]]:
     for c in result["checks"]:
         found.setdefault(c["check"], []).append(c["verdict"])
     return found
+
+
+async def _broker_config_failed(rig: Rig) -> Outcome:  # noqa: F811
+    """The real doctor on the rig: it must exit 1 with its broker config check failed."""
+    rig.drive = 'kind = "simulator"'
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    verdicts = _verdicts(done.out)
+    assert done.code == 1, (verdicts, done.out[-3000:])
+    assert "FAIL" in verdicts["broker config"], verdicts
+    return done
 
 
 DAEMON = ("treadguard", PASSWORDS["treadguard"])
@@ -248,12 +260,7 @@ async def test_a_setting_the_doctor_does_not_judge_is_not_passed(
     rig.broker = Broker(rig.tmp, auth_lines(rig.tmp) + extra, port=port)
     rig.broker.start()
     assert await _reaches(port, cmd, DAEMON, writer, port, published_on), "no harm shown"
-    rig.drive = 'kind = "simulator"'
-    async with publishing(Sensors(rig.broker.port)):
-        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
-    verdicts = _verdicts(done.out)
-    assert done.code == 1, (verdicts, done.out[-3000:])
-    assert "FAIL" in verdicts["broker config"], verdicts
+    done = await _broker_config_failed(rig)
     assert "a setting the doctor does not judge" in done.out
 
 
@@ -364,12 +371,7 @@ async def test_a_listener_that_keeps_a_client_s_own_id_is_not_passed(
     second = free_ports(1)[0]
     _broker_anew(rig, auth_lines(rig.tmp) + f"listener {second} 127.0.0.1\n{setting}")
     assert await asyncio.to_thread(_knocked_off_now, rig.broker.port, second)
-    rig.drive = 'kind = "simulator"'
-    async with publishing(Sensors(rig.broker.port)):
-        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
-    verdicts = _verdicts(done.out)
-    assert done.code == 1, (verdicts, done.out[-3000:])
-    assert "FAIL" in verdicts["broker config"], verdicts
+    done = await _broker_config_failed(rig)
     assert f"listener {second} 127.0.0.1 ({rig.broker.conf}, line" in done.out, done.out[-3000:]
     assert "use_username_as_clientid" in done.out
 
@@ -389,12 +391,7 @@ async def test_an_include_dir_is_the_folder_mosquitto_reads_blanks_and_all(
     (rig.tmp / "conf.d " / "local.conf").write_text(f"listener {second} 127.0.0.1\n")
     _broker_anew(rig, auth_lines(rig.tmp) + f"include_dir {rig.tmp}/conf.d \n")
     assert await asyncio.to_thread(_knocked_off_now, rig.broker.port, second)
-    rig.drive = 'kind = "simulator"'
-    async with publishing(Sensors(rig.broker.port)):
-        done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
-    verdicts = _verdicts(done.out)
-    assert done.code == 1, (verdicts, done.out[-3000:])
-    assert "FAIL" in verdicts["broker config"], verdicts
+    done = await _broker_config_failed(rig)
     assert f"({rig.tmp}/conf.d /local.conf, line 1) has no use_username_as_clientid" in done.out
 
 

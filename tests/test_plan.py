@@ -417,6 +417,17 @@ def test_any_history_gets_a_proposal_with_a_reason_within_the_program_s_limits(
         assert got.cap_s <= HARD_CAP_FIRST_SESSION_S
 
 
+def _proposed_before(record: UserRecord, rules: ProgressionRules, last: SessionRow) -> Any:
+    """What the rules proposed for ``last`` when it began: from the record before it."""
+    before = UserRecord(
+        "p-1",
+        [s for s in record.sessions if s.id < last.id],
+        outcomes=record.outcomes,
+        confirmed=record.confirmed,
+    )
+    return propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
+
+
 def _rank(proposal: Any, rules: ProgressionRules) -> tuple[int, float]:
     """How much a proposal asks of a user: its program's phase (a first session before any),
     then its cap."""
@@ -442,13 +453,7 @@ def test_a_hold_never_asks_more_than_the_rules_gave_the_session_that_holds(
     got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
     if not got.held:
         return
-    before = UserRecord(
-        "p-1",
-        [s for s in record.sessions if s.id < last.id],
-        outcomes=record.outcomes,
-        confirmed=record.confirmed,
-    )
-    gave = propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
+    gave = _proposed_before(record, rules, last)
     assert _rank(got, rules) <= _rank(gave, rules), (got.reason, gave.reason)
 
 
@@ -463,13 +468,7 @@ def test_after_a_session_cut_short_the_program_s_cap_is_no_more_than_the_rules_g
     if last is None or last.end_reason in ("cap", "completed"):
         return
     got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
-    before = UserRecord(
-        "p-1",
-        [s for s in record.sessions if s.id < last.id],
-        outcomes=record.outcomes,
-        confirmed=record.confirmed,
-    )
-    gave = propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
+    gave = _proposed_before(record, rules, last)
     own = rules.user.get("p-1")
     if got.program == gave.program == last.program and (own is None or own.cap_s is None):
         assert got.cap_s <= gave.cap_s, (got.reason, gave.reason)
