@@ -703,7 +703,17 @@ function send(type, fields = {}) {
 // lost with the link is forgotten with the pain asked before it, so that a later session of
 // the same user (started from another tablet) is never taken for this page's, nor gets it.
 function startUnanswered(id) {
+  startAnswered(id);
   if (view.starting && view.starting.startId === id) view.starting = null;
+}
+// The pain typed before a start is that start's only: once the start is answered (accepted,
+// refused, unanswered, lost with the link) the field is emptied, so that the next start (most
+// often the next patient's) carries no pain unless it is asked again, and one patient's pain
+// never goes on another's record. A pain chosen meanwhile, for the next start, stays.
+function startAnswered(id) {
+  const start = view.starting;
+  if (!start || start.startId !== id || start.pain === null) return;
+  if ($("pain-before").value === String(start.pain)) $("pain-before").value = "";
 }
 // Known once both are, in whichever order they come: this page's start accepted (its reply),
 // and the session it opened (session_started). Another tablet's session of the same user,
@@ -808,6 +818,7 @@ function onOneReply(reply) {
   if (reply.ok) {
     if (sent.type === "set_speed") view.target = sent.fields.mph;
     if (sent.type === "start_session" && view.starting && view.starting.startId === reply.id) {
+      startAnswered(reply.id);
       view.starting.accepted = true;
       startKnown();
     }

@@ -400,6 +400,52 @@ async def test_the_pain_asked_before_a_start_goes_on_that_start_s_session_only(
         assert no_record(tmp_path / f"journal-{tm}.sqlite", session)
 
 
+@pytest.mark.asyncio
+async def test_the_pain_asked_before_a_start_is_not_carried_to_the_next_patient_s_start(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """The pain typed before a start goes with that start only: once it is answered the field
+    is empty again, so the next patient's start, its pain not asked, puts none on the record
+    (never the previous patient's pain as this one's)."""
+    tm = "tm-page-pain-next"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#clinician", "c-3")
+        await page.fill("#user", "p-1")
+        await page.select_option("#pain-before", "6")
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        first = str((await doc.event("session_started"))["session_id"])
+        before = await next_command(doc, "outcome_before", within=SESSION_WAIT_S)
+        assert (before["session_id"], before["pain"]) == (first, 6)
+        ok(await doc.reply_to(before["id"]))
+        await expect(page.locator("#pain-before")).to_have_value("")  # answered: emptied
+        await doc.state(running, within=SESSION_WAIT_S)
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await page.select_option("#pain-after", "3")
+        await page.click("#record-save")
+        ok(await doc.reply_to((await next_command(doc, "outcome_after"))["id"]))
+        await expect(page.locator("#setup")).to_be_visible()
+
+        await page.fill("#user", "p-2")  # the pain not asked this time
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        second = str((await doc.event("session_started"))["session_id"])
+        await doc.state(running, within=SESSION_WAIT_S)
+        await no_pain_sent_before_stop(doc, page)
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    journal = tmp_path / f"journal-{tm}.sqlite"
+    assert record_of(journal, first) == [("before", 6, "c-3"), ("after", 3, "c-3")]
+    assert no_record(journal, second)
+
+
 def record_of(journal_path: Path, session_id: str) -> list[tuple[str, int, str | None]]:
     """The session's entries of the clinician's record: when, pain and who entered it."""
     journal = Journal.read_only(journal_path)
