@@ -70,17 +70,25 @@ function takePrograms(ext) {
   return true;
 }
 
-// The tablet's clock less the daemon's, from states and events published while connected
-// (retained ones may be old): the smallest difference seen lately, which includes the network
-// delay, so stamps come out a little old, never new.
+// The daemon's clock less the browser's monotonic one (performance.now(), in s), from states
+// and events published while connected (retained ones may be old). Each sample is late by its
+// network delay, so the largest seen lately is the nearest: stamps come out a little old,
+// never new. Measured against the monotonic clock, not the tablet's wall clock: network time
+// stepping the tablet's clock (a slow tablet set right) while the page is open changes no
+// stamp, where old samples taken against the wall clock would stamp every command seconds in
+// the future, to be refused. (A tablet that slept: the first state after it is a larger
+// sample, and wins.)
 const clockSamples = [];
 function noteDaemonTime(ts) {
   if (typeof ts !== "number" || !Number.isFinite(ts)) return;
-  clockSamples.push(Date.now() / 1000 - ts);
+  clockSamples.push(ts - performance.now() / 1000);
   if (clockSamples.length > 40) clockSamples.shift();
 }
-function clockOffset() {
-  return clockSamples.length ? Math.min(...clockSamples) : 0;
+// Now (unix s) in the daemon's clock as far as the page can tell; the tablet's own clock until
+// the daemon has been heard.
+function daemonNow() {
+  if (!clockSamples.length) return Date.now() / 1000;
+  return performance.now() / 1000 + Math.max(...clockSamples);
 }
 
 function bandOf(program) {
@@ -668,7 +676,7 @@ function send(type, fields = {}) {
   // change or a heartbeat that a hung broker delivers late is refused by the daemon rather
   // than run when nobody expects it (docs/daemon.md). The daemon refuses them after 3 s, well
   // before this page gives up waiting for an answer (5 s).
-  const ts = Date.now() / 1000 - clockOffset();
+  const ts = daemonNow();
   client.publish(TOPIC.cmd, JSON.stringify({ id, type, ts, ...fields }), { qos: 1, retain: false });
   if (type === "heartbeat") {
     ownHeartbeats.add(id);
@@ -1326,7 +1334,7 @@ function clinicToday(zone) {
       const options = { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit" };
       dayFormats.set(zone, new Intl.DateTimeFormat("en-CA", options));
     }
-    const parts = dayFormats.get(zone).formatToParts(new Date(Date.now() - 1000 * clockOffset()));
+    const parts = dayFormats.get(zone).formatToParts(new Date(1000 * daemonNow()));
     const part = (type) => parts.find((p) => p.type === type).value;
     return `${part("year")}-${part("month")}-${part("day")}`;
   } catch {

@@ -468,6 +468,43 @@ async def run_and_stop(doc: Clinician, page: Page) -> str:
 
 
 @pytest.mark.asyncio
+async def test_a_step_of_the_tablet_s_wall_clock_changes_no_command_s_stamp(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """The page stamps its commands in the daemon's clock, estimated against the browser's
+    monotonic clock: the tablet's wall clock stepped forward (network time correcting a slow
+    tablet) while the page is open changes no stamp, and the next entry of the record and the
+    next start are accepted at the first try, not refused as stamped in the future."""
+    tm = "tm-page-clock"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#clinician", "c-9")
+        await page.fill("#user", "u-clock")
+        session = await run_and_stop(doc, page)  # the page hears the daemon's clock meanwhile
+        await expect(page.locator("#record")).to_be_visible()
+        # The tablet's wall clock stepped 2 s forward, the page open.
+        await page.evaluate(
+            "() => { const wall = Date.now; Date.now = () => wall.call(Date) + 2000; }"
+        )
+        await page.select_option("#pain-after", "1")
+        await page.click("#record-save")
+        ok(await doc.reply_to((await next_command(doc, "outcome_after"))["id"]))
+        await expect(page.locator("#setup")).to_be_visible()
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        await doc.state(running, within=SESSION_WAIT_S)
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    assert record_of(tmp_path / f"journal-{tm}.sqlite", session) == [("after", 1, "c-9")]
+
+
+@pytest.mark.asyncio
 async def test_a_clinician_code_the_treadmill_refuses_is_said_as_typed_and_no_record_goes_under_it(
     make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
 ) -> None:
