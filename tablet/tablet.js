@@ -658,7 +658,9 @@ function drawCommissioning(s, online) {
 
 // ------------------------------------------------------------------ commands
 
-function send(type, fields = {}) {
+// `clinician`: for an entry of the record, the code it was entered under, when the caller
+// knows it (a pain before sent after its start); else the code typed now.
+function send(type, fields = {}, clinician = undefined) {
   // Never queued while the link is down: a command must not run late, after a reconnect.
   if (!client || !client.connected) {
     if (type !== "heartbeat") say("Not sent: no connection to the broker.");
@@ -667,9 +669,9 @@ function send(type, fields = {}) {
   if (RECORD_COMMANDS.has(type)) {
     // Each caller says why first; this is the last guard: no entry under a code the treadmill
     // refuses (it would be refused, and the entry lost).
-    const problem = clinicianProblem();
-    if (problem !== null) return;
-    if (typedClinician() !== "") fields = { ...fields, clinician: typedClinician() };
+    const code = clinician === undefined ? typedClinician() : clinician;
+    if (code !== "" && codeProblem(code) !== null) return;
+    if (code !== "") fields = { ...fields, clinician: code };
   }
   const id = commandId();
   // Stamped (unix s, in the daemon's clock as far as the page can tell): a start, a speed
@@ -691,7 +693,8 @@ function send(type, fields = {}) {
     const words = commandWords({ type, fields });
     log(`${words}: no answer within ${REPLY_TIMEOUT_MS / 1000} s`, true);
     if (type === "outcome_before") {
-      holdPain(fields, `no answer within ${REPLY_TIMEOUT_MS / 1000} s`, SENT_AGAIN);
+      const why = `no answer within ${REPLY_TIMEOUT_MS / 1000} s`;
+      holdPain(fields, why, SENT_AGAIN, sentUnder(fields));
     }
     if (type === "start_session") {
       // When in doubt, stop: should the start still arrive, this Stop follows it in order.
@@ -733,29 +736,40 @@ function startKnown() {
   if (!start || !start.accepted || start.sessionId === undefined) return;
   view.starting = null;
   view.own.set(start.sessionId, start.user);
-  if (start.pain !== null) painGoesOn({ session_id: start.sessionId, pain: start.pain });
+  if (start.pain !== null) {
+    painGoesOn({ session_id: start.sessionId, pain: start.pain }, start.clinician);
+  }
 }
 
 const SENT_AGAIN =
   "It is sent again once the link is back, or the Clinician code is entered again.";
 const CORRECT_CODE = "Correct the Clinician code: it is sent again then.";
 
-// The pain before one of this page's sessions, sent under the clinician's code; with a code
-// the treadmill would refuse it is not sent but held, in red, until the code is corrected.
-function painGoesOn(fields) {
+// The pain before one of this page's sessions, sent under the clinician's code it was entered
+// under (`code`: "" for none), so that a pain held a while and sent after the tablet changed
+// hands is never entered as the next clinician's; `code` null: it was entered under a code the
+// treadmill would refuse (or refused), and goes under the code typed now. With a code the
+// treadmill would refuse it is not sent but held, in red, until the code is corrected.
+function painGoesOn(fields, code) {
   view.painHeld = view.painHeld.filter((held) => held.sessionId !== fields.session_id);
-  const problem = clinicianProblem();
+  const problem = code === null ? clinicianProblem() : null;
+  const under = code === null ? typedClinician() : code;
   if (problem !== null) {
-    holdPain(fields, `the clinician's code is not valid (${problem})`, CORRECT_CODE);
-  } else if (send("outcome_before", fields) === undefined) {
-    holdPain(fields, "not sent: no connection to the broker", SENT_AGAIN);
+    holdPain(fields, `the clinician's code is not valid (${problem})`, CORRECT_CODE, null);
+  } else if (send("outcome_before", fields, under) === undefined) {
+    holdPain(fields, "not sent: no connection to the broker", SENT_AGAIN, under);
   }
 }
+// The code an entry was sent under ("" for none).
+function sentUnder(fields) {
+  return typeof fields.clinician === "string" ? fields.clinician : "";
+}
 
-// Said where the clinician looks, and kept (one pain a session: the newest) until on record.
-function holdPain(fields, why, fix) {
+// Said where the clinician looks, and kept (one pain a session: the newest) until on record,
+// with the code it goes under (painGoesOn).
+function holdPain(fields, why, fix, code) {
   view.painHeld = view.painHeld.filter((held) => held.sessionId !== fields.session_id);
-  view.painHeld.push({ sessionId: fields.session_id, pain: fields.pain, why, fix });
+  view.painHeld.push({ sessionId: fields.session_id, pain: fields.pain, why, fix, code });
   log(`Pain before session ${fields.session_id} is not on record: ${why}`, true);
 }
 
@@ -763,7 +777,7 @@ function holdPain(fields, why, fix) {
 function sendHeldPain(linkOnly = false) {
   for (const held of [...view.painHeld]) {
     if (!linkOnly || held.fix === SENT_AGAIN) {
-      painGoesOn({ session_id: held.sessionId, pain: held.pain });
+      painGoesOn({ session_id: held.sessionId, pain: held.pain }, held.code);
     }
   }
 }
@@ -853,7 +867,11 @@ function onOneReply(reply) {
   if (sent.type === "record_measure" && measureOpen(sent.fields.user) && view.patient.entering) {
     view.patient.measure = { text, bad: true };
   } else if (sent.type === "outcome_before") {
-    holdPain(sent.fields, text, CORRECT_CODE);
+    // Refused as invalid: the one part of it typed is the clinician's code, which the
+    // treadmill refuses, so it goes under the code corrected. Refused for anything else (too
+    // late, say): under the code it was entered under still.
+    const code = error.code === "invalid_command" ? null : sentUnder(sent.fields);
+    holdPain(sent.fields, text, CORRECT_CODE, code);
   } else if (sent.type === "outcome_after" && view.formFor === sent.fields.session_id) {
     view.recordSaid = { text: `Not saved: ${text}`, bad: true }; // what was typed stays
   } else {
@@ -1193,7 +1211,12 @@ function connect() {
       pending.delete(id);
       startUnanswered(id);
       if (sent.type === "outcome_before") {
-        holdPain(sent.fields, "the link dropped before an answer", SENT_AGAIN);
+        holdPain(
+          sent.fields,
+          "the link dropped before an answer",
+          SENT_AGAIN,
+          sentUnder(sent.fields),
+        );
       }
       if (["estop", "stop", "commission_abort"].includes(sent.type)) {
         resendOnConnect.push(sent.type);
@@ -1884,7 +1907,13 @@ $("setup").addEventListener("submit", (event) => {
   view.starting =
     startId === undefined
       ? null
-      : { user: fields.user, pain: pain === "" ? null : Number(pain), startId };
+      : {
+          user: fields.user,
+          pain: pain === "" ? null : Number(pain),
+          startId,
+          // The code the pain is entered under, if the treadmill would take it (painGoesOn).
+          clinician: clinicianProblem() === null ? typedClinician() : null,
+        };
 });
 // After a session: the pain now, the exertion and notes, for the session's record (never
 // needed for the belt: the daemon journals them, the safety core never sees them).

@@ -624,6 +624,54 @@ async def test_a_clinician_code_the_treadmill_refuses_is_said_as_typed_and_no_re
 
 
 @pytest.mark.asyncio
+async def test_a_pain_before_held_after_a_refusal_goes_under_the_code_it_was_entered_under(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """A pain before refused for a reason other than its code (here delivered too late) is held,
+    and goes later under the Clinician code it was entered under, not under the code in the
+    field when it goes (the next clinician's, who took over the tablet)."""
+    tm = "tm-page-pain-code"
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#clinician", "c-A")
+        await page.press("#clinician", "Tab")
+        await page.fill("#user", "u-held")
+        await page.select_option("#pain-before", "4")
+        # The pain before only, delivered as if a stalled broker had held it 10 s.
+        await page.evaluate(
+            "() => { const publish = client.publish.bind(client);"
+            " client.publish = (topic, text, ...rest) => { const c = JSON.parse(text);"
+            " if (c.type === 'outcome_before') c.ts -= 10;"
+            " return publish(topic, JSON.stringify(c), ...rest); }; }"
+        )
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        session = str((await doc.event("session_started"))["session_id"])
+        late = await next_command(doc, "outcome_before", within=SESSION_WAIT_S)
+        assert (late["session_id"], late["clinician"]) == (session, "c-A")
+        assert "too old" in await refusal(doc, late["id"])
+        held = page.locator("#pain-held")
+        await expect(held).to_contain_text(f"Pain before session {session} (4/10) is NOT on record")
+        await page.evaluate("() => { delete client.publish; }")  # the broker well again
+        await page.fill("#clinician", "c-B")  # the next clinician takes over the tablet
+        await page.press("#clinician", "Tab")
+        again = await next_command(doc, "outcome_before")
+        assert (again["session_id"], again["pain"], again["clinician"]) == (session, 4, "c-A")
+        ok(await doc.reply_to(again["id"]))
+        await expect(held).to_be_hidden()
+        await doc.state(running, within=SESSION_WAIT_S)
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    assert record_of(tmp_path / f"journal-{tm}.sqlite", session) == [("before", 4, "c-A")]
+
+
+@pytest.mark.asyncio
 async def test_the_record_after_a_session_is_asked_on_the_page_that_started_it_and_stays_on_it(
     make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
 ) -> None:
