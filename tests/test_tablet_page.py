@@ -84,6 +84,22 @@ async def opened(
         yield tab
 
 
+@asynccontextmanager
+async def desk(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tm: str
+) -> AsyncIterator[tuple[Clinician, Page]]:
+    """The daemon with MQTT sensors and a user holding on, another tablet that reads every
+    command on the treadmill's topic (sending no heartbeat of its own), and the page."""
+    make_daemon(treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        yield doc, tab.page
+
+
 async def next_command(doc: Clinician, type_: str, within: float = 5.0) -> dict[str, Any]:
     """The next command of ``type_`` the page published on ``<p>/cmd``."""
 
@@ -261,14 +277,7 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
     """The pain asked before a start goes on the record of the session it opened; after the
     session the page asks the pain, the exertion and notes, and saves them once."""
     tm = "tm-page-record"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        opened(broker, tm) as tab,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        page = tab.page
+    async with desk(make_daemon, broker, tm) as (doc, page):
         await expect(page.locator("#record")).to_be_hidden()  # no session yet
         await page.fill("#user", "u-rec")
         # Who enters the record: typed once, sent with each entry of it (never with a start).
@@ -408,14 +417,7 @@ async def test_the_pain_asked_before_a_start_is_not_carried_to_the_next_patient_
     is empty again, so the next patient's start, its pain not asked, puts none on the record
     (never the previous patient's pain as this one's)."""
     tm = "tm-page-pain-next"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        opened(broker, tm) as tab,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        page = tab.page
+    async with desk(make_daemon, broker, tm) as (doc, page):
         await page.fill("#clinician", "c-3")
         await page.fill("#user", "p-1")
         await page.select_option("#pain-before", "6")
@@ -476,14 +478,7 @@ async def test_a_step_of_the_tablet_s_wall_clock_changes_no_command_s_stamp(
     tablet) while the page is open changes no stamp, and the next entry of the record and the
     next start are accepted at the first try, not refused as stamped in the future."""
     tm = "tm-page-clock"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        opened(broker, tm) as tab,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        page = tab.page
+    async with desk(make_daemon, broker, tm) as (doc, page):
         await page.fill("#clinician", "c-9")
         await page.fill("#user", "u-clock")
         session = await run_and_stop(doc, page)  # the page hears the daemon's clock meanwhile
@@ -631,14 +626,7 @@ async def test_a_pain_before_held_after_a_refusal_goes_under_the_code_it_was_ent
     and goes later under the Clinician code it was entered under, not under the code in the
     field when it goes (the next clinician's, who took over the tablet)."""
     tm = "tm-page-pain-code"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        opened(broker, tm) as tab,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        page = tab.page
+    async with desk(make_daemon, broker, tm) as (doc, page):
         await page.fill("#clinician", "c-A")
         await page.press("#clinician", "Tab")
         await page.fill("#user", "u-held")
