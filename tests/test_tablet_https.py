@@ -30,9 +30,10 @@ from playwright.async_api import expect
 from tests.browser import chromium, need_page, tablet_page
 from tests.clinician import SESSION_WAIT_S, STANDSTILL_MPH, clinician, running
 from tests.daemon_process import DaemonProcess, daemon_config
-from tests.mosquitto import DAEMON_ENV, PASSWORDS, Broker, auth_lines, free_port, have_mosquitto
+from tests.mosquitto import DAEMON_ENV, Broker, auth_lines, free_port, have_mosquitto
 from tests.nginx import Nginx, have_nginx
 from tests.pki import OPENSSL, Pki, make_pki
+from tests.test_tablet_page import logged_in_as_tablet
 
 ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
 CURL = shutil.which("curl")
@@ -111,12 +112,7 @@ async def test_sr1_sr6_over_https_and_http2_a_session_an_estop_a_reset_and_a_sto
             assert await page.evaluate("BROKER") == f"wss://127.0.0.1:{nginx.https_port}/mqtt"
 
             await expect(page.locator("#login")).to_be_visible(timeout=ONLINE_WAIT_MS)
-            await page.fill("#login-user", "tablet")
-            await page.fill("#login-password", PASSWORDS["tablet"])
-            await page.click("#login button")
-            await expect(page.locator("body")).to_have_attribute(
-                "data-online", "true", timeout=ONLINE_WAIT_MS
-            )
+            await logged_in_as_tablet(page)
             await expect(page.locator("#state")).to_contain_text("IDLE")
             await tab.shot("https-01-idle")
 

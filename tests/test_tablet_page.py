@@ -99,6 +99,17 @@ async def desk(
         yield doc, tab.page
 
 
+async def logged_in_as_tablet(page: Page) -> None:
+    """The login form filled in with the tablet account and its password, until the page is
+    online."""
+    await page.fill("#login-user", "tablet")
+    await page.fill("#login-password", PASSWORDS["tablet"])
+    await page.click("#login button")
+    await expect(page.locator("body")).to_have_attribute(
+        "data-online", "true", timeout=ONLINE_WAIT_MS
+    )
+
+
 async def next_command(doc: Clinician, type_: str, within: float = 5.0) -> dict[str, Any]:
     """The next command of ``type_`` the page published on ``<p>/cmd``."""
 
@@ -540,12 +551,7 @@ async def test_sr15_the_page_logs_in_with_the_tablet_account_under_the_shipped_a
                 "The broker refused this account and password", timeout=ONLINE_WAIT_MS
             )
             await expect(page.locator("#login")).to_be_visible()
-            await page.fill("#login-user", "tablet")
-            await page.fill("#login-password", PASSWORDS["tablet"])
-            await page.click("#login button")
-            await expect(page.locator("body")).to_have_attribute(
-                "data-online", "true", timeout=ONLINE_WAIT_MS
-            )
+            await logged_in_as_tablet(page)
             # The patient view's queries go on the tablet account's own topic, and its
             # answers come back on the one only that account may read.
             await page.fill("#user", "u-acl")
@@ -595,12 +601,7 @@ async def test_the_patient_view_says_at_once_that_the_treadmill_cannot_answer_it
         ):
             page = tab.page
             await expect(page.locator("#login")).to_be_visible(timeout=ONLINE_WAIT_MS)
-            await page.fill("#login-user", "tablet")
-            await page.fill("#login-password", PASSWORDS["tablet"])
-            await page.click("#login button")
-            await expect(page.locator("body")).to_have_attribute(
-                "data-online", "true", timeout=ONLINE_WAIT_MS
-            )
+            await logged_in_as_tablet(page)
             await page.fill("#user", "u-noq")
             await page.click("#patient-open")
             await expect(page.locator("#patient-status")).to_have_text(
