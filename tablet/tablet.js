@@ -77,10 +77,16 @@ function takePrograms(ext) {
 // stepping the tablet's clock (a slow tablet set right) while the page is open changes no
 // stamp, where old samples taken against the wall clock would stamp every command seconds in
 // the future, to be refused. (A tablet that slept: the first state after it is a larger
-// sample, and wins.)
+// sample, and wins.) The samples are of one daemon process: a state from another (its
+// `instance`, a restart, perhaps with its clock set back meanwhile) starts them afresh.
 const clockSamples = [];
-function noteDaemonTime(ts) {
+let clockInstance = null;
+function noteDaemonTime(ts, instance) {
   if (typeof ts !== "number" || !Number.isFinite(ts)) return;
+  if (typeof instance === "string" && instance !== clockInstance) {
+    clockSamples.length = 0;
+    clockInstance = instance;
+  }
   clockSamples.push(ts - performance.now() / 1000);
   if (clockSamples.length > 40) clockSamples.shift();
 }
@@ -1061,7 +1067,7 @@ function takeMessage(topic, payload, packet) {
     }
     if (obj === null || typeof obj !== "object") return;
     if ((topic === TOPIC.state || topic === TOPIC.events) && !(packet && packet.retain)) {
-      noteDaemonTime(obj.ts);
+      noteDaemonTime(obj.ts, topic === TOPIC.state ? obj.instance : undefined);
     }
     if (topic === queryTopics().answers) onAnswer(obj);
     else if (topic === TOPIC.state) onState(obj);

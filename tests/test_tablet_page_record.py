@@ -34,6 +34,7 @@ from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
     page_url,
     refusal,
 )
+from treadguard.config.loading import WALL_STEP_FILE_ENV
 from treadguard.controller.journal import Journal
 
 
@@ -272,6 +273,51 @@ async def test_a_step_of_the_tablet_s_wall_clock_changes_no_command_s_stamp(
         await page.click("#stop")
         await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
     assert record_of(tmp_path / f"journal-{tm}.sqlite", session) == [("after", 1, "c-9")]
+
+
+@pytest.mark.asyncio
+async def test_a_daemon_restarted_with_its_clock_set_back_takes_the_page_s_next_start(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The page's estimate of the daemon's clock is of one daemon process: a daemon restarted
+    with its wall clock 10 s behind the one before (network time setting the board right while
+    the page stays open) gets the page's next start stamped in its own clock, and takes it at
+    the first press, not refused as stamped in the future."""
+    tm = "tm-page-restart-clock"
+    step = tmp_path / "wall-step"
+    step.write_text("0", encoding="utf-8")
+    daemon = make_daemon({WALL_STEP_FILE_ENV: str(step)}, treadmill_id=tm, sensors="mqtt")
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        opened(broker, tm) as tab,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#user", "u-clock-back")
+        await run_and_stop(doc, page)  # the page hears the first daemon's clock meanwhile
+        before = await doc.until(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        await page.select_option("#pain-after", "1")
+        await page.click("#record-save")
+        ok(await doc.reply_to((await next_command(doc, "outcome_after"))["id"]))
+        daemon.stop()
+        step.write_text("-10", encoding="utf-8")
+        daemon.start()
+        await doc.state(
+            lambda s: s.get("instance") not in (None, before["instance"]) and not s["stale"],
+            within=SESSION_WAIT_S,
+        )
+        await expect(page.locator("body")).to_have_attribute(
+            "data-online", "true", timeout=ONLINE_WAIT_MS
+        )
+        await expect(page.locator("#start")).to_be_enabled()
+        await page.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        await doc.state(running, within=SESSION_WAIT_S)
+        await page.click("#stop")
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
 
 
 @pytest.mark.asyncio
