@@ -25,6 +25,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -1113,6 +1114,24 @@ def check_broker_files(
 ) -> list[Check]:
     """The broker's configuration as installed (the main file and what it includes), the ACL
     it names, and what its process listens on."""
+    elsewhere = not_this_board(broker.host)
+    if elsewhere is not None:
+        # The files and sockets read here are this board's broker's; the daemon's may be
+        # another, and a good broker here on the same port would stand in for it.
+        return [
+            Check(
+                name,
+                Verdict.TODO,
+                f"not checked: [mqtt] host {elsewhere}: the broker the daemon uses is not "
+                f"this board's, and {what} are judged where it runs",
+                "run the doctor on the broker's machine, or set [mqtt] host = "
+                '"127.0.0.1" for this board\'s own broker',
+            )
+            for name, what in (
+                ("broker config", "its configuration and ACL"),
+                ("listeners", "its listeners"),
+            )
+        ]
     try:
         conf = read_mosquitto_conf(options.mosquitto_conf)
     except ConfRefused as exc:
@@ -1640,6 +1659,27 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
             )
         )
     return checks
+
+
+def not_this_board(host: str) -> str | None:
+    """Why ``host`` ([mqtt] host) may not be this board, or None: every address it resolves to
+    is one of the board's own, one a socket can be bound to (loopback included). A name that
+    does not resolve, or a kernel that binds any address (ip_nonlocal_bind), cannot be told."""
+    for knob in ("ipv4/ip_nonlocal_bind", "ipv6/ip_nonlocal_bind"):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/sys/net/{knob}").read_text(encoding="ascii").strip() != "0":
+                return f"{host!r} cannot be told from another machine's: {knob} is on"
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        return f"{host!r} does not resolve ({exc})"
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((address[0], 0, *address[2:]))
+        except OSError:
+            return f"{host!r} is {address[0]}, not an address of this board"
+    return None
 
 
 def _port_owners(port: int) -> tuple[bool, dict[int, int]]:

@@ -46,8 +46,15 @@ from tests.test_doctor import (
     publishing,
     rig,  # noqa: F401  (the fixture)
 )
+from treadguard.config.loading import load_config
 from treadguard.controller.broker_config import read_mosquitto_conf
-from treadguard.controller.doctor import Verdict, check_network
+from treadguard.controller.doctor import (
+    DoctorOptions,
+    Verdict,
+    check_broker_files,
+    check_network,
+)
+from treadguard.controller.mqtt_settings import broker_settings
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -498,6 +505,34 @@ async def test_two_processes_on_the_broker_s_port_are_not_passed(
     verdicts = _verdicts(done.out)
     assert done.code == 1, (verdicts, done.out[-3000:])
     assert "FAIL" in verdicts["broker config"], verdicts
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-broker.invalid"])
+def test_a_broker_on_another_machine_is_not_judged_by_this_board_s(
+    rig: Rig,  # noqa: F811
+    host: str,
+) -> None:
+    """[mqtt] host names another machine (or a name the board cannot resolve), and a good
+    broker listens here on the same port: this board's files and sockets say nothing of the
+    broker the daemon uses, which may let every account command. The doctor passes neither its
+    configuration nor its listeners by this board's."""
+    options = DoctorOptions(mosquitto_conf=rig.broker.conf)
+    rig.drive = 'kind = "simulator"'
+
+    def judged(config: Path) -> dict[str, list[Verdict]]:
+        loaded = load_config(config)
+        found: dict[str, list[Verdict]] = {}
+        for check in check_broker_files(loaded, broker_settings(loaded), options):
+            found.setdefault(check.name, []).append(check.verdict)
+        return found
+
+    here = judged(rig.config())
+    assert set(here["broker config"]) == set(here["listeners"]) == {Verdict.OK}, here
+    config = rig.config()
+    config.write_text(
+        config.read_text().replace('host = "127.0.0.1"', f'host = "{host}"'), encoding="utf-8"
+    )
+    assert judged(config) == {"broker config": [Verdict.TODO], "listeners": [Verdict.TODO]}
 
 
 def test_include_dir_files_are_read_in_mosquitto_s_order(tmp_path: Path) -> None:
