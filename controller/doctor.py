@@ -85,6 +85,7 @@ from treadguard.controller.network_probe import (
     WEBSOCKET_PATHS,
     board_addresses,
     mqtt_answers,
+    nginx_files,
     nginx_paths,
     nginx_unasked,
     targets,
@@ -1861,7 +1862,7 @@ async def check_network(
     if checks:
         return checks
     said = ", ".join(dict.fromkeys(asked)) or "none reachable"
-    unasked = nginx_unasked(nginx)
+    unasked = nginx_unloaded(nginx) + nginx_unasked(nginx)
     if unasked:
         # Not asked is not shown closed: a location there may pass MQTT on in the clear.
         return [
@@ -1882,6 +1883,79 @@ async def check_network(
             f"no MQTT in the clear from the network (plain or WebSockets) at {said}",
         )
     ]
+
+
+def _nginx_masters(root: Path) -> list[int]:
+    """The nginx master processes running ``root``/nginx.conf, by their titles ("nginx:
+    master process" and the command line: -c, else Debian's /etc/nginx/nginx.conf; a relative
+    -c from its -p prefix)."""
+    want = os.path.realpath(root / "nginx.conf")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = os.fsdecode((proc / "cmdline").read_bytes()).replace("\0", " ").split()
+        except OSError:
+            continue
+        if title[:3] != ["nginx:", "master", "process"]:
+            continue
+        flags = dict(itertools.pairwise(title[3:]))
+        conf = os.path.join(flags.get("-p", "/usr/share/nginx"), flags.get("-c", ""))
+        if not flags.get("-c"):
+            conf = str(NGINX_DIR / "nginx.conf")
+        if os.path.realpath(conf) == want:
+            found.append(int(proc.name))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            found.append(int(proc.name))
+    return found
+
+
+def nginx_unloaded(root: Path = NGINX_DIR) -> list[str]:
+    """nginx's files (nginx_files) changed after the running nginx last loaded them, in
+    words: the probe asks the paths the files name, and nginx may serve others (a location
+    edited out, a site unlinked, without a reload). It loads them when it starts and on each
+    reload, which starts new workers once they are read: the newest worker's start (or the
+    master's) is when. Judged by change time, as the broker's files are (_changed_since_start),
+    with the same limits."""
+    said = []
+    for master in _nginx_masters(root):
+        starts = [_process_started(pid) for pid in [master, *_children(master)]]
+        known = [when for when in starts if when is not None]
+        if not known:
+            continue
+        loaded = max(known)
+        changed = []
+        for path in nginx_files(root):
+            try:
+                when = max(
+                    [path.stat().st_ctime]
+                    + [link.lstat().st_ctime for link in links_on_the_way(path)]
+                )
+            except (OSError, RuntimeError):
+                continue
+            if when > loaded + START_GRACE_S:
+                changed.append(str(path))
+        if changed:
+            said.append(
+                f"nginx (pid {master}) last loaded its configuration before "
+                f"{', '.join(changed)} changed, so the paths asked may not be those it serves "
+                "(sudo nginx -t && sudo systemctl reload nginx)"
+            )
+    return said
 
 
 def _holder(owners: dict[int, int], sock: Socket) -> str:

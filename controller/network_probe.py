@@ -149,16 +149,24 @@ def location_paths(text: str) -> list[str]:
     return found
 
 
-def _enabled_texts(root: Path) -> list[tuple[Path, str]]:
-    """nginx's enabled configuration (``nginx.conf`` itself, ``sites-enabled/*`` and
-    ``conf.d/*.conf`` under ``root``), each file's text without comments. A file that cannot
-    be read is passed over (nginx absent: none)."""
+def nginx_files(root: Path = NGINX_DIR) -> list[Path]:
+    """nginx's enabled configuration as read here: ``nginx.conf`` itself, ``sites-enabled/*``
+    and ``conf.d/*.conf`` under ``root``; those of the two folders that exist too."""
     files: list[Path] = [root / "nginx.conf"]
     for folder, suffix in (("sites-enabled", ""), ("conf.d", ".conf")):
         with contextlib.suppress(OSError):
             files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
+            files.append(root / folder)
+    return files
+
+
+def _enabled_texts(root: Path) -> list[tuple[Path, str]]:
+    """nginx's enabled configuration (nginx_files), each file's text without comments. A
+    file that cannot be read is passed over (nginx absent: none)."""
     texts = []
-    for path in files:
+    for path in nginx_files(root):
+        if path.is_dir():
+            continue
         try:
             texts.append((path, _without_comments(path.read_text(errors="replace"))))
         except OSError:
@@ -233,6 +241,109 @@ def _included_here(target: str) -> bool:
     return name.removeprefix("/etc/nginx/") in _READ_INCLUDES
 
 
+# The directives the probe's reading of nginx's configuration accounts for: those of Debian's
+# nginx.conf and default site, of the shipped site (config/nginx/treadguard.conf), and others
+# that only shape how a file or a passed-on connection is served. Any other (an upstream, a
+# rewrite, error_page, a stream block, ...) may pass a request on somewhere the probe does not
+# ask: the check is then not all green. Those judged by the patterns above are left out here.
+_JUDGED = frozenset(
+    {
+        # the main level and events
+        "user", "worker_processes", "worker_rlimit_nofile", "worker_connections", "pid",
+        "error_log", "include", "events", "http", "load_module", "pcre_jit", "daemon",
+        "master_process", "multi_accept", "use", "accept_mutex",
+        # http
+        "sendfile", "tcp_nopush", "tcp_nodelay", "types_hash_max_size",
+        "types_hash_bucket_size", "server_names_hash_bucket_size",
+        "server_names_hash_max_size", "server_tokens", "default_type", "types", "charset",
+        "access_log", "log_format", "keepalive_timeout", "client_max_body_size",
+        "client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path",
+        "scgi_temp_path", "gzip", "gzip_vary", "gzip_proxied", "gzip_comp_level",
+        "gzip_buffers", "gzip_http_version", "gzip_types", "gzip_disable",
+        "ssl_protocols", "ssl_prefer_server_ciphers", "ssl_ciphers", "ssl_session_cache",
+        "ssl_session_timeout", "ssl_session_tickets", "ssl_certificate", "ssl_certificate_key",
+        "ssl_dhparam", "ssl_ecdh_curve", "ssl_stapling", "ssl_stapling_verify",
+        "ssl_trusted_certificate", "ssl_client_certificate", "ssl_verify_client",
+        "ssl_verify_depth", "http2",
+        # servers and locations
+        "server", "listen", "server_name", "location", "root", "index", "try_files",
+        "add_header", "return", "expires", "etag", "proxy_pass", "proxy_http_version",
+        "proxy_set_header", "proxy_buffering", "proxy_read_timeout", "proxy_send_timeout",
+        "proxy_connect_timeout",
+    }
+)  # fmt: skip
+# What a listen line may say besides its address and port; proxy_protocol, for one, makes
+# nginx answer only a client that sends a PROXY header first, which the probe does not.
+_LISTEN_JUDGED = re.compile(
+    r"(ssl|http2|default_server|default|reuseport|deferred|bind|ipv6only=(on|off)"
+    r"|backlog=\d+|fastopen=\d+|so_keepalive=\S+|rcvbuf=\S+|sndbuf=\S+)"
+)
+_BY_CLIENT_NAMES = re.compile(
+    r"allow|deny|if|auth_[a-z_]+|satisfy|limit_except|valid_referers|geo|map|split_clients"
+)
+# Blocks whose contents are not directives (a MIME type and its extensions, a map's values):
+# not read word by word.
+_OPAQUE_BLOCKS = frozenset({"types", "geo", "map", "split_clients"})
+
+
+def _directives(text: str) -> list[tuple[str, list[str]]]:
+    """Each directive of an nginx configuration (its comments taken out), in order: its name
+    and its words after it, quotes kept; a block's own directives follow it, those of the
+    blocks in _OPAQUE_BLOCKS left out."""
+    found: list[tuple[str, list[str]]] = []
+    words: list[str] = []
+    opaque = 0  # depth inside an opaque block
+    word, quote, i = "", "", 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            word += char
+            if char == "\\" and i + 1 < len(text):
+                word += text[i + 1]
+                i += 1
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            word += char
+            quote = char
+        elif char.isspace() or char in ";{}":
+            if word:
+                words.append(word)
+                word = ""
+            if char in ";{":
+                if words and not opaque:
+                    found.append((words[0], words[1:]))
+                if char == "{" and (opaque or (words and words[0] in _OPAQUE_BLOCKS)):
+                    opaque += 1
+                words = []
+            elif char == "}":
+                opaque = max(0, opaque - 1)
+                words = []
+        else:
+            word += char
+        i += 1
+    return found
+
+
+def unjudged_directives(text: str) -> list[str]:
+    """What of an nginx configuration (comments taken out) the probe's reading does not
+    account for, in words: a directive outside _JUDGED, a listen parameter outside
+    _LISTEN_JUDGED, a named location (any path may be passed on to it: try_files,
+    error_page). Each may pass MQTT on in the clear where the probe does not ask."""
+    said: list[str] = []
+    for name, words in _directives(text):
+        shown = " ".join([name, *words])
+        if name == "listen":
+            odd = [w for w in words[1:] if not _LISTEN_JUDGED.fullmatch(w)]
+            if odd:
+                said.append(f"listens with {' '.join(odd)} ({shown})")
+        elif name == "location" and any(w.startswith("@") for w in words):
+            said.append(f"has a named location ({shown}), which any path may be passed on to")
+        elif name not in _JUDGED and not _BY_CLIENT_NAMES.fullmatch(name):
+            said.append(f"has {shown}, which the doctor does not judge")
+    return said
+
+
 _SERVER_NAME = re.compile(r"(?:^|[;{}\s])server_name\s+([^;]*);")
 _ANY_NAME = ("_", '""', "''", "localhost")  # the default server's own names
 
@@ -272,6 +383,7 @@ def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[
                     f"{path} has a server named {' '.join(names)}: asked only by the board's "
                     "address"
                 )
+        unasked += (f"{path} {words}" for words in unjudged_directives(text))
         # At a server's (or http's) level, it answers so at every location under it.
         outside = _outside_locations(text)
         said = sorted(set(_BY_CLIENT.findall(outside)))

@@ -35,6 +35,7 @@ from tests.mosquitto import (
     password_file,
     wait_listening,
 )
+from tests.nginx import NGINX, ROOT, have_nginx
 from tests.test_doctor import (
     Outcome,
     Rig,
@@ -55,6 +56,7 @@ from treadguard.controller.doctor import (
     check_network,
 )
 from treadguard.controller.mqtt_settings import broker_settings
+from treadguard.controller.network_probe import _without_comments, unjudged_directives
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -671,9 +673,44 @@ NGINX_CASES = {
             '  location "/clinic broker" { proxy_pass http://127.0.0.1:9001; }\n}\n',
         },
     ),
+    # A listener that answers only a client sending a PROXY header first: the board's probe
+    # sends none (nginx answers it 400), anyone on the network may.
+    "proxy_protocol": (
+        "/mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80 proxy_protocol;\n"
+            "  location /mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # Every path not asked passed on to a named location: / serves a file, /mqtt redirects.
+    "named": (
+        "/anything-else",
+        None,
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80;\n"
+            "  location = /mqtt { return 301 https://$host$request_uri; }\n"
+            "  location / { try_files $uri $uri/index.html @broker; }\n"
+            "  location @broker { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # An upstream choosing its server by the client's address: the board's own lands on a
+    # dead one.
+    "upstream": (
+        "/lan-mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "upstream broker {\n  hash $remote_addr;\n"
+            "  server 127.0.0.1:1;\n  server 127.0.0.1:9001;\n}\n"
+            "server {\n  listen 80;\n  location /lan-mqtt { proxy_pass http://broker; }\n}\n",
+        },
+    ),
 }
 # What the check must name, for the cases it cannot ask.
 NGINX_NAMED = {
+    "proxy_protocol": "listens with proxy_protocol",
+    "named": "named location (location @broker)",
+    "upstream": "upstream broker, which the doctor does not judge",
     "server_allow": "outside its locations (allow, deny)",
     "allow": "/lan-mqtt",
     "if": "/lan-mqtt",
@@ -707,6 +744,104 @@ async def test_plain_websockets_nginx_passes_on_are_not_passed(
     assert not [c for c in checks if c.verdict == Verdict.OK], (case, checks)
     if case in NGINX_NAMED:
         assert NGINX_NAMED[case] in " ".join(c.detail for c in checks), (case, checks)
+
+
+def test_a_board_s_nginx_files_hold_nothing_the_probe_does_not_judge() -> None:
+    """The shipped site, and Debian's nginx.conf and default site where nginx is installed,
+    are read whole by the network probe: none makes the check TODO on a board."""
+    files = [ROOT / "config" / "nginx" / "treadguard.conf"] + [
+        p
+        for p in (Path("/etc/nginx/nginx.conf"), Path("/etc/nginx/sites-available/default"))
+        if p.exists()
+    ]
+    for path in files:
+        assert unjudged_directives(_without_comments(path.read_text())) == [], path
+
+
+def test_directives_outside_what_the_probe_judges_are_named() -> None:
+    """Whatever else a configuration says, its words kept, each named once; a map's or
+    MIME types' entries are not taken for directives."""
+    text = (
+        "types { text/html html; }\nmap $a $b { default 1; 10.0.0.1 2; }\n"
+        "server { listen 8080 ssl http2 proxy_protocol; rewrite ^/x$ /mqtt last;\n"
+        '  error_page 404 = "@b";\n  location /x { mirror /m; } }\n'
+        "stream { server { listen 1884; proxy_pass 127.0.0.1:1883; } }"
+    )
+    assert unjudged_directives(text) == [
+        "listens with proxy_protocol (listen 8080 ssl http2 proxy_protocol)",
+        "has rewrite ^/x$ /mqtt last, which the doctor does not judge",
+        'has error_page 404 = "@b", which the doctor does not judge',
+        "has mirror /m, which the doctor does not judge",
+        "has stream, which the doctor does not judge",
+    ]
+
+
+def _nginx(folder: Path, site: str) -> subprocess.Popen[bytes]:
+    """Debian's nginx in the foreground on ``folder``/nginx.conf (shaped as Debian's: the
+    sites-enabled folder included), serving ``site``."""
+    (folder / "sites-enabled").mkdir(parents=True)
+    (folder / "sites-enabled" / "treadguard").write_text(site)
+    (folder / "temp").mkdir()
+    (folder / "nginx.conf").write_text(
+        "daemon off;\nworker_processes 1;\n"
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        "events {\n  worker_connections 64;\n}\nhttp {\n"
+        f"  access_log {folder}/access.log;\n"
+        + "".join(
+            f"  {kind}_temp_path {folder}/temp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + "  include sites-enabled/*;\n}\n"
+    )
+    command = [NGINX, "-p", f"{folder}/", "-c", str(folder / "nginx.conf")]
+    command += ["-e", str(folder / "error.log")]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _ws_site(port: int, ws_port: int, *, passed_on: bool) -> str:
+    location = (
+        f"  location /ws {{\n    proxy_pass http://127.0.0.1:{ws_port};\n"
+        "    proxy_http_version 1.1;\n    proxy_set_header Upgrade $http_upgrade;\n"
+        '    proxy_set_header Connection "upgrade";\n  }\n'
+    )
+    return (
+        f"server {{\n  listen {port};\n"
+        "  location /mqtt {\n    return 301 https://$host$request_uri;\n  }\n"
+        + (location if passed_on else "")
+        + "}\n"
+    )
+
+
+@pytest.mark.asyncio
+async def test_an_nginx_location_edited_out_but_still_served_is_not_passed(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """nginx passes /ws on to the broker's plain WebSockets, from the network; the location is
+    edited out of the site without a reload. nginx still serves it, and the probe, asking
+    the paths the files name, would not: the network check is not all green until nginx has
+    loaded its files again."""
+    need("Debian's nginx", have_nginx())
+    need("an IPv4 address other than loopback", any(":" not in a for a in network_addresses()))
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    (port,) = free_ports(1)
+    folder = tmp_path / "nginx"
+    proc = _nginx(folder, _ws_site(port, rig.broker.ws_port, passed_on=True))
+    try:
+        wait_listening(proc, [port], lambda: (folder / "error.log").read_text())
+        found = await check_network(3.0, nginx=folder)
+        assert [c.verdict for c in found if f":{port}" in c.detail] == [Verdict.FAIL], found
+        site = folder / "sites-enabled" / "treadguard"
+        site.write_text(_ws_site(port, rig.broker.ws_port, passed_on=False))
+        found = await check_network(3.0, nginx=folder)
+        assert [c.verdict for c in found] == [Verdict.TODO], found
+        assert f"before {site} changed" in found[0].detail, found
+        assert "includes" not in found[0].detail, found  # nothing else left unasked
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.mark.asyncio
