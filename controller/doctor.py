@@ -1487,6 +1487,24 @@ def links_on_the_way(path: Path, budget: int = 40) -> list[Path]:
     return found
 
 
+def _quiet_folders(read: list[Path]) -> list[Path]:
+    """The folders holding files the broker read that hold nothing else (the installer's
+    /etc/mosquitto/treadguard: its password file and ACL). A folder's change time moves when a
+    name in it is added, removed or renamed, and when it is itself renamed: for such a folder
+    each of those is a change to what the broker read, or the folder swapped for another with
+    mv (a backup put back), never another program's file."""
+    names = {os.path.abspath(path) for path in read}
+    found = []
+    for folder in sorted({os.path.dirname(name) for name in names}):
+        try:
+            inside = os.listdir(folder)
+        except OSError:
+            continue
+        if inside and all(os.path.join(folder, name) in names for name in inside):
+            found.append(Path(folder))
+    return found
+
+
 def _process_started(pid: int) -> float | None:
     """When process ``pid`` started, in unix seconds, from /proc, at most a clock tick (10 ms)
     early; None if it cannot be read. The kernel counts it in ticks since boot on the boot
@@ -1514,11 +1532,12 @@ def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> l
     # The password file and the ACL too: a reload re-reads them, but whether one came after
     # the last change cannot be told, and one put in force and then changed back is not what
     # the files say.
-    for path in _broker_paths(conf, cwd):
+    read = _broker_paths(conf, cwd)
+    for path in read + _quiet_folders(read):
         try:
             # The file and every link met on the way to it (a folder link re-pointed and
-            # back). Not the folders above it: a folder's change time moves with every file
-            # added to it, so a folder swapped with mv and back is not seen.
+            # back). Not the folders above it, but those holding nothing else: a folder's
+            # change time moves with every file added to it.
             when = max(
                 [path.stat().st_ctime] + [link.lstat().st_ctime for link in links_on_the_way(path)]
             )

@@ -300,6 +300,34 @@ async def test_a_file_behind_a_folder_link_pointed_elsewhere_and_back_is_not_pas
 
 
 @pytest.mark.asyncio
+async def test_a_folder_of_the_broker_s_files_swapped_for_a_backup_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """The installer's layout: the password file and the ACL alone in a folder of their own.
+    A lenient copy was in place when the broker started (the dashboard commands); the folder
+    was then moved aside and a backup of the strict one moved back, without a restart. Each
+    file's change time is older than the broker; the folder's is not: not passed."""
+    for name, extra in (
+        ("strict", ""),
+        ("lenient", "user dashboard\ntopic write treadmill/+/cmd\n"),
+    ):
+        (rig.tmp / name).mkdir()
+        (rig.tmp / name / "acl").write_text(ACL.read_text() + "\n" + extra)
+        password_file(rig.tmp / name / "passwd", PASSWORDS)
+    folder = rig.tmp / "treadguard"
+    (rig.tmp / "lenient").rename(folder)
+    auth = auth_lines(rig.tmp).replace(str(ACL), str(folder / "acl"))
+    _broker_anew(rig, auth.replace(str(rig.tmp / "passwd"), str(folder / "passwd")))
+    folder.rename(rig.tmp / "lenient")
+    (rig.tmp / "strict").rename(folder)
+    code, verdicts, out = await _harm_then_doctor(
+        rig, f"treadmill/{SENSOR_TM}/cmd", ("dashboard", PASSWORDS["dashboard"]), rig.broker.port
+    )
+    assert code == 4, (verdicts, out)  # not passed: not checked
+    assert "TODO" in verdicts["broker config"], verdicts
+
+
+@pytest.mark.asyncio
 async def test_an_acl_put_in_force_by_a_reload_and_then_changed_back_is_not_passed(
     rig: Rig,  # noqa: F811
 ) -> None:
