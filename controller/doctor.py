@@ -1172,6 +1172,8 @@ def check_broker_files(
     ]
 
 
+# (Not http_dir: nginx serves the page on a board, and Mosquitto would serve any file of the
+# folder named, a password file put there included, to anyone who reaches the listener.)
 # What a board's broker configuration may say: Debian's own mosquitto.conf, treadguard's
 # snippet, TLS, logging and the bounds on what the broker holds. A setting outside it is one
 # the doctor does not judge, and some change who may publish what past the password file and
@@ -1187,8 +1189,7 @@ KNOWN_SETTINGS = frozenset(
         "include_dir",
         # who may do what, and the listeners
         "allow_anonymous", "password_file", "acl_file", "per_listener_settings",
-        "use_username_as_clientid", "listener", "protocol", "socket_domain", "http_dir",
-        "user",
+        "use_username_as_clientid", "listener", "protocol", "socket_domain", "user",
         # TLS
         "certfile", "keyfile", "cafile", "capath", "crlfile", "dhparamfile", "ciphers",
         "ciphers_tls1.3", "tls_version", "require_certificate", "psk_hint", "psk_file",

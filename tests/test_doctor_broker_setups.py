@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -271,6 +272,27 @@ async def test_a_setting_the_doctor_does_not_judge_is_not_passed(
     assert await _reaches(port, cmd, DAEMON, writer, port, published_on), "no harm shown"
     done = await _broker_config_failed(rig)
     assert "a setting the doctor does not judge" in done.out
+
+
+@pytest.mark.asyncio
+async def test_a_broker_serving_a_folder_over_http_is_not_passed(
+    rig: Rig,  # noqa: F811
+) -> None:
+    """http_dir on a WebSockets listener serves every file of its folder, the password file
+    when it is there, to anyone who reaches the listener: its hashes, to be cracked at
+    leisure. A board needs none (nginx serves the page): not passed."""
+    rig.broker.stop()
+    rig.broker = Broker(rig.tmp, auth_lines(rig.tmp), http_dir=rig.tmp)
+    rig.broker.start()
+    url = f"http://127.0.0.1:{rig.broker.ws_port}/passwd"
+
+    def fetched() -> bytes:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return bytes(answer.read())
+
+    assert b"treadguard:" in await asyncio.to_thread(fetched), "no harm shown"
+    done = await _broker_config_failed(rig)
+    assert "http_dir" in done.out
 
 
 @pytest.mark.asyncio
