@@ -16,8 +16,8 @@ the only one the daemon lets them start.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -98,98 +98,20 @@ def propose(
     *,
     zone: ZoneInfo,
     now: float,
-    bound_holds: bool = True,
 ) -> Proposal:
     """The proposal for ``record``'s user's next session at unix time ``now`` (dates in the
     clinic's ``zone``). ``programs`` and ``rules`` as config.loading checked them: every
-    program the rules name is among ``programs``. ``bound_holds``: a hold at most what the
-    rules gave the session that holds (asked of the record before it, one level deep: a
-    user's every session held would otherwise go as deep as their sessions)."""
-    minimum = {name: p.cap_s_min for name, p in programs.items() if p.first_session}
-    others = frozenset(name for name, p in programs.items() if not p.first_session)
-    may_confirm = rules.first_session.clinician_may_confirm
-
-    def counted(s: SessionRow, *, confirmations: bool = True) -> bool:
-        confirmed = confirmations and may_confirm and s.id in record.confirmed
-        return counts(
-            s.program,
-            s.end_reason,
-            s.belt_moving_s,
-            first_session_minimum=minimum,
-            other_programs=others,
-            confirmed=confirmed,
-        )
-
-    first = next((s for s in record.sessions if counted(s)), None)
+    program the rules name is among ``programs``."""
+    ask = _Asker(record, rules, programs, zone)
+    first = ask.first()
     last = _last_session(record.sessions)
-    own = rules.user.get(record.user)
-    note = None if own is None else own.note
     if first is None:
-        return _first_session_again(record, rules, programs, last, zone, note, may_confirm)
+        own = rules.user.get(record.user)
+        note = None if own is None else own.note
+        return _first_session_again(record, rules, programs, last, zone, note, ask.may_confirm)
     if last is None:  # a confirmed session in which the belt never moved: that one
         last = first
-
-    week = _week(first.started_at, now, zone)
-    phase = _phase_at(rules, week, None if own is None else own.phase)
-    held = _holds(record, rules, last, zone)
-    if held and (last.program in programs or bound_holds):
-        # Held: the program and cap of the session that holds, but never more than the rules
-        # gave it. One started by hand with more (8 min after a 5 min session; intervals in
-        # week 1) holds at what the rules proposed for it.
-        ran = programs.get(last.program)
-        gave = _rules_gave(record, rules, programs, last, first, zone) if bound_holds else None
-        if ran is not None:
-            program, cap = ran, _within(last.cap_s, ran)
-        else:
-            assert gave is not None
-            program, cap = programs[gave.program], gave.cap_s
-        words = f"held at {_lower_first(program.title)}: {held}"
-        if gave is not None and _rank(rules, programs[gave.program], gave.cap_s) < _rank(
-            rules, program, cap
-        ):
-            if gave.program == program.name:
-                words += f" (at most the {_cap(gave.cap_s)} the rules gave session {last.id})"
-            else:
-                words += (
-                    f" (at most {_lower_first(gave.program_title)}, {_cap(gave.cap_s)}, as the "
-                    f"rules gave session {last.id})"
-                )
-            program, cap = programs[gave.program], gave.cap_s
-        held_phase = _phase_of(rules, program) or phase
-        return _proposal(
-            record, rules, program, cap, words, week, note, held_phase, held=True, counted=True
-        )
-
-    program = programs[phase.program]
-    if last.program in minimum and counted(last):
-        # On from a first session: the phase's program at its default cap.
-        by = record.confirmed.get(last.id, {}).get("clinician") or "a clinician"
-        day = t.day(last.started_at, zone)
-        how = (
-            f"first session completed {day}"
-            if counted(last, confirmations=False)
-            else f"first session of {day} confirmed by {by}"
-        )
-        cap, words = program.cap_s_default, how
-    else:
-        cap, words = _next_cap(program, phase, first, last, week, zone)
-        if bound_holds and last.program == program.name and last.end_reason not in PLANNED_ENDS:
-            # "The same cap" after a session cut short is never more than the rules gave it:
-            # one started by hand at 8 min and stopped after 9 s proposes the 5 min they gave.
-            gave = _rules_gave(record, rules, programs, last, first, zone)
-            if gave.program == program.name and gave.cap_s < cap:
-                cap = gave.cap_s
-                words += f" (at most the {_cap(cap)} the rules gave session {last.id})"
-    if held:  # held, but the last session's program is none of today's: the phase's start
-        words = f"held: {held}; {words}"
-    if own is not None and own.cap_s is not None:
-        cap = _within(own.cap_s, program)
-        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
-    if own is not None and own.phase is not None:
-        words += f"; the clinic keeps {t.code(record.user)} in {_lower_first(phase.title)}"
-    return _proposal(
-        record, rules, program, cap, words, week, note, phase, held=bool(held), counted=True
-    )
+    return ask.after(first, last, now, lambda: _rules_gave(ask, last, first))
 
 
 @dataclass(frozen=True)
@@ -303,6 +225,130 @@ def plan_text(proposal: Proposal, trends: Sequence[MeasureTrend], *, sessions: i
 # ----------------------------------------------------------------------------- the parts
 
 
+class _Asker:
+    """propose()'s rules for one record: whether a session counts as the first, and the
+    proposal after a given last session, from what the rules gave that session (asked only
+    where the proposal carries the session's program and cap forward)."""
+
+    def __init__(
+        self,
+        record: UserRecord,
+        rules: ProgressionRules,
+        programs: Mapping[str, Program],
+        zone: ZoneInfo,
+    ) -> None:
+        self.record, self.rules, self.programs, self.zone = record, rules, programs, zone
+        self.minimum = {name: p.cap_s_min for name, p in programs.items() if p.first_session}
+        self.others = frozenset(name for name, p in programs.items() if not p.first_session)
+        self.may_confirm = rules.first_session.clinician_may_confirm
+
+    def counted(self, s: SessionRow, *, confirmations: bool = True) -> bool:
+        confirmed = confirmations and self.may_confirm and s.id in self.record.confirmed
+        return counts(
+            s.program,
+            s.end_reason,
+            s.belt_moving_s,
+            first_session_minimum=self.minimum,
+            other_programs=self.others,
+            confirmed=confirmed,
+        )
+
+    def first(self) -> SessionRow | None:
+        """The user's first session that counts (the daemon's rule, SR-7)."""
+        return next((s for s in self.record.sessions if self.counted(s)), None)
+
+    def after(
+        self, first: SessionRow, last: SessionRow, now: float, gave: Callable[[], Proposal]
+    ) -> Proposal:
+        """The proposal at ``now`` after ``last``, ``first`` counting as the user's first
+        session; ``gave``: what the rules gave ``last`` (asked only if needed)."""
+        record, rules, programs, zone = self.record, self.rules, self.programs, self.zone
+        own = rules.user.get(record.user)
+        note = None if own is None else own.note
+        week = _week(first.started_at, now, zone)
+        phase = _phase_at(rules, week, None if own is None else own.phase)
+        held = _holds(record, rules, last, zone)
+        if held:
+            # Held: the program and cap of the session that holds, but never more than the
+            # rules gave it. One started by hand with more (8 min after a 5 min session;
+            # intervals in week 1) holds at what the rules proposed for it.
+            ran, given = programs.get(last.program), gave()
+            if ran is not None:
+                program, cap = ran, _within(last.cap_s, ran)
+            else:  # a program no longer among the clinic's: the one the rules gave
+                program, cap = programs[given.program], given.cap_s
+            words = f"held at {_lower_first(program.title)}: {held}"
+            program, cap, bound = _at_most(rules, programs, program, cap, given, last)
+            held_phase = _phase_of(rules, program) or phase
+            return _proposal(
+                record,
+                rules,
+                program,
+                cap,
+                words + bound,
+                week,
+                note,
+                held_phase,
+                held=True,
+                counted=True,
+            )
+
+        program = programs[phase.program]
+        if last.program in self.minimum and self.counted(last):
+            # On from a first session: the phase's program at its default cap.
+            by = record.confirmed.get(last.id, {}).get("clinician") or "a clinician"
+            day = t.day(last.started_at, zone)
+            how = (
+                f"first session completed {day}"
+                if self.counted(last, confirmations=False)
+                else f"first session of {day} confirmed by {by}"
+            )
+            cap, words = program.cap_s_default, how
+        else:
+            cap, words = _next_cap(program, phase, first, last, week, zone)
+            if last.program == program.name and last.end_reason not in PLANNED_ENDS:
+                # "The same cap" after a session cut short carries its program and cap
+                # forward: never more than the rules gave it, as a hold. One started by hand
+                # at 8 min and stopped after 9 s proposes the 5 min they gave; intervals
+                # started by hand, the reverse walking they gave.
+                program, cap, bound = _at_most(rules, programs, program, cap, gave(), last)
+                words += bound
+        if own is not None and own.cap_s is not None:
+            cap = _within(own.cap_s, program)
+            words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
+        if own is not None and own.phase is not None:
+            words += f"; the clinic keeps {t.code(record.user)} in {_lower_first(phase.title)}"
+        if program.name != phase.program:  # bounded to another phase's program: its phase
+            phase = _phase_of(rules, program) or phase
+        return _proposal(
+            record, rules, program, cap, words, week, note, phase, held=False, counted=True
+        )
+
+
+def _at_most(
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    program: Program,
+    cap: float,
+    gave: Proposal,
+    last: SessionRow,
+) -> tuple[Program, float, str]:
+    """A program and cap carried forward from ``last`` (held, or cut short), bounded by what
+    the rules gave ``last``: program first, then cap. The bound's words are "" if it did not
+    bind."""
+    given = programs[gave.program]
+    if _rank(rules, given, gave.cap_s) >= _rank(rules, program, cap):
+        return program, cap, ""
+    if given.name == program.name:
+        words = f" (at most the {_cap(gave.cap_s)} the rules gave session {last.id})"
+    else:
+        words = (
+            f" (at most {_lower_first(gave.program_title)}, {_cap(gave.cap_s)}, as the "
+            f"rules gave session {last.id})"
+        )
+    return given, gave.cap_s, words
+
+
 def _first_session_again(
     record: UserRecord,
     rules: ProgressionRules,
@@ -382,51 +428,58 @@ def _next_cap(
     return raised, f"{on} ran its {_cap(last.cap_s)} cap: {_cap(raised - cap)} more"
 
 
-def _rules_gave(
-    record: UserRecord,
-    rules: ProgressionRules,
-    programs: Mapping[str, Program],
-    last: SessionRow,
-    first: SessionRow,
-    zone: ZoneInfo,
-) -> Proposal:
-    """The proposal the rules made for ``last`` when it began: from the record as it stood
-    then, itself bounded the same way if the session before ``last`` held too (``first``:
-    the user's first session that counts, without which nothing is held).
+def _rules_gave(ask: _Asker, last: SessionRow, first: SessionRow) -> Proposal:
+    """The proposal the rules made for ``last`` when it began: what propose() said of the
+    record as it stood then (``first``: the user's first session that counts).
 
-    Without recursion: the sessions that held or were cut short one after another, back from
-    ``last``, are walked once; the proposal before the first of them is made without a bound,
-    and each such session after it then gives the next no more than it had itself (what it
-    ran, bounded by what it was given). A record of 1,500 holds costs one walk, not 1,500
-    proposals."""
+    Without recursion: the sessions back from ``last`` whose next proposal hung on what the
+    rules gave them (one that held, or was cut short: "the same cap", bounded the same way)
+    are walked back once, to a session that ran as planned without a hold, or to the first
+    session that counts, whatever way it ended (before it nothing is held, and what the rules
+    gave the session after it is what propose() says with it counted). The proposals are
+    then made forward from there, each from the one before it. A record of 1,500 holds costs
+    one walk, not 1,500 nested proposals."""
+    record = ask.record
     ordered = sorted(record.sessions, key=lambda s: s.id)
     index = {s.id: i for i, s in enumerate(ordered)}
-    chain = [last]
-    while first.id < chain[-1].id:  # before the first session that counts nothing holds
+    chain = [last]  # newest first
+    gave: Proposal | None = None
+    while first.id < chain[-1].id:
         # The session before, as propose() would take it from the record as it stood then.
         previous = _last_session(ordered, end=index[chain[-1].id]) or first
-        # Walked back through every session whose own proposal hung on the one before it: one
-        # that held, and one cut short ("the same cap", bounded the same way).
-        if previous.end_reason in PLANNED_ENDS and not _holds(record, rules, previous, zone):
+        if previous.end_reason in PLANNED_ENDS and not _holds(
+            record, ask.rules, previous, ask.zone
+        ):
+            # Its next proposal hangs on nothing the rules gave it (never asked: a walk of
+            # its own if it were).
+            asked = _walk(ask, previous, first)
+            gave = ask.after(first, previous, chain[-1].started_at, asked)
             break
         chain.append(previous)
-    earliest = chain[-1]
-    start = UserRecord(
-        record.user,
-        [s for s in ordered if s.id < earliest.id],
-        outcomes=record.outcomes,
-        confirmed=record.confirmed,
-        measures=record.measures,
-    )
-    # The session before ``earliest`` does not hold: no bound is asked for.
-    gave = propose(start, rules, programs, zone=zone, now=earliest.started_at, bound_holds=False)
-    for held in reversed(chain[1:]):  # oldest first; each gives the next what it had
-        ran = programs.get(held.program)
-        if ran is not None:
-            cap = _within(held.cap_s, ran)
-            if _rank(rules, ran, cap) < _rank(rules, programs[gave.program], gave.cap_s):
-                gave = replace(gave, program=ran.name, program_title=ran.title, cap_s=cap)
+    if gave is None:
+        # The first session that counts (or one before it): the record before it has none,
+        # so the rules gave it a first session, with no bound to ask.
+        earliest = chain[-1]
+        before = UserRecord(
+            record.user,
+            [s for s in ordered if s.id < earliest.id],
+            outcomes=record.outcomes,
+            confirmed=record.confirmed,
+            measures=record.measures,
+        )
+        gave = propose(before, ask.rules, ask.programs, zone=ask.zone, now=earliest.started_at)
+    for previous, session in zip(reversed(chain[1:]), reversed(chain[:-1]), strict=True):
+        # Oldest first: what the rules gave ``previous`` gives what they gave ``session``.
+        gave = ask.after(first, previous, session.started_at, _known(gave))
     return gave
+
+
+def _walk(ask: _Asker, last: SessionRow, first: SessionRow) -> Callable[[], Proposal]:
+    return lambda: _rules_gave(ask, last, first)
+
+
+def _known(proposal: Proposal) -> Callable[[], Proposal]:
+    return lambda: proposal
 
 
 def _rank(rules: ProgressionRules, program: Program, cap: float) -> tuple[int, float]:

@@ -18,7 +18,14 @@ from treadguard.config.loading import load_config
 from treadguard.config.progression import ProgressionRules, UserPlan
 from treadguard.controller.first_session import counts
 from treadguard.controller.journal import Journal, MeasureRow, SessionRow
-from treadguard.controller.plan import UserRecord, _last_session, measure_trends, propose
+from treadguard.controller.plan import (
+    UserRecord,
+    _Asker,
+    _last_session,
+    _rules_gave,
+    measure_trends,
+    propose,
+)
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 from treadguard.safety.limits import HARD_CAP_FIRST_SESSION_S
 
@@ -241,6 +248,62 @@ def test_a_session_started_by_hand_and_stopped_early_is_proposed_no_more_than_th
     assert (held.held, held.program, held.cap_s) == (True, "reverse_walking", 300.0), held.reason
 
 
+def test_what_a_session_cut_short_carries_forward_is_bounded_program_first_then_cap() -> None:
+    """A session cut short without a hold proposes "the same cap" of its program: never more
+    (program first, then cap) than the rules gave it, whichever program that was. Intervals
+    started by hand at 10 min and stopped after 20 s carry neither the intervals nor the
+    10 min the rules did not give, in week 4 as in week 3, after a hold or not."""
+    first = session(1, "first_session", "cap", 180.0)
+    ran = session(2, "reverse_walking", "cap", 300.0, day=1)
+    # Week 3: the rules gave session 3 reverse walking at 6 min (session 2 ran its 5 min).
+    for how in ("operator_stop", "grip_released"):
+        hand = session(3, "intervals", how, 20.0, cap_s=600.0, day=15)
+        got = plan(UserRecord("p-1", [first, ran, hand]), day=22)
+        assert (got.held, got.program, got.cap_s) == (False, "reverse_walking", 360.0), got.reason
+        assert got.reason.endswith(
+            "(at most reverse walking, 6 min, as the rules gave session 3)"
+        ), got.reason
+    # Week 4: session 3 held at reverse walking 6 min (an emergency stop); session 4 was
+    # intervals started by hand at 10 min, stopped after 20 s. The rules gave it the hold.
+    held = session(3, "reverse_walking", "estop", 20.0, cap_s=360.0, day=22)
+    hand = session(4, "intervals", "operator_stop", 20.0, cap_s=600.0, day=23)
+    got = plan(UserRecord("p-1", [first, ran, held, hand]), day=24)
+    assert (got.program, got.cap_s) == ("reverse_walking", 360.0), got.reason
+    assert got.reason.endswith("(at most reverse walking, 6 min, as the rules gave session 4)")
+    # Week 4: session 3 reverse walking cut short without a hold; the rules gave session 4
+    # intervals at 8 min (the phase's start), and that is its bound, named as it was given.
+    short = session(3, "reverse_walking", "operator_stop", 20.0, cap_s=360.0, day=22)
+    got = plan(UserRecord("p-1", [first, ran, short, hand]), day=24)
+    assert (got.program, got.cap_s) == ("intervals", 480.0), got.reason
+    assert got.reason.endswith("(at most the 8 min the rules gave session 4)"), got.reason
+
+
+def test_what_the_rules_gave_the_session_after_a_first_session_cut_short_is_the_next_program() -> (
+    None
+):
+    """A first session that counts though it did not run to its cap (confirmed by a clinician,
+    or stopped by them after 3 min of belt time): the rules gave the session after it reverse
+    walking at 5 min, never the first session again. A reverse walking session started by
+    hand at 8 min and stopped after 9 s (or ended in an emergency stop) is bounded by that."""
+    confirmed = {1: {"clinician": "c-1"}}
+    for first, confirmations in (
+        (session(1, "first_session", "operator_stop", 30.0), confirmed),
+        (session(1, "first_session", "operator_stop", 210.0), {}),
+    ):
+        hand = session(2, "reverse_walking", "operator_stop", 9.0, cap_s=480.0, day=1)
+        got = plan(UserRecord("p-1", [first, hand], confirmed=confirmations), day=2)
+        assert (got.held, got.program, got.cap_s) == (False, "reverse_walking", 300.0), got.reason
+        assert got.reason.endswith("(at most the 5 min the rules gave session 2)"), got.reason
+        again = session(3, "reverse_walking", "operator_stop", 9.0, cap_s=480.0, day=2)
+        got = plan(UserRecord("p-1", [first, hand, again], confirmed=confirmations), day=3)
+        assert (got.program, got.cap_s) == ("reverse_walking", 300.0), got.reason
+        assert got.reason.endswith("(at most the 5 min the rules gave session 3)"), got.reason
+        fell = session(2, "reverse_walking", "estop", 9.0, cap_s=480.0, day=1)
+        got = plan(UserRecord("p-1", [first, fell], confirmed=confirmations), day=2)
+        assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
+        assert got.reason.endswith("(at most the 5 min the rules gave session 2)"), got.reason
+
+
 def test_a_record_of_holds_only_is_proposed_for_however_long_it_is() -> None:
     """Every session after the first ended in an emergency stop, 1,500 of them: the bound on a
     hold asks the record before the last session once, never once a session (Python's
@@ -428,6 +491,16 @@ def _proposed_before(record: UserRecord, rules: ProgressionRules, last: SessionR
     return propose(before, rules, PROGRAMS, zone=LONDON, now=last.started_at)
 
 
+def _rules_gave_last(record: UserRecord, rules: ProgressionRules) -> tuple[Any, SessionRow] | None:
+    """plan._rules_gave for the record's last session, as propose() asks it (None where it
+    would not: no first session counts, or no last session)."""
+    ask = _Asker(record, rules, PROGRAMS, LONDON)
+    first, last = ask.first(), _last_session(record.sessions)
+    if first is None or last is None:
+        return None
+    return _rules_gave(ask, last, first), last
+
+
 def _rank(proposal: Any, rules: ProgressionRules) -> tuple[int, float]:
     """How much a proposal asks of a user: its program's phase (a first session before any),
     then its cap."""
@@ -472,6 +545,45 @@ def test_after_a_session_cut_short_the_program_s_cap_is_no_more_than_the_rules_g
     own = rules.user.get("p-1")
     if got.program == gave.program == last.program and (own is None or own.cap_s is None):
         assert got.cap_s <= gave.cap_s, (got.reason, gave.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=records(), rules=RULESETS)
+def test_what_the_rules_gave_a_session_is_what_they_proposed_before_it(
+    record: UserRecord, rules: ProgressionRules
+) -> None:
+    """The bound's walk back through the sessions that held or were cut short, without
+    recursion, comes to the proposal the rules made before the last session: the one named
+    in the reason ("as the rules gave session 4")."""
+    got = _rules_gave_last(record, rules)
+    if got is None:
+        return
+    gave, last = got
+    before = _proposed_before(record, rules, last)
+    assert (gave.program, gave.cap_s) == (before.program, before.cap_s), (
+        gave.reason,
+        before.reason,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=records(), rules=RULESETS)
+def test_after_a_session_cut_short_only_the_phase_s_start_asks_more_than_the_rules_gave_it(
+    record: UserRecord, rules: ProgressionRules
+) -> None:
+    """A session that did not run to its cap: the next proposal carries its program and cap
+    forward no further than the rules gave it, program first, then cap. Only a phase's
+    program at its default cap, another program than the session's, may ask more."""
+    last = _last_session(record.sessions)
+    own = rules.user.get("p-1")
+    if last is None or last.end_reason in ("cap", "completed") or own is not None:
+        return
+    got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
+    gave = _proposed_before(record, rules, last)
+    if _rank(got, rules) > _rank(gave, rules):
+        assert not got.held, (got.reason, gave.reason)
+        assert got.program != last.program, (got.reason, gave.reason)
+        assert got.cap_s == PROGRAMS[got.program].cap_s_default, (got.reason, gave.reason)
 
 
 @settings(max_examples=60, deadline=None)
