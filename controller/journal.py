@@ -735,21 +735,44 @@ class Journal:
         ``other_programs``: the clinic's other programs; a session of a program in neither
         (renamed or removed since it ran) is judged as a first session against the largest
         shortest cap, fail-closed."""
+        return (
+            self.first_session_had(
+                user, min_belt_s, other_programs=other_programs, confirmations=confirmations
+            )
+            is not None
+        )
+
+    def first_session_had(
+        self,
+        user: str,
+        min_belt_s: Mapping[str, float] | None = None,
+        *,
+        other_programs: Collection[str] = (),
+        confirmations: bool = False,
+    ) -> int | None:
+        """The id of ``user``'s first session (the oldest) that counts as a treadmill session
+        had, as ``has_history`` judges it; None if none does."""
         rows = self._query(
-            "SELECT id, program, end_reason, belt_moving_s FROM sessions WHERE user = ?", (user,)
+            "SELECT id, program, end_reason, belt_moving_s FROM sessions WHERE user = ?"
+            " ORDER BY id",
+            (user,),
         )
         confirmed = self.confirmed_sessions(user) if confirmations else {}
         least = min_belt_s or {}
-        return any(
-            counts(
-                str(program),
-                reason,
-                _real(belt),
-                first_session_minimum=least,
-                other_programs=other_programs,
-                confirmed=int(session) in confirmed,
-            )
-            for session, program, reason, belt in rows
+        return next(
+            (
+                int(session)
+                for session, program, reason, belt in rows
+                if counts(
+                    str(program),
+                    reason,
+                    _real(belt),
+                    first_session_minimum=least,
+                    other_programs=other_programs,
+                    confirmed=int(session) in confirmed,
+                )
+            ),
+            None,
         )
 
     def confirmed_sessions(self, user: str | None = None) -> dict[int, dict[str, Any]]:

@@ -527,6 +527,22 @@ class System:
             ), {}
         if int(n) in self.journal.confirmed_sessions(session.user):
             return Refused(RefusalCode.NOT_ALLOWED, f"session {n} is confirmed already"), {}
+        # One first session a user: once one counts (their weeks on the treadmill count from
+        # it, docs/plan.md), confirming another, older, would move them on by weeks.
+        had = self.journal.first_session_had(
+            session.user,
+            self._first_session_minimum,
+            other_programs=self._other_programs,
+            confirmations=True,
+        )
+        if had is not None:
+            whose = "the user's first treadmill session"
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {had} counts as {whose} already"
+                if had == session.id
+                else f"session {had} already counts as {whose}: there is no other to confirm",
+            ), {}
         return ACCEPTED, {"session_id": n, "user": session.user}
 
     def _measure(self, command: RecordMeasure) -> tuple[Reply, dict[str, JsonScalar]]:

@@ -196,6 +196,32 @@ def test_a_confirmation_that_cannot_be_is_refused_in_words_and_on_record(desk: D
     assert not any(e.type is EventType.SESSION_STARTED for e in desk.published)
 
 
+def test_no_session_is_confirmed_once_another_counts_as_the_user_s_first(desk: Desk) -> None:
+    """A short first session, then one that ran to its cap and counts: the short one
+    confirmed now would move the user's week 1 back to it (and the plan to a later phase).
+    Refused, naming the session that counts; as is one that counts on its own already."""
+    desk.session(1, "p-1", "first_session", "operator_stop", 10.0)
+    desk.session(2, "p-1", "first_session", "cap", 180.0)
+    desk.session(3, "p-2", "first_session", "operator_stop", 10.0)
+    desk.session(4, "p-2", "first_session", "operator_stop", 12.0)
+    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
+    assert words == (
+        "session 2 already counts as the user's first treadmill session: "
+        "there is no other to confirm"
+    )
+    words = refused(desk.send(ConfirmFirstSession(0.0, "2")), RefusalCode.NOT_ALLOWED)
+    assert words == "session 2 counts as the user's first treadmill session already"
+    # Another user's record is not theirs; and after one confirmation, no second.
+    assert isinstance(desk.send(ConfirmFirstSession(0.0, "4")), Accepted)
+    words = refused(desk.send(ConfirmFirstSession(0.0, "3")), RefusalCode.NOT_ALLOWED)
+    assert words == (
+        "session 4 already counts as the user's first treadmill session: "
+        "there is no other to confirm"
+    )
+    assert [e.fields["session_id"] for e in desk.published
+            if e.type is EventType.FIRST_SESSION_CONFIRMED] == ["4"]  # fmt: skip
+
+
 def test_a_clinic_whose_rules_leave_it_to_belt_time_refuses_a_confirmation() -> None:
     rules = SIM.rules.model_copy(
         update={
