@@ -275,8 +275,8 @@ async def test_the_measure_s_day_is_today_each_time_the_entry_opens_and_after_mi
     """A patient view kept open past midnight dates a measure today, not yesterday: the day
     is today's in the clinic's zone each time the entry is opened and as the day turns while
     it is open, unless the clinician chose the day. The page's clock is moved past the clinic's
-    midnights (Playwright's clock); the page takes its own clock's advance since the last
-    state as the daemon's, as it does between any two states."""
+    midnights (Playwright's clock, fast-forwarded); the page takes its own clock's advance
+    since the last state as the daemon's, as it does between any two states."""
     tm = "tm-midnight"
     make_daemon(treadmill_id=tm, extra=f'[clinic]\ntimezone = "{CLINIC_ZONE}"\n')
     async with opened(broker, tm, timezone=TABLET_ZONE) as tab:
@@ -297,7 +297,11 @@ async def test_the_measure_s_day_is_today_each_time_the_entry_opens_and_after_mi
             """The page's clock a minute into the clinic's day ``days`` after today's."""
             turned = date.fromisoformat(today) + timedelta(days=days)
             moment = datetime.combine(turned, time(0, 1), ZoneInfo(CLINIC_ZONE))
-            await page.clock.set_system_time(moment.timestamp())
+            # Time passing on the tablet (its monotonic clock as well as its wall clock, as
+            # when a tablet sleeps): a state arriving meanwhile, in the daemon's real time,
+            # must not take the page's day back.
+            now_ms = await page.evaluate("Date.now()")
+            await page.clock.fast_forward(round(moment.timestamp() * 1000 - now_ms))
             return turned.isoformat()
 
         # Closed, then opened again after midnight: the new day.
