@@ -133,9 +133,12 @@ def clock_text(seconds: float) -> str:
     return f"{int(minutes)}:{rest:04.1f}"
 
 
-def _clock(value: JsonScalar) -> str:
+def _clock(value: JsonScalar, *, unknown: str | None = None) -> str:
+    """A time in minutes and seconds; ``unknown``: the words for none (null or left out)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return clock_text(float(value))
+    if value is None and unknown is not None:
+        return unknown
     return str(value)
 
 
@@ -167,7 +170,7 @@ def describe(event: Mapping[str, JsonScalar]) -> str:
         case EventType.SESSION_ENDED:
             return (
                 f"session {f.get('session_id')} ended: {f.get('reason')}, "
-                f"belt time {_clock(f.get('belt_moving_s'))}"
+                f"belt time {_clock(f.get('belt_moving_s'), unknown='unknown')}"
             )
         case EventType.COUNTDOWN:
             seconds = f.get("seconds")

@@ -53,6 +53,7 @@ from treadguard.safety.core import SafetyCore
 from treadguard.safety.decisions import (
     LATCHED_STATES,
     Event,
+    EventType,
 )
 from treadguard.safety.inputs import (
     FallReading,
@@ -185,6 +186,17 @@ class Daemon:
         # After the journal, which System attached first: an event is on disk before the
         # link can publish it (SR-14).
         system.subscribe(self.link.on_event, name="mqtt")
+        # The sessions a crash left open, closed as interrupted in the journal (which holds
+        # their session_ended): said on the events topic too, once connected, so a tablet
+        # that kept one open (the page asks for the record after its own) hears it is over.
+        for session in opened.interrupted:
+            self.link.on_event(
+                Event(
+                    EventType.SESSION_ENDED,
+                    clock.time(),
+                    {"session_id": str(session), "reason": "interrupted", "belt_moving_s": None},
+                )
+            )
         # The journal's syncs off the loop; each one that ends lets the link publish what it
         # covered.
         system.sync_in_background(on_durable=self._journal_durable)

@@ -24,7 +24,7 @@ from typing import TypeVar
 from treadguard.contract.event_text import (
     CAUSE_HINTS,
     CAUSE_WORDS,
-    END_REASON_WORDS,
+    END_WORDS,
     EVENT_WORDS,
     REFUSAL_WORDS,
     SENSOR_WORDS,
@@ -53,7 +53,7 @@ def tables() -> dict[str, dict[str, str]]:
     return {
         "causes": _plain(CAUSE_WORDS),
         "causeHints": _plain(CAUSE_HINTS),
-        "endReasons": _plain(END_REASON_WORDS),
+        "endReasons": dict(END_WORDS),
         "refusals": _plain(REFUSAL_WORDS),
         "sensors": _plain(SENSOR_WORDS),
         "states": _plain(STATE_WORDS),

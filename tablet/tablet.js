@@ -231,8 +231,9 @@ const view = {
   // This page's start waiting to be known as accepted (its reply) and to have its session
   // (session_started): {startId, user, pain (asked before it, or null), accepted, sessionId}.
   starting: null,
-  // The sessions this page's starts opened, while they run: id -> user. Only these ask for
-  // the record after them here: another tablet's session is its clinician's to record.
+  // The sessions this page's starts opened, while they run: id -> {user, instance (of the
+  // daemon that opened it), seen (in a state)}. Only these ask for the record after them here:
+  // another tablet's session is its clinician's to record.
   own: new Map(),
   // The pain asked before a start of this page that is not on its session's record yet (the
   // clinician's code not valid, a refusal, no answer): [{sessionId, pain, why, fix}], in red
@@ -741,7 +742,12 @@ function startKnown() {
   const start = view.starting;
   if (!start || !start.accepted || start.sessionId === undefined) return;
   view.starting = null;
-  view.own.set(start.sessionId, start.user);
+  const s = view.state;
+  view.own.set(start.sessionId, {
+    user: start.user,
+    instance: s ? s.instance : undefined,
+    seen: Boolean(s && s.session && String(s.session.id) === start.sessionId),
+  });
   if (start.pain !== null) {
     painGoesOn({ session_id: start.sessionId, pain: start.pain }, start.clinician);
   }
@@ -900,6 +906,7 @@ function onState(state) {
   }
   if (before && before.state !== state.state && state.state !== "countdown")
     view.countdownEnd = null;
+  ownSessionsOver(state);
   if (session) {
     if (!view.last || String(view.last.id) !== String(session.id)) {
       newLast({ id: session.id, top: null, reason: null, belt_s: null });
@@ -914,6 +921,33 @@ function onState(state) {
       view.last.top = Math.max(view.last.top || 0, state.speed_mph);
     }
   }
+}
+
+// One of this page's sessions is over once the treadmill no longer has it, whether or not its
+// session_ended is heard (a daemon killed mid-session publishes none; the restarted one
+// announces it, but the page may have been away then): a state of another daemon process (a
+// restart closes what a crash left open), or, once a state has shown the session, a state with
+// another session or none. The record after it is then asked here as after any end.
+function ownSessionsOver(state) {
+  const current = state.session ? String(state.session.id) : null;
+  for (const [id, own] of view.own) {
+    if (typeof own.instance !== "string" && current === id) own.instance = state.instance;
+    const otherDaemon =
+      typeof state.instance === "string" &&
+      typeof own.instance === "string" &&
+      state.instance !== own.instance;
+    if (current === id && !otherDaemon) own.seen = true;
+    else if (otherDaemon || own.seen) ownEnded(id);
+  }
+}
+
+// One of this page's sessions has ended: its record after it is asked here, after any of this
+// page's that wait already. Another tablet's session ending changes no form.
+function ownEnded(id) {
+  const own = view.own.get(id);
+  if (!own) return;
+  view.own.delete(id);
+  view.toRecord.push({ id, user: own.user });
 }
 
 // Another session than the last one seen, shown as the last until the next. (The record form
@@ -979,13 +1013,9 @@ function onEvent(e) {
       if (start && !start.accepted && start.sessionId === String(e.session_id)) {
         start.sessionId = undefined;
       }
-      // One of this page's sessions: its record after it is asked here, after any of this
-      // page's that wait already. Another tablet's session ending here changes no form.
-      if (view.own.has(String(e.session_id))) {
-        const id = String(e.session_id);
-        view.toRecord.push({ id, user: view.own.get(id) });
-        view.own.delete(id);
-      }
+      // One of this page's sessions: its record after it is asked here (if a state has not
+      // told the page already). Another tablet's session ending here changes no form.
+      ownEnded(String(e.session_id));
       if (!view.last || String(view.last.id) !== String(e.session_id)) {
         newLast({ id: e.session_id, top: null }); // a session this page never saw run
       }

@@ -408,6 +408,28 @@ async def test_sr11_sigterm_stops_the_session_publishes_offline_and_exits_0(
 
 
 @pytest.mark.asyncio
+async def test_a_session_a_crash_left_open_is_announced_ended_by_the_restarted_daemon(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """The daemon killed mid-session (SIGKILL: a crash, the mains cut) and started again on
+    the same journal: it closes the session as interrupted, and says so on the events topic
+    once connected, so a tablet that kept the session open hears that it is over."""
+    daemon = make_daemon(treadmill_id="tm-crash")
+    async with clinician(broker, "tm-crash") as doc:
+        state = await doc.start_running("u-crash", program="first_session")
+        session = str(state["session"]["id"])
+        daemon.signal(signal.SIGKILL)
+        await asyncio.to_thread(daemon.wait)
+        await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
+        daemon.start()
+        ended = await doc.event("session_ended")
+        assert (ended["session_id"], ended["reason"]) == (session, "interrupted")
+        assert ended["belt_moving_s"] is None  # not known: the crash took it
+        idle = await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+        assert idle["session"] is None
+
+
+@pytest.mark.asyncio
 async def test_sr11_second_signal_is_an_emergency_stop(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:

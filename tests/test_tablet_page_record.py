@@ -5,6 +5,7 @@ asks for it, the Clinician's code, and the stamps of the commands that carry the
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -565,6 +566,67 @@ async def test_the_record_after_a_session_is_asked_on_the_page_that_started_it_a
         await expect(pb.locator("#setup")).to_be_visible()
     assert record_of(tmp_path / f"journal-{tm}.sqlite", mine) == [("after", 7, "c-a")]
     assert record_of(tmp_path / f"journal-{tm}.sqlite", theirs) == [("after", 3, "c-b")]
+
+
+@pytest.mark.asyncio
+async def test_the_record_is_asked_after_a_session_a_crash_ended_on_the_page_that_started_it(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The daemon killed mid-session (a crash, the mains cut) and started again while the
+    pages stay open: the session is over, and the page that started it asks for its record,
+    though it never hears that session's end (left out here: a state of the restarted daemon
+    without the session says as much); the other page asks nothing, and the restarted daemon
+    announces the end to both."""
+    tm = "tm-page-crash"
+    daemon = make_daemon(treadmill_id=tm, sensors="mqtt")
+    url = page_url(broker, tm)
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        chromium() as browser,
+        tablet_page(browser, url) as a,
+        tablet_page(browser, url) as b,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        pa, pb = a.page, b.page
+        for page in (pa, pb):
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+        # Page A hears no session_ended at all: only the treadmill's state tells it.
+        await pa.evaluate(
+            "() => { const heard = onEvent;"
+            " onEvent = (e) => (e.type === 'session_ended' ? undefined : heard(e)); }"
+        )
+        await pa.fill("#clinician", "c-k")
+        await pa.fill("#user", "PK-1")
+        await pa.click("#start")
+        ok(await doc.reply_to((await next_command(doc, "start_session"))["id"]))
+        state = await doc.state(running, within=SESSION_WAIT_S)
+        session = str(state["session"]["id"])
+        daemon.signal(signal.SIGKILL)
+        daemon.wait()
+        await expect(pa.locator("body")).to_have_attribute("data-online", "false")
+        daemon.start()  # the same journal, which closes the session as interrupted
+        ended = await doc.event("session_ended")
+        assert (ended["session_id"], ended["reason"]) == (session, "interrupted")
+        await expect(pa.locator("body")).to_have_attribute(
+            "data-online", "true", timeout=ONLINE_WAIT_MS
+        )
+        await expect(pa.locator("#record-title")).to_have_text(f"After session {session} (PK-1)")
+        await expect(pb.locator("#session-info")).to_contain_text(f"Last session {session} ")
+        await expect(pb.locator("#record")).to_be_hidden()
+        await expect(pb.locator("#setup")).to_be_visible()
+        await pa.select_option("#pain-after", "6")
+        await pa.click("#record-save")
+        after = await next_command(doc, "outcome_after")
+        assert (after["session_id"], after["pain"], after["clinician"]) == (session, 6, "c-k")
+        ok(await doc.reply_to(after["id"]))
+        await expect(pa.locator("#record")).to_be_hidden()
+        await expect(pa.locator("#setup")).to_be_visible()
+    assert record_of(tmp_path / f"journal-{tm}.sqlite", session) == [("after", 6, "c-k")]
 
 
 # ----------------------------------------------------------------------------- stops
