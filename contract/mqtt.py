@@ -89,6 +89,21 @@ _AGE_CHECKED = frozenset(
         CommandType.RECORD_MEASURE,
     }
 )
+# The entries of the record are treadguard's own commands (extensions of contract v1): there
+# a stamp is required, not optional, so that no entry escapes the age check (a tablet that
+# left it out would have its late delivery stand over the correction entered since).
+_STAMP_REQUIRED = frozenset(
+    {
+        CommandType.OUTCOME_BEFORE,
+        CommandType.OUTCOME_AFTER,
+        CommandType.CONFIRM_FIRST_SESSION,
+        CommandType.RECORD_MEASURE,
+    }
+)
+STAMP_REQUIRED_MESSAGE = (
+    "invalid command: ts: Field required: the stamp (when it was sent, in the daemon's clock) "
+    "is required for entries of the record"
+)
 _UNIX_TS_MAX = 1e11  # year 5138: anything larger is no time stamp
 ID_MAX_CHARS = 64
 # A clinician's notes on a session: a few sentences (the payload itself is at most 4 KiB).
@@ -530,6 +545,8 @@ def parse_command(
         model = model_type.model_validate(obj)
     except ValidationError as exc:
         return CommandReply(command_id, ErrorCode.INVALID_COMMAND, describe_invalid(exc))
+    if model.ts is None and kind in _STAMP_REQUIRED:
+        return CommandReply(model.id, ErrorCode.INVALID_COMMAND, STAMP_REQUIRED_MESSAGE)
     if model.ts is not None and now_unix is not None and kind in _AGE_CHECKED:
         late = _late(kind, model.ts, now_unix)
         if late is not None:

@@ -88,7 +88,6 @@ from treadguard.contract.mqtt import (
     answer_command,
     belt_moving,
     encode_event,
-    encode_reply,
     encode_state,
     internal_error,
     readable_id,
@@ -655,6 +654,7 @@ class TabletLink:
             _RATE_LIMITED,
         ).to_json()
         reply["ids"] = [*ids]
+        reply["ts"] = self._reply_ts()
         return to_payload(reply)
 
     def _log_refusal(self, reply: CommandReply) -> None:
@@ -704,7 +704,14 @@ class TabletLink:
 
     def _queue_reply(self, reply: CommandReply, *, keep: bool) -> None:
         self._look = True  # the command may have changed the state: it goes out first
-        self._push(self._urgent if keep else self._replies, _Out(encode_reply(reply)), None)
+        payload = to_payload({**reply.to_json(), "ts": self._reply_ts()})
+        self._push(self._urgent if keep else self._replies, _Out(payload), None)
+
+    def _reply_ts(self) -> float:
+        """A reply's ``ts`` (an extension): when it was answered, in the daemon's clock, as the
+        state's. A tablet that has no live state to go by (the treadmill idle) learns the
+        daemon's clock from it, to stamp its next command (``treadguard tablet``)."""
+        return round(self._hooks.to_unix(self._hooks.now()), 3)
 
     def _on_state_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
         """A state on our own state topic that another daemon published: a second daemon for

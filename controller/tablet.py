@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,11 +195,38 @@ def _json_object(payload: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------- one command
 
 
+# The entries of the record: the daemon refuses them unstamped (docs/tablet-contract.md).
+STAMPED = frozenset(
+    {
+        CommandType.OUTCOME_BEFORE,
+        CommandType.OUTCOME_AFTER,
+        CommandType.CONFIRM_FIRST_SESSION,
+        CommandType.RECORD_MEASURE,
+    }
+)
+
+
+def _daemon_clock(reply: dict[str, Any]) -> float | None:
+    """The daemon's clock less our monotonic one, from a reply's ``ts`` as it arrives (late
+    by its way through the broker: a stamp made from it comes out a little old, never new);
+    None for a reply without one (an older daemon)."""
+    ts = reply.get("ts")
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts):
+        return None
+    return float(ts) - time.monotonic()
+
+
 async def _send(conn: Connection, command: JsonObject) -> int:
-    """Publish one command and wait for its reply; print the outcome; return the exit code."""
+    """Publish one command and wait for its reply; print the outcome; return the exit code.
+
+    An entry of the record is stamped in the daemon's clock (not this computer's, nor the
+    board's wall clock, which network time may have stepped since the daemon started): a
+    heartbeat goes first, and its reply's ``ts`` tells the daemon's clock. (A heartbeat does
+    nothing but say someone is there, as the entry itself does.)"""
     topics = conn.topics
     availability: str | None = None
     connected = False
+    probe = _command(CommandType.HEARTBEAT) if command["type"] in STAMPED else None
     try:
         async with conn.client(_identifier()) as client:
             connected = True
@@ -206,7 +234,8 @@ async def _send(conn: Connection, command: JsonObject) -> int:
             # availability can pass us by.
             await client.subscribe(topics.reply, qos=1)
             await client.subscribe(topics.availability, qos=1)
-            await client.publish(topics.cmd, to_payload(command), qos=1, retain=False)
+            first = probe if probe is not None else command
+            await client.publish(topics.cmd, to_payload(first), qos=1, retain=False)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(conn.timeout_s):
                     async for message in client.messages:
@@ -214,7 +243,17 @@ async def _send(conn: Connection, command: JsonObject) -> int:
                             availability = _text(message.payload)
                             continue
                         reply = _json_object(message.payload)
-                        if reply is not None and _answers(reply, command["id"]):
+                        if reply is None:
+                            continue
+                        if probe is not None and _answers(reply, probe["id"]):
+                            probe = None
+                            offset = _daemon_clock(reply)
+                            if offset is not None:
+                                command["ts"] = round(time.monotonic() + offset, 3)
+                            await client.publish(
+                                topics.cmd, to_payload(command), qos=1, retain=False
+                            )
+                        elif _answers(reply, command["id"]):
                             return _print_reply(reply)
     except aiomqtt.MqttError as exc:
         doing = "lost the connection to" if connected else "cannot connect to"

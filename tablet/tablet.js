@@ -684,7 +684,8 @@ function send(type, fields = {}, clinician = undefined) {
   // Stamped (unix s, in the daemon's clock as far as the page can tell): a start, a speed
   // change or a heartbeat that a hung broker delivers late is refused by the daemon rather
   // than run when nobody expects it (docs/daemon.md). The daemon refuses them after 3 s, well
-  // before this page gives up waiting for an answer (5 s).
+  // before this page gives up waiting for an answer (5 s). An entry of the record must be
+  // stamped: the daemon refuses one without.
   const ts = daemonNow();
   client.publish(TOPIC.cmd, JSON.stringify({ id, type, ts, ...fields }), { qos: 1, retain: false });
   if (type === "heartbeat") {

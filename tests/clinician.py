@@ -13,9 +13,11 @@ from typing import Any
 
 import aiomqtt
 
-from tests.mosquitto import Listening, Login, Tablet, body, login, tablet, text_is
+from tests.mosquitto import Listening, Login, Tablet, body, login, tablet, text_is, untimed
 from tests.periodic import pause, periodic
 
+# The entries of the record: the daemon refuses them without a stamp (docs/tablet-contract.md).
+RECORD_ENTRIES = ("outcome_before", "outcome_after", "confirm_first_session", "record_measure")
 SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (4 s), and some
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
 
@@ -29,7 +31,11 @@ class Clinician:
         self.latest: dict[str, Any] | None = None
 
     async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """``type_`` with ``fields``, and its reply. An entry of the record is stamped (the
+        daemon requires it), in the daemon's clock: on this machine, the wall clock."""
         command_id = uuid.uuid4().hex
+        if type_ in RECORD_ENTRIES:
+            fields.setdefault("ts", time.time())
         await self.raw(json.dumps({"id": command_id, "type": type_, **fields}).encode())
         return await self.reply_to(command_id)
 
@@ -166,7 +172,7 @@ def running(state: dict[str, Any]) -> bool:
 
 def ok(reply: dict[str, Any]) -> None:
     assert reply["ok"] is True, reply
-    assert set(reply) == {"id", "ok"}
+    assert untimed(reply) == {"id": reply["id"], "ok": True}
 
 
 def refused(reply: dict[str, Any], code: str) -> str:

@@ -419,6 +419,17 @@ def body(message: aiomqtt.Message) -> Any:
     return json.loads(message.payload)
 
 
+def untimed(reply: Any) -> Any:
+    """A reply's JSON without its ``ts`` (the daemon's clock when it answered: an extension of
+    the contract), which it must carry, as a unix time."""
+    assert isinstance(reply, dict), reply
+    ts = reply.get("ts")
+    assert isinstance(ts, float | int), reply
+    assert not isinstance(ts, bool), reply
+    assert ts > 0, reply
+    return {k: v for k, v in reply.items() if k != "ts"}
+
+
 def text_is(value: str) -> Callable[[aiomqtt.Message], bool]:
     return lambda m: m.payload == value.encode()
 

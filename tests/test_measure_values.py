@@ -84,7 +84,10 @@ def test_a_measure_finer_than_its_kind_s_resolution_is_refused_in_words(
 
 
 def test_minus_zero_is_taken_as_zero() -> None:
-    payload = b'{"id": "m", "type": "record_measure", "user": "p-1", "kind": "koos", "value": -0.0}'
+    payload = (
+        b'{"id": "m", "type": "record_measure", "user": "p-1", "kind": "koos", "value": -0.0,'
+        b' "ts": 1764000000.0}'
+    )
     parsed = parse_command(payload, retained=False, t=0.0)
     assert isinstance(parsed, ParsedCommand)
     assert isinstance(parsed.command, RecordMeasure)

@@ -782,6 +782,32 @@ def test_an_unstamped_command_is_not_age_checked() -> None:
     assert isinstance(parse_command(raw, retained=False, t=T, now_unix=NOW_UNIX), ParsedCommand)
 
 
+RECORD_ENTRIES = [
+    ("outcome_before", {"session_id": "3", "pain": 5}),
+    ("outcome_after", {"session_id": "3", "pain": 8}),
+    ("confirm_first_session", {"session_id": "3"}),
+    ("record_measure", {"user": "u1", "kind": "tug", "value": 12.0}),
+]
+
+
+@pytest.mark.parametrize(("kind", "fields"), RECORD_ENTRIES)
+def test_an_entry_of_the_record_without_a_stamp_is_an_invalid_command(
+    kind: str, fields: dict[str, object]
+) -> None:
+    """An entry of the record (treadguard's own commands) must be stamped: unstamped, one
+    delivered late, or sent again after a restart, could never be told from a fresh one, and
+    would stand over the correction entered since."""
+    raw = json.dumps({"id": "c-4", "type": kind, **fields}).encode()
+    for now_unix in (NOW_UNIX, None):
+        got = parse_command(raw, retained=False, t=T, now_unix=now_unix)
+        assert isinstance(got, CommandReply), got
+        assert (got.id, got.error) == ("c-4", ErrorCode.INVALID_COMMAND)
+        assert got.message == (
+            "invalid command: ts: Field required: the stamp (when it was sent, in the "
+            "daemon's clock) is required for entries of the record"
+        )
+
+
 @pytest.mark.parametrize("ts", ['"now"', "true", "1e400", "-1", "1e308", "9" * 400])
 @pytest.mark.parametrize("kind", ["set_speed", "stop"])
 def test_sr15_a_ts_that_is_no_unix_time_is_an_invalid_command(ts: str, kind: str) -> None:
@@ -987,6 +1013,13 @@ def test_every_command_is_named_once_and_parses_to_its_input() -> None:
             payload |= {"session_id": "3"}
         if kind == CommandType.RECORD_MEASURE:
             payload |= {"kind": "tug", "value": 12.5}
+        if kind in (
+            CommandType.OUTCOME_BEFORE,
+            CommandType.OUTCOME_AFTER,
+            CommandType.CONFIRM_FIRST_SESSION,
+            CommandType.RECORD_MEASURE,
+        ):
+            payload["ts"] = 1.0  # an entry of the record is stamped
         parsed = parse_command(json.dumps(payload).encode(), retained=False, t=1.0)
         assert isinstance(parsed, ParsedCommand), (kind, parsed)
         assert parsed.command.TYPE is CommandType(kind)

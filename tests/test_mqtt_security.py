@@ -54,6 +54,7 @@ from tests.mosquitto import (
     stay_root,
     tablet,
     text_is,
+    untimed,
 )
 from tests.nginx import Nginx, have_nginx
 from tests.pki import OPENSSL, Pki, make_pki
@@ -184,7 +185,7 @@ async def serves_the_tablet(tab: Tablet, tm: str, world: World) -> None:
     p = f"treadmill/{tm}"
     await tab.next(f"{p}/availability", text_is("online"))
     await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
-    assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+    assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "hb-1", "ok": True}
     assert [type(c) for c in world.commands] == [Heartbeat]
 
 
@@ -296,7 +297,7 @@ async def test_sr15_a_command_from_any_account_but_the_tablet_never_reaches_the_
         # Published after the refusal was acknowledged, so it is queued for the daemon behind
         # the forged command, had that been let through; and the daemon answers in order.
         await send(tab, tm, {"id": "after", "type": "heartbeat"})
-        assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+        assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "after", "ok": True}
         assert [type(c) for c in world.commands] == [Heartbeat]
 
 
@@ -326,7 +327,7 @@ async def test_sr15_only_the_daemon_may_publish_state_replies_events_and_availab
             assert (await tab.next(f"{p}/availability")).payload == b"online"
             assert fields(await tab.next(f"{p}/state"))["treadmill_id"] == tm
             await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
-            assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+            assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "hb-1", "ok": True}
             link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
             assert fields(await tab.next(f"{p}/events"))["type"] == "reset"
 
@@ -411,7 +412,7 @@ async def test_a_dashboard_reads_state_events_and_availability_but_not_commands(
     ):
         await tab.next(f"{p}/availability", text_is("online"))
         await send(tab, tm, {"id": "hb-1", "type": "heartbeat"})
-        assert body(await tab.next(f"{p}/reply")) == {"id": "hb-1", "ok": True}
+        assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "hb-1", "ok": True}
         # The event follows the command (acknowledged before its reply) and the reply (the
         # daemon publishes in order), so the dashboard would have seen both before it.
         link.on_event(Event(EventType.RESET, t=5.0, fields={"cleared": "fall"}))
@@ -666,7 +667,7 @@ async def test_sr15_the_shipped_configuration_as_installed(tmp_path: Path, pki: 
             await serves_the_tablet(tab, tm, world)
             await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
             await send(tab, tm, {"id": "after", "type": "heartbeat"})
-            assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+            assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "after", "ok": True}
             assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
 
 
@@ -770,7 +771,7 @@ async def test_sr15_the_shipped_websockets_listener_behind_the_shipped_nginx_sit
                 await serves_the_tablet(tab, tm, world)
                 await publish_refused(dashboard, f"{p}/cmd", b'{"id": "forged", "type": "estop"}')
                 await send(tab, tm, {"id": "after", "type": "heartbeat"})
-                assert body(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+                assert untimed(body(await tab.next(f"{p}/reply"))) == {"id": "after", "ok": True}
                 assert [type(c) for c in world.commands] == [Heartbeat, Heartbeat]
         finally:
             nginx.stop()
@@ -839,7 +840,7 @@ async def test_sr12_the_daemon_over_tls_with_its_certificate_from_its_configurat
             ) as tab:
                 await tab.next(f"{p}/availability", text_is("online"), within=15.0)
                 await send(tab, tm, {"id": "hb", "type": "heartbeat"})
-                assert fields(await tab.next(f"{p}/reply")) == {"id": "hb", "ok": True}
+                assert untimed(fields(await tab.next(f"{p}/reply"))) == {"id": "hb", "ok": True}
         finally:
             daemon.stop()
 
@@ -864,7 +865,7 @@ async def test_sr15_a_dashboard_reusing_its_client_id_never_disconnects_the_daem
             await take_client_ids(secured, "dashboard", (f"treadguard-{tm}", "treadguard"))
             # Published after the last CONNACK: behind any Will the broker sent for the daemon.
             await send(tab, tm, {"id": "after", "type": "heartbeat"})
-            assert fields(await tab.next(f"{p}/reply")) == {"id": "after", "ok": True}
+            assert untimed(fields(await tab.next(f"{p}/reply"))) == {"id": "after", "ok": True}
             assert tab.drain(f"{p}/availability") == []
             assert daemon.alive()
     finally:

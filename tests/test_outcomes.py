@@ -29,11 +29,13 @@ def parse(text: str) -> object:
 
 
 def test_the_commands_as_the_contract_reads_them() -> None:
-    before = parse('{"id": "a", "type": "outcome_before", "session_id": "12", "pain": 4}')
+    before = parse(
+        '{"id": "a", "type": "outcome_before", "session_id": "12", "pain": 4, "ts": 1764000000.0}'
+    )
     assert before == OutcomeBefore(t=0.0, session_id="12", pain=4)
     after = parse(
         '{"id": "a", "type": "outcome_after", "session_id": "12", "pain": 2, "exertion": 6,'
-        ' "notes": "walked well, no limp", "clinician": "c-7"}'
+        ' "notes": "walked well, no limp", "clinician": "c-7", "ts": 1764000000.0}'
     )
     assert after == OutcomeAfter(
         t=0.0, session_id="12", pain=2, exertion=6, notes="walked well, no limp", clinician="c-7"

@@ -53,9 +53,13 @@ LOOK_ALIKES = [
 SPACED = ["p-012 ", " p-012", "   "]
 
 
+RECORD_ENTRIES = ("outcome_before", "outcome_after", "confirm_first_session", "record_measure")
+
+
 def command(type_: str, **fields: Any) -> CommandReply | ParsedCommand:
     # ASCII JSON: a lone surrogate goes out as its escape, which JSON allows.
-    payload = json.dumps({"id": "c-1", "type": type_, **fields}).encode()
+    stamp = {"ts": 1764000000.0} if type_ in RECORD_ENTRIES else {}  # required on these
+    payload = json.dumps({"id": "c-1", "type": type_, **fields, **stamp}).encode()
     return parse_command(payload, retained=False, t=0.0)
 
 

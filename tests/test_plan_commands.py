@@ -50,22 +50,26 @@ def parse(text: str) -> object:
 
 
 def test_the_commands_as_the_contract_reads_them() -> None:
-    confirm = parse('{"id": "c1", "type": "confirm_first_session", "session_id": "12"}')
+    confirm = parse(
+        '{"id": "c1", "type": "confirm_first_session", "session_id": "12", "ts": 1764000000.0}'
+    )
     assert confirm == ConfirmFirstSession(t=0.0, session_id="12")
     by = parse(
-        '{"id": "c2", "type": "confirm_first_session", "session_id": "12", "clinician": "c-7"}'
+        '{"id": "c2", "type": "confirm_first_session", "session_id": "12", "clinician": "c-7",'
+        ' "ts": 1764000000.0}'
     )
     assert by == ConfirmFirstSession(t=0.0, session_id="12", clinician="c-7")
     measure = parse(
         '{"id": "m1", "type": "record_measure", "user": "p-012", "kind": "tug", "value": 11.5,'
-        ' "date": "2026-11-20", "clinician": "c-7"}'
+        ' "date": "2026-11-20", "clinician": "c-7", "ts": 1764000000.0}'
     )
     assert measure == RecordMeasure(
         t=0.0, user="p-012", kind="tug", value=11.5, date="2026-11-20", clinician="c-7"
     )
     # An integer score is a number too; the date may be left out (today, the clinic's).
     koos = parse(
-        '{"id": "m2", "type": "record_measure", "user": "p-012", "kind": "koos", "value": 62}'
+        '{"id": "m2", "type": "record_measure", "user": "p-012", "kind": "koos", "value": 62,'
+        ' "ts": 1764000000.0}'
     )
     assert koos == RecordMeasure(t=0.0, user="p-012", kind="koos", value=62.0)
 

@@ -43,6 +43,7 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
+from treadguard.config.loading import WALL_STEP_FILE_ENV
 from treadguard.safety.limits import SafetyLimits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,11 +215,14 @@ async def watching(config: Path, *args: str) -> AsyncIterator[Watch]:
 
 
 @asynccontextmanager
-async def daemon(broker: Broker, tmp_path: Path, tm: str) -> AsyncIterator[tuple[Path, Tablet]]:
+async def daemon(
+    broker: Broker, tmp_path: Path, tm: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Path, Tablet]]:
     """The real daemon on the simulated belt, and a test-side subscriber that has seen it
-    come online. Yields the configuration file (for ``--config``) and the subscriber."""
+    come online. Yields the configuration file (for ``--config``) and the subscriber.
+    ``env``: the daemon's overrides of the environment."""
     config = daemon_config(tmp_path, broker.port, treadmill_id=tm, sensors="simulator")
-    process = DaemonProcess(config, tmp_path / f"{tm}.log", env=ENV)
+    process = DaemonProcess(config, tmp_path / f"{tm}.log", env={**ENV, **(env or {})})
     p = f"treadmill/{tm}"
     process.start()
     try:
@@ -637,3 +641,37 @@ async def test_a_measure_and_a_confirmation_from_the_command_line(
         unknown = await tablet_cli(config, "confirm-first-session", "42")
         assert unknown.code == 1, unknown
         assert unknown.out == "refused: not_allowed: no session 42 on record\n", unknown
+
+
+@pytest.mark.asyncio
+async def test_the_entries_of_the_record_are_stamped_in_the_daemon_s_clock(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """outcome-before, outcome-after, confirm-first-session and measure stamp their command
+    (the daemon refuses an entry of the record without one): in the daemon's clock, not the
+    computer's, so a daemon whose clock is 30 s behind this one (a board that started before
+    network time set it right) takes them, where a stamp of this computer's clock would be
+    refused as sent in the future."""
+    step = tmp_path / "wall-step"
+    step.write_text("-30", encoding="utf-8")
+    env = {WALL_STEP_FILE_ENV: str(step)}
+    async with daemon(broker, tmp_path, "tm-cli-stamp", env) as (config, tab):
+        p = "treadmill/tm-cli-stamp"
+        runs = [
+            (["outcome-before", "42", "--pain", "3"], "outcome_before", "no session 42"),
+            (["outcome-after", "42", "--pain", "3"], "outcome_after", "no session 42"),
+            (["confirm-first-session", "42"], "confirm_first_session", "no session 42"),
+            (["measure", "p-9", "tug", "11.5"], "record_measure", None),
+        ]
+        for args, kind, refusal in runs:
+            done = await tablet_cli(config, *args)
+            daemon_now = time.time() - 30.0
+            if refusal is None:
+                assert (done.code, done.out) == (0, "ok\n"), done
+            else:
+                assert done.code == 1, done
+                assert done.out.startswith("refused: not_allowed: "), done
+                assert refusal in done.out, done
+            sent = body(await tab.next(f"{p}/cmd", payload_has(f'"{kind}"'.encode())))
+            assert isinstance(sent, dict)
+            assert daemon_now - 3.0 < sent["ts"] <= daemon_now, (kind, sent, daemon_now)
