@@ -319,6 +319,9 @@ Notes = Annotated[PrintableText, StringConstraints(min_length=1, max_length=NOTE
 class OutcomeBeforeModel(_CommandModel):
     type: Literal["outcome_before"]
     session_id: SessionId
+    # Whose session the tablet means: refused if the session is another user's (a mistyped
+    # session id never lands on another patient's record).
+    user: PersonCode | None = None
     pain: Score
     notes: Notes | None = None
     clinician: ClinicianCode | None = None
@@ -327,6 +330,7 @@ class OutcomeBeforeModel(_CommandModel):
 class OutcomeAfterModel(_CommandModel):
     type: Literal["outcome_after"]
     session_id: SessionId
+    user: PersonCode | None = None
     pain: Score
     exertion: Score | None = None
     notes: Notes | None = None
@@ -337,6 +341,7 @@ class OutcomeAfterModel(_CommandModel):
 class ConfirmFirstSessionModel(_CommandModel):
     type: Literal["confirm_first_session"]
     session_id: SessionId
+    user: PersonCode | None = None
     clinician: ClinicianCode | None = None
 
 
@@ -481,7 +486,9 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
             kind = OutcomeBefore if isinstance(model, OutcomeBeforeModel) else OutcomeAfter
             return kind(t=t, **fields)
         case ConfirmFirstSessionModel():
-            return ConfirmFirstSession(t=t, session_id=model.session_id, clinician=model.clinician)
+            return ConfirmFirstSession(
+                t=t, session_id=model.session_id, user=model.user, clinician=model.clinician
+            )
         case RecordMeasureModel():
             return RecordMeasure(
                 t=t,

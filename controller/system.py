@@ -427,6 +427,8 @@ class System:
             )
         elif row is None:
             reply = Refused(RefusalCode.NOT_ALLOWED, f"no session {command.session_id} on record")
+        elif command.user is not None and command.user != row.user:
+            reply = _not_theirs(command.session_id, command.user)
         elif isinstance(command, OutcomeAfter) and row.ended_at is None:
             # The record after a session says how the user was after it: entered during it, it
             # would be dated before the session ended, and weighed by the plan as if after.
@@ -507,6 +509,8 @@ class System:
         session = self.journal.session(int(n))
         if session is None:
             return Refused(RefusalCode.NOT_ALLOWED, f"no session {n} on record"), {}
+        if command.user is not None and command.user != session.user:
+            return _not_theirs(n, command.user), {}
         if session.program not in self._first_session_minimum:
             title = self.loaded.programs.get(session.program)
             named = session.program if title is None else title.title
@@ -960,3 +964,12 @@ class System:
         # The fault is latched: what waited for a sync that will never come goes out now.
         if self._on_durable is not None:
             self._on_durable()
+
+
+def _not_theirs(session_id: str, user: str) -> Refused:
+    """An entry for ``user`` naming a session of another user: a mistyped session id. Whose
+    it is is not said (the tablet asks the record of a user by their code)."""
+    return Refused(
+        RefusalCode.NOT_ALLOWED,
+        f"session {session_id} is not {user}'s: check the session's number; nothing was entered",
+    )

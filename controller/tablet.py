@@ -171,6 +171,10 @@ def _connection(args: argparse.Namespace) -> Connection:
     )
 
 
+# --user on an entry of the record: the treadmill refuses it if the session is another user's.
+_WHOSE = "whose session it is (their code): a session of anyone else is refused, not entered"
+
+
 def _command(kind: CommandType, /, **fields: Any) -> JsonObject:
     """A contract command with a fresh id; fields left out (None) are not sent."""
     command: JsonObject = {"id": uuid.uuid4().hex, "type": kind.value}
@@ -574,6 +578,7 @@ def cmd_tablet(args: argparse.Namespace) -> int:
             command = _command(
                 kind,
                 session_id=args.session_id,
+                user=args.user,
                 pain=args.pain,
                 exertion=getattr(args, "exertion", None),
                 notes=args.notes,
@@ -583,6 +588,7 @@ def cmd_tablet(args: argparse.Namespace) -> int:
             command = _command(
                 CommandType.CONFIRM_FIRST_SESSION,
                 session_id=args.session_id,
+                user=args.user,
                 clinician=args.clinician,
             )
         case "measure":
@@ -730,6 +736,7 @@ def add_tablet_parser(sub: Any) -> None:
             outcome.add_argument(
                 "--exertion", type=int, metavar="0-10", help="perceived exertion (CR10)"
             )
+        outcome.add_argument("--user", metavar="USER", help=_WHOSE)
         outcome.add_argument("--notes", help="a few sentences for the record")
         outcome.add_argument("--clinician", metavar="CODE", help="who enters it (a code)")
 
@@ -740,6 +747,7 @@ def add_tablet_parser(sub: Any) -> None:
         f"({CommandType.CONFIRM_FIRST_SESSION}, docs/plan.md)",
     )
     first.add_argument("session_id", metavar="SESSION", help="the first session's id")
+    first.add_argument("--user", metavar="USER", help=_WHOSE)
     first.add_argument("--clinician", metavar="CODE", help="who confirms it (a code)")
 
     measure = cmds.add_parser(

@@ -227,6 +227,7 @@ class OutcomeBefore:
     pain: int
     notes: str | None = None
     clinician: str | None = None
+    user: str | None = None  # whose session the tablet means; None: not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ class OutcomeAfter:
     exertion: int | None = None
     notes: str | None = None
     clinician: str | None = None
+    user: str | None = None
 
 
 # The clinician's record: System.execute journals them, the safety core never sees them.
@@ -255,6 +257,7 @@ class ConfirmFirstSession:
     t: float
     session_id: str
     clinician: str | None = None
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

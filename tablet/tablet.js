@@ -750,7 +750,8 @@ function startKnown() {
     seen: Boolean(s && s.session && String(s.session.id) === start.sessionId),
   });
   if (start.pain !== null) {
-    painGoesOn({ session_id: start.sessionId, pain: start.pain }, start.clinician);
+    const fields = { session_id: start.sessionId, user: start.user, pain: start.pain };
+    painGoesOn(fields, start.clinician);
   }
 }
 
@@ -782,7 +783,14 @@ function sentUnder(fields) {
 // with the code it goes under (painGoesOn).
 function holdPain(fields, why, fix, code) {
   view.painHeld = view.painHeld.filter((held) => held.sessionId !== fields.session_id);
-  view.painHeld.push({ sessionId: fields.session_id, pain: fields.pain, why, fix, code });
+  view.painHeld.push({
+    sessionId: fields.session_id,
+    user: fields.user,
+    pain: fields.pain,
+    why,
+    fix,
+    code,
+  });
   log(`Pain before session ${fields.session_id} is not on record: ${why}`, true);
 }
 
@@ -790,7 +798,7 @@ function holdPain(fields, why, fix, code) {
 function sendHeldPain(linkOnly = false) {
   for (const held of [...view.painHeld]) {
     if (!linkOnly || held.fix === SENT_AGAIN) {
-      painGoesOn({ session_id: held.sessionId, pain: held.pain }, held.code);
+      painGoesOn({ session_id: held.sessionId, user: held.user, pain: held.pain }, held.code);
     }
   }
 }
@@ -1980,7 +1988,12 @@ $("record").addEventListener("submit", (event) => {
     return;
   }
   view.recordSaid = null;
-  const fields = { session_id: waiting.id, pain: Number($("pain-after").value) };
+  // The user named too: the treadmill refuses an entry whose session is another user's.
+  const fields = {
+    session_id: waiting.id,
+    user: waiting.user,
+    pain: Number($("pain-after").value),
+  };
   if ($("exertion").value !== "") fields.exertion = Number($("exertion").value);
   const notes = $("record-notes").value.trim();
   if (notes) fields.notes = notes;

@@ -35,10 +35,17 @@ def test_the_commands_as_the_contract_reads_them() -> None:
     assert before == OutcomeBefore(t=0.0, session_id="12", pain=4)
     after = parse(
         '{"id": "a", "type": "outcome_after", "session_id": "12", "pain": 2, "exertion": 6,'
-        ' "notes": "walked well, no limp", "clinician": "c-7", "ts": 1764000000.0}'
+        ' "notes": "walked well, no limp", "clinician": "c-7", "user": "u-1",'
+        ' "ts": 1764000000.0}'
     )
     assert after == OutcomeAfter(
-        t=0.0, session_id="12", pain=2, exertion=6, notes="walked well, no limp", clinician="c-7"
+        t=0.0,
+        session_id="12",
+        pain=2,
+        exertion=6,
+        notes="walked well, no limp",
+        clinician="c-7",
+        user="u-1",
     )
 
 
@@ -58,6 +65,8 @@ def test_the_commands_as_the_contract_reads_them() -> None:
         ('"session_id": "12", "pain": 4, "notes": "' + "n" * 1001 + '"', "notes"),
         ('"session_id": "12", "pain": 4, "notes": "a\\nb"', "notes"),
         ('"session_id": "12", "pain": 4, "clinician": "' + "c" * 65 + '"', "clinician"),
+        ('"session_id": "12", "pain": 4, "user": ""', "user"),
+        ('"session_id": "12", "pain": 4, "user": "u\\u0000"', "user"),
     ],
 )
 def test_a_bad_outcome_is_refused_naming_its_field(fields: str, field: str) -> None:
@@ -111,9 +120,29 @@ async def test_outcomes_are_journaled_under_their_session_and_published(
         flood_s = time.monotonic() - began
         ok(await doc.command("stop"))
         await doc.state(lambda s: s["state"] == "idle", within=15.0)
+        # An entry that names its user is refused for another user's session: a mistyped
+        # session number never lands on another patient's record.
+        for kind, fields in (
+            ("outcome_before", {"pain": 2}),
+            ("outcome_after", {"pain": 2}),
+            ("confirm_first_session", {}),
+        ):
+            wrong = refused(
+                await doc.command(kind, session_id=session, user="u-else", **fields),
+                "not_allowed",
+            )
+            assert wrong == (
+                f"session {session} is not u-else's: check the session's number; nothing was "
+                "entered"
+            )
         ok(
             await doc.command(
-                "outcome_after", session_id=session, pain=2, exertion=5, notes="steady gait"
+                "outcome_after",
+                session_id=session,
+                user="u-out",
+                pain=2,
+                exertion=5,
+                notes="steady gait",
             )
         )
         await doc.tab.next(

@@ -659,8 +659,16 @@ async def test_the_entries_of_the_record_are_stamped_in_the_daemon_s_clock(
         p = "treadmill/tm-cli-stamp"
         runs = [
             (["outcome-before", "42", "--pain", "3"], "outcome_before", "no session 42"),
-            (["outcome-after", "42", "--pain", "3"], "outcome_after", "no session 42"),
-            (["confirm-first-session", "42"], "confirm_first_session", "no session 42"),
+            (
+                ["outcome-after", "42", "--pain", "3", "--user", "p-9"],
+                "outcome_after",
+                "no session 42",
+            ),
+            (
+                ["confirm-first-session", "42", "--user", "p-9"],
+                "confirm_first_session",
+                "no session 42",
+            ),
             (["measure", "p-9", "tug", "11.5"], "record_measure", None),
         ]
         for args, kind, refusal in runs:
@@ -675,3 +683,6 @@ async def test_the_entries_of_the_record_are_stamped_in_the_daemon_s_clock(
             sent = body(await tab.next(f"{p}/cmd", payload_has(f'"{kind}"'.encode())))
             assert isinstance(sent, dict)
             assert daemon_now - 3.0 < sent["ts"] <= daemon_now, (kind, sent, daemon_now)
+            assert sent.get("user") == (
+                "p-9" if "--user" in args or kind == "record_measure" else None
+            )

@@ -61,6 +61,7 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         session = before["session_id"]
         assert (before["pain"], session) == (4, (await doc.event("session_started"))["session_id"])
         assert before["clinician"] == "c-7"
+        assert before["user"] == "u-rec"  # refused were the session another user's
         assert (await doc.reply_to(before["id"]))["ok"] is True
         await doc.state(running, within=SESSION_WAIT_S)
         await expect(page.locator("#record")).to_be_hidden()  # not while the session runs
@@ -76,8 +77,10 @@ async def test_the_clinician_s_record_of_a_session_from_the_page(
         await check_layout(page, "the record after a session", shots="layout-record")
         await page.click("#record-save")
         after = await next_command(doc, "outcome_after")
-        assert {k: after[k] for k in ("session_id", "pain", "exertion", "notes", "clinician")} == {
+        fields = ("session_id", "user", "pain", "exertion", "notes", "clinician")
+        assert {k: after[k] for k in fields} == {
             "session_id": session,
+            "user": "u-rec",
             "pain": 2,
             "exertion": 5,
             "notes": "steady, no limp",
