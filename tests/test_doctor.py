@@ -34,6 +34,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from tests.board_network import alone_on_the_network, board_network  # noqa: F401
 from tests.daemon_process import PROGRAMS_DIR, ROOT
 from tests.mosquitto import (
     ACL,
@@ -318,6 +319,23 @@ async def doctor(
     started: list[asyncio.subprocess.Process] | None = None,
     stdin: int | None = subprocess.DEVNULL,
     prefix: tuple[str, ...] = (),
+) -> Outcome:
+    async with alone_on_the_network():  # its network check asks every socket of the board
+        return await _doctor(
+            rig, config, args, on_line, tablet, tablet_password, started, stdin, prefix
+        )
+
+
+async def _doctor(
+    rig: Rig,
+    config: Path,
+    args: tuple[str, ...],
+    on_line: Callable[[str], None] | None,
+    tablet: str,
+    tablet_password: str | None,
+    started: list[asyncio.subprocess.Process] | None,
+    stdin: int | None,
+    prefix: tuple[str, ...],
 ) -> Outcome:
     env = rig.env()
     env["TREADGUARD_TABLET_PASSWORD"] = tablet_password or PASSWORDS[tablet]
@@ -1100,6 +1118,7 @@ def test_acl_topics_are_matched_as_mosquitto_matches_them(tmp_path: Path) -> Non
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # a broker listening beyond loopback
 async def test_broker_listeners_open_to_the_network(rig: Rig) -> None:
     """Plain MQTT on every address, and WebSockets on 127.0.0.1 without socket_domain ipv4
     (which Mosquitto 2.0.11 binds to every address all the same): each a FAIL with its fix,
@@ -1575,11 +1594,12 @@ async def path_proxy(to_port: int, path: str, host: str | None = None) -> AsyncI
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         writer.close()
 
-    server = await asyncio.start_server(serve, "0.0.0.0", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
+    async with alone_on_the_network():  # it listens beyond loopback
+        server = await asyncio.start_server(serve, "0.0.0.0", 0)
+        try:
+            yield int(server.sockets[0].getsockname()[1])
+        finally:
+            server.close()
 
 
 @pytest.mark.asyncio
@@ -1619,14 +1639,16 @@ async def relay(to_port: int, host: str = "0.0.0.0") -> AsyncIterator[int]:
             return
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-    server = await asyncio.start_server(serve, host, 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
+    async with alone_on_the_network():  # it listens beyond loopback
+        server = await asyncio.start_server(serve, host, 0)
+        try:
+            yield int(server.sockets[0].getsockname()[1])
+        finally:
+            server.close()
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # a broker listening beyond loopback
 async def test_plain_mqtt_reachable_from_the_network_through_a_relay(rig: Rig) -> None:
     """Mosquitto on loopback only, but a relay on every address passes plain MQTT to it, and
     another plain WebSockets (nginx's port 80 passing /mqtt on): each a FAIL naming the
@@ -1667,6 +1689,7 @@ async def test_plain_mqtt_reachable_from_the_network_through_a_relay(rig: Rig) -
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # a broker listening beyond loopback
 async def test_two_listeners_on_one_port_are_judged_each_by_its_own(rig: Rig) -> None:
     """listener P on the board's address, plain, and listener P 127.0.0.1 with TLS: the TLS of
     the one is not the other's. The socket on the network fails, with its own line."""
