@@ -6,7 +6,8 @@ asks for it, the Clinician's code, and the stamps of the commands that carry the
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
@@ -234,6 +235,27 @@ def record_of(journal_path: Path, session_id: str) -> list[tuple[str, int, str |
     finally:
         journal.close()
     return [(e["when"], e["pain"], e.get("clinician")) for e in entries]
+
+
+@asynccontextmanager
+async def two_pages(broker: Broker, tm: str) -> AsyncIterator[tuple[Clinician, Page, Page]]:  # noqa: F811
+    """Two tablets' pages on treadmill ``tm`` (its daemon started by the test), both online;
+    the sensors of a user holding on, and another tablet that reads every command on the
+    treadmill's topic (sending no heartbeat of its own)."""
+    url = page_url(broker, tm)
+    async with (
+        sensor_user(broker, tm),
+        clinician(broker, tm, heartbeat=False) as doc,
+        chromium() as browser,
+        tablet_page(browser, url) as a,
+        tablet_page(browser, url) as b,
+    ):
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        for page in (a.page, b.page):
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+        yield doc, a.page, b.page
 
 
 async def run_and_stop(doc: Clinician, page: Page) -> str:
@@ -501,20 +523,7 @@ async def test_the_record_after_a_session_is_asked_on_the_page_that_started_it_a
     for its own session's record."""
     tm = "tm-page-two"
     make_daemon(treadmill_id=tm, sensors="mqtt")
-    url = page_url(broker, tm)
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        chromium() as browser,
-        tablet_page(browser, url) as a,
-        tablet_page(browser, url) as b,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        pa, pb = a.page, b.page
-        for page in (pa, pb):
-            await expect(page.locator("body")).to_have_attribute(
-                "data-online", "true", timeout=ONLINE_WAIT_MS
-            )
+    async with two_pages(broker, tm) as (doc, pa, pb):
         await pa.fill("#clinician", "c-a")
         await pa.fill("#user", "PX-1")
         mine = await run_and_stop(doc, pa)
@@ -584,20 +593,7 @@ async def test_the_record_is_asked_after_a_session_a_crash_ended_on_the_page_tha
     announces the end to both."""
     tm = "tm-page-crash"
     daemon = make_daemon(treadmill_id=tm, sensors="mqtt")
-    url = page_url(broker, tm)
-    async with (
-        sensor_user(broker, tm),
-        clinician(broker, tm, heartbeat=False) as doc,
-        chromium() as browser,
-        tablet_page(browser, url) as a,
-        tablet_page(browser, url) as b,
-    ):
-        await doc.tab.subscribe(f"{doc.p}/cmd")
-        pa, pb = a.page, b.page
-        for page in (pa, pb):
-            await expect(page.locator("body")).to_have_attribute(
-                "data-online", "true", timeout=ONLINE_WAIT_MS
-            )
+    async with two_pages(broker, tm) as (doc, pa, pb):
         # Page A hears no session_ended at all: only the treadmill's state tells it.
         await pa.evaluate(
             "() => { const heard = onEvent;"
