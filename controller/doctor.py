@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import grp
+import ipaddress
 import itertools
 import json
 import os
@@ -1695,6 +1696,10 @@ def not_this_board(host: str) -> str | None:
     except (OSError, UnicodeError) as exc:
         return f"{host!r} does not resolve ({exc})"
     for family, kind, proto, _, address in found:
+        ip = ipaddress.ip_address(str(address[0]).split("%")[0])
+        if ip.is_multicast or str(ip) == "255.255.255.255":
+            # A socket binds these (UDP), but no broker is reached at one.
+            return f"{host!r} is {address[0]}, a multicast or broadcast address"
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.bind((address[0], 0, *address[2:]))
@@ -1905,12 +1910,11 @@ async def check_network(
     ]
 
 
-def _nginx_masters(root: Path) -> list[int]:
-    """The nginx master processes running ``root``/nginx.conf, by their titles ("nginx:
-    master process" and the command line: -c, else Debian's /etc/nginx/nginx.conf; a relative
-    -c from its -p prefix)."""
-    want = os.path.realpath(root / "nginx.conf")
-    found = []
+def _nginx_masters() -> dict[int, str]:
+    """Every nginx master process, by its title ("nginx: master process" and its command
+    line), and the configuration it runs: -c (or -cFILE; a relative one from its -p prefix),
+    else Debian's /etc/nginx/nginx.conf."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -1920,12 +1924,14 @@ def _nginx_masters(root: Path) -> list[int]:
             continue
         if title[:3] != ["nginx:", "master", "process"]:
             continue
-        flags = dict(itertools.pairwise(title[3:]))
-        conf = os.path.join(flags.get("-p", "/usr/share/nginx"), flags.get("-c", ""))
-        if not flags.get("-c"):
-            conf = str(NGINX_DIR / "nginx.conf")
-        if os.path.realpath(conf) == want:
-            found.append(int(proc.name))
+        words = title[3:]
+        prefix, conf = "/usr/share/nginx", str(NGINX_DIR / "nginx.conf")
+        for flag, value in itertools.pairwise([*words, ""]):
+            if flag == "-p" or (flag.startswith("-p") and len(flag) > 2):
+                prefix = value if flag == "-p" else flag[2:]
+            if flag == "-c" or (flag.startswith("-c") and len(flag) > 2):
+                conf = value if flag == "-c" else flag[2:]
+        found[int(proc.name)] = os.path.realpath(os.path.join(prefix, conf))
     return found
 
 
@@ -1945,19 +1951,34 @@ def _children(pid: int) -> list[int]:
 
 
 def nginx_unloaded(root: Path = NGINX_DIR) -> list[str]:
-    """nginx's files (nginx_files) changed after the running nginx last loaded them, in
-    words: the probe asks the paths the files name, and nginx may serve others (a location
-    edited out, a site unlinked, without a reload). It loads them when it starts and on each
-    reload, which starts new workers once they are read: the newest worker's start (or the
-    master's) is when. Judged by change time, as the broker's files are (_changed_since_start),
-    with the same limits."""
+    """nginx's files (nginx_files) changed after the running nginx last loaded them, and an
+    nginx running another configuration, in words: the probe asks the paths the files name,
+    and nginx may serve others (a location edited out, a site unlinked, without a reload). It
+    loads them when it starts and on each reload, which starts new workers once they are read:
+    its oldest worker's start (or the master's) is the latest it is known to run them by.
+    Judged by change time, as the broker's files are (_changed_since_start), with the same
+    limits; a lone worker respawned after a crash runs what the master loaded, and looks new."""
     said = []
-    for master in _nginx_masters(root):
-        starts = [_process_started(pid) for pid in [master, *_children(master)]]
+    want = os.path.realpath(root / "nginx.conf")
+    beyond = {s.inode for s in listening() if not s.loopback}
+    for master, conf in sorted(_nginx_masters().items()):
+        if conf != want:
+            # Its paths are not the ones asked; one on loopback only is no one's on the network.
+            with contextlib.suppress(OSError):
+                if process_sockets(master) & beyond:
+                    said.append(
+                        f"nginx (pid {master}) runs {conf}, not {want}, and listens beyond "
+                        "loopback: the paths asked are not its"
+                    )
+            continue
+        # The oldest of its workers: one of an older generation still serving a connection
+        # (a WebSocket in the clear) runs the configuration of before the reload, and one
+        # respawned after a crash runs the one the master loaded, not the files since.
+        starts = [_process_started(pid) for pid in _children(master)] or [_process_started(master)]
         known = [when for when in starts if when is not None]
         if not known:
             continue
-        loaded = max(known)
+        loaded = min(known)
         changed = []
         for path in nginx_files(root):
             try:

@@ -35,6 +35,7 @@ PROBE_USERNAME = "treadguard-doctor-probe"
 WEBSOCKET_PATHS = ("/mqtt", "/")
 NGINX_DIR = Path("/etc/nginx")
 NGINX_PATHS_MAX = 16  # location paths from nginx's configuration asked at most, besides those
+TARGETS_MAX = 8  # of the board's addresses of each family, asked for a socket on all of them
 _HEAD_LIMIT = 16384  # bytes of an HTTP answer's head read at most
 
 
@@ -150,10 +151,16 @@ def location_paths(text: str) -> list[str]:
 
 
 def nginx_files(root: Path = NGINX_DIR) -> list[Path]:
-    """nginx's enabled configuration as read here: ``nginx.conf`` itself, ``sites-enabled/*``
-    and ``conf.d/*.conf`` under ``root``; those of the two folders that exist too."""
-    files: list[Path] = [root / "nginx.conf"]
-    for folder, suffix in (("sites-enabled", ""), ("conf.d", ".conf")):
+    """nginx's enabled configuration as read here: ``nginx.conf`` itself and what Debian's
+    includes (``mime.types``, ``sites-enabled/*``, ``conf.d/*.conf``,
+    ``modules-enabled/*.conf``) under ``root``; those of the folders that exist too. Each is
+    read whole: a server block may stand in any of them."""
+    files: list[Path] = [root / "nginx.conf", root / "mime.types"]
+    for folder, suffix in (
+        ("sites-enabled", ""),
+        ("conf.d", ".conf"),
+        ("modules-enabled", ".conf"),
+    ):
         with contextlib.suppress(OSError):
             files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
             files.append(root / folder)
@@ -234,6 +241,37 @@ def _outside_locations(text: str) -> str:
         at = match.end() + len(_block(text, match.end())) + 1
     kept.append(text[at:])
     return "".join(kept)
+
+
+def _listen_port(words: str) -> str:
+    """The port of a listen line's first word (its address and port): ``80``,
+    ``127.0.0.1:80``, ``[::]:80``, ``*:80``, an address alone (port 80), ``unix:PATH``."""
+    first = (words.split() or ["80"])[0]
+    if first.startswith("unix:"):
+        return first
+    port = first.rsplit("]", 1)[-1].rsplit(":", 1)[-1] if ":" in first else first
+    return port if port.isdigit() else "80"
+
+
+def _shared_ports(root: Path) -> list[str]:
+    """Ports on which more than one server block of nginx's configuration listens, in words:
+    nginx then picks the server by the address dialled and the name asked (the Host header,
+    or none), and the probe asks by the board's addresses only, as itself: a server another
+    client reaches by a name ("localhost"), by sending no Host at all, or by an address the
+    board does not list may pass MQTT on unasked."""
+    servers: dict[str, int] = {}
+    for _, text in _enabled_texts(root):
+        for match in _SERVER.finditer(text):
+            block = _outside_locations(_block(text, match.end()))
+            ports = {_listen_port(m.group(1)) for m in _LISTEN.finditer(block)} or {"80"}
+            for port in ports:
+                servers[port] = servers.get(port, 0) + 1
+    return [
+        f"{count} servers listen on port {port}, chosen by address and name: asked only by "
+        "the board's addresses"
+        for port, count in sorted(servers.items())
+        if count > 1
+    ]
 
 
 def _included_here(target: str) -> bool:
@@ -345,7 +383,9 @@ def unjudged_directives(text: str) -> list[str]:
 
 
 _SERVER_NAME = re.compile(r"(?:^|[;{}\s])server_name\s+([^;]*);")
-_ANY_NAME = ("_", '""', "''", "localhost")  # the default server's own names
+_ANY_NAME = ("_",)  # the name of a server answering any name, as Debian's and the shipped site
+_SERVER = re.compile(r"(?:^|[;{}\s])server\s*\{")
+_LISTEN = re.compile(r"(?:^|[;{}\s])listen\s+([^;]*);")
 
 
 def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
@@ -392,6 +432,7 @@ def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[
                 f"{path} answers a client by its address or credentials outside its locations "
                 f"({', '.join(said)}): the board cannot ask them as a client elsewhere would"
             )
+    unasked += _shared_ports(root)
     paths = _all_paths(root)
     if len(paths) > limit:
         past = paths[limit:]
@@ -462,15 +503,17 @@ def board_addresses(net: Path = Path("/proc/net")) -> list[Address]:
 
 def targets(address: str, board: list[Address]) -> list[Address]:
     """The addresses to reach a socket listening on ``address`` at from the network: its own
-    (with its interface, for a link-local one), or for every address (0.0.0.0, ::) one of the
-    board's: IPv4 for 0.0.0.0, IPv6 (global, else link-local) and IPv4 (a socket on :: takes
-    IPv4 too, unless it is IPv6 only) for ::."""
+    (with its interface, for a link-local one), or for every address (0.0.0.0, ::) the board's:
+    IPv4 for 0.0.0.0, IPv6 and IPv4 (a socket on :: takes IPv4 too, unless it is IPv6 only)
+    for ::."""
     ip = ipaddress.ip_address(address)
     if not ip.is_unspecified:
         own = [a for a in board if a.ip == address]
         return own or [Address(address)]
-    v4 = [a for a in board if ipaddress.ip_address(a.ip).version == 4][:1]
-    v6 = [a for a in board if ipaddress.ip_address(a.ip).version == 6][:1]
+    # Every one of the board's addresses (a few at most): a server may answer by the address
+    # dialled (nginx's listen ADDRESS:PORT beside a default server on the same socket).
+    v4 = [a for a in board if ipaddress.ip_address(a.ip).version == 4][:TARGETS_MAX]
+    v6 = [a for a in board if ipaddress.ip_address(a.ip).version == 6][:TARGETS_MAX]
     return v4 if ip.version == 4 else v6 + v4
 
 

@@ -775,9 +775,45 @@ NGINX_CASES = {
             "server {\n  listen 80;\n  location /lan-mqtt { proxy_pass http://broker; }\n}\n",
         },
     ),
+    # A server by the name "localhost" beside the default server on the same port: a client
+    # sending that Host (or none, to a server without a name) reaches it; the probe, asking by
+    # the board's address, gets the default server.
+    "localhost": (
+        "/mqtt",
+        "localhost",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80 default_server;\n"
+            "  server_name _;\n  return 404;\n}\nserver {\n  listen 80;\n"
+            "  server_name localhost;\n"
+            "  location /mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # A server on one of the board's addresses beside a default server on all of them: one
+    # socket, the server chosen by the address dialled.
+    "second_address": (
+        "/mqtt",
+        "client.elsewhere.invalid",
+        {
+            "sites-enabled/treadguard": "server {\n  listen 80 default_server;\n"
+            "  server_name _;\n  return 404;\n}\nserver {\n  listen 198.51.100.77:80;\n"
+            "  server_name _;\n"
+            "  location /mqtt { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
+    # A server in a file Debian's nginx.conf includes for another purpose (the MIME types).
+    "mime_types": (
+        "/clinic-ws",
+        None,
+        {
+            "mime.types": "types {\n  text/html html;\n}\nserver {\n  listen 80;\n"
+            "  location /clinic-ws { proxy_pass http://127.0.0.1:9001; }\n}\n",
+        },
+    ),
 }
 # What the check must name, for the cases it cannot ask.
 NGINX_NAMED = {
+    "localhost": "2 servers listen on port 80",
+    "second_address": "2 servers listen on port 80",
     "proxy_protocol": "listens with proxy_protocol",
     "named": "named location (location @broker)",
     "upstream": "upstream broker, which the doctor does not judge",
@@ -881,6 +917,37 @@ def _ws_site(port: int, ws_port: int, *, passed_on: bool) -> str:
         + (location if passed_on else "")
         + "}\n"
     )
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # nginx listening beyond loopback
+async def test_an_nginx_running_another_configuration_is_not_passed(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An nginx started with a configuration of its own (a technician's trial, nginx -c FILE)
+    passes /ws on to the broker's plain WebSockets, from the network. The probe asks the
+    paths of the configuration it reads, which names no /ws: not passed, naming the nginx."""
+    need("Debian's nginx", have_nginx())
+    need("an IPv4 address other than loopback", any(":" not in a for a in network_addresses()))
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    (port,) = free_ports(1)
+    trial = tmp_path / "trial"
+    proc = _nginx(trial, _ws_site(port, rig.broker.ws_port, passed_on=True))
+    installed = tmp_path / "installed"
+    (installed / "sites-enabled").mkdir(parents=True)
+    (installed / "sites-enabled" / "treadguard").write_text(
+        "server {\n  listen 80;\n  server_name _;\n  return 301 https://$host$request_uri;\n}\n"
+    )
+    try:
+        wait_listening(proc, [port], lambda: (trial / "error.log").read_text())
+        found = await check_network(3.0, nginx=installed)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert [c.verdict for c in found] == [Verdict.TODO], found
+    assert f"(pid {proc.pid}) runs {trial / 'nginx.conf'}" in found[0].detail, found
 
 
 @pytest.mark.asyncio
