@@ -306,11 +306,13 @@ class _Asker:
             cap, words = program.cap_s_default, how
         else:
             cap, words = _next_cap(program, phase, first, last, week, zone)
-            if last.program == program.name and last.end_reason not in PLANNED_ENDS:
-                # "The same cap" after a session cut short carries its program and cap
-                # forward: never more than the rules gave it, as a hold. One started by hand
-                # at 8 min and stopped after 9 s proposes the 5 min they gave; intervals
-                # started by hand, the reverse walking they gave.
+            if last.end_reason not in PLANNED_ENDS:
+                # After a session cut short, never more than the rules gave it, whatever its
+                # program: one started by hand at 8 min and stopped after 9 s proposes the
+                # 5 min they gave; intervals started by hand, the reverse walking they gave;
+                # and a session held at an earlier phase's program, cut short, stays there
+                # rather than the hold being lost to the phase's program. Only a session that
+                # ran as planned moves the user on.
                 program, cap, bound = _at_most(rules, programs, program, cap, gave(), last)
                 words += bound
         if own is not None and own.cap_s is not None:
