@@ -265,7 +265,7 @@ class Journal:
     ) -> None:
         self._db = connection
         self._lock = lock  # the exclusive lock's file descriptor, released by close()
-        self._open_session: int | None = self._newest_open_session()
+        self._open_session: int | None = self.newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
         # The session that has ended while its belt still runs down (see sample).
         self._running_down: int | None = None
@@ -711,7 +711,8 @@ class Journal:
                 done.add(kind)
         return counts
 
-    def _newest_open_session(self) -> int | None:
+    def newest_open_session(self) -> int | None:
+        """The newest session not ended (the one under way, if any)."""
         rows = self._query("SELECT MAX(id) FROM sessions WHERE ended_at IS NULL")
         return None if rows[0][0] is None else int(rows[0][0])
 

@@ -532,7 +532,17 @@ class System:
         if int(n) in self.journal.confirmed_sessions(session.user):
             return Refused(RefusalCode.NOT_ALLOWED, f"session {n} is confirmed already"), {}
         # One first session a user: once one counts (their weeks on the treadmill count from
-        # it, docs/plan.md), confirming another, older, would move them on by weeks.
+        # it, docs/plan.md), confirming another, older, would move them on by weeks. A session
+        # of theirs under way may become that one: not while it runs.
+        running = self.journal.newest_open_session()
+        if running is not None and running != session.id:
+            other = self.journal.session(running)
+            if other is not None and other.user == session.user:
+                return Refused(
+                    RefusalCode.NOT_ALLOWED,
+                    f"session {running} of the same user is under way: confirm session {n} "
+                    "once it has ended, if no session counts as their first by then",
+                ), {}
         had = self.journal.first_session_had(
             session.user,
             self._first_session_minimum,

@@ -226,6 +226,22 @@ def test_no_session_is_confirmed_once_another_counts_as_the_user_s_first(desk: D
             if e.type is EventType.FIRST_SESSION_CONFIRMED] == ["4"]  # fmt: skip
 
 
+def test_no_session_is_confirmed_while_another_of_the_user_s_is_under_way(desk: Desk) -> None:
+    """A short first session confirmed while the same user's next first session runs: that one
+    may end at its cap and count, and the confirmation would then move the user's week 1
+    back to the older one. Refused until it has ended; another user's session does not
+    stand in the way."""
+    desk.session(1, "p-1", "first_session", "operator_stop", 10.0)
+    desk.session(2, "p-2", "first_session", "operator_stop", 10.0)
+    desk.session(3, "p-1", "first_session", None, 0.0)  # under way
+    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
+    assert words == (
+        "session 3 of the same user is under way: confirm session 1 once it has ended, if no "
+        "session counts as their first by then"
+    )
+    assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
+
+
 def test_a_clinic_whose_rules_leave_it_to_belt_time_refuses_a_confirmation() -> None:
     rules = SIM.rules.model_copy(
         update={
