@@ -4,6 +4,8 @@ clinician's view over a real Mosquitto (SR-3, SR-4, SR-5, SR-8)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,17 +38,47 @@ def ready(state: dict[str, Any]) -> bool:
     )
 
 
+class ModuleOfItsOwn:
+    """The simulated I/O module, served on an event loop of its own thread, as a device is a
+    machine of its own: a test process busy with its clients (CI runs several at once) never
+    leaves it silent, which the daemon would rightly take as stale sensors. What the test does
+    to it is handed to that loop."""
+
+    def __init__(self, module: SimulatedIoModule, loop: asyncio.AbstractEventLoop) -> None:
+        self._module, self._loop = module, loop
+
+    def set(self, address: int, on: bool) -> None:
+        self._loop.call_soon_threadsafe(self._module.set, address, on)
+
+    def freeze(self) -> None:
+        self._loop.call_soon_threadsafe(self._module.freeze)
+
+    def thaw(self) -> None:
+        self._loop.call_soon_threadsafe(self._module.thaw)
+
+
 @pytest_asyncio.fixture
-async def io_module() -> AsyncIterator[tuple[SimulatedIoModule, IoModuleServer]]:
+async def io_module() -> AsyncIterator[tuple[ModuleOfItsOwn, IoModuleServer]]:
     module = SimulatedIoModule(device_id=4)
     # The user holds both grips; the fall sensor is normally closed (high while clear), so a
     # cut wire reads as a fall.
     module.set(GRIP_LEFT, True)
     module.set(GRIP_RIGHT, True)
     module.set(FALL, True)
-    server = await serve_io_module_tcp(module)
-    yield module, server
-    await server.close()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="io-module", daemon=True)
+    thread.start()
+    try:
+        served = asyncio.run_coroutine_threadsafe(serve_io_module_tcp(module), loop)
+        server = await asyncio.wrap_future(served)
+        try:
+            yield ModuleOfItsOwn(module, loop), server
+        finally:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.close(), loop))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 10.0)
+        loop.close()
 
 
 @asynccontextmanager
@@ -71,7 +103,7 @@ async def running_on_the_module(
 async def test_sr4_grips_released_on_the_io_module_stop_the_belt(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,
-    io_module: tuple[SimulatedIoModule, IoModuleServer],
+    io_module: tuple[ModuleOfItsOwn, IoModuleServer],
 ) -> None:
     module, server = io_module
     assert server.port is not None
@@ -88,7 +120,7 @@ async def test_sr4_grips_released_on_the_io_module_stop_the_belt(
 async def test_sr5_a_fall_on_a_normally_closed_contact_stops_the_belt(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,
-    io_module: tuple[SimulatedIoModule, IoModuleServer],
+    io_module: tuple[ModuleOfItsOwn, IoModuleServer],
 ) -> None:
     module, server = io_module
     assert server.port is not None
@@ -102,7 +134,7 @@ async def test_sr5_a_fall_on_a_normally_closed_contact_stops_the_belt(
 async def test_sr8_an_io_module_that_stops_answering_stops_the_belt(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,
-    io_module: tuple[SimulatedIoModule, IoModuleServer],
+    io_module: tuple[ModuleOfItsOwn, IoModuleServer],
 ) -> None:
     module, server = io_module
     assert server.port is not None
@@ -121,7 +153,7 @@ async def test_sr8_an_io_module_that_stops_answering_stops_the_belt(
 async def test_sr3_a_gpio_chip_that_is_not_there_refuses_the_start_and_says_why(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,
-    io_module: tuple[SimulatedIoModule, IoModuleServer],
+    io_module: tuple[ModuleOfItsOwn, IoModuleServer],
 ) -> None:
     _, server = io_module
     assert server.port is not None
