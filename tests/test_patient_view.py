@@ -12,19 +12,29 @@ time, when the page or the queries change.
 from __future__ import annotations
 
 import re
+import time as clock
 from collections.abc import Callable
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Page, expect
 
+from tests.browser import chromium, tablet_page
 from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok, refused, running
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
-from tests.test_tablet_page import broker, next_command, opened  # noqa: F401 (a fixture)
+from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
+    ONLINE_WAIT_MS,
+    broker,
+    next_command,
+    opened,
+    page_url,
+)
+from treadguard.config.loading import WALL_STEP_FILE_ENV
 from treadguard.contract.measures import MEASURES, MeasureKind
 
 REPORT_WAIT_MS = 60_000  # the report page is written by `treadguard report`, in its own process
@@ -267,57 +277,68 @@ async def test_the_record_of_a_session_and_a_measure_entered_on_the_page_in_each
         await tab.shot(f"patient-{orientation}")
 
 
+# Before the clinic's midnight, by the treadmill's clock, when its daemon starts: time for two
+# pages to open their measure entries, and no more (it is waited out in real time).
+BEFORE_MIDNIGHT_S = 25.0
+
+
 @pytest.mark.asyncio
 async def test_the_measure_s_day_is_today_each_time_the_entry_opens_and_after_midnight(
     make_daemon: Callable[..., DaemonProcess],
     broker: Broker,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """A patient view kept open past midnight dates a measure today, not yesterday: the day
-    is today's in the clinic's zone each time the entry is opened and as the day turns while
-    it is open, unless the clinician chose the day. The page's clock is moved past the clinic's
-    midnights (Playwright's clock, fast-forwarded); the page takes its own clock's advance
-    since the last state as the daemon's, as it does between any two states."""
+    is today's in the clinic's zone, by the treadmill's clock, each time the entry is opened
+    and as the day turns while it is open, unless the clinician chose the day. The treadmill's
+    clock is set to just before the clinic's midnight (its daemon started with its wall clock
+    stepped, as network time sets a board) and midnight passes with two pages' entries open:
+    one left at today, one with a day the clinician chose."""
     tm = "tm-midnight"
-    make_daemon(treadmill_id=tm, extra=f'[clinic]\ntimezone = "{CLINIC_ZONE}"\n')
-    async with opened(broker, tm, timezone=TABLET_ZONE) as tab:
-        page = tab.page
-        await page.clock.install()  # the page's clock runs on as before, until moved
-        await page.fill("#user", "u-night")
-        await page.click("#patient-open")
-        await expect(page.locator("#patient-status")).to_have_text(
-            "No sessions of u-night on record yet.", timeout=ANSWER_WAIT_MS
-        )
-        day = page.locator("#measure-date")
-        await page.click("#measure-open")
-        await expect(day).to_have_value(re.compile(r"\d{4}-\d{2}-\d{2}"))
-        today = await day.input_value()
-        assert today in clinic_days()
-
-        async def past_midnight(days: int) -> str:
-            """The page's clock a minute into the clinic's day ``days`` after today's."""
-            turned = date.fromisoformat(today) + timedelta(days=days)
-            moment = datetime.combine(turned, time(0, 1), ZoneInfo(CLINIC_ZONE))
-            # Time passing on the tablet (its monotonic clock as well as its wall clock, as
-            # when a tablet sleeps): a state arriving meanwhile, in the daemon's real time,
-            # must not take the page's day back.
-            now_ms = await page.evaluate("Date.now()")
-            await page.clock.fast_forward(round(moment.timestamp() * 1000 - now_ms))
-            return turned.isoformat()
-
-        # Closed, then opened again after midnight: the new day.
-        await page.click("#measure-close")
-        tomorrow = await past_midnight(1)
-        await page.click("#measure-open")
-        await expect(day).to_have_value(tomorrow)
-        # Open while midnight passes: the day turns with it.
-        later = await past_midnight(2)
-        await expect(day).to_have_value(later)
-        await expect(day).to_have_attribute("max", later)
+    zone = ZoneInfo(CLINIC_ZONE)
+    today = datetime.now(zone).date()
+    midnight = datetime.combine(today + timedelta(days=1), time(0, 0), zone).timestamp()
+    step = tmp_path / "wall-step"
+    step.write_text(repr(midnight - BEFORE_MIDNIGHT_S - clock.time()), encoding="utf-8")
+    make_daemon(
+        {WALL_STEP_FILE_ENV: str(step)},
+        treadmill_id=tm,
+        extra=f'[clinic]\ntimezone = "{CLINIC_ZONE}"\n',
+    )
+    before, after = today.isoformat(), (today + timedelta(days=1)).isoformat()
+    chosen = (today - timedelta(days=1)).isoformat()
+    url = page_url(broker, tm)
+    async with (
+        chromium() as browser,
+        tablet_page(browser, url, timezone=TABLET_ZONE) as left,
+        tablet_page(browser, url, timezone=TABLET_ZONE) as picked,
+    ):
+        days = []
+        for tab in (left, picked):
+            page = tab.page
+            await expect(page.locator("body")).to_have_attribute(
+                "data-online", "true", timeout=ONLINE_WAIT_MS
+            )
+            await page.fill("#user", "u-night")
+            await page.click("#patient-open")
+            await expect(page.locator("#patient-status")).to_have_text(
+                "No sessions of u-night on record yet.", timeout=ANSWER_WAIT_MS
+            )
+            await page.click("#measure-open")
+            day = page.locator("#measure-date")
+            await expect(day).to_have_value(before)  # the day before the treadmill's midnight
+            days.append(day)
+        left_day, picked_day = days
+        await picked_day.fill(chosen)  # a measure taken the day before
+        turned_ms = (BEFORE_MIDNIGHT_S + 10.0) * 1000  # bound: midnight, and a render after
+        # Open while midnight passes: the day turns with it, where it was not chosen.
+        await expect(left_day).to_have_value(after, timeout=turned_ms)
+        await expect(left_day).to_have_attribute("max", after)
         # A day the clinician chose stays; only the latest day allowed moves on.
-        await day.fill(tomorrow)
-        latest = await past_midnight(3)
-        await expect(day).to_have_attribute("max", latest)
-        await expect(day).to_have_value(tomorrow)
-        await page.click("#measure-close")
-        await page.click("#measure-open")
-        await expect(day).to_have_value(tomorrow)
+        await expect(picked_day).to_have_attribute("max", after, timeout=turned_ms)
+        await expect(picked_day).to_have_value(chosen)
+        # Closed, and opened again after midnight: today's day, or the one chosen.
+        for tab, expected in ((left, after), (picked, chosen)):
+            await tab.page.click("#measure-close")
+            await tab.page.click("#measure-open")
+            await expect(tab.page.locator("#measure-date")).to_have_value(expected)
