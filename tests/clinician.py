@@ -13,8 +13,18 @@ from typing import Any
 
 import aiomqtt
 
-from tests.mosquitto import Listening, Login, Tablet, body, login, tablet, text_is, untimed
-from tests.periodic import pause, periodic
+from tests.mosquitto import (
+    WAIT_S,
+    Listening,
+    Login,
+    Tablet,
+    body,
+    login,
+    tablet,
+    text_is,
+    untimed,
+)
+from tests.periodic import pause, periodic, periodic_elsewhere
 
 # The entries of the record: the daemon refuses them without a stamp (docs/tablet-contract.md).
 RECORD_ENTRIES = ("outcome_before", "outcome_after", "confirm_first_session", "record_measure")
@@ -29,6 +39,10 @@ class Clinician:
         self.tab = tab
         self.p = prefix
         self.latest: dict[str, Any] | None = None
+        # Replies read while waiting for another command's: the daemon's outbox sends a stop's
+        # or an E-STOP's reply ahead of replies still waiting (docs/daemon.md), so replies
+        # come in any order.
+        self._unclaimed: list[tuple[dict[str, Any], set[str | None]]] = []
 
     async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
         """``type_`` with ``fields``, and its reply. An entry of the record is stamped (the
@@ -55,10 +69,23 @@ class Clinician:
         return took
 
     async def reply_to(self, command_id: str | None) -> dict[str, Any]:
-        message = await self.tab.next(f"{self.p}/reply", lambda m: answers(body(m), command_id))
-        reply = body(message)
-        assert isinstance(reply, dict)
-        return reply
+        """The reply to this command, whenever it came: replies read while waiting for another
+        command's are kept for theirs (a coalesced refusal answers each of its ``ids``)."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                for kept in self._unclaimed:
+                    reply, unanswered = kept
+                    if command_id in unanswered:
+                        unanswered.discard(command_id)
+                        if not unanswered:
+                            self._unclaimed.remove(kept)
+                        return reply
+                reply = body(await self.tab.next(f"{self.p}/reply"))
+                assert isinstance(reply, dict), reply
+                ids = reply.get("ids")
+                self._unclaimed.append(
+                    (reply, {reply.get("id"), *(ids if isinstance(ids, list) else ())})
+                )
 
     async def state(self, where: Callable[[dict[str, Any]], bool], within: float) -> dict[str, Any]:
         """The next state that satisfies ``where``, within ``within`` seconds."""
@@ -129,7 +156,7 @@ async def clinician(
 
 class SensorUser:
     """The grip and fall sensors of docs/tablet-contract.md, reporting every 100 ms what the user
-    does."""
+    does (``values``), on a thread of their own (tests/periodic.py)."""
 
     def __init__(
         self,
@@ -162,7 +189,7 @@ async def sensor_user(
     broker: Listening, tm: str, account: str | None = None, credentials: Login | None = None
 ) -> AsyncIterator[SensorUser]:
     user = SensorUser(broker, tm, account, credentials)
-    async with periodic(user.run):
+    async with periodic_elsewhere(user.run, f"sensors-{tm}"):
         yield user
 
 

@@ -9,11 +9,14 @@ would hang. The daemon's own link stops on a flag for the same reason (controlle
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
+
+T = TypeVar("T")
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
@@ -39,3 +42,52 @@ async def periodic(
         task.cancel()
         with suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await task
+
+
+class Elsewhere:
+    """An event loop on a thread of its own, and a way to run a coroutine on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """``coroutine`` run on that loop, awaited from this one."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+
+@asynccontextmanager
+async def periodic_elsewhere(
+    loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str
+) -> AsyncIterator[Elsewhere]:
+    """As :func:`periodic`, with ``loop(stop)`` on an event loop of a thread of its own, as a
+    device is a machine of its own: a test process busy with its clients and browsers (CI runs
+    several at once) never holds it up, so a sensor the daemon takes as stale went silent
+    because the test said so. What the test hands it (its values) is read by that loop as it
+    goes; :meth:`Elsewhere.run` runs one more coroutine there (a publication out of turn)."""
+    elsewhere = Elsewhere(asyncio.new_event_loop())
+    thread = threading.Thread(target=elsewhere.loop.run_forever, name=name, daemon=True)
+    thread.start()
+    try:
+
+        async def begin() -> tuple[asyncio.Event, asyncio.Task[None]]:
+            stop = asyncio.Event()
+            return stop, asyncio.create_task(loop(stop))
+
+        stop, task = await elsewhere.run(begin())
+
+        async def end() -> None:
+            stop.set()
+            task.cancel()
+            # Bounded: an MQTT client's exit waits for a broker, which a test may have stopped.
+            with suppress(asyncio.CancelledError, aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(10.0):
+                    await task
+
+        try:
+            yield elsewhere
+        finally:
+            await elsewhere.run(end())
+    finally:
+        elsewhere.loop.call_soon_threadsafe(elsewhere.loop.stop)
+        await asyncio.to_thread(thread.join, 10.0)
+        elsewhere.loop.close()

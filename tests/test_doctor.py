@@ -48,6 +48,7 @@ from tests.mosquitto import (
     network_addresses,
     password_file,
 )
+from tests.periodic import pause, periodic_elsewhere
 from tests.pki import OPENSSL, make_pki
 from treadguard.controller.broker_config import (
     EVERY_ACCOUNT,
@@ -134,16 +135,16 @@ class Sensors:
     def stamp(self, role: str) -> float:
         return self.frozen.get(role, time.time() + self.offset.get(role, 0.0))
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         async with aiomqtt.Client(
             "127.0.0.1", self.port, username=SENSORS, password=PASSWORDS[SENSORS]
         ) as client:
-            while True:
-                for role, value in self.values.items():
+            while not stop.is_set():
+                for role, value in list(self.values.items()):
                     if role not in self.silent:
                         payload = json.dumps({"value": value, "ts": self.stamp(role)})
                         await client.publish(f"treadmill/{SENSOR_TM}/sensors/{role}", payload)
-                await asyncio.sleep(0.1)  # the sensors' own reporting period
+                await pause(stop, 0.1)  # the sensors' own reporting period
 
 
 @dataclass
@@ -298,15 +299,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 @contextlib.asynccontextmanager
 async def publishing(sensors: Sensors) -> AsyncIterator[Sensors]:
-    task = asyncio.create_task(sensors.run())
-    try:
+    """The sensors publishing on a thread of their own (tests/periodic.py)."""
+    async with periodic_elsewhere(sensors.run, "doctor-sensors"):
         yield sensors
-    finally:
-        task.cancel()
-        # Bounded: an MQTT client's exit can swallow a cancellation (and wait for a broker).
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            async with asyncio.timeout(10.0):
-                await task
 
 
 async def doctor(

@@ -21,41 +21,51 @@ import pytest
 from tests.clinician import clinician
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
-from tests.periodic import pause, periodic
+from tests.periodic import Elsewhere, pause, periodic_elsewhere
 
 NAMES = ("grip_left", "grip_right", "fall")
 
 
 class ClockedSensors:
     """The three sensors of docs/tablet-contract.md, every 50 ms, each stamping with its own clock:
-    ``time.time() + offset[name]``."""
+    ``time.time() + offset[name]``; on a thread of their own (tests/periodic.py)."""
 
-    def __init__(self, client: aiomqtt.Client, tm: str) -> None:
-        self.client = client
+    def __init__(self, port: int, tm: str) -> None:
+        self.port = port
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
         self.offset = dict.fromkeys(NAMES, 0.0)
         self.paused: set[str] = set()
+        self._client: aiomqtt.Client | None = None
+        self.elsewhere: Elsewhere | None = None
 
     async def publish(self, name: str, value: bool, offset: float | None = None) -> None:
+        """One reading out of turn, published by the sensors' own thread."""
+        assert self.elsewhere is not None
+        await self.elsewhere.run(self._publish(name, value, offset))
+
+    async def _publish(self, name: str, value: bool, offset: float | None = None) -> None:
+        assert self._client is not None
         ts = time.time() + (self.offset[name] if offset is None else offset)
         payload = json.dumps({"value": value, "ts": ts}).encode()
-        await self.client.publish(f"{self.p}/sensors/{name}", payload, qos=0)
+        await self._client.publish(f"{self.p}/sensors/{name}", payload, qos=0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            for name in NAMES:
-                if name not in self.paused:
-                    await self.publish(name, self.values[name])
-            await pause(stop, 0.05)  # the sensors' report period, not a synchronisation
+        async with aiomqtt.Client("127.0.0.1", self.port) as client:
+            self._client = client
+            while not stop.is_set():
+                for name in NAMES:
+                    if name not in self.paused:
+                        await self._publish(name, self.values[name])
+                await pause(stop, 0.05)  # the sensors' report period, not a synchronisation
 
 
 @asynccontextmanager
 async def clocked_sensors(broker: Broker, tm: str) -> AsyncIterator[ClockedSensors]:
-    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-        sensors = ClockedSensors(client, tm)
-        async with periodic(sensors.run):
-            yield sensors
+    sensors = ClockedSensors(broker.port, tm)
+    async with periodic_elsewhere(sensors.run, f"clocked-{tm}") as elsewhere:
+        sensors.elsewhere = elsewhere
+        yield sensors
 
 
 @pytest.mark.asyncio
