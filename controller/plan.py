@@ -294,8 +294,10 @@ class _Asker:
             )
 
         program = programs[phase.program]
-        if last.program in self.minimum and self.counted(last):
-            # On from a first session: the phase's program at its default cap.
+        if last.id == first.id and last.program in self.minimum:
+            # On from the user's own first session: the phase's program at its default cap.
+            # Only that one: a later session of a first-session program (run gently under a
+            # hold, say) moves on as any other session does, bounded if it was cut short.
             by = record.confirmed.get(last.id, {}).get("clinician") or "a clinician"
             day = t.day(last.started_at, zone)
             how = (
@@ -378,10 +380,10 @@ def _first_session_again(
         s = tried[-1]
         on = f"session {s.id} on {t.day(s.started_at, zone)}"
         shortest = programs[s.program].cap_s_min
-        belt = s.belt_moving_s if s.belt_moving_s is not None else 0.0
+        belt = s.belt_moving_s if s.belt_moving_s is not None else math.nan
         if s.end_reason == ESTOP:
             words = f"first session again: {on} ended in an emergency stop"
-        elif belt < shortest:  # NaN, no belt time to speak of, is not less: said below
+        elif belt < shortest:  # NaN, belt time not on record, is not less: said below
             words = (
                 f"first session again: {on} had {t.duration(belt, down=True)} of belt time, "
                 f"less than the {t.duration(shortest, whole_minutes=True)} a first session needs"

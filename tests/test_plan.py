@@ -299,6 +299,35 @@ def test_a_hold_is_not_left_by_a_session_of_the_held_proposal_cut_short() -> Non
     assert (got.program, got.cap_s) == ("first_session", 180.0), got.reason
 
 
+def test_a_later_session_of_the_first_session_program_never_moves_the_user_on_as_a_first() -> None:
+    """Only the user's own first session moves them on as one. A gentler first-session session
+    run under a hold and stopped after 3 min 5 s (enough belt time to count as a first
+    session, were it the first) keeps the hold's bound: held at reverse walking 6 min by a
+    pain rise in week 5, never intervals; held at the first session by an emergency stop, the
+    first session again. One that ran to its cap is never said to be a first session."""
+    first = session(1, "first_session", "cap", 180.0)
+    ran = session(2, "reverse_walking", "cap", 300.0, day=2)
+    sore = session(3, "reverse_walking", "cap", 360.0, cap_s=360.0, day=30)
+    held = plan(UserRecord("p-1", [first, ran, sore], outcomes={3: pain(2, 6)}), day=32)
+    assert (held.held, held.program, held.cap_s) == (True, "reverse_walking", 360.0), held
+    gentle = session(4, "first_session", "operator_stop", 185.0, cap_s=300.0, day=32)
+    got = plan(UserRecord("p-1", [first, ran, sore, gentle], outcomes={3: pain(2, 6)}), day=33)
+    assert (got.program, got.cap_s) == ("reverse_walking", 360.0), got.reason
+    assert "first session completed" not in got.reason, got.reason
+
+    fell = session(3, "first_session", "estop", 40.0, day=3)
+    held = plan(UserRecord("p-1", [first, ran, fell]), day=4)
+    assert (held.held, held.program, held.cap_s) == (True, "first_session", 180.0), held
+    gentle = session(4, "first_session", "operator_stop", 185.0, cap_s=300.0, day=4)
+    got = plan(UserRecord("p-1", [first, ran, fell, gentle]), day=5)
+    assert (got.program, got.cap_s) == ("first_session", 180.0), got.reason
+
+    full = session(3, "first_session", "cap", 180.0, day=40)
+    got = plan(UserRecord("p-1", [first, ran, full]), day=41)
+    assert "first session completed" not in got.reason, got.reason
+    assert got.reason.startswith("Intervals, "), got.reason
+
+
 def test_what_the_rules_gave_the_session_after_a_first_session_cut_short_is_the_next_program() -> (
     None
 ):
@@ -602,7 +631,10 @@ def test_after_a_session_cut_short_nothing_asks_more_than_the_rules_gave_it(
     got = propose(record, rules, PROGRAMS, zone=LONDON, now=last.started_at + DAY)
     gave = _proposed_before(record, rules, last)
     if _rank(got, rules) > _rank(gave, rules):
-        assert PROGRAMS[last.program].first_session, (got.reason, gave.reason)
+        # Only the user's own first session, counted, moves them on past it.
+        first = _Asker(record, rules, PROGRAMS, LONDON).first()
+        assert first is not None, (got.reason, gave.reason)
+        assert first.id == last.id, (got.reason, gave.reason)
         assert ": first session " in got.reason, (got.reason, gave.reason)
 
 

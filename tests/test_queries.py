@@ -432,7 +432,8 @@ def test_a_history_carries_the_proposal_for_the_next_session_with_its_reason(
     journal: Path, tmp_path: Path
 ) -> None:
     """The proposal of controller/plan.py, on the clinic's rules and programs, dated in the
-    clinic's zone: ann's first session ran to its cap on 2026-11-29 in New York."""
+    clinic's zone: ann's first session ran to its cap on 2026-11-29 in New York, and two more
+    of the first-session program after it (only the first is her first session)."""
     from tests.daemon_process import daemon_config
     from treadguard.config.loading import load_config
     from treadguard.controller.queries import Planning
@@ -447,7 +448,10 @@ def test_a_history_carries_the_proposal_for_the_next_session_with_its_reason(
         300.0,
         False,
     )
-    assert proposal["reason"] == "Reverse walking, 5 min: first session completed 2026-11-29"
+    assert proposal["reason"] == (
+        "Reverse walking, 5 min: week 1 on the treadmill (first session 2026-11-29), "
+        "reverse walking from week 1"
+    )
     bob = read_answer(journal, HistoryQuery(id="q", type="history", user="bob"), WORDS, planning)
     first = bob.to_json()["proposal"]
     assert isinstance(first, dict)
