@@ -25,6 +25,7 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -45,6 +46,15 @@ from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.limits import STANDSTILL_MPH
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
 from treadguard.safety.stop_watch import baseline_problem
+
+# The longest gap between two of a session's samples that counts as belt time when the
+# session's own count was lost (controller/system.py samples at least every 0.5 s).
+SAMPLE_GAP_S = 1.0
+
+
+def _moving(speed: object) -> bool:
+    return isinstance(speed, int | float) and math.isfinite(speed) and speed > STANDSTILL_MPH
+
 
 # The journal's schema, one step a version: MIGRATIONS[n - 1] takes a journal from version
 # n - 1 to n. SQLite keeps the version in the file's header (PRAGMA user_version), written in
@@ -646,13 +656,35 @@ class Journal:
                 " WHERE id = ?",
                 (session, session, session, session),
             )
+            belt = self._belt_time_sampled(session)
+            self._write("UPDATE sessions SET belt_moving_s = ? WHERE id = ?", (belt, session))
             self._write(
                 "INSERT INTO events (ts, type, session_id, fields) VALUES (?,?,?,?)",
-                (ts, EventType.SESSION_ENDED.value, session, json.dumps({"reason": "interrupted"})),
+                (
+                    ts,
+                    EventType.SESSION_ENDED.value,
+                    session,
+                    json.dumps({"reason": "interrupted", "belt_moving_s": belt}),
+                ),
             )
         self.commit()
         self._open_session = None
         return open_ids
+
+    def _belt_time_sampled(self, session: int) -> float:
+        """A session's belt time as its samples show it, never more than the belt surely ran
+        (the record of a session a crash cut short: the safety core's count was lost). Time
+        counts between two samples with the belt moving, at most SAMPLE_GAP_S of it: samples
+        come at least twice a second, so a longer gap is a stall in which the belt may have
+        stopped."""
+        rows = self._query(
+            "SELECT ts, speed_mph FROM samples WHERE session_id = ? ORDER BY ts", (session,)
+        )
+        belt = 0.0
+        for (t0, v0), (t1, v1) in itertools.pairwise(rows):
+            if _moving(v0) and _moving(v1) and t1 > t0:
+                belt += min(float(t1) - float(t0), SAMPLE_GAP_S)
+        return round(belt, 3)
 
     # ------------------------------------------------------------------ reading
 
@@ -714,6 +746,11 @@ class Journal:
     def newest_open_session(self) -> int | None:
         """The newest session not ended (the one under way, if any)."""
         rows = self._query("SELECT MAX(id) FROM sessions WHERE ended_at IS NULL")
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def newest_session_of(self, user: str) -> int | None:
+        """The id of ``user``'s newest session, None if they have none."""
+        rows = self._query("SELECT MAX(id) FROM sessions WHERE user = ?", (user,))
         return None if rows[0][0] is None else int(rows[0][0])
 
     def last_session_id(self) -> int:

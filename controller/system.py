@@ -524,24 +524,32 @@ class System:
                 RefusalCode.NOT_ALLOWED,
                 f"session {n} is under way: confirm it once it has ended",
             ), {}
-        if not (session.belt_moving_s or 0.0) > 0.0:
+        belt = session.belt_moving_s
+        if belt is None or not math.isfinite(belt):
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {n}'s belt time is not on record (treadguard stopped during it): "
+                "there is no belt time to confirm",
+            ), {}
+        if not belt > 0.0:
             return Refused(
                 RefusalCode.NOT_ALLOWED,
                 f"the belt never moved in session {n}: there is no session to confirm",
             ), {}
         if int(n) in self.journal.confirmed_sessions(session.user):
             return Refused(RefusalCode.NOT_ALLOWED, f"session {n} is confirmed already"), {}
-        # One first session a user: once one counts (their weeks on the treadmill count from
-        # it, docs/plan.md), confirming another, older, would move them on by weeks. A session
-        # of theirs under way may become that one: not while it runs.
+        # One first session a user, and their latest: their weeks on the treadmill count from
+        # the one that counts (docs/plan.md), so confirming an older one, once another counts
+        # or a later one was tried, would move them on by weeks. A session of theirs under way
+        # is the latest: not while it runs.
         running = self.journal.newest_open_session()
         if running is not None and running != session.id:
             other = self.journal.session(running)
             if other is not None and other.user == session.user:
                 return Refused(
                     RefusalCode.NOT_ALLOWED,
-                    f"session {running} of the same user is under way: confirm session {n} "
-                    "once it has ended, if no session counts as their first by then",
+                    f"session {running} of the same user is under way: only a user's latest "
+                    "session can be confirmed as their first, once it has ended",
                 ), {}
         had = self.journal.first_session_had(
             session.user,
@@ -556,6 +564,14 @@ class System:
                 f"session {had} counts as {whose} already"
                 if had == session.id
                 else f"session {had} already counts as {whose}: there is no other to confirm",
+            ), {}
+        latest = self.journal.newest_session_of(session.user)
+        if latest is not None and latest != session.id:
+            return Refused(
+                RefusalCode.NOT_ALLOWED,
+                f"session {latest} of the same user came after session {n}: only a user's "
+                "latest session can be confirmed as their first (their weeks on the treadmill "
+                "count from it)",
             ), {}
         return ACCEPTED, {"session_id": n, "user": session.user}
 

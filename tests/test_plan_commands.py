@@ -120,7 +120,9 @@ class Desk:
     def wall(self) -> float:
         return NOW + self.loop.time()
 
-    def session(self, n: int, user: str, program: str, reason: str | None, belt_s: float) -> None:
+    def session(
+        self, n: int, user: str, program: str, reason: str | None, belt_s: float | None
+    ) -> None:
         started: dict[str, JsonScalar] = {
             "session_id": str(n), "user": user, "program": program, "cap_s": 180.0,
         }  # fmt: skip
@@ -236,10 +238,38 @@ def test_no_session_is_confirmed_while_another_of_the_user_s_is_under_way(desk: 
     desk.session(3, "p-1", "first_session", None, 0.0)  # under way
     words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
     assert words == (
-        "session 3 of the same user is under way: confirm session 1 once it has ended, if no "
-        "session counts as their first by then"
+        "session 3 of the same user is under way: only a user's latest session can be "
+        "confirmed as their first, once it has ended"
     )
     assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
+
+
+def test_only_a_user_s_latest_session_is_confirmed_as_their_first(desk: Desk) -> None:
+    """A first session tried 60 days ago and stopped after 20 s, and yesterday's stopped at
+    2 min 30 s: confirming the old one would count the user's weeks on the treadmill from it
+    (week 9: intervals, for under 3 minutes of belt time). Refused, naming the latest, which
+    is confirmed; another user's later session does not stand in the way."""
+    desk.session(1, "p-1", "first_session", "operator_stop", 20.0)
+    desk.session(2, "p-2", "first_session", "operator_stop", 20.0)
+    desk.session(3, "p-1", "first_session", "operator_stop", 150.0)
+    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
+    assert words == (
+        "session 3 of the same user came after session 1: only a user's latest session can be "
+        "confirmed as their first (their weeks on the treadmill count from it)"
+    )
+    assert isinstance(desk.send(ConfirmFirstSession(0.0, "3")), Accepted)
+    assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
+
+
+def test_a_session_whose_belt_time_is_not_on_record_is_not_confirmed(desk: Desk) -> None:
+    """A session a crash cut short in a journal of an older treadguard, which did not work
+    its belt time out from its samples: refused, saying so, never "the belt never moved"."""
+    desk.session(1, "p-1", "first_session", "interrupted", None)
+    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
+    assert words == (
+        "session 1's belt time is not on record (treadguard stopped during it): there is no "
+        "belt time to confirm"
+    )
 
 
 def test_a_clinic_whose_rules_leave_it_to_belt_time_refuses_a_confirmation() -> None:
