@@ -190,11 +190,13 @@ class Daemon:
         # their session_ended): said on the events topic too, once connected, so a tablet
         # that kept one open (the page asks for the record after its own) hears it is over.
         for session in opened.interrupted:
+            row = None if opened.journal is None else opened.journal.session(session)
+            belt = None if row is None else row.belt_moving_s  # as its samples show it
             self.link.on_event(
                 Event(
                     EventType.SESSION_ENDED,
                     clock.time(),
-                    {"session_id": str(session), "reason": "interrupted", "belt_moving_s": None},
+                    {"session_id": str(session), "reason": "interrupted", "belt_moving_s": belt},
                 )
             )
         # The journal's syncs off the loop; each one that ends lets the link publish what it

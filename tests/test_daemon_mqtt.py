@@ -415,20 +415,28 @@ async def test_a_session_a_crash_left_open_is_announced_ended_by_the_restarted_d
 ) -> None:
     """The daemon killed mid-session (SIGKILL: a crash, the mains cut) and started again on
     the same journal: it closes the session as interrupted, and says so on the events topic
-    once connected, so a tablet that kept the session open hears that it is over."""
+    once connected, so a tablet that kept the session open hears that it is over. Its belt
+    time is what its samples show, no more than the test saw it run; a clinician may confirm
+    it as the user's first session."""
     daemon = make_daemon(treadmill_id="tm-crash")
     async with clinician(broker, "tm-crash") as doc:
+        asked = time.monotonic()
         state = await doc.start_running("u-crash", program="first_session")
         session = str(state["session"]["id"])
         daemon.signal(signal.SIGKILL)
         await asyncio.to_thread(daemon.wait)
+        ran = time.monotonic() - asked
         await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
         daemon.start()
         ended = await doc.event("session_ended")
         assert (ended["session_id"], ended["reason"]) == (session, "interrupted")
-        assert ended["belt_moving_s"] is None  # not known: the crash took it
+        assert 0.0 < ended["belt_moving_s"] <= ran, (ended, ran)
         idle = await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
         assert idle["session"] is None
+        confirmed = await doc.command(
+            "confirm_first_session", session_id=session, clinician="c-1", user="u-crash"
+        )
+        assert confirmed["ok"] is True, confirmed
 
 
 @pytest.mark.asyncio

@@ -194,6 +194,8 @@ journal.record(Event(EventType.SESSION_STARTED, 0.0, {"session_id": "7", "user":
 journal.sample(101.0, 0.9, 0.9)
 journal.record(Event(EventType.BELT_STARTED, 0.0, {}), ts=103.0)
 journal.sample(109.0, 0.8, 0.8)  # the belt still ran after its last event
+journal.sample(109.5, 0.8, 0.8)
+journal.sample(110.0, 0.8, 0.8)
 journal.commit()
 journal.record(Event(EventType.CAP_WARNING, 0.0, {}), ts=150.0)  # never committed
 os._exit(9)  # the process dies mid-transaction, as under SIGKILL
@@ -218,8 +220,12 @@ def test_sr14_a_session_a_crash_left_open_is_closed_as_interrupted(tmp_path: Pat
     assert session.end_reason == "interrupted"
     # Its last record on disk, a sample of the belt after its last event; the cap warning
     # was lost.
-    assert session.ended_at == 109.0
+    assert session.ended_at == 110.0
     assert session.max_speed_mph == 0.9
+    # Its belt time, from its samples, never more than the belt surely ran: the 8 s without
+    # a sample (they come at least twice a second) count as 1 s, each half second after as
+    # itself.
+    assert session.belt_moving_s == 2.0
     assert [e.type for e in again.events(7)] == [
         "session_started",
         "belt_started",
