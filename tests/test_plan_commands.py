@@ -228,35 +228,31 @@ def test_no_session_is_confirmed_once_another_counts_as_the_user_s_first(desk: D
             if e.type is EventType.FIRST_SESSION_CONFIRMED] == ["4"]  # fmt: skip
 
 
-def test_no_session_is_confirmed_while_another_of_the_user_s_is_under_way(desk: Desk) -> None:
-    """A short first session confirmed while the same user's next first session runs: that one
-    may end at its cap and count, and the confirmation would then move the user's week 1
-    back to the older one. Refused until it has ended; another user's session does not
-    stand in the way."""
-    desk.session(1, "p-1", "first_session", "operator_stop", 10.0)
-    desk.session(2, "p-2", "first_session", "operator_stop", 10.0)
-    desk.session(3, "p-1", "first_session", None, 0.0)  # under way
-    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
-    assert words == (
-        "session 3 of the same user is under way: only a user's latest session can be "
-        "confirmed as their first, once it has ended"
-    )
-    assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
-
-
 def test_only_a_user_s_latest_session_is_confirmed_as_their_first(desk: Desk) -> None:
     """A first session tried 60 days ago and stopped after 20 s, and yesterday's stopped at
     2 min 30 s: confirming the old one would count the user's weeks on the treadmill from it
     (week 9: intervals, for under 3 minutes of belt time). Refused, naming the latest, which
-    is confirmed; another user's later session does not stand in the way."""
+    is confirmed. So is any while the user's next session runs (it may end at its cap and
+    count); another user's sessions do not stand in the way."""
     desk.session(1, "p-1", "first_session", "operator_stop", 20.0)
     desk.session(2, "p-2", "first_session", "operator_stop", 20.0)
     desk.session(3, "p-1", "first_session", "operator_stop", 150.0)
-    words = refused(desk.send(ConfirmFirstSession(0.0, "1")), RefusalCode.NOT_ALLOWED)
-    assert words == (
-        "session 3 of the same user came after session 1: only a user's latest session can be "
-        "confirmed as their first (their weeks on the treadmill count from it)"
-    )
+    desk.session(4, "p-3", "first_session", "operator_stop", 10.0)
+    desk.session(5, "p-3", "first_session", None, 0.0)  # under way
+    for n, latest in (
+        (
+            "1",
+            "session 3 of the same user came after session 1: only a user's "
+            "latest session can be confirmed as their first (their weeks on the "
+            "treadmill count from it)",
+        ),
+        (
+            "4",
+            "session 5 of the same user is under way: only a user's latest "
+            "session can be confirmed as their first, once it has ended",
+        ),
+    ):
+        assert refused(desk.send(ConfirmFirstSession(0.0, n)), RefusalCode.NOT_ALLOWED) == latest
     assert isinstance(desk.send(ConfirmFirstSession(0.0, "3")), Accepted)
     assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
 
