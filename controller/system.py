@@ -645,7 +645,7 @@ class System:
         if self.journal is None:
             raise JournalError(f"the journal cannot be read ({self.journal_problem or 'none'})")
         return propose(
-            self.journal.user_record(user.strip()),
+            self.journal.user_record(user.strip(), measures=False),  # it goes by none
             self.loaded.rules,
             self.loaded.programs,
             zone=self.loaded.config.clinic.zone(),
