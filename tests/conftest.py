@@ -11,9 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]  # no types
 
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, have_mosquitto
+
+# The test files whose tests run the doctor, which takes the board's network in turns
+# (tests/board_network.py): on workers of their own they would mostly wait for each other,
+# a worker idle for minutes (measured: 388 s of waiting in 339 s of two workers).
+BOARD_NETWORK_FILES = "tests/test_doctor"
+
+
+class _BoardNetworkOnOneWorker(LoadFileScheduling):  # type: ignore[misc]
+    """``--dist loadfile``, with the files named BOARD_NETWORK_FILES* one unit of work."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        scope = str(super()._split_scope(nodeid))
+        return "board-network" if scope.startswith(BOARD_NETWORK_FILES) else scope
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own
+    return _BoardNetworkOnOneWorker(config, log)
 
 
 @pytest.fixture
