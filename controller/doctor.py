@@ -83,6 +83,7 @@ from treadguard.controller.mqtt_settings import (
 )
 from treadguard.controller.network_probe import (
     NGINX_DIR,
+    NGINX_UNREADABLE,
     WEBSOCKET_PATHS,
     board_addresses,
     mqtt_answers,
@@ -1890,15 +1891,23 @@ async def check_network(
     unasked = nginx_unloaded(nginx) + nginx_unasked(nginx)
     if unasked:
         # Not asked is not shown closed: a location there may pass MQTT on in the clear.
+        fix = (
+            "ask those from another machine on the network (curl with an Upgrade: "
+            "websocket header at each path and name, over plain http); or keep nginx's "
+            "plain-http server to the shipped redirect (config/nginx/treadguard.conf)"
+        )
+        if any(NGINX_UNREADABLE in said_one for said_one in unasked):
+            fix = (
+                "sudo nginx -t names what nginx cannot read: correct that file, then sudo "
+                f"systemctl reload nginx; {fix}"
+            )
         return [
             Check(
                 "network MQTT",
                 Verdict.TODO,
                 f"not all checked: no MQTT in the clear from the network at {said}, but "
                 + "; ".join(unasked),
-                "ask those from another machine on the network (curl with an Upgrade: "
-                "websocket header at each path and name, over plain http); or keep nginx's "
-                "plain-http server to the shipped redirect (config/nginx/treadguard.conf)",
+                fix,
             )
         ]
     return [

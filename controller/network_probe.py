@@ -26,6 +26,7 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,53 +102,255 @@ def frame_payload(data: bytes) -> bytes | None:
     return data[2 : 2 + length]
 
 
-# ------------------------------------------------------------------ nginx's locations
+# ------------------------------------------------------------------ nginx's configuration
 
-# A location line: its modifier (=, ^~, ~, ~*, or none) and its path, quoted or bare, up to
-# the block's "{". A location written on more lines than one is read too.
-_LOCATION = re.compile(
-    r"""(?:^|[;{}\s])location\s+(?:(=|\^~|~\*|~)\s+)?("[^"]*"|'[^']*'|[^\s;{}"']+)\s*\{"""
-)
+# nginx's configuration is read here as nginx reads it (src/core/ngx_conf_file.c,
+# ngx_conf_read_token): words are split at a space, a tab, CR or LF only; a "#" starts a
+# comment only where a word would start (inside a word it is a character of it, as "}", "{"
+# after "$" and ";" inside quotes are); a backslash takes the next character into the word,
+# whatever it is, a line break too; a quoted string runs over lines; a closing quote must be
+# followed by a blank, ";", "{" or ")". What nginx refuses to read (an unexpected character,
+# an unclosed quote or block, a word longer than its buffer) is not guessed at: the file is
+# named as unreadable, and the check is not all green.
+
+_BLANKS = " \t\r\n"
+_WORD_MAX = 4096  # NGX_CONF_BUFFER: nginx refuses a longer word
 
 
-def _without_comments(text: str) -> str:
-    """nginx's comments (a # outside quotes, to the end of its line) taken out."""
-    out = []
-    for line in text.splitlines():
-        quote = ""
-        for i, char in enumerate(line):
-            if quote:
-                quote = "" if char == quote else quote
-            elif char in "\"'":
-                quote = char
+NGINX_UNREADABLE = "cannot be read surely as nginx reads it"
+
+
+class NginxUnreadable(ValueError):
+    """A configuration nginx would not read as it stands (or not read as the doctor does)."""
+
+    def __init__(self, line: int, said: str) -> None:
+        super().__init__(f"line {line}: {said}")
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One directive of an nginx configuration: its name and words as nginx takes them
+    (quotes gone, escapes resolved), as written (``raw``: quotes kept, for showing), its line,
+    and its block's directives (None for a directive ended by ";")."""
+
+    name: str
+    args: tuple[str, ...]
+    raw: tuple[str, ...]
+    line: int
+    block: tuple[Directive, ...] | None = None
+
+    @property
+    def shown(self) -> str:
+        return " ".join(self.raw)
+
+
+def _unescaped(word: str) -> str:
+    """A word's value as nginx stores it: \\" \\' \\\\ stand for the character, \\t \\r \\n
+    for a tab, CR and LF; any other backslash is kept."""
+    out, i = [], 0
+    while i < len(word):
+        char = word[i]
+        if char == "\\" and i + 1 < len(word):
+            nxt = word[i + 1]
+            if nxt in "\"'\\":
+                out.append(nxt)
+                i += 2
+                continue
+            if nxt in "trn":
+                out.append({"t": "\t", "r": "\r", "n": "\n"}[nxt])
+                i += 2
+                continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def nginx_tokens(text: str) -> Iterator[tuple[str, list[tuple[str, str]], int]]:
+    """nginx's tokens of ``text``, as ngx_conf_read_token returns them: ";" (a directive),
+    "{" (a block's directive), "}" (a block's end), each with its words (value, as written)
+    and the line its first word starts on. NginxUnreadable where nginx stops with an error."""
+    words: list[tuple[str, str]] = []
+    need_space = sharp = variable = quoted = s_quoted = d_quoted = False
+    last_space = True
+    line = first_line = start_line = 1
+    start = 0
+    i = 0
+    while True:
+        if i >= len(text):
+            if words or not last_space:
+                raise NginxUnreadable(line, 'unexpected end of file, expecting ";" or "}"')
+            return
+        char = text[i]
+        i += 1
+        if char == "\n":
+            line += 1
+            sharp = False
+        if sharp:
+            continue
+        if quoted:
+            quoted = False
+            continue
+        ended = ""
+        if need_space:
+            if char in _BLANKS:
+                last_space, need_space = True, False
+                continue
+            if char in ";{":
+                ended = char
+            elif char == ")":
+                last_space, need_space = True, False
+            else:
+                raise NginxUnreadable(line, f"unexpected {char!r}")
+        if not ended and last_space:
+            start, start_line = i - 1, line
+            if char in _BLANKS:
+                continue
+            if char in ";{":
+                if not words:
+                    raise NginxUnreadable(line, f"unexpected {char!r}")
+                ended = char
+            elif char == "}":
+                if words:
+                    raise NginxUnreadable(line, "unexpected '}'")
+                ended = char
             elif char == "#":
-                line = line[:i]
-                break
-        out.append(line)
-    return "\n".join(out)
+                sharp = True
+                continue
+            elif char == "\\":
+                quoted, last_space = True, False
+                continue
+            elif char in "\"'":
+                start += 1
+                d_quoted, s_quoted = char == '"', char == "'"
+                last_space = False
+                continue
+            elif char == "$":
+                variable, last_space = True, False
+                continue
+            else:
+                last_space = False
+                continue
+        elif not ended:
+            if char == "{" and variable:
+                continue
+            variable = False
+            if char == "\\":
+                quoted = True
+                continue
+            if char == "$":
+                variable = True
+                continue
+            found = False
+            if d_quoted or s_quoted:
+                if char == ('"' if d_quoted else "'"):
+                    d_quoted = s_quoted = False
+                    need_space = found = True
+            elif char in _BLANKS or char in ";{":
+                last_space = found = True
+            if not found:
+                continue
+            body = text[start : i - 1]
+            if len(body) >= _WORD_MAX:
+                raise NginxUnreadable(start_line, f"a word of {len(body)} characters")
+            raw = text[start - 1 : i] if need_space else body
+            if not words:
+                first_line = start_line
+            words.append((_unescaped(body), raw))
+            if char in ";{":
+                ended = char
+            else:
+                continue
+        yield ended, words, first_line if words else line
+        words = []
+        need_space = sharp = variable = quoted = s_quoted = d_quoted = False
+        last_space = True
+
+
+def parse_nginx(text: str) -> tuple[Directive, ...]:
+    """An nginx configuration file's directives, blocks nested, as nginx reads them (its
+    blocks must close in the same file). NginxUnreadable where nginx would not read it."""
+    levels: list[list[Directive]] = [[]]
+    heads: list[tuple[list[tuple[str, str]], int]] = []
+    line = 1
+    for kind, words, line in nginx_tokens(text):
+        if kind == "{":
+            heads.append((words, line))
+            levels.append([])
+            continue
+        if kind == ";":
+            block, head, at = None, words, line
+        else:
+            if not heads:
+                raise NginxUnreadable(line, "unexpected '}'")
+            block = tuple(levels.pop())
+            head, at = heads.pop()
+        levels[-1].append(
+            Directive(
+                head[0][0],
+                tuple(value for value, _ in head[1:]),
+                tuple(raw for _, raw in head),
+                at,
+                block,
+            )
+        )
+    if heads:
+        raise NginxUnreadable(line, "unexpected end of file, expecting '}'")
+    return tuple(levels[0])
+
+
+# Blocks whose contents are not directives (a MIME type and its extensions, a map's values):
+# not read directive by directive.
+_OPAQUE_BLOCKS = frozenset({"types", "geo", "map", "split_clients"})
+
+
+def _walk(
+    tree: tuple[Directive, ...], above: tuple[Directive, ...] = ()
+) -> Iterator[tuple[Directive, tuple[Directive, ...]]]:
+    """Every directive, each with the blocks it stands in, in order (a block before its
+    own directives); those inside _OPAQUE_BLOCKS left out."""
+    for directive in tree:
+        yield directive, above
+        if directive.block is not None and directive.name not in _OPAQUE_BLOCKS:
+            yield from _walk(directive.block, (*above, directive))
+
+
+def _location(directive: Directive) -> tuple[str, str] | None:
+    """A location's modifier ("", "=", "^~", "~", "~*", "@") and path, as nginx takes them
+    (ngx_http_core_location: a modifier of its own word, or written against the path)."""
+    args = directive.args
+    if not args or not args[-1]:
+        return None
+    if len(args) >= 2:
+        return args[0], args[1]
+    name = args[0]
+    for modifier in ("=", "^~", "~*", "~"):
+        if name.startswith(modifier):
+            return modifier, name[len(modifier) :]
+    return ("@", name) if name.startswith("@") else ("", name)
+
+
+def _locations(tree: tuple[Directive, ...]) -> Iterator[tuple[Directive, str, str]]:
+    for directive, _ in _walk(tree):
+        if directive.name == "location" and directive.block is not None:
+            found = _location(directive)
+            if found is not None:
+                yield directive, *found
+
+
+def _askable(path: str) -> bool:
+    return path.startswith("/") and path.isprintable() and " " not in path
 
 
 def location_paths(text: str) -> list[str]:
     """The paths of the literal locations of an nginx configuration (a prefix, ``=`` exact,
     ``^~`` prefix), in order; regex locations (``~``, ``~*``) and named ones (``@``) left
-    out: no one path stands for them."""
-    found: list[str] = []
-    for match in _LOCATION.finditer(_without_comments(text)):
-        modifier, path = match.group(1), match.group(2)
-        if path[:1] in "\"'":
-            path = path[1:-1]
-        if modifier in ("~", "~*"):
-            continue
-        if modifier is None:  # the modifier written against the path: "=/ws", "^~/ws"
-            if path.startswith("~"):
-                continue
-            if path.startswith("^~"):
-                path = path[2:]
-            elif path.startswith("="):
-                path = path[1:]
-        if path.startswith("/") and path.isprintable() and " " not in path:
-            found.append(path)
-    return found
+    out: no one path stands for them. NginxUnreadable where nginx would not read it."""
+    return [
+        path
+        for _, modifier, path in _locations(parse_nginx(text))
+        if modifier in ("", "=", "^~") and _askable(path)
+    ]
 
 
 def nginx_files(root: Path = NGINX_DIR) -> list[Path]:
@@ -167,24 +370,35 @@ def nginx_files(root: Path = NGINX_DIR) -> list[Path]:
     return files
 
 
-def _enabled_texts(root: Path) -> list[tuple[Path, str]]:
-    """nginx's enabled configuration (nginx_files), each file's text without comments. A
-    file that cannot be read is passed over (nginx absent: none)."""
-    texts = []
+def _enabled(root: Path) -> list[tuple[Path, tuple[Directive, ...] | NginxUnreadable]]:
+    """nginx's enabled configuration (nginx_files), each file read as nginx reads it, or why
+    it cannot be. A file that cannot be opened is passed over (nginx absent: none). Bytes that
+    are not UTF-8 are kept apart (none of them is a character nginx's reading turns on)."""
+    read: list[tuple[Path, tuple[Directive, ...] | NginxUnreadable]] = []
     for path in nginx_files(root):
         if path.is_dir():
             continue
         try:
-            texts.append((path, _without_comments(path.read_text(errors="replace"))))
+            text = path.read_bytes().decode("utf-8", "surrogateescape")
         except OSError:
             continue
-    return texts
+        try:
+            read.append((path, parse_nginx(text)))
+        except NginxUnreadable as exc:
+            read.append((path, exc))
+    return read
+
+
+def _read_trees(root: Path) -> list[tuple[Path, tuple[Directive, ...]]]:
+    return [(path, tree) for path, tree in _enabled(root) if isinstance(tree, tuple)]
 
 
 def _all_paths(root: Path) -> list[str]:
     found: list[str] = []
-    for _, text in _enabled_texts(root):
-        for location in location_paths(text):
+    for _, tree in _read_trees(root):
+        for _, modifier, location in _locations(tree):
+            if modifier not in ("", "=", "^~") or not _askable(location):
+                continue
             if location not in WEBSOCKET_PATHS and location not in found:
                 found.append(location)
     return found
@@ -196,7 +410,6 @@ def nginx_paths(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[st
     return _all_paths(root)[:limit]
 
 
-_INCLUDE = re.compile(r"""(?:^|[;{}\s])include\s+("[^"]*"|'[^']*'|[^\s;]+)\s*;""")
 # What Debian's nginx.conf includes: the folders read here, and files with no location in them
 # (the MIME types, the modules' load_module lines). Named from nginx's folder, or whole.
 _READ_INCLUDES = frozenset(
@@ -205,52 +418,31 @@ _READ_INCLUDES = frozenset(
 # A directive that answers a client by its address or its credentials, or passes it on to a
 # place chosen by them (geo, map, split_clients, a *_pass naming a variable): the board, asking
 # from its own address and with no credentials, is not answered as a client elsewhere may be.
-_BY_CLIENT = re.compile(
-    r"(?:^|[;{}])\s*(allow|deny|if|auth_[a-z_]+|satisfy|limit_except|valid_referers|geo|map"
-    r"|split_clients|[a-z]+_pass(?=\s[^;]*\$))(?=[\s(])"
+_BY_CLIENT_NAMES = re.compile(
+    r"allow|deny|if|auth_[a-z_]+|satisfy|limit_except|valid_referers|geo|map|split_clients"
 )
 
 
-def _block(text: str, start: int) -> str:
-    """The text of the block whose "{" ends just before ``start``, to its matching "}" (nested
-    blocks and quoted strings skipped whole); the rest of the text if it never closes."""
-    depth, quote = 1, ""
-    for i in range(start, len(text)):
-        char = text[i]
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return text[start:]
+def _by_client(directive: Directive) -> bool:
+    return bool(_BY_CLIENT_NAMES.fullmatch(directive.name)) or (
+        directive.name.endswith("_pass") and any("$" in word for word in directive.args)
+    )
 
 
-def _outside_locations(text: str) -> str:
-    """The text with every location's block taken out (their own directives are judged with
-    each location)."""
-    kept, at = [], 0
-    for match in _LOCATION.finditer(text):
-        if match.start() < at:
-            continue  # a location nested in one already taken out
-        kept.append(text[at : match.end()])
-        at = match.end() + len(_block(text, match.end())) + 1
-    kept.append(text[at:])
-    return "".join(kept)
-
-
-def _listen_port(words: str) -> str:
+def _listen_port(args: tuple[str, ...]) -> str:
     """The port of a listen line's first word (its address and port): ``80``,
     ``127.0.0.1:80``, ``[::]:80``, ``*:80``, an address alone (port 80), ``unix:PATH``."""
-    first = (words.split() or ["80"])[0]
+    first = (args or ("80",))[0]
     if first.startswith("unix:"):
         return first
     port = first.rsplit("]", 1)[-1].rsplit(":", 1)[-1] if ":" in first else first
     return port if port.isdigit() else "80"
+
+
+def _own(block: tuple[Directive, ...], name: str) -> list[Directive]:
+    """The directives ``name`` of a block, those in its locations (and nested blocks) left
+    out."""
+    return [d for d in block if d.name == name]
 
 
 def _shared_ports(root: Path) -> list[str]:
@@ -260,11 +452,12 @@ def _shared_ports(root: Path) -> list[str]:
     client reaches by a name ("localhost"), by sending no Host at all, or by an address the
     board does not list may pass MQTT on unasked."""
     servers: dict[str, int] = {}
-    for _, text in _enabled_texts(root):
-        for match in _SERVER.finditer(text):
-            block = _outside_locations(_block(text, match.end()))
-            ports = {_listen_port(m.group(1)) for m in _LISTEN.finditer(block)} or {"80"}
-            for port in ports:
+    for _, tree in _read_trees(root):
+        for directive, _ in _walk(tree):
+            if directive.name != "server" or directive.block is None:
+                continue
+            listens = _own(directive.block, "listen")
+            for port in {_listen_port(d.args) for d in listens} or {"80"}:
                 servers[port] = servers.get(port, 0) + 1
     return [
         f"{count} servers listen on port {port}, chosen by address and name: asked only by "
@@ -275,15 +468,14 @@ def _shared_ports(root: Path) -> list[str]:
 
 
 def _included_here(target: str) -> bool:
-    name = target.strip("\"'")
-    return name.removeprefix("/etc/nginx/") in _READ_INCLUDES
+    return target.removeprefix("/etc/nginx/") in _READ_INCLUDES
 
 
 # The directives the probe's reading of nginx's configuration accounts for: those of Debian's
 # nginx.conf and default site, of the shipped site (config/nginx/treadguard.conf), and others
 # that only shape how a file or a passed-on connection is served. Any other (an upstream, a
 # rewrite, error_page, a stream block, ...) may pass a request on somewhere the probe does not
-# ask: the check is then not all green. Those judged by the patterns above are left out here.
+# ask: the check is then not all green. Those judged by _BY_CLIENT_NAMES are left out here.
 _JUDGED = frozenset(
     {
         # the main level and events
@@ -316,122 +508,95 @@ _LISTEN_JUDGED = re.compile(
     r"(ssl|http2|default_server|default|reuseport|deferred|bind|ipv6only=(on|off)"
     r"|backlog=\d+|fastopen=\d+|so_keepalive=\S+|rcvbuf=\S+|sndbuf=\S+)"
 )
-_BY_CLIENT_NAMES = re.compile(
-    r"allow|deny|if|auth_[a-z_]+|satisfy|limit_except|valid_referers|geo|map|split_clients"
-)
-# Blocks whose contents are not directives (a MIME type and its extensions, a map's values):
-# not read word by word.
-_OPAQUE_BLOCKS = frozenset({"types", "geo", "map", "split_clients"})
 
 
-def _directives(text: str) -> list[tuple[str, list[str]]]:
-    """Each directive of an nginx configuration (its comments taken out), in order: its name
-    and its words after it, quotes kept; a block's own directives follow it, those of the
-    blocks in _OPAQUE_BLOCKS left out."""
-    found: list[tuple[str, list[str]]] = []
-    words: list[str] = []
-    opaque = 0  # depth inside an opaque block
-    word, quote, i = "", "", 0
-    while i < len(text):
-        char = text[i]
-        if quote:
-            word += char
-            if char == "\\" and i + 1 < len(text):
-                word += text[i + 1]
-                i += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            word += char
-            quote = char
-        elif char.isspace() or char in ";{}":
-            if word:
-                words.append(word)
-                word = ""
-            if char in ";{":
-                if words and not opaque:
-                    found.append((words[0], words[1:]))
-                if char == "{" and (opaque or (words and words[0] in _OPAQUE_BLOCKS)):
-                    opaque += 1
-                words = []
-            elif char == "}":
-                opaque = max(0, opaque - 1)
-                words = []
-        else:
-            word += char
-        i += 1
-    return found
-
-
-def unjudged_directives(text: str) -> list[str]:
-    """What of an nginx configuration (comments taken out) the probe's reading does not
-    account for, in words: a directive outside _JUDGED, a listen parameter outside
-    _LISTEN_JUDGED, a named location (any path may be passed on to it: try_files,
-    error_page). Each may pass MQTT on in the clear where the probe does not ask."""
+def _unjudged(tree: tuple[Directive, ...]) -> list[str]:
     said: list[str] = []
-    for name, words in _directives(text):
-        shown = " ".join([name, *words])
+    for directive, _ in _walk(tree):
+        name, words = directive.name, directive.args
         if name == "listen":
-            odd = [w for w in words[1:] if not _LISTEN_JUDGED.fullmatch(w)]
+            odd = [w for w in directive.raw[2:] if not _LISTEN_JUDGED.fullmatch(w)]
             if odd:
-                said.append(f"listens with {' '.join(odd)} ({shown})")
+                said.append(f"listens with {' '.join(odd)} ({directive.shown})")
         elif name == "location" and any(w.startswith("@") for w in words):
-            said.append(f"has a named location ({shown}), which any path may be passed on to")
+            said.append(
+                f"has a named location ({directive.shown}), which any path may be passed on to"
+            )
         elif name not in _JUDGED and not _BY_CLIENT_NAMES.fullmatch(name):
-            said.append(f"has {shown}, which the doctor does not judge")
+            said.append(f"has {directive.shown}, which the doctor does not judge")
     return said
 
 
-_SERVER_NAME = re.compile(r"(?:^|[;{}\s])server_name\s+([^;]*);")
-_ANY_NAME = ("_",)  # the name of a server answering any name, as Debian's and the shipped site
-_SERVER = re.compile(r"(?:^|[;{}\s])server\s*\{")
-_LISTEN = re.compile(r"(?:^|[;{}\s])listen\s+([^;]*);")
+def unjudged_directives(text: str) -> list[str]:
+    """What of an nginx configuration the probe's reading does not account for, in words: a
+    directive outside _JUDGED, a listen parameter outside _LISTEN_JUDGED, a named location
+    (any path may be passed on to it: try_files, error_page). Each may pass MQTT on in the
+    clear where the probe does not ask. NginxUnreadable where nginx would not read it."""
+    return _unjudged(parse_nginx(text))
 
 
-def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
-    """What of nginx's enabled configuration the probe does not ask, in words: a file it
-    includes (its locations are not read), a regex location (no one path stands for it), the
-    locations past ``limit``, a server by name (asked only by the board's address). Each may
-    pass MQTT on in the clear without the probe finding it."""
+def _unasked_in(path: Path, tree: tuple[Directive, ...]) -> list[str]:
     unasked: list[str] = []
-    for path, text in _enabled_texts(root):
-        for match in _INCLUDE.finditer(text):
-            if not _included_here(match.group(1)):
-                unasked.append(f"{path} includes {match.group(1)}, whose locations are not read")
-        for match in _LOCATION.finditer(text):
-            modifier, where = match.group(1), match.group(2)
-            if modifier in ("~", "~*") or (modifier is None and where.startswith("~")):
-                unasked.append(f"{path} has a regex location ({where}): no one path stands for it")
-                continue
-            bare = where[1:-1] if where[:1] in "\"'" else where
-            if bare.startswith("/") and (" " in bare or not bare.isprintable()):
-                unasked.append(
-                    f"{path} has the location {where}, whose path holds a blank or a "
-                    "character the probe does not ask"
-                )
-            said = sorted(set(_BY_CLIENT.findall(_block(text, match.end()))))
-            if said:
-                unasked.append(
-                    f"{path} has the location {where}, which answers a client by its address "
-                    f"or credentials ({', '.join(said)}): the board cannot ask it as a client "
-                    "elsewhere would"
-                )
-        for match in _SERVER_NAME.finditer(text):
-            names = [n for n in match.group(1).split() if n not in _ANY_NAME]
+    for directive, _ in _walk(tree):
+        if directive.name == "include" and directive.args and not _included_here(directive.args[0]):
+            unasked.append(f"{path} includes {directive.raw[1]}, whose locations are not read")
+        if directive.name == "server_name":
+            names = [n for n in directive.raw[1:] if n not in _ANY_NAME]
             if names:
                 unasked.append(
                     f"{path} has a server named {' '.join(names)}: asked only by the board's "
                     "address"
                 )
-        unasked += (f"{path} {words}" for words in unjudged_directives(text))
-        # At a server's (or http's) level, it answers so at every location under it.
-        outside = _outside_locations(text)
-        said = sorted(set(_BY_CLIENT.findall(outside)))
+    for directive, modifier, where in _locations(tree):
+        shown = " ".join(directive.raw[1:])
+        if modifier in ("~", "~*"):
+            unasked.append(f"{path} has a regex location ({shown}): no one path stands for it")
+            continue
+        if modifier != "@" and where.startswith("/") and not _askable(where):
+            unasked.append(
+                f"{path} has the location {shown}, whose path holds a blank or a "
+                "character the probe does not ask"
+            )
+        assert directive.block is not None
+        said = sorted({d.name for d, _ in _walk(directive.block) if _by_client(d)})
         if said:
             unasked.append(
-                f"{path} answers a client by its address or credentials outside its locations "
-                f"({', '.join(said)}): the board cannot ask them as a client elsewhere would"
+                f"{path} has the location {shown}, which answers a client by its address "
+                f"or credentials ({', '.join(said)}): the board cannot ask it as a client "
+                "elsewhere would"
             )
+    unasked += (f"{path} {words}" for words in _unjudged(tree))
+    # At a server's (or http's) level, it answers so at every location under it.
+    outside = sorted(
+        {
+            d.name
+            for d, above in _walk(tree)
+            if _by_client(d) and not any(a.name == "location" for a in above)
+        }
+    )
+    if outside:
+        unasked.append(
+            f"{path} answers a client by its address or credentials outside its locations "
+            f"({', '.join(outside)}): the board cannot ask them as a client elsewhere would"
+        )
+    return unasked
+
+
+_ANY_NAME = ("_",)  # the name of a server answering any name, as Debian's and the shipped site
+
+
+def nginx_unasked(root: Path = NGINX_DIR, limit: int = NGINX_PATHS_MAX) -> list[str]:
+    """What of nginx's enabled configuration the probe does not ask, in words: a file it
+    cannot read as nginx does, a file it includes (its locations are not read), a regex
+    location (no one path stands for it), the locations past ``limit``, a server by name
+    (asked only by the board's address). Each may pass MQTT on in the clear without the probe
+    finding it."""
+    unasked: list[str] = []
+    for path, tree in _enabled(root):
+        if isinstance(tree, NginxUnreadable):
+            unasked.append(f"{path} {NGINX_UNREADABLE} ({tree}): its locations are not known")
+            continue
+        unasked += _unasked_in(path, tree)
     unasked += _shared_ports(root)
     paths = _all_paths(root)
     if len(paths) > limit:

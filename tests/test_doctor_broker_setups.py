@@ -59,7 +59,7 @@ from treadguard.controller.doctor import (
     check_network,
 )
 from treadguard.controller.mqtt_settings import broker_settings
-from treadguard.controller.network_probe import _without_comments, unjudged_directives
+from treadguard.controller.network_probe import unjudged_directives
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -861,7 +861,7 @@ def test_a_board_s_nginx_files_hold_nothing_the_probe_does_not_judge() -> None:
         if p.exists()
     ]
     for path in files:
-        assert unjudged_directives(_without_comments(path.read_text())) == [], path
+        assert unjudged_directives(path.read_text()) == [], path
 
 
 def test_directives_outside_what_the_probe_judges_are_named() -> None:
