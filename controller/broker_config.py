@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # Debian's: the package's own file, which reads /etc/mosquitto/conf.d/*.conf.
 DEBIAN_MOSQUITTO_CONF = Path("/etc/mosquitto/mosquitto.conf")
@@ -875,6 +875,37 @@ def process_sockets(pid: int, proc: Path = Path("/proc")) -> set[int]:
         if target.startswith("socket:["):
             found.add(int(target[len("socket:[") : -1]))
     return found
+
+
+def path_in_root(pid: int, path: str | Path, budget: int = 40) -> Path:
+    """Where ``path`` (absolute, as process ``pid`` names it) is, seen from here through
+    /proc/PID/root: its links followed in the process's own root and mount namespace (the
+    kernel would follow an absolute link met under /proc/PID/root from this process's root
+    instead). RuntimeError past ``budget`` links (a loop); OSError if that root cannot be
+    read."""
+    base = Path(f"/proc/{pid}/root")
+    pending = [p for p in PurePosixPath(os.path.normpath(path)).parts if p != "/"]
+    here = PurePosixPath("/")
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            here = here.parent
+            continue
+        step = here / part
+        seen = base / step.relative_to("/")
+        if seen.is_symlink():
+            budget -= 1
+            if budget < 0:
+                raise RuntimeError(f"too many links on the way to {path}")
+            target = PurePosixPath(os.readlink(seen))
+            if target.is_absolute():
+                here = PurePosixPath("/")
+            pending[:0] = [p for p in target.parts if p != "/"]
+            continue
+        here = step
+    return base / here.relative_to("/")
 
 
 def process_name(pid: int, proc: Path = Path("/proc")) -> str:

@@ -67,6 +67,7 @@ from treadguard.controller.broker_config import (
     listening,
     owner_words,
     parse_acl,
+    path_in_root,
     process_name,
     process_sockets,
     read_mosquitto_conf,
@@ -1423,13 +1424,15 @@ def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check
     # Compared however it runs: a chroot shares the doctor's mount namespace, not its root.
     differ = []
     for path in _broker_paths(conf, cwd):
-        there = Path(f"/proc/{pid}/root") / path.relative_to(path.anchor)
         try:
+            # Its links followed in its own root: an absolute one met under /proc/PID/root
+            # would be followed from the doctor's.
+            there = path_in_root(pid, path)
             mine, seen = path.stat(), there.stat()
             same = (mine.st_dev, mine.st_ino) == (seen.st_dev, seen.st_ino)
             if same and path.is_dir():
                 same = sorted(os.listdir(path)) == sorted(os.listdir(there))
-        except OSError:
+        except (OSError, RuntimeError):
             same = False
         if not same:
             differ.append(str(path))
@@ -1896,6 +1899,12 @@ async def check_network(
             "websocket header at each path and name, over plain http); or keep nginx's "
             "plain-http server to the shipped redirect (config/nginx/treadguard.conf)"
         )
+        if any(NGINX_NOT_ITS in said_one for said_one in unasked):
+            fix = (
+                "stop the nginx that does not run the board's /etc/nginx (sudo ss -ltnp shows "
+                "it; a container: stop it, or publish none of its ports), or start the board's "
+                f"as Debian's unit does (sudo systemctl restart nginx); {fix}"
+            )
         if any(NGINX_UNREADABLE in said_one for said_one in unasked):
             fix = (
                 "sudo nginx -t names what nginx cannot read: correct that file, then sudo "
@@ -1919,29 +1928,156 @@ async def check_network(
     ]
 
 
-def _nginx_masters() -> dict[int, str]:
-    """Every nginx master process, by its title ("nginx: master process" and its command
-    line), and the configuration it runs: -c (or -cFILE; a relative one from its -p prefix),
-    else Debian's /etc/nginx/nginx.conf."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+NGINX_NOT_ITS = "the paths asked are not its"
+# What a -g may say without the doctor losing track of what nginx serves (Debian's unit:
+# -g 'daemon on; master_process on;').
+_NGINX_GLOBALS = frozenset(
+    {"daemon", "master_process", "pid", "error_log", "worker_processes", "user", "pcre_jit"}
+)
+
+
+@dataclass(frozen=True)
+class NginxMaster:
+    """An nginx process that loads a configuration (a master, or one running alone with
+    master_process off): its pid, the configuration file as it names it (in its own root and
+    mount namespace), and what its -g adds that the doctor does not account for."""
+
+    pid: int
+    conf: str
+    added: str = ""
+
+
+def _is_nginx(proc: Path) -> bool:
+    """Whether a process is nginx: by its name (comm), its executable or its title."""
+    with contextlib.suppress(OSError):
+        if (proc / "comm").read_text().strip() == "nginx":
+            return True
+    with contextlib.suppress(OSError):
+        if os.path.basename(os.readlink(proc / "exe")).removesuffix(" (deleted)") == "nginx":
+            return True
+    with contextlib.suppress(OSError):
+        return (proc / "cmdline").read_bytes().startswith(b"nginx:")
+    return False
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        stat = (proc / "stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _nginx_options(words: list[str], titled: bool) -> tuple[str, str, str]:
+    """nginx's prefix, configuration file and -g directives from its command line, as its
+    ngx_get_options reads them (flags may be joined: -qc FILE; a value glued on: -cFILE).
+    From a master's title the words were joined with blanks: a -g runs to the next flag."""
+    prefix, conf, added = "/usr/share/nginx/", str(NGINX_DIR / "nginx.conf"), []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("-"):
+            for at, flag in enumerate(word[1:], start=2):
+                if flag not in "cpges":
+                    continue
+                value = word[at:]
+                if not value and i + 1 < len(words):
+                    i += 1
+                    value = words[i]
+                if flag == "g" and titled:
+                    while i + 1 < len(words) and not words[i + 1].startswith("-"):
+                        i += 1
+                        value += " " + words[i]
+                if flag == "c":
+                    conf = value
+                elif flag == "p":
+                    prefix = value
+                elif flag == "g":
+                    added.append(value)
+                break
+        i += 1
+    return prefix, conf, " ".join(added)
+
+
+def _nginx_masters() -> list[NginxMaster]:
+    """Every nginx process that loads a configuration: found by its name or executable as
+    well as by its title, so a master (titled "nginx: master process ...") and an nginx
+    running alone (master_process off, its command line as started) are both found; its
+    workers (children of an nginx titled master) left out. Its configuration: -c (or -cFILE;
+    a relative one from its -p prefix and its working folder), else Debian's
+    /etc/nginx/nginx.conf, as the process names it."""
+    found = []
+    nginx = {int(p.name): p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_nginx(p)}
+    for pid, proc in sorted(nginx.items()):
         try:
-            title = os.fsdecode((proc / "cmdline").read_bytes()).replace("\0", " ").split()
+            argv = [os.fsdecode(w) for w in (proc / "cmdline").read_bytes().split(b"\0")]
         except OSError:
             continue
-        if title[:3] != ["nginx:", "master", "process"]:
-            continue
-        words = title[3:]
-        prefix, conf = "/usr/share/nginx", str(NGINX_DIR / "nginx.conf")
-        for flag, value in itertools.pairwise([*words, ""]):
-            if flag == "-p" or (flag.startswith("-p") and len(flag) > 2):
-                prefix = value if flag == "-p" else flag[2:]
-            if flag == "-c" or (flag.startswith("-c") and len(flag) > 2):
-                conf = value if flag == "-c" else flag[2:]
-        found[int(proc.name)] = os.path.realpath(os.path.join(prefix, conf))
+        while argv and not argv[-1]:
+            argv.pop()
+        title = " ".join(argv).split()
+        titled = title[:3] == ["nginx:", "master", "process"]
+        if not titled and (title[:1] == ["nginx:"] or _parent(proc) in nginx):
+            continue  # a worker, a cache manager: its master loads the configuration
+        prefix, conf, added = _nginx_options(title[3:] if titled else argv[1:], titled)
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            cwd = "/"
+        found.append(NginxMaster(pid, os.path.normpath(os.path.join(cwd, prefix, conf)), added))
     return found
+
+
+def _same_file(mine: Path, theirs: Path) -> bool:
+    try:
+        here, there = mine.stat(), theirs.stat()
+        same = (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        if same and mine.is_dir():
+            same = sorted(os.listdir(mine)) == sorted(os.listdir(theirs))
+    except OSError:
+        return False
+    return same
+
+
+def _nginx_not_board(master: NginxMaster, root: Path) -> str | None:
+    """Why an nginx process is not known to serve the board's configuration under ``root``,
+    in words; None if it finds the very files judged (nginx.conf, the folders and files the
+    probe reads) at their paths, compared through its own root (a mount namespace of its own:
+    a container on the host's network, a systemd drop-in's BindPaths; another root)."""
+    want = Path(os.path.abspath(root / "nginx.conf"))
+    if master.added:
+        return f"runs with -g {master.added!r}, which the doctor does not read"
+    try:
+        os.stat(f"/proc/{master.pid}/root")
+        conf_there = path_in_root(master.pid, master.conf)
+    except (OSError, RuntimeError):
+        return (
+            f"runs {master.conf}, which the doctor, running as {_me()}, cannot see as the "
+            "process does"
+        )
+    if not _same_file(want, conf_there):
+        if master.conf != str(want):
+            return f"runs {master.conf}, not {want}"
+        return (
+            f"finds another file than the doctor at {want} (a mount namespace or root of its own)"
+        )
+    differ = []
+    for path in nginx_files(root):
+        if not path.exists():
+            continue
+        try:
+            there = path_in_root(master.pid, os.path.abspath(path))
+        except (OSError, RuntimeError):
+            differ.append(str(path))
+            continue
+        if not _same_file(path, there):
+            differ.append(str(path))
+    if differ:
+        return (
+            f"finds other files than the doctor at {', '.join(differ)} (a mount namespace or "
+            "root of its own)"
+        )
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -1968,17 +2104,20 @@ def nginx_unloaded(root: Path = NGINX_DIR) -> list[str]:
     Judged by change time, as the broker's files are (_changed_since_start), with the same
     limits; a lone worker respawned after a crash runs what the master loaded, and looks new."""
     said = []
-    want = os.path.realpath(root / "nginx.conf")
     beyond = {s.inode for s in listening() if not s.loopback}
-    for master, conf in sorted(_nginx_masters().items()):
-        if conf != want:
+    for found in _nginx_masters():
+        master = found.pid
+        why = _nginx_not_board(found, root)
+        if why is not None:
             # Its paths are not the ones asked; one on loopback only is no one's on the network.
-            with contextlib.suppress(OSError):
-                if process_sockets(master) & beyond:
-                    said.append(
-                        f"nginx (pid {master}) runs {conf}, not {want}, and listens beyond "
-                        "loopback: the paths asked are not its"
-                    )
+            try:
+                heard = bool(process_sockets(master) & beyond)
+                where = "listens beyond loopback"
+            except OSError:
+                heard = True
+                where = f"its sockets cannot be seen by the doctor, which runs as {_me()}"
+            if heard:
+                said.append(f"nginx (pid {master}) {why}, and {where}: {NGINX_NOT_ITS}")
             continue
         # The oldest of its workers: one of an older generation still serving a connection
         # (a WebSocket in the clear) runs the configuration of before the reload, and one

@@ -27,7 +27,7 @@ from tests.test_doctor import (
     need,
     rig,  # noqa: F401 (the fixture)
 )
-from treadguard.controller.doctor import Verdict, check_network
+from treadguard.controller.doctor import NGINX_NOT_ITS, Verdict, _nginx_options, check_network
 from treadguard.controller.network_probe import (
     Address,
     NginxUnreadable,
@@ -40,9 +40,10 @@ from treadguard.controller.network_probe import (
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
 
-def nginx_on(folder: Path, site: str, *, extra_main: str = "") -> subprocess.Popen[bytes]:
-    """Debian's nginx in the foreground on ``folder``/nginx.conf (shaped as Debian's: the
-    sites-enabled folder included), serving ``site``."""
+def nginx_written(folder: Path, site: str, *, extra_main: str = "") -> list[str]:
+    """Debian's nginx on ``folder``/nginx.conf (shaped as Debian's: the sites-enabled folder
+    included), serving ``site``: the files written, the command that runs it in the
+    foreground."""
     (folder / "sites-enabled").mkdir(parents=True, exist_ok=True)
     (folder / "sites-enabled" / "treadguard").write_text(site)
     (folder / "temp").mkdir(exist_ok=True)
@@ -59,9 +60,24 @@ def nginx_on(folder: Path, site: str, *, extra_main: str = "") -> subprocess.Pop
         )
         + "  include sites-enabled/*;\n}\n"
     )
-    command = [NGINX, "-p", f"{folder}/", "-c", str(folder / "nginx.conf")]
-    command += ["-e", str(folder / "error.log")]
+    return [
+        NGINX,
+        "-p",
+        f"{folder}/",
+        "-c",
+        str(folder / "nginx.conf"),
+        "-e",
+        f"{folder}/error.log",
+    ]
+
+
+def started(command: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def nginx_on(folder: Path, site: str, *, extra_main: str = "") -> subprocess.Popen[bytes]:
+    """Debian's nginx in the foreground on ``folder``/nginx.conf, serving ``site``."""
+    return started(nginx_written(folder, site, extra_main=extra_main))
 
 
 def passed_on(path: str, ws_port: int) -> str:
@@ -187,3 +203,84 @@ def test_nginx_s_words_are_split_as_nginx_splits_them(tmp_path: Path) -> None:
     assert any(
         "cannot be read surely as nginx reads it (line 1: unexpected '}')" in s for s in said
     )
+
+
+REDIRECT_ONLY = (
+    "server {\n  listen 80;\n  server_name _;\n  return 301 https://$host$request_uri;\n}\n"
+)
+
+
+def _board_nginx_files(folder: Path) -> Path:
+    """The board's /etc/nginx as the doctor reads it: the shipped redirect only."""
+    (folder / "sites-enabled").mkdir(parents=True)
+    (folder / "sites-enabled" / "treadguard").write_text(REDIRECT_ONLY)
+    (folder / "nginx.conf").write_text("events {}\nhttp {\n  include sites-enabled/*;\n}\n")
+    return folder
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # nginx listening beyond loopback
+@pytest.mark.parametrize("how", ["master_process_off", "own_mount_namespace"])
+async def test_an_nginx_not_running_the_board_s_files_is_not_passed(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """An nginx serving another configuration passes /ws on to the broker's plain WebSockets,
+    from the network: one running alone (master_process off: no "nginx: master process"
+    title), or one in a mount namespace of its own (a container on the host's network) that
+    finds its own files at the board's configuration's path. The probe asks the paths of the
+    board's files, which name no /ws: not passed, naming that nginx."""
+    need("Debian's nginx", have_nginx())
+    board = [a for a in network_addresses() if ":" not in a]
+    need("an IPv4 address other than loopback", bool(board))
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    (port,) = free_ports(1)
+    installed = _board_nginx_files(tmp_path / "installed")
+    foreign = tmp_path / "foreign"
+    site = (
+        f"server {{\n  listen {port};\n  server_name _;\n"
+        "  location / { return 404; }\n"
+        "  location = /mqtt { return 301 https://$host$request_uri; }\n"
+        f"  {passed_on('/ws', rig.broker.ws_port)}\n}}\n"
+    )
+    if how == "master_process_off":
+        proc = nginx_on(foreign, site, extra_main="master_process off;\n")
+    else:
+        nginx_written(foreign, site)
+        # In a mount namespace of its own, its own files where the board's are.
+        proc = started(
+            [
+                "unshare", "-m", "--propagation", "private", "sh", "-c",
+                f"mount --bind {foreign} {installed} && exec {NGINX} -p {foreign}/ "
+                f"-c {installed}/nginx.conf -e {foreign}/error.log",
+            ]
+        )  # fmt: skip
+    try:
+        wait_listening(proc, [port], lambda: (foreign / "error.log").read_text())
+        harm = await mqtt_answers(Address(board[0]), port, 3.0, ("/ws",))
+        assert harm.how is not None, harm  # MQTT in the clear through that nginx
+        found = await check_network(3.0, nginx=installed)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert [c.verdict for c in found] == [Verdict.TODO], found
+    assert f"nginx (pid {proc.pid}) " in found[0].detail, found
+    assert NGINX_NOT_ITS in found[0].detail, found
+    assert "stop the nginx that does not run the board's /etc/nginx" in found[0].fix, found
+    if how == "own_mount_namespace":
+        assert f"finds another file than the doctor at {installed}/nginx.conf" in found[0].detail
+
+
+def test_nginx_s_command_line_is_read_as_nginx_reads_it() -> None:
+    """-c and -p, glued or not, joined flags, a -g from a master's title (its words joined by
+    blanks), and Debian's defaults."""
+    debian = ["/usr/sbin/nginx", "-g", "daemon", "on;", "master_process", "on;"]
+    assert _nginx_options(debian, True) == (
+        "/usr/share/nginx/",
+        "/etc/nginx/nginx.conf",
+        "daemon on; master_process on;",
+    )
+    assert _nginx_options(["-qc", "/x/n.conf", "-p/x/"], False) == ("/x/", "/x/n.conf", "")
+    assert _nginx_options(["-cn.conf", "-e", "/x/e.log"], False)[1] == "n.conf"
