@@ -64,6 +64,7 @@ from treadguard.controller.broker_config import (
     Socket,
     breaches,
     file_lines,
+    host_port,
     listening,
     owner_words,
     parse_acl,
@@ -90,6 +91,7 @@ from treadguard.controller.network_probe import (
     mqtt_answers,
     nginx_files,
     nginx_paths,
+    nginx_proxy_targets,
     nginx_unasked,
     targets,
 )
@@ -1170,6 +1172,7 @@ def check_broker_files(
         *_judge_client_ids(conf),
         *_judge_bridges(conf, broker.prefix),
         *_running_conf(broker, options.mosquitto_conf, conf),
+        *_other_brokers(broker),
         *_judge_acl(conf, loaded, broker),
         *check_listeners(broker, conf),
     ]
@@ -1449,6 +1452,114 @@ def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check
             "systemctl restart mosquitto",
         )
     ]
+
+
+def _mosquittos() -> list[int]:
+    """Every Mosquitto process of this board, by its name (comm) or its executable."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        names = []
+        with contextlib.suppress(OSError):
+            names.append((proc / "comm").read_text().strip())
+        with contextlib.suppress(OSError):
+            names.append(os.path.basename(os.readlink(proc / "exe")).removesuffix(" (deleted)"))
+        if "mosquitto" in names:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def _is_here(host: str) -> bool:
+    """Whether ``host`` is, or may be, this board: only an address shown to be another
+    machine's (one no socket here can be bound to), or a multicast one, is not (a name that
+    does not resolve may, by the time a bridge dials it)."""
+    why = not_this_board(host)
+    return why is None or not why.endswith(("not an address of this board", "broadcast address"))
+
+
+def _bridges_here(pid: int, who: str) -> str | None:
+    """Why another Mosquitto may bring messages into this board's broker, in words: a bridge
+    (connection) of its configuration whose address is this board (any port: the broker's
+    TLS listener, a relay to it), or a configuration the doctor cannot read as it runs it
+    (its files elsewhere in its own root, changed since it started, unreadable). None for
+    one that runs files with no bridge to this board, or Mosquitto's defaults (no -c: no
+    bridge at all)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return f"its command line cannot be read by the doctor, which runs as {_me()}"
+    named = [
+        os.path.join(cwd, os.fsdecode(value))
+        for flag, value in itertools.pairwise(argv)
+        if flag in (b"-c", b"--config-file")
+    ]
+    for name in named:
+        try:
+            conf = read_mosquitto_conf(Path(name))
+        except (OSError, ConfRefused) as exc:
+            return f"its configuration {name} cannot be read by the doctor ({exc})"
+        if _seen_alike(pid, who, conf, cwd) or _changed_since_start(pid, who, conf, cwd):
+            return (
+                f"what it runs is not known from {name}: it finds other files at those paths, "
+                "or they changed since it started"
+            )
+        bridge: ConfLine | None = None
+        for line in conf.lines:
+            if line.key == "connection":
+                bridge = line
+            elif bridge is not None and line.key in ("address", "addresses"):
+                for target in line.value.split():
+                    host, _, port = target.rpartition(":")
+                    if not port.isdigit():
+                        host = target
+                    if _is_here(host.strip("[]")):
+                        return (
+                            f"its bridge {bridge.value} ({bridge.where}) connects to this "
+                            f"board, at {target} ({line.where})"
+                        )
+    return None
+
+
+OTHER_BROKER_FIX = (
+    "a board runs one broker, Debian's mosquitto with treadguard's snippet: stop the other "
+    "and keep it from starting again (sudo systemctl disable --now UNIT, systemctl status PID "
+    "names its unit; a container: stop it), or remove its bridge to this board; then run the "
+    "doctor again"
+)
+
+
+def _other_brokers(broker: BrokerSettings) -> list[Check]:
+    """Every Mosquitto of this board but the one on [mqtt] port, judged for a way into it: a
+    bridge from another broker brings in whatever that broker's own clients publish, under
+    the bridge's account (the tablet's, say), and the other broker's accounts and ACL (or
+    none: anonymous clients) are not the board's. Nothing to say while the broker on the
+    port cannot be seen (the listeners check says so)."""
+    _, owners = _port_owners(broker.port)
+    judged = set(owners.values())
+    if not judged:
+        return []
+    checks = []
+    for pid in _mosquittos():
+        if pid in judged:
+            continue
+        who = f"{process_name(pid)} (pid {pid})"
+        why = _bridges_here(pid, who)
+        if why is None:
+            continue
+        checks.append(
+            Check(
+                "broker config",
+                Verdict.TODO,
+                f"not checked: {who} is another Mosquitto on this board besides the broker on "
+                f"port {broker.port} ([mqtt] port), and {why}: what its own clients publish "
+                "may reach the treadmill under its bridge's account, by its accounts and ACL, "
+                "not the board's",
+                OTHER_BROKER_FIX,
+            )
+        )
+    return checks
 
 
 START_GRACE_S = 0.02  # two clock ticks
@@ -1817,12 +1928,75 @@ PROBE_FIX = (
 )
 
 
+NGINX_ELSEWHERE = "not the board's broker"
+
+
+def _passed_elsewhere(nginx: Path, broker_port: int | None) -> list[str]:
+    """nginx's proxy_pass lines that do not lead to the board's broker, in words: the board's
+    broker is the one process listening on [mqtt] port (``broker_port``; None: none judged
+    here), and a proxy_pass must name one of its own sockets by a loopback address. Any other
+    target (a second broker's WebSockets listener, a bridge into the board's, a relay, a name)
+    answers by accounts and rules the doctor has not judged."""
+    passes = nginx_proxy_targets(nginx)
+    if not passes:
+        return []
+    judged: set[tuple[str, int]] = set()
+    judged_pid: int | None = None
+    if broker_port is not None:
+        _, owners = _port_owners(broker_port)
+        if len(set(owners.values())) == 1:
+            judged_pid = next(iter(owners.values()))
+            with contextlib.suppress(OSError):
+                inodes = process_sockets(judged_pid)
+                judged = {
+                    (s.address, s.port)
+                    for s in listening(Path(f"/proc/{judged_pid}/net"))
+                    if s.inode in inodes
+                }
+    board = "the board's broker" + (
+        f", {process_name(judged_pid)} (pid {judged_pid}) on port {broker_port}"
+        if judged_pid is not None
+        else " (none judged on this board)"
+    )
+    said = []
+    for shown, host, port in passes:
+        if port is None:
+            said.append(f"{shown} passes requests on to {host}, {NGINX_ELSEWHERE}: not judged")
+            continue
+        ip = ipaddress.ip_address(host)
+
+        def binds(address: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ip) -> bool:
+            return (
+                ipaddress.ip_address(address).is_unspecified or ipaddress.ip_address(address) == ip
+            )
+
+        if ip.is_loopback and any(p == port and binds(a) for a, p in judged):
+            continue
+        there = [s for s in listening() if s.port == port and binds(s.address)]
+        owners_there = socket_owners({s.inode for s in there}) if there else {}
+        holders = sorted({f"{process_name(p)} (pid {p})" for p in owners_there.values()})
+        holder = (
+            f"where {', '.join(holders)} listens"
+            if holders
+            else ("where nothing the doctor can see listens" if there else "where nothing listens")
+        )
+        said.append(
+            f"{shown} passes requests on to {host_port(host, port)}, {holder}, "
+            f"{NGINX_ELSEWHERE} ({board}): what answers there is not judged"
+        )
+    return said
+
+
 async def check_network(
-    wait_s: float, net: Path = Path("/proc/net"), nginx: Path = NGINX_DIR
+    wait_s: float,
+    net: Path = Path("/proc/net"),
+    nginx: Path = NGINX_DIR,
+    broker_port: int | None = None,
 ) -> list[Check]:
     """Every TCP socket of the board listening beyond loopback, whichever process holds it,
     asked for MQTT in the clear through the board's own address (network_probe), over
-    WebSockets at /mqtt, / and the paths of nginx's locations (under ``nginx``)."""
+    WebSockets at /mqtt, / and the paths of nginx's locations (under ``nginx``); and where
+    nginx passes requests on: only to the board's broker, the one on ``broker_port``."""
     sockets = [s for s in listening(net) if not s.loopback]
     board = board_addresses(net)
     if not board:
@@ -1891,7 +2065,7 @@ async def check_network(
     if checks:
         return checks
     said = ", ".join(dict.fromkeys(asked)) or "none reachable"
-    unasked = nginx_unloaded(nginx) + nginx_unasked(nginx)
+    unasked = nginx_unloaded(nginx) + nginx_unasked(nginx) + _passed_elsewhere(nginx, broker_port)
     if unasked:
         # Not asked is not shown closed: a location there may pass MQTT on in the clear.
         fix = (
@@ -1899,6 +2073,13 @@ async def check_network(
             "websocket header at each path and name, over plain http); or keep nginx's "
             "plain-http server to the shipped redirect (config/nginx/treadguard.conf)"
         )
+        if any(NGINX_ELSEWHERE in said_one for said_one in unasked):
+            fix = (
+                "pass the page's /mqtt on only to the board's broker, its WebSockets listener "
+                "on 127.0.0.1 (proxy_pass http://127.0.0.1:9001, config/nginx/treadguard.conf), "
+                "stop what listens at the other port, then sudo nginx -t && sudo systemctl "
+                f"reload nginx; {fix}"
+            )
         if any(NGINX_NOT_ITS in said_one for said_one in unasked):
             fix = (
                 "stop the nginx that does not run the board's /etc/nginx (sudo ss -ltnp shows "
@@ -2351,7 +2532,12 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
             Check("broker config", Verdict.FAIL, f"the check itself failed: {exc!r}", "report this")
         )
     for check in await _guarded_list(
-        "network MQTT", check_network(options.wait_s, nginx=options.nginx_dir)
+        "network MQTT",
+        check_network(
+            options.wait_s,
+            nginx=options.nginx_dir,
+            broker_port=broker.port if not_this_board(broker.host) is None else None,
+        ),
     ):
         report.add(check)
     report.add(check_clock())

@@ -582,6 +582,49 @@ def _unasked_in(path: Path, tree: tuple[Directive, ...]) -> list[str]:
     return unasked
 
 
+def nginx_proxy_targets(root: Path = NGINX_DIR) -> list[tuple[str, str, int | None]]:
+    """Where nginx's enabled configuration passes requests on with proxy_pass: for each, what
+    it is in words (its file and location) and the address and port it names (port None for
+    what names no address and port here: a name of an upstream, a unix socket). A proxy_pass
+    naming a variable is left out (nginx_unasked names it: passed on by the client)."""
+    found: list[tuple[str, str, int | None]] = []
+    for path, tree in _read_trees(root):
+        for directive, above in _walk(tree):
+            if directive.name != "proxy_pass" or not directive.args:
+                continue
+            target = directive.args[0]
+            if "$" in target:
+                continue
+            where = next(
+                (
+                    f"location {' '.join(a.raw[1:])}"
+                    for a in reversed(above)
+                    if a.name == "location"
+                ),
+                "a server",
+            )
+            shown = f"{path} ({where}: proxy_pass {directive.raw[1]})"
+            scheme, sep, rest = target.partition("://")
+            if not sep or scheme not in ("http", "https") or rest.startswith("unix:"):
+                found.append((shown, target, None))
+                continue
+            authority = rest.split("/", 1)[0]
+            if authority.startswith("["):
+                host, _, after = authority[1:].partition("]")
+                port_text = after.removeprefix(":")
+            else:
+                host, _, port_text = authority.partition(":")
+            if not port_text:
+                port_text = "443" if scheme == "https" else "80"
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                found.append((shown, host, None))  # a name: an upstream's, or the DNS's
+                continue
+            found.append((shown, host, int(port_text) if port_text.isdigit() else None))
+    return found
+
+
 _ANY_NAME = ("_",)  # the name of a server answering any name, as Debian's and the shipped site
 
 

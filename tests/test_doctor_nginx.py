@@ -6,14 +6,24 @@ nginx, then runs the check."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import ssl
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.board_network import board_network  # noqa: F401 (a fixture)
 from tests.mosquitto import (
+    MOSQUITTO,
+    PASSWORDS,
+    SENSOR_TM,
     auth_lines,
     free_ports,
     have_mosquitto,
@@ -21,10 +31,14 @@ from tests.mosquitto import (
     wait_listening,
 )
 from tests.nginx import NGINX, have_nginx
+from tests.pki import make_pki
 from tests.test_doctor import (
     Rig,
+    Sensors,
     _broker_anew,
+    doctor,
     need,
+    publishing,
     rig,  # noqa: F401 (the fixture)
 )
 from treadguard.controller.doctor import NGINX_NOT_ITS, Verdict, _nginx_options, check_network
@@ -284,3 +298,107 @@ def test_nginx_s_command_line_is_read_as_nginx_reads_it() -> None:
     )
     assert _nginx_options(["-qc", "/x/n.conf", "-p/x/"], False) == ("/x/", "/x/n.conf", "")
     assert _nginx_options(["-cn.conf", "-e", "/x/e.log"], False)[1] == "n.conf"
+
+
+def _anonymous_wss_command(host: str, port: int, broker_port: int) -> bool:
+    """Whether a client with no account at wss://host:port/mqtt commands the treadmill: its
+    command reaches the daemon's account at the board's broker within 8 s (published again
+    every 0.3 s: a bridge subscribes on the far side in its own time)."""
+    topic = f"treadmill/{SENSOR_TM}/cmd"
+    got = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="treadguard")
+    sub.username_pw_set("treadguard", PASSWORDS["treadguard"])
+    sub.on_message = lambda *_: got.set()
+    sub.connect("127.0.0.1", broker_port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="nobody", transport="websockets")
+    pub.ws_set_options(path="/mqtt")
+    pub.tls_set(cert_reqs=ssl.CERT_NONE)
+    pub.tls_insecure_set(True)
+    try:
+        pub.connect(host, port)
+        pub.loop_start()
+        deadline = time.monotonic() + 8.0
+        while not got.is_set() and time.monotonic() < deadline:
+            pub.publish(topic, b'{"id":"x","type":"heartbeat"}', qos=1)
+            got.wait(0.3)  # a retry period: the event is the answer
+        return got.is_set()
+    finally:
+        for client in (pub, sub):
+            client.disconnect()
+            client.loop_stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # nginx listening beyond loopback, a doctor run
+async def test_a_second_broker_behind_the_page_s_route_is_not_passed(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """nginx, shaped as the shipped site (TLS on every address, /mqtt passed on), passes /mqtt
+    to a second Mosquitto's WebSockets listener on loopback (a "kiosk" broker: anonymous
+    clients welcome) that bridges into the board's broker with the tablet's account. Anyone
+    reaching https://BOARD/mqtt commands the treadmill with no account; the board's broker,
+    its files, its listeners and the probe (TLS answers nothing in the clear) are all as they
+    should be. The network check names where nginx passes /mqtt; the doctor names the second
+    broker; the board is not passed."""
+    need("Debian's nginx", have_nginx())
+    board = [a for a in network_addresses() if ":" not in a]
+    need("an IPv4 address other than loopback", bool(board))
+    pki = make_pki(tmp_path / "pki")
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "index.html").write_text("<title>treadguard</title>")
+    port, ws, kiosk_plain = free_ports(3)
+    kiosk_conf = tmp_path / "kiosk.conf"
+    kiosk_conf.write_text(
+        f"listener {kiosk_plain} 127.0.0.1\n"
+        f"listener {ws} 127.0.0.1\nprotocol websockets\nsocket_domain ipv4\n"
+        "allow_anonymous true\npersistence false\nlog_dest stdout\n"
+        f"connection board\naddress 127.0.0.1:{rig.broker.port}\n"
+        f"remote_username tablet\nremote_password {PASSWORDS['tablet']}\n"
+        "topic treadmill/# both 1\n"
+    )
+    kiosk = started([MOSQUITTO, "-c", str(kiosk_conf)])
+    site = (
+        f"server {{\n  listen {port} ssl http2;\n  server_name _;\n"
+        f"  ssl_certificate {pki.server_cert};\n  ssl_certificate_key {pki.server_key};\n"
+        f"  root {page};\n  index index.html;\n"
+        "  location / { try_files $uri $uri/ =404; }\n"
+        f"  location = /mqtt {{\n    proxy_pass http://127.0.0.1:{ws};\n"
+        "    proxy_http_version 1.1;\n    proxy_set_header Upgrade $http_upgrade;\n"
+        '    proxy_set_header Connection "upgrade";\n  }\n}\n'
+    )
+    folder = tmp_path / "nginx"
+    proc = nginx_on(folder, site)
+    rig.drive = 'kind = "simulator"'
+    try:
+        wait_listening(kiosk, [kiosk_plain, ws], lambda: "the second mosquitto exited")
+        wait_listening(proc, [port], lambda: (folder / "error.log").read_text())
+        commands = await asyncio.to_thread(_anonymous_wss_command, board[0], port, rig.broker.port)
+        assert commands  # anyone at https://BOARD/mqtt commands the treadmill
+        found = await check_network(3.0, nginx=folder, broker_port=rig.broker.port)
+        async with publishing(Sensors(rig.broker.port)):
+            done = await doctor(rig, rig.config(), "--service-user", "root", "--json")
+    finally:
+        for one in (proc, kiosk):
+            one.terminate()
+            one.wait(timeout=10)
+    assert [c.verdict for c in found] == [Verdict.TODO], found
+    assert (
+        f"proxy_pass http://127.0.0.1:{ws}) passes requests on to 127.0.0.1:{ws}, where "
+        f"mosquitto (pid {kiosk.pid}) listens, not the board's broker"
+    ) in found[0].detail, found
+    assert "pass the page's /mqtt on only to the board's broker" in found[0].fix, found
+    result = json.loads(done.out.splitlines()[-1])
+    assert done.code == 4, done.out[-3000:]
+    named = [
+        c
+        for c in result["checks"]
+        if c["check"] == "broker config"
+        and f"(pid {kiosk.pid}) is another Mosquitto" in c["detail"]
+    ]
+    assert [c["verdict"] for c in named] == ["TODO"], result
+    assert "its bridge board" in named[0]["detail"], named
+    assert "a board runs one broker" in named[0]["fix"], named
