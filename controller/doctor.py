@@ -1478,13 +1478,13 @@ def _is_here(host: str) -> bool:
     return why is None or not why.endswith(("not an address of this board", "broadcast address"))
 
 
-def _bridges_here(pid: int, who: str) -> str | None:
+def _bridges_here(pid: int, who: str, judged_ports: set[int]) -> str | None:
     """Why another Mosquitto may bring messages into this board's broker, in words: a bridge
-    (connection) of its configuration whose address is this board (any port: the broker's
-    TLS listener, a relay to it), or a configuration the doctor cannot read as it runs it
-    (its files elsewhere in its own root, changed since it started, unreadable). None for
-    one that runs files with no bridge to this board, or Mosquitto's defaults (no -c: no
-    bridge at all)."""
+    (connection) of its configuration whose address is this board, at a port that may lead
+    to the board's broker (_leads_in: one of ``judged_ports``, a relay's), or a configuration
+    the doctor cannot read as it runs it (its files elsewhere in its own root, changed since
+    it started, unreadable). None for one that runs files with no such bridge, or Mosquitto's
+    defaults (no -c: no bridge at all)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -1500,10 +1500,17 @@ def _bridges_here(pid: int, who: str) -> str | None:
             conf = read_mosquitto_conf(Path(name))
         except (OSError, ConfRefused) as exc:
             return f"its configuration {name} cannot be read by the doctor ({exc})"
-        if _seen_alike(pid, who, conf, cwd) or _changed_since_start(pid, who, conf, cwd):
-            return (
-                f"what it runs is not known from {name}: it finds other files at those paths, "
-                "or they changed since it started"
+        # Where a bridge may stand: its configuration's files and include_dir folders (its
+        # ACL and passwords, changed since, bring nothing into the board's broker).
+        read = [Path(cwd, p) for p, _ in conf.files] + [
+            Path(cwd, line.raw) for line in conf.lines if line.key == "include_dir"
+        ]
+        changed = _changed_paths(pid, read)
+        if _seen_alike(pid, who, conf, cwd) or changed:
+            return f"what it runs is not known from {name}: " + (
+                f"{', '.join(changed)} changed since it started"
+                if changed
+                else "it finds other files at those paths"
             )
         bridge: ConfLine | None = None
         for line in conf.lines:
@@ -1513,13 +1520,24 @@ def _bridges_here(pid: int, who: str) -> str | None:
                 for target in line.value.split():
                     host, _, port = target.rpartition(":")
                     if not port.isdigit():
-                        host = target
-                    if _is_here(host.strip("[]")):
+                        host, port = target, "1883"  # Mosquitto's default
+                    if _is_here(host.strip("[]")) and _leads_in(int(port), judged_ports):
                         return (
                             f"its bridge {bridge.value} ({bridge.where}) connects to this "
                             f"board, at {target} ({line.where})"
                         )
     return None
+
+
+def _leads_in(port: int, judged_ports: set[int]) -> bool:
+    """Whether a connection to ``port`` of this board may reach the board's broker: one of its
+    own ports, or one where anything but a Mosquitto listens, or nothing yet (a relay, the
+    board's broker once it listens there). A port of another Mosquitto is that one's."""
+    if port in judged_ports:
+        return True
+    there = {s.inode for s in listening() if s.port == port}
+    owners = socket_owners(there) if there else {}
+    return not owners or any(process_name(p) != "mosquitto" for p in owners.values())
 
 
 OTHER_BROKER_FIX = (
@@ -1540,12 +1558,17 @@ def _other_brokers(broker: BrokerSettings) -> list[Check]:
     judged = set(owners.values())
     if not judged:
         return []
+    ports = {broker.port}
+    for one in judged:
+        with contextlib.suppress(OSError):
+            inodes = process_sockets(one)
+            ports |= {s.port for s in listening(Path(f"/proc/{one}/net")) if s.inode in inodes}
     checks = []
     for pid in _mosquittos():
         if pid in judged:
             continue
         who = f"{process_name(pid)} (pid {pid})"
-        why = _bridges_here(pid, who)
+        why = _bridges_here(pid, who, ports)
         if why is None:
             continue
         checks.append(
@@ -1642,14 +1665,30 @@ def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> l
     edited out) or not yet what is, and the files judged are not known to be what it runs. The
     change time (ctime) is judged, which no tool sets back, of each file and of the link that
     names it; a folder's changes with the files added to it, removed or renamed."""
+    # The password file and the ACL too: a reload re-reads them, but whether one came after
+    # the last change cannot be told, and one put in force and then changed back is not what
+    # the files say.
+    changed = _changed_paths(pid, _broker_paths(conf, cwd))
+    if not changed:
+        return []
+    return [
+        Check(
+            "broker config",
+            Verdict.TODO,
+            f"not checked: {who} started before {', '.join(changed)} last changed, so what it "
+            "runs may not be what was judged",
+            "sudo systemctl restart mosquitto, then run the doctor again",
+        )
+    ]
+
+
+def _changed_paths(pid: int, read: list[Path]) -> list[str]:
+    """Which of the files and folders ``read`` (and the folders holding only them) changed
+    after process ``pid`` started, in words; none if its start cannot be read."""
     started = _process_started(pid)
     if started is None:
         return []
     changed = []
-    # The password file and the ACL too: a reload re-reads them, but whether one came after
-    # the last change cannot be told, and one put in force and then changed back is not what
-    # the files say.
-    read = _broker_paths(conf, cwd)
     for path in read + _quiet_folders(read):
         try:
             # The file and every link met on the way to it (a folder link re-pointed and
@@ -1665,17 +1704,7 @@ def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> l
         # installer writes them, then restarts the broker) is within a tick and a little more.
         if when > started + START_GRACE_S:
             changed.append(str(path))
-    if not changed:
-        return []
-    return [
-        Check(
-            "broker config",
-            Verdict.TODO,
-            f"not checked: {who} started before {', '.join(changed)} last changed, so what it "
-            "runs may not be what was judged",
-            "sudo systemctl restart mosquitto, then run the doctor again",
-        )
-    ]
+    return changed
 
 
 def _guarded(loaded: LoadedConfig, broker: BrokerSettings) -> list[Guarded]:
