@@ -1585,7 +1585,30 @@ def _other_brokers(broker: BrokerSettings) -> list[Check]:
     return checks
 
 
-START_GRACE_S = 0.02  # two clock ticks
+def _coarse_tick() -> float:
+    """One tick of the kernel's coarse clock, which stamps a file's change time (up to a tick
+    behind the true time); 10 ms (HZ 100, the coarsest) if it cannot be asked."""
+    try:
+        tick = time.clock_getres(CLOCK_REALTIME_COARSE)
+    except OSError:
+        return 0.01
+    return tick if 0 < tick <= 0.01 else 0.01
+
+
+CLOCK_REALTIME_COARSE = 5  # Linux's clock id (time has no name for it)
+COARSE_TICK_S = _coarse_tick()
+
+
+def changed_after_start(when: float, started: float) -> bool:
+    """Whether a change stamped ``when`` (a change time) may have come after a process that
+    started at ``started`` (_process_started: never late, a clock tick early at most) read
+    its files. A change time is stamped from the coarse clock, up to COARSE_TICK_S behind the
+    true time: a change stamped later than a tick before the computed start may have come
+    after the true start, and no later time is known by which the process had read its files
+    (Mosquitto 2.0.11 reads them before it listens, but when it began to listen is recorded
+    nowhere). So nothing after the start is let through: a file written in the last tick
+    before the process started is taken as changed too (restarting it again settles it)."""
+    return when > started - COARSE_TICK_S
 
 
 def _broker_paths(conf: MosquittoConf, cwd: str) -> list[Path]:
@@ -1655,8 +1678,11 @@ def _process_started(pid: int) -> float | None:
         ticks = float(stat[stat.rindex(")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+    # The wall clock read first: the time between the two readings makes the start come out
+    # earlier, never later.
+    now = time.time()
     since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    return time.time() - since
+    return now - since
 
 
 def _changed_since_start(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
@@ -1700,9 +1726,7 @@ def _changed_paths(pid: int, read: list[Path]) -> list[str]:
         except (OSError, RuntimeError):  # gone, or a loop of links
             changed.append(f"{path} (gone)")
             continue
-        # The start is known to a tick, never late: a file written just before it (the
-        # installer writes them, then restarts the broker) is within a tick and a little more.
-        if when > started + START_GRACE_S:
+        if changed_after_start(when, started):
             changed.append(str(path))
     return changed
 
@@ -2346,7 +2370,7 @@ def nginx_unloaded(root: Path = NGINX_DIR) -> list[str]:
                 )
             except (OSError, RuntimeError):
                 continue
-            if when > loaded + START_GRACE_S:
+            if changed_after_start(when, loaded):
                 changed.append(str(path))
         if changed:
             said.append(

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.board_network import board_network  # noqa: F401 (a fixture)
 from tests.mosquitto import (
+    FILES_SETTLE_S,
     MOSQUITTO,
     PASSWORDS,
     SENSOR_TM,
@@ -86,6 +87,7 @@ def nginx_written(folder: Path, site: str, *, extra_main: str = "") -> list[str]
 
 
 def started(command: list[str]) -> subprocess.Popen[bytes]:
+    time.sleep(FILES_SETTLE_S)  # its files older than its start, past the doctor's tick
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
