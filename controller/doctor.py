@@ -2040,6 +2040,64 @@ def _passed_elsewhere(nginx: Path, broker_port: int | None) -> list[str]:
     return said
 
 
+LOCALNET_FIX = (
+    "sudo sysctl -w net.ipv4.conf.all.route_localnet=0 (and each interface named: "
+    "net.ipv4.conf.IFACE.route_localnet=0), remove what sets it (grep -r route_localnet "
+    "/etc/sysctl.conf /etc/sysctl.d; a container runtime, a port-forwarding tool), and any "
+    "forward to 127.0.0.1 (sudo iptables -t nat -S; sudo nft list ruleset); a broker for the "
+    "network listens with TLS (Mosquitto's 8883 listener)"
+)
+
+
+def route_localnet(conf: Path = Path("/proc/sys/net/ipv4/conf")) -> list[str] | None:
+    """The interfaces (and "all", "default") of this network namespace whose route_localnet
+    is on, the kernel then routing packets from the network to 127.0.0.0/8 (what a
+    firewall's DNAT to 127.0.0.1 needs); None if that cannot be read."""
+    try:
+        entries = sorted(conf.iterdir())
+    except OSError:
+        return None
+    on = []
+    for entry in entries:
+        try:
+            value = (entry / "route_localnet").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            continue  # an interface gone since it was listed
+        except (OSError, UnicodeError):
+            return None
+        if value != "0":
+            on.append(entry.name)
+    return on
+
+
+def check_route_localnet(conf: Path = Path("/proc/sys/net/ipv4/conf")) -> list[Check]:
+    """Whether the kernel may carry the network's connections to a listener on loopback (the
+    broker's): route_localnet on anywhere leaves the network check TODO, for a forward to
+    127.0.0.1 (a DNAT rule: firewalld's forward-port, a container's published port, the
+    well-known recipe that exposes a loopback-only service) is no socket the probe can see,
+    and the firewall's rules are not read."""
+    on = route_localnet(conf)
+    if on == []:
+        return []
+    said = (
+        "route_localnet cannot be read (/proc/sys/net/ipv4/conf/*/route_localnet)"
+        if on is None
+        else f"route_localnet is on for {', '.join(on)} (/proc/sys/net/ipv4/conf/"
+        f"{on[0]}/route_localnet)"
+    )
+    return [
+        Check(
+            "network MQTT",
+            Verdict.TODO,
+            f"not checked: {said}: the kernel then carries connections from the network to "
+            "127.0.0.1, so a firewall rule forwarding a port there (DNAT) makes a listener on "
+            "loopback, the broker's plain one included, reachable from the network in the "
+            "clear; such a rule is no socket the probe can ask",
+            LOCALNET_FIX,
+        )
+    ]
+
+
 async def check_network(
     wait_s: float,
     net: Path = Path("/proc/net"),
@@ -2048,8 +2106,22 @@ async def check_network(
 ) -> list[Check]:
     """Every TCP socket of the board listening beyond loopback, whichever process holds it,
     asked for MQTT in the clear through the board's own address (network_probe), over
-    WebSockets at /mqtt, / and the paths of nginx's locations (under ``nginx``); and where
-    nginx passes requests on: only to the board's broker, the one on ``broker_port``."""
+    WebSockets at /mqtt, / and the paths of nginx's locations (under ``nginx``); where nginx
+    passes requests on: only to the board's broker, the one on ``broker_port``; and whether
+    the kernel may forward the network's connections to loopback (route_localnet)."""
+    checks = await _check_sockets(wait_s, net, nginx, broker_port)
+    if not board_addresses(net):
+        return checks  # nothing on the board is reachable from a network
+    localnet = check_route_localnet()
+    if localnet:
+        # Not shown closed: a forward to a loopback listener is not asked.
+        return [c for c in checks if c.verdict is not Verdict.OK] + localnet
+    return checks
+
+
+async def _check_sockets(
+    wait_s: float, net: Path, nginx: Path, broker_port: int | None
+) -> list[Check]:
     sockets = [s for s in listening(net) if not s.loopback]
     board = board_addresses(net)
     if not board:
