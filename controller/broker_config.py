@@ -290,11 +290,15 @@ class ConfRefused(ValueError):
     """A configuration Mosquitto 2.0.11 refuses to start with, in words."""
 
 
-def read_mosquitto_conf(path: Path) -> MosquittoConf:
+def read_mosquitto_conf(
+    path: Path, seen_from: Callable[[Path], Path] | None = None
+) -> MosquittoConf:
     """``path`` and the files of its ``include_dir`` lines (each folder's ``*.conf``, in
     Mosquitto's order, read where the line is, as Mosquitto reads them). OSError (as
     PermissionError or FileNotFoundError, with the file's name) if a file cannot be read;
-    ConfRefused if Mosquitto would not start with it (an include_dir naming no folder)."""
+    ConfRefused if Mosquitto would not start with it (an include_dir naming no folder).
+    ``seen_from``: where a folder an include_dir names is read from here (another process's
+    root: path_in_root), ``path`` being given so already."""
     files: list[tuple[Path, int]] = []
     lines: list[ConfLine] = []
     unusual: list[str] = []
@@ -307,7 +311,8 @@ def read_mosquitto_conf(path: Path) -> MosquittoConf:
             if not line.raw:
                 raise ConfRefused(f"{line.where}: include_dir names no folder")
             try:
-                folder_files = included_files(Path(line.raw))
+                folder = Path(line.raw)
+                folder_files = included_files(seen_from(folder) if seen_from else folder)
             except (FileNotFoundError, NotADirectoryError) as exc:
                 blank = (
                     " (a blank at its end is part of the name)" if line.raw != line.value else ""
@@ -877,12 +882,14 @@ def process_sockets(pid: int, proc: Path = Path("/proc")) -> set[int]:
     return found
 
 
-def path_in_root(pid: int, path: str | Path, budget: int = 40) -> Path:
+def path_in_root(
+    pid: int, path: str | Path, budget: int = 40, links: list[Path] | None = None
+) -> Path:
     """Where ``path`` (absolute, as process ``pid`` names it) is, seen from here through
     /proc/PID/root: its links followed in the process's own root and mount namespace (the
     kernel would follow an absolute link met under /proc/PID/root from this process's root
     instead). RuntimeError past ``budget`` links (a loop); OSError if that root cannot be
-    read."""
+    read. Each link met is added to ``links``, as seen from here."""
     base = Path(f"/proc/{pid}/root")
     pending = [p for p in PurePosixPath(os.path.normpath(path)).parts if p != "/"]
     here = PurePosixPath("/")
@@ -896,6 +903,8 @@ def path_in_root(pid: int, path: str | Path, budget: int = 40) -> Path:
         step = here / part
         seen = base / step.relative_to("/")
         if seen.is_symlink():
+            if links is not None:
+                links.append(seen)
             budget -= 1
             if budget < 0:
                 raise RuntimeError(f"too many links on the way to {path}")

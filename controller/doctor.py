@@ -1478,13 +1478,14 @@ def _is_here(host: str) -> bool:
     return why is None or not why.endswith(("not an address of this board", "broadcast address"))
 
 
-def _bridges_here(pid: int, who: str, judged_ports: set[int]) -> str | None:
+def _bridges_here(pid: int, judged_ports: set[int]) -> str | None:
     """Why another Mosquitto may bring messages into this board's broker, in words: a bridge
     (connection) of its configuration whose address is this board, at a port that may lead
     to the board's broker (_leads_in: one of ``judged_ports``, a relay's), or a configuration
-    the doctor cannot read as it runs it (its files elsewhere in its own root, changed since
-    it started, unreadable). None for one that runs files with no such bridge, or Mosquitto's
-    defaults (no -c: no bridge at all)."""
+    the doctor cannot read as it runs it (unreadable, or changed since it started). Its files
+    are read as it sees them, through its own root (a container, a mount namespace of its
+    own). None for one that runs files with no such bridge, or Mosquitto's defaults (no -c:
+    no bridge at all)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -1495,22 +1496,32 @@ def _bridges_here(pid: int, who: str, judged_ports: set[int]) -> str | None:
         for flag, value in itertools.pairwise(argv)
         if flag in (b"-c", b"--config-file")
     ]
+    started = _process_started(pid)
     for name in named:
+        # Read as it sees them: through its own root, its links followed there (a container,
+        # a mount namespace of its own).
+        links: list[Path] = []
+
+        def there(path: Path, links: list[Path] = links) -> Path:
+            return path_in_root(pid, os.path.join(cwd, path), links=links)
+
         try:
-            conf = read_mosquitto_conf(Path(name))
-        except (OSError, ConfRefused) as exc:
-            return f"its configuration {name} cannot be read by the doctor ({exc})"
-        # Where a bridge may stand: its configuration's files and include_dir folders (its
-        # ACL and passwords, changed since, bring nothing into the board's broker).
-        read = [Path(cwd, p) for p, _ in conf.files] + [
-            Path(cwd, line.raw) for line in conf.lines if line.key == "include_dir"
+            conf = read_mosquitto_conf(there(Path(name)), seen_from=there)
+            # Where a bridge may stand: its configuration's files and include_dir folders (its
+            # ACL and passwords, changed since, bring nothing into the board's broker).
+            read = [p for p, _ in conf.files]
+            read += [there(Path(line.raw)) for line in conf.lines if line.key == "include_dir"]
+            when = {str(p): p.stat().st_ctime for p in read}
+            when |= {str(link): link.lstat().st_ctime for link in links}
+        except (OSError, RuntimeError, ConfRefused) as exc:
+            return f"its configuration {name} cannot be read by the doctor as it runs it ({exc})"
+        changed = [
+            p for p, at in when.items() if started is None or changed_after_start(at, started)
         ]
-        changed = _changed_paths(pid, read)
-        if _seen_alike(pid, who, conf, cwd) or changed:
-            return f"what it runs is not known from {name}: " + (
-                f"{', '.join(changed)} changed since it started"
-                if changed
-                else "it finds other files at those paths"
+        if changed:
+            return (
+                f"what it runs is not known from {name}: {', '.join(changed)} changed since it "
+                "started"
             )
         bridge: ConfLine | None = None
         for line in conf.lines:
@@ -1568,7 +1579,7 @@ def _other_brokers(broker: BrokerSettings) -> list[Check]:
         if pid in judged:
             continue
         who = f"{process_name(pid)} (pid {pid})"
-        why = _bridges_here(pid, who, ports)
+        why = _bridges_here(pid, ports)
         if why is None:
             continue
         checks.append(
