@@ -87,12 +87,15 @@ from treadguard.controller.network_probe import (
     NGINX_DIR,
     NGINX_UNREADABLE,
     WEBSOCKET_PATHS,
+    Directive,
+    NginxUnreadable,
     board_addresses,
     mqtt_answers,
     nginx_files,
     nginx_paths,
     nginx_proxy_targets,
     nginx_unasked,
+    parse_nginx,
     targets,
 )
 from treadguard.controller.preflight import load_runnable
@@ -2363,7 +2366,12 @@ def _nginx_not_board(master: NginxMaster, root: Path) -> str | None:
     a container on the host's network, a systemd drop-in's BindPaths; another root)."""
     want = Path(os.path.abspath(root / "nginx.conf"))
     if master.added:
-        return f"runs with -g {master.added!r}, which the doctor does not read"
+        try:
+            added = parse_nginx(master.added)
+        except NginxUnreadable:
+            added = (Directive("-g", (), (), 1),)
+        if any(d.name not in _NGINX_GLOBALS or d.block is not None for d in added):
+            return f"runs with -g {master.added!r}, which the doctor does not read"
     try:
         os.stat(f"/proc/{master.pid}/root")
         conf_there = path_in_root(master.pid, master.conf)

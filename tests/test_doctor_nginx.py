@@ -91,9 +91,12 @@ def started(command: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def nginx_on(folder: Path, site: str, *, extra_main: str = "") -> subprocess.Popen[bytes]:
-    """Debian's nginx in the foreground on ``folder``/nginx.conf, serving ``site``."""
-    return started(nginx_written(folder, site, extra_main=extra_main))
+def nginx_on(
+    folder: Path, site: str, *, extra_main: str = "", args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Debian's nginx in the foreground on ``folder``/nginx.conf, serving ``site``, with
+    ``args`` on its command line besides."""
+    return started([*nginx_written(folder, site, extra_main=extra_main), *args])
 
 
 def passed_on(path: str, ws_port: int) -> str:
@@ -169,7 +172,8 @@ async def test_nginx_s_configuration_is_read_as_nginx_reads_it(
         ws_location=passed_on("/ws", rig.broker.ws_port),
         page=page,
     )
-    proc = nginx_on(folder, text)
+    # A -g as Debian's unit gives one (-g 'daemon on; master_process on;'): still the board's.
+    proc = nginx_on(folder, text, args=("-g", "pcre_jit on; master_process on;"))
     try:
         wait_listening(proc, [port], lambda: (folder / "error.log").read_text())
         harm = await mqtt_answers(Address(board[0]), port, 3.0, (path,))
@@ -184,6 +188,7 @@ async def test_nginx_s_configuration_is_read_as_nginx_reads_it(
         assert [c.verdict for c in found if f":{port}" in c.detail] == [Verdict.FAIL], found
     else:
         assert "named location (location @broker)" in found[0].detail, found
+        assert NGINX_NOT_ITS not in found[0].detail, found  # the board's own nginx
 
 
 def test_nginx_s_words_are_split_as_nginx_splits_them(tmp_path: Path) -> None:
