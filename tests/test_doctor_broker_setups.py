@@ -545,6 +545,7 @@ async def test_a_broker_that_finds_other_files_at_the_paths_judged_is_not_passed
 def _open_broker(conf: Path, host: str, port: int) -> subprocess.Popen[bytes]:
     """A Mosquitto that lets anyone do anything, on ``host``:``port``, listening."""
     conf.write_text(f"listener {port} {host}\nallow_anonymous true\n")
+    time.sleep(FILES_SETTLE_S)  # its file older than its start, past the doctor's tick
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10.0
     while True:  # bounded: until it accepts a connection, ends, or the deadline
@@ -1048,6 +1049,7 @@ async def test_the_configuration_judged_is_the_one_the_broker_runs(rig: Rig) -> 
 
 def _start_with(broker: Broker, files: list[Path]) -> None:
     """``broker`` started as ``mosquitto -c FILE -c FILE ...``."""
+    time.sleep(FILES_SETTLE_S)  # its files older than its start, past the doctor's tick
     with broker.log.open("ab") as log:
         broker.proc = subprocess.Popen(
             [MOSQUITTO, *(a for f in files for a in ("-c", str(f)))],
