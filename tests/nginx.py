@@ -19,10 +19,11 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from tests.browser import PAGE_DIR
-from tests.mosquitto import START_TIMEOUT_S, free_ports, wait_listening
+from tests.mosquitto import FILES_SETTLE_S, START_TIMEOUT_S, free_ports, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_SITE = ROOT / "config" / "nginx" / "treadguard.conf"
@@ -176,3 +177,47 @@ class Nginx:
                 self.proc.kill()
                 self.proc.wait(timeout=START_TIMEOUT_S)
         self.proc = None
+
+
+def nginx_written(folder: Path, site: str, *, extra_main: str = "") -> list[str]:
+    """Debian's nginx on ``folder``/nginx.conf (shaped as Debian's: the sites-enabled folder
+    included), serving ``site``: the files written, the command that runs it in the
+    foreground."""
+    (folder / "sites-enabled").mkdir(parents=True, exist_ok=True)
+    (folder / "sites-enabled" / "treadguard").write_text(site)
+    (folder / "temp").mkdir(exist_ok=True)
+    (folder / "nginx.conf").write_text(
+        "daemon off;\nworker_processes 1;\n"
+        + extra_main
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        "events {\n  worker_connections 64;\n}\nhttp {\n"
+        f"  access_log {folder}/access.log;\n"
+        + "".join(
+            f"  {kind}_temp_path {folder}/temp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + "  include sites-enabled/*;\n}\n"
+    )
+    return [
+        NGINX,
+        "-p",
+        f"{folder}/",
+        "-c",
+        str(folder / "nginx.conf"),
+        "-e",
+        f"{folder}/error.log",
+    ]
+
+
+def started(command: list[str]) -> subprocess.Popen[bytes]:
+    time.sleep(FILES_SETTLE_S)  # its files older than its start, past the doctor's tick
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def nginx_on(
+    folder: Path, site: str, *, extra_main: str = "", args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Debian's nginx in the foreground on ``folder``/nginx.conf, serving ``site``, with
+    ``args`` on its command line besides."""
+    return started([*nginx_written(folder, site, extra_main=extra_main), *args])

@@ -38,7 +38,7 @@ from tests.mosquitto import (
     password_file,
     wait_listening,
 )
-from tests.nginx import NGINX, ROOT, have_nginx
+from tests.nginx import ROOT, have_nginx, nginx_on
 from tests.test_doctor import (
     Outcome,
     Rig,
@@ -883,30 +883,6 @@ def test_directives_outside_what_the_probe_judges_are_named() -> None:
     ]
 
 
-def _nginx(folder: Path, site: str) -> subprocess.Popen[bytes]:
-    """Debian's nginx in the foreground on ``folder``/nginx.conf (shaped as Debian's: the
-    sites-enabled folder included), serving ``site``."""
-    (folder / "sites-enabled").mkdir(parents=True)
-    (folder / "sites-enabled" / "treadguard").write_text(site)
-    (folder / "temp").mkdir()
-    (folder / "nginx.conf").write_text(
-        "daemon off;\nworker_processes 1;\n"
-        + ("user root;\n" if os.geteuid() == 0 else "")
-        + f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        "events {\n  worker_connections 64;\n}\nhttp {\n"
-        f"  access_log {folder}/access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {folder}/temp/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + "  include sites-enabled/*;\n}\n"
-    )
-    command = [NGINX, "-p", f"{folder}/", "-c", str(folder / "nginx.conf")]
-    command += ["-e", str(folder / "error.log")]
-    time.sleep(FILES_SETTLE_S)  # its files older than its start, past the doctor's tick
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _ws_site(port: int, ws_port: int, *, passed_on: bool) -> str:
     location = (
         f"  location /ws {{\n    proxy_pass http://127.0.0.1:{ws_port};\n"
@@ -936,7 +912,7 @@ async def test_an_nginx_running_another_configuration_is_not_passed(
     assert rig.broker.ws_port is not None
     (port,) = free_ports(1)
     trial = tmp_path / "trial"
-    proc = _nginx(trial, _ws_site(port, rig.broker.ws_port, passed_on=True))
+    proc = nginx_on(trial, _ws_site(port, rig.broker.ws_port, passed_on=True))
     installed = tmp_path / "installed"
     (installed / "sites-enabled").mkdir(parents=True)
     (installed / "sites-enabled" / "treadguard").write_text(
@@ -968,7 +944,7 @@ async def test_an_nginx_location_edited_out_but_still_served_is_not_passed(
     assert rig.broker.ws_port is not None
     (port,) = free_ports(1)
     folder = tmp_path / "nginx"
-    proc = _nginx(folder, _ws_site(port, rig.broker.ws_port, passed_on=True))
+    proc = nginx_on(folder, _ws_site(port, rig.broker.ws_port, passed_on=True))
     try:
         wait_listening(proc, [port], lambda: (folder / "error.log").read_text())
         found = await check_network(3.0, nginx=folder)

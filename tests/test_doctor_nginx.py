@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.board_network import board_network  # noqa: F401 (a fixture)
 from tests.mosquitto import (
-    FILES_SETTLE_S,
     MOSQUITTO,
     PASSWORDS,
     SENSOR_TM,
@@ -31,7 +28,7 @@ from tests.mosquitto import (
     network_addresses,
     wait_listening,
 )
-from tests.nginx import NGINX, have_nginx
+from tests.nginx import NGINX, have_nginx, nginx_on, nginx_written, started
 from tests.pki import make_pki
 from tests.test_doctor import (
     Rig,
@@ -53,50 +50,6 @@ from treadguard.controller.network_probe import (
 )
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
-
-
-def nginx_written(folder: Path, site: str, *, extra_main: str = "") -> list[str]:
-    """Debian's nginx on ``folder``/nginx.conf (shaped as Debian's: the sites-enabled folder
-    included), serving ``site``: the files written, the command that runs it in the
-    foreground."""
-    (folder / "sites-enabled").mkdir(parents=True, exist_ok=True)
-    (folder / "sites-enabled" / "treadguard").write_text(site)
-    (folder / "temp").mkdir(exist_ok=True)
-    (folder / "nginx.conf").write_text(
-        "daemon off;\nworker_processes 1;\n"
-        + extra_main
-        + ("user root;\n" if os.geteuid() == 0 else "")
-        + f"pid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        "events {\n  worker_connections 64;\n}\nhttp {\n"
-        f"  access_log {folder}/access.log;\n"
-        + "".join(
-            f"  {kind}_temp_path {folder}/temp/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        + "  include sites-enabled/*;\n}\n"
-    )
-    return [
-        NGINX,
-        "-p",
-        f"{folder}/",
-        "-c",
-        str(folder / "nginx.conf"),
-        "-e",
-        f"{folder}/error.log",
-    ]
-
-
-def started(command: list[str]) -> subprocess.Popen[bytes]:
-    time.sleep(FILES_SETTLE_S)  # its files older than its start, past the doctor's tick
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def nginx_on(
-    folder: Path, site: str, *, extra_main: str = "", args: tuple[str, ...] = ()
-) -> subprocess.Popen[bytes]:
-    """Debian's nginx in the foreground on ``folder``/nginx.conf, serving ``site``, with
-    ``args`` on its command line besides."""
-    return started([*nginx_written(folder, site, extra_main=extra_main), *args])
 
 
 def passed_on(path: str, ws_port: int) -> str:
@@ -144,6 +97,19 @@ HIDDEN = {
 }
 
 
+def _nginx_and_a_plain_broker(rig: Rig) -> tuple[list[str], int, int]:  # noqa: F811
+    """The rig's broker anew with a plain WebSockets listener on loopback: the board's IPv4
+    addresses, a free port for nginx and the listener's port (the test skipped without nginx
+    or such an address)."""
+    need("Debian's nginx", have_nginx())
+    board = [a for a in network_addresses() if ":" not in a]
+    need("an IPv4 address other than loopback", bool(board))
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    (port,) = free_ports(1)
+    return board, port, rig.broker.ws_port
+
+
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("board_network")  # nginx listening beyond loopback
 @pytest.mark.parametrize("case", sorted(HIDDEN))
@@ -155,12 +121,7 @@ async def test_nginx_s_configuration_is_read_as_nginx_reads_it(
     """nginx passes the broker's plain WebSockets on at a path the configuration names past a
     "#" inside a word, or inside quotes over lines, or after a backslash: MQTT answers there in
     the clear from the board's address. The network check must not pass the board."""
-    need("Debian's nginx", have_nginx())
-    board = [a for a in network_addresses() if ":" not in a]
-    need("an IPv4 address other than loopback", bool(board))
-    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
-    assert rig.broker.ws_port is not None
-    (port,) = free_ports(1)
+    board, port, ws_port = _nginx_and_a_plain_broker(rig)
     path, site = HIDDEN[case]
     folder = tmp_path / "nginx"
     page = tmp_path / "page"
@@ -168,8 +129,8 @@ async def test_nginx_s_configuration_is_read_as_nginx_reads_it(
     (page / "index.html").write_text("<title>treadguard</title>")
     text = site.format(
         port=port,
-        ws=rig.broker.ws_port,
-        ws_location=passed_on("/ws", rig.broker.ws_port),
+        ws=ws_port,
+        ws_location=passed_on("/ws", ws_port),
         page=page,
     )
     # A -g as Debian's unit gives one (-g 'daemon on; master_process on;'): still the board's.
@@ -252,19 +213,14 @@ async def test_an_nginx_not_running_the_board_s_files_is_not_passed(
     title), or one in a mount namespace of its own (a container on the host's network) that
     finds its own files at the board's configuration's path. The probe asks the paths of the
     board's files, which name no /ws: not passed, naming that nginx."""
-    need("Debian's nginx", have_nginx())
-    board = [a for a in network_addresses() if ":" not in a]
-    need("an IPv4 address other than loopback", bool(board))
-    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
-    assert rig.broker.ws_port is not None
-    (port,) = free_ports(1)
+    board, port, ws_port = _nginx_and_a_plain_broker(rig)
     installed = _board_nginx_files(tmp_path / "installed")
     foreign = tmp_path / "foreign"
     site = (
         f"server {{\n  listen {port};\n  server_name _;\n"
         "  location / { return 404; }\n"
         "  location = /mqtt { return 301 https://$host$request_uri; }\n"
-        f"  {passed_on('/ws', rig.broker.ws_port)}\n}}\n"
+        f"  {passed_on('/ws', ws_port)}\n}}\n"
     )
     if how == "master_process_off":
         proc = nginx_on(foreign, site, extra_main="master_process off;\n")
