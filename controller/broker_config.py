@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -338,10 +339,24 @@ def included_files(folder: Path) -> list[Path]:
     return sorted(names, key=lambda p: os.fsencode(p.name).lower())
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; OSError naming it otherwise. Opened
+    without waiting: a pipe (a configuration given as -c FIFO, or /dev/stdin) would hold the
+    reader until a writer came, for ever, deaf to signals."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
 def _conf_lines(
     path: Path, files: list[tuple[Path, int]], unusual: list[str], part: int
 ) -> Iterator[ConfLine]:
-    data = path.read_bytes()
+    data = read_regular(path)
     files.append((path, len(data)))
     numbered = file_lines(data)
     unusual.extend(unusual_characters(path, numbered))

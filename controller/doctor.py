@@ -1532,15 +1532,22 @@ def _bridges_here(pid: int, judged_ports: set[int]) -> str | None:
                 bridge = line
             elif bridge is not None and line.key in ("address", "addresses"):
                 for target in line.value.split():
-                    host, _, port = target.rpartition(":")
-                    if not port.isdigit():
-                        host, port = target, "1883"  # Mosquitto's default
-                    if _is_here(host.strip("[]")) and _leads_in(int(port), judged_ports):
+                    host, port = bridge_target(target)
+                    if _is_here(host) and _leads_in(port, judged_ports):
                         return (
                             f"its bridge {bridge.value} ({bridge.where}) connects to this "
                             f"board, at {target} ({line.where})"
                         )
     return None
+
+
+def bridge_target(word: str) -> tuple[str, int]:
+    """A bridge's ``address`` word as host and port: ``HOST:PORT``, else the host alone at
+    Mosquitto's default port (1883); an IPv6 literal's brackets go."""
+    host, _, port = word.rpartition(":")
+    if not (port.isascii() and port.isdigit()):  # "²" is a digit to Python, not to atoi
+        host, port = word, "1883"  # Mosquitto's default
+    return host.strip("[]"), int(port)
 
 
 def _leads_in(port: int, judged_ports: set[int]) -> bool:
@@ -2033,9 +2040,10 @@ def _passed_elsewhere(nginx: Path, broker_port: int | None) -> list[str]:
         ip = ipaddress.ip_address(host)
 
         def binds(address: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ip) -> bool:
-            return (
-                ipaddress.ip_address(address).is_unspecified or ipaddress.ip_address(address) == ip
-            )
+            # Of the target's own family: a socket on [::] may be IPv6-only (Mosquitto makes
+            # it so), leaving 127.0.0.1 at that port to any other program.
+            bound = ipaddress.ip_address(address)
+            return bound.version == ip.version and (bound.is_unspecified or bound == ip)
 
         if ip.is_loopback and any(p == port and binds(a) for a, p in judged):
             continue

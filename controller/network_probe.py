@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadguard.controller.broker_config import host_port
+from treadguard.controller.broker_config import host_port, read_regular
 
 PROBE_USERNAME = "treadguard-doctor-probe"
 WEBSOCKET_PATHS = ("/mqtt", "/")
@@ -365,7 +365,12 @@ def nginx_files(root: Path = NGINX_DIR) -> list[Path]:
         ("modules-enabled", ".conf"),
     ):
         with contextlib.suppress(OSError):
-            files += sorted(p for p in (root / folder).iterdir() if p.name.endswith(suffix))
+            # As nginx's include globs them: a name that starts with a dot is not matched.
+            files += sorted(
+                p
+                for p in (root / folder).iterdir()
+                if p.name.endswith(suffix) and not p.name.startswith(".")
+            )
             files.append(root / folder)
     return files
 
@@ -378,8 +383,11 @@ def _enabled(root: Path) -> list[tuple[Path, tuple[Directive, ...] | NginxUnread
     for path in nginx_files(root):
         if path.is_dir():
             continue
+        if path.exists() and not path.is_file():  # a pipe nginx would wait on: not read
+            read.append((path, NginxUnreadable(0, "the file is not a regular file")))
+            continue
         try:
-            text = path.read_bytes().decode("utf-8", "surrogateescape")
+            text = read_regular(path).decode("utf-8", "surrogateescape")
         except OSError:
             continue
         try:
