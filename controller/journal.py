@@ -828,11 +828,9 @@ class Journal:
             confirmed.setdefault(int(session), {**json.loads(fields), "ts": float(ts)})
         return confirmed
 
-    def user_record(self, user: str, *, measures: bool = True) -> UserRecord:
+    def user_record(self, user: str) -> UserRecord:
         """Everything of one user's that their plan goes by (controller/plan.py): sessions,
-        the newest outcome entries of each, the clinician's confirmations, the measures
-        (``measures=False``: none, for the proposal alone, which does not go by them: a read
-        on the command path must not grow with years of measures)."""
+        the newest outcome entries of each, the clinician's confirmations, the measures."""
         sessions = self.sessions(user)
         rows = self._query(
             "SELECT e.session_id, e.ts, e.type, e.fields FROM sessions s JOIN events e"
@@ -847,7 +845,7 @@ class Journal:
             sessions=sessions,
             outcomes={n: outcomes_of(events) for n, events in by_session.items()},
             confirmed=self.confirmed_sessions(user),
-            measures=self.measures(user) if measures else (),
+            measures=self.measures(user),
         )
 
     def measures(self, user: str | None = None) -> list[MeasureRow]:

@@ -486,20 +486,6 @@ def _known(proposal: Proposal) -> Callable[[], Proposal]:
     return lambda: proposal
 
 
-def asks_less(
-    rules: ProgressionRules,
-    programs: Mapping[str, Program],
-    proposal: Proposal,
-    program: str,
-    cap_s: float,
-) -> bool:
-    """Whether ``proposal`` asks less of the user than ``program`` at ``cap_s``: program
-    first, then cap, as holds and sessions cut short are bounded."""
-    return _rank(rules, programs[proposal.program], proposal.cap_s) < _rank(
-        rules, programs[program], cap_s
-    )
-
-
 def _rank(rules: ProgressionRules, program: Program, cap: float) -> tuple[int, float]:
     """How much a program and cap ask of a user: a first session's least, then each phase's
     program in the protocol's order, then a program no phase names (not known to ask less);

@@ -47,7 +47,7 @@ from treadguard.controller.control import Controller, EventListener, TimerHandle
 from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
-from treadguard.controller.plan import Proposal, asks_less, propose
+from treadguard.controller.plan import Proposal, propose
 from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
@@ -396,8 +396,6 @@ class System:
                 # A proof run (commissioning) only when the commissioning tool says so, never
                 # because a command carried it.
                 command = replace(command, returning=self._returning(command.user), proof=proof_run)
-                if command.returning and command.program is None and command.cap_s is None:
-                    command = self._no_more_than_proposed(command)
             if self.journal_problem is not None:
                 # Found during this read (its report is only scheduled): the core hears of it
                 # before the command, so no start goes ahead on a journal known to be broken.
@@ -645,7 +643,7 @@ class System:
         if self.journal is None:
             raise JournalError(f"the journal cannot be read ({self.journal_problem or 'none'})")
         return propose(
-            self.journal.user_record(user.strip(), measures=False),  # it goes by none
+            self.journal.user_record(user.strip()),
             self.loaded.rules,
             self.loaded.programs,
             zone=self.loaded.config.clinic.zone(),
@@ -716,23 +714,6 @@ class System:
         for counted in [*self.refusals.take_closed(), *self.speed_changes.take_closed()]:
             self.controller.publish(counted)
         return admitted
-
-    def _no_more_than_proposed(self, command: StartSession) -> StartSession:
-        """A returning user's start that names neither program nor cap ("From history" on the
-        page): the returning program at its default cap, or the proposal for the user's next
-        session where that asks less (held by a pain rise or an emergency stop, bounded after
-        a session cut short: docs/plan.md). A journal that cannot be read leaves the start as
-        it came; its failure is reported, and the core refuses a start on it."""
-        name = self.core.returning_program
-        try:
-            proposed = self.proposal(command.user)
-        except JournalError as exc:
-            self._journal_failed(str(exc))
-            return command
-        default = self.loaded.programs[name].cap_s_default
-        if asks_less(self.loaded.rules, self.loaded.programs, proposed, name, default):
-            return replace(command, program=proposed.program, cap_s=proposed.cap_s)
-        return command
 
     def _returning(self, user: str) -> bool:
         if self.journal is None:

@@ -1892,8 +1892,7 @@ function fillPrograms() {
   const rule =
     programChoice.default && programChoice.returning
       ? `From history: ${title(programChoice.default)} for a first session, ` +
-        `${title(programChoice.returning)} after that, ` +
-        "or the proposed session where it asks less."
+        `${title(programChoice.returning)} after that.`
       : "";
   $("program-hint").textContent = last ? `Last time on this tablet: ${title(last)}. ${rule}` : rule;
   const chosen = $("program").value;

@@ -66,33 +66,3 @@ async def test_a_confirmation_and_a_measure_from_the_tablet(
     refusals = [e.fields for e in journal.events() if e.type == "command_refused"]
     assert [r["command"] for r in refusals] == ["confirm_first_session", "record_measure"]
     journal.close()
-
-
-@pytest.mark.asyncio
-async def test_a_start_from_history_is_never_more_than_the_proposal(
-    make_daemon: Callable[..., DaemonProcess], broker: Broker
-) -> None:
-    """A first session stopped early, with pain 2 before and 6 after, confirmed by a clinician:
-    the user has a first session, and the proposal holds them at the first session (pain
-    rose 4 points). A start that names no program ("From history" on the page) gets the
-    first-session program at the proposal's cap, not reverse walking; one that names reverse
-    walking is the clinician's choice and runs."""
-    tm = "tm-plan-hold"
-    make_daemon(treadmill_id=tm, sensors="mqtt")
-    async with sensor_user(broker, tm), clinician(broker, tm) as doc:
-        await doc.state(lambda s: s["stale"] == [], within=10.0)
-        state = await doc.start_running("u-sore")
-        session = state["session"]["id"]
-        ok(await doc.command("outcome_before", session_id=session, pain=2, user="u-sore"))
-        ok(await doc.command("stop"))
-        await doc.state(lambda s: s["state"] == "idle", within=15.0)
-        ok(await doc.command("outcome_after", session_id=session, pain=6, user="u-sore"))
-        ok(await doc.command("confirm_first_session", session_id=session, user="u-sore"))
-        state = await doc.start_running("u-sore")
-        assert (state["session"]["program"], state["session"]["cap_s"]) == ("first_session", 180.0)
-        ok(await doc.command("stop"))
-        await doc.state(lambda s: s["state"] == "idle", within=15.0)
-        state = await doc.start_running("u-sore", program="reverse_walking")
-        assert state["session"]["program"] == "reverse_walking"
-        ok(await doc.command("stop"))
-        await doc.state(lambda s: s["state"] == "idle", within=15.0)
