@@ -749,8 +749,13 @@ class Journal:
         return None if rows[0][0] is None else int(rows[0][0])
 
     def newest_session_of(self, user: str) -> int | None:
-        """The id of ``user``'s newest session, None if they have none."""
-        rows = self._query("SELECT MAX(id) FROM sessions WHERE user = ?", (user,))
+        """The id of ``user``'s newest session but those that ended with the belt never
+        moving (a start stopped in its countdown), None if they have none."""
+        rows = self._query(
+            "SELECT MAX(id) FROM sessions WHERE user = ?"
+            " AND NOT (ended_at IS NOT NULL AND belt_moving_s IS NOT NULL AND belt_moving_s <= 0)",
+            (user,),
+        )
         return None if rows[0][0] is None else int(rows[0][0])
 
     def last_session_id(self) -> int:

@@ -377,7 +377,10 @@ def _first_session_again(
     elif not tried:
         words = "no first session on record yet"
     else:
-        s = tried[-1]
+        # The latest in which the belt moved, the one a clinician may confirm (a start stopped
+        # in its countdown after it is no attempt), else the latest.
+        moved = [x for x in tried if not (x.belt_moving_s is not None and x.belt_moving_s <= 0)]
+        s = (moved or tried)[-1]
         on = f"session {s.id} on {t.day(s.started_at, zone)}"
         shortest = programs[s.program].cap_s_min
         belt = s.belt_moving_s if s.belt_moving_s is not None else math.nan
@@ -390,7 +393,7 @@ def _first_session_again(
             )
         else:
             words = f"first session again: {on} ended: {t.ended_by(s.end_reason)}"
-        if may_confirm:
+        if may_confirm and moved:
             words += " (a clinician may confirm it counts)"
     if last is not None and last not in tried:
         ended = t.ended_by(last.end_reason)

@@ -84,6 +84,13 @@ def _command_path_work(tmp_path: Path, events_per_session: int, measures: int) -
             [(NOW - 86_400 * 60, n)
              for n in range(1, SESSIONS + 1) for _ in range(events_per_session)],
         )  # fmt: skip
+        # And the clinician's record: as many entries as a session keeps, or one.
+        entries = 20 if events_per_session > 2 else 1
+        db.executemany(
+            "INSERT INTO events (ts, type, session_id, fields)"
+            " VALUES (?, 'outcome_recorded', ?, '{\"when\": \"after\", \"pain\": 3}')",
+            [(NOW - 86_400 * 60, n) for n in range(1, SESSIONS + 1) for _ in range(entries)],
+        )  # fmt: skip
         db.executemany(
             "INSERT INTO measures (user, kind, value, measured_on, recorded_at)"
             " VALUES ('p-1', 'tug', 12.0, ?, ?)",
@@ -120,7 +127,8 @@ def test_the_command_path_reads_no_more_of_a_longer_record(tmp_path: Path) -> No
     behind them: a read there that grows with the journal's years held an estop back by
     seconds (a count over 300,000 measures for each record_measure of a flood; a start
     walking every event of a user's 600 sessions). The work they do is the same for a user
-    whose sessions have 150 times the events and who has 1,000 times the measures."""
+    whose sessions have 150 times the events (and 20 times the clinician's record entries)
+    and who has 1,000 times the measures."""
     small = _command_path_work(tmp_path, events_per_session=2, measures=2)
     large = _command_path_work(tmp_path, events_per_session=300, measures=2_000)
     assert large <= 1.5 * small + 50, (small, large)

@@ -354,6 +354,19 @@ def test_what_the_rules_gave_the_session_after_a_first_session_cut_short_is_the_
         assert got.reason.endswith("(at most the 5 min the rules gave session 2)"), got.reason
 
 
+def test_the_attempt_named_for_confirming_is_the_latest_in_which_the_belt_moved() -> None:
+    """A first session stopped after 22 s, then a start stopped in its countdown: the reason
+    names the one a clinician may confirm (the daemon refuses the empty one), and offers no
+    confirmation where the belt never moved at all."""
+    tried = session(1, "first_session", "operator_stop", 22.0)
+    empty = session(2, "first_session", "operator_stop", 0.0, day=1)
+    got = plan(UserRecord("p-1", [tried, empty]), day=2)
+    assert "session 1 on 2026-12-01 had 22 s of belt time" in got.reason, got.reason
+    assert got.reason.endswith("(a clinician may confirm it counts)"), got.reason
+    got = plan(UserRecord("p-1", [empty]), day=2)
+    assert "may confirm" not in got.reason, got.reason
+
+
 def test_a_record_of_holds_only_is_proposed_for_however_long_it_is() -> None:
     """Every session after the first ended in an emergency stop, 1,500 of them: the bound on a
     hold asks the record before the last session once, never once a session (Python's

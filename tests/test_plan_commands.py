@@ -255,6 +255,10 @@ def test_only_a_user_s_latest_session_is_confirmed_as_their_first(desk: Desk) ->
         assert refused(desk.send(ConfirmFirstSession(0.0, n)), RefusalCode.NOT_ALLOWED) == latest
     assert isinstance(desk.send(ConfirmFirstSession(0.0, "3")), Accepted)
     assert isinstance(desk.send(ConfirmFirstSession(0.0, "2")), Accepted)
+    # A start stopped in its countdown, the belt never moving, is no later attempt.
+    desk.session(6, "p-6", "first_session", "operator_stop", 22.0)
+    desk.session(7, "p-6", "first_session", "operator_stop", 0.0)
+    assert isinstance(desk.send(ConfirmFirstSession(0.0, "6")), Accepted)
 
 
 def test_a_session_whose_belt_time_is_not_on_record_is_not_confirmed(desk: Desk) -> None:
