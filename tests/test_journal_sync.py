@@ -35,6 +35,7 @@ class HeldDisk(Journal):
         self.threads: list[int] = []
         self.fail: str | None = None
         self.release_checkpoint = threading.Event()
+        self.checkpoint_started = threading.Event()  # set by the first checkpoint's worker
         self.checkpoints = 0
         self.over_limit = False
 
@@ -43,6 +44,7 @@ class HeldDisk(Journal):
 
     def checkpoint(self) -> None:
         self.checkpoints += 1
+        self.checkpoint_started.set()
         self.release_checkpoint.wait(10.0)
 
     def sync(self) -> None:
@@ -261,6 +263,11 @@ async def test_a_slow_checkpoint_is_no_sync_past_its_bound_and_waits_for_its_tim
         sync.request()
         await calls.until(lambda n=n: sync.durable >= n)  # type: ignore[misc]
     # One checkpoint, held far past the sync's bound: syncs went on, and nothing failed.
+    # It runs on a worker of its own, which may begin after the syncs that followed it.
+    assert await asyncio.to_thread(disk.checkpoint_started.wait, 10.0)
+    disk.record(event(6), 6.0)  # and a sync while it is held
+    sync.request()
+    await calls.until(lambda: sync.durable >= 6)
     assert disk.checkpoints == 1
     await asyncio.sleep(0.3)  # past the bound: a window, not a synchronisation
     assert calls.failures == []
