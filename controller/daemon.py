@@ -34,6 +34,7 @@ from treadguard.contract.mqtt import (
 )
 from treadguard.controller.control import Controller
 from treadguard.controller.drives import Rig, build_driver, in_process_rig
+from treadguard.controller.journal import JournalError
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
 from treadguard.controller.queries import (
@@ -190,7 +191,10 @@ class Daemon:
         # their session_ended): said on the events topic too, once connected, so a tablet
         # that kept one open (the page asks for the record after its own) hears it is over.
         for session in opened.interrupted:
-            row = None if opened.journal is None else opened.journal.session(session)
+            try:
+                row = None if opened.journal is None else opened.journal.session(session)
+            except JournalError:  # read a moment ago; unread now, it is said without it
+                row = None
             belt = None if row is None else row.belt_moving_s  # as its samples show it
             self.link.on_event(
                 Event(
