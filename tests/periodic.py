@@ -56,24 +56,36 @@ class Elsewhere:
 
 
 @asynccontextmanager
+async def elsewhere(name: str) -> AsyncIterator[Elsewhere]:
+    """An event loop on a thread of its own (named ``name``) for the ``async with`` block, as
+    a device is a machine of its own: a test process busy with its clients and browsers (CI
+    runs several at once) never holds up what runs there."""
+    there = Elsewhere(asyncio.new_event_loop())
+    thread = threading.Thread(target=there.loop.run_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield there
+    finally:
+        there.loop.call_soon_threadsafe(there.loop.stop)
+        await asyncio.to_thread(thread.join, 10.0)
+        there.loop.close()
+
+
+@asynccontextmanager
 async def periodic_elsewhere(
     loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str
 ) -> AsyncIterator[Elsewhere]:
-    """As :func:`periodic`, with ``loop(stop)`` on an event loop of a thread of its own, as a
-    device is a machine of its own: a test process busy with its clients and browsers (CI runs
-    several at once) never holds it up, so a sensor the daemon takes as stale went silent
-    because the test said so. What the test hands it (its values) is read by that loop as it
-    goes; :meth:`Elsewhere.run` runs one more coroutine there (a publication out of turn)."""
-    elsewhere = Elsewhere(asyncio.new_event_loop())
-    thread = threading.Thread(target=elsewhere.loop.run_forever, name=name, daemon=True)
-    thread.start()
-    try:
+    """As :func:`periodic`, with ``loop(stop)`` on an event loop of a thread of its own
+    (:func:`elsewhere`): a sensor the daemon takes as stale went silent because the test said
+    so. What the test hands it (its values) is read by that loop as it goes;
+    :meth:`Elsewhere.run` runs one more coroutine there (a publication out of turn)."""
+    async with elsewhere(name) as there:
 
         async def begin() -> tuple[asyncio.Event, asyncio.Task[None]]:
             stop = asyncio.Event()
             return stop, asyncio.create_task(loop(stop))
 
-        stop, task = await elsewhere.run(begin())
+        stop, task = await there.run(begin())
 
         async def end() -> None:
             stop.set()
@@ -84,10 +96,6 @@ async def periodic_elsewhere(
                     await task
 
         try:
-            yield elsewhere
+            yield there
         finally:
-            await elsewhere.run(end())
-    finally:
-        elsewhere.loop.call_soon_threadsafe(elsewhere.loop.stop)
-        await asyncio.to_thread(thread.join, 10.0)
-        elsewhere.loop.close()
+            await there.run(end())

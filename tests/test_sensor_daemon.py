@@ -5,7 +5,6 @@ clinician's view over a real Mosquitto (SR-3, SR-4, SR-5, SR-8)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +15,7 @@ import pytest_asyncio
 from tests.clinician import SESSION_WAIT_S, Clinician, clinician, refused
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
+from tests.periodic import elsewhere
 from treadguard.simulator.modbus_io import IoModuleServer, SimulatedIoModule, serve_io_module_tcp
 
 GRIP_LEFT, GRIP_RIGHT, FALL = 0, 1, 2
@@ -65,20 +65,12 @@ async def io_module() -> AsyncIterator[tuple[ModuleOfItsOwn, IoModuleServer]]:
     module.set(GRIP_LEFT, True)
     module.set(GRIP_RIGHT, True)
     module.set(FALL, True)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="io-module", daemon=True)
-    thread.start()
-    try:
-        served = asyncio.run_coroutine_threadsafe(serve_io_module_tcp(module), loop)
-        server = await asyncio.wrap_future(served)
+    async with elsewhere("io-module") as there:
+        server = await there.run(serve_io_module_tcp(module))
         try:
-            yield ModuleOfItsOwn(module, loop), server
+            yield ModuleOfItsOwn(module, there.loop), server
         finally:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.close(), loop))
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join, 10.0)
-        loop.close()
+            await there.run(server.close())
 
 
 @asynccontextmanager
