@@ -40,6 +40,7 @@ import aiomqtt
 import pytest
 
 from tests.clinician import STANDSTILL_MPH, clinician, sensor_user
+from tests.daemon_process import DAEMON_NICE
 from tests.mosquitto import Login, body, listen_addresses, listening_query, tablet, text_is
 from tests.systemd_container import SystemdContainer, missing_prerequisites
 from tests.test_doctor import ALL_GREEN as DOCTOR_ALL_GREEN
@@ -902,6 +903,11 @@ def _start(board: Board) -> None:
 
 def test_start_waits_for_ready_and_stop_ends_a_session_under_control(board: Board) -> None:
     _start(board)
+    # Ahead of the board's other services for the CPU (the unit's Nice=): a busy board must not
+    # make its control ticks late.
+    pid = board.unit("MainPID")["MainPID"]
+    stat = board.box.run("cat", f"/proc/{pid}/stat").stdout
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == DAEMON_NICE == -10, stat
     broker = Broker()
 
     async def session_then_stop() -> dict[str, Any]:
