@@ -15,6 +15,7 @@ the only one the daemon lets them start.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from treadguard.config.progression import Phase, ProgressionRules
+from treadguard.config.progression import Phase, ProgressionRules, UserPlan
 from treadguard.contract.measures import MEASURES, Measure, MeasureKind
 from treadguard.controller import report_text as t
 from treadguard.controller.first_session import PLANNED_ENDS, counts
@@ -267,32 +268,49 @@ class _Asker:
         note = None if own is None else own.note
         week = _week(first.started_at, now, zone)
         phase = _phase_at(rules, week, None if own is None else own.phase)
+        gave = functools.cache(gave)  # a walk back: asked at most once here
+        unheld = self._unheld(first, last, phase, week, own, note, gave)
         held = _holds(record, rules, last, zone)
-        if held:
-            # Held: the program and cap of the session that holds, but never more than the
-            # rules gave it. One started by hand with more (8 min after a 5 min session;
-            # intervals in week 1) holds at what the rules proposed for it.
-            ran, given = programs.get(last.program), gave()
-            if ran is not None:
-                program, cap = ran, _within(last.cap_s, ran)
-            else:  # a program no longer among the clinic's: the one the rules gave
-                program, cap = programs[given.program], given.cap_s
-            words = f"held at {_lower_first(program.title)}: {held}"
-            program, cap, bound = _at_most(rules, programs, program, cap, given, last)
-            held_phase = _phase_of(rules, program) or phase
-            return _proposal(
-                record,
-                rules,
-                program,
-                cap,
-                words + bound,
-                week,
-                note,
-                held_phase,
-                held=True,
-                counted=True,
+        if not held:
+            return unheld
+        # Held: the program and cap of the session that holds, but never more than the rules
+        # gave it. One started by hand with more (8 min after a 5 min session; intervals in
+        # week 1) holds at what the rules proposed for it.
+        ran, given = programs.get(last.program), gave()
+        if ran is not None:
+            program, cap = ran, _within(last.cap_s, ran)
+        else:  # a program no longer among the clinic's: the one the rules gave
+            program, cap = programs[given.program], given.cap_s
+        words = f"held at {_lower_first(program.title)}: {held}"
+        program, cap, bound = _at_most(rules, programs, program, cap, given, last)
+        # Nor more than the same record proposes without the hold: a hold holds progression
+        # back, it never moves a user on (intervals started by hand in week 1 to their cap are
+        # followed by reverse walking at its default cap, held or not).
+        without = programs[unheld.program]
+        if _rank(rules, program, cap) > _rank(rules, without, unheld.cap_s):
+            program, cap = without, unheld.cap_s
+            bound = (
+                f" (at most {_lower_first(unheld.program_title)}, {_cap(unheld.cap_s)}, as "
+                f"without the hold)"
             )
+        held_phase = _phase_of(rules, program) or phase
+        return _proposal(
+            record, rules, program, cap, words + bound, week, note, held_phase,
+            held=True, counted=True,
+        )  # fmt: skip
 
+    def _unheld(
+        self,
+        first: SessionRow,
+        last: SessionRow,
+        phase: Phase,
+        week: int,
+        own: UserPlan | None,
+        note: str | None,
+        gave: Callable[[], Proposal],
+    ) -> Proposal:
+        """The proposal after ``last`` as if nothing held progression back."""
+        record, rules, programs, zone = self.record, self.rules, self.programs, self.zone
         program = programs[phase.program]
         if last.id == first.id and last.program in self.minimum:
             # On from the user's own first session: the phase's program at its default cap.

@@ -5,8 +5,10 @@ by the same rule the daemon enforces (Journal.has_history, SR-7)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
+from operator import add
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -214,6 +216,24 @@ def test_a_hold_after_a_harder_program_started_by_hand_proposes_the_one_the_rule
         got = plan(UserRecord("p-1", sessions), day=2)
         assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
         assert got.reason.endswith("(at most reverse walking, 5 min, as the rules gave session 2)")
+
+
+def test_a_hold_never_proposes_more_than_the_same_record_without_it() -> None:
+    """Week 1: the first session, reverse walking to its 5 min cap, then intervals started by
+    hand at 8 min and run to their cap. Without a pain rise the next proposal is reverse
+    walking at its default 5 min (the last session was another program); with one, the hold
+    once proposed the 6 min the rules gave the intervals session, more than no hold."""
+    sessions = [
+        session(1, "first_session", "cap", 180.0),
+        session(2, "reverse_walking", "cap", 300.0, day=1),
+        session(3, "intervals", "cap", 480.0, cap_s=480.0, day=2),
+    ]
+    free = plan(UserRecord("p-1", sessions), day=3)
+    assert (free.held, free.program, free.cap_s) == (False, "reverse_walking", 300.0), free.reason
+    got = plan(UserRecord("p-1", sessions, outcomes={3: pain(2, 5)}), day=3)
+    assert (got.held, got.program, got.cap_s) == (True, "reverse_walking", 300.0), got.reason
+    assert got.reason.startswith("Reverse walking, 5 min: held at intervals: pain rose 3 points")
+    assert got.reason.endswith("(at most reverse walking, 5 min, as without the hold)")
 
 
 def test_holds_one_after_another_never_climb_above_what_the_rules_gave() -> None:
@@ -462,19 +482,30 @@ FLOATS = st.one_of(
     st.sampled_from([math.nan, math.inf, -math.inf]),
 )
 
+CAPS = st.sampled_from([180.0, 240.0, 300.0, 360.0, 420.0, 480.0])
+
 
 @st.composite
 def records(draw: st.DrawFn) -> UserRecord:
     names = [*PROGRAMS, "history", "removed_program"]
     rows = []
+    start = T0
     for n in range(1, draw(st.integers(0, 8)) + 1):
-        cap = draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(300.0)))
-        start = T0 + draw(st.floats(min_value=-400 * DAY, max_value=400 * DAY))
+        # Any float, or a cap a program offers (a session run to it: its belt time).
+        cap = draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True), CAPS))
+        # Anywhere in time, or days after the session before, as a course of sessions goes.
+        start = draw(
+            st.one_of(
+                st.floats(min_value=-400 * DAY, max_value=400 * DAY).map(lambda d: T0 + d),
+                st.floats(min_value=0.0, max_value=4 * DAY).map(functools.partial(add, start)),
+            )
+        )
         reason = draw(REASONS)
         rows.append(
             SessionRow(
                 n, "p-1", draw(st.sampled_from(names)), cap, start,
-                None if reason is None else start + 100, reason, draw(FLOATS), None,
+                None if reason is None else start + 100, reason,
+                draw(st.one_of(FLOATS, st.just(cap))), None,
             )
         )  # fmt: skip
     ids = [r.id for r in rows]
@@ -591,6 +622,25 @@ def test_a_hold_never_asks_more_than_the_rules_gave_the_session_that_holds(
         return
     gave = _proposed_before(record, rules, last)
     assert _rank(got, rules) <= _rank(gave, rules), (got.reason, gave.reason)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(record=records(), rules=RULESETS)
+def test_a_hold_never_asks_more_than_the_same_record_with_no_rule_that_holds(
+    record: UserRecord, rules: ProgressionRules
+) -> None:
+    """A hold holds progression back and never moves a user on: whatever the record, the
+    proposal is no more (program, then cap) than under the same rules with nothing that
+    holds (no pain rise large enough, emergency stops not holding)."""
+    last = _last_session(record.sessions)
+    now = (last.started_at if last is not None else T0) + DAY
+    got = propose(record, rules, PROGRAMS, zone=LONDON, now=now)
+    unheld_rules = rules.model_copy(
+        update={"hold": rules.hold.model_copy(update={"pain_rise": 10**9, "emergency_stop": False})}
+    )
+    free = propose(record, unheld_rules, PROGRAMS, zone=LONDON, now=now)
+    assert not free.held
+    assert _rank(got, rules) <= _rank(free, rules), (got.reason, free.reason)
 
 
 @settings(max_examples=400, deadline=None)
