@@ -37,6 +37,7 @@ from treadguard.controller.drives import Rig, build_driver, in_process_rig
 from treadguard.controller.journal import JournalError
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
+from treadguard.controller.proposal_book import BookKeeper
 from treadguard.controller.queries import (
     RENDER_TIMEOUT_S,
     ClinicWords,
@@ -137,8 +138,28 @@ class Daemon:
             self.rig = None
             self.driver = build_driver(loaded, clock.time)
             self.drive_description = f"{cfg.drive.kind} driver"
+        # What a start without a program gets: each user's proposal, worked out off the
+        # command path (controller/proposal_book.py).
+        self.proposals = (
+            None
+            if opened.journal is None
+            else BookKeeper(
+                loaded.path,
+                journal_path,
+                zone=cfg.clinic.zone(),
+                wall=self.wall,
+                commit=lambda: self.system.commit_journal(),
+                logger=self._log.bind(part="proposals"),
+            )
+        )
         self.system = system = System(
-            loaded, clock, self.driver, opened, wall=self.wall, logger=self._log
+            loaded,
+            clock,
+            self.driver,
+            opened,
+            wall=self.wall,
+            logger=self._log,
+            proposals=self.proposals,
         )
         self.sensors = SensorHub(cfg.sensors.effective_inputs(), system.submit_reading)
         # Read-only queries (history, a session's report): answered from the journal's file
@@ -377,6 +398,9 @@ class Daemon:
                 driver = tg.create_task(self.driver.run(), name="driver")
                 link = tg.create_task(_until_cancelled(self.link.run(), "mqtt"), name="mqtt")
                 queries = tg.create_task(self.queries.run(), name="queries")
+                proposals = None
+                if self.proposals is not None:
+                    proposals = tg.create_task(self.proposals.run(), name="proposals")
                 # Never raises but when cancelled: its failures are its own (logged, retried).
                 query_link = tg.create_task(
                     _until_cancelled(self.query_link.run(), "queries-mqtt"), name="queries-mqtt"
@@ -400,6 +424,8 @@ class Daemon:
                 await asyncio.wait([link])
                 self._clean_exit = True
                 queries.cancel()
+                if proposals is not None:
+                    proposals.cancel()
                 query_link.cancel()
                 control.cancel()
                 driver.cancel()

@@ -890,6 +890,11 @@ class Journal:
             sql, args = sql + " WHERE user = ?", (user,)
         return [SessionRow(*row) for row in self._query(sql + " ORDER BY id", args)]
 
+    def users(self) -> list[str]:
+        """Every user with a session on record, the most recently seen first."""
+        rows = self._query("SELECT user FROM sessions GROUP BY user ORDER BY MAX(id) DESC")
+        return [str(user) for (user,) in rows]
+
     def recent_sessions(self, user: str, limit: int) -> tuple[list[SessionRow], int]:
         """A user's ``limit`` newest sessions, newest first, and how many the user has."""
         rows = self._query(

@@ -48,6 +48,7 @@ from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Jo
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
 from treadguard.controller.plan import Proposal, propose
+from treadguard.controller.proposal_book import NotKnown, ProposalSource, WorkedOutOnDemand
 from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
@@ -60,6 +61,7 @@ from treadguard.safety.decisions import (
     RefusalCode,
     Refused,
     Reply,
+    State,
 )
 from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
@@ -169,7 +171,11 @@ class System:
         wall: Callable[[], float],
         time_scale: float = 1.0,
         logger: Any = None,
+        proposals: ProposalSource | None = None,
     ) -> None:
+        """``proposals``: what a start without a program gets (controller/proposal_book.py);
+        by default worked out from the journal when a start asks (a virtual run: nothing waits
+        on the command path there); the daemon passes its book, kept off the command path."""
         cfg = loaded.config
         self.loaded = loaded
         self.clock = clock
@@ -233,6 +239,14 @@ class System:
         self._take_commissioned_baselines(self.commissioning)
         self.controller.gate = self._admit
         self.controller.subscribe(self._journal_event, name="journal")
+        if proposals is None and self.journal is not None:
+            proposals = WorkedOutOnDemand(
+                self.journal, loaded.rules, loaded.programs, zone=cfg.clinic.zone(), wall=wall
+            )
+        self.proposals = proposals
+        if proposals is not None:
+            # After the journal: an entry is worked out from a record that holds the event.
+            self.controller.subscribe(proposals.on_event, name="proposals")
         self.programs: JsonObject = encode_programs(
             loaded.programs,
             cfg.safety,
@@ -396,6 +410,11 @@ class System:
                 # A proof run (commissioning) only when the commissioning tool says so, never
                 # because a command carried it.
                 command = replace(command, returning=self._returning(command.user), proof=proof_run)
+                if command.program is None and command.returning and not proof_run:
+                    chosen = self._from_history(command)
+                    if isinstance(chosen, Refused):
+                        return chosen
+                    command = chosen
             if self.journal_problem is not None:
                 # Found during this read (its report is only scheduled): the core hears of it
                 # before the command, so no start goes ahead on a journal known to be broken.
@@ -408,6 +427,21 @@ class System:
             # is stopped and held at 0 until the core itself is idle.
             self.controller.hold_stopped(f"{command.TYPE.value} failed: {exc!r}")
             raise
+
+    def _from_history(self, command: StartSession) -> StartSession | Refused:
+        """A start without a program, for a user whose first session counts: the program and
+        cap (unless the start names one) of their proposal, holds included, as the book has
+        it; refused, saying why, while their entry is not current. A treadmill that is not
+        idle leaves the start to the core, which refuses it for that."""
+        if self.proposals is None or self.core.state is not State.IDLE:
+            return command
+        chosen = self.proposals.choice(command.user.strip())
+        if isinstance(chosen, NotKnown):
+            reply = Refused(RefusalCode.PRECONDITIONS_UNMET, f"cannot start: {chosen.why}")
+            self._refusal(command.TYPE.value, reply.code.value, reply.message)
+            return reply
+        cap = chosen.cap_s if command.cap_s is None else command.cap_s
+        return replace(command, program=chosen.program, cap_s=cap)
 
     def _record_outcome(self, command: OutcomeCommand) -> Reply:
         """The clinician's record of a session, journaled as an ``outcome_recorded`` event

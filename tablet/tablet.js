@@ -1886,14 +1886,14 @@ function fillUsers() {
 function fillPrograms() {
   const user = typedUser();
   const last = knownUsers()[user];
-  // "From history": the program is left out and the daemon picks it from its journal (a
-  // first session for a user it has none of). The last one seen here is only a hint.
+  // "From history": the program is left out and the daemon picks it from its journal: a
+  // first session for a user it has none of, after that the session the plan proposes (the
+  // patient view's proposal, holds included). The last one seen here is only a hint.
   const title = (name) => (PROGRAMS[name] || {}).title || name;
-  const rule =
-    programChoice.default && programChoice.returning
-      ? `From history: ${title(programChoice.default)} for a first session, ` +
-        `${title(programChoice.returning)} after that.`
-      : "";
+  const rule = programChoice.default
+    ? `From history: ${title(programChoice.default)} for a first session, ` +
+      "the proposed session after that."
+    : "";
   $("program-hint").textContent = last ? `Last time on this tablet: ${title(last)}. ${rule}` : rule;
   const chosen = $("program").value;
   $("program").replaceChildren(

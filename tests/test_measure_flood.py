@@ -11,6 +11,7 @@ from pathlib import Path
 
 from treadguard.config.loading import load_config
 from treadguard.controller.drives import in_process_rig
+from treadguard.controller.proposal_book import ProposalBook
 from treadguard.controller.system import System, open_journal
 from treadguard.safety.decisions import Accepted
 from treadguard.safety.inputs import (
@@ -97,7 +98,12 @@ def _command_path_work(tmp_path: Path, events_per_session: int, measures: int) -
             [((date(2026, 12, 3) - timedelta(days=k % 300)).isoformat(), NOW - 86_400 * 2)
              for k in range(measures)],
         )  # fmt: skip
-    system = System(SIM, loop, in_process_rig(SIM, loop.time).driver, opened, wall=wall)
+    # The daemon's book of proposals, worked out off the command path (here never: a start
+    # from history is refused while the user's entry is not current).
+    system = System(
+        SIM, loop, in_process_rig(SIM, loop.time).driver, opened, wall=wall,
+        proposals=ProposalBook(),
+    )  # fmt: skip
     system.start()
     steps = [0]
 

@@ -1,0 +1,393 @@
+"""What a start without a program gets: the user's proposal (controller/plan.py), worked out
+off the command path.
+
+A start that names no program ("From history" on the page) follows the plan: the program and
+cap it proposes, holds included (a pain rise in the first session keeps the user on the
+first-session program). Working a proposal out reads the user's whole record, which for a user
+with thousands of sessions takes seconds; on the command path that would hold an E-STOP behind
+it, and the control loop with it. So the daemon keeps a book: each user's proposal, worked out
+in a process of its own (controller/proposal_worker.py: on a thread, it would hold the
+interpreter's lock against the event loop) from a read-only connection to the journal, and
+worked out again whenever their record changes (a session started or ended, a pain entry, a
+confirmation). A start reads the book, which costs a dictionary look-up; when the user's entry
+is not current (their record changed a moment ago, or the daemon has only just started), the
+start is refused with that reason and the entry is worked out, so starting again a moment later
+goes ahead.
+
+:class:`ProposalBook` is the bookkeeping, pure and synchronous: which entries are current
+(a generation per user, and an epoch for changes whose user is not known), which users wait
+to be worked out. :class:`BookKeeper` runs it in the daemon: the worker process, the journal's users
+at start-up, and everyone again when the clinic's day changes (the week on the treadmill, and
+with it the phase, goes by the day). A scenario or a test on the virtual clock works each
+entry out on demand instead (:class:`WorkedOutOnDemand`): the same proposal, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from treadguard.config.progression import ProgressionRules
+from treadguard.controller.journal import Journal, JournalError
+from treadguard.controller.plan import propose
+from treadguard.safety.decisions import Event, EventType
+from treadguard.safety.programs import Program
+
+# How often the keeper looks whether the clinic's day has changed.
+DAY_CHECK_S = 60.0
+# The longest one proposal may take in the worker (its start-up included); longer, and it is
+# started afresh for the next.
+WORKER_TIMEOUT_S = 30.0
+# The worker yields the processor to the daemon and the board's other services.
+WORKER_NICENESS = 10
+
+
+@dataclass(frozen=True)
+class StartChoice:
+    """What the proposal gives a start without a program."""
+
+    program: str
+    cap_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotKnown:
+    """Why the proposal cannot be used now, in words for the refusal."""
+
+    why: str
+
+
+class ProposalSource(Protocol):
+    """What System asks at a start without a program, for a user with a first session had."""
+
+    def choice(self, user: str) -> StartChoice | NotKnown: ...
+
+    def on_event(self, event: Event) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Entry:
+    generation: int
+    epoch: int
+    outcome: StartChoice | NotKnown
+
+
+# The events after which a user's proposal may differ: their sessions, their pain entries,
+# a clinician's confirmation of their first session.
+_CHANGES = {
+    EventType.SESSION_STARTED,
+    EventType.SESSION_ENDED,
+    EventType.OUTCOME_RECORDED,
+    EventType.FIRST_SESSION_CONFIRMED,
+}
+
+
+class ProposalBook:
+    """Users' proposals and whether each is current. Sans-I/O: the keeper (or a test) asks
+    :meth:`due` what to work out, works it out and hands it back with :meth:`put`, with the
+    token :meth:`token` gave when it began; an entry whose user's record changed meanwhile is
+    not current and is worked out again."""
+
+    def __init__(self) -> None:
+        self._generation: dict[str, int] = {}
+        self._epoch = 0  # changes whose user is not known: every entry out of date
+        self._entries: dict[str, _Entry] = {}
+        self._session_user: dict[str, str] = {}
+        self._due: dict[str, None] = {}  # insertion-ordered set
+        self.wake: Callable[[], None] = lambda: None
+        self.broken: str | None = None  # why no entry will be worked out any more
+
+    # ------------------------------------------------------------------ the record changes
+
+    def on_event(self, event: Event) -> None:
+        """System's listener: an event journaled (never raises on any fields)."""
+        if event.type not in _CHANGES:
+            return
+        fields = event.fields
+        session = fields.get("session_id")
+        user = fields.get("user")
+        started = event.type is EventType.SESSION_STARTED
+        if started and isinstance(user, str) and isinstance(session, str):
+            self._session_user[session] = user.strip()
+        if not isinstance(user, str) and isinstance(session, str):
+            # Kept after the session ends: its record entries come later and name only it.
+            user = self._session_user.get(session)
+        self.changed(user.strip() if isinstance(user, str) else None)
+
+    def changed(self, user: str | None) -> None:
+        """``user``'s record changed (None: someone's, not known whose)."""
+        if user is None:
+            self._epoch += 1
+            for known in self._entries:
+                self._due[known] = None
+        else:
+            self._generation[user] = self._generation.get(user, 0) + 1
+            self._due[user] = None
+        self.wake()
+
+    # ------------------------------------------------------------------ working out
+
+    def ask(self, user: str) -> None:
+        """Work ``user``'s proposal out (again), unless it is current."""
+        if self._current(user) is None:
+            self._due[user] = None
+            self.wake()
+
+    def everyone(self) -> None:
+        """Work every user with an entry out again (the day changed)."""
+        for user in self._entries:
+            self._due[user] = None
+        self.wake()
+
+    def due(self) -> str | None:
+        """The next user to work out, oldest request first; None if nobody waits."""
+        for user in self._due:
+            del self._due[user]
+            return user
+        return None
+
+    def token(self, user: str) -> tuple[int, int]:
+        return self._generation.get(user, 0), self._epoch
+
+    def put(self, user: str, token: tuple[int, int], outcome: StartChoice | NotKnown) -> None:
+        """``user``'s proposal as worked out from their record as it stood at ``token``."""
+        self._entries[user] = _Entry(token[0], token[1], outcome)
+        if token != self.token(user):
+            self._due[user] = None  # changed meanwhile: once more
+            self.wake()
+
+    # ------------------------------------------------------------------ a start reads it
+
+    def choice(self, user: str) -> StartChoice | NotKnown:
+        """The proposal's program and cap for a start without a program, if ``user``'s entry
+        is current; else why not (and it is asked for)."""
+        if self.broken is not None:
+            return NotKnown(self.broken)
+        current = self._current(user)
+        if current is not None:
+            if isinstance(current.outcome, NotKnown):
+                # The record could not be read then (a busy disk, say): tried again for the
+                # next start, never taken as the answer for good.
+                self._due[user] = None
+                self.wake()
+            return current.outcome
+        self.ask(user)
+        return NotKnown(
+            f"the proposal for {user} is being worked out from their record, which changed a "
+            "moment ago (or the treadmill has just started): start again in a moment, or "
+            "choose a program"
+        )
+
+    def _current(self, user: str) -> _Entry | None:
+        entry = self._entries.get(user)
+        if entry is None or (entry.generation, entry.epoch) != self.token(user):
+            return None
+        return entry
+
+
+def work_out(
+    journal: Journal,
+    user: str,
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    *,
+    zone: ZoneInfo,
+    now: float,
+) -> StartChoice | NotKnown:
+    """``user``'s proposal from ``journal``, as a start's program and cap."""
+    try:
+        record = journal.user_record(user)
+    except JournalError as exc:
+        return NotKnown(f"the record of {user} cannot be read ({exc})")
+    made = propose(record, rules, programs, zone=zone, now=now)
+    return StartChoice(made.program, made.cap_s, made.reason)
+
+
+class WorkedOutOnDemand:
+    """The proposal worked out when a start asks, from the journal System writes: for a
+    scenario or a test on the virtual clock, where nothing waits on the command path."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        rules: ProgressionRules,
+        programs: Mapping[str, Program],
+        *,
+        zone: ZoneInfo,
+        wall: Callable[[], float],
+    ) -> None:
+        self._journal, self._rules, self._programs = journal, rules, programs
+        self._zone, self._wall = zone, wall
+
+    def choice(self, user: str) -> StartChoice | NotKnown:
+        return work_out(
+            self._journal, user, self._rules, self._programs, zone=self._zone, now=self._wall()
+        )
+
+    def on_event(self, event: Event) -> None:
+        pass
+
+
+class WorkerProcess:
+    """controller/proposal_worker.py in a process of its own, at a lower priority, started
+    when first asked and again after it failed: one request at a time."""
+
+    def __init__(self, config: Path, *, timeout_s: float = WORKER_TIMEOUT_S) -> None:
+        self._config = config
+        self._timeout_s = timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def ask(self, user: str, now: float) -> StartChoice | NotKnown:
+        try:
+            proc = await self._running()
+            line = await asyncio.wait_for(self._exchange(proc, user, now), self._timeout_s)
+            if not line:
+                raise EOFError("the proposal worker ended")
+            got = json.loads(line)
+            if got.get("user") != user:
+                raise ValueError(f"an answer for another user ({got.get('user')!r})")
+            if "not_known" in got:
+                return NotKnown(str(got["not_known"]))
+            return StartChoice(str(got["program"]), float(got["cap_s"]), str(got["reason"]))
+        except (OSError, EOFError, ValueError, KeyError, TypeError, TimeoutError) as exc:
+            await self.close()  # started afresh for the next request
+            return NotKnown(
+                f"the proposal for {user} could not be worked out ({type(exc).__name__}: "
+                f"{exc}): start again, or choose a program"
+            )
+
+    @staticmethod
+    async def _exchange(proc: asyncio.subprocess.Process, user: str, now: float) -> bytes:
+        if proc.stdin is None or proc.stdout is None:
+            raise EOFError("the proposal worker has no pipes")
+        proc.stdin.write(json.dumps({"user": user, "now": now}).encode() + b"\n")
+        await proc.stdin.drain()
+        return await proc.stdout.readline()
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        if self._proc is not None and self._proc.returncode is None:
+            return self._proc
+        self._proc = proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "treadguard.controller.proposal_worker",
+            "--config",
+            str(self._config),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        with contextlib.suppress(OSError):  # gone already, or not allowed: it only works out
+            os.setpriority(os.PRIO_PROCESS, proc.pid, WORKER_NICENESS)
+        return proc
+
+    async def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+class BookKeeper:
+    """The book in the daemon: entries worked out by the worker process, one at a time;
+    every user on record at start-up; everyone again when the clinic's day changes."""
+
+    def __init__(
+        self,
+        config: Path,
+        journal: Path,
+        *,
+        zone: ZoneInfo,
+        wall: Callable[[], float],
+        commit: Callable[[], None],
+        logger: Any = None,
+    ) -> None:
+        """``config``: the daemon's configuration file, which the worker loads too;
+        ``commit``: the daemon's journal committed (System.commit_journal)."""
+        self.book = ProposalBook()
+        self._journal = journal
+        self._worker = WorkerProcess(config)
+        self._zone, self._wall, self._commit = zone, wall, commit
+        self._log = logger if logger is not None else structlog.get_logger("treadguard.plan")
+        self._wake = asyncio.Event()
+        self.book.wake = self._wake.set
+        self.worked_out = 0
+
+    def choice(self, user: str) -> StartChoice | NotKnown:
+        return self.book.choice(user)
+
+    def on_event(self, event: Event) -> None:
+        self.book.on_event(event)
+
+    async def run(self) -> None:
+        """Until cancelled. A failure working one user out is that user's entry (a start
+        from history is refused, saying why) and is logged; the keeper carries on. Should the
+        keeper itself fail, every start from history is refused from then on, saying so (the
+        belt is not the keeper's: a start naming its program goes ahead)."""
+        try:
+            await self._keep()
+        except Exception as exc:
+            self._log.error("proposals_stopped", error=repr(exc))
+            self.book.broken = (
+                f"proposals cannot be worked out on this treadmill ({type(exc).__name__}): "
+                "choose a program"
+            )
+        finally:
+            await self._worker.close()
+
+    async def _keep(self) -> None:
+        try:
+            users = await asyncio.to_thread(self._users)
+        except JournalError as exc:
+            self._log.warning("proposals_not_read", error=str(exc))
+            users = []
+        for user in users:
+            self.book.ask(user)
+        day = self._day()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._days(day), name="proposal-days")
+            while True:
+                waiting = self.book.due()
+                if waiting is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                token = self.book.token(waiting)
+                # What the token counts is committed before the worker's connection reads:
+                # the daemon writes records in a transaction it commits twice a second.
+                self._commit()
+                outcome = await self._worker.ask(waiting, self._wall())
+                if isinstance(outcome, NotKnown):
+                    self._log.warning("proposal_not_worked_out", user=waiting, why=outcome.why)
+                self.book.put(waiting, token, outcome)
+                self.worked_out += 1
+
+    async def _days(self, day: str) -> None:
+        while True:
+            await asyncio.sleep(DAY_CHECK_S)  # a period, not a synchronisation
+            today = self._day()
+            if today != day:
+                day = today
+                self.book.everyone()
+
+    def _day(self) -> str:
+        return datetime.fromtimestamp(self._wall(), self._zone).date().isoformat()
+
+    def _users(self) -> list[str]:
+        journal = Journal.read_only(self._journal)
+        try:
+            return journal.users()
+        finally:
+            journal.close()

@@ -1,0 +1,85 @@
+"""A start that names no program ("From history" on the page) on the real daemon over a real
+Mosquitto: it follows the user's proposal (controller/plan.py), holds included, as the
+daemon's book of proposals has it (controller/proposal_book.py, worked out off the command
+path); while a user's entry is not current the start is refused, saying why, and a start a
+moment later goes ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.clinician import Clinician, clinician, ok
+from tests.daemon_process import DaemonProcess
+from tests.mosquitto import Broker
+from treadguard.controller.journal import Journal
+from treadguard.safety.decisions import Event, EventType, JsonScalar
+
+BEING_WORKED_OUT = "is being worked out from their record"
+
+
+def seed_first_session(broker: Broker, tm: str, n: int, user: str, pain: tuple[int, int]) -> None:
+    """Session ``n``: ``user``'s first session, run to its 3 min cap yesterday, with pain
+    before and after it, as the daemon journals them."""
+    journal = Journal.open(broker.workdir / f"journal-{tm}.sqlite", max_size_mb=64)
+    try:
+        start = time.time() - 86_400
+        fields: dict[str, JsonScalar] = {
+            "session_id": str(n), "user": user, "program": "first_session", "cap_s": 180.0,
+        }  # fmt: skip
+        journal.record(Event(EventType.SESSION_STARTED, 0.0, fields), start)
+        for when, score in zip(("before", "after"), pain, strict=True):
+            entry: dict[str, JsonScalar] = {"session_id": str(n), "when": when, "pain": score}
+            journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, entry), start + 1)
+        ended: dict[str, JsonScalar] = {
+            "session_id": str(n), "reason": "cap", "belt_moving_s": 180.0,
+        }  # fmt: skip
+        journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), start + 200)
+        journal.commit()
+    finally:
+        journal.close()
+
+
+async def start_from_history(doc: Clinician, user: str) -> dict[str, Any]:
+    """A start with no program, again while the book says the user's entry is being worked
+    out (bounded); the session it started."""
+    for _ in range(150):
+        reply = await doc.command("start_session", user=user)
+        if reply["ok"]:
+            return await doc.event("session_started")
+        assert reply["error"]["code"] == "preconditions_unmet", reply
+        assert BEING_WORKED_OUT in reply["error"]["message"], reply
+        await asyncio.sleep(0.1)  # a clinician pressing Start again, not a synchronisation
+    raise AssertionError(f"{user}'s proposal was never worked out")
+
+
+@pytest.mark.asyncio
+async def test_a_start_from_history_follows_the_proposal_and_its_hold(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """p-held's first session counts (run to its cap), but pain rose 3 points in it: the plan
+    holds p-held at the first session, and a start from history gives the first session
+    again. p-free's pain rose 1 point: reverse walking, as proposed."""
+    tm = "tm-from-history"
+    seed_first_session(broker, tm, 1, "p-held", (2, 5))
+    seed_first_session(broker, tm, 2, "p-free", (2, 3))
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        held = await start_from_history(doc, "p-held")
+        assert (held["user"], held["program"], held["cap_s"]) == ("p-held", "first_session", 180)
+        ok(await doc.command("stop"))
+        await doc.until(lambda s: s["state"] == "idle" and s["speed_mph"] == 0.0, within=15.0)
+        free = await start_from_history(doc, "p-free")
+        assert (free["user"], free["program"], free["cap_s"]) == ("p-free", "reverse_walking", 300)
+        ok(await doc.command("stop"))
+        await doc.until(lambda s: s["state"] == "idle", within=15.0)
+        # p-held's second first session was stopped at once: the record changed, and the
+        # next start from history follows it too (the hold stays: cut short, not moved on).
+        again = await start_from_history(doc, "p-held")
+        assert again["program"] == "first_session", again
+        ok(await doc.command("stop"))
