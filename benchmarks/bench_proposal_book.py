@@ -1,13 +1,14 @@
 """What the book of proposals (controller/proposal_book.py) costs the event loop.
 
-A start from history reads the user's proposal from the book; the book works proposals out on
-a worker thread. The worker shares the interpreter's lock with the event loop, which runs the
-control tick and handles an E-STOP, so what matters is how late the loop's timers run while the
-worker works out a long record. One process, one event loop at 20 Hz plus a 1 ms timer whose
-lateness is measured; interleaved rounds with the keeper idle and with it working out, again
-and again, a user of ``--sessions`` sessions of 20 record entries each (its record changed
-after every proposal). Also: one proposal of that record on the worker, and a start's look-up
-in the book.
+A start from history reads the user's proposal from the book; the book works proposals out in
+a process of its own (controller/proposal_worker.py). On a thread of the daemon the work would
+share the interpreter's lock with the event loop, which runs the control tick and handles an
+E-STOP. What matters is how late the loop's timers run meanwhile: one process, one event loop,
+a 1 ms timer whose lateness is measured, in interleaved rounds with the keeper idle, with it
+working out again and again a user of ``--sessions`` sessions of 20 record entries each (the
+record changed after every proposal), and with the same proposals worked out on a thread of
+this process instead (the baseline). Also: one proposal of that record in the worker, and a
+start's look-up in the book.
 
     .venv/bin/python benchmarks/bench_proposal_book.py [--sessions 2000] [--rounds 6]
 """
@@ -29,7 +30,7 @@ from _common import python_speed_s, row, save, summary
 
 from treadguard.config.loading import load_config
 from treadguard.controller.journal import Journal
-from treadguard.controller.proposal_book import BookKeeper, NotKnown, StartChoice
+from treadguard.controller.proposal_book import BookKeeper, NotKnown, StartChoice, work_out
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = load_config(ROOT / "config" / "sim.toml")
@@ -79,6 +80,23 @@ async def churn(
         worked.append((time.perf_counter() - t0) * 1e3)
 
 
+async def on_a_thread(path: Path, stop: asyncio.Event) -> None:
+    """The same proposals worked out on a thread of this process instead, as a baseline."""
+    while not stop.is_set():
+        await asyncio.to_thread(_work_out_here, path)
+
+
+def _work_out_here(path: Path) -> None:
+    journal = Journal.read_only(path)
+    try:
+        work_out(
+            journal, "p-long", SIM.rules, SIM.programs, zone=SIM.config.clinic.zone(),
+            now=time.time(),
+        )  # fmt: skip
+    finally:
+        journal.close()
+
+
 async def main(sessions: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.sqlite"
@@ -106,12 +124,18 @@ async def main(sessions: int, rounds: int) -> None:
             await answered.wait()  # the first proposal, worked out at start-up
         idle: list[float] = []
         busy: list[float] = []
+        threaded: list[float] = []
         worked: list[float] = []
-        for _ in range(rounds):
+        for _ in range(rounds):  # the three interleaved, sharing the machine's noise
             idle += await lateness(ROUND_S)
             stop = asyncio.Event()
             task = asyncio.create_task(churn(keeper, answered, stop, worked))
             busy += await lateness(ROUND_S)
+            stop.set()
+            await task
+            stop = asyncio.Event()
+            task = asyncio.create_task(on_a_thread(path, stop))
+            threaded += await lateness(ROUND_S)
             stop.set()
             await task
         look: list[float] = []
@@ -126,6 +150,7 @@ async def main(sessions: int, rounds: int) -> None:
         "entries_per_session": 20,
         "timer_late_idle_ms": summary(idle),
         "timer_late_while_working_out_ms": summary(busy),
+        "timer_late_while_a_thread_works_out_ms": summary(threaded),
         "proposal_worked_out_ms": summary(worked),
         "start_look_up_us": summary(look),
         "python_10m_loop_s": speed,
@@ -134,6 +159,13 @@ async def main(sessions: int, rounds: int) -> None:
     print(row("1 ms timer, late by, keeper idle", figures["timer_late_idle_ms"], "ms"))
     print(
         row("1 ms timer, late by, keeper working", figures["timer_late_while_working_out_ms"], "ms")
+    )
+    print(
+        row(
+            "  ... the same on a thread instead",
+            figures["timer_late_while_a_thread_works_out_ms"],
+            "ms",
+        )
     )
     print(row("one proposal worked out (worker)", figures["proposal_worked_out_ms"], "ms"))
     print(row("a start's look-up in the book", figures["start_look_up_us"], "us"))

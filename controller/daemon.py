@@ -41,7 +41,6 @@ from treadguard.controller.proposal_book import BookKeeper
 from treadguard.controller.queries import (
     RENDER_TIMEOUT_S,
     ClinicWords,
-    Planning,
     QueryService,
     render_report,
 )
@@ -177,7 +176,8 @@ class Daemon:
                 timeout_s=RENDER_TIMEOUT_S,
                 cache=journal_path.parent / "matplotlib",
             ),
-            planning=Planning(rules=loaded.rules, programs=loaded.programs, now=self.wall),
+            # A history's proposal: the book's (no journal: no history is answered at all).
+            proposals=None if self.proposals is None else self.proposals.proposal,
             logger=self._log.bind(part="queries"),
         )
         self.link = TabletLink.configured(

@@ -30,7 +30,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,15 +51,22 @@ DAY_CHECK_S = 60.0
 WORKER_TIMEOUT_S = 30.0
 # The worker yields the processor to the daemon and the board's other services.
 WORKER_NICENESS = 10
+# How long a history query waits for the user's proposal being worked out.
+PROPOSAL_WAIT_S = 10.0
+
+JsonObject = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class StartChoice:
-    """What the proposal gives a start without a program."""
+    """What the proposal gives a start without a program; ``proposal``: the whole of it, as
+    a ``history`` query's answer carries it (controller/plan.py's ``Proposal.as_json``,
+    without the user)."""
 
     program: str
     cap_s: float
     reason: str
+    proposal: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,12 @@ class ProposalBook:
             "choose a program"
         )
 
+    def current(self, user: str) -> StartChoice | NotKnown | None:
+        """``user``'s entry if it is current (None: not worked out from their record as it
+        stands)."""
+        entry = self._current(user)
+        return None if entry is None else entry.outcome
+
     def _current(self, user: str) -> _Entry | None:
         entry = self._entries.get(user)
         if entry is None or (entry.generation, entry.epoch) != self.token(user):
@@ -212,7 +225,8 @@ def work_out(
     except JournalError as exc:
         return NotKnown(f"the record of {user} cannot be read ({exc})")
     made = propose(record, rules, programs, zone=zone, now=now)
-    return StartChoice(made.program, made.cap_s, made.reason)
+    whole = {k: v for k, v in made.as_json().items() if k != "user"}
+    return StartChoice(made.program, made.cap_s, made.reason, whole)
 
 
 class WorkedOutOnDemand:
@@ -260,7 +274,13 @@ class WorkerProcess:
                 raise ValueError(f"an answer for another user ({got.get('user')!r})")
             if "not_known" in got:
                 return NotKnown(str(got["not_known"]))
-            return StartChoice(str(got["program"]), float(got["cap_s"]), str(got["reason"]))
+            whole = got.get("proposal")
+            return StartChoice(
+                str(got["program"]),
+                float(got["cap_s"]),
+                str(got["reason"]),
+                whole if isinstance(whole, dict) else {},
+            )
         except (OSError, EOFError, ValueError, KeyError, TypeError, TimeoutError) as exc:
             await self.close()  # started afresh for the next request
             return NotKnown(
@@ -323,6 +343,7 @@ class BookKeeper:
         self._log = logger if logger is not None else structlog.get_logger("treadguard.plan")
         self._wake = asyncio.Event()
         self.book.wake = self._wake.set
+        self._answered = asyncio.Condition()
         self.worked_out = 0
 
     def choice(self, user: str) -> StartChoice | NotKnown:
@@ -330,6 +351,22 @@ class BookKeeper:
 
     def on_event(self, event: Event) -> None:
         self.book.on_event(event)
+
+    async def proposal(self, user: str, within_s: float = PROPOSAL_WAIT_S) -> JsonObject | None:
+        """``user``'s whole proposal, for a ``history`` answer: the current entry, waited for
+        (at most ``within_s``) while it is being worked out; None if it cannot be had."""
+        try:
+            async with asyncio.timeout(within_s), self._answered:
+                while True:
+                    got = self.book.current(user)
+                    if isinstance(got, StartChoice):
+                        return dict(got.proposal) or None
+                    if isinstance(got, NotKnown) or self.book.broken is not None:
+                        return None
+                    self.book.ask(user)
+                    await self._answered.wait()
+        except TimeoutError:
+            return None
 
     async def run(self) -> None:
         """Until cancelled. A failure working one user out is that user's entry (a start
@@ -373,6 +410,8 @@ class BookKeeper:
                     self._log.warning("proposal_not_worked_out", user=waiting, why=outcome.why)
                 self.book.put(waiting, token, outcome)
                 self.worked_out += 1
+                async with self._answered:
+                    self._answered.notify_all()
 
     async def _days(self, day: str) -> None:
         while True:

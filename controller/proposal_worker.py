@@ -9,9 +9,9 @@ priority, started by the daemon with its configuration:
     python -m treadguard.controller.proposal_worker --config FILE
 
 One request a line on standard input, ``{"user": "p-012", "now": <unix seconds>}``; one answer
-a line on standard output, ``{"user", "program", "cap_s", "reason"}`` or ``{"user",
-"not_known": <why>}``. It reads the journal read-only, a connection per request; it ends at the
-end of its input (the daemon gone).
+a line on standard output, ``{"user", "program", "cap_s", "reason", "proposal"}`` (the whole
+proposal, as a ``history`` answer carries it) or ``{"user", "not_known": <why>}``. It reads the
+journal read-only, a connection per request; it ends at the end of its input (the daemon gone).
 """
 
 from __future__ import annotations
@@ -56,7 +56,13 @@ def answer(loaded: LoadedConfig, journal_path: Path, request: Any) -> dict[str, 
         journal.close()
     if isinstance(made, NotKnown):
         return {"user": user, "not_known": made.why}
-    return {"user": user, "program": made.program, "cap_s": made.cap_s, "reason": made.reason}
+    return {
+        "user": user,
+        "program": made.program,
+        "cap_s": made.cap_s,
+        "reason": made.reason,
+        "proposal": dict(made.proposal),
+    }
 
 
 def serve(loaded: LoadedConfig, lines: TextIO, out: TextIO) -> None:

@@ -87,6 +87,16 @@ class Planning:
         return {k: v for k, v in made.as_json().items() if k != "user"}
 
 
+@dataclass(frozen=True)
+class KnownProposal:
+    """A proposal worked out elsewhere (the daemon's book), as a history answer's."""
+
+    known: JsonObject | None
+
+    def proposal(self, journal: Journal, user: str, zone: ZoneInfo) -> JsonObject | None:
+        return self.known
+
+
 def _score(entry: Mapping[str, Any] | None, key: str) -> int | None:
     value = None if entry is None else entry.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -137,7 +147,10 @@ def measure_json(trend: MeasureTrend) -> JsonObject:
 
 
 def history_answer(
-    journal: Journal, query: HistoryQuery, words: ClinicWords, planning: Planning | None = None
+    journal: Journal,
+    query: HistoryQuery,
+    words: ClinicWords,
+    planning: Planning | KnownProposal | None = None,
 ) -> QueryReply:
     """A ``history`` answer from the journal: at most the query's limit of rows, the user's
     measures (a row a kind), and with ``planning`` the proposal for the user's next session
@@ -196,7 +209,7 @@ def session_answer(journal: Journal, query: SessionQuery, words: ClinicWords) ->
 
 
 def read_answer(
-    path: Path, query: Query, words: ClinicWords, planning: Planning | None = None
+    path: Path, query: Query, words: ClinicWords, planning: Planning | KnownProposal | None = None
 ) -> QueryReply:
     """The answer, on a read-only connection of its own (opened and closed on the calling
     thread: a worker's). JournalError when the journal cannot be read."""
@@ -270,12 +283,16 @@ class QueryService:
         reply: Reply,
         render: Render,
         planning: Planning | None = None,
+        proposals: Callable[[str], Awaitable[JsonObject | None]] | None = None,
         per_account: int = PER_ACCOUNT,
         logger: Any = None,
     ) -> None:
         self._journal = journal
         self._words = words
         self._planning = planning
+        # The daemon's book of proposals (controller/proposal_book.py): a history's proposal
+        # from there, worked out in a process of its own, never on a thread of the daemon's.
+        self._proposals = proposals
         self._reply = reply
         self._render = render
         self._per_account = per_account
@@ -345,10 +362,11 @@ class QueryService:
 
     async def _read(self, query: Query) -> QueryReply:
         assert self._journal is not None
+        planning: Planning | KnownProposal | None = self._planning
+        if self._proposals is not None and isinstance(query, HistoryQuery):
+            planning = KnownProposal(await self._proposals(query.user))
         try:
-            return await asyncio.to_thread(
-                read_answer, self._journal, query, self._words, self._planning
-            )
+            return await asyncio.to_thread(read_answer, self._journal, query, self._words, planning)
         except JournalError as exc:
             return refusal(
                 query.id, QueryErrorCode.UNAVAILABLE, f"the journal cannot be read: {exc}"

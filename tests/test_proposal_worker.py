@@ -1,0 +1,109 @@
+"""The proposal worker (controller/proposal_worker.py), in its own process as the daemon runs
+it: a line in, a line out, whatever the line; a worker that dies is started afresh for the next
+request, and a request never raises into the keeper."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treadguard.config.loading import load_config
+from treadguard.controller.journal import Journal
+from treadguard.controller.proposal_book import NotKnown, StartChoice, WorkerProcess
+from treadguard.controller.proposal_worker import answer, serve
+from treadguard.safety.decisions import Event, EventType, JsonScalar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The simulator's configuration with a journal of its own holding p-1's first session,
+    run to its cap with pain 2 before and 5 after."""
+    path = tmp_path / "journal.sqlite"
+    monkeypatch.setenv("TREADGUARD_JOURNAL__PATH", str(path))
+    journal = Journal.open(path, max_size_mb=64)
+    start = time.time() - 86_400
+    fields: dict[str, JsonScalar] = {
+        "session_id": "1", "user": "p-1", "program": "first_session", "cap_s": 180.0,
+    }  # fmt: skip
+    journal.record(Event(EventType.SESSION_STARTED, 0.0, fields), start)
+    for when, pain in (("before", 2), ("after", 5)):
+        entry: dict[str, JsonScalar] = {"session_id": "1", "when": when, "pain": pain}
+        journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, entry), start + 1)
+    ended: dict[str, JsonScalar] = {"session_id": "1", "reason": "cap", "belt_moving_s": 180.0}
+    journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), start + 200)
+    journal.commit()
+    journal.close()
+    return ROOT / "config" / "sim.toml"
+
+
+def test_the_worker_answers_each_line_with_the_user_s_proposal(config: Path) -> None:
+    loaded = load_config(config)
+    lines = io.StringIO(
+        json.dumps({"user": "p-1", "now": time.time()}) + "\n"
+        "not json\n"
+        '{"user": 7, "now": 1}\n'
+        '{"user": "p-2", "now": true}\n'
+        + json.dumps({"user": "p-new", "now": time.time()}) + "\n"
+    )  # fmt: skip
+    out = io.StringIO()
+    serve(loaded, lines, out)
+    got = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(got) == 5
+    assert got[0]["program"] == "first_session"
+    assert "held at first treadmill session: pain rose 3 points" in got[0]["reason"]
+    assert got[0]["proposal"]["held"] is True
+    assert got[1] == {"user": None, "not_known": "the request is not an object"}
+    assert got[2] == {"user": None, "not_known": "bad request"}
+    assert got[3] == {"user": "p-2", "not_known": "bad request"}
+    assert got[4]["program"] == "first_session"  # nobody's record: a first session
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=8,
+))  # fmt: skip
+def test_any_request_is_answered_and_never_raises(request: object) -> None:
+    loaded = load_config(ROOT / "config" / "sim.toml")
+    got = answer(loaded, Path("/nonexistent/journal.sqlite"), request)
+    assert "not_known" in got or "program" in got
+    json.dumps(got)  # a line the daemon can read
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_died_is_started_afresh_for_the_next_request(config: Path) -> None:
+    worker = WorkerProcess(config)
+    try:
+        first = await worker.ask("p-1", time.time())
+        assert isinstance(first, StartChoice)
+        assert first.program == "first_session"
+        assert worker._proc is not None
+        dead = worker._proc.pid
+        os.kill(dead, signal.SIGKILL)
+        await worker._proc.wait()
+        again = await worker.ask("p-1", time.time())
+        assert again == first
+        assert worker._proc is not None
+        assert worker._proc.pid != dead
+        # One that cannot answer in time: the request is answered "not known", never raised,
+        # and the next is worked out by a fresh worker.
+        os.kill(worker._proc.pid, signal.SIGSTOP)
+        worker._timeout_s = 0.5
+        late = await worker.ask("p-1", time.time())
+        assert isinstance(late, NotKnown)
+        assert "could not be worked out" in late.why
+        worker._timeout_s = 30.0
+        assert await worker.ask("p-1", time.time()) == first
+    finally:
+        await worker.close()
