@@ -75,6 +75,8 @@ from treadguard.controller.broker_config import (
     socket_owners,
     unusual_characters,
 )
+from treadguard.controller.doctor_page import SITE as PAGE_SITE
+from treadguard.controller.doctor_page import check_page
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
 from treadguard.controller.journal import schema_version as journal_schema_version
@@ -958,6 +960,23 @@ async def check_broker(broker: BrokerSettings, options: DoctorOptions) -> list[C
                 "start the broker (sudo systemctl start mosquitto) and check [mqtt] host and port",
             )
         ]
+
+
+async def _page(broker: BrokerSettings, options: DoctorOptions) -> list[Check]:
+    tablet = (options.tablet_username, options.tablet_password)
+    verdicts = await check_page(options.nginx_dir, broker, tablet, options.wait_s)
+    if verdicts is None:
+        where = options.nginx_dir / PAGE_SITE
+        return [Check("page", Verdict.NONE, f"no treadguard site ({where}): no page served here")]
+    return [
+        Check(
+            "page",
+            Verdict.OK if v.ok else Verdict.TODO if v.todo else Verdict.FAIL,
+            v.detail,
+            v.fix,
+        )
+        for v in verdicts
+    ]
 
 
 ANONYMOUS_FIX = (
@@ -2673,8 +2692,13 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
             report.add(check)
         for check in await _guarded_list("sensors", check_sensors(loaded, broker, options)):
             report.add(check)
-        for check in await _guarded_list("broker", check_broker(broker, options)):
+        broker_checks = await _guarded_list("broker", check_broker(broker, options))
+        for check in broker_checks:
             report.add(check)
+        if all(check.verdict is not Verdict.FAIL for check in broker_checks):
+            # The page's route to that broker, as a tablet takes it (nginx's https site).
+            for check in await _guarded_list("page", _page(broker, options)):
+                report.add(check)
     # The broker's files and sockets are only read: checked with the daemon running too.
     try:
         for check in check_broker_files(loaded, broker, options):

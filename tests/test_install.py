@@ -719,8 +719,9 @@ def _doctor_with_sensors(
         return asyncio.run(while_publishing())
 
 
-# The checklist of a board with nothing wrong: the same as the doctor's own tests'.
-ALL_GREEN = DOCTOR_ALL_GREEN
+# The checklist of a board with nothing wrong: the same as the doctor's own tests', and the
+# installed page and its MQTT, as a tablet takes them (nginx's site, here installed).
+ALL_GREEN = {**DOCTOR_ALL_GREEN, "page": ["ok", "ok"]}
 SNIPPET = "etc/mosquitto/conf.d/treadguard.conf"
 INSTALLED_ACL = "etc/mosquitto/treadguard/acl"
 
@@ -754,6 +755,9 @@ def test_doctor_on_the_installed_board_is_all_green_and_names_each_fault(board: 
         "/etc/mosquitto/treadguard/acl: only the tablet accounts (tablet, tablet-*) may write "
         "treadmill/tm-01/cmd",
         "listens on loopback only: 127.0.0.1:1883, 127.0.0.1:9001",
+        "https://127.0.0.1:443/ serves the tablet page (offers HTTP/2)",
+        "wss://127.0.0.1:443/mqtt takes the tablet's login (tablet) and reaches the board's "
+        "broker (127.0.0.1:1883)",
         "synchronised (timedatectl)",
         "/var/lib/treadguard/journal.sqlite: writable",
     ):
