@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -2292,6 +2293,8 @@ class NginxMaster:
     pid: int
     conf: str
     added: str = ""
+    # Why its configuration file cannot be told (its executable unread, no nginx's build).
+    unknown: str = ""
 
 
 def _is_nginx(proc: Path) -> bool:
@@ -2315,11 +2318,14 @@ def _parent(proc: Path) -> int | None:
         return None
 
 
-def _nginx_options(words: list[str], titled: bool) -> tuple[str, str, str]:
-    """nginx's prefix, configuration file and -g directives from its command line, as its
-    ngx_get_options reads them (flags may be joined: -qc FILE; a value glued on: -cFILE).
-    From a master's title the words were joined with blanks: a -g runs to the next flag."""
-    prefix, conf, added = "/usr/share/nginx/", str(NGINX_DIR / "nginx.conf"), []
+def _nginx_options(words: list[str], titled: bool) -> tuple[str | None, str | None, str]:
+    """nginx's prefix (-p), configuration file (-c) and -g directives from its command line,
+    as its ngx_get_options reads them (flags may be joined: -qc FILE; a value glued on:
+    -cFILE), None for a prefix or file not given (the build's own, nginx_build). From a
+    master's title the words were joined with blanks: a -g runs to the next flag."""
+    prefix: str | None = None
+    conf: str | None = None
+    added: list[str] = []
     i = 0
     while i < len(words):
         word = words[i]
@@ -2346,13 +2352,52 @@ def _nginx_options(words: list[str], titled: bool) -> tuple[str, str, str]:
     return prefix, conf, " ".join(added)
 
 
+NGINX_CONFIGURE = b"configure arguments:"
+NGINX_DEFAULT_PREFIX = "/usr/local/nginx"  # nginx's configure, without --prefix
+NGINX_DEFAULT_CONF = "conf/nginx.conf"  # nginx's configure, without --conf-path
+
+
+def nginx_build(data: bytes) -> tuple[str, str]:
+    """The prefix and configuration file an nginx executable was built with, from its bytes
+    (never run): nginx -V prints its configure line from one string of the executable,
+    "configure arguments:" and the arguments, to the line's end. --prefix (none: nginx's
+    /usr/local/nginx; empty: the working folder) and --conf-path (none: conf/nginx.conf; a
+    relative one is the prefix's), the last of each deciding, as nginx's configure reads
+    them. ValueError saying why, when that string is not found or cannot be read."""
+    found = set()
+    at = data.find(NGINX_CONFIGURE)
+    while at >= 0:
+        start = at + len(NGINX_CONFIGURE)
+        ends = [e for e in (data.find(b"\n", start), data.find(b"\0", start)) if e >= 0]
+        found.add(data[start : min(ends) if ends else len(data)])
+        at = data.find(NGINX_CONFIGURE, start)
+    if not found:
+        raise ValueError("its executable holds no nginx configure line")
+    if len(found) > 1:
+        raise ValueError("its executable holds more than one nginx configure line")
+    line = os.fsdecode(found.pop())
+    try:
+        # The configure script quotes an argument holding a blank in single quotes.
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise ValueError(f"its configure line cannot be read ({exc})") from None
+    prefix, conf = NGINX_DEFAULT_PREFIX, NGINX_DEFAULT_CONF
+    for word in words:
+        if word.startswith("--prefix="):
+            prefix = word.removeprefix("--prefix=")
+        elif word.startswith("--conf-path="):
+            conf = word.removeprefix("--conf-path=")
+    return prefix, conf
+
+
 def _nginx_masters() -> list[NginxMaster]:
     """Every nginx process that loads a configuration: found by its name or executable as
     well as by its title, so a master (titled "nginx: master process ...") and an nginx
     running alone (master_process off, its command line as started) are both found; its
-    workers (children of an nginx titled master) left out. Its configuration: -c (or -cFILE;
-    a relative one from its -p prefix and its working folder), else Debian's
-    /etc/nginx/nginx.conf, as the process names it."""
+    workers (children of an nginx titled master) left out. Its configuration: -c (or -cFILE),
+    else the one its executable was built with (nginx_build: Debian's /etc/nginx/nginx.conf,
+    nginx.org's too, OpenResty's or a source build's another); a relative one from its
+    prefix (-p, else the build's) and its working folder, as the process names it."""
     found = []
     nginx = {int(p.name): p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_nginx(p)}
     for pid, proc in sorted(nginx.items()):
@@ -2371,7 +2416,22 @@ def _nginx_masters() -> list[NginxMaster]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             cwd = "/"
-        found.append(NginxMaster(pid, os.path.normpath(os.path.join(cwd, prefix, conf)), added))
+        if conf is None or (prefix is None and not os.path.isabs(conf)):
+            # Read, never run: its bytes through /proc (the file it was started from, even
+            # replaced or removed since).
+            try:
+                built_prefix, built_conf = nginx_build((proc / "exe").read_bytes())
+            except OSError as exc:
+                why = f"its executable cannot be read by the doctor, which runs as {_me()} ({exc})"
+                found.append(NginxMaster(pid, "", added, unknown=why))
+                continue
+            except ValueError as exc:
+                found.append(NginxMaster(pid, "", added, unknown=str(exc)))
+                continue
+            prefix = built_prefix if prefix is None else prefix
+            conf = built_conf if conf is None else conf
+        path = os.path.join(cwd, prefix or "", conf)
+        found.append(NginxMaster(pid, os.path.normpath(path), added))
     return found
 
 
@@ -2392,6 +2452,8 @@ def _nginx_not_board(master: NginxMaster, root: Path) -> str | None:
     probe reads) at their paths, compared through its own root (a mount namespace of its own:
     a container on the host's network, a systemd drop-in's BindPaths; another root)."""
     want = Path(os.path.abspath(root / "nginx.conf"))
+    if master.unknown:
+        return f"runs a configuration the doctor cannot tell: {master.unknown}"
     if master.added:
         try:
             added = parse_nginx(master.added)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import shutil
 import ssl
 import threading
 import time
@@ -39,7 +42,13 @@ from tests.test_doctor import (
     publishing,
     rig,  # noqa: F401 (the fixture)
 )
-from treadguard.controller.doctor import NGINX_NOT_ITS, Verdict, _nginx_options, check_network
+from treadguard.controller.doctor import (
+    NGINX_NOT_ITS,
+    Verdict,
+    _nginx_options,
+    check_network,
+    nginx_build,
+)
 from treadguard.controller.network_probe import (
     Address,
     NginxUnreadable,
@@ -252,15 +261,120 @@ async def test_an_nginx_not_running_the_board_s_files_is_not_passed(
 
 def test_nginx_s_command_line_is_read_as_nginx_reads_it() -> None:
     """-c and -p, glued or not, joined flags, a -g from a master's title (its words joined by
-    blanks), and Debian's defaults."""
+    blanks); without -p or -c, none (the build's own)."""
     debian = ["/usr/sbin/nginx", "-g", "daemon", "on;", "master_process", "on;"]
-    assert _nginx_options(debian, True) == (
-        "/usr/share/nginx/",
-        "/etc/nginx/nginx.conf",
-        "daemon on; master_process on;",
-    )
+    assert _nginx_options(debian, True) == (None, None, "daemon on; master_process on;")
     assert _nginx_options(["-qc", "/x/n.conf", "-p/x/"], False) == ("/x/", "/x/n.conf", "")
-    assert _nginx_options(["-cn.conf", "-e", "/x/e.log"], False)[1] == "n.conf"
+    assert _nginx_options(["-cn.conf", "-e", "/x/e.log"], False)[:2] == (None, "n.conf")
+
+
+def _configure(line: bytes) -> bytes:
+    """An executable's bytes around nginx's configure line (nginx -V's string)."""
+    return b"\x7fELF\0\0" + b"configure arguments:" + line + b"\n\0-h text\0"
+
+
+def test_nginx_s_build_is_read_from_its_executable() -> None:
+    """The prefix and configuration file an nginx was built with, from the configure line its
+    executable holds (nginx -V prints it), never by running it: Debian's (and nginx.org's) an
+    absolute --conf-path; OpenResty's a --prefix alone (conf/nginx.conf under it); a source
+    build's nothing (/usr/local/nginx/conf/nginx.conf); an empty --prefix (the working
+    folder); quoted arguments; the last of a flag deciding. Debian's own executable here
+    names /etc/nginx/nginx.conf. No configure line, two, or one that cannot be read: said."""
+    assert nginx_build(
+        _configure(
+            b" --with-cc-opt='-g -O2 -fPIC' --prefix=/usr/share/nginx "
+            b"--conf-path=/etc/nginx/nginx.conf --http-log-path=/var/log/nginx/access.log"
+        )
+    ) == ("/usr/share/nginx", "/etc/nginx/nginx.conf")
+    assert nginx_build(_configure(b" --prefix=/usr/local/openresty/nginx --with-pcre-jit")) == (
+        "/usr/local/openresty/nginx",
+        "conf/nginx.conf",
+    )
+    assert nginx_build(_configure(b"")) == ("/usr/local/nginx", "conf/nginx.conf")
+    assert nginx_build(_configure(b" --prefix= --conf-path=a/n.conf")) == ("", "a/n.conf")
+    assert nginx_build(_configure(b" --conf-path='/srv/my conf/n.conf' --conf-path=/x.conf")) == (
+        "/usr/local/nginx",
+        "/x.conf",
+    )
+    for bad, said in (
+        (b"\x7fELF no nginx here", "holds no nginx configure line"),
+        (_configure(b" --prefix=/a") + _configure(b" --prefix=/b"), "more than one"),
+        (_configure(b" --with-cc-opt='-g"), "its configure line cannot be read"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            nginx_build(bad)
+    if have_nginx():
+        prefix, conf = nginx_build(Path(NGINX).read_bytes())
+        assert os.path.join(prefix, conf) == "/etc/nginx/nginx.conf"
+
+
+def _built_elsewhere(folder: Path, to: Path) -> Path:
+    """Debian's nginx copied to ``to`` with its configuration file, /etc/nginx/nginx.conf,
+    changed everywhere in its bytes to ``folder``/nginx.conf, a path of the same length."""
+    debian = b"/etc/nginx/nginx.conf"
+    need("Debian's /etc/nginx/nginx.conf", Path("/etc/nginx/nginx.conf").is_file())
+    data = Path(NGINX).read_bytes()
+    assert data.count(b"--conf-path=" + debian) == 1, "Debian's configure line"
+    conf = os.fsencode(folder / "nginx.conf")
+    assert len(conf) == len(debian)
+    to.write_bytes(data.replace(debian, conf))
+    to.chmod(0o755)
+    return to
+
+
+def _short_folder(length: int) -> Path:
+    """A new folder under /tmp whose nginx.conf has a path of ``length`` characters."""
+    name_length = length - len("/tmp/") - len("/nginx.conf")
+    assert name_length >= 4
+    while True:  # bounded in practice: a random name taken is tried again
+        folder = Path("/tmp") / ("n" + secrets.token_hex(4))[:name_length]
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("board_network")  # nginx listening beyond loopback
+async def test_an_nginx_built_with_another_configuration_file_is_not_the_board_s(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A copy of Debian's nginx with its compiled-in configuration file changed to another
+    path of the same length (every place its executable holds it: the configure line, the -h
+    text, the path it opens), as an nginx built elsewhere (nginx.org's, OpenResty, a source
+    build) has another: started without -c, it runs that file, which passes /ws on to the
+    broker's plain WebSockets from the network. The board's configuration is Debian's
+    /etc/nginx (read only). Its executable's bytes name the file it runs: not the board's."""
+    board, port, ws_port = _nginx_and_a_plain_broker(rig)
+    folder = _short_folder(len("/etc/nginx/nginx.conf"))
+    conf = folder / "nginx.conf"
+    try:
+        built = _built_elsewhere(folder, tmp_path / "nginx")
+        site = (
+            f"server {{\n  listen {port};\n  server_name _;\n"
+            "  location / { return 404; }\n"
+            "  location = /mqtt { return 301 https://$host$request_uri; }\n"
+            f"  {passed_on('/ws', ws_port)}\n}}\n"
+        )
+        nginx_written(folder, site)
+        proc = started([str(built), "-p", f"{folder}/", "-e", f"{folder}/error.log"])
+        try:
+            wait_listening(proc, [port], lambda: (folder / "error.log").read_text())
+            harm = await mqtt_answers(Address(board[0]), port, 3.0, ("/ws",))
+            assert harm.how is not None, harm  # MQTT in the clear through that nginx
+            found = await check_network(3.0, nginx=Path("/etc/nginx"))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(folder)
+    named = [c for c in found if f"nginx (pid {proc.pid}) " in c.detail]
+    assert [c.verdict for c in named] == [Verdict.TODO], found
+    assert f"nginx (pid {proc.pid}) runs {conf}, not /etc/nginx/nginx.conf" in named[0].detail
+    assert NGINX_NOT_ITS in named[0].detail, named
+    assert "stop the nginx that does not run the board's /etc/nginx" in named[0].fix, named
 
 
 def _anonymous_wss_command(host: str, port: int, broker_port: int) -> bool:
