@@ -78,6 +78,7 @@ from treadguard.controller.broker_config import (
 )
 from treadguard.controller.doctor_page import SITE as PAGE_SITE
 from treadguard.controller.doctor_page import check_page
+from treadguard.controller.doctor_relays import RELAY_FIX, relays
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
 from treadguard.controller.journal import schema_version as journal_schema_version
@@ -1180,6 +1181,7 @@ def check_broker_files(
             "--mosquitto-conf FILE"
         )
         return [_not_read("broker config", exc, fix), *check_listeners(broker, None)]
+    named: set[int] = set()  # other Mosquittos named, not named again as relays
     return [
         *(
             Check(
@@ -1195,7 +1197,8 @@ def check_broker_files(
         *_judge_client_ids(conf),
         *_judge_bridges(conf, broker.prefix),
         *_running_conf(broker, options.mosquitto_conf, conf),
-        *_other_brokers(broker),
+        *_other_brokers(broker, named),
+        *_relays(broker, options, named),
         *_judge_acl(conf, loaded, broker),
         *check_listeners(broker, conf),
     ]
@@ -1589,21 +1592,28 @@ OTHER_BROKER_FIX = (
 )
 
 
-def _other_brokers(broker: BrokerSettings) -> list[Check]:
-    """Every Mosquitto of this board but the one on [mqtt] port, judged for a way into it: a
-    bridge from another broker brings in whatever that broker's own clients publish, under
-    the bridge's account (the tablet's, say), and the other broker's accounts and ACL (or
-    none: anonymous clients) are not the board's. Nothing to say while the broker on the
-    port cannot be seen (the listeners check says so)."""
+def _judged_broker(broker: BrokerSettings) -> tuple[set[int], set[int]]:
+    """The processes listening on [mqtt] port (the board's broker: one, else a failure of its
+    own) and every port they listen on (its TLS and WebSockets listeners too)."""
     _, owners = _port_owners(broker.port)
     judged = set(owners.values())
-    if not judged:
-        return []
     ports = {broker.port}
     for one in judged:
         with contextlib.suppress(OSError):
             inodes = process_sockets(one)
             ports |= {s.port for s in listening(Path(f"/proc/{one}/net")) if s.inode in inodes}
+    return judged, ports
+
+
+def _other_brokers(broker: BrokerSettings, named: set[int] | None = None) -> list[Check]:
+    """Every Mosquitto of this board but the one on [mqtt] port, judged for a way into it: a
+    bridge from another broker brings in whatever that broker's own clients publish, under
+    the bridge's account (the tablet's, say), and the other broker's accounts and ACL (or
+    none: anonymous clients) are not the board's. Nothing to say while the broker on the
+    port cannot be seen (the listeners check says so). Each one named is added to ``named``."""
+    judged, ports = _judged_broker(broker)
+    if not judged:
+        return []
     checks = []
     for pid in _mosquittos():
         if pid in judged:
@@ -1612,6 +1622,8 @@ def _other_brokers(broker: BrokerSettings) -> list[Check]:
         why = _bridges_here(pid, ports)
         if why is None:
             continue
+        if named is not None:
+            named.add(pid)
         checks.append(
             Check(
                 "broker config",
@@ -1623,6 +1635,26 @@ def _other_brokers(broker: BrokerSettings) -> list[Check]:
                 OTHER_BROKER_FIX,
             )
         )
+    return checks
+
+
+def _relays(broker: BrokerSettings, options: DoctorOptions, named: set[int]) -> list[Check]:
+    """The board's broker's clients on this board that relay for others (doctor_relays): any
+    program, whatever its name, holding a connection to one of the broker's ports and
+    listening, or connected beyond the board. Not judged here: the doctor itself, the broker,
+    another Mosquitto already named (``named``), treadguard's own unit, and the board's own
+    nginx (its routes are the network check's). Nothing to say while the broker cannot be
+    seen (the listeners check says so)."""
+    judged, ports = _judged_broker(broker)
+    exempt = {os.getpid(), *judged, *named}
+    for master in _nginx_masters():
+        if _nginx_not_board(master, options.nginx_dir) is None:
+            exempt |= {master.pid, *_children(master.pid)}
+    checks = []
+    for pid in sorted(judged):
+        here = {a.ip for a in board_addresses(Path(f"/proc/{pid}/net"))}
+        for said in relays(pid, ports, exempt, here):
+            checks.append(Check("broker config", Verdict.TODO, f"not checked: {said}", RELAY_FIX))
     return checks
 
 
