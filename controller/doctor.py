@@ -78,7 +78,7 @@ from treadguard.controller.broker_config import (
 )
 from treadguard.controller.doctor_page import SITE as PAGE_SITE
 from treadguard.controller.doctor_page import check_page
-from treadguard.controller.doctor_relays import RELAY_FIX, relays
+from treadguard.controller.doctor_relays import relays
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
 from treadguard.controller.journal import schema_version as journal_schema_version
@@ -1653,8 +1653,10 @@ def _relays(broker: BrokerSettings, options: DoctorOptions, named: set[int]) -> 
     checks = []
     for pid in sorted(judged):
         here = {a.ip for a in board_addresses(Path(f"/proc/{pid}/net"))}
-        for said in relays(pid, ports, exempt, here):
-            checks.append(Check("broker config", Verdict.TODO, f"not checked: {said}", RELAY_FIX))
+        for found in relays(pid, ports, exempt, here):
+            checks.append(
+                Check("broker config", Verdict.TODO, f"not checked: {found.said}", found.fix)
+            )
     return checks
 
 

@@ -244,6 +244,9 @@ def holders(proc: Path = Path("/proc")) -> tuple[dict[int, set[int]], dict[int, 
         for fd in fds:
             try:
                 target = os.readlink(fd)
+            except PermissionError:  # listed, but not read: another user's, root's powers gone
+                hidden = True
+                continue
             except OSError:
                 continue
             if target.startswith("socket:["):
@@ -290,19 +293,33 @@ RELAY_FIX = (
     "stop it); treadguard's own daemon run by hand: run it as the service (sudo systemctl "
     "start treadguard); then run the doctor again"
 )
+UNSEEN_FIX = (
+    "run the doctor as root (sudo), which reads every process's sockets; sudo ss -tnp shows "
+    "which program holds the connection: a relay, stop it"
+)
 
 
-def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> list[str]:
+@dataclass(frozen=True)
+class Finding:
+    """What the doctor cannot pass, in words, and its fix."""
+
+    said: str
+    fix: str
+
+
+def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> list[Finding]:
     """What the doctor cannot pass among the local clients of the broker process ``broker``
-    (listening on ``ports``), in words: each relay named, and each connection from this
-    machine whose process cannot be inspected. Not judged: the processes in ``exempt`` (the
-    doctor, the broker itself, processes judged by other checks) and treadguard's own unit.
-    ``here``: the addresses of the broker's network namespace."""
+    (listening on ``ports``): each relay named, and each connection from this machine whose
+    process cannot be inspected. Not judged: the processes in ``exempt`` (the doctor, the
+    broker itself, processes judged by other checks) and treadguard's own unit. ``here``: the
+    addresses of the broker's network namespace."""
     try:
         broker_inodes = process_sockets(broker)
         broker_key = os.readlink(f"/proc/{broker}/ns/net")
     except OSError as exc:
-        return [f"the broker's connections cannot be read by the doctor ({exc})"]
+        return [
+            Finding(f"the broker's connections cannot be read by the doctor ({exc})", UNSEEN_FIX)
+        ]
     nets, _ = namespaces()
     all_nets = list(nets.values())
     broker_net = nets.get(broker_key) or _read_net(Path(f"/proc/{broker}/net"))
@@ -310,7 +327,7 @@ def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> li
     if not clients:
         return []
     by_inode, by_pid, hidden = holders()
-    said: list[str] = []
+    found: list[Finding] = []
     judged: set[int] = set()
     unseen: list[Client] = []
     for client in clients:
@@ -324,11 +341,14 @@ def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> li
                 continue
             why = serves(by_pid.get(pid, set()), all_nets)
             if why:
-                said.append(
-                    f"{described(pid)} holds a connection to the board's broker at "
-                    f"{shown(client.at)} from {shown(client.peer)}, and {', '.join(why)}: "
-                    "whoever reaches it may act on the broker with the account it logged in "
-                    "with (the tablet's, say), by its own rules, not the board's"
+                found.append(
+                    Finding(
+                        f"{described(pid)} holds a connection to the board's broker at "
+                        f"{shown(client.at)} from {shown(client.peer)}, and {', '.join(why)}: "
+                        "whoever reaches it may act on the broker with the account it logged "
+                        "in with (the tablet's, say), by its own rules, not the board's",
+                        RELAY_FIX,
+                    )
                 )
     if unseen:
         # A connection that ended meanwhile is nobody's: only those still there are said.
@@ -338,13 +358,18 @@ def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> li
             if (client.at, client.peer) not in still:
                 continue
             who = (
-                "a process the doctor, not running as root, cannot see"
+                "a process whose sockets the doctor cannot read (another user's: the doctor "
+                "is not root, or runs without root's powers)"
                 if hidden
-                else "no process the doctor can see (another namespace, or a socket passed on)"
+                else "no process the doctor can see (a namespace it cannot see, or a socket "
+                "passed on)"
             )
-            said.append(
-                f"a connection to the board's broker at {shown(client.at)} from "
-                f"{shown(client.peer)}, on this board, is held by {who}: whether it relays "
-                "for others is not known"
+            found.append(
+                Finding(
+                    f"a connection to the board's broker at {shown(client.at)} from "
+                    f"{shown(client.peer)}, on this board, is held by {who}: whether it "
+                    "relays for others is not known",
+                    UNSEEN_FIX,
+                )
             )
-    return said
+    return found
