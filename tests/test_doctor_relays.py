@@ -11,12 +11,16 @@ import contextlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.mosquitto import (
     ACL,
@@ -29,7 +33,8 @@ from tests.mosquitto import (
     have_mosquitto,
     wait_listening,
 )
-from tests.nginx import started
+from tests.nginx import NGINX, Nginx, have_nginx, started
+from tests.pki import make_pki
 from tests.test_doctor import (
     NOBODY,
     Rig,
@@ -43,7 +48,9 @@ from tests.test_doctor import (
     without_root_s_powers,
 )
 from tests.test_doctor_broker_setups import _reaches_now
+from treadguard.config.loading import load_config
 from treadguard.controller.broker_config import process_sockets
+from treadguard.controller.doctor import DoctorOptions, Verdict, check_broker_files
 from treadguard.controller.doctor_relays import (
     ESTABLISHED,
     LISTEN,
@@ -56,6 +63,7 @@ from treadguard.controller.doctor_relays import (
     printable,
     serves,
 )
+from treadguard.controller.mqtt_settings import broker_settings
 
 TCP_HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -365,3 +373,67 @@ async def test_a_client_the_doctor_cannot_inspect_is_not_passed(
         "doctor cannot read (another user's"
     ) in text, text
     assert "fix: run the doctor as root (sudo)" in text, text
+
+
+@contextlib.contextmanager
+def _tablet_through(nginx: Nginx) -> Iterator[None]:
+    """A tablet connected to the broker through nginx (wss://.../mqtt, the tablet's account),
+    held until the block ends (its CONNACK seen within 5 s)."""
+    connected = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, transport="websockets")
+    client.ws_set_options(path="/mqtt")
+    client.tls_set(cert_reqs=ssl.CERT_NONE)
+    client.tls_insecure_set(True)
+    client.username_pw_set("tablet", PASSWORDS["tablet"])
+    client.on_connect = lambda *_: connected.set()
+    client.connect("127.0.0.1", nginx.https_port)
+    client.loop_start()
+    try:
+        assert connected.wait(5.0), "the tablet did not connect through nginx"
+        yield
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytestmark_real
+@pytest.mark.parametrize("board_s", [True, False])
+def test_the_board_s_nginx_is_left_to_the_page_s_checks(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+    board_s: bool,
+) -> None:
+    """nginx shaped as the shipped site passes the tablet's wss on to the broker's WebSockets
+    listener: while a tablet is connected, it holds a connection to the broker, listens and
+    holds the tablet's. The board's own nginx (running the configuration judged as the
+    board's) is the network check's, and is not named here; an nginx running any other
+    configuration is judged as any program, and named as a relay."""
+    need("Debian's nginx", have_nginx())
+    _broker_anew(rig, auth_lines(rig.tmp), websockets=True)
+    assert rig.broker.ws_port is not None
+    pki = make_pki(tmp_path / "pki")
+    nginx = Nginx(tmp_path, cert=pki.server_cert, key=pki.server_key, mqtt_port=rig.broker.ws_port)
+    nginx.start()
+    assert nginx.proc is not None
+    elsewhere = tmp_path / "board-nginx"
+    elsewhere.mkdir()
+    (elsewhere / "nginx.conf").write_text("events {}\nhttp {}\n")
+    rig.drive = 'kind = "simulator"'
+    loaded = load_config(rig.config())
+    options = DoctorOptions(
+        mosquitto_conf=rig.broker.conf, nginx_dir=nginx.dir if board_s else elsewhere
+    )
+    try:
+        with _tablet_through(nginx):
+            checks = check_broker_files(loaded, broker_settings(loaded), options)
+    finally:
+        nginx.stop()
+    named = [c for c in checks if "holds a connection to the board's broker" in c.detail]
+    if board_s:
+        assert named == [], checks
+    else:
+        assert [c.verdict for c in named] == [Verdict.TODO], checks
+        assert named[0].detail.startswith("not checked: nginx (pid "), named
+        assert f", {NGINX}, command line: nginx: worker process" in named[0].detail, named
+        assert f"at 127.0.0.1:{rig.broker.ws_port} from " in named[0].detail, named
+        assert f"listens on 127.0.0.1:{nginx.https_port}" in named[0].detail, named
