@@ -162,6 +162,8 @@ def serves(inodes: set[int], nets: list[Net]) -> list[str]:
         for row in net.tcp:
             if row.inode not in inodes:
                 continue
+            if row.state != LISTEN and not row.remote[1]:
+                continue  # bound, neither listening nor connected: no one reaches it yet
             if row.state == LISTEN:
                 said.append(f"listens on {shown(row.local)}")
             elif any(

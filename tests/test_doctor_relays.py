@@ -183,6 +183,7 @@ def test_a_client_that_listens_or_talks_beyond_the_board_is_a_relay() -> None:
             Row(("0.0.0.0", 9999), ("0.0.0.0", 0), LISTEN, 60),
             Row(("192.0.2.77", 9999), ("192.0.2.50", 50500), ESTABLISHED, 61),  # accepted
             Row(("127.0.0.1", 40100), ("127.0.0.1", 6379), ESTABLISHED, 62),  # a local service
+            Row(("0.0.0.0", 40300), ("0.0.0.0", 0), "07", 63),  # bound, not yet used
         ],
         udp=[
             Row(("0.0.0.0", 5683), ("0.0.0.0", 0), "07", 70),  # bound, no peer
@@ -195,7 +196,7 @@ def test_a_client_that_listens_or_talks_beyond_the_board_is_a_relay() -> None:
     assert serves({61}, both) == [
         "holds a connection it accepted at 192.0.2.77:9999 from 192.0.2.50:50500"
     ]
-    assert serves({62, 71}, both) == []
+    assert serves({62, 63, 71}, both) == []
     assert serves({70}, both) == ["receives UDP on 0.0.0.0:5683"]
     assert serves({80}, both) == ["listens on the unix socket /run/node-red.sock"]
 
