@@ -34,7 +34,7 @@ from treadguard.controller.control import Timers
 from treadguard.controller.drives import in_process_rig
 from treadguard.controller.journal import CommissioningOutcome, JournalError, ProofRecord
 from treadguard.controller.system import System, open_journal
-from treadguard.drivers.base import DriveStatus
+from treadguard.drivers.base import DriveStatus, failure_of
 from treadguard.safety.decisions import (
     ACCEPTED,
     Accepted,
@@ -49,6 +49,7 @@ from treadguard.safety.decisions import (
 from treadguard.safety.inputs import (
     CommissionAbort,
     CommissioningCommand,
+    DriveFailure,
     EStop,
     FallReading,
     GripReading,
@@ -198,7 +199,10 @@ class Commissioner:
         # proof's outcome and figures.
         self.step: ProofStep | None = None
         self.last_proof: ProofRecord | None = None
+        # The deadman's proof: the drive's first status once its cut link is back.
+        self._link_back: DriveStatus | None = None
         system.subscribe(self._on_event, name="commissioning")
+        system.status_watchers.append(self._on_status)
 
     # ------------------------------------------------------------------ watching
 
@@ -212,6 +216,22 @@ class Commissioner:
             self._cap_stop = _Stop(event.t, "cap", speed)
         elif event.type is EventType.GRIP_WARNING:
             self._warned.add(str(event.fields.get("hand")))
+
+    def _on_status(self, status: DriveStatus) -> None:
+        """Every status the control tick reads: during the deadman's proof, once the link
+        was lost (the drive_link latch), the first status the drive answers again is kept. A
+        status still carrying the link's fault is the loss being reported, not an answer."""
+        latch = self._latch
+        if self.step is not ProofStep.DEADMAN or self._link_back is not None or latch is None:
+            return
+        if latch.cause != Cause.DRIVE_LINK.value:
+            return
+        lost_after = latch.status_t if latch.status_t is not None else latch.t
+        if status.t <= lost_after:
+            return
+        if status.fault is not None and failure_of(status.fault) is DriveFailure.LINK:
+            return
+        self._link_back = status
 
     def heartbeat(self) -> None:
         """The tablet's heartbeat, every HEARTBEAT_S while the tool runs (SR-12)."""
@@ -440,6 +460,7 @@ class Commissioner:
             return ProofRecord(step.value, None, False, detail=why)
         status = self._status()
         speed = status.speed_mph if status is not None else self.cfg.proof_mph
+        self._link_back = None
         cut_t = yield Ask(Act.CUT_LINK)
         seen_t = yield Ask(Act.RESTORE_LINK)
         assert isinstance(cut_t, float)
@@ -454,15 +475,33 @@ class Commissioner:
             # The last status the drive answered is when the link was cut (within a poll),
             # closer than the technician's confirmation, which comes after the pull.
             cut_t = min(cut_t, latch.status_t)
-        # The link is back: the drive's first status must confirm the standstill.
-        confirmed = yield Wait("a status at standstill", self._standstill_after(seen_t), SETTLE_S)
-        bound = self.cfg.max_deadman_standstill_s
-        if not confirmed:
+        # The link is back: the drive's FIRST status must show the belt at standstill, stopped
+        # by the drive itself while nothing reached it. Any later status could show a belt
+        # stopped by treadguard's own latched stop, which goes out as soon as the link is back
+        # (a drive without a communication time-out, its cable plugged back while the belt
+        # still ran, would pass on it).
+        answered = yield Wait(
+            "the drive's first status", lambda: self._link_back is not None, SETTLE_S
+        )
+        back = self._link_back
+        if not answered or back is None:
             return ProofRecord(
-                step.value, None, False, detail="no status at standstill once the link was back"
+                step.value, None, False, detail="no status from the drive once the link was back"
             )
-        # Not a baseline: the drive's own deadman, not a stop treadguard commands.
-        return _figures(step, None, speed, seen_t - cut_t, bound)
+        if back.speed_mph > STANDSTILL_MPH:
+            return ProofRecord(
+                step.value,
+                None,
+                False,
+                detail=(
+                    f"the belt was still moving ({back.speed_mph:.2f} mph) when the drive "
+                    "answered again: its communication time-out did not stop it"
+                ),
+            )
+        bound = self.cfg.max_deadman_standstill_s
+        # Not a baseline: the drive's own deadman, not a stop treadguard commands. Standstill
+        # came no later than the technician saw it, nor than the first status showing it.
+        return _figures(step, None, speed, min(seen_t, back.t) - cut_t, bound)
 
     def _prove_cap(self) -> Generator[Ask | Wait, float | bool, ProofRecord]:
         step = ProofStep.CAP

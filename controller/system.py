@@ -50,7 +50,7 @@ from treadguard.controller.loop import LoopHealth
 from treadguard.controller.plan import Proposal, propose
 from treadguard.controller.proposal_book import NotKnown, ProposalSource, WorkedOutOnDemand
 from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
-from treadguard.drivers.base import TreadmillDriver
+from treadguard.drivers.base import DriveStatus, TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
 from treadguard.safety.decisions import (
     ACCEPTED,
@@ -216,6 +216,9 @@ class System:
         self.shutting_down = False  # set by the daemon's first signal: no start from then on
         # A guided commissioning run beside the daemon (``treadguard commission``), if one is on.
         self.commissioning_run: CommissioningDesk | None = None
+        # Called with the drive's status after every control tick (the same status until a
+        # new one arrives): the commissioning run watches the first status after a cut link.
+        self.status_watchers: list[Callable[[DriveStatus], None]] = []
         sessions_before = self._last_session_id()
         self.commissioning = self._read_commissioning()
         self.core = SafetyCore(
@@ -309,10 +312,15 @@ class System:
         elif self.health.last_lag_s > 2 * self.health.period_s:
             self._log.warning("control_tick_late", lag_ms=round(self.health.last_lag_s * 1e3, 1))
         self.controller.tick()
-        if self.journal is not None:
-            status = self.controller.last_status
-            if status is not None:
+        status = self.controller.last_status
+        if status is not None:
+            if self.journal is not None:
                 self.journal.observe_speed(status.speed_mph)
+            for watch in self.status_watchers:
+                try:
+                    watch(status)
+                except Exception as exc:  # the control tick goes on whatever a watcher does
+                    self._log.error("status_watcher_failed", error=repr(exc))
 
     def set_stop_baselines(
         self,
