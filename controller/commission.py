@@ -20,8 +20,7 @@ run it for real).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
+import os
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -759,9 +758,13 @@ class GuidedRun:
     first, answers the request; an abort from either stops the belt and ends the run.
 
     A tablet's confirmation names the request it answers (step and ask): one meant for an
-    earlier request (a stale tap, a double tap) is refused, never taken for the next one. A
-    terminal line is read for one request too: typed while the tablet answered that request,
-    it answers nothing, and the terminal says so."""
+    earlier request (a stale tap, a double tap) is refused, never taken for the next one.
+
+    The terminal is read for the whole run, by the event loop (:class:`TerminalLines`), not
+    only while a request is asked: ``q`` or the end of input gives up at any moment, also
+    while the run waits for the belt. Enter answers the request asked now; typed when nothing
+    is asked, or the first one after the tablet answered a request (it was typed for that
+    one), it answers nothing, and the terminal says so."""
 
     def __init__(
         self,
@@ -770,19 +773,20 @@ class GuidedRun:
         *,
         started_at: float,
         echo: Callable[[str], None],
-        read: Callable[[str], str] | None,
+        terminal: TerminalLines | None,
     ) -> None:
         self.commissioner = commissioner
         self.clock = clock
         self.started_at = started_at
         self.echo = echo
-        self.read = read
+        self.terminal = terminal
         self.aborted: str | None = None
         self.result: CommissioningResult | None = None
         self._item: Ask | Wait | None = None
         self._asked: asyncio.Future[float] | None = None
-        self._seq = 0  # the current request's number: a terminal line is read for one
-        self._reading = False  # a terminal line is being read (one reader at a time)
+        # The tablet answered a request since the terminal's last line: the next line was
+        # typed for that request, and answers nothing.
+        self._tablet_answered = False
 
     # ------------------------------------------------------------------ the state
 
@@ -845,6 +849,7 @@ class GuidedRun:
                 "confirm again once that is done",
             )
         self._asked.set_result(self.clock.time())
+        self._tablet_answered = self.terminal is not None
         self.echo("   confirmed on the tablet page")
         return ACCEPTED
 
@@ -862,11 +867,11 @@ class GuidedRun:
         """An Ask, answered by the terminal or the tablet, whichever comes first."""
         if self.aborted is not None:
             raise Aborted(self.aborted)
-        self._seq += 1
         asked: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._asked = asked
         self.echo(f"\n>> {item.text}")
-        self._read_line()
+        if self.terminal is not None:
+            self.echo(TERMINAL_PROMPT)
         try:
             return await asked
         finally:
@@ -874,29 +879,17 @@ class GuidedRun:
 
     # ------------------------------------------------------------------ the terminal
 
-    def _read_line(self) -> None:
-        """A line for the current request, read in a thread of its own so as not to hold up
-        the control loop, and that the process does not wait for (a signal that ends the
-        daemon while the technician has not answered must not leave it hanging on input)."""
-        if self.read is None or self._reading:
-            return  # a line asked for earlier is still coming: it is read for this one next
-        self._reading = True
-        read, seq = self.read, self._seq
-        loop = asyncio.get_running_loop()
+    def listen(self) -> None:
+        """Reads the terminal from now until :meth:`stop_listening` (the run's whole time)."""
+        if self.terminal is not None:
+            self.terminal.start(self._line)
 
-        def reader() -> None:
-            try:
-                line: str | None = read(TERMINAL_PROMPT)
-            except (EOFError, OSError):
-                line = None
-            with contextlib.suppress(RuntimeError):  # the daemon has ended meanwhile
-                loop.call_soon_threadsafe(self._line, seq, line)
+    def stop_listening(self) -> None:
+        if self.terminal is not None:
+            self.terminal.stop()
 
-        threading.Thread(target=reader, name="technician", daemon=True).start()
-
-    def _line(self, seq: int, line: str | None) -> None:
-        self._reading = False
-        if self.result is not None:
+    def _line(self, line: str | None) -> None:
+        if self.result is not None or self.aborted is not None:
             return  # the run is over
         if line is None:
             self.abort("the end of input")
@@ -905,16 +898,84 @@ class GuidedRun:
             self.abort("the technician gave up")
             return
         asked = self._asked
+        stale, self._tablet_answered = self._tablet_answered, False
         if asked is None or asked.done():
+            self.echo("   (nothing is asked now: that Enter answers nothing)")
             return
-        if seq == self._seq:
-            asked.set_result(self.clock.time())
+        if stale:
+            # Typed for a request the tablet answered meanwhile: it answers nothing.
+            self.echo(
+                "   (that Enter came after the tablet confirmed the step before; press Enter again)"
+            )
             return
-        # Typed for a request the tablet answered meanwhile: it answers nothing.
-        self.echo(
-            "   (that Enter came after the tablet confirmed the step before; press Enter again)"
-        )
-        self._read_line()
+        asked.set_result(self.clock.time())
+
+
+class TerminalLines:
+    """The technician's terminal, a file descriptor (stdin) read by the event loop as lines
+    arrive (``add_reader``): no thread is left blocked in a read, so the run can be given up
+    at any moment and the process exits cleanly after it. ``None`` is the end of input (or a
+    terminal that cannot be read). A descriptor the loop cannot watch (a regular file, which
+    never blocks) is read a piece per turn of the loop."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+        self._on_line: Callable[[str | None], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched = False
+
+    def start(self, on_line: Callable[[str | None], None]) -> None:
+        self._on_line = on_line
+        self._loop = loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(self.fd, self._readable)
+            self._watched = True
+        except PermissionError:  # a regular file (or /dev/null): ready at every turn
+            loop.call_soon(self._poll_file)
+        except (OSError, ValueError):  # no terminal at all (stdin closed)
+            loop.call_soon(self._ended)
+
+    def stop(self) -> None:
+        if self._watched and self._loop is not None:
+            self._loop.remove_reader(self.fd)
+        self._watched = False
+        self._on_line = None
+
+    def _poll_file(self) -> None:
+        if self._on_line is None:
+            return
+        if self._readable() and self._loop is not None:
+            self._loop.call_soon(self._poll_file)
+
+    def _ended(self) -> None:
+        on_line = self._on_line
+        self.stop()
+        if on_line is not None:
+            on_line(None)
+
+    def _readable(self) -> bool:
+        """Reads what is there; False once the input has ended."""
+        try:
+            chunk = os.read(self.fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:  # a terminal hung up (a pty's EIO): the end of input
+            chunk = b""
+        if not chunk:
+            rest, self._buffer = self._buffer, b""
+            if rest and self._on_line is not None:
+                self._on_line(rest.decode(errors="replace"))
+            self._ended()
+            return False
+        self._buffer += chunk
+        while b"\n" in self._buffer and self._on_line is not None:
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            self._on_line(line.decode(errors="replace"))
+        return True
+
+
+STDIN_FD = 0
 
 
 def guided_errand(
@@ -922,11 +983,12 @@ def guided_errand(
     technician: str,
     echo: Callable[[str], None],
     results: list[CommissioningResult],
-    read: Callable[[str], str] | None = input,
+    terminal: int | None = STDIN_FD,
 ) -> Callable[[System], Awaitable[object]]:
     """The commissioning run beside the daemon on the real machine (``Daemon(errand=...)``),
-    the technician guided on the terminal and on the tablet page (``read``: the terminal's
-    lines; None: the tablet only). A run given up is journaled as aborted, the belt stopped."""
+    the technician guided on the terminal and on the tablet page (``terminal``: the file
+    descriptor of the terminal's input, read for the whole run; None: the tablet only). A run
+    given up is journaled as aborted, the belt stopped."""
 
     async def errand(system: System) -> object:
         commissioner = Commissioner(system, technician=technician, simulated=False, echo=echo)
@@ -934,9 +996,13 @@ def guided_errand(
         # proof run is tried.
         await asyncio.sleep(1.0)
         commissioner.heartbeat()
-        run = GuidedRun(commissioner, system.clock, started_at=system.wall(), echo=echo, read=read)
+        lines = None if terminal is None else TerminalLines(terminal)
+        run = GuidedRun(
+            commissioner, system.clock, started_at=system.wall(), echo=echo, terminal=lines
+        )
         system.commissioning_run = run
         procedure = commissioner.procedure()
+        run.listen()
         try:
             result = await play_realtime(
                 procedure, system.clock, run.ask, shown=run.show, aborted=lambda: run.aborted
@@ -945,6 +1011,8 @@ def guided_errand(
             procedure.close()
             system.execute(EStop(t=system.clock.time()))
             result = commissioner.abort(f"aborted: {exc}")
+        finally:
+            run.stop_listening()
         # Kept on the tablet, with its outcome, until the daemon goes.
         run.result = result
         results.append(result)

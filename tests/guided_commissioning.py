@@ -112,7 +112,9 @@ async def guided_daemon(config: Path) -> AsyncIterator[GuidedDaemon]:
     terminal). On the way out it is shut down as by SIGTERM if it still runs."""
     results: list[CommissioningResult] = []
     lines: list[str] = []
-    errand = guided_errand(technician="T. Tester", echo=lines.append, results=results, read=None)
+    errand = guided_errand(
+        technician="T. Tester", echo=lines.append, results=results, terminal=None
+    )
     daemon = Daemon(with_short_proof_cap(load_runnable(config)), errand=errand)
     task = asyncio.create_task(daemon.run(), name="guided-daemon")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import queue
+import os
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.clinician import clinician, ok, refused, sensor_user
+from tests.commission_terminal import ENDED, PROMPT, commission
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.guided_commissioning import (
     RUN_WAIT_S,
@@ -46,6 +47,7 @@ from treadguard.controller.commission import (
     GuidedRun,
     ProofStep,
     SimulatedMachine,
+    TerminalLines,
     nominal_proofs,
     run_simulated,
 )
@@ -539,28 +541,29 @@ def test_a_tablet_start_cannot_claim_to_be_a_proof_run() -> None:
     assert isinstance(proof, Accepted), proof
 
 
-def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_done(
+@pytest.mark.asyncio
+async def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof_not_done(
     broker: Broker, tmp_path: Path
 ) -> None:
     """`treadguard commission` without --simulated: the daemon's whole assembly, the
-    technician asked on the terminal (here stdin confirms every step). The E-STOP is proven
-    through it; the grip sensors are the built-in simulated user, who never lets go, so the
-    left grip's proof fails and the run ends there: journaled failed, no commissioning."""
+    technician asked on the terminal (here Enter confirms every request as it is asked). The
+    E-STOP is proven through it; the grip sensors are the built-in simulated user, who never
+    lets go, so the left grip's proof fails and the run ends there: journaled failed, no
+    commissioning."""
     tm = "tm-guided"
     config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
-    run = subprocess.run(
-        [sys.executable, "-m", "treadguard.controller.cli", "commission", "--config", str(config)],
-        cwd=ROOT,
-        input="\n" * 30,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "pass E-STOP command" in run.stdout, run.stdout
-    assert "FAIL left grip released" in run.stdout, run.stdout
+    async with commission(config, tmp_path) as proc:
+        asked = 0
+        while True:
+            at = await proc.until(f"^{PROMPT}|^{ENDED}", 120.0, after=asked)
+            if not proc.lines[at].startswith(PROMPT):
+                break
+            asked = at + 1
+            await proc.type("")
+        code = await proc.exit_code(30.0)
+    assert code == 1, proc.text
+    assert "pass E-STOP command" in proc.text, proc.text
+    assert "FAIL left grip released" in proc.text, proc.text
     journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
     (row,) = journal.commissioning_runs()
     assert (row.outcome, row.simulated) == ("failed", False)
@@ -714,17 +717,22 @@ async def test_the_terminal_and_the_tablet_answer_one_request_whichever_comes_fi
     opened = open_journal(None, max_size_mb=64, wall=lambda: 1_800_000_000.0 + loop.time())
     system = System(loaded, loop, machine.rig.driver, opened, wall=lambda: 1_800_000_000.0)
     system.start(restore_faults=False)
-    lines: queue.Queue[str] = queue.Queue()
+    read_end, write_end = os.pipe()  # the terminal
     stale_enter = asyncio.Event()
 
     def echo(line: str) -> None:
         if "press Enter again" in line:
             stale_enter.set()
 
+    def type_line(line: str) -> None:
+        os.write(write_end, line.encode() + b"\n")
+
     commissioner = Commissioner(system, technician="t", simulated=False, echo=echo)
-    run = GuidedRun(commissioner, loop, started_at=0.0, echo=echo, read=lambda _p: lines.get())
+    terminal = TerminalLines(read_end)
+    run = GuidedRun(commissioner, loop, started_at=0.0, echo=echo, terminal=terminal)
     system.commissioning_run = run
     commissioner.step = ProofStep.ESTOP
+    run.listen()
 
     async def asked(act: Act) -> asyncio.Task[float]:
         run.show(Ask(act))
@@ -741,15 +749,15 @@ async def test_the_terminal_and_the_tablet_answer_one_request_whichever_comes_fi
     wrong = system.execute(CommissionConfirm(loop.time(), "estop", "stand_on"))
     assert isinstance(wrong, Refused)
     assert wrong.code is RefusalCode.NOT_ALLOWED
-    lines.put("")  # typed for the request the tablet answered
+    type_line("")  # typed for the request the tablet answered
     async with asyncio.timeout(5.0):
         await stale_enter.wait()
     assert not second.done()
-    lines.put("")
+    type_line("")
     async with asyncio.timeout(5.0):
         await second
     third = await asked(Act.HOLD_BOTH)
-    lines.put("q")
+    type_line("q")
     with pytest.raises(Aborted):
         async with asyncio.timeout(5.0):
             await third
@@ -758,4 +766,7 @@ async def test_the_terminal_and_the_tablet_answer_one_request_whichever_comes_fi
     late = system.execute(CommissionConfirm(loop.time(), "estop", "hold_both"))
     assert isinstance(late, Refused)
     assert late.code is RefusalCode.PRECONDITIONS_UNMET
+    run.stop_listening()
+    os.close(write_end)
+    os.close(read_end)
     system.close()
