@@ -216,6 +216,36 @@ def test_sr9_an_unconfirmed_stop_falls_silent_for_the_deadman_plus_margin() -> N
     assert p2.silences == 2
 
 
+def test_sr9_a_late_answer_to_a_stop_written_before_an_emergency_does_not_confirm_it() -> None:
+    """Hazard: an emergency stop is raised while an earlier stop write still awaits its
+    answer; that answer then arrives, and the drive answers nothing more. The answer belongs
+    to the earlier stop, not to the emergency: taken as its confirmation, the policy would
+    keep writing stops and polls (feeding the drive's deadman) until the standstill bound,
+    instead of falling silent after the confirm bound so the drive's own deadman stops it."""
+    p = LinkPolicy(PARAMS, 0.0)
+    p.connected(0.0)
+    assert p.next(0.0).action is Action.STOP
+    p.stop_answered(0.01, p.stop_written(0.0), accepted=True)  # the connect stop, accepted
+    assert p.next(POLL).action is Action.STOP  # repeated until standstill is read
+    earlier = p.stop_written(POLL)  # its answer is on its way...
+    p.raise_stop(0.12, StopCause.EMERGENCY)  # ...when an emergency stop is raised
+    p.stop_answered(0.13, earlier, accepted=True)  # the late answer to the earlier write
+    t, writes = 0.13, 0
+    while t < STANDSTILL:
+        d = p.next(t)
+        if d.action is Action.SILENT:
+            break
+        if d.action is Action.STOP:
+            p.stop_written(t)  # never answered from now on
+            writes += 1
+        elif d.action is Action.POLL:
+            p.poll_started(t)  # never answered either
+        t += 0.01
+    assert d.action is Action.SILENT, (t, writes)
+    assert p.silent_since == pytest.approx(0.12 + CONFIRM, abs=0.02)
+    assert writes <= 3
+
+
 def test_sr9_a_drive_that_ignores_the_stop_for_a_while_is_stopped_once_it_obeys() -> None:
     p = running()
     p.raise_stop(0.0, StopCause.EMERGENCY)
