@@ -16,7 +16,8 @@ original only at one float value there) counts as not killed. The run fails (exi
 score is below 90 %, if any mutant that was not killed is not listed, or if the list is not
 true of this run: an entry no surviving mutant matches (killed now, or the code changed), or
 one that matches another number of survivors than its ``count`` (1 unless given: the same
-change at several places of one function needs one reason for each).
+change at several places of one function needs one reason for each). ``--report`` judges the
+last run's verdicts the same way, and exits 1 too while that run is not finished.
 Time-outs count as killed, and are shown apart: a mutant that only makes the code slow is
 killed by one, so each is worth a look.
 
@@ -392,7 +393,7 @@ def main() -> None:
     if (args.only or args.report) and not (work / "mutants").is_dir():
         sys.exit(f"no earlier run in {work}: run without --only or --report first")
     if args.report:
-        report(work, scope)
+        report(work, scope)  # exits 1 if the run's verdicts fail
         return
     if args.only:
         # The tests as they are now (a new test is what one re-runs a mutant for): into the
@@ -468,19 +469,32 @@ def main() -> None:
         }
         path = save(f"mutation_{args.scope}", figures)
         print(f"saved {path}")
-    if score < TARGET_SCORE or v.unlisted or v.problems:
-        sys.exit(
-            f"mutation testing: score {score:.1f} % (target {TARGET_SCORE:.0f} %), "
-            f"{len(v.unlisted)} mutant(s) not killed and not listed in {EQUIVALENTS.name}, "
-            f"{len(v.problems)} entr(y/ies) not true of this run"
-        )
+    failed = failure(v)
+    if failed is not None:
+        sys.exit(failed)
+
+
+def failure(v: Verdicts) -> str | None:
+    """Why a run's verdicts fail (exit 1), None if they pass: a score below the target, a
+    mutant not killed and not listed, or the list not true of the run."""
+    if v.score >= TARGET_SCORE and not v.unlisted and not v.problems:
+        return None
+    return (
+        f"mutation testing: score {v.score:.1f} % (target {TARGET_SCORE:.0f} %), "
+        f"{len(v.unlisted)} mutant(s) not killed and not listed in {EQUIVALENTS.name}, "
+        f"{len(v.problems)} entr(y/ies) not true of this run"
+    )
 
 
 def report(work: Path, scope: dict[str, list[str]]) -> None:
-    """The verdicts so far, without running anything; a run still going shows its progress."""
+    """The verdicts so far, without running anything; a run still going shows its progress.
+    It exits as the run itself does: 1 on a score below the target, a mutant not killed and
+    not listed, or a list not true of the run; and 1 while the run is not finished (its
+    figures are not a result yet)."""
     mutants = results(work, None)
     done = [m for m in mutants if m.status != "not checked"]
-    v = sort_out(mutants, load_equivalents(), scope, whole_run=len(done) == len(mutants))
+    whole_run = len(done) == len(mutants)
+    v = sort_out(mutants, load_equivalents(), scope, whole_run=whole_run)
     print(f"mutants {len(mutants)} ({', '.join(scope['mutate'])}), run so far {len(done)}")
     print(
         f"killed {len(v.killed)} ({len(v.timeouts)} by a time-out), listed equivalent "
@@ -502,6 +516,11 @@ def report(work: Path, scope: dict[str, list[str]]) -> None:
         print(f"\nNOT KILLED ({m.status}): {m.name}\n{toml_entry(m)}", end="")
     for problem in v.problems:
         print(f"\nthe list is not true of this run: {problem}")
+    failed = failure(v)
+    if failed is not None:
+        sys.exit(failed)
+    if not whole_run:
+        sys.exit(f"the run is not finished: {len(mutants) - len(done)} mutant(s) still to run")
 
 
 def glob_regex(pattern: str) -> str:

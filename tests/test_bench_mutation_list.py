@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,3 +96,65 @@ def test_an_unlisted_survivor_and_a_time_out_are_told() -> None:
     assert [m.name for m in v.timeouts] == [f"{F}__mutmut_1"]
     assert [m.name for m in v.unlisted] == [f"{F}__mutmut_2"]
     assert v.score == 50.0
+
+
+def _report(
+    monkeypatch: pytest.MonkeyPatch, mutants: list[Any], entries: list[dict[str, Any]]
+) -> str | None:
+    """``--report``'s verdict on a finished run made here: None if it exits 0, else the
+    reason it exits 1 with."""
+    monkeypatch.setattr(bench, "results", lambda _work, _only: mutants)
+    monkeypatch.setattr(bench, "load_equivalents", lambda: entries)
+    try:
+        bench.report(Path("unused"), SCOPE)
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        return None
+    assert code not in (0, None)  # a message: sys.exit prints it and exits 1
+    return str(code)
+
+
+@pytest.mark.parametrize(
+    ("mutants", "entries", "why"),
+    [
+        pytest.param(
+            [*(mutant(n, "killed") for n in range(1, 20)), mutant(20, "survived", "x", "y")],
+            [],
+            "1 mutant(s) not killed and not listed",
+            id="unlisted-survivor",
+        ),
+        pytest.param(
+            [mutant(1, "killed"), mutant(2, "survived")],
+            [entry(kind="tolerance")],
+            "score 50.0 %",
+            id="score-below-target",
+        ),
+        pytest.param(
+            [mutant(n, "killed") for n in range(1, 20)],
+            [entry()],
+            "1 entr(y/ies) not true of this run",
+            id="list-not-true",
+        ),
+        pytest.param(
+            [mutant(1, "killed"), mutant(2, "not checked")],
+            [],
+            "the run is not finished",
+            id="run-not-finished",
+        ),
+    ],
+)
+def test_the_report_fails_as_the_run_does(
+    monkeypatch: pytest.MonkeyPatch, mutants: list[Any], entries: list[dict[str, Any]], why: str
+) -> None:
+    """``--report`` (what a published figure is counted with) exits 1 where the run itself
+    would: a mutant neither killed nor listed, a score below the target, a list not true of
+    the run; and while the run is not finished."""
+    failed = _report(monkeypatch, mutants, entries)
+    assert failed is not None
+    assert why in failed
+
+
+def test_the_report_of_a_run_that_passes_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    mutants = [*(mutant(n, "killed") for n in range(1, 20)), mutant(20, "survived")]
+    assert _report(monkeypatch, mutants, [entry()]) is None
