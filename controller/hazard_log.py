@@ -19,6 +19,13 @@ after a whole-suite pytest run) checks that
 A test reference is a pytest node id, ``tests/test_x.py::test_name``, which stands for the test
 and every parametrization of it (each must pass), or ``tests/test_x.py::test_name[id]`` for
 one parametrization.
+
+The JUnit XML alone cannot tell which parametrizations a test has, so "every parametrization"
+holds only of a run of the whole suite: a run given a selection (``-k``, ``-m``, node ids,
+``--deselect``, ...) may have left some out. The suite's tests/conftest.py writes into the XML
+what the run was given (the test suite's property ``treadguard_selection``: ``none`` for the
+whole suite, else the selection); the gate refuses a run whose XML says a selection, or says
+nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ LOG_PATH = Path("docs/hazards.toml")
 MATRIX_PATH = Path("docs/traceability.md")
 SAFETY_DOC_PATH = Path("docs/safety.md")
 JUNIT_PATH = Path(".run/junit.xml")
+# The JUnit XML's test suite property saying what pytest was given (tests/conftest.py writes
+# it): WHOLE_SUITE, or the selection in words.
+SELECTION_PROPERTY = "treadguard_selection"
+WHOLE_SUITE = "none"
 
 
 class Severity(StrEnum):
@@ -282,6 +293,48 @@ def read_junit(path: Path) -> dict[tuple[str, str], Outcome]:
         if old is None or order.index(outcome) > order.index(old):
             outcomes[key] = outcome
     return outcomes
+
+
+def junit_selection(path: Path) -> str | None:
+    """What the run of pytest's JUnit XML at ``path`` was given (SELECTION_PROPERTY), None if
+    the XML does not say."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise HazardLogError(f"cannot read the JUnit XML {path}: {e}") from e
+    said = {
+        prop.get("value")
+        for prop in root.iter("property")
+        if prop.get("name") == SELECTION_PROPERTY
+    }
+    if not said:
+        return None
+    if len(said) > 1:
+        return " / ".join(sorted(str(s) for s in said))  # two runs' say: not one whole suite
+    (value,) = said
+    return value if value is not None else ""
+
+
+def check_selection(junit: Path) -> list[Problem]:
+    """The run judged was the whole suite: a reference without a parametrization id stands for
+    every parametrization, which only a run of the whole suite has reported."""
+    selection = junit_selection(junit)
+    if selection == WHOLE_SUITE:
+        return []
+    if selection is None:
+        why = (
+            f"{junit} does not say whether the run was the whole suite (no {SELECTION_PROPERTY} "
+            "property: not written by pytest with the suite's tests/conftest.py)"
+        )
+    else:
+        why = f"{junit} is from a run given a selection of the suite ({selection})"
+    return [
+        Problem(
+            None,
+            why + ": the gate judges the whole suite's run only (a test's parametrizations "
+            "left out of a selection cannot be told from the XML)",
+        )
+    ]
 
 
 def junit_key(test_id: str) -> tuple[str, str, bool]:
@@ -554,6 +607,7 @@ def gate(root: Path, junit: Path | None, *, write: bool = True) -> tuple[list[Pr
     safety_doc = (root / SAFETY_DOC_PATH).read_text(encoding="utf-8")
     problems = check_log(log, safety_doc, root)
     if junit is not None:
+        problems += check_selection(junit)
         problems += check_run(log, read_junit(junit))
     matrix = render_matrix(log)
     target = root / MATRIX_PATH

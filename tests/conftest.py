@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest import junitxml
 from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]  # no types
 
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker, have_mosquitto
+from treadguard.controller.hazard_log import SELECTION_PROPERTY, WHOLE_SUITE
 
 # The test files whose tests run the doctor, which takes the board's network in turns
 # (tests/board_network.py): on workers of their own they would mostly wait for each other,
@@ -34,6 +36,49 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None  # xdist's own
     return _BoardNetworkOnOneWorker(config, log)
+
+
+def run_selection(config: pytest.Config) -> str:
+    """What this run of pytest was given that leaves tests out (WHOLE_SUITE if nothing): the
+    hazard gate judges only a run of the whole suite (controller/hazard_log.py)."""
+    option = config.option
+    said: list[str] = []
+    if config.args_source is pytest.Config.ArgsSource.ARGS:
+        whole = {(config.rootpath / p).resolve() for p in config.getini("testpaths")}
+        given = {(config.invocation_params.dir / a).resolve() for a in config.args}
+        if given != whole:
+            said.append("paths " + " ".join(config.args))
+    for flag, dest in (("-k", "keyword"), ("-m", "markexpr")):
+        if getattr(option, dest, ""):
+            said.append(f"{flag} {getattr(option, dest)!r}")
+    for flag, dest in (
+        ("--deselect", "deselect"),
+        ("--ignore", "ignore"),
+        ("--ignore-glob", "ignore_glob"),
+    ):
+        if getattr(option, dest, None):
+            said.append(f"{flag} {' '.join(map(str, getattr(option, dest)))}")
+    for flag, dest in (
+        ("--last-failed", "lf"),
+        ("--stepwise", "stepwise"),
+        ("--collect-only", "collectonly"),
+    ):
+        if getattr(option, dest, False):
+            said.append(flag)
+    if getattr(option, "maxfail", 0):
+        said.append(f"--maxfail {option.maxfail}")
+    return "; ".join(said) if said else WHOLE_SUITE
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Says in the JUnit XML (if one is written, by the process that writes it) whether this
+    run was the whole suite."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller writes the XML
+    xml = config.stash.get(junitxml.xml_key, None)
+    if xml is not None:
+        xml.add_global_property(SELECTION_PROPERTY, run_selection(config))
 
 
 @pytest.fixture

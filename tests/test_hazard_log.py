@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from treadguard.controller.hazard_log import (
     LOG_PATH,
     MATRIX_PATH,
     SAFETY_DOC_PATH,
+    SELECTION_PROPERTY,
+    WHOLE_SUITE,
     HazardLog,
     HazardLogError,
     Outcome,
@@ -157,10 +160,16 @@ ALL_PASS = [
 ]
 
 
-def junit_xml(cases: list[tuple[str, str, str]]) -> str:
+def junit_xml(cases: list[tuple[str, str, str]], selection: str | None = WHOLE_SUITE) -> str:
     """A JUnit XML file as pytest writes it (xunit2): one testcase per (classname, name,
-    outcome), a failure, error or skipped child for those outcomes."""
-    body = []
+    outcome), a failure, error or skipped child for those outcomes; and, unless None, the
+    selection the run was given (tests/conftest.py's property)."""
+    props = ""
+    if selection is not None:
+        props = (
+            f'<properties><property name="{SELECTION_PROPERTY}" value="{selection}" /></properties>'
+        )
+    body = [props]
     for classname, name, outcome in cases:
         child = {
             "passed": "",
@@ -191,8 +200,10 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_junit(path: Path, cases: list[tuple[str, str, str]]) -> Path:
-    path.write_text(junit_xml(cases))
+def write_junit(
+    path: Path, cases: list[tuple[str, str, str]], selection: str | None = WHOLE_SUITE
+) -> Path:
+    path.write_text(junit_xml(cases, selection))
     return path
 
 
@@ -341,6 +352,75 @@ def test_the_review_findings_are_read_from_their_table_only() -> None:
 
 
 # --------------------------------------------------------------------------- this run's tests
+
+
+def test_a_run_given_a_selection_is_refused_whatever_its_tests_did(repo: Path) -> None:
+    """A reference without a parametrization id stands for every parametrization; the XML of
+    a run given a selection (here one parametrization of test_ramp deselected, -k) cannot tell
+    which it left out, so the gate refuses that run, however well its tests did."""
+    one_ramp = [c for c in ALL_PASS if c[1] != "test_ramp[2]"]
+    assert run_problems(repo, one_ramp) == []  # what the XML alone would let through
+    junit = write_junit(repo / "junit.xml", one_ramp, selection="-k 'not ramp and 2'")
+    (problem,) = messages(gate(repo, junit)[0])
+    assert "given a selection of the suite (-k 'not ramp and 2')" in problem
+    assert "whole suite's run only" in problem
+
+
+def test_a_run_whose_xml_does_not_say_what_it_was_given_is_refused(repo: Path) -> None:
+    junit = write_junit(repo / "junit.xml", ALL_PASS, selection=None)
+    (problem,) = messages(gate(repo, junit)[0])
+    assert "does not say whether the run was the whole suite" in problem
+
+
+def _config(args: list[str] | None = None, **options: Any) -> Any:
+    """What run_selection reads of pytest's config: the paths given (None: the testpaths)
+    and the options."""
+    defaults: dict[str, Any] = {
+        "keyword": "",
+        "markexpr": "",
+        "deselect": [],
+        "ignore": [],
+        "ignore_glob": [],
+        "lf": False,
+        "stepwise": False,
+        "collectonly": False,
+        "maxfail": 0,
+    }
+    return SimpleNamespace(
+        option=SimpleNamespace(**{**defaults, **options}),
+        args_source=pytest.Config.ArgsSource.TESTPATHS
+        if args is None
+        else pytest.Config.ArgsSource.ARGS,
+        args=args if args is not None else ["tests"],
+        rootpath=ROOT,
+        invocation_params=SimpleNamespace(dir=ROOT),
+        getini=lambda name: ["tests"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        pytest.param(_config(), WHOLE_SUITE, id="whole"),
+        pytest.param(_config(["tests"]), WHOLE_SUITE, id="tests-named"),
+        pytest.param(_config(["tests/test_a.py"]), "paths tests/test_a.py", id="a-file"),
+        pytest.param(_config(["tests/test_a.py::test_x"]), "paths tests/test_a.py::", id="id"),
+        pytest.param(_config(keyword="not ramp"), "-k 'not ramp'", id="k"),
+        pytest.param(_config(markexpr="slow"), "-m 'slow'", id="m"),
+        pytest.param(_config(deselect=["tests/test_a.py::t[1]"]), "--deselect", id="deselect"),
+        pytest.param(_config(ignore=["tests/test_a.py"]), "--ignore", id="ignore"),
+        pytest.param(_config(lf=True), "--last-failed", id="lf"),
+        pytest.param(_config(maxfail=1), "--maxfail 1", id="x"),
+    ],
+)
+def test_the_suite_says_in_its_junit_what_its_run_was_given(config: Any, said: str) -> None:
+    """tests/conftest.py's run_selection: WHOLE_SUITE only for a run of the whole suite."""
+    from tests.conftest import run_selection
+
+    if said == WHOLE_SUITE:
+        assert run_selection(config) == WHOLE_SUITE
+    else:
+        assert said in run_selection(config)
 
 
 def run_problems(repo: Path, cases: list[tuple[str, str, str]]) -> list[str]:
