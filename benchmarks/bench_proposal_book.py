@@ -103,9 +103,7 @@ async def main(sessions: int, rounds: int) -> None:
         seed(path, sessions)
         os.environ["TREADGUARD_JOURNAL__PATH"] = str(path)  # for the worker's configuration
         keeper = BookKeeper(
-            ROOT / "config" / "sim.toml",
-            path,
-            zone=SIM.config.clinic.zone(),
+            load_config(ROOT / "config" / "sim.toml"),  # with the journal's path just set
             wall=time.time,
             commit=lambda: None,
         )

@@ -143,9 +143,7 @@ class Daemon:
             None
             if opened.journal is None
             else BookKeeper(
-                loaded.path,
-                journal_path,
-                zone=cfg.clinic.zone(),
+                loaded,
                 wall=self.wall,
                 commit=lambda: self.system.commit_journal(),
                 logger=self._log.bind(part="proposals"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from treadguard.config.loading import LoadedConfig
 from treadguard.config.progression import ProgressionRules
 from treadguard.controller.journal import Journal, JournalError
 from treadguard.controller.plan import propose
@@ -254,12 +256,33 @@ class WorkedOutOnDemand:
         pass
 
 
+def fingerprint(loaded: LoadedConfig) -> str:
+    """What a proposal is worked out from, besides the record: the rules, the programs, the
+    clinic's zone and the journal's file. The daemon hands its own to the worker, which loads
+    the configuration file itself: one edited on disk since the daemon started gives another,
+    and the worker then works nothing out (the daemon's core runs the programs it started
+    with; a proposal by other rules or programs is not what a start from history may get)."""
+    basis = {
+        "rules": loaded.rules.model_dump(mode="json"),
+        "programs": {
+            name: p.model_dump(mode="json") for name, p in sorted(loaded.programs.items())
+        },
+        "zone": loaded.config.clinic.timezone,
+        "journal": str(loaded.resolve(loaded.config.journal.path)),
+    }
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+
+
 class WorkerProcess:
     """controller/proposal_worker.py in a process of its own, at a lower priority, started
     when first asked and again after it failed: one request at a time."""
 
-    def __init__(self, config: Path, *, timeout_s: float = WORKER_TIMEOUT_S) -> None:
+    def __init__(
+        self, config: Path, print_: str | None = None, *, timeout_s: float = WORKER_TIMEOUT_S
+    ) -> None:
+        """``print_``: the daemon's fingerprint() of its configuration, if it has one."""
         self._config = config
+        self._print = print_
         self._timeout_s = timeout_s
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -305,6 +328,7 @@ class WorkerProcess:
             "treadguard.controller.proposal_worker",
             "--config",
             str(self._config),
+            *(() if self._print is None else ("--fingerprint", self._print)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -326,20 +350,19 @@ class BookKeeper:
 
     def __init__(
         self,
-        config: Path,
-        journal: Path,
+        loaded: LoadedConfig,
         *,
-        zone: ZoneInfo,
         wall: Callable[[], float],
         commit: Callable[[], None],
         logger: Any = None,
     ) -> None:
-        """``config``: the daemon's configuration file, which the worker loads too;
-        ``commit``: the daemon's journal committed (System.commit_journal)."""
+        """``loaded``: the daemon's configuration (the worker loads its file too, and works
+        nothing out if it finds another); ``commit``: the daemon's journal committed
+        (System.commit_journal)."""
         self.book = ProposalBook()
-        self._journal = journal
-        self._worker = WorkerProcess(config)
-        self._zone, self._wall, self._commit = zone, wall, commit
+        self._journal = loaded.resolve(loaded.config.journal.path)
+        self._worker = WorkerProcess(loaded.path, fingerprint(loaded))
+        self._zone, self._wall, self._commit = loaded.config.clinic.zone(), wall, commit
         self._log = logger if logger is not None else structlog.get_logger("treadguard.plan")
         self._wake = asyncio.Event()
         self.book.wake = self._wake.set

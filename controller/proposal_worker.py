@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from treadguard.config.loading import LoadedConfig, load_config
 from treadguard.controller.journal import Journal, JournalError
-from treadguard.controller.proposal_book import NotKnown, StartChoice, work_out
+from treadguard.controller.proposal_book import NotKnown, StartChoice, fingerprint, work_out
 
 
 def answer(loaded: LoadedConfig, journal_path: Path, request: Any) -> dict[str, Any]:
@@ -65,22 +65,34 @@ def answer(loaded: LoadedConfig, journal_path: Path, request: Any) -> dict[str, 
     }
 
 
-def serve(loaded: LoadedConfig, lines: TextIO, out: TextIO) -> None:
+def serve(loaded: LoadedConfig, lines: TextIO, out: TextIO, *, expected: str | None = None) -> None:
     journal_path = loaded.resolve(loaded.config.journal.path)
+    differs = expected is not None and expected != fingerprint(loaded)
     for line in lines:
         try:
             request = json.loads(line)
         except ValueError:
             request = None
-        out.write(json.dumps(answer(loaded, journal_path, request)) + "\n")
+        if differs:
+            user = request.get("user") if isinstance(request, dict) else None
+            got: dict[str, Any] = {
+                "user": user if isinstance(user, str) else None,
+                "not_known": f"the configuration ({loaded.path}) was changed since the daemon "
+                "started, and the proposal would follow rules or programs it does not run: "
+                "restart treadguard (between sessions), or choose a program",
+            }
+        else:
+            got = answer(loaded, journal_path, request)
+        out.write(json.dumps(got) + "\n")
         out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="treadguard's proposal worker")
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--fingerprint", help="the daemon's fingerprint() of its configuration")
     args = parser.parse_args(argv)
-    serve(load_config(args.config), sys.stdin, sys.stdout)
+    serve(load_config(args.config), sys.stdin, sys.stdout, expected=args.fingerprint)
     return 0
 
 

@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 
 from treadguard.config.loading import load_config
 from treadguard.controller.journal import Journal
-from treadguard.controller.proposal_book import NotKnown, StartChoice, WorkerProcess
+from treadguard.controller.proposal_book import (
+    NotKnown,
+    StartChoice,
+    WorkerProcess,
+    fingerprint,
+)
 from treadguard.controller.proposal_worker import answer, serve
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
@@ -66,6 +71,26 @@ def test_the_worker_answers_each_line_with_the_user_s_proposal(config: Path) -> 
     assert got[2] == {"user": None, "not_known": "bad request"}
     assert got[3] == {"user": "p-2", "not_known": "bad request"}
     assert got[4]["program"] == "first_session"  # nobody's record: a first session
+
+
+@pytest.mark.asyncio
+async def test_a_configuration_changed_on_disk_since_the_daemon_started_gives_no_proposal(
+    config: Path,
+) -> None:
+    """The worker loads the configuration file itself: rules or programs edited since the
+    daemon started would give proposals the daemon's core does not run by. The daemon hands
+    its fingerprint of what it loaded; a worker that loads another works nothing out."""
+    loaded = load_config(config)
+    same = io.StringIO()
+    serve(loaded, io.StringIO('{"user": "p-1", "now": 1}\n'), same, expected=fingerprint(loaded))
+    assert "program" in json.loads(same.getvalue())
+    worker = WorkerProcess(config, "0" * 64)  # what the daemon loaded was another
+    try:
+        got = await worker.ask("p-1", time.time())
+    finally:
+        await worker.close()
+    assert isinstance(got, NotKnown)
+    assert "was changed since the daemon started" in got.why
 
 
 @settings(max_examples=200, deadline=None)
