@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import grp
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ from treadguard.controller.broker_config import (
     process_name,
     process_sockets,
     read_mosquitto_conf,
+    read_regular,
     socket_owners,
     unusual_characters,
 )
@@ -1430,7 +1433,61 @@ def _running_conf(broker: BrokerSettings, judged: Path, conf: MosquittoConf) -> 
                 f"run the doctor with --mosquitto-conf {named[-1]} if that one alone is it",
             )
         ]
-    return _seen_alike(pid, who, conf, cwd) or _changed_since_start(pid, who, conf, cwd)
+    return (
+        _seen_alike(pid, who, conf, cwd)
+        or _changed_since_start(pid, who, conf, cwd)
+        or _not_in_force(pid, who)
+    )
+
+
+# What scripts/install last restarted the broker with: each file's sha256 (sha256sum's format),
+# written right after the restart.
+IN_FORCE_RECORD = Path("/var/lib/treadguard-install/mosquitto-in-force")
+
+
+def _not_in_force(pid: int, who: str, record: Path | None = None) -> list[Check]:
+    """Whether the files the installer last restarted the broker with hold what they held
+    then, while the broker has run since that restart (started before the record was written):
+    it runs what the record says. A folder swapped for a copy with mv (/etc/mosquitto put back
+    from a backup) keeps its files' old change times, which the check above passes; their
+    content differs. A broker restarted since by anyone else: the record says nothing of it."""
+    record = IN_FORCE_RECORD if record is None else record
+    try:
+        written = record.stat().st_mtime
+        text = read_regular(record).decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return []  # not installed by scripts/install
+    except OSError as exc:
+        return [_not_read("broker config", exc)]
+    started = _process_started(pid)
+    if started is None or started > written:
+        return []
+    differ = []
+    for line in text.splitlines():
+        digest, _, name = line.partition(" ")
+        name = name.removeprefix(" ").removeprefix("*")
+        if not name or line.startswith("\\"):
+            continue  # sha256sum's escaped names: none of the installer's
+        try:
+            now = hashlib.sha256(read_regular(Path(name))).hexdigest()
+        except OSError:
+            now = None
+        if now != digest:
+            differ.append(name)
+    if not differ:
+        return []
+    when = datetime.fromtimestamp(written).isoformat(sep=" ", timespec="seconds")
+    return [
+        Check(
+            "broker config",
+            Verdict.TODO,
+            f"not checked: {', '.join(differ)} {'is' if len(differ) == 1 else 'are'} not what "
+            f"the installer last restarted {who} with ({record}, {when}), and it has run since "
+            "then: it runs that, not the files judged (a folder put back from a copy with mv "
+            "keeps its files' old change times)",
+            "sudo systemctl restart mosquitto (between sessions), then run the doctor again",
+        )
+    ]
 
 
 def _seen_alike(pid: int, who: str, conf: MosquittoConf, cwd: str) -> list[Check]:
