@@ -36,7 +36,7 @@ from treadguard.contract.codes import code_problem, shown_code
 from treadguard.contract.event_text import clock_text
 from treadguard.controller.broker_config import DEBIAN_MOSQUITTO_CONF
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
-from treadguard.controller.daemon import Daemon
+from treadguard.controller.daemon import Daemon, JournalHeld
 from treadguard.controller.doctor import (
     BELT_PROBE_MPH,
     BELT_WORD,
@@ -198,6 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging_cfg = loaded.config.logging
         configure_logging(args.log_level or logging_cfg.level, logging_cfg.format)
         return asyncio.run(Daemon(loaded).run())
+    except JournalHeld as exc:  # another treadguard drives this treadmill: nothing touched
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ConfigError as exc:  # found loading, or building a part: the field, no traceback
         print(f"{exc.path}: {len(exc.problems)} error(s)", file=sys.stderr)
         for problem in exc.problems:
@@ -711,7 +714,12 @@ def cmd_commission(args: argparse.Namespace) -> int:
         configure_logging(args.log_level, cfg.logging.format)
         results: list[CommissioningResult] = []
         errand = guided_errand(technician=args.technician, echo=print, results=results)
-        asyncio.run(Daemon(loaded, errand=errand).run())
+        try:
+            asyncio.run(Daemon(loaded, errand=errand).run())
+        except JournalHeld as exc:  # the service runs: nothing was connected or touched
+            print(f"error: {exc}", file=sys.stderr)
+            print("commissioning aborted: stop the treadguard service first", file=sys.stderr)
+            return EXIT_FAILED
         if not results:
             print("error: the commissioning did not run (see the log)", file=sys.stderr)
             return EXIT_FAILED

@@ -74,6 +74,14 @@ class _SensorHealth:
     last_warned: float = -SENSOR_WARN_EVERY_S
 
 
+class JournalHeld(RuntimeError):
+    """Another process (the service daemon, a commissioning run) drives this treadmill: its
+    journal's lock is held. Raised before anything is connected: this process must not speak
+    for the treadmill on MQTT (under the daemon's client id and state topic it would take the
+    running daemon's connection over, or be seen as its rival and stop the patient's belt),
+    nor open the drive's port."""
+
+
 # Work the daemon runs beside its own once it is up (``treadguard commission`` on the real
 # machine): when it returns, the daemon shuts down as on a signal.
 Errand = Callable[["System"], Awaitable[object]]
@@ -114,7 +122,14 @@ class Daemon:
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
         self.to_unix = unix_mapper(clock.time, self.wall)
         journal_path = loaded.resolve(cfg.journal.path)
+        # The journal first, before the drive, the sensors or the MQTT link are built: a journal
+        # another process holds means another treadguard drives this treadmill, and this one
+        # leaves everything alone. (Any other journal problem is served: a latched fault.)
         opened = open_journal(journal_path, max_size_mb=cfg.journal.max_size_mb, wall=self.wall)
+        if opened.in_use:
+            problem = opened.problem or f"the journal {journal_path} is in use"
+            self._log.error("journal_in_use", journal=str(journal_path), error=problem)
+            raise JournalHeld(problem)
         if opened.journal is not None and opened.journal.mode != "wal":
             # Every commit then syncs on the control loop: a slow disk holds the loop up.
             self._log.warning(

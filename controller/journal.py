@@ -171,6 +171,11 @@ class JournalError(Exception):
     pass
 
 
+class JournalInUse(JournalError):
+    """The journal's lock is held by another process (the daemon, a commissioning run): this
+    one must not drive the treadmill, nor speak for it on MQTT (docs/daemon.md)."""
+
+
 class CommissioningOutcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
@@ -301,7 +306,7 @@ class Journal:
         (the daemon, a commissioning run): a lock on the journal file itself (an flock on its
         inode, whatever name reaches it, which the system drops when the process ends,
         however it ends) is taken first, and a
-        journal another process holds is a JournalError. Two of them would each number
+        journal another process holds is a :class:`JournalInUse`. Two of them would each number
         sessions on their own and close the other's open session as interrupted."""
         lock = None
         try:
@@ -341,6 +346,8 @@ class Journal:
         except (OSError, sqlite3.Error, JournalError) as exc:
             if lock is not None:
                 os.close(lock)
+            if isinstance(exc, JournalInUse):
+                raise JournalInUse(f"cannot open {path}: {exc}") from exc
             raise JournalError(f"cannot open {path}: {exc}") from exc
         return cls(db, lock=lock, path=file, wal_limit_bytes=wal_limit)
 
@@ -1243,7 +1250,7 @@ def _lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
-        raise OSError(
+        raise JournalInUse(
             "it is in use by another process (the daemon, or a commissioning run, for this "
             "treadmill): stop that first"
         ) from exc

@@ -44,7 +44,13 @@ from treadguard.config.loading import LoadedConfig
 from treadguard.contract.measures import MEASURES, MeasureKind, value_problem
 from treadguard.contract.mqtt import CommandReply, JsonObject, encode_programs
 from treadguard.controller.control import Controller, EventListener, TimerHandle, Timers
-from treadguard.controller.journal import WARN_FRACTION, CommissioningStatus, Journal, JournalError
+from treadguard.controller.journal import (
+    WARN_FRACTION,
+    CommissioningStatus,
+    Journal,
+    JournalError,
+    JournalInUse,
+)
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
 from treadguard.controller.plan import Proposal, propose
@@ -122,6 +128,9 @@ class JournalOpened:
     journal: Journal | None
     problem: str | None = None
     interrupted: tuple[int, ...] = ()
+    # Another process holds the journal's lock (the daemon, a commissioning run): this one
+    # must not drive the treadmill at all (the daemon refuses to start, see Daemon).
+    in_use: bool = False
 
 
 def open_journal(
@@ -139,7 +148,7 @@ def open_journal(
         )
         interrupted = journal.close_interrupted(wall())
     except JournalError as exc:
-        return JournalOpened(None, str(exc))
+        return JournalOpened(None, str(exc), in_use=isinstance(exc, JournalInUse))
     return JournalOpened(journal, None, tuple(interrupted))
 
 
