@@ -51,6 +51,7 @@ from treadguard.controller.journal import (
     EventRow,
     Journal,
     JournalError,
+    Machine,
     MeasureRow,
     backup,
 )
@@ -652,8 +653,9 @@ def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
     every = loaded.config.commissioning.every_days
     try:
         journal = Journal.read_only(path)
-        status = journal.commissioning_status(time.time(), every_days=every)
-        baselines = journal.commissioned_baselines(time.time(), every_days=every)
+        machine = Machine.of(loaded.config)
+        status = journal.commissioning_status(time.time(), every_days=every, machine=machine)
+        baselines = journal.commissioned_baselines(time.time(), every_days=every, machine=machine)
     except JournalError as exc:  # no journal yet, or unreadable: not commissioned
         status = CommissioningStatus(False, f"no commissioning on record ({exc})")
         baselines = {}

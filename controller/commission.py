@@ -280,7 +280,10 @@ class Commissioner:
             )
         try:
             run = journal.begin_commissioning(
-                wall(), technician=self.technician, simulated=self.simulated
+                wall(),
+                technician=self.technician,
+                simulated=self.simulated,
+                machine=self.system.machine,
             )
         except JournalError as exc:
             return CommissioningResult(None, CommissioningOutcome.ABORTED, detail=str(exc))

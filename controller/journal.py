@@ -40,6 +40,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from treadguard.config.schema import (
+    DriveSection,
+    ModbusDriveSection,
+    SimulatedDriveSection,
+    TrackmasterDriveSection,
+    TreadguardConfig,
+)
 from treadguard.controller.first_session import counts
 from treadguard.controller.plan import UserRecord, outcomes_of
 from treadguard.safety.decisions import Event, EventType
@@ -151,6 +158,13 @@ CREATE INDEX IF NOT EXISTS measures_by_user ON measures(user);
     # composing the codes: a journal it wrote says 4 and has neither. Every statement is
     # idempotent, so on a journal that has them this step changes nothing.
     _INDEXES_AND_COMPOSED_CODES,
+    # 6: what a commissioning run proved: which treadmill (treadmill.id) and which drive (its
+    # kind and where it is reached, Machine). A run recorded before has neither (NULL) and
+    # counts for no treadmill: it must be run again (docs/commissioning.md).
+    """
+ALTER TABLE commissioning ADD COLUMN treadmill TEXT;
+ALTER TABLE commissioning ADD COLUMN drive TEXT;
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -196,6 +210,49 @@ class ProofRecord:
     detail: str = ""
 
 
+# The drive identity of the built-in simulated drive (Machine.drive).
+SIMULATOR_DRIVE = "simulator"
+
+
+def drive_identity(drive: DriveSection) -> str:
+    """Which drive a commissioning proved: its kind and where it is reached (the serial port,
+    the Modbus host and port or serial port, and the unit on that bus, with the register map
+    that says what its registers mean). Settings of the same wire (baud, parity, poll
+    interval, speed scale) are not part of it: they do not make it another drive."""
+    if isinstance(drive, SimulatedDriveSection):
+        return SIMULATOR_DRIVE
+    if isinstance(drive, TrackmasterDriveSection):
+        return f"trackmaster on {drive.port}"
+    assert isinstance(drive, ModbusDriveSection)
+    where = f"{drive.host}:{drive.tcp_port}" if drive.transport == "tcp" else str(drive.serial_port)
+    return (
+        f"modbus {drive.transport} {where} unit {drive.device_id} "
+        f"(register map {drive.register_map.as_posix()})"
+    )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """This treadmill on this drive, as a commissioning run records what it proved and as the
+    running configuration says what it drives: ``treadmill``, the configuration's
+    ``treadmill.id``; ``drive``, :func:`drive_identity`."""
+
+    treadmill: str
+    drive: str
+
+    @classmethod
+    def of(cls, config: TreadguardConfig) -> Machine:
+        return cls(config.treadmill.id, drive_identity(config.drive))
+
+    @property
+    def simulator(self) -> bool:
+        """Its drive is the built-in simulated one (which a simulated run may prove)."""
+        return self.drive == SIMULATOR_DRIVE
+
+    def __str__(self) -> str:
+        return f"treadmill {self.treadmill} / drive {self.drive}"
+
+
 @dataclass(frozen=True)
 class CommissioningRow:
     id: int
@@ -205,6 +262,24 @@ class CommissioningRow:
     detail: str
     technician: str
     simulated: bool
+    # What it proved (None: recorded before treadguard kept it; it counts for nothing).
+    treadmill: str | None = None
+    drive: str | None = None
+
+    def not_counted(self, machine: Machine) -> str | None:
+        """Why this run proves nothing for ``machine`` (the running configuration's), or None
+        when it may count: a run counts only for the treadmill and drive it was made on, and
+        a run on the simulator only for a treadmill whose drive is the simulator."""
+        if self.treadmill is None or self.drive is None:
+            return (
+                "made before treadguard recorded which treadmill and drive a run proves: a "
+                "commissioning must be run again"
+            )
+        if self.simulated and not machine.simulator:
+            return "made on the simulator"
+        if (self.treadmill, self.drive) != (machine.treadmill, machine.drive):
+            return f"made for treadmill {self.treadmill} / drive {self.drive}, not {machine}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -219,6 +294,8 @@ class CommissioningStatus:
     passed_at: float | None = None
     expires_at: float | None = None
     last_run: CommissioningRow | None = None
+    # The passed run the status rests on (its proofs are the baselines), if any.
+    run: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         last = self.last_run
@@ -610,12 +687,15 @@ class Journal:
             (session, ts, _real(speed_mph), _real(target_mph)),
         )
 
-    def begin_commissioning(self, ts: float, *, technician: str, simulated: bool) -> int:
+    def begin_commissioning(
+        self, ts: float, *, technician: str, simulated: bool, machine: Machine
+    ) -> int:
         """A commissioning run begins (committed at once: a run cut short stays on record,
-        with no outcome)."""
+        with no outcome), recording what it proves: ``machine``, on the simulator or not."""
         cur = self._write(
-            "INSERT INTO commissioning (started_at, technician, simulated) VALUES (?,?,?)",
-            (ts, technician, int(simulated)),
+            "INSERT INTO commissioning (started_at, technician, simulated, treadmill, drive)"
+            " VALUES (?,?,?,?,?)",
+            (ts, technician, int(simulated), machine.treadmill, machine.drive),
         )
         self.commit()
         return int(cur.lastrowid or 0)
@@ -936,14 +1016,28 @@ class Journal:
         return [json.loads(fields) for (fields,) in rows]
 
     def commissioning_runs(self) -> list[CommissioningRow]:
-        """Every commissioning run, oldest first."""
+        """Every commissioning run, oldest first. A journal read as it is (read-only) from
+        before schema version 6 has no record of what its runs proved: None, counted for
+        nothing."""
+        columns = {str(row[1]) for row in self._query("PRAGMA table_info(commissioning)")}
+        what = "treadmill, drive" if {"treadmill", "drive"} <= columns else "NULL, NULL"
         rows = self._query(
-            "SELECT id, started_at, ended_at, outcome, detail, technician, simulated"
-            " FROM commissioning ORDER BY id"
+            "SELECT id, started_at, ended_at, outcome, detail, technician, simulated,"
+            f" {what} FROM commissioning ORDER BY id"
         )
         return [
-            CommissioningRow(int(i), float(st), en, out, det, tech, bool(sim))
-            for i, st, en, out, det, tech, sim in rows
+            CommissioningRow(
+                int(i),
+                float(st),
+                en,
+                out,
+                det,
+                tech,
+                bool(sim),
+                tm if isinstance(tm, str) else None,
+                drive if isinstance(drive, str) else None,
+            )
+            for i, st, en, out, det, tech, sim, tm, drive in rows
         ]
 
     def proofs(self, run: int) -> list[ProofRecord]:
@@ -957,13 +1051,18 @@ class Journal:
             for step, kind, ok, st, dec, det in rows
         ]
 
-    def commissioning_status(self, now: float, *, every_days: float) -> CommissioningStatus:
-        """The treadmill's commissioning at unix time ``now``: current when the newest passed
-        run ended less than ``every_days`` ago (and not after ``now``). A journal without
-        the commissioning tables (written before them, opened read-only) has none. Fail
-        closed: a record that cannot be read, whatever is wrong with it, is none."""
+    def commissioning_status(
+        self, now: float, *, every_days: float, machine: Machine
+    ) -> CommissioningStatus:
+        """The commissioning of ``machine`` (the running configuration's treadmill and drive)
+        at unix time ``now``. Only the runs made on it count (CommissioningRow.not_counted),
+        and of those the newest finished one decides: current when it passed less than
+        ``every_days`` ago (and not after ``now``); a failed proof test withdraws the pass
+        before it until a run passes again; a run given up or cut short decides nothing. A
+        journal without the commissioning tables (written before them, opened read-only) has
+        none. Fail closed: a record that cannot be read, whatever is wrong with it, is none."""
         try:
-            return self._commissioning_status(now, every_days)
+            return self._commissioning_status(now, every_days, machine)
         except Exception as exc:
             return CommissioningStatus(
                 False, f"the commissioning record cannot be read: {_reason_of(exc)}"
@@ -990,19 +1089,41 @@ class Journal:
                     return f"the {proof.step} proof's figures are no stop's: {problem}"
         return None
 
-    def _commissioning_status(self, now: float, every_days: float) -> CommissioningStatus:
+    def _commissioning_status(
+        self, now: float, every_days: float, machine: Machine
+    ) -> CommissioningStatus:
         try:
             runs = self.commissioning_runs()
         except JournalError as exc:
             return CommissioningStatus(False, f"the commissioning record cannot be read: {exc}")
-        last = runs[-1] if runs else None
-        passed = [r for r in runs if r.outcome == CommissioningOutcome.PASSED.value]
-        if not passed or passed[-1].ended_at is None:
+        mine = [r for r in runs if r.not_counted(machine) is None]
+        # The newest run of this machine's (shown beside the verdict), else the newest of all.
+        last = mine[-1] if mine else runs[-1] if runs else None
+        finished = [r for r in mine if r.outcome in _DECIDING]
+        decisive = finished[-1] if finished else None
+        if decisive is not None and decisive.outcome == CommissioningOutcome.FAILED.value:
+            return CommissioningStatus(False, self._failed_words(decisive), last_run=last)
+        if decisive is None or decisive.ended_at is None:
             detail = "no passed commissioning on record"
-            if last is not None and last.outcome != CommissioningOutcome.PASSED.value:
+            counted = {r.id for r in mine}
+            foreign = [
+                r
+                for r in runs
+                if r.outcome == CommissioningOutcome.PASSED.value and r.id not in counted
+            ]
+            if foreign:
+                # Say why the pass on record is none of this treadmill's.
+                other = foreign[-1]
+                why = other.not_counted(machine)
+                detail = (
+                    f"no passed commissioning of this treadmill ({machine}) on record: run "
+                    f"no. {other.id} passed but does not count, {why}"
+                )
+            elif last is not None and last.outcome != CommissioningOutcome.PASSED.value:
                 detail += f"; the last run {_outcome_words(last)}"
             return CommissioningStatus(False, detail, last_run=last)
-        run = passed[-1]
+        run = decisive
+        assert last is not None  # the decisive run is one of mine
         ended = _real(run.ended_at)
         if ended is None:
             return CommissioningStatus(
@@ -1040,27 +1161,37 @@ class Journal:
                 last,
             )
         detail = f"passed {_utc(passed_at)}, current until {_utc(expires)}"
-        if last is not None and last.id != run.id:
-            # A later run that failed does not withdraw the one before: the machine was proven
-            # then; the failure is on record and shown.
+        if last.id != run.id:
+            # A later run given up or cut short does not withdraw the one before (it proved
+            # nothing either way); it is on record and shown. A failed one would have decided.
             detail += f"; a later run {_outcome_words(last)}"
-        return CommissioningStatus(True, detail, passed_at, expires, last)
+        return CommissioningStatus(True, detail, passed_at, expires, last, run.id)
+
+    def _failed_words(self, run: CommissioningRow) -> str:
+        """A failed proof test, as a refusal names it: the run, when, and its failed step."""
+        ended = _real(run.ended_at)
+        when = "" if ended is None else f", {_utc(ended)}"
+        failed = next((p for p in self.proofs(run.id) if not p.passed), None)
+        what = run.detail or "a step failed"
+        if failed is not None:
+            what = f"its {failed.step} step failed: {failed.detail or run.detail}"
+        return (
+            f"the last commissioning run (no. {run.id}{when}) failed, {what}; a failed proof "
+            "test takes the treadmill out of service until a commissioning passes again"
+        )
 
     def commissioned_baselines(
-        self, now: float, *, every_days: float
+        self, now: float, *, every_days: float, machine: Machine
     ) -> dict[StopKind, StopBaseline]:
-        """The treadmill's stop baselines, per kind of stop, from its latest commissioning if
-        that is current at unix time ``now`` (else none): each kind's mean over the passed
-        proofs of that kind (an emergency stop: the E-STOP, the grips, the fall; a controlled
+        """``machine``'s stop baselines, per kind of stop, from the commissioning its status
+        rests on if that is current at unix time ``now`` (else none): each kind's mean over the
+        passed proofs of that kind (an emergency stop: the E-STOP, the grips, the fall; a controlled
         stop: the one at the cap). The stop-quality watch compares later stops with them."""
-        status = self.commissioning_status(now, every_days=every_days)
-        runs = [
-            r for r in self.commissioning_runs() if r.outcome == CommissioningOutcome.PASSED.value
-        ]
-        if not status.current or not runs:
+        status = self.commissioning_status(now, every_days=every_days, machine=machine)
+        if not status.current or status.run is None:
             return {}
         baselines: dict[StopKind, StopBaseline] = {}
-        proofs = self.proofs(runs[-1].id)
+        proofs = self.proofs(status.run)
         for kind in StopKind:
             mine = [
                 p
@@ -1099,7 +1230,10 @@ def schema_version(db: sqlite3.Connection) -> int:
         return kept
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "measures" in tables:
-        return 3
+        # Version 6's columns cannot be added twice (SQLite has no ADD COLUMN IF NOT EXISTS):
+        # a file that has them is at 6, whatever its header says.
+        columns = {row[1] for row in db.execute("PRAGMA table_info(commissioning)")}
+        return 6 if "treadmill" in columns else 3
     if "commissioning" in tables:
         return 2
     if "sessions" in tables:
@@ -1208,14 +1342,18 @@ def seed_commissioning(
     ended_at: float,
     proofs: list[ProofRecord],
     *,
+    machine: Machine,
     technician: str = "",
     simulated: bool = True,
     took_s: float = 600.0,
 ) -> int:
-    """A passed commissioning run written the way ``treadguard commission`` writes one (the
-    same calls, in the same order), ending at unix time ``ended_at``: for a simulated
-    treadmill's journal (a scenario's, a test daemon's) whose stops are proven elsewhere."""
-    run = journal.begin_commissioning(ended_at - took_s, technician=technician, simulated=simulated)
+    """A passed commissioning run of ``machine`` written the way ``treadguard commission``
+    writes one (the same calls, in the same order), ending at unix time ``ended_at``: for a
+    simulated treadmill's journal (a scenario's, a test daemon's) whose stops are proven
+    elsewhere."""
+    run = journal.begin_commissioning(
+        ended_at - took_s, technician=technician, simulated=simulated, machine=machine
+    )
     for proof in proofs:
         journal.record_proof(run, proof, ended_at)
     journal.end_commissioning(run, ended_at, CommissioningOutcome.PASSED)
@@ -1264,6 +1402,11 @@ def _utc(ts: float) -> str:
     if not math.isfinite(ts):
         return "an unreadable time"
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# The outcomes that decide whether a treadmill is commissioned: a run given up (aborted) or cut
+# short (no outcome) proves nothing either way.
+_DECIDING = (CommissioningOutcome.PASSED.value, CommissioningOutcome.FAILED.value)
 
 
 def _outcome_words(run: CommissioningRow) -> str:

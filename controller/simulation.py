@@ -18,7 +18,13 @@ from treadguard.contract.event_text import clock_text, describe
 from treadguard.controller.commission import nominal_proofs
 from treadguard.controller.control import Timers
 from treadguard.controller.drives import Rig, in_process_rig, wire_rig
-from treadguard.controller.journal import DAY_S, Journal, JournalError, seed_commissioning
+from treadguard.controller.journal import (
+    DAY_S,
+    Journal,
+    JournalError,
+    Machine,
+    seed_commissioning,
+)
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.system import IN_MEMORY, System, open_journal
 from treadguard.drivers.base import DriveStatus, TreadmillDriver
@@ -280,6 +286,10 @@ class ScenarioRun:
                         opened.journal,
                         SIM_EPOCH - DAY_S * scenario.world.commissioned_days_ago,
                         nominal_proofs(loaded),
+                        # This treadmill and drive; on a drive of the wire, made on the machine
+                        # (a run on the simulator would not count for it).
+                        machine=Machine.of(cfg),
+                        simulated=Machine.of(cfg).simulator,
                         technician="scenario",
                     )
                 seed_history(opened.journal, scenario.world.history, SIM_EPOCH)

@@ -50,6 +50,7 @@ from treadguard.controller.journal import (
     Journal,
     JournalError,
     JournalInUse,
+    Machine,
 )
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
@@ -229,6 +230,8 @@ class System:
         # new one arrives): the commissioning run watches the first status after a cut link.
         self.status_watchers: list[Callable[[DriveStatus], None]] = []
         sessions_before = self._last_session_id()
+        # This treadmill and its drive: only a commissioning made on them counts.
+        self.machine = Machine.of(cfg)
         self.commissioning = self._read_commissioning()
         self.core = SafetyCore(
             cfg.safety,
@@ -917,7 +920,9 @@ class System:
                 False, f"the journal cannot be read ({self.journal_problem or 'none open'})"
             )
         every = self.loaded.config.commissioning.every_days
-        return self.journal.commissioning_status(self.wall(), every_days=every)
+        return self.journal.commissioning_status(
+            self.wall(), every_days=every, machine=self.machine
+        )
 
     def _commissioned_until(self, status: CommissioningStatus) -> float | None:
         """The record's expiry on the core's clock. An expired record gives a time already
@@ -961,7 +966,9 @@ class System:
         self._baselines_from = status.passed_at
         every = self.loaded.config.commissioning.every_days
         try:
-            baselines = self.journal.commissioned_baselines(self.wall(), every_days=every)
+            baselines = self.journal.commissioned_baselines(
+                self.wall(), every_days=every, machine=self.machine
+            )
             # The slow stops judged against these baselines before a restart count on.
             carried = self.journal.slow_stops_in_a_row(since=status.passed_at or 0.0)
             if baselines:

@@ -13,7 +13,7 @@ from unittest import mock
 
 from treadguard.config.loading import ConfigError, load_config
 from treadguard.controller.commission import nominal_proofs
-from treadguard.controller.journal import Journal, JournalError, seed_commissioning
+from treadguard.controller.journal import Journal, JournalError, Machine, seed_commissioning
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS_DIR = ROOT / "config" / "programs"
@@ -76,8 +76,19 @@ def commission(config: Path, env: dict[str, str]) -> None:
         return
     try:
         now = time.time()
-        if not journal.commissioning_status(now, every_days=cfg.commissioning.every_days).current:
-            seed_commissioning(journal, now - 60.0, nominal_proofs(loaded), technician="test")
+        machine = Machine.of(cfg)
+        every = cfg.commissioning.every_days
+        if not journal.commissioning_status(now, every_days=every, machine=machine).current:
+            # On a drive of the wire, as a technician's run on the machine writes it (one on
+            # the simulator would not count for it).
+            seed_commissioning(
+                journal,
+                now - 60.0,
+                nominal_proofs(loaded),
+                machine=machine,
+                simulated=machine.simulator,
+                technician="test",
+            )
     except JournalError:
         pass  # a journal too full to take it: the daemon refuses starts, and says why
     finally:

@@ -54,8 +54,10 @@ from treadguard.controller.commission import (
 from treadguard.controller.drives import in_process_rig
 from treadguard.controller.journal import (
     DAY_S,
+    SIMULATOR_DRIVE,
     CommissioningOutcome,
     Journal,
+    Machine,
     ProofRecord,
     seed_commissioning,
 )
@@ -83,6 +85,7 @@ from treadguard.simulator.virtual_loop import VirtualLoop
 SIM = ROOT / "config" / "sim.toml"
 SCENARIOS = ROOT / "simulator" / "scenarios"
 PROGRAMS = load_programs(PROGRAMS_DIR)
+SIM_MACHINE = Machine("tm-sim", SIMULATOR_DRIVE)  # config/sim.toml's treadmill and drive
 
 # ------------------------------------------------------------------------- the core's rule
 
@@ -201,52 +204,103 @@ def _proofs() -> list[ProofRecord]:
 
 def test_a_passed_run_is_current_for_every_days_and_then_expires(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite")
-    assert not journal.commissioning_status(1e9, every_days=90).current
-    assert journal.commissioned_baselines(1e9, every_days=90) == {}
+    assert not journal.commissioning_status(1e9, every_days=90, machine=SIM_MACHINE).current
+    assert journal.commissioned_baselines(1e9, every_days=90, machine=SIM_MACHINE) == {}
     passed_at = 1_800_000_000.0
-    seed_commissioning(journal, passed_at, _proofs(), technician="A. Tech")
-    status = journal.commissioning_status(passed_at + 10.0, every_days=90)
+    seed_commissioning(journal, passed_at, _proofs(), technician="A. Tech", machine=SIM_MACHINE)
+    status = journal.commissioning_status(passed_at + 10.0, every_days=90, machine=SIM_MACHINE)
     assert status.current, status
     assert status.expires_at == passed_at + 90 * DAY_S
-    assert journal.commissioning_status(passed_at + 90 * DAY_S - 1, every_days=90).current
-    late = journal.commissioning_status(passed_at + 90 * DAY_S, every_days=90)
+    assert journal.commissioning_status(
+        passed_at + 90 * DAY_S - 1, every_days=90, machine=SIM_MACHINE
+    ).current
+    late = journal.commissioning_status(passed_at + 90 * DAY_S, every_days=90, machine=SIM_MACHINE)
     assert not late.current
     assert "expired" in late.detail
     # Fewer days asked for: the same record expires sooner.
-    assert not journal.commissioning_status(passed_at + 2 * DAY_S, every_days=1).current
+    assert not journal.commissioning_status(
+        passed_at + 2 * DAY_S, every_days=1, machine=SIM_MACHINE
+    ).current
     # A record dated after now is not trusted.
-    assert not journal.commissioning_status(passed_at - 60.0, every_days=90).current
-    baselines = journal.commissioned_baselines(passed_at + 10.0, every_days=90)
+    assert not journal.commissioning_status(
+        passed_at - 60.0, every_days=90, machine=SIM_MACHINE
+    ).current
+    baselines = journal.commissioned_baselines(passed_at + 10.0, every_days=90, machine=SIM_MACHINE)
     assert baselines[StopKind.EMERGENCY].standstill_s == pytest.approx(0.4)
     assert baselines[StopKind.EMERGENCY].deceleration_mph_per_s == pytest.approx(2.0)
     assert baselines[StopKind.CONTROLLED].standstill_s == pytest.approx(2.0)
-    assert journal.commissioned_baselines(passed_at + 91 * DAY_S, every_days=90) == {}
+    assert (
+        journal.commissioned_baselines(passed_at + 91 * DAY_S, every_days=90, machine=SIM_MACHINE)
+        == {}
+    )
 
 
 def test_a_failed_or_aborted_run_proves_nothing_and_is_on_record(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite")
-    run = journal.begin_commissioning(1000.0, technician="t", simulated=False)
+    run = journal.begin_commissioning(1000.0, technician="t", simulated=False, machine=SIM_MACHINE)
     journal.record_proof(run, ProofRecord("estop", StopKind.EMERGENCY, False, 3.5, 0.2), 1010.0)
     journal.end_commissioning(run, 1020.0, CommissioningOutcome.FAILED, "E-STOP too slow")
-    status = journal.commissioning_status(2000.0, every_days=90)
+    status = journal.commissioning_status(2000.0, every_days=90, machine=SIM_MACHINE)
     assert not status.current
-    assert "failed: E-STOP too slow" in status.detail
+    assert "no. 1" in status.detail
+    assert "its estop step failed" in status.detail
     # A run cut short (no outcome) proves nothing either.
-    journal.begin_commissioning(3000.0, technician="t", simulated=False)
-    assert not journal.commissioning_status(4000.0, every_days=90).current
-    # A passed run, then a failed one: the machine was proven; the failure is shown.
-    seed_commissioning(Journal.open(tmp_path / "j.sqlite"), 5000.0, _proofs())
-    again = journal.begin_commissioning(6000.0, technician="t", simulated=False)
-    journal.end_commissioning(again, 6100.0, CommissioningOutcome.FAILED, "fall input silent")
-    status = journal.commissioning_status(7000.0, every_days=90)
-    assert status.current
-    assert "fall input silent" in status.detail
-    assert [r.outcome for r in journal.commissioning_runs()] == [
-        "failed",
-        None,
-        "passed",
-        "failed",
-    ]
+    journal.begin_commissioning(3000.0, technician="t", simulated=False, machine=SIM_MACHINE)
+    assert not journal.commissioning_status(4000.0, every_days=90, machine=SIM_MACHINE).current
+    seed_commissioning(journal, 5000.0, _proofs(), machine=SIM_MACHINE)
+    assert journal.commissioning_status(5500.0, every_days=90, machine=SIM_MACHINE).current
+    assert [r.outcome for r in journal.commissioning_runs()] == ["failed", None, "passed"]
+
+
+def test_a_failed_proof_test_withdraws_the_pass_before_it_until_one_passes_again(
+    tmp_path: Path,
+) -> None:
+    """The newest finished run decides (H-43): a periodic proof test that fails takes the
+    treadmill out of service, naming the run and its failed step; a run given up (aborted)
+    or cut short afterwards decides nothing; only a run that passes puts it back."""
+    journal = Journal.open(tmp_path / "j.sqlite")
+    seed_commissioning(journal, 5000.0, _proofs(), machine=SIM_MACHINE)
+    again = journal.begin_commissioning(
+        6000.0, technician="t", simulated=False, machine=SIM_MACHINE
+    )
+    journal.record_proof(again, ProofRecord("estop", StopKind.EMERGENCY, True, 0.3, 2.4), 6010.0)
+    journal.record_proof(
+        again,
+        ProofRecord("fall", StopKind.EMERGENCY, False, None, None, "no emergency stop followed"),
+        6020.0,
+    )
+    journal.end_commissioning(
+        again, 6100.0, CommissioningOutcome.FAILED, "fall input: no emergency stop followed"
+    )
+    status = journal.commissioning_status(7000.0, every_days=90, machine=SIM_MACHINE)
+    assert not status.current, status
+    assert f"no. {again}" in status.detail
+    assert "its fall step failed: no emergency stop followed" in status.detail
+    assert journal.commissioned_baselines(7000.0, every_days=90, machine=SIM_MACHINE) == {}
+    # Given up, or cut short: the failure still stands.
+    gave_up = journal.begin_commissioning(
+        7100.0, technician="t", simulated=False, machine=SIM_MACHINE
+    )
+    journal.end_commissioning(gave_up, 7200.0, CommissioningOutcome.ABORTED, "gave up")
+    journal.begin_commissioning(7300.0, technician="t", simulated=False, machine=SIM_MACHINE)
+    assert (
+        "its fall step failed"
+        in journal.commissioning_status(7400.0, every_days=90, machine=SIM_MACHINE).detail
+    )
+    # A failure on another treadmill's record withdraws nothing of this one's.
+    other = Machine("tm-other", SIMULATOR_DRIVE)
+    seed_commissioning(journal, 8000.0, _proofs(), machine=SIM_MACHINE)
+    theirs = journal.begin_commissioning(8100.0, technician="t", simulated=False, machine=other)
+    journal.end_commissioning(theirs, 8200.0, CommissioningOutcome.FAILED, "fall input")
+    assert journal.commissioning_status(8300.0, every_days=90, machine=SIM_MACHINE).current
+    # A pass after an aborted run: the pass stands, the abort is shown.
+    gave_up = journal.begin_commissioning(
+        8400.0, technician="t", simulated=False, machine=SIM_MACHINE
+    )
+    journal.end_commissioning(gave_up, 8500.0, CommissioningOutcome.ABORTED, "q typed")
+    status = journal.commissioning_status(8600.0, every_days=90, machine=SIM_MACHINE)
+    assert status.current, status
+    assert "aborted: q typed" in status.detail
 
 
 def test_a_journal_from_before_commissioning_gains_its_tables_and_keeps_its_rows(
@@ -270,13 +324,13 @@ def test_a_journal_from_before_commissioning_gains_its_tables_and_keeps_its_rows
         )
         db.commit()
     old = Journal.read_only(path)
-    status = old.commissioning_status(1e9, every_days=90)
+    status = old.commissioning_status(1e9, every_days=90, machine=SIM_MACHINE)
     assert not status.current
     assert "cannot be read" in status.detail
     journal = Journal.open(path)
     assert journal.last_session_id() == 7
-    seed_commissioning(journal, 1000.0, _proofs())
-    assert journal.commissioning_status(2000.0, every_days=90).current
+    seed_commissioning(journal, 1000.0, _proofs(), machine=SIM_MACHINE)
+    assert journal.commissioning_status(2000.0, every_days=90, machine=SIM_MACHINE).current
 
 
 # ------------------------------------------------------------------------- configuration
@@ -413,7 +467,7 @@ def test_a_run_that_fails_a_proof_is_journaled_failed_and_proves_nothing(tmp_pat
     assert [p.step for p in result.proofs] == ["estop"]
     assert "over the bound" in result.detail
     journal = Journal.read_only(tmp_path / "j.sqlite")
-    assert not journal.commissioning_status(time.time(), every_days=90).current
+    assert not journal.commissioning_status(time.time(), every_days=90, machine=SIM_MACHINE).current
     assert [r.outcome for r in journal.commissioning_runs()] == ["failed"]
 
 
@@ -482,7 +536,7 @@ def test_the_system_sees_a_record_that_appears_or_a_clock_that_was_wrong(tmp_pat
     loaded = load_config(SIM)
     path = tmp_path / "j.sqlite"
     passed_at = 1_800_000_000.0
-    seed_commissioning(Journal.open(path), passed_at, _proofs())
+    seed_commissioning(Journal.open(path), passed_at, _proofs(), machine=SIM_MACHINE)
     loop = VirtualLoop()
     clock_error = [-3600.0]  # the wall clock an hour behind at start-up
 
@@ -508,7 +562,9 @@ def test_make_daemon_journals_hold_a_commissioning(
 ) -> None:
     daemon = make_daemon(treadmill_id="tm-seeded")
     journal = Journal.read_only(broker.workdir / "journal-tm-seeded.sqlite")
-    assert journal.commissioning_status(time.time(), every_days=90).current
+    assert journal.commissioning_status(
+        time.time(), every_days=90, machine=Machine("tm-seeded", SIMULATOR_DRIVE)
+    ).current
     assert daemon.alive()
 
 
@@ -571,7 +627,9 @@ async def test_the_guided_commissioning_runs_beside_the_daemon_and_fails_a_proof
         ("estop", True),
         ("grip_left", False),
     ]
-    assert not journal.commissioning_status(time.time(), every_days=90).current
+    assert not journal.commissioning_status(
+        time.time(), every_days=90, machine=Machine("tm-guided", SIMULATOR_DRIVE)
+    ).current
 
 
 # ------------------------------------------------------------- the guided run, from the tablet
@@ -656,7 +714,9 @@ async def test_the_guided_run_is_confirmed_from_the_tablet_step_by_step_and_pass
     (row,) = journal.commissioning_runs()
     assert (row.outcome, row.simulated, row.technician) == ("passed", False, "T. Tester")
     assert [p.passed for p in journal.proofs(row.id)] == [True] * 7
-    assert journal.commissioning_status(time.time(), every_days=90).current
+    assert journal.commissioning_status(
+        time.time(), every_days=90, machine=Machine("tm-guided-tablet", SIMULATOR_DRIVE)
+    ).current
 
 
 @pytest.mark.asyncio
@@ -701,7 +761,9 @@ async def test_an_abort_from_the_tablet_stops_the_belt_at_once_and_the_run_is_ab
     journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
     (row,) = journal.commissioning_runs()
     assert row.outcome == "aborted"
-    assert not journal.commissioning_status(time.time(), every_days=90).current
+    assert not journal.commissioning_status(
+        time.time(), every_days=90, machine=Machine("tm-guided-abort", SIMULATOR_DRIVE)
+    ).current
 
 
 @pytest.mark.asyncio

@@ -350,13 +350,16 @@ def _seed_commissioning(box: SystemdContainer) -> None:
         "from pathlib import Path\n"
         "from treadguard.config.loading import load_config\n"
         "from treadguard.controller.commission import nominal_proofs\n"
-        "from treadguard.controller.journal import Journal, seed_commissioning\n"
+        "from treadguard.controller.journal import Journal, Machine, seed_commissioning\n"
         "loaded = load_config(Path('/etc/treadguard/treadguard.toml'))\n"
         "cfg = loaded.config\n"
         "journal = Journal.open(\n"
         "    loaded.resolve(cfg.journal.path), max_size_mb=cfg.journal.max_size_mb\n"
         ")\n"
-        "seed_commissioning(journal, time.time() - 60, nominal_proofs(loaded), technician='test')\n"
+        "seed_commissioning(\n"
+        "    journal, time.time() - 60, nominal_proofs(loaded), machine=Machine.of(cfg),\n"
+        "    technician='test', simulated=False,\n"
+        ")\n"
         "journal.close()\n"
     )
     box.run(f"{OPT}/.venv/bin/python", "-c", script, user="treadguard")

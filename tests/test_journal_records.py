@@ -24,6 +24,7 @@ from treadguard.controller.journal import (
     SCHEMA_VERSION,
     Journal,
     JournalError,
+    Machine,
     ProofRecord,
     backup,
 )
@@ -89,6 +90,13 @@ CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
 """
 )
 RELEASED[5] = RELEASED[4]  # the same schema: version 5 brings every version 4 to it
+RELEASED[6] = (
+    RELEASED[5]
+    + """
+ALTER TABLE commissioning ADD COLUMN treadmill TEXT;
+ALTER TABLE commissioning ADD COLUMN drive TEXT;
+"""
+)
 # Every version before the current one; a new migration without its released schema here
 # fails test_every_earlier_version_is_covered.
 EARLIER = [v for v in RELEASED if v < SCHEMA_VERSION]
@@ -216,7 +224,9 @@ def test_a_journal_of_every_earlier_version_is_migrated_with_its_rows(
     assert journal.samples(7) == [(1001.0, 0.8, 0.8)]
     assert journal.has_history("p-001")
     # What the later versions added works on the migrated journal.
-    run = journal.begin_commissioning(2000.0, technician="t", simulated=True)
+    run = journal.begin_commissioning(
+        2000.0, technician="t", simulated=True, machine=Machine("tm-1", "simulator")
+    )
     journal.record_proof(run, ProofRecord("estop", StopKind.EMERGENCY, True, 1.0, 0.8), 2001.0)
     measure: dict[str, JsonScalar] = {
         "user": "p-001", "kind": "tug", "value": 11.0, "date": "2026-11-30",

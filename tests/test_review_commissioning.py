@@ -27,6 +27,7 @@ from treadguard.controller.journal import (
     DAY_S,
     Journal,
     JournalError,
+    Machine,
     journal_in_use,
     seed_commissioning,
 )
@@ -59,7 +60,13 @@ def _seed(config: Path, ended_at: float) -> None:
     loaded = load_config(config)
     journal = Journal.open(loaded.resolve(loaded.config.journal.path))
     try:
-        seed_commissioning(journal, ended_at, nominal_proofs(loaded), technician="test")
+        seed_commissioning(
+            journal,
+            ended_at,
+            nominal_proofs(loaded),
+            machine=Machine.of(loaded.config),
+            technician="test",
+        )
     finally:
         journal.close()
 
@@ -146,7 +153,9 @@ async def test_a_hand_finished_run_that_proved_one_stop_does_not_count(
     path = _journal_of(broker, tm)
     journal = Journal.open(path)
     # What a SIGKILL after the first proof leaves (test above): a run with no outcome.
-    run = journal.begin_commissioning(time.time() - 600.0, technician="t", simulated=False)
+    run = journal.begin_commissioning(
+        time.time() - 600.0, technician="t", simulated=False, machine=Machine.of(loaded.config)
+    )
     journal.record_proof(run, nominal_proofs(loaded)[0], time.time() - 590.0)
     journal.close()
     with closing(sqlite3.connect(path)) as db:
@@ -369,10 +378,11 @@ async def test_an_unreadable_commissioning_row_is_no_commissioning_and_no_crash(
     async with clinician(broker, tm) as doc:
         await doc.start_running("u-1", program="first_session")
         with closing(sqlite3.connect(_journal_of(broker, tm), timeout=5.0)) as db:
+            # For this treadmill and drive: a row of another's would not count at all.
             db.execute(
-                "INSERT INTO commissioning (started_at, ended_at, outcome)"
-                " VALUES (?, 'yesterday', 'passed')",
-                (time.time(),),
+                "INSERT INTO commissioning (started_at, ended_at, outcome, treadmill, drive)"
+                " VALUES (?, 'yesterday', 'passed', ?, 'simulator')",
+                (time.time(), tm),
             )
             db.commit()
         ok(await doc.command("stop"))
