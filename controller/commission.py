@@ -194,6 +194,8 @@ class Commissioner:
         self._warned: set[str] = set()
         self._standstill_t: float | None = None
         self._run: int | None = None
+        # The proof run under way: the session this run started itself (no other is used).
+        self._session: str | None = None
         # What the run is at, for the tablet (GuidedRun): the proof under way, and the last
         # proof's outcome and figures.
         self.step: ProofStep | None = None
@@ -242,10 +244,15 @@ class Commissioner:
         return self.system.controller.last_status
 
     def _at_speed(self) -> bool:
+        """The run's own proof session runs at the proof speed (a session it did not start
+        is never taken for one)."""
         status = self._status()
-        state = self.system.core.state
+        snap = self.system.core.snapshot()
         return (
-            state is State.RUNNING
+            snap.state is State.RUNNING
+            and self._session is not None
+            and snap.session is not None
+            and snap.session.id == self._session
             and status is not None
             and status.speed_mph >= self.cfg.proof_mph - SPEED_MARGIN_MPH
         )
@@ -373,6 +380,9 @@ class Commissioner:
                 proof_run=True,
             )
             refusal = "" if isinstance(reply, Accepted) else getattr(reply, "message", "")
+            if isinstance(reply, Accepted):
+                started = system.core.snapshot().session
+                self._session = None if started is None else started.id
             return isinstance(reply, Accepted)
 
         # A reset's readings and statuses may take a report interval to come fresh: a start

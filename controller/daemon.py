@@ -173,6 +173,8 @@ class Daemon:
             logger=self._log,
             proposals=self.proposals,
         )
+        # A commissioning run (the errand): from the first moment, no start but its proof runs'.
+        system.proof_starts_only = self.errand is not None
         self.sensors = SensorHub(cfg.sensors.effective_inputs(), system.submit_reading)
         # Read-only queries (history, a session's report): answered from the journal's file
         # off the loop, never by the safety core.
@@ -402,7 +404,9 @@ class Daemon:
         )
         clean = False
         try:
-            # A guided commissioning (the errand) is what clears a worn-brake fault on record.
+            # A guided commissioning (the errand) is what clears a worn-brake fault on record: its
+            # proof runs must stop the belt, so the fault is not latched in its core; every
+            # other start is refused while it runs (System.proof_starts_only).
             self.system.start(restore_faults=self.errand is None)
             if cfg.sensors.source == "simulator":
                 self._simulated_user()

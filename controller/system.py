@@ -108,6 +108,14 @@ NO_COMMISSIONING_RUN = (
 )
 
 
+# While `treadguard commission` runs, every start but its own proof runs' is refused with this
+# (not_allowed): a patient's session never runs on a machine whose stops are being proven.
+COMMISSIONING_UNDER_WAY = (
+    "a commissioning run is under way: no session starts but its own proof runs until it has "
+    "ended and the treadguard service runs again"
+)
+
+
 class CommissioningDesk(Protocol):
     """A guided commissioning run as the tablet sees it (controller/commission.py): what it
     waits for, and its answer to the technician's confirm or abort."""
@@ -229,6 +237,9 @@ class System:
         # Called with the drive's status after every control tick (the same status until a
         # new one arrives): the commissioning run watches the first status after a cut link.
         self.status_watchers: list[Callable[[DriveStatus], None]] = []
+        # Set for the whole life of a daemon that runs a commissioning (before it connects
+        # anything): only the run's own proof starts are taken (COMMISSIONING_UNDER_WAY).
+        self.proof_starts_only = False
         sessions_before = self._last_session_id()
         # This treadmill and its drive: only a commissioning made on them counts.
         self.machine = Machine.of(cfg)
@@ -427,6 +438,14 @@ class System:
             if isinstance(command, StartSession):
                 if self.shutting_down:
                     return Refused(RefusalCode.NOT_ALLOWED, "the daemon is shutting down")
+                if self.proof_starts_only and not proof_run:
+                    # A tablet's start while the stops are being proven: a worn-brake fault on
+                    # record is not latched here (the proof runs must stop the belt to prove
+                    # the brake), so nothing else may start at all.
+                    self._refusal(
+                        command.TYPE.value, RefusalCode.NOT_ALLOWED.value, COMMISSIONING_UNDER_WAY
+                    )
+                    return Refused(RefusalCode.NOT_ALLOWED, COMMISSIONING_UNDER_WAY)
                 # A proof run (commissioning) only when the commissioning tool says so, never
                 # because a command carried it.
                 command = replace(command, returning=self._returning(command.user), proof=proof_run)
