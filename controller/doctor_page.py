@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,14 @@ import aiomqtt
 from treadguard.contract.mqtt import Topics
 from treadguard.controller.broker_config import read_regular
 from treadguard.controller.mqtt_settings import BrokerSettings
-from treadguard.controller.network_probe import Directive, NginxUnreadable, parse_nginx
+from treadguard.controller.network_probe import (
+    Directive,
+    NginxUnreadable,
+    is_connack,
+    parse_nginx,
+    upgraded,
+    websocket_upgrade,
+)
 
 SITE = Path("sites-enabled") / "treadguard"
 MQTT_PATH = "/mqtt"  # where the page's MQTT client connects (tablet/tablet.js)
@@ -227,19 +235,6 @@ async def _mqtt_over_page(
         tls_context=None if broker.tls is None else broker.tls.context(),
         timeout=wait_s,
     )
-    page = aiomqtt.Client(
-        site.host,
-        site.port,
-        username=username,
-        password=password,
-        identifier=f"tg-doctor-{uuid.uuid4().hex[:12]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        transport="websockets",
-        websocket_path=MQTT_PATH,
-        # A browser's WebSocket is an HTTP/1.1 upgrade, on a connection of its own.
-        tls_context=_tls("http/1.1"),
-        timeout=wait_s,
-    )
     async with contextlib.AsyncExitStack() as stack:
         try:
             await stack.enter_async_context(daemon)
@@ -252,17 +247,18 @@ async def _mqtt_over_page(
                 todo=True,
             )
         try:
-            async with page:
-                await page.publish(topics.cmd, probe, qos=1)
-                seen = await _seen(daemon, probe, wait_s)
-        except aiomqtt.MqttError as exc:
+            # Bounded as a whole: a server that answers a byte at a time holds nothing up.
+            async with asyncio.timeout(wait_s):
+                await _publish_over_page(site, username, password, topics.cmd, probe)
+        except (OSError, TimeoutError, ssl.SSLError, PageLoginRefused) as exc:
             return Verdicts(
                 False,
-                f"the tablet's login over {wss} failed: {exc}",
+                f"the tablet's login over {wss} failed: {type(exc).__name__}: {exc}",
                 "the broker's WebSockets listener on 127.0.0.1:9001 (config/mosquitto/"
                 "treadguard.conf), the site's location = /mqtt passing on to it, and the "
                 "tablet's password (TREADGUARD_TABLET_PASSWORD)",
             )
+        seen = await _seen(daemon, probe, wait_s)
     if seen:
         return Verdicts(
             True,
@@ -318,3 +314,82 @@ async def check_page(
             )
         ]
     return await judge_page(site, broker, tablet, wait_s)
+
+
+class PageLoginRefused(Exception):
+    """The page's MQTT refused the login, or did not speak MQTT over WebSockets."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def mqtt_login(client_id: str, username: str | None, password: str | None) -> bytes:
+    """An MQTT 3.1.1 CONNECT: clean session, keepalive 10 s, the user name and password."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _string("MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big") + _string(client_id)
+    body += (_string(username) if username is not None else b"") + (
+        _string(password) if password is not None else b""
+    )
+    return bytes([0x10]) + _varint(len(body)) + body
+
+
+def mqtt_publish(topic: str, payload: bytes) -> bytes:
+    """An MQTT PUBLISH at QoS 0."""
+    body = _string(topic) + payload
+    return bytes([0x30]) + _varint(len(body)) + body
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """A client's binary WebSocket frame, final and masked."""
+    mask = os.urandom(4)
+    length = len(payload)
+    head = bytes([0x82]) + (
+        bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _publish_over_page(
+    site: PageSite, username: str | None, password: str | None, topic: str, payload: bytes
+) -> None:
+    """As a tablet's page does: TLS, a WebSocket at /mqtt, a login, one PUBLISH, then away.
+    PageLoginRefused if it is refused or not answered as MQTT; OSError/ssl.SSLError if no
+    connection is made (the caller bounds the time)."""
+    reader, writer = await asyncio.open_connection(site.host, site.port, ssl=_tls("http/1.1"))
+    try:
+        name = f"[{site.host}]" if ":" in site.host else site.host
+        writer.write(websocket_upgrade(f"{name}:{site.port}", MQTT_PATH, os.urandom(16)))
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not upgraded(head):
+            status = head.split(b"\r\n", 1)[0].decode("latin-1")
+            raise PageLoginRefused(f"no WebSocket at {MQTT_PATH} ({status})")
+        client_id = f"tg-doctor-{uuid.uuid4().hex[:12]}"
+        writer.write(ws_frame(mqtt_login(client_id, username, password)))
+        first = await reader.readexactly(2)
+        if first[0] & 0x0F != 0x02 or first[1] & 0x80:
+            raise PageLoginRefused("the answer is not a WebSocket frame of MQTT")
+        answer = await reader.readexactly(first[1] & 0x7F)
+        if not is_connack(answer):
+            raise PageLoginRefused("the answer to the login is not a CONNACK")
+        if answer[3] != 0:
+            raise PageLoginRefused(f"the login was refused (CONNACK return code {answer[3]})")
+        writer.write(ws_frame(mqtt_publish(topic, payload)))
+        writer.write(ws_frame(bytes([0xE0, 0x00])))  # DISCONNECT: the publish goes first
+        await writer.drain()
+    except asyncio.IncompleteReadError as exc:
+        raise PageLoginRefused("the connection closed before an answer") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise PageLoginRefused("the answer's head is too long") from exc
+    finally:
+        writer.close()

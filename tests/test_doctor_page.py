@@ -5,7 +5,10 @@ them while every other check passes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +153,45 @@ def test_the_site_s_https_listener_and_certificate_are_read_as_nginx_reads_them(
     unread = page_site("server {\n listen 443 ssl;\n")
     assert isinstance(unread, str)
     assert "cannot be read as nginx reads it" in unread
+
+
+@pytest.mark.asyncio
+async def test_a_page_that_answers_a_byte_at_a_time_holds_the_doctor_up_no_longer_than_its_wait(
+    tmp_path: Path, pki: Pki, board: Broker
+) -> None:
+    """Any program on the site's port (nginx down, a port above 1024) may serve the page and
+    then trickle its WebSocket answer: the login over the page fails within the doctor's
+    wait, named, and the checklist goes on."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            request = await reader.readuntil(b"\r\n\r\n")
+            if request.startswith(b"GET / "):
+                body = b'<script src="tablet.js"></script>'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+            else:
+                for byte in b"HTTP/1.1 101 Switching Protocols\r\n" * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.5)  # the trickle itself
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    root = tmp_path / "etc-nginx"
+    (root / SITE).parent.mkdir(parents=True)
+    (root / SITE).write_text(
+        f"server {{\n listen 127.0.0.1:{port} ssl;\n ssl_certificate {pki.server_cert};\n}}\n"
+    )
+    try:
+        async with asyncio.timeout(30.0):  # the bound this test holds the check to
+            got = said(await check_page(root, settings(board), TABLET, 2.0))
+    finally:
+        server.close()
+    assert got[0][0], got  # the page itself was served
+    assert got[-1][:2] == (False, False), got
+    assert "the tablet's login over wss://" in got[-1][2], got
+    assert "TimeoutError" in got[-1][2], got
