@@ -1264,6 +1264,15 @@ def _judge_conf(conf: MosquittoConf) -> Check:
                 "accounts and ACL read while it is on are a listener's own, which the doctor "
                 "does not judge, and out of force once it is off"
             )
+    for listener in conf.listeners():
+        if listener.port == 0:
+            # Mosquitto 2.0's unix socket listener (listener 0 PATH): a board needs none, and
+            # a local program relaying through it is not seen among the broker's TCP clients.
+            problems.append(
+                f"{listener.line.key} {listener.line.value} ({listener.line.where}): a unix "
+                "socket listener, which a board does not need and whose clients the doctor "
+                "does not see"
+            )
     anonymous = conf.last("allow_anonymous")
     if anonymous is None:
         problems.append("no allow_anonymous false")
@@ -2413,13 +2422,22 @@ def _nginx_options(words: list[str], titled: bool) -> tuple[str | None, str | No
     """nginx's prefix (-p), configuration file (-c) and -g directives from its command line,
     as its ngx_get_options reads them (flags may be joined: -qc FILE; a value glued on:
     -cFILE), None for a prefix or file not given (the build's own, nginx_build). From a
-    master's title the words were joined with blanks: a -g runs to the next flag."""
+    master's title the words were joined with blanks: a -g runs to the next flag, and a title
+    that cannot be read back one way only (a word that is no flag nor a flag's value, a -c or
+    -p given twice: a path holding a blank, "-c '/tmp/x -c /etc/nginx/nginx.conf'") raises
+    ValueError."""
     prefix: str | None = None
     conf: str | None = None
     added: list[str] = []
+    given: list[str] = []
     i = 0
     while i < len(words):
         word = words[i]
+        if titled and not word.startswith("-"):
+            raise ValueError(
+                f"its title ({' '.join(words)!r}) cannot be read back into the words it was "
+                "started with (a path holding a blank)"
+            )
         if word.startswith("-"):
             for at, flag in enumerate(word[1:], start=2):
                 if flag not in "cpges":
@@ -2438,8 +2456,14 @@ def _nginx_options(words: list[str], titled: bool) -> tuple[str | None, str | No
                     prefix = value
                 elif flag == "g":
                     added.append(value)
+                given.append(flag)
                 break
         i += 1
+    if titled and (given.count("c") > 1 or given.count("p") > 1):
+        raise ValueError(
+            f"its title ({' '.join(words)!r}) names more than one -c or -p: a path holding a "
+            "blank cannot be told from two"
+        )
     return prefix, conf, " ".join(added)
 
 
@@ -2481,6 +2505,22 @@ def nginx_build(data: bytes) -> tuple[str, str]:
     return prefix, conf
 
 
+NGINX_EXECUTABLE_MAX = 64 * 1024 * 1024  # nginx is a few MB; a larger file is not read whole
+
+
+def _executable(proc: Path) -> bytes:
+    """A process's executable's bytes, at most NGINX_EXECUTABLE_MAX (ValueError past it: any
+    user may run a huge file under nginx's name)."""
+    with (proc / "exe").open("rb") as exe:
+        data = exe.read(NGINX_EXECUTABLE_MAX + 1)
+    if len(data) > NGINX_EXECUTABLE_MAX:
+        raise ValueError(
+            f"its executable is larger than {NGINX_EXECUTABLE_MAX // (1024 * 1024)} MB, which "
+            "no nginx is: not read"
+        )
+    return data
+
+
 def _nginx_masters() -> list[NginxMaster]:
     """Every nginx process that loads a configuration: found by its name or executable as
     well as by its title, so a master (titled "nginx: master process ...") and an nginx
@@ -2502,23 +2542,25 @@ def _nginx_masters() -> list[NginxMaster]:
         titled = title[:3] == ["nginx:", "master", "process"]
         if not titled and (title[:1] == ["nginx:"] or _parent(proc) in nginx):
             continue  # a worker, a cache manager: its master loads the configuration
-        prefix, conf, added = _nginx_options(title[3:] if titled else argv[1:], titled)
+        # Its executable read, never run, through /proc (the file it was started from, even
+        # replaced or removed since): an nginx holds its configure line, and one that does not
+        # is no nginx, whatever its title says (a relay titled "nginx: master process ...").
+        try:
+            built_prefix, built_conf = nginx_build(_executable(proc))
+            # The title read back (a master's: its words joined with blanks).
+            prefix, conf, added = _nginx_options(title[4:] if titled else argv[1:], titled)
+        except OSError as exc:
+            why = f"its executable cannot be read by the doctor, which runs as {_me()} ({exc})"
+            found.append(NginxMaster(pid, "", "", unknown=why))
+            continue
+        except ValueError as exc:
+            found.append(NginxMaster(pid, "", "", unknown=str(exc)))
+            continue
         try:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             cwd = "/"
         if conf is None or (prefix is None and not os.path.isabs(conf)):
-            # Read, never run: its bytes through /proc (the file it was started from, even
-            # replaced or removed since).
-            try:
-                built_prefix, built_conf = nginx_build((proc / "exe").read_bytes())
-            except OSError as exc:
-                why = f"its executable cannot be read by the doctor, which runs as {_me()} ({exc})"
-                found.append(NginxMaster(pid, "", added, unknown=why))
-                continue
-            except ValueError as exc:
-                found.append(NginxMaster(pid, "", added, unknown=str(exc)))
-                continue
             prefix = built_prefix if prefix is None else prefix
             conf = built_conf if conf is None else conf
         path = os.path.join(cwd, prefix or "", conf)

@@ -176,12 +176,32 @@ def serves(inodes: set[int], nets: list[Net]) -> list[str]:
             elif not _loopback(row.remote[0]) and not _mirrors(row, nets):
                 said.append(f"holds a connection to {shown(row.remote)}, not this machine")
         for row in net.udp:
-            if row.inode in inodes and row.local[1] and not row.remote[1]:
+            if row.inode not in inodes:
+                continue
+            if row.local[1] and not row.remote[1]:
                 said.append(f"receives UDP on {shown(row.local)}")
+            elif row.remote[1] and not _loopback(row.remote[0]) and not _udp_here(row, nets):
+                said.append(f"sends UDP to {shown(row.remote)}, not this machine")
         for inode, path in net.unix_listening.items():
             if inode in inodes:
                 said.append(f"listens on the unix socket {path or '(without a name)'}")
     return list(dict.fromkeys(said))
+
+
+def _udp_here(row: Row, nets: list[Net]) -> bool:
+    """Whether a UDP socket's peer is a socket of this machine (one the doctor sees)."""
+    return any(other.local == row.remote for net in nets for other in net.udp)
+
+
+def hops(inodes: set[int], nets: list[Net], skip: set[int]) -> set[int]:
+    """The sockets at the far end of the TCP connections ``inodes`` hold to this machine's own
+    services (their peers' sockets, found in a namespace the doctor sees), but ``skip``'s."""
+    far: set[int] = set()
+    for net in nets:
+        for row in net.tcp:
+            if row.inode in inodes and row.state == ESTABLISHED:
+                far |= _mirrors(row, nets) - skip
+    return far
 
 
 def is_the_service(cgroup: str) -> bool:
@@ -242,6 +262,13 @@ def holders(proc: Path = Path("/proc")) -> tuple[dict[int, set[int]], dict[int, 
         except OSError:
             hidden = True
             continue
+        # A thread may hold a table of its own (unshare(CLONE_FILES)): its sockets are the
+        # process's too, and /proc/PID/fd does not show them.
+        with contextlib.suppress(OSError):
+            for task in (entry / "task").iterdir():
+                if task.name != entry.name:
+                    with contextlib.suppress(OSError):
+                        fds.extend((task / "fd").iterdir())
         mine = by_pid.setdefault(pid, set())
         for fd in fds:
             try:
@@ -287,6 +314,44 @@ def in_the_service(pid: int, proc: Path = Path("/proc")) -> bool:
         return is_the_service((proc / str(pid) / "cgroup").read_text())
     except OSError:
         return False
+
+
+HOPS_MAX = 4  # processes followed along connections on this machine, one to the next
+
+
+def _served_through(
+    pid: int,
+    by_inode: dict[int, set[int]],
+    by_pid: dict[int, set[int]],
+    nets: list[Net],
+    exempt: set[int],
+    skip: set[int],
+) -> list[str]:
+    """A relay split in parts joined by a connection on this machine (a broker client that
+    hands what it gets to a process of its own over 127.0.0.1, which serves the network): the
+    processes reached from ``pid`` along its TCP connections to this machine's own services,
+    up to HOPS_MAX away, each judged as the broker's clients are. Words naming the first one
+    that serves, or none."""
+    seen = {pid} | exempt
+    frontier = [pid]
+    for _ in range(HOPS_MAX):
+        reached: list[int] = []
+        for here in frontier:
+            far = hops(by_pid.get(here, set()), nets, skip)
+            for other in sorted(set().union(*(by_inode.get(i, set()) for i in far)) - seen):
+                seen.add(other)
+                if in_the_service(other):
+                    continue
+                why = serves(by_pid.get(other, set()), nets)
+                if why:
+                    return [
+                        f"is joined on this machine to {described(other)}, which " + ", ".join(why)
+                    ]
+                reached.append(other)
+        frontier = reached
+        if not frontier:
+            break
+    return []
 
 
 RELAY_FIX = (
@@ -341,7 +406,9 @@ def relays(broker: int, ports: set[int], exempt: set[int], here: set[str]) -> li
             judged.add(pid)
             if in_the_service(pid):
                 continue
-            why = serves(by_pid.get(pid, set()), all_nets)
+            why = serves(by_pid.get(pid, set()), all_nets) or _served_through(
+                pid, by_inode, by_pid, all_nets, exempt | {broker}, broker_inodes
+            )
             if why:
                 found.append(
                     Finding(

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from tests.test_doctor import (
     publishing,
     rig,  # noqa: F401 (the fixture)
 )
+from treadguard.controller import doctor as doctor_module
 from treadguard.controller.doctor import (
     NGINX_NOT_ITS,
     Verdict,
@@ -262,10 +264,52 @@ async def test_an_nginx_not_running_the_board_s_files_is_not_passed(
 def test_nginx_s_command_line_is_read_as_nginx_reads_it() -> None:
     """-c and -p, glued or not, joined flags, a -g from a master's title (its words joined by
     blanks); without -p or -c, none (the build's own)."""
-    debian = ["/usr/sbin/nginx", "-g", "daemon", "on;", "master_process", "on;"]
+    debian = ["-g", "daemon", "on;", "master_process", "on;"]  # its title past the executable
     assert _nginx_options(debian, True) == (None, None, "daemon on; master_process on;")
     assert _nginx_options(["-qc", "/x/n.conf", "-p/x/"], False) == ("/x/", "/x/n.conf", "")
     assert _nginx_options(["-cn.conf", "-e", "/x/e.log"], False)[:2] == (None, "n.conf")
+    # A title that reads back more than one way: a path holding a blank, which the title's
+    # joined words cannot tell from two words ("-c '/tmp/x -c /etc/nginx/nginx.conf'",
+    # "-c '/etc/nginx/nginx.conf x'"). Started with them, the words are exact.
+    for ambiguous in (
+        ["-c", "/tmp/x", "-c", "/etc/nginx/nginx.conf"],
+        ["-c", "/etc/nginx/nginx.conf", "x"],
+        ["-p", "/a", "-p", "/b"],
+    ):
+        with pytest.raises(ValueError, match="title"):
+            _nginx_options(ambiguous, True)
+    assert _nginx_options(["-c", "/etc/nginx/nginx.conf x"], False)[1] == (
+        "/etc/nginx/nginx.conf x"
+    )
+
+
+def test_a_process_titled_as_nginx_that_is_no_nginx_is_not_the_board_s(tmp_path: Path) -> None:
+    """Any user may give a program nginx's title (exec -a "nginx: master process ...") or
+    name (a copy called nginx, as large as it likes): an nginx's executable holds its
+    configure line, and one that does not, or is too large to read, runs a configuration the
+    doctor cannot tell, whatever its title says; never exempt as the board's."""
+    title = "nginx: master process /usr/sbin/nginx -c /etc/nginx/nginx.conf"
+    named = tmp_path / "nginx"
+    shutil.copy("/bin/sleep", named)
+    with named.open("r+b") as grown:  # a valid program, padded past what is read
+        grown.truncate(doctor_module.NGINX_EXECUTABLE_MAX + 4096)
+    posers = [
+        subprocess.Popen([title, "30"], executable="/bin/sleep"),
+        subprocess.Popen([str(named), "30"]),
+    ]
+    try:
+        for proc, comm in zip(posers, ("sleep", "nginx"), strict=True):
+            deadline = time.monotonic() + 10.0
+            while Path(f"/proc/{proc.pid}/comm").read_text().strip() != comm:  # its exec done
+                assert time.monotonic() < deadline, "the program never started"
+                time.sleep(0.01)
+        found = {m.pid: m for m in doctor_module._nginx_masters()}
+    finally:
+        for proc in posers:
+            proc.kill()
+            proc.wait()
+    assert "holds no nginx configure line" in found[posers[0].pid].unknown, found
+    assert "larger than" in found[posers[1].pid].unknown, found
 
 
 def _configure(line: bytes) -> bytes:
