@@ -180,12 +180,22 @@ def serves(inodes: set[int], nets: list[Net]) -> list[str]:
                 continue
             if row.local[1] and not row.remote[1]:
                 said.append(f"receives UDP on {shown(row.local)}")
-            elif row.remote[1] and not _loopback(row.remote[0]) and not _udp_here(row, nets):
+            elif (
+                row.remote[1]
+                and row.remote[1] not in UDP_ASKED
+                and not _loopback(row.remote[0])
+                and not _udp_here(row, nets)
+            ):
                 said.append(f"sends UDP to {shown(row.remote)}, not this machine")
         for inode, path in net.unix_listening.items():
             if inode in inodes:
                 said.append(f"listens on the unix socket {path or '(without a name)'}")
     return list(dict.fromkeys(said))
+
+
+# A UDP socket connected to another machine at these ports asks it something (a name, the
+# time), as any program may: DNS and NTP. At any other port it is taken to send on.
+UDP_ASKED = frozenset({53, 123})
 
 
 def _udp_here(row: Row, nets: list[Net]) -> bool:
