@@ -40,12 +40,16 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from treadguard.config.loading import LoadedConfig
-from treadguard.config.progression import ProgressionRules
+from treadguard.config.progression import ProgressionRules, UserPlan
+from treadguard.controller.first_session import PLANNED_ENDS
 from treadguard.controller.journal import Journal, JournalError
-from treadguard.controller.plan import propose
+from treadguard.controller.plan import UserRecord, propose
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.programs import Program
 
+# Users whose proposals are kept at most: any account that may ask a history query may name
+# any code, and each named is worked out again at every change whose user is not known.
+ENTRIES_MAX = 2000
 # How often the keeper looks whether the clinic's day has changed.
 DAY_CHECK_S = 60.0
 # The longest one proposal may take in the worker (its start-up included); longer, and it is
@@ -84,6 +88,10 @@ class ProposalSource(Protocol):
     def choice(self, user: str) -> StartChoice | NotKnown: ...
 
     def on_event(self, event: Event) -> None: ...
+
+    def session_of(self, session: str, user: str) -> None:
+        """Whose ``session`` is: said before an event that names only the session (an entry
+        of the record after it), so that only that user's proposal is worked out again."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,9 @@ class ProposalBook:
             user = self._session_user.get(session)
         self.changed(user.strip() if isinstance(user, str) else None)
 
+    def session_of(self, session: str, user: str) -> None:
+        self._session_user[session] = user.strip()
+
     def changed(self, user: str | None) -> None:
         """``user``'s record changed (None: someone's, not known whose)."""
         if user is None:
@@ -172,7 +183,10 @@ class ProposalBook:
 
     def put(self, user: str, token: tuple[int, int], outcome: StartChoice | NotKnown) -> None:
         """``user``'s proposal as worked out from their record as it stood at ``token``."""
+        self._entries.pop(user, None)
         self._entries[user] = _Entry(token[0], token[1], outcome)
+        while len(self._entries) > ENTRIES_MAX:  # the one worked out longest ago goes
+            del self._entries[next(iter(self._entries))]
         if token != self.token(user):
             self._due[user] = None  # changed meanwhile: once more
             self.wake()
@@ -228,7 +242,30 @@ def work_out(
         return NotKnown(f"the record of {user} cannot be read ({exc})")
     made = propose(record, rules, programs, zone=zone, now=now)
     whole = {k: v for k, v in made.as_json().items() if k != "user"}
-    return StartChoice(made.program, made.cap_s, made.reason, whole)
+    # The start keeps to the phase the user has reached: the proposal moves a user on to a
+    # later phase by the calendar (week 4 on the treadmill: intervals), which is advice for the
+    # clinician, who starts it by naming it. Started by one tap, it would put a user who has
+    # been away, or a board whose clock stepped forward, on a program never run; kept to the
+    # phase reached, nothing the wall clock says changes what a start from history gets.
+    kept = propose(record, _in_phase_reached(rules, record), programs, zone=zone, now=now)
+    return StartChoice(kept.program, kept.cap_s, kept.reason, whole)
+
+
+def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> ProgressionRules:
+    """``rules`` with ``record``'s user kept in the latest phase whose program they have run
+    as planned (to its cap, or completed), the first phase if none; the clinic's own phase for
+    the user, if it set one, stands."""
+    own = rules.user.get(record.user)
+    if (own is not None and own.phase is not None) or not rules.phase:
+        return rules
+    ran = {s.program for s in record.sessions if s.end_reason in PLANNED_ENDS}
+    reached = max((i for i, p in enumerate(rules.phase) if p.program in ran), default=0)
+    kept = UserPlan(
+        phase=rules.phase[reached].name,
+        cap_s=None if own is None else own.cap_s,
+        note=None if own is None else own.note,
+    )
+    return rules.model_copy(update={"user": {**rules.user, record.user: kept}})
 
 
 class WorkedOutOnDemand:
@@ -253,6 +290,9 @@ class WorkedOutOnDemand:
         )
 
     def on_event(self, event: Event) -> None:
+        pass
+
+    def session_of(self, session: str, user: str) -> None:
         pass
 
 
@@ -374,6 +414,9 @@ class BookKeeper:
 
     def on_event(self, event: Event) -> None:
         self.book.on_event(event)
+
+    def session_of(self, session: str, user: str) -> None:
+        self.book.session_of(session, user)
 
     async def proposal(self, user: str, within_s: float = PROPOSAL_WAIT_S) -> JsonObject | None:
         """``user``'s whole proposal, for a ``history`` answer: the current entry, waited for

@@ -529,6 +529,10 @@ class System:
                 fields["notes"] = command.notes
             if command.clinician is not None:
                 fields["clinician"] = command.clinician
+            if self.proposals is not None:
+                # The event names the session only: whose it is, so that only that user's
+                # proposal is worked out again.
+                self.proposals.session_of(command.session_id, row.user)
             self.controller.publish(Event(EventType.OUTCOME_RECORDED, command.t, fields))
             return ACCEPTED
         self._refusal(command.TYPE.value, reply.code.value, reply.message)

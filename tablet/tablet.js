@@ -1892,7 +1892,7 @@ function fillPrograms() {
   const title = (name) => (PROGRAMS[name] || {}).title || name;
   const rule = programChoice.default
     ? `From history: ${title(programChoice.default)} for a first session, ` +
-      "the proposed session after that."
+      "after that the proposed session, in the phase the patient has reached."
     : "";
   $("program-hint").textContent = last ? `Last time on this tablet: ${title(last)}. ${rule}` : rule;
   const chosen = $("program").value;

@@ -22,12 +22,14 @@ from treadguard.safety.decisions import Event, EventType, JsonScalar
 BEING_WORKED_OUT = "is being worked out from their record"
 
 
-def seed_first_session(broker: Broker, tm: str, n: int, user: str, pain: tuple[int, int]) -> None:
-    """Session ``n``: ``user``'s first session, run to its 3 min cap yesterday, with pain
-    before and after it, as the daemon journals them."""
+def seed_first_session(
+    broker: Broker, tm: str, n: int, user: str, pain: tuple[int, int], *, days_ago: int = 1
+) -> None:
+    """Session ``n``: ``user``'s first session, run to its 3 min cap ``days_ago`` days ago,
+    with pain before and after it, as the daemon journals them."""
     journal = Journal.open(broker.workdir / f"journal-{tm}.sqlite", max_size_mb=64)
     try:
-        start = time.time() - 86_400
+        start = time.time() - 86_400 * days_ago
         fields: dict[str, JsonScalar] = {
             "session_id": str(n), "user": user, "program": "first_session", "cap_s": 180.0,
         }  # fmt: skip
@@ -82,4 +84,22 @@ async def test_a_start_from_history_follows_the_proposal_and_its_hold(
         # next start from history follows it too (the hold stays: cut short, not moved on).
         again = await start_from_history(doc, "p-held")
         assert again["program"] == "first_session", again
+        ok(await doc.command("stop"))
+
+
+@pytest.mark.asyncio
+async def test_a_start_from_history_keeps_to_the_phase_the_user_has_reached(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """p-away's first session was 29 days ago, and nothing since: by the calendar the plan
+    proposes intervals (week 5), advice the patient view shows; a start from history keeps to
+    the phase p-away has reached (reverse walking, at its default cap), whatever the wall
+    clock says. Intervals start only when named."""
+    tm = "tm-phase-reached"
+    seed_first_session(broker, tm, 1, "p-away", (2, 2), days_ago=29)
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        started = await start_from_history(doc, "p-away")
+        assert (started["program"], started["cap_s"]) == ("reverse_walking", 300), started
         ok(await doc.command("stop"))

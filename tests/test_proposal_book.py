@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadguard.controller.proposal_book import NotKnown, ProposalBook, StartChoice
+from treadguard.controller.proposal_book import ENTRIES_MAX, NotKnown, ProposalBook, StartChoice
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
 RW = StartChoice("reverse_walking", 300.0, "Reverse walking, 5 min: first session completed")
@@ -149,3 +149,27 @@ def test_a_start_never_uses_an_entry_from_a_record_that_has_changed_since(
         for user in changes:
             if book.choice(user) == RW:
                 assert used_from[user][user] == changes[user], (user, used_from, changes)
+
+
+def test_an_entry_for_a_session_said_to_be_a_user_s_makes_only_that_user_s_entry_due() -> None:
+    """The daemon says whose session a record entry is for (System, before the event): a
+    pain entry for a session from before a restart then outdates that user's entry only, and
+    a flood of them cannot keep everyone's starts from history refused."""
+    book = ProposalBook()
+    for user in ("p-1", "p-2"):
+        book.put(user, book.token(user), RW)
+    book.session_of("1", "p-1")
+    book.on_event(event(EventType.OUTCOME_RECORDED, session_id="1", when="after", pain=9))
+    assert isinstance(book.choice("p-1"), NotKnown)
+    assert book.choice("p-2") == RW
+
+
+def test_the_book_keeps_a_bounded_number_of_users() -> None:
+    """Any account that may ask a history query may name any code: the users worked out
+    longest ago go past ENTRIES_MAX."""
+    book = ProposalBook()
+    for n in range(ENTRIES_MAX + 10):
+        user = f"p-{n}"
+        book.put(user, book.token(user), RW)
+    assert book.current("p-0") is None
+    assert book.current(f"p-{ENTRIES_MAX + 9}") == RW

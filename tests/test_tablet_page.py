@@ -185,8 +185,8 @@ async def test_sr1_sr3_a_whole_session_by_clicking(
             "Reverse walking",
         ]
         await expect(page.locator("#program-hint")).to_have_text(
-            "From history: First treadmill session for a first session, the proposed session "
-            "after that."
+            "From history: First treadmill session for a first session, after that the proposed "
+            "session, in the phase the patient has reached."
         )
 
         # A later program for a user with no session on record: refused, in the daemon's words.
