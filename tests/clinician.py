@@ -32,6 +32,10 @@ SESSION_WAIT_S = 15.0  # a countdown (3 s) plus a ramp to 0.8 mph at 0.2 mph/s (
 STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
 
 
+# A start from history refused while the user's proposal is being worked out (docs/plan.md).
+WORKED_OUT = "is being worked out from their record"
+
+
 class Clinician:
     """A tablet: commands by id, heartbeats while a session runs, and what it has seen."""
 
@@ -110,9 +114,16 @@ class Clinician:
         return event
 
     async def start_running(self, user: str, program: str | None = None) -> dict[str, Any]:
-        """Start a session (accepted) and wait until the belt runs at its first speed."""
+        """Start a session (accepted) and wait until the belt runs at its first speed. A start
+        from history (no program) is pressed again, as a clinician does, while the daemon says
+        the user's proposal is being worked out (a moment after their record changed)."""
         fields = {} if program is None else {"program": program}
-        ok(await self.command("start_session", user=user, **fields))
+        for _ in range(100):
+            reply = await self.command("start_session", user=user, **fields)
+            if reply["ok"] or program is not None or WORKED_OUT not in str(reply.get("error")):
+                break
+            await asyncio.sleep(0.1)  # the retry period of a clinician's button
+        ok(reply)
         return await self.state(running, within=SESSION_WAIT_S)
 
     async def reset_when_allowed(self) -> None:

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.clinician import Clinician, clinician, ok
+from tests.clinician import WORKED_OUT, Clinician, clinician, ok
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from treadguard.controller.journal import Journal
 from treadguard.safety.decisions import Event, EventType, JsonScalar
-
-BEING_WORKED_OUT = "is being worked out from their record"
 
 
 def seed_first_session(
@@ -54,7 +52,7 @@ async def start_from_history(doc: Clinician, user: str) -> dict[str, Any]:
         if reply["ok"]:
             return await doc.event("session_started")
         assert reply["error"]["code"] == "preconditions_unmet", reply
-        assert BEING_WORKED_OUT in reply["error"]["message"], reply
+        assert WORKED_OUT in reply["error"]["message"], reply
         await asyncio.sleep(0.1)  # a clinician pressing Start again, not a synchronisation
     raise AssertionError(f"{user}'s proposal was never worked out")
 

@@ -1201,7 +1201,7 @@ async def test_an_acl_the_doctor_cannot_read_is_not_passed(rig: Rig) -> None:
     assert f"  TODO  ACL file         not checked: {acl} cannot be read by the doctor" in text, text
     assert "fix: run the doctor as root" in text, text
     assert done.out.rstrip().endswith(
-        "1 of 18 not checked (TODO): the board is not proven safe to use"
+        "1 of 19 not checked (TODO): the board is not proven safe to use"
     )
 
 
