@@ -479,6 +479,17 @@ class System:
             reply = Refused(RefusalCode.PRECONDITIONS_UNMET, f"cannot start: {chosen.why}")
             self._refusal(command.TYPE.value, reply.code.value, reply.message)
             return reply
+        if command.cap_s is not None and command.cap_s > chosen.cap_s:
+            # A start from history asks for what the record proposes: more than that (above a
+            # hold, say) is the clinician's to ask by naming the program.
+            reply = Refused(
+                RefusalCode.OUT_OF_RANGE,
+                f"cap_s {command.cap_s:g} is above the {chosen.cap_s:g} s a start from history "
+                f"gives {command.user.strip()} ({chosen.reason}): name the program to start "
+                "it with a longer cap",
+            )
+            self._refusal(command.TYPE.value, reply.code.value, reply.message)
+            return reply
         cap = chosen.cap_s if command.cap_s is None else command.cap_s
         return replace(command, program=chosen.program, cap_s=cap)
 

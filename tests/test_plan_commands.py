@@ -32,7 +32,7 @@ from treadguard.safety.decisions import (
     Refused,
     Reply,
 )
-from treadguard.safety.inputs import ConfirmFirstSession, RecordMeasure, TabletCommand
+from treadguard.safety.inputs import ConfirmFirstSession, RecordMeasure, StartSession, TabletCommand
 from treadguard.simulator.virtual_loop import VirtualLoop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,3 +471,19 @@ def test_any_measure_is_kept_within_its_range_or_refused_and_never_raises(
         assert desk.system.core.latch is None  # nothing of it reached the belt's state
     finally:
         desk.system.close()
+
+
+def test_a_start_from_history_asks_no_longer_cap_than_the_record_proposes(desk: Desk) -> None:
+    """p-1's first session ran to its cap and the pain rose 3 points: held at the first
+    session, 3 min. A start naming no program but a cap of 5 min is refused, saying why; the
+    same cap with the program named is the clinician's choice, left to the core's limits."""
+    desk.session(1, "p-1", "first_session", "cap", 180.0)
+    for when, pain in (("before", 2), ("after", 5)):
+        entry: dict[str, JsonScalar] = {"session_id": "1", "when": when, "pain": pain}
+        desk.journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, entry), NOW - 2000)
+    message = refused(desk.send(StartSession(0.0, "p-1", cap_s=300.0)), RefusalCode.OUT_OF_RANGE)
+    assert "cap_s 300 is above the 180 s a start from history gives p-1" in message
+    assert "held at first treadmill session: pain rose 3 points" in message
+    assert "name the program" in message
+    named = desk.send(StartSession(0.0, "p-1", program="first_session", cap_s=300.0))
+    assert "start from history" not in str(named), named
