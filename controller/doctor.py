@@ -80,7 +80,7 @@ from treadguard.controller.broker_config import (
     unusual_characters,
 )
 from treadguard.controller.doctor_page import SITE as PAGE_SITE
-from treadguard.controller.doctor_page import check_page
+from treadguard.controller.doctor_page import check_page, seen
 from treadguard.controller.doctor_relays import relays
 from treadguard.controller.drives import build_driver
 from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
@@ -1112,14 +1112,7 @@ async def _published_and_seen(
 ) -> bool:
     # A denied publish is acknowledged and dropped by the broker: only its arrival tells.
     await sender.publish(topic, payload, qos=1)
-    try:
-        async with asyncio.timeout(wait_s):
-            async for message in reader.messages:
-                if message.payload == payload:
-                    return True
-    except TimeoutError:
-        return False
-    return False
+    return await seen(reader, payload, wait_s)
 
 
 RUN_AS_ROOT = "run the doctor as root (sudo, as docs/install-raspberry-pi.md section 5 does)"

@@ -258,8 +258,8 @@ async def _mqtt_over_page(
                 "treadguard.conf), the site's location = /mqtt passing on to it, and the "
                 "tablet's password (TREADGUARD_TABLET_PASSWORD)",
             )
-        seen = await _seen(daemon, probe, wait_s)
-    if seen:
+        arrived = await seen(daemon, probe, wait_s)
+    if arrived:
         return Verdicts(
             True,
             f"{wss} takes the tablet's login ({username or 'anonymous'}) and reaches the "
@@ -275,7 +275,8 @@ async def _mqtt_over_page(
     )
 
 
-async def _seen(reader: aiomqtt.Client, payload: bytes, wait_s: float) -> bool:
+async def seen(reader: aiomqtt.Client, payload: bytes, wait_s: float) -> bool:
+    """Whether ``payload`` reaches ``reader`` within ``wait_s``."""
     try:
         async with asyncio.timeout(wait_s):
             async for message in reader.messages:

@@ -15,7 +15,8 @@ from _pytest import junitxml
 from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]  # no types
 
 from tests.daemon_process import ROOT, DaemonProcess, daemon_config
-from tests.mosquitto import Broker, have_mosquitto
+from tests.mosquitto import Broker, auth_lines, have_mosquitto
+from tests.pki import OPENSSL, Pki, make_pki
 from treadguard.controller.hazard_log import SELECTION_PROPERTY, WHOLE_SUITE
 
 # The test files whose tests run the doctor, which takes the board's network in turns
@@ -149,3 +150,30 @@ def modbus_device() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def need(what: str, present: bool) -> None:
+    if not present:
+        why = f"{what} is not installed: scripts/test installs it"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    need("openssl", OPENSSL is not None)
+    return make_pki(tmp_path / "tls")
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto with the shipped accounts and ACL, and the WebSockets listener nginx passes
+    /mqtt to: plain, on loopback, no http_dir."""
+    need("mosquitto", have_mosquitto())
+    broker = Broker(tmp_path, extra=auth_lines(tmp_path), websockets=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()

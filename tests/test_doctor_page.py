@@ -9,42 +9,19 @@ import asyncio
 import contextlib
 import shutil
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import PASSWORDS, Broker, auth_lines, have_mosquitto
+from tests.conftest import need
+from tests.mosquitto import PASSWORDS, Broker
 from tests.nginx import Nginx, have_nginx
-from tests.pki import OPENSSL, Pki, make_pki
+from tests.pki import Pki, make_pki
 from treadguard.controller.doctor_page import SITE, Verdicts, check_page, page_site
 from treadguard.controller.mqtt_settings import BrokerSettings
 
 TABLET = ("tablet", PASSWORDS["tablet"])
 WAIT_S = 3.0
-
-
-def need(what: str, present: bool) -> None:
-    if not present:
-        pytest.fail(f"{what} is not installed: scripts/test installs it")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    need("openssl", OPENSSL is not None)
-    return make_pki(tmp_path / "tls")
-
-
-@pytest.fixture
-def board(tmp_path: Path) -> Iterator[Broker]:
-    """The board's broker: the shipped accounts and ACL, and the WebSockets listener."""
-    need("mosquitto", have_mosquitto())
-    broker = Broker(tmp_path, extra=auth_lines(tmp_path), websockets=True)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.kill()
 
 
 def settings(broker: Broker) -> BrokerSettings:
@@ -75,13 +52,13 @@ def said(verdicts: list[Verdicts] | None) -> list[tuple[bool, bool, str]]:
 
 @pytest.mark.asyncio
 async def test_the_page_and_its_mqtt_as_a_tablet_takes_them(
-    tmp_path: Path, pki: Pki, board: Broker
+    tmp_path: Path, pki: Pki, secured: Broker
 ) -> None:
-    assert board.ws_port is not None
-    nginx = served(tmp_path, pki, board.ws_port)
+    assert secured.ws_port is not None
+    nginx = served(tmp_path, pki, secured.ws_port)
     try:
         root = site_dir(tmp_path, nginx)
-        good = said(await check_page(root, settings(board), TABLET, WAIT_S))
+        good = said(await check_page(root, settings(secured), TABLET, WAIT_S))
         assert [(ok, todo) for ok, todo, _ in good] == [(True, False), (True, False)], good
         assert (
             f"https://127.0.0.1:{nginx.https_port}/ serves the tablet page (offers HTTP/2)"
@@ -90,20 +67,20 @@ async def test_the_page_and_its_mqtt_as_a_tablet_takes_them(
         assert "takes the tablet's login (tablet) and reaches the board's broker" in good[1][2]
 
         # The tablet's password not the broker's: its login over the page fails, named.
-        wrong = said(await check_page(root, settings(board), ("tablet", "x"), WAIT_S))
+        wrong = said(await check_page(root, settings(secured), ("tablet", "x"), WAIT_S))
         assert wrong[-1][:2] == (False, False), wrong
         assert "the tablet's login over wss://" in wrong[-1][2], wrong
 
         # A certificate renewed on disk, nginx not reloaded: tablets still get the old one.
         renewed = make_pki(tmp_path / "renewed")
         shutil.copy(renewed.server_cert, pki.server_cert)
-        stale = said(await check_page(root, settings(board), TABLET, WAIT_S))
+        stale = said(await check_page(root, settings(secured), TABLET, WAIT_S))
         assert any(not ok and "serves another certificate than" in d for ok, _, d in stale), stale
     finally:
         nginx.stop()
 
     # nginx stopped: nothing serves the page.
-    down = said(await check_page(root, settings(board), TABLET, WAIT_S))
+    down = said(await check_page(root, settings(secured), TABLET, WAIT_S))
     assert len(down) == 1, down
     assert down[0][:2] == (False, False), down
     assert f"nothing serves the page at https://127.0.0.1:{nginx.https_port}/" in down[0][2]
@@ -111,7 +88,7 @@ async def test_the_page_and_its_mqtt_as_a_tablet_takes_them(
 
 @pytest.mark.asyncio
 async def test_a_page_whose_mqtt_reaches_another_broker_is_named(
-    tmp_path: Path, pki: Pki, board: Broker
+    tmp_path: Path, pki: Pki, secured: Broker
 ) -> None:
     """/mqtt passed on to a second broker that lets the tablet's account in: the page loads and
     its login succeeds, but nothing it sends reaches the board's broker."""
@@ -122,7 +99,9 @@ async def test_a_page_whose_mqtt_reaches_another_broker_is_named(
         assert other.ws_port is not None
         nginx = served(tmp_path, pki, other.ws_port)
         try:
-            got = said(await check_page(site_dir(tmp_path, nginx), settings(board), TABLET, WAIT_S))
+            got = said(
+                await check_page(site_dir(tmp_path, nginx), settings(secured), TABLET, WAIT_S)
+            )
         finally:
             nginx.stop()
     finally:
@@ -133,8 +112,10 @@ async def test_a_page_whose_mqtt_reaches_another_broker_is_named(
 
 
 @pytest.mark.asyncio
-async def test_a_board_without_the_site_has_no_page_to_check(tmp_path: Path, board: Broker) -> None:
-    assert await check_page(tmp_path, settings(board), TABLET, WAIT_S) is None
+async def test_a_board_without_the_site_has_no_page_to_check(
+    tmp_path: Path, secured: Broker
+) -> None:
+    assert await check_page(tmp_path, settings(secured), TABLET, WAIT_S) is None
 
 
 def test_the_site_s_https_listener_and_certificate_are_read_as_nginx_reads_them() -> None:
@@ -157,7 +138,7 @@ def test_the_site_s_https_listener_and_certificate_are_read_as_nginx_reads_them(
 
 @pytest.mark.asyncio
 async def test_a_page_that_answers_a_byte_at_a_time_holds_the_doctor_up_no_longer_than_its_wait(
-    tmp_path: Path, pki: Pki, board: Broker
+    tmp_path: Path, pki: Pki, secured: Broker
 ) -> None:
     """Any program on the site's port (nginx down, a port above 1024) may serve the page and
     then trickle its WebSocket answer: the login over the page fails within the doctor's
@@ -188,7 +169,7 @@ async def test_a_page_that_answers_a_byte_at_a_time_holds_the_doctor_up_no_longe
     )
     try:
         async with asyncio.timeout(30.0):  # the bound this test holds the check to
-            got = said(await check_page(root, settings(board), TABLET, 2.0))
+            got = said(await check_page(root, settings(secured), TABLET, 2.0))
     finally:
         server.close()
     assert got[0][0], got  # the page itself was served

@@ -13,7 +13,6 @@ with the clinic's CA installed does, and a browser that trusts another CA refuse
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import ssl
@@ -29,41 +28,15 @@ from playwright.async_api import expect
 
 from tests.browser import chromium, need_page, tablet_page
 from tests.clinician import SESSION_WAIT_S, STANDSTILL_MPH, clinician, running
+from tests.conftest import need
 from tests.daemon_process import DaemonProcess, daemon_config
-from tests.mosquitto import DAEMON_ENV, Broker, auth_lines, free_port, have_mosquitto
+from tests.mosquitto import DAEMON_ENV, Broker, free_port
 from tests.nginx import Nginx, have_nginx
-from tests.pki import OPENSSL, Pki, make_pki
+from tests.pki import Pki
 from tests.test_tablet_page import logged_in_as_tablet
 
 ONLINE_WAIT_MS = 10_000  # the daemon's start-up and first state
 CURL = shutil.which("curl")
-
-
-def need(what: str, present: bool) -> None:
-    if not present:
-        why = f"{what} is not installed: scripts/test installs it"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    need("openssl", OPENSSL is not None)
-    return make_pki(tmp_path / "tls")
-
-
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[Broker]:
-    """Mosquitto with the shipped accounts and ACL, and the WebSockets listener nginx passes
-    /mqtt to: plain, on loopback, no http_dir."""
-    need("mosquitto", have_mosquitto())
-    broker = Broker(tmp_path, extra=auth_lines(tmp_path), websockets=True)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.kill()
 
 
 def started_nginx(tmp_path: Path, pki: Pki, mqtt_port: int) -> Nginx:
