@@ -421,11 +421,20 @@ class Commissioner:
             self.system.execute(EStop(t=self.system.clock.time()))
         lim = self.system.loaded.config.safety
         latched = yield Wait("the stop", lambda: self._latch is not None, lim.grip_debounce_s + 2)
+        if not latched or self._latch is None:
+            # The stop source did not stop the belt: stopped now, the tablet's E-STOP way,
+            # before anything more is asked of the technician standing on it, and the run
+            # ends failed.
+            self.system.execute(EStop(t=self.system.clock.time()))
+            return ProofRecord(
+                step.value,
+                kind,
+                False,
+                detail="no emergency stop followed (the belt was stopped with an E-STOP)",
+            )
         record = yield from self._measure(step, kind, self.cfg.max_emergency_standstill_s)
         if undo is not None:
             yield Ask(undo)
-        if not latched or self._latch is None:
-            return ProofRecord(step.value, kind, False, detail="no emergency stop followed")
         if self._latch.cause != cause.value:
             return ProofRecord(
                 step.value,

@@ -65,6 +65,9 @@ from treadguard.safety.inputs import (
 )
 
 SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
+# Each ends the daemon the one way: the belt brought to a controlled stop, then out (a second,
+# an emergency stop). SIGHUP: the terminal or SSH session of a command run by hand has gone.
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 
 
@@ -392,8 +395,12 @@ class Daemon:
         gc.freeze()
         cfg = self.loaded.config
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in ENDING_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # A terminal's job control must not freeze the process driving a belt (Ctrl-Z during
+        # a commissioning run: the belt would run on, commanded by no one).
+        for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
         self._log.info(
             "daemon_started",
             treadmill=cfg.treadmill.id,
@@ -450,7 +457,7 @@ class Daemon:
                     task.cancel()
             clean = True
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in ENDING_SIGNALS:
                 loop.remove_signal_handler(sig)
             if not clean or self.core.state in LATCHED_STATES:
                 # Whatever ended us, the belt is told to stop the fastest way it can.

@@ -1099,10 +1099,24 @@ class Journal:
         mine = [r for r in runs if r.not_counted(machine) is None]
         # The newest run of this machine's (shown beside the verdict), else the newest of all.
         last = mine[-1] if mine else runs[-1] if runs else None
-        finished = [r for r in mine if r.outcome in _DECIDING]
-        decisive = finished[-1] if finished else None
-        if decisive is not None and decisive.outcome == CommissioningOutcome.FAILED.value:
-            return CommissioningStatus(False, self._failed_words(decisive), last_run=last)
+        passed = [r for r in mine if r.outcome == CommissioningOutcome.PASSED.value]
+        decisive = passed[-1] if passed else None
+        # Any run of this treadmill after that pass that did not pass withdraws it, whatever
+        # drive path or simulator it was made with: failed; given up (q, the tablet's Abort),
+        # perhaps as the belt failed to stop; cut short (a signal, a crash). A pass is proven
+        # narrowly, its withdrawal taken broadly: the treadmill waits for a run that passes.
+        after = [
+            r
+            for r in runs
+            if r.treadmill in (None, machine.treadmill)
+            and (decisive is None or r.id > decisive.id)
+            and r.outcome != CommissioningOutcome.PASSED.value
+        ]
+        # A failed one is named first: what it failed says what to mend.
+        failed = [r for r in after if r.outcome == CommissioningOutcome.FAILED.value]
+        if after and (decisive is not None or failed):
+            named = failed[-1] if failed else after[-1]
+            return CommissioningStatus(False, self._withdrawn_words(named), last_run=last)
         if decisive is None or decisive.ended_at is None:
             detail = "no passed commissioning on record"
             counted = {r.id for r in mine}
@@ -1166,6 +1180,16 @@ class Journal:
             # nothing either way); it is on record and shown. A failed one would have decided.
             detail += f"; a later run {_outcome_words(last)}"
         return CommissioningStatus(True, detail, passed_at, expires, last, run.id)
+
+    def _withdrawn_words(self, run: CommissioningRow) -> str:
+        """A later run that did not pass, as a refusal names it."""
+        if run.outcome == CommissioningOutcome.FAILED.value:
+            return self._failed_words(run)
+        how = "was given up" if run.outcome is not None else "was cut short (or is under way)"
+        return (
+            f"the last commissioning run (no. {run.id}) {how}: a proof test that did not pass "
+            "takes the treadmill out of service until a commissioning passes again"
+        )
 
     def _failed_words(self, run: CommissioningRow) -> str:
         """A failed proof test, as a refusal names it: the run, when, and its failed step."""
@@ -1402,11 +1426,6 @@ def _utc(ts: float) -> str:
     if not math.isfinite(ts):
         return "an unreadable time"
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-# The outcomes that decide whether a treadmill is commissioned: a run given up (aborted) or cut
-# short (no outcome) proves nothing either way.
-_DECIDING = (CommissioningOutcome.PASSED.value, CommissioningOutcome.FAILED.value)
 
 
 def _outcome_words(run: CommissioningRow) -> str:

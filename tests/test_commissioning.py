@@ -255,9 +255,10 @@ def test_a_failed_or_aborted_run_proves_nothing_and_is_on_record(tmp_path: Path)
 def test_a_failed_proof_test_withdraws_the_pass_before_it_until_one_passes_again(
     tmp_path: Path,
 ) -> None:
-    """The newest finished run decides (H-43): a periodic proof test that fails takes the
-    treadmill out of service, naming the run and its failed step; a run given up (aborted)
-    or cut short afterwards decides nothing; only a run that passes puts it back."""
+    """A periodic proof test that does not pass takes the treadmill out of service (H-43):
+    failed, naming the run and its failed step; given up (q, the tablet's Abort, perhaps as
+    the belt failed to stop) or cut short (a signal, a crash); made through another drive path
+    of the same treadmill too. Only a run that passes puts it back."""
     journal = Journal.open(tmp_path / "j.sqlite")
     seed_commissioning(journal, 5000.0, _proofs(), machine=SIM_MACHINE)
     again = journal.begin_commissioning(
@@ -293,14 +294,29 @@ def test_a_failed_proof_test_withdraws_the_pass_before_it_until_one_passes_again
     theirs = journal.begin_commissioning(8100.0, technician="t", simulated=False, machine=other)
     journal.end_commissioning(theirs, 8200.0, CommissioningOutcome.FAILED, "fall input")
     assert journal.commissioning_status(8300.0, every_days=90, machine=SIM_MACHINE).current
-    # A pass after an aborted run: the pass stands, the abort is shown.
+    # Given up after a pass: out of service until a run passes again.
     gave_up = journal.begin_commissioning(
         8400.0, technician="t", simulated=False, machine=SIM_MACHINE
     )
     journal.end_commissioning(gave_up, 8500.0, CommissioningOutcome.ABORTED, "q typed")
     status = journal.commissioning_status(8600.0, every_days=90, machine=SIM_MACHINE)
-    assert status.current, status
-    assert "aborted: q typed" in status.detail
+    assert not status.current, status
+    assert f"run (no. {gave_up}) was given up" in status.detail, status
+    # Cut short after a pass: the same.
+    seed_commissioning(journal, 8700.0, _proofs(), machine=SIM_MACHINE)
+    cut = journal.begin_commissioning(8800.0, technician="t", simulated=False, machine=SIM_MACHINE)
+    status = journal.commissioning_status(8900.0, every_days=90, machine=SIM_MACHINE)
+    assert not status.current, status
+    assert f"run (no. {cut}) was cut short" in status.detail, status
+    # Failed through another path to the same treadmill's drive: withdrawn as well.
+    seed_commissioning(journal, 9000.0, _proofs(), machine=SIM_MACHINE)
+    assert journal.commissioning_status(9050.0, every_days=90, machine=SIM_MACHINE).current
+    by_path = Machine(SIM_MACHINE.treadmill, "trackmaster on /dev/ttyUSB0")
+    failed = journal.begin_commissioning(9100.0, technician="t", simulated=False, machine=by_path)
+    journal.end_commissioning(failed, 9200.0, CommissioningOutcome.FAILED, "fall input")
+    status = journal.commissioning_status(9300.0, every_days=90, machine=SIM_MACHINE)
+    assert not status.current, status
+    assert f"no. {failed}" in status.detail, status
 
 
 def test_a_journal_from_before_commissioning_gains_its_tables_and_keeps_its_rows(
@@ -469,6 +485,43 @@ def test_a_run_that_fails_a_proof_is_journaled_failed_and_proves_nothing(tmp_pat
     journal = Journal.read_only(tmp_path / "j.sqlite")
     assert not journal.commissioning_status(time.time(), every_days=90, machine=SIM_MACHINE).current
     assert [r.outcome for r in journal.commissioning_runs()] == ["failed"]
+
+
+class _FallWiredToNothing(SimulatedMachine):
+    """A fall input that never reports a fall (wired to the wrong input); what the technician
+    does is kept."""
+
+    def __init__(self, loaded: Any, loop: Any) -> None:
+        super().__init__(loaded, loop)
+        self.done: list[Act] = []
+
+    def perform(self, act: Act) -> float:
+        self.done.append(act)
+        if act is Act.FALL:
+            return self.loop.time()
+        return super().perform(act)
+
+
+def test_a_stop_source_that_does_not_stop_the_belt_fails_its_proof_with_an_estop_at_once(
+    tmp_path: Path,
+) -> None:
+    """The fall input does not stop the belt: the belt is stopped the E-STOP's way at once,
+    before anything more is asked of the technician standing on it (not "clear the fall
+    input" with the belt still running), and the run ends failed."""
+    made: list[_FallWiredToNothing] = []
+
+    def machine(loaded: Any, loop: Any) -> SimulatedMachine:
+        made.append(_FallWiredToNothing(loaded, loop))
+        return made[-1]
+
+    result = run_simulated(load_config(SIM), None, machine=machine)
+    assert result.outcome is CommissioningOutcome.FAILED, result
+    fall = next(p for p in result.proofs if p.step == "fall")
+    assert not fall.passed
+    assert fall.detail == "no emergency stop followed (the belt was stopped with an E-STOP)"
+    acts = made[0].done
+    assert acts[-1] is Act.FALL, acts  # nothing asked after it
+    assert not made[0].rig.belt.moving()
 
 
 def test_the_seeded_figures_are_those_a_simulated_run_measures(tmp_path: Path) -> None:

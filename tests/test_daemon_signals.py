@@ -1,0 +1,47 @@
+"""The real daemon under the signals a terminal sends a command run by hand (`treadguard run`,
+`treadguard commission`, which runs the daemon's assembly): SIGHUP (the terminal or the SSH
+session gone) ends it as SIGTERM does, the belt brought to a controlled stop first; job
+control (Ctrl-Z's SIGTSTP) does not freeze the process that drives the belt."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from tests.clinician import clinician, running
+from tests.daemon_process import DaemonProcess
+from tests.mosquitto import Broker
+
+
+@pytest.mark.asyncio
+async def test_sighup_brings_the_belt_to_a_controlled_stop_and_ends_the_daemon(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    tm = "tm-sighup"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.start_running("u-hup", program="first_session")
+        daemon.signal(signal.SIGHUP)
+        ended = await doc.event("session_ended")
+    assert ended["reason"] == "shutdown", ended
+    assert daemon.wait() == 0
+    assert '"signal": "SIGHUP"' in daemon.log_text()
+
+
+@pytest.mark.asyncio
+async def test_ctrl_z_does_not_freeze_the_daemon_driving_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    tm = "tm-sigtstp"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.start_running("u-tstp", program="first_session")
+        daemon.signal(signal.SIGTSTP)
+        doc.tab.drain(f"{doc.p}/state")
+        # Still ticking: the states keep coming (the session's time goes on), and it stops.
+        later = await doc.state(lambda s: True, within=3.0)
+        assert running(later), later
+        await doc.command("stop")
+        await doc.until(lambda s: s["state"] == "idle", within=15.0)
