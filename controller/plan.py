@@ -507,6 +507,13 @@ def _known(proposal: Proposal) -> Callable[[], Proposal]:
     return lambda: proposal
 
 
+def asks_more(
+    rules: ProgressionRules, programs: Mapping[str, Program], a: Proposal, b: Proposal
+) -> bool:
+    """Whether proposal ``a`` asks more of a user than ``b`` (program first, then cap)."""
+    return _rank(rules, programs[a.program], a.cap_s) > _rank(rules, programs[b.program], b.cap_s)
+
+
 def _rank(rules: ProgressionRules, program: Program, cap: float) -> tuple[int, float]:
     """How much a program and cap ask of a user: a first session's least, then each phase's
     program in the protocol's order, then a program no phase names (not known to ask less);

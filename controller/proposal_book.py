@@ -43,7 +43,7 @@ from treadguard.config.loading import LoadedConfig
 from treadguard.config.progression import ProgressionRules, UserPlan
 from treadguard.controller.first_session import PLANNED_ENDS
 from treadguard.controller.journal import Journal, JournalError
-from treadguard.controller.plan import UserRecord, propose
+from treadguard.controller.plan import UserRecord, asks_more, propose
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.programs import Program
 
@@ -248,7 +248,11 @@ def work_out(
     # been away, or a board whose clock stepped forward, on a program never run; kept to the
     # phase reached, nothing the wall clock says changes what a start from history gets.
     kept = propose(record, _in_phase_reached(rules, record), programs, zone=zone, now=now)
-    return StartChoice(kept.program, kept.cap_s, kept.reason, whole)
+    # And never more than the proposal shown: a phase reached by a session started by hand
+    # (intervals named once and run to their cap) is no phase the plan has moved the user to,
+    # and holds bound what is shown. The lower of the two; a clock step can only lower it.
+    start = kept if asks_more(rules, programs, made, kept) else made
+    return StartChoice(start.program, start.cap_s, start.reason, whole)
 
 
 def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> ProgressionRules:

@@ -22,6 +22,7 @@ from treadguard.controller.proposal_book import (
     StartChoice,
     WorkerProcess,
     fingerprint,
+    work_out,
 )
 from treadguard.controller.proposal_worker import answer, serve
 from treadguard.safety.decisions import Event, EventType, JsonScalar
@@ -132,3 +133,44 @@ async def test_a_worker_that_died_is_started_afresh_for_the_next_request(config:
         assert await worker.ask("p-1", time.time()) == first
     finally:
         await worker.close()
+
+
+def _sessions(journal: Journal, user: str, runs: list[tuple[str, float, float]]) -> None:
+    """``user``'s sessions one day apart, each (program, cap, belt time), ended at their cap."""
+    start = time.time() - 86_400 * (len(runs) + 1)
+    for n, (program, cap, belt) in enumerate(runs, start=1):
+        at = start + 86_400 * n
+        fields: dict[str, JsonScalar] = {
+            "session_id": str(n), "user": user, "program": program, "cap_s": cap,
+        }  # fmt: skip
+        journal.record(Event(EventType.SESSION_STARTED, 0.0, fields), at)
+        ended: dict[str, JsonScalar] = {
+            "session_id": str(n),
+            "reason": "cap",
+            "belt_moving_s": belt,
+        }
+        journal.record(Event(EventType.SESSION_ENDED, 0.0, ended), at + belt + 10)
+
+
+def test_a_start_from_history_never_asks_more_than_the_proposal_shown(tmp_path: Path) -> None:
+    """Intervals named by hand once in week 1 and run to their cap: the proposal shown (the
+    patient view's) is reverse walking at 5 min, and a start from history gets that, not
+    intervals stepped up as if the plan had moved the user on; with a pain rise in that
+    session, the hold shown bounds it too."""
+    loaded = load_config(ROOT / "config" / "sim.toml")
+    journal = Journal.open(tmp_path / "j.sqlite", max_size_mb=64)
+    _sessions(journal, "p-hand", [("first_session", 180.0, 180.0), ("intervals", 480.0, 480.0)])
+    zone = loaded.config.clinic.zone()
+    got = work_out(journal, "p-hand", loaded.rules, loaded.programs, zone=zone, now=time.time())
+    assert isinstance(got, StartChoice)
+    shown = got.proposal
+    assert (shown["program"], shown["cap_s"]) == ("reverse_walking", 300.0), shown
+    assert (got.program, got.cap_s) == ("reverse_walking", 300.0), got
+    for when, pain in (("before", 2), ("after", 6)):
+        entry: dict[str, JsonScalar] = {"session_id": "2", "when": when, "pain": pain}
+        journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, entry), time.time() - 3600)
+    held = work_out(journal, "p-hand", loaded.rules, loaded.programs, zone=zone, now=time.time())
+    assert isinstance(held, StartChoice)
+    assert held.proposal["held"] is True
+    assert (held.program, held.cap_s) == (held.proposal["program"], held.proposal["cap_s"])
+    journal.close()
