@@ -67,7 +67,15 @@ from treadguard.safety.inputs import (
 SHUTDOWN_BOUND_S = 10.0  # SR-11: how long a shutdown waits for standstill
 # Each ends the daemon the one way: the belt brought to a controlled stop, then out (a second,
 # an emergency stop). SIGHUP: the terminal or SSH session of a command run by hand has gone.
-ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# SIGQUIT (Ctrl-\), SIGUSR1 and SIGUSR2 would otherwise end the process at once, no stop sent.
+ENDING_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
 
 

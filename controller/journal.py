@@ -1108,7 +1108,12 @@ class Journal:
         after = [
             r
             for r in runs
-            if r.treadmill in (None, machine.treadmill)
+            if (
+                r.treadmill in (None, machine.treadmill)
+                # The same drive under another treadmill id (a typo, the other treadmill's
+                # configuration pointed at this one): the drive proven failed is this one's.
+                or (r.drive == machine.drive and not machine.simulator)
+            )
             and (decisive is None or r.id > decisive.id)
             and r.outcome != CommissioningOutcome.PASSED.value
         ]
@@ -1176,8 +1181,8 @@ class Journal:
             )
         detail = f"passed {_utc(passed_at)}, current until {_utc(expires)}"
         if last.id != run.id:
-            # A later run given up or cut short does not withdraw the one before (it proved
-            # nothing either way); it is on record and shown. A failed one would have decided.
+            # A later run of another treadmill and drive withdraws nothing here; it is on
+            # record and shown.
             detail += f"; a later run {_outcome_words(last)}"
         return CommissioningStatus(True, detail, passed_at, expires, last, run.id)
 

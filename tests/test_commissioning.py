@@ -235,6 +235,9 @@ def test_a_passed_run_is_current_for_every_days_and_then_expires(tmp_path: Path)
     )
 
 
+TRACKMASTER = Machine("tm-01", "trackmaster on /dev/treadmill")
+
+
 def test_a_failed_or_aborted_run_proves_nothing_and_is_on_record(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path / "j.sqlite")
     run = journal.begin_commissioning(1000.0, technician="t", simulated=False, machine=SIM_MACHINE)
@@ -308,6 +311,13 @@ def test_a_failed_proof_test_withdraws_the_pass_before_it_until_one_passes_again
     status = journal.commissioning_status(8900.0, every_days=90, machine=SIM_MACHINE)
     assert not status.current, status
     assert f"run (no. {cut}) was cut short" in status.detail, status
+    # Failed on the same drive under another treadmill id (a typo): withdrawn as well.
+    seed_commissioning(journal, 8950.0, _proofs(), machine=TRACKMASTER, simulated=False)
+    assert journal.commissioning_status(8960.0, every_days=90, machine=TRACKMASTER).current
+    typo = Machine("tm-1", TRACKMASTER.drive)
+    mistyped = journal.begin_commissioning(8970.0, technician="t", simulated=False, machine=typo)
+    journal.end_commissioning(mistyped, 8980.0, CommissioningOutcome.FAILED, "fall input")
+    assert not journal.commissioning_status(8990.0, every_days=90, machine=TRACKMASTER).current
     # Failed through another path to the same treadmill's drive: withdrawn as well.
     seed_commissioning(journal, 9000.0, _proofs(), machine=SIM_MACHINE)
     assert journal.commissioning_status(9050.0, every_days=90, machine=SIM_MACHINE).current

@@ -16,18 +16,21 @@ from tests.mosquitto import Broker
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1])
 async def test_sighup_brings_the_belt_to_a_controlled_stop_and_ends_the_daemon(
-    make_daemon: Callable[..., DaemonProcess], broker: Broker
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, sig: signal.Signals
 ) -> None:
-    tm = "tm-sighup"
+    """SIGHUP, and the signals that would otherwise end the process at once with no stop sent
+    (Ctrl-\\'s SIGQUIT, SIGUSR1): the controlled stop of SIGTERM."""
+    tm = f"tm-{sig.name.lower()}"
     daemon = make_daemon(treadmill_id=tm)
     async with clinician(broker, tm) as doc:
         await doc.start_running("u-hup", program="first_session")
-        daemon.signal(signal.SIGHUP)
+        daemon.signal(sig)
         ended = await doc.event("session_ended")
     assert ended["reason"] == "shutdown", ended
     assert daemon.wait() == 0
-    assert '"signal": "SIGHUP"' in daemon.log_text()
+    assert f'"signal": "{sig.name}"' in daemon.log_text()
 
 
 @pytest.mark.asyncio
