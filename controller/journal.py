@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 import unicodedata
@@ -1283,6 +1284,21 @@ def _nfc(text: str | None) -> str | None:
     return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
 
 
+_ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+) ADD COLUMN (\w+)\b.*;$", re.MULTILINE)
+
+
+def _without_columns_there(db: sqlite3.Connection, script: str) -> str:
+    """``script`` without the columns it adds that its table has already: SQLite has no ADD
+    COLUMN IF NOT EXISTS, and every step must apply to a journal that has what it adds."""
+
+    def kept(match: re.Match[str]) -> str:
+        table, column = match.group(1), match.group(2)
+        there = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        return "" if column in there else match.group(0)
+
+    return _ADD_COLUMN.sub(kept, script)
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring the journal to SCHEMA_VERSION, one step a transaction (the step and the new
     version committed together, so a power cut mid-way leaves the journal at a version, never
@@ -1293,9 +1309,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     for step in range(version, SCHEMA_VERSION):
         # executescript runs the script as written; in autocommit mode nothing is pending, so
         # BEGIN ... COMMIT makes the step and its version one transaction.
-        db.executescript(
-            f"BEGIN IMMEDIATE;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step + 1};\nCOMMIT;"
-        )
+        script = _without_columns_there(db, MIGRATIONS[step])
+        db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {step + 1};\nCOMMIT;")
     if version == SCHEMA_VERSION and not db.execute("PRAGMA user_version").fetchone()[0]:
         # Written before the version was kept, already complete: only the version is new.
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
