@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import CompletedProcess
 from unittest import mock
 
 from treadguard.config.loading import ConfigError, load_config
@@ -93,6 +94,21 @@ def commission(config: Path, env: dict[str, str]) -> None:
         pass  # a journal too full to take it: the daemon refuses starts, and says why
     finally:
         journal.close()
+
+
+def treadguard_cli(*args: str, stdin: str = "", timeout: float = 120.0) -> CompletedProcess[str]:
+    """``treadguard ARGS`` from the tree under test, to its end, with ``stdin`` as its whole
+    input (a guided run that did start would meet the end of its input and abort)."""
+    return subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
 
 
 class DaemonProcess:

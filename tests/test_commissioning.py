@@ -12,8 +12,6 @@ import json
 import math
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -26,7 +24,7 @@ from hypothesis import strategies as st
 
 from tests.clinician import clinician, ok, refused, sensor_user
 from tests.commission_terminal import ENDED, PROMPT, commission
-from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config, treadguard_cli
 from tests.guided_commissioning import (
     RUN_WAIT_S,
     Technician,
@@ -420,18 +418,6 @@ def test_the_same_world_commissioned_starts_the_session() -> None:
 # ------------------------------------------------------------------------- the command
 
 
-def _treadguard(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadguard.controller.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-
-
 def _journaled_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "sim.toml"
     text = SIM.read_text(encoding="utf-8")
@@ -447,17 +433,17 @@ def test_commission_simulated_passes_records_the_baseline_and_status_says_curren
     tmp_path: Path,
 ) -> None:
     config = _journaled_config(tmp_path)
-    before = _treadguard("commission", "--status", "--config", str(config))
+    before = treadguard_cli("commission", "--status", "--config", str(config))
     assert before.returncode == 1, before.stdout + before.stderr
     assert "NOT CURRENT" in before.stdout
-    run = _treadguard(
+    run = treadguard_cli(
         "commission", "--simulated", "--technician", "T. Test", "--config", str(config)
     )
     assert run.returncode == 0, run.stdout + run.stderr
     for step in ("E-STOP command", "both grips released", "fall input", "drive deadman", "cap"):
         assert step in run.stdout, run.stdout
     assert "commissioning passed" in run.stdout
-    status = _treadguard("commission", "--status", "--json", "--config", str(config))
+    status = treadguard_cli("commission", "--status", "--json", "--config", str(config))
     assert status.returncode == 0, status.stdout + status.stderr
     body = json.loads(status.stdout)
     assert body["current"] is True
@@ -478,7 +464,7 @@ def test_commission_status_of_an_expired_record_fails(tmp_path: Path) -> None:
     loaded = load_config(config)
     result = run_simulated(loaded, tmp_path / "j.sqlite", wall=lambda: time.time() - 31 * DAY_S)
     assert result.passed, result
-    status = _treadguard("commission", "--status", "--config", str(config))
+    status = treadguard_cli("commission", "--status", "--config", str(config))
     assert status.returncode == 1, status.stdout
     assert "expired" in status.stdout
 
@@ -572,13 +558,15 @@ async def test_the_daemon_refuses_until_commissioned_then_starts_and_publishes_i
             )
             assert "treadguard commission" in message
             busy = await asyncio.to_thread(
-                _treadguard, "commission", "--simulated", "--config", str(config)
+                treadguard_cli, "commission", "--simulated", "--config", str(config)
             )
             assert busy.returncode == 1, busy.stdout + busy.stderr
             assert "in use by another process" in busy.stdout
     finally:
         daemon.stop()
-    run = await asyncio.to_thread(_treadguard, "commission", "--simulated", "--config", str(config))
+    run = await asyncio.to_thread(
+        treadguard_cli, "commission", "--simulated", "--config", str(config)
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     daemon = DaemonProcess(config, tmp_path / "d2.log", commissioned=False)
     daemon.start()

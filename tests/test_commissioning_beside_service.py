@@ -10,7 +10,6 @@ stopped), no start but its own proof runs' is taken."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.clinician import clinician, refused, sensor_user
-from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config, treadguard_cli
 from tests.guided_commissioning import RUN_WAIT_S, run_of, state_where
 from tests.mosquitto import Broker, body
 from treadguard.config.loading import load_config
@@ -37,19 +36,6 @@ from treadguard.simulator.virtual_loop import VirtualLoop
 
 SIM = ROOT / "config" / "sim.toml"
 COMMAND_S = 60.0  # the bound of one refused treadguard command (it ends by itself at once)
-
-
-def _treadguard(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadguard.controller.cli", *args],
-        cwd=ROOT,
-        input="",  # the terminal's end of input: a guided run that did start would abort
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_S,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
 
 
 @pytest.mark.asyncio
@@ -72,7 +58,9 @@ async def test_a_second_process_on_a_held_journal_leaves_the_patients_belt_alone
             running = await doc.start_running("patient-1")
             instance, session = running["instance"], running["session"]["id"]
             doc.tab.drain(f"{p}/state")
-            second = await asyncio.to_thread(_treadguard, *command, "--config", str(config))
+            second = await asyncio.to_thread(
+                treadguard_cli, *command, "--config", str(config), timeout=COMMAND_S
+            )
             assert second.returncode == 1, second.stdout + second.stderr
             assert "in use by another process" in second.stdout + second.stderr, second.stdout
             # What the broker carried on the treadmill's state topic while the second process

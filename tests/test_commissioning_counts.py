@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.clinician import clinician, refused
-from tests.daemon_process import PROGRAMS_DIR, ROOT, DaemonProcess, daemon_config
+from tests.daemon_process import PROGRAMS_DIR, ROOT, DaemonProcess, daemon_config, treadguard_cli
 from tests.mosquitto import Broker
 from treadguard.config.loading import load_config
 from treadguard.config.schema import ModbusDriveSection, TrackmasterDriveSection
@@ -45,18 +43,6 @@ from treadguard.simulator.virtual_loop import VirtualLoop
 SIM = ROOT / "config" / "sim.toml"
 REGISTER_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
 DAY = 86_400.0
-
-
-def _treadguard(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadguard.controller.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
 
 
 def _sim_config(path: Path, tm: str, journal: Path, extra: str = "") -> Path:
@@ -144,7 +130,7 @@ def test_a_run_recorded_before_treadguard_kept_what_it_proved_counts_for_none(
         db.execute("PRAGMA user_version = 5")
         db.commit()
     config = _sim_config(tmp_path / "sim.toml", "tm-sim", path)
-    status = _treadguard("commission", "--status", "--json", "--config", str(config))
+    status = treadguard_cli("commission", "--status", "--json", "--config", str(config))
     assert status.returncode == 1, status.stdout + status.stderr
     assert "must be run again" in json.loads(status.stdout)["detail"]
     journal = Journal.open(path)  # migrated
@@ -169,7 +155,7 @@ async def test_a_commissioning_on_the_simulator_does_not_put_a_real_treadmill_in
     start naming it. Before, both took the simulator's run for the treadmill's."""
     journal = tmp_path / "journal.sqlite"
     bench = _sim_config(tmp_path / "bench.toml", "tm-sim-bench", journal)
-    done = _treadguard(
+    done = treadguard_cli(
         "commission", "--simulated", "--technician", "nobody", "--config", str(bench)
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -186,12 +172,12 @@ async def test_a_commissioning_on_the_simulator_does_not_put_a_real_treadmill_in
             (tmp_path / "journal-tm-02-room3.sqlite").as_posix(), journal.as_posix()
         )
     )
-    status = _treadguard("commission", "--status", "--config", str(real))
+    status = treadguard_cli("commission", "--status", "--config", str(real))
     assert status.returncode == 1, status.stdout + status.stderr
     assert "made on the simulator" in status.stdout, status.stdout
     # Another bench treadmill's simulator, on the bench's journal: not the bench's run either.
     other = _sim_config(tmp_path / "other.toml", "tm-sim-other", journal)
-    status = _treadguard("commission", "--status", "--config", str(other))
+    status = treadguard_cli("commission", "--status", "--config", str(other))
     assert status.returncode == 1, status.stdout + status.stderr
     assert "made for treadmill tm-sim-bench" in status.stdout, status.stdout
     daemon = DaemonProcess(real, tmp_path / "real.log", commissioned=False)
@@ -219,12 +205,12 @@ async def test_a_failed_proof_test_takes_the_treadmill_out_of_service(
     tm = "tm-proof-failed"
     journal = broker.workdir / f"journal-{tm}.sqlite"
     good = _sim_config(tmp_path / "good.toml", tm, journal)
-    assert _treadguard("commission", "--simulated", "--config", str(good)).returncode == 0
+    assert treadguard_cli("commission", "--simulated", "--config", str(good)).returncode == 0
     slow = "\n[commissioning]\nmax_emergency_standstill_s = 0.1\n"
     failing = _sim_config(tmp_path / "failing.toml", tm, journal, slow)
-    failed = _treadguard("commission", "--simulated", "--config", str(failing))
+    failed = treadguard_cli("commission", "--simulated", "--config", str(failing))
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    status = _treadguard("commission", "--status", "--config", str(good))
+    status = treadguard_cli("commission", "--status", "--config", str(good))
     assert status.returncode == 1, status.stdout + status.stderr
     assert "(no. 2" in status.stdout, status.stdout
     assert "its estop step failed" in status.stdout, status.stdout
@@ -234,8 +220,8 @@ async def test_a_failed_proof_test_takes_the_treadmill_out_of_service(
         message = refused(await doc.command("start_session", user="u-1"), "preconditions_unmet")
         assert "its estop step failed" in message, message
     assert daemon.stop() == 0  # one process a journal: the next run needs it
-    assert _treadguard("commission", "--simulated", "--config", str(good)).returncode == 0
-    assert _treadguard("commission", "--status", "--config", str(good)).returncode == 0
+    assert treadguard_cli("commission", "--simulated", "--config", str(good)).returncode == 0
+    assert treadguard_cli("commission", "--status", "--config", str(good)).returncode == 0
 
 
 # ------------------------------------------------------------------ the worn brake

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.clinician import SESSION_WAIT_S, clinician, ok, refused
-from tests.daemon_process import ROOT, DaemonProcess, daemon_config
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config, treadguard_cli
 from tests.mosquitto import Broker, body
 from treadguard.config.loading import load_config
 from treadguard.controller.commission import nominal_proofs
@@ -36,19 +36,6 @@ from treadguard.controller.wallclock import STEP_FILE_ENV
 
 WORN = 'kind = "simulator"\nbrake_wear = 0.6'
 GUIDED_PROMPT_S = 60.0  # the guided run's start-up (broker, drive, sensors) and its E-STOP step
-
-
-def _treadguard(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "treadguard.controller.cli", *args],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
 
 
 def _journal_of(broker: Broker, tm: str) -> Path:
@@ -138,7 +125,7 @@ def test_a_guided_run_sigkilled_mid_run_is_never_passed(broker: Broker) -> None:
     assert row.ended_at is None
     assert [(p.step, p.passed) for p in journal.proofs(row.id)] == [("estop", True)]
     journal.close()
-    status = _treadguard("commission", "--status", "--config", str(config))
+    status = treadguard_cli("commission", "--status", "--config", str(config))
     assert status.returncode == 1, status.stdout + status.stderr
     assert "was cut short" in status.stdout, status.stdout
 
@@ -164,7 +151,7 @@ async def test_a_hand_finished_run_that_proved_one_stop_does_not_count(
             (time.time() - 60.0, run),
         )
         db.commit()
-    status = _treadguard("commission", "--status", "--config", str(config))
+    status = treadguard_cli("commission", "--status", "--config", str(config))
     make_daemon(treadmill_id=tm, commissioned=False)
     async with clinician(broker, tm) as doc:
         await doc.until(lambda s: s["stale"] == [], within=10.0)
@@ -213,7 +200,7 @@ def test_a_commissioning_is_refused_beside_a_daemon_whose_journal_is_a_symlink(
         while not journal_in_use(target) and time.monotonic() < deadline and daemon.alive():
             time.sleep(0.05)  # polling for the daemon to take the journal's lock
         assert journal_in_use(target), daemon.log_text()
-        second = _treadguard("commission", "--simulated", "--config", str(config))
+        second = treadguard_cli("commission", "--simulated", "--config", str(config))
         assert second.returncode == 1, second.stdout + second.stderr
         assert "in use by another process" in second.stdout + second.stderr
     finally:
