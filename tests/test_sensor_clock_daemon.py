@@ -30,11 +30,11 @@ class ClockedSensors:
     """The three sensors of docs/tablet-contract.md, every 50 ms, each stamping with its own clock:
     ``time.time() + offset[name]``; on a thread of their own (tests/periodic.py)."""
 
-    def __init__(self, port: int, tm: str) -> None:
+    def __init__(self, port: int, tm: str, offset: dict[str, float] | None = None) -> None:
         self.port = port
         self.p = f"treadmill/{tm}"
         self.values = {"grip_left": True, "grip_right": True, "fall": False}
-        self.offset = dict.fromkeys(NAMES, 0.0)
+        self.offset = dict.fromkeys(NAMES, 0.0) | (offset or {})
         self.paused: set[str] = set()
         self._client: aiomqtt.Client | None = None
         self.elsewhere: Elsewhere | None = None
@@ -61,8 +61,12 @@ class ClockedSensors:
 
 
 @asynccontextmanager
-async def clocked_sensors(broker: Broker, tm: str) -> AsyncIterator[ClockedSensors]:
-    sensors = ClockedSensors(broker.port, tm)
+async def clocked_sensors(
+    broker: Broker, tm: str, offset: dict[str, float] | None = None
+) -> AsyncIterator[ClockedSensors]:
+    """The sensors, publishing from the start with the clocks ``offset`` gives (a clock that
+    changes later steps, and a step back makes its readings stale for a while, safety/stamps.py)."""
+    sensors = ClockedSensors(broker.port, tm, offset)
     async with periodic_elsewhere(sensors.run, f"clocked-{tm}") as elsewhere:
         sensors.elsewhere = elsewhere
         yield sensors
@@ -105,9 +109,10 @@ async def test_sr16_sensors_whose_clocks_differ_from_the_daemons_wall_clock_stil
     make_daemon(treadmill_id="tm-wall", sensors="mqtt")
     async with (
         clinician(broker, "tm-wall") as doc,
-        clocked_sensors(broker, "tm-wall") as sensors,
+        clocked_sensors(
+            broker, "tm-wall", {"grip_left": -60.0, "grip_right": 60.0, "fall": -60.0}
+        ) as sensors,
     ):
-        sensors.offset.update(grip_left=-60.0, grip_right=60.0, fall=-60.0)
         await doc.state(lambda s: s["stale"] == [] and all(s["grip"].values()), within=10.0)
         await doc.start_running("u-wall", program="first_session")
         sensors.values["grip_left"] = sensors.values["grip_right"] = False
