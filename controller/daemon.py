@@ -172,6 +172,7 @@ class Daemon:
                 loaded,
                 wall=self.wall,
                 commit=lambda: self.system.commit_journal(),
+                identity=opened.journal.identity(),
                 logger=self._log.bind(part="proposals"),
             )
         )
@@ -191,6 +192,7 @@ class Daemon:
         # off the loop, never by the safety core.
         self.queries = QueryService(
             journal=journal_path if opened.journal is not None else None,
+            journal_identity=None if opened.journal is None else opened.journal.identity(),
             words=ClinicWords(
                 zone=cfg.clinic.zone(),
                 titles={name: p.title for name, p in loaded.programs.items()},

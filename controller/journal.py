@@ -358,6 +358,7 @@ class Journal:
     ) -> None:
         self._db = connection
         self._lock = lock  # the exclusive lock's file descriptor, released by close()
+        self._named: Path | None = None  # the name it was opened by, to write (see replaced)
         self._open_session: int | None = self.newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
         # The session that has ended while its belt still runs down (see sample).
@@ -402,6 +403,7 @@ class Journal:
                 cls._prepare(db, max_size_mb)
                 journal = cls(db, lock=lock)
                 journal.mode = mode
+                journal._named = path
                 return journal
             # NORMAL: a commit does not sync the log (sync() does, where its caller wants),
             # but a new log's header is synced before any frame is written behind it, so a
@@ -427,7 +429,9 @@ class Journal:
             if isinstance(exc, JournalInUse):
                 raise JournalInUse(f"cannot open {path}: {exc}") from exc
             raise JournalError(f"cannot open {path}: {exc}") from exc
-        return cls(db, lock=lock, path=file, wal_limit_bytes=wal_limit)
+        journal = cls(db, lock=lock, path=file, wal_limit_bytes=wal_limit)
+        journal._named = path
+        return journal
 
     @classmethod
     def in_memory(cls, *, max_size_mb: float = 512.0) -> Journal:
@@ -460,20 +464,55 @@ class Journal:
             raise
 
     @classmethod
-    def read_only(cls, path: Path) -> Journal:
-        """For ``treadguard history`` and ``report``: never writes, never creates."""
+    def read_only(cls, path: Path, *, identity: str | None = None) -> Journal:
+        """For ``treadguard history`` and ``report``: never writes, never creates.
+
+        ``identity``: the file the daemon writes (its :meth:`identity`), for a reader on the
+        daemon's behalf (a history query, the proposal worker): a file put at ``path`` since
+        the daemon opened its own is another journal, and is not read."""
         if not path.is_file():
             raise JournalError(f"no journal at {path}")
+        db: sqlite3.Connection | None = None
         try:
+            _same_file(path, identity)
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             db.execute("SELECT 1 FROM sessions LIMIT 1")
             # An older journal reads as it is (a table it lacks reads as empty where that is
             # safe, see commissioning_status); a newer one may mean something this version
             # cannot tell, so it is not read at all.
             _refuse_newer(schema_version(db))
-        except (sqlite3.Error, JournalError) as exc:
+            # Again once open: a file swapped in between the look and the open is not read.
+            _same_file(path, identity)
+        except (OSError, sqlite3.Error, JournalError) as exc:
+            if db is not None:
+                db.close()
             raise JournalError(f"cannot read {path}: {exc}") from exc
         return cls(db)
+
+    def identity(self) -> str | None:
+        """The file this journal writes, as :func:`file_identity` names it: None when it is
+        not open to write (in memory, read-only)."""
+        if self._lock is None:
+            return None
+        return _identity(os.fstat(self._lock))
+
+    def replaced(self) -> str | None:
+        """Why the name this journal was opened by no longer leads to its file (the file
+        removed, renamed, or another put in its place, a link re-pointed), or None. What is
+        written after that is lost with the file nobody can name: the journal has failed."""
+        if self._lock is None or self._named is None:
+            return None
+        try:
+            named = file_identity(self._named)
+        except OSError as exc:
+            named = f"nothing ({exc.strerror or exc})"
+        if named == self.identity():
+            return None
+        return (
+            f"{self._named} is no longer the journal this daemon opened (it leads to {named}: "
+            "the file was moved, removed or replaced while treadguard ran); what is written "
+            "now would be lost: restart treadguard to write the journal at that path"
+        )
 
     def close(self) -> None:
         try:
@@ -1420,6 +1459,23 @@ def journal_in_use(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the shared lock, if it was taken
     return False
+
+
+def file_identity(path: Path) -> str:
+    """The file ``path`` leads to (links followed), as its device and inode: OSError if none."""
+    return _identity(os.stat(path))
+
+
+def _identity(st: os.stat_result) -> str:
+    return f"device {st.st_dev}, inode {st.st_ino}"
+
+
+def _same_file(path: Path, identity: str | None) -> None:
+    if identity is not None and file_identity(path) != identity:
+        raise JournalError(
+            "it is no longer the journal the daemon writes (the file was moved, removed or "
+            "replaced while treadguard ran): restart treadguard"
+        )
 
 
 def _lock(path: Path) -> int:

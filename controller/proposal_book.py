@@ -43,7 +43,7 @@ from treadguard.config.loading import LoadedConfig
 from treadguard.config.progression import ProgressionRules, UserPlan
 from treadguard.controller.first_session import PLANNED_ENDS
 from treadguard.controller.journal import Journal, JournalError
-from treadguard.controller.plan import UserRecord, asks_more, propose
+from treadguard.controller.plan import Proposal, UserRecord, asks_more, propose
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.programs import Program
 
@@ -240,8 +240,22 @@ def work_out(
         record = journal.user_record(user)
     except JournalError as exc:
         return NotKnown(f"the record of {user} cannot be read ({exc})")
+    whole, start = proposal_and_start(record, rules, programs, zone=zone, now=now)
+    return StartChoice(start.program, start.cap_s, start.reason, whole)
+
+
+def proposal_and_start(
+    record: UserRecord,
+    rules: ProgressionRules,
+    programs: Mapping[str, Program],
+    *,
+    zone: ZoneInfo,
+    now: float,
+) -> tuple[JsonObject, Proposal]:
+    """``record``'s user's proposal, as a ``history`` answer carries it, and what a start from
+    history gets (see below); the answer's ``from_history`` says the latter, so the patient
+    view shows what the one tap starts where it is less than the proposal."""
     made = propose(record, rules, programs, zone=zone, now=now)
-    whole = {k: v for k, v in made.as_json().items() if k != "user"}
     # The start keeps to the phase the user has reached: the proposal moves a user on to a
     # later phase by the calendar (week 4 on the treadmill: intervals), which is advice for the
     # clinician, who starts it by naming it. Started by one tap, it would put a user who has
@@ -252,7 +266,14 @@ def work_out(
     # (intervals named once and run to their cap) is no phase the plan has moved the user to,
     # and holds bound what is shown. The lower of the two; a clock step can only lower it.
     start = kept if asks_more(rules, programs, made, kept) else made
-    return StartChoice(start.program, start.cap_s, start.reason, whole)
+    whole = {k: v for k, v in made.as_json().items() if k != "user"}
+    whole["from_history"] = {
+        "program": start.program,
+        "program_title": start.program_title,
+        "cap_s": start.cap_s,
+        "reason": start.reason,
+    }
+    return whole, start
 
 
 def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> ProgressionRules:
@@ -322,11 +343,18 @@ class WorkerProcess:
     when first asked and again after it failed: one request at a time."""
 
     def __init__(
-        self, config: Path, print_: str | None = None, *, timeout_s: float = WORKER_TIMEOUT_S
+        self,
+        config: Path,
+        print_: str | None = None,
+        *,
+        journal_identity: str | None = None,
+        timeout_s: float = WORKER_TIMEOUT_S,
     ) -> None:
-        """``print_``: the daemon's fingerprint() of its configuration, if it has one."""
+        """``print_``: the daemon's fingerprint() of its configuration, if it has one;
+        ``journal_identity``: the journal's file it writes (Journal.identity), if it has one."""
         self._config = config
         self._print = print_
+        self._identity = journal_identity
         self._timeout_s = timeout_s
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -373,6 +401,10 @@ class WorkerProcess:
             "--config",
             str(self._config),
             *(() if self._print is None else ("--fingerprint", self._print)),
+            *(() if self._identity is None else ("--journal-identity", self._identity)),
+            # It ends with the daemon, however the daemon ends (proposal_worker.py).
+            "--parent",
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -398,14 +430,17 @@ class BookKeeper:
         *,
         wall: Callable[[], float],
         commit: Callable[[], None],
+        identity: str | None = None,
         logger: Any = None,
     ) -> None:
         """``loaded``: the daemon's configuration (the worker loads its file too, and works
         nothing out if it finds another); ``commit``: the daemon's journal committed
-        (System.commit_journal)."""
+        (System.commit_journal); ``identity``: the journal's file the daemon writes
+        (Journal.identity): the worker reads no other file put at its path."""
         self.book = ProposalBook()
         self._journal = loaded.resolve(loaded.config.journal.path)
-        self._worker = WorkerProcess(loaded.path, fingerprint(loaded))
+        self._identity = identity
+        self._worker = WorkerProcess(loaded.path, fingerprint(loaded), journal_identity=identity)
         self._zone, self._wall, self._commit = loaded.config.clinic.zone(), wall, commit
         self._log = logger if logger is not None else structlog.get_logger("treadguard.plan")
         self._wake = asyncio.Event()
@@ -495,7 +530,7 @@ class BookKeeper:
         return datetime.fromtimestamp(self._wall(), self._zone).date().isoformat()
 
     def _users(self) -> list[str]:
-        journal = Journal.read_only(self._journal)
+        journal = Journal.read_only(self._journal, identity=self._identity)
         try:
             return journal.users()
         finally:

@@ -11,31 +11,43 @@ priority, started by the daemon with its configuration:
 One request a line on standard input, ``{"user": "p-012", "now": <unix seconds>}``; one answer
 a line on standard output, ``{"user", "program", "cap_s", "reason", "proposal"}`` (the whole
 proposal, as a ``history`` answer carries it) or ``{"user", "not_known": <why>}``. It reads the
-journal read-only, a connection per request; it ends at the end of its input (the daemon gone).
+journal read-only, a connection per request, and only the file the daemon writes
+(``--journal-identity``). Whatever stands in its way (a configuration that cannot be loaded, or
+is not the daemon's) is each request's answer, so the daemon does not start it again and again.
+It ends at the end of its input, and with the daemon however the daemon ends (``--parent``: the
+kernel kills it when the daemon's process goes, even while it is stopped).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from treadguard.config.loading import LoadedConfig, load_config
+from treadguard.config.loading import ConfigError, LoadedConfig, load_config
 from treadguard.controller.journal import Journal, JournalError
 from treadguard.controller.proposal_book import NotKnown, StartChoice, fingerprint, work_out
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def answer(loaded: LoadedConfig, journal_path: Path, request: Any) -> dict[str, Any]:
-    """The answer to one request line's object; never raises on any input."""
+
+def answer(
+    loaded: LoadedConfig, journal_path: Path, request: Any, *, identity: str | None = None
+) -> dict[str, Any]:
+    """The answer to one request line's object; never raises on any input. ``identity``: the
+    journal's file the daemon writes; another put at ``journal_path`` is not read."""
     if not isinstance(request, dict):
         return {"user": None, "not_known": "the request is not an object"}
     user, now = request.get("user"), request.get("now")
     if not isinstance(user, str) or not isinstance(now, int | float) or isinstance(now, bool):
         return {"user": user if isinstance(user, str) else None, "not_known": "bad request"}
     try:
-        journal = Journal.read_only(journal_path)
+        journal = Journal.read_only(journal_path, identity=identity)
     except JournalError as exc:
         return {"user": user, "not_known": f"the record of {user} cannot be read ({exc})"}
     try:
@@ -65,34 +77,78 @@ def answer(loaded: LoadedConfig, journal_path: Path, request: Any) -> dict[str, 
     }
 
 
-def serve(loaded: LoadedConfig, lines: TextIO, out: TextIO, *, expected: str | None = None) -> None:
-    journal_path = loaded.resolve(loaded.config.journal.path)
-    differs = expected is not None and expected != fingerprint(loaded)
+def serve(
+    loaded: LoadedConfig | ConfigError,
+    lines: TextIO,
+    out: TextIO,
+    *,
+    expected: str | None = None,
+    identity: str | None = None,
+) -> None:
+    """Each line of ``lines`` answered on ``out``. ``loaded``: the configuration, or why it
+    could not be loaded (then every request is answered with that)."""
+    refusal = _refusal(loaded, expected)
     for line in lines:
         try:
             request = json.loads(line)
         except ValueError:
             request = None
-        if differs:
+        if refusal is not None or isinstance(loaded, ConfigError):
             user = request.get("user") if isinstance(request, dict) else None
-            got: dict[str, Any] = {
-                "user": user if isinstance(user, str) else None,
-                "not_known": f"the configuration ({loaded.path}) was changed since the daemon "
-                "started, and the proposal would follow rules or programs it does not run: "
-                "restart treadguard (between sessions), or choose a program",
-            }
+            got: dict[str, Any] = {"user": user if isinstance(user, str) else None}
+            got["not_known"] = refusal
         else:
-            got = answer(loaded, journal_path, request)
+            journal_path = loaded.resolve(loaded.config.journal.path)
+            got = answer(loaded, journal_path, request, identity=identity)
         out.write(json.dumps(got) + "\n")
         out.flush()
+
+
+def _refusal(loaded: LoadedConfig | ConfigError, expected: str | None) -> str | None:
+    """Why no request can be answered from ``loaded``, in words for the refusal; or None."""
+    if isinstance(loaded, ConfigError):
+        first = loaded.problems[0] if loaded.problems else "no reason given"
+        return (
+            f"the configuration ({loaded.path}) cannot be loaded now ({first}): fix it and "
+            "restart treadguard (between sessions), or choose a program"
+        )
+    if expected is not None and expected != fingerprint(loaded):
+        return (
+            f"the configuration ({loaded.path}) was changed since the daemon "
+            "started, and the proposal would follow rules or programs it does not run: "
+            "restart treadguard (between sessions), or choose a program"
+        )
+    return None
+
+
+def die_with(parent: int) -> None:
+    """Killed by the kernel when ``parent`` (the daemon, whose thread started this process)
+    ends, however it ends; SIGKILL, so a worker stopped with SIGSTOP goes too. If it has
+    already ended, this process ends now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # gone before the line above: nobody would kill this one
+        raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="treadguard's proposal worker")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--fingerprint", help="the daemon's fingerprint() of its configuration")
+    parser.add_argument("--journal-identity", help="the daemon's Journal.identity()")
+    parser.add_argument("--parent", type=int, help="the daemon's process id: end with it")
     args = parser.parse_args(argv)
-    serve(load_config(args.config), sys.stdin, sys.stdout, expected=args.fingerprint)
+    if args.parent is not None:
+        die_with(args.parent)
+    loaded: LoadedConfig | ConfigError
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        loaded = exc
+    except Exception as exc:  # whatever it was: every request says so, the worker stays
+        loaded = ConfigError(args.config, [f"{type(exc).__name__}: {exc}"])
+    serve(loaded, sys.stdin, sys.stdout, expected=args.fingerprint, identity=args.journal_identity)
     return 0
 
 

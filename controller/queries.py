@@ -48,7 +48,8 @@ from treadguard.contract.queries import (
 )
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, Journal, JournalError, SessionRow
-from treadguard.controller.plan import MeasureTrend, measure_trends, outcomes_of, propose
+from treadguard.controller.plan import MeasureTrend, measure_trends, outcomes_of
+from treadguard.controller.proposal_book import proposal_and_start
 from treadguard.safety.decisions import EventType
 from treadguard.safety.programs import Program
 
@@ -83,8 +84,8 @@ class Planning:
 
     def proposal(self, journal: Journal, user: str, zone: ZoneInfo) -> JsonObject:
         record = journal.user_record(user)
-        made = propose(record, self.rules, self.programs, zone=zone, now=self.now())
-        return {k: v for k, v in made.as_json().items() if k != "user"}
+        whole, _ = proposal_and_start(record, self.rules, self.programs, zone=zone, now=self.now())
+        return whole
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,17 @@ def session_answer(journal: Journal, query: SessionQuery, words: ClinicWords) ->
 
 
 def read_answer(
-    path: Path, query: Query, words: ClinicWords, planning: Planning | KnownProposal | None = None
+    path: Path,
+    query: Query,
+    words: ClinicWords,
+    planning: Planning | KnownProposal | None = None,
+    *,
+    identity: str | None = None,
 ) -> QueryReply:
     """The answer, on a read-only connection of its own (opened and closed on the calling
-    thread: a worker's). JournalError when the journal cannot be read."""
-    journal = Journal.read_only(path)
+    thread: a worker's). JournalError when the journal cannot be read, or ``path`` no longer
+    leads to the file ``identity`` names (the daemon's: Journal.identity)."""
+    journal = Journal.read_only(path, identity=identity)
     try:
         if isinstance(query, HistoryQuery):
             return history_answer(journal, query, words, planning)
@@ -279,6 +286,7 @@ class QueryService:
         self,
         *,
         journal: Path | None,
+        journal_identity: str | None = None,
         words: ClinicWords,
         reply: Reply,
         render: Render,
@@ -288,6 +296,7 @@ class QueryService:
         logger: Any = None,
     ) -> None:
         self._journal = journal
+        self._identity = journal_identity  # only the file the daemon writes is read
         self._words = words
         self._planning = planning
         # The daemon's book of proposals (controller/proposal_book.py): a history's proposal
@@ -366,7 +375,9 @@ class QueryService:
         if self._proposals is not None and isinstance(query, HistoryQuery):
             planning = KnownProposal(await self._proposals(query.user))
         try:
-            return await asyncio.to_thread(read_answer, self._journal, query, self._words, planning)
+            return await asyncio.to_thread(
+                read_answer, self._journal, query, self._words, planning, identity=self._identity
+            )
         except JournalError as exc:
             return refusal(
                 query.id, QueryErrorCode.UNAVAILABLE, f"the journal cannot be read: {exc}"

@@ -926,7 +926,8 @@ class System:
     def _journal_tick(self) -> None:
         """Twice a second: the counts of refusals whose second has ended, the belt's speed
         while a session is open, a commit (so the journal is up to date even while nothing is
-        published: a broker that is down) and a look at how full the journal is."""
+        published: a broker that is down), a look at how full the journal is, and that its
+        name still leads to it."""
         self._journal_tick_handle = self.clock.call_at(
             self.clock.time() + JOURNAL_PERIOD_S, self._journal_tick
         )
@@ -940,8 +941,14 @@ class System:
                 # knows which session that is).
                 self.journal.sample(self.wall(), snap.belt_mph, snap.target_mph)
                 self._journal_used = self.journal.used_fraction()
+                # A journal moved or replaced on disk takes every record after it with it
+                # (and the readers, history and proposals, read by the name): failed.
+                replaced = self.journal.replaced()
             except Exception as exc:
-                self._journal_failed(_reason(exc))
+                replaced = _reason(exc)
+            if replaced is not None:
+                self._journal_failed(replaced)
+                return
             self.commit_journal()
             self._warn_journal_nearly_full()
 

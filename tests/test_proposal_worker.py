@@ -8,6 +8,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,3 +176,80 @@ def test_a_start_from_history_never_asks_more_than_the_proposal_shown(tmp_path: 
     assert held.proposal["held"] is True
     assert (held.program, held.cap_s) == (held.proposal["program"], held.proposal["cap_s"])
     journal.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["missing", "invalid"])
+async def test_a_configuration_that_cannot_be_loaded_is_each_answer_of_one_worker(
+    tmp_path: Path, fault: str
+) -> None:
+    """The configuration removed or broken on disk since the daemon started: every request
+    is answered saying so, by the one worker (not a worker started, failing and started
+    again for each request), and the start from history is refused with that reason."""
+    config = tmp_path / "treadguard.toml"
+    if fault == "invalid":
+        config.write_text("[drive\nkind = 7\n")
+    worker = WorkerProcess(config, "0" * 64)
+    try:
+        first = await worker.ask("p-1", time.time())
+        assert worker._proc is not None
+        pid = worker._proc.pid
+        second = await worker.ask("p-2", time.time())
+        assert worker._proc is not None
+        assert worker._proc.pid == pid
+    finally:
+        await worker.close()
+    for got, user in ((first, "p-1"), (second, "p-2")):
+        assert isinstance(got, NotKnown), got
+        assert f"the configuration ({config}) cannot be loaded now" in got.why
+        assert ("cannot read" if fault == "missing" else "not valid TOML") in got.why
+        assert "choose a program" in got.why, user
+
+
+PARENT = """
+import asyncio, sys, time
+from pathlib import Path
+from treadguard.controller.proposal_book import WorkerProcess
+
+async def main() -> None:
+    worker = WorkerProcess(Path(sys.argv[1]))
+    await worker.ask("p-1", time.time())
+    print(worker._proc.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _ended(pid: int) -> bool:
+    """``pid`` has ended: gone, or a zombie nobody has reaped yet (its parent died)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_stopped_worker_ends_with_the_daemon_killed(config: Path) -> None:
+    """A daemon (here: a process with the daemon's WorkerProcess) killed with SIGKILL, its
+    worker stopped with SIGSTOP at that moment: the worker does not live on, holding the
+    journal open, with nobody to end it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(config)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    worker = 0
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        os.kill(worker, signal.SIGSTOP)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10.0
+        while not _ended(worker) and time.monotonic() < deadline:
+            time.sleep(0.02)  # a poll of /proc: the kernel's kill is what is waited for
+        assert _ended(worker), "the stopped worker outlived the daemon"
+    finally:
+        parent.kill()
+        if worker and not _ended(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -195,9 +195,9 @@ async def test_the_journal_is_read_on_a_worker_thread_never_the_loops(
     threads: list[int] = []
     real = queries.read_answer
 
-    def spy(*args: Any) -> Any:
+    def spy(*args: Any, **kwargs: Any) -> Any:
         threads.append(threading.get_ident())
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(queries, "read_answer", spy)
     answers = Answers()
