@@ -1517,6 +1517,18 @@ function drawPatient() {
     if (proposal.note) rhythm.push(String(proposal.note));
     $("proposal-rhythm").textContent = sentence(rhythm.join("; "));
     $("patient-proposal").classList.toggle("held", Boolean(proposal.held));
+    // What one tap of From history starts, where it is less than the proposal (the phase the
+    // user has reached, for one back after weeks away): the proposal itself is started by
+    // naming its program.
+    const start = proposal.from_history;
+    const less =
+      Boolean(start) && (start.program !== proposal.program || start.cap_s !== proposal.cap_s);
+    $("proposal-start").hidden = !less;
+    $("proposal-start").textContent = less
+      ? `From history starts ${start.program_title || start.program}, ` +
+        `${capWords(start.program, start.cap_s)}; choose ` +
+        `${proposal.program_title || proposal.program} to start the proposal.`
+      : "";
   }
   if (history && drawn.history !== history) {
     drawn.history = history;

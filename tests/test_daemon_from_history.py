@@ -7,6 +7,7 @@ moment later goes ahead."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from tests.clinician import WORKED_OUT, Clinician, clinician, ok
 from tests.daemon_process import DaemonProcess
-from tests.mosquitto import Broker
+from tests.mosquitto import Broker, body, tablet
 from treadguard.controller.journal import Journal
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
@@ -96,8 +97,24 @@ async def test_a_start_from_history_keeps_to_the_phase_the_user_has_reached(
     tm = "tm-phase-reached"
     seed_first_session(broker, tm, 1, "p-away", (2, 2), days_ago=29)
     make_daemon(treadmill_id=tm)
-    async with clinician(broker, tm) as doc:
+    p = f"treadmill/{tm}"
+    async with (
+        clinician(broker, tm) as doc,
+        tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab,
+    ):
         await doc.until(lambda s: s["stale"] == [], within=10.0)
+        # The patient view's history: the proposal (intervals, by the calendar) and what the
+        # one tap of From history starts, which is less.
+        await tab.next(f"{p}/state", lambda m: body(m).get("queries") == {"connected": True})
+        query = {"id": "q-away", "type": "history", "user": "p-away"}
+        await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
+        answer = body(await tab.next(f"{p}/query/tablet/reply", within=15.0))
+        assert answer["ok"] is True, answer
+        proposal = answer["proposal"]
+        assert proposal["program"] == "intervals", proposal
+        start = proposal["from_history"]
+        assert (start["program"], start["cap_s"]) == ("reverse_walking", 300), start
+        assert start["program_title"] == "Reverse walking"
         started = await start_from_history(doc, "p-away")
-        assert (started["program"], started["cap_s"]) == ("reverse_walking", 300), started
+        assert (started["program"], started["cap_s"]) == (start["program"], start["cap_s"])
         ok(await doc.command("stop"))

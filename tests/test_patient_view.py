@@ -27,6 +27,7 @@ from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok, refused, r
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
+from tests.test_daemon_from_history import seed_first_session
 from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
     ONLINE_WAIT_MS,
     broker,
@@ -105,6 +106,7 @@ async def test_the_patient_view_shows_the_history_trend_and_report_and_gives_way
             "First treadmill session, 3 min: first session again"
         )
         await expect(page.locator("#proposal-rhythm")).to_have_text("3-4 sessions a week")
+        await expect(page.locator("#proposal-start")).to_be_hidden()  # it starts the proposal
         chart = await trend(page)
         assert chart["Pain before"] == [6]
         assert chart["Pain after"] == [4]
@@ -193,6 +195,28 @@ MEASURE_TYPED = {
     "landscape": ("tug", "12,5", 12.5, "12.5 s"),  # a comma-decimal keyboard's 12.5
     "portrait": ("womac", "31", 31, "31"),
 }
+
+
+@pytest.mark.asyncio
+async def test_the_patient_view_says_what_from_history_starts_where_it_is_less_than_the_proposal(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+) -> None:
+    """p-away's first session was 29 days ago, and nothing since: the proposal is intervals
+    (by the calendar), a start from history keeps to reverse walking, and the view says so."""
+    tm = "tm-patient-away"
+    seed_first_session(broker, tm, 1, "p-away", (2, 2), days_ago=29)
+    make_daemon(treadmill_id=tm)
+    async with opened(broker, tm) as tab:
+        page = tab.page
+        await page.fill("#user", "p-away")
+        await page.click("#patient-open")
+        await expect(page.locator("#proposal-reason")).to_contain_text(
+            "Intervals", timeout=ANSWER_WAIT_MS
+        )
+        await expect(page.locator("#proposal-start")).to_have_text(
+            "From history starts Reverse walking, 5:00 min; choose Intervals to start the proposal."
+        )
 
 
 @pytest.mark.asyncio
