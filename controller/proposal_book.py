@@ -284,7 +284,12 @@ def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> Progressio
     if (own is not None and own.phase is not None) or not rules.phase:
         return rules
     ran = {s.program for s in record.sessions if s.end_reason in PLANNED_ENDS}
-    reached = max((i for i, p in enumerate(rules.phase) if p.program in ran), default=0)
+    # A program that runs in several phases (the clinic's rules may repeat one, with another
+    # rhythm or cap step) shows only the first of them reached.
+    first_of: dict[str, int] = {}
+    for i, phase in enumerate(rules.phase):
+        first_of.setdefault(phase.program, i)
+    reached = max((first_of[program] for program in ran if program in first_of), default=0)
     kept = UserPlan(
         phase=rules.phase[reached].name,
         cap_s=None if own is None else own.cap_s,

@@ -23,6 +23,7 @@ from treadguard.controller.proposal_book import (
     NotKnown,
     StartChoice,
     WorkerProcess,
+    _in_phase_reached,
     fingerprint,
     work_out,
 )
@@ -253,3 +254,18 @@ def test_a_stopped_worker_ends_with_the_daemon_killed(config: Path) -> None:
         parent.kill()
         if worker and not _ended(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_program_in_two_phases_shows_only_the_first_of_them_reached(tmp_path: Path) -> None:
+    """Rules that run reverse walking again in a later maintenance phase (after intervals):
+    a user who has run only reverse walking has reached its first phase, not the later one."""
+    loaded = load_config(ROOT / "config" / "sim.toml")
+    walking, intervals = loaded.rules.phase
+    maintenance = walking.model_copy(update={"name": "maintenance", "from_week": 10})
+    rules = loaded.rules.model_copy(update={"phase": [walking, intervals, maintenance]})
+    journal = Journal.open(tmp_path / "j.sqlite", max_size_mb=64)
+    _sessions(journal, "p-rw", [("first_session", 180.0, 180.0), ("reverse_walking", 300.0, 300.0)])
+    record = journal.user_record("p-rw")
+    journal.close()
+    kept = _in_phase_reached(rules, record).user["p-rw"]
+    assert kept.phase == walking.name
