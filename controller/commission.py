@@ -1033,6 +1033,13 @@ def guided_errand(
             procedure.close()
             system.execute(EStop(t=system.clock.time()))
             result = commissioner.abort(f"aborted: {exc}")
+        except asyncio.CancelledError:
+            # The daemon was told to end (a signal: SSH dropped, Ctrl-C); its shutdown stops
+            # the belt under control. The run is journaled as aborted, saying so, and the
+            # command says what became of it.
+            procedure.close()
+            results.append(commissioner.abort("cut short: treadguard was told to end"))
+            raise
         finally:
             run.stop_listening()
         # Kept on the tablet, with its outcome, until the daemon goes.

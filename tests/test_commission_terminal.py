@@ -7,6 +7,7 @@ request the tablet answered exits with its outcome, its terminal still open
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -86,3 +87,27 @@ async def test_a_run_answered_on_the_tablet_exits_with_its_outcome_its_terminal_
     assert code == 1, proc.text + stderr
     assert "Fatal Python error" not in stderr
     assert "FAIL left grip released" in proc.text
+
+
+@pytest.mark.asyncio
+async def test_a_run_cut_short_by_sighup_is_journaled_and_said_as_aborted(
+    broker: Broker,
+) -> None:
+    """The SSH session drops while the belt comes up to the proof speed (SIGHUP): the belt
+    stops under control, the run is journaled as aborted, cut short, and the command says so
+    (not that it never ran)."""
+    tm = "tm-term-hup"
+    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
+    async with commission(config, broker.workdir) as proc, clinician(broker, tm) as doc:
+        await proc.until(f"^{PROMPT}", START_S)
+        await proc.type("")  # standing on the belt
+        await state_where(doc, _moving_up, RUN_WAIT_S)
+        proc.proc.send_signal(signal.SIGHUP)
+        code = await proc.exit_code(DAEMON_END_S)
+    assert code == 1, proc.text
+    assert "commissioning aborted: cut short: treadguard was told to end" in proc.text
+    assert "did not run" not in proc.text
+    journal = Journal.read_only(broker.workdir / f"journal-{tm}.sqlite")
+    (row,) = journal.commissioning_runs()
+    assert row.outcome == "aborted"
+    assert row.detail == "cut short: treadguard was told to end"
