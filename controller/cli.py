@@ -396,7 +396,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = target / f"journal-{loaded.config.treadmill.id}-{stamp}.sqlite"
     try:
-        done = backup(source, target)
+        done = backup(source, target, machine=Machine.of(loaded.config), now=time.time())
     except JournalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1231,6 +1231,8 @@ class Journal:
         if run.outcome == CommissioningOutcome.FAILED.value:
             return self._failed_words(run)
         how = "was given up" if run.outcome is not None else "was cut short (or is under way)"
+        if run.technician == BACKUP_TECHNICIAN:  # the copy's own run (see backup)
+            return f"the last commissioning run (no. {run.id}) is {run.detail}"
         return (
             f"the last commissioning run (no. {run.id}) {how}: a proof test that did not pass "
             "takes the treadmill out of service until a commissioning passes again"
@@ -1363,13 +1365,21 @@ class BackupResult:
     size_bytes: int
 
 
-def backup(source: Path, target: Path) -> BackupResult:
+def backup(
+    source: Path, target: Path, *, machine: Machine | None = None, now: float = math.nan
+) -> BackupResult:
     """Copy the journal at ``source`` to a new file ``target`` through SQLite's online backup
     API: safe while the daemon writes it (the copy is one consistent snapshot, committed
     transactions only, the write-ahead log's included), and the daemon is never blocked for
     longer than one read. The copy is a self-contained file (rollback journal mode, no -wal
     beside it), checked with ``PRAGMA integrity_check``, and appears under its name only when
-    complete. An existing file is never overwritten."""
+    complete. An existing file is never overwritten.
+
+    ``machine``: the treadmill whose journal it is. The copy then ends with a commissioning
+    run of it that did not pass (given up, by ``treadguard backup`` at unix time ``now``):
+    restored, it takes the treadmill out of service until a run passes again. A restore goes
+    back past what was proven since the copy (a proof test that failed and withdrew the
+    pass), so the pass on record in the copy cannot stand for the treadmill as it is now."""
     if not source.is_file():
         raise JournalError(f"no journal at {source}")
     if target.exists():
@@ -1382,6 +1392,8 @@ def backup(source: Path, target: Path) -> BackupResult:
         ):
             src.backup(dst)  # all pages in one step: one snapshot of the source
             dst.execute("PRAGMA journal_mode=DELETE")
+            if machine is not None:
+                _withdraw_in_copy(dst, machine, now)
             verdict = dst.execute("PRAGMA integrity_check").fetchone()[0]
             if verdict != "ok":
                 raise JournalError(f"the copy failed its integrity check: {verdict}")
@@ -1400,6 +1412,34 @@ def backup(source: Path, target: Path) -> BackupResult:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise JournalError(f"cannot back up {source} to {target}: {reason}") from exc
     return BackupResult(target, sessions, version, target.stat().st_size)
+
+
+# Who a backup copy's own commissioning run (see backup) names as its technician.
+BACKUP_TECHNICIAN = "treadguard backup"
+
+
+def _withdraw_in_copy(copy: sqlite3.Connection, machine: Machine, now: float) -> None:
+    """The copy's last commissioning run: one of ``machine`` that did not pass (see backup).
+    A copy from before the record of what a run proved (schema version 6) has no pass that
+    counts for any treadmill, and gets none."""
+    columns = {str(row[1]) for row in copy.execute("PRAGMA table_info(commissioning)")}
+    if not {"treadmill", "drive"} <= columns:
+        return
+    copy.execute(
+        "INSERT INTO commissioning (started_at, ended_at, outcome, detail, technician,"
+        " simulated, treadmill, drive) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            now,
+            now,
+            CommissioningOutcome.ABORTED.value,
+            f"a backup copy made {_utc(now)}: restored, it proves no stop of the treadmill as "
+            "it is now (a later proof test is not in it); commission the treadmill again",
+            BACKUP_TECHNICIAN,
+            0,
+            machine.treadmill,
+            machine.drive,
+        ),
+    )
 
 
 def _sync_dir(folder: Path) -> None:

@@ -374,3 +374,43 @@ async def test_backup_while_the_daemon_runs_a_session(
         assert "already exists" in again.stderr
         assert "Traceback" not in again.stderr
         ok(await doc.command("stop"))
+
+
+@pytest.mark.asyncio
+async def test_a_restored_backup_takes_the_treadmill_out_of_service_until_commissioned(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker, tmp_path: Path
+) -> None:
+    """A backup of a commissioned treadmill's journal, restored as docs/daemon.md says: the
+    copy's pass does not stand for the treadmill as it is now (a proof test failed since the
+    copy would be undone by the restore), so a start is refused until a run passes again;
+    the journal the copy was made from keeps its pass."""
+    tm = "tm-restored"
+    daemon = make_daemon(treadmill_id=tm)
+    copy = tmp_path / "copy.sqlite"
+    async with clinician(broker, tm) as doc:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        done = treadguard("backup", str(copy), "--config", str(daemon.config))
+        assert done.returncode == 0, done.stderr
+        await doc.start_running("u-before", program="first_session")  # still in service
+        ok(await doc.command("stop"))
+        await doc.state(lambda s: s["state"] == "idle", within=SESSION_WAIT_S)
+    assert daemon.stop() == 0
+    journal = broker.workdir / f"journal-{tm}.sqlite"
+    journal.unlink()
+    for leftover in ("-wal", "-shm"):
+        journal.with_name(journal.name + leftover).unlink(missing_ok=True)
+    journal.write_bytes(copy.read_bytes())
+    restored = DaemonProcess(daemon.config, tmp_path / "restored.log", commissioned=False)
+    restored.start()
+    try:
+        async with clinician(broker, tm) as doc:
+            await doc.until(lambda s: s["stale"] == [], within=10.0)
+            reply = await doc.command("start_session", user="u-after", program="first_session")
+            assert reply["ok"] is False, reply
+            assert reply["error"]["code"] == "preconditions_unmet"
+            assert "a backup copy made" in reply["error"]["message"]
+            assert "commission the treadmill again" in reply["error"]["message"]
+    finally:
+        restored.stop()
+    status = treadguard("commission", "--status", "--config", str(daemon.config))
+    assert "NOT CURRENT: the last commissioning run (no. 2) is a backup copy made" in status.stdout
