@@ -19,6 +19,7 @@ import asyncio
 import gc
 import math
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from treadguard.controller.drives import Rig, build_driver, in_process_rig
 from treadguard.controller.journal import JournalError
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
+from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.proposal_book import BookKeeper
 from treadguard.controller.queries import (
     RENDER_TIMEOUT_S,
@@ -48,6 +50,7 @@ from treadguard.controller.query_link import QueryLink
 from treadguard.controller.sensors import SensorHub
 from treadguard.controller.system import System, open_journal
 from treadguard.controller.systemd import Notifier
+from treadguard.controller.treadmill_lock import TreadmillHeld, hold_treadmill
 from treadguard.controller.wallclock import wall_clock
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import SafetyCore
@@ -87,7 +90,8 @@ class _SensorHealth:
 
 class JournalHeld(RuntimeError):
     """Another process (the service daemon, a commissioning run) drives this treadmill: its
-    journal's lock is held. Raised before anything is connected: this process must not speak
+    journal's lock, or the lock on its topics on the broker, is held. Raised before anything
+    is connected: this process must not speak
     for the treadmill on MQTT (under the daemon's client id and state topic it would take the
     running daemon's connection over, or be seen as its rival and stop the patient's belt),
     nor open the drive's port."""
@@ -113,6 +117,7 @@ class Daemon:
         self._ready = False
         self._clean_exit = False
         self._last_watchdog = -math.inf
+        self._topics_lock: socket.socket | None = None  # held for the process's life
         # The one wall clock (SR-16): for the journal's records and the published ts only.
         self.wall = wall_clock()
         # Built in run(): they need the running event loop.
@@ -133,9 +138,22 @@ class Daemon:
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
         self.to_unix = unix_mapper(clock.time, self.wall)
         journal_path = loaded.resolve(cfg.journal.path)
-        # The journal first, before the drive, the sensors or the MQTT link are built: a journal
-        # another process holds means another treadguard drives this treadmill, and this one
-        # leaves everything alone. (Any other journal problem is served: a latched fault.)
+        # The treadmill's topics on its broker, then the journal, before the drive, the sensors
+        # or the MQTT link are built: either held by another process means another treadguard
+        # drives this treadmill, and this one leaves everything alone (controller/
+        # treadmill_lock.py). (Any other journal problem is served: a latched fault.)
+        broker = broker_settings(loaded)
+        try:
+            self._topics_lock = hold_treadmill(broker.port, broker.prefix)
+        except TreadmillHeld as exc:
+            self._log.error("treadmill_in_use", prefix=broker.prefix, error=str(exc))
+            raise JournalHeld(str(exc)) from exc
+        if self._topics_lock is None:
+            self._log.warning(
+                "treadmill_not_locked",
+                message="the system refused the lock on this treadmill's topics: a second "
+                "treadguard process for it would be found only on the broker",
+            )
         opened = open_journal(journal_path, max_size_mb=cfg.journal.max_size_mb, wall=self.wall)
         if opened.in_use:
             problem = opened.problem or f"the journal {journal_path} is in use"
@@ -398,7 +416,11 @@ class Daemon:
             raise
 
     async def run(self) -> int:
-        self._assemble()
+        try:
+            self._assemble()
+        except BaseException:
+            self._release_topics()
+            raise
         # What start-up built lives as long as the daemon: out of the collector's sight, a
         # full collection (measured at 12 ms) no longer scans it, and the loop stalls less.
         gc.collect()
@@ -475,7 +497,13 @@ class Daemon:
             else:
                 self.driver.command_speed(0.0)
             self.system.close()
+            self._release_topics()  # the belt told to stop, the journal closed: let go
         return 0
+
+    def _release_topics(self) -> None:
+        lock, self._topics_lock = self._topics_lock, None
+        if lock is not None:
+            lock.close()
 
 
 class LinkEnded(RuntimeError):

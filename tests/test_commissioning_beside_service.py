@@ -39,18 +39,30 @@ COMMAND_S = 60.0  # the bound of one refused treadguard command (it ends by itse
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("journal", ["same", "another"], ids=["same-journal", "another-journal"])
 @pytest.mark.parametrize("command", [("commission",), ("run",)], ids=["commission", "run"])
-async def test_a_second_process_on_a_held_journal_leaves_the_patients_belt_alone(
-    broker: Broker, tmp_path: Path, command: tuple[str, ...]
+async def test_a_second_process_for_the_treadmill_leaves_the_patients_belt_alone(
+    broker: Broker, tmp_path: Path, command: tuple[str, ...], journal: str
 ) -> None:
     """The service runs a patient's session; `treadguard commission` (guided) or a second
-    `treadguard run` on the same configuration is refused for the journal's lock (exit 1,
-    saying so) without ever publishing on the treadmill's topics: every state the tablet saw
-    meanwhile is the service's, the session runs on and nothing is latched."""
+    `treadguard run` for the same treadmill, on the same configuration or on a copy of it
+    naming another journal, is refused (exit 1, saying so) without ever publishing on the
+    treadmill's topics or touching that other journal: every state the tablet saw meanwhile
+    is the service's, the session runs on and nothing is latched."""
     tm = "tm-beside"
     config = daemon_config(broker.workdir, broker.port, treadmill_id=tm)
     service = DaemonProcess(config, tmp_path / "service.log")
     service.start()
+    other_journal = tmp_path / "copied" / "journal.sqlite"
+    if journal == "another":
+        copied = (
+            config.read_text(encoding="utf-8")
+            .replace(f"journal-{tm}.sqlite'", "copied/journal.sqlite'")
+            .replace(f"{broker.workdir.as_posix()}/copied/", f"{tmp_path.as_posix()}/copied/")
+        )
+        assert "copied/journal.sqlite" in copied
+        config = tmp_path / "copied.toml"
+        config.write_text(copied, encoding="utf-8")
     p = f"treadmill/{tm}"
     try:
         async with clinician(broker, tm) as doc:
@@ -61,8 +73,10 @@ async def test_a_second_process_on_a_held_journal_leaves_the_patients_belt_alone
             second = await asyncio.to_thread(
                 treadguard_cli, *command, "--config", str(config), timeout=COMMAND_S
             )
-            assert second.returncode == 1, second.stdout + second.stderr
-            assert "in use by another process" in second.stdout + second.stderr, second.stdout
+            said = second.stdout + second.stderr
+            assert second.returncode == 1, said
+            assert f"another treadguard process speaks for treadmill/{tm}" in said, said
+            assert not other_journal.exists()
             # What the broker carried on the treadmill's state topic while the second process
             # lived has arrived once the service's next state has.
             seen = [body(m) for m in doc.tab.drain(f"{p}/state")]
