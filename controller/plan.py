@@ -384,8 +384,7 @@ def _first_session_again(
     user start nothing else), and why."""
     program = programs[rules.first_session.program]
     own = rules.user.get(record.user)
-    cap = program.cap_s_default if own is None or own.cap_s is None else own.cap_s
-    cap = _within(cap, program)
+    _, cap = first_session_start(rules, programs, record.user)
     firsts = [
         s for s in record.sessions if s.program in programs and programs[s.program].first_session
     ]
@@ -632,6 +631,19 @@ def _phase_at(rules: ProgressionRules, week: int, pinned: str | None) -> Phase:
 
 def _phase_of(rules: ProgressionRules, program: Program) -> Phase | None:
     return next((p for p in rules.phase if p.program == program.name), None)
+
+
+def first_session_start(
+    rules: ProgressionRules, programs: Mapping[str, Program], user: str
+) -> tuple[str, float]:
+    """The program and cap proposed to ``user`` while no first session of theirs counts: the
+    rules' first-session program, at the user's own cap (within the program's) or its
+    default. Nothing of their record goes into it, so a start from history takes it without
+    the record being read."""
+    program = programs[rules.first_session.program]
+    own = rules.user.get(user)
+    cap = program.cap_s_default if own is None or own.cap_s is None else own.cap_s
+    return program.name, _within(cap, program)
 
 
 def _within(cap: float, program: Program) -> float:

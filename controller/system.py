@@ -54,8 +54,13 @@ from treadguard.controller.journal import (
 )
 from treadguard.controller.journal_sync import JournalSync
 from treadguard.controller.loop import LoopHealth
-from treadguard.controller.plan import Proposal, propose
-from treadguard.controller.proposal_book import NotKnown, ProposalSource, WorkedOutOnDemand
+from treadguard.controller.plan import Proposal, first_session_start, propose
+from treadguard.controller.proposal_book import (
+    NotKnown,
+    ProposalSource,
+    StartChoice,
+    WorkedOutOnDemand,
+)
 from treadguard.controller.refusals import RefusalCoalescer, SpeedChangeCoalescer
 from treadguard.drivers.base import DriveStatus, TreadmillDriver
 from treadguard.safety.core import STOP_WATCH_FAULT, SafetyCore
@@ -449,7 +454,7 @@ class System:
                 # A proof run (commissioning) only when the commissioning tool says so, never
                 # because a command carried it.
                 command = replace(command, returning=self._returning(command.user), proof=proof_run)
-                if command.program is None and command.returning and not proof_run:
+                if command.program is None and not proof_run:
                     chosen = self._from_history(command)
                     if isinstance(chosen, Refused):
                         return chosen
@@ -468,13 +473,24 @@ class System:
             raise
 
     def _from_history(self, command: StartSession) -> StartSession | Refused:
-        """A start without a program, for a user whose first session counts: the program and
-        cap (unless the start names one) of their proposal, holds included, as the book has
-        it; refused, saying why, while their entry is not current. A treadmill that is not
-        idle leaves the start to the core, which refuses it for that."""
-        if self.proposals is None or self.core.state is not State.IDLE:
+        """A start without a program: the program and cap (unless the start names one) of the
+        user's proposal. For a user whose first session counts, as the book has it, holds
+        included, refused saying why while their entry is not current; for one whose first
+        session does not count yet, the rules' first-session program at the user's own cap or
+        its default, as their proposal says (controller/plan.py), without the book. A cap
+        above it is refused either way. A treadmill that is not idle leaves the start to the
+        core, which refuses it for that."""
+        if self.core.state is not State.IDLE:
             return command
-        chosen = self.proposals.choice(command.user.strip())
+        user = command.user.strip()
+        chosen: StartChoice | NotKnown
+        if not command.returning:
+            program, cap_s = first_session_start(self.loaded.rules, self.loaded.programs, user)
+            chosen = StartChoice(program, cap_s, "a first session")
+        elif self.proposals is None:
+            return command
+        else:
+            chosen = self.proposals.choice(user)
         if isinstance(chosen, NotKnown):
             reply = Refused(RefusalCode.PRECONDITIONS_UNMET, f"cannot start: {chosen.why}")
             self._refusal(command.TYPE.value, reply.code.value, reply.message)

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from tests.clinician import WORKED_OUT, Clinician, clinician, ok
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import ROOT, DaemonProcess
 from tests.mosquitto import Broker, body, tablet
 from treadguard.controller.journal import Journal
 from treadguard.safety.decisions import Event, EventType, JsonScalar
@@ -43,6 +44,10 @@ def seed_first_session(
         journal.commit()
     finally:
         journal.close()
+
+
+def _answering(query_id: str) -> Callable[[aiomqtt.Message], bool]:
+    return lambda message: body(message).get("id") == query_id
 
 
 async def start_from_history(doc: Clinician, user: str) -> dict[str, Any]:
@@ -118,3 +123,40 @@ async def test_a_start_from_history_keeps_to_the_phase_the_user_has_reached(
         started = await start_from_history(doc, "p-away")
         assert (started["program"], started["cap_s"]) == (start["program"], start["cap_s"])
         ok(await doc.command("stop"))
+
+
+@pytest.mark.asyncio
+async def test_a_first_session_from_history_is_the_one_the_history_answer_shows(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """Users with no first session that counts: a start from history gets the rules'
+    first-session program at the user's own cap (the clinic's rules give p-own 4 min), as the
+    history answer's from_history says, even where `[programs] default` names another
+    program; and a longer cap than that is refused, as for any start from history."""
+    tm = "tm-first-from-history"
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    (broker.workdir / "progression.toml").write_text(
+        shipped + '\n[user."p-own"]\ncap_s = 240\n', encoding="utf-8"
+    )
+    make_daemon(treadmill_id=tm, env={"TREADGUARD_PROGRAMS__DEFAULT": "reverse_walking"})
+    p = f"treadmill/{tm}"
+    async with (
+        clinician(broker, tm) as doc,
+        tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab,
+    ):
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        await tab.next(f"{p}/state", lambda m: body(m).get("queries") == {"connected": True})
+        for user, cap in (("p-new", 180), ("p-own", 240)):
+            query = {"id": f"q-{user}", "type": "history", "user": user}
+            await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
+            answer = body(await tab.next(f"{p}/query/tablet/reply", _answering(f"q-{user}")))
+            shown = answer["proposal"]["from_history"]
+            assert (shown["program"], shown["cap_s"]) == ("first_session", cap), shown
+            longer = await doc.command("start_session", user=user, cap_s=cap + 60)
+            assert longer["ok"] is False, longer
+            assert longer["error"]["code"] == "out_of_range"
+            assert f"above the {cap} s a start from history gives {user}" in str(longer)
+            started = await start_from_history(doc, user)
+            assert (started["program"], started["cap_s"]) == ("first_session", cap), started
+            ok(await doc.command("stop"))
+            await doc.state(lambda s: s["state"] == "idle", within=15.0)
