@@ -281,14 +281,16 @@ def encode_history(
     total: int,
     timezone: str,
     proposal: JsonObject | None = None,
+    proposal_unavailable: str | None = None,
     measures: Sequence[JsonObject] = (),
 ) -> QueryReply:
     """The answer to a ``history`` query: ``sessions`` newest first (at most the query's
     limit), ``total`` the user's sessions in the journal, ``measures`` the user's measures a
     kind each (baseline, latest and change, in words: one row per kind, so the answer stays
     small however many are taken), and ``proposal``, when the daemon makes one, the next
-    session proposed with its reason. A user with no sessions gets an empty list, not an
-    error: a first session is still to come."""
+    session proposed with its reason, or ``proposal_unavailable``: why the daemon has none
+    to give now. A user with no sessions gets an empty list, not an error: a first session is
+    still to come."""
     body: JsonObject = {
         "type": "history",
         "user": query.user,
@@ -299,6 +301,8 @@ def encode_history(
     }
     if proposal is not None:
         body["proposal"] = proposal
+    elif proposal_unavailable is not None:
+        body["proposal_unavailable"] = proposal_unavailable
     return QueryReply(query.id, body=body)
 
 

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from treadguard.config.loading import LoadedConfig
-from treadguard.config.progression import ProgressionRules, UserPlan
+from treadguard.config.progression import ProgressionRules
 from treadguard.controller.first_session import PLANNED_ENDS
 from treadguard.controller.journal import Journal, JournalError
 from treadguard.controller.plan import Proposal, UserRecord, asks_more, propose
@@ -277,9 +277,11 @@ def proposal_and_start(
 
 
 def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> ProgressionRules:
-    """``rules`` with ``record``'s user kept in the latest phase whose program they have run
-    as planned (to its cap, or completed), the first phase if none; the clinic's own phase for
-    the user, if it set one, stands."""
+    """``rules`` without the phases after the latest whose program ``record``'s user has run
+    as planned (to its cap, or completed), the first phase if none: the calendar moves them
+    on no further. The clinic's own phase for the user, if it set one, stands. (The phases are
+    cut, not the user kept in one by a plan of their own: the proposal would then say the
+    clinic keeps them there.)"""
     own = rules.user.get(record.user)
     if (own is not None and own.phase is not None) or not rules.phase:
         return rules
@@ -290,12 +292,7 @@ def _in_phase_reached(rules: ProgressionRules, record: UserRecord) -> Progressio
     for i, phase in enumerate(rules.phase):
         first_of.setdefault(phase.program, i)
     reached = max((first_of[program] for program in ran if program in first_of), default=0)
-    kept = UserPlan(
-        phase=rules.phase[reached].name,
-        cap_s=None if own is None else own.cap_s,
-        note=None if own is None else own.note,
-    )
-    return rules.model_copy(update={"user": {**rules.user, record.user: kept}})
+    return rules.model_copy(update={"phase": rules.phase[: reached + 1]})
 
 
 class WorkedOutOnDemand:
@@ -462,21 +459,25 @@ class BookKeeper:
     def session_of(self, session: str, user: str) -> None:
         self.book.session_of(session, user)
 
-    async def proposal(self, user: str, within_s: float = PROPOSAL_WAIT_S) -> JsonObject | None:
+    async def proposal(self, user: str, within_s: float = PROPOSAL_WAIT_S) -> JsonObject | NotKnown:
         """``user``'s whole proposal, for a ``history`` answer: the current entry, waited for
-        (at most ``within_s``) while it is being worked out; None if it cannot be had."""
+        (at most ``within_s``) while it is being worked out; why not, if it cannot be had."""
         try:
             async with asyncio.timeout(within_s), self._answered:
                 while True:
                     got = self.book.current(user)
                     if isinstance(got, StartChoice):
-                        return dict(got.proposal) or None
-                    if isinstance(got, NotKnown) or self.book.broken is not None:
-                        return None
+                        return dict(got.proposal) or NotKnown("the proposal came back empty")
+                    if isinstance(got, NotKnown):
+                        return got
+                    if self.book.broken is not None:
+                        return NotKnown(self.book.broken)
                     self.book.ask(user)
                     await self._answered.wait()
         except TimeoutError:
-            return None
+            return NotKnown(
+                f"the proposal for {user} was not worked out within {within_s:g} s: ask again"
+            )
 
     async def run(self) -> None:
         """Until cancelled. A failure working one user out is that user's entry (a start

@@ -49,7 +49,7 @@ from treadguard.contract.queries import (
 from treadguard.controller import report_text as t
 from treadguard.controller.journal import EventRow, Journal, JournalError, SessionRow
 from treadguard.controller.plan import MeasureTrend, measure_trends, outcomes_of
-from treadguard.controller.proposal_book import proposal_and_start
+from treadguard.controller.proposal_book import NotKnown, proposal_and_start
 from treadguard.safety.decisions import EventType
 from treadguard.safety.programs import Program
 
@@ -90,11 +90,12 @@ class Planning:
 
 @dataclass(frozen=True)
 class KnownProposal:
-    """A proposal worked out elsewhere (the daemon's book), as a history answer's."""
+    """A proposal worked out elsewhere (the daemon's book), as a history answer's; or why
+    there is none."""
 
-    known: JsonObject | None
+    known: JsonObject | NotKnown
 
-    def proposal(self, journal: Journal, user: str, zone: ZoneInfo) -> JsonObject | None:
+    def proposal(self, journal: Journal, user: str, zone: ZoneInfo) -> JsonObject | NotKnown:
         return self.known
 
 
@@ -165,7 +166,8 @@ def history_answer(
         rows,
         total=total,
         timezone=words.zone.key,
-        proposal=proposal,
+        proposal=proposal if isinstance(proposal, dict) else None,
+        proposal_unavailable=proposal.why if isinstance(proposal, NotKnown) else None,
         measures=measures,
     )
 
@@ -291,7 +293,7 @@ class QueryService:
         reply: Reply,
         render: Render,
         planning: Planning | None = None,
-        proposals: Callable[[str], Awaitable[JsonObject | None]] | None = None,
+        proposals: Callable[[str], Awaitable[JsonObject | NotKnown]] | None = None,
         per_account: int = PER_ACCOUNT,
         logger: Any = None,
     ) -> None:

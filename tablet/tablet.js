@@ -1505,6 +1505,10 @@ function drawPatient() {
   // decides (the start's program and cap are the setup's, as always).
   const proposal = history && history.proposal;
   $("patient-proposal").hidden = !proposal;
+  // None to give now (the daemon's configuration cannot be read, say): why, in its words.
+  const none = history && !proposal ? String(history.proposal_unavailable || "") : "";
+  $("proposal-none").hidden = !none;
+  $("proposal-none").textContent = none ? `No proposal now: ${none}.` : "";
   if (proposal) {
     // The reason names the program and its cap ("Reverse walking, 5 min: first session
     // completed 2026-12-01"); below it, how often and which week.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,3 +123,47 @@ async def test_a_history_query_never_reads_a_journal_put_in_the_daemons_place(
         assert answer["ok"] is False, answer
         assert answer["error"]["code"] == "unavailable"
         assert "no longer the journal the daemon writes" in answer["error"]["message"]
+
+
+def workers_of(pid: int) -> list[int]:
+    """The proposal worker processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"proposal_worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_history_answer_says_why_it_has_no_proposal(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """The configuration file broken on disk while the daemon runs, and its proposal worker
+    gone (started afresh, it cannot load the file): the history answer has no proposal, and
+    says why, rather than leaving the patient view without one and without a word."""
+    tm = "tm-no-proposal"
+    daemon = make_daemon(treadmill_id=tm)
+    p = f"treadmill/{tm}"
+    async with tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab:
+        await tab.next(
+            f"{p}/state", lambda m: body(m).get("queries") == {"connected": True}, within=15.0
+        )
+        with daemon.config.open("a", encoding="utf-8") as config:
+            config.write("\n[[[broken\n")
+        assert daemon.proc is not None
+        for worker in workers_of(daemon.proc.pid):
+            os.kill(worker, signal.SIGKILL)
+        query = {"id": "q-none", "type": "history", "user": "u-none"}
+        await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
+        answer = body(await tab.next(f"{p}/query/tablet/reply", within=15.0))
+    assert answer["ok"] is True, answer
+    assert "proposal" not in answer
+    why = answer["proposal_unavailable"]
+    assert f"the configuration ({daemon.config}) cannot be loaded now" in why, why

@@ -11,7 +11,9 @@ time, when the page or the queries change.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time as clock
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
@@ -28,6 +30,7 @@ from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
 from tests.test_daemon_from_history import seed_first_session
+from tests.test_journal_replaced import workers_of
 from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
     ONLINE_WAIT_MS,
     broker,
@@ -217,6 +220,32 @@ async def test_the_patient_view_says_what_from_history_starts_where_it_is_less_t
         await expect(page.locator("#proposal-start")).to_have_text(
             "From history starts Reverse walking, 5:00 min; choose Intervals to start the proposal."
         )
+
+
+@pytest.mark.asyncio
+async def test_the_patient_view_says_why_there_is_no_proposal(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+) -> None:
+    """The daemon's configuration broken on disk since it started (its proposal worker
+    started afresh cannot load it): the view says there is no proposal now, and why."""
+    tm = "tm-patient-none"
+    daemon = make_daemon(treadmill_id=tm)
+    async with opened(broker, tm) as tab:
+        with daemon.config.open("a", encoding="utf-8") as config:
+            config.write("\n[[[broken\n")
+        assert daemon.proc is not None
+        for worker in workers_of(daemon.proc.pid):
+            os.kill(worker, signal.SIGKILL)
+        page = tab.page
+        await page.fill("#user", "u-none")
+        await page.click("#patient-open")
+        none = page.locator("#proposal-none")
+        await expect(none).to_contain_text(
+            "No proposal now: the configuration (", timeout=ANSWER_WAIT_MS
+        )
+        await expect(none).to_contain_text("cannot be loaded now")
+        await expect(page.locator("#patient-proposal")).to_be_hidden()
 
 
 @pytest.mark.asyncio
