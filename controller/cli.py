@@ -61,6 +61,7 @@ from treadguard.controller.plan import (
     Proposal,
     UserRecord,
     measure_trends,
+    outcomes_of,
     plan_text,
     propose,
 )
@@ -609,8 +610,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         sessions = journal.sessions(args.user)
         events: dict[int, list[EventRow]] = {}
         measures: list[MeasureRow] = []
+        events = {s.id: journal.events(s.id) for s in sessions}
         if args.fhir:
-            events = {s.id: journal.events(s.id) for s in sessions}
             measures = journal.measures(args.user)
     except (ConfigError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -632,7 +633,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         from treadguard.controller.report import sessions_csv
 
-        text = sessions_csv(sessions, clinic=_clinic(loaded))
+        outcomes = {session: outcomes_of(rows) for session, rows in events.items()}
+        text = sessions_csv(sessions, clinic=_clinic(loaded), outcomes=outcomes)
         suffix = ".csv"
     if args.out is None:
         sys.stdout.write(text)

@@ -80,6 +80,12 @@ CSV_COLUMNS = (
     "cap_s",
     "top_mph",
     "end_reason",
+    "pain_before",
+    "pain_after",
+    "exertion",
+    "notes_before",
+    "notes_after",
+    "clinician",
 )
 
 
@@ -598,13 +604,23 @@ def _older_off_paper(user: str, rows: Sequence[Mapping[str, Any]], off: Sequence
     )
 
 
-def sessions_csv(sessions: Sequence[SessionRow], *, clinic: Clinic) -> str:
+def sessions_csv(
+    sessions: Sequence[SessionRow],
+    *,
+    clinic: Clinic,
+    outcomes: Mapping[int, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> str:
     """One row a session, for a spreadsheet: times ISO 8601 with the clinic's offset, the
-    belt time to 0.1 s, the top speed to 0.01 mph, the end reason as its code."""
+    belt time to 0.1 s, the top speed to 0.01 mph, the end reason as its code, and the
+    clinician's record of it (``outcomes``: per session, plan.outcomes_of its events: the
+    newest entry before and after, empty where none was made)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for s in sessions:
+        entries = (outcomes or {}).get(s.id, {})
+        before, after = entries.get("before", {}), entries.get("after", {})
+        clinician = after.get("clinician") or before.get("clinician")
         writer.writerow(
             (
                 s.id,
@@ -617,6 +633,24 @@ def sessions_csv(sessions: Sequence[SessionRow], *, clinic: Clinic) -> str:
                 f"{s.cap_s:g}",
                 "" if s.max_speed_mph is None else f"{s.max_speed_mph:.2f}",
                 s.end_reason or "",
+                _cell(before.get("pain")),
+                _cell(after.get("pain")),
+                _cell(after.get("exertion")),
+                _cell(before.get("notes")),
+                _cell(after.get("notes")),
+                _cell(clinician),
             )
         )
     return out.getvalue()
+
+
+def _cell(value: object) -> str:
+    """An entry's value as a CSV cell: an integer score or a text; anything else empty. A
+    text that a spreadsheet would take for a formula (=, +, -, @ first) gets a ' before it:
+    typed into a note on a tablet, it must not run when the file is opened."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return ""
+    text = str(value)
+    if isinstance(value, str) and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text

@@ -373,7 +373,21 @@ def test_the_csv_export_has_a_row_a_session_with_the_clinic_s_offset(
         "cap_s": "180",
         "top_mph": "0.80",
         "end_reason": "cap",
+        "pain_before": "",
+        "pain_after": "",
+        "exertion": "",
+        "notes_before": "",
+        "notes_after": "",
+        "clinician": "",
     }
+    # The clinician's record: the newest entry before and after (4's second "after"
+    # corrects its first).
+    assert (rows[2]["pain_before"], rows[2]["pain_after"], rows[2]["notes_after"]) == (
+        "4",
+        "6",
+        "knee hurt",
+    )
+    assert (rows[3]["pain_before"], rows[3]["pain_after"], rows[3]["exertion"]) == ("", "2", "5")
     # The offset is the clinic's at that moment (test_a_summer_session_has_the_summer_offset).
     assert datetime.fromisoformat(rows[2]["started"]).utcoffset() == timedelta(hours=-5)
     assert rows[2]["end_reason"] == "estop"
@@ -614,3 +628,28 @@ def test_plan_says_the_proposal_its_reason_and_the_measures(tmp_path: Path) -> N
         ["KOOS", "55, 2026-11-02", "61, 2026-11-20", "+6, better"],
         ["10 m walk", "8.4 s, 2026-11-02", "-", "-"],
     ]
+
+
+def test_a_note_a_spreadsheet_would_run_is_written_as_text(tmp_path: Path) -> None:
+    """A note typed on the tablet as "=HYPERLINK(...)" or "@SUM(...)" opens as text in a
+    spreadsheet, never as a formula (an ordinary note is written as typed: the test above)."""
+    path = daemon_config(tmp_path, 1883, treadmill_id="tm-n")
+    write_sessions(
+        tmp_path / "journal-tm-n.sqlite", [("ann", "first_session", "cap", 180.0, 180.0, 0.8)]
+    )
+    journal = Journal.open(tmp_path / "journal-tm-n.sqlite")
+    for k, (when, notes) in enumerate(
+        (("before", '=HYPERLINK("http://x.example","ok")'), ("after", "-2 then @SUM(A1)"))
+    ):
+        entry: dict[str, JsonScalar] = {
+            "session_id": "1", "when": when, "pain": 3, "notes": notes, "clinician": "+dr",
+        }  # fmt: skip
+        journal.record(Event(EventType.OUTCOME_RECORDED, 0.0, entry), 1_796_100_000.0 + k)
+    journal.commit()
+    journal.close()
+    out = cli("export", "--csv", "--config", str(path))
+    (row,) = csv.DictReader(io.StringIO(out.stdout))
+    assert row["notes_before"] == '\'=HYPERLINK("http://x.example","ok")'
+    assert row["notes_after"] == "'-2 then @SUM(A1)"
+    assert row["clinician"] == "'+dr"
+    assert (row["pain_before"], row["pain_after"]) == ("3", "3")
