@@ -36,6 +36,7 @@ from tests.daemon_process import DaemonProcess, daemon_config
 from tests.mosquitto import (
     ACL,
     DAEMON_ENV,
+    LISTENER_SETTINGS,
     PASSWORDS,
     SENSOR_TM,
     SENSORS,
@@ -873,24 +874,42 @@ async def test_sr15_a_dashboard_reusing_its_client_id_never_disconnects_the_daem
     assert daemon.log_text().count("mqtt_connected") == 1, daemon.log_text()
 
 
+@pytest.fixture
+def two_doors(tmp_path: Path) -> Iterator[tuple[Broker, int]]:
+    """A private Mosquitto with the shipped ACL and passwords, and a second plain listener:
+    the broker as another machine's daemon reaches it (a process on this one holds the
+    treadmill's topics at a port; controller/treadmill_lock.py)."""
+    need("mosquitto", have_mosquitto())
+    (second,) = free_ports(1)
+    extra = auth_lines(tmp_path)
+    own = "".join(f"{line}\n" for line in extra.splitlines() if line in LISTENER_SETTINGS)
+    b = Broker(tmp_path, extra=extra + f"listener {second} 127.0.0.1\n{own}")
+    b.start()
+    try:
+        yield b, second
+    finally:
+        b.kill()
+
+
 @pytest.mark.asyncio
 async def test_sr12_a_second_daemon_for_one_treadmill_latches_a_rival_daemon_fault(
-    secured: Broker, tmp_path: Path
+    two_doors: tuple[Broker, int], tmp_path: Path
 ) -> None:
-    """Two daemons for one treadmill under the daemon's account: on the shipped broker each
+    """Two daemons for one treadmill under the daemon's account, the second through another
+    listener of the broker (as from another machine: on one machine the second is refused
+    before it connects): on the shipped broker each
     takes over the other's session in turn, and each answers some of the tablet's commands,
     an estop among them, for the wrong belt. Each finds the other's state on its topic and
     latches a fault (cause rival_daemon), so no belt runs on (SR-12, SR-13; before, both ran
     on and the tablet's estops were answered ok by the daemon without a session)."""
+    secured, second_port = two_doors
     tm = "tm-rival"
     p = f"treadmill/{tm}"
     daemons = []
-    for n in (1, 2):
+    for n, port in ((1, secured.port), (2, second_port)):
         folder = tmp_path / f"d{n}"
         folder.mkdir()
-        config = daemon_config(
-            folder, secured.port, treadmill_id=tm, mqtt_extra='username = "treadguard"'
-        )
+        config = daemon_config(folder, port, treadmill_id=tm, mqtt_extra='username = "treadguard"')
         daemons.append(
             DaemonProcess(
                 config,
