@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from tests.clinician import clinician, ok
-from tests.commission_terminal import PROMPT, commission
+from tests.clinician import Clinician, clinician, ok
+from tests.commission_terminal import PROMPT, CommissionProcess, commission
 from tests.daemon_process import daemon_config
 from tests.guided_commissioning import DAEMON_END_S, RUN_WAIT_S, next_request, run_of, state_where
 from tests.mosquitto import Broker
@@ -30,6 +32,20 @@ def _moving_up(state: dict[str, Any]) -> bool:
     return run is not None and run["waiting"] == "belt" and isinstance(speed, float) and speed > 0.2
 
 
+@asynccontextmanager
+async def belt_coming_up(
+    broker: Broker, tm: str
+) -> AsyncIterator[tuple[CommissionProcess, Clinician]]:
+    """`treadguard commission` on the simulated treadmill, the technician's Enter given to
+    its first request (standing on the belt), and the belt coming up to the proof speed."""
+    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
+    async with commission(config, broker.workdir) as proc, clinician(broker, tm) as doc:
+        await proc.until(f"^{PROMPT}", START_S)
+        await proc.type("")  # standing on the belt
+        await state_where(doc, _moving_up, RUN_WAIT_S)
+        yield proc, doc
+
+
 @pytest.mark.asyncio
 async def test_q_on_the_terminal_while_the_run_waits_for_the_belt_stops_it_at_once(
     broker: Broker,
@@ -38,11 +54,7 @@ async def test_q_on_the_terminal_while_the_run_waits_for_the_belt_stops_it_at_on
     proof speed (nothing asked of them), they type q: an emergency stop at once, not at the
     next request, and the run is journaled as aborted."""
     tm = "tm-term-q"
-    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
-    async with commission(config, broker.workdir) as proc, clinician(broker, tm) as doc:
-        await proc.until(f"^{PROMPT}", START_S)
-        await proc.type("")  # standing on the belt
-        await state_where(doc, _moving_up, RUN_WAIT_S)
+    async with belt_coming_up(broker, tm) as (proc, doc):
         typed = time.monotonic()
         await proc.type("q")
         state = await doc.until(lambda s: s["latched"] is not None, within=2.0)
@@ -97,11 +109,7 @@ async def test_a_run_cut_short_by_sighup_is_journaled_and_said_as_aborted(
     stops under control, the run is journaled as aborted, cut short, and the command says so
     (not that it never ran)."""
     tm = "tm-term-hup"
-    config = daemon_config(broker.workdir, broker.port, treadmill_id=tm, sensors="simulator")
-    async with commission(config, broker.workdir) as proc, clinician(broker, tm) as doc:
-        await proc.until(f"^{PROMPT}", START_S)
-        await proc.type("")  # standing on the belt
-        await state_where(doc, _moving_up, RUN_WAIT_S)
+    async with belt_coming_up(broker, tm) as (proc, _):
         proc.proc.send_signal(signal.SIGHUP)
         code = await proc.exit_code(DAEMON_END_S)
     assert code == 1, proc.text

@@ -7,17 +7,16 @@ moment later goes ahead."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from tests.clinician import WORKED_OUT, Clinician, clinician, ok
 from tests.daemon_process import ROOT, DaemonProcess
-from tests.mosquitto import Broker, body, tablet
+from tests.mosquitto import Broker
+from tests.tablet_queries import tablet_queries
 from treadguard.controller.journal import Journal
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
@@ -44,10 +43,6 @@ def seed_first_session(
         journal.commit()
     finally:
         journal.close()
-
-
-def _answering(query_id: str) -> Callable[[aiomqtt.Message], bool]:
-    return lambda message: body(message).get("id") == query_id
 
 
 async def start_from_history(doc: Clinician, user: str) -> dict[str, Any]:
@@ -102,18 +97,11 @@ async def test_a_start_from_history_keeps_to_the_phase_the_user_has_reached(
     tm = "tm-phase-reached"
     seed_first_session(broker, tm, 1, "p-away", (2, 2), days_ago=29)
     make_daemon(treadmill_id=tm)
-    p = f"treadmill/{tm}"
-    async with (
-        clinician(broker, tm) as doc,
-        tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab,
-    ):
+    async with clinician(broker, tm) as doc, tablet_queries(broker, tm) as ask:
         await doc.until(lambda s: s["stale"] == [], within=10.0)
         # The patient view's history: the proposal (intervals, by the calendar) and what the
         # one tap of From history starts, which is less.
-        await tab.next(f"{p}/state", lambda m: body(m).get("queries") == {"connected": True})
-        query = {"id": "q-away", "type": "history", "user": "p-away"}
-        await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
-        answer = body(await tab.next(f"{p}/query/tablet/reply", within=15.0))
+        answer = await ask("history", user="p-away")
         assert answer["ok"] is True, answer
         proposal = answer["proposal"]
         assert proposal["program"] == "intervals", proposal
@@ -139,17 +127,10 @@ async def test_a_first_session_from_history_is_the_one_the_history_answer_shows(
         shipped + '\n[user."p-own"]\ncap_s = 240\n', encoding="utf-8"
     )
     make_daemon(treadmill_id=tm, env={"TREADGUARD_PROGRAMS__DEFAULT": "reverse_walking"})
-    p = f"treadmill/{tm}"
-    async with (
-        clinician(broker, tm) as doc,
-        tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab,
-    ):
+    async with clinician(broker, tm) as doc, tablet_queries(broker, tm) as ask:
         await doc.until(lambda s: s["stale"] == [], within=10.0)
-        await tab.next(f"{p}/state", lambda m: body(m).get("queries") == {"connected": True})
         for user, cap in (("p-new", 180), ("p-own", 240)):
-            query = {"id": f"q-{user}", "type": "history", "user": user}
-            await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
-            answer = body(await tab.next(f"{p}/query/tablet/reply", _answering(f"q-{user}")))
+            answer = await ask("history", user=user)
             shown = answer["proposal"]["from_history"]
             assert (shown["program"], shown["cap_s"]) == ("first_session", cap), shown
             longer = await doc.command("start_session", user=user, cap_s=cap + 60)

@@ -6,7 +6,6 @@ no session starts, the state says so), and no reader on its behalf reads the oth
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,8 @@ import pytest
 
 from tests.clinician import STANDSTILL_MPH, clinician, refused
 from tests.daemon_process import DaemonProcess
-from tests.mosquitto import Broker, body, tablet
+from tests.mosquitto import Broker
+from tests.tablet_queries import tablet_queries
 from treadguard.controller.journal import Journal, JournalError, file_identity
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
@@ -101,11 +101,7 @@ async def test_a_history_query_never_reads_a_journal_put_in_the_daemons_place(
     tm = "tm-journal-history"
     make_daemon(treadmill_id=tm)
     path = broker.workdir / f"journal-{tm}.sqlite"
-    p = f"treadmill/{tm}"
-    async with tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab:
-        await tab.next(
-            f"{p}/state", lambda m: body(m).get("queries") == {"connected": True}, within=15.0
-        )
+    async with tablet_queries(broker, tm) as ask:
         other = path.with_name("elsewhere.sqlite")
         shutil.copyfile(path, other)
         stranger = Journal.open(other, max_size_mb=8)
@@ -116,10 +112,7 @@ async def test_a_history_query_never_reads_a_journal_put_in_the_daemons_place(
         stranger.commit()
         stranger.close()
         os.replace(other, path)
-        query = {"id": "q-stranger", "type": "history", "user": "u-stranger"}
-        await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
-        answer = body(await tab.next(f"{p}/query/tablet/reply", within=15.0))
-        assert answer["id"] == "q-stranger"
+        answer = await ask("history", user="u-stranger")
         assert answer["ok"] is False, answer
         assert answer["error"]["code"] == "unavailable"
         assert "no longer the journal the daemon writes" in answer["error"]["message"]
@@ -150,19 +143,13 @@ async def test_a_history_answer_says_why_it_has_no_proposal(
     says why, rather than leaving the patient view without one and without a word."""
     tm = "tm-no-proposal"
     daemon = make_daemon(treadmill_id=tm)
-    p = f"treadmill/{tm}"
-    async with tablet(broker, f"{p}/query/tablet/reply", f"{p}/state") as tab:
-        await tab.next(
-            f"{p}/state", lambda m: body(m).get("queries") == {"connected": True}, within=15.0
-        )
+    async with tablet_queries(broker, tm) as ask:
         with daemon.config.open("a", encoding="utf-8") as config:
             config.write("\n[[[broken\n")
         assert daemon.proc is not None
         for worker in workers_of(daemon.proc.pid):
             os.kill(worker, signal.SIGKILL)
-        query = {"id": "q-none", "type": "history", "user": "u-none"}
-        await tab.publish(f"{p}/query/tablet", json.dumps(query).encode())
-        answer = body(await tab.next(f"{p}/query/tablet/reply", within=15.0))
+        answer = await ask("history", user="u-none")
     assert answer["ok"] is True, answer
     assert "proposal" not in answer
     why = answer["proposal_unavailable"]
