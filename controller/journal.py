@@ -24,11 +24,13 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import json
 import math
 import os
+import pwd
 import re
 import sqlite3
 import threading
@@ -359,6 +361,11 @@ class Journal:
         self._db = connection
         self._lock = lock  # the exclusive lock's file descriptor, released by close()
         self._named: Path | None = None  # the name it was opened by, to write (see replaced)
+        # The database file's last write time and size as this journal's own checkpoints left
+        # them (WAL mode: nothing else of ours writes that file): see replaced.
+        self._written: tuple[int, int] | None = None
+        # The journal's commissioning seal (see seal_of), for a journal in a file.
+        self._seal: Path | None = None if path is None else seal_of(path)
         self._open_session: int | None = self.newest_open_session()
         self._top_speed = 0.0  # of the open session, from every drive status
         # The session that has ended while its belt still runs down (see sample).
@@ -404,6 +411,7 @@ class Journal:
                 journal = cls(db, lock=lock)
                 journal.mode = mode
                 journal._named = path
+                journal._seal = seal_of(path.resolve())
                 return journal
             # NORMAL: a commit does not sync the log (sync() does, where its caller wants),
             # but a new log's header is synced before any frame is written behind it, so a
@@ -431,6 +439,7 @@ class Journal:
             raise JournalError(f"cannot open {path}: {exc}") from exc
         journal = cls(db, lock=lock, path=file, wal_limit_bytes=wal_limit)
         journal._named = path
+        journal._note_written()
         return journal
 
     @classmethod
@@ -470,7 +479,11 @@ class Journal:
         ``identity``: the file the daemon writes (its :meth:`identity`), for a reader on the
         daemon's behalf (a history query, the proposal worker): a file put at ``path`` since
         the daemon opened its own is another journal, and is not read."""
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a folder on the way that this user may not enter
+            raise JournalError(f"cannot read {path}: {_os_reason(exc)}") from exc
+        if not found:
             raise JournalError(f"no journal at {path}")
         db: sqlite3.Connection | None = None
         try:
@@ -486,8 +499,36 @@ class Journal:
         except (OSError, sqlite3.Error, JournalError) as exc:
             if db is not None:
                 db.close()
+            if isinstance(exc, OSError):
+                raise JournalError(f"cannot read {path}: {_os_reason(exc)}") from exc
+            if isinstance(exc, sqlite3.Error) and not os.access(path, os.R_OK):
+                denied = PermissionError(errno.EACCES, "Permission denied")
+                raise JournalError(f"cannot read {path}: {_os_reason(denied)}") from exc
             raise JournalError(f"cannot read {path}: {exc}") from exc
-        return cls(db)
+        journal = cls(db)
+        journal._seal = seal_of(path.resolve())
+        return journal
+
+    def _written_by_another(self) -> str | None:
+        """Why the database file was written by something other than this journal's own
+        checkpoints (a copy put over it in place: ``cp BACKUP journal.sqlite`` keeps the file
+        and rewrites its pages under the daemon's open connection), or None. Not looked at
+        while a checkpoint runs (it is writing the file)."""
+        if self._written is None or self._lock is None:
+            return None
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return None
+        try:
+            st = os.fstat(self._lock)
+            if (st.st_mtime_ns, st.st_size) == self._written:
+                return None
+        finally:
+            self._checkpoint_lock.release()
+        return (
+            f"{self._named} was written by another program while treadguard ran (a copy put "
+            "over it in place, say): its pages are no longer the ones this daemon wrote; "
+            "restart treadguard, and restore a journal only with the service stopped"
+        )
 
     def identity(self) -> str | None:
         """The file this journal writes, as :func:`file_identity` names it: None when it is
@@ -507,7 +548,7 @@ class Journal:
         except OSError as exc:
             named = f"nothing ({exc.strerror or exc})"
         if named == self.identity():
-            return None
+            return self._written_by_another()
         return (
             f"{self._named} is no longer the journal this daemon opened (it leads to {named}: "
             "the file was moved, removed or replaced while treadguard ran); what is written "
@@ -657,6 +698,19 @@ class Journal:
                     self._checkpointer.execute("ROLLBACK")  # the writer was busy: next time
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot checkpoint {self._path}: {exc}") from exc
+            finally:
+                self._note_written()
+
+    def _note_written(self) -> None:
+        """What this journal's own writing has left of its database file (at open, and after
+        each checkpoint, under the checkpoint's lock)."""
+        if self._lock is None or self.mode != "wal":
+            return
+        try:
+            st = os.fstat(self._lock)
+        except OSError:
+            return  # the descriptor is the lock's own: this cannot fail while it is open
+        self._written = (st.st_mtime_ns, st.st_size)
 
     def record(self, event: Event, ts: float) -> None:
         """One safety event at unix time ``ts``; session events open and close sessions."""
@@ -738,7 +792,9 @@ class Journal:
             (ts, technician, int(simulated), machine.treadmill, machine.drive),
         )
         self.commit()
-        return int(cur.lastrowid or 0)
+        run = int(cur.lastrowid or 0)
+        self._write_seal(run, ts)
+        return run
 
     def record_proof(self, run: int, proof: ProofRecord, ts: float) -> None:
         self._write(
@@ -765,6 +821,38 @@ class Journal:
             (ts, outcome.value, detail, run),
         )
         self.commit()
+        self._write_seal(run, ts)
+
+    def _write_seal(self, run: int, ts: float) -> None:
+        """The seal says run ``run`` is the journal's newest commissioning run (see seal_of);
+        written after the journal's commit, whole or not at all."""
+        seal = self._seal
+        if seal is None:
+            return
+        partial = seal.with_name(f".{seal.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                json.dump({"run": run, "written_at": ts}, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, seal)
+            _sync_dir(seal.parent)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise JournalError(f"cannot write {seal}: {exc.strerror or exc}") from exc
+
+    def _sealed_run(self) -> int | None:
+        """The run the seal names, None without a seal; JournalError if it cannot be read."""
+        seal = self._seal
+        if seal is None or not seal.exists():
+            return None
+        try:
+            run = json.loads(seal.read_text(encoding="utf-8"))["run"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise JournalError(f"{seal} cannot be read ({exc})") from exc
+        if not isinstance(run, int) or isinstance(run, bool):
+            raise JournalError(f"{seal} names no run ({run!r})")
+        return run
 
     def close_interrupted(self, ts: float) -> list[int]:
         """At start-up: sessions a crash left open end as ``interrupted``, at their last
@@ -1134,11 +1222,22 @@ class Journal:
     ) -> CommissioningStatus:
         try:
             runs = self.commissioning_runs()
+            sealed = self._sealed_run()
         except JournalError as exc:
             return CommissioningStatus(False, f"the commissioning record cannot be read: {exc}")
         mine = [r for r in runs if r.not_counted(machine) is None]
         # The newest run of this machine's (shown beside the verdict), else the newest of all.
         last = mine[-1] if mine else runs[-1] if runs else None
+        if runs and sealed is not None and sealed > runs[-1].id:
+            # An older copy put in the journal's place: whatever was proven after it, a proof
+            # test that failed and withdrew the pass, is not in it.
+            return CommissioningStatus(
+                False,
+                f"the journal has no commissioning run no. {sealed}, which {self._seal} says "
+                "was made: it is an older copy put in the journal's place (a backup restored, "
+                "say), without what was proven since; commission the treadmill again",
+                last_run=last,
+            )
         passed = [r for r in mine if r.outcome == CommissioningOutcome.PASSED.value]
         decisive = passed[-1] if passed else None
         # Any run of this treadmill after that pass that did not pass withdraws it, whatever
@@ -1499,6 +1598,35 @@ def journal_in_use(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the shared lock, if it was taken
     return False
+
+
+SEAL_SUFFIX = "-commissioning"
+
+
+def seal_of(database: Path) -> Path:
+    """The journal's commissioning seal: a small file beside its database file naming the
+    newest commissioning run it holds, written at each run's start and end. A copy of the
+    database put in its place alone (cp of a backup, an image of the file) is older than the
+    seal, and its pass, which a later proof test may have withdrawn, counts for nothing."""
+    return database.with_name(database.name + SEAL_SUFFIX)
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OS error as a person reads it; a refused permission says as whom, and who may."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, PermissionError):
+        return (
+            f"{reason} for the user {_user_name()}: the journal belongs to the service's "
+            "user; run the command as that user (sudo -u treadguard treadguard ...) or as root"
+        )
+    return reason
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def file_identity(path: Path) -> str:

@@ -8,9 +8,11 @@ by the step as it was.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -18,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.clinician import SESSION_WAIT_S, clinician, ok, running
-from tests.daemon_process import ROOT, DaemonProcess
+from tests.daemon_process import ROOT, DaemonProcess, daemon_config
 from tests.mosquitto import Broker
+from treadguard.config.loading import load_config
 from treadguard.controller.journal import (
     SCHEMA_VERSION,
+    CommissioningOutcome,
     Journal,
     JournalError,
     Machine,
@@ -414,3 +418,36 @@ async def test_a_restored_backup_takes_the_treadmill_out_of_service_until_commis
         restored.stop()
     status = treadguard("commission", "--status", "--config", str(daemon.config))
     assert "NOT CURRENT: the last commissioning run (no. 2) is a backup copy made" in status.stdout
+
+
+def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_back(
+    tmp_path: Path,
+) -> None:
+    """A pass, a plain copy of the journal (cp, an image of the file), then a proof test given
+    up, which withdraws the pass; the copy put back in the journal's place: its pass does not
+    count (the seal beside the journal names a run the copy lacks) until the treadmill is
+    commissioned again."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
+    path = tmp_path / "journal-tm-seal.sqlite"
+    passed = treadguard("commission", "--simulated", "--config", str(config))
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    copy = tmp_path / "plain-copy.sqlite"
+    shutil.copyfile(path, copy)
+    loaded = load_config(config)
+    journal = Journal.open(path, exclusive=True)
+    run = journal.begin_commissioning(
+        time.time(), technician="t", simulated=True, machine=Machine.of(loaded.config)
+    )
+    journal.end_commissioning(run, time.time(), CommissioningOutcome.ABORTED, "given up")
+    journal.close()
+    assert treadguard("commission", "--status", "--config", str(config)).returncode != 0
+    for leftover in ("-wal", "-shm"):
+        path.with_name(path.name + leftover).unlink(missing_ok=True)
+    path.write_bytes(copy.read_bytes())  # cp plain-copy.sqlite journal-tm-seal.sqlite
+    status = treadguard("commission", "--status", "--config", str(config))
+    assert status.returncode != 0, status.stdout
+    assert f"the journal has no commissioning run no. {run}" in status.stdout, status.stdout
+    assert "commission the treadmill again" in status.stdout
+    again = treadguard("commission", "--simulated", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert treadguard("commission", "--status", "--config", str(config)).returncode == 0
