@@ -103,6 +103,11 @@ from treadguard.safety.decisions import Event, EventType
 ONLINE = b"online"
 REFUSALS_LOGGED_PER_S = 20
 RIVAL_LOG_EVERY_S = 10.0  # a second daemon is logged this often while it lasts
+# A connection lost this soon after it was made, this many times within the window, is the
+# daemon knocked off the broker again and again (see _connection_lost).
+SHORT_CONNECTION_S = 2.0
+SHORT_CONNECTIONS_MAX = 3
+SHORT_CONNECTIONS_WINDOW_S = 10.0
 OFFLINE = b"offline"
 
 # Commands whose reply is never dropped nor refused for rate (docs/tablet-contract.md:
@@ -229,6 +234,8 @@ class LinkHooks:
     # what is queued go out only once every record before them is (SR-14). None: no journal.
     journal_marks: Callable[[], tuple[int, float]] | None = None
     on_refused: Callable[[CommandReply, str | None], None] | None = None
+    # Another controller for this treadmill on the broker, in words (SR-12): its state on
+    # ours, or a client that took the daemon's MQTT session over.
     on_rival: Callable[[str], None] | None = None
     # Fields the contract allows beyond its own (an extension): merged into each state.
     extra_state: Callable[[], JsonObject] | None = None
@@ -304,6 +311,8 @@ class TabletLink:
         self.instance = uuid.uuid4().hex[:12]
         self._state_published = False
         self._rival_told = -1  # the connection a rival was last reported on
+        self._connected_at: float | None = None  # when the connection now up was made
+        self._short_connections: deque[float] = deque()  # when short ones were lost
         self._rival_logged_t = -math.inf
         # The outbox: what waits to be published or acknowledged, oldest first. The first
         # ``_sent[...]`` items of each are on the wire on the current connection.
@@ -329,6 +338,7 @@ class TabletLink:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._connected = False
+        self.last_error = ""  # why the last connection ended, or the last try failed
         self._last_state_sent = -math.inf
         self.connections = 0  # successful connections so far
         self.worker_restarts = 0  # connection workers that ended without a stop (logged)
@@ -493,11 +503,10 @@ class TabletLink:
                     delay = self._tuning.backoff_min_s
                     await self._serve(client)
             except* (aiomqtt.MqttError, OSError) as group:
-                self._log.warning(
-                    "mqtt_disconnected",
-                    error="; ".join(str(e) for e in group.exceptions),
-                    retry_in_s=delay,
-                )
+                self.last_error = "; ".join(str(e) for e in group.exceptions)
+                self._log.warning("mqtt_disconnected", error=self.last_error, retry_in_s=delay)
+                if self._connected_at is not None:
+                    self._connection_lost()
             # Never asyncio.timeout here: it depends on this task's cancellation count
             # (controller/aio.py), and the back-off must end in a retry whatever that is.
             if await wait_until_set(self._stop, delay):
@@ -518,6 +527,7 @@ class TabletLink:
         # (controller/query_link.py), so that a flood of them never stands in this stream.
         await client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._connected = True
+        self._connected_at = self._hooks.now()
         self.connections += 1
         self._log.info(
             "mqtt_connected",
@@ -741,9 +751,45 @@ class TabletLink:
                     message="another daemon publishes this treadmill's state: the belt is stopped",
                 )
             if self._hooks.on_rival is not None:
-                self._hooks.on_rival(instance)
+                self._hooks.on_rival(
+                    f"another daemon ({instance}) publishes this treadmill's state"
+                )
         except Exception as exc:  # SR-15: no handler raises into its caller
             self._failed("state_handler_failed", exc)
+
+    def _connection_lost(self) -> None:
+        """A connection that was up has been lost. Lost within SHORT_CONNECTION_S of being
+        made, SHORT_CONNECTIONS_MAX times within SHORT_CONNECTIONS_WINDOW_S, it is the daemon
+        knocked off the broker again and again: another client connecting with the daemon's
+        client id (Mosquitto closes the older connection without a word, and the two take
+        turns), or a broker that keeps dropping it. Either way the tablet's commands, an
+        E-STOP among them, are lost at random while the belt runs: a rival controller
+        (SR-12), the belt stopped and the fault latched. A broker that binds client ids to
+        accounts lets no other account do this; one that does not, or the daemon's own
+        account used elsewhere, does."""
+        try:
+            now = self._hooks.now()
+            made, self._connected_at = self._connected_at, None
+            if made is None or now - made > SHORT_CONNECTION_S:
+                return
+            short = self._short_connections
+            short.append(now)
+            while short and short[0] < now - SHORT_CONNECTIONS_WINDOW_S:
+                short.popleft()
+            if len(short) < SHORT_CONNECTIONS_MAX:
+                return
+            short.clear()
+            said = (
+                f"the daemon's connection to the broker was lost {SHORT_CONNECTIONS_MAX} times "
+                f"within {SHORT_CONNECTIONS_WINDOW_S:g} s, each within "
+                f"{SHORT_CONNECTION_S:g} s of being made: another client with its client id "
+                f"({self._identifier}) takes its place, or the broker drops it"
+            )
+            self._log.error("mqtt_knocked_off", client_id=self._identifier, message=said)
+            if self._hooks.on_rival is not None:
+                self._hooks.on_rival(said)
+        except Exception as exc:  # SR-15: no handler raises into its caller
+            self._failed("rival_handler_failed", exc)
 
     def _report_drops(self) -> None:
         """A flood drops thousands a second: say so at most once a second, with the counts,

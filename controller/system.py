@@ -800,16 +800,12 @@ class System:
         if self._admit(event):
             self.controller.publish(event)
 
-    def rival_daemon(self, instance: str) -> None:
-        """Another daemon publishes this treadmill's state: two controllers for one belt, each
-        answering some of the tablet's commands (an estop among them) for the wrong belt. A
-        fault: the belt stops and stays latched until a reset (SR-12, SR-13)."""
-        self.controller.submit(
-            RivalDaemon(
-                t=self.clock.time(),
-                detail=f"another daemon ({instance}) publishes this treadmill's state",
-            )
-        )
+    def rival_daemon(self, detail: str) -> None:
+        """Another controller for this treadmill on the broker (``detail`` says how it was
+        seen): two controllers for one belt, each answering some of the tablet's commands (an
+        estop among them) for the wrong belt. A fault: the belt stops and stays latched until
+        a reset (SR-12, SR-13)."""
+        self.controller.submit(RivalDaemon(t=self.clock.time(), detail=detail))
 
     def _admit(self, event: Event) -> bool:
         """The controller's gate: a refusal or a speed change a coalescer holds back is

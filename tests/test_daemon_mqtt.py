@@ -43,6 +43,7 @@ from tests.mosquitto import (
     tablet,
     text_is,
 )
+from tests.periodic import pause
 from treadguard.contract.mqtt import MAX_COMMAND_AGE_S
 
 REGISTER_MAP = ROOT / "config" / "drives" / "delta-vfd-e.toml"
@@ -519,3 +520,44 @@ async def test_sr14_refusals_before_the_core_are_coalesced_with_a_count(
             "unknown_type",
             29,
         )
+
+
+async def _as_the_daemon(port: int, identifier: str, stop: asyncio.Event) -> None:
+    """Connect under ``identifier`` again each time the broker closes this connection (the
+    daemon's reconnect took the id back), until ``stop``."""
+    while not stop.is_set():
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, identifier=identifier) as client:
+                async with asyncio.timeout(1.0):
+                    async for _ in client.messages:
+                        pass
+        except (aiomqtt.MqttError, TimeoutError):
+            pass
+        await pause(stop, 0.05)  # a client's reconnect delay, not a synchronisation
+
+
+@pytest.mark.asyncio
+async def test_sr12_a_client_that_takes_the_daemons_session_over_stops_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A broker that lets any client choose its client id (this test's), and a client that
+    connects as the daemon (its client id, `treadguard-<treadmill>`) during a session and
+    again whenever it is knocked off (as a second process under the daemon's id does): the
+    broker closes the older connection each time, and a daemon knocked off again and again
+    would lose the tablet's commands, an E-STOP among them, with the belt running. The daemon
+    takes it for a rival controller: the belt stops, the fault latches."""
+    tm = "tm-taken-over"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.start_running("u-taken", program="first_session")
+        stop = asyncio.Event()
+        rival = asyncio.create_task(_as_the_daemon(broker.port, f"treadguard-{tm}", stop))
+        try:
+            state = await doc.state(lambda s: s["latched"] is not None, within=20.0)
+        finally:
+            stop.set()
+            await rival
+        assert (state["latched"]["kind"], state["latched"]["cause"]) == ("fault", "rival_daemon")
+        still = await doc.until(lambda s: s["speed_mph"] <= STANDSTILL_MPH, within=10.0)
+        assert still["latched"]["cause"] == "rival_daemon"
+    assert "mqtt_knocked_off" in daemon.log_text()
