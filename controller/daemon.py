@@ -35,7 +35,7 @@ from treadguard.contract.mqtt import (
 )
 from treadguard.controller.control import Controller
 from treadguard.controller.drives import Rig, build_driver, in_process_rig
-from treadguard.controller.journal import JournalError
+from treadguard.controller.journal import JournalError, drive_identity
 from treadguard.controller.loop import ScaledClock, run_control_loop
 from treadguard.controller.mqtt_link import LinkHooks, TabletLink, unix_mapper
 from treadguard.controller.mqtt_settings import broker_settings
@@ -50,7 +50,7 @@ from treadguard.controller.query_link import QueryLink
 from treadguard.controller.sensors import SensorHub
 from treadguard.controller.system import System, open_journal
 from treadguard.controller.systemd import Notifier
-from treadguard.controller.treadmill_lock import TreadmillHeld, hold_treadmill
+from treadguard.controller.treadmill_lock import TreadmillHeld, hold_drive, hold_treadmill
 from treadguard.controller.wallclock import wall_clock
 from treadguard.drivers.base import TreadmillDriver
 from treadguard.safety.core import SafetyCore
@@ -80,6 +80,8 @@ ENDING_SIGNALS = (
     signal.SIGUSR2,
 )
 SENSOR_WARN_EVERY_S = 5.0  # a sensor publishing garbage is logged at most this often
+STATUS_EVERY_S = 1.0  # how often systemd's status line is looked at again
+STATUS_GRACE_S = 5.0  # from start-up, before a drive or broker not reached is said there
 
 
 @dataclass
@@ -117,7 +119,12 @@ class Daemon:
         self._ready = False
         self._clean_exit = False
         self._last_watchdog = -math.inf
-        self._topics_lock: socket.socket | None = None  # held for the process's life
+        self._status_said = ""  # systemd's status line, as last sent
+        self._status_looked = -math.inf
+        self._started = 0.0  # the clock's time at start-up (set in _assemble)
+        # The treadmill's topics and its drive (controller/treadmill_lock.py), held for the
+        # process's life; None: the system refused the lock.
+        self._locks: list[socket.socket | None] = []
         # The one wall clock (SR-16): for the journal's records and the published ts only.
         self.wall = wall_clock()
         # Built in run(): they need the running event loop.
@@ -136,6 +143,7 @@ class Daemon:
         and systemd's status line."""
         loaded, cfg = self.loaded, self.loaded.config
         self.clock = clock = ScaledClock(asyncio.get_running_loop())
+        self._started = clock.time()
         self.to_unix = unix_mapper(clock.time, self.wall)
         journal_path = loaded.resolve(cfg.journal.path)
         # The treadmill's topics on its broker, then the journal, before the drive, the sensors
@@ -143,16 +151,20 @@ class Daemon:
         # drives this treadmill, and this one leaves everything alone (controller/
         # treadmill_lock.py). (Any other journal problem is served: a latched fault.)
         broker = broker_settings(loaded)
+        drive = drive_identity(cfg.drive)
         try:
-            self._topics_lock = hold_treadmill(broker.port, broker.prefix)
+            self._locks.append(hold_treadmill(broker.port, broker.prefix))
+            if not isinstance(cfg.drive, SimulatedDriveSection):  # in-process: its own
+                self._locks.append(hold_drive(drive))
         except TreadmillHeld as exc:
-            self._log.error("treadmill_in_use", prefix=broker.prefix, error=str(exc))
+            self._log.error("treadmill_in_use", prefix=broker.prefix, drive=drive, error=str(exc))
+            self._release_locks()
             raise JournalHeld(str(exc)) from exc
-        if self._topics_lock is None:
+        if None in self._locks:
             self._log.warning(
                 "treadmill_not_locked",
-                message="the system refused the lock on this treadmill's topics: a second "
-                "treadguard process for it would be found only on the broker",
+                message="the system refused a lock on this treadmill's topics or drive: a "
+                "second treadguard process for it would be found only on the broker",
             )
         opened = open_journal(journal_path, max_size_mb=cfg.journal.max_size_mb, wall=self.wall)
         if opened.in_use:
@@ -293,7 +305,11 @@ class Daemon:
         self.system.tick()
         if not self._ready:
             self._ready = True  # the loop ticks and has commanded the belt to stand still
-            self.notifier.notify(READY="1", STATUS=self._status_text())
+            self._status_said = self._status_text()
+            self.notifier.notify(READY="1", STATUS=self._status_said)
+        elif self.clock.time() - self._status_looked >= STATUS_EVERY_S:
+            self._status_looked = self.clock.time()
+            self._refresh_status()
         watchdog = self.notifier.watchdog_s
         now = self.clock.time()
         if watchdog is not None and now - self._last_watchdog >= watchdog:
@@ -301,13 +317,31 @@ class Daemon:
             self.notifier.notify(WATCHDOG="1")
 
     def _status_text(self) -> str:
+        """systemd's status line (`systemctl status treadguard`): the state, and what keeps
+        the treadmill from serving that the state alone does not say: a drive that does not
+        answer, a broker that the daemon is not connected to (and why)."""
         snap = self.core.snapshot()
         text = snap.state.value
         if snap.session is not None:
             text += f", session {snap.session.id} ({snap.session.user})"
         if snap.latched is not None:
             text += f", latched {snap.latched.cause.value}"
+        if self.clock.time() - self._started < STATUS_GRACE_S:
+            return text  # the drive and the broker are still being reached
+        if not math.isfinite(snap.belt_mph):
+            text += "; the drive is not answering"
+        if not self.link.connected:
+            why = self.link.last_error
+            text += "; not connected to the broker" + (f" ({why})" if why else "")
         return text
+
+    def _refresh_status(self) -> None:
+        """The status line again, where it changed (the drive and the broker change it without
+        an event)."""
+        text = self._status_text()
+        if text != self._status_said:
+            self._status_said = text
+            self.notifier.notify(STATUS=text)
 
     def _extra_state(self) -> JsonObject:
         """The state's extensions (docs/tablet-contract.md allows new fields): the control
@@ -330,7 +364,7 @@ class Daemon:
         return extra
 
     def _on_event_status(self, _event: Event) -> None:
-        self.notifier.notify(STATUS=self._status_text())
+        self._refresh_status()
 
     # ------------------------------------------------------------------ sensors
 
@@ -419,7 +453,7 @@ class Daemon:
         try:
             self._assemble()
         except BaseException:
-            self._release_topics()
+            self._release_locks()
             raise
         # What start-up built lives as long as the daemon: out of the collector's sight, a
         # full collection (measured at 12 ms) no longer scans it, and the loop stalls less.
@@ -497,13 +531,14 @@ class Daemon:
             else:
                 self.driver.command_speed(0.0)
             self.system.close()
-            self._release_topics()  # the belt told to stop, the journal closed: let go
+            self._release_locks()  # the belt told to stop, the journal closed: let go
         return 0
 
-    def _release_topics(self) -> None:
-        lock, self._topics_lock = self._topics_lock, None
-        if lock is not None:
-            lock.close()
+    def _release_locks(self) -> None:
+        locks, self._locks = self._locks, []
+        for lock in locks:
+            if lock is not None:
+                lock.close()
 
 
 class LinkEnded(RuntimeError):

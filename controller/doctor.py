@@ -83,7 +83,12 @@ from treadguard.controller.doctor_page import SITE as PAGE_SITE
 from treadguard.controller.doctor_page import check_page, seen
 from treadguard.controller.doctor_relays import relays
 from treadguard.controller.drives import build_driver
-from treadguard.controller.journal import SCHEMA_VERSION, WARN_FRACTION, journal_in_use
+from treadguard.controller.journal import (
+    SCHEMA_VERSION,
+    WARN_FRACTION,
+    drive_identity,
+    journal_in_use,
+)
 from treadguard.controller.journal import schema_version as journal_schema_version
 from treadguard.controller.mqtt_settings import (
     BrokerSettings,
@@ -107,6 +112,7 @@ from treadguard.controller.network_probe import (
 )
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
+from treadguard.controller.treadmill_lock import drive_lock_name, is_held, topic_lock_name
 from treadguard.drivers.trackmaster import TrackmasterDriver
 from treadguard.drivers.trackmaster_codec import BeltState
 from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
@@ -377,7 +383,28 @@ def check_daemon_stopped(loaded: LoadedConfig) -> Check:
             "the drive, the sensors and the broker cannot be checked without disturbing it",
             "sudo systemctl stop treadguard, run the doctor, then sudo systemctl start treadguard",
         )
-    return Check("service stopped", Verdict.OK, "treadguard is not running on this journal")
+    # A treadguard process on another journal (a copied configuration) may still hold this
+    # treadmill's topics or its drive (controller/treadmill_lock.py).
+    broker = broker_settings(loaded)
+    drive = drive_identity(loaded.config.drive)
+    holds = [f"the topics {broker.prefix} on the broker at port {broker.port}"] * is_held(
+        topic_lock_name(broker.port, broker.prefix)
+    )
+    if not isinstance(loaded.config.drive, SimulatedDriveSection) and is_held(
+        drive_lock_name(drive)
+    ):
+        holds.append(f"the {drive}")
+    if holds:
+        return Check(
+            "service stopped",
+            Verdict.FAIL,
+            f"a treadguard process holds {' and '.join(holds)} (the service, or a run from "
+            "another configuration), so the drive, the sensors and the broker cannot be "
+            "checked without disturbing it",
+            "stop it (sudo systemctl stop treadguard; ps -ef | grep treadguard finds one run "
+            "by hand), run the doctor, then start the service again",
+        )
+    return Check("service stopped", Verdict.OK, "treadguard is not running on this treadmill")
 
 
 def serial_devices(loaded: LoadedConfig) -> list[tuple[str, Path]]:

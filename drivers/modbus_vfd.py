@@ -217,6 +217,7 @@ class ModbusVfdDriver:
         self._parameters_checked = False
         self._live = False
         self._ever_linked = False
+        self._said_unreachable = False  # the first failure to reach it, said
         self._status: DriveStatus | None = None
         self._speed_mph = 0.0
         self._refusal: str | None = None
@@ -620,6 +621,11 @@ class ModbusVfdDriver:
             self._event_fault_seen = False
             # One status carrying the fault, then t stops advancing until the link is back.
             self._publish()
+        elif not (self._ever_linked or self._said_unreachable):
+            # Never reached since start-up: said once (the state shows no speed, and a start
+            # is refused, but nothing at the log's usual level said why), then quietly.
+            self._said_unreachable = True
+            _log.warning("%s (the drive has not answered since start-up)", fault)
         else:
             _log.debug("%s", fault)
 

@@ -239,6 +239,7 @@ class TrackmasterDriver:
         self._wake = asyncio.Event()
         self._live = False
         self._ever_live = False
+        self._said_unreachable = False  # the first failure to reach it, said
         self._last_answer_t = 0.0  # the newest valid answer, on the controller's clock
 
         # What the treadmill was told and what it reports.
@@ -914,6 +915,11 @@ class TrackmasterDriver:
             self._event_fault_seq = self._next_seq()
             # One status carrying the fault, then t stops advancing until the link is back.
             self._publish(self._clock())
+        elif not (self._ever_live or self._said_unreachable):
+            # Never reached since start-up: said once (the state shows no speed, and a start
+            # is refused, but nothing at the log's usual level said why), then quietly.
+            self._said_unreachable = True
+            _log.warning("%s (the drive has not answered since start-up)", fault)
         else:
             _log.debug("%s", fault)
         self._wake.set()

@@ -210,3 +210,42 @@ def test_the_procedure_never_takes_a_session_it_did_not_start_for_a_proof_run() 
     assert snap.session is not None
     assert snap.session.id == theirs
     system.close()
+
+
+@pytest.mark.asyncio
+async def test_a_second_process_on_the_services_drive_under_another_id_is_refused(
+    broker: Broker, tmp_path: Path, modbus_device: str
+) -> None:
+    """The service drives a VFD on Modbus TCP as tm-a; a copy of its configuration under
+    another treadmill id (another journal, other topics) but the same drive, run as
+    `treadguard run` or `treadguard commission`, would command the same belt: refused before
+    it opens anything, saying so, and the service is left as it was."""
+    host, _, port = modbus_device.rpartition(":")
+    drive = (
+        f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
+        f"register_map = '{(ROOT / 'config' / 'drives' / 'delta-vfd-e.toml').as_posix()}'\n"
+        "mph_per_hz = 0.05"
+    )
+    service = DaemonProcess(
+        daemon_config(tmp_path, broker.port, treadmill_id="tm-a", sensors="mqtt", drive=drive),
+        tmp_path / "service.log",
+    )
+    service.start()
+    other = daemon_config(tmp_path, broker.port, treadmill_id="tm-b", sensors="mqtt", drive=drive)
+    try:
+        async with clinician(broker, "tm-a") as doc:
+            await doc.state(lambda s: s["speed_mph"] is not None, within=15.0)
+            for command in (("run",), ("commission",)):
+                second = await asyncio.to_thread(
+                    treadguard_cli, *command, "--config", str(other), timeout=COMMAND_S
+                )
+                said = second.stdout + second.stderr
+                assert second.returncode == 1, said
+                assert "another treadguard process drives the modbus tcp" in said, said
+            assert not (tmp_path / "journal-tm-b.sqlite").exists()
+            # Idle, the service publishes a state only on a change: none came, or none latched.
+            seen = [body(m) for m in doc.tab.drain("treadmill/tm-a/state")]
+            assert all(s["latched"] is None for s in seen), seen
+    finally:
+        service.stop()
+    assert '"level": "error"' not in service.log_text()

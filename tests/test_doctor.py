@@ -50,6 +50,7 @@ from tests.mosquitto import (
 )
 from tests.periodic import pause, periodic_elsewhere
 from tests.pki import OPENSSL, make_pki
+from treadguard.config.loading import load_config
 from treadguard.controller.broker_config import (
     EVERY_ACCOUNT,
     AclSyntaxError,
@@ -70,6 +71,7 @@ from treadguard.controller.doctor import (
     service_account,
 )
 from treadguard.controller.journal import SCHEMA_VERSION, Journal
+from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.network_probe import (
     Address,
     board_addresses,
@@ -80,6 +82,7 @@ from treadguard.controller.network_probe import (
     targets,
     websocket_upgrade,
 )
+from treadguard.controller.treadmill_lock import hold_treadmill
 from treadguard.drivers.trackmaster_codec import Command, CommandFrame
 from treadguard.simulator.trackmaster_device import TrackmasterDevice, TrackmasterModel
 
@@ -643,6 +646,30 @@ async def test_a_running_daemon_is_not_disturbed(rig: Rig) -> None:
     finally:
         os.close(lock)
     failed(done, "service stopped", "treadguard is running", "systemctl stop treadguard")
+    assert "drive" not in [line[8:].split("  ")[0].strip() for line in done.out.splitlines()]
+
+
+@pytest.mark.asyncio
+async def test_a_treadguard_process_on_another_journal_is_not_disturbed(rig: Rig) -> None:
+    """A treadguard process run from a copy of the configuration naming another journal holds
+    this treadmill's topics on the broker (controller/treadmill_lock.py), not this journal:
+    the doctor still finds it, and checks nothing it would disturb."""
+    rig.drive = 'kind = "simulator"'
+    config = rig.config()
+    broker = broker_settings(load_config(config))
+    held = hold_treadmill(broker.port, broker.prefix)
+    try:
+        done = await doctor(rig, config, "--service-user", "root")
+    finally:
+        if held is not None:
+            held.close()
+    failed(
+        done,
+        "service stopped",
+        f"a treadguard process holds the topics {broker.prefix} on the broker at port "
+        f"{broker.port}",
+        "systemctl stop treadguard",
+    )
     assert "drive" not in [line[8:].split("  ")[0].strip() for line in done.out.splitlines()]
 
 

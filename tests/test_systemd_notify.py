@@ -97,6 +97,39 @@ def test_sr11_ready_status_watchdog_only_while_ticking_and_stopping(
         daemon.stop()
 
 
+def test_the_status_line_says_a_drive_and_a_broker_not_reached(
+    systemd: FakeSystemd, tmp_path: Path
+) -> None:
+    """A Trackmaster on a port that is not there, a broker where none listens: `systemctl
+    status` would say "idle" alone, and the treadmill serves nobody. The status line says
+    what is not reached (once start-up has had its moment), and the log says the drive."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = closed.getsockname()[1]  # a port no broker listens on, once closed
+    config = daemon_config(
+        tmp_path,
+        nobody,
+        treadmill_id="tm-unreached",
+        sensors="mqtt",
+        drive='kind = "trackmaster"\nport = "/dev/ttyUSB7-absent"',
+    )
+    env = {"NOTIFY_SOCKET": str(systemd.path)}
+    daemon = DaemonProcess(config, tmp_path / "d.log", env=env, commissioned=False)
+    daemon.start()
+    try:
+        assert systemd.next("READY")["STATUS"] == "idle"
+        deadline = time.monotonic() + 15.0
+        status = ""
+        while "broker" not in status and time.monotonic() < deadline:
+            status = systemd.next("STATUS", timeout=15.0)["STATUS"]
+        assert status.startswith("idle; the drive is not answering"), status
+        assert "; not connected to the broker (" in status, status
+    finally:
+        daemon.stop()
+    assert "cannot open /dev/ttyUSB7-absent" in daemon.log_text()
+    assert "has not answered since start-up" in daemon.log_text()
+
+
 def test_outside_systemd_nothing_is_sent_and_the_abstract_namespace_is_understood() -> None:
     quiet = Notifier({})
     assert not quiet.enabled
