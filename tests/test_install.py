@@ -1195,6 +1195,33 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     assert unit["StatusText"] == "idle"
 
 
+def test_an_update_over_a_configuration_that_would_not_start_leaves_the_service_running(
+    board: Board,
+) -> None:
+    """A key mistyped into the configuration while the service runs (it read the file when it
+    started): an update would stop the service, and treadguard would not start again. The
+    update is refused, naming the key, and the running service is left as it was."""
+    box = board.box
+    _start(board)
+    config = box.root / "etc/treadguard/treadguard.toml"
+    kept = config.read_text()
+    old_pid = board.unit("MainPID")["MainPID"]
+    config.write_text(kept + "\n[safety]\nbogus_key = 1\n")
+    try:
+        refused = box.run(
+            "bash", str(INSTALL), "--update", "--pip-find-links", str(WHEELHOUSE),
+            timeout=INSTALL_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stdout
+        assert "bogus_key" in refused.stderr, refused.stderr
+        assert "does not pass check-config" in refused.stderr
+        assert "stopping treadguard" not in refused.stdout
+        unit = board.unit("ActiveState", "MainPID")
+        assert (unit["ActiveState"], unit["MainPID"]) == ("active", old_pid)
+    finally:
+        config.write_text(kept)
+
+
 def _restart_broker(box: SystemdContainer) -> None:
     """Mosquitto restarted by hand, as often as a test needs: systemd's start limit (5 in 10 s)
     counts the installer's restarts too."""
@@ -1833,6 +1860,19 @@ def test_update_refreshes_the_shipped_files_never_edited_and_keeps_edited_ones(
         assert not (box.root / f"{paths[name]}.dist".lstrip("/")).exists()
     assert "warning" not in out.stderr, out.stderr
     assert _recorded(box) == {paths[n]: _sha256(shipped[n]) for n in paths}
+
+
+def test_the_record_commands_of_another_login_say_whose_journal_it_is(board: Board) -> None:
+    """The clinic's own login (here `nobody`) runs the record commands as the guide shows them:
+    the journal's folder is the service user's, so each says so in one line, with the way to
+    run it, never a traceback."""
+    for command in (["history"], ["export", "--csv"], ["commission", "--status"]):
+        out = board.box.run(TREADGUARD, *command, user="nobody", check=False)
+        assert out.returncode in (1, 2), (command, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr, (command, out.stderr)
+        said = out.stdout + out.stderr
+        assert "Permission denied for the user nobody" in said, (command, said)
+        assert "sudo -u treadguard treadguard" in said, (command, said)
 
 
 def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None:
