@@ -1866,8 +1866,12 @@ def test_the_record_commands_of_another_login_say_whose_journal_it_is(board: Boa
     """The clinic's own login (here `nobody`) runs the record commands as the guide shows them:
     the journal's folder is the service user's, so each says so in one line, with the way to
     run it, never a traceback."""
+    assert os.readlink(board.box.root / "usr/local/bin/treadguard") == TREADGUARD
     for command in (["history"], ["export", "--csv"], ["commission", "--status"]):
-        out = board.box.run(TREADGUARD, *command, user="nobody", check=False)
+        # On the login's PATH, as the guide writes it.
+        out = board.box.run(
+            "bash", "-lc", f"treadguard {' '.join(command)}", user="nobody", check=False
+        )
         assert out.returncode in (1, 2), (command, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr, (command, out.stderr)
         said = out.stdout + out.stderr
@@ -1882,6 +1886,7 @@ def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None
     out = board.install("--uninstall").stdout
     assert "kept: /etc/treadguard" in out
     assert not (box.root / "opt/treadguard").exists()
+    assert not (box.root / "usr/local/bin/treadguard").is_symlink()
     assert not (box.root / "etc/systemd/system/treadguard.service").exists()
     assert not (box.root / "etc/mosquitto/conf.d/treadguard.conf").exists()
     assert box.run("systemctl", "cat", "treadguard.service", check=False).returncode != 0
