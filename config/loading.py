@@ -62,11 +62,13 @@ def no_default_config(path: Path, environ: Mapping[str, str] | None = None) -> s
     None when there is a file there."""
     if path.exists():
         return None
-    named = (os.environ if environ is None else environ).get(CONFIG_ENV, "").strip()
+    raw = (os.environ if environ is None else environ).get(CONFIG_ENV)
+    named = (raw or "").strip()
+    unset = "is not set" if raw is None else "is set, but empty"
     where = (
         f"{CONFIG_ENV} names {path}, and there is no file there"
         if named
-        else f"no file at {path}, where an installed treadguard keeps it ({CONFIG_ENV} is not set)"
+        else f"no file at {path}, where an installed treadguard keeps it ({CONFIG_ENV} {unset})"
     )
     return (
         f"no configuration: {where}. Name one with --config FILE "
@@ -300,6 +302,15 @@ def load_config(path: Path) -> LoadedConfig:
     ``TREADGUARD_<SECTION>__<KEY>`` variables of the environment override the file.
     """
     env = os.environ
+    try:
+        # A pipe or a device would hold the reading up for ever (check-config FIFO).
+        other = path.exists() and not path.is_file()
+    except OSError:
+        other = False  # read below, which says why it cannot be
+    if other:
+        raise ConfigError(
+            path, ["(file): not a regular file (a folder, a pipe or a device): name the file"]
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

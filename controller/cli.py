@@ -732,10 +732,12 @@ def cmd_commission(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_FAILED
 
 
-def _number(low: float, *, above: bool = False, inf: bool = False) -> Callable[[str], float]:
-    """An argparse type: a number at least ``low`` (above it, with ``above``), never NaN, and
-    infinite only where ``inf`` allows it; a bad one is argparse's plain error naming the
-    option."""
+def _number(
+    low: float, *, above: bool = False, inf: bool = False, high: float = math.inf
+) -> Callable[[str], float]:
+    """An argparse type: a number at least ``low`` (above it, with ``above``) and at most
+    ``high``, never NaN, and infinite only where ``inf`` allows it; a bad one is argparse's
+    plain error naming the option."""
 
     def parse(text: str) -> float:
         try:
@@ -747,6 +749,8 @@ def _number(low: float, *, above: bool = False, inf: bool = False) -> Callable[[
         if value < low or (above and value == low):
             bound = f"above {low:g}" if above else f"at least {low:g}"
             raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}: {text!r}")
         return value
 
     return parse
@@ -1044,7 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument(
         "--wait-s",
-        type=_number(0.0, above=True),
+        type=_number(0.0, above=True, high=60.0),
         default=3.0,
         metavar="S",
         help="how long the drive, the sensors and the broker get to answer (default 3)",
@@ -1059,7 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument(
         "--walk-wait-s",
-        type=_number(0.0, above=True),
+        type=_number(0.0, above=True, high=600.0),
         default=30.0,
         metavar="S",
         help="with --walk: how long each touch is waited for (default 30)",

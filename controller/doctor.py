@@ -766,10 +766,19 @@ def _drive_fix(loaded: LoadedConfig, said: str) -> str:
             "set the drive's parameters on its keypad: 09.03 communication time-out 0.1-1.0 s "
             "(not 0), 09.02 communication fault action a stop (docs/drivers.md)"
         )
-    if isinstance(loaded.config.drive, TrackmasterDriveSection):
+    drive = loaded.config.drive
+    if isinstance(drive, TrackmasterDriveSection):
         return (
             "check the cable and that the treadmill is on; the baud rate (drive.baud) must "
-            "match the treadmill's (docs/drivers.md)"
+            "match the treadmill's (docs/drivers.md); and that drive.port is the treadmill's "
+            f"adapter ({drive.port} may be another device: ls -l /dev/serial/by-id names each "
+            "USB adapter by its maker and serial number; name it that way)"
+        )
+    if isinstance(drive, ModbusDriveSection) and drive.transport == "rtu":
+        return (
+            "check the cable, the drive's address and its Modbus settings (docs/drivers.md); "
+            f"and that drive.serial_port is the drive's adapter ({drive.serial_port} may be "
+            "another device: ls -l /dev/serial/by-id names each USB adapter)"
         )
     return "check the cable, the drive's address and its Modbus settings (docs/drivers.md)"
 
@@ -908,18 +917,32 @@ async def _walk(readings: dict[Sensor, tuple[float, bool]], options: DoctorOptio
         def flipped(role: Sensor = role, want: bool = want) -> bool:
             return readings[role][1] is want
 
+        before = {other: readings[other][1] for other in readings if other is not role}
         seen = await _until(flipped, options.walk_wait_s)
         words = _state_words(role, want)
         if seen:
             checks.append(Check("sensor walk", Verdict.OK, f"{ROLE_WORDS[role]}: {words} seen"))
         else:
+            # Another input that followed the touch instead: two inputs swapped in the wiring
+            # or the configuration (the left rail's wire on the right grip's line).
+            moved = [o for o, was in before.items() if readings[o][1] is not was]
+            instead = "".join(
+                f"; the {ROLE_WORDS[o]} changed instead (to {_state_words(o, readings[o][1])}): "
+                "the two inputs may be swapped"
+                for o in moved
+            )
             checks.append(
                 Check(
                     "sensor walk",
                     Verdict.FAIL,
-                    f"{ROLE_WORDS[role]}: {words} not seen in {options.walk_wait_s:g} s",
+                    f"{ROLE_WORDS[role]}: {words} not seen in {options.walk_wait_s:g} s" + instead,
                     "the input does not follow the touch: check its wiring, its polarity "
-                    "(active = high or low) and that the right line is configured for it",
+                    "(active = high or low) and that the right line is configured for it"
+                    + (
+                        "; swap the two inputs' lines (or wires) if the other one followed it"
+                        if moved
+                        else ""
+                    ),
                 )
             )
             break

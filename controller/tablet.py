@@ -62,6 +62,7 @@ EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 PASSWORD_ENV = TABLET_PASSWORD_ENV
 BUILTIN_CONFIG = Path(config_package.__file__).parent / "sim.toml"
 DEFAULT_TIMEOUT_S = 5.0
+TIMEOUT_MAX_S = 3600.0  # longer is no wait for a broker but a typing slip (1e29)
 HEARTBEAT_PERIOD_S = 1.0  # docs/tablet-contract.md: a tablet sends one every second
 KEEPALIVE_S = 5  # a broker gone without a word (a cable pulled) is noticed within ~1.5x this
 BACKOFF_MIN_S = 0.2
@@ -622,6 +623,8 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    if value > TIMEOUT_MAX_S:
+        raise argparse.ArgumentTypeError(f"must be at most {TIMEOUT_MAX_S:g} s: {text!r}")
     return value
 
 

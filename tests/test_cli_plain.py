@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -141,6 +142,11 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("run", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("doctor", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("doctor", ["--wait-s", "0", "--config", SIM], "--wait-s"),
+    # A typing slip that would wait for ever.
+    ("doctor", ["--wait-s", "1e29", "--config", SIM], "must be at most 60"),
+    ("tablet", ["heartbeat", "--timeout", "1e29", "--config", SIM], "must be at most 3600 s"),
+    # A pipe, which would hold the reading up for ever.
+    ("check-config", ["{fifo}"], "not a regular file"),
     ("run", ["--config", "{junk}"], "not valid TOML"),
     ("tablet", ["heartbeat", "--port", "70000", "--config", SIM], "70000"),
     ("tablet", ["speed", "nan", "--config", SIM], "nan"),
@@ -202,7 +208,10 @@ def test_a_bad_path_or_value_is_said_plainly(
         empty.read_text(encoding="utf-8") + f"[mqtt]\nprefix = '{long_prefix}'\n",
         encoding="utf-8",
     )
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
     fill = {
+        "{fifo}": str(fifo),
         "{tmp}": str(tmp_path),
         "{junk}": str(junk),
         "{scenario}": str(scenario),

@@ -675,12 +675,15 @@ def run_gets_past_configuration(path: Path) -> None:
 
     async def assemble() -> None:
         daemon = Daemon(loaded)
-        daemon._assemble()
         try:
-            for run in daemon.sensors.build_sources(daemon.clock.time):
-                run.close()  # built, never started
+            daemon._assemble()
+            try:
+                for run in daemon.sensors.build_sources(daemon.clock.time):
+                    run.close()  # built, never started
+            finally:
+                daemon.system.close()
         finally:
-            daemon.system.close()
+            daemon._release_locks()  # as run() does, however it ends
 
     asyncio.run(assemble())
 

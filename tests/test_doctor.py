@@ -481,6 +481,34 @@ async def test_a_sensor_that_does_not_follow_the_touch_fails_the_walk(rig: Rig) 
     failed(done, "sensor walk", "left grip: held not seen in 2 s", "polarity")
 
 
+@pytest.mark.asyncio
+async def test_rails_swapped_in_the_wiring_are_named_by_the_walk(rig: Rig) -> None:
+    """The left rail's wire on the right grip's line: asked to hold the left rail, the
+    technician does, and the right grip changes. The walk says which one changed, and that the
+    two may be swapped."""
+    sensors = Sensors(rig.broker.port, values={r: False for r in ROLES})
+
+    def technician(line: str) -> None:
+        if line == "walk: hold the left rail now":
+            sensors.values["grip_right"] = True  # the left rail, wired to the right's line
+
+    rig.drive = 'kind = "simulator"'
+    async with publishing(sensors):
+        done = await doctor(
+            rig,
+            rig.config(),
+            "--service-user", "root", "--walk", "--walk-wait-s", "2",
+            on_line=technician,
+        )  # fmt: skip
+    failed(
+        done,
+        "sensor walk",
+        "left grip: held not seen in 2 s; the right grip changed instead (to held): the two "
+        "inputs may be swapped",
+        "swap the two inputs' lines",
+    )
+
+
 # ------------------------------------------------------------------ each fault, injected
 
 
