@@ -756,6 +756,14 @@ def _number(
     return parse
 
 
+def _named_path(text: str) -> Path:
+    """An argparse type: a path that names something (an empty one is the working folder
+    to Path, which nobody means by typing nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name the file or folder")
+    return Path(text)
+
+
 def _integer(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` to ``high`` (0x.. accepted)."""
 
@@ -1076,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keep.add_argument(
         "file",
-        type=Path,
+        type=_named_path,
         metavar="FILE",
         help="the copy to write (never overwritten), or a folder to write it in",
     )

@@ -616,6 +616,12 @@ def cmd_tablet(args: argparse.Namespace) -> int:
     return code
 
 
+def _host(text: str) -> str:
+    if not text.strip():  # an empty one fell back to the configuration's, unsaid
+        raise argparse.ArgumentTypeError("an empty host: name the broker's host or address")
+    return text
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -673,7 +679,7 @@ def _connection_options() -> argparse.ArgumentParser:
         "/etc/treadguard/treadguard.toml if present, else the built-in config/sim.toml); "
         "TREADGUARD_MQTT__* variables override it",
     )
-    group.add_argument("--host", help="broker host (default: the configuration's)")
+    group.add_argument("--host", type=_host, help="broker host (default: the configuration's)")
     group.add_argument("--port", type=_port, help="broker port (default: the configuration's)")
     group.add_argument(
         "--prefix", type=_prefix, help="topic prefix (default: treadmill/<treadmill.id>)"

@@ -145,6 +145,9 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     # A typing slip that would wait for ever.
     ("doctor", ["--wait-s", "1e29", "--config", SIM], "must be at most 60"),
     ("tablet", ["heartbeat", "--timeout", "1e29", "--config", SIM], "must be at most 3600 s"),
+    # Nothing typed is no path, and no host (it was the working folder, the configuration's).
+    ("backup", ["", "--config", "{journal_config}"], "an empty path"),
+    ("tablet", ["heartbeat", "--host", "", "--config", SIM], "an empty host"),
     # A pipe, which would hold the reading up for ever.
     ("check-config", ["{fifo}"], "not a regular file"),
     ("run", ["--config", "{junk}"], "not valid TOML"),
