@@ -760,17 +760,21 @@ class TabletLink:
     def _connection_lost(self) -> None:
         """A connection that was up has been lost. Lost within SHORT_CONNECTION_S of being
         made, SHORT_CONNECTIONS_MAX times within SHORT_CONNECTIONS_WINDOW_S, it is the daemon
-        knocked off the broker again and again: another client connecting with the daemon's
-        client id (Mosquitto closes the older connection without a word, and the two take
-        turns), or a broker that keeps dropping it. Either way the tablet's commands, an
-        E-STOP among them, are lost at random while the belt runs: a rival controller
-        (SR-12), the belt stopped and the fault latched. A broker that binds client ids to
-        accounts lets no other account do this; one that does not, or the daemon's own
+        knocked off the broker again and again during a session: another client connecting
+        with the daemon's client id (Mosquitto closes the older connection without a word, and
+        the two take turns), or a broker that keeps dropping it. Either way the tablet's
+        commands, an E-STOP among them, are lost at random while the belt runs: a rival
+        controller (SR-12), the belt stopped and the fault latched. A broker that binds client
+        ids to accounts lets no other account do this; one that does not, or the daemon's own
         account used elsewhere, does."""
         try:
             now = self._hooks.now()
             made, self._connected_at = self._connected_at, None
             if made is None or now - made > SHORT_CONNECTION_S:
+                return
+            if self._hooks.snapshot().session is None:
+                # No session: no belt to stop for a command lost, and the board's own broker
+                # restarts (an install, an update) come in quick turns between sessions.
                 return
             short = self._short_connections
             short.append(now)
