@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,22 +130,6 @@ async def test_a_history_query_never_reads_a_journal_put_in_the_daemons_place(
         assert "no longer the journal the daemon writes" in answer["error"]["message"]
 
 
-def workers_of(pid: int) -> list[int]:
-    """The proposal worker processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"proposal_worker" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.asyncio
 async def test_a_history_answer_says_why_it_has_no_proposal(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
@@ -157,11 +140,7 @@ async def test_a_history_answer_says_why_it_has_no_proposal(
     tm = "tm-no-proposal"
     daemon = make_daemon(treadmill_id=tm)
     async with tablet_queries(broker, tm) as ask:
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write("\n[[[broken\n")
-        assert daemon.proc is not None
-        for worker in workers_of(daemon.proc.pid):
-            os.kill(worker, signal.SIGKILL)
+        daemon.break_configuration()
         answer = await ask("history", user="u-none")
     assert answer["ok"] is True, answer
     assert "proposal" not in answer

@@ -11,9 +11,7 @@ time, when the page or the queries change.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time as clock
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
@@ -30,7 +28,6 @@ from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
 from tests.test_daemon_from_history import seed_first_session
-from tests.test_journal_replaced import workers_of
 from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
     ONLINE_WAIT_MS,
     broker,
@@ -232,11 +229,7 @@ async def test_the_patient_view_says_why_there_is_no_proposal(
     tm = "tm-patient-none"
     daemon = make_daemon(treadmill_id=tm)
     async with opened(broker, tm) as tab:
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write("\n[[[broken\n")
-        assert daemon.proc is not None
-        for worker in workers_of(daemon.proc.pid):
-            os.kill(worker, signal.SIGKILL)
+        daemon.break_configuration()
         page = tab.page
         await page.fill("#user", "u-none")
         await page.click("#patient-open")
