@@ -92,8 +92,8 @@ class _SensorHealth:
 
 class JournalHeld(RuntimeError):
     """Another process (the service daemon, a commissioning run) drives this treadmill: its
-    journal's lock, or the lock on its topics on the broker, is held. Raised before anything
-    is connected: this process must not speak
+    journal's lock, or the lock on its topics on the broker or on its drive, is held. Raised
+    before anything is connected: this process must not speak
     for the treadmill on MQTT (under the daemon's client id and state topic it would take the
     running daemon's connection over, or be seen as its rival and stop the patient's belt),
     nor open the drive's port."""
@@ -146,10 +146,11 @@ class Daemon:
         self._started = clock.time()
         self.to_unix = unix_mapper(clock.time, self.wall)
         journal_path = loaded.resolve(cfg.journal.path)
-        # The treadmill's topics on its broker, then the journal, before the drive, the sensors
-        # or the MQTT link are built: either held by another process means another treadguard
-        # drives this treadmill, and this one leaves everything alone (controller/
-        # treadmill_lock.py). (Any other journal problem is served: a latched fault.)
+        # The treadmill's topics on its broker and its drive, then the journal, before the
+        # drive, the sensors or the MQTT link are built: any of them held by another process
+        # means another treadguard drives this treadmill, and this one leaves everything alone
+        # (controller/treadmill_lock.py). (Any other journal problem is served: a latched
+        # fault.)
         broker = broker_settings(loaded)
         drive = drive_identity(cfg.drive)
         try:
