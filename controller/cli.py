@@ -1181,7 +1181,15 @@ def main(argv: list[str] | None = None) -> int:
         if chosen is None:
             return EXIT_BAD_INPUT
         args.config = chosen
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`treadguard history | head -1`): nothing more to say to it.
+        # Standard output is pointed at nothing so that the interpreter's own flush at exit
+        # does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
     return code
 
 

@@ -155,8 +155,7 @@ class Daemon:
         drive = drive_identity(cfg.drive)
         try:
             self._locks.append(hold_treadmill(broker.port, broker.prefix))
-            if not isinstance(cfg.drive, SimulatedDriveSection):  # in-process: its own
-                self._locks.append(hold_drive(drive))
+            self._locks += hold_drive(cfg.drive)
         except TreadmillHeld as exc:
             self._log.error("treadmill_in_use", prefix=broker.prefix, drive=drive, error=str(exc))
             self._release_locks()

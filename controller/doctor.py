@@ -112,7 +112,7 @@ from treadguard.controller.network_probe import (
 )
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
-from treadguard.controller.treadmill_lock import drive_lock_name, is_held, topic_lock_name
+from treadguard.controller.treadmill_lock import drive_lock_names, is_held, topic_lock_name
 from treadguard.drivers.trackmaster import TrackmasterDriver
 from treadguard.drivers.trackmaster_codec import BeltState
 from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
@@ -390,9 +390,7 @@ def check_daemon_stopped(loaded: LoadedConfig) -> Check:
     holds = [f"the topics {broker.prefix} on the broker at port {broker.port}"] * is_held(
         topic_lock_name(broker.port, broker.prefix)
     )
-    if not isinstance(loaded.config.drive, SimulatedDriveSection) and is_held(
-        drive_lock_name(drive)
-    ):
+    if any(is_held(name) for name in drive_lock_names(loaded.config.drive)):
         holds.append(f"the {drive}")
     if holds:
         return Check(

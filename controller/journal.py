@@ -526,8 +526,9 @@ class Journal:
             self._checkpoint_lock.release()
         return (
             f"{self._named} was written by another program while treadguard ran (a copy put "
-            "over it in place, say): its pages are no longer the ones this daemon wrote; "
-            "restart treadguard, and restore a journal only with the service stopped"
+            "over it in place, or an sqlite3 command that wrote to it, a checkpoint included): "
+            "its pages may no longer be the ones this daemon wrote; restart treadguard, and "
+            "open the journal with other programs only with the service stopped"
         )
 
     def identity(self) -> str | None:

@@ -772,10 +772,6 @@ class TabletLink:
             made, self._connected_at = self._connected_at, None
             if made is None or now - made > SHORT_CONNECTION_S:
                 return
-            if self._hooks.snapshot().session is None:
-                # No session: no belt to stop for a command lost, and the board's own broker
-                # restarts (an install, an update) come in quick turns between sessions.
-                return
             short = self._short_connections
             short.append(now)
             while short and short[0] < now - SHORT_CONNECTIONS_WINDOW_S:
@@ -783,6 +779,22 @@ class TabletLink:
             if len(short) < SHORT_CONNECTIONS_MAX:
                 return
             short.clear()
+            if self._hooks.snapshot().session is None:
+                # No session: no belt to stop for a command lost, and the board's own broker
+                # restarts (an install, an update) come in quick turns between sessions. Said
+                # (at most every RIVAL_LOG_EVERY_S), for whoever looks at the log of a
+                # treadmill whose tablet gets no replies.
+                if now - self._rival_logged_t < RIVAL_LOG_EVERY_S:
+                    return
+                self._rival_logged_t = now
+                self._log.warning(
+                    "mqtt_knocked_off_idle",
+                    client_id=self._identifier,
+                    message=f"the connection to the broker was lost {SHORT_CONNECTIONS_MAX} "
+                    f"times within {SHORT_CONNECTIONS_WINDOW_S:g} s: another client with this "
+                    "daemon's client id, or a broker that keeps restarting or dropping it",
+                )
+                return
             said = (
                 f"the daemon's connection to the broker was lost {SHORT_CONNECTIONS_MAX} times "
                 f"within {SHORT_CONNECTIONS_WINDOW_S:g} s, each within "

@@ -624,7 +624,7 @@ def sessions_csv(
         writer.writerow(
             (
                 s.id,
-                s.user,
+                _cell(s.user),  # a code may begin with = or @ (the contract allows them)
                 s.program,
                 clinic.title(s.program),
                 t.iso(s.started_at, clinic.zone),

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import socket
+
+from treadguard.config.schema import DriveSection, ModbusDriveSection, TrackmasterDriveSection
+from treadguard.controller.journal import drive_identity
 
 
 class TreadmillHeld(RuntimeError):
@@ -36,11 +40,37 @@ def topic_lock_name(port: int, prefix: str) -> bytes:
     return _name(f"topics {port} {prefix}")
 
 
-def drive_lock_name(drive: str) -> bytes:
-    """The abstract socket name for the drive ``drive`` names (journal.drive_identity: its
-    kind and where it is reached): a second process on it, under another treadmill id or
-    broker, would command the same belt."""
-    return _name(f"drive {drive}")
+def drive_lock_names(drive: DriveSection) -> list[bytes]:
+    """The abstract socket names for the drive ``drive`` configures, however it is spelled:
+    a serial port by the device its name leads to (/dev/serial/by-id/... and /dev/ttyUSB0
+    are one), a Modbus TCP host by each address it resolves to (localhost and 127.0.0.1, a
+    name and its address, are one); a second process on it, under another treadmill id or
+    broker, would command the same belt. No name for the in-process simulator (each process
+    has its own)."""
+    if isinstance(drive, TrackmasterDriveSection):
+        return [_name(f"serial {_device(drive.port)}")]
+    if not isinstance(drive, ModbusDriveSection):
+        return []
+    if drive.transport == "rtu":
+        return [_name(f"serial {_device(str(drive.serial_port))}")]
+    return [
+        _name(f"modbus tcp {address}:{drive.tcp_port} unit {drive.device_id}")
+        for address in _addresses(str(drive.host), drive.tcp_port)
+    ]
+
+
+def _device(port: str) -> str:
+    return os.path.realpath(port)
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (sorted), or the host as written if it resolves to
+    none: the lock is then only as good as its spelling."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return [host]
+    return sorted({str(info[4][0]) for info in found}) or [host]
 
 
 def _name(key: str) -> bytes:
@@ -57,13 +87,27 @@ def hold_treadmill(port: int, prefix: str) -> socket.socket | None:
     )
 
 
-def hold_drive(drive: str) -> socket.socket | None:
-    """The lock on the drive ``drive`` names: see :func:`hold`."""
-    return hold(
-        drive_lock_name(drive),
-        f"another treadguard process drives the {drive} (the service, or a commissioning "
-        "run, perhaps with a configuration for another treadmill id): stop that first",
-    )
+def hold_drive(drive: DriveSection) -> list[socket.socket | None]:
+    """The locks on the drive ``drive`` configures (see drive_lock_names), each as
+    :func:`hold`; none held if one is another's."""
+    said = drive_identity(drive)
+    held: list[socket.socket | None] = []
+    try:
+        for name in drive_lock_names(drive):
+            held.append(
+                hold(
+                    name,
+                    f"another treadguard process drives the {said} (the service, or a "
+                    "commissioning run, perhaps with a configuration for another treadmill "
+                    "id, or naming the drive another way): stop that first",
+                )
+            )
+    except TreadmillHeld:
+        for lock in held:
+            if lock is not None:
+                lock.close()
+        raise
+    return held
 
 
 def hold(name: bytes, held: str) -> socket.socket | None:

@@ -230,3 +230,22 @@ def test_a_bad_path_or_value_is_said_plainly(
     assert done.returncode != 0, said
     assert "Traceback" not in said, said
     assert fill.get(named, named) in said, said
+
+
+def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:
+    """`treadguard commission --status | head -0`: the pipe closed before the command writes;
+    it ends quietly (exit 1), with no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "treadguard.controller.cli", "commission", "--status",
+         "--config", SIM],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1, err
+    assert "Traceback" not in err, err

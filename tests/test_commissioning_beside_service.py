@@ -218,8 +218,9 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
 ) -> None:
     """The service drives a VFD on Modbus TCP as tm-a; a copy of its configuration under
     another treadmill id (another journal, other topics) but the same drive, run as
-    `treadguard run` or `treadguard commission`, would command the same belt: refused before
-    it opens anything, saying so, and the service is left as it was."""
+    `treadguard run` or `treadguard commission`, would command the same belt, also with the
+    drive's host named another way (localhost for 127.0.0.1): refused before it opens
+    anything, saying so, and the service is left as it was."""
     host, _, port = modbus_device.rpartition(":")
     drive = (
         f'kind = "modbus"\ntransport = "tcp"\nhost = "{host}"\ntcp_port = {port}\n'
@@ -231,18 +232,23 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
         tmp_path / "service.log",
     )
     service.start()
-    other = daemon_config(tmp_path, broker.port, treadmill_id="tm-b", sensors="mqtt", drive=drive)
+    # The same drive, named as the service names it and by another name for its host.
+    spelt = drive.replace(f'host = "{host}"', 'host = "localhost"')
+    assert spelt != drive
+    same = daemon_config(tmp_path, broker.port, treadmill_id="tm-b", sensors="mqtt", drive=drive)
+    other = daemon_config(tmp_path, broker.port, treadmill_id="tm-c", sensors="mqtt", drive=spelt)
     try:
         async with clinician(broker, "tm-a") as doc:
             await doc.state(lambda s: s["speed_mph"] is not None, within=15.0)
-            for command in (("run",), ("commission",)):
+            for command, config in ((("run",), same), (("commission",), same), (("run",), other)):
                 second = await asyncio.to_thread(
-                    treadguard_cli, *command, "--config", str(other), timeout=COMMAND_S
+                    treadguard_cli, *command, "--config", str(config), timeout=COMMAND_S
                 )
                 said = second.stdout + second.stderr
                 assert second.returncode == 1, said
                 assert "another treadguard process drives the modbus tcp" in said, said
             assert not (tmp_path / "journal-tm-b.sqlite").exists()
+            assert not (tmp_path / "journal-tm-c.sqlite").exists()
             # Idle, the service publishes a state only on a change: none came, or none latched.
             seen = [body(m) for m in doc.tab.drain("treadmill/tm-a/state")]
             assert all(s["latched"] is None for s in seen), seen

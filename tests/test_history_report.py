@@ -631,12 +631,12 @@ def test_plan_says_the_proposal_its_reason_and_the_measures(tmp_path: Path) -> N
 
 
 def test_a_note_a_spreadsheet_would_run_is_written_as_text(tmp_path: Path) -> None:
-    """A note typed on the tablet as "=HYPERLINK(...)" or "@SUM(...)" opens as text in a
-    spreadsheet, never as a formula (an ordinary note is written as typed: the test above)."""
+    """A note typed on the tablet as "=HYPERLINK(...)" or "@SUM(...)", or a user code such
+    as "=1+1", opens as text in a spreadsheet, never as a formula (an ordinary note is written
+    as typed: the test above)."""
     path = daemon_config(tmp_path, 1883, treadmill_id="tm-n")
-    write_sessions(
-        tmp_path / "journal-tm-n.sqlite", [("ann", "first_session", "cap", 180.0, 180.0, 0.8)]
-    )
+    session = ("=1+1", "first_session", "cap", 180.0, 180.0, 0.8)  # a code the contract allows
+    write_sessions(tmp_path / "journal-tm-n.sqlite", [session])
     journal = Journal.open(tmp_path / "journal-tm-n.sqlite")
     for k, (when, notes) in enumerate(
         (("before", '=HYPERLINK("http://x.example","ok")'), ("after", "-2 then @SUM(A1)"))
@@ -652,4 +652,5 @@ def test_a_note_a_spreadsheet_would_run_is_written_as_text(tmp_path: Path) -> No
     assert row["notes_before"] == '\'=HYPERLINK("http://x.example","ok")'
     assert row["notes_after"] == "'-2 then @SUM(A1)"
     assert row["clinician"] == "'+dr"
+    assert row["user"] == "'=1+1"
     assert (row["pain_before"], row["pain_after"]) == ("3", "3")
