@@ -34,6 +34,7 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.FEEDBACK_MISMATCH: "the belt did not follow the commanded speed",
     Cause.JOURNAL: "the session journal cannot be written",
     Cause.RIVAL_DAEMON: "another controller is driving this treadmill",
+    Cause.SHUTDOWN: "treadguard was shutting down and stopped the belt at once",
 }
 
 # What must be done before Reset, once the belt stands still: only what the cause needs (an
@@ -48,6 +49,7 @@ CAUSE_HINTS: dict[Cause, str] = {
     Cause.FEEDBACK_MISMATCH: "Check the belt and the drive's speed feedback, then press Reset.",
     Cause.JOURNAL: "Free the board's storage (call the technician), then press Reset.",
     Cause.RIVAL_DAEMON: "Stop the other controller (call the technician), then press Reset.",
+    Cause.SHUTDOWN: "Nothing to clear: treadguard is stopping.",
 }
 
 # How a session ended (completes "Session 3 ended: ...").

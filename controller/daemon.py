@@ -421,6 +421,12 @@ class Daemon:
         """SR-11: controlled stop, standstill (bounded), then out; an emergency stop if the
         belt is not at standstill by the bound."""
         self.controller.submit(Shutdown(t=self.clock.time()))
+        if self.driver.status() is None:
+            # The drive has never answered since start-up: no start was accepted, so this
+            # daemon never moved the belt, and no standstill will ever be reported to wait for
+            # (waiting would only end in an emergency stop on record that nobody pressed).
+            self._log.info("shutdown_complete", state=self.core.state.value, drive="never answered")
+            return
         deadline = self.clock.time() + SHUTDOWN_BOUND_S
         period = self.system.period_s
         # Polled at the tick period: the control loop keeps running meanwhile and is what

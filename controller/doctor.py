@@ -308,6 +308,27 @@ def check_configuration(path: Path) -> tuple[Check, LoadedConfig | None]:
     )
 
 
+def _configuration_unreadable(loaded: LoadedConfig, account: Account | None) -> Check | None:
+    """A FAIL when the service's user may not read the configuration the doctor read (as
+    root it reads anything): the service would not start."""
+    if account is None:
+        return None
+    files = [loaded.path, *([loaded.rules_path] if loaded.rules_path is not None else [])]
+    folders = [loaded.resolve(loaded.config.programs.dir)]
+    denied = [f for f in files if not account.may(f, 4)]
+    denied += [d for d in folders if not account.may(d, 5)]
+    if not denied:
+        return None
+    return Check(
+        "configuration",
+        Verdict.FAIL,
+        f"{', '.join(str(p) for p in denied)} cannot be read by {account.name}, the service's "
+        "user: treadguard would not start",
+        f"sudo chmod a+r {' '.join(str(p) for p in denied)} (a folder a+rx); the passwords "
+        "belong in /etc/treadguard/environment, which systemd reads as root",
+    )
+
+
 def _drive_words(loaded: LoadedConfig) -> str:
     drive = loaded.config.drive
     match drive:
@@ -2918,6 +2939,9 @@ async def diagnose(path: Path, options: DoctorOptions) -> Report:
         return report
     user = options.service_user
     account = service_account(user)
+    unreadable = _configuration_unreadable(loaded, account)
+    if unreadable is not None:
+        report.add(unreadable)
     stopped = check_daemon_stopped(loaded)
     report.add(stopped)
     for check in check_serial(loaded, account, user) + check_gpio(loaded, account, user):

@@ -771,7 +771,7 @@ class System:
         (:meth:`Controller.hold_stopped`) and the failure is logged, not raised; only a
         cancellation or an exit goes on, after the hold."""
         try:
-            self.controller.submit(EStop(t=self.clock.time()))
+            self.controller.submit(EStop(t=self.clock.time(), why=why))
         except BaseException as exc:  # a cancellation too: the belt is held either way
             self._log.error(
                 "emergency_stop_failed",

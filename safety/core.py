@@ -725,8 +725,11 @@ class SafetyCore:
         match cmd:
             case Heartbeat():
                 return ACCEPTED
-            case EStop():
+            case EStop(why=None):
                 self._latch(State.ESTOP, Cause.REMOTE_ESTOP, "estop command")
+                return ACCEPTED
+            case EStop(why=str(why)):
+                self._latch(State.ESTOP, Cause.SHUTDOWN, why)
                 return ACCEPTED
             case StartSession():
                 reply = self._start(cmd)

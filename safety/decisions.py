@@ -31,6 +31,7 @@ class Cause(StrEnum):
     FEEDBACK_MISMATCH = "feedback_mismatch"
     JOURNAL = "journal"
     RIVAL_DAEMON = "rival_daemon"
+    SHUTDOWN = "shutdown"  # the daemon, shutting down, stopped the belt at once
 
 
 class EventType(StrEnum):

@@ -171,8 +171,12 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class EStop:
+    """An emergency stop: the tablet's (``why`` None), or one the daemon itself decided
+    while shutting down (``why`` says why: a second signal, a standstill not reached)."""
+
     TYPE: ClassVar[CommandType] = CommandType.ESTOP
     t: float
+    why: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ control (Ctrl-Z's SIGTSTP) does not freeze the process that drives the belt."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 
 import pytest
@@ -48,3 +49,44 @@ async def test_ctrl_z_does_not_freeze_the_daemon_driving_the_belt(
         assert running(later), later
         await doc.command("stop")
         await doc.until(lambda s: s["state"] == "idle", within=15.0)
+
+
+@pytest.mark.asyncio
+async def test_a_second_signal_stops_the_belt_at_once_on_record_as_the_daemons(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """SIGTERM, and SIGTERM again before standstill: an emergency stop at once, and the record
+    says the daemon stopped the belt (cause shutdown, a second signal), not a tablet."""
+    tm = "tm-second-signal"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.start_running("u-twice", program="first_session")
+        daemon.signal(signal.SIGTERM)
+        await doc.event("stopping")
+        daemon.signal(signal.SIGTERM)
+        estop = await doc.event("estop")
+    assert (estop["cause"], estop["detail"]) == ("shutdown", "second signal"), estop
+    assert daemon.wait() == 0
+
+
+def test_a_daemon_whose_drive_never_answered_ends_at_once_with_no_stop_on_record(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A Trackmaster on a port that is not there: the daemon never moved a belt, so a SIGTERM
+    ends it at once, with no emergency stop waited for and recorded that nobody pressed."""
+    daemon = make_daemon(
+        treadmill_id="tm-never-answered",
+        sensors="mqtt",
+        drive='kind = "trackmaster"\nport = "/dev/ttyUSB9-absent"',
+        commissioned=False,
+    )
+    deadline = time.monotonic() + 15.0
+    while "daemon_started" not in daemon.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # a poll of the daemon's log for its start
+    daemon.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert daemon.wait() == 0
+    assert time.monotonic() - sent < 5.0  # SR-11's 10 s bound not waited out
+    log = daemon.log_text()
+    assert "shutdown_standstill_timeout" not in log
+    assert '"drive": "never answered"' in log

@@ -656,6 +656,23 @@ async def test_a_journal_near_its_limit(rig: Rig) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_configuration_the_service_user_may_not_read(rig: Rig) -> None:
+    """The doctor, run as root, reads the configuration; the service's user (here `nobody`,
+    for whom the test's folder is closed) may not, and the service would not start."""
+    rig.drive = 'kind = "simulator"'
+    config = rig.config()
+    async with publishing(Sensors(rig.broker.port)):
+        done = await doctor(rig, config, "--service-user", "nobody")
+    failed(
+        done,
+        "configuration",
+        f"{config}",
+        "cannot be read by nobody, the service's user: treadguard would not start",
+        "sudo chmod a+r",
+    )
+
+
+@pytest.mark.asyncio
 async def test_a_journal_folder_the_service_user_may_not_write(rig: Rig) -> None:
     rig.drive = 'kind = "simulator"'
     (rig.tmp / "var").chmod(0o755)

@@ -1190,6 +1190,10 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     _start(board)
     config = box.root / "etc/treadguard/treadguard.toml"
     config.write_text(config.read_text() + "# the clinic's own edit\n")
+    # A setting quoted in the environment file, as systemd reads it (the quotes taken off):
+    # the update's check of the configuration reads it the same way.
+    environment = box.root / "etc/treadguard/environment"
+    environment.write_text(environment.read_text() + 'TREADGUARD_MQTT__PORT="1883"\n')
     etc_before = {k: v for k, v in _tree(box.root).items() if k.startswith("etc/treadguard")}
     sessions = board.sessions()
     old_pid = board.unit("MainPID")["MainPID"]

@@ -2089,3 +2089,24 @@ def test_stop_watch_a_stop_from_exactly_the_lowest_measured_speed_is_judged_when
         bench.submit(DriveFeedback(bench.t, 0.5))
         bench.submit(Tick(bench.t))
     assert bench.verdicts()[:1] == ["slow"]
+
+
+@pytest.mark.parametrize(
+    ("why", "cause", "detail"),
+    [
+        (None, Cause.REMOTE_ESTOP, "estop command"),
+        ("second signal", Cause.SHUTDOWN, "second signal"),
+    ],
+)
+def test_an_estop_the_daemon_decides_is_recorded_as_its_own_not_the_tablets(
+    why: str | None, cause: Cause, detail: str
+) -> None:
+    """The tablet's E-STOP is recorded as pressed on a tablet; one the daemon decided while
+    shutting down says so and why, so the patient's record never blames a tablet for it."""
+    core = _core(commissioned_until=math.inf)
+    d = core.handle(EStop(0.5, why=why))
+    (estop,) = [e for e in d.events if e.type is EventType.ESTOP]
+    assert (estop.fields["cause"], estop.fields["detail"]) == (cause.value, detail)
+    latch = core.snapshot().latched
+    assert latch is not None
+    assert latch.cause is cause
