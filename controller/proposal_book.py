@@ -57,6 +57,8 @@ DAY_CHECK_S = 60.0
 WORKER_TIMEOUT_S = 30.0
 # The worker yields the processor to the daemon and the board's other services.
 WORKER_NICENESS = 10
+# How often the keeper asks the worker whether the configuration on disk still serves.
+CONFIG_CHECK_S = 2.0
 # How long a history query waits for the user's proposal being worked out.
 PROPOSAL_WAIT_S = 10.0
 
@@ -93,6 +95,9 @@ class ProposalSource(Protocol):
         """Whose ``session`` is: said before an event that names only the session (an entry
         of the record after it), so that only that user's proposal is worked out again."""
 
+    def refusal(self) -> str | None:
+        """Why no start from history may go ahead now, a first session's included."""
+
 
 @dataclass(frozen=True)
 class _Entry:
@@ -125,6 +130,13 @@ class ProposalBook:
         self._due: dict[str, None] = {}  # insertion-ordered set
         self.wake: Callable[[], None] = lambda: None
         self.broken: str | None = None  # why no entry will be worked out any more
+        # Why no entry may be used now: the configuration changed on disk since the daemon
+        # started (the worker says so), so proposals would follow other rules.
+        self.config_changed: str | None = None
+
+    def refusal(self) -> str | None:
+        """Why no start from history may go ahead now, whoever's (None: each by its entry)."""
+        return self.broken if self.broken is not None else self.config_changed
 
     # ------------------------------------------------------------------ the record changes
 
@@ -196,8 +208,9 @@ class ProposalBook:
     def choice(self, user: str) -> StartChoice | NotKnown:
         """The proposal's program and cap for a start without a program, if ``user``'s entry
         is current; else why not (and it is asked for)."""
-        if self.broken is not None:
-            return NotKnown(self.broken)
+        why = self.refusal()
+        if why is not None:
+            return NotKnown(why)
         current = self._current(user)
         if current is not None:
             if isinstance(current.outcome, NotKnown):
@@ -322,6 +335,9 @@ class WorkedOutOnDemand:
     def session_of(self, session: str, user: str) -> None:
         pass
 
+    def refusal(self) -> str | None:
+        return None
+
 
 def fingerprint(loaded: LoadedConfig) -> str:
     """What a proposal is worked out from, besides the record: the rules, the programs, the
@@ -359,11 +375,29 @@ class WorkerProcess:
         self._identity = journal_identity
         self._timeout_s = timeout_s
         self._proc: asyncio.subprocess.Process | None = None
+        self._one_at_a_time = asyncio.Lock()  # a request and its answer, a line each
+
+    async def check(self) -> str | None:
+        """Whether the configuration on disk still serves (the worker looks at its files):
+        why not, or None. A worker that cannot answer says nothing here (a request will)."""
+        try:
+            async with self._one_at_a_time:
+                proc = await self._running()
+                line = await asyncio.wait_for(self._send(proc, {"check": True}), self._timeout_s)
+            got = json.loads(line) if line else {}
+            why = got.get("not_known") if isinstance(got, dict) else None
+            return why if isinstance(why, str) else None
+        except (OSError, EOFError, ValueError, TimeoutError):
+            await self.close()
+            return None
 
     async def ask(self, user: str, now: float) -> StartChoice | NotKnown:
         try:
-            proc = await self._running()
-            line = await asyncio.wait_for(self._exchange(proc, user, now), self._timeout_s)
+            async with self._one_at_a_time:
+                proc = await self._running()
+                line = await asyncio.wait_for(
+                    self._send(proc, {"user": user, "now": now}), self._timeout_s
+                )
             if not line:
                 raise EOFError("the proposal worker ended")
             got = json.loads(line)
@@ -386,10 +420,10 @@ class WorkerProcess:
             )
 
     @staticmethod
-    async def _exchange(proc: asyncio.subprocess.Process, user: str, now: float) -> bytes:
+    async def _send(proc: asyncio.subprocess.Process, request: JsonObject) -> bytes:
         if proc.stdin is None or proc.stdout is None:
             raise EOFError("the proposal worker has no pipes")
-        proc.stdin.write(json.dumps({"user": user, "now": now}).encode() + b"\n")
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
         await proc.stdin.drain()
         return await proc.stdout.readline()
 
@@ -453,6 +487,9 @@ class BookKeeper:
     def choice(self, user: str) -> StartChoice | NotKnown:
         return self.book.choice(user)
 
+    def refusal(self) -> str | None:
+        return self.book.refusal()
+
     def on_event(self, event: Event) -> None:
         self.book.on_event(event)
 
@@ -470,8 +507,9 @@ class BookKeeper:
                         return dict(got.proposal) or NotKnown("the proposal came back empty")
                     if isinstance(got, NotKnown):
                         return got
-                    if self.book.broken is not None:
-                        return NotKnown(self.book.broken)
+                    why = self.book.refusal()
+                    if why is not None:
+                        return NotKnown(why)
                     self.book.ask(user)
                     await self._answered.wait()
         except TimeoutError:
@@ -506,6 +544,7 @@ class BookKeeper:
         day = self._day()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._days(day), name="proposal-days")
+            tg.create_task(self._configuration(), name="proposal-configuration")
             while True:
                 waiting = self.book.due()
                 if waiting is None:
@@ -523,6 +562,22 @@ class BookKeeper:
                 self.worked_out += 1
                 async with self._answered:
                     self._answered.notify_all()
+
+    async def _configuration(self) -> None:
+        """Every CONFIG_CHECK_S, whether the configuration on disk still gives the rules and
+        programs the daemon runs: an edit since it started refuses every start from history
+        (saying so) until the file is as it was, or the daemon restarted."""
+        while True:
+            why = await self._worker.check()
+            if why != self.book.config_changed:
+                if why is not None:
+                    self._log.warning("proposals_configuration_changed", why=why)
+                else:
+                    self._log.info("proposals_configuration_as_started")
+                self.book.config_changed = why
+                async with self._answered:
+                    self._answered.notify_all()
+            await asyncio.sleep(CONFIG_CHECK_S)  # a period, not a synchronisation
 
     async def _days(self, day: str) -> None:
         while True:

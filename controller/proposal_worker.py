@@ -77,26 +77,80 @@ def answer(
     }
 
 
-def serve(
-    loaded: LoadedConfig | ConfigError,
-    lines: TextIO,
-    out: TextIO,
-    *,
-    expected: str | None = None,
-    identity: str | None = None,
-) -> None:
-    """Each line of ``lines`` answered on ``out``. ``loaded``: the configuration, or why it
-    could not be loaded (then every request is answered with that)."""
-    refusal = _refusal(loaded, expected)
+class WorkerConfig:
+    """The configuration the worker works from, loaded again whenever its files change on
+    disk (the file, the rules file, the programs' folder): the daemon's core runs what it
+    loaded when it started, so an edit since then must refuse the proposals, not wait for the
+    worker's next start to be seen."""
+
+    def __init__(self, path: Path, expected: str | None = None) -> None:
+        """``expected``: the daemon's fingerprint() of what it loaded, if it has one."""
+        self.path = path
+        self.expected = expected
+        self.loaded: LoadedConfig | ConfigError = ConfigError(path, ["not loaded yet"])
+        self.refusal: str | None = None
+        self._seen: object = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        seen = _files_seen(self.path, self.loaded)
+        if seen == self._seen:
+            return
+        self.loaded = _load(self.path)
+        self.refusal = _refusal(self.loaded, self.expected)
+        # Looked at again with what was loaded (its rules file, its programs' folder).
+        self._seen = _files_seen(self.path, self.loaded)
+
+
+def _load(path: Path) -> LoadedConfig | ConfigError:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        return exc
+    except Exception as exc:  # whatever it was: every request says so, the worker stays
+        return ConfigError(path, [f"{type(exc).__name__}: {exc}"])
+
+
+def _files_seen(path: Path, loaded: LoadedConfig | ConfigError) -> object:
+    """What the configuration's files look like on disk, cheaply: each one's change times and
+    size (or why it cannot be looked at), the programs' folder's files by name."""
+    files = [path]
+    if isinstance(loaded, LoadedConfig):
+        if loaded.rules_path is not None:
+            files.append(loaded.rules_path)
+        folder = loaded.resolve(loaded.config.programs.dir)
+        try:
+            files += sorted(folder.iterdir())
+        except OSError as exc:
+            files.append(Path(f"{folder} ({exc.strerror})"))
+    seen = []
+    for file in files:
+        try:
+            st = file.stat()
+            seen.append((str(file), st.st_mtime_ns, st.st_ctime_ns, st.st_size))
+        except OSError as exc:
+            seen.append((str(file), exc.errno or 0, 0, 0))
+    return tuple(seen)
+
+
+def serve(config: WorkerConfig, lines: TextIO, out: TextIO, *, identity: str | None = None) -> None:
+    """Each line of ``lines`` answered on ``out``, the configuration looked at again first.
+    ``{"check": true}`` asks only whether the configuration still serves: ``{"check": true,
+    "not_known": <why>}`` if it does not."""
     for line in lines:
+        config.refresh()
         try:
             request = json.loads(line)
         except ValueError:
             request = None
-        if refusal is not None or isinstance(loaded, ConfigError):
+        loaded, refusal = config.loaded, config.refusal
+        if isinstance(request, dict) and request.get("check") is True:
+            got: dict[str, Any] = {"check": True}
+            if refusal is not None:
+                got["not_known"] = refusal
+        elif refusal is not None or isinstance(loaded, ConfigError):
             user = request.get("user") if isinstance(request, dict) else None
-            got: dict[str, Any] = {"user": user if isinstance(user, str) else None}
-            got["not_known"] = refusal
+            got = {"user": user if isinstance(user, str) else None, "not_known": refusal}
         else:
             journal_path = loaded.resolve(loaded.config.journal.path)
             got = answer(loaded, journal_path, request, identity=identity)
@@ -141,14 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent is not None:
         die_with(args.parent)
-    loaded: LoadedConfig | ConfigError
-    try:
-        loaded = load_config(args.config)
-    except ConfigError as exc:
-        loaded = exc
-    except Exception as exc:  # whatever it was: every request says so, the worker stays
-        loaded = ConfigError(args.config, [f"{type(exc).__name__}: {exc}"])
-    serve(loaded, sys.stdin, sys.stdout, expected=args.fingerprint, identity=args.journal_identity)
+    config = WorkerConfig(args.config, args.fingerprint)
+    serve(config, sys.stdin, sys.stdout, identity=args.journal_identity)
     return 0
 
 

@@ -484,7 +484,10 @@ class System:
             return command
         user = command.user.strip()
         chosen: StartChoice | NotKnown
-        if not command.returning:
+        why = None if self.proposals is None else self.proposals.refusal()
+        if why is not None:  # the rules on disk are not the ones this daemon runs
+            chosen = NotKnown(why)
+        elif not command.returning:
             program, cap_s = first_session_start(self.loaded.rules, self.loaded.programs, user)
             chosen = StartChoice(program, cap_s, "a first session")
         elif self.proposals is None:

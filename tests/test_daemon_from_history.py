@@ -141,3 +141,35 @@ async def test_a_first_session_from_history_is_the_one_the_history_answer_shows(
             assert (started["program"], started["cap_s"]) == ("first_session", cap), started
             ok(await doc.command("stop"))
             await doc.state(lambda s: s["state"] == "idle", within=15.0)
+
+
+@pytest.mark.asyncio
+async def test_rules_edited_while_the_daemon_runs_refuse_every_start_from_history(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """The clinic lowers a returning user's cap in the rules file while the daemon runs: the
+    daemon's core runs the rules it started with, so from the moment the edit is seen (within
+    seconds) the history answer has no proposal and says why, and a start from history is
+    refused saying so, a first session's too, until treadguard is restarted. A start naming
+    its program still goes."""
+    tm = "tm-rules-edited"
+    rules = broker.workdir / "progression.toml"
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    rules.write_text(shipped, encoding="utf-8")
+    seed_first_session(broker, tm, 1, "p-ret", (2, 2))
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc, tablet_queries(broker, tm) as ask:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        rules.write_text(shipped + '\n[user."p-ret"]\ncap_s = 300\n', encoding="utf-8")
+        why = ""
+        deadline = time.monotonic() + 15.0
+        while "was changed since the daemon started" not in why:
+            assert time.monotonic() < deadline, why
+            await asyncio.sleep(0.2)  # the keeper looks every 2 s: a poll of its verdict
+            why = str((await ask("history", user="p-ret")).get("proposal_unavailable"))
+        for user in ("p-ret", "p-new"):
+            reply = await doc.command("start_session", user=user)
+            assert reply["ok"] is False, reply
+            assert reply["error"]["code"] == "preconditions_unmet"
+            assert "was changed since the daemon started" in reply["error"]["message"]
+        ok(await doc.command("start_session", user="p-new", program="first_session"))

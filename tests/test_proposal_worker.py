@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.daemon_process import daemon_config
 from treadguard.config.loading import load_config
 from treadguard.controller.journal import Journal
 from treadguard.controller.proposal_book import (
@@ -27,7 +28,7 @@ from treadguard.controller.proposal_book import (
     fingerprint,
     work_out,
 )
-from treadguard.controller.proposal_worker import answer, serve
+from treadguard.controller.proposal_worker import WorkerConfig, answer, serve
 from treadguard.safety.decisions import Event, EventType, JsonScalar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,6 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_worker_answers_each_line_with_the_user_s_proposal(config: Path) -> None:
-    loaded = load_config(config)
     lines = io.StringIO(
         json.dumps({"user": "p-1", "now": time.time()}) + "\n"
         "not json\n"
@@ -65,7 +65,7 @@ def test_the_worker_answers_each_line_with_the_user_s_proposal(config: Path) -> 
         + json.dumps({"user": "p-new", "now": time.time()}) + "\n"
     )  # fmt: skip
     out = io.StringIO()
-    serve(loaded, lines, out)
+    serve(WorkerConfig(config), lines, out)
     got = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(got) == 5
     assert got[0]["program"] == "first_session"
@@ -86,7 +86,9 @@ async def test_a_configuration_changed_on_disk_since_the_daemon_started_gives_no
     its fingerprint of what it loaded; a worker that loads another works nothing out."""
     loaded = load_config(config)
     same = io.StringIO()
-    serve(loaded, io.StringIO('{"user": "p-1", "now": 1}\n'), same, expected=fingerprint(loaded))
+    serve(
+        WorkerConfig(config, fingerprint(loaded)), io.StringIO('{"user": "p-1", "now": 1}\n'), same
+    )
     assert "program" in json.loads(same.getvalue())
     worker = WorkerProcess(config, "0" * 64)  # what the daemon loaded was another
     try:
@@ -270,3 +272,28 @@ def test_a_program_in_two_phases_shows_only_the_first_of_them_reached(tmp_path: 
     kept = _in_phase_reached(rules, record)
     assert [phase.name for phase in kept.phase] == [walking.name]
     assert "p-rw" not in kept.user  # no plan of the clinic's is made up for them
+
+
+def test_rules_edited_after_the_worker_started_refuse_every_proposal(tmp_path: Path) -> None:
+    """The clinic edits the rules file while the daemon runs (a user's cap): the worker looks
+    at its files before each request, and from then on every request, and every check the
+    keeper makes, is refused saying so; put back as it was, the rules serve again."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-rules")
+    rules = tmp_path / "progression.toml"
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    rules.write_text(shipped, encoding="utf-8")
+    worker = WorkerConfig(config, fingerprint(load_config(config)))
+
+    def answers(*lines: str) -> list[dict[str, object]]:
+        out = io.StringIO()
+        serve(worker, io.StringIO("".join(f"{line}\n" for line in lines)), out)
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    request, check = json.dumps({"user": "p-1", "now": time.time()}), '{"check": true}'
+    assert answers(request, check) == [answers(request)[0], {"check": True}]
+    rules.write_text(shipped + '\n[user."p-1"]\ncap_s = 180\n', encoding="utf-8")
+    refused, checked = answers(request, check)
+    assert "was changed since the daemon started" in str(refused["not_known"])
+    assert "was changed since the daemon started" in str(checked["not_known"])
+    rules.write_text(shipped, encoding="utf-8")
+    assert answers(check) == [{"check": True}]
