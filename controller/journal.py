@@ -743,6 +743,11 @@ class Journal:
             (ts, event.type.value, session, _json(f)),
         )
         self.records += 1
+        if event.type is EventType.FAULT and self._seal is not None:
+            # A fault (a worn brake's among them) is on record: an older copy of the journal
+            # put in its place later must not come back without it (see seal_of).
+            self.commit()
+            self._write_seal(ts)
         if event.type is EventType.SESSION_ENDED and session is not None:
             self._write(
                 "UPDATE sessions SET ended_at = ?, end_reason = ?, belt_moving_s = ?,"
@@ -793,9 +798,8 @@ class Journal:
             (ts, technician, int(simulated), machine.treadmill, machine.drive),
         )
         self.commit()
-        run = int(cur.lastrowid or 0)
-        self._write_seal(run, ts)
-        return run
+        self._write_seal(ts)
+        return int(cur.lastrowid or 0)
 
     def record_proof(self, run: int, proof: ProofRecord, ts: float) -> None:
         self._write(
@@ -822,18 +826,25 @@ class Journal:
             (ts, outcome.value, detail, run),
         )
         self.commit()
-        self._write_seal(run, ts)
+        self._write_seal(ts)
 
-    def _write_seal(self, run: int, ts: float) -> None:
-        """The seal says run ``run`` is the journal's newest commissioning run (see seal_of);
-        written after the journal's commit, whole or not at all."""
+    def _write_seal(self, ts: float) -> None:
+        """The seal (see seal_of) names the journal's newest commissioning run and event, as
+        committed and synced; written whole or not at all. The journal is marked as sealed
+        (its SQLite application id) once the seal is there: a sealed journal found without
+        its seal was copied or moved without it."""
         seal = self._seal
         if seal is None:
             return
+        marks = {
+            "run": int(self._query("SELECT COALESCE(MAX(id), 0) FROM commissioning")[0][0]),
+            "event": int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0]),
+            "written_at": ts,
+        }
         partial = seal.with_name(f".{seal.name}.partial-{os.getpid()}")
         try:
             with open(partial, "w", encoding="utf-8") as out:
-                json.dump({"run": run, "written_at": ts}, out)
+                json.dump(marks, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(partial, seal)
@@ -841,19 +852,51 @@ class Journal:
         except OSError as exc:
             partial.unlink(missing_ok=True)
             raise JournalError(f"cannot write {seal}: {exc.strerror or exc}") from exc
+        if not self.sealed():
+            try:
+                self._db.execute(f"PRAGMA application_id={SEALED_APPLICATION_ID}")
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot mark the journal as sealed: {exc}") from exc
+            self.commit()
 
-    def _sealed_run(self) -> int | None:
-        """The run the seal names, None without a seal; JournalError if it cannot be read."""
+    def sealed(self) -> bool:
+        """Whether this journal has had a seal written beside it (its application id)."""
+        return int(self._query("PRAGMA application_id")[0][0]) == SEALED_APPLICATION_ID
+
+    def _older_than_its_seal(self) -> str | None:
+        """Why this journal is older than its seal says (an older copy put in its place, or
+        one moved without its seal), or None. JournalError if the seal cannot be read."""
         seal = self._seal
-        if seal is None or not seal.exists():
+        if seal is None:
             return None
+        if not seal.exists():
+            if not self.sealed():
+                return None  # never sealed: a journal from before seals, or in memory
+            return (
+                f"the journal's commissioning seal {seal} is missing: the journal was copied "
+                "or moved without it (or it was deleted), so what was proven since the copy "
+                "cannot be told; commission the treadmill again"
+            )
         try:
-            run = json.loads(seal.read_text(encoding="utf-8"))["run"]
+            marks = json.loads(seal.read_text(encoding="utf-8"))
+            run, event = marks["run"], marks.get("event", 0)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise JournalError(f"{seal} cannot be read ({exc})") from exc
-        if not isinstance(run, int) or isinstance(run, bool):
-            raise JournalError(f"{seal} names no run ({run!r})")
-        return run
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (run, event)):
+            raise JournalError(f"{seal} names no run or event ({run!r}, {event!r})")
+        have_run = int(self._query("SELECT COALESCE(MAX(id), 0) FROM commissioning")[0][0])
+        have_event = int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+        if run > have_run:
+            lacks = f"commissioning run no. {run}"
+        elif event > have_event:
+            lacks = f"event no. {event} (a fault, a stop found slow)"
+        else:
+            return None
+        return (
+            f"the journal has no {lacks}, which {seal} says was recorded: it is an older "
+            "copy put in the journal's place (a backup restored, say), without what was "
+            "proven or found since; commission the treadmill again"
+        )
 
     def close_interrupted(self, ts: float) -> list[int]:
         """At start-up: sessions a crash left open end as ``interrupted``, at their last
@@ -1223,22 +1266,16 @@ class Journal:
     ) -> CommissioningStatus:
         try:
             runs = self.commissioning_runs()
-            sealed = self._sealed_run()
+            older = self._older_than_its_seal()
         except JournalError as exc:
             return CommissioningStatus(False, f"the commissioning record cannot be read: {exc}")
         mine = [r for r in runs if r.not_counted(machine) is None]
         # The newest run of this machine's (shown beside the verdict), else the newest of all.
         last = mine[-1] if mine else runs[-1] if runs else None
-        if runs and sealed is not None and sealed > runs[-1].id:
-            # An older copy put in the journal's place: whatever was proven after it, a proof
-            # test that failed and withdrew the pass, is not in it.
-            return CommissioningStatus(
-                False,
-                f"the journal has no commissioning run no. {sealed}, which {self._seal} says "
-                "was made: it is an older copy put in the journal's place (a backup restored, "
-                "say), without what was proven since; commission the treadmill again",
-                last_run=last,
-            )
+        if runs and older is not None:
+            # An older copy put in the journal's place: whatever was proven or found after
+            # it (a proof test that failed, a worn brake's fault) is not in it.
+            return CommissioningStatus(False, older, last_run=last)
         passed = [r for r in mine if r.outcome == CommissioningOutcome.PASSED.value]
         decisive = passed[-1] if passed else None
         # Any run of this treadmill after that pass that did not pass withdraws it, whatever
@@ -1602,13 +1639,16 @@ def journal_in_use(path: Path) -> bool:
 
 
 SEAL_SUFFIX = "-commissioning"
+# SQLite's application id of a journal that has had a seal written beside it ("tgsl").
+SEALED_APPLICATION_ID = 0x7467736C
 
 
 def seal_of(database: Path) -> Path:
     """The journal's commissioning seal: a small file beside its database file naming the
-    newest commissioning run it holds, written at each run's start and end. A copy of the
-    database put in its place alone (cp of a backup, an image of the file) is older than the
-    seal, and its pass, which a later proof test may have withdrawn, counts for nothing."""
+    newest commissioning run and event it holds, written at each run's start and end and at
+    each fault. A copy of the database put in its place (cp of a backup, an image of the file)
+    is older than the seal, and its pass, which a later proof test or a worn brake's fault may
+    have withdrawn, counts for nothing; so does a sealed journal found without its seal."""
     return database.with_name(database.name + SEAL_SUFFIX)
 
 

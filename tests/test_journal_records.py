@@ -420,13 +420,15 @@ async def test_a_restored_backup_takes_the_treadmill_out_of_service_until_commis
     assert "NOT CURRENT: the last commissioning run (no. 2) is a backup copy made" in status.stdout
 
 
+@pytest.mark.parametrize("since", ["a proof test given up", "a fault", "the seal removed"])
 def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_back(
-    tmp_path: Path,
+    tmp_path: Path, since: str
 ) -> None:
     """A pass, a plain copy of the journal (cp, an image of the file), then a proof test given
-    up, which withdraws the pass; the copy put back in the journal's place: its pass does not
-    count (the seal beside the journal names a run the copy lacks) until the treadmill is
-    commissioned again."""
+    up (which withdraws the pass) or a fault on record (a worn brake's, say); the copy put back
+    in the journal's place: its pass does not count (the seal beside the journal names a run
+    or an event the copy lacks) until the treadmill is commissioned again. So too when the
+    restore takes the seal away with the journal's other files (rm journal.sqlite-*)."""
     config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
     path = tmp_path / "journal-tm-seal.sqlite"
     passed = treadguard("commission", "--simulated", "--config", str(config))
@@ -435,18 +437,27 @@ def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_
     shutil.copyfile(path, copy)
     loaded = load_config(config)
     journal = Journal.open(path, exclusive=True)
-    run = journal.begin_commissioning(
-        time.time(), technician="t", simulated=True, machine=Machine.of(loaded.config)
-    )
-    journal.end_commissioning(run, time.time(), CommissioningOutcome.ABORTED, "given up")
+    if since == "a fault":
+        fault: dict[str, JsonScalar] = {"cause": "drive_fault", "detail": "a worn brake"}
+        journal.record(Event(EventType.FAULT, 0.0, fault), time.time())
+        said = "the journal has no event no."
+    else:
+        run = journal.begin_commissioning(
+            time.time(), technician="t", simulated=True, machine=Machine.of(loaded.config)
+        )
+        journal.end_commissioning(run, time.time(), CommissioningOutcome.ABORTED, "given up")
+        said = f"the journal has no commissioning run no. {run}"
+        assert treadguard("commission", "--status", "--config", str(config)).returncode != 0
     journal.close()
-    assert treadguard("commission", "--status", "--config", str(config)).returncode != 0
-    for leftover in ("-wal", "-shm"):
+    leftovers = ["-wal", "-shm"] + (["-commissioning"] if since == "the seal removed" else [])
+    for leftover in leftovers:
         path.with_name(path.name + leftover).unlink(missing_ok=True)
+    if since == "the seal removed":
+        said = "commissioning seal"
     path.write_bytes(copy.read_bytes())  # cp plain-copy.sqlite journal-tm-seal.sqlite
     status = treadguard("commission", "--status", "--config", str(config))
     assert status.returncode != 0, status.stdout
-    assert f"the journal has no commissioning run no. {run}" in status.stdout, status.stdout
+    assert said in status.stdout, status.stdout
     assert "commission the treadmill again" in status.stdout
     again = treadguard("commission", "--simulated", "--config", str(config))
     assert again.returncode == 0, again.stdout + again.stderr
