@@ -262,6 +262,16 @@ class _CommandModel(BaseModel):
     ts: Annotated[float, Field(ge=0.0, le=_UNIX_TS_MAX, allow_inf_nan=False)] | None = None
 
 
+class ShownStartModel(BaseModel):
+    """What a tablet showed a start without a program would start (a history answer's
+    ``proposal.from_history``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    program: PrintableText
+    cap_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+
 class StartSessionModel(_CommandModel):
     type: Literal["start_session"]
     # Checked here, as every code is; the safety core's own check (1-64 once trimmed) stays.
@@ -269,6 +279,8 @@ class StartSessionModel(_CommandModel):
     program: PrintableText | None = None
     cap_s: float | None = None
     target_mph: float | None = None
+    # An extension of contract v1: with no program, what the tablet showed it would start.
+    shown: ShownStartModel | None = None
 
 
 class SetSpeedModel(_CommandModel):
@@ -465,6 +477,7 @@ def _to_command(model: _CommandModel, t: float) -> TabletCommand:
                 program=model.program,
                 cap_s=model.cap_s,
                 target_mph=model.target_mph,
+                shown=None if model.shown is None else (model.shown.program, model.shown.cap_s),
             )
         case SetSpeedModel():
             return SetSpeed(t=t, mph=model.mph, clinician=model.clinician)

@@ -498,6 +498,19 @@ class System:
             reply = Refused(RefusalCode.PRECONDITIONS_UNMET, f"cannot start: {chosen.why}")
             self._refusal(command.TYPE.value, reply.code.value, reply.message)
             return reply
+        if command.shown is not None and command.shown != (chosen.program, chosen.cap_s):
+            # The tablet showed another start (the user's record changed since it asked):
+            # started now, it would be more, or other, than the clinician saw.
+            shown_program, shown_cap = command.shown
+            reply = Refused(
+                RefusalCode.PRECONDITIONS_UNMET,
+                f"cannot start: a start from history gives {user} {chosen.program} at "
+                f"{chosen.cap_s:g} s now ({chosen.reason}), not the {shown_program} at "
+                f"{shown_cap:g} s shown: their record changed since; look at their history "
+                "again, or choose a program",
+            )
+            self._refusal(command.TYPE.value, reply.code.value, reply.message)
+            return reply
         if command.cap_s is not None and command.cap_s > chosen.cap_s:
             # A start from history asks for what the record proposes: more than that (above a
             # hold, say) is the clinician's to ask by naming the program.

@@ -147,6 +147,10 @@ class StartSession:
     cap_s: float | None = None
     target_mph: float | None = None
     returning: bool | None = None
+    # What the tablet showed a start without a program would start (its program and cap), if
+    # it showed one: the daemon refuses such a start if it would now start something else
+    # (the user's record changed since). The core does not read it.
+    shown: tuple[str, float] | None = None
     # A commissioning proof run (``treadguard commission``): the one start allowed on a
     # treadmill whose commissioning is not current, since proving the stops needs a moving
     # belt. Set only by the commissioning tool; System.execute clears it on every tablet

@@ -231,6 +231,10 @@ const view = {
   // This page's start waiting to be known as accepted (its reply) and to have its session
   // (session_started): {startId, user, pain (asked before it, or null), accepted, sessionId}.
   starting: null,
+  // What the patient view last showed a start from history would start, for one user:
+  // {user, program, cap_s}, sent with such a start (the daemon refuses it if it would now
+  // start something else); null: none shown.
+  shownStart: null,
   // The sessions this page's starts opened, while they run: id -> {user, instance (of the
   // daemon that opened it), seen (in a state)}. Only these ask for the record after them here:
   // another tablet's session is its clinician's to record.
@@ -1509,6 +1513,7 @@ function drawPatient() {
   const none = history && !proposal ? String(history.proposal_unavailable || "") : "";
   $("proposal-none").hidden = !none;
   $("proposal-none").textContent = none ? `No proposal now: ${none}.` : "";
+  if (history && !proposal) view.shownStart = null; // nothing shown to hold a start to
   if (proposal) {
     // The reason names the program and its cap ("Reverse walking, 5 min: first session
     // completed 2026-12-01"); below it, how often and which week.
@@ -1525,13 +1530,19 @@ function drawPatient() {
     // user has reached, for one back after weeks away): the proposal itself is started by
     // naming its program.
     const start = proposal.from_history;
+    // Sent with a start from history for this user: a start that would now be other than
+    // this (their record changed since) is refused rather than started unseen.
+    view.shownStart = start
+      ? { user: patient.user, program: start.program, cap_s: start.cap_s }
+      : null;
     const less =
       Boolean(start) && (start.program !== proposal.program || start.cap_s !== proposal.cap_s);
     $("proposal-start").hidden = !less;
     $("proposal-start").textContent = less
       ? `From history starts ${start.program_title || start.program}, ` +
         `${capWords(start.program, start.cap_s)}; choose ` +
-        `${proposal.program_title || proposal.program} to start the proposal.`
+        `${proposal.program_title || proposal.program} with a cap of ` +
+        `${capWords(proposal.program, proposal.cap_s)} to start the proposal.`
       : "";
   }
   if (history && drawn.history !== history) {
@@ -1961,6 +1972,10 @@ $("setup").addEventListener("submit", (event) => {
   const fields = { user: typedUser() };
   if ($("program").value) fields.program = $("program").value;
   if ($("cap").value) fields.cap_s = Number($("cap").value);
+  const shown = view.shownStart;
+  if (!fields.program && shown && shown.user === fields.user) {
+    fields.shown = { program: shown.program, cap_s: shown.cap_s };
+  }
   const pain = $("pain-before").value;
   // Never held back by the record: a clinician's code the treadmill would refuse holds back
   // only the pain, which waits for the code to be corrected (painGoesOn).

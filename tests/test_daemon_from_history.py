@@ -173,3 +173,37 @@ async def test_rules_edited_while_the_daemon_runs_refuse_every_start_from_histor
             assert reply["error"]["code"] == "preconditions_unmet"
             assert "was changed since the daemon started" in reply["error"]["message"]
         ok(await doc.command("start_session", user="p-new", program="first_session"))
+
+
+@pytest.mark.asyncio
+async def test_a_start_from_history_other_than_the_one_shown_is_refused(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """The patient view showed p-held's start from history (the first session again: pain
+    rose 3 points); another tablet corrects the pain entry, which lifts the hold. A start from
+    history sent with what was shown is refused, saying what it would start now; sent with
+    what is shown now, it goes."""
+    tm = "tm-shown"
+    seed_first_session(broker, tm, 1, "p-held", (2, 5))
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc, tablet_queries(broker, tm) as ask:
+        await doc.until(lambda s: s["stale"] == [], within=10.0)
+        shown = (await ask("history", user="p-held"))["proposal"]["from_history"]
+        assert (shown["program"], shown["cap_s"]) == ("first_session", 180), shown
+        ok(await doc.command("outcome_after", session_id="1", pain=2, user="p-held"))
+        now: dict[str, Any] = {}
+        deadline = time.monotonic() + 15.0
+        while now.get("program") != "reverse_walking":
+            assert time.monotonic() < deadline, now
+            now = (await ask("history", user="p-held"))["proposal"]["from_history"]
+        was = {"program": shown["program"], "cap_s": shown["cap_s"]}
+        reply = await doc.command("start_session", user="p-held", shown=was)
+        assert reply["ok"] is False, reply
+        assert reply["error"]["code"] == "preconditions_unmet"
+        assert "not the first_session at 180 s shown" in reply["error"]["message"]
+        assert "reverse_walking at 300 s now" in reply["error"]["message"]
+        seen = {"program": now["program"], "cap_s": now["cap_s"]}
+        ok(await doc.command("start_session", user="p-held", shown=seen))
+        started = await doc.event("session_started")
+        assert (started["program"], started["cap_s"]) == ("reverse_walking", 300)
+        ok(await doc.command("stop"))

@@ -27,6 +27,7 @@ from tests.clinician import SESSION_WAIT_S, Clinician, clinician, ok, refused, r
 from tests.daemon_process import DaemonProcess
 from tests.mosquitto import Broker
 from tests.page_layout import ORIENTATIONS, check_layout
+from tests.tablet_queries import tablet_queries
 from tests.test_daemon_from_history import seed_first_session
 from tests.test_tablet_page import (  # noqa: F401 (broker: a fixture)
     ONLINE_WAIT_MS,
@@ -215,8 +216,43 @@ async def test_the_patient_view_says_what_from_history_starts_where_it_is_less_t
             "Intervals", timeout=ANSWER_WAIT_MS
         )
         await expect(page.locator("#proposal-start")).to_have_text(
-            "From history starts Reverse walking, 5:00 min; choose Intervals to start the proposal."
+            "From history starts Reverse walking, 5:00 min; choose Intervals with a cap of "
+            "8 intervals to start the proposal."
         )
+
+
+@pytest.mark.asyncio
+async def test_a_start_from_history_is_held_to_what_the_patient_view_showed(
+    make_daemon: Callable[..., DaemonProcess],
+    broker: Broker,  # noqa: F811
+) -> None:
+    """The view shows p-held's first session again (pain rose 3 points); another tablet then
+    corrects the pain entry, which lifts the hold, and the view is not asked again. From
+    history, Start: the page sends what it showed, and the treadmill refuses the start it
+    would now make (reverse walking, 5 min), rather than start it unseen."""
+    tm = "tm-patient-shown"
+    seed_first_session(broker, tm, 1, "p-held", (2, 5))
+    make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm, heartbeat=False) as doc, opened(broker, tm) as tab:
+        await doc.tab.subscribe(f"{doc.p}/cmd")
+        page = tab.page
+        await page.fill("#user", "p-held")
+        await page.click("#patient-open")
+        await expect(page.locator("#proposal-reason")).to_contain_text(
+            "held at first treadmill session", timeout=ANSWER_WAIT_MS
+        )
+        ok(await doc.command("outcome_after", session_id="1", pain=2, user="p-held"))
+        async with tablet_queries(broker, tm) as ask:  # the treadmill's book has it now
+            proposal = (await ask("history", user="p-held"))["proposal"]
+            assert proposal["program"] == "reverse_walking", proposal
+        await page.click("#patient-close")
+        await page.select_option("#program", "")  # From history
+        await page.click("#start")
+        sent = await next_command(doc, "start_session")
+        assert "program" not in sent, sent
+        assert sent["shown"] == {"program": "first_session", "cap_s": 180}, sent
+        why = refused(await doc.reply_to(sent["id"]), "preconditions_unmet")
+        assert "not the first_session at 180 s shown" in why, why
 
 
 @pytest.mark.asyncio
