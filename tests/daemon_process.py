@@ -180,29 +180,10 @@ class DaemonProcess:
         return self.proc.returncode
 
     def break_configuration(self) -> None:
-        """The configuration file broken on disk (the daemon read it when it started) and the
-        daemon's proposal workers killed: one started afresh cannot load it."""
+        """The configuration file broken on disk (the daemon read it when it started; its
+        proposal worker looks at it again before each request)."""
         with self.config.open("a", encoding="utf-8") as config:
             config.write("\n[[[broken\n")
-        assert self.proc is not None
-        for worker in proposal_workers(self.proc.pid):
-            os.kill(worker, signal.SIGKILL)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def proposal_workers(pid: int) -> list[int]:
-    """The proposal worker processes (controller/proposal_worker.py) whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"proposal_worker" in cmdline:
-            found.append(int(entry.name))
-    return found

@@ -134,9 +134,9 @@ async def test_a_history_query_never_reads_a_journal_put_in_the_daemons_place(
 async def test_a_history_answer_says_why_it_has_no_proposal(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
-    """The configuration file broken on disk while the daemon runs, and its proposal worker
-    gone (started afresh, it cannot load the file): the history answer has no proposal, and
-    says why, rather than leaving the patient view without one and without a word."""
+    """The configuration file broken on disk while the daemon runs (its proposal worker looks
+    at it before each request): the history answer has no proposal, and says why, rather than
+    leaving the patient view without one and without a word."""
     tm = "tm-no-proposal"
     daemon = make_daemon(treadmill_id=tm)
     async with tablet_queries(broker, tm) as ask:

@@ -261,7 +261,7 @@ async def test_the_patient_view_says_why_there_is_no_proposal(
     broker: Broker,  # noqa: F811
 ) -> None:
     """The daemon's configuration broken on disk since it started (its proposal worker
-    started afresh cannot load it): the view says there is no proposal now, and why."""
+    cannot load it): the view says there is no proposal now, and why."""
     tm = "tm-patient-none"
     daemon = make_daemon(treadmill_id=tm)
     async with opened(broker, tm) as tab:
