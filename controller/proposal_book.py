@@ -502,14 +502,14 @@ class BookKeeper:
         try:
             async with asyncio.timeout(within_s), self._answered:
                 while True:
+                    why = self.book.refusal()  # first: an entry worked out before it is stale
+                    if why is not None:
+                        return NotKnown(why)
                     got = self.book.current(user)
                     if isinstance(got, StartChoice):
                         return dict(got.proposal) or NotKnown("the proposal came back empty")
                     if isinstance(got, NotKnown):
                         return got
-                    why = self.book.refusal()
-                    if why is not None:
-                        return NotKnown(why)
                     self.book.ask(user)
                     await self._answered.wait()
         except TimeoutError:
