@@ -444,6 +444,8 @@ async def test_a_session_a_crash_left_open_is_announced_ended_by_the_restarted_d
 async def test_sr11_second_signal_is_an_emergency_stop(
     make_daemon: Callable[..., DaemonProcess], broker: Broker
 ) -> None:
+    """SIGTERM, and SIGTERM again before standstill: an emergency stop at once, on record as
+    the daemon's own (cause shutdown, a second signal), never as a tablet's E-STOP."""
     daemon = make_daemon(treadmill_id="tm-twice")
     async with clinician(broker, "tm-twice") as doc:
         await doc.start_running("u-9", program="first_session")
@@ -451,7 +453,7 @@ async def test_sr11_second_signal_is_an_emergency_stop(
         await doc.event("stopping")
         daemon.signal(signal.SIGTERM)
         event = await doc.event("estop")
-        assert event["cause"] == "remote_estop"
+        assert (event["cause"], event["detail"]) == ("shutdown", "second signal"), event
         await doc.tab.next(f"{doc.p}/availability", text_is("offline"))
     assert await asyncio.to_thread(daemon.wait) == 0
 

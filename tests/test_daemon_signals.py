@@ -51,24 +51,6 @@ async def test_ctrl_z_does_not_freeze_the_daemon_driving_the_belt(
         await doc.until(lambda s: s["state"] == "idle", within=15.0)
 
 
-@pytest.mark.asyncio
-async def test_a_second_signal_stops_the_belt_at_once_on_record_as_the_daemons(
-    make_daemon: Callable[..., DaemonProcess], broker: Broker
-) -> None:
-    """SIGTERM, and SIGTERM again before standstill: an emergency stop at once, and the record
-    says the daemon stopped the belt (cause shutdown, a second signal), not a tablet."""
-    tm = "tm-second-signal"
-    daemon = make_daemon(treadmill_id=tm)
-    async with clinician(broker, tm) as doc:
-        await doc.start_running("u-twice", program="first_session")
-        daemon.signal(signal.SIGTERM)
-        await doc.event("stopping")
-        daemon.signal(signal.SIGTERM)
-        estop = await doc.event("estop")
-    assert (estop["cause"], estop["detail"]) == ("shutdown", "second signal"), estop
-    assert daemon.wait() == 0
-
-
 def test_a_daemon_whose_drive_never_answered_ends_at_once_with_no_stop_on_record(
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
