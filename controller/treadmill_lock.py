@@ -4,9 +4,9 @@ whatever journal it writes.
 The journal's lock (controller/journal.py) keeps a second process off the same journal file.
 A configuration copied and pointed at another journal got past it: that process then spoke on
 the running daemon's topics, under its client id, and the daemon took it for a rival and
-stopped the patient's belt. So a process also holds its treadmill's topics on its broker: the
-name ``treadguard <broker port> <topic prefix>`` in Linux's abstract socket namespace, bound
-before anything is connected or opened; and the drive, by what names it (its kind and where
+stopped the patient's belt. So a process also holds its treadmill's topics on its broker (a
+name made from the broker's port and the topic prefix, in Linux's abstract socket namespace),
+bound before anything is connected or opened; and the drive, by what names it (its kind and where
 it is reached: a copied configuration under another treadmill id, pointed at this treadmill's
 drive, would command the same belt). Such a name needs no file and no permission, is one
 for every user of the machine (the service's account and a technician's root alike), and is
