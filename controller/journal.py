@@ -1517,9 +1517,13 @@ def backup(
     restored, it takes the treadmill out of service until a run passes again. A restore goes
     back past what was proven since the copy (a proof test that failed and withdrew the
     pass), so the pass on record in the copy cannot stand for the treadmill as it is now."""
-    if not source.is_file():
+    try:
+        found, taken = source.is_file(), target.exists()
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise JournalError(f"cannot back up {source} to {target}: {_os_reason(exc)}") from exc
+    if not found:
         raise JournalError(f"no journal at {source}")
-    if target.exists():
+    if taken:
         raise JournalError(f"{target} already exists: a backup never overwrites a file")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:

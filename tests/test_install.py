@@ -1884,7 +1884,8 @@ def test_the_record_commands_of_another_login_say_whose_journal_it_is(board: Boa
     the journal's folder is the service user's, so each says so in one line, with the way to
     run it, never a traceback."""
     assert os.readlink(board.box.root / "usr/local/bin/treadguard") == TREADGUARD
-    for command in (["history"], ["export", "--csv"], ["commission", "--status"]):
+    commands = (["history"], ["export", "--csv"], ["commission", "--status"], ["backup", "/tmp"])
+    for command in commands:
         # On the login's PATH, as the guide writes it.
         out = board.box.run(
             "bash", "-lc", f"treadguard {' '.join(command)}", user="nobody", check=False
