@@ -36,6 +36,12 @@ STANDSTILL_MPH = 0.05  # what counts as standing still (safety/limits.py)
 WORKED_OUT = "is being worked out from their record"
 
 
+def ready_to_start(state: dict[str, Any]) -> bool:
+    """What the tablet shows before a start can be accepted: every sensor heard, and the drive
+    answering (its belt speed known)."""
+    return state["stale"] == [] and state["speed_mph"] is not None
+
+
 class Clinician:
     """A tablet: commands by id, heartbeats while a session runs, and what it has seen."""
 
@@ -116,7 +122,12 @@ class Clinician:
     async def start_running(self, user: str, program: str | None = None) -> dict[str, Any]:
         """Start a session (accepted) and wait until the belt runs at its first speed. A start
         from history (no program) is pressed again, as a clinician does, while the daemon says
-        the user's proposal is being worked out (a moment after their record changed)."""
+        the user's proposal is being worked out (a moment after their record changed).
+
+        Pressed once the tablet shows the sensors heard and the belt's speed (the drive
+        answering): a daemon just started says "idle" before its drive's first answer, and a
+        start then is refused, rightly ("drive is not answering")."""
+        await self.until(ready_to_start, within=SESSION_WAIT_S)
         fields = {} if program is None else {"program": program}
         for _ in range(100):
             reply = await self.command("start_session", user=user, **fields)
