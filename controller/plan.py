@@ -337,7 +337,7 @@ class _Asker:
                 words += bound
         if own is not None and own.cap_s is not None:
             cap = _within(own.cap_s, program)
-            words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
+            words += _own_cap_words(record.user, own.cap_s, cap, program)
         if own is not None and own.phase is not None:
             words += f"; the clinic keeps {t.code(record.user)} in {_lower_first(phase.title)}"
         if program.name != phase.program:  # bounded to another phase's program: its phase
@@ -416,7 +416,7 @@ def _first_session_again(
         ended = t.ended_by(last.end_reason)
         words += f"; the last session ({last.id}) ended: {ended}"
     if own is not None and own.cap_s is not None:
-        words += f"; the clinic set {t.code(record.user)}'s cap to {_cap(own.cap_s)}"
+        words += _own_cap_words(record.user, own.cap_s, cap, program)
     return _proposal(
         record, rules, program, cap, words, None, note, None, held=False, counted=False
     )
@@ -644,6 +644,16 @@ def first_session_start(
     own = rules.user.get(user)
     cap = program.cap_s_default if own is None or own.cap_s is None else own.cap_s
     return program.name, _within(cap, program)
+
+
+def _own_cap_words(user: str, own: float, cap: float, program: Program) -> str:
+    """The clinic's cap for ``user``, and the cap proposed where the program's limits moved it:
+    a 2 min cap proposed as 3 min must not read as 2 min."""
+    words = f"; the clinic set {t.code(user)}'s cap to {_cap(own)}"
+    if cap == own:
+        return words
+    end = "shortest" if cap > own else "longest"
+    return words + f" ({_cap(cap)} here: the program's {end})"
 
 
 def _within(cap: float, program: Program) -> float:

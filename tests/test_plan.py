@@ -453,6 +453,31 @@ def test_the_clinic_s_own_settings_for_a_user_are_kept_and_said() -> None:
     assert (new.program, new.cap_s) == ("first_session", 300.0)
 
 
+def test_a_user_s_own_cap_outside_the_program_s_limits_is_said_with_the_cap_proposed() -> None:
+    """The clinic's cap for a user is kept within the program's limits; the reason then says
+    which cap the session gets, never only the clinic's (a 2 min cap proposed as 3 min must not
+    read as 2 min)."""
+    short = RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=120.0)}})
+    new = plan(UserRecord("p-1"), short)
+    assert (new.program, new.cap_s) == ("first_session", 180.0)
+    assert "the clinic set p-1's cap to 2 min (3 min here: the program's shortest)" in new.reason, (
+        new.reason
+    )
+    first = session(1, "first_session", "cap", 180.0)
+    later = session(2, "reverse_walking", "cap", 300.0, cap_s=300.0, day=5)
+    got = plan(UserRecord("p-1", [first, later]), short, day=6)
+    assert (got.program, got.cap_s) == ("reverse_walking", 300.0)
+    assert "the clinic set p-1's cap to 2 min (5 min here: the program's shortest)" in got.reason
+    long = RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=420.0)}})
+    top = plan(UserRecord("p-1"), long)
+    assert top.cap_s == 300.0
+    assert "the clinic set p-1's cap to 7 min (5 min here: the program's longest)" in top.reason
+    within = RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=240.0)}})
+    kept = plan(UserRecord("p-1"), within)
+    assert kept.cap_s == 240.0
+    assert kept.reason.endswith("the clinic set p-1's cap to 4 min"), kept.reason
+
+
 def test_measures_show_the_baseline_the_latest_and_whether_it_is_better() -> None:
     rows = [
         MeasureRow(1, "p-1", "tug", 12.0, "2026-11-20", T0, None),
