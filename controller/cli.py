@@ -53,6 +53,7 @@ from treadguard.controller.journal import (
     JournalError,
     Machine,
     MeasureRow,
+    NoJournal,
     backup,
 )
 from treadguard.controller.logs import configure_logging
@@ -658,9 +659,13 @@ def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
         machine = Machine.of(loaded.config)
         status = journal.commissioning_status(time.time(), every_days=every, machine=machine)
         baselines = journal.commissioned_baselines(time.time(), every_days=every, machine=machine)
-    except JournalError as exc:  # no journal yet, or unreadable: not commissioned
+        known = True
+    except NoJournal as exc:  # no journal yet: nothing on record
         status = CommissioningStatus(False, f"no commissioning on record ({exc})")
-        baselines = {}
+        baselines, known = {}, True
+    except JournalError as exc:  # there, but unreadable here: it may hold a current one
+        status = CommissioningStatus(False, f"the journal cannot be read ({exc})")
+        baselines, known = {}, False
     if as_json:
         body = status.as_json()
         body["baselines"] = {
@@ -672,14 +677,14 @@ def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
         }
         print(json.dumps(body))
     else:
-        verdict = "current" if status.current else "NOT CURRENT"
+        verdict = "current" if status.current else "NOT CURRENT" if known else "NOT KNOWN"
         print(f"commissioning of {loaded.config.treadmill.id}: {verdict}: {status.detail}")
         for kind, b in baselines.items():
             print(
                 f"  baseline {kind.value}: standstill {b.standstill_s:.2f} s, "
                 f"{b.deceleration_mph_per_s:.2f} mph/s"
             )
-        if not status.current:
+        if known and not status.current:
             print("  patient sessions are refused until `treadguard commission` passes")
     return 0 if status.current else EXIT_FAILED
 

@@ -188,6 +188,10 @@ class JournalError(Exception):
     pass
 
 
+class NoJournal(JournalError):
+    """No journal file where the configuration says: nothing is on record (yet)."""
+
+
 class JournalInUse(JournalError):
     """The journal's lock is held by another process (the daemon, a commissioning run): this
     one must not drive the treadmill, nor speak for it on MQTT (docs/daemon.md)."""
@@ -484,7 +488,7 @@ class Journal:
         except OSError as exc:  # a folder on the way that this user may not enter
             raise JournalError(f"cannot read {path}: {_os_reason(exc)}") from exc
         if not found:
-            raise JournalError(f"no journal at {path}")
+            raise NoJournal(f"no journal at {path}")
         db: sqlite3.Connection | None = None
         try:
             _same_file(path, identity)

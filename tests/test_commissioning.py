@@ -459,6 +459,25 @@ def test_commission_simulated_passes_records_the_baseline_and_status_says_curren
     assert all(p.passed for p in journal.proofs(row.id))
 
 
+def test_commission_status_of_a_journal_it_cannot_read_says_so_not_that_none_is_on_record(
+    tmp_path: Path,
+) -> None:
+    """A journal there but unreadable (damaged, or another user's) may hold a current
+    commissioning: the status is not known, and is never said to be "no commissioning"."""
+    config = _journaled_config(tmp_path)
+    (tmp_path / "j.sqlite").write_bytes(b"not a database, " * 512)
+    status = treadguard_cli("commission", "--status", "--config", str(config))
+    assert status.returncode == 1, status.stdout + status.stderr
+    first = status.stdout.splitlines()[0]
+    assert ": NOT KNOWN: the journal cannot be read (cannot read " in first, status.stdout
+    assert "no commissioning on record" not in status.stdout
+    (tmp_path / "none").mkdir()
+    missing = _journaled_config(tmp_path / "none")
+    absent = treadguard_cli("commission", "--status", "--config", str(missing))
+    assert absent.returncode == 1, absent.stdout + absent.stderr
+    assert ": NOT CURRENT: no commissioning on record (no journal at " in absent.stdout
+
+
 def test_commission_status_of_an_expired_record_fails(tmp_path: Path) -> None:
     config = _journaled_config(tmp_path, "\n[commissioning]\nevery_days = 30\n")
     loaded = load_config(config)

@@ -1895,6 +1895,7 @@ def test_the_record_commands_of_another_login_say_whose_journal_it_is(board: Boa
         said = out.stdout + out.stderr
         assert "Permission denied for the user nobody" in said, (command, said)
         assert "sudo -u treadguard treadguard" in said, (command, said)
+        assert "no commissioning on record" not in said, (command, said)  # it is not known
 
 
 def test_uninstall_keeps_the_configuration_and_the_journal(board: Board) -> None:
