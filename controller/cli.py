@@ -73,6 +73,7 @@ from treadguard.controller.simulation import (
     run_realtime,
     run_virtual,
 )
+from treadguard.controller.terminal_text import make_output_safe
 from treadguard.drivers.vfd_codec import RegisterMap, RegisterMapError
 from treadguard.simulator.belt import BeltParams
 from treadguard.simulator.modbus_device import SimulatedVfd, serve_modbus_rtu, serve_modbus_tcp
@@ -1178,6 +1179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    make_output_safe()  # first: argparse's own messages may name what was typed
     args = build_parser().parse_args(argv)
     if getattr(args, "installed_config", False) and args.config is None:
         # run, commission, history, report, patient, export, backup: the installed

@@ -249,3 +249,60 @@ def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1, err
     assert "Traceback" not in err, err
+
+
+# Every command that names a file it was given: a name that is no UTF-8, as a board's files
+# may have (copied from a stick written elsewhere).
+NOT_UTF8_NAME: list[tuple[str, ...]] = [
+    ("check-config", "{bad}"),
+    ("simulate", "{bad}"),
+    ("history", "--config", "{bad}"),
+    ("history", "--config", "{bad_there}"),
+    ("report", "1", "--config", "{bad}"),
+    ("patient", "ann", "--config", "{bad}"),
+    ("plan", "ann", "--config", "{bad}"),
+    ("export", "--csv", "--config", "{bad}"),
+    ("backup", "{bad_dir}/copy.sqlite", "--config", "{bad_there}"),
+    ("commission", "--status", "--config", "{bad}"),
+    ("commission", "--status", "--config", "{bad_there}"),
+    ("run", "--config", "{bad}"),
+    ("doctor", "--config", "{bad}"),
+    ("tablet", "heartbeat", "--config", "{bad}"),
+]
+
+
+@pytest.mark.parametrize("argv", NOT_UTF8_NAME, ids=[" ".join(a) for a in NOT_UTF8_NAME])
+def test_a_file_name_that_is_no_utf8_is_shown_not_raised(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """With a UTF-8 locale's strict standard output (a board's usual locale), a name that is
+    no UTF-8 is written with its bytes escaped, never a traceback half-way through the
+    message."""
+    folder = os.fsencode(tmp_path)
+    # A configuration that loads, in a folder of that name: the journal it names (relative to
+    # it, absent) is there too.
+    there = folder + b"/odd\xff/there.toml"
+    Path(os.fsdecode(there)).parent.mkdir()
+    Path(os.fsdecode(there)).write_text(
+        "[treadmill]\nid = 'tm-x'\n[drive]\nkind = 'simulator'\n"
+        f"[programs]\ndir = '{(ROOT / 'config' / 'programs').as_posix()}'\n"
+        "[journal]\npath = 'journal.sqlite'\n",
+        encoding="utf-8",
+    )
+    fill = {
+        "{bad}": folder + b"/no\xff.toml",
+        "{bad_there}": there,
+        "{bad_dir}": folder + b"/none\xfe",
+    }
+    command = [fill.get(a, os.fsencode(a)) for a in argv]
+    done = subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"treadguard.controller.cli", *command],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    said = (done.stdout + done.stderr).decode("utf-8")  # what was written is UTF-8 throughout
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    assert "\\xff" in said or "\\xfe" in said, said  # the name, its odd byte escaped
