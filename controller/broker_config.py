@@ -14,6 +14,7 @@ Only reading: nothing here connects to the broker or changes a file.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -339,6 +340,16 @@ def included_files(folder: Path) -> list[Path]:
     return sorted(names, key=lambda p: os.fsencode(p.name).lower())
 
 
+class NotARegularFile(OSError):
+    """A path that leads to a pipe, a device or a folder where a file was to be read."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename} is not a regular file"
+
+
 def read_regular(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file; OSError naming it otherwise. Opened
     without waiting: a pipe (a configuration given as -c FIFO, or /dev/stdin) would hold the
@@ -346,7 +357,7 @@ def read_regular(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
+            raise NotARegularFile(path)
         with os.fdopen(fd, "rb", closefd=False) as file:
             return file.read()
     finally:

@@ -1241,10 +1241,16 @@ def check_broker_files(
             *check_listeners(broker, None),
         ]
     except OSError as exc:
-        fix = (
-            "install Mosquitto (scripts/install does), or name the broker's configuration with "
-            "--mosquitto-conf FILE"
-        )
+        if isinstance(exc, FileNotFoundError):
+            fix = (
+                "install Mosquitto (scripts/install does), or name the broker's configuration "
+                "with --mosquitto-conf FILE"
+            )
+        else:  # there, but no file: a pipe, a folder
+            fix = (
+                "name the broker's configuration file with --mosquitto-conf FILE (Debian's is "
+                f"{DEBIAN_MOSQUITTO_CONF})"
+            )
         return [_not_read("broker config", exc, fix), *check_listeners(broker, None)]
     named: set[int] = set()  # other Mosquittos named, not named again as relays
     return [

@@ -17,7 +17,15 @@ import pytest
 
 from tests.mosquitto import FILES_SETTLE_S, MOSQUITTO, free_ports, have_mosquitto
 from tests.nginx import ipv6_loopback
-from treadguard.controller.doctor import _passed_elsewhere, bridge_target
+from treadguard.config.loading import load_config
+from treadguard.controller.doctor import (
+    DoctorOptions,
+    Verdict,
+    _passed_elsewhere,
+    bridge_target,
+    check_broker_files,
+)
+from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.controller.network_probe import nginx_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +65,30 @@ def test_a_configuration_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path)
     )
     assert f"mosquitto: {fifo} is not a regular file" in done.stdout, done.stdout
     assert "nginx: treadguard line 0: the file is not a regular file" in done.stdout, done.stdout
+
+
+def test_a_broker_configuration_given_that_is_no_file_is_said_so_with_its_own_fix(
+    tmp_path: Path,
+) -> None:
+    """``doctor --mosquitto-conf`` naming a pipe or a folder: the check names the path and what
+    it is, and the fix is to name the file, not to install Mosquitto; a path with nothing there
+    is the broker's configuration missing, whose fix is to install it."""
+    fifo = tmp_path / "mosquitto.conf"
+    os.mkfifo(fifo)
+    loaded = load_config(ROOT / "config" / "sim.toml")
+    for given, said, fix in (
+        (fifo, f"not checked: {fifo}: not a regular file", "--mosquitto-conf FILE"),
+        (tmp_path, f"not checked: {tmp_path}: not a regular file", "--mosquitto-conf FILE"),
+        (tmp_path / "none.conf", f"not checked: {tmp_path / 'none.conf'}: No such file", "install"),
+    ):
+        options = DoctorOptions(mosquitto_conf=given)
+        checks = check_broker_files(loaded, broker_settings(loaded), options)
+        (check,) = [c for c in checks if c.name == "broker config"]
+        assert check.verdict is Verdict.TODO, check
+        assert check.detail.startswith(said), check
+        assert fix in check.fix, check
+        if fix != "install":
+            assert "install Mosquitto" not in check.fix, check
 
 
 def test_nginx_s_hidden_files_are_not_read(tmp_path: Path) -> None:
