@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -802,7 +803,9 @@ class Journal:
             (ts, technician, int(simulated), machine.treadmill, machine.drive),
         )
         self.commit()
-        self._write_seal(ts)
+        # A run begins: the seal follows this journal from now on, whatever it said (a
+        # journal older than its seal is brought back into service only by a run that passes).
+        self._write_seal(ts, fresh=True)
         return int(cur.lastrowid or 0)
 
     def record_proof(self, run: int, proof: ProofRecord, ts: float) -> None:
@@ -832,17 +835,33 @@ class Journal:
         self.commit()
         self._write_seal(ts)
 
-    def _write_seal(self, ts: float) -> None:
-        """The seal (see seal_of) names the journal's newest commissioning run and event, as
-        committed and synced; written whole or not at all. The journal is marked as sealed
-        (its SQLite application id) once the seal is there: a sealed journal found without
-        its seal was copied or moved without it."""
+    def _write_seal(self, ts: float, *, fresh: bool = False) -> None:
+        """The seal (see seal_of) names the journal's newest commissioning run and event, each
+        by its number and what it holds, as committed and synced; written whole or not at all.
+        The journal is marked as sealed (its SQLite application id) once the seal is there: a
+        sealed journal found without its seal was copied or moved without it.
+
+        Only forward: a journal older than its seal (an older copy put in its place) never
+        writes over it, or its own fault would make the seal name the copy and bring the
+        copy's pass back. ``fresh``: a commissioning run begins, and the seal follows this
+        journal whatever it said."""
         seal = self._seal
         if seal is None:
             return
+        if not fresh:
+            try:
+                older = self._older_than_its_seal()
+            except JournalError:
+                older = "its seal cannot be read"
+            if older is not None:
+                return  # the status says why: this journal stays out until a run passes
+        run = int(self._query("SELECT COALESCE(MAX(id), 0) FROM commissioning")[0][0])
+        event = int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
         marks = {
-            "run": int(self._query("SELECT COALESCE(MAX(id), 0) FROM commissioning")[0][0]),
-            "event": int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0]),
+            "run": run,
+            "run_mark": self._run_mark(run),
+            "event": event,
+            "event_mark": self._event_mark(event),
             "written_at": ts,
         }
         partial = seal.with_name(f".{seal.name}.partial-{os.getpid()}")
@@ -862,6 +881,20 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot mark the journal as sealed: {exc}") from exc
             self.commit()
+
+    def _run_mark(self, run: int) -> str | None:
+        """What names commissioning run ``run`` for the seal: its number and its start, to the
+        last bit of the clock (its outcome comes later; an earlier release's journal has no
+        more columns); None if there is no such run (0: none)."""
+        rows = self._query("SELECT id, started_at FROM commissioning WHERE id = ?", (run,))
+        return _mark(rows[0]) if rows else None
+
+    def _event_mark(self, event: int) -> str | None:
+        """What names event ``event`` for the seal: everything it holds; None if none."""
+        rows = self._query(
+            "SELECT id, ts, type, session_id, fields FROM events WHERE id = ?", (event,)
+        )
+        return _mark(rows[0]) if rows else None
 
     def sealed(self) -> bool:
         """Whether this journal has had a seal written beside it (its application id)."""
@@ -883,16 +916,22 @@ class Journal:
             )
         try:
             marks = json.loads(seal.read_text(encoding="utf-8"))
-            run, event = marks["run"], marks.get("event", 0)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            run, event = marks["run"], marks["event"]
+            run_mark, event_mark = marks["run_mark"], marks["event_mark"]
+        except KeyError as exc:
+            raise JournalError(
+                f"{seal} names no {exc.args[0]} (a seal of an earlier release, or edited): "
+                "commission the treadmill again"
+            ) from exc
+        except (OSError, ValueError, TypeError) as exc:
             raise JournalError(f"{seal} cannot be read ({exc})") from exc
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (run, event)):
             raise JournalError(f"{seal} names no run or event ({run!r}, {event!r})")
-        have_run = int(self._query("SELECT COALESCE(MAX(id), 0) FROM commissioning")[0][0])
-        have_event = int(self._query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
-        if run > have_run:
+        # The very run and event the seal saw, by what they hold: a journal grows, so an older
+        # copy soon has as many events as the seal names, never those events.
+        if self._run_mark(run) != run_mark:
             lacks = f"commissioning run no. {run}"
-        elif event > have_event:
+        elif self._event_mark(event) != event_mark:
             lacks = f"event no. {event} (a fault, a stop found slow)"
         else:
             return None
@@ -1649,6 +1688,12 @@ def journal_in_use(path: Path) -> bool:
 SEAL_SUFFIX = "-commissioning"
 # SQLite's application id of a journal that has had a seal written beside it ("tgsl").
 SEALED_APPLICATION_ID = 0x7467736C
+
+
+def _mark(row: tuple[Any, ...]) -> str:
+    """A row's digest: equal only for the same values (a float to its last bit)."""
+    text = json.dumps([v.hex() if isinstance(v, float) else v for v in row])
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def seal_of(database: Path) -> Path:

@@ -462,3 +462,54 @@ def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_
     again = treadguard("commission", "--simulated", "--config", str(config))
     assert again.returncode == 0, again.stdout + again.stderr
     assert treadguard("commission", "--status", "--config", str(config)).returncode == 0
+
+
+def _refusal(journal: Journal) -> None:
+    """What a refused start puts on record: an event like any other, on any journal."""
+    refused: dict[str, JsonScalar] = {"command": "start_session", "code": "preconditions_unmet"}
+    journal.record(Event(EventType.COMMAND_REFUSED, 0.0, refused), time.time())
+
+
+def _fault(journal: Journal) -> None:
+    fault: dict[str, JsonScalar] = {"cause": "drive_fault", "detail": "stop_watch: a worn brake"}
+    journal.record(Event(EventType.FAULT, 0.0, fault), time.time())
+
+
+@pytest.mark.parametrize("then", ["the copy grows past the seal", "a fault on the copy"])
+def test_an_older_copy_in_the_journals_place_stays_out_however_it_grows(
+    tmp_path: Path, then: str
+) -> None:
+    """A pass, a plain copy, more on record and a fault (a worn brake's), the copy put back
+    with the seal left in place. The copy then grows as any journal does (each refused start
+    is an event), past the event number the seal names; or a fault of its own is recorded on
+    it, which writes a seal. Neither brings the withdrawn pass back: the seal names the very
+    event it saw, and a journal older than its seal never writes over it."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
+    path = tmp_path / "journal-tm-seal.sqlite"
+    passed = treadguard("commission", "--simulated", "--config", str(config))
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    copy = tmp_path / "plain-copy.sqlite"
+    shutil.copyfile(path, copy)
+    journal = Journal.open(path, exclusive=True)
+    for _ in range(5):
+        _refusal(journal)
+    _fault(journal)  # the seal now names this event
+    journal.close()
+    for leftover in ("-wal", "-shm"):
+        path.with_name(path.name + leftover).unlink(missing_ok=True)
+    path.write_bytes(copy.read_bytes())  # cp plain-copy.sqlite journal-tm-seal.sqlite
+    restored = Journal.open(path, exclusive=True)
+    if then == "the copy grows past the seal":
+        for _ in range(20):
+            _refusal(restored)
+        restored.commit()  # as the daemon's journal keeper does, at most a second later
+    else:
+        _fault(restored)
+    restored.close()
+    status = treadguard("commission", "--status", "--config", str(config))
+    assert status.returncode != 0, status.stdout
+    assert "an older copy put in the journal's place" in status.stdout, status.stdout
+    assert "commission the treadmill again" in status.stdout
+    again = treadguard("commission", "--simulated", "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert treadguard("commission", "--status", "--config", str(config)).returncode == 0
