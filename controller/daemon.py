@@ -250,6 +250,7 @@ class Daemon:
                 journal_marks=system.journal_marks,
                 on_refused=system.refused_before_the_core,
                 on_rival=system.rival_daemon,
+                on_link_lost=system.command_link_lost,
                 extra_state=self._extra_state,
             ),
             sensors=self.sensors.mqtt_names,

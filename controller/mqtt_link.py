@@ -237,6 +237,9 @@ class LinkHooks:
     # Another controller for this treadmill on the broker, in words (SR-12): its state on
     # ours, or a client that took the daemon's MQTT session over.
     on_rival: Callable[[str], None] | None = None
+    # The connection that carries the tablet's commands lost, in words: what the tablet sent
+    # meanwhile reached nobody (SR-12).
+    on_link_lost: Callable[[str], None] | None = None
     # Fields the contract allows beyond its own (an extension): merged into each state.
     extra_state: Callable[[], JsonObject] | None = None
 
@@ -506,6 +509,7 @@ class TabletLink:
                 self.last_error = "; ".join(str(e) for e in group.exceptions)
                 self._log.warning("mqtt_disconnected", error=self.last_error, retry_in_s=delay)
                 if self._connected_at is not None:
+                    self._command_link_lost()
                     self._connection_lost()
             # Never asyncio.timeout here: it depends on this task's cancellation count
             # (controller/aio.py), and the back-off must end in a retry whatever that is.
@@ -756,6 +760,27 @@ class TabletLink:
                 )
         except Exception as exc:  # SR-15: no handler raises into its caller
             self._failed("state_handler_failed", exc)
+
+    def _command_link_lost(self) -> None:
+        """A connection that was up, on which the tablet's commands come, has been lost: on
+        the board's own broker that is a broker restarting or another client taking the
+        daemon's client id, and either way the tablet's commands reached nobody meanwhile, an
+        E-STOP among them. The safety core is told at once: a session stops under control
+        (SR-12), however soon the link is back and however seldom it happens."""
+        try:
+            if self._hooks.snapshot().session is not None:
+                self._log.error(
+                    "mqtt_link_lost_in_session",
+                    error=self.last_error,
+                    message="the tablet's commands could not reach the daemon: the session "
+                    "is stopped",
+                )
+            if self._hooks.on_link_lost is not None:
+                self._hooks.on_link_lost(
+                    f"the daemon's connection to the broker was lost ({self.last_error})"
+                )
+        except Exception as exc:  # SR-15: no handler raises into its caller
+            self._failed("link_lost_handler_failed", exc)
 
     def _connection_lost(self) -> None:
         """A connection that was up has been lost. Lost within SHORT_CONNECTION_S of being

@@ -77,6 +77,7 @@ from treadguard.safety.decisions import (
 )
 from treadguard.safety.inputs import (
     BrakeFaultOnRecord,
+    CommandLinkLost,
     Commissioning,
     CommissioningCommand,
     ConfirmFirstSession,
@@ -822,6 +823,11 @@ class System:
         estop among them) for the wrong belt. A fault: the belt stops and stays latched until
         a reset (SR-12, SR-13)."""
         self.controller.submit(RivalDaemon(t=self.clock.time(), detail=detail))
+
+    def command_link_lost(self, detail: str) -> None:
+        """The daemon's connection to the broker, the tablet's commands' way in, was lost
+        (``detail`` says how): a session stops under control (SR-12)."""
+        self.controller.submit(CommandLinkLost(t=self.clock.time(), detail=detail))
 
     def _admit(self, event: Event) -> bool:
         """The controller's gate: a refusal or a speed change a coalescer holds back is

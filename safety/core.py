@@ -35,6 +35,7 @@ from treadguard.safety.inputs import (
     GRIP_SENSOR,
     BrakeFaultOnRecord,
     Command,
+    CommandLinkLost,
     Commissioning,
     DriveError,
     DriveFailure,
@@ -342,6 +343,10 @@ class SafetyCore:
                     self._expiry_reported = True
             case RivalDaemon(detail=detail):
                 self._latch(State.FAULT, Cause.RIVAL_DAEMON, detail or "another daemon")
+            case CommandLinkLost():
+                # SR-12: no command of the tablet's is known to reach the belt since: as a
+                # tablet silent past the grace, at once (the rules below stop a session).
+                self._heartbeat_t = None
             case BrakeFaultOnRecord(kind=kind, detail=detail):
                 # Fail closed: an unknown kind is taken as the emergency stop's.
                 known = {k.value: k for k in StopKind}

@@ -299,6 +299,17 @@ class RivalDaemon:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandLinkLost:
+    """The daemon's own connection to the broker, which carries the tablet's commands, was
+    lost (a broker restarting, another client under the daemon's client id): whatever the
+    tablet sent meanwhile reached nobody, an estop among them. As the tablet gone for longer
+    than the grace (SR-12): a session stops under control, unlatched."""
+
+    t: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BrakeFaultOnRecord:
     """At start-up: the journal's last worn-brake fault (the stop-quality watch's drive_fault)
     came after the treadmill's last passed commissioning, so the brake has not been proven
@@ -321,6 +332,7 @@ Input = (
     | JournalHealth
     | Commissioning
     | RivalDaemon
+    | CommandLinkLost
     | BrakeFaultOnRecord
     | LoopOverrun
     | Shutdown

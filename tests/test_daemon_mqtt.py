@@ -524,6 +524,32 @@ async def test_sr14_refusals_before_the_core_are_coalesced_with_a_count(
         )
 
 
+@pytest.mark.asyncio
+async def test_sr12_the_daemon_off_the_broker_once_during_a_session_stops_the_belt(
+    make_daemon: Callable[..., DaemonProcess], broker: Broker
+) -> None:
+    """A client connects once under the daemon's client id (a broker that lets any client
+    choose its id, or the daemon's own account used elsewhere), holds it a moment and leaves:
+    Mosquitto closes the daemon's connection without a word, and the daemon is back on the
+    broker a moment later. Meanwhile the tablet's commands reached nobody, an E-STOP among
+    them; however seldom it comes (once every few seconds escapes any count of short
+    connections), the tablet is no longer known to reach the belt: the session stops under
+    control, as when the tablet's heartbeats are lost (SR-12)."""
+    tm = "tm-taken-once"
+    daemon = make_daemon(treadmill_id=tm)
+    async with clinician(broker, tm) as doc:
+        await doc.start_running("u-once", program="first_session")
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"treadguard-{tm}"):
+            await asyncio.sleep(0.4)  # the client id held a moment, not a synchronisation
+        ended = await doc.event("session_ended")
+        assert ended["reason"] == "tablet_lost", ended
+        still = await doc.until(
+            lambda s: s["speed_mph"] is not None and s["speed_mph"] <= STANDSTILL_MPH, 10.0
+        )
+        assert still["latched"] is None, still  # a controlled stop: nothing to reset
+    assert "mqtt_link_lost_in_session" in daemon.log_text()
+
+
 async def _as_the_daemon(port: int, identifier: str, stop: asyncio.Event) -> None:
     """Connect under ``identifier`` again each time the broker closes this connection (the
     daemon's reconnect took the id back), until ``stop``."""

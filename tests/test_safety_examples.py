@@ -29,6 +29,7 @@ from treadguard.safety.decisions import (
     State,
 )
 from treadguard.safety.inputs import (
+    CommandLinkLost,
     DriveError,
     DriveFailure,
     DriveFeedback,
@@ -1179,6 +1180,44 @@ def test_sr12_commands_within_the_grace_keep_the_session() -> None:
         world.command(Heartbeat)
     assert world.state is State.RUNNING
     assert world.commanded == pytest.approx(1.0)
+
+
+def test_sr12_the_command_link_lost_stops_a_session_at_once_under_control() -> None:
+    """The daemon's own link to the broker lost (the tablet's commands reached nobody since):
+    as a tablet silent past the grace, at once, whatever the heartbeats before and after; a
+    controlled stop, nothing latched. In the countdown the session ends before the belt
+    moves; idle, nothing happens and the next start is accepted."""
+    world = at_speed(1.0)
+    mark = len(world.log)
+    d = world.send(CommandLinkLost(world.t, "the daemon's connection to the broker was lost"))
+    assert world.state is State.STOPPING
+    assert not d.emergency_stop
+    _, stopping = first_event(world, EventType.STOPPING, mark)
+    assert stopping.fields["reason"] == EndReason.TABLET_LOST.value
+    world.run(10.0)  # heartbeats again: the stop goes on
+    _, ended = first_event(world, EventType.SESSION_ENDED, mark)
+    assert ended.fields["reason"] == EndReason.TABLET_LOST.value
+    assert world.core.latch is None
+    for dt, v0, v1 in _steps(world, mark):
+        assert v0 - v1 <= DECEL * dt + EPS
+
+    counting = World()
+    counting.run(1.0)
+    counting.start()
+    counting.run(0.5)
+    assert counting.state is State.COUNTDOWN
+    counting.send(CommandLinkLost(counting.t))
+    assert counting.state is State.IDLE  # type: ignore[comparison-overlap]
+    _, ended = first_event(counting, EventType.SESSION_ENDED)
+    assert ended.fields["reason"] == EndReason.TABLET_LOST.value
+    assert counting.commanded == 0.0
+
+    idle = World()
+    idle.run(1.0)
+    idle.send(CommandLinkLost(idle.t))
+    assert idle.state is State.IDLE
+    assert not idle.events(EventType.SESSION_ENDED)
+    assert isinstance(idle.start().reply, Accepted)
 
 
 def test_sr12_remote_estop_is_an_emergency_stop() -> None:
