@@ -26,6 +26,7 @@ from treadguard.config.schema import (
 )
 from treadguard.config.sensor_checks import sensor_problems
 from treadguard.config.suggest import did_you_mean, keys_at, tags_at
+from treadguard.drivers.regular_file import NotARegularFile, read_regular_text
 from treadguard.safety.programs import Program
 
 # Where an installed treadguard keeps its configuration (scripts/install writes it there), and
@@ -88,7 +89,9 @@ _M = TypeVar("_M", bound=BaseModel)
 def _load_model(path: Path, model: type[_M], error: type[ValueError], what: str) -> _M:
     """A TOML file validated by ``model``; ``error`` names the file and each field wrong."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular_text(path))
+    except NotARegularFile as exc:
+        raise error(f"{path}: not a regular file (a folder, a pipe or a device)") from exc
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -296,6 +299,13 @@ def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _no_file(resolved: Path, named: Path) -> str:
+    """Why ``named`` (found at ``resolved``) is no file to read, in words."""
+    if os.path.lexists(resolved):
+        return f"{named} is not a regular file (a folder, a pipe, a device or a link to nothing)"
+    return f"no such file {named}"
+
+
 def load_config(path: Path) -> LoadedConfig:
     """Load and check everything the file refers to; raise ConfigError with every problem.
 
@@ -304,15 +314,11 @@ def load_config(path: Path) -> LoadedConfig:
     env = os.environ
     try:
         # A pipe or a device would hold the reading up for ever (check-config FIFO).
-        other = path.exists() and not path.is_file()
-    except OSError:
-        other = False  # read below, which says why it cannot be
-    if other:
+        data = tomllib.loads(read_regular_text(path))
+    except NotARegularFile as exc:
         raise ConfigError(
             path, ["(file): not a regular file (a folder, a pipe or a device): name the file"]
-        )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        ) from exc
     except OSError as exc:
         raise ConfigError(path, [f"(file): cannot read: {exc.strerror or exc}"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -338,7 +344,9 @@ def load_config(path: Path) -> LoadedConfig:
     rules = ProgressionRules()
     named = config.programs.rules
     rules_path = path.parent / (RULES_FILE if named is None else named)
-    if named is None and not rules_path.is_file():
+    if named is None and not os.path.lexists(rules_path):
+        # None beside it: the shipped defaults. One there that is no file (a pipe, a link to
+        # nothing) is read below and said, never passed over for the defaults.
         rules_path = SHIPPED_RULES
     try:
         rules = load_rules(rules_path)
@@ -387,7 +395,7 @@ def load_config(path: Path) -> LoadedConfig:
         for name in ("ca_file", "cert_file", "key_file"):
             file = getattr(tls, name)
             if file is not None and not loaded.resolve(file).is_file():
-                problems.append(f"mqtt.tls.{name}: no such file {file}")
+                problems.append(f"mqtt.tls.{name}: {_no_file(loaded.resolve(file), file)}")
         if tls.key_file is not None and tls.cert_file is None:
             problems.append("mqtt.tls.key_file: given without mqtt.tls.cert_file")
     if isinstance(drive, ModbusDriveSection):
@@ -396,7 +404,8 @@ def load_config(path: Path) -> LoadedConfig:
         if drive.transport == "rtu" and not drive.serial_port:
             problems.append("drive.serial_port: required when transport is 'rtu'")
         if not loaded.resolve(drive.register_map).is_file():
-            problems.append(f"drive.register_map: no such file {drive.register_map}")
+            where = loaded.resolve(drive.register_map)
+            problems.append(f"drive.register_map: {_no_file(where, drive.register_map)}")
     if problems:
         raise ConfigError(path, problems)
     return loaded

@@ -14,14 +14,14 @@ Only reading: nothing here connects to the broker or changes a file.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from treadguard.drivers.regular_file import read_regular
 
 # Debian's: the package's own file, which reads /etc/mosquitto/conf.d/*.conf.
 DEBIAN_MOSQUITTO_CONF = Path("/etc/mosquitto/mosquitto.conf")
@@ -340,30 +340,6 @@ def included_files(folder: Path) -> list[Path]:
     return sorted(names, key=lambda p: os.fsencode(p.name).lower())
 
 
-class NotARegularFile(OSError):
-    """A path that leads to a pipe, a device or a folder where a file was to be read."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(errno.EINVAL, "not a regular file", str(path))
-
-    def __str__(self) -> str:
-        return f"{self.filename} is not a regular file"
-
-
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file; OSError naming it otherwise. Opened
-    without waiting: a pipe (a configuration given as -c FIFO, or /dev/stdin) would hold the
-    reader until a writer came, for ever, deaf to signals."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotARegularFile(path)
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            return file.read()
-    finally:
-        os.close(fd)
-
-
 def _conf_lines(
     path: Path, files: list[tuple[Path, int]], unusual: list[str], part: int
 ) -> Iterator[ConfLine]:
@@ -423,7 +399,7 @@ def read_acl(path: Path) -> list[AclLine]:
     """Every ``topic`` and ``pattern`` line of an ACL file, each with the account it applies
     to, read as Mosquitto 2.0.11 reads it (aclfile__parse). OSError if the file cannot be
     read; AclSyntaxError naming a line Mosquitto refuses (it then does not start)."""
-    return parse_acl(path, path.read_bytes())
+    return parse_acl(path, read_regular(path))
 
 
 def parse_acl(path: Path, data: bytes) -> list[AclLine]:

@@ -75,7 +75,6 @@ from treadguard.controller.broker_config import (
     process_name,
     process_sockets,
     read_mosquitto_conf,
-    read_regular,
     socket_owners,
     unusual_characters,
 )
@@ -113,6 +112,7 @@ from treadguard.controller.network_probe import (
 from treadguard.controller.preflight import load_runnable
 from treadguard.controller.sensors import SensorHub
 from treadguard.controller.treadmill_lock import drive_lock_names, is_held, topic_lock_name
+from treadguard.drivers.regular_file import read_regular
 from treadguard.drivers.trackmaster import TrackmasterDriver
 from treadguard.drivers.trackmaster_codec import BeltState
 from treadguard.safety.inputs import FallReading, GripReading, Hand, Sensor
@@ -1996,7 +1996,7 @@ def _judge_acl(conf: MosquittoConf, loaded: LoadedConfig, broker: BrokerSettings
         return []  # the broker config check says so
     path = Path(named.value)
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
         lines = parse_acl(path, data)
     except FileNotFoundError:
         return [

@@ -28,7 +28,6 @@ from pathlib import Path
 import aiomqtt
 
 from treadguard.contract.mqtt import Topics
-from treadguard.controller.broker_config import read_regular
 from treadguard.controller.mqtt_settings import BrokerSettings
 from treadguard.controller.network_probe import (
     Directive,
@@ -38,6 +37,7 @@ from treadguard.controller.network_probe import (
     upgraded,
     websocket_upgrade,
 )
+from treadguard.drivers.regular_file import read_regular
 
 SITE = Path("sites-enabled") / "treadguard"
 MQTT_PATH = "/mqtt"  # where the page's MQTT client connects (tablet/tablet.js)
@@ -136,7 +136,7 @@ async def fetch_page(host: str, port: int, wait_s: float) -> PageAnswer:
 
 def _file_certificate(path: Path) -> bytes | None:
     try:
-        text = path.read_text(encoding="ascii")
+        text = read_regular(path).decode("ascii")
     except (OSError, UnicodeDecodeError):
         return None
     begin = "-----BEGIN CERTIFICATE-----"

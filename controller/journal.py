@@ -53,6 +53,7 @@ from treadguard.config.schema import (
 )
 from treadguard.controller.first_session import counts
 from treadguard.controller.plan import UserRecord, outcomes_of
+from treadguard.drivers.regular_file import read_regular_text
 from treadguard.safety.decisions import Event, EventType
 from treadguard.safety.limits import STANDSTILL_MPH
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
@@ -915,7 +916,7 @@ class Journal:
                 "cannot be told; commission the treadmill again"
             )
         try:
-            marks = json.loads(seal.read_text(encoding="utf-8"))
+            marks = json.loads(read_regular_text(seal))
             run, event = marks["run"], marks["event"]
             run_mark, event_mark = marks["run_mark"], marks["event_mark"]
         except KeyError as exc:

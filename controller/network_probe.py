@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from treadguard.controller.broker_config import host_port, read_regular
+from treadguard.controller.broker_config import host_port
+from treadguard.drivers.regular_file import read_regular
 
 PROBE_USERNAME = "treadguard-doctor-probe"
 WEBSOCKET_PATHS = ("/mqtt", "/")

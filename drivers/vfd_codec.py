@@ -18,6 +18,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
+from treadguard.drivers.regular_file import read_regular_text
+
 Direction = Literal["forward", "reverse"]
 
 REGISTER_MAX = 0xFFFF
@@ -79,9 +81,8 @@ class RegisterMap:
     @classmethod
     def from_toml(cls, path: Path) -> RegisterMap:
         try:
-            with path.open("rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(read_regular_text(path))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise RegisterMapError(f"register map {path}: cannot read it: {exc}") from exc
         return cls.from_mapping(data, source=str(path))
 

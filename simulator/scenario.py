@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from treadguard.drivers.regular_file import read_regular_text
 from treadguard.safety.decisions import Cause, EndReason, EventType, RefusalCode, State
 from treadguard.safety.inputs import CommandType
 from treadguard.safety.stop_baseline import StopBaseline, StopKind
@@ -362,7 +363,7 @@ class ScenarioError(ValueError):
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular_text(path))
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -306,3 +307,43 @@ def test_a_file_name_that_is_no_utf8_is_shown_not_raised(
     assert done.returncode != 0, said
     assert "Traceback" not in said, said
     assert "\\xff" in said or "\\xfe" in said, said  # the name, its odd byte escaped
+
+
+# Each file the configuration leads to, made a pipe (mkfifo): reading it would wait for a
+# writer for ever, deaf to Ctrl-C and SIGTERM.
+PIPE_AT = ["a program file", "the rules beside it", "the rules it names", "a register map"]
+
+
+@pytest.mark.parametrize("where", PIPE_AT)
+def test_a_pipe_where_the_configuration_leads_is_refused_not_waited_on(
+    tmp_path: Path, where: str
+) -> None:
+    programs = tmp_path / "programs"
+    shutil.copytree(ROOT / "config" / "programs", programs)
+    text = (
+        "[treadmill]\nid = 'tm-x'\n[drive]\nkind = 'simulator'\n"
+        f"[programs]\ndir = '{programs.as_posix()}'\n"
+    )
+    if where == "a program file":
+        pipe = programs / "zz-pipe.toml"
+    elif where == "the rules beside it":
+        pipe = tmp_path / "progression.toml"
+    elif where == "the rules it names":
+        pipe = tmp_path / "rules.toml"
+        text += "rules = 'rules.toml'\n"
+    else:
+        pipe = tmp_path / "map.toml"
+        text = text.replace(
+            "kind = 'simulator'",
+            "kind = 'modbus'\ntransport = 'tcp'\nhost = '127.0.0.1'\nregister_map = 'map.toml'\n"
+            "mph_per_hz = 0.05",
+        )
+    os.mkfifo(pipe)
+    config = tmp_path / "tg.toml"
+    config.write_text(text, encoding="utf-8")
+    done = run("check-config", str(config), cwd=tmp_path)  # within run()'s time-out
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    assert pipe.name in said, said
+    assert "not a regular file" in said or "not point to a file" in said, said
