@@ -378,18 +378,24 @@ class WorkerProcess:
         self._one_at_a_time = asyncio.Lock()  # a request and its answer, a line each
 
     async def check(self) -> str | None:
-        """Whether the configuration on disk still serves (the worker looks at its files):
-        why not, or None. A worker that cannot answer says nothing here (a request will)."""
+        """Whether the configuration on disk still serves (the worker loads it): why not, or
+        None. A worker that does not answer, or answers nothing it should, has not shown that
+        it does: that is a why too (fail closed), until a check answers again."""
         try:
             async with self._one_at_a_time:
                 proc = await self._running()
                 line = await asyncio.wait_for(self._send(proc, {"check": True}), self._timeout_s)
-            got = json.loads(line) if line else {}
-            why = got.get("not_known") if isinstance(got, dict) else None
+            got = json.loads(line) if line else None
+            if not isinstance(got, dict) or got.get("check") is not True:
+                raise ValueError(f"no answer to the check ({line[:80]!r})")
+            why = got.get("not_known")
             return why if isinstance(why, str) else None
-        except (OSError, EOFError, ValueError, TimeoutError):
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
             await self.close()
-            return None
+            return (
+                "the configuration on disk could not be checked against the one the daemon "
+                f"runs ({type(exc).__name__}: {exc}): choose a program, or ask again shortly"
+            )
 
     async def ask(self, user: str, now: float) -> StartChoice | NotKnown:
         try:

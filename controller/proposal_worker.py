@@ -78,10 +78,12 @@ def answer(
 
 
 class WorkerConfig:
-    """The configuration the worker works from, loaded again whenever its files change on
-    disk (the file, the rules file, the programs' folder): the daemon's core runs what it
-    loaded when it started, so an edit since then must refuse the proposals, not wait for the
-    worker's next start to be seen."""
+    """The configuration the worker works from, loaded afresh for every request: the
+    daemon's core runs what it loaded when it started, so a request is answered only from a
+    load that gives the very rules, programs and zone the daemon runs (its fingerprint). By
+    content, never by the files' look: a rules file that appears beside the configuration,
+    one edited while the last load read it, or one put back with its old times is judged by
+    what it says. (A load takes a few milliseconds; docs/benchmarks.md.)"""
 
     def __init__(self, path: Path, expected: str | None = None) -> None:
         """``expected``: the daemon's fingerprint() of what it loaded, if it has one."""
@@ -89,17 +91,11 @@ class WorkerConfig:
         self.expected = expected
         self.loaded: LoadedConfig | ConfigError = ConfigError(path, ["not loaded yet"])
         self.refusal: str | None = None
-        self._seen: object = None
         self.refresh()
 
     def refresh(self) -> None:
-        seen = _files_seen(self.path, self.loaded)
-        if seen == self._seen:
-            return
         self.loaded = _load(self.path)
         self.refusal = _refusal(self.loaded, self.expected)
-        # Looked at again with what was loaded (its rules file, its programs' folder).
-        self._seen = _files_seen(self.path, self.loaded)
 
 
 def _load(path: Path) -> LoadedConfig | ConfigError:
@@ -109,28 +105,6 @@ def _load(path: Path) -> LoadedConfig | ConfigError:
         return exc
     except Exception as exc:  # whatever it was: every request says so, the worker stays
         return ConfigError(path, [f"{type(exc).__name__}: {exc}"])
-
-
-def _files_seen(path: Path, loaded: LoadedConfig | ConfigError) -> object:
-    """What the configuration's files look like on disk, cheaply: each one's change times and
-    size (or why it cannot be looked at), the programs' folder's files by name."""
-    files = [path]
-    if isinstance(loaded, LoadedConfig):
-        if loaded.rules_path is not None:
-            files.append(loaded.rules_path)
-        folder = loaded.resolve(loaded.config.programs.dir)
-        try:
-            files += sorted(folder.iterdir())
-        except OSError as exc:
-            files.append(Path(f"{folder} ({exc.strerror})"))
-    seen = []
-    for file in files:
-        try:
-            st = file.stat()
-            seen.append((str(file), st.st_mtime_ns, st.st_ctime_ns, st.st_size))
-        except OSError as exc:
-            seen.append((str(file), exc.errno or 0, 0, 0))
-    return tuple(seen)
 
 
 def serve(config: WorkerConfig, lines: TextIO, out: TextIO, *, identity: str | None = None) -> None:

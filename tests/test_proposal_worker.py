@@ -4,6 +4,8 @@ request, and a request never raises into the keeper."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import os
@@ -18,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.daemon_process import daemon_config
-from treadguard.config.loading import load_config
+from treadguard.config.loading import LoadedConfig, load_config
+from treadguard.controller import proposal_worker
 from treadguard.controller.journal import Journal
 from treadguard.controller.proposal_book import (
     NotKnown,
@@ -297,3 +300,85 @@ def test_rules_edited_after_the_worker_started_refuse_every_proposal(tmp_path: P
     assert "was changed since the daemon started" in str(checked["not_known"])
     rules.write_text(shipped, encoding="utf-8")
     assert answers(check) == [{"check": True}]
+
+
+def _answers(worker: WorkerConfig, *lines: str) -> list[dict[str, object]]:
+    out = io.StringIO()
+    serve(worker, io.StringIO("".join(f"{line}\n" for line in lines)), out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+CHECK = '{"check": true}'
+
+
+def test_rules_that_appear_beside_the_configuration_are_seen(tmp_path: Path) -> None:
+    """No rules file beside the configuration when the daemon started (the shipped rules
+    serve): one written there later is the clinic's, and a proposal by the shipped rules is
+    no longer what the file says. Moved away and an edited copy put back, the same."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-beside")
+    worker = WorkerConfig(config, fingerprint(load_config(config)))
+    assert _answers(worker, CHECK) == [{"check": True}]
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    rules = tmp_path / "progression.toml"
+    rules.write_text(shipped + '\n[user."p-1"]\ncap_s = 180\n', encoding="utf-8")
+    (checked,) = _answers(worker, CHECK)
+    assert "was changed since the daemon started" in str(checked["not_known"]), checked
+    rules.rename(tmp_path / "progression.toml.orig")
+    assert _answers(worker, CHECK) == [{"check": True}]  # the shipped rules again: as started
+    rules.write_text(
+        shipped.replace("clinician_may_confirm = true", "clinician_may_confirm = false")
+    )
+    (checked,) = _answers(worker, CHECK)
+    assert "was changed since the daemon started" in str(checked["not_known"]), checked
+
+
+def test_an_edit_that_lands_while_the_worker_loads_is_seen_at_the_next_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules edited the moment after the worker read them, before it could note how the
+    files looked: the next request sees the edit (by what the files say, not how they look)."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-race")
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    rules = tmp_path / "progression.toml"
+    rules.write_text(shipped, encoding="utf-8")
+    worker = WorkerConfig(config, fingerprint(load_config(config)))
+    real = load_config
+    edits = [shipped + '\n[user."p-1"]\ncap_s = 180\n']
+
+    def edited_just_after(path: Path) -> LoadedConfig:
+        loaded = real(path)
+        if edits:
+            rules.write_text(edits.pop(), encoding="utf-8")
+        return loaded
+
+    config.touch()  # a look that has changed: the worker loads again
+    monkeypatch.setattr(proposal_worker, "load_config", edited_just_after)
+    assert _answers(worker, CHECK) == [{"check": True}]  # read before the edit: as started
+    (checked,) = _answers(worker, CHECK)
+    assert "was changed since the daemon started" in str(checked["not_known"]), checked
+
+
+def test_a_check_the_worker_does_not_answer_is_a_refusal(tmp_path: Path) -> None:
+    """A worker that cannot answer the keeper's check (stuck, gone) has not shown that the
+    configuration still serves: the check says why, never nothing."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-silent")
+    process = WorkerProcess(config, fingerprint(load_config(config)))
+
+    async def checks() -> tuple[str | None, str | None]:
+        first = await process.check()  # the worker started, and answering
+        proc = process._proc
+        assert proc is not None
+        process._timeout_s = 0.5  # the stopped worker is not waited on for the default 30 s
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            second = await process.check()
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the check's failure ended it
+                os.kill(proc.pid, signal.SIGCONT)
+            await process.close()
+        return first, second
+
+    first, second = asyncio.run(checks())
+    assert first is None
+    assert second is not None
+    assert "could not be checked" in second, second
