@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import ipaddress
 import os
 import socket
 
@@ -43,8 +44,8 @@ def topic_lock_name(port: int, prefix: str) -> bytes:
 def drive_lock_names(drive: DriveSection) -> list[bytes]:
     """The abstract socket names for the drive ``drive`` configures, however it is spelled:
     a serial port by the device its name leads to (/dev/serial/by-id/... and /dev/ttyUSB0
-    are one), a Modbus TCP host by each address it resolves to (localhost and 127.0.0.1, a
-    name and its address, are one); a second process on it, under another treadmill id or
+    are one), a Modbus TCP host by each address it resolves to (localhost, 127.0.0.1 and
+    ::ffff:127.0.0.1, a name and its address, are one); a second process on it, under another treadmill id or
     broker, would command the same belt. No name for the in-process simulator (each process
     has its own)."""
     if isinstance(drive, TrackmasterDriveSection):
@@ -70,7 +71,18 @@ def _addresses(host: str, port: int) -> list[str]:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return [host]
-    return sorted({str(info[4][0]) for info in found}) or [host]
+    return sorted({_plain(str(info[4][0])) for info in found}) or [host]
+
+
+def _plain(address: str) -> str:
+    """An address as one socket is reached by it: an IPv4 address written as IPv6
+    (::ffff:127.0.0.1, IPv4-mapped) is that IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped if mapped is not None else ip)
 
 
 def _name(key: str) -> bytes:

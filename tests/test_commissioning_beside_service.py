@@ -232,15 +232,19 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
         tmp_path / "service.log",
     )
     service.start()
-    # The same drive, named as the service names it and by another name for its host.
+    # The same drive, named as the service names it and by other names for its host: a name,
+    # and its IPv4 address written as IPv6 (IPv4-mapped), which reaches the same socket.
+    assert host == "127.0.0.1", host
     spelt = drive.replace(f'host = "{host}"', 'host = "localhost"')
-    assert spelt != drive
+    mapped = drive.replace(f'host = "{host}"', f'host = "::ffff:{host}"')
     same = daemon_config(tmp_path, broker.port, treadmill_id="tm-b", sensors="mqtt", drive=drive)
     other = daemon_config(tmp_path, broker.port, treadmill_id="tm-c", sensors="mqtt", drive=spelt)
+    v6 = daemon_config(tmp_path, broker.port, treadmill_id="tm-d", sensors="mqtt", drive=mapped)
+    tries = ((("run",), same), (("commission",), same), (("run",), other), (("run",), v6))
     try:
         async with clinician(broker, "tm-a") as doc:
             await doc.state(lambda s: s["speed_mph"] is not None, within=15.0)
-            for command, config in ((("run",), same), (("commission",), same), (("run",), other)):
+            for command, config in tries:
                 second = await asyncio.to_thread(
                     treadguard_cli, *command, "--config", str(config), timeout=COMMAND_S
                 )
@@ -249,6 +253,7 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
                 assert "another treadguard process drives the modbus tcp" in said, said
             assert not (tmp_path / "journal-tm-b.sqlite").exists()
             assert not (tmp_path / "journal-tm-c.sqlite").exists()
+            assert not (tmp_path / "journal-tm-d.sqlite").exists()
             # Idle, the service publishes a state only on a change: none came, or none latched.
             seen = [body(m) for m in doc.tab.drain("treadmill/tm-a/state")]
             assert all(s["latched"] is None for s in seen), seen
