@@ -250,6 +250,15 @@ def _known_env_names() -> list[str]:
     return [*OTHER_ENV, *settings]
 
 
+def _not_utf8(value: str) -> str | None:
+    """The first byte of ``value`` that was no UTF-8 (Python keeps such an environment's
+    bytes as lone surrogates, which no broker login or file name can carry), as \\xNN."""
+    for c in value:
+        if 0xD800 <= ord(c) <= 0xDFFF:
+            return f"\\x{ord(c) - 0xDC00:02x}" if ord(c) >= 0xDC80 else f"U+{ord(c):04X}"
+    return None
+
+
 def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
     """TREADGUARD_<SECTION>__<KEY> variables that name no setting, and misspellings of the
     other variables treadguard reads (TREADGUARD_CONFIGS): a misspelt variable must not be
@@ -258,7 +267,16 @@ def _unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
     sections = sorted(TreadguardConfig.model_fields, key=len, reverse=True)
     for key in sorted(environ):
         upper = key.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in OTHER_ENV:
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        odd = _not_utf8(environ[key])
+        if odd is not None:
+            # (a password among them: its value is never shown, only the first odd byte)
+            problems.append(
+                f"{key}: its value is not UTF-8 text (byte {odd}): write it again in UTF-8 "
+                "(an environment file saved in another encoding, Latin-1 say)"
+            )
+        if upper in OTHER_ENV:
             continue
         if ENV_NESTED not in upper[len(ENV_PREFIX) :]:
             # TREADGUARD_MQTT_PORT: a section's name, then one underscore where two belong. It

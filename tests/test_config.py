@@ -1010,3 +1010,28 @@ def test_sr15_every_configuration_check_config_accepts_is_one_run_gets_past(text
     else:
         assert code == 2, out.getvalue()
         assert problems(subprocess.CompletedProcess([], code, out.getvalue(), "")), out.getvalue()
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_setting_from_the_environment_that_is_no_utf8_is_refused_naming_it(
+    command: str,
+) -> None:
+    """The daemon's password in an environment file saved in Latin-1 (caf\\xe9): no broker
+    login can carry it, and the daemon ended in a traceback at its first connection while
+    check-config said ok. Refused by both, naming the variable and the byte, never the value."""
+    sim = ROOT / "config" / "sim.toml"
+    argv = [command, str(sim)] if command == "check-config" else [command, "--config", str(sim)]
+    env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env[b"TREADGUARD_MQTT__PASSWORD"] = b"secret caf\xe9"
+    done = subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", *argv],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    said = (done.stdout + done.stderr).decode("utf-8", "replace")
+    assert done.returncode == 2, said
+    assert "Traceback" not in said, said
+    assert "TREADGUARD_MQTT__PASSWORD: its value is not UTF-8 text (byte \\xe9)" in said, said
+    assert "secret" not in said, said
