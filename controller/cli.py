@@ -395,7 +395,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     source = loaded.resolve(loaded.config.journal.path).resolve()
     target: Path = args.file
-    if target.is_dir():  # a folder (a USB stick): the usual name, in it
+    if _is_folder(target):  # a folder (a USB stick): the usual name, in it
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = target / f"journal-{loaded.config.treadmill.id}-{stamp}.sqlite"
     try:
@@ -485,7 +485,16 @@ def _write(text: str, out: Path, what: str) -> bool:
 
 def _out_path(given: Path | None, name: str) -> Path:
     out = given if given is not None else Path(name)
-    return out / name if out.is_dir() else out  # --out /tmp: the usual name, in that folder
+    return out / name if _is_folder(out) else out  # --out /tmp: the usual name, in that folder
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder; False where that cannot be told (a folder on the way this
+    user may not enter, a name too long): writing there says why."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -826,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "scenarios",
         nargs="+",
-        type=Path,
+        type=_named_path,
         metavar="SCENARIO",
         help="scenario files (.toml, docs/scenarios.md); simulator/scenarios/ has examples",
     )
@@ -840,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--config",
-        type=Path,
+        type=_named_path,
         default=None,
         help="configuration (default: the scenario's, else config/sim.toml)",
     )
@@ -848,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file", type=Path, help="the configuration file to check")
+    check.add_argument("file", type=_named_path, help="the configuration file to check")
     check.set_defaults(func=cmd_check_config)
 
     dev = sub.add_parser(
@@ -859,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = dev_sub.add_parser("trackmaster", help="a Trackmaster treadmill on a pty")
     tm.add_argument(
         "--link",
-        type=Path,
+        type=_named_path,
         default=None,
         help="also keep a symlink at this path pointing at the current pty",
     )
@@ -929,7 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mb.add_argument(
         "--register-map",
-        type=Path,
+        type=_named_path,
         default=DELTA_MAP,
         help="the drive's register map (default: config/drives/delta-vfd-e.toml)",
     )
@@ -995,7 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--config",
-        type=Path,
+        type=_named_path,
         default=BUILTIN_CONFIG,
         help="the configuration whose broker and sensors to use (default: config/sim.toml)",
     )
@@ -1015,7 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.set_defaults(func=cmd_sim_user)
 
     history = sub.add_parser("history", help="the sessions in the journal")
-    history.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    history.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
     history.set_defaults(func=cmd_history, installed_config=True)
@@ -1026,7 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broker, clock, journal; exit 0 only if all pass (1: one failed; 4: none failed, but "
         "one was not checked)",
     )
-    doc.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    doc.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     doc.add_argument(
         "--walk",
         action="store_true",
@@ -1069,7 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument(
         "--mosquitto-conf",
-        type=Path,
+        type=_named_path,
         default=DEBIAN_MOSQUITTO_CONF,
         metavar="FILE",
         help="the broker's main configuration file, whose include_dir and acl_file are read too "
@@ -1094,7 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the copy to write (never overwritten), or a folder to write it in",
     )
-    keep.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    keep.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     keep.set_defaults(func=cmd_backup, installed_config=True)
 
     report = sub.add_parser(
@@ -1103,9 +1112,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "session", type=int, metavar="SESSION", help="the session's number (treadguard history)"
     )
-    report.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    report.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     report.add_argument(
-        "--out", type=Path, default=None, help="the page to write (default session-N.html)"
+        "--out", type=_named_path, default=None, help="the page to write (default session-N.html)"
     )
     report.set_defaults(func=cmd_report, installed_config=True)
 
@@ -1113,9 +1122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "patient", help="every session of one user as an HTML page: the trend and a row each"
     )
     patient.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
-    patient.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    patient.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     patient.add_argument(
-        "--out", type=Path, default=None, help="the page to write (default patient-USER.html)"
+        "--out",
+        type=_named_path,
+        default=None,
+        help="the page to write (default patient-USER.html)",
     )
     patient.set_defaults(func=cmd_patient, installed_config=True)
 
@@ -1123,7 +1135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="the proposal for a user's next session and why, and their measures"
     )
     plan.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
-    plan.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    plan.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     plan.add_argument("--json", action="store_true", help="one JSON object")
     plan.set_defaults(func=cmd_plan, installed_config=True)
 
@@ -1140,9 +1152,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--user", default=None, help="only this user's sessions (with --fhir, and measures)"
     )
-    export.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    export.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     export.add_argument(
-        "--out", type=Path, default=None, help="the file to write (default: standard output)"
+        "--out", type=_named_path, default=None, help="the file to write (default: standard output)"
     )
     export.set_defaults(func=cmd_export, installed_config=True)
 
@@ -1150,7 +1162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commission",
         help="prove every stop source on the machine (before patient sessions), or --status",
     )
-    com.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    com.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     com.add_argument(
         "--status",
         action="store_true",
@@ -1169,7 +1181,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
-    run.add_argument("--config", type=Path, default=None, help=INSTALLED_HELP)
+    run.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     _log_level_option(run, "the daemon's", default=None)
     run.set_defaults(func=cmd_run, installed_config=True)
     from treadguard.controller.tablet import add_tablet_parser

@@ -24,6 +24,7 @@ Every failure is a :class:`JournalError` with SQLite's reason ("database or disk
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -1562,14 +1563,24 @@ def backup(
     back past what was proven since the copy (a proof test that failed and withdrew the
     pass), so the pass on record in the copy cannot stand for the treadmill as it is now."""
     try:
-        found, taken = source.is_file(), target.exists()
+        found = source.is_file()
     except OSError as exc:  # a folder on the way that this user may not enter
         raise JournalError(f"cannot back up {source} to {target}: {_os_reason(exc)}") from exc
+    try:
+        taken = os.path.lexists(target) or target.exists()
+    except OSError as exc:  # the copy's side: a folder this user may not enter, a long name
+        raise JournalError(f"cannot write the copy {target}: {_copy_reason(exc)}") from exc
     if not found:
         raise JournalError(f"no journal at {source}")
     if taken:
         raise JournalError(f"{target} already exists: a backup never overwrites a file")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        # Made here first, so that a folder the copy may not go in is said as the OS says it
+        # (SQLite would say only "unable to open database file"); empty, SQLite takes it.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise JournalError(f"cannot write the copy {target}: {_copy_reason(exc)}") from exc
     try:
         with (
             closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
@@ -1591,12 +1602,25 @@ def backup(
         os.replace(partial, target)
         _sync_dir(target.parent)
     except (OSError, sqlite3.Error, JournalError) as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         if isinstance(exc, JournalError):
             raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise JournalError(f"cannot back up {source} to {target}: {reason}") from exc
     return BackupResult(target, sessions, version, target.stat().st_size)
+
+
+def _copy_reason(exc: OSError) -> str:
+    """Why a copy cannot be written where it was asked for: the journal was read, so the
+    advice is about the copy's folder, never the journal's owner."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, PermissionError):
+        return (
+            f"{reason} for the user {_user_name()} in that folder: choose a folder this user "
+            "may write (a USB stick mounted for it, the home folder), or run as root"
+        )
+    return reason
 
 
 # Who a backup copy's own commissioning run (see backup) names as its technician.

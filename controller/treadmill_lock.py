@@ -45,9 +45,9 @@ def drive_lock_names(drive: DriveSection) -> list[bytes]:
     """The abstract socket names for the drive ``drive`` configures, however it is spelled:
     a serial port by the device its name leads to (/dev/serial/by-id/... and /dev/ttyUSB0
     are one), a Modbus TCP host by each address it resolves to (localhost, 127.0.0.1 and
-    ::ffff:127.0.0.1, a name and its address, are one); a second process on it, under another treadmill id or
-    broker, would command the same belt. No name for the in-process simulator (each process
-    has its own)."""
+    ::ffff:127.0.0.1, a name and its address, are one); a second process on it, under
+    another treadmill id or broker, would command the same belt. No name for the in-process
+    simulator (each process has its own)."""
     if isinstance(drive, TrackmasterDriveSection):
         return [_name(f"serial {_device(drive.port)}")]
     if not isinstance(drive, ModbusDriveSection):

@@ -175,6 +175,16 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["commission-confirm", "--ask", "release_left", "--config", SIM], "--step"),
     ("tablet", ["commission-abort", "--config", "{tmp}"], "{tmp}"),
     ("tablet", ["watch", "--for", "-1", "--config", SIM], "--for"),
+    # Nothing typed, where a file or folder is named: never the working folder.
+    ("export", ["--csv", "--out", "", "--config", "{journal_config}"], "an empty path"),
+    ("report", ["1", "--out", "", "--config", "{journal_config}"], "an empty path"),
+    ("check-config", [""], "an empty path"),
+    ("history", ["--config", ""], "an empty path"),
+    # A name longer than a folder may hold, and a place nobody may write (sysfs, root too).
+    ("export", ["--csv", "--out", "{long_name}", "--config", "{journal_config}"], "too long"),
+    ("export", ["--fhir", "--out", "/sys/x.json", "--config", "{journal_config}"], "/sys/x.json"),
+    ("backup", ["{long_name}", "--config", "{journal_config}"], "too long"),
+    ("backup", ["/sys/copy.sqlite", "--config", "{journal_config}"], "Permission denied"),
 ]
 
 
@@ -224,6 +234,7 @@ def test_a_bad_path_or_value_is_said_plainly(
         "{trackmaster_config}": str(trackmaster),
         "{long_prefix}": long_prefix,
         "{long_prefix_config}": str(long_prefix_config),
+        "{long_name}": str(tmp_path / ("x" * 300)),
     }
     argv = [fill.get(a, a) for a in args]
     done = run(command, *argv, cwd=tmp_path)
@@ -231,6 +242,8 @@ def test_a_bad_path_or_value_is_said_plainly(
     assert done.returncode != 0, said
     assert "Traceback" not in said, said
     assert fill.get(named, named) in said, said
+    # A destination that cannot be written is said as such: the journal was read.
+    assert "the journal belongs to the service" not in said, said
 
 
 def test_a_reader_that_goes_away_ends_a_command_without_a_traceback() -> None:

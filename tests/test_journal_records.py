@@ -332,9 +332,9 @@ def test_a_backup_never_overwrites_and_names_what_is_wrong(tmp_path: Path) -> No
     assert existing.read_bytes() == b"precious"
     with pytest.raises(JournalError, match="no journal at"):
         backup(tmp_path / "none.sqlite", tmp_path / "x.sqlite")
-    with pytest.raises(JournalError, match="cannot back up") as failed:
+    with pytest.raises(JournalError, match="cannot write the copy") as failed:
         backup(path, tmp_path / "no-such-folder" / "x.sqlite")
-    assert "no-such-folder" in str(failed.value)
+    assert "no-such-folder/x.sqlite: No such file or directory" in str(failed.value)
     not_a_journal = tmp_path / "notes.txt"
     not_a_journal.write_text("hello\n", encoding="utf-8")
     with pytest.raises(JournalError, match="cannot back up"):
