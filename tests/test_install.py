@@ -1212,31 +1212,88 @@ def test_update_keeps_the_configuration_and_the_journal(board: Board) -> None:
     assert unit["StatusText"] == "idle"
 
 
+# What a technician may type that keeps the service from starting, and what the refused update
+# says: in the configuration, or in the environment file in a form systemd reads otherwise
+# than it looks (an indented line, blanks around "=": systemd takes both, and the misspelt
+# variable would stop the daemon).
+NOT_STARTING = {
+    "a key mistyped in the configuration": (
+        "treadguard.toml",
+        "\n[safety]\nbogus_key = 1\n",
+        "bogus_key",
+    ),
+    "an indented variable misspelt": (
+        "environment",
+        "  TREADGUARD_MQTT_PORT=1883\n",
+        "(TREADGUARD_MQTT_PORT) is not NAME=VALUE from the line's start",
+    ),
+    "a variable misspelt, blanks around =": (
+        "environment",
+        "TREADGUARD_MQTT__PORTT = 1883\n",
+        "(TREADGUARD_MQTT__PORTT) is not NAME=VALUE from the line's start",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(NOT_STARTING))
 def test_an_update_over_a_configuration_that_would_not_start_leaves_the_service_running(
-    board: Board,
+    board: Board, mistake: str
 ) -> None:
-    """A key mistyped into the configuration while the service runs (it read the file when it
-    started): an update would stop the service, and treadguard would not start again. The
-    update is refused, naming the key, and the running service is left as it was."""
+    """A key mistyped into the configuration, or a variable into the environment file, while
+    the service runs (it read them when it started): an update would stop the service, and
+    treadguard would not start again. The update is refused, naming the key, and the running
+    service is left as it was."""
     box = board.box
     _start(board)
-    config = box.root / "etc/treadguard/treadguard.toml"
-    kept = config.read_text()
+    name, added, named = NOT_STARTING[mistake]
+    edited = box.root / "etc/treadguard" / name
+    kept = edited.read_text()
     old_pid = board.unit("MainPID")["MainPID"]
-    config.write_text(kept + "\n[safety]\nbogus_key = 1\n")
+    edited.write_text(kept + added)
     try:
         refused = box.run(
             "bash", str(INSTALL), "--update", "--pip-find-links", str(WHEELHOUSE),
             timeout=INSTALL_TIMEOUT_S, check=False,
         )  # fmt: skip
         assert refused.returncode == 1, refused.stdout
-        assert "bogus_key" in refused.stderr, refused.stderr
-        assert "does not pass check-config" in refused.stderr
+        assert named in refused.stderr, refused.stderr
         assert "stopping treadguard" not in refused.stdout
         unit = board.unit("ActiveState", "MainPID")
         assert (unit["ActiveState"], unit["MainPID"]) == ("active", old_pid)
     finally:
-        config.write_text(kept)
+        edited.write_text(kept)
+
+
+def test_the_daemons_password_quoted_by_hand_is_refused_before_anything_changes(
+    board: Board,
+) -> None:
+    """The daemon's password written in its environment file in quotes: systemd takes them
+    off, the broker's password file would have kept them (the daemon locked out after a
+    password file begun afresh). The installer refuses the line, naming it and never the
+    password, and changes nothing."""
+    box = board.box
+    environment = box.root / "etc/treadguard/environment"
+    kept = environment.read_text()
+    passwd = (box.root / PASSWD.lstrip("/")).read_bytes()
+    secret = "quoted pass 1"
+    lines = [
+        f'TREADGUARD_MQTT__PASSWORD="{secret}"' if line.startswith("TREADGUARD_MQTT__PASSWORD=")
+        else line
+        for line in kept.splitlines()
+    ]  # fmt: skip
+    environment.write_text("\n".join(lines) + "\n")
+    try:
+        refused = box.run(
+            "bash", str(INSTALL), "--pip-find-links", str(WHEELHOUSE),
+            timeout=INSTALL_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stdout
+        assert "(TREADGUARD_MQTT__PASSWORD) has its value in quotes" in refused.stderr
+        assert "Nothing was changed" in refused.stderr
+        assert secret not in refused.stdout + refused.stderr
+        assert (box.root / PASSWD.lstrip("/")).read_bytes() == passwd
+    finally:
+        environment.write_text(kept)
 
 
 def _restart_broker(box: SystemdContainer) -> None:
