@@ -223,6 +223,19 @@ class Account:
         except OSError:
             return False
 
+    def blocker(self, path: Path, want: int) -> Path | None:
+        """What keeps this account from ``want`` on ``path``: the first folder on the way it
+        may not search, or ``path`` itself; None if nothing does."""
+        if self.uid == 0:
+            return None
+        try:
+            for folder in reversed(path.absolute().parents):
+                if not self._bits(folder.stat()) & 1:
+                    return folder
+            return None if self._bits(path.stat()) & want == want else path
+        except OSError:
+            return path
+
     def _bits(self, st: os.stat_result) -> int:
         if st.st_uid == self.uid:
             return (st.st_mode >> 6) & 7
@@ -309,23 +322,51 @@ def check_configuration(path: Path) -> tuple[Check, LoadedConfig | None]:
 
 
 def _configuration_unreadable(loaded: LoadedConfig, account: Account | None) -> Check | None:
-    """A FAIL when the service's user may not read the configuration the doctor read (as
-    root it reads anything): the service would not start."""
+    """A FAIL when the service's user may not read what the daemon reads of its configuration
+    (the doctor, as root, reads anything): the file, the rules, the programs' folder and each
+    program file in it. Each is named with what lets the user in: a folder on the way it may
+    not enter needs a+x (a+r on the files would change nothing), a file a+r."""
     if account is None:
         return None
-    files = [loaded.path, *([loaded.rules_path] if loaded.rules_path is not None else [])]
-    folders = [loaded.resolve(loaded.config.programs.dir)]
-    denied = [f for f in files if not account.may(f, 4)]
-    denied += [d for d in folders if not account.may(d, 5)]
-    if not denied:
+    folder = loaded.resolve(loaded.config.programs.dir)
+    try:
+        programs = sorted(p for p in folder.iterdir() if p.suffix == ".toml")
+    except OSError:
+        programs = []  # the folder itself is judged below
+    wanted = [
+        (loaded.path, 4),
+        *([(loaded.rules_path, 4)] if loaded.rules_path is not None else []),
+        (folder, 5),
+        *((p, 4) for p in programs),
+    ]
+    closed: dict[Path, None] = {}  # folders on the way it may not enter, in order
+    unread: dict[Path, int] = {}
+    for path, want in wanted:
+        blocker = account.blocker(path, want)
+        if blocker is None:
+            continue
+        if blocker == path:
+            unread[path] = want
+        else:
+            closed[blocker] = None
+    if not closed and not unread:
         return None
+    said, fixes = [], []
+    if closed:
+        names = " ".join(str(p) for p in closed)
+        said.append(f"{', '.join(str(p) for p in closed)} cannot be entered by {account.name}")
+        fixes.append(f"sudo chmod a+x {names}")
+    if unread:
+        names = " ".join(str(p) for p in unread)
+        said.append(f"{', '.join(str(p) for p in unread)} cannot be read by {account.name}")
+        wants = {"a+rx" if w == 5 else "a+r" for w in unread.values()}
+        fixes.append(f"sudo chmod {'a+rx' if 'a+rx' in wants else 'a+r'} {names}")
     return Check(
         "configuration",
         Verdict.FAIL,
-        f"{', '.join(str(p) for p in denied)} cannot be read by {account.name}, the service's "
-        "user: treadguard would not start",
-        f"sudo chmod a+r {' '.join(str(p) for p in denied)} (a folder a+rx); the passwords "
-        "belong in /etc/treadguard/environment, which systemd reads as root",
+        f"{'; '.join(said)}, the service's user: treadguard would not start",
+        f"{'; '.join(fixes)}; the passwords belong in /etc/treadguard/environment, which "
+        "systemd reads as root",
     )
 
 

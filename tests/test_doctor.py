@@ -658,7 +658,8 @@ async def test_a_journal_near_its_limit(rig: Rig) -> None:
 @pytest.mark.asyncio
 async def test_a_configuration_the_service_user_may_not_read(rig: Rig) -> None:
     """The doctor, run as root, reads the configuration; the service's user (here `nobody`,
-    for whom the test's folder is closed) may not, and the service would not start."""
+    for whom the test's folder is closed) may not, and the service would not start: the
+    folder it may not enter is named, with the fix that lets it in."""
     rig.drive = 'kind = "simulator"'
     config = rig.config()
     async with publishing(Sensors(rig.broker.port)):
@@ -666,9 +667,8 @@ async def test_a_configuration_the_service_user_may_not_read(rig: Rig) -> None:
     failed(
         done,
         "configuration",
-        f"{config}",
-        "cannot be read by nobody, the service's user: treadguard would not start",
-        "sudo chmod a+r",
+        "cannot be entered by nobody, the service's user: treadguard would not start",
+        "sudo chmod a+x",
     )
 
 
