@@ -170,6 +170,16 @@ def _text(value: object) -> str | None:
     return clean or None
 
 
+def _as_entered(value: object) -> str | None:
+    """A clinician's note as a FHIR string: as entered, its blanks at either end kept (a
+    JSON string may hold them) and a note of blanks alone kept; only characters FHIR strings
+    may not hold replaced (see ``_char``). None for no note, or an empty one."""
+    if value is None:
+        return None
+    raw = value if isinstance(value, str) else json.dumps(value, default=str)
+    return "".join(_char(c) for c in raw) or None
+
+
 def _char(c: str) -> str:
     if c in "\t\r\n":
         return c
@@ -480,7 +490,7 @@ class _Session:
             problem = f"the entry holds {_as_written(raw)}, not a score from 0 to 10"
         note = _note(_text(problem), time=entry.entered)
         if notes is not None:
-            note += _note(_text(notes), author=who, time=entry.entered)
+            note += _note(_as_entered(notes), author=who, time=entry.entered)
         return self._observation(
             key,
             status="amended" if entry.corrected else "final",

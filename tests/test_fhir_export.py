@@ -268,6 +268,18 @@ def test_unicode_notes_are_kept_and_characters_fhir_refuses_are_replaced() -> No
     Bundle.model_validate_json(text)
 
 
+@pytest.mark.parametrize("notes", ["  indented, and a blank after ", "   ", "\tTab first"])
+def test_notes_keep_their_blanks_as_entered(notes: str) -> None:
+    """A note is the clinician's words as entered (a command line does not trim them as the
+    page does): its blanks at either end are kept, and a note of blanks alone is still on
+    record, never left out of the export."""
+    events = {3: [outcome(T0 + 320, "after", pain=1, notes=notes)]}
+    text = export_fhir([session()], events, clinic=CLINIC, user="ann")
+    after = observations(json.loads(text))["Pain severity after the session (0-10)"]
+    assert [n["text"] for n in after["note"]] == [notes]
+    Bundle.model_validate_json(text)
+
+
 def test_times_carry_the_clinic_s_offset_of_their_moment() -> None:
     assert moment(T0, NEW_YORK_ZONE) == "2026-12-02T20:00:00-05:00"
     assert moment(T0 - 150 * 86_400, NEW_YORK_ZONE) == "2026-07-05T21:00:00-04:00"  # EDT
