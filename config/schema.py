@@ -51,9 +51,19 @@ def _no_nul(value: _Text) -> _Text:
     return value
 
 
+def _no_blank_ends(value: str) -> str:
+    # A device or host name has no blanks at its ends (blanks alone are no name: the daemon
+    # would look for " " for ever); a typing slip, said here with its field.
+    if value != value.strip():
+        raise ValueError("a device or host name cannot begin or end with blanks, nor be blanks")
+    return value
+
+
 # Names of files, devices and hosts: something the system can be asked to open.
 FilePath = Annotated[Path, AfterValidator(_no_nul)]
-DeviceName = Annotated[str, Field(min_length=1), AfterValidator(_no_nul)]
+DeviceName = Annotated[
+    str, Field(min_length=1), AfterValidator(_no_nul), AfterValidator(_no_blank_ends)
+]
 
 
 class TreadmillSection(_Strict):

@@ -27,8 +27,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from treadguard.config.loading import (
+    ConfigError,
     ProgramError,
     environment_problems,
+    load_config,
     load_program,
     load_programs,
 )
@@ -1035,3 +1037,19 @@ def test_a_setting_from_the_environment_that_is_no_utf8_is_refused_naming_it(
     assert "Traceback" not in said, said
     assert "TREADGUARD_MQTT__PASSWORD: its value is not UTF-8 text (byte \\xe9)" in said, said
     assert "secret" not in said, said
+
+
+@pytest.mark.parametrize("host", [" ", "\t", " 127.0.0.1", "127.0.0.1 "])
+def test_a_host_with_blanks_at_an_end_is_refused_naming_the_variable(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blanks alone passed for a host (an empty one is refused): the daemon then looked for
+    the broker at " " for ever, every start refused for a broker never reached."""
+    monkeypatch.setenv("TREADGUARD_MQTT__HOST", host)
+    with pytest.raises(ConfigError) as refused:
+        load_config(ROOT / "config" / "sim.toml")
+    assert any(
+        p.startswith("mqtt.host: a device or host name cannot begin or end with blanks")
+        and "TREADGUARD_MQTT__HOST" in p
+        for p in refused.value.problems
+    ), refused.value.problems
