@@ -1264,33 +1264,59 @@ def test_an_update_over_a_configuration_that_would_not_start_leaves_the_service_
         edited.write_text(kept)
 
 
-def test_the_daemons_password_quoted_by_hand_is_refused_before_anything_changes(
+def _with_password_line(environment: Path, line: str) -> None:
+    """The daemon's password line of the environment file replaced by ``line``."""
+    lines = [
+        line if old.startswith("TREADGUARD_MQTT__PASSWORD=") else old
+        for old in environment.read_text().splitlines()
+    ]
+    environment.write_text("\n".join(lines) + "\n")
+
+
+def test_the_daemons_password_quoted_by_hand_is_its_password_at_the_broker(board: Board) -> None:
+    """The daemon's password written in its environment file in quotes: systemd takes them
+    off, and the daemon logs in without them. The broker's account for it, added again (a
+    password file begun afresh), holds the password without them too."""
+    box = board.box
+    environment = box.root / "etc/treadguard/environment"
+    kept = environment.read_text()
+    secret = "quoted pass 1"
+    _with_password_line(environment, f'TREADGUARD_MQTT__PASSWORD="{secret}"')
+    box.run("truncate", "-s", "0", PASSWD)
+    try:
+        board.install()
+        assert _logs_in(board, "treadguard", secret)
+        assert not _logs_in(board, "treadguard", f'"{secret}"')
+    finally:
+        environment.write_text(kept)
+        box.run("truncate", "-s", "0", PASSWD)
+        (box.root / "var/lib/treadguard-install/accounts-seen").unlink()
+        board.install()
+        board.systemctl("restart", "treadguard.service")
+
+
+def test_a_password_line_systemd_reads_otherwise_is_refused_before_anything_changes(
     board: Board,
 ) -> None:
-    """The daemon's password written in its environment file in quotes: systemd takes them
-    off, the broker's password file would have kept them (the daemon locked out after a
-    password file begun afresh). The installer refuses the line, naming it and never the
-    password, and changes nothing."""
+    """The daemon's password half in quotes ("zq7"xk9: systemd reads zq7xk9): the broker's
+    password file would have held it otherwise than the daemon sends it. The installer
+    refuses the line, naming it and never the password, and changes nothing."""
     box = board.box
     environment = box.root / "etc/treadguard/environment"
     kept = environment.read_text()
     passwd = (box.root / PASSWD.lstrip("/")).read_bytes()
-    secret = "quoted pass 1"
-    lines = [
-        f'TREADGUARD_MQTT__PASSWORD="{secret}"' if line.startswith("TREADGUARD_MQTT__PASSWORD=")
-        else line
-        for line in kept.splitlines()
-    ]  # fmt: skip
-    environment.write_text("\n".join(lines) + "\n")
+    _with_password_line(environment, 'TREADGUARD_MQTT__PASSWORD="zq7"xk9')
     try:
         refused = box.run(
             "bash", str(INSTALL), "--pip-find-links", str(WHEELHOUSE),
             timeout=INSTALL_TIMEOUT_S, check=False,
         )  # fmt: skip
         assert refused.returncode == 1, refused.stdout
-        assert "(TREADGUARD_MQTT__PASSWORD) has its value in quotes" in refused.stderr
-        assert "Nothing was changed" in refused.stderr
-        assert secret not in refused.stdout + refused.stderr
+        said = refused.stdout + refused.stderr
+        assert "(TREADGUARD_MQTT__PASSWORD) has quotes that do not enclose" in said, said
+        assert "Nothing was changed" in said
+        assert "zq7" not in said
+        assert "xk9" not in said
         assert (box.root / PASSWD.lstrip("/")).read_bytes() == passwd
     finally:
         environment.write_text(kept)
