@@ -794,9 +794,17 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _session_number(text: str) -> int:
+    """An argparse type: a session's number, in the digits 0-9 (int() would also take other
+    scripts' digits, and report session 3 for an Arabic-Indic three)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a session number (the digits 0-9): {text!r}")
+    return int(text)
+
+
 def _host_port(text: str) -> str:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port 0-65535: {text!r}")
     return text
 
@@ -1110,7 +1118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="one session as an HTML page: speed against time, with its events"
     )
     report.add_argument(
-        "session", type=int, metavar="SESSION", help="the session's number (treadguard history)"
+        "session",
+        type=_session_number,
+        metavar="SESSION",
+        help="the session's number (treadguard history)",
     )
     report.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
     report.add_argument(

@@ -114,6 +114,8 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("history", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("history", ["--config", "{tmp}"], "{tmp}"),
     ("report", ["abc", "--config", SIM], "abc"),
+    # Another script's digit is no session number (an Arabic-Indic three reported session 3).
+    ("report", ["\u0663", "--config", "{journal_config}"], "not a session number"),
     ("report", ["1", "--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("report", ["1", "--config", "{empty_journal_config}"], "no journal"),
     # Past SQLite's integers: no session has such a number (it once ended in a traceback).
