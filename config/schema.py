@@ -413,6 +413,11 @@ class CommissioningSection(_Strict):
     max_controlled_standstill_s: float = Field(8.0, gt=0.0, le=30.0)
 
 
+# Names the zone database holds that are no clinic's zone: the board's own setting (it may
+# change under the daemon, unseen), the database's defaults and its placeholder.
+_NO_CLINIC_ZONE = frozenset({"localtime", "posixrules", "Factory"})
+
+
 class ClinicSection(_Strict):
     """The clinic the treadmill serves, as its reports show it (docs/reports.md)."""
 
@@ -432,6 +437,12 @@ class ClinicSection(_Strict):
                 f'{value!r} is not a time zone: give its IANA name, e.g. "Europe/London" '
                 'or "America/New_York" (or "UTC")'
             ) from None
+        if value in _NO_CLINIC_ZONE:
+            raise ValueError(
+                f"{value!r} names no place: give the clinic's IANA zone, e.g. "
+                '"Europe/London" or "America/New_York" (or "UTC"); "localtime" would follow '
+                "the board's own setting, which the reports and the plan's weeks must not"
+            )
         return value
 
     def zone(self) -> ZoneInfo:

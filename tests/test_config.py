@@ -567,6 +567,17 @@ def test_an_empty_mqtt_password_is_refused(tmp_path: Path, value: str) -> None:
     assert found["mqtt.password"].startswith("is empty"), found
 
 
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "Factory"])
+def test_a_clinic_timezone_that_names_no_place_is_refused(tmp_path: Path, zone: str) -> None:
+    """Names the zone database holds that are no clinic's zone: "localtime" follows the
+    board's own setting, which may change under the daemon unseen (the plan's weeks and the
+    reports would move with it); the database's defaults and its placeholder."""
+    found = assert_refused(
+        check_config(write(tmp_path, valid_config(extra=f"[clinic]\ntimezone = '{zone}'")))
+    )
+    assert found["clinic.timezone"].startswith(f"{zone!r} names no place"), found
+
+
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "utc", "Europe", "../etc/passwd", "zone.tab"])
 def test_a_clinic_timezone_that_is_not_one_names_its_field(tmp_path: Path, zone: str) -> None:
     """The reports' times are in [clinic] timezone: a name zoneinfo does not know (or a folder
