@@ -34,6 +34,7 @@ from treadguard.config.loading import (
 from treadguard.config.schema import SimulatedDriveSection
 from treadguard.contract.codes import code_problem, shown_code
 from treadguard.contract.event_text import clock_text
+from treadguard.controller.arg_types import named_path
 from treadguard.controller.broker_config import DEBIAN_MOSQUITTO_CONF
 from treadguard.controller.commission import CommissioningResult, guided_errand, run_simulated
 from treadguard.controller.daemon import Daemon, JournalHeld
@@ -771,14 +772,6 @@ def _number(
     return parse
 
 
-def _named_path(text: str) -> Path:
-    """An argparse type: a path that names something (an empty one is the working folder
-    to Path, which nobody means by typing nothing)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path: name the file or folder")
-    return Path(text)
-
-
 def _integer(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` to ``high`` (0x.. accepted)."""
 
@@ -843,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "scenarios",
         nargs="+",
-        type=_named_path,
+        type=named_path,
         metavar="SCENARIO",
         help="scenario files (.toml, docs/scenarios.md); simulator/scenarios/ has examples",
     )
@@ -857,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--config",
-        type=_named_path,
+        type=named_path,
         default=None,
         help="configuration (default: the scenario's, else config/sim.toml)",
     )
@@ -865,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file", type=_named_path, help="the configuration file to check")
+    check.add_argument("file", type=named_path, help="the configuration file to check")
     check.set_defaults(func=cmd_check_config)
 
     dev = sub.add_parser(
@@ -876,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = dev_sub.add_parser("trackmaster", help="a Trackmaster treadmill on a pty")
     tm.add_argument(
         "--link",
-        type=_named_path,
+        type=named_path,
         default=None,
         help="also keep a symlink at this path pointing at the current pty",
     )
@@ -946,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mb.add_argument(
         "--register-map",
-        type=_named_path,
+        type=named_path,
         default=DELTA_MAP,
         help="the drive's register map (default: config/drives/delta-vfd-e.toml)",
     )
@@ -1012,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument(
         "--config",
-        type=_named_path,
+        type=named_path,
         default=BUILTIN_CONFIG,
         help="the configuration whose broker and sensors to use (default: config/sim.toml)",
     )
@@ -1032,7 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.set_defaults(func=cmd_sim_user)
 
     history = sub.add_parser("history", help="the sessions in the journal")
-    history.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    history.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     history.add_argument("--user", default=None, help="only this user's sessions")
     history.add_argument("--json", action="store_true", help="one JSON object a session")
     history.set_defaults(func=cmd_history, installed_config=True)
@@ -1043,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broker, clock, journal; exit 0 only if all pass (1: one failed; 4: none failed, but "
         "one was not checked)",
     )
-    doc.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    doc.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     doc.add_argument(
         "--walk",
         action="store_true",
@@ -1086,7 +1079,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument(
         "--mosquitto-conf",
-        type=_named_path,
+        type=named_path,
         default=DEBIAN_MOSQUITTO_CONF,
         metavar="FILE",
         help="the broker's main configuration file, whose include_dir and acl_file are read too "
@@ -1107,11 +1100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keep.add_argument(
         "file",
-        type=_named_path,
+        type=named_path,
         metavar="FILE",
         help="the copy to write (never overwritten), or a folder to write it in",
     )
-    keep.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    keep.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     keep.set_defaults(func=cmd_backup, installed_config=True)
 
     report = sub.add_parser(
@@ -1123,9 +1116,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SESSION",
         help="the session's number (treadguard history)",
     )
-    report.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    report.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     report.add_argument(
-        "--out", type=_named_path, default=None, help="the page to write (default session-N.html)"
+        "--out", type=named_path, default=None, help="the page to write (default session-N.html)"
     )
     report.set_defaults(func=cmd_report, installed_config=True)
 
@@ -1133,10 +1126,10 @@ def build_parser() -> argparse.ArgumentParser:
         "patient", help="every session of one user as an HTML page: the trend and a row each"
     )
     patient.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
-    patient.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    patient.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     patient.add_argument(
         "--out",
-        type=_named_path,
+        type=named_path,
         default=None,
         help="the page to write (default patient-USER.html)",
     )
@@ -1146,7 +1139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="the proposal for a user's next session and why, and their measures"
     )
     plan.add_argument("user", metavar="USER", help="the user's code (treadguard history)")
-    plan.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    plan.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     plan.add_argument("--json", action="store_true", help="one JSON object")
     plan.set_defaults(func=cmd_plan, installed_config=True)
 
@@ -1163,9 +1156,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--user", default=None, help="only this user's sessions (with --fhir, and measures)"
     )
-    export.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    export.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     export.add_argument(
-        "--out", type=_named_path, default=None, help="the file to write (default: standard output)"
+        "--out", type=named_path, default=None, help="the file to write (default: standard output)"
     )
     export.set_defaults(func=cmd_export, installed_config=True)
 
@@ -1173,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commission",
         help="prove every stop source on the machine (before patient sessions), or --status",
     )
-    com.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    com.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     com.add_argument(
         "--status",
         action="store_true",
@@ -1192,7 +1185,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="the daemon: drive the treadmill and serve the tablet over MQTT"
     )
-    run.add_argument("--config", type=_named_path, default=None, help=INSTALLED_HELP)
+    run.add_argument("--config", type=named_path, default=None, help=INSTALLED_HELP)
     _log_level_option(run, "the daemon's", default=None)
     run.set_defaults(func=cmd_run, installed_config=True)
     from treadguard.controller.tablet import add_tablet_parser

@@ -40,6 +40,8 @@ from pydantic import TypeAdapter, ValidationError
 
 import treadguard.config as config_package
 from treadguard.config.loading import (
+    CONFIG_ENV,
+    INSTALLED_CONFIG,
     TABLET_PASSWORD_ENV,
     ConfigError,
     default_config,
@@ -50,6 +52,7 @@ from treadguard.contract.event_text import describe
 from treadguard.contract.measures import MeasureKind
 from treadguard.contract.mqtt import JsonObject, Topics, state_key, to_payload
 from treadguard.controller.aio import in_own_task, wait_until_set
+from treadguard.controller.arg_types import named_path
 from treadguard.controller.mqtt_settings import broker_settings
 from treadguard.safety.inputs import CommandType
 
@@ -141,11 +144,18 @@ def _watch_identifier(conn: Connection) -> str:
 
 
 def _default_config() -> Path:
-    """The installed configuration ($TREADGUARD_CONFIG, or /etc/treadguard/treadguard.toml)
-    where there is one, so a tablet on the board finds its broker; else the built-in one
-    (a broker on this machine's port 1883), for trying the simulator."""
-    path = default_config()
-    return path if path.exists() else BUILTIN_CONFIG
+    """$TREADGUARD_CONFIG when it is set, whether or not there is a file there (a misspelt
+    name must not send an E-STOP to another treadmill's topics); else the installed
+    configuration where there is one, so a tablet on the board finds its broker; else the
+    built-in one (a broker on this machine's port 1883), for trying the simulator."""
+    named = os.environ.get(CONFIG_ENV)
+    if named is not None:
+        if not named.strip():
+            raise ConfigError(
+                Path(CONFIG_ENV), [f"{CONFIG_ENV} is set, but empty: name the file, or unset it"]
+            )
+        return default_config()
+    return INSTALLED_CONFIG if INSTALLED_CONFIG.exists() else BUILTIN_CONFIG
 
 
 def _connection(args: argparse.Namespace) -> Connection:
@@ -674,7 +684,7 @@ def _connection_options() -> argparse.ArgumentParser:
     group = opts.add_argument_group("connection")
     group.add_argument(
         "--config",
-        type=Path,
+        type=named_path,
         help="configuration for broker, prefix and TLS (default: $TREADGUARD_CONFIG, else "
         "/etc/treadguard/treadguard.toml if present, else the built-in config/sim.toml); "
         "TREADGUARD_MQTT__* variables override it",

@@ -177,6 +177,7 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("tablet", ["commission-confirm", "--ask", "release_left", "--config", SIM], "--step"),
     ("tablet", ["commission-abort", "--config", "{tmp}"], "{tmp}"),
     ("tablet", ["watch", "--for", "-1", "--config", SIM], "--for"),
+    ("tablet", ["estop", "--config", ""], "an empty path"),
     # Nothing typed, where a file or folder is named: never the working folder.
     ("export", ["--csv", "--out", "", "--config", "{journal_config}"], "an empty path"),
     ("report", ["1", "--out", "", "--config", "{journal_config}"], "an empty path"),
@@ -362,3 +363,30 @@ def test_a_pipe_where_the_configuration_leads_is_refused_not_waited_on(
     assert "Traceback" not in said, said
     assert pipe.name in said, said
     assert "not a regular file" in said or "not point to a file" in said, said
+
+
+@pytest.mark.parametrize("named", ["{tmp}/tg.tmol", "", "  "])
+def test_a_tablet_command_never_falls_back_from_a_configuration_named_by_the_variable(
+    tmp_path: Path, named: str
+) -> None:
+    """TREADGUARD_CONFIG naming a file that is not there (a typing slip), or set empty: a
+    tablet's E-STOP must not go to the built-in simulator's treadmill instead, fail there after
+    its wait, and never name the slip. It is refused at once, naming the variable's file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREADGUARD_")}
+    env["TREADGUARD_CONFIG"] = named.replace("{tmp}", str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "treadguard.controller.cli", "tablet", "estop", "--timeout", "30"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=20,  # refused at once: well within the command's own wait
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "Traceback" not in said, said
+    if named.strip():
+        assert str(tmp_path / "tg.tmol") in said, said
+    else:
+        assert "TREADGUARD_CONFIG is set, but empty" in said, said
+    assert "tm-sim" not in said, said
