@@ -675,7 +675,7 @@ def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
         status = CommissioningStatus(False, f"no commissioning on record ({exc})")
         baselines, known = {}, True
     except JournalError as exc:  # there, but unreadable here: it may hold a current one
-        status = CommissioningStatus(False, f"the journal cannot be read ({exc})")
+        status = CommissioningStatus(False, f"the journal cannot be read ({exc})", known=False)
         baselines, known = {}, False
     if as_json:
         body = status.as_json()
@@ -688,6 +688,7 @@ def _commission_status(loaded: LoadedConfig, *, as_json: bool) -> int:
         }
         print(json.dumps(body))
     else:
+        known = known and status.known
         verdict = "current" if status.current else "NOT CURRENT" if known else "NOT KNOWN"
         print(f"commissioning of {loaded.config.treadmill.id}: {verdict}: {status.detail}")
         for kind, b in baselines.items():

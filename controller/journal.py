@@ -195,6 +195,11 @@ class NoJournal(JournalError):
     """No journal file where the configuration says: nothing is on record (yet)."""
 
 
+class NotReadableHere(JournalError):
+    """A file of the journal this user may not read, though it is there: what it says is not
+    known here (the service, as its own user, reads it)."""
+
+
 class JournalInUse(JournalError):
     """The journal's lock is held by another process (the daemon, a commissioning run): this
     one must not drive the treadmill, nor speak for it on MQTT (docs/daemon.md)."""
@@ -306,11 +311,15 @@ class CommissioningStatus:
     last_run: CommissioningRow | None = None
     # The passed run the status rests on (its proofs are the baselines), if any.
     run: int | None = None
+    # False: a file of the record this user may not read; whether it is current is not known
+    # here (not current for this reader, fail closed).
+    known: bool = True
 
     def as_json(self) -> dict[str, Any]:
         last = self.last_run
         return {
             "current": self.current,
+            "known": self.known,
             "detail": self.detail,
             "passed_at": self.passed_at,
             "expires_at": self.expires_at,
@@ -798,7 +807,18 @@ class Journal:
         self, ts: float, *, technician: str, simulated: bool, machine: Machine
     ) -> int:
         """A commissioning run begins (committed at once: a run cut short stays on record,
-        with no outcome), recording what it proves: ``machine``, on the simulator or not."""
+        with no outcome), recording what it proves: ``machine``, on the simulator or not.
+
+        On a journal older than its seal (an older copy put in its place), every pass it holds
+        is withdrawn first, on record, for each treadmill it was made for: the run's seal
+        follows this journal from then on, and must not bring those passes back (another
+        treadmill's run on this journal counts for that one alone)."""
+        try:
+            older = self._older_than_its_seal()
+        except JournalError as exc:  # a seal that cannot be read: fail closed, the same
+            older = str(exc)
+        if older is not None:
+            self._withdraw_passes(ts, older)
         cur = self._write(
             "INSERT INTO commissioning (started_at, technician, simulated, treadmill, drive)"
             " VALUES (?,?,?,?,?)",
@@ -809,6 +829,31 @@ class Journal:
         # journal older than its seal is brought back into service only by a run that passes).
         self._write_seal(ts, fresh=True)
         return int(cur.lastrowid or 0)
+
+    def _withdraw_passes(self, ts: float, why: str) -> None:
+        """For each treadmill and drive with a passed run on record, a run of it that did not
+        pass, saying ``why``: no pass before it counts (see _commissioning_status)."""
+        machines = self._query(
+            "SELECT DISTINCT treadmill, drive FROM commissioning WHERE outcome = ?",
+            (CommissioningOutcome.PASSED.value,),
+        )
+        for treadmill, drive in machines:
+            self._write(
+                "INSERT INTO commissioning (started_at, ended_at, outcome, detail, technician,"
+                " simulated, treadmill, drive) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    ts,
+                    ts,
+                    CommissioningOutcome.ABORTED.value,
+                    f"the journal was found older than its seal as a commissioning run began "
+                    f"({why}): no pass before this counts; commission the treadmill again",
+                    OLDER_THAN_SEAL_TECHNICIAN,
+                    0,
+                    treadmill,
+                    drive,
+                ),
+            )
+        self.commit()
 
     def record_proof(self, run: int, proof: ProofRecord, ts: float) -> None:
         self._write(
@@ -917,7 +962,11 @@ class Journal:
                 "cannot be told; commission the treadmill again"
             )
         try:
-            marks = json.loads(read_regular_text(seal))
+            try:
+                text = read_regular_text(seal)
+            except PermissionError as exc:
+                raise NotReadableHere(f"{seal} cannot be read: {_os_reason(exc)}") from exc
+            marks = json.loads(text)
             run, event = marks["run"], marks["event"]
             run_mark, event_mark = marks["run_mark"], marks["event_mark"]
         except KeyError as exc:
@@ -1312,6 +1361,8 @@ class Journal:
         try:
             runs = self.commissioning_runs()
             older = self._older_than_its_seal()
+        except NotReadableHere as exc:
+            return CommissioningStatus(False, f"the journal cannot be read ({exc})", known=False)
         except JournalError as exc:
             return CommissioningStatus(False, f"the commissioning record cannot be read: {exc}")
         mine = [r for r in runs if r.not_counted(machine) is None]
@@ -1415,6 +1466,8 @@ class Journal:
         how = "was given up" if run.outcome is not None else "was cut short (or is under way)"
         if run.technician == BACKUP_TECHNICIAN:  # the copy's own run (see backup)
             return f"the last commissioning run (no. {run.id}) is {run.detail}"
+        if run.technician == OLDER_THAN_SEAL_TECHNICIAN:  # see begin_commissioning
+            return f"the last commissioning run (no. {run.id}) withdrew the passes: {run.detail}"
         return (
             f"the last commissioning run (no. {run.id}) {how}: a proof test that did not pass "
             "takes the treadmill out of service until a commissioning passes again"
@@ -1625,6 +1678,8 @@ def _copy_reason(exc: OSError) -> str:
 
 # Who a backup copy's own commissioning run (see backup) names as its technician.
 BACKUP_TECHNICIAN = "treadguard backup"
+# Who the run that withdraws an older copy's passes (see begin_commissioning) names.
+OLDER_THAN_SEAL_TECHNICIAN = "treadguard (journal older than its seal)"
 
 
 def _withdraw_in_copy(copy: sqlite3.Connection, machine: Machine, now: float) -> None:

@@ -76,13 +76,18 @@ def _addresses(host: str, port: int) -> list[str]:
 
 def _plain(address: str) -> str:
     """An address as one socket is reached by it: an IPv4 address written as IPv6
-    (::ffff:127.0.0.1, IPv4-mapped) is that IPv4 address."""
+    (::ffff:127.0.0.1, IPv4-mapped) is that IPv4 address; the unspecified address (0.0.0.0,
+    ::), which a connection takes for this machine, is its loopback address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address
     mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return str(mapped if mapped is not None else ip)
+    if mapped is not None:
+        ip = mapped
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "::1"
+    return str(ip)
 
 
 def _name(key: str) -> bytes:

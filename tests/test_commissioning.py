@@ -11,7 +11,11 @@ import asyncio
 import json
 import math
 import os
+import shlex
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -476,6 +480,41 @@ def test_commission_status_of_a_journal_it_cannot_read_says_so_not_that_none_is_
     absent = treadguard_cli("commission", "--status", "--config", str(missing))
     assert absent.returncode == 1, absent.stdout + absent.stderr
     assert ": NOT CURRENT: no commissioning on record (no journal at " in absent.stdout
+
+
+@pytest.mark.skipif(shutil.which("capsh") is None, reason="needs capsh (Debian's libcap2-bin)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root's file capabilities: needs root")
+def test_commission_status_with_a_seal_it_may_not_read_is_not_known(tmp_path: Path) -> None:
+    """The journal readable but its seal not, by whoever asks (root without its file
+    capabilities stands in for a clinic's login): the service reads both, and may well be
+    commissioned. The status is not known, never "not current, sessions refused"."""
+    config = _journaled_config(tmp_path)
+    run = treadguard_cli("commission", "--simulated", "--config", str(config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    seal = tmp_path / "j.sqlite-commissioning"
+    seal.chmod(0)
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = shlex.join(
+            [sys.executable, "-m", "treadguard.controller.cli", "commission", "--status",
+             *extra, "--config", str(config)]
+        )  # fmt: skip
+        return subprocess.run(
+            ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", command],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    said = status()
+    assert said.returncode == 1, said.stdout + said.stderr
+    assert ": NOT KNOWN: " in said.stdout, said.stdout
+    assert "Permission denied" in said.stdout, said.stdout
+    assert "patient sessions are refused" not in said.stdout, said.stdout
+    body = json.loads(status("--json").stdout)
+    assert (body["current"], body["known"]) == (False, False), body
 
 
 def test_commission_status_of_an_expired_record_fails(tmp_path: Path) -> None:

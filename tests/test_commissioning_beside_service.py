@@ -237,10 +237,17 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
     assert host == "127.0.0.1", host
     spelt = drive.replace(f'host = "{host}"', 'host = "localhost"')
     mapped = drive.replace(f'host = "{host}"', f'host = "::ffff:{host}"')
+    anywhere = drive.replace(f'host = "{host}"', 'host = "0.0.0.0"')  # this machine, to connect
     same = daemon_config(tmp_path, broker.port, treadmill_id="tm-b", sensors="mqtt", drive=drive)
     other = daemon_config(tmp_path, broker.port, treadmill_id="tm-c", sensors="mqtt", drive=spelt)
     v6 = daemon_config(tmp_path, broker.port, treadmill_id="tm-d", sensors="mqtt", drive=mapped)
-    tries = ((("run",), same), (("commission",), same), (("run",), other), (("run",), v6))
+    zeros = daemon_config(
+        tmp_path, broker.port, treadmill_id="tm-e", sensors="mqtt", drive=anywhere
+    )
+    tries = (
+        (("run",), same), (("commission",), same), (("run",), other), (("run",), v6),
+        (("run",), zeros),
+    )  # fmt: skip
     try:
         async with clinician(broker, "tm-a") as doc:
             await doc.state(lambda s: s["speed_mph"] is not None, within=15.0)
@@ -254,6 +261,7 @@ async def test_a_second_process_on_the_services_drive_under_another_id_is_refuse
             assert not (tmp_path / "journal-tm-b.sqlite").exists()
             assert not (tmp_path / "journal-tm-c.sqlite").exists()
             assert not (tmp_path / "journal-tm-d.sqlite").exists()
+            assert not (tmp_path / "journal-tm-e.sqlite").exists()
             # Idle, the service publishes a state only on a change: none came, or none latched.
             seen = [body(m) for m in doc.tab.drain("treadmill/tm-a/state")]
             assert all(s["latched"] is None for s in seen), seen
