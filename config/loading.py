@@ -324,11 +324,18 @@ def _no_file(resolved: Path, named: Path) -> str:
     return f"no such file {named}"
 
 
-def load_config(path: Path) -> LoadedConfig:
-    """Load and check everything the file refers to; raise ConfigError with every problem.
+def load_settings(path: Path) -> LoadedConfig:
+    """The file's settings with the environment's overrides, checked as ``load_config``
+    checks them, but nothing the file refers to (no programs, the default rules): for a
+    command that needs only where the broker is and the treadmill's topics. A tablet's stop or
+    E-STOP must not wait for a typing slip in the rules file to be put right."""
+    return LoadedConfig(
+        path=path, config=_settings(path), programs={}, rules=ProgressionRules(), rules_path=None
+    )
 
-    ``TREADGUARD_<SECTION>__<KEY>`` variables of the environment override the file.
-    """
+
+def _settings(path: Path) -> TreadguardConfig:
+    """The file's settings with the environment's overrides; ConfigError with every problem."""
     env = os.environ
     try:
         # A pipe or a device would hold the reading up for ever (check-config FIFO).
@@ -356,7 +363,15 @@ def load_config(path: Path) -> LoadedConfig:
                 for err in exc.errors()
             ],
         ) from exc
+    return config
 
+
+def load_config(path: Path) -> LoadedConfig:
+    """Load and check everything the file refers to; raise ConfigError with every problem.
+
+    ``TREADGUARD_<SECTION>__<KEY>`` variables of the environment override the file.
+    """
+    config = _settings(path)
     problems: list[str] = []
     programs: dict[str, Program] = {}
     rules = ProgressionRules()

@@ -358,6 +358,27 @@ async def test_estop_then_reset_and_a_reset_with_nothing_latched(
     assert "availability is offline" in gone.err, gone
 
 
+@pytest.mark.asyncio
+async def test_an_estop_goes_out_whatever_the_rules_file_says(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The clinic edits the rules while the daemon runs (the documented way: edit, restart
+    between sessions) and leaves a typing slip in them: a stop or an E-STOP from the command
+    line still goes out and is carried out. Only the broker's settings are read for it."""
+    tm = "tm-rules-slip"
+    p = f"treadmill/{tm}"
+    async with daemon(broker, tmp_path, tm) as (config, tab):
+        rules = config.parent / "progression.toml"
+        rules.write_text("[[[ a slip\n", encoding="utf-8")
+        estop = await tablet_cli(config, "estop")
+        assert (estop.code, estop.out) == (0, "ok\n"), estop
+        latched = state_of(await tab.next(f"{p}/state", lambda m: state_of(m)["state"] == "estop"))
+        assert latched["latched"]["cause"] == "remote_estop"
+        stop = await tablet_cli(config, "stop")
+        assert stop.code in (0, 1), stop  # answered (nothing to stop now is a refusal)
+        assert "not valid TOML" not in stop.err, stop
+
+
 # ----------------------------------------------------------------------------- failures
 
 
