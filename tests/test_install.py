@@ -1232,6 +1232,17 @@ NOT_STARTING = {
         "TREADGUARD_MQTT__PORTT = 1883\n",
         "(TREADGUARD_MQTT__PORTT) is not NAME=VALUE from the line's start",
     ),
+    # systemd ends a line at a carriage return too: a second, misspelt, setting behind it.
+    "a carriage return inside a line": (
+        "environment",
+        "TREADGUARD_MQTT__PORT=1883\rTREADGUARD_MQTT_PORT=1883\n",
+        "(TREADGUARD_MQTT__PORT) has a carriage return",
+    ),
+    "a comment ending in a backslash": (
+        "environment",
+        "# the old one was C:\\\nTREADGUARD_MQTT__PORT=1883\n",
+        "has a backslash (in a comment too",
+    ),
 }
 
 
