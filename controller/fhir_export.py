@@ -177,7 +177,14 @@ def _as_entered(value: object) -> str | None:
     if value is None:
         return None
     raw = value if isinstance(value, str) else json.dumps(value, default=str)
-    return "".join(_char(c) for c in raw) or None
+    return "".join(_note_char(c) for c in raw) or None
+
+
+def _note_char(c: str) -> str:
+    """A note's character: Unicode's blanks (an ideographic space, a no-break space, a line
+    separator) are the clinician's, and a note (FHIR markdown) holds them; only controls and
+    lone surrogates are replaced."""
+    return c if c.isspace() and ord(c) > 0x9F else _char(c)
 
 
 def _char(c: str) -> str:

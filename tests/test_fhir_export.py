@@ -264,11 +264,14 @@ def test_unicode_notes_are_kept_and_characters_fhir_refuses_are_replaced() -> No
     text = export_fhir([session()], events, clinic=CLINIC, user="ann")
     assert "膝が痛い" in text  # UTF-8 as it is, not escaped
     after = observations(json.loads(text))["Pain severity after the session (0-10)"]
-    assert after["note"][0]["text"] == words + "\ufffd\ufffd end"
+    assert after["note"][0]["text"] == words + "\ufffd\ufffd\u2028end"  # a blank of Unicode's, kept
     Bundle.model_validate_json(text)
 
 
-@pytest.mark.parametrize("notes", ["  indented, and a blank after ", "   ", "\tTab first"])
+@pytest.mark.parametrize(
+    "notes",
+    ["  indented, and a blank after ", "   ", "\tTab first", "痛み\u3000なし\u00a0ok\u2028next"],
+)
 def test_notes_keep_their_blanks_as_entered(notes: str) -> None:
     """A note is the clinician's words as entered (a command line does not trim them as the
     page does): its blanks at either end are kept, and a note of blanks alone is still on
@@ -542,8 +545,10 @@ def test_any_journal_exports_to_a_valid_bundle(
     assert export_fhir(sessions, events, clinic=CLINIC, measures=measures, user=user) == text
     bundle = json.loads(text)
     assert len(resources(bundle, "Procedure")) == len(sessions)  # no session is lost
-    # ... and no measure: an Observation each, part of no Procedure.
-    assert len([o for o in resources(bundle, "Observation") if "partOf" not in o]) == len(measures)
+    # ... and no measure: an Observation each, part of no Procedure; one a user, kind and day
+    # (an entry made again for the same day corrects the one before, as the reports show it).
+    days = {(m.user, m.kind, m.measured_on) for m in measures}
+    assert len([o for o in resources(bundle, "Observation") if "partOf" not in o]) == len(days)
 
 
 # --------------------------------------------------------------------------- the command
