@@ -649,9 +649,12 @@ def first_session_start(
 def _own_cap_words(user: str, own: float, cap: float, program: Program) -> str:
     """The clinic's cap for ``user``, and the cap proposed where the program's limits moved it:
     a 2 min cap proposed as 3 min must not read as 2 min."""
-    words = f"; the clinic set {t.code(user)}'s cap to {_cap(own)}"
+    said = _cap(own)
     if cap == own:
-        return words
+        return f"; the clinic set {t.code(user)}'s cap to {said}"
+    if said == _cap(cap):  # 179.6 s and 180 s are both "3 min": the seconds, as set
+        said = f"{own:.1f} s"
+    words = f"; the clinic set {t.code(user)}'s cap to {said}"
     end = "shortest" if cap > own else "longest"
     return words + f" ({_cap(cap)} here: the program's {end})"
 

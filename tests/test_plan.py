@@ -472,6 +472,11 @@ def test_a_user_s_own_cap_outside_the_program_s_limits_is_said_with_the_cap_prop
     top = plan(UserRecord("p-1"), long)
     assert top.cap_s == 300.0
     assert "the clinic set p-1's cap to 7 min (5 min here: the program's longest)" in top.reason
+    # Within a second of the program's shortest: both figures would read "3 min".
+    close = RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=179.6)}})
+    near = plan(UserRecord("p-1"), close)
+    assert near.cap_s == 180.0
+    assert "cap to 179.6 s (3 min here: the program's shortest)" in near.reason, near.reason
     within = RULES.model_copy(update={"user": {"p-1": UserPlan(cap_s=240.0)}})
     kept = plan(UserRecord("p-1"), within)
     assert kept.cap_s == 240.0
