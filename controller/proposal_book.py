@@ -59,6 +59,7 @@ WORKER_TIMEOUT_S = 30.0
 WORKER_NICENESS = 10
 # How often the keeper asks the worker whether the configuration on disk still serves.
 CONFIG_CHECK_S = 2.0
+CHECK_ANSWER_S = 5.0  # a check not answered by then refuses starts from history meanwhile
 # How long a history query waits for the user's proposal being worked out.
 PROPOSAL_WAIT_S = 10.0
 
@@ -392,9 +393,14 @@ class WorkerProcess:
             return why if isinstance(why, str) else None
         except (OSError, EOFError, ValueError, TimeoutError) as exc:
             await self.close()
+            what = (
+                f"no answer within {self._timeout_s:g} s"
+                if isinstance(exc, TimeoutError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             return (
                 "the configuration on disk could not be checked against the one the daemon "
-                f"runs ({type(exc).__name__}: {exc}): choose a program, or ask again shortly"
+                f"runs ({what}): choose a program, or ask again shortly"
             )
 
     async def ask(self, user: str, now: float) -> StartChoice | NotKnown:
@@ -572,18 +578,34 @@ class BookKeeper:
     async def _configuration(self) -> None:
         """Every CONFIG_CHECK_S, whether the configuration on disk still gives the rules and
         programs the daemon runs: an edit since it started refuses every start from history
-        (saying so) until the file is as it was, or the daemon restarted."""
+        (saying so) until the file is as it was, or the daemon restarted. A worker that has not
+        answered within CHECK_ANSWER_S has not shown it: refused too, until it answers (it
+        is waited for, not killed: it may be working a long record out)."""
         while True:
-            why = await self._worker.check()
-            if why != self.book.config_changed:
-                if why is not None:
-                    self._log.warning("proposals_configuration_changed", why=why)
-                else:
-                    self._log.info("proposals_configuration_as_started")
-                self.book.config_changed = why
-                async with self._answered:
-                    self._answered.notify_all()
+            check = asyncio.ensure_future(self._worker.check())
+            done, _ = await asyncio.wait({check}, timeout=CHECK_ANSWER_S)
+            if not done:
+                await self._configured(
+                    "the proposal worker has not answered the check of the configuration "
+                    f"within {CHECK_ANSWER_S:g} s: choose a program, or ask again shortly"
+                )
+            await self._configured(await check)
             await asyncio.sleep(CONFIG_CHECK_S)  # a period, not a synchronisation
+
+    async def _configured(self, why: str | None) -> None:
+        """The check's verdict in force: ``why`` no start from history may go ahead, or None.
+        Back to what the daemon runs, every entry is worked out again: one worked out
+        meanwhile says the configuration changed, which is no longer so."""
+        if why == self.book.config_changed:
+            return
+        if why is not None:
+            self._log.warning("proposals_configuration_changed", why=why)
+        else:
+            self._log.info("proposals_configuration_as_started")
+            self.book.everyone()
+        self.book.config_changed = why
+        async with self._answered:
+            self._answered.notify_all()
 
     async def _days(self, day: str) -> None:
         while True:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from treadguard.config.loading import LoadedConfig, load_config
 from treadguard.controller import proposal_worker
 from treadguard.controller.journal import Journal
 from treadguard.controller.proposal_book import (
+    BookKeeper,
     NotKnown,
     StartChoice,
     WorkerProcess,
@@ -382,3 +384,81 @@ def test_a_check_the_worker_does_not_answer_is_a_refusal(tmp_path: Path) -> None
     assert first is None
     assert second is not None
     assert "could not be checked" in second, second
+
+
+async def _until(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``condition`` until it holds: the keeper's checks run on their own period."""
+    deadline = time.monotonic() + within
+    while not condition():  # bounded by the deadline
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.05)  # a poll's period, not a synchronisation
+
+
+@pytest.fixture
+def kept(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A configuration with its rules file beside it (as the shipped ones), and its journal."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-kept")
+    rules = tmp_path / "progression.toml"
+    shipped = (ROOT / "config" / "progression.toml").read_text(encoding="utf-8")
+    rules.write_text(shipped, encoding="utf-8")
+    Journal.open(tmp_path / "journal-tm-kept.sqlite").close()
+    return config, rules, shipped
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_does_not_answer_refuses_starts_from_history_within_seconds(
+    kept: tuple[Path, Path, str],
+) -> None:
+    """The worker stopped (SIGSTOP, or stuck on a long record): within the keeper's answer
+    time, not the worker's 30 s time-out, every start from history is refused, saying so; once
+    it answers again, they go ahead."""
+    config, _, _ = kept
+    keeper = BookKeeper(load_config(config), wall=time.time, commit=lambda: None)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await _until(lambda: keeper._worker._proc is not None, 15.0, "the worker started")
+        proc = keeper._worker._proc
+        assert proc is not None
+        await _until(lambda: keeper.refusal() is None, 15.0, "the first check answered")
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            await _until(lambda: keeper.refusal() is not None, 15.0, "a refusal")
+            took = time.monotonic() - stopped
+            assert "has not answered the check" in str(keeper.refusal())
+            assert took < 10.0, took  # CHECK_ANSWER_S and a check period, not 30 s
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        await _until(lambda: keeper.refusal() is None, 15.0, "the refusal lifted")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.asyncio
+async def test_an_entry_worked_out_while_the_rules_were_edited_is_worked_out_again_once_back(
+    kept: tuple[Path, Path, str],
+) -> None:
+    """A user's proposal asked for while the rules differed from the daemon's (their patient
+    view opened meanwhile) says the configuration changed; the rules put back as they were,
+    it is worked out again at once, never left saying so until a start asks."""
+    config, rules, shipped = kept
+    keeper = BookKeeper(load_config(config), wall=time.time, commit=lambda: None)
+    task = asyncio.create_task(keeper.run())
+    try:
+        await _until(lambda: keeper._worker._proc is not None, 15.0, "the worker started")
+        rules.write_text(shipped + '\n[user."p-1"]\ncap_s = 180\n', encoding="utf-8")
+        await _until(lambda: keeper.refusal() is not None, 15.0, "the edit seen")
+        keeper.book.ask("p-1")
+        await _until(lambda: keeper.book.current("p-1") is not None, 15.0, "p-1 worked out")
+        stale = keeper.book.current("p-1")
+        assert isinstance(stale, NotKnown), stale
+        assert "was changed since the daemon started" in stale.why
+        rules.write_text(shipped, encoding="utf-8")
+        await _until(lambda: keeper.refusal() is None, 15.0, "the rules back")
+        await _until(lambda: isinstance(keeper.book.current("p-1"), StartChoice), 15.0, "p-1 again")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
