@@ -500,6 +500,11 @@ class Journal:
         except OSError as exc:  # a folder on the way that this user may not enter
             raise JournalError(f"cannot read {path}: {_os_reason(exc)}") from exc
         if not found:
+            if os.path.lexists(path):  # a folder, a pipe, a link to nothing: there, no journal
+                raise JournalError(
+                    f"cannot read {path}: not a regular file (a folder, a pipe or a link to "
+                    "nothing): the journal is a file"
+                )
             raise NoJournal(f"no journal at {path}")
         db: sqlite3.Connection | None = None
         try:

@@ -113,6 +113,8 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("sim-user", ["--config", SIM, "--tell", "dance"], "dance"),
     ("history", ["--config", "/nonexistent/c.toml"], "/nonexistent/c.toml"),
     ("history", ["--config", "{tmp}"], "{tmp}"),
+    # A journal's path that leads to a pipe: something is there, and it is no journal.
+    ("history", ["--config", "{fifo_journal_config}"], "not a regular file"),
     ("report", ["abc", "--config", SIM], "abc"),
     # Another script's digit is no session number (an Arabic-Indic three reported session 3).
     ("report", ["\u0663", "--config", "{journal_config}"], "not a session number"),
@@ -227,6 +229,12 @@ def test_a_bad_path_or_value_is_said_plainly(
     )
     fifo = tmp_path / "config.fifo"
     os.mkfifo(fifo)
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "journal.sqlite")
+    fifo_journal = tmp_path / "fifo-journal.toml"
+    fifo_journal.write_text(
+        empty.read_text(encoding="utf-8").replace("/none/", "/piped/"), encoding="utf-8"
+    )
     fill = {
         "{fifo}": str(fifo),
         "{tmp}": str(tmp_path),
@@ -238,6 +246,7 @@ def test_a_bad_path_or_value_is_said_plainly(
         "{long_prefix}": long_prefix,
         "{long_prefix_config}": str(long_prefix_config),
         "{long_name}": str(tmp_path / ("x" * 300)),
+        "{fifo_journal_config}": str(fifo_journal),
     }
     argv = [fill.get(a, a) for a in args]
     done = run(command, *argv, cwd=tmp_path)
