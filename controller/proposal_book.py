@@ -80,9 +80,12 @@ class StartChoice:
 
 @dataclass(frozen=True)
 class NotKnown:
-    """Why the proposal cannot be used now, in words for the refusal."""
+    """Why the proposal cannot be used now, in words for the refusal. ``configuration``: the
+    worker found the configuration on disk other than the daemon's (no start from history of
+    anyone's may go ahead, not only this user's)."""
 
     why: str
+    configuration: bool = False
 
 
 class ProposalSource(Protocol):
@@ -416,7 +419,9 @@ class WorkerProcess:
             if got.get("user") != user:
                 raise ValueError(f"an answer for another user ({got.get('user')!r})")
             if "not_known" in got:
-                return NotKnown(str(got["not_known"]))
+                return NotKnown(
+                    str(got["not_known"]), configuration=got.get("configuration") is True
+                )
             whole = got.get("proposal")
             return StartChoice(
                 str(got["program"]),
@@ -570,6 +575,10 @@ class BookKeeper:
                 outcome = await self._worker.ask(waiting, self._wall())
                 if isinstance(outcome, NotKnown):
                     self._log.warning("proposal_not_worked_out", user=waiting, why=outcome.why)
+                    if outcome.configuration:
+                        # Seen now, not at the next check: a first session's start from
+                        # history, which needs no entry, is refused from this moment too.
+                        await self._configured(outcome.why)
                 self.book.put(waiting, token, outcome)
                 self.worked_out += 1
                 async with self._answered:

@@ -124,7 +124,11 @@ def serve(config: WorkerConfig, lines: TextIO, out: TextIO, *, identity: str | N
                 got["not_known"] = refusal
         elif refusal is not None or isinstance(loaded, ConfigError):
             user = request.get("user") if isinstance(request, dict) else None
-            got = {"user": user if isinstance(user, str) else None, "not_known": refusal}
+            got = {
+                "user": user if isinstance(user, str) else None,
+                "not_known": refusal,
+                "configuration": True,
+            }
         else:
             journal_path = loaded.resolve(loaded.config.journal.path)
             got = answer(loaded, journal_path, request, identity=identity)
