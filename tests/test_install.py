@@ -1284,28 +1284,6 @@ def _with_password_line(environment: Path, line: str) -> None:
     environment.write_text("\n".join(lines) + "\n")
 
 
-def test_the_daemons_password_quoted_by_hand_is_its_password_at_the_broker(board: Board) -> None:
-    """The daemon's password written in its environment file in quotes: systemd takes them
-    off, and the daemon logs in without them. The broker's account for it, added again (a
-    password file begun afresh), holds the password without them too."""
-    box = board.box
-    environment = box.root / "etc/treadguard/environment"
-    kept = environment.read_text()
-    secret = "quoted pass 1"
-    _with_password_line(environment, f'TREADGUARD_MQTT__PASSWORD="{secret}"')
-    box.run("truncate", "-s", "0", PASSWD)
-    try:
-        board.install()
-        assert _logs_in(board, "treadguard", secret)
-        assert not _logs_in(board, "treadguard", f'"{secret}"')
-    finally:
-        environment.write_text(kept)
-        box.run("truncate", "-s", "0", PASSWD)
-        (box.root / "var/lib/treadguard-install/accounts-seen").unlink()
-        board.install()
-        board.systemctl("restart", "treadguard.service")
-
-
 def test_a_password_line_systemd_reads_otherwise_is_refused_before_anything_changes(
     board: Board,
 ) -> None:
