@@ -1672,13 +1672,11 @@ def backup(
 def _copy_reason(exc: OSError) -> str:
     """Why a copy cannot be written where it was asked for: the journal was read, so the
     advice is about the copy's folder, never the journal's owner."""
-    reason = exc.strerror or str(exc)
-    if isinstance(exc, PermissionError):
-        return (
-            f"{reason} for the user {_user_name()} in that folder: choose a folder this user "
-            "may write (a USB stick mounted for it, the home folder), or run as root"
-        )
-    return reason
+    return _os_reason(
+        exc,
+        " in that folder: choose a folder this user may write (a USB stick mounted for it, "
+        "the home folder), or run as root",
+    )
 
 
 # Who a backup copy's own commissioning run (see backup) names as its technician.
@@ -1790,14 +1788,16 @@ def seal_of(database: Path) -> Path:
     return database.with_name(database.name + SEAL_SUFFIX)
 
 
-def _os_reason(exc: OSError) -> str:
-    """An OS error as a person reads it; a refused permission says as whom, and who may."""
+def _os_reason(
+    exc: OSError,
+    advice: str = ": the journal belongs to the service's user; run the command as that user "
+    "(sudo -u treadguard treadguard ...) or as root",
+) -> str:
+    """An OS error as a person reads it; a refused permission says as whom, and ``advice``:
+    who may."""
     reason = exc.strerror or str(exc)
     if isinstance(exc, PermissionError):
-        return (
-            f"{reason} for the user {_user_name()}: the journal belongs to the service's "
-            "user; run the command as that user (sudo -u treadguard treadguard ...) or as root"
-        )
+        return f"{reason} for the user {_user_name()}{advice}"
     return reason
 
 

@@ -420,6 +420,17 @@ async def test_a_restored_backup_takes_the_treadmill_out_of_service_until_commis
     assert "NOT CURRENT: the last commissioning run (no. 2) is a backup copy made" in status.stdout
 
 
+def _passed_and_copied(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """tm-seal's configuration, its journal with a commissioning passed, and a plain copy."""
+    config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
+    path = tmp_path / "journal-tm-seal.sqlite"
+    passed = treadguard("commission", "--simulated", "--config", str(config))
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    copy = tmp_path / "plain-copy.sqlite"
+    shutil.copyfile(path, copy)
+    return config, path, copy
+
+
 @pytest.mark.parametrize("since", ["a proof test given up", "a fault", "the seal removed"])
 def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_back(
     tmp_path: Path, since: str
@@ -429,12 +440,7 @@ def test_a_plain_copy_put_in_the_journals_place_does_not_bring_a_withdrawn_pass_
     in the journal's place: its pass does not count (the seal beside the journal names a run
     or an event the copy lacks) until the treadmill is commissioned again. So too when the
     restore takes the seal away with the journal's other files (rm journal.sqlite-*)."""
-    config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
-    path = tmp_path / "journal-tm-seal.sqlite"
-    passed = treadguard("commission", "--simulated", "--config", str(config))
-    assert passed.returncode == 0, passed.stdout + passed.stderr
-    copy = tmp_path / "plain-copy.sqlite"
-    shutil.copyfile(path, copy)
+    config, path, copy = _passed_and_copied(tmp_path)
     loaded = load_config(config)
     journal = Journal.open(path, exclusive=True)
     if since == "a fault":
@@ -486,12 +492,7 @@ def test_an_older_copy_in_the_journals_place_stays_out_however_it_grows(
     is an event), past the event number the seal names; or a fault of its own is recorded on
     it, which writes a seal. Neither brings the withdrawn pass back: the seal names the very
     event it saw, and a journal older than its seal never writes over it."""
-    config = daemon_config(tmp_path, 1883, treadmill_id="tm-seal")
-    path = tmp_path / "journal-tm-seal.sqlite"
-    passed = treadguard("commission", "--simulated", "--config", str(config))
-    assert passed.returncode == 0, passed.stdout + passed.stderr
-    copy = tmp_path / "plain-copy.sqlite"
-    shutil.copyfile(path, copy)
+    config, path, copy = _passed_and_copied(tmp_path)
     journal = Journal.open(path, exclusive=True)
     for _ in range(5):
         _refusal(journal)
