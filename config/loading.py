@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -20,6 +20,7 @@ from treadguard.config.progression import ProgressionRules
 from treadguard.config.schema import (
     ENV_NESTED,
     ENV_PREFIX,
+    ConnectionSettings,
     ModbusDriveSection,
     SimulatedDriveSection,
     TreadguardConfig,
@@ -324,22 +325,51 @@ def _no_file(resolved: Path, named: Path) -> str:
     return f"no such file {named}"
 
 
-def load_settings(path: Path) -> LoadedConfig:
-    """The file's settings with the environment's overrides, checked as ``load_config``
-    checks them, but nothing the file refers to (no programs, the default rules): for a
-    command that needs only where the broker is and the treadmill's topics. A tablet's stop or
-    E-STOP must not wait for a typing slip in the rules file to be put right."""
-    return LoadedConfig(
-        path=path, config=_settings(path), programs={}, rules=ProgressionRules(), rules_path=None
-    )
+@dataclass(frozen=True)
+class ConnectionLoaded:
+    """The configuration's treadmill and broker, for a tablet command (see load_connection)."""
+
+    path: Path
+    config: ConnectionSettings
+
+    def resolve(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.path.parent / relative
 
 
-def _settings(path: Path) -> TreadguardConfig:
-    """The file's settings with the environment's overrides; ConfigError with every problem."""
+CONNECTION_SECTIONS = ("treadmill", "mqtt")
+
+
+def load_connection(path: Path) -> ConnectionLoaded:
+    """The file's [treadmill] and [mqtt] tables with the environment's overrides of them,
+    checked as ``load_config`` checks them, and nothing else of the file or the environment:
+    for a command that needs only where the broker is and the treadmill's topics. A tablet's
+    stop or E-STOP must not wait for a slip elsewhere (a clinic's time zone, a drive's kind, a
+    rules file) to be put right."""
+    data = _table_of(path)
     env = os.environ
+    mine = tuple(f"{ENV_PREFIX}{name.upper()}" for name in CONNECTION_SECTIONS)
+    unknown = [p for p in _unknown_env_settings(env) if p.upper().startswith(mine)]
+    if unknown:
+        raise ConfigError(path, unknown)
+    try:
+        config = ConnectionSettings(**{k: v for k, v in data.items() if k in CONNECTION_SECTIONS})
+    except ValidationError as exc:
+        raise ConfigError(
+            path,
+            [
+                f"{_field_path(err)}: {_words(err, ConnectionSettings)}"
+                f"{_from_env(_field_path(err), env)}"
+                for err in exc.errors()
+            ],
+        ) from exc
+    return ConnectionLoaded(path, config)
+
+
+def _table_of(path: Path) -> dict[str, Any]:
+    """The file's TOML, read only as a regular file; ConfigError saying why not."""
     try:
         # A pipe or a device would hold the reading up for ever (check-config FIFO).
-        data = tomllib.loads(read_regular_text(path))
+        return tomllib.loads(read_regular_text(path))
     except NotARegularFile as exc:
         raise ConfigError(
             path, ["(file): not a regular file (a folder, a pipe or a device): name the file"]
@@ -348,6 +378,12 @@ def _settings(path: Path) -> TreadguardConfig:
         raise ConfigError(path, [f"(file): cannot read: {exc.strerror or exc}"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"(file): not valid TOML: {exc}"]) from exc
+
+
+def _settings(path: Path) -> TreadguardConfig:
+    """The file's settings with the environment's overrides; ConfigError with every problem."""
+    env = os.environ
+    data = _table_of(path)
     unknown = _unknown_env_settings(env)
     if unknown:
         raise ConfigError(path, unknown)

@@ -453,6 +453,34 @@ ENV_PREFIX = "TREADGUARD_"
 ENV_NESTED = "__"
 
 
+class ConnectionSettings(BaseSettings):
+    """What a tablet command needs of the configuration: the treadmill (its topics) and the
+    broker. The file's other tables, and the environment's settings of them, are not read: a
+    slip there (a time zone, a drive kind) must not keep a stop or an E-STOP from going out."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        case_sensitive=False,
+    )
+
+    treadmill: TreadmillSection
+    mqtt: MqttSection = MqttSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # as TreadguardConfig's
+
+
 class TreadguardConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",

@@ -8,7 +8,7 @@ import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from treadguard.config.loading import LoadedConfig
+from treadguard.config.loading import ConnectionLoaded, LoadedConfig
 from treadguard.contract.mqtt import default_prefix
 
 
@@ -39,7 +39,7 @@ class BrokerSettings:
     tls: TlsSettings | None
 
 
-def broker_settings(loaded: LoadedConfig) -> BrokerSettings:
+def broker_settings(loaded: LoadedConfig | ConnectionLoaded) -> BrokerSettings:
     mqtt = loaded.config.mqtt
 
     def resolved(path: Path | None) -> Path | None:

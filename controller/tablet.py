@@ -45,7 +45,7 @@ from treadguard.config.loading import (
     TABLET_PASSWORD_ENV,
     ConfigError,
     default_config,
-    load_settings,
+    load_connection,
 )
 from treadguard.config.schema import MAX_PREFIX_CHARS, MqttTopicPrefix
 from treadguard.contract.event_text import describe
@@ -161,9 +161,10 @@ def _default_config() -> Path:
 def _connection(args: argparse.Namespace) -> Connection:
     """The broker and prefix: the configuration file (with its TREADGUARD_MQTT__* overrides),
     then the command line. Raises ConfigError, or OSError/ssl.SSLError for unusable TLS files."""
-    # The settings alone: the programs and the rules are the daemon's, and a slip in them
-    # must not keep a stop or an E-STOP from going out.
-    loaded = load_settings(getattr(args, "config", None) or _default_config())
+    # The treadmill and the broker alone: the rest of the file (the programs, the rules, the
+    # clinic's zone, the drive) is the daemon's, and a slip there must not keep a stop or an
+    # E-STOP from going out.
+    loaded = load_connection(getattr(args, "config", None) or _default_config())
     broker = broker_settings(loaded)
     tls = None if broker.tls is None else broker.tls.context()
     username: str | None = getattr(args, "username", None)

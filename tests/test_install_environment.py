@@ -72,6 +72,7 @@ def test_a_line_systemd_reads_as_written_is_read_the_same(
         (b"# old: C:\\\nP=secret1", "line 1 has a backslash"),
         (b"P=sec\\ret1", "line 1 (P) has a backslash"),
         (b"P=sec\tret1", "line 1 (P) has a control character"),
+        ("P=sec\u2028ret1".encode(), "line 1 (P) has a control character or a line separator"),
         (b"P=sec\x00ret1", "holds a NUL byte"),
         (b"P=secr\xe9t1", "is not UTF-8 text"),
         (b"secret1", "line 1 is not NAME=VALUE"),
