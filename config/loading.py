@@ -347,8 +347,14 @@ def load_connection(path: Path) -> ConnectionLoaded:
     rules file) to be put right."""
     data = _table_of(path)
     env = os.environ
-    mine = tuple(f"{ENV_PREFIX}{name.upper()}" for name in CONNECTION_SECTIONS)
-    unknown = [p for p in _unknown_env_settings(env) if p.upper().startswith(mine)]
+    # Every misspelling said but those of the other tables' settings (a misspelt
+    # TREADGUARD_CONFIG is why the command would look at another file).
+    others = tuple(
+        f"{ENV_PREFIX}{name.upper()}"
+        for name in TreadguardConfig.model_fields
+        if name not in CONNECTION_SECTIONS
+    )
+    unknown = [p for p in _unknown_env_settings(env) if not p.upper().startswith(others)]
     if unknown:
         raise ConfigError(path, unknown)
     try:
