@@ -453,55 +453,12 @@ ENV_PREFIX = "TREADGUARD_"
 ENV_NESTED = "__"
 
 
-class ConnectionSettings(BaseSettings):
-    """What a tablet command needs of the configuration: the treadmill (its topics) and the
-    broker. The file's other tables, and the environment's settings of them, are not read: a
-    slip there (a time zone, a drive kind) must not keep a stop or an E-STOP from going out."""
+class _FileAndEnvironment(BaseSettings):
+    """Settings from one file's tables (as init arguments) and the environment over them."""
 
     model_config = SettingsConfigDict(
-        extra="ignore",
-        frozen=True,
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_NESTED,
-        case_sensitive=False,
+        frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, case_sensitive=False
     )
-
-    treadmill: TreadmillSection
-    mqtt: MqttSection = MqttSection()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)  # as TreadguardConfig's
-
-
-class TreadguardConfig(BaseSettings):
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        frozen=True,
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_NESTED,
-        case_sensitive=False,
-    )
-
-    treadmill: TreadmillSection
-    control: ControlSection = ControlSection()
-    safety: SafetyLimits = SafetyLimits()
-    stop_watch: StopWatchSection = StopWatchSection()
-    programs: ProgramsSection = ProgramsSection()
-    drive: DriveSection
-    sensors: SensorsSection = SensorsSection()
-    mqtt: MqttSection = MqttSection()
-    journal: JournalSection = JournalSection()
-    commissioning: CommissioningSection = CommissioningSection()
-    clinic: ClinicSection = ClinicSection()
-    logging: LoggingSection = LoggingSection()
 
     @classmethod
     def settings_customise_sources(
@@ -515,3 +472,31 @@ class TreadguardConfig(BaseSettings):
         # The environment over the file (the file's tables arrive as init arguments); no
         # .env files or secret directories: one file and the environment, nothing hidden.
         return (env_settings, init_settings)
+
+
+class ConnectionSettings(_FileAndEnvironment):
+    """What a tablet command needs of the configuration: the treadmill (its topics) and the
+    broker. The file's other tables, and the environment's settings of them, are not read: a
+    slip there (a time zone, a drive kind) must not keep a stop or an E-STOP from going out."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    treadmill: TreadmillSection
+    mqtt: MqttSection = MqttSection()
+
+
+class TreadguardConfig(_FileAndEnvironment):
+    model_config = SettingsConfigDict(extra="forbid")
+
+    treadmill: TreadmillSection
+    control: ControlSection = ControlSection()
+    safety: SafetyLimits = SafetyLimits()
+    stop_watch: StopWatchSection = StopWatchSection()
+    programs: ProgramsSection = ProgramsSection()
+    drive: DriveSection
+    sensors: SensorsSection = SensorsSection()
+    mqtt: MqttSection = MqttSection()
+    journal: JournalSection = JournalSection()
+    commissioning: CommissioningSection = CommissioningSection()
+    clinic: ClinicSection = ClinicSection()
+    logging: LoggingSection = LoggingSection()
